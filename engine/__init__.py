@@ -1,0 +1,1 @@
+"""DAG Engine's engine service and the kernel both services share (``engine.core``)."""

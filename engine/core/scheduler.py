@@ -1,0 +1,675 @@
+"""The scheduler: one execution of a workflow as a synchronous state machine.
+
+``Run.handle(*stimuli)`` takes what happened (a task finished, a timer fired, a cancel arrived)
+and returns what to do next as instruction objects (``RunTask``, ``StartTimer``, ``Emit``,
+``Finish``, ...). It does no I/O and reads no clock: time arrives inside each stimulus. An async
+adapter carries the instructions out and feeds the results back.
+
+Each node keeps a count of its unfinished dependencies. When a node settles, its dependents'
+counts drop; a dependent whose count reaches zero has its trigger rule evaluated once, over its
+own dependencies. A whole run therefore costs O(nodes + edges), never a rescan of all nodes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, TypeAlias
+
+from engine.core import templates
+from engine.core.durations import format_duration
+from engine.core.errors import InvalidTransition, TemplateError
+from engine.core.spec import NodeSpec, WorkflowSpec
+from engine.core.states import (
+    NODE_TERMINAL,
+    NODE_TRANSITIONS,
+    ExecutionStatus,
+    NodeStatus,
+    Severity,
+)
+from engine.core.values import JSON, JSONObject
+
+MISSING: Final = object()
+
+# -- stimuli: what happened ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSucceeded:
+    node_id: str
+    item: int | None
+    attempt: int
+    output: JSON
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailed:
+    node_id: str
+    item: int | None
+    attempt: int
+    error: str
+    now: float
+    retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TaskLogged:
+    node_id: str
+    attempt: int
+    level: str
+    message: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionEvaluated:
+    node_id: str
+    value: bool | None
+    error: str | None
+    now: float
+
+
+TimerKey: TypeAlias = tuple[str, ...] | tuple[str, str, int | None] | tuple[str, str, int | None, int]
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    key: TimerKey
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    now: float
+    reason: str = "cancelled on request"
+
+
+Stimulus: TypeAlias = (
+    Start | TaskSucceeded | TaskFailed | TaskLogged | ConditionEvaluated | TimerFired
+    | CancelRequested
+)
+
+# -- instructions: what to do -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """A monitor event; the adapter adds seq, ids and engine, and publishes it."""
+
+    type: str
+    severity: Severity
+    time: float
+    node_id: str | None = None
+    attempt: int | None = None
+    data: JSONObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunTask:
+    """Run one attempt of a Lua or sub-workflow node (one item of it, for foreach)."""
+
+    node_id: str
+    item: int | None
+    attempt: int
+    ctx: JSONObject
+    inputs: JSON = None  # resolved inputs, for sub-workflow nodes
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTask:
+    node_id: str
+    item: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateCondition:
+    node_id: str
+    ctx: JSONObject
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    key: TimerKey
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    status: ExecutionStatus
+    outputs: JSONObject
+    error: str | None
+
+
+Instruction: TypeAlias = Emit | RunTask | CancelTask | EvaluateCondition | StartTimer | Finish
+
+
+# -- state ------------------------------------------------------------------------------
+
+
+class _Node:
+    __slots__ = (
+        "attempts", "done_items", "error", "finished_at", "item_attempts", "item_outputs",
+        "items", "next_item", "output", "restored", "spec", "started_at", "status", "waiting",
+    )
+
+    def __init__(self, spec: NodeSpec) -> None:
+        self.spec = spec
+        self.status: NodeStatus = "pending"
+        self.waiting = len(spec.depends_on)
+        self.attempts = 0
+        self.output: JSON = None
+        self.error: str | None = None
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.restored = False
+        self.items: list[JSON] | None = None
+        self.item_outputs: list[JSON] = []
+        self.item_attempts: list[int] = []
+        self.next_item = 0
+        self.done_items = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    status: NodeStatus
+    output: JSON
+    error: str | None
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+
+
+class Run:
+    """One execution's scheduling state. Not thread-safe: one owner feeds it."""
+
+    def __init__(
+        self,
+        spec: WorkflowSpec,
+        inputs: JSON,
+        *,
+        ctx: JSONObject | None = None,
+        completed: Mapping[str, JSON] | None = None,
+        completed_attempts: Mapping[str, int] | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.spec = spec
+        self.inputs = inputs
+        self.ctx: JSONObject = {"workflow_id": spec.id, "version": spec.version, **(ctx or {})}
+        self._rand = rand
+        self.nodes: dict[str, _Node] = {n.id: _Node(n) for n in spec.nodes}
+        self._completed = dict(completed or {})
+        self._completed_attempts = dict(completed_attempts or {})
+        unknown = set(self._completed) - set(self.nodes)
+        if unknown:
+            raise ValueError(f"resume names nodes not in {spec.ref}: {', '.join(sorted(unknown))}")
+        self._ready: deque[tuple[str, int | None]] = deque()
+        self._inflight: dict[tuple[str, int | None], int] = {}
+        self._settled: deque[str] = deque()
+        self._out: list[Instruction] = []
+        self._terminal = 0
+        self._now = 0.0
+        self.status: ExecutionStatus = "queued"
+        self.outputs: JSONObject = {}
+        self.error: str | None = None
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+
+    # -- public surface ---------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    @property
+    def progress(self) -> int:
+        return (100 * self._terminal) // len(self.nodes)
+
+    @property
+    def running_tasks(self) -> int:
+        return len(self._inflight)
+
+    def handle(self, *stimuli: Stimulus) -> list[Instruction]:
+        for s in stimuli:
+            self._now = s.now
+            if self.finished and not isinstance(s, TaskLogged):
+                continue  # late news about a run that already ended changes nothing
+            match s:
+                case Start():
+                    self._start()
+                case TaskSucceeded():
+                    self._task_succeeded(s)
+                case TaskFailed():
+                    self._task_failed(s)
+                case TaskLogged():
+                    self._emit(
+                        "node.log", _log_severity(s.level), s.node_id, s.attempt,
+                        {"level": s.level, "message": s.message},
+                    )
+                case ConditionEvaluated():
+                    self._condition(s)
+                case TimerFired():
+                    self._timer(s)
+                case CancelRequested():
+                    self._abort("cancelled", s.reason)
+            self._drain()
+        out, self._out = self._out, []
+        return out
+
+    def result_of(self, requester: str, node_id: str) -> object:
+        """The output ``requester`` may read as ``results.<node_id>``, or MISSING."""
+        node = self.nodes.get(node_id)
+        if node is None or node.status != "succeeded":
+            return MISSING
+        if not self.spec.is_ancestor(node_id, requester):
+            return MISSING
+        return node.output
+
+    def record(self, node_id: str) -> NodeRecord:
+        n = self.nodes[node_id]
+        return NodeRecord(n.status, n.output, n.error, n.attempts, n.started_at, n.finished_at)
+
+    def node_spec(self, node_id: str) -> NodeSpec:
+        return self.nodes[node_id].spec
+
+    def item_of(self, node_id: str, item: int | None) -> JSON:
+        n = self.nodes[node_id]
+        return None if item is None or n.items is None else n.items[item]
+
+    # -- the machine --------------------------------------------------------------------------
+
+    def _emit(
+        self, type_: str, severity: Severity, node_id: str | None = None,
+        attempt: int | None = None, data: JSONObject | None = None,
+    ) -> None:
+        self._out.append(Emit(type_, severity, self._now, node_id, attempt, data or {}))
+
+    def _start(self) -> None:
+        if self.status != "queued":
+            return
+        self.status = "running"
+        self.started_at = self._now
+        self._emit("execution.started", "info", data={"inputs": self.inputs, "resumed": sorted(self._completed)})
+        if self.spec.timeout is not None:
+            self._out.append(StartTimer(("run_timeout",), self.spec.timeout))
+        for node_id in self.spec.order:
+            if node_id in self._completed:
+                n = self.nodes[node_id]
+                n.restored = True
+                n.attempts = self._completed_attempts.get(node_id, 1)
+                self._settle(n, "succeeded", output=self._completed[node_id], quiet=True)
+        for node_id in self.spec.order:
+            n = self.nodes[node_id]
+            if n.status == "pending" and n.waiting == 0:
+                self._settled_ready(n)
+
+    def _settle(
+        self, n: _Node, status: NodeStatus, *, output: JSON = None, error: str | None = None,
+        quiet: bool = False, data: JSONObject | None = None,
+    ) -> None:
+        """Move a node to a terminal state and release its dependents."""
+        self._transition(n, status)
+        n.status = status
+        n.output = output if status == "succeeded" else None
+        n.error = error
+        n.finished_at = self._now
+        self._terminal += 1
+        if not quiet:
+            payload: JSONObject = dict(data or {})
+            if status == "succeeded":
+                payload["output"] = output
+            if error is not None:
+                payload["error"] = error
+            if n.started_at is not None and status in ("succeeded", "failed", "cancelled"):
+                payload["duration_ms"] = round((self._now - n.started_at) * 1000, 3)
+            severity: Severity = "error" if status == "failed" else (
+                "warning" if status in ("blocked", "cancelled") else "info"
+            )
+            self._emit(f"node.{status}", severity, n.spec.id, n.attempts or None, payload)
+        self._settled.append(n.spec.id)
+
+    def _transition(self, n: _Node, to: NodeStatus) -> None:
+        if to not in NODE_TRANSITIONS[n.status]:
+            raise InvalidTransition(
+                n.spec.id, n.status, to,
+                f"attempts={n.attempts}, waiting on {n.waiting} dependencies",
+            )
+
+    def _drain(self) -> None:
+        """Release dependents of settled nodes, then fill free slots; iterative, never recursive."""
+        while True:
+            while self._settled:
+                node_id = self._settled.popleft()
+                for dep_id in self.spec.dependents[node_id]:
+                    d = self.nodes[dep_id]
+                    d.waiting -= 1
+                    if d.waiting == 0 and d.status == "pending":
+                        self._settled_ready(d)
+            self._pump()
+            if not self._settled:
+                break
+        self._maybe_finish()
+
+    def _settled_ready(self, n: _Node) -> None:
+        """All dependencies are terminal: apply the trigger rule, then the condition."""
+        verdict, reason = self._trigger_rule(n)
+        if verdict == "skip":
+            self._settle(n, "skipped", data={"reason": reason})
+        elif verdict == "block":
+            self._settle(n, "blocked", error=reason)
+        elif n.spec.when is not None:
+            self._out.append(EvaluateCondition(n.spec.id, self._ctx(n, None, 1)))
+        else:
+            self._begin(n)
+
+    def _trigger_rule(self, n: _Node) -> tuple[str, str]:
+        rule = n.spec.trigger_rule
+        failed = skipped = None
+        all_ok = True
+        for d in n.spec.depends_on:
+            st = self.nodes[d].status
+            if st in ("failed", "blocked", "cancelled"):
+                failed = failed or d
+            elif st == "skipped":
+                skipped = skipped or d
+            if st != "succeeded":
+                all_ok = False
+        if rule == "all_success":
+            if all_ok:
+                return "run", ""
+            if failed:
+                return "block", f"upstream node {failed!r} did not succeed"
+            return "skip", f"upstream node {skipped!r} was skipped"
+        if rule == "none_failed":
+            return ("block", f"upstream node {failed!r} did not succeed") if failed else ("run", "")
+        if rule == "one_failed":
+            return ("run", "") if failed else ("skip", "trigger_rule one_failed: no upstream node failed")
+        return "run", ""  # all_done
+
+    def _begin(self, n: _Node) -> None:
+        spec = n.spec
+        if spec.kind == "sleep":
+            self._transition(n, "running")
+            n.status = "running"
+            n.attempts = 1
+            n.started_at = self._now
+            self._emit("node.started", "info", spec.id, 1, {"sleep_s": spec.sleep})
+            self._out.append(StartTimer(("sleep", spec.id), spec.sleep or 0.0))
+            return
+        if spec.foreach is None:
+            self._ready.append((spec.id, None))
+            return
+        try:
+            items = templates.resolve(
+                spec.foreach, inputs=self.inputs, results=self._lookup, ctx=self._ctx(n, None, 1)
+            )
+        except TemplateError as exc:
+            self._settle(n, "failed", error=f"foreach: {exc}")
+            return
+        if not isinstance(items, list):
+            kind = type(items).__name__ if items is not None else "null"
+            self._settle(n, "failed", error=f"foreach must resolve to a list, got {kind}")
+            return
+        n.items = items
+        n.item_outputs = [None] * len(items)
+        n.item_attempts = [0] * len(items)
+        if not items:
+            self._emit("node.started", "info", spec.id, 1, {"items": 0})
+            self._transition(n, "running")
+            n.status, n.started_at, n.attempts = "running", self._now, 1
+            self._settle(n, "succeeded", output=[])
+            return
+        first = len(items) if spec.concurrency is None else min(spec.concurrency, len(items))
+        for i in range(first):
+            self._ready.append((spec.id, i))
+        n.next_item = first
+
+    def _pump(self) -> None:
+        """Start queued tasks while the run has free slots."""
+        limit = self.spec.concurrency
+        while self._ready and len(self._inflight) < limit:
+            node_id, item = self._ready.popleft()
+            n = self.nodes[node_id]
+            if n.status in NODE_TERMINAL:
+                continue
+            if item is None:
+                n.attempts += 1
+                attempt = n.attempts
+            else:
+                n.item_attempts[item] += 1
+                attempt = n.item_attempts[item]
+                n.attempts = max(n.attempts, attempt)
+            if n.status == "pending":
+                self._transition(n, "running")
+                n.status = "running"
+                n.started_at = self._now
+                data: JSONObject = {"items": len(n.items)} if n.items is not None else {}
+                self._emit("node.started", "info", node_id, attempt, data)
+            elif item is None:
+                self._emit("node.started", "info", node_id, attempt, {"retry": True})
+            ctx = self._ctx(n, item, attempt)
+            inputs: JSON = None
+            if n.spec.kind == "workflow" and n.spec.inputs is not None:
+                try:
+                    inputs = templates.resolve(
+                        n.spec.inputs, inputs=self.inputs, results=self._lookup, ctx=ctx
+                    )
+                except TemplateError as exc:
+                    self._fail_node(n, f"inputs: {exc}")
+                    continue
+            self._inflight[(node_id, item)] = attempt
+            self._out.append(RunTask(node_id, item, attempt, ctx, inputs, n.spec.timeout))
+            if n.spec.timeout is not None:
+                self._out.append(StartTimer(("node_timeout", node_id, item, attempt), n.spec.timeout))
+
+    def _ctx(self, n: _Node, item: int | None, attempt: int) -> JSONObject:
+        ctx = dict(self.ctx)
+        ctx["node_id"] = n.spec.id
+        ctx["attempt"] = attempt
+        if item is not None and n.items is not None:
+            ctx["item"] = n.items[item]
+            ctx["index"] = item
+        return ctx
+
+    def _lookup(self, node_id: str) -> JSON:
+        n = self.nodes.get(node_id)
+        if n is None or n.status != "succeeded":
+            raise KeyError(node_id)
+        return n.output
+
+    def _task_succeeded(self, s: TaskSucceeded) -> None:
+        key = (s.node_id, s.item)
+        if self._inflight.get(key) != s.attempt:
+            return  # a stale answer: the attempt was timed out or cancelled already
+        del self._inflight[key]
+        n = self.nodes[s.node_id]
+        if s.item is None:
+            self._settle(n, "succeeded", output=s.output)
+            return
+        assert n.items is not None
+        n.item_outputs[s.item] = s.output
+        n.done_items += 1
+        if n.next_item < len(n.items):
+            self._ready.append((n.spec.id, n.next_item))
+            n.next_item += 1
+        if n.done_items == len(n.items):
+            self._settle(n, "succeeded", output=n.item_outputs)
+
+    def _task_failed(self, s: TaskFailed) -> None:
+        key = (s.node_id, s.item)
+        if self._inflight.get(key) != s.attempt:
+            return
+        del self._inflight[key]
+        n = self.nodes[s.node_id]
+        policy = n.spec.retry
+        if s.retryable and s.attempt < policy.max_attempts:
+            delay = policy.delay_before(s.attempt + 1, self._rand())
+            data: JSONObject = {"error": s.error, "next_attempt": s.attempt + 1, "delay_s": round(delay, 3)}
+            if s.item is not None:
+                data["item"] = s.item
+            self._emit("node.retrying", "warning", s.node_id, s.attempt, data)
+            self._out.append(StartTimer(("retry", s.node_id, s.item), delay))
+            return
+        where = f"item {s.item}: " if s.item is not None else ""
+        self._fail_node(n, where + s.error)
+
+    def _fail_node(self, n: _Node, error: str) -> None:
+        for key in [k for k in self._inflight if k[0] == n.spec.id]:
+            del self._inflight[key]
+            self._out.append(CancelTask(key[0], key[1], "another item of this node failed"))
+        self._settle(n, "failed", error=error)
+        if self.spec.fail_fast:
+            self._abort("failed", f"node {n.spec.id!r} failed and fail_fast is set: {error}")
+
+    def _condition(self, s: ConditionEvaluated) -> None:
+        n = self.nodes[s.node_id]
+        if n.status != "pending" or n.waiting != 0:
+            return
+        if s.error is not None:
+            self._settle(n, "failed", error=f"when: {s.error}")
+        elif not s.value:
+            self._settle(n, "skipped", data={"reason": f"when {n.spec.when!r} is false"})
+        else:
+            self._begin(n)
+
+    def _timer(self, s: TimerFired) -> None:
+        kind = s.key[0]
+        if kind == "run_timeout":
+            assert self.spec.timeout is not None
+            self._abort("timed_out", f"execution timed out after {format_duration(self.spec.timeout)}")
+            return
+        node_id = str(s.key[1])
+        n = self.nodes.get(node_id)
+        if n is None or n.status != "running":
+            return
+        if kind == "sleep":
+            self._settle(n, "succeeded", output={"slept_s": n.spec.sleep})
+        elif kind == "retry":
+            item = s.key[2]
+            assert item is None or isinstance(item, int)
+            self._ready.append((node_id, item))
+        elif kind == "node_timeout":
+            item, attempt = s.key[2], s.key[3]
+            assert (item is None or isinstance(item, int)) and isinstance(attempt, int)
+            if self._inflight.get((node_id, item)) == attempt:
+                timeout = n.spec.timeout or 0.0
+                self._out.append(CancelTask(node_id, item, "node timeout"))
+                self._task_failed(
+                    TaskFailed(node_id, item, attempt, f"timed out after {format_duration(timeout)}", s.now)
+                )
+
+    def _abort(self, status: ExecutionStatus, reason: str) -> None:
+        """End the run now: running tasks are cancelled, nothing pending starts."""
+        if self.finished:
+            return
+        for node_id, item in list(self._inflight):
+            self._out.append(CancelTask(node_id, item, reason))
+        self._inflight.clear()
+        self._ready.clear()
+        for node_id in self.spec.order:
+            n = self.nodes[node_id]
+            if n.status == "running":
+                self._settle(n, "cancelled", error=reason)
+            elif n.status == "pending":
+                self._settle(n, "cancelled", error=reason, quiet=True)
+        self._settled.clear()  # everything is terminal: nothing left to release
+        self._finish(status, reason)
+
+    def _maybe_finish(self) -> None:
+        if self.finished or self._terminal < len(self.nodes) or self.status != "running":
+            return
+        failed = [n for n in self.nodes.values() if n.status in ("failed", "blocked", "cancelled")]
+        if not failed:
+            self._finish("succeeded", None)
+            return
+        sink_ok = any(self.nodes[s].status == "succeeded" for s in self.spec.sink_ids)
+        first = next((n for n in failed if n.status == "failed"), failed[0])
+        summary = f"node {first.spec.id!r} {first.status}: {first.error}"
+        if len(failed) > 1:
+            summary += f" (and {len(failed) - 1} more)"
+        self._finish("partial" if sink_ok else "failed", summary)
+
+    def _finish(self, status: ExecutionStatus, error: str | None) -> None:
+        self.status = status
+        self.error = error
+        self.finished_at = self._now
+        self.outputs = self._outputs()
+        data: JSONObject = {"outputs": self.outputs}
+        if error is not None:
+            data["error"] = error
+        if self.started_at is not None:
+            data["duration_ms"] = round((self._now - self.started_at) * 1000, 3)
+        severity: Severity = "info" if status == "succeeded" else (
+            "warning" if status in ("partial", "cancelled") else "error"
+        )
+        self._emit(f"execution.{status}", severity, data=data)
+        self._out.append(Finish(status, self.outputs, error))
+
+    def _outputs(self) -> JSONObject:
+        if self.spec.outputs is None:
+            return {
+                node_id: self.nodes[node_id].output
+                for node_id in self.spec.order
+                if node_id in self.spec.sink_ids and self.nodes[node_id].status == "succeeded"
+            }
+        out: JSONObject = {}
+        for name, template in self.spec.outputs.items():
+            try:
+                out[name] = templates.resolve(
+                    template, inputs=self.inputs, results=self._lookup, ctx=self.ctx
+                )
+            except TemplateError:
+                out[name] = None  # a node the output names did not succeed: the run says why
+        return out
+
+    # -- invariants -------------------------------------------------------------------------
+
+    def validate_state(self) -> None:
+        """Check every invariant; tests call this after each step."""
+        problems: list[str] = []
+        terminal = 0
+        for node_id, n in self.nodes.items():
+            unfinished = sum(
+                1 for d in n.spec.depends_on if self.nodes[d].status not in NODE_TERMINAL
+            )
+            if n.waiting != unfinished:
+                problems.append(f"{node_id}: waiting={n.waiting} but {unfinished} deps unfinished")
+            if n.status in NODE_TERMINAL:
+                terminal += 1
+                if n.finished_at is None:
+                    problems.append(f"{node_id}: {n.status} without finished_at")
+            if n.status == "running":
+                if n.waiting and not self.finished:
+                    problems.append(f"{node_id}: running before its dependencies finished")
+                if n.started_at is None:
+                    problems.append(f"{node_id}: running without started_at")
+            if n.status == "succeeded" and not n.restored and n.started_at is None:
+                problems.append(f"{node_id}: succeeded without starting")
+        for node_id, _item in self._inflight:
+            if self.nodes[node_id].status != "running":
+                problems.append(f"{node_id}: task in flight but node is {self.nodes[node_id].status}")
+        if terminal != self._terminal:
+            problems.append(f"terminal count {self._terminal} != {terminal}")
+        if len(self._inflight) > self.spec.concurrency:
+            problems.append(f"{len(self._inflight)} tasks in flight over concurrency {self.spec.concurrency}")
+        if self.finished and terminal != len(self.nodes):
+            problems.append("finished with non-terminal nodes")
+        if self.finished and self._inflight:
+            problems.append("finished with tasks in flight")
+        if problems:
+            raise AssertionError(f"{self.spec.ref}: " + "; ".join(problems))
+
+
+def _log_severity(level: str) -> Severity:
+    return {"debug": "debug", "warn": "warning", "warning": "warning", "error": "error"}.get(
+        level, "info"
+    )  # type: ignore[return-value]

@@ -1,0 +1,744 @@
+"""The workflow spec: a typed, immutable model and the validation that produces it.
+
+``parse_spec`` walks a document (already parsed from YAML or JSON) once and collects every
+problem it finds, each with its place, instead of stopping at the first; the caller gets either
+a ``WorkflowSpec`` or one ``SpecError`` listing them all. Checks that need a library (Lua syntax,
+JSON Schema, time zones) are passed in as ``ExternalChecks`` so this module stays pure.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeAlias, cast
+
+from engine.core import dag, luarefs, templates
+from engine.core.durations import parse_duration
+from engine.core.errors import SpecError, SpecProblem
+from engine.core.values import JSON, JSONObject
+
+TriggerRule = Literal["all_success", "none_failed", "all_done", "one_failed"]
+TRIGGER_RULES: Final = ("all_success", "none_failed", "all_done", "one_failed")
+NodeKind = Literal["lua", "workflow", "sleep"]
+Backoff = Literal["fixed", "exponential"]
+
+WORKFLOW_ID: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+NODE_ID: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
+ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+HTTP_PATH: Final = re.compile(r"/[A-Za-z0-9._~/-]*")
+# The regular expression semver.org publishes for SemVer 2.0.0.
+SEMVER: Final = re.compile(
+    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
+)
+CRON_MACROS: Final = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+CRON_FIELD: Final = re.compile(r"[0-9A-Za-z*/,?#LW-]+")
+
+DEFAULT_CONCURRENCY: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often a node is tried and how long to wait between tries."""
+
+    max_attempts: int = 1
+    backoff: Backoff = "fixed"
+    delay: float = 1.0
+    max_delay: float = 300.0
+    jitter: float = 0.0  # fraction of the delay, spread both ways: 0.2 means ±20 %
+
+    def delay_before(self, attempt: int, rand: float) -> float:
+        """Seconds to wait before ``attempt`` (2 is the first retry); ``rand`` is in [0, 1)."""
+        base = self.delay if self.backoff == "fixed" else self.delay * 2.0 ** (attempt - 2)
+        base = min(base, self.max_delay)
+        spread = base * self.jitter * (2.0 * rand - 1.0)
+        return max(0.0, min(self.max_delay, base + spread))
+
+
+@dataclass(frozen=True, slots=True)
+class SubWorkflowRef:
+    id: str
+    version: str = "latest"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    id: str
+    kind: NodeKind
+    depends_on: tuple[str, ...] = ()
+    lua: str | None = None
+    workflow: SubWorkflowRef | None = None
+    sleep: float | None = None
+    inputs: JSON = None
+    retry: RetryPolicy = RetryPolicy()
+    timeout: float | None = None
+    when: str | None = None
+    foreach: JSON = None
+    concurrency: int | None = None
+    trigger_rule: TriggerRule = "all_success"
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CronTrigger:
+    cron: str
+    timezone: str = "UTC"
+    overlap: Literal["skip", "allow", "cancel_previous"] = "skip"
+    catchup: Literal["none", "latest", "all"] = "latest"
+    inputs: JSONObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpTrigger:
+    path: str
+    bearer_env: str | None = None
+    hmac_env: str | None = None
+    raw_body: bool = False
+
+
+Trigger: TypeAlias = CronTrigger | HttpTrigger
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    """A validated workflow. ``document`` is the source it came from, kept for storage and hashing."""
+
+    id: str
+    version: str
+    nodes: tuple[NodeSpec, ...]
+    name: str | None = None
+    description: str | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    timeout: float | None = None
+    fail_fast: bool = False
+    inputs_schema: JSONObject | None = None
+    outputs: JSONObject | None = None
+    triggers: tuple[Trigger, ...] = ()
+    document: JSONObject = field(default_factory=dict, compare=False, repr=False)
+    # derived once, so the scheduler never rescans the node list
+    by_id: Mapping[str, NodeSpec] = field(init=False, compare=False, repr=False)
+    deps: Mapping[str, tuple[str, ...]] = field(init=False, compare=False, repr=False)
+    dependents: Mapping[str, tuple[str, ...]] = field(init=False, compare=False, repr=False)
+    order: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    sink_ids: frozenset[str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        by_id = {n.id: n for n in self.nodes}
+        deps = {n.id: n.depends_on for n in self.nodes}
+        dependents: dict[str, list[str]] = {n.id: [] for n in self.nodes}
+        for n in self.nodes:
+            for d in n.depends_on:
+                dependents[d].append(n.id)
+        order = dag.topological_order(deps)
+        if order is None:
+            raise ValueError(f"workflow {self.id!r} has a dependency cycle")
+        object.__setattr__(self, "by_id", by_id)
+        object.__setattr__(self, "deps", deps)
+        object.__setattr__(self, "dependents", {k: tuple(v) for k, v in dependents.items()})
+        object.__setattr__(self, "order", tuple(order))
+        object.__setattr__(self, "sink_ids", frozenset(k for k, v in dependents.items() if not v))
+
+    @property
+    def ref(self) -> str:
+        return f"{self.id}@{self.version}"
+
+    def is_ancestor(self, candidate: str, node_id: str) -> bool:
+        return dag.is_ancestor(candidate, node_id, self.deps)
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalChecks:
+    """Checks that need a library; each returns None when fine, else a message.
+
+    ``lua_syntax(code, expression)`` returns ``(message, line)``.
+    """
+
+    lua_syntax: Callable[[str, bool], tuple[str, int | None] | None] | None = None
+    json_schema: Callable[[JSON], str | None] | None = None
+    timezone: Callable[[str], str | None] | None = None
+    cron: Callable[[str], str | None] | None = None
+
+
+Key: TypeAlias = tuple[str | int, ...]
+"""A location in the document as keys and list indexes; ``lines`` maps these to file lines."""
+
+_WORKFLOW_FIELDS: Final = (
+    "id", "version", "name", "description", "concurrency", "timeout", "fail_fast",
+    "inputs_schema", "outputs", "triggers", "nodes", "labels",
+)
+_NODE_FIELDS: Final = (
+    "id", "depends_on", "lua", "workflow", "sleep", "inputs", "retry", "timeout", "when",
+    "foreach", "concurrency", "trigger_rule", "description", "name",
+)
+_RETRY_FIELDS: Final = ("max_attempts", "backoff", "delay", "max_delay", "jitter")
+_CRON_FIELDS: Final = ("cron", "timezone", "overlap", "catchup", "inputs", "id")
+_HTTP_FIELDS: Final = ("path", "auth", "raw_body")
+
+
+def _hint(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Checker:
+    """Walks one document, collecting problems; builds the model as it goes."""
+
+    def __init__(self, lines: Mapping[Key, int], checks: ExternalChecks) -> None:
+        self.lines = lines
+        self.checks = checks
+        self.problems: list[SpecProblem] = []
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def line_of(self, key: Key) -> int | None:
+        while True:
+            if key in self.lines:
+                return self.lines[key]
+            if not key:
+                return None
+            key = key[:-1]
+
+    def report(self, key: Key, path: str, message: str, line: int | None = None) -> None:
+        self.problems.append(SpecProblem(path, message, line or self.line_of(key)))
+
+    def unknown_fields(
+        self, obj: Mapping[str, Any], allowed: Sequence[str], key: Key, path: str
+    ) -> None:
+        for name in obj:
+            if name not in allowed:
+                where = f"{path}.{name}" if path else str(name)
+                self.report(
+                    (*key, name), where, f"unknown field {name!r}{_hint(str(name), allowed)}"
+                )
+
+    # -- typed getters: report and return a default on a bad value ------------------------
+
+    def text(self, obj: Mapping[str, Any], name: str, key: Key, path: str) -> str | None:
+        value = obj.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.report((*key, name), f"{path}.{name}".lstrip("."), "must be a string")
+            return None
+        return value
+
+    def integer(
+        self, obj: Mapping[str, Any], name: str, key: Key, path: str, minimum: int
+    ) -> int | None:
+        value = obj.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.report(
+                (*key, name), f"{path}.{name}".lstrip("."),
+                f"must be a whole number >= {minimum}, got {value!r}",
+            )
+            return None
+        return value
+
+    def duration(
+        self, obj: Mapping[str, Any], name: str, key: Key, path: str, positive: bool = True
+    ) -> float | None:
+        if name not in obj or obj[name] is None:
+            return None
+        try:
+            seconds = parse_duration(obj[name])
+        except ValueError as exc:
+            self.report((*key, name), f"{path}.{name}".lstrip("."), str(exc))
+            return None
+        if positive and seconds <= 0:
+            self.report((*key, name), f"{path}.{name}".lstrip("."), "must be longer than zero")
+            return None
+        return seconds
+
+    def boolean(self, obj: Mapping[str, Any], name: str, key: Key, path: str) -> bool | None:
+        value = obj.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, bool):
+            self.report((*key, name), f"{path}.{name}".lstrip("."), f"must be true or false, got {value!r}")
+            return None
+        return value
+
+    def choice(
+        self, obj: Mapping[str, Any], name: str, options: Sequence[str], key: Key, path: str
+    ) -> str | None:
+        value = obj.get(name)
+        if value is None:
+            return None
+        if value not in options:
+            hint = _hint(str(value), options) if isinstance(value, str) else ""
+            self.report(
+                (*key, name), f"{path}.{name}".lstrip("."),
+                f"must be one of {', '.join(options)}, got {value!r}{hint}",
+            )
+            return None
+        return cast(str, value)
+
+    # -- the document ---------------------------------------------------------------------
+
+    def workflow(self, doc: object) -> WorkflowSpec | None:
+        if not isinstance(doc, Mapping):
+            kind = type(doc).__name__ if doc is not None else "nothing"
+            self.report((), "", f"a workflow spec must be a mapping, got {kind}")
+            return None
+        self.unknown_fields(doc, _WORKFLOW_FIELDS, (), "")
+        wf_id = doc.get("id")
+        if wf_id is None:
+            self.report((), "id", "is required")
+        elif not isinstance(wf_id, str) or not WORKFLOW_ID.fullmatch(wf_id):
+            self.report(
+                ("id",), "id",
+                f"bad workflow id {wf_id!r}: use 1-63 of a-z, 0-9, '.', '_', '-', "
+                "starting with a letter or digit",
+            )
+        version = doc.get("version")
+        if version is None:
+            self.report((), "version", "is required")
+        elif not isinstance(version, str) or not SEMVER.fullmatch(version):
+            self.report(
+                ("version",), "version",
+                f"bad version {version!r}: must be SemVer 2.0.0 like 1.2.0 (quote it in YAML)",
+            )
+        name = self.text(doc, "name", (), "")
+        description = self.text(doc, "description", (), "")
+        concurrency = self.integer(doc, "concurrency", (), "", 1)
+        timeout = self.duration(doc, "timeout", (), "")
+        fail_fast = self.boolean(doc, "fail_fast", (), "")
+        inputs_schema = self.inputs_schema(doc.get("inputs_schema"))
+        nodes = self.nodes(doc.get("nodes"))
+        outputs = self.outputs(doc.get("outputs"), nodes)
+        triggers = self.triggers(doc.get("triggers"))
+        if self.problems or nodes is None:
+            return None
+        return WorkflowSpec(
+            id=cast(str, wf_id),
+            version=cast(str, version),
+            nodes=tuple(nodes.values()),
+            name=name,
+            description=description,
+            concurrency=concurrency or DEFAULT_CONCURRENCY,
+            timeout=timeout,
+            fail_fast=bool(fail_fast),
+            inputs_schema=inputs_schema,
+            outputs=outputs,
+            triggers=tuple(triggers),
+            document=dict(doc),
+        )
+
+    def inputs_schema(self, value: object) -> JSONObject | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.report(("inputs_schema",), "inputs_schema", "must be a JSON Schema object")
+            return None
+        if self.checks.json_schema is not None:
+            message = self.checks.json_schema(value)
+            if message:
+                self.report(("inputs_schema",), "inputs_schema", f"not a valid JSON Schema: {message}")
+        return value
+
+    def nodes(self, value: object) -> dict[str, NodeSpec] | None:
+        if value is None:
+            self.report((), "nodes", "is required: a list of nodes")
+            return None
+        if not isinstance(value, list) or not value:
+            self.report(("nodes",), "nodes", "must be a non-empty list of nodes")
+            return None
+        built: dict[str, NodeSpec] = {}
+        raw: dict[str, tuple[Mapping[str, Any], Key, str]] = {}
+        first_seen: dict[str, int] = {}
+        for index, item in enumerate(value):
+            key: Key = ("nodes", index)
+            if not isinstance(item, Mapping):
+                self.report(key, f"nodes[{index}]", "must be a mapping with an id")
+                continue
+            node_id = item.get("id")
+            if node_id is None:
+                self.report(key, f"nodes[{index}]", "node has no id")
+                continue
+            if not isinstance(node_id, str) or not NODE_ID.fullmatch(node_id):
+                self.report(
+                    (*key, "id"), f"nodes[{index}].id",
+                    f"bad node id {node_id!r}: use 1-63 of letters, digits, '_' or '-', "
+                    "starting with a letter or '_'",
+                )
+                continue
+            if node_id in first_seen:
+                self.report(
+                    (*key, "id"), f"nodes[{node_id}]",
+                    f"duplicate node id {node_id!r} (first defined as nodes[{first_seen[node_id]}])",
+                )
+                continue
+            first_seen[node_id] = index
+            path = f"nodes[{node_id}]"
+            node = self.node(item, key, path)
+            raw[node_id] = (item, key, path)
+            if node is not None:
+                built[node_id] = node
+        deps = {nid: self._deps_of(item) for nid, (item, _, _) in raw.items()}
+        for nid, (item, key, path) in raw.items():
+            for i, d in enumerate(deps[nid]):
+                if d == nid:
+                    self.report((*key, "depends_on", i), f"{path}.depends_on", f"node {nid!r} depends on itself")
+                elif d not in raw:
+                    self.report(
+                        (*key, "depends_on", i), f"{path}.depends_on",
+                        f"unknown dependency {d!r}{_hint(d, list(raw))}",
+                    )
+        known = {n: [d for d in ds if d in raw and d != n] for n, ds in deps.items()}
+        cyclic = False
+        for cycle in dag.find_cycles(known):
+            cyclic = True
+            _, key, path = raw[cycle[0]]
+            self.report((*key, "depends_on"), path, "dependency cycle: " + " -> ".join(cycle))
+        if not cyclic:
+            for nid, (item, key, path) in raw.items():
+                self.references(nid, item, key, path, known)
+        return built
+
+    @staticmethod
+    def _deps_of(item: Mapping[str, Any]) -> list[str]:
+        value = item.get("depends_on") or []
+        if isinstance(value, str):
+            value = [value]
+        return [d for d in value if isinstance(d, str)] if isinstance(value, list) else []
+
+    def node(self, item: Mapping[str, Any], key: Key, path: str) -> NodeSpec | None:
+        before = len(self.problems)
+        self.unknown_fields(item, _NODE_FIELDS, key, path)
+        node_id = cast(str, item["id"])
+        depends = item.get("depends_on")
+        if isinstance(depends, str):
+            depends = [depends]
+        if depends is not None and not (
+            isinstance(depends, list) and all(isinstance(d, str) for d in depends)
+        ):
+            self.report((*key, "depends_on"), f"{path}.depends_on", "must be a list of node ids")
+            depends = []
+        elif depends and len(set(depends)) != len(depends):
+            self.report((*key, "depends_on"), f"{path}.depends_on", "lists a dependency twice")
+        kinds = [k for k in ("lua", "workflow", "sleep") if item.get(k) is not None]
+        kind: NodeKind = "lua"
+        if len(kinds) != 1:
+            found = ", ".join(kinds) if kinds else "none"
+            self.report(key, path, f"needs exactly one of lua, workflow, sleep (found: {found})")
+        else:
+            kind = cast(NodeKind, kinds[0])
+        lua = self.text(item, "lua", key, path)
+        if lua is not None and not lua.strip():
+            self.report((*key, "lua"), f"{path}.lua", "is empty")
+        if lua and self.checks.lua_syntax is not None:
+            found_err = self.checks.lua_syntax(lua, False)
+            if found_err:
+                msg, line = found_err
+                self.lua_problem(key, "lua", path, f"Lua syntax error: {msg}", line)
+        workflow = self.sub_workflow(item.get("workflow"), key, path)
+        sleep = self.duration(item, "sleep", key, path, positive=False)
+        inputs = item.get("inputs")
+        if inputs is not None and kind != "workflow":
+            self.report(
+                (*key, "inputs"), f"{path}.inputs",
+                "only sub-workflow nodes take inputs; a Lua node reads the workflow's `inputs`",
+            )
+        elif inputs is not None and not isinstance(inputs, dict):
+            self.report((*key, "inputs"), f"{path}.inputs", "must be a mapping of input names to values")
+        retry = self.retry(item.get("retry"), key, path)
+        timeout = self.duration(item, "timeout", key, path)
+        when = self.text(item, "when", key, path)
+        if when is not None:
+            if not when.strip():
+                self.report((*key, "when"), f"{path}.when", "is empty: give a Lua expression")
+            elif "{{" in when:
+                self.report(
+                    (*key, "when"), f"{path}.when",
+                    "is a Lua expression, not a template: write results.x.y > 0, without {{ }}",
+                )
+            elif self.checks.lua_syntax is not None:
+                found_err = self.checks.lua_syntax(when, True)
+                if found_err:
+                    self.report((*key, "when"), f"{path}.when", f"bad Lua expression: {found_err[0]}")
+        foreach = item.get("foreach")
+        if foreach is not None:
+            if kind == "sleep":
+                self.report((*key, "foreach"), f"{path}.foreach", "a sleep node cannot fan out")
+            elif isinstance(foreach, str):
+                if not templates.is_whole_template(foreach):
+                    self.report(
+                        (*key, "foreach"), f"{path}.foreach",
+                        f"must be one template like '{{{{ results.extract.rows }}}}' or a list, got {foreach!r}",
+                    )
+            elif not isinstance(foreach, list):
+                self.report((*key, "foreach"), f"{path}.foreach", "must be a template or a list")
+        concurrency = self.integer(item, "concurrency", key, path, 1)
+        if concurrency is not None and foreach is None:
+            self.report(
+                (*key, "concurrency"), f"{path}.concurrency",
+                "applies to foreach nodes only (the workflow's concurrency bounds the rest)",
+            )
+        rule = self.choice(item, "trigger_rule", TRIGGER_RULES, key, path)
+        description = self.text(item, "description", key, path)
+        if len(self.problems) != before:
+            return None
+        return NodeSpec(
+            id=node_id,
+            kind=kind,
+            depends_on=tuple(depends or ()),
+            lua=lua,
+            workflow=workflow,
+            sleep=sleep,
+            inputs=inputs,
+            retry=retry,
+            timeout=timeout,
+            when=when,
+            foreach=foreach,
+            concurrency=concurrency,
+            trigger_rule=cast(TriggerRule, rule or "all_success"),
+            description=description,
+        )
+
+    def lua_problem(self, key: Key, field_name: str, path: str, message: str, line: int | None) -> None:
+        """A problem inside Lua source: the file line is the block's first line plus the Lua line."""
+        start = self.lines.get((*key, field_name))
+        file_line = start + line - 1 if start is not None and line is not None else None
+        where = f" (Lua line {line})" if line is not None else ""
+        self.report((*key, field_name), f"{path}.{field_name}", message + where, file_line)
+
+    def sub_workflow(self, value: object, key: Key, path: str) -> SubWorkflowRef | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = {"id": value}
+        if not isinstance(value, Mapping):
+            self.report((*key, "workflow"), f"{path}.workflow", "must be {id: ..., version: ...}")
+            return None
+        self.unknown_fields(value, ("id", "version"), (*key, "workflow"), f"{path}.workflow")
+        wf_id = value.get("id")
+        if not isinstance(wf_id, str) or not WORKFLOW_ID.fullmatch(wf_id):
+            self.report((*key, "workflow", "id"), f"{path}.workflow.id", f"bad workflow id {wf_id!r}")
+            return None
+        version = value.get("version", "latest")
+        if not isinstance(version, str) or not version.strip():
+            self.report(
+                (*key, "workflow", "version"), f"{path}.workflow.version",
+                f"must be a version range like ^1.2 or latest, got {version!r}",
+            )
+            return None
+        return SubWorkflowRef(wf_id, version.strip())
+
+    def retry(self, value: object, key: Key, path: str) -> RetryPolicy:
+        if value is None:
+            return RetryPolicy()
+        rkey: Key = (*key, "retry")
+        rpath = f"{path}.retry"
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = {"max_attempts": value}
+        if not isinstance(value, Mapping):
+            self.report(rkey, rpath, "must be a mapping (max_attempts, backoff, delay, max_delay, jitter)")
+            return RetryPolicy()
+        self.unknown_fields(value, _RETRY_FIELDS, rkey, rpath)
+        attempts = self.integer(value, "max_attempts", rkey, rpath, 1) or 1
+        backoff = self.choice(value, "backoff", ("fixed", "exponential"), rkey, rpath) or "fixed"
+        delay = self.duration(value, "delay", rkey, rpath, positive=False)
+        max_delay = self.duration(value, "max_delay", rkey, rpath)
+        jitter_raw = value.get("jitter", 0.0)
+        jitter = 0.0
+        if jitter_raw is True:
+            jitter = 0.5
+        elif isinstance(jitter_raw, int | float) and not isinstance(jitter_raw, bool) and 0 <= jitter_raw <= 1:
+            jitter = float(jitter_raw)
+        elif jitter_raw not in (False, None):
+            self.report((*rkey, "jitter"), f"{rpath}.jitter", f"must be true/false or a fraction 0..1, got {jitter_raw!r}")
+        policy = RetryPolicy(
+            max_attempts=attempts,
+            backoff=cast(Backoff, backoff),
+            delay=1.0 if delay is None else delay,
+            max_delay=300.0 if max_delay is None else max_delay,
+            jitter=jitter,
+        )
+        if policy.max_delay < policy.delay:
+            self.report(rkey, rpath, "max_delay is shorter than delay")
+        return policy
+
+    def references(
+        self, node_id: str, item: Mapping[str, Any], key: Key, path: str,
+        deps: Mapping[str, Sequence[str]],
+    ) -> None:
+        """Templates and Lua may only read results of the node's ancestors."""
+        ancestors: set[str] | None = None
+
+        def check(ref_node: str, where: str, line: int | None, field_key: Key) -> None:
+            nonlocal ancestors
+            if ancestors is None:
+                ancestors = dag.ancestors(node_id, deps)
+            if ref_node in ancestors:
+                return
+            if ref_node not in deps:
+                msg = f"results.{ref_node}: there is no node {ref_node!r}{_hint(ref_node, list(deps))}"
+            elif ref_node == node_id:
+                msg = f"results.{ref_node}: a node cannot read its own result"
+            else:
+                msg = (
+                    f"results.{ref_node}: node {ref_node!r} is not an ancestor of {node_id!r}; "
+                    "add it to depends_on"
+                )
+            if line is not None:
+                self.lua_problem(key, where, path, msg, line)
+            else:
+                self.report(field_key, f"{path}.{where}", msg)
+
+        for where in ("inputs", "foreach"):
+            value = item.get(where)
+            if value is None:
+                continue
+            for sub, ref in templates.references(value):
+                fkey: Key = (*key, where)
+                if isinstance(ref, ValueError):
+                    self.report(fkey, f"{path}.{where}{'.' + sub if sub else ''}", str(ref))
+                elif ref.node_id is not None:
+                    check(ref.node_id, where, None, fkey)
+        for where in ("lua", "when"):
+            code = item.get(where)
+            if isinstance(code, str):
+                for lref in luarefs.result_references(code):
+                    check(lref.node_id, where, lref.line if where == "lua" else None, (*key, where))
+
+    def outputs(self, value: object, nodes: Mapping[str, NodeSpec] | None) -> JSONObject | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.report(("outputs",), "outputs", "must be a mapping of output names to templates")
+            return None
+        for sub, ref in templates.references(value):
+            where = f"outputs.{sub}"
+            if isinstance(ref, ValueError):
+                self.report(("outputs",), where, str(ref))
+            elif ref.root == "ctx":
+                self.report(("outputs",), where, "outputs can read inputs and results, not ctx")
+            elif ref.node_id is not None and nodes is not None and ref.node_id not in nodes:
+                self.report(
+                    ("outputs",), where,
+                    f"results.{ref.node_id}: there is no node {ref.node_id!r}{_hint(ref.node_id, list(nodes))}",
+                )
+        return value
+
+    def triggers(self, value: object) -> list[Trigger]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.report(("triggers",), "triggers", "must be a list")
+            return []
+        out: list[Trigger] = []
+        for i, item in enumerate(value):
+            key: Key = ("triggers", i)
+            path = f"triggers[{i}]"
+            if isinstance(item, Mapping) and "cron" in item:
+                trigger: Trigger | None = self.cron_trigger(item, key, path)
+            elif isinstance(item, Mapping) and "http" in item:
+                self.unknown_fields(item, ("http",), key, path)
+                trigger = self.http_trigger(item["http"], (*key, "http"), f"{path}.http")
+            else:
+                self.report(key, path, "must be a cron trigger {cron: ...} or an http trigger {http: {path: ...}}")
+                trigger = None
+            if trigger is not None:
+                out.append(trigger)
+        return out
+
+    def cron_trigger(self, item: Mapping[str, Any], key: Key, path: str) -> CronTrigger | None:
+        before = len(self.problems)
+        self.unknown_fields(item, _CRON_FIELDS, key, path)
+        expr = item.get("cron")
+        if not isinstance(expr, str):
+            self.report((*key, "cron"), f"{path}.cron", "must be a cron expression string")
+        else:
+            problem = _cron_shape(expr)
+            if problem is None and self.checks.cron is not None:
+                problem = self.checks.cron(expr)
+            if problem:
+                self.report((*key, "cron"), f"{path}.cron", problem)
+        tz = self.text(item, "timezone", key, path) or "UTC"
+        if self.checks.timezone is not None:
+            problem = self.checks.timezone(tz)
+            if problem:
+                self.report((*key, "timezone"), f"{path}.timezone", problem)
+        overlap = self.choice(item, "overlap", ("skip", "allow", "cancel_previous"), key, path)
+        catchup = self.choice(item, "catchup", ("none", "latest", "all"), key, path)
+        inputs = item.get("inputs") or {}
+        if not isinstance(inputs, dict):
+            self.report((*key, "inputs"), f"{path}.inputs", "must be a mapping")
+        if len(self.problems) != before:
+            return None
+        return CronTrigger(
+            cron=cast(str, expr),
+            timezone=tz,
+            overlap=cast(Any, overlap or "skip"),
+            catchup=cast(Any, catchup or "latest"),
+            inputs=inputs,
+        )
+
+    def http_trigger(self, value: object, key: Key, path: str) -> HttpTrigger | None:
+        if not isinstance(value, Mapping):
+            self.report(key, path, "must be a mapping with a path")
+            return None
+        before = len(self.problems)
+        self.unknown_fields(value, _HTTP_FIELDS, key, path)
+        route = value.get("path")
+        if not isinstance(route, str) or not HTTP_PATH.fullmatch(route):
+            self.report((*key, "path"), f"{path}.path", f"must be a URL path starting with '/', got {route!r}")
+        elif route.startswith(("/api/", "/trigger/")) or route in ("/metrics", "/healthz", "/readyz"):
+            self.report((*key, "path"), f"{path}.path", f"{route!r} is reserved for the built-in API")
+        auth = value.get("auth") or {}
+        bearer = hmac = None
+        if not isinstance(auth, Mapping):
+            self.report((*key, "auth"), f"{path}.auth", "must be {bearer_env: NAME} or {hmac_env: NAME}")
+        else:
+            self.unknown_fields(auth, ("bearer_env", "hmac_env"), (*key, "auth"), f"{path}.auth")
+            bearer, hmac = auth.get("bearer_env"), auth.get("hmac_env")
+            if bearer is not None and hmac is not None:
+                self.report((*key, "auth"), f"{path}.auth", "give bearer_env or hmac_env, not both")
+            for name, env in (("bearer_env", bearer), ("hmac_env", hmac)):
+                if env is not None and (not isinstance(env, str) or not ENV_NAME.fullmatch(env)):
+                    self.report((*key, "auth", name), f"{path}.auth.{name}", f"must name an environment variable, got {env!r}")
+        raw_body = self.boolean(value, "raw_body", key, path)
+        if len(self.problems) != before:
+            return None
+        return HttpTrigger(cast(str, route), bearer, hmac, bool(raw_body))
+
+
+def _cron_shape(expr: str) -> str | None:
+    text = expr.strip()
+    if text.startswith("@"):
+        if text.lower() not in CRON_MACROS:
+            return f"unknown cron macro {text!r}{_hint(text.lower(), CRON_MACROS)}"
+        return None
+    fields = text.split()
+    if len(fields) not in (5, 6):
+        return (
+            f"cron {expr!r} has {len(fields)} fields: use 5 (minute hour day month weekday), "
+            "6 with seconds first, or a macro like @hourly"
+        )
+    for f in fields:
+        if not CRON_FIELD.fullmatch(f):
+            return f"cron {expr!r}: bad field {f!r}"
+    return None
+
+
+def parse_spec(
+    doc: object,
+    *,
+    lines: Mapping[Key, int] | None = None,
+    source: str | None = None,
+    checks: ExternalChecks | None = None,
+) -> WorkflowSpec:
+    """The validated model of ``doc``, or a SpecError naming every problem and its place."""
+    checker = _Checker(lines or {}, checks or ExternalChecks())
+    spec = checker.workflow(doc)
+    if checker.problems or spec is None:
+        problems = sorted(
+            checker.problems, key=lambda p: (p.line is None, p.line or 0)
+        ) if lines else checker.problems
+        raise SpecError(problems or [SpecProblem("", "invalid workflow spec")], source)
+    return spec

@@ -1,0 +1,30 @@
+"""The state vocabulary of nodes and executions, and the one table of allowed node transitions."""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+NodeStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "blocked", "cancelled"]
+ExecutionStatus = Literal[
+    "queued", "running", "succeeded", "partial", "failed", "cancelled", "timed_out"
+]
+Severity = Literal["debug", "info", "warning", "error", "critical"]
+
+NODE_TERMINAL: Final[frozenset[str]] = frozenset(
+    {"succeeded", "failed", "skipped", "blocked", "cancelled"}
+)
+EXECUTION_TERMINAL: Final[frozenset[str]] = frozenset(
+    {"succeeded", "partial", "failed", "cancelled", "timed_out"}
+)
+
+# running -> running is a retry: the node keeps its place while it waits for the next attempt.
+# pending -> succeeded is a node restored from a checkpoint when a run resumes.
+NODE_TRANSITIONS: Final[dict[str, frozenset[str]]] = {
+    "pending": frozenset({"running", "skipped", "blocked", "cancelled", "succeeded", "failed"}),
+    "running": frozenset({"running", "succeeded", "failed", "cancelled"}),
+    "succeeded": frozenset(),
+    "failed": frozenset(),
+    "skipped": frozenset(),
+    "blocked": frozenset(),
+    "cancelled": frozenset(),
+}

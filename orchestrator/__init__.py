@@ -1,0 +1,1 @@
+"""DAG Engine's orchestrator service and the ``dagctl`` command line."""
