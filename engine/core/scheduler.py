@@ -581,7 +581,6 @@ class Run:
                 self._settle(n, "cancelled", error=reason)
             elif n.status == "pending":
                 self._settle(n, "cancelled", error=reason, quiet=True)
-        self._settled.clear()  # everything is terminal: nothing left to release
         self._finish(status, reason)
 
     def _maybe_finish(self) -> None:

@@ -602,7 +602,8 @@ class _Checker:
                     check(ref.node_id, where, None, fkey)
         for where in ("lua", "when"):
             code = item.get(where)
-            if isinstance(code, str):
+            # a templated `when` is already refused for its shape; one message is enough
+            if isinstance(code, str) and not (where == "when" and "{{" in code):
                 for lref in luarefs.result_references(code):
                     check(lref.node_id, where, lref.line if where == "lua" else None, (*key, where))
 

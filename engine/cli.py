@@ -1,0 +1,134 @@
+"""``python -m engine``: run or validate a workflow file locally, in one process.
+
+``run`` prints progress lines on stderr and the execution document on stdout, and exits 0 when
+the run succeeded, 1 when it did not, 2 when the spec or inputs were refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+
+from engine.checking import check_inputs
+from engine.core.errors import InputsError, SpecError
+from engine.core.events import Event
+from engine.core.values import JSON, JSONObject
+from engine.loading import load_spec_file
+from engine.lua import LuaPool
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+class ProgressPrinter:
+    """One short line per event, aligned, relative to the run's start."""
+
+    def __init__(self, out: TextIO, width: int) -> None:
+        self.out = out
+        self.width = max(width, 9)
+        self.t0: float | None = None
+
+    def __call__(self, event: Event) -> None:
+        if self.t0 is None:
+            self.t0 = event.time
+        label = event.node_id or "execution"
+        what = event.type.split(".", 1)[1]
+        detail = ""
+        data = event.data
+        if event.type == "node.log":
+            what = f"log:{data.get('level')}"
+            detail = str(data.get("message"))
+        elif event.type == "node.retrying":
+            detail = f"attempt {data.get('next_attempt')} in {data.get('delay_s')}s: {data.get('error')}"
+        elif "error" in data:
+            detail = str(data["error"])
+        elif event.type == "node.skipped":
+            detail = str(data.get("reason", ""))
+        elif "duration_ms" in data:
+            detail = f"{data['duration_ms']:.1f} ms"
+        if event.type == "node.started" and (event.attempt or 1) > 1:
+            detail = f"attempt {event.attempt}"
+        stamp = f"{event.time - self.t0:8.3f}s"
+        self.out.write(f"{stamp}  {label:<{self.width}}  {what:<10} {detail}".rstrip() + "\n")
+        self.out.flush()
+
+
+def _read_inputs(args: argparse.Namespace) -> JSON:
+    if args.inputs is not None:
+        try:
+            value: JSON = json.loads(args.inputs)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--inputs is not valid JSON: {exc.msg} at column {exc.colno}") from None
+        return value
+    if args.inputs_file is not None:
+        path = Path(args.inputs_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"--inputs-file {path}: {exc.strerror or exc}") from None
+        try:
+            loaded: JSON = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise ValueError(f"--inputs-file {path}: not valid JSON/YAML: {exc}") from None
+        return loaded if loaded is not None else {}
+    return {}
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from engine.running import Execution  # imported here so `validate` stays light
+
+    try:
+        spec = load_spec_file(args.file)
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        inputs = _read_inputs(args)
+        check_inputs(spec, inputs)
+    except (ValueError, InputsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    printer = None if args.quiet else ProgressPrinter(sys.stderr, max(len(n.id) for n in spec.nodes))
+    async with LuaPool(workers=args.workers) as pool:
+        execution = Execution(spec, inputs, pool=pool, engine_id="local", on_event=printer)
+        doc: JSONObject = await execution.run_to_end()
+    json.dump(doc, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return EXIT_OK if doc["status"] == "succeeded" else EXIT_FAILED
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        spec = load_spec_file(args.file)
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    print(f"{args.file}: {spec.ref} is valid ({len(spec.nodes)} nodes)")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a workflow file once, in this process")
+    run.add_argument("file", help="workflow spec, YAML or JSON")
+    group = run.add_mutually_exclusive_group()
+    group.add_argument("--inputs", help="inputs as a JSON object")
+    group.add_argument("--inputs-file", help="inputs from a JSON or YAML file")
+    run.add_argument("--workers", type=int, default=None, help="Lua worker threads (default: cores)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    validate = sub.add_parser("validate", help="check a workflow file and print every problem")
+    validate.add_argument("file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "validate":
+        return _validate(args)
+    return asyncio.run(_run(args))

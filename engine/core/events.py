@@ -1,0 +1,57 @@
+"""Monitor events: the one record every state change becomes (DESIGN section 7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+
+from engine.core.states import Severity
+from engine.core.values import JSONObject
+
+EVENT_TYPES: Final = (
+    "execution.queued", "execution.started", "execution.succeeded", "execution.partial",
+    "execution.failed", "execution.cancelled", "execution.timed_out",
+    "node.started", "node.succeeded", "node.failed", "node.retrying", "node.skipped",
+    "node.blocked", "node.cancelled", "node.log",
+    "subworkflow.requested", "subworkflow.started", "subworkflow.finished",
+    "engine.joined", "engine.left", "engine.unhealthy",
+    "trigger.fired", "trigger.skipped", "trigger.missed", "subscriber.lagged",
+)
+
+
+def isoformat(ts: float | None) -> str | None:
+    """UTC ISO 8601 with milliseconds and a Z, the one time format on the wire."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    time: float
+    type: str
+    severity: Severity
+    workflow_id: str
+    version: str
+    execution_id: str
+    node_id: str | None = None
+    engine_id: str | None = None
+    attempt: int | None = None
+    data: JSONObject = field(default_factory=dict)
+
+    def to_dict(self) -> JSONObject:
+        return {
+            "seq": self.seq,
+            "time": isoformat(self.time),
+            "type": self.type,
+            "severity": self.severity,
+            "workflow_id": self.workflow_id,
+            "version": self.version,
+            "execution_id": self.execution_id,
+            "node_id": self.node_id,
+            "engine_id": self.engine_id,
+            "attempt": self.attempt,
+            "data": self.data,
+        }

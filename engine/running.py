@@ -1,0 +1,292 @@
+"""Carrying out a run: the async adapter around the scheduler state machine.
+
+``Execution`` owns one ``Run``. It feeds stimuli in, carries the returned instructions out
+(Lua tasks to the worker pool, timers to the event loop, events to a callback) and turns
+finished tasks back into stimuli. No per-node asyncio task is created: completions arrive as
+future callbacks, so a run's cost is the Lua work plus a few dictionary operations per node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
+
+from engine.core import scheduler as sch
+from engine.core.events import Event
+from engine.core.execution import execution_document
+from engine.core.spec import SubWorkflowRef, WorkflowSpec
+from engine.core.values import JSON, JSONObject
+from engine.lua import MISSING as LUA_MISSING
+from engine.lua import LuaOutcome, LuaPool, LuaTask
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[Event], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SubWorkflowRequest:
+    """A sub-workflow node asks for a child execution; answered via ``Execution.resolve_task``."""
+
+    execution_id: str
+    node_id: str
+    item: int | None
+    attempt: int
+    ref: SubWorkflowRef
+    inputs: JSON
+
+
+class SubWorkflowHandler(Protocol):
+    def start(self, execution: Execution, request: SubWorkflowRequest) -> None: ...
+    def cancel(self, execution: Execution, node_id: str, item: int | None) -> None: ...
+
+
+class Execution:
+    """One run of a workflow, driven to its end on the current event loop."""
+
+    def __init__(
+        self,
+        spec: WorkflowSpec,
+        inputs: JSON,
+        *,
+        pool: LuaPool,
+        execution_id: str | None = None,
+        engine_id: str | None = None,
+        parent_execution_id: str | None = None,
+        on_event: EventSink | None = None,
+        completed: Mapping[str, JSON] | None = None,
+        completed_attempts: Mapping[str, int] | None = None,
+        subworkflows: SubWorkflowHandler | None = None,
+        clock: Callable[[], float] = time.time,
+        first_seq: int = 1,
+    ) -> None:
+        self.spec = spec
+        self.id = execution_id or uuid.uuid4().hex
+        self.engine_id = engine_id
+        self.parent_execution_id = parent_execution_id
+        self._pool = pool
+        self._on_event = on_event
+        self._subworkflows = subworkflows
+        self._clock = clock
+        self.created_at = clock()
+        self.run = sch.Run(
+            spec, inputs,
+            ctx={"execution_id": self.id},
+            completed=completed,
+            completed_attempts=completed_attempts,
+        )
+        self._seq = first_seq
+        self._timers: dict[sch.TimerKey, asyncio.TimerHandle] = {}
+        self._cancels: dict[tuple[str, int | None], threading.Event] = {}
+        self._backlog: list[sch.Stimulus] = []
+        self._feeding = False
+        self._done: asyncio.Future[JSONObject] | None = None
+
+    # -- public -------------------------------------------------------------------------------
+
+    async def run_to_end(self) -> JSONObject:
+        """Start the run and return its execution document when it ends."""
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        self.feed(sch.Start(self._clock()))
+        try:
+            return await asyncio.shield(self._done)
+        except asyncio.CancelledError:
+            # the caller went away: the run must not keep using workers on its behalf
+            self.cancel("the caller stopped waiting")
+            raise
+
+    def cancel(self, reason: str = "cancelled on request") -> None:
+        self.feed(sch.CancelRequested(self._clock(), reason))
+
+    def resolve_task(
+        self, node_id: str, item: int | None, attempt: int, *,
+        output: JSON = None, error: str | None = None,
+    ) -> None:
+        """Complete a task finished elsewhere (a sub-workflow child)."""
+        now = self._clock()
+        if error is None:
+            self.feed(sch.TaskSucceeded(node_id, item, attempt, output, now))
+        else:
+            self.feed(sch.TaskFailed(node_id, item, attempt, error, now))
+
+    def document(self) -> JSONObject:
+        return execution_document(
+            self.run, execution_id=self.id, created_at=self.created_at,
+            engine_id=self.engine_id, parent_execution_id=self.parent_execution_id,
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.run.finished
+
+    @property
+    def next_seq(self) -> int:
+        return self._seq
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def feed(self, *stimuli: sch.Stimulus) -> None:
+        """Hand stimuli to the scheduler; re-entrant calls queue behind the one in progress."""
+        self._backlog.extend(stimuli)
+        if self._feeding:
+            return
+        self._feeding = True
+        try:
+            while self._backlog:
+                batch, self._backlog = self._backlog, []
+                for instruction in self.run.handle(*batch):
+                    self._carry_out(instruction)
+        finally:
+            self._feeding = False
+
+    def _carry_out(self, ins: sch.Instruction) -> None:
+        match ins:
+            case sch.Emit():
+                self._publish(ins)
+            case sch.RunTask():
+                self._run_task(ins)
+            case sch.EvaluateCondition():
+                self._evaluate(ins)
+            case sch.StartTimer():
+                loop = asyncio.get_running_loop()
+                old = self._timers.pop(ins.key, None)
+                if old is not None:
+                    old.cancel()
+                self._timers[ins.key] = loop.call_later(ins.delay, self._timer_fired, ins.key)
+            case sch.CancelTask():
+                flag = self._cancels.pop((ins.node_id, ins.item), None)
+                if flag is not None:
+                    flag.set()
+                elif self._subworkflows is not None and self.run.node_spec(ins.node_id).kind == "workflow":
+                    self._subworkflows.cancel(self, ins.node_id, ins.item)
+            case sch.Finish():
+                for handle in self._timers.values():
+                    handle.cancel()
+                self._timers.clear()
+                for flag in self._cancels.values():
+                    flag.set()
+                self._cancels.clear()
+                if self._done is not None and not self._done.done():
+                    self._done.set_result(self.document())
+
+    def _publish(self, ins: sch.Emit) -> None:
+        event = Event(
+            seq=self._seq, time=ins.time, type=ins.type, severity=ins.severity,
+            workflow_id=self.spec.id, version=self.spec.version, execution_id=self.id,
+            node_id=ins.node_id, engine_id=self.engine_id, attempt=ins.attempt, data=ins.data,
+        )
+        self._seq += 1
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                # a broken listener must not stall the run it listens to
+                log.exception("event listener failed on %s for execution %s", event.type, self.id)
+
+    def _timer_fired(self, key: sch.TimerKey) -> None:
+        self._timers.pop(key, None)
+        self.feed(sch.TimerFired(key, self._clock()))
+
+    def _results_for(self, node_id: str) -> Callable[[str], object]:
+        run = self.run
+
+        def lookup(name: str) -> object:
+            got = run.result_of(node_id, name)
+            return LUA_MISSING if got is sch.MISSING else got
+
+        return lookup
+
+    def _run_task(self, ins: sch.RunTask) -> None:
+        spec = self.run.node_spec(ins.node_id)
+        if spec.kind == "workflow":
+            assert spec.workflow is not None
+            if self._subworkflows is None:
+                self.feed(sch.TaskFailed(
+                    ins.node_id, ins.item, ins.attempt,
+                    f"sub-workflow {spec.workflow.id}@{spec.workflow.version} needs the "
+                    "orchestrator to run it (dagctl up); the local runner runs Lua and sleep nodes",
+                    self._clock(), retryable=False,
+                ))
+                return
+            self._subworkflows.start(self, SubWorkflowRequest(
+                self.id, ins.node_id, ins.item, ins.attempt, spec.workflow, ins.inputs,
+            ))
+            return
+        assert spec.lua is not None
+        flag = threading.Event()
+        self._cancels[(ins.node_id, ins.item)] = flag
+        task = LuaTask(
+            key=f"{self.spec.ref}/{ins.node_id}",
+            code=spec.lua,
+            chunk_name=ins.node_id,
+            inputs=self.run.inputs,
+            results=self._results_for(ins.node_id),
+            ctx=ins.ctx,
+            deadline=None if ins.timeout is None else time.monotonic() + ins.timeout,
+            cancel=flag,
+        )
+        self._pool.submit(task).add_done_callback(
+            partial(self._task_done, ins.node_id, ins.item, ins.attempt, flag)
+        )
+
+    def _task_done(
+        self, node_id: str, item: int | None, attempt: int, flag: threading.Event,
+        fut: asyncio.Future[LuaOutcome],
+    ) -> None:
+        if self._cancels.get((node_id, item)) is flag:
+            del self._cancels[(node_id, item)]
+        now = self._clock()
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self.feed(sch.TaskFailed(node_id, item, attempt, f"engine error: {exc}", now))
+            return
+        outcome = fut.result()
+        stimuli: list[sch.Stimulus] = [
+            sch.TaskLogged(node_id, attempt, level, message, now) for level, message in outcome.logs
+        ]
+        if outcome.ok:
+            stimuli.append(sch.TaskSucceeded(node_id, item, attempt, outcome.value, now))
+        else:
+            error = outcome.error or "failed"
+            if outcome.line is not None:
+                error = f"{error} (line {outcome.line})"
+            stimuli.append(sch.TaskFailed(node_id, item, attempt, error, now))
+        self.feed(*stimuli)
+
+    def _evaluate(self, ins: sch.EvaluateCondition) -> None:
+        spec = self.run.node_spec(ins.node_id)
+        assert spec.when is not None
+        task = LuaTask(
+            key=f"{self.spec.ref}/{ins.node_id}#when",
+            code=spec.when,
+            chunk_name=f"{ins.node_id}.when",
+            inputs=self.run.inputs,
+            results=self._results_for(ins.node_id),
+            ctx=ins.ctx,
+            expression=True,
+        )
+        self._pool.submit(task).add_done_callback(partial(self._evaluated, ins.node_id))
+
+    def _evaluated(self, node_id: str, fut: asyncio.Future[LuaOutcome]) -> None:
+        now = self._clock()
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self.feed(sch.ConditionEvaluated(node_id, None, f"engine error: {exc}", now))
+            return
+        outcome = fut.result()
+        if outcome.ok:
+            self.feed(sch.ConditionEvaluated(node_id, bool(outcome.value), None, now))
+        else:
+            self.feed(sch.ConditionEvaluated(node_id, None, outcome.error or "failed", now))

@@ -1,0 +1,312 @@
+"""Every scheduler rule, driven with a fake clock; invariants are checked after each step."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.core import scheduler as sch
+from engine.core.errors import InvalidTransition
+from tests.unit.driving import Driver, lua, spec
+
+
+def test_linear_chain_runs_in_order_and_outputs_the_sink() -> None:
+    d = Driver(spec([lua("a"), lua("b", "a"), lua("c", "b")])).start()
+    assert d.running() == {"a"}
+    d.succeed("a", {"x": 1})
+    assert d.running() == {"b"}
+    d.succeed("b", {"x": 2})
+    d.succeed("c", {"x": 3})
+    assert d.finish == sch.Finish("succeeded", {"c": {"x": 3}}, None)
+    assert d.types()[0] == "execution.started"
+    assert d.types()[-1] == "execution.succeeded"
+    assert d.run.progress == 100
+
+
+def test_diamond_branches_run_together_and_join_waits_for_both() -> None:
+    d = Driver(spec([lua("a"), lua("b", "a"), lua("c", "a"), lua("d", "b", "c")])).start()
+    d.succeed("a")
+    assert d.running() == {"b", "c"}
+    d.succeed("b")
+    assert d.running() == {"c"}, "join must wait for its second dependency"
+    d.succeed("c")
+    assert d.running() == {"d"}
+
+
+def test_concurrency_bounds_tasks_in_flight() -> None:
+    d = Driver(spec([lua(f"n{i}") for i in range(5)], concurrency=2)).start()
+    assert len(d.tasks) == 2
+    d.succeed("n0")
+    assert len(d.tasks) == 2
+    for n in ("n1", "n2", "n3", "n4"):
+        if (n, None) in d.tasks:
+            d.succeed(n)
+    while d.tasks:
+        d.succeed(next(iter(d.tasks))[0])
+    assert d.finish is not None and d.finish.status == "succeeded"
+
+
+def test_failure_blocks_dependents_and_independent_branch_goes_on() -> None:
+    d = Driver(spec([lua("a"), lua("bad", "a"), lua("after_bad", "bad"), lua("ok", "a")])).start()
+    d.succeed("a")
+    d.fail("bad", "kaput")
+    assert d.status("after_bad") == "blocked"
+    assert d.run.record("after_bad").error == "upstream node 'bad' did not succeed"
+    assert d.running() == {"ok"}
+    d.succeed("ok", {"fine": True})
+    assert d.finish is not None
+    assert d.finish.status == "partial"
+    assert d.finish.outputs == {"ok": {"fine": True}}
+    assert d.finish.error is not None and "'bad' failed: kaput" in d.finish.error
+
+
+def test_blocked_propagates_down_a_long_chain_without_recursion() -> None:
+    nodes = [lua("n0")] + [lua(f"n{i}", f"n{i-1}") for i in range(1, 3000)]
+    d = Driver(spec(nodes)).start()
+    d.fail("n0")
+    assert d.status("n2999") == "blocked"
+    assert d.finish is not None and d.finish.status == "failed"
+
+
+def test_all_success_skips_when_an_upstream_was_skipped() -> None:
+    d = Driver(spec([lua("a", when="false"), lua("b", "a"), lua("c", "b")])).start()
+    d.condition("a", False)
+    assert [d.status(n) for n in "abc"] == ["skipped", "skipped", "skipped"]
+    assert d.finish is not None and d.finish.status == "succeeded"
+
+
+def test_none_failed_runs_after_a_skip_but_not_after_a_failure() -> None:
+    wf = spec([
+        lua("s", when="false"), lua("f"),
+        lua("after_skip", "s", trigger_rule="none_failed"),
+        lua("after_fail", "f", trigger_rule="none_failed"),
+    ])
+    d = Driver(wf).start()
+    d.condition("s", False)
+    assert "after_skip" in d.running()
+    d.fail("f")
+    assert d.status("after_fail") == "blocked"
+
+
+def test_all_done_runs_after_failure() -> None:
+    d = Driver(spec([lua("a"), lua("cleanup", "a", trigger_rule="all_done")])).start()
+    d.fail("a")
+    assert d.running() == {"cleanup"}
+    d.succeed("cleanup")
+    assert d.finish is not None and d.finish.status == "partial"
+
+
+def test_one_failed_runs_only_when_something_failed() -> None:
+    wf = spec([lua("a"), lua("b"), lua("alert_a", "a", trigger_rule="one_failed"),
+               lua("alert_b", "b", trigger_rule="one_failed")])
+    d = Driver(wf).start()
+    d.fail("a")
+    d.succeed("b")
+    assert d.running() == {"alert_a"}
+    assert d.status("alert_b") == "skipped"
+    d.succeed("alert_a")
+    assert d.finish is not None and d.finish.status == "partial"
+
+
+def test_when_true_runs_false_skips_error_fails() -> None:
+    wf = spec([lua("a"), lua("yes", "a", when="true"), lua("no", "a", when="false"),
+               lua("broken", "a", when="x.y")])
+    d = Driver(wf).start()
+    d.succeed("a")
+    assert sorted(d.conditions) == ["broken", "no", "yes"]
+    d.condition("yes", True)
+    d.condition("no", False)
+    d.condition("broken", None, "attempt to index a nil value")
+    assert "yes" in d.running()
+    assert d.status("no") == "skipped"
+    assert d.run.record("broken").error == "when: attempt to index a nil value"
+
+
+def test_fail_fast_cancels_running_and_pending_nodes() -> None:
+    wf = spec([lua("a"), lua("b"), lua("c", "b")], fail_fast=True)
+    d = Driver(wf).start()
+    d.fail("a", "fatal")
+    assert ("b", None) in d.cancelled
+    assert d.status("b") == "cancelled"
+    assert d.status("c") == "cancelled"
+    assert d.finish is not None and d.finish.status == "failed"
+    assert "fail_fast" in (d.finish.error or "")
+
+
+def test_retry_fixed_delay_then_success() -> None:
+    wf = spec([lua("a", retry={"max_attempts": 3, "delay": "2s"})])
+    d = Driver(wf).start()
+    d.fail("a", "flaky")
+    assert d.status("a") == "running"
+    assert d.timers == {("retry", "a", None): 2.0}
+    assert not d.tasks, "a retry waits for its timer and holds no slot"
+    d.advance(1.9)
+    assert not d.tasks
+    d.advance(0.2)
+    assert d.tasks[("a", None)].attempt == 2
+    d.succeed("a", {"ok": 1})
+    assert d.run.record("a").attempts == 2
+    assert d.types("a") == ["node.started", "node.retrying", "node.started", "node.succeeded"]
+
+
+def test_retry_exponential_backoff_capped_by_max_delay() -> None:
+    wf = spec([lua("a", retry={"max_attempts": 5, "backoff": "exponential", "delay": "1s", "max_delay": "3s"})])
+    d = Driver(wf).start()
+    delays = []
+    for _ in range(4):
+        d.fail("a")
+        delays.append(d.timers[("retry", "a", None)] - d.now)
+        d.advance(10)
+    assert delays == [1.0, 2.0, 3.0, 3.0]
+    d.fail("a", "last")
+    assert d.status("a") == "failed"
+    assert d.run.record("a").attempts == 5
+
+
+def test_retry_jitter_spreads_within_bounds() -> None:
+    wf = spec([lua("a", retry={"max_attempts": 2, "delay": "10s", "jitter": 0.2})])
+    low = Driver(wf, rand=lambda: 0.0).start()
+    low.fail("a")
+    high = Driver(wf, rand=lambda: 0.999999).start()
+    high.fail("a")
+    assert low.timers[("retry", "a", None)] == pytest.approx(8.0)
+    assert high.timers[("retry", "a", None)] == pytest.approx(12.0, abs=1e-4)
+
+
+def test_node_timeout_cancels_the_attempt_and_retries() -> None:
+    wf = spec([lua("a", timeout="5s", retry={"max_attempts": 2, "delay": "1s"})])
+    d = Driver(wf).start()
+    first = d.tasks[("a", None)]
+    d.advance(5)
+    assert ("a", None) in d.cancelled
+    assert d.types("a")[-1] == "node.retrying"
+    # the late answer of the timed-out attempt is ignored
+    d.feed(sch.TaskSucceeded("a", None, first.attempt, {"late": True}, d.now))
+    assert d.status("a") == "running"
+    d.advance(1)
+    d.advance(5)
+    assert d.status("a") == "failed"
+    assert d.run.record("a").error == "timed out after 5s"
+
+
+def test_run_timeout_ends_timed_out() -> None:
+    d = Driver(spec([lua("a"), lua("b", "a")], timeout="10s")).start()
+    d.advance(10)
+    assert d.finish is not None and d.finish.status == "timed_out"
+    assert d.status("a") == "cancelled" and d.status("b") == "cancelled"
+    assert d.finish.error == "execution timed out after 10s"
+
+
+def test_cancel_stops_running_tasks_and_ignores_later_news() -> None:
+    d = Driver(spec([lua("a"), lua("b", "a")])).start()
+    d.feed(sch.CancelRequested(d.now, "user asked"))
+    assert d.cancelled == [("a", None)]
+    assert d.finish is not None and d.finish.status == "cancelled"
+    d.feed(sch.TaskSucceeded("a", None, 1, {}, d.now))
+    assert d.status("a") == "cancelled"
+    assert d.types().count("execution.cancelled") == 1
+
+
+def test_sleep_node_is_a_timer_that_holds_no_slot() -> None:
+    wf = spec([{"id": "wait", "sleep": "30s"}, lua("work")], concurrency=1)
+    d = Driver(wf).start()
+    assert d.running() == {"work"}, "the sleeping node must not take the only slot"
+    assert d.status("wait") == "running"
+    d.succeed("work")
+    d.advance(30)
+    assert d.status("wait") == "succeeded"
+    assert d.finish is not None and d.finish.status == "succeeded"
+
+
+def test_foreach_runs_one_task_per_item_and_keeps_item_order() -> None:
+    wf = spec([lua("src"), lua("each", "src", foreach="{{ results.src.items }}", concurrency=2)])
+    d = Driver(wf).start()
+    d.succeed("src", {"items": ["a", "b", "c", "d"]})
+    assert set(d.tasks) == {("each", 0), ("each", 1)}
+    assert d.tasks[("each", 1)].ctx["item"] == "b" and d.tasks[("each", 1)].ctx["index"] == 1
+    d.succeed("each", {"i": 1}, item=1)
+    assert set(d.tasks) == {("each", 0), ("each", 2)}
+    for i in (2, 0):
+        d.succeed("each", {"i": i}, item=i)
+    d.succeed("each", {"i": 3}, item=3)
+    assert d.run.record("each").output == [{"i": 0}, {"i": 1}, {"i": 2}, {"i": 3}]
+    assert d.types("each").count("node.started") == 1
+
+
+def test_foreach_item_retries_then_failure_cancels_siblings() -> None:
+    wf = spec([lua("each", foreach=[1, 2, 3], retry={"max_attempts": 2, "delay": "1s"})])
+    d = Driver(wf).start()
+    d.fail("each", "bad item", item=1)
+    d.advance(1)
+    assert d.tasks[("each", 1)].attempt == 2
+    d.fail("each", "still bad", item=1)
+    assert d.status("each") == "failed"
+    assert d.run.record("each").error == "item 1: still bad"
+    assert {("each", 0), ("each", 2)} <= set(d.cancelled)
+
+
+def test_foreach_empty_list_succeeds_and_non_list_fails() -> None:
+    wf = spec([lua("src"), lua("empty", "src", foreach="{{ results.src.none }}"),
+               lua("wrong", "src", foreach="{{ results.src.text }}")])
+    d = Driver(wf).start()
+    d.succeed("src", {"none": [], "text": "abc"})
+    assert d.run.record("empty").output == []
+    assert d.run.record("wrong").error == "foreach must resolve to a list, got str"
+
+
+def test_resume_skips_completed_nodes_and_emits_no_start_for_them() -> None:
+    wf = spec([lua("a"), lua("b", "a"), lua("c", "b")])
+    d = Driver(wf, completed={"a": {"v": 1}, "b": {"v": 2}}).start()
+    assert d.running() == {"c"}
+    assert "node.started" not in d.types("a") + d.types("b")
+    assert d.run.result_of("c", "b") == {"v": 2}
+    d.succeed("c")
+    assert d.started_order == ["c"]
+    assert d.finish is not None and d.finish.status == "succeeded"
+
+
+def test_results_only_expose_ancestors() -> None:
+    wf = spec([lua("a"), lua("b"), lua("c", "a")])
+    d = Driver(wf).start()
+    d.succeed("a", {"x": 1})
+    d.succeed("b", {"y": 2})
+    assert d.run.result_of("c", "a") == {"x": 1}
+    assert d.run.result_of("c", "b") is sch.MISSING
+
+
+def test_declared_outputs_resolve_templates_and_null_for_failed_nodes() -> None:
+    wf = spec([lua("a"), lua("b")], outputs={"x": "{{ results.a.n }}", "y": "{{ results.b.n }}",
+                                             "text": "n={{ results.a.n }}"})
+    d = Driver(wf).start()
+    d.succeed("a", {"n": 7})
+    d.fail("b")
+    assert d.finish is not None
+    assert d.finish.outputs == {"x": 7, "y": None, "text": "n=7"}
+
+
+def test_sub_workflow_inputs_are_resolved_when_the_task_starts() -> None:
+    wf = spec([lua("a"), {"id": "child", "depends_on": ["a"], "workflow": {"id": "other", "version": "^1"},
+                          "inputs": {"value": "{{ results.a.n }}", "label": "n is {{ results.a.n }}"}}])
+    d = Driver(wf).start()
+    d.succeed("a", {"n": 3})
+    assert d.tasks[("child", None)].inputs == {"value": 3, "label": "n is 3"}
+
+
+def test_progress_counts_terminal_nodes() -> None:
+    d = Driver(spec([lua("a"), lua("b", "a"), lua("c", "b"), lua("e", "c")])).start()
+    assert d.run.progress == 0
+    d.succeed("a")
+    assert d.run.progress == 25
+
+
+def test_invalid_transition_names_node_and_states() -> None:
+    d = Driver(spec([lua("a")])).start()
+    d.succeed("a")
+    with pytest.raises(InvalidTransition, match=r"node 'a': invalid transition succeeded -> running"):
+        d.run._transition(d.run.nodes["a"], "running")
+
+
+def test_logs_become_node_log_events_with_severity() -> None:
+    d = Driver(spec([lua("a")])).start()
+    d.feed(sch.TaskLogged("a", 1, "warn", "careful", d.now))
+    log = [e for e in d.events if e.type == "node.log"][0]
+    assert log.severity == "warning" and log.data == {"level": "warn", "message": "careful"}
