@@ -144,8 +144,9 @@ def resolve(value: JSON, *, inputs: JSON, results: Lookup, ctx: JSON) -> JSON:
             parts = template_parts(value)
         except ValueError as exc:
             raise TemplateError(str(exc)) from None
-        if len(parts) == 1 and isinstance(parts[0], Reference) and is_whole_template(value):
-            return _walk(parts[0], inputs, results, ctx)
+        if is_whole_template(value):
+            ref = next(p for p in parts if isinstance(p, Reference))
+            return _walk(ref, inputs, results, ctx)
         out: list[str] = []
         for part in parts:
             if isinstance(part, str):
