@@ -23,6 +23,8 @@ def _lua_syntax(code: str, expression: bool) -> tuple[str, int | None] | None:
 
 
 def _json_schema(schema: JSON) -> str | None:
+    if not isinstance(schema, dict):
+        return "must be an object"
     try:
         validator = jsonschema.validators.validator_for(schema)
         validator.check_schema(schema)

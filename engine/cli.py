@@ -44,7 +44,9 @@ class ProgressPrinter:
             what = f"log:{data.get('level')}"
             detail = str(data.get("message"))
         elif event.type == "node.retrying":
-            detail = f"attempt {data.get('next_attempt')} in {data.get('delay_s')}s: {data.get('error')}"
+            detail = (
+                f"attempt {data.get('next_attempt')} in {data.get('delay_s')}s: {data.get('error')}"
+            )
         elif "error" in data:
             detail = str(data["error"])
         elif event.type == "node.skipped":
@@ -63,7 +65,9 @@ def _read_inputs(args: argparse.Namespace) -> JSON:
         try:
             value: JSON = json.loads(args.inputs)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"--inputs is not valid JSON: {exc.msg} at column {exc.colno}") from None
+            raise ValueError(
+                f"--inputs is not valid JSON: {exc.msg} at column {exc.colno}"
+            ) from None
         return value
     if args.inputs_file is not None:
         path = Path(args.inputs_file)
@@ -93,7 +97,9 @@ async def _run(args: argparse.Namespace) -> int:
     except (ValueError, InputsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    printer = None if args.quiet else ProgressPrinter(sys.stderr, max(len(n.id) for n in spec.nodes))
+    printer = (
+        None if args.quiet else ProgressPrinter(sys.stderr, max(len(n.id) for n in spec.nodes))
+    )
     async with LuaPool(workers=args.workers) as pool:
         execution = Execution(spec, inputs, pool=pool, engine_id="local", on_event=printer)
         doc: JSONObject = await execution.run_to_end()
@@ -120,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     group = run.add_mutually_exclusive_group()
     group.add_argument("--inputs", help="inputs as a JSON object")
     group.add_argument("--inputs-file", help="inputs from a JSON or YAML file")
-    run.add_argument("--workers", type=int, default=None, help="Lua worker threads (default: cores)")
+    run.add_argument(
+        "--workers", type=int, default=None, help="Lua worker threads (default: cores)"
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     validate = sub.add_parser("validate", help="check a workflow file and print every problem")
     validate.add_argument("file")

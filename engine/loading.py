@@ -49,7 +49,9 @@ def read_document(text: str, source: str, *, json_only: bool = False) -> tuple[A
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise SpecError([SpecProblem("", f"invalid JSON: {exc.msg}", exc.lineno)], source) from exc
+            raise SpecError(
+                [SpecProblem("", f"invalid JSON: {exc.msg}", exc.lineno)], source
+            ) from exc
     else:
         try:
             doc = yaml.safe_load(text)

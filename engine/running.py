@@ -77,7 +77,8 @@ class Execution:
         self._clock = clock
         self.created_at = clock()
         self.run = sch.Run(
-            spec, inputs,
+            spec,
+            inputs,
             ctx={"execution_id": self.id},
             completed=completed,
             completed_attempts=completed_attempts,
@@ -107,8 +108,13 @@ class Execution:
         self.feed(sch.CancelRequested(self._clock(), reason))
 
     def resolve_task(
-        self, node_id: str, item: int | None, attempt: int, *,
-        output: JSON = None, error: str | None = None,
+        self,
+        node_id: str,
+        item: int | None,
+        attempt: int,
+        *,
+        output: JSON = None,
+        error: str | None = None,
     ) -> None:
         """Complete a task finished elsewhere (a sub-workflow child)."""
         now = self._clock()
@@ -119,8 +125,11 @@ class Execution:
 
     def document(self) -> JSONObject:
         return execution_document(
-            self.run, execution_id=self.id, created_at=self.created_at,
-            engine_id=self.engine_id, parent_execution_id=self.parent_execution_id,
+            self.run,
+            execution_id=self.id,
+            created_at=self.created_at,
+            engine_id=self.engine_id,
+            parent_execution_id=self.parent_execution_id,
         )
 
     @property
@@ -165,7 +174,10 @@ class Execution:
                 flag = self._cancels.pop((ins.node_id, ins.item), None)
                 if flag is not None:
                     flag.set()
-                elif self._subworkflows is not None and self.run.node_spec(ins.node_id).kind == "workflow":
+                elif (
+                    self._subworkflows is not None
+                    and self.run.node_spec(ins.node_id).kind == "workflow"
+                ):
                     self._subworkflows.cancel(self, ins.node_id, ins.item)
             case sch.Finish():
                 for handle in self._timers.values():
@@ -179,9 +191,17 @@ class Execution:
 
     def _publish(self, ins: sch.Emit) -> None:
         event = Event(
-            seq=self._seq, time=ins.time, type=ins.type, severity=ins.severity,
-            workflow_id=self.spec.id, version=self.spec.version, execution_id=self.id,
-            node_id=ins.node_id, engine_id=self.engine_id, attempt=ins.attempt, data=ins.data,
+            seq=self._seq,
+            time=ins.time,
+            type=ins.type,
+            severity=ins.severity,
+            workflow_id=self.spec.id,
+            version=self.spec.version,
+            execution_id=self.id,
+            node_id=ins.node_id,
+            engine_id=self.engine_id,
+            attempt=ins.attempt,
+            data=ins.data,
         )
         self._seq += 1
         if self._on_event is not None:
@@ -209,16 +229,30 @@ class Execution:
         if spec.kind == "workflow":
             assert spec.workflow is not None
             if self._subworkflows is None:
-                self.feed(sch.TaskFailed(
-                    ins.node_id, ins.item, ins.attempt,
-                    f"sub-workflow {spec.workflow.id}@{spec.workflow.version} needs the "
-                    "orchestrator to run it (dagctl up); the local runner runs Lua and sleep nodes",
-                    self._clock(), retryable=False,
-                ))
+                self.feed(
+                    sch.TaskFailed(
+                        ins.node_id,
+                        ins.item,
+                        ins.attempt,
+                        f"sub-workflow {spec.workflow.id}@{spec.workflow.version} needs the "
+                        "orchestrator to run it (dagctl up); the local runner runs Lua and "
+                        "sleep nodes",
+                        self._clock(),
+                        retryable=False,
+                    )
+                )
                 return
-            self._subworkflows.start(self, SubWorkflowRequest(
-                self.id, ins.node_id, ins.item, ins.attempt, spec.workflow, ins.inputs,
-            ))
+            self._subworkflows.start(
+                self,
+                SubWorkflowRequest(
+                    self.id,
+                    ins.node_id,
+                    ins.item,
+                    ins.attempt,
+                    spec.workflow,
+                    ins.inputs,
+                ),
+            )
             return
         assert spec.lua is not None
         flag = threading.Event()
@@ -238,7 +272,11 @@ class Execution:
         )
 
     def _task_done(
-        self, node_id: str, item: int | None, attempt: int, flag: threading.Event,
+        self,
+        node_id: str,
+        item: int | None,
+        attempt: int,
+        flag: threading.Event,
         fut: asyncio.Future[LuaOutcome],
     ) -> None:
         if self._cancels.get((node_id, item)) is flag:

@@ -36,4 +36,6 @@ class Workflow:
         return dict(self._doc)
 
     def build(self, checks: ExternalChecks | None = None) -> WorkflowSpec:
-        return parse_spec(self.to_document(), source=f"Workflow({self._doc['id']!r})", checks=checks)
+        return parse_spec(
+            self.to_document(), source=f"Workflow({self._doc['id']!r})", checks=checks
+        )

@@ -1,4 +1,4 @@
-"""Durations as written in specs: ``500ms``, ``30s``, ``10m``, ``1h30m``, ``2d``, or a number of seconds."""
+"""Durations as written in specs: ``500ms``, ``30s``, ``10m``, ``1h30m``, ``2d``, or seconds."""
 
 from __future__ import annotations
 

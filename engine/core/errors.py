@@ -6,7 +6,7 @@
     ├── SpecError            a workflow document is invalid; carries every problem found
     ├── InputsError          execution inputs do not satisfy the workflow's inputs_schema
     ├── TemplateError        a template could not be resolved at run time
-    └── InvalidTransition    the scheduler was asked to move a node along an edge that does not exist
+    └── InvalidTransition    a node was asked to change state along an edge that does not exist
 
 Each message names the thing and the place (file, node id, line, field) so a user can act on it
 without reading code.

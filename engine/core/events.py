@@ -10,13 +10,31 @@ from engine.core.states import Severity
 from engine.core.values import JSONObject
 
 EVENT_TYPES: Final = (
-    "execution.queued", "execution.started", "execution.succeeded", "execution.partial",
-    "execution.failed", "execution.cancelled", "execution.timed_out",
-    "node.started", "node.succeeded", "node.failed", "node.retrying", "node.skipped",
-    "node.blocked", "node.cancelled", "node.log",
-    "subworkflow.requested", "subworkflow.started", "subworkflow.finished",
-    "engine.joined", "engine.left", "engine.unhealthy",
-    "trigger.fired", "trigger.skipped", "trigger.missed", "subscriber.lagged",
+    "execution.queued",
+    "execution.started",
+    "execution.succeeded",
+    "execution.partial",
+    "execution.failed",
+    "execution.cancelled",
+    "execution.timed_out",
+    "node.started",
+    "node.succeeded",
+    "node.failed",
+    "node.retrying",
+    "node.skipped",
+    "node.blocked",
+    "node.cancelled",
+    "node.log",
+    "subworkflow.requested",
+    "subworkflow.started",
+    "subworkflow.finished",
+    "engine.joined",
+    "engine.left",
+    "engine.unhealthy",
+    "trigger.fired",
+    "trigger.skipped",
+    "trigger.missed",
+    "subscriber.lagged",
 )
 
 

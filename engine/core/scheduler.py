@@ -77,7 +77,8 @@ class ConditionEvaluated:
     now: float
 
 
-TimerKey: TypeAlias = tuple[str, ...] | tuple[str, str, int | None] | tuple[str, str, int | None, int]
+TimerKey: TypeAlias = tuple[str | int | None, ...]
+"""('retry', node, item), ('sleep', node), ('node_timeout', node, item, attempt), ('run_timeout',)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,12 @@ class CancelRequested:
 
 
 Stimulus: TypeAlias = (
-    Start | TaskSucceeded | TaskFailed | TaskLogged | ConditionEvaluated | TimerFired
+    Start
+    | TaskSucceeded
+    | TaskFailed
+    | TaskLogged
+    | ConditionEvaluated
+    | TimerFired
     | CancelRequested
 )
 
@@ -158,8 +164,20 @@ Instruction: TypeAlias = Emit | RunTask | CancelTask | EvaluateCondition | Start
 
 class _Node:
     __slots__ = (
-        "attempts", "done_items", "error", "finished_at", "item_attempts", "item_outputs",
-        "items", "next_item", "output", "restored", "spec", "started_at", "status", "waiting",
+        "attempts",
+        "done_items",
+        "error",
+        "finished_at",
+        "item_attempts",
+        "item_outputs",
+        "items",
+        "next_item",
+        "output",
+        "restored",
+        "spec",
+        "started_at",
+        "status",
+        "waiting",
     )
 
     def __init__(self, spec: NodeSpec) -> None:
@@ -252,7 +270,10 @@ class Run:
                     self._task_failed(s)
                 case TaskLogged():
                     self._emit(
-                        "node.log", _log_severity(s.level), s.node_id, s.attempt,
+                        "node.log",
+                        _log_severity(s.level),
+                        s.node_id,
+                        s.attempt,
                         {"level": s.level, "message": s.message},
                     )
                 case ConditionEvaluated():
@@ -288,8 +309,12 @@ class Run:
     # -- the machine --------------------------------------------------------------------------
 
     def _emit(
-        self, type_: str, severity: Severity, node_id: str | None = None,
-        attempt: int | None = None, data: JSONObject | None = None,
+        self,
+        type_: str,
+        severity: Severity,
+        node_id: str | None = None,
+        attempt: int | None = None,
+        data: JSONObject | None = None,
     ) -> None:
         self._out.append(Emit(type_, severity, self._now, node_id, attempt, data or {}))
 
@@ -298,7 +323,13 @@ class Run:
             return
         self.status = "running"
         self.started_at = self._now
-        self._emit("execution.started", "info", data={"inputs": self.inputs, "resumed": sorted(self._completed)})
+        resumed: list[JSON] = []
+        resumed.extend(sorted(self._completed))
+        self._emit(
+            "execution.started",
+            "info",
+            data={"inputs": self.inputs, "resumed": resumed},
+        )
         if self.spec.timeout is not None:
             self._out.append(StartTimer(("run_timeout",), self.spec.timeout))
         for node_id in self.spec.order:
@@ -313,8 +344,14 @@ class Run:
                 self._settled_ready(n)
 
     def _settle(
-        self, n: _Node, status: NodeStatus, *, output: JSON = None, error: str | None = None,
-        quiet: bool = False, data: JSONObject | None = None,
+        self,
+        n: _Node,
+        status: NodeStatus,
+        *,
+        output: JSON = None,
+        error: str | None = None,
+        quiet: bool = False,
+        data: JSONObject | None = None,
     ) -> None:
         """Move a node to a terminal state and release its dependents."""
         self._transition(n, status)
@@ -331,8 +368,10 @@ class Run:
                 payload["error"] = error
             if n.started_at is not None and status in ("succeeded", "failed", "cancelled"):
                 payload["duration_ms"] = round((self._now - n.started_at) * 1000, 3)
-            severity: Severity = "error" if status == "failed" else (
-                "warning" if status in ("blocked", "cancelled") else "info"
+            severity: Severity = (
+                "error"
+                if status == "failed"
+                else ("warning" if status in ("blocked", "cancelled") else "info")
             )
             self._emit(f"node.{status}", severity, n.spec.id, n.attempts or None, payload)
         self._settled.append(n.spec.id)
@@ -340,7 +379,9 @@ class Run:
     def _transition(self, n: _Node, to: NodeStatus) -> None:
         if to not in NODE_TRANSITIONS[n.status]:
             raise InvalidTransition(
-                n.spec.id, n.status, to,
+                n.spec.id,
+                n.status,
+                to,
                 f"attempts={n.attempts}, waiting on {n.waiting} dependencies",
             )
 
@@ -392,7 +433,11 @@ class Run:
         if rule == "none_failed":
             return ("block", f"upstream node {failed!r} did not succeed") if failed else ("run", "")
         if rule == "one_failed":
-            return ("run", "") if failed else ("skip", "trigger_rule one_failed: no upstream node failed")
+            return (
+                ("run", "")
+                if failed
+                else ("skip", "trigger_rule one_failed: no upstream node failed")
+            )
         return "run", ""  # all_done
 
     def _begin(self, n: _Node) -> None:
@@ -469,7 +514,9 @@ class Run:
             self._inflight[(node_id, item)] = attempt
             self._out.append(RunTask(node_id, item, attempt, ctx, inputs, n.spec.timeout))
             if n.spec.timeout is not None:
-                self._out.append(StartTimer(("node_timeout", node_id, item, attempt), n.spec.timeout))
+                self._out.append(
+                    StartTimer(("node_timeout", node_id, item, attempt), n.spec.timeout)
+                )
 
     def _ctx(self, n: _Node, item: int | None, attempt: int) -> JSONObject:
         ctx = dict(self.ctx)
@@ -513,7 +560,11 @@ class Run:
         policy = n.spec.retry
         if s.retryable and s.attempt < policy.max_attempts:
             delay = policy.delay_before(s.attempt + 1, self._rand())
-            data: JSONObject = {"error": s.error, "next_attempt": s.attempt + 1, "delay_s": round(delay, 3)}
+            data: JSONObject = {
+                "error": s.error,
+                "next_attempt": s.attempt + 1,
+                "delay_s": round(delay, 3),
+            }
             if s.item is not None:
                 data["item"] = s.item
             self._emit("node.retrying", "warning", s.node_id, s.attempt, data)
@@ -545,7 +596,9 @@ class Run:
         kind = s.key[0]
         if kind == "run_timeout":
             assert self.spec.timeout is not None
-            self._abort("timed_out", f"execution timed out after {format_duration(self.spec.timeout)}")
+            self._abort(
+                "timed_out", f"execution timed out after {format_duration(self.spec.timeout)}"
+            )
             return
         node_id = str(s.key[1])
         n = self.nodes.get(node_id)
@@ -564,7 +617,9 @@ class Run:
                 timeout = n.spec.timeout or 0.0
                 self._out.append(CancelTask(node_id, item, "node timeout"))
                 self._task_failed(
-                    TaskFailed(node_id, item, attempt, f"timed out after {format_duration(timeout)}", s.now)
+                    TaskFailed(
+                        node_id, item, attempt, f"timed out after {format_duration(timeout)}", s.now
+                    )
                 )
 
     def _abort(self, status: ExecutionStatus, reason: str) -> None:
@@ -607,8 +662,10 @@ class Run:
             data["error"] = error
         if self.started_at is not None:
             data["duration_ms"] = round((self._now - self.started_at) * 1000, 3)
-        severity: Severity = "info" if status == "succeeded" else (
-            "warning" if status in ("partial", "cancelled") else "error"
+        severity: Severity = (
+            "info"
+            if status == "succeeded"
+            else ("warning" if status in ("partial", "cancelled") else "error")
         )
         self._emit(f"execution.{status}", severity, data=data)
         self._out.append(Finish(status, self.outputs, error))
@@ -655,11 +712,15 @@ class Run:
                 problems.append(f"{node_id}: succeeded without starting")
         for node_id, _item in self._inflight:
             if self.nodes[node_id].status != "running":
-                problems.append(f"{node_id}: task in flight but node is {self.nodes[node_id].status}")
+                problems.append(
+                    f"{node_id}: task in flight but node is {self.nodes[node_id].status}"
+                )
         if terminal != self._terminal:
             problems.append(f"terminal count {self._terminal} != {terminal}")
         if len(self._inflight) > self.spec.concurrency:
-            problems.append(f"{len(self._inflight)} tasks in flight over concurrency {self.spec.concurrency}")
+            problems.append(
+                f"{len(self._inflight)} tasks in flight over concurrency {self.spec.concurrency}"
+            )
         if self.finished and terminal != len(self.nodes):
             problems.append("finished with non-terminal nodes")
         if self.finished and self._inflight:

@@ -34,7 +34,15 @@ SEMVER: Final = re.compile(
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
 )
-CRON_MACROS: Final = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+CRON_MACROS: Final = (
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@midnight",
+    "@hourly",
+)
 CRON_FIELD: Final = re.compile(r"[0-9A-Za-z*/,?#LW-]+")
 
 DEFAULT_CONCURRENCY: Final = 16
@@ -104,7 +112,7 @@ Trigger: TypeAlias = CronTrigger | HttpTrigger
 
 @dataclass(frozen=True)
 class WorkflowSpec:
-    """A validated workflow. ``document`` is the source it came from, kept for storage and hashing."""
+    """A validated workflow; ``document`` is its source, kept for storage and hashing."""
 
     id: str
     version: str
@@ -166,12 +174,34 @@ Key: TypeAlias = tuple[str | int, ...]
 """A location in the document as keys and list indexes; ``lines`` maps these to file lines."""
 
 _WORKFLOW_FIELDS: Final = (
-    "id", "version", "name", "description", "concurrency", "timeout", "fail_fast",
-    "inputs_schema", "outputs", "triggers", "nodes", "labels",
+    "id",
+    "version",
+    "name",
+    "description",
+    "concurrency",
+    "timeout",
+    "fail_fast",
+    "inputs_schema",
+    "outputs",
+    "triggers",
+    "nodes",
+    "labels",
 )
 _NODE_FIELDS: Final = (
-    "id", "depends_on", "lua", "workflow", "sleep", "inputs", "retry", "timeout", "when",
-    "foreach", "concurrency", "trigger_rule", "description", "name",
+    "id",
+    "depends_on",
+    "lua",
+    "workflow",
+    "sleep",
+    "inputs",
+    "retry",
+    "timeout",
+    "when",
+    "foreach",
+    "concurrency",
+    "trigger_rule",
+    "description",
+    "name",
 )
 _RETRY_FIELDS: Final = ("max_attempts", "backoff", "delay", "max_delay", "jitter")
 _CRON_FIELDS: Final = ("cron", "timezone", "overlap", "catchup", "inputs", "id")
@@ -233,7 +263,8 @@ class _Checker:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             self.report(
-                (*key, name), f"{path}.{name}".lstrip("."),
+                (*key, name),
+                f"{path}.{name}".lstrip("."),
                 f"must be a whole number >= {minimum}, got {value!r}",
             )
             return None
@@ -259,7 +290,9 @@ class _Checker:
         if value is None:
             return None
         if not isinstance(value, bool):
-            self.report((*key, name), f"{path}.{name}".lstrip("."), f"must be true or false, got {value!r}")
+            self.report(
+                (*key, name), f"{path}.{name}".lstrip("."), f"must be true or false, got {value!r}"
+            )
             return None
         return value
 
@@ -272,7 +305,8 @@ class _Checker:
         if value not in options:
             hint = _hint(str(value), options) if isinstance(value, str) else ""
             self.report(
-                (*key, name), f"{path}.{name}".lstrip("."),
+                (*key, name),
+                f"{path}.{name}".lstrip("."),
                 f"must be one of {', '.join(options)}, got {value!r}{hint}",
             )
             return None
@@ -291,7 +325,8 @@ class _Checker:
             self.report((), "id", "is required")
         elif not isinstance(wf_id, str) or not WORKFLOW_ID.fullmatch(wf_id):
             self.report(
-                ("id",), "id",
+                ("id",),
+                "id",
                 f"bad workflow id {wf_id!r}: use 1-63 of a-z, 0-9, '.', '_', '-', "
                 "starting with a letter or digit",
             )
@@ -300,7 +335,8 @@ class _Checker:
             self.report((), "version", "is required")
         elif not isinstance(version, str) or not SEMVER.fullmatch(version):
             self.report(
-                ("version",), "version",
+                ("version",),
+                "version",
                 f"bad version {version!r}: must be SemVer 2.0.0 like 1.2.0 (quote it in YAML)",
             )
         name = self.text(doc, "name", (), "")
@@ -338,7 +374,9 @@ class _Checker:
         if self.checks.json_schema is not None:
             message = self.checks.json_schema(value)
             if message:
-                self.report(("inputs_schema",), "inputs_schema", f"not a valid JSON Schema: {message}")
+                self.report(
+                    ("inputs_schema",), "inputs_schema", f"not a valid JSON Schema: {message}"
+                )
         return value
 
     def nodes(self, value: object) -> dict[str, NodeSpec] | None:
@@ -362,15 +400,18 @@ class _Checker:
                 continue
             if not isinstance(node_id, str) or not NODE_ID.fullmatch(node_id):
                 self.report(
-                    (*key, "id"), f"nodes[{index}].id",
+                    (*key, "id"),
+                    f"nodes[{index}].id",
                     f"bad node id {node_id!r}: use 1-63 of letters, digits, '_' or '-', "
                     "starting with a letter or '_'",
                 )
                 continue
             if node_id in first_seen:
                 self.report(
-                    (*key, "id"), f"nodes[{node_id}]",
-                    f"duplicate node id {node_id!r} (first defined as nodes[{first_seen[node_id]}])",
+                    (*key, "id"),
+                    f"nodes[{node_id}]",
+                    f"duplicate node id {node_id!r} "
+                    f"(first defined as nodes[{first_seen[node_id]}])",
                 )
                 continue
             first_seen[node_id] = index
@@ -380,13 +421,18 @@ class _Checker:
             if node is not None:
                 built[node_id] = node
         deps = {nid: self._deps_of(item) for nid, (item, _, _) in raw.items()}
-        for nid, (item, key, path) in raw.items():
+        for nid, (_, key, path) in raw.items():
             for i, d in enumerate(deps[nid]):
                 if d == nid:
-                    self.report((*key, "depends_on", i), f"{path}.depends_on", f"node {nid!r} depends on itself")
+                    self.report(
+                        (*key, "depends_on", i),
+                        f"{path}.depends_on",
+                        f"node {nid!r} depends on itself",
+                    )
                 elif d not in raw:
                     self.report(
-                        (*key, "depends_on", i), f"{path}.depends_on",
+                        (*key, "depends_on", i),
+                        f"{path}.depends_on",
                         f"unknown dependency {d!r}{_hint(d, list(raw))}",
                     )
         known = {n: [d for d in ds if d in raw and d != n] for n, ds in deps.items()}
@@ -441,11 +487,14 @@ class _Checker:
         inputs = item.get("inputs")
         if inputs is not None and kind != "workflow":
             self.report(
-                (*key, "inputs"), f"{path}.inputs",
+                (*key, "inputs"),
+                f"{path}.inputs",
                 "only sub-workflow nodes take inputs; a Lua node reads the workflow's `inputs`",
             )
         elif inputs is not None and not isinstance(inputs, dict):
-            self.report((*key, "inputs"), f"{path}.inputs", "must be a mapping of input names to values")
+            self.report(
+                (*key, "inputs"), f"{path}.inputs", "must be a mapping of input names to values"
+            )
         retry = self.retry(item.get("retry"), key, path)
         timeout = self.duration(item, "timeout", key, path)
         when = self.text(item, "when", key, path)
@@ -454,13 +503,16 @@ class _Checker:
                 self.report((*key, "when"), f"{path}.when", "is empty: give a Lua expression")
             elif "{{" in when:
                 self.report(
-                    (*key, "when"), f"{path}.when",
+                    (*key, "when"),
+                    f"{path}.when",
                     "is a Lua expression, not a template: write results.x.y > 0, without {{ }}",
                 )
             elif self.checks.lua_syntax is not None:
                 found_err = self.checks.lua_syntax(when, True)
                 if found_err:
-                    self.report((*key, "when"), f"{path}.when", f"bad Lua expression: {found_err[0]}")
+                    self.report(
+                        (*key, "when"), f"{path}.when", f"bad Lua expression: {found_err[0]}"
+                    )
         foreach = item.get("foreach")
         if foreach is not None:
             if kind == "sleep":
@@ -468,15 +520,18 @@ class _Checker:
             elif isinstance(foreach, str):
                 if not templates.is_whole_template(foreach):
                     self.report(
-                        (*key, "foreach"), f"{path}.foreach",
-                        f"must be one template like '{{{{ results.extract.rows }}}}' or a list, got {foreach!r}",
+                        (*key, "foreach"),
+                        f"{path}.foreach",
+                        "must be one template like '{{ results.extract.rows }}' or a list, "
+                        f"got {foreach!r}",
                     )
             elif not isinstance(foreach, list):
                 self.report((*key, "foreach"), f"{path}.foreach", "must be a template or a list")
         concurrency = self.integer(item, "concurrency", key, path, 1)
         if concurrency is not None and foreach is None:
             self.report(
-                (*key, "concurrency"), f"{path}.concurrency",
+                (*key, "concurrency"),
+                f"{path}.concurrency",
                 "applies to foreach nodes only (the workflow's concurrency bounds the rest)",
             )
         rule = self.choice(item, "trigger_rule", TRIGGER_RULES, key, path)
@@ -500,8 +555,10 @@ class _Checker:
             description=description,
         )
 
-    def lua_problem(self, key: Key, field_name: str, path: str, message: str, line: int | None) -> None:
-        """A problem inside Lua source: the file line is the block's first line plus the Lua line."""
+    def lua_problem(
+        self, key: Key, field_name: str, path: str, message: str, line: int | None
+    ) -> None:
+        """A problem in Lua source: its file line is the block's first line plus the Lua line."""
         start = self.lines.get((*key, field_name))
         file_line = start + line - 1 if start is not None and line is not None else None
         where = f" (Lua line {line})" if line is not None else ""
@@ -518,12 +575,15 @@ class _Checker:
         self.unknown_fields(value, ("id", "version"), (*key, "workflow"), f"{path}.workflow")
         wf_id = value.get("id")
         if not isinstance(wf_id, str) or not WORKFLOW_ID.fullmatch(wf_id):
-            self.report((*key, "workflow", "id"), f"{path}.workflow.id", f"bad workflow id {wf_id!r}")
+            self.report(
+                (*key, "workflow", "id"), f"{path}.workflow.id", f"bad workflow id {wf_id!r}"
+            )
             return None
         version = value.get("version", "latest")
         if not isinstance(version, str) or not version.strip():
             self.report(
-                (*key, "workflow", "version"), f"{path}.workflow.version",
+                (*key, "workflow", "version"),
+                f"{path}.workflow.version",
                 f"must be a version range like ^1.2 or latest, got {version!r}",
             )
             return None
@@ -537,7 +597,9 @@ class _Checker:
         if isinstance(value, int) and not isinstance(value, bool):
             value = {"max_attempts": value}
         if not isinstance(value, Mapping):
-            self.report(rkey, rpath, "must be a mapping (max_attempts, backoff, delay, max_delay, jitter)")
+            self.report(
+                rkey, rpath, "must be a mapping (max_attempts, backoff, delay, max_delay, jitter)"
+            )
             return RetryPolicy()
         self.unknown_fields(value, _RETRY_FIELDS, rkey, rpath)
         attempts = self.integer(value, "max_attempts", rkey, rpath, 1) or 1
@@ -548,10 +610,18 @@ class _Checker:
         jitter = 0.0
         if jitter_raw is True:
             jitter = 0.5
-        elif isinstance(jitter_raw, int | float) and not isinstance(jitter_raw, bool) and 0 <= jitter_raw <= 1:
+        elif (
+            isinstance(jitter_raw, int | float)
+            and not isinstance(jitter_raw, bool)
+            and 0 <= jitter_raw <= 1
+        ):
             jitter = float(jitter_raw)
         elif jitter_raw not in (False, None):
-            self.report((*rkey, "jitter"), f"{rpath}.jitter", f"must be true/false or a fraction 0..1, got {jitter_raw!r}")
+            self.report(
+                (*rkey, "jitter"),
+                f"{rpath}.jitter",
+                f"must be true/false or a fraction 0..1, got {jitter_raw!r}",
+            )
         policy = RetryPolicy(
             max_attempts=attempts,
             backoff=cast(Backoff, backoff),
@@ -564,7 +634,11 @@ class _Checker:
         return policy
 
     def references(
-        self, node_id: str, item: Mapping[str, Any], key: Key, path: str,
+        self,
+        node_id: str,
+        item: Mapping[str, Any],
+        key: Key,
+        path: str,
         deps: Mapping[str, Sequence[str]],
     ) -> None:
         """Templates and Lua may only read results of the node's ancestors."""
@@ -577,7 +651,8 @@ class _Checker:
             if ref_node in ancestors:
                 return
             if ref_node not in deps:
-                msg = f"results.{ref_node}: there is no node {ref_node!r}{_hint(ref_node, list(deps))}"
+                hint = _hint(ref_node, list(deps))
+                msg = f"results.{ref_node}: there is no node {ref_node!r}{hint}"
             elif ref_node == node_id:
                 msg = f"results.{ref_node}: a node cannot read its own result"
             else:
@@ -621,8 +696,10 @@ class _Checker:
                 self.report(("outputs",), where, "outputs can read inputs and results, not ctx")
             elif ref.node_id is not None and nodes is not None and ref.node_id not in nodes:
                 self.report(
-                    ("outputs",), where,
-                    f"results.{ref.node_id}: there is no node {ref.node_id!r}{_hint(ref.node_id, list(nodes))}",
+                    ("outputs",),
+                    where,
+                    f"results.{ref.node_id}: there is no node {ref.node_id!r}"
+                    + _hint(ref.node_id, list(nodes)),
                 )
         return value
 
@@ -642,7 +719,11 @@ class _Checker:
                 self.unknown_fields(item, ("http",), key, path)
                 trigger = self.http_trigger(item["http"], (*key, "http"), f"{path}.http")
             else:
-                self.report(key, path, "must be a cron trigger {cron: ...} or an http trigger {http: {path: ...}}")
+                self.report(
+                    key,
+                    path,
+                    "must be a cron trigger {cron: ...} or an http trigger {http: {path: ...}}",
+                )
                 trigger = None
             if trigger is not None:
                 out.append(trigger)
@@ -688,13 +769,25 @@ class _Checker:
         self.unknown_fields(value, _HTTP_FIELDS, key, path)
         route = value.get("path")
         if not isinstance(route, str) or not HTTP_PATH.fullmatch(route):
-            self.report((*key, "path"), f"{path}.path", f"must be a URL path starting with '/', got {route!r}")
-        elif route.startswith(("/api/", "/trigger/")) or route in ("/metrics", "/healthz", "/readyz"):
-            self.report((*key, "path"), f"{path}.path", f"{route!r} is reserved for the built-in API")
+            self.report(
+                (*key, "path"),
+                f"{path}.path",
+                f"must be a URL path starting with '/', got {route!r}",
+            )
+        elif route.startswith(("/api/", "/trigger/")) or route in (
+            "/metrics",
+            "/healthz",
+            "/readyz",
+        ):
+            self.report(
+                (*key, "path"), f"{path}.path", f"{route!r} is reserved for the built-in API"
+            )
         auth = value.get("auth") or {}
         bearer = hmac = None
         if not isinstance(auth, Mapping):
-            self.report((*key, "auth"), f"{path}.auth", "must be {bearer_env: NAME} or {hmac_env: NAME}")
+            self.report(
+                (*key, "auth"), f"{path}.auth", "must be {bearer_env: NAME} or {hmac_env: NAME}"
+            )
         else:
             self.unknown_fields(auth, ("bearer_env", "hmac_env"), (*key, "auth"), f"{path}.auth")
             bearer, hmac = auth.get("bearer_env"), auth.get("hmac_env")
@@ -702,7 +795,11 @@ class _Checker:
                 self.report((*key, "auth"), f"{path}.auth", "give bearer_env or hmac_env, not both")
             for name, env in (("bearer_env", bearer), ("hmac_env", hmac)):
                 if env is not None and (not isinstance(env, str) or not ENV_NAME.fullmatch(env)):
-                    self.report((*key, "auth", name), f"{path}.auth.{name}", f"must name an environment variable, got {env!r}")
+                    self.report(
+                        (*key, "auth", name),
+                        f"{path}.auth.{name}",
+                        f"must name an environment variable, got {env!r}",
+                    )
         raw_body = self.boolean(value, "raw_body", key, path)
         if len(self.problems) != before:
             return None
@@ -738,8 +835,10 @@ def parse_spec(
     checker = _Checker(lines or {}, checks or ExternalChecks())
     spec = checker.workflow(doc)
     if checker.problems or spec is None:
-        problems = sorted(
-            checker.problems, key=lambda p: (p.line is None, p.line or 0)
-        ) if lines else checker.problems
+        problems = (
+            sorted(checker.problems, key=lambda p: (p.line is None, p.line or 0))
+            if lines
+            else checker.problems
+        )
         raise SpecError(problems or [SpecProblem("", "invalid workflow spec")], source)
     return spec

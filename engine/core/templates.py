@@ -44,9 +44,7 @@ def parse_reference(expr: str) -> Reference:
     parts = text.split(".")
     root, path = parts[0], tuple(parts[1:])
     if root not in ROOTS:
-        raise ValueError(
-            f"template '{{{{ {text} }}}}' must start with one of {', '.join(ROOTS)}"
-        )
+        raise ValueError(f"template '{{{{ {text} }}}}' must start with one of {', '.join(ROOTS)}")
     for segment in path:
         if not _SEGMENT.fullmatch(segment):
             raise ValueError(f"template '{{{{ {text} }}}}' has a bad path segment {segment!r}")

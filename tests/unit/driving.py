@@ -20,7 +20,9 @@ def lua(node_id: str, *deps: str, **extra: Any) -> dict[str, Any]:
 
 class Driver:
     def __init__(self, wf: WorkflowSpec, inputs: JSON = None, **kw: Any) -> None:
-        self.run = sch.Run(wf, inputs if inputs is not None else {}, rand=kw.pop("rand", lambda: 0.5), **kw)
+        self.run = sch.Run(
+            wf, inputs if inputs is not None else {}, rand=kw.pop("rand", lambda: 0.5), **kw
+        )
         self.now = 0.0
         self.tasks: dict[tuple[str, int | None], sch.RunTask] = {}
         self.timers: dict[Any, float] = {}
@@ -57,7 +59,11 @@ class Driver:
 
     def succeed(self, node_id: str, output: JSON = None, item: int | None = None) -> None:
         task = self.tasks.pop((node_id, item))
-        self.feed(sch.TaskSucceeded(node_id, item, task.attempt, output if output is not None else {}, self.now))
+        self.feed(
+            sch.TaskSucceeded(
+                node_id, item, task.attempt, output if output is not None else {}, self.now
+            )
+        )
 
     def fail(self, node_id: str, error: str = "boom", item: int | None = None) -> None:
         task = self.tasks.pop((node_id, item))

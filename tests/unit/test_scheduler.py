@@ -60,7 +60,7 @@ def test_failure_blocks_dependents_and_independent_branch_goes_on() -> None:
 
 
 def test_blocked_propagates_down_a_long_chain_without_recursion() -> None:
-    nodes = [lua("n0")] + [lua(f"n{i}", f"n{i-1}") for i in range(1, 3000)]
+    nodes = [lua("n0")] + [lua(f"n{i}", f"n{i - 1}") for i in range(1, 3000)]
     d = Driver(spec(nodes)).start()
     d.fail("n0")
     assert d.status("n2999") == "blocked"
@@ -75,11 +75,14 @@ def test_all_success_skips_when_an_upstream_was_skipped() -> None:
 
 
 def test_none_failed_runs_after_a_skip_but_not_after_a_failure() -> None:
-    wf = spec([
-        lua("s", when="false"), lua("f"),
-        lua("after_skip", "s", trigger_rule="none_failed"),
-        lua("after_fail", "f", trigger_rule="none_failed"),
-    ])
+    wf = spec(
+        [
+            lua("s", when="false"),
+            lua("f"),
+            lua("after_skip", "s", trigger_rule="none_failed"),
+            lua("after_fail", "f", trigger_rule="none_failed"),
+        ]
+    )
     d = Driver(wf).start()
     d.condition("s", False)
     assert "after_skip" in d.running()
@@ -96,8 +99,14 @@ def test_all_done_runs_after_failure() -> None:
 
 
 def test_one_failed_runs_only_when_something_failed() -> None:
-    wf = spec([lua("a"), lua("b"), lua("alert_a", "a", trigger_rule="one_failed"),
-               lua("alert_b", "b", trigger_rule="one_failed")])
+    wf = spec(
+        [
+            lua("a"),
+            lua("b"),
+            lua("alert_a", "a", trigger_rule="one_failed"),
+            lua("alert_b", "b", trigger_rule="one_failed"),
+        ]
+    )
     d = Driver(wf).start()
     d.fail("a")
     d.succeed("b")
@@ -108,8 +117,14 @@ def test_one_failed_runs_only_when_something_failed() -> None:
 
 
 def test_when_true_runs_false_skips_error_fails() -> None:
-    wf = spec([lua("a"), lua("yes", "a", when="true"), lua("no", "a", when="false"),
-               lua("broken", "a", when="x.y")])
+    wf = spec(
+        [
+            lua("a"),
+            lua("yes", "a", when="true"),
+            lua("no", "a", when="false"),
+            lua("broken", "a", when="x.y"),
+        ]
+    )
     d = Driver(wf).start()
     d.succeed("a")
     assert sorted(d.conditions) == ["broken", "no", "yes"]
@@ -149,7 +164,19 @@ def test_retry_fixed_delay_then_success() -> None:
 
 
 def test_retry_exponential_backoff_capped_by_max_delay() -> None:
-    wf = spec([lua("a", retry={"max_attempts": 5, "backoff": "exponential", "delay": "1s", "max_delay": "3s"})])
+    wf = spec(
+        [
+            lua(
+                "a",
+                retry={
+                    "max_attempts": 5,
+                    "backoff": "exponential",
+                    "delay": "1s",
+                    "max_delay": "3s",
+                },
+            )
+        ]
+    )
     d = Driver(wf).start()
     delays = []
     for _ in range(4):
@@ -245,8 +272,13 @@ def test_foreach_item_retries_then_failure_cancels_siblings() -> None:
 
 
 def test_foreach_empty_list_succeeds_and_non_list_fails() -> None:
-    wf = spec([lua("src"), lua("empty", "src", foreach="{{ results.src.none }}"),
-               lua("wrong", "src", foreach="{{ results.src.text }}")])
+    wf = spec(
+        [
+            lua("src"),
+            lua("empty", "src", foreach="{{ results.src.none }}"),
+            lua("wrong", "src", foreach="{{ results.src.text }}"),
+        ]
+    )
     d = Driver(wf).start()
     d.succeed("src", {"none": [], "text": "abc"})
     assert d.run.record("empty").output == []
@@ -274,8 +306,10 @@ def test_results_only_expose_ancestors() -> None:
 
 
 def test_declared_outputs_resolve_templates_and_null_for_failed_nodes() -> None:
-    wf = spec([lua("a"), lua("b")], outputs={"x": "{{ results.a.n }}", "y": "{{ results.b.n }}",
-                                             "text": "n={{ results.a.n }}"})
+    wf = spec(
+        [lua("a"), lua("b")],
+        outputs={"x": "{{ results.a.n }}", "y": "{{ results.b.n }}", "text": "n={{ results.a.n }}"},
+    )
     d = Driver(wf).start()
     d.succeed("a", {"n": 7})
     d.fail("b")
@@ -284,8 +318,17 @@ def test_declared_outputs_resolve_templates_and_null_for_failed_nodes() -> None:
 
 
 def test_sub_workflow_inputs_are_resolved_when_the_task_starts() -> None:
-    wf = spec([lua("a"), {"id": "child", "depends_on": ["a"], "workflow": {"id": "other", "version": "^1"},
-                          "inputs": {"value": "{{ results.a.n }}", "label": "n is {{ results.a.n }}"}}])
+    wf = spec(
+        [
+            lua("a"),
+            {
+                "id": "child",
+                "depends_on": ["a"],
+                "workflow": {"id": "other", "version": "^1"},
+                "inputs": {"value": "{{ results.a.n }}", "label": "n is {{ results.a.n }}"},
+            },
+        ]
+    )
     d = Driver(wf).start()
     d.succeed("a", {"n": 3})
     assert d.tasks[("child", None)].inputs == {"value": 3, "label": "n is 3"}
@@ -301,12 +344,14 @@ def test_progress_counts_terminal_nodes() -> None:
 def test_invalid_transition_names_node_and_states() -> None:
     d = Driver(spec([lua("a")])).start()
     d.succeed("a")
-    with pytest.raises(InvalidTransition, match=r"node 'a': invalid transition succeeded -> running"):
+    with pytest.raises(
+        InvalidTransition, match=r"node 'a': invalid transition succeeded -> running"
+    ):
         d.run._transition(d.run.nodes["a"], "running")
 
 
 def test_logs_become_node_log_events_with_severity() -> None:
     d = Driver(spec([lua("a")])).start()
     d.feed(sch.TaskLogged("a", 1, "warn", "careful", d.now))
-    log = [e for e in d.events if e.type == "node.log"][0]
+    log = next(e for e in d.events if e.type == "node.log")
     assert log.severity == "warning" and log.data == {"level": "warn", "message": "careful"}

@@ -20,7 +20,9 @@ def dags(draw: st.DrawFn) -> tuple[list[dict[str, Any]], dict[str, bool], int]:
     for i in range(n):
         deps = sorted(draw(st.sets(st.integers(0, i - 1), max_size=min(i, 4)))) if i else []
         node: dict[str, Any] = {
-            "id": f"n{i}", "lua": "return {}", "depends_on": [f"n{d}" for d in deps],
+            "id": f"n{i}",
+            "lua": "return {}",
+            "depends_on": [f"n{d}" for d in deps],
             "trigger_rule": draw(st.sampled_from(TRIGGER_RULES)),
         }
         nodes.append(node)
@@ -39,7 +41,7 @@ def test_every_node_runs_once_after_its_dependencies_and_status_agrees(
     runs: dict[str, int] = {}
     while d.tasks:
         # every task we hold was issued only once its dependencies were all terminal
-        node_id, item = rnd.choice(sorted(d.tasks, key=str))
+        node_id, _ = rnd.choice(sorted(d.tasks, key=str))
         for dep in wf.by_id[node_id].depends_on:
             assert d.status(dep) in ("succeeded", "failed", "skipped", "blocked")
         if wf.by_id[node_id].trigger_rule == "all_success":
@@ -96,7 +98,7 @@ def test_cost_is_linear_no_rescan() -> None:
     nodes = []
     for layer in range(layers):
         for i in range(width):
-            deps = [f"l{layer-1}_{j}" for j in range(width)] if layer else []
+            deps = [f"l{layer - 1}_{j}" for j in range(width)] if layer else []
             nodes.append({"id": f"l{layer}_{i}", "lua": "return {}", "depends_on": deps})
     wf = spec(nodes, concurrency=100)
     run = sch.Run(wf, {})

@@ -22,18 +22,34 @@ def base(**extra: Any) -> dict[str, Any]:
 
 
 def test_valid_spec_builds_typed_model() -> None:
-    wf = parse_spec({
-        "id": "data-pipeline", "version": "1.2.0", "concurrency": 8, "timeout": "10m",
-        "nodes": [
-            {"id": "extract", "lua": "return {rows={1,2}}"},
-            {"id": "transform", "depends_on": ["extract"], "timeout": "30s",
-             "retry": {"max_attempts": 3, "backoff": "exponential", "delay": "1s", "max_delay": "30s"},
-             "lua": "return results.extract"},
-            {"id": "wait", "depends_on": ["transform"], "sleep": "1m30s"},
-        ],
-        "triggers": [{"cron": "*/5 * * * *", "timezone": "Europe/Berlin"},
-                     {"http": {"path": "/hooks/p", "auth": {"bearer_env": "TOKEN"}}}],
-    })
+    wf = parse_spec(
+        {
+            "id": "data-pipeline",
+            "version": "1.2.0",
+            "concurrency": 8,
+            "timeout": "10m",
+            "nodes": [
+                {"id": "extract", "lua": "return {rows={1,2}}"},
+                {
+                    "id": "transform",
+                    "depends_on": ["extract"],
+                    "timeout": "30s",
+                    "retry": {
+                        "max_attempts": 3,
+                        "backoff": "exponential",
+                        "delay": "1s",
+                        "max_delay": "30s",
+                    },
+                    "lua": "return results.extract",
+                },
+                {"id": "wait", "depends_on": ["transform"], "sleep": "1m30s"},
+            ],
+            "triggers": [
+                {"cron": "*/5 * * * *", "timezone": "Europe/Berlin"},
+                {"http": {"path": "/hooks/p", "auth": {"bearer_env": "TOKEN"}}},
+            ],
+        }
+    )
     assert wf.timeout == 600 and wf.concurrency == 8
     assert wf.by_id["transform"].retry.max_attempts == 3
     assert wf.by_id["transform"].timeout == 30
@@ -44,15 +60,19 @@ def test_valid_spec_builds_typed_model() -> None:
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    got = problems({
-        "id": "Bad ID", "version": "1.0", "concurency": 3,
-        "nodes": [
-            {"id": "a", "lua": "return {}", "timeout": "3 parsecs"},
-            {"id": "a", "lua": "return {}"},
-            {"id": "b", "depends_on": ["nope"], "lua": "return {}", "trigger_rule": "any"},
-            {"id": "9bad", "lua": "x"},
-        ],
-    })
+    got = problems(
+        {
+            "id": "Bad ID",
+            "version": "1.0",
+            "concurency": 3,
+            "nodes": [
+                {"id": "a", "lua": "return {}", "timeout": "3 parsecs"},
+                {"id": "a", "lua": "return {}"},
+                {"id": "b", "depends_on": ["nope"], "lua": "return {}", "trigger_rule": "any"},
+                {"id": "9bad", "lua": "x"},
+            ],
+        }
+    )
     assert got == [
         "concurency: unknown field 'concurency' (did you mean 'concurrency'?)",
         "id: bad workflow id 'Bad ID': use 1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit",
@@ -66,12 +86,16 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_cycle_is_reported_with_its_path() -> None:
-    got = problems(base(nodes=[
-        {"id": "a", "lua": "x", "depends_on": ["c"]},
-        {"id": "b", "lua": "x", "depends_on": ["a"]},
-        {"id": "c", "lua": "x", "depends_on": ["b"]},
-        {"id": "d", "lua": "x"},
-    ]))
+    got = problems(
+        base(
+            nodes=[
+                {"id": "a", "lua": "x", "depends_on": ["c"]},
+                {"id": "b", "lua": "x", "depends_on": ["a"]},
+                {"id": "c", "lua": "x", "depends_on": ["b"]},
+                {"id": "d", "lua": "x"},
+            ]
+        )
+    )
     assert got == ["nodes[a]: dependency cycle: a -> b -> c -> a"]
 
 
@@ -82,7 +106,9 @@ def test_self_dependency() -> None:
 
 
 def test_unknown_fields_suggest_the_right_name() -> None:
-    got = problems(base(nodes=[{"id": "a", "lua": "x", "depend_on": ["b"], "retry": {"max_attempt": 2}}]))
+    got = problems(
+        base(nodes=[{"id": "a", "lua": "x", "depend_on": ["b"], "retry": {"max_attempt": 2}}])
+    )
     assert got == [
         "nodes[a].depend_on: unknown field 'depend_on' (did you mean 'depends_on'?)",
         "nodes[a].retry.max_attempt: unknown field 'max_attempt' (did you mean 'max_attempts'?)",
@@ -98,13 +124,26 @@ def test_node_kind_must_be_exactly_one() -> None:
 
 
 def test_templates_must_reference_ancestors() -> None:
-    got = problems(base(nodes=[
-        {"id": "a", "lua": "return {}"},
-        {"id": "b", "lua": "return {}"},
-        {"id": "c", "depends_on": ["a"], "foreach": "{{ results.b.items }}", "lua": "return results.a"},
-        {"id": "d", "depends_on": ["a"], "workflow": {"id": "child"},
-         "inputs": {"x": "{{ results.ghost.v }}", "y": "{{ nonsense }}"}},
-    ]))
+    got = problems(
+        base(
+            nodes=[
+                {"id": "a", "lua": "return {}"},
+                {"id": "b", "lua": "return {}"},
+                {
+                    "id": "c",
+                    "depends_on": ["a"],
+                    "foreach": "{{ results.b.items }}",
+                    "lua": "return results.a",
+                },
+                {
+                    "id": "d",
+                    "depends_on": ["a"],
+                    "workflow": {"id": "child"},
+                    "inputs": {"x": "{{ results.ghost.v }}", "y": "{{ nonsense }}"},
+                },
+            ]
+        )
+    )
     assert got == [
         "nodes[c].foreach: results.b: node 'b' is not an ancestor of 'c'; add it to depends_on",
         "nodes[d].inputs: results.ghost: there is no node 'ghost'",
@@ -113,12 +152,24 @@ def test_templates_must_reference_ancestors() -> None:
 
 
 def test_lua_result_references_are_checked_with_line() -> None:
-    got = problems(base(nodes=[
-        {"id": "extract", "lua": "return {}"},
-        {"id": "load", "depends_on": ["extract"],
-         "lua": "-- results.old is fine in a comment\nlocal s = 'results.x'\nreturn results.extrct.rows"},
-        {"id": "check", "depends_on": ["extract"], "when": "results.load.ok", "lua": "return {}"},
-    ]))
+    got = problems(
+        base(
+            nodes=[
+                {"id": "extract", "lua": "return {}"},
+                {
+                    "id": "load",
+                    "depends_on": ["extract"],
+                    "lua": "-- results.old is fine in a comment\nlocal s = 'results.x'\nreturn results.extrct.rows",
+                },
+                {
+                    "id": "check",
+                    "depends_on": ["extract"],
+                    "when": "results.load.ok",
+                    "lua": "return {}",
+                },
+            ]
+        )
+    )
     assert got == [
         "nodes[load].lua: results.extrct: there is no node 'extrct' (did you mean 'extract'?) (Lua line 3)",
         "nodes[check].when: results.load: node 'load' is not an ancestor of 'check'; add it to depends_on",
@@ -126,12 +177,16 @@ def test_lua_result_references_are_checked_with_line() -> None:
 
 
 def test_when_and_foreach_shapes() -> None:
-    got = problems(base(nodes=[
-        {"id": "a", "lua": "x", "when": "{{ results.a.ok }}"},
-        {"id": "b", "lua": "x", "foreach": "items: {{ inputs.items }}"},
-        {"id": "c", "lua": "x", "foreach": 42},
-        {"id": "d", "lua": "x", "concurrency": 2},
-    ]))
+    got = problems(
+        base(
+            nodes=[
+                {"id": "a", "lua": "x", "when": "{{ results.a.ok }}"},
+                {"id": "b", "lua": "x", "foreach": "items: {{ inputs.items }}"},
+                {"id": "c", "lua": "x", "foreach": 42},
+                {"id": "d", "lua": "x", "concurrency": 2},
+            ]
+        )
+    )
     assert got == [
         "nodes[a].when: is a Lua expression, not a template: write results.x.y > 0, without {{ }}",
         "nodes[b].foreach: must be one template like '{{ results.extract.rows }}' or a list, got 'items: {{ inputs.items }}'",
@@ -141,9 +196,23 @@ def test_when_and_foreach_shapes() -> None:
 
 
 def test_durations_and_retry() -> None:
-    got = problems(base(timeout="0s", nodes=[
-        {"id": "a", "lua": "x", "retry": {"max_attempts": 0, "backoff": "linear", "delay": "5s", "max_delay": "1s"}},
-    ]))
+    got = problems(
+        base(
+            timeout="0s",
+            nodes=[
+                {
+                    "id": "a",
+                    "lua": "x",
+                    "retry": {
+                        "max_attempts": 0,
+                        "backoff": "linear",
+                        "delay": "5s",
+                        "max_delay": "1s",
+                    },
+                },
+            ],
+        )
+    )
     assert got == [
         "timeout: must be longer than zero",
         "nodes[a].retry.max_attempts: must be a whole number >= 1, got 0",
@@ -153,11 +222,18 @@ def test_durations_and_retry() -> None:
 
 
 def test_triggers() -> None:
-    got = problems(base(triggers=[
-        {"cron": "* * *"}, {"cron": "@fortnightly"}, {"cron": "0 * * * *", "overlap": "queue"},
-        {"http": {"path": "/api/v1/x"}}, {"http": {"path": "/h", "auth": {"bearer_env": "A", "hmac_env": "B"}}},
-        {"webhook": "x"},
-    ]))
+    got = problems(
+        base(
+            triggers=[
+                {"cron": "* * *"},
+                {"cron": "@fortnightly"},
+                {"cron": "0 * * * *", "overlap": "queue"},
+                {"http": {"path": "/api/v1/x"}},
+                {"http": {"path": "/h", "auth": {"bearer_env": "A", "hmac_env": "B"}}},
+                {"webhook": "x"},
+            ]
+        )
+    )
     assert got == [
         "triggers[0].cron: cron '* * *' has 3 fields: use 5 (minute hour day month weekday), 6 with seconds first, or a macro like @hourly",
         "triggers[1].cron: unknown cron macro '@fortnightly' (did you mean '@monthly'?)",
@@ -177,16 +253,27 @@ def test_builder_produces_the_same_model_as_a_document() -> None:
     built = (
         Workflow("etl", "1.0.0", concurrency=4)
         .node("extract", lua="return {rows={1}}")
-        .node("load", lua="return results.extract", depends_on=["extract"], retry={"max_attempts": 2})
+        .node(
+            "load", lua="return results.extract", depends_on=["extract"], retry={"max_attempts": 2}
+        )
         .build()
     )
-    parsed = parse_spec({
-        "id": "etl", "version": "1.0.0", "concurrency": 4,
-        "nodes": [
-            {"id": "extract", "lua": "return {rows={1}}"},
-            {"id": "load", "lua": "return results.extract", "depends_on": ["extract"], "retry": {"max_attempts": 2}},
-        ],
-    })
+    parsed = parse_spec(
+        {
+            "id": "etl",
+            "version": "1.0.0",
+            "concurrency": 4,
+            "nodes": [
+                {"id": "extract", "lua": "return {rows={1}}"},
+                {
+                    "id": "load",
+                    "lua": "return results.extract",
+                    "depends_on": ["extract"],
+                    "retry": {"max_attempts": 2},
+                },
+            ],
+        }
+    )
     assert built == parsed
     assert built.document == parsed.document
 

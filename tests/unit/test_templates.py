@@ -36,12 +36,16 @@ def test_inline_template_becomes_text() -> None:
 
 def test_nested_values_resolve() -> None:
     assert r({"a": ["{{ results.n }}", {"b": "{{ results.extract.meta.name }}"}], "c": 1}) == {
-        "a": [5, {"b": "x"}], "c": 1,
+        "a": [5, {"b": "x"}],
+        "c": 1,
     }
 
 
 def test_missing_paths_name_the_template() -> None:
-    with pytest.raises(TemplateError, match=r"'\{\{ results.extract.nope \}\}': results.extract \(dict\) has no 'nope'"):
+    with pytest.raises(
+        TemplateError,
+        match=r"'\{\{ results.extract.nope \}\}': results.extract \(dict\) has no 'nope'",
+    ):
         r("{{ results.extract.nope }}")
     with pytest.raises(TemplateError, match="node 'ghost' has no output"):
         r("{{ results.ghost }}")
@@ -57,10 +61,15 @@ def test_reference_syntax() -> None:
         parse_reference("inputs.a b")
 
 
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(alphabet="abc {}"),
-    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text("ab", max_size=3), kids, max_size=3),
-))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(alphabet="abc {}"),
+        lambda kids: (
+            st.lists(kids, max_size=3)
+            | st.dictionaries(st.text("ab", max_size=3), kids, max_size=3)
+        ),
+    )
+)
 def test_values_without_templates_are_unchanged(value: JSON) -> None:
     if "{{" in repr(value):
         return
