@@ -33,15 +33,18 @@ from engine.core.values import JSON, JSONObject
 
 MISSING: Final = object()
 
+# Stimuli and instructions are made several times per node, so they are plain slotted
+# dataclasses (frozen ones construct three times slower); nothing mutates them once made.
+
 # -- stimuli: what happened ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Start:
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskSucceeded:
     node_id: str
     item: int | None
@@ -50,7 +53,7 @@ class TaskSucceeded:
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskFailed:
     node_id: str
     item: int | None
@@ -60,7 +63,7 @@ class TaskFailed:
     retryable: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskLogged:
     node_id: str
     attempt: int
@@ -69,7 +72,7 @@ class TaskLogged:
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConditionEvaluated:
     node_id: str
     value: bool | None
@@ -81,13 +84,13 @@ TimerKey: TypeAlias = tuple[str | int | None, ...]
 """('retry', node, item), ('sleep', node), ('node_timeout', node, item, attempt), ('run_timeout',)"""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TimerFired:
     key: TimerKey
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CancelRequested:
     now: float
     reason: str = "cancelled on request"
@@ -106,7 +109,7 @@ Stimulus: TypeAlias = (
 # -- instructions: what to do -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Emit:
     """A monitor event; the adapter adds seq, ids and engine, and publishes it."""
 
@@ -118,7 +121,7 @@ class Emit:
     data: JSONObject = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunTask:
     """Run one attempt of a Lua or sub-workflow node (one item of it, for foreach)."""
 
@@ -130,26 +133,26 @@ class RunTask:
     timeout: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CancelTask:
     node_id: str
     item: int | None
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EvaluateCondition:
     node_id: str
     ctx: JSONObject
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StartTimer:
     key: TimerKey
     delay: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Finish:
     status: ExecutionStatus
     outputs: JSONObject
@@ -197,7 +200,7 @@ class _Node:
         self.done_items = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NodeRecord:
     status: NodeStatus
     output: JSON
@@ -282,7 +285,7 @@ class Run:
                     self._timer(s)
                 case CancelRequested():
                     self._abort("cancelled", s.reason)
-            self._drain()
+        self._drain()
         out, self._out = self._out, []
         return out
 
@@ -494,8 +497,7 @@ class Run:
                 attempt = n.item_attempts[item]
                 n.attempts = max(n.attempts, attempt)
             if n.status == "pending":
-                self._transition(n, "running")
-                n.status = "running"
+                n.status = "running"  # pending -> running is always allowed: no table lookup
                 n.started_at = self._now
                 data: JSONObject = {"items": len(n.items)} if n.items is not None else {}
                 self._emit("node.started", "info", node_id, attempt, data)
@@ -519,9 +521,7 @@ class Run:
                 )
 
     def _ctx(self, n: _Node, item: int | None, attempt: int) -> JSONObject:
-        ctx = dict(self.ctx)
-        ctx["node_id"] = n.spec.id
-        ctx["attempt"] = attempt
+        ctx: JSONObject = {**self.ctx, "node_id": n.spec.id, "attempt": attempt}
         if item is not None and n.items is not None:
             ctx["item"] = n.items[item]
             ctx["index"] = item
