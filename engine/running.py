@@ -22,6 +22,7 @@ from engine.core import scheduler as sch
 from engine.core.events import Event
 from engine.core.execution import execution_document
 from engine.core.spec import SubWorkflowRef, WorkflowSpec
+from engine.core.states import Severity
 from engine.core.values import JSON, JSONObject
 from engine.lua import MISSING as LUA_MISSING
 from engine.lua import LuaOutcome, LuaPool, LuaTask
@@ -88,6 +89,7 @@ class Execution:
         self._cancels: dict[tuple[str, int | None], threading.Event] = {}
         self._backlog: list[sch.Stimulus] = []
         self._feeding = False
+        self._completions: list[sch.Stimulus] = []
         self._done: asyncio.Future[JSONObject] | None = None
 
     # -- public -------------------------------------------------------------------------------
@@ -122,6 +124,19 @@ class Execution:
             self.feed(sch.TaskSucceeded(node_id, item, attempt, output, now))
         else:
             self.feed(sch.TaskFailed(node_id, item, attempt, error, now))
+
+    def emit(
+        self,
+        type_: str,
+        severity: Severity,
+        *,
+        node_id: str | None = None,
+        attempt: int | None = None,
+        data: JSONObject | None = None,
+    ) -> None:
+        """Publish an event the adapter originates (``subworkflow.requested``), numbered in line
+        with the run's own events."""
+        self._publish(sch.Emit(type_, severity, self._clock(), node_id, attempt, data or {}))
 
     def document(self) -> JSONObject:
         return execution_document(
@@ -299,7 +314,7 @@ class Execution:
             if outcome.line is not None:
                 error = f"{error} (line {outcome.line})"
             stimuli.append(sch.TaskFailed(node_id, item, attempt, error, now))
-        self.feed(*stimuli)
+        self._complete(stimuli)
 
     def _evaluate(self, ins: sch.EvaluateCondition) -> None:
         spec = self.run.node_spec(ins.node_id)
@@ -314,6 +329,20 @@ class Execution:
             expression=True,
         )
         self._pool.submit(task).add_done_callback(partial(self._evaluated, ins.node_id))
+
+    def _complete(self, stimuli: list[sch.Stimulus]) -> None:
+        """Queue task results and hand them to the scheduler together on the next loop turn.
+
+        The pool finishes tasks in batches; feeding them as one batch lets the scheduler release
+        dependents and refill slots once per batch instead of once per task.
+        """
+        if not self._completions:
+            asyncio.get_running_loop().call_soon(self._flush_completions)
+        self._completions.extend(stimuli)
+
+    def _flush_completions(self) -> None:
+        batch, self._completions = self._completions, []
+        self.feed(*batch)
 
     def _evaluated(self, node_id: str, fut: asyncio.Future[LuaOutcome]) -> None:
         now = self._clock()

@@ -481,6 +481,9 @@ class _Checker:
             found_err = self.checks.lua_syntax(lua, False)
             if found_err:
                 msg, line = found_err
+                if line is not None:
+                    # '<eof>' errors name the line after a trailing newline: keep it in the block
+                    line = min(line, lua.rstrip("\n").count("\n") + 1)
                 self.lua_problem(key, "lua", path, f"Lua syntax error: {msg}", line)
         workflow = self.sub_workflow(item.get("workflow"), key, path)
         sleep = self.duration(item, "sleep", key, path, positive=False)

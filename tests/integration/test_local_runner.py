@@ -1,0 +1,124 @@
+"""``python -m engine run|validate`` as a user runs them: a real process, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+def engine(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+def run_json(*args: str) -> tuple[int, dict[str, Any], str]:
+    proc = engine("run", *args)
+    return proc.returncode, json.loads(proc.stdout), proc.stderr
+
+
+def test_hello_greets_the_named_input() -> None:
+    code, doc, err = run_json(str(EXAMPLES / "hello.yaml"), "--inputs", '{"name": "Ada"}')
+    assert code == 0, err
+    assert doc["status"] == "succeeded"
+    assert doc["outputs"] == {"greet": {"message": "Hello, Ada!"}}
+    assert doc["nodes"]["greet"]["attempts"] == 1
+    assert "greet" in err and "succeeded" in err and "greeting Ada" in err
+    for key in ("id", "workflow_id", "version", "inputs", "error", "progress", "created_at",
+                "started_at", "finished_at", "parent_execution_id"):
+        assert key in doc
+
+
+def test_diamond_passes_data_through_both_branches() -> None:
+    code, doc, err = run_json(str(EXAMPLES / "diamond.yaml"), "--inputs", '{"n": 4}')
+    assert code == 0, err
+    assert doc["outputs"] == {"total": 34, "summary": "sum 10 + product 24"}
+    assert [doc["nodes"][n]["status"] for n in ("numbers", "sum", "product", "join")] == ["succeeded"] * 4
+
+
+def test_etl_uses_foreach_when_and_retries() -> None:
+    code, doc, err = run_json(str(EXAMPLES / "etl.yaml"))
+    assert code == 0, err
+    assert doc["outputs"]["cleaned"] == [
+        {"name": "Ada", "score": 91, "rank": 1},
+        {"name": "Grace", "score": 78, "rank": 2},
+        {"name": "Linus", "score": 64, "rank": 3},
+    ]
+    assert doc["outputs"]["loaded"] == 3
+    assert doc["nodes"]["fetch_rates"]["attempts"] == 2
+    assert doc["nodes"]["archive"]["status"] == "skipped"
+    assert "retrying" in err and "rates service not ready yet" in err
+
+
+def test_failure_isolation_ends_partial_with_exit_1() -> None:
+    code, doc, _ = run_json(str(EXAMPLES / "failure-isolation.yaml"))
+    assert code == 1
+    assert doc["status"] == "partial"
+    nodes = doc["nodes"]
+    assert nodes["charge_cards"]["status"] == "failed"
+    assert nodes["charge_cards"]["error"] == "payment gateway rejected the batch (line 1)"
+    assert nodes["send_receipts"]["status"] == "blocked"
+    assert nodes["report"]["status"] == "succeeded"
+    assert nodes["alert"]["output"] == {"paged": True}
+
+
+def test_invalid_spec_prints_every_problem_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "id: broken\n"
+        "version: 1.0.0\n"
+        "nodes:\n"
+        "  - id: a\n"
+        "    lua: |\n"
+        "      local x = 1\n"
+        "      return x +\n"
+        "  - id: b\n"
+        "    depends_on: [c]\n"
+        "    lua: return {}\n"
+        "    timout: 5s\n"
+    )
+    proc = engine("run", str(bad))
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert f"{bad}:7: nodes[a].lua: Lua syntax error:" in proc.stderr
+    assert "unexpected symbol near <eof> (Lua line 2)" in proc.stderr
+    assert f"{bad}:9: nodes[b].depends_on: unknown dependency 'c'" in proc.stderr
+    assert f"{bad}:11: nodes[b].timout: unknown field 'timout' (did you mean 'timeout'?)" in proc.stderr
+
+
+def test_validate_accepts_every_example() -> None:
+    for example in sorted(EXAMPLES.glob("*.yaml")):
+        proc = engine("validate", str(example))
+        assert proc.returncode == 0, proc.stderr
+        assert "is valid" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--inputs", "{nope"], "--inputs is not valid JSON"),
+        (["--inputs", '{"name": ""}'], "inputs.name: '' should be non-empty"),
+        (["--inputs", '{"nam": "x"}'], "Additional properties are not allowed ('nam' was unexpected)"),
+        (["--inputs-file", "/no/such/file.json"], "--inputs-file /no/such/file.json: No such file"),
+    ],
+)
+def test_bad_inputs_are_refused_before_anything_runs(args: list[str], message: str) -> None:
+    proc = engine("run", str(EXAMPLES / "hello.yaml"), *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "started" not in proc.stderr
+
+
+def test_missing_file_is_a_clear_error() -> None:
+    proc = engine("validate", "nowhere.yaml")
+    assert proc.returncode == 2
+    assert "nowhere.yaml: no such file" in proc.stderr
