@@ -1,0 +1,27 @@
+"""The Lua sandbox nodes run in, and the thread pool that runs it off the event loop.
+
+``LuaSandbox`` (in ``sandbox``) is one Lua runtime with an allow-listed environment and hard
+limits; ``LuaPool`` (in ``pool``) keeps one per worker thread and hands outcomes back to asyncio.
+"""
+
+from engine.lua.pool import LuaPool
+from engine.lua.sandbox import (
+    MISSING,
+    LuaLimits,
+    LuaOutcome,
+    LuaSandbox,
+    LuaSyntaxProblem,
+    LuaTask,
+    check_syntax,
+)
+
+__all__ = [
+    "MISSING",
+    "LuaLimits",
+    "LuaOutcome",
+    "LuaPool",
+    "LuaSandbox",
+    "LuaSyntaxProblem",
+    "LuaTask",
+    "check_syntax",
+]

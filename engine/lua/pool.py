@@ -1,0 +1,171 @@
+"""Runs Lua tasks on worker threads, so the event loop never waits for a script.
+
+Each worker thread owns one ``LuaSandbox`` (one Lua runtime with its cache of compiled chunks)
+and takes tasks from one shared queue; lupa releases the GIL while Lua runs, so workers run in
+parallel. Outcomes go back in batches: a worker wakes a loop with ``call_soon_threadsafe`` only
+when no wake-up for that loop is already on its way, and whatever finishes in the meantime rides
+along with it. Under load one wake-up carries many outcomes; when idle, none waits. Unlike
+draining a batch of tasks up front, this never holds a queued task behind a slow one while
+another worker is free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+
+from engine.lua.sandbox import LuaLimits, LuaOutcome, LuaSandbox, LuaTask
+
+__all__ = ["LuaPool"]
+
+logger = logging.getLogger(__name__)
+
+_CLOSE_WAIT = 1.0
+"""Seconds close() waits for the workers; a script stops within about 10k instructions."""
+
+
+@dataclass(slots=True)
+class _Job:
+    task: LuaTask
+    future: asyncio.Future[LuaOutcome]
+    loop: asyncio.AbstractEventLoop
+
+
+_Delivery = tuple["asyncio.Future[LuaOutcome]", LuaOutcome | None]
+"""An outcome for a future, or None to cancel it."""
+
+
+class LuaPool:
+    """Worker threads with one Lua sandbox each. ``submit`` and ``run`` are for the loop thread.
+
+    A task whose awaiting coroutine is cancelled is dropped if it has not started; a started one
+    runs on until it ends (give the task a ``cancel`` event to stop it early). ``close`` stops
+    running scripts and cancels what is still queued.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        limits: LuaLimits = LuaLimits(),  # noqa: B008 -- frozen, so one shared default is safe
+    ) -> None:
+        count = workers if workers is not None else (os.cpu_count() or 1)
+        if count < 1:
+            raise ValueError(f"a LuaPool needs at least one worker, not {count}")
+        self.limits = limits
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Delivery]] = {}
+        self._threads = []
+        for index in range(count):
+            sandbox = LuaSandbox(limits, stop=self._stop)
+            thread = threading.Thread(
+                target=self._work, args=(sandbox,), name=f"lua-worker-{index}", daemon=True
+            )
+            self._threads.append(thread)
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def workers(self) -> int:
+        return len(self._threads)
+
+    def submit(self, task: LuaTask) -> asyncio.Future[LuaOutcome]:
+        """Queues ``task``; the future resolves on this loop with its outcome."""
+        if self._closed:
+            raise RuntimeError("the LuaPool is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[LuaOutcome] = loop.create_future()
+        self._queue.put(_Job(task, future, loop))
+        return future
+
+    async def run(self, task: LuaTask) -> LuaOutcome:
+        return await self.submit(task)
+
+    def close(self) -> None:
+        """Stops the workers: running scripts end as cancelled, queued tasks are cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                self._deliver(job.loop, job.future, None)
+        for _ in self._threads:
+            self._queue.put(None)
+        until = time.monotonic() + _CLOSE_WAIT
+        for thread in self._threads:
+            thread.join(max(0.0, until - time.monotonic()))
+
+    async def __aenter__(self) -> LuaPool:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- worker side -----------------------------------------------------------------------
+
+    def _work(self, sandbox: LuaSandbox) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if self._stop.is_set():
+                self._deliver(job.loop, job.future, None)
+                continue
+            if job.future.cancelled():  # a benign race: at worst the task runs for nothing
+                continue
+            try:
+                outcome = sandbox.run(job.task)
+            except Exception as error:  # run() handles the script's failures; this is a bug
+                logger.exception("Lua worker failed on %s", job.task.key)
+                outcome = LuaOutcome(
+                    False, None, f"internal error in the Lua pool: {error}", None, [], 0.0
+                )
+            self._deliver(job.loop, job.future, outcome)
+
+    def _deliver(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[LuaOutcome],
+        outcome: LuaOutcome | None,
+    ) -> None:
+        with self._lock:
+            batch = self._pending.get(loop)
+            wake = batch is None
+            if batch is None:
+                batch = self._pending[loop] = []
+            batch.append((future, outcome))
+        if wake:
+            try:
+                loop.call_soon_threadsafe(self._flush, loop)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                with self._lock:
+                    self._pending.pop(loop, None)
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            batch = self._pending.pop(loop, [])
+        for future, outcome in batch:
+            if future.done():
+                continue
+            if outcome is None:
+                future.cancel()
+            else:
+                future.set_result(outcome)

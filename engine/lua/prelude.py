@@ -1,0 +1,1030 @@
+"""The Lua half of the sandbox: the code each runtime runs once, before any node.
+
+It captures what the sandbox needs from the full standard library (``debug.sethook`` for the
+limits, ``debug.getinfo`` for error lines, the raw metatable access the JSON encoder relies on),
+builds the allow-listed environment out of read-only proxies, and returns the handful of functions
+``engine.lua.sandbox`` calls. After it has run, nothing reachable from a node's environment leads
+back to the full library. The rules it enforces are written down in ``engine.lua.sandbox``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PRELUDE_NAME: Final = "=sandbox"
+
+PRELUDE: Final = r"""
+local config = ...
+
+local py_check = config.check
+local py_lookup = config.lookup
+local py_memory = config.memory
+local HOOK_COUNT = config.hook_count
+local CHECK_EVERY = config.check_every
+local PATTERN_BUDGET = config.pattern_budget
+local LOG_LINES = config.log_lines
+local LOG_LINE_BYTES = config.log_line_bytes
+local MAX_DEPTH = config.max_depth
+
+local error, pcall, xpcall, select, type, next = error, pcall, xpcall, select, type, next
+local tostring, tonumber, ipairs, pairs, assert = tostring, tonumber, ipairs, pairs, assert
+local rawget, rawset, rawequal, rawlen = rawget, rawset, rawequal, rawlen
+local setmetatable, getmetatable = setmetatable, getmetatable
+local sethook, getinfo, rawgetmetatable = debug.sethook, debug.getinfo, debug.getmetatable
+local find, match, gmatch, gsub = string.find, string.match, string.gmatch, string.gsub
+local format, sub, byte, rep = string.format, string.sub, string.byte, string.rep
+local mtype, huge = math.type, math.huge
+local concat, unpack, sort = table.concat, table.unpack, table.sort
+local utf8len, utf8char = utf8.len, utf8.char
+local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
+local os_time = os.time
+
+local MEMORY_ERROR = "not enough memory"
+local CHECK_REASONS = {"cancelled", "deadline", "wall_time"}
+
+---------------------------------------------------------------------------------------------
+-- Limits. The count hook charges the instruction budget and, every CHECK_EVERY firings or
+-- when the second changes, asks Python about the deadline and the cancel event (so loops of
+-- slow C calls, like table.insert at the front of a huge array, still get a look about once a
+-- second). Once a limit trips it stays tripped: every later firing, and every pcall, xpcall
+-- and resume the script makes, raises LIMIT again, so no amount of pcall can swallow it.
+-- LIMIT is a table the script never sees before the trip.
+---------------------------------------------------------------------------------------------
+
+local LIMIT = setmetatable({}, {
+  __metatable = false,
+  __tostring = function() return "sandbox limit exceeded" end,
+})
+local tripped = nil      -- nil, or "instructions" | "deadline" | "cancelled" | "memory"
+local budget = 0         -- instructions left
+local step = HOOK_COUNT  -- instructions between hook firings in this run
+local metered = false    -- false while the sandbox converts data the engine handed in
+local ticks = 0
+local last_second = 0    -- os.time() at the last look
+local trip  -- defined with the runner, which knows the script's chunk
+
+local function hook()
+  if tripped then error(LIMIT, 0) end
+  if metered then
+    budget = budget - step
+    if budget < 0 then trip("instructions") end
+  end
+  ticks = ticks + 1
+  if ticks >= CHECK_EVERY or os_time() ~= last_second then
+    ticks = 0
+    last_second = os_time()
+    local code = py_check()
+    if code then trip(CHECK_REASONS[code]) end
+  end
+end
+
+local function trip_memory()
+  tripped = "memory"
+  error(LIMIT, 0)
+end
+
+-- What a protected call returned, unless a limit tripped meanwhile.
+local function pass(ok, ...)
+  if tripped then error(LIMIT, 0) end
+  if not ok and (...) == MEMORY_ERROR then trip_memory() end
+  return ok, ...
+end
+
+local function sandbox_pcall(f, ...)
+  return pass(pcall(f, ...))
+end
+
+local function sandbox_xpcall(f, handler, ...)
+  return pass(xpcall(f, function(e)
+    if tripped then return e end
+    return handler(e)
+  end, ...))
+end
+
+local function sandbox_create(f)
+  local co = co_create(f)
+  sethook(co, hook, "", step)
+  return co
+end
+
+local function sandbox_resume(co, ...)
+  return pass(co_resume(co, ...))
+end
+
+local function wrapped(ok, ...)
+  if tripped then error(LIMIT, 0) end
+  if not ok then
+    local e = ...
+    if e == MEMORY_ERROR then trip_memory() end
+    error(e, 0)
+  end
+  return ...
+end
+
+local function sandbox_wrap(f)
+  local co = sandbox_create(f)
+  return function(...)
+    return wrapped(co_resume(co, ...))
+  end
+end
+
+---------------------------------------------------------------------------------------------
+-- Read-only proxies for everything runs share. rawset is the one raw write the script has, so
+-- it refuses protected tables too.
+---------------------------------------------------------------------------------------------
+
+local PROTECTED = {}
+
+local function readonly(name, backing, extra)
+  local proxy = {}
+  local mt = {
+    __index = backing,
+    __newindex = function(_, key)
+      error(format("%s is read-only (cannot set %s)", name, tostring(key)), 2)
+    end,
+    __pairs = function()
+      return function(_, key) return next(backing, key) end, proxy, nil
+    end,
+    __metatable = false,
+  }
+  if extra then
+    for k, v in next, extra do mt[k] = v end
+  end
+  PROTECTED[proxy] = true
+  return setmetatable(proxy, mt)
+end
+
+local function sandbox_rawset(t, k, v)
+  if PROTECTED[t] then error("cannot modify a read-only table", 2) end
+  return rawset(t, k, v)
+end
+
+local function sandbox_setmetatable(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("__gc metamethods are not allowed", 2)
+  end
+  return setmetatable(t, mt)
+end
+
+---------------------------------------------------------------------------------------------
+-- Text helpers.
+---------------------------------------------------------------------------------------------
+
+-- Replaces bytes that are not UTF-8 with U+FFFD: whatever reaches Python must decode.
+local function valid_utf8(s)
+  if utf8len(s) then return s end
+  local out, n, i = {}, 0, 1
+  while true do
+    local ok, bad = utf8len(s, i)
+    if ok then
+      n = n + 1
+      out[n] = sub(s, i)
+      break
+    end
+    n = n + 1
+    out[n] = sub(s, i, bad - 1)
+    n = n + 1
+    out[n] = "\239\191\189"
+    i = bad + 1
+  end
+  return concat(out)
+end
+
+local function shorten(s, limit)
+  if #s <= limit then return s end
+  return sub(s, 1, limit) .. "..."
+end
+
+---------------------------------------------------------------------------------------------
+-- Pattern guard. Lua's matcher is C code the hook never interrupts, so a pattern that can
+-- backtrack is refused up front when its estimated cost n^(k+u) * 2^q exceeds the budget.
+---------------------------------------------------------------------------------------------
+
+local pattern_exponents = {}  -- pattern -> {k + u, q}; cleared when it grows too big
+local pattern_cache_size = 0
+
+local function pattern_shape(p)
+  local cached = pattern_exponents[p]
+  if cached then return cached end
+  local len = #p
+  local i = 1
+  local anchored = byte(p, 1) == 94  -- '^'
+  if anchored then i = 2 end
+  local k, q = 0, 0
+  local open = false  -- the previous item carried * + or -, and something follows it
+  while i <= len do
+    local c = byte(p, i)
+    if c == 40 or c == 41 then  -- captures are not items
+      i = i + 1
+    elseif c == 36 and i == len then  -- a final '$' makes the quantifier before it scan
+      if open then k = k + 1 end
+      open = false
+      i = i + 1
+    elseif c == 37 and byte(p, i + 1) == 98 then  -- %bxy scans to its balancing character
+      if open then k = k + 1 end
+      open = false
+      k = k + 1
+      i = i + 4
+    elseif c == 37 and byte(p, i + 1) == 102 then  -- %f[set]
+      if open then k = k + 1 end
+      open = false
+      i = i + 3
+      if byte(p, i) == 94 then i = i + 1 end
+      repeat
+        if byte(p, i) == 37 then i = i + 1 end
+        i = i + 1
+      until i > len or byte(p, i) == 93
+      i = i + 1
+    elseif c == 37 and (byte(p, i + 1) or 0) >= 48 and (byte(p, i + 1) or 0) <= 57 then
+      if open then k = k + 1 end  -- a back reference compares a whole capture
+      open = false
+      k = k + 1
+      i = i + 2
+    else
+      if c == 37 then         -- %x
+        i = i + 2
+      elseif c == 91 then     -- [set]
+        i = i + 1
+        if byte(p, i) == 94 then i = i + 1 end
+        repeat
+          if byte(p, i) == 37 then i = i + 1 end
+          i = i + 1
+        until i > len or byte(p, i) == 93
+        i = i + 1
+      else
+        i = i + 1
+      end
+      if open then k = k + 1 end
+      local quant = byte(p, i)
+      open = quant == 42 or quant == 43 or quant == 45  -- * + -
+      if open then
+        i = i + 1
+      elseif quant == 63 then  -- ?
+        q = q + 1
+        i = i + 1
+      end
+    end
+  end
+  -- still open: the pattern ends in a quantifier, which never has to give anything back
+  local u = 0
+  if not anchored and k > 0 then u = 1 end
+  local shape = {k + u, q}
+  if pattern_cache_size >= 512 then
+    pattern_exponents = {}
+    pattern_cache_size = 0
+  end
+  pattern_exponents[p] = shape
+  pattern_cache_size = pattern_cache_size + 1
+  return shape
+end
+
+local function guard(s, p, init)
+  local ts, tp = type(s), type(p)
+  if (ts ~= "string" and ts ~= "number") or (tp ~= "string" and tp ~= "number") then
+    return  -- let the library function report the bad argument
+  end
+  s, p = tostring(s), tostring(p)
+  local n = #s
+  if type(init) == "number" then
+    local start = init
+    if start < 0 then start = n + start + 1 end
+    if start < 1 then start = 1 end
+    n = n - start + 1
+  end
+  if n <= 1 then return end
+  local shape = pattern_shape(p)
+  local e, q = shape[1], shape[2]
+  if e == 0 and q == 0 then return end
+  local cost = (n + 0.0) ^ e * 2.0 ^ q
+  if cost > PATTERN_BUDGET then
+    error(format("pattern '%s' on a %d-byte subject could backtrack for too long "
+      .. "(about %.3g steps, budget %.3g); anchor it with '^', use fewer '*', '+', '-' "
+      .. "quantifiers, or cut the subject into smaller pieces",
+      shorten(valid_utf8(p), 80), n, cost, PATTERN_BUDGET + 0.0), 3)
+  end
+end
+
+local raw_find, raw_match, raw_gmatch, raw_gsub = find, match, gmatch, gsub
+
+local function guarded_find(s, p, init, plain)
+  if not plain then guard(s, p, init) end
+  return raw_find(s, p, init, plain)
+end
+local function guarded_match(s, p, init)
+  guard(s, p, init)
+  return raw_match(s, p, init)
+end
+local function guarded_gmatch(s, p, init)
+  guard(s, p, init)
+  return raw_gmatch(s, p, init)
+end
+local function guarded_gsub(s, p, repl, n)
+  guard(s, p, nil)
+  return raw_gsub(s, p, repl, n)
+end
+
+---------------------------------------------------------------------------------------------
+-- JSON. See engine.lua.sandbox for the rules; the encoder never runs script code (raw access
+-- only), so it also serves to turn error objects and log values into text.
+---------------------------------------------------------------------------------------------
+
+local NULL
+NULL = readonly("json.null", {}, {__tostring = function() return "null" end})
+local ARRAY_MT = {__metatable = "json.array"}
+
+local ESCAPES = {['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
+                 ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t"}
+for code = 0, 31 do
+  local ch = string.char(code)
+  if not ESCAPES[ch] then ESCAPES[ch] = format("\\u%04x", code) end
+end
+ESCAPES["\127"] = "\\u007f"
+
+local enc_root, enc_suffix = "value", ""
+local enc_keys = {}   -- enc_keys[d]: key under which the value at depth d + 1 sits
+local enc_tables = {} -- enc_tables[d]: the table being encoded at depth d
+
+local function key_text(k)
+  if type(k) == "string" then
+    if find(k, "^[%a_][%w_]*$") then return "." .. k end
+    return "[" .. format("%q", shorten(valid_utf8(k), 60)) .. "]"
+  end
+  return "[" .. tostring(k) .. "]"
+end
+
+local function enc_fail(depth, what)
+  local parts = {enc_root}
+  for d = 1, depth - 1 do parts[d + 1] = key_text(enc_keys[d]) end
+  error(concat(parts) .. " " .. what .. enc_suffix, 0)
+end
+
+-- JSON text of short strings seen before (keys, mostly); cleared when it grows too big.
+local enc_cache, enc_cache_size = {}, 0
+
+local function enc_string(s, depth)
+  local text = enc_cache[s]
+  if text then return text end
+  if not find(s, '[%c"\\\128-\255]') then
+    text = '"' .. s .. '"'
+  else
+    if not utf8len(s) then enc_fail(depth, "is not valid UTF-8 text") end
+    if find(s, '[%c"\\]') then
+      text = '"' .. gsub(s, '[%c"\\]', ESCAPES) .. '"'
+    else
+      text = '"' .. s .. '"'
+    end
+  end
+  if #s <= 32 then
+    if enc_cache_size >= 4096 then
+      enc_cache, enc_cache_size = {}, 0
+    end
+    enc_cache[s] = text
+    enc_cache_size = enc_cache_size + 1
+  end
+  return text
+end
+
+local function enc_float(v, depth)
+  if v ~= v then enc_fail(depth, "is NaN, which JSON cannot represent") end
+  if v == huge or v == -huge then enc_fail(depth, "is infinite, which JSON cannot represent") end
+  local s = format("%.14g", v)
+  if tonumber(s) ~= v then s = format("%.17g", v) end
+  if not find(s, "[%.eE]") then s = s .. ".0" end  -- a float stays a float: 3.0, not 3
+  return s
+end
+
+-- Formatting a number costs more than a table lookup, and small integers are common.
+local INT_TEXT = {}
+for i = -16, 1024 do INT_TEXT[i] = format("%d", i) end
+
+local function enc_number(v, depth)
+  if mtype(v) == "integer" then return INT_TEXT[v] or format("%d", v) end
+  return enc_float(v, depth)
+end
+
+local encode_table
+local KIND_TEXT = {["function"] = "a function", userdata = "a userdata", thread = "a thread"}
+
+-- JSON text of a value other than a table, or nil for a table that is not json.null.
+local function enc_scalar(v, depth)
+  local tv = type(v)
+  if tv == "string" then return enc_string(v, depth) end
+  if tv == "number" then
+    if mtype(v) == "integer" then return INT_TEXT[v] or format("%d", v) end
+    return enc_float(v, depth)
+  end
+  if tv == "boolean" then return v and "true" or "false" end
+  if tv == "table" then
+    if rawequal(v, NULL) then return "null" end
+    return nil
+  end
+  if v == nil then return "null" end
+  enc_fail(depth, "is " .. KIND_TEXT[tv])
+end
+
+-- A cycle always runs into the depth limit, so it is looked for only there.
+local function enc_too_deep()
+  for d = 2, MAX_DEPTH do
+    for e = 1, d - 1 do
+      if enc_tables[e] == enc_tables[d] then
+        enc_fail(d, "refers back to a table that contains it (a cycle)")
+      end
+    end
+  end
+  error(enc_root .. format(" is nested deeper than %d levels", MAX_DEPTH) .. enc_suffix, 0)
+end
+
+-- Appends t to buf from index n + 1; returns the last index used.
+encode_table = function(t, depth, buf, n)
+  if depth > MAX_DEPTH then enc_too_deep() end
+  enc_tables[depth] = t
+  local marked = rawgetmetatable(t) == ARRAY_MT
+  local count, strings, maxn = 0, 0, 0
+  for k in next, t do
+    count = count + 1
+    if type(k) == "string" then
+      strings = strings + 1
+    elseif mtype(k) == "integer" and k > 0 then
+      if k > maxn then maxn = k end
+    else
+      -- no tostring on a table or userdata key: that would run the script's __tostring
+      local shown = (type(k) == "number" or type(k) == "boolean") and tostring(k) .. " " or ""
+      enc_fail(depth, format("has the key %s(a %s), but keys must be strings, or 1..n in an "
+        .. "array", shown, type(k)))
+    end
+  end
+  if count == 0 then
+    n = n + 1
+    buf[n] = marked and "[]" or "{}"
+    return n
+  end
+  local inner = depth + 1
+  if strings == 0 then
+    if maxn > 2 * count then
+      enc_fail(depth, format("is a sparse array (%d entries, highest index %d): "
+        .. "fill the holes with json.null or use string keys", count, maxn))
+    end
+    local sep = "["
+    for i = 1, maxn do
+      enc_keys[depth] = i
+      local v = rawget(t, i)
+      local text = enc_scalar(v, inner)
+      buf[n + 1] = sep
+      if text then
+        buf[n + 2] = text
+        n = n + 2
+      else
+        n = encode_table(v, inner, buf, n + 1)
+      end
+      sep = ","
+    end
+    n = n + 1
+    buf[n] = "]"
+    return n
+  end
+  if marked then
+    enc_fail(depth, "is marked as a JSON array (json.array) but has string keys")
+  end
+  if strings < count then
+    enc_fail(depth, "mixes integer and string keys: use one or the other")
+  end
+  local keys, k
+  if count == 1 then
+    k = next(t)
+  else
+    keys = {}
+    local nk = 0
+    for key in next, t do
+      nk = nk + 1
+      keys[nk] = key
+    end
+    sort(keys)  -- all strings by now
+  end
+  local sep = "{"
+  for i = 1, count do
+    if keys then k = keys[i] end
+    enc_keys[depth] = k
+    local v = rawget(t, k)
+    local text = enc_scalar(v, inner)
+    buf[n + 1] = sep
+    buf[n + 2] = enc_string(k, inner)
+    buf[n + 3] = ":"
+    if text then
+      buf[n + 4] = text
+      n = n + 4
+    else
+      n = encode_table(v, inner, buf, n + 3)
+    end
+    sep = ","
+  end
+  n = n + 1
+  buf[n] = "}"
+  return n
+end
+
+-- Encodes v as JSON text; raises a message naming the path below root on failure.
+local enc_buf = {}  -- reused while small: growing a fresh one costs more than the encoding
+
+local function encode(v, root, suffix)
+  enc_root, enc_suffix = root, suffix
+  local text = enc_scalar(v, 1)
+  if text then return text end
+  local buf = enc_buf or {}
+  enc_buf = nil  -- a failure halfway leaves it to the garbage collector
+  local n = encode_table(v, 1, buf, 0)
+  text = concat(buf, "", 1, n)
+  if n <= 256 then enc_buf = buf end
+  return text
+end
+
+-- json.decode: a strict JSON reader in Lua, so it runs under the hook and inside the memory
+-- limit like any other script work.
+local DEC_ESCAPES = {['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n",
+                     r = "\r", t = "\t"}
+
+local function dec_fail(s, pos, what)
+  local line, col = 1, pos
+  local last = 0
+  for nl in gmatch(sub(s, 1, pos - 1), "()\n") do
+    line = line + 1
+    last = nl
+  end
+  col = pos - last
+  error(format("%s at line %d column %d (byte %d)", what, line, col, pos), 0)
+end
+
+local function dec_skip(s, i)
+  local _, e = find(s, "^[ \t\r\n]*", i)
+  return e + 1
+end
+
+local function dec_string(s, i)
+  local j = i + 1
+  local parts, np = nil, 0
+  while true do
+    local k = find(s, '["\\\0-\31]', j)
+    if not k then dec_fail(s, i, "unterminated string") end
+    local c = byte(s, k)
+    if c == 34 then
+      if not parts then return sub(s, j, k - 1), k + 1 end
+      np = np + 1
+      parts[np] = sub(s, j, k - 1)
+      return concat(parts, "", 1, np), k + 1
+    elseif c == 92 then
+      parts = parts or {}
+      np = np + 1
+      parts[np] = sub(s, j, k - 1)
+      local e = sub(s, k + 1, k + 1)
+      if e == "u" then
+        local hex = match(s, "^%x%x%x%x", k + 2)
+        if not hex then dec_fail(s, k, "invalid \\u escape") end
+        local cp = tonumber(hex, 16)
+        j = k + 6
+        if cp >= 0xD800 and cp <= 0xDBFF then
+          local low = match(s, "^\\u(%x%x%x%x)", j)
+          local lc = low and tonumber(low, 16)
+          if not lc or lc < 0xDC00 or lc > 0xDFFF then
+            dec_fail(s, k, "unpaired surrogate \\u" .. hex)
+          end
+          cp = 0x10000 + (cp - 0xD800) * 0x400 + (lc - 0xDC00)
+          j = j + 6
+        elseif cp >= 0xDC00 and cp <= 0xDFFF then
+          dec_fail(s, k, "unpaired surrogate \\u" .. hex)
+        end
+        np = np + 1
+        parts[np] = utf8char(cp)
+      else
+        local r = DEC_ESCAPES[e]
+        if not r then dec_fail(s, k, "invalid escape") end
+        np = np + 1
+        parts[np] = r
+        j = k + 2
+      end
+    else
+      dec_fail(s, k, "control character in string")
+    end
+  end
+end
+
+local dec_value
+
+local function dec_number(s, i)
+  local _, e = find(s, "^-?%d+", i)
+  if not e then
+    if byte(s, i) == nil then dec_fail(s, i, "unexpected end of text") end
+    dec_fail(s, i, format("unexpected character %q", sub(s, i, i)))
+  end
+  local digits = byte(s, i) == 45 and i + 1 or i
+  if byte(s, digits) == 48 and e > digits then dec_fail(s, i, "number with a leading zero") end
+  if byte(s, e + 1) == 46 then
+    local _, f = find(s, "^%d+", e + 2)
+    if not f then dec_fail(s, e + 1, "digits expected after '.'") end
+    e = f
+  end
+  local x = byte(s, e + 1)
+  if x == 101 or x == 69 then
+    local _, f = find(s, "^[-+]?%d+", e + 2)
+    if not f then dec_fail(s, e + 1, "digits expected in exponent") end
+    e = f
+  end
+  -- tonumber makes text with '.' or an exponent a float, and keeps -0.0 negative
+  return tonumber(sub(s, i, e)), e + 1
+end
+
+function dec_value(s, i, depth)
+  i = dec_skip(s, i)
+  local c = byte(s, i)
+  if c == 123 then  -- {
+    if depth >= MAX_DEPTH then dec_fail(s, i, format("nested deeper than %d levels", MAX_DEPTH)) end
+    local t = {}
+    i = dec_skip(s, i + 1)
+    if byte(s, i) == 125 then return t, i + 1 end
+    while true do
+      if byte(s, i) ~= 34 then dec_fail(s, i, "object key (a string) expected") end
+      local k
+      k, i = dec_string(s, i)
+      i = dec_skip(s, i)
+      if byte(s, i) ~= 58 then dec_fail(s, i, "':' expected") end
+      local v
+      v, i = dec_value(s, i + 1, depth + 1)
+      t[k] = v
+      i = dec_skip(s, i)
+      c = byte(s, i)
+      if c == 125 then return t, i + 1 end
+      if c ~= 44 then dec_fail(s, i, "',' or '}' expected") end
+      i = dec_skip(s, i + 1)
+    end
+  elseif c == 91 then  -- [
+    if depth >= MAX_DEPTH then dec_fail(s, i, format("nested deeper than %d levels", MAX_DEPTH)) end
+    local t = setmetatable({}, ARRAY_MT)
+    i = dec_skip(s, i + 1)
+    if byte(s, i) == 93 then return t, i + 1 end
+    local n = 0
+    while true do
+      local v
+      v, i = dec_value(s, i, depth + 1)
+      n = n + 1
+      t[n] = v
+      i = dec_skip(s, i)
+      c = byte(s, i)
+      if c == 93 then return t, i + 1 end
+      if c ~= 44 then dec_fail(s, i, "',' or ']' expected") end
+      i = i + 1
+    end
+  elseif c == 34 then
+    return dec_string(s, i)
+  elseif c == 116 then
+    if sub(s, i, i + 3) == "true" then return true, i + 4 end
+  elseif c == 102 then
+    if sub(s, i, i + 4) == "false" then return false, i + 5 end
+  elseif c == 110 then
+    if sub(s, i, i + 3) == "null" then return NULL, i + 4 end
+  else
+    return dec_number(s, i)
+  end
+  dec_fail(s, i, format("unexpected character %q", sub(s, i, i)))
+end
+
+local function decode(s)
+  local ok, bad = utf8len(s)
+  if not ok then dec_fail(s, bad, "invalid UTF-8") end
+  local v, i = dec_value(s, 1, 0)
+  i = dec_skip(s, i)
+  if i <= #s then dec_fail(s, i, "unexpected text after the JSON value") end
+  return v
+end
+
+-- Runs a JSON helper for the script: failures name the script's line, limits stay limits.
+local function json_call(name, f, ...)
+  local ok, result = pcall(f, ...)
+  if tripped then error(LIMIT, 0) end
+  if not ok then
+    if result == MEMORY_ERROR then trip_memory() end
+    error(name .. ": " .. tostring(result), 3)
+  end
+  return result
+end
+
+-- Not tail calls: json_call raises at level 3, which must be the script's frame.
+local function json_encode(v)
+  local text = json_call("json.encode", encode, v, "value", ": json.encode takes JSON values")
+  return text
+end
+
+local function json_decode(s)
+  if type(s) ~= "string" then
+    error("json.decode: expected a string, got " .. type(s), 2)
+  end
+  local value = json_call("json.decode", decode, s)
+  return value
+end
+
+local function json_array(t)
+  if t == nil then t = {} end
+  if type(t) ~= "table" then error("json.array: expected a table, got " .. type(t), 2) end
+  if PROTECTED[t] then error("json.array: cannot mark a read-only table", 2) end
+  return setmetatable(t, ARRAY_MT)
+end
+
+---------------------------------------------------------------------------------------------
+-- Logs.
+---------------------------------------------------------------------------------------------
+
+local LEVELS = {debug = "debug", info = "info", warn = "warn", warning = "warn", error = "error"}
+local logs, nlogs, dropped = {}, 0, 0
+
+local function add_log(level, msg)
+  if nlogs >= LOG_LINES then
+    dropped = dropped + 1
+    return
+  end
+  if #msg > LOG_LINE_BYTES then
+    msg = sub(msg, 1, LOG_LINE_BYTES) .. format(" [%d more bytes dropped]", #msg - LOG_LINE_BYTES)
+  end
+  nlogs = nlogs + 1
+  logs[2 * nlogs - 1] = level
+  logs[2 * nlogs] = valid_utf8(msg)
+end
+
+local function log_text(v)
+  local tv = type(v)
+  if tv == "string" then return v end
+  if tv == "table" then
+    local ok, text = pcall(encode, v, "value", "")
+    if tripped then error(LIMIT, 0) end
+    if ok then return text end
+  end
+  return tostring(v)
+end
+
+local function sandbox_log(level, msg, ...)
+  local name = LEVELS[level]
+  if not name then
+    error(format("log level %s is not one of debug, info, warn, warning, error",
+      type(level) == "string" and format("%q", shorten(level, 40)) or tostring(level)), 2)
+  end
+  if select("#", ...) > 0 then
+    local parts = {log_text(msg)}
+    for i = 1, select("#", ...) do parts[i + 1] = log_text((select(i, ...))) end
+    add_log(name, concat(parts, " "))
+  else
+    add_log(name, log_text(msg))
+  end
+end
+
+local function sandbox_print(...)
+  local n = select("#", ...)
+  local parts = {}
+  for i = 1, n do parts[i] = tostring((select(i, ...))) end
+  add_log("info", concat(parts, "\t", 1, n))
+end
+
+---------------------------------------------------------------------------------------------
+-- The environment. Libraries are proxies over fresh tables that hold only what is allowed;
+-- string methods reach the real string table through the string metatable, so that table
+-- itself loses dump and gets the guarded pattern functions, and the metatable is locked.
+---------------------------------------------------------------------------------------------
+
+string.dump = nil
+string.find, string.match, string.gmatch, string.gsub =
+  guarded_find, guarded_match, guarded_gmatch, guarded_gsub
+local string_meta = getmetatable("")
+string_meta.__metatable = false
+
+local function copy(t)
+  local c = {}
+  for k, v in next, t do c[k] = v end
+  return c
+end
+
+-- The random generator is shared by all runs: a run that seeds it gets it reseeded afterwards.
+local raw_randomseed = math.randomseed
+local reseeded = false
+local math_lib = copy(math)
+math_lib.randomseed = function(...)
+  reseeded = true
+  return raw_randomseed(...)
+end
+
+local coroutine_lib = copy(coroutine)
+coroutine_lib.create = sandbox_create
+coroutine_lib.resume = sandbox_resume
+coroutine_lib.wrap = sandbox_wrap
+
+local BASE = {
+  string = readonly("string", string),
+  table = readonly("table", copy(table)),
+  math = readonly("math", math_lib),
+  utf8 = readonly("utf8", copy(utf8)),
+  os = readonly("os", {time = os.time, date = os.date, clock = os.clock}),
+  coroutine = readonly("coroutine", coroutine_lib),
+  json = readonly("json", {encode = json_encode, decode = json_decode, null = NULL,
+                           array = json_array}),
+  log = sandbox_log,
+  print = sandbox_print,
+  assert = assert,
+  error = error,
+  ipairs = ipairs,
+  pairs = pairs,
+  next = next,
+  pcall = sandbox_pcall,
+  xpcall = sandbox_xpcall,
+  select = select,
+  tonumber = tonumber,
+  tostring = tostring,
+  type = type,
+  rawequal = rawequal,
+  rawlen = rawlen,
+  rawget = rawget,
+  rawset = sandbox_rawset,
+  setmetatable = sandbox_setmetatable,
+  getmetatable = getmetatable,
+  unpack = unpack,
+}
+local ENV_MT = {__index = BASE, __metatable = false}
+
+local missing = nil  -- names the results lookup said are not ancestors, this run
+
+local RESULTS_MT = {
+  __metatable = false,
+  __index = function(t, name)
+    if type(name) ~= "string" or (missing and missing[name]) then return nil end
+    local was = metered
+    metered = false
+    -- Python converts with the memory limit lifted (a failed allocation outside a protected
+    -- call would abort the process) and does not charge the result to the script
+    local ok, value, problem = pcall(py_lookup, name)
+    py_memory(true)
+    metered = was
+    if tripped then error(LIMIT, 0) end
+    if not ok then
+      if value == MEMORY_ERROR then trip_memory() end
+      problem = "results." .. name .. " could not be read"
+    end
+    if problem then error(problem, 2) end
+    if value == nil then
+      missing = missing or {}
+      missing[name] = true
+      return nil
+    end
+    rawset(t, name, value)
+    return value
+  end,
+}
+
+---------------------------------------------------------------------------------------------
+-- One run. The script runs in a coroutine that alone carries the hook, so when it ends the
+-- runner's own bookkeeping can never be interrupted by a limit.
+---------------------------------------------------------------------------------------------
+
+local chunk_source = nil
+local error_line = nil
+local OUTPUT_SUFFIX = ": outputs must be JSON values"
+
+-- The line of the innermost frame of the script's chunk, walking out from `level`.
+local function script_line(level)
+  while true do
+    local info = getinfo(level, "Sl")
+    if not info then return nil end
+    if info.source == chunk_source then return info.currentline end
+    level = level + 1
+  end
+end
+
+trip = function(reason)
+  tripped = reason
+  error_line = script_line(2)
+  error(LIMIT, 0)
+end
+
+-- Message handler: runs where the error was raised, so the stack still shows the script's line.
+local function on_error(e)
+  if tripped then return e end
+  error_line = script_line(2)
+  return e
+end
+
+local function error_text(e)
+  local te = type(e)
+  if te == "string" then return valid_utf8(e) end
+  if te == "number" then return tostring(e) end
+  if te == "table" then
+    local ok, text = pcall(encode, e, "error", "")
+    if tripped then error(LIMIT, 0) end
+    if ok then return text end
+    if text == MEMORY_ERROR then trip_memory() end
+    return "error object is a table that is not JSON: " .. text
+  end
+  return "error object is a " .. te .. " value"
+end
+
+local function body(fn, env, expression, output_limit)
+  local ok, value = xpcall(fn, on_error, env)
+  if tripped then return "limit", tripped end
+  if not ok then
+    if value == MEMORY_ERROR then return "limit", "memory" end
+    return "error", error_text(value)
+  end
+  if expression then return "ok", value ~= nil and value ~= false end
+  if value == nil then return "ok", "{}" end
+  local eok, text = pcall(encode, value, "output", OUTPUT_SUFFIX)
+  if tripped then return "limit", tripped end
+  if not eok then
+    if text == MEMORY_ERROR then return "limit", "memory" end
+    return "error", text
+  end
+  if #text > output_limit then return "too_big", #text end
+  return "ok", text
+end
+
+-- The coroutine runs one job after another (creating one per run would cost more than the
+-- rest of a trivial run); it is replaced when a run leaves it dead or suspended in the script.
+local DONE = {}
+local job_fn, job_env, job_expression, job_limit = nil, nil, false, 0
+
+local function next_job()
+  local fn, env = job_fn, job_env
+  job_fn, job_env = nil, nil  -- nothing of a finished run stays reachable from the coroutine
+  return body(fn, env, job_expression, job_limit)
+end
+
+local function runner()
+  while true do co_yield(DONE, next_job()) end
+end
+
+local runner_co, runner_step = nil, nil
+
+local function collect_logs()
+  if dropped > 0 then
+    logs[2 * nlogs + 1] = "warn"
+    logs[2 * nlogs + 2] = format("log limit of %d lines reached: %d further lines dropped",
+      LOG_LINES, dropped)
+  end
+  local text = encode(setmetatable(logs, ARRAY_MT), "logs", "")
+  logs, nlogs, dropped = {}, 0, 0
+  return text
+end
+
+-- ctx arrives as name, value, name, value... and inputs as nil when they are {}: cheaper than
+-- building those tables from Python.
+local function run(fn, source, expression, instructions, output_limit, inputs, ...)
+  tripped, metered, ticks, missing, error_line = nil, false, 0, nil, nil
+  chunk_source = source
+  budget = instructions
+  step = instructions < HOOK_COUNT and instructions or HOOK_COUNT
+  if step < 1 then step = 1 end
+  if reseeded then
+    raw_randomseed()
+    reseeded = false
+  end
+  local ctx, pairs_ = {}, {...}
+  for i = 1, select("#", ...), 2 do ctx[pairs_[i]] = pairs_[i + 1] end
+  if inputs == nil then inputs = {} end
+  local env = setmetatable({inputs = inputs, ctx = ctx,
+                            results = setmetatable({}, RESULTS_MT)}, ENV_MT)
+  local co = runner_co
+  if co == nil or runner_step ~= step then
+    co = co_create(runner)
+    sethook(co, hook, "", step)
+    runner_co, runner_step = co, step
+  end
+  job_fn, job_env, job_expression, job_limit = fn, env, expression, output_limit
+  metered = true
+  local ok, mark, status, payload = co_resume(co)
+  metered = false
+  if not ok or mark ~= DONE then runner_co = nil end
+  if tripped then
+    status, payload = "limit", tripped
+  elseif not ok then
+    if mark == MEMORY_ERROR then
+      status, payload = "limit", "memory"
+    else  -- the script's errors are handled inside; this is the sandbox failing
+      status, payload = "error", type(mark) == "string" and valid_utf8(mark)
+        or "the script's coroutine failed"
+    end
+  elseif mark ~= DONE then
+    status, payload = "error", "attempt to yield from outside a coroutine"
+  end
+  local log_json = nil
+  if nlogs > 0 or dropped > 0 then log_json = collect_logs() end
+  return status, payload, error_line, log_json
+end
+
+-- After Lua raised into Python (out of memory outside the script's coroutine).
+local function reset()
+  tripped, metered, missing = nil, false, nil
+  logs, nlogs, dropped = {}, 0, 0
+end
+
+local function mark_arrays(tables)
+  for i = 1, #tables do setmetatable(tables[i], ARRAY_MT) end
+end
+
+-- Nothing reaches the real globals from a script; clear them all the same.
+for _, name in ipairs({"io", "os", "debug", "package", "require", "load", "loadfile", "dofile",
+                       "collectgarbage", "python"}) do
+  _G[name] = nil
+end
+
+return {run = run, reset = reset, mark_arrays = mark_arrays, null = NULL}
+"""

@@ -1,0 +1,639 @@
+"""Runs a node's Lua chunk in a sandbox: an allow-listed environment, hard limits, JSON in and out.
+
+This is the only module that imports lupa. One ``LuaSandbox`` owns one Lua 5.4 runtime (not
+LuaJIT, whose compiled loops skip the instruction hook) and is used by one thread at a time. Each
+run gets a fresh globals table over read-only shared libraries, so nothing a script does survives
+into the next run. The Lua half lives in ``engine.lua.prelude``.
+
+Environment
+    ``inputs``; ``results``, the outputs of the node's ancestors by node id, fetched on first use
+    and cached for the run (any other name reads as nil); ``ctx``; ``log(level, ...)`` with the
+    levels debug, info, warn (``warning`` is recorded as warn) and error; ``print(...)``, an info
+    line; ``json.encode/decode/null/array``; ``string`` without ``dump``; ``table``; ``math``;
+    ``utf8``; ``os.time/date/clock``; ``coroutine``; and the base functions assert, error,
+    ipairs, pairs, next, pcall, xpcall, select, tonumber, tostring, type, rawequal, rawlen,
+    rawget, rawset, setmetatable (which refuses ``__gc``), getmetatable and unpack. Nothing
+    else: no io, require, load, dofile, debug, collectgarbage or python, and chunks are compiled
+    from text only. A chunk's value is its first return value.
+
+Limits (``LuaLimits``)
+    Instructions and wall time are enforced by a count hook in every coroutine. Once a limit
+    trips it stays tripped, so pcall cannot swallow it. The memory limit counts what a run adds
+    to the Lua heap; what the engine hands in (inputs, ctx, results) is not charged. The output
+    limit applies to the JSON text.
+
+JSON rule
+    Python to Lua (inputs, results, ctx): an object becomes a table with string keys. An array
+    becomes a table with keys 1..n that carries the ``json.array`` metatable, so ``[]`` stays
+    ``[]`` (``getmetatable`` reports ``"json.array"``). null becomes ``json.null``, a unique
+    read-only value, so ``{"a": null}`` keeps its key; note that ``json.null`` is truthy in Lua,
+    so test it with ``== json.null``. Integers become Lua integers and floats Lua floats, so 3
+    and 3.0 stay apart; integers beyond 64 bits become floats, and those beyond float range are
+    refused. The null fields of ``ctx`` are left out, so that ``if ctx.item then`` works.
+    Nesting deeper than 100 levels is refused.
+
+    Lua to Python (a node's output, ``json.encode``): nil as the whole output means ``{}``.
+    ``json.null`` is null. Booleans and strings stay what they are; strings must be valid UTF-8.
+    Integers stay integers and floats stay floats (3.0 is written ``3.0``); NaN and infinities
+    are refused. A table that carries the ``json.array`` metatable, or whose keys are exactly
+    1..n (n >= 1), is an array. An empty table without the marker is ``{}``. Positive integer
+    keys with holes make an array with null in the holes when the highest key is at most twice
+    the number of keys, and are refused as a sparse array otherwise. String keys make an object,
+    written with its keys sorted. Mixed integer and string keys, keys of any other kind,
+    functions, userdata, coroutines, nesting deeper than 100 levels and cycles are refused with
+    a message naming the path, e.g. ``output.rows[2] is a function: outputs must be JSON
+    values``. Tables are read raw: metatables play no part except the ``json.array`` marker.
+    ``json.decode`` reads strict JSON (RFC 8259) by the Python-to-Lua rule, and its errors give
+    line, column and byte.
+
+Pattern rule
+    ``string.find``, ``match``, ``gmatch`` and ``gsub`` run in C, where the instruction hook
+    never fires, and a pattern that backtracks can run for hours. So each call first estimates
+    its worst case as ``n^(k+u) * 2^q`` and is refused with an error when that exceeds
+    ``LuaLimits.pattern_budget`` (10^8). Here n is the length of the subject from ``init`` on;
+    k counts the items quantified with ``*``, ``+`` or ``-`` that something follows (a
+    quantifier at the very end of the pattern never has to give anything back, while one before
+    a final ``$`` does), plus each ``%b`` and each back reference, which scan; u is 1 when k > 0
+    and the pattern is not anchored with ``^`` (every start position is tried), else 0; q is the
+    number of ``?`` quantifiers. ``string.find`` with ``plain`` set is never checked. So
+    ``s:gsub("%s+", " ")`` passes on any subject, ``s:find("a.*b")`` on up to 10 KB, and
+    ``s:find("(.-)(.-)x")`` or ``s:match("^%s*(.-)%s*$")`` on a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import json.scanner
+import logging
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import lupa.lua54 as lupa
+
+from engine.core.values import JSON, JSONObject
+from engine.lua.prelude import PRELUDE, PRELUDE_NAME
+
+__all__ = [
+    "MISSING",
+    "LuaLimits",
+    "LuaOutcome",
+    "LuaSandbox",
+    "LuaSyntaxProblem",
+    "LuaTask",
+    "check_syntax",
+]
+
+logger = logging.getLogger(__name__)
+
+MISSING: Final = object()
+"""What a ``LuaTask.results`` lookup returns for a name that is not an ancestor."""
+
+MAX_DEPTH: Final = 100
+"""Deepest nesting of JSON arrays and objects accepted in either direction."""
+
+_HOOK_COUNT: Final = 1000
+"""VM instructions between two firings of the count hook."""
+
+_CHECK_EVERY: Final = 10
+"""Hook firings between two looks at the deadline and the cancel event (about 10k instructions)."""
+
+_MIN_MEMORY: Final = 64 * 1024
+
+_CHECK_CANCELLED, _CHECK_DEADLINE, _CHECK_WALL_TIME = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class LuaLimits:
+    """What one run may spend."""
+
+    instructions: int = 50_000_000
+    """VM instructions per run."""
+    wall_time: float = 30.0
+    """Seconds per run, unless the task gives an earlier deadline."""
+    memory: int = 64 * 1024 * 1024
+    """Bytes of Lua heap one run may add; at least 64 KiB, since a failed allocation outside
+    a protected call aborts the process, and lupa pushes a run's arguments unprotected."""
+    output_bytes: int = 1024 * 1024
+    """Size of the JSON-encoded output."""
+    pattern_budget: int = 10**8
+    """Largest estimated cost of one pattern match (see the pattern rule above)."""
+    log_lines: int = 1000
+    """Further log lines are dropped, with one marker line saying how many."""
+    log_line_bytes: int = 16 * 1024
+    """Longer log lines are cut, saying how much was dropped."""
+
+    def __post_init__(self) -> None:
+        if self.memory < _MIN_MEMORY:
+            raise ValueError(f"LuaLimits.memory must be at least {_MIN_MEMORY} bytes")
+
+
+@dataclass(frozen=True)
+class LuaTask:
+    """One run of one chunk: the code, what it sees, and when it must stop."""
+
+    key: str
+    """Cache key of the compiled chunk, e.g. ``etl@1.0.0/extract`` or ``etl@1.0.0/extract#when``."""
+    code: str
+    """The node's Lua chunk, or an expression when ``expression`` is set."""
+    chunk_name: str
+    """The node id; Lua names the chunk so in its messages."""
+    inputs: JSON
+    """Workflow inputs: the global ``inputs``."""
+    results: Callable[[str], object]
+    """``lookup(node_id)``: the JSON output of an ancestor, or ``MISSING`` for any other name."""
+    ctx: JSONObject
+    """The global ``ctx``: workflow_id, version, execution_id, node_id, attempt, item, index."""
+    expression: bool = False
+    """``code`` is a Lua expression (a node's ``when``); the value is its truthiness."""
+    deadline: float | None = None
+    """A ``time.monotonic()`` instant past which the run fails."""
+    cancel: threading.Event | None = None
+    """Once set, the run stops with the error ``cancelled``."""
+
+
+@dataclass(frozen=True)
+class LuaOutcome:
+    """How a run ended."""
+
+    ok: bool
+    value: JSON
+    """The output (Lua nil becomes ``{}``), or a bool for expressions; None when not ok."""
+    error: str | None
+    """What went wrong, without the chunk-name prefix: ``boom``, ``cancelled``, ..."""
+    line: int | None
+    """Line of the chunk where the error was raised, when known."""
+    logs: list[tuple[str, str]]
+    """``(level, message)`` in the order they were logged."""
+    duration: float
+    """Seconds."""
+
+
+@dataclass(frozen=True)
+class LuaSyntaxProblem:
+    """Why a chunk does not compile."""
+
+    message: str
+    """Lua's message without the chunk-name prefix, e.g. ``'=' expected near 'x'``."""
+    line: int | None
+
+
+class _Refused(Exception):
+    """A value the engine handed in that Lua cannot hold; carries the path to it."""
+
+    def __init__(self, what: str, *, anywhere: bool = False) -> None:
+        super().__init__(what)
+        self.what = what
+        self.anywhere = anywhere  # the path would not help: say it of the whole value
+        self.path: list[str | int] = []
+        self.root = "value"
+
+    def message(self) -> str:
+        if self.anywhere:
+            return f"{self.root} {self.what}"
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in self.path)
+        return f"{self.root}{path} {self.what}"
+
+
+def _check_unicode(text: str) -> None:
+    """lupa cannot encode lone surrogates, which JSON text may carry in escapes."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise _Refused(_NOT_UNICODE) from None
+
+
+def _deny_attribute(obj: object, name: object, is_setting: bool) -> str:
+    raise AttributeError("Lua code may not touch Python objects")
+
+
+def _int_overflow(value: int) -> float:
+    """Integers beyond 64 bits become floats; lupa raises OverflowError past float range."""
+    return float(value)
+
+
+def _refusal(error: Exception) -> _Refused:
+    if isinstance(error, UnicodeEncodeError):
+        return _Refused(_NOT_UNICODE)
+    return _Refused(_TOO_BIG)
+
+
+@dataclass
+class _Compiled:
+    code: str
+    chunk_name: str
+    expression: bool
+    function: Any = field(repr=False)
+
+
+_SCALARS: Final = frozenset({str, int, float, bool})
+# typeshed gives make_scanner its own type as argument, where the C scanner takes a decoder
+_read_json: Final[Callable[[str, int], tuple[Any, int]]] = json.scanner.make_scanner(
+    json.JSONDecoder()  # type: ignore[arg-type]
+)
+"""``json.loads`` without its checks, which the prelude's encoder makes needless: half the cost."""
+_NOT_UNICODE: Final = "holds text that is not valid Unicode (a lone surrogate)"
+_TOO_BIG: Final = "holds an integer too large even for a float"
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
+class LuaSandbox:
+    """One Lua runtime. Not thread-safe: use one per worker thread."""
+
+    def __init__(
+        self,
+        limits: LuaLimits = LuaLimits(),
+        *,
+        stop: threading.Event | None = None,
+        cache_size: int = 1024,
+    ) -> None:
+        """``stop``, once set, stops every run of this sandbox like a task's cancel event."""
+        self.limits = limits
+        self._stop = stop
+        self._cache_size = cache_size
+        self._compiled: OrderedDict[str, _Compiled] = OrderedDict()
+        self._task: LuaTask | None = None
+        self._deadline = 0.0
+        self._deadline_code = _CHECK_WALL_TIME
+        self._memory_cap: int | None = None
+
+        self._runtime = lupa.LuaRuntime(
+            register_eval=False,
+            register_builtins=False,
+            unpack_returned_tuples=True,
+            attribute_filter=_deny_attribute,
+            overflow_handler=_int_overflow,
+            max_memory=0,
+        )
+        lua_globals = self._runtime.globals()
+        lua_globals["python"] = None
+        lua_globals["package"]["loaded"]["python"] = None
+        self._table_from = self._runtime.table_from
+        # Lua holds its callbacks through references the cycle collector cannot see, so they
+        # reach the sandbox weakly: otherwise no sandbox (and no Lua heap) would ever be freed.
+        this = weakref.ref(self)
+
+        def check() -> int | None:
+            sandbox = this()
+            return sandbox._check() if sandbox is not None else _CHECK_CANCELLED
+
+        def lookup(name: object) -> tuple[object, str | None]:
+            sandbox = this()
+            return sandbox._lookup(name) if sandbox is not None else (None, None)
+
+        def memory(on: bool) -> None:
+            sandbox = this()
+            if sandbox is not None:
+                sandbox._memory(on)
+
+        config = self._table_from(
+            {
+                "check": check,
+                "lookup": lookup,
+                "memory": memory,
+                "hook_count": _HOOK_COUNT,
+                "check_every": _CHECK_EVERY,
+                "pattern_budget": limits.pattern_budget,
+                "log_lines": limits.log_lines,
+                "log_line_bytes": limits.log_line_bytes,
+                "max_depth": MAX_DEPTH,
+            }
+        )
+        api = self._runtime.execute(PRELUDE, config, name=PRELUDE_NAME, mode="t")
+        self._run_lua = api["run"]
+        self._reset_lua = api["reset"]
+        self._mark_arrays = api["mark_arrays"]
+        self._null = api["null"]
+
+    # -- compiling -------------------------------------------------------------------------
+
+    def check_syntax(self, code: str, *, expression: bool = False) -> LuaSyntaxProblem | None:
+        """Compiles ``code`` without running it; None when it is valid."""
+        try:
+            self._runtime.compile(_wrap(code, expression), name="=chunk", mode="t")
+        except lupa.LuaSyntaxError as error:
+            message, line = _split_position(str(error), "chunk")
+            return LuaSyntaxProblem(message, _clamp(line, code, expression))
+        return None
+
+    def _function(self, task: LuaTask) -> Any:
+        entry = self._compiled.get(task.key)
+        if (
+            entry is not None
+            and entry.code == task.code
+            and entry.expression == task.expression
+            and entry.chunk_name == task.chunk_name
+        ):
+            self._compiled.move_to_end(task.key)
+            return entry.function
+        function = self._runtime.compile(
+            _wrap(task.code, task.expression), name="=" + task.chunk_name, mode="t"
+        )
+        self._compiled[task.key] = _Compiled(task.code, task.chunk_name, task.expression, function)
+        self._compiled.move_to_end(task.key)
+        if len(self._compiled) > self._cache_size:
+            self._compiled.popitem(last=False)
+        return function
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(self, task: LuaTask) -> LuaOutcome:
+        """Runs ``task``; never raises for anything the script does."""
+        started = time.perf_counter()
+        deadline = time.monotonic() + self.limits.wall_time
+        self._deadline_code = _CHECK_WALL_TIME
+        if task.deadline is not None and task.deadline <= deadline:
+            deadline = task.deadline
+            self._deadline_code = _CHECK_DEADLINE
+        self._deadline = deadline
+        self._task = task
+        self._memory_cap = None
+        try:
+            code = self._check()
+            if code is not None:
+                return self._failed(self._limit_message(code), None, [], started)
+            try:
+                function = self._function(task)
+            except lupa.LuaSyntaxError as error:
+                message, line = _split_position(str(error), task.chunk_name)
+                line = _clamp(line, task.code, task.expression)
+                return self._failed(f"syntax error: {message}", line, [], started)
+            try:
+                arguments = self._arguments(task, function)
+            except _Refused as refused:
+                return self._failed(refused.message(), None, [], started)
+            # the limit is on from here, while lupa pushes the arguments outside any protected
+            # call: a few bytes against at least 64 KiB of headroom
+            self._memory(True)
+            status, payload, line, log_json = self._run_lua(*arguments)
+        except lupa.LuaMemoryError:
+            self._recover()
+            return self._failed(self._memory_message(), None, [], started)
+        except Exception as error:
+            logger.exception("Lua sandbox failed running %s", task.key)
+            self._recover()
+            return self._failed(f"internal error in the Lua sandbox: {error}", None, [], started)
+        finally:
+            self._runtime.set_max_memory(0)
+            self._task = None
+        try:
+            return self._outcome(task, status, payload, line, log_json, started)
+        except Exception as error:
+            logger.exception("Lua sandbox could not read the outcome of %s", task.key)
+            return self._failed(f"internal error in the Lua sandbox: {error}", None, [], started)
+
+    def _arguments(self, task: LuaTask, function: Any) -> list[object]:
+        """What the prelude's ``run`` takes: ctx comes flat (name, value, ...), and inputs as
+        None when they are ``{}``; Lua builds those tables faster than lupa does."""
+        limits = self.limits
+        inputs = task.inputs
+        arguments: list[object] = [
+            function,
+            "=" + task.chunk_name,
+            task.expression,
+            limits.instructions,
+            limits.output_bytes,
+        ]
+        try:
+            arguments.append(None if type(inputs) is dict and not inputs else self._to_lua(inputs))
+        except _Refused as refused:
+            refused.root = "inputs"
+            raise
+        for name, value in task.ctx.items():
+            if value is None:
+                continue
+            try:
+                if (
+                    (type(value) is str and value.isascii())
+                    or (type(value) is int and _INT_MIN <= value <= _INT_MAX)
+                    or type(value) is float
+                    or type(value) is bool
+                ):
+                    arguments += (name, value)
+                else:
+                    arguments += (name, self._to_lua(value))
+            except _Refused as refused:
+                refused.root = f"ctx.{name}"
+                raise
+        return arguments
+
+    def _outcome(
+        self,
+        task: LuaTask,
+        status: str,
+        payload: Any,
+        line: int | None,
+        log_json: str | None,
+        started: float,
+    ) -> LuaOutcome:
+        logs = _pairs(_read_json(log_json, 0)[0]) if log_json is not None else []
+        if status == "ok":
+            output: JSON = payload if task.expression else _read_json(payload, 0)[0]
+            return LuaOutcome(True, output, None, None, logs, time.perf_counter() - started)
+        if status == "error":
+            message, position = _split_position(payload, task.chunk_name)
+            line = _clamp(position if position is not None else line, task.code, task.expression)
+            return self._failed(message, line, logs, started)
+        if status == "too_big":
+            limit = self.limits.output_bytes
+            message = f"output is {payload} bytes of JSON, over the limit of {limit} bytes"
+            return self._failed(message, None, logs, started)
+        if payload == "memory":
+            self._runtime.gccollect()
+            return self._failed(self._memory_message(), None, logs, started)
+        return self._failed(self._limit_message(_REASON_CODES[payload]), line, logs, started)
+
+    def _failed(
+        self, error: str, line: int | None, logs: list[tuple[str, str]], started: float
+    ) -> LuaOutcome:
+        return LuaOutcome(False, None, error, line, logs, time.perf_counter() - started)
+
+    def _limit_message(self, code: int) -> str:
+        if code == _CHECK_CANCELLED:
+            return "cancelled"
+        if code == _CHECK_DEADLINE:
+            return "deadline exceeded"
+        if code == _CHECK_WALL_TIME:
+            return f"wall-time limit of {self.limits.wall_time:g} seconds exceeded"
+        return f"instruction limit of {self.limits.instructions} exceeded"
+
+    def _memory_message(self) -> str:
+        return f"memory limit of {self.limits.memory} bytes exceeded"
+
+    def _recover(self) -> None:
+        """Puts the runtime back in shape after Lua raised into Python."""
+        try:
+            self._runtime.set_max_memory(0)
+            self._reset_lua()
+            self._runtime.gccollect()
+        except Exception:
+            logger.exception("Lua sandbox could not reset its runtime")
+
+    # -- callbacks from Lua: they return no new Lua strings while the memory limit is on,
+    # since lupa allocates those outside any protected call -----------------------------------
+
+    def _check(self) -> int | None:
+        """Cancelled or past the deadline?"""
+        task = self._task
+        if task is not None and task.cancel is not None and task.cancel.is_set():
+            return _CHECK_CANCELLED
+        if self._stop is not None and self._stop.is_set():
+            return _CHECK_CANCELLED
+        if time.monotonic() > self._deadline:
+            return self._deadline_code
+        return None
+
+    def _memory(self, on: bool) -> None:
+        """Arms (with the cap this run started with) or lifts the memory limit."""
+        runtime = self._runtime
+        if not on:
+            runtime.set_max_memory(0)
+            return
+        if self._memory_cap is None:
+            self._memory_cap = runtime.get_memory_used() + self.limits.memory
+        runtime.set_max_memory(self._memory_cap)
+
+    def _lookup(self, name: object) -> tuple[object, str | None]:
+        """``results[name]`` for Lua, converted; the memory limit stays lifted on return."""
+        runtime = self._runtime
+        runtime.set_max_memory(0)
+        task = self._task
+        if task is None or not isinstance(name, str):
+            return None, None
+        try:
+            value = task.results(name)
+        except Exception as error:
+            logger.exception("results lookup of %s failed for %s", name, task.key)
+            return None, f"results.{name} could not be read: {error}"
+        if value is MISSING:
+            return None, None
+        before = runtime.get_memory_used()
+        try:
+            table = self._to_lua(value)  # type: ignore[arg-type]
+        except _Refused as refused:
+            refused.root = f"results.{name}"
+            return None, refused.message()
+        if self._memory_cap is not None:
+            self._memory_cap += max(0, runtime.get_memory_used() - before)
+        return table, None
+
+    # -- Python to Lua ---------------------------------------------------------------------
+
+    def _to_lua(self, value: JSON) -> object:
+        """Builds the Lua value for ``value``; see the JSON rule."""
+        if type(value) is str:
+            _check_unicode(value)
+            return value
+        if type(value) is int and not _INT_MIN <= value <= _INT_MAX:
+            try:
+                return float(value)
+            except OverflowError:
+                raise _Refused(_TOO_BIG) from None
+        arrays: list[object] = []
+        converted = self._convert(value, arrays, 0)
+        if arrays:
+            self._mark_arrays(self._table_from(arrays))
+        return converted
+
+    def _convert(self, value: JSON, arrays: list[object], depth: int) -> object:
+        kind = type(value)
+        if kind is dict:
+            if depth >= MAX_DEPTH:
+                raise _Refused(f"is nested deeper than {MAX_DEPTH} levels", anywhere=True)
+            items: dict[str, object] = {}
+            for key, item in value.items():  # type: ignore[union-attr]
+                if type(item) in _SCALARS:
+                    items[key] = item
+                elif item is None:
+                    items[key] = self._null
+                else:
+                    try:
+                        items[key] = self._convert(item, arrays, depth + 1)
+                    except _Refused as refused:
+                        refused.path.insert(0, key)
+                        raise
+            try:
+                return self._table_from(items)
+            except (UnicodeEncodeError, OverflowError) as error:
+                raise _refusal(error) from None
+        if kind is list:
+            if depth >= MAX_DEPTH:
+                raise _Refused(f"is nested deeper than {MAX_DEPTH} levels", anywhere=True)
+            elements: list[object] = []
+            for index, item in enumerate(value):  # type: ignore[arg-type]
+                if type(item) in _SCALARS:
+                    elements.append(item)
+                elif item is None:
+                    elements.append(self._null)
+                else:
+                    try:
+                        elements.append(self._convert(item, arrays, depth + 1))
+                    except _Refused as refused:
+                        refused.path.insert(0, index + 1)
+                        raise
+            try:
+                table = self._table_from(elements)
+            except (UnicodeEncodeError, OverflowError) as error:
+                raise _refusal(error) from None
+            arrays.append(table)
+            return table
+        if value is None:
+            return self._null
+        if kind in _SCALARS:
+            return value
+        raise _Refused(f"is a {kind.__name__}, not a JSON value")
+
+
+_REASON_CODES: Final = {
+    "cancelled": _CHECK_CANCELLED,
+    "deadline": _CHECK_DEADLINE,
+    "wall_time": _CHECK_WALL_TIME,
+    "instructions": 0,
+}
+
+
+def _wrap(code: str, expression: bool) -> str:
+    """The chunk as compiled: it takes its environment as argument, on the user's first line."""
+    if expression:
+        # the newline keeps a trailing comment from swallowing the parenthesis
+        return f"local _ENV = ...; return ({code}\n)"
+    return f"local _ENV = ...; {code}"
+
+
+def _clamp(line: int | None, code: str, expression: bool) -> int | None:
+    """Lua may blame an expression's last token on the line ``_wrap`` adds after it."""
+    if line is None or not expression:
+        return line
+    return min(line, code.count("\n") + 1)
+
+
+def _split_position(message: str, chunk_name: str) -> tuple[str, int | None]:
+    """``"extract:3: boom"`` -> ``("boom", 3)``; other messages come back as they are."""
+    for prefix in (chunk_name[:59] + ":", "sandbox:"):
+        if message.startswith(prefix):
+            rest = message[len(prefix) :]
+            digits, colon, text = rest.partition(": ")
+            if colon and digits.isdigit():
+                line = int(digits) if prefix != "sandbox:" else None
+                return text, line
+    return message, None
+
+
+def _pairs(flat: list[str]) -> list[tuple[str, str]]:
+    return list(zip(flat[::2], flat[1::2], strict=True))
+
+
+_local = threading.local()
+
+
+def check_syntax(code: str, *, expression: bool = False) -> LuaSyntaxProblem | None:
+    """Compiles ``code`` in this thread's sandbox; None when it is valid. For spec validation."""
+    sandbox: LuaSandbox | None = getattr(_local, "sandbox", None)
+    if sandbox is None:
+        sandbox = _local.sandbox = LuaSandbox()
+    return sandbox.check_syntax(code, expression=expression)

@@ -1,0 +1,133 @@
+"""``LuaPool`` with real lupa: outcomes reach the loop, workers share the load, close stops them."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from engine.core.values import JSON
+from engine.lua import MISSING, LuaLimits, LuaPool, LuaTask
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[LuaPool]:
+    async with LuaPool(workers=2, limits=LuaLimits(instructions=5_000_000)) as p:
+        yield p
+
+
+def task(
+    code: str,
+    inputs: JSON = None,
+    results: Callable[[str], object] = lambda name: MISSING,
+    **fields: object,
+) -> LuaTask:
+    return LuaTask(
+        key=code,
+        code=code,
+        chunk_name="node",
+        inputs={} if inputs is None else inputs,
+        results=results,
+        ctx={"node_id": "node"},
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def test_many_concurrent_tasks_all_get_their_own_output(pool: LuaPool) -> None:
+    code = "local s = 0 for i = 1, inputs.n do s = s + i end return { n = inputs.n, sum = s }"
+    outcomes = await asyncio.gather(*(pool.run(task(code, {"n": n})) for n in range(200)))
+    assert [o.value for o in outcomes] == [{"n": n, "sum": n * (n + 1) // 2} for n in range(200)]
+    assert all(o.ok and o.error is None for o in outcomes)
+
+
+async def test_a_failing_task_does_not_affect_the_others(pool: LuaPool) -> None:
+    tasks = []
+    for n in range(60):
+        if n % 3 == 0:
+            tasks.append(task("error('task ' .. inputs.n .. ' failed')", {"n": n}))
+        elif n % 3 == 1:
+            tasks.append(task("while true do end", {"n": n}))
+        else:
+            tasks.append(task("return inputs.n", {"n": n}))
+    outcomes = await asyncio.gather(*(pool.run(t) for t in tasks))
+    for n, outcome in enumerate(outcomes):
+        if n % 3 == 0:
+            assert (outcome.ok, outcome.error, outcome.line) == (False, f"task {n} failed", 1)
+        elif n % 3 == 1:
+            assert outcome.error == "instruction limit of 5000000 exceeded"
+        else:
+            assert (outcome.ok, outcome.value) == (True, n)
+
+
+async def test_both_worker_threads_are_used(pool: LuaPool) -> None:
+    seen: set[str] = set()
+
+    def lookup(name: str) -> object:
+        seen.add(threading.current_thread().name)
+        return {"v": 1}
+
+    code = "local s = 0 for i = 1, 200000 do s = s + i end return results.a.v + s"
+    outcomes = await asyncio.gather(*(pool.run(task(code, results=lookup)) for _ in range(40)))
+    assert all(o.ok for o in outcomes)
+    assert seen == {"lua-worker-0", "lua-worker-1"}
+    assert pool.workers == 2
+
+
+async def test_the_loop_is_free_while_lua_runs() -> None:
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    async with LuaPool(workers=1, limits=LuaLimits(instructions=10**15)) as pool:
+        ticker = asyncio.ensure_future(tick())
+        outcome = await pool.run(task("while true do end", deadline=time.monotonic() + 0.3))
+        ticker.cancel()
+    assert outcome.error == "deadline exceeded"
+    assert ticks >= 10
+
+
+async def test_a_task_cancelled_before_it_starts_never_runs() -> None:
+    ran: list[str] = []
+
+    def lookup(name: str) -> object:
+        ran.append(name)
+        return 1
+
+    release = threading.Event()
+    async with LuaPool(workers=1) as pool:
+        blocker = pool.submit(task("while true do end", cancel=release))
+        skipped = pool.submit(task("return results.skipped", results=lookup))
+        skipped.cancel()
+        release.set()
+        assert (await blocker).error == "cancelled"
+        later = await pool.run(task("return results.later", results=lookup))
+        assert later.value == 1
+    assert ran == ["later"]
+
+
+async def test_close_stops_running_scripts_and_cancels_queued_ones() -> None:
+    pool = LuaPool(workers=1, limits=LuaLimits(instructions=10**15))
+    running = pool.submit(task("while true do end"))
+    queued = pool.submit(task("return 1"))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    pool.close()
+    assert time.monotonic() - started < 1.0
+    assert (await running).error == "cancelled"
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.submit(task("return 1"))
+    pool.close()  # twice is fine
+
+
+def test_a_pool_needs_a_worker() -> None:
+    with pytest.raises(ValueError, match="at least one worker"):
+        LuaPool(workers=0)

@@ -1,0 +1,796 @@
+"""``LuaSandbox`` with real lupa: what a script may not do, the limits, JSON both ways, errors."""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.core.values import JSON, JSONObject
+from engine.lua import MISSING, LuaLimits, LuaOutcome, LuaSandbox, LuaSyntaxProblem, LuaTask
+from engine.lua import check_syntax as module_check_syntax
+
+LIMITS = LuaLimits(instructions=2_000_000, memory=8 * 1024 * 1024)
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[LuaSandbox]:
+    yield LuaSandbox(LIMITS)
+
+
+_EMPTY: JSON = {}
+
+
+def task(
+    code: str,
+    *,
+    inputs: JSON = _EMPTY,
+    results: dict[str, JSON] | Callable[[str], object] | None = None,
+    ctx: JSONObject | None = None,
+    key: str | None = None,
+    **fields: Any,
+) -> LuaTask:
+    lookup: Callable[[str], object]
+    if callable(results):
+        lookup = results
+    else:
+        known = results or {}
+
+        def lookup(name: str) -> object:
+            return known.get(name, MISSING)
+
+    return LuaTask(
+        key=key if key is not None else code,
+        code=code,
+        chunk_name="extract",
+        inputs=inputs,
+        results=lookup,
+        ctx=ctx if ctx is not None else {"node_id": "extract", "attempt": 1},
+        **fields,
+    )
+
+
+def run(sandbox: LuaSandbox, code: str, **fields: Any) -> LuaOutcome:
+    return sandbox.run(task(code, **fields))
+
+
+def failure(outcome: LuaOutcome) -> tuple[str | None, int | None]:
+    assert not outcome.ok, outcome
+    assert outcome.value is None
+    return outcome.error, outcome.line
+
+
+def value(outcome: LuaOutcome) -> JSON:
+    assert outcome.ok, outcome
+    assert outcome.error is None and outcome.line is None
+    return outcome.value
+
+
+# -- what a script cannot reach --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        ("os.execute('ls')", "attempt to call a nil value (field 'execute')"),
+        ("os.exit(1)", "attempt to call a nil value (field 'exit')"),
+        ("return os.getenv('HOME')", "attempt to call a nil value (field 'getenv')"),
+        ("os.remove('/tmp/x')", "attempt to call a nil value (field 'remove')"),
+        ("os.rename('/tmp/x', '/tmp/y')", "attempt to call a nil value (field 'rename')"),
+        ("return os.tmpname()", "attempt to call a nil value (field 'tmpname')"),
+        ("return io.open('/etc/passwd')", "attempt to index a nil value (global 'io')"),
+        ("local os = require('os')", "attempt to call a nil value (global 'require')"),
+        ("return load('return 1')()", "attempt to call a nil value (global 'load')"),
+        ("return loadstring('return 1')()", "attempt to call a nil value (global 'loadstring')"),
+        ("return loadfile('/etc/passwd')", "attempt to call a nil value (global 'loadfile')"),
+        ("dofile('/etc/passwd')", "attempt to call a nil value (global 'dofile')"),
+        ("return string.dump(print)", "attempt to call a nil value (field 'dump')"),
+        ("return ('x'):dump()", "attempt to call a nil value (method 'dump')"),
+        ("return debug.getinfo(1)", "attempt to index a nil value (global 'debug')"),
+        ("return python.eval('1')", "attempt to index a nil value (global 'python')"),
+        ("collectgarbage('stop')", "attempt to call a nil value (global 'collectgarbage')"),
+        ("return package.loaded", "attempt to index a nil value (global 'package')"),
+    ],
+)
+def test_what_is_not_there_fails_with_a_clear_message(
+    sandbox: LuaSandbox, code: str, error: str
+) -> None:
+    assert failure(run(sandbox, code)) == (error, 1)
+
+
+def test_only_the_allow_list_is_defined(sandbox: LuaSandbox) -> None:
+    names = [
+        "io", "require", "package", "load", "loadstring", "loadfile", "dofile", "debug",
+        "collectgarbage", "python", "_G", "module", "setfenv", "getfenv", "newproxy",
+    ]  # fmt: skip
+    code = "return {" + ", ".join(f"{name} == nil" for name in names) + "}"
+    assert value(run(sandbox, code)) == [True] * len(names)
+    os_names = value(run(sandbox, "local t = {} for k in pairs(os) do t[#t + 1] = k end return t"))
+    assert isinstance(os_names, list)
+    assert sorted(os_names) == ["clock", "date", "time"]  # type: ignore[type-var]
+
+
+def test_the_string_metatable_is_locked(sandbox: LuaSandbox) -> None:
+    assert value(run(sandbox, "return getmetatable('')")) is False
+    assert failure(run(sandbox, "getmetatable('').__index.upper = nil")) == (
+        "attempt to index a boolean value",
+        1,
+    )
+    assert value(run(sandbox, "return ('abc'):upper()")) == "ABC"
+
+
+def test_shared_libraries_are_read_only(sandbox: LuaSandbox) -> None:
+    assert failure(run(sandbox, "string.upper = function() return 'pwned' end")) == (
+        "string is read-only (cannot set upper)",
+        1,
+    )
+    assert failure(run(sandbox, "rawset(string, 'upper', nil)")) == (
+        "cannot modify a read-only table",
+        1,
+    )
+    assert failure(run(sandbox, "table.insert(math, 1)")) == ("math is read-only (cannot set 1)", 1)
+    assert failure(run(sandbox, "setmetatable(json, {})")) == (
+        "cannot change a protected metatable",
+        1,
+    )
+    assert failure(run(sandbox, "json.null.x = 1")) == ("json.null is read-only (cannot set x)", 1)
+    assert value(run(sandbox, "return {string.upper('a'), ('b'):upper(), json.null == json.null}"))
+    assert value(run(sandbox, "return string.upper('a')")) == "A"
+
+
+def test_globals_do_not_leak_between_runs(sandbox: LuaSandbox) -> None:
+    assert value(run(sandbox, "leaked = 42; _ENV.also = 1; return leaked")) == 42
+    assert value(run(sandbox, "return {leaked == nil, also == nil}")) == [True, True]
+    assert value(run(sandbox, "return getmetatable(_ENV)")) is False
+
+
+def test_setmetatable_refuses_gc(sandbox: LuaSandbox) -> None:
+    code = "setmetatable({}, {__gc = function() while true do end end})"
+    assert failure(run(sandbox, code)) == ("__gc metamethods are not allowed", 1)
+    assert value(run(sandbox, "return getmetatable(setmetatable({}, {__index = {a = 1}})).__index"))
+
+
+def test_chunks_are_compiled_from_text_only(sandbox: LuaSandbox) -> None:
+    outcome = run(sandbox, "\x1bLua\x54\x00")
+    error, line = failure(outcome)
+    assert error is not None and error.startswith("syntax error: ")
+    assert line == 1
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+INSTRUCTIONS = "instruction limit of 2000000 exceeded"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "while true do end",
+        "local i = 0\nwhile true do i = i + 1 end",
+        "while true do pcall(function() while true do end end) end",
+        "for _ = 1, 100 do pcall(function() while true do end end) end return 1",
+        "xpcall(function() while true do end end, function(e) while true do end end) return 1",
+        "local co = coroutine.create(function() while true do end end)\ncoroutine.resume(co)",
+        "local f = coroutine.wrap(function() while true do end end)\npcall(f)\nreturn 1",
+        "local function f() return f() end f()",
+        "local s = string.rep('x', 100) for i = 1, 1e9 do s:upper() end",
+        "table.sort({3, 2, 1, 5, 4}, function(a, b) while true do end end)",
+        "local t = setmetatable({}, {__index = function(t, k) while true do end end}) return t.x",
+    ],
+)
+def test_runaway_code_hits_the_instruction_limit(sandbox: LuaSandbox, code: str) -> None:
+    error, _ = failure(run(sandbox, code))
+    assert error == INSTRUCTIONS
+
+
+def test_a_limit_reports_the_line_it_stopped_on(sandbox: LuaSandbox) -> None:
+    assert failure(run(sandbox, "local x = 1\n\nwhile true do x = x + 1 end")) == (INSTRUCTIONS, 3)
+
+
+def test_the_sandbox_works_after_a_limit(sandbox: LuaSandbox) -> None:
+    failure(run(sandbox, "while true do pcall(error) end"))
+    assert value(run(sandbox, "local ok = pcall(error, 'x') return {ok = ok}")) == {"ok": False}
+    assert value(run(sandbox, "return coroutine.wrap(function() coroutine.yield(7) end)()")) == 7
+
+
+def test_wall_time_limit() -> None:
+    sandbox = LuaSandbox(LuaLimits(instructions=10**15, wall_time=0.2))
+    outcome = sandbox.run(task("while true do end"))
+    assert failure(outcome) == ("wall-time limit of 0.2 seconds exceeded", 1)
+    assert 0.2 <= outcome.duration < 1.0
+
+
+def test_task_deadline() -> None:
+    sandbox = LuaSandbox(LuaLimits(instructions=10**15))
+    started = time.monotonic()
+    outcome = sandbox.run(task("while true do end", deadline=started + 0.2))
+    assert failure(outcome) == ("deadline exceeded", 1)
+    assert time.monotonic() - started < 1.0
+    assert failure(sandbox.run(task("return 1", deadline=time.monotonic() - 1))) == (
+        "deadline exceeded",
+        None,
+    )
+
+
+def test_cancel_event_stops_a_running_script() -> None:
+    sandbox = LuaSandbox(LuaLimits(instructions=10**15))
+    cancel = threading.Event()
+    timer = threading.Timer(0.1, cancel.set)
+    timer.start()
+    try:
+        outcome = sandbox.run(task("while true do pcall(function() end) end", cancel=cancel))
+    finally:
+        timer.cancel()
+    assert failure(outcome) == ("cancelled", 1)
+    assert outcome.duration < 1.0
+    assert failure(sandbox.run(task("return 1", cancel=cancel))) == ("cancelled", None)
+
+
+def test_stop_event_of_the_sandbox_stops_every_run() -> None:
+    stop = threading.Event()
+    sandbox = LuaSandbox(LuaLimits(instructions=10**15), stop=stop)
+    threading.Timer(0.1, stop.set).start()
+    assert failure(sandbox.run(task("while true do end"))) == ("cancelled", 1)
+
+
+MEMORY = "memory limit of 8388608 bytes exceeded"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1000) .. i end",
+        "local t = {} pcall(function() for i = 1, 1e9 do t[i] = string.rep('x', 1000) .. i end end)"
+        " return 1",
+        "return #string.rep('x', 1e9)",
+        "local s = 'x' while true do s = s .. s end",
+        "local t = {} for i = 1, 1e9 do t[i] = i end",
+    ],
+)
+def test_memory_bombs_fail_and_the_next_run_works(code: str) -> None:
+    sandbox = LuaSandbox(LuaLimits(memory=8 * 1024 * 1024))
+    outcome = sandbox.run(task(code))
+    assert outcome.error == MEMORY
+    assert (
+        value(sandbox.run(task("local t = {} for i = 1, 1000 do t[i] = i end return #t"))) == 1000
+    )
+    assert sandbox.run(task(code)).error == MEMORY
+
+
+def test_memory_limit_counts_what_a_run_adds() -> None:
+    sandbox = LuaSandbox(LuaLimits(memory=8 * 1024 * 1024))
+    code = "local t = {} for i = 1, 5000 do t[i] = string.rep('x', 1000) .. i end return #t"
+    for _ in range(5):  # garbage from earlier runs does not add up to a failure
+        assert value(sandbox.run(task(code))) == 5000
+
+
+def test_results_are_not_charged_to_the_script() -> None:
+    sandbox = LuaSandbox(LuaLimits(memory=1024 * 1024))
+    big: JSON = {"rows": ["x" * 100 + str(i) for i in range(20_000)]}
+    outcome = sandbox.run(task("return #results.big.rows", results={"big": big}))
+    assert value(outcome) == 20_000
+
+
+def test_limits_need_room_to_run() -> None:
+    with pytest.raises(ValueError, match="at least 65536 bytes"):
+        LuaLimits(memory=1000)
+
+
+def test_pattern_bomb_is_refused_quickly(sandbox: LuaSandbox) -> None:
+    started = time.perf_counter()
+    outcome = run(sandbox, "local i = string.rep('a', 100000):find('(.-)(.-)(.-)(.-)b')")
+    assert time.perf_counter() - started < 0.5
+    error, line = failure(outcome)
+    assert line == 1
+    assert error == (
+        "pattern '(.-)(.-)(.-)(.-)b' on a 100000-byte subject could backtrack for too long "
+        "(about 1e+25 steps, budget 1e+08); anchor it with '^', use fewer '*', '+', '-' "
+        "quantifiers, or cut the subject into smaller pieces"
+    )
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "return s:match('(.-)(.-)x')",
+        "return string.match(s, '(.-)(.-)x')",
+        "for a in s:gmatch('(.*)(.*)x') do end",
+        "return (s:gsub('a*a*a*b', ''))",
+        "return s:find('a*$')",
+        "return s:find('%b()%b()')",
+        "return s:find('(a*)%1b')",
+    ],
+)
+def test_every_pattern_function_is_guarded(sandbox: LuaSandbox, code: str) -> None:
+    error, _ = failure(run(sandbox, "local s = string.rep('a', 100000)\n" + code))
+    assert error is not None and "could backtrack for too long" in error
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "return #(string.rep('a  b\\t', 250000):gsub('%s+', ' '))",
+        "return {string.rep('k', 30):match('^(%w+)=(%w+)$'), ('key=value'):match('^(%w+)=(%w+)$')}",
+        "return string.rep('a', 1024):find('a.*b')",
+        "return string.rep('a', 100000):find('(.-)(.-)(.-)(.-)b', 1, true)",
+        "return string.rep('a', 100000):find('^(.-)(.-)b', 99990)",
+        "local n = 0 for w in string.rep('word ', 100000):gmatch('%a+') do n = n + 1 end return n",
+        "return ('  trim me  '):match('^%s*(.-)%s*$')",
+    ],
+)
+def test_ordinary_patterns_pass(sandbox: LuaSandbox, code: str) -> None:
+    assert run(sandbox, code).ok
+
+
+def test_oversized_output_is_refused(sandbox: LuaSandbox) -> None:
+    outcome = run(sandbox, "return string.rep('x', 2000000)")
+    assert failure(outcome) == (
+        "output is 2000002 bytes of JSON, over the limit of 1048576 bytes",
+        None,
+    )
+
+
+def test_expression_result_is_truthiness(sandbox: LuaSandbox) -> None:
+    results = {"t": {"sum": 3, "nothing": None}}
+    for code, expected in [
+        ("results.t.sum > 0", True),
+        ("results.t.sum > 5", False),
+        ("results.missing", False),
+        ("results.t.nothing", True),  # json.null is a value, so it is truthy
+        ("results.t.nothing == json.null", True),
+        ("inputs.flag -- trailing comment", True),
+    ]:
+        outcome = run(sandbox, code, expression=True, results=results, inputs={"flag": 1})
+        assert value(outcome) is expected, code
+    assert failure(run(sandbox, "results.t.x.y", expression=True, results=results)) == (
+        "attempt to index a nil value (field 'x')",
+        1,
+    )
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_error_message_and_line(sandbox: LuaSandbox) -> None:
+    assert failure(run(sandbox, "error('boom')")) == ("boom", 1)
+    assert failure(run(sandbox, "local x = 1\n\nerror('bad row ' .. x)")) == ("bad row 1", 3)
+    code = "local function check(v)\n  error('bad value', 2)\nend\n\ncheck(1)"
+    assert failure(run(sandbox, code)) == ("bad value", 5)
+    code = "local function deep()\n  local t = nil\n  return t.x\nend\nreturn deep() + 1"
+    assert failure(run(sandbox, code)) == ("attempt to index a nil value (local 't')", 3)
+
+
+def test_error_with_a_table_carries_it_as_json(sandbox: LuaSandbox) -> None:
+    assert failure(run(sandbox, "\nerror({code = 1, why = 'no'})")) == (
+        '{"code":1,"why":"no"}',
+        2,
+    )
+    assert failure(run(sandbox, "error()")) == ("error object is a nil value", 1)
+    assert failure(run(sandbox, "error(function() end)")) == ("error object is a function value", 1)
+    assert failure(run(sandbox, "error(42)")) == ("42", 1)
+
+
+def test_runtime_errors_name_the_culprit(sandbox: LuaSandbox) -> None:
+    assert failure(run(sandbox, "local y = x.z")) == (
+        "attempt to index a nil value (global 'x')",
+        1,
+    )
+    assert failure(run(sandbox, "\nreturn 1 + {}")) == (
+        "attempt to perform arithmetic on a table value",
+        2,
+    )
+    assert failure(run(sandbox, "return ('x'):rep(1, 2, 3) .. nil")) == (
+        "attempt to concatenate a nil value",
+        1,
+    )
+
+
+def test_error_text_that_is_not_utf8_is_made_readable(sandbox: LuaSandbox) -> None:
+    assert failure(run(sandbox, "error('bad \\255 byte', 0)")) == ("bad \ufffd byte", 1)
+
+
+def test_syntax_error_at_run_time(sandbox: LuaSandbox) -> None:
+    assert failure(run(sandbox, "local x = 1\nlocal y = = 2")) == (
+        "syntax error: unexpected symbol near '='",
+        2,
+    )
+
+
+def test_yield_at_the_top_level_is_an_error(sandbox: LuaSandbox) -> None:
+    assert failure(run(sandbox, "coroutine.yield(1)")) == (
+        "attempt to yield from outside a coroutine",
+        None,
+    )
+    assert value(run(sandbox, "return 'next run'")) == "next run"
+
+
+# -- syntax check ----------------------------------------------------------------------------
+
+
+def test_check_syntax() -> None:
+    assert module_check_syntax("local x = = 1") == LuaSyntaxProblem("unexpected symbol near '='", 1)
+    assert module_check_syntax("local a\na, b x") == LuaSyntaxProblem("'=' expected near 'x'", 2)
+    assert module_check_syntax("local x = 1\n\nif x then\n  return x\n") == LuaSyntaxProblem(
+        "'end' expected (to close 'if' at line 3) near <eof>", 5
+    )
+    assert module_check_syntax("return { rows = {1, 2} }") is None
+    assert module_check_syntax("results.a.n > 1", expression=True) is None
+    assert module_check_syntax("x > 1 -- why", expression=True) is None
+    problem = module_check_syntax("x = 1", expression=True)
+    assert problem is not None and problem.line == 1
+
+
+def test_check_syntax_from_many_threads() -> None:
+    problems: list[LuaSyntaxProblem | None] = []
+
+    def check() -> None:
+        problems.append(module_check_syntax("local x = = 1"))
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert problems == [LuaSyntaxProblem("unexpected symbol near '='", 1)] * 4
+
+
+# -- inputs, results, ctx --------------------------------------------------------------------
+
+
+def test_results_lookup(sandbox: LuaSandbox) -> None:
+    calls: list[str] = []
+    known: dict[str, JSON] = {"extract": {"rows": [1, 2, 3]}}
+
+    def lookup(name: str) -> object:
+        calls.append(name)
+        return known.get(name, MISSING)
+
+    code = """
+local s = 0
+for _, v in ipairs(results.extract.rows) do s = s + v end
+for _ = 1, 10 do assert(results.other == nil) end
+return { sum = s, again = #results.extract.rows, other = results.other == nil }
+"""
+    assert value(run(sandbox, code, results=lookup)) == {"sum": 6, "again": 3, "other": True}
+    assert calls == ["extract", "other"]
+
+
+def test_results_lookup_failures_are_errors(sandbox: LuaSandbox) -> None:
+    def broken(name: str) -> object:
+        raise KeyError(name)
+
+    assert failure(run(sandbox, "\nreturn results.x", results=broken)) == (
+        "results.x could not be read: 'x'",
+        2,
+    )
+    assert failure(run(sandbox, "return results.x", results={"x": {"a": [1, {1, 2}]}})) == (
+        "results.x.a[2] is a set, not a JSON value",
+        1,
+    )
+
+
+def test_ctx_fields_that_are_null_are_absent(sandbox: LuaSandbox) -> None:
+    ctx: JSONObject = {"node_id": "n", "attempt": 2, "item": None, "index": None}
+    assert value(run(sandbox, "return {ctx.node_id, ctx.attempt, ctx.item == nil}", ctx=ctx)) == [
+        "n",
+        2,
+        True,
+    ]
+    ctx = {"node_id": "n", "item": {"id": 7, "tags": []}, "index": 0}
+    assert value(run(sandbox, "return {ctx.item, ctx.index}", ctx=ctx)) == [
+        {"id": 7, "tags": []},
+        0,
+    ]
+
+
+def test_inputs_that_lua_cannot_hold(sandbox: LuaSandbox) -> None:
+    deep: JSON = 1
+    for _ in range(101):
+        deep = {"a": deep}
+    assert failure(run(sandbox, "return 1", inputs=deep)) == (
+        "inputs is nested deeper than 100 levels",
+        None,
+    )
+    assert failure(run(sandbox, "return 1", inputs={"a": ["\ud800"]})) == (
+        "inputs.a holds text that is not valid Unicode (a lone surrogate)",
+        None,
+    )
+    assert value(run(sandbox, "return {math.type(inputs.big), inputs.big}", inputs={"big": 2**70}))
+    assert value(run(sandbox, "return math.type(inputs.big)", inputs={"big": 2**70})) == "float"
+
+
+# -- JSON ------------------------------------------------------------------------------------
+
+
+def same(a: object, b: object) -> bool:
+    """Equal, with ints and floats kept apart (3 is not 3.0) and the sign of zero kept."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        assert isinstance(b, dict)
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        assert isinstance(b, list)
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        assert isinstance(b, float)
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    return a == b
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_json_round_trip_python_lua_python(sandbox: LuaSandbox, original: JSON) -> None:
+    assert same(value(run(sandbox, "return inputs", inputs=original)), original)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_json_round_trip_through_lua_encode_and_decode(sandbox: LuaSandbox, original: JSON) -> None:
+    code = "return json.decode(json.encode(inputs))"
+    assert same(value(run(sandbox, code, inputs=original)), original)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values, st.booleans())
+def test_lua_decodes_what_python_encodes(
+    sandbox: LuaSandbox, original: JSON, ensure_ascii: bool
+) -> None:
+    text = json.dumps(original, ensure_ascii=ensure_ascii, indent=1 if ensure_ascii else None)
+    outcome = run(sandbox, "return json.decode(inputs.text)", inputs={"text": text})
+    assert same(value(outcome), original)
+
+
+def test_json_null_and_empty_containers_keep_their_shape(sandbox: LuaSandbox) -> None:
+    inputs: JSON = {"a": None, "list": [], "obj": {}, "nested": [[], {}, [None]]}
+    code = (
+        "return {has_a = inputs.a == json.null, same = inputs, marker = getmetatable(inputs.list)}"
+    )
+    assert value(run(sandbox, code, inputs=inputs)) == {
+        "has_a": True,
+        "same": inputs,
+        "marker": "json.array",
+    }
+
+
+def test_ints_stay_ints_and_floats_stay_floats(sandbox: LuaSandbox) -> None:
+    code = "return {3, 3.0, math.type(inputs.i), math.type(inputs.f), inputs.i, inputs.f, 2^53}"
+    out = value(run(sandbox, code, inputs={"i": 3, "f": 3.0}))
+    assert same(out, [3, 3.0, "integer", "float", 3, 3.0, 9007199254740992.0])
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("return nil", {}),
+        ("return {}", {}),
+        ("return json.array()", []),
+        ("return {1, 2, 3}", [1, 2, 3]),
+        ("return {[1] = 'a', [3] = 'c'}", ["a", None, "c"]),
+        ("return {1, nil, 3}", [1, None, 3]),
+        ("return {b = 1, a = {x = true}}", {"a": {"x": True}, "b": 1}),
+        ("return {['1'] = 1}", {"1": 1}),
+        ("return 'text'", "text"),
+        ("return 1.5, 2", 1.5),
+        ("return json.null", None),
+        ("return {s = 'tab\\tquote\"\\0\\127é'}", {"s": 'tab\tquote"\x00\x7fé'}),
+        ("return json.decode('{\"a\": [1, 2.0, \"\\\\ud83d\\\\ude00\"]}')", {"a": [1, 2.0, "😀"]}),
+        ("return json.encode({b = 1, a = {1, 2}, c = json.null, d = json.array()})",
+         '{"a":[1,2],"b":1,"c":null,"d":[]}'),
+        ("return json.encode(0.1)", "0.1"),
+        ("return json.encode(1e300)", "1e+300"),
+        ("return json.encode('\\1')", '"\\u0001"'),
+        ("return tostring(json.null)", "null"),
+        ("local t = {1, 2} return {t, t}", [[1, 2], [1, 2]]),
+    ],
+)  # fmt: skip
+def test_lua_to_json(sandbox: LuaSandbox, code: str, expected: JSON) -> None:
+    assert same(value(run(sandbox, code)), expected)
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        ("return {rows = {1, function() end}}",
+         "output.rows[2] is a function: outputs must be JSON values"),
+        ("return {[1] = 1, [10] = 2}",
+         "output is a sparse array (2 entries, highest index 10): fill the holes with json.null "
+         "or use string keys: outputs must be JSON values"),
+        ("return {1, 2, x = 3}",
+         "output mixes integer and string keys: use one or the other: outputs must be JSON values"),
+        ("return {a = {[true] = 1}}",
+         "output.a has the key true (a boolean), but keys must be strings, or 1..n in an array: "
+         "outputs must be JSON values"),
+        ("return {[0] = 1}",
+         "output has the key 0 (a number), but keys must be strings, or 1..n in an array: "
+         "outputs must be JSON values"),
+        ("return {x = 0/0}", "output.x is NaN, which JSON cannot represent: outputs must be JSON values"),
+        ("return {x = {-1/0}}",
+         "output.x[1] is infinite, which JSON cannot represent: outputs must be JSON values"),
+        ("return {['a b'] = {co = coroutine.create(print)}}",
+         'output["a b"].co is a thread: outputs must be JSON values'),
+        ("local t = {} t.self = {t} return t",
+         "output.self[1] refers back to a table that contains it (a cycle): outputs must be JSON "
+         "values"),
+        ("local t = {} local c = t for i = 1, 200 do c.n = {} c = c.n end return t",
+         "output is nested deeper than 100 levels: outputs must be JSON values"),
+        ("return {s = 'bad \\255'}", "output.s is not valid UTF-8 text: outputs must be JSON values"),
+        ("return json.array({a = 1})",
+         "output is marked as a JSON array (json.array) but has string keys: outputs must be JSON "
+         "values"),
+    ],
+)  # fmt: skip
+def test_lua_values_json_refuses(sandbox: LuaSandbox, code: str, error: str) -> None:
+    assert failure(run(sandbox, code)) == (error, None)
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        ("local x = json.decode('{\"a\": }')",
+         'json.decode: unexpected character "}" at line 1 column 7 (byte 7)'),
+        ("local x = json.decode('[1,\\n 2,,]')",
+         'json.decode: unexpected character "," at line 2 column 4 (byte 8)'),
+        ("local x = json.decode('[1] x')",
+         "json.decode: unexpected text after the JSON value at line 1 column 5 (byte 5)"),
+        ("local x = json.decode('\"abc')",
+         "json.decode: unterminated string at line 1 column 1 (byte 1)"),
+        ("local x = json.decode('01')",
+         "json.decode: number with a leading zero at line 1 column 1 (byte 1)"),
+        ("local x = json.decode('\"\\\\ud800\"')",
+         "json.decode: unpaired surrogate \\ud800 at line 1 column 2 (byte 2)"),
+        ("local x = json.decode(string.rep('[', 101))",
+         "json.decode: nested deeper than 100 levels at line 1 column 101 (byte 101)"),
+        ("local x = json.decode(nil)", "json.decode: expected a string, got nil"),
+        ("local x = json.encode({f = print})",
+         "json.encode: value.f is a function: json.encode takes JSON values"),
+    ],
+)  # fmt: skip
+def test_json_functions_report_where(sandbox: LuaSandbox, code: str, error: str) -> None:
+    assert failure(run(sandbox, "\n" + code)) == (error, 2)
+
+
+def test_json_decode_reads_numbers_like_python(sandbox: LuaSandbox) -> None:
+    code = "local v = json.decode('[1, -0, 1.0, 1e2, -2.5E-3, 9223372036854775807]') return v"
+    assert same(value(run(sandbox, code)), [1, 0, 1.0, 100.0, -0.0025, 2**63 - 1])
+
+
+# -- logs ------------------------------------------------------------------------------------
+
+
+def test_logs_in_order(sandbox: LuaSandbox) -> None:
+    code = """
+log('debug', 'd')
+log('info', 'i')
+print('p', 1, nil, true)
+log('warn', 'w')
+log('warning', 'w2')
+log('error', {a = 1})
+log('info', 'several', 2, 'parts')
+return {}
+"""
+    assert run(sandbox, code).logs == [
+        ("debug", "d"),
+        ("info", "i"),
+        ("info", "p\t1\tnil\ttrue"),
+        ("warn", "w"),
+        ("warn", "w2"),
+        ("error", '{"a":1}'),
+        ("info", "several 2 parts"),
+    ]
+
+
+def test_logs_survive_a_failure(sandbox: LuaSandbox) -> None:
+    outcome = run(sandbox, "log('info', 'before')\nerror('after')")
+    assert failure(outcome) == ("after", 2)
+    assert outcome.logs == [("info", "before")]
+
+
+def test_unknown_log_level_is_an_error(sandbox: LuaSandbox) -> None:
+    assert failure(run(sandbox, "\nlog('verbose', 'x')")) == (
+        'log level "verbose" is not one of debug, info, warn, warning, error',
+        2,
+    )
+    assert failure(run(sandbox, "log(nil, 'x')")) == (
+        "log level nil is not one of debug, info, warn, warning, error",
+        1,
+    )
+
+
+def test_log_line_cap() -> None:
+    sandbox = LuaSandbox(LuaLimits(log_lines=3, log_line_bytes=10))
+    outcome = sandbox.run(
+        task("for i = 1, 5 do log('info', 'line ' .. i) end print(('x'):rep(15))")
+    )
+    assert outcome.logs == [
+        ("info", "line 1"),
+        ("info", "line 2"),
+        ("info", "line 3"),
+        ("warn", "log limit of 3 lines reached: 3 further lines dropped"),
+    ]
+    outcome = sandbox.run(task("print(('x'):rep(15)) print('\\255')"))
+    assert outcome.logs == [
+        ("info", "xxxxxxxxxx [5 more bytes dropped]"),
+        ("info", "\ufffd"),
+    ]
+    assert sandbox.run(task("return 1")).logs == []
+
+
+# -- compiling -------------------------------------------------------------------------------
+
+
+def test_compiled_chunks_are_cached_by_key_and_bounded() -> None:
+    sandbox = LuaSandbox(LIMITS, cache_size=2)
+    assert value(sandbox.run(task("return 1", key="k"))) == 1
+    assert value(sandbox.run(task("return 1", key="k"))) == 1
+    assert value(sandbox.run(task("return 2", key="k"))) == 2  # same key, new code: recompiled
+    for index in range(5):
+        assert value(sandbox.run(task(f"return {index}", key=f"k{index}"))) == index
+    assert value(sandbox.run(task("return 2", key="k"))) == 2
+
+
+def test_a_line_count_hook_sees_user_lines_unchanged(sandbox: LuaSandbox) -> None:
+    code = "-- comment on line 1\nlocal a = 1\nerror('line three')"
+    assert failure(run(sandbox, code)) == ("line three", 3)
+
+
+def test_script_metamethods_never_run_outside_the_limits(sandbox: LuaSandbox) -> None:
+    spin = "setmetatable({}, {__tostring = function() while true do end end})"
+    assert failure(run(sandbox, f"error({spin})")) == ("{}", 1)
+    assert failure(run(sandbox, f"return {{[{spin}] = 1}}")) == (
+        "output has the key (a table), but keys must be strings, or 1..n in an array: "
+        "outputs must be JSON values",
+        None,
+    )
+    assert failure(run(sandbox, f"print({spin})"))[0] == INSTRUCTIONS
+
+
+def test_seeding_the_random_generator_does_not_carry_over(sandbox: LuaSandbox) -> None:
+    seeded = "math.randomseed(7) return {math.random(1e9), math.random(1e9)}"
+    first = value(run(sandbox, seeded))
+    assert value(run(sandbox, seeded)) == first
+    assert isinstance(first, list)
+    assert value(run(sandbox, "return math.random(1e9)")) != first[1]
+
+
+def test_numbers_too_large_for_lua(sandbox: LuaSandbox) -> None:
+    assert failure(run(sandbox, "return 1", inputs={"x": [10**400]})) == (
+        "inputs.x holds an integer too large even for a float",
+        None,
+    )
+    assert failure(run(sandbox, "return results.a", results={"a": 10**400})) == (
+        "results.a holds an integer too large even for a float",
+        1,
+    )
+    assert value(run(sandbox, "return ctx.attempt", ctx={"attempt": 10**30})) == 1e30
+
+
+def test_a_dropped_sandbox_is_freed() -> None:
+    sandbox = LuaSandbox(LIMITS)
+    sandbox.run(task("return results.a", results={"a": [1]}))
+    ref = weakref.ref(sandbox)
+    del sandbox
+    gc.collect()
+    assert ref() is None
