@@ -1,7 +1,9 @@
-"""``python -m engine``: run or validate a workflow file locally, in one process.
+"""``python -m engine``: serve gRPC, or run or validate a workflow file locally, in one process.
 
-``run`` prints progress lines on stderr and the execution document on stdout, and exits 0 when
-the run succeeded, 1 when it did not, 2 when the spec or inputs were refused.
+With no subcommand (or ``serve``) the engine service runs, configured by the environment (PORT,
+CAPACITY, METRICS_PORT, DRAIN_GRACE, ...); a bad value exits 2 with one line naming it. ``run``
+prints progress lines on stderr and the execution document on stdout, and exits 0 when the run
+succeeded, 1 when it did not, 2 when the spec or inputs were refused.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -118,9 +121,29 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _serve() -> int:
+    # the service's modules are imported here so `validate` stays light
+    from engine.logformat import configure_logging
+    from engine.serving import serve
+    from engine.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    configure_logging(settings.log_format, settings.log_level)
+    return asyncio.run(serve(settings))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="python -m engine",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="serve the Engine gRPC API (the default)")
     run = sub.add_parser("run", help="run a workflow file once, in this process")
     run.add_argument("file", help="workflow spec, YAML or JSON")
     group = run.add_mutually_exclusive_group()
@@ -137,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in (None, "serve"):
+        return _serve()
     if args.command == "validate":
         return _validate(args)
     return asyncio.run(_run(args))

@@ -1,0 +1,343 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ExecuteRequest(_message.Message):
+    __slots__ = ("execution_id", "spec", "inputs_json", "completed", "parent_execution_id", "first_seq")
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    PARENT_EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    spec: str
+    inputs_json: str
+    completed: _containers.RepeatedCompositeFieldContainer[CompletedNode]
+    parent_execution_id: str
+    first_seq: int
+    def __init__(self, execution_id: _Optional[str] = ..., spec: _Optional[str] = ..., inputs_json: _Optional[str] = ..., completed: _Optional[_Iterable[_Union[CompletedNode, _Mapping]]] = ..., parent_execution_id: _Optional[str] = ..., first_seq: _Optional[int] = ...) -> None: ...
+
+class ExecuteResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class CompletedNode(_message.Message):
+    __slots__ = ("node_id", "output_json", "attempts")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    output_json: str
+    attempts: int
+    def __init__(self, node_id: _Optional[str] = ..., output_json: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("seq", "time", "type", "severity", "workflow_id", "version", "execution_id", "node_id", "engine_id", "attempt", "data_json")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    time: str
+    type: str
+    severity: str
+    workflow_id: str
+    version: str
+    execution_id: str
+    node_id: str
+    engine_id: str
+    attempt: int
+    data_json: str
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[str] = ..., type: _Optional[str] = ..., severity: _Optional[str] = ..., workflow_id: _Optional[str] = ..., version: _Optional[str] = ..., execution_id: _Optional[str] = ..., node_id: _Optional[str] = ..., engine_id: _Optional[str] = ..., attempt: _Optional[int] = ..., data_json: _Optional[str] = ...) -> None: ...
+
+class CancelRequest(_message.Message):
+    __slots__ = ("execution_id", "reason")
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    reason: str
+    def __init__(self, execution_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CancelResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    def __init__(self, status: _Optional[str] = ...) -> None: ...
+
+class ResolveSubWorkflowRequest(_message.Message):
+    __slots__ = ("execution_id", "node_id", "item", "attempt", "output_json", "error")
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    node_id: str
+    item: int
+    attempt: int
+    output_json: str
+    error: str
+    def __init__(self, execution_id: _Optional[str] = ..., node_id: _Optional[str] = ..., item: _Optional[int] = ..., attempt: _Optional[int] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ResolveSubWorkflowResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EngineInfo(_message.Message):
+    __slots__ = ("engine_id", "address", "state", "capacity", "in_flight", "version")
+    ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    engine_id: str
+    address: str
+    state: str
+    capacity: int
+    in_flight: int
+    version: str
+    def __init__(self, engine_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., capacity: _Optional[int] = ..., in_flight: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+
+class ListExecutionsRequest(_message.Message):
+    __slots__ = ("workflow_id", "status", "limit")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    status: str
+    limit: int
+    def __init__(self, workflow_id: _Optional[str] = ..., status: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListExecutionsResponse(_message.Message):
+    __slots__ = ("executions",)
+    EXECUTIONS_FIELD_NUMBER: _ClassVar[int]
+    executions: _containers.RepeatedCompositeFieldContainer[Execution]
+    def __init__(self, executions: _Optional[_Iterable[_Union[Execution, _Mapping]]] = ...) -> None: ...
+
+class Execution(_message.Message):
+    __slots__ = ("id", "workflow_id", "version", "status", "inputs_json", "outputs_json", "error", "progress", "created_at", "started_at", "finished_at", "parent_execution_id", "nodes")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    workflow_id: str
+    version: str
+    status: str
+    inputs_json: str
+    outputs_json: str
+    error: str
+    progress: int
+    created_at: str
+    started_at: str
+    finished_at: str
+    parent_execution_id: str
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeState]
+    def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[str] = ..., inputs_json: _Optional[str] = ..., outputs_json: _Optional[str] = ..., error: _Optional[str] = ..., progress: _Optional[int] = ..., created_at: _Optional[str] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., parent_execution_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ...) -> None: ...
+
+class NodeState(_message.Message):
+    __slots__ = ("node_id", "status", "output_json", "error", "attempts", "started_at", "finished_at", "engine_id")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    status: str
+    output_json: str
+    error: str
+    attempts: int
+    started_at: str
+    finished_at: str
+    engine_id: str
+    def __init__(self, node_id: _Optional[str] = ..., status: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., engine_id: _Optional[str] = ...) -> None: ...
+
+class RegisterWorkflowRequest(_message.Message):
+    __slots__ = ("spec", "force")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    spec: str
+    force: bool
+    def __init__(self, spec: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class RegisterWorkflowResponse(_message.Message):
+    __slots__ = ("workflow", "created")
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    workflow: Workflow
+    created: bool
+    def __init__(self, workflow: _Optional[_Union[Workflow, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class Workflow(_message.Message):
+    __slots__ = ("id", "version", "name", "spec_json", "created_at", "versions", "dependents")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    version: str
+    name: str
+    spec_json: str
+    created_at: str
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    dependents: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., version: _Optional[str] = ..., name: _Optional[str] = ..., spec_json: _Optional[str] = ..., created_at: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., dependents: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "version")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    version: str
+    def __init__(self, workflow_id: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class ListWorkflowsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListWorkflowsResponse(_message.Message):
+    __slots__ = ("workflows",)
+    WORKFLOWS_FIELD_NUMBER: _ClassVar[int]
+    workflows: _containers.RepeatedCompositeFieldContainer[Workflow]
+    def __init__(self, workflows: _Optional[_Iterable[_Union[Workflow, _Mapping]]] = ...) -> None: ...
+
+class ExecuteWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "version", "inputs_json", "wait", "idempotency_key")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    version: str
+    inputs_json: str
+    wait: bool
+    idempotency_key: str
+    def __init__(self, workflow_id: _Optional[str] = ..., version: _Optional[str] = ..., inputs_json: _Optional[str] = ..., wait: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class ExecuteWorkflowResponse(_message.Message):
+    __slots__ = ("execution_id", "execution")
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    execution: Execution
+    def __init__(self, execution_id: _Optional[str] = ..., execution: _Optional[_Union[Execution, _Mapping]] = ...) -> None: ...
+
+class GetExecutionRequest(_message.Message):
+    __slots__ = ("execution_id",)
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    def __init__(self, execution_id: _Optional[str] = ...) -> None: ...
+
+class CancelExecutionRequest(_message.Message):
+    __slots__ = ("execution_id", "reason")
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    reason: str
+    def __init__(self, execution_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CancelExecutionResponse(_message.Message):
+    __slots__ = ("execution",)
+    EXECUTION_FIELD_NUMBER: _ClassVar[int]
+    execution: Execution
+    def __init__(self, execution: _Optional[_Union[Execution, _Mapping]] = ...) -> None: ...
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("workflow_id", "execution_id", "after_seq")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    execution_id: str
+    after_seq: int
+    def __init__(self, workflow_id: _Optional[str] = ..., execution_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class ExecuteSubWorkflowRequest(_message.Message):
+    __slots__ = ("parent_execution_id", "node_id", "item", "attempt", "workflow_id", "version", "inputs_json")
+    PARENT_EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    parent_execution_id: str
+    node_id: str
+    item: int
+    attempt: int
+    workflow_id: str
+    version: str
+    inputs_json: str
+    def __init__(self, parent_execution_id: _Optional[str] = ..., node_id: _Optional[str] = ..., item: _Optional[int] = ..., attempt: _Optional[int] = ..., workflow_id: _Optional[str] = ..., version: _Optional[str] = ..., inputs_json: _Optional[str] = ...) -> None: ...
+
+class ExecuteSubWorkflowResponse(_message.Message):
+    __slots__ = ("execution_id", "version")
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    version: str
+    def __init__(self, execution_id: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class GetSubWorkflowStatusRequest(_message.Message):
+    __slots__ = ("execution_id",)
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    def __init__(self, execution_id: _Optional[str] = ...) -> None: ...
+
+class SubWorkflowStatus(_message.Message):
+    __slots__ = ("execution_id", "status", "outputs_json", "error")
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    status: str
+    outputs_json: str
+    error: str
+    def __init__(self, execution_id: _Optional[str] = ..., status: _Optional[str] = ..., outputs_json: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ListEnginesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListEnginesResponse(_message.Message):
+    __slots__ = ("engines",)
+    ENGINES_FIELD_NUMBER: _ClassVar[int]
+    engines: _containers.RepeatedCompositeFieldContainer[EngineInfo]
+    def __init__(self, engines: _Optional[_Iterable[_Union[EngineInfo, _Mapping]]] = ...) -> None: ...

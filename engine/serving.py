@@ -1,0 +1,480 @@
+"""The engine service: the runner behind gRPC (grpc.aio), with capacity, drain and resume.
+
+``EngineService.Execute`` admits a run (not draining, a free slot, a well-formed request), starts
+an ``Execution`` and streams its events as they happen; when the caller's stream goes away the
+run is cancelled, because the orchestrator, which owns the durable record, re-dispatches it. A
+run resumes from the completed-node outputs in its request. Sub-workflow nodes ask for their
+child on the run's own stream (``subworkflow.requested``) and wait for ``ResolveSubWorkflow``.
+
+``serve`` runs the server until SIGTERM (or SIGINT), then drains: health turns NOT_SERVING, new
+runs are refused with UNAVAILABLE, runs in flight get DRAIN_GRACE seconds to finish, and what
+remains is cancelled with a reason naming the shutdown, its streams carrying the cancel events
+out before the process exits 0. A second signal cuts the grace short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from importlib import metadata
+from typing import Any, Final, NoReturn
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from engine import wire
+from engine.api import dagengine_pb2 as pb
+from engine.api import dagengine_pb2_grpc as pb_grpc
+from engine.checking import check_inputs
+from engine.core.events import Event
+from engine.core.spec import WorkflowSpec
+from engine.core.values import JSONObject
+from engine.errors import (
+    AtCapacity,
+    ExecutionExists,
+    NothingWaiting,
+    ShuttingDown,
+    UnknownExecution,
+)
+from engine.loading import spec_from_text
+from engine.lua import LuaPool
+from engine.metrics import Metrics
+from engine.running import Execution, SubWorkflowRequest
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ENGINE_SERVICE: Final = pb.DESCRIPTOR.services_by_name["Engine"].full_name
+
+_FLUSH_WAIT: Final = 10.0
+"""Seconds the cancel events of a drained run get to reach its caller before the server stops."""
+_STOP_GRACE: Final = 2.0
+"""Seconds calls still open get when the server finally stops."""
+
+
+def spec_from_request(text: str) -> WorkflowSpec:
+    """A spec sent as JSON or YAML text; SpecError lists every problem, with its line."""
+    return spec_from_text(text, "spec", json_only=text.lstrip().startswith("{"))
+
+
+def engine_version() -> str:
+    try:
+        return metadata.version("dag-engine")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+async def _refuse(context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> NoReturn:
+    """End the call with the status for ``error``."""
+    status = wire.grpc_status(error)
+    if status.code is grpc.StatusCode.INTERNAL:
+        log.error("internal error answering a call: %s", error, exc_info=error)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    """Mark a failure as retrieved: the stream reports it, if its caller is still there."""
+    if not future.cancelled():
+        future.exception()
+
+
+class _EventStream:
+    """The events of one run on their way to its gRPC stream.
+
+    The run publishes from scheduler callbacks, synchronously; the stream's coroutine takes what
+    has piled up in one batch per wake-up, and sends it as one message, so a burst of events
+    costs one wake-up and one message, not one each.
+    """
+
+    __slots__ = ("_buffer", "_closed", "_wakeup")
+
+    def __init__(self) -> None:
+        self._buffer: list[Event] = []
+        self._wakeup = asyncio.Event()
+        self._closed = False
+
+    def push(self, event: Event) -> None:
+        self._buffer.append(event)
+        self._wakeup.set()
+
+    def close(self, _: object = None) -> None:
+        self._closed = True
+        self._wakeup.set()
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._buffer = self._buffer, []
+            if batch:
+                yield batch
+            if self._closed and not self._buffer:
+                return
+
+
+class StreamedSubWorkflows:
+    """Sub-workflow nodes of the runs on this engine, and which attempt of each is waiting.
+
+    A node asks with a ``subworkflow.requested`` event on its run's stream; the orchestrator runs
+    the child and answers with ``ResolveSubWorkflow``. An answer for an attempt that is no longer
+    waiting (cancelled, timed out, answered already) is refused, so it can change nothing.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, dict[tuple[str, int | None], int]] = {}
+
+    def start(self, execution: Execution, request: SubWorkflowRequest) -> None:
+        waiting = self._waiting.setdefault(execution.id, {})
+        waiting[(request.node_id, request.item)] = request.attempt
+        data: JSONObject = {
+            "workflow_id": request.ref.id,
+            "version": request.ref.version,
+            "inputs": request.inputs,
+        }
+        if request.item is not None:
+            data["item"] = request.item
+        execution.emit(
+            "subworkflow.requested",
+            "info",
+            node_id=request.node_id,
+            attempt=request.attempt,
+            data=data,
+        )
+
+    def cancel(self, execution: Execution, node_id: str, item: int | None) -> None:
+        waiting = self._waiting.get(execution.id)
+        if waiting is not None:
+            waiting.pop((node_id, item), None)
+
+    def resolve(self, execution: Execution, answer: wire.SubWorkflowAnswer) -> None:
+        waiting = self._waiting.get(execution.id, {})
+        key = (answer.node_id, answer.item)
+        if waiting.get(key) != answer.attempt:
+            raise NothingWaiting(execution.id, answer.node_id, answer.item, answer.attempt)
+        del waiting[key]
+        execution.resolve_task(
+            answer.node_id, answer.item, answer.attempt, output=answer.output, error=answer.error
+        )
+
+    def forget(self, execution_id: str) -> None:
+        self._waiting.pop(execution_id, None)
+
+
+class EngineService(pb_grpc.EngineServicer):
+    """The Engine gRPC service: admission, event streams, and the calls that steer a run."""
+
+    def __init__(self, settings: Settings, pool: LuaPool, metrics: Metrics) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._metrics = metrics
+        self._version = engine_version()
+        self._runs: dict[str, Execution] = {}
+        self._subworkflows = StreamedSubWorkflows()
+        self._draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # the orchestrator sends the same spec text for every run of a version: parse it once
+        self._parse_spec = functools.lru_cache(maxsize=256)(spec_from_request)
+
+    # -- Execute ------------------------------------------------------------------------------
+
+    async def Execute(
+        self,
+        request: pb.ExecuteRequest,
+        context: grpc.aio.ServicerContext[pb.ExecuteRequest, pb.ExecuteResponse],
+    ) -> AsyncIterator[pb.ExecuteResponse]:
+        stream = _EventStream()
+        try:
+            execution = self._admit(request, stream)
+        except Exception as error:
+            code = wire.grpc_status(error).code
+            self._metrics.executions_refused.labels(code.name).inc()
+            log.info(
+                "execution %s refused: %s: %s",
+                request.execution_id or "(no id)",
+                code.name,
+                str(error).split("\n", 1)[0],
+                extra={"engine_id": self._settings.engine_id},
+            )
+            await _refuse(context, error)
+        runner = asyncio.ensure_future(execution.run_to_end())
+        runner.add_done_callback(stream.close)
+        runner.add_done_callback(_seen)
+        streamed = self._metrics.events_streamed
+        try:
+            async for batch in stream.batches():
+                for message in wire.event_batches(batch):
+                    yield message
+                streamed.inc(len(batch))
+        finally:
+            if not execution.finished:
+                execution.cancel("the caller's stream closed")
+            self._release(execution)
+        failure = runner.exception()
+        if failure is not None:
+            await _refuse(context, failure)
+
+    def _admit(self, request: pb.ExecuteRequest, stream: _EventStream) -> Execution:
+        """Check, parse and register a run; no await in here, so admission cannot race."""
+        settings = self._settings
+        if self._draining:
+            raise ShuttingDown(settings.engine_id)
+        if len(self._runs) >= settings.capacity:
+            raise AtCapacity(settings.engine_id, settings.capacity)
+        order = wire.run_order(request, self._parse_spec, check_inputs)
+        if order.execution_id in self._runs:
+            raise ExecutionExists(order.execution_id)
+        observe = self._metrics.observe
+
+        def on_event(event: Event) -> None:
+            stream.push(event)
+            observe(event)
+
+        execution = Execution(
+            order.spec,
+            order.inputs,
+            pool=self._pool,
+            execution_id=order.execution_id,
+            engine_id=settings.engine_id,
+            parent_execution_id=order.parent_execution_id,
+            on_event=on_event,
+            completed=order.completed,
+            completed_attempts=order.completed_attempts,
+            subworkflows=self._subworkflows,
+            first_seq=order.first_seq,
+        )
+        self._runs[execution.id] = execution
+        self._idle.clear()
+        self._metrics.executions_started.inc()
+        self._metrics.in_flight.set(len(self._runs))
+        log.info(
+            "execution %s of %s started%s",
+            execution.id,
+            order.spec.ref,
+            f", resuming after {len(order.completed)} completed nodes" if order.completed else "",
+            extra=self._context(execution),
+        )
+        return execution
+
+    def _release(self, execution: Execution) -> None:
+        self._runs.pop(execution.id, None)
+        self._subworkflows.forget(execution.id)
+        self._metrics.in_flight.set(len(self._runs))
+        if not self._runs:
+            self._idle.set()
+        log.info(
+            "execution %s ended %s",
+            execution.id,
+            execution.run.status,
+            extra=self._context(execution),
+        )
+
+    def _context(self, execution: Execution) -> dict[str, object]:
+        return {
+            "engine_id": self._settings.engine_id,
+            "workflow_id": execution.spec.id,
+            "version": execution.spec.version,
+            "execution_id": execution.id,
+        }
+
+    def _run(self, execution_id: str) -> Execution:
+        execution = self._runs.get(execution_id)
+        if execution is None:
+            raise UnknownExecution(execution_id)
+        return execution
+
+    # -- the calls that steer or show runs ------------------------------------------------------
+
+    async def Cancel(
+        self,
+        request: pb.CancelRequest,
+        context: grpc.aio.ServicerContext[pb.CancelRequest, pb.CancelResponse],
+    ) -> pb.CancelResponse:
+        try:
+            execution = self._run(request.execution_id)
+        except Exception as error:
+            await _refuse(context, error)
+        execution.cancel(request.reason or "cancelled on request")
+        return pb.CancelResponse(status=execution.run.status)
+
+    async def ResolveSubWorkflow(
+        self,
+        request: pb.ResolveSubWorkflowRequest,
+        context: grpc.aio.ServicerContext[
+            pb.ResolveSubWorkflowRequest, pb.ResolveSubWorkflowResponse
+        ],
+    ) -> pb.ResolveSubWorkflowResponse:
+        try:
+            answer = wire.sub_workflow_answer(request)
+            self._subworkflows.resolve(self._run(answer.execution_id), answer)
+        except Exception as error:
+            await _refuse(context, error)
+        return pb.ResolveSubWorkflowResponse()
+
+    async def GetInfo(
+        self,
+        request: pb.GetInfoRequest,
+        context: grpc.aio.ServicerContext[pb.GetInfoRequest, pb.EngineInfo],
+    ) -> pb.EngineInfo:
+        return pb.EngineInfo(
+            engine_id=self._settings.engine_id,
+            state="draining" if self._draining else "serving",
+            capacity=self._settings.capacity,
+            in_flight=len(self._runs),
+            version=self._version,
+        )
+
+    async def ListExecutions(
+        self,
+        request: pb.ListExecutionsRequest,
+        context: grpc.aio.ServicerContext[pb.ListExecutionsRequest, pb.ListExecutionsResponse],
+    ) -> pb.ListExecutionsResponse:
+        response = pb.ListExecutionsResponse()
+        for execution in self._runs.values():
+            if request.workflow_id and execution.spec.id != request.workflow_id:
+                continue
+            if request.status and execution.run.status != request.status:
+                continue
+            response.executions.append(
+                wire.execution_message(execution.document(), with_nodes=False)
+            )
+            if request.limit and len(response.executions) >= request.limit:
+                break
+        return response
+
+    # -- drain ----------------------------------------------------------------------------------
+
+    def refuse_new_runs(self) -> None:
+        self._draining = True
+
+    async def drain(self, grace: float, hurry: asyncio.Event) -> None:
+        """Refuse new runs, give those in flight ``grace`` seconds, then cancel the rest."""
+        self._draining = True
+        if self._runs:
+            log.info(
+                "draining: %d executions in flight get %gs to finish",
+                len(self._runs),
+                grace,
+                extra={"engine_id": self._settings.engine_id},
+            )
+            idle = asyncio.ensure_future(self._idle.wait())
+            hurried = asyncio.ensure_future(hurry.wait())
+            await asyncio.wait({idle, hurried}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            idle.cancel()
+            hurried.cancel()
+        left = [e for e in self._runs.values() if not e.finished]
+        if left:
+            reason = f"engine {self._settings.engine_id} is shutting down"
+            log.warning(
+                "cancelling %d executions still running: %s",
+                len(left),
+                reason,
+                extra={"engine_id": self._settings.engine_id},
+            )
+            for execution in left:
+                execution.cancel(reason)
+        if self._runs:
+            # their final events are on the way to the callers: let the streams carry them out
+            try:
+                await asyncio.wait_for(self._idle.wait(), _FLUSH_WAIT)
+            except TimeoutError:
+                log.warning(
+                    "%d event streams did not finish within %gs",
+                    len(self._runs),
+                    _FLUSH_WAIT,
+                    extra={"engine_id": self._settings.engine_id},
+                )
+
+
+class _Signals:
+    """SIGTERM and SIGINT: the first starts the drain, a second cuts its grace short."""
+
+    def __init__(self) -> None:
+        self.first = asyncio.Event()
+        self.second = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._received, sig)
+
+    def _received(self, sig: signal.Signals) -> None:
+        if self.first.is_set():
+            log.warning("%s again: cancelling what is still running", sig.name)
+            self.second.set()
+        else:
+            log.info("%s received: draining", sig.name)
+            self.first.set()
+
+    def remove(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.remove_signal_handler(sig)
+
+
+async def serve(settings: Settings) -> int:
+    """Serve until a signal, drain, and return the process exit status."""
+    metrics = Metrics(settings.capacity)
+    metrics_server = None
+    if settings.metrics_port is not None:
+        try:
+            metrics_server, _ = start_http_server(
+                settings.metrics_port, addr=settings.host.strip("[]"), registry=metrics.registry
+            )
+        except OSError as error:
+            log.error("cannot serve metrics on port %s: %s", settings.metrics_port, error)
+            return 1
+    signals = _Signals()
+    try:
+        async with LuaPool(workers=settings.lua_workers) as pool:
+            service = EngineService(settings, pool, metrics)
+            # without so_reuseport a second engine on a taken port fails instead of sharing it
+            server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            pb_grpc.add_EngineServicer_to_server(service, server)
+            health = health_aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(health, server)
+            await health.set(ENGINE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            reflection.enable_server_reflection(
+                [
+                    ENGINE_SERVICE,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ],
+                server,
+            )
+            address = f"{settings.host}:{settings.port}"
+            try:
+                port = server.add_insecure_port(address)
+            except RuntimeError as error:
+                log.error("cannot listen on %s: %s", address, error)
+                return 1
+            await server.start()
+            log.info(
+                "engine %s serving on port %s (capacity %s, %s Lua workers)",
+                settings.engine_id,
+                port,
+                settings.capacity,
+                pool.workers,
+                extra={"engine_id": settings.engine_id, "port": port, "event": "serving"},
+            )
+            await signals.first.wait()
+            started = time.monotonic()
+            service.refuse_new_runs()
+            await health.enter_graceful_shutdown()
+            await service.drain(settings.drain_grace, signals.second)
+            await server.stop(_STOP_GRACE)
+            log.info(
+                "engine %s stopped after a %.1fs drain",
+                settings.engine_id,
+                time.monotonic() - started,
+                extra={"engine_id": settings.engine_id, "event": "stopped"},
+            )
+    finally:
+        signals.remove()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+    return 0

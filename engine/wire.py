@@ -1,0 +1,348 @@
+"""What travels on the wire: protobuf messages to and from the engine's own objects.
+
+Requests are made sense of here, all at once, before anything runs: every malformed field is
+reported together (``BadRequest``), as the spec parser does for specs. JSON payloads are JSON
+text on the wire (see ``proto/engine/api/dagengine.proto``). ``grpc_status`` is the one mapping
+from engine errors to gRPC statuses; refused specs, inputs and fields travel as
+``google.rpc.BadRequest`` field violations in the status details.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Final
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from engine.api import dagengine_pb2 as pb
+from engine.core.errors import EngineError, InputsError, SpecError
+from engine.core.events import Event, isoformat
+from engine.core.spec import WorkflowSpec
+from engine.core.values import JSON, JSONObject
+from engine.errors import (
+    AtCapacity,
+    BadRequest,
+    ExecutionExists,
+    FieldProblem,
+    NothingWaiting,
+    ShuttingDown,
+    UnknownExecution,
+)
+
+_EXECUTION_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+# -- JSON text ----------------------------------------------------------------------------------
+
+
+def dumps(value: JSON) -> str:
+    # escaped to ASCII: a stray lone surrogate must not make protobuf refuse a whole event
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _no_constants(name: str) -> JSON:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads(text: str) -> JSON:
+    """Strict JSON: NaN and Infinity, which Python's json accepts, are refused."""
+    value: JSON = json.loads(text, parse_constant=_no_constants)
+    return value
+
+
+def _json_field(text: str, field: str, problems: list[FieldProblem], empty: JSON) -> JSON:
+    if not text.strip():
+        return empty
+    try:
+        return loads(text)
+    except json.JSONDecodeError as exc:
+        problems.append(
+            FieldProblem(
+                field, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            )
+        )
+    except ValueError as exc:
+        problems.append(FieldProblem(field, f"not valid JSON: {exc}"))
+    return None
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunOrder:
+    """An ``ExecuteRequest`` made sense of: what to run, with what, and where it resumes from."""
+
+    execution_id: str
+    spec: WorkflowSpec
+    inputs: JSON
+    completed: dict[str, JSON]
+    completed_attempts: dict[str, int]
+    parent_execution_id: str | None
+    first_seq: int
+
+
+def run_order(
+    request: pb.ExecuteRequest,
+    parse_spec: Callable[[str], WorkflowSpec],
+    check_inputs: Callable[[WorkflowSpec, JSON], None],
+) -> RunOrder:
+    """What to run, or SpecError for a bad spec, then BadRequest naming every bad field, then
+    InputsError when the inputs fail the spec's inputs_schema. The spec parser and the inputs
+    check come in as arguments: they need libraries (Lua, JSON Schema) this module does not."""
+    problems: list[FieldProblem] = []
+    execution_id = request.execution_id or uuid.uuid4().hex
+    if not _EXECUTION_ID.fullmatch(execution_id):
+        problems.append(
+            FieldProblem(
+                "execution_id",
+                f"{execution_id[:80]!r} is not an id: use up to 128 letters, digits and . _ : -",
+            )
+        )
+    inputs = _json_field(request.inputs_json, "inputs_json", problems, empty={})
+    if request.first_seq < 0:
+        problems.append(FieldProblem("first_seq", f"must be 0 or more, got {request.first_seq}"))
+    completed: dict[str, JSON] = {}
+    attempts: dict[str, int] = {}
+    for i, node in enumerate(request.completed):
+        where = f"completed[{node.node_id or i}]"
+        if not node.node_id:
+            problems.append(FieldProblem(where + ".node_id", "required"))
+            continue
+        if node.node_id in completed:
+            problems.append(FieldProblem(where, "the node is listed twice"))
+            continue
+        if node.attempts < 0:
+            problems.append(
+                FieldProblem(where + ".attempts", f"must be 0 or more, got {node.attempts}")
+            )
+        completed[node.node_id] = _json_field(
+            node.output_json, where + ".output_json", problems, empty=None
+        )
+        attempts[node.node_id] = max(node.attempts, 1)
+    if not request.spec.strip():
+        raise BadRequest([FieldProblem("spec", "required: the workflow spec as JSON or YAML")])
+    spec = parse_spec(request.spec)  # SpecError before field problems: the spec matters most
+    for node_id in completed:
+        if node_id not in spec.by_id:
+            problems.append(FieldProblem(f"completed[{node_id}]", f"no such node in {spec.ref}"))
+    if problems:
+        raise BadRequest(problems)
+    check_inputs(spec, inputs)
+    return RunOrder(
+        execution_id=execution_id,
+        spec=spec,
+        inputs=inputs,
+        completed=completed,
+        completed_attempts=attempts,
+        parent_execution_id=(
+            request.parent_execution_id if request.HasField("parent_execution_id") else None
+        ),
+        first_seq=request.first_seq or 1,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SubWorkflowAnswer:
+    execution_id: str
+    node_id: str
+    item: int | None
+    attempt: int
+    output: JSON
+    error: str | None
+
+
+def sub_workflow_answer(request: pb.ResolveSubWorkflowRequest) -> SubWorkflowAnswer:
+    problems: list[FieldProblem] = []
+    if not request.execution_id:
+        problems.append(FieldProblem("execution_id", "required"))
+    if not request.node_id:
+        problems.append(FieldProblem("node_id", "required"))
+    if request.attempt < 1:
+        problems.append(FieldProblem("attempt", f"must be 1 or more, got {request.attempt}"))
+    output: JSON = None
+    error: str | None = None
+    match request.WhichOneof("result"):
+        case "output_json":
+            output = _json_field(request.output_json, "output_json", problems, empty=None)
+        case "error":
+            error = request.error or "the sub-workflow failed"
+        case _:
+            problems.append(FieldProblem("result", "set output_json or error"))
+    if problems:
+        raise BadRequest(problems)
+    return SubWorkflowAnswer(
+        request.execution_id,
+        request.node_id,
+        request.item if request.HasField("item") else None,
+        request.attempt,
+        output,
+        error,
+    )
+
+
+# -- events and executions ----------------------------------------------------------------------
+
+
+def event_message(event: Event) -> pb.Event:
+    return pb.Event(
+        seq=event.seq,
+        time=isoformat(event.time),
+        type=event.type,
+        severity=event.severity,
+        workflow_id=event.workflow_id,
+        version=event.version,
+        execution_id=event.execution_id,
+        node_id=event.node_id,
+        engine_id=event.engine_id,
+        attempt=event.attempt,
+        data_json=dumps(event.data),
+    )
+
+
+def event_batches(
+    events: Iterable[Event], max_bytes: int = 1 << 20
+) -> Iterator[pb.ExecuteResponse]:
+    """Events as stream messages of up to ``max_bytes`` (an event larger than that goes alone)."""
+    chunk: list[pb.Event] = []
+    size = 0
+    for event in events:
+        message = event_message(event)
+        n = message.ByteSize()
+        if chunk and size + n > max_bytes:
+            yield pb.ExecuteResponse(events=chunk)
+            chunk, size = [], 0
+        chunk.append(message)
+        size += n
+    if chunk:
+        yield pb.ExecuteResponse(events=chunk)
+
+
+def event_dict(message: pb.Event) -> JSONObject:
+    """The event as JSON (the shape of ``Event.to_dict``), for clients of the stream."""
+    data = loads(message.data_json) if message.data_json else {}
+    return {
+        "seq": message.seq,
+        "time": message.time,
+        "type": message.type,
+        "severity": message.severity,
+        "workflow_id": message.workflow_id,
+        "version": message.version,
+        "execution_id": message.execution_id,
+        "node_id": message.node_id if message.HasField("node_id") else None,
+        "engine_id": message.engine_id if message.HasField("engine_id") else None,
+        "attempt": message.attempt if message.HasField("attempt") else None,
+        "data": data,
+    }
+
+
+def _text(value: JSON) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def execution_message(document: JSONObject, *, with_nodes: bool = True) -> pb.Execution:
+    """An execution document (``engine.core.execution``) as its message."""
+    message = pb.Execution(
+        id=str(document["id"]),
+        workflow_id=str(document["workflow_id"]),
+        version=str(document["version"]),
+        status=str(document["status"]),
+        inputs_json=dumps(document["inputs"]),
+        outputs_json=dumps(document["outputs"]),
+        error=_text(document["error"]),
+        progress=int(document["progress"] or 0),  # type: ignore[arg-type]
+        created_at=_text(document["created_at"]),
+        started_at=_text(document["started_at"]),
+        finished_at=_text(document["finished_at"]),
+        parent_execution_id=_text(document["parent_execution_id"]),
+    )
+    nodes = document["nodes"]
+    if with_nodes and isinstance(nodes, dict):
+        for node_id, node in nodes.items():
+            assert isinstance(node, dict)
+            message.nodes.append(
+                pb.NodeState(
+                    node_id=node_id,
+                    status=str(node["status"]),
+                    output_json=dumps(node["output"]),
+                    error=_text(node["error"]),
+                    attempts=int(node["attempts"] or 0),  # type: ignore[arg-type]
+                    started_at=_text(node["started_at"]),
+                    finished_at=_text(node["finished_at"]),
+                    engine_id=_text(node["engine_id"]),
+                )
+            )
+    return message
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def _violations(error: EngineError) -> list[FieldProblem]:
+    if isinstance(error, SpecError):
+        return [
+            FieldProblem(f"spec.{p.path}" if p.path else "spec", p.render(error.source))
+            for p in error.problems
+        ]
+    if isinstance(error, InputsError):
+        return [FieldProblem("inputs_json", problem) for problem in error.problems]
+    if isinstance(error, BadRequest):
+        return error.problems
+    return []
+
+
+_CODES: Final[list[tuple[type[EngineError], grpc.StatusCode]]] = [
+    (SpecError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InputsError, grpc.StatusCode.INVALID_ARGUMENT),
+    (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (AtCapacity, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+    (ExecutionExists, grpc.StatusCode.ALREADY_EXISTS),
+    (UnknownExecution, grpc.StatusCode.NOT_FOUND),
+    (NothingWaiting, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+
+def grpc_status(error: BaseException) -> grpc.Status:
+    """The status a failed call ends with: code, message, and field violations in the details."""
+    code = grpc.StatusCode.INTERNAL
+    message = f"internal engine error: {type(error).__name__}: {error}"
+    details: list[any_pb2.Any] = []
+    if isinstance(error, EngineError):
+        code = next((c for kind, c in _CODES if isinstance(error, kind)), code)
+        if code is not grpc.StatusCode.INTERNAL:
+            message = str(error)
+        violations = _violations(error)
+        if violations:
+            packed = any_pb2.Any()
+            packed.Pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.message
+                        )
+                        for v in violations
+                    ]
+                )
+            )
+            details.append(packed)
+    status = status_pb2.Status(code=code.value[0], message=message, details=details)
+    converted: grpc.Status = rpc_status.to_status(status)
+    return converted
+
+
+def field_violations(status: status_pb2.Status) -> list[tuple[str, str]]:
+    """(field, description) of every violation in a status's BadRequest details; for clients."""
+    out: list[tuple[str, str]] = []
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            out.extend((v.field, v.description) for v in bad.field_violations)
+    return out

@@ -1,0 +1,253 @@
+"""The engine's wire format with the real protobuf and grpc-status libraries, and its settings."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+from google.rpc import status_pb2
+
+from engine import wire
+from engine.api import dagengine_pb2 as pb
+from engine.checking import check_inputs
+from engine.core.errors import InputsError, SpecError, SpecProblem
+from engine.core.events import Event
+from engine.errors import (
+    AtCapacity,
+    BadRequest,
+    ExecutionExists,
+    FieldProblem,
+    NothingWaiting,
+    ShuttingDown,
+    UnknownExecution,
+)
+from engine.serving import spec_from_request
+from engine.settings import Settings, SettingsError
+
+SPEC = json.dumps(
+    {
+        "id": "w",
+        "version": "1.0.0",
+        "inputs_schema": {"type": "object"},
+        "nodes": [
+            {"id": "a", "lua": "return 1"},
+            {"id": "b", "depends_on": ["a"], "lua": "return 2"},
+        ],
+    }
+)
+
+
+def order(**fields: object) -> wire.RunOrder:
+    request = pb.ExecuteRequest(spec=SPEC, **fields)  # type: ignore[arg-type]
+    return wire.run_order(request, spec_from_request, check_inputs)
+
+
+def test_an_empty_request_gets_defaults() -> None:
+    got = order()
+    assert got.inputs == {} and got.first_seq == 1 and got.parent_execution_id is None
+    assert len(got.execution_id) == 32
+    assert got.completed == {} and got.completed_attempts == {}
+
+
+def test_resume_fields_are_read() -> None:
+    got = order(
+        execution_id="run-1",
+        parent_execution_id="p",
+        first_seq=9,
+        inputs_json='{"n": 9007199254740993}',
+        completed=[pb.CompletedNode(node_id="a", output_json='{"v": [1, {"x": null}]}')],
+    )
+    assert (got.execution_id, got.parent_execution_id, got.first_seq) == ("run-1", "p", 9)
+    assert got.inputs == {"n": 9007199254740993}
+    assert got.completed == {"a": {"v": [1, {"x": None}]}}
+    assert got.completed_attempts == {"a": 1}
+
+
+def test_every_bad_field_is_named_at_once() -> None:
+    with pytest.raises(BadRequest) as caught:
+        order(
+            execution_id="has space",
+            inputs_json="{nope",
+            first_seq=-1,
+            completed=[
+                pb.CompletedNode(node_id="a", output_json="NaN"),
+                pb.CompletedNode(node_id="a", output_json="{}"),
+                pb.CompletedNode(node_id="zzz", output_json="{}", attempts=-2),
+            ],
+        )
+    fields = [p.field for p in caught.value.problems]
+    assert fields == [
+        "execution_id",
+        "inputs_json",
+        "first_seq",
+        "completed[a].output_json",
+        "completed[a]",
+        "completed[zzz].attempts",
+        "completed[zzz]",
+    ]
+
+
+def test_the_spec_is_judged_first_then_fields_then_inputs() -> None:
+    with pytest.raises(SpecError):
+        wire.run_order(
+            pb.ExecuteRequest(spec="id: [", inputs_json="{"), spec_from_request, check_inputs
+        )
+    with pytest.raises(BadRequest) as caught:
+        wire.run_order(pb.ExecuteRequest(spec=""), spec_from_request, check_inputs)
+    assert caught.value.problems[0].field == "spec"
+    with pytest.raises(InputsError):
+        order(inputs_json="[1]")
+
+
+def test_events_round_trip_with_exact_numbers_and_nulls() -> None:
+    event = Event(
+        3,
+        1700000000.25,
+        "node.succeeded",
+        "info",
+        "w",
+        "1.0.0",
+        "e1",
+        "a",
+        "eng",
+        2,
+        {"output": {"big": 2**63 - 1, "f": 0.1, "none": None}},
+    )
+    back = wire.event_dict(pb.Event.FromString(wire.event_message(event).SerializeToString()))
+    assert back == event.to_dict()
+    bare = Event(1, 1700000000.0, "execution.started", "info", "w", "1.0.0", "e1")
+    assert wire.event_dict(wire.event_message(bare)) == bare.to_dict()
+
+
+def test_event_batches_stay_under_the_size_limit() -> None:
+    events = [
+        Event(i, 0.0, "node.log", "info", "w", "1", "e", "a", None, 1, {"message": "x" * 100})
+        for i in range(50)
+    ]
+    batches = list(wire.event_batches(events, max_bytes=1000))
+    assert [e.seq for b in batches for e in b.events] == list(range(50))
+    assert all(b.ByteSize() <= 1100 for b in batches) and len(batches) > 5
+    huge = [Event(0, 0.0, "node.log", "info", "w", "1", "e", data={"m": "y" * 5000})]
+    assert len(list(wire.event_batches(huge, max_bytes=1000))) == 1
+
+
+def test_the_execution_document_becomes_its_message() -> None:
+    doc = {
+        "id": "e",
+        "workflow_id": "w",
+        "version": "1.0.0",
+        "status": "running",
+        "inputs": {"n": 1},
+        "outputs": {},
+        "error": None,
+        "progress": 50,
+        "created_at": "2026-01-01T00:00:00.000Z",
+        "started_at": None,
+        "finished_at": None,
+        "parent_execution_id": None,
+        "nodes": {
+            "a": {
+                "status": "succeeded",
+                "output": {"v": 1},
+                "error": None,
+                "attempts": 1,
+                "started_at": "t",
+                "finished_at": "t",
+                "engine_id": "x",
+            }
+        },
+    }
+    message = wire.execution_message(doc)  # type: ignore[arg-type]
+    assert (message.id, message.status, message.progress) == ("e", "running", 50)
+    assert json.loads(message.inputs_json) == {"n": 1}
+    assert not message.HasField("error") and not message.HasField("started_at")
+    assert [(n.node_id, json.loads(n.output_json)) for n in message.nodes] == [("a", {"v": 1})]
+    assert not wire.execution_message(doc, with_nodes=False).nodes  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (SpecError([SpecProblem("id", "bad")]), grpc.StatusCode.INVALID_ARGUMENT),
+        (InputsError("w", ["inputs.n: bad"]), grpc.StatusCode.INVALID_ARGUMENT),
+        (BadRequest([FieldProblem("f", "bad")]), grpc.StatusCode.INVALID_ARGUMENT),
+        (AtCapacity("e", 1), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (ShuttingDown("e"), grpc.StatusCode.UNAVAILABLE),
+        (ExecutionExists("x"), grpc.StatusCode.ALREADY_EXISTS),
+        (UnknownExecution("x"), grpc.StatusCode.NOT_FOUND),
+        (NothingWaiting("x", "n", None, 1), grpc.StatusCode.FAILED_PRECONDITION),
+        (RuntimeError("boom"), grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_each_error_has_its_status(error: Exception, code: grpc.StatusCode) -> None:
+    status = wire.grpc_status(error)
+    assert status.code == code
+    assert str(error) in status.details
+
+
+def test_spec_problems_travel_as_field_violations() -> None:
+    error = SpecError([SpecProblem("nodes[a].lua", "syntax", 4), SpecProblem("", "empty")], "spec")
+    status = wire.grpc_status(error)
+    ((key, value),) = status.trailing_metadata
+    assert key == "grpc-status-details-bin"
+    assert wire.field_violations(status_pb2.Status.FromString(value)) == [
+        ("spec.nodes[a].lua", "spec:4: nodes[a].lua: syntax"),
+        ("spec", "spec: empty"),
+    ]
+
+
+def test_settings_defaults_and_values() -> None:
+    default = Settings.from_env({"ENGINE_ID": "e"})
+    assert (default.port, default.capacity, default.metrics_port, default.drain_grace) == (
+        50051,
+        10,
+        None,
+        30.0,
+    )
+    assert (default.lua_workers, default.log_format, default.log_level) == (None, "plain", "INFO")
+    assert Settings.from_env({}).engine_id  # the host name
+    got = Settings.from_env(
+        {
+            "ENGINE_ID": "e",
+            "PORT": "0",
+            "CAPACITY": "3",
+            "METRICS_PORT": "9100",
+            "DRAIN_GRACE": "2.5",
+            "LUA_WORKERS": "4",
+            "LOG_FORMAT": "JSON",
+            "LOG_LEVEL": "warn",
+            "HOST": "127.0.0.1",
+        }
+    )
+    assert (got.port, got.capacity, got.metrics_port, got.drain_grace, got.lua_workers) == (
+        0,
+        3,
+        9100,
+        2.5,
+        4,
+    )
+    assert (got.log_format, got.log_level, got.host) == ("json", "WARNING", "127.0.0.1")
+    assert Settings.from_env({"METRICS_PORT": "0"}).metrics_port is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CAPACITY": "0"}, "CAPACITY must be a positive integer, got '0'"),
+        ({"LUA_WORKERS": "two"}, "LUA_WORKERS must be a positive integer, got 'two'"),
+        (
+            {"METRICS_PORT": "-1"},
+            "METRICS_PORT must be a port number from 0 (off) to 65535, got '-1'",
+        ),
+        ({"DRAIN_GRACE": "inf"}, "DRAIN_GRACE must be a number of seconds (0 or more), got 'inf'"),
+        (
+            {"LOG_LEVEL": "loud"},
+            "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'loud'",
+        ),
+    ],
+)
+def test_a_bad_value_names_its_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert str(caught.value) == message
