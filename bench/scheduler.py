@@ -62,8 +62,10 @@ def main() -> None:
     print(f"  spec validation          {parse_s * 1000:9.1f} ms")
     print(f"  run (median)             {med * 1000:9.1f} ms   (min {min(times) * 1000:.1f} ms)")
     print(f"  nodes per second         {n / med:12,.0f}")
-    print(f"  transitions per second   {transitions:12,.0f}   target >= 200,000: "
-          f"{'met' if transitions >= 200_000 else 'MISSED'} ({transitions / 200_000:.2f}x)")
+    print(
+        f"  transitions per second   {transitions:12,.0f}   target >= 200,000: "
+        f"{'met' if transitions >= 200_000 else 'MISSED'} ({transitions / 200_000:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -81,7 +81,8 @@ class ConditionEvaluated:
 
 
 TimerKey: TypeAlias = tuple[str | int | None, ...]
-"""('retry', node, item), ('sleep', node), ('node_timeout', node, item, attempt), ('run_timeout',)"""
+"""``(retry, node, item)``, ``(sleep, node)``, ``(node_timeout, node, item, attempt)``,
+``(run_timeout,)``."""
 
 
 @dataclass(slots=True)

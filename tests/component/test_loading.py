@@ -32,7 +32,9 @@ def test_lua_syntax_error_points_at_file_line_and_lua_line() -> None:
 
 
 def test_bad_when_expression_is_reported() -> None:
-    got = messages("id: w\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: return {}\n    when: 'x >'\n")
+    got = messages(
+        "id: w\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: return {}\n    when: 'x >'\n"
+    )
     assert got[0].startswith("wf.yaml:6: nodes[a].when: bad Lua expression:")
 
 
@@ -47,24 +49,38 @@ def test_yaml_syntax_error_names_the_line() -> None:
 
 
 def test_json_documents_work_and_report_lines() -> None:
-    spec = spec_from_text('{"id": "j", "version": "2.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}',
-                          "w.json", json_only=True)
+    spec = spec_from_text(
+        '{"id": "j", "version": "2.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}',
+        "w.json",
+        json_only=True,
+    )
     assert spec.ref == "j@2.0.0"
-    got = messages('{"id": "j",\n "version": "2.0.0",\n "nodes": [{"id": "a", "lua": "return 1",\n "sleep": 1}]}',
-                   "w.json", json_only=True)
-    assert got == ["w.json:3: nodes[a]: needs exactly one of lua, workflow, sleep (found: lua, sleep)"]
+    got = messages(
+        '{"id": "j",\n "version": "2.0.0",\n "nodes": [{"id": "a", "lua": "return 1",\n "sleep": 1}]}',
+        "w.json",
+        json_only=True,
+    )
+    assert got == [
+        "w.json:3: nodes[a]: needs exactly one of lua, workflow, sleep (found: lua, sleep)"
+    ]
     assert messages("{nope", "w.json", json_only=True)[0].startswith("w.json:1: invalid JSON:")
 
 
 def test_invalid_inputs_schema_is_refused_at_registration() -> None:
-    got = messages("id: w\nversion: 1.0.0\ninputs_schema: {type: 12}\nnodes:\n  - {id: a, lua: return 1}\n")
+    got = messages(
+        "id: w\nversion: 1.0.0\ninputs_schema: {type: 12}\nnodes:\n  - {id: a, lua: return 1}\n"
+    )
     assert got[0].startswith("wf.yaml:3: inputs_schema: not a valid JSON Schema:")
 
 
 def test_unknown_timezone() -> None:
-    got = messages("id: w\nversion: 1.0.0\ntriggers:\n  - cron: '0 * * * *'\n    timezone: Mars/Olympus\n"
-                   "nodes:\n  - {id: a, lua: return 1}\n")
-    assert got == ["wf.yaml:5: triggers[0].timezone: unknown time zone 'Mars/Olympus': use an IANA name like Europe/Berlin or UTC"]
+    got = messages(
+        "id: w\nversion: 1.0.0\ntriggers:\n  - cron: '0 * * * *'\n    timezone: Mars/Olympus\n"
+        "nodes:\n  - {id: a, lua: return 1}\n"
+    )
+    assert got == [
+        "wf.yaml:5: triggers[0].timezone: unknown time zone 'Mars/Olympus': use an IANA name like Europe/Berlin or UTC"
+    ]
 
 
 def test_inputs_checked_against_schema_with_every_problem() -> None:
@@ -76,11 +92,14 @@ def test_inputs_checked_against_schema_with_every_problem() -> None:
     check_inputs(spec, {"n": 1, "tags": ["x"]})
     with pytest.raises(InputsError) as info:
         check_inputs(spec, {"tags": ["x", 3]})
-    assert info.value.problems == ["inputs: 'n' is a required property", "inputs.tags[1]: 3 is not of type 'string'"]
+    assert info.value.problems == [
+        "inputs: 'n' is a required property",
+        "inputs.tags[1]: 3 is not of type 'string'",
+    ]
 
 
 def test_files(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="missing.yaml: no such file"):
+    with pytest.raises(SpecError, match=r"missing\.yaml: no such file"):
         load_spec_file(tmp_path / "missing.yaml")
     f = tmp_path / "ok.yaml"
     f.write_text("id: ok\nversion: 0.1.0\nnodes:\n  - id: a\n    lua: return 1\n")

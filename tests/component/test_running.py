@@ -12,7 +12,7 @@ from engine.core.builder import Workflow
 from engine.core.events import Event
 from engine.core.values import JSONObject
 from engine.loading import spec_from_document
-from engine.lua import LuaPool
+from engine.lua import LuaLimits, LuaPool
 from engine.running import Execution
 
 
@@ -22,7 +22,9 @@ async def pool() -> AsyncIterator[LuaPool]:
         yield p
 
 
-async def run(doc: dict[str, Any], pool: LuaPool, inputs: Any = None, **kw: Any) -> tuple[JSONObject, list[Event]]:
+async def run(
+    doc: dict[str, Any], pool: LuaPool, inputs: Any = None, **kw: Any
+) -> tuple[JSONObject, list[Event]]:
     events: list[Event] = []
     spec = spec_from_document({"id": "t", "version": "1.0.0", **doc})
     ex = Execution(spec, inputs or {}, pool=pool, on_event=events.append, **kw)
@@ -31,10 +33,23 @@ async def run(doc: dict[str, Any], pool: LuaPool, inputs: Any = None, **kw: Any)
 
 
 async def test_results_flow_between_nodes_with_ints_intact(pool: LuaPool) -> None:
-    doc, events = await run({"nodes": [
-        {"id": "a", "lua": "return { n = inputs.n, f = 1.5, list = {1, 2, 3}, empty = json.array() }"},
-        {"id": "b", "depends_on": ["a"], "lua": "return { double = results.a.n * 2, t = math.type(results.a.n) }"},
-    ]}, pool, {"n": 21})
+    doc, events = await run(
+        {
+            "nodes": [
+                {
+                    "id": "a",
+                    "lua": "return { n = inputs.n, f = 1.5, list = {1, 2, 3}, empty = json.array() }",
+                },
+                {
+                    "id": "b",
+                    "depends_on": ["a"],
+                    "lua": "return { double = results.a.n * 2, t = math.type(results.a.n) }",
+                },
+            ]
+        },
+        pool,
+        {"n": 21},
+    )
     assert doc["status"] == "succeeded"
     assert doc["nodes"]["a"]["output"] == {"n": 21, "f": 1.5, "list": [1, 2, 3], "empty": []}
     assert doc["outputs"] == {"b": {"double": 42, "t": "integer"}}
@@ -43,19 +58,32 @@ async def test_results_flow_between_nodes_with_ints_intact(pool: LuaPool) -> Non
 
 
 async def test_dynamic_lookup_of_a_non_ancestor_is_nil(pool: LuaPool) -> None:
-    doc, _ = await run({"nodes": [
-        {"id": "a", "lua": "return { v = 1 }"},
-        {"id": "other", "lua": "return { v = 2 }"},
-        {"id": "b", "depends_on": ["a"],
-         "lua": "local name = 'oth' .. 'er'\nreturn { mine = results['a'].v, theirs = results[name] == nil }"},
-    ]}, pool)
+    doc, _ = await run(
+        {
+            "nodes": [
+                {"id": "a", "lua": "return { v = 1 }"},
+                {"id": "other", "lua": "return { v = 2 }"},
+                {
+                    "id": "b",
+                    "depends_on": ["a"],
+                    "lua": "local name = 'oth' .. 'er'\nreturn { mine = results['a'].v, theirs = results[name] == nil }",
+                },
+            ]
+        },
+        pool,
+    )
     assert doc["nodes"]["b"]["output"] == {"mine": 1, "theirs": True}
 
 
 async def test_lua_error_fails_node_with_message_and_line(pool: LuaPool) -> None:
-    doc, events = await run({"nodes": [
-        {"id": "a", "lua": "local x = 1\nerror('bad row ' .. x)"},
-    ]}, pool)
+    doc, events = await run(
+        {
+            "nodes": [
+                {"id": "a", "lua": "local x = 1\nerror('bad row ' .. x)"},
+            ]
+        },
+        pool,
+    )
     assert doc["status"] == "failed"
     assert doc["nodes"]["a"]["error"] == "bad row 1 (line 2)"
     failed = next(e for e in events if e.type == "node.failed")
@@ -63,29 +91,52 @@ async def test_lua_error_fails_node_with_message_and_line(pool: LuaPool) -> None
 
 
 async def test_when_and_foreach_run_in_lua(pool: LuaPool) -> None:
-    doc, _ = await run({"nodes": [
-        {"id": "src", "lua": "return { items = {3, 1, 2} }"},
-        {"id": "sq", "depends_on": ["src"], "foreach": "{{ results.src.items }}", "concurrency": 2,
-         "lua": "return ctx.item * ctx.item + ctx.index"},
-        {"id": "never", "depends_on": ["src"], "when": "#results.src.items > 5", "lua": "return {}"},
-    ]}, pool)
+    doc, _ = await run(
+        {
+            "nodes": [
+                {"id": "src", "lua": "return { items = {3, 1, 2} }"},
+                {
+                    "id": "sq",
+                    "depends_on": ["src"],
+                    "foreach": "{{ results.src.items }}",
+                    "concurrency": 2,
+                    "lua": "return ctx.item * ctx.item + ctx.index",
+                },
+                {
+                    "id": "never",
+                    "depends_on": ["src"],
+                    "when": "#results.src.items > 5",
+                    "lua": "return {}",
+                },
+            ]
+        },
+        pool,
+    )
     assert doc["nodes"]["sq"]["output"] == [9, 2, 6]
     assert doc["nodes"]["never"]["status"] == "skipped"
 
 
-async def test_node_timeout_stops_a_runaway_script(pool: LuaPool) -> None:
-    doc, _ = await run({"nodes": [
-        {"id": "spin", "timeout": "300ms", "lua": "while true do end"},
-        {"id": "fine", "lua": "return { ok = true }"},
-    ]}, pool)
+async def test_node_timeout_stops_a_runaway_script() -> None:
+    # an instruction budget no loop reaches in time, so the node's timeout is what stops it
+    async with LuaPool(workers=2, limits=LuaLimits(instructions=10**15)) as pool:
+        doc, _ = await run(
+            {
+                "nodes": [
+                    {"id": "spin", "timeout": "300ms", "lua": "while true do end"},
+                    {"id": "fine", "lua": "return { ok = true }"},
+                ]
+            },
+            pool,
+        )
     assert doc["nodes"]["spin"]["status"] == "failed"
     assert doc["nodes"]["spin"]["error"] == "timed out after 300ms"
     assert doc["nodes"]["fine"]["status"] == "succeeded"
 
 
 async def test_cancel_stops_running_lua_and_frees_the_worker(pool: LuaPool) -> None:
-    spec = spec_from_document({"id": "t", "version": "1.0.0", "nodes": [
-        {"id": "spin", "lua": "while true do end"}]})
+    spec = spec_from_document(
+        {"id": "t", "version": "1.0.0", "nodes": [{"id": "spin", "lua": "while true do end"}]}
+    )
     ex = Execution(spec, {}, pool=pool)
     task = asyncio.ensure_future(ex.run_to_end())
     await asyncio.sleep(0.2)
@@ -94,46 +145,76 @@ async def test_cancel_stops_running_lua_and_frees_the_worker(pool: LuaPool) -> N
     assert doc["status"] == "cancelled"
     assert doc["nodes"]["spin"]["error"] == "operator said stop"
     # both workers must be free again: two quick runs finish
-    again, _ = await run({"nodes": [{"id": "a", "lua": "return 1"}, {"id": "b", "lua": "return 2"}]}, pool)
+    again, _ = await run(
+        {"nodes": [{"id": "a", "lua": "return 1"}, {"id": "b", "lua": "return 2"}]}, pool
+    )
     assert again["status"] == "succeeded"
 
 
 async def test_sleep_holds_no_worker(pool: LuaPool) -> None:
-    doc, events = await run({"concurrency": 1, "nodes": [
-        {"id": "nap", "sleep": "400ms"},
-        {"id": "work", "lua": "return { done = true }"},
-    ]}, pool)
+    doc, events = await run(
+        {
+            "concurrency": 1,
+            "nodes": [
+                {"id": "nap", "sleep": "400ms"},
+                {"id": "work", "lua": "return { done = true }"},
+            ],
+        },
+        pool,
+    )
     assert doc["status"] == "succeeded"
     order = [(e.type, e.node_id) for e in events if e.type == "node.succeeded"]
     assert order == [("node.succeeded", "work"), ("node.succeeded", "nap")]
 
 
 async def test_resume_does_not_rerun_completed_nodes(pool: LuaPool) -> None:
-    doc, events = await run({"nodes": [
-        {"id": "a", "lua": "error('must not run again')"},
-        {"id": "b", "depends_on": ["a"], "lua": "return { got = results.a.v }"},
-    ]}, pool, completed={"a": {"v": 7}})
+    doc, events = await run(
+        {
+            "nodes": [
+                {"id": "a", "lua": "error('must not run again')"},
+                {"id": "b", "depends_on": ["a"], "lua": "return { got = results.a.v }"},
+            ]
+        },
+        pool,
+        completed={"a": {"v": 7}},
+    )
     assert doc["status"] == "succeeded"
     assert doc["outputs"] == {"b": {"got": 7}}
     assert [e.node_id for e in events if e.type == "node.started"] == ["b"]
 
 
 async def test_logs_arrive_as_events_before_the_node_result(pool: LuaPool) -> None:
-    _, events = await run({"nodes": [
-        {"id": "a", "lua": "log('info', 'one')\nlog('warn', 'two')\nreturn {}"},
-    ]}, pool)
+    _, events = await run(
+        {
+            "nodes": [
+                {"id": "a", "lua": "log('info', 'one')\nlog('warn', 'two')\nreturn {}"},
+            ]
+        },
+        pool,
+    )
     kinds = [(e.type, e.data.get("message")) for e in events if e.node_id == "a"]
-    assert kinds == [("node.started", None), ("node.log", "one"), ("node.log", "two"), ("node.succeeded", None)]
+    assert kinds == [
+        ("node.started", None),
+        ("node.log", "one"),
+        ("node.log", "two"),
+        ("node.succeeded", None),
+    ]
 
 
 async def test_sub_workflow_without_orchestrator_fails_clearly(pool: LuaPool) -> None:
-    doc, _ = await run({"nodes": [{"id": "child", "workflow": {"id": "other", "version": "^1"}}]}, pool)
+    doc, _ = await run(
+        {"nodes": [{"id": "child", "workflow": {"id": "other", "version": "^1"}}]}, pool
+    )
     assert doc["nodes"]["child"]["status"] == "failed"
     assert "needs the orchestrator" in doc["nodes"]["child"]["error"]
 
 
 async def test_builder_spec_runs(pool: LuaPool) -> None:
-    spec = Workflow("b", "1.0.0").node("x", lua="return { v = 1 }").node(
-        "y", lua="return { v = results.x.v + 1 }", depends_on=["x"]).build()
+    spec = (
+        Workflow("b", "1.0.0")
+        .node("x", lua="return { v = 1 }")
+        .node("y", lua="return { v = results.x.v + 1 }", depends_on=["x"])
+        .build()
+    )
     doc = await Execution(spec, {}, pool=pool).run_to_end()
     assert doc["outputs"] == {"y": {"v": 2}}

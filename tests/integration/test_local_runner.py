@@ -17,7 +17,11 @@ EXAMPLES = ROOT / "examples"
 def engine(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "engine", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=120, check=False,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -33,8 +37,18 @@ def test_hello_greets_the_named_input() -> None:
     assert doc["outputs"] == {"greet": {"message": "Hello, Ada!"}}
     assert doc["nodes"]["greet"]["attempts"] == 1
     assert "greet" in err and "succeeded" in err and "greeting Ada" in err
-    for key in ("id", "workflow_id", "version", "inputs", "error", "progress", "created_at",
-                "started_at", "finished_at", "parent_execution_id"):
+    for key in (
+        "id",
+        "workflow_id",
+        "version",
+        "inputs",
+        "error",
+        "progress",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "parent_execution_id",
+    ):
         assert key in doc
 
 
@@ -42,7 +56,9 @@ def test_diamond_passes_data_through_both_branches() -> None:
     code, doc, err = run_json(str(EXAMPLES / "diamond.yaml"), "--inputs", '{"n": 4}')
     assert code == 0, err
     assert doc["outputs"] == {"total": 34, "summary": "sum 10 + product 24"}
-    assert [doc["nodes"][n]["status"] for n in ("numbers", "sum", "product", "join")] == ["succeeded"] * 4
+    assert [doc["nodes"][n]["status"] for n in ("numbers", "sum", "product", "join")] == [
+        "succeeded"
+    ] * 4
 
 
 def test_etl_uses_foreach_when_and_retries() -> None:
@@ -92,7 +108,10 @@ def test_invalid_spec_prints_every_problem_with_file_and_line(tmp_path: Path) ->
     assert f"{bad}:7: nodes[a].lua: Lua syntax error:" in proc.stderr
     assert "unexpected symbol near <eof> (Lua line 2)" in proc.stderr
     assert f"{bad}:9: nodes[b].depends_on: unknown dependency 'c'" in proc.stderr
-    assert f"{bad}:11: nodes[b].timout: unknown field 'timout' (did you mean 'timeout'?)" in proc.stderr
+    assert (
+        f"{bad}:11: nodes[b].timout: unknown field 'timout' (did you mean 'timeout'?)"
+        in proc.stderr
+    )
 
 
 def test_validate_accepts_every_example() -> None:
@@ -107,7 +126,10 @@ def test_validate_accepts_every_example() -> None:
     [
         (["--inputs", "{nope"], "--inputs is not valid JSON"),
         (["--inputs", '{"name": ""}'], "inputs.name: '' should be non-empty"),
-        (["--inputs", '{"nam": "x"}'], "Additional properties are not allowed ('nam' was unexpected)"),
+        (
+            ["--inputs", '{"nam": "x"}'],
+            "Additional properties are not allowed ('nam' was unexpected)",
+        ),
         (["--inputs-file", "/no/such/file.json"], "--inputs-file /no/such/file.json: No such file"),
     ],
 )
