@@ -7,21 +7,23 @@ line that names the variable, which the entry point prints before exiting 2.
 
 from __future__ import annotations
 
-import math
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
-from engine.core.errors import EngineError
+from engine.core.envparse import (
+    LogFormat,
+    SettingsError,
+    log_format,
+    log_level,
+    optional_positive_int,
+    port,
+    positive_int,
+    seconds,
+    text,
+)
 
-LogFormat = Literal["json", "plain"]
-
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-class SettingsError(EngineError):
-    """An environment variable holds a value the engine cannot start with."""
+__all__ = ["LogFormat", "Settings", "SettingsError"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,84 +47,13 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         return cls(
-            engine_id=_text(env, "ENGINE_ID") or socket.gethostname(),
-            host=_text(env, "HOST") or "[::]",
-            port=_port(env, "PORT", 50051, zero="any free port"),
-            capacity=_positive_int(env, "CAPACITY", 10),
-            metrics_port=_port(env, "METRICS_PORT", 0, zero="off") or None,
-            drain_grace=_seconds(env, "DRAIN_GRACE", 30.0),
-            lua_workers=_optional_positive_int(env, "LUA_WORKERS"),
-            log_format=_log_format(env),
-            log_level=_log_level(env),
+            engine_id=text(env, "ENGINE_ID") or socket.gethostname(),
+            host=text(env, "HOST") or "[::]",
+            port=port(env, "PORT", 50051, zero="any free port"),
+            capacity=positive_int(env, "CAPACITY", 10),
+            metrics_port=port(env, "METRICS_PORT", 0, zero="off") or None,
+            drain_grace=seconds(env, "DRAIN_GRACE", 30.0),
+            lua_workers=optional_positive_int(env, "LUA_WORKERS"),
+            log_format=log_format(env),
+            log_level=log_level(env),
         )
-
-
-def _text(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name, "").strip()
-    return value or None
-
-
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    got = _optional_positive_int(env, name)
-    return default if got is None else got
-
-
-def _optional_positive_int(env: Mapping[str, str], name: str) -> int | None:
-    raw = _text(env, name)
-    if raw is None:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise SettingsError(f"{name} must be a positive integer, got {env[name]!r}")
-    return value
-
-
-def _port(env: Mapping[str, str], name: str, default: int, *, zero: str) -> int:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise SettingsError(
-            f"{name} must be a port number from 0 ({zero}) to 65535, got {env[name]!r}"
-        )
-    return value
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not (value >= 0 and math.isfinite(value)):
-        raise SettingsError(f"{name} must be a number of seconds (0 or more), got {env[name]!r}")
-    return value
-
-
-def _log_format(env: Mapping[str, str]) -> LogFormat:
-    raw = (_text(env, "LOG_FORMAT") or "plain").lower()
-    if raw == "json":
-        return "json"
-    if raw == "plain":
-        return "plain"
-    raise SettingsError(f"LOG_FORMAT must be json or plain, got {env['LOG_FORMAT']!r}")
-
-
-def _log_level(env: Mapping[str, str]) -> str:
-    raw = (_text(env, "LOG_LEVEL") or "INFO").upper()
-    if raw == "WARN":
-        raw = "WARNING"
-    if raw not in _LOG_LEVELS:
-        raise SettingsError(
-            f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {env['LOG_LEVEL']!r}"
-        )
-    return raw

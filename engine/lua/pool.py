@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Final
 
 from engine.lua.sandbox import LuaLimits, LuaOutcome, LuaSandbox, LuaTask
 
@@ -26,7 +27,7 @@ __all__ = ["LuaPool"]
 
 logger = logging.getLogger(__name__)
 
-_CLOSE_WAIT = 1.0
+_CLOSE_WAIT: Final = 1.0
 """Seconds close() waits for the workers; a script stops within about 10k instructions."""
 
 
