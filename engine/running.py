@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -25,7 +24,7 @@ from engine.core.spec import SubWorkflowRef, WorkflowSpec
 from engine.core.states import Severity
 from engine.core.values import JSON, JSONObject
 from engine.lua import MISSING as LUA_MISSING
-from engine.lua import LuaOutcome, LuaPool, LuaTask
+from engine.lua import Flag, LuaOutcome, LuaPool, LuaTask
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class Execution:
         )
         self._seq = first_seq
         self._timers: dict[sch.TimerKey, asyncio.TimerHandle] = {}
-        self._cancels: dict[tuple[str, int | None], threading.Event] = {}
+        self._cancels: dict[tuple[str, int | None], Flag] = {}
         self._backlog: list[sch.Stimulus] = []
         self._feeding = False
         self._completions: list[sch.Stimulus] = []
@@ -270,7 +269,7 @@ class Execution:
             )
             return
         assert spec.lua is not None
-        flag = threading.Event()
+        flag = Flag()
         self._cancels[(ins.node_id, ins.item)] = flag
         task = LuaTask(
             key=f"{self.spec.ref}/{ins.node_id}",
@@ -282,8 +281,8 @@ class Execution:
             deadline=None if ins.timeout is None else time.monotonic() + ins.timeout,
             cancel=flag,
         )
-        self._pool.submit(task).add_done_callback(
-            partial(self._task_done, ins.node_id, ins.item, ins.attempt, flag)
+        self._pool.submit_callback(
+            task, partial(self._task_done, ins.node_id, ins.item, ins.attempt, flag)
         )
 
     def _task_done(
@@ -291,19 +290,27 @@ class Execution:
         node_id: str,
         item: int | None,
         attempt: int,
-        flag: threading.Event,
-        fut: asyncio.Future[LuaOutcome],
+        flag: Flag,
+        outcome: LuaOutcome | None,
     ) -> None:
         if self._cancels.get((node_id, item)) is flag:
             del self._cancels[(node_id, item)]
         now = self._clock()
-        if fut.cancelled():
+        if outcome is None:
+            # the pool closed before the task ran: the engine is stopping
+            self._complete(
+                [
+                    sch.TaskFailed(
+                        node_id,
+                        item,
+                        attempt,
+                        "the Lua pool stopped before the task ran",
+                        now,
+                        retryable=False,
+                    )
+                ]
+            )
             return
-        exc = fut.exception()
-        if exc is not None:
-            self.feed(sch.TaskFailed(node_id, item, attempt, f"engine error: {exc}", now))
-            return
-        outcome = fut.result()
         stimuli: list[sch.Stimulus] = [
             sch.TaskLogged(node_id, attempt, level, message, now) for level, message in outcome.logs
         ]

@@ -7,6 +7,8 @@ limits; ``LuaPool`` (in ``pool``) keeps one per worker thread and hands outcomes
 from engine.lua.pool import LuaPool
 from engine.lua.sandbox import (
     MISSING,
+    CancelFlag,
+    Flag,
     LuaLimits,
     LuaOutcome,
     LuaSandbox,
@@ -17,6 +19,8 @@ from engine.lua.sandbox import (
 
 __all__ = [
     "MISSING",
+    "CancelFlag",
+    "Flag",
     "LuaLimits",
     "LuaOutcome",
     "LuaPool",

@@ -2,11 +2,11 @@
 
 Each worker thread owns one ``LuaSandbox`` (one Lua runtime with its cache of compiled chunks)
 and takes tasks from one shared queue; lupa releases the GIL while Lua runs, so workers run in
-parallel. Outcomes go back in batches: a worker wakes a loop with ``call_soon_threadsafe`` only
-when no wake-up for that loop is already on its way, and whatever finishes in the meantime rides
-along with it. Under load one wake-up carries many outcomes; when idle, none waits. Unlike
-draining a batch of tasks up front, this never holds a queued task behind a slow one while
-another worker is free.
+parallel. Outcomes go back in batches: while tasks are queued a worker holds what it finished
+for up to 1 ms, and it wakes a loop with ``call_soon_threadsafe`` only when no wake-up for that
+loop is already on its way, so whatever finishes in the meantime rides along. Under load one
+wake-up carries many outcomes; when idle, none waits. Unlike draining a batch of tasks up front,
+this never holds a queued task behind a slow one while another worker is free.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
@@ -27,19 +28,34 @@ __all__ = ["LuaPool"]
 
 logger = logging.getLogger(__name__)
 
+_HOLD_SECONDS: Final = 0.001
+_HOLD_MAX: Final = 64
+"""While more tasks are queued, a worker keeps finished outcomes for up to 1 ms or 64 outcomes
+and hands them back together: waking the loop costs more than a trivial script. A queued task
+never waits for this (the worker is busy running queued tasks while it holds), and with an
+empty queue the outcomes go back at once."""
+
 _CLOSE_WAIT: Final = 1.0
 """Seconds close() waits for the workers; a script stops within about 10k instructions."""
+
+
+Callback = Callable[[LuaOutcome | None], None]
+"""Receives a task's outcome on the loop thread; None when the task was cancelled unrun."""
 
 
 @dataclass(slots=True)
 class _Job:
     task: LuaTask
-    future: asyncio.Future[LuaOutcome]
     loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[LuaOutcome] | None = None
+    callback: Callback | None = None
+
+    def dropped(self) -> bool:
+        return self.future is not None and self.future.cancelled()
 
 
-_Delivery = tuple["asyncio.Future[LuaOutcome]", LuaOutcome | None]
-"""An outcome for a future, or None to cancel it."""
+_Delivery = tuple[_Job, LuaOutcome | None]
+"""An outcome for a job, or None to cancel it."""
 
 
 class LuaPool:
@@ -84,8 +100,18 @@ class LuaPool:
             raise RuntimeError("the LuaPool is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[LuaOutcome] = loop.create_future()
-        self._queue.put(_Job(task, future, loop))
+        self._queue.put(_Job(task, loop, future=future))
         return future
+
+    def submit_callback(self, task: LuaTask, callback: Callback) -> None:
+        """Queues ``task``; ``callback`` gets its outcome on this loop's thread.
+
+        The runner's path: a future costs an extra turn of the event loop per outcome (its
+        done-callbacks are scheduled, not called), which is most of a trivial node's cost.
+        """
+        if self._closed:
+            raise RuntimeError("the LuaPool is closed")
+        self._queue.put(_Job(task, asyncio.get_running_loop(), callback=callback))
 
     async def run(self, task: LuaTask) -> LuaOutcome:
         return await self.submit(task)
@@ -102,7 +128,7 @@ class LuaPool:
             except queue.Empty:
                 break
             if job is not None:
-                self._deliver(job.loop, job.future, None)
+                self._deliver(job, None)
         for _ in self._threads:
             self._queue.put(None)
         until = time.monotonic() + _CLOSE_WAIT
@@ -123,14 +149,24 @@ class LuaPool:
     # -- worker side -----------------------------------------------------------------------
 
     def _work(self, sandbox: LuaSandbox) -> None:
+        held: list[_Delivery] = []
+        held_since = 0.0
         while True:
+            if held and (
+                self._queue.empty()
+                or len(held) >= _HOLD_MAX
+                or time.monotonic() - held_since >= _HOLD_SECONDS
+            ):
+                self._deliver_all(held)
+                held = []
             job = self._queue.get()
             if job is None:
+                self._deliver_all(held)
                 return
             if self._stop.is_set():
-                self._deliver(job.loop, job.future, None)
+                held.append((job, None))
                 continue
-            if job.future.cancelled():  # a benign race: at worst the task runs for nothing
+            if job.dropped():  # a benign race: at worst the task runs for nothing
                 continue
             try:
                 outcome = sandbox.run(job.task)
@@ -139,20 +175,22 @@ class LuaPool:
                 outcome = LuaOutcome(
                     False, None, f"internal error in the Lua pool: {error}", None, [], 0.0
                 )
-            self._deliver(job.loop, job.future, outcome)
+            if not held:
+                held_since = time.monotonic()
+            held.append((job, outcome))
 
-    def _deliver(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future[LuaOutcome],
-        outcome: LuaOutcome | None,
-    ) -> None:
+    def _deliver_all(self, held: list[_Delivery]) -> None:
+        for job, outcome in held:
+            self._deliver(job, outcome)
+
+    def _deliver(self, job: _Job, outcome: LuaOutcome | None) -> None:
+        loop = job.loop
         with self._lock:
             batch = self._pending.get(loop)
             wake = batch is None
             if batch is None:
                 batch = self._pending[loop] = []
-            batch.append((future, outcome))
+            batch.append((job, outcome))
         if wake:
             try:
                 loop.call_soon_threadsafe(self._flush, loop)
@@ -163,8 +201,15 @@ class LuaPool:
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             batch = self._pending.pop(loop, [])
-        for future, outcome in batch:
-            if future.done():
+        for job, outcome in batch:
+            if job.callback is not None:
+                try:
+                    job.callback(outcome)
+                except Exception:  # one broken receiver must not starve the rest of the batch
+                    logger.exception("Lua task callback failed for %s", job.task.key)
+                continue
+            future = job.future
+            if future is None or future.done():
                 continue
             if outcome is None:
                 future.cancel()

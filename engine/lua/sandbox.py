@@ -71,7 +71,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import lupa.lua54 as lupa
 
@@ -132,7 +132,34 @@ class LuaLimits:
             raise ValueError(f"LuaLimits.memory must be at least {_MIN_MEMORY} bytes")
 
 
-@dataclass(frozen=True)
+class CancelFlag(Protocol):
+    """What a task's ``cancel`` must offer: ``threading.Event`` does, and so does ``Flag``."""
+
+    def is_set(self) -> bool: ...
+
+
+class Flag:
+    """A cancel flag without a lock: the hook only reads it, one thread sets it.
+
+    A run makes one per task, and ``threading.Event`` (a Condition and a Lock) costs more to
+    create than a trivial script costs to run.
+    """
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+# Tasks and outcomes are made once per node run: slotted, not frozen (frozen dataclasses
+# construct several times slower); nothing changes them after construction.
+@dataclass(slots=True)
 class LuaTask:
     """One run of one chunk: the code, what it sees, and when it must stop."""
 
@@ -152,11 +179,11 @@ class LuaTask:
     """``code`` is a Lua expression (a node's ``when``); the value is its truthiness."""
     deadline: float | None = None
     """A ``time.monotonic()`` instant past which the run fails."""
-    cancel: threading.Event | None = None
+    cancel: CancelFlag | None = None
     """Once set, the run stops with the error ``cancelled``."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LuaOutcome:
     """How a run ended."""
 
