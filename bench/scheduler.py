@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=100)
     parser.add_argument("--width", type=int, default=100)
     parser.add_argument("--fan-in", type=int, default=3)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
     t0 = time.perf_counter()
     spec = layered(args.layers, args.width, args.fan_in)
@@ -57,15 +57,18 @@ def main() -> None:
     edges = sum(len(x.depends_on) for x in spec.nodes)
     times = [one_run(spec) for _ in range(args.repeat)]
     med = statistics.median(times)
-    transitions = 2 * n / med
+    best = min(times)
     print(f"scheduler: {n} nodes, {edges} edges, {args.repeat} runs")
     print(f"  spec validation          {parse_s * 1000:9.1f} ms")
-    print(f"  run (median)             {med * 1000:9.1f} ms   (min {min(times) * 1000:.1f} ms)")
-    print(f"  nodes per second         {n / med:12,.0f}")
-    print(
-        f"  transitions per second   {transitions:12,.0f}   target >= 200,000: "
-        f"{'met' if transitions >= 200_000 else 'MISSED'} ({transitions / 200_000:.2f}x)"
-    )
+    print(f"  run                      {med * 1000:9.1f} ms median, {best * 1000:.1f} ms best")
+    for label, t in (("median", med), ("best", best)):
+        rate = 2 * n / t
+        verdict = "met" if rate >= 200_000 else "MISSED"
+        print(
+            f"  transitions/s ({label:<6}) {rate:12,.0f}   target >= 200,000: "
+            f"{verdict} ({rate / 200_000:.2f}x)"
+        )
+    print("  (a node makes two transitions: pending -> running -> succeeded)")
 
 
 if __name__ == "__main__":

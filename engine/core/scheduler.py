@@ -484,42 +484,46 @@ class Run:
 
     def _pump(self) -> None:
         """Start queued tasks while the run has free slots."""
-        limit = self.spec.concurrency
-        while self._ready and len(self._inflight) < limit:
-            node_id, item = self._ready.popleft()
-            n = self.nodes[node_id]
-            if n.status in NODE_TERMINAL:
+        # the hottest loop of a run: attribute lookups are hoisted into locals
+        ready, inflight, nodes, out = self._ready, self._inflight, self.nodes, self._out
+        limit, now, base_ctx = self.spec.concurrency, self._now, self.ctx
+        while ready and len(inflight) < limit:
+            node_id, item = ready.popleft()
+            n = nodes[node_id]
+            status = n.status
+            if status in NODE_TERMINAL:
                 continue
+            spec = n.spec
             if item is None:
                 n.attempts += 1
                 attempt = n.attempts
+                ctx: JSONObject = {**base_ctx, "node_id": node_id, "attempt": attempt}
             else:
                 n.item_attempts[item] += 1
                 attempt = n.item_attempts[item]
-                n.attempts = max(n.attempts, attempt)
-            if n.status == "pending":
+                if attempt > n.attempts:
+                    n.attempts = attempt
+                ctx = self._ctx(n, item, attempt)
+            if status == "pending":
                 n.status = "running"  # pending -> running is always allowed: no table lookup
-                n.started_at = self._now
+                n.started_at = now
                 data: JSONObject = {"items": len(n.items)} if n.items is not None else {}
-                self._emit("node.started", "info", node_id, attempt, data)
+                out.append(Emit("node.started", "info", now, node_id, attempt, data))
             elif item is None:
-                self._emit("node.started", "info", node_id, attempt, {"retry": True})
-            ctx = self._ctx(n, item, attempt)
+                out.append(Emit("node.started", "info", now, node_id, attempt, {"retry": True}))
             inputs: JSON = None
-            if n.spec.kind == "workflow" and n.spec.inputs is not None:
+            if spec.kind == "workflow" and spec.inputs is not None:
                 try:
                     inputs = templates.resolve(
-                        n.spec.inputs, inputs=self.inputs, results=self._lookup, ctx=ctx
+                        spec.inputs, inputs=self.inputs, results=self._lookup, ctx=ctx
                     )
                 except TemplateError as exc:
                     self._fail_node(n, f"inputs: {exc}")
                     continue
-            self._inflight[(node_id, item)] = attempt
-            self._out.append(RunTask(node_id, item, attempt, ctx, inputs, n.spec.timeout))
-            if n.spec.timeout is not None:
-                self._out.append(
-                    StartTimer(("node_timeout", node_id, item, attempt), n.spec.timeout)
-                )
+            inflight[(node_id, item)] = attempt
+            out.append(RunTask(node_id, item, attempt, ctx, inputs, spec.timeout))
+            if spec.timeout is not None:
+                out.append(StartTimer(("node_timeout", node_id, item, attempt), spec.timeout))
 
     def _ctx(self, n: _Node, item: int | None, attempt: int) -> JSONObject:
         ctx: JSONObject = {**self.ctx, "node_id": n.spec.id, "attempt": attempt}
