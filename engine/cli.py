@@ -136,6 +136,31 @@ def _serve() -> int:
     return asyncio.run(serve(settings))
 
 
+def _check_lua() -> int:
+    """JSON lines on stdin -> JSON lines on stdout: Lua syntax checks for the orchestrator.
+
+    The orchestrator never loads Lua itself; it keeps one of these processes and asks it about
+    each script it registers. A request is ``{"code": "...", "expression": false}``; the answer
+    is ``{"ok": true}`` or ``{"ok": false, "message": "...", "line": 3}``.
+    """
+    from engine.lua import check_syntax
+
+    for raw in sys.stdin:
+        try:
+            request = json.loads(raw)
+            problem = check_syntax(str(request["code"]), expression=bool(request.get("expression")))
+            answer: JSONObject = (
+                {"ok": True}
+                if problem is None
+                else {"ok": False, "message": problem.message, "line": problem.line}
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            answer = {"ok": False, "message": f"bad request: {exc}", "line": None}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m engine",
@@ -153,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="Lua worker threads (default: cores)"
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    sub.add_parser(
+        "check-lua", help="answer Lua syntax checks as JSON lines (for the orchestrator)"
+    )
     validate = sub.add_parser("validate", help="check a workflow file and print every problem")
     validate.add_argument("file")
     return parser
@@ -164,4 +192,6 @@ def main(argv: list[str] | None = None) -> int:
         return _serve()
     if args.command == "validate":
         return _validate(args)
+    if args.command == "check-lua":
+        return _check_lua()
     return asyncio.run(_run(args))
