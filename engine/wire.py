@@ -225,6 +225,30 @@ def event_batches(
         yield pb.ExecuteResponse(events=chunk)
 
 
+def event_message_from_dict(event: JSONObject) -> pb.Event:
+    """An event as JSON (``event_dict``'s shape) back into its message, for re-streaming."""
+
+    def opt_str(key: str) -> str | None:
+        value = event.get(key)
+        return value if isinstance(value, str) else None
+
+    attempt = event.get("attempt")
+    seq = event.get("seq")
+    return pb.Event(
+        seq=seq if isinstance(seq, int) else 0,
+        time=opt_str("time") or "",
+        type=opt_str("type") or "",
+        severity=opt_str("severity") or "info",
+        workflow_id=opt_str("workflow_id") or "",
+        version=opt_str("version") or "",
+        execution_id=opt_str("execution_id") or "",
+        node_id=opt_str("node_id"),
+        engine_id=opt_str("engine_id"),
+        attempt=attempt if isinstance(attempt, int) else None,
+        data_json=dumps(event.get("data") or {}),
+    )
+
+
 def event_dict(message: pb.Event) -> JSONObject:
     """The event as JSON (the shape of ``Event.to_dict``), for clients of the stream."""
     data = loads(message.data_json) if message.data_json else {}
