@@ -416,6 +416,72 @@ class _Signals:
             self._loop.remove_signal_handler(sig)
 
 
+class EngineServer:
+    """One engine's gRPC server with its Lua pool; ``serve`` runs one per process, and a local
+    orchestrator (TRANSPORT_TYPE=local) runs several in its own process."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics(settings.capacity)
+        self.port = 0
+        self._pool: LuaPool | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: health_aio.HealthServicer | None = None
+        self.service: EngineService | None = None
+
+    @property
+    def address(self) -> str:
+        host = self.settings.host
+        return f"{'127.0.0.1' if host in ('[::]', '0.0.0.0') else host}:{self.port}"
+
+    async def start(self) -> None:
+        """Listen and serve; OSError when the address cannot be had."""
+        pool = LuaPool(workers=self.settings.lua_workers)
+        await pool.__aenter__()
+        self._pool = pool
+        service = EngineService(self.settings, pool, self.metrics)
+        # without so_reuseport a second engine on a taken port fails instead of sharing it
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        pb_grpc.add_EngineServicer_to_server(service, server)
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        await health.set(ENGINE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection(
+            [
+                ENGINE_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as error:
+            await self.close_pool()
+            raise OSError(f"cannot listen on {address}: {error}") from error
+        await server.start()
+        self.service, self._server, self._health = service, server, health
+
+    async def stop(self, hurry: asyncio.Event | None = None) -> None:
+        """Drain (runs in flight get DRAIN_GRACE seconds), then stop serving."""
+        if self.service is not None and self._server is not None and self._health is not None:
+            self.service.refuse_new_runs()
+            await self._health.enter_graceful_shutdown()
+            await self.service.drain(self.settings.drain_grace, hurry or asyncio.Event())
+            await self._server.stop(_STOP_GRACE)
+        await self.close_pool()
+
+    @property
+    def workers(self) -> int:
+        return self._pool.workers if self._pool is not None else 0
+
+    async def close_pool(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.__aexit__(None, None, None)
+
+
 async def serve(settings: Settings) -> int:
     """Serve until a signal, drain, and return the process exit status."""
     metrics = Metrics(settings.capacity)
@@ -429,52 +495,34 @@ async def serve(settings: Settings) -> int:
             log.error("cannot serve metrics on port %s: %s", settings.metrics_port, error)
             return 1
     signals = _Signals()
+    engine = EngineServer(settings, metrics)
     try:
-        async with LuaPool(workers=settings.lua_workers) as pool:
-            service = EngineService(settings, pool, metrics)
-            # without so_reuseport a second engine on a taken port fails instead of sharing it
-            server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-            pb_grpc.add_EngineServicer_to_server(service, server)
-            health = health_aio.HealthServicer()
-            health_pb2_grpc.add_HealthServicer_to_server(health, server)
-            await health.set(ENGINE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-            reflection.enable_server_reflection(
-                [
-                    ENGINE_SERVICE,
-                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                    reflection.SERVICE_NAME,
-                ],
-                server,
-            )
-            address = f"{settings.host}:{settings.port}"
-            try:
-                port = server.add_insecure_port(address)
-            except RuntimeError as error:
-                log.error("cannot listen on %s: %s", address, error)
-                return 1
-            await server.start()
-            log.info(
-                "engine %s serving on port %s (capacity %s, %s Lua workers)",
-                settings.engine_id,
-                port,
-                settings.capacity,
-                pool.workers,
-                extra={"engine_id": settings.engine_id, "port": port, "event": "serving"},
-            )
-            await signals.first.wait()
-            started = time.monotonic()
-            service.refuse_new_runs()
-            await health.enter_graceful_shutdown()
-            await service.drain(settings.drain_grace, signals.second)
-            await server.stop(_STOP_GRACE)
-            log.info(
-                "engine %s stopped after a %.1fs drain",
-                settings.engine_id,
-                time.monotonic() - started,
-                extra={"engine_id": settings.engine_id, "event": "stopped"},
-            )
+        try:
+            await engine.start()
+        except OSError as error:
+            log.error("%s", error)
+            return 1
+        assert engine.service is not None
+        log.info(
+            "engine %s serving on port %s (capacity %s, %s Lua workers)",
+            settings.engine_id,
+            engine.port,
+            settings.capacity,
+            engine.workers,
+            extra={"engine_id": settings.engine_id, "port": engine.port, "event": "serving"},
+        )
+        await signals.first.wait()
+        started = time.monotonic()
+        await engine.stop(signals.second)
+        log.info(
+            "engine %s stopped after a %.1fs drain",
+            settings.engine_id,
+            time.monotonic() - started,
+            extra={"engine_id": settings.engine_id, "event": "stopped"},
+        )
     finally:
         signals.remove()
+        await engine.close_pool()
         if metrics_server is not None:
             metrics_server.shutdown()
     return 0

@@ -287,7 +287,7 @@ def execution_message(document: JSONObject, *, with_nodes: bool = True) -> pb.Ex
         finished_at=_text(document["finished_at"]),
         parent_execution_id=_text(document["parent_execution_id"]),
     )
-    nodes = document["nodes"]
+    nodes = document.get("nodes")
     if with_nodes and isinstance(nodes, dict):
         for node_id, node in nodes.items():
             assert isinstance(node, dict)

@@ -147,3 +147,200 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, "rep_" + report.when, report)
     return report
+
+
+# -- the orchestrator ---------------------------------------------------------------------------
+
+ORCHESTRATOR_VARIABLES = (
+    "HOST",
+    "HTTP_PORT",
+    "GRPC_PORT",
+    "API_TOKEN",
+    "STATE_DB",
+    "DISCOVERY_MODE",
+    "ENGINE_ADDRESSES",
+    "TRANSPORT_TYPE",
+    "LOAD_BALANCER_TYPE",
+    "ENGINE_HEALTH_CHECK_INTERVAL",
+    "ENGINE_DISCOVERY_INTERVAL",
+    "QUEUE_LIMIT",
+    "MAX_BODY_BYTES",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+)
+
+
+@dataclass
+class OrchestratorProcess:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str]
+    http_port: int = 0
+    grpc_port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def spawn_orchestrator(
+    log_path: Path, state_db: Path, engines: list[EngineProcess], **env: str
+) -> OrchestratorProcess:
+    base = {k: v for k, v in os.environ.items() if k not in ORCHESTRATOR_VARIABLES}
+    full = {
+        **base,
+        "HOST": "127.0.0.1",
+        "HTTP_PORT": "0",
+        "GRPC_PORT": "0",
+        "STATE_DB": str(state_db),
+        "DISCOVERY_MODE": "static",
+        "ENGINE_ADDRESSES": ",".join(e.address for e in engines),
+        "ENGINE_HEALTH_CHECK_INTERVAL": "0.5",
+        "LOG_FORMAT": "json",
+        **env,
+    }
+    # the log is appended across restarts: wait for a serving line newer than those before
+    before = len(_serving_lines(log_path))
+    out = log_path.open("ab")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator"],
+            cwd=ROOT,
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        out.close()
+    orch = OrchestratorProcess(proc, log_path, full)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        lines = _serving_lines(log_path)
+        if len(lines) > before:
+            orch.http_port = int(lines[-1]["http_port"])  # type: ignore[call-overload]
+            orch.grpc_port = int(lines[-1]["grpc_port"])  # type: ignore[call-overload]
+            return orch
+        if proc.poll() is not None:
+            pytest.fail(f"orchestrator exited with {proc.returncode} at start-up:\n{orch.log()}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"orchestrator did not start serving within {START_TIMEOUT}s:\n{orch.log()}")
+
+
+def _serving_lines(log_path: Path) -> list[dict[str, object]]:
+    if not log_path.exists():
+        return []
+    out = []
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("{") and '"serving"' in line:
+            record = json.loads(line)
+            if record.get("event") == "serving":
+                out.append(record)
+    return out
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+
+
+@dataclass
+class Cluster:
+    """An orchestrator and its engines, all real processes on loopback."""
+
+    orchestrator: OrchestratorProcess
+    engines: list[EngineProcess]
+    tmp: Path
+
+    @property
+    def url(self) -> str:
+        return self.orchestrator.url
+
+    def restart_orchestrator(self, **env: str) -> OrchestratorProcess:
+        old = self.orchestrator
+        self.orchestrator = spawn_orchestrator(
+            old.log_path, Path(old.env["STATE_DB"]), self.engines, **{**_own(old.env), **env}
+        )
+        return self.orchestrator
+
+    def logs(self) -> str:
+        parts = [f"--- orchestrator:\n{self.orchestrator.log()}"]
+        parts += [f"--- engine {e.env.get('ENGINE_ID')}:\n{e.log()}" for e in self.engines]
+        return "\n".join(parts)
+
+
+def _own(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k in ORCHESTRATOR_VARIABLES}
+
+
+class StartCluster(Protocol):
+    def __call__(
+        self, *, engines: int = 2, engine_env: dict[str, str] | None = None, **env: str
+    ) -> Cluster: ...
+
+
+@pytest.fixture
+def start_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StartCluster]:
+    clusters: list[Cluster] = []
+
+    def start(*, engines: int = 2, engine_env: dict[str, str] | None = None, **env: str) -> Cluster:
+        n = len(clusters)
+        procs = [
+            wait_until_serving(
+                spawn_engine(
+                    tmp_path / f"c{n}-engine-{i}.log",
+                    ENGINE_ID=f"engine-{i}",
+                    DRAIN_GRACE="2",
+                    **(engine_env or {}),
+                )
+            )
+            for i in range(engines)
+        ]
+        orch = spawn_orchestrator(
+            tmp_path / f"c{n}-orchestrator.log", tmp_path / f"c{n}-state.db", procs, **env
+        )
+        cluster = Cluster(orch, procs, tmp_path)
+        clusters.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in clusters:
+        for proc in [cluster.orchestrator.proc, *(e.proc for e in cluster.engines)]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for cluster in clusters:
+            sys.stderr.write(cluster.logs() + "\n")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One orchestrator with two engines for the tests that leave them as they found them."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    engines = [
+        wait_until_serving(
+            spawn_engine(tmp / f"engine-{i}.log", ENGINE_ID=f"engine-{i}", CAPACITY="50")
+        )
+        for i in range(2)
+    ]
+    orch = spawn_orchestrator(
+        tmp / "orchestrator.log", tmp / "state.db", engines, API_TOKEN="s3cret"
+    )
+    yield Cluster(orch, engines, tmp)
+    stop_process(orch.proc)
+    for engine in engines:
+        stop_process(engine.proc)

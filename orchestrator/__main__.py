@@ -1,0 +1,5 @@
+"""Entry point for ``python -m orchestrator``."""
+
+from orchestrator.serving import main
+
+raise SystemExit(main())

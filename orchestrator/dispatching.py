@@ -1,0 +1,368 @@
+"""Dispatch: every accepted execution is driven to its end on some engine.
+
+Executions wait in the durable queue (the store) until an engine has room. Each dispatched run
+holds one ``Execute`` stream; every event that comes back is stored before anyone else sees it,
+and the outputs in node.succeeded events are the run's checkpoints. When a stream breaks or its
+engine turns unhealthy, the run goes back to the front of the queue and resumes on the next
+engine from those checkpoints, numbering its events after the last one stored: a node whose
+success was stored never runs again. On start, queued and running executions are taken up the
+same way, so an orchestrator restart loses nothing either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import grpc
+
+from engine import wire
+from engine.api import dagengine_pb2 as pb
+from engine.core.events import isoformat
+from engine.core.states import EXECUTION_TERMINAL
+from engine.core.values import JSON, JSONObject
+from orchestrator.fleet import EngineLink, Fleet
+
+log = logging.getLogger(__name__)
+
+MAX_DISPATCHES = 20
+"""A run that has lost this many engines mid-stream is failed rather than passed on forever.
+
+Only streams that had started count: a run never fails because engines were down or full.
+"""
+BUSY_BACKOFF = 0.5
+"""Seconds before a run an engine turned away (full, or still holding it) is offered again."""
+
+Outcome = Literal["finished", "lost", "unreachable", "busy"]
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    node_id: str
+    output: JSON
+    attempts: int
+
+
+@dataclass(slots=True)
+class RunTicket:
+    """What an engine needs to start or resume one execution, read from the store."""
+
+    execution_id: str
+    workflow_id: str
+    version: str
+    spec_json: str
+    inputs: JSON
+    status: str
+    parent_execution_id: str | None = None
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    next_seq: int = 1
+
+
+class DispatchStore(Protocol):
+    async def load_ticket(self, execution_id: str) -> RunTicket | None: ...
+    async def record_events(self, execution_id: str, events: list[JSONObject]) -> None: ...
+
+
+@dataclass(eq=False)
+class _Running:
+    ticket: RunTicket
+    link: EngineLink
+    call: grpc.aio.UnaryStreamCall[pb.ExecuteRequest, pb.ExecuteResponse] | None = None
+    lost: bool = False
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: DispatchStore,
+        fleet: Fleet,
+        *,
+        publish: Callable[[list[JSONObject]], None],
+        on_finished: Callable[[str, JSONObject], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._fleet = fleet
+        self._publish = publish
+        self._on_finished = on_finished
+        self._queue: deque[tuple[str, str]] = deque()  # (execution_id, routing key)
+        self._queued: set[str] = set()
+        self._running: dict[str, _Running] = {}
+        self._dispatches: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._cancel_requests: dict[str, str] = {}
+        self._waiting_retry: set[str] = set()
+        self._closing = False
+
+    # -- what the facade calls --------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def engine_of(self, execution_id: str) -> EngineLink | None:
+        run = self._running.get(execution_id)
+        return run.link if run is not None else None
+
+    def submit(self, execution_id: str, workflow_id: str, *, front: bool = False) -> None:
+        """Queue an execution the store already holds; it starts when an engine has room."""
+        if execution_id in self._queued or execution_id in self._running:
+            return
+        self._queued.add(execution_id)
+        if front:
+            self._queue.appendleft((execution_id, workflow_id))
+        else:
+            self._queue.append((execution_id, workflow_id))
+        self.pump()
+
+    def pump(self) -> None:
+        """Start queued runs while engines have room."""
+        while self._queue and not self._closing:
+            execution_id, key = self._queue[0]
+            link = self._fleet.pick(key)
+            if link is None:
+                return
+            self._queue.popleft()
+            self._queued.discard(execution_id)
+            link.in_flight += 1
+            run = _Running(RunTicket(execution_id, key, "", "", None, "queued"), link)
+            self._running[execution_id] = run
+            task = asyncio.get_running_loop().create_task(self._drive(run))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def dequeue(self, execution_id: str) -> bool:
+        """Take a run that has not started off the queue; False when it is not queued."""
+        if execution_id in self._waiting_retry:
+            self._waiting_retry.discard(execution_id)
+            return True
+        if execution_id not in self._queued:
+            return False
+        self._queued.discard(execution_id)
+        self._queue = deque(item for item in self._queue if item[0] != execution_id)
+        return True
+
+    async def cancel_running(self, execution_id: str, reason: str) -> bool:
+        """Ask the engine running it to cancel; its stream then ends with execution.cancelled."""
+        run = self._running.get(execution_id)
+        if run is None:
+            return False
+        self._cancel_requests[execution_id] = reason
+        try:
+            await run.link.stub.Cancel(
+                pb.CancelRequest(execution_id=execution_id, reason=reason), timeout=5
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("cancel of %s on %s failed: %s", execution_id, run.link.key, exc.details())
+        return True
+
+    def engine_lost(self, link: EngineLink) -> None:
+        """The fleet says an engine is gone: its runs move on without waiting for a timeout."""
+        for run in list(self._running.values()):
+            if run.link is link and run.call is not None:
+                run.lost = True
+                run.call.cancel()
+
+    async def close(self) -> None:
+        self._closing = True
+        for run in self._running.values():
+            if run.call is not None:
+                run.call.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- one run on one engine --------------------------------------------------------------
+
+    async def _drive(self, run: _Running) -> None:
+        execution_id = run.ticket.execution_id
+        outcome: Outcome = "lost"
+        try:
+            ticket = await self._store.load_ticket(execution_id)
+            if ticket is None or ticket.status in EXECUTION_TERMINAL:
+                outcome = "finished"
+                return
+            run.ticket = ticket
+            reason = self._cancel_requests.get(execution_id)
+            if reason is not None:
+                # cancelled between the queue and the engine: end it here, nothing ran
+                await self._end(ticket, "execution.cancelled", "warning", reason)
+                outcome = "finished"
+                return
+            outcome = await self._stream(run)
+        except asyncio.CancelledError:
+            if self._closing:
+                raise
+        except Exception:
+            log.exception("dispatch of %s failed", execution_id)
+        finally:
+            run.link.in_flight = max(0, run.link.in_flight - 1)
+            self._running.pop(execution_id, None)
+            if outcome != "finished" and not self._closing:
+                self._requeue(run, outcome)
+            self.pump()
+
+    async def _stream(self, run: _Running) -> Outcome:
+        """Run the stream to its end and say how it ended."""
+        ticket = run.ticket
+        request = pb.ExecuteRequest(
+            execution_id=ticket.execution_id,
+            spec=ticket.spec_json,
+            inputs_json=wire.dumps(ticket.inputs),
+            completed=[
+                pb.CompletedNode(
+                    node_id=c.node_id, output_json=wire.dumps(c.output), attempts=c.attempts
+                )
+                for c in ticket.checkpoints
+            ],
+            first_seq=ticket.next_seq,
+        )
+        if ticket.parent_execution_id:
+            request.parent_execution_id = ticket.parent_execution_id
+        log.info(
+            "dispatching %s to %s (resume from %d checkpoints)",
+            ticket.execution_id,
+            run.link.key,
+            len(ticket.checkpoints),
+            extra={"execution_id": ticket.execution_id, "engine_id": run.link.key},
+        )
+        call = run.link.stub.Execute(request)
+        run.call = call
+        answered = False
+        try:
+            async for response in call:
+                if not answered:
+                    answered = True
+                    self._dispatches[ticket.execution_id] = (
+                        self._dispatches.get(ticket.execution_id, 0) + 1
+                    )
+                    if ticket.execution_id in self._cancel_requests:
+                        # asked to cancel while the run was on its way to the engine
+                        self._spawn(
+                            self._send_cancel(run, self._cancel_requests[ticket.execution_id])
+                        )
+                events = [wire.event_dict(e) for e in response.events]
+                if not events:
+                    continue
+                await self._store.record_events(ticket.execution_id, events)
+                self._publish(events)
+                last = events[-1]
+                kind = str(last.get("type", ""))
+                if kind.startswith("execution.") and kind.split(".", 1)[1] in EXECUTION_TERMINAL:
+                    self._finished(ticket.execution_id, last)
+                    return "finished"
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                await self._end(
+                    ticket,
+                    "execution.failed",
+                    "error",
+                    f"the engine refused the run: {exc.details()}",
+                )
+                return "finished"
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                # our count was behind the engine's: leave it alone for a moment
+                run.link.full_until = time.monotonic() + BUSY_BACKOFF
+                return "busy"
+            if code == grpc.StatusCode.ALREADY_EXISTS:
+                # the engine still holds this run from a stream that broke (an orchestrator
+                # restart): it cancels that run shortly, then the id is free again
+                return "busy"
+            log.warning(
+                "lost %s on %s (%s: %s): resuming elsewhere",
+                ticket.execution_id,
+                run.link.key,
+                code.name,
+                exc.details(),
+            )
+            self._fleet.suspect(run.link, f"{code.name}: {exc.details()}")
+            return "lost" if answered else "unreachable"
+        except asyncio.CancelledError:
+            if run.lost:
+                log.warning(
+                    "engine %s lost with %s: resuming elsewhere", run.link.key, ticket.execution_id
+                )
+                return "lost" if answered else "unreachable"
+            raise
+        log.warning(
+            "stream of %s on %s ended early: resuming elsewhere", ticket.execution_id, run.link.key
+        )
+        return "lost"
+
+    async def _send_cancel(self, run: _Running, reason: str) -> None:
+        try:
+            await run.link.stub.Cancel(
+                pb.CancelRequest(execution_id=run.ticket.execution_id, reason=reason), timeout=5
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning(
+                "cancel of %s on %s failed: %s",
+                run.ticket.execution_id,
+                run.link.key,
+                exc.details(),
+            )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _requeue(self, run: _Running, outcome: Outcome) -> None:
+        execution_id = run.ticket.execution_id
+        if outcome == "lost" and self._dispatches.get(execution_id, 0) >= MAX_DISPATCHES:
+            self._spawn(
+                self._end(
+                    run.ticket,
+                    "execution.failed",
+                    "error",
+                    f"gave up after {MAX_DISPATCHES} engines lost this run",
+                )
+            )
+            return
+        key = run.ticket.workflow_id or execution_id
+        if outcome == "busy":
+            self._waiting_retry.add(execution_id)
+            asyncio.get_running_loop().call_later(BUSY_BACKOFF, self._retry, execution_id, key)
+        else:
+            self.submit(execution_id, key, front=True)
+
+    def _retry(self, execution_id: str, key: str) -> None:
+        if execution_id in self._waiting_retry:
+            self._waiting_retry.discard(execution_id)
+            if not self._closing:
+                self.submit(execution_id, key, front=True)
+
+    async def _end(self, ticket: RunTicket, kind: str, severity: str, error: str) -> None:
+        """End a run the engines cannot: store the final event, tell everyone."""
+        fresh = await self._store.load_ticket(ticket.execution_id)
+        event: JSONObject = {
+            "seq": (fresh or ticket).next_seq,
+            "time": isoformat(time.time()),
+            "type": kind,
+            "severity": severity,
+            "workflow_id": ticket.workflow_id,
+            "version": ticket.version,
+            "execution_id": ticket.execution_id,
+            "node_id": None,
+            "engine_id": None,
+            "attempt": None,
+            "data": {"error": error, "outputs": {}},
+        }
+        await self._store.record_events(ticket.execution_id, [event])
+        self._publish([event])
+        self._finished(ticket.execution_id, event)
+
+    def _finished(self, execution_id: str, event: JSONObject) -> None:
+        self._dispatches.pop(execution_id, None)
+        self._cancel_requests.pop(execution_id, None)
+        if self._on_finished is not None:
+            self._on_finished(execution_id, event)

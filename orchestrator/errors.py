@@ -1,0 +1,90 @@
+"""The orchestrator's errors: each knows its HTTP status, its gRPC code and a stable error code.
+
+::
+
+    OrchestratorError
+    ├── NotFound                  404  NOT_FOUND            unknown workflow, version, execution
+    │   └── NoMatchingVersion     404  NOT_FOUND            a range no registered version meets
+    ├── InvalidRange              400  INVALID_ARGUMENT     a version or range that does not parse
+    ├── VersionConflict           409  ALREADY_EXISTS       other content under a registered version
+    ├── VersionNotNewer           409  FAILED_PRECONDITION  a version not above the latest
+    ├── DependentsOutOfRange      409  FAILED_PRECONDITION  a dependent's range would be left behind
+    ├── WorkflowCycle             409  FAILED_PRECONDITION  A uses B uses A
+    ├── QueueFull                 429  RESOURCE_EXHAUSTED   too many runs waiting for an engine
+    └── Unavailable               503  UNAVAILABLE          starting or stopping
+
+Spec and input problems are the kernel's ``SpecError`` / ``InputsError``; the HTTP and gRPC
+adapters map both trees in one function each (``serving_http.error_body``,
+``serving_grpc.grpc_status_for``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+from engine.core.values import JSONObject
+
+
+class OrchestratorError(Exception):
+    http_status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+    grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, details: JSONObject | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: JSONObject = details or {}
+
+
+class NotFound(OrchestratorError):
+    http_status = 404
+    code = "not_found"
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class NoMatchingVersion(NotFound):
+    code = "no_matching_version"
+
+
+class InvalidRange(OrchestratorError):
+    http_status = 400
+    code = "invalid_version_range"
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class VersionConflict(OrchestratorError):
+    http_status = 409
+    code = "version_conflict"
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class VersionNotNewer(OrchestratorError):
+    http_status = 409
+    code = "version_not_newer"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class DependentsOutOfRange(OrchestratorError):
+    http_status = 409
+    code = "dependents_out_of_range"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class WorkflowCycle(OrchestratorError):
+    http_status = 409
+    code = "workflow_cycle"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class QueueFull(OrchestratorError):
+    http_status = 429
+    code = "queue_full"
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(OrchestratorError):
+    http_status = 503
+    code = "unavailable"
+    grpc_code = grpc.StatusCode.UNAVAILABLE

@@ -1,0 +1,270 @@
+"""The engines the orchestrator can use: connections, health, capacity, and who gets a run.
+
+Discovery reports addresses; the fleet opens one channel per engine, asks its health
+(grpc.health.v1) right away and then every ``ENGINE_HEALTH_CHECK_INTERVAL``, learns its id and
+capacity from ``GetInfo``, and keeps only serving engines in the balancer. Changes become
+engine.joined / engine.left / engine.unhealthy events. An engine that stops answering loses its
+runs: the dispatcher is told at once and resumes them elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from engine.api import dagengine_pb2 as pb
+from engine.api import dagengine_pb2_grpc as pb_grpc
+from engine.core.events import isoformat
+from engine.core.values import JSONObject
+from orchestrator.ring import Balancer
+
+log = logging.getLogger(__name__)
+
+ENGINE_SERVICE = "dagengine.v1.Engine"
+EngineStateName = Literal["joining", "ready", "draining", "unhealthy"]
+
+# Large outputs travel inside events; the default 4 MiB cap would cut a big foreach result.
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+@dataclass(eq=False)
+class EngineLink:
+    address: str
+    channel: grpc.aio.Channel
+    stub: pb_grpc.EngineAsyncStub
+    health: grpc.aio.UnaryUnaryMultiCallable[
+        health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+    ]
+    engine_id: str = ""
+    state: EngineStateName = "joining"
+    capacity: int = 10
+    in_flight: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    version: str = ""
+    checked_at: float = field(default_factory=time.time)
+    full_until: float = 0.0
+    """Monotonic time before which the engine is treated as full: it refused a run for capacity."""
+
+    @property
+    def key(self) -> str:
+        return self.engine_id or self.address
+
+    def describe(self) -> JSONObject:
+        return {
+            "id": self.key,
+            "address": self.address,
+            "state": self.state,
+            "capacity": self.capacity,
+            "in_flight": self.in_flight,
+            "version": self.version,
+            "last_error": self.last_error,
+            "checked_at": isoformat(self.checked_at),
+        }
+
+
+def health_check(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.UnaryUnaryMultiCallable[
+    health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+]:
+    """grpc.health.v1 Check as a typed call (the health package ships no typed stub)."""
+    return channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
+
+
+class Fleet:
+    def __init__(
+        self,
+        balancer: Balancer,
+        *,
+        default_capacity: int,
+        health_interval: float,
+        publish: Callable[[JSONObject], None],
+        on_capacity: Callable[[], None],
+        on_lost: Callable[[EngineLink], None],
+        check_timeout: float = 3.0,
+    ) -> None:
+        self._balancer = balancer
+        self._default_capacity = default_capacity
+        self._interval = max(health_interval, 0.1)
+        self._publish = publish
+        self._on_capacity = on_capacity
+        self._on_lost = on_lost
+        self._check_timeout = check_timeout
+        self.links: dict[str, EngineLink] = {}  # by address
+        self._checking: set[asyncio.Task[None]] = set()
+        self._seq = 0
+
+    # -- membership -------------------------------------------------------------------------
+
+    def update(self, addresses: set[str]) -> None:
+        """Discovery's latest view: connect to new engines, drop vanished ones."""
+        for address in addresses - set(self.links):
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            link = EngineLink(
+                address=address,
+                channel=channel,
+                stub=pb_grpc.EngineStub(channel),
+                health=health_check(channel),
+                capacity=self._default_capacity,
+            )
+            self.links[address] = link
+            self._spawn_check(link)
+        for address in set(self.links) - addresses:
+            link = self.links.pop(address)
+            was_ready = link.state == "ready"
+            self._balancer.remove(link.key)
+            if was_ready:
+                self._event("engine.left", "warning", link, {"reason": "no longer discovered"})
+            self._on_lost(link)
+            task = asyncio.get_running_loop().create_task(link.channel.close())
+            self._checking.add(task)
+            task.add_done_callback(self._checking.discard)
+
+    def ready(self) -> list[EngineLink]:
+        return [link for link in self.links.values() if link.state == "ready"]
+
+    def by_key(self, key: str) -> EngineLink | None:
+        return next((lk for lk in self.links.values() if lk.key == key), None)
+
+    def pick(self, routing_key: str) -> EngineLink | None:
+        """The engine for a run of ``routing_key``, or None when every engine is full."""
+        now = time.monotonic()
+        ready = {
+            link.key: link
+            for link in self.links.values()
+            if link.state == "ready" and link.full_until <= now
+        }
+        if not ready:
+            return None
+        loads = {k: v.in_flight for k, v in ready.items()}
+        capacities = {k: v.capacity for k, v in ready.items()}
+        chosen = self._balancer.pick(routing_key, loads, capacities)
+        return ready.get(chosen) if chosen is not None else None
+
+    def describe(self) -> list[JSONObject]:
+        return [link.describe() for link in sorted(self.links.values(), key=lambda lk: lk.key)]
+
+    # -- health -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Check every engine each interval, until cancelled."""
+        while True:
+            await asyncio.sleep(self._interval)
+            await asyncio.gather(*(self.check(link) for link in list(self.links.values())))
+
+    def _spawn_check(self, link: EngineLink) -> None:
+        task = asyncio.get_running_loop().create_task(self.check(link))
+        self._checking.add(task)
+        task.add_done_callback(self._checking.discard)
+
+    async def check(self, link: EngineLink) -> None:
+        link.checked_at = time.time()
+        try:
+            reply = await link.health(
+                health_pb2.HealthCheckRequest(service=ENGINE_SERVICE), timeout=self._check_timeout
+            )
+            serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+            if serving and (link.state != "ready" or not link.engine_id):
+                info = await link.stub.GetInfo(pb.GetInfoRequest(), timeout=self._check_timeout)
+                self._learn(link, info)
+        except grpc.aio.AioRpcError as exc:
+            self._failed(link, f"{exc.code().name}: {exc.details()}")
+            return
+        if link.address not in self.links:
+            return  # discovery dropped it while we asked
+        link.failures = 0
+        link.last_error = None
+        if serving:
+            self._become(link, "ready")
+        else:
+            self._become(link, "draining")
+
+    def _learn(self, link: EngineLink, info: pb.EngineInfo) -> None:
+        if info.engine_id and info.engine_id != link.engine_id:
+            if link.state == "ready":
+                self._balancer.remove(link.key)
+                link.state = "joining"
+            link.engine_id = info.engine_id
+        if info.capacity > 0:
+            link.capacity = info.capacity
+        link.version = info.version
+
+    def suspect(self, link: EngineLink, error: str) -> None:
+        """A call to the engine failed at the connection: out of the ring until a check passes.
+
+        Without this a run whose stream just broke would be handed straight back to the dead
+        engine, which still looks ready until its next health check.
+        """
+        self._failed(link, error)
+
+    def _failed(self, link: EngineLink, error: str) -> None:
+        link.failures += 1
+        link.last_error = error
+        if link.address in self.links and link.state != "unhealthy":
+            previous = link.state
+            link.state = "unhealthy"
+            self._balancer.remove(link.key)
+            if previous != "joining":
+                self._event("engine.unhealthy", "error", link, {"error": error})
+                self._on_lost(link)
+            else:
+                log.warning("engine at %s is not answering yet: %s", link.address, error)
+
+    def _become(self, link: EngineLink, state: EngineStateName) -> None:
+        if link.state == state:
+            return
+        previous = link.state
+        link.state = state
+        if state == "ready":
+            self._balancer.add(link.key)
+            self._event("engine.joined", "info", link, {"previous": previous})
+            self._on_capacity()
+        elif state == "draining":
+            # a draining engine finishes what it has; it just gets nothing new
+            self._balancer.remove(link.key)
+            self._event("engine.left", "warning", link, {"reason": "draining"})
+
+    def _event(self, kind: str, severity: str, link: EngineLink, data: JSONObject) -> None:
+        self._seq += 1
+        log.info("%s %s at %s", kind, link.key, link.address)
+        self._publish(
+            {
+                "seq": self._seq,
+                "time": isoformat(time.time()),
+                "type": kind,
+                "severity": severity,
+                "workflow_id": None,
+                "version": None,
+                "execution_id": None,
+                "node_id": None,
+                "engine_id": link.key,
+                "attempt": None,
+                "data": {"address": link.address, "capacity": link.capacity, **data},
+            }
+        )
+
+    async def close(self) -> None:
+        for task in list(self._checking):
+            task.cancel()
+        await asyncio.gather(
+            *(lk.channel.close() for lk in self.links.values()), return_exceptions=True
+        )
+        self.links.clear()

@@ -1,0 +1,106 @@
+"""Prometheus metrics of the orchestrator, fed by the event flow and read at scrape time.
+
+Counters and histograms are updated as events pass (``observe``), so they cost nothing when
+nobody scrapes; gauges of engines and queue depth are read from the live objects on scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from engine.core.values import JSONObject
+
+_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+_TERMINAL = {"succeeded", "partial", "failed", "cancelled", "timed_out"}
+_NODE_ENDS = {"succeeded", "failed", "skipped", "blocked", "cancelled"}
+
+
+class Metrics:
+    def __init__(
+        self,
+        engines: Callable[[], list[JSONObject]],
+        queue_depth: Callable[[], int],
+    ) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.executions = Counter(
+            "dagengine_executions",
+            "Executions that ended, by workflow and status",
+            ["workflow", "status"],
+            registry=r,
+        )
+        self.accepted = Counter(
+            "dagengine_executions_accepted",
+            "Executions accepted and stored",
+            ["workflow"],
+            registry=r,
+        )
+        self.execution_seconds = Histogram(
+            "dagengine_execution_duration_seconds",
+            "Execution wall time",
+            ["workflow"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.nodes = Counter(
+            "dagengine_nodes", "Nodes that ended, by status", ["status"], registry=r
+        )
+        self.node_seconds = Histogram(
+            "dagengine_node_duration_seconds",
+            "Node run time",
+            ["workflow"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.events_dropped = Counter(
+            "dagengine_events_dropped", "Events a slow subscriber missed", registry=r
+        )
+        self.engines_by_state = Gauge(
+            "dagengine_engines", "Engines by state", ["state"], registry=r
+        )
+        self.in_flight = Gauge(
+            "dagengine_engine_in_flight",
+            "Executions running on each engine",
+            ["engine"],
+            registry=r,
+        )
+        self.queue = Gauge("dagengine_queue_depth", "Executions waiting for an engine", registry=r)
+        self._engines = engines
+        self._queue_depth = queue_depth
+
+    def observe(self, events: list[JSONObject]) -> None:
+        for event in events:
+            kind = event.get("type")
+            if not isinstance(kind, str):
+                continue
+            family, _, what = kind.partition(".")
+            data = event.get("data")
+            ms = data.get("duration_ms") if isinstance(data, dict) else None
+            workflow = str(event.get("workflow_id") or "")
+            if family == "execution" and what in _TERMINAL:
+                self.executions.labels(workflow, what).inc()
+                if isinstance(ms, int | float):
+                    self.execution_seconds.labels(workflow).observe(ms / 1000)
+            elif family == "node" and what in _NODE_ENDS:
+                self.nodes.labels(what).inc()
+                if isinstance(ms, int | float):
+                    self.node_seconds.labels(workflow).observe(ms / 1000)
+
+    def dropped(self, count: int) -> None:
+        self.events_dropped.inc(count)
+
+    def render(self) -> tuple[bytes, str]:
+        states: dict[str, int] = {"ready": 0, "joining": 0, "draining": 0, "unhealthy": 0}
+        self.in_flight.clear()
+        for engine in self._engines():
+            state = str(engine.get("state"))
+            states[state] = states.get(state, 0) + 1
+            load = engine.get("in_flight")
+            self.in_flight.labels(str(engine.get("id"))).set(load if isinstance(load, int) else 0)
+        for state, count in states.items():
+            self.engines_by_state.labels(state).set(count)
+        self.queue.set(self._queue_depth())
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,221 @@
+"""``python -m orchestrator``: build the parts from the settings, serve, and stop cleanly.
+
+Start-up order matters for the no-loss promise: the store opens and the registry loads before
+any port listens, and executions left unfinished by a previous process are queued again
+before new ones are accepted. On SIGTERM the servers stop taking requests first; runs in flight
+stay ``running`` in the store and resume, from their checkpoints, when an orchestrator starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from engine.api import dagengine_pb2_grpc as pb_grpc
+from engine.logformat import configure_logging
+from orchestrator.discovery import Discovery, DnsDiscovery, StaticDiscovery
+from orchestrator.dispatching import Dispatcher
+from orchestrator.fleet import Fleet
+from orchestrator.lua_checking import LuaSyntaxChecker
+from orchestrator.metrics import Metrics
+from orchestrator.monitoring import Hub
+from orchestrator.orchestrating import Orchestrator
+from orchestrator.ring import make_balancer
+from orchestrator.serving_grpc import OrchestratorService
+from orchestrator.serving_http import HttpApi
+from orchestrator.settings import Settings, SettingsError
+from orchestrator.store import Store
+from orchestrator.versions import Registry
+
+if TYPE_CHECKING:  # the Lua runtime loads only when engines run in this process
+    from orchestrator.local import LocalEngines
+
+log = logging.getLogger(__name__)
+
+ORCHESTRATOR_SERVICE = "dagengine.v1.Orchestrator"
+_STOP_GRACE = 5.0
+
+
+def make_discovery(settings: Settings) -> Discovery:
+    if settings.discovery_mode == "static":
+        return StaticDiscovery(settings.engine_addresses)
+    if settings.discovery_mode == "dns":
+        assert settings.engine_dns_name is not None
+        return DnsDiscovery(
+            settings.engine_dns_name, settings.engine_port, settings.discovery_interval
+        )
+    raise SettingsError(
+        "DISCOVERY_MODE=kubernetes: watching the Kubernetes API is not part of this build yet;"
+        " use DISCOVERY_MODE=static with ENGINE_ADDRESSES, or DISCOVERY_MODE=dns"
+    )
+
+
+@asynccontextmanager
+async def running_orchestrator(
+    settings: Settings, discovery: Discovery
+) -> AsyncIterator[Orchestrator]:
+    """The orchestrator's parts, started in order and stopped in reverse.
+
+    The store opens and unfinished executions are queued again before the caller gets the
+    facade, so nothing can be accepted before what was already accepted is taken up.
+    """
+    store = await Store.open(settings.state_db)
+    checker = LuaSyntaxChecker()
+    orch: Orchestrator
+    dispatcher: Dispatcher
+    fleet: Fleet
+    metrics = Metrics(lambda: fleet.describe(), lambda: dispatcher.queue_depth)
+    hub = Hub(on_drop=metrics.dropped)
+    fleet = Fleet(
+        make_balancer(settings.load_balancer),
+        default_capacity=settings.engine_capacity,
+        health_interval=settings.health_check_interval,
+        publish=lambda event: orch.publish([event]),
+        on_capacity=lambda: dispatcher.pump(),
+        on_lost=lambda link: dispatcher.engine_lost(link),
+    )
+    orch = Orchestrator(
+        store=store,
+        registry=Registry(),
+        fleet=fleet,
+        hub=hub,
+        metrics=metrics,
+        lua_checker=checker,
+        queue_limit=settings.queue_limit,
+    )
+    dispatcher = Dispatcher(store, fleet, publish=orch.publish, on_finished=orch.finished)
+    orch.attach(dispatcher)
+    loop = asyncio.get_running_loop()
+    background: list[asyncio.Task[None]] = []
+    try:
+        await orch.start()
+        background.append(loop.create_task(discovery.run(fleet.update)))
+        background.append(loop.create_task(fleet.run()))
+        yield orch
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await dispatcher.close()
+        await fleet.close()
+        await store.close()
+        checker.close()
+
+
+async def serve(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT; returns the exit status."""
+    local: LocalEngines | None = None
+    try:
+        if settings.transport == "local":
+            from orchestrator.local import LocalEngines
+
+            local = LocalEngines(settings)
+            await local.start()
+            discovery: Discovery = StaticDiscovery(local.addresses)
+        else:
+            discovery = make_discovery(settings)
+    except SettingsError as exc:
+        log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("cannot start the local engines: %s", exc)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with running_orchestrator(settings, discovery) as orch:
+            return await _serve_apis(settings, orch, stop)
+    except (sqlite3.Error, RuntimeError, OSError) as exc:
+        log.error("cannot open the state database %s: %s", settings.state_db, exc)
+        return 1
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        if local is not None:
+            await local.stop()
+        log.info("orchestrator stopped", extra={"event": "stopped"})
+
+
+async def _serve_apis(settings: Settings, orch: Orchestrator, stop: asyncio.Event) -> int:
+    runner = web.AppRunner(
+        HttpApi(orch, token=settings.api_token, max_body=settings.max_body_bytes).app(),
+        access_log=None,
+    )
+    await runner.setup()
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", settings.max_body_bytes * 4),
+        ]
+    )
+    try:
+        site = web.TCPSite(runner, settings.host, settings.http_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            log.error("cannot listen on %s:%s: %s", settings.host, settings.http_port, exc)
+            return 1
+        http_port = _bound_port(site)
+        pb_grpc.add_OrchestratorServicer_to_server(OrchestratorService(orch), server)
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        await health.set(ORCHESTRATOR_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection(
+            [
+                ORCHESTRATOR_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        try:
+            grpc_port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        except RuntimeError as exc:
+            log.error("cannot listen on %s:%s: %s", settings.host, settings.grpc_port, exc)
+            return 1
+        await server.start()
+        log.info(
+            "orchestrator serving HTTP on port %s and gRPC on port %s (state %s)",
+            http_port,
+            grpc_port,
+            settings.state_db,
+            extra={"event": "serving", "http_port": http_port, "grpc_port": grpc_port},
+        )
+        await stop.wait()
+        log.info("stopping: no new requests; unfinished runs resume at the next start")
+        await health.enter_graceful_shutdown()
+        return 0
+    finally:
+        await runner.cleanup()
+        await server.stop(_STOP_GRACE)
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else 0
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    return asyncio.run(serve(settings))

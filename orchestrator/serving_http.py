@@ -1,0 +1,585 @@
+"""The orchestrator's HTTP API (DESIGN section 5), on aiohttp.
+
+Handlers are thin: they parse and check the request, call the ``Api`` facade, and shape JSON.
+Every error leaves as ``{"error": {"code", "message", "details"}}`` with a fitting status, from
+one mapping function, including aiohttp's own (unknown route, oversized body). Mutating routes
+require ``Authorization: Bearer <API_TOKEN>`` when a token is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from engine.core.errors import InputsError, SpecError
+from engine.core.values import JSON, JSONObject
+from orchestrator.errors import OrchestratorError
+from orchestrator.monitoring import EventFilter, Hub
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_DEPTH = 64
+SSE_HEARTBEAT = 15.0
+WAIT_TIMEOUT_DEFAULT = 30.0
+WAIT_TIMEOUT_MAX = 300.0
+
+
+class Api(Protocol):
+    """What the HTTP and gRPC adapters need from the orchestrator."""
+
+    hub: Hub
+
+    async def register(self, text: str, *, yaml: bool, force: bool) -> tuple[JSONObject, bool]: ...
+    async def list_workflows(self) -> list[JSONObject]: ...
+    async def get_workflow(self, workflow_id: str, version: str | None = None) -> JSONObject: ...
+    async def execute(
+        self,
+        workflow_id: str,
+        *,
+        inputs: JSON,
+        version: str | None,
+        idempotency_key: str | None,
+        wait: float | None,
+    ) -> tuple[JSONObject, bool]: ...
+    async def get_execution(self, execution_id: str) -> JSONObject: ...
+    async def list_executions(
+        self, *, workflow_id: str | None, status: str | None, limit: int
+    ) -> list[JSONObject]: ...
+    async def cancel(self, execution_id: str, reason: str) -> JSONObject: ...
+    async def execution_events(self, execution_id: str, after_seq: int = 0) -> list[JSONObject]: ...
+    def engines(self) -> list[JSONObject]: ...
+    def readiness(self) -> tuple[bool, str]: ...
+    def metrics_payload(self) -> tuple[bytes, str]: ...
+
+
+class HttpError(Exception):
+    """A refusal decided in this module; others come from the facade's error tree."""
+
+    def __init__(self, status: int, code: str, message: str, details: JSONObject | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+def error_body(exc: BaseException) -> tuple[int, JSONObject]:
+    """The one mapping from an error to an HTTP status and JSON body."""
+    if isinstance(exc, HttpError):
+        status, code, message, details = exc.status, exc.code, exc.message, exc.details
+    elif isinstance(exc, SpecError):
+        status, code, message = 400, "invalid_spec", str(exc).splitlines()[0]
+        details = {"problems": list(exc.messages())}
+    elif isinstance(exc, InputsError):
+        status, code, message = 422, "invalid_inputs", str(exc)
+        details = {"problems": list(exc.problems)}
+    elif isinstance(exc, OrchestratorError):
+        status, code, message, details = exc.http_status, exc.code, exc.message, exc.details
+    elif isinstance(exc, web.HTTPException):
+        status = exc.status
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            status, "http_error"
+        )
+        message = exc.reason if status != 413 else "request body is too large"
+        details = {}
+    else:
+        status, code, message, details = 500, "internal", "internal error", {}
+    return status, {"error": {"code": code, "message": message, "details": details}}
+
+
+def _depth_ok(value: JSON, limit: int) -> bool:
+    stack: list[tuple[JSON, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+async def _read_json(request: web.Request, *, required: bool = True) -> JSON:
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise HttpError(400, "bad_request", "the request body is empty: send a JSON object")
+        return {}
+    try:
+        value: JSON = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = (
+            f" at line {exc.lineno} column {exc.colno}"
+            if isinstance(exc, json.JSONDecodeError)
+            else ""
+        )
+        raise HttpError(400, "bad_json", f"the request body is not valid JSON{where}") from None
+    except RecursionError:
+        raise HttpError(
+            400, "too_deep", f"JSON nests deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
+    if not _depth_ok(value, MAX_JSON_DEPTH):
+        raise HttpError(400, "too_deep", f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.json_response(
+        data, status=status, dumps=lambda v: json.dumps(v, separators=(",", ":"))
+    )
+
+
+class HttpApi:
+    def __init__(self, api: Api, *, token: str | None, max_body: int) -> None:
+        self.api = api
+        self.token = token
+        self.max_body = max_body
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body, middlewares=[self._errors])
+        r = app.router
+        r.add_post("/trigger/{workflow_id}", self._guard(self.trigger))
+        r.add_get("/api/v1/workflows", self.list_workflows)
+        r.add_post("/api/v1/workflows", self._guard(self.register))
+        r.add_get("/api/v1/workflows/{workflow_id}", self.get_workflow)
+        r.add_get("/api/v1/workflows/{workflow_id}/versions/{version}", self.get_version)
+        r.add_post("/api/v1/workflows/{workflow_id}/executions", self._guard(self.trigger))
+        r.add_get("/api/v1/executions", self.list_executions)
+        r.add_get("/api/v1/executions/{execution_id}", self.get_execution)
+        r.add_post("/api/v1/executions/{execution_id}/cancel", self._guard(self.cancel))
+        r.add_get("/api/v1/executions/{execution_id}/events", self.execution_events)
+        r.add_get("/api/v1/events", self.live_events)
+        r.add_get("/api/v1/engines", self.engines)
+        r.add_get("/api/v1/openapi.json", self.openapi)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        return app
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every refusal leaves as the same JSON shape
+            status, body = error_body(exc)
+            if status >= 500:
+                log.exception("%s %s failed", request.method, request.path)
+            return _json(body, status)
+
+    def _guard(
+        self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if self.token is not None:
+                header = request.headers.get("Authorization", "")
+                scheme, _, given = header.partition(" ")
+                if scheme.lower() != "bearer" or not given:
+                    raise HttpError(
+                        401, "unauthorized", "this route needs Authorization: Bearer <token>"
+                    )
+                if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+                    raise HttpError(403, "forbidden", "the bearer token is not valid")
+            return await handler(request)
+
+        return guarded
+
+    # -- workflows --------------------------------------------------------------------------
+
+    async def register(self, request: web.Request) -> web.Response:
+        force = request.query.get("force", "").lower() in ("1", "true", "yes")
+        ctype = request.content_type
+        is_yaml = ctype in ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+        raw = await request.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HttpError(400, "bad_request", "the spec is not UTF-8 text") from None
+        if not text.strip():
+            raise HttpError(400, "bad_request", "the request body is empty: send a workflow spec")
+        if not is_yaml:
+            await _read_json(request)  # JSON errors and depth limits, before the registry sees it
+        workflow, created = await self.api.register(text, yaml=is_yaml, force=force)
+        return _json({"workflow": workflow, "created": created}, 201 if created else 200)
+
+    async def list_workflows(self, request: web.Request) -> web.Response:
+        return _json({"workflows": await self.api.list_workflows()})
+
+    async def get_workflow(self, request: web.Request) -> web.Response:
+        version = request.query.get("version") or None
+        return _json(await self.api.get_workflow(request.match_info["workflow_id"], version))
+
+    async def get_version(self, request: web.Request) -> web.Response:
+        return _json(
+            await self.api.get_workflow(
+                request.match_info["workflow_id"], request.match_info["version"]
+            )
+        )
+
+    # -- executions -------------------------------------------------------------------------
+
+    async def trigger(self, request: web.Request) -> web.Response:
+        body = await _read_json(request, required=False)
+        if not isinstance(body, dict):
+            raise HttpError(400, "bad_request", 'the body must be a JSON object: {"inputs": {...}}')
+        unknown = set(body) - {"inputs", "version", "wait", "timeout"}
+        if unknown:
+            raise HttpError(
+                400,
+                "bad_request",
+                f"unknown field(s) {', '.join(sorted(unknown))}",
+                {"allowed": ["inputs", "version", "wait", "timeout"]},
+            )
+        inputs = body.get("inputs", {})
+        if inputs is None:
+            inputs = {}
+        version = body.get("version")
+        if version is not None and not isinstance(version, str):
+            raise HttpError(400, "bad_request", 'version must be a string such as "^1.2"')
+        wait_flag = body.get("wait", False)
+        if not isinstance(wait_flag, bool):
+            raise HttpError(400, "bad_request", "wait must be true or false")
+        timeout = body.get("timeout", WAIT_TIMEOUT_DEFAULT)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise HttpError(400, "bad_request", "timeout must be a positive number of seconds")
+        key = request.headers.get("Idempotency-Key") or None
+        if key is not None and len(key) > 200:
+            raise HttpError(400, "bad_request", "Idempotency-Key is longer than 200 characters")
+        execution, _created = await self.api.execute(
+            request.match_info["workflow_id"],
+            inputs=inputs,
+            version=version,
+            idempotency_key=key,
+            wait=min(float(timeout), WAIT_TIMEOUT_MAX) if wait_flag else None,
+        )
+        status_url = f"/api/v1/executions/{execution['id']}"
+        if wait_flag and execution.get("finished_at"):
+            return _json(
+                {
+                    "execution_id": execution["id"],
+                    "status": execution["status"],
+                    "outputs": execution.get("outputs"),
+                    "error": execution.get("error"),
+                    "status_url": status_url,
+                }
+            )
+        return _json(
+            {
+                "execution_id": execution["id"],
+                "status": execution["status"],
+                "status_url": status_url,
+            },
+            202,
+        )
+
+    async def list_executions(self, request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            limit = int(q.get("limit", "50"))
+        except ValueError:
+            raise HttpError(
+                400, "bad_request", f"limit must be a whole number, got {q.get('limit')!r}"
+            ) from None
+        if not 1 <= limit <= 1000:
+            raise HttpError(400, "bad_request", "limit must be between 1 and 1000")
+        found = await self.api.list_executions(
+            workflow_id=q.get("workflow") or None, status=q.get("status") or None, limit=limit
+        )
+        return _json({"executions": found})
+
+    async def get_execution(self, request: web.Request) -> web.Response:
+        return _json(await self.api.get_execution(request.match_info["execution_id"]))
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        body = await _read_json(request, required=False)
+        reason = body.get("reason") if isinstance(body, dict) else None
+        if reason is not None and not isinstance(reason, str):
+            raise HttpError(400, "bad_request", "reason must be a string")
+        return _json(
+            await self.api.cancel(
+                request.match_info["execution_id"], reason or "cancelled on request"
+            )
+        )
+
+    async def execution_events(self, request: web.Request) -> web.Response:
+        return _json(
+            {"events": await self.api.execution_events(request.match_info["execution_id"])}
+        )
+
+    async def live_events(self, request: web.Request) -> web.StreamResponse:
+        """Server-Sent Events; with ?execution= the stored timeline is replayed first."""
+        flt = EventFilter(
+            workflow_id=request.query.get("workflow") or None,
+            execution_id=request.query.get("execution") or None,
+        )
+        if flt.execution_id is not None:
+            await self.api.get_execution(flt.execution_id)  # 404 before the stream opens
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        with self.api.hub.subscribe(flt) as sub:
+            last_seq = 0
+            if flt.execution_id is not None:
+                after = int(request.headers.get("Last-Event-ID", "0") or 0)
+                for event in await self.api.execution_events(flt.execution_id, after):
+                    await _sse(response, event)
+                    last_seq = max(last_seq, _seq(event))
+            while True:
+                try:
+                    event = await asyncio.wait_for(sub.next_event(), SSE_HEARTBEAT)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                except StopAsyncIteration:
+                    break
+                seq = _seq(event)
+                if flt.execution_id is not None and event.get("type") != "subscriber.lagged":
+                    if seq <= last_seq:
+                        continue  # already sent from the stored timeline
+                    last_seq = seq
+                await _sse(response, event)
+        return response
+
+    async def engines(self, request: web.Request) -> web.Response:
+        return _json({"engines": self.api.engines()})
+
+    # -- operations -------------------------------------------------------------------------
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.api.metrics_payload()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ok, why = self.api.readiness()
+        return _json({"status": "ready" if ok else "not ready", "reason": why}, 200 if ok else 503)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return _json(openapi_document())
+
+
+def _seq(event: JSONObject) -> int:
+    seq = event.get("seq")
+    return seq if isinstance(seq, int) else 0
+
+
+async def _sse(response: web.StreamResponse, event: JSONObject) -> None:
+    data = json.dumps(event, separators=(",", ":"))
+    frame = f"id: {event.get('seq')}\nevent: {event.get('type')}\ndata: {data}\n\n"
+    await response.write(frame.encode())
+
+
+def _op(
+    summary: str,
+    *,
+    body: str | None = None,
+    responses: dict[str, str] | None = None,
+    params: list[dict[str, Any]] | None = None,
+    auth: bool = False,
+) -> JSONObject:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            code: {
+                "description": text,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "$ref": "#/components/schemas/"
+                            + ("Error" if code[0] in "45" else "Any")
+                        }
+                    }
+                },
+            }
+            for code, text in (responses or {"200": "OK"}).items()
+        },
+    }
+    if params:
+        op["parameters"] = params
+    if body is not None:
+        op["requestBody"] = {
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}
+        }
+    if auth:
+        op["security"] = [{"bearer": []}]
+    return op
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query(name: str, kind: str = "string") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+
+
+def openapi_document() -> JSONObject:
+    """The OpenAPI 3.1 description of every route above; a test holds the two together."""
+    errors = {"400": "bad request", "401": "no token", "403": "wrong token", "404": "not found"}
+    trigger = _op(
+        "Start an execution",
+        body="TriggerRequest",
+        auth=True,
+        params=[
+            _path_param("workflow_id"),
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+            },
+        ],
+        responses={
+            "202": "accepted and stored",
+            "200": "finished while waiting",
+            "422": "inputs refused",
+            "429": "queue full",
+            **errors,
+        },
+    )
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "DAG Engine orchestrator", "version": "1"},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Any": {},
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                                "details": {"type": "object"},
+                            },
+                        }
+                    },
+                },
+                "TriggerRequest": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "inputs": {},
+                        "version": {"type": "string"},
+                        "wait": {"type": "boolean"},
+                        "timeout": {"type": "number", "exclusiveMinimum": 0},
+                    },
+                },
+                "Spec": {
+                    "type": "object",
+                    "description": "a workflow spec (DESIGN section 3); YAML with "
+                    "Content-Type application/yaml",
+                },
+                "CancelRequest": {"type": "object", "properties": {"reason": {"type": "string"}}},
+            },
+        },
+        "paths": {
+            "/trigger/{workflow_id}": {"post": trigger},
+            "/api/v1/workflows": {
+                "get": _op("List workflows (latest version of each)"),
+                "post": _op(
+                    "Register a workflow version",
+                    body="Spec",
+                    auth=True,
+                    params=[_query("force", "boolean")],
+                    responses={
+                        "201": "created",
+                        "200": "identical content already registered",
+                        "409": "version conflict or dependents out of range",
+                        **errors,
+                    },
+                ),
+            },
+            "/api/v1/workflows/{workflow_id}": {
+                "get": _op(
+                    "A workflow with its versions",
+                    params=[_path_param("workflow_id"), _query("version")],
+                    responses={"200": "OK", "404": "not found"},
+                )
+            },
+            "/api/v1/workflows/{workflow_id}/versions/{version}": {
+                "get": _op(
+                    "One version",
+                    params=[_path_param("workflow_id"), _path_param("version")],
+                    responses={"200": "OK", "404": "not found"},
+                )
+            },
+            "/api/v1/workflows/{workflow_id}/executions": {"post": trigger},
+            "/api/v1/executions": {
+                "get": _op(
+                    "Executions, newest first",
+                    params=[_query("workflow"), _query("status"), _query("limit", "integer")],
+                )
+            },
+            "/api/v1/executions/{execution_id}": {
+                "get": _op(
+                    "One execution",
+                    params=[_path_param("execution_id")],
+                    responses={"200": "OK", "404": "not found"},
+                )
+            },
+            "/api/v1/executions/{execution_id}/cancel": {
+                "post": _op(
+                    "Cancel an execution and its children",
+                    body="CancelRequest",
+                    auth=True,
+                    params=[_path_param("execution_id")],
+                    responses={"200": "OK", **errors},
+                )
+            },
+            "/api/v1/executions/{execution_id}/events": {
+                "get": _op(
+                    "The stored timeline",
+                    params=[_path_param("execution_id")],
+                    responses={"200": "OK", "404": "not found"},
+                )
+            },
+            "/api/v1/events": {
+                "get": {
+                    "summary": "Live events (Server-Sent Events)",
+                    "parameters": [_query("workflow"), _query("execution")],
+                    "responses": {
+                        "200": {
+                            "description": "text/event-stream",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/api/v1/engines": {"get": _op("Engines and their load")},
+            "/api/v1/openapi.json": {"get": _op("This document")},
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "text exposition",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/healthz": {"get": _op("Liveness")},
+            "/readyz": {"get": _op("Readiness", responses={"200": "ready", "503": "not ready"})},
+        },
+    }
+    return doc

@@ -1,0 +1,116 @@
+"""The orchestrator's settings: one frozen dataclass, read from the environment once (DESIGN 6).
+
+Names are kept from the system this replaces. ``Settings.from_env`` is the only place the
+orchestrator reads environment variables; a bad value raises ``SettingsError`` naming the
+variable, which the entry point prints as one line before exiting 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, cast
+
+from engine.core import envparse as ep
+from engine.core.envparse import LogFormat, SettingsError
+
+__all__ = ["Settings", "SettingsError"]
+
+DiscoveryMode = Literal["kubernetes", "static", "dns"]
+Transport = Literal["grpc", "local"]
+Balancer = Literal["consistent-hash", "round-robin", "least-loaded"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # where we serve
+    host: str = "0.0.0.0"
+    http_port: int = 8080
+    grpc_port: int = 50051
+    api_token: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_ca_file: str | None = None
+    # state
+    state_db: str = "/var/lib/dagengine/state.db"
+    # engines
+    transport: Transport = "grpc"
+    discovery_mode: DiscoveryMode = "kubernetes"
+    engine_addresses: tuple[str, ...] = ()
+    engine_dns_name: str | None = None
+    engine_port: int = 50051
+    engine_capacity: int = 10
+    """Assumed capacity of an engine until its GetInfo answers."""
+    local_engines: int = 2
+    """With TRANSPORT_TYPE=local: engines run in this process."""
+    k8s_namespace: str = "default"
+    k8s_service_name: str = "workflow-engines"
+    k8s_label_selector: str = "app=workflow-engine"
+    in_cluster_config: bool = True
+    discovery_interval: float = 30.0
+    health_check_interval: float = 10.0
+    load_balancer: Balancer = "consistent-hash"
+    # work
+    queue_limit: int = 10000
+    """Queued executions past which new ones are refused (429 / RESOURCE_EXHAUSTED)."""
+    max_subworkflow_depth: int = 16
+    # logs
+    log_format: LogFormat = "plain"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        discovery = cast(
+            DiscoveryMode,
+            ep.choice(env, "DISCOVERY_MODE", ("kubernetes", "static", "dns"), "kubernetes"),
+        )
+        addresses = ep.address_list(env, "ENGINE_ADDRESSES")
+        transport = cast(Transport, ep.choice(env, "TRANSPORT_TYPE", ("grpc", "local"), "grpc"))
+        if transport == "grpc" and discovery == "static" and not addresses:
+            raise SettingsError(
+                "ENGINE_ADDRESSES must list host:port engines when DISCOVERY_MODE=static"
+            )
+        namespace = ep.text(env, "K8S_NAMESPACE") or "default"
+        service = ep.text(env, "K8S_SERVICE_NAME") or "workflow-engines"
+        cert, key = ep.text(env, "TLS_CERT_FILE"), ep.text(env, "TLS_KEY_FILE")
+        if (cert is None) != (key is None):
+            raise SettingsError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        return cls(
+            host=ep.text(env, "HOST") or "0.0.0.0",
+            http_port=ep.port(env, "HTTP_PORT", 8080, zero="any free port"),
+            grpc_port=ep.port(env, "GRPC_PORT", 50051, zero="any free port"),
+            api_token=ep.text(env, "API_TOKEN"),
+            max_body_bytes=ep.positive_int(env, "MAX_BODY_BYTES", 1024 * 1024),
+            tls_cert_file=cert,
+            tls_key_file=key,
+            tls_ca_file=ep.text(env, "TLS_CA_FILE"),
+            state_db=ep.text(env, "STATE_DB") or "/var/lib/dagengine/state.db",
+            transport=transport,
+            discovery_mode=discovery,
+            engine_addresses=addresses,
+            engine_dns_name=ep.text(env, "ENGINE_DNS_NAME")
+            or f"{service}.{namespace}.svc.cluster.local",
+            engine_port=ep.port(env, "ENGINE_PORT", 50051, zero="unused"),
+            engine_capacity=ep.positive_int(env, "ENGINE_CAPACITY", 10),
+            local_engines=ep.positive_int(env, "LOCAL_ENGINES", 2),
+            k8s_namespace=namespace,
+            k8s_service_name=service,
+            k8s_label_selector=ep.text(env, "K8S_LABEL_SELECTOR") or "app=workflow-engine",
+            in_cluster_config=ep.boolean(env, "IN_CLUSTER_CONFIG", True),
+            discovery_interval=ep.seconds(env, "ENGINE_DISCOVERY_INTERVAL", 30.0),
+            health_check_interval=ep.seconds(env, "ENGINE_HEALTH_CHECK_INTERVAL", 10.0),
+            load_balancer=cast(
+                Balancer,
+                ep.choice(
+                    env,
+                    "LOAD_BALANCER_TYPE",
+                    ("consistent-hash", "round-robin", "least-loaded"),
+                    "consistent-hash",
+                ),
+            ),
+            queue_limit=ep.positive_int(env, "QUEUE_LIMIT", 10000),
+            max_subworkflow_depth=ep.positive_int(env, "MAX_SUBWORKFLOW_DEPTH", 16),
+            log_format=ep.log_format(env),
+            log_level=ep.log_level(env),
+        )

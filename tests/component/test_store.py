@@ -1,0 +1,216 @@
+"""The state database on a real SQLite file: schema, folding of events, durability, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.core.spec import parse_spec
+from orchestrator.store import MIGRATIONS, Store, migrate
+from orchestrator.versions import Registry
+
+SPEC = {
+    "id": "wf",
+    "version": "1.0.0",
+    "nodes": [
+        {"id": "a", "lua": "return 1"},
+        {"id": "b", "depends_on": ["a"], "lua": "return 2"},
+        {"id": "c", "depends_on": ["b"], "lua": "return 3"},
+    ],
+}
+
+
+def event(seq: int, kind: str, node: str | None = None, **data: Any) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "time": f"2026-01-01T00:00:{seq:02d}.000Z",
+        "type": kind,
+        "severity": "info",
+        "workflow_id": "wf",
+        "version": "1.0.0",
+        "execution_id": "e1",
+        "node_id": node,
+        "engine_id": "engine-0" if node else None,
+        "attempt": 1 if node else None,
+        "data": data,
+    }
+
+
+async def registered(store: Store) -> None:
+    plan = Registry().plan_register(parse_spec(SPEC), force=False, now=1.0)
+    await store.register_version(plan)
+
+
+async def create(
+    store: Store, execution_id: str = "e1", key: str | None = None
+) -> tuple[str, bool]:
+    return await store.create_execution(
+        execution_id=execution_id,
+        workflow_id="wf",
+        version="1.0.0",
+        inputs={"n": 3, "deep": [1, {"x": None}]},
+        pinned={},
+        created_at=100.0,
+        node_ids=["a", "b", "c"],
+        first_event=event(1, "execution.queued"),
+        idempotency_key=key,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> Any:
+    s = await Store.open(str(tmp_path / "state.db"))
+    await registered(s)
+    yield s
+    await s.close()
+
+
+async def test_a_new_execution_reads_back_as_the_execution_json(store: Store) -> None:
+    assert await create(store) == ("e1", True)
+    doc = await store.get_execution("e1")
+    assert doc is not None
+    assert doc["status"] == "queued" and doc["progress"] == 0
+    assert doc["inputs"] == {"n": 3, "deep": [1, {"x": None}]}
+    assert list(doc["nodes"]) == ["a", "b", "c"]  # type: ignore[arg-type]
+    assert doc["nodes"]["a"] == {  # type: ignore[index, call-overload]
+        "status": "pending",
+        "output": None,
+        "error": None,
+        "attempts": 0,
+        "started_at": None,
+        "finished_at": None,
+        "engine_id": None,
+    }
+    assert await store.get_execution("nope") is None
+
+
+async def test_events_fold_into_node_and_execution_state(store: Store) -> None:
+    await create(store)
+    await store.record_events(
+        "e1",
+        [
+            event(2, "execution.started"),
+            event(3, "node.started", "a"),
+            event(4, "node.succeeded", "a", output={"big": 2**40}),
+            event(5, "node.started", "b"),
+            event(6, "node.failed", "b", error="boom (line 1)"),
+            event(7, "node.blocked", "c", error="upstream failed"),
+        ],
+    )
+    doc = await store.get_execution("e1")
+    assert doc is not None
+    assert doc["status"] == "running" and doc["progress"] == 100
+    nodes: Any = doc["nodes"]
+    assert nodes["a"]["output"] == {"big": 2**40}
+    assert nodes["a"]["engine_id"] == "engine-0" and nodes["a"]["attempts"] == 1
+    assert nodes["a"]["started_at"] == "2026-01-01T00:00:03.000Z"
+    assert nodes["b"]["status"] == "failed" and nodes["b"]["error"] == "boom (line 1)"
+    assert nodes["c"]["status"] == "blocked"
+    await store.record_events(
+        "e1", [event(8, "execution.failed", error="node 'b' failed", outputs={})]
+    )
+    doc = await store.get_execution("e1")
+    assert doc is not None
+    assert doc["status"] == "failed" and doc["error"] == "node 'b' failed"
+    assert doc["finished_at"] == "2026-01-01T00:00:08.000Z"
+    # a later terminal event never rewrites the first
+    await store.record_events("e1", [event(9, "execution.succeeded", outputs={"x": 1})])
+    doc = await store.get_execution("e1")
+    assert doc is not None and doc["status"] == "failed"
+
+
+async def test_the_ticket_carries_checkpoints_and_the_next_seq(store: Store) -> None:
+    await create(store)
+    await store.record_events(
+        "e1",
+        [
+            event(2, "execution.started"),
+            event(3, "node.started", "a"),
+            event(4, "node.succeeded", "a", output=[1, 2]),
+            event(5, "node.started", "b"),
+        ],
+    )
+    ticket = await store.load_ticket("e1")
+    assert ticket is not None
+    assert [(c.node_id, c.output, c.attempts) for c in ticket.checkpoints] == [("a", [1, 2], 1)]
+    assert ticket.next_seq == 6
+    assert ticket.inputs == {"n": 3, "deep": [1, {"x": None}]}
+    assert '"id":"wf"' in ticket.spec_json
+    assert await store.next_seq("e1") == 6
+    # a repeated batch (a stream resent after failover) stores nothing twice
+    await store.record_events("e1", [event(5, "node.started", "b")])
+    assert [e["seq"] for e in await store.events("e1")] == [1, 2, 3, 4, 5]
+    assert [e["seq"] for e in await store.events("e1", after_seq=3)] == [4, 5]
+
+
+async def test_everything_survives_closing_and_reopening(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    store = await Store.open(path)
+    await registered(store)
+    await create(store, "e1")
+    await create(store, "e2")
+    await store.record_events("e2", [event(2, "execution.succeeded", outputs={})])
+    await store.close()
+    again = await Store.open(path)
+    try:
+        assert [v.version for v in await again.load_versions()] == ["1.0.0"]
+        assert await again.unfinished_executions() == [("e1", "wf")]
+        doc = await again.get_execution("e2")
+        assert doc is not None and doc["status"] == "succeeded"
+    finally:
+        await again.close()
+
+
+async def test_idempotency_key_within_a_day_returns_the_first_execution(store: Store) -> None:
+    assert await create(store, "e1", key="k") == ("e1", True)
+    assert await create(store, "e2", key="k") == ("e1", False)
+    assert await store.get_execution("e2") is None
+    assert await create(store, "e3", key="other") == ("e3", True)
+
+
+async def test_concurrent_writes_commit_together_and_one_refusal_spares_the_rest(
+    store: Store,
+) -> None:
+    results = await asyncio.gather(
+        *(create(store, f"x{i}") for i in range(200)),
+        create(store, "x7"),  # a duplicate id, queued among the others
+        return_exceptions=True,
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert len(failures) == 1 and isinstance(failures[0], sqlite3.IntegrityError)
+    listed = await store.list_executions(workflow_id="wf", status=None, limit=1000)
+    assert len(listed) == 200
+    assert "nodes" not in listed[0]
+
+
+async def test_list_filters_and_orders_newest_first(store: Store) -> None:
+    for i in range(3):
+        await store.create_execution(
+            execution_id=f"e{i}",
+            workflow_id="wf",
+            version="1.0.0",
+            inputs={},
+            pinned={},
+            created_at=100.0 + i,
+            node_ids=["a", "b", "c"],
+            first_event=event(1, "execution.queued"),
+        )
+    await store.record_events("e1", [event(2, "execution.succeeded", outputs={})])
+    listed = await store.list_executions(workflow_id="wf", status=None, limit=2)
+    assert [e["id"] for e in listed] == ["e2", "e1"]
+    done = await store.list_executions(workflow_id=None, status="succeeded", limit=10)
+    assert [e["id"] for e in done] == ["e1"]
+    assert await store.list_executions(workflow_id="other", status=None, limit=10) == []
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
+    assert migrate(conn) == len(MIGRATIONS)
+    assert migrate(conn) == len(MIGRATIONS)  # idempotent
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(RuntimeError, match="newer than this orchestrator"):
+        migrate(conn)

@@ -1,0 +1,477 @@
+"""The orchestrator with real engines: registry, triggers, events, failover, restarts, refusals.
+
+Every test talks HTTP (aiohttp) or gRPC to ``python -m orchestrator`` started as a process on
+loopback, with engines as processes and the state in a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+
+from engine import wire
+from engine.api import dagengine_pb2 as pb
+from engine.api import dagengine_pb2_grpc as pb_grpc
+from tests.integration.conftest import Cluster, StartCluster, stop_process
+
+pytestmark = pytest.mark.slow
+
+TOKEN = {"Authorization": "Bearer s3cret"}
+
+DIAMOND = """
+id: diamond
+version: 1.0.0
+nodes:
+  - id: a
+    lua: return { n = inputs.n or 1 }
+  - id: b
+    depends_on: [a]
+    lua: return { v = results.a.n * 2 }
+  - id: c
+    depends_on: [a]
+    lua: return { v = results.a.n * 3 }
+  - id: d
+    depends_on: [b, c]
+    lua: return { total = results.b.v + results.c.v }
+"""
+
+SLOW = """
+id: slow
+version: 1.0.0
+nodes:
+  - id: first
+    lua: return { at = 1 }
+  - id: pause
+    depends_on: [first]
+    sleep: {pause}
+  - id: last
+    depends_on: [pause]
+    lua: return { done = results.first.at + 1 }
+"""
+
+
+async def register(
+    http: aiohttp.ClientSession, url: str, text: str, *, force: bool = False
+) -> tuple[int, Any]:
+    async with http.post(
+        f"{url}/api/v1/workflows" + ("?force=true" if force else ""),
+        data=text,
+        headers={"Content-Type": "application/yaml", **TOKEN},
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def trigger(
+    http: aiohttp.ClientSession, url: str, workflow: str, body: Any = None, **headers: str
+) -> tuple[int, Any]:
+    async with http.post(
+        f"{url}/trigger/{workflow}", json=body or {}, headers={**TOKEN, **headers}
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def get(http: aiohttp.ClientSession, url: str) -> Any:
+    async with http.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def wait_status(
+    http: aiohttp.ClientSession, url: str, execution_id: str, timeout: float = 60
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        doc: dict[str, Any] = await get(http, f"{url}/api/v1/executions/{execution_id}")
+        if doc["finished_at"] is not None or time.monotonic() > deadline:
+            return doc
+        await asyncio.sleep(0.1)
+
+
+async def wait_engines(http: aiohttp.ClientSession, url: str, ready: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        engines = (await get(http, f"{url}/api/v1/engines"))["engines"]
+        if sum(1 for e in engines if e["state"] == "ready") == ready:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"engines never reached {ready} ready: {engines}")
+
+
+# -- the shared cluster ---------------------------------------------------------------------------
+
+
+async def test_trigger_and_wait_returns_outputs_and_the_execution_json(cluster: Cluster) -> None:
+    async with aiohttp.ClientSession() as http:
+        await wait_engines(http, cluster.url, 2)
+        status, _ = await register(http, cluster.url, DIAMOND)
+        assert status in (200, 201)
+        status, body = await trigger(
+            http, cluster.url, "diamond", {"inputs": {"n": 5}, "wait": True}
+        )
+        assert status == 200, body
+        assert body["status"] == "succeeded"
+        assert body["outputs"] == {"d": {"total": 25}}
+        doc = await get(http, f"{cluster.url}{body['status_url']}")
+        assert doc["workflow_id"] == "diamond" and doc["version"] == "1.0.0"
+        assert doc["inputs"] == {"n": 5} and doc["progress"] == 100
+        assert list(doc["nodes"]) == ["a", "b", "c", "d"]
+        assert all(n["status"] == "succeeded" and n["attempts"] == 1 for n in doc["nodes"].values())
+        assert doc["nodes"]["a"]["engine_id"] in ("engine-0", "engine-1")
+        assert doc["nodes"]["d"]["output"] == {"total": 25}
+        listed = await get(http, f"{cluster.url}/api/v1/executions?workflow=diamond&limit=5")
+        assert listed["executions"][0]["id"] == body["execution_id"]
+
+
+async def test_trigger_without_wait_answers_202_and_the_run_completes(cluster: Cluster) -> None:
+    async with aiohttp.ClientSession() as http:
+        await register(http, cluster.url, DIAMOND)
+        status, body = await trigger(http, cluster.url, "diamond", {"inputs": {"n": 1}})
+        assert status == 202, body
+        assert body["status_url"] == f"/api/v1/executions/{body['execution_id']}"
+        doc = await wait_status(http, cluster.url, body["execution_id"])
+        assert doc["status"] == "succeeded"
+        assert doc["outputs"] == {"d": {"total": 5}}
+
+
+async def test_version_rules_over_http(cluster: Cluster) -> None:
+    base = "id: lib\nversion: {v}\nnodes:\n  - id: x\n    lua: return {{ v = '{v}', k = {k} }}\n"
+    user = (
+        "id: app\nversion: {v}\nnodes:\n  - id: call\n    workflow: {{id: lib, version: '{r}'}}\n"
+    )
+    async with aiohttp.ClientSession() as http:
+        url = cluster.url
+        assert (await register(http, url, base.format(v="1.9.0", k=1)))[0] == 201
+        # identical content: a no-op
+        assert (await register(http, url, base.format(v="1.9.0", k=1)))[0] == 200
+        status, body = await register(http, url, base.format(v="1.9.0", k=2))
+        assert status == 409 and body["error"]["code"] == "version_conflict"
+        # 1.10.0 > 1.9.0 by SemVer precedence, not by string order
+        assert (await register(http, url, base.format(v="1.10.0", k=1)))[0] == 201
+        status, body = await register(http, url, base.format(v="1.2.0", k=1))
+        assert status == 409 and body["error"]["code"] == "version_not_newer"
+        assert "1.10.0" in body["error"]["message"]
+        # a dependent pins the range ^1.9
+        assert (await register(http, url, user.format(v="1.0.0", r="^1.9")))[0] == 201
+        status, body = await register(http, url, base.format(v="2.0.0", k=1))
+        assert status == 409 and body["error"]["code"] == "dependents_out_of_range"
+        assert "app@1.0.0" in body["error"]["message"]
+        wf = await get(http, f"{url}/api/v1/workflows/lib")
+        assert wf["version"] == "1.10.0"
+        assert (await register(http, url, base.format(v="2.0.0", k=1), force=True))[0] == 201
+        wf = await get(http, f"{url}/api/v1/workflows/lib")
+        assert wf["version"] == "2.0.0"
+        assert wf["versions"] == ["1.9.0", "1.10.0", "2.0.0"]
+        one = await get(http, f"{url}/api/v1/workflows/lib/versions/1.9.0")
+        assert one["spec"]["nodes"][0]["lua"] == "return { v = '1.9.0', k = 1 }"
+        # ranges when triggering
+        status, body = await trigger(http, url, "lib", {"version": "~1.9.0", "wait": True}, **TOKEN)
+        assert status == 200 and body["outputs"] == {"x": {"v": "1.9.0", "k": 1}}
+        status, body = await trigger(http, url, "lib", {"version": "^1", "wait": True})
+        assert status == 200 and body["outputs"] == {"x": {"v": "1.10.0", "k": 1}}
+        status, body = await trigger(http, url, "lib", {"wait": True})
+        assert body["outputs"] == {"x": {"v": "2.0.0", "k": 1}}
+        # a cycle between workflows: lib may not use app, which uses lib
+        cyclic = "id: lib\nversion: 3.0.0\nnodes:\n  - id: back\n    workflow: {id: app}\n"
+        status, body = await register(http, url, cyclic, force=True)
+        assert status == 409 and body["error"]["code"] == "workflow_cycle"
+        assert "lib -> app -> lib" in body["error"]["message"]
+
+
+async def test_sse_streams_a_runs_events_in_order(cluster: Cluster) -> None:
+    async with aiohttp.ClientSession() as http:
+        await register(http, cluster.url, DIAMOND)
+        status, body = await trigger(http, cluster.url, "diamond", {"inputs": {"n": 2}})
+        assert status == 202
+        eid = body["execution_id"]
+        events: list[dict[str, Any]] = []
+        async with http.get(f"{cluster.url}/api/v1/events?execution={eid}") as resp:
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            async for raw in resp.content:
+                line = raw.decode().strip()
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                    if events[-1]["type"].startswith("execution.") and events[-1]["type"] not in (
+                        "execution.queued",
+                        "execution.started",
+                    ):
+                        break
+        seqs = [e["seq"] for e in events]
+        assert seqs == list(range(1, len(seqs) + 1))
+        kinds = [e["type"] for e in events]
+        assert kinds[0] == "execution.queued" and kinds[1] == "execution.started"
+        assert kinds[-1] == "execution.succeeded"
+        assert kinds.index("node.succeeded") < kinds.index("execution.succeeded")
+        stored = await get(http, f"{cluster.url}/api/v1/executions/{eid}/events")
+        assert [e["seq"] for e in stored["events"]] == seqs
+
+
+async def test_idempotency_key_returns_the_first_execution(cluster: Cluster) -> None:
+    async with aiohttp.ClientSession() as http:
+        await register(http, cluster.url, DIAMOND)
+        first = await trigger(http, cluster.url, "diamond", {}, **{"Idempotency-Key": "k-1"})
+        again = await trigger(http, cluster.url, "diamond", {}, **{"Idempotency-Key": "k-1"})
+        other = await trigger(http, cluster.url, "diamond", {}, **{"Idempotency-Key": "k-2"})
+        assert first[1]["execution_id"] == again[1]["execution_id"]
+        assert other[1]["execution_id"] != first[1]["execution_id"]
+        listed = await get(http, f"{cluster.url}/api/v1/executions?workflow=diamond&limit=1000")
+        ids = [e["id"] for e in listed["executions"]]
+        assert ids.count(first[1]["execution_id"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "code"),
+    [
+        ("post", "/trigger/diamond", {"data": b"{not json", "headers": TOKEN}, 400, "bad_json"),
+        ("post", "/trigger/nope", {"json": {}, "headers": TOKEN}, 404, "not_found"),
+        (
+            "post",
+            "/trigger/diamond",
+            {"json": {"version": ">>1"}, "headers": TOKEN},
+            400,
+            "invalid_version_range",
+        ),
+        (
+            "post",
+            "/trigger/diamond",
+            {"json": {"version": "^7"}, "headers": TOKEN},
+            404,
+            "no_matching_version",
+        ),
+        (
+            "post",
+            "/trigger/diamond",
+            {"data": io.BytesIO(b'{"inputs": "' + b"x" * 2_000_000 + b'"}'), "headers": TOKEN},
+            413,
+            "body_too_large",
+        ),
+        ("post", "/trigger/diamond", {"json": {}}, 401, "unauthorized"),
+        (
+            "post",
+            "/trigger/diamond",
+            {"json": {}, "headers": {"Authorization": "Bearer wrong"}},
+            403,
+            "forbidden",
+        ),
+        (
+            "post",
+            "/api/v1/workflows",
+            {
+                "data": "id: x\nversion: one\nnodes: []\n",
+                "headers": {**TOKEN, "Content-Type": "application/yaml"},
+            },
+            400,
+            "invalid_spec",
+        ),
+        ("get", "/api/v1/executions/does-not-exist", {}, 404, "not_found"),
+        ("get", "/api/v1/executions?limit=zero", {}, 400, "bad_request"),
+        ("get", "/no/such/route", {}, 404, "not_found"),
+    ],
+)
+async def test_bad_requests_get_a_json_error_and_the_service_goes_on(
+    cluster: Cluster, method: str, path: str, kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        await register(http, cluster.url, DIAMOND)
+        async with http.request(method, cluster.url + path, **kwargs) as resp:
+            body = await resp.json()
+            assert resp.status == status, body
+        assert body["error"]["code"] == code
+        assert body["error"]["message"]
+        healthy = await get(http, f"{cluster.url}/healthz")
+        assert healthy == {"status": "ok"}
+    assert cluster.orchestrator.proc.poll() is None
+
+
+async def test_bad_spec_names_every_problem_with_its_line(cluster: Cluster) -> None:
+    spec = "id: broken\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: 'return {'\n  - id: b\n    depends_on: [zz]\n    lua: return 1\n"
+    async with aiohttp.ClientSession() as http:
+        status, body = await register(http, cluster.url, spec)
+        assert status == 400
+        problems = body["error"]["details"]["problems"]
+        assert any("nodes[a].lua" in p and "Lua syntax error" in p for p in problems), problems
+        assert any("unknown dependency 'zz'" in p and ":7:" in p for p in problems), problems
+        async with http.get(f"{cluster.url}/api/v1/workflows/broken") as resp:
+            assert resp.status == 404
+
+
+async def test_openapi_describes_every_route(cluster: Cluster) -> None:
+    from orchestrator.serving_http import HttpApi
+
+    async with aiohttp.ClientSession() as http:
+        doc = await get(http, f"{cluster.url}/api/v1/openapi.json")
+    app = HttpApi(None, token=None, max_body=1).app()  # type: ignore[arg-type]
+    routes = {
+        (r.method.lower(), r.resource.canonical)
+        for r in app.router.routes()
+        if r.method != "HEAD" and r.resource is not None
+    }
+    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert routes == documented
+
+
+async def test_metrics_count_executions_and_engines(cluster: Cluster) -> None:
+    async with aiohttp.ClientSession() as http:
+        await register(http, cluster.url, DIAMOND)
+        await trigger(http, cluster.url, "diamond", {"wait": True})
+        async with http.get(f"{cluster.url}/metrics") as resp:
+            text = await resp.text()
+    assert 'dagengine_executions_total{status="succeeded",workflow="diamond"}' in text
+    assert 'dagengine_engines{state="ready"} 2.0' in text
+    assert "dagengine_queue_depth 0.0" in text
+    assert 'dagengine_nodes_total{status="succeeded"}' in text
+
+
+async def test_grpc_register_execute_watch_and_reflection(cluster: Cluster) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async with grpc.aio.insecure_channel(cluster.orchestrator.grpc_address) as channel:
+        stub = pb_grpc.OrchestratorStub(channel)
+        spec = DIAMOND.replace("id: diamond", "id: grpc-diamond")
+        reply = await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=spec))
+        assert reply.workflow.id == "grpc-diamond" and reply.created
+        done = await stub.ExecuteWorkflow(
+            pb.ExecuteWorkflowRequest(
+                workflow_id="grpc-diamond", inputs_json='{"n": 10}', wait=True
+            )
+        )
+        assert done.execution.status == "succeeded"
+        assert wire.loads(done.execution.outputs_json) == {"d": {"total": 50}}
+        # integers stay integers across the wire
+        assert isinstance(wire.loads(done.execution.outputs_json)["d"]["total"], int)  # type: ignore[index, call-overload]
+        watched = []
+        async for event in stub.WatchEvents(pb.WatchEventsRequest(execution_id=done.execution_id)):
+            watched.append(event.type)
+            if event.type == "execution.succeeded":
+                break
+        assert watched[0] == "execution.queued" and watched[-1] == "execution.succeeded"
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="nope"))
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as conflict:
+            await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=spec.replace("* 2", "* 4")))
+        assert conflict.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        engines = await stub.ListEngines(pb.ListEnginesRequest())
+        assert sorted(e.engine_id for e in engines.engines) == ["engine-0", "engine-1"]
+        refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+        async def ask() -> Any:
+            yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+        async for answer in refl.ServerReflectionInfo(ask()):
+            names = {s.name for s in answer.list_services_response.service}
+            break
+        assert "dagengine.v1.Orchestrator" in names and "grpc.health.v1.Health" in names
+
+
+# -- clusters of their own ------------------------------------------------------------------------
+
+
+async def test_engine_killed_mid_run_the_run_completes_elsewhere_without_rerunning(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = start_cluster(engines=2)
+    async with aiohttp.ClientSession() as http:
+        await wait_engines(http, cluster.url, 2)
+        await register(http, cluster.url, SLOW.replace("{pause}", "3s"))
+        status, body = await trigger(http, cluster.url, "slow")
+        assert status == 202
+        eid = body["execution_id"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            doc = await get(http, f"{cluster.url}/api/v1/executions/{eid}")
+            if doc["nodes"]["pause"]["status"] == "running":
+                break
+            await asyncio.sleep(0.05)
+        assert doc["nodes"]["first"]["status"] == "succeeded"
+        victim_id = doc["nodes"]["first"]["engine_id"]
+        victim = next(e for e in cluster.engines if e.env["ENGINE_ID"] == victim_id)
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait(10)
+        doc = await wait_status(http, cluster.url, eid)
+        assert doc["status"] == "succeeded", doc
+        assert doc["outputs"] == {"last": {"done": 2}}
+        assert doc["nodes"]["last"]["engine_id"] != victim_id
+        events = (await get(http, f"{cluster.url}/api/v1/executions/{eid}/events"))["events"]
+        started = Counter(e["node_id"] for e in events if e["type"] == "node.started")
+        assert started["first"] == 1, "a completed node ran again after failover"
+        assert started["last"] == 1
+        seqs = [e["seq"] for e in events]
+        assert seqs == sorted(set(seqs))
+        assert [e["type"] for e in events].count("execution.succeeded") == 1
+
+
+async def test_orchestrator_killed_with_runs_queued_and_running_all_complete(
+    start_cluster: StartCluster,
+) -> None:
+    # capacity 1 per engine: of 6 runs, 2 run and 4 wait in the durable queue
+    cluster = start_cluster(engines=2, engine_env={"CAPACITY": "1"})
+    async with aiohttp.ClientSession() as http:
+        await wait_engines(http, cluster.url, 2)
+        await register(http, cluster.url, SLOW.replace("{pause}", "1s"))
+        ids = []
+        for i in range(6):
+            status, body = await trigger(http, cluster.url, "slow", {"inputs": {"i": i}})
+            assert status == 202
+            ids.append(body["execution_id"])
+        listed = await get(http, f"{cluster.url}/api/v1/executions?workflow=slow")
+        assert {e["status"] for e in listed["executions"]} <= {"queued", "running"}
+    cluster.orchestrator.proc.send_signal(signal.SIGKILL)
+    cluster.orchestrator.proc.wait(10)
+    cluster.restart_orchestrator()
+    async with aiohttp.ClientSession() as http:
+        for eid in ids:
+            doc = await wait_status(http, cluster.url, eid, timeout=90)
+            assert doc["status"] == "succeeded", doc
+            assert doc["outputs"] == {"last": {"done": 2}}
+        for eid in ids:
+            events = (await get(http, f"{cluster.url}/api/v1/executions/{eid}/events"))["events"]
+            started = Counter(e["node_id"] for e in events if e["type"] == "node.started")
+            assert started["first"] == 1
+            assert [e["seq"] for e in events] == sorted({e["seq"] for e in events})
+    stop_process(cluster.orchestrator.proc)
+
+
+async def test_no_engine_free_runs_wait_in_the_queue_and_past_the_limit_429(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = start_cluster(engines=1, engine_env={"CAPACITY": "1"}, QUEUE_LIMIT="2")
+    async with aiohttp.ClientSession() as http:
+        await wait_engines(http, cluster.url, 1)
+        await register(http, cluster.url, SLOW.replace("{pause}", "1s"))
+        answers = [await trigger(http, cluster.url, "slow") for _ in range(4)]
+        statuses = [a[0] for a in answers]
+        # one runs, two wait, the fourth is refused
+        assert statuses[:3] == [202, 202, 202], answers
+        assert statuses[3] == 429 and answers[3][1]["error"]["code"] == "queue_full"
+        for _status, body in answers[:3]:
+            doc = await wait_status(http, cluster.url, body["execution_id"])
+            assert doc["status"] == "succeeded"
+
+
+async def test_cancel_a_running_execution(start_cluster: StartCluster) -> None:
+    cluster = start_cluster(engines=1)
+    async with aiohttp.ClientSession() as http:
+        await wait_engines(http, cluster.url, 1)
+        await register(http, cluster.url, SLOW.replace("{pause}", "30s"))
+        _, body = await trigger(http, cluster.url, "slow")
+        eid = body["execution_id"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            doc = await get(http, f"{cluster.url}/api/v1/executions/{eid}")
+            if doc["status"] == "running":
+                break
+            await asyncio.sleep(0.05)
+        async with http.post(f"{cluster.url}/api/v1/executions/{eid}/cancel") as resp:
+            doc = await resp.json()
+        assert doc["status"] == "cancelled", doc
+        assert doc["nodes"]["last"]["status"] == "cancelled"
+        assert doc["nodes"]["first"]["status"] == "succeeded"
