@@ -111,6 +111,12 @@ async def echo_server() -> None:
 # -- measurements -------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -189,7 +195,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     "PORT": "0",
                     "CAPACITY": "1000",
                     "LOG_FORMAT": "json",
-                    "LOG_LEVEL": "WARNING",
+                    "LOG_LEVEL": "INFO",
                 },
                 tmp / f"engine-{i}.log",
             )
@@ -251,9 +257,14 @@ async def main_async(args: argparse.Namespace) -> None:
                 f" ratio {ratio:5.1f}x, target <= 15x: {'met' if ratio <= 15 else 'MISSED'}"
             )
             rates = []
+            named = {"orchestrator": procs[2], "engine-0": procs[0], "engine-1": procs[1]}
+            before = {name: cpu_seconds(p.pid) for name, p in named.items()}
+            before["client"] = cpu_seconds(os.getpid())
             for _ in range(args.repeat):
                 elapsed, _ids = await burst(http, url, args.burst)
                 rates.append(args.burst / elapsed)
+            spent = {name: cpu_seconds(p.pid) - before[name] for name, p in named.items()}
+            spent["client"] = cpu_seconds(os.getpid()) - before["client"]
             conn = sqlite3.connect(tmp / "state.db")
             stored = conn.execute(
                 "SELECT status, count(*) FROM executions"
@@ -266,6 +277,11 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"   target >= 500/s: {'met' if rate >= 500 else 'MISSED'}"
             )
             print(f"   in the store: {dict(stored)}")
+            runs = args.burst * args.repeat
+            print(
+                "   CPU per execution: "
+                + ", ".join(f"{name} {sec / runs * 1e6:.0f} us" for name, sec in spent.items())
+            )
             times = [await big(http, url) for _ in range(args.repeat)]
             wall = statistics.median(times)
             print(

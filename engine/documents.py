@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from engine.core.errors import SpecError, SpecProblem
-from engine.core.spec import Key
+from engine.core.spec import ExternalChecks, Key, WorkflowSpec, parse_spec
 
 
 def _lines(node: yaml.Node, key: Key, out: dict[Key, int], problems: list[SpecProblem]) -> None:
@@ -68,3 +68,37 @@ def read_document(text: str, source: str, *, json_only: bool = False) -> tuple[A
     if problems:
         raise SpecError(problems, source)
     return doc, lines
+
+
+def parse_text(
+    text: str, source: str, *, json_only: bool = False, checks: ExternalChecks | None = None
+) -> WorkflowSpec:
+    """The validated spec in ``text``; SpecError with file lines for every problem.
+
+    The line map costs far more than the parse (composing YAML nodes over a large JSON
+    document takes seconds), and only refusals need it: a spec is parsed without it first,
+    and again with it only when something is wrong.
+    """
+    if json_only:
+        try:
+            doc = json.loads(text, object_pairs_hook=_unique_keys)
+        except (json.JSONDecodeError, _DuplicateKey):
+            pass  # the located path below reports it
+        else:
+            try:
+                return parse_spec(doc, source=source, checks=checks)
+            except SpecError:
+                pass
+    doc, lines = read_document(text, source, json_only=json_only)
+    return parse_spec(doc, lines=lines, source=source, checks=checks)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _DuplicateKey
+    return out

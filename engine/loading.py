@@ -7,12 +7,11 @@ from pathlib import Path
 from engine.checking import external_checks
 from engine.core.errors import SpecError, SpecProblem
 from engine.core.spec import WorkflowSpec, parse_spec
-from engine.documents import read_document
+from engine.documents import parse_text
 
 
 def spec_from_text(text: str, source: str = "<spec>", *, json_only: bool = False) -> WorkflowSpec:
-    doc, lines = read_document(text, source, json_only=json_only)
-    return parse_spec(doc, lines=lines, source=source, checks=external_checks())
+    return parse_text(text, source, json_only=json_only, checks=external_checks())
 
 
 def spec_from_document(doc: object, source: str = "<spec>") -> WorkflowSpec:

@@ -59,8 +59,15 @@ _STOP_GRACE: Final = 2.0
 """Seconds calls still open get when the server finally stops."""
 
 
+@functools.lru_cache(maxsize=64)
 def spec_from_request(text: str) -> WorkflowSpec:
-    """A spec sent as JSON or YAML text; SpecError lists every problem, with its line."""
+    """A spec sent as JSON or YAML text; SpecError lists every problem, with its line.
+
+    Cached by text: the orchestrator sends the same registered spec with every run of it, and
+    validating it (YAML line map, Lua syntax of every node) costs about a millisecond even for
+    three nodes, more than the run. A spec is immutable once parsed, so runs share it; refusals
+    are exceptions and are not cached.
+    """
     return spec_from_text(text, "spec", json_only=text.lstrip().startswith("{"))
 
 
@@ -254,7 +261,9 @@ class EngineService(pb_grpc.EngineServicer):
         self._idle.clear()
         self._metrics.executions_started.inc()
         self._metrics.in_flight.set(len(self._runs))
-        log.info(
+        # per-run lines are DEBUG: the events say the same, and at hundreds of runs a second
+        # the log lines cost more than the runs
+        log.debug(
             "execution %s of %s started%s",
             execution.id,
             order.spec.ref,
@@ -269,7 +278,9 @@ class EngineService(pb_grpc.EngineServicer):
         self._metrics.in_flight.set(len(self._runs))
         if not self._runs:
             self._idle.set()
-        log.info(
+        # a run that succeeded is in the events; one that did not is worth a line here too
+        log.log(
+            logging.DEBUG if execution.run.status == "succeeded" else logging.INFO,
             "execution %s ended %s",
             execution.id,
             execution.run.status,

@@ -96,6 +96,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancel_requests: dict[str, str] = {}
         self._waiting_retry: set[str] = set()
+        self._fresh: dict[str, RunTicket] = {}
         self._closing = False
 
     # -- what the facade calls --------------------------------------------------------------
@@ -112,10 +113,23 @@ class Dispatcher:
         run = self._running.get(execution_id)
         return run.link if run is not None else None
 
-    def submit(self, execution_id: str, workflow_id: str, *, front: bool = False) -> None:
-        """Queue an execution the store already holds; it starts when an engine has room."""
+    def submit(
+        self,
+        execution_id: str,
+        workflow_id: str,
+        *,
+        front: bool = False,
+        ticket: RunTicket | None = None,
+    ) -> None:
+        """Queue an execution the store already holds; it starts when an engine has room.
+
+        ``ticket``: a run just stored, whose ticket the caller has in hand; the first dispatch
+        then skips reading it back.
+        """
         if execution_id in self._queued or execution_id in self._running:
             return
+        if ticket is not None:
+            self._fresh[execution_id] = ticket
         self._queued.add(execution_id)
         if front:
             self._queue.appendleft((execution_id, workflow_id))
@@ -133,7 +147,8 @@ class Dispatcher:
             self._queue.popleft()
             self._queued.discard(execution_id)
             link.in_flight += 1
-            run = _Running(RunTicket(execution_id, key, "", "", None, "queued"), link)
+            fresh = self._fresh.pop(execution_id, None)
+            run = _Running(fresh or RunTicket(execution_id, key, "", "", None, "queued"), link)
             self._running[execution_id] = run
             task = asyncio.get_running_loop().create_task(self._drive(run))
             self._tasks.add(task)
@@ -147,6 +162,7 @@ class Dispatcher:
         if execution_id not in self._queued:
             return False
         self._queued.discard(execution_id)
+        self._fresh.pop(execution_id, None)
         self._queue = deque(item for item in self._queue if item[0] != execution_id)
         return True
 
@@ -186,7 +202,9 @@ class Dispatcher:
         execution_id = run.ticket.execution_id
         outcome: Outcome = "lost"
         try:
-            ticket = await self._store.load_ticket(execution_id)
+            ticket = run.ticket if run.ticket.spec_json else None
+            if ticket is None:
+                ticket = await self._store.load_ticket(execution_id)
             if ticket is None or ticket.status in EXECUTION_TERMINAL:
                 outcome = "finished"
                 return
@@ -227,7 +245,7 @@ class Dispatcher:
         )
         if ticket.parent_execution_id:
             request.parent_execution_id = ticket.parent_execution_id
-        log.info(
+        log.debug(
             "dispatching %s to %s (resume from %d checkpoints)",
             ticket.execution_id,
             run.link.key,

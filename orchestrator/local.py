@@ -136,7 +136,7 @@ class LocalCluster:
         wait: float | None = None,
         idempotency_key: str | None = None,
     ) -> JSONObject:
-        """Start a run; with ``wait`` (seconds) the run as it stands when it ended or time ran out."""
+        """Start a run; with ``wait`` (seconds), the run once it ended or the time ran out."""
         doc, _ = await self.orchestrator.execute(
             workflow_id,
             inputs=inputs if inputs is not None else {},

@@ -153,6 +153,7 @@ def migrate(conn: sqlite3.Connection) -> int:
 class _Job:
     fn: Callable[[sqlite3.Connection], Any]
     future: Future[Any]
+    durable: bool
 
 
 class _Worker:
@@ -161,13 +162,15 @@ class _Worker:
     def __init__(self, conn: sqlite3.Connection, name: str, *, group: bool) -> None:
         self._conn = conn
         self._group = group
+        self._synced = False
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
+        """Run ``fn`` on the worker's connection; ``durable``: its commit is fsynced."""
         future: Future[T] = Future()
-        self._jobs.put(_Job(fn, future))
+        self._jobs.put(_Job(fn, future, durable))
         return await asyncio.wrap_future(future)
 
     def stop(self) -> None:
@@ -211,7 +214,11 @@ class _Worker:
     def _commit(self, batch: list[_Job]) -> None:
         conn = self._conn
         results: list[tuple[_Job, bool, Any]] = []
+        durable = any(job.durable for job in batch)
         try:
+            if durable != self._synced:
+                conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                self._synced = durable
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
                 conn.execute("SAVEPOINT job")
@@ -247,6 +254,19 @@ class _Worker:
 # -- folding events into rows -------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _NodeChange:
+    """What one batch of events says about one node: only its last state is written."""
+
+    status: str = "running"
+    started_at: JSON = None
+    finished_at: JSON = None
+    output: str | None = None
+    error: JSON = None
+    attempts: int = 0
+    engine_id: JSON = None
+
+
 def _fold(conn: sqlite3.Connection, execution_id: str, events: Sequence[JSONObject]) -> None:
     """Store events and fold them into the execution's rows (inside the writer's transaction)."""
     if not events:
@@ -255,92 +275,123 @@ def _fold(conn: sqlite3.Connection, execution_id: str, events: Sequence[JSONObje
         "INSERT OR IGNORE INTO events (execution_id, seq, body) VALUES (?, ?, ?)",
         [(execution_id, e["seq"], _dumps(e)) for e in events],
     )
-    done = 0
+    changes: dict[str, _NodeChange] = {}
     last_seq = 0
+    run_started: JSON = None
+    run_end: tuple[str, str, JSON, JSON] | None = None
     for event in events:
         seq = event.get("seq")
-        if isinstance(seq, int):
-            last_seq = max(last_seq, seq)
-        kind = str(event.get("type", ""))
-        family, _, what = kind.partition(".")
-        data = event.get("data")
-        data = data if isinstance(data, dict) else {}
-        when = event.get("time")
-        node_id = event.get("node_id")
-        attempt = event.get("attempt")
-        attempt = attempt if isinstance(attempt, int) else 0
-        if family == "node" and isinstance(node_id, str):
+        if isinstance(seq, int) and seq > last_seq:
+            last_seq = seq
+        family, _, what = str(event.get("type", "")).partition(".")
+        if family == "node":
+            node_id = event.get("node_id")
+            if not isinstance(node_id, str) or what not in _NODE_CHANGES:
+                continue
+            data = event.get("data")
+            data = data if isinstance(data, dict) else {}
+            change = changes.get(node_id)
+            if change is None:
+                change = changes[node_id] = _NodeChange()
+            elif change.status in NODE_TERMINAL:
+                continue  # the first end a node reaches is its end
+            attempt = event.get("attempt")
+            if isinstance(attempt, int) and attempt > change.attempts:
+                change.attempts = attempt
+            if event.get("engine_id") is not None:
+                change.engine_id = event.get("engine_id")
             if what in ("started", "retrying"):
-                conn.execute(
-                    "UPDATE nodes SET status = 'running', started_at = COALESCE(started_at, ?),"
-                    " attempts = MAX(attempts, ?), engine_id = COALESCE(?, engine_id),"
-                    " error = ? WHERE execution_id = ? AND node_id = ?"
-                    f" AND status NOT IN {_TERMINAL_SQL}",
-                    (
-                        when,
-                        attempt,
-                        event.get("engine_id"),
-                        data.get("error") if what == "retrying" else None,
-                        execution_id,
-                        node_id,
-                    ),
-                )
-            elif what in NODE_TERMINAL:
+                if change.started_at is None:
+                    change.started_at = event.get("time")
+                change.error = data.get("error") if what == "retrying" else None
+            else:
+                change.status = what
+                change.finished_at = event.get("time")
+                change.output = _dumps(data.get("output")) if what == "succeeded" else None
                 error = data.get("error")
                 if error is None and what == "skipped":
                     error = data.get("reason")
-                cur = conn.execute(
-                    "UPDATE nodes SET status = ?, output = ?, error = ?, finished_at = ?,"
-                    " attempts = MAX(attempts, ?), engine_id = COALESCE(engine_id, ?)"
-                    f" WHERE execution_id = ? AND node_id = ? AND status NOT IN {_TERMINAL_SQL}",
-                    (
-                        what,
-                        _dumps(data.get("output")) if what == "succeeded" else None,
-                        error if isinstance(error, str) else None,
-                        when,
-                        attempt,
-                        event.get("engine_id"),
-                        execution_id,
-                        node_id,
-                    ),
-                )
-                done += cur.rowcount
+                change.error = error if isinstance(error, str) else None
         elif family == "execution":
             if what == "started":
-                conn.execute(
-                    "UPDATE executions SET status = 'running',"
-                    " started_at = COALESCE(started_at, ?)"
-                    f" WHERE id = ? AND status NOT IN {_EXEC_TERMINAL_SQL}",
-                    (when, execution_id),
-                )
-            elif what in EXECUTION_TERMINAL:
-                error = data.get("error")
+                run_started = run_started or event.get("time")
+            elif what in EXECUTION_TERMINAL and run_end is None:
+                data = event.get("data")
+                data = data if isinstance(data, dict) else {}
                 outputs = data.get("outputs")
-                conn.execute(
-                    "UPDATE executions SET status = ?, outputs = ?, error = ?, finished_at = ?"
-                    f" WHERE id = ? AND status NOT IN {_EXEC_TERMINAL_SQL}",
-                    (
-                        what,
-                        _dumps(outputs if outputs is not None else {}),
-                        error if isinstance(error, str) else None,
-                        when,
-                        execution_id,
-                    ),
+                error = data.get("error")
+                run_end = (
+                    what,
+                    _dumps(outputs if outputs is not None else {}),
+                    error if isinstance(error, str) else None,
+                    event.get("time"),
                 )
-                if what != "succeeded":
-                    # nodes the run never reached end with it, so the document tells the story
-                    cur = conn.execute(
-                        "UPDATE nodes SET status = 'cancelled', finished_at = ?,"
-                        " error = COALESCE(error, ?) WHERE execution_id = ?"
-                        f" AND status NOT IN {_TERMINAL_SQL}",
-                        (when, f"execution {what}", execution_id),
-                    )
-                    done += cur.rowcount
+    done = 0
+    if changes:
+        running = [
+            (c.started_at, c.attempts, c.engine_id, c.error, execution_id, node_id)
+            for node_id, c in changes.items()
+            if c.status == "running"
+        ]
+        ended = [
+            (
+                c.status,
+                c.output,
+                c.error,
+                c.started_at,
+                c.finished_at,
+                c.attempts,
+                c.engine_id,
+                execution_id,
+                node_id,
+            )
+            for node_id, c in changes.items()
+            if c.status != "running"
+        ]
+        if running:
+            conn.executemany(
+                "UPDATE nodes SET status = 'running', started_at = COALESCE(started_at, ?),"
+                " attempts = MAX(attempts, ?), engine_id = COALESCE(?, engine_id), error = ?"
+                f" WHERE execution_id = ? AND node_id = ? AND status NOT IN {_TERMINAL_SQL}",
+                running,
+            )
+        if ended:
+            done += conn.executemany(
+                "UPDATE nodes SET status = ?, output = ?, error = ?,"
+                " started_at = COALESCE(started_at, ?), finished_at = ?,"
+                " attempts = MAX(attempts, ?), engine_id = COALESCE(?, engine_id)"
+                f" WHERE execution_id = ? AND node_id = ? AND status NOT IN {_TERMINAL_SQL}",
+                ended,
+            ).rowcount
+    if run_started is not None:
+        conn.execute(
+            "UPDATE executions SET status = 'running', started_at = COALESCE(started_at, ?)"
+            f" WHERE id = ? AND status NOT IN {_EXEC_TERMINAL_SQL}",
+            (run_started, execution_id),
+        )
+    if run_end is not None:
+        status, outputs, error, when = run_end
+        ended_now = conn.execute(
+            "UPDATE executions SET status = ?, outputs = ?, error = ?, finished_at = ?"
+            f" WHERE id = ? AND status NOT IN {_EXEC_TERMINAL_SQL}",
+            (status, outputs, error, when, execution_id),
+        ).rowcount
+        if ended_now and status != "succeeded":
+            # nodes the run never reached end with it, so the document tells the story
+            done += conn.execute(
+                "UPDATE nodes SET status = 'cancelled', finished_at = ?,"
+                " error = COALESCE(error, ?) WHERE execution_id = ?"
+                f" AND status NOT IN {_TERMINAL_SQL}",
+                (when, f"execution {status}", execution_id),
+            ).rowcount
     conn.execute(
         "UPDATE executions SET nodes_done = nodes_done + ?, last_seq = MAX(last_seq, ?)"
         " WHERE id = ?",
         (done, last_seq, execution_id),
     )
+
+
+_NODE_CHANGES: Final = frozenset({"started", "retrying", *NODE_TERMINAL})
 
 
 _EXECUTION_COLUMNS: Final = (
@@ -406,9 +457,12 @@ class Store:
             mode = writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal" and path != ":memory:":
                 raise RuntimeError(f"cannot use write-ahead logging on {path} (got {mode})")
-            # FULL: a commit is on disk when it returns, so a 202 survives a power cut too;
-            # group commit is what keeps that affordable
-            writer.execute("PRAGMA synchronous = FULL")
+            # Writes that accept something (a run, a version) commit with synchronous=FULL:
+            # on disk when the caller hears of it, so a 202 survives a power cut. Event
+            # batches commit with NORMAL: in the WAL before the caller goes on, so they
+            # survive a crash of this process; a power cut may lose the last few, and the
+            # run then resumes from an earlier checkpoint. The writer switches per batch.
+            writer.execute("PRAGMA synchronous = NORMAL")
             migrate(writer)
             return writer, _connect(path)
 
@@ -444,7 +498,7 @@ class Store:
                 (v.workflow_id, v.version, v.spec_json, v.digest, v.created_at),
             )
 
-        await self._writer.run(write)
+        await self._writer.run(write, durable=True)
 
     # -- executions -------------------------------------------------------------------------
 
@@ -503,7 +557,7 @@ class Store:
             _fold(conn, execution_id, [first_event])
             return execution_id, True
 
-        return await self._writer.run(write)
+        return await self._writer.run(write, durable=True)
 
     async def record_events(self, execution_id: str, events: list[JSONObject]) -> None:
         """Store events (idempotent by seq) and fold them in; returns once on disk."""

@@ -1,0 +1,544 @@
+"""The workflow registry: every registered version, how ranges resolve, and who depends on whom.
+
+Pure and in memory; the store keeps the rows and hands them back at start-up. Registration is
+two steps so nothing changes unless the row is stored: ``plan_register`` checks every rule of
+DESIGN section 4 and raises or returns a ``RegisterPlan``; the caller writes ``plan.stored`` and
+then calls ``apply``. Versions only ever grow (each new one is above the latest), so the newest
+version of a workflow is also its highest, and an index of what each workflow's latest version
+references answers "who depends on Y" and "would this close a cycle" without a full rescan.
+
+Cycles are refused twice over: through the latest versions (section 4's rule), and through the
+versions a run would really reach by resolving ranges, since an older version a range still
+selects can lead back where the latest ones do not; a run of such a loop would never end.
+
+Precedence is SemVer 2.0.0's (build metadata ignored). Ranges are npm's, plus ``latest`` (or
+empty) for the highest registered version; a bare version such as ``1.2.3`` matches only itself.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Final, TypeAlias
+
+from semantic_version import NpmSpec, Version
+
+from engine.core.events import isoformat
+from engine.core.spec import SEMVER, WorkflowSpec, parse_spec
+from engine.core.values import JSON, JSONObject
+from orchestrator.errors import (
+    DependentsOutOfRange,
+    InvalidRange,
+    NoMatchingVersion,
+    NotFound,
+    VersionConflict,
+    VersionNotNewer,
+    WorkflowCycle,
+)
+
+LATEST: Final = "latest"
+_SHOWN_VERSIONS: Final = 10  # how many registered versions an error message lists
+
+Precedence: TypeAlias = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """One row of the store's versions table."""
+
+    workflow_id: str
+    version: str
+    spec_json: str  # canonical JSON of the spec's document, see ``canonical_json``
+    digest: str  # sha256 hex of spec_json
+    created_at: float  # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterPlan:
+    """What registering ``spec`` takes; ``stored`` is the row to write (the old one when noop)."""
+
+    spec: WorkflowSpec
+    stored: StoredVersion
+    noop: bool
+    # dependents left out of range because force=True, as "id@version (needs RANGE)"
+    forced_past: tuple[str, ...] = ()
+
+
+def canonical_json(document: JSONObject) -> str:
+    """The one byte form of a spec: equal documents, whatever their key order, give equal text."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+@lru_cache(maxsize=4096)
+def _parse_version(version: str) -> Any:
+    return Version(version)
+
+
+@lru_cache(maxsize=4096)
+def _precedence(version: str) -> Precedence:
+    # semantic_version sorts by build metadata last; SemVer says it carries no precedence
+    return tuple(_parse_version(version).precedence_key[:4])
+
+
+@dataclass(frozen=True, slots=True)
+class _Range:
+    """A parsed version range: ``latest``, one exact version, or an npm range."""
+
+    text: str
+    exact: str | None = None
+    npm: Any = None  # NpmSpec; None with exact None means latest
+
+    @property
+    def is_latest(self) -> bool:
+        return self.exact is None and self.npm is None
+
+    def matches(self, version: str) -> bool:
+        if self.exact is not None:
+            return version == self.exact
+        if self.npm is None:
+            return True
+        return bool(self.npm.match(_parse_version(version)))
+
+
+@lru_cache(maxsize=1024)
+def _parse_range(text: str) -> _Range:
+    """Raises ValueError (from semantic_version) when ``text`` is not a range."""
+    stripped = text.strip()
+    if stripped in ("", LATEST):
+        return _Range(text)
+    if SEMVER.fullmatch(stripped):
+        return _Range(text, exact=stripped)
+    return _Range(text, npm=NpmSpec(stripped))
+
+
+@dataclass(frozen=True, slots=True)
+class _Reference:
+    """A sub-workflow node of some version: which workflow it runs and in what range."""
+
+    node: str
+    workflow: str
+    range: str
+
+
+def _references(spec: WorkflowSpec) -> tuple[_Reference, ...]:
+    return tuple(
+        _Reference(node.id, node.workflow.id, node.workflow.version)
+        for node in spec.nodes
+        if node.workflow is not None
+    )
+
+
+@dataclass(slots=True)
+class _Workflow:
+    id: str
+    rows: dict[str, StoredVersion] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # versions, lowest precedence first
+    keys: list[tuple[Precedence, str]] = field(default_factory=list)  # parallel sort keys
+    specs: dict[str, WorkflowSpec] = field(default_factory=dict)  # parsed on demand
+    refs: dict[str, tuple[_Reference, ...]] = field(default_factory=dict)  # per version
+    # range text -> highest matching version; a new version clears it. npm matching is slow
+    # enough that the cycle search, which resolves every reference it walks, needs this.
+    resolved: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def latest(self) -> str:
+        return self.order[-1]
+
+    def insert(self, row: StoredVersion) -> None:
+        self.resolved.clear()
+        if row.version in self.rows:
+            self.rows[row.version] = row
+            self.specs.pop(row.version, None)
+            self.refs.pop(row.version, None)
+            return
+        self.rows[row.version] = row
+        key = (_precedence(row.version), row.version)
+        at = bisect.bisect(self.keys, key)
+        self.keys.insert(at, key)
+        self.order.insert(at, row.version)
+
+    def listing(self) -> str:
+        shown = self.order[-_SHOWN_VERSIONS:]
+        older = len(self.order) - len(shown)
+        return ", ".join(shown) + (f" and {older} older" if older else "")
+
+
+class Registry:
+    """Every registered workflow version, in memory, with the rules that guard new ones."""
+
+    def __init__(self) -> None:
+        self._workflows: dict[str, _Workflow] = {}
+        # what the latest version of each workflow references, and the reverse
+        self._uses: dict[str, tuple[_Reference, ...]] = {}
+        self._used_by: dict[str, set[str]] = {}
+
+    # -- loading and registering ----------------------------------------------------------
+
+    def load(self, versions: Iterable[StoredVersion]) -> None:
+        """Replace the contents with stored rows, given in any order."""
+        self._workflows = {}
+        self._uses = {}
+        self._used_by = {}
+        for row in versions:
+            try:
+                _precedence(row.version)
+            except ValueError as exc:
+                raise InvalidRange(
+                    f"stored workflow {row.workflow_id} has a version that is not SemVer: "
+                    f"{row.version!r}",
+                    {"workflow": row.workflow_id, "version": row.version},
+                ) from exc
+            wf = self._workflows.get(row.workflow_id)
+            if wf is None:
+                wf = self._workflows[row.workflow_id] = _Workflow(row.workflow_id)
+            wf.insert(row)
+        for wf in self._workflows.values():
+            self._index(wf.id, self._refs(wf, wf.latest))
+
+    def plan_register(self, spec: WorkflowSpec, *, force: bool, now: float) -> RegisterPlan:
+        """Check ``spec`` against every rule and say what to store; changes nothing."""
+        text = canonical_json(spec.document)
+        wf = self._workflows.get(spec.id)
+        if wf is not None and spec.version in wf.rows:
+            row = wf.rows[spec.version]
+            if row.spec_json == text:
+                return RegisterPlan(spec, row, noop=True)
+            raise VersionConflict(
+                f"{spec.ref} is already registered with different content; versions are "
+                f"immutable: register the change as a version above {wf.latest}",
+                {
+                    "workflow": spec.id,
+                    "version": spec.version,
+                    "digest": row.digest,
+                    "latest": wf.latest,
+                },
+            )
+        if wf is not None and _precedence(spec.version) <= _precedence(wf.latest):
+            raise VersionNotNewer(
+                f"{spec.ref} is not newer than the latest registered version {wf.latest}: "
+                "a new version must be greater by SemVer precedence",
+                {"workflow": spec.id, "version": spec.version, "latest": wf.latest},
+            )
+        refs = _references(spec)
+        for ref in refs:
+            self._check_reference(spec, ref)
+        cycle = self._find_cycle(spec.id, refs) or self._find_run_cycle(spec, refs)
+        if cycle is not None:
+            path = " -> ".join(cycle)
+            raise WorkflowCycle(
+                f"{spec.ref} would close a cycle of sub-workflows: {path}",
+                {"workflow": spec.id, "version": spec.version, "cycle": list(cycle)},
+            )
+        left_behind = self._dependents_out_of_range(spec.id, spec.version)
+        if left_behind and not force:
+            named = ", ".join(f"{ref} (needs {rng})" for ref, rng in left_behind)
+            dependents: list[JSON] = [{"workflow": ref, "range": rng} for ref, rng in left_behind]
+            raise DependentsOutOfRange(
+                f"{spec.ref} is outside the range of its dependents: {named}; "
+                "register with force to override",
+                {"workflow": spec.id, "version": spec.version, "dependents": dependents},
+            )
+        stored = StoredVersion(
+            workflow_id=spec.id,
+            version=spec.version,
+            spec_json=text,
+            digest=hashlib.sha256(text.encode()).hexdigest(),
+            created_at=now,
+        )
+        forced = tuple(f"{ref} (needs {rng})" for ref, rng in left_behind)
+        return RegisterPlan(spec, stored, noop=False, forced_past=forced)
+
+    def apply(self, plan: RegisterPlan) -> None:
+        """Take in a planned version once the store has written it."""
+        if plan.noop:
+            return
+        row = plan.stored
+        wf = self._workflows.get(row.workflow_id)
+        if wf is None:
+            wf = self._workflows[row.workflow_id] = _Workflow(row.workflow_id)
+        wf.insert(row)
+        wf.specs[row.version] = plan.spec
+        wf.refs[row.version] = _references(plan.spec)
+        if wf.latest == row.version:
+            self._index(wf.id, wf.refs[row.version])
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def resolve(self, workflow_id: str, version_range: str | None) -> str:
+        """The highest registered version of ``workflow_id`` within ``version_range``."""
+        wanted = self._range(version_range, f"for {workflow_id}", {"workflow": workflow_id})
+        wf = self._workflow(workflow_id)
+        found = self._highest(wf, wanted)
+        if found is None:
+            raise NoMatchingVersion(
+                f"no version of {workflow_id} matches {wanted.text!r} (registered: {wf.listing()})",
+                {"workflow": workflow_id, "range": wanted.text, "versions": list(wf.order)},
+            )
+        return found
+
+    def resolve_spec(self, workflow_id: str, version_range: str | None) -> WorkflowSpec:
+        version = self.resolve(workflow_id, version_range)
+        return self._spec(self._workflows[workflow_id], version)
+
+    def spec_json(self, workflow_id: str, version: str) -> str:
+        """The stored text of exactly ``workflow_id@version``."""
+        wf = self._workflow(workflow_id)
+        return self._row(wf, version).spec_json
+
+    def pin_versions(self, workflow_id: str, version: str) -> dict[str, str]:
+        """Every sub-workflow reference reachable from ``workflow_id@version``, resolved now.
+
+        Keys are ``"<sub_id>@<range as written>"``; the same reference always resolves the same
+        way at one moment, so one entry serves every place it appears.
+        """
+        wf = self._workflow(workflow_id)
+        self._row(wf, version)
+        pinned: dict[str, str] = {}
+        seen = {(workflow_id, version)}
+        queue = deque([(wf, version)])
+        while queue:
+            current, current_version = queue.popleft()
+            for ref in self._refs(current, current_version):
+                key = f"{ref.workflow}@{ref.range}"
+                target = pinned.get(key)
+                if target is None:
+                    target = pinned[key] = self.resolve(ref.workflow, ref.range)
+                if (ref.workflow, target) not in seen:
+                    seen.add((ref.workflow, target))
+                    queue.append((self._workflows[ref.workflow], target))
+        return pinned
+
+    def describe(self, workflow_id: str, version: str | None = None) -> JSONObject:
+        """One version (exact or a range; default latest) with its workflow's history."""
+        wf = self._workflow(workflow_id)
+        chosen = self.resolve(workflow_id, version)
+        spec = self._spec(wf, chosen)
+        references: list[JSON] = [
+            {
+                "node": ref.node,
+                "workflow": ref.workflow,
+                "range": ref.range,
+                "resolves_to": self._try_resolve(ref.workflow, ref.range),
+            }
+            for ref in self._refs(wf, chosen)
+        ]
+        versions: list[JSON] = list(wf.order)
+        dependents: list[JSON] = list(self.dependents(workflow_id))
+        return {
+            "id": workflow_id,
+            "version": chosen,
+            "name": spec.name,
+            # a fresh copy: callers may change what they are given
+            "spec": json.loads(wf.rows[chosen].spec_json),
+            "created_at": isoformat(wf.rows[chosen].created_at),
+            "versions": versions,
+            "latest": wf.latest,
+            "dependents": dependents,
+            "references": references,
+        }
+
+    def summaries(self) -> list[JSONObject]:
+        """One entry per workflow, for its latest version, sorted by id."""
+        out: list[JSONObject] = []
+        for workflow_id in sorted(self._workflows):
+            wf = self._workflows[workflow_id]
+            versions: list[JSON] = list(wf.order)
+            dependents: list[JSON] = list(self.dependents(workflow_id))
+            out.append(
+                {
+                    "id": workflow_id,
+                    "version": wf.latest,
+                    "name": self._spec(wf, wf.latest).name,
+                    "versions": versions,
+                    "created_at": isoformat(wf.rows[wf.latest].created_at),
+                    "dependents": dependents,
+                }
+            )
+        return out
+
+    def dependents(self, workflow_id: str) -> list[str]:
+        """``id@version`` of each workflow whose latest version references ``workflow_id``."""
+        return [
+            f"{user}@{self._workflows[user].latest}"
+            for user in sorted(self._used_by.get(workflow_id, ()))
+        ]
+
+    # -- rules ------------------------------------------------------------------------------
+
+    def _check_reference(self, spec: WorkflowSpec, ref: _Reference) -> None:
+        details: JSONObject = {"node": ref.node, "workflow": ref.workflow, "range": ref.range}
+        wanted = self._range(
+            ref.range, f"in node {ref.node!r} of {spec.ref} (workflow {ref.workflow})", details
+        )
+        if ref.workflow == spec.id:
+            raise WorkflowCycle(
+                f"{spec.ref} would use itself: node {ref.node!r} runs workflow {spec.id} "
+                f"({spec.id} -> {spec.id})",
+                {"workflow": spec.id, "version": spec.version, "cycle": [spec.id, spec.id]},
+            )
+        target = self._workflows.get(ref.workflow)
+        if target is None:
+            raise NoMatchingVersion(
+                f"node {ref.node!r} of {spec.ref} uses workflow {ref.workflow} "
+                f"({ref.range}), which is not registered",
+                details,
+            )
+        if self._highest(target, wanted) is None:
+            raise NoMatchingVersion(
+                f"node {ref.node!r} of {spec.ref}: no version of {ref.workflow} matches "
+                f"{ref.range!r} (registered: {target.listing()})",
+                details,
+            )
+
+    def _find_cycle(self, start: str, refs: tuple[_Reference, ...]) -> list[str] | None:
+        """A path start -> ... -> start through latest versions, with ``refs`` as start's."""
+        visited = {start}
+        stack: list[tuple[str, Iterator[str]]] = [(start, iter([r.workflow for r in refs]))]
+        while stack:
+            _, edges = stack[-1]
+            nxt = next(edges, None)
+            if nxt is None:
+                stack.pop()
+            elif nxt == start:
+                return [name for name, _ in stack] + [start]
+            elif nxt not in visited:
+                visited.add(nxt)
+                stack.append((nxt, iter([r.workflow for r in self._uses.get(nxt, ())])))
+        return None
+
+    def _find_run_cycle(self, spec: WorkflowSpec, refs: tuple[_Reference, ...]) -> list[str] | None:
+        """A loop a run would actually take once ``spec`` is registered, as ``id@version`` steps.
+
+        The latest versions may be free of cycles while an older version, reached through a
+        range, leads back: a@1 uses b, a@2 does not, and b@2 uses a with ^1. Only paths through
+        the new version can be new, so the search starts there.
+        """
+        start = (spec.id, spec.version)
+        new_range_target = spec.version
+
+        def targets(found: tuple[_Reference, ...]) -> list[tuple[str, str]]:
+            out: list[tuple[str, str]] = []
+            for ref in found:
+                try:
+                    wanted = _parse_range(ref.range)
+                except ValueError:
+                    continue  # checked when that version was registered
+                if ref.workflow == spec.id and wanted.matches(new_range_target):
+                    out.append(start)
+                    continue
+                wf = self._workflows.get(ref.workflow)
+                version = self._highest(wf, wanted) if wf is not None else None
+                if version is not None:
+                    out.append((ref.workflow, version))
+            return out
+
+        visited = {start}
+        stack: list[tuple[tuple[str, str], Iterator[tuple[str, str]]]] = [
+            (start, iter(targets(refs)))
+        ]
+        while stack:
+            nxt = next(stack[-1][1], None)
+            if nxt is None:
+                stack.pop()
+            elif nxt == start:
+                return [f"{wid}@{ver}" for (wid, ver), _ in stack] + [spec.ref]
+            elif nxt not in visited:
+                visited.add(nxt)
+                found = self._refs(self._workflows[nxt[0]], nxt[1])
+                stack.append((nxt, iter(targets(found))))
+        return None
+
+    def _dependents_out_of_range(self, workflow_id: str, version: str) -> list[tuple[str, str]]:
+        """(dependent ``id@version``, range) for each dependent range ``version`` misses."""
+        out: list[tuple[str, str]] = []
+        inside: dict[str, bool] = {}  # many dependents share a few ranges
+        for user in sorted(self._used_by.get(workflow_id, ())):
+            ranges = sorted({r.range for r in self._uses[user] if r.workflow == workflow_id})
+            for rng in ranges:
+                if rng not in inside:
+                    try:
+                        inside[rng] = _parse_range(rng).matches(version)
+                    except ValueError:
+                        inside[rng] = False  # only a damaged store gets here: ask for force
+                if not inside[rng]:
+                    out.append((f"{user}@{self._workflows[user].latest}", rng))
+        return out
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _index(self, workflow_id: str, refs: tuple[_Reference, ...]) -> None:
+        for old in self._uses.get(workflow_id, ()):
+            users = self._used_by.get(old.workflow)
+            if users is not None:
+                users.discard(workflow_id)
+                if not users:
+                    del self._used_by[old.workflow]
+        self._uses[workflow_id] = refs
+        for ref in refs:
+            self._used_by.setdefault(ref.workflow, set()).add(workflow_id)
+
+    def _workflow(self, workflow_id: str) -> _Workflow:
+        wf = self._workflows.get(workflow_id)
+        if wf is None:
+            raise NotFound(f"workflow {workflow_id!r} is not registered", {"workflow": workflow_id})
+        return wf
+
+    @staticmethod
+    def _row(wf: _Workflow, version: str) -> StoredVersion:
+        row = wf.rows.get(version)
+        if row is None:
+            raise NotFound(
+                f"workflow {wf.id} has no version {version!r} (registered: {wf.listing()})",
+                {"workflow": wf.id, "version": version},
+            )
+        return row
+
+    @staticmethod
+    def _range(text: str | None, where: str, details: JSONObject | None = None) -> _Range:
+        try:
+            return _parse_range(text or "")
+        except ValueError as exc:
+            raise InvalidRange(
+                f"version range {text!r} {where} does not parse: {exc}",
+                {**(details or {}), "range": text},
+            ) from exc
+
+    @staticmethod
+    def _highest(wf: _Workflow, wanted: _Range) -> str | None:
+        if wanted.is_latest:
+            return wf.latest
+        if wanted.exact is not None:
+            return wanted.exact if wanted.exact in wf.rows else None
+        if wanted.text in wf.resolved:
+            return wf.resolved[wanted.text]
+        found = next((v for v in reversed(wf.order) if wanted.matches(v)), None)
+        wf.resolved[wanted.text] = found
+        return found
+
+    def _try_resolve(self, workflow_id: str, version_range: str) -> str | None:
+        wf = self._workflows.get(workflow_id)
+        if wf is None:
+            return None
+        try:
+            return self._highest(wf, _parse_range(version_range))
+        except ValueError:
+            return None
+
+    @classmethod
+    def _refs(cls, wf: _Workflow, version: str) -> tuple[_Reference, ...]:
+        refs = wf.refs.get(version)
+        if refs is None:
+            refs = wf.refs[version] = _references(cls._spec(wf, version))
+        return refs
+
+    @staticmethod
+    def _spec(wf: _Workflow, version: str) -> WorkflowSpec:
+        spec = wf.specs.get(version)
+        if spec is None:
+            spec = wf.specs[version] = parse_spec(json.loads(wf.rows[version].spec_json))
+        return spec
