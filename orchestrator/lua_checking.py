@@ -65,4 +65,7 @@ class LuaSyntaxChecker:
                     self._proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     self._proc.kill()
+                    self._proc.wait(timeout=5)
+            if self._proc is not None and self._proc.stdout is not None:
+                self._proc.stdout.close()
             self._proc = None

@@ -407,6 +407,11 @@ async def test_engine_killed_mid_run_the_run_completes_elsewhere_without_rerunni
         seqs = [e["seq"] for e in events]
         assert seqs == sorted(set(seqs))
         assert [e["type"] for e in events].count("execution.succeeded") == 1
+        engines = {
+            e["id"]: e for e in (await get(http, f"{cluster.url}/api/v1/engines"))["engines"]
+        }
+        assert engines[victim_id]["state"] == "unhealthy"
+        assert engines[doc["nodes"]["last"]["engine_id"]]["state"] == "ready"
 
 
 async def test_orchestrator_killed_with_runs_queued_and_running_all_complete(
