@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import sqlite3
 import statistics
 import subprocess
@@ -34,6 +33,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_runner import dag
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,16 +50,9 @@ THREE = {
 }
 
 
-def big_spec(nodes: int, width: int = 100, fan_in: int = 2, seed: int = 3) -> dict[str, Any]:
-    rnd = random.Random(seed)
-    docs = []
-    for i in range(nodes):
-        layer = i // width
-        deps = []
-        if layer:
-            deps = [f"n{(layer - 1) * width + j}" for j in rnd.sample(range(width), fan_in)]
-        docs.append({"id": f"n{i}", "lua": "return { v = 1 }", "depends_on": deps})
-    return {"id": "big", "version": "1.0.0", "concurrency": width, "nodes": docs}
+def big_spec(nodes: int) -> dict[str, Any]:
+    """The local runner benchmark's DAG (layers of 100, two parents each), as a document."""
+    return dict(dag(nodes).document)
 
 
 # -- processes ----------------------------------------------------------------------------------

@@ -24,9 +24,7 @@ from importlib import metadata
 from typing import Any, Final, NoReturn
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from engine import wire
@@ -454,17 +452,7 @@ class EngineServer:
         # without so_reuseport a second engine on a taken port fails instead of sharing it
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_EngineServicer_to_server(service, server)
-        health = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        await health.set(ENGINE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-        reflection.enable_server_reflection(
-            [
-                ENGINE_SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
-        )
+        health = await wire.add_health_and_reflection(server, ENGINE_SERVICE)
         address = f"{self.settings.host}:{self.settings.port}"
         try:
             self.port = server.add_insecure_port(address)

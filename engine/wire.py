@@ -19,6 +19,9 @@ from typing import Final
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from engine.api import dagengine_pb2 as pb
@@ -370,3 +373,25 @@ def field_violations(status: status_pb2.Status) -> list[tuple[str, str]]:
         if detail.Unpack(bad):
             out.extend((v.field, v.description) for v in bad.field_violations)
     return out
+
+
+# -- serving --------------------------------------------------------------------------------------
+
+
+async def add_health_and_reflection(
+    server: grpc.aio.Server, service_name: str
+) -> health_aio.HealthServicer:
+    """grpc.health.v1 (``service_name`` SERVING) and server reflection on ``server``; both
+    services offer them, so clients and probes find every server the same way."""
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    await health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [
+            service_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    return health

@@ -20,10 +20,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
+from engine import wire
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.logformat import configure_logging
 from orchestrator.discovery import Discovery, DnsDiscovery, StaticDiscovery
@@ -172,17 +170,7 @@ async def _serve_apis(settings: Settings, orch: Orchestrator, stop: asyncio.Even
             return 1
         http_port = _bound_port(site)
         pb_grpc.add_OrchestratorServicer_to_server(OrchestratorService(orch), server)
-        health = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        await health.set(ORCHESTRATOR_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-        reflection.enable_server_reflection(
-            [
-                ORCHESTRATOR_SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
-        )
+        health = await wire.add_health_and_reflection(server, ORCHESTRATOR_SERVICE)
         try:
             grpc_port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         except RuntimeError as exc:
