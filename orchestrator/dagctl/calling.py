@@ -1,0 +1,272 @@
+"""dagctl's HTTP client: JSON requests and the live event stream, on the standard library.
+
+A synchronous urllib client keeps ``dagctl`` quick to start; nothing here needs concurrency. Every
+failure leaves as one of two errors, so commands print them one way::
+
+    DagctlError
+    ├── Unreachable   no HTTP answer at all (refused, unknown host, timed out)
+    └── ApiError      an HTTP answer with an error status, with the server's
+                      {"error": {"code", "message", "details"}} when it sent one
+
+Server-Sent Events are parsed by ``parse_sse`` (pure, over lines) and read by ``Client.events``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine.core.values import JSON, JSONObject
+
+DEFAULT_TIMEOUT = 30.0
+STREAM_TIMEOUT = 45.0
+"""Seconds without a byte before a live stream counts as broken; the server beats every 15."""
+
+
+class DagctlError(Exception):
+    """Root of the errors dagctl prints as one line (plus details) before exiting 1."""
+
+
+class Unreachable(DagctlError):
+    def __init__(self, server: str, reason: str) -> None:
+        super().__init__(f"cannot reach the orchestrator at {server}: {reason}")
+        self.server = server
+        self.reason = reason
+
+
+class ApiError(DagctlError):
+    """An error status from the orchestrator; ``code`` is its stable error code."""
+
+    def __init__(self, status: int, code: str, message: str, details: JSONObject) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class StreamUnavailable(DagctlError):
+    """The live stream could not be opened or broke off; callers fall back to polling.
+
+    ``refusal`` is the server's 404/405 when it had no stream to give: the route is missing,
+    or the execution asked for is unknown (polling then reports which).
+    """
+
+    def __init__(self, message: str, refusal: ApiError | None = None) -> None:
+        super().__init__(message)
+        self.refusal = refusal
+
+
+def _reason(exc: BaseException) -> str:
+    """The few words that say why a request got no answer."""
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc.reason, str):
+        return _reason(exc.reason)
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror or exc})"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "the connection closed without an answer"
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def _is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _api_error(status: int, raw: bytes) -> ApiError:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        details = err.get("details")
+        return ApiError(
+            status,
+            str(err.get("code") or f"http_{status}"),
+            str(err.get("message") or ""),
+            details if isinstance(details, dict) else {},
+        )
+    text = raw.decode("utf-8", "replace").strip().splitlines()
+    message = text[0][:200] if text else http.client.responses.get(status, "error")
+    return ApiError(status, f"HTTP {status}", message, {})
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: JSONObject
+
+
+def parse_sse(lines: Iterable[bytes]) -> Iterator[tuple[str | None, str]]:
+    """(id, data) for each Server-Sent Event in ``lines``; comments and empty events skipped."""
+    data: list[str] = []
+    event_id: str | None = None
+    for raw in lines:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            if data:
+                yield event_id, "\n".join(data)
+            data, event_id = [], None
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            data.append(value)
+        elif name == "id":
+            event_id = value
+    if data:
+        yield event_id, "\n".join(data)
+
+
+class Client:
+    """Calls to one orchestrator; ``server`` is its base URL (``http://host:port``)."""
+
+    def __init__(
+        self, server: str, token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        # A local orchestrator is never reached through an HTTP proxy from the environment;
+        # a remote one is, the way every other HTTP tool would.
+        handlers: list[urllib.request.BaseHandler] = (
+            [urllib.request.ProxyHandler({})] if _is_loopback(self.server) else []
+        )
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def url(self, path: str, query: Mapping[str, Any] | None = None) -> str:
+        url = self.server + path
+        pairs = {k: str(v) for k, v in (query or {}).items() if v is not None}
+        return url + ("?" + urllib.parse.urlencode(pairs) if pairs else "")
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> urllib.request.Request:
+        all_headers = {"Accept": "application/json", "User-Agent": "dagctl", **(headers or {})}
+        if self.token:
+            all_headers["Authorization"] = f"Bearer {self.token}"
+        return urllib.request.Request(
+            self.url(path, query), data=data, headers=all_headers, method=method
+        )
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        request = self._request(method, path, query=query, data=data, headers=headers)
+        try:
+            with self._opener.open(request, timeout=timeout or self.timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                raise _api_error(exc.code, exc.read()) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(self.server, _reason(exc)) from exc
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(status, "bad_answer", "the answer is not JSON", {}) from None
+        if not isinstance(body, dict):
+            raise ApiError(status, "bad_answer", "the answer is not a JSON object", {})
+        return Reply(status, body)
+
+    def get(self, path: str, **query: Any) -> JSONObject:
+        return self.call("GET", path, query=query).body
+
+    def post(
+        self,
+        path: str,
+        body: JSON = None,
+        *,
+        query: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        data = json.dumps(body if body is not None else {}).encode()
+        return self.call(
+            "POST",
+            path,
+            query=query,
+            data=data,
+            headers={"Content-Type": "application/json", **(headers or {})},
+            timeout=timeout,
+        )
+
+    def events(
+        self,
+        query: Mapping[str, Any],
+        *,
+        last_event_id: int = 0,
+        timeout: float = STREAM_TIMEOUT,
+    ) -> Generator[JSONObject, None, None]:
+        """Live events from ``GET /api/v1/events`` until the server closes the stream.
+
+        ``StreamUnavailable`` when there is no stream to open (404/405) or it breaks off;
+        ``ApiError`` for other refusals, ``Unreachable`` when no answer came.
+        """
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = str(last_event_id)
+        request = self._request("GET", "/api/v1/events", query=query, headers=headers)
+        try:
+            resp = self._opener.open(request, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            with exc:
+                error = _api_error(exc.code, exc.read())
+            if exc.code in (404, 405):
+                raise StreamUnavailable(f"no event stream: {error.message}", error) from None
+            raise error from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(self.server, _reason(exc)) from exc
+        with resp:
+            kind = resp.headers.get("Content-Type", "")
+            if not kind.startswith("text/event-stream"):
+                raise StreamUnavailable(f"the event stream answered {kind or 'no content type'}")
+            try:
+                for _, data in parse_sse(resp):
+                    try:
+                        event = json.loads(data)
+                    except ValueError:
+                        continue
+                    if isinstance(event, dict):
+                        yield event
+            except (OSError, http.client.HTTPException) as exc:
+                raise StreamUnavailable(f"the event stream broke off: {_reason(exc)}") from exc

@@ -1,0 +1,647 @@
+"""The ``dagctl`` commands: argument parsing, one function per command, and ``main``.
+
+``main`` reads the environment once into ``Settings`` and hands it down; commands talk to the
+orchestrator through ``calling.Client`` and draw with ``showing``. Exit codes: 0 done, 1 the
+server refused or a run did not succeed, 2 bad arguments or an invalid workflow file, 130 when a
+followed run is left with Ctrl-C (the run goes on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Generator, Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TextIO
+
+from engine.core.states import EXECUTION_TERMINAL
+from engine.core.values import JSON, JSONObject
+from orchestrator.dagctl.calling import (
+    ApiError,
+    Client,
+    DagctlError,
+    StreamUnavailable,
+    Unreachable,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+
+    from orchestrator.dagctl.showing import RunProgress
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+POLL_INTERVAL = 0.5
+STREAM_RETRIES = 3
+TERMINAL_EVENTS = frozenset(f"execution.{status}" for status in EXECUTION_TERMINAL)
+
+_LINE = re.compile(r"line (\d+): ")
+
+
+class BadArguments(DagctlError):
+    """Arguments that parse but do not make sense; exit 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What dagctl takes from the environment, read once in ``main``."""
+
+    server: str = DEFAULT_SERVER
+    token: str | None = None
+    environ: Mapping[str, str] = field(default_factory=dict)
+    """The whole environment, for the processes ``dagctl up`` starts (DESIGN section 6)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        server = (env.get("DAGCTL_SERVER") or "").strip() or DEFAULT_SERVER
+        if "://" not in server:
+            server = "http://" + server
+        token = (env.get("DAGCTL_TOKEN") or env.get("API_TOKEN") or "").strip() or None
+        return cls(server=server.rstrip("/"), token=token, environ=MappingProxyType(dict(env)))
+
+
+# -- arguments ------------------------------------------------------------------------------
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(name)
+
+
+def parse_input(pair: str) -> tuple[str, JSON]:
+    """``k=v`` from ``--input``: the value as JSON when it parses (``n=5`` is 5), else text."""
+    key, sep, raw = pair.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise BadArguments(f"--input {pair!r}: expected key=value")
+    try:
+        value: JSON = json.loads(raw, parse_constant=_refuse_constant)
+    except ValueError:
+        value = raw
+    return key, value
+
+
+def read_inputs(
+    *, pairs: Sequence[str] = (), inputs_json: str | None = None, inputs_file: str | None = None
+) -> JSON:
+    """Inputs from ``--inputs`` or ``--inputs-file``, with ``--input k=v`` pairs on top."""
+    base: JSON = {}
+    if inputs_json is not None:
+        try:
+            base = json.loads(inputs_json)
+        except ValueError as exc:
+            raise BadArguments(f"--inputs is not valid JSON: {exc}") from None
+    elif inputs_file is not None:
+        path = Path(inputs_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise BadArguments(f"--inputs-file {path}: {exc.strerror or exc}") from None
+        try:
+            if path.suffix.lower() == ".json":
+                base = json.loads(text)
+            else:
+                import yaml
+
+                base = yaml.safe_load(text)
+        except ValueError as exc:
+            raise BadArguments(f"--inputs-file {path}: not valid JSON: {exc}") from None
+        except Exception as exc:  # yaml.YAMLError, without importing yaml up front
+            raise BadArguments(f"--inputs-file {path}: not valid YAML: {exc}") from None
+        if base is None:
+            base = {}
+    if pairs:
+        if not isinstance(base, dict):
+            raise BadArguments("--input k=v needs the other inputs to be a JSON object")
+        merged = dict(base)
+        for pair in pairs:
+            key, value = parse_input(pair)
+            merged[key] = value
+        base = merged
+    return base
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+RESOURCES = {
+    "workflows": "workflows",
+    "workflow": "workflows",
+    "wf": "workflows",
+    "executions": "executions",
+    "execution": "executions",
+    "exec": "executions",
+    "engines": "engines",
+    "engine": "engines",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dagctl",
+        description="Command line for DAG Engine. The orchestrator is at $DAGCTL_SERVER "
+        f"(default {DEFAULT_SERVER}); $DAGCTL_TOKEN (or $API_TOKEN) is sent as a bearer token.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def output(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-o", "--output", choices=("table", "json"), default="table", help="default: table"
+        )
+
+    up = sub.add_parser("up", help="run an orchestrator and engines locally until Ctrl-C")
+    up.add_argument("--engines", type=_positive, default=2, metavar="N", help="default: 2")
+    up.add_argument("--no-examples", action="store_true", help="do not register examples/*.yaml")
+
+    validate = sub.add_parser("validate", help="check workflow files locally, without a server")
+    validate.add_argument(
+        "-f", "--file", dest="files", action="append", required=True, metavar="FILE"
+    )
+
+    apply = sub.add_parser("apply", help="register workflow files")
+    apply.add_argument("-f", "--file", dest="files", action="append", required=True, metavar="FILE")
+    apply.add_argument(
+        "--force", action="store_true", help="register even if dependents' ranges are left behind"
+    )
+
+    run = sub.add_parser("run", help="start an execution (and follow it with --wait)")
+    run.add_argument("workflow")
+    run.add_argument(
+        "--input", dest="pairs", action="append", default=[], metavar="K=V", help="repeatable"
+    )
+    group = run.add_mutually_exclusive_group()
+    group.add_argument("--inputs", dest="inputs_json", metavar="JSON", help="inputs as JSON")
+    group.add_argument("--inputs-file", metavar="FILE", help="inputs from a JSON or YAML file")
+    run.add_argument("--version", metavar="RANGE", help='a version or range, e.g. "^1.2"')
+    run.add_argument("--wait", action="store_true", help="follow the run live until it ends")
+    run.add_argument("--idempotency-key", metavar="KEY")
+    output(run)
+
+    get = sub.add_parser("get", help="list workflows, executions or engines")
+    get.add_argument("resource", choices=sorted(RESOURCES), metavar="workflows|executions|engines")
+    get.add_argument("--workflow", metavar="ID", help="executions of this workflow")
+    get.add_argument("--status", metavar="STATUS", help="executions in this state")
+    get.add_argument("--limit", type=_positive, default=50, metavar="N", help="default: 50")
+    output(get)
+
+    describe = sub.add_parser("describe", help="one execution (or workflow) in detail")
+    describe.add_argument("resource", choices=("execution", "workflow"))
+    describe.add_argument("id", metavar="ID")
+    describe.add_argument("--version", help="with describe workflow: this version")
+    output(describe)
+
+    events = sub.add_parser("events", help="an execution's timeline, or the live stream with -f")
+    events.add_argument("-f", "--follow", action="store_true", help="follow the live stream")
+    events.add_argument("--workflow", metavar="ID")
+    events.add_argument("--execution", metavar="ID")
+    output(events)
+
+    cancel = sub.add_parser("cancel", help="cancel an execution and its children")
+    cancel.add_argument("id", metavar="ID")
+    cancel.add_argument("--reason", help="recorded with the cancellation")
+    output(cancel)
+    return parser
+
+
+# -- shared plumbing ------------------------------------------------------------------------
+
+
+def _console(out: TextIO) -> Console:
+    from rich.console import Console
+
+    # off a terminal, lines are not cut to 80 columns: the output is for files and pipes
+    return Console(file=out, highlight=False, width=None if out.isatty() else 160)
+
+
+def _print(out: TextIO, renderable: RenderableType) -> None:
+    console = _console(out)
+    if out.isatty():
+        console.print(renderable)
+        return
+    with console.capture() as captured:  # for files and pipes: no padding at line ends
+        console.print(renderable)
+    out.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+
+
+def _dump(out: TextIO, value: Any) -> None:
+    out.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def _quote(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+def _execution(client: Client, execution_id: str) -> JSONObject:
+    """One execution by id, or by an unambiguous prefix of a recent one's id."""
+    try:
+        return client.get(f"/api/v1/executions/{_quote(execution_id)}")
+    except ApiError as exc:
+        if exc.status != 404 or len(execution_id) >= 32:
+            raise
+        found = client.get("/api/v1/executions", limit=1000).get("executions")
+        matches = [
+            e
+            for e in (found if isinstance(found, list) else [])
+            if isinstance(e, dict) and str(e.get("id", "")).startswith(execution_id)
+        ]
+        if len(matches) != 1:
+            raise
+        return client.get(f"/api/v1/executions/{_quote(str(matches[0]['id']))}")
+
+
+def print_error(exc: DagctlError, err: TextIO) -> None:
+    if isinstance(exc, Unreachable):
+        err.write(f"dagctl: {exc} (start it with dagctl up, or set DAGCTL_SERVER)\n")
+        return
+    err.write(f"dagctl: {exc}\n")
+    if isinstance(exc, ApiError):
+        for line in detail_lines(exc.details):
+            err.write(line + "\n")
+
+
+def detail_lines(details: JSONObject, rename: Callable[[str], str] = str) -> list[str]:
+    """An error's details as indented lines; lists (``problems``) one item a line."""
+    lines: list[str] = []
+    for key, value in details.items():
+        if isinstance(value, list):
+            if key != "problems":
+                lines.append(f"  {key}:")
+            lines += [f"  - {rename(v) if isinstance(v, str) else json.dumps(v)}" for v in value]
+        elif isinstance(value, str):
+            lines.append(f"  {key}: {value}")
+        else:
+            lines.append(f"  {key}: {json.dumps(value, ensure_ascii=False)}")
+    return lines
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
+    failed = 0
+    for name in args.files:
+        path = Path(name)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            err.write(f"dagctl: {name}: {exc.strerror or exc}\n")
+            failed += 1
+            continue
+        kind = "application/json" if path.suffix.lower() == ".json" else "application/yaml"
+        try:
+            reply = client.call(
+                "POST",
+                "/api/v1/workflows",
+                query={"force": "true"} if args.force else None,
+                data=data,
+                headers={"Content-Type": kind},
+            )
+        except ApiError as exc:
+            # the server knows a problem's line ("line 7: ..."); here we know its file too
+            def rename(problem: str, name: str = name) -> str:
+                found = _LINE.match(problem)
+                return f"{name}:{found[1]}: {problem[found.end() :]}" if found else problem
+
+            err.write(f"dagctl: {name}: {exc.code}: {exc.message}\n")
+            for line in detail_lines(exc.details, rename):
+                err.write(line + "\n")
+            failed += 1
+            continue
+        workflow = reply.body.get("workflow")
+        wf = workflow if isinstance(workflow, dict) else {}
+        created = reply.body.get("created", reply.status == 201)
+        verdict = "registered" if created else "unchanged"
+        out.write(f"workflow {wf.get('id', '?')}@{wf.get('version', '?')} {verdict}\n")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
+    inputs = read_inputs(
+        pairs=args.pairs, inputs_json=args.inputs_json, inputs_file=args.inputs_file
+    )
+    body: JSONObject = {"inputs": inputs}
+    if args.version:
+        body["version"] = args.version
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    accepted = client.post(f"/trigger/{_quote(args.workflow)}", body, headers=headers).body
+    execution_id = str(accepted.get("execution_id"))
+    status_url = str(accepted.get("status_url", ""))
+    if status_url.startswith("/"):
+        status_url = client.server + status_url
+    if not args.wait:
+        if args.output == "json":
+            _dump(out, {**accepted, "status_url": status_url})
+        else:
+            out.write(f"execution {execution_id} accepted ({accepted.get('status', 'queued')})\n")
+            out.write(f"status: {status_url}\n")
+        return EXIT_OK
+    # with -o json the document is the output, so progress goes to stderr
+    stream = err if args.output == "json" else out
+    try:
+        doc = follow(client, execution_id, stream)
+    except KeyboardInterrupt:
+        err.write(
+            f"\nstopped following {execution_id}; it goes on "
+            f"(dagctl describe execution {execution_id})\n"
+        )
+        return EXIT_INTERRUPTED
+    status = str(doc.get("status"))
+    if args.output == "json":
+        _dump(out, doc)
+    else:
+        from orchestrator.dagctl.showing import span
+
+        took = span(doc.get("started_at"), doc.get("finished_at"))
+        out.write(f"execution {execution_id} {status}" + (f" in {took}" if took else "") + "\n")
+        if doc.get("error"):
+            out.write(f"error: {doc.get('error')}\n")
+        out.write("outputs:\n")
+        _dump(out, doc.get("outputs"))
+    return EXIT_OK if status == "succeeded" else EXIT_FAILED
+
+
+def follow(client: Client, execution_id: str, stream: TextIO) -> JSONObject:
+    """Show a run's progress on ``stream`` until it ends; returns its final document.
+
+    Live on a terminal (a table redrawn in place), else plain lines. Events come from the SSE
+    stream; when there is none, or it keeps breaking, the document is polled instead.
+    """
+    from orchestrator.dagctl.showing import ProgressLines, RunProgress, ref
+
+    progress = RunProgress(execution_id)
+    doc = client.get(f"/api/v1/executions/{_quote(execution_id)}")
+    if stream.isatty():
+        from rich.live import Live
+
+        progress.sync(doc)
+        with Live(
+            console=_console(stream),
+            get_renderable=lambda: _drawn(progress),
+            refresh_per_second=8,
+        ) as live:
+            final = _track(client, execution_id, doc, progress.apply, progress.sync)
+            progress.sync(final)
+            live.refresh()
+        return final
+    # plain lines tell the whole story from the first event, wherever the run is by now
+    lines = ProgressLines(progress, stream)
+    progress.workflow = ref(doc)
+    lines.width = max([len(node) for node in _node_ids(doc)] + [lines.width])
+    lines.header()
+    return _track(
+        client,
+        execution_id,
+        doc,
+        lines.event,
+        lambda d: lines.changes(progress.sync(d), time.time()),
+    )
+
+
+def _node_ids(doc: JSONObject) -> list[str]:
+    nodes = doc.get("nodes")
+    return list(nodes) if isinstance(nodes, dict) else []
+
+
+def _drawn(progress: RunProgress) -> RenderableType:
+    return progress.render(time.time())
+
+
+def _track(
+    client: Client,
+    execution_id: str,
+    doc: JSONObject,
+    on_event: Callable[[JSONObject], object],
+    on_doc: Callable[[JSONObject], object],
+) -> JSONObject:
+    path = f"/api/v1/executions/{_quote(execution_id)}"
+    if doc.get("status") in EXECUTION_TERMINAL:  # over already: its stored timeline
+        found = client.get(f"{path}/events").get("events")
+        for event in found if isinstance(found, list) else []:
+            if isinstance(event, dict):
+                on_event(event)
+        return doc
+    last_seq = 0
+    broken = 0
+    while broken < STREAM_RETRIES:
+        try:
+            with closing(client.events({"execution": execution_id}, last_event_id=last_seq)) as ev:
+                for event in ev:
+                    broken = 0
+                    if event.get("type") == "subscriber.lagged":
+                        on_event(event)
+                        on_doc(client.get(path))  # catch up on what the stream dropped
+                        continue
+                    seq = event.get("seq")
+                    if isinstance(seq, int) and not isinstance(seq, bool):
+                        last_seq = max(last_seq, seq)
+                    on_event(event)
+                    ours = event.get("execution_id") == execution_id
+                    if ours and event.get("type") in TERMINAL_EVENTS:
+                        return client.get(path)
+            broken += 1  # the server closed the stream before the run ended
+        except StreamUnavailable as exc:
+            if exc.refusal is not None:
+                break
+            broken += 1
+        time.sleep(POLL_INTERVAL)
+    while True:
+        doc = client.get(path)
+        on_doc(doc)
+        if doc.get("status") in EXECUTION_TERMINAL:
+            return doc
+        time.sleep(POLL_INTERVAL)
+
+
+def cmd_get(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
+    from orchestrator.dagctl import showing
+
+    resource = RESOURCES[args.resource]
+    if resource == "executions":
+        body = client.get(
+            "/api/v1/executions", workflow=args.workflow, status=args.status, limit=args.limit
+        )
+    else:
+        body = client.get(f"/api/v1/{resource}")
+    if args.output == "json":
+        _dump(out, body)
+        return EXIT_OK
+    found = body.get(resource)
+    items: list[JSON] = found if isinstance(found, list) else []
+    if not items:
+        err.write(f"no {resource} found\n")
+        return EXIT_OK
+    if resource == "workflows":
+        table = showing.workflows_table(items)
+    elif resource == "executions":
+        table = showing.executions_table(items, time.time())
+    else:
+        table = showing.engines_table(items)
+    _print(out, table)
+    return EXIT_OK
+
+
+def cmd_describe(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
+    from orchestrator.dagctl import showing
+
+    if args.resource == "workflow":
+        path = f"/api/v1/workflows/{_quote(args.id)}"
+        if args.version:
+            path += f"/versions/{_quote(args.version)}"
+        workflow = client.get(path)
+        if args.output == "json":
+            _dump(out, workflow)
+        else:
+            _print(out, showing.workflow_details(workflow))
+        return EXIT_OK
+    doc = _execution(client, args.id)
+    if args.output == "json":
+        _dump(out, doc)
+    else:
+        _print(out, showing.execution_details(doc, time.time()))
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
+    from orchestrator.dagctl.showing import event_line
+
+    def show(event: JSONObject) -> None:
+        if args.output == "json":
+            out.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n")
+        else:
+            out.write(event_line(event) + "\n")
+        out.flush()
+
+    if not args.follow:
+        if not args.execution:
+            raise BadArguments("events needs --execution ID (or -f to follow the live stream)")
+        doc = _execution(client, args.execution)
+        body = client.get(f"/api/v1/executions/{_quote(str(doc.get('id')))}/events")
+        found = body.get("events")
+        for event in found if isinstance(found, list) else []:
+            if isinstance(event, dict):
+                show(event)
+        return EXIT_OK
+    execution_id = args.execution
+    if execution_id:
+        execution_id = str(_execution(client, execution_id).get("id"))
+    try:
+        with closing(_live(client, args.workflow, execution_id)) as live:
+            for event in live:
+                show(event)
+                if (
+                    execution_id
+                    and event.get("type") in TERMINAL_EVENTS
+                    and event.get("execution_id") == execution_id
+                ):
+                    break  # the run is over: nothing more will come
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def _live(
+    client: Client, workflow: str | None, execution_id: str | None
+) -> Generator[JSONObject, None, None]:
+    """The live stream, reopened when it breaks (from the last event seen, for one run)."""
+    last_seq = 0
+    while True:
+        try:
+            query = {"workflow": workflow, "execution": execution_id}
+            with closing(client.events(query, last_event_id=last_seq)) as stream:
+                for event in stream:
+                    seq = event.get("seq")
+                    if execution_id and isinstance(seq, int) and not isinstance(seq, bool):
+                        last_seq = max(last_seq, seq)
+                    yield event
+        except StreamUnavailable as exc:
+            if exc.refusal is not None:
+                raise exc.refusal from None
+        time.sleep(1.0)
+
+
+def cmd_cancel(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
+    target = _execution(client, args.id)
+    execution_id = str(target.get("id"))
+    before = target.get("status")
+    body: JSONObject = {"reason": args.reason} if args.reason else {}
+    doc = client.post(f"/api/v1/executions/{_quote(execution_id)}/cancel", body, timeout=60.0).body
+    if args.output == "json":
+        _dump(out, doc)
+        return EXIT_OK
+    status = doc.get("status")
+    if before in EXECUTION_TERMINAL:
+        out.write(f"execution {execution_id} had already finished: {status}\n")
+    elif status in EXECUTION_TERMINAL:
+        out.write(f"execution {execution_id} {status}\n")
+    else:
+        out.write(f"execution {execution_id}: cancel requested (still {status})\n")
+    return EXIT_OK
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) -> int:
+    from orchestrator.dagctl.launching import run_up
+
+    return run_up(
+        settings.environ,
+        server=settings.server,
+        token=settings.token,
+        engines=args.engines,
+        examples=not args.no_examples,
+        python=sys.executable,
+        cwd=Path.cwd(),
+        out=out,
+        err=err,
+    )
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Client, TextIO, TextIO], int]] = {
+    "apply": cmd_apply,
+    "run": cmd_run,
+    "get": cmd_get,
+    "describe": cmd_describe,
+    "events": cmd_events,
+    "cancel": cmd_cancel,
+}
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    settings = Settings.from_env(os.environ if env is None else env)
+    out, err = sys.stdout, sys.stderr
+    try:
+        if args.command == "up":
+            return cmd_up(args, settings, out, err)
+        if args.command == "validate":
+            from orchestrator.dagctl.validating import validate_files
+
+            return validate_files(args.files, out, err)
+        client = Client(settings.server, settings.token)
+        return COMMANDS[args.command](args, client, out, err)
+    except BadArguments as exc:
+        err.write(f"dagctl: {exc}\n")
+        return EXIT_USAGE
+    except DagctlError as exc:
+        print_error(exc, err)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        err.write("\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `dagctl events -f | head`
+        return EXIT_OK

@@ -1,0 +1,537 @@
+"""How dagctl shows things: tables, one-line events, and a run's progress, from API JSON.
+
+Everything here is pure over the JSON the orchestrator returns and takes ``now`` as an argument,
+so it renders the same in a test as in a terminal. ``RunProgress`` is the one piece of state: a
+run's nodes folded from its execution document and its events, drawn live or as plain lines.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TextIO
+
+from rich.console import Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from engine.core.states import EXECUTION_TERMINAL
+from engine.core.values import JSON, JSONObject
+
+STATE_STYLES = {
+    "queued": "dim",
+    "pending": "dim",
+    "running": "cyan",
+    "succeeded": "green",
+    "partial": "yellow",
+    "failed": "red",
+    "skipped": "yellow",
+    "blocked": "magenta",
+    "cancelled": "yellow",
+    "timed_out": "red",
+    "ready": "green",
+    "joining": "cyan",
+    "draining": "yellow",
+    "unhealthy": "red",
+}
+STATE_MARKS = {
+    "pending": " ",
+    "running": ">",
+    "succeeded": "+",
+    "failed": "x",
+    "skipped": "-",
+    "blocked": "!",
+    "cancelled": "-",
+}
+NODE_DONE = frozenset({"succeeded", "failed", "skipped", "blocked", "cancelled"})
+
+
+# -- small formats --------------------------------------------------------------------------
+
+
+def timestamp(value: JSON) -> float | None:
+    """Seconds since the epoch from the API's ISO 8601 text (or a number); None if neither."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = max(seconds, 0.0)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def span(start: JSON, end: JSON, now: float | None = None) -> str:
+    """How long from ``start`` to ``end`` (or to ``now`` while it is still going)."""
+    t0 = timestamp(start)
+    if t0 is None:
+        return ""
+    t1 = timestamp(end)
+    if t1 is None:
+        t1 = now
+    return duration(None if t1 is None else t1 - t0)
+
+
+def age(value: JSON, now: float) -> str:
+    t = timestamp(value)
+    return "" if t is None else duration(now - t)
+
+
+def clock(value: JSON) -> str:
+    """The time of day of an API time, ``07:35:25.123Z``, for event lines."""
+    if isinstance(value, str) and "T" in value:
+        return value.split("T", 1)[1]
+    return "" if value is None else str(value)
+
+
+def short_id(value: JSON, length: int = 8) -> str:
+    return "" if value is None else str(value)[:length]
+
+
+def compact(value: JSON, limit: int = 60) -> str:
+    """JSON on one line, cut to ``limit`` characters with an ellipsis."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+
+
+def brief(value: JSON, limit: int = 60) -> str:
+    """Text as it is, anything else as compact JSON; cut to ``limit`` characters."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[: max(limit - 3, 0)] + "..."
+    return compact(value, limit)
+
+
+def text_of(value: JSON) -> str:
+    return "" if value is None else str(value)
+
+
+def ref(doc: JSONObject) -> str:
+    workflow, version = doc.get("workflow_id"), doc.get("version")
+    if workflow is None:
+        return ""
+    return f"{workflow}@{version}" if version else str(workflow)
+
+
+def styled(state: JSON) -> Text:
+    name = text_of(state)
+    return Text(name, style=STATE_STYLES.get(name, ""))
+
+
+def _obj(value: JSON) -> JSONObject:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: JSON) -> list[JSON]:
+    return value if isinstance(value, list) else []
+
+
+# -- tables ---------------------------------------------------------------------------------
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
+    for name in columns:
+        table.add_column(name, overflow="fold")
+    return table
+
+
+def workflows_table(workflows: Iterable[JSON]) -> Table:
+    table = _table("ID", "VERSION", "NAME", "VERSIONS", "NODES", "TRIGGERS")
+    for item in workflows:
+        wf = _obj(item)
+        spec = _obj(wf.get("spec"))
+        versions = wf.get("versions")
+        count = len(versions) if isinstance(versions, list) else versions
+        nodes = wf.get("nodes", spec.get("nodes"))
+        triggers = wf.get("triggers", spec.get("triggers"))
+        table.add_row(
+            text_of(wf.get("id")),
+            text_of(wf.get("version", wf.get("latest"))),
+            text_of(wf.get("name", spec.get("name"))),
+            text_of(count),
+            text_of(len(nodes) if isinstance(nodes, list) else nodes),
+            text_of(len(triggers) if isinstance(triggers, list) else triggers),
+        )
+    return table
+
+
+def executions_table(executions: Iterable[JSON], now: float) -> Table:
+    table = _table("ID", "WORKFLOW", "STATUS", "PROGRESS", "AGE", "DURATION", "ERROR")
+    for item in executions:
+        doc = _obj(item)
+        progress = doc.get("progress")
+        table.add_row(
+            text_of(doc.get("id")),
+            ref(doc),
+            styled(doc.get("status")),
+            "" if progress is None else f"{progress}%",
+            age(doc.get("created_at"), now),
+            span(doc.get("started_at"), doc.get("finished_at"), now),
+            brief(doc.get("error"), 60) if doc.get("error") is not None else "",
+        )
+    return table
+
+
+def engines_table(engines: Iterable[JSON]) -> Table:
+    table = _table("ID", "ADDRESS", "STATE", "IN FLIGHT", "CAPACITY", "VERSION", "LAST ERROR")
+    for item in engines:
+        engine = _obj(item)
+        table.add_row(
+            text_of(engine.get("id")),
+            text_of(engine.get("address")),
+            styled(engine.get("state")),
+            text_of(engine.get("in_flight")),
+            text_of(engine.get("capacity")),
+            text_of(engine.get("version")),
+            text_of(engine.get("last_error")),
+        )
+    return table
+
+
+def execution_details(doc: JSONObject, now: float, width: int = 60) -> RenderableType:
+    """``describe execution``: the run, its nodes, its outputs and children."""
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column(overflow="fold")
+    head.add_row("Execution", text_of(doc.get("id")))
+    head.add_row("Workflow", ref(doc))
+    head.add_row("Status", styled(doc.get("status")))
+    if doc.get("progress") is not None:
+        head.add_row("Progress", f"{doc.get('progress')}%")
+    for label, key in (("Created", "created_at"), ("Started", "started_at")):
+        head.add_row(label, text_of(doc.get(key)))
+    if doc.get("finished_at") is not None:
+        head.add_row("Finished", text_of(doc.get("finished_at")))
+    took = span(doc.get("started_at"), doc.get("finished_at"), now)
+    if took:
+        head.add_row("Duration", took)
+    if doc.get("parent_execution_id"):
+        parent = text_of(doc.get("parent_execution_id"))
+        if doc.get("parent_node_id"):
+            parent += f" (node {doc.get('parent_node_id')})"
+        head.add_row("Parent", parent)
+    if doc.get("error"):
+        head.add_row("Error", Text(text_of(doc.get("error")), style="red"))
+    head.add_row("Inputs", compact(doc.get("inputs"), width * 2))
+    head.add_row("Outputs", compact(doc.get("outputs"), width * 2))
+
+    nodes = _table("NODE", "STATUS", "ATTEMPTS", "DURATION", "ENGINE", "ERROR", "OUTPUT")
+    for node_id, value in _obj(doc.get("nodes")).items():
+        node = _obj(value)
+        nodes.add_row(
+            node_id,
+            styled(node.get("status")),
+            text_of(node.get("attempts")),
+            span(node.get("started_at"), node.get("finished_at"), now),
+            text_of(node.get("engine_id")),
+            Text(text_of(node.get("error")), style="red"),
+            compact(node.get("output"), width) if node.get("output") is not None else "",
+        )
+    parts: list[RenderableType] = [head, Text(""), nodes]
+    children = doc.get("children")
+    if isinstance(children, list) and children:
+        parts.append(Text(""))
+        parts.append(Text("Children", style="bold"))
+        for child in children:
+            if isinstance(child, dict):
+                line = f"  {child.get('id')}  {ref(child)}  {text_of(child.get('status'))}"
+            else:
+                line = f"  {child}"
+            parts.append(Text(line.rstrip()))
+    return Group(*parts)
+
+
+def workflow_details(workflow: JSONObject) -> RenderableType:
+    """``describe workflow``: its versions and the nodes of the version shown."""
+    spec = _obj(workflow.get("spec"))
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column(overflow="fold")
+    head.add_row("Workflow", text_of(workflow.get("id", spec.get("id"))))
+    head.add_row("Version", text_of(workflow.get("version", spec.get("version"))))
+    name = workflow.get("name", spec.get("name"))
+    if name:
+        head.add_row("Name", text_of(name))
+    versions = workflow.get("versions")
+    if isinstance(versions, list):
+        head.add_row("Versions", ", ".join(text_of(v) for v in versions))
+    for key in ("dependents", "dependencies"):
+        value = workflow.get(key)
+        if value:
+            head.add_row(key.capitalize(), compact(value, 120))
+    triggers = spec.get("triggers")
+    if isinstance(triggers, list) and triggers:
+        head.add_row("Triggers", "; ".join(compact(t, 80) for t in triggers))
+    nodes = _table("NODE", "KIND", "DEPENDS ON", "TRIGGER RULE")
+    for item in _list(spec.get("nodes")):
+        node = _obj(item)
+        kind = next((k for k in ("lua", "workflow", "sleep") if k in node), "")
+        if kind == "workflow":
+            kind = f"workflow {compact(node.get('workflow'), 40)}"
+        elif kind == "sleep":
+            kind = f"sleep {text_of(node.get('sleep'))}"
+        if node.get("foreach") is not None:
+            kind += " (foreach)"
+        deps = node.get("depends_on")
+        nodes.add_row(
+            text_of(node.get("id")),
+            kind,
+            ", ".join(text_of(d) for d in deps) if isinstance(deps, list) else "",
+            text_of(node.get("trigger_rule")),
+        )
+    return Group(head, Text(""), nodes)
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+def event_message(event: JSONObject) -> str:
+    """The few words that say what an event means."""
+    kind = text_of(event.get("type"))
+    data = _obj(event.get("data"))
+    if kind == "node.log":
+        return f"{data.get('level')}: {data.get('message')}"
+    if kind == "node.retrying":
+        return f"attempt {data.get('next_attempt')} in {data.get('delay_s')}s: {data.get('error')}"
+    if kind == "subscriber.lagged":
+        return f"missed {data.get('missed')} events (the stream fell behind)"
+    if data.get("error"):
+        return text_of(data.get("error"))
+    if kind == "node.skipped":
+        return text_of(data.get("reason"))
+    if kind == "node.started" and (event.get("attempt") or 1) not in (0, 1):
+        return f"attempt {event.get('attempt')}"
+    if kind.startswith("engine."):
+        return f"{data.get('address')}" + (f" ({data['reason']})" if data.get("reason") else "")
+    parts = []
+    took = data.get("duration_ms")
+    if isinstance(took, int | float) and not isinstance(took, bool):
+        parts.append(duration(took / 1000))
+    if kind == "node.succeeded" and "output" in data:
+        parts.append(compact(data.get("output"), 60))
+    elif kind in {f"execution.{s}" for s in EXECUTION_TERMINAL} and data.get("outputs"):
+        parts.append("outputs " + compact(data.get("outputs"), 60))
+    elif kind == "execution.queued" and data.get("inputs"):
+        parts.append("inputs " + compact(data.get("inputs"), 60))
+    return "  ".join(parts)
+
+
+def event_line(event: JSONObject) -> str:
+    """time, type, workflow@version, execution (short), node, message: one line an event."""
+    where = event.get("node_id") or (
+        event.get("engine_id") if text_of(event.get("type")).startswith("engine.") else None
+    )
+    cells = [
+        f"{clock(event.get('time')):<13}",
+        f"{text_of(event.get('type')):<20}",
+        f"{ref(event) or '-':<20}",
+        f"{short_id(event.get('execution_id')) or '-':<8}",
+        f"{text_of(where) or '-':<12}",
+        event_message(event),
+    ]
+    return " ".join(cells).rstrip()
+
+
+# -- a run's progress -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class NodeProgress:
+    status: str = "pending"
+    attempts: int = 0
+    started_at: JSON = None
+    finished_at: JSON = None
+    detail: str = ""
+
+
+@dataclass
+class RunProgress:
+    """The nodes of one run, folded from its document and its events (either, any order)."""
+
+    execution_id: str
+    workflow: str = ""
+    status: str = "queued"
+    started_at: JSON = None
+    finished_at: JSON = None
+    error: str | None = None
+    nodes: dict[str, NodeProgress] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """Held while folding and drawing: a live display redraws from its own thread."""
+
+    @property
+    def finished(self) -> bool:
+        return self.status in EXECUTION_TERMINAL
+
+    def done_count(self) -> int:
+        return sum(1 for n in self.nodes.values() if n.status in NODE_DONE)
+
+    def sync(self, doc: JSONObject) -> list[tuple[str, str]]:
+        """Take what the document says; returns (node or "execution", new status) changes."""
+        changes: list[tuple[str, str]] = []
+        with self.lock:
+            if doc.get("workflow_id"):
+                self.workflow = ref(doc)
+            status = text_of(doc.get("status")) or self.status
+            if status != self.status:
+                changes.append(("execution", status))
+                self.status = status
+            self.started_at = doc.get("started_at") or self.started_at
+            self.finished_at = doc.get("finished_at") or self.finished_at
+            error = doc.get("error")
+            self.error = str(error) if error is not None else self.error
+            for node_id, value in _obj(doc.get("nodes")).items():
+                node_doc = _obj(value)
+                node = self.nodes.setdefault(node_id, NodeProgress())
+                new = text_of(node_doc.get("status")) or node.status
+                if new != node.status:
+                    changes.append((node_id, new))
+                    node.status = new
+                attempts = node_doc.get("attempts")
+                if isinstance(attempts, int):
+                    node.attempts = max(node.attempts, attempts)
+                node.started_at = node_doc.get("started_at") or node.started_at
+                node.finished_at = node_doc.get("finished_at") or node.finished_at
+                if node_doc.get("error"):
+                    node.detail = text_of(node_doc.get("error"))
+        return changes
+
+    def apply(self, event: JSONObject) -> None:
+        kind = text_of(event.get("type"))
+        family, _, what = kind.partition(".")
+        data = _obj(event.get("data"))
+        with self.lock:
+            if event.get("execution_id") != self.execution_id:
+                return
+            if not self.workflow and event.get("workflow_id"):
+                self.workflow = ref(event)
+            if family == "execution":
+                if what == "started":
+                    self.started_at = self.started_at or event.get("time")
+                if what in ("started", *EXECUTION_TERMINAL) and not self.finished:
+                    self.status = "running" if what == "started" else what
+                if what in EXECUTION_TERMINAL:
+                    self.finished_at = event.get("time")
+                    if data.get("error"):
+                        self.error = text_of(data.get("error"))
+                return
+            node_id = event.get("node_id")
+            if family != "node" or not isinstance(node_id, str):
+                return
+            node = self.nodes.setdefault(node_id, NodeProgress())
+            attempt = event.get("attempt")
+            if isinstance(attempt, int):
+                node.attempts = max(node.attempts, attempt)
+            if what in ("started", "retrying"):
+                if node.status not in NODE_DONE:
+                    node.status = "running"
+                node.started_at = node.started_at or event.get("time")
+                if self.status == "queued":
+                    self.status = "running"
+            elif what in NODE_DONE:
+                if node.status not in NODE_DONE:
+                    node.status = what
+                    node.finished_at = event.get("time")
+            if what != "started" and what != "succeeded":
+                message = event_message(event)
+                if message:
+                    node.detail = message
+            elif what == "succeeded":
+                node.detail = ""
+
+    def render(self, now: float) -> RenderableType:
+        with self.lock:
+            total = len(self.nodes)
+            done = self.done_count()
+            head = Text.assemble(
+                (self.workflow or "execution", "bold"),
+                "  ",
+                (short_id(self.execution_id, 12), "dim"),
+                "  ",
+                styled(self.status),
+                f"  {done}/{total} nodes",
+                f"  {span(self.started_at, self.finished_at, now)}",
+            )
+            table = _table("", "NODE", "STATE", "ATTEMPT", "TIME", "DETAIL")
+            for node_id, node in self.nodes.items():
+                table.add_row(
+                    STATE_MARKS.get(node.status, " "),
+                    node_id,
+                    styled(node.status),
+                    str(node.attempts) if node.attempts else "",
+                    span(node.started_at, node.finished_at, now),
+                    Text(node.detail[:120], style="red" if node.status == "failed" else "dim"),
+                )
+            # a grid puts the bar on a line of its own: a bare ProgressBar ends no line
+            top = Table.grid(padding=(0, 2))
+            top.add_row(head)
+            top.add_row(ProgressBar(total=max(total, 1), completed=done, width=40))
+            return Group(top, table)
+
+
+class ProgressLines:
+    """Plain progress, one line a change, for output that is not a terminal."""
+
+    def __init__(self, progress: RunProgress, out: TextIO) -> None:
+        self.progress = progress
+        self.out = out
+        self.width = 12
+        self.t0: float | None = None
+
+    def _write(self, when: float | None, label: str, what: str, detail: str = "") -> None:
+        if when is not None and self.t0 is None:
+            self.t0 = when
+        stamp = f"{when - self.t0:8.3f}s" if when is not None and self.t0 is not None else " " * 9
+        self.width = max(self.width, len(label))
+        line = f"{stamp}  {label:<{self.width}}  {what:<10} {detail}".rstrip()
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def header(self) -> None:
+        p = self.progress
+        self.out.write(f"execution {p.execution_id} ({p.workflow or 'workflow'})\n")
+        self.out.flush()
+
+    def event(self, event: JSONObject) -> None:
+        self.progress.apply(event)
+        kind = text_of(event.get("type"))
+        if event.get("execution_id") != self.progress.execution_id and kind != "subscriber.lagged":
+            return
+        what = kind.split(".", 1)[-1]
+        if kind == "node.log":
+            what = f"log:{_obj(event.get('data')).get('level')}"
+            detail = text_of(_obj(event.get("data")).get("message"))
+        else:
+            detail = event_message(event)
+        label = text_of(event.get("node_id")) or "execution"
+        self._write(timestamp(event.get("time")), label, what, detail)
+
+    def changes(self, changes: list[tuple[str, str]], now: float) -> None:
+        for label, status in changes:
+            if status == "pending":
+                continue
+            detail = ""
+            node = self.progress.nodes.get(label)
+            if node is not None and status in ("failed", "blocked", "skipped", "cancelled"):
+                detail = node.detail
+            self._write(now, label, status, detail)

@@ -1,0 +1,563 @@
+"""dagctl's pure parts: arguments, --input values, settings, SSE parsing, the `up` plan, tables."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console, RenderableType
+
+from orchestrator.dagctl import cli
+from orchestrator.dagctl.calling import ApiError, Unreachable, parse_sse
+from orchestrator.dagctl.cli import BadArguments, Settings, build_parser, parse_input, read_inputs
+from orchestrator.dagctl.launching import LaunchError, plan
+from orchestrator.dagctl.showing import (
+    ProgressLines,
+    RunProgress,
+    duration,
+    engines_table,
+    event_line,
+    event_message,
+    execution_details,
+    executions_table,
+    span,
+    workflow_details,
+    workflows_table,
+)
+
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+
+
+def iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def render(renderable: RenderableType, width: int = 160) -> str:
+    buf = io.StringIO()
+    Console(file=buf, width=width, color_system=None, highlight=False).print(renderable)
+    return buf.getvalue()
+
+
+# -- --input and inputs ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pair", "expected"),
+    [
+        ("n=5", ("n", 5)),
+        ("ratio=0.5", ("ratio", 0.5)),
+        ("name=Ada", ("name", "Ada")),
+        ("flag=true", ("flag", True)),
+        ("nothing=null", ("nothing", None)),
+        ("items=[1, 2]", ("items", [1, 2])),
+        ('obj={"a": {"b": 1}}', ("obj", {"a": {"b": 1}})),
+        ('quoted="5"', ("quoted", "5")),
+        ("empty=", ("empty", "")),
+        ("eq=a=b", ("eq", "a=b")),
+        ("nan=NaN", ("nan", "NaN")),
+        ("inf=Infinity", ("inf", "Infinity")),
+        ("text=hello world", ("text", "hello world")),
+        (" key =1", ("key", 1)),
+    ],
+)
+def test_input_values_are_json_when_they_parse_else_text(pair: str, expected: Any) -> None:
+    assert parse_input(pair) == expected
+
+
+@pytest.mark.parametrize("pair", ["novalue", "=5", ""])
+def test_an_input_without_a_key_is_refused(pair: str) -> None:
+    with pytest.raises(BadArguments, match="expected key=value"):
+        parse_input(pair)
+
+
+def test_pairs_go_on_top_of_inputs_json() -> None:
+    assert read_inputs(pairs=["n=7", "extra=x"], inputs_json='{"n": 1, "keep": [1]}') == {
+        "n": 7,
+        "keep": [1],
+        "extra": "x",
+    }
+    assert read_inputs() == {}
+
+
+def test_inputs_json_must_parse_and_be_an_object_when_pairs_are_added() -> None:
+    with pytest.raises(BadArguments, match="--inputs is not valid JSON"):
+        read_inputs(inputs_json="{nope")
+    with pytest.raises(BadArguments, match="needs the other inputs to be a JSON object"):
+        read_inputs(pairs=["a=1"], inputs_json="[1, 2]")
+    assert read_inputs(inputs_json="[1, 2]") == [1, 2]
+
+
+def test_inputs_files_are_json_or_yaml(tmp_path: Path) -> None:
+    (tmp_path / "in.json").write_text('{"n": 3}')
+    (tmp_path / "in.yaml").write_text("n: 4\nnames: [a, b]\n")
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "bad.yaml").write_text("a: [1\n")
+    assert read_inputs(inputs_file=str(tmp_path / "in.json")) == {"n": 3}
+    assert read_inputs(inputs_file=str(tmp_path / "in.yaml"), pairs=["n=5"]) == {
+        "n": 5,
+        "names": ["a", "b"],
+    }
+    assert read_inputs(inputs_file=str(tmp_path / "empty.yaml")) == {}
+    with pytest.raises(BadArguments, match="not valid YAML"):
+        read_inputs(inputs_file=str(tmp_path / "bad.yaml"))
+    with pytest.raises(BadArguments, match=r"missing\.json"):
+        read_inputs(inputs_file=str(tmp_path / "missing.json"))
+
+
+# -- arguments and settings -----------------------------------------------------------------
+
+
+def test_run_arguments() -> None:
+    args = build_parser().parse_args(
+        ["run", "hello", "--input", "n=5", "--input", "name=Ada", "--version", "^1", "--wait"]
+    )
+    assert args.command == "run" and args.workflow == "hello"
+    assert args.pairs == ["n=5", "name=Ada"]
+    assert args.version == "^1" and args.wait and args.output == "table"
+    assert args.idempotency_key is None
+
+
+def test_get_apply_validate_up_and_events_arguments() -> None:
+    parser = build_parser()
+    get = parser.parse_args(["get", "executions", "--workflow", "w", "--limit", "5", "-o", "json"])
+    assert (get.resource, get.workflow, get.limit, get.output) == ("executions", "w", 5, "json")
+    apply = parser.parse_args(["apply", "-f", "a.yaml", "-f", "b.json", "--force"])
+    assert apply.files == ["a.yaml", "b.json"] and apply.force
+    assert parser.parse_args(["validate", "-f", "x.yaml"]).files == ["x.yaml"]
+    up = parser.parse_args(["up"])
+    assert up.engines == 2 and not up.no_examples
+    assert parser.parse_args(["up", "--engines", "3", "--no-examples"]).engines == 3
+    events = parser.parse_args(["events", "-f", "--execution", "abc"])
+    assert events.follow and events.execution == "abc"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["get", "pods"],
+        ["run"],
+        ["run", "w", "--inputs", "{}", "--inputs-file", "f"],
+        ["up", "--engines", "0"],
+        ["validate"],
+        ["get", "executions", "-o", "yaml"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv, {}) == 2
+    assert "usage: dagctl" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"], {}) == 0
+    assert "validate" in capsys.readouterr().out
+
+
+def test_settings_from_the_environment() -> None:
+    assert Settings.from_env({}).server == "http://127.0.0.1:8080"
+    assert Settings.from_env({}).token is None
+    s = Settings.from_env({"DAGCTL_SERVER": "orch.local:9000/", "API_TOKEN": "a"})
+    assert s.server == "http://orch.local:9000" and s.token == "a"
+    s = Settings.from_env({"DAGCTL_SERVER": "https://x", "API_TOKEN": "a", "DAGCTL_TOKEN": "b"})
+    assert s.server == "https://x" and s.token == "b"
+    assert Settings.from_env({"HOME": "/h"}).environ["HOME"] == "/h"
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+def test_error_lines() -> None:
+    err = io.StringIO()
+    cli.print_error(Unreachable("http://127.0.0.1:1", "connection refused"), err)
+    assert err.getvalue() == (
+        "dagctl: cannot reach the orchestrator at http://127.0.0.1:1: connection refused"
+        " (start it with dagctl up, or set DAGCTL_SERVER)\n"
+    )
+    err = io.StringIO()
+    cli.print_error(
+        ApiError(
+            400,
+            "invalid_spec",
+            "2 problems",
+            {"problems": ["spec:3: a", "spec:5: b"], "allowed": ["x"], "limit": 3, "why": "w"},
+        ),
+        err,
+    )
+    assert err.getvalue().splitlines() == [
+        "dagctl: invalid_spec: 2 problems",
+        "  - spec:3: a",
+        "  - spec:5: b",
+        "  allowed:",
+        "  - x",
+        "  limit: 3",
+        "  why: w",
+    ]
+
+
+# -- SSE ------------------------------------------------------------------------------------
+
+
+def test_sse_frames_are_parsed_with_ids_comments_and_multiline_data() -> None:
+    raw = [
+        b": keep-alive\n",
+        b"\n",
+        b"id: 1\n",
+        b"event: node.started\n",
+        b'data: {"seq": 1}\n',
+        b"\n",
+        b"id: 2\r\n",
+        b"data: [1,\r\n",
+        b"data: 2]\r\n",
+        b"\r\n",
+        b"data:x\n",
+    ]
+    assert list(parse_sse(raw)) == [("1", '{"seq": 1}'), ("2", "[1,\n2]"), (None, "x")]
+
+
+# -- the `up` plan --------------------------------------------------------------------------
+
+
+def ports() -> Any:
+    counter = iter(range(40000, 40100))
+    return lambda: next(counter)
+
+
+def test_up_plans_engines_on_free_ports_and_a_static_orchestrator(tmp_path: Path) -> None:
+    environ = {"PATH": "/bin", "PORT": "1", "HOST": "0.0.0.0", "LOG_FORMAT": "json"}
+    layout = plan(environ, engines=2, python="/py", base_dir=tmp_path, pick_port=ports())
+    e0, e1 = layout.engines
+    assert e0.argv == ("/py", "-m", "engine")
+    assert (e0.name, e0.env["ENGINE_ID"], e0.env["PORT"], e0.env["HOST"]) == (
+        "engine-0",
+        "engine-0",
+        "40000",
+        "127.0.0.1",
+    )
+    assert e1.env["PORT"] == "40001" and e1.env["CAPACITY"] == "10"
+    assert e0.env["LOG_FORMAT"] == "json" and e0.env["PATH"] == "/bin"
+    assert "METRICS_PORT" not in e0.env
+    assert e0.log_path == tmp_path / ".dagengine" / "logs" / "engine-0.log"
+    orch = layout.orchestrator.env
+    assert layout.orchestrator.argv == ("/py", "-m", "orchestrator")
+    assert orch["DISCOVERY_MODE"] == "static"
+    assert orch["ENGINE_ADDRESSES"] == "127.0.0.1:40000,127.0.0.1:40001"
+    assert orch["STATE_DB"] == ".dagengine/state.db"
+    assert (orch["HTTP_PORT"], orch["GRPC_PORT"]) == ("8080", "50051")
+    assert orch["ENGINE_HEALTH_CHECK_INTERVAL"] == "2"
+    assert orch["LOG_FORMAT"] == "json"
+    assert layout.http_url == "http://127.0.0.1:8080"
+    assert layout.orchestrator.log_path.name == "orchestrator.log"
+
+
+def test_up_honours_the_environment(tmp_path: Path) -> None:
+    environ = {
+        "HTTP_PORT": "9090",
+        "GRPC_PORT": "0",
+        "STATE_DB": "/data/s.db",
+        "ENGINE_HEALTH_CHECK_INTERVAL": "7",
+        "CAPACITY": "3",
+        "METRICS_PORT": "9100",
+        "API_TOKEN": "t",
+    }
+    layout = plan(environ, engines=1, python="py", base_dir=tmp_path, pick_port=ports())
+    (engine,) = layout.engines
+    assert engine.env["CAPACITY"] == "3"
+    assert engine.env["METRICS_PORT"] == "40001"  # one port each: they cannot share 9100
+    assert layout.engine_metrics == (40001,)
+    orch = layout.orchestrator.env
+    assert (orch["HTTP_PORT"], orch["GRPC_PORT"]) == ("9090", "40002")
+    assert layout.grpc_port == 40002
+    assert orch["STATE_DB"] == "/data/s.db" and layout.state_db == "/data/s.db"
+    assert orch["ENGINE_HEALTH_CHECK_INTERVAL"] == "7"
+    assert orch["API_TOKEN"] == "t"
+
+
+@pytest.mark.parametrize("value", ["http", "70000", "-1"])
+def test_up_refuses_a_bad_port(value: str, tmp_path: Path) -> None:
+    with pytest.raises(LaunchError, match="HTTP_PORT must be a port number"):
+        plan({"HTTP_PORT": value}, engines=1, python="py", base_dir=tmp_path, pick_port=ports())
+
+
+# -- tables ---------------------------------------------------------------------------------
+
+
+def execution(**extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": "3f2a9c1e0b7d4e5f8a6b1c2d3e4f5a6b",
+        "workflow_id": "diamond",
+        "version": "1.0.0",
+        "status": "succeeded",
+        "inputs": {"n": 5},
+        "outputs": {"d": {"total": 25}},
+        "error": None,
+        "progress": 100,
+        "created_at": iso(NOW - 120),
+        "started_at": iso(NOW - 119.5),
+        "finished_at": iso(NOW - 118.25),
+        "parent_execution_id": None,
+    }
+    doc.update(extra)
+    return doc
+
+
+def test_executions_table() -> None:
+    running = execution(
+        id="b" * 32, status="running", progress=50, finished_at=None, started_at=iso(NOW - 2)
+    )
+    failed = execution(id="c" * 32, status="failed", error="node b failed: boom", progress=75)
+    text = render(executions_table([execution(), running, failed], NOW))
+    lines = text.splitlines()
+    assert lines[0].split() == ["ID", "WORKFLOW", "STATUS", "PROGRESS", "AGE", "DURATION", "ERROR"]
+    assert lines[1].split() == [
+        "3f2a9c1e0b7d4e5f8a6b1c2d3e4f5a6b",
+        "diamond@1.0.0",
+        "succeeded",
+        "100%",
+        "2m00s",
+        "1.2s",
+    ]
+    assert lines[2].split()[2:] == ["running", "50%", "2m00s", "2.0s"]
+    assert lines[3].split()[2:] == [
+        "failed",
+        "75%",
+        "2m00s",
+        "1.2s",
+        "node",
+        "b",
+        "failed:",
+        "boom",
+    ]
+
+
+def test_engines_and_workflows_tables() -> None:
+    engines: list[Any] = [
+        {"id": "engine-0", "address": "127.0.0.1:4000", "state": "ready", "capacity": 10,
+         "in_flight": 2, "version": "0.1.0", "last_error": None},
+        {"id": "127.0.0.1:4001", "address": "127.0.0.1:4001", "state": "unhealthy",
+         "capacity": 10, "in_flight": 0, "last_error": "UNAVAILABLE: refused"},
+    ]  # fmt: skip
+    text = render(engines_table(engines)).splitlines()
+    assert text[1].split() == ["engine-0", "127.0.0.1:4000", "ready", "2", "10", "0.1.0"]
+    assert text[2].split()[:3] == ["127.0.0.1:4001", "127.0.0.1:4001", "unhealthy"]
+    assert "UNAVAILABLE: refused" in text[2]
+    workflows: list[Any] = [
+        {"id": "hello", "version": "1.2.0", "name": "Hello", "versions": ["1.0.0", "1.2.0"],
+         "spec": {"nodes": [{"id": "a"}], "triggers": [{"cron": "@daily"}]}},
+        {"id": "bare", "latest": "0.1.0"},
+    ]  # fmt: skip
+    text = render(workflows_table(workflows)).splitlines()
+    assert text[0].split() == ["ID", "VERSION", "NAME", "VERSIONS", "NODES", "TRIGGERS"]
+    assert text[1].split() == ["hello", "1.2.0", "Hello", "2", "1", "1"]
+    assert text[2].split() == ["bare", "0.1.0"]
+
+
+def test_execution_details_show_nodes_truncated_outputs_and_children() -> None:
+    doc = execution(
+        status="partial",
+        error="node b failed",
+        nodes={
+            "a": {"status": "succeeded", "output": {"rows": list(range(100))}, "error": None,
+                  "attempts": 1, "started_at": iso(NOW - 119), "finished_at": iso(NOW - 118.9),
+                  "engine_id": "engine-0"},
+            "b": {"status": "failed", "output": None, "error": "boom (Lua line 3)",
+                  "attempts": 3, "started_at": iso(NOW - 118.9), "finished_at": iso(NOW - 118.5),
+                  "engine_id": "engine-1"},
+            "c": {"status": "blocked", "output": None, "error": None, "attempts": 0,
+                  "started_at": None, "finished_at": None, "engine_id": None},
+        },
+        children=["child-1", {"id": "child-2", "workflow_id": "sub", "version": "2.0.0",
+                              "status": "succeeded"}],
+    )  # fmt: skip
+    text = render(execution_details(doc, NOW))
+    assert "Execution  3f2a9c1e0b7d4e5f8a6b1c2d3e4f5a6b" in text
+    assert "Workflow   diamond@1.0.0" in text
+    assert "Status     partial" in text
+    assert "Duration   1.2s" in text
+    assert "Error      node b failed" in text
+    rows = {
+        line.split()[0]: line
+        for line in text.splitlines()
+        if line.split()[:1] in (["a"], ["b"], ["c"])
+    }
+    assert rows["a"].split()[1:5] == ["succeeded", "1", "100ms", "engine-0"]
+    assert '{"rows":[0,1,2,' in rows["a"] and rows["a"].rstrip().endswith("...")
+    assert len(rows["a"].rstrip()) < 160
+    assert rows["b"].split()[1:5] == ["failed", "3", "400ms", "engine-1"]
+    assert "boom (Lua line 3)" in rows["b"]
+    assert rows["c"].split() == ["c", "blocked", "0"]
+    assert "Children" in text and "child-1" in text
+    assert "child-2  sub@2.0.0  succeeded" in text
+
+
+def test_workflow_details() -> None:
+    wf: dict[str, Any] = {
+        "id": "etl",
+        "version": "1.1.0",
+        "versions": ["1.0.0", "1.1.0"],
+        "spec": {
+            "id": "etl",
+            "version": "1.1.0",
+            "name": "ETL",
+            "nodes": [
+                {"id": "extract", "lua": "return {}"},
+                {"id": "each", "depends_on": ["extract"], "foreach": "{{ x }}", "lua": "x"},
+                {"id": "sub", "depends_on": ["each"], "workflow": {"id": "lib"},
+                 "trigger_rule": "all_done"},
+                {"id": "nap", "depends_on": ["sub"], "sleep": "5s"},
+            ],
+        },
+    }  # fmt: skip
+    text = render(workflow_details(wf))
+    assert "Versions  1.0.0, 1.1.0" in text
+    assert "each" in text and "lua (foreach)" in text
+    assert 'workflow {"id":"lib"}' in text and "all_done" in text
+    assert "sleep 5s" in text
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+def event(kind: str, node: str | None = None, **data: Any) -> dict[str, Any]:
+    return {
+        "seq": 3,
+        "time": "2027-01-15T08:00:01.250Z",
+        "type": kind,
+        "severity": "info",
+        "workflow_id": "hello",
+        "version": "1.0.0",
+        "execution_id": "3f2a9c1e0b7d4e5f8a6b",
+        "node_id": node,
+        "engine_id": "engine-0",
+        "attempt": 1 if node else None,
+        "data": data,
+    }
+
+
+def test_event_lines() -> None:
+    line = event_line(event("node.log", "greet", level="info", message="greeting Ada"))
+    assert line.split(maxsplit=5) == [
+        "08:00:01.250Z",
+        "node.log",
+        "hello@1.0.0",
+        "3f2a9c1e",
+        "greet",
+        "info: greeting Ada",
+    ]
+    line = event_line(event("execution.started"))
+    assert line.split() == ["08:00:01.250Z", "execution.started", "hello@1.0.0", "3f2a9c1e", "-"]
+    joined = {**event("engine.joined", address="127.0.0.1:1"), "workflow_id": None}
+    joined["execution_id"] = None
+    assert event_line(joined).split() == [
+        "08:00:01.250Z",
+        "engine.joined",
+        "-",
+        "-",
+        "engine-0",
+        "127.0.0.1:1",
+    ]
+
+
+def test_event_messages() -> None:
+    assert event_message(event("node.succeeded", "a", duration_ms=12.5, output={"v": 1})) == (
+        '12ms  {"v":1}'
+    )
+    assert event_message(
+        event("node.retrying", "a", next_attempt=2, delay_s=1.0, error="boom")
+    ) == ("attempt 2 in 1.0s: boom")
+    assert event_message(event("node.failed", "a", error="boom")) == "boom"
+    assert event_message(event("node.skipped", "a", reason="when false")) == "when false"
+    assert event_message(event("execution.succeeded", outputs={"a": 1}, duration_ms=2500)) == (
+        '2.5s  outputs {"a":1}'
+    )
+    assert event_message(event("subscriber.lagged", missed=7)).startswith("missed 7 events")
+    started = event("node.started", "a")
+    started["attempt"] = 3
+    assert event_message(started) == "attempt 3"
+
+
+def test_durations() -> None:
+    assert [duration(s) for s in (0.0123, 1.25, 61, 3725, -1)] == [
+        "12ms",
+        "1.2s",
+        "1m01s",
+        "1h02m",
+        "0ms",
+    ]
+    assert span(None, None, NOW) == ""
+    assert span(iso(NOW - 3), None, NOW) == "3.0s"
+    assert span(NOW - 3, NOW - 1) == "2.0s"
+
+
+# -- a run's progress -----------------------------------------------------------------------
+
+
+def test_progress_folds_documents_and_events_in_any_order() -> None:
+    eid = "3f2a9c1e0b7d4e5f8a6b"
+    progress = RunProgress(eid)
+    changes = progress.sync(
+        {"workflow_id": "hello", "version": "1.0.0", "status": "queued",
+         "nodes": {"a": {"status": "pending"}, "b": {"status": "pending"}}}
+    )  # fmt: skip
+    assert changes == []
+    assert list(progress.nodes) == ["a", "b"] and progress.workflow == "hello@1.0.0"
+    progress.apply(event("execution.started"))
+    progress.apply(event("node.started", "a"))
+    assert progress.status == "running" and progress.nodes["a"].status == "running"
+    retry = event("node.retrying", "a", next_attempt=2, delay_s=0.5, error="flaky")
+    progress.apply(retry)
+    assert progress.nodes["a"].detail == "attempt 2 in 0.5s: flaky"
+    again = event("node.started", "a")
+    again["attempt"] = 2
+    progress.apply(again)
+    progress.apply(event("node.succeeded", "a", output={}))
+    progress.apply(event("node.started", "a"))  # a late duplicate changes nothing
+    assert progress.nodes["a"].status == "succeeded" and progress.nodes["a"].attempts == 2
+    other = event("node.failed", "b", error="x")
+    other["execution_id"] = "someone-else"
+    progress.apply(other)
+    assert progress.nodes["b"].status == "pending"
+    progress.apply(event("node.failed", "b", error="boom"))
+    progress.apply(event("execution.failed", error="node b failed"))
+    assert progress.finished and progress.status == "failed" and progress.done_count() == 2
+    assert progress.error == "node b failed"
+    # a document that is behind does not undo what events said, and vice versa
+    assert progress.sync({"status": "failed", "nodes": {"b": {"status": "failed"}}}) == []
+    text = render(progress.render(NOW))
+    assert "hello@1.0.0" in text and "failed" in text and "2/2 nodes" in text
+    assert "boom" in text
+
+
+def test_plain_progress_lines() -> None:
+    out = io.StringIO()
+    progress = RunProgress("e1")
+    lines = ProgressLines(progress, out)
+    progress.sync({"workflow_id": "w", "version": "1.0.0", "status": "queued",
+                   "nodes": {"only": {"status": "pending"}}})  # fmt: skip
+    lines.header()
+    for ev in (
+        {**event("node.started", "only"), "execution_id": "e1", "time": "2027-01-15T08:00:01.000Z"},
+        {**event("node.log", "only", level="warn", message="careful"), "execution_id": "e1",
+         "time": "2027-01-15T08:00:01.500Z"},
+        {**event("node.succeeded", "only", duration_ms=900.0), "execution_id": "e1",
+         "time": "2027-01-15T08:00:02.000Z"},
+    ):  # fmt: skip
+        lines.event(ev)
+    lines.changes(progress.sync({"status": "succeeded", "nodes": {}}), 0.0)
+    assert out.getvalue().splitlines()[:4] == [
+        "execution e1 (w@1.0.0)",
+        "   0.000s  only          started",
+        "   0.500s  only          log:warn   careful",
+        "   1.000s  only          succeeded  900ms",
+    ]
+    assert out.getvalue().splitlines()[4].split()[-2:] == ["execution", "succeeded"]
+
+
+def test_json_dump_is_stable() -> None:
+    out = io.StringIO()
+    cli._dump(out, {"b": [1], "a": "é"})
+    assert json.loads(out.getvalue()) == {"b": [1], "a": "é"}
