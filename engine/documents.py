@@ -40,7 +40,9 @@ def _lines(node: yaml.Node, key: Key, out: dict[Key, int], problems: list[SpecPr
             _lines(v, (*key, i), out, problems)
 
 
-def read_document(text: str, source: str, *, json_only: bool = False) -> tuple[Any, dict[Key, int]]:
+def read_document(
+    text: str, source: str | None, *, json_only: bool = False
+) -> tuple[Any, dict[Key, int]]:
     """The parsed document and its line map; SpecError for text that is not YAML/JSON."""
     lines: dict[Key, int] = {}
     problems: list[SpecProblem] = []
@@ -71,7 +73,7 @@ def read_document(text: str, source: str, *, json_only: bool = False) -> tuple[A
 
 
 def parse_text(
-    text: str, source: str, *, json_only: bool = False, checks: ExternalChecks | None = None
+    text: str, source: str | None, *, json_only: bool = False, checks: ExternalChecks | None = None
 ) -> WorkflowSpec:
     """The validated spec in ``text``; SpecError with file lines for every problem.
 

@@ -15,6 +15,7 @@ out before the process exits 0. A second signal cuts the grace short.
 from __future__ import annotations
 
 import asyncio
+import gc
 import functools
 import logging
 import signal
@@ -502,6 +503,11 @@ async def serve(settings: Settings) -> int:
             log.error("%s", error)
             return 1
         assert engine.service is not None
+        # The process is this engine's: what is alive now (pool, sandboxes, service) lives as
+        # long as it, so keep it out of the collector's scans, and collect young objects less
+        # often, since every node of every run makes short-lived events and dicts.
+        gc.freeze()
+        gc.set_threshold(10_000, 10, 10)
         log.info(
             "engine %s serving on port %s (capacity %s, %s Lua workers)",
             settings.engine_id,

@@ -27,6 +27,7 @@ from engine.core.events import isoformat
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.fleet import EngineLink, Fleet
+from orchestrator.timeline import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,6 @@ BUSY_BACKOFF = 0.5
 """Seconds before a run an engine turned away (full, or still holding it) is offered again."""
 
 Outcome = Literal["finished", "lost", "unreachable", "busy"]
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    node_id: str
-    output: JSON
-    attempts: int
 
 
 @dataclass(slots=True)
@@ -65,7 +59,10 @@ class RunTicket:
 
 class DispatchStore(Protocol):
     async def load_ticket(self, execution_id: str) -> RunTicket | None: ...
-    async def record_events(self, execution_id: str, events: list[JSONObject]) -> None: ...
+    async def next_seq(self, execution_id: str) -> int: ...
+    async def record_events(
+        self, execution_id: str, events: list[JSONObject], message: bytes | None = None
+    ) -> None: ...
 
 
 @dataclass(eq=False)
@@ -270,7 +267,9 @@ class Dispatcher:
                 events = [wire.event_dict(e) for e in response.events]
                 if not events:
                     continue
-                await self._store.record_events(ticket.execution_id, events)
+                await self._store.record_events(
+                    ticket.execution_id, events, response.SerializeToString()
+                )
                 self._publish(events)
                 last = events[-1]
                 kind = str(last.get("type", ""))
@@ -361,9 +360,8 @@ class Dispatcher:
 
     async def _end(self, ticket: RunTicket, kind: str, severity: str, error: str) -> None:
         """End a run the engines cannot: store the final event, tell everyone."""
-        fresh = await self._store.load_ticket(ticket.execution_id)
         event: JSONObject = {
-            "seq": (fresh or ticket).next_seq,
+            "seq": await self._store.next_seq(ticket.execution_id),
             "time": isoformat(time.time()),
             "type": kind,
             "severity": severity,

@@ -118,6 +118,11 @@ class Hub:
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
 
+    def close_all(self) -> None:
+        """End every subscription: their readers see the end of the stream (shutdown)."""
+        for sub in list(self._subscribers):
+            sub.close()
+
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)

@@ -22,7 +22,7 @@ from engine.core.errors import EngineError
 from engine.core.values import JSON, JSONObject
 from orchestrator.errors import OrchestratorError
 from orchestrator.monitoring import EventFilter
-from orchestrator.serving_http import Api, HttpError, error_body
+from orchestrator.serving_http import Api, HttpError, check_bearer, error_body
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +98,23 @@ def _workflow_message(doc: JSONObject) -> pb.Workflow:
 
 
 class OrchestratorService(pb_grpc.OrchestratorServicer):
-    def __init__(self, api: Api) -> None:
+    """Calls that change something need ``authorization: Bearer <API_TOKEN>`` metadata when a
+    token is set, as the HTTP API's mutating routes do."""
+
+    def __init__(self, api: Api, *, token: str | None = None) -> None:
         self.api = api
+        self.token = token
+
+    def _authorize(self, context: Context) -> None:
+        metadata = context.invocation_metadata() or ()
+        header = next((str(v) for k, v in metadata if k == "authorization"), "")
+        check_bearer(header, self.token)
 
     async def RegisterWorkflow(
         self, request: pb.RegisterWorkflowRequest, context: Context
     ) -> pb.RegisterWorkflowResponse:
         try:
+            self._authorize(context)
             text = request.spec
             is_yaml = not text.lstrip().startswith("{")
             workflow, created = await self.api.register(text, yaml=is_yaml, force=request.force)
@@ -132,6 +142,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         self, request: pb.ExecuteWorkflowRequest, context: Context
     ) -> pb.ExecuteWorkflowResponse:
         try:
+            self._authorize(context)
             inputs = _json_arg(request.inputs_json, "inputs_json")
             execution, _ = await self.api.execute(
                 request.workflow_id,
@@ -173,6 +184,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         self, request: pb.CancelExecutionRequest, context: Context
     ) -> pb.CancelExecutionResponse:
         try:
+            self._authorize(context)
             doc = await self.api.cancel(
                 request.execution_id, request.reason or "cancelled on request"
             )
@@ -198,7 +210,10 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
                     last = max(last, seq if isinstance(seq, int) else 0)
                     yield wire.event_message_from_dict(event)
             while not context.done():
-                event = await sub.next_event()
+                try:
+                    event = await sub.next_event()
+                except StopAsyncIteration:
+                    return  # the hub closed: the server is stopping
                 seq = event.get("seq")
                 if flt.execution_id is not None and event.get("type") != "subscriber.lagged":
                     if isinstance(seq, int) and seq <= last:

@@ -93,6 +93,20 @@ def error_body(exc: BaseException) -> tuple[int, JSONObject]:
     return status, {"error": {"code": code, "message": message, "details": details}}
 
 
+def check_bearer(header: str, token: str | None) -> None:
+    """``Authorization: Bearer <token>`` when a token is configured; 401 without, 403 wrong.
+
+    The one check for HTTP headers and gRPC metadata alike; compared in constant time.
+    """
+    if token is None:
+        return
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise HttpError(401, "unauthorized", "this call needs Authorization: Bearer <token>")
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise HttpError(403, "forbidden", "the bearer token is not valid")
+
+
 def _depth_ok(value: JSON, limit: int) -> bool:
     stack: list[tuple[JSON, int]] = [(value, 1)]
     while stack:
@@ -183,15 +197,7 @@ class HttpApi:
         self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def guarded(request: web.Request) -> web.StreamResponse:
-            if self.token is not None:
-                header = request.headers.get("Authorization", "")
-                scheme, _, given = header.partition(" ")
-                if scheme.lower() != "bearer" or not given:
-                    raise HttpError(
-                        401, "unauthorized", "this route needs Authorization: Bearer <token>"
-                    )
-                if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-                    raise HttpError(403, "forbidden", "the bearer token is not valid")
+            check_bearer(request.headers.get("Authorization", ""), self.token)
             return await handler(request)
 
         return guarded
@@ -326,14 +332,24 @@ class HttpApi:
         )
         if flt.execution_id is not None:
             await self.api.get_execution(flt.execution_id)  # 404 before the stream opens
+            _last_event_id(request)  # 400 before it opens, too
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
+        try:
+            await self._stream_events(request, response, flt)
+        except ConnectionResetError:
+            pass  # the client went away: nothing to answer
+        return response
+
+    async def _stream_events(
+        self, request: web.Request, response: web.StreamResponse, flt: EventFilter
+    ) -> None:
         with self.api.hub.subscribe(flt) as sub:
             last_seq = 0
             if flt.execution_id is not None:
-                after = int(request.headers.get("Last-Event-ID", "0") or 0)
+                after = _last_event_id(request)
                 for event in await self.api.execution_events(flt.execution_id, after):
                     await _sse(response, event)
                     last_seq = max(last_seq, _seq(event))
@@ -344,14 +360,13 @@ class HttpApi:
                     await response.write(b": keep-alive\n\n")
                     continue
                 except StopAsyncIteration:
-                    break
+                    return  # the hub closed: the server is stopping
                 seq = _seq(event)
                 if flt.execution_id is not None and event.get("type") != "subscriber.lagged":
                     if seq <= last_seq:
                         continue  # already sent from the stored timeline
                     last_seq = seq
                 await _sse(response, event)
-        return response
 
     async def engines(self, request: web.Request) -> web.Response:
         return _json({"engines": self.api.engines()})
@@ -371,6 +386,14 @@ class HttpApi:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(openapi_document())
+
+
+def _last_event_id(request: web.Request) -> int:
+    """The seq a reconnecting EventSource saw last (its Last-Event-ID header); 0 when absent."""
+    raw = request.headers.get("Last-Event-ID", "").strip() or "0"
+    if not raw.isdigit():
+        raise HttpError(400, "bad_request", f"Last-Event-ID must be an event seq, got {raw!r}")
+    return int(raw)
 
 
 def _seq(event: JSONObject) -> int:

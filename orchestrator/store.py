@@ -1,4 +1,4 @@
-"""The durable record: workflow versions, executions, node states, events, idempotency keys.
+"""The durable record: workflow versions, executions, their events, idempotency keys.
 
 One SQLite file in WAL mode. Every write goes through a single writer thread that takes all
 the writes waiting at that moment and commits them as one transaction (group commit): under
@@ -7,9 +7,11 @@ caller resumes only after its write is on disk. Each write runs in its own savep
 refused write never undoes its neighbours. Reads use a second connection on another thread;
 WAL lets them proceed while the writer commits.
 
-Events are the source of truth and are stored as they arrive; the ``executions`` and
-``nodes`` rows are folded from them in the same transaction, so the execution JSON is one
-read, and the outputs of succeeded nodes are the checkpoints a run resumes from.
+Events are the source of truth and are stored as they arrive, one row per batch an engine
+sends. The ``executions`` row is moved on in the same statement group (status, outputs, last
+seq, a count of ended nodes), so listing runs reads no events; what is shown about the nodes
+of a run, and the checkpoints (outputs of succeeded nodes) it resumes from, are folded from
+its events when asked (``orchestrator.timeline``).
 """
 
 from __future__ import annotations
@@ -21,15 +23,24 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from engine import wire
+from engine.api import dagengine_pb2 as pb
 from engine.core.events import isoformat
 from engine.core.states import EXECUTION_TERMINAL, NODE_TERMINAL
 from engine.core.values import JSON, JSONObject
-from orchestrator.dispatching import Checkpoint, RunTicket
+from orchestrator.dispatching import RunTicket
+from orchestrator.timeline import (
+    checkpoints,
+    fold_nodes,
+    node_order,
+    nodes_done,
+    progress,
+    summarize,
+)
 from orchestrator.versions import RegisterPlan, StoredVersion
 
 log = logging.getLogger(__name__)
@@ -99,14 +110,30 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         created_at   REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # events stored per batch (one row per stream message, not per event); node states are
+    # folded from the events when read, so no per-node rows are written during a run. body: a
+    # serialized ExecuteResponse (BLOB), or for rows moved from schema 1 a JSON array (TEXT)
+    """
+    CREATE TABLE event_batches (
+        execution_id TEXT NOT NULL,
+        first_seq    INTEGER NOT NULL,
+        last_seq     INTEGER NOT NULL,
+        body         TEXT NOT NULL,
+        PRIMARY KEY (execution_id, first_seq)
+    ) WITHOUT ROWID;
+    INSERT INTO event_batches (execution_id, first_seq, last_seq, body)
+        SELECT execution_id, seq, seq, '[' || body || ']' FROM events;
+    DROP TABLE events;
+    DROP TABLE nodes;
+    """,
 )
 
-_TERMINAL_SQL: Final = "('" + "','".join(sorted(NODE_TERMINAL)) + "')"
-_EXEC_TERMINAL_SQL: Final = "('" + "','".join(sorted(EXECUTION_TERMINAL)) + "')"
+
+_encoder: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _dumps(value: JSON) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _encoder.encode(value)
 
 
 def _loads(text: str | None) -> JSON:
@@ -152,12 +179,28 @@ def migrate(conn: sqlite3.Connection) -> int:
 @dataclass(slots=True)
 class _Job:
     fn: Callable[[sqlite3.Connection], Any]
-    future: Future[Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
     durable: bool
 
 
+def _deliver(results: list[tuple[_Job, bool, Any]]) -> None:
+    """On the event loop: settle the futures of one group of jobs."""
+    for job, ok, value in results:
+        if job.future.done():
+            continue  # its caller stopped waiting
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)
+
+
 class _Worker:
-    """One connection on one thread; ``group`` commits every waiting job in one transaction."""
+    """One connection on one thread; ``group`` commits every waiting job in one transaction.
+
+    Results go back to the event loop once per group, not once per job: one wake-up of the
+    loop settles every caller of a transaction.
+    """
 
     def __init__(self, conn: sqlite3.Connection, name: str, *, group: bool) -> None:
         self._conn = conn
@@ -169,9 +212,10 @@ class _Worker:
 
     async def run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
         """Run ``fn`` on the worker's connection; ``durable``: its commit is fsynced."""
-        future: Future[T] = Future()
-        self._jobs.put(_Job(fn, future, durable))
-        return await asyncio.wrap_future(future)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(fn, future, loop, durable))
+        return await future
 
     def stop(self) -> None:
         self._jobs.put(None)
@@ -194,24 +238,34 @@ class _Worker:
                     stopping = True
                     break
                 batch.append(job)
-            if self._group:
-                self._commit(batch)
-            else:
-                for job in batch:
-                    self._settle(job, self._conn)
+            # a caller that stopped waiting before its job began does not get it run
+            batch = [job for job in batch if not job.future.cancelled()]
+            if batch:
+                self._send(self._commit(batch) if self._group else self._each(batch))
             if stopping:
                 return
 
     @staticmethod
-    def _settle(job: _Job, conn: sqlite3.Connection) -> None:
-        if not job.future.set_running_or_notify_cancel():
-            return
-        try:
-            job.future.set_result(job.fn(conn))
-        except BaseException as exc:
-            job.future.set_exception(exc)
+    def _send(results: list[tuple[_Job, bool, Any]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, bool, Any]]] = {}
+        for result in results:
+            by_loop.setdefault(result[0].loop, []).append(result)
+        for loop, some in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, some)
+            except RuntimeError:  # the loop closed while its callers waited: nobody to tell
+                pass
 
-    def _commit(self, batch: list[_Job]) -> None:
+    def _each(self, batch: list[_Job]) -> list[tuple[_Job, bool, Any]]:
+        results: list[tuple[_Job, bool, Any]] = []
+        for job in batch:
+            try:
+                results.append((job, True, job.fn(self._conn)))
+            except Exception as exc:
+                results.append((job, False, exc))
+        return results
+
+    def _commit(self, batch: list[_Job]) -> list[tuple[_Job, bool, Any]]:
         conn = self._conn
         results: list[tuple[_Job, bool, Any]] = []
         durable = any(job.durable for job in batch)
@@ -237,161 +291,155 @@ class _Worker:
             log.error("state database commit failed: %s", exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for job in batch:
-                if job.future.set_running_or_notify_cancel():
-                    job.future.set_exception(exc)
-            return
+            return [(job, False, exc) for job in batch]
         # only now, with the batch on disk, do callers learn their write happened
-        for job, ok, value in results:
-            if not job.future.set_running_or_notify_cancel():
-                continue
-            if ok:
-                job.future.set_result(value)
-            else:
-                job.future.set_exception(value)
+        return results
 
 
-# -- folding events into rows -------------------------------------------------------------------
+# -- events in, rows out ------------------------------------------------------------------------
+
+_TERMINAL_SQL: Final = "('" + "','".join(sorted(EXECUTION_TERMINAL)) + "')"
+
+# Each batch moves the execution row on with one statement, the cheapest that fits: most
+# batches only advance the seq, and a statement that names ``status`` costs index upkeep.
+# "status IN terminal" reads the row as it was, so the first end an execution reaches is its end.
+_ADVANCE: Final = "UPDATE executions SET last_seq = ?, nodes_done = nodes_done + ?"
+_START: Final = (
+    f", status = CASE WHEN status IN {_TERMINAL_SQL} THEN status ELSE 'running' END,"
+    " started_at = COALESCE(started_at, ?)"
+)
+_END: Final = (
+    f", status = CASE WHEN status IN {_TERMINAL_SQL} THEN status ELSE ? END,"
+    " started_at = COALESCE(started_at, ?),"
+    f" outputs = CASE WHEN status IN {_TERMINAL_SQL} THEN outputs ELSE ? END,"
+    f" error = CASE WHEN status IN {_TERMINAL_SQL} THEN error ELSE ? END,"
+    f" finished_at = CASE WHEN status IN {_TERMINAL_SQL} THEN finished_at ELSE ? END"
+)
+_WHERE: Final = " WHERE id = ?"
+_GUARD: Final = " AND last_seq < ?"
 
 
-@dataclass(slots=True)
-class _NodeChange:
-    """What one batch of events says about one node: only its last state is written."""
+def _advance(
+    conn: sqlite3.Connection, execution_id: str, events: Sequence[JSONObject], *, guard: bool
+) -> int:
+    """Fold a batch into the execution row; with ``guard``, only when it follows what is
+    stored (its first seq is past the row's last). Returns the rows changed (0 or 1)."""
+    batch = summarize(events)
+    end = batch.end
+    sql = _ADVANCE
+    params: tuple[Any, ...] = (batch.last_seq, batch.nodes_done)
+    if end is not None:
+        status, outputs, error, finished = end
+        sql += _END
+        params += (status, batch.started_at, _dumps(outputs), error, finished)
+    elif batch.started_at is not None:
+        sql += _START
+        params += (batch.started_at,)
+    sql += _WHERE
+    params += (execution_id,)
+    if guard:
+        sql += _GUARD
+        params += (batch.first_seq,)
+    return conn.execute(sql, params).rowcount
 
-    status: str = "running"
-    started_at: JSON = None
-    finished_at: JSON = None
-    output: str | None = None
-    error: JSON = None
-    attempts: int = 0
-    engine_id: JSON = None
+
+def _encode(events: Sequence[JSONObject]) -> bytes:
+    return pb.ExecuteResponse(
+        events=[wire.event_message_from_dict(e) for e in events]
+    ).SerializeToString()
 
 
-def _fold(conn: sqlite3.Connection, execution_id: str, events: Sequence[JSONObject]) -> None:
-    """Store events and fold them into the execution's rows (inside the writer's transaction)."""
+def _decode(body: bytes | str) -> list[JSONObject]:
+    if isinstance(body, str):  # a row from before schema 2: a JSON array
+        events: list[JSONObject] = json.loads(body)
+        return events
+    return [wire.event_dict(m) for m in pb.ExecuteResponse.FromString(body).events]
+
+
+def _record(
+    conn: sqlite3.Connection,
+    execution_id: str,
+    events: Sequence[JSONObject],
+    body: bytes | None = None,
+) -> None:
+    """Store one batch of events as one row and move the execution row on (in the writer's
+    transaction). ``body``: the batch already encoded (the engine's message), else encoded
+    here. Idempotent: events at or below the stored last seq (a batch resent after a failover)
+    are dropped, so the timeline never holds a seq twice."""
     if not events:
         return
-    conn.executemany(
-        "INSERT OR IGNORE INTO events (execution_id, seq, body) VALUES (?, ?, ?)",
-        [(execution_id, e["seq"], _dumps(e)) for e in events],
-    )
-    changes: dict[str, _NodeChange] = {}
-    last_seq = 0
-    run_started: JSON = None
-    run_end: tuple[str, str, JSON, JSON] | None = None
-    for event in events:
-        seq = event.get("seq")
-        if isinstance(seq, int) and seq > last_seq:
-            last_seq = seq
-        family, _, what = str(event.get("type", "")).partition(".")
-        if family == "node":
-            node_id = event.get("node_id")
-            if not isinstance(node_id, str) or what not in _NODE_CHANGES:
-                continue
-            data = event.get("data")
-            data = data if isinstance(data, dict) else {}
-            change = changes.get(node_id)
-            if change is None:
-                change = changes[node_id] = _NodeChange()
-            elif change.status in NODE_TERMINAL:
-                continue  # the first end a node reaches is its end
-            attempt = event.get("attempt")
-            if isinstance(attempt, int) and attempt > change.attempts:
-                change.attempts = attempt
-            if event.get("engine_id") is not None:
-                change.engine_id = event.get("engine_id")
-            if what in ("started", "retrying"):
-                if change.started_at is None:
-                    change.started_at = event.get("time")
-                change.error = data.get("error") if what == "retrying" else None
-            else:
-                change.status = what
-                change.finished_at = event.get("time")
-                change.output = _dumps(data.get("output")) if what == "succeeded" else None
-                error = data.get("error")
-                if error is None and what == "skipped":
-                    error = data.get("reason")
-                change.error = error if isinstance(error, str) else None
-        elif family == "execution":
-            if what == "started":
-                run_started = run_started or event.get("time")
-            elif what in EXECUTION_TERMINAL and run_end is None:
-                data = event.get("data")
-                data = data if isinstance(data, dict) else {}
-                outputs = data.get("outputs")
-                error = data.get("error")
-                run_end = (
-                    what,
-                    _dumps(outputs if outputs is not None else {}),
-                    error if isinstance(error, str) else None,
-                    event.get("time"),
-                )
-    done = 0
-    if changes:
-        running = [
-            (c.started_at, c.attempts, c.engine_id, c.error, execution_id, node_id)
-            for node_id, c in changes.items()
-            if c.status == "running"
-        ]
-        ended = [
-            (
-                c.status,
-                c.output,
-                c.error,
-                c.started_at,
-                c.finished_at,
-                c.attempts,
-                c.engine_id,
-                execution_id,
-                node_id,
-            )
-            for node_id, c in changes.items()
-            if c.status != "running"
-        ]
-        if running:
-            conn.executemany(
-                "UPDATE nodes SET status = 'running', started_at = COALESCE(started_at, ?),"
-                " attempts = MAX(attempts, ?), engine_id = COALESCE(?, engine_id), error = ?"
-                f" WHERE execution_id = ? AND node_id = ? AND status NOT IN {_TERMINAL_SQL}",
-                running,
-            )
-        if ended:
-            done += conn.executemany(
-                "UPDATE nodes SET status = ?, output = ?, error = ?,"
-                " started_at = COALESCE(started_at, ?), finished_at = ?,"
-                " attempts = MAX(attempts, ?), engine_id = COALESCE(?, engine_id)"
-                f" WHERE execution_id = ? AND node_id = ? AND status NOT IN {_TERMINAL_SQL}",
-                ended,
-            ).rowcount
-    if run_started is not None:
-        conn.execute(
-            "UPDATE executions SET status = 'running', started_at = COALESCE(started_at, ?)"
-            f" WHERE id = ? AND status NOT IN {_EXEC_TERMINAL_SQL}",
-            (run_started, execution_id),
-        )
-    if run_end is not None:
-        status, outputs, error, when = run_end
-        ended_now = conn.execute(
-            "UPDATE executions SET status = ?, outputs = ?, error = ?, finished_at = ?"
-            f" WHERE id = ? AND status NOT IN {_EXEC_TERMINAL_SQL}",
-            (status, outputs, error, when, execution_id),
-        ).rowcount
-        if ended_now and status != "succeeded":
-            # nodes the run never reached end with it, so the document tells the story
-            done += conn.execute(
-                "UPDATE nodes SET status = 'cancelled', finished_at = ?,"
-                " error = COALESCE(error, ?) WHERE execution_id = ?"
-                f" AND status NOT IN {_TERMINAL_SQL}",
-                (when, f"execution {status}", execution_id),
-            ).rowcount
+    if not _advance(conn, execution_id, events, guard=True):
+        row = conn.execute(
+            "SELECT last_seq FROM executions WHERE id = ?", (execution_id,)
+        ).fetchone()
+        if row is None:
+            return  # no such execution: nothing to attach the events to
+        fresh = [e for e in events if e["seq"] > row[0]]
+        if not fresh:
+            return
+        if len(fresh) < len(events):
+            events, body = fresh, None
+        _advance(conn, execution_id, events, guard=False)
     conn.execute(
-        "UPDATE executions SET nodes_done = nodes_done + ?, last_seq = MAX(last_seq, ?)"
-        " WHERE id = ?",
-        (done, last_seq, execution_id),
+        "INSERT INTO event_batches (execution_id, first_seq, last_seq, body) VALUES (?, ?, ?, ?)",
+        (
+            execution_id,
+            events[0]["seq"],
+            events[-1]["seq"],
+            body if body is not None else _encode(events),
+        ),
     )
 
 
-_NODE_CHANGES: Final = frozenset({"started", "retrying", *NODE_TERMINAL})
+# events whose data the node fold reads; the data of every other event is left unparsed
+_FOLDED_DATA: Final = frozenset(
+    {
+        "node.retrying",
+        *(f"node.{what}" for what in NODE_TERMINAL),
+        *(f"execution.{what}" for what in EXECUTION_TERMINAL),
+    }
+)
+
+
+def _fold_input(conn: sqlite3.Connection, execution_id: str) -> list[JSONObject]:
+    """The events of one execution with just what ``fold_nodes`` reads: for a run of
+    thousands of nodes, several times quicker than decoding every event whole."""
+    events: list[JSONObject] = []
+    for (body,) in conn.execute(
+        "SELECT body FROM event_batches WHERE execution_id = ? ORDER BY first_seq",
+        (execution_id,),
+    ):
+        if isinstance(body, str):
+            events.extend(json.loads(body))
+            continue
+        for m in pb.ExecuteResponse.FromString(body).events:
+            kind = m.type
+            events.append(
+                {
+                    "type": kind,
+                    "node_id": m.node_id,
+                    "attempt": m.attempt,
+                    "engine_id": m.engine_id or None,
+                    "time": m.time,
+                    "data": wire.loads(m.data_json)
+                    if kind in _FOLDED_DATA and m.data_json
+                    else None,
+                }
+            )
+    return events
+
+
+def _timeline(conn: sqlite3.Connection, execution_id: str, after_seq: int = 0) -> list[JSONObject]:
+    """The stored events of one execution past ``after_seq``, in seq order."""
+    events: list[JSONObject] = []
+    for (body,) in conn.execute(
+        "SELECT body FROM event_batches WHERE execution_id = ? AND last_seq > ? ORDER BY first_seq",
+        (execution_id, after_seq),
+    ):
+        events.extend(_decode(body))
+    if events and events[0]["seq"] <= after_seq:  # type: ignore[operator]
+        events = [e for e in events if e["seq"] > after_seq]  # type: ignore[operator]
+    return events
 
 
 _EXECUTION_COLUMNS: Final = (
@@ -400,7 +448,8 @@ _EXECUTION_COLUMNS: Final = (
 )
 
 
-def _document(row: sqlite3.Row | tuple[Any, ...]) -> JSONObject:
+def _document(row: sqlite3.Row | tuple[Any, ...], done: int | None = None) -> JSONObject:
+    """The execution JSON without nodes; ``done``: nodes ended, when folded from the events."""
     (
         eid,
         workflow_id,
@@ -414,10 +463,9 @@ def _document(row: sqlite3.Row | tuple[Any, ...]) -> JSONObject:
         finished_at,
         parent,
         total,
-        done,
+        counted,
         parent_node,
     ) = row
-    progress = 100 if status == "succeeded" else (100 * done) // total if total else 0
     doc: JSONObject = {
         "id": eid,
         "workflow_id": workflow_id,
@@ -426,7 +474,7 @@ def _document(row: sqlite3.Row | tuple[Any, ...]) -> JSONObject:
         "inputs": _loads(inputs),
         "outputs": _loads(outputs),
         "error": error,
-        "progress": progress,
+        "progress": progress(status, counted if done is None else done, total),
         "created_at": isoformat(created_at),
         "started_at": started_at,
         "finished_at": finished_at,
@@ -447,6 +495,8 @@ class Store:
         self.path = path
         self._writer = writer
         self._reader = reader
+        # workflow order of each version's nodes; versions are immutable, so never stale
+        self._orders: dict[tuple[str, str], tuple[str, ...]] = {}
 
     @classmethod
     async def open(cls, path: str) -> Store:
@@ -520,6 +570,10 @@ class Store:
         """Store a new execution with its first event; with a key seen in the last 24 h,
         the earlier execution's id and False instead."""
         scoped = f"{workflow_id}\x00{idempotency_key}" if idempotency_key else None
+        if (workflow_id, version) not in self._orders:
+            self._orders[workflow_id, version] = tuple(node_ids)
+        first_seq = first_event["seq"]
+        first_body = _encode([first_event])
 
         def write(conn: sqlite3.Connection) -> tuple[str, bool]:
             if scoped is not None:
@@ -547,60 +601,51 @@ class Store:
                     parent_node_id,
                     json.dumps(pinned, separators=(",", ":")),
                     len(node_ids),
-                    0,
+                    first_seq,
                 ),
             )
-            conn.executemany(
-                "INSERT INTO nodes (execution_id, node_id, ordinal) VALUES (?, ?, ?)",
-                [(execution_id, node_id, i) for i, node_id in enumerate(node_ids)],
+            conn.execute(
+                "INSERT INTO event_batches (execution_id, first_seq, last_seq, body)"
+                " VALUES (?, ?, ?, ?)",
+                (execution_id, first_seq, first_seq, first_body),
             )
-            _fold(conn, execution_id, [first_event])
             return execution_id, True
 
         return await self._writer.run(write, durable=True)
 
-    async def record_events(self, execution_id: str, events: list[JSONObject]) -> None:
-        """Store events (idempotent by seq) and fold them in; returns once on disk."""
+    async def record_events(
+        self, execution_id: str, events: list[JSONObject], message: bytes | None = None
+    ) -> None:
+        """Store a batch of events (idempotent by seq) and fold it in; returns once on disk.
+
+        ``message``: the batch as the serialized ``ExecuteResponse`` it arrived in, which is
+        what is stored; without it the events are encoded so.
+        """
         if events:
-            await self._writer.run(lambda conn: _fold(conn, execution_id, events))
+            await self._writer.run(lambda conn: _record(conn, execution_id, events, message))
+
+    def _order(self, conn: sqlite3.Connection, workflow_id: str, version: str) -> tuple[str, ...]:
+        key = (workflow_id, version)
+        order = self._orders.get(key)
+        if order is None:
+            row = conn.execute(
+                "SELECT spec_json FROM versions WHERE workflow_id = ? AND version = ?", key
+            ).fetchone()
+            order = node_order(_loads(row[0]) if row is not None else None)
+            self._orders[key] = order
+        return order
 
     async def get_execution(self, execution_id: str) -> JSONObject | None:
         def read(conn: sqlite3.Connection) -> JSONObject | None:
-            conn.execute("BEGIN")  # one snapshot for the run and its nodes
+            conn.execute("BEGIN")  # one snapshot for the run, its events and its children
             try:
                 row = conn.execute(
                     f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE id = ?", (execution_id,)
                 ).fetchone()
                 if row is None:
                     return None
-                doc = _document(row)
-                nodes: JSONObject = {}
-                for (
-                    node_id,
-                    status,
-                    output,
-                    error,
-                    attempts,
-                    started,
-                    finished,
-                    engine,
-                ) in conn.execute(
-                    "SELECT node_id, status, output, error, attempts, started_at,"
-                    " finished_at, engine_id FROM nodes WHERE execution_id = ?"
-                    " ORDER BY ordinal",
-                    (execution_id,),
-                ):
-                    nodes[node_id] = {
-                        "status": status,
-                        "output": _loads(output),
-                        "error": error,
-                        "attempts": attempts,
-                        "started_at": started,
-                        "finished_at": finished,
-                        "engine_id": engine,
-                    }
-                doc["nodes"] = nodes
-                doc["children"] = [
+                events = _fold_input(conn, execution_id)
+                children: list[JSON] = [
                     r[0]
                     for r in conn.execute(
                         "SELECT id FROM executions WHERE parent_execution_id = ?"
@@ -608,9 +653,14 @@ class Store:
                         (execution_id,),
                     )
                 ]
-                return doc
             finally:
                 conn.execute("COMMIT")
+            nodes = fold_nodes(self._order(conn, row[1], row[2]), events)
+            doc = _document(row, done=nodes_done(nodes))
+            shown: JSONObject = dict(nodes)
+            doc["nodes"] = shown
+            doc["children"] = children
+            return doc
 
         return await self._reader.run(read)
 
@@ -636,14 +686,7 @@ class Store:
         return await self._reader.run(read)
 
     async def events(self, execution_id: str, *, after_seq: int = 0) -> list[JSONObject]:
-        def read(conn: sqlite3.Connection) -> list[JSONObject]:
-            rows = conn.execute(
-                "SELECT body FROM events WHERE execution_id = ? AND seq > ? ORDER BY seq",
-                (execution_id, after_seq),
-            )
-            return [json.loads(r[0]) for r in rows]
-
-        return await self._reader.run(read)
+        return await self._reader.run(lambda conn: _timeline(conn, execution_id, after_seq))
 
     async def next_seq(self, execution_id: str) -> int:
         def read(conn: sqlite3.Connection) -> int:
@@ -680,14 +723,6 @@ class Store:
             if row is None:
                 return None
             workflow_id, version, spec_json, inputs, status, parent, last_seq = row
-            checkpoints = [
-                Checkpoint(node_id, _loads(output), attempts or 1)
-                for node_id, output, attempts in conn.execute(
-                    "SELECT node_id, output, attempts FROM nodes"
-                    " WHERE execution_id = ? AND status = 'succeeded' ORDER BY ordinal",
-                    (execution_id,),
-                )
-            ]
             return RunTicket(
                 execution_id=execution_id,
                 workflow_id=workflow_id,
@@ -696,7 +731,7 @@ class Store:
                 inputs=_loads(inputs),
                 status=status,
                 parent_execution_id=parent,
-                checkpoints=checkpoints,
+                checkpoints=checkpoints(_timeline(conn, execution_id)),
                 next_seq=int(last_seq) + 1,
             )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,89 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     with pytest.raises(RuntimeError, match="newer than this orchestrator"):
         migrate(conn)
+
+
+async def test_events_are_stored_one_row_per_batch_and_resent_ones_are_dropped(
+    store: Store, tmp_path: Path
+) -> None:
+    await create(store)
+    batch = [event(2, "execution.started"), event(3, "node.started", "a")]
+    await store.record_events("e1", batch)
+    await store.record_events("e1", batch)  # resent whole
+    # resent with one new event at its end: only that one is new
+    await store.record_events("e1", [*batch, event(4, "node.succeeded", "a", output=1)])
+    await store.record_events("e1", [event(5, "node.started", "b")])
+    assert [e["seq"] for e in await store.events("e1")] == [1, 2, 3, 4, 5]
+    assert [e["seq"] for e in await store.events("e1", after_seq=2)] == [3, 4, 5]
+    assert await store.events("e1", after_seq=5) == []
+    conn = sqlite3.connect(tmp_path / "state.db")
+    rows = conn.execute(
+        "SELECT first_seq, last_seq FROM event_batches WHERE execution_id = 'e1' ORDER BY first_seq"
+    ).fetchall()
+    conn.close()
+    assert rows == [(1, 1), (2, 3), (4, 4), (5, 5)]
+    doc = await store.get_execution("e1")
+    assert doc is not None and doc["progress"] == 33
+    nodes: Any = doc["nodes"]
+    assert [n["status"] for n in nodes.values()] == ["succeeded", "running", "pending"]
+    listed = await store.list_executions(workflow_id="wf", status="running", limit=1)
+    assert listed[0]["progress"] == 33
+
+
+async def test_an_execution_cancelled_in_the_queue_ends_every_node(store: Store) -> None:
+    await create(store)
+    await store.record_events("e1", [event(2, "execution.cancelled", error="stop", outputs={})])
+    doc = await store.get_execution("e1")
+    assert doc is not None and doc["status"] == "cancelled" and doc["progress"] == 100
+    assert doc["error"] == "stop" and doc["children"] == []
+    nodes: Any = doc["nodes"]
+    assert {n["status"] for n in nodes.values()} == {"cancelled"}
+    assert nodes["a"]["error"] == "execution cancelled"
+    assert nodes["a"]["finished_at"] == "2026-01-01T00:00:02.000Z"
+
+
+async def test_a_file_at_schema_1_keeps_its_executions_and_events(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    plan = Registry().plan_register(parse_spec(SPEC), force=False, now=1.0)
+    v = plan.stored
+    conn.execute(
+        "INSERT INTO versions VALUES (?, ?, ?, ?, ?)",
+        (v.workflow_id, v.version, v.spec_json, v.digest, v.created_at),
+    )
+    conn.execute(
+        "INSERT INTO executions (id, workflow_id, version, status, inputs, created_at,"
+        " node_total, nodes_done, last_seq) VALUES ('e1', 'wf', '1.0.0', 'running', '{}',"
+        " 100.0, 3, 1, 3)"
+    )
+    for i, node in enumerate("abc"):
+        conn.execute(
+            "INSERT INTO nodes (execution_id, node_id, ordinal) VALUES ('e1', ?, ?)", (node, i)
+        )
+    for e in (
+        event(1, "execution.queued"),
+        event(2, "node.started", "a"),
+        event(3, "node.succeeded", "a", output={"x": [1]}),
+    ):
+        conn.execute(
+            "INSERT INTO events (execution_id, seq, body) VALUES ('e1', ?, ?)",
+            (e["seq"], json.dumps(e)),
+        )
+    conn.close()
+    store = await Store.open(str(path))
+    try:
+        assert [e["seq"] for e in await store.events("e1")] == [1, 2, 3]
+        ticket = await store.load_ticket("e1")
+        assert ticket is not None and ticket.next_seq == 4
+        assert [(c.node_id, c.output) for c in ticket.checkpoints] == [("a", {"x": [1]})]
+        await store.record_events("e1", [event(4, "node.started", "b")])
+        doc = await store.get_execution("e1")
+        assert doc is not None
+        nodes: Any = doc["nodes"]
+        assert [n["status"] for n in nodes.values()] == ["succeeded", "running", "pending"]
+    finally:
+        await store.close()

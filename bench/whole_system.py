@@ -1,6 +1,6 @@
 """The whole system on this machine: an orchestrator and two engines as real processes.
 
-    .venv/bin/python bench/orchestrator.py [--latency-runs 300] [--burst 5000]
+    .venv/bin/python bench/whole_system.py [--latency-runs 300] [--burst 5000]
                                            [--big-nodes 10000] [--repeat 3]
 
 1. Latency: a 3-node workflow (a -> b -> c, trivial Lua) through ``POST /trigger/{id}`` with
@@ -52,7 +52,7 @@ THREE = {
 
 def big_spec(nodes: int) -> dict[str, Any]:
     """The local runner benchmark's DAG (layers of 100, two parents each), as a document."""
-    return dict(dag(nodes).document)
+    return {**dag(nodes).document, "id": "big"}
 
 
 # -- processes ----------------------------------------------------------------------------------

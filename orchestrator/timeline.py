@@ -1,0 +1,188 @@
+"""An execution's story told from its events alone: node states, checkpoints, batch summaries.
+
+The store keeps events as they arrive and nothing per node; whatever is shown about the nodes of
+a run (the ``nodes`` map of the execution JSON, the checkpoints a run resumes from) is folded
+here from those events when someone asks. The one rule of the fold: the first end a node
+reaches is its end, and an execution that ends other than succeeded ends every node it never
+reached with it. Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from engine.core import dag
+from engine.core.states import EXECUTION_TERMINAL, NODE_TERMINAL
+from engine.core.values import JSON, JSONObject
+
+_NODE_MOVES: Final = frozenset({"started", "retrying"})
+
+
+def node_order(spec_document: JSON) -> tuple[str, ...]:
+    """The workflow order (``WorkflowSpec.order``) of a stored spec document's nodes."""
+    nodes = spec_document.get("nodes") if isinstance(spec_document, dict) else None
+    deps: dict[str, list[str]] = {}
+    for node in nodes if isinstance(nodes, list) else ():
+        if isinstance(node, dict) and isinstance(node.get("id"), str):
+            depends = node.get("depends_on")
+            deps[str(node["id"])] = (
+                [d for d in depends if isinstance(d, str)] if isinstance(depends, list) else []
+            )
+    return tuple(dag.topological_order(deps) or deps)
+
+
+def _pending() -> JSONObject:
+    return {
+        "status": "pending",
+        "output": None,
+        "error": None,
+        "attempts": 0,
+        "started_at": None,
+        "finished_at": None,
+        "engine_id": None,
+    }
+
+
+def fold_nodes(order: Sequence[str], events: Iterable[JSONObject]) -> dict[str, JSONObject]:
+    """The ``nodes`` map of the execution JSON, in ``order``, from the run's events in seq order.
+
+    Events of nodes not in ``order`` are ignored, as is anything after a node's first end.
+    """
+    nodes: dict[str, JSONObject] = {node_id: _pending() for node_id in order}
+    ended = False
+    for event in events:
+        family, _, what = str(event.get("type", "")).partition(".")
+        if family == "node":
+            node = nodes.get(event.get("node_id"))  # type: ignore[arg-type]
+            if node is None or node["status"] in NODE_TERMINAL:
+                continue
+            moving = what in _NODE_MOVES
+            if not moving and what not in NODE_TERMINAL:
+                continue  # node.log and the like say nothing about state
+            attempt = event.get("attempt")
+            if isinstance(attempt, int) and attempt > node["attempts"]:  # type: ignore[operator]
+                node["attempts"] = attempt
+            engine_id = event.get("engine_id")
+            # a node that never started (blocked, skipped) ran nowhere, whoever decided it
+            if engine_id is not None and (moving or node["started_at"] is not None):
+                node["engine_id"] = engine_id
+            data = event.get("data")
+            data = data if isinstance(data, dict) else {}
+            if moving:
+                node["status"] = "running"
+                if node["started_at"] is None:
+                    node["started_at"] = event.get("time")
+                error = data.get("error") if what == "retrying" else None
+                node["error"] = error
+            else:
+                node["status"] = what
+                node["finished_at"] = event.get("time")
+                node["output"] = data.get("output") if what == "succeeded" else None
+                error = data.get("error")
+                if error is None and what == "skipped":
+                    error = data.get("reason")
+                node["error"] = error if isinstance(error, str) else None
+        elif family == "execution" and what in EXECUTION_TERMINAL and not ended:
+            ended = True
+            if what != "succeeded":
+                # nodes the run never reached end with it, so the document tells the story
+                for node in nodes.values():
+                    if node["status"] not in NODE_TERMINAL:
+                        node["status"] = "cancelled"
+                        node["finished_at"] = event.get("time")
+                        if node["error"] is None:
+                            node["error"] = f"execution {what}"
+    return nodes
+
+
+def nodes_done(nodes: Mapping[str, JSONObject]) -> int:
+    return sum(1 for node in nodes.values() if node["status"] in NODE_TERMINAL)
+
+
+def progress(status: str, done: int, total: int) -> int:
+    """Percent of nodes ended; an ended execution has ended every node."""
+    if status in EXECUTION_TERMINAL:
+        return 100
+    return min(100, (100 * done) // total) if total > 0 else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    node_id: str
+    output: JSON
+    attempts: int
+
+
+def checkpoints(events: Iterable[JSONObject]) -> list[Checkpoint]:
+    """The nodes whose first end was success, with output and attempts, in the order they
+    succeeded: what a resumed run must not run again."""
+    attempts: dict[str, int] = {}
+    ended: set[str] = set()
+    out: list[Checkpoint] = []
+    for event in events:
+        family, _, what = str(event.get("type", "")).partition(".")
+        node_id = event.get("node_id")
+        if family != "node" or not isinstance(node_id, str) or node_id in ended:
+            continue
+        if what not in _NODE_MOVES and what not in NODE_TERMINAL:
+            continue
+        attempt = event.get("attempt")
+        if isinstance(attempt, int) and attempt > attempts.get(node_id, 0):
+            attempts[node_id] = attempt
+        if what in NODE_TERMINAL:
+            ended.add(node_id)
+            if what == "succeeded":
+                data = event.get("data")
+                output = data.get("output") if isinstance(data, dict) else None
+                out.append(Checkpoint(node_id, output, attempts.get(node_id) or 1))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    """What one batch of events changes on the execution's row."""
+
+    first_seq: int
+    last_seq: int
+    started_at: JSON  # time of execution.started, when the batch has it
+    end: tuple[str, JSON, str | None, JSON] | None  # (status, outputs, error, time)
+    nodes_done: int  # node ends in the batch, for the progress of listed executions
+
+
+def summarize(events: Sequence[JSONObject]) -> BatchSummary:
+    """One pass over a batch (in seq order) for the execution row's columns."""
+    first = last = 0
+    started: JSON = None
+    end: tuple[str, JSON, str | None, JSON] | None = None
+    done = 0
+    for event in events:
+        seq = event.get("seq")
+        if isinstance(seq, int):
+            if first == 0 or seq < first:
+                first = seq
+            if seq > last:
+                last = seq
+        kind = event.get("type")
+        if not isinstance(kind, str):
+            continue
+        if kind.startswith("node."):
+            if kind[5:] in NODE_TERMINAL:
+                done += 1
+        elif kind.startswith("execution."):
+            what = kind[10:]
+            if what == "started":
+                started = started or event.get("time")
+            elif what in EXECUTION_TERMINAL and end is None:
+                data = event.get("data")
+                data = data if isinstance(data, dict) else {}
+                outputs = data.get("outputs")
+                error = data.get("error")
+                end = (
+                    what,
+                    outputs if outputs is not None else {},
+                    error if isinstance(error, str) else None,
+                    event.get("time"),
+                )
+    return BatchSummary(first, last, started, end, done)

@@ -1,0 +1,225 @@
+"""Folding an execution's events into node states, checkpoints and row changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.timeline import (
+    checkpoints,
+    fold_nodes,
+    node_order,
+    nodes_done,
+    progress,
+    summarize,
+)
+
+ORDER = ("a", "b", "c")
+
+
+def event(seq: int, kind: str, node: str | None = None, attempt: int = 1, **data: Any) -> Any:
+    return {
+        "seq": seq,
+        "time": f"t{seq}",
+        "type": kind,
+        "severity": "info",
+        "workflow_id": "wf",
+        "version": "1.0.0",
+        "execution_id": "e1",
+        "node_id": node,
+        "engine_id": f"engine-{seq}" if node else None,
+        "attempt": attempt if node else None,
+        "data": data,
+    }
+
+
+def test_nodes_without_events_are_pending_in_workflow_order() -> None:
+    nodes = fold_nodes(ORDER, [event(1, "execution.queued")])
+    assert list(nodes) == ["a", "b", "c"]
+    assert nodes["a"] == {
+        "status": "pending",
+        "output": None,
+        "error": None,
+        "attempts": 0,
+        "started_at": None,
+        "finished_at": None,
+        "engine_id": None,
+    }
+    assert nodes_done(nodes) == 0
+
+
+def test_a_node_runs_retries_and_succeeds() -> None:
+    nodes = fold_nodes(
+        ORDER,
+        [
+            event(2, "node.started", "a"),
+            event(3, "node.retrying", "a", error="boom"),
+            event(4, "node.started", "a", attempt=2),
+            event(5, "node.succeeded", "a", attempt=2, output={"v": 2**40}),
+            event(6, "node.log", "a", attempt=9, message="late"),
+        ],
+    )
+    assert nodes["a"] == {
+        "status": "succeeded",
+        "output": {"v": 2**40},
+        "error": None,
+        "attempts": 2,
+        "started_at": "t2",
+        "finished_at": "t5",
+        "engine_id": "engine-5",
+    }
+    retrying = fold_nodes(
+        ORDER, [event(2, "node.started", "a"), event(3, "node.retrying", "a", error="x")]
+    )
+    assert retrying["a"]["status"] == "running" and retrying["a"]["error"] == "x"
+
+
+def test_the_first_end_of_a_node_is_its_end() -> None:
+    nodes = fold_nodes(
+        ORDER,
+        [
+            event(2, "node.started", "a"),
+            event(3, "node.failed", "a", error="boom (line 1)"),
+            event(4, "node.started", "a", attempt=2),
+            event(5, "node.succeeded", "a", attempt=2, output=1),
+            event(6, "node.skipped", "b", reason="when was false"),
+            event(7, "node.started", "zz"),  # not in the workflow: ignored
+        ],
+    )
+    assert nodes["a"]["status"] == "failed" and nodes["a"]["error"] == "boom (line 1)"
+    assert nodes["a"]["attempts"] == 1 and nodes["a"]["output"] is None
+    assert nodes["b"]["status"] == "skipped" and nodes["b"]["error"] == "when was false"
+    assert "zz" not in nodes
+
+
+def test_an_execution_that_fails_ends_the_nodes_it_never_reached() -> None:
+    nodes = fold_nodes(
+        ORDER,
+        [
+            event(2, "node.started", "a"),
+            event(3, "node.succeeded", "a", output=1),
+            event(4, "node.started", "b"),
+            event(5, "node.retrying", "b", error="flaky"),
+            event(6, "execution.timed_out", error="timeout"),
+            event(7, "node.succeeded", "b", output=2),  # after the end: too late
+            event(8, "execution.failed"),
+        ],
+    )
+    assert [n["status"] for n in nodes.values()] == ["succeeded", "cancelled", "cancelled"]
+    assert nodes["b"]["error"] == "flaky" and nodes["c"]["error"] == "execution timed_out"
+    assert nodes["c"]["finished_at"] == "t6"
+    assert nodes_done(nodes) == 3
+    done = fold_nodes(ORDER, [event(2, "node.started", "a"), event(3, "execution.succeeded")])
+    assert done["a"]["status"] == "running"  # a success leaves the story as it is
+
+
+def test_checkpoints_are_first_successes_with_their_attempts() -> None:
+    found = checkpoints(
+        [
+            event(2, "node.started", "b"),
+            event(3, "node.retrying", "b", error="x"),
+            event(4, "node.started", "b", attempt=2),
+            event(5, "node.succeeded", "b", attempt=2, output=[1, 2]),
+            event(6, "node.failed", "a", error="boom"),
+            event(7, "node.succeeded", "a", output=1),  # a failed first: not a checkpoint
+            event(8, "node.skipped", "c"),
+        ]
+    )
+    assert [(c.node_id, c.output, c.attempts) for c in found] == [("b", [1, 2], 2)]
+    restored = checkpoints([{"type": "node.succeeded", "node_id": "a", "data": {"output": 3}}])
+    assert restored[0].attempts == 1  # no attempt on record counts as one
+
+
+def test_a_batch_summary_has_its_seq_range_start_end_and_node_ends() -> None:
+    summary = summarize(
+        [
+            event(2, "execution.started"),
+            event(3, "node.succeeded", "a"),
+            event(4, "node.blocked", "b"),
+            event(5, "execution.partial", error="b blocked", outputs={"a": 1}),
+            event(6, "execution.failed", error="later"),
+        ]
+    )
+    assert (summary.first_seq, summary.last_seq) == (2, 6)
+    assert summary.started_at == "t2" and summary.nodes_done == 2
+    assert summary.end == ("partial", {"a": 1}, "b blocked", "t5")
+    quiet = summarize([event(7, "node.started", "c")])
+    assert quiet.end is None and quiet.started_at is None and quiet.nodes_done == 0
+    assert summarize([event(8, "execution.cancelled")]).end == ("cancelled", {}, None, "t8")
+
+
+def test_progress() -> None:
+    assert progress("running", 1, 3) == 33
+    assert progress("running", 5, 3) == 100  # a node counted twice after a failover
+    assert progress("failed", 1, 3) == 100
+    assert progress("queued", 0, 0) == 0
+
+
+def test_node_order_is_the_specs_topological_order() -> None:
+    doc = {
+        "id": "wf",
+        "nodes": [
+            {"id": "c", "depends_on": ["b"]},
+            {"id": "a"},
+            {"id": "b", "depends_on": ["a"]},
+        ],
+    }
+    assert node_order(doc) == ("a", "b", "c")
+    assert node_order(None) == ()
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(["started", "retrying", "succeeded", "failed", "skipped", "log"]),
+        ),
+        max_size=30,
+    )
+)
+def test_a_node_never_leaves_its_end(moves: list[tuple[str, str]]) -> None:
+    events = [event(i + 2, f"node.{what}", node) for i, (node, what) in enumerate(moves)]
+    for cut in range(len(events) + 1):
+        before = fold_nodes(ORDER, events[:cut])
+        after = fold_nodes(ORDER, events)
+        for node_id, node in before.items():
+            if node["status"] not in ("pending", "running"):
+                assert after[node_id] == node
+
+
+def test_a_node_that_never_started_ran_on_no_engine() -> None:
+    from orchestrator.timeline import fold_nodes
+
+    events = [
+        {
+            "seq": 1,
+            "type": "node.started",
+            "node_id": "a",
+            "engine_id": "e-1",
+            "attempt": 1,
+            "time": "t1",
+            "data": {},
+        },
+        {
+            "seq": 2,
+            "type": "node.failed",
+            "node_id": "a",
+            "engine_id": "e-1",
+            "attempt": 1,
+            "time": "t2",
+            "data": {"error": "boom"},
+        },
+        {
+            "seq": 3,
+            "type": "node.blocked",
+            "node_id": "b",
+            "engine_id": "e-1",
+            "time": "t2",
+            "data": {"error": "upstream failed"},
+        },
+    ]
+    nodes = fold_nodes(["a", "b"], events)
+    assert nodes["a"]["engine_id"] == "e-1"
+    assert nodes["b"]["status"] == "blocked" and nodes["b"]["engine_id"] is None
