@@ -15,8 +15,8 @@ out before the process exits 0. A second signal cuts the grace short.
 from __future__ import annotations
 
 import asyncio
-import gc
 import functools
+import gc
 import logging
 import signal
 import time
