@@ -106,10 +106,6 @@ class Dispatcher:
     def running(self) -> int:
         return len(self._running)
 
-    def engine_of(self, execution_id: str) -> EngineLink | None:
-        run = self._running.get(execution_id)
-        return run.link if run is not None else None
-
     def submit(
         self,
         execution_id: str,

@@ -141,9 +141,6 @@ class Fleet:
     def ready(self) -> list[EngineLink]:
         return [link for link in self.links.values() if link.state == "ready"]
 
-    def by_key(self, key: str) -> EngineLink | None:
-        return next((lk for lk in self.links.values() if lk.key == key), None)
-
     def pick(self, routing_key: str) -> EngineLink | None:
         """The engine for a run of ``routing_key``, or None when every engine is full."""
         now = time.monotonic()

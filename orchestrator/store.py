@@ -737,13 +737,3 @@ class Store:
 
         # through the writer, so the ticket reflects every event already accepted for storage
         return await self._writer.run(read)
-
-    async def pinned_versions(self, execution_id: str) -> dict[str, str]:
-        def read(conn: sqlite3.Connection) -> dict[str, str]:
-            row = conn.execute(
-                "SELECT pinned FROM executions WHERE id = ?", (execution_id,)
-            ).fetchone()
-            value = _loads(row[0]) if row is not None else {}
-            return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
-
-        return await self._reader.run(read)
