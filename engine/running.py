@@ -18,6 +18,7 @@ from functools import partial
 from typing import Protocol
 
 from engine.core import scheduler as sch
+from engine.core.durations import format_duration
 from engine.core.events import Event
 from engine.core.execution import execution_document
 from engine.core.spec import SubWorkflowRef, WorkflowSpec
@@ -281,9 +282,12 @@ class Execution:
             deadline=None if ins.timeout is None else time.monotonic() + ins.timeout,
             cancel=flag,
         )
-        self._pool.submit_callback(
-            task, partial(self._task_done, ins.node_id, ins.item, ins.attempt, flag)
-        )
+        done = partial(self._task_done, ins.node_id, ins.item, ins.attempt, flag)
+        outcome = self._pool.run_inline(task)
+        if outcome is not None:
+            done(outcome)  # its completion still reaches the scheduler on the next loop turn
+            return
+        self._pool.submit_callback(task, done)
 
     def _task_done(
         self,
@@ -316,6 +320,15 @@ class Execution:
         ]
         if outcome.ok:
             stimuli.append(sch.TaskSucceeded(node_id, item, attempt, outcome.value, now))
+        elif outcome.limit == "deadline":
+            # the node's timeout, reached inside the script: worded as when the scheduler's
+            # own timer gets there first, whichever of the two does
+            timeout = self.run.node_spec(node_id).timeout or 0.0
+            stimuli.append(
+                sch.TaskFailed(
+                    node_id, item, attempt, f"timed out after {format_duration(timeout)}", now
+                )
+            )
         else:
             error = outcome.error or "failed"
             if outcome.line is not None:
@@ -335,6 +348,10 @@ class Execution:
             ctx=ins.ctx,
             expression=True,
         )
+        outcome = self._pool.run_inline(task)
+        if outcome is not None:
+            self._condition_done(ins.node_id, outcome)
+            return
         self._pool.submit(task).add_done_callback(partial(self._evaluated, ins.node_id))
 
     def _complete(self, stimuli: list[sch.Stimulus]) -> None:
@@ -359,7 +376,10 @@ class Execution:
         if exc is not None:
             self.feed(sch.ConditionEvaluated(node_id, None, f"engine error: {exc}", now))
             return
-        outcome = fut.result()
+        self._condition_done(node_id, fut.result())
+
+    def _condition_done(self, node_id: str, outcome: LuaOutcome) -> None:
+        now = self._clock()
         if outcome.ok:
             self.feed(sch.ConditionEvaluated(node_id, bool(outcome.value), None, now))
         else:

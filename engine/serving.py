@@ -164,7 +164,37 @@ class StreamedSubWorkflows:
         key = (answer.node_id, answer.item)
         if waiting.get(key) != answer.attempt:
             raise NothingWaiting(execution.id, answer.node_id, answer.item, answer.attempt)
+        ref = execution.run.node_spec(answer.node_id).workflow
+        data: JSONObject = {
+            "child_execution_id": answer.child_execution_id,
+            "workflow_id": ref.id if ref is not None else None,
+        }
+        if answer.child_version:
+            data["version"] = answer.child_version
+        if answer.item is not None:
+            data["item"] = answer.item
+        if not answer.final:
+            # the child runs (or ran) under the orchestrator: the node keeps waiting
+            execution.emit(
+                "subworkflow.started",
+                "info",
+                node_id=answer.node_id,
+                attempt=answer.attempt,
+                data=data,
+            )
+            return
         del waiting[key]
+        if answer.child_execution_id:
+            data["status"] = answer.child_status or ("failed" if answer.error else "succeeded")
+            if answer.error is not None:
+                data["error"] = answer.error
+            execution.emit(
+                "subworkflow.finished",
+                "info" if answer.error is None else "warning",
+                node_id=answer.node_id,
+                attempt=answer.attempt,
+                data=data,
+            )
         execution.resolve_task(
             answer.node_id, answer.item, answer.attempt, output=answer.output, error=answer.error
         )

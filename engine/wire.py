@@ -170,6 +170,11 @@ class SubWorkflowAnswer:
     attempt: int
     output: JSON
     error: str | None
+    child_execution_id: str = ""
+    child_status: str = ""
+    child_version: str = ""
+    final: bool = True
+    """False: the call only announces the child (subworkflow.started); the node waits on."""
 
 
 def sub_workflow_answer(request: pb.ResolveSubWorkflowRequest) -> SubWorkflowAnswer:
@@ -182,13 +187,18 @@ def sub_workflow_answer(request: pb.ResolveSubWorkflowRequest) -> SubWorkflowAns
         problems.append(FieldProblem("attempt", f"must be 1 or more, got {request.attempt}"))
     output: JSON = None
     error: str | None = None
+    final = True
     match request.WhichOneof("result"):
         case "output_json":
             output = _json_field(request.output_json, "output_json", problems, empty=None)
         case "error":
             error = request.error or "the sub-workflow failed"
+        case _ if request.child_execution_id:
+            final = False
         case _:
-            problems.append(FieldProblem("result", "set output_json or error"))
+            problems.append(
+                FieldProblem("result", "set output_json or error, or announce child_execution_id")
+            )
     if problems:
         raise BadRequest(problems)
     return SubWorkflowAnswer(
@@ -198,6 +208,10 @@ def sub_workflow_answer(request: pb.ResolveSubWorkflowRequest) -> SubWorkflowAns
         request.attempt,
         output,
         error,
+        request.child_execution_id,
+        request.child_status,
+        request.child_version,
+        final,
     )
 
 
@@ -299,7 +313,11 @@ def execution_message(document: JSONObject, *, with_nodes: bool = True) -> pb.Ex
         started_at=_text(document["started_at"]),
         finished_at=_text(document["finished_at"]),
         parent_execution_id=_text(document["parent_execution_id"]),
+        parent_node_id=_text(document.get("parent_node_id")),
     )
+    children = document.get("children")
+    if isinstance(children, list):
+        message.children.extend(str(c) for c in children)
     nodes = document.get("nodes")
     if with_nodes and isinstance(nodes, dict):
         for node_id, node in nodes.items():

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 from engine.core.spec import ExternalChecks
 from engine.core.values import JSON
+from orchestrator.schedule import cron_problem
 
 
 def json_schema_problem(schema: JSON) -> str | None:
@@ -42,5 +43,8 @@ def registration_checks(
     lua_syntax: Callable[[str, bool], tuple[str, int | None] | None],
 ) -> ExternalChecks:
     return ExternalChecks(
-        lua_syntax=lua_syntax, json_schema=json_schema_problem, timezone=timezone_problem
+        lua_syntax=lua_syntax,
+        json_schema=json_schema_problem,
+        timezone=timezone_problem,
+        cron=cron_problem,
     )

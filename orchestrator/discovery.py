@@ -1,8 +1,9 @@
 """Finding engines: one interface, several sources.
 
 A discovery source runs forever and reports the full set of engine addresses (``host:port``)
-whenever it may have changed; the fleet diffs the sets. Static lists and DNS live here;
-Kubernetes watching has its own module, behind the same interface.
+whenever it may have changed; the fleet diffs the sets. A source that knows more about an engine
+than its address (Kubernetes pod annotations) may pass hints along. Static lists and DNS live
+here; Kubernetes watching has its own module, behind the same interface.
 """
 
 from __future__ import annotations
@@ -10,12 +11,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 log = logging.getLogger(__name__)
 
-AddressSink = Callable[[set[str]], None]
+
+@dataclass(frozen=True, slots=True)
+class EngineHint:
+    """What a discovery source knows of an engine besides its address."""
+
+    pod: str | None = None
+    capacity: int | None = None
+    """At most this many runs at once are routed to the engine, whatever it reports itself."""
+    engine_id: str | None = None
+    """The engine's name until its GetInfo answers."""
+
+
+class AddressSink(Protocol):
+    def __call__(
+        self, addresses: set[str], /, hints: Mapping[str, EngineHint] | None = None
+    ) -> None: ...
 
 
 class Discovery(Protocol):

@@ -81,11 +81,13 @@ class Dispatcher:
         *,
         publish: Callable[[list[JSONObject]], None],
         on_finished: Callable[[str, JSONObject], None] | None = None,
+        on_events: Callable[[RunTicket, EngineLink, list[JSONObject]], None] | None = None,
     ) -> None:
         self._store = store
         self._fleet = fleet
         self._publish = publish
         self._on_finished = on_finished
+        self._on_events = on_events
         self._queue: deque[tuple[str, str]] = deque()  # (execution_id, routing key)
         self._queued: set[str] = set()
         self._running: dict[str, _Running] = {}
@@ -146,6 +148,12 @@ class Dispatcher:
             task = asyncio.get_running_loop().create_task(self._drive(run))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def link_of(self, execution_id: str) -> EngineLink | None:
+        """The engine whose stream carries this run now; None while it is queued or between
+        engines."""
+        run = self._running.get(execution_id)
+        return run.link if run is not None and run.call is not None else None
 
     def dequeue(self, execution_id: str) -> bool:
         """Take a run that has not started off the queue; False when it is not queued."""
@@ -267,6 +275,8 @@ class Dispatcher:
                     ticket.execution_id, events, response.SerializeToString()
                 )
                 self._publish(events)
+                if self._on_events is not None:
+                    self._on_events(ticket, run.link, events)
                 last = events[-1]
                 kind = str(last.get("type", ""))
                 if kind.startswith("execution.") and kind.split(".", 1)[1] in EXECUTION_TERMINAL:

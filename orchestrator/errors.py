@@ -88,3 +88,15 @@ class Unavailable(OrchestratorError):
     http_status = 503
     code = "unavailable"
     grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class DepthLimit(OrchestratorError):
+    http_status = 409
+    code = "subworkflow_depth_limit"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ParentEnded(OrchestratorError):
+    http_status = 409
+    code = "parent_ended"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.core.events import isoformat
 from engine.core.values import JSONObject
+from orchestrator.discovery import EngineHint
 from orchestrator.ring import Balancer
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,13 @@ class EngineLink:
     checked_at: float = field(default_factory=time.time)
     full_until: float = 0.0
     """Monotonic time before which the engine is treated as full: it refused a run for capacity."""
+    reported_capacity: int | None = None
+    capacity_limit: int | None = None
+    """From discovery (a pod annotation): ``capacity`` never exceeds it."""
+
+    def settle_capacity(self, default: int) -> None:
+        own = self.reported_capacity or default
+        self.capacity = min(own, self.capacity_limit) if self.capacity_limit else own
 
     @property
     def key(self) -> str:
@@ -114,8 +122,11 @@ class Fleet:
 
     # -- membership -------------------------------------------------------------------------
 
-    def update(self, addresses: set[str]) -> None:
+    def update(self, addresses: set[str], hints: Mapping[str, EngineHint] | None = None) -> None:
         """Discovery's latest view: connect to new engines, drop vanished ones."""
+        for address, hint in (hints or {}).items():
+            if address in self.links:
+                self._take_hint(self.links[address], hint)
         for address in addresses - set(self.links):
             channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             link = EngineLink(
@@ -126,6 +137,8 @@ class Fleet:
                 capacity=self._default_capacity,
             )
             self.links[address] = link
+            if hints and address in hints:
+                self._take_hint(link, hints[address])
             self._spawn_check(link)
         for address in set(self.links) - addresses:
             link = self.links.pop(address)
@@ -137,6 +150,15 @@ class Fleet:
             task = asyncio.get_running_loop().create_task(link.channel.close())
             self._checking.add(task)
             task.add_done_callback(self._checking.discard)
+
+    def _take_hint(self, link: EngineLink, hint: EngineHint) -> None:
+        if hint.capacity != link.capacity_limit:
+            link.capacity_limit = hint.capacity
+            link.settle_capacity(self._default_capacity)
+            if link.state == "ready":
+                self._on_capacity()
+        if hint.engine_id and not link.engine_id and link.state != "ready":
+            link.engine_id = hint.engine_id  # GetInfo's answer replaces it
 
     def ready(self) -> list[EngineLink]:
         return [link for link in self.links.values() if link.state == "ready"]
@@ -201,7 +223,8 @@ class Fleet:
                 link.state = "joining"
             link.engine_id = info.engine_id
         if info.capacity > 0:
-            link.capacity = info.capacity
+            link.reported_capacity = info.capacity
+            link.settle_capacity(self._default_capacity)
         link.version = info.version
 
     def suspect(self, link: EngineLink, error: str) -> None:

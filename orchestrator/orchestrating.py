@@ -11,7 +11,8 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import jsonschema
 
@@ -23,12 +24,20 @@ from engine.core.values import JSON, JSONObject
 from engine.documents import parse_text
 from orchestrator.checking import registration_checks
 from orchestrator.dispatching import Dispatcher, RunTicket
-from orchestrator.errors import NotFound, QueueFull
+from orchestrator.errors import (
+    DepthLimit,
+    NotFound,
+    OrchestratorError,
+    ParentEnded,
+    QueueFull,
+    Unavailable,
+)
 from orchestrator.fleet import Fleet
 from orchestrator.lua_checking import LuaSyntaxChecker
 from orchestrator.metrics import Metrics
 from orchestrator.monitoring import Hub
-from orchestrator.store import Store
+from orchestrator.store import Store, TriggerFire
+from orchestrator.subworkflows import ChildRequest, ChildStarted, SubWorkflows
 from orchestrator.versions import Registry
 
 log = logging.getLogger(__name__)
@@ -77,6 +86,21 @@ def check_inputs(spec: WorkflowSpec, inputs: JSON) -> None:
         raise InputsError(spec.id, problems)
 
 
+class RegistrationHooks(Protocol):
+    """What the triggers need to hear of registrations (``orchestrator.triggering``)."""
+
+    def check_spec(self, spec: WorkflowSpec) -> None: ...
+    async def version_registered(self, spec: WorkflowSpec) -> None: ...
+
+
+def _without_trigger_info(inputs: JSON) -> JSON:
+    # ``_trigger`` is added by the trigger that fired a run: the workflow's schema is about
+    # what its callers send, so it is checked without it
+    if isinstance(inputs, dict) and "_trigger" in inputs:
+        return {k: v for k, v in inputs.items() if k != "_trigger"}
+    return inputs
+
+
 class Orchestrator:
     def __init__(
         self,
@@ -88,6 +112,7 @@ class Orchestrator:
         metrics: Metrics,
         lua_checker: LuaSyntaxChecker,
         queue_limit: int,
+        max_subworkflow_depth: int = 16,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -95,14 +120,19 @@ class Orchestrator:
         self.hub = hub
         self.metrics = metrics
         self.queue_limit = queue_limit
+        self.max_subworkflow_depth = max_subworkflow_depth
+        self.subworkflows: SubWorkflows | None = None
+        self.triggers: RegistrationHooks | None = None  # cron and HTTP triggers, when serving
+        self._calls_children: dict[tuple[str, str], bool] = {}
         self._checks = registration_checks(lua_checker)
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._register_lock = asyncio.Lock()
         self.dispatcher: Dispatcher  # set by attach(): the dispatcher calls back into us
         self.started = False
 
-    def attach(self, dispatcher: Dispatcher) -> None:
+    def attach(self, dispatcher: Dispatcher, subworkflows: SubWorkflows | None = None) -> None:
         self.dispatcher = dispatcher
+        self.subworkflows = subworkflows
 
     # -- events -----------------------------------------------------------------------------
 
@@ -112,6 +142,8 @@ class Orchestrator:
         self.hub.publish_many(events)
 
     def finished(self, execution_id: str, event: JSONObject) -> None:
+        if self.subworkflows is not None:
+            self.subworkflows.finished(execution_id, event)
         for waiter in self._waiters.pop(execution_id, []):
             if not waiter.done():
                 waiter.set_result(None)
@@ -121,6 +153,8 @@ class Orchestrator:
     async def start(self) -> None:
         """Load the registry and take up every execution a previous run left unfinished."""
         self.registry.load(await self.store.load_versions())
+        if self.subworkflows is not None:
+            await self.subworkflows.start()
         recovered = await self.store.unfinished_executions()
         for execution_id, workflow_id in recovered:
             self.dispatcher.submit(execution_id, workflow_id)
@@ -145,8 +179,12 @@ class Orchestrator:
             plan = self.registry.plan_register(spec, force=force, now=time.time())
             if plan.noop:
                 return self.registry.describe(spec.id, spec.version), False
+            if self.triggers is not None:
+                self.triggers.check_spec(spec)  # an HTTP path another workflow has: refused
             await self.store.register_version(plan)
             self.registry.apply(plan)
+            if self.triggers is not None:
+                await self.triggers.version_registered(spec)  # its triggers replace the old
         log.info("registered %s", spec.ref)
         return self.registry.describe(spec.id, spec.version), True
 
@@ -166,64 +204,30 @@ class Orchestrator:
         version: str | None,
         idempotency_key: str | None,
         wait: float | None,
+        fire: TriggerFire | None = None,
     ) -> tuple[JSONObject, bool]:
+        """``fire``: the cron slot this run is for, stored with it (``SlotTaken`` if decided)."""
         spec = self.registry.resolve_spec(workflow_id, version or "latest")
-        check_inputs(spec, inputs)
+        check_inputs(spec, _without_trigger_info(inputs))
         if self.dispatcher.queue_depth >= self.queue_limit:
             raise QueueFull(
                 f"{self.dispatcher.queue_depth} executions are waiting for an engine "
                 f"(QUEUE_LIMIT {self.queue_limit}): try again later"
             )
-        pinned = self.registry.pin_versions(spec.id, spec.version)
-        execution_id = new_execution_id(time.time())
-        now = time.time()
-        queued: JSONObject = {
-            "seq": 1,
-            "time": isoformat(now),
-            "type": "execution.queued",
-            "severity": "info",
-            "workflow_id": spec.id,
-            "version": spec.version,
-            "execution_id": execution_id,
-            "node_id": None,
-            "engine_id": None,
-            "attempt": None,
-            "data": {"inputs": inputs, "pinned": dict(pinned)},
-        }
-        stored_id, created = await self.store.create_execution(
-            execution_id=execution_id,
-            workflow_id=spec.id,
-            version=spec.version,
-            inputs=inputs,
-            pinned=pinned,
-            created_at=now,
-            node_ids=spec.order,
-            idempotency_key=idempotency_key,
-            first_event=queued,
+        stored_id, created, now = await self._store_execution(
+            spec,
+            inputs,
+            self.registry.pin_versions(spec.id, spec.version),
+            idempotency_key,
+            fire=fire,
         )
         waiter: asyncio.Future[None] | None = None
         if wait is not None:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(stored_id, []).append(waiter)
-        if created:
-            self.metrics.accepted.labels(spec.id).inc()
-            self.publish([queued])
-            self.dispatcher.submit(
-                stored_id,
-                spec.id,
-                ticket=RunTicket(
-                    execution_id=stored_id,
-                    workflow_id=spec.id,
-                    version=spec.version,
-                    spec_json=self.registry.spec_json(spec.id, spec.version),
-                    inputs=inputs,
-                    status="queued",
-                    next_seq=2,
-                ),
-            )
-            if waiter is None:
-                # the answer to a fresh 202 is known without reading it back
-                return self._queued_document(stored_id, spec, inputs, now), True
+        if created and waiter is None:
+            # the answer to a fresh 202 is known without reading it back
+            return self._queued_document(stored_id, spec, inputs, now), True
         if waiter is not None and wait is not None:
             done = False
             if not created:  # a repeat of an idempotent request: the first run may be over
@@ -242,6 +246,152 @@ class Orchestrator:
         if doc is None:
             raise NotFound(f"execution {stored_id!r} vanished from the store")
         return doc, created
+
+    async def _store_execution(
+        self,
+        spec: WorkflowSpec,
+        inputs: JSON,
+        pinned: dict[str, str],
+        idempotency_key: str | None = None,
+        *,
+        child: ChildRequest | None = None,
+        depth: int = 0,
+        track: Callable[[str], None] | None = None,
+        fire: TriggerFire | None = None,
+    ) -> tuple[str, bool, float]:
+        """Store a new execution (or find the one the key or parent node already has) and
+        queue it; returns (id, created, created_at)."""
+        execution_id = new_execution_id(time.time())
+        now = time.time()
+        data: JSONObject = {"inputs": inputs, "pinned": dict(pinned)}
+        if child is not None:
+            data["parent_execution_id"] = child.parent_execution_id
+            data["parent_node_id"] = child.node_id
+        queued: JSONObject = {
+            "seq": 1,
+            "time": isoformat(now),
+            "type": "execution.queued",
+            "severity": "info",
+            "workflow_id": spec.id,
+            "version": spec.version,
+            "execution_id": execution_id,
+            "node_id": None,
+            "engine_id": None,
+            "attempt": None,
+            "data": data,
+        }
+        stored_id, created = await self.store.create_execution(
+            execution_id=execution_id,
+            workflow_id=spec.id,
+            version=spec.version,
+            inputs=inputs,
+            pinned=pinned,
+            created_at=now,
+            node_ids=spec.order,
+            idempotency_key=idempotency_key,
+            first_event=queued,
+            parent_execution_id=None if child is None else child.parent_execution_id,
+            parent_node_id=None if child is None else child.node_id or None,
+            parent_item=None if child is None else child.item,
+            parent_attempt=None if child is None else child.attempt,
+            depth=depth,
+            fire=fire,
+        )
+        next_seq = 2
+        published = [queued]
+        if created and child is not None:
+            # the child's own timeline says whose node started it
+            started: JSONObject = {
+                **queued,
+                "seq": 2,
+                "type": "subworkflow.started",
+                "data": {
+                    "parent_execution_id": child.parent_execution_id,
+                    "node_id": child.node_id,
+                    "item": child.item,
+                    "attempt": child.attempt,
+                },
+            }
+            await self.store.record_events(stored_id, [started])
+            published.append(started)
+            next_seq = 3
+        if track is not None:
+            track(stored_id)  # before it can be dispatched, so its end is never missed
+        if created:
+            self.metrics.accepted.labels(spec.id).inc()
+            self.publish(published)
+            self.dispatcher.submit(
+                stored_id,
+                spec.id,
+                ticket=RunTicket(
+                    execution_id=stored_id,
+                    workflow_id=spec.id,
+                    version=spec.version,
+                    spec_json=self.registry.spec_json(spec.id, spec.version),
+                    inputs=inputs,
+                    status="queued",
+                    parent_execution_id=None if child is None else child.parent_execution_id,
+                    next_seq=next_seq,
+                ),
+            )
+        return stored_id, created, now
+
+    # -- sub-workflows ----------------------------------------------------------------------
+
+    def has_subworkflows(self, workflow_id: str, version: str) -> bool:
+        found = self._calls_children.get((workflow_id, version))
+        if found is None:
+            try:
+                spec = self.registry.resolve_spec(workflow_id, version)
+            except OrchestratorError:
+                return False
+            found = any(n.workflow is not None for n in spec.nodes)
+            self._calls_children[workflow_id, version] = found
+        return found
+
+    async def start_child(
+        self, request: ChildRequest, track: Callable[[str], None]
+    ) -> ChildStarted:
+        """The child execution of a parent node's item and attempt: started now, or the one it
+        already has (a resumed parent asking again)."""
+        parent = await self.store.lineage(request.parent_execution_id)
+        if parent is None:
+            raise NotFound(f"no execution {request.parent_execution_id!r}")
+        if request.node_id:
+            existing = await self.store.child_of(
+                request.parent_execution_id, request.node_id, request.item, request.attempt
+            )
+            if existing is not None:
+                if existing["status"] not in EXECUTION_TERMINAL:
+                    track(str(existing["id"]))
+                return ChildStarted(str(existing["id"]), str(existing["version"]), False)
+        if parent.status in EXECUTION_TERMINAL:
+            raise ParentEnded(
+                f"execution {parent.execution_id} has ended ({parent.status}): "
+                "it starts no more sub-workflows"
+            )
+        if parent.depth + 1 > self.max_subworkflow_depth:
+            raise DepthLimit(
+                f"starting {request.workflow_id} would nest sub-workflows "
+                f"{parent.depth + 1} deep, past MAX_SUBWORKFLOW_DEPTH "
+                f"{self.max_subworkflow_depth}"
+            )
+        # the version pinned when the root execution started, else resolved now (a caller
+        # outside any spec, through ExecuteSubWorkflow)
+        exact = parent.pinned.get(f"{request.workflow_id}@{request.version}")
+        spec = self.registry.resolve_spec(request.workflow_id, exact or request.version)
+        check_inputs(spec, request.inputs)
+        pinned = {**self.registry.pin_versions(spec.id, spec.version), **parent.pinned}
+        stored_id, created, _ = await self._store_execution(
+            spec, request.inputs, pinned, child=request, depth=parent.depth + 1, track=track
+        )
+        return ChildStarted(stored_id, spec.version, created)
+
+    async def execute_sub_workflow(self, request: ChildRequest) -> ChildStarted:
+        """``ExecuteSubWorkflow``: a child for a parent execution, from outside any engine."""
+        if self.subworkflows is None:
+            raise Unavailable("sub-workflows are not coordinated by this orchestrator")
+        return await self.subworkflows.execute(request)
 
     @staticmethod
     def _queued_document(

@@ -37,6 +37,8 @@ from orchestrator.serving_grpc import OrchestratorService
 from orchestrator.serving_http import HttpApi
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.store import Store
+from orchestrator.subworkflows import SubWorkflows
+from orchestrator.triggering import Triggers
 from orchestrator.versions import Registry
 
 if TYPE_CHECKING:  # the Lua runtime loads only when engines run in this process
@@ -56,10 +58,11 @@ def make_discovery(settings: Settings) -> Discovery:
         return DnsDiscovery(
             settings.engine_dns_name, settings.engine_port, settings.discovery_interval
         )
-    raise SettingsError(
-        "DISCOVERY_MODE=kubernetes: watching the Kubernetes API is not part of this build yet;"
-        " use DISCOVERY_MODE=static with ENGINE_ADDRESSES, or DISCOVERY_MODE=dns"
-    )
+    # imported here: the kubernetes client takes half a second to load, and only this mode uses it
+    from orchestrator.discovery_kubernetes import KubernetesDiscovery, check_settings
+
+    check_settings(settings)
+    return KubernetesDiscovery(settings)
 
 
 @asynccontextmanager
@@ -94,13 +97,38 @@ async def running_orchestrator(
         metrics=metrics,
         lua_checker=checker,
         queue_limit=settings.queue_limit,
+        max_subworkflow_depth=settings.max_subworkflow_depth,
     )
-    dispatcher = Dispatcher(store, fleet, publish=orch.publish, on_finished=orch.finished)
-    orch.attach(dispatcher)
+    subworkflows: SubWorkflows
+    dispatcher = Dispatcher(
+        store,
+        fleet,
+        publish=orch.publish,
+        on_finished=orch.finished,
+        on_events=lambda ticket, link, events: subworkflows.on_events(ticket, link, events),
+    )
+    subworkflows = SubWorkflows(
+        store,
+        dispatcher,
+        start_child=orch.start_child,
+        cancel=orch.cancel,
+        has_subworkflows=orch.has_subworkflows,
+    )
+    orch.attach(dispatcher, subworkflows)
     loop = asyncio.get_running_loop()
     background: list[asyncio.Task[None]] = []
+    triggers: Triggers | None = None
     try:
         await orch.start()
+        # after the unfinished runs are queued again: a catch-up fire queues behind them
+        triggers = Triggers(
+            orch,
+            environ=settings.environ,
+            api_token=settings.api_token,
+            catchup_limit=settings.trigger_catchup_limit,
+        )
+        orch.triggers = triggers
+        await triggers.start()
         background.append(loop.create_task(discovery.run(fleet.update)))
         background.append(loop.create_task(fleet.run()))
         yield orch
@@ -108,6 +136,9 @@ async def running_orchestrator(
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        if triggers is not None:
+            await triggers.stop()
+        await subworkflows.close()
         await dispatcher.close()
         await fleet.close()
         await store.close()
@@ -158,7 +189,12 @@ async def serve(settings: Settings) -> int:
 
 async def _serve_apis(settings: Settings, orch: Orchestrator, stop: asyncio.Event) -> int:
     runner = web.AppRunner(
-        HttpApi(orch, token=settings.api_token, max_body=settings.max_body_bytes).app(),
+        HttpApi(
+            orch,
+            token=settings.api_token,
+            max_body=settings.max_body_bytes,
+            triggers=_triggers_of(orch),
+        ).app(),
         access_log=None,
     )
     await runner.setup()
@@ -177,7 +213,8 @@ async def _serve_apis(settings: Settings, orch: Orchestrator, stop: asyncio.Even
             return 1
         http_port = _bound_port(site)
         pb_grpc.add_OrchestratorServicer_to_server(
-            OrchestratorService(orch, token=settings.api_token), server
+            OrchestratorService(orch, token=settings.api_token, triggers=_triggers_of(orch)),
+            server,
         )
         health = await wire.add_health_and_reflection(server, ORCHESTRATOR_SERVICE)
         try:
@@ -201,6 +238,10 @@ async def _serve_apis(settings: Settings, orch: Orchestrator, stop: asyncio.Even
     finally:
         await runner.cleanup()
         await server.stop(_STOP_GRACE)
+
+
+def _triggers_of(orch: Orchestrator) -> Triggers | None:
+    return orch.triggers if isinstance(orch.triggers, Triggers) else None
 
 
 def _bound_port(site: web.TCPSite) -> int:

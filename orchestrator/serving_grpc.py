@@ -23,6 +23,8 @@ from engine.core.values import JSON, JSONObject
 from orchestrator.errors import OrchestratorError
 from orchestrator.monitoring import EventFilter
 from orchestrator.serving_http import Api, HttpError, check_bearer, error_body
+from orchestrator.subworkflows import ChildRequest
+from orchestrator.triggering import Triggers
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +103,12 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
     """Calls that change something need ``authorization: Bearer <API_TOKEN>`` metadata when a
     token is set, as the HTTP API's mutating routes do."""
 
-    def __init__(self, api: Api, *, token: str | None = None) -> None:
+    def __init__(
+        self, api: Api, *, token: str | None = None, triggers: Triggers | None = None
+    ) -> None:
         self.api = api
         self.token = token
+        self.triggers = triggers
 
     def _authorize(self, context: Context) -> None:
         metadata = context.invocation_metadata() or ()
@@ -224,9 +229,35 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
     async def ExecuteSubWorkflow(
         self, request: pb.ExecuteSubWorkflowRequest, context: Context
     ) -> pb.ExecuteSubWorkflowResponse:
-        await _refuse(
-            context,
-            HttpError(412, "not_available", "sub-workflow coordination is not available yet"),
+        try:
+            self._authorize(context)
+            problems = [
+                f"{name} is required"
+                for name, value in (
+                    ("parent_execution_id", request.parent_execution_id),
+                    ("workflow_id", request.workflow_id),
+                )
+                if not value
+            ]
+            if request.attempt < 0:
+                problems.append(f"attempt must be 1 or more, got {request.attempt}")
+            if problems:
+                raise HttpError(400, "bad_request", "; ".join(problems))
+            started = await self.api.execute_sub_workflow(
+                ChildRequest(
+                    parent_execution_id=request.parent_execution_id,
+                    node_id=request.node_id,
+                    item=request.item if request.HasField("item") else None,
+                    attempt=request.attempt or 1,
+                    workflow_id=request.workflow_id,
+                    version=request.version or "latest",
+                    inputs=_json_arg(request.inputs_json, "inputs_json"),
+                )
+            )
+        except Exception as exc:
+            await _refuse(context, exc)
+        return pb.ExecuteSubWorkflowResponse(
+            execution_id=started.execution_id, version=started.version
         )
 
     async def GetSubWorkflowStatus(
@@ -261,3 +292,101 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
                 )
             )
         return pb.ListEnginesResponse(engines=engines)
+
+    # -- triggers ---------------------------------------------------------------------------
+
+    def _trigger_set(self) -> Triggers:
+        if self.triggers is None:
+            raise HttpError(503, "unavailable", "triggers are not running in this server")
+        return self.triggers
+
+    async def ListTriggers(
+        self, request: pb.ListTriggersRequest, context: Context
+    ) -> pb.ListTriggersResponse:
+        try:
+            found = self._trigger_set().listing(request.workflow_id or None, 10_000)
+        except Exception as exc:
+            await _refuse(context, exc)
+        return pb.ListTriggersResponse(triggers=[_trigger_message(t) for t in found])
+
+    async def GetTrigger(self, request: pb.TriggerRequest, context: Context) -> pb.TriggerInfo:
+        try:
+            doc = self._trigger_set().get(request.trigger_id)
+        except Exception as exc:
+            await _refuse(context, exc)
+        return _trigger_message(doc)
+
+    async def CreateTrigger(
+        self, request: pb.CreateTriggerRequest, context: Context
+    ) -> pb.TriggerInfo:
+        try:
+            self._authorize(context)
+            body: JSONObject = {
+                "workflow_id": request.workflow_id,
+                "cron": request.cron,
+                "inputs": _json_arg(request.inputs_json, "inputs_json"),
+                "paused": request.paused,
+            }
+            for name in ("id", "version", "timezone", "overlap", "catchup"):
+                value = getattr(request, name)
+                if value:
+                    body[name] = value
+            doc = await self._trigger_set().create(body)
+        except Exception as exc:
+            await _refuse(context, exc)
+        return _trigger_message(doc)
+
+    async def PauseTrigger(self, request: pb.TriggerRequest, context: Context) -> pb.TriggerInfo:
+        try:
+            self._authorize(context)
+            doc = await self._trigger_set().pause(request.trigger_id)
+        except Exception as exc:
+            await _refuse(context, exc)
+        return _trigger_message(doc)
+
+    async def ResumeTrigger(self, request: pb.TriggerRequest, context: Context) -> pb.TriggerInfo:
+        try:
+            self._authorize(context)
+            doc = await self._trigger_set().resume(request.trigger_id)
+        except Exception as exc:
+            await _refuse(context, exc)
+        return _trigger_message(doc)
+
+    async def DeleteTrigger(
+        self, request: pb.TriggerRequest, context: Context
+    ) -> pb.DeleteTriggerResponse:
+        try:
+            self._authorize(context)
+            await self._trigger_set().delete(request.trigger_id)
+        except Exception as exc:
+            await _refuse(context, exc)
+        return pb.DeleteTriggerResponse(trigger_id=request.trigger_id)
+
+
+def _trigger_message(doc: JSONObject) -> pb.TriggerInfo:
+    def text(key: str) -> str:
+        value = doc.get(key)
+        return value if isinstance(value, str) else ""
+
+    upcoming = doc.get("next_fire_times")
+    last = doc.get("last_scheduled_time")
+    return pb.TriggerInfo(
+        id=text("id"),
+        workflow_id=text("workflow_id"),
+        type=text("type"),
+        source=text("source"),
+        version=text("version"),
+        paused=doc.get("paused") is True,
+        active=doc.get("active") is True,
+        created_at=text("created_at"),
+        cron=text("cron"),
+        timezone=text("timezone"),
+        overlap=text("overlap"),
+        catchup=text("catchup"),
+        inputs_json=wire.dumps(doc["inputs"]) if "inputs" in doc else "",
+        next_fire_times=[str(t) for t in upcoming] if isinstance(upcoming, list) else [],
+        last_scheduled_time=last if isinstance(last, str) else None,
+        path=text("path"),
+        auth=text("auth"),
+        raw_body=doc.get("raw_body") is True,
+    )

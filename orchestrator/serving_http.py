@@ -21,6 +21,8 @@ from engine.core.errors import InputsError, SpecError
 from engine.core.values import JSON, JSONObject
 from orchestrator.errors import OrchestratorError
 from orchestrator.monitoring import EventFilter, Hub
+from orchestrator.subworkflows import ChildRequest, ChildStarted
+from orchestrator.triggering import HttpTrigger, Triggers
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class Api(Protocol):
         self, *, workflow_id: str | None, status: str | None, limit: int
     ) -> list[JSONObject]: ...
     async def cancel(self, execution_id: str, reason: str) -> JSONObject: ...
+    async def execute_sub_workflow(self, request: ChildRequest) -> ChildStarted: ...
     async def execution_events(self, execution_id: str, after_seq: int = 0) -> list[JSONObject]: ...
     def engines(self) -> list[JSONObject]: ...
     def readiness(self) -> tuple[bool, str]: ...
@@ -150,16 +153,105 @@ def _json(data: object, status: int = 200) -> web.Response:
     )
 
 
+def _trigger_fields(body: JSON) -> tuple[JSON, str | None, float | None]:
+    """inputs, version and the wait timeout (None: answer at once) of a trigger request."""
+    if not isinstance(body, dict):
+        raise HttpError(400, "bad_request", 'the body must be a JSON object: {"inputs": {...}}')
+    unknown = set(body) - {"inputs", "version", "wait", "timeout"}
+    if unknown:
+        raise HttpError(
+            400,
+            "bad_request",
+            f"unknown field(s) {', '.join(sorted(unknown))}",
+            {"allowed": ["inputs", "version", "wait", "timeout"]},
+        )
+    inputs = body.get("inputs", {})
+    if inputs is None:
+        inputs = {}
+    version = body.get("version")
+    if version is not None and not isinstance(version, str):
+        raise HttpError(400, "bad_request", 'version must be a string such as "^1.2"')
+    wait_flag = body.get("wait", False)
+    if not isinstance(wait_flag, bool):
+        raise HttpError(400, "bad_request", "wait must be true or false")
+    timeout = body.get("timeout", WAIT_TIMEOUT_DEFAULT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise HttpError(400, "bad_request", "timeout must be a positive number of seconds")
+    return inputs, version, min(float(timeout), WAIT_TIMEOUT_MAX) if wait_flag else None
+
+
+def _query_options(request: web.Request) -> tuple[str | None, float | None]:
+    """version and wait timeout from the query string (``raw_body`` hooks: the body is the
+    sender's, so ``?version=^1&wait=true&timeout=5`` carries the options)."""
+    q = request.query
+    wait_text = q.get("wait", "false").lower()
+    if wait_text not in ("true", "false", "1", "0"):
+        raise HttpError(400, "bad_request", "wait must be true or false")
+    try:
+        timeout = float(q.get("timeout", WAIT_TIMEOUT_DEFAULT))
+    except ValueError:
+        timeout = -1.0
+    if not timeout > 0:
+        raise HttpError(400, "bad_request", "timeout must be a positive number of seconds")
+    wait = min(timeout, WAIT_TIMEOUT_MAX) if wait_text in ("true", "1") else None
+    return q.get("version") or None, wait
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and len(key) > 200:
+        raise HttpError(400, "bad_request", "Idempotency-Key is longer than 200 characters")
+    return key
+
+
+def _trigger_answer(execution: JSONObject, waited: bool) -> web.Response:
+    status_url = f"/api/v1/executions/{execution['id']}"
+    if waited and execution.get("finished_at"):
+        return _json(
+            {
+                "execution_id": execution["id"],
+                "status": execution["status"],
+                "outputs": execution.get("outputs"),
+                "error": execution.get("error"),
+                "status_url": status_url,
+            }
+        )
+    return _json(
+        {
+            "execution_id": execution["id"],
+            "status": execution["status"],
+            "status_url": status_url,
+        },
+        202,
+    )
+
+
+def _limit(request: web.Request, default: int, most: int) -> int:
+    raw = request.query.get("limit", str(default))
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise HttpError(400, "bad_request", f"limit must be a whole number, got {raw!r}") from None
+    if not 1 <= limit <= most:
+        raise HttpError(400, "bad_request", f"limit must be between 1 and {most}")
+    return limit
+
+
 class HttpApi:
-    def __init__(self, api: Api, *, token: str | None, max_body: int) -> None:
+    def __init__(
+        self, api: Api, *, token: str | None, max_body: int, triggers: Triggers | None = None
+    ) -> None:
         self.api = api
         self.token = token
         self.max_body = max_body
+        self.triggers = triggers
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_body, middlewares=[self._errors])
+        app = web.Application(
+            client_max_size=self.max_body, middlewares=[self._errors, self._hooks]
+        )
         r = app.router
         r.add_post("/trigger/{workflow_id}", self._guard(self.trigger))
         r.add_get("/api/v1/workflows", self.list_workflows)
@@ -173,6 +265,13 @@ class HttpApi:
         r.add_get("/api/v1/executions/{execution_id}/events", self.execution_events)
         r.add_get("/api/v1/events", self.live_events)
         r.add_get("/api/v1/engines", self.engines)
+        r.add_get("/api/v1/triggers", self.list_triggers)
+        r.add_post("/api/v1/triggers", self._guard(self.create_trigger))
+        r.add_get("/api/v1/triggers/{trigger_id}", self.get_trigger)
+        r.add_delete("/api/v1/triggers/{trigger_id}", self._guard(self.delete_trigger))
+        r.add_post("/api/v1/triggers/{trigger_id}/pause", self._guard(self.pause_trigger))
+        r.add_post("/api/v1/triggers/{trigger_id}/resume", self._guard(self.resume_trigger))
+        r.add_get("/api/v1/triggers/{trigger_id}/history", self.trigger_history)
         r.add_get("/api/v1/openapi.json", self.openapi)
         r.add_get("/metrics", self.metrics)
         r.add_get("/healthz", self.healthz)
@@ -192,6 +291,18 @@ class HttpApi:
             if status >= 500:
                 log.exception("%s %s failed", request.method, request.path)
             return _json(body, status)
+
+    @web.middleware
+    async def _hooks(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        # spec http.path routes arrive with registrations at run time: looked up here when no
+        # built-in route matched, so they never shadow the API
+        if self.triggers is not None and request.match_info.http_exception is not None:
+            hook = self.triggers.route(request.path)
+            if hook is not None:
+                return await self.hook(request, hook)
+        return await handler(request)
 
     def _guard(
         self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -237,58 +348,39 @@ class HttpApi:
     # -- executions -------------------------------------------------------------------------
 
     async def trigger(self, request: web.Request) -> web.Response:
-        body = await _read_json(request, required=False)
-        if not isinstance(body, dict):
-            raise HttpError(400, "bad_request", 'the body must be a JSON object: {"inputs": {...}}')
-        unknown = set(body) - {"inputs", "version", "wait", "timeout"}
-        if unknown:
-            raise HttpError(
-                400,
-                "bad_request",
-                f"unknown field(s) {', '.join(sorted(unknown))}",
-                {"allowed": ["inputs", "version", "wait", "timeout"]},
-            )
-        inputs = body.get("inputs", {})
-        if inputs is None:
-            inputs = {}
-        version = body.get("version")
-        if version is not None and not isinstance(version, str):
-            raise HttpError(400, "bad_request", 'version must be a string such as "^1.2"')
-        wait_flag = body.get("wait", False)
-        if not isinstance(wait_flag, bool):
-            raise HttpError(400, "bad_request", "wait must be true or false")
-        timeout = body.get("timeout", WAIT_TIMEOUT_DEFAULT)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise HttpError(400, "bad_request", "timeout must be a positive number of seconds")
-        key = request.headers.get("Idempotency-Key") or None
-        if key is not None and len(key) > 200:
-            raise HttpError(400, "bad_request", "Idempotency-Key is longer than 200 characters")
+        inputs, version, wait = _trigger_fields(await _read_json(request, required=False))
         execution, _created = await self.api.execute(
             request.match_info["workflow_id"],
             inputs=inputs,
             version=version,
-            idempotency_key=key,
-            wait=min(float(timeout), WAIT_TIMEOUT_MAX) if wait_flag else None,
+            idempotency_key=_idempotency_key(request),
+            wait=wait,
         )
-        status_url = f"/api/v1/executions/{execution['id']}"
-        if wait_flag and execution.get("finished_at"):
-            return _json(
-                {
-                    "execution_id": execution["id"],
-                    "status": execution["status"],
-                    "outputs": execution.get("outputs"),
-                    "error": execution.get("error"),
-                    "status_url": status_url,
-                }
+        return _trigger_answer(execution, wait is not None)
+
+    async def hook(self, request: web.Request, hook: HttpTrigger) -> web.Response:
+        """A spec's own ``http.path``: that trigger's auth, then as ``/trigger``; with
+        ``raw_body`` the whole JSON body is the inputs and options come in the query."""
+        if request.method != "POST":
+            raise HttpError(
+                405, "method_not_allowed", f"{hook.path} takes POST", {"allowed": ["POST"]}
             )
-        return _json(
-            {
-                "execution_id": execution["id"],
-                "status": execution["status"],
-                "status_url": status_url,
-            },
-            202,
+        triggers = self._trigger_set()
+        raw = await request.read()  # the size limit applies here
+        hook.authenticate(request.headers, raw, triggers.environ, self.token)
+        if hook.raw_body:
+            inputs: JSON = await _read_json(request)
+            version, wait = _query_options(request)
+        else:
+            inputs, version, wait = _trigger_fields(await _read_json(request, required=False))
+        execution, _created = await triggers.call(
+            hook,
+            inputs=inputs,
+            version=version,
+            idempotency_key=_idempotency_key(request),
+            wait=wait,
         )
+        return _trigger_answer(execution, wait is not None)
 
     async def list_executions(self, request: web.Request) -> web.Response:
         q = request.query
@@ -370,6 +462,40 @@ class HttpApi:
 
     async def engines(self, request: web.Request) -> web.Response:
         return _json({"engines": self.api.engines()})
+
+    # -- triggers ---------------------------------------------------------------------------
+
+    def _trigger_set(self) -> Triggers:
+        if self.triggers is None:
+            raise HttpError(503, "unavailable", "triggers are not running in this server")
+        return self.triggers
+
+    async def list_triggers(self, request: web.Request) -> web.Response:
+        found = self._trigger_set().listing(
+            request.query.get("workflow") or None, _limit(request, 500, 10_000)
+        )
+        return _json({"triggers": found})
+
+    async def create_trigger(self, request: web.Request) -> web.Response:
+        return _json(await self._trigger_set().create(await _read_json(request)), 201)
+
+    async def get_trigger(self, request: web.Request) -> web.Response:
+        return _json(self._trigger_set().get(request.match_info["trigger_id"]))
+
+    async def delete_trigger(self, request: web.Request) -> web.Response:
+        return _json(await self._trigger_set().delete(request.match_info["trigger_id"]))
+
+    async def pause_trigger(self, request: web.Request) -> web.Response:
+        return _json(await self._trigger_set().pause(request.match_info["trigger_id"]))
+
+    async def resume_trigger(self, request: web.Request) -> web.Response:
+        return _json(await self._trigger_set().resume(request.match_info["trigger_id"]))
+
+    async def trigger_history(self, request: web.Request) -> web.Response:
+        history = await self._trigger_set().history(
+            request.match_info["trigger_id"], _limit(request, 50, 1000)
+        )
+        return _json({"history": history})
 
     # -- operations -------------------------------------------------------------------------
 
@@ -477,7 +603,13 @@ def openapi_document() -> JSONObject:
     )
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": "DAG Engine orchestrator", "version": "1"},
+        "info": {
+            "title": "DAG Engine orchestrator",
+            "version": "1",
+            "description": "Besides these routes, each workflow spec's http trigger path "
+            "(triggers[].http.path) takes POST like /trigger/{workflow_id}, with that "
+            "trigger's auth; see GET /api/v1/triggers.",
+        },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
@@ -513,6 +645,22 @@ def openapi_document() -> JSONObject:
                     "Content-Type application/yaml",
                 },
                 "CancelRequest": {"type": "object", "properties": {"reason": {"type": "string"}}},
+                "TriggerCreate": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["workflow_id", "cron"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "workflow_id": {"type": "string"},
+                        "version": {"type": "string"},
+                        "cron": {"type": "string"},
+                        "timezone": {"type": "string"},
+                        "overlap": {"enum": ["skip", "allow", "cancel_previous"]},
+                        "catchup": {"enum": ["none", "latest", "all"]},
+                        "inputs": {"type": "object"},
+                        "paused": {"type": "boolean"},
+                    },
+                },
             },
         },
         "paths": {
@@ -589,6 +737,54 @@ def openapi_document() -> JSONObject:
                 }
             },
             "/api/v1/engines": {"get": _op("Engines and their load")},
+            "/api/v1/triggers": {
+                "get": _op(
+                    "Triggers (cron and HTTP) with their next fire times",
+                    params=[_query("workflow"), _query("limit", "integer")],
+                ),
+                "post": _op(
+                    "Create a cron trigger",
+                    body="TriggerCreate",
+                    auth=True,
+                    responses={"201": "created", "409": "id taken", **errors},
+                ),
+            },
+            "/api/v1/triggers/{trigger_id}": {
+                "get": _op(
+                    "One trigger",
+                    params=[_path_param("trigger_id")],
+                    responses={"200": "OK", "404": "not found"},
+                ),
+                "delete": _op(
+                    "Delete a trigger made through the API",
+                    auth=True,
+                    params=[_path_param("trigger_id")],
+                    responses={"200": "OK", "409": "a spec trigger", **errors},
+                ),
+            },
+            "/api/v1/triggers/{trigger_id}/pause": {
+                "post": _op(
+                    "Pause: no slot fires until resumed",
+                    auth=True,
+                    params=[_path_param("trigger_id")],
+                    responses={"200": "OK", **errors},
+                )
+            },
+            "/api/v1/triggers/{trigger_id}/resume": {
+                "post": _op(
+                    "Resume from now (slots passed while paused are not fired)",
+                    auth=True,
+                    params=[_path_param("trigger_id")],
+                    responses={"200": "OK", **errors},
+                )
+            },
+            "/api/v1/triggers/{trigger_id}/history": {
+                "get": _op(
+                    "Decided slots, newest first: fired, skipped, missed, failed",
+                    params=[_path_param("trigger_id"), _query("limit", "integer")],
+                    responses={"200": "OK", "404": "not found"},
+                )
+            },
             "/api/v1/openapi.json": {"get": _op("This document")},
             "/metrics": {
                 "get": {

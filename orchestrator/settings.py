@@ -8,7 +8,8 @@ variable, which the entry point prints as one line before exiting 2.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal, cast
 
 from engine.core import envparse as ep
@@ -19,6 +20,7 @@ __all__ = ["Settings", "SettingsError"]
 DiscoveryMode = Literal["kubernetes", "static", "dns"]
 Transport = Literal["grpc", "local"]
 Balancer = Literal["consistent-hash", "round-robin", "least-loaded"]
+KubernetesSource = Literal["endpointslices", "pods"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,10 @@ class Settings:
     k8s_service_name: str = "workflow-engines"
     k8s_label_selector: str = "app=workflow-engine"
     in_cluster_config: bool = True
+    kubeconfig: str | None = None
+    """With IN_CLUSTER_CONFIG=false: the kubeconfig file (KUBECONFIG); None: ~/.kube/config."""
+    k8s_discovery_source: KubernetesSource = "endpointslices"
+    """What DISCOVERY_MODE=kubernetes watches: the Service's EndpointSlices, or the pods."""
     discovery_interval: float = 30.0
     health_check_interval: float = 10.0
     load_balancer: Balancer = "consistent-hash"
@@ -55,6 +61,14 @@ class Settings:
     queue_limit: int = 10000
     """Queued executions past which new ones are refused (429 / RESOURCE_EXHAUSTED)."""
     max_subworkflow_depth: int = 16
+    # triggers
+    trigger_catchup_limit: int = 100
+    """With ``catchup: all``: missed cron slots fired at most, per trigger, after downtime."""
+    environ: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, compare=False
+    )
+    """The environment as it was at start: HTTP triggers read the secrets their specs name
+    (``bearer_env``, ``hmac_env``) here, since specs arrive after start-up."""
     # logs
     log_format: LogFormat = "plain"
     log_level: str = "INFO"
@@ -98,6 +112,14 @@ class Settings:
             k8s_service_name=service,
             k8s_label_selector=ep.text(env, "K8S_LABEL_SELECTOR") or "app=workflow-engine",
             in_cluster_config=ep.boolean(env, "IN_CLUSTER_CONFIG", True),
+            # a kubeconfig list (a:b) is kubectl's merge feature; the first file is the one read
+            kubeconfig=(ep.text(env, "KUBECONFIG") or "").split(":")[0] or None,
+            k8s_discovery_source=cast(
+                KubernetesSource,
+                ep.choice(
+                    env, "K8S_DISCOVERY_SOURCE", ("endpointslices", "pods"), "endpointslices"
+                ),
+            ),
             discovery_interval=ep.seconds(env, "ENGINE_DISCOVERY_INTERVAL", 30.0),
             health_check_interval=ep.seconds(env, "ENGINE_HEALTH_CHECK_INTERVAL", 10.0),
             load_balancer=cast(
@@ -111,6 +133,8 @@ class Settings:
             ),
             queue_limit=ep.positive_int(env, "QUEUE_LIMIT", 10000),
             max_subworkflow_depth=ep.positive_int(env, "MAX_SUBWORKFLOW_DEPTH", 16),
+            trigger_catchup_limit=ep.positive_int(env, "TRIGGER_CATCHUP_LIMIT", 100),
+            environ=MappingProxyType(dict(env)),
             log_format=ep.log_format(env),
             log_level=ep.log_level(env),
         )

@@ -126,6 +126,42 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     DROP TABLE events;
     DROP TABLE nodes;
     """,
+    # sub-workflows: a child is keyed by the parent node's item and attempt, so a parent that
+    # resumes on another engine and asks again finds the child it already has
+    """
+    ALTER TABLE executions ADD COLUMN parent_item INTEGER;
+    ALTER TABLE executions ADD COLUMN parent_attempt INTEGER;
+    ALTER TABLE executions ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
+    CREATE UNIQUE INDEX executions_child_key ON executions
+        (parent_execution_id, parent_node_id, coalesce(parent_item, -1), parent_attempt)
+        WHERE parent_execution_id IS NOT NULL AND parent_node_id IS NOT NULL;
+    """,
+    # triggers: those made through the API and those of each workflow's latest spec (kept so
+    # pausing survives restarts); trigger_fires holds one row per decided cron slot (fired,
+    # skipped, missed, failed), and its key is what makes a slot fire at most once
+    """
+    CREATE TABLE triggers (
+        id          TEXT PRIMARY KEY,
+        workflow_id TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        version     TEXT,
+        config      TEXT NOT NULL,
+        paused      INTEGER NOT NULL DEFAULT 0,
+        since       REAL NOT NULL,
+        created_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX triggers_by_workflow ON triggers (workflow_id);
+    CREATE TABLE trigger_fires (
+        trigger_id   TEXT NOT NULL,
+        scheduled_at REAL NOT NULL,
+        fired_at     REAL NOT NULL,
+        outcome      TEXT NOT NULL,
+        execution_id TEXT,
+        detail       TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (trigger_id, scheduled_at)
+    ) WITHOUT ROWID;
+    """,
 )
 
 
@@ -485,6 +521,115 @@ def _document(row: sqlite3.Row | tuple[Any, ...], done: int | None = None) -> JS
     return doc
 
 
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    execution_id: str
+    workflow_id: str
+    version: str
+    status: str
+    depth: int
+    pinned: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ChildLink:
+    """A child execution and the parent node (item, attempt) waiting on it."""
+
+    execution_id: str
+    parent_execution_id: str
+    node_id: str | None
+    item: int | None
+    attempt: int
+
+
+# -- triggers -----------------------------------------------------------------------------------
+
+
+class SlotTaken(Exception):
+    """A cron slot that was already decided (fired, skipped, missed): it never fires again."""
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerFire:
+    """One cron slot of one trigger, as recorded: the key is (trigger_id, scheduled_at)."""
+
+    trigger_id: str
+    scheduled_at: float
+    fired_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTrigger:
+    """One row of the triggers table, with what its fire history says."""
+
+    id: str
+    workflow_id: str
+    kind: str  # cron | http
+    source: str  # api | spec
+    version: str | None  # a range (API triggers); the defining version (spec triggers)
+    config: JSONObject
+    paused: bool
+    since: float  # slots before this instant are not this trigger's to fire (creation, resume)
+    created_at: float
+    last_slot: float | None = None
+    last_execution_id: str | None = None
+
+
+def _record_slot(
+    conn: sqlite3.Connection,
+    fire: TriggerFire,
+    outcome: str,
+    execution_id: str | None,
+    detail: JSON,
+) -> None:
+    try:
+        conn.execute(
+            "INSERT INTO trigger_fires (trigger_id, scheduled_at, fired_at, outcome, execution_id,"
+            " detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                fire.trigger_id,
+                fire.scheduled_at,
+                fire.fired_at,
+                outcome,
+                execution_id,
+                _dumps(detail),
+            ),
+        )
+    except sqlite3.IntegrityError:
+        raise SlotTaken(f"{fire.trigger_id} at {isoformat(fire.scheduled_at)}") from None
+
+
+def _stored_trigger(row: tuple[Any, ...]) -> StoredTrigger:
+    tid, workflow_id, kind, source, version, config, paused, since, created_at = row[:9]
+    loaded = json.loads(config)
+    return StoredTrigger(
+        id=tid,
+        workflow_id=workflow_id,
+        kind=kind,
+        source=source,
+        version=version,
+        config=loaded if isinstance(loaded, dict) else {},
+        paused=bool(paused),
+        since=float(since),
+        created_at=float(created_at),
+        last_slot=row[9] if len(row) > 9 else None,
+        last_execution_id=row[10] if len(row) > 10 else None,
+    )
+
+
+_TRIGGER_COLUMNS: Final = (
+    "t.id, t.workflow_id, t.kind, t.source, t.version, t.config, t.paused, t.since, t.created_at"
+)
+# the latest decided slot of each trigger, and the run of its latest fired slot (for overlap)
+_TRIGGER_SELECT: Final = (
+    f"SELECT {_TRIGGER_COLUMNS},"
+    " (SELECT MAX(scheduled_at) FROM trigger_fires f WHERE f.trigger_id = t.id),"
+    " (SELECT execution_id FROM trigger_fires f WHERE f.trigger_id = t.id"
+    "  AND f.outcome = 'fired' ORDER BY scheduled_at DESC LIMIT 1)"
+    " FROM triggers t"
+)
+
+
 # -- the store ----------------------------------------------------------------------------------
 
 
@@ -566,9 +711,15 @@ class Store:
         idempotency_key: str | None = None,
         parent_execution_id: str | None = None,
         parent_node_id: str | None = None,
+        parent_item: int | None = None,
+        parent_attempt: int | None = None,
+        depth: int = 0,
+        fire: TriggerFire | None = None,
     ) -> tuple[str, bool]:
         """Store a new execution with its first event; with a key seen in the last 24 h,
-        the earlier execution's id and False instead."""
+        or a child for a parent node's item and attempt that already has one, the earlier
+        execution's id and False instead. ``fire``: the cron slot this run is for, recorded
+        in the same transaction; ``SlotTaken`` when that slot was decided before."""
         scoped = f"{workflow_id}\x00{idempotency_key}" if idempotency_key else None
         if (workflow_id, version) not in self._orders:
             self._orders[workflow_id, version] = tuple(node_ids)
@@ -576,6 +727,20 @@ class Store:
         first_body = _encode([first_event])
 
         def write(conn: sqlite3.Connection) -> tuple[str, bool]:
+            if parent_execution_id is not None and parent_node_id is not None:
+                row = conn.execute(
+                    "SELECT id FROM executions WHERE parent_execution_id = ?"
+                    " AND parent_node_id = ? AND coalesce(parent_item, -1) = ?"
+                    " AND parent_attempt IS ?",
+                    (
+                        parent_execution_id,
+                        parent_node_id,
+                        -1 if parent_item is None else parent_item,
+                        parent_attempt,
+                    ),
+                ).fetchone()
+                if row is not None:
+                    return str(row[0]), False
             if scoped is not None:
                 row = conn.execute(
                     "SELECT execution_id, created_at FROM idempotency WHERE key = ?", (scoped,)
@@ -587,10 +752,13 @@ class Store:
                     " VALUES (?, ?, ?)",
                     (scoped, execution_id, created_at),
                 )
+            if fire is not None:
+                _record_slot(conn, fire, "fired", execution_id, {})
             conn.execute(
                 "INSERT INTO executions (id, workflow_id, version, status, inputs, created_at,"
-                " parent_execution_id, parent_node_id, pinned, node_total, last_seq)"
-                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                " parent_execution_id, parent_node_id, pinned, node_total, last_seq,"
+                " parent_item, parent_attempt, depth)"
+                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     execution_id,
                     workflow_id,
@@ -602,6 +770,9 @@ class Store:
                     json.dumps(pinned, separators=(",", ":")),
                     len(node_ids),
                     first_seq,
+                    parent_item,
+                    parent_attempt,
+                    depth,
                 ),
             )
             conn.execute(
@@ -710,6 +881,76 @@ class Store:
 
         return await self._reader.run(read)
 
+    async def child_of(
+        self, parent_execution_id: str, node_id: str, item: int | None, attempt: int
+    ) -> JSONObject | None:
+        """The child a parent node's item and attempt already has (without nodes), if any."""
+
+        def read(conn: sqlite3.Connection) -> JSONObject | None:
+            row = conn.execute(
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE parent_execution_id = ?"
+                " AND parent_node_id = ? AND coalesce(parent_item, -1) = ?"
+                " AND parent_attempt = ?",
+                (parent_execution_id, node_id, -1 if item is None else item, attempt),
+            ).fetchone()
+            return _document(row) if row is not None else None
+
+        # through the writer: a child created a moment ago is seen
+        return await self._writer.run(read)
+
+    async def lineage(self, execution_id: str) -> Lineage | None:
+        """What starting a child of this execution needs to know of it."""
+
+        def read(conn: sqlite3.Connection) -> Lineage | None:
+            row = conn.execute(
+                "SELECT workflow_id, version, status, depth, pinned FROM executions WHERE id = ?",
+                (execution_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            pinned = _loads(row[4])
+            return Lineage(
+                execution_id,
+                str(row[0]),
+                str(row[1]),
+                str(row[2]),
+                int(row[3]),
+                {str(k): str(v) for k, v in pinned.items()} if isinstance(pinned, dict) else {},
+            )
+
+        return await self._writer.run(read)
+
+    async def live_children(self) -> list[ChildLink]:
+        """Unfinished executions started by a parent node, oldest first."""
+
+        def read(conn: sqlite3.Connection) -> list[ChildLink]:
+            rows = conn.execute(
+                "SELECT id, parent_execution_id, parent_node_id, parent_item, parent_attempt"
+                " FROM executions WHERE status IN ('queued', 'running')"
+                " AND parent_execution_id IS NOT NULL ORDER BY created_at"
+            ).fetchall()
+            return [
+                ChildLink(str(r[0]), str(r[1]), r[2], r[3], r[4] if r[4] is not None else 0)
+                for r in rows
+            ]
+
+        return await self._reader.run(read)
+
+    async def children(self, execution_id: str) -> list[JSONObject]:
+        """The executions this one started, oldest first (without nodes)."""
+
+        def read(conn: sqlite3.Connection) -> list[JSONObject]:
+            return [
+                _document(r)
+                for r in conn.execute(
+                    f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE parent_execution_id = ?"
+                    " ORDER BY created_at, rowid",
+                    (execution_id,),
+                )
+            ]
+
+        return await self._reader.run(read)
+
     async def load_ticket(self, execution_id: str) -> RunTicket | None:
         """What an engine needs to start or resume the run: spec, inputs, checkpoints."""
 
@@ -737,3 +978,149 @@ class Store:
 
         # through the writer, so the ticket reflects every event already accepted for storage
         return await self._writer.run(read)
+
+    # -- triggers ---------------------------------------------------------------------------
+
+    async def load_triggers(self, trigger_id: str | None = None) -> list[StoredTrigger]:
+        """Every trigger (or one) with its latest decided slot and latest fired run."""
+        sql = _TRIGGER_SELECT + (" WHERE t.id = ?" if trigger_id is not None else "")
+        args = (trigger_id,) if trigger_id is not None else ()
+
+        def read(conn: sqlite3.Connection) -> list[StoredTrigger]:
+            return [_stored_trigger(r) for r in conn.execute(sql, args)]
+
+        return await self._reader.run(read)
+
+    async def create_trigger(self, trigger: StoredTrigger) -> bool:
+        """Insert a new trigger; False when its id is taken."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO triggers (id, workflow_id, kind, source, version, config,"
+                " paused, since, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    trigger.id,
+                    trigger.workflow_id,
+                    trigger.kind,
+                    trigger.source,
+                    trigger.version,
+                    _dumps(trigger.config),
+                    int(trigger.paused),
+                    trigger.since,
+                    trigger.created_at,
+                ),
+            )
+            return cursor.rowcount == 1
+
+        return await self._writer.run(write, durable=True)
+
+    async def sync_spec_triggers(
+        self, workflow_id: str, triggers: Sequence[StoredTrigger]
+    ) -> list[StoredTrigger]:
+        """Make ``triggers`` the spec triggers of ``workflow_id``: others of the spec go,
+        new ones come in as given, and those already there keep their paused state and
+        history. Returns the rows as stored."""
+
+        def write(conn: sqlite3.Connection) -> list[StoredTrigger]:
+            keep = [t.id for t in triggers]
+            marks = ",".join("?" * len(keep))
+            conn.execute(
+                "DELETE FROM triggers WHERE workflow_id = ? AND source = 'spec'"
+                + (f" AND id NOT IN ({marks})" if keep else ""),
+                (workflow_id, *keep),
+            )
+            for t in triggers:
+                conn.execute(
+                    "INSERT INTO triggers (id, workflow_id, kind, source, version, config,"
+                    " paused, since, created_at) VALUES (?, ?, ?, 'spec', ?, ?, 0, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET version = excluded.version,"
+                    " config = excluded.config, kind = excluded.kind",
+                    (
+                        t.id,
+                        workflow_id,
+                        t.kind,
+                        t.version,
+                        _dumps(t.config),
+                        t.since,
+                        t.created_at,
+                    ),
+                )
+            if not keep:
+                return []
+            return [
+                _stored_trigger(r)
+                for r in conn.execute(_TRIGGER_SELECT + f" WHERE t.id IN ({marks})", keep)
+            ]
+
+        return await self._writer.run(write, durable=True)
+
+    async def set_trigger_paused(self, trigger_id: str, paused: bool, since: float) -> bool:
+        """Pause, or resume counting slots from ``since``; False when there is no such trigger."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            if paused:
+                sql, args = "UPDATE triggers SET paused = 1 WHERE id = ?", (trigger_id,)
+            else:
+                sql = "UPDATE triggers SET paused = 0, since = ? WHERE id = ? AND paused = 1"
+                args = (since, trigger_id)  # type: ignore[assignment]
+                if conn.execute(sql, args).rowcount:
+                    return True
+                sql, args = "SELECT 1 FROM triggers WHERE id = ?", (trigger_id,)
+                return conn.execute(sql, args).fetchone() is not None
+            return conn.execute(sql, args).rowcount == 1
+
+        return await self._writer.run(write, durable=True)
+
+    async def delete_trigger(self, trigger_id: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            gone = conn.execute("DELETE FROM triggers WHERE id = ?", (trigger_id,)).rowcount == 1
+            conn.execute("DELETE FROM trigger_fires WHERE trigger_id = ?", (trigger_id,))
+            return gone
+
+        return await self._writer.run(write, durable=True)
+
+    async def record_slot(
+        self, fire: TriggerFire, outcome: str, detail: JSON, execution_id: str | None = None
+    ) -> bool:
+        """Record a slot decided without a new run (skipped, missed, failed); False when the
+        slot was decided before."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            try:
+                _record_slot(conn, fire, outcome, execution_id, detail)
+            except SlotTaken:
+                return False
+            return True
+
+        return await self._writer.run(write, durable=True)
+
+    async def trigger_history(self, trigger_id: str, limit: int) -> list[JSONObject]:
+        """The latest decided slots of a trigger, newest first."""
+
+        def read(conn: sqlite3.Connection) -> list[JSONObject]:
+            rows = conn.execute(
+                "SELECT scheduled_at, fired_at, outcome, execution_id, detail FROM trigger_fires"
+                " WHERE trigger_id = ? ORDER BY scheduled_at DESC LIMIT ?",
+                (trigger_id, limit),
+            ).fetchall()
+            return [
+                {
+                    "scheduled_time": isoformat(scheduled),
+                    "fired_at": isoformat(fired),
+                    "outcome": outcome,
+                    "execution_id": execution_id,
+                    "detail": _loads(detail),
+                }
+                for scheduled, fired, outcome, execution_id, detail in rows
+            ]
+
+        return await self._reader.run(read)
+
+    async def execution_status(self, execution_id: str) -> str | None:
+        def read(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT status FROM executions WHERE id = ?", (execution_id,)
+            ).fetchone()
+            return str(row[0]) if row is not None else None
+
+        return await self._reader.run(read)

@@ -79,20 +79,26 @@ class CancelResponse(_message.Message):
     def __init__(self, status: _Optional[str] = ...) -> None: ...
 
 class ResolveSubWorkflowRequest(_message.Message):
-    __slots__ = ("execution_id", "node_id", "item", "attempt", "output_json", "error")
+    __slots__ = ("execution_id", "node_id", "item", "attempt", "output_json", "error", "child_execution_id", "child_status", "child_version")
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHILD_EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    CHILD_STATUS_FIELD_NUMBER: _ClassVar[int]
+    CHILD_VERSION_FIELD_NUMBER: _ClassVar[int]
     execution_id: str
     node_id: str
     item: int
     attempt: int
     output_json: str
     error: str
-    def __init__(self, execution_id: _Optional[str] = ..., node_id: _Optional[str] = ..., item: _Optional[int] = ..., attempt: _Optional[int] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    child_execution_id: str
+    child_status: str
+    child_version: str
+    def __init__(self, execution_id: _Optional[str] = ..., node_id: _Optional[str] = ..., item: _Optional[int] = ..., attempt: _Optional[int] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., child_execution_id: _Optional[str] = ..., child_status: _Optional[str] = ..., child_version: _Optional[str] = ...) -> None: ...
 
 class ResolveSubWorkflowResponse(_message.Message):
     __slots__ = ()
@@ -135,7 +141,7 @@ class ListExecutionsResponse(_message.Message):
     def __init__(self, executions: _Optional[_Iterable[_Union[Execution, _Mapping]]] = ...) -> None: ...
 
 class Execution(_message.Message):
-    __slots__ = ("id", "workflow_id", "version", "status", "inputs_json", "outputs_json", "error", "progress", "created_at", "started_at", "finished_at", "parent_execution_id", "nodes")
+    __slots__ = ("id", "workflow_id", "version", "status", "inputs_json", "outputs_json", "error", "progress", "created_at", "started_at", "finished_at", "parent_execution_id", "nodes", "children", "parent_node_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +155,8 @@ class Execution(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     PARENT_EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    PARENT_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     workflow_id: str
     version: str
@@ -162,7 +170,9 @@ class Execution(_message.Message):
     finished_at: str
     parent_execution_id: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeState]
-    def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[str] = ..., inputs_json: _Optional[str] = ..., outputs_json: _Optional[str] = ..., error: _Optional[str] = ..., progress: _Optional[int] = ..., created_at: _Optional[str] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., parent_execution_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ...) -> None: ...
+    children: _containers.RepeatedScalarFieldContainer[str]
+    parent_node_id: str
+    def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[str] = ..., inputs_json: _Optional[str] = ..., outputs_json: _Optional[str] = ..., error: _Optional[str] = ..., progress: _Optional[int] = ..., created_at: _Optional[str] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., parent_execution_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., children: _Optional[_Iterable[str]] = ..., parent_node_id: _Optional[str] = ...) -> None: ...
 
 class NodeState(_message.Message):
     __slots__ = ("node_id", "status", "output_json", "error", "attempts", "started_at", "finished_at", "engine_id")
@@ -341,3 +351,89 @@ class ListEnginesResponse(_message.Message):
     ENGINES_FIELD_NUMBER: _ClassVar[int]
     engines: _containers.RepeatedCompositeFieldContainer[EngineInfo]
     def __init__(self, engines: _Optional[_Iterable[_Union[EngineInfo, _Mapping]]] = ...) -> None: ...
+
+class TriggerInfo(_message.Message):
+    __slots__ = ("id", "workflow_id", "type", "source", "version", "paused", "active", "created_at", "cron", "timezone", "overlap", "catchup", "inputs_json", "next_fire_times", "last_scheduled_time", "path", "auth", "raw_body")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    CATCHUP_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIRE_TIMES_FIELD_NUMBER: _ClassVar[int]
+    LAST_SCHEDULED_TIME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    RAW_BODY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    workflow_id: str
+    type: str
+    source: str
+    version: str
+    paused: bool
+    active: bool
+    created_at: str
+    cron: str
+    timezone: str
+    overlap: str
+    catchup: str
+    inputs_json: str
+    next_fire_times: _containers.RepeatedScalarFieldContainer[str]
+    last_scheduled_time: str
+    path: str
+    auth: str
+    raw_body: bool
+    def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., type: _Optional[str] = ..., source: _Optional[str] = ..., version: _Optional[str] = ..., paused: _Optional[bool] = ..., active: _Optional[bool] = ..., created_at: _Optional[str] = ..., cron: _Optional[str] = ..., timezone: _Optional[str] = ..., overlap: _Optional[str] = ..., catchup: _Optional[str] = ..., inputs_json: _Optional[str] = ..., next_fire_times: _Optional[_Iterable[str]] = ..., last_scheduled_time: _Optional[str] = ..., path: _Optional[str] = ..., auth: _Optional[str] = ..., raw_body: _Optional[bool] = ...) -> None: ...
+
+class ListTriggersRequest(_message.Message):
+    __slots__ = ("workflow_id",)
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    def __init__(self, workflow_id: _Optional[str] = ...) -> None: ...
+
+class ListTriggersResponse(_message.Message):
+    __slots__ = ("triggers",)
+    TRIGGERS_FIELD_NUMBER: _ClassVar[int]
+    triggers: _containers.RepeatedCompositeFieldContainer[TriggerInfo]
+    def __init__(self, triggers: _Optional[_Iterable[_Union[TriggerInfo, _Mapping]]] = ...) -> None: ...
+
+class TriggerRequest(_message.Message):
+    __slots__ = ("trigger_id",)
+    TRIGGER_ID_FIELD_NUMBER: _ClassVar[int]
+    trigger_id: str
+    def __init__(self, trigger_id: _Optional[str] = ...) -> None: ...
+
+class CreateTriggerRequest(_message.Message):
+    __slots__ = ("id", "workflow_id", "version", "cron", "timezone", "overlap", "catchup", "inputs_json", "paused")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    CATCHUP_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    workflow_id: str
+    version: str
+    cron: str
+    timezone: str
+    overlap: str
+    catchup: str
+    inputs_json: str
+    paused: bool
+    def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., version: _Optional[str] = ..., cron: _Optional[str] = ..., timezone: _Optional[str] = ..., overlap: _Optional[str] = ..., catchup: _Optional[str] = ..., inputs_json: _Optional[str] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class DeleteTriggerResponse(_message.Message):
+    __slots__ = ("trigger_id",)
+    TRIGGER_ID_FIELD_NUMBER: _ClassVar[int]
+    trigger_id: str
+    def __init__(self, trigger_id: _Optional[str] = ...) -> None: ...

@@ -352,6 +352,36 @@ class OrchestratorStub:
                 request_serializer=engine_dot_api_dot_dagengine__pb2.ListEnginesRequest.SerializeToString,
                 response_deserializer=engine_dot_api_dot_dagengine__pb2.ListEnginesResponse.FromString,
                 _registered_method=True)
+        self.ListTriggers = channel.unary_unary(
+                '/dagengine.v1.Orchestrator/ListTriggers',
+                request_serializer=engine_dot_api_dot_dagengine__pb2.ListTriggersRequest.SerializeToString,
+                response_deserializer=engine_dot_api_dot_dagengine__pb2.ListTriggersResponse.FromString,
+                _registered_method=True)
+        self.GetTrigger = channel.unary_unary(
+                '/dagengine.v1.Orchestrator/GetTrigger',
+                request_serializer=engine_dot_api_dot_dagengine__pb2.TriggerRequest.SerializeToString,
+                response_deserializer=engine_dot_api_dot_dagengine__pb2.TriggerInfo.FromString,
+                _registered_method=True)
+        self.CreateTrigger = channel.unary_unary(
+                '/dagengine.v1.Orchestrator/CreateTrigger',
+                request_serializer=engine_dot_api_dot_dagengine__pb2.CreateTriggerRequest.SerializeToString,
+                response_deserializer=engine_dot_api_dot_dagengine__pb2.TriggerInfo.FromString,
+                _registered_method=True)
+        self.PauseTrigger = channel.unary_unary(
+                '/dagengine.v1.Orchestrator/PauseTrigger',
+                request_serializer=engine_dot_api_dot_dagengine__pb2.TriggerRequest.SerializeToString,
+                response_deserializer=engine_dot_api_dot_dagengine__pb2.TriggerInfo.FromString,
+                _registered_method=True)
+        self.ResumeTrigger = channel.unary_unary(
+                '/dagengine.v1.Orchestrator/ResumeTrigger',
+                request_serializer=engine_dot_api_dot_dagengine__pb2.TriggerRequest.SerializeToString,
+                response_deserializer=engine_dot_api_dot_dagengine__pb2.TriggerInfo.FromString,
+                _registered_method=True)
+        self.DeleteTrigger = channel.unary_unary(
+                '/dagengine.v1.Orchestrator/DeleteTrigger',
+                request_serializer=engine_dot_api_dot_dagengine__pb2.TriggerRequest.SerializeToString,
+                response_deserializer=engine_dot_api_dot_dagengine__pb2.DeleteTriggerResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServicer:
@@ -430,6 +460,45 @@ class OrchestratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTriggers(self, request, context):
+        """Triggers: cron schedules and HTTP paths, from workflow specs and made here (cron only).
+        Each cron trigger shows its next fire times. Create, pause, resume and delete need the
+        token, as the other changing calls do; deleting a spec trigger is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTrigger(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTrigger(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseTrigger(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeTrigger(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTrigger(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -487,6 +556,36 @@ def add_OrchestratorServicer_to_server(servicer, server):
                     servicer.ListEngines,
                     request_deserializer=engine_dot_api_dot_dagengine__pb2.ListEnginesRequest.FromString,
                     response_serializer=engine_dot_api_dot_dagengine__pb2.ListEnginesResponse.SerializeToString,
+            ),
+            'ListTriggers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTriggers,
+                    request_deserializer=engine_dot_api_dot_dagengine__pb2.ListTriggersRequest.FromString,
+                    response_serializer=engine_dot_api_dot_dagengine__pb2.ListTriggersResponse.SerializeToString,
+            ),
+            'GetTrigger': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrigger,
+                    request_deserializer=engine_dot_api_dot_dagengine__pb2.TriggerRequest.FromString,
+                    response_serializer=engine_dot_api_dot_dagengine__pb2.TriggerInfo.SerializeToString,
+            ),
+            'CreateTrigger': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTrigger,
+                    request_deserializer=engine_dot_api_dot_dagengine__pb2.CreateTriggerRequest.FromString,
+                    response_serializer=engine_dot_api_dot_dagengine__pb2.TriggerInfo.SerializeToString,
+            ),
+            'PauseTrigger': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseTrigger,
+                    request_deserializer=engine_dot_api_dot_dagengine__pb2.TriggerRequest.FromString,
+                    response_serializer=engine_dot_api_dot_dagengine__pb2.TriggerInfo.SerializeToString,
+            ),
+            'ResumeTrigger': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeTrigger,
+                    request_deserializer=engine_dot_api_dot_dagengine__pb2.TriggerRequest.FromString,
+                    response_serializer=engine_dot_api_dot_dagengine__pb2.TriggerInfo.SerializeToString,
+            ),
+            'DeleteTrigger': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTrigger,
+                    request_deserializer=engine_dot_api_dot_dagengine__pb2.TriggerRequest.FromString,
+                    response_serializer=engine_dot_api_dot_dagengine__pb2.DeleteTriggerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -788,6 +887,168 @@ class Orchestrator:
             '/dagengine.v1.Orchestrator/ListEngines',
             engine_dot_api_dot_dagengine__pb2.ListEnginesRequest.SerializeToString,
             engine_dot_api_dot_dagengine__pb2.ListEnginesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTriggers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagengine.v1.Orchestrator/ListTriggers',
+            engine_dot_api_dot_dagengine__pb2.ListTriggersRequest.SerializeToString,
+            engine_dot_api_dot_dagengine__pb2.ListTriggersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrigger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagengine.v1.Orchestrator/GetTrigger',
+            engine_dot_api_dot_dagengine__pb2.TriggerRequest.SerializeToString,
+            engine_dot_api_dot_dagengine__pb2.TriggerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTrigger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagengine.v1.Orchestrator/CreateTrigger',
+            engine_dot_api_dot_dagengine__pb2.CreateTriggerRequest.SerializeToString,
+            engine_dot_api_dot_dagengine__pb2.TriggerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseTrigger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagengine.v1.Orchestrator/PauseTrigger',
+            engine_dot_api_dot_dagengine__pb2.TriggerRequest.SerializeToString,
+            engine_dot_api_dot_dagengine__pb2.TriggerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeTrigger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagengine.v1.Orchestrator/ResumeTrigger',
+            engine_dot_api_dot_dagengine__pb2.TriggerRequest.SerializeToString,
+            engine_dot_api_dot_dagengine__pb2.TriggerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTrigger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagengine.v1.Orchestrator/DeleteTrigger',
+            engine_dot_api_dot_dagengine__pb2.TriggerRequest.SerializeToString,
+            engine_dot_api_dot_dagengine__pb2.DeleteTriggerResponse.FromString,
             options,
             channel_credentials,
             insecure,

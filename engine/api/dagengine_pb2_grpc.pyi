@@ -170,6 +170,16 @@ class OrchestratorStub:
     """Called for an engine's subworkflow.requested: pins the child's version and starts it."""
     GetSubWorkflowStatus: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.GetSubWorkflowStatusRequest, _dagengine_pb2.SubWorkflowStatus]
     ListEngines: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.ListEnginesRequest, _dagengine_pb2.ListEnginesResponse]
+    ListTriggers: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.ListTriggersRequest, _dagengine_pb2.ListTriggersResponse]
+    """Triggers: cron schedules and HTTP paths, from workflow specs and made here (cron only).
+    Each cron trigger shows its next fire times. Create, pause, resume and delete need the
+    token, as the other changing calls do; deleting a spec trigger is FAILED_PRECONDITION.
+    """
+    GetTrigger: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.TriggerRequest, _dagengine_pb2.TriggerInfo]
+    CreateTrigger: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.CreateTriggerRequest, _dagengine_pb2.TriggerInfo]
+    PauseTrigger: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.TriggerRequest, _dagengine_pb2.TriggerInfo]
+    ResumeTrigger: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.TriggerRequest, _dagengine_pb2.TriggerInfo]
+    DeleteTrigger: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.TriggerRequest, _dagengine_pb2.DeleteTriggerResponse]
 
 @_typing.type_check_only
 class OrchestratorAsyncStub(OrchestratorStub):
@@ -195,6 +205,16 @@ class OrchestratorAsyncStub(OrchestratorStub):
     """Called for an engine's subworkflow.requested: pins the child's version and starts it."""
     GetSubWorkflowStatus: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.GetSubWorkflowStatusRequest, _dagengine_pb2.SubWorkflowStatus]  # type: ignore[assignment]
     ListEngines: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.ListEnginesRequest, _dagengine_pb2.ListEnginesResponse]  # type: ignore[assignment]
+    ListTriggers: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.ListTriggersRequest, _dagengine_pb2.ListTriggersResponse]  # type: ignore[assignment]
+    """Triggers: cron schedules and HTTP paths, from workflow specs and made here (cron only).
+    Each cron trigger shows its next fire times. Create, pause, resume and delete need the
+    token, as the other changing calls do; deleting a spec trigger is FAILED_PRECONDITION.
+    """
+    GetTrigger: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.TriggerRequest, _dagengine_pb2.TriggerInfo]  # type: ignore[assignment]
+    CreateTrigger: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.CreateTriggerRequest, _dagengine_pb2.TriggerInfo]  # type: ignore[assignment]
+    PauseTrigger: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.TriggerRequest, _dagengine_pb2.TriggerInfo]  # type: ignore[assignment]
+    ResumeTrigger: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.TriggerRequest, _dagengine_pb2.TriggerInfo]  # type: ignore[assignment]
+    DeleteTrigger: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.TriggerRequest, _dagengine_pb2.DeleteTriggerResponse]  # type: ignore[assignment]
 
 class OrchestratorServicer(metaclass=_abc_1.ABCMeta):
     """Definitions and their versions, the durable record of executions, routing, triggers,
@@ -283,5 +303,51 @@ class OrchestratorServicer(metaclass=_abc_1.ABCMeta):
         request: _dagengine_pb2.ListEnginesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dagengine_pb2.ListEnginesResponse, _abc.Awaitable[_dagengine_pb2.ListEnginesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTriggers(
+        self,
+        request: _dagengine_pb2.ListTriggersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dagengine_pb2.ListTriggersResponse, _abc.Awaitable[_dagengine_pb2.ListTriggersResponse]]:
+        """Triggers: cron schedules and HTTP paths, from workflow specs and made here (cron only).
+        Each cron trigger shows its next fire times. Create, pause, resume and delete need the
+        token, as the other changing calls do; deleting a spec trigger is FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTrigger(
+        self,
+        request: _dagengine_pb2.TriggerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dagengine_pb2.TriggerInfo, _abc.Awaitable[_dagengine_pb2.TriggerInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateTrigger(
+        self,
+        request: _dagengine_pb2.CreateTriggerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dagengine_pb2.TriggerInfo, _abc.Awaitable[_dagengine_pb2.TriggerInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def PauseTrigger(
+        self,
+        request: _dagengine_pb2.TriggerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dagengine_pb2.TriggerInfo, _abc.Awaitable[_dagengine_pb2.TriggerInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def ResumeTrigger(
+        self,
+        request: _dagengine_pb2.TriggerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dagengine_pb2.TriggerInfo, _abc.Awaitable[_dagengine_pb2.TriggerInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteTrigger(
+        self,
+        request: _dagengine_pb2.TriggerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dagengine_pb2.DeleteTriggerResponse, _abc.Awaitable[_dagengine_pb2.DeleteTriggerResponse]]: ...
 
 def add_OrchestratorServicer_to_server(servicer: OrchestratorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

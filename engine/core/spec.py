@@ -97,6 +97,8 @@ class CronTrigger:
     overlap: Literal["skip", "allow", "cancel_previous"] = "skip"
     catchup: Literal["none", "latest", "all"] = "latest"
     inputs: JSONObject = field(default_factory=dict)
+    id: str | None = None
+    """Names the trigger, so its history and paused state outlive changes to its schedule."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -754,6 +756,11 @@ class _Checker:
         inputs = item.get("inputs") or {}
         if not isinstance(inputs, dict):
             self.report((*key, "inputs"), f"{path}.inputs", "must be a mapping")
+        name = self.text(item, "id", key, path)
+        if name is not None and not WORKFLOW_ID.fullmatch(name):
+            self.report(
+                (*key, "id"), f"{path}.id", f"must match [a-z0-9][a-z0-9._-]{{0,62}}, got {name!r}"
+            )
         if len(self.problems) != before:
             return None
         return CronTrigger(
@@ -762,6 +769,7 @@ class _Checker:
             overlap=cast(Any, overlap or "skip"),
             catchup=cast(Any, catchup or "latest"),
             inputs=inputs,
+            id=name,
         )
 
     def http_trigger(self, value: object, key: Key, path: str) -> HttpTrigger | None:

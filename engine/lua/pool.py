@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Final
 
@@ -34,6 +34,19 @@ _HOLD_MAX: Final = 64
 and hands them back together: waking the loop costs more than a trivial script. A queued task
 never waits for this (the worker is busy running queued tasks while it holds), and with an
 empty queue the outcomes go back at once."""
+
+INLINE_LIMITS: Final = {
+    "instructions": 100_000,
+    "wall_time": 0.02,
+    "memory": 4 * 1024 * 1024,
+    "pattern_budget": 10**5,
+}
+"""What a script may spend when it runs on the caller's thread (``run_inline``): about a
+millisecond of Lua. Every C call a script can make is bounded by these too (allocation by
+``memory``, matching by ``pattern_budget``), so the event loop is never held for long."""
+
+_INLINE_MISSES: Final = 4096
+"""Chunks remembered as too big to run inline, so they are not tried there again."""
 
 _CLOSE_WAIT: Final = 1.0
 """Seconds close() waits for the workers; a script stops within about 10k instructions."""
@@ -70,6 +83,8 @@ class LuaPool:
         self,
         workers: int | None = None,
         limits: LuaLimits = LuaLimits(),  # noqa: B008 -- frozen, so one shared default is safe
+        *,
+        inline: bool = True,
     ) -> None:
         count = workers if workers is not None else (os.cpu_count() or 1)
         if count < 1:
@@ -89,10 +104,40 @@ class LuaPool:
             self._threads.append(thread)
         for thread in self._threads:
             thread.start()
+        self._inline: LuaSandbox | None = None
+        if inline:
+            # never more than the pool's own limits: a stricter pool stays as strict inline
+            small = {k: min(v, getattr(limits, k)) for k, v in INLINE_LIMITS.items()}
+            self._inline = LuaSandbox(replace(limits, **small), stop=self._stop)
+        self._too_big: set[str] = set()
+        self.inline_runs = 0
+        self.inline_misses = 0
 
     @property
     def workers(self) -> int:
         return len(self._threads)
+
+    def run_inline(self, task: LuaTask) -> LuaOutcome | None:
+        """Run ``task`` on the calling thread if it fits ``INLINE_LIMITS``; None when it does
+        not (then submit it: it runs again from the start on a worker, with the full limits).
+
+        Most nodes are a few hundred instructions: run here, they skip two thread hand-offs and
+        a loop wake-up, several times what the script itself costs. Scripts have no effects
+        outside their run, so a run cut short here and repeated on a worker is unobservable
+        (its log lines are dropped with it).
+        """
+        sandbox = self._inline
+        if sandbox is None or self._closed or task.key in self._too_big:
+            return None
+        outcome = sandbox.run(task)
+        if outcome.limit is None or outcome.limit == "cancelled":
+            self.inline_runs += 1
+            return outcome
+        self.inline_misses += 1
+        if len(self._too_big) >= _INLINE_MISSES:
+            self._too_big.clear()
+        self._too_big.add(task.key)
+        return None
 
     def submit(self, task: LuaTask) -> asyncio.Future[LuaOutcome]:
         """Queues ``task``; the future resolves on this loop with its outcome."""

@@ -198,6 +198,9 @@ class LuaOutcome:
     """``(level, message)`` in the order they were logged."""
     duration: float
     """Seconds."""
+    limit: str | None = None
+    """Which limit stopped the run, when one did: instructions, wall_time, deadline,
+    cancelled, memory or pattern (a match refused as too costly)."""
 
 
 @dataclass(frozen=True)
@@ -383,7 +386,9 @@ class LuaSandbox:
         try:
             code = self._check()
             if code is not None:
-                return self._failed(self._limit_message(code), None, [], started)
+                return self._tripped(
+                    self._limit_message(code), None, [], started, _CODE_NAMES[code]
+                )
             try:
                 function = self._function(task)
             except lupa.LuaSyntaxError as error:
@@ -400,7 +405,7 @@ class LuaSandbox:
             status, payload, line, log_json = self._run_lua(*arguments)
         except lupa.LuaMemoryError:
             self._recover()
-            return self._failed(self._memory_message(), None, [], started)
+            return self._tripped(self._memory_message(), None, [], started, "memory")
         except Exception as error:
             logger.exception("Lua sandbox failed running %s", task.key)
             self._recover()
@@ -465,6 +470,8 @@ class LuaSandbox:
         if status == "error":
             message, position = _split_position(payload, task.chunk_name)
             line = _clamp(position if position is not None else line, task.code, task.expression)
+            if message.startswith(_PATTERN_REFUSAL) and _PATTERN_REFUSAL_WHY in message:
+                return self._tripped(message, line, logs, started, "pattern")
             return self._failed(message, line, logs, started)
         if status == "too_big":
             limit = self.limits.output_bytes
@@ -472,8 +479,16 @@ class LuaSandbox:
             return self._failed(message, None, logs, started)
         if payload == "memory":
             self._runtime.gccollect()
-            return self._failed(self._memory_message(), None, logs, started)
-        return self._failed(self._limit_message(_REASON_CODES[payload]), line, logs, started)
+            return self._tripped(self._memory_message(), None, logs, started, "memory")
+        reason = str(payload)
+        return self._tripped(
+            self._limit_message(_REASON_CODES[reason]), line, logs, started, reason
+        )
+
+    def _tripped(
+        self, error: str, line: int | None, logs: list[tuple[str, str]], started: float, limit: str
+    ) -> LuaOutcome:
+        return LuaOutcome(False, None, error, line, logs, time.perf_counter() - started, limit)
 
     def _failed(
         self, error: str, line: int | None, logs: list[tuple[str, str]], started: float
@@ -622,6 +637,11 @@ _REASON_CODES: Final = {
     "wall_time": _CHECK_WALL_TIME,
     "instructions": 0,
 }
+_CODE_NAMES: Final = {code: name for name, code in _REASON_CODES.items()}
+
+_PATTERN_REFUSAL: Final = "pattern '"
+_PATTERN_REFUSAL_WHY: Final = "could backtrack for too long"
+"""How the prelude's pattern guard words its refusal (see prelude.py)."""
 
 
 def _wrap(code: str, expression: bool) -> str:

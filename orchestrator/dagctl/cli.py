@@ -147,6 +147,8 @@ RESOURCES = {
     "exec": "executions",
     "engines": "engines",
     "engine": "engines",
+    "triggers": "triggers",
+    "trigger": "triggers",
 }
 
 
@@ -191,9 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--idempotency-key", metavar="KEY")
     output(run)
 
-    get = sub.add_parser("get", help="list workflows, executions or engines")
-    get.add_argument("resource", choices=sorted(RESOURCES), metavar="workflows|executions|engines")
-    get.add_argument("--workflow", metavar="ID", help="executions of this workflow")
+    get = sub.add_parser("get", help="list workflows, executions, engines or triggers")
+    get.add_argument(
+        "resource", choices=sorted(RESOURCES), metavar="workflows|executions|engines|triggers"
+    )
+    get.add_argument("--workflow", metavar="ID", help="executions (or triggers) of this workflow")
     get.add_argument("--status", metavar="STATUS", help="executions in this state")
     get.add_argument("--limit", type=_positive, default=50, metavar="N", help="default: 50")
     output(get)
@@ -209,6 +213,31 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--workflow", metavar="ID")
     events.add_argument("--execution", metavar="ID")
     output(events)
+
+    trigger = sub.add_parser("trigger", help="create, pause, resume or delete a cron trigger")
+    actions = trigger.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="a cron trigger for a workflow")
+    create.add_argument("workflow")
+    create.add_argument("--cron", required=True, help='5 fields, 6 with seconds first, "@daily"')
+    create.add_argument("--timezone", help="IANA name; default UTC")
+    create.add_argument("--id", help="default: made up")
+    create.add_argument("--version", metavar="RANGE", help="default: latest")
+    create.add_argument("--overlap", choices=("skip", "allow", "cancel_previous"))
+    create.add_argument("--catchup", choices=("none", "latest", "all"))
+    create.add_argument(
+        "--input", dest="pairs", action="append", default=[], metavar="K=V", help="repeatable"
+    )
+    create.add_argument("--paused", action="store_true")
+    output(create)
+    for name, what in (
+        ("pause", "stop firing until resumed"),
+        ("resume", "fire again from now"),
+        ("delete", "delete a trigger made through the API"),
+        ("history", "its decided slots, newest first"),
+    ):
+        action = actions.add_parser(name, help=what)
+        action.add_argument("id", metavar="ID")
+        output(action)
 
     cancel = sub.add_parser("cancel", help="cancel an execution and its children")
     cancel.add_argument("id", metavar="ID")
@@ -474,6 +503,8 @@ def cmd_get(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
         body = client.get(
             "/api/v1/executions", workflow=args.workflow, status=args.status, limit=args.limit
         )
+    elif resource == "triggers":
+        body = client.get("/api/v1/triggers", workflow=args.workflow)
     else:
         body = client.get(f"/api/v1/{resource}")
     if args.output == "json":
@@ -488,6 +519,8 @@ def cmd_get(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
         table = showing.workflows_table(items)
     elif resource == "executions":
         table = showing.executions_table(items, time.time())
+    elif resource == "triggers":
+        table = showing.triggers_table(items)
     else:
         table = showing.engines_table(items)
     _print(out, table)
@@ -511,8 +544,34 @@ def cmd_describe(args: argparse.Namespace, client: Client, out: TextIO, err: Tex
     if args.output == "json":
         _dump(out, doc)
     else:
+        # the tree of sub-workflow runs below this one, each with its state
+        doc["children"] = _child_tree(client, doc, [MAX_TREE])
         _print(out, showing.execution_details(doc, time.time()))
     return EXIT_OK
+
+
+MAX_TREE = 200
+"""Child executions ``describe execution`` fetches at most; the rest are listed by id."""
+
+
+def _child_tree(client: Client, doc: JSONObject, budget: list[int]) -> list[JSON]:
+    out: list[JSON] = []
+    children = doc.get("children")
+    for child_id in children if isinstance(children, list) else []:
+        if budget[0] <= 0 or not isinstance(child_id, str):
+            out.append(child_id)
+            continue
+        budget[0] -= 1
+        try:
+            child = client.get(f"/api/v1/executions/{_quote(child_id)}")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            out.append(f"{child_id} (not found)")
+            continue
+        child["children"] = _child_tree(client, child, budget)
+        out.append(child)
+    return out
 
 
 def cmd_events(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
@@ -592,6 +651,42 @@ def cmd_cancel(args: argparse.Namespace, client: Client, out: TextIO, err: TextI
     return EXIT_OK
 
 
+def cmd_trigger(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
+    from orchestrator.dagctl import showing
+
+    if args.action == "create":
+        body: JSONObject = {"workflow_id": args.workflow, "cron": args.cron}
+        for name in ("timezone", "id", "version", "overlap", "catchup"):
+            if getattr(args, name):
+                body[name] = getattr(args, name)
+        if args.pairs:
+            body["inputs"] = dict(parse_input(pair) for pair in args.pairs)
+        if args.paused:
+            body["paused"] = True
+        doc = client.post("/api/v1/triggers", body).body
+    elif args.action == "history":
+        doc = client.get(f"/api/v1/triggers/{_quote(args.id)}/history")
+    elif args.action == "delete":
+        doc = client.call("DELETE", f"/api/v1/triggers/{_quote(args.id)}").body
+    else:
+        doc = client.post(f"/api/v1/triggers/{_quote(args.id)}/{args.action}").body
+    if args.output == "json":
+        _dump(out, doc)
+    elif args.action == "history":
+        history = doc.get("history")
+        for row in history if isinstance(history, list) else []:
+            entry = row if isinstance(row, dict) else {}
+            out.write(
+                f"{entry.get('scheduled_time')}  {entry.get('outcome')}  "
+                f"{entry.get('execution_id') or ''}\n"
+            )
+    elif args.action == "delete":
+        out.write(f"trigger {args.id} deleted\n")
+    else:
+        _print(out, showing.triggers_table([doc]))
+    return EXIT_OK
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) -> int:
     from orchestrator.dagctl.launching import run_up
 
@@ -615,6 +710,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Client, TextIO, TextIO], int]]
     "describe": cmd_describe,
     "events": cmd_events,
     "cancel": cmd_cancel,
+    "trigger": cmd_trigger,
 }
 
 

@@ -18,6 +18,7 @@ from rich.console import Group, RenderableType
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
@@ -209,6 +210,27 @@ def engines_table(engines: Iterable[JSON]) -> Table:
     return table
 
 
+def triggers_table(triggers: Iterable[JSON]) -> Table:
+    table = _table("ID", "WORKFLOW", "TYPE", "SCHEDULE", "STATE", "NEXT FIRE TIMES")
+    for item in triggers:
+        t = _obj(item)
+        if t.get("type") == "cron":
+            schedule = f"{text_of(t.get('cron'))} ({text_of(t.get('timezone'))})"
+        else:
+            auth = t.get("auth")
+            schedule = f"POST {text_of(t.get('path'))}" + (f" [{auth}]" if auth else "")
+        upcoming = _list(t.get("next_fire_times"))
+        table.add_row(
+            text_of(t.get("id")),
+            text_of(t.get("workflow_id")),
+            text_of(t.get("type")),
+            schedule,
+            styled("paused" if t.get("paused") else "active"),
+            ", ".join(text_of(u) for u in upcoming),
+        )
+    return table
+
+
 def execution_details(doc: JSONObject, now: float, width: int = 60) -> RenderableType:
     """``describe execution``: the run, its nodes, its outputs and children."""
     head = Table.grid(padding=(0, 2))
@@ -251,15 +273,30 @@ def execution_details(doc: JSONObject, now: float, width: int = 60) -> Renderabl
     parts: list[RenderableType] = [head, Text(""), nodes]
     children = doc.get("children")
     if isinstance(children, list) and children:
+        tree = Tree(Text("Sub-workflows", style="bold"), guide_style="dim")
+        _grow(tree, children)
         parts.append(Text(""))
-        parts.append(Text("Children", style="bold"))
-        for child in children:
-            if isinstance(child, dict):
-                line = f"  {child.get('id')}  {ref(child)}  {text_of(child.get('status'))}"
-            else:
-                line = f"  {child}"
-            parts.append(Text(line.rstrip()))
+        parts.append(tree)
     return Group(*parts)
+
+
+def _grow(tree: Tree, children: list[JSON]) -> None:
+    """One branch per child execution: node, workflow, state, and its own children below."""
+    for child in children:
+        if not isinstance(child, dict):
+            tree.add(text_of(child))
+            continue
+        label = Text.assemble(
+            f"{text_of(child.get('parent_node_id'))}  " if child.get("parent_node_id") else "",
+            (ref(child), "cyan"),
+            "  ",
+            styled(child.get("status")),
+            f"  {text_of(child.get('id'))}",
+        )
+        grandchildren = child.get("children")
+        branch = tree.add(label)
+        if isinstance(grandchildren, list):
+            _grow(branch, grandchildren)
 
 
 def workflow_details(workflow: JSONObject) -> RenderableType:

@@ -131,3 +131,59 @@ async def test_close_stops_running_scripts_and_cancels_queued_ones() -> None:
 def test_a_pool_needs_a_worker() -> None:
     with pytest.raises(ValueError, match="at least one worker"):
         LuaPool(workers=0)
+
+
+# -- running small scripts on the caller's thread --------------------------------------------
+
+
+async def test_a_small_script_runs_inline_on_the_calling_thread(pool: LuaPool) -> None:
+    seen: list[str] = []
+    outcome = pool.run_inline(
+        task("return { n = inputs.n * 2 }", {"n": 21}, results=lambda name: seen.append(name))
+    )
+    assert outcome is not None and outcome.ok and outcome.value == {"n": 42}
+    assert (pool.inline_runs, pool.inline_misses) == (1, 0)
+    # script errors are final answers, not reasons to try again elsewhere
+    failed = pool.run_inline(task("error('boom')"))
+    assert failed is not None and not failed.ok and failed.error == "boom"
+
+
+@pytest.mark.parametrize(
+    ("why", "code", "value"),
+    [
+        (
+            "instructions",
+            "log('info', 'once') local s = 0 for i = 1, 300000 do s = s + i end return { s = s }",
+            {"s": 45000150000},
+        ),
+        (
+            "memory",
+            "log('info', 'once') local s = string.rep('x', 8 * 1024 * 1024) return { n = #s }",
+            {"n": 8 * 1024 * 1024},
+        ),
+        (
+            "pattern",
+            "log('info', 'once') local s = string.rep('a', 2000) "
+            "return { n = #(string.match(s, 'a*b') or '') }",
+            {"n": 0},
+        ),
+    ],
+)
+async def test_a_script_past_the_inline_limits_runs_again_on_a_worker(
+    pool: LuaPool, why: str, code: str, value: JSON
+) -> None:
+    assert pool.run_inline(task(code)) is None
+    assert pool.inline_misses == 1
+    outcome = await pool.run(task(code))
+    assert outcome.ok and outcome.value == value, outcome
+    # the run cut short inline left nothing behind: one log line, from the worker's run
+    assert outcome.logs == [("info", "once")]
+    # and that chunk is not tried inline again
+    assert pool.run_inline(task(code)) is None
+    assert pool.inline_misses == 1
+
+
+async def test_a_pool_without_inline_runs_everything_on_workers() -> None:
+    async with LuaPool(workers=1, inline=False) as pool:
+        assert pool.run_inline(task("return 1")) is None
+        assert (await pool.run(task("return 1"))).value == 1

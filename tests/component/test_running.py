@@ -133,22 +133,24 @@ async def test_node_timeout_stops_a_runaway_script() -> None:
     assert doc["nodes"]["fine"]["status"] == "succeeded"
 
 
-async def test_cancel_stops_running_lua_and_frees_the_worker(pool: LuaPool) -> None:
+async def test_cancel_stops_running_lua_and_frees_the_worker() -> None:
     spec = spec_from_document(
         {"id": "t", "version": "1.0.0", "nodes": [{"id": "spin", "lua": "while true do end"}]}
     )
-    ex = Execution(spec, {}, pool=pool)
-    task = asyncio.ensure_future(ex.run_to_end())
-    await asyncio.sleep(0.2)
-    ex.cancel("operator said stop")
-    doc = await asyncio.wait_for(task, 10)
-    assert doc["status"] == "cancelled"
-    assert doc["nodes"]["spin"]["error"] == "operator said stop"
-    # both workers must be free again: two quick runs finish
-    again, _ = await run(
-        {"nodes": [{"id": "a", "lua": "return 1"}, {"id": "b", "lua": "return 2"}]}, pool
-    )
-    assert again["status"] == "succeeded"
+    # an instruction budget no loop reaches in time: the cancel is what stops it
+    async with LuaPool(workers=2, limits=LuaLimits(instructions=10**15)) as pool:
+        ex = Execution(spec, {}, pool=pool)
+        task = asyncio.ensure_future(ex.run_to_end())
+        await asyncio.sleep(0.2)
+        ex.cancel("operator said stop")
+        doc = await asyncio.wait_for(task, 10)
+        assert doc["status"] == "cancelled", doc["nodes"]
+        assert doc["nodes"]["spin"]["error"] == "operator said stop"
+        # both workers must be free again: two quick runs finish
+        again, _ = await run(
+            {"nodes": [{"id": "a", "lua": "return 1"}, {"id": "b", "lua": "return 2"}]}, pool
+        )
+        assert again["status"] == "succeeded"
 
 
 async def test_sleep_holds_no_worker(pool: LuaPool) -> None:

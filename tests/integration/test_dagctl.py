@@ -275,13 +275,16 @@ def test_up_runs_the_real_services_and_dagctl_drives_them(
     }
     environ.update(HTTP_PORT="0", GRPC_PORT="0", LUA_WORKERS="1")
     (tmp_path / "examples").mkdir()
-    for name in ("hello.yaml", "failure-isolation.yaml"):
+    for name in ("hello.yaml", "failure-isolation.yaml", "report.yaml", "grade.yaml"):
         (tmp_path / "examples" / name).write_text((ROOT / "examples" / name).read_text())
     up = start_up(tmp_path, sys.executable, environ)
     try:
         up.wait_for("Ctrl-C stops everything.")
         text = up.out.getvalue()
-        assert "Examples registered: failure-isolation@1.0.0, hello@1.0.0" in text
+        assert (
+            "Examples registered: failure-isolation@1.0.0, grade@1.0.0, hello@1.0.0, report@1.0.0"
+            in text
+        )
         found = re.search(r"HTTP API   (http://127\.0\.0\.1:\d+)", text)
         assert found is not None
         server = {"DAGCTL_SERVER": found.group(1)}
@@ -289,6 +292,11 @@ def test_up_runs_the_real_services_and_dagctl_drives_them(
         assert main(["run", "hello", "--input", "name=Ada", "--wait", "-o", "json"], server) == 0
         doc = json.loads(capsys.readouterr().out)
         assert doc["outputs"] == {"greet": {"message": "Hello, Ada!"}}
+        # the sub-workflow example: four children of grade, outputs in item order
+        assert main(["run", "report", "--wait", "-o", "json"], server) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["outputs"] == {"summary": {"letters": "A C D B"}}
+        assert len(doc["children"]) == 4
         assert main(["run", "failure-isolation", "--wait"], server) == 1
         assert " partial in " in capsys.readouterr().out
         assert main(["get", "engines"], server) == 0

@@ -443,6 +443,16 @@ async def test_orchestrator_killed_with_runs_queued_and_running_all_complete(
             ids.append(body["execution_id"])
         listed = await get(http, f"{cluster.url}/api/v1/executions?workflow=slow")
         assert {e["status"] for e in listed["executions"]} <= {"queued", "running"}
+        # kill once the two running executions have their first checkpoint stored, so
+        # the assertion below is exact: a stored checkpoint never runs again (a node
+        # still running at the kill legitimately would)
+        deadline = time.monotonic() + 30
+        checkpointed: list[str] = []
+        while len(checkpointed) < 2 and time.monotonic() < deadline:
+            docs = [await get(http, f"{cluster.url}/api/v1/executions/{eid}") for eid in ids]
+            checkpointed = [d["id"] for d in docs if d["nodes"]["first"]["status"] == "succeeded"]
+            await asyncio.sleep(0.02)
+        assert len(checkpointed) == 2, docs
     cluster.orchestrator.proc.send_signal(signal.SIGKILL)
     cluster.orchestrator.proc.wait(10)
     cluster.restart_orchestrator()

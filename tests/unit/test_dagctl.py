@@ -371,7 +371,10 @@ def test_execution_details_show_nodes_truncated_outputs_and_children() -> None:
                   "started_at": None, "finished_at": None, "engine_id": None},
         },
         children=["child-1", {"id": "child-2", "workflow_id": "sub", "version": "2.0.0",
-                              "status": "succeeded"}],
+                              "status": "succeeded", "parent_node_id": "b",
+                              "children": [{"id": "grandchild", "workflow_id": "leaf",
+                                            "version": "1.0.0", "status": "cancelled",
+                                            "parent_node_id": "x", "children": []}]}],
     )  # fmt: skip
     text = render(execution_details(doc, NOW))
     assert "Execution  3f2a9c1e0b7d4e5f8a6b1c2d3e4f5a6b" in text
@@ -390,8 +393,14 @@ def test_execution_details_show_nodes_truncated_outputs_and_children() -> None:
     assert rows["b"].split()[1:5] == ["failed", "3", "400ms", "engine-1"]
     assert "boom (Lua line 3)" in rows["b"]
     assert rows["c"].split() == ["c", "blocked", "0"]
-    assert "Children" in text and "child-1" in text
-    assert "child-2  sub@2.0.0  succeeded" in text
+    assert "Sub-workflows" in text and "child-1" in text
+    lines = text.splitlines()
+    child = next(i for i, line in enumerate(lines) if "child-2" in line)
+    assert lines[child].split()[-4:] == ["b", "sub@2.0.0", "succeeded", "child-2"]
+    # the grandchild hangs one level deeper, below its parent
+    grandchild = lines[child + 1]
+    assert grandchild.split()[-4:] == ["x", "leaf@1.0.0", "cancelled", "grandchild"]
+    assert grandchild.index("x") > lines[child].index("b")
 
 
 def test_workflow_details() -> None:

@@ -1,0 +1,530 @@
+"""Finding engines through the Kubernetes API (``DISCOVERY_MODE=kubernetes``).
+
+The one idea: the engine set is a pure function of the objects held in a small cache (the
+EndpointSlices of the engines' Service, or the engines' Pods). The I/O loop does nothing but keep
+that cache current the way Kubernetes controllers do: list, then watch from the list's
+resourceVersion with bookmarks; relist when the API answers 410 Gone and every
+``ENGINE_DISCOVERY_INTERVAL`` anyway; rewatch after a dropped connection. Each change is reported
+to the fleet as soon as its watch event arrives.
+
+When the API refuses (RBAC) or cannot be reached, that is logged once, clearly, and nothing is
+reported: the fleet keeps the last engines it was told about, and their own health checks
+decide whether they still get work.
+
+This is the only module that imports the ``kubernetes`` client (DESIGN section 2). Its asyncio
+API is used for connection set-up, authentication and the list/watch requests; watch lines are
+read here rather than through ``kubernetes.aio.watch.Watch``, which retries a 410 Gone once with
+the same expired resourceVersion instead of relisting, and hides bookmark-only progress.
+
+Errors::
+
+    KubernetesApiError          anything that stopped a list or watch
+    ├── ApiUnreachable          no connection, or it broke before an answer
+    ├── ApiRefused              401 / 403: credentials or RBAC
+    ├── ApiGone                 410: the resourceVersion is too old; relist
+    └── ApiStatusError          any other status from the API server
+    WatchBroken                 an established watch stream broke; rewatch (not an outage)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+from kubernetes.aio import client as k8s_client
+from kubernetes.aio import config as k8s_config
+
+from orchestrator.discovery import AddressSink, EngineHint
+from orchestrator.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+Source = Literal["endpointslices", "pods"]
+JSONDict = dict[str, Any]
+
+PORT_NAME = "grpc"
+PORT_ANNOTATION = "workflow-engine/port"
+CAPACITY_ANNOTATION = "workflow-engine/capacity"
+ENGINE_ID_LABEL = "engine-id"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+_LIST_TIMEOUT = 15.0
+"""Seconds a list may take; a hung API server is then an outage, not a hang."""
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 10.0
+
+
+# -- the pure part: objects in, engines out ----------------------------------------------------
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def engines_from_endpoint_slices(
+    slices: Iterable[Mapping[str, Any]], port_name: str = PORT_NAME
+) -> dict[str, EngineHint]:
+    """The ready endpoints of ``slices`` on their port named ``port_name``, by address.
+
+    A slice without that port contributes nothing (the Service publishes it by name, so a
+    number guessed from elsewhere would be wrong). ``conditions.ready`` absent means ready, as
+    the EndpointSlice API defines; terminating endpoints are never ready.
+    """
+    out: dict[str, EngineHint] = {}
+    for eps in slices:
+        if eps.get("addressType", "IPv4") not in ("IPv4", "IPv6"):
+            continue  # FQDN slices point outside the cluster, not at engine pods
+        port = next(
+            (
+                p.get("port")
+                for p in eps.get("ports") or ()
+                if p.get("name") == port_name and isinstance(p.get("port"), int)
+            ),
+            None,
+        )
+        if port is None:
+            continue
+        for endpoint in eps.get("endpoints") or ():
+            conditions = endpoint.get("conditions") or {}
+            if conditions.get("ready") is False or conditions.get("terminating") is True:
+                continue
+            target = endpoint.get("targetRef") or {}
+            for host in endpoint.get("addresses") or ():
+                out[_join(str(host), int(port))] = EngineHint(pod=target.get("name"))
+    return out
+
+
+def engines_from_pods(
+    pods: Iterable[Mapping[str, Any]], default_port: int
+) -> tuple[dict[str, EngineHint], list[str]]:
+    """Running, Ready, not-terminating pods by address, and the annotation problems found.
+
+    ``workflow-engine/port`` overrides ``default_port``; ``workflow-engine/capacity`` caps what
+    the orchestrator routes to that engine; the ``engine-id`` label names it until its GetInfo
+    answers. A bad annotation is a problem to report, and the pod is still used with defaults:
+    refusing a serving engine over a typo would be worse.
+    """
+    out: dict[str, EngineHint] = {}
+    problems: list[str] = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        status = pod.get("status") or {}
+        name = str(meta.get("name", "?"))
+        if meta.get("deletionTimestamp") or status.get("phase") != "Running":
+            continue
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or ()
+        )
+        host = status.get("podIP")
+        if not ready or not host:
+            continue
+        annotations = meta.get("annotations") or {}
+        port = _annotation_int(annotations, PORT_ANNOTATION, name, problems, upper=65535)
+        capacity = _annotation_int(annotations, CAPACITY_ANNOTATION, name, problems)
+        labels = meta.get("labels") or {}
+        out[_join(str(host), port or default_port)] = EngineHint(
+            pod=name,
+            capacity=capacity,
+            engine_id=str(labels[ENGINE_ID_LABEL]) if labels.get(ENGINE_ID_LABEL) else None,
+        )
+    return out, problems
+
+
+def _annotation_int(
+    annotations: Mapping[str, Any],
+    key: str,
+    pod: str,
+    problems: list[str],
+    upper: int = 1_000_000,
+) -> int | None:
+    raw = annotations.get(key)
+    if raw is None:
+        return None
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        value = 0
+    if not 0 < value <= upper:
+        problems.append(
+            f"pod {pod}: annotation {key} must be an integer from 1 to {upper}, got {raw!r}"
+        )
+        return None
+    return value
+
+
+class ObjectCache:
+    """The watched objects by namespace/name, kept current by list results and watch events."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, JSONDict] = {}
+
+    @staticmethod
+    def _key(obj: Mapping[str, Any]) -> str:
+        meta = obj.get("metadata") or {}
+        return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+    def replace(self, items: Iterable[JSONDict]) -> None:
+        self.objects = {self._key(obj): obj for obj in items}
+
+    def apply(self, kind: str, obj: JSONDict) -> None:
+        if kind in ("ADDED", "MODIFIED"):
+            self.objects[self._key(obj)] = obj
+        elif kind == "DELETED":
+            self.objects.pop(self._key(obj), None)
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+class KubernetesApiError(Exception):
+    """A list or watch that did not get what it asked for."""
+
+    outage = "error"
+    """What kind of outage this is: a new kind is logged, a repeat is not."""
+
+
+class ApiUnreachable(KubernetesApiError):
+    outage = "unreachable"
+
+
+class ApiRefused(KubernetesApiError):
+    outage = "refused"
+
+
+class ApiGone(KubernetesApiError):
+    outage = "gone"
+
+
+class ApiStatusError(KubernetesApiError):
+    outage = "status"
+
+
+class WatchBroken(Exception):
+    """An established watch stream ended without its closing; rewatching is routine."""
+
+
+def _status_error(code: int, body: str, what: str) -> KubernetesApiError:
+    """The error for an HTTP status (or an ERROR watch event's Status) from the API server."""
+    try:
+        status = json.loads(body)
+        message = str(status.get("message") or status.get("reason") or body)
+    except (ValueError, AttributeError):
+        message = body.strip()[:200] or "no message"
+    text = f"{what}: HTTP {code}: {message}"
+    if code in (401, 403):
+        return ApiRefused(text)
+    if code == 410:
+        return ApiGone(text)
+    return ApiStatusError(text)
+
+
+# -- the client adapter --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: str
+    """ADDED, MODIFIED, DELETED or BOOKMARK."""
+    object: JSONDict
+    resource_version: str
+
+
+class KubeObjects:
+    """The list and watch calls for one kind, through the kubernetes client, as plain JSON.
+
+    Objects stay the API's JSON (camelCase dicts) rather than the client's models: the pure
+    functions above read them as the documentation shows them, and tests can write them so.
+    """
+
+    def __init__(
+        self, api_client: Any, source: Source, namespace: str, label_selector: str
+    ) -> None:
+        self.api_client = api_client
+        self.namespace = namespace
+        self.label_selector = label_selector
+        if source == "pods":
+            self.what = f"pods matching {label_selector} in namespace {namespace}"
+            core = k8s_client.CoreV1Api(api_client)
+            self._call = core.list_namespaced_pod_without_preload_content
+        else:
+            self.what = f"endpointslices with {label_selector} in namespace {namespace}"
+            self._call = k8s_client.DiscoveryV1Api(
+                api_client
+            ).list_namespaced_endpoint_slice_without_preload_content
+
+    async def list(self) -> tuple[list[JSONDict], str]:
+        """The objects and the collection's resourceVersion to watch from."""
+        try:
+            resp = await self._call(
+                self.namespace,
+                label_selector=self.label_selector,
+                _request_timeout=_LIST_TIMEOUT,
+            )
+            try:
+                body = await resp.text()
+            finally:
+                resp.release()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ApiUnreachable(f"listing {self.what}: {_describe(exc)}") from exc
+        if resp.status != 200:
+            raise _status_error(resp.status, body, f"listing {self.what}")
+        try:
+            doc = json.loads(body)
+            items = [item for item in doc.get("items") or () if isinstance(item, dict)]
+            version = str((doc.get("metadata") or {}).get("resourceVersion") or "")
+        except (ValueError, AttributeError) as exc:
+            raise ApiStatusError(f"listing {self.what}: not a list: {body[:200]!r}") from exc
+        return items, version
+
+    async def watch(self, resource_version: str, timeout: float) -> AsyncIterator[WatchEvent]:
+        """Events after ``resource_version`` for up to ``timeout`` seconds, bookmarks included."""
+        try:
+            resp = await self._call(
+                self.namespace,
+                label_selector=self.label_selector,
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=max(1, round(timeout)),
+                # the server ends the watch at timeout_seconds; the margin only catches a
+                # connection that went silent without closing
+                _request_timeout=float(timeout + 30),
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ApiUnreachable(f"watching {self.what}: {_describe(exc)}") from exc
+        try:
+            if resp.status != 200:
+                raise _status_error(resp.status, await resp.text(), f"watching {self.what}")
+            while True:
+                try:
+                    line = await resp.content.readline()
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    raise WatchBroken(f"watch of {self.what} broke: {_describe(exc)}") from exc
+                if not line:
+                    return
+                if line.strip():
+                    yield self._event(line)
+        finally:
+            resp.release()
+
+    def _event(self, line: bytes) -> WatchEvent:
+        try:
+            doc = json.loads(line)
+            kind, obj = str(doc["type"]), doc["object"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise WatchBroken(f"watch of {self.what} sent {line[:200]!r}") from exc
+        if kind == "ERROR":
+            code = int(obj.get("code") or 500)
+            raise _status_error(code, json.dumps(obj), f"watching {self.what}")
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        return WatchEvent(kind, obj, version)
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+async def connect(settings: Settings) -> Any:
+    """An ApiClient from the in-cluster service account, or from the kubeconfig.
+
+    Raises ``SettingsError`` when the configuration cannot be loaded at all: there is nothing
+    to retry then, and start-up should stop with one line.
+    """
+    configuration = k8s_client.Configuration()
+    try:
+        if settings.in_cluster_config:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        else:
+            path = settings.kubeconfig or str(Path("~/.kube/config").expanduser())
+            await k8s_config.load_kube_config(
+                config_file=path, client_configuration=configuration, persist_config=False
+            )
+    except (k8s_config.ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
+        source = (
+            "IN_CLUSTER_CONFIG=true: the pod's service account"
+            if settings.in_cluster_config
+            else f"IN_CLUSTER_CONFIG=false: kubeconfig {settings.kubeconfig or '~/.kube/config'}"
+        )
+        raise SettingsError(f"DISCOVERY_MODE=kubernetes: cannot load {source}: {exc}") from exc
+    return k8s_client.ApiClient(configuration)
+
+
+def check_settings(settings: Settings) -> None:
+    """Fail at start-up, with one line, on a configuration that can never connect."""
+    if settings.in_cluster_config:
+        configuration = k8s_client.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        except k8s_config.ConfigException as exc:
+            raise SettingsError(
+                f"IN_CLUSTER_CONFIG=true but this is not a Kubernetes pod ({exc}); set"
+                " IN_CLUSTER_CONFIG=false to use a kubeconfig (KUBECONFIG)"
+            ) from exc
+        return
+    path = settings.kubeconfig or str(Path("~/.kube/config").expanduser())
+    if not Path(path).is_file():
+        # checked here: the client only logs a warning of its own and then fails on a key
+        raise SettingsError(
+            f"IN_CLUSTER_CONFIG=false: cannot read the kubeconfig {path} (KUBECONFIG): no such file"
+        )
+    try:
+        k8s_config.list_kube_config_contexts(path)
+    except (k8s_config.ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
+        raise SettingsError(
+            f"IN_CLUSTER_CONFIG=false: cannot read the kubeconfig {path} (KUBECONFIG): {exc}"
+        ) from exc
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+
+class KubernetesDiscovery:
+    """List, watch, report; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: Source | None = None,
+        backoff_max: float = _BACKOFF_MAX,
+    ) -> None:
+        self.settings = settings
+        self.source: Source = source or settings.k8s_discovery_source
+        self.interval = max(settings.discovery_interval, 1.0)
+        self.backoff_max = backoff_max
+        self.resource_version = ""
+        """The last resourceVersion seen, from a list, an event or a bookmark."""
+        self.cache = ObjectCache()
+        self.lists = 0
+        self._outage: str | None = None
+        self._problems_seen: set[str] = set()
+        self._report: AddressSink | None = None
+        self._known = 0
+
+    @property
+    def label_selector(self) -> str:
+        if self.source == "pods":
+            return self.settings.k8s_label_selector
+        return f"{SERVICE_NAME_LABEL}={self.settings.k8s_service_name}"
+
+    async def run(self, report: AddressSink) -> None:
+        self._report = report
+        delay = _BACKOFF_FIRST
+        while True:
+            try:
+                api_client = await connect(self.settings)
+                break
+            except SettingsError as exc:
+                # checked at start-up, so a token or file that went away since: wait for it
+                self._trouble(ApiUnreachable(str(exc)))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+        objects = KubeObjects(
+            api_client, self.source, self.settings.k8s_namespace, self.label_selector
+        )
+        try:
+            while True:
+                try:
+                    await self._list_and_watch(objects)
+                    delay = _BACKOFF_FIRST
+                except KubernetesApiError as exc:
+                    self._trouble(exc)
+                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                    delay = min(delay * 2, self.backoff_max)
+        finally:
+            await api_client.close()
+
+    async def _list_and_watch(self, objects: KubeObjects) -> None:
+        """One list and the watches after it, until the resync is due or the API says 410."""
+        items, self.resource_version = await objects.list()
+        self.lists += 1
+        self.cache.replace(items)
+        self._recovered(objects.what)
+        self._publish()
+        loop = asyncio.get_running_loop()
+        resync_at = loop.time() + self.interval
+        delay = _BACKOFF_FIRST
+        while (remaining := resync_at - loop.time()) > 0:
+            started = loop.time()
+            try:
+                async with asyncio.timeout(remaining + 5):
+                    async for event in objects.watch(self.resource_version, remaining):
+                        delay = _BACKOFF_FIRST
+                        if event.resource_version:
+                            self.resource_version = event.resource_version
+                        if event.type != "BOOKMARK":
+                            self.cache.apply(event.type, event.object)
+                            self._publish()
+            except ApiGone as exc:
+                log.info("relisting: %s", exc)
+                return
+            except (WatchBroken, TimeoutError) as exc:
+                # routine (API server restarts, idle connections cut by a proxy): rewatch from
+                # where we were; a rewatch that cannot connect is an outage, raised from there
+                log.info("rewatching %s from %s: %s", objects.what, self.resource_version, exc)
+            else:
+                if loop.time() - started > 1.0:
+                    continue  # the server closed a watch that had run its course
+            # a watch that ends as soon as it starts must not become a busy loop
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.backoff_max)
+
+    def engines(self) -> dict[str, EngineHint]:
+        """The engines the cache holds now."""
+        objs = self.cache.objects.values()
+        if self.source == "pods":
+            engines, problems = engines_from_pods(objs, self.settings.engine_port)
+            for problem in problems:
+                if problem not in self._problems_seen:
+                    self._problems_seen.add(problem)
+                    log.warning("%s; using the default", problem)
+            return engines
+        return engines_from_endpoint_slices(objs)
+
+    def _publish(self) -> None:
+        engines = self.engines()
+        self._known = len(engines)
+        assert self._report is not None
+        self._report(set(engines), engines)
+
+    def _trouble(self, exc: KubernetesApiError) -> None:
+        if self._outage == exc.outage:
+            return
+        self._outage = exc.outage
+        if isinstance(exc, ApiRefused):
+            log.error(
+                "Kubernetes API refused discovery: %s. The orchestrator's ServiceAccount needs"
+                " get, list and watch on %s in namespace %s (deployments/rbac.yaml); keeping the"
+                " %d engines known until it is allowed",
+                exc,
+                "pods" if self.source == "pods" else "endpointslices.discovery.k8s.io",
+                self.settings.k8s_namespace,
+                self._known,
+                extra={"event": "discovery.refused"},
+            )
+        elif isinstance(exc, ApiUnreachable):
+            log.error(
+                "Kubernetes API unreachable: %s; keeping the %d engines known and retrying",
+                exc,
+                self._known,
+                extra={"event": "discovery.unreachable"},
+            )
+        else:
+            log.error(
+                "Kubernetes discovery failed: %s; keeping the %d engines known and retrying",
+                exc,
+                self._known,
+                extra={"event": "discovery.failed"},
+            )
+
+    def _recovered(self, what: str) -> None:
+        if self._outage is not None:
+            log.info("Kubernetes API answering again: watching %s", what)
+        self._outage = None

@@ -1,0 +1,332 @@
+"""Sub-workflows: a node that runs another workflow as a child execution.
+
+A sub-workflow node's engine announces it with ``subworkflow.requested`` on the parent's stream
+and waits. The coordinator starts the child like any execution (stored first, routed by the
+ring, so possibly on another engine), keyed by the parent node's item and attempt, and tells
+the parent's engine which child it got; when the child ends, ``ResolveSubWorkflow`` ends the
+node with the child's outputs or its status and error.
+
+Nothing here needs to survive a crash in memory: the parent/child links are in the store. A
+parent resumed on another engine asks again for the same item and attempt and finds the child
+it already has, running or finished, instead of starting a second one. Cancelling runs down
+the tree: a parent that ends, or whose waiting node fails, times out or retries, cancels the
+children it no longer waits for, and they cancel theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from engine import wire
+from engine.api import dagengine_pb2 as pb
+from engine.core.errors import InputsError
+from engine.core.states import EXECUTION_TERMINAL
+from engine.core.values import JSON, JSONObject
+from orchestrator.dispatching import RunTicket
+from orchestrator.errors import OrchestratorError
+from orchestrator.fleet import EngineLink
+from orchestrator.store import ChildLink, Store
+
+log = logging.getLogger(__name__)
+
+RESOLVE_TIMEOUT = 10.0
+"""Seconds an engine gets to take a sub-workflow answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildRequest:
+    """A parent node (one item, one attempt) asking for a child execution."""
+
+    parent_execution_id: str
+    node_id: str
+    item: int | None
+    attempt: int
+    workflow_id: str
+    version: str
+    """The range the parent's spec names."""
+    inputs: JSON
+
+
+@dataclass(frozen=True, slots=True)
+class ChildStarted:
+    execution_id: str
+    version: str
+    created: bool
+    """False: the parent node already had this child (a resumed parent asking again)."""
+
+
+Track = Callable[[str], None]
+StartChild = Callable[[ChildRequest, Track], Awaitable[ChildStarted]]
+"""Store (or find) the child; calls ``track`` with its id before it can be dispatched."""
+CancelExecution = Callable[[str, str], Awaitable[object]]
+
+
+class ParentLinks(Protocol):
+    def link_of(self, execution_id: str) -> EngineLink | None:
+        """The engine whose stream carries this execution now, if any."""
+
+
+class SubWorkflows:
+    """Starts, re-attaches, resolves and cancels child executions."""
+
+    def __init__(
+        self,
+        store: Store,
+        links: ParentLinks,
+        *,
+        start_child: StartChild,
+        cancel: CancelExecution,
+        has_subworkflows: Callable[[str, str], bool],
+    ) -> None:
+        self._store = store
+        self._links = links
+        self._start_child = start_child
+        self._cancel = cancel
+        self._has_subworkflows = has_subworkflows
+        self._live: dict[str, ChildLink] = {}  # child execution id -> its parent node
+        self._by_parent: dict[str, set[str]] = {}  # parent execution id -> live children
+        self._tasks: set[asyncio.Task[None]] = set()
+        # one parent node attempt's answers in order: the announcement before the result
+        self._locks: dict[tuple[str, str, int | None, int], asyncio.Lock] = {}
+
+    async def start(self) -> None:
+        """Take up the links of children a previous run left unfinished."""
+        for link in await self._store.live_children():
+            self._track(link)
+            parent = await self._store.lineage(link.parent_execution_id)
+            if parent is None or parent.status in EXECUTION_TERMINAL:
+                # the parent ended while its child was still queued or running
+                self._spawn(self._cancel_child(link.execution_id, "its parent execution ended"))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- what the dispatcher and the facade report -------------------------------------------
+
+    def on_events(self, ticket: RunTicket, link: EngineLink, events: list[JSONObject]) -> None:
+        """Events of a run just stored: requests for children, and ends of waiting nodes."""
+        if not self._has_subworkflows(ticket.workflow_id, ticket.version):
+            return
+        parent_id = ticket.execution_id
+        for event in events:
+            kind = event["type"]
+            if kind == "subworkflow.requested":
+                self._spawn(self._requested(parent_id, event))
+            elif kind in ("node.retrying", "node.failed", "node.cancelled"):
+                self._node_ended(parent_id, event)
+
+    def finished(self, execution_id: str, event: JSONObject) -> None:
+        """An execution ended: resolve the parent node waiting on it, cancel its children."""
+        link = self._untrack(execution_id)
+        if link is not None and link.node_id:
+            kind = str(event.get("type", ""))
+            data = event.get("data")
+            data = data if isinstance(data, dict) else {}
+            error = data.get("error")
+            self._spawn(
+                self._resolve(
+                    link,
+                    execution_id,
+                    str(event.get("version") or ""),
+                    kind.split(".", 1)[1] if "." in kind else "failed",
+                    data.get("outputs"),
+                    error if isinstance(error, str) else None,
+                )
+            )
+        for child in list(self._by_parent.get(execution_id, ())):
+            self._spawn(self._cancel_child(child, "its parent execution ended"))
+
+    # -- inside ------------------------------------------------------------------------------
+
+    def _track(self, link: ChildLink) -> None:
+        self._live[link.execution_id] = link
+        self._by_parent.setdefault(link.parent_execution_id, set()).add(link.execution_id)
+
+    def _untrack(self, execution_id: str) -> ChildLink | None:
+        link = self._live.pop(execution_id, None)
+        if link is not None:
+            siblings = self._by_parent.get(link.parent_execution_id)
+            if siblings is not None:
+                siblings.discard(execution_id)
+                if not siblings:
+                    del self._by_parent[link.parent_execution_id]
+        return link
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _node_ended(self, parent_id: str, event: JSONObject) -> None:
+        """A waiting node gave up on an attempt (failed, timed out, retrying, cancelled): the
+        children of that attempt are no longer waited for."""
+        node_id = event.get("node_id")
+        data = event.get("data")
+        item = data.get("item") if isinstance(data, dict) else None
+        retrying = event["type"] == "node.retrying"
+        for child in list(self._by_parent.get(parent_id, ())):
+            link = self._live.get(child)
+            if link is None or link.node_id != node_id:
+                continue
+            if retrying and (link.item != item or link.attempt != event.get("attempt")):
+                continue
+            self._spawn(self._cancel_child(child, f"its parent node {node_id!r} ended"))
+
+    async def _cancel_child(self, child_id: str, reason: str) -> None:
+        try:
+            await self._cancel(child_id, reason)
+        except OrchestratorError as exc:
+            log.warning("cancel of sub-workflow execution %s failed: %s", child_id, exc)
+
+    async def _requested(self, parent_id: str, event: JSONObject) -> None:
+        data = event.get("data")
+        data = data if isinstance(data, dict) else {}
+        item = data.get("item")
+        attempt = event.get("attempt")
+        request = ChildRequest(
+            parent_execution_id=parent_id,
+            node_id=str(event.get("node_id") or ""),
+            item=item if isinstance(item, int) else None,
+            attempt=attempt if isinstance(attempt, int) else 1,
+            workflow_id=str(data.get("workflow_id") or ""),
+            version=str(data.get("version") or "latest"),
+            inputs=data.get("inputs"),
+        )
+        try:
+            await self.execute(request)
+        except (OrchestratorError, InputsError) as exc:
+            # the child cannot run (no such workflow, bad inputs, depth limit): the node fails
+            # with why, and its retry policy decides what happens next
+            await self._answer(
+                ChildLink("", parent_id, request.node_id, request.item, request.attempt),
+                error=f"sub-workflow {request.workflow_id}: {exc}",
+            )
+        except Exception as exc:  # from inside the store or the registry: keep serving
+            log.exception("starting a sub-workflow for %s node %s failed", parent_id, request)
+            await self._answer(
+                ChildLink("", parent_id, request.node_id, request.item, request.attempt),
+                error=f"sub-workflow {request.workflow_id}: {exc}",
+            )
+
+    async def execute(self, request: ChildRequest) -> ChildStarted:
+        """Start the child of a parent node's item and attempt, or find the one it has, and
+        tell the parent's engine. Raises ``OrchestratorError`` when it cannot start."""
+        key = (request.parent_execution_id, request.node_id, request.item, request.attempt)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            started = await self._start_child(
+                request,
+                lambda child_id: self._track(
+                    ChildLink(
+                        child_id,
+                        request.parent_execution_id,
+                        request.node_id,
+                        request.item,
+                        request.attempt,
+                    )
+                ),
+            )
+            link = ChildLink(
+                started.execution_id,
+                request.parent_execution_id,
+                request.node_id,
+                request.item,
+                request.attempt,
+            )
+            if not started.created:
+                doc = await self._store.get_execution(started.execution_id)
+                if doc is not None and doc["status"] in EXECUTION_TERMINAL:
+                    # found again after a failover and already over: answer at once
+                    self._untrack(started.execution_id)
+                    await self._answer(
+                        link,
+                        child_version=started.version,
+                        child_status=str(doc["status"]),
+                        output=doc["outputs"],
+                        error=None if doc["error"] is None else str(doc["error"]),
+                    )
+                    return started
+            if request.node_id:
+                # the parent's timeline records subworkflow.started with the child's id
+                await self._answer(link, child_version=started.version, announce=True)
+        return started
+
+    async def _resolve(
+        self,
+        link: ChildLink,
+        child_id: str,
+        version: str,
+        status: str,
+        outputs: JSON,
+        error: str | None,
+    ) -> None:
+        key = (link.parent_execution_id, link.node_id or "", link.item, link.attempt)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:  # after the announcement, if that is still on its way
+            await self._answer(
+                ChildLink(
+                    child_id, link.parent_execution_id, link.node_id, link.item, link.attempt
+                ),
+                child_version=version,
+                child_status=status,
+                output=outputs,
+                error=error,
+            )
+        if not lock.locked():
+            self._locks.pop(key, None)
+
+    async def _answer(
+        self,
+        link: ChildLink,
+        *,
+        child_version: str = "",
+        child_status: str = "",
+        output: JSON = None,
+        error: str | None = None,
+        announce: bool = False,
+    ) -> None:
+        """Tell the parent's engine; a parent not on any stream now asks again when it resumes,
+        and an answer its node no longer waits for is refused by the engine, harmlessly."""
+        engine = self._links.link_of(link.parent_execution_id)
+        if engine is None:
+            return
+        request = pb.ResolveSubWorkflowRequest(
+            execution_id=link.parent_execution_id,
+            node_id=link.node_id or "",
+            attempt=link.attempt,
+            child_execution_id=link.execution_id,
+            child_version=child_version,
+            child_status=child_status,
+        )
+        if link.item is not None:
+            request.item = link.item
+        if not announce:
+            if child_status == "succeeded":
+                request.output_json = wire.dumps(output if output is not None else {})
+            else:
+                request.error = _failure(link.execution_id, child_status, error)
+        try:
+            await engine.stub.ResolveSubWorkflow(request, timeout=RESOLVE_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            log.info(
+                "sub-workflow answer for %s node %s not taken by %s: %s",
+                link.parent_execution_id,
+                link.node_id,
+                engine.key,
+                exc.details(),
+            )
+
+
+def _failure(child_id: str, status: str, error: str | None) -> str:
+    if not child_id:
+        return error or "the sub-workflow could not start"
+    text = f"sub-workflow execution {child_id} ended {status or 'failed'}"
+    return f"{text}: {error}" if error else text

@@ -1,0 +1,956 @@
+"""Triggers: cron schedules and HTTP endpoints that start executions.
+
+Each trigger implements ``Trigger`` (id, type, start, stop, is_active, describe); cron and HTTP
+are two kinds, and a new kind plugs in beside them. ``Triggers`` holds them all, keeps them in
+step with the store (triggers made through the API) and the registry (those of each workflow's
+latest spec), and answers the API.
+
+The one idea: a cron slot fires at most once. Its row in ``trigger_fires`` (unique per trigger
+and scheduled instant) is written in the same durable transaction as the execution it starts,
+before that run is dispatched; a slot skipped or missed gets its row too. After a restart the
+newest row of each trigger says where its schedule stands, and the slots since then get the
+trigger's catch-up policy. Slot arithmetic is the pure ``orchestrator.schedule``; ``CronLoop``
+sleeps until the earliest next slot of all triggers (a heap) and never polls them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import hmac
+import itertools
+import json
+import logging
+import re
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar, Final, Protocol, cast
+
+import grpc
+
+from engine.core.errors import EngineError
+from engine.core.events import isoformat
+from engine.core.spec import CronTrigger as CronSpec
+from engine.core.spec import HttpTrigger as HttpSpec
+from engine.core.spec import WorkflowSpec
+from engine.core.values import JSON, JSONObject
+from orchestrator.errors import NotFound, OrchestratorError
+from orchestrator.schedule import (
+    Catchup,
+    Overlap,
+    Schedule,
+    ScheduleError,
+    overlap_action,
+    plan_catchup,
+)
+from orchestrator.store import SlotTaken, Store, StoredTrigger, TriggerFire
+from orchestrator.versions import Registry
+
+log = logging.getLogger(__name__)
+
+TRIGGER_ID: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+LATE_GRACE: Final = 30.0
+"""A slot the loop reaches later than this (the process stalled, the machine slept) is treated
+as missed: the trigger's catch-up policy decides, as after downtime."""
+UPCOMING: Final = 3
+"""Next fire times shown per cron trigger."""
+SIGNATURE_HEADERS: Final = ("X-Signature-256", "X-Hub-Signature-256")
+_CREATE_FIELDS: Final = (
+    "id",
+    "workflow_id",
+    "version",
+    "cron",
+    "timezone",
+    "overlap",
+    "catchup",
+    "inputs",
+    "paused",
+)
+_OVERLAPS: Final = ("skip", "allow", "cancel_previous")
+_CATCHUPS: Final = ("none", "latest", "all")
+_RUNNING: Final = frozenset({"queued", "running"})
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class InvalidTrigger(OrchestratorError):
+    http_status = 400
+    code = "invalid_trigger"
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class TriggerConflict(OrchestratorError):
+    """An id or HTTP path already taken, or a change a spec trigger does not allow."""
+
+    http_status = 409
+    code = "trigger_conflict"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class TriggerPaused(OrchestratorError):
+    http_status = 409
+    code = "trigger_paused"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class TriggerUnauthorized(OrchestratorError):
+    http_status = 401
+    code = "unauthorized"
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class TriggerForbidden(OrchestratorError):
+    http_status = 403
+    code = "forbidden"
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class TriggerSecretMissing(OrchestratorError):
+    """The spec names an environment variable the orchestrator was not started with."""
+
+    http_status = 503
+    code = "trigger_secret_missing"
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+# -- what the triggers need from the orchestrator ----------------------------------------------
+
+
+class Host(Protocol):
+    store: Store
+    registry: Registry
+
+    async def execute(
+        self,
+        workflow_id: str,
+        *,
+        inputs: JSON,
+        version: str | None,
+        idempotency_key: str | None,
+        wait: float | None,
+        fire: TriggerFire | None = None,
+    ) -> tuple[JSONObject, bool]: ...
+    async def cancel(self, execution_id: str, reason: str) -> JSONObject: ...
+    def publish(self, events: list[JSONObject]) -> None: ...
+
+
+# -- the interface ----------------------------------------------------------------------------
+
+
+class Trigger(ABC):
+    """Something that starts executions of one workflow. ``start`` arms it, ``stop`` disarms
+    it; a paused trigger stays known (listed, resumable) but inactive."""
+
+    type: ClassVar[str]
+
+    def __init__(self, row: StoredTrigger) -> None:
+        self.id = row.id
+        self.workflow_id = row.workflow_id
+        self.source = row.source
+        self.version = row.version
+        self.paused = row.paused
+        self.since = row.since
+        self.created_at = row.created_at
+        self._started = False
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    def is_active(self) -> bool:
+        return self._started and not self.paused
+
+    def describe(self, now: float) -> JSONObject:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "workflow_id": self.workflow_id,
+            "version": self.version,
+            "source": self.source,
+            "paused": self.paused,
+            "active": self.is_active(),
+            "created_at": isoformat(self.created_at),
+        }
+
+
+class CronTrigger(Trigger):
+    type = "cron"
+
+    def __init__(self, row: StoredTrigger, loop: CronLoop) -> None:
+        super().__init__(row)
+        config = row.config
+        self.cron = str(config["cron"])
+        self.timezone = str(config.get("timezone") or "UTC")
+        self.overlap = cast(Overlap, config.get("overlap") or "skip")
+        self.catchup = cast(Catchup, config.get("catchup") or "latest")
+        inputs = config.get("inputs")
+        self.inputs: JSONObject = inputs if isinstance(inputs, dict) else {}
+        self.schedule = Schedule(self.cron, self.timezone)
+        self.last_slot = row.last_slot
+        self.last_execution_id = row.last_execution_id
+        self.next_slot: float | None = None
+        self.lock = asyncio.Lock()  # one slot at a time, in order
+        self._loop = loop
+
+    @property
+    def anchor(self) -> float:
+        """Slots after this instant are still to be decided."""
+        return max(self.since, self.last_slot or 0.0)
+
+    async def start(self) -> None:
+        self._started = True
+        if not self.paused:
+            self._loop.arm(self, self._loop.clock())
+
+    async def stop(self) -> None:
+        self._started = False
+        self.next_slot = None  # its heap entry is dropped when reached
+
+    def describe(self, now: float) -> JSONObject:
+        doc = super().describe(now)
+        upcoming: list[JSON] = (
+            [isoformat(t) for t in self.schedule.upcoming(max(now, self.anchor), UPCOMING)]
+            if not self.paused
+            else []
+        )
+        doc.update(
+            {
+                "cron": self.cron,
+                "timezone": self.timezone,
+                "overlap": self.overlap,
+                "catchup": self.catchup,
+                "inputs": self.inputs,
+                "next_fire_times": upcoming,
+                "last_scheduled_time": isoformat(self.last_slot),
+                "last_execution_id": self.last_execution_id,
+            }
+        )
+        return doc
+
+
+class HttpTrigger(Trigger):
+    """A spec's ``http.path``: its own auth (a bearer token or an HMAC of the body, from the
+    environment variable the spec names); without either, the API token rule applies."""
+
+    type = "http"
+
+    def __init__(self, row: StoredTrigger, routes: dict[str, HttpTrigger]) -> None:
+        super().__init__(row)
+        config = row.config
+        self.path = str(config["path"])
+        self.bearer_env = _opt_str(config.get("bearer_env"))
+        self.hmac_env = _opt_str(config.get("hmac_env"))
+        self.raw_body = bool(config.get("raw_body"))
+        self._routes = routes
+
+    async def start(self) -> None:
+        self._started = True
+        self._routes[self.path] = self
+
+    async def stop(self) -> None:
+        self._started = False
+        if self._routes.get(self.path) is self:
+            del self._routes[self.path]
+
+    def describe(self, now: float) -> JSONObject:
+        doc = super().describe(now)
+        auth = "bearer" if self.bearer_env else "hmac" if self.hmac_env else None
+        doc.update(
+            {
+                "path": self.path,
+                "auth": auth,
+                "secret_env": self.bearer_env or self.hmac_env,
+                "raw_body": self.raw_body,
+            }
+        )
+        return doc
+
+    def authenticate(
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        environ: Mapping[str, str],
+        api_token: str | None,
+    ) -> None:
+        """Refuse the request unless it carries what this trigger asks for: 401 when nothing
+        was sent, 403 when it does not match; compared in constant time."""
+        if self.hmac_env is not None:
+            key = self._secret(self.hmac_env, environ)
+            given = next((headers[h] for h in SIGNATURE_HEADERS if headers.get(h)), "")
+            if not given:
+                raise TriggerUnauthorized(
+                    f"{self.path} needs an X-Signature-256: sha256=<hex> header, the "
+                    "HMAC-SHA256 of the body"
+                )
+            scheme, _, digest = given.strip().partition("=")
+            expected = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+            if scheme.lower() != "sha256" or not hmac.compare_digest(
+                digest.strip().lower().encode(), expected.encode()
+            ):
+                raise TriggerForbidden(f"the signature does not match the body sent to {self.path}")
+            return
+        token = self._secret(self.bearer_env, environ) if self.bearer_env is not None else api_token
+        if token is None:
+            return
+        scheme, _, given = headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise TriggerUnauthorized(f"{self.path} needs Authorization: Bearer <token>")
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise TriggerForbidden(f"the bearer token is not valid for {self.path}")
+
+    def _secret(self, name: str, environ: Mapping[str, str]) -> str:
+        value = environ.get(name)
+        if not value:
+            raise TriggerSecretMissing(
+                f"the trigger on {self.path} reads its secret from the environment variable "
+                f"{name}, which is not set on the orchestrator: nothing is accepted here until "
+                "it is",
+                {"variable": name, "path": self.path},
+            )
+        return value
+
+
+def _opt_str(value: JSON) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+# -- the cron loop ----------------------------------------------------------------------------
+
+
+class CronLoop:
+    """Sleeps until the earliest next slot of every armed cron trigger (a heap).
+
+    An entry is live while its slot is its trigger's ``next_slot``: disarming or re-arming a
+    trigger leaves the old entry behind, to be dropped when it comes up. ``on_due`` is told of
+    each slot reached and returns the trigger's next slot (or None).
+    """
+
+    def __init__(
+        self,
+        on_due: Callable[[CronTrigger, float, float], float | None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.clock = clock
+        self._on_due = on_due
+        self._heap: list[tuple[float, int, CronTrigger]] = []
+        self._order = itertools.count()
+        self._changed = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def arm(self, trigger: CronTrigger, after: float) -> None:
+        """Schedule the first slot of ``trigger`` after ``after`` (and after its anchor)."""
+        try:
+            slot = trigger.schedule.next_after(max(after, trigger.anchor))
+        except ScheduleError as exc:
+            log.warning("trigger %s will not fire again: %s", trigger.id, exc)
+            trigger.next_slot = None
+            return
+        self.push(trigger, slot)
+
+    def push(self, trigger: CronTrigger, slot: float) -> None:
+        trigger.next_slot = slot
+        first = self._heap[0][0] if self._heap else None
+        heapq.heappush(self._heap, (slot, next(self._order), trigger))
+        if first is None or slot < first:
+            self._changed.set()  # the sleeper wakes sooner
+
+    def run_due(self, now: float) -> int:
+        """Hand every slot at or before ``now`` to ``on_due``; returns how many."""
+        heap = self._heap
+        count = 0
+        while heap and heap[0][0] <= now:
+            slot, _, trigger = heapq.heappop(heap)
+            if trigger.next_slot != slot or not trigger.is_active():
+                continue  # stale: the trigger was paused, re-armed or removed
+            count += 1
+            upcoming = self._on_due(trigger, slot, now)
+            if upcoming is None:
+                trigger.next_slot = None
+            else:
+                self.push(trigger, upcoming)
+        return count
+
+    def next_wake(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    async def run(self) -> None:
+        while True:
+            self.run_due(self.clock())
+            self._changed.clear()
+            wake = self.next_wake()
+            delay = None if wake is None else max(0.0, wake - self.clock())
+            try:
+                await asyncio.wait_for(self._changed.wait(), delay)
+            except TimeoutError:
+                pass
+
+
+# -- all of them -------------------------------------------------------------------------------
+
+
+def _short_hash(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:8]
+
+
+def spec_trigger_rows(spec: WorkflowSpec, now: float) -> list[StoredTrigger]:
+    """The triggers a spec declares, as rows. Ids are stable across versions: a named cron
+    trigger is ``<workflow>:<name>``, others are keyed by their schedule and zone (cron) or
+    path (http), so a new version that keeps a schedule keeps its history and paused state."""
+    rows: list[StoredTrigger] = []
+    taken: set[str] = set()
+    for t in spec.triggers:
+        config: JSONObject
+        if isinstance(t, CronSpec):
+            key = t.id or f"cron-{_short_hash(t.cron, t.timezone)}"
+            kind = "cron"
+            config = {
+                "cron": t.cron,
+                "timezone": t.timezone,
+                "overlap": t.overlap,
+                "catchup": t.catchup,
+                "inputs": t.inputs,
+            }
+        else:
+            assert isinstance(t, HttpSpec)
+            key, kind = f"http-{_short_hash(t.path)}", "http"
+            config = {
+                "path": t.path,
+                "bearer_env": t.bearer_env,
+                "hmac_env": t.hmac_env,
+                "raw_body": t.raw_body,
+            }
+        tid = f"{spec.id}:{key}"
+        n = 2
+        while tid in taken:
+            tid, n = f"{spec.id}:{key}-{n}", n + 1
+        taken.add(tid)
+        rows.append(
+            StoredTrigger(tid, spec.id, kind, "spec", spec.version, config, False, now, now)
+        )
+    return rows
+
+
+class Triggers:
+    """Every trigger of the orchestrator, the cron loop, and the trigger API behind HTTP/gRPC."""
+
+    def __init__(
+        self,
+        host: Host,
+        *,
+        environ: Mapping[str, str] | None = None,
+        api_token: str | None = None,
+        catchup_limit: int = 100,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.host = host
+        self.store = host.store
+        self.environ: Mapping[str, str] = environ or {}
+        self.api_token = api_token
+        self.catchup_limit = catchup_limit
+        self.clock = clock
+        self.loop = CronLoop(self._due, clock)
+        self._triggers: dict[str, Trigger] = {}
+        self._routes: dict[str, HttpTrigger] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._seq = itertools.count(1)
+        self._lock = asyncio.Lock()  # API changes one at a time
+
+    # -- life -------------------------------------------------------------------------------
+
+    async def start(self, *, run_loop: bool = True) -> None:
+        """Load the triggers, bring spec triggers in line with the registry, catch up on
+        slots missed while down, and start the loop (tests drive ``tick`` instead)."""
+        now = self.clock()
+        stored = await self.store.load_triggers()
+        by_workflow: dict[str, list[StoredTrigger]] = {}
+        for row in stored:
+            if row.source == "spec":
+                by_workflow.setdefault(row.workflow_id, []).append(row)
+        syncs = []
+        for summary in self.host.registry.summaries():
+            workflow_id = str(summary["id"])
+            spec = self.host.registry.resolve_spec(workflow_id, "latest")
+            wanted = spec_trigger_rows(spec, now)
+            have = {(r.id, r.version, _canon(r.config)) for r in by_workflow.pop(workflow_id, [])}
+            if have != {(r.id, r.version, _canon(r.config)) for r in wanted}:
+                syncs.append(self.store.sync_spec_triggers(workflow_id, wanted))
+        for workflow_id in by_workflow:  # spec rows of a workflow the registry lacks
+            syncs.append(self.store.sync_spec_triggers(workflow_id, []))
+        if syncs:
+            await asyncio.gather(*syncs)
+            stored = await self.store.load_triggers()
+        for row in stored:
+            trigger = self._build(row)
+            if trigger is None:
+                continue
+            self._triggers[trigger.id] = trigger
+            if isinstance(trigger, CronTrigger) and not trigger.paused:
+                self._catch_up(trigger, now)
+            await trigger.start()
+        if run_loop:
+            self._runner = asyncio.get_running_loop().create_task(self.loop.run())
+        log.info(
+            "%d triggers (%d cron armed, %d HTTP paths)",
+            len(self._triggers),
+            sum(1 for t in self._triggers.values() if isinstance(t, CronTrigger)),
+            len(self._routes),
+        )
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+        for trigger in list(self._triggers.values()):
+            await trigger.stop()
+        if self._tasks:
+            # a fire in the middle of its store write is let finish: its slot is then decided
+            _, pending = await asyncio.wait(self._tasks, timeout=5)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def tick(self, now: float | None = None) -> int:
+        """Fire what is due at ``now`` and wait for it: the loop's step, for tests."""
+        count = self.loop.run_due(self.clock() if now is None else now)
+        await self.settle()
+        return count
+
+    async def settle(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _build(self, row: StoredTrigger) -> Trigger | None:
+        try:
+            if row.kind == "cron":
+                return CronTrigger(row, self.loop)
+            if row.kind == "http":
+                return HttpTrigger(row, self._routes)
+        except (ScheduleError, KeyError) as exc:
+            log.error("trigger %s cannot be loaded: %s", row.id, exc)
+            return None
+        log.error("trigger %s is of an unknown kind %r", row.id, row.kind)
+        return None
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.get_running_loop().create_task(cast(Any, work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- registrations ----------------------------------------------------------------------
+
+    def check_spec(self, spec: WorkflowSpec) -> None:
+        """Refuse a spec whose HTTP path another workflow serves, or which names a path twice."""
+        seen: set[str] = set()
+        for t in spec.triggers:
+            if isinstance(t, HttpSpec):
+                owner = self._routes.get(t.path)
+                if t.path in seen or (owner is not None and owner.workflow_id != spec.id):
+                    who = owner.workflow_id if owner is not None else spec.id
+                    raise TriggerConflict(
+                        f"the HTTP trigger path {t.path} is already served by workflow {who}",
+                        {"path": t.path, "workflow": who},
+                    )
+                seen.add(t.path)
+            elif isinstance(t, CronSpec):
+                try:
+                    Schedule(t.cron, t.timezone)
+                except ScheduleError as exc:
+                    raise InvalidTrigger(str(exc), {"cron": t.cron}) from exc
+
+    async def version_registered(self, spec: WorkflowSpec) -> None:
+        """A new latest version: its triggers replace the workflow's spec triggers. One kept
+        (same id) keeps its history and paused state and does not catch up."""
+        async with self._lock:
+            now = self.clock()
+            rows = await self.store.sync_spec_triggers(spec.id, spec_trigger_rows(spec, now))
+            kept = {r.id for r in rows}
+            for trigger in list(self._triggers.values()):
+                if (
+                    trigger.workflow_id == spec.id
+                    and trigger.source == "spec"
+                    and trigger.id not in kept
+                ):
+                    await trigger.stop()
+                    del self._triggers[trigger.id]
+            for row in rows:
+                old = self._triggers.pop(row.id, None)
+                if old is not None:
+                    await old.stop()
+                new = self._build(row)
+                if new is not None:
+                    self._triggers[new.id] = new
+                    await new.start()
+
+    # -- the API ----------------------------------------------------------------------------
+
+    def listing(self, workflow_id: str | None = None, limit: int = 500) -> list[JSONObject]:
+        """By workflow and id; computing next fire times costs, so the list is bounded."""
+        now = self.clock()
+        chosen = sorted(
+            (t for t in self._triggers.values() if workflow_id in (None, t.workflow_id)),
+            key=lambda t: (t.workflow_id, t.id),
+        )
+        return [t.describe(now) for t in chosen[:limit]]
+
+    def get(self, trigger_id: str) -> JSONObject:
+        return self._find(trigger_id).describe(self.clock())
+
+    def _find(self, trigger_id: str) -> Trigger:
+        trigger = self._triggers.get(trigger_id)
+        if trigger is None:
+            raise NotFound(f"no trigger {trigger_id!r}", {"trigger": trigger_id})
+        return trigger
+
+    async def create(self, body: JSON) -> JSONObject:
+        """A cron trigger made through the API (spec triggers come with their workflow)."""
+        row = self._validate_create(body)
+        # no API lock: the store's insert decides a race for one id, and creations made at
+        # once share commits
+        if row.id in self._triggers or not await self.store.create_trigger(row):
+            raise TriggerConflict(f"a trigger with id {row.id!r} exists", {"trigger": row.id})
+        trigger = self._build(row)
+        assert trigger is not None
+        self._triggers[trigger.id] = trigger
+        await trigger.start()
+        log.info("trigger %s created for %s", trigger.id, trigger.workflow_id)
+        return trigger.describe(self.clock())
+
+    def _validate_create(self, body: JSON) -> StoredTrigger:
+        if not isinstance(body, dict):
+            raise InvalidTrigger(
+                'the body must be a JSON object: {"workflow_id": ..., "cron": ...}'
+            )
+        unknown = sorted(set(body) - set(_CREATE_FIELDS))
+        if unknown:
+            raise InvalidTrigger(
+                f"unknown field(s) {', '.join(unknown)}", {"allowed": list(_CREATE_FIELDS)}
+            )
+
+        def text(name: str, default: str | None = None) -> str | None:
+            value = body.get(name, default)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise InvalidTrigger(f"{name} must be a non-empty string", {"field": name})
+            return value
+
+        workflow_id = text("workflow_id")
+        cron = text("cron")
+        if workflow_id is None or cron is None:
+            raise InvalidTrigger(
+                "workflow_id and cron are required", {"fields": ["workflow_id", "cron"]}
+            )
+        version = text("version", "latest")
+        self.host.registry.resolve(workflow_id, version)  # 404 / 400 before anything is stored
+        timezone = text("timezone", "UTC") or "UTC"
+        try:
+            Schedule(cron, timezone).next_after(self.clock())
+        except ScheduleError as exc:
+            field = "timezone" if "time zone" in str(exc) else "cron"
+            raise InvalidTrigger(str(exc), {"field": field}) from exc
+        overlap = text("overlap", "skip")
+        if overlap not in _OVERLAPS:
+            raise InvalidTrigger(
+                f"overlap must be one of {', '.join(_OVERLAPS)}, got {overlap!r}",
+                {"field": "overlap"},
+            )
+        catchup = text("catchup", "latest")
+        if catchup not in _CATCHUPS:
+            raise InvalidTrigger(
+                f"catchup must be one of {', '.join(_CATCHUPS)}, got {catchup!r}",
+                {"field": "catchup"},
+            )
+        inputs = body.get("inputs", {})
+        if not isinstance(inputs, dict):
+            raise InvalidTrigger("inputs must be a JSON object", {"field": "inputs"})
+        paused = body.get("paused", False)
+        if not isinstance(paused, bool):
+            raise InvalidTrigger("paused must be true or false", {"field": "paused"})
+        tid = text("id") or f"{workflow_id}.{secrets.token_hex(4)}"
+        if not TRIGGER_ID.fullmatch(tid):
+            raise InvalidTrigger(
+                f"id must match [a-z0-9][a-z0-9._-]{{0,62}}, got {tid!r}", {"field": "id"}
+            )
+        now = self.clock()
+        config: JSONObject = {
+            "cron": cron,
+            "timezone": timezone,
+            "overlap": overlap,
+            "catchup": catchup,
+            "inputs": inputs,
+        }
+        return StoredTrigger(tid, workflow_id, "cron", "api", version, config, paused, now, now)
+
+    async def pause(self, trigger_id: str) -> JSONObject:
+        async with self._lock:
+            trigger = self._find(trigger_id)
+            if not trigger.paused:
+                await self.store.set_trigger_paused(trigger_id, True, self.clock())
+                trigger.paused = True
+                if isinstance(trigger, CronTrigger):
+                    trigger.next_slot = None
+            log.info("trigger %s paused", trigger_id)
+            return trigger.describe(self.clock())
+
+    async def resume(self, trigger_id: str) -> JSONObject:
+        """Slots that passed while paused stay unfired: the schedule resumes from now."""
+        async with self._lock:
+            trigger = self._find(trigger_id)
+            if trigger.paused:
+                now = self.clock()
+                await self.store.set_trigger_paused(trigger_id, False, now)
+                trigger.paused = False
+                trigger.since = now
+                if isinstance(trigger, CronTrigger) and trigger.is_active():
+                    self.loop.arm(trigger, now)
+            log.info("trigger %s resumed", trigger_id)
+            return trigger.describe(self.clock())
+
+    async def delete(self, trigger_id: str) -> JSONObject:
+        async with self._lock:
+            trigger = self._find(trigger_id)
+            if trigger.source == "spec":
+                raise TriggerConflict(
+                    f"trigger {trigger_id} comes from the spec of {trigger.workflow_id}@"
+                    f"{trigger.version}: pause it, or register a version without it",
+                    {"trigger": trigger_id, "workflow": trigger.workflow_id},
+                )
+            await trigger.stop()
+            await self.store.delete_trigger(trigger_id)
+            del self._triggers[trigger_id]
+            log.info("trigger %s deleted", trigger_id)
+            return {"id": trigger_id, "deleted": True}
+
+    async def history(self, trigger_id: str, limit: int = 50) -> list[JSONObject]:
+        self._find(trigger_id)
+        return await self.store.trigger_history(trigger_id, limit)
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def route(self, path: str) -> HttpTrigger | None:
+        """The HTTP trigger serving ``path`` (a trailing slash is ignored), if any."""
+        found = self._routes.get(path)
+        if found is None and len(path) > 1 and path.endswith("/"):
+            found = self._routes.get(path.rstrip("/"))
+        return found
+
+    async def call(
+        self,
+        trigger: HttpTrigger,
+        *,
+        inputs: JSON,
+        version: str | None,
+        idempotency_key: str | None,
+        wait: float | None,
+    ) -> tuple[JSONObject, bool]:
+        """Start a run for an authenticated request to ``trigger``'s path."""
+        if trigger.paused:
+            raise TriggerPaused(f"the trigger on {trigger.path} is paused", {"trigger": trigger.id})
+        now = self.clock()
+        if isinstance(inputs, dict) and not trigger.raw_body:
+            inputs = {
+                **inputs,
+                "_trigger": {
+                    "type": "http",
+                    "id": trigger.id,
+                    "scheduled_time": None,
+                    "fired_at": isoformat(now),
+                },
+            }
+        doc, created = await self.host.execute(
+            trigger.workflow_id,
+            inputs=inputs,
+            version=version or trigger.version,
+            idempotency_key=idempotency_key,
+            wait=wait,
+        )
+        if created:
+            self._publish(
+                "trigger.fired",
+                "info",
+                trigger,
+                version=str(doc.get("version") or "") or None,
+                data={"execution_id": doc.get("id"), "path": trigger.path},
+            )
+        return doc, created
+
+    # -- firing -----------------------------------------------------------------------------
+
+    def _due(self, trigger: CronTrigger, slot: float, now: float) -> float | None:
+        """The loop reached ``slot``: fire it (or, when far behind, catch up) and say what
+        comes next."""
+        try:
+            if now - slot > LATE_GRACE:
+                self._spawn(self._catch_up_slots(trigger, since=slot - 0.5, now=now))
+                return trigger.schedule.next_after(now)
+            self._spawn(self._fire_in_turn(trigger, slot))
+            return trigger.schedule.next_after(slot)
+        except ScheduleError as exc:
+            log.warning("trigger %s will not fire again: %s", trigger.id, exc)
+            return None
+
+    def _catch_up(self, trigger: CronTrigger, now: float) -> None:
+        """At start: slots between the trigger's anchor and now get its catch-up policy. The
+        task takes the trigger's lock before the loop can fire the next slot."""
+        try:
+            behind = trigger.schedule.next_after(trigger.anchor) <= now
+        except ScheduleError:
+            return
+        if behind:
+            self._spawn(self._catch_up_slots(trigger, since=trigger.anchor, now=now))
+
+    async def _catch_up_slots(self, trigger: CronTrigger, *, since: float, now: float) -> None:
+        async with trigger.lock:
+            plan = plan_catchup(
+                trigger.schedule, trigger.catchup, since=since, now=now, bound=self.catchup_limit
+            )
+            if plan.missed and plan.last_missed is not None:
+                detail: JSONObject = {
+                    "count": plan.missed,
+                    "exact": plan.exact,
+                    "first_missed": isoformat(plan.first_missed),
+                    "last_missed": isoformat(plan.last_missed),
+                    "catchup": trigger.catchup,
+                    "firing": len(plan.fire),
+                }
+                fire = TriggerFire(trigger.id, plan.last_missed, self.clock())
+                if await self.store.record_slot(fire, "missed", detail):
+                    self._publish(
+                        "trigger.missed", "warning", trigger, slot=plan.last_missed, data=detail
+                    )
+                    log.warning(
+                        "trigger %s missed %s%d slots (catchup %s)",
+                        trigger.id,
+                        "" if plan.exact else "at least ",
+                        plan.missed,
+                        trigger.catchup,
+                    )
+                trigger.last_slot = max(trigger.last_slot or 0.0, plan.last_missed)
+            for slot in plan.fire:
+                await self._fire(trigger, slot, catchup=True)
+
+    async def _fire_in_turn(self, trigger: CronTrigger, slot: float) -> None:
+        async with trigger.lock:
+            await self._fire(trigger, slot)
+
+    async def _fire(self, trigger: CronTrigger, slot: float, *, catchup: bool = False) -> None:
+        """Decide one slot (under the trigger's lock): fire, skip, or cancel-and-fire."""
+        if not trigger.is_active() or (trigger.last_slot is not None and slot <= trigger.last_slot):
+            return
+        try:
+            await self._decide(trigger, slot, catchup)
+        except Exception:
+            # the slot stays undecided in the store; a restart's catch-up will see it
+            log.exception("trigger %s could not fire its slot at %s", trigger.id, isoformat(slot))
+
+    async def _decide(self, trigger: CronTrigger, slot: float, catchup: bool) -> None:
+        previous = trigger.last_execution_id
+        running = False
+        if previous is not None and trigger.overlap != "allow":
+            running = await self.store.execution_status(previous) in _RUNNING
+        action = overlap_action(trigger.overlap, running)
+        now = self.clock()
+        fire = TriggerFire(trigger.id, slot, now)
+        if action == "skip":
+            detail: JSONObject = {"reason": "previous run still going", "execution_id": previous}
+            if await self.store.record_slot(fire, "skipped", detail):
+                self._publish("trigger.skipped", "warning", trigger, slot=slot, data=detail)
+            trigger.last_slot = slot
+            return
+        if action == "cancel_previous" and previous is not None:
+            reason = f"cancelled by trigger {trigger.id}: its slot at {isoformat(slot)} is due"
+            self._spawn(self._cancel(previous, reason))
+        inputs: JSONObject = {
+            **trigger.inputs,
+            "_trigger": {
+                "type": "cron",
+                "id": trigger.id,
+                "scheduled_time": isoformat(slot),
+                "fired_at": isoformat(now),
+            },
+        }
+        try:
+            doc, _ = await self.host.execute(
+                trigger.workflow_id,
+                inputs=inputs,
+                version=trigger.version,
+                idempotency_key=None,
+                wait=None,
+                fire=fire,
+            )
+        except SlotTaken:
+            trigger.last_slot = slot  # decided before (by a previous process): never again
+            return
+        except (OrchestratorError, EngineError) as exc:
+            # refused (no such version any more, inputs, queue full): the slot is decided
+            message = exc.message if isinstance(exc, OrchestratorError) else str(exc)
+            detail = {"reason": "refused", "error": message}
+            if await self.store.record_slot(fire, "failed", detail):
+                self._publish("trigger.missed", "error", trigger, slot=slot, data=detail)
+            trigger.last_slot = slot
+            return
+        trigger.last_slot = slot
+        trigger.last_execution_id = str(doc["id"])
+        self._publish(
+            "trigger.fired",
+            "info",
+            trigger,
+            slot=slot,
+            version=str(doc.get("version")),
+            data={
+                "execution_id": doc["id"],
+                "fired_at": isoformat(now),
+                "lag_ms": round((now - slot) * 1000, 3),
+                "catchup": catchup,
+                "cancelled_previous": previous if action == "cancel_previous" else None,
+            },
+        )
+
+    async def _cancel(self, execution_id: str, reason: str) -> None:
+        try:
+            await self.host.cancel(execution_id, reason)
+        except OrchestratorError as exc:
+            log.warning("could not cancel %s: %s", execution_id, exc.message)
+
+    def _publish(
+        self,
+        kind: str,
+        severity: str,
+        trigger: Trigger,
+        *,
+        slot: float | None = None,
+        version: str | None = None,
+        data: JSONObject,
+    ) -> None:
+        # not bound to an execution: the run a fire started is named in data, so the per-run
+        # seq of that execution's timeline is not mixed with this counter
+        event: JSONObject = {
+            "seq": next(self._seq),
+            "time": isoformat(self.clock()),
+            "type": kind,
+            "severity": severity,
+            "workflow_id": trigger.workflow_id,
+            "version": version,
+            "execution_id": None,
+            "node_id": None,
+            "engine_id": None,
+            "attempt": None,
+            "data": {
+                "trigger_id": trigger.id,
+                "trigger_type": trigger.type,
+                "scheduled_time": isoformat(slot),
+                **data,
+            },
+        }
+        self.host.publish([event])
+
+
+def _canon(config: JSONObject) -> str:
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))

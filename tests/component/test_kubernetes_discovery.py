@@ -1,0 +1,349 @@
+"""Kubernetes discovery with the real ``kubernetes`` client against a fake API server over HTTP.
+
+The fake (tests/fakes/kube_api.py) speaks list and watch with resourceVersions, bookmarks,
+410 Gone, 403 and dropped connections; the client reaches it through a generated kubeconfig.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+
+import pytest
+
+from engine.api import dagengine_pb2 as pb
+from orchestrator.discovery import EngineHint
+from orchestrator.discovery_kubernetes import KubernetesDiscovery, check_settings
+from orchestrator.fleet import Fleet
+from orchestrator.ring import make_balancer
+from orchestrator.settings import Settings, SettingsError
+from tests.fakes.kube_api import PODS, SLICES, FakeKubeApi, endpoint_slice, engine_pod
+
+DEADLINE = 5.0  # generous for a loaded machine; changes normally arrive in milliseconds
+
+
+class Sink:
+    """What discovery reported last, and a way to wait for a condition on it."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[set[str], dict[str, EngineHint]]] = []
+        self._changed = asyncio.Event()
+
+    def __call__(
+        self, addresses: set[str], /, hints: Mapping[str, EngineHint] | None = None
+    ) -> None:
+        self.reports.append((set(addresses), dict(hints or {})))
+        self._changed.set()
+
+    @property
+    def addresses(self) -> set[str] | None:
+        return self.reports[-1][0] if self.reports else None
+
+    @property
+    def hints(self) -> dict[str, EngineHint]:
+        return self.reports[-1][1] if self.reports else {}
+
+    async def until(self, predicate: Callable[[], bool], what: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEADLINE
+        while not predicate():
+            self._changed.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                pytest.fail(f"not within {DEADLINE}s: {what}; last report: {self.reports[-1:]}")
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.05))
+            except TimeoutError:
+                pass
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeKubeApi]:
+    api = FakeKubeApi()
+    await api.start()
+    yield api
+    await api.stop()
+
+
+def settings_for(fake: FakeKubeApi, tmp_path: Path, **overrides: object) -> Settings:
+    kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+    base: dict[str, object] = {
+        "discovery_mode": "kubernetes",
+        "in_cluster_config": False,
+        "kubeconfig": str(kubeconfig),
+        "discovery_interval": 30.0,
+    }
+    return Settings(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+async def running(discovery: KubernetesDiscovery, sink: Sink) -> asyncio.Task[None]:
+    task = asyncio.create_task(discovery.run(sink))
+    await sink.until(lambda: sink.addresses is not None, "a first report")
+    return task
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_endpoint_slices_list_then_watch_follow_scaling(
+    fake: FakeKubeApi, tmp_path: Path
+) -> None:
+    fake.put(SLICES, endpoint_slice("engines-a", [("10.0.0.1", True), ("10.0.0.2", False)], 50051))
+    # another Service's slice and another namespace's are not ours
+    fake.put(SLICES, endpoint_slice("other", [("10.9.9.9", True)], 50051, service="other"))
+    fake.put(SLICES, endpoint_slice("elsewhere", [("10.8.8.8", True)], 50051, namespace="x"))
+    sink = Sink()
+    discovery = KubernetesDiscovery(settings_for(fake, tmp_path))
+    task = await running(discovery, sink)
+    try:
+        assert sink.addresses == {"10.0.0.1:50051"}  # the not-ready endpoint is left out
+        list_query = fake.requests[0][1]
+        assert list_query["labelSelector"] == "kubernetes.io/service-name=workflow-engines"
+        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+        watch_query = fake.requests[-1][1]
+        assert watch_query["watch"] == "true"
+        assert watch_query["allowWatchBookmarks"] == "true"
+        assert watch_query["resourceVersion"] == list_query.get("resourceVersion", "1003")
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        fake.put(
+            SLICES,
+            endpoint_slice(
+                "engines-a", [("10.0.0.1", True), ("10.0.0.2", True), ("10.0.0.3", True)], 50051
+            ),
+        )
+        await sink.until(lambda: sink.addresses == {f"10.0.0.{i}:50051" for i in (1, 2, 3)}, "up")
+        assert loop.time() - started < 1.0
+        fake.put(SLICES, endpoint_slice("engines-b", [("10.0.1.1", True)], 50051))
+        await sink.until(lambda: sink.addresses is not None and len(sink.addresses) == 4, "b")
+        fake.delete(SLICES, "engines-a")
+        await sink.until(lambda: sink.addresses == {"10.0.1.1:50051"}, "down")
+        assert sink.hints["10.0.1.1:50051"].pod == "engine-0"
+        assert discovery.lists == 1
+    finally:
+        await stop(task)
+
+
+async def test_a_bookmark_advances_the_resource_version_watched_from(
+    fake: FakeKubeApi, tmp_path: Path
+) -> None:
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    sink = Sink()
+    discovery = KubernetesDiscovery(settings_for(fake, tmp_path))
+    task = await running(discovery, sink)
+    try:
+        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+        listed_at = discovery.resource_version
+        fake.bookmark()
+        await sink.until(lambda: discovery.resource_version == str(fake.version), "bookmark")
+        assert discovery.resource_version != listed_at
+        reports = len(sink.reports)
+        # a bookmark changes no engine, and the next watch starts from it
+        fake.drop_watches()
+        await sink.until(lambda: fake.watch_count() == 1, "a rewatch")
+        assert fake.requests[-1][1]["resourceVersion"] == str(fake.version)
+        assert len(sink.reports) == reports
+        assert discovery.lists == 1
+    finally:
+        await stop(task)
+
+
+@pytest.mark.parametrize("as_http", [False, True], ids=["error-event", "http-410"])
+async def test_410_gone_leads_to_a_fresh_list(
+    fake: FakeKubeApi, tmp_path: Path, as_http: bool
+) -> None:
+    fake.gone_as_http = as_http
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    sink = Sink()
+    discovery = KubernetesDiscovery(settings_for(fake, tmp_path))
+    task = await running(discovery, sink)
+    try:
+        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+        # the connection breaks, and while it is down history is compacted past our version
+        fake.drop_watches()
+        fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+        fake.compact()
+        await sink.until(lambda: discovery.lists == 2, "a relist after 410")
+        await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "the relisted engines")
+        await sink.until(lambda: fake.watch_count() == 1, "a watch after the relist")
+        fake.put(SLICES, endpoint_slice("engines", [("10.0.0.3", True)], 50051))
+        await sink.until(lambda: sink.addresses == {"10.0.0.3:50051"}, "watching again")
+    finally:
+        await stop(task)
+
+
+async def test_a_dropped_watch_reconnects_from_where_it_was_without_relisting(
+    fake: FakeKubeApi, tmp_path: Path
+) -> None:
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    sink = Sink()
+    discovery = KubernetesDiscovery(settings_for(fake, tmp_path))
+    task = await running(discovery, sink)
+    try:
+        for n in (2, 3):
+            await sink.until(lambda: fake.watch_count() == 1, "a watch")
+            fake.drop_watches()
+            # changed while no watch is open: replayed from history by the rewatch
+            fake.put(SLICES, endpoint_slice("engines", [(f"10.0.0.{n}", True)], 50051))
+            await sink.until(lambda n=n: sink.addresses == {f"10.0.0.{n}:50051"}, "rewatched")  # type: ignore[misc]
+        assert discovery.lists == 1
+    finally:
+        await stop(task)
+
+
+async def test_a_full_resync_every_interval(fake: FakeKubeApi, tmp_path: Path) -> None:
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    sink = Sink()
+    discovery = KubernetesDiscovery(settings_for(fake, tmp_path, discovery_interval=1.0))
+    task = await running(discovery, sink)
+    try:
+        await sink.until(lambda: discovery.lists >= 2, "a second list after the interval")
+        assert sink.addresses == {"10.0.0.1:50051"}
+    finally:
+        await stop(task)
+
+
+async def test_pod_mode_honours_annotations_and_leaves_out_pods_not_ready(
+    fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.put(
+        PODS,
+        engine_pod(
+            "engine-0",
+            "10.1.0.1",
+            annotations={"workflow-engine/port": "7000", "workflow-engine/capacity": "4"},
+            labels={"engine-id": "alpha"},
+        ),
+    )
+    fake.put(PODS, engine_pod("engine-1", "10.1.0.2"))
+    fake.put(PODS, engine_pod("engine-2", "10.1.0.3", ready=False))
+    fake.put(PODS, engine_pod("engine-3", "10.1.0.4", phase="Pending", ready=False))
+    fake.put(PODS, engine_pod("engine-4", "10.1.0.5", annotations={"workflow-engine/port": "x"}))
+    not_engine = engine_pod("web", "10.1.0.9")
+    not_engine["metadata"]["labels"] = {"app": "web"}
+    fake.put(PODS, not_engine)
+    sink = Sink()
+    discovery = KubernetesDiscovery(
+        settings_for(fake, tmp_path, k8s_discovery_source="pods", engine_port=50051)
+    )
+    with caplog.at_level(logging.WARNING, logger="orchestrator.discovery_kubernetes"):
+        task = await running(discovery, sink)
+        try:
+            assert fake.requests[0] == (PODS, {"labelSelector": "app=workflow-engine"})
+            assert sink.addresses == {"10.1.0.1:7000", "10.1.0.2:50051", "10.1.0.5:50051"}
+            assert sink.hints["10.1.0.1:7000"] == EngineHint(
+                pod="engine-0", capacity=4, engine_id="alpha"
+            )
+            assert sink.hints["10.1.0.2:50051"].capacity is None
+            # the pod turns ready: it joins through the watch
+            fake.put(PODS, engine_pod("engine-2", "10.1.0.3"))
+            await sink.until(lambda: "10.1.0.3:50051" in (sink.addresses or ()), "ready pod")
+            # a terminating pod leaves at once, before its readiness probe fails
+            gone = engine_pod("engine-1", "10.1.0.2")
+            gone["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+            fake.put(PODS, gone)
+            await sink.until(lambda: "10.1.0.2:50051" not in (sink.addresses or ()), "leaving")
+        finally:
+            await stop(task)
+    warnings = [r.getMessage() for r in caplog.records if "workflow-engine/port" in r.getMessage()]
+    assert warnings == [
+        "pod engine-4: annotation workflow-engine/port must be an integer from 1 to 65535,"
+        " got 'x'; using the default"
+    ]
+
+
+async def test_403_is_reported_once_and_the_last_engines_stay(
+    fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    sink = Sink()
+    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
+    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
+        task = await running(discovery, sink)
+        try:
+            await sink.until(lambda: fake.watch_count() == 1, "a watch")
+            reports = len(sink.reports)
+            fake.forbidden = True
+            fake.drop_watches()
+            requests = len(fake.requests)
+            await sink.until(lambda: len(fake.requests) >= requests + 4, "several refusals")
+            assert not task.done()  # no library error got out
+            assert len(sink.reports) == reports  # nothing reported: the fleet keeps what it has
+            refused = [r for r in caplog.records if r.levelno == logging.ERROR]
+            assert len(refused) == 1
+            message = refused[0].getMessage()
+            assert "Kubernetes API refused discovery" in message
+            assert "HTTP 403" in message
+            assert "get, list and watch on endpointslices.discovery.k8s.io" in message
+            assert "keeping the 1 engines known" in message
+
+            fake.forbidden = False
+            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "allowed again")
+            assert any("answering again" in r.getMessage() for r in caplog.records)
+        finally:
+            await stop(task)
+
+
+async def test_an_unreachable_api_server_is_reported_once_and_reconnected(
+    fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    sink = Sink()
+    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
+    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
+        task = await running(discovery, sink)
+        try:
+            await sink.until(lambda: fake.watch_count() == 1, "a watch")
+            reports = len(sink.reports)
+            await fake.stop()
+            await asyncio.sleep(1.0)  # several reconnection attempts
+            errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+            assert len(errors) == 1, [r.getMessage() for r in errors]
+            assert "Kubernetes API unreachable" in errors[0].getMessage()
+            assert len(sink.reports) == reports
+            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+            await fake.start()  # same port
+            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "back")
+        finally:
+            await stop(task)
+
+
+def test_settings_that_can_never_connect_are_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"^IN_CLUSTER_CONFIG=true but this is not a"):
+        check_settings(Settings(in_cluster_config=True))
+    missing = tmp_path / "nope"
+    with pytest.raises(SettingsError, match=r"^IN_CLUSTER_CONFIG=false: cannot read the kube"):
+        check_settings(Settings(in_cluster_config=False, kubeconfig=str(missing)))
+
+
+async def test_the_fleet_caps_an_engines_capacity_at_its_annotation() -> None:
+    fleet = Fleet(
+        make_balancer("consistent-hash"),
+        default_capacity=10,
+        health_interval=60.0,
+        publish=lambda event: None,
+        on_capacity=lambda: None,
+        on_lost=lambda link: None,
+    )
+    address = "127.0.0.1:9"  # nothing listens: the link stays joining, which is all we need
+    try:
+        fleet.update({address}, {address: EngineHint(pod="p", capacity=4, engine_id="alpha")})
+        link = fleet.links[address]
+        assert (link.capacity, link.key) == (4, "alpha")
+        fleet._learn(link, pb.EngineInfo(engine_id="alpha", capacity=16))
+        assert link.capacity == 4  # the engine could take 16; the operator said 4
+        fleet.update({address}, {address: EngineHint(pod="p", capacity=None)})
+        assert link.capacity == 16
+        fleet.update({address}, {address: EngineHint(pod="p", capacity=2)})
+        assert link.capacity == 2
+        fleet.update(set())
+        assert fleet.links == {}
+    finally:
+        await fleet.close()

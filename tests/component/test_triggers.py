@@ -1,0 +1,350 @@
+"""Triggers over a real SQLite store and the real orchestrator facade, with a fake clock.
+
+No engines: runs stay ``queued`` (the dispatcher is a stub that records what it is handed), so
+overlap rules see a previous run still going. Time moves only when a test says so, and
+``Triggers.tick(now)`` does what the loop does when it wakes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.errors import NotFound
+from orchestrator.lua_checking import LuaSyntaxChecker
+from orchestrator.metrics import Metrics
+from orchestrator.monitoring import Hub
+from orchestrator.orchestrating import Orchestrator
+from orchestrator.store import Store
+from orchestrator.triggering import (
+    HttpTrigger,
+    InvalidTrigger,
+    TriggerConflict,
+    TriggerForbidden,
+    Triggers,
+    TriggerSecretMissing,
+    TriggerUnauthorized,
+)
+from orchestrator.versions import Registry
+
+T0 = datetime(2026, 3, 2, 12, 0, 0, tzinfo=UTC).timestamp()  # a Monday, on the minute
+
+
+def spec(version: str = "1.0.0", cron: str = "* * * * *", **extra: Any) -> str:
+    trigger = {"cron": cron, "inputs": {"source": "cron"}, **extra}
+    return json.dumps(
+        {
+            "id": "wf",
+            "version": version,
+            "triggers": [trigger],
+            "nodes": [{"id": "a", "sleep": "0s"}],
+        }
+    )
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class StubDispatcher:
+    queue_depth = 0
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def submit(self, execution_id: str, workflow_id: str, ticket: object = None) -> None:
+        self.submitted.append(execution_id)
+
+    def dequeue(self, execution_id: str) -> bool:
+        return execution_id in self.submitted
+
+
+class World:
+    """An orchestrator on a state file; ``triggers()`` starts a Triggers as a process would."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.clock = Clock(T0)
+        self.events: list[dict[str, Any]] = []
+        self.orch: Orchestrator
+        self.dispatcher: StubDispatcher
+        self.store: Store
+        self.checker = LuaSyntaxChecker()
+
+    async def open(self) -> None:
+        self.store = await Store.open(str(self.path))
+        self.orch = Orchestrator(
+            store=self.store,
+            registry=Registry(),
+            fleet=None,  # type: ignore[arg-type]
+            hub=Hub(),
+            metrics=Metrics(list, lambda: 0),
+            lua_checker=self.checker,
+            queue_limit=1000,
+        )
+        self.dispatcher = StubDispatcher()
+        self.orch.attach(self.dispatcher)  # type: ignore[arg-type]
+        self.orch.publish = self.events.extend  # type: ignore[method-assign]
+        self.orch.registry.load(await self.store.load_versions())
+
+    async def triggers(self, **kwargs: Any) -> Triggers:
+        triggers = Triggers(self.orch, clock=self.clock, **kwargs)
+        self.orch.triggers = triggers
+        await triggers.start(run_loop=False)
+        await triggers.settle()
+        return triggers
+
+    async def restart(self) -> None:
+        await self.store.close()
+        await self.open()
+
+    async def executions(self) -> list[dict[str, Any]]:
+        found = await self.store.list_executions(workflow_id=None, status=None, limit=1000)
+        return [dict(e) for e in reversed(found)]
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    w = World(tmp_path / "state.db")
+    await w.open()
+    yield w
+    await w.store.close()
+    w.checker.close()
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def test_a_spec_cron_trigger_fires_each_slot_once_with_trigger_inputs(world: World) -> None:
+    triggers = await world.triggers()
+    await world.orch.register(spec(), yaml=False, force=False)
+    [listed] = triggers.listing()
+    assert listed["type"] == "cron" and listed["source"] == "spec"
+    assert listed["next_fire_times"] == [iso(T0 + 60), iso(T0 + 120), iso(T0 + 180)]
+
+    world.clock.now = T0 + 60.004
+    assert await triggers.tick() == 1
+    assert await triggers.tick() == 0  # the same moment again: nothing more
+    [run] = await world.executions()
+    assert run["inputs"] == {
+        "source": "cron",
+        "_trigger": {
+            "type": "cron",
+            "id": listed["id"],
+            "scheduled_time": iso(T0 + 60),
+            "fired_at": iso(T0 + 60.004),
+        },
+    }
+    fired = [e for e in world.events if e["type"] == "trigger.fired"]
+    assert fired[0]["data"]["execution_id"] == run["id"]
+    assert fired[0]["data"]["lag_ms"] == pytest.approx(4, abs=0.01)
+    [row] = await triggers.history(listed["id"])
+    assert row["outcome"] == "fired" and row["execution_id"] == run["id"]
+
+
+async def test_overlap_skip_allow_and_cancel_previous(world: World) -> None:
+    triggers = await world.triggers()
+    await world.orch.register(spec(overlap="skip"), yaml=False, force=False)
+    world.clock.now = T0 + 60
+    await triggers.tick()
+    world.clock.now = T0 + 120  # the first run is still queued: no engine here
+    await triggers.tick()
+    assert len(await world.executions()) == 1
+    skipped = [e for e in world.events if e["type"] == "trigger.skipped"]
+    assert len(skipped) == 1 and skipped[0]["severity"] == "warning"
+    tid = triggers.listing()[0]["id"]
+    assert [r["outcome"] for r in await triggers.history(tid)] == ["skipped", "fired"]
+
+    await world.orch.register(spec("1.1.0", overlap="allow"), yaml=False, force=False)
+    world.clock.now = T0 + 180
+    await triggers.tick()
+    assert len(await world.executions()) == 2
+
+    await world.orch.register(spec("1.2.0", overlap="cancel_previous"), yaml=False, force=False)
+    world.clock.now = T0 + 240
+    await triggers.tick()
+    runs = await world.executions()
+    assert len(runs) == 3
+    assert runs[1]["status"] == "cancelled"
+    assert runs[2]["status"] == "queued"
+
+
+async def test_a_slot_already_recorded_never_fires_again(world: World) -> None:
+    """Two trigger sets on one store (as an old and a new process): one run per slot."""
+    first = await world.triggers()
+    await world.orch.register(spec(overlap="allow"), yaml=False, force=False)
+    second = await world.triggers()
+    world.clock.now = T0 + 60
+    await first.tick()
+    await second.tick()
+    assert len(await world.executions()) == 1
+
+
+@pytest.mark.parametrize(
+    ("catchup", "fired_slots", "missed"),
+    [("latest", [300], 4), ("none", [], 5), ("all", [240, 300], 3)],
+)
+async def test_catch_up_after_downtime(
+    world: World, catchup: str, fired_slots: list[int], missed: int
+) -> None:
+    triggers = await world.triggers(catchup_limit=2)
+    await world.orch.register(spec(overlap="allow", catchup=catchup), yaml=False, force=False)
+    await triggers.stop()
+    await world.restart()
+    world.clock.now = T0 + 330  # down for slots at +60 ... +300
+    world.events.clear()
+    triggers = await world.triggers(catchup_limit=2)
+    runs = await world.executions()
+    assert [r["inputs"]["_trigger"]["scheduled_time"] for r in runs] == [
+        iso(T0 + s) for s in fired_slots
+    ]
+    [gone] = [e for e in world.events if e["type"] == "trigger.missed"]
+    assert gone["data"]["count"] == missed and gone["data"]["exact"] is True
+    assert all(e["data"]["catchup"] for e in world.events if e["type"] == "trigger.fired")
+    # the next slot is on time again, and the caught-up ones do not come back
+    world.clock.now = T0 + 360
+    await triggers.tick()
+    await triggers.stop()
+    await world.restart()
+    await world.triggers(catchup_limit=2)
+    after = await world.executions()
+    assert len(after) == len(fired_slots) + 1
+    slots = [r["inputs"]["_trigger"]["scheduled_time"] for r in after]
+    assert len(slots) == len(set(slots))
+
+
+async def test_pause_and_resume_persist_and_resume_does_not_catch_up(world: World) -> None:
+    await world.orch.register(spec(version="1.0.0", cron="@daily"), yaml=False, force=False)
+    triggers = await world.triggers()
+    made = await triggers.create(
+        {"workflow_id": "wf", "cron": "*/5 * * * * *", "id": "every5", "overlap": "allow"}
+    )
+    assert made["next_fire_times"][0] == iso(T0 + 5)
+    await triggers.pause("every5")
+    world.clock.now = T0 + 30
+    await triggers.tick()
+    assert await world.executions() == []
+    await triggers.stop()
+    await world.restart()
+    triggers = await world.triggers()
+    assert triggers.get("every5")["paused"] is True
+    world.clock.now = T0 + 60
+    await triggers.tick()
+    assert await world.executions() == []
+    resumed = await triggers.resume("every5")
+    assert resumed["next_fire_times"][0] == iso(T0 + 65)
+    world.clock.now = T0 + 65
+    await triggers.tick()
+    [run] = await world.executions()
+    assert run["inputs"]["_trigger"]["scheduled_time"] == iso(T0 + 65)
+    await triggers.delete("every5")
+    with pytest.raises(NotFound):
+        triggers.get("every5")
+
+
+async def test_api_triggers_are_checked_before_anything_is_stored(world: World) -> None:
+    await world.orch.register(spec(), yaml=False, force=False)
+    triggers = await world.triggers()
+    with pytest.raises(InvalidTrigger, match="out of range") as bad_cron:
+        await triggers.create({"workflow_id": "wf", "cron": "61 * * * *"})
+    assert bad_cron.value.details == {"field": "cron"}
+    with pytest.raises(InvalidTrigger, match="unknown time zone 'Mars/Base'") as bad_zone:
+        await triggers.create({"workflow_id": "wf", "cron": "@hourly", "timezone": "Mars/Base"})
+    assert bad_zone.value.details == {"field": "timezone"}
+    with pytest.raises(InvalidTrigger, match="overlap must be one of"):
+        await triggers.create({"workflow_id": "wf", "cron": "@hourly", "overlap": "maybe"})
+    with pytest.raises(InvalidTrigger, match="unknown field"):
+        await triggers.create({"workflow_id": "wf", "cron": "@hourly", "cronn": "x"})
+    with pytest.raises(NotFound):
+        await triggers.create({"workflow_id": "nope", "cron": "@hourly"})
+    await triggers.create({"workflow_id": "wf", "cron": "@hourly", "id": "h"})
+    with pytest.raises(TriggerConflict):
+        await triggers.create({"workflow_id": "wf", "cron": "@hourly", "id": "h"})
+    spec_id = next(t["id"] for t in triggers.listing() if t["source"] == "spec")
+    with pytest.raises(TriggerConflict, match="comes from the spec"):
+        await triggers.delete(spec_id)
+    assert {t["id"] for t in triggers.listing()} == {"h", spec_id}
+
+
+async def test_a_new_version_replaces_the_spec_triggers(world: World) -> None:
+    triggers = await world.triggers()
+    await world.orch.register(spec(cron="*/5 * * * *"), yaml=False, force=False)
+    old = triggers.listing()[0]["id"]
+    await triggers.pause(old)
+    await world.orch.register(spec("1.1.0", cron="*/5 * * * *"), yaml=False, force=False)
+    [kept] = triggers.listing()
+    assert kept["id"] == old and kept["paused"] is True and kept["version"] == "1.1.0"
+    await world.orch.register(spec("1.2.0", cron="0 * * * *"), yaml=False, force=False)
+    [new] = triggers.listing()
+    assert new["id"] != old and new["cron"] == "0 * * * *" and new["paused"] is False
+
+
+async def test_http_paths_belong_to_one_workflow(world: World) -> None:
+    triggers = await world.triggers()
+    hook = {"id": "a", "version": "1.0.0", "nodes": [{"id": "n", "sleep": "0s"}]}
+    hook["triggers"] = [{"http": {"path": "/hooks/x", "auth": {"hmac_env": "X_SECRET"}}}]
+    await world.orch.register(json.dumps(hook), yaml=False, force=False)
+    assert triggers.route("/hooks/x") is not None and triggers.route("/hooks/x/") is not None
+    other = {**hook, "id": "b"}
+    with pytest.raises(TriggerConflict, match="already served by workflow a"):
+        await world.orch.register(json.dumps(other), yaml=False, force=False)
+    with pytest.raises(NotFound):
+        await world.orch.get_workflow("b")
+
+
+def _hook(**config: Any) -> HttpTrigger:
+    from orchestrator.store import StoredTrigger
+
+    row = StoredTrigger(
+        "wf:h", "wf", "http", "spec", "1.0.0", {"path": "/h", **config}, False, 0, 0
+    )
+    return HttpTrigger(row, {})
+
+
+def test_hmac_auth_good_bad_and_missing() -> None:
+    hook = _hook(hmac_env="SECRET")
+    env = {"SECRET": "k3y"}
+    body = b'{"action":"opened"}'
+    good = "sha256=" + hmac.new(b"k3y", body, hashlib.sha256).hexdigest()
+    hook.authenticate({"X-Signature-256": good}, body, env, None)
+    hook.authenticate(
+        {"X-Hub-Signature-256": good.upper().replace("SHA256", "sha256")}, body, env, None
+    )
+    with pytest.raises(TriggerForbidden):
+        hook.authenticate({"X-Signature-256": good}, body + b" ", env, None)
+    with pytest.raises(TriggerForbidden):
+        hook.authenticate({"X-Signature-256": "sha1=" + good[7:]}, body, env, None)
+    with pytest.raises(TriggerUnauthorized):
+        hook.authenticate({}, body, env, None)
+    with pytest.raises(TriggerSecretMissing, match="SECRET, which is not set"):
+        hook.authenticate({"X-Signature-256": good}, body, {}, None)
+
+
+def test_bearer_auth_and_the_api_token_fallback() -> None:
+    hook = _hook(bearer_env="TOKEN")
+    env = {"TOKEN": "t0k"}
+    hook.authenticate({"Authorization": "Bearer t0k"}, b"", env, "api")
+    with pytest.raises(TriggerForbidden):
+        hook.authenticate({"Authorization": "Bearer api"}, b"", env, "api")
+    with pytest.raises(TriggerUnauthorized):
+        hook.authenticate({}, b"", env, None)
+    open_hook = _hook()
+    open_hook.authenticate({}, b"", {}, None)  # no auth named, no API token: open
+    with pytest.raises(TriggerUnauthorized):
+        open_hook.authenticate({}, b"", {}, "api")
+    open_hook.authenticate({"Authorization": "Bearer api"}, b"", {}, "api")

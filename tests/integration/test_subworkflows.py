@@ -1,0 +1,581 @@
+"""Sub-workflows end to end: an orchestrator and two engines as real processes, over HTTP.
+
+A sub-workflow node's child is a whole execution of its own, started by the orchestrator,
+routed like any other (round-robin here, so parent and child land on different engines) and
+linked to the parent node's item and attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+
+from engine.api import dagengine_pb2 as pb
+from engine.api import dagengine_pb2_grpc as pb_grpc
+from tests.integration.conftest import (
+    Cluster,
+    StartCluster,
+    spawn_engine,
+    spawn_orchestrator,
+    stop_process,
+    wait_until_serving,
+)
+
+pytestmark = pytest.mark.slow
+
+TOKEN = {"Authorization": "Bearer s3cret"}
+MAX_DEPTH = 2
+
+
+@pytest.fixture(scope="module")
+def subs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("subworkflows")
+    engines = [
+        wait_until_serving(
+            spawn_engine(tmp / f"engine-{i}.log", ENGINE_ID=f"engine-{i}", CAPACITY="40")
+        )
+        for i in range(2)
+    ]
+    orch = spawn_orchestrator(
+        tmp / "orchestrator.log",
+        tmp / "state.db",
+        engines,
+        API_TOKEN="s3cret",
+        LOAD_BALANCER_TYPE="round-robin",
+        MAX_SUBWORKFLOW_DEPTH=str(MAX_DEPTH),
+    )
+    cluster = Cluster(orch, engines, tmp)
+    yield cluster
+    stop_process(orch.proc)
+    for engine in engines:
+        stop_process(engine.proc)
+
+
+async def register(http: aiohttp.ClientSession, url: str, text: str) -> Any:
+    async with http.post(
+        f"{url}/api/v1/workflows",
+        data=text,
+        headers={"Content-Type": "application/yaml", **TOKEN},
+    ) as resp:
+        body = await resp.json()
+        assert resp.status in (200, 201), body
+        return body
+
+
+async def start(http: aiohttp.ClientSession, url: str, workflow: str, inputs: Any = None) -> str:
+    async with http.post(
+        f"{url}/trigger/{workflow}", json={"inputs": inputs or {}}, headers=TOKEN
+    ) as resp:
+        body = await resp.json()
+        assert resp.status == 202, body
+        return str(body["execution_id"])
+
+
+async def get(http: aiohttp.ClientSession, url: str) -> Any:
+    async with http.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def execution(http: aiohttp.ClientSession, url: str, eid: str) -> Any:
+    return await get(http, f"{url}/api/v1/executions/{eid}")
+
+
+async def events(http: aiohttp.ClientSession, url: str, eid: str) -> list[Any]:
+    got: list[Any] = (await get(http, f"{url}/api/v1/executions/{eid}/events"))["events"]
+    return got
+
+
+async def wait_end(http: aiohttp.ClientSession, url: str, eid: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = await execution(http, url, eid)
+        if doc["finished_at"] is not None:
+            return doc
+        assert time.monotonic() < deadline, f"{eid} did not finish: {doc}"
+        await asyncio.sleep(0.05)
+
+
+async def wait_for(what: str, probe: Any, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await probe()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+CHILD = """
+id: {id}
+version: {version}
+inputs_schema: {{type: object, properties: {{x: {{type: integer}}}}, required: [x]}}
+nodes:
+  - id: double
+    lua: return {{ y = inputs.x * 2, v = "{version}" }}
+"""
+
+PARENT = """
+id: {id}
+version: 1.0.0
+nodes:
+  - id: start
+    lua: return {{ x = 21 }}
+  - id: pause
+    depends_on: [start]
+    sleep: {pause}
+  - id: sub
+    depends_on: [pause]
+    workflow: {{id: {child}, version: "^1.0"}}
+    inputs: {{x: "{{{{ results.start.x }}}}"}}
+  - id: last
+    depends_on: [sub]
+    lua: return {{ got = results.sub.double.y, v = results.sub.double.v }}
+"""
+
+
+async def test_parent_and_child_on_different_engines_linked_both_ways(subs: Cluster) -> None:
+    url = subs.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, CHILD.format(id="kid", version="1.0.0"))
+        await register(http, url, PARENT.format(id="mom", child="kid", pause="0s"))
+        parent_id = await start(http, url, "mom")
+        parent = await wait_end(http, url, parent_id)
+        assert parent["status"] == "succeeded", parent
+        assert parent["outputs"] == {"last": {"got": 42, "v": "1.0.0"}}
+        assert parent["nodes"]["sub"]["output"] == {"double": {"y": 42, "v": "1.0.0"}}
+        [child_id] = parent["children"]
+        child = await execution(http, url, child_id)
+        assert child["parent_execution_id"] == parent_id
+        assert child["parent_node_id"] == "sub"
+        assert child["inputs"] == {"x": 21}
+        # round-robin over two engines: the child ran on the engine the parent did not
+        assert child["nodes"]["double"]["engine_id"] != parent["nodes"]["sub"]["engine_id"]
+
+        parent_events = await events(http, url, parent_id)
+        kinds = [e["type"] for e in parent_events if e["type"].startswith("subworkflow.")]
+        assert kinds == ["subworkflow.requested", "subworkflow.started", "subworkflow.finished"]
+        finished = next(e for e in parent_events if e["type"] == "subworkflow.finished")
+        assert finished["data"]["child_execution_id"] == child_id
+        assert finished["data"]["status"] == "succeeded"
+        assert finished["data"]["version"] == "1.0.0"
+        child_kinds = [e["type"] for e in await events(http, url, child_id)]
+        assert child_kinds[:2] == ["execution.queued", "subworkflow.started"]
+        assert child_kinds[-1] == "execution.succeeded"
+
+
+async def test_child_version_pinned_when_the_parent_started(subs: Cluster) -> None:
+    url = subs.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, CHILD.format(id="pin-kid", version="1.0.0"))
+        await register(http, url, PARENT.format(id="pin-mom", child="pin-kid", pause="1500ms"))
+        running = await start(http, url, "pin-mom")
+        # a newer child in range arrives while the parent sleeps before its sub-workflow node
+        await register(http, url, CHILD.format(id="pin-kid", version="1.1.0"))
+        doc = await wait_end(http, url, running)
+        assert doc["status"] == "succeeded", doc
+        assert doc["outputs"] == {"last": {"got": 42, "v": "1.0.0"}}
+        assert (await execution(http, url, doc["children"][0]))["version"] == "1.0.0"
+        # a parent started afterwards pins the newer one
+        later = await wait_end(http, url, await start(http, url, "pin-mom"))
+        assert later["outputs"] == {"last": {"got": 42, "v": "1.1.0"}}
+
+
+FAILING_CHILD = """
+id: broken
+version: 1.0.0
+nodes:
+  - id: explode
+    lua: error("kaput")
+"""
+
+PARTIAL_PARENT = """
+id: tolerant
+version: 1.0.0
+nodes:
+  - id: sub
+    workflow: {id: broken, version: "1.x"}
+  - id: fine
+    lua: return { ok = true }
+"""
+
+FAILED_PARENT = """
+id: fragile
+version: 1.0.0
+nodes:
+  - id: sub
+    retry: {max_attempts: 2, delay: 10ms}
+    workflow: {id: broken, version: latest}
+"""
+
+
+async def test_failed_child_fails_the_parent_node(subs: Cluster) -> None:
+    url = subs.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, FAILING_CHILD)
+        await register(http, url, PARTIAL_PARENT)
+        await register(http, url, FAILED_PARENT)
+        partial = await wait_end(http, url, await start(http, url, "tolerant"))
+        # a sink succeeded while the sub-workflow node failed
+        assert partial["status"] == "partial", partial
+        error = partial["nodes"]["sub"]["error"]
+        assert "ended failed" in error and "kaput" in error, error
+        assert partial["children"][0] in error
+
+        failed = await wait_end(http, url, await start(http, url, "fragile"))
+        assert failed["status"] == "failed", failed
+        assert failed["nodes"]["sub"]["attempts"] == 2
+        # each attempt of the node ran its own child
+        assert len(failed["children"]) == 2
+        for child_id in failed["children"]:
+            assert (await execution(http, url, child_id))["status"] == "failed"
+
+
+LONG = """
+id: lvl3
+version: 1.0.0
+nodes:
+  - id: nap
+    sleep: 60s
+"""
+
+LEVEL = """
+id: {id}
+version: 1.0.0
+nodes:
+  - id: sub
+    workflow: {{id: {child}, version: "^1"}}
+"""
+
+
+async def test_cancelling_a_parent_cancels_its_children_three_levels_deep(subs: Cluster) -> None:
+    url = subs.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, LONG)
+        await register(http, url, LEVEL.format(id="lvl2", child="lvl3"))
+        await register(http, url, LEVEL.format(id="lvl1", child="lvl2"))
+        top = await start(http, url, "lvl1")
+
+        async def chain() -> list[str] | None:
+            ids, current = [top], top
+            for _ in range(2):
+                doc = await execution(http, url, current)
+                if not doc["children"]:
+                    return None
+                current = doc["children"][0]
+                ids.append(current)
+            doc = await execution(http, url, current)
+            return ids if doc["nodes"]["nap"]["status"] == "running" else None
+
+        ids = await wait_for("three levels running", chain)
+        async with http.post(
+            f"{url}/api/v1/executions/{top}/cancel", json={"reason": "enough"}, headers=TOKEN
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        for eid in ids:
+            doc = await wait_end(http, url, eid, timeout=30)
+            assert doc["status"] == "cancelled", doc
+
+
+async def test_depth_limit_fails_the_node_that_would_nest_too_deep(subs: Cluster) -> None:
+    url = subs.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, CHILD.format(id="d4", version="1.0.0"))
+        for level, child in (("d3", "d4"), ("d2", "d3"), ("d1", "d2")):
+            await register(http, url, LEVEL.format(id=level, child=child))
+        doc = await wait_end(http, url, await start(http, url, "d1"))
+        assert doc["status"] == "failed"
+        # d1 (depth 0) -> d2 (1) -> d3 (2); d3's child would be depth 3
+        d2 = await execution(http, url, doc["children"][0])
+        d3 = await execution(http, url, d2["children"][0])
+        assert d3["children"] == []
+        assert f"MAX_SUBWORKFLOW_DEPTH {MAX_DEPTH}" in d3["nodes"]["sub"]["error"], d3
+        assert d3["status"] == "failed" and d2["status"] == "failed"
+    # dagctl shows the tree: d2 below d1, d3 below d2, each with its state
+    shown = subprocess.run(
+        [sys.executable, "-m", "orchestrator.dagctl", "describe", "execution", doc["id"]],
+        env={**os.environ, "DAGCTL_SERVER": url, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    at = next(i for i, line in enumerate(shown) if "d2@1.0.0" in line)
+    assert shown[at].split()[-4:] == ["sub", "d2@1.0.0", "failed", d2["id"]]
+    assert shown[at + 1].split()[-4:] == ["sub", "d3@1.0.0", "failed", d3["id"]]
+    assert shown[at + 1].index("d3@") > shown[at].index("d2@")
+
+
+SQUARE = """
+id: square
+version: 1.0.0
+nodes:
+  - id: sq
+    lua: return { n = inputs.n, sq = inputs.n * inputs.n }
+"""
+
+FAN = """
+id: fan
+version: 1.0.0
+nodes:
+  - id: items
+    lua: |
+      local out = {}
+      for i = 1, 100 do out[i] = i end
+      return { list = out }
+  - id: each
+    depends_on: [items]
+    foreach: "{{ results.items.list }}"
+    concurrency: 8
+    workflow: {id: square, version: "^1"}
+    inputs: {n: "{{ ctx.item }}"}
+"""
+
+
+async def test_foreach_over_a_sub_workflow_runs_a_child_per_item_in_order(subs: Cluster) -> None:
+    url = subs.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, SQUARE)
+        await register(http, url, FAN)
+        doc = await wait_end(http, url, await start(http, url, "fan"), timeout=120)
+        assert doc["status"] == "succeeded", doc
+        outputs = doc["nodes"]["each"]["output"]
+        assert [o["sq"]["n"] for o in outputs] == list(range(1, 101))
+        assert [o["sq"]["sq"] for o in outputs] == [i * i for i in range(1, 101)]
+        assert len(doc["children"]) == 100
+
+
+async def test_execute_sub_workflow_and_status_over_grpc(subs: Cluster) -> None:
+    url = subs.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, CHILD.format(id="ext-kid", version="1.0.0"))
+        await register(http, url, SQUARE)
+        await register(http, url, LONG)
+        ended_id = await start(http, url, "square", {"n": 3})
+        await wait_end(http, url, ended_id)
+        parent_id = await start(http, url, "lvl3")
+    auth = (("authorization", "Bearer s3cret"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{subs.orchestrator.grpc_port}") as channel:
+        stub = pb_grpc.OrchestratorStub(channel)
+        started = await stub.ExecuteSubWorkflow(
+            pb.ExecuteSubWorkflowRequest(
+                parent_execution_id=parent_id,
+                workflow_id="ext-kid",
+                version="^1",
+                inputs_json='{"x": 5}',
+            ),
+            metadata=auth,
+        )
+        assert started.version == "1.0.0"
+        deadline = time.monotonic() + 30
+        while True:
+            status = await stub.GetSubWorkflowStatus(
+                pb.GetSubWorkflowStatusRequest(execution_id=started.execution_id)
+            )
+            if status.status not in ("queued", "running") or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert status.status == "succeeded"
+        assert json.loads(status.outputs_json) == {"double": {"y": 10, "v": "1.0.0"}}
+        got = await stub.GetExecution(pb.GetExecutionRequest(execution_id=parent_id))
+        assert list(got.children) == [started.execution_id]
+        # bad requests name the problem
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ExecuteSubWorkflow(
+                pb.ExecuteSubWorkflowRequest(workflow_id="ext-kid"), metadata=auth
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "parent_execution_id is required" in (refused.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.ExecuteSubWorkflow(
+                pb.ExecuteSubWorkflowRequest(parent_execution_id="nope", workflow_id="ext-kid"),
+                metadata=auth,
+            )
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
+            await stub.ExecuteSubWorkflow(
+                pb.ExecuteSubWorkflowRequest(parent_execution_id=parent_id, workflow_id="ext-kid")
+            )
+        assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await stub.ExecuteSubWorkflow(
+                pb.ExecuteSubWorkflowRequest(parent_execution_id=ended_id, workflow_id="ext-kid"),
+                metadata=auth,
+            )
+        assert ended.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "has ended (succeeded)" in (ended.value.details() or "")
+        await stub.CancelExecution(
+            pb.CancelExecutionRequest(execution_id=parent_id, reason="done"), metadata=auth
+        )
+
+
+SLOW_CHILD = """
+id: slow-kid
+version: 1.0.0
+nodes:
+  - id: nap
+    sleep: 2s
+  - id: done
+    depends_on: [nap]
+    lua: return { fine = true }
+"""
+
+SLOW_PARENT = """
+id: slow-mom
+version: 1.0.0
+nodes:
+  - id: first
+    lua: return { at = 1 }
+  - id: sub
+    depends_on: [first]
+    workflow: {id: slow-kid, version: "^1"}
+  - id: last
+    depends_on: [sub]
+    lua: return { child = results.sub.done.fine, first = results.first.at }
+"""
+
+
+async def test_parent_engine_killed_while_child_runs_reattaches_to_the_one_child(
+    start_cluster: StartCluster, tmp_path: Path
+) -> None:
+    cluster = start_cluster(engines=2, LOAD_BALANCER_TYPE="round-robin", API_TOKEN="s3cret")
+    url = cluster.url
+    async with aiohttp.ClientSession() as http:
+        await wait_for(
+            "two engines",
+            lambda: _ready_engines(http, url, 2),
+        )
+        await register(http, url, SLOW_CHILD)
+        await register(http, url, SLOW_PARENT)
+        parent_id = await start(http, url, "slow-mom")
+
+        async def child_running() -> Any:
+            doc = await execution(http, url, parent_id)
+            if not doc["children"]:
+                return None
+            child = await execution(http, url, doc["children"][0])
+            return (doc, child) if child["nodes"]["nap"]["status"] == "running" else None
+
+        parent, child = await wait_for("the child running", child_running)
+        parent_engine = parent["nodes"]["sub"]["engine_id"]
+        assert child["nodes"]["nap"]["engine_id"] != parent_engine
+        victim = next(e for e in cluster.engines if e.env["ENGINE_ID"] == parent_engine)
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait(10)
+
+        doc = await wait_end(http, url, parent_id, timeout=60)
+        assert doc["status"] == "succeeded", doc
+        assert doc["outputs"] == {"last": {"child": True, "first": 1}}
+        assert doc["children"] == [child["id"]]
+        timeline = await events(http, url, parent_id)
+        started = Counter(e["node_id"] for e in timeline if e["type"] == "node.started")
+        assert started["first"] == 1  # checkpointed before the kill: never again
+        reattached = [e for e in timeline if e["type"] == "subworkflow.started"]
+        assert {e["data"]["child_execution_id"] for e in reattached} == {child["id"]}
+        assert len(reattached) == 2  # announced to the first engine, then to the second
+        assert (await execution(http, url, child["id"]))["status"] == "succeeded"
+
+
+async def _ready_engines(http: aiohttp.ClientSession, url: str, n: int) -> bool:
+    engines = (await get(http, f"{url}/api/v1/engines"))["engines"]
+    return sum(1 for e in engines if e["state"] == "ready") == n
+
+
+BOUNDED = """
+id: bounded
+version: 1.0.0
+nodes:
+  - id: sub
+    timeout: 700ms
+    workflow: {id: lvl3, version: "^1"}
+"""
+
+WAITS_ON_CHILD = """
+id: waits
+version: 1.0.0
+nodes:
+  - id: sub
+    workflow: {id: lvl3, version: "^1"}
+  - id: after
+    depends_on: [sub]
+    trigger_rule: all_done
+    lua: return { saw = "child ended" }
+"""
+
+
+async def test_parent_node_timeout_cancels_its_child(subs: Cluster) -> None:
+    url = subs.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, LONG)
+        await register(http, url, BOUNDED)
+        doc = await wait_end(http, url, await start(http, url, "bounded"))
+        assert doc["status"] == "failed"
+        assert "timed out after" in doc["nodes"]["sub"]["error"], doc
+        child = await wait_end(http, url, doc["children"][0], timeout=20)
+        assert child["status"] == "cancelled", child
+
+
+async def test_cancelling_a_child_fails_its_parent_node(subs: Cluster) -> None:
+    url = subs.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, LONG)
+        await register(http, url, WAITS_ON_CHILD)
+        parent_id = await start(http, url, "waits")
+
+        async def child_id() -> str | None:
+            children = (await execution(http, url, parent_id))["children"]
+            return str(children[0]) if children else None
+
+        child = await wait_for("the child", child_id)
+        async with http.post(
+            f"{url}/api/v1/executions/{child}/cancel", json={"reason": "not needed"}, headers=TOKEN
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        doc = await wait_end(http, url, parent_id)
+        error = doc["nodes"]["sub"]["error"]
+        assert doc["nodes"]["sub"]["status"] == "failed"
+        assert "ended cancelled" in error and "not needed" in error, error
+        assert doc["nodes"]["after"]["output"] == {"saw": "child ended"}
+        assert doc["status"] == "partial"
+
+
+async def test_orchestrator_killed_while_a_child_runs_finishes_the_tree_once(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = start_cluster(engines=2, LOAD_BALANCER_TYPE="round-robin", API_TOKEN="s3cret")
+    async with aiohttp.ClientSession() as http:
+        await wait_for("two engines", lambda: _ready_engines(http, cluster.url, 2))
+        await register(http, cluster.url, SLOW_CHILD)
+        await register(http, cluster.url, SLOW_PARENT)
+        parent_id = await start(http, cluster.url, "slow-mom")
+
+        async def child_running() -> Any:
+            children = (await execution(http, cluster.url, parent_id))["children"]
+            if not children:
+                return None
+            child = await execution(http, cluster.url, children[0])
+            return child if child["nodes"]["nap"]["status"] == "running" else None
+
+        child = await wait_for("the child running", child_running)
+    cluster.orchestrator.proc.send_signal(signal.SIGKILL)
+    cluster.orchestrator.proc.wait(10)
+    cluster.restart_orchestrator()
+    async with aiohttp.ClientSession() as http:
+        doc = await wait_end(http, cluster.url, parent_id, timeout=60)
+        assert doc["status"] == "succeeded", doc
+        assert doc["outputs"] == {"last": {"child": True, "first": 1}}
+        assert doc["children"] == [child["id"]]
+        assert (await execution(http, cluster.url, child["id"]))["status"] == "succeeded"

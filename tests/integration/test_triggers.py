@@ -1,0 +1,281 @@
+"""Triggers with real processes: cron slots on a real clock, a SIGKILL'd orchestrator, HTTP hooks.
+
+The orchestrator runs as ``python -m orchestrator`` with one engine, state in a real SQLite
+file; the hook secrets are in its environment, as a Deployment would give them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import io
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+
+from engine.api import dagengine_pb2 as pb
+from engine.api import dagengine_pb2_grpc as pb_grpc
+from tests.integration.conftest import (
+    Cluster,
+    StartCluster,
+    spawn_engine,
+    spawn_orchestrator,
+    stop_process,
+    wait_until_serving,
+)
+
+pytestmark = pytest.mark.slow
+
+TOKEN = {"Authorization": "Bearer s3cret"}
+HOOK_SECRET = "k3y-for-hmac"
+HOOK_TOKEN = "t0k3n-for-bearer"
+
+TICKER = """
+id: ticker
+version: 1.0.0
+triggers:
+  - cron: "*/2 * * * * *"
+    overlap: allow
+    inputs: {source: cron}
+nodes:
+  - id: a
+    sleep: 0s
+"""
+
+HOOKED = """
+id: hooked
+version: 1.0.0
+triggers:
+  - http: {path: /hooks/signed, auth: {hmac_env: HOOK_SECRET}, raw_body: true}
+  - http: {path: /hooks/bearer, auth: {bearer_env: HOOK_TOKEN}}
+  - http: {path: /hooks/unset, auth: {bearer_env: NOT_SET_ANYWHERE}}
+nodes:
+  - id: a
+    lua: return { action = inputs.action, n = inputs.n }
+"""
+
+
+def seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.fixture(scope="module")
+def hooks_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("triggers")
+    engine = wait_until_serving(spawn_engine(tmp / "engine.log", ENGINE_ID="engine-0"))
+    orch = spawn_orchestrator(
+        tmp / "orchestrator.log",
+        tmp / "state.db",
+        [engine],
+        API_TOKEN="s3cret",
+        HOOK_SECRET=HOOK_SECRET,
+        HOOK_TOKEN=HOOK_TOKEN,
+    )
+    cluster = Cluster(orch, [engine], tmp)
+    yield cluster
+    stop_process(orch.proc)
+    stop_process(engine.proc)
+
+
+async def register(http: aiohttp.ClientSession, url: str, text: str) -> Any:
+    async with http.post(
+        f"{url}/api/v1/workflows",
+        data=text,
+        headers={"Content-Type": "application/yaml", **TOKEN},
+    ) as resp:
+        body = await resp.json()
+        assert resp.status in (200, 201), body
+        return body
+
+
+async def get(http: aiohttp.ClientSession, url: str) -> Any:
+    async with http.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def post(
+    http: aiohttp.ClientSession, url: str, data: bytes | io.BytesIO | None = None, **headers: str
+) -> tuple[int, Any]:
+    async with http.post(url, data=data, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def slots_of(http: aiohttp.ClientSession, url: str, workflow: str) -> list[float]:
+    runs = (await get(http, f"{url}/api/v1/executions?workflow={workflow}&limit=1000"))[
+        "executions"
+    ]
+    return sorted(seconds(r["inputs"]["_trigger"]["scheduled_time"]) for r in runs)
+
+
+async def test_six_field_cron_fires_every_slot_once_then_pause_stops_it(
+    hooks_cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = hooks_cluster.url
+    async with aiohttp.ClientSession() as http:
+        before = time.time()
+        await register(http, url, TICKER)
+        after = time.time()
+        await asyncio.sleep(7.2)
+        checked = time.time()
+        slots = await slots_of(http, url, "ticker")
+        assert len(slots) == len(set(slots)), slots
+        assert all(s > before - 0.001 and s % 2 == 0 for s in slots), slots
+        expected = [float(s) for s in range(int(after) + 1, int(checked - 0.6) + 1) if s % 2 == 0]
+        assert set(expected) <= set(slots), (expected, slots)
+        assert 3 <= len(slots) <= 5, slots
+
+        [trigger] = (await get(http, f"{url}/api/v1/triggers?workflow=ticker"))["triggers"]
+        assert trigger["cron"] == "*/2 * * * * *" and trigger["source"] == "spec"
+        upcoming = [seconds(t) for t in trigger["next_fire_times"]]
+        assert len(upcoming) == 3 and upcoming[1] - upcoming[0] == 2
+        history = (await get(http, f"{url}/api/v1/triggers/{trigger['id']}/history"))["history"]
+        assert {h["outcome"] for h in history} == {"fired"}
+        lags = [seconds(h["fired_at"]) - seconds(h["scheduled_time"]) for h in history]
+        assert max(lags) < 0.5, lags
+
+        # the same list over gRPC and from dagctl
+        async with grpc.aio.insecure_channel(hooks_cluster.orchestrator.grpc_address) as channel:
+            stub = pb_grpc.OrchestratorStub(channel)
+            listed = await stub.ListTriggers(pb.ListTriggersRequest(workflow_id="ticker"))
+            assert [t.id for t in listed.triggers] == [trigger["id"]]
+            assert len(listed.triggers[0].next_fire_times) == 3
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.PauseTrigger(pb.TriggerRequest(trigger_id=trigger["id"]))
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        from orchestrator.dagctl.cli import main as dagctl
+
+        env = {"DAGCTL_SERVER": url}
+        assert await asyncio.to_thread(dagctl, ["get", "triggers", "-o", "json"], env) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert trigger["id"] in {t["id"] for t in shown["triggers"]}
+
+        # a spec trigger cannot be deleted, but it can be paused; paused, it does not fire
+        status, body = await post(http, f"{url}/api/v1/triggers/{trigger['id']}", **TOKEN)
+        assert (status, body["error"]["code"]) == (405, "method_not_allowed")
+        async with http.delete(f"{url}/api/v1/triggers/{trigger['id']}", headers=TOKEN) as resp:
+            assert resp.status == 409
+            assert "comes from the spec" in (await resp.json())["error"]["message"]
+        status, paused = await post(http, f"{url}/api/v1/triggers/{trigger['id']}/pause", **TOKEN)
+        assert status == 200 and paused["paused"] is True and paused["next_fire_times"] == []
+        count = len(await slots_of(http, url, "ticker"))
+        await asyncio.sleep(2.5)
+        assert len(await slots_of(http, url, "ticker")) == count
+
+
+async def test_hmac_hook_good_bad_and_missing(hooks_cluster: Cluster) -> None:
+    url = hooks_cluster.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, HOOKED)
+        body = json.dumps({"action": "opened", "n": 3}).encode()
+        good = "sha256=" + hmac.new(HOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        status, answer = await post(
+            http, f"{url}/hooks/signed?wait=true&timeout=20", body, **{"X-Signature-256": good}
+        )
+        assert status == 200, answer
+        assert answer["outputs"] == {"a": {"action": "opened", "n": 3}}
+        run = await get(http, f"{url}{answer['status_url']}")
+        assert run["inputs"] == {"action": "opened", "n": 3}  # raw_body: the body, untouched
+
+        status, answer = await post(
+            http, f"{url}/hooks/signed", body + b" ", **{"X-Signature-256": good}
+        )
+        assert (status, answer["error"]["code"]) == (403, "forbidden")
+        status, answer = await post(http, f"{url}/hooks/signed", body)
+        assert (status, answer["error"]["code"]) == (401, "unauthorized")
+        assert "X-Signature-256" in answer["error"]["message"]
+
+
+async def test_bearer_hook_idempotency_and_refusals(hooks_cluster: Cluster) -> None:
+    url = hooks_cluster.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, HOOKED)
+        body = json.dumps({"inputs": {"action": "push"}}).encode()
+        auth = {"Authorization": f"Bearer {HOOK_TOKEN}", "Idempotency-Key": "delivery-1"}
+        status, first = await post(http, f"{url}/hooks/bearer", body, **auth)
+        assert status == 202, first
+        status, again = await post(http, f"{url}/hooks/bearer", body, **auth)
+        assert status == 202 and again["execution_id"] == first["execution_id"]
+        run = await get(http, f"{url}{first['status_url']}")
+        assert run["inputs"]["action"] == "push"
+        assert run["inputs"]["_trigger"]["type"] == "http"
+
+        status, answer = await post(
+            http, f"{url}/hooks/bearer", body, Authorization="Bearer s3cret"
+        )
+        assert (status, answer["error"]["code"]) == (403, "forbidden")
+        status, answer = await post(http, f"{url}/hooks/bearer", body)
+        assert (status, answer["error"]["code"]) == (401, "unauthorized")
+        status, answer = await post(
+            http, f"{url}/hooks/unset", body, Authorization=f"Bearer {HOOK_TOKEN}"
+        )
+        assert (status, answer["error"]["code"]) == (503, "trigger_secret_missing")
+        assert "NOT_SET_ANYWHERE" in answer["error"]["message"]
+
+        deep = b'{"inputs": ' + b"[" * 100 + b"]" * 100 + b"}"
+        status, answer = await post(http, f"{url}/hooks/bearer", deep, **auth)
+        assert (status, answer["error"]["code"]) == (400, "too_deep")
+        status, answer = await post(
+            http, f"{url}/hooks/bearer", io.BytesIO(b"x" * (2 << 20)), **auth
+        )
+        assert (status, answer["error"]["code"]) == (413, "body_too_large")
+        status, answer = await post(http, f"{url}/hooks/bearer", b"{nope", **auth)
+        assert (status, answer["error"]["code"]) == (400, "bad_json")
+        async with http.get(f"{url}/hooks/bearer") as resp:
+            assert resp.status == 405
+        async with http.post(f"{url}/hooks/nobody", headers=auth) as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"]["code"] == "not_found"
+
+
+async def test_sigkill_and_restart_fire_no_slot_twice_and_catch_up(
+    start_cluster: StartCluster, tmp_path: Path
+) -> None:
+    cluster = start_cluster(engines=1, API_TOKEN="s3cret")
+    async with aiohttp.ClientSession() as http:
+        await register(http, cluster.url, TICKER.replace("overlap: allow", "catchup: latest"))
+        status, idle = await post(
+            http,
+            f"{cluster.url}/api/v1/triggers",
+            json.dumps(
+                {"workflow_id": "ticker", "cron": "* * * * * *", "id": "idle", "paused": True}
+            ).encode(),
+            **TOKEN,
+        )
+        assert status == 201, idle
+        deadline = time.monotonic() + 10
+        while len(await slots_of(http, cluster.url, "ticker")) < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        cluster.orchestrator.proc.kill()
+        cluster.orchestrator.proc.wait(10)
+        killed = time.time()
+        await asyncio.sleep(4.5)  # two or three slots pass with nobody watching
+        cluster.restart_orchestrator()
+        up = time.time()
+        await asyncio.sleep(2.5)
+        slots = await slots_of(http, cluster.url, "ticker")
+        assert len(slots) == len(set(slots)), slots
+        while_down = [s for s in slots if killed < s < up - 1]
+        # latest: of the slots passed while down, the newest fired once, late; none other did
+        assert len(while_down) == 1, (killed, up, slots)
+        listed = (await get(http, f"{cluster.url}/api/v1/triggers?workflow=ticker"))["triggers"]
+        [trigger] = [t for t in listed if t["source"] == "spec"]
+        history = (await get(http, f"{cluster.url}/api/v1/triggers/{trigger['id']}/history"))[
+            "history"
+        ]
+        missed = [h for h in history if h["outcome"] == "missed"]
+        assert len(missed) == 1 and missed[0]["detail"]["count"] >= 1
+        assert missed[0]["detail"]["catchup"] == "latest"
+        # the paused trigger stayed paused across the kill, and fired nothing
+        kept = await get(http, f"{cluster.url}/api/v1/triggers/idle")
+        assert kept["paused"] is True
+        assert (await get(http, f"{cluster.url}/api/v1/triggers/idle/history"))["history"] == []
