@@ -68,6 +68,18 @@ class Metrics:
             registry=r,
         )
         self.queue = Gauge("dagengine_queue_depth", "Executions waiting for an engine", registry=r)
+        self.trigger_slots = Counter(
+            "dagengine_trigger_slots",
+            "Trigger slots decided, by trigger type and outcome (fired, skipped, missed)",
+            ["type", "outcome"],
+            registry=r,
+        )
+        self.trigger_lag = Histogram(
+            "dagengine_trigger_lag_seconds",
+            "How far behind its scheduled instant a cron slot fired",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30),
+            registry=r,
+        )
         self._engines = engines
         self._queue_depth = queue_depth
 
@@ -88,6 +100,15 @@ class Metrics:
                 self.nodes.labels(what).inc()
                 if isinstance(ms, int | float):
                     self.node_seconds.labels(workflow).observe(ms / 1000)
+            elif family == "trigger" and isinstance(data, dict):
+                # a missed event stands for every slot it reports
+                count = data.get("count") if what == "missed" else 1
+                self.trigger_slots.labels(str(data.get("trigger_type") or ""), what).inc(
+                    count if isinstance(count, int) and count > 0 else 1
+                )
+                lag = data.get("lag_ms")
+                if what == "fired" and isinstance(lag, int | float):
+                    self.trigger_lag.observe(lag / 1000)
 
     def dropped(self, count: int) -> None:
         self.events_dropped.inc(count)

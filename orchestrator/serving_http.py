@@ -48,6 +48,7 @@ class Api(Protocol):
         version: str | None,
         idempotency_key: str | None,
         wait: float | None,
+        brief: bool = False,
     ) -> tuple[JSONObject, bool]: ...
     async def get_execution(self, execution_id: str) -> JSONObject: ...
     async def list_executions(
@@ -355,6 +356,7 @@ class HttpApi:
             version=version,
             idempotency_key=_idempotency_key(request),
             wait=wait,
+            brief=True,
         )
         return _trigger_answer(execution, wait is not None)
 

@@ -17,6 +17,7 @@ its events when asked (``orchestrator.timeline``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import queue
@@ -597,6 +598,21 @@ def _record_slot(
         )
     except sqlite3.IntegrityError:
         raise SlotTaken(f"{fire.trigger_id} at {isoformat(fire.scheduled_at)}") from None
+    if next(_slots_recorded) % _PRUNE_EVERY == 0:
+        # keep each trigger's newest slots: the newest is what a restart resumes from, and a
+        # schedule every few seconds would otherwise add tens of thousands of rows a day
+        conn.execute(
+            "DELETE FROM trigger_fires WHERE trigger_id = ? AND scheduled_at < ("
+            " SELECT scheduled_at FROM trigger_fires WHERE trigger_id = ?"
+            " ORDER BY scheduled_at DESC LIMIT 1 OFFSET ?)",
+            (fire.trigger_id, fire.trigger_id, TRIGGER_HISTORY_KEEP - 1),
+        )
+
+
+TRIGGER_HISTORY_KEEP: Final = 1000
+"""Decided slots kept per trigger (its history); older ones are pruned as new ones come."""
+_PRUNE_EVERY: Final = 64
+_slots_recorded = itertools.count(1)
 
 
 def _stored_trigger(row: tuple[Any, ...]) -> StoredTrigger:

@@ -133,6 +133,7 @@ class Host(Protocol):
         idempotency_key: str | None,
         wait: float | None,
         fire: TriggerFire | None = None,
+        brief: bool = False,
     ) -> tuple[JSONObject, bool]: ...
     async def cancel(self, execution_id: str, reason: str) -> JSONObject: ...
     def publish(self, events: list[JSONObject]) -> None: ...
@@ -770,6 +771,7 @@ class Triggers:
             version=version or trigger.version,
             idempotency_key=idempotency_key,
             wait=wait,
+            brief=True,
         )
         if created:
             self._publish(

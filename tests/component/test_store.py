@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from engine.core.events import isoformat
 from engine.core.spec import parse_spec
-from orchestrator.store import MIGRATIONS, Store, migrate
+from orchestrator.store import MIGRATIONS, TRIGGER_HISTORY_KEEP, Store, TriggerFire, migrate
 from orchestrator.versions import Registry
 
 SPEC = {
@@ -301,3 +302,18 @@ async def test_a_file_at_schema_1_keeps_its_executions_and_events(tmp_path: Path
         assert [n["status"] for n in nodes.values()] == ["succeeded", "running", "pending"]
     finally:
         await store.close()
+
+
+async def test_trigger_history_keeps_the_newest_slots_of_each_trigger(store: Store) -> None:
+    total = TRIGGER_HISTORY_KEEP + 300
+    for i in range(total):
+        assert await store.record_slot(TriggerFire("busy", 1000.0 + i, 1000.0 + i), "skipped", {})
+    assert await store.record_slot(TriggerFire("quiet", 5.0, 5.0), "skipped", {})
+    history = await store.trigger_history("busy", limit=10 * total)
+    # pruned as slots come (every so many), never below the number kept
+    assert TRIGGER_HISTORY_KEEP <= len(history) < TRIGGER_HISTORY_KEEP + 100
+    newest = 1000.0 + total - 1
+    assert history[0]["scheduled_time"] == isoformat(newest)
+    # the newest stays decided: a restart resumes from it
+    assert not await store.record_slot(TriggerFire("busy", newest, newest), "skipped", {})
+    assert len(await store.trigger_history("quiet", limit=10)) == 1

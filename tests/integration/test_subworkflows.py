@@ -25,6 +25,7 @@ import pytest
 
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
+from tests.integration.api import TOKEN, get, register
 from tests.integration.conftest import (
     Cluster,
     StartCluster,
@@ -36,7 +37,6 @@ from tests.integration.conftest import (
 
 pytestmark = pytest.mark.slow
 
-TOKEN = {"Authorization": "Bearer s3cret"}
 MAX_DEPTH = 2
 
 
@@ -64,17 +64,6 @@ def subs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         stop_process(engine.proc)
 
 
-async def register(http: aiohttp.ClientSession, url: str, text: str) -> Any:
-    async with http.post(
-        f"{url}/api/v1/workflows",
-        data=text,
-        headers={"Content-Type": "application/yaml", **TOKEN},
-    ) as resp:
-        body = await resp.json()
-        assert resp.status in (200, 201), body
-        return body
-
-
 async def start(http: aiohttp.ClientSession, url: str, workflow: str, inputs: Any = None) -> str:
     async with http.post(
         f"{url}/trigger/{workflow}", json={"inputs": inputs or {}}, headers=TOKEN
@@ -82,12 +71,6 @@ async def start(http: aiohttp.ClientSession, url: str, workflow: str, inputs: An
         body = await resp.json()
         assert resp.status == 202, body
         return str(body["execution_id"])
-
-
-async def get(http: aiohttp.ClientSession, url: str) -> Any:
-    async with http.get(url) as resp:
-        assert resp.status == 200, await resp.text()
-        return await resp.json()
 
 
 async def execution(http: aiohttp.ClientSession, url: str, eid: str) -> Any:

@@ -23,6 +23,7 @@ import pytest
 
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
+from tests.integration.api import TOKEN, get, register
 from tests.integration.conftest import (
     Cluster,
     StartCluster,
@@ -34,7 +35,6 @@ from tests.integration.conftest import (
 
 pytestmark = pytest.mark.slow
 
-TOKEN = {"Authorization": "Bearer s3cret"}
 HOOK_SECRET = "k3y-for-hmac"
 HOOK_TOKEN = "t0k3n-for-bearer"
 
@@ -85,23 +85,6 @@ def hooks_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
     stop_process(engine.proc)
 
 
-async def register(http: aiohttp.ClientSession, url: str, text: str) -> Any:
-    async with http.post(
-        f"{url}/api/v1/workflows",
-        data=text,
-        headers={"Content-Type": "application/yaml", **TOKEN},
-    ) as resp:
-        body = await resp.json()
-        assert resp.status in (200, 201), body
-        return body
-
-
-async def get(http: aiohttp.ClientSession, url: str) -> Any:
-    async with http.get(url) as resp:
-        assert resp.status == 200, await resp.text()
-        return await resp.json()
-
-
 async def post(
     http: aiohttp.ClientSession, url: str, data: bytes | io.BytesIO | None = None, **headers: str
 ) -> tuple[int, Any]:
@@ -141,6 +124,17 @@ async def test_six_field_cron_fires_every_slot_once_then_pause_stops_it(
         assert {h["outcome"] for h in history} == {"fired"}
         lags = [seconds(h["fired_at"]) - seconds(h["scheduled_time"]) for h in history]
         assert max(lags) < 0.5, lags
+        # and in Prometheus: every fire counted, each with its lag
+        async with http.get(f"{url}/metrics") as resp:
+            scraped = {
+                line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in (await resp.text()).splitlines()
+                if line and not line.startswith("#")
+            }
+        fired = scraped['dagengine_trigger_slots_total{outcome="fired",type="cron"}']
+        assert fired >= len(history)
+        assert scraped["dagengine_trigger_lag_seconds_count"] == fired
+        assert scraped['dagengine_trigger_lag_seconds_bucket{le="0.5"}'] == fired
 
         # the same list over gRPC and from dagctl
         async with grpc.aio.insecure_channel(hooks_cluster.orchestrator.grpc_address) as channel:
