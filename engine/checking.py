@@ -1,4 +1,4 @@
-"""Checks that need a library: Lua syntax, JSON Schema, time zones, and execution inputs.
+"""Checks that need a library: Lua syntax, JSON Schema and time zones.
 
 The pure spec parser takes these as ``ExternalChecks``; this module supplies the real ones.
 """
@@ -11,8 +11,7 @@ from functools import lru_cache
 import jsonschema
 from jsonschema.exceptions import SchemaError
 
-from engine.core.errors import InputsError
-from engine.core.spec import ExternalChecks, WorkflowSpec
+from engine.core.spec import ExternalChecks
 from engine.core.values import JSON
 from engine.lua import check_syntax
 
@@ -45,19 +44,3 @@ def _timezone(name: str) -> str | None:
 
 def external_checks() -> ExternalChecks:
     return ExternalChecks(lua_syntax=_lua_syntax, json_schema=_json_schema, timezone=_timezone)
-
-
-def check_inputs(spec: WorkflowSpec, inputs: JSON) -> None:
-    """Refuse inputs that do not match the spec's inputs_schema, naming every problem."""
-    if spec.inputs_schema is None:
-        return
-    validator_cls = jsonschema.validators.validator_for(spec.inputs_schema)
-    validator = validator_cls(spec.inputs_schema)
-    problems = []
-    for err in sorted(validator.iter_errors(inputs), key=lambda e: list(e.absolute_path)):
-        where = "inputs" + "".join(
-            f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path
-        )
-        problems.append(f"{where}: {err.message}")
-    if problems:
-        raise InputsError(spec.id, problems)

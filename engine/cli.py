@@ -18,10 +18,10 @@ from typing import TextIO
 
 import yaml
 
-from engine.checking import check_inputs
 from engine.core.errors import InputsError, SpecError
 from engine.core.events import Event
 from engine.core.values import JSON, JSONObject
+from engine.inputs import check_inputs
 from engine.loading import load_spec_file
 from engine.lua import LuaPool
 

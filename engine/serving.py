@@ -31,7 +31,6 @@ from prometheus_client import start_http_server
 from engine import wire
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
-from engine.checking import check_inputs
 from engine.core.events import Event
 from engine.core.spec import WorkflowSpec
 from engine.core.values import JSONObject
@@ -42,6 +41,7 @@ from engine.errors import (
     ShuttingDown,
     UnknownExecution,
 )
+from engine.inputs import check_inputs
 from engine.loading import spec_from_text
 from engine.lua import LuaPool
 from engine.metrics import Metrics

@@ -12,16 +12,14 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-import jsonschema
-
-from engine.core.errors import InputsError
 from engine.core.events import isoformat
 from engine.core.spec import WorkflowSpec
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from engine.documents import parse_text
+from engine.inputs import check_inputs
 from orchestrator.checking import registration_checks
 from orchestrator.dispatching import Dispatcher, RunTicket
 from orchestrator.errors import (
@@ -43,21 +41,6 @@ from orchestrator.versions import Registry
 log = logging.getLogger(__name__)
 
 
-_VALIDATORS: dict[int, tuple[WorkflowSpec, Any]] = {}
-
-
-def _validator(spec: WorkflowSpec) -> Any:
-    # one compiled validator per registered version (specs are immutable and live as long as
-    # the registry); the spec is kept beside it so its id is never reused for another
-    found = _VALIDATORS.get(id(spec))
-    if found is None:
-        assert spec.inputs_schema is not None
-        schema = spec.inputs_schema
-        found = (spec, jsonschema.validators.validator_for(schema)(schema))
-        _VALIDATORS[id(spec)] = found
-    return found[1]
-
-
 _entropy = bytearray()
 
 
@@ -72,33 +55,11 @@ def new_execution_id(now: float) -> str:
     return f"{int(now * 1000):012x}{tail.hex()}"
 
 
-def check_inputs(spec: WorkflowSpec, inputs: JSON) -> None:
-    if spec.inputs_schema is None:
-        return
-    validator = _validator(spec)
-    problems = [
-        "inputs"
-        + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
-        + f": {err.message}"
-        for err in sorted(validator.iter_errors(inputs), key=lambda e: list(e.absolute_path))
-    ]
-    if problems:
-        raise InputsError(spec.id, problems)
-
-
 class RegistrationHooks(Protocol):
     """What the triggers need to hear of registrations (``orchestrator.triggering``)."""
 
     def check_spec(self, spec: WorkflowSpec) -> None: ...
     async def version_registered(self, spec: WorkflowSpec) -> None: ...
-
-
-def _without_trigger_info(inputs: JSON) -> JSON:
-    # ``_trigger`` is added by the trigger that fired a run: the workflow's schema is about
-    # what its callers send, so it is checked without it
-    if isinstance(inputs, dict) and "_trigger" in inputs:
-        return {k: v for k, v in inputs.items() if k != "_trigger"}
-    return inputs
 
 
 class Orchestrator:
@@ -212,7 +173,7 @@ class Orchestrator:
         ``brief``: a run that ends while waited for is answered from its final event (id,
         status, outputs, error, times; no nodes) instead of being read back whole."""
         spec = self.registry.resolve_spec(workflow_id, version or "latest")
-        check_inputs(spec, _without_trigger_info(inputs))
+        check_inputs(spec, inputs)
         if self.dispatcher.queue_depth >= self.queue_limit:
             raise QueueFull(
                 f"{self.dispatcher.queue_depth} executions are waiting for an engine "

@@ -275,7 +275,8 @@ def _quote(segment: str) -> str:
 
 
 def _execution(client: Client, execution_id: str) -> JSONObject:
-    """One execution by id, or by an unambiguous prefix of a recent one's id."""
+    """One execution by id, or by an unambiguous prefix or tail (what tables show) of a
+    recent one's id."""
     try:
         return client.get(f"/api/v1/executions/{_quote(execution_id)}")
     except ApiError as exc:
@@ -285,7 +286,11 @@ def _execution(client: Client, execution_id: str) -> JSONObject:
         matches = [
             e
             for e in (found if isinstance(found, list) else [])
-            if isinstance(e, dict) and str(e.get("id", "")).startswith(execution_id)
+            if isinstance(e, dict)
+            and (
+                str(e.get("id", "")).startswith(execution_id)
+                or str(e.get("id", "")).endswith(execution_id)
+            )
         ]
         if len(matches) != 1:
             raise

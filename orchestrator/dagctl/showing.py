@@ -107,7 +107,9 @@ def clock(value: JSON) -> str:
 
 
 def short_id(value: JSON, length: int = 8) -> str:
-    return "" if value is None else str(value)[:length]
+    """The tail of an id: execution ids start with their creation time, so runs made close
+    together share a prefix, while their random tails tell them apart."""
+    return "" if value is None else str(value)[-length:]
 
 
 def compact(value: JSON, limit: int = 60) -> str:
@@ -343,6 +345,23 @@ def workflow_details(workflow: JSONObject) -> RenderableType:
 # -- events ---------------------------------------------------------------------------------
 
 
+def _subworkflow_message(kind: str, data: JSONObject) -> str:
+    """In the parent's timeline: which child, for which item; in the child's: whose node."""
+    item = f"item {data['item']}: " if isinstance(data.get("item"), int) else ""
+    if data.get("parent_execution_id"):
+        return (
+            f"{item}child of {short_id(data.get('parent_execution_id'))} node {data.get('node_id')}"
+        )
+    target = f"{data.get('workflow_id')}@{data.get('version')}"
+    if kind == "subworkflow.requested":
+        return f"{item}asks for {target}"
+    child = short_id(data.get("child_execution_id"))
+    if kind == "subworkflow.started":
+        return f"{item}child {child} ({target})"
+    ended = f"{item}child {child} {text_of(data.get('status'))}"
+    return f"{ended}: {data['error']}" if data.get("error") else ended
+
+
 def event_message(event: JSONObject) -> str:
     """The few words that say what an event means."""
     kind = text_of(event.get("type"))
@@ -353,6 +372,8 @@ def event_message(event: JSONObject) -> str:
         return f"attempt {data.get('next_attempt')} in {data.get('delay_s')}s: {data.get('error')}"
     if kind == "subscriber.lagged":
         return f"missed {data.get('missed')} events (the stream fell behind)"
+    if kind.startswith("subworkflow."):
+        return _subworkflow_message(kind, data)
     if data.get("error"):
         return text_of(data.get("error"))
     if kind == "node.skipped":
@@ -555,6 +576,8 @@ class ProgressLines:
         if event.get("execution_id") != self.progress.execution_id and kind != "subscriber.lagged":
             return
         what = kind.split(".", 1)[-1]
+        if kind.startswith("subworkflow."):
+            what = f"sub-workflow {what}"
         if kind == "node.log":
             what = f"log:{_obj(event.get('data')).get('level')}"
             detail = text_of(_obj(event.get("data")).get("message"))

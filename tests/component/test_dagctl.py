@@ -706,6 +706,8 @@ async def test_describe_an_execution(fake: FakeOrchestrator, dagctl: Dagctl) -> 
     # an unambiguous prefix will do, and JSON is the document as the server sent it
     as_json = await dagctl(fake, "describe", "execution", eid[:8], "-o", "json")
     assert json.loads(as_json.out) == fake.executions[eid]
+    by_tail = await dagctl(fake, "describe", "execution", eid[-8:], "-o", "json")
+    assert json.loads(by_tail.out) == fake.executions[eid]
     missing = await dagctl(fake, "describe", "execution", "nope")
     assert (missing.code, missing.err) == (1, "dagctl: not_found: no execution 'nope'\n")
 
@@ -730,7 +732,7 @@ async def test_events_print_the_stored_timeline(fake: FakeOrchestrator, dagctl: 
         "node.succeeded",
         "execution.succeeded",
     ]
-    assert all(r[2] == "hello@1.0.0" and r[3] == eid[:8] for r in rows)
+    assert all(r[2] == "hello@1.0.0" and r[3] == eid[-8:] for r in rows)
     assert rows[3][4:] == ["greet", "info: hello from greet"]
     as_json = await dagctl(fake, "events", "--execution", eid, "-o", "json")
     assert [json.loads(line) for line in as_json.out.splitlines()] == fake.timelines[eid]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.checking import check_inputs
 from engine.core.errors import InputsError, SpecError
+from engine.inputs import check_inputs
 from engine.loading import load_spec_file, spec_from_text
 
 
@@ -104,3 +104,18 @@ def test_files(tmp_path: Path) -> None:
     f = tmp_path / "ok.yaml"
     f.write_text("id: ok\nversion: 0.1.0\nnodes:\n  - id: a\n    lua: return 1\n")
     assert load_spec_file(f).ref == "ok@0.1.0"
+
+
+def test_what_a_trigger_adds_is_not_held_against_a_closed_schema() -> None:
+    spec = spec_from_text(
+        "id: w\nversion: 1.0.0\ninputs_schema:\n  type: object\n"
+        "  properties: {name: {type: string}}\n  additionalProperties: false\n"
+        "nodes:\n  - {id: a, lua: return 1}\n"
+    )
+    fired = {"type": "cron", "id": "w.nightly", "scheduled_time": "2027-01-15T02:30:00.000Z"}
+    check_inputs(spec, {"name": "Ada", "_trigger": fired})
+    with pytest.raises(InputsError) as info:
+        check_inputs(spec, {"name": "Ada", "other": 1, "_trigger": fired})
+    assert info.value.problems == [
+        "inputs: Additional properties are not allowed ('other' was unexpected)"
+    ]

@@ -10,7 +10,6 @@ from google.rpc import status_pb2
 
 from engine import wire
 from engine.api import dagengine_pb2 as pb
-from engine.checking import check_inputs
 from engine.core.errors import InputsError, SpecError, SpecProblem
 from engine.core.events import Event
 from engine.errors import (
@@ -22,6 +21,7 @@ from engine.errors import (
     ShuttingDown,
     UnknownExecution,
 )
+from engine.inputs import check_inputs
 from engine.serving import spec_from_request
 from engine.settings import Settings, SettingsError
 

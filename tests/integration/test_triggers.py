@@ -41,13 +41,18 @@ HOOK_TOKEN = "t0k3n-for-bearer"
 TICKER = """
 id: ticker
 version: 1.0.0
+# closed: what the trigger adds (_trigger) must not be held against it
+inputs_schema:
+  type: object
+  properties: {source: {type: string}}
+  additionalProperties: false
 triggers:
   - cron: "*/2 * * * * *"
     overlap: allow
     inputs: {source: cron}
 nodes:
   - id: a
-    sleep: 0s
+    lua: return { source = inputs.source, slot = inputs._trigger.scheduled_time }
 """
 
 HOOKED = """
@@ -115,6 +120,18 @@ async def test_six_field_cron_fires_every_slot_once_then_pause_stops_it(
         expected = [float(s) for s in range(int(after) + 1, int(checked - 0.6) + 1) if s % 2 == 0]
         assert set(expected) <= set(slots), (expected, slots)
         assert 3 <= len(slots) <= 5, slots
+        runs = (await get(http, f"{url}/api/v1/executions?workflow=ticker&limit=1000"))[
+            "executions"
+        ]
+        for run in runs:
+            if run["status"] in ("queued", "running"):
+                continue
+            assert run["status"] == "succeeded", run
+            done = await get(http, f"{url}/api/v1/executions/{run['id']}")
+            assert done["outputs"]["a"] == {
+                "source": "cron",
+                "slot": run["inputs"]["_trigger"]["scheduled_time"],
+            }
 
         [trigger] = (await get(http, f"{url}/api/v1/triggers?workflow=ticker"))["triggers"]
         assert trigger["cron"] == "*/2 * * * * *" and trigger["source"] == "spec"

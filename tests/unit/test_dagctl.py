@@ -453,12 +453,12 @@ def test_event_lines() -> None:
         "08:00:01.250Z",
         "node.log",
         "hello@1.0.0",
-        "3f2a9c1e",
+        "4e5f8a6b",
         "greet",
         "info: greeting Ada",
     ]
     line = event_line(event("execution.started"))
-    assert line.split() == ["08:00:01.250Z", "execution.started", "hello@1.0.0", "3f2a9c1e", "-"]
+    assert line.split() == ["08:00:01.250Z", "execution.started", "hello@1.0.0", "4e5f8a6b", "-"]
     joined = {**event("engine.joined", address="127.0.0.1:1"), "workflow_id": None}
     joined["execution_id"] = None
     assert event_line(joined).split() == [
@@ -469,6 +469,23 @@ def test_event_lines() -> None:
         "engine-0",
         "127.0.0.1:1",
     ]
+
+
+def test_sub_workflow_events_name_the_child_or_the_parent() -> None:
+    child = "01a229e244f0a8adf2ed13d8166b136e"
+    requested = event("subworkflow.requested", "grades", workflow_id="grade", version="^1", item=2)
+    assert event_message(requested) == "item 2: asks for grade@^1"
+    started = event(
+        "subworkflow.started", "grades", child_execution_id=child, workflow_id="grade",
+        version="1.0.0",
+    )  # fmt: skip
+    assert event_message(started) == "child 166b136e (grade@1.0.0)"
+    finished = event(
+        "subworkflow.finished", "grades", child_execution_id=child, status="failed", error="boom"
+    )
+    assert event_message(finished) == "child 166b136e failed: boom"
+    in_child = event("subworkflow.started", None, parent_execution_id=child, node_id="grades")
+    assert event_message(in_child) == "child of 166b136e node grades"
 
 
 def test_event_messages() -> None:
