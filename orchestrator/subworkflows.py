@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,6 +35,10 @@ from orchestrator.fleet import EngineLink
 from orchestrator.store import ChildLink, Store
 
 log = logging.getLogger(__name__)
+
+_ENDED_REMEMBERED = 10_000
+"""Recently ended executions kept in mind: enough to cover children whose parent ended while
+they were being stored (a race of milliseconds)."""
 
 RESOLVE_TIMEOUT = 10.0
 """Seconds an engine gets to take a sub-workflow answer."""
@@ -91,6 +96,7 @@ class SubWorkflows:
         self._has_subworkflows = has_subworkflows
         self._live: dict[str, ChildLink] = {}  # child execution id -> its parent node
         self._by_parent: dict[str, set[str]] = {}  # parent execution id -> live children
+        self._ended: OrderedDict[str, None] = OrderedDict()  # executions that ended lately
         self._tasks: set[asyncio.Task[None]] = set()
         # one parent node attempt's answers in order: the announcement before the result
         self._locks: dict[tuple[str, str, int | None, int], asyncio.Lock] = {}
@@ -143,12 +149,18 @@ class SubWorkflows:
             )
         for child in list(self._by_parent.get(execution_id, ())):
             self._spawn(self._cancel_child(child, "its parent execution ended"))
+        # a child being stored for this run right now is cancelled as soon as it is tracked
+        self._ended[execution_id] = None
+        if len(self._ended) > _ENDED_REMEMBERED:
+            self._ended.popitem(last=False)
 
     # -- inside ------------------------------------------------------------------------------
 
     def _track(self, link: ChildLink) -> None:
         self._live[link.execution_id] = link
         self._by_parent.setdefault(link.parent_execution_id, set()).add(link.execution_id)
+        if link.parent_execution_id in self._ended:
+            self._spawn(self._cancel_child(link.execution_id, "its parent execution ended"))
 
     def _untrack(self, execution_id: str) -> ChildLink | None:
         link = self._live.pop(execution_id, None)

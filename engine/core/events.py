@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -38,11 +39,31 @@ EVENT_TYPES: Final = (
 )
 
 
+_second: list[object] = [None, ""]
+"""The last whole second formatted, and its text up to the seconds: events come many to a
+second, and only the milliseconds differ between them."""
+
+
 def isoformat(ts: float | None) -> str | None:
-    """UTC ISO 8601 with milliseconds and a Z, the one time format on the wire."""
+    """UTC ISO 8601 with milliseconds and a Z, the one time format on the wire.
+
+    As ``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")`` gives it (the
+    instant rounded to the microsecond, then cut to the millisecond), at a fraction of the
+    cost: every event carries one, and it was a tenth of an event's making."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # split as datetime does (whole seconds, then the fraction rounded to microseconds), so
+    # the text is the same to the last digit
+    fraction, whole = math.modf(ts)
+    seconds, micros = int(whole), round(fraction * 1_000_000)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    elif micros < 0:
+        seconds, micros = seconds - 1, micros + 1_000_000
+    if _second[0] != seconds:
+        _second[0] = seconds
+        _second[1] = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_second[1]}.{micros // 1000:03d}Z"
 
 
 # Not frozen: several events are made per node, and frozen dataclasses construct three times

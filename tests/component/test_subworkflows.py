@@ -1,0 +1,172 @@
+"""The sub-workflow coordinator against fakes of its store, engines and orchestrator: the
+orderings that real processes make rare (a parent ending while its child is being stored, an
+answer racing its announcement) made to happen on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from engine.api import dagengine_pb2 as pb
+from orchestrator.dispatching import RunTicket
+from orchestrator.store import ChildLink, Lineage
+from orchestrator.subworkflows import ChildRequest, ChildStarted, SubWorkflows
+
+
+@dataclass
+class FakeStub:
+    calls: list[pb.ResolveSubWorkflowRequest] = field(default_factory=list)
+    delay: float = 0.0
+
+    async def ResolveSubWorkflow(
+        self, request: pb.ResolveSubWorkflowRequest, timeout: float
+    ) -> pb.ResolveSubWorkflowResponse:
+        await asyncio.sleep(self.delay)
+        self.calls.append(request)
+        return pb.ResolveSubWorkflowResponse()
+
+
+@dataclass
+class FakeLink:
+    stub: FakeStub = field(default_factory=FakeStub)
+    key: str = "engine-0"
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+
+    async def get_execution(self, execution_id: str) -> dict[str, Any] | None:
+        return self.docs.get(execution_id)
+
+    async def live_children(self) -> list[ChildLink]:
+        return []
+
+    async def lineage(self, execution_id: str) -> Lineage | None:
+        return Lineage(execution_id, "parent", "1.0.0", "running", 0, {})
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.store = FakeStore()
+        self.link = FakeLink()
+        self.cancelled: list[tuple[str, str]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+        self.children = 0
+        self.coordinator = SubWorkflows(
+            self.store,  # type: ignore[arg-type]
+            self,
+            start_child=self.start_child,
+            cancel=self.cancel,
+            has_subworkflows=lambda workflow, version: True,
+        )
+
+    def link_of(self, execution_id: str) -> Any:
+        return self.link
+
+    async def start_child(self, request: ChildRequest, track: Any) -> ChildStarted:
+        await self.release.wait()  # the store's write, as slow as the test wants
+        self.children += 1
+        child_id = f"child-{self.children}"
+        self.store.docs[child_id] = {"status": "running", "outputs": {}, "error": None}
+        track(child_id)
+        return ChildStarted(child_id, "1.0.0", True)
+
+    async def cancel(self, execution_id: str, reason: str) -> object:
+        self.cancelled.append((execution_id, reason))
+        return {}
+
+
+def requested(node: str, attempt: int = 1, item: int | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {"workflow_id": "child", "version": "^1", "inputs": {}}
+    if item is not None:
+        data["item"] = item
+    return {"type": "subworkflow.requested", "node_id": node, "attempt": attempt, "data": data}
+
+
+TICKET = RunTicket("parent-1", "parent", "1.0.0", "{}", {}, "running")
+
+
+async def settle(h: Harness) -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await asyncio.gather(*h.coordinator._tasks, return_exceptions=True)
+
+
+async def test_a_child_stored_after_its_parent_ended_is_cancelled() -> None:
+    h = Harness()
+    h.release.clear()
+    h.coordinator.on_events(TICKET, h.link, [requested("sub")])  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    # the parent ends (cancelled) while its child's row is still being written
+    h.coordinator.finished("parent-1", {"type": "execution.cancelled", "data": {}})
+    h.release.set()
+    await settle(h)
+    assert h.cancelled == [("child-1", "its parent execution ended")]
+
+
+async def test_the_announcement_reaches_the_engine_before_the_result() -> None:
+    h = Harness()
+    h.link.stub.delay = 0.05  # a slow engine: the child ends while the announcement travels
+    h.coordinator.on_events(TICKET, h.link, [requested("sub")])  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    h.coordinator.finished(
+        "child-1",
+        {"type": "execution.succeeded", "version": "1.0.0", "data": {"outputs": {"v": 1}}},
+    )
+    await settle(h)
+    kinds = [c.WhichOneof("result") for c in h.link.stub.calls]
+    assert kinds == [None, "output_json"]
+    assert all(c.child_execution_id == "child-1" for c in h.link.stub.calls)
+    assert h.link.stub.calls[1].child_status == "succeeded"
+
+
+async def test_a_retrying_item_cancels_only_its_own_child() -> None:
+    h = Harness()
+    h.coordinator.on_events(
+        TICKET,
+        h.link,  # type: ignore[arg-type]
+        [requested("each", item=0), requested("each", item=1), requested("other")],
+    )
+    await settle(h)
+    assert h.children == 3
+    retrying = {
+        "type": "node.retrying",
+        "node_id": "each",
+        "attempt": 1,
+        "data": {"item": 1, "error": "timed out after 1s"},
+    }
+    h.coordinator.on_events(TICKET, h.link, [retrying])  # type: ignore[arg-type]
+    await settle(h)
+    assert [c for c, _ in h.cancelled] == ["child-2"]
+    # the whole node failing gives up on the rest of its items, not on other nodes
+    failed = {"type": "node.failed", "node_id": "each", "attempt": 1, "data": {}}
+    h.coordinator.on_events(TICKET, h.link, [failed])  # type: ignore[arg-type]
+    await settle(h)
+    # (child-2 is asked again: the fake's cancel does not end it)
+    assert sorted(c for c, _ in h.cancelled) == ["child-1", "child-2", "child-2"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "expected"),
+    [
+        ("execution.failed", "node 'x' failed: boom", "ended failed: node 'x' failed: boom"),
+        ("execution.cancelled", None, "ended cancelled"),
+    ],
+)
+async def test_a_child_that_did_not_succeed_fails_the_node_naming_it(
+    kind: str, error: str | None, expected: str
+) -> None:
+    h = Harness()
+    h.coordinator.on_events(TICKET, h.link, [requested("sub")])  # type: ignore[arg-type]
+    await settle(h)
+    h.coordinator.finished("child-1", {"type": kind, "data": {"error": error, "outputs": {}}})
+    await settle(h)
+    answer = h.link.stub.calls[-1]
+    assert answer.WhichOneof("result") == "error"
+    assert answer.error == f"sub-workflow execution child-1 {expected}"
+    assert answer.child_status == kind.split(".")[1]
