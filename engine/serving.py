@@ -476,7 +476,7 @@ class EngineServer:
 
     async def start(self) -> None:
         """Listen and serve; OSError when the address cannot be had."""
-        pool = LuaPool(workers=self.settings.lua_workers)
+        pool = LuaPool(workers=self.settings.lua_workers, inline=self.settings.lua_inline)
         await pool.__aenter__()
         self._pool = pool
         service = EngineService(self.settings, pool, self.metrics)

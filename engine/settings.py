@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from engine.core.envparse import (
     LogFormat,
     SettingsError,
+    boolean,
     log_format,
     log_level,
     optional_positive_int,
@@ -41,6 +42,9 @@ class Settings:
     """Seconds runs in flight get to finish after SIGTERM, before they are cancelled."""
     lua_workers: int | None = None
     """Lua worker threads; None: one per core."""
+    lua_inline: bool = True
+    """Small scripts first try the event loop's thread (``LuaPool.run_inline``); False: every
+    script runs on a worker."""
     log_format: LogFormat = "plain"
     log_level: str = "INFO"
 
@@ -54,6 +58,7 @@ class Settings:
             metrics_port=port(env, "METRICS_PORT", 0, zero="off") or None,
             drain_grace=seconds(env, "DRAIN_GRACE", 30.0),
             lua_workers=optional_positive_int(env, "LUA_WORKERS"),
+            lua_inline=boolean(env, "LUA_INLINE", True),
             log_format=log_format(env),
             log_level=log_level(env),
         )

@@ -36,14 +36,15 @@ never waits for this (the worker is busy running queued tasks while it holds), a
 empty queue the outcomes go back at once."""
 
 INLINE_LIMITS: Final = {
-    "instructions": 100_000,
-    "wall_time": 0.02,
+    "instructions": 20_000,
+    "wall_time": 0.005,
     "memory": 4 * 1024 * 1024,
     "pattern_budget": 10**5,
 }
-"""What a script may spend when it runs on the caller's thread (``run_inline``): about a
-millisecond of Lua. Every C call a script can make is bounded by these too (allocation by
-``memory``, matching by ``pattern_budget``), so the event loop is never held for long."""
+"""What a script may spend when it runs on the caller's thread (``run_inline``): a tenth of a
+millisecond of Lua or so, where a trivial node takes a few hundred instructions. The C calls a
+script can make are bounded by these too (allocation by ``memory``, matching by
+``pattern_budget``), so the event loop is held for a moment at most."""
 
 _INLINE_MISSES: Final = 4096
 """Chunks remembered as too big to run inline, so they are not tried there again."""

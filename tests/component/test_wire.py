@@ -229,6 +229,8 @@ def test_settings_defaults_and_values() -> None:
     )
     assert (got.log_format, got.log_level, got.host) == ("json", "WARNING", "127.0.0.1")
     assert Settings.from_env({"METRICS_PORT": "0"}).metrics_port is None
+    assert default.lua_inline is True
+    assert Settings.from_env({"LUA_INLINE": "false"}).lua_inline is False
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ ENGINE_VARIABLES = (
     "METRICS_PORT",
     "DRAIN_GRACE",
     "LUA_WORKERS",
+    "LUA_INLINE",
     "LOG_FORMAT",
     "LOG_LEVEL",
 )
