@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,15 +276,21 @@ def test_up_runs_the_real_services_and_dagctl_drives_them(
     }
     environ.update(HTTP_PORT="0", GRPC_PORT="0", LUA_WORKERS="1")
     (tmp_path / "examples").mkdir()
-    for name in ("hello.yaml", "failure-isolation.yaml", "report.yaml", "grade.yaml"):
+    for name in (
+        "hello.yaml",
+        "failure-isolation.yaml",
+        "report.yaml",
+        "grade.yaml",
+        "digest.yaml",
+    ):
         (tmp_path / "examples" / name).write_text((ROOT / "examples" / name).read_text())
     up = start_up(tmp_path, sys.executable, environ)
     try:
         up.wait_for("Ctrl-C stops everything.")
         text = up.out.getvalue()
         assert (
-            "Examples registered: failure-isolation@1.0.0, grade@1.0.0, hello@1.0.0, report@1.0.0"
-            in text
+            "Examples registered: digest@1.0.0, failure-isolation@1.0.0, grade@1.0.0,"
+            " hello@1.0.0, report@1.0.0" in text
         )
         found = re.search(r"HTTP API   (http://127\.0\.0\.1:\d+)", text)
         assert found is not None
@@ -297,6 +304,21 @@ def test_up_runs_the_real_services_and_dagctl_drives_them(
         doc = json.loads(capsys.readouterr().out)
         assert doc["outputs"] == {"summary": {"letters": "A C D B"}}
         assert len(doc["children"]) == 4
+        # the trigger example: its HTTP path starts a run, its schedule is listed
+        answer = urllib.request.urlopen(
+            urllib.request.Request(
+                f"{found.group(1)}/hooks/digest",
+                data=json.dumps({"inputs": {"topic": "releases"}, "wait": True}).encode(),
+                headers={"Content-Type": "application/json"},
+            ),
+            timeout=30,
+        )
+        hooked = json.loads(answer.read())
+        assert hooked["outputs"] == {"compose": {"text": "digest of releases, started by http"}}
+        assert main(["get", "triggers", "-o", "json"], server) == 0
+        listed = json.loads(capsys.readouterr().out)["triggers"]
+        cron = next(t for t in listed if t["workflow_id"] == "digest" and t["type"] == "cron")
+        assert cron["timezone"] == "Europe/Berlin" and len(cron["next_fire_times"]) == 3
         assert main(["run", "failure-isolation", "--wait"], server) == 1
         assert " partial in " in capsys.readouterr().out
         assert main(["get", "engines"], server) == 0
