@@ -110,8 +110,8 @@ async def test_endpoint_slices_list_then_watch_follow_scaling(
         assert watch_query["allowWatchBookmarks"] == "true"
         assert watch_query["resourceVersion"] == list_query.get("resourceVersion", "1003")
 
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        # what follows arrives by the watch alone: one list in all (asserted at the end),
+        # with a resync interval far longer than the test
         fake.put(
             SLICES,
             endpoint_slice(
@@ -119,7 +119,6 @@ async def test_endpoint_slices_list_then_watch_follow_scaling(
             ),
         )
         await sink.until(lambda: sink.addresses == {f"10.0.0.{i}:50051" for i in (1, 2, 3)}, "up")
-        assert loop.time() - started < 1.0
         fake.put(SLICES, endpoint_slice("engines-b", [("10.0.1.1", True)], 50051))
         await sink.until(lambda: sink.addresses is not None and len(sink.addresses) == 4, "b")
         fake.delete(SLICES, "engines-a")
