@@ -100,3 +100,9 @@ class ParentEnded(OrchestratorError):
     http_status = 409
     code = "parent_ended"
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ParentMismatch(OrchestratorError):
+    http_status = 400
+    code = "parent_mismatch"
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT

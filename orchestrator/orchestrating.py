@@ -27,6 +27,7 @@ from orchestrator.errors import (
     NotFound,
     OrchestratorError,
     ParentEnded,
+    ParentMismatch,
     QueueFull,
     Unavailable,
 )
@@ -325,6 +326,11 @@ class Orchestrator:
         parent = await self.store.lineage(request.parent_execution_id)
         if parent is None:
             raise NotFound(f"no execution {request.parent_execution_id!r}")
+        if request.parent_workflow_id and request.parent_workflow_id != parent.workflow_id:
+            raise ParentMismatch(
+                f"execution {parent.execution_id} runs workflow {parent.workflow_id!r}, "
+                f"not {request.parent_workflow_id!r}"
+            )
         if request.node_id:
             existing = await self.store.child_of(
                 request.parent_execution_id, request.node_id, request.item, request.attempt

@@ -252,6 +252,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
                     workflow_id=request.workflow_id,
                     version=request.version or "latest",
                     inputs=_json_arg(request.inputs_json, "inputs_json"),
+                    parent_workflow_id=request.parent_workflow_id,
                 )
             )
         except Exception as exc:

@@ -56,6 +56,8 @@ class ChildRequest:
     version: str
     """The range the parent's spec names."""
     inputs: JSON
+    parent_workflow_id: str = ""
+    """From outside callers: the parent's workflow, which must be the parent execution's."""
 
 
 @dataclass(frozen=True, slots=True)

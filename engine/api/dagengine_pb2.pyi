@@ -299,7 +299,7 @@ class WatchEventsRequest(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ..., execution_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class ExecuteSubWorkflowRequest(_message.Message):
-    __slots__ = ("parent_execution_id", "node_id", "item", "attempt", "workflow_id", "version", "inputs_json")
+    __slots__ = ("parent_execution_id", "node_id", "item", "attempt", "workflow_id", "version", "inputs_json", "parent_workflow_id")
     PARENT_EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +307,7 @@ class ExecuteSubWorkflowRequest(_message.Message):
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PARENT_WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     parent_execution_id: str
     node_id: str
     item: int
@@ -314,7 +315,8 @@ class ExecuteSubWorkflowRequest(_message.Message):
     workflow_id: str
     version: str
     inputs_json: str
-    def __init__(self, parent_execution_id: _Optional[str] = ..., node_id: _Optional[str] = ..., item: _Optional[int] = ..., attempt: _Optional[int] = ..., workflow_id: _Optional[str] = ..., version: _Optional[str] = ..., inputs_json: _Optional[str] = ...) -> None: ...
+    parent_workflow_id: str
+    def __init__(self, parent_execution_id: _Optional[str] = ..., node_id: _Optional[str] = ..., item: _Optional[int] = ..., attempt: _Optional[int] = ..., workflow_id: _Optional[str] = ..., version: _Optional[str] = ..., inputs_json: _Optional[str] = ..., parent_workflow_id: _Optional[str] = ...) -> None: ...
 
 class ExecuteSubWorkflowResponse(_message.Message):
     __slots__ = ("execution_id", "version")

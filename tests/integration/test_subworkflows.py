@@ -356,6 +356,7 @@ async def test_execute_sub_workflow_and_status_over_grpc(subs: Cluster) -> None:
         started = await stub.ExecuteSubWorkflow(
             pb.ExecuteSubWorkflowRequest(
                 parent_execution_id=parent_id,
+                parent_workflow_id="lvl3",
                 workflow_id="ext-kid",
                 version="^1",
                 inputs_json='{"x": 5}',
@@ -388,6 +389,17 @@ async def test_execute_sub_workflow_and_status_over_grpc(subs: Cluster) -> None:
                 metadata=auth,
             )
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as mismatch:
+            await stub.ExecuteSubWorkflow(
+                pb.ExecuteSubWorkflowRequest(
+                    parent_execution_id=parent_id,
+                    parent_workflow_id="square",
+                    workflow_id="ext-kid",
+                ),
+                metadata=auth,
+            )
+        assert mismatch.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "runs workflow 'lvl3', not 'square'" in (mismatch.value.details() or "")
         with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
             await stub.ExecuteSubWorkflow(
                 pb.ExecuteSubWorkflowRequest(parent_execution_id=parent_id, workflow_id="ext-kid")
