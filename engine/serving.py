@@ -262,7 +262,10 @@ class EngineService(pb_grpc.EngineServicer):
         settings = self._settings
         if self._draining:
             raise ShuttingDown(settings.engine_id)
-        if len(self._runs) >= settings.capacity:
+        if len(self._runs) >= settings.capacity and not request.parent_execution_id:
+            # a sub-workflow run is let in past capacity: its root was admitted within it, and
+            # its parent holds a slot here or elsewhere while it waits, so refusing children
+            # could leave a fleet full of parents that wait forever
             raise AtCapacity(settings.engine_id, settings.capacity)
         order = wire.run_order(request, self._parse_spec, check_inputs)
         if order.execution_id in self._runs:

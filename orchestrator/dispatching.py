@@ -89,6 +89,10 @@ class Dispatcher:
         self._on_finished = on_finished
         self._on_events = on_events
         self._queue: deque[tuple[str, str]] = deque()  # (execution_id, routing key)
+        # sub-workflow runs wait apart and go first, past engines' capacity: their parents
+        # hold slots while they wait, so a fleet full of waiting parents would never free one
+        self._child_queue: deque[tuple[str, str]] = deque()
+        self._children: set[str] = set()
         self._queued: set[str] = set()
         self._running: dict[str, _Running] = {}
         self._dispatches: dict[str, int] = {}
@@ -102,7 +106,7 @@ class Dispatcher:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._child_queue)
 
     @property
     def running(self) -> int:
@@ -115,39 +119,50 @@ class Dispatcher:
         *,
         front: bool = False,
         ticket: RunTicket | None = None,
+        child: bool = False,
     ) -> None:
         """Queue an execution the store already holds; it starts when an engine has room.
 
         ``ticket``: a run just stored, whose ticket the caller has in hand; the first dispatch
-        then skips reading it back.
+        then skips reading it back. ``child``: a sub-workflow run (see ``pump``).
         """
         if execution_id in self._queued or execution_id in self._running:
             return
         if ticket is not None:
             self._fresh[execution_id] = ticket
+            child = child or ticket.parent_execution_id is not None
+        if child:
+            self._children.add(execution_id)
+        queue = self._child_queue if execution_id in self._children else self._queue
         self._queued.add(execution_id)
         if front:
-            self._queue.appendleft((execution_id, workflow_id))
+            queue.appendleft((execution_id, workflow_id))
         else:
-            self._queue.append((execution_id, workflow_id))
+            queue.append((execution_id, workflow_id))
         self.pump()
 
     def pump(self) -> None:
         """Start queued runs while engines have room."""
-        while self._queue and not self._closing:
-            execution_id, key = self._queue[0]
-            link = self._fleet.pick(key)
-            if link is None:
-                return
-            self._queue.popleft()
-            self._queued.discard(execution_id)
-            link.in_flight += 1
-            fresh = self._fresh.pop(execution_id, None)
-            run = _Running(fresh or RunTicket(execution_id, key, "", "", None, "queued"), link)
-            self._running[execution_id] = run
-            task = asyncio.get_running_loop().create_task(self._drive(run))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        # children first, and to any ready engine even when it is full: each belongs to a
+        # tree whose root was admitted within capacity, and its parent is waiting on it
+        for queue, overflow in ((self._child_queue, True), (self._queue, False)):
+            while queue and not self._closing:
+                execution_id, key = queue[0]
+                link = self._fleet.pick(key, overflow=overflow)
+                if link is None:
+                    break
+                queue.popleft()
+                self._start(execution_id, key, link)
+
+    def _start(self, execution_id: str, key: str, link: EngineLink) -> None:
+        self._queued.discard(execution_id)
+        link.in_flight += 1
+        fresh = self._fresh.pop(execution_id, None)
+        run = _Running(fresh or RunTicket(execution_id, key, "", "", None, "queued"), link)
+        self._running[execution_id] = run
+        task = asyncio.get_running_loop().create_task(self._drive(run))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def link_of(self, execution_id: str) -> EngineLink | None:
         """The engine whose stream carries this run now; None while it is queued or between
@@ -165,6 +180,7 @@ class Dispatcher:
         self._queued.discard(execution_id)
         self._fresh.pop(execution_id, None)
         self._queue = deque(item for item in self._queue if item[0] != execution_id)
+        self._child_queue = deque(item for item in self._child_queue if item[0] != execution_id)
         return True
 
     async def cancel_running(self, execution_id: str, reason: str) -> bool:
@@ -384,6 +400,7 @@ class Dispatcher:
         self._finished(ticket.execution_id, event)
 
     def _finished(self, execution_id: str, event: JSONObject) -> None:
+        self._children.discard(execution_id)
         self._dispatches.pop(execution_id, None)
         self._cancel_requests.pop(execution_id, None)
         if self._on_finished is not None:

@@ -163,8 +163,11 @@ class Fleet:
     def ready(self) -> list[EngineLink]:
         return [link for link in self.links.values() if link.state == "ready"]
 
-    def pick(self, routing_key: str) -> EngineLink | None:
-        """The engine for a run of ``routing_key``, or None when every engine is full."""
+    def pick(self, routing_key: str, *, overflow: bool = False) -> EngineLink | None:
+        """The engine for a run of ``routing_key``, or None when every engine is full.
+
+        ``overflow``: when every engine is full, the least loaded for its capacity anyway (a
+        sub-workflow run, which engines admit past their capacity)."""
         now = time.monotonic()
         ready = {
             link.key: link
@@ -176,6 +179,8 @@ class Fleet:
         loads = {k: v.in_flight for k, v in ready.items()}
         capacities = {k: v.capacity for k, v in ready.items()}
         chosen = self._balancer.pick(routing_key, loads, capacities)
+        if chosen is None and overflow:
+            chosen = min(ready, key=lambda k: (loads[k] / max(capacities[k], 1), k))
         return ready.get(chosen) if chosen is not None else None
 
     def describe(self) -> list[JSONObject]:

@@ -119,8 +119,8 @@ class Orchestrator:
         if self.subworkflows is not None:
             await self.subworkflows.start()
         recovered = await self.store.unfinished_executions()
-        for execution_id, workflow_id in recovered:
-            self.dispatcher.submit(execution_id, workflow_id)
+        for execution_id, workflow_id, child in recovered:
+            self.dispatcher.submit(execution_id, workflow_id, child=child)
         if recovered:
             log.info("taking up %d unfinished executions from the store", len(recovered))
         self.started = True

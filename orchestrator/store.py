@@ -885,15 +885,16 @@ class Store:
         # through the writer: it sees every write queued before this call
         return await self._writer.run(read)
 
-    async def unfinished_executions(self) -> list[tuple[str, str]]:
-        """(id, workflow_id) of queued and running executions, oldest first."""
+    async def unfinished_executions(self) -> list[tuple[str, str, bool]]:
+        """(id, workflow_id, whether it is a sub-workflow run) of queued and running
+        executions, oldest first."""
 
-        def read(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+        def read(conn: sqlite3.Connection) -> list[tuple[str, str, bool]]:
             rows = conn.execute(
-                "SELECT id, workflow_id FROM executions WHERE status IN ('queued', 'running')"
-                " ORDER BY created_at"
+                "SELECT id, workflow_id, parent_execution_id IS NOT NULL FROM executions"
+                " WHERE status IN ('queued', 'running') ORDER BY created_at"
             ).fetchall()
-            return [(str(a), str(b)) for a, b in rows]
+            return [(str(a), str(b), bool(c)) for a, b, c in rows]
 
         return await self._reader.run(read)
 

@@ -160,7 +160,7 @@ async def test_everything_survives_closing_and_reopening(tmp_path: Path) -> None
     again = await Store.open(path)
     try:
         assert [v.version for v in await again.load_versions()] == ["1.0.0"]
-        assert await again.unfinished_executions() == [("e1", "wf")]
+        assert await again.unfinished_executions() == [("e1", "wf", False)]
         doc = await again.get_execution("e2")
         assert doc is not None and doc["status"] == "succeeded"
     finally:

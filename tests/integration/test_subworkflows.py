@@ -8,6 +8,7 @@ linked to the parent node's item and attempt.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -574,3 +575,32 @@ async def test_orchestrator_killed_while_a_child_runs_finishes_the_tree_once(
         assert doc["outputs"] == {"last": {"child": True, "first": 1}}
         assert doc["children"] == [child["id"]]
         assert (await execution(http, cluster.url, child["id"]))["status"] == "succeeded"
+
+
+async def test_parents_filling_every_slot_still_get_their_children_run(
+    start_cluster: StartCluster,
+) -> None:
+    # one slot in the whole fleet, and three parents that each wait on a child: were children
+    # held to capacity, the first parent would hold the slot its own child needs, forever
+    cluster = start_cluster(engines=1, engine_env={"CAPACITY": "1"}, API_TOKEN="s3cret")
+    url = cluster.url
+    async with aiohttp.ClientSession() as http:
+        await wait_for("the engine", lambda: _ready_engines(http, url, 1))
+        await register(http, url, CHILD.format(id="tight-kid", version="1.0.0"))
+        await register(http, url, PARENT.format(id="tight-mom", child="tight-kid", pause="0s"))
+        parents = [await start(http, url, "tight-mom") for _ in range(3)]
+        for parent_id in parents:
+            doc = await wait_end(http, url, parent_id, timeout=60)
+            assert doc["status"] == "succeeded", doc
+            assert doc["outputs"] == {"last": {"got": 42, "v": "1.0.0"}}
+        # roots still wait their turn: the engine never ran two parents at once
+        timelines = [await events(http, url, p) for p in parents]
+        spans = sorted(
+            (
+                next(e["time"] for e in t if e["type"] == "execution.started"),
+                t[-1]["time"],
+            )
+            for t in timelines
+        )
+        # each parent started after the one before it ended
+        assert all(b[0] >= a[1] for a, b in itertools.pairwise(spans)), spans
