@@ -52,6 +52,8 @@ from orchestrator.versions import Registry
 log = logging.getLogger(__name__)
 
 TRIGGER_ID: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_REARM_CHUNK: Final = 16
+"""Triggers re-armed between two yields to the event loop after a burst of fires."""
 LATE_GRACE: Final = 30.0
 """A slot the loop reaches later than this (the process stalled, the machine slept) is treated
 as missed: the trigger's catch-up policy decides, as after downtime."""
@@ -329,16 +331,18 @@ class CronLoop:
 
     An entry is live while its slot is its trigger's ``next_slot``: disarming or re-arming a
     trigger leaves the old entry behind, to be dropped when it comes up. ``on_due`` is told of
-    each slot reached and returns the trigger's next slot (or None).
+    each slot reached (it starts the fire) and ``next_slot`` says what comes after it (or None).
     """
 
     def __init__(
         self,
-        on_due: Callable[[CronTrigger, float, float], float | None],
+        on_due: Callable[[CronTrigger, float, float], None],
+        next_slot: Callable[[CronTrigger, float, float], float | None],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.clock = clock
         self._on_due = on_due
+        self._next_slot = next_slot
         self._heap: list[tuple[float, int, CronTrigger]] = []
         self._order = itertools.count()
         self._changed = asyncio.Event()
@@ -364,27 +368,51 @@ class CronLoop:
             self._changed.set()  # the sleeper wakes sooner
 
     def run_due(self, now: float) -> int:
-        """Hand every slot at or before ``now`` to ``on_due``; returns how many."""
+        """Hand every slot at or before ``now`` to ``on_due`` and re-arm each trigger;
+        returns how many."""
+        due = self._take_due(now)
+        for trigger, slot in due:
+            self._rearm(trigger, slot, now)
+        return len(due)
+
+    def _take_due(self, now: float) -> list[tuple[CronTrigger, float]]:
         heap = self._heap
-        count = 0
+        due: list[tuple[CronTrigger, float]] = []
         while heap and heap[0][0] <= now:
             slot, _, trigger = heapq.heappop(heap)
             if trigger.next_slot != slot or not trigger.is_active():
                 continue  # stale: the trigger was paused, re-armed or removed
-            count += 1
-            upcoming = self._on_due(trigger, slot, now)
-            if upcoming is None:
-                trigger.next_slot = None
-            else:
-                self.push(trigger, upcoming)
-        return count
+            due.append((trigger, slot))
+            self._on_due(trigger, slot, now)
+        return due
+
+    def _rearm(self, trigger: CronTrigger, slot: float, now: float) -> None:
+        if trigger.next_slot != slot or not trigger.is_active():
+            return  # paused, or re-armed by someone else, since its slot came up
+        upcoming = self._next_slot(trigger, slot, now)
+        if upcoming is None:
+            trigger.next_slot = None
+        else:
+            self.push(trigger, upcoming)
 
     def next_wake(self) -> float | None:
         return self._heap[0][0] if self._heap else None
 
     async def run(self) -> None:
         while True:
-            self.run_due(self.clock())
+            now = self.clock()
+            due = self._take_due(now)
+            if due:
+                # The fires go first: each runs up to its store write, and the writes commit
+                # on the store's thread while the next slots are worked out here (cron
+                # arithmetic costs about as much as a fire). Yielding now and then lets fires
+                # whose commit is back finish, so the last fire of a burst is not held behind
+                # the arithmetic of all the others.
+                await asyncio.sleep(0)
+                for i, (trigger, slot) in enumerate(due):
+                    self._rearm(trigger, slot, now)
+                    if i % _REARM_CHUNK == _REARM_CHUNK - 1:
+                        await asyncio.sleep(0)
             self._changed.clear()
             wake = self.next_wake()
             delay = None if wake is None else max(0.0, wake - self.clock())
@@ -457,7 +485,7 @@ class Triggers:
         self.api_token = api_token
         self.catchup_limit = catchup_limit
         self.clock = clock
-        self.loop = CronLoop(self._due, clock)
+        self.loop = CronLoop(self._due, self._after, clock)
         self._triggers: dict[str, Trigger] = {}
         self._routes: dict[str, HttpTrigger] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -785,15 +813,18 @@ class Triggers:
 
     # -- firing -----------------------------------------------------------------------------
 
-    def _due(self, trigger: CronTrigger, slot: float, now: float) -> float | None:
-        """The loop reached ``slot``: fire it (or, when far behind, catch up) and say what
-        comes next."""
-        try:
-            if now - slot > LATE_GRACE:
-                self._spawn(self._catch_up_slots(trigger, since=slot - 0.5, now=now))
-                return trigger.schedule.next_after(now)
+    def _due(self, trigger: CronTrigger, slot: float, now: float) -> None:
+        """The loop reached ``slot``: fire it, or when far behind, catch up."""
+        if now - slot > LATE_GRACE:
+            self._spawn(self._catch_up_slots(trigger, since=slot - 0.5, now=now))
+        else:
             self._spawn(self._fire_in_turn(trigger, slot))
-            return trigger.schedule.next_after(slot)
+
+    def _after(self, trigger: CronTrigger, slot: float, now: float) -> float | None:
+        """What comes after ``slot`` (after ``now`` when the loop was far behind: the slots
+        between are the catch-up's)."""
+        try:
+            return trigger.schedule.next_after(now if now - slot > LATE_GRACE else slot)
         except ScheduleError as exc:
             log.warning("trigger %s will not fire again: %s", trigger.id, exc)
             return None
