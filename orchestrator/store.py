@@ -953,21 +953,6 @@ class Store:
 
         return await self._reader.run(read)
 
-    async def children(self, execution_id: str) -> list[JSONObject]:
-        """The executions this one started, oldest first (without nodes)."""
-
-        def read(conn: sqlite3.Connection) -> list[JSONObject]:
-            return [
-                _document(r)
-                for r in conn.execute(
-                    f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE parent_execution_id = ?"
-                    " ORDER BY created_at, rowid",
-                    (execution_id,),
-                )
-            ]
-
-        return await self._reader.run(read)
-
     async def load_ticket(self, execution_id: str) -> RunTicket | None:
         """What an engine needs to start or resume the run: spec, inputs, checkpoints."""
 

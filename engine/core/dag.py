@@ -7,7 +7,7 @@ Everything here is linear in nodes + edges except ancestry, which is computed on
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 
 def topological_order(deps: Mapping[str, Sequence[str]]) -> list[str] | None:
@@ -93,9 +93,3 @@ def is_ancestor(candidate: str, node: str, deps: Mapping[str, Sequence[str]]) ->
     if candidate in deps.get(node, ()):
         return True
     return candidate in ancestors(node, deps)
-
-
-def sinks(nodes: Iterable[str], deps: Mapping[str, Sequence[str]]) -> list[str]:
-    """Nodes nothing depends on, in the given order."""
-    needed = {d for ds in deps.values() for d in ds}
-    return [n for n in nodes if n not in needed]

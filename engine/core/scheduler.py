@@ -256,10 +256,6 @@ class Run:
     def progress(self) -> int:
         return (100 * self._terminal) // len(self.nodes)
 
-    @property
-    def running_tasks(self) -> int:
-        return len(self._inflight)
-
     def handle(self, *stimuli: Stimulus) -> list[Instruction]:
         for s in stimuli:
             self._now = s.now
@@ -305,10 +301,6 @@ class Run:
 
     def node_spec(self, node_id: str) -> NodeSpec:
         return self.nodes[node_id].spec
-
-    def item_of(self, node_id: str, item: int | None) -> JSON:
-        n = self.nodes[node_id]
-        return None if item is None or n.items is None else n.items[item]
 
     # -- the machine --------------------------------------------------------------------------
 
