@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -328,20 +329,30 @@ def start_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[St
             sys.stderr.write(cluster.logs() + "\n")
 
 
+@contextmanager
+def running_cluster(
+    tmp: Path, *, engines: int = 2, engine_env: dict[str, str] | None = None, **env: str
+) -> Iterator[Cluster]:
+    """An orchestrator and its engines for a module's tests, stopped when it is done."""
+    procs = [
+        wait_until_serving(
+            spawn_engine(tmp / f"engine-{i}.log", ENGINE_ID=f"engine-{i}", **(engine_env or {}))
+        )
+        for i in range(engines)
+    ]
+    orch = spawn_orchestrator(tmp / "orchestrator.log", tmp / "state.db", procs, **env)
+    try:
+        yield Cluster(orch, procs, tmp)
+    finally:
+        stop_process(orch.proc)
+        for engine in procs:
+            stop_process(engine.proc)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One orchestrator with two engines for the tests that leave them as they found them."""
-    tmp = tmp_path_factory.mktemp("cluster")
-    engines = [
-        wait_until_serving(
-            spawn_engine(tmp / f"engine-{i}.log", ENGINE_ID=f"engine-{i}", CAPACITY="50")
-        )
-        for i in range(2)
-    ]
-    orch = spawn_orchestrator(
-        tmp / "orchestrator.log", tmp / "state.db", engines, API_TOKEN="s3cret"
-    )
-    yield Cluster(orch, engines, tmp)
-    stop_process(orch.proc)
-    for engine in engines:
-        stop_process(engine.proc)
+    with running_cluster(
+        tmp_path_factory.mktemp("cluster"), engine_env={"CAPACITY": "50"}, API_TOKEN="s3cret"
+    ) as found:
+        yield found

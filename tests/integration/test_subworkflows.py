@@ -27,14 +27,7 @@ import pytest
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from tests.integration.api import TOKEN, get, register
-from tests.integration.conftest import (
-    Cluster,
-    StartCluster,
-    spawn_engine,
-    spawn_orchestrator,
-    stop_process,
-    wait_until_serving,
-)
+from tests.integration.conftest import Cluster, StartCluster, running_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -43,26 +36,14 @@ MAX_DEPTH = 2
 
 @pytest.fixture(scope="module")
 def subs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("subworkflows")
-    engines = [
-        wait_until_serving(
-            spawn_engine(tmp / f"engine-{i}.log", ENGINE_ID=f"engine-{i}", CAPACITY="40")
-        )
-        for i in range(2)
-    ]
-    orch = spawn_orchestrator(
-        tmp / "orchestrator.log",
-        tmp / "state.db",
-        engines,
+    with running_cluster(
+        tmp_path_factory.mktemp("subworkflows"),
+        engine_env={"CAPACITY": "40"},
         API_TOKEN="s3cret",
         LOAD_BALANCER_TYPE="round-robin",
         MAX_SUBWORKFLOW_DEPTH=str(MAX_DEPTH),
-    )
-    cluster = Cluster(orch, engines, tmp)
-    yield cluster
-    stop_process(orch.proc)
-    for engine in engines:
-        stop_process(engine.proc)
+    ) as cluster:
+        yield cluster
 
 
 async def start(http: aiohttp.ClientSession, url: str, workflow: str, inputs: Any = None) -> str:

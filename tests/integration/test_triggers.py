@@ -24,14 +24,7 @@ import pytest
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from tests.integration.api import TOKEN, get, register
-from tests.integration.conftest import (
-    Cluster,
-    StartCluster,
-    spawn_engine,
-    spawn_orchestrator,
-    stop_process,
-    wait_until_serving,
-)
+from tests.integration.conftest import Cluster, StartCluster, running_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -74,20 +67,14 @@ def seconds(iso: str) -> float:
 
 @pytest.fixture(scope="module")
 def hooks_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("triggers")
-    engine = wait_until_serving(spawn_engine(tmp / "engine.log", ENGINE_ID="engine-0"))
-    orch = spawn_orchestrator(
-        tmp / "orchestrator.log",
-        tmp / "state.db",
-        [engine],
+    with running_cluster(
+        tmp_path_factory.mktemp("triggers"),
+        engines=1,
         API_TOKEN="s3cret",
         HOOK_SECRET=HOOK_SECRET,
         HOOK_TOKEN=HOOK_TOKEN,
-    )
-    cluster = Cluster(orch, [engine], tmp)
-    yield cluster
-    stop_process(orch.proc)
-    stop_process(engine.proc)
+    ) as cluster:
+        yield cluster
 
 
 async def post(
