@@ -1,4 +1,4 @@
-"""Checks that need a library: Lua syntax, JSON Schema and time zones.
+"""Checks that need a library: Lua syntax, JSON Schema, time zones and cron.
 
 The pure spec parser takes these as ``ExternalChecks``; this module supplies the real ones.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from engine.core.spec import ExternalChecks
 from engine.lua import check_syntax
-from engine.spec_checks import json_schema_problem, timezone_problem
+from engine.spec_checks import cron_problem, json_schema_problem, timezone_problem
 
 
 def _lua_syntax(code: str, expression: bool) -> tuple[str, int | None] | None:
@@ -17,5 +17,8 @@ def _lua_syntax(code: str, expression: bool) -> tuple[str, int | None] | None:
 
 def external_checks() -> ExternalChecks:
     return ExternalChecks(
-        lua_syntax=_lua_syntax, json_schema=json_schema_problem, timezone=timezone_problem
+        lua_syntax=_lua_syntax,
+        json_schema=json_schema_problem,
+        timezone=timezone_problem,
+        cron=cron_problem,
     )

@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from engine.core.spec import ExternalChecks
-from engine.spec_checks import json_schema_problem, timezone_problem
-from orchestrator.schedule import cron_problem
+from engine.spec_checks import cron_problem, json_schema_problem, timezone_problem
 
 
 def registration_checks(

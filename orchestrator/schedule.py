@@ -24,15 +24,14 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Final, Literal
 
-from croniter import CroniterError, croniter
+from croniter import CroniterError
+
+from engine.spec_checks import CronError, cron_iterator
 
 Overlap = Literal["skip", "allow", "cancel_previous"]
 Catchup = Literal["none", "latest", "all"]
 OverlapAction = Literal["fire", "skip", "cancel_previous"]
 
-MACROS: Final = frozenset(
-    {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
-)
 # zones whose offset never changes: wall time is UTC time plus nothing, no mapping needed
 _FIXED_UTC: Final = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/GMT", "GMT", "Zulu"})
 _MAX_STEPS: Final = 100_000
@@ -43,25 +42,6 @@ _SCAN_LIMIT: Final = 2_000
 
 class ScheduleError(ValueError):
     """A cron expression or time zone that cannot be used; the message names it."""
-
-
-def _croniter_form(expression: str) -> tuple[str, bool]:
-    """The text croniter gets, and whether its first field is seconds."""
-    text = " ".join(expression.split())
-    if text.startswith("@"):
-        lowered = text.lower()
-        if lowered not in MACROS:
-            raise ScheduleError(
-                f"unknown cron macro {text!r}: use one of {', '.join(sorted(MACROS))}"
-            )
-        return lowered, False
-    fields = text.split(" ")
-    if len(fields) not in (5, 6):
-        raise ScheduleError(
-            f"cron {expression!r} has {len(fields)} fields: use 5 (minute hour day month "
-            "weekday), 6 with seconds first, or a macro like @hourly"
-        )
-    return text, len(fields) == 6
 
 
 @lru_cache(maxsize=1024)
@@ -88,13 +68,10 @@ class Schedule:
         self.timezone = timezone
         self._zone = _zone(timezone)
         self._fixed = timezone in _FIXED_UTC
-        text, seconds_first = _croniter_form(expression)
         try:
-            self._iter = croniter(text, datetime(2000, 1, 1), second_at_beginning=seconds_first)
-        except CroniterError as exc:
-            raise ScheduleError(f"cron {expression!r} is not valid: {exc}") from exc
-        except (ValueError, KeyError, IndexError, TypeError) as exc:  # croniter's own slips
-            raise ScheduleError(f"cron {expression!r} is not valid: {exc}") from exc
+            self._iter = cron_iterator(expression)
+        except CronError as exc:
+            raise ScheduleError(str(exc)) from exc
 
     def __repr__(self) -> str:
         return f"Schedule({self.expression!r}, {self.timezone!r})"
@@ -210,11 +187,6 @@ def schedule_problem(
     except ScheduleError as exc:
         return str(exc)
     return None
-
-
-def cron_problem(expression: str) -> str | None:
-    """The registration check for a spec's ``cron`` (the zone is checked on its own)."""
-    return schedule_problem(expression)
 
 
 # -- what to do with slots --------------------------------------------------------------------

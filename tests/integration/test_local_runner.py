@@ -140,6 +140,30 @@ def test_bad_inputs_are_refused_before_anything_runs(args: list[str], message: s
     assert "started" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("cron", "message"),
+    [
+        (
+            "61 * * * *",
+            "cron '61 * * * *' is not valid: [61 * * * *] is not acceptable, out of range",
+        ),
+        ("0 0 30 2 *", "cron '0 0 30 2 *' never fires"),
+    ],
+)
+def test_validate_checks_cron_as_the_orchestrator_does(
+    tmp_path: Path, cron: str, message: str
+) -> None:
+    spec = tmp_path / "nightly.yaml"
+    spec.write_text(
+        "id: nightly\nversion: 1.0.0\ntriggers:\n"
+        f"  - cron: '{cron}'\n"
+        "nodes:\n  - id: a\n    lua: return {}\n"
+    )
+    proc = engine("validate", str(spec))
+    assert proc.returncode == 2
+    assert f"{spec}:4: triggers[0].cron: {message}" in proc.stderr
+
+
 def test_missing_file_is_a_clear_error() -> None:
     proc = engine("validate", "nowhere.yaml")
     assert proc.returncode == 2

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.spec_checks import cron_problem
 from orchestrator.schedule import (
     Schedule,
     ScheduleError,
-    cron_problem,
     overlap_action,
     plan_catchup,
     schedule_problem,
