@@ -16,11 +16,10 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-import yaml
-
 from engine.core.errors import InputsError, SpecError
 from engine.core.events import Event
 from engine.core.values import JSON, JSONObject
+from engine.documents import YamlRefused, load_yaml
 from engine.inputs import check_inputs
 from engine.loading import load_spec_file
 from engine.lua import LuaPool
@@ -79,8 +78,8 @@ def _read_inputs(args: argparse.Namespace) -> JSON:
         except OSError as exc:
             raise ValueError(f"--inputs-file {path}: {exc.strerror or exc}") from None
         try:
-            loaded: JSON = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            loaded: JSON = json.loads(text) if path.suffix == ".json" else load_yaml(text)
+        except (json.JSONDecodeError, YamlRefused) as exc:
             raise ValueError(f"--inputs-file {path}: not valid JSON/YAML: {exc}") from None
         return loaded if loaded is not None else {}
     return {}

@@ -4,17 +4,105 @@ YAML is read twice: once for the data, once as a node tree for line numbers, so 
 validation problem can point at ``file:line``. Duplicate keys, which YAML parsers silently
 collapse, are reported here too. No Lua and no I/O beyond the text given: the orchestrator
 reads registrations with this as well.
+
+Aliases are the one YAML feature that can make a small text stand for a huge document (ten
+nested anchors of nine aliases each name billions of values), and everything after parsing
+walks the expanded tree. So every YAML text this project reads goes through ``load_yaml``,
+which measures what the aliases expand to before anything walks it, and refuses self-reference.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 import yaml
 
 from engine.core.errors import SpecError, SpecProblem
 from engine.core.spec import ExternalChecks, Key, WorkflowSpec, parse_spec
+
+MAX_YAML_VALUES: Final = 1_000_000
+"""Values (scalars, lists, maps) one YAML document may stand for with its aliases expanded;
+a 10,000-node workflow written out in full is about a tenth of that."""
+
+
+class YamlRefused(ValueError):
+    """Text that is not YAML, or YAML this project will not expand; says why and on which
+    line (``line``, 1-based, when known)."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(f"{message} (line {line})" if line is not None else message)
+        self.problem = message
+        self.line = line
+
+
+def load_yaml(text: str, inspect: Callable[[yaml.Node], None] | None = None) -> Any:
+    """The data in ``text`` (None for an empty document), or YamlRefused. ``inspect`` is shown
+    the node tree first: building the data flattens merge keys (``<<``) into it."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _check_expansion(root)
+        if inspect is not None:
+            inspect(root)
+        return loader.construct_document(root)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise YamlRefused(f"invalid YAML: {problem}", mark.line + 1 if mark else None) from None
+    except RecursionError:
+        raise YamlRefused("invalid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """YamlRefused when the aliases under ``root`` expand past ``MAX_YAML_VALUES`` values or
+    refer to a node that contains them. Each distinct node is sized once, so this costs the
+    text's own size, never the expansion's."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_sized = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children = _children(node)
+        if children_sized:
+            open_.discard(key)
+            size = 1 + sum(sizes[id(c)] for c in children)
+            if size > MAX_YAML_VALUES:
+                raise YamlRefused(
+                    f"the document's aliases expand it past {MAX_YAML_VALUES:,} values",
+                    node.start_mark.line + 1,
+                )
+            sizes[key] = size
+            continue
+        if key in open_:
+            raise YamlRefused(
+                "an alias refers to a node that contains it", node.start_mark.line + 1
+            )
+        open_.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in open_:
+                raise YamlRefused(
+                    "an alias refers to a node that contains it", child.start_mark.line + 1
+                )
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _lines(node: yaml.Node, key: Key, out: dict[Key, int], problems: list[SpecProblem]) -> None:
@@ -53,20 +141,17 @@ def read_document(
             raise SpecError(
                 [SpecProblem("", f"invalid JSON: {exc.msg}", exc.lineno)], source
             ) from exc
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except (yaml.YAMLError, RecursionError):
+            root = None  # valid JSON that YAML 1.1 cannot compose: data without line numbers
+        if root is not None:
+            _lines(root, (), lines, problems)
     else:
         try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = mark.line + 1 if mark is not None else None
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise SpecError([SpecProblem("", f"invalid YAML: {problem}", line)], source) from exc
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        root = None  # valid JSON that YAML 1.1 cannot compose: data without line numbers
-    if root is not None:
-        _lines(root, (), lines, problems)
+            doc = load_yaml(text, lambda root: _lines(root, (), lines, problems))
+        except YamlRefused as exc:
+            raise SpecError([SpecProblem("", exc.problem, exc.line)], source) from exc
     if problems:
         raise SpecError(problems, source)
     return doc, lines

@@ -6,10 +6,12 @@
     ├── NotFound                  404  NOT_FOUND            unknown workflow, version, execution
     │   └── NoMatchingVersion     404  NOT_FOUND            a range no registered version meets
     ├── InvalidRange              400  INVALID_ARGUMENT     a version or range that does not parse
+    ├── InvalidArgument           400  INVALID_ARGUMENT     a filter or option with a bad value
     ├── VersionConflict           409  ALREADY_EXISTS       other content under a registered version
     ├── VersionNotNewer           409  FAILED_PRECONDITION  a version not above the latest
     ├── DependentsOutOfRange      409  FAILED_PRECONDITION  a dependent's range would be left behind
     ├── WorkflowCycle             409  FAILED_PRECONDITION  A uses B uses A
+    ├── IdempotencyKeyReused      422  FAILED_PRECONDITION  a key sent again with another request
     ├── QueueFull                 429  RESOURCE_EXHAUSTED   too many runs waiting for an engine
     └── Unavailable               503  UNAVAILABLE          starting or stopping
 
@@ -54,6 +56,12 @@ class InvalidRange(OrchestratorError):
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class InvalidArgument(OrchestratorError):
+    http_status = 400
+    code = "bad_request"
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
 class VersionConflict(OrchestratorError):
     http_status = 409
     code = "version_conflict"
@@ -75,6 +83,14 @@ class DependentsOutOfRange(OrchestratorError):
 class WorkflowCycle(OrchestratorError):
     http_status = 409
     code = "workflow_cycle"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class IdempotencyKeyReused(OrchestratorError):
+    """The draft IETF Idempotency-Key header answers a reused key with another payload 422."""
+
+    http_status = 422
+    code = "idempotency_key_reused"
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 

@@ -8,6 +8,8 @@ it is published, so whatever a client has seen survives a crash.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import secrets
 import time
@@ -16,7 +18,7 @@ from typing import Protocol
 
 from engine.core.events import isoformat
 from engine.core.spec import WorkflowSpec
-from engine.core.states import EXECUTION_TERMINAL
+from engine.core.states import EXECUTION_STATUSES, EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from engine.documents import parse_text
 from engine.inputs import check_inputs
@@ -24,6 +26,7 @@ from orchestrator.checking import registration_checks
 from orchestrator.dispatching import Dispatcher, RunTicket
 from orchestrator.errors import (
     DepthLimit,
+    InvalidArgument,
     NotFound,
     OrchestratorError,
     ParentEnded,
@@ -35,7 +38,7 @@ from orchestrator.fleet import Fleet
 from orchestrator.lua_checking import LuaSyntaxChecker
 from orchestrator.metrics import Metrics
 from orchestrator.monitoring import Hub
-from orchestrator.store import Store, TriggerFire
+from orchestrator.store import LIST_LIMIT, Store, TriggerFire
 from orchestrator.subworkflows import ChildRequest, ChildStarted, SubWorkflows
 from orchestrator.versions import Registry
 
@@ -54,6 +57,12 @@ def new_execution_id(now: float) -> str:
     tail = _entropy[-10:]
     del _entropy[-10:]
     return f"{int(now * 1000):012x}{tail.hex()}"
+
+
+def _digest(inputs: JSON, version: str | None) -> str:
+    """What an idempotent request asked for, whatever its key order or spacing."""
+    text = json.dumps([inputs, version or ""], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class RegistrationHooks(Protocol):
@@ -185,6 +194,7 @@ class Orchestrator:
             inputs,
             self.registry.pin_versions(spec.id, spec.version),
             idempotency_key,
+            request_digest=None if idempotency_key is None else _digest(inputs, version),
             fire=fire,
         )
         waiter: asyncio.Future[JSONObject] | None = None
@@ -223,6 +233,7 @@ class Orchestrator:
         pinned: dict[str, str],
         idempotency_key: str | None = None,
         *,
+        request_digest: str | None = None,
         child: ChildRequest | None = None,
         depth: int = 0,
         track: Callable[[str], None] | None = None,
@@ -258,6 +269,7 @@ class Orchestrator:
             created_at=now,
             node_ids=spec.order,
             idempotency_key=idempotency_key,
+            request_digest=request_digest,
             first_event=queued,
             parent_execution_id=None if child is None else child.parent_execution_id,
             parent_node_id=None if child is None else child.node_id or None,
@@ -417,6 +429,13 @@ class Orchestrator:
     async def list_executions(
         self, *, workflow_id: str | None, status: str | None, limit: int
     ) -> list[JSONObject]:
+        if status is not None and status not in EXECUTION_STATUSES:
+            raise InvalidArgument(
+                f"status {status!r} is not an execution status: use one of "
+                + ", ".join(EXECUTION_STATUSES)
+            )
+        if not 1 <= limit <= LIST_LIMIT:
+            raise InvalidArgument(f"limit must be between 1 and {LIST_LIMIT}, got {limit}")
         return await self.store.list_executions(workflow_id=workflow_id, status=status, limit=limit)
 
     async def cancel(self, execution_id: str, reason: str) -> JSONObject:

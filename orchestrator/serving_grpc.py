@@ -22,7 +22,7 @@ from engine.core.errors import EngineError
 from engine.core.values import JSON, JSONObject
 from orchestrator.errors import OrchestratorError
 from orchestrator.monitoring import EventFilter
-from orchestrator.serving_http import Api, HttpError, check_bearer, error_body
+from orchestrator.serving_http import Api, HttpError, check_bearer, check_unicode, error_body
 from orchestrator.subworkflows import ChildRequest
 from orchestrator.triggering import Triggers
 
@@ -73,9 +73,11 @@ def _json_arg(text: str, field: str) -> JSON:
     if not text:
         return {}
     try:
-        return wire.loads(text)
+        value = wire.loads(text)
     except ValueError as exc:
         raise HttpError(400, "bad_json", f"{field} is not valid JSON: {exc}") from None
+    check_unicode(text, value, field)
+    return value
 
 
 def _workflow_message(doc: JSONObject) -> pb.Workflow:

@@ -12,8 +12,9 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 
@@ -21,6 +22,7 @@ from engine.core.errors import InputsError, SpecError
 from engine.core.values import JSON, JSONObject
 from orchestrator.errors import OrchestratorError
 from orchestrator.monitoring import EventFilter, Hub
+from orchestrator.store import LIST_LIMIT
 from orchestrator.subworkflows import ChildRequest, ChildStarted
 from orchestrator.triggering import HttpTrigger, Triggers
 
@@ -145,7 +147,32 @@ async def _read_json(request: web.Request, *, required: bool = True) -> JSON:
         ) from None
     if not _depth_ok(value, MAX_JSON_DEPTH):
         raise HttpError(400, "too_deep", f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
+    check_unicode(raw, value, "the request body")
     return value
+
+
+_SURROGATE_TEXT: Final = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_BYTES: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def check_unicode(raw: str | bytes, value: JSON, what: str) -> None:
+    """Refuse JSON that escapes a lone UTF-16 surrogate (``"\\udc80"``): Python decodes it to
+    a code point no UTF-8 text can hold, so the store and the engines could not keep it. Only
+    text with such an escape in it is looked at twice."""
+    found = (
+        _SURROGATE_BYTES.search(raw) if isinstance(raw, bytes) else _SURROGATE_TEXT.search(raw)
+    )
+    if found is None:
+        return
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise HttpError(
+            400,
+            "bad_json",
+            f"{what} holds a lone UTF-16 surrogate escape such as \\udc80: "
+            "text must be valid Unicode",
+        ) from None
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -196,6 +223,14 @@ def _query_options(request: web.Request) -> tuple[str | None, float | None]:
         raise HttpError(400, "bad_request", "timeout must be a positive number of seconds")
     wait = min(timeout, WAIT_TIMEOUT_MAX) if wait_text in ("true", "1") else None
     return q.get("version") or None, wait
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A yes/no query parameter: absent is no; a value that is neither is refused."""
+    text = request.query.get(name, "false").lower()
+    if text not in ("", "true", "false", "1", "0", "yes", "no"):
+        raise HttpError(400, "bad_request", f"{name} must be true or false, got {text!r}")
+    return text in ("", "true", "1", "yes")
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -317,7 +352,7 @@ class HttpApi:
     # -- workflows --------------------------------------------------------------------------
 
     async def register(self, request: web.Request) -> web.Response:
-        force = request.query.get("force", "").lower() in ("1", "true", "yes")
+        force = _flag(request, "force")
         ctype = request.content_type
         is_yaml = ctype in ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
         raw = await request.read()
@@ -386,14 +421,10 @@ class HttpApi:
 
     async def list_executions(self, request: web.Request) -> web.Response:
         q = request.query
-        try:
-            limit = int(q.get("limit", "50"))
-        except ValueError:
-            raise HttpError(
-                400, "bad_request", f"limit must be a whole number, got {q.get('limit')!r}"
-            ) from None
-        if not 1 <= limit <= 1000:
-            raise HttpError(400, "bad_request", "limit must be between 1 and 1000")
+        limit = _limit(request, 50, LIST_LIMIT)
+        for name in ("workflow", "status"):
+            if len(q.getall(name, [])) > 1:
+                raise HttpError(400, "bad_request", f"give {name} once: one value per listing")
         found = await self.api.list_executions(
             workflow_id=q.get("workflow") or None, status=q.get("status") or None, limit=limit
         )

@@ -34,12 +34,13 @@ from engine.core.events import isoformat
 from engine.core.states import EXECUTION_TERMINAL, NODE_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.dispatching import RunTicket
+from orchestrator.errors import IdempotencyKeyReused
 from orchestrator.timeline import (
-    checkpoints,
     fold_nodes,
     node_order,
     nodes_done,
     progress,
+    resume_point,
     summarize,
 )
 from orchestrator.versions import RegisterPlan, StoredVersion
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 IDEMPOTENCY_WINDOW: Final = 24 * 3600.0
+LIST_LIMIT: Final = 1000
+"""Most executions one listing returns."""
 _MAX_GROUP: Final = 512
 """Writes committed together at most: bounds one transaction's latency under a flood."""
 
@@ -162,6 +165,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         detail       TEXT NOT NULL DEFAULT '{}',
         PRIMARY KEY (trigger_id, scheduled_at)
     ) WITHOUT ROWID;
+    """,
+    # what each idempotency key was sent with (a digest of inputs and version), so the key
+    # sent again with other inputs is refused instead of answered with the first run
+    """
+    ALTER TABLE idempotency ADD COLUMN request TEXT;
     """,
 )
 
@@ -725,6 +733,7 @@ class Store:
         node_ids: Sequence[str],
         first_event: JSONObject,
         idempotency_key: str | None = None,
+        request_digest: str | None = None,
         parent_execution_id: str | None = None,
         parent_node_id: str | None = None,
         parent_item: int | None = None,
@@ -734,8 +743,10 @@ class Store:
     ) -> tuple[str, bool]:
         """Store a new execution with its first event; with a key seen in the last 24 h,
         or a child for a parent node's item and attempt that already has one, the earlier
-        execution's id and False instead. ``fire``: the cron slot this run is for, recorded
-        in the same transaction; ``SlotTaken`` when that slot was decided before."""
+        execution's id and False instead. ``request_digest`` stands for what the key came
+        with: ``IdempotencyKeyReused`` when the earlier use had another. ``fire``: the cron
+        slot this run is for, recorded in the same transaction; ``SlotTaken`` when that slot
+        was decided before."""
         scoped = f"{workflow_id}\x00{idempotency_key}" if idempotency_key else None
         if (workflow_id, version) not in self._orders:
             self._orders[workflow_id, version] = tuple(node_ids)
@@ -759,14 +770,23 @@ class Store:
                     return str(row[0]), False
             if scoped is not None:
                 row = conn.execute(
-                    "SELECT execution_id, created_at FROM idempotency WHERE key = ?", (scoped,)
+                    "SELECT execution_id, created_at, request FROM idempotency WHERE key = ?",
+                    (scoped,),
                 ).fetchone()
                 if row is not None and row[1] > created_at - IDEMPOTENCY_WINDOW:
+                    if None not in (row[2], request_digest) and row[2] != request_digest:
+                        raise IdempotencyKeyReused(
+                            f"Idempotency-Key {idempotency_key!r} was sent with other inputs "
+                            f"or version for execution {row[0]} of {workflow_id!r}: a key "
+                            "stands for one request for 24 hours, so send new ones with a "
+                            "new key",
+                            {"execution_id": str(row[0])},
+                        )
                     return str(row[0]), False
                 conn.execute(
-                    "INSERT OR REPLACE INTO idempotency (key, execution_id, created_at)"
-                    " VALUES (?, ?, ?)",
-                    (scoped, execution_id, created_at),
+                    "INSERT OR REPLACE INTO idempotency (key, execution_id, created_at, request)"
+                    " VALUES (?, ?, ?, ?)",
+                    (scoped, execution_id, created_at, request_digest),
                 )
             if fire is not None:
                 _record_slot(conn, fire, "fired", execution_id, {})
@@ -966,6 +986,7 @@ class Store:
             if row is None:
                 return None
             workflow_id, version, spec_json, inputs, status, parent, last_seq = row
+            resume = resume_point(_timeline(conn, execution_id))
             return RunTicket(
                 execution_id=execution_id,
                 workflow_id=workflow_id,
@@ -974,8 +995,10 @@ class Store:
                 inputs=_loads(inputs),
                 status=status,
                 parent_execution_id=parent,
-                checkpoints=checkpoints(_timeline(conn, execution_id)),
+                checkpoints=resume.checkpoints,
                 next_seq=int(last_seq) + 1,
+                sleeping=resume.sleeping,
+                started_at=resume.started_at,
             )
 
         # through the writer, so the ticket reflects every event already accepted for storage

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 NodeStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "blocked", "cancelled"]
 ExecutionStatus = Literal[
     "queued", "running", "succeeded", "partial", "failed", "cancelled", "timed_out"
 ]
 Severity = Literal["debug", "info", "warning", "error", "critical"]
+
+EXECUTION_STATUSES: Final[tuple[str, ...]] = get_args(ExecutionStatus)
 
 NODE_TERMINAL: Final[frozenset[str]] = frozenset(
     {"succeeded", "failed", "skipped", "blocked", "cancelled"}

@@ -108,13 +108,12 @@ def read_inputs(
             if path.suffix.lower() == ".json":
                 base = json.loads(text)
             else:
-                import yaml
+                from engine.documents import load_yaml  # YAML only when a YAML file is given
 
-                base = yaml.safe_load(text)
-        except ValueError as exc:
-            raise BadArguments(f"--inputs-file {path}: not valid JSON: {exc}") from None
-        except Exception as exc:  # yaml.YAMLError, without importing yaml up front
-            raise BadArguments(f"--inputs-file {path}: not valid YAML: {exc}") from None
+                base = load_yaml(text)
+        except ValueError as exc:  # JSONDecodeError and YamlRefused both
+            kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+            raise BadArguments(f"--inputs-file {path}: not valid {kind}: {exc}") from None
         if base is None:
             base = {}
     if pairs:

@@ -119,3 +119,47 @@ def test_what_a_trigger_adds_is_not_held_against_a_closed_schema() -> None:
     assert info.value.problems == [
         "inputs: Additional properties are not allowed ('other' was unexpected)"
     ]
+
+
+def laughs(levels: int) -> str:
+    """Ten anchors, each nine aliases of the one before: about 9**levels values."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels + 1):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_expansion_bomb_is_refused_before_anything_walks_it() -> None:
+    text = laughs(10)  # a kilobyte naming 9**10 (3.5 billion) values
+    assert len(text) < 1000
+    got = messages(text)
+    assert got == ["wf.yaml:7: the document's aliases expand it past 1,000,000 values"]
+
+
+def test_self_referring_alias_is_refused() -> None:
+    assert messages("id: w\nloop: &a [1, *a]\n") == [
+        "wf.yaml:2: an alias refers to a node that contains it"
+    ]
+
+
+def test_ordinary_anchors_and_merge_keys_still_load() -> None:
+    spec = spec_from_text(
+        "id: w\nversion: 1.0.0\n"
+        "nodes:\n"
+        "  - &base\n"
+        "    id: a\n"
+        "    lua: return {}\n"
+        "    retry: &retry {max_attempts: 3, delay: 1s}\n"
+        "  - <<: *base\n"
+        "    id: b\n"
+        "    depends_on: [a]\n",
+        "wf.yaml",
+    )
+    assert [n.id for n in spec.nodes] == ["a", "b"]
+    assert spec.nodes[1].retry.max_attempts == 3
+    assert spec.nodes[1].depends_on == ("a",)
+
+
+def test_deeply_nested_yaml_is_a_clear_error() -> None:
+    got = messages("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert got == ["wf.yaml: invalid YAML: nested too deeply"]

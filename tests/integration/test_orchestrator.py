@@ -222,6 +222,21 @@ async def test_idempotency_key_returns_the_first_execution(cluster: Cluster) -> 
         other = await trigger(http, cluster.url, "diamond", {}, **{"Idempotency-Key": "k-2"})
         assert first[1]["execution_id"] == again[1]["execution_id"]
         assert other[1]["execution_id"] != first[1]["execution_id"]
+        # how long the caller waits is not part of what it asked for
+        same = await trigger(
+            http,
+            cluster.url,
+            "diamond",
+            {"inputs": {}, "wait": False},
+            **{"Idempotency-Key": "k-1"},
+        )
+        assert same[1]["execution_id"] == first[1]["execution_id"]
+        changed = await trigger(
+            http, cluster.url, "diamond", {"inputs": {"n": 3}}, **{"Idempotency-Key": "k-1"}
+        )
+        assert changed[0] == 422, changed
+        assert changed[1]["error"]["code"] == "idempotency_key_reused"
+        assert first[1]["execution_id"] in changed[1]["error"]["message"]
         listed = await get(http, f"{cluster.url}/api/v1/executions?workflow=diamond&limit=1000")
         ids = [e["id"] for e in listed["executions"]]
         assert ids.count(first[1]["execution_id"]) == 1
@@ -271,8 +286,38 @@ async def test_idempotency_key_returns_the_first_execution(cluster: Cluster) -> 
             400,
             "invalid_spec",
         ),
+        (
+            "post",
+            "/api/v1/workflows",
+            {
+                "data": "\n".join(
+                    ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+                    + [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 11)]
+                ),
+                "headers": {**TOKEN, "Content-Type": "application/yaml"},
+            },
+            400,
+            "invalid_spec",
+        ),
+        (
+            "post",
+            "/trigger/diamond",
+            {"data": b'{"inputs": {"s": "\\udc80"}}', "headers": TOKEN},
+            400,
+            "bad_json",
+        ),
+        (
+            "post",
+            "/api/v1/workflows?force=maybe",
+            {"json": {"id": "x"}, "headers": TOKEN},
+            400,
+            "bad_request",
+        ),
         ("get", "/api/v1/executions/does-not-exist", {}, 404, "not_found"),
         ("get", "/api/v1/executions?limit=zero", {}, 400, "bad_request"),
+        ("get", "/api/v1/executions?limit=1001", {}, 400, "bad_request"),
+        ("get", "/api/v1/executions?status=bogus", {}, 400, "bad_request"),
+        ("get", "/api/v1/executions?status=succeeded&status=failed", {}, 400, "bad_request"),
         ("get", "/no/such/route", {}, 404, "not_found"),
     ],
 )
@@ -368,6 +413,19 @@ async def test_grpc_register_execute_watch_and_reflection(cluster: Cluster) -> N
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="nope"), metadata=auth)
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as lone:
+            await stub.ExecuteWorkflow(
+                pb.ExecuteWorkflowRequest(
+                    workflow_id="grpc-diamond", inputs_json='{"s": "\\udc80"}'
+                ),
+                metadata=auth,
+            )
+        assert lone.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "lone UTF-16 surrogate" in (lone.value.details() or "")
+        for limit, status in ((-5, ""), (5000, ""), (5, "bogus")):
+            with pytest.raises(grpc.aio.AioRpcError) as listing:
+                await stub.ListExecutions(pb.ListExecutionsRequest(limit=limit, status=status))
+            assert listing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.aio.AioRpcError) as conflict:
             await stub.RegisterWorkflow(
                 pb.RegisterWorkflowRequest(spec=spec.replace("* 2", "* 4")), metadata=auth
