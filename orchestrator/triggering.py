@@ -37,6 +37,7 @@ from engine.core.spec import CronTrigger as CronSpec
 from engine.core.spec import HttpTrigger as HttpSpec
 from engine.core.spec import WorkflowSpec
 from engine.core.values import JSON, JSONObject
+from engine.inputs import check_inputs
 from orchestrator.errors import NotFound, OrchestratorError
 from orchestrator.schedule import (
     Catchup,
@@ -677,7 +678,8 @@ class Triggers:
                 "workflow_id and cron are required", {"fields": ["workflow_id", "cron"]}
             )
         version = text("version", "latest")
-        self.host.registry.resolve(workflow_id, version)  # 404 / 400 before anything is stored
+        # 404 / 400 before anything is stored
+        spec = self.host.registry.resolve_spec(workflow_id, version)
         timezone = text("timezone", "UTC") or "UTC"
         try:
             Schedule(cron, timezone).next_after(self.clock())
@@ -699,6 +701,8 @@ class Triggers:
         inputs = body.get("inputs", {})
         if not isinstance(inputs, dict):
             raise InvalidTrigger("inputs must be a JSON object", {"field": "inputs"})
+        # what every slot would be refused for is refused once, now (422 like a trigger's)
+        check_inputs(spec, inputs)
         paused = body.get("paused", False)
         if not isinstance(paused, bool):
             raise InvalidTrigger("paused must be true or false", {"field": "paused"})

@@ -680,9 +680,14 @@ def cmd_trigger(args: argparse.Namespace, client: Client, out: TextIO, err: Text
         history = doc.get("history")
         for row in history if isinstance(history, list) else []:
             entry = row if isinstance(row, dict) else {}
+            detail = entry.get("detail")
+            # a slot that did not fire says why; one that did names its run
+            why = (
+                (detail.get("error") or detail.get("reason")) if isinstance(detail, dict) else None
+            )
             out.write(
                 f"{entry.get('scheduled_time')}  {entry.get('outcome')}  "
-                f"{entry.get('execution_id') or ''}\n"
+                f"{entry.get('execution_id') or why or ''}\n"
             )
     elif args.action == "delete":
         out.write(f"trigger {args.id} deleted\n")

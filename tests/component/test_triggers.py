@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from engine.core.errors import InputsError
 from orchestrator.errors import NotFound
 from orchestrator.lua_checking import LuaSyntaxChecker
 from orchestrator.metrics import Metrics
@@ -272,6 +273,15 @@ async def test_api_triggers_are_checked_before_anything_is_stored(world: World) 
         await triggers.create({"workflow_id": "wf", "cron": "@hourly", "cronn": "x"})
     with pytest.raises(NotFound):
         await triggers.create({"workflow_id": "nope", "cron": "@hourly"})
+    closed = {
+        "id": "closed",
+        "version": "1.0.0",
+        "inputs_schema": {"type": "object", "additionalProperties": False},
+        "nodes": [{"id": "a", "lua": "return {}"}],
+    }
+    await world.orch.register(json.dumps(closed), yaml=False, force=False)
+    with pytest.raises(InputsError, match="'bad' was unexpected"):
+        await triggers.create({"workflow_id": "closed", "cron": "@hourly", "inputs": {"bad": 1}})
     await triggers.create({"workflow_id": "wf", "cron": "@hourly", "id": "h"})
     with pytest.raises(TriggerConflict):
         await triggers.create({"workflow_id": "wf", "cron": "@hourly", "id": "h"})
