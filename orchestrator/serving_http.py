@@ -19,9 +19,10 @@ from typing import Any, Final, Protocol
 from aiohttp import web
 
 from engine.core.errors import InputsError, SpecError
+from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.errors import OrchestratorError
-from orchestrator.monitoring import EventFilter, Hub
+from orchestrator.monitoring import EventFilter, Hub, Subscription
 from orchestrator.store import LIST_LIMIT
 from orchestrator.subworkflows import ChildRequest, ChildStarted
 from orchestrator.triggering import HttpTrigger, Triggers
@@ -159,9 +160,7 @@ def check_unicode(raw: str | bytes, value: JSON, what: str) -> None:
     """Refuse JSON that escapes a lone UTF-16 surrogate (``"\\udc80"``): Python decodes it to
     a code point no UTF-8 text can hold, so the store and the engines could not keep it. Only
     text with such an escape in it is looked at twice."""
-    found = (
-        _SURROGATE_BYTES.search(raw) if isinstance(raw, bytes) else _SURROGATE_TEXT.search(raw)
-    )
+    found = _SURROGATE_BYTES.search(raw) if isinstance(raw, bytes) else _SURROGATE_TEXT.search(raw)
     if found is None:
         return
     try:
@@ -450,48 +449,62 @@ class HttpApi:
         )
 
     async def live_events(self, request: web.Request) -> web.StreamResponse:
-        """Server-Sent Events; with ?execution= the stored timeline is replayed first."""
+        """Server-Sent Events. With ?execution= the stored timeline is replayed first (after
+        Last-Event-ID), and the stream ends with the run's final event; a reconnect after that
+        gets 204, which tells an EventSource to stop reconnecting."""
         flt = EventFilter(
             workflow_id=request.query.get("workflow") or None,
             execution_id=request.query.get("execution") or None,
         )
-        if flt.execution_id is not None:
-            await self.api.get_execution(flt.execution_id)  # 404 before the stream opens
-            _last_event_id(request)  # 400 before it opens, too
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-        try:
-            await self._stream_events(request, response, flt)
-        except ConnectionResetError:
-            pass  # the client went away: nothing to answer
-        return response
+        with self.api.hub.subscribe(flt) as sub:  # before the replay, so nothing falls between
+            replay: list[JSONObject] = []
+            if flt.execution_id is not None:
+                run = await self.api.get_execution(flt.execution_id)  # 404 before it opens
+                after = _last_event_id(request)  # 400 before it opens, too
+                replay = await self.api.execution_events(flt.execution_id, after)
+                if not replay and run["status"] in EXECUTION_TERMINAL:
+                    return web.Response(status=204)  # ended, and its end was seen already
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            await response.prepare(request)
+            try:
+                await self._stream_events(response, flt, sub, replay)
+            except ConnectionResetError:
+                pass  # the client went away: nothing to answer
+            return response
 
     async def _stream_events(
-        self, request: web.Request, response: web.StreamResponse, flt: EventFilter
+        self,
+        response: web.StreamResponse,
+        flt: EventFilter,
+        sub: Subscription,
+        replay: list[JSONObject],
     ) -> None:
-        with self.api.hub.subscribe(flt) as sub:
-            last_seq = 0
-            if flt.execution_id is not None:
-                after = _last_event_id(request)
-                for event in await self.api.execution_events(flt.execution_id, after):
-                    await _sse(response, event)
-                    last_seq = max(last_seq, _seq(event))
-            while True:
-                try:
-                    event = await asyncio.wait_for(sub.next_event(), SSE_HEARTBEAT)
-                except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
-                    continue
-                except StopAsyncIteration:
-                    return  # the hub closed: the server is stopping
-                seq = _seq(event)
-                if flt.execution_id is not None and event.get("type") != "subscriber.lagged":
-                    if seq <= last_seq:
-                        continue  # already sent from the stored timeline
-                    last_seq = seq
-                await _sse(response, event)
+        # only one run's events carry ids a reconnect can resume from: seq counts per run
+        with_ids = flt.execution_id is not None
+        last_seq = 0
+        for event in replay:
+            await _sse(response, event, with_ids)
+            last_seq = max(last_seq, _seq(event))
+            if _final(event):
+                return
+        while True:
+            try:
+                event = await asyncio.wait_for(sub.next_event(), SSE_HEARTBEAT)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            except StopAsyncIteration:
+                return  # the hub closed: the server is stopping
+            seq = _seq(event)
+            if with_ids and event.get("type") != "subscriber.lagged":
+                if seq <= last_seq:
+                    continue  # already sent from the stored timeline
+                last_seq = seq
+            await _sse(response, event, with_ids)
+            if with_ids and _final(event):
+                return
 
     async def engines(self, request: web.Request) -> web.Response:
         return _json({"engines": self.api.engines()})
@@ -560,9 +573,17 @@ def _seq(event: JSONObject) -> int:
     return seq if isinstance(seq, int) else 0
 
 
-async def _sse(response: web.StreamResponse, event: JSONObject) -> None:
+_FINAL_TYPES: Final = frozenset(f"execution.{status}" for status in EXECUTION_TERMINAL)
+
+
+def _final(event: JSONObject) -> bool:
+    return event.get("type") in _FINAL_TYPES
+
+
+async def _sse(response: web.StreamResponse, event: JSONObject, with_id: bool) -> None:
     data = json.dumps(event, separators=(",", ":"))
-    frame = f"id: {event.get('seq')}\nevent: {event.get('type')}\ndata: {data}\n\n"
+    head = f"id: {event.get('seq')}\n" if with_id else ""
+    frame = f"{head}event: {event.get('type')}\ndata: {data}\n\n"
     await response.write(frame.encode())
 
 

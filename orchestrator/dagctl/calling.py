@@ -257,6 +257,8 @@ class Client:
         except (OSError, http.client.HTTPException) as exc:
             raise Unreachable(self.server, _reason(exc)) from exc
         with resp:
+            if resp.status == 204:
+                return  # the run ended and its end was seen already: nothing more will come
             kind = resp.headers.get("Content-Type", "")
             if not kind.startswith("text/event-stream"):
                 raise StreamUnavailable(f"the event stream answered {kind or 'no content type'}")

@@ -212,6 +212,23 @@ async def test_sse_streams_a_runs_events_in_order(cluster: Cluster) -> None:
         assert kinds.index("node.succeeded") < kinds.index("execution.succeeded")
         stored = await get(http, f"{cluster.url}/api/v1/executions/{eid}/events")
         assert [e["seq"] for e in stored["events"]] == seqs
+        # a finished run's stream replays and ends by itself; resuming past its end is 204,
+        # which tells an EventSource to stop reconnecting
+        async with http.get(f"{cluster.url}/api/v1/events?execution={eid}") as resp:
+            text = await asyncio.wait_for(resp.text(), 30)
+        ids = [int(line[3:]) for line in text.splitlines() if line.startswith("id:")]
+        assert ids == seqs
+        async with http.get(
+            f"{cluster.url}/api/v1/events?execution={eid}",
+            headers={"Last-Event-ID": str(seqs[-1])},
+        ) as resp:
+            assert resp.status == 204
+        async with http.get(
+            f"{cluster.url}/api/v1/events?execution={eid}",
+            headers={"Last-Event-ID": str(seqs[-2])},
+        ) as resp:
+            text = await asyncio.wait_for(resp.text(), 30)
+        assert [line for line in text.splitlines() if line.startswith("id:")] == [f"id: {seqs[-1]}"]
 
 
 async def test_idempotency_key_returns_the_first_execution(cluster: Cluster) -> None:
@@ -573,12 +590,16 @@ async def test_an_engine_that_dies_leaves_and_rejoins_when_healthy_again(
         await wait_engines(http, cluster.url, 1)
         seen: list[dict[str, Any]] = []
 
+        ids: list[str] = []
+
         async def follow() -> None:
             async with http.get(f"{cluster.url}/api/v1/events") as resp:
                 async for raw in resp.content:
                     line = raw.decode().strip()
                     if line.startswith("data:"):
                         seen.append(json.loads(line[5:]))
+                    elif line.startswith("id:"):
+                        ids.append(line)
 
         follower = asyncio.create_task(follow())
         await asyncio.sleep(0.2)
@@ -601,6 +622,9 @@ async def test_an_engine_that_dies_leaves_and_rejoins_when_healthy_again(
         assert doc["status"] == "succeeded"
         follower.cancel()
     kinds = [e["type"] for e in seen if e["type"].startswith("engine.")]
+    # events of many runs share one stream, and seq counts per run: no id a reconnect could
+    # resume from
+    assert ids == []
     assert "engine.unhealthy" in kinds
     assert kinds[-1] == "engine.joined"
     assert all(e["engine_id"] == "engine-0" for e in seen if e["type"].startswith("engine."))
