@@ -75,6 +75,12 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(name)
 
 
+INPUT_HELP = (
+    "one input; V is read as JSON when it parses (n=5 is the number 5, on=true a boolean, "
+    """'id="7"' the text 7), else as text (name=Ada); repeatable"""
+)
+
+
 def parse_input(pair: str) -> tuple[str, JSON]:
     """``k=v`` from ``--input``: the value as JSON when it parses (``n=5`` is 5), else text."""
     key, sep, raw = pair.partition("=")
@@ -182,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start an execution (and follow it with --wait)")
     run.add_argument("workflow")
     run.add_argument(
-        "--input", dest="pairs", action="append", default=[], metavar="K=V", help="repeatable"
+        "--input", dest="pairs", action="append", default=[], metavar="K=V", help=INPUT_HELP
     )
     group = run.add_mutually_exclusive_group()
     group.add_argument("--inputs", dest="inputs_json", metavar="JSON", help="inputs as JSON")
@@ -208,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     output(describe)
 
     events = sub.add_parser("events", help="an execution's timeline, or the live stream with -f")
+    events.add_argument(
+        "id", nargs="?", metavar="EXECUTION", help="an execution id (or its tail); --execution too"
+    )
     events.add_argument("-f", "--follow", action="store_true", help="follow the live stream")
     events.add_argument("--workflow", metavar="ID")
     events.add_argument("--execution", metavar="ID")
@@ -224,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--overlap", choices=("skip", "allow", "cancel_previous"))
     create.add_argument("--catchup", choices=("none", "latest", "all"))
     create.add_argument(
-        "--input", dest="pairs", action="append", default=[], metavar="K=V", help="repeatable"
+        "--input", dest="pairs", action="append", default=[], metavar="K=V", help=INPUT_HELP
     )
     create.add_argument("--paused", action="store_true")
     output(create)
@@ -588,6 +597,9 @@ def cmd_events(args: argparse.Namespace, client: Client, out: TextIO, err: TextI
             out.write(event_line(event) + "\n")
         out.flush()
 
+    if args.id and args.execution and args.id != args.execution:
+        raise BadArguments("events takes one execution: give it as ID or as --execution, not both")
+    args.execution = args.execution or args.id
     if not args.follow:
         if not args.execution:
             raise BadArguments("events needs --execution ID (or -f to follow the live stream)")

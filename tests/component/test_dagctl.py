@@ -90,7 +90,29 @@ class FakeOrchestrator:
         if self.sse:
             r.add_get("/api/v1/events", self.live_events)
         r.add_get("/api/v1/engines", self.engines)
+        r.add_get("/api/v1/triggers/{trigger_id}/history", self.trigger_history)
         return app
+
+    async def trigger_history(self, request: web.Request) -> web.Response:
+        # the shapes of orchestrator.store's trigger_history rows, newest first
+        return web.json_response(
+            {
+                "history": [
+                    {
+                        "scheduled_time": "2026-03-02T12:02:00.000Z",
+                        "outcome": "failed",
+                        "execution_id": None,
+                        "detail": {"reason": "refused", "error": "inputs.n: 'x' is not an integer"},
+                    },
+                    {
+                        "scheduled_time": "2026-03-02T12:01:00.000Z",
+                        "outcome": "fired",
+                        "execution_id": "0190aa",
+                        "detail": {},
+                    },
+                ]
+            }
+        )
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -738,6 +760,11 @@ async def test_events_print_the_stored_timeline(fake: FakeOrchestrator, dagctl: 
     assert [json.loads(line) for line in as_json.out.splitlines()] == fake.timelines[eid]
     needs_id = await dagctl(fake, "events")
     assert needs_id.code == 2 and "--execution" in needs_id.err
+    # the id may come as the argument, as for describe and cancel (its tail will do)
+    positional = await dagctl(fake, "events", eid[-8:])
+    assert (positional.code, positional.out) == (0, result.out)
+    both = await dagctl(fake, "events", eid, "--execution", "other")
+    assert both.code == 2 and "not both" in both.err
 
 
 async def test_events_follow_a_run_until_it_ends(fake: FakeOrchestrator, dagctl: Dagctl) -> None:
@@ -750,6 +777,17 @@ async def test_events_follow_a_run_until_it_ends(fake: FakeOrchestrator, dagctl:
     assert kinds.count("node.succeeded") == 4
     unknown = await dagctl(fake, "events", "-f", "--execution", "zz")
     assert (unknown.code, unknown.err) == (1, "dagctl: not_found: no execution 'zz'\n")
+
+
+async def test_trigger_history_says_why_a_slot_did_not_fire(
+    fake: FakeOrchestrator, dagctl: Dagctl
+) -> None:
+    result = await dagctl(fake, "trigger", "history", "nightly")
+    assert result.code == 0
+    assert result.out.splitlines() == [
+        "2026-03-02T12:02:00.000Z  failed  inputs.n: 'x' is not an integer",
+        "2026-03-02T12:01:00.000Z  fired  0190aa",
+    ]
 
 
 async def test_cancel(fake: FakeOrchestrator, dagctl: Dagctl) -> None:
