@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from engine.core.spec import ExternalChecks
 from engine.lua import check_syntax
-from engine.spec_checks import cron_problem, json_schema_problem, timezone_problem
+from engine.spec_checks import (
+    cron_problem,
+    json_schema_problem,
+    timezone_problem,
+    version_range_problem,
+)
 
 
 def _lua_syntax(code: str, expression: bool) -> tuple[str, int | None] | None:
@@ -21,4 +26,5 @@ def external_checks() -> ExternalChecks:
         json_schema=json_schema_problem,
         timezone=timezone_problem,
         cron=cron_problem,
+        version_range=version_range_problem,
     )

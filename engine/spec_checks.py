@@ -1,4 +1,5 @@
-"""The checks a spec needs a library for, other than Lua's: JSON Schema, time zones and cron.
+"""The checks a spec needs a library for, other than Lua's: JSON Schema, time zones, cron and
+version ranges.
 
 Used by the engine (``engine.checking``, with Lua syntax) and by the orchestrator and dagctl
 (``orchestrator.checking``), so a spec is judged the same everywhere. Light to import:
@@ -12,7 +13,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from engine.core.spec import CRON_MACROS
+from engine.core.spec import CRON_MACROS, SEMVER
 from engine.core.values import JSON
 
 if TYPE_CHECKING:
@@ -88,4 +89,22 @@ def cron_problem(expression: str) -> str | None:
         return str(exc)
     except CroniterError as exc:
         return f"cron {expression!r} never fires: {exc}"
+    return None
+
+
+@lru_cache(maxsize=512)
+def version_range_problem(text: str) -> str | None:
+    """Why ``text`` is not a sub-workflow version range (npm style), or None."""
+    from semantic_version import NpmSpec
+
+    stripped = text.strip()
+    if stripped in ("", "latest") or SEMVER.fullmatch(stripped):
+        return None
+    try:
+        NpmSpec(stripped)
+    except ValueError as exc:
+        return (
+            f"{text!r} is not a version range ({exc}): use an npm-style range such as "
+            "^1.2, ~1.2.3, >=1 <2, 1.x, or latest"
+        )
     return None

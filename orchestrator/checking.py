@@ -12,7 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from engine.core.spec import ExternalChecks
-from engine.spec_checks import cron_problem, json_schema_problem, timezone_problem
+from engine.spec_checks import (
+    cron_problem,
+    json_schema_problem,
+    timezone_problem,
+    version_range_problem,
+)
 
 
 def registration_checks(
@@ -23,4 +28,5 @@ def registration_checks(
         json_schema=json_schema_problem,
         timezone=timezone_problem,
         cron=cron_problem,
+        version_range=version_range_problem,
     )

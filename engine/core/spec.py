@@ -170,6 +170,7 @@ class ExternalChecks:
     json_schema: Callable[[JSON], str | None] | None = None
     timezone: Callable[[str], str | None] | None = None
     cron: Callable[[str], str | None] | None = None
+    version_range: Callable[[str], str | None] | None = None
 
 
 Key: TypeAlias = tuple[str | int, ...]
@@ -591,6 +592,10 @@ class _Checker:
                 f"{path}.workflow.version",
                 f"must be a version range like ^1.2 or latest, got {version!r}",
             )
+            return None
+        problem = self.checks.version_range and self.checks.version_range(version)
+        if problem:
+            self.report((*key, "workflow", "version"), f"{path}.workflow.version", problem)
             return None
         return SubWorkflowRef(wf_id, version.strip())
 

@@ -164,6 +164,22 @@ def test_validate_checks_cron_as_the_orchestrator_does(
     assert f"{spec}:4: triggers[0].cron: {message}" in proc.stderr
 
 
+def test_validate_checks_sub_workflow_version_ranges(tmp_path: Path) -> None:
+    spec = tmp_path / "parent.yaml"
+    spec.write_text(
+        "id: parent\nversion: 1.0.0\nnodes:\n"
+        "  - id: a\n    workflow: {id: child, version: 'not a range'}\n"
+        "  - id: b\n    workflow: {id: child, version: '>=1 <2'}\n"
+        "  - id: c\n    workflow: {id: child, version: '1.x'}\n"
+    )
+    proc = engine("validate", str(spec))
+    assert proc.returncode == 2
+    assert (
+        f"{spec}:5: nodes[a].workflow.version: 'not a range' is not a version range" in proc.stderr
+    )
+    assert "nodes[b]" not in proc.stderr and "nodes[c]" not in proc.stderr
+
+
 def test_missing_file_is_a_clear_error() -> None:
     proc = engine("validate", "nowhere.yaml")
     assert proc.returncode == 2

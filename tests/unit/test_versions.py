@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.spec import WorkflowSpec, parse_spec
+from engine.spec_checks import version_range_problem
 from orchestrator.errors import (
     DependentsOutOfRange,
     InvalidRange,
@@ -619,3 +620,19 @@ def test_a_stored_version_that_is_not_semver_is_reported() -> None:
         InvalidRange, match="stored workflow x has a version that is not SemVer: 'one'"
     ):
         Registry().load([StoredVersion("x", "one", "{}", "", 0.0)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(st.text(max_size=12), st.sampled_from(["^1.2", "~1.2.3", ">=1 <2", "1.x", "latest"]))
+)
+def test_the_spec_check_and_the_registry_agree_on_what_parses_as_a_range(text: str) -> None:
+    reg = registry(wf("lib", "1.0.0"))
+    try:
+        reg.resolve("lib", text)
+        parses = True
+    except NoMatchingVersion:
+        parses = True
+    except InvalidRange:
+        parses = False
+    assert (version_range_problem(text) is None) == parses
