@@ -349,12 +349,15 @@ class Registry:
             wf = self._workflows[workflow_id]
             versions: list[JSON] = list(wf.order)
             dependents: list[JSON] = list(self.dependents(workflow_id))
+            latest = self._spec(wf, wf.latest)
             out.append(
                 {
                     "id": workflow_id,
                     "version": wf.latest,
-                    "name": self._spec(wf, wf.latest).name,
+                    "name": latest.name,
                     "versions": versions,
+                    "nodes": len(latest.nodes),
+                    "triggers": len(latest.triggers),
                     "created_at": isoformat(wf.rows[wf.latest].created_at),
                     "dependents": dependents,
                 }
