@@ -64,6 +64,8 @@ class Execution:
         on_event: EventSink | None = None,
         completed: Mapping[str, JSON] | None = None,
         completed_attempts: Mapping[str, int] | None = None,
+        sleeping: Mapping[str, float] | None = None,
+        started_at: float | None = None,
         subworkflows: SubWorkflowHandler | None = None,
         clock: Callable[[], float] = time.time,
         first_seq: int = 1,
@@ -83,6 +85,8 @@ class Execution:
             ctx={"execution_id": self.id},
             completed=completed,
             completed_attempts=completed_attempts,
+            sleeping=sleeping,
+            started_at=started_at,
         )
         self._seq = first_seq
         self._timers: dict[sch.TimerKey, asyncio.TimerHandle] = {}

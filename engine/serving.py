@@ -3,7 +3,8 @@
 ``EngineService.Execute`` admits a run (not draining, a free slot, a well-formed request), starts
 an ``Execution`` and streams its events as they happen; when the caller's stream goes away the
 run is cancelled, because the orchestrator, which owns the durable record, re-dispatches it. A
-run resumes from the completed-node outputs in its request. Sub-workflow nodes ask for their
+run resumes from the completed-node outputs in its request, and its sleeps and timeout go on
+from when they first started. Sub-workflow nodes ask for their
 child on the run's own stream (``subworkflow.requested``) and wait for ``ResolveSubWorkflow``.
 
 ``serve`` runs the server until SIGTERM (or SIGINT), then drains: health turns NOT_SERVING, new
@@ -286,6 +287,8 @@ class EngineService(pb_grpc.EngineServicer):
             on_event=on_event,
             completed=order.completed,
             completed_attempts=order.completed_attempts,
+            sleeping=order.sleeping,
+            started_at=order.started_at,
             subworkflows=self._subworkflows,
             first_seq=order.first_seq,
         )

@@ -10,6 +10,7 @@ from engine errors to gRPC statuses; refused specs, inputs and fields travel as
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -100,6 +101,10 @@ class RunOrder:
     completed_attempts: dict[str, int]
     parent_execution_id: str | None
     first_seq: int
+    sleeping: dict[str, float]
+    """Sleep nodes that started before the run came here: node id -> unix seconds."""
+    started_at: float | None
+    """When the run first started (unix seconds), if it did before it came here."""
 
 
 def run_order(
@@ -140,12 +145,41 @@ def run_order(
             node.output_json, where + ".output_json", problems, empty=None
         )
         attempts[node.node_id] = max(node.attempts, 1)
+    sleeping: dict[str, float] = {}
+    for i, sleep in enumerate(request.sleeping):
+        where = f"sleeping[{sleep.node_id or i}]"
+        if not sleep.node_id:
+            problems.append(FieldProblem(where + ".node_id", "required"))
+        elif sleep.node_id in sleeping:
+            problems.append(FieldProblem(where, "the node is listed twice"))
+        elif sleep.node_id in completed:
+            problems.append(FieldProblem(where, "the node is listed as completed too"))
+        elif not _a_time(sleep.started_at):
+            problems.append(
+                FieldProblem(
+                    where + ".started_at", f"must be unix seconds, got {sleep.started_at!r}"
+                )
+            )
+        else:
+            sleeping[sleep.node_id] = sleep.started_at
+    if request.started_at and not _a_time(request.started_at):
+        problems.append(
+            FieldProblem("started_at", f"must be unix seconds or 0, got {request.started_at!r}")
+        )
     if not request.spec.strip():
         raise BadRequest([FieldProblem("spec", "required: the workflow spec as JSON or YAML")])
     spec = parse_spec(request.spec)  # SpecError before field problems: the spec matters most
     for node_id in completed:
         if node_id not in spec.by_id:
             problems.append(FieldProblem(f"completed[{node_id}]", f"no such node in {spec.ref}"))
+    for node_id in sleeping:
+        found = spec.by_id.get(node_id)
+        if found is None:
+            problems.append(FieldProblem(f"sleeping[{node_id}]", f"no such node in {spec.ref}"))
+        elif found.kind != "sleep":
+            problems.append(
+                FieldProblem(f"sleeping[{node_id}]", f"a {found.kind} node, not a sleep node")
+            )
     if problems:
         raise BadRequest(problems)
     check_inputs(spec, inputs)
@@ -159,7 +193,14 @@ def run_order(
             request.parent_execution_id if request.HasField("parent_execution_id") else None
         ),
         first_seq=request.first_seq or 1,
+        sleeping=sleeping,
+        started_at=request.started_at or None,
     )
+
+
+def _a_time(seconds: float) -> bool:
+    """Unix seconds after 1970 that a float can do arithmetic with (not NaN or infinite)."""
+    return math.isfinite(seconds) and seconds > 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,10 @@ holds one ``Execute`` stream; every event that comes back is stored before anyon
 and the outputs in node.succeeded events are the run's checkpoints. When a stream breaks or its
 engine turns unhealthy, the run goes back to the front of the queue and resumes on the next
 engine from those checkpoints, numbering its events after the last one stored: a node whose
-success was stored never runs again. On start, queued and running executions are taken up the
-same way, so an orchestrator restart loses nothing either.
+success was stored never runs again. Time already spent carries over too: a sleep whose start
+was stored waits only what is left of it, and the run's timeout counts from its first start. On
+start, queued and running executions are taken up the same way, so an orchestrator restart
+loses nothing either.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class RunTicket:
     parent_execution_id: str | None = None
     checkpoints: list[Checkpoint] = field(default_factory=list)
     next_seq: int = 1
+    sleeping: dict[str, float] = field(default_factory=dict)
+    """Sleeps that started and have not ended: node id -> first start, unix seconds."""
+    started_at: float | None = None
+    """When the run first started (unix seconds); None when it never has."""
 
 
 class DispatchStore(Protocol):
@@ -259,14 +265,20 @@ class Dispatcher:
                 for c in ticket.checkpoints
             ],
             first_seq=ticket.next_seq,
+            sleeping=[
+                pb.StartedSleep(node_id=node_id, started_at=since)
+                for node_id, since in ticket.sleeping.items()
+            ],
+            started_at=ticket.started_at or 0.0,
         )
         if ticket.parent_execution_id:
             request.parent_execution_id = ticket.parent_execution_id
         log.debug(
-            "dispatching %s to %s (resume from %d checkpoints)",
+            "dispatching %s to %s (resume from %d checkpoints, %d sleeps under way)",
             ticket.execution_id,
             run.link.key,
             len(ticket.checkpoints),
+            len(ticket.sleeping),
             extra={"execution_id": ticket.execution_id, "engine_id": run.link.key},
         )
         call = run.link.stub.Execute(request)

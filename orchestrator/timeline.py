@@ -1,16 +1,17 @@
 """An execution's story told from its events alone: node states, checkpoints, batch summaries.
 
 The store keeps events as they arrive and nothing per node; whatever is shown about the nodes of
-a run (the ``nodes`` map of the execution JSON, the checkpoints a run resumes from) is folded
-here from those events when someone asks. The one rule of the fold: the first end a node
-reaches is its end, and an execution that ends other than succeeded ends every node it never
-reached with it. Pure functions, no I/O.
+a run (the ``nodes`` map of the execution JSON) and whatever a run resumes from (checkpoints,
+sleeps under way, when it first started) is folded here from those events when someone asks.
+The one rule of the fold: the first end a node reaches is its end, and an execution that ends
+other than succeeded ends every node it never reached with it. Pure functions, no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Final
 
 from engine.core import dag
@@ -115,15 +116,31 @@ class Checkpoint:
     attempts: int
 
 
-def checkpoints(events: Iterable[JSONObject]) -> list[Checkpoint]:
-    """The nodes whose first end was success, with output and attempts, in the order they
-    succeeded: what a resumed run must not run again."""
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """What a run carries to the engine it resumes on, read from its stored events."""
+
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    """Nodes whose first end was success, in the order they succeeded: never run again."""
+    sleeping: dict[str, float] = field(default_factory=dict)
+    """Sleep nodes that started and have not ended, with their first start (unix seconds):
+    they wait only what is left."""
+    started_at: float | None = None
+    """The first execution.started (unix seconds): the run's timeout counts from it."""
+
+
+def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
+    """One pass over a run's events (in seq order) for what it resumes from."""
     attempts: dict[str, int] = {}
     ended: set[str] = set()
     out: list[Checkpoint] = []
+    sleeping: dict[str, float] = {}
+    started_at: float | None = None
     for event in events:
         family, _, what = str(event.get("type", "")).partition(".")
         node_id = event.get("node_id")
+        if family == "execution" and what == "started" and started_at is None:
+            started_at = _unix(event.get("time"))
         if family != "node" or not isinstance(node_id, str) or node_id in ended:
             continue
         if what not in _NODE_MOVES and what not in NODE_TERMINAL:
@@ -131,13 +148,37 @@ def checkpoints(events: Iterable[JSONObject]) -> list[Checkpoint]:
         attempt = event.get("attempt")
         if isinstance(attempt, int) and attempt > attempts.get(node_id, 0):
             attempts[node_id] = attempt
+        data = event.get("data")
+        data = data if isinstance(data, dict) else {}
+        if what == "started" and "sleep_s" in data and node_id not in sleeping:
+            # only a sleep's node.started carries sleep_s; the first one is when it began, the
+            # later ones are its resumptions
+            since = _unix(event.get("time"))
+            if since is not None:
+                sleeping[node_id] = since
         if what in NODE_TERMINAL:
             ended.add(node_id)
+            sleeping.pop(node_id, None)
             if what == "succeeded":
-                data = event.get("data")
-                output = data.get("output") if isinstance(data, dict) else None
-                out.append(Checkpoint(node_id, output, attempts.get(node_id) or 1))
-    return out
+                out.append(Checkpoint(node_id, data.get("output"), attempts.get(node_id) or 1))
+    return ResumePoint(out, sleeping, started_at)
+
+
+def checkpoints(events: Iterable[JSONObject]) -> list[Checkpoint]:
+    """The nodes whose first end was success, with output and attempts, in the order they
+    succeeded: what a resumed run must not run again."""
+    return resume_point(events).checkpoints
+
+
+def _unix(time: JSON) -> float | None:
+    """An event's time (ISO 8601 with a Z) as unix seconds; None when it is not one."""
+    if not isinstance(time, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(time)
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
 
 
 @dataclass(frozen=True, slots=True)

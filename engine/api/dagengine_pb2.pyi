@@ -7,20 +7,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("execution_id", "spec", "inputs_json", "completed", "parent_execution_id", "first_seq")
+    __slots__ = ("execution_id", "spec", "inputs_json", "completed", "parent_execution_id", "first_seq", "sleeping", "started_at")
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     PARENT_EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SLEEPING_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     execution_id: str
     spec: str
     inputs_json: str
     completed: _containers.RepeatedCompositeFieldContainer[CompletedNode]
     parent_execution_id: str
     first_seq: int
-    def __init__(self, execution_id: _Optional[str] = ..., spec: _Optional[str] = ..., inputs_json: _Optional[str] = ..., completed: _Optional[_Iterable[_Union[CompletedNode, _Mapping]]] = ..., parent_execution_id: _Optional[str] = ..., first_seq: _Optional[int] = ...) -> None: ...
+    sleeping: _containers.RepeatedCompositeFieldContainer[StartedSleep]
+    started_at: float
+    def __init__(self, execution_id: _Optional[str] = ..., spec: _Optional[str] = ..., inputs_json: _Optional[str] = ..., completed: _Optional[_Iterable[_Union[CompletedNode, _Mapping]]] = ..., parent_execution_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., sleeping: _Optional[_Iterable[_Union[StartedSleep, _Mapping]]] = ..., started_at: _Optional[float] = ...) -> None: ...
+
+class StartedSleep(_message.Message):
+    __slots__ = ("node_id", "started_at")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    started_at: float
+    def __init__(self, node_id: _Optional[str] = ..., started_at: _Optional[float] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
     __slots__ = ("events",)

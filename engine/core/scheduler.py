@@ -5,6 +5,10 @@ and returns what to do next as instruction objects (``RunTask``, ``StartTimer``,
 ``Finish``, ...). It does no I/O and reads no clock: time arrives inside each stimulus. An async
 adapter carries the instructions out and feeds the results back.
 
+A run may resume one that began on another engine: nodes that succeeded there are ``completed``
+and never run again; sleeps that started there are ``sleeping`` since their first start and
+wait only what is left; and the whole run's timeout counts from its first ``started_at``.
+
 Each node keeps a count of its unfinished dependencies. When a node settles, its dependents'
 counts drop; a dependent whose count reaches zero has its trigger rule evaluated once, over its
 own dependencies. A whole run therefore costs O(nodes + edges), never a rescan of all nodes.
@@ -222,8 +226,13 @@ class Run:
         ctx: JSONObject | None = None,
         completed: Mapping[str, JSON] | None = None,
         completed_attempts: Mapping[str, int] | None = None,
+        sleeping: Mapping[str, float] | None = None,
+        started_at: float | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
+        """``completed``: outputs of nodes that succeeded before (a resumed run); ``sleeping``:
+        sleep nodes that had started before and not ended, with when they first started;
+        ``started_at``: when the run first started, if before. Times are the stimuli's clock."""
         self.spec = spec
         self.inputs = inputs
         self.ctx: JSONObject = {"workflow_id": spec.id, "version": spec.version, **(ctx or {})}
@@ -231,9 +240,21 @@ class Run:
         self.nodes: dict[str, _Node] = {n.id: _Node(n) for n in spec.nodes}
         self._completed = dict(completed or {})
         self._completed_attempts = dict(completed_attempts or {})
-        unknown = set(self._completed) - set(self.nodes)
+        self._sleeping = dict(sleeping or {})
+        self._first_started_at = started_at
+        unknown = (set(self._completed) | set(self._sleeping)) - set(self.nodes)
         if unknown:
             raise ValueError(f"resume names nodes not in {spec.ref}: {', '.join(sorted(unknown))}")
+        not_sleeps = [
+            node_id
+            for node_id in self._sleeping
+            if self.nodes[node_id].spec.kind != "sleep" or node_id in self._completed
+        ]
+        if not_sleeps:
+            raise ValueError(
+                f"resume names as sleeping nodes of {spec.ref} that are not unfinished sleeps: "
+                + ", ".join(sorted(not_sleeps))
+            )
         self._ready: deque[tuple[str, int | None]] = deque()
         self._inflight: dict[tuple[str, int | None], int] = {}
         self._settled: deque[str] = deque()
@@ -318,7 +339,10 @@ class Run:
         if self.status != "queued":
             return
         self.status = "running"
-        self.started_at = self._now
+        # a resumed run is as old as its first start (never younger than now: clocks of two
+        # machines may disagree a little)
+        first = self._first_started_at
+        self.started_at = self._now if first is None else min(first, self._now)
         resumed: list[JSON] = []
         resumed.extend(sorted(self._completed))
         self._emit(
@@ -326,14 +350,21 @@ class Run:
             "info",
             data={"inputs": self.inputs, "resumed": resumed},
         )
-        if self.spec.timeout is not None:
-            self._out.append(StartTimer(("run_timeout",), self.spec.timeout))
         for node_id in self.spec.order:
             if node_id in self._completed:
                 n = self.nodes[node_id]
                 n.restored = True
                 n.attempts = self._completed_attempts.get(node_id, 1)
                 self._settle(n, "succeeded", output=self._completed[node_id], quiet=True)
+        if self.spec.timeout is not None:
+            left = self.spec.timeout - (self._now - self.started_at)
+            if left <= 0:
+                # resumed past its deadline: nothing more may start
+                self._abort(
+                    "timed_out", f"execution timed out after {format_duration(self.spec.timeout)}"
+                )
+                return
+            self._out.append(StartTimer(("run_timeout",), left))
         for node_id in self.spec.order:
             n = self.nodes[node_id]
             if n.status == "pending" and n.waiting == 0:
@@ -439,12 +470,7 @@ class Run:
     def _begin(self, n: _Node) -> None:
         spec = n.spec
         if spec.kind == "sleep":
-            self._transition(n, "running")
-            n.status = "running"
-            n.attempts = 1
-            n.started_at = self._now
-            self._emit("node.started", "info", spec.id, 1, {"sleep_s": spec.sleep})
-            self._out.append(StartTimer(("sleep", spec.id), spec.sleep or 0.0))
+            self._begin_sleep(n)
             return
         if spec.foreach is None:
             self._ready.append((spec.id, None))
@@ -473,6 +499,34 @@ class Run:
         for i in range(first):
             self._ready.append((spec.id, i))
         n.next_item = first
+
+    def _begin_sleep(self, n: _Node) -> None:
+        """Start a sleep's timer, or take up one that started before this run resumed: then
+        only the rest of the sleep is left, and the node keeps its first start."""
+        spec = n.spec
+        sleep = spec.sleep or 0.0
+        self._transition(n, "running")
+        n.status = "running"
+        n.attempts = 1
+        since = self._sleeping.get(spec.id)
+        if since is None:
+            n.started_at = self._now
+            self._emit("node.started", "info", spec.id, 1, {"sleep_s": sleep})
+            self._out.append(StartTimer(("sleep", spec.id), sleep))
+            return
+        n.started_at = since = min(since, self._now)
+        remaining = max(0.0, sleep - (self._now - since))
+        self._emit(
+            "node.started",
+            "info",
+            spec.id,
+            1,
+            {"sleep_s": sleep, "resumed": True, "remaining_s": round(remaining, 3)},
+        )
+        if remaining > 0:
+            self._out.append(StartTimer(("sleep", spec.id), remaining))
+        else:
+            self._settle(n, "succeeded", output={"slept_s": sleep})
 
     def _pump(self) -> None:
         """Start queued tasks while the run has free slots."""
@@ -707,6 +761,9 @@ class Run:
                     problems.append(f"{node_id}: running without started_at")
             if n.status == "succeeded" and not n.restored and n.started_at is None:
                 problems.append(f"{node_id}: succeeded without starting")
+            since = self._sleeping.get(node_id)
+            if since is not None and n.started_at is not None and n.started_at > since:
+                problems.append(f"{node_id}: a resumed sleep started again at {n.started_at}")
         for node_id, _item in self._inflight:
             if self.nodes[node_id].status != "running":
                 problems.append(

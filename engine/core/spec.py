@@ -501,8 +501,25 @@ class _Checker:
             self.report(
                 (*key, "inputs"), f"{path}.inputs", "must be a mapping of input names to values"
             )
-        retry = self.retry(item.get("retry"), key, path)
-        timeout = self.duration(item, "timeout", key, path)
+        # a sleep only waits: it cannot fail, so a timeout or retry on it would do nothing
+        if kind == "sleep" and item.get("retry") is not None:
+            self.report(
+                (*key, "retry"),
+                f"{path}.retry",
+                "a sleep node cannot be retried: it only waits, and waiting cannot fail",
+            )
+            retry = RetryPolicy()
+        else:
+            retry = self.retry(item.get("retry"), key, path)
+        if kind == "sleep" and item.get("timeout") is not None:
+            self.report(
+                (*key, "timeout"),
+                f"{path}.timeout",
+                "a sleep node cannot time out: it only waits (shorten the sleep instead)",
+            )
+            timeout = None
+        else:
+            timeout = self.duration(item, "timeout", key, path)
         when = self.text(item, "when", key, path)
         if when is not None:
             if not when.strip():

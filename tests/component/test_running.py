@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from engine.core.builder import Workflow
-from engine.core.events import Event
+from engine.core.events import Event, isoformat
 from engine.core.values import JSONObject
 from engine.loading import spec_from_document
 from engine.lua import LuaLimits, LuaPool
@@ -167,6 +168,27 @@ async def test_sleep_holds_no_worker(pool: LuaPool) -> None:
     assert doc["status"] == "succeeded"
     order = [(e.type, e.node_id) for e in events if e.type == "node.succeeded"]
     assert order == [("node.succeeded", "work"), ("node.succeeded", "nap")]
+
+
+async def test_a_resumed_sleep_of_an_hour_ends_with_what_is_left_of_it(pool: LuaPool) -> None:
+    now = time.time()
+    since = now - 3600 + 0.3  # an hour's sleep that began elsewhere 0.3 s short of an hour ago
+    doc, events = await run(
+        {
+            "nodes": [
+                {"id": "nap", "sleep": "1h"},
+                {"id": "after", "depends_on": ["nap"], "lua": "return 1"},
+            ]
+        },
+        pool,
+        sleeping={"nap": since},
+        started_at=since - 1,
+    )
+    assert doc["status"] == "succeeded"
+    assert doc["nodes"]["nap"]["started_at"] == isoformat(since)
+    assert doc["started_at"] == isoformat(since - 1)
+    (resumed,) = [e.data for e in events if e.type == "node.started" and e.node_id == "nap"]
+    assert resumed["resumed"] is True and 0 <= resumed["remaining_s"] <= 0.3  # type: ignore[operator]
 
 
 async def test_resume_does_not_rerun_completed_nodes(pool: LuaPool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -236,6 +237,23 @@ async def test_resumed_nodes_are_not_run_again(client: Client) -> None:
     assert events[-1]["data"]["outputs"] == {"total": 106, "summary": "sum 100 + product 6"}
 
 
+async def test_a_resumed_sleep_and_timeout_go_on_from_their_first_start(client: Client) -> None:
+    since = time.time() - 3600 + 0.2  # SLEEPER's hour, begun elsewhere nearly an hour ago
+    events = await client.run(
+        spec("sleeper", [{"id": "nap", "sleep": "1h"}], timeout="2h"),
+        sleeping=[pb.StartedSleep(node_id="nap", started_at=since)],
+        started_at=since,
+    )
+    (started,) = [e for e in events if e["type"] == "node.started"]
+    assert started["data"]["resumed"] is True
+    assert 0 <= started["data"]["remaining_s"] <= 0.2
+    assert events[-1]["type"] == "execution.succeeded"
+    # the run and the node are an hour old: their durations count from the first start
+    assert events[-1]["data"]["duration_ms"] >= 3_600_000
+    finished = next(e for e in events if e["type"] == "node.succeeded")
+    assert finished["data"]["duration_ms"] >= 3_600_000
+
+
 async def test_cancel_stops_a_run_and_says_why(client: Client) -> None:
     workflow = spec(
         "cancel-me",
@@ -394,6 +412,26 @@ async def test_bad_inputs_are_refused_before_anything_runs(client: Client) -> No
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violations(error) == [("completed[nope]", "no such node in diamond@1.0.0")]
+
+    error = await refusal(
+        client.execute(
+            DIAMOND,
+            completed=[pb.CompletedNode(node_id="sum", output_json="{}")],
+            sleeping=[
+                pb.StartedSleep(node_id="numbers", started_at=1.0),
+                pb.StartedSleep(node_id="sum", started_at=1.0),
+                pb.StartedSleep(node_id="gone", started_at=float("nan")),
+            ],
+            started_at=-5.0,
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(error) == [
+        ("sleeping[sum]", "the node is listed as completed too"),
+        ("sleeping[gone].started_at", "must be unix seconds, got nan"),
+        ("started_at", "must be unix seconds or 0, got -5.0"),
+        ("sleeping[numbers]", "a lua node, not a sleep node"),
+    ]
 
 
 async def test_capacity_refuses_the_run_too_many(start_engine: StartEngine) -> None:

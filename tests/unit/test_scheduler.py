@@ -355,3 +355,90 @@ def test_logs_become_node_log_events_with_severity() -> None:
     d.feed(sch.TaskLogged("a", 1, "warn", "careful", d.now))
     log = next(e for e in d.events if e.type == "node.log")
     assert log.severity == "warning" and log.data == {"level": "warn", "message": "careful"}
+
+
+# -- resuming time already spent: sleeps and the whole-run timeout ----------------------------
+
+
+def test_a_resumed_sleep_waits_only_what_is_left_and_keeps_its_first_start() -> None:
+    wf = spec([{"id": "nap", "sleep": "15s"}, lua("after", "nap")])
+    d = Driver(wf, sleeping={"nap": 97.0})
+    d.now = 100.0  # the sleep began 3 s ago, on an engine that died
+    d.start()
+    started = [e for e in d.events if e.type == "node.started" and e.node_id == "nap"]
+    assert len(started) == 1
+    assert started[0].data == {"sleep_s": 15.0, "resumed": True, "remaining_s": 12.0}
+    assert d.timers == {("sleep", "nap"): 112.0}
+    assert d.run.record("nap").started_at == 97.0
+    d.advance(11.9)
+    assert d.status("nap") == "running" and d.running() == set()
+    d.advance(0.1)
+    assert d.status("nap") == "succeeded"
+    assert d.run.record("nap").finished_at == 112.0
+    assert d.running() == {"after"}
+    succeeded = next(e for e in d.events if e.type == "node.succeeded" and e.node_id == "nap")
+    assert succeeded.data == {"output": {"slept_s": 15.0}, "duration_ms": 15000.0}
+
+
+def test_a_resumed_sleep_already_overdue_succeeds_at_once() -> None:
+    wf = spec([{"id": "nap", "sleep": "15s"}, lua("after", "nap")])
+    d = Driver(wf, sleeping={"nap": 50.0})
+    d.now = 100.0  # the orchestrator was down longer than the sleep
+    d.start()
+    assert d.status("nap") == "succeeded", "an overdue sleep must not wait again"
+    assert ("sleep", "nap") not in d.timers
+    assert d.running() == {"after"}
+    assert d.types("nap") == ["node.started", "node.succeeded"]
+    assert d.events[1].data == {"sleep_s": 15.0, "resumed": True, "remaining_s": 0.0}
+    record = d.run.record("nap")
+    assert (record.started_at, record.finished_at, record.attempts) == (50.0, 100.0, 1)
+
+
+def test_a_sleep_not_yet_begun_sleeps_in_full_beside_a_resumed_one() -> None:
+    wf = spec(
+        [{"id": "first", "sleep": "10s"}, {"id": "second", "sleep": "10s", "depends_on": ["first"]}]
+    )
+    d = Driver(wf, sleeping={"first": 96.0})
+    d.now = 100.0
+    d.start()
+    d.advance(6)
+    assert d.status("first") == "succeeded" and d.status("second") == "running"
+    assert d.events[-1].data == {"sleep_s": 10.0}
+    assert d.timers == {("sleep", "second"): 116.0}
+
+
+def test_a_sleep_start_later_than_now_waits_no_longer_than_the_sleep() -> None:
+    # another machine's clock ran ahead: the node never waits more than its sleep
+    d = Driver(spec([{"id": "nap", "sleep": "10s"}]), sleeping={"nap": 105.0})
+    d.now = 100.0
+    d.start()
+    assert d.timers == {("sleep", "nap"): 110.0}
+    assert d.run.record("nap").started_at == 100.0
+
+
+def test_resume_refuses_sleeping_nodes_that_are_not_unfinished_sleeps() -> None:
+    wf = spec([lua("a"), {"id": "nap", "sleep": "1s"}])
+    with pytest.raises(ValueError, match="not unfinished sleeps: a, nap"):
+        sch.Run(wf, {}, completed={"nap": {}}, sleeping={"a": 1.0, "nap": 1.0})
+    with pytest.raises(ValueError, match=r"resume names nodes not in t@1\.0\.0: ghost"):
+        sch.Run(wf, {}, sleeping={"ghost": 1.0})
+
+
+def test_a_resumed_run_times_out_counting_from_its_first_start() -> None:
+    d = Driver(spec([lua("a"), lua("b", "a")], timeout="10s"), started_at=94.0)
+    d.now = 100.0
+    d.start()
+    assert d.run.started_at == 94.0
+    assert d.timers == {("run_timeout",): 104.0}
+    d.advance(4)
+    assert d.finish is not None and d.finish.status == "timed_out"
+    assert d.events[-1].data["duration_ms"] == 10000.0
+
+
+def test_a_run_resumed_past_its_timeout_ends_at_once_keeping_its_checkpoints() -> None:
+    d = Driver(spec([lua("a"), lua("b", "a")], timeout="10s"), completed={"a": {}}, started_at=50.0)
+    d.now = 100.0
+    d.start()
+    assert d.tasks == {}, "nothing may start after the deadline"
+    assert d.finish == sch.Finish("timed_out", {}, "execution timed out after 10s")
+    assert d.status("a") == "succeeded" and d.status("b") == "cancelled"

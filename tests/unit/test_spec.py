@@ -281,3 +281,21 @@ def test_builder_produces_the_same_model_as_a_document() -> None:
 def test_builder_reports_problems_like_documents() -> None:
     with pytest.raises(SpecError, match=r"nodes\[b\].depends_on: unknown dependency 'x'"):
         Workflow("w", "1.0.0").node("b", lua="x", depends_on=["x"]).build()
+
+
+def test_a_sleep_node_takes_no_timeout_or_retry() -> None:
+    got = problems(
+        base(
+            nodes=[
+                {"id": "a", "sleep": "10s", "timeout": "1s", "retry": {"max_attempts": 2}},
+                {"id": "b", "sleep": "10s", "timeout": "soon", "retry": 3},
+                {"id": "c", "lua": "return {}", "timeout": "1s", "retry": 2},
+            ]
+        )
+    )
+    assert got == [
+        "nodes[a].retry: a sleep node cannot be retried: it only waits, and waiting cannot fail",
+        "nodes[a].timeout: a sleep node cannot time out: it only waits (shorten the sleep instead)",
+        "nodes[b].retry: a sleep node cannot be retried: it only waits, and waiting cannot fail",
+        "nodes[b].timeout: a sleep node cannot time out: it only waits (shorten the sleep instead)",
+    ]

@@ -13,6 +13,7 @@ from orchestrator.timeline import (
     node_order,
     nodes_done,
     progress,
+    resume_point,
     summarize,
 )
 
@@ -130,6 +131,35 @@ def test_checkpoints_are_first_successes_with_their_attempts() -> None:
     assert [(c.node_id, c.output, c.attempts) for c in found] == [("b", [1, 2], 2)]
     restored = checkpoints([{"type": "node.succeeded", "node_id": "a", "data": {"output": 3}}])
     assert restored[0].attempts == 1  # no attempt on record counts as one
+
+
+def test_a_resume_point_has_sleeps_under_way_since_their_first_start() -> None:
+    def at(e: Any, time: str) -> Any:
+        return {**e, "time": time}
+
+    point = resume_point(
+        [
+            at(event(1, "execution.started"), "2024-05-01T10:00:00.000Z"),
+            at(event(2, "node.started", "nap", sleep_s=15.0), "2024-05-01T10:00:01.250Z"),
+            at(event(3, "node.started", "short", sleep_s=1.0), "2024-05-01T10:00:01.300Z"),
+            at(
+                event(4, "node.succeeded", "short", output={"slept_s": 1.0}), "2024-05-01T10:00:02Z"
+            ),
+            at(event(5, "node.started", "lua"), "2024-05-01T10:00:03.000Z"),
+            # the engine died; the run resumed elsewhere, and that engine died too
+            at(event(6, "execution.started", resumed=["short"]), "2024-05-01T10:00:05.000Z"),
+            at(
+                event(7, "node.started", "nap", sleep_s=15.0, resumed=True, remaining_s=11.0),
+                "2024-05-01T10:00:05.001Z",
+            ),
+            event(8, "node.started", "odd", sleep_s=2.0),  # a time that is not one: started over
+        ]
+    )
+    first = 1714557600.0  # 2024-05-01T10:00:00Z
+    assert point.sleeping == {"nap": first + 1.25}
+    assert point.started_at == first
+    assert [c.node_id for c in point.checkpoints] == ["short"]
+    assert resume_point([event(1, "execution.queued")]) == resume_point([])
 
 
 def test_a_batch_summary_has_its_seq_range_start_end_and_node_ends() -> None:

@@ -1,0 +1,132 @@
+"""A sleep survives the engine it began on: real orchestrator and engines on loopback.
+
+The sleep's engine is SIGKILLed part way through; the run resumes on the other engine, which
+must wait only what is left of the sleep, counted from its first start. The checks read the
+stored events (the times the engines stamped, and what they say about the resumption) rather
+than the test's own clock, so a loaded machine slows the run without failing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.integration.conftest import StartCluster
+
+pytestmark = pytest.mark.slow
+
+TOKEN = {"Authorization": "Bearer s3cret"}
+SLEEP = 5.0
+NAPPER = f"""
+id: napper
+version: 1.0.0
+timeout: 10m
+nodes:
+  - id: first
+    lua: return {{ at = 1 }}
+  - id: nap
+    depends_on: [first]
+    sleep: {SLEEP:g}s
+  - id: last
+    depends_on: [nap]
+    lua: return {{ done = results.first.at + 1 }}
+"""
+# the run's clock counts to the millisecond: event times are written to it
+SLACK = 0.01
+
+
+async def call(
+    http: aiohttp.ClientSession, method: str, url: str, headers: Any = None, **kw: Any
+) -> Any:
+    async with http.request(method, url, headers={**TOKEN, **(headers or {})}, **kw) as resp:
+        assert resp.status < 300, await resp.text()
+        return await resp.json()
+
+
+def unix(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+async def test_a_sleep_resumed_after_its_engine_died_waits_only_what_was_left(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = start_cluster(engines=2, API_TOKEN="s3cret")
+    url = cluster.url
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            engines = (await call(http, "GET", f"{url}/api/v1/engines"))["engines"]
+            if sum(1 for e in engines if e["state"] == "ready") == 2:
+                break
+            await asyncio.sleep(0.1)
+        await call(
+            http,
+            "POST",
+            f"{url}/api/v1/workflows",
+            data=NAPPER,
+            headers={"Content-Type": "application/yaml"},
+        )
+        eid = (await call(http, "POST", f"{url}/trigger/napper", json={}))["execution_id"]
+
+        # the sleep's node.started is stored: from here on it is a fact the run resumes from
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            doc = await call(http, "GET", f"{url}/api/v1/executions/{eid}")
+            if doc["nodes"]["nap"]["status"] == "running":
+                break
+            await asyncio.sleep(0.05)
+        assert doc["nodes"]["nap"]["status"] == "running", doc
+        first_start = doc["nodes"]["nap"]["started_at"]
+        victim_id = doc["nodes"]["nap"]["engine_id"]
+        # well into the sleep, so that starting it over would show
+        await asyncio.sleep(SLEEP / 2)
+        victim = next(e for e in cluster.engines if e.env["ENGINE_ID"] == victim_id)
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait(10)
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            doc = await call(http, "GET", f"{url}/api/v1/executions/{eid}")
+            if doc["finished_at"] is not None:
+                break
+            await asyncio.sleep(0.1)
+        events = (await call(http, "GET", f"{url}/api/v1/executions/{eid}/events"))["events"]
+
+    assert doc["status"] == "succeeded", doc
+    assert doc["outputs"] == {"last": {"done": 2}}
+    nap = doc["nodes"]["nap"]
+    assert nap["engine_id"] != victim_id
+    assert nap["started_at"] == first_start, "the sleep's start moved with the failover"
+
+    started = [e for e in events if e["type"] == "node.started" and e["node_id"] == "nap"]
+    assert [e["engine_id"] for e in started] == [victim_id, nap["engine_id"]]
+    assert started[0]["data"] == {"sleep_s": SLEEP}
+    resumed = started[1]["data"]
+    assert resumed["resumed"] is True and resumed["sleep_s"] == SLEEP
+    t_first, t_resumed = unix(started[0]["time"]), unix(started[1]["time"])
+    # what was left is the sleep less the time since its first start (none, if that is past)
+    assert resumed["remaining_s"] < SLEEP
+    assert resumed["remaining_s"] == pytest.approx(
+        max(0.0, SLEEP - (t_resumed - t_first)), abs=SLACK
+    )
+
+    (succeeded,) = [e for e in events if e["type"] == "node.succeeded" and e["node_id"] == "nap"]
+    t_done = unix(succeeded["time"])
+    assert t_done >= t_first + SLEEP - SLACK, "the sleep ended early"
+    assert t_done < t_resumed + SLEEP, "the resumed engine slept the whole sleep again"
+    # the node and the run take their durations from their first start, not the last leg
+    assert succeeded["data"]["duration_ms"] / 1000 == pytest.approx(t_done - t_first, abs=SLACK)
+    runs = [e for e in events if e["type"] == "execution.started"]
+    assert len(runs) == 2
+    end = events[-1]
+    assert end["type"] == "execution.succeeded"
+    assert end["data"]["duration_ms"] / 1000 == pytest.approx(
+        unix(end["time"]) - unix(runs[0]["time"]), abs=SLACK
+    )
+    assert sum(1 for e in events if e["type"] == "node.started" and e["node_id"] == "first") == 1
