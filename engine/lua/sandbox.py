@@ -348,6 +348,7 @@ class LuaSandbox:
             self._runtime.compile(_wrap(code, expression), name="=chunk", mode="t")
         except lupa.LuaSyntaxError as error:
             message, line = _split_position(str(error), "chunk")
+            message = _unwrapped(message, line, code, expression)
             return LuaSyntaxProblem(message, _clamp(line, code, expression))
         return None
 
@@ -393,6 +394,7 @@ class LuaSandbox:
                 function = self._function(task)
             except lupa.LuaSyntaxError as error:
                 message, line = _split_position(str(error), task.chunk_name)
+                message = _unwrapped(message, line, task.code, task.expression)
                 line = _clamp(line, task.code, task.expression)
                 return self._failed(f"syntax error: {message}", line, [], started)
             try:
@@ -650,6 +652,17 @@ def _wrap(code: str, expression: bool) -> str:
         # the newline keeps a trailing comment from swallowing the parenthesis
         return f"local _ENV = ...; return ({code}\n)"
     return f"local _ENV = ...; {code}"
+
+
+def _unwrapped(message: str, line: int | None, code: str, expression: bool) -> str:
+    """A syntax error at the parenthesis ``_wrap`` closes an expression with is an expression
+    that ends too early: say so, instead of naming a ')' the user never wrote."""
+    if expression and line is not None and line > code.count("\n") + 1:
+        if message.startswith("<eof> expected"):
+            # the user's own ')' closed the wrapper's '('
+            return "the expression closes a parenthesis it never opened"
+        return message.replace("near ')'", "at the end of the expression")
+    return message
 
 
 def _clamp(line: int | None, code: str, expression: bool) -> int | None:

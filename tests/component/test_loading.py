@@ -36,6 +36,27 @@ def test_bad_when_expression_is_reported() -> None:
         "id: w\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: return {}\n    when: 'x >'\n"
     )
     assert got[0].startswith("wf.yaml:6: nodes[a].when: bad Lua expression:")
+    # the parenthesis the sandbox wraps an expression in is not blamed
+    assert "unexpected symbol at the end of the expression" in got[0]
+    assert "')'" not in got[0]
+
+
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [
+        ("results.a.x >", "unexpected symbol at the end of the expression"),
+        ("results.a.", "<name> expected at the end of the expression"),
+        ("(x", "')' expected (to close '(' at line 1) near <eof>"),
+        ("x )", "the expression closes a parenthesis it never opened"),
+        ("x + ) 1", "unexpected symbol near ')'"),
+    ],
+)
+def test_when_syntax_errors_name_what_the_user_wrote(when: str, message: str) -> None:
+    got = messages(
+        "id: w\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: return {}\n"
+        f"  - id: b\n    depends_on: [a]\n    lua: return {{}}\n    when: '{when}'\n"
+    )
+    assert got == [f"wf.yaml:9: nodes[b].when: bad Lua expression: {message}"]
 
 
 def test_duplicate_yaml_keys_are_refused() -> None:
