@@ -33,7 +33,7 @@ from engine.core.states import (
     NodeStatus,
     Severity,
 )
-from engine.core.values import JSON, JSONObject
+from engine.core.values import JSON, JSONObject, json_kind
 
 MISSING: Final = object()
 
@@ -483,8 +483,8 @@ class Run:
             self._settle(n, "failed", error=f"foreach: {exc}")
             return
         if not isinstance(items, list):
-            kind = type(items).__name__ if items is not None else "null"
-            self._settle(n, "failed", error=f"foreach must resolve to a list, got {kind}")
+            got = json_kind(items)
+            self._settle(n, "failed", error=f"foreach must resolve to a list, got {got}")
             return
         n.items = items
         n.item_outputs = [None] * len(items)

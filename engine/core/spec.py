@@ -17,7 +17,7 @@ from typing import Any, Final, Literal, TypeAlias, cast
 from engine.core import dag, luarefs, templates
 from engine.core.durations import parse_duration
 from engine.core.errors import SpecError, SpecProblem
-from engine.core.values import JSON, JSONObject
+from engine.core.values import JSON, JSONObject, json_kind
 
 TriggerRule = Literal["all_success", "none_failed", "all_done", "one_failed"]
 TRIGGER_RULES: Final = ("all_success", "none_failed", "all_done", "one_failed")
@@ -319,7 +319,7 @@ class _Checker:
 
     def workflow(self, doc: object) -> WorkflowSpec | None:
         if not isinstance(doc, Mapping):
-            kind = type(doc).__name__ if doc is not None else "nothing"
+            kind = json_kind(doc) if doc is not None else "nothing"
             self.report((), "", f"a workflow spec must be a mapping, got {kind}")
             return None
         self.unknown_fields(doc, _WORKFLOW_FIELDS, (), "")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from engine.core.errors import TemplateError
-from engine.core.values import JSON
+from engine.core.values import JSON, json_kind
 
 ROOTS = ("inputs", "results", "ctx")
 _TOKEN = re.compile(r"\{\{(.*?)\}\}", re.S)
@@ -125,7 +125,7 @@ def _walk(ref: Reference, inputs: JSON, results: Lookup, ctx: JSON) -> JSON:
         elif isinstance(current, list) and segment.isdigit() and int(segment) < len(current):
             current = current[int(segment)]
         else:
-            kind = type(current).__name__ if current is not None else "null"
+            kind = json_kind(current)
             raise TemplateError(
                 f"template '{{{{ {ref.text} }}}}': {where} ({kind}) has no {segment!r}"
             )

@@ -282,7 +282,7 @@ def test_foreach_empty_list_succeeds_and_non_list_fails() -> None:
     d = Driver(wf).start()
     d.succeed("src", {"none": [], "text": "abc"})
     assert d.run.record("empty").output == []
-    assert d.run.record("wrong").error == "foreach must resolve to a list, got str"
+    assert d.run.record("wrong").error == "foreach must resolve to a list, got a string"
 
 
 def test_resume_skips_completed_nodes_and_emits_no_start_for_them() -> None:

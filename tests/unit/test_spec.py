@@ -245,7 +245,7 @@ def test_triggers() -> None:
 
 
 def test_not_a_mapping() -> None:
-    assert problems(["a"]) == ["a workflow spec must be a mapping, got list"]
+    assert problems(["a"]) == ["a workflow spec must be a mapping, got a list"]
     assert problems(None) == ["a workflow spec must be a mapping, got nothing"]
 
 

@@ -44,7 +44,7 @@ def test_nested_values_resolve() -> None:
 def test_missing_paths_name_the_template() -> None:
     with pytest.raises(
         TemplateError,
-        match=r"'\{\{ results.extract.nope \}\}': results.extract \(dict\) has no 'nope'",
+        match=r"'\{\{ results.extract.nope \}\}': results.extract \(an object\) has no 'nope'",
     ):
         r("{{ results.extract.nope }}")
     with pytest.raises(TemplateError, match="node 'ghost' has no output"):
