@@ -2,8 +2,11 @@
 
 ``plan`` decides every process's command line and environment from the caller's environment
 (pure but for the free ports it is handed); ``Supervisor`` starts them with their output in
-``.dagengine/logs/<name>.log``, notices one that dies, and stops them all: SIGTERM, a grace
-period for runs in flight (engines drain for up to 30 s), then SIGKILL.
+``.dagengine/logs/<name>.log``, starts an engine that dies again (engines may die at any
+moment: the orchestrator moves their runs on, and the local system stays up, as a cluster
+would), ends everything when the orchestrator dies or an engine cannot get going, and stops
+them all: SIGTERM, a grace period for runs in flight (engines drain for up to 30 s), then
+SIGKILL.
 
 Children run in their own session so a Ctrl-C at the terminal reaches dagctl alone, and the
 shutdown is ordered from here rather than raced by every process at once.
@@ -20,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO, Final, TextIO
 
 from engine.core.values import JSON, JSONObject
 from orchestrator.dagctl.calling import ApiError, Client, Unreachable
@@ -87,10 +90,6 @@ class Layout:
     engine_metrics: tuple[int | None, ...]
     state_db: str
     log_dir: Path
-
-    @property
-    def children(self) -> tuple[Child, ...]:
-        return (self.orchestrator, *self.engines)
 
     @property
     def http_url(self) -> str:
@@ -163,53 +162,222 @@ def plan(
     )
 
 
+RESTART_MARK = "--- dagctl: "
+"""Begins the line ``up`` writes into an engine's log before it starts the engine again."""
+
+
 def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log, from the latest start of its process on."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    found = text.splitlines()
+    marks = [i for i, line in enumerate(found) if line.startswith(RESTART_MARK)]
+    if marks:
+        found = found[marks[-1] + 1 :]
+    return "\n".join(found[-lines:])
+
+
+def how_it_ended(code: int) -> str:
+    """``exited with code 3``, or ``was killed by SIGKILL`` for a negative ``Popen`` status."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
+
+
+KILLED_FROM_OUTSIDE = frozenset(
+    {0, -signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP}
+)
+"""Exits whose cause is not in the log: a kill, or a clean stop asked for by someone."""
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """How ``up`` treats an engine that exits: it starts it again, after a pause that doubles
+    while it keeps exiting, since engines may die at any moment and the orchestrator moves their
+    runs on; only an engine that never gets going is a reason to stop the whole system."""
+
+    first_delay: float = 0.5
+    max_delay: float = 30.0
+    stable_after: float = 60.0
+    """An engine that was up this long before it exited is paused ``first_delay`` again."""
+    give_up_after: int = 5
+    """Exits in a row without the engine ever listening on its port: ``up`` stops."""
+
+
+BAD_SETTINGS_EXIT: Final = 2
+"""``python -m engine`` exits 2 when a setting is bad: every start would be refused the same."""
+
+
+@dataclass(slots=True)
+class Restarts:
+    """One engine's starts and exits, and the pause before its next start. Pure: time is passed
+    in, so the policy is tested without a clock."""
+
+    policy: RestartPolicy
+    starts: int = 0
+    started_at: float = 0.0
+    ready: bool = False
+    failed_starts: int = 0
+    """Exits in a row before the engine was ready."""
+    delay: float = 0.0
+
+    def started(self, now: float) -> None:
+        self.starts += 1
+        self.started_at = now
+        self.ready = False
+
+    def became_ready(self) -> None:
+        self.ready = True
+        self.failed_starts = 0
+
+    def exited(self, now: float, code: int | None = None) -> float | None:
+        """Seconds to wait before the next start, or None: give up, because it keeps failing
+        to start, or refused its settings (which no restart changes)."""
+        if not self.ready:
+            self.failed_starts += 1
+            if self.failed_starts >= self.policy.give_up_after or code == BAD_SETTINGS_EXIT:
+                return None
+        if self.delay == 0.0 or now - self.started_at >= self.policy.stable_after:
+            self.delay = self.policy.first_delay
+        else:
+            self.delay = min(self.delay * 2, self.policy.max_delay)
+        return self.delay
 
 
 @dataclass
 class Supervisor:
-    """The children of one ``up``: start, watch, stop."""
+    """The children of one ``up``: start them, start an engine again when it exits, stop all.
 
-    children: tuple[Child, ...]
+    The orchestrator is not restarted: it holds the store, so its death is a thing to look at
+    rather than to paper over, and ``up`` ends saying why. An engine is ready once it listens on
+    its port; it is started again with the same name, port and environment, so the
+    orchestrator's static list (``ENGINE_ADDRESSES``) finds it where it was.
+    """
+
+    orchestrator: Child
+    engines: tuple[Child, ...]
     cwd: Path
     out: TextIO
+    err: TextIO
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    restarts: dict[str, Restarts] = field(default_factory=dict)
+    due: dict[str, float] = field(default_factory=dict)
+    """Engines waiting to be started again, with the monotonic time they are due."""
 
     def start(self) -> None:
-        for child in self.children:
-            child.log_path.parent.mkdir(parents=True, exist_ok=True)
-            log: IO[bytes] = child.log_path.open("wb")
-            try:
-                self.procs[child.name] = subprocess.Popen(
-                    list(child.argv),
-                    cwd=self.cwd,
-                    env=dict(child.env),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise LaunchError(f"cannot start {child.name}: {exc}") from exc
-            finally:
-                log.close()
+        now = time.monotonic()
+        self._spawn(self.orchestrator)
+        for child in self.engines:
+            self.restarts[child.name] = life = Restarts(self.policy)
+            self._spawn(child)
+            life.started(now)
 
-    def dead(self) -> tuple[Child, int] | None:
-        """The first child that has exited, with its exit status."""
-        for child in self.children:
-            proc = self.procs.get(child.name)
-            if proc is not None and proc.poll() is not None:
-                return child, proc.returncode
-        return None
+    def _spawn(self, child: Child, note: str = "") -> None:
+        """Start ``child`` with its output in its log: a fresh log, or after ``note`` when it is
+        started again, so what it wrote before it died stays readable."""
+        child.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log: IO[bytes] = child.log_path.open("ab") if note else child.log_path.open("wb")
+        try:
+            if note:
+                log.write(note.encode())
+                log.flush()
+            self.procs[child.name] = subprocess.Popen(
+                list(child.argv),
+                cwd=self.cwd,
+                env=dict(child.env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise LaunchError(f"cannot start {child.name}: {exc}") from exc
+        finally:
+            log.close()
+
+    def pid(self, name: str) -> int | None:
+        proc = self.procs.get(name)
+        return proc.pid if proc is not None and name not in self.due else None
+
+    def exit_code(self, name: str) -> int | None:
+        """The exit status of the named child, None while it runs (or waits to be restarted)."""
+        proc = self.procs.get(name)
+        if proc is None or name in self.due:
+            return None
+        return proc.poll()
+
+    def tend(self, now: float) -> None:
+        """Notice engines that exited or came up, start those whose pause is over.
+
+        LaunchError when an engine exited ``give_up_after`` times in a row before it was ready.
+        """
+        for child in self.engines:
+            life = self.restarts[child.name]
+            due = self.due.get(child.name)
+            if due is not None:
+                if now >= due:
+                    del self.due[child.name]
+                    self._spawn(
+                        child,
+                        f"{RESTART_MARK}restart {life.starts} of {child.name} ---\n",
+                    )
+                    life.started(now)
+                continue
+            proc = self.procs[child.name]
+            code = proc.poll()
+            if code is not None:
+                self._exited(child, proc.pid, code, now)
+            elif not life.ready and port_in_use(int(child.env["PORT"])):
+                life.became_ready()
+                if life.starts > 1:
+                    self.out.write(
+                        f"{child.name} is serving again on {child.env['HOST']}:"
+                        f"{child.env['PORT']} (pid {proc.pid})\n"
+                    )
+                    self.out.flush()
+
+    def _exited(self, child: Child, pid: int, code: int, now: float) -> None:
+        life = self.restarts[child.name]
+        delay = life.exited(now, code)
+        if delay is None:
+            times = f", {life.failed_starts} times in a row" if life.failed_starts > 1 else ""
+            raise LaunchError(
+                f"{child.name} {how_it_ended(code)} while starting{times}; "
+                f"last lines of {child.log_path}:",
+                tail(child.log_path),
+            )
+        line = f"dagctl: {child.name} (pid {pid}) {how_it_ended(code)}"
+        if not life.ready:
+            line += (
+                f" before it was ready (failed start {life.failed_starts} of "
+                f"{self.policy.give_up_after})"
+            )
+        line += f"; restarting it in {delay:g} s"
+        if code not in KILLED_FROM_OUTSIDE:
+            line += f"; last lines of {child.log_path}:\n{_indent(tail(child.log_path))}"
+        self.err.write(line + "\n")
+        self.err.flush()
+        self.due[child.name] = now + delay
+
+    def pause(self, now: float, longest: float = 0.5) -> float:
+        """How long the caller may wait before ``tend`` is needed again."""
+        soonest = min(self.due.values(), default=now + longest)
+        return max(min(soonest - now, longest), 0.0)
 
     def stop(self, grace: float = STOP_GRACE) -> None:
-        """SIGTERM to every child still running, up to ``grace`` seconds, then SIGKILL."""
-        alive = {name: p for name, p in self.procs.items() if p.poll() is None}
+        """SIGTERM to every child still running, up to ``grace`` seconds, then SIGKILL; an
+        engine waiting to be restarted is not started again."""
+        waiting = [name for name in self.procs if name in self.due]
+        self.due.clear()
+        alive = {
+            name: p for name, p in self.procs.items() if name not in waiting and p.poll() is None
+        }
         for proc in alive.values():
             _signal(proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -229,6 +397,9 @@ class Supervisor:
                     _signal(proc, signal.SIGKILL)
                     proc.wait()
             self.out.write("  killed\n")
+        for name in waiting:
+            self.out.write(f"  {name} not restarted (it was waiting to be)\n")
+        self.out.flush()
 
 
 def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
@@ -249,14 +420,14 @@ def wait_ready(layout: Layout, supervisor: Supervisor, client: Client, timeout: 
     engines: list[JSON] = []
     deadline = time.monotonic() + timeout
     while True:
-        dead = supervisor.dead()
-        if dead is not None:
-            child, code = dead
+        code = supervisor.exit_code(layout.orchestrator.name)
+        if code is not None:
             raise LaunchError(
-                f"{child.name} exited with code {code} while starting; "
-                f"last lines of {child.log_path}:",
-                tail(child.log_path),
+                f"{layout.orchestrator.name} exited with code {code} while starting; "
+                f"last lines of {layout.orchestrator.log_path}:",
+                tail(layout.orchestrator.log_path),
             )
+        supervisor.tend(time.monotonic())
         try:
             client.get("/readyz")
             answered = True
@@ -354,7 +525,14 @@ def register_examples(client: Client, files: list[Path], out: TextIO) -> list[st
     return registered
 
 
-def banner(layout: Layout, *, server: str, token_set: bool, out: TextIO) -> None:
+def banner(
+    layout: Layout,
+    *,
+    server: str,
+    token_set: bool,
+    pids: Mapping[str, int | None],
+    out: TextIO,
+) -> None:
     count = len(layout.engines)
     lines = [
         f"DAG Engine is up: an orchestrator and {count} engine{'s' if count != 1 else ''}.",
@@ -366,7 +544,9 @@ def banner(layout: Layout, *, server: str, token_set: bool, out: TextIO) -> None
     for child, address, metrics in zip(
         layout.engines, layout.engine_addresses, layout.engine_metrics, strict=True
     ):
-        extra = f"   (metrics http://127.0.0.1:{metrics}/metrics)" if metrics else ""
+        pid = pids.get(child.name)
+        extra = f"   pid {pid}" if pid is not None else ""
+        extra += f"   (metrics http://127.0.0.1:{metrics}/metrics)" if metrics else ""
         lines.append(f"  {child.name:<10} {address}{extra}")
     lines += [
         f"  state      {layout.state_db}",
@@ -406,6 +586,7 @@ def run_up(
     err: TextIO,
     stop: threading.Event | None = None,
     start_timeout: float = START_TIMEOUT,
+    restart: RestartPolicy | None = None,
 ) -> int:
     """Start, wait until ready, register the examples, then supervise until stopped."""
     try:
@@ -421,7 +602,9 @@ def run_up(
             )
             return 1
     stop = stop or threading.Event()
-    supervisor = Supervisor(layout.children, cwd, out)
+    supervisor = Supervisor(
+        layout.orchestrator, layout.engines, cwd, out, err, restart or RestartPolicy()
+    )
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     try:
@@ -435,19 +618,28 @@ def run_up(
         wait_ready(layout, supervisor, client, start_timeout)
         if examples:
             register_examples(client, find_examples(cwd), out)
-        banner(layout, server=server, token_set=bool(environ.get("API_TOKEN")), out=out)
+        banner(
+            layout,
+            server=server,
+            token_set=bool(environ.get("API_TOKEN")),
+            pids={child.name: supervisor.pid(child.name) for child in layout.engines},
+            out=out,
+        )
+        orchestrator = layout.orchestrator
         while not stop.is_set():
-            dead = supervisor.dead()
-            if dead is not None:
-                child, code = dead
+            code = supervisor.exit_code(orchestrator.name)
+            if code is not None:
                 err.write(
-                    f"dagctl: {child.name} exited unexpectedly with code {code}; "
-                    f"last lines of {child.log_path}:\n{_indent(tail(child.log_path))}\n"
+                    f"dagctl: {orchestrator.name} exited unexpectedly with code {code}; "
+                    f"last lines of {orchestrator.log_path}:\n"
+                    f"{_indent(tail(orchestrator.log_path))}\n"
                 )
                 out.write("Stopping the others ...\n")
                 supervisor.stop()
                 return 1
-            stop.wait(0.5)
+            now = time.monotonic()
+            supervisor.tend(now)
+            stop.wait(supervisor.pause(now))
         out.write("Stopping ...\n")
         supervisor.stop()
         return 0
@@ -460,6 +652,7 @@ def run_up(
         err.write(f"dagctl: {exc}\n")
         if exc.log is not None:
             err.write(_indent(exc.log) + "\n")
+        out.write("Stopping everything ...\n")
         supervisor.stop()
         return 1
     except BaseException:

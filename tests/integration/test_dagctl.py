@@ -1,9 +1,10 @@
-"""``dagctl up`` as a user runs it: processes started, watched, and stopped.
+"""``dagctl up`` as a user runs it: processes started, watched, restarted, and stopped.
 
 Most tests hand ``run_up`` a stand-in for the Python interpreter, a shell script that plays the
-orchestrator (a tiny aiohttp server with ``/readyz``, ``/api/v1/engines`` and registration) and
-the engines (shells that wait, or die on cue), so start-up failures can be staged. The last test
-runs the real thing: ``python -m orchestrator`` and two ``python -m engine``, then ``dagctl run``.
+orchestrator (a tiny aiohttp server with ``/readyz``, ``/api/v1/engines`` and registration, that
+dies on cue) and the engines (listeners on their port that die on cue, or at once), so failures
+can be staged. The last tests run the real thing: ``python -m orchestrator`` and two
+``python -m engine``, then ``dagctl run``, and an engine killed with SIGKILL under them.
 """
 
 from __future__ import annotations
@@ -12,19 +13,21 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator.dagctl import main
-from orchestrator.dagctl.launching import run_up
+from orchestrator.dagctl.launching import RestartPolicy, run_up
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WAIT = 60.0
 
 FAKE_ORCHESTRATOR = """
-import json, os, re, sys
+import asyncio, json, os, re, socket, sys
 from aiohttp import web
 
 with open(os.path.join(os.environ["DUMP_DIR"], "orchestrator.json"), "w") as f:
@@ -43,9 +46,14 @@ print("fake orchestrator starting", flush=True)
 async def readyz(request):
     return web.json_response({"status": "ready", "reason": "fake"})
 
+def state(address):
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as probe:
+        return "ready" if probe.connect_ex((host, int(port))) == 0 else "unhealthy"
+
 async def engines(request):
     return web.json_response({"engines": [
-        {"id": f"engine-{i}", "address": a, "state": "ready", "capacity": 10, "in_flight": 0}
+        {"id": f"engine-{i}", "address": a, "state": state(a), "capacity": 10, "in_flight": 0}
         for i, a in enumerate(addresses)
     ]})
 
@@ -60,28 +68,55 @@ async def register(request):
     return web.json_response({"workflow": {"id": wid, "version": version}, "created": True},
                              status=201)
 
+async def die_on_cue(app):
+    async def watch():
+        while not os.path.exists(os.path.join(os.environ["DUMP_DIR"], "die-orchestrator")):
+            await asyncio.sleep(0.05)
+        print("fake orchestrator: lost its store", flush=True)
+        os._exit(4)
+    app["watch"] = asyncio.ensure_future(watch())
+
 app = web.Application()
+app.on_startup.append(die_on_cue)
 app.router.add_get("/readyz", readyz)
 app.router.add_get("/api/v1/engines", engines)
 app.router.add_post("/api/v1/workflows", register)
 web.run_app(app, host="127.0.0.1", port=int(os.environ["HTTP_PORT"]), print=None)
 """
 
-# $1 is -m, $2 the module; engines dump their environment and wait, or die on cue
+# an engine that listens on its port (which is what ready means to dagctl) until it is told to
+# die: it takes the cue away with it, so the engine started in its place stays up
+FAKE_ENGINE = """
+import os, socket, sys, time
+
+name = os.environ["ENGINE_ID"]
+cue = os.path.join(os.environ["DUMP_DIR"], "die-" + name)
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", int(os.environ["PORT"])))
+listener.listen()
+print(f"fake {name} listening", flush=True)
+while not os.path.exists(cue):
+    time.sleep(0.05)
+os.remove(cue)
+print(f"engine {name}: lost its mind", flush=True)
+sys.exit(3)
+"""
+
+# $1 is -m, $2 the module; each engine start appends its environment to a file of its own
 FAKE_PYTHON = """#!/bin/sh
 if [ "$2" = orchestrator ]; then
     [ -n "$ORCHESTRATOR_SILENT" ] && exec sleep 600
     exec {python} {script}
 fi
-env > "$DUMP_DIR/$ENGINE_ID.env"
+{{ env; echo "-- end of a start --"; }} >> "$DUMP_DIR/$ENGINE_ID.env"
 if [ "$ENGINE_ID" = "$DIE_AT_START" ]; then
-    echo "error: CAPACITY must be a whole number, got 'many'"
-    exit 2
+    echo "$DIE_MESSAGE"
+    exit "$DIE_CODE"
 fi
-while [ ! -f "$DUMP_DIR/die-$ENGINE_ID" ]; do sleep 0.05; done
-echo "engine $ENGINE_ID: lost its mind"
-exit 3
+exec {python} {engine}
 """
+FAST = RestartPolicy(first_delay=0.05, max_delay=0.2)
 
 
 @dataclass
@@ -92,9 +127,11 @@ class Up:
     err: io.StringIO
     code: list[int]
 
-    def wait_for(self, text: str) -> None:
+    def wait_for(self, text: str, *, err: bool = False) -> None:
+        """Until ``text`` is in dagctl's stdout (or stderr), while it runs."""
+        stream = self.err if err else self.out
         deadline = time.monotonic() + WAIT
-        while text not in self.out.getvalue():
+        while text not in stream.getvalue():
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 pytest.fail(f"never saw {text!r}:\n{self.out.getvalue()}\n{self.err.getvalue()}")
             time.sleep(0.05)
@@ -124,6 +161,7 @@ def start_up(cwd: Path, python: str, environ: dict[str, str], **kwargs: object) 
                 err=err,
                 stop=stop,
                 start_timeout=float(kwargs.get("start_timeout", WAIT)),  # type: ignore[arg-type]
+                restart=kwargs.get("restart", FAST),  # type: ignore[arg-type]
             )
         )
 
@@ -136,8 +174,10 @@ def start_up(cwd: Path, python: str, environ: dict[str, str], **kwargs: object) 
 def fake_python(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     script = tmp_path / "fake_orchestrator.py"
     script.write_text(FAKE_ORCHESTRATOR)
+    engine = tmp_path / "fake_engine.py"
+    engine.write_text(FAKE_ENGINE)
     python = tmp_path / "python"
-    python.write_text(FAKE_PYTHON.format(python=sys.executable, script=script))
+    python.write_text(FAKE_PYTHON.format(python=sys.executable, script=script, engine=engine))
     python.chmod(0o755)
     dump = tmp_path / "dump"
     dump.mkdir()
@@ -151,8 +191,15 @@ def fake_python(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     yield str(python), environ
 
 
+def env_files(path: Path) -> list[dict[str, str]]:
+    """The environment of each start of one fake engine, in order."""
+    starts = path.read_text().split("-- end of a start --\n")[:-1]
+    return [dict(line.split("=", 1) for line in s.splitlines() if "=" in line) for s in starts]
+
+
 def env_file(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    (only,) = env_files(path)
+    return only
 
 
 def test_up_starts_registers_examples_reports_and_stops(
@@ -202,37 +249,137 @@ def test_up_starts_registers_examples_reports_and_stops(
         assert f"  {name} stopped (exit" in stopped
 
 
-def test_up_reports_an_engine_that_dies_at_start_with_its_log(
+def test_up_restarts_an_engine_that_fails_at_start_then_gives_up_with_its_log(
     tmp_path: Path, fake_python: tuple[str, dict[str, str]]
 ) -> None:
     python, environ = fake_python
-    up = start_up(tmp_path, python, {**environ, "DIE_AT_START": "engine-1"})
+    crash = "error: the engine could not load its Lua runtime"
+    up = start_up(
+        tmp_path,
+        python,
+        {**environ, "DIE_AT_START": "engine-1", "DIE_CODE": "3", "DIE_MESSAGE": crash},
+    )
     assert up.finish() == 1
     log = tmp_path / ".dagengine" / "logs" / "engine-1.log"
-    assert up.err.getvalue() == (
-        f"dagctl: engine-1 exited with code 2 while starting; last lines of {log}:\n"
-        "  | error: CAPACITY must be a whole number, got 'many'\n"
+    lines = up.err.getvalue().splitlines()
+    # four starts again, each after a pause twice the last (0.05 s doubling to 0.2 s), then stop
+    delays = ("0.05", "0.1", "0.2", "0.2")
+    for n, (line, delay) in enumerate(zip(lines[:8:2], delays, strict=True), 1):
+        assert re.fullmatch(
+            rf"dagctl: engine-1 \(pid \d+\) exited with code 3 before it was ready "
+            rf"\(failed start {n} of 5\); restarting it in {delay} s; "
+            rf"last lines of {re.escape(str(log))}:",
+            line,
+        ), line
+    assert lines[1:8:2] == [f"  | {crash}"] * 4
+    assert lines[8:] == [
+        f"dagctl: engine-1 exited with code 3 while starting, 5 times in a row; "
+        f"last lines of {log}:",
+        f"  | {crash}",
+    ]
+    # each start got the same environment; the log keeps every start, marked
+    first, *again = env_files(Path(environ["DUMP_DIR"]) / "engine-1.env")
+    assert len(again) == 4 and all(e == first for e in again)
+    assert log.read_text().count("--- dagctl: restart ") == 4
+    out = up.out.getvalue()
+    assert "Stopping everything ...\n" in out
+    assert "  orchestrator stopped (exit" in out and "  engine-0 stopped (exit" in out
+    assert "engine-1" not in out
+
+
+def test_up_stops_at_once_when_an_engine_refuses_its_settings(
+    tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    # python -m engine exits 2 on a bad setting: every start would be refused the same
+    python, environ = fake_python
+    refusal = "error: CAPACITY must be a whole number, got 'many'"
+    up = start_up(
+        tmp_path,
+        python,
+        {**environ, "DIE_AT_START": "engine-1", "DIE_CODE": "2", "DIE_MESSAGE": refusal},
     )
-    assert "  orchestrator stopped (exit" in up.out.getvalue()
-    assert "  engine-0 stopped (exit" in up.out.getvalue()
+    assert up.finish() == 1
+    log = tmp_path / ".dagengine" / "logs" / "engine-1.log"
+    assert up.err.getvalue().splitlines() == [
+        f"dagctl: engine-1 exited with code 2 while starting; last lines of {log}:",
+        f"  | {refusal}",
+    ]
+    assert len(env_files(Path(environ["DUMP_DIR"]) / "engine-1.env")) == 1
 
 
-def test_up_stops_everything_when_an_engine_dies_later(
+def test_up_restarts_an_engine_that_dies_later_on_the_same_port(
     tmp_path: Path, fake_python: tuple[str, dict[str, str]]
 ) -> None:
     python, environ = fake_python
     up = start_up(tmp_path, python, environ, examples=False)
     up.wait_for("Ctrl-C stops everything.")
     assert "Examples registered" not in up.out.getvalue()
+    banner = re.search(r"  engine-0 +(127\.0\.0\.1:\d+) +pid (\d+)\n", up.out.getvalue())
+    assert banner is not None
+    address, pid = banner.groups()
     (Path(environ["DUMP_DIR"]) / "die-engine-0").touch()
-    assert up.finish() == 1
+    up.wait_for(f"engine-0 is serving again on {address} (pid ")
     log = tmp_path / ".dagengine" / "logs" / "engine-0.log"
     assert up.err.getvalue() == (
-        f"dagctl: engine-0 exited unexpectedly with code 3; last lines of {log}:\n"
+        f"dagctl: engine-0 (pid {pid}) exited with code 3; restarting it in 0.05 s; "
+        f"last lines of {log}:\n"
+        "  | fake engine-0 listening\n"
         "  | engine engine-0: lost its mind\n"
     )
-    assert "Stopping the others ..." in up.out.getvalue()
-    assert "  orchestrator stopped (exit" in up.out.getvalue()
+    again = re.search(r"engine-0 is serving again on \S+ \(pid (\d+)\)", up.out.getvalue())
+    assert again is not None and again.group(1) != pid
+    before, after = env_files(Path(environ["DUMP_DIR"]) / "engine-0.env")
+    assert after == before and after["PORT"] == address.rsplit(":", 1)[1]
+    assert log.read_text() == (
+        "fake engine-0 listening\n"
+        "engine engine-0: lost its mind\n"
+        "--- dagctl: restart 1 of engine-0 ---\n"
+        "fake engine-0 listening\n"
+    )
+    assert up.thread.is_alive() and not up.code
+    up.stop.set()
+    assert up.finish() == 0
+    stopped = up.out.getvalue().split("Stopping ...", 1)[1]
+    for name in ("orchestrator", "engine-0", "engine-1"):
+        assert f"  {name} stopped (exit" in stopped
+
+
+def test_up_stops_cleanly_while_an_engine_waits_to_be_restarted(
+    tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    python, environ = fake_python
+    hour = RestartPolicy(first_delay=3600)
+    up = start_up(tmp_path, python, environ, examples=False, restart=hour)
+    up.wait_for("Ctrl-C stops everything.")
+    (Path(environ["DUMP_DIR"]) / "die-engine-1").touch()
+    up.wait_for("exited with code 3; restarting it in 3600 s", err=True)
+    up.stop.set()
+    assert up.finish() == 0  # within WAIT: the hour's pause is not waited out
+    stopped = up.out.getvalue().split("Stopping ...", 1)[1]
+    assert "  orchestrator stopped (exit" in stopped and "  engine-0 stopped (exit" in stopped
+    assert "  engine-1 not restarted (it was waiting to be)\n" in stopped
+    assert len(env_files(Path(environ["DUMP_DIR"]) / "engine-1.env")) == 1
+
+
+def test_up_stops_everything_when_the_orchestrator_dies(
+    tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    python, environ = fake_python
+    up = start_up(tmp_path, python, environ, examples=False)
+    up.wait_for("Ctrl-C stops everything.")
+    (Path(environ["DUMP_DIR"]) / "die-orchestrator").touch()
+    assert up.finish() == 1
+    log = tmp_path / ".dagengine" / "logs" / "orchestrator.log"
+    assert up.err.getvalue() == (
+        f"dagctl: orchestrator exited unexpectedly with code 4; last lines of {log}:\n"
+        "  | fake orchestrator starting\n"
+        "  | fake orchestrator: lost its store\n"
+    )
+    stopped = up.out.getvalue().split("Stopping the others ...\n", 1)[1]
+    assert stopped.splitlines() == [
+        "  engine-0 stopped (exit -15)",
+        "  engine-1 stopped (exit -15)",
+    ]
 
 
 def test_up_gives_up_on_a_silent_orchestrator_with_its_log(
@@ -329,5 +476,131 @@ def test_up_runs_the_real_services_and_dagctl_drives_them(
         code = up.finish()
     assert code == 0
     assert (tmp_path / ".dagengine" / "state.db").exists()
+    for name in ("orchestrator", "engine-0", "engine-1"):
+        assert f"  {name} stopped (exit 0)" in up.out.getvalue()
+
+
+NAP = """
+id: nap
+version: 1.0.0
+nodes:
+  - id: first
+    lua: return { at = 1 }
+  - id: pause
+    depends_on: [first]
+    sleep: 5s
+  - id: last
+    depends_on: [pause]
+    lua: return { done = results.first.at + 1 }
+"""
+
+
+def fetch(url: str, body: dict[str, Any] | None = None) -> Any:
+    request = urllib.request.Request(
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def until(what: str, probe: Callable[[], Any]) -> Any:
+    """``probe()`` again until it gives something true, for up to WAIT seconds."""
+    deadline = time.monotonic() + WAIT
+    while not (found := probe()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+    return found
+
+
+def our_child(pid: int) -> bool:
+    """Whether ``pid`` is a ``python -m engine`` this test process started (through run_up)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    parent = int(stat.rsplit(")", 1)[1].split()[1])
+    return parent == os.getpid() and argv[1:3] == [b"-m", b"engine"]
+
+
+def test_up_restarts_a_killed_real_engine_and_nothing_is_lost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HOST", "PORT", "ENGINE_ID", "STATE_DB", "API_TOKEN", "METRICS_PORT")
+    }
+    environ.update(HTTP_PORT="0", GRPC_PORT="0", LUA_WORKERS="1")
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "hello.yaml").write_text(
+        (ROOT / "examples" / "hello.yaml").read_text()
+    )
+    (tmp_path / "examples" / "nap.yaml").write_text(NAP)
+    up = start_up(tmp_path, sys.executable, environ, restart=RestartPolicy())
+    try:
+        up.wait_for("Ctrl-C stops everything.")
+        text = up.out.getvalue()
+        assert "Examples registered: hello@1.0.0, nap@1.0.0" in text
+        found = re.search(r"HTTP API   (http://127\.0\.0\.1:\d+)", text)
+        assert found is not None
+        url = found.group(1)
+        # a run in flight on the engine about to be killed, as when a user tries it out
+        eid = fetch(f"{url}/api/v1/workflows/nap/executions", {"inputs": {}})["execution_id"]
+
+        def execution(when: Callable[[Any], bool]) -> Any:
+            doc = fetch(f"{url}/api/v1/executions/{eid}")
+            return doc if when(doc) else None
+
+        doc = until(
+            "the nap to start",
+            lambda: execution(lambda d: d["nodes"]["pause"]["status"] == "running"),
+        )
+        victim = doc["nodes"]["first"]["engine_id"]
+        banner = re.search(rf"  {victim} +(127\.0\.0\.1:\d+) +pid (\d+)\n", text)
+        assert banner is not None, text
+        address, pid = banner.group(1), int(banner.group(2))
+        assert our_child(pid)
+        os.kill(pid, signal.SIGKILL)
+
+        up.wait_for(
+            f"dagctl: {victim} (pid {pid}) was killed by SIGKILL; restarting it in 0.5 s\n",
+            err=True,
+        )
+        assert fetch(f"{url}/readyz")["status"] == "ready"  # the orchestrator goes on
+        up.wait_for(f"{victim} is serving again on {address} (pid ")
+        again = re.search(rf"{victim} is serving again on \S+ \(pid (\d+)\)", up.out.getvalue())
+        assert again is not None and int(again.group(1)) != pid
+        # the orchestrator finds it where it was, by the static list it was started with
+        until(
+            f"{victim} ready again",
+            lambda: any(
+                e["id"] == victim and e["address"] == address and e["state"] == "ready"
+                for e in fetch(f"{url}/api/v1/engines")["engines"]
+            ),
+        )
+        # the run that was on it finished elsewhere, from its checkpoint
+        doc = until("the nap to end", lambda: execution(lambda d: bool(d["finished_at"])))
+        assert doc["status"] == "succeeded", doc
+        assert doc["outputs"] == {"last": {"done": 2}}
+        events = fetch(f"{url}/api/v1/executions/{eid}/events")["events"]
+        firsts = [e for e in events if e["type"] == "node.started" and e["node_id"] == "first"]
+        assert len(firsts) == 1, "a node stored as done ran again"
+        # and a run after it succeeds
+        capsys.readouterr()
+        server = {"DAGCTL_SERVER": url}
+        assert main(["run", "hello", "--input", "name=Ada", "--wait", "-o", "json"], server) == 0
+        assert json.loads(capsys.readouterr().out)["outputs"] == {
+            "greet": {"message": "Hello, Ada!"}
+        }
+        assert up.thread.is_alive() and not up.code
+        assert up.err.getvalue().count("restarting") == 1
+    finally:
+        up.stop.set()
+        code = up.finish()
+    assert code == 0
     for name in ("orchestrator", "engine-0", "engine-1"):
         assert f"  {name} stopped (exit 0)" in up.out.getvalue()

@@ -13,7 +13,16 @@ from rich.console import Console, RenderableType
 from orchestrator.dagctl import cli
 from orchestrator.dagctl.calling import ApiError, Unreachable, parse_sse
 from orchestrator.dagctl.cli import BadArguments, Settings, build_parser, parse_input, read_inputs
-from orchestrator.dagctl.launching import LaunchError, plan
+from orchestrator.dagctl.launching import (
+    BAD_SETTINGS_EXIT,
+    RESTART_MARK,
+    LaunchError,
+    RestartPolicy,
+    Restarts,
+    how_it_ended,
+    plan,
+    tail,
+)
 from orchestrator.dagctl.showing import (
     ProgressLines,
     RunProgress,
@@ -281,6 +290,83 @@ def test_up_honours_the_environment(tmp_path: Path) -> None:
 def test_up_refuses_a_bad_port(value: str, tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match="HTTP_PORT must be a port number"):
         plan({"HTTP_PORT": value}, engines=1, python="py", base_dir=tmp_path, pick_port=ports())
+
+
+# -- restarting an engine that exits -------------------------------------------------------
+
+
+def test_restarts_double_the_pause_up_to_the_cap_while_an_engine_keeps_dying() -> None:
+    life = Restarts(RestartPolicy())
+    pauses = []
+    now = 0.0
+    for _ in range(10):
+        life.started(now)
+        life.became_ready()  # up, then dead again at once: never a reason to give up
+        now += 1.0
+        pause = life.exited(now)
+        assert pause is not None
+        pauses.append(pause)
+        now += pause
+    assert pauses == [0.5, 1, 2, 4, 8, 16, 30, 30, 30, 30]
+    assert life.starts == 10
+
+
+def test_restarts_pause_briefly_again_after_an_engine_stayed_up_a_while() -> None:
+    life = Restarts(RestartPolicy(stable_after=60))
+    life.started(0)
+    life.became_ready()
+    assert life.exited(1) == 0.5
+    life.started(1.5)
+    life.became_ready()
+    assert life.exited(2) == 1
+    life.started(3)
+    life.became_ready()
+    assert life.exited(3 + 60) == 0.5  # a minute up: the backoff starts afresh
+    life.started(64)
+    assert life.exited(65) == 1
+
+
+def test_restarts_give_up_on_an_engine_that_never_gets_ready() -> None:
+    life = Restarts(RestartPolicy(give_up_after=5))
+    life.started(0)
+    assert [life.exited(0), life.exited(0), life.exited(0), life.exited(0)] == [0.5, 1, 2, 4]
+    assert life.failed_starts == 4
+    assert life.exited(0) is None
+    # getting ready once clears the count
+    life = Restarts(RestartPolicy(give_up_after=2))
+    life.started(0)
+    assert life.exited(1) == 0.5
+    life.started(2)
+    life.became_ready()
+    assert life.exited(3) == 1
+    life.started(4)
+    assert life.exited(5) == 2
+    assert life.exited(6) is None
+
+
+@pytest.mark.parametrize(
+    ("code", "said"),
+    [
+        (0, "exited with code 0"),
+        (3, "exited with code 3"),
+        (-9, "was killed by SIGKILL"),
+        (-11, "was killed by SIGSEGV"),
+        (-200, "was killed by signal 200"),
+    ],
+)
+def test_how_a_child_ended(code: int, said: str) -> None:
+    assert how_it_ended(code) == said
+
+
+def test_a_logs_tail_is_of_its_latest_start(tmp_path: Path) -> None:
+    log = tmp_path / "engine-0.log"
+    assert tail(log) == ""
+    log.write_text("one\ntwo\n")
+    assert tail(log) == "one\ntwo"
+    log.write_text(f"one\ntwo\n{RESTART_MARK}restart 1 of engine-0 ---\nthree\n")
+    assert tail(log) == "three"
+    log.write_text("".join(f"{i}\n" for i in range(30)))
+    assert tail(log, 3) == "27\n28\n29"
 
 
 # -- tables ---------------------------------------------------------------------------------
@@ -587,3 +673,14 @@ def test_json_dump_is_stable() -> None:
     out = io.StringIO()
     cli._dump(out, {"b": [1], "a": "é"})
     assert json.loads(out.getvalue()) == {"b": [1], "a": "é"}
+
+
+def test_restarts_give_up_at_once_on_refused_settings_but_not_once_ready() -> None:
+    life = Restarts(RestartPolicy(give_up_after=5))
+    life.started(0)
+    assert life.exited(0, code=BAD_SETTINGS_EXIT) is None
+    # a ready engine that exits 2 later is restarted like any other
+    life = Restarts(RestartPolicy(give_up_after=5))
+    life.started(0)
+    life.became_ready()
+    assert life.exited(1, code=BAD_SETTINGS_EXIT) == 0.5
