@@ -4,18 +4,30 @@ The engine checks them before a run starts and the orchestrator before it stores
 call ``check_inputs``. ``_trigger`` (what the trigger that fired a run adds: type, id,
 scheduled time) is left out of the check: a schema describes what callers send, and a
 schema with ``additionalProperties: false`` must not turn every cron fire away.
+
+The orchestrator checks on its event loop, so a check must neither wait on the network nor
+run long: references resolve only inside the schema (its registry fetches nothing, even for
+specs stored before registration refused outside references), and every keyword that runs a
+regular expression (``pattern``, ``patternProperties``, and ``additionalProperties`` and
+``unevaluatedProperties``, which consult ``patternProperties``) runs it on RE2, in time
+linear in the input, instead of jsonschema's backtracking ``re``.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
+from functools import cache
 from typing import Any, Final
 
 import jsonschema
+from jsonschema.exceptions import ValidationError
+from referencing.exceptions import InvalidAnchor, NoSuchAnchor, PointerToNowhere, Unresolvable
 
 from engine.core.errors import InputsError
 from engine.core.spec import WorkflowSpec
-from engine.core.values import JSON
+from engine.core.values import JSON, json_kind
+from engine.spec_checks import PatternError, pattern_matches, sealed_registry, single_dialect
 
 TRIGGER_KEY: Final = "_trigger"
 
@@ -34,22 +46,226 @@ def _validator(spec: WorkflowSpec) -> Any:
         _validators.clear()
     schema = spec.inputs_schema
     assert schema is not None
-    validator = jsonschema.validators.validator_for(schema)(schema)
+    validator_class = _linear_time(jsonschema.validators.validator_for(schema))
+    validator = validator_class(single_dialect(schema), registry=sealed_registry())
     _validators[id(spec)] = (weakref.ref(spec), validator)
     return validator
 
 
 def check_inputs(spec: WorkflowSpec, inputs: JSON) -> None:
-    """Refuse inputs that do not match the spec's inputs_schema, naming every problem."""
+    """Refuse inputs that do not match the spec's inputs_schema, naming every problem; a schema
+    that cannot be applied (a reference outside it, a pattern RE2 cannot compile: specs
+    stored before registration refused them) refuses them too, saying why."""
+    if not isinstance(inputs, dict):
+        # every node reads inputs.<name>, with or without a schema to say so
+        raise InputsError(spec.id, [f"inputs must be a JSON object, not {json_kind(inputs)}"])
     if spec.inputs_schema is None:
         return
-    if isinstance(inputs, dict) and TRIGGER_KEY in inputs:
+    if TRIGGER_KEY in inputs:
         inputs = {k: v for k, v in inputs.items() if k != TRIGGER_KEY}
+    try:
+        errors = sorted(_validator(spec).iter_errors(inputs), key=lambda e: list(e.absolute_path))
+    except Unresolvable as exc:
+        raise InputsError(spec.id, [_unresolvable(exc)]) from exc
+    except PatternError as exc:
+        raise InputsError(spec.id, [f"inputs_schema: {exc}"]) from exc
     problems = [
         "inputs"
         + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
         + f": {err.message}"
-        for err in sorted(_validator(spec).iter_errors(inputs), key=lambda e: list(e.absolute_path))
+        for err in errors
     ]
     if problems:
         raise InputsError(spec.id, problems)
+
+
+def _unresolvable(exc: Unresolvable) -> str:
+    # jsonschema wraps referencing's error in its own; the cause says which one it was
+    cause = exc.__cause__ if isinstance(exc.__cause__, Unresolvable) else exc
+    if isinstance(cause, PointerToNowhere):
+        return f"inputs_schema: reference {'#' + cause.ref!r} points to nothing in the schema"
+    if isinstance(cause, NoSuchAnchor | InvalidAnchor):
+        return f"inputs_schema: reference {'#' + cause.anchor!r} points to nothing in the schema"
+    return (
+        f"inputs_schema: reference {cause.ref!r} points outside the schema: "
+        "inputs_schema must be self-contained (nothing is fetched)"
+    )
+
+
+@cache
+def _linear_time(stock: Any) -> Any:
+    """``stock`` (a jsonschema validator class) with its regular-expression keywords on RE2."""
+    keywords: dict[str, Any] = {
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+        # draft 2019-09 counts evaluated properties its own way (it has $recursiveRef)
+        "unevaluatedProperties": (
+            _unevaluated_properties_2019
+            if "$recursiveRef" in stock.VALIDATORS
+            else _unevaluated_properties
+        ),
+    }
+    return jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+        stock, {k: v for k, v in keywords.items() if k in stock.VALIDATORS}
+    )
+
+
+# The keywords below are jsonschema's own (jsonschema/_keywords.py, _legacy_keywords.py and
+# _utils.py, 4.26), messages included, with ``re.search`` replaced by ``pattern_matches``.
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not pattern_matches(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for k, v in instance.items():
+            if pattern_matches(pattern, k):
+                yield from validator.descend(v, subschema, path=k, schema_path=pattern)
+
+
+def _additional_properties(
+    validator: Any, additional: Any, instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    properties = schema.get("properties", {})
+    patterns = schema.get("patternProperties", {})
+    extras = {
+        name
+        for name in instance
+        if name not in properties and not any(pattern_matches(p, name) for p in patterns)
+    }
+    if validator.is_type(additional, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], additional, path=extra)
+    elif not additional and extras:
+        if "patternProperties" in schema:
+            verb = "does" if len(extras) == 1 else "do"
+            joined = ", ".join(repr(each) for each in sorted(extras))
+            listed = ", ".join(repr(each) for each in sorted(patterns))
+            yield ValidationError(f"{joined} {verb} not match any of the regexes: {listed}")
+        else:
+            yield ValidationError(
+                "Additional properties are not allowed "
+                f"({_extras_message(sorted(extras, key=str))} unexpected)"
+            )
+
+
+def _unevaluated_properties(
+    validator: Any, unevaluated: Any, instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    yield from _unevaluated(validator, unevaluated, instance, schema, draft2019=False)
+
+
+def _unevaluated_properties_2019(
+    validator: Any, unevaluated: Any, instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    yield from _unevaluated(validator, unevaluated, instance, schema, draft2019=True)
+
+
+def _unevaluated(
+    validator: Any, unevaluated: Any, instance: Any, schema: Any, *, draft2019: bool
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    evaluated = _evaluated_keys(validator, instance, schema, draft2019)
+    failed = [
+        name
+        for name in instance
+        if name not in evaluated
+        for _ in validator.descend(instance[name], unevaluated, path=name, schema_path=name)
+    ]
+    if failed:
+        if unevaluated is False:
+            yield ValidationError(
+                "Unevaluated properties are not allowed "
+                f"({_extras_message(sorted(failed, key=str))} unexpected)"
+            )
+        else:
+            yield ValidationError(
+                "Unevaluated properties are not valid under the given schema "
+                f"({_extras_message(failed)} unevaluated and invalid)"
+            )
+
+
+def _evaluated_keys(validator: Any, instance: Any, schema: Any, draft2019: bool) -> list[Any]:
+    if validator.is_type(schema, "boolean"):
+        return []
+    keys: list[Any] = []
+
+    def follow(resolved: Any) -> None:
+        keys.extend(
+            _evaluated_keys(
+                validator.evolve(schema=resolved.contents, _resolver=resolved.resolver),
+                instance,
+                resolved.contents,
+                draft2019,
+            )
+        )
+
+    if (ref := schema.get("$ref")) is not None:
+        follow(validator._resolver.lookup(ref))
+    if draft2019 and "$recursiveRef" in schema:
+        from jsonschema._legacy_keywords import lookup_recursive_ref  # type: ignore[attr-defined]
+
+        follow(lookup_recursive_ref(validator._resolver))
+    if not draft2019 and (dynamic_ref := schema.get("$dynamicRef")) is not None:
+        follow(validator._resolver.lookup(dynamic_ref))
+
+    if draft2019:
+        for keyword in ("properties", "additionalProperties", "unevaluatedProperties"):
+            if keyword in schema:
+                value = schema[keyword]
+                if validator.is_type(value, "boolean") and value:
+                    keys += instance.keys()
+                elif validator.is_type(value, "object"):
+                    keys += [name for name in value if name in instance]
+    else:
+        properties = schema.get("properties")
+        if validator.is_type(properties, "object"):
+            keys += properties.keys() & instance.keys()
+        for keyword in ("additionalProperties", "unevaluatedProperties"):
+            if (subschema := schema.get(keyword)) is not None:
+                keys += [
+                    name
+                    for name, value in instance.items()
+                    if _is_valid(validator.descend(value, subschema))
+                ]
+
+    for pattern in schema.get("patternProperties", {}):
+        keys += [name for name in instance if pattern_matches(pattern, name)]
+
+    for name, subschema in schema.get("dependentSchemas", {}).items():
+        if name in instance:
+            keys += _evaluated_keys(validator, instance, subschema, draft2019)
+
+    for keyword in ("allOf", "oneOf", "anyOf"):
+        for subschema in schema.get(keyword, []):
+            if _is_valid(validator.descend(instance, subschema)):
+                keys += _evaluated_keys(validator, instance, subschema, draft2019)
+
+    if "if" in schema:
+        if validator.evolve(schema=schema["if"]).is_valid(instance):
+            keys += _evaluated_keys(validator, instance, schema["if"], draft2019)
+            if "then" in schema:
+                keys += _evaluated_keys(validator, instance, schema["then"], draft2019)
+        elif "else" in schema:
+            keys += _evaluated_keys(validator, instance, schema["else"], draft2019)
+    return keys
+
+
+def _is_valid(errors: Iterator[ValidationError]) -> bool:
+    return next(errors, None) is None
+
+
+def _extras_message(extras: list[Any]) -> str:
+    verb = "was" if len(extras) == 1 else "were"
+    return ", ".join(repr(extra) for extra in extras) + f" {verb}"

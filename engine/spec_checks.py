@@ -3,36 +3,278 @@ version ranges.
 
 Used by the engine (``engine.checking``, with Lua syntax) and by the orchestrator and dagctl
 (``orchestrator.checking``), so a spec is judged the same everywhere. Light to import:
-``jsonschema`` and ``croniter`` load only when a spec needs them, and no Lua here.
+``jsonschema``, ``re2``, ``croniter`` and ``semantic_version`` load only when a spec needs
+them, and no Lua here.
+
+An ``inputs_schema`` is checked on the orchestrator's event loop for every trigger, so it must
+not reach the network or take unbounded time: its references must resolve inside it (nothing
+is ever fetched) and its patterns run on RE2, whose matching is linear in the input. The
+registration check refuses schemas that break either rule; ``engine.inputs`` holds to both
+at run time with the same helpers from here.
 """
 
 from __future__ import annotations
 
+import re
 import zoneinfo
+from collections.abc import Iterator
 from datetime import datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
 from engine.core.spec import CRON_MACROS, SEMVER
-from engine.core.values import JSON
+from engine.core.values import JSON, JSONObject
 
 if TYPE_CHECKING:
     from croniter import croniter
+    from referencing import Resource
+    from referencing._core import Resolver
+    from referencing.jsonschema import SchemaRegistry
+
+Place = tuple[str | int, ...]
+"""Where a schema object sits in its inputs_schema, as keys and list indexes."""
+
+# their values are data, not schemas: never walked for references or patterns, never rewritten
+_DATA_KEYWORDS: Final = frozenset({"const", "enum", "default", "examples"})
+# their values map names (properties, definitions, patterns) to schemas or lists of names: the
+# map itself is no schema, and a property called "$ref", "pattern" or "$schema" is no keyword
+_NAME_MAPS: Final = frozenset(
+    {
+        "properties",
+        "patternProperties",
+        "$defs",
+        "definitions",
+        "dependentSchemas",
+        "dependentRequired",
+        "dependencies",
+    }
+)
+_REFERENCES: Final = ("$ref", "$dynamicRef")
+
+_RE2_WHY: Final = (
+    "inputs_schema patterns use RE2 syntax, matched in linear time, "
+    "so backreferences and lookaround are not available"
+)
+# ECMA-262 writes code points as \uXXXX (JSON Schema patterns are ECMA-262); RE2 as \x{XXXX}
+_ECMA_UNICODE_ESCAPE: Final = re.compile(r"\\u([0-9A-Fa-f]{4})")
 
 
 def json_schema_problem(schema: JSON) -> str | None:
-    """Why ``schema`` is not a valid JSON Schema (with where in it), or None."""
+    """Why ``schema`` is not a valid JSON Schema (with where in it), or None.
+
+    Beyond the meta-schema: every ``$ref``/``$dynamicRef`` must resolve inside the schema, and
+    every ``pattern`` and ``patternProperties`` key must compile with RE2."""
     import jsonschema
     from jsonschema.exceptions import SchemaError
 
     if not isinstance(schema, dict):
         return "must be an object"
+    validator_class: Any = jsonschema.validators.validator_for(schema)
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
+        validator_class.check_schema(schema)
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path)
         return f"{exc.message}" + (f" (at {where})" if where else "")
-    return None
+    problems = [
+        *_reference_problems(schema, validator_class.ID_OF(validator_class.META_SCHEMA)),
+        *_pattern_problems(schema),
+    ]
+    return "; ".join(problems) or None
+
+
+def schema_objects(schema: JSON) -> Iterator[tuple[Place, Place | None, dict[str, JSON]]]:
+    """Every object in ``schema`` that jsonschema may apply as a (sub)schema, parents first, as
+    ``(place, parent's place, object)``: all of them but the insides of const, enum, default
+    and examples, and the name-keyed maps (``properties``...) themselves. Unknown keywords are
+    walked too: a JSON pointer may make a schema of anything."""
+    stack: list[tuple[Place, Place | None, JSON]] = [((), None, schema)]
+    while stack:
+        place, parent, value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(((*place, i), parent, v) for i, v in reversed(list(enumerate(value))))
+            continue
+        if not isinstance(value, dict):
+            continue
+        yield place, parent, value
+        children: list[tuple[Place, Place | None, JSON]] = []
+        for key, sub in value.items():
+            if key in _DATA_KEYWORDS:
+                continue
+            if key in _NAME_MAPS and isinstance(sub, dict):
+                children.extend(((*place, key, name), place, each) for name, each in sub.items())
+            else:
+                children.append(((*place, key), place, sub))
+        stack.extend(reversed(children))
+
+
+def single_dialect(schema: JSONObject) -> JSONObject:
+    """``schema`` without ``$schema`` in any of its ``schema_objects``: jsonschema switches to its
+    stock validator class (which runs patterns with the backtracking ``re``) wherever it meets
+    a ``$schema`` it knows, even at the root through ``$ref: '#'``. Without them the class
+    chosen for the root, with RE2 patterns, applies throughout."""
+
+    def strip(value: JSON) -> JSON:
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        out: JSONObject = {}
+        for key, sub in value.items():
+            if key == "$schema":
+                continue
+            if key in _DATA_KEYWORDS:
+                out[key] = sub
+            elif key in _NAME_MAPS and isinstance(sub, dict):
+                out[key] = {name: strip(each) for name, each in sub.items()}
+            else:
+                out[key] = strip(sub)
+        return out
+
+    stripped = strip(schema)
+    assert isinstance(stripped, dict)
+    return stripped
+
+
+def sealed_registry() -> SchemaRegistry:
+    """The registry an inputs_schema's references are resolved in: its ``retrieve`` fetches
+    nothing, so a reference to anything outside the schema is unresolvable, never a request
+    (jsonschema's default registry would urlopen it)."""
+    from referencing import Registry
+
+    return Registry(retrieve=_refuse_to_fetch)  # type: ignore[call-arg]  # an attrs alias
+
+
+def _refuse_to_fetch(uri: str) -> Resource[Any]:
+    from referencing.exceptions import NoSuchResource
+
+    raise NoSuchResource(uri)
+
+
+def _where(place: Place) -> str:
+    return "/".join(str(p) for p in place) or "the root"
+
+
+def _reference_problems(schema: JSONObject, dialect: str | None) -> Iterator[str]:
+    import referencing
+    import referencing.jsonschema
+    from referencing.exceptions import InvalidAnchor, NoSuchAnchor, PointerToNowhere, Unresolvable
+
+    # resolved as engine.inputs resolves them at run time: one dialect, the root's
+    schema = single_dialect(schema)
+    specification = referencing.jsonschema.specification_with(
+        dialect or "urn:unknown-dialect", default=referencing.Specification.OPAQUE
+    )
+    root = sealed_registry().resolver_with_root(specification.create_resource(schema))
+    resolvers: dict[Place, Resolver[Any]] = {}
+    walked: set[int] = set()
+    found: list[tuple[str, str, Place, Resolver[Any]]] = []
+    for place, parent, node in schema_objects(schema):
+        walked.add(id(node))
+        resolver = root if parent is None else resolvers[parent]
+        if isinstance(specification.id_of(node), str):
+            resolver = resolver.in_subresource(specification.create_resource(node))
+        resolvers[place] = resolver
+        found.extend(
+            (keyword, ref, place, resolver)
+            for keyword in _REFERENCES
+            if isinstance(ref := node.get(keyword), str)
+        )
+    for keyword, ref, place, resolver in found:
+        at = f"{keyword} {ref!r} at {_where(place)}"
+        try:
+            target = resolver.lookup(ref).contents
+        except (PointerToNowhere, NoSuchAnchor, InvalidAnchor):
+            yield f"{at} points to nothing in the schema"
+            continue
+        except Unresolvable:
+            yield f"{at} points outside the schema: inputs_schema must be self-contained"
+            continue
+        except (LookupError, ValueError, TypeError):
+            # referencing's own slips on pointers through lists, strings or booleans
+            yield f"{at} points to nothing in the schema"
+            continue
+        if not isinstance(target, bool) and id(target) not in walked:
+            yield f"{at} points to something that is not a schema"
+
+
+def _pattern_problems(schema: JSONObject) -> Iterator[str]:
+    for place, _, node in schema_objects(schema):
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            yield from _re2_problem("pattern", pattern, place)
+        keyed = node.get("patternProperties")
+        if isinstance(keyed, dict):
+            for each in keyed:
+                yield from _re2_problem("patternProperties", each, place)
+
+
+def _re2_problem(keyword: str, pattern: str, place: Place) -> Iterator[str]:
+    try:
+        compile_pattern(pattern)
+    except PatternError as exc:
+        yield (
+            f"{keyword} {pattern!r} at {_where(place)} cannot be compiled by RE2 "
+            f"({exc.reason}): {_RE2_WHY}"
+        )
+
+
+class PatternError(ValueError):
+    """A JSON Schema pattern RE2 cannot compile; the message names the pattern and why."""
+
+    def __init__(self, pattern: str, reason: str) -> None:
+        self.pattern = pattern
+        self.reason = reason
+        super().__init__(f"pattern {pattern!r} cannot be compiled by RE2 ({reason}): {_RE2_WHY}")
+
+
+@lru_cache(maxsize=1024)
+def compile_pattern(pattern: str) -> Any:
+    """``pattern`` (ECMA-262, as JSON Schema writes them) compiled by RE2, to search UTF-8 bytes;
+    ``PatternError`` when RE2 cannot compile it."""
+    import re2  # type: ignore[import-untyped]
+
+    options = re2.Options()
+    options.log_errors = False  # the error is ours to report, not stderr's
+    options.never_capture = True
+    try:
+        # surrogatepass: a lone surrogate (valid in a JSON string) reaches RE2 as bytes that
+        # match nothing, instead of failing to encode
+        return re2.compile(_re2_syntax(pattern).encode("utf-8", "surrogatepass"), options)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else "invalid pattern"
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise PatternError(pattern, str(reason)) from exc
+
+
+def pattern_matches(pattern: str, text: str) -> bool:
+    """Whether ``pattern`` matches anywhere in ``text`` (JSON Schema patterns are unanchored),
+    in time linear in ``text``."""
+    return compile_pattern(pattern).search(text.encode("utf-8", "surrogatepass")) is not None
+
+
+def _re2_syntax(pattern: str) -> str:
+    # \uXXXX to \x{XXXX}, a surrogate pair to the one code point it stands for; an escaped
+    # backslash is copied as is, so "\\u0041" stays a backslash and "u0041"
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern[i] != "\\":
+            out.append(pattern[i])
+            i += 1
+            continue
+        escape = _ECMA_UNICODE_ESCAPE.match(pattern, i)
+        if escape is None:
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        code, i = int(escape[1], 16), escape.end()
+        low = _ECMA_UNICODE_ESCAPE.match(pattern, i)
+        if 0xD800 <= code < 0xDC00 and low is not None and 0xDC00 <= int(low[1], 16) < 0xE000:
+            code = 0x10000 + ((code - 0xD800) << 10) + (int(low[1], 16) - 0xDC00)
+            i = low.end()
+        out.append(f"\\x{{{code:X}}}")
+    return "".join(out)
 
 
 @lru_cache(maxsize=512)

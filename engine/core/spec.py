@@ -439,14 +439,12 @@ class _Checker:
                         f"unknown dependency {d!r}{_hint(d, list(raw))}",
                     )
         known = {n: [d for d in ds if d in raw and d != n] for n, ds in deps.items()}
-        cyclic = False
         for cycle in dag.find_cycles(known):
-            cyclic = True
             _, key, path = raw[cycle[0]]
             self.report((*key, "depends_on"), path, "dependency cycle: " + " -> ".join(cycle))
-        if not cyclic:
-            for nid, (item, key, path) in raw.items():
-                self.references(nid, item, key, path, known)
+        # ancestry is reachability, defined around a cycle too: every problem is told at once
+        for nid, (item, key, path) in raw.items():
+            self.references(nid, item, key, path, known)
         return built
 
     @staticmethod

@@ -131,6 +131,7 @@ def test_validate_accepts_every_example() -> None:
             "Additional properties are not allowed ('nam' was unexpected)",
         ),
         (["--inputs-file", "/no/such/file.json"], "--inputs-file /no/such/file.json: No such file"),
+        (["--inputs", '"Ada"'], "inputs must be a JSON object, not a string"),
     ],
 )
 def test_bad_inputs_are_refused_before_anything_runs(args: list[str], message: str) -> None:

@@ -325,6 +325,20 @@ async def test_idempotency_key_returns_the_first_execution(cluster: Cluster) -> 
         ),
         (
             "post",
+            "/trigger/diamond",
+            {"json": {"inputs": 5}, "headers": TOKEN},
+            422,
+            "invalid_inputs",
+        ),
+        (
+            "post",
+            "/trigger/diamond",
+            {"json": {"inputs": [1, 2]}, "headers": TOKEN},
+            422,
+            "invalid_inputs",
+        ),
+        (
+            "post",
             "/api/v1/workflows?force=maybe",
             {"json": {"id": "x"}, "headers": TOKEN},
             400,
