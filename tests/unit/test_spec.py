@@ -99,6 +99,23 @@ def test_cycle_is_reported_with_its_path() -> None:
     assert got == ["nodes[a]: dependency cycle: a -> b -> c -> a"]
 
 
+def test_a_cycle_does_not_hide_reads_of_non_ancestors() -> None:
+    got = problems(
+        base(
+            nodes=[
+                {"id": "a", "lua": "x", "depends_on": ["b"]},
+                {"id": "b", "lua": "x", "depends_on": ["a"]},
+                {"id": "d", "lua": "x"},
+                {"id": "e", "foreach": "{{ results.d.rows }}", "lua": "x", "depends_on": ["a"]},
+            ]
+        )
+    )
+    assert got[0] == "nodes[a]: dependency cycle: a -> b -> a"
+    assert len(got) == 2 and got[1].startswith(
+        "nodes[e].foreach: results.d: node 'd' is not an ancestor of 'e'"
+    ), got
+
+
 def test_self_dependency() -> None:
     assert problems(base(nodes=[{"id": "a", "lua": "x", "depends_on": ["a"]}])) == [
         "nodes[a].depends_on: node 'a' depends on itself"
