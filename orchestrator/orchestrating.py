@@ -21,7 +21,7 @@ from engine.core.spec import WorkflowSpec
 from engine.core.states import EXECUTION_STATUSES, EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from engine.documents import parse_text
-from engine.inputs import check_inputs
+from engine.inputs import TRIGGER_KEY, check_inputs
 from orchestrator.checking import registration_checks
 from orchestrator.dispatching import Dispatcher, RunTicket
 from orchestrator.errors import (
@@ -60,7 +60,11 @@ def new_execution_id(now: float) -> str:
 
 
 def _digest(inputs: JSON, version: str | None) -> str:
-    """What an idempotent request asked for, whatever its key order or spacing."""
+    """What an idempotent request asked for, whatever its key order or spacing. What a trigger
+    adds (``_trigger``: when it fired) differs between deliveries of one request, so it is not
+    part of it."""
+    if isinstance(inputs, dict) and TRIGGER_KEY in inputs:
+        inputs = {k: v for k, v in inputs.items() if k != TRIGGER_KEY}
     text = json.dumps([inputs, version or ""], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 

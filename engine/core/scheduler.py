@@ -558,6 +558,8 @@ class Run:
             elif item is None:
                 out.append(Emit("node.started", "info", now, node_id, attempt, {"retry": True}))
             inputs: JSON = None
+            if spec.kind == "workflow":
+                inputs = {}  # a child without ``inputs:`` gets none, as a run triggered bare
             if spec.kind == "workflow" and spec.inputs is not None:
                 try:
                     inputs = templates.resolve(
