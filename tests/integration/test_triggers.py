@@ -259,7 +259,6 @@ async def test_sigkill_and_restart_fire_no_slot_twice_and_catch_up(
         killed = time.time()
         await asyncio.sleep(4.5)  # two or three slots pass with nobody watching
         cluster.restart_orchestrator()
-        up = time.time()
         await asyncio.sleep(2.5)
         slots = await slots_of(http, cluster.url, "ticker")
         assert len(slots) == len(set(slots)), slots
@@ -274,10 +273,10 @@ async def test_sigkill_and_restart_fire_no_slot_twice_and_catch_up(
         assert detail["catchup"] == "latest" and detail["count"] >= 1
         # latest: of the slots that passed with nobody watching, the newest fired once, on
         # restart, and every one between the last fire before the kill and it was missed
-        # (slot arithmetic, not wall-clock windows: how long the restart took does not matter)
+        # (slot arithmetic, not wall-clock windows: how long the restart took does not matter,
+        # so which slot was the newest when the triggers came back is read from the history)
         last_before = max(s for s in slots if s <= killed)
         caught_up = min(s for s in slots if s > killed)
-        assert caught_up < up, (killed, up, slots)
         assert seconds(detail["first_missed"]) == last_before + 2, (detail, slots)
         assert seconds(detail["last_missed"]) == caught_up - 2, (detail, slots)
         assert detail["count"] == (caught_up - last_before) / 2 - 1, (detail, slots)
