@@ -524,9 +524,8 @@ def _document(row: sqlite3.Row | tuple[Any, ...], done: int | None = None) -> JS
         "started_at": started_at,
         "finished_at": finished_at,
         "parent_execution_id": parent,
+        "parent_node_id": parent_node,
     }
-    if parent_node is not None:
-        doc["parent_node_id"] = parent_node
     return doc
 
 

@@ -257,6 +257,9 @@ async def test_idempotency_key_returns_the_first_execution(cluster: Cluster) -> 
         listed = await get(http, f"{cluster.url}/api/v1/executions?workflow=diamond&limit=1000")
         ids = [e["id"] for e in listed["executions"]]
         assert ids.count(first[1]["execution_id"]) == 1
+        # a root run says so in both parent fields, as a child names its parent in them
+        run = await get(http, f"{cluster.url}/api/v1/executions/{first[1]['execution_id']}")
+        assert (run["parent_execution_id"], run["parent_node_id"]) == (None, None)
 
 
 @pytest.mark.parametrize(
