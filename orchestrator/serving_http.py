@@ -325,7 +325,11 @@ class HttpApi:
             status, body = error_body(exc)
             if status >= 500:
                 log.exception("%s %s failed", request.method, request.path)
-            return _json(body, status)
+            response = _json(body, status)
+            if isinstance(exc, web.HTTPMethodNotAllowed):
+                # what the route does take: HTTP requires it on a 405
+                response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+            return response
 
     @web.middleware
     async def _hooks(

@@ -370,6 +370,15 @@ async def test_bad_requests_get_a_json_error_and_the_service_goes_on(
     assert cluster.orchestrator.proc.poll() is None
 
 
+async def test_a_wrong_method_is_405_with_the_allowed_ones(cluster: Cluster) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.delete(f"{cluster.url}/api/v1/workflows", headers=TOKEN) as resp:
+            body = await resp.json()
+            assert resp.status == 405
+            assert resp.headers["Allow"] == "GET, HEAD, POST"
+        assert body["error"]["code"] == "method_not_allowed"
+
+
 async def test_bad_spec_names_every_problem_with_its_line(cluster: Cluster) -> None:
     spec = "id: broken\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: 'return {'\n  - id: b\n    depends_on: [zz]\n    lua: return 1\n"
     async with aiohttp.ClientSession() as http:
