@@ -20,7 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
@@ -31,6 +31,7 @@ from orchestrator.dagctl.calling import (
     StreamUnavailable,
     Unreachable,
 )
+from orchestrator.dagctl.sources import SpecSource, spec_sources
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -75,6 +76,10 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(name)
 
 
+FILE_HELP = (
+    "a spec file, a directory (its .yaml, .yml and .json files), or - for standard input; "
+    "repeatable"
+)
 INPUT_HELP = (
     "one input; V is read as JSON when it parses (n=5 is the number 5, on=true a boolean, "
     """'id="7"' the text 7), else as text (name=Ada); repeatable"""
@@ -176,11 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check workflow files locally, without a server")
     validate.add_argument(
-        "-f", "--file", dest="files", action="append", required=True, metavar="FILE"
+        "-f", "--file", dest="files", action="append", required=True, metavar="FILE", help=FILE_HELP
     )
 
     apply = sub.add_parser("apply", help="register workflow files")
-    apply.add_argument("-f", "--file", dest="files", action="append", required=True, metavar="FILE")
+    apply.add_argument(
+        "-f", "--file", dest="files", action="append", required=True, metavar="FILE", help=FILE_HELP
+    )
     apply.add_argument(
         "--force", action="store_true", help="register even if dependents' ranges are left behind"
     )
@@ -333,42 +340,62 @@ def detail_lines(details: JSONObject, rename: Callable[[str], str] = str) -> lis
 # -- commands -------------------------------------------------------------------------------
 
 
-def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
-    failed = 0
-    for name in args.files:
-        path = Path(name)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            err.write(f"dagctl: {name}: {exc.strerror or exc}\n")
-            failed += 1
-            continue
-        kind = "application/json" if path.suffix.lower() == ".json" else "application/yaml"
-        try:
-            reply = client.call(
-                "POST",
-                "/api/v1/workflows",
-                query={"force": "true"} if args.force else None,
-                data=data,
-                headers={"Content-Type": kind},
-            )
-        except ApiError as exc:
-            # the server knows a problem's line ("line 7: ..."); here we know its file too
-            def rename(problem: str, name: str = name) -> str:
-                found = _LINE.match(problem)
-                return f"{name}:{found[1]}: {problem[found.end() :]}" if found else problem
+_WAITS_FOR_ANOTHER: Final = frozenset({"not_found", "no_matching_version"})
+"""Refusals of a spec that references a workflow not registered yet: one of the files given
+with it may be that workflow, so it is tried again once they are in."""
 
-            err.write(f"dagctl: {name}: {exc.code}: {exc.message}\n")
-            for line in detail_lines(exc.details, rename):
-                err.write(line + "\n")
-            failed += 1
-            continue
-        workflow = reply.body.get("workflow")
-        wf = workflow if isinstance(workflow, dict) else {}
-        created = reply.body.get("created", reply.status == 201)
-        verdict = "registered" if created else "unchanged"
-        out.write(f"workflow {wf.get('id', '?')}@{wf.get('version', '?')} {verdict}\n")
-    return EXIT_FAILED if failed else EXIT_OK
+
+def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
+    errors: dict[int, list[str]] = {}  # by the source's place, to be told in the order given
+    pending: list[tuple[int, SpecSource]] = []
+    for index, source in enumerate(spec_sources(args.files, sys.stdin.buffer)):
+        if source.error is not None:
+            errors[index] = [f"dagctl: {source.name}: {source.error.strerror or source.error}"]
+        else:
+            pending.append((index, source))
+    # in passes, as long as one registers something: a parent named before its child waits
+    while pending:
+        refused: list[tuple[int, SpecSource, ApiError]] = []
+        for index, source in pending:
+            try:
+                reply = client.call(
+                    "POST",
+                    "/api/v1/workflows",
+                    query={"force": "true"} if args.force else None,
+                    data=source.data,
+                    headers={
+                        "Content-Type": "application/json" if source.is_json else "application/yaml"
+                    },
+                )
+            except ApiError as exc:
+                refused.append((index, source, exc))
+                continue
+            workflow = reply.body.get("workflow")
+            wf = workflow if isinstance(workflow, dict) else {}
+            created = reply.body.get("created", reply.status == 201)
+            verdict = "registered" if created else "unchanged"
+            out.write(f"workflow {wf.get('id', '?')}@{wf.get('version', '?')} {verdict}\n")
+        progress = len(refused) < len(pending)
+        pending = []
+        for index, source, refusal in refused:
+            if progress and refusal.code in _WAITS_FOR_ANOTHER:
+                pending.append((index, source))
+            else:
+                errors[index] = _refusal_lines(source.name, refusal)
+    for index in sorted(errors):
+        for line in errors[index]:
+            err.write(line + "\n")
+    return EXIT_FAILED if errors else EXIT_OK
+
+
+def _refusal_lines(name: str, refusal: ApiError) -> list[str]:
+    # the server knows a problem's line ("line 7: ..."); here we know its file too
+    def rename(problem: str) -> str:
+        found = _LINE.match(problem)
+        return f"{name}:{found[1]}: {problem[found.end() :]}" if found else problem
+
+    head = f"dagctl: {name}: {refusal.code}: {refusal.message}"
+    return [head, *detail_lines(refusal.details, rename)]
 
 
 def cmd_run(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
@@ -748,7 +775,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if args.command == "validate":
             from orchestrator.dagctl.validating import validate_files
 
-            return validate_files(args.files, out, err)
+            return validate_files(spec_sources(args.files, sys.stdin.buffer), out, err)
         client = Client(settings.server, settings.token)
         return COMMANDS[args.command](args, client, out, err)
     except BadArguments as exc:

@@ -230,6 +230,10 @@ class FakeOrchestrator:
                     "line 6: nodes[b].depends_on: unknown dependency 'c'",
                 ],
             )
+        for node in doc.get("nodes") or []:
+            used = node.get("workflow") if isinstance(node, dict) else None
+            if isinstance(used, dict) and not any(k[0] == used["id"] for k in self.registered):
+                return error(404, "not_found", f"no workflow {used['id']!r}")
         key = (str(doc["id"]), str(doc["version"]))
         if key in self.registered and self.registered[key] != raw:
             return error(409, "version_conflict", f"{key[0]}@{key[1]} is registered already")
@@ -501,6 +505,68 @@ async def test_apply_prints_every_problem_with_the_file_name_and_exits_1(
         f"dagctl: {conflict}: version_conflict: hello@1.0.0 is registered already",
         "dagctl: nope.yaml: No such file or directory",
     ]
+
+
+PARENT = """id: parent
+version: 1.0.0
+nodes:
+  - id: child
+    workflow: {id: child, version: ^1}
+"""
+CHILD = """id: child
+version: 1.0.0
+nodes:
+  - id: a
+    lua: return {}
+"""
+
+
+async def test_apply_a_directory_registers_children_before_parents_that_need_them(
+    fake: FakeOrchestrator, dagctl: Dagctl, tmp_path: Any
+) -> None:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    # name order puts the parent first; it waits for the child named after it
+    (specs / "a-parent.yaml").write_text(PARENT)
+    (specs / "b-child.yml").write_text(CHILD)
+    (specs / "notes.txt").write_text("not a spec")
+    (specs / "nested").mkdir()
+    (specs / "nested" / "x.yaml").write_text(HELLO)
+    result = await dagctl(fake, "apply", "-f", str(specs))
+    assert (result.code, result.err) == (0, "")
+    assert result.out.splitlines() == [
+        "workflow child@1.0.0 registered",
+        "workflow parent@1.0.0 registered",
+    ]
+    # a parent whose child is nowhere is refused, in the end, with the server's words
+    (specs / "b-child.yml").unlink()
+    fake.registered.clear()
+    alone = await dagctl(fake, "apply", "-f", str(specs))
+    assert (alone.code, alone.err) == (
+        1,
+        f"dagctl: {specs / 'a-parent.yaml'}: not_found: no workflow 'child'\n",
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = await dagctl(fake, "apply", "-f", str(empty))
+    assert (nothing.code, nothing.err) == (
+        1,
+        f"dagctl: {empty}: no .yaml, .yml, .json files in this directory\n",
+    )
+
+
+async def test_apply_and_validate_read_standard_input(
+    fake: FakeOrchestrator, dagctl: Dagctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(CHILD.encode())))
+    result = await dagctl(fake, "apply", "-f", "-")
+    assert (result.code, result.out) == (0, "workflow child@1.0.0 registered\n")
+    (_, headers, body), *_ = fake.requested("POST", "/api/v1/workflows")
+    assert (headers["Content-Type"], body) == ("application/yaml", CHILD.encode())
+    as_json = json.dumps({"id": "j", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]})
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(as_json.encode())))
+    checked = await dagctl(fake, "validate", "-f", "-")
+    assert (checked.code, checked.out) == (0, "<stdin>: j@1.0.0 is valid (1 node)\n")
 
 
 async def test_a_missing_token_is_reported_with_the_servers_words(dagctl: Dagctl) -> None:

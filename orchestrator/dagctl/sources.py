@@ -1,0 +1,62 @@
+"""What ``-f`` names for ``dagctl apply`` and ``validate``: a file, a directory, or ``-``.
+
+As with ``kubectl apply -f``: a directory stands for its spec files (``.yaml``, ``.yml``,
+``.json``, not its subdirectories) in name order, and ``-`` for standard input. Each source is
+read once, here; a source that cannot be read carries its error instead, so the caller reports
+it in its own words and goes on with the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Final
+
+SPEC_SUFFIXES: Final = (".yaml", ".yml", ".json")
+STDIN_NAME: Final = "<stdin>"
+
+
+@dataclass(frozen=True, slots=True)
+class SpecSource:
+    name: str
+    """What messages call it: the path as given or found, or ``<stdin>``."""
+    data: bytes = b""
+    error: OSError | None = None
+    """Why it could not be read (then ``data`` is empty)."""
+
+    @property
+    def is_json(self) -> bool:
+        if self.name == STDIN_NAME:
+            return self.data.lstrip().startswith(b"{")
+        return self.name.lower().endswith(".json")
+
+
+def spec_sources(names: list[str], stdin: BinaryIO) -> list[SpecSource]:
+    out: list[SpecSource] = []
+    for name in names:
+        if name == "-":
+            out.append(SpecSource(STDIN_NAME, stdin.read()))
+            continue
+        path = Path(name)
+        if not path.is_dir():
+            out.append(_read(name, path))
+            continue
+        try:
+            found = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SPEC_SUFFIXES
+            )
+        except OSError as exc:
+            out.append(SpecSource(name, error=exc))
+            continue
+        if not found:
+            empty = OSError(f"no {', '.join(SPEC_SUFFIXES)} files in this directory")
+            out.append(SpecSource(name, error=empty))
+        out.extend(_read(str(p), p) for p in found)
+    return out
+
+
+def _read(name: str, path: Path) -> SpecSource:
+    try:
+        return SpecSource(name, path.read_bytes())
+    except OSError as exc:
+        return SpecSource(name, error=exc)
