@@ -249,18 +249,23 @@ def test_up_starts_registers_examples_reports_and_stops(
         assert f"  {name} stopped (exit" in stopped
 
 
+def up_with_engine_1_failing_at_start(
+    tmp_path: Path, fake_python: tuple[str, dict[str, str]], code: int, message: str
+) -> tuple[Up, Path, dict[str, str]]:
+    """``up`` run to its end while engine-1 prints ``message`` and exits ``code`` at every
+    start; with engine-1's log and the environment the fake processes got."""
+    python, environ = fake_python
+    failing = {"DIE_AT_START": "engine-1", "DIE_CODE": str(code), "DIE_MESSAGE": message}
+    up = start_up(tmp_path, python, {**environ, **failing})
+    assert up.finish() == 1
+    return up, tmp_path / ".dagengine" / "logs" / "engine-1.log", environ
+
+
 def test_up_restarts_an_engine_that_fails_at_start_then_gives_up_with_its_log(
     tmp_path: Path, fake_python: tuple[str, dict[str, str]]
 ) -> None:
-    python, environ = fake_python
     crash = "error: the engine could not load its Lua runtime"
-    up = start_up(
-        tmp_path,
-        python,
-        {**environ, "DIE_AT_START": "engine-1", "DIE_CODE": "3", "DIE_MESSAGE": crash},
-    )
-    assert up.finish() == 1
-    log = tmp_path / ".dagengine" / "logs" / "engine-1.log"
+    up, log, environ = up_with_engine_1_failing_at_start(tmp_path, fake_python, 3, crash)
     lines = up.err.getvalue().splitlines()
     # four starts again, each after a pause twice the last (0.05 s doubling to 0.2 s), then stop
     delays = ("0.05", "0.1", "0.2", "0.2")
@@ -291,15 +296,8 @@ def test_up_stops_at_once_when_an_engine_refuses_its_settings(
     tmp_path: Path, fake_python: tuple[str, dict[str, str]]
 ) -> None:
     # python -m engine exits 2 on a bad setting: every start would be refused the same
-    python, environ = fake_python
     refusal = "error: CAPACITY must be a whole number, got 'many'"
-    up = start_up(
-        tmp_path,
-        python,
-        {**environ, "DIE_AT_START": "engine-1", "DIE_CODE": "2", "DIE_MESSAGE": refusal},
-    )
-    assert up.finish() == 1
-    log = tmp_path / ".dagengine" / "logs" / "engine-1.log"
+    up, log, environ = up_with_engine_1_failing_at_start(tmp_path, fake_python, 2, refusal)
     assert up.err.getvalue().splitlines() == [
         f"dagctl: engine-1 exited with code 2 while starting; last lines of {log}:",
         f"  | {refusal}",
