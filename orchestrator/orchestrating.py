@@ -431,7 +431,7 @@ class Orchestrator:
         return doc
 
     async def list_executions(
-        self, *, workflow_id: str | None, status: str | None, limit: int
+        self, *, workflow_id: str | None, status: str | None, limit: int, before: str | None = None
     ) -> list[JSONObject]:
         if status is not None and status not in EXECUTION_STATUSES:
             raise InvalidArgument(
@@ -440,7 +440,12 @@ class Orchestrator:
             )
         if not 1 <= limit <= LIST_LIMIT:
             raise InvalidArgument(f"limit must be between 1 and {LIST_LIMIT}, got {limit}")
-        return await self.store.list_executions(workflow_id=workflow_id, status=status, limit=limit)
+        found = await self.store.list_executions(
+            workflow_id=workflow_id, status=status, limit=limit, before=before
+        )
+        if found is None:
+            raise NotFound(f"no execution {before!r} to list the runs before")
+        return found
 
     async def cancel(self, execution_id: str, reason: str) -> JSONObject:
         doc = await self.get_execution(execution_id)

@@ -176,15 +176,18 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         self, request: pb.ListExecutionsRequest, context: Context
     ) -> pb.ListExecutionsResponse:
         try:
+            limit = request.limit or 50
             found = await self.api.list_executions(
                 workflow_id=request.workflow_id or None,
                 status=request.status or None,
-                limit=request.limit or 50,
+                limit=limit,
+                before=request.before or None,
             )
         except Exception as exc:
             await _refuse(context, exc)
         return pb.ListExecutionsResponse(
-            executions=[wire.execution_message(e, with_nodes=False) for e in found]
+            executions=[wire.execution_message(e, with_nodes=False) for e in found],
+            next_before=str(found[-1]["id"]) if len(found) == limit else "",
         )
 
     async def CancelExecution(

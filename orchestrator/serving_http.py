@@ -55,7 +55,7 @@ class Api(Protocol):
     ) -> tuple[JSONObject, bool]: ...
     async def get_execution(self, execution_id: str) -> JSONObject: ...
     async def list_executions(
-        self, *, workflow_id: str | None, status: str | None, limit: int
+        self, *, workflow_id: str | None, status: str | None, limit: int, before: str | None = None
     ) -> list[JSONObject]: ...
     async def cancel(self, execution_id: str, reason: str) -> JSONObject: ...
     async def execute_sub_workflow(self, request: ChildRequest) -> ChildStarted: ...
@@ -425,13 +425,18 @@ class HttpApi:
     async def list_executions(self, request: web.Request) -> web.Response:
         q = request.query
         limit = _limit(request, 50, LIST_LIMIT)
-        for name in ("workflow", "status"):
+        for name in ("workflow", "status", "before"):
             if len(q.getall(name, [])) > 1:
                 raise HttpError(400, "bad_request", f"give {name} once: one value per listing")
         found = await self.api.list_executions(
-            workflow_id=q.get("workflow") or None, status=q.get("status") or None, limit=limit
+            workflow_id=q.get("workflow") or None,
+            status=q.get("status") or None,
+            limit=limit,
+            before=q.get("before") or None,
         )
-        return _json({"executions": found})
+        # a full page may have more behind it: where the next one starts
+        after = found[-1]["id"] if len(found) == limit else None
+        return _json({"executions": found, "next_before": after})
 
     async def get_execution(self, request: web.Request) -> web.Response:
         return _json(await self.api.get_execution(request.match_info["execution_id"]))
@@ -755,8 +760,13 @@ def openapi_document() -> JSONObject:
             "/api/v1/workflows/{workflow_id}/executions": {"post": trigger},
             "/api/v1/executions": {
                 "get": _op(
-                    "Executions, newest first",
-                    params=[_query("workflow"), _query("status"), _query("limit", "integer")],
+                    "Executions, newest first; page with before=<next_before>",
+                    params=[
+                        _query("workflow"),
+                        _query("status"),
+                        _query("limit", "integer"),
+                        _query("before"),
+                    ],
                 )
             },
             "/api/v1/executions/{execution_id}": {

@@ -871,9 +871,18 @@ class Store:
         return await self._reader.run(read)
 
     async def list_executions(
-        self, *, workflow_id: str | None, status: str | None, limit: int
-    ) -> list[JSONObject]:
-        clauses, args = [], []
+        self, *, workflow_id: str | None, status: str | None, limit: int, before: str | None = None
+    ) -> list[JSONObject] | None:
+        """Newest first; with ``before``, those created before that execution (None when there
+        is no such execution)."""
+        clauses: list[str] = []
+        args: list[object] = []
+        if before is not None:
+            # keyset paging: the order's own key, so pages neither skip nor repeat a run
+            clauses.append(
+                "(created_at, rowid) < (SELECT created_at, rowid FROM executions WHERE id = ?)"
+            )
+            args.append(before)
         if workflow_id is not None:
             clauses.append("workflow_id = ?")
             args.append(workflow_id)
@@ -886,7 +895,11 @@ class Store:
             " ORDER BY created_at DESC, rowid DESC LIMIT ?"
         )
 
-        def read(conn: sqlite3.Connection) -> list[JSONObject]:
+        def read(conn: sqlite3.Connection) -> list[JSONObject] | None:
+            if before is not None:
+                known = conn.execute("SELECT 1 FROM executions WHERE id = ?", (before,))
+                if known.fetchone() is None:
+                    return None
             return [_document(r) for r in conn.execute(sql, (*args, limit))]
 
         return await self._reader.run(read)

@@ -137,20 +137,24 @@ class EngineInfo(_message.Message):
     def __init__(self, engine_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., capacity: _Optional[int] = ..., in_flight: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ListExecutionsRequest(_message.Message):
-    __slots__ = ("workflow_id", "status", "limit")
+    __slots__ = ("workflow_id", "status", "limit", "before")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     status: str
     limit: int
-    def __init__(self, workflow_id: _Optional[str] = ..., status: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    before: str
+    def __init__(self, workflow_id: _Optional[str] = ..., status: _Optional[str] = ..., limit: _Optional[int] = ..., before: _Optional[str] = ...) -> None: ...
 
 class ListExecutionsResponse(_message.Message):
-    __slots__ = ("executions",)
+    __slots__ = ("executions", "next_before")
     EXECUTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_BEFORE_FIELD_NUMBER: _ClassVar[int]
     executions: _containers.RepeatedCompositeFieldContainer[Execution]
-    def __init__(self, executions: _Optional[_Iterable[_Union[Execution, _Mapping]]] = ...) -> None: ...
+    next_before: str
+    def __init__(self, executions: _Optional[_Iterable[_Union[Execution, _Mapping]]] = ..., next_before: _Optional[str] = ...) -> None: ...
 
 class Execution(_message.Message):
     __slots__ = ("id", "workflow_id", "version", "status", "inputs_json", "outputs_json", "error", "progress", "created_at", "started_at", "finished_at", "parent_execution_id", "nodes", "children", "parent_node_id")

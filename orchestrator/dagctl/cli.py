@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--workflow", metavar="ID", help="executions (or triggers) of this workflow")
     get.add_argument("--status", metavar="STATUS", help="executions in this state")
     get.add_argument("--limit", type=_positive, default=50, metavar="N", help="default: 50")
+    get.add_argument(
+        "--before", metavar="ID", help="executions created before this one (the next page)"
+    )
     output(get)
 
     describe = sub.add_parser("describe", help="one execution (or workflow) in detail")
@@ -541,7 +544,11 @@ def cmd_get(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
     resource = RESOURCES[args.resource]
     if resource == "executions":
         body = client.get(
-            "/api/v1/executions", workflow=args.workflow, status=args.status, limit=args.limit
+            "/api/v1/executions",
+            workflow=args.workflow,
+            status=args.status,
+            limit=args.limit,
+            before=args.before,
         )
     elif resource == "triggers":
         body = client.get("/api/v1/triggers", workflow=args.workflow)
@@ -564,6 +571,14 @@ def cmd_get(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
     else:
         table = showing.engines_table(items)
     _print(out, table)
+    if resource == "executions" and body.get("next_before"):
+        same = "".join(
+            f" --{flag} {value}"
+            for flag, value in (("workflow", args.workflow), ("status", args.status))
+            if value
+        )
+        limit = f" --limit {args.limit}" if args.limit != 50 else ""
+        err.write(f"more: dagctl get executions{same}{limit} --before {body['next_before']}\n")
     return EXIT_OK
 
 

@@ -309,7 +309,12 @@ class FakeOrchestrator:
             if q.get("workflow") in (None, doc["workflow_id"])
             and q.get("status") in (None, doc["status"])
         ]
-        return web.json_response({"executions": found[: int(q.get("limit", "50"))]})
+        if "before" in q:
+            ids = [doc["id"] for doc in found]
+            found = found[ids.index(q["before"]) + 1 :]
+        limit = int(q.get("limit", "50"))
+        more = found[limit - 1]["id"] if len(found) > limit else None
+        return web.json_response({"executions": found[:limit], "next_before": more})
 
     def execution(self, request: web.Request) -> dict[str, Any] | None:
         return self.executions.get(request.match_info["execution_id"])
@@ -758,6 +763,14 @@ async def test_get_executions_with_filters(fake: FakeOrchestrator, dagctl: Dagct
     assert query == "/api/v1/executions?workflow=shaky&status=failed&limit=3"
     empty = await dagctl(fake, "get", "executions", "--workflow", "none")
     assert (empty.code, empty.out, empty.err) == (0, "", "no executions found\n")
+    # a full page says how to get the next, with the same filters
+    page = await dagctl(fake, "get", "executions", "--limit", "1")
+    newest = list(fake.executions.values())[-1]["id"]
+    assert page.err == f"more: dagctl get executions --limit 1 --before {newest}\n"
+    assert [line.split()[0] for line in page.out.splitlines()[1:]] == [second]
+    last = await dagctl(fake, "get", "executions", "--limit", "1", "--before", newest)
+    assert [line.split()[0] for line in last.out.splitlines()[1:]] == [first]
+    assert last.err == ""
 
 
 async def test_get_engines_and_workflows(fake: FakeOrchestrator, dagctl: Dagctl) -> None:

@@ -207,6 +207,11 @@ async def test_list_filters_and_orders_newest_first(store: Store) -> None:
     done = await store.list_executions(workflow_id=None, status="succeeded", limit=10)
     assert [e["id"] for e in done] == ["e1"]
     assert await store.list_executions(workflow_id="other", status=None, limit=10) == []
+    # keyset pages: each starts below the last of the one before, none skipped or repeated
+    older = await store.list_executions(workflow_id="wf", status=None, limit=2, before="e1")
+    assert older is not None and [e["id"] for e in older] == ["e0"]
+    assert await store.list_executions(workflow_id="wf", status=None, limit=2, before="e0") == []
+    assert await store.list_executions(workflow_id=None, status=None, limit=2, before="zz") is None
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

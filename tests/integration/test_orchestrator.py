@@ -370,6 +370,38 @@ async def test_bad_requests_get_a_json_error_and_the_service_goes_on(
     assert cluster.orchestrator.proc.poll() is None
 
 
+async def test_listing_pages_past_the_limit_without_skipping_or_repeating(
+    cluster: Cluster,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        await register(http, cluster.url, DIAMOND.replace("id: diamond", "id: paged"))
+        made = []
+        for n in range(5):
+            status, body = await trigger(http, cluster.url, "paged", {"inputs": {"n": n}})
+            assert status == 202
+            made.append(body["execution_id"])
+        seen: list[str] = []
+        query = "workflow=paged&limit=2"
+        while True:
+            page = await get(http, f"{cluster.url}/api/v1/executions?{query}")
+            seen += [e["id"] for e in page["executions"]]
+            if page["next_before"] is None:
+                break
+            query = f"workflow=paged&limit=2&before={page['next_before']}"
+        assert seen == made[::-1]
+        async with http.get(f"{cluster.url}/api/v1/executions?before=nope") as resp:
+            assert resp.status == 404
+            assert "nope" in (await resp.json())["error"]["message"]
+    async with grpc.aio.insecure_channel(cluster.orchestrator.grpc_address) as channel:
+        stub = pb_grpc.OrchestratorStub(channel)
+        first = await stub.ListExecutions(pb.ListExecutionsRequest(workflow_id="paged", limit=3))
+        rest = await stub.ListExecutions(
+            pb.ListExecutionsRequest(workflow_id="paged", limit=3, before=first.next_before)
+        )
+        assert [e.id for e in (*first.executions, *rest.executions)] == made[::-1]
+        assert rest.next_before == ""
+
+
 async def test_a_wrong_method_is_405_with_the_allowed_ones(cluster: Cluster) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.delete(f"{cluster.url}/api/v1/workflows", headers=TOKEN) as resp:
