@@ -489,7 +489,7 @@ def _timeline(conn: sqlite3.Connection, execution_id: str, after_seq: int = 0) -
 
 _EXECUTION_COLUMNS: Final = (
     "id, workflow_id, version, status, inputs, outputs, error, created_at, started_at,"
-    " finished_at, parent_execution_id, node_total, nodes_done, parent_node_id"
+    " finished_at, parent_execution_id, node_total, nodes_done, parent_node_id, parent_item"
 )
 
 
@@ -510,6 +510,7 @@ def _document(row: sqlite3.Row | tuple[Any, ...], done: int | None = None) -> JS
         total,
         counted,
         parent_node,
+        parent_item,
     ) = row
     doc: JSONObject = {
         "id": eid,
@@ -525,6 +526,8 @@ def _document(row: sqlite3.Row | tuple[Any, ...], done: int | None = None) -> JS
         "finished_at": finished_at,
         "parent_execution_id": parent,
         "parent_node_id": parent_node,
+        # which item of a foreach node the run is for (a child of one): null otherwise
+        "parent_item": parent_item,
     }
     return doc
 

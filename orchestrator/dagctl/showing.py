@@ -288,8 +288,12 @@ def _grow(tree: Tree, children: list[JSON]) -> None:
         if not isinstance(child, dict):
             tree.add(text_of(child))
             continue
+        node = text_of(child.get("parent_node_id")) if child.get("parent_node_id") else ""
+        item = child.get("parent_item")
+        if node and isinstance(item, int):
+            node += f"[{item}]"  # one child per item of a foreach node
         label = Text.assemble(
-            f"{text_of(child.get('parent_node_id'))}  " if child.get("parent_node_id") else "",
+            f"{node}  " if node else "",
             (ref(child), "cyan"),
             "  ",
             styled(child.get("status")),

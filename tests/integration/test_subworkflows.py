@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -321,6 +322,19 @@ async def test_foreach_over_a_sub_workflow_runs_a_child_per_item_in_order(subs: 
         assert [o["sq"]["n"] for o in outputs] == list(range(1, 101))
         assert [o["sq"]["sq"] for o in outputs] == [i * i for i in range(1, 101)]
         assert len(doc["children"]) == 100
+        # each child says which item it is for; dagctl's tree shows it
+        child = await execution(http, url, doc["children"][-1])
+        assert (child["parent_node_id"], child["parent_item"]) == ("each", child["inputs"]["n"] - 1)
+    shown = subprocess.run(
+        [sys.executable, "-m", "orchestrator.dagctl", "describe", "execution", doc["id"]],
+        env={**os.environ, "DAGCTL_SERVER": url, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    items = sorted(int(n) for n in re.findall(r"each\[(\d+)\]  square@1\.0\.0", shown))
+    assert items == list(range(100))
 
 
 async def test_execute_sub_workflow_and_status_over_grpc(subs: Cluster) -> None:
