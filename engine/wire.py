@@ -406,6 +406,21 @@ _CODES: Final[list[tuple[type[EngineError], grpc.StatusCode]]] = [
 ]
 
 
+STATUS_MESSAGE_MAX: Final = 1000
+STATUS_DETAILS_MAX: Final = 3000
+"""Characters of a status's message and of its field violations together. A status travels in
+trailing metadata, the message twice (grpc-message and the details), and peers refuse metadata
+past 8 KiB or so: a request that echoes a huge id or names 500 problems must still get its
+answer, not a transport error."""
+
+
+def bounded(text: str, limit: int = STATUS_MESSAGE_MAX) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def grpc_status(error: BaseException) -> grpc.Status:
     """The status a failed call ends with: code, message, and field violations in the details."""
     code = grpc.StatusCode.INTERNAL
@@ -417,19 +432,27 @@ def grpc_status(error: BaseException) -> grpc.Status:
             message = str(error)
         violations = _violations(error)
         if violations:
-            packed = any_pb2.Any()
-            packed.Pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
+            kept: list[error_details_pb2.BadRequest.FieldViolation] = []
+            room = STATUS_DETAILS_MAX
+            for v in violations:
+                described = bounded(v.message)
+                room -= len(v.field) + len(described)
+                if room < 0:
+                    kept.append(
                         error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.message
+                            description=f"and {len(violations) - len(kept)} more problems"
                         )
-                        for v in violations
-                    ]
+                    )
+                    break
+                kept.append(
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=described
+                    )
                 )
-            )
+            packed = any_pb2.Any()
+            packed.Pack(error_details_pb2.BadRequest(field_violations=kept))
             details.append(packed)
-    status = status_pb2.Status(code=code.value[0], message=message, details=details)
+    status = status_pb2.Status(code=code.value[0], message=bounded(message), details=details)
     converted: grpc.Status = rpc_status.to_status(status)
     return converted
 

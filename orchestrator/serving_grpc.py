@@ -22,7 +22,14 @@ from engine.core.errors import EngineError
 from engine.core.values import JSON, JSONObject
 from orchestrator.errors import OrchestratorError
 from orchestrator.monitoring import EventFilter
-from orchestrator.serving_http import Api, HttpError, check_bearer, check_unicode, error_body
+from orchestrator.serving_http import (
+    Api,
+    HttpError,
+    check_bearer,
+    check_json,
+    error_body,
+    final_event,
+)
 from orchestrator.subworkflows import ChildRequest
 from orchestrator.triggering import Triggers
 
@@ -57,7 +64,7 @@ def grpc_status_for(exc: BaseException) -> grpc.Status:
         else _HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL)
     )
     converted: grpc.Status = rpc_status.to_status(
-        status_pb2.Status(code=code.value[0] or code_pb2.UNKNOWN, message=message)
+        status_pb2.Status(code=code.value[0] or code_pb2.UNKNOWN, message=wire.bounded(message))
     )
     return converted
 
@@ -76,7 +83,9 @@ def _json_arg(text: str, field: str) -> JSON:
         value = wire.loads(text)
     except ValueError as exc:
         raise HttpError(400, "bad_json", f"{field} is not valid JSON: {exc}") from None
-    check_unicode(text, value, field)
+    except RecursionError:
+        raise HttpError(400, "too_deep", f"{field} nests deeper than Python can read") from None
+    check_json(text, value, field)
     return value
 
 
@@ -219,6 +228,8 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
                     seq = event.get("seq")
                     last = max(last, seq if isinstance(seq, int) else 0)
                     yield wire.event_message_from_dict(event)
+                    if final_event(event):
+                        return  # one run's stream ends with it, as over HTTP
             while not context.done():
                 try:
                     event = await sub.next_event()
@@ -230,6 +241,8 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
                         continue
                     last = seq if isinstance(seq, int) else last
                 yield wire.event_message_from_dict(event)
+                if flt.execution_id is not None and final_event(event):
+                    return
 
     async def ExecuteSubWorkflow(
         self, request: pb.ExecuteSubWorkflowRequest, context: Context

@@ -146,9 +146,7 @@ async def _read_json(request: web.Request, *, required: bool = True) -> JSON:
         raise HttpError(
             400, "too_deep", f"JSON nests deeper than {MAX_JSON_DEPTH} levels"
         ) from None
-    if not _depth_ok(value, MAX_JSON_DEPTH):
-        raise HttpError(400, "too_deep", f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
-    check_unicode(raw, value, "the request body")
+    check_json(raw, value, "the request body")
     return value
 
 
@@ -156,10 +154,13 @@ _SURROGATE_TEXT: Final = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE_BYTES: Final = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def check_unicode(raw: str | bytes, value: JSON, what: str) -> None:
-    """Refuse JSON that escapes a lone UTF-16 surrogate (``"\\udc80"``): Python decodes it to
-    a code point no UTF-8 text can hold, so the store and the engines could not keep it. Only
-    text with such an escape in it is looked at twice."""
+def check_json(raw: str | bytes, value: JSON, what: str) -> None:
+    """Refuse parsed JSON nested past ``MAX_JSON_DEPTH``, or escaping a lone UTF-16 surrogate
+    (``"\\udc80"``): Python decodes that to a code point no UTF-8 text can hold, so the store
+    and the engines could not keep it. Only text with such an escape in it is looked at twice.
+    The one check for HTTP bodies and gRPC JSON fields alike."""
+    if not _depth_ok(value, MAX_JSON_DEPTH):
+        raise HttpError(400, "too_deep", f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
     found = _SURROGATE_BYTES.search(raw) if isinstance(raw, bytes) else _SURROGATE_TEXT.search(raw)
     if found is None:
         return
@@ -496,7 +497,7 @@ class HttpApi:
         for event in replay:
             await _sse(response, event, with_ids)
             last_seq = max(last_seq, _seq(event))
-            if _final(event):
+            if final_event(event):
                 return
         while True:
             try:
@@ -512,7 +513,7 @@ class HttpApi:
                     continue  # already sent from the stored timeline
                 last_seq = seq
             await _sse(response, event, with_ids)
-            if with_ids and _final(event):
+            if with_ids and final_event(event):
                 return
 
     async def engines(self, request: web.Request) -> web.Response:
@@ -585,7 +586,8 @@ def _seq(event: JSONObject) -> int:
 _FINAL_TYPES: Final = frozenset(f"execution.{status}" for status in EXECUTION_TERMINAL)
 
 
-def _final(event: JSONObject) -> bool:
+def final_event(event: JSONObject) -> bool:
+    """An execution's last event: the one that ends it."""
     return event.get("type") in _FINAL_TYPES
 
 

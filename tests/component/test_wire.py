@@ -197,6 +197,17 @@ def test_spec_problems_travel_as_field_violations() -> None:
     ]
 
 
+def test_a_status_stays_small_enough_for_trailing_metadata() -> None:
+    many = [SpecProblem(f"nodes[n{i}].lua", "syntax error " + "x" * 100, i) for i in range(500)]
+    status = wire.grpc_status(SpecError(many, "spec"))
+    ((_, value),) = status.trailing_metadata
+    assert len(value) + len(status.details) < 8 * 1024
+    violations = wire.field_violations(status_pb2.Status.FromString(value))
+    assert violations[0][0] == "spec.nodes[n0].lua"
+    assert violations[-1] == ("", f"and {500 - len(violations) + 1} more problems")
+    assert status.details.endswith("more characters)")
+
+
 def test_settings_defaults_and_values() -> None:
     default = Settings.from_env({"ENGINE_ID": "e"})
     assert (default.port, default.capacity, default.metrics_port, default.drain_grace) == (

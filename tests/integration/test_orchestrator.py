@@ -479,11 +479,13 @@ async def test_grpc_register_execute_watch_and_reflection(cluster: Cluster) -> N
         assert wire.loads(done.execution.outputs_json) == {"d": {"total": 50}}
         # integers stay integers across the wire
         assert isinstance(wire.loads(done.execution.outputs_json)["d"]["total"], int)  # type: ignore[index, call-overload]
-        watched = []
-        async for event in stub.WatchEvents(pb.WatchEventsRequest(execution_id=done.execution_id)):
-            watched.append(event.type)
-            if event.type == "execution.succeeded":
-                break
+        # one run's stream replays its timeline and ends with its final event, by itself
+        watched = [
+            event.type
+            async for event in stub.WatchEvents(
+                pb.WatchEventsRequest(execution_id=done.execution_id), timeout=30
+            )
+        ]
         assert watched[0] == "execution.queued" and watched[-1] == "execution.succeeded"
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="nope"), metadata=auth)
@@ -497,6 +499,19 @@ async def test_grpc_register_execute_watch_and_reflection(cluster: Cluster) -> N
             )
         assert lone.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "lone UTF-16 surrogate" in (lone.value.details() or "")
+        for deep in ('{"x": ' + "[" * 100 + "]" * 100 + "}", "[" * 100_000 + "]" * 100_000):
+            with pytest.raises(grpc.aio.AioRpcError) as too_deep:
+                await stub.ExecuteWorkflow(
+                    pb.ExecuteWorkflowRequest(workflow_id="grpc-diamond", inputs_json=deep),
+                    metadata=auth,
+                )
+            assert too_deep.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "deeper" in (too_deep.value.details() or "")
+        # an answer that names a huge id stays small enough to travel
+        with pytest.raises(grpc.aio.AioRpcError) as long_id:
+            await stub.GetExecution(pb.GetExecutionRequest(execution_id="x" * 10_000))
+        assert long_id.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "more characters" in (long_id.value.details() or "")
         for limit, status in ((-5, ""), (5000, ""), (5, "bogus")):
             with pytest.raises(grpc.aio.AioRpcError) as listing:
                 await stub.ListExecutions(pb.ListExecutionsRequest(limit=limit, status=status))
