@@ -144,6 +144,9 @@ def plan(
         "GRPC_PORT": str(grpc_port),
     }
     orchestrator_env.setdefault("ENGINE_HEALTH_CHECK_INTERVAL", "2")
+    # a system for this machine: reachable from elsewhere only when HOST says so (it runs
+    # whatever Lua it is sent, and API_TOKEN is unset unless the user sets it)
+    orchestrator_env.setdefault("HOST", "127.0.0.1")
     orchestrator = Child(
         "orchestrator",
         (python, "-m", "orchestrator"),

@@ -259,6 +259,7 @@ def test_up_plans_engines_on_free_ports_and_a_static_orchestrator(tmp_path: Path
     assert (orch["HTTP_PORT"], orch["GRPC_PORT"]) == ("8080", "50051")
     assert orch["ENGINE_HEALTH_CHECK_INTERVAL"] == "2"
     assert orch["LOG_FORMAT"] == "json"
+    assert orch["HOST"] == "0.0.0.0"  # asked for: the orchestrator listens everywhere
     assert layout.http_url == "http://127.0.0.1:8080"
     assert layout.orchestrator.log_path.name == "orchestrator.log"
 
@@ -284,6 +285,7 @@ def test_up_honours_the_environment(tmp_path: Path) -> None:
     assert orch["STATE_DB"] == "/data/s.db" and layout.state_db == "/data/s.db"
     assert orch["ENGINE_HEALTH_CHECK_INTERVAL"] == "7"
     assert orch["API_TOKEN"] == "t"
+    assert orch["HOST"] == "127.0.0.1"  # not asked for: this machine only
 
 
 @pytest.mark.parametrize("value", ["http", "70000", "-1"])
