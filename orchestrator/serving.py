@@ -38,6 +38,7 @@ from orchestrator.serving_http import HttpApi
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.store import Store
 from orchestrator.subworkflows import SubWorkflows
+from orchestrator.tls import ServerTls, server_tls
 from orchestrator.triggering import Triggers
 from orchestrator.versions import Registry
 
@@ -149,6 +150,7 @@ async def serve(settings: Settings) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit status."""
     local: LocalEngines | None = None
     try:
+        tls = server_tls(settings)
         if settings.transport == "local":
             from orchestrator.local import LocalEngines
 
@@ -175,7 +177,7 @@ async def serve(settings: Settings) -> int:
             # short-lived dicts by the thousand, and collections were ~11% of the loop.
             gc.freeze()
             gc.set_threshold(10_000, 10, 10)
-            return await _serve_apis(settings, orch, stop)
+            return await _serve_apis(settings, orch, stop, tls)
     except (sqlite3.Error, RuntimeError, OSError) as exc:
         log.error("cannot open the state database %s: %s", settings.state_db, exc)
         return 1
@@ -187,7 +189,9 @@ async def serve(settings: Settings) -> int:
         log.info("orchestrator stopped", extra={"event": "stopped"})
 
 
-async def _serve_apis(settings: Settings, orch: Orchestrator, stop: asyncio.Event) -> int:
+async def _serve_apis(
+    settings: Settings, orch: Orchestrator, stop: asyncio.Event, tls: ServerTls | None
+) -> int:
     runner = web.AppRunner(
         HttpApi(
             orch,
@@ -205,7 +209,9 @@ async def _serve_apis(settings: Settings, orch: Orchestrator, stop: asyncio.Even
         ]
     )
     try:
-        site = web.TCPSite(runner, settings.host, settings.http_port)
+        site = web.TCPSite(
+            runner, settings.host, settings.http_port, ssl_context=tls.http if tls else None
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -218,17 +224,29 @@ async def _serve_apis(settings: Settings, orch: Orchestrator, stop: asyncio.Even
         )
         health = await wire.add_health_and_reflection(server, ORCHESTRATOR_SERVICE)
         try:
-            grpc_port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+            address = f"{settings.host}:{settings.grpc_port}"
+            grpc_port = (
+                server.add_secure_port(address, tls.grpc)
+                if tls is not None
+                else server.add_insecure_port(address)
+            )
         except RuntimeError as exc:
             log.error("cannot listen on %s:%s: %s", settings.host, settings.grpc_port, exc)
             return 1
         await server.start()
+        security = "plain" if tls is None else ("mutual TLS" if tls.mutual else "TLS")
         log.info(
-            "orchestrator serving HTTP on port %s and gRPC on port %s (state %s)",
+            "orchestrator serving HTTP on port %s and gRPC on port %s, %s (state %s)",
             http_port,
             grpc_port,
+            security,
             settings.state_db,
-            extra={"event": "serving", "http_port": http_port, "grpc_port": grpc_port},
+            extra={
+                "event": "serving",
+                "http_port": http_port,
+                "grpc_port": grpc_port,
+                "security": security,
+            },
         )
         await stop.wait()
         log.info("stopping: no new requests; unfinished runs resume at the next start")

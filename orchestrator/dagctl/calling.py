@@ -17,6 +17,7 @@ import http.client
 import ipaddress
 import json
 import socket
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -148,8 +149,15 @@ class Client:
     """Calls to one orchestrator; ``server`` is its base URL (``http://host:port``)."""
 
     def __init__(
-        self, server: str, token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
+        self,
+        server: str,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: how to trust an https server (and what certificate to show it), when the
+        system's defaults will not do."""
         self.server = server.rstrip("/")
         self.token = token
         self.timeout = timeout
@@ -158,6 +166,8 @@ class Client:
         handlers: list[urllib.request.BaseHandler] = (
             [urllib.request.ProxyHandler({})] if _is_loopback(self.server) else []
         )
+        if tls is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=tls))
         self._opener = urllib.request.build_opener(*handlers)
 
     def url(self, path: str, query: Mapping[str, Any] | None = None) -> str:

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import re
+import ssl
 import sys
 import time
 import urllib.parse
@@ -57,6 +58,11 @@ class Settings:
 
     server: str = DEFAULT_SERVER
     token: str | None = None
+    ca_file: str | None = None
+    """DAGCTL_CA_FILE: the CA that signed an https server's certificate."""
+    cert_file: str | None = None
+    key_file: str | None = None
+    """DAGCTL_CERT_FILE, DAGCTL_KEY_FILE: a client certificate, for a server that asks one."""
     environ: Mapping[str, str] = field(default_factory=dict)
     """The whole environment, for the processes ``dagctl up`` starts (DESIGN section 6)."""
 
@@ -66,7 +72,38 @@ class Settings:
         if "://" not in server:
             server = "http://" + server
         token = (env.get("DAGCTL_TOKEN") or env.get("API_TOKEN") or "").strip() or None
-        return cls(server=server.rstrip("/"), token=token, environ=MappingProxyType(dict(env)))
+        return cls(
+            server=server.rstrip("/"),
+            token=token,
+            ca_file=(env.get("DAGCTL_CA_FILE") or "").strip() or None,
+            cert_file=(env.get("DAGCTL_CERT_FILE") or "").strip() or None,
+            key_file=(env.get("DAGCTL_KEY_FILE") or "").strip() or None,
+            environ=MappingProxyType(dict(env)),
+        )
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS client context the variables ask for; None: the system's defaults."""
+        if self.ca_file is None and self.cert_file is None:
+            return None
+        if (self.cert_file is None) != (self.key_file is None):
+            raise BadArguments("DAGCTL_CERT_FILE and DAGCTL_KEY_FILE go together")
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise BadArguments(f"DAGCTL_CA_FILE {self.ca_file}: {_why(exc)}") from None
+        if self.cert_file is not None and self.key_file is not None:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise BadArguments(
+                    f"DAGCTL_CERT_FILE {self.cert_file} / DAGCTL_KEY_FILE {self.key_file}: "
+                    f"{_why(exc)}"
+                ) from None
+        return context
+
+
+def _why(exc: OSError | ssl.SSLError) -> str:
+    return str(exc.strerror or exc) if isinstance(exc, OSError) else str(exc)
 
 
 # -- arguments ------------------------------------------------------------------------------
@@ -166,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dagctl",
         description="Command line for DAG Engine. The orchestrator is at $DAGCTL_SERVER "
-        f"(default {DEFAULT_SERVER}); $DAGCTL_TOKEN (or $API_TOKEN) is sent as a bearer token.",
+        f"(default {DEFAULT_SERVER}); $DAGCTL_TOKEN (or $API_TOKEN) is sent as a bearer token; "
+        "$DAGCTL_CA_FILE, $DAGCTL_CERT_FILE and $DAGCTL_KEY_FILE are for https servers.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -317,7 +355,13 @@ def _execution(client: Client, execution_id: str) -> JSONObject:
 
 def print_error(exc: DagctlError, err: TextIO) -> None:
     if isinstance(exc, Unreachable):
-        err.write(f"dagctl: {exc} (start it with dagctl up, or set DAGCTL_SERVER)\n")
+        if "certificate" in str(exc).lower():
+            # it answered, over TLS, with a certificate (or a demand for one) we cannot meet
+            hint = "set DAGCTL_CA_FILE to the CA that signed its certificate, or DAGCTL_CERT_FILE"
+            hint += " and DAGCTL_KEY_FILE when it asks for a client certificate"
+        else:
+            hint = "start it with dagctl up, or set DAGCTL_SERVER"
+        err.write(f"dagctl: {exc} ({hint})\n")
         return
     err.write(f"dagctl: {exc}\n")
     if isinstance(exc, ApiError):
@@ -791,7 +835,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             from orchestrator.dagctl.validating import validate_files
 
             return validate_files(spec_sources(args.files, sys.stdin.buffer), out, err)
-        client = Client(settings.server, settings.token)
+        client = Client(settings.server, settings.token, tls=settings.tls())
         return COMMANDS[args.command](args, client, out, err)
     except BadArguments as exc:
         err.write(f"dagctl: {exc}\n")

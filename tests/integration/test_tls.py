@@ -1,0 +1,176 @@
+"""TLS on the orchestrator's HTTP and gRPC servers, and mutual TLS, with real processes.
+
+Certificates are made up per test by a throwaway CA (trustme): one for the server at
+127.0.0.1, and one a client may show.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+import trustme
+
+from engine.api import dagengine_pb2 as pb
+from engine.api import dagengine_pb2_grpc as pb_grpc
+from tests.integration.conftest import ROOT, StartCluster
+
+
+class Certificates:
+    def __init__(self, directory: Path) -> None:
+        self.ca = trustme.CA()
+        self.ca_file = directory / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        server = self.ca.issue_cert("127.0.0.1")
+        self.cert_file, self.key_file = directory / "server.pem", directory / "server.key"
+        server.private_key_pem.write_to_path(str(self.key_file))
+        self.cert_file.write_bytes(b"".join(b.bytes() for b in server.cert_chain_pems))
+        client = self.ca.issue_cert("dagctl@example.com")
+        self.client_cert, self.client_key = directory / "client.pem", directory / "client.key"
+        client.private_key_pem.write_to_path(str(self.client_key))
+        self.client_cert.write_bytes(b"".join(b.bytes() for b in client.cert_chain_pems))
+
+    def client_context(self, *, with_cert: bool) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        if with_cert:
+            context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+    def channel_credentials(self, *, with_cert: bool) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_file.read_bytes(),
+            private_key=self.client_key.read_bytes() if with_cert else None,
+            certificate_chain=self.client_cert.read_bytes() if with_cert else None,
+        )
+
+
+def dagctl(server: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.dagctl", "get", "engines", "-o", "json"],
+        env={**os.environ, "DAGCTL_SERVER": server, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def healthz(url: str, context: ssl.SSLContext | bool) -> int:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz", ssl=context) as resp:
+        return resp.status
+
+
+async def test_with_a_certificate_both_servers_speak_tls_only(
+    start_cluster: StartCluster, tmp_path: Path
+) -> None:
+    certs = Certificates(tmp_path)
+    cluster = start_cluster(
+        engines=1, TLS_CERT_FILE=str(certs.cert_file), TLS_KEY_FILE=str(certs.key_file)
+    )
+    port = cluster.orchestrator.http_port
+    https = f"https://127.0.0.1:{port}"
+    assert '"security": "TLS"' in cluster.orchestrator.log()
+    assert await healthz(https, certs.client_context(with_cert=False)) == 200
+    with pytest.raises(aiohttp.ClientError):
+        await healthz(f"http://127.0.0.1:{port}", False)
+    with pytest.raises(aiohttp.ClientError):  # a certificate nobody vouched for
+        await healthz(https, ssl.create_default_context())
+    secure = grpc.aio.secure_channel(
+        cluster.orchestrator.grpc_address, certs.channel_credentials(with_cert=False)
+    )
+    async with secure:
+        engines = await pb_grpc.OrchestratorStub(secure).ListEngines(
+            pb.ListEnginesRequest(), timeout=10
+        )
+        assert [e.engine_id for e in engines.engines] == ["engine-0"]
+    async with grpc.aio.insecure_channel(cluster.orchestrator.grpc_address) as plain:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await pb_grpc.OrchestratorStub(plain).ListEngines(pb.ListEnginesRequest(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    # dagctl trusts the server through DAGCTL_CA_FILE
+    trusted = dagctl(https, DAGCTL_CA_FILE=str(certs.ca_file))
+    assert trusted.returncode == 0, trusted.stderr
+    assert '"engine-0"' in trusted.stdout
+    untrusted = dagctl(https)
+    assert untrusted.returncode == 1
+    assert "certificate verify failed" in untrusted.stderr
+    assert "set DAGCTL_CA_FILE" in untrusted.stderr
+
+
+async def test_with_a_ca_file_clients_must_show_a_certificate_it_signed(
+    start_cluster: StartCluster, tmp_path: Path
+) -> None:
+    certs = Certificates(tmp_path)
+    cluster = start_cluster(
+        engines=1,
+        TLS_CERT_FILE=str(certs.cert_file),
+        TLS_KEY_FILE=str(certs.key_file),
+        TLS_CA_FILE=str(certs.ca_file),
+    )
+    https = f"https://127.0.0.1:{cluster.orchestrator.http_port}"
+    assert '"security": "mutual TLS"' in cluster.orchestrator.log()
+    assert await healthz(https, certs.client_context(with_cert=True)) == 200
+    with pytest.raises(aiohttp.ClientError):
+        await healthz(https, certs.client_context(with_cert=False))
+    for with_cert, works in ((True, True), (False, False)):
+        channel = grpc.aio.secure_channel(
+            cluster.orchestrator.grpc_address, certs.channel_credentials(with_cert=with_cert)
+        )
+        async with channel:
+            call = pb_grpc.OrchestratorStub(channel).ListEngines(pb.ListEnginesRequest(), timeout=5)
+            if works:
+                assert len((await call).engines) == 1
+            else:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await call
+    shown = dagctl(
+        https,
+        DAGCTL_CA_FILE=str(certs.ca_file),
+        DAGCTL_CERT_FILE=str(certs.client_cert),
+        DAGCTL_KEY_FILE=str(certs.client_key),
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert dagctl(https, DAGCTL_CA_FILE=str(certs.ca_file)).returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"TLS_CERT_FILE": "/no/such/cert.pem", "TLS_KEY_FILE": "/no/such/key.pem"},
+            "TLS_CERT_FILE /no/such/cert.pem: No such file or directory",
+        ),
+        ({"TLS_CERT_FILE": "/etc/hostname"}, "TLS_CERT_FILE and TLS_KEY_FILE must be set together"),
+    ],
+)
+def test_unusable_tls_files_stop_start_up_naming_the_variable(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TLS_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator"],
+        env={
+            **base,
+            "HOST": "127.0.0.1",
+            "HTTP_PORT": "0",
+            "GRPC_PORT": "0",
+            "STATE_DB": str(tmp_path / "state.db"),
+            "DISCOVERY_MODE": "static",
+            "ENGINE_ADDRESSES": "127.0.0.1:1",
+            "LOG_FORMAT": "plain",
+            **env,
+        },
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr + proc.stdout
+    assert not (tmp_path / "state.db").exists()  # nothing was touched
