@@ -116,7 +116,8 @@ def _validate(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
-    print(f"{args.file}: {spec.ref} is valid ({len(spec.nodes)} nodes)")
+    count = len(spec.nodes)
+    print(f"{args.file}: {spec.ref} is valid ({count} node{'s' if count != 1 else ''})")
     return EXIT_OK
 
 

@@ -184,3 +184,15 @@ def test_ordinary_anchors_and_merge_keys_still_load() -> None:
 def test_deeply_nested_yaml_is_a_clear_error() -> None:
     got = messages("a: " + "[" * 5000 + "]" * 5000 + "\n")
     assert got == ["wf.yaml: invalid YAML: nested too deeply"]
+
+
+def test_the_readme_workflow_is_valid() -> None:
+    # the first thing a reader copies: it must pass the checks it describes
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## A workflow") :]
+    block = section[
+        section.index("```yaml\n") + 8 : section.index("```", section.index("```yaml") + 7)
+    ]
+    spec = spec_from_text(block, "README.md")
+    assert spec.id == "diamond" and len(spec.nodes) == 6
+    assert spec.outputs == {"total": "{{ results.sum.value }}"}
