@@ -444,7 +444,17 @@ class HttpApi:
 
     async def cancel(self, request: web.Request) -> web.Response:
         body = await _read_json(request, required=False)
-        reason = body.get("reason") if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            raise HttpError(400, "bad_request", 'the body must be a JSON object: {"reason": ...}')
+        unknown = sorted(set(body) - {"reason"})
+        if unknown:
+            raise HttpError(
+                400,
+                "bad_request",
+                f"unknown field(s) {', '.join(unknown)}",
+                {"allowed": ["reason"]},
+            )
+        reason = body.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise HttpError(400, "bad_request", "reason must be a string")
         return _json(
@@ -634,6 +644,13 @@ def _op(
     return op
 
 
+def _error_responses(texts: dict[str, str]) -> dict[str, Any]:
+    """Responses with the Error body, for operations written out by hand."""
+    responses = _op("", responses=texts)["responses"]
+    assert isinstance(responses, dict)
+    return responses
+
+
 def _path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -644,7 +661,14 @@ def _query(name: str, kind: str = "string") -> dict[str, Any]:
 
 def openapi_document() -> JSONObject:
     """The OpenAPI 3.1 description of every route above; a test holds the two together."""
-    errors = {"400": "bad request", "401": "no token", "403": "wrong token", "404": "not found"}
+    errors = {
+        "400": "bad request",
+        "401": "no token",
+        "403": "wrong token",
+        "404": "not found",
+        "413": "body too large",
+    }
+    listing = {"200": "OK", "400": "a filter or limit with a bad value"}
     trigger = _op(
         "Start an execution",
         body="TriggerRequest",
@@ -749,14 +773,18 @@ def openapi_document() -> JSONObject:
                 "get": _op(
                     "A workflow with its versions",
                     params=[_path_param("workflow_id"), _query("version")],
-                    responses={"200": "OK", "404": "not found"},
+                    responses={
+                        "200": "OK",
+                        "400": "a version range that does not parse",
+                        "404": "not found",
+                    },
                 )
             },
             "/api/v1/workflows/{workflow_id}/versions/{version}": {
                 "get": _op(
                     "One version",
                     params=[_path_param("workflow_id"), _path_param("version")],
-                    responses={"200": "OK", "404": "not found"},
+                    responses={"200": "OK", "400": "not a version", "404": "not found"},
                 )
             },
             "/api/v1/workflows/{workflow_id}/executions": {"post": trigger},
@@ -769,6 +797,7 @@ def openapi_document() -> JSONObject:
                         _query("limit", "integer"),
                         _query("before"),
                     ],
+                    responses={**listing, "404": "no execution with the id in before"},
                 )
             },
             "/api/v1/executions/{execution_id}": {
@@ -796,13 +825,28 @@ def openapi_document() -> JSONObject:
             },
             "/api/v1/events": {
                 "get": {
-                    "summary": "Live events (Server-Sent Events)",
-                    "parameters": [_query("workflow"), _query("execution")],
+                    "summary": "Live events (Server-Sent Events); with execution, its stored "
+                    "timeline first, ending with its final event",
+                    "parameters": [
+                        _query("workflow"),
+                        _query("execution"),
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "required": False,
+                            "description": "with execution: resume after this seq",
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                    ],
                     "responses": {
                         "200": {
                             "description": "text/event-stream",
                             "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                        }
+                        },
+                        "204": {"description": "the execution ended and its end was seen"},
+                        **_error_responses(
+                            {"400": "bad Last-Event-ID", "404": "no such execution"}
+                        ),
                     },
                 }
             },
@@ -811,6 +855,7 @@ def openapi_document() -> JSONObject:
                 "get": _op(
                     "Triggers (cron and HTTP) with their next fire times",
                     params=[_query("workflow"), _query("limit", "integer")],
+                    responses=listing,
                 ),
                 "post": _op(
                     "Create a cron trigger",
@@ -852,7 +897,7 @@ def openapi_document() -> JSONObject:
                 "get": _op(
                     "Decided slots, newest first: fired, skipped, missed, failed",
                     params=[_path_param("trigger_id"), _query("limit", "integer")],
-                    responses={"200": "OK", "404": "not found"},
+                    responses={**listing, "404": "not found"},
                 )
             },
             "/api/v1/openapi.json": {"get": _op("This document")},
@@ -871,4 +916,7 @@ def openapi_document() -> JSONObject:
             "/readyz": {"get": _op("Readiness", responses={"200": "ready", "503": "not ready"})},
         },
     }
+    # a spec registers as JSON or as YAML
+    register = doc["paths"]["/api/v1/workflows"]["post"]
+    register["requestBody"]["content"]["application/yaml"] = {"schema": {"type": "string"}}
     return doc
