@@ -741,9 +741,12 @@ local function add_log(level, msg)
   if #msg > LOG_LINE_BYTES then
     msg = sub(msg, 1, LOG_LINE_BYTES) .. format(" [%d more bytes dropped]", #msg - LOG_LINE_BYTES)
   end
+  -- a limit may stop the script anywhere in here (valid_utf8 runs under the hook): the line
+  -- counts only once both halves are in, so the list always holds whole pairs
+  local text = valid_utf8(msg)
+  logs[2 * nlogs + 1] = level
+  logs[2 * nlogs + 2] = text
   nlogs = nlogs + 1
-  logs[2 * nlogs - 1] = level
-  logs[2 * nlogs] = valid_utf8(msg)
 end
 
 local function log_text(v)

@@ -685,7 +685,8 @@ def _split_position(message: str, chunk_name: str) -> tuple[str, int | None]:
 
 
 def _pairs(flat: list[str]) -> list[tuple[str, str]]:
-    return list(zip(flat[::2], flat[1::2], strict=True))
+    # a level without its message (an allocation refused between the two) is no log line
+    return list(zip(flat[::2], flat[1::2], strict=False))
 
 
 _local = threading.local()

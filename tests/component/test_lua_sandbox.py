@@ -794,3 +794,14 @@ def test_a_dropped_sandbox_is_freed() -> None:
     del sandbox
     gc.collect()
     assert ref() is None
+
+
+def test_a_limit_that_stops_a_script_mid_log_is_a_limit_not_an_internal_error() -> None:
+    # padding shifts where in log() the budget runs out, one instruction at a time
+    sandbox = LuaSandbox(LuaLimits(instructions=5000))
+    for pad in range(120):
+        code = f"local p = 0 for j = 1, {pad} do p = p + 1 end "
+        code += 'for i = 1, 100000 do log("info", "line " .. i) end return {}'
+        outcome = sandbox.run(task(code))
+        assert outcome.limit == "instructions", (pad, outcome.error)
+        assert all(level == "info" for level, _ in outcome.logs)
