@@ -9,8 +9,9 @@ child on the run's own stream (``subworkflow.requested``) and wait for ``Resolve
 
 ``serve`` runs the server until SIGTERM (or SIGINT), then drains: health turns NOT_SERVING, new
 runs are refused with UNAVAILABLE, runs in flight get DRAIN_GRACE seconds to finish, and what
-remains is cancelled with a reason naming the shutdown, its streams carrying the cancel events
-out before the process exits 0. A second signal cuts the grace short.
+remains is handed back: its streams end with UNAVAILABLE, unfinished, as if the engine had died,
+so the orchestrator resumes those runs elsewhere from their checkpoints (a rollout or a
+scale-down loses nothing), and the process exits 0. A second signal cuts the grace short.
 """
 
 from __future__ import annotations
@@ -100,20 +101,31 @@ class _EventStream:
     costs one wake-up and one message, not one each.
     """
 
-    __slots__ = ("_buffer", "_closed", "_wakeup")
+    __slots__ = ("_buffer", "_closed", "_wakeup", "handed_back")
 
     def __init__(self) -> None:
         self._buffer: list[Event] = []
         self._wakeup = asyncio.Event()
         self._closed = False
+        self.handed_back = False
+        """The run goes back to its caller unfinished: nothing more is sent."""
 
     def push(self, event: Event) -> None:
+        if self.handed_back:
+            return
         self._buffer.append(event)
         self._wakeup.set()
 
     def close(self, _: object = None) -> None:
         self._closed = True
         self._wakeup.set()
+
+    def hand_back(self) -> None:
+        """End the stream here, with what was sent so far: the caller resumes the run elsewhere
+        from it. What is buffered is dropped, as it would be if the engine died now."""
+        self.handed_back = True
+        self._buffer = []
+        self.close()
 
     async def batches(self) -> AsyncIterator[list[Event]]:
         while True:
@@ -215,6 +227,7 @@ class EngineService(pb_grpc.EngineServicer):
         self._runs: dict[str, Execution] = {}
         self._subworkflows = StreamedSubWorkflows()
         self._draining = False
+        self._streams: dict[str, _EventStream] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         # the orchestrator sends the same spec text for every run of a version: parse it once
@@ -245,6 +258,7 @@ class EngineService(pb_grpc.EngineServicer):
         runner.add_done_callback(stream.close)
         runner.add_done_callback(_seen)
         streamed = self._metrics.events_streamed
+        self._streams[execution.id] = stream
         try:
             async for batch in stream.batches():
                 for message in wire.event_batches(batch):
@@ -253,7 +267,11 @@ class EngineService(pb_grpc.EngineServicer):
         finally:
             if not execution.finished:
                 execution.cancel("the caller's stream closed")
+            self._streams.pop(execution.id, None)
             self._release(execution)
+        if stream.handed_back:
+            # UNAVAILABLE, as if this engine had died: the orchestrator resumes it elsewhere
+            await _refuse(context, ShuttingDown(self._settings.engine_id))
         failure = runner.exception()
         if failure is not None:
             await _refuse(context, failure)
@@ -419,12 +437,17 @@ class EngineService(pb_grpc.EngineServicer):
         if left:
             reason = f"engine {self._settings.engine_id} is shutting down"
             log.warning(
-                "cancelling %d executions still running: %s",
+                "handing %d executions still running back to their callers: %s",
                 len(left),
                 reason,
                 extra={"engine_id": self._settings.engine_id},
             )
             for execution in left:
+                # a run is the orchestrator's: it ends its stream unfinished, and resumes it on
+                # another engine from its checkpoints; cancelling would end it for good
+                stream = self._streams.get(execution.id)
+                if stream is not None:
+                    stream.hand_back()
                 execution.cancel(reason)
         if self._runs:
             # their final events are on the way to the callers: let the streams carry them out
@@ -487,7 +510,14 @@ class EngineServer:
         self._pool = pool
         service = EngineService(self.settings, pool, self.metrics)
         # without so_reuseport a second engine on a taken port fails instead of sharing it
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                # a resumed run's request carries its completed nodes' outputs
+                ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
+            ]
+        )
         pb_grpc.add_EngineServicer_to_server(service, server)
         health = await wire.add_health_and_reflection(server, ENGINE_SERVICE)
         address = f"{self.settings.host}:{self.settings.port}"

@@ -406,6 +406,11 @@ _CODES: Final[list[tuple[type[EngineError], grpc.StatusCode]]] = [
 ]
 
 
+MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+"""Largest gRPC message between orchestrator and engines, both ways: a resumed run carries the
+outputs of its completed nodes, and a foreach node's event all its items' outputs, so gRPC's
+default 4 MiB is too small. One past this fails its run, saying so (orchestrator.dispatching)."""
+
 STATUS_MESSAGE_MAX: Final = 1000
 STATUS_DETAILS_MAX: Final = 3000
 """Characters of a status's message and of its field violations together. A status travels in

@@ -33,6 +33,10 @@ from orchestrator.timeline import Checkpoint
 
 log = logging.getLogger(__name__)
 
+_TOO_LARGE = "message larger than max"
+"""How gRPC words a message refused for its size (sent or received), as opposed to an engine
+that is full: both come as RESOURCE_EXHAUSTED."""
+
 MAX_DISPATCHES = 20
 """A run that has lost this many engines mid-stream is failed rather than passed on forever.
 
@@ -318,6 +322,17 @@ class Dispatcher:
                     "execution.failed",
                     "error",
                     f"the engine refused the run: {exc.details()}",
+                )
+                return "finished"
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in (exc.details() or ""):
+                # no engine takes it, and every retry would run it again for nothing
+                await self._end(
+                    ticket,
+                    "execution.failed",
+                    "error",
+                    "a message of this run is larger than engines and orchestrator exchange "
+                    f"({wire.MAX_MESSAGE_BYTES // (1024 * 1024)} MiB: {exc.details()}): "
+                    "its node outputs, taken together, are too big",
                 )
                 return "finished"
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:

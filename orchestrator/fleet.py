@@ -19,6 +19,7 @@ from typing import Any, Literal
 import grpc
 from grpc_health.v1 import health_pb2
 
+from engine import wire
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.core.events import isoformat
@@ -31,10 +32,10 @@ log = logging.getLogger(__name__)
 ENGINE_SERVICE = "dagengine.v1.Engine"
 EngineStateName = Literal["joining", "ready", "draining", "unhealthy"]
 
-# Large outputs travel inside events; the default 4 MiB cap would cut a big foreach result.
+# Large outputs travel inside events and resume requests: see wire.MAX_MESSAGE_BYTES.
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),

@@ -303,9 +303,7 @@ def start_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[St
             wait_until_serving(
                 spawn_engine(
                     tmp_path / f"c{n}-engine-{i}.log",
-                    ENGINE_ID=f"engine-{i}",
-                    DRAIN_GRACE="2",
-                    **(engine_env or {}),
+                    **{"ENGINE_ID": f"engine-{i}", "DRAIN_GRACE": "2", **(engine_env or {})},
                 )
             )
             for i in range(engines)

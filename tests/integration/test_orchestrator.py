@@ -551,10 +551,12 @@ async def test_grpc_register_execute_watch_and_reflection(cluster: Cluster) -> N
 # -- clusters of their own ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
 async def test_engine_killed_mid_run_the_run_completes_elsewhere_without_rerunning(
-    start_cluster: StartCluster,
+    start_cluster: StartCluster, sig: signal.Signals
 ) -> None:
-    cluster = start_cluster(engines=2)
+    # SIGTERM is a rollout or a scale-down: the drain (0.5 s here) hands the run back unfinished
+    cluster = start_cluster(engines=2, engine_env={"DRAIN_GRACE": "0.5"})
     async with aiohttp.ClientSession() as http:
         await wait_engines(http, cluster.url, 2)
         await register(http, cluster.url, SLOW.replace("{pause}", "3s"))
@@ -570,7 +572,7 @@ async def test_engine_killed_mid_run_the_run_completes_elsewhere_without_rerunni
         assert doc["nodes"]["first"]["status"] == "succeeded"
         victim_id = doc["nodes"]["first"]["engine_id"]
         victim = next(e for e in cluster.engines if e.env["ENGINE_ID"] == victim_id)
-        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.send_signal(sig)
         victim.proc.wait(10)
         doc = await wait_status(http, cluster.url, eid)
         assert doc["status"] == "succeeded", doc

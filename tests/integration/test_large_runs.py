@@ -1,0 +1,106 @@
+"""Runs whose outputs are large: they resume after a failover, and one too large to carry at
+all fails, saying so, instead of being run again and again."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+
+import aiohttp
+
+from tests.integration.api import TOKEN, get, register
+from tests.integration.conftest import StartCluster
+
+FAT = (
+    """
+id: fat
+version: 1.0.0
+nodes:
+"""
+    + "".join(
+        f"""  - id: a{i}
+    lua: return {{ s = string.rep("x", 900000) }}
+"""
+        for i in range(6)
+    )
+    + """  - id: pause
+    depends_on: [a0, a1, a2, a3, a4, a5]
+    sleep: 2s
+  - id: last
+    depends_on: [pause]
+    lua: "return { n = #results.a5.s }"
+"""
+)
+
+# 80 items of 900 KB: one node.succeeded event of about 72 MB
+HUGE = """
+id: huge
+version: 1.0.0
+nodes:
+  - id: items
+    lua: |
+      local out = {}
+      for i = 1, 80 do out[i] = i end
+      return { list = out }
+  - id: each
+    depends_on: [items]
+    foreach: "{{ results.items.list }}"
+    lua: return { s = string.rep("y", 900000) }
+"""
+
+
+async def start(http: aiohttp.ClientSession, url: str, workflow: str) -> str:
+    async with http.post(f"{url}/trigger/{workflow}", json={}, headers=TOKEN) as resp:
+        body = await resp.json()
+        assert resp.status == 202, body
+        return str(body["execution_id"])
+
+
+async def ended(http: aiohttp.ClientSession, url: str, eid: str) -> dict[str, object]:
+    deadline = time.monotonic() + 60
+    while True:
+        doc = await get(http, f"{url}/api/v1/executions/{eid}")
+        if doc["finished_at"] or time.monotonic() > deadline:
+            return doc
+        await asyncio.sleep(0.1)
+
+
+async def test_a_run_with_megabytes_of_checkpoints_resumes_after_a_failover(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = start_cluster(engines=2, API_TOKEN="s3cret")
+    async with aiohttp.ClientSession() as http:
+        await register(http, cluster.url, FAT)
+        eid = await start(http, cluster.url, "fat")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            doc = await get(http, f"{cluster.url}/api/v1/executions/{eid}")
+            if doc["nodes"]["pause"]["status"] == "running":
+                break
+            await asyncio.sleep(0.05)
+        victim_id = doc["nodes"]["pause"]["engine_id"]
+        victim = next(e for e in cluster.engines if e.env["ENGINE_ID"] == victim_id)
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait(10)
+        # the resume request carries about 5.4 MB of outputs, past gRPC's default 4 MiB
+        doc = await ended(http, cluster.url, eid)
+        assert doc["status"] == "succeeded", doc
+        assert doc["outputs"] == {"last": {"n": 900000}}
+        events = (await get(http, f"{cluster.url}/api/v1/executions/{eid}/events"))["events"]
+        started = Counter(e["node_id"] for e in events if e["type"] == "node.started")
+        assert all(started[f"a{i}"] == 1 for i in range(6)), started
+
+
+async def test_a_run_too_large_to_carry_fails_once_saying_so(start_cluster: StartCluster) -> None:
+    cluster = start_cluster(engines=1, API_TOKEN="s3cret")
+    async with aiohttp.ClientSession() as http:
+        await register(http, cluster.url, HUGE)
+        eid = await start(http, cluster.url, "huge")
+        doc = await ended(http, cluster.url, eid)
+        assert doc["status"] == "failed", doc
+        assert "larger than engines and orchestrator exchange (64 MiB" in str(doc["error"])
+        events = (await get(http, f"{cluster.url}/api/v1/executions/{eid}/events"))["events"]
+        kinds = Counter(e["type"] for e in events)
+        assert kinds["execution.started"] == 1, kinds  # not run again and again
