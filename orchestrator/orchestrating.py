@@ -102,6 +102,8 @@ class Orchestrator:
         self._checks = registration_checks(lua_checker)
         # runs someone waits on -> their futures, given the run's final event
         self._waiters: dict[str, list[asyncio.Future[JSONObject]]] = {}
+        self._cancelling: set[str] = set()
+        """Queued runs whose cancellation is being stored: a second request waits for it."""
         self._register_lock = asyncio.Lock()
         self.dispatcher: Dispatcher  # set by attach(): the dispatcher calls back into us
         self.started = False
@@ -454,14 +456,30 @@ class Orchestrator:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(execution_id, []).append(waiter)
         if self.dispatcher.dequeue(execution_id):
-            await self._cancel_queued(doc, reason)
+            self._cancelling.add(execution_id)
+            try:
+                await self._cancel_queued(doc, reason)
+            finally:
+                self._cancelling.discard(execution_id)
+        elif execution_id in self._cancelling:
+            pass  # a request just before this one is storing the cancellation: one end only
         elif not await self.dispatcher.cancel_running(execution_id, reason):
             # between queue and engine: the next dispatch sees the request and stops it
             await self._cancel_queued(doc, reason)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), 10)
+            if not waiter.done():
+                now = await self.get_execution(execution_id)
+                if now["status"] in EXECUTION_TERMINAL:
+                    return now  # ended while we asked (perhaps by the request before this one)
+                await asyncio.wait_for(asyncio.shield(waiter), 10)
         except TimeoutError:
             log.warning("cancel of %s not confirmed within 10 s", execution_id)
+        finally:
+            pending = self._waiters.get(execution_id)
+            if pending is not None and waiter in pending:
+                pending.remove(waiter)
+                if not pending:
+                    del self._waiters[execution_id]
         return await self.get_execution(execution_id)
 
     async def _cancel_queued(self, doc: JSONObject, reason: str) -> None:

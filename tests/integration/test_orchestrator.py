@@ -670,6 +670,32 @@ async def test_cancel_a_running_execution(start_cluster: StartCluster) -> None:
         assert doc["nodes"]["first"]["status"] == "succeeded"
 
 
+async def test_two_cancels_of_a_queued_run_at_once_end_it_once(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = start_cluster(engines=1)
+    async with aiohttp.ClientSession() as http:
+        await wait_engines(http, cluster.url, 1)
+        cluster.engines[0].proc.send_signal(signal.SIGKILL)
+        cluster.engines[0].proc.wait(10)
+        await wait_engines(http, cluster.url, 0)
+        await register(http, cluster.url, DIAMOND)
+        for _ in range(5):
+            status, body = await trigger(http, cluster.url, "diamond")
+            assert status == 202
+            eid = body["execution_id"]
+
+            async def cancel(eid: str = eid) -> Any:
+                url = f"{cluster.url}/api/v1/executions/{eid}/cancel"
+                async with http.post(url, headers=TOKEN) as resp:
+                    return await resp.json()
+
+            first, second = await asyncio.gather(cancel(), cancel())
+            assert first["status"] == second["status"] == "cancelled"
+            events = (await get(http, f"{cluster.url}/api/v1/executions/{eid}/events"))["events"]
+            assert [e["type"] for e in events] == ["execution.queued", "execution.cancelled"]
+
+
 async def test_an_engine_that_dies_leaves_and_rejoins_when_healthy_again(
     start_cluster: StartCluster,
 ) -> None:
