@@ -411,15 +411,21 @@ def test_up_refuses_a_port_in_use(tmp_path: Path, fake_python: tuple[str, dict[s
     assert not (tmp_path / ".dagengine").exists()
 
 
-def test_up_runs_the_real_services_and_dagctl_drives_them(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def real_up_environ() -> dict[str, str]:
+    """This process's environment for a real ``up``: its own ports, one Lua worker each."""
     environ = {
         k: v
         for k, v in os.environ.items()
         if k not in ("HOST", "PORT", "ENGINE_ID", "STATE_DB", "API_TOKEN", "METRICS_PORT")
     }
     environ.update(HTTP_PORT="0", GRPC_PORT="0", LUA_WORKERS="1")
+    return environ
+
+
+def test_up_runs_the_real_services_and_dagctl_drives_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    environ = real_up_environ()
     (tmp_path / "examples").mkdir()
     for name in (
         "hello.yaml",
@@ -527,12 +533,7 @@ def our_child(pid: int) -> bool:
 def test_up_restarts_a_killed_real_engine_and_nothing_is_lost(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    environ = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("HOST", "PORT", "ENGINE_ID", "STATE_DB", "API_TOKEN", "METRICS_PORT")
-    }
-    environ.update(HTTP_PORT="0", GRPC_PORT="0", LUA_WORKERS="1")
+    environ = real_up_environ()
     (tmp_path / "examples").mkdir()
     (tmp_path / "examples" / "hello.yaml").write_text(
         (ROOT / "examples" / "hello.yaml").read_text()

@@ -256,6 +256,18 @@ async def test_cancelling_a_parent_cancels_its_children_three_levels_deep(subs: 
             assert doc["status"] == "cancelled", doc
 
 
+def describe(url: str, execution_id: str) -> str:
+    """What ``dagctl describe execution`` prints, on a wide terminal."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.dagctl", "describe", "execution", execution_id],
+        env={**os.environ, "DAGCTL_SERVER": url, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+
+
 async def test_depth_limit_fails_the_node_that_would_nest_too_deep(subs: Cluster) -> None:
     url = subs.url
     async with aiohttp.ClientSession() as http:
@@ -271,14 +283,7 @@ async def test_depth_limit_fails_the_node_that_would_nest_too_deep(subs: Cluster
         assert f"MAX_SUBWORKFLOW_DEPTH {MAX_DEPTH}" in d3["nodes"]["sub"]["error"], d3
         assert d3["status"] == "failed" and d2["status"] == "failed"
     # dagctl shows the tree: d2 below d1, d3 below d2, each with its state
-    shown = subprocess.run(
-        [sys.executable, "-m", "orchestrator.dagctl", "describe", "execution", doc["id"]],
-        env={**os.environ, "DAGCTL_SERVER": url, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.splitlines()
+    shown = describe(url, doc["id"]).splitlines()
     at = next(i for i, line in enumerate(shown) if "d2@1.0.0" in line)
     assert shown[at].split()[-4:] == ["sub", "d2@1.0.0", "failed", d2["id"]]
     assert shown[at + 1].split()[-4:] == ["sub", "d3@1.0.0", "failed", d3["id"]]
@@ -325,14 +330,7 @@ async def test_foreach_over_a_sub_workflow_runs_a_child_per_item_in_order(subs: 
         # each child says which item it is for; dagctl's tree shows it
         child = await execution(http, url, doc["children"][-1])
         assert (child["parent_node_id"], child["parent_item"]) == ("each", child["inputs"]["n"] - 1)
-    shown = subprocess.run(
-        [sys.executable, "-m", "orchestrator.dagctl", "describe", "execution", doc["id"]],
-        env={**os.environ, "DAGCTL_SERVER": url, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    shown = describe(url, doc["id"])
     items = sorted(int(n) for n in re.findall(r"each\[(\d+)\]  square@1\.0\.0", shown))
     assert items == list(range(100))
 
