@@ -560,14 +560,14 @@ class Run:
             inputs: JSON = None
             if spec.kind == "workflow":
                 inputs = {}  # a child without ``inputs:`` gets none, as a run triggered bare
-            if spec.kind == "workflow" and spec.inputs is not None:
-                try:
-                    inputs = templates.resolve(
-                        spec.inputs, inputs=self.inputs, results=self._lookup, ctx=ctx
-                    )
-                except TemplateError as exc:
-                    self._fail_node(n, f"inputs: {exc}")
-                    continue
+                if spec.inputs is not None:
+                    try:
+                        inputs = templates.resolve(
+                            spec.inputs, inputs=self.inputs, results=self._lookup, ctx=ctx
+                        )
+                    except TemplateError as exc:
+                        self._fail_node(n, f"inputs: {exc}")
+                        continue
             inflight[(node_id, item)] = attempt
             out.append(RunTask(node_id, item, attempt, ctx, inputs, spec.timeout))
             if spec.timeout is not None:
