@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import aiohttp
@@ -26,3 +28,24 @@ async def get(http: aiohttp.ClientSession, url: str) -> Any:
     async with http.get(url) as resp:
         assert resp.status == 200, await resp.text()
         return await resp.json()
+
+
+async def start(http: aiohttp.ClientSession, url: str, workflow: str, inputs: Any = None) -> str:
+    """Trigger a run; fails the test unless it is accepted (202). Returns its id."""
+    async with http.post(
+        f"{url}/trigger/{workflow}", json={"inputs": inputs or {}}, headers=TOKEN
+    ) as resp:
+        body = await resp.json()
+        assert resp.status == 202, body
+        return str(body["execution_id"])
+
+
+async def wait_end(http: aiohttp.ClientSession, url: str, eid: str, timeout: float = 60) -> Any:
+    """The execution document once the run has ended; fails the test past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = await get(http, f"{url}/api/v1/executions/{eid}")
+        if doc["finished_at"] is not None:
+            return doc
+        assert time.monotonic() < deadline, f"{eid} did not finish: {doc}"
+        await asyncio.sleep(0.05)

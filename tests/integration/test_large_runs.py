@@ -10,7 +10,7 @@ from collections import Counter
 
 import aiohttp
 
-from tests.integration.api import TOKEN, get, register
+from tests.integration.api import get, register, start, wait_end
 from tests.integration.conftest import StartCluster
 
 FAT = (
@@ -51,22 +51,6 @@ nodes:
 """
 
 
-async def start(http: aiohttp.ClientSession, url: str, workflow: str) -> str:
-    async with http.post(f"{url}/trigger/{workflow}", json={}, headers=TOKEN) as resp:
-        body = await resp.json()
-        assert resp.status == 202, body
-        return str(body["execution_id"])
-
-
-async def ended(http: aiohttp.ClientSession, url: str, eid: str) -> dict[str, object]:
-    deadline = time.monotonic() + 60
-    while True:
-        doc = await get(http, f"{url}/api/v1/executions/{eid}")
-        if doc["finished_at"] or time.monotonic() > deadline:
-            return doc
-        await asyncio.sleep(0.1)
-
-
 async def test_a_run_with_megabytes_of_checkpoints_resumes_after_a_failover(
     start_cluster: StartCluster,
 ) -> None:
@@ -85,7 +69,7 @@ async def test_a_run_with_megabytes_of_checkpoints_resumes_after_a_failover(
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait(10)
         # the resume request carries about 5.4 MB of outputs, past gRPC's default 4 MiB
-        doc = await ended(http, cluster.url, eid)
+        doc = await wait_end(http, cluster.url, eid)
         assert doc["status"] == "succeeded", doc
         assert doc["outputs"] == {"last": {"n": 900000}}
         events = (await get(http, f"{cluster.url}/api/v1/executions/{eid}/events"))["events"]
@@ -98,7 +82,7 @@ async def test_a_run_too_large_to_carry_fails_once_saying_so(start_cluster: Star
     async with aiohttp.ClientSession() as http:
         await register(http, cluster.url, HUGE)
         eid = await start(http, cluster.url, "huge")
-        doc = await ended(http, cluster.url, eid)
+        doc = await wait_end(http, cluster.url, eid)
         assert doc["status"] == "failed", doc
         assert "larger than engines and orchestrator exchange (64 MiB" in str(doc["error"])
         events = (await get(http, f"{cluster.url}/api/v1/executions/{eid}/events"))["events"]

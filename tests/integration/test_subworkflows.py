@@ -27,7 +27,7 @@ import pytest
 
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
-from tests.integration.api import TOKEN, get, register
+from tests.integration.api import TOKEN, get, register, start, wait_end
 from tests.integration.conftest import Cluster, StartCluster, running_cluster
 
 pytestmark = pytest.mark.slow
@@ -47,15 +47,6 @@ def subs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield cluster
 
 
-async def start(http: aiohttp.ClientSession, url: str, workflow: str, inputs: Any = None) -> str:
-    async with http.post(
-        f"{url}/trigger/{workflow}", json={"inputs": inputs or {}}, headers=TOKEN
-    ) as resp:
-        body = await resp.json()
-        assert resp.status == 202, body
-        return str(body["execution_id"])
-
-
 async def execution(http: aiohttp.ClientSession, url: str, eid: str) -> Any:
     return await get(http, f"{url}/api/v1/executions/{eid}")
 
@@ -63,16 +54,6 @@ async def execution(http: aiohttp.ClientSession, url: str, eid: str) -> Any:
 async def events(http: aiohttp.ClientSession, url: str, eid: str) -> list[Any]:
     got: list[Any] = (await get(http, f"{url}/api/v1/executions/{eid}/events"))["events"]
     return got
-
-
-async def wait_end(http: aiohttp.ClientSession, url: str, eid: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        doc = await execution(http, url, eid)
-        if doc["finished_at"] is not None:
-            return doc
-        assert time.monotonic() < deadline, f"{eid} did not finish: {doc}"
-        await asyncio.sleep(0.05)
 
 
 async def wait_for(what: str, probe: Any, timeout: float = 30) -> Any:
