@@ -283,8 +283,11 @@ class Supervisor:
 
     def _spawn(self, child: Child, note: str = "") -> None:
         """Start ``child`` with its output in its log: a fresh log, or after ``note`` when it is
-        started again, so what it wrote before it died stays readable."""
+        started again, so what it wrote before it died stays readable. A fresh log keeps the
+        one of the ``up`` before as ``<name>.log.1``: a crash is often looked at after a restart."""
         child.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if not note and child.log_path.exists():
+            child.log_path.replace(child.log_path.with_name(child.log_path.name + ".1"))
         log: IO[bytes] = child.log_path.open("ab") if note else child.log_path.open("wb")
         try:
             if note:

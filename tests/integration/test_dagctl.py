@@ -359,6 +359,23 @@ def test_up_stops_cleanly_while_an_engine_waits_to_be_restarted(
     assert len(env_files(Path(environ["DUMP_DIR"]) / "engine-1.env")) == 1
 
 
+def test_up_keeps_the_logs_of_the_up_before(
+    tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    python, environ = fake_python
+    logs = tmp_path / ".dagengine" / "logs"
+    for n in range(2):
+        if n:
+            (logs / "engine-0.log").write_text("the last words of the first up\n")
+        up = start_up(tmp_path, python, environ, examples=False)
+        up.wait_for("Ctrl-C stops everything.")
+        up.stop.set()
+        assert up.finish() == 0
+    assert (logs / "engine-0.log.1").read_text() == "the last words of the first up\n"
+    assert "fake engine-0 listening" in (logs / "engine-0.log").read_text()
+    assert not (logs / "engine-0.log.1.1").exists()
+
+
 def test_up_stops_everything_when_the_orchestrator_dies(
     tmp_path: Path, fake_python: tuple[str, dict[str, str]]
 ) -> None:
