@@ -34,7 +34,7 @@ from orchestrator.monitoring import Hub
 from orchestrator.orchestrating import Orchestrator
 from orchestrator.ring import make_balancer
 from orchestrator.serving_grpc import OrchestratorService
-from orchestrator.serving_http import HttpApi
+from orchestrator.serving_http import HttpApi, MalformedRequests
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.store import Store
 from orchestrator.subworkflows import SubWorkflows
@@ -275,4 +275,5 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequests())
     return asyncio.run(serve(settings))

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from engine.core.errors import InputsError, SpecError
 from engine.core.states import EXECUTION_TERMINAL
@@ -74,6 +75,20 @@ class HttpError(Exception):
         self.code = code
         self.message = message
         self.details = details or {}
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp answers a request it cannot parse (a 10 KB URL, a broken header) with 400
+    before any handler runs, and logs it as a server error with a traceback. It is the
+    client's mistake: one WARNING line says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "refused a malformed request: %s", (exc.message,)
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def error_body(exc: BaseException) -> tuple[int, JSONObject]:

@@ -416,6 +416,26 @@ async def test_listing_pages_past_the_limit_without_skipping_or_repeating(
         assert rest.next_before == ""
 
 
+async def test_an_unparseable_request_is_one_warning_not_a_server_error(cluster: Cluster) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", cluster.orchestrator.http_port)
+    writer.write(b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(200), 10)
+    writer.close()
+    assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400"))
+    deadline = time.monotonic() + 10
+    while "refused a malformed request" not in cluster.orchestrator.log():
+        assert time.monotonic() < deadline, cluster.orchestrator.log()[-2000:]
+        await asyncio.sleep(0.05)
+    line = next(
+        json.loads(x)
+        for x in cluster.orchestrator.log().splitlines()
+        if "refused a malformed request" in x
+    )
+    assert line["level"] == "warning" and "Got more than" in line["message"]
+    assert "Traceback" not in cluster.orchestrator.log()
+
+
 async def test_a_wrong_method_is_405_with_the_allowed_ones(cluster: Cluster) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.delete(f"{cluster.url}/api/v1/workflows", headers=TOKEN) as resp:
