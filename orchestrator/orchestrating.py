@@ -464,8 +464,11 @@ class Orchestrator:
         elif execution_id in self._cancelling:
             pass  # a request just before this one is storing the cancellation: one end only
         elif not await self.dispatcher.cancel_running(execution_id, reason):
-            # between queue and engine: the next dispatch sees the request and stops it
-            await self._cancel_queued(doc, reason)
+            # between queue and engine: the next dispatch sees the request and stops it; unless
+            # a request before this one has just ended it (ours read it while still queued)
+            now = await self.get_execution(execution_id)
+            if now["status"] not in EXECUTION_TERMINAL:
+                await self._cancel_queued(now, reason)
         try:
             if not waiter.done():
                 now = await self.get_execution(execution_id)

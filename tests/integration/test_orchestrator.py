@@ -700,7 +700,7 @@ async def test_two_cancels_of_a_queued_run_at_once_end_it_once(
         cluster.engines[0].proc.wait(10)
         await wait_engines(http, cluster.url, 0)
         await register(http, cluster.url, DIAMOND)
-        for _ in range(5):
+        for _ in range(20):
             status, body = await trigger(http, cluster.url, "diamond")
             assert status == 202
             eid = body["execution_id"]
