@@ -12,6 +12,24 @@ TOKEN = {"Authorization": "Bearer s3cret"}
 """The ``API_TOKEN`` the module-scoped clusters of these tests are started with."""
 
 
+def first_pause_last(workflow_id: str, pause: str) -> str:
+    """A three-node spec whose middle node sleeps ``pause``: time to kill something mid-run.
+    Its output is ``{"last": {"done": 2}}``."""
+    return f"""
+id: {workflow_id}
+version: 1.0.0
+nodes:
+  - id: first
+    lua: return {{ at = 1 }}
+  - id: pause
+    depends_on: [first]
+    sleep: {pause}
+  - id: last
+    depends_on: [pause]
+    lua: return {{ done = results.first.at + 1 }}
+"""
+
+
 async def register(http: aiohttp.ClientSession, url: str, text: str) -> Any:
     """Register a YAML spec; fails the test unless it is accepted (201) or already there."""
     async with http.post(

@@ -28,6 +28,7 @@ import pytest
 
 from orchestrator.dagctl import main
 from orchestrator.dagctl.launching import RestartPolicy, run_up
+from tests.integration.api import first_pause_last
 
 pytestmark = pytest.mark.slow
 
@@ -501,21 +502,6 @@ def test_up_runs_the_real_services_and_dagctl_drives_them(
         assert f"  {name} stopped (exit 0)" in up.out.getvalue()
 
 
-NAP = """
-id: nap
-version: 1.0.0
-nodes:
-  - id: first
-    lua: return { at = 1 }
-  - id: pause
-    depends_on: [first]
-    sleep: 5s
-  - id: last
-    depends_on: [pause]
-    lua: return { done = results.first.at + 1 }
-"""
-
-
 def fetch(url: str, body: dict[str, Any] | None = None) -> Any:
     request = urllib.request.Request(
         url,
@@ -555,7 +541,7 @@ def test_up_restarts_a_killed_real_engine_and_nothing_is_lost(
     (tmp_path / "examples" / "hello.yaml").write_text(
         (ROOT / "examples" / "hello.yaml").read_text()
     )
-    (tmp_path / "examples" / "nap.yaml").write_text(NAP)
+    (tmp_path / "examples" / "nap.yaml").write_text(first_pause_last("nap", "5s"))
     up = start_up(tmp_path, sys.executable, environ, restart=RestartPolicy())
     try:
         up.wait_for("Ctrl-C stops everything.")

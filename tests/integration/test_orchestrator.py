@@ -21,6 +21,7 @@ import pytest
 from engine import wire
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
+from tests.integration.api import first_pause_last
 from tests.integration.conftest import Cluster, StartCluster, stop_process
 
 pytestmark = pytest.mark.slow
@@ -42,20 +43,6 @@ nodes:
   - id: d
     depends_on: [b, c]
     lua: return { total = results.b.v + results.c.v }
-"""
-
-SLOW = """
-id: slow
-version: 1.0.0
-nodes:
-  - id: first
-    lua: return { at = 1 }
-  - id: pause
-    depends_on: [first]
-    sleep: {pause}
-  - id: last
-    depends_on: [pause]
-    lua: return { done = results.first.at + 1 }
 """
 
 
@@ -579,7 +566,7 @@ async def test_engine_killed_mid_run_the_run_completes_elsewhere_without_rerunni
     cluster = start_cluster(engines=2, engine_env={"DRAIN_GRACE": "0.5"})
     async with aiohttp.ClientSession() as http:
         await wait_engines(http, cluster.url, 2)
-        await register(http, cluster.url, SLOW.replace("{pause}", "3s"))
+        await register(http, cluster.url, first_pause_last("slow", "3s"))
         status, body = await trigger(http, cluster.url, "slow")
         assert status == 202
         eid = body["execution_id"]
@@ -619,7 +606,7 @@ async def test_orchestrator_killed_with_runs_queued_and_running_all_complete(
     cluster = start_cluster(engines=2, engine_env={"CAPACITY": "1"})
     async with aiohttp.ClientSession() as http:
         await wait_engines(http, cluster.url, 2)
-        await register(http, cluster.url, SLOW.replace("{pause}", "1s"))
+        await register(http, cluster.url, first_pause_last("slow", "1s"))
         ids = []
         for i in range(6):
             status, body = await trigger(http, cluster.url, "slow", {"inputs": {"i": i}})
@@ -659,7 +646,7 @@ async def test_no_engine_free_runs_wait_in_the_queue_and_past_the_limit_429(
     cluster = start_cluster(engines=1, engine_env={"CAPACITY": "1"}, QUEUE_LIMIT="2")
     async with aiohttp.ClientSession() as http:
         await wait_engines(http, cluster.url, 1)
-        await register(http, cluster.url, SLOW.replace("{pause}", "1s"))
+        await register(http, cluster.url, first_pause_last("slow", "1s"))
         answers = [await trigger(http, cluster.url, "slow") for _ in range(4)]
         statuses = [a[0] for a in answers]
         # one runs, two wait, the fourth is refused
@@ -674,7 +661,7 @@ async def test_cancel_a_running_execution(start_cluster: StartCluster) -> None:
     cluster = start_cluster(engines=1)
     async with aiohttp.ClientSession() as http:
         await wait_engines(http, cluster.url, 1)
-        await register(http, cluster.url, SLOW.replace("{pause}", "30s"))
+        await register(http, cluster.url, first_pause_last("slow", "30s"))
         _, body = await trigger(http, cluster.url, "slow")
         eid = body["execution_id"]
         deadline = time.monotonic() + 30
