@@ -28,6 +28,7 @@ from engine.api import dagengine_pb2 as pb
 from engine.core.events import isoformat
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
+from orchestrator.errors import StoreUnavailable
 from orchestrator.fleet import EngineLink, Fleet
 from orchestrator.timeline import Checkpoint
 
@@ -44,8 +45,11 @@ Only streams that had started count: a run never fails because engines were down
 """
 BUSY_BACKOFF = 0.5
 """Seconds before a run an engine turned away (full, or still holding it) is offered again."""
+STALL_BACKOFF = (0.5, 30.0)
+"""Seconds before a run whose events the store could not take is dispatched again: the first
+wait, doubling up to the second. Its engine is not to blame, so that counts no lost engine."""
 
-Outcome = Literal["finished", "lost", "unreachable", "busy"]
+Outcome = Literal["finished", "lost", "unreachable", "busy", "stalled"]
 
 
 @dataclass(slots=True)
@@ -109,6 +113,8 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancel_requests: dict[str, str] = {}
         self._waiting_retry: set[str] = set()
+        self._stalls: dict[str, int] = {}  # run -> times the store failed it, for backoff
+        self._stalled: set[str] = set()  # runs whose last events the store could not take
         self._fresh: dict[str, RunTicket] = {}
         self._closing = False
 
@@ -121,6 +127,11 @@ class Dispatcher:
     @property
     def running(self) -> int:
         return len(self._running)
+
+    @property
+    def stalled(self) -> int:
+        """Runs waiting for the store to take their events again."""
+        return len(self._stalled)
 
     def submit(
         self,
@@ -184,6 +195,7 @@ class Dispatcher:
         """Take a run that has not started off the queue; False when it is not queued."""
         if execution_id in self._waiting_retry:
             self._waiting_retry.discard(execution_id)
+            self._stalled.discard(execution_id)
             return True
         if execution_id not in self._queued:
             return False
@@ -242,7 +254,15 @@ class Dispatcher:
                 await self._end(ticket, "execution.cancelled", "warning", reason)
                 outcome = "finished"
                 return
+            if self._dispatches.get(execution_id, 0) >= MAX_DISPATCHES:
+                await self._give_up(ticket)  # when the store could not take that before
+                outcome = "finished"
+                return
             outcome = await self._stream(run)
+        except StoreUnavailable as exc:
+            outcome = "stalled"
+            self._stalled.add(execution_id)
+            log.debug("dispatch of %s waits for the store: %s", execution_id, exc.message)
         except asyncio.CancelledError:
             if self._closing:
                 raise
@@ -288,6 +308,7 @@ class Dispatcher:
         call = run.link.stub.Execute(request)
         run.call = call
         answered = False
+        stored = False
         try:
             async for response in call:
                 if not answered:
@@ -303,9 +324,22 @@ class Dispatcher:
                 events = [wire.event_dict(e) for e in response.events]
                 if not events:
                     continue
-                await self._store.record_events(
-                    ticket.execution_id, events, response.SerializeToString()
-                )
+                try:
+                    await self._store.record_events(
+                        ticket.execution_id, events, response.SerializeToString()
+                    )
+                except StoreUnavailable as exc:
+                    # Nothing of this batch is stored or seen. The engine is fine: stop its
+                    # run (it resumes from the stored checkpoints later) and wait for the
+                    # store, without counting a lost engine.
+                    call.cancel()
+                    self._dispatches[ticket.execution_id] -= 1
+                    self._stalled.add(ticket.execution_id)
+                    log.debug("%s stalls: %s", ticket.execution_id, exc.message)
+                    return "stalled"
+                if not stored:
+                    stored = True
+                    self._stalled.discard(ticket.execution_id)
                 self._publish(events)
                 if self._on_events is not None:
                     self._on_events(ticket, run.link, events)
@@ -385,21 +419,33 @@ class Dispatcher:
     def _requeue(self, run: _Running, outcome: Outcome) -> None:
         execution_id = run.ticket.execution_id
         if outcome == "lost" and self._dispatches.get(execution_id, 0) >= MAX_DISPATCHES:
-            self._spawn(
-                self._end(
-                    run.ticket,
-                    "execution.failed",
-                    "error",
-                    f"gave up after {MAX_DISPATCHES} engines lost this run",
-                )
-            )
+            self._spawn(self._give_up_or_wait(run))
             return
         key = run.ticket.workflow_id or execution_id
-        if outcome == "busy":
+        if outcome == "busy" or outcome == "stalled":
+            delay = BUSY_BACKOFF
+            if outcome == "stalled":
+                stalls = self._stalls[execution_id] = self._stalls.get(execution_id, 0) + 1
+                first, most = STALL_BACKOFF
+                delay = min(most, first * 2 ** (stalls - 1))
             self._waiting_retry.add(execution_id)
-            asyncio.get_running_loop().call_later(BUSY_BACKOFF, self._retry, execution_id, key)
+            asyncio.get_running_loop().call_later(delay, self._retry, execution_id, key)
         else:
             self.submit(execution_id, key, front=True)
+
+    async def _give_up(self, ticket: RunTicket) -> None:
+        await self._end(
+            ticket,
+            "execution.failed",
+            "error",
+            f"gave up after {MAX_DISPATCHES} engines lost this run",
+        )
+
+    async def _give_up_or_wait(self, run: _Running) -> None:
+        try:
+            await self._give_up(run.ticket)
+        except StoreUnavailable:
+            self._requeue(run, "stalled")  # its next dispatch gives up, once the store can
 
     def _retry(self, execution_id: str, key: str) -> None:
         if execution_id in self._waiting_retry:
@@ -429,6 +475,8 @@ class Dispatcher:
     def _finished(self, execution_id: str, event: JSONObject) -> None:
         self._children.discard(execution_id)
         self._dispatches.pop(execution_id, None)
+        self._stalls.pop(execution_id, None)
+        self._stalled.discard(execution_id)
         self._cancel_requests.pop(execution_id, None)
         if self._on_finished is not None:
             self._on_finished(execution_id, event)

@@ -14,6 +14,7 @@
     ├── IdempotencyKeyReused      422  FAILED_PRECONDITION  a key sent again with another request
     ├── QueueFull                 429  RESOURCE_EXHAUSTED   too many runs waiting for an engine
     └── Unavailable               503  UNAVAILABLE          starting or stopping
+        └── StoreUnavailable      503  UNAVAILABLE          the state database takes no writes now
 
 Spec and input problems are the kernel's ``SpecError`` / ``InputsError``; the HTTP and gRPC
 adapters map both trees in one function each (``serving_http.error_body``,
@@ -33,6 +34,8 @@ class OrchestratorError(Exception):
     http_status: ClassVar[int] = 500
     code: ClassVar[str] = "internal"
     grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    retry_after: ClassVar[int | None] = None
+    """Seconds after which the same call may succeed (HTTP ``Retry-After``); None: it won't."""
 
     def __init__(self, message: str, details: JSONObject | None = None) -> None:
         super().__init__(message)
@@ -98,12 +101,22 @@ class QueueFull(OrchestratorError):
     http_status = 429
     code = "queue_full"
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retry_after = 1
 
 
 class Unavailable(OrchestratorError):
     http_status = 503
     code = "unavailable"
     grpc_code = grpc.StatusCode.UNAVAILABLE
+    retry_after = 1
+
+
+class StoreUnavailable(Unavailable):
+    """The state database cannot be used just now (a full disk, an I/O error, a lock held past
+    the busy timeout). Nothing of the call was stored, and the same call later may succeed."""
+
+    code = "store_unavailable"
+    retry_after = 5
 
 
 class DepthLimit(OrchestratorError):

@@ -459,6 +459,11 @@ class Orchestrator:
             self._cancelling.add(execution_id)
             try:
                 await self._cancel_queued(doc, reason)
+            except BaseException:
+                # not stored (the store refused it): the run stays accepted, so it goes back
+                # in line, and the caller hears the cancel failed
+                self.dispatcher.submit(execution_id, str(doc["workflow_id"]), front=True)
+                raise
             finally:
                 self._cancelling.discard(execution_id)
         elif execution_id in self._cancelling:
@@ -513,9 +518,22 @@ class Orchestrator:
     def engines(self) -> list[JSONObject]:
         return self.fleet.describe()
 
-    def readiness(self) -> tuple[bool, str]:
+    async def readiness(self) -> tuple[bool, str]:
         if not self.started:
             return False, "starting: loading the store"
+        if self.store.trouble is not None:
+            # the last write failed: try a small one, so that a probe alone can find the
+            # database usable again when nothing else writes
+            try:
+                await self.store.probe()
+            except OrchestratorError as exc:
+                return False, exc.message
+        if self.dispatcher.stalled:
+            # small writes may pass while large ones still fail (a disk almost full)
+            return False, (
+                f"{self.dispatcher.stalled} execution(s) wait for the state database to take "
+                f"their events: {self.store.trouble or 'it refused their last write'}"
+            )
         ready = len(self.fleet.ready())
         return True, f"{ready} engine(s) ready, {self.dispatcher.queue_depth} queued"
 

@@ -22,7 +22,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from engine.core.errors import InputsError, SpecError
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, Unavailable
 from orchestrator.monitoring import EventFilter, Hub, Subscription
 from orchestrator.store import LIST_LIMIT
 from orchestrator.subworkflows import ChildRequest, ChildStarted
@@ -62,7 +62,7 @@ class Api(Protocol):
     async def execute_sub_workflow(self, request: ChildRequest) -> ChildStarted: ...
     async def execution_events(self, execution_id: str, after_seq: int = 0) -> list[JSONObject]: ...
     def engines(self) -> list[JSONObject]: ...
-    def readiness(self) -> tuple[bool, str]: ...
+    async def readiness(self) -> tuple[bool, str]: ...
     def metrics_payload(self) -> tuple[bytes, str]: ...
 
 
@@ -339,9 +339,14 @@ class HttpApi:
             raise
         except Exception as exc:  # every refusal leaves as the same JSON shape
             status, body = error_body(exc)
-            if status >= 500:
+            if isinstance(exc, Unavailable):
+                # the cause (a full disk) is logged once where it is found, not per request
+                log.warning("%s %s refused: %s", request.method, request.path, exc.message)
+            elif status >= 500:
                 log.exception("%s %s failed", request.method, request.path)
             response = _json(body, status)
+            if isinstance(exc, OrchestratorError) and exc.retry_after is not None:
+                response.headers["Retry-After"] = str(exc.retry_after)
             if isinstance(exc, web.HTTPMethodNotAllowed):
                 # what the route does take: HTTP requires it on a 405
                 response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
@@ -588,7 +593,7 @@ class HttpApi:
         return _json({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        ok, why = self.api.readiness()
+        ok, why = await self.api.readiness()
         return _json({"status": "ready" if ok else "not ready", "reason": why}, 200 if ok else 503)
 
     async def openapi(self, request: web.Request) -> web.Response:
@@ -701,7 +706,8 @@ def openapi_document() -> JSONObject:
             "202": "accepted and stored",
             "200": "finished while waiting",
             "422": "inputs refused",
-            "429": "queue full",
+            "429": "queue full (Retry-After)",
+            "503": "the state database cannot take the run now (Retry-After); nothing stored",
             **errors,
         },
     )

@@ -34,7 +34,7 @@ from engine.core.events import isoformat
 from engine.core.states import EXECUTION_TERMINAL, NODE_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.dispatching import RunTicket
-from orchestrator.errors import IdempotencyKeyReused
+from orchestrator.errors import IdempotencyKeyReused, StoreUnavailable
 from orchestrator.timeline import (
     fold_nodes,
     node_order,
@@ -229,6 +229,34 @@ class _Job:
     durable: bool
 
 
+# SQLite's primary result codes for "the database cannot be used just now", as opposed to a
+# statement it refused: a full disk, an I/O error, a lock held past the busy timeout, a file
+# that turned read-only or vanished, no memory. Callers back off and try again.
+_UNAVAILABLE_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_NOMEM,
+    }
+)
+
+
+def _classify(exc: Exception) -> Exception:
+    """``StoreUnavailable`` for a database that cannot be used now; others as they are."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(exc, OSError) or (
+        isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _UNAVAILABLE_CODES
+    ):
+        unavailable = StoreUnavailable(f"the state database cannot be used now: {exc}")
+        unavailable.__cause__ = exc
+        return unavailable
+    return exc
+
+
 def _deliver(results: list[tuple[_Job, bool, Any]]) -> None:
     """On the event loop: settle the futures of one group of jobs."""
     for job, ok, value in results:
@@ -250,6 +278,9 @@ class _Worker:
     def __init__(self, conn: sqlite3.Connection, name: str, *, group: bool) -> None:
         self._conn = conn
         self._group = group
+        self.trouble: str | None = None
+        """Why the last job failed, when the database could not be used for it; None once a
+        job succeeds again. Set on the worker's thread, read on the loop's."""
         self._synced = False
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -286,9 +317,23 @@ class _Worker:
             # a caller that stopped waiting before its job began does not get it run
             batch = [job for job in batch if not job.future.cancelled()]
             if batch:
-                self._send(self._commit(batch) if self._group else self._each(batch))
+                results = self._commit(batch) if self._group else self._each(batch)
+                self._note_trouble(results)
+                self._send(results)
             if stopping:
                 return
+
+    def _note_trouble(self, results: list[tuple[_Job, bool, Any]]) -> None:
+        trouble = next(
+            (str(v) for _, ok, v in results if not ok and isinstance(v, StoreUnavailable)), None
+        )
+        if trouble is None and not any(ok for _, ok, _ in results):
+            return  # only refused statements: they say nothing of the database's health
+        if trouble is not None and self.trouble is None:
+            log.error("%s", trouble)
+        elif trouble is None and self.trouble is not None:
+            log.warning("the state database takes writes again")
+        self.trouble = trouble
 
     @staticmethod
     def _send(results: list[tuple[_Job, bool, Any]]) -> None:
@@ -307,7 +352,7 @@ class _Worker:
             try:
                 results.append((job, True, job.fn(self._conn)))
             except Exception as exc:
-                results.append((job, False, exc))
+                results.append((job, False, _classify(exc)))
         return results
 
     def _commit(self, batch: list[_Job]) -> list[tuple[_Job, bool, Any]]:
@@ -324,19 +369,27 @@ class _Worker:
                 try:
                     value = job.fn(conn)
                 except Exception as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    results.append((job, False, exc))
+                    try:
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
+                    except sqlite3.Error:
+                        # SQLite ended the whole transaction (a full disk does): the batch
+                        # fails with the job's own error
+                        raise exc from None
+                    results.append((job, False, _classify(exc)))
                 else:
                     conn.execute("RELEASE job")
                     results.append((job, True, value))
             conn.execute("COMMIT")
         except Exception as exc:
             # the commit itself failed (disk full, I/O error): nothing of this batch is stored
-            log.error("state database commit failed: %s", exc)
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            return [(job, False, exc) for job in batch]
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite rolled back already (it does on a full disk or I/O error)
+            failure = _classify(exc)
+            return [(job, False, failure) for job in batch]
         # only now, with the batch on disk, do callers learn their write happened
         return results
 
@@ -693,6 +746,21 @@ class Store:
             _Worker(writer, "store-writer", group=True),
             _Worker(reader, "store-reader", group=False),
         )
+
+    @property
+    def trouble(self) -> str | None:
+        """Why the last write failed, while the database cannot take writes; else None."""
+        return self._writer.trouble
+
+    async def probe(self) -> None:
+        """A small durable write (the schema number rewritten as it is): raises
+        ``StoreUnavailable`` while the database cannot take one."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+
+        await self._writer.run(write, durable=True)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)

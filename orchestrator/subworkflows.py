@@ -30,7 +30,7 @@ from engine.core.errors import InputsError
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.dispatching import RunTicket
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, StoreUnavailable
 from orchestrator.fleet import EngineLink
 from orchestrator.store import ChildLink, Store
 
@@ -40,6 +40,9 @@ _ENDED_REMEMBERED = 10_000
 """Recently ended executions kept in mind: enough to cover children whose parent ended while
 they were being stored (a race of milliseconds)."""
 
+STORE_BACKOFF = (0.5, 30.0)
+"""Seconds before a child the store could not take is asked for again: the first wait,
+doubling up to the second. Its parent node waits meanwhile, as it does for a running child."""
 RESOLVE_TIMEOUT = 10.0
 """Seconds an engine gets to take a sub-workflow answer."""
 
@@ -214,21 +217,38 @@ class SubWorkflows:
             version=str(data.get("version") or "latest"),
             inputs=data.get("inputs"),
         )
-        try:
-            await self.execute(request)
-        except (OrchestratorError, InputsError) as exc:
-            # the child cannot run (no such workflow, bad inputs, depth limit): the node fails
-            # with why, and its retry policy decides what happens next
-            await self._answer(
-                ChildLink("", parent_id, request.node_id, request.item, request.attempt),
-                error=f"sub-workflow {request.workflow_id}: {exc}",
-            )
-        except Exception as exc:  # from inside the store or the registry: keep serving
-            log.exception("starting a sub-workflow for %s node %s failed", parent_id, request)
-            await self._answer(
-                ChildLink("", parent_id, request.node_id, request.item, request.attempt),
-                error=f"sub-workflow {request.workflow_id}: {exc}",
-            )
+        delay, most = STORE_BACKOFF
+        while True:
+            try:
+                await self.execute(request)
+                return
+            except StoreUnavailable as exc:
+                if parent_id in self._ended:
+                    return
+                log.warning(
+                    "sub-workflow for %s node %s waits %s s: %s",
+                    parent_id,
+                    request.node_id,
+                    delay,
+                    exc.message,
+                )
+                await asyncio.sleep(delay)
+                delay = min(most, delay * 2)
+            except (OrchestratorError, InputsError) as exc:
+                # the child cannot run (no such workflow, bad inputs, depth limit): the node
+                # fails with why, and its retry policy decides what happens next
+                await self._answer(
+                    ChildLink("", parent_id, request.node_id, request.item, request.attempt),
+                    error=f"sub-workflow {request.workflow_id}: {exc}",
+                )
+                return
+            except Exception as exc:  # from inside the store or the registry: keep serving
+                log.exception("starting a sub-workflow for %s node %s failed", parent_id, request)
+                await self._answer(
+                    ChildLink("", parent_id, request.node_id, request.item, request.attempt),
+                    error=f"sub-workflow {request.workflow_id}: {exc}",
+                )
+                return
 
     async def execute(self, request: ChildRequest) -> ChildStarted:
         """Start the child of a parent node's item and attempt, or find the one it has, and

@@ -38,7 +38,7 @@ from engine.core.spec import HttpTrigger as HttpSpec
 from engine.core.spec import WorkflowSpec
 from engine.core.values import JSON, JSONObject
 from engine.inputs import check_inputs
-from orchestrator.errors import NotFound, OrchestratorError
+from orchestrator.errors import NotFound, OrchestratorError, StoreUnavailable
 from orchestrator.schedule import (
     Catchup,
     Overlap,
@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 TRIGGER_ID: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _REARM_CHUNK: Final = 16
 """Triggers re-armed between two yields to the event loop after a burst of fires."""
+STORE_RETRIES: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
+"""Seconds between tries of a slot the store could not take (a full disk); after the last,
+the slot stays undecided and the next start's catch-up sees it."""
 LATE_GRACE: Final = 30.0
 """A slot the loop reaches later than this (the process stalled, the machine slept) is treated
 as missed: the trigger's catch-up policy decides, as after downtime."""
@@ -881,11 +884,34 @@ class Triggers:
         """Decide one slot (under the trigger's lock): fire, skip, or cancel-and-fire."""
         if not trigger.is_active() or (trigger.last_slot is not None and slot <= trigger.last_slot):
             return
-        try:
-            await self._decide(trigger, slot, catchup)
-        except Exception:
-            # the slot stays undecided in the store; a restart's catch-up will see it
-            log.exception("trigger %s could not fire its slot at %s", trigger.id, isoformat(slot))
+        for delay in (*STORE_RETRIES, None):
+            try:
+                await self._decide(trigger, slot, catchup)
+                return
+            except StoreUnavailable as exc:
+                if delay is None or not trigger.is_active():
+                    log.error(
+                        "trigger %s could not fire its slot at %s: %s (the next start's "
+                        "catch-up sees it)",
+                        trigger.id,
+                        isoformat(slot),
+                        exc.message,
+                    )
+                    return
+                log.warning(
+                    "trigger %s waits %s s to fire its slot at %s: %s",
+                    trigger.id,
+                    delay,
+                    isoformat(slot),
+                    exc.message,
+                )
+                await asyncio.sleep(delay)
+            except Exception:
+                # the slot stays undecided in the store; a restart's catch-up will see it
+                log.exception(
+                    "trigger %s could not fire its slot at %s", trigger.id, isoformat(slot)
+                )
+                return
 
     async def _decide(self, trigger: CronTrigger, slot: float, catchup: bool) -> None:
         previous = trigger.last_execution_id
@@ -925,6 +951,8 @@ class Triggers:
         except SlotTaken:
             trigger.last_slot = slot  # decided before (by a previous process): never again
             return
+        except StoreUnavailable:
+            raise  # not the run's fault: the slot is tried again (``_fire``)
         except (OrchestratorError, EngineError) as exc:
             # refused (no such version any more, inputs, queue full): the slot is decided
             message = exc.message if isinstance(exc, OrchestratorError) else str(exc)

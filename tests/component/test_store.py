@@ -12,6 +12,7 @@ import pytest
 
 from engine.core.events import isoformat
 from engine.core.spec import parse_spec
+from orchestrator.errors import StoreUnavailable
 from orchestrator.store import MIGRATIONS, TRIGGER_HISTORY_KEEP, Store, TriggerFire, migrate
 from orchestrator.versions import Registry
 
@@ -322,3 +323,44 @@ async def test_trigger_history_keeps_the_newest_slots_of_each_trigger(store: Sto
     # the newest stays decided: a restart resumes from it
     assert not await store.record_slot(TriggerFire("busy", newest, newest), "skipped", {})
     assert len(await store.trigger_history("quiet", limit=10)) == 1
+
+
+async def test_a_full_database_is_unavailable_for_a_while_not_broken(store: Store) -> None:
+    """SQLite's ``max_page_count`` makes the file full: writes that need a new page fail as
+    on a full disk. They are ``StoreUnavailable`` (503, retried later), the store says so
+    until a write passes again, and the writes around a failed one are not disturbed."""
+    await create(store)
+
+    def limit(pages: int | None) -> Any:
+        def run(conn: sqlite3.Connection) -> None:
+            count = conn.execute("PRAGMA page_count").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {pages or count}")
+
+        return run
+
+    assert store.trouble is None
+    await store._writer.run(limit(None))  # the one connection that writes: full from now on
+    big = [event(2, "execution.started", blob="x" * 200_000)]
+    with pytest.raises(StoreUnavailable, match="database or disk is full") as caught:
+        await store.record_events("e1", big)
+    assert caught.value.http_status == 503 and caught.value.retry_after
+    assert store.trouble is not None and "full" in store.trouble
+    doc = await store.get_execution("e1")
+    assert doc is not None and doc["status"] == "queued"
+    assert [e["seq"] for e in await store.events("e1")] == [1]
+    await store.probe()  # a page rewritten in place needs no room: the probe passes
+    assert store.trouble is None
+    await store._writer.run(limit(1_000_000))
+    await store.record_events("e1", big)
+    doc = await store.get_execution("e1")
+    assert doc is not None and doc["status"] == "running"
+    assert [e["seq"] for e in await store.events("e1")] == [1, 2]
+
+
+async def test_a_refused_statement_is_not_a_database_in_trouble(store: Store) -> None:
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        await store._writer.run(broken)
+    assert store.trouble is None

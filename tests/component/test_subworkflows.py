@@ -12,6 +12,7 @@ import pytest
 
 from engine.api import dagengine_pb2 as pb
 from orchestrator.dispatching import RunTicket
+from orchestrator.errors import StoreUnavailable
 from orchestrator.store import ChildLink, Lineage
 from orchestrator.subworkflows import ChildRequest, ChildStarted, SubWorkflows
 
@@ -57,6 +58,7 @@ class Harness:
         self.release = asyncio.Event()
         self.release.set()
         self.children = 0
+        self.refusals = 0  # writes the store refuses before it takes one
         self.coordinator = SubWorkflows(
             self.store,  # type: ignore[arg-type]
             self,
@@ -70,6 +72,9 @@ class Harness:
 
     async def start_child(self, request: ChildRequest, track: Any) -> ChildStarted:
         await self.release.wait()  # the store's write, as slow as the test wants
+        if self.refusals:
+            self.refusals -= 1
+            raise StoreUnavailable("the state database cannot be used now: disk is full")
         self.children += 1
         child_id = f"child-{self.children}"
         self.store.docs[child_id] = {"status": "running", "outputs": {}, "error": None}
@@ -107,6 +112,20 @@ async def test_a_child_stored_after_its_parent_ended_is_cancelled() -> None:
     h.release.set()
     await settle(h)
     assert h.cancelled == [("child-1", "its parent execution ended")]
+
+
+async def test_a_child_the_store_cannot_take_yet_is_asked_for_again_not_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("orchestrator.subworkflows.STORE_BACKOFF", (0.01, 0.02))
+    h = Harness()
+    h.refusals = 3
+    h.coordinator.on_events(TICKET, h.link, [requested("sub")])  # type: ignore[arg-type]
+    await settle(h)
+    # the node hears of its child (announced), never of a failure
+    [call] = h.link.stub.calls
+    assert call.child_execution_id == "child-1" and call.WhichOneof("result") is None
+    assert h.refusals == 0 and h.children == 1
 
 
 async def test_the_announcement_reaches_the_engine_before_the_result() -> None:

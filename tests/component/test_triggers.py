@@ -7,6 +7,7 @@ overlap rules see a previous run still going. Time moves only when a test says s
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -227,6 +228,58 @@ async def test_catch_up_after_downtime(
     assert len(after) == len(fired_slots) + 1
     slots = [r["inputs"]["_trigger"]["scheduled_time"] for r in after]
     assert len(slots) == len(set(slots))
+
+
+def writes_refused(store: Store, refused: bool) -> None:
+    """The writer's connection made read-only, as a database that cannot take writes (SQLite
+    serializes its use with the writer thread)."""
+    store._writer._conn.execute(f"PRAGMA query_only = {'ON' if refused else 'OFF'}")
+
+
+async def test_a_slot_the_store_cannot_take_is_tried_again_until_it_can(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("orchestrator.triggering.STORE_RETRIES", (0.05,) * 100)
+    triggers = await world.triggers()
+    await world.orch.register(spec(), yaml=False, force=False)
+    tid = triggers.listing()[0]["id"]
+    writes_refused(world.store, True)
+    world.clock.now = T0 + 60
+    ticking = asyncio.create_task(triggers.tick())  # returns once the slot is decided
+    while world.store.trouble is None:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # a few more tries, all refused
+    assert await world.executions() == [] and await triggers.history(tid) == []
+    writes_refused(world.store, False)
+    assert await ticking == 1
+    [run] = await world.executions()
+    assert run["inputs"]["_trigger"]["scheduled_time"] == iso(T0 + 60)
+    assert [r["outcome"] for r in await triggers.history(tid)] == ["fired"]
+    assert "trigger.missed" not in world.types()
+
+
+async def test_a_slot_the_store_never_takes_is_left_for_the_next_start(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("orchestrator.triggering.STORE_RETRIES", (0.01, 0.01))
+    triggers = await world.triggers()
+    await world.orch.register(spec(), yaml=False, force=False)
+    tid = triggers.listing()[0]["id"]
+    writes_refused(world.store, True)
+    world.clock.now = T0 + 60
+    await triggers.tick()
+    await triggers.settle()
+    writes_refused(world.store, False)
+    assert await world.executions() == [] and await triggers.history(tid) == []
+    assert f"trigger {tid} could not fire its slot at {iso(T0 + 60)}" in caplog.text
+    assert "Traceback" not in caplog.text
+    # the slot is undecided in the store: the next start's catch-up fires it
+    await triggers.stop()
+    await world.restart()
+    world.clock.now = T0 + 90
+    await world.triggers()
+    [run] = await world.executions()
+    assert run["inputs"]["_trigger"]["scheduled_time"] == iso(T0 + 60)
 
 
 async def test_pause_and_resume_persist_and_resume_does_not_catch_up(world: World) -> None:

@@ -1,0 +1,127 @@
+"""A state database that stops taking writes mid-run: real orchestrator and engine on loopback.
+
+The orchestrator process is given a file size limit (``RLIMIT_FSIZE``, set from outside with
+``prlimit``) just above its files' sizes, so its next large write fails as on a full disk;
+lifting the limit is the disk getting room again. Meanwhile a run must wait, not be failed or
+passed between engines as if they had died; new runs are refused with 503; the orchestrator
+reports not ready; and once the disk has room the run ends as if nothing had happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.integration.api import TOKEN, get, register, start, wait_end
+from tests.integration.conftest import Cluster, StartCluster
+
+pytestmark = pytest.mark.slow
+
+PART = 512 * 1024
+HOARD = """
+id: hoard
+version: 1.0.0
+nodes:
+  - id: first
+    lua: return { at = 1 }
+  - id: pause
+    depends_on: [first]
+    sleep: 3s
+  - id: parts
+    depends_on: [pause]
+    foreach: "{{ inputs.parts }}"
+    lua: return string.rep("x", PART)
+""".replace("PART", str(PART))
+
+
+def largest_file(cluster: Cluster) -> int:
+    state = Path(cluster.orchestrator.env["STATE_DB"])
+    files = [state, Path(f"{state}-wal"), cluster.orchestrator.log_path]
+    return max(f.stat().st_size for f in files if f.exists())
+
+
+def fill_the_disk(cluster: Cluster) -> int:
+    """Limit the orchestrator's files to what they hold now plus 64 KiB; returns the limit."""
+    limit = largest_file(cluster) + 64 * 1024
+    resource.prlimit(
+        cluster.orchestrator.proc.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY)
+    )
+    return limit
+
+
+def make_room(cluster: Cluster) -> None:
+    resource.prlimit(
+        cluster.orchestrator.proc.pid,
+        resource.RLIMIT_FSIZE,
+        (resource.RLIM_INFINITY, resource.RLIM_INFINITY),
+    )
+
+
+async def readiness(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with http.get(f"{url}/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_a_full_disk_holds_runs_back_and_refuses_new_ones_until_it_has_room(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = start_cluster(engines=1, API_TOKEN="s3cret", MAX_BODY_BYTES=str(64 * 1024 * 1024))
+    url = cluster.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, HOARD)
+        # enough parts that their outputs, stored in one event, pass the limit set below
+        parts = (largest_file(cluster) + 1024 * 1024) // PART + 1
+        eid = await start(http, url, "hoard", {"parts": list(range(parts))})
+        deadline = time.monotonic() + 30
+        while True:  # the sleep began: what comes after it is the large write
+            events = (await get(http, f"{url}/api/v1/executions/{eid}/events"))["events"]
+            if any(e["type"] == "node.started" and e["node_id"] == "pause" for e in events):
+                break
+            assert time.monotonic() < deadline, events
+            await asyncio.sleep(0.05)
+        limit = fill_the_disk(cluster)
+        assert parts * PART > limit + 256 * 1024, (parts, limit)
+        try:
+            async with http.post(
+                f"{url}/trigger/hoard",
+                json={"inputs": {"parts": [1], "pad": "y" * (limit + PART)}},
+                headers=TOKEN,
+            ) as resp:
+                refused = await resp.json()
+                assert resp.status == 503, refused
+                assert refused["error"]["code"] == "store_unavailable", refused
+                assert "state database" in refused["error"]["message"], refused
+                assert resp.headers["Retry-After"] == "5"
+            deadline = time.monotonic() + 30
+            while (found := await readiness(http, url))[0] != 503:
+                assert time.monotonic() < deadline, found
+                await asyncio.sleep(0.1)
+            assert "state database" in found[1]["reason"], found
+            # time for the run to stall more than once: before, each stall counted as a lost
+            # engine, and 20 of them in a few seconds failed the run
+            await asyncio.sleep(4)
+            doc = await get(http, f"{url}/api/v1/executions/{eid}")
+            assert doc["status"] == "running", doc
+            assert doc["nodes"]["parts"]["status"] != "succeeded", doc
+        finally:
+            make_room(cluster)
+        done = await wait_end(http, url, eid, timeout=120)
+        assert done["status"] == "succeeded", done
+        assert done["outputs"]["parts"] == ["x" * PART] * parts, str(done)[:500]
+        events = (await get(http, f"{url}/api/v1/executions/{eid}/events"))["events"]
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        ends = [e["type"] for e in events if e["type"].startswith("execution.")]
+        # each try after a stall resumed the run (execution.started again); one end
+        assert ends[0] == "execution.queued" and ends[-1] == "execution.succeeded", ends
+        assert set(ends[1:-1]) == {"execution.started"} and len(ends) > 3, ends
+        assert (await readiness(http, url))[0] == 200
+        # the engine was never taken for lost
+        engines = await get(http, f"{url}/api/v1/engines")
+        assert [(e["state"], e["last_error"]) for e in engines["engines"]] == [("ready", None)]
+        assert "gave up" not in cluster.orchestrator.log()
