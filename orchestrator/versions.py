@@ -225,8 +225,16 @@ class Registry:
                 {"workflow": spec.id, "version": spec.version, "latest": wf.latest},
             )
         refs = _references(spec)
-        for ref in refs:
-            self._check_reference(spec, ref)
+        unmet = [e for e in (self._check_reference(spec, ref) for ref in refs) if e is not None]
+        if len(unmet) == 1:
+            raise unmet[0]
+        if unmet:
+            # every one at once, as the spec check reports its problems
+            raise NoMatchingVersion(
+                f"{len(unmet)} sub-workflow references of {spec.ref} cannot be met: "
+                + "; ".join(e.message for e in unmet),
+                {"problems": [{**e.details, "message": e.message} for e in unmet]},
+            )
         cycle = self._find_cycle(spec.id, refs) or self._find_run_cycle(spec, refs)
         if cycle is not None:
             path = " -> ".join(cycle)
@@ -373,7 +381,9 @@ class Registry:
 
     # -- rules ------------------------------------------------------------------------------
 
-    def _check_reference(self, spec: WorkflowSpec, ref: _Reference) -> None:
+    def _check_reference(self, spec: WorkflowSpec, ref: _Reference) -> NoMatchingVersion | None:
+        """Raises for a range that does not parse and for a workflow that would use itself;
+        returns what is missing (a workflow, a matching version), to be told with the rest."""
         details: JSONObject = {"node": ref.node, "workflow": ref.workflow, "range": ref.range}
         wanted = self._range(
             ref.range, f"in node {ref.node!r} of {spec.ref} (workflow {ref.workflow})", details
@@ -386,17 +396,18 @@ class Registry:
             )
         target = self._workflows.get(ref.workflow)
         if target is None:
-            raise NoMatchingVersion(
+            return NoMatchingVersion(
                 f"node {ref.node!r} of {spec.ref} uses workflow {ref.workflow} "
                 f"({ref.range}), which is not registered",
                 details,
             )
         if self._highest(target, wanted) is None:
-            raise NoMatchingVersion(
+            return NoMatchingVersion(
                 f"node {ref.node!r} of {spec.ref}: no version of {ref.workflow} matches "
                 f"{ref.range!r} (registered: {target.listing()})",
                 details,
             )
+        return None
 
     def _find_cycle(self, start: str, refs: tuple[_Reference, ...]) -> list[str] | None:
         """A path start -> ... -> start through latest versions, with ``refs`` as start's."""

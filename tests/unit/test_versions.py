@@ -333,6 +333,21 @@ def test_a_reference_must_match_a_registered_version() -> None:
     )
 
 
+def test_every_unmet_reference_is_told_at_once() -> None:
+    reg = registry(wf("lib", "1.0.0"))
+    spec = wf("app", "1.0.0", ("lib", "^1.0"), ("lib", "^2"), ("gone", "*"))
+    with pytest.raises(NoMatchingVersion) as err:
+        reg.plan_register(spec, force=True, now=0.0)
+    assert err.value.message == (
+        "2 sub-workflow references of app@1.0.0 cannot be met: node 'use_1' of app@1.0.0: "
+        "no version of lib matches '^2' (registered: 1.0.0); node 'use_2' of app@1.0.0 uses "
+        "workflow gone (*), which is not registered"
+    )
+    problems = err.value.details["problems"]
+    assert isinstance(problems, list)
+    assert [(p["node"], p["workflow"]) for p in problems] == [("use_1", "lib"), ("use_2", "gone")]  # type: ignore[index, call-overload]
+
+
 def test_a_reference_range_must_parse() -> None:
     reg = registry(wf("lib", "1.0.0"))
     with pytest.raises(InvalidRange) as err:
