@@ -64,6 +64,7 @@ class Execution:
         on_event: EventSink | None = None,
         completed: Mapping[str, JSON] | None = None,
         completed_attempts: Mapping[str, int] | None = None,
+        ended: Mapping[str, tuple[str, str | None]] | None = None,
         sleeping: Mapping[str, float] | None = None,
         started_at: float | None = None,
         subworkflows: SubWorkflowHandler | None = None,
@@ -85,6 +86,7 @@ class Execution:
             ctx={"execution_id": self.id},
             completed=completed,
             completed_attempts=completed_attempts,
+            ended=ended,
             sleeping=sleeping,
             started_at=started_at,
         )

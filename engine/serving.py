@@ -305,6 +305,7 @@ class EngineService(pb_grpc.EngineServicer):
             on_event=on_event,
             completed=order.completed,
             completed_attempts=order.completed_attempts,
+            ended=order.ended,
             sleeping=order.sleeping,
             started_at=order.started_at,
             subworkflows=self._subworkflows,
@@ -320,7 +321,9 @@ class EngineService(pb_grpc.EngineServicer):
             "execution %s of %s started%s",
             execution.id,
             order.spec.ref,
-            f", resuming after {len(order.completed)} completed nodes" if order.completed else "",
+            f", resuming after {len(order.completed_attempts)} ended nodes"
+            if order.completed_attempts
+            else "",
             extra=self._context(execution),
         )
         return execution

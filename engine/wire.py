@@ -90,6 +90,11 @@ def _json_field(text: str, field: str, problems: list[FieldProblem], empty: JSON
 # -- requests -----------------------------------------------------------------------------------
 
 
+_RESUMED_ENDS: Final = frozenset({"failed", "blocked", "skipped"})
+"""How a node may have ended before a run resumes, besides succeeding. A cancelled node ends
+its run, which is then not resumed."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunOrder:
     """An ``ExecuteRequest`` made sense of: what to run, with what, and where it resumes from."""
@@ -99,6 +104,9 @@ class RunOrder:
     inputs: JSON
     completed: dict[str, JSON]
     completed_attempts: dict[str, int]
+    """Attempts of every node that ended before, whichever way."""
+    ended: dict[str, tuple[str, str | None]]
+    """Nodes that ended before otherwise than succeeding: node id -> (status, error)."""
     parent_execution_id: str | None
     first_seq: int
     sleeping: dict[str, float]
@@ -128,23 +136,41 @@ def run_order(
     if request.first_seq < 0:
         problems.append(FieldProblem("first_seq", f"must be 0 or more, got {request.first_seq}"))
     completed: dict[str, JSON] = {}
+    ended: dict[str, tuple[str, str | None]] = {}
     attempts: dict[str, int] = {}
     for i, node in enumerate(request.completed):
         where = f"completed[{node.node_id or i}]"
         if not node.node_id:
             problems.append(FieldProblem(where + ".node_id", "required"))
             continue
-        if node.node_id in completed:
+        if node.node_id in attempts:
             problems.append(FieldProblem(where, "the node is listed twice"))
             continue
         if node.attempts < 0:
             problems.append(
                 FieldProblem(where + ".attempts", f"must be 0 or more, got {node.attempts}")
             )
-        completed[node.node_id] = _json_field(
-            node.output_json, where + ".output_json", problems, empty=None
-        )
-        attempts[node.node_id] = max(node.attempts, 1)
+        status = node.status or "succeeded"
+        # a success took one attempt at least; a blocked or skipped node took none
+        attempts[node.node_id] = max(node.attempts, 1 if status == "succeeded" else 0)
+        if status == "succeeded":
+            completed[node.node_id] = _json_field(
+                node.output_json, where + ".output_json", problems, empty=None
+            )
+        elif status in _RESUMED_ENDS:
+            if node.output_json:
+                problems.append(
+                    FieldProblem(where + ".output_json", f"a {status} node has no output")
+                )
+            ended[node.node_id] = (status, node.error or None)
+        else:
+            problems.append(
+                FieldProblem(
+                    where + ".status",
+                    f"must be one of succeeded, {', '.join(sorted(_RESUMED_ENDS))}; got "
+                    f"{bounded(status, 80)!r}",
+                )
+            )
     sleeping: dict[str, float] = {}
     for i, sleep in enumerate(request.sleeping):
         where = f"sleeping[{sleep.node_id or i}]"
@@ -152,7 +178,7 @@ def run_order(
             problems.append(FieldProblem(where + ".node_id", "required"))
         elif sleep.node_id in sleeping:
             problems.append(FieldProblem(where, "the node is listed twice"))
-        elif sleep.node_id in completed:
+        elif sleep.node_id in attempts:
             problems.append(FieldProblem(where, "the node is listed as completed too"))
         elif not _a_time(sleep.started_at):
             problems.append(
@@ -169,7 +195,7 @@ def run_order(
     if not request.spec.strip():
         raise BadRequest([FieldProblem("spec", "required: the workflow spec as JSON or YAML")])
     spec = parse_spec(request.spec)  # SpecError before field problems: the spec matters most
-    for node_id in completed:
+    for node_id in attempts:
         if node_id not in spec.by_id:
             problems.append(FieldProblem(f"completed[{node_id}]", f"no such node in {spec.ref}"))
     for node_id in sleeping:
@@ -189,6 +215,7 @@ def run_order(
         inputs=inputs,
         completed=completed,
         completed_attempts=attempts,
+        ended=ended,
         parent_execution_id=(
             request.parent_execution_id if request.HasField("parent_execution_id") else None
         ),

@@ -2,13 +2,13 @@
 
 Executions wait in the durable queue (the store) until an engine has room. Each dispatched run
 holds one ``Execute`` stream; every event that comes back is stored before anyone else sees it,
-and the outputs in node.succeeded events are the run's checkpoints. When a stream breaks or its
-engine turns unhealthy, the run goes back to the front of the queue and resumes on the next
-engine from those checkpoints, numbering its events after the last one stored: a node whose
-success was stored never runs again. Time already spent carries over too: a sleep whose start
-was stored waits only what is left of it, and the run's timeout counts from its first start. On
-start, queued and running executions are taken up the same way, so an orchestrator restart
-loses nothing either.
+and the nodes' ends (with the outputs in node.succeeded events) are the run's checkpoints. When
+a stream breaks or its engine turns unhealthy, the run goes back to the front of the queue and
+resumes on the next engine from those checkpoints, numbering its events after the last one
+stored: a node whose end was stored never runs again. Time already spent carries over too: a
+sleep whose start was stored waits only what is left of it, and the run's timeout counts from
+its first start. On start, queued and running executions are taken up the same way, so an
+orchestrator restart loses nothing either.
 """
 
 from __future__ import annotations
@@ -284,7 +284,11 @@ class Dispatcher:
             inputs_json=wire.dumps(ticket.inputs),
             completed=[
                 pb.CompletedNode(
-                    node_id=c.node_id, output_json=wire.dumps(c.output), attempts=c.attempts
+                    node_id=c.node_id,
+                    output_json=wire.dumps(c.output) if c.status == "succeeded" else "",
+                    attempts=c.attempts,
+                    status=c.status,
+                    error=c.error or "",
                 )
                 for c in ticket.checkpoints
             ],

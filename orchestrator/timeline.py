@@ -19,6 +19,8 @@ from engine.core.states import EXECUTION_TERMINAL, NODE_TERMINAL
 from engine.core.values import JSON, JSONObject
 
 _NODE_MOVES: Final = frozenset({"started", "retrying"})
+_RESUMED_ENDS: Final = frozenset({"failed", "blocked", "skipped"})
+"""Ends besides success a resumed run carries over (``engine.wire`` takes the same)."""
 
 
 def node_order(spec_document: JSON) -> tuple[str, ...]:
@@ -87,6 +89,8 @@ def fold_nodes(order: Sequence[str], events: Iterable[JSONObject]) -> dict[str, 
                 node["error"] = error if isinstance(error, str) else None
         elif family == "execution" and what in EXECUTION_TERMINAL and not ended:
             ended = True
+            data = event.get("data")
+            data = data if isinstance(data, dict) else {}
             if what != "succeeded":
                 # nodes the run never reached end with it, so the document tells the story
                 for node in nodes.values():
@@ -94,7 +98,9 @@ def fold_nodes(order: Sequence[str], events: Iterable[JSONObject]) -> dict[str, 
                         node["status"] = "cancelled"
                         node["finished_at"] = event.get("time")
                         if node["error"] is None:
-                            node["error"] = f"execution {what}"
+                            # why the run ended (a timeout, fail_fast), as the engine says it
+                            why = data.get("error")
+                            node["error"] = why if isinstance(why, str) else f"execution {what}"
     return nodes
 
 
@@ -111,9 +117,14 @@ def progress(status: str, done: int, total: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
+    """A node that ended before the run resumes: it is not run again."""
+
     node_id: str
     output: JSON
     attempts: int
+    status: str = "succeeded"
+    """Or failed, blocked, skipped: the dependents' trigger rules count it as it ended."""
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +132,8 @@ class ResumePoint:
     """What a run carries to the engine it resumes on, read from its stored events."""
 
     checkpoints: list[Checkpoint] = field(default_factory=list)
-    """Nodes whose first end was success, in the order they succeeded: never run again."""
+    """Nodes that ended (succeeded, failed, blocked, skipped), in the order they ended: never
+    run again. A cancelled node ended its run, which is then not resumed."""
     sleeping: dict[str, float] = field(default_factory=dict)
     """Sleep nodes that started and have not ended, with their first start (unix seconds):
     they wait only what is left."""
@@ -159,14 +171,23 @@ def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
         if what in NODE_TERMINAL:
             ended.add(node_id)
             sleeping.pop(node_id, None)
+            tried = attempts.get(node_id, 0)
             if what == "succeeded":
-                out.append(Checkpoint(node_id, data.get("output"), attempts.get(node_id) or 1))
+                out.append(Checkpoint(node_id, data.get("output"), tried or 1))
+            elif what in _RESUMED_ENDS:
+                # a blocked or skipped node never tried: 0 attempts
+                error = data.get("error") if what != "skipped" else data.get("reason")
+                out.append(
+                    Checkpoint(
+                        node_id, None, tried, what, error if isinstance(error, str) else None
+                    )
+                )
     return ResumePoint(out, sleeping, started_at)
 
 
 def checkpoints(events: Iterable[JSONObject]) -> list[Checkpoint]:
-    """The nodes whose first end was success, with output and attempts, in the order they
-    succeeded: what a resumed run must not run again."""
+    """The nodes that ended, with output (when they succeeded) and attempts, in the order they
+    ended: what a resumed run must not run again."""
     return resume_point(events).checkpoints
 
 

@@ -41,14 +41,18 @@ class ExecuteResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
 
 class CompletedNode(_message.Message):
-    __slots__ = ("node_id", "output_json", "attempts")
+    __slots__ = ("node_id", "output_json", "attempts", "status", "error")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     output_json: str
     attempts: int
-    def __init__(self, node_id: _Optional[str] = ..., output_json: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+    status: str
+    error: str
+    def __init__(self, node_id: _Optional[str] = ..., output_json: _Optional[str] = ..., attempts: _Optional[int] = ..., status: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("seq", "time", "type", "severity", "workflow_id", "version", "execution_id", "node_id", "engine_id", "attempt", "data_json")

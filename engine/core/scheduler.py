@@ -20,7 +20,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, cast
 
 from engine.core import templates
 from engine.core.durations import format_duration
@@ -226,11 +226,13 @@ class Run:
         ctx: JSONObject | None = None,
         completed: Mapping[str, JSON] | None = None,
         completed_attempts: Mapping[str, int] | None = None,
+        ended: Mapping[str, tuple[str, str | None]] | None = None,
         sleeping: Mapping[str, float] | None = None,
         started_at: float | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        """``completed``: outputs of nodes that succeeded before (a resumed run); ``sleeping``:
+        """``completed``: outputs of nodes that succeeded before (a resumed run); ``ended``:
+        nodes that failed, were blocked or were skipped before, with their errors; ``sleeping``:
         sleep nodes that had started before and not ended, with when they first started;
         ``started_at``: when the run first started, if before. Times are the stimuli's clock."""
         self.spec = spec
@@ -240,15 +242,25 @@ class Run:
         self.nodes: dict[str, _Node] = {n.id: _Node(n) for n in spec.nodes}
         self._completed = dict(completed or {})
         self._completed_attempts = dict(completed_attempts or {})
+        self._ended = dict(ended or {})
         self._sleeping = dict(sleeping or {})
         self._first_started_at = started_at
-        unknown = (set(self._completed) | set(self._sleeping)) - set(self.nodes)
+        unknown = (set(self._completed) | set(self._ended) | set(self._sleeping)) - set(self.nodes)
         if unknown:
             raise ValueError(f"resume names nodes not in {spec.ref}: {', '.join(sorted(unknown))}")
+        wrong = sorted(
+            f"{node_id} ({status})"
+            for node_id, (status, _) in self._ended.items()
+            if status not in ("failed", "blocked", "skipped") or node_id in self._completed
+        )
+        if wrong:
+            raise ValueError(f"resume names nodes as ended in ways they cannot: {', '.join(wrong)}")
         not_sleeps = [
             node_id
             for node_id in self._sleeping
-            if self.nodes[node_id].spec.kind != "sleep" or node_id in self._completed
+            if self.nodes[node_id].spec.kind != "sleep"
+            or node_id in self._completed
+            or node_id in self._ended
         ]
         if not_sleeps:
             raise ValueError(
@@ -350,12 +362,29 @@ class Run:
             "info",
             data={"inputs": self.inputs, "resumed": resumed},
         )
+        failed: tuple[str, str | None] | None = None
         for node_id in self.spec.order:
             if node_id in self._completed:
                 n = self.nodes[node_id]
                 n.restored = True
                 n.attempts = self._completed_attempts.get(node_id, 1)
                 self._settle(n, "succeeded", output=self._completed[node_id], quiet=True)
+            elif node_id in self._ended:
+                # counted for the trigger rules of its dependents as it ended, never run again
+                n = self.nodes[node_id]
+                n.restored = True
+                status, error = self._ended[node_id]
+                n.attempts = self._completed_attempts.get(node_id, 0)
+                # a skip's reason is no error (as when it is skipped here)
+                reason = None if status == "skipped" else error
+                self._settle(n, cast(NodeStatus, status), error=reason, quiet=True)
+                if status == "failed" and failed is None:
+                    failed = (node_id, error)
+        if failed is not None and self.spec.fail_fast:
+            # the engine before stopped between the failure and its consequence
+            node_id, error = failed
+            self._abort("failed", f"node {node_id!r} failed and fail_fast is set: {error}")
+            return
         if self.spec.timeout is not None:
             left = self.spec.timeout - (self._now - self.started_at)
             if left <= 0:
@@ -480,11 +509,11 @@ class Run:
                 spec.foreach, inputs=self.inputs, results=self._lookup, ctx=self._ctx(n, None, 1)
             )
         except TemplateError as exc:
-            self._settle(n, "failed", error=f"foreach: {exc}")
+            self._fail_node(n, f"foreach: {exc}")
             return
         if not isinstance(items, list):
             got = json_kind(items)
-            self._settle(n, "failed", error=f"foreach must resolve to a list, got {got}")
+            self._fail_node(n, f"foreach must resolve to a list, got {got}")
             return
         n.items = items
         n.item_outputs = [None] * len(items)
@@ -639,7 +668,7 @@ class Run:
         if n.status != "pending" or n.waiting != 0:
             return
         if s.error is not None:
-            self._settle(n, "failed", error=f"when: {s.error}")
+            self._fail_node(n, f"when: {s.error}")
         elif not s.value:
             self._settle(n, "skipped", data={"reason": f"when {n.spec.when!r} is false"})
         else:
@@ -761,6 +790,8 @@ class Run:
                     problems.append(f"{node_id}: running before its dependencies finished")
                 if n.started_at is None:
                     problems.append(f"{node_id}: running without started_at")
+            if n.restored and n.started_at is not None:
+                problems.append(f"{node_id}: ended before the run resumed, and started again")
             if n.status == "succeeded" and not n.restored and n.started_at is None:
                 problems.append(f"{node_id}: succeeded without starting")
             since = self._sleeping.get(node_id)

@@ -259,7 +259,7 @@ async def test_an_execution_cancelled_in_the_queue_ends_every_node(store: Store)
     assert doc["error"] == "stop" and doc["children"] == []
     nodes: Any = doc["nodes"]
     assert {n["status"] for n in nodes.values()} == {"cancelled"}
-    assert nodes["a"]["error"] == "execution cancelled"
+    assert nodes["a"]["error"] == "stop"  # the run's reason
     assert nodes["a"]["finished_at"] == "2026-01-01T00:00:02.000Z"
 
 

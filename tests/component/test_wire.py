@@ -64,6 +64,32 @@ def test_resume_fields_are_read() -> None:
     assert got.completed_attempts == {"a": 1}
 
 
+def test_nodes_that_ended_otherwise_are_read_with_their_errors() -> None:
+    got = order(
+        completed=[
+            pb.CompletedNode(node_id="a", status="failed", error="boom", attempts=3),
+            pb.CompletedNode(node_id="b", status="blocked", error="upstream node 'a' failed"),
+        ],
+    )
+    assert got.completed == {}
+    assert got.ended == {"a": ("failed", "boom"), "b": ("blocked", "upstream node 'a' failed")}
+    assert got.completed_attempts == {"a": 3, "b": 0}
+    with pytest.raises(BadRequest) as caught:
+        order(
+            completed=[
+                pb.CompletedNode(node_id="a", status="cancelled"),
+                pb.CompletedNode(node_id="b", status="skipped", output_json="{}"),
+            ]
+        )
+    assert [(p.field, p.message) for p in caught.value.problems] == [
+        (
+            "completed[a].status",
+            "must be one of succeeded, blocked, failed, skipped; got 'cancelled'",
+        ),
+        ("completed[b].output_json", "a skipped node has no output"),
+    ]
+
+
 def test_every_bad_field_is_named_at_once() -> None:
     with pytest.raises(BadRequest) as caught:
         order(

@@ -558,6 +558,20 @@ async def test_grpc_register_execute_watch_and_reflection(cluster: Cluster) -> N
 # -- clusters of their own ------------------------------------------------------------------------
 
 
+# besides the pause, nodes that end otherwise than succeeding before the engine goes: they
+# must stay ended as they did, or a failed node gets another go with each failover
+ENDS_BEFORE_THE_PAUSE = """
+  - id: broken
+    lua: error("broken on purpose")
+  - id: after_broken
+    depends_on: [broken]
+    lua: return 1
+  - id: never
+    when: "false"
+    lua: return 1
+"""
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
 async def test_engine_killed_mid_run_the_run_completes_elsewhere_without_rerunning(
     start_cluster: StartCluster, sig: signal.Signals
@@ -566,32 +580,43 @@ async def test_engine_killed_mid_run_the_run_completes_elsewhere_without_rerunni
     cluster = start_cluster(engines=2, engine_env={"DRAIN_GRACE": "0.5"})
     async with aiohttp.ClientSession() as http:
         await wait_engines(http, cluster.url, 2)
-        await register(http, cluster.url, first_pause_last("slow", "3s"))
+        spec = first_pause_last("slow", "3s") + ENDS_BEFORE_THE_PAUSE
+        await register(http, cluster.url, spec)
         status, body = await trigger(http, cluster.url, "slow")
         assert status == 202
         eid = body["execution_id"]
+        ends = {"first": "succeeded", "broken": "failed", "after_broken": "blocked"}
+        ends |= {"never": "skipped", "pause": "running"}
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             doc = await get(http, f"{cluster.url}/api/v1/executions/{eid}")
-            if doc["nodes"]["pause"]["status"] == "running":
+            if {n: doc["nodes"][n]["status"] for n in ends} == ends:
                 break
             await asyncio.sleep(0.05)
-        assert doc["nodes"]["first"]["status"] == "succeeded"
+        assert {n: doc["nodes"][n]["status"] for n in ends} == ends, doc
         victim_id = doc["nodes"]["first"]["engine_id"]
         victim = next(e for e in cluster.engines if e.env["ENGINE_ID"] == victim_id)
         victim.proc.send_signal(sig)
         victim.proc.wait(10)
         doc = await wait_status(http, cluster.url, eid)
-        assert doc["status"] == "succeeded", doc
+        assert doc["status"] == "partial", doc  # a sink blocked, another skipped
+        assert doc["error"] == "node 'broken' failed: broken on purpose (line 1) (and 1 more)"
         assert doc["outputs"] == {"last": {"done": 2}}
         assert doc["nodes"]["last"]["engine_id"] != victim_id
         events = (await get(http, f"{cluster.url}/api/v1/executions/{eid}/events"))["events"]
         started = Counter(e["node_id"] for e in events if e["type"] == "node.started")
         assert started["first"] == 1, "a completed node ran again after failover"
+        assert started["broken"] == 1, "a failed node ran again after failover"
         assert started["last"] == 1
+        node_ends = Counter(
+            e["node_id"]
+            for e in events
+            if e["type"] in ("node.succeeded", "node.failed", "node.blocked", "node.skipped")
+        )
+        assert set(node_ends.values()) == {1}, node_ends
         seqs = [e["seq"] for e in events]
         assert seqs == sorted(set(seqs))
-        assert [e["type"] for e in events].count("execution.succeeded") == 1
+        assert [e["type"] for e in events].count("execution.partial") == 1
         engines = {
             e["id"]: e for e in (await get(http, f"{cluster.url}/api/v1/engines"))["engines"]
         }

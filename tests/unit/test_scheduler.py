@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from engine.core import scheduler as sch
@@ -294,6 +296,80 @@ def test_resume_skips_completed_nodes_and_emits_no_start_for_them() -> None:
     d.succeed("c")
     assert d.started_order == ["c"]
     assert d.finish is not None and d.finish.status == "succeeded"
+
+
+def test_resume_keeps_failed_blocked_and_skipped_ends_and_runs_none_of_them_again() -> None:
+    wf = spec(
+        [
+            lua("f"),
+            lua("blk", "f"),
+            lua("skip", when="false"),
+            lua("after_skip", "skip", trigger_rule="none_failed"),
+            lua("alert", "f", trigger_rule="one_failed"),
+            lua("free"),
+        ]
+    )
+    d = Driver(
+        wf,
+        completed={"free": {"v": 1}},
+        completed_attempts={"f": 3, "free": 1},
+        ended={
+            "f": ("failed", "boom"),
+            "blk": ("blocked", "upstream node 'f' did not succeed"),
+            "skip": ("skipped", "when 'false' is false"),
+        },
+    ).start()
+    # what ended before stays as it ended, quietly; what depends on it goes on from there
+    assert d.running() == {"after_skip", "alert"}
+    assert d.conditions == []
+    assert d.types("f") + d.types("blk") + d.types("skip") + d.types("free") == []
+    assert d.status("f") == "failed" and d.run.record("f").error == "boom"
+    assert d.run.record("f").attempts == 3
+    assert d.status("blk") == "blocked" and d.status("skip") == "skipped"
+    assert d.run.record("skip").error is None  # a skip's reason is no error
+    d.succeed("after_skip")
+    d.succeed("alert")
+    assert sorted(d.started_order) == ["after_skip", "alert"]
+    assert d.finish is not None and d.finish.status == "partial"
+    assert d.finish.error == "node 'f' failed: boom (and 1 more)"
+
+
+def test_a_resumed_run_with_fail_fast_and_a_failed_node_ends_failed_at_once() -> None:
+    wf = spec([lua("f"), lua("g"), lua("h", "g")], fail_fast=True)
+    d = Driver(wf, ended={"f": ("failed", "boom")}).start()
+    assert d.running() == set() and d.started_order == []
+    assert d.finish is not None and d.finish.status == "failed"
+    assert d.finish.error == "node 'f' failed and fail_fast is set: boom"
+    assert d.status("g") == "cancelled" and d.status("h") == "cancelled"
+
+
+def test_resume_refuses_ends_a_node_cannot_have_had() -> None:
+    wf = spec([lua("a"), lua("b")])
+    with pytest.raises(ValueError, match=r"ended in ways they cannot: a \(cancelled\)"):
+        sch.Run(wf, {}, ended={"a": ("cancelled", "x")})
+    with pytest.raises(ValueError, match=r"ended in ways they cannot: b \(failed\)"):
+        sch.Run(wf, {}, completed={"b": 1}, ended={"b": ("failed", "x")})
+    with pytest.raises(ValueError, match=r"resume names nodes not in t@1\.0\.0: zz"):
+        sch.Run(wf, {}, ended={"zz": ("failed", "x")})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"when": "error('nope')"},
+        {"foreach": "{{ inputs.missing.key }}"},
+        {"foreach": "{{ inputs.text }}"},
+    ],
+)
+def test_fail_fast_applies_to_a_node_failed_by_its_when_or_foreach(bad: dict[str, Any]) -> None:
+    wf = spec([lua("a", **bad), {"id": "b", "sleep": "2s"}], fail_fast=True)
+    d = Driver(wf, {"text": "abc"}).start()
+    if "when" in bad:
+        d.condition("a", None, "nope")
+    assert d.status("a") == "failed"
+    assert d.finish is not None and d.finish.status == "failed"
+    assert "fail_fast" in (d.finish.error or "")
+    assert d.status("b") == "cancelled"
 
 
 def test_results_only_expose_ancestors() -> None:

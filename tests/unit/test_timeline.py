@@ -109,14 +109,17 @@ def test_an_execution_that_fails_ends_the_nodes_it_never_reached() -> None:
         ],
     )
     assert [n["status"] for n in nodes.values()] == ["succeeded", "cancelled", "cancelled"]
-    assert nodes["b"]["error"] == "flaky" and nodes["c"]["error"] == "execution timed_out"
+    # the run's own reason, as the local runner tells it; a generic one when it gave none
+    assert nodes["b"]["error"] == "flaky" and nodes["c"]["error"] == "timeout"
     assert nodes["c"]["finished_at"] == "t6"
+    bare = fold_nodes(ORDER, [event(2, "execution.cancelled")])
+    assert bare["a"]["error"] == "execution cancelled"
     assert nodes_done(nodes) == 3
     done = fold_nodes(ORDER, [event(2, "node.started", "a"), event(3, "execution.succeeded")])
     assert done["a"]["status"] == "running"  # a success leaves the story as it is
 
 
-def test_checkpoints_are_first_successes_with_their_attempts() -> None:
+def test_checkpoints_are_first_ends_with_their_attempts() -> None:
     found = checkpoints(
         [
             event(2, "node.started", "b"),
@@ -124,11 +127,19 @@ def test_checkpoints_are_first_successes_with_their_attempts() -> None:
             event(4, "node.started", "b", attempt=2),
             event(5, "node.succeeded", "b", attempt=2, output=[1, 2]),
             event(6, "node.failed", "a", error="boom"),
-            event(7, "node.succeeded", "a", output=1),  # a failed first: not a checkpoint
-            event(8, "node.skipped", "c"),
+            event(7, "node.succeeded", "a", output=1),  # a failed first: that is its end
+            event(8, "node.skipped", "c", attempt=0, reason="when 'x' is false"),
+            event(9, "node.blocked", "d", attempt=0, error="upstream node 'a' did not succeed"),
+            event(10, "node.started", "e"),
+            event(11, "node.cancelled", "e", error="stop"),  # ends a run: never resumed
         ]
     )
-    assert [(c.node_id, c.output, c.attempts) for c in found] == [("b", [1, 2], 2)]
+    assert [(c.node_id, c.status, c.output, c.attempts, c.error) for c in found] == [
+        ("b", "succeeded", [1, 2], 2, None),
+        ("a", "failed", None, 1, "boom"),
+        ("c", "skipped", None, 0, "when 'x' is false"),
+        ("d", "blocked", None, 0, "upstream node 'a' did not succeed"),
+    ]
     restored = checkpoints([{"type": "node.succeeded", "node_id": "a", "data": {"output": 3}}])
     assert restored[0].attempts == 1  # no attempt on record counts as one
 
