@@ -65,6 +65,7 @@ class Execution:
         completed: Mapping[str, JSON] | None = None,
         completed_attempts: Mapping[str, int] | None = None,
         ended: Mapping[str, tuple[str, str | None]] | None = None,
+        retried: Mapping[tuple[str, int | None], int] | None = None,
         sleeping: Mapping[str, float] | None = None,
         started_at: float | None = None,
         subworkflows: SubWorkflowHandler | None = None,
@@ -87,6 +88,7 @@ class Execution:
             completed=completed,
             completed_attempts=completed_attempts,
             ended=ended,
+            retried=retried,
             sleeping=sleeping,
             started_at=started_at,
         )

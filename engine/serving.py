@@ -306,6 +306,7 @@ class EngineService(pb_grpc.EngineServicer):
             completed=order.completed,
             completed_attempts=order.completed_attempts,
             ended=order.ended,
+            retried=order.retried,
             sleeping=order.sleeping,
             started_at=order.started_at,
             subworkflows=self._subworkflows,

@@ -107,6 +107,8 @@ class RunOrder:
     """Attempts of every node that ended before, whichever way."""
     ended: dict[str, tuple[str, str | None]]
     """Nodes that ended before otherwise than succeeding: node id -> (status, error)."""
+    retried: dict[tuple[str, int | None], int]
+    """(node id, foreach item or None) -> attempts that failed before the run came here."""
     parent_execution_id: str | None
     first_seq: int
     sleeping: dict[str, float]
@@ -188,6 +190,22 @@ def run_order(
             )
         else:
             sleeping[sleep.node_id] = sleep.started_at
+    retried: dict[tuple[str, int | None], int] = {}
+    for i, again in enumerate(request.retried):
+        item = again.item if again.HasField("item") else None
+        where = f"retried[{again.node_id or i}{'' if item is None else f'/{item}'}]"
+        if not again.node_id:
+            problems.append(FieldProblem(where + ".node_id", "required"))
+        elif (again.node_id, item) in retried:
+            problems.append(FieldProblem(where, "listed twice"))
+        elif again.node_id in attempts:
+            problems.append(FieldProblem(where, "the node is listed as completed too"))
+        elif again.failed < 1 or (item is not None and item < 0):
+            problems.append(
+                FieldProblem(where, f"failed must be 1 or more and item 0 or more, got {again}")
+            )
+        else:
+            retried[again.node_id, item] = again.failed
     if request.started_at and not _a_time(request.started_at):
         problems.append(
             FieldProblem("started_at", f"must be unix seconds or 0, got {request.started_at!r}")
@@ -198,6 +216,9 @@ def run_order(
     for node_id in attempts:
         if node_id not in spec.by_id:
             problems.append(FieldProblem(f"completed[{node_id}]", f"no such node in {spec.ref}"))
+    for node_id in sorted({node_id for node_id, _ in retried}):
+        if node_id not in spec.by_id:
+            problems.append(FieldProblem(f"retried[{node_id}]", f"no such node in {spec.ref}"))
     for node_id in sleeping:
         found = spec.by_id.get(node_id)
         if found is None:
@@ -216,6 +237,7 @@ def run_order(
         completed=completed,
         completed_attempts=attempts,
         ended=ended,
+        retried=retried,
         parent_execution_id=(
             request.parent_execution_id if request.HasField("parent_execution_id") else None
         ),

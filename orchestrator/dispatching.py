@@ -69,6 +69,8 @@ class RunTicket:
     """Sleeps that started and have not ended: node id -> first start, unix seconds."""
     started_at: float | None = None
     """When the run first started (unix seconds); None when it never has."""
+    retried: dict[tuple[str, int | None], int] = field(default_factory=dict)
+    """(node, foreach item or None) -> attempts that failed, of nodes not ended."""
 
 
 class DispatchStore(Protocol):
@@ -298,6 +300,10 @@ class Dispatcher:
                 for node_id, since in ticket.sleeping.items()
             ],
             started_at=ticket.started_at or 0.0,
+            retried=[
+                pb.RetriedNode(node_id=node_id, item=item, failed=failed)
+                for (node_id, item), failed in ticket.retried.items()
+            ],
         )
         if ticket.parent_execution_id:
             request.parent_execution_id = ticket.parent_execution_id

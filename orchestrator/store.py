@@ -1082,6 +1082,7 @@ class Store:
                 next_seq=int(last_seq) + 1,
                 sleeping=resume.sleeping,
                 started_at=resume.started_at,
+                retried=resume.retried,
             )
 
         # through the writer, so the ticket reflects every event already accepted for storage

@@ -139,6 +139,9 @@ class ResumePoint:
     they wait only what is left."""
     started_at: float | None = None
     """The first execution.started (unix seconds): the run's timeout counts from it."""
+    retried: dict[tuple[str, int | None], int] = field(default_factory=dict)
+    """(node, foreach item or None) -> attempts that failed, of nodes that have not ended:
+    their next attempt counts on from there."""
 
 
 def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
@@ -147,6 +150,7 @@ def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
     ended: set[str] = set()
     out: list[Checkpoint] = []
     sleeping: dict[str, float] = {}
+    retried: dict[tuple[str, int | None], int] = {}
     started_at: float | None = None
     for event in events:
         family, _, what = str(event.get("type", "")).partition(".")
@@ -162,6 +166,10 @@ def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
             attempts[node_id] = attempt
         data = event.get("data")
         data = data if isinstance(data, dict) else {}
+        if what == "retrying" and isinstance(attempt, int):
+            item = data.get("item")
+            key = (node_id, item if isinstance(item, int) else None)
+            retried[key] = max(retried.get(key, 0), attempt)
         if what == "started" and "sleep_s" in data and node_id not in sleeping:
             # only a sleep's node.started carries sleep_s; the first one is when it began, the
             # later ones are its resumptions
@@ -182,7 +190,9 @@ def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
                         node_id, None, tried, what, error if isinstance(error, str) else None
                     )
                 )
-    return ResumePoint(out, sleeping, started_at)
+    if retried:
+        retried = {key: n for key, n in retried.items() if key[0] not in ended}
+    return ResumePoint(out, sleeping, started_at, retried)
 
 
 def checkpoints(events: Iterable[JSONObject]) -> list[Checkpoint]:

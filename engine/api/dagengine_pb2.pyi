@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("execution_id", "spec", "inputs_json", "completed", "parent_execution_id", "first_seq", "sleeping", "started_at")
+    __slots__ = ("execution_id", "spec", "inputs_json", "completed", "parent_execution_id", "first_seq", "sleeping", "started_at", "retried")
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class ExecuteRequest(_message.Message):
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
     SLEEPING_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    RETRIED_FIELD_NUMBER: _ClassVar[int]
     execution_id: str
     spec: str
     inputs_json: str
@@ -24,7 +25,18 @@ class ExecuteRequest(_message.Message):
     first_seq: int
     sleeping: _containers.RepeatedCompositeFieldContainer[StartedSleep]
     started_at: float
-    def __init__(self, execution_id: _Optional[str] = ..., spec: _Optional[str] = ..., inputs_json: _Optional[str] = ..., completed: _Optional[_Iterable[_Union[CompletedNode, _Mapping]]] = ..., parent_execution_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., sleeping: _Optional[_Iterable[_Union[StartedSleep, _Mapping]]] = ..., started_at: _Optional[float] = ...) -> None: ...
+    retried: _containers.RepeatedCompositeFieldContainer[RetriedNode]
+    def __init__(self, execution_id: _Optional[str] = ..., spec: _Optional[str] = ..., inputs_json: _Optional[str] = ..., completed: _Optional[_Iterable[_Union[CompletedNode, _Mapping]]] = ..., parent_execution_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., sleeping: _Optional[_Iterable[_Union[StartedSleep, _Mapping]]] = ..., started_at: _Optional[float] = ..., retried: _Optional[_Iterable[_Union[RetriedNode, _Mapping]]] = ...) -> None: ...
+
+class RetriedNode(_message.Message):
+    __slots__ = ("node_id", "item", "failed")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    item: int
+    failed: int
+    def __init__(self, node_id: _Optional[str] = ..., item: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
 
 class StartedSleep(_message.Message):
     __slots__ = ("node_id", "started_at")

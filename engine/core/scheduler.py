@@ -227,12 +227,15 @@ class Run:
         completed: Mapping[str, JSON] | None = None,
         completed_attempts: Mapping[str, int] | None = None,
         ended: Mapping[str, tuple[str, str | None]] | None = None,
+        retried: Mapping[tuple[str, int | None], int] | None = None,
         sleeping: Mapping[str, float] | None = None,
         started_at: float | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
         """``completed``: outputs of nodes that succeeded before (a resumed run); ``ended``:
-        nodes that failed, were blocked or were skipped before, with their errors; ``sleeping``:
+        nodes that failed, were blocked or were skipped before, with their errors; ``retried``:
+        attempts of a node (or a foreach item) that failed before, which its next attempt and
+        its retry policy count on from; ``sleeping``:
         sleep nodes that had started before and not ended, with when they first started;
         ``started_at``: when the run first started, if before. Times are the stimuli's clock."""
         self.spec = spec
@@ -243,9 +246,15 @@ class Run:
         self._completed = dict(completed or {})
         self._completed_attempts = dict(completed_attempts or {})
         self._ended = dict(ended or {})
+        self._retried = dict(retried or {})
         self._sleeping = dict(sleeping or {})
         self._first_started_at = started_at
-        unknown = (set(self._completed) | set(self._ended) | set(self._sleeping)) - set(self.nodes)
+        unknown = (
+            set(self._completed)
+            | set(self._ended)
+            | set(self._sleeping)
+            | {node_id for node_id, _ in self._retried}
+        ) - set(self.nodes)
         if unknown:
             raise ValueError(f"resume names nodes not in {spec.ref}: {', '.join(sorted(unknown))}")
         wrong = sorted(
@@ -502,6 +511,8 @@ class Run:
             self._begin_sleep(n)
             return
         if spec.foreach is None:
+            if self._retried:
+                n.attempts = self._retried.get((spec.id, None), 0)
             self._ready.append((spec.id, None))
             return
         try:
@@ -518,6 +529,10 @@ class Run:
         n.items = items
         n.item_outputs = [None] * len(items)
         n.item_attempts = [0] * len(items)
+        if self._retried:
+            for (node_id, item), failed in self._retried.items():
+                if node_id == spec.id and item is not None and item < len(items):
+                    n.item_attempts[item] = failed
         if not items:
             self._emit("node.started", "info", spec.id, 1, {"items": 0})
             self._transition(n, "running")

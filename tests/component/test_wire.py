@@ -90,6 +90,26 @@ def test_nodes_that_ended_otherwise_are_read_with_their_errors() -> None:
     ]
 
 
+def test_retried_attempts_are_read_per_node_and_item() -> None:
+    got = order(
+        retried=[
+            pb.RetriedNode(node_id="a", failed=2),
+            pb.RetriedNode(node_id="b", item=3, failed=1),
+        ]
+    )
+    assert got.retried == {("a", None): 2, ("b", 3): 1}
+    with pytest.raises(BadRequest) as caught:
+        order(
+            completed=[pb.CompletedNode(node_id="a", output_json="1")],
+            retried=[
+                pb.RetriedNode(node_id="a", failed=1),
+                pb.RetriedNode(node_id="b", failed=0),
+                pb.RetriedNode(node_id="zz", item=1, failed=1),
+            ],
+        )
+    assert [p.field for p in caught.value.problems] == ["retried[a]", "retried[b]", "retried[zz]"]
+
+
 def test_every_bad_field_is_named_at_once() -> None:
     with pytest.raises(BadRequest) as caught:
         order(

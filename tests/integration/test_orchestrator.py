@@ -558,8 +558,9 @@ async def test_grpc_register_execute_watch_and_reflection(cluster: Cluster) -> N
 # -- clusters of their own ------------------------------------------------------------------------
 
 
-# besides the pause, nodes that end otherwise than succeeding before the engine goes: they
-# must stay ended as they did, or a failed node gets another go with each failover
+# Besides the pause, nodes that end otherwise than succeeding before the engine goes: they must
+# stay ended as they did, or a failed node gets another go with each failover. And a node
+# waiting to retry: its next attempt is its second, not a first all over again.
 ENDS_BEFORE_THE_PAUSE = """
   - id: broken
     lua: error("broken on purpose")
@@ -569,6 +570,9 @@ ENDS_BEFORE_THE_PAUSE = """
   - id: never
     when: "false"
     lua: return 1
+  - id: flaky
+    retry: {max_attempts: 2, delay: 30s}
+    lua: error("flaky on purpose")
 """
 
 
@@ -588,9 +592,12 @@ async def test_engine_killed_mid_run_the_run_completes_elsewhere_without_rerunni
         ends = {"first": "succeeded", "broken": "failed", "after_broken": "blocked"}
         ends |= {"never": "skipped", "pause": "running"}
         deadline = time.monotonic() + 30
+        ends |= {"flaky": "running"}  # its first attempt failed; the second waits 30 s
         while time.monotonic() < deadline:
             doc = await get(http, f"{cluster.url}/api/v1/executions/{eid}")
-            if {n: doc["nodes"][n]["status"] for n in ends} == ends:
+            if {n: doc["nodes"][n]["status"] for n in ends} == ends and doc["nodes"]["flaky"][
+                "error"
+            ]:
                 break
             await asyncio.sleep(0.05)
         assert {n: doc["nodes"][n]["status"] for n in ends} == ends, doc
@@ -600,13 +607,18 @@ async def test_engine_killed_mid_run_the_run_completes_elsewhere_without_rerunni
         victim.proc.wait(10)
         doc = await wait_status(http, cluster.url, eid)
         assert doc["status"] == "partial", doc  # a sink blocked, another skipped
-        assert doc["error"] == "node 'broken' failed: broken on purpose (line 1) (and 1 more)"
+        assert doc["error"] == "node 'broken' failed: broken on purpose (line 1) (and 2 more)"
+        assert doc["nodes"]["flaky"]["attempts"] == 2
         assert doc["outputs"] == {"last": {"done": 2}}
         assert doc["nodes"]["last"]["engine_id"] != victim_id
         events = (await get(http, f"{cluster.url}/api/v1/executions/{eid}/events"))["events"]
         started = Counter(e["node_id"] for e in events if e["type"] == "node.started")
         assert started["first"] == 1, "a completed node ran again after failover"
         assert started["broken"] == 1, "a failed node ran again after failover"
+        flaky = [
+            e["attempt"] for e in events if e["type"] == "node.started" and e["node_id"] == "flaky"
+        ]
+        assert flaky == [1, 2], "a node waiting to retry started over after failover"
         assert started["last"] == 1
         node_ends = Counter(
             e["node_id"]

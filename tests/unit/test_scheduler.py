@@ -343,6 +343,27 @@ def test_a_resumed_run_with_fail_fast_and_a_failed_node_ends_failed_at_once() ->
     assert d.status("g") == "cancelled" and d.status("h") == "cancelled"
 
 
+def test_resume_counts_attempts_that_failed_before_against_the_retry_policy() -> None:
+    retry = {"max_attempts": 3, "delay": "1s"}
+    wf = spec(
+        [
+            lua("a", retry=retry),
+            lua("each", foreach="{{ inputs.items }}", retry=retry),
+        ]
+    )
+    d = Driver(wf, {"items": [10, 20]}, retried={("a", None): 2, ("each", 1): 1}).start()
+    assert d.tasks[("a", None)].attempt == 3  # the last the policy allows
+    assert d.tasks[("each", 0)].attempt == 1 and d.tasks[("each", 1)].attempt == 2
+    assert d.tasks[("each", 1)].ctx["attempt"] == 2
+    d.fail("a", "still broken")
+    assert d.status("a") == "failed" and d.run.record("a").attempts == 3
+    assert "node.retrying" not in d.types("a")
+    d.fail("each", "flaky", item=1)
+    assert d.timers[("retry", "each", 1)] == 1.0  # attempt 3 of 3 still to come
+    d.advance(1)
+    assert d.tasks[("each", 1)].attempt == 3
+
+
 def test_resume_refuses_ends_a_node_cannot_have_had() -> None:
     wf = spec([lua("a"), lua("b")])
     with pytest.raises(ValueError, match=r"ended in ways they cannot: a \(cancelled\)"):

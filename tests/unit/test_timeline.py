@@ -173,6 +173,25 @@ def test_a_resume_point_has_sleeps_under_way_since_their_first_start() -> None:
     assert resume_point([event(1, "execution.queued")]) == resume_point([])
 
 
+def test_a_resume_point_counts_failed_attempts_of_nodes_not_ended() -> None:
+    point = resume_point(
+        [
+            event(2, "node.started", "a"),
+            event(3, "node.retrying", "a", attempt=1, error="x"),
+            event(4, "node.started", "a", attempt=2),
+            event(5, "node.retrying", "a", attempt=2, error="x"),
+            event(6, "node.started", "a", attempt=3),  # the engine died during attempt 3
+            event(7, "node.started", "each", items=2),
+            event(8, "node.retrying", "each", attempt=1, item=1, error="x"),
+            event(9, "node.started", "done"),
+            event(10, "node.retrying", "done", attempt=1, error="x"),
+            event(11, "node.succeeded", "done", attempt=2, output=1),
+        ]
+    )
+    assert point.retried == {("a", None): 2, ("each", 1): 1}
+    assert [c.node_id for c in point.checkpoints] == ["done"]
+
+
 def test_a_batch_summary_has_its_seq_range_start_end_and_node_ends() -> None:
     summary = summarize(
         [
