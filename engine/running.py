@@ -388,7 +388,10 @@ class Execution:
 
     def _condition_done(self, node_id: str, outcome: LuaOutcome) -> None:
         now = self._clock()
+        # a when expression may log too (a function it calls): its lines are the node's
+        logged = [sch.TaskLogged(node_id, 1, level, text, now) for level, text in outcome.logs]
         if outcome.ok:
-            self.feed(sch.ConditionEvaluated(node_id, bool(outcome.value), None, now))
+            self.feed(*logged, sch.ConditionEvaluated(node_id, bool(outcome.value), None, now))
         else:
-            self.feed(sch.ConditionEvaluated(node_id, None, outcome.error or "failed", now))
+            error = outcome.error or "failed"
+            self.feed(*logged, sch.ConditionEvaluated(node_id, None, error, now))

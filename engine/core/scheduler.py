@@ -384,9 +384,10 @@ class Run:
                 n.restored = True
                 status, error = self._ended[node_id]
                 n.attempts = self._completed_attempts.get(node_id, 0)
-                # a skip's reason is no error (as when it is skipped here)
-                reason = None if status == "skipped" else error
-                self._settle(n, cast(NodeStatus, status), error=reason, quiet=True)
+                if status == "skipped":
+                    self._settle(n, "skipped", data={"reason": error}, quiet=True)
+                else:
+                    self._settle(n, cast(NodeStatus, status), error=error, quiet=True)
                 if status == "failed" and failed is None:
                     failed = (node_id, error)
         if failed is not None and self.spec.fail_fast:
@@ -423,6 +424,10 @@ class Run:
         n.status = status
         n.output = output if status == "succeeded" else None
         n.error = error
+        if status == "skipped" and data is not None:
+            # why, as the execution JSON shows it for a skipped node (its event says "reason")
+            reason = data.get("reason")
+            n.error = reason if isinstance(reason, str) else None
         n.finished_at = self._now
         self._terminal += 1
         if not quiet:
@@ -601,6 +606,10 @@ class Run:
                 out.append(Emit("node.started", "info", now, node_id, attempt, data))
             elif item is None:
                 out.append(Emit("node.started", "info", now, node_id, attempt, {"retry": True}))
+            elif attempt > 1:
+                # an item's retry: each node.retrying is followed by its node.started
+                retry: JSONObject = {"retry": True, "item": item}
+                out.append(Emit("node.started", "info", now, node_id, attempt, retry))
             inputs: JSON = None
             if spec.kind == "workflow":
                 inputs = {}  # a child without ``inputs:`` gets none, as a run triggered bare

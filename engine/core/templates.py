@@ -151,7 +151,10 @@ def resolve(value: JSON, *, inputs: JSON, results: Lookup, ctx: JSON) -> JSON:
                 out.append(part)
             else:
                 got = _walk(part, inputs, results, ctx)
-                out.append(got if isinstance(got, str) else json.dumps(got, separators=(",", ":")))
+                if not isinstance(got, str):
+                    # compact JSON, text as it is (as Lua's json.encode writes it)
+                    got = json.dumps(got, separators=(",", ":"), ensure_ascii=False)
+                out.append(got)
         return "".join(out)
     if isinstance(value, list):
         return [resolve(v, inputs=inputs, results=results, ctx=ctx) for v in value]

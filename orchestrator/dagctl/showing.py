@@ -372,8 +372,13 @@ def event_message(event: JSONObject) -> str:
     data = _obj(event.get("data"))
     if kind == "node.log":
         return f"{data.get('level')}: {data.get('message')}"
+    # a foreach item's retry says which item
+    of_item = f" of item {data['item']}" if isinstance(data.get("item"), int) else ""
     if kind == "node.retrying":
-        return f"attempt {data.get('next_attempt')} in {data.get('delay_s')}s: {data.get('error')}"
+        return (
+            f"attempt {data.get('next_attempt')}{of_item} in {data.get('delay_s')}s: "
+            f"{data.get('error')}"
+        )
     if kind == "subscriber.lagged":
         return f"missed {data.get('missed')} events (the stream fell behind)"
     if kind.startswith("subworkflow."):
@@ -383,7 +388,7 @@ def event_message(event: JSONObject) -> str:
     if kind == "node.skipped":
         return text_of(data.get("reason"))
     if kind == "node.started" and (event.get("attempt") or 1) not in (0, 1):
-        return f"attempt {event.get('attempt')}"
+        return f"attempt {event.get('attempt')}{of_item}"
     if kind.startswith("engine."):
         return f"{data.get('address')}" + (f" ({data['reason']})" if data.get("reason") else "")
     parts = []

@@ -117,6 +117,26 @@ async def test_when_and_foreach_run_in_lua(pool: LuaPool) -> None:
     assert doc["nodes"]["never"]["status"] == "skipped"
 
 
+async def test_a_when_expression_that_logs_keeps_its_lines(pool: LuaPool) -> None:
+    doc, events = await run(
+        {
+            "nodes": [
+                {
+                    "id": "gate",
+                    "when": "log('info', 'checking the gate') == nil",
+                    "lua": "return 1",
+                },
+                {"id": "shut", "when": "log('warn', 'shut') and false", "lua": "return 1"},
+            ]
+        },
+        pool,
+    )
+    assert doc["nodes"]["gate"]["status"] == "succeeded"
+    logged = [(e.node_id, e.data["message"]) for e in events if e.type == "node.log"]
+    assert sorted(logged) == [("gate", "checking the gate"), ("shut", "shut")]
+    assert doc["nodes"]["shut"]["status"] == "skipped"
+
+
 async def test_node_timeout_stops_a_runaway_script() -> None:
     # an instruction budget no loop reaches in time, so the node's timeout is what stops it
     async with LuaPool(workers=2, limits=LuaLimits(instructions=10**15)) as pool:

@@ -592,6 +592,12 @@ def test_event_messages() -> None:
     started = event("node.started", "a")
     started["attempt"] = 3
     assert event_message(started) == "attempt 3"
+    item = event("node.started", "a", retry=True, item=4)
+    item["attempt"] = 2
+    assert event_message(item) == "attempt 2 of item 4"
+    assert event_message(
+        event("node.retrying", "a", next_attempt=2, delay_s=1.0, error="boom", item=4)
+    ) == ("attempt 2 of item 4 in 1.0s: boom")
 
 
 def test_durations() -> None:

@@ -135,6 +135,9 @@ def test_when_true_runs_false_skips_error_fails() -> None:
     d.condition("broken", None, "attempt to index a nil value")
     assert "yes" in d.running()
     assert d.status("no") == "skipped"
+    # the reason shows as the node's error, in the local runner's JSON as in the orchestrator's
+    assert d.run.record("no").error == "when 'false' is false"
+    assert [e.data for e in d.events if e.node_id == "no"] == [{"reason": "when 'false' is false"}]
     assert d.run.record("broken").error == "when: attempt to index a nil value"
 
 
@@ -326,7 +329,7 @@ def test_resume_keeps_failed_blocked_and_skipped_ends_and_runs_none_of_them_agai
     assert d.status("f") == "failed" and d.run.record("f").error == "boom"
     assert d.run.record("f").attempts == 3
     assert d.status("blk") == "blocked" and d.status("skip") == "skipped"
-    assert d.run.record("skip").error is None  # a skip's reason is no error
+    assert d.run.record("skip").error == "when 'false' is false"
     d.succeed("after_skip")
     d.succeed("alert")
     assert sorted(d.started_order) == ["after_skip", "alert"]
@@ -362,6 +365,18 @@ def test_resume_counts_attempts_that_failed_before_against_the_retry_policy() ->
     assert d.timers[("retry", "each", 1)] == 1.0  # attempt 3 of 3 still to come
     d.advance(1)
     assert d.tasks[("each", 1)].attempt == 3
+
+
+def test_a_foreach_item_retry_is_announced_like_a_node_retry() -> None:
+    wf = spec([lua("each", foreach="{{ inputs.items }}", retry={"max_attempts": 2})])
+    d = Driver(wf, {"items": ["x", "y"]}).start()
+    d.fail("each", "flaky", item=1)
+    d.advance(1)
+    d.succeed("each", item=0)
+    d.succeed("each", item=1)
+    assert d.types("each") == ["node.started", "node.retrying", "node.started", "node.succeeded"]
+    again = [e for e in d.events if e.type == "node.started"][1]
+    assert (again.attempt, again.data) == (2, {"retry": True, "item": 1})
 
 
 def test_resume_refuses_ends_a_node_cannot_have_had() -> None:

@@ -32,6 +32,8 @@ def test_whole_template_keeps_type() -> None:
 def test_inline_template_becomes_text() -> None:
     assert r("from {{ inputs.source }}: {{ results.extract.rows }}") == "from cron: [1,2,3]"
     assert r("{{ inputs.limit }}{{ inputs.limit }}") == "1010"
+    inline = resolve("v={{ inputs.o }}", inputs={"o": {"k": "é ☃"}}, results=lookup, ctx={})
+    assert inline == 'v={"k":"é ☃"}'
 
 
 def test_nested_values_resolve() -> None:
