@@ -125,12 +125,12 @@ def _serve() -> int:
     # the service's modules are imported here so `validate` stays light
     from engine.logformat import configure_logging
     from engine.serving import serve
-    from engine.settings import Settings, SettingsError
+    from engine.settings import Settings, SettingsError, refusal_line
 
     try:
         settings = Settings.from_env(os.environ)
     except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(refusal_line(exc, os.environ, "engine.settings"), file=sys.stderr)
         return EXIT_INVALID
     configure_logging(settings.log_format, settings.log_level)
     return asyncio.run(serve(settings))

@@ -40,7 +40,14 @@ class YamlRefused(ValueError):
 def load_yaml(text: str, inspect: Callable[[yaml.Node], None] | None = None) -> Any:
     """The data in ``text`` (None for an empty document), or YamlRefused. ``inspect`` is shown
     the node tree first: building the data flattens merge keys (``<<``) into it."""
-    loader = yaml.SafeLoader(text)
+    try:
+        # the loader reads the whole text on creation: a character YAML refuses (a NUL)
+        # is found here already
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise YamlRefused(f"invalid YAML: character U+{char:04X} is not allowed", line) from None
     try:
         root = loader.get_single_node()
         if root is None:
@@ -141,6 +148,8 @@ def read_document(
             raise SpecError(
                 [SpecProblem("", f"invalid JSON: {exc.msg}", exc.lineno)], source
             ) from exc
+        except RecursionError:
+            raise SpecError([SpecProblem("", "invalid JSON: nested too deeply")], source) from None
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except (yaml.YAMLError, RecursionError):
@@ -169,7 +178,7 @@ def parse_text(
     if json_only:
         try:
             doc = json.loads(text, object_pairs_hook=_unique_keys)
-        except (json.JSONDecodeError, _DuplicateKey):
+        except (json.JSONDecodeError, _DuplicateKey, RecursionError):
             pass  # the located path below reports it
         else:
             try:

@@ -248,7 +248,10 @@ class EngineService(pb_grpc.EngineServicer):
             self._metrics.executions_refused.labels(code.name).inc()
             log.info(
                 "execution %s refused: %s: %s",
-                request.execution_id or "(no id)",
+                # a refused id is the client's text: quoted, so it cannot forge log lines
+                wire.bounded(repr(request.execution_id), 200)
+                if request.execution_id
+                else "(no id)",
                 code.name,
                 str(error).split("\n", 1)[0],
                 extra={"engine_id": self._settings.engine_id},

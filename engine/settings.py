@@ -7,6 +7,7 @@ line that names the variable, which the entry point prints before exiting 2.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +25,19 @@ from engine.core.envparse import (
     text,
 )
 
-__all__ = ["LogFormat", "Settings", "SettingsError"]
+__all__ = ["LogFormat", "Settings", "SettingsError", "refusal_line"]
+
+
+def refusal_line(error: SettingsError, env: Mapping[str, str], logger: str) -> str:
+    """The one line a setting refused at start-up is told in, before logging is set up: a JSON
+    log record when ``LOG_FORMAT`` is json (a container's log is parsed as such), else
+    ``error: ...``."""
+    if env.get("LOG_FORMAT", "").strip().lower() != "json":
+        return f"error: {error}"
+    from engine.logformat import JsonLines  # the entry point's concern, not this module's
+
+    record = logging.LogRecord(logger, logging.ERROR, __file__, 0, "%s", (error,), None)
+    return JsonLines().format(record)
 
 
 @dataclass(frozen=True, slots=True)

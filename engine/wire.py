@@ -84,11 +84,17 @@ def _json_field(text: str, field: str, problems: list[FieldProblem], empty: JSON
         )
     except ValueError as exc:
         problems.append(FieldProblem(field, f"not valid JSON: {exc}"))
+    except RecursionError:
+        problems.append(FieldProblem(field, "not valid JSON: nested too deeply"))
     return None
 
 
 # -- requests -----------------------------------------------------------------------------------
 
+
+MAX_SEQ: Final = 2**53
+"""The highest event seq: exact in every client's JSON (a JavaScript number), and far beyond
+what any run reaches."""
 
 _RESUMED_ENDS: Final = frozenset({"failed", "blocked", "skipped"})
 """How a node may have ended before a run resumes, besides succeeding. A cancelled node ends
@@ -135,8 +141,8 @@ def run_order(
             )
         )
     inputs = _json_field(request.inputs_json, "inputs_json", problems, empty={})
-    if request.first_seq < 0:
-        problems.append(FieldProblem("first_seq", f"must be 0 or more, got {request.first_seq}"))
+    if not 0 <= request.first_seq <= MAX_SEQ:
+        problems.append(FieldProblem("first_seq", f"must be 0 to 2^53, got {request.first_seq}"))
     completed: dict[str, JSON] = {}
     ended: dict[str, tuple[str, str | None]] = {}
     attempts: dict[str, int] = {}

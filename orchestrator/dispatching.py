@@ -387,6 +387,13 @@ class Dispatcher:
                 # the engine still holds this run from a stream that broke (an orchestrator
                 # restart): it cancels that run shortly, then the id is free again
                 return "busy"
+            if run.lost:
+                # the fleet said the engine is gone and we cancelled the call ourselves (gRPC
+                # may report that as CANCELLED rather than raise CancelledError): said already
+                log.warning(
+                    "engine %s lost with %s: resuming elsewhere", run.link.key, ticket.execution_id
+                )
+                return "lost" if answered else "unreachable"
             log.warning(
                 "lost %s on %s (%s: %s): resuming elsewhere",
                 ticket.execution_id,

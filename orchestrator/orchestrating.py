@@ -38,7 +38,7 @@ from orchestrator.fleet import Fleet
 from orchestrator.lua_checking import LuaSyntaxChecker
 from orchestrator.metrics import Metrics
 from orchestrator.monitoring import Hub
-from orchestrator.store import LIST_LIMIT, Store, TriggerFire
+from orchestrator.store import LIST_LIMIT, MAX_IDEMPOTENCY_KEY, Store, TriggerFire
 from orchestrator.subworkflows import ChildRequest, ChildStarted, SubWorkflows
 from orchestrator.versions import Registry
 
@@ -126,6 +126,14 @@ class Orchestrator:
             if not waiter.done():
                 waiter.set_result(event)
 
+    def release_waiters(self) -> None:
+        """Stopping: whoever waits for a run to end (``wait``, a cancel) is answered now with
+        the run as it stands, as when the wait runs out; the run goes on after a restart."""
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(TimeoutError("the orchestrator is stopping"))
+
     # -- start ------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -188,6 +196,12 @@ class Orchestrator:
         """``fire``: the cron slot this run is for, stored with it (``SlotTaken`` if decided).
         ``brief``: a run that ends while waited for is answered from its final event (id,
         status, outputs, error, times; no nodes) instead of being read back whole."""
+        if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            # every API's limit (HTTP checks its header the same way first)
+            raise InvalidArgument(
+                f"the idempotency key is longer than {MAX_IDEMPOTENCY_KEY} characters "
+                f"({len(idempotency_key)})"
+            )
         spec = self.registry.resolve_spec(workflow_id, version or "latest")
         check_inputs(spec, inputs)
         if self.dispatcher.queue_depth >= self.queue_limit:

@@ -25,6 +25,7 @@ from aiohttp import web
 from engine import wire
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.logformat import configure_logging
+from engine.settings import refusal_line
 from orchestrator.discovery import Discovery, DnsDiscovery, StaticDiscovery
 from orchestrator.dispatching import Dispatcher
 from orchestrator.fleet import Fleet
@@ -200,12 +201,16 @@ async def _serve_apis(
             triggers=_triggers_of(orch),
         ).app(),
         access_log=None,
+        # requests still open when stopping get this long (aiohttp's default is a minute,
+        # past the pod's termination grace)
+        shutdown_timeout=_STOP_GRACE,
     )
     await runner.setup()
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", settings.max_body_bytes * 4),
+            # HTTP's body limit, with room for the other fields of a request
+            ("grpc.max_receive_message_length", settings.max_body_bytes + 64 * 1024),
         ]
     )
     try:
@@ -252,6 +257,7 @@ async def _serve_apis(
         log.info("stopping: no new requests; unfinished runs resume at the next start")
         await health.enter_graceful_shutdown()
         orch.hub.close_all()  # live event streams end now instead of holding the stop
+        orch.release_waiters()  # callers waiting on runs get them as they stand (202)
         return 0
     finally:
         await runner.cleanup()
@@ -272,7 +278,7 @@ def main() -> int:
     try:
         settings = Settings.from_env(os.environ)
     except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(refusal_line(exc, os.environ, "orchestrator.settings"), file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
     logging.getLogger("aiohttp.server").addFilter(MalformedRequests())

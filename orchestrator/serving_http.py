@@ -24,7 +24,7 @@ from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.errors import OrchestratorError, Unavailable
 from orchestrator.monitoring import EventFilter, Hub, Subscription
-from orchestrator.store import LIST_LIMIT
+from orchestrator.store import LIST_LIMIT, MAX_IDEMPOTENCY_KEY
 from orchestrator.subworkflows import ChildRequest, ChildStarted
 from orchestrator.triggering import HttpTrigger, Triggers
 
@@ -250,8 +250,10 @@ def _flag(request: web.Request, name: str) -> bool:
 
 def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key") or None
-    if key is not None and len(key) > 200:
-        raise HttpError(400, "bad_request", "Idempotency-Key is longer than 200 characters")
+    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+        raise HttpError(
+            400, "bad_request", f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY} characters"
+        )
     return key
 
 

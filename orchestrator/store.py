@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 IDEMPOTENCY_WINDOW: Final = 24 * 3600.0
+MAX_IDEMPOTENCY_KEY: Final = 200
+"""Characters an idempotency key may have: it is stored and indexed with each run."""
 LIST_LIMIT: Final = 1000
 """Most executions one listing returns."""
 _MAX_GROUP: Final = 512

@@ -69,6 +69,18 @@ def test_yaml_syntax_error_names_the_line() -> None:
     assert got[0].startswith("wf.yaml:4: invalid YAML:")
 
 
+def test_a_character_yaml_refuses_is_named_with_its_line() -> None:
+    assert messages("id: w\nname: a\x00b\n") == [
+        "wf.yaml:2: invalid YAML: character U+0000 is not allowed"
+    ]
+
+
+def test_json_nested_past_what_python_reads_is_refused_not_crashed() -> None:
+    deep = '{"a": ' + "[" * 200_000 + "]" * 200_000 + "}"
+    assert messages(deep, json_only=True) == ["wf.yaml: invalid JSON: nested too deeply"]
+    assert messages(deep) == ["wf.yaml: invalid YAML: nested too deeply"]
+
+
 def test_json_documents_work_and_report_lines() -> None:
     spec = spec_from_text(
         '{"id": "j", "version": "2.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}',

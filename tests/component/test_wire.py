@@ -110,6 +110,21 @@ def test_retried_attempts_are_read_per_node_and_item() -> None:
     assert [p.field for p in caught.value.problems] == ["retried[a]", "retried[b]", "retried[zz]"]
 
 
+def test_json_nested_too_deeply_and_seqs_past_2_53_are_field_problems() -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(BadRequest) as caught:
+        order(
+            inputs_json=deep,
+            first_seq=2**62,
+            completed=[pb.CompletedNode(node_id="a", output_json=deep)],
+        )
+    assert [(p.field, p.message) for p in caught.value.problems] == [
+        ("inputs_json", "not valid JSON: nested too deeply"),
+        ("first_seq", f"must be 0 to 2^53, got {2**62}"),
+        ("completed[a].output_json", "not valid JSON: nested too deeply"),
+    ]
+
+
 def test_every_bad_field_is_named_at_once() -> None:
     with pytest.raises(BadRequest) as caught:
         order(

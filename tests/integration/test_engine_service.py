@@ -548,9 +548,18 @@ async def test_reflection_lists_engine_and_health(client: Client) -> None:
 def test_a_bad_environment_value_stops_start_up(
     start_engine: StartEngine, env: dict[str, str], message: str
 ) -> None:
-    engine = start_engine(wait=False, **env)
+    engine = start_engine(wait=False, **{"LOG_FORMAT": "plain", **env})
     assert engine.wait(TIMEOUT) == 2
     assert engine.log().strip() == message
+
+
+def test_a_refused_setting_is_a_json_line_when_logs_are_json(start_engine: StartEngine) -> None:
+    engine = start_engine(wait=False, CAPACITY="abc", LOG_FORMAT="json")
+    assert engine.wait(TIMEOUT) == 2
+    [line] = engine.log().strip().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "error" and record["logger"] == "engine.settings"
+    assert record["message"] == "CAPACITY must be a positive integer, got 'abc'"
 
 
 async def test_metrics_count_runs_and_events(start_engine: StartEngine) -> None:

@@ -471,6 +471,28 @@ async def test_metrics_count_executions_and_engines(cluster: Cluster) -> None:
     assert 'dagengine_nodes_total{status="succeeded"}' in text
 
 
+async def test_an_idempotency_key_past_200_characters_is_refused_on_both_apis(
+    cluster: Cluster,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        await register(http, cluster.url, DIAMOND)
+        listed = await get(http, f"{cluster.url}/api/v1/executions?workflow=diamond")
+        before = len(listed["executions"])
+        status, body = await trigger(http, cluster.url, "diamond", **{"Idempotency-Key": "k" * 201})
+        assert status == 400 and "longer than 200" in body["error"]["message"], body
+    async with grpc.aio.insecure_channel(cluster.orchestrator.grpc_address) as channel:
+        stub = pb_grpc.OrchestratorStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ExecuteWorkflow(
+                pb.ExecuteWorkflowRequest(workflow_id="diamond", idempotency_key="k" * 201),
+                metadata=(("authorization", "Bearer s3cret"),),
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == "the idempotency key is longer than 200 characters (201)"
+        after = await stub.ListExecutions(pb.ListExecutionsRequest(workflow_id="diamond"))
+    assert len(after.executions) == before  # nothing was stored
+
+
 async def test_grpc_register_execute_watch_and_reflection(cluster: Cluster) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -634,6 +656,31 @@ async def test_engine_killed_mid_run_the_run_completes_elsewhere_without_rerunni
         }
         assert engines[victim_id]["state"] == "unhealthy"
         assert engines[doc["nodes"]["last"]["engine_id"]]["state"] == "ready"
+
+
+async def test_a_stopping_orchestrator_answers_a_waiting_trigger_and_exits_promptly(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = start_cluster(engines=1, API_TOKEN="s3cret")
+    async with aiohttp.ClientSession() as http:
+        await wait_engines(http, cluster.url, 1)
+        await register(http, cluster.url, first_pause_last("long", "10m"))
+        waiting = asyncio.create_task(
+            trigger(http, cluster.url, "long", {"wait": True, "timeout": 300})
+        )
+        deadline = time.monotonic() + 30
+        while True:  # the run is under way and its trigger waits
+            listed = await get(http, f"{cluster.url}/api/v1/executions?workflow=long")
+            if [e["status"] for e in listed["executions"]] == ["running"]:
+                break
+            assert time.monotonic() < deadline, listed
+            await asyncio.sleep(0.05)
+        cluster.orchestrator.proc.send_signal(signal.SIGTERM)
+        # before, aiohttp held the stop a minute for the open request (past the pod's grace)
+        status, body = await asyncio.wait_for(waiting, 30)
+        assert status == 202, body
+        assert body["status"] == "running" and body["execution_id"]
+        assert cluster.orchestrator.proc.wait(30) == 0
 
 
 async def test_orchestrator_killed_with_runs_queued_and_running_all_complete(
