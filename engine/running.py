@@ -125,13 +125,15 @@ class Execution:
         *,
         output: JSON = None,
         error: str | None = None,
+        retryable: bool = True,
     ) -> None:
-        """Complete a task finished elsewhere (a sub-workflow child)."""
+        """Complete a task finished elsewhere (a sub-workflow child); ``retryable``: whether
+        the node's retry policy may try again after this failure."""
         now = self._clock()
         if error is None:
             self.feed(sch.TaskSucceeded(node_id, item, attempt, output, now))
         else:
-            self.feed(sch.TaskFailed(node_id, item, attempt, error, now))
+            self.feed(sch.TaskFailed(node_id, item, attempt, error, now, retryable=retryable))
 
     def emit(
         self,

@@ -209,7 +209,14 @@ class StreamedSubWorkflows:
                 data=data,
             )
         execution.resolve_task(
-            answer.node_id, answer.item, answer.attempt, output=answer.output, error=answer.error
+            answer.node_id,
+            answer.item,
+            answer.attempt,
+            output=answer.output,
+            error=answer.error,
+            # no child: it was refused (no such version, its inputs, the depth limit), and
+            # every retry would be refused the same way
+            retryable=bool(answer.child_execution_id),
         )
 
     def forget(self, execution_id: str) -> None:

@@ -253,7 +253,10 @@ async def test_depth_limit_fails_the_node_that_would_nest_too_deep(subs: Cluster
     url = subs.url
     async with aiohttp.ClientSession() as http:
         await register(http, url, CHILD.format(id="d4", version="1.0.0"))
-        for level, child in (("d3", "d4"), ("d2", "d3"), ("d1", "d2")):
+        # d3's node retries, but a child refused is refused again: it is not retried
+        retrying = LEVEL.format(id="d3", child="d4") + "    retry: {max_attempts: 3}\n"
+        await register(http, url, retrying)
+        for level, child in (("d2", "d3"), ("d1", "d2")):
             await register(http, url, LEVEL.format(id=level, child=child))
         doc = await wait_end(http, url, await start(http, url, "d1"))
         assert doc["status"] == "failed"
@@ -262,6 +265,7 @@ async def test_depth_limit_fails_the_node_that_would_nest_too_deep(subs: Cluster
         d3 = await execution(http, url, d2["children"][0])
         assert d3["children"] == []
         assert f"MAX_SUBWORKFLOW_DEPTH {MAX_DEPTH}" in d3["nodes"]["sub"]["error"], d3
+        assert d3["nodes"]["sub"]["attempts"] == 1, d3
         assert d3["status"] == "failed" and d2["status"] == "failed"
     # dagctl shows the tree: d2 below d1, d3 below d2, each with its state
     shown = describe(url, doc["id"]).splitlines()
