@@ -24,7 +24,8 @@ def _extras(record: logging.LogRecord) -> dict[str, object]:
 
 
 class JsonLines(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, the extra fields, any traceback."""
+    """One JSON object per line: time, level, logger, message, the extra fields, any traceback
+    (``exception``) and any ``stack_info=True`` stack (``stack``)."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
@@ -38,6 +39,10 @@ class JsonLines(logging.Formatter):
         line.update(_extras(record))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            # in a field of its own, as the plain format adds it after the message: dropping it
+            # would lose exactly what the caller asked to see
+            line["stack"] = self.formatStack(record.stack_info)
         return json.dumps(line, default=str, ensure_ascii=False)
 
 

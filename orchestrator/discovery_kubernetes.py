@@ -7,9 +7,10 @@ resourceVersion with bookmarks; relist when the API answers 410 Gone and every
 ``ENGINE_DISCOVERY_INTERVAL`` anyway; rewatch after a dropped connection. Each change is reported
 to the fleet as soon as its watch event arrives.
 
-When the API refuses (RBAC) or cannot be reached, that is logged once, clearly, and nothing is
-reported: the fleet keeps the last engines it was told about, and their own health checks
-decide whether they still get work.
+When the API refuses (credentials or RBAC) or cannot be reached, that is logged once, clearly,
+and nothing is reported: the fleet keeps the last engines it was told about, and their own health
+checks decide whether they still get work. The outage ends when a watch is answered, not a list:
+RBAC may allow list and not watch, and the lists alone would otherwise call every retry a recovery.
 
 This is the only module that imports the ``kubernetes`` client (DESIGN section 2). Its asyncio
 API is used for connection set-up, authentication and the list/watch requests; watch lines are
@@ -20,7 +21,8 @@ Errors::
 
     KubernetesApiError          anything that stopped a list or watch
     ├── ApiUnreachable          no connection, or it broke before an answer
-    ├── ApiRefused              401 / 403: credentials or RBAC
+    ├── ApiUnauthorized         401: the credentials (token, certificate) are not accepted
+    ├── ApiRefused              403: RBAC does not allow it
     ├── ApiGone                 410: the resourceVersion is too old; relist
     └── ApiStatusError          any other status from the API server
     WatchBroken                 an established watch stream broke; rewatch (not an outage)
@@ -32,7 +34,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -194,6 +196,10 @@ class ApiUnreachable(KubernetesApiError):
     outage = "unreachable"
 
 
+class ApiUnauthorized(KubernetesApiError):
+    outage = "unauthorized"
+
+
 class ApiRefused(KubernetesApiError):
     outage = "refused"
 
@@ -218,7 +224,9 @@ def _status_error(code: int, body: str, what: str) -> KubernetesApiError:
     except (ValueError, AttributeError):
         message = body.strip()[:200] or "no message"
     text = f"{what}: HTTP {code}: {message}"
-    if code in (401, 403):
+    if code == 401:
+        return ApiUnauthorized(text)
+    if code == 403:
         return ApiRefused(text)
     if code == 410:
         return ApiGone(text)
@@ -283,8 +291,16 @@ class KubeObjects:
             raise ApiStatusError(f"listing {self.what}: not a list: {body[:200]!r}") from exc
         return items, version
 
-    async def watch(self, resource_version: str, timeout: float) -> AsyncIterator[WatchEvent]:
-        """Events after ``resource_version`` for up to ``timeout`` seconds, bookmarks included."""
+    async def watch(
+        self,
+        resource_version: str,
+        timeout: float,
+        answered: Callable[[], None] | None = None,
+    ) -> AsyncIterator[WatchEvent]:
+        """Events after ``resource_version`` for up to ``timeout`` seconds, bookmarks included.
+
+        ``answered`` is called once the API server has accepted the watch (HTTP 200), before
+        any event: an idle watch may send none for minutes."""
         try:
             resp = await self._call(
                 self.namespace,
@@ -302,6 +318,8 @@ class KubeObjects:
         try:
             if resp.status != 200:
                 raise _status_error(resp.status, await resp.text(), f"watching {self.what}")
+            if answered is not None:
+                answered()
             while True:
                 try:
                     line = await resp.content.readline()
@@ -446,7 +464,6 @@ class KubernetesDiscovery:
         items, self.resource_version = await objects.list()
         self.lists += 1
         self.cache.replace(items)
-        self._recovered(objects.what)
         self._publish()
         loop = asyncio.get_running_loop()
         resync_at = loop.time() + self.interval
@@ -455,7 +472,11 @@ class KubernetesDiscovery:
             started = loop.time()
             try:
                 async with asyncio.timeout(remaining + 5):
-                    async for event in objects.watch(self.resource_version, remaining):
+                    async for event in objects.watch(
+                        self.resource_version,
+                        remaining,
+                        answered=lambda: self._recovered(objects.what),
+                    ):
                         delay = _BACKOFF_FIRST
                         if event.resource_version:
                             self.resource_version = event.resource_version
@@ -498,7 +519,25 @@ class KubernetesDiscovery:
         if self._outage == exc.outage:
             return
         self._outage = exc.outage
-        if isinstance(exc, ApiRefused):
+        if isinstance(exc, ApiUnauthorized):
+            if self.settings.in_cluster_config:
+                whose = "the pod's service-account token (IN_CLUSTER_CONFIG=true)"
+            else:
+                whose = (
+                    f"the user of the kubeconfig {self.settings.kubeconfig or '~/.kube/config'}"
+                    " (IN_CLUSTER_CONFIG=false)"
+                )
+            # not RBAC: the API server does not know who is asking, so roles cannot help
+            log.error(
+                "Kubernetes API rejected the orchestrator's credentials: %s. Check %s: the token"
+                " or certificate is expired, invalid or revoked; keeping the %d engines known"
+                " and retrying",
+                exc,
+                whose,
+                self._known,
+                extra={"event": "discovery.unauthorized"},
+            )
+        elif isinstance(exc, ApiRefused):
             log.error(
                 "Kubernetes API refused discovery: %s. The orchestrator's ServiceAccount needs"
                 " get, list and watch on %s in namespace %s (deployments/rbac.yaml); keeping the"

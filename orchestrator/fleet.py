@@ -5,6 +5,14 @@ Discovery reports addresses; the fleet opens one channel per engine, asks its he
 capacity from ``GetInfo``, and keeps only serving engines in the balancer. Changes become
 engine.joined / engine.left / engine.unhealthy events. An engine that stops answering loses its
 runs: the dispatcher is told at once and resumes them elsewhere.
+
+An engine that discovery stops listing is not one that stopped answering. Kubernetes takes a
+pod out of its EndpointSlice (ready: false, terminating: true) before it sends the SIGTERM that
+starts the engine's drain, and a readiness blip does the same. Such an engine still holding runs
+is kept, *undiscovered*: out of the balancer, ``draining``, still health-checked, so it finishes
+its runs (or hands them back with UNAVAILABLE at the end of its grace) instead of having them
+cut off and run again elsewhere. It goes once it holds none, or as lost when it stops answering;
+listed again, it is an ordinary engine again.
 """
 
 from __future__ import annotations
@@ -28,6 +36,14 @@ from orchestrator.discovery import EngineHint
 from orchestrator.ring import Balancer
 
 log = logging.getLogger(__name__)
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 
 ENGINE_SERVICE = "dagengine.v1.Engine"
 EngineStateName = Literal["joining", "ready", "draining", "unhealthy"]
@@ -63,6 +79,9 @@ class EngineLink:
     reported_capacity: int | None = None
     capacity_limit: int | None = None
     """From discovery (a pod annotation): ``capacity`` never exceeds it."""
+    discovered: bool = True
+    """False while discovery no longer lists the engine but runs are still on it (see the
+    module docstring): it drains them and is never made ready again until listed again."""
 
     def settle_capacity(self, default: int) -> None:
         own = self.reported_capacity or default
@@ -124,10 +143,22 @@ class Fleet:
     # -- membership -------------------------------------------------------------------------
 
     def update(self, addresses: set[str], hints: Mapping[str, EngineHint] | None = None) -> None:
-        """Discovery's latest view: connect to new engines, drop vanished ones."""
+        """Discovery's latest view: connect to new engines, drop vanished ones (or let those
+        with runs drain first)."""
         for address, hint in (hints or {}).items():
             if address in self.links:
                 self._take_hint(self.links[address], hint)
+        for address in addresses & set(self.links):
+            link = self.links[address]
+            if not link.discovered:
+                link.discovered = True
+                log.info(
+                    "engine %s at %s is listed again",
+                    link.key,
+                    address,
+                    extra={"engine_id": link.key},
+                )
+                self._spawn_check(link)  # serving: back in the balancer at once
         for address in addresses - set(self.links):
             channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             link = EngineLink(
@@ -142,15 +173,53 @@ class Fleet:
                 self._take_hint(link, hints[address])
             self._spawn_check(link)
         for address in set(self.links) - addresses:
-            link = self.links.pop(address)
-            was_ready = link.state == "ready"
-            self._balancer.remove(link.key)
-            if was_ready:
-                self._event("engine.left", "warning", link, {"reason": "no longer discovered"})
+            link = self.links[address]
+            if self._drained(link):
+                continue
+            if link.in_flight > 0 and link.state != "unhealthy":
+                if link.discovered:
+                    self._undiscover(link)
+                continue
             self._on_lost(link)
-            task = asyncio.get_running_loop().create_task(link.channel.close())
-            self._checking.add(task)
-            task.add_done_callback(self._checking.discard)
+            self._drop(link, "no longer discovered")
+
+    def _undiscover(self, link: EngineLink) -> None:
+        """Discovery let go of an engine that still has runs: let it finish them."""
+        link.discovered = False
+        reason = f"no longer discovered: finishing its {link.in_flight} runs in flight"
+        if link.state == "draining":
+            log.info(
+                "engine %s at %s %s", link.key, link.address, reason, extra={"engine_id": link.key}
+            )
+        else:
+            self._become(link, "draining", reason)
+
+    def _drop(self, link: EngineLink, reason: str) -> None:
+        """Forget the engine and close its channel (the caller has told the dispatcher of any
+        runs lost with it)."""
+        if self.links.get(link.address) is link:
+            del self.links[link.address]
+        if link.state == "ready":
+            # only a ready link is in the balancer; another link may hold the same key by now
+            # (a pod back under its name at a new address)
+            self._balancer.remove(link.key)
+            self._event("engine.left", "warning", link, {"reason": reason})
+        task = asyncio.get_running_loop().create_task(link.channel.close())
+        self._checking.add(task)
+        task.add_done_callback(self._checking.discard)
+
+    def _drained(self, link: EngineLink) -> bool:
+        """Drop an undiscovered engine once it holds no run; True when it was dropped."""
+        if link.discovered or link.in_flight > 0:
+            return False
+        log.info(
+            "engine %s at %s finished its runs and is gone",
+            link.key,
+            link.address,
+            extra={"engine_id": link.key},
+        )
+        self._drop(link, "drained")
+        return True
 
     def _take_hint(self, link: EngineLink, hint: EngineHint) -> None:
         if hint.capacity != link.capacity_limit:
@@ -201,26 +270,31 @@ class Fleet:
         task.add_done_callback(self._checking.discard)
 
     async def check(self, link: EngineLink) -> None:
+        if self.links.get(link.address) is not link or self._drained(link):
+            return  # gone since this check was planned, or now
         link.checked_at = time.time()
         try:
             reply = await link.health(
                 health_pb2.HealthCheckRequest(service=ENGINE_SERVICE), timeout=self._check_timeout
             )
             serving = reply.status == health_pb2.HealthCheckResponse.SERVING
-            if serving and (link.state != "ready" or not link.engine_id):
+            if serving and link.discovered and (link.state != "ready" or not link.engine_id):
                 info = await link.stub.GetInfo(pb.GetInfoRequest(), timeout=self._check_timeout)
                 self._learn(link, info)
         except grpc.aio.AioRpcError as exc:
             self._failed(link, f"{exc.code().name}: {exc.details()}")
             return
-        if link.address not in self.links:
+        if self.links.get(link.address) is not link:
             return  # discovery dropped it while we asked
         link.failures = 0
         link.last_error = None
-        if serving:
+        if not link.discovered:
+            # its pod is leaving: serving or not, it only finishes what it has
+            self._drained(link)
+        elif serving:
             self._become(link, "ready")
         else:
-            self._become(link, "draining")
+            self._become(link, "draining", "draining")
 
     def _learn(self, link: EngineLink, info: pb.EngineInfo) -> None:
         if info.engine_id and info.engine_id != link.engine_id:
@@ -244,17 +318,24 @@ class Fleet:
     def _failed(self, link: EngineLink, error: str) -> None:
         link.failures += 1
         link.last_error = error
-        if link.address in self.links and link.state != "unhealthy":
-            previous = link.state
-            link.state = "unhealthy"
+        if self.links.get(link.address) is not link or link.state == "unhealthy":
+            return
+        if self._drained(link):
+            return  # it went away after its last run, as a drained engine does
+        previous = link.state
+        link.state = "unhealthy"
+        if previous == "ready":
             self._balancer.remove(link.key)
-            if previous != "joining":
-                self._event("engine.unhealthy", "error", link, {"error": error})
-                self._on_lost(link)
-            else:
-                log.warning("engine at %s is not answering yet: %s", link.address, error)
+        if previous != "joining":
+            self._event("engine.unhealthy", "error", link, {"error": error})
+            self._on_lost(link)
+        else:
+            log.warning("engine at %s is not answering yet: %s", link.address, error)
+        if not link.discovered:
+            # nothing will list it again to bring it back: its runs are resuming elsewhere
+            self._drop(link, "no longer discovered and not answering")
 
-    def _become(self, link: EngineLink, state: EngineStateName) -> None:
+    def _become(self, link: EngineLink, state: EngineStateName, reason: str = "") -> None:
         if link.state == state:
             return
         previous = link.state
@@ -265,12 +346,21 @@ class Fleet:
             self._on_capacity()
         elif state == "draining":
             # a draining engine finishes what it has; it just gets nothing new
-            self._balancer.remove(link.key)
-            self._event("engine.left", "warning", link, {"reason": "draining"})
+            if previous == "ready":
+                self._balancer.remove(link.key)
+            self._event("engine.left", "warning", link, {"reason": reason})
 
     def _event(self, kind: str, severity: str, link: EngineLink, data: JSONObject) -> None:
         self._seq += 1
-        log.info("%s %s at %s", kind, link.key, link.address)
+        # at the event's own severity, with its reason: a filter on warnings must see an
+        # engine leave or fail, and why, without reading the event stream
+        detail = data.get("error") or data.get("reason")
+        level = _LEVELS.get(severity, logging.INFO)
+        context = {"engine_id": link.key, "event": kind}
+        if detail:
+            log.log(level, "%s %s at %s: %s", kind, link.key, link.address, detail, extra=context)
+        else:
+            log.log(level, "%s %s at %s", kind, link.key, link.address, extra=context)
         self._publish(
             {
                 "seq": self._seq,

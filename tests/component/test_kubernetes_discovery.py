@@ -285,7 +285,80 @@ async def test_403_is_reported_once_and_the_last_engines_stay(
             fake.forbidden = False
             fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
             await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "allowed again")
-            assert any("answering again" in r.getMessage() for r in caplog.records)
+            # the outage ends when a watch is answered, which follows the list
+            await sink.until(
+                lambda: any("answering again" in r.getMessage() for r in caplog.records),
+                "the recovery logged",
+            )
+        finally:
+            await stop(task)
+
+
+async def test_a_watch_refused_while_the_list_is_allowed_is_reported_once(
+    fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a Role with list but not watch: every list succeeds, every watch is a 403
+    fake.forbidden_watch = True
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    sink = Sink()
+    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
+
+    def watches() -> int:
+        return sum(1 for _, query in fake.requests if query.get("watch") == "true")
+
+    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
+        task = await running(discovery, sink)
+        try:
+            assert sink.addresses == {"10.0.0.1:50051"}  # the list alone still finds engines
+            await sink.until(lambda: watches() >= 4 and discovery.lists >= 4, "several retries")
+            assert not task.done()
+            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(errors) == 1, errors
+            assert "HTTP 403" in errors[0] and "watching endpointslices" in errors[0]
+            # a successful list is no recovery while the watch is still refused
+            assert not [r for r in caplog.records if "answering again" in r.getMessage()]
+
+            fake.forbidden_watch = False
+            await sink.until(lambda: fake.watch_count() == 1, "a watch once allowed")
+            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "by the watch")
+            recovered = [r for r in caplog.records if "answering again" in r.getMessage()]
+            assert len(recovered) == 1
+        finally:
+            await stop(task)
+
+
+async def test_a_401_names_the_credentials_not_rbac(
+    fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    sink = Sink()
+    settings = settings_for(fake, tmp_path)
+    discovery = KubernetesDiscovery(settings, backoff_max=0.2)
+    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
+        task = await running(discovery, sink)
+        try:
+            await sink.until(lambda: fake.watch_count() == 1, "a watch")
+            reports = len(sink.reports)
+            fake.unauthorized = True  # the token expired, say
+            fake.drop_watches()
+            requests = len(fake.requests)
+            await sink.until(lambda: len(fake.requests) >= requests + 4, "several rejections")
+            assert len(sink.reports) == reports  # the fleet keeps what it has
+            errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+            assert len(errors) == 1, [r.getMessage() for r in errors]
+            message = errors[0].getMessage()
+            assert "rejected the orchestrator's credentials" in message
+            assert "HTTP 401" in message
+            assert f"kubeconfig {settings.kubeconfig}" in message
+            assert "expired" in message
+            assert "ServiceAccount needs" not in message  # RBAC advice would mislead here
+            assert errors[0].__dict__["event"] == "discovery.unauthorized"
+            assert "keeping the 1 engines known" in message
+
+            fake.unauthorized = False
+            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "accepted again")
         finally:
             await stop(task)
 

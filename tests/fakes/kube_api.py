@@ -10,7 +10,9 @@ speaks the protocol the way the API server does:
   (ADDED, MODIFIED, DELETED, and BOOKMARK when ``allowWatchBookmarks=true``), ending after
   ``timeoutSeconds``; a version older than the compacted history answers with an ERROR event
   carrying a 410 Status (or, with ``gone_as_http``, an HTTP 410), as etcd compaction does;
-- ``forbidden`` makes every request a 403 Status, as an RBAC refusal;
+- ``forbidden`` makes every request a 403 Status, as an RBAC refusal; ``forbidden_watch`` only
+  the watches (a Role granting list but not watch); ``unauthorized`` makes every request a 401,
+  as the API server answers an expired or unknown token;
 - ``drop_watches()`` cuts every open watch connection mid-stream, and ``stop()``/``start()``
   take the whole server away and back on the same port.
 """
@@ -79,6 +81,8 @@ class FakeKubeApi:
         self.compacted = 0
         """Watches from a resourceVersion below this get 410 Gone."""
         self.forbidden = False
+        self.forbidden_watch = False
+        self.unauthorized = False
         self.gone_as_http = False
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._watchers: set[_Watcher] = set()
@@ -203,19 +207,24 @@ class FakeKubeApi:
         query = dict(request.query)
         self.requests.append((kind, query))
         namespace = request.match_info["ns"]
-        if self.forbidden:
+        watching = query.get("watch") in ("true", "1")
+        if self.unauthorized:
+            # what the API server says when no authenticator accepts the request: no user, so
+            # nothing about RBAC
+            return web.json_response(_status(401, "Unauthorized", "Unauthorized"), status=401)
+        if self.forbidden or (self.forbidden_watch and watching):
             return web.json_response(
                 _status(
                     403,
                     "Forbidden",
                     f'{kind} is forbidden: User "system:serviceaccount:{namespace}:dag-engine"'
-                    f" cannot {'watch' if query.get('watch') == 'true' else 'list'} resource"
+                    f" cannot {'watch' if watching else 'list'} resource"
                     f' "{kind}" in API group "" in the namespace "{namespace}"',
                 ),
                 status=403,
             )
         selector = _selector(query.get("labelSelector", ""))
-        if query.get("watch") not in ("true", "1"):
+        if not watching:
             items = [o for o in self.objects[kind].values() if _matches(o, namespace, selector)]
             return web.json_response(
                 {
@@ -250,9 +259,9 @@ class FakeKubeApi:
             return response
         watcher = _Watcher(kind, namespace, selector, query.get("allowWatchBookmarks") == "true")
         watcher.request = request
-        for version, k, event, obj in self.history:
+        for version, k, kind_of_change, obj in self.history:
             if version > since and k == kind and _matches(obj, namespace, selector):
-                watcher.queue.put_nowait({"type": event, "object": obj})
+                watcher.queue.put_nowait({"type": kind_of_change, "object": obj})
         self._watchers.add(watcher)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

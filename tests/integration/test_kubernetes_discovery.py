@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from tests.fakes.kube_api import SLICES, FakeKubeApi, endpoint_slice
+from tests.integration.api import first_pause_last, get, register, start, wait_end
 from tests.integration.conftest import (
     ORCHESTRATOR_VARIABLES,
     ROOT,
@@ -128,6 +129,98 @@ async def scale_and_refuse(fake: FakeKubeApi, tmp_path: Path, start_engine: Star
             fake.forbidden = False
             fake.put(SLICES, slice_for(engines[0]))
             await until(http, orch.url, lambda s: len(s) == 3, "allowed again")
+    finally:
+        await asyncio.to_thread(stop_process, orch.proc)
+
+
+async def test_an_engine_whose_pod_is_deleted_finishes_its_runs_before_it_goes(
+    tmp_path: Path, start_engine: StartEngine
+) -> None:
+    """The pod deletion sequence: the endpoint turns terminating, then SIGTERM (after preStop).
+
+    The engine is out of routing at the first step, yet keeps its run: it drains it after the
+    SIGTERM, as DRAIN_GRACE is there for, instead of having it cut off and run again elsewhere.
+    """
+    fake = FakeKubeApi()
+    await fake.start()
+    try:
+        await terminating_engine_drains(fake, tmp_path, start_engine)
+    finally:
+        await fake.stop()
+
+
+async def terminating_engine_drains(
+    fake: FakeKubeApi, tmp_path: Path, start_engine: StartEngine
+) -> None:
+    engines = [
+        await asyncio.to_thread(start_engine, ENGINE_ID=f"engine-{i}", DRAIN_GRACE="60")
+        for i in range(2)
+    ]
+    # only engine-0 at first, so that the run goes there
+    fake.put(SLICES, slice_for(engines[0]))
+    orch = await asyncio.to_thread(
+        spawn_orchestrator,
+        tmp_path / "orchestrator.log",
+        tmp_path / "state.db",
+        [],
+        DISCOVERY_MODE="kubernetes",
+        IN_CLUSTER_CONFIG="false",
+        KUBECONFIG=str(fake.write_kubeconfig(tmp_path / "kubeconfig")),
+        K8S_NAMESPACE="default",
+        K8S_SERVICE_NAME="workflow-engines",
+        ENGINE_HEALTH_CHECK_INTERVAL="0.5",
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            await until(http, orch.url, lambda s: s == {"engine-0": "ready"}, "engine-0")
+            # long enough that the steps below happen mid-sleep on a loaded machine
+            await register(http, orch.url, first_pause_last("napping", "8s"))
+            eid = await start(http, orch.url, "napping")
+            deadline = time.monotonic() + DEADLINE
+            while (await get(http, f"{orch.url}/api/v1/executions/{eid}"))["nodes"].get(
+                "pause", {}
+            ).get("status") != "running":
+                assert time.monotonic() < deadline, "the sleep did not start"
+                await asyncio.sleep(0.05)
+            fake.put(SLICES, slice_for(engines[1]))
+            await until(
+                http,
+                orch.url,
+                lambda s: s == {"engine-0": "ready", "engine-1": "ready"},
+                "engine-1 too",
+            )
+
+            # the pod of engine-0 is deleted: the EndpointSlice controller marks its endpoint
+            leaving = slice_for(engines[0])
+            leaving["endpoints"][0]["conditions"] = {
+                "ready": False,
+                "serving": True,
+                "terminating": True,
+            }
+            fake.put(SLICES, leaving)
+            await until(http, orch.url, lambda s: s.get("engine-0") != "ready", "engine-0 out")
+            doc = await get(http, f"{orch.url}/api/v1/executions/{eid}")
+            assert doc["nodes"]["pause"]["status"] == "running", "the test came too late"
+            leaving_seen = await engines_listed(http, orch.url)
+
+            engines[0].terminate()  # the kubelet's SIGTERM, after preStop
+            doc = await wait_end(http, orch.url, eid)
+            assert doc["status"] == "succeeded", doc
+            assert doc["outputs"] == {"last": {"done": 2}}
+            timeline = await get(http, f"{orch.url}/api/v1/executions/{eid}/events")
+            started = [
+                (e["node_id"], e["engine_id"])
+                for e in timeline["events"]
+                if e["type"] == "node.started"
+            ]
+            # nothing ran twice: the whole run stayed on the engine that was leaving
+            assert started == [("first", "engine-0"), ("pause", "engine-0"), ("last", "engine-0")]
+            # meanwhile it was out of routing, and still holding its run
+            assert leaving_seen == {"engine-0": "draining", "engine-1": "ready"}
+            assert await asyncio.to_thread(engines[0].wait, 60) == 0
+            # drained and gone: dropped from the fleet once its last run ended
+            await until(http, orch.url, lambda s: s == {"engine-1": "ready"}, "engine-0 gone")
+            assert "resuming elsewhere" not in orch.log()
     finally:
         await asyncio.to_thread(stop_process, orch.proc)
 

@@ -1,0 +1,218 @@
+"""The fleet against a real engine server in this process, fed by discovery.
+
+The dispatcher is stood in for by what the fleet sees of it: ``in_flight`` on a link (a run
+streaming from that engine) and the ``on_lost`` calls (runs cut off to resume elsewhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from engine.core.values import JSONObject
+from engine.serving import EngineServer
+from engine.settings import Settings as EngineSettings
+from orchestrator.discovery_kubernetes import KubernetesDiscovery
+from orchestrator.fleet import EngineLink, Fleet
+from orchestrator.ring import make_balancer
+from orchestrator.settings import Settings
+from tests.fakes.kube_api import SLICES, FakeKubeApi, endpoint_slice
+
+DEADLINE = 10.0  # generous for a loaded machine; changes normally land in milliseconds
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    while not predicate():
+        if loop.time() > deadline:
+            pytest.fail(f"not within {DEADLINE}s: {what}")
+        await asyncio.sleep(0.02)
+
+
+class Watched:
+    """A fleet with what it told the dispatcher and the event stream."""
+
+    def __init__(self) -> None:
+        self.lost: list[EngineLink] = []
+        self.events: list[JSONObject] = []
+        self.fleet = Fleet(
+            make_balancer("consistent-hash"),
+            default_capacity=10,
+            # checks are run by hand here: the loop (fleet.run) is not started
+            health_interval=60.0,
+            publish=self.events.append,
+            on_capacity=lambda: None,
+            on_lost=self.lost.append,
+        )
+
+    def kinds(self) -> list[tuple[object, object]]:
+        """(type, data.reason) of each event published."""
+        out: list[tuple[object, object]] = []
+        for event in self.events:
+            data = event["data"]
+            out.append((event["type"], data.get("reason") if isinstance(data, dict) else None))
+        return out
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[EngineServer]:
+    server = EngineServer(
+        EngineSettings(engine_id="engine-0", host="127.0.0.1", port=0, lua_workers=1)
+    )
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def watched() -> AsyncIterator[Watched]:
+    out = Watched()
+    yield out
+    await out.fleet.close()
+
+
+async def ready_link(watched: Watched, address: str) -> EngineLink:
+    watched.fleet.update({address})
+    link = watched.fleet.links[address]
+    await until(lambda: link.state == "ready", "the engine ready")
+    return link
+
+
+async def test_an_engine_whose_endpoint_turns_terminating_keeps_its_runs_until_done(
+    engine: EngineServer, watched: Watched, tmp_path: Path
+) -> None:
+    fake = FakeKubeApi()
+    await fake.start()
+    settings = Settings(
+        discovery_mode="kubernetes",
+        in_cluster_config=False,
+        kubeconfig=str(fake.write_kubeconfig(tmp_path / "kubeconfig")),
+        discovery_interval=30.0,
+    )
+
+    def engine_slice(*, terminating: bool = False) -> JSONObject:
+        eps = endpoint_slice("workflow-engines-a", [("127.0.0.1", not terminating)], engine.port)
+        eps["endpoints"][0]["conditions"]["terminating"] = terminating
+        return eps
+
+    fake.put(SLICES, engine_slice())
+    fleet = watched.fleet
+    discovery = asyncio.create_task(KubernetesDiscovery(settings).run(fleet.update))
+    try:
+        await until(lambda: engine.address in fleet.links, "the engine discovered")
+        link = fleet.links[engine.address]
+        await until(lambda: link.state == "ready", "the engine ready")
+        link.in_flight = 1  # a run streams from it
+
+        # the pod is deleted: its endpoint turns terminating before the kubelet's SIGTERM
+        fake.put(SLICES, engine_slice(terminating=True))
+        await until(
+            lambda: link.state != "ready" or engine.address not in fleet.links,
+            "the engine out of the ring",
+        )
+        assert watched.lost == []  # its run goes on there: it is not cut off
+        assert fleet.links.get(engine.address) is link
+        assert link.state == "draining"
+        assert fleet.pick("any-workflow") is None  # nothing new goes to it
+        assert watched.kinds()[-1] == (
+            "engine.left",
+            "no longer discovered: finishing its 1 runs in flight",
+        )
+
+        # it still answers SERVING (its SIGTERM has not come): that does not make it ready
+        await fleet.check(link)
+        assert link.state == "draining"
+        assert fleet.pick("any-workflow") is None
+
+        # its last run ends: the next check lets it go, and nothing was lost on the way
+        link.in_flight = 0
+        await fleet.check(link)
+        assert engine.address not in fleet.links
+        assert watched.lost == []
+        assert [kind for kind, _ in watched.kinds()] == ["engine.joined", "engine.left"]
+    finally:
+        discovery.cancel()
+        await asyncio.gather(discovery, return_exceptions=True)
+        await fake.stop()
+
+
+async def test_an_undiscovered_engine_that_stops_answering_loses_its_runs(
+    engine: EngineServer, watched: Watched
+) -> None:
+    fleet = watched.fleet
+    link = await ready_link(watched, engine.address)
+    link.in_flight = 2
+    fleet.update(set())
+    assert fleet.links.get(engine.address) is link
+    assert (link.state, watched.lost) == ("draining", [])
+
+    await engine.stop()  # the pod is gone before its runs ended (a SIGKILL, a node lost)
+    await fleet.check(link)
+    assert watched.lost == [link]  # the dispatcher resumes them elsewhere
+    assert engine.address not in fleet.links  # nothing would list it again
+    assert watched.events[-1]["type"] == "engine.unhealthy"
+
+
+async def test_a_broken_stream_on_an_undiscovered_engine_drops_it(
+    engine: EngineServer, watched: Watched
+) -> None:
+    fleet = watched.fleet
+    link = await ready_link(watched, engine.address)
+    link.in_flight = 1
+    fleet.update(set())
+    assert fleet.links.get(engine.address) is link
+    # the engine's drain grace ran out: it hands the run back with UNAVAILABLE
+    fleet.suspect(link, "UNAVAILABLE: engine engine-0 is shutting down")
+    assert watched.lost == [link]
+    assert engine.address not in fleet.links
+
+
+async def test_an_engine_listed_again_is_ready_again(
+    engine: EngineServer, watched: Watched
+) -> None:
+    fleet = watched.fleet
+    link = await ready_link(watched, engine.address)
+    link.in_flight = 1
+    fleet.update(set())  # a readiness probe failed once
+    assert (fleet.links.get(engine.address), link.state) == (link, "draining")
+    fleet.update({engine.address})  # and passed again
+    await until(lambda: link.state == "ready", "ready again")
+    assert fleet.links[engine.address] is link
+    assert fleet.pick("any-workflow") is link
+    assert watched.lost == []
+
+    # listed again, it is an ordinary engine: leaving with no runs drops it at once
+    link.in_flight = 0
+    fleet.update(set())
+    assert engine.address not in fleet.links
+
+
+async def test_engine_changes_are_logged_at_their_severity_with_the_reason(
+    engine: EngineServer, watched: Watched, caplog: pytest.LogCaptureFixture
+) -> None:
+    fleet = watched.fleet
+    link = await ready_link(watched, engine.address)
+    with caplog.at_level(logging.INFO, logger="orchestrator.fleet"):
+        fleet.suspect(link, "UNAVAILABLE: Connection refused")
+        fleet.update(set())  # unhealthy and gone: no second line
+        await ready_link(watched, engine.address)
+        fleet.update(set())  # ready and gone
+    lines = [
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if r.getMessage().startswith(("engine.unhealthy", "engine.left"))
+    ]
+    assert lines == [
+        (
+            logging.ERROR,
+            f"engine.unhealthy engine-0 at {engine.address}: UNAVAILABLE: Connection refused",
+        ),
+        (logging.WARNING, f"engine.left engine-0 at {engine.address}: no longer discovered"),
+    ]
+    unhealthy = next(r for r in caplog.records if r.getMessage().startswith("engine.unhealthy"))
+    assert unhealthy.__dict__["engine_id"] == "engine-0"
