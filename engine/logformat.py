@@ -65,3 +65,6 @@ def configure_logging(log_format: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python's warnings (a library's deprecation, say) as log records too, not as loose
+    # multi-line text on stderr that a JSON log collector cannot read
+    logging.captureWarnings(True)

@@ -6,6 +6,8 @@ import json
 import logging
 import sys
 
+import pytest
+
 from engine.logformat import JsonLines
 
 
@@ -51,3 +53,26 @@ def test_a_real_stack_info_and_a_traceback_are_both_kept() -> None:
     assert "ValueError: boom" in line["exception"]
     assert line["stack"].startswith("Stack (most recent call last):")
     assert "test_a_real_stack_info_and_a_traceback_are_both_kept" in line["stack"]
+
+
+def test_python_warnings_become_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    import warnings
+
+    from engine.logformat import configure_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("json", "INFO")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("an old call", DeprecationWarning, stacklevel=1)
+    finally:
+        logging.captureWarnings(False)
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    [line] = err.strip().splitlines()
+    record = json.loads(line)
+    assert record["logger"] == "py.warnings" and record["level"] == "warning"
+    assert "DeprecationWarning: an old call" in record["message"]
