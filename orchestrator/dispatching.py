@@ -394,6 +394,15 @@ class Dispatcher:
                     "engine %s lost with %s: resuming elsewhere", run.link.key, ticket.execution_id
                 )
                 return "lost" if answered else "unreachable"
+            if code == grpc.StatusCode.UNAVAILABLE and run.link.state == "draining":
+                # the end of a drain (a rollout, a scale-down): the engine hands back what it
+                # did not finish, as planned; its health checks tell whether it is gone
+                log.info(
+                    "%s handed back by draining engine %s: resuming elsewhere",
+                    ticket.execution_id,
+                    run.link.key,
+                )
+                return "lost" if answered else "unreachable"
             log.warning(
                 "lost %s on %s (%s: %s): resuming elsewhere",
                 ticket.execution_id,
