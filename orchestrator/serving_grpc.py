@@ -7,31 +7,39 @@ engine does.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+import re
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Any, Final, NoReturn
 
 import grpc
-from google.rpc import code_pb2, status_pb2
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from engine import wire
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.core.errors import EngineError
+from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import IdempotencyKeyReused, OrchestratorError, Unavailable
 from orchestrator.monitoring import EventFilter
 from orchestrator.serving_http import (
+    MAX_JSON_DEPTH,
     Api,
     HttpError,
     check_bearer,
     check_json,
     error_body,
     final_event,
+    follow_all,
+    follow_execution,
 )
 from orchestrator.subworkflows import ChildRequest
-from orchestrator.triggering import Triggers
+from orchestrator.triggering import TriggerConflict, Triggers
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +58,74 @@ _HTTP_TO_GRPC = {
     503: grpc.StatusCode.UNAVAILABLE,
 }
 
+ERROR_DOMAIN: Final = "dagengine"
+"""``google.rpc.ErrorInfo.domain`` of every refusal: its reason is one of our error codes."""
 
-def grpc_status_for(exc: BaseException) -> grpc.Status:
-    """The one mapping from an orchestrator error to a gRPC status."""
-    if isinstance(exc, EngineError):
-        return wire.grpc_status(exc)  # spec and input problems, with field violations
-    status, body = error_body(exc)
+_DETAILS_BIN: Final = "grpc-status-details-bin"
+
+
+def _error_info(reason: str, details: JSONObject) -> any_pb2.Any:
+    """HTTP's ``details`` as an ErrorInfo: metadata values are strings, so anything else goes
+    as JSON text. Bounded like field violations: the status travels in trailing metadata."""
+    metadata: dict[str, str] = {}
+    room = wire.STATUS_DETAILS_MAX
+    for key, value in details.items():
+        text = wire.bounded(value if isinstance(value, str) else wire.dumps(value))
+        room -= len(key) + len(text)
+        if room < 0:
+            break
+        metadata[key] = text
+    packed = any_pb2.Any()
+    packed.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata))
+    return packed
+
+
+def grpc_status_for(exc: BaseException, code: grpc.StatusCode | None = None) -> grpc.Status:
+    """The one mapping from an orchestrator error to a gRPC status: HTTP's error code and
+    details as an ErrorInfo, and spec and input problems as BadRequest field violations, as
+    the engine sends them. ``code``: the call knows better than the error's own code."""
+    http_status, body = error_body(exc)
     error = body["error"]
-    message = str(error["message"]) if isinstance(error, dict) else "error"
-    code = (
-        exc.grpc_code
-        if isinstance(exc, OrchestratorError)
-        else _HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL)
-    )
-    converted: grpc.Status = rpc_status.to_status(
-        status_pb2.Status(code=code.value[0] or code_pb2.UNKNOWN, message=wire.bounded(message))
-    )
+    assert isinstance(error, dict)
+    reason = str(error["code"])
+    details = error["details"] if isinstance(error["details"], dict) else {}
+    if isinstance(exc, EngineError):
+        # the problems are in the field violations already: the ErrorInfo names the kind
+        engine_status = wire.grpc_status(exc)
+        packed = dict(engine_status.trailing_metadata)[_DETAILS_BIN]
+        assert isinstance(packed, bytes)  # a -bin key's value is always bytes
+        status = status_pb2.Status.FromString(packed)
+        status.details.append(_error_info(reason, {}))
+    else:
+        if code is None:
+            code = (
+                exc.grpc_code
+                if isinstance(exc, OrchestratorError)
+                else _HTTP_TO_GRPC.get(http_status, grpc.StatusCode.INTERNAL)
+            )
+        status = status_pb2.Status(
+            code=code.value[0] or code_pb2.UNKNOWN,
+            message=wire.bounded(str(error["message"])),
+            details=[_error_info(reason, details)],
+        )
+    converted: grpc.Status = rpc_status.to_status(status)
     return converted
 
 
-async def _refuse(context: Context, exc: BaseException) -> NoReturn:
+async def _refuse(
+    context: Context, exc: BaseException, code: grpc.StatusCode | None = None
+) -> NoReturn:
     if not isinstance(exc, EngineError | HttpError | OrchestratorError):
         log.exception("gRPC call failed")
-    await context.abort_with_status(grpc_status_for(exc))
+    await context.abort_with_status(grpc_status_for(exc, code))
     raise AssertionError("abort_with_status returns only by raising")
+
+
+def _required(field: str, value: str) -> None:
+    """An empty id is a malformed request, not an unknown thing: INVALID_ARGUMENT naming the
+    field (an HTTP route cannot even be reached without its id)."""
+    if not value:
+        raise HttpError(400, "bad_request", f"{field} is required", {"field": field})
 
 
 def _json_arg(text: str, field: str) -> JSON:
@@ -84,9 +136,50 @@ def _json_arg(text: str, field: str) -> JSON:
     except ValueError as exc:
         raise HttpError(400, "bad_json", f"{field} is not valid JSON: {exc}") from None
     except RecursionError:
-        raise HttpError(400, "too_deep", f"{field} nests deeper than Python can read") from None
+        raise HttpError(
+            400, "too_deep", f"{field} nests deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
     check_json(text, value, field)
     return value
+
+
+def _spec_is_yaml(text: str) -> bool:
+    """Whether ``RegisterWorkflow.spec`` is to be read as YAML. JSON gets HTTP's JSON checks
+    first (depth, lone surrogates), as an ``application/json`` body does. Text that starts like
+    JSON but does not parse as JSON is YAML in flow style (``{id: x, nodes: [...]}``)."""
+    if not text.lstrip().startswith(("{", "[")):
+        return True
+    try:
+        value: JSON = json.loads(text)
+    except ValueError:
+        return True
+    except RecursionError:
+        raise HttpError(
+            400, "too_deep", f"spec nests deeper than {MAX_JSON_DEPTH} levels", {"field": "spec"}
+        ) from None
+    check_json(text, value, "spec")
+    return False
+
+
+def _watch_filter(request: pb.WatchEventsRequest) -> EventFilter:
+    if request.after_seq and not request.execution_id:
+        # a seq means nothing across runs: ignoring it would replay nothing, silently
+        raise HttpError(
+            400,
+            "bad_request",
+            "after_seq needs execution_id: seq counts per execution",
+            {"field": "after_seq"},
+        )
+    if request.after_seq < 0:
+        raise HttpError(
+            400,
+            "bad_request",
+            f"after_seq must be 0 or more, got {request.after_seq}",
+            {"field": "after_seq"},
+        )
+    return EventFilter(
+        workflow_id=request.workflow_id or None, execution_id=request.execution_id or None
+    )
 
 
 def _workflow_message(doc: JSONObject) -> pb.Workflow:
@@ -96,6 +189,7 @@ def _workflow_message(doc: JSONObject) -> pb.Workflow:
 
     versions = doc.get("versions")
     dependents = doc.get("dependents")
+    references = doc.get("references")
     spec = doc.get("spec")
     return pb.Workflow(
         id=text("id"),
@@ -107,7 +201,50 @@ def _workflow_message(doc: JSONObject) -> pb.Workflow:
         if isinstance(versions, list)
         else [],
         dependents=[str(d) for d in dependents] if isinstance(dependents, list) else [],
+        references=[_reference_message(r) for r in references if isinstance(r, dict)]
+        if isinstance(references, list)
+        else [],
     )
+
+
+def _reference_message(ref: JSONObject) -> pb.WorkflowReference:
+    resolved = ref.get("resolves_to")
+    return pb.WorkflowReference(
+        node=str(ref.get("node") or ""),
+        workflow=str(ref.get("workflow") or ""),
+        range=str(ref.get("range") or ""),
+        resolves_to=resolved if isinstance(resolved, str) else None,
+    )
+
+
+def _execution_message(doc: JSONObject, *, with_nodes: bool = True) -> pb.Execution:
+    """``wire.execution_message`` plus what only the orchestrator knows of a run."""
+    message = wire.execution_message(doc, with_nodes=with_nodes)
+    item = doc.get("parent_item")
+    if isinstance(item, int) and not isinstance(item, bool):
+        message.parent_item = item
+    return message
+
+
+_BATCH_ERROR: Final = re.compile(r"ExecuteBatchError raised in core by servicer method \[(.*)\]")
+
+
+class ClientGone(logging.Filter):
+    """grpcio logs an ERROR with a traceback when a response stream's write fails because its
+    client vanished (killed, its connection cut) before grpcio has seen the call close. Nothing
+    is wrong on this side, and the subscription is released: one WARNING line says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        found = _BATCH_ERROR.match(record.getMessage()) if exc is not None else None
+        if found is not None and type(exc).__name__ == "ExecuteBatchError":
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "gRPC call %s ended: its client went away", (found[1],)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_CLIENT_GONE: Final = ClientGone()
 
 
 class OrchestratorService(pb_grpc.OrchestratorServicer):
@@ -120,6 +257,8 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         self.api = api
         self.token = token
         self.triggers = triggers
+        # here rather than in main: every server of this service, tests' too, logs alike
+        logging.getLogger("grpc._cython.cygrpc").addFilter(_CLIENT_GONE)
 
     def _authorize(self, context: Context) -> None:
         metadata = context.invocation_metadata() or ()
@@ -132,14 +271,16 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         try:
             self._authorize(context)
             text = request.spec
-            is_yaml = not text.lstrip().startswith("{")
-            workflow, created = await self.api.register(text, yaml=is_yaml, force=request.force)
+            workflow, created = await self.api.register(
+                text, yaml=_spec_is_yaml(text), force=request.force
+            )
         except Exception as exc:
             await _refuse(context, exc)
         return pb.RegisterWorkflowResponse(workflow=_workflow_message(workflow), created=created)
 
     async def GetWorkflow(self, request: pb.GetWorkflowRequest, context: Context) -> pb.Workflow:
         try:
+            _required("workflow_id", request.workflow_id)
             doc = await self.api.get_workflow(request.workflow_id, request.version or None)
         except Exception as exc:
             await _refuse(context, exc)
@@ -159,6 +300,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
     ) -> pb.ExecuteWorkflowResponse:
         try:
             self._authorize(context)
+            _required("workflow_id", request.workflow_id)
             inputs = _json_arg(request.inputs_json, "inputs_json")
             execution, _ = await self.api.execute(
                 request.workflow_id,
@@ -167,19 +309,33 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
                 idempotency_key=request.idempotency_key or None,
                 wait=300.0 if request.wait else None,
             )
+        except IdempotencyKeyReused as exc:
+            # the store words it for HTTP's Idempotency-Key header; here the key is a field
+            first = exc.details.get("execution_id")
+            await _refuse(
+                context,
+                IdempotencyKeyReused(
+                    f"idempotency_key {request.idempotency_key!r} was sent with other "
+                    f"inputs_json or version for execution {first} of "
+                    f"{request.workflow_id!r}: a key stands for one request for 24 hours, so "
+                    "send new ones with a new key",
+                    exc.details,
+                ),
+            )
         except Exception as exc:
             await _refuse(context, exc)
         return pb.ExecuteWorkflowResponse(
             execution_id=str(execution["id"]),
-            execution=wire.execution_message(execution),
+            execution=_execution_message(execution),
         )
 
     async def GetExecution(self, request: pb.GetExecutionRequest, context: Context) -> pb.Execution:
         try:
+            _required("execution_id", request.execution_id)
             doc = await self.api.get_execution(request.execution_id)
         except Exception as exc:
             await _refuse(context, exc)
-        return wire.execution_message(doc)
+        return _execution_message(doc)
 
     async def ListExecutions(
         self, request: pb.ListExecutionsRequest, context: Context
@@ -195,7 +351,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         except Exception as exc:
             await _refuse(context, exc)
         return pb.ListExecutionsResponse(
-            executions=[wire.execution_message(e, with_nodes=False) for e in found],
+            executions=[_execution_message(e, with_nodes=False) for e in found],
             next_before=str(found[-1]["id"]) if len(found) == limit else "",
         )
 
@@ -204,45 +360,57 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
     ) -> pb.CancelExecutionResponse:
         try:
             self._authorize(context)
+            _required("execution_id", request.execution_id)
             doc = await self.api.cancel(
                 request.execution_id, request.reason or "cancelled on request"
             )
         except Exception as exc:
             await _refuse(context, exc)
-        return pb.CancelExecutionResponse(execution=wire.execution_message(doc))
+        return pb.CancelExecutionResponse(execution=_execution_message(doc))
 
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, context: Context
     ) -> AsyncIterator[pb.Event]:
-        flt = EventFilter(
-            workflow_id=request.workflow_id or None, execution_id=request.execution_id or None
-        )
-        with self.api.hub.subscribe(flt) as sub:
-            last = 0
+        try:
+            flt = _watch_filter(request)
+        except Exception as exc:
+            await _refuse(context, exc)
+        with self.api.hub.subscribe(flt) as sub:  # before the replay, so nothing falls between
+            events: AsyncGenerator[JSONObject | None]
             if flt.execution_id is not None:
                 try:
-                    stored = await self.api.execution_events(flt.execution_id, request.after_seq)
+                    run = await self.api.get_execution(flt.execution_id)
+                    replay = await self.api.execution_events(flt.execution_id, request.after_seq)
                 except Exception as exc:
                     await _refuse(context, exc)
-                for event in stored:
-                    seq = event.get("seq")
-                    last = max(last, seq if isinstance(seq, int) else 0)
-                    yield wire.event_message_from_dict(event)
-                    if final_event(event):
-                        return  # one run's stream ends with it, as over HTTP
-            while not context.done():
-                try:
-                    event = await sub.next_event()
-                except StopAsyncIteration:
-                    return  # the hub closed: the server is stopping
-                seq = event.get("seq")
-                if flt.execution_id is not None and event.get("type") != "subscriber.lagged":
-                    if isinstance(seq, int) and seq <= last:
-                        continue
-                    last = seq if isinstance(seq, int) else last
-                yield wire.event_message_from_dict(event)
-                if flt.execution_id is not None and final_event(event):
-                    return
+                if not replay and run["status"] in EXECUTION_TERMINAL:
+                    return  # ended, and its end was seen already: as HTTP's 204
+                events = follow_execution(
+                    self.api, sub, flt.execution_id, replay, request.after_seq
+                )
+            else:
+                events = follow_all(sub, None)
+            last: JSONObject | None = None
+            try:
+                async with aclosing(events):
+                    async for event in events:
+                        if event is not None:
+                            last = event
+                            yield wire.event_message_from_dict(event)
+            except Exception as exc:  # the store, reading back what a slow reader missed
+                await _refuse(context, exc)
+            ended = last is not None and final_event(last)
+            if flt.execution_id is not None and (ended or not sub.closed):
+                return  # OK: the run has ended (now, or before a reconnect past its end)
+            # The hub closed: the server is stopping. An OK end would tell a one-run watcher
+            # that the run is over; UNAVAILABLE tells every watcher to come back.
+            resume = ""
+            if flt.execution_id is not None:
+                seq = last.get("seq") if last is not None else request.after_seq
+                resume = f" with after_seq={seq}"
+            await _refuse(
+                context, Unavailable(f"the orchestrator is stopping: watch again{resume}")
+            )
 
     async def ExecuteSubWorkflow(
         self, request: pb.ExecuteSubWorkflowRequest, context: Context
@@ -283,6 +451,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         self, request: pb.GetSubWorkflowStatusRequest, context: Context
     ) -> pb.SubWorkflowStatus:
         try:
+            _required("execution_id", request.execution_id)
             doc = await self.api.get_execution(request.execution_id)
         except Exception as exc:
             await _refuse(context, exc)
@@ -330,6 +499,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
 
     async def GetTrigger(self, request: pb.TriggerRequest, context: Context) -> pb.TriggerInfo:
         try:
+            _required("trigger_id", request.trigger_id)
             doc = self._trigger_set().get(request.trigger_id)
         except Exception as exc:
             await _refuse(context, exc)
@@ -351,6 +521,11 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
                 if value:
                     body[name] = value
             doc = await self._trigger_set().create(body)
+        except TriggerConflict as exc:
+            # the one conflict a creation meets is its id taken: ALREADY_EXISTS, as HTTP's
+            # 409 for a taken name maps everywhere else (a spec trigger's refusals keep
+            # FAILED_PRECONDITION)
+            await _refuse(context, exc, grpc.StatusCode.ALREADY_EXISTS)
         except Exception as exc:
             await _refuse(context, exc)
         return _trigger_message(doc)
@@ -358,6 +533,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
     async def PauseTrigger(self, request: pb.TriggerRequest, context: Context) -> pb.TriggerInfo:
         try:
             self._authorize(context)
+            _required("trigger_id", request.trigger_id)
             doc = await self._trigger_set().pause(request.trigger_id)
         except Exception as exc:
             await _refuse(context, exc)
@@ -366,6 +542,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
     async def ResumeTrigger(self, request: pb.TriggerRequest, context: Context) -> pb.TriggerInfo:
         try:
             self._authorize(context)
+            _required("trigger_id", request.trigger_id)
             doc = await self._trigger_set().resume(request.trigger_id)
         except Exception as exc:
             await _refuse(context, exc)
@@ -376,6 +553,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
     ) -> pb.DeleteTriggerResponse:
         try:
             self._authorize(context)
+            _required("trigger_id", request.trigger_id)
             await self._trigger_set().delete(request.trigger_id)
         except Exception as exc:
             await _refuse(context, exc)

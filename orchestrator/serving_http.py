@@ -13,7 +13,8 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any, Final, Protocol
 
 from aiohttp import web
@@ -175,7 +176,7 @@ def check_json(raw: str | bytes, value: JSON, what: str) -> None:
     and the engines could not keep it. Only text with such an escape in it is looked at twice.
     The one check for HTTP bodies and gRPC JSON fields alike."""
     if not _depth_ok(value, MAX_JSON_DEPTH):
-        raise HttpError(400, "too_deep", f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
+        raise HttpError(400, "too_deep", f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     found = _SURROGATE_BYTES.search(raw) if isinstance(raw, bytes) else _SURROGATE_TEXT.search(raw)
     if found is None:
         return
@@ -493,60 +494,41 @@ class HttpApi:
     async def live_events(self, request: web.Request) -> web.StreamResponse:
         """Server-Sent Events. With ?execution= the stored timeline is replayed first (after
         Last-Event-ID), and the stream ends with the run's final event; a reconnect after that
-        gets 204, which tells an EventSource to stop reconnecting."""
+        gets 204, which tells an EventSource to stop reconnecting. When the server stops first,
+        the stream just closes: the EventSource reconnects with Last-Event-ID."""
         flt = EventFilter(
             workflow_id=request.query.get("workflow") or None,
             execution_id=request.query.get("execution") or None,
         )
         with self.api.hub.subscribe(flt) as sub:  # before the replay, so nothing falls between
-            replay: list[JSONObject] = []
+            events: AsyncGenerator[JSONObject | None]
             if flt.execution_id is not None:
                 run = await self.api.get_execution(flt.execution_id)  # 404 before it opens
                 after = _last_event_id(request)  # 400 before it opens, too
                 replay = await self.api.execution_events(flt.execution_id, after)
                 if not replay and run["status"] in EXECUTION_TERMINAL:
                     return web.Response(status=204)  # ended, and its end was seen already
+                events = follow_execution(
+                    self.api, sub, flt.execution_id, replay, after, heartbeat=SSE_HEARTBEAT
+                )
+            else:
+                events = follow_all(sub, SSE_HEARTBEAT)
             response = web.StreamResponse(
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
             )
             await response.prepare(request)
+            # only one run's events carry ids a reconnect can resume from: seq counts per run
+            with_ids = flt.execution_id is not None
             try:
-                await self._stream_events(response, flt, sub, replay)
+                async with aclosing(events):
+                    async for event in events:
+                        if event is None:
+                            await response.write(b": keep-alive\n\n")
+                        else:
+                            await _sse(response, event, with_ids)
             except ConnectionResetError:
                 pass  # the client went away: nothing to answer
             return response
-
-    async def _stream_events(
-        self,
-        response: web.StreamResponse,
-        flt: EventFilter,
-        sub: Subscription,
-        replay: list[JSONObject],
-    ) -> None:
-        # only one run's events carry ids a reconnect can resume from: seq counts per run
-        with_ids = flt.execution_id is not None
-        last_seq = 0
-        for event in replay:
-            await _sse(response, event, with_ids)
-            last_seq = max(last_seq, _seq(event))
-            if final_event(event):
-                return
-        while True:
-            try:
-                event = await asyncio.wait_for(sub.next_event(), SSE_HEARTBEAT)
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
-                continue
-            except StopAsyncIteration:
-                return  # the hub closed: the server is stopping
-            seq = _seq(event)
-            if with_ids and event.get("type") != "subscriber.lagged":
-                if seq <= last_seq:
-                    continue  # already sent from the stored timeline
-                last_seq = seq
-            await _sse(response, event, with_ids)
-            if with_ids and final_event(event):
-                return
 
     async def engines(self, request: web.Request) -> web.Response:
         return _json({"engines": self.api.engines()})
@@ -621,6 +603,74 @@ _FINAL_TYPES: Final = frozenset(f"execution.{status}" for status in EXECUTION_TE
 def final_event(event: JSONObject) -> bool:
     """An execution's last event: the one that ends it."""
     return event.get("type") in _FINAL_TYPES
+
+
+async def _next(sub: Subscription, heartbeat: float | None) -> JSONObject | None:
+    """The subscription's next event; None after ``heartbeat`` seconds of quiet. Raises
+    StopAsyncIteration when the hub has closed (the server is stopping)."""
+    if heartbeat is None:
+        return await sub.next_event()
+    try:
+        return await asyncio.wait_for(sub.next_event(), heartbeat)
+    except TimeoutError:
+        return None
+
+
+async def follow_all(
+    sub: Subscription, heartbeat: float | None
+) -> AsyncGenerator[JSONObject | None]:
+    """Every event ``sub`` matches, lag markers included, until the hub closes; None for each
+    ``heartbeat`` of quiet."""
+    while True:
+        try:
+            event = await _next(sub, heartbeat)
+        except StopAsyncIteration:
+            return
+        yield event
+
+
+async def follow_execution(
+    api: Api,
+    sub: Subscription,
+    execution_id: str,
+    replay: list[JSONObject],
+    after: int,
+    *,
+    heartbeat: float | None = None,
+) -> AsyncGenerator[JSONObject | None]:
+    """One run's events past seq ``after``, each once and in seq order, ending with its final
+    event: ``replay`` (its stored events, read after ``sub`` was opened), then live ones.
+
+    Every event is stored before it is published, so when ``sub`` lags, the events it dropped
+    are read back from the store instead of leaving a gap: a slow reader still gets the final
+    event, and no lag marker. Yields None for each ``heartbeat`` seconds of quiet. Ends
+    without sending a final event when the client is past it already (``after`` at or beyond
+    it), or when the hub closes (the server is stopping; ``sub.closed`` tells): the caller
+    says which to its client. The one loop behind HTTP's SSE and gRPC's WatchEvents."""
+    last = after
+    pending = replay
+    while True:
+        for event in pending:
+            seq = _seq(event)
+            if seq <= last:
+                continue  # sent already: from the stored timeline, or before a reconnect
+            last = seq
+            yield event
+            if final_event(event):
+                return
+        try:
+            live = await _next(sub, heartbeat)
+        except StopAsyncIteration:
+            return
+        if live is None:
+            pending = []
+            yield None
+        elif live.get("type") == "subscriber.lagged":
+            pending = await api.execution_events(execution_id, last)
+        elif final_event(live) and _seq(live) <= last:
+            return  # the end, which the client says it has seen (after_seq past it)
+        else:
+            pending = [live]
 
 
 async def _sse(response: web.StreamResponse, event: JSONObject, with_id: bool) -> None:

@@ -173,7 +173,7 @@ class ListExecutionsResponse(_message.Message):
     def __init__(self, executions: _Optional[_Iterable[_Union[Execution, _Mapping]]] = ..., next_before: _Optional[str] = ...) -> None: ...
 
 class Execution(_message.Message):
-    __slots__ = ("id", "workflow_id", "version", "status", "inputs_json", "outputs_json", "error", "progress", "created_at", "started_at", "finished_at", "parent_execution_id", "nodes", "children", "parent_node_id")
+    __slots__ = ("id", "workflow_id", "version", "status", "inputs_json", "outputs_json", "error", "progress", "created_at", "started_at", "finished_at", "parent_execution_id", "nodes", "children", "parent_node_id", "parent_item")
     ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +189,7 @@ class Execution(_message.Message):
     NODES_FIELD_NUMBER: _ClassVar[int]
     CHILDREN_FIELD_NUMBER: _ClassVar[int]
     PARENT_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ITEM_FIELD_NUMBER: _ClassVar[int]
     id: str
     workflow_id: str
     version: str
@@ -204,7 +205,8 @@ class Execution(_message.Message):
     nodes: _containers.RepeatedCompositeFieldContainer[NodeState]
     children: _containers.RepeatedScalarFieldContainer[str]
     parent_node_id: str
-    def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[str] = ..., inputs_json: _Optional[str] = ..., outputs_json: _Optional[str] = ..., error: _Optional[str] = ..., progress: _Optional[int] = ..., created_at: _Optional[str] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., parent_execution_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., children: _Optional[_Iterable[str]] = ..., parent_node_id: _Optional[str] = ...) -> None: ...
+    parent_item: int
+    def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[str] = ..., inputs_json: _Optional[str] = ..., outputs_json: _Optional[str] = ..., error: _Optional[str] = ..., progress: _Optional[int] = ..., created_at: _Optional[str] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., parent_execution_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., children: _Optional[_Iterable[str]] = ..., parent_node_id: _Optional[str] = ..., parent_item: _Optional[int] = ...) -> None: ...
 
 class NodeState(_message.Message):
     __slots__ = ("node_id", "status", "output_json", "error", "attempts", "started_at", "finished_at", "engine_id")
@@ -243,7 +245,7 @@ class RegisterWorkflowResponse(_message.Message):
     def __init__(self, workflow: _Optional[_Union[Workflow, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class Workflow(_message.Message):
-    __slots__ = ("id", "version", "name", "spec_json", "created_at", "versions", "dependents")
+    __slots__ = ("id", "version", "name", "spec_json", "created_at", "versions", "dependents", "references")
     ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +253,7 @@ class Workflow(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     DEPENDENTS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
     id: str
     version: str
     name: str
@@ -258,7 +261,20 @@ class Workflow(_message.Message):
     created_at: str
     versions: _containers.RepeatedScalarFieldContainer[str]
     dependents: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., version: _Optional[str] = ..., name: _Optional[str] = ..., spec_json: _Optional[str] = ..., created_at: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., dependents: _Optional[_Iterable[str]] = ...) -> None: ...
+    references: _containers.RepeatedCompositeFieldContainer[WorkflowReference]
+    def __init__(self, id: _Optional[str] = ..., version: _Optional[str] = ..., name: _Optional[str] = ..., spec_json: _Optional[str] = ..., created_at: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., dependents: _Optional[_Iterable[str]] = ..., references: _Optional[_Iterable[_Union[WorkflowReference, _Mapping]]] = ...) -> None: ...
+
+class WorkflowReference(_message.Message):
+    __slots__ = ("node", "workflow", "range", "resolves_to")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    RESOLVES_TO_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    workflow: str
+    range: str
+    resolves_to: str
+    def __init__(self, node: _Optional[str] = ..., workflow: _Optional[str] = ..., range: _Optional[str] = ..., resolves_to: _Optional[str] = ...) -> None: ...
 
 class GetWorkflowRequest(_message.Message):
     __slots__ = ("workflow_id", "version")

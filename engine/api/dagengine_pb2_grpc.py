@@ -288,7 +288,9 @@ class Engine:
 
 class OrchestratorStub:
     """Definitions and their versions, the durable record of executions, routing, triggers,
-    sub-workflows and the event hub.
+    sub-workflows and the event hub. Every refusal also carries a google.rpc.ErrorInfo in the
+    status details: reason is the HTTP API's error code (idempotency_key_reused, too_deep, ...),
+    metadata its details, each value a string (JSON text unless it is a string already).
     """
 
     def __init__(self, channel):
@@ -386,7 +388,9 @@ class OrchestratorStub:
 
 class OrchestratorServicer:
     """Definitions and their versions, the durable record of executions, routing, triggers,
-    sub-workflows and the event hub.
+    sub-workflows and the event hub. Every refusal also carries a google.rpc.ErrorInfo in the
+    status details: reason is the HTTP API's error code (idempotency_key_reused, too_deep, ...),
+    metadata its details, each value a string (JSON text unless it is a string already).
     """
 
     def RegisterWorkflow(self, request, context):
@@ -436,6 +440,10 @@ class OrchestratorServicer:
 
     def WatchEvents(self, request, context):
         """Live events, filterable; a slow watcher gets subscriber.lagged with the count it missed.
+        With execution_id: the run's stored events first, then live ones, each once; a slow
+        reader is sent what it would have missed from the store; the stream ends (OK) with the
+        run's final event, at once when after_seq is at or past it. UNAVAILABLE when the server
+        stops first: reconnect with after_seq set to the last seq received.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -597,7 +605,9 @@ def add_OrchestratorServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Orchestrator:
     """Definitions and their versions, the durable record of executions, routing, triggers,
-    sub-workflows and the event hub.
+    sub-workflows and the event hub. Every refusal also carries a google.rpc.ErrorInfo in the
+    status details: reason is the HTTP API's error code (idempotency_key_reused, too_deep, ...),
+    metadata its details, each value a string (JSON text unless it is a string already).
     """
 
     @staticmethod

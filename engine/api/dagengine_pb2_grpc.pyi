@@ -146,7 +146,9 @@ def add_EngineServicer_to_server(servicer: EngineServicer, server: _typing.Union
 
 class OrchestratorStub:
     """Definitions and their versions, the durable record of executions, routing, triggers,
-    sub-workflows and the event hub.
+    sub-workflows and the event hub. Every refusal also carries a google.rpc.ErrorInfo in the
+    status details: reason is the HTTP API's error code (idempotency_key_reused, too_deep, ...),
+    metadata its details, each value a string (JSON text unless it is a string already).
     """
 
     @_typing.overload
@@ -165,7 +167,12 @@ class OrchestratorStub:
     CancelExecution: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.CancelExecutionRequest, _dagengine_pb2.CancelExecutionResponse]
     """Cancels a run and its children."""
     WatchEvents: _grpc.UnaryStreamMultiCallable[_dagengine_pb2.WatchEventsRequest, _dagengine_pb2.Event]
-    """Live events, filterable; a slow watcher gets subscriber.lagged with the count it missed."""
+    """Live events, filterable; a slow watcher gets subscriber.lagged with the count it missed.
+    With execution_id: the run's stored events first, then live ones, each once; a slow
+    reader is sent what it would have missed from the store; the stream ends (OK) with the
+    run's final event, at once when after_seq is at or past it. UNAVAILABLE when the server
+    stops first: reconnect with after_seq set to the last seq received.
+    """
     ExecuteSubWorkflow: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.ExecuteSubWorkflowRequest, _dagengine_pb2.ExecuteSubWorkflowResponse]
     """Called for an engine's subworkflow.requested: pins the child's version and starts it."""
     GetSubWorkflowStatus: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.GetSubWorkflowStatusRequest, _dagengine_pb2.SubWorkflowStatus]
@@ -184,7 +191,9 @@ class OrchestratorStub:
 @_typing.type_check_only
 class OrchestratorAsyncStub(OrchestratorStub):
     """Definitions and their versions, the durable record of executions, routing, triggers,
-    sub-workflows and the event hub.
+    sub-workflows and the event hub. Every refusal also carries a google.rpc.ErrorInfo in the
+    status details: reason is the HTTP API's error code (idempotency_key_reused, too_deep, ...),
+    metadata its details, each value a string (JSON text unless it is a string already).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -200,7 +209,12 @@ class OrchestratorAsyncStub(OrchestratorStub):
     CancelExecution: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.CancelExecutionRequest, _dagengine_pb2.CancelExecutionResponse]  # type: ignore[assignment]
     """Cancels a run and its children."""
     WatchEvents: _aio.UnaryStreamMultiCallable[_dagengine_pb2.WatchEventsRequest, _dagengine_pb2.Event]  # type: ignore[assignment]
-    """Live events, filterable; a slow watcher gets subscriber.lagged with the count it missed."""
+    """Live events, filterable; a slow watcher gets subscriber.lagged with the count it missed.
+    With execution_id: the run's stored events first, then live ones, each once; a slow
+    reader is sent what it would have missed from the store; the stream ends (OK) with the
+    run's final event, at once when after_seq is at or past it. UNAVAILABLE when the server
+    stops first: reconnect with after_seq set to the last seq received.
+    """
     ExecuteSubWorkflow: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.ExecuteSubWorkflowRequest, _dagengine_pb2.ExecuteSubWorkflowResponse]  # type: ignore[assignment]
     """Called for an engine's subworkflow.requested: pins the child's version and starts it."""
     GetSubWorkflowStatus: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.GetSubWorkflowStatusRequest, _dagengine_pb2.SubWorkflowStatus]  # type: ignore[assignment]
@@ -218,7 +232,9 @@ class OrchestratorAsyncStub(OrchestratorStub):
 
 class OrchestratorServicer(metaclass=_abc_1.ABCMeta):
     """Definitions and their versions, the durable record of executions, routing, triggers,
-    sub-workflows and the event hub.
+    sub-workflows and the event hub. Every refusal also carries a google.rpc.ErrorInfo in the
+    status details: reason is the HTTP API's error code (idempotency_key_reused, too_deep, ...),
+    metadata its details, each value a string (JSON text unless it is a string already).
     """
 
     @_abc_1.abstractmethod
@@ -280,7 +296,12 @@ class OrchestratorServicer(metaclass=_abc_1.ABCMeta):
         request: _dagengine_pb2.WatchEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_dagengine_pb2.Event], _abc.AsyncIterator[_dagengine_pb2.Event]]:
-        """Live events, filterable; a slow watcher gets subscriber.lagged with the count it missed."""
+        """Live events, filterable; a slow watcher gets subscriber.lagged with the count it missed.
+        With execution_id: the run's stored events first, then live ones, each once; a slow
+        reader is sent what it would have missed from the store; the stream ends (OK) with the
+        run's final event, at once when after_seq is at or past it. UNAVAILABLE when the server
+        stops first: reconnect with after_seq set to the last seq received.
+        """
 
     @_abc_1.abstractmethod
     def ExecuteSubWorkflow(
