@@ -160,7 +160,7 @@ async def _read_json(request: web.Request, *, required: bool = True) -> JSON:
         raise HttpError(400, "bad_json", f"the request body is not valid JSON{where}") from None
     except RecursionError:
         raise HttpError(
-            400, "too_deep", f"JSON nests deeper than {MAX_JSON_DEPTH} levels"
+            400, "too_deep", f"the request body nests deeper than {MAX_JSON_DEPTH} levels"
         ) from None
     check_json(raw, value, "the request body")
     return value
