@@ -282,7 +282,27 @@ class Fleet:
                 info = await link.stub.GetInfo(pb.GetInfoRequest(), timeout=self._check_timeout)
                 self._learn(link, info)
         except grpc.aio.AioRpcError as exc:
-            self._failed(link, f"{exc.code().name}: {exc.details()}")
+            error = f"{exc.code().name}: {exc.details()}"
+            if (
+                exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                and link.failures == 0
+                and link.state in ("ready", "draining")
+            ):
+                # Slow is not gone: an engine whose loop is busy for a moment (encoding an
+                # event of tens of MB) answers late, and taking it for dead would cut off and
+                # re-run all its runs. A second late answer in a row, or a broken stream
+                # (``suspect``), decides.
+                link.failures = 1
+                link.last_error = error
+                log.warning(
+                    "engine %s at %s was slow to answer its health check (%s): checking again",
+                    link.key,
+                    link.address,
+                    error,
+                    extra={"engine_id": link.key},
+                )
+                return
+            self._failed(link, error)
             return
         if self.links.get(link.address) is not link:
             return  # discovery dropped it while we asked

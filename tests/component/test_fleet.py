@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import grpc
 import pytest
 
 from engine.core.values import JSONObject
@@ -216,3 +217,37 @@ async def test_engine_changes_are_logged_at_their_severity_with_the_reason(
     ]
     unhealthy = next(r for r in caplog.records if r.getMessage().startswith("engine.unhealthy"))
     assert unhealthy.__dict__["engine_id"] == "engine-0"
+
+
+async def test_one_late_health_answer_is_not_a_lost_engine_but_two_in_a_row_are(
+    engine: EngineServer, watched: Watched
+) -> None:
+    link = await ready_link(watched, engine.address)
+    answer = link.health
+    late = grpc.aio.AioRpcError(
+        grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), "Deadline"
+    )
+    misses = 0
+
+    async def slow_once(request: object, timeout: float) -> object:
+        nonlocal misses
+        if misses < 1:
+            misses += 1
+            raise late
+        return await answer(request, timeout=timeout)  # type: ignore[arg-type]
+
+    link.health = slow_once  # type: ignore[assignment]
+    await watched.fleet.check(link)
+    # a busy engine, not a dead one: its runs stay where they are
+    assert (link.state, watched.lost, link.failures) == ("ready", [], 1)
+    await watched.fleet.check(link)
+    assert (link.state, link.failures, link.last_error) == ("ready", 0, None)
+
+    async def slow_always(request: object, timeout: float) -> object:
+        raise late
+
+    link.health = slow_always  # type: ignore[assignment]
+    await watched.fleet.check(link)
+    assert link.state == "ready" and watched.lost == []
+    await watched.fleet.check(link)
+    assert link.state == "unhealthy" and watched.lost == [link]
