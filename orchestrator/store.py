@@ -17,7 +17,7 @@ its events when asked (``orchestrator.timeline``).
 from __future__ import annotations
 
 import asyncio
-import itertools
+import collections
 import json
 import logging
 import queue
@@ -663,9 +663,11 @@ def _record_slot(
         )
     except sqlite3.IntegrityError:
         raise SlotTaken(f"{fire.trigger_id} at {isoformat(fire.scheduled_at)}") from None
-    if next(_slots_recorded) % _PRUNE_EVERY == 0:
+    _slots_recorded[fire.trigger_id] += 1
+    if _slots_recorded[fire.trigger_id] % _PRUNE_EVERY == 0:
         # keep each trigger's newest slots: the newest is what a restart resumes from, and a
-        # schedule every few seconds would otherwise add tens of thousands of rows a day
+        # schedule every few seconds would otherwise add tens of thousands of rows a day.
+        # Counted per trigger: a count shared by all would land on the same few triggers.
         conn.execute(
             "DELETE FROM trigger_fires WHERE trigger_id = ? AND scheduled_at < ("
             " SELECT scheduled_at FROM trigger_fires WHERE trigger_id = ?"
@@ -677,7 +679,8 @@ def _record_slot(
 TRIGGER_HISTORY_KEEP: Final = 1000
 """Decided slots kept per trigger (its history); older ones are pruned as new ones come."""
 _PRUNE_EVERY: Final = 64
-_slots_recorded = itertools.count(1)
+_slots_recorded: collections.Counter[str] = collections.Counter()
+"""Slots recorded by this process, per trigger (only the writer thread touches it)."""
 
 
 def _stored_trigger(row: tuple[Any, ...]) -> StoredTrigger:

@@ -165,7 +165,9 @@ class Trigger(ABC):
         self._started = False
 
     @abstractmethod
-    async def start(self) -> None: ...
+    async def start(self, now: float | None = None) -> None:
+        """Begin serving; ``now``: the instant slots up to which are decided already (the
+        catch-up's), by default the clock's."""
 
     @abstractmethod
     async def stop(self) -> None: ...
@@ -210,10 +212,10 @@ class CronTrigger(Trigger):
         """Slots after this instant are still to be decided."""
         return max(self.since, self.last_slot or 0.0)
 
-    async def start(self) -> None:
+    async def start(self, now: float | None = None) -> None:
         self._started = True
         if not self.paused:
-            self._loop.arm(self, self._loop.clock())
+            self._loop.arm(self, self._loop.clock() if now is None else now)
 
     async def stop(self) -> None:
         self._started = False
@@ -256,7 +258,7 @@ class HttpTrigger(Trigger):
         self.raw_body = bool(config.get("raw_body"))
         self._routes = routes
 
-    async def start(self) -> None:
+    async def start(self, now: float | None = None) -> None:
         self._started = True
         self._routes[self.path] = self
 
@@ -528,7 +530,9 @@ class Triggers:
             self._triggers[trigger.id] = trigger
             if isinstance(trigger, CronTrigger) and not trigger.paused:
                 self._catch_up(trigger, now)
-            await trigger.start()
+            # armed from the instant the catch-up reached, not a later clock reading: a slot
+            # between the two would be neither caught up nor fired
+            await trigger.start(now)
         if run_loop:
             self._runner = asyncio.get_running_loop().create_task(self.loop.run())
         log.info(
@@ -848,33 +852,38 @@ class Triggers:
 
     async def _catch_up_slots(self, trigger: CronTrigger, *, since: float, now: float) -> None:
         async with trigger.lock:
-            plan = plan_catchup(
-                trigger.schedule, trigger.catchup, since=since, now=now, bound=self.catchup_limit
-            )
-            if plan.missed and plan.last_missed is not None:
-                detail: JSONObject = {
-                    "count": plan.missed,
-                    "exact": plan.exact,
-                    "first_missed": isoformat(plan.first_missed),
-                    "last_missed": isoformat(plan.last_missed),
-                    "catchup": trigger.catchup,
-                    "firing": len(plan.fire),
-                }
-                fire = TriggerFire(trigger.id, plan.last_missed, self.clock())
-                if await self.store.record_slot(fire, "missed", detail):
-                    self._publish(
-                        "trigger.missed", "warning", trigger, slot=plan.last_missed, data=detail
-                    )
-                    log.warning(
-                        "trigger %s missed %s%d slots (catchup %s)",
-                        trigger.id,
-                        "" if plan.exact else "at least ",
-                        plan.missed,
-                        trigger.catchup,
-                    )
-                trigger.last_slot = max(trigger.last_slot or 0.0, plan.last_missed)
-            for slot in plan.fire:
-                await self._fire(trigger, slot, catchup=True)
+            await self._catch_up_locked(trigger, since=since, now=now)
+
+    async def _catch_up_locked(self, trigger: CronTrigger, *, since: float, now: float) -> None:
+        """The trigger's catch-up policy over the slots after ``since`` up to ``now``; the
+        caller holds the trigger's lock."""
+        plan = plan_catchup(
+            trigger.schedule, trigger.catchup, since=since, now=now, bound=self.catchup_limit
+        )
+        if plan.missed and plan.last_missed is not None:
+            detail: JSONObject = {
+                "count": plan.missed,
+                "exact": plan.exact,
+                "first_missed": isoformat(plan.first_missed),
+                "last_missed": isoformat(plan.last_missed),
+                "catchup": trigger.catchup,
+                "firing": len(plan.fire),
+            }
+            fire = TriggerFire(trigger.id, plan.last_missed, self.clock())
+            if await self.store.record_slot(fire, "missed", detail):
+                self._publish(
+                    "trigger.missed", "warning", trigger, slot=plan.last_missed, data=detail
+                )
+                log.warning(
+                    "trigger %s missed %s%d slots (catchup %s)",
+                    trigger.id,
+                    "" if plan.exact else "at least ",
+                    plan.missed,
+                    trigger.catchup,
+                )
+            trigger.last_slot = max(trigger.last_slot or 0.0, plan.last_missed)
+        for slot in plan.fire:
+            await self._fire(trigger, slot, catchup=True)
 
     async def _fire_in_turn(self, trigger: CronTrigger, slot: float) -> None:
         async with trigger.lock:
@@ -883,6 +892,13 @@ class Triggers:
     async def _fire(self, trigger: CronTrigger, slot: float, *, catchup: bool = False) -> None:
         """Decide one slot (under the trigger's lock): fire, skip, or cancel-and-fire."""
         if not trigger.is_active() or (trigger.last_slot is not None and slot <= trigger.last_slot):
+            return
+        now = self.clock()
+        if not catchup and now - slot > LATE_GRACE:
+            # its turn came too late (slots queued behind one the store would not take, or a
+            # stalled loop): the catch-up policy decides, as after downtime, not a burst of
+            # stale runs
+            await self._catch_up_locked(trigger, since=slot - 0.5, now=now)
             return
         for delay in (*STORE_RETRIES, None):
             try:

@@ -325,6 +325,19 @@ async def test_trigger_history_keeps_the_newest_slots_of_each_trigger(store: Sto
     assert len(await store.trigger_history("quiet", limit=10)) == 1
 
 
+async def test_triggers_firing_in_turn_are_each_pruned(store: Store) -> None:
+    # two schedules firing alternately, as two every-second triggers do: a count of slots
+    # shared by all triggers would prune only the one whose turn lands on its multiples
+    total = TRIGGER_HISTORY_KEEP + 300
+    for i in range(total):
+        for tid in ("one", "two"):
+            fire = TriggerFire(tid, 1000.0 + i, 1000.0 + i)
+            assert await store.record_slot(fire, "skipped", {})
+    for tid in ("one", "two"):
+        kept = len(await store.trigger_history(tid, limit=10 * total))
+        assert TRIGGER_HISTORY_KEEP <= kept < TRIGGER_HISTORY_KEEP + 100, (tid, kept)
+
+
 async def test_a_full_database_is_unavailable_for_a_while_not_broken(store: Store) -> None:
     """SQLite's ``max_page_count`` makes the file full: writes that need a new page fail as
     on a full disk. They are ``StoreUnavailable`` (503, retried later), the store says so

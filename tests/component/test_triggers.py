@@ -26,6 +26,7 @@ from orchestrator.monitoring import Hub
 from orchestrator.orchestrating import Orchestrator
 from orchestrator.store import Store
 from orchestrator.triggering import (
+    LATE_GRACE,
     HttpTrigger,
     InvalidTrigger,
     TriggerConflict,
@@ -280,6 +281,57 @@ async def test_a_slot_the_store_never_takes_is_left_for_the_next_start(
     await world.triggers()
     [run] = await world.executions()
     assert run["inputs"]["_trigger"]["scheduled_time"] == iso(T0 + 60)
+
+
+async def test_slots_held_up_past_the_grace_by_the_store_follow_the_catchup_policy(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each slot's tries take a tenth of a second while the fake clock moves a second every
+    # hundredth: slots queue behind the one being tried, and come up long after their time
+    monkeypatch.setattr("orchestrator.triggering.STORE_RETRIES", (0.02,) * 5)
+    triggers = await world.triggers()
+    every_second = spec(cron="* * * * * *", overlap="allow", catchup="none")
+    await world.orch.register(every_second, yaml=False, force=False)
+    writes_refused(world.store, True)
+    for k in range(1, 41):
+        world.clock.now = T0 + k
+        triggers.loop.run_due(world.clock.now)
+        await asyncio.sleep(0.01)
+    writes_refused(world.store, False)
+    world.clock.now = T0 + 41
+    triggers.loop.run_due(world.clock.now)
+    await triggers.settle()
+    # before: every slot queued meanwhile fired at once on recovery, up to 36 s late
+    fired = [e["data"]["lag_ms"] for e in world.events if e["type"] == "trigger.fired"]
+    assert len(fired) <= 3 and all(lag < (LATE_GRACE + 15) * 1000 for lag in fired), fired
+    missed = [e for e in world.events if e["type"] == "trigger.missed"]
+    assert missed and all(e["data"]["catchup"] == "none" for e in missed)
+
+
+async def test_a_slot_due_while_triggers_start_is_fired(world: World) -> None:
+    triggers = await world.triggers()
+    await world.orch.register(
+        spec(cron="* * * * * *", overlap="allow", catchup="all"), yaml=False, force=False
+    )
+    for k in range(1, 6):
+        world.clock.now = T0 + k
+        await triggers.tick()
+    await triggers.stop()
+    await world.restart()
+    readings = iter([T0 + 10.9])  # start-up reads the clock, then time passes a slot
+
+    def clock() -> float:
+        return next(readings, T0 + 11.1)
+
+    later = Triggers(world.orch, clock=clock)
+    world.orch.triggers = later
+    await later.start(run_loop=False)
+    await later.settle()
+    await later.tick(T0 + 12)
+    await later.tick(T0 + 12)  # the loop goes round again for the slot re-armed at 12
+    slots = sorted(r["inputs"]["_trigger"]["scheduled_time"] for r in await world.executions())
+    # slots 6..10 caught up, 11 (between the two readings) and 12 fired: none left undecided
+    assert slots == [iso(T0 + s) for s in range(1, 13)], slots
 
 
 async def test_pause_and_resume_persist_and_resume_does_not_catch_up(world: World) -> None:
