@@ -11,6 +11,7 @@ from engine.spec_checks import (
     cron_problem,
     json_schema_problem,
     timezone_problem,
+    trigger_inputs_problems,
     version_range_problem,
 )
 
@@ -27,4 +28,5 @@ def external_checks() -> ExternalChecks:
         timezone=timezone_problem,
         cron=cron_problem,
         version_range=version_range_problem,
+        inputs=trigger_inputs_problems,
     )

@@ -26,7 +26,7 @@ from referencing.exceptions import InvalidAnchor, NoSuchAnchor, PointerToNowhere
 
 from engine.core.errors import InputsError
 from engine.core.spec import WorkflowSpec
-from engine.core.values import JSON, json_kind
+from engine.core.values import JSON, JSONObject, json_kind
 from engine.spec_checks import PatternError, pattern_matches, sealed_registry, single_dialect
 
 TRIGGER_KEY: Final = "_trigger"
@@ -46,10 +46,24 @@ def _validator(spec: WorkflowSpec) -> Any:
         _validators.clear()
     schema = spec.inputs_schema
     assert schema is not None
-    validator_class = _linear_time(jsonschema.validators.validator_for(schema))
-    validator = validator_class(single_dialect(schema), registry=sealed_registry())
+    validator = _build(schema)
     _validators[id(spec)] = (weakref.ref(spec), validator)
     return validator
+
+
+def _build(schema: JSONObject) -> Any:
+    validator_class = _linear_time(jsonschema.validators.validator_for(schema))
+    return validator_class(single_dialect(schema), registry=sealed_registry())
+
+
+def inputs_problems(schema: JSONObject, inputs: JSONObject) -> list[str]:
+    """What ``check_inputs`` would say of ``inputs`` under ``schema``, for a spec still being
+    checked (a cron trigger's fixed inputs). A schema that cannot be applied says nothing
+    here: the spec check reports the schema itself."""
+    try:
+        return _problems(_build(schema), inputs)
+    except (jsonschema.SchemaError, Unresolvable, PatternError):
+        return []
 
 
 def check_inputs(spec: WorkflowSpec, inputs: JSON) -> None:
@@ -64,19 +78,23 @@ def check_inputs(spec: WorkflowSpec, inputs: JSON) -> None:
     if TRIGGER_KEY in inputs:
         inputs = {k: v for k, v in inputs.items() if k != TRIGGER_KEY}
     try:
-        errors = sorted(_validator(spec).iter_errors(inputs), key=lambda e: list(e.absolute_path))
+        problems = _problems(_validator(spec), inputs)
     except Unresolvable as exc:
         raise InputsError(spec.id, [_unresolvable(exc)]) from exc
     except PatternError as exc:
         raise InputsError(spec.id, [f"inputs_schema: {exc}"]) from exc
-    problems = [
+    if problems:
+        raise InputsError(spec.id, problems)
+
+
+def _problems(validator: Any, inputs: JSON) -> list[str]:
+    errors = sorted(validator.iter_errors(inputs), key=lambda e: list(e.absolute_path))
+    return [
         "inputs"
         + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
         + f": {err.message}"
         for err in errors
     ]
-    if problems:
-        raise InputsError(spec.id, problems)
 
 
 def _unresolvable(exc: Unresolvable) -> str:

@@ -350,3 +350,11 @@ def version_range_problem(text: str) -> str | None:
             "^1.2, ~1.2.3, >=1 <2, 1.x, or latest"
         )
     return None
+
+
+def trigger_inputs_problems(schema: JSONObject, inputs: JSONObject) -> list[str]:
+    """What ``inputs_schema`` says of a cron trigger's fixed inputs (``ExternalChecks.inputs``);
+    ``engine.inputs`` (jsonschema) loads only for a spec that has both."""
+    from engine.inputs import inputs_problems  # it imports this module
+
+    return inputs_problems(schema, inputs)

@@ -16,6 +16,7 @@ from engine.spec_checks import (
     cron_problem,
     json_schema_problem,
     timezone_problem,
+    trigger_inputs_problems,
     version_range_problem,
 )
 
@@ -29,4 +30,5 @@ def registration_checks(
         timezone=timezone_problem,
         cron=cron_problem,
         version_range=version_range_problem,
+        inputs=trigger_inputs_problems,
     )

@@ -70,7 +70,8 @@ class Metrics:
         self.queue = Gauge("dagengine_queue_depth", "Executions waiting for an engine", registry=r)
         self.trigger_slots = Counter(
             "dagengine_trigger_slots",
-            "Trigger slots decided, by trigger type and outcome (fired, skipped, missed)",
+            "Trigger slots decided, by trigger type and outcome (fired, skipped, missed, failed:"
+            " its run was refused)",
             ["type", "outcome"],
             registry=r,
         )
@@ -101,9 +102,11 @@ class Metrics:
                 if isinstance(ms, int | float):
                     self.node_seconds.labels(workflow).observe(ms / 1000)
             elif family == "trigger" and isinstance(data, dict):
-                # a missed event stands for every slot it reports
+                # a missed event stands for every slot it reports; one whose run was refused
+                # (no such version any more, its inputs) failed, which downtime did not cause
                 count = data.get("count") if what == "missed" else 1
-                self.trigger_slots.labels(str(data.get("trigger_type") or ""), what).inc(
+                outcome = "failed" if data.get("reason") == "refused" else what
+                self.trigger_slots.labels(str(data.get("trigger_type") or ""), outcome).inc(
                     count if isinstance(count, int) and count > 0 else 1
                 )
                 lag = data.get("lag_ms")

@@ -192,17 +192,20 @@ class Orchestrator:
         wait: float | None,
         fire: TriggerFire | None = None,
         brief: bool = False,
+        default_version: str | None = None,
     ) -> tuple[JSONObject, bool]:
         """``fire``: the cron slot this run is for, stored with it (``SlotTaken`` if decided).
         ``brief``: a run that ends while waited for is answered from its final event (id,
-        status, outputs, error, times; no nodes) instead of being read back whole."""
+        status, outputs, error, times; no nodes) instead of being read back whole.
+        ``default_version``: the range to run when the caller named none (a trigger's); an
+        idempotency key stands for what the caller sent, so it is not part of that."""
         if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
             # every API's limit (HTTP checks its header the same way first)
             raise InvalidArgument(
                 f"the idempotency key is longer than {MAX_IDEMPOTENCY_KEY} characters "
                 f"({len(idempotency_key)})"
             )
-        spec = self.registry.resolve_spec(workflow_id, version or "latest")
+        spec = self.registry.resolve_spec(workflow_id, version or default_version or "latest")
         check_inputs(spec, inputs)
         if self.dispatcher.queue_depth >= self.queue_limit:
             raise QueueFull(

@@ -260,4 +260,6 @@ def plan_catchup(
         cursor = found - 0.5  # slots are whole seconds apart at the least
     fire.reverse()
     last_missed = schedule.latest_at_or_before(cursor)
-    return CatchUp(tuple(fire), len(past), False, past[0], last_missed)
+    # the slots walked forward may reach the newest ones, which fire: not missed
+    passed_over = sum(1 for slot in past if not fire or slot < fire[0])
+    return CatchUp(tuple(fire), passed_over, False, past[0], last_missed)

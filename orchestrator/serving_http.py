@@ -426,9 +426,8 @@ class HttpApi:
         """A spec's own ``http.path``: that trigger's auth, then as ``/trigger``; with
         ``raw_body`` the whole JSON body is the inputs and options come in the query."""
         if request.method != "POST":
-            raise HttpError(
-                405, "method_not_allowed", f"{hook.path} takes POST", {"allowed": ["POST"]}
-            )
+            # as aiohttp's own 405 for the API's routes: with the Allow header HTTP requires
+            raise web.HTTPMethodNotAllowed(request.method, ["POST"])
         triggers = self._trigger_set()
         raw = await request.read()  # the size limit applies here
         hook.authenticate(request.headers, raw, triggers.environ, self.token)

@@ -140,6 +140,7 @@ class Host(Protocol):
         wait: float | None,
         fire: TriggerFire | None = None,
         brief: bool = False,
+        default_version: str | None = None,
     ) -> tuple[JSONObject, bool]: ...
     async def cancel(self, execution_id: str, reason: str) -> JSONObject: ...
     def publish(self, events: list[JSONObject]) -> None: ...
@@ -807,7 +808,8 @@ class Triggers:
         doc, created = await self.host.execute(
             trigger.workflow_id,
             inputs=inputs,
-            version=version or trigger.version,
+            version=version,
+            default_version=trigger.version,
             idempotency_key=idempotency_key,
             wait=wait,
             brief=True,

@@ -171,6 +171,9 @@ class ExternalChecks:
     timezone: Callable[[str], str | None] | None = None
     cron: Callable[[str], str | None] | None = None
     version_range: Callable[[str], str | None] | None = None
+    inputs: Callable[[JSONObject, JSONObject], list[str]] | None = None
+    """``(inputs_schema, inputs)``: what the schema says of a cron trigger's fixed inputs,
+    one message per problem (empty when they pass)."""
 
 
 Key: TypeAlias = tuple[str | int, ...]
@@ -211,9 +214,16 @@ _CRON_FIELDS: Final = ("cron", "timezone", "overlap", "catchup", "inputs", "id")
 _HTTP_FIELDS: Final = ("path", "auth", "raw_body")
 
 
+_MOVED: Final = {"bearer_env": "auth", "hmac_env": "auth"}
+"""Fields users write one level off, and the field they belong under."""
+
+
 def _hint(word: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    home = _MOVED.get(word)
+    return f" (it belongs under {home}: {{{word}: ...}})" if home in choices else ""
 
 
 class _Checker:
@@ -350,7 +360,7 @@ class _Checker:
         inputs_schema = self.inputs_schema(doc.get("inputs_schema"))
         nodes = self.nodes(doc.get("nodes"))
         outputs = self.outputs(doc.get("outputs"), nodes)
-        triggers = self.triggers(doc.get("triggers"))
+        triggers = self.triggers(doc.get("triggers"), inputs_schema)
         if self.problems or nodes is None:
             return None
         return WorkflowSpec(
@@ -728,21 +738,31 @@ class _Checker:
                 )
         return value
 
-    def triggers(self, value: object) -> list[Trigger]:
+    def triggers(self, value: object, inputs_schema: JSONObject | None) -> list[Trigger]:
         if value is None:
             return []
         if not isinstance(value, list):
             self.report(("triggers",), "triggers", "must be a list")
             return []
         out: list[Trigger] = []
+        paths: dict[str, str] = {}
+        names: dict[str, str] = {}
         for i, item in enumerate(value):
             key: Key = ("triggers", i)
             path = f"triggers[{i}]"
             if isinstance(item, Mapping) and "cron" in item:
                 trigger: Trigger | None = self.cron_trigger(item, key, path)
+                if isinstance(trigger, CronTrigger):
+                    self.trigger_inputs(trigger, inputs_schema, key, path)
+                    if trigger.id is not None:
+                        self.once(names, trigger.id, (*key, "id"), f"{path}.id", "id")
             elif isinstance(item, Mapping) and "http" in item:
                 self.unknown_fields(item, ("http",), key, path)
                 trigger = self.http_trigger(item["http"], (*key, "http"), f"{path}.http")
+                if isinstance(trigger, HttpTrigger):
+                    self.once(
+                        paths, trigger.path, (*key, "http", "path"), f"{path}.http.path", "path"
+                    )
             else:
                 self.report(
                     key,
@@ -753,6 +773,22 @@ class _Checker:
             if trigger is not None:
                 out.append(trigger)
         return out
+
+    def once(self, seen: dict[str, str], value: str, key: Key, path: str, what: str) -> None:
+        """A trigger's id or path names one trigger of the spec."""
+        first = seen.setdefault(value, path)
+        if first != path:
+            self.report(key, path, f"{what} {value!r} is taken by {first} already")
+
+    def trigger_inputs(
+        self, trigger: CronTrigger, schema: JSONObject | None, key: Key, path: str
+    ) -> None:
+        """A cron trigger's inputs are every fire's: the schema must take them, or every slot
+        would be refused when it comes."""
+        if schema is None or self.checks.inputs is None:
+            return
+        for problem in self.checks.inputs(schema, trigger.inputs):
+            self.report((*key, "inputs"), f"{path}.inputs", problem)
 
     def cron_trigger(self, item: Mapping[str, Any], key: Key, path: str) -> CronTrigger | None:
         before = len(self.problems)
@@ -804,6 +840,16 @@ class _Checker:
                 (*key, "path"),
                 f"{path}.path",
                 f"must be a URL path starting with '/', got {route!r}",
+            )
+        elif route != "/" and (
+            route.endswith("/") or "//" in route or {".", ".."} & set(route.split("/"))
+        ):
+            # one spelling per route: /a/ or /a//b would be another path than /a or /a/b,
+            # and so could be given to another workflow than the one that has /a
+            self.report(
+                (*key, "path"),
+                f"{path}.path",
+                f"must be a plain URL path (no trailing '/', '//', '.' or '..'), got {route!r}",
             )
         elif route.startswith(("/api/", "/trigger/")) or route in (
             "/metrics",

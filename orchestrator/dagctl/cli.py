@@ -293,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         action = actions.add_parser(name, help=what)
         action.add_argument("id", metavar="ID")
+        if name == "history":
+            action.add_argument(
+                "--limit", type=int, default=50, metavar="N", help="slots shown, 1 to 1000"
+            )
         output(action)
 
     cancel = sub.add_parser("cancel", help="cancel an execution and its children")
@@ -767,7 +771,7 @@ def cmd_trigger(args: argparse.Namespace, client: Client, out: TextIO, err: Text
             body["paused"] = True
         doc = client.post("/api/v1/triggers", body).body
     elif args.action == "history":
-        doc = client.get(f"/api/v1/triggers/{_quote(args.id)}/history")
+        doc = client.get(f"/api/v1/triggers/{_quote(args.id)}/history?limit={args.limit}")
     elif args.action == "delete":
         doc = client.call("DELETE", f"/api/v1/triggers/{_quote(args.id)}").body
     else:
@@ -780,9 +784,7 @@ def cmd_trigger(args: argparse.Namespace, client: Client, out: TextIO, err: Text
             entry = row if isinstance(row, dict) else {}
             detail = entry.get("detail")
             # a slot that did not fire says why; one that did names its run
-            why = (
-                (detail.get("error") or detail.get("reason")) if isinstance(detail, dict) else None
-            )
+            why = showing.slot_reason(detail if isinstance(detail, dict) else {})
             out.write(
                 f"{entry.get('scheduled_time')}  {entry.get('outcome')}  "
                 f"{entry.get('execution_id') or why or ''}\n"

@@ -604,3 +604,17 @@ class ProgressLines:
             if node is not None and status in ("failed", "blocked", "skipped", "cancelled"):
                 detail = node.detail
             self._write(now, label, status, detail)
+
+
+def slot_reason(detail: JSONObject) -> str | None:
+    """Why a trigger's slot did not fire, from its history row's detail; a missed row stands
+    for every slot of an outage: how many, from when to when, and the policy that decided."""
+    count = detail.get("count")
+    if isinstance(count, int):
+        at_least = "" if detail.get("exact", True) else "at least "
+        return (
+            f"{at_least}{count} slots from {text_of(detail.get('first_missed'))} to "
+            f"{text_of(detail.get('last_missed'))} (catchup {text_of(detail.get('catchup'))})"
+        )
+    why = detail.get("error") or detail.get("reason")
+    return text_of(why) if why is not None else None

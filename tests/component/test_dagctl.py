@@ -110,6 +110,19 @@ class FakeOrchestrator:
                         "execution_id": "0190aa",
                         "detail": {},
                     },
+                    {
+                        "scheduled_time": "2026-03-02T11:59:00.000Z",
+                        "outcome": "missed",
+                        "execution_id": None,
+                        "detail": {
+                            "count": 3,
+                            "exact": True,
+                            "first_missed": "2026-03-02T11:57:00.000Z",
+                            "last_missed": "2026-03-02T11:59:00.000Z",
+                            "catchup": "latest",
+                            "firing": 0,
+                        },
+                    },
                 ]
             }
         )
@@ -861,12 +874,15 @@ async def test_events_follow_a_run_until_it_ends(fake: FakeOrchestrator, dagctl:
 async def test_trigger_history_says_why_a_slot_did_not_fire(
     fake: FakeOrchestrator, dagctl: Dagctl
 ) -> None:
-    result = await dagctl(fake, "trigger", "history", "nightly")
+    result = await dagctl(fake, "trigger", "history", "nightly", "--limit", "3")
     assert result.code == 0
     assert result.out.splitlines() == [
         "2026-03-02T12:02:00.000Z  failed  inputs.n: 'x' is not an integer",
         "2026-03-02T12:01:00.000Z  fired  0190aa",
+        "2026-03-02T11:59:00.000Z  missed  3 slots from 2026-03-02T11:57:00.000Z to"
+        " 2026-03-02T11:59:00.000Z (catchup latest)",
     ]
+    assert fake.requested("GET", "/api/v1/triggers/nightly/history?limit=3")
 
 
 async def test_cancel(fake: FakeOrchestrator, dagctl: Dagctl) -> None:

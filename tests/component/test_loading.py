@@ -154,6 +154,21 @@ def test_what_a_trigger_adds_is_not_held_against_a_closed_schema() -> None:
     ]
 
 
+def test_a_cron_triggers_inputs_must_pass_the_specs_inputs_schema() -> None:
+    got = messages(
+        "id: w\nversion: 1.0.0\n"
+        "inputs_schema: {type: object, required: [x], properties: {x: {type: integer}}}\n"
+        "triggers:\n"
+        "  - cron: '@daily'\n"
+        "    inputs: {x: 1}\n"
+        "  - cron: '@hourly'\n"
+        "    inputs: {y: oops}\n"
+        "nodes:\n  - {id: a, lua: return 1}\n"
+    )
+    # every fire of it would be refused: said now, with the line, not at each slot
+    assert got == ["wf.yaml:8: triggers[1].inputs: inputs: 'x' is a required property"]
+
+
 def laughs(levels: int) -> str:
     """Ten anchors, each nine aliases of the one before: about 9**levels values."""
     lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]

@@ -203,6 +203,11 @@ async def test_bearer_hook_idempotency_and_refusals(hooks_cluster: Cluster) -> N
         assert status == 202, first
         status, again = await post(http, f"{url}/hooks/bearer", body, **auth)
         assert status == 202 and again["execution_id"] == first["execution_id"]
+        # the same request through the API: the key stands for what the caller sent, and the
+        # version the hook's trigger pins is not part of it
+        same = {**TOKEN, "Idempotency-Key": "delivery-1"}
+        status, again = await post(http, f"{url}/trigger/hooked", body, **same)
+        assert status == 202 and again["execution_id"] == first["execution_id"], again
         run = await get(http, f"{url}{first['status_url']}")
         assert run["inputs"]["action"] == "push"
         assert run["inputs"]["_trigger"]["type"] == "http"
@@ -233,6 +238,7 @@ async def test_bearer_hook_idempotency_and_refusals(hooks_cluster: Cluster) -> N
         assert (status, answer["error"]["code"]) == (400, "bad_json")
         async with http.get(f"{url}/hooks/bearer") as resp:
             assert resp.status == 405
+            assert resp.headers["Allow"] == "POST"
         async with http.post(f"{url}/hooks/nobody", headers=auth) as resp:
             assert resp.status == 404
             assert (await resp.json())["error"]["code"] == "not_found"

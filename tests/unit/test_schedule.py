@@ -254,3 +254,11 @@ def test_catchup_after_a_long_outage_is_bounded_and_fires_the_newest() -> None:
     assert plan.first_missed == START + 1 and plan.last_missed == now - 3
     latest = plan_catchup(every_second, "latest", since=START, now=now + 0.5, bound=3)
     assert latest.fire == (now,)
+
+
+def test_a_missed_count_just_past_the_walk_leaves_out_the_slots_that_fire() -> None:
+    every_second = Schedule("* * * * * *")
+    # 2,050 slots: the walk forward stops at 2,000, and the newest 100 fire; 1,950 missed
+    plan = plan_catchup(every_second, "all", since=START, now=START + 2050, bound=100)
+    assert plan.fire[0] == START + 1951 and len(plan.fire) == 100
+    assert not plan.exact and plan.missed == 1950

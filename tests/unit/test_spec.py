@@ -261,6 +261,38 @@ def test_triggers() -> None:
     ]
 
 
+def test_a_trigger_names_one_path_or_id_and_a_path_has_one_spelling() -> None:
+    got = problems(
+        base(
+            triggers=[
+                {"http": {"path": "/hooks/a"}},
+                {"http": {"path": "/hooks/a"}},
+                {"http": {"path": "/hooks/a/"}},
+                {"http": {"path": "/hooks//b"}},
+                {"http": {"path": "/hooks/../api/v1/x"}},
+                {"cron": "@daily", "id": "nightly"},
+                {"cron": "@hourly", "id": "nightly"},
+            ]
+        )
+    )
+    plain = "must be a plain URL path (no trailing '/', '//', '.' or '..'), got"
+    assert got == [
+        "triggers[1].http.path: path '/hooks/a' is taken by triggers[0].http.path already",
+        f"triggers[2].http.path: {plain} '/hooks/a/'",
+        f"triggers[3].http.path: {plain} '/hooks//b'",
+        f"triggers[4].http.path: {plain} '/hooks/../api/v1/x'",
+        "triggers[6].id: id 'nightly' is taken by triggers[5].id already",
+    ]
+
+
+def test_an_auth_field_written_one_level_up_says_where_it_goes() -> None:
+    got = problems(base(triggers=[{"http": {"path": "/h", "bearer_env": "TOKEN"}}]))
+    assert got == [
+        "triggers[0].http.bearer_env: unknown field 'bearer_env'"
+        " (it belongs under auth: {bearer_env: ...})"
+    ]
+
+
 def test_not_a_mapping() -> None:
     assert problems(["a"]) == ["a workflow spec must be a mapping, got a list"]
     assert problems(None) == ["a workflow spec must be a mapping, got nothing"]

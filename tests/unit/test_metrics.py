@@ -1,0 +1,37 @@
+"""What the orchestrator's Prometheus metrics count, from the events it publishes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.metrics import Metrics
+
+
+def trigger_event(what: str, **data: Any) -> dict[str, Any]:
+    return {
+        "type": f"trigger.{what}",
+        "workflow_id": "wf",
+        "data": {"trigger_type": "cron", **data},
+    }
+
+
+def test_trigger_slots_by_outcome_tell_refused_runs_from_downtime() -> None:
+    metrics = Metrics(list, lambda: 0)
+    metrics.observe(
+        [
+            trigger_event("fired", lag_ms=3.0),
+            trigger_event("missed", count=5, catchup="none"),  # the orchestrator was down
+            trigger_event("missed", reason="refused", error="no version matches"),
+        ]
+    )
+    text = metrics.render()[0].decode()
+    counted = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("dagengine_trigger_slots_total")
+    }
+    assert counted == {
+        'dagengine_trigger_slots_total{outcome="fired",type="cron"}': 1.0,
+        'dagengine_trigger_slots_total{outcome="missed",type="cron"}': 5.0,
+        'dagengine_trigger_slots_total{outcome="failed",type="cron"}': 1.0,
+    }
