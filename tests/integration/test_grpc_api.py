@@ -18,27 +18,13 @@ from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.core.states import EXECUTION_TERMINAL
 from tests.integration.api import first_pause_last, register
 from tests.integration.conftest import Cluster, StartCluster
+from tests.integration.test_orchestrator import DIAMOND as ORCHESTRATOR_DIAMOND
 
 pytestmark = pytest.mark.slow
 
 AUTH = (("authorization", "Bearer s3cret"),)
 
-DIAMOND = """
-id: g-diamond
-version: 1.0.0
-nodes:
-  - id: a
-    lua: return { n = 1 }
-  - id: b
-    depends_on: [a]
-    lua: return { v = results.a.n * 2 }
-  - id: c
-    depends_on: [a]
-    lua: return { v = results.a.n * 3 }
-  - id: d
-    depends_on: [b, c]
-    lua: return { total = results.b.v + results.c.v }
-"""
+DIAMOND = ORCHESTRATOR_DIAMOND.replace("id: diamond", "id: g-diamond")
 
 
 def stub_for(channel: grpc.aio.Channel) -> pb_grpc.OrchestratorStub:

@@ -24,6 +24,7 @@ from tests.integration.conftest import (
     ORCHESTRATOR_VARIABLES,
     ROOT,
     EngineProcess,
+    OrchestratorProcess,
     StartEngine,
     spawn_orchestrator,
     stop_process,
@@ -70,14 +71,9 @@ async def test_scaling_in_the_api_moves_routing_and_a_403_keeps_the_engines(
         await fake.stop()
 
 
-async def scale_and_refuse(fake: FakeKubeApi, tmp_path: Path, start_engine: StartEngine) -> None:
-    engines = [
-        await asyncio.to_thread(start_engine, ENGINE_ID=f"engine-{i}", DRAIN_GRACE="1")
-        for i in range(3)
-    ]
-    fake.put(SLICES, slice_for(engines[0]))
-    orch = await asyncio.to_thread(
-        spawn_orchestrator,
+def kube_orchestrator(fake: FakeKubeApi, tmp_path: Path) -> OrchestratorProcess:
+    """An orchestrator that finds its engines through the fake API's EndpointSlices."""
+    return spawn_orchestrator(
         tmp_path / "orchestrator.log",
         tmp_path / "state.db",
         [],
@@ -88,6 +84,15 @@ async def scale_and_refuse(fake: FakeKubeApi, tmp_path: Path, start_engine: Star
         K8S_SERVICE_NAME="workflow-engines",
         ENGINE_HEALTH_CHECK_INTERVAL="0.5",
     )
+
+
+async def scale_and_refuse(fake: FakeKubeApi, tmp_path: Path, start_engine: StartEngine) -> None:
+    engines = [
+        await asyncio.to_thread(start_engine, ENGINE_ID=f"engine-{i}", DRAIN_GRACE="1")
+        for i in range(3)
+    ]
+    fake.put(SLICES, slice_for(engines[0]))
+    orch = await asyncio.to_thread(kube_orchestrator, fake, tmp_path)
     try:
         async with aiohttp.ClientSession() as http:
             await until(http, orch.url, lambda s: s == {"engine-0": "ready"}, "the listed engine")
@@ -158,18 +163,7 @@ async def terminating_engine_drains(
     ]
     # only engine-0 at first, so that the run goes there
     fake.put(SLICES, slice_for(engines[0]))
-    orch = await asyncio.to_thread(
-        spawn_orchestrator,
-        tmp_path / "orchestrator.log",
-        tmp_path / "state.db",
-        [],
-        DISCOVERY_MODE="kubernetes",
-        IN_CLUSTER_CONFIG="false",
-        KUBECONFIG=str(fake.write_kubeconfig(tmp_path / "kubeconfig")),
-        K8S_NAMESPACE="default",
-        K8S_SERVICE_NAME="workflow-engines",
-        ENGINE_HEALTH_CHECK_INTERVAL="0.5",
-    )
+    orch = await asyncio.to_thread(kube_orchestrator, fake, tmp_path)
     try:
         async with aiohttp.ClientSession() as http:
             await until(http, orch.url, lambda s: s == {"engine-0": "ready"}, "engine-0")
