@@ -471,6 +471,7 @@ class Dispatcher:
         try:
             await self._give_up(run.ticket)
         except StoreUnavailable:
+            self._stalled.add(run.ticket.execution_id)
             self._requeue(run, "stalled")  # its next dispatch gives up, once the store can
 
     def _retry(self, execution_id: str, key: str) -> None:
