@@ -24,6 +24,8 @@ local CHECK_EVERY = config.check_every
 local PATTERN_BUDGET = config.pattern_budget
 local LOG_LINES = config.log_lines
 local LOG_LINE_BYTES = config.log_line_bytes
+local LOG_TOTAL_BYTES = config.log_total_bytes
+local ERROR_BYTES = config.error_bytes
 local MAX_DEPTH = config.max_depth
 
 local error, pcall, xpcall, select, type, next = error, pcall, xpcall, select, type, next
@@ -104,6 +106,9 @@ end
 local function sandbox_create(f)
   local co = co_create(f)
   sethook(co, hook, "", step)
+  -- a coroutine's count starts afresh: one that runs fewer than `step` instructions never
+  -- fires its hook, so a tree of them would run unmetered. Creating one costs that much.
+  hook()
   return co
 end
 
@@ -196,21 +201,24 @@ local function shorten(s, limit)
 end
 
 ---------------------------------------------------------------------------------------------
--- Pattern guard. Lua's matcher is C code the hook never interrupts, so a pattern that can
--- backtrack is refused up front when its estimated cost n^(k+u) * 2^q exceeds the budget.
+-- Pattern guard. Lua's matcher is C code the hook never interrupts, so a call that could run
+-- long is refused up front when its estimated cost n^(k+u) * 2^q * L exceeds the budget (see
+-- engine.lua.sandbox for the rule).
 ---------------------------------------------------------------------------------------------
 
-local pattern_exponents = {}  -- pattern -> {k + u, q}; cleared when it grows too big
+local pattern_shapes = {[false] = {}, [true] = {}}  -- [gmatch][pattern] -> {k + u, q, L}
 local pattern_cache_size = 0
+local PATTERN_CACHED = 256  -- longer patterns are worked out each time, not kept across runs
 
-local function pattern_shape(p)
-  local cached = pattern_exponents[p]
+-- gmatch: Lua 5.4's gmatch takes a leading '^' as a plain character, not an anchor.
+local function pattern_shape(p, gmatch)
+  local cached = pattern_shapes[gmatch][p]
   if cached then return cached end
   local len = #p
   local i = 1
-  local anchored = byte(p, 1) == 94  -- '^'
+  local anchored = not gmatch and byte(p, 1) == 94  -- '^'
   if anchored then i = 2 end
-  local k, q = 0, 0
+  local k, q, l = 0, 0, 0
   local open = false  -- the previous item carried * + or -, and something follows it
   while i <= len do
     local c = byte(p, i)
@@ -224,10 +232,12 @@ local function pattern_shape(p)
       if open then k = k + 1 end
       open = false
       k = k + 1
+      l = l + 1
       i = i + 4
     elseif c == 37 and byte(p, i + 1) == 102 then  -- %f[set]
       if open then k = k + 1 end
       open = false
+      local from = i
       i = i + 3
       if byte(p, i) == 94 then i = i + 1 end
       repeat
@@ -235,12 +245,15 @@ local function pattern_shape(p)
         i = i + 1
       until i > len or byte(p, i) == 93
       i = i + 1
+      l = l + (i - from)  -- a set is read through at every character it is tried on
     elseif c == 37 and (byte(p, i + 1) or 0) >= 48 and (byte(p, i + 1) or 0) <= 57 then
       if open then k = k + 1 end  -- a back reference compares a whole capture
       open = false
       k = k + 1
+      l = l + 1
       i = i + 2
     else
+      local from = i
       if c == 37 then         -- %x
         i = i + 2
       elseif c == 91 then     -- [set]
@@ -254,6 +267,7 @@ local function pattern_shape(p)
       else
         i = i + 1
       end
+      l = l + (c == 91 and i - from or 1)
       if open then k = k + 1 end
       local quant = byte(p, i)
       open = quant == 42 or quant == 43 or quant == 45  -- * + -
@@ -266,60 +280,79 @@ local function pattern_shape(p)
     end
   end
   -- still open: the pattern ends in a quantifier, which never has to give anything back
-  local u = 0
-  if not anchored and k > 0 then u = 1 end
-  local shape = {k + u, q}
-  if pattern_cache_size >= 512 then
-    pattern_exponents = {}
-    pattern_cache_size = 0
+  local u = anchored and 0 or 1  -- unanchored, every start position is tried
+  local shape = {k + u, q, l > 0 and l or 1}
+  if len <= PATTERN_CACHED then
+    if pattern_cache_size >= 512 then
+      pattern_shapes = {[false] = {}, [true] = {}}
+      pattern_cache_size = 0
+    end
+    pattern_shapes[gmatch][p] = shape
+    pattern_cache_size = pattern_cache_size + 1
   end
-  pattern_exponents[p] = shape
-  pattern_cache_size = pattern_cache_size + 1
   return shape
 end
 
-local function guard(s, p, init)
-  local ts, tp = type(s), type(p)
-  if (ts ~= "string" and ts ~= "number") or (tp ~= "string" and tp ~= "number") then
-    return  -- let the library function report the bad argument
-  end
-  s, p = tostring(s), tostring(p)
-  local n = #s
+-- The length of s from init on, as the library functions read init; nil for a bad argument,
+-- which the library function then reports.
+local function subject_length(s, init)
+  local ts = type(s)
+  if ts ~= "string" and ts ~= "number" then return nil end
+  local n = #tostring(s)
   if type(init) == "number" then
     local start = init
     if start < 0 then start = n + start + 1 end
     if start < 1 then start = 1 end
     n = n - start + 1
   end
-  if n <= 1 then return end
-  local shape = pattern_shape(p)
-  local e, q = shape[1], shape[2]
-  if e == 0 and q == 0 then return end
-  local cost = (n + 0.0) ^ e * 2.0 ^ q
-  if cost > PATTERN_BUDGET then
-    error(format("pattern '%s' on a %d-byte subject could backtrack for too long "
-      .. "(about %.3g steps, budget %.3g); anchor it with '^', use fewer '*', '+', '-' "
-      .. "quantifiers, or cut the subject into smaller pieces",
-      shorten(valid_utf8(p), 80), n, cost, PATTERN_BUDGET + 0.0), 3)
-  end
+  return n
+end
+
+local pattern_refusal = nil  -- the last refusal's text, to tell it from a script's own error
+
+local function too_costly(what, p, n, cost, level)
+  pattern_refusal = format("%s '%s' on a %d-byte subject could run for too long "
+    .. "(about %.3g steps, budget %.3g); anchor it with '^', use fewer '*', '+', '-' "
+    .. "quantifiers, or cut the subject into smaller pieces",
+    what, shorten(valid_utf8(p), 80), n, cost, PATTERN_BUDGET + 0.0)
+  error(pattern_refusal, level)
+end
+
+local function guard(s, p, init, gmatch)
+  local n = subject_length(s, init)
+  local tp = type(p)
+  if n == nil or (tp ~= "string" and tp ~= "number") or n <= 1 then return end
+  p = tostring(p)
+  local shape = pattern_shape(p, gmatch)
+  local cost = (n + 0.0) ^ shape[1] * 2.0 ^ shape[2] * shape[3]
+  if cost > PATTERN_BUDGET then too_costly("pattern", p, n, cost, 4) end
 end
 
 local raw_find, raw_match, raw_gmatch, raw_gsub = find, match, gmatch, gsub
 
 local function guarded_find(s, p, init, plain)
-  if not plain then guard(s, p, init) end
+  if plain then
+    -- a plain search compares the text at every position: n * #p at worst
+    local n, tp = subject_length(s, init), type(p)
+    if n and n > 1 and (tp == "string" or tp == "number") then
+      local cost = (n + 0.0) * #tostring(p)
+      if cost > PATTERN_BUDGET then too_costly("plain text", tostring(p), n, cost, 3) end
+    end
+  else
+    guard(s, p, init, false)
+  end
   return raw_find(s, p, init, plain)
 end
 local function guarded_match(s, p, init)
-  guard(s, p, init)
+  guard(s, p, init, false)
   return raw_match(s, p, init)
 end
 local function guarded_gmatch(s, p, init)
-  guard(s, p, init)
+  guard(s, p, init, true)
   return raw_gmatch(s, p, init)
 end
 local function guarded_gsub(s, p, repl, n)
-  guard(s, p, nil)
+  guard(s, p, nil, false)
   return raw_gsub(s, p, repl, n)
 end
 
@@ -731,10 +764,10 @@ end
 ---------------------------------------------------------------------------------------------
 
 local LEVELS = {debug = "debug", info = "info", warn = "warn", warning = "warn", error = "error"}
-local logs, nlogs, dropped = {}, 0, 0
+local logs, nlogs, dropped, log_bytes = {}, 0, 0, 0
 
 local function add_log(level, msg)
-  if nlogs >= LOG_LINES then
+  if nlogs >= LOG_LINES or log_bytes >= LOG_TOTAL_BYTES then
     dropped = dropped + 1
     return
   end
@@ -747,6 +780,7 @@ local function add_log(level, msg)
   logs[2 * nlogs + 1] = level
   logs[2 * nlogs + 2] = text
   nlogs = nlogs + 1
+  log_bytes = log_bytes + #text
 end
 
 local function log_text(v)
@@ -788,7 +822,58 @@ end
 -- itself loses dump and gets the guarded pattern functions, and the metatable is locked.
 ---------------------------------------------------------------------------------------------
 
+-- C loops the hook never interrupts, and which allocate nothing a memory limit would catch:
+-- an empty string repeated 10^18 times, or a million-fold element shift.
+local MAX_SPAN = 1 << 24
+
+local function sandbox_rep(s, n, sep)
+  local ts, tsep = type(s), type(sep)
+  if type(n) == "number" and (ts == "string" or ts == "number")
+      and (sep == nil or tsep == "string" or tsep == "number")
+      and #tostring(s) == 0 and (sep == nil or #tostring(sep) == 0) then
+    return ""  -- nothing repeated any number of times
+  end
+  return rep(s, n, sep)
+end
+
+local function span_refused(what, count)
+  error(format("%s over %.0f elements: at most %d at once", what, count, MAX_SPAN), 3)
+end
+
+local t_move, t_insert, t_remove = table.move, table.insert, table.remove
+
+local function sandbox_move(a1, f, e, t, a2)
+  if type(f) == "number" and type(e) == "number" and e - f >= MAX_SPAN then
+    span_refused("table.move", e - f + 1)
+  end
+  return t_move(a1, f, e, t, a2)
+end
+
+-- insert and remove at a position shift everything after it (#t may be a __len's answer)
+local function sandbox_insert(t, ...)
+  if select("#", ...) >= 2 and type(t) == "table" then
+    local pos = ...
+    local n = #t
+    if type(pos) == "number" and type(n) == "number" and n - pos >= MAX_SPAN then
+      span_refused("table.insert", n - pos + 1)
+    end
+  end
+  return t_insert(t, ...)
+end
+
+local function sandbox_remove(t, pos)
+  if pos ~= nil and type(t) == "table" then
+    local n = #t
+    if type(pos) == "number" and type(n) == "number" and n - pos >= MAX_SPAN then
+      span_refused("table.remove", n - pos)
+    end
+  end
+  if pos == nil then return t_remove(t) end
+  return t_remove(t, pos)
+end
+
 string.dump = nil
+string.rep = sandbox_rep
 string.find, string.match, string.gmatch, string.gsub =
   guarded_find, guarded_match, guarded_gmatch, guarded_gsub
 local string_meta = getmetatable("")
@@ -809,6 +894,9 @@ math_lib.randomseed = function(...)
   return raw_randomseed(...)
 end
 
+local table_lib = copy(table)
+table_lib.move, table_lib.insert, table_lib.remove = sandbox_move, sandbox_insert, sandbox_remove
+
 local coroutine_lib = copy(coroutine)
 coroutine_lib.create = sandbox_create
 coroutine_lib.resume = sandbox_resume
@@ -816,7 +904,7 @@ coroutine_lib.wrap = sandbox_wrap
 
 local BASE = {
   string = readonly("string", string),
-  table = readonly("table", copy(table)),
+  table = readonly("table", table_lib),
   math = readonly("math", math_lib),
   utf8 = readonly("utf8", copy(utf8)),
   os = readonly("os", {time = os.time, date = os.date, clock = os.clock}),
@@ -907,16 +995,23 @@ local function on_error(e)
   return e
 end
 
+-- An error's text is kept with the run's events and document, after every retry: cut to
+-- ERROR_BYTES, or an error would carry what the output limit keeps out.
+local function capped(text)
+  if #text <= ERROR_BYTES then return text end
+  return sub(text, 1, ERROR_BYTES) .. format(" [%d more bytes dropped]", #text - ERROR_BYTES)
+end
+
 local function error_text(e)
   local te = type(e)
-  if te == "string" then return valid_utf8(e) end
+  if te == "string" then return valid_utf8(capped(e)) end
   if te == "number" then return tostring(e) end
   if te == "table" then
     local ok, text = pcall(encode, e, "error", "")
     if tripped then error(LIMIT, 0) end
-    if ok then return text end
+    if ok then return capped(text) end
     if text == MEMORY_ERROR then trip_memory() end
-    return "error object is a table that is not JSON: " .. text
+    return capped("error object is a table that is not JSON: " .. text)
   end
   return "error object is a " .. te .. " value"
 end
@@ -926,6 +1021,10 @@ local function body(fn, env, expression, output_limit)
   if tripped then return "limit", tripped end
   if not ok then
     if value == MEMORY_ERROR then return "limit", "memory" end
+    if pattern_refusal and type(value) == "string"
+        and sub(value, -#pattern_refusal) == pattern_refusal then
+      return "pattern", error_text(value)  -- the guard's, not a script's look-alike
+    end
     return "error", error_text(value)
   end
   if expression then return "ok", value ~= nil and value ~= false end
@@ -960,11 +1059,13 @@ local runner_co, runner_step = nil, nil
 local function collect_logs()
   if dropped > 0 then
     logs[2 * nlogs + 1] = "warn"
-    logs[2 * nlogs + 2] = format("log limit of %d lines reached: %d further lines dropped",
-      LOG_LINES, dropped)
+    local limit = nlogs >= LOG_LINES and format("%d lines", LOG_LINES)
+      or format("%d bytes", LOG_TOTAL_BYTES)
+    logs[2 * nlogs + 2] = format("log limit of %s reached: %d further lines dropped",
+      limit, dropped)
   end
   local text = encode(setmetatable(logs, ARRAY_MT), "logs", "")
-  logs, nlogs, dropped = {}, 0, 0
+  logs, nlogs, dropped, log_bytes = {}, 0, 0, 0
   return text
 end
 
@@ -972,6 +1073,7 @@ end
 -- building those tables from Python.
 local function run(fn, source, expression, instructions, output_limit, inputs, ...)
   tripped, metered, ticks, missing, error_line = nil, false, 0, nil, nil
+  pattern_refusal = nil
   chunk_source = source
   budget = instructions
   step = instructions < HOOK_COUNT and instructions or HOOK_COUNT
@@ -1007,6 +1109,11 @@ local function run(fn, source, expression, instructions, output_limit, inputs, .
     end
   elseif mark ~= DONE then
     status, payload = "error", "attempt to yield from outside a coroutine"
+  elseif status == "ok" then
+    -- a C function can run long between two firings of the hook: a run that went past its
+    -- time that way has not succeeded
+    local code = py_check()
+    if code then status, payload = "limit", CHECK_REASONS[code] end
   end
   local log_json = nil
   if nlogs > 0 or dropped > 0 then log_json = collect_logs() end
@@ -1016,7 +1123,7 @@ end
 -- After Lua raised into Python (out of memory outside the script's coroutine).
 local function reset()
   tripped, metered, missing = nil, false, nil
-  logs, nlogs, dropped = {}, 0, 0
+  logs, nlogs, dropped, log_bytes = {}, 0, 0, 0
 end
 
 local function mark_arrays(tables)

@@ -49,15 +49,24 @@ JSON rule
 Pattern rule
     ``string.find``, ``match``, ``gmatch`` and ``gsub`` run in C, where the instruction hook
     never fires, and a pattern that backtracks can run for hours. So each call first estimates
-    its worst case as ``n^(k+u) * 2^q`` and is refused with an error when that exceeds
+    its worst case as ``n^(k+u) * 2^q * L`` and is refused with an error when that exceeds
     ``LuaLimits.pattern_budget`` (10^8). Here n is the length of the subject from ``init`` on;
     k counts the items quantified with ``*``, ``+`` or ``-`` that something follows (a
     quantifier at the very end of the pattern never has to give anything back, while one before
-    a final ``$`` does), plus each ``%b`` and each back reference, which scan; u is 1 when k > 0
-    and the pattern is not anchored with ``^`` (every start position is tried), else 0; q is the
-    number of ``?`` quantifiers. ``string.find`` with ``plain`` set is never checked. So
-    ``s:gsub("%s+", " ")`` passes on any subject, ``s:find("a.*b")`` on up to 10 KB, and
-    ``s:find("(.-)(.-)x")`` or ``s:match("^%s*(.-)%s*$")`` on a few hundred bytes.
+    a final ``$`` does), plus each ``%b`` and each back reference, which scan; u is 1 when the
+    pattern is not anchored with ``^`` (every start position is tried), and always for
+    ``gmatch``, which reads a leading ``^`` as a character; q is the number of ``?``
+    quantifiers; L is the number of items, a set counting its length (each start position may
+    compare them all). ``string.find`` with ``plain`` set costs ``n * #pattern``. So
+    ``s:gsub("%s+", " ")`` passes on subjects up to 100 MB, ``s:find("a.*b")`` on up to about
+    5 KB, and ``s:find("(.-)(.-)x")`` or ``s:match("^%s*(.-)%s*$")`` on a few hundred bytes.
+
+C loops
+    ``string.rep`` of an empty string returns at once, and ``table.move``, ``table.insert``
+    and ``table.remove`` refuse to shift more than 2^24 elements: those loops run in C,
+    allocating nothing the memory limit would see. Creating a coroutine is charged the
+    instructions it could run before its hook first fires. A run whose C call still went past
+    its time (the hook can only look between calls) ends with that limit, not a success.
 """
 
 from __future__ import annotations
@@ -126,6 +135,10 @@ class LuaLimits:
     """Further log lines are dropped, with one marker line saying how many."""
     log_line_bytes: int = 16 * 1024
     """Longer log lines are cut, saying how much was dropped."""
+    log_bytes: int = 256 * 1024
+    """Log text one run may keep in all; lines past it are dropped, as past ``log_lines``."""
+    error_bytes: int = 16 * 1024
+    """A longer error message is cut, saying how much was dropped."""
 
     def __post_init__(self) -> None:
         if self.memory < _MIN_MEMORY:
@@ -331,6 +344,8 @@ class LuaSandbox:
                 "pattern_budget": limits.pattern_budget,
                 "log_lines": limits.log_lines,
                 "log_line_bytes": limits.log_line_bytes,
+                "log_total_bytes": limits.log_bytes,
+                "error_bytes": limits.error_bytes,
                 "max_depth": MAX_DEPTH,
             }
         )
@@ -469,10 +484,10 @@ class LuaSandbox:
         if status == "ok":
             output: JSON = payload if task.expression else _read_json(payload, 0)[0]
             return LuaOutcome(True, output, None, None, logs, time.perf_counter() - started)
-        if status == "error":
+        if status == "error" or status == "pattern":
             message, position = _split_position(payload, task.chunk_name)
             line = _clamp(position if position is not None else line, task.code, task.expression)
-            if message.startswith(_PATTERN_REFUSAL) and _PATTERN_REFUSAL_WHY in message:
+            if status == "pattern":  # the guard's refusal (see prelude.py), not a look-alike
                 return self._tripped(message, line, logs, started, "pattern")
             return self._failed(message, line, logs, started)
         if status == "too_big":
@@ -640,10 +655,6 @@ _REASON_CODES: Final = {
     "instructions": 0,
 }
 _CODE_NAMES: Final = {code: name for name, code in _REASON_CODES.items()}
-
-_PATTERN_REFUSAL: Final = "pattern '"
-_PATTERN_REFUSAL_WHY: Final = "could backtrack for too long"
-"""How the prelude's pattern guard words its refusal (see prelude.py)."""
 
 
 def _wrap(code: str, expression: bool) -> str:

@@ -292,8 +292,8 @@ def test_pattern_bomb_is_refused_quickly(sandbox: LuaSandbox) -> None:
     error, line = failure(outcome)
     assert line == 1
     assert error == (
-        "pattern '(.-)(.-)(.-)(.-)b' on a 100000-byte subject could backtrack for too long "
-        "(about 1e+25 steps, budget 1e+08); anchor it with '^', use fewer '*', '+', '-' "
+        "pattern '(.-)(.-)(.-)(.-)b' on a 100000-byte subject could run for too long "
+        "(about 5e+25 steps, budget 1e+08); anchor it with '^', use fewer '*', '+', '-' "
         "quantifiers, or cut the subject into smaller pieces"
     )
 
@@ -312,7 +312,38 @@ def test_pattern_bomb_is_refused_quickly(sandbox: LuaSandbox) -> None:
 )
 def test_every_pattern_function_is_guarded(sandbox: LuaSandbox, code: str) -> None:
     error, _ = failure(run(sandbox, "local s = string.rep('a', 100000)\n" + code))
-    assert error is not None and "could backtrack for too long" in error
+    assert error is not None and "could run for too long" in error
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        # a literal pattern costs its length at every position of the subject
+        "return string.rep('a', 65536):find(string.rep('a', 32768) .. '%d')",
+        # a set is read through for every character it is tried on
+        "return string.rep('b', 65536):find('[' .. string.rep('c', 65536) .. ']x')",
+        # gmatch takes a leading '^' as a character, not an anchor: every position is tried
+        "for a in string.rep('^', 2000):gmatch('^(.-)(.-)x') do end",
+        # a plain search compares the text at every position
+        "return string.rep('a', 1000000):find(string.rep('a', 1000) .. 'b', 1, true)",
+    ],
+)
+def test_what_the_pattern_rule_once_missed_is_guarded(sandbox: LuaSandbox, code: str) -> None:
+    started = time.perf_counter()
+    outcome = run(sandbox, code)
+    assert time.perf_counter() - started < 0.5
+    error, _ = failure(outcome)
+    assert error is not None and "could run for too long" in error
+    assert outcome.limit == "pattern"
+
+
+def test_an_error_that_only_reads_like_a_pattern_refusal_is_the_scripts(
+    sandbox: LuaSandbox,
+) -> None:
+    look_alike = "pattern 'x' on a 9-byte subject could run for too long (about 1e+09 steps)"
+    outcome = run(sandbox, f"error({look_alike!r})")
+    error, _ = failure(outcome)
+    assert error == look_alike and outcome.limit is None
 
 
 @pytest.mark.parametrize(
@@ -805,3 +836,90 @@ def test_a_limit_that_stops_a_script_mid_log_is_a_limit_not_an_internal_error() 
         outcome = sandbox.run(task(code))
         assert outcome.limit == "instructions", (pad, outcome.error)
         assert all(level == "info" for level, _ in outcome.logs)
+
+
+# -- C loops the hook never interrupts ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("return #string.rep('', 1e18)", 0),
+        ("return #string.rep('', 1e18, '')", 0),
+        ("return #(''):rep(4e9)", 0),
+        ("return string.rep('ab', 3, ',')", "ab,ab,ab"),
+        (
+            "local t = {1, 2, 3} table.insert(t, 1, 0) table.remove(t, 2)"
+            " return table.move(t, 1, 3, 2, {})",
+            [None, 0, 2, 3],
+        ),
+    ],
+)
+def test_repeats_and_shifts_that_cost_nothing_are_fine(
+    sandbox: LuaSandbox, code: str, expected: JSON
+) -> None:
+    assert value(run(sandbox, code)) == expected
+
+
+@pytest.mark.parametrize(
+    ("code", "refusal"),
+    [
+        ("table.move({}, 1, 1e15, 1)", "table.move over 1000000000000000 elements"),
+        (
+            "local t = setmetatable({}, {__len = function() return 2^62 end})"
+            " table.insert(t, 1, 0)",
+            "table.insert over 4611686018427387904 elements",
+        ),
+        (
+            "local t = setmetatable({}, {__len = function() return 2^62 end}) table.remove(t, 1)",
+            "table.remove over 4611686018427387904 elements",
+        ),
+    ],
+)
+def test_a_shift_of_millions_of_elements_is_refused_not_run(
+    sandbox: LuaSandbox, code: str, refusal: str
+) -> None:
+    started = time.perf_counter()
+    error, line = failure(run(sandbox, code))
+    assert time.perf_counter() - started < 0.5
+    assert error == f"{refusal}: at most 16777216 at once" and line == 1
+
+
+def test_a_tree_of_short_coroutines_is_metered() -> None:
+    # each coroutine runs fewer instructions than the hook's count: before, none was charged
+    code = """
+    local function tree(depth)
+      if depth == 0 then local x = 0 for i = 1, 100 do x = x + i end return x end
+      local sum = 0
+      for i = 1, 10 do
+        local co = coroutine.create(function() return tree(depth - 1) end)
+        local _, v = coroutine.resume(co)
+        sum = sum + v
+      end
+      return sum
+    end
+    return tree(5)
+    """
+    outcome = LuaSandbox(LuaLimits(instructions=100_000)).run(task(code))
+    assert outcome.limit == "instructions", outcome
+
+
+def test_a_c_call_that_ran_past_the_time_does_not_succeed() -> None:
+    # one gsub of 20 MB runs in C, between two firings of the hook
+    sandbox = LuaSandbox(LuaLimits(wall_time=0.02, memory=512 * 1024 * 1024))
+    code = "local s = ('ab'):rep(1e7) local r = s:gsub('a', 'c') return {n = #r}"
+    outcome = sandbox.run(task(code))
+    assert not outcome.ok and outcome.limit == "wall_time", outcome
+    assert sandbox.run(task("return 1")).ok  # and the next run is fine
+
+
+def test_an_error_message_is_cut_to_its_limit(sandbox: LuaSandbox) -> None:
+    error, _ = failure(run(sandbox, "error(string.rep('x', 100000), 0)"))
+    assert error == "x" * 16384 + " [83616 more bytes dropped]"
+
+
+def test_log_text_of_a_run_is_bounded_in_all() -> None:
+    sandbox = LuaSandbox(LuaLimits(log_bytes=64 * 1024))
+    outcome = sandbox.run(task("for i = 1, 10 do log('info', string.rep('y', 16384)) end"))
+    assert len(outcome.logs) == 5
+    assert outcome.logs[-1] == ("warn", "log limit of 65536 bytes reached: 6 further lines dropped")
