@@ -95,6 +95,7 @@ class Execution:
         self._seq = first_seq
         self._timers: dict[sch.TimerKey, asyncio.TimerHandle] = {}
         self._cancels: dict[tuple[str, int | None], Flag] = {}
+        self._conditions: dict[str, Flag] = {}  # when expressions being evaluated, by node
         self._backlog: list[sch.Stimulus] = []
         self._feeding = False
         self._completions: list[sch.Stimulus] = []
@@ -208,9 +209,10 @@ class Execution:
                 for handle in self._timers.values():
                     handle.cancel()
                 self._timers.clear()
-                for flag in self._cancels.values():
+                for flag in [*self._cancels.values(), *self._conditions.values()]:
                     flag.set()
                 self._cancels.clear()
+                self._conditions.clear()
                 if self._done is not None and not self._done.done():
                     self._done.set_result(self.document())
 
@@ -349,6 +351,9 @@ class Execution:
     def _evaluate(self, ins: sch.EvaluateCondition) -> None:
         spec = self.run.node_spec(ins.node_id)
         assert spec.when is not None
+        # an expression is stopped like a task: when the run ends, or at the node's timeout
+        flag = Flag()
+        self._conditions[ins.node_id] = flag
         task = LuaTask(
             key=f"{self.spec.ref}/{ins.node_id}#when",
             code=spec.when,
@@ -357,6 +362,8 @@ class Execution:
             results=self._results_for(ins.node_id),
             ctx=ins.ctx,
             expression=True,
+            deadline=None if spec.timeout is None else time.monotonic() + spec.timeout,
+            cancel=flag,
         )
         outcome = self._pool.run_inline(task)
         if outcome is not None:
@@ -379,6 +386,7 @@ class Execution:
         self.feed(*batch)
 
     def _evaluated(self, node_id: str, fut: asyncio.Future[LuaOutcome]) -> None:
+        self._conditions.pop(node_id, None)
         now = self._clock()
         if fut.cancelled():
             return
@@ -389,6 +397,7 @@ class Execution:
         self._condition_done(node_id, fut.result())
 
     def _condition_done(self, node_id: str, outcome: LuaOutcome) -> None:
+        self._conditions.pop(node_id, None)
         now = self._clock()
         # a when expression may log too (a function it calls): its lines are the node's
         logged = [sch.TaskLogged(node_id, 1, level, text, now) for level, text in outcome.logs]

@@ -137,6 +137,31 @@ async def test_a_when_expression_that_logs_keeps_its_lines(pool: LuaPool) -> Non
     assert doc["nodes"]["shut"]["status"] == "skipped"
 
 
+async def test_a_when_expression_stops_with_its_run() -> None:
+    # the one worker would spin for the default wall time (30 s) on the expression, holding
+    # up whatever runs next, had the run's end not stopped it (nothing runs inline here)
+    limits = LuaLimits(instructions=10**15)
+    async with LuaPool(workers=1, limits=limits, inline=False) as pool:
+        doc, _ = await run(
+            {
+                "timeout": "300ms",
+                "nodes": [
+                    {
+                        "id": "gate",
+                        "when": "(function() while true do end end)()",
+                        "lua": "return 1",
+                    }
+                ],
+            },
+            pool,
+        )
+        assert doc["status"] == "timed_out"
+        after, _ = await asyncio.wait_for(
+            run({"nodes": [{"id": "a", "lua": "return { ok = true }"}]}, pool), 10
+        )
+        assert after["outputs"] == {"a": {"ok": True}}
+
+
 async def test_node_timeout_stops_a_runaway_script() -> None:
     # an instruction budget no loop reaches in time, so the node's timeout is what stops it
     async with LuaPool(workers=2, limits=LuaLimits(instructions=10**15)) as pool:
