@@ -29,6 +29,11 @@ from engine.lua import Flag, LuaOutcome, LuaPool, LuaTask
 
 log = logging.getLogger(__name__)
 
+FOREACH_OUTPUT_BYTES = 32 * 1024 * 1024
+"""Bytes of JSON a foreach node's item outputs may add up to, by default (``FOREACH_OUTPUT_BYTES``
+for an engine): half what one message between engine and orchestrator carries
+(``wire.MAX_MESSAGE_BYTES``), which its node.succeeded is."""
+
 EventSink = Callable[[Event], None]
 
 
@@ -71,6 +76,7 @@ class Execution:
         subworkflows: SubWorkflowHandler | None = None,
         clock: Callable[[], float] = time.time,
         first_seq: int = 1,
+        foreach_output_bytes: int = FOREACH_OUTPUT_BYTES,
     ) -> None:
         self.spec = spec
         self.id = execution_id or uuid.uuid4().hex
@@ -96,6 +102,8 @@ class Execution:
         self._timers: dict[sch.TimerKey, asyncio.TimerHandle] = {}
         self._cancels: dict[tuple[str, int | None], Flag] = {}
         self._conditions: dict[str, Flag] = {}  # when expressions being evaluated, by node
+        self._item_bytes: dict[str, int] = {}  # foreach node -> bytes of its items' outputs
+        self._foreach_output_bytes = foreach_output_bytes
         self._backlog: list[sch.Stimulus] = []
         self._feeding = False
         self._completions: list[sch.Stimulus] = []
@@ -330,7 +338,19 @@ class Execution:
         stimuli: list[sch.Stimulus] = [
             sch.TaskLogged(node_id, attempt, level, message, now) for level, message in outcome.logs
         ]
-        if outcome.ok:
+        if outcome.ok and item is not None and self._over_foreach_limit(node_id, outcome.size):
+            limit = self._foreach_output_bytes
+            stimuli.append(
+                sch.TaskFailed(
+                    node_id,
+                    item,
+                    attempt,
+                    f"the outputs of this foreach node add up to over {limit} bytes",
+                    now,
+                    retryable=False,
+                )
+            )
+        elif outcome.ok:
             stimuli.append(sch.TaskSucceeded(node_id, item, attempt, outcome.value, now))
         elif outcome.limit == "deadline":
             # the node's timeout, reached inside the script: worded as when the scheduler's
@@ -347,6 +367,14 @@ class Execution:
                 error = f"{error} (line {outcome.line})"
             stimuli.append(sch.TaskFailed(node_id, item, attempt, error, now))
         self._complete(stimuli)
+
+    def _over_foreach_limit(self, node_id: str, size: int) -> bool:
+        """Each item's output is held to the output limit; together they are one event and
+        one value for every dependent, and a thousand items of a megabyte would make both
+        too big to carry (or to hold): held to ``foreach_output_bytes`` in all."""
+        total = self._item_bytes.get(node_id, 0) + size
+        self._item_bytes[node_id] = total
+        return total > self._foreach_output_bytes
 
     def _evaluate(self, ins: sch.EvaluateCondition) -> None:
         spec = self.run.node_spec(ins.node_id)

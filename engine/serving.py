@@ -321,6 +321,7 @@ class EngineService(pb_grpc.EngineServicer):
             started_at=order.started_at,
             subworkflows=self._subworkflows,
             first_seq=order.first_seq,
+            foreach_output_bytes=settings.foreach_output_bytes,
         )
         self._runs[execution.id] = execution
         self._idle.clear()

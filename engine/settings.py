@@ -56,6 +56,8 @@ class Settings:
     lua_workers: int | None = None
     """Lua worker threads; None: one per core."""
     lua_inline: bool = True
+    foreach_output_bytes: int = 32 * 1024 * 1024
+    """Bytes a foreach node's item outputs may add up to (``engine.running``)."""
     """Small scripts first try the event loop's thread (``LuaPool.run_inline``); False: every
     script runs on a worker."""
     log_format: LogFormat = "plain"
@@ -72,6 +74,7 @@ class Settings:
             drain_grace=seconds(env, "DRAIN_GRACE", 30.0),
             lua_workers=optional_positive_int(env, "LUA_WORKERS"),
             lua_inline=boolean(env, "LUA_INLINE", True),
+            foreach_output_bytes=positive_int(env, "FOREACH_OUTPUT_BYTES", 32 * 1024 * 1024),
             log_format=log_format(env),
             log_level=log_level(env),
         )

@@ -214,6 +214,8 @@ class LuaOutcome:
     limit: str | None = None
     """Which limit stopped the run, when one did: instructions, wall_time, deadline,
     cancelled, memory or pattern (a match refused as too costly)."""
+    size: int = 0
+    """Bytes of the output's JSON text (0 for expressions and failures)."""
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,10 @@ class _Compiled:
     function: Any = field(repr=False)
 
 
+_CACHE_BYTES: Final = 8 * 1024 * 1024
+"""Source bytes of compiled chunks one sandbox keeps (their compiled form takes a few times as
+much); the oldest go first past this, as past the count."""
+
 _SCALARS: Final = frozenset({str, int, float, bool})
 # typeshed gives make_scanner its own type as argument, where the C scanner takes a decoder
 _read_json: Final[Callable[[str, int], tuple[Any, int]]] = json.scanner.make_scanner(
@@ -300,6 +306,7 @@ class LuaSandbox:
         self._stop = stop
         self._cache_size = cache_size
         self._compiled: OrderedDict[str, _Compiled] = OrderedDict()
+        self._cached_bytes = 0  # source bytes of the chunks in _compiled
         self._task: LuaTask | None = None
         self._deadline = 0.0
         self._deadline_code = _CHECK_WALL_TIME
@@ -380,10 +387,18 @@ class LuaSandbox:
         function = self._runtime.compile(
             _wrap(task.code, task.expression), name="=" + task.chunk_name, mode="t"
         )
+        old = self._compiled.pop(task.key, None)
+        if old is not None:
+            self._cached_bytes -= len(old.code)
         self._compiled[task.key] = _Compiled(task.code, task.chunk_name, task.expression, function)
-        self._compiled.move_to_end(task.key)
-        if len(self._compiled) > self._cache_size:
-            self._compiled.popitem(last=False)
+        self._cached_bytes += len(task.code)
+        # bounded in bytes too: a compiled chunk keeps a few times its source on the Lua heap,
+        # outside every run's memory limit
+        while len(self._compiled) > self._cache_size or (
+            self._cached_bytes > _CACHE_BYTES and len(self._compiled) > 1
+        ):
+            _, evicted = self._compiled.popitem(last=False)
+            self._cached_bytes -= len(evicted.code)
         return function
 
     # -- running ---------------------------------------------------------------------------
@@ -483,7 +498,9 @@ class LuaSandbox:
         logs = _pairs(_read_json(log_json, 0)[0]) if log_json is not None else []
         if status == "ok":
             output: JSON = payload if task.expression else _read_json(payload, 0)[0]
-            return LuaOutcome(True, output, None, None, logs, time.perf_counter() - started)
+            size = 0 if task.expression else len(payload)
+            elapsed = time.perf_counter() - started
+            return LuaOutcome(True, output, None, None, logs, elapsed, size=size)
         if status == "error" or status == "pattern":
             message, position = _split_position(payload, task.chunk_name)
             line = _clamp(position if position is not None else line, task.code, task.expression)

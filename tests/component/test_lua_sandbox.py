@@ -923,3 +923,13 @@ def test_log_text_of_a_run_is_bounded_in_all() -> None:
     outcome = sandbox.run(task("for i = 1, 10 do log('info', string.rep('y', 16384)) end"))
     assert len(outcome.logs) == 5
     assert outcome.logs[-1] == ("warn", "log limit of 65536 bytes reached: 6 further lines dropped")
+
+
+def test_compiled_chunks_are_kept_within_a_size_not_only_a_count() -> None:
+    sandbox = LuaSandbox(LIMITS)
+    big = "return 1 " + "-- padding\n" * 100_000  # about 1.1 MB of source
+    for i in range(20):
+        assert value(sandbox.run(task(big, key=f"big-{i}"))) == 1
+    kept = sandbox._compiled  # what the cache holds stays under its byte bound
+    assert sum(len(entry.code) for entry in kept.values()) <= 8 * 1024 * 1024
+    assert len(kept) < 20 and "big-19" in kept

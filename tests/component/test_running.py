@@ -162,6 +162,30 @@ async def test_a_when_expression_stops_with_its_run() -> None:
         assert after["outputs"] == {"a": {"ok": True}}
 
 
+async def test_a_foreach_whose_outputs_add_up_past_the_limit_fails(pool: LuaPool) -> None:
+    doc, _ = await run(
+        {
+            "nodes": [
+                {
+                    "id": "each",
+                    "foreach": "{{ inputs.items }}",
+                    "retry": {"max_attempts": 3},
+                    "lua": "return string.rep('x', 1000)",
+                },
+                {"id": "after", "depends_on": ["each"], "lua": "return #results.each"},
+            ]
+        },
+        pool,
+        {"items": list(range(20))},
+        foreach_output_bytes=10_000,  # ten items' worth
+    )
+    assert doc["status"] == "failed"
+    each = doc["nodes"]["each"]
+    assert each["status"] == "failed" and each["attempts"] == 1  # not retried: it would again
+    assert each["error"].endswith("the outputs of this foreach node add up to over 10000 bytes")
+    assert doc["nodes"]["after"]["status"] == "blocked"
+
+
 async def test_node_timeout_stops_a_runaway_script() -> None:
     # an instruction budget no loop reaches in time, so the node's timeout is what stops it
     async with LuaPool(workers=2, limits=LuaLimits(instructions=10**15)) as pool:

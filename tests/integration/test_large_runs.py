@@ -78,7 +78,10 @@ async def test_a_run_with_megabytes_of_checkpoints_resumes_after_a_failover(
 
 
 async def test_a_run_too_large_to_carry_fails_once_saying_so(start_cluster: StartCluster) -> None:
-    cluster = start_cluster(engines=1, API_TOKEN="s3cret")
+    # past the engine's own foreach bound (32 MiB by default), to reach the wire's
+    cluster = start_cluster(
+        engines=1, engine_env={"FOREACH_OUTPUT_BYTES": str(128 * 1024 * 1024)}, API_TOKEN="s3cret"
+    )
     async with aiohttp.ClientSession() as http:
         await register(http, cluster.url, HUGE)
         eid = await start(http, cluster.url, "huge")
@@ -88,3 +91,17 @@ async def test_a_run_too_large_to_carry_fails_once_saying_so(start_cluster: Star
         events = (await get(http, f"{cluster.url}/api/v1/executions/{eid}/events"))["events"]
         kinds = Counter(e["type"] for e in events)
         assert kinds["execution.started"] == 1, kinds  # not run again and again
+
+
+async def test_a_foreach_adding_up_past_its_bound_fails_at_the_engine(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = start_cluster(engines=1, API_TOKEN="s3cret")
+    async with aiohttp.ClientSession() as http:
+        await register(http, cluster.url, HUGE)
+        doc = await wait_end(http, cluster.url, await start(http, cluster.url, "huge"))
+        assert doc["status"] == "failed", doc
+        each = doc["nodes"]["each"]
+        assert each["error"].endswith(
+            f"the outputs of this foreach node add up to over {32 * 1024 * 1024} bytes"
+        ), each["error"][:300]
