@@ -512,9 +512,34 @@ def grpc_status(error: BaseException) -> grpc.Status:
             packed = any_pb2.Any()
             packed.Pack(error_details_pb2.BadRequest(field_violations=kept))
             details.append(packed)
+    if isinstance(error, ShuttingDown):
+        # said in a way a caller can tell from a dead engine's UNAVAILABLE (is_shutting_down)
+        packed = any_pb2.Any()
+        packed.Pack(error_details_pb2.ErrorInfo(reason=SHUTTING_DOWN, domain=ENGINE_DOMAIN))
+        details.append(packed)
     status = status_pb2.Status(code=code.value[0], message=bounded(message), details=details)
     converted: grpc.Status = rpc_status.to_status(status)
     return converted
+
+
+ENGINE_DOMAIN: Final = "engine.dagengine"
+SHUTTING_DOWN: Final = "SHUTTING_DOWN"
+"""``ErrorInfo.reason`` of an engine's refusal while it drains, and of the streams it hands
+back at the end of its drain: a planned leave, not a failure."""
+
+
+def is_shutting_down(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a call failed because its engine is draining (``grpc_status`` of ShuttingDown)."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    for key, value in error.trailing_metadata() or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and (info.domain, info.reason) == (ENGINE_DOMAIN, SHUTTING_DOWN):
+                return True
+    return False
 
 
 def field_violations(status: status_pb2.Status) -> list[tuple[str, str]]:

@@ -213,12 +213,7 @@ class Dispatcher:
         if run is None:
             return False
         self._cancel_requests[execution_id] = reason
-        try:
-            await run.link.stub.Cancel(
-                pb.CancelRequest(execution_id=execution_id, reason=reason), timeout=5
-            )
-        except grpc.aio.AioRpcError as exc:
-            log.warning("cancel of %s on %s failed: %s", execution_id, run.link.key, exc.details())
+        await self._send_cancel(run, reason)
         return True
 
     def engine_lost(self, link: EngineLink) -> None:
@@ -394,13 +389,19 @@ class Dispatcher:
                     "engine %s lost with %s: resuming elsewhere", run.link.key, ticket.execution_id
                 )
                 return "lost" if answered else "unreachable"
-            if code == grpc.StatusCode.UNAVAILABLE and run.link.state == "draining":
-                # the end of a drain (a rollout, a scale-down): the engine hands back what it
-                # did not finish, as planned; its health checks tell whether it is gone
+            if wire.is_shutting_down(exc) or (
+                code == grpc.StatusCode.UNAVAILABLE and run.link.state == "draining"
+            ):
+                # A drain (a rollout, a scale-down), not a failure: the engine refuses new runs
+                # or hands back what it did not finish. It gets no more, and keeps the runs it
+                # has for its grace; its health checks tell when it is gone.
+                self._fleet.drain(run.link, "shutting down")
                 log.info(
-                    "%s handed back by draining engine %s: resuming elsewhere",
+                    "%s %s by draining engine %s: %s",
                     ticket.execution_id,
+                    "handed back" if answered else "refused",
                     run.link.key,
+                    "resuming elsewhere" if answered else "dispatching elsewhere",
                 )
                 return "lost" if answered else "unreachable"
             log.warning(
@@ -430,7 +431,11 @@ class Dispatcher:
                 pb.CancelRequest(execution_id=run.ticket.execution_id, reason=reason), timeout=5
             )
         except grpc.aio.AioRpcError as exc:
-            log.warning(
+            # NOT_FOUND: it ended there meanwhile (a cancel before this one, its own end),
+            # and its stream brings that end: nothing failed
+            level = logging.DEBUG if exc.code() == grpc.StatusCode.NOT_FOUND else logging.WARNING
+            log.log(
+                level,
                 "cancel of %s on %s failed: %s",
                 run.ticket.execution_id,
                 run.link.key,

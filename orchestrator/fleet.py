@@ -327,6 +327,12 @@ class Fleet:
             link.settle_capacity(self._default_capacity)
         link.version = info.version
 
+    def drain(self, link: EngineLink, reason: str) -> None:
+        """The engine said it is draining (it refused a run, or handed one back): no new runs
+        until a health check finds it serving again; those it has stay."""
+        if self.links.get(link.address) is link and link.state == "ready":
+            self._become(link, "draining", reason)
+
     def suspect(self, link: EngineLink, error: str) -> None:
         """A call to the engine failed at the connection: out of the ring until a check passes.
 

@@ -102,6 +102,7 @@ class SubWorkflows:
         self._live: dict[str, ChildLink] = {}  # child execution id -> its parent node
         self._by_parent: dict[str, set[str]] = {}  # parent execution id -> live children
         self._ended: OrderedDict[str, None] = OrderedDict()  # executions that ended lately
+        self._cancelled: set[str] = set()  # live children a cancel was sent for already
         self._tasks: set[asyncio.Task[None]] = set()
         # one parent node attempt's answers in order: the announcement before the result
         self._locks: dict[tuple[str, str, int | None, int], asyncio.Lock] = {}
@@ -136,6 +137,7 @@ class SubWorkflows:
 
     def finished(self, execution_id: str, event: JSONObject) -> None:
         """An execution ended: resolve the parent node waiting on it, cancel its children."""
+        self._cancelled.discard(execution_id)
         link = self._untrack(execution_id)
         if link is not None and link.node_id:
             kind = str(event.get("type", ""))
@@ -198,9 +200,15 @@ class SubWorkflows:
             self._spawn(self._cancel_child(child, f"its parent node {node_id!r} ended"))
 
     async def _cancel_child(self, child_id: str, reason: str) -> None:
+        # once is enough: its node ending and then its parent would each ask again
+        if child_id in self._cancelled:
+            return
+        if child_id in self._live:
+            self._cancelled.add(child_id)
         try:
             await self._cancel(child_id, reason)
         except OrchestratorError as exc:
+            self._cancelled.discard(child_id)  # not done: the next occasion asks again
             log.warning("cancel of sub-workflow execution %s failed: %s", child_id, exc)
 
     async def _requested(self, parent_id: str, event: JSONObject) -> None:

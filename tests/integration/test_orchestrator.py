@@ -658,6 +658,43 @@ async def test_engine_killed_mid_run_the_run_completes_elsewhere_without_rerunni
         assert engines[doc["nodes"]["last"]["engine_id"]]["state"] == "ready"
 
 
+async def test_a_run_refused_by_a_draining_engine_goes_elsewhere_and_its_runs_finish_there(
+    start_cluster: StartCluster,
+) -> None:
+    # health checks too far apart to see the drain: the refusal itself must tell it
+    cluster = start_cluster(
+        engines=2, engine_env={"DRAIN_GRACE": "60"}, ENGINE_HEALTH_CHECK_INTERVAL="30"
+    )
+    async with aiohttp.ClientSession() as http:
+        await wait_engines(http, cluster.url, 2)
+        await register(http, cluster.url, first_pause_last("slow", "3s"))
+        _, body = await trigger(http, cluster.url, "slow")
+        first = body["execution_id"]
+        deadline = time.monotonic() + 30
+        while True:
+            doc = await get(http, f"{cluster.url}/api/v1/executions/{first}")
+            if doc["nodes"]["pause"]["status"] == "running":
+                break
+            assert time.monotonic() < deadline, doc
+            await asyncio.sleep(0.05)
+        victim_id = doc["nodes"]["first"]["engine_id"]
+        victim = next(e for e in cluster.engines if e.env["ENGINE_ID"] == victim_id)
+        victim.proc.send_signal(signal.SIGTERM)  # a rollout: it drains what it has
+        await asyncio.sleep(0.5)
+        # the same workflow hashes to the same engine, which refuses it while it drains
+        _, body = await trigger(http, cluster.url, "slow")
+        second = await wait_status(http, cluster.url, body["execution_id"])
+        assert second["status"] == "succeeded", second
+        assert {n["engine_id"] for n in second["nodes"].values()} != {victim_id}
+        done = await wait_status(http, cluster.url, first)
+        assert done["status"] == "succeeded", done
+        events = (await get(http, f"{cluster.url}/api/v1/executions/{first}/events"))["events"]
+        # before: the refusal was taken for a dead engine, and this run was cut off there
+        assert {e["engine_id"] for e in events if e["type"] == "node.started"} == {victim_id}
+        assert victim.proc.wait(30) == 0
+    assert f"engine.unhealthy {victim_id}" not in cluster.orchestrator.log()
+
+
 async def test_a_stopping_orchestrator_answers_a_waiting_trigger_and_exits_promptly(
     start_cluster: StartCluster,
 ) -> None:
