@@ -1109,11 +1109,6 @@ local function run(fn, source, expression, instructions, output_limit, inputs, .
     end
   elseif mark ~= DONE then
     status, payload = "error", "attempt to yield from outside a coroutine"
-  elseif status == "ok" then
-    -- a C function can run long between two firings of the hook: a run that went past its
-    -- time that way has not succeeded
-    local code = py_check()
-    if code then status, payload = "limit", CHECK_REASONS[code] end
   end
   local log_json = nil
   if nlogs > 0 or dropped > 0 then log_json = collect_logs() end

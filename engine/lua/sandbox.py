@@ -435,6 +435,10 @@ class LuaSandbox:
             # call: a few bytes against at least 64 KiB of headroom
             self._memory(True)
             status, payload, line, log_json = self._run_lua(*arguments)
+            if status == "ok" and time.monotonic() > self._deadline:
+                # a C function can run long between two firings of the hook: a run that went
+                # past its time that way has not succeeded
+                status, payload = "limit", _CODE_NAMES[self._deadline_code]
         except lupa.LuaMemoryError:
             self._recover()
             return self._tripped(self._memory_message(), None, [], started, "memory")
