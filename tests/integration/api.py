@@ -67,3 +67,17 @@ async def wait_end(http: aiohttp.ClientSession, url: str, eid: str, timeout: flo
             return doc
         assert time.monotonic() < deadline, f"{eid} did not finish: {doc}"
         await asyncio.sleep(0.05)
+
+
+async def wait_node(
+    http: aiohttp.ClientSession, url: str, eid: str, node: str, timeout: float = 30
+) -> Any:
+    """The execution document once ``node`` runs (a moment to kill or stop something
+    mid-run); fails the test past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = await get(http, f"{url}/api/v1/executions/{eid}")
+        if doc["nodes"][node]["status"] == "running":
+            return doc
+        assert time.monotonic() < deadline, f"{node} of {eid} did not start: {doc}"
+        await asyncio.sleep(0.05)

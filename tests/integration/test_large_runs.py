@@ -3,14 +3,12 @@ all fails, saying so, instead of being run again and again."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import time
 from collections import Counter
 
 import aiohttp
 
-from tests.integration.api import get, register, start, wait_end
+from tests.integration.api import get, register, start, wait_end, wait_node
 from tests.integration.conftest import StartCluster
 
 FAT = (
@@ -58,12 +56,7 @@ async def test_a_run_with_megabytes_of_checkpoints_resumes_after_a_failover(
     async with aiohttp.ClientSession() as http:
         await register(http, cluster.url, FAT)
         eid = await start(http, cluster.url, "fat")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            doc = await get(http, f"{cluster.url}/api/v1/executions/{eid}")
-            if doc["nodes"]["pause"]["status"] == "running":
-                break
-            await asyncio.sleep(0.05)
+        doc = await wait_node(http, cluster.url, eid, "pause")
         victim_id = doc["nodes"]["pause"]["engine_id"]
         victim = next(e for e in cluster.engines if e.env["ENGINE_ID"] == victim_id)
         victim.proc.send_signal(signal.SIGKILL)

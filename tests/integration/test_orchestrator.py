@@ -21,7 +21,7 @@ import pytest
 from engine import wire
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
-from tests.integration.api import first_pause_last
+from tests.integration.api import first_pause_last, wait_node
 from tests.integration.conftest import Cluster, StartCluster, stop_process
 
 pytestmark = pytest.mark.slow
@@ -670,13 +670,7 @@ async def test_a_run_refused_by_a_draining_engine_goes_elsewhere_and_its_runs_fi
         await register(http, cluster.url, first_pause_last("slow", "3s"))
         _, body = await trigger(http, cluster.url, "slow")
         first = body["execution_id"]
-        deadline = time.monotonic() + 30
-        while True:
-            doc = await get(http, f"{cluster.url}/api/v1/executions/{first}")
-            if doc["nodes"]["pause"]["status"] == "running":
-                break
-            assert time.monotonic() < deadline, doc
-            await asyncio.sleep(0.05)
+        doc = await wait_node(http, cluster.url, first, "pause")
         victim_id = doc["nodes"]["first"]["engine_id"]
         victim = next(e for e in cluster.engines if e.env["ENGINE_ID"] == victim_id)
         victim.proc.send_signal(signal.SIGTERM)  # a rollout: it drains what it has
