@@ -338,7 +338,7 @@ class Execution:
         stimuli: list[sch.Stimulus] = [
             sch.TaskLogged(node_id, attempt, level, message, now) for level, message in outcome.logs
         ]
-        if outcome.ok and item is not None and self._over_foreach_limit(node_id, outcome.size):
+        if outcome.ok and item is not None and not self._add_item_output(node_id, outcome.size):
             limit = self._foreach_output_bytes
             stimuli.append(
                 sch.TaskFailed(
@@ -368,13 +368,14 @@ class Execution:
             stimuli.append(sch.TaskFailed(node_id, item, attempt, error, now))
         self._complete(stimuli)
 
-    def _over_foreach_limit(self, node_id: str, size: int) -> bool:
-        """Each item's output is held to the output limit; together they are one event and
-        one value for every dependent, and a thousand items of a megabyte would make both
-        too big to carry (or to hold): held to ``foreach_output_bytes`` in all."""
+    def _add_item_output(self, node_id: str, size: int) -> bool:
+        """Count an item's output toward its foreach node's; False once they add up past
+        ``foreach_output_bytes``. Each item is held to the output limit, but together they are
+        one event and one value for every dependent: a thousand items of a megabyte would make
+        both too big to carry, or to hold."""
         total = self._item_bytes.get(node_id, 0) + size
         self._item_bytes[node_id] = total
-        return total > self._foreach_output_bytes
+        return total <= self._foreach_output_bytes
 
     def _evaluate(self, ins: sch.EvaluateCondition) -> None:
         spec = self.run.node_spec(ins.node_id)

@@ -29,6 +29,7 @@ from engine.api import dagengine_pb2 as pb
 from engine.core.errors import EngineError, InputsError, SpecError
 from engine.core.events import Event, isoformat
 from engine.core.spec import WorkflowSpec
+from engine.core.states import RESUMED_ENDS
 from engine.core.values import JSON, JSONObject
 from engine.errors import (
     AtCapacity,
@@ -96,10 +97,6 @@ MAX_SEQ: Final = 2**53
 """The highest event seq: exact in every client's JSON (a JavaScript number), and far beyond
 what any run reaches."""
 
-_RESUMED_ENDS: Final = frozenset({"failed", "blocked", "skipped"})
-"""How a node may have ended before a run resumes, besides succeeding. A cancelled node ends
-its run, which is then not resumed."""
-
 
 @dataclass(frozen=True, slots=True)
 class RunOrder:
@@ -165,7 +162,7 @@ def run_order(
             completed[node.node_id] = _json_field(
                 node.output_json, where + ".output_json", problems, empty=None
             )
-        elif status in _RESUMED_ENDS:
+        elif status in RESUMED_ENDS:
             if node.output_json:
                 problems.append(
                     FieldProblem(where + ".output_json", f"a {status} node has no output")
@@ -175,7 +172,7 @@ def run_order(
             problems.append(
                 FieldProblem(
                     where + ".status",
-                    f"must be one of succeeded, {', '.join(sorted(_RESUMED_ENDS))}; got "
+                    f"must be one of succeeded, {', '.join(sorted(RESUMED_ENDS))}; got "
                     f"{bounded(status, 80)!r}",
                 )
             )

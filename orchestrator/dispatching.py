@@ -28,7 +28,7 @@ from engine.api import dagengine_pb2 as pb
 from engine.core.events import isoformat
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
-from orchestrator.errors import StoreUnavailable
+from orchestrator.errors import StoreUnavailable, store_backoff
 from orchestrator.fleet import EngineLink, Fleet
 from orchestrator.timeline import Checkpoint
 
@@ -45,9 +45,6 @@ Only streams that had started count: a run never fails because engines were down
 """
 BUSY_BACKOFF = 0.5
 """Seconds before a run an engine turned away (full, or still holding it) is offered again."""
-STALL_BACKOFF = (0.5, 30.0)
-"""Seconds before a run whose events the store could not take is dispatched again: the first
-wait, doubling up to the second. Its engine is not to blame, so that counts no lost engine."""
 
 Outcome = Literal["finished", "lost", "unreachable", "busy", "stalled"]
 
@@ -456,9 +453,9 @@ class Dispatcher:
         if outcome == "busy" or outcome == "stalled":
             delay = BUSY_BACKOFF
             if outcome == "stalled":
+                # its engine is not to blame: no lost engine is counted, it waits for the store
                 stalls = self._stalls[execution_id] = self._stalls.get(execution_id, 0) + 1
-                first, most = STALL_BACKOFF
-                delay = min(most, first * 2 ** (stalls - 1))
+                delay = store_backoff(stalls)
             self._waiting_retry.add(execution_id)
             asyncio.get_running_loop().call_later(delay, self._retry, execution_id, key)
         else:

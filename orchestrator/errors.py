@@ -23,7 +23,7 @@ adapters map both trees in one function each (``serving_http.error_body``,
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
 
 import grpc
 
@@ -117,6 +117,17 @@ class StoreUnavailable(Unavailable):
 
     code = "store_unavailable"
     retry_after = 5
+
+
+STORE_BACKOFF: Final = (0.5, 30.0)
+"""Seconds before trying again what the store refused: the first wait, doubling up to the
+second. Runs whose events it refused, and sub-workflow children it could not store, wait so."""
+
+
+def store_backoff(tries: int) -> float:
+    """Seconds to wait after ``tries`` refusals in a row (1 or more)."""
+    first, most = STORE_BACKOFF
+    return float(min(most, first * 2 ** (tries - 1)))
 
 
 class DepthLimit(OrchestratorError):

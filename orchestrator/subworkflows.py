@@ -30,7 +30,7 @@ from engine.core.errors import InputsError
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.dispatching import RunTicket
-from orchestrator.errors import OrchestratorError, StoreUnavailable
+from orchestrator.errors import OrchestratorError, StoreUnavailable, store_backoff
 from orchestrator.fleet import EngineLink
 from orchestrator.store import ChildLink, Store
 
@@ -40,9 +40,6 @@ _ENDED_REMEMBERED = 10_000
 """Recently ended executions kept in mind: enough to cover children whose parent ended while
 they were being stored (a race of milliseconds)."""
 
-STORE_BACKOFF = (0.5, 30.0)
-"""Seconds before a child the store could not take is asked for again: the first wait,
-doubling up to the second. Its parent node waits meanwhile, as it does for a running child."""
 RESOLVE_TIMEOUT = 10.0
 """Seconds an engine gets to take a sub-workflow answer."""
 
@@ -225,14 +222,17 @@ class SubWorkflows:
             version=str(data.get("version") or "latest"),
             inputs=data.get("inputs"),
         )
-        delay, most = STORE_BACKOFF
+        refused = 0
         while True:
             try:
                 await self.execute(request)
                 return
             except StoreUnavailable as exc:
+                # the parent node waits on, as for a running child
                 if parent_id in self._ended:
                     return
+                refused += 1
+                delay = store_backoff(refused)
                 log.warning(
                     "sub-workflow for %s node %s waits %s s: %s",
                     parent_id,
@@ -241,7 +241,6 @@ class SubWorkflows:
                     exc.message,
                 )
                 await asyncio.sleep(delay)
-                delay = min(most, delay * 2)
             except (OrchestratorError, InputsError) as exc:
                 # the child cannot run (no such workflow, bad inputs, depth limit): the node
                 # fails with why, and its retry policy decides what happens next

@@ -15,12 +15,10 @@ from datetime import datetime
 from typing import Final
 
 from engine.core import dag
-from engine.core.states import EXECUTION_TERMINAL, NODE_TERMINAL
+from engine.core.states import EXECUTION_TERMINAL, NODE_TERMINAL, RESUMED_ENDS
 from engine.core.values import JSON, JSONObject
 
 _NODE_MOVES: Final = frozenset({"started", "retrying"})
-_RESUMED_ENDS: Final = frozenset({"failed", "blocked", "skipped"})
-"""Ends besides success a resumed run carries over (``engine.wire`` takes the same)."""
 
 
 def node_order(spec_document: JSON) -> tuple[str, ...]:
@@ -182,7 +180,7 @@ def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
             tried = attempts.get(node_id, 0)
             if what == "succeeded":
                 out.append(Checkpoint(node_id, data.get("output"), tried or 1))
-            elif what in _RESUMED_ENDS:
+            elif what in RESUMED_ENDS:
                 # a blocked or skipped node never tried: 0 attempts
                 error = data.get("error") if what != "skipped" else data.get("reason")
                 out.append(

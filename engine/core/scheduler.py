@@ -29,6 +29,7 @@ from engine.core.spec import NodeSpec, WorkflowSpec
 from engine.core.states import (
     NODE_TERMINAL,
     NODE_TRANSITIONS,
+    RESUMED_ENDS,
     ExecutionStatus,
     NodeStatus,
     Severity,
@@ -260,7 +261,7 @@ class Run:
         wrong = sorted(
             f"{node_id} ({status})"
             for node_id, (status, _) in self._ended.items()
-            if status not in ("failed", "blocked", "skipped") or node_id in self._completed
+            if status not in RESUMED_ENDS or node_id in self._completed
         )
         if wrong:
             raise ValueError(f"resume names nodes as ended in ways they cannot: {', '.join(wrong)}")

@@ -18,6 +18,10 @@ NODE_TERMINAL: Final[frozenset[str]] = frozenset(
 EXECUTION_TERMINAL: Final[frozenset[str]] = frozenset(
     {"succeeded", "partial", "failed", "cancelled", "timed_out"}
 )
+RESUMED_ENDS: Final[frozenset[str]] = frozenset({"failed", "blocked", "skipped"})
+"""How a node may have ended before its run resumes elsewhere, besides succeeding: carried to
+the next engine, which counts it so for its dependents and never runs it again. A cancelled
+node ended its run, which is then not resumed."""
 
 # running -> running is a retry: the node keeps its place while it waits for the next attempt.
 # pending -> succeeded is a node restored from a checkpoint when a run resumes.

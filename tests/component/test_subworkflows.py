@@ -117,7 +117,7 @@ async def test_a_child_stored_after_its_parent_ended_is_cancelled() -> None:
 async def test_a_child_the_store_cannot_take_yet_is_asked_for_again_not_failed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("orchestrator.subworkflows.STORE_BACKOFF", (0.01, 0.02))
+    monkeypatch.setattr("orchestrator.errors.STORE_BACKOFF", (0.01, 0.02))
     h = Harness()
     h.refusals = 3
     h.coordinator.on_events(TICKET, h.link, [requested("sub")])  # type: ignore[arg-type]
