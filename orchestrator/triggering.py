@@ -586,18 +586,17 @@ class Triggers:
     # -- registrations ----------------------------------------------------------------------
 
     def check_spec(self, spec: WorkflowSpec) -> None:
-        """Refuse a spec whose HTTP path another workflow serves, or which names a path twice."""
-        seen: set[str] = set()
+        """Refuse a spec whose HTTP path another workflow serves (a path named twice in one
+        spec is a spec problem, refused before this)."""
         for t in spec.triggers:
             if isinstance(t, HttpSpec):
                 owner = self._routes.get(t.path)
-                if t.path in seen or (owner is not None and owner.workflow_id != spec.id):
-                    who = owner.workflow_id if owner is not None else spec.id
+                if owner is not None and owner.workflow_id != spec.id:
                     raise TriggerConflict(
-                        f"the HTTP trigger path {t.path} is already served by workflow {who}",
-                        {"path": t.path, "workflow": who},
+                        f"the HTTP trigger path {t.path} is already served by workflow "
+                        f"{owner.workflow_id}",
+                        {"path": t.path, "workflow": owner.workflow_id},
                     )
-                seen.add(t.path)
             elif isinstance(t, CronSpec):
                 try:
                     Schedule(t.cron, t.timezone)
