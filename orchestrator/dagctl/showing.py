@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rich.console import Group, RenderableType
 from rich.progress_bar import ProgressBar
@@ -222,15 +223,26 @@ def triggers_table(triggers: Iterable[JSON]) -> Table:
             auth = t.get("auth")
             schedule = f"POST {text_of(t.get('path'))}" + (f" [{auth}]" if auth else "")
         upcoming = _list(t.get("next_fire_times"))
+        zone = text_of(t.get("timezone")) or "UTC"
         table.add_row(
             text_of(t.get("id")),
             text_of(t.get("workflow_id")),
             text_of(t.get("type")),
             schedule,
             styled("paused" if t.get("paused") else "active"),
-            ", ".join(text_of(u) for u in upcoming),
+            ", ".join(wall_clock(text_of(u), zone) for u in upcoming),
         )
     return table
+
+
+def wall_clock(instant: str, zone: str) -> str:
+    """An ISO instant as the trigger's own zone reads it (its schedule is written in that
+    zone); as given when it does not parse. ``-o json`` keeps the instants in UTC."""
+    try:
+        local = datetime.fromisoformat(instant).astimezone(ZoneInfo(zone))
+    except (ValueError, ZoneInfoNotFoundError):
+        return instant
+    return local.strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def execution_details(doc: JSONObject, now: float, width: int = 60) -> RenderableType:

@@ -33,6 +33,7 @@ from orchestrator.dagctl.showing import (
     execution_details,
     executions_table,
     span,
+    wall_clock,
     workflow_details,
     workflows_table,
 )
@@ -692,3 +693,11 @@ def test_restarts_give_up_at_once_on_refused_settings_but_not_once_ready() -> No
     life.started(0)
     life.became_ready()
     assert life.exited(1, code=BAD_SETTINGS_EXIT) == 0.5
+
+
+def test_next_fire_times_read_in_the_triggers_own_zone() -> None:
+    assert wall_clock("2026-12-01T05:00:00.000Z", "Europe/Berlin") == "2026-12-01 06:00:00 CET"
+    assert wall_clock("2026-07-01T04:00:00.000Z", "Europe/Berlin") == "2026-07-01 06:00:00 CEST"
+    assert wall_clock("2026-12-01T05:00:00.000Z", "UTC") == "2026-12-01 05:00:00 UTC"
+    assert wall_clock("soon", "Europe/Berlin") == "soon"
+    assert wall_clock("2026-12-01T05:00:00.000Z", "Mars/Olympus") == "2026-12-01T05:00:00.000Z"
