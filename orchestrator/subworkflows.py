@@ -243,7 +243,8 @@ class SubWorkflows:
                 await asyncio.sleep(delay)
             except (OrchestratorError, InputsError) as exc:
                 # the child cannot run (no such workflow, bad inputs, depth limit): the node
-                # fails with why, and its retry policy decides what happens next
+                # fails with why, without retries (its engine takes an answer without a child
+                # as final: each retry would be refused the same way)
                 await self._answer(
                     ChildLink("", parent_id, request.node_id, request.item, request.attempt),
                     error=f"sub-workflow {request.workflow_id}: {exc}",
