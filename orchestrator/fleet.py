@@ -37,14 +37,6 @@ from orchestrator.ring import Balancer
 
 log = logging.getLogger(__name__)
 
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
-}
-
 ENGINE_SERVICE = "dagengine.v1.Engine"
 EngineStateName = Literal["joining", "ready", "draining", "unhealthy"]
 
@@ -381,7 +373,8 @@ class Fleet:
         # at the event's own severity, with its reason: a filter on warnings must see an
         # engine leave or fail, and why, without reading the event stream
         detail = data.get("error") or data.get("reason")
-        level = _LEVELS.get(severity, logging.INFO)
+        # event severities are the stdlib's level names, in lower case
+        level = logging.getLevelNamesMapping().get(severity.upper(), logging.INFO)
         context = {"engine_id": link.key, "event": kind}
         if detail:
             log.log(level, "%s %s at %s: %s", kind, link.key, link.address, detail, extra=context)

@@ -142,16 +142,21 @@ async def test_an_engine_whose_endpoint_turns_terminating_keeps_its_runs_until_d
         await fake.stop()
 
 
+async def undiscovered_link(watched: Watched, address: str, runs: int) -> EngineLink:
+    """A ready engine with ``runs`` in flight that discovery stops listing: kept, draining."""
+    link = await ready_link(watched, address)
+    link.in_flight = runs
+    watched.fleet.update(set())
+    assert (watched.fleet.links.get(address), link.state) == (link, "draining")
+    assert watched.lost == []
+    return link
+
+
 async def test_an_undiscovered_engine_that_stops_answering_loses_its_runs(
     engine: EngineServer, watched: Watched
 ) -> None:
     fleet = watched.fleet
-    link = await ready_link(watched, engine.address)
-    link.in_flight = 2
-    fleet.update(set())
-    assert fleet.links.get(engine.address) is link
-    assert (link.state, watched.lost) == ("draining", [])
-
+    link = await undiscovered_link(watched, engine.address, runs=2)
     await engine.stop()  # the pod is gone before its runs ended (a SIGKILL, a node lost)
     await fleet.check(link)
     assert watched.lost == [link]  # the dispatcher resumes them elsewhere
@@ -163,10 +168,7 @@ async def test_a_broken_stream_on_an_undiscovered_engine_drops_it(
     engine: EngineServer, watched: Watched
 ) -> None:
     fleet = watched.fleet
-    link = await ready_link(watched, engine.address)
-    link.in_flight = 1
-    fleet.update(set())
-    assert fleet.links.get(engine.address) is link
+    link = await undiscovered_link(watched, engine.address, runs=1)
     # the engine's drain grace ran out: it hands the run back with UNAVAILABLE
     fleet.suspect(link, "UNAVAILABLE: engine engine-0 is shutting down")
     assert watched.lost == [link]
@@ -177,10 +179,7 @@ async def test_an_engine_listed_again_is_ready_again(
     engine: EngineServer, watched: Watched
 ) -> None:
     fleet = watched.fleet
-    link = await ready_link(watched, engine.address)
-    link.in_flight = 1
-    fleet.update(set())  # a readiness probe failed once
-    assert (fleet.links.get(engine.address), link.state) == (link, "draining")
+    link = await undiscovered_link(watched, engine.address, runs=1)  # a readiness blip
     fleet.update({engine.address})  # and passed again
     await until(lambda: link.state == "ready", "ready again")
     assert fleet.links[engine.address] is link
