@@ -13,9 +13,9 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from engine.core import scheduler as sch
 from engine.core.durations import format_duration
@@ -34,7 +34,28 @@ FOREACH_OUTPUT_BYTES = 32 * 1024 * 1024
 for an engine): half what one message between engine and orchestrator carries
 (``wire.MAX_MESSAGE_BYTES``), which its node.succeeded is."""
 
+STOP_GRACE = 1.0
+"""Seconds scripts asked to stop by a cancel or a timeout get to come back with their log lines
+before the run goes on without them. The sandbox looks at its cancel flag about once a second at
+worst (a loop of slow C calls, ``prelude.py``), far more often in a plain loop."""
+
 EventSink = Callable[[Event], None]
+
+StopKey: TypeAlias = tuple[str, int | None, bool]
+"""``(node, item, is_when)``: a script asked to stop whose outcome the run waits for."""
+
+
+@dataclass(slots=True)
+class _Held:
+    """A stimulus that stops scripts, held until they come back (or ``STOP_GRACE`` passes) so
+    that what they logged comes before the events of their end, and a node's next attempt does
+    not start while its last still runs."""
+
+    stimulus: sch.Stimulus
+    keys: set[StopKey]
+    whole_run: bool
+    handle: asyncio.TimerHandle | None = None
+    after: list[sch.Stimulus] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +128,10 @@ class Execution:
         self._backlog: list[sch.Stimulus] = []
         self._feeding = False
         self._completions: list[sch.Stimulus] = []
+        self._stopping: dict[StopKey, Flag] = {}
+        self._held: list[_Held] = []
+        # while a stop of the whole run is held: what arrived meanwhile, fed just before it
+        self._deferred: list[sch.Stimulus] | None = None
         self._done: asyncio.Future[JSONObject] | None = None
 
     # -- public -------------------------------------------------------------------------------
@@ -124,7 +149,7 @@ class Execution:
             raise
 
     def cancel(self, reason: str = "cancelled on request") -> None:
-        self.feed(sch.CancelRequested(self._clock(), reason))
+        self._stop_then(sch.CancelRequested(self._clock(), reason), None)
 
     def resolve_task(
         self,
@@ -178,7 +203,12 @@ class Execution:
 
     def feed(self, *stimuli: sch.Stimulus) -> None:
         """Hand stimuli to the scheduler; re-entrant calls queue behind the one in progress."""
-        self._backlog.extend(stimuli)
+        deferred = self._deferred
+        if deferred is None:
+            self._backlog.extend(stimuli)
+        else:
+            for s in stimuli:
+                (self._backlog if isinstance(s, sch.TaskLogged) else deferred).append(s)
         if self._feeding:
             return
         self._feeding = True
@@ -217,6 +247,11 @@ class Execution:
                 for handle in self._timers.values():
                     handle.cancel()
                 self._timers.clear()
+                for held in self._held:
+                    if held.handle is not None:
+                        held.handle.cancel()
+                self._held.clear()
+                self._stopping.clear()
                 for flag in [*self._cancels.values(), *self._conditions.values()]:
                     flag.set()
                 self._cancels.clear()
@@ -248,7 +283,81 @@ class Execution:
 
     def _timer_fired(self, key: sch.TimerKey) -> None:
         self._timers.pop(key, None)
-        self.feed(sch.TimerFired(key, self._clock()))
+        fired = sch.TimerFired(key, self._clock())
+        if key[0] == "run_timeout":
+            self._stop_then(fired, None)
+        elif key[0] == "node_timeout" and self._times_out(key):
+            node_id, item = key[1], key[2]
+            assert isinstance(node_id, str) and not isinstance(item, str)
+            self._stop_then(fired, (node_id, item, False))
+        else:
+            self.feed(fired)
+
+    # -- stopping scripts before their end is told ----------------------------------------------
+
+    def _times_out(self, key: sch.TimerKey) -> bool:
+        """Whether a node's timer is for the attempt still out (an earlier one's may fire)."""
+        _, node_id, item, attempt = key
+        assert isinstance(node_id, str) and not isinstance(item, str)
+        return self.run.attempt_running(node_id, item) == attempt
+
+    def _stop_then(self, stimulus: sch.Stimulus, only: StopKey | None) -> None:
+        """Feed a stimulus that stops scripts (all of the run's, or ``only`` one) once they have
+        come back: their log lines are kept, in order, and nothing else starts meanwhile."""
+        if self.run.finished:
+            self.feed(stimulus)
+            return
+        # outcomes that came back this turn are older news than this stop: they go first
+        pending, self._completions = self._completions, []
+        self.feed(*pending)
+        whole = next((h for h in self._held if h.whole_run), None)
+        if whole is not None:
+            whole.after.append(stimulus)  # the stop already on its way decides the run's end
+            return
+        running: dict[StopKey, Flag] = {(n, i, False): f for (n, i), f in self._cancels.items()}
+        running.update({(n, None, True): f for n, f in self._conditions.items()})
+        if only is not None:
+            running = {only: running[only]} if only in running else {}
+        if not running or self.run.finished:
+            self.feed(stimulus)
+            return
+        for key, flag in running.items():
+            flag.set()
+            self._stopping[key] = flag
+        held = _Held(stimulus, set(running), whole_run=only is None)
+        held.handle = asyncio.get_running_loop().call_later(STOP_GRACE, self._release, held)
+        self._held.append(held)
+        if held.whole_run:
+            self._deferred = []
+
+    def _stopped(self, key: StopKey, flag: Flag | None) -> bool:
+        """Note that a script came back; True if it had been asked to stop by ``_stop_then``."""
+        if key not in self._stopping or (flag is not None and self._stopping[key] is not flag):
+            return False
+        del self._stopping[key]
+        # its outcome is queued for the next loop turn: let the held stimulus come after it
+        asyncio.get_running_loop().call_soon(self._release_done)
+        return True
+
+    def _release_done(self) -> None:
+        for held in [h for h in self._held if not h.keys & self._stopping.keys()]:
+            self._release(held)
+
+    def _release(self, held: _Held) -> None:
+        if held not in self._held:
+            return
+        self._held.remove(held)
+        if held.handle is not None:
+            held.handle.cancel()
+        for key in held.keys:
+            self._stopping.pop(key, None)  # past the grace: a late outcome is late news
+        # what the stopped scripts returned waits for the next loop turn: it goes first
+        pending, self._completions = self._completions, []
+        if held.whole_run:
+            deferred, self._deferred = self._deferred or [], None
+            pending = [*deferred, *pending]
+        # the scripts ran until now: that is when their nodes, or the run, ended
+        self.feed(*pending, replace(held.stimulus, now=self._clock()), *held.after)
 
     def _results_for(self, node_id: str) -> Callable[[str], object]:
         run = self.run
@@ -319,6 +428,7 @@ class Execution:
     ) -> None:
         if self._cancels.get((node_id, item)) is flag:
             del self._cancels[(node_id, item)]
+        stopped = self._stopped((node_id, item, False), flag)
         now = self._clock()
         if outcome is None:
             # the pool closed before the task ran: the engine is stopping
@@ -338,6 +448,9 @@ class Execution:
         stimuli: list[sch.Stimulus] = [
             sch.TaskLogged(node_id, attempt, level, message, now) for level, message in outcome.logs
         ]
+        if stopped and outcome.limit == "cancelled":
+            self._complete(stimuli)  # its end is the held stimulus's to tell
+            return
         if outcome.ok and item is not None and not self._add_item_output(node_id, outcome.size):
             limit = self._foreach_output_bytes
             stimuli.append(
@@ -418,9 +531,11 @@ class Execution:
         self._conditions.pop(node_id, None)
         now = self._clock()
         if fut.cancelled():
+            self._stopped((node_id, None, True), None)
             return
         exc = fut.exception()
         if exc is not None:
+            self._stopped((node_id, None, True), None)
             self.feed(sch.ConditionEvaluated(node_id, None, f"engine error: {exc}", now))
             return
         self._condition_done(node_id, fut.result())
@@ -430,7 +545,9 @@ class Execution:
         now = self._clock()
         # a when expression may log too (a function it calls): its lines are the node's
         logged = [sch.TaskLogged(node_id, 1, level, text, now) for level, text in outcome.logs]
-        if outcome.ok:
+        if self._stopped((node_id, None, True), None) and outcome.limit == "cancelled":
+            self.feed(*logged)
+        elif outcome.ok:
             self.feed(*logged, sch.ConditionEvaluated(node_id, bool(outcome.value), None, now))
         else:
             error = outcome.error or "failed"

@@ -56,10 +56,10 @@ class Settings:
     lua_workers: int | None = None
     """Lua worker threads; None: one per core."""
     lua_inline: bool = True
-    foreach_output_bytes: int = 32 * 1024 * 1024
-    """Bytes a foreach node's item outputs may add up to (``engine.running``)."""
     """Small scripts first try the event loop's thread (``LuaPool.run_inline``); False: every
     script runs on a worker."""
+    foreach_output_bytes: int = 32 * 1024 * 1024
+    """Bytes a foreach node's item outputs may add up to (``engine.running``)."""
     log_format: LogFormat = "plain"
     log_level: str = "INFO"
 

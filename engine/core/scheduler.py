@@ -345,6 +345,10 @@ class Run:
     def node_spec(self, node_id: str) -> NodeSpec:
         return self.nodes[node_id].spec
 
+    def attempt_running(self, node_id: str, item: int | None) -> int | None:
+        """The attempt of a task that is out (given by ``RunTask`` and not yet back), or None."""
+        return self._inflight.get((node_id, item))
+
     # -- the machine --------------------------------------------------------------------------
 
     def _emit(

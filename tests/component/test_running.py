@@ -223,6 +223,104 @@ async def test_cancel_stops_running_lua_and_frees_the_worker() -> None:
         assert again["status"] == "succeeded"
 
 
+SPIN_AND_LOG = 'log("info", "attempt " .. ctx.attempt)\nwhile true do end'
+
+
+def trail(events: list[Event], node_id: str) -> list[tuple[str, int | None, object]]:
+    """What one node went through, in the order its events were numbered."""
+    ordered = sorted(events, key=lambda e: e.seq)
+    return [(e.type, e.attempt, e.data.get("message")) for e in ordered if e.node_id == node_id]
+
+
+async def test_a_cancelled_script_s_log_lines_come_before_its_end() -> None:
+    spec = spec_from_document(
+        {"id": "t", "version": "1.0.0", "nodes": [{"id": "spin", "lua": SPIN_AND_LOG}]}
+    )
+    events: list[Event] = []
+    async with LuaPool(workers=2, limits=LuaLimits(instructions=10**15)) as pool:
+        ex = Execution(spec, {}, pool=pool, on_event=events.append)
+        task = asyncio.ensure_future(ex.run_to_end())
+        await asyncio.sleep(0.2)
+        ex.cancel("operator said stop")
+        doc = await asyncio.wait_for(task, 10)
+    assert doc["status"] == "cancelled"
+    assert doc["nodes"]["spin"]["status"] == "cancelled"
+    assert trail(events, "spin") == [
+        ("node.started", 1, None),
+        ("node.log", 1, "attempt 1"),
+        ("node.cancelled", 1, None),
+    ]
+    assert max(events, key=lambda e: e.seq).type == "execution.cancelled"
+
+
+async def test_a_run_timeout_keeps_what_every_running_script_logged() -> None:
+    async with LuaPool(workers=2, limits=LuaLimits(instructions=10**15), inline=False) as pool:
+        doc, events = await run(
+            {
+                "timeout": "300ms",
+                "nodes": [
+                    {"id": "a", "lua": SPIN_AND_LOG},
+                    {"id": "b", "lua": SPIN_AND_LOG},
+                    {"id": "after", "depends_on": ["a"], "lua": "return 1"},
+                ],
+            },
+            pool,
+        )
+    assert doc["status"] == "timed_out"
+    for node in ("a", "b"):
+        assert doc["nodes"][node]["status"] == "cancelled"
+        assert [t for t, _, _ in trail(events, node)] == [
+            "node.started",
+            "node.log",
+            "node.cancelled",
+        ]
+    assert max(events, key=lambda e: e.seq).type == "execution.timed_out"
+
+
+async def test_a_timed_out_attempt_ends_before_the_next_one_starts() -> None:
+    # a worker each for two attempts at once, had the second not waited for the first
+    async with LuaPool(workers=2, limits=LuaLimits(instructions=10**15), inline=False) as pool:
+        doc, events = await run(
+            {
+                "nodes": [
+                    {
+                        "id": "spin",
+                        "timeout": "200ms",
+                        "retry": {"max_attempts": 2, "delay": "1ms"},
+                        "lua": SPIN_AND_LOG,
+                    }
+                ]
+            },
+            pool,
+        )
+    assert doc["nodes"]["spin"]["error"] == "timed out after 200ms"
+    assert trail(events, "spin") == [
+        ("node.started", 1, None),
+        ("node.log", 1, "attempt 1"),
+        ("node.retrying", 1, None),
+        ("node.started", 2, None),
+        ("node.log", 2, "attempt 2"),
+        ("node.failed", 2, None),
+    ]
+
+
+async def test_a_script_slow_to_stop_does_not_hold_up_its_run_s_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # each string.rep of 8 MiB takes a while, and the sandbox looks at its cancel flag between
+    # hook firings only: the run ends at the grace, and the late line still arrives after it
+    monkeypatch.setattr("engine.running.STOP_GRACE", 0.01)
+    slow = 'log("info", "slow")\nwhile true do local s = string.rep("x", 1 << 23) end'
+    limits = LuaLimits(instructions=10**15, memory=256 * 1024 * 1024)
+    async with LuaPool(workers=1, limits=limits, inline=False) as pool:
+        doc, events = await run({"timeout": "100ms", "nodes": [{"id": "s", "lua": slow}]}, pool)
+        assert doc["status"] == "timed_out"
+        assert [t for t, _, _ in trail(events, "s")] == ["node.started", "node.cancelled"]
+        again, _ = await run({"nodes": [{"id": "a", "lua": "return 1"}]}, pool)
+    assert again["status"] == "succeeded"  # the worker came free once the script saw its flag
+    assert [t for t, _, _ in trail(events, "s")][-1] == "node.log"
+
+
 async def test_sleep_holds_no_worker(pool: LuaPool) -> None:
     doc, events = await run(
         {
