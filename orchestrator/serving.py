@@ -35,7 +35,7 @@ from orchestrator.monitoring import Hub
 from orchestrator.orchestrating import Orchestrator
 from orchestrator.ring import make_balancer
 from orchestrator.serving_grpc import OrchestratorService
-from orchestrator.serving_http import HttpApi, MalformedRequests
+from orchestrator.serving_http import PARSER_LINE_BYTES, HttpApi, MalformedRequests
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.store import Store
 from orchestrator.subworkflows import SubWorkflows
@@ -201,6 +201,8 @@ async def _serve_apis(
             triggers=_triggers_of(orch),
         ).app(),
         access_log=None,
+        max_line_size=PARSER_LINE_BYTES,
+        max_field_size=PARSER_LINE_BYTES,
         # requests still open when stopping get this long (aiohttp's default is a minute,
         # past the pod's termination grace)
         shutdown_timeout=_STOP_GRACE,

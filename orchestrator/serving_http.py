@@ -67,6 +67,14 @@ class Api(Protocol):
     def metrics_payload(self) -> tuple[bytes, str]: ...
 
 
+MAX_URL_BYTES: Final = 8190
+"""Longest request line target, and header value, the API takes: aiohttp's own default."""
+PARSER_LINE_BYTES: Final = 64 * 1024
+"""What the server's parser lets through to the API (``max_line_size``/``max_field_size``), so
+that a request past ``MAX_URL_BYTES`` gets the API's JSON refusal, naming the limit, instead of
+the parser's plain text; past this, the parser still answers its own 400."""
+
+
 class HttpError(Exception):
     """A refusal decided in this module; others come from the facade's error tree."""
 
@@ -291,6 +299,26 @@ def _limit(request: web.Request, default: int, most: int) -> int:
     return limit
 
 
+def _check_sizes(request: web.Request) -> None:
+    size = len(request.raw_path.encode())
+    if size > MAX_URL_BYTES:
+        raise HttpError(
+            414,
+            "url_too_long",
+            f"the URL is {size} bytes, over the limit of {MAX_URL_BYTES}",
+            {"limit": MAX_URL_BYTES},
+        )
+    for name, value in request.raw_headers:
+        if len(value) > MAX_URL_BYTES:
+            header = name.decode("latin-1")
+            raise HttpError(
+                431,
+                "header_too_large",
+                f"header {header} is {len(value)} bytes, over the limit of {MAX_URL_BYTES}",
+                {"header": header, "limit": MAX_URL_BYTES},
+            )
+
+
 class HttpApi:
     def __init__(
         self, api: Api, *, token: str | None, max_body: int, triggers: Triggers | None = None
@@ -337,6 +365,7 @@ class HttpApi:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         try:
+            _check_sizes(request)
             return await handler(request)
         except asyncio.CancelledError:
             raise
@@ -769,7 +798,9 @@ def openapi_document() -> JSONObject:
             "version": "1",
             "description": "Besides these routes, each workflow spec's http trigger path "
             "(triggers[].http.path) takes POST like /trigger/{workflow_id}, with that "
-            "trigger's auth; see GET /api/v1/triggers.",
+            "trigger's auth; see GET /api/v1/triggers. Any route answers a URL over "
+            f"{MAX_URL_BYTES} bytes with 414 url_too_long, and a header value over that with "
+            "431 header_too_large.",
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

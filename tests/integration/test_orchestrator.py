@@ -403,9 +403,29 @@ async def test_listing_pages_past_the_limit_without_skipping_or_repeating(
         assert rest.next_before == ""
 
 
+async def test_a_long_url_or_header_gets_the_api_s_refusal_naming_the_limit(
+    cluster: Cluster,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{cluster.url}/api/v1/executions?workflow={'w' * 10_000}") as resp:
+            assert resp.status == 414
+            error = (await resp.json())["error"]
+            assert error["code"] == "url_too_long"
+            assert "over the limit of 8190" in error["message"]
+        async with http.get(
+            f"{cluster.url}/api/v1/workflows", headers={"X-Trace": "t" * 9_000}
+        ) as resp:
+            assert resp.status == 431
+            error = (await resp.json())["error"]
+            assert error["message"] == "header X-Trace is 9000 bytes, over the limit of 8190"
+        async with http.get(f"{cluster.url}/api/v1/workflows") as resp:
+            assert resp.status == 200
+
+
 async def test_an_unparseable_request_is_one_warning_not_a_server_error(cluster: Cluster) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", cluster.orchestrator.http_port)
-    writer.write(b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    # past what the parser takes at all, so it answers before the API sees anything
+    writer.write(b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
     answer = await asyncio.wait_for(reader.read(200), 10)
     writer.close()
