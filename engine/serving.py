@@ -526,12 +526,13 @@ class EngineServer:
         service = EngineService(self.settings, pool, self.metrics)
         # without so_reuseport a second engine on a taken port fails instead of sharing it
         server = grpc.aio.server(
+            interceptors=[wire.DecodeRequests(wire.bad_request_status)],
             options=[
                 ("grpc.so_reuseport", 0),
                 # a resumed run's request carries its completed nodes' outputs
                 ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
-            ]
+            ],
         )
         pb_grpc.add_EngineServicer_to_server(service, server)
         health = await wire.add_health_and_reflection(server, ENGINE_SERVICE)

@@ -34,7 +34,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.monitoring import Hub
 from orchestrator.orchestrating import Orchestrator
 from orchestrator.ring import make_balancer
-from orchestrator.serving_grpc import OrchestratorService
+from orchestrator.serving_grpc import OrchestratorService, unparsed_request_status
 from orchestrator.serving_http import PARSER_LINE_BYTES, HttpApi, MalformedRequests
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.store import Store
@@ -209,11 +209,12 @@ async def _serve_apis(
     )
     await runner.setup()
     server = grpc.aio.server(
+        interceptors=[wire.DecodeRequests(unparsed_request_status)],
         options=[
             ("grpc.so_reuseport", 0),
             # HTTP's body limit, with room for the other fields of a request
             ("grpc.max_receive_message_length", settings.max_body_bytes + 64 * 1024),
-        ]
+        ],
     )
     try:
         site = web.TCPSite(

@@ -112,6 +112,11 @@ def grpc_status_for(exc: BaseException, code: grpc.StatusCode | None = None) -> 
     return converted
 
 
+def unparsed_request_status(message: str) -> grpc.Status:
+    """The refusal of a request that does not parse (``wire.DecodeRequests``)."""
+    return grpc_status_for(HttpError(400, "bad_request", message, {"field": "request"}))
+
+
 async def _refuse(
     context: Context, exc: BaseException, code: grpc.StatusCode | None = None
 ) -> NoReturn:

@@ -589,3 +589,26 @@ def test_serve_subcommand_serves_too(tmp_path: Path) -> None:
     engine = wait_until_serving(spawn_engine(tmp_path / "engine.log", "serve"))
     engine.terminate()
     assert engine.wait(TIMEOUT) == 0
+
+
+async def test_bytes_that_are_not_the_request_message_are_invalid_argument(
+    shared_engine: EngineProcess,
+) -> None:
+    async with grpc.aio.insecure_channel(shared_engine.address) as channel:
+        for method, streaming in (("Execute", True), ("Cancel", False)):
+            path = f"/dagengine.v1.Engine/{method}"
+            if streaming:
+                call: Any = channel.unary_stream(path)(b"\xff\xff\xff").read()
+            else:
+                call = channel.unary_unary(path)(b"\xff\xff\xff")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            error = caught.value
+            # before: UNKNOWN, and a traceback in the engine's log for each one
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+            assert (error.details() or "").startswith("request: the request is not a valid message")
+            assert violations(error)[0][0] == "request"
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    assert "DecodeError" not in shared_engine.log()

@@ -204,6 +204,24 @@ async def test_an_empty_id_is_invalid_argument_naming_the_field(cluster: Cluster
         assert "after_seq needs execution_id" in (err.details() or "")
 
 
+async def test_bytes_that_are_not_the_request_message_are_invalid_argument(
+    cluster: Cluster,
+) -> None:
+    async with grpc.aio.insecure_channel(cluster.orchestrator.grpc_address) as channel:
+        for call in (
+            channel.unary_unary("/dagengine.v1.Orchestrator/GetExecution")(b"\x0a\xff"),
+            channel.unary_stream("/dagengine.v1.Orchestrator/WatchEvents")(b"\x0a\xff").read(),
+        ):
+            err = await refused(call)
+            # before: UNKNOWN, and a traceback in the orchestrator's log for each one
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+            assert (err.details() or "").startswith("the request is not a valid message")
+            assert error_info(err).reason == "bad_request"
+        # the service goes on
+        assert (await stub_for(channel).ListWorkflows(pb.ListWorkflowsRequest())) is not None
+    assert "DecodeError" not in cluster.orchestrator.log()
+
+
 async def test_refusals_carry_https_error_code_and_details(cluster: Cluster) -> None:
     async with grpc.aio.insecure_channel(cluster.orchestrator.grpc_address) as channel:
         stub = stub_for(channel)
