@@ -160,11 +160,15 @@ class Execution:
         output: JSON = None,
         error: str | None = None,
         retryable: bool = True,
+        size: int = 0,
     ) -> None:
         """Complete a task finished elsewhere (a sub-workflow child); ``retryable``: whether
-        the node's retry policy may try again after this failure."""
+        the node's retry policy may try again after this failure; ``size``: the output's bytes
+        of JSON, counted toward a foreach node's as a script's are."""
         now = self._clock()
-        if error is None:
+        if error is None and item is not None and not self._add_item_output(node_id, size):
+            self.feed(self._too_much_output(node_id, item, attempt, now))
+        elif error is None:
             self.feed(sch.TaskSucceeded(node_id, item, attempt, output, now))
         else:
             self.feed(sch.TaskFailed(node_id, item, attempt, error, now, retryable=retryable))
@@ -452,17 +456,7 @@ class Execution:
             self._complete(stimuli)  # its end is the held stimulus's to tell
             return
         if outcome.ok and item is not None and not self._add_item_output(node_id, outcome.size):
-            limit = self._foreach_output_bytes
-            stimuli.append(
-                sch.TaskFailed(
-                    node_id,
-                    item,
-                    attempt,
-                    f"the outputs of this foreach node add up to over {limit} bytes",
-                    now,
-                    retryable=False,
-                )
-            )
+            stimuli.append(self._too_much_output(node_id, item, attempt, now))
         elif outcome.ok:
             stimuli.append(sch.TaskSucceeded(node_id, item, attempt, outcome.value, now))
         elif outcome.limit == "deadline":
@@ -489,6 +483,17 @@ class Execution:
         total = self._item_bytes.get(node_id, 0) + size
         self._item_bytes[node_id] = total
         return total <= self._foreach_output_bytes
+
+    def _too_much_output(self, node_id: str, item: int, attempt: int, now: float) -> sch.TaskFailed:
+        limit = self._foreach_output_bytes
+        return sch.TaskFailed(
+            node_id,
+            item,
+            attempt,
+            f"the outputs of this foreach node add up to over {limit} bytes",
+            now,
+            retryable=False,
+        )
 
     def _evaluate(self, ins: sch.EvaluateCondition) -> None:
         spec = self.run.node_spec(ins.node_id)

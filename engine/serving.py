@@ -214,6 +214,7 @@ class StreamedSubWorkflows:
             answer.attempt,
             output=answer.output,
             error=answer.error,
+            size=answer.size,
             # no child: it was refused (no such version, its inputs, the depth limit), and
             # every retry would be refused the same way
             retryable=bool(answer.child_execution_id),

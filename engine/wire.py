@@ -269,6 +269,8 @@ class SubWorkflowAnswer:
     child_version: str = ""
     final: bool = True
     """False: the call only announces the child (subworkflow.started); the node waits on."""
+    size: int = 0
+    """Characters of ``output_json``: a foreach item's share of its node's output."""
 
 
 def sub_workflow_answer(request: pb.ResolveSubWorkflowRequest) -> SubWorkflowAnswer:
@@ -306,6 +308,7 @@ def sub_workflow_answer(request: pb.ResolveSubWorkflowRequest) -> SubWorkflowAns
         request.child_status,
         request.child_version,
         final,
+        len(request.output_json),
     )
 
 

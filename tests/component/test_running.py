@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from engine.core.events import Event, isoformat
 from engine.core.values import JSONObject
 from engine.loading import spec_from_document
 from engine.lua import LuaLimits, LuaPool
-from engine.running import Execution
+from engine.running import Execution, SubWorkflowRequest
 
 
 @pytest.fixture
@@ -184,6 +186,50 @@ async def test_a_foreach_whose_outputs_add_up_past_the_limit_fails(pool: LuaPool
     assert each["status"] == "failed" and each["attempts"] == 1  # not retried: it would again
     assert each["error"].endswith("the outputs of this foreach node add up to over 10000 bytes")
     assert doc["nodes"]["after"]["status"] == "blocked"
+
+
+async def test_a_foreach_over_children_counts_their_outputs_toward_the_bound(
+    pool: LuaPool,
+) -> None:
+    class Children:
+        """Answers each child at once with a 1,000-character output, as the engine service
+        does with the orchestrator's answer."""
+
+        def start(self, execution: Execution, request: SubWorkflowRequest) -> None:
+            output = "x" * 998
+            asyncio.get_running_loop().call_soon(
+                partial(
+                    execution.resolve_task,
+                    request.node_id,
+                    request.item,
+                    request.attempt,
+                    output=output,
+                    size=len(json.dumps(output)),
+                )
+            )
+
+        def cancel(self, execution: Execution, node_id: str, item: int | None) -> None:
+            pass
+
+    doc, _ = await run(
+        {
+            "nodes": [
+                {
+                    "id": "each",
+                    "foreach": "{{ inputs.items }}",
+                    "workflow": {"id": "child", "version": "^1"},
+                },
+            ]
+        },
+        pool,
+        {"items": list(range(20))},
+        foreach_output_bytes=10_000,  # ten items' worth
+        subworkflows=Children(),
+    )
+    assert doc["status"] == "failed"
+    assert doc["nodes"]["each"]["error"].endswith(
+        "the outputs of this foreach node add up to over 10000 bytes"
+    )
 
 
 async def test_node_timeout_stops_a_runaway_script() -> None:
