@@ -33,6 +33,7 @@ from orchestrator.serving_http import (
     HttpError,
     check_bearer,
     check_json,
+    check_run_of,
     error_body,
     final_event,
     follow_all,
@@ -385,6 +386,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             if flt.execution_id is not None:
                 try:
                     run = await self.api.get_execution(flt.execution_id)
+                    check_run_of(run, flt)
                     replay = await self.api.execution_events(flt.execution_id, request.after_seq)
                 except Exception as exc:
                     await _refuse(context, exc)

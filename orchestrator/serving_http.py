@@ -532,6 +532,7 @@ class HttpApi:
             events: AsyncGenerator[JSONObject | None]
             if flt.execution_id is not None:
                 run = await self.api.get_execution(flt.execution_id)  # 404 before it opens
+                check_run_of(run, flt)
                 after = _last_event_id(request)  # 400 before it opens, too
                 replay = await self.api.execution_events(flt.execution_id, after)
                 if not replay and run["status"] in EXECUTION_TERMINAL:
@@ -655,6 +656,18 @@ async def follow_all(
         except StopAsyncIteration:
             return
         yield event
+
+
+def check_run_of(run: JSONObject, flt: EventFilter) -> None:
+    """Both filters given: a run of another workflow is not found (its events would otherwise
+    stream as if the workflow filter were not there)."""
+    if flt.workflow_id is not None and run["workflow_id"] != flt.workflow_id:
+        raise HttpError(
+            404,
+            "not_found",
+            f"execution {run['id']} is a run of {run['workflow_id']}, not of {flt.workflow_id}",
+            {"execution_id": run["id"], "workflow_id": run["workflow_id"]},
+        )
 
 
 async def follow_execution(

@@ -202,6 +202,14 @@ async def test_an_empty_id_is_invalid_argument_naming_the_field(cluster: Cluster
         )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "after_seq needs execution_id" in (err.details() or "")
+        done = await finished_diamond(stub)
+        err = await refused(
+            stub.WatchEvents(
+                pb.WatchEventsRequest(workflow_id="other", execution_id=done.execution.id)
+            ).read()
+        )
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        assert err.details() == f"execution {done.execution.id} is a run of g-diamond, not of other"
 
 
 async def test_bytes_that_are_not_the_request_message_are_invalid_argument(

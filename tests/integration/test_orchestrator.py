@@ -216,6 +216,16 @@ async def test_sse_streams_a_runs_events_in_order(cluster: Cluster) -> None:
         ) as resp:
             text = await asyncio.wait_for(resp.text(), 30)
         assert [line for line in text.splitlines() if line.startswith("id:")] == [f"id: {seqs[-1]}"]
+        # both filters: the run must be of that workflow (its events streamed regardless before)
+        async with http.get(
+            f"{cluster.url}/api/v1/events?execution={eid}&workflow=diamond"
+        ) as resp:
+            assert "execution.succeeded" in await asyncio.wait_for(resp.text(), 30)
+        async with http.get(f"{cluster.url}/api/v1/events?execution={eid}&workflow=etl") as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"]["message"] == (
+                f"execution {eid} is a run of diamond, not of etl"
+            )
 
 
 async def test_idempotency_key_returns_the_first_execution(cluster: Cluster) -> None:
