@@ -20,6 +20,7 @@ import asyncio
 import collections
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -35,6 +36,7 @@ from engine.core.states import EXECUTION_TERMINAL, NODE_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.dispatching import RunTicket
 from orchestrator.errors import IdempotencyKeyReused, StoreUnavailable
+from orchestrator.locking import lock_state
 from orchestrator.timeline import (
     fold_nodes,
     node_order,
@@ -720,18 +722,31 @@ _TRIGGER_SELECT: Final = (
 class Store:
     """Async face of the state database; every method is safe to call from the event loop."""
 
-    def __init__(self, path: str, writer: _Worker, reader: _Worker) -> None:
+    def __init__(
+        self, path: str, writer: _Worker, reader: _Worker, lock: int | None = None
+    ) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
+        self._lock = lock
         # workflow order of each version's nodes; versions are immutable, so never stale
         self._orders: dict[tuple[str, str], tuple[str, ...]] = {}
 
     @classmethod
     async def open(cls, path: str) -> Store:
-        def prepare() -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        def prepare() -> tuple[sqlite3.Connection, sqlite3.Connection, int | None]:
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+            lock = lock_state(path)
+            try:
+                writer, reader = connect()
+            except BaseException:
+                if lock is not None:
+                    os.close(lock)
+                raise
+            return writer, reader, lock
+
+        def connect() -> tuple[sqlite3.Connection, sqlite3.Connection]:
             writer = _connect(path)
             mode = writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal" and path != ":memory:":
@@ -745,11 +760,12 @@ class Store:
             migrate(writer)
             return writer, _connect(path)
 
-        writer, reader = await asyncio.to_thread(prepare)
+        writer, reader, lock = await asyncio.to_thread(prepare)
         return cls(
             path,
             _Worker(writer, "store-writer", group=True),
             _Worker(reader, "store-reader", group=False),
+            lock,
         )
 
     @property
@@ -770,6 +786,9 @@ class Store:
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)
         await asyncio.to_thread(self._reader.stop)
+        if self._lock is not None:
+            os.close(self._lock)  # after the last write: the next orchestrator may start
+            self._lock = None
 
     # -- versions ---------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from typing import IO, Final, TextIO
 
 from engine.core.values import JSON, JSONObject
 from orchestrator.dagctl.calling import ApiError, Client, Unreachable
+from orchestrator.locking import state_holder
 
 STOP_GRACE = 35.0
 START_TIMEOUT = 60.0
@@ -96,6 +97,11 @@ class Layout:
         return f"http://127.0.0.1:{self.http_port}"
 
 
+MAX_ENGINES: Final = 64
+"""Engines one ``up`` starts at most: each is a process with its Lua threads, and the
+orchestrator's ENGINE_ADDRESSES lists them all."""
+
+
 def plan(
     environ: Mapping[str, str],
     *,
@@ -105,8 +111,8 @@ def plan(
     pick_port: Callable[[], int] = free_port,
 ) -> Layout:
     """The processes of a local cluster: DESIGN section 6 from ``environ``, the rest passed on."""
-    if engines < 1:
-        raise LaunchError("--engines must be at least 1")
+    if not 1 <= engines <= MAX_ENGINES:
+        raise LaunchError(f"--engines must be between 1 and {MAX_ENGINES}, got {engines}")
     log_dir = base_dir / ".dagengine" / "logs"
     common = {**environ}
     common.setdefault("PYTHONUNBUFFERED", "1")  # so a log's tail is current when we show it
@@ -600,6 +606,15 @@ def run_up(
     except LaunchError as exc:
         err.write(f"dagctl: {exc}\n")
         return 2
+    holder = state_holder(str(cwd / layout.state_db))
+    if holder is not None:
+        # before anything is started or a log is rotated: they are the running system's
+        by = f"process {holder}" if holder else "another process"
+        err.write(
+            f"dagctl: {layout.state_db} is in use by {by}: is another dagctl up running "
+            "here? Stop it first, or set STATE_DB to use another state database\n"
+        )
+        return 1
     for name, port in (("HTTP_PORT", layout.http_port), ("GRPC_PORT", layout.grpc_port)):
         if port_in_use(port):
             err.write(

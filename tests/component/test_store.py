@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from engine.core.events import isoformat
 from engine.core.spec import parse_spec
 from orchestrator.errors import StoreUnavailable
+from orchestrator.locking import StateInUse, state_holder
 from orchestrator.store import MIGRATIONS, TRIGGER_HISTORY_KEEP, Store, TriggerFire, migrate
 from orchestrator.versions import Registry
 
@@ -377,3 +379,18 @@ async def test_a_refused_statement_is_not_a_database_in_trouble(store: Store) ->
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         await store._writer.run(broken)
     assert store.trouble is None
+
+
+async def test_a_state_database_is_one_stores_until_it_closes(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    assert state_holder(path) is None
+    store = await Store.open(path)
+    try:
+        assert state_holder(path) == os.getpid()
+        with pytest.raises(StateInUse, match=f"in use by process {os.getpid()}"):
+            await Store.open(path)
+    finally:
+        await store.close()
+    assert state_holder(path) is None
+    again = await Store.open(path)  # the refused open left nothing held behind
+    await again.close()

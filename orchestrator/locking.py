@@ -1,0 +1,66 @@
+"""One orchestrator per state database: an flock on ``<STATE_DB>.lock``, which holds the pid.
+
+Two orchestrators on one file would both take up its unfinished runs and run them twice, and
+their events' numbers would clash. SQLite's own locks only keep each write whole, so the store
+takes this lock before it opens the file, and ``dagctl up`` looks at it before it starts
+anything or rotates a log. The kernel lets go of it when its process dies, even by kill -9.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+
+class StateInUse(RuntimeError):
+    """Another process holds the state database."""
+
+
+def _lock_path(path: str) -> str:
+    return f"{path}.lock"
+
+
+def lock_state(path: str) -> int | None:
+    """Take ``<path>.lock`` (an flock, released when the descriptor closes, also by the kernel
+    when the process dies) and write this process's pid in it. None for ``:memory:``;
+    StateInUse while another process holds it."""
+    if path == ":memory:":
+        return None
+    fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _pid_in(fd)
+        os.close(fd)
+        by = f"process {holder}" if holder else "another process"
+        raise StateInUse(
+            f"it is in use by {by} (another orchestrator): stop that one first, or give this "
+            "one a STATE_DB of its own"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def state_holder(path: str) -> int | None:
+    """The pid of the process that holds ``path`` (0 if it is not known), or None when no
+    process does; for ``dagctl up``, before it touches anything of a running system."""
+    try:
+        fd = os.open(_lock_path(path), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _pid_in(fd)
+    finally:
+        os.close(fd)  # also lets go of the shared lock, if it was had
+    return None
+
+
+def _pid_in(fd: int) -> int:
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() else 0
