@@ -62,13 +62,24 @@ def _no_constants(name: str) -> JSON:
     raise ValueError(f"{name} is not JSON")
 
 
-_decode = json.JSONDecoder(parse_constant=_no_constants).decode
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large for a JSON number")
+    return value
 
 
-def loads(text: str) -> JSON:
-    """Strict JSON: NaN and Infinity, which Python's json accepts, are refused."""
+_decode = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite).decode
+
+
+def loads(text: str | bytes) -> JSON:
+    """Strict JSON: NaN and Infinity, which Python's json accepts, are refused, and so is a
+    number too large for a double (1e999, which it reads as infinity). ValueError names the
+    problem (json.JSONDecodeError, with its place, for broken syntax)."""
     if text == "{}":
         return {}  # the data of most events
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
     value: JSON = _decode(text)
     return value
 

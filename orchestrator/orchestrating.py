@@ -59,6 +59,16 @@ def new_execution_id(now: float) -> str:
     return f"{int(now * 1000):012x}{tail.hex()}"
 
 
+def _printable_text(text: str) -> bool:
+    """Valid UTF-8 (an HTTP header's other bytes arrive as surrogates) without control
+    characters: what the store keeps and every client can show."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return text.isprintable()
+
+
 def _digest(inputs: JSON, version: str | None) -> str:
     """What an idempotent request asked for, whatever its key order or spacing. What a trigger
     adds (``_trigger``: when it fired) differs between deliveries of one request, so it is not
@@ -204,6 +214,10 @@ class Orchestrator:
             raise InvalidArgument(
                 f"the idempotency key is longer than {MAX_IDEMPOTENCY_KEY} characters "
                 f"({len(idempotency_key)})"
+            )
+        if idempotency_key is not None and not _printable_text(idempotency_key):
+            raise InvalidArgument(
+                "the idempotency key must be UTF-8 text without control characters"
             )
         spec = self.registry.resolve_spec(workflow_id, version or default_version or "latest")
         check_inputs(spec, inputs)

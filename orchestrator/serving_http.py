@@ -20,6 +20,7 @@ from typing import Any, Final, Protocol
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
+from engine import wire
 from engine.core.errors import InputsError, SpecError
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
@@ -93,11 +94,21 @@ class MalformedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, BadHttpMessage):
+        if isinstance(exc, BadHttpMessage | web.RequestPayloadError):
+            # a body that cannot be decoded (Content-Encoding: gzip on plain text) comes back
+            # once more as aiohttp drains it after the API's answer
             record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.msg, record.args = "refused a malformed request: %s", (exc.message,)
+            record.msg, record.args = "refused a malformed request: %s", (_parse_problem(exc),)
             record.exc_info = record.exc_text = None
         return True
+
+
+def _parse_problem(exc: BaseException) -> str:
+    """What aiohttp's parser found wrong, from the error or the one it was raised over."""
+    for error in (exc, exc.__cause__, exc.__context__):
+        if isinstance(error, BadHttpMessage):
+            return error.message
+    return str(exc).strip().splitlines()[-1].strip()
 
 
 def error_body(exc: BaseException) -> tuple[int, JSONObject]:
@@ -112,6 +123,9 @@ def error_body(exc: BaseException) -> tuple[int, JSONObject]:
         details = {"problems": list(exc.problems)}
     elif isinstance(exc, OrchestratorError):
         status, code, message, details = exc.http_status, exc.code, exc.message, exc.details
+    elif isinstance(exc, web.RequestPayloadError):
+        status, code, details = 400, "bad_request", {}
+        message = f"the request body cannot be read: {_parse_problem(exc)}"
     elif isinstance(exc, web.HTTPException):
         status = exc.status
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
@@ -134,7 +148,11 @@ def check_bearer(header: str, token: str | None) -> None:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise HttpError(401, "unauthorized", "this call needs Authorization: Bearer <token>")
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+    # a header's bytes that are not UTF-8 arrive as surrogates: compared as the bytes they were
+    if not hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogateescape"),
+        token.encode("utf-8", "surrogateescape"),
+    ):
         raise HttpError(403, "forbidden", "the bearer token is not valid")
 
 
@@ -158,7 +176,7 @@ async def _read_json(request: web.Request, *, required: bool = True) -> JSON:
             raise HttpError(400, "bad_request", "the request body is empty: send a JSON object")
         return {}
     try:
-        value: JSON = json.loads(raw)
+        value: JSON = wire.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         where = (
             f" at line {exc.lineno} column {exc.colno}"
@@ -170,6 +188,8 @@ async def _read_json(request: web.Request, *, required: bool = True) -> JSON:
         raise HttpError(
             400, "too_deep", f"the request body nests deeper than {MAX_JSON_DEPTH} levels"
         ) from None
+    except ValueError as exc:  # NaN, 1e999, an integer of more than 4300 digits
+        raise HttpError(400, "bad_json", f"the request body is not valid JSON: {exc}") from None
     check_json(raw, value, "the request body")
     return value
 
@@ -227,7 +247,7 @@ def _trigger_fields(body: JSON) -> tuple[JSON, str | None, float | None]:
     if not isinstance(wait_flag, bool):
         raise HttpError(400, "bad_request", "wait must be true or false")
     timeout = body.get("timeout", WAIT_TIMEOUT_DEFAULT)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise HttpError(400, "bad_request", "timeout must be a positive number of seconds")
     return inputs, version, min(float(timeout), WAIT_TIMEOUT_MAX) if wait_flag else None
 
@@ -369,6 +389,10 @@ class HttpApi:
             return await handler(request)
         except asyncio.CancelledError:
             raise
+        except ConnectionResetError:
+            # the client left while its body was on the way: no one is there to answer
+            log.debug("%s %s: the client went away mid-request", request.method, request.path)
+            return web.Response(status=400)
         except Exception as exc:  # every refusal leaves as the same JSON shape
             status, body = error_body(exc)
             if isinstance(exc, Unavailable):
@@ -379,6 +403,10 @@ class HttpApi:
             response = _json(body, status)
             if isinstance(exc, OrchestratorError) and exc.retry_after is not None:
                 response.headers["Retry-After"] = str(exc.retry_after)
+            if isinstance(exc, web.RequestPayloadError):
+                # the rest of the body cannot be read either, so the connection ends here: said
+                # so, a client does not send its next request down it
+                response.force_close()
             if isinstance(exc, web.HTTPMethodNotAllowed):
                 # what the route does take: HTTP requires it on a 405
                 response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
@@ -477,9 +505,7 @@ class HttpApi:
     async def list_executions(self, request: web.Request) -> web.Response:
         q = request.query
         limit = _limit(request, 50, LIST_LIMIT)
-        for name in ("workflow", "status", "before"):
-            if len(q.getall(name, [])) > 1:
-                raise HttpError(400, "bad_request", f"give {name} once: one value per listing")
+        _once(request, ("workflow", "status", "before"))
         found = await self.api.list_executions(
             workflow_id=q.get("workflow") or None,
             status=q.get("status") or None,
@@ -524,6 +550,7 @@ class HttpApi:
         Last-Event-ID), and the stream ends with the run's final event; a reconnect after that
         gets 204, which tells an EventSource to stop reconnecting. When the server stops first,
         the stream just closes: the EventSource reconnects with Last-Event-ID."""
+        _once(request, ("workflow", "execution"))
         flt = EventFilter(
             workflow_id=request.query.get("workflow") or None,
             execution_id=request.query.get("execution") or None,
@@ -613,11 +640,20 @@ class HttpApi:
         return _json(openapi_document())
 
 
+def _once(request: web.Request, names: tuple[str, ...]) -> None:
+    """Refuse a filter given twice, rather than silently use its first value."""
+    for name in names:
+        if len(request.query.getall(name, [])) > 1:
+            raise HttpError(400, "bad_request", f"give {name} once: one value per request")
+
+
 def _last_event_id(request: web.Request) -> int:
     """The seq a reconnecting EventSource saw last (its Last-Event-ID header); 0 when absent."""
     raw = request.headers.get("Last-Event-ID", "").strip() or "0"
-    if not raw.isdigit():
-        raise HttpError(400, "bad_request", f"Last-Event-ID must be an event seq, got {raw!r}")
+    # a seq is a SQLite integer: 18 digits always fit, and int() refuses 4300 or more
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        shown = wire.bounded(raw, 40)
+        raise HttpError(400, "bad_request", f"Last-Event-ID must be an event seq, got {shown!r}")
     return int(raw)
 
 

@@ -432,6 +432,76 @@ async def test_a_long_url_or_header_gets_the_api_s_refusal_naming_the_limit(
             assert resp.status == 200
 
 
+async def raw_request(port: int, head: bytes, body: bytes = b"", *, whole: bool = True) -> bytes:
+    """One request written byte for byte (headers no client library would send); with
+    ``whole=False`` the connection closes before the body is all there."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head.replace(b"\n", b"\r\n") + b"\r\n" + body)
+    await writer.drain()
+    if not whole:
+        writer.close()
+        return b""
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return answer
+
+
+async def test_malformed_bodies_and_headers_are_refused_naming_them(cluster: Cluster) -> None:
+    url, port = cluster.url, cluster.orchestrator.http_port
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, DIAMOND)
+        for body, message in (
+            (b'{"inputs": {"n": NaN}}', "the request body is not valid JSON: NaN is not JSON"),
+            (
+                b'{"inputs": {"n": 1e999}}',
+                "the request body is not valid JSON: 1e999 is too large for a JSON number",
+            ),
+            (b'{"wait": true, "timeout": -Infinity}', "-Infinity is not JSON"),
+        ):
+            async with http.post(f"{url}/trigger/diamond", data=body, headers=TOKEN) as resp:
+                assert resp.status == 400
+                assert message in (await resp.json())["error"]["message"]
+        async with http.post(
+            f"{url}/trigger/diamond",
+            data=b'{"inputs": {}}',
+            headers={**TOKEN, "Content-Encoding": "gzip"},
+        ) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["message"] == (
+                "the request body cannot be read: Can not decode content-encoding: gzip"
+            )
+        status, done = await trigger(http, url, "diamond", {"wait": True})
+        assert status == 200
+        eid = done["execution_id"]
+        async with http.get(
+            f"{url}/api/v1/events?execution={eid}", headers={"Last-Event-ID": "9" * 5000}
+        ) as resp:
+            assert resp.status == 400
+            assert "Last-Event-ID must be an event seq" in (await resp.json())["error"]["message"]
+        async with http.get(f"{url}/api/v1/events?execution={eid}&execution=other") as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["message"] == (
+                "give execution once: one value per request"
+            )
+    post = b"POST /trigger/diamond HTTP/1.1\nHost: x\nConnection: close\nContent-Length: 2\n"
+    token = b"Authorization: Bearer s3cret\n"
+    # bytes that are not UTF-8 in a header: a wrong token, and a key the store cannot keep
+    answer = await raw_request(port, post + b"Authorization: Bearer s3cret\xe9\n", b"{}")
+    assert answer.startswith(b"HTTP/1.1 403"), answer
+    answer = await raw_request(port, post + token + b"Idempotency-Key: \xe9\xff\n", b"{}")
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert b"the idempotency key must be UTF-8 text without control characters" in answer
+    # a client that leaves halfway through its body: nothing to answer, nothing to report
+    head = b"POST /trigger/diamond HTTP/1.1\nHost: x\nContent-Length: 2000\n" + token
+    await raw_request(port, head, b'{"inputs":', whole=False)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/readyz") as resp:
+            assert resp.status == 200
+    await asyncio.sleep(0.5)
+    log = cluster.orchestrator.log()
+    assert "Traceback" not in log and '"level": "error"' not in log, log[-3000:]
+
+
 async def test_an_unparseable_request_is_one_warning_not_a_server_error(cluster: Cluster) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", cluster.orchestrator.http_port)
     # past what the parser takes at all, so it answers before the API sees anything
@@ -441,13 +511,13 @@ async def test_an_unparseable_request_is_one_warning_not_a_server_error(cluster:
     writer.close()
     assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400"))
     deadline = time.monotonic() + 10
-    while "refused a malformed request" not in cluster.orchestrator.log():
+    while "refused a malformed request: Got more than" not in cluster.orchestrator.log():
         assert time.monotonic() < deadline, cluster.orchestrator.log()[-2000:]
         await asyncio.sleep(0.05)
     line = next(
         json.loads(x)
         for x in cluster.orchestrator.log().splitlines()
-        if "refused a malformed request" in x
+        if "refused a malformed request: Got more than" in x
     )
     assert line["level"] == "warning" and "Got more than" in line["message"]
     assert "Traceback" not in cluster.orchestrator.log()
