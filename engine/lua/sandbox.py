@@ -74,6 +74,7 @@ from __future__ import annotations
 import json
 import json.scanner
 import logging
+import re
 import threading
 import time
 import weakref
@@ -510,7 +511,7 @@ class LuaSandbox:
             line = _clamp(position if position is not None else line, task.code, task.expression)
             if status == "pattern":  # the guard's refusal (see prelude.py), not a look-alike
                 return self._tripped(message, line, logs, started, "pattern")
-            return self._failed(message, line, logs, started)
+            return self._failed(_withheld(message, line, task.code), line, logs, started)
         if status == "too_big":
             limit = self.limits.output_bytes
             message = f"output is {payload} bytes of JSON, over the limit of {limit} bytes"
@@ -694,6 +695,50 @@ def _unwrapped(message: str, line: int | None, code: str, expression: bool) -> s
             # the user's own ')' closed the wrapper's '('
             return "the expression closes a parenthesis it never opened"
         return message.replace("near ')'", "at the end of the expression")
+    return message
+
+
+_WITHHELD_GLOBALS: Final = frozenset(
+    (
+        "io",
+        "debug",
+        "package",
+        "require",
+        "load",
+        "loadfile",
+        "dofile",
+        "collectgarbage",
+        "python",
+        "loadstring",
+    )
+)
+_WITHHELD_FIELDS: Final = {
+    name: library
+    for library, names in (
+        ("os", ("execute", "exit", "getenv", "remove", "rename", "tmpname", "setlocale")),
+        ("string", ("dump",)),
+    )
+    for name in names
+}
+_NIL_NAME: Final = re.compile(r"attempt to (?:call|index) a nil value \((global|field) '(\w+)'\)$")
+_OFFERED: Final = "string, table, math, utf8, coroutine, json, log, print and os.time/date/clock"
+
+
+def _withheld(message: str, line: int | None, code: str) -> str:
+    """Lua's own words for reaching a library the sandbox leaves out ("attempt to index a nil
+    value (global 'io')"), with what the sandbox is: a field only when its line says
+    ``os.<name>``, since a table of the script's own may lack a field of that name."""
+    found = _NIL_NAME.search(message)
+    if found is None:
+        return message
+    kind, name = found.groups()
+    if kind == "global" and name in _WITHHELD_GLOBALS:
+        return f"{message}: the sandbox has no {name}; it offers {_OFFERED}"
+    library = _WITHHELD_FIELDS.get(name)
+    if kind == "field" and library is not None and line is not None:
+        lines = code.splitlines()
+        if 0 < line <= len(lines) and f"{library}.{name}" in lines[line - 1]:
+            return f"{message}: the sandbox has no {library}.{name}; it offers {_OFFERED}"
     return message
 
 
