@@ -113,6 +113,8 @@ class Dispatcher:
         self._cancel_requests: dict[str, str] = {}
         self._waiting_retry: set[str] = set()
         self._stalls: dict[str, int] = {}  # run -> times the store failed it, for backoff
+        # run -> the last error of this process's own in carrying it: not an engine's fault
+        self._faults: dict[str, str] = {}
         self._stalled: set[str] = set()  # runs whose last events the store could not take
         self._fresh: dict[str, RunTicket] = {}
         self._closing = False
@@ -260,8 +262,9 @@ class Dispatcher:
         except asyncio.CancelledError:
             if self._closing:
                 raise
-        except Exception:
+        except Exception as exc:
             log.exception("dispatch of %s failed", execution_id)
+            self._faults[execution_id] = f"{type(exc).__name__}: {exc}"
         finally:
             run.link.in_flight = max(0, run.link.in_flight - 1)
             self._running.pop(execution_id, None)
@@ -417,6 +420,11 @@ class Dispatcher:
                 )
                 return "lost" if answered else "unreachable"
             raise
+        except Exception:
+            # a fault of this process's own: the engine's run must stop before it is tried
+            # again, or it would run on two engines at once
+            call.cancel()
+            raise
         log.warning(
             "stream of %s on %s ended early: resuming elsewhere", ticket.execution_id, run.link.key
         )
@@ -462,11 +470,15 @@ class Dispatcher:
             self.submit(execution_id, key, front=True)
 
     async def _give_up(self, ticket: RunTicket) -> None:
+        fault = self._faults.get(ticket.execution_id)
         await self._end(
             ticket,
             "execution.failed",
             "error",
-            f"gave up after {MAX_DISPATCHES} engines lost this run",
+            f"gave up after {MAX_DISPATCHES} engines lost this run"
+            if fault is None
+            else f"gave up after {MAX_DISPATCHES} tries: the orchestrator could not carry this "
+            f"run ({fault})",
         )
 
     async def _give_up_or_wait(self, run: _Running) -> None:
@@ -505,6 +517,7 @@ class Dispatcher:
         self._children.discard(execution_id)
         self._dispatches.pop(execution_id, None)
         self._stalls.pop(execution_id, None)
+        self._faults.pop(execution_id, None)
         self._stalled.discard(execution_id)
         self._cancel_requests.pop(execution_id, None)
         if self._on_finished is not None:

@@ -1,0 +1,100 @@
+"""A fault of the orchestrator's own while it carries a run (here: an engine's event it cannot
+read) is not blamed on the engine: each try's engine call is cancelled before the next, so the
+run never runs twice at once, and the run's end names the fault."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+
+from engine import wire
+from engine.api import dagengine_pb2 as pb
+from engine.api import dagengine_pb2_grpc as pb_grpc
+from orchestrator.dispatching import MAX_DISPATCHES
+from orchestrator.fleet import ENGINE_SERVICE
+from tests.integration.api import TOKEN, register, wait_end
+from tests.integration.conftest import spawn_orchestrator, stop_process
+
+pytestmark = pytest.mark.slow
+
+
+class GarbledEngine(pb_grpc.EngineServicer):
+    """Answers every run with a first event whose data is not JSON, then keeps the run."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.open = 0
+        self.most_open = 0
+
+    async def Execute(self, request: pb.ExecuteRequest, context: Any) -> AsyncIterator[Any]:
+        self.calls += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            yield pb.ExecuteResponse(
+                events=[
+                    pb.Event(
+                        seq=request.first_seq or 1,
+                        time="2026-01-01T00:00:00Z",
+                        type="execution.started",
+                        severity="info",
+                        workflow_id="one",
+                        version="1.0.0",
+                        execution_id=request.execution_id,
+                        data_json="NaN",
+                    )
+                ]
+            )
+            await asyncio.sleep(3600)
+        finally:
+            self.open -= 1
+
+    async def GetInfo(self, request: pb.GetInfoRequest, context: Any) -> pb.EngineInfo:
+        return pb.EngineInfo(engine_id="garbled", state="serving", capacity=5)
+
+
+async def test_a_fault_of_its_own_is_named_and_never_runs_a_run_twice(tmp_path: Path) -> None:
+    engine = GarbledEngine()
+    server = grpc.aio.server()
+    pb_grpc.add_EngineServicer_to_server(engine, server)
+    await wire.add_health_and_reflection(server, ENGINE_SERVICE)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    orchestrator = await asyncio.to_thread(
+        spawn_orchestrator,
+        tmp_path / "orchestrator.log",
+        tmp_path / "state.db",
+        [],
+        ENGINE_ADDRESSES=f"127.0.0.1:{port}",
+        API_TOKEN="s3cret",
+    )
+    try:
+        url = orchestrator.url
+        async with aiohttp.ClientSession() as http:
+            await register(
+                http, url, "id: one\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: return 1\n"
+            )
+            async with http.post(f"{url}/trigger/one", json={}, headers=TOKEN) as resp:
+                assert resp.status == 202
+                eid = (await resp.json())["execution_id"]
+            doc = await wait_end(http, url, eid, timeout=120)
+        assert doc["status"] == "failed"
+        assert doc["error"] == (
+            f"gave up after {MAX_DISPATCHES} tries: the orchestrator could not carry this run "
+            "(ValueError: NaN is not JSON)"
+        )
+        assert engine.calls == MAX_DISPATCHES
+        deadline = time.monotonic() + 10
+        while engine.open and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert engine.most_open == 1 and engine.open == 0  # each try's call was ended
+    finally:
+        await asyncio.to_thread(stop_process, orchestrator.proc)
+        await server.stop(0)
