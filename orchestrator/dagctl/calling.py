@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import json
+import re
 import socket
 import ssl
 import urllib.error
@@ -30,6 +31,7 @@ from engine.core.values import JSON, JSONObject
 DEFAULT_TIMEOUT = 30.0
 STREAM_TIMEOUT = 45.0
 """Seconds without a byte before a live stream counts as broken; the server beats every 15."""
+SCHEMES = ("http", "https")
 
 
 class DagctlError(Exception):
@@ -66,10 +68,64 @@ class StreamUnavailable(DagctlError):
         self.refusal = refusal
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _escape(found: re.Match[str]) -> str:
+    code = ord(found[0])
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters written as escapes (ESC as ``\\x1b``): C0 but
+    newline and tab, DEL, C1, the line and paragraph separators, and lone surrogates.
+
+    Text from the server (a Lua error, a workflow name) goes to a terminal through this, so it
+    cannot move the cursor, recolour the screen or break a line; escaping twice changes
+    nothing more.
+    """
+    return _CONTROL.sub(_escape, text)
+
+
+NOT_HTTP = "it did not answer HTTP; is that the gRPC port?"
+
+
+def server_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an orchestrator's base URL, or None when it can be one."""
+    for index, char in enumerate(url, 1):
+        if not " " < char <= "~":
+            return (
+                f"character {index} ({char!r}) cannot be in a URL, which holds printable ASCII "
+                "without spaces (a host name in its xn-- form, a path percent-encoded)"
+            )
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # an unclosed [ of an IPv6 address
+        return f"not a URL: {exc}"
+    if parts.scheme not in SCHEMES:
+        return f"the scheme must be http or https, not {parts.scheme or 'none'}"
+    if parts.query or parts.fragment:
+        return "a server URL takes no ?query or #fragment"
+    if "@" in parts.netloc:
+        return "a server URL takes no user or password (DAGCTL_TOKEN is sent as a bearer token)"
+    # the port as written: urlsplit's own message for a bad one does not name it
+    after_host = parts.netloc.rpartition("]")[2]
+    _, colon, port = after_host.partition(":")
+    if colon and port and not (port.isdecimal() and 1 <= int(port) <= 65535):
+        return f"the port must be a number from 1 to 65535, not {port}"
+    if not parts.hostname:
+        return "no host"
+    return None
+
+
 def _reason(exc: BaseException) -> str:
-    """The few words that say why a request got no answer."""
+    """The few words that say why a request got no answer, with no control character."""
+    return printable(_why_not(exc))
+
+
+def _why_not(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.URLError) and not isinstance(exc.reason, str):
-        return _reason(exc.reason)
+        return _why_not(exc.reason)
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, ConnectionResetError):
@@ -80,6 +136,9 @@ def _reason(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, http.client.RemoteDisconnected):
         return "the connection closed without an answer"
+    if isinstance(exc, http.client.BadStatusLine | http.client.LineTooLong):
+        # its bytes are not worth showing: an HTTP/2 SETTINGS frame from a gRPC port, say
+        return NOT_HTTP
     if isinstance(exc, urllib.error.URLError):
         return str(exc.reason)
     if isinstance(exc, OSError) and exc.strerror:
@@ -88,7 +147,10 @@ def _reason(exc: BaseException) -> str:
 
 
 def _is_loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        host = urllib.parse.urlsplit(url).hostname or ""
+    except ValueError:
+        return False
     if host == "localhost":
         return True
     try:

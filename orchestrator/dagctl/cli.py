@@ -26,11 +26,14 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.dagctl.calling import (
+    NOT_HTTP,
     ApiError,
     Client,
     DagctlError,
     StreamUnavailable,
     Unreachable,
+    printable,
+    server_problem,
 )
 from orchestrator.dagctl.sources import SpecSource, spec_sources
 
@@ -46,6 +49,9 @@ STREAM_RETRIES = 3
 TERMINAL_EVENTS = frozenset(f"execution.{status}" for status in EXECUTION_TERMINAL)
 
 _LINE = re.compile(r"line (\d+): ")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A lone surrogate: what a byte that is not UTF-8 becomes in an argument, or a "\\udc80"
+escape in the server's JSON; no output encoding takes one."""
 
 
 class BadArguments(DagctlError):
@@ -58,6 +64,8 @@ class Settings:
 
     server: str = DEFAULT_SERVER
     token: str | None = None
+    token_variable: str = "DAGCTL_TOKEN"
+    """Where ``token`` came from: DAGCTL_TOKEN, or API_TOKEN when that is unset."""
     ca_file: str | None = None
     """DAGCTL_CA_FILE: the CA that signed an https server's certificate."""
     cert_file: str | None = None
@@ -75,11 +83,23 @@ class Settings:
         return cls(
             server=server.rstrip("/"),
             token=token,
+            token_variable="DAGCTL_TOKEN" if env.get("DAGCTL_TOKEN") else "API_TOKEN",
             ca_file=(env.get("DAGCTL_CA_FILE") or "").strip() or None,
             cert_file=(env.get("DAGCTL_CERT_FILE") or "").strip() or None,
             key_file=(env.get("DAGCTL_KEY_FILE") or "").strip() or None,
             environ=MappingProxyType(dict(env)),
         )
+
+    def check_server(self) -> None:
+        """BadArguments when DAGCTL_SERVER cannot be an orchestrator's URL."""
+        problem = server_problem(self.server)
+        if problem is not None:
+            raise BadArguments(f"DAGCTL_SERVER {self.server!r}: {problem}")
+
+    def check_token(self) -> None:
+        """BadArguments when the token cannot go in an Authorization header."""
+        if self.token is not None:
+            header_value(self.token_variable, self.token, secret=True)
 
     def tls(self) -> ssl.SSLContext | None:
         """The TLS client context the variables ask for; None: the system's defaults."""
@@ -104,6 +124,19 @@ class Settings:
 
 def _why(exc: OSError | ssl.SSLError) -> str:
     return str(exc.strerror or exc) if isinstance(exc, OSError) else str(exc)
+
+
+def header_value(where: str, value: str, *, secret: bool = False) -> str:
+    """``value`` when an HTTP header can carry it as it is, else BadArguments naming ``where``
+    (an option or a variable) and the first character that cannot go; a secret is not shown."""
+    for index, char in enumerate(value, 1):
+        if not " " <= char <= "~":
+            shown = "" if secret else f" {value!r}"
+            raise BadArguments(
+                f"{where}{shown}: character {index} ({char!r}) cannot go in an HTTP header, "
+                "which holds printable ASCII only (letters, digits, punctuation, spaces)"
+            )
+    return value
 
 
 # -- arguments ------------------------------------------------------------------------------
@@ -185,6 +218,28 @@ def _positive(text: str) -> int:
     return value
 
 
+HISTORY_LIMIT: Final = 1000
+"""The most slots ``trigger history`` asks for: what the server gives at most."""
+
+
+def _history_limit(text: str) -> int:
+    value = _positive(text)
+    if value > HISTORY_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be at most {HISTORY_LIMIT}, got {value}")
+    return value
+
+
+DEFAULT_LIMIT: Final = 50
+
+GET_FLAGS: Final = {
+    "workflow": ("executions", "triggers"),
+    "status": ("executions",),
+    "limit": ("executions",),
+    "before": ("executions",),
+}
+"""The ``get`` options and the resources each applies to; any other refuses them."""
+
+
 RESOURCES = {
     "workflows": "workflows",
     "workflow": "workflows",
@@ -249,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     get.add_argument("--workflow", metavar="ID", help="executions (or triggers) of this workflow")
     get.add_argument("--status", metavar="STATUS", help="executions in this state")
-    get.add_argument("--limit", type=_positive, default=50, metavar="N", help="default: 50")
+    get.add_argument(
+        "--limit", type=_positive, metavar="N", help=f"executions shown, default: {DEFAULT_LIMIT}"
+    )
     get.add_argument(
         "--before", metavar="ID", help="executions created before this one (the next page)"
     )
@@ -295,7 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("id", metavar="ID")
         if name == "history":
             action.add_argument(
-                "--limit", type=int, default=50, metavar="N", help="slots shown, 1 to 1000"
+                "--limit",
+                type=_history_limit,
+                default=DEFAULT_LIMIT,
+                metavar="N",
+                help=f"slots shown, 1 to {HISTORY_LIMIT}",
             )
         output(action)
 
@@ -306,14 +367,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_FILE_ARGUMENTS: Final = frozenset({"files", "inputs_file"})
+"""Arguments that name files, which may be any bytes the file system takes."""
+
+
+def check_text(args: argparse.Namespace) -> None:
+    """BadArguments for an argument that is not UTF-8 (a shell passes such bytes through as
+    lone surrogates): it could go neither in a URL nor in a JSON body."""
+    for name, value in vars(args).items():
+        if name in _FILE_ARGUMENTS:
+            continue
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and _SURROGATE.search(text):
+                raise BadArguments(f"argument {text!r} is not valid UTF-8")
+
+
 # -- shared plumbing ------------------------------------------------------------------------
 
 
 def _console(out: TextIO) -> Console:
     from rich.console import Console
 
-    # off a terminal, lines are not cut to 80 columns: the output is for files and pipes
-    return Console(file=out, highlight=False, width=None if out.isatty() else 160)
+    # off a terminal, lines are not cut to 80 columns: the output is for files and pipes;
+    # what is drawn is plain text and styles, never markup or :emoji: codes from the server
+    return Console(
+        file=out,
+        highlight=False,
+        markup=False,
+        emoji=False,
+        width=None if out.isatty() else 160,
+    )
 
 
 def _print(out: TextIO, renderable: RenderableType) -> None:
@@ -326,8 +409,15 @@ def _print(out: TextIO, renderable: RenderableType) -> None:
     out.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
+def _json(value: Any, **options: Any) -> str:
+    """JSON text with its characters as they are, or as ASCII escapes when one is a lone
+    surrogate, which the output could not encode."""
+    text = json.dumps(value, ensure_ascii=False, **options)
+    return json.dumps(value, **options) if _SURROGATE.search(text) else text
+
+
 def _dump(out: TextIO, value: Any) -> None:
-    out.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    out.write(_json(value, indent=2) + "\n")
 
 
 def _quote(segment: str) -> str:
@@ -358,16 +448,19 @@ def _execution(client: Client, execution_id: str) -> JSONObject:
 
 
 def print_error(exc: DagctlError, err: TextIO) -> None:
+    """The error as one line (and an ApiError's details below), the server's words escaped."""
     if isinstance(exc, Unreachable):
         if "certificate" in str(exc).lower():
             # it answered, over TLS, with a certificate (or a demand for one) we cannot meet
             hint = "set DAGCTL_CA_FILE to the CA that signed its certificate, or DAGCTL_CERT_FILE"
             hint += " and DAGCTL_KEY_FILE when it asks for a client certificate"
+        elif exc.reason == NOT_HTTP:
+            hint = "set DAGCTL_SERVER to its HTTP API address, which dagctl up prints"
         else:
             hint = "start it with dagctl up, or set DAGCTL_SERVER"
-        err.write(f"dagctl: {exc} ({hint})\n")
+        err.write(f"dagctl: {printable(str(exc))} ({hint})\n")
         return
-    err.write(f"dagctl: {exc}\n")
+    err.write(f"dagctl: {printable(str(exc))}\n")
     if isinstance(exc, ApiError):
         for line in detail_lines(exc.details):
             err.write(line + "\n")
@@ -385,7 +478,7 @@ def detail_lines(details: JSONObject, rename: Callable[[str], str] = str) -> lis
             lines.append(f"  {key}: {value}")
         else:
             lines.append(f"  {key}: {json.dumps(value, ensure_ascii=False)}")
-    return lines
+    return [printable(line) for line in lines]
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -399,9 +492,11 @@ with it may be that workflow, so it is tried again once they are in."""
 def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
     errors: dict[int, list[str]] = {}  # by the source's place, to be told in the order given
     pending: list[tuple[int, SpecSource]] = []
+    unreadable = False
     for index, source in enumerate(spec_sources(args.files, sys.stdin.buffer)):
         if source.error is not None:
             errors[index] = [f"dagctl: {source.name}: {source.error.strerror or source.error}"]
+            unreadable = True
         else:
             pending.append((index, source))
     # in passes, as long as one registers something: a parent named before its child waits
@@ -425,7 +520,8 @@ def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO
             wf = workflow if isinstance(workflow, dict) else {}
             created = reply.body.get("created", reply.status == 201)
             verdict = "registered" if created else "unchanged"
-            out.write(f"workflow {wf.get('id', '?')}@{wf.get('version', '?')} {verdict}\n")
+            ref = f"{wf.get('id', '?')}@{wf.get('version', '?')}"
+            out.write(f"workflow {printable(ref)} {verdict}\n")
         progress = len(refused) < len(pending)
         pending = []
         for index, source, refusal in refused:
@@ -436,6 +532,8 @@ def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO
     for index in sorted(errors):
         for line in errors[index]:
             err.write(line + "\n")
+    if unreadable:  # as validate: a file that is not there is the command line's fault
+        return EXIT_USAGE
     return EXIT_FAILED if errors else EXIT_OK
 
 
@@ -445,7 +543,7 @@ def _refusal_lines(name: str, refusal: ApiError) -> list[str]:
         found = _LINE.match(problem)
         return f"{name}:{found[1]}: {problem[found.end() :]}" if found else problem
 
-    head = f"dagctl: {name}: {refusal.code}: {refusal.message}"
+    head = f"dagctl: {name}: {printable(refusal.code)}: {printable(refusal.message)}"
     return [head, *detail_lines(refusal.details, rename)]
 
 
@@ -456,7 +554,8 @@ def cmd_run(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
     body: JSONObject = {"inputs": inputs}
     if args.version:
         body["version"] = args.version
-    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    key = args.idempotency_key
+    headers = {"Idempotency-Key": header_value("--idempotency-key", key)} if key else None
     accepted = client.post(f"/trigger/{_quote(args.workflow)}", body, headers=headers).body
     execution_id = str(accepted.get("execution_id"))
     status_url = str(accepted.get("status_url", ""))
@@ -466,18 +565,16 @@ def cmd_run(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
         if args.output == "json":
             _dump(out, {**accepted, "status_url": status_url})
         else:
-            out.write(f"execution {execution_id} accepted ({accepted.get('status', 'queued')})\n")
-            out.write(f"status: {status_url}\n")
+            said = f"execution {execution_id} accepted ({accepted.get('status', 'queued')})"
+            out.write(f"{printable(said)}\nstatus: {printable(status_url)}\n")
         return EXIT_OK
     # with -o json the document is the output, so progress goes to stderr
     stream = err if args.output == "json" else out
     try:
         doc = follow(client, execution_id, stream)
     except KeyboardInterrupt:
-        err.write(
-            f"\nstopped following {execution_id}; it goes on "
-            f"(dagctl describe execution {execution_id})\n"
-        )
+        shown = printable(execution_id)
+        err.write(f"\nstopped following {shown}; it goes on (dagctl describe execution {shown})\n")
         return EXIT_INTERRUPTED
     status = str(doc.get("status"))
     if args.output == "json":
@@ -486,9 +583,10 @@ def cmd_run(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
         from orchestrator.dagctl.showing import span
 
         took = span(doc.get("started_at"), doc.get("finished_at"))
-        out.write(f"execution {execution_id} {status}" + (f" in {took}" if took else "") + "\n")
+        said = f"execution {execution_id} {status}" + (f" in {took}" if took else "")
+        out.write(printable(said) + "\n")
         if doc.get("error"):
-            out.write(f"error: {doc.get('error')}\n")
+            out.write(f"error: {printable(str(doc.get('error')))}\n")
         out.write("outputs:\n")
         _dump(out, doc.get("outputs"))
     return EXIT_OK if status == "succeeded" else EXIT_FAILED
@@ -520,7 +618,7 @@ def follow(client: Client, execution_id: str, stream: TextIO) -> JSONObject:
     # plain lines tell the whole story from the first event, wherever the run is by now
     lines = ProgressLines(progress, stream)
     progress.workflow = ref(doc)
-    lines.width = max([len(node) for node in _node_ids(doc)] + [lines.width])
+    lines.fit(_node_ids(doc))
     lines.header()
     return _track(
         client,
@@ -590,12 +688,18 @@ def cmd_get(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
     from orchestrator.dagctl import showing
 
     resource = RESOURCES[args.resource]
+    for flag, applies in GET_FLAGS.items():
+        if getattr(args, flag) is not None and resource not in applies:
+            only = " and ".join(f"get {r}" for r in applies)
+            does = "does" if len(applies) == 1 else "do"
+            raise BadArguments(f"get {resource} takes no --{flag} (only {only} {does})")
+    limit = DEFAULT_LIMIT if args.limit is None else args.limit
     if resource == "executions":
         body = client.get(
             "/api/v1/executions",
             workflow=args.workflow,
             status=args.status,
-            limit=args.limit,
+            limit=limit,
             before=args.before,
         )
     elif resource == "triggers":
@@ -625,8 +729,11 @@ def cmd_get(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
             for flag, value in (("workflow", args.workflow), ("status", args.status))
             if value
         )
-        limit = f" --limit {args.limit}" if args.limit != 50 else ""
-        err.write(f"more: dagctl get executions{same}{limit} --before {body['next_before']}\n")
+        more = f" --limit {limit}" if limit != DEFAULT_LIMIT else ""
+        err.write(
+            f"more: dagctl get executions{same}{more} "
+            f"--before {printable(str(body['next_before']))}\n"
+        )
     return EXIT_OK
 
 
@@ -682,7 +789,7 @@ def cmd_events(args: argparse.Namespace, client: Client, out: TextIO, err: TextI
 
     def show(event: JSONObject) -> None:
         if args.output == "json":
-            out.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n")
+            out.write(_json(event, separators=(",", ":")) + "\n")
         else:
             out.write(event_line(event) + "\n")
         out.flush()
@@ -749,11 +856,12 @@ def cmd_cancel(args: argparse.Namespace, client: Client, out: TextIO, err: TextI
         return EXIT_OK
     status = doc.get("status")
     if before in EXECUTION_TERMINAL:
-        out.write(f"execution {execution_id} had already finished: {status}\n")
+        said = f"execution {execution_id} had already finished: {status}"
     elif status in EXECUTION_TERMINAL:
-        out.write(f"execution {execution_id} {status}\n")
+        said = f"execution {execution_id} {status}"
     else:
-        out.write(f"execution {execution_id}: cancel requested (still {status})\n")
+        said = f"execution {execution_id}: cancel requested (still {status})"
+    out.write(printable(said) + "\n")
     return EXIT_OK
 
 
@@ -780,15 +888,19 @@ def cmd_trigger(args: argparse.Namespace, client: Client, out: TextIO, err: Text
         _dump(out, doc)
     elif args.action == "history":
         history = doc.get("history")
-        for row in history if isinstance(history, list) else []:
+        rows = history if isinstance(history, list) else []
+        if not rows:
+            err.write(f"no history found for trigger {args.id}\n")
+        for row in rows:
             entry = row if isinstance(row, dict) else {}
             detail = entry.get("detail")
             # a slot that did not fire says why; one that did names its run
             why = showing.slot_reason(detail if isinstance(detail, dict) else {})
-            out.write(
+            line = (
                 f"{entry.get('scheduled_time')}  {entry.get('outcome')}  "
-                f"{entry.get('execution_id') or why or ''}\n"
+                f"{entry.get('execution_id') or why or ''}"
             )
+            out.write(printable(line) + "\n")
     elif args.action == "delete":
         out.write(f"trigger {args.id} deleted\n")
     else:
@@ -832,11 +944,15 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     out, err = sys.stdout, sys.stderr
     try:
         if args.command == "up":
+            settings.check_token()  # it registers the examples with it
             return cmd_up(args, settings, out, err)
         if args.command == "validate":
             from orchestrator.dagctl.validating import validate_files
 
             return validate_files(spec_sources(args.files, sys.stdin.buffer), out, err)
+        check_text(args)
+        settings.check_server()
+        settings.check_token()
         client = Client(settings.server, settings.token, tls=settings.tls())
         return COMMANDS[args.command](args, client, out, err)
     except BadArguments as exc:

@@ -3,6 +3,11 @@
 Everything here is pure over the JSON the orchestrator returns and takes ``now`` as an argument,
 so it renders the same in a test as in a terminal. ``RunProgress`` is the one piece of state: a
 run's nodes folded from its execution document and its events, drawn live or as plain lines.
+
+Text from the server reaches the screen only through ``text_of``, ``brief``, ``compact`` and
+``ref`` (or ``printable`` itself), which write control characters as escapes: a Lua error with
+an ANSI sequence in it shows as ``\\x1b[31m``, it does not recolour the terminal. ``-o json``
+prints the documents as they came.
 """
 
 from __future__ import annotations
@@ -15,14 +20,17 @@ from datetime import datetime
 from typing import TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from rich.cells import cell_len
 from rich.console import Group, RenderableType
 from rich.progress_bar import ProgressBar
+from rich.style import StyleType
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
+from orchestrator.dagctl.calling import printable
 
 STATE_STYLES = {
     "queued": "dim",
@@ -103,38 +111,47 @@ def age(value: JSON, now: float) -> str:
 def clock(value: JSON) -> str:
     """The time of day of an API time, ``07:35:25.123Z``, for event lines."""
     if isinstance(value, str) and "T" in value:
-        return value.split("T", 1)[1]
-    return "" if value is None else str(value)
+        return printable(value.split("T", 1)[1])
+    return text_of(value)
 
 
 def short_id(value: JSON, length: int = 8) -> str:
     """The tail of an id: execution ids start with their creation time, so runs made close
     together share a prefix, while their random tails tell them apart."""
-    return "" if value is None else str(value)[-length:]
+    return "" if value is None else printable(str(value)[-length:])
 
 
 def compact(value: JSON, limit: int = 60) -> str:
     """JSON on one line, cut to ``limit`` characters with an ellipsis."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    # JSON escapes C0 controls itself, not DEL, C1 or lone surrogates
+    text = printable(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
     return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
 
 
 def brief(value: JSON, limit: int = 60) -> str:
     """Text as it is, anything else as compact JSON; cut to ``limit`` characters."""
     if isinstance(value, str):
+        value = printable(value)
         return value if len(value) <= limit else value[: max(limit - 3, 0)] + "..."
     return compact(value, limit)
 
 
 def text_of(value: JSON) -> str:
-    return "" if value is None else str(value)
+    """A value from the server as text to show, its control characters escaped."""
+    return "" if value is None else printable(str(value))
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` padded to ``width`` terminal columns: a wide character (CJK, most emoji)
+    takes two, where ``str.ljust`` would count one."""
+    return text + " " * max(width - cell_len(text), 0)
 
 
 def ref(doc: JSONObject) -> str:
     workflow, version = doc.get("workflow_id"), doc.get("version")
     if workflow is None:
         return ""
-    return f"{workflow}@{version}" if version else str(workflow)
+    return printable(f"{workflow}@{version}" if version else str(workflow))
 
 
 def styled(state: JSON) -> Text:
@@ -153,8 +170,23 @@ def _list(value: JSON) -> list[JSON]:
 # -- tables ---------------------------------------------------------------------------------
 
 
+class _Table(Table):
+    """A table whose text cells are plain text: rich markup (``[bold]``, ``[/]``) or an
+    ``:emoji:`` code in a workflow name or an error shows as written, and cannot fail to
+    parse."""
+
+    def add_row(
+        self,
+        *renderables: RenderableType | None,
+        style: StyleType | None = None,
+        end_section: bool = False,
+    ) -> None:
+        cells = [Text(cell) if isinstance(cell, str) else cell for cell in renderables]
+        super().add_row(*cells, style=style, end_section=end_section)
+
+
 def _table(*columns: str) -> Table:
-    table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
+    table = _Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
     for name in columns:
         table.add_column(name, overflow="fold")
     return table
@@ -189,7 +221,7 @@ def executions_table(executions: Iterable[JSON], now: float) -> Table:
             text_of(doc.get("id")),
             ref(doc),
             styled(doc.get("status")),
-            "" if progress is None else f"{progress}%",
+            "" if progress is None else f"{text_of(progress)}%",
             age(doc.get("created_at"), now),
             span(doc.get("started_at"), doc.get("finished_at"), now),
             brief(doc.get("error"), 60) if doc.get("error") is not None else "",
@@ -221,7 +253,7 @@ def triggers_table(triggers: Iterable[JSON]) -> Table:
             schedule = f"{text_of(t.get('cron'))} ({text_of(t.get('timezone'))})"
         else:
             auth = t.get("auth")
-            schedule = f"POST {text_of(t.get('path'))}" + (f" [{auth}]" if auth else "")
+            schedule = f"POST {text_of(t.get('path'))}" + (f" [{text_of(auth)}]" if auth else "")
         upcoming = _list(t.get("next_fire_times"))
         zone = text_of(t.get("timezone")) or "UTC"
         table.add_row(
@@ -247,14 +279,14 @@ def wall_clock(instant: str, zone: str) -> str:
 
 def execution_details(doc: JSONObject, now: float, width: int = 60) -> RenderableType:
     """``describe execution``: the run, its nodes, its outputs and children."""
-    head = Table.grid(padding=(0, 2))
+    head = _Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column(overflow="fold")
     head.add_row("Execution", text_of(doc.get("id")))
     head.add_row("Workflow", ref(doc))
     head.add_row("Status", styled(doc.get("status")))
     if doc.get("progress") is not None:
-        head.add_row("Progress", f"{doc.get('progress')}%")
+        head.add_row("Progress", f"{text_of(doc.get('progress'))}%")
     for label, key in (("Created", "created_at"), ("Started", "started_at")):
         head.add_row(label, text_of(doc.get(key)))
     if doc.get("finished_at") is not None:
@@ -265,7 +297,7 @@ def execution_details(doc: JSONObject, now: float, width: int = 60) -> Renderabl
     if doc.get("parent_execution_id"):
         parent = text_of(doc.get("parent_execution_id"))
         if doc.get("parent_node_id"):
-            parent += f" (node {doc.get('parent_node_id')})"
+            parent += f" (node {text_of(doc.get('parent_node_id'))})"
         head.add_row("Parent", parent)
     if doc.get("error"):
         head.add_row("Error", Text(text_of(doc.get("error")), style="red"))
@@ -276,7 +308,7 @@ def execution_details(doc: JSONObject, now: float, width: int = 60) -> Renderabl
     for node_id, value in _obj(doc.get("nodes")).items():
         node = _obj(value)
         nodes.add_row(
-            node_id,
+            printable(node_id),
             styled(node.get("status")),
             text_of(node.get("attempts")),
             span(node.get("started_at"), node.get("finished_at"), now),
@@ -298,7 +330,7 @@ def _grow(tree: Tree, children: list[JSON]) -> None:
     """One branch per child execution: node, workflow, state, and its own children below."""
     for child in children:
         if not isinstance(child, dict):
-            tree.add(text_of(child))
+            tree.add(Text(text_of(child)))
             continue
         node = text_of(child.get("parent_node_id")) if child.get("parent_node_id") else ""
         item = child.get("parent_item")
@@ -320,7 +352,7 @@ def _grow(tree: Tree, children: list[JSON]) -> None:
 def workflow_details(workflow: JSONObject) -> RenderableType:
     """``describe workflow``: its versions and the nodes of the version shown."""
     spec = _obj(workflow.get("spec"))
-    head = Table.grid(padding=(0, 2))
+    head = _Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column(overflow="fold")
     head.add_row("Workflow", text_of(workflow.get("id", spec.get("id"))))
@@ -379,7 +411,11 @@ def _subworkflow_message(kind: str, data: JSONObject) -> str:
 
 
 def event_message(event: JSONObject) -> str:
-    """The few words that say what an event means."""
+    """The few words that say what an event means, its control characters escaped."""
+    return printable(_event_message(event))
+
+
+def _event_message(event: JSONObject) -> str:
     kind = text_of(event.get("type"))
     data = _obj(event.get("data"))
     if kind == "node.log":
@@ -422,11 +458,11 @@ def event_line(event: JSONObject) -> str:
         event.get("engine_id") if text_of(event.get("type")).startswith("engine.") else None
     )
     cells = [
-        f"{clock(event.get('time')):<13}",
-        f"{text_of(event.get('type')):<20}",
-        f"{ref(event) or '-':<20}",
-        f"{short_id(event.get('execution_id')) or '-':<8}",
-        f"{text_of(where) or '-':<12}",
+        pad(clock(event.get("time")), 13),
+        pad(text_of(event.get("type")), 20),
+        pad(ref(event) or "-", 20),
+        pad(short_id(event.get("execution_id")) or "-", 8),
+        pad(text_of(where) or "-", 12),
         event_message(event),
     ]
     return " ".join(cells).rstrip()
@@ -555,14 +591,14 @@ class RunProgress:
             for node_id, node in self.nodes.items():
                 table.add_row(
                     STATE_MARKS.get(node.status, " "),
-                    node_id,
+                    printable(node_id),
                     styled(node.status),
                     str(node.attempts) if node.attempts else "",
                     span(node.started_at, node.finished_at, now),
                     Text(node.detail[:120], style="red" if node.status == "failed" else "dim"),
                 )
             # a grid puts the bar on a line of its own: a bare ProgressBar ends no line
-            top = Table.grid(padding=(0, 2))
+            top = _Table.grid(padding=(0, 2))
             top.add_row(head)
             top.add_row(ProgressBar(total=max(total, 1), completed=done, width=40))
             return Group(top, table)
@@ -577,18 +613,24 @@ class ProgressLines:
         self.width = 12
         self.t0: float | None = None
 
+    def fit(self, labels: Iterable[str]) -> None:
+        """Make the label column as wide as the widest of ``labels`` (node ids)."""
+        self.width = max([cell_len(printable(label)) for label in labels] + [self.width])
+
     def _write(self, when: float | None, label: str, what: str, detail: str = "") -> None:
         if when is not None and self.t0 is None:
             self.t0 = when
         stamp = f"{when - self.t0:8.3f}s" if when is not None and self.t0 is not None else " " * 9
-        self.width = max(self.width, len(label))
-        line = f"{stamp}  {label:<{self.width}}  {what:<10} {detail}".rstrip()
+        label, what = printable(label), printable(what)
+        self.width = max(self.width, cell_len(label))
+        line = f"{stamp}  {pad(label, self.width)}  {pad(what, 10)} {printable(detail)}".rstrip()
         self.out.write(line + "\n")
         self.out.flush()
 
     def header(self) -> None:
         p = self.progress
-        self.out.write(f"execution {p.execution_id} ({p.workflow or 'workflow'})\n")
+        said = f"execution {p.execution_id} ({p.workflow or 'workflow'})"
+        self.out.write(printable(said) + "\n")
         self.out.flush()
 
     def event(self, event: JSONObject) -> None:

@@ -35,7 +35,10 @@ def spec_sources(names: list[str], stdin: BinaryIO) -> list[SpecSource]:
     out: list[SpecSource] = []
     for name in names:
         if name == "-":
-            out.append(SpecSource(STDIN_NAME, stdin.read()))
+            try:
+                out.append(SpecSource(STDIN_NAME, stdin.read()))
+            except OSError as exc:  # closed, or a terminal that went away
+                out.append(SpecSource(STDIN_NAME, error=exc))
             continue
         path = Path(name)
         if not path.is_dir():

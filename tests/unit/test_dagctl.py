@@ -701,3 +701,281 @@ def test_next_fire_times_read_in_the_triggers_own_zone() -> None:
     assert wall_clock("2026-12-01T05:00:00.000Z", "UTC") == "2026-12-01 05:00:00 UTC"
     assert wall_clock("soon", "Europe/Berlin") == "soon"
     assert wall_clock("2026-12-01T05:00:00.000Z", "Mars/Olympus") == "2026-12-01T05:00:00.000Z"
+
+
+# -- bad input is one line, exit 2 (no server is ever reached) ------------------------------
+
+NOWHERE = {"DAGCTL_SERVER": "http://127.0.0.1:9"}
+"""A server nothing should answer at: a command that got as far as calling it exits 1."""
+
+
+@pytest.mark.parametrize(
+    ("server", "why"),
+    [
+        ("http://[::1", "not a URL: Invalid IPv6 URL"),
+        ("ftp://127.0.0.1:8080", "the scheme must be http or https, not ftp"),
+        ("file:///etc/passwd", "the scheme must be http or https, not file"),
+        ("http://127.0.0.1:99999", "the port must be a number from 1 to 65535, not 99999"),
+        ("http://127.0.0.1:0", "the port must be a number from 1 to 65535, not 0"),
+        ("http://127.0.0.1:http", "the port must be a number from 1 to 65535, not http"),
+        ("http://:8080", "no host"),
+        ("http://127.0.0.1:8080?x=1", "a server URL takes no ?query or #fragment"),
+        (
+            "http://me:pw@127.0.0.1:8080",
+            "a server URL takes no user or password (DAGCTL_TOKEN is sent as a bearer token)",
+        ),
+        (
+            "http://💥:8080",
+            "character 8 ('💥') cannot be in a URL, which holds printable ASCII without spaces"
+            " (a host name in its xn-- form, a path percent-encoded)",
+        ),
+    ],
+)
+def test_a_server_url_that_cannot_work_is_refused_naming_it(
+    server: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["get", "engines"], {"DAGCTL_SERVER": server}) == 2
+    assert capsys.readouterr().err == f"dagctl: DAGCTL_SERVER {server!r}: {why}\n"
+
+
+def test_good_server_urls_pass_and_a_bad_one_is_no_loopback() -> None:
+    from orchestrator.dagctl.calling import Client, server_problem
+
+    for url in ("http://127.0.0.1:8080", "https://[::1]:8443", "http://orch/prefix", "http://h:"):
+        assert server_problem(url) is None, url
+    assert Client("http://[::1").server == "http://[::1"  # no ValueError from the proxy choice
+    # validate needs no server, so a bad one does not stop it
+    assert cli.main(["validate", "-f", "/nowhere.yaml"], {"DAGCTL_SERVER": "ftp://x"}) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "said"),
+    [
+        (
+            ["run", "hello", "--idempotency-key", "💥"],
+            NOWHERE,
+            "--idempotency-key '💥': character 1 ('💥')",
+        ),
+        (
+            ["run", "hello", "--idempotency-key", "a\nb"],
+            NOWHERE,
+            "--idempotency-key 'a\\nb': character 2 ('\\n')",
+        ),
+        (
+            ["get", "engines"],
+            {**NOWHERE, "DAGCTL_TOKEN": "s3cret\udcff"},
+            "DAGCTL_TOKEN: character 7 ('\\udcff')",
+        ),
+        (
+            ["get", "engines"],
+            {**NOWHERE, "API_TOKEN": "tok\u00e9n"},
+            "API_TOKEN: character 4 ('é')",
+        ),
+        (["up"], {"DAGCTL_TOKEN": "\u2603"}, "DAGCTL_TOKEN: character 1 ('☃')"),
+    ],
+)
+def test_what_an_http_header_cannot_carry_is_refused_naming_the_option_or_variable(
+    argv: list[str], env: dict[str, str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv, env) == 2
+    assert capsys.readouterr().err == (
+        f"dagctl: {said} cannot go in an HTTP header, which holds printable ASCII only "
+        "(letters, digits, punctuation, spaces)\n"
+    )
+
+
+def test_an_argument_that_is_not_utf8_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # what a shell passes for $'\xff': it could go neither in a URL nor in JSON
+    assert cli.main(["describe", "execution", "\udcff"], NOWHERE) == 2
+    assert capsys.readouterr().err == "dagctl: argument '\\udcff' is not valid UTF-8\n"
+    assert cli.main(["get", "executions", "--workflow", "w\udcff"], NOWHERE) == 2
+    assert capsys.readouterr().err == "dagctl: argument 'w\\udcff' is not valid UTF-8\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["get", "workflows", "--status", "x"], "get workflows takes no --status (only get executions does)"),
+        (["get", "engines", "--limit", "5"], "get engines takes no --limit (only get executions does)"),
+        (["get", "engines", "--before", "e1"], "get engines takes no --before (only get executions does)"),
+        (["get", "triggers", "--limit", "5"], "get triggers takes no --limit (only get executions does)"),
+        (
+            ["get", "wf", "--workflow", "w"],
+            "get workflows takes no --workflow (only get executions and get triggers do)",
+        ),
+    ],
+)  # fmt: skip
+def test_get_refuses_an_option_that_does_not_apply_to_the_resource(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv, NOWHERE) == 2
+    assert capsys.readouterr().err == f"dagctl: {said}\n"
+
+
+@pytest.mark.parametrize(
+    ("limit", "said"),
+    [("0", "must be at least 1, got 0"), ("1001", "must be at most 1000, got 1001")],
+)
+def test_trigger_history_limit_is_checked_locally_as_get_limit_is(
+    limit: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["get", "executions", "--limit", "0"], NOWHERE) == 2
+    assert "argument --limit: must be at least 1, got 0" in capsys.readouterr().err
+    assert cli.main(["trigger", "history", "nightly", "--limit", limit], NOWHERE) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"dagctl trigger history: error: argument --limit: {said}"
+    )
+
+
+def test_apply_of_a_missing_file_exits_2_as_validate_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "missing.yaml")
+    assert cli.main(["validate", "-f", missing], NOWHERE) == 2
+    assert cli.main(["apply", "-f", missing], NOWHERE) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"dagctl: {missing}: No such file or directory"
+    )
+
+
+# -- server text on the screen --------------------------------------------------------------
+
+RED = "x\x1b[31mRED\x00\x07\x7f\x85\u2028\ud800"
+RED_SHOWN = "x\\x1b[31mRED\\x00\\x07\\x7f\\x85\\u2028\\ud800"
+
+
+def test_control_characters_are_escaped_and_newlines_and_tabs_kept() -> None:
+    from orchestrator.dagctl.calling import printable
+
+    assert printable(RED) == RED_SHOWN
+    assert printable(printable(RED)) == RED_SHOWN
+    assert printable("a\nb\tc 💥 日本 é") == "a\nb\tc 💥 日本 é"
+    assert printable("\r\x1b]8;;http://evil\x1b\\") == "\\x0d\\x1b]8;;http://evil\\x1b\\"
+
+
+def no_controls(text: str) -> bool:
+    return not any(
+        (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) < 0xE000
+        for c in text
+    )
+
+
+def test_tables_and_details_show_server_text_escaped_and_markup_as_written() -> None:
+    doc: dict[str, Any] = {
+        "id": f"e-{RED}",
+        "workflow_id": f"wf{RED}",
+        "version": "1.0.0",
+        "status": "failed",
+        "progress": 100,
+        "created_at": iso(NOW - 5),
+        "started_at": iso(NOW - 4),
+        "finished_at": iso(NOW - 3),
+        "error": f"node 'a' failed: {RED} [/bold] :smile:",
+        "inputs": {"k": RED},
+        "outputs": {},
+        "parent_execution_id": "p1",
+        "parent_node_id": f"n{RED}",
+        "nodes": {
+            f"a{RED}": {"status": "failed", "attempts": 1, "error": RED, "output": {"o": RED},
+                        "engine_id": f"eng{RED}"},
+        },
+        "children": [f"c{RED}", {"id": "c2", "workflow_id": RED, "status": "running",
+                                  "parent_node_id": RED}],
+    }  # fmt: skip
+    for text in (
+        render(executions_table([doc], NOW)),
+        render(execution_details(doc, NOW)),
+        render(
+            workflows_table([{"id": RED, "version": "1", "name": f"[/]{RED}", "versions": [1]}])
+        ),
+        render(engines_table([{"id": RED, "address": RED, "state": RED, "last_error": RED}])),
+        render(workflow_details({"id": RED, "name": RED, "spec": {"nodes": [{"id": RED}]}})),
+    ):
+        assert no_controls(text), text
+        assert "x\\x1b[31mRED" in text
+    details = render(execution_details(doc, NOW))
+    assert "[/bold] :smile:" in details  # rich markup and emoji codes shown as written
+    assert "[/]x" in render(workflows_table([{"id": "w", "name": f"[/]{RED}"}]))
+
+
+def test_event_and_progress_lines_show_server_text_escaped() -> None:
+    ev: dict[str, Any] = {
+        "time": f"2027-01-15T08:00:01.000Z{RED}",
+        "type": "node.log",
+        "workflow_id": RED,
+        "version": "1",
+        "execution_id": f"e1{RED}",
+        "node_id": f"n{RED}",
+        "data": {"level": RED, "message": RED},
+    }
+    line = event_line(ev)
+    assert no_controls(line) and line.endswith(f"{RED_SHOWN}: {RED_SHOWN}")
+    assert no_controls(event_message({"type": "node.failed", "data": {"error": RED}}))
+    out = io.StringIO()
+    progress = RunProgress(f"e1{RED}")
+    lines = ProgressLines(progress, out)
+    progress.sync({"workflow_id": RED, "version": "1", "status": "running",
+                   "nodes": {f"n{RED}": {"status": "running"}}})  # fmt: skip
+    lines.header()
+    lines.event({**ev, "execution_id": f"e1{RED}"})
+    lines.changes(progress.sync({"nodes": {f"n{RED}": {"status": "failed", "error": RED}}}), NOW)
+    assert no_controls(out.getvalue()), out.getvalue()
+    assert out.getvalue().count(RED_SHOWN) >= 5
+    assert no_controls(render(progress.render(NOW)))
+
+
+def test_event_and_progress_lines_keep_columns_with_wide_characters() -> None:
+    def event(workflow: str, node: str) -> dict[str, Any]:
+        return {"time": "2027-01-15T08:00:01.000Z", "type": "node.log", "workflow_id": workflow,
+                "version": "1", "execution_id": "e1", "node_id": node,
+                "data": {"level": "info", "message": "end"}}  # fmt: skip
+
+    wide, narrow = event_line(event("日本💥", "節点")), event_line(event("abcdef", "ab"))
+    console = Console(width=200)
+    assert console.measure(wide).maximum == console.measure(narrow).maximum
+    out = io.StringIO()
+    lines = ProgressLines(RunProgress("e1"), out)
+    lines.fit(["節点節点節点節点", "a"])
+    lines.changes([("節点節点節点節点", "running"), ("a", "running")], 0.0)
+    first, second = out.getvalue().splitlines()
+    assert console.measure(first).maximum == console.measure(second).maximum
+
+
+def test_json_output_keeps_characters_but_escapes_lone_surrogates() -> None:
+    out = io.StringIO()
+    cli._dump(out, {"a": "é\x1b", "b": "\udc80"})
+    assert '"\\udc80"' in out.getvalue() and json.loads(out.getvalue())["a"] == "é\x1b"
+    out = io.StringIO()
+    cli._dump(out, {"a": "é"})
+    assert '"é"' in out.getvalue()
+
+
+def test_an_answer_that_is_not_http_is_said_in_words() -> None:
+    import http.client
+
+    from orchestrator.dagctl.calling import NOT_HTTP, _reason
+
+    frame = "\x00\x00\x18\x04\x00\x00\x00\x00\x00\x00\x04\x00@\x00\x00\x00\x05\x00@"
+    assert _reason(http.client.BadStatusLine(frame)) == NOT_HTTP
+    assert _reason(OSError(5, "Bad \x1b[31m thing")) == "bad \\x1b[31m thing"
+    err = io.StringIO()
+    cli.print_error(Unreachable("http://127.0.0.1:50051", NOT_HTTP), err)
+    assert err.getvalue() == (
+        "dagctl: cannot reach the orchestrator at http://127.0.0.1:50051: it did not answer HTTP;"
+        " is that the gRPC port? (set DAGCTL_SERVER to its HTTP API address, which dagctl up"
+        " prints)\n"
+    )
+    err = io.StringIO()
+    cli.print_error(ApiError(400, "bad\x1b", f"m{RED}", {"problems": [RED], "x": RED}), err)
+    assert no_controls(err.getvalue()) and err.getvalue().count(RED_SHOWN) == 3
+
+
+def test_standard_input_that_cannot_be_read_is_a_source_error() -> None:
+    from orchestrator.dagctl.sources import spec_sources
+
+    class Closed(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            raise OSError(9, "Bad file descriptor")
+
+    (source,) = spec_sources(["-"], Closed())
+    assert source.name == "<stdin>" and isinstance(source.error, OSError)
