@@ -14,12 +14,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Final, TextIO
 
 from engine.core.errors import InputsError, SpecError
 from engine.core.events import Event
 from engine.core.values import JSON, JSONObject
-from engine.documents import YamlRefused, load_yaml
+from engine.documents import YamlRefused, load_yaml, non_json_values
 from engine.inputs import check_inputs
 from engine.loading import load_spec_file
 from engine.lua import LuaPool
@@ -70,19 +70,45 @@ def _read_inputs(args: argparse.Namespace) -> JSON:
             raise ValueError(
                 f"--inputs is not valid JSON: {exc.msg} at column {exc.colno}"
             ) from None
-        return value
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"--inputs is not valid JSON: {_unreadable(exc)}") from None
+        return _plain_json(value, "--inputs")
     if args.inputs_file is not None:
         path = Path(args.inputs_file)
         try:
             text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"--inputs-file {path}: {exc.strerror or exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ValueError(f"--inputs-file {path}: {reason}") from None
         try:
             loaded: JSON = json.loads(text) if path.suffix == ".json" else load_yaml(text)
         except (json.JSONDecodeError, YamlRefused) as exc:
             raise ValueError(f"--inputs-file {path}: not valid JSON/YAML: {exc}") from None
-        return loaded if loaded is not None else {}
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"--inputs-file {path}: not valid JSON: {_unreadable(exc)}") from None
+        return _plain_json(loaded, f"--inputs-file {path}") if loaded is not None else {}
     return {}
+
+
+def _unreadable(exc: ValueError | RecursionError) -> str:
+    # what json.loads raises past its JSONDecodeError: Python's limits, in Python's words
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return "a number has more digits than a number may have"
+
+
+def _plain_json(value: JSON, origin: str) -> JSON:
+    """``value`` if it is JSON a run can carry: Python's json reads NaN and Infinity, and YAML
+    makes timestamps, sets and keys that are not strings, none of which a node's ``inputs``
+    or the execution document can hold."""
+    problems = [f"{_inputs_path(at)}: {why}" for at, why in non_json_values(value, keys=True)]
+    if problems:
+        raise ValueError(f"{origin}: " + "; ".join(problems))
+    return value
+
+
+def _inputs_path(at: tuple[object, ...]) -> str:
+    return "inputs" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in at)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -161,6 +187,22 @@ def _check_lua() -> int:
     return EXIT_OK
 
 
+MAX_WORKERS: Final = 256
+"""Lua worker threads ``run`` starts at most: each is a thread with its own Lua state, and far
+more than the machine's cores only adds start-up time (100,000 would seem to hang)."""
+
+
+def _workers(text: str) -> int:
+    # an ArgumentTypeError is argparse's "argument --workers: <message>" and exit 2
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_WORKERS}, got {count}")
+    return count
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m engine",
@@ -175,7 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--inputs", help="inputs as a JSON object")
     group.add_argument("--inputs-file", help="inputs from a JSON or YAML file")
     run.add_argument(
-        "--workers", type=int, default=None, help="Lua worker threads (default: cores)"
+        "--workers",
+        type=_workers,
+        default=None,
+        help=f"Lua worker threads, 1 to {MAX_WORKERS} (default: cores)",
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     sub.add_parser(

@@ -21,7 +21,7 @@ from functools import cache
 from typing import Any, Final
 
 import jsonschema
-from jsonschema.exceptions import ValidationError
+from jsonschema.exceptions import UnknownType, ValidationError
 from referencing.exceptions import InvalidAnchor, NoSuchAnchor, PointerToNowhere, Unresolvable
 
 from engine.core.errors import InputsError
@@ -64,6 +64,10 @@ def inputs_problems(schema: JSONObject, inputs: JSONObject) -> list[str]:
         return _problems(_build(schema), inputs)
     except (jsonschema.SchemaError, Unresolvable, PatternError):
         return []
+    except RecursionError:
+        return [_TOO_DEEP]
+    except UnknownType as exc:
+        return [_unknown_type(exc)]
 
 
 def check_inputs(spec: WorkflowSpec, inputs: JSON) -> None:
@@ -83,8 +87,28 @@ def check_inputs(spec: WorkflowSpec, inputs: JSON) -> None:
         raise InputsError(spec.id, [_unresolvable(exc)]) from exc
     except PatternError as exc:
         raise InputsError(spec.id, [f"inputs_schema: {exc}"]) from exc
+    except RecursionError:
+        # a schema that refers to itself in a loop (registration refuses those now, but a
+        # stored spec may have one), or inputs nested deeper than its recursion can follow
+        raise InputsError(spec.id, [_TOO_DEEP]) from None
+    except UnknownType as exc:
+        raise InputsError(spec.id, [_unknown_type(exc)]) from None
     if problems:
         raise InputsError(spec.id, problems)
+
+
+def _unknown_type(exc: UnknownType) -> str:
+    # draft 3's meta-schema takes any string as a type: jsonschema finds out only when it
+    # checks a value against one it does not know
+    return (
+        f"inputs_schema: unknown type {exc.type!r}: use one JSON Schema names (object, string...)"
+    )
+
+
+_TOO_DEEP: Final = (
+    "inputs_schema: checking the inputs recursed too deeply to finish (a $ref that leads "
+    "back to itself, or inputs nested too deeply)"
+)
 
 
 def _problems(validator: Any, inputs: JSON) -> list[str]:

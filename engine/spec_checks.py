@@ -22,7 +22,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final
 
-from engine.core.spec import CRON_MACROS, SEMVER
+from engine.core.spec import CRON_MACROS, MAX_VERSION_LENGTH, SEMVER
 from engine.core.values import JSON, JSONObject
 
 if TYPE_CHECKING:
@@ -69,12 +69,18 @@ def json_schema_problem(schema: JSON) -> str | None:
 
     if not isinstance(schema, dict):
         return "must be an object"
+    # jsonschema reads the root's $schema as a URI before any check: another type crashes it
+    dialect = schema.get("$schema")
+    if dialect is not None and not isinstance(dialect, str):
+        return f"$schema must be a string (a JSON Schema dialect's URI), got {dialect!r}"
     validator_class: Any = jsonschema.validators.validator_for(schema)
     try:
         validator_class.check_schema(schema)
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path)
         return f"{exc.message}" + (f" (at {where})" if where else "")
+    except RecursionError:
+        return "nested too deeply to check"
     problems = [
         *_reference_problems(schema, validator_class.ID_OF(validator_class.META_SCHEMA)),
         *_pattern_problems(schema),
@@ -166,19 +172,41 @@ def _reference_problems(schema: JSONObject, dialect: str | None) -> Iterator[str
     )
     root = sealed_registry().resolver_with_root(specification.create_resource(schema))
     resolvers: dict[Place, Resolver[Any]] = {}
-    walked: set[int] = set()
+    places: dict[int, Place] = {}
+    # schema objects (by id) -> those applied to the same value: in-place keywords, references
+    same_value: dict[int, list[tuple[int, str | None]]] = {}
     found: list[tuple[str, str, Place, Resolver[Any]]] = []
+    by_place: dict[Place, int] = {}
     for place, parent, node in schema_objects(schema):
-        walked.add(id(node))
+        places[id(node)] = place
+        by_place[place] = id(node)
+        same_value.setdefault(id(node), [])  # an alias may place one object twice
         resolver = root if parent is None else resolvers[parent]
-        if isinstance(specification.id_of(node), str):
+        if isinstance(_id_of(specification, node), str):
             resolver = resolver.in_subresource(specification.create_resource(node))
         resolvers[place] = resolver
-        found.extend(
-            (keyword, ref, place, resolver)
-            for keyword in _REFERENCES
-            if isinstance(ref := node.get(keyword), str)
-        )
+        if parent is not None and place[len(parent)] in _IN_PLACE:
+            same_value[by_place[parent]].append((id(node), None))
+        for keyword in (*_REFERENCES, "$recursiveRef"):
+            ref = node.get(keyword)
+            if isinstance(ref, str):
+                if keyword != "$recursiveRef":
+                    found.append((keyword, ref, place, resolver))
+            elif ref is not None:
+                # the meta-schemas of drafts 4 to 7 leave $ref to the validator, which
+                # crashes on anything but a string
+                yield f"{keyword} at {_where(place)} must be a string (a URI), got {ref!r}"
+        # draft 2019-09's $recursiveRef: the root of its resource, or an outer one; either
+        # way a way back to a schema already applied to the value
+        if isinstance(recursive := node.get("$recursiveRef"), str):
+            try:
+                target = resolver.lookup(recursive).contents
+            except (Unresolvable, LookupError, ValueError, TypeError, AttributeError):
+                pass
+            else:
+                if id(target) in places:  # a schema walked already: the root, or the node
+                    label = f"$recursiveRef {recursive!r} at {_where(place)}"
+                    same_value[id(node)].append((id(target), label))
     for keyword, ref, place, resolver in found:
         at = f"{keyword} {ref!r} at {_where(place)}"
         try:
@@ -189,12 +217,84 @@ def _reference_problems(schema: JSONObject, dialect: str | None) -> Iterator[str
         except Unresolvable:
             yield f"{at} points outside the schema: inputs_schema must be self-contained"
             continue
-        except (LookupError, ValueError, TypeError):
-            # referencing's own slips on pointers through lists, strings or booleans
+        except (LookupError, ValueError, TypeError, AttributeError):
+            # referencing's own slips on pointers through lists, strings or booleans, and on
+            # what it crawls on the way: a string where the dialect has a schema, an $id of 3
             yield f"{at} points to nothing in the schema"
             continue
-        if not isinstance(target, bool) and id(target) not in walked:
+        if isinstance(target, bool):
+            continue
+        if id(target) not in places:
             yield f"{at} points to something that is not a schema"
+            continue
+        same_value[by_place[place]].append((id(target), at))
+    yield from _loop_problems(same_value, places)
+
+
+def _id_of(specification: Any, node: JSONObject) -> object:
+    try:
+        return specification.id_of(node)
+    except (AttributeError, TypeError):
+        # an $id that is no string, where the meta-schema does not look (an unknown keyword's
+        # insides): jsonschema never applies it, so it names nothing
+        return None
+
+
+# keywords whose schemas apply to the value their schema applies to, not to a part of it
+# (draft 3's type and disallow may hold schemas too); $ref and its kin are added as resolved
+_IN_PLACE: Final = frozenset(
+    {
+        "allOf",
+        "anyOf",
+        "oneOf",
+        "not",
+        "if",
+        "then",
+        "else",
+        "dependentSchemas",
+        "dependencies",
+        "extends",
+        "type",
+        "disallow",
+    }
+)
+
+
+def _loop_problems(
+    same_value: dict[int, list[tuple[int, str | None]]], places: dict[int, Place]
+) -> Iterator[str]:
+    """A reference that leads back to a schema already applied to the same value, without
+    going into a part of it: checking any value that gets there would never end (jsonschema
+    recurses until Python's stack runs out). A reference that goes through ``properties`` or
+    ``items`` first, like a tree's, ends with the value."""
+    state: dict[int, int] = {}  # 1 on the current path, 2 done
+    for start in same_value:
+        if start in state:
+            continue
+        path: list[tuple[int, str | None]] = [(start, None)]
+        edges = [iter(same_value[start])]
+        state[start] = 1
+        while edges:
+            step = next(edges[-1], None)
+            if step is None:
+                edges.pop()
+                state[path.pop()[0]] = 2
+                continue
+            target = step[0]
+            if state.get(target) == 1:
+                at = next(i for i, (node, _) in enumerate(path) if node == target)
+                loop = [*path[at + 1 :], step]
+                # a loop needs a reference: the keywords alone make a tree
+                first = next((each for _, each in loop if each is not None), "a reference")
+                names = [_where(places[node]) for node, _ in [path[at], *loop]]
+                yield (
+                    f"{first} refers back to itself ({' -> '.join(names)}) without going "
+                    "into a part of the value: checking inputs would never end"
+                )
+            elif target not in state:
+                state[target] = 1
+                path.append(step)
+                edges.append(iter(same_value[target]))
 
 
 def _pattern_problems(schema: JSONObject) -> Iterator[str]:
@@ -282,7 +382,8 @@ def timezone_problem(name: str) -> str | None:
     """Why ``name`` is not an IANA time zone this machine knows, or None."""
     try:
         zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a name too long for a file name, or a directory of zones ("America")
         return f"unknown time zone {name!r}: use an IANA name like Europe/Berlin or UTC"
     return None
 
@@ -340,6 +441,11 @@ def version_range_problem(text: str) -> str | None:
     from semantic_version import NpmSpec
 
     stripped = text.strip()
+    if len(stripped) > MAX_VERSION_LENGTH:
+        # semantic_version's int() would refuse a long number in words about Python
+        return (
+            f"{text[:40]!r}... is not a version range: longer than {MAX_VERSION_LENGTH} characters"
+        )
     if stripped in ("", "latest") or SEMVER.fullmatch(stripped):
         return None
     try:

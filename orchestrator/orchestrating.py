@@ -148,7 +148,11 @@ class Orchestrator:
 
     async def start(self) -> None:
         """Load the registry and take up every execution a previous run left unfinished."""
-        self.registry.load(await self.store.load_versions())
+        for problem in self.registry.load(await self.store.load_versions()):
+            log.warning(
+                "stored workflow %s; its runs are refused until a new version is registered",
+                problem,
+            )
         if self.subworkflows is not None:
             await self.subworkflows.start()
         recovered = await self.store.unfinished_executions()

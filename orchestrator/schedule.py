@@ -48,7 +48,8 @@ class ScheduleError(ValueError):
 def _zone(name: str) -> zoneinfo.ZoneInfo:
     try:
         return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        # OSError: a name too long for a file name, or a directory of zones ("America")
         raise ScheduleError(
             f"unknown time zone {name!r}: use an IANA name like Europe/Berlin or UTC"
         ) from exc

@@ -28,8 +28,9 @@ from typing import Any, Final, TypeAlias
 
 from semantic_version import NpmSpec, Version
 
+from engine.core.errors import SpecError
 from engine.core.events import isoformat
-from engine.core.spec import SEMVER, WorkflowSpec, parse_spec
+from engine.core.spec import MAX_VERSION_LENGTH, SEMVER, WorkflowSpec, parse_spec
 from engine.core.values import JSON, JSONObject
 from orchestrator.errors import (
     DependentsOutOfRange,
@@ -76,7 +77,23 @@ def canonical_json(document: JSONObject) -> str:
 
 @lru_cache(maxsize=4096)
 def _parse_version(version: str) -> Any:
+    # semantic_version reads each number with int(), which refuses past 4,300 digits in
+    # words about the interpreter; registration refuses such versions, stored rows may not
+    _bounded(version)
     return Version(version)
+
+
+def _bounded(text: str) -> None:
+    if len(text) > MAX_VERSION_LENGTH:
+        raise ValueError(f"longer than {MAX_VERSION_LENGTH} characters")
+
+
+def _shown(text: str | None) -> str:
+    """``text`` as a message shows it: a range or version of thousands of characters is
+    named by its start."""
+    if text is None or len(text) <= 60:
+        return repr(text)
+    return f"{text[:60]!r}... ({len(text)} characters)"
 
 
 @lru_cache(maxsize=4096)
@@ -109,6 +126,7 @@ class _Range:
 def _parse_range(text: str) -> _Range:
     """Raises ValueError (from semantic_version) when ``text`` is not a range."""
     stripped = text.strip()
+    _bounded(stripped)
     if stripped in ("", LATEST):
         return _Range(text)
     if SEMVER.fullmatch(stripped):
@@ -179,8 +197,11 @@ class Registry:
 
     # -- loading and registering ----------------------------------------------------------
 
-    def load(self, versions: Iterable[StoredVersion]) -> None:
-        """Replace the contents with stored rows, given in any order."""
+    def load(self, versions: Iterable[StoredVersion]) -> list[str]:
+        """Replace the contents with stored rows, given in any order. Returns what is wrong with
+        latest versions that today's checks refuse (stored under older, looser ones): they are
+        kept, and running them is refused with the same problems, until a newer version is
+        registered; refusing to load them would keep the orchestrator from starting."""
         self._workflows = {}
         self._uses = {}
         self._used_by = {}
@@ -190,15 +211,25 @@ class Registry:
             except ValueError as exc:
                 raise InvalidRange(
                     f"stored workflow {row.workflow_id} has a version that is not SemVer: "
-                    f"{row.version!r}",
+                    f"{_shown(row.version)}",
                     {"workflow": row.workflow_id, "version": row.version},
                 ) from exc
             wf = self._workflows.get(row.workflow_id)
             if wf is None:
                 wf = self._workflows[row.workflow_id] = _Workflow(row.workflow_id)
             wf.insert(row)
+        stale: list[str] = []
         for wf in self._workflows.values():
+            try:
+                self._spec(wf, wf.latest)
+            except SpecError as exc:
+                more = len(exc.problems) - 1
+                stale.append(
+                    f"{wf.id}@{wf.latest}: {exc.messages()[0]}"
+                    + (f" (and {more} more)" if more else "")
+                )
             self._index(wf.id, self._refs(wf, wf.latest))
+        return stale
 
     def plan_register(self, spec: WorkflowSpec, *, force: bool, now: float) -> RegisterPlan:
         """Check ``spec`` against every rule and say what to store; changes nothing."""
@@ -518,7 +549,7 @@ class Registry:
             return _parse_range(text or "")
         except ValueError as exc:
             raise InvalidRange(
-                f"version range {text!r} {where} does not parse: {exc}",
+                f"version range {_shown(text)} {where} does not parse: {exc}",
                 {**(details or {}), "range": text},
             ) from exc
 
@@ -547,7 +578,11 @@ class Registry:
     def _refs(cls, wf: _Workflow, version: str) -> tuple[_Reference, ...]:
         refs = wf.refs.get(version)
         if refs is None:
-            refs = wf.refs[version] = _references(cls._spec(wf, version))
+            try:
+                refs = _references(cls._spec(wf, version))
+            except SpecError:
+                refs = ()  # a stored spec today's checks refuse (``load``) runs nothing
+            wf.refs[version] = refs
         return refs
 
     @staticmethod

@@ -66,9 +66,9 @@ def _tokens(source: str) -> list[tuple[str, str, int]]:
             out.append(("string", source[long.end() : end], line))
             line += source.count("\n", i, end)
             i = end + len(close)
-        elif c.isalpha() or c == "_":
-            m = _NAME.match(source, i)
-            assert m is not None
+        elif m := _NAME.match(source, i):
+            # Lua names are ASCII (lctype): a letter like 'é' is a symbol, which Lua refuses
+            # with its line in the syntax check, not a name here
             out.append(("name", m.group(), line))
             i = m.end()
         else:

@@ -46,6 +46,11 @@ CRON_MACROS: Final = (
 CRON_FIELD: Final = re.compile(r"[0-9A-Za-z*/,?#LW-]+")
 
 DEFAULT_CONCURRENCY: Final = 16
+MAX_VERSION_LENGTH: Final = 256
+"""SemVer sets no bound; this one keeps every number in a version readable by Python (which
+reads at most 4,300 digits) and every message that names one short."""
+MAX_HTTP_PATH: Final = 1024
+"""The server refuses request lines over 8 KiB: a longer path could never be called."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +351,12 @@ class _Checker:
         version = doc.get("version")
         if version is None:
             self.report((), "version", "is required")
+        elif isinstance(version, str) and len(version) > MAX_VERSION_LENGTH:
+            self.report(
+                ("version",),
+                "version",
+                f"bad version {version[:40]!r}...: longer than {MAX_VERSION_LENGTH} characters",
+            )
         elif not isinstance(version, str) or not SEMVER.fullmatch(version):
             self.report(
                 ("version",),
@@ -357,6 +368,7 @@ class _Checker:
         concurrency = self.integer(doc, "concurrency", (), "", 1)
         timeout = self.duration(doc, "timeout", (), "")
         fail_fast = self.boolean(doc, "fail_fast", (), "")
+        self.string_keys(doc.get("labels"), ("labels",), "labels")
         inputs_schema = self.inputs_schema(doc.get("inputs_schema"))
         nodes = self.nodes(doc.get("nodes"))
         outputs = self.outputs(doc.get("outputs"), nodes)
@@ -384,13 +396,48 @@ class _Checker:
         if not isinstance(value, dict):
             self.report(("inputs_schema",), "inputs_schema", "must be a JSON Schema object")
             return None
+        if not self.string_keys(value, ("inputs_schema",), "inputs_schema"):
+            return None
         if self.checks.json_schema is not None:
             message = self.checks.json_schema(value)
             if message:
                 self.report(
                     ("inputs_schema",), "inputs_schema", f"not a valid JSON Schema: {message}"
                 )
+                # nothing is checked against a schema that cannot be applied (a cron
+                # trigger's inputs): jsonschema would fail on it, not answer
+                return None
         return value
+
+    def string_keys(self, value: object, key: Key, path: str) -> bool:
+        """Whether every mapping in ``value`` (a field of free JSON: inputs, outputs, a
+        schema) has string keys, as JSON's have; each other key is reported. YAML makes
+        ``1:``, ``true:`` and ``~:`` a number, a boolean and null, which no JSON can hold."""
+        ok = True
+        stack: list[tuple[Key, str, object]] = [(key, path, value)]
+        while stack:
+            at, where, each = stack.pop()
+            if isinstance(each, dict):
+                items = list(each.items())
+                for name, _ in items:
+                    if not isinstance(name, str):
+                        ok = False
+                        self.report(
+                            (*at, name),
+                            where,
+                            f"key {name!r} is not a string: JSON keys are strings "
+                            "(quote it in YAML)",
+                        )
+                stack.extend(
+                    ((*at, name), f"{where}.{name}", sub)
+                    for name, sub in reversed(items)
+                    if isinstance(name, str)
+                )
+            elif isinstance(each, list):
+                stack.extend(
+                    ((*at, i), f"{where}[{i}]", sub) for i, sub in reversed(list(enumerate(each)))
+                )
+        return ok
 
     def nodes(self, value: object) -> dict[str, NodeSpec] | None:
         if value is None:
@@ -460,8 +507,6 @@ class _Checker:
     @staticmethod
     def _deps_of(item: Mapping[str, Any]) -> list[str]:
         value = item.get("depends_on") or []
-        if isinstance(value, str):
-            value = [value]
         return [d for d in value if isinstance(d, str)] if isinstance(value, list) else []
 
     def node(self, item: Mapping[str, Any], key: Key, path: str) -> NodeSpec | None:
@@ -469,8 +514,8 @@ class _Checker:
         self.unknown_fields(item, _NODE_FIELDS, key, path)
         node_id = cast(str, item["id"])
         depends = item.get("depends_on")
-        if isinstance(depends, str):
-            depends = [depends]
+        # a string is refused, not read as a list of one: `depends_on: a, b` would be a
+        # node id of its own, and the spec's shape is one everywhere (DESIGN section 3)
         if depends is not None and not (
             isinstance(depends, list) and all(isinstance(d, str) for d in depends)
         ):
@@ -509,6 +554,8 @@ class _Checker:
             self.report(
                 (*key, "inputs"), f"{path}.inputs", "must be a mapping of input names to values"
             )
+        else:
+            self.string_keys(inputs, (*key, "inputs"), f"{path}.inputs")
         # a sleep only waits: it cannot fail, so a timeout or retry on it would do nothing
         if kind == "sleep" and item.get("retry") is not None:
             self.report(
@@ -558,6 +605,8 @@ class _Checker:
                     )
             elif not isinstance(foreach, list):
                 self.report((*key, "foreach"), f"{path}.foreach", "must be a template or a list")
+            else:
+                self.string_keys(foreach, (*key, "foreach"), f"{path}.foreach")
         concurrency = self.integer(item, "concurrency", key, path, 1)
         if concurrency is not None and foreach is None:
             self.report(
@@ -723,6 +772,8 @@ class _Checker:
         if not isinstance(value, dict):
             self.report(("outputs",), "outputs", "must be a mapping of output names to templates")
             return None
+        if not self.string_keys(value, ("outputs",), "outputs"):
+            return None
         for sub, ref in templates.references(value):
             where = f"outputs.{sub}"
             if isinstance(ref, ValueError):
@@ -802,8 +853,15 @@ class _Checker:
                 problem = self.checks.cron(expr)
             if problem:
                 self.report((*key, "cron"), f"{path}.cron", problem)
-        tz = self.text(item, "timezone", key, path) or "UTC"
-        if self.checks.timezone is not None:
+        zone = self.text(item, "timezone", key, path)
+        tz = zone or "UTC"
+        if zone is not None and not zone.strip():
+            self.report(
+                (*key, "timezone"),
+                f"{path}.timezone",
+                "is empty: give an IANA name like Europe/Berlin, or leave it out for UTC",
+            )
+        elif self.checks.timezone is not None:
             problem = self.checks.timezone(tz)
             if problem:
                 self.report((*key, "timezone"), f"{path}.timezone", problem)
@@ -812,6 +870,8 @@ class _Checker:
         inputs = item.get("inputs") or {}
         if not isinstance(inputs, dict):
             self.report((*key, "inputs"), f"{path}.inputs", "must be a mapping")
+        else:
+            self.string_keys(inputs, (*key, "inputs"), f"{path}.inputs")
         name = self.text(item, "id", key, path)
         if name is not None and not WORKFLOW_ID.fullmatch(name):
             self.report(
@@ -835,15 +895,26 @@ class _Checker:
         before = len(self.problems)
         self.unknown_fields(value, _HTTP_FIELDS, key, path)
         route = value.get("path")
-        if not isinstance(route, str) or not HTTP_PATH.fullmatch(route):
+        if isinstance(route, str) and len(route) > MAX_HTTP_PATH:
+            self.report(
+                (*key, "path"),
+                f"{path}.path",
+                f"is {len(route)} characters long: a path may have {MAX_HTTP_PATH} at most",
+            )
+        elif not isinstance(route, str) or not HTTP_PATH.fullmatch(route):
             self.report(
                 (*key, "path"),
                 f"{path}.path",
                 f"must be a URL path starting with '/', got {route!r}",
             )
-        elif route != "/" and (
-            route.endswith("/") or "//" in route or {".", ".."} & set(route.split("/"))
-        ):
+        elif route == "/":
+            # every request no built-in route takes would run the workflow: a typo, a probe
+            self.report(
+                (*key, "path"),
+                f"{path}.path",
+                "'/' is the server's root: give the trigger a path of its own, like /hooks/name",
+            )
+        elif route.endswith("/") or "//" in route or {".", ".."} & set(route.split("/")):
             # one spelling per route: /a/ or /a//b would be another path than /a or /a/b,
             # and so could be given to another workflow than the one that has /a
             self.report(

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.core.errors import SpecError
 from engine.core.spec import WorkflowSpec, parse_spec
 from engine.spec_checks import version_range_problem
 from orchestrator.errors import (
@@ -659,3 +660,28 @@ def test_the_spec_check_and_the_registry_agree_on_what_parses_as_a_range(text: s
     except InvalidRange:
         parses = False
     assert (version_range_problem(text) is None) == parses
+
+
+def test_a_stored_latest_version_todays_checks_refuse_loads_and_its_runs_are_refused() -> None:
+    # depends_on as one string passed the checks of its day; a registry that refused to load
+    # it would keep the orchestrator from starting
+    loose = {
+        "id": "old",
+        "version": "1.0.0",
+        "nodes": [
+            {"id": "a", "lua": "return 1"},
+            {"id": "b", "lua": "return 2", "depends_on": "a"},
+        ],
+    }
+    rows = [
+        Registry().plan_register(wf("lib", "1.0.0"), force=False, now=0.0).stored,
+        StoredVersion("old", "1.0.0", canonical_json(loose), "x", 0.0),
+    ]
+    reg = Registry()
+    stale = reg.load(rows)
+    assert stale == ["old@1.0.0: nodes[b].depends_on: must be a list of node ids"]
+    assert reg.resolve("old", None) == "1.0.0"
+    with pytest.raises(SpecError, match="must be a list of node ids"):
+        reg.resolve_spec("old", "latest")
+    register(reg, wf("lib", "1.1.0"))  # the rest of the registry works as before
+    assert reg.resolve("lib", None) == "1.1.0"
