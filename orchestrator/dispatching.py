@@ -196,7 +196,7 @@ class Dispatcher:
         """Take a run that has not started off the queue; False when it is not queued."""
         if execution_id in self._waiting_retry:
             self._waiting_retry.discard(execution_id)
-            self._stalled.discard(execution_id)
+            self._forget(execution_id)
             return True
         if execution_id not in self._queued:
             return False
@@ -204,6 +204,7 @@ class Dispatcher:
         self._fresh.pop(execution_id, None)
         self._queue = deque(item for item in self._queue if item[0] != execution_id)
         self._child_queue = deque(item for item in self._child_queue if item[0] != execution_id)
+        self._forget(execution_id)  # the caller ends it (a cancel), or submits it again
         return True
 
     async def cancel_running(self, execution_id: str, reason: str) -> bool:
@@ -469,6 +470,15 @@ class Dispatcher:
         else:
             self.submit(execution_id, key, front=True)
 
+    def _forget(self, execution_id: str) -> None:
+        """Drop what is kept per run, once it has ended or left the queue."""
+        self._children.discard(execution_id)
+        self._dispatches.pop(execution_id, None)
+        self._stalls.pop(execution_id, None)
+        self._faults.pop(execution_id, None)
+        self._stalled.discard(execution_id)
+        self._cancel_requests.pop(execution_id, None)
+
     async def _give_up(self, ticket: RunTicket) -> None:
         fault = self._faults.get(ticket.execution_id)
         await self._end(
@@ -514,11 +524,6 @@ class Dispatcher:
         self._finished(ticket.execution_id, event)
 
     def _finished(self, execution_id: str, event: JSONObject) -> None:
-        self._children.discard(execution_id)
-        self._dispatches.pop(execution_id, None)
-        self._stalls.pop(execution_id, None)
-        self._faults.pop(execution_id, None)
-        self._stalled.discard(execution_id)
-        self._cancel_requests.pop(execution_id, None)
+        self._forget(execution_id)
         if self._on_finished is not None:
             self._on_finished(execution_id, event)

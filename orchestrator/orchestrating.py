@@ -136,6 +136,15 @@ class Orchestrator:
             if not waiter.done():
                 waiter.set_result(event)
 
+    def _forget_waiter(self, execution_id: str, waiter: asyncio.Future[JSONObject]) -> None:
+        """A waiter that stopped waiting; the run's list goes with its last one (a run that
+        ended before this waiter came has no end left to remove it)."""
+        pending = self._waiters.get(execution_id)
+        if pending is not None and waiter in pending:
+            pending.remove(waiter)
+            if not pending:
+                del self._waiters[execution_id]
+
     def release_waiters(self) -> None:
         """Stopping: whoever waits for a run to end (``wait``, a cancel) is answered now with
         the run as it stands, as when the wait runs out; the run goes on after a restart."""
@@ -259,9 +268,7 @@ class Orchestrator:
             except TimeoutError:
                 pass
             finally:
-                pending = self._waiters.get(stored_id, [])
-                if waiter in pending:
-                    pending.remove(waiter)
+                self._forget_waiter(stored_id, waiter)
         doc = await self.store.get_execution(stored_id)
         if doc is None:
             raise NotFound(f"execution {stored_id!r} vanished from the store")
@@ -497,7 +504,12 @@ class Orchestrator:
             except BaseException:
                 # not stored (the store refused it): the run stays accepted, so it goes back
                 # in line, and the caller hears the cancel failed
-                self.dispatcher.submit(execution_id, str(doc["workflow_id"]), front=True)
+                self.dispatcher.submit(
+                    execution_id,
+                    str(doc["workflow_id"]),
+                    front=True,
+                    child=doc.get("parent_execution_id") is not None,
+                )
                 raise
             finally:
                 self._cancelling.discard(execution_id)
@@ -518,11 +530,7 @@ class Orchestrator:
         except TimeoutError:
             log.warning("cancel of %s not confirmed within 10 s", execution_id)
         finally:
-            pending = self._waiters.get(execution_id)
-            if pending is not None and waiter in pending:
-                pending.remove(waiter)
-                if not pending:
-                    del self._waiters[execution_id]
+            self._forget_waiter(execution_id, waiter)
         return await self.get_execution(execution_id)
 
     async def _cancel_queued(self, doc: JSONObject, reason: str) -> None:

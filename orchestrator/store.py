@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import logging
 import os
@@ -174,6 +175,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     # sent again with other inputs is refused instead of answered with the first run
     """
     ALTER TABLE idempotency ADD COLUMN request TEXT;
+    """,
+    # keys past their window are deleted as new ones come (``_IDEMPOTENCY_PRUNE_EVERY``)
+    """
+    CREATE INDEX idempotency_by_time ON idempotency (created_at);
     """,
 )
 
@@ -678,6 +683,10 @@ def _record_slot(
         )
 
 
+_IDEMPOTENCY_PRUNE_EVERY: Final = 256
+_keys_recorded: Final = itertools.count(1)
+"""Numbers the idempotency keys this process stores (only the writer thread takes them)."""
+
 TRIGGER_HISTORY_KEEP: Final = 1000
 """Decided slots kept per trigger (its history); older ones are pruned as new ones come."""
 _PRUNE_EVERY: Final = 64
@@ -882,6 +891,13 @@ class Store:
                     " VALUES (?, ?, ?, ?)",
                     (scoped, execution_id, created_at, request_digest),
                 )
+                if next(_keys_recorded) % _IDEMPOTENCY_PRUNE_EVERY == 0:
+                    # a key means nothing past its window: without this, one row per keyed
+                    # request would stay for good
+                    conn.execute(
+                        "DELETE FROM idempotency WHERE created_at < ?",
+                        (created_at - IDEMPOTENCY_WINDOW,),
+                    )
             if fire is not None:
                 _record_slot(conn, fire, "fired", execution_id, {})
             conn.execute(

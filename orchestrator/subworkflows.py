@@ -16,9 +16,10 @@ children it no longer waits for, and they cancel theirs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +36,9 @@ from orchestrator.fleet import EngineLink
 from orchestrator.store import ChildLink, Store
 
 log = logging.getLogger(__name__)
+
+_AnswerKey = tuple[str, str, int | None, int]
+"""(parent execution, node, item, attempt): whose answers go in order."""
 
 _ENDED_REMEMBERED = 10_000
 """Recently ended executions kept in mind: enough to cover children whose parent ended while
@@ -101,8 +105,9 @@ class SubWorkflows:
         self._ended: OrderedDict[str, None] = OrderedDict()  # executions that ended lately
         self._cancelled: set[str] = set()  # live children a cancel was sent for already
         self._tasks: set[asyncio.Task[None]] = set()
-        # one parent node attempt's answers in order: the announcement before the result
-        self._locks: dict[tuple[str, str, int | None, int], asyncio.Lock] = {}
+        # one parent node attempt's answers in order: the announcement before the result;
+        # each with how many calls hold or wait for it, so the last one out removes it
+        self._locks: dict[_AnswerKey, tuple[asyncio.Lock, int]] = {}
 
     async def start(self) -> None:
         """Take up the links of children a previous run left unfinished."""
@@ -262,8 +267,7 @@ class SubWorkflows:
         """Start the child of a parent node's item and attempt, or find the one it has, and
         tell the parent's engine. Raises ``OrchestratorError`` when it cannot start."""
         key = (request.parent_execution_id, request.node_id, request.item, request.attempt)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        async with self._in_order(key):
             started = await self._start_child(
                 request,
                 lambda child_id: self._track(
@@ -311,8 +315,7 @@ class SubWorkflows:
         error: str | None,
     ) -> None:
         key = (link.parent_execution_id, link.node_id or "", link.item, link.attempt)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:  # after the announcement, if that is still on its way
+        async with self._in_order(key):  # after the announcement, if that is still on its way
             await self._answer(
                 ChildLink(
                     child_id, link.parent_execution_id, link.node_id, link.item, link.attempt
@@ -322,8 +325,23 @@ class SubWorkflows:
                 output=outputs,
                 error=error,
             )
-        if not lock.locked():
-            self._locks.pop(key, None)
+
+    @contextlib.asynccontextmanager
+    async def _in_order(self, key: _AnswerKey) -> AsyncIterator[None]:
+        """Hold ``key``'s lock. Not every call is followed by one that removes it (a child
+        that could not start, one found already over, one of no node): the last call
+        holding or waiting for it does."""
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
     async def _answer(
         self,

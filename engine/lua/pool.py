@@ -47,7 +47,11 @@ script can make are bounded by these too (allocation by ``memory``, matching by
 ``pattern_budget``), so the event loop is held for a moment at most."""
 
 _INLINE_MISSES: Final = 4096
-"""Chunks remembered as too big to run inline, so they are not tried there again."""
+"""Chunks remembered as too big to run inline, so they are not tried there again soon."""
+_INLINE_RETRY: Final = 60.0
+"""Seconds before a chunk that went past the inline limits is tried inline again: one miss may
+be the machine's (5 ms of wall time on a loaded one) or its inputs', not the script's, and a
+trivial node that lost its place for good would cost several times more from then on."""
 
 _CLOSE_WAIT: Final = 1.0
 """Seconds close() waits for the workers; a script stops within about 10k instructions."""
@@ -110,7 +114,7 @@ class LuaPool:
             # never more than the pool's own limits: a stricter pool stays as strict inline
             small = {k: min(v, getattr(limits, k)) for k, v in INLINE_LIMITS.items()}
             self._inline = LuaSandbox(replace(limits, **small), stop=self._stop)
-        self._too_big: set[str] = set()
+        self._too_big: dict[str, float] = {}  # chunk key -> when to try it inline again
         self.inline_runs = 0
         self.inline_misses = 0
 
@@ -128,8 +132,13 @@ class LuaPool:
         (its log lines are dropped with it).
         """
         sandbox = self._inline
-        if sandbox is None or self._closed or task.key in self._too_big:
+        if sandbox is None or self._closed:
             return None
+        again = self._too_big.get(task.key)
+        if again is not None:
+            if time.monotonic() < again:
+                return None
+            del self._too_big[task.key]
         outcome = sandbox.run(task)
         if outcome.limit is None or outcome.limit == "cancelled":
             self.inline_runs += 1
@@ -137,7 +146,7 @@ class LuaPool:
         self.inline_misses += 1
         if len(self._too_big) >= _INLINE_MISSES:
             self._too_big.clear()
-        self._too_big.add(task.key)
+        self._too_big[task.key] = time.monotonic() + _INLINE_RETRY
         return None
 
     def submit(self, task: LuaTask) -> asyncio.Future[LuaOutcome]:

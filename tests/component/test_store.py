@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import sqlite3
@@ -15,7 +16,15 @@ from engine.core.events import isoformat
 from engine.core.spec import parse_spec
 from orchestrator.errors import StoreUnavailable
 from orchestrator.locking import StateInUse, state_holder
-from orchestrator.store import MIGRATIONS, TRIGGER_HISTORY_KEEP, Store, TriggerFire, migrate
+from orchestrator.store import (
+    _IDEMPOTENCY_PRUNE_EVERY,
+    IDEMPOTENCY_WINDOW,
+    MIGRATIONS,
+    TRIGGER_HISTORY_KEEP,
+    Store,
+    TriggerFire,
+    migrate,
+)
 from orchestrator.versions import Registry
 
 SPEC = {
@@ -394,3 +403,36 @@ async def test_a_state_database_is_one_stores_until_it_closes(tmp_path: Path) ->
     assert state_holder(path) is None
     again = await Store.open(path)  # the refused open left nothing held behind
     await again.close()
+
+
+async def test_idempotency_keys_past_their_window_are_deleted_as_new_ones_come(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("orchestrator.store._keys_recorded", itertools.count(1))
+    path = str(tmp_path / "state.db")
+    store = await Store.open(path)
+
+    async def keyed(number: int, at: float) -> None:
+        await store.create_execution(
+            execution_id=f"e{number}",
+            workflow_id="wf",
+            version="1.0.0",
+            inputs={},
+            pinned={},
+            created_at=at,
+            node_ids=["a"],
+            first_event=event(1, "execution.queued"),
+            idempotency_key=f"k{number}",
+        )
+
+    try:
+        for number in range(_IDEMPOTENCY_PRUNE_EVERY - 1):
+            await keyed(number, 100.0)
+        later = 100.0 + IDEMPOTENCY_WINDOW + 1
+        await keyed(_IDEMPOTENCY_PRUNE_EVERY, later)  # the one that prunes
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        keys = [row[0] for row in conn.execute("SELECT key FROM idempotency")]
+    # before: every key ever sent stayed, one row per keyed request
+    assert keys == [f"wf\x00k{_IDEMPOTENCY_PRUNE_EVERY}"]

@@ -12,7 +12,7 @@ import pytest
 
 from engine.api import dagengine_pb2 as pb
 from orchestrator.dispatching import RunTicket
-from orchestrator.errors import StoreUnavailable
+from orchestrator.errors import OrchestratorError, StoreUnavailable
 from orchestrator.store import ChildLink, Lineage
 from orchestrator.subworkflows import ChildRequest, ChildStarted, SubWorkflows
 
@@ -190,3 +190,25 @@ async def test_a_child_that_did_not_succeed_fails_the_node_naming_it(
     assert answer.WhichOneof("result") == "error"
     assert answer.error == f"sub-workflow execution child-1 {expected}"
     assert answer.child_status == kind.split(".")[1]
+
+
+async def test_nothing_is_kept_for_children_that_could_not_start_or_have_no_node() -> None:
+    h = Harness()
+
+    async def refuse(request: ChildRequest, track: Any) -> ChildStarted:
+        raise OrchestratorError("no version of child matches ^9")
+
+    h.coordinator._start_child = refuse
+    for item in range(3):
+        with pytest.raises(OrchestratorError):
+            await h.coordinator.execute(
+                ChildRequest("parent-1", "each", item, 1, "child", "^9", {})
+            )
+    h.coordinator._start_child = h.start_child
+    await h.coordinator.execute(ChildRequest("parent-1", "", None, 1, "child", "^1", {}))
+    # before: an answer lock per refused item, and one per node-less call, for good
+    assert h.coordinator._locks == {}
+    # nor for one that started, once its announcement is out (its result takes a new one)
+    await h.coordinator.execute(ChildRequest("parent-1", "sub", None, 1, "child", "^1", {}))
+    await settle(h)
+    assert h.coordinator._locks == {}

@@ -463,3 +463,34 @@ def test_bearer_auth_and_the_api_token_fallback() -> None:
     with pytest.raises(TriggerUnauthorized):
         open_hook.authenticate({}, b"", {}, "api")
     open_hook.authenticate({"Authorization": "Bearer api"}, b"", {}, "api")
+
+
+async def test_asking_again_for_a_finished_keyed_run_leaves_no_waiters(world: World) -> None:
+    await world.orch.register(spec(), yaml=False, force=False)
+    first, created = await world.orch.execute(
+        "wf", inputs={}, version=None, idempotency_key="k", wait=None
+    )
+    assert created
+    eid = str(first["id"])
+    final = {
+        "seq": 2,
+        "time": iso(T0),
+        "type": "execution.succeeded",
+        "severity": "info",
+        "workflow_id": "wf",
+        "version": "1.0.0",
+        "execution_id": eid,
+        "node_id": None,
+        "engine_id": None,
+        "attempt": None,
+        "data": {"outputs": {}},
+    }
+    await world.store.record_events(eid, [final])
+    world.orch.finished(eid, final)
+    for _ in range(3):
+        again, created = await world.orch.execute(
+            "wf", inputs={}, version=None, idempotency_key="k", wait=5.0
+        )
+        assert (again["id"], again["status"], created) == (eid, "succeeded", False)
+    # before: an empty list of waiters kept for the run, for good
+    assert world.orch._waiters == {}
