@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from engine.core.events import isoformat
 from engine.core.spec import WorkflowSpec
@@ -57,6 +57,10 @@ def new_execution_id(now: float) -> str:
     tail = _entropy[-10:]
     del _entropy[-10:]
     return f"{int(now * 1000):012x}{tail.hex()}"
+
+
+MAX_CANCEL_REASON: Final = 1000
+"""Characters a cancel's reason may have, on both APIs."""
 
 
 def _printable_text(text: str) -> bool:
@@ -425,7 +429,49 @@ class Orchestrator:
         """``ExecuteSubWorkflow``: a child for a parent execution, from outside any engine."""
         if self.subworkflows is None:
             raise Unavailable("sub-workflows are not coordinated by this orchestrator")
+        await self._check_outside_child(request)
         return await self.subworkflows.execute(request)
+
+    async def _check_outside_child(self, request: ChildRequest) -> None:
+        """An outside caller's child request names what the parent's spec has: a node that
+        runs that very workflow, and an item only on a ``foreach`` one. Engines ask from the
+        spec itself; a child under a made-up node would be shown, and waited for, as if the
+        parent had one."""
+        item = request.item
+        if item is not None and item < 0:
+            raise InvalidArgument(f"item must be 0 or more, got {item}", {"field": "item"})
+        if not request.node_id:
+            if item is not None:
+                raise InvalidArgument(
+                    "item needs node_id: it numbers the items of a foreach node",
+                    {"field": "item"},
+                )
+            return
+        parent = await self.store.lineage(request.parent_execution_id)
+        if parent is None:
+            raise NotFound(f"no execution {request.parent_execution_id!r}")
+        spec = self.registry.resolve_spec(parent.workflow_id, parent.version)
+        node = spec.by_id.get(request.node_id)
+        where = f"{parent.workflow_id}@{parent.version}"
+        if node is None or node.workflow is None:
+            shown = request.node_id if len(request.node_id) <= 64 else request.node_id[:64] + "..."
+            raise InvalidArgument(
+                f"node_id {shown!r} is not a sub-workflow node of {where}",
+                {"field": "node_id"},
+            )
+        if node.workflow.id != request.workflow_id:
+            raise InvalidArgument(
+                f"node {node.id!r} of {where} runs workflow {node.workflow.id!r}, "
+                f"not {request.workflow_id!r}",
+                {"field": "workflow_id"},
+            )
+        if (item is None) != (node.foreach is None):
+            raise InvalidArgument(
+                f"node {node.id!r} of {where} is a foreach node: give the item"
+                if item is None
+                else f"node {node.id!r} of {where} has no foreach: give no item",
+                {"field": "item"},
+            )
 
     @staticmethod
     def _ended_document(
@@ -492,6 +538,11 @@ class Orchestrator:
         return found
 
     async def cancel(self, execution_id: str, reason: str) -> JSONObject:
+        if len(reason) > MAX_CANCEL_REASON:
+            # it is written on the run, on each node it stops, and on each of their events
+            raise InvalidArgument(
+                f"the reason is longer than {MAX_CANCEL_REASON} characters ({len(reason)})"
+            )
         doc = await self.get_execution(execution_id)
         if doc["status"] in EXECUTION_TERMINAL:
             return doc

@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
@@ -24,11 +25,11 @@ from engine import wire
 from engine.core.errors import InputsError, SpecError
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
-from orchestrator.errors import OrchestratorError, Unavailable
+from orchestrator.errors import OrchestratorError
 from orchestrator.monitoring import EventFilter, Hub, Subscription
 from orchestrator.store import LIST_LIMIT, MAX_IDEMPOTENCY_KEY
 from orchestrator.subworkflows import ChildRequest, ChildStarted
-from orchestrator.triggering import HttpTrigger, Triggers
+from orchestrator.triggering import HttpTrigger, Triggers, as_sent
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +149,7 @@ def check_bearer(header: str, token: str | None) -> None:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise HttpError(401, "unauthorized", "this call needs Authorization: Bearer <token>")
-    # a header's bytes that are not UTF-8 arrive as surrogates: compared as the bytes they were
-    if not hmac.compare_digest(
-        given.strip().encode("utf-8", "surrogateescape"),
-        token.encode("utf-8", "surrogateescape"),
-    ):
+    if not hmac.compare_digest(as_sent(given.strip()), as_sent(token)):
         raise HttpError(403, "forbidden", "the bearer token is not valid")
 
 
@@ -256,6 +253,7 @@ def _query_options(request: web.Request) -> tuple[str | None, float | None]:
     """version and wait timeout from the query string (``raw_body`` hooks: the body is the
     sender's, so ``?version=^1&wait=true&timeout=5`` carries the options)."""
     q = request.query
+    _once(request, ("version", "wait", "timeout"))
     wait_text = q.get("wait", "false").lower()
     if wait_text not in ("true", "false", "1", "0"):
         raise HttpError(400, "bad_request", "wait must be true or false")
@@ -263,7 +261,7 @@ def _query_options(request: web.Request) -> tuple[str | None, float | None]:
         timeout = float(q.get("timeout", WAIT_TIMEOUT_DEFAULT))
     except ValueError:
         timeout = -1.0
-    if not timeout > 0:
+    if not 0 < timeout < math.inf:
         raise HttpError(400, "bad_request", "timeout must be a positive number of seconds")
     wait = min(timeout, WAIT_TIMEOUT_MAX) if wait_text in ("true", "1") else None
     return q.get("version") or None, wait
@@ -309,11 +307,14 @@ def _trigger_answer(execution: JSONObject, waited: bool) -> web.Response:
 
 
 def _limit(request: web.Request, default: int, most: int) -> int:
+    _once(request, ("limit",))
     raw = request.query.get("limit", str(default))
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise HttpError(400, "bad_request", f"limit must be a whole number, got {raw!r}") from None
+    # ASCII digits only: int() also reads "1_0" and other scripts' digits
+    digits = raw[1:] if raw.startswith("-") else raw
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 9):
+        shown = wire.bounded(raw, 40)
+        raise HttpError(400, "bad_request", f"limit must be a whole number, got {shown!r}")
+    limit = int(raw)
     if not 1 <= limit <= most:
         raise HttpError(400, "bad_request", f"limit must be between 1 and {most}")
     return limit
@@ -395,8 +396,9 @@ class HttpApi:
             return web.Response(status=400)
         except Exception as exc:  # every refusal leaves as the same JSON shape
             status, body = error_body(exc)
-            if isinstance(exc, Unavailable):
-                # the cause (a full disk) is logged once where it is found, not per request
+            if isinstance(exc, OrchestratorError) and status >= 500:
+                # a refusal this service decided (a full disk, a hook whose secret is not set):
+                # one line, not a traceback per request anyone may send
                 log.warning("%s %s refused: %s", request.method, request.path, exc.message)
             elif status >= 500:
                 log.exception("%s %s failed", request.method, request.path)

@@ -244,6 +244,12 @@ class CronTrigger(Trigger):
         return doc
 
 
+def as_sent(text: str) -> bytes:
+    """A header's (or an environment variable's) text as the bytes that were sent: those that
+    are not UTF-8 arrive as surrogates, which a plain ``encode()`` refuses with an error."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 class HttpTrigger(Trigger):
     """A spec's ``http.path``: its own auth (a bearer token or an HMAC of the body, from the
     environment variable the spec names); without either, the API token rule applies."""
@@ -299,9 +305,9 @@ class HttpTrigger(Trigger):
                     "HMAC-SHA256 of the body"
                 )
             scheme, _, digest = given.strip().partition("=")
-            expected = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+            expected = hmac.new(as_sent(key), body, hashlib.sha256).hexdigest()
             if scheme.lower() != "sha256" or not hmac.compare_digest(
-                digest.strip().lower().encode(), expected.encode()
+                as_sent(digest.strip().lower()), expected.encode()
             ):
                 raise TriggerForbidden(f"the signature does not match the body sent to {self.path}")
             return
@@ -311,7 +317,7 @@ class HttpTrigger(Trigger):
         scheme, _, given = headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             raise TriggerUnauthorized(f"{self.path} needs Authorization: Bearer <token>")
-        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        if not hmac.compare_digest(as_sent(given.strip()), as_sent(token)):
             raise TriggerForbidden(f"the bearer token is not valid for {self.path}")
 
     def _secret(self, name: str, environ: Mapping[str, str]) -> str:

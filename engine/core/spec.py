@@ -905,7 +905,8 @@ class _Checker:
             self.report(
                 (*key, "path"),
                 f"{path}.path",
-                f"must be a URL path starting with '/', got {route!r}",
+                "must be a URL path: '/' then letters, digits and . _ ~ / - "
+                f"(no spaces, '%' escapes or query), got {route!r}",
             )
         elif route == "/":
             # every request no built-in route takes would run the workflow: a typo, a probe

@@ -81,3 +81,17 @@ async def wait_node(
             return doc
         assert time.monotonic() < deadline, f"{node} of {eid} did not start: {doc}"
         await asyncio.sleep(0.05)
+
+
+async def raw_request(port: int, head: bytes, body: bytes = b"", *, whole: bool = True) -> bytes:
+    """One request written byte for byte (headers no client library would send); with
+    ``whole=False`` the connection closes before the body is all there."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head.replace(b"\n", b"\r\n") + b"\r\n" + body)
+    await writer.drain()
+    if not whole:
+        writer.close()
+        return b""
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return answer

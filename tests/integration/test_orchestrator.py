@@ -21,7 +21,7 @@ import pytest
 from engine import wire
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
-from tests.integration.api import first_pause_last, wait_node
+from tests.integration.api import first_pause_last, raw_request, wait_node
 from tests.integration.conftest import Cluster, StartCluster, stop_process
 
 pytestmark = pytest.mark.slow
@@ -432,20 +432,6 @@ async def test_a_long_url_or_header_gets_the_api_s_refusal_naming_the_limit(
             assert resp.status == 200
 
 
-async def raw_request(port: int, head: bytes, body: bytes = b"", *, whole: bool = True) -> bytes:
-    """One request written byte for byte (headers no client library would send); with
-    ``whole=False`` the connection closes before the body is all there."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(head.replace(b"\n", b"\r\n") + b"\r\n" + body)
-    await writer.drain()
-    if not whole:
-        writer.close()
-        return b""
-    answer = await asyncio.wait_for(reader.read(), 30)
-    writer.close()
-    return answer
-
-
 async def test_malformed_bodies_and_headers_are_refused_naming_them(cluster: Cluster) -> None:
     url, port = cluster.url, cluster.orchestrator.http_port
     async with aiohttp.ClientSession() as http:
@@ -478,6 +464,17 @@ async def test_malformed_bodies_and_headers_are_refused_naming_them(cluster: Clu
         ) as resp:
             assert resp.status == 400
             assert "Last-Event-ID must be an event seq" in (await resp.json())["error"]["message"]
+        async with http.post(
+            f"{url}/api/v1/executions/{eid}/cancel", json={"reason": "r" * 1001}, headers=TOKEN
+        ) as resp:
+            # it would be written on the run, on each node it stops and on their events
+            assert resp.status == 400
+            assert (await resp.json())["error"]["message"] == (
+                "the reason is longer than 1000 characters (1001)"
+            )
+        for query in ("limit=1&limit=2", "limit=1_0", "limit=\u0665"):
+            async with http.get(f"{url}/api/v1/executions?{query}") as resp:
+                assert resp.status == 400, query
         async with http.get(f"{url}/api/v1/events?execution={eid}&execution=other") as resp:
             assert resp.status == 400
             assert (await resp.json())["error"]["message"] == (

@@ -379,6 +379,26 @@ async def test_execute_sub_workflow_and_status_over_grpc(subs: Cluster) -> None:
             )
         assert mismatch.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "runs workflow 'lvl3', not 'square'" in (mismatch.value.details() or "")
+        # ids the parent's spec does not have (a child under them would be shown, and waited
+        # for, as if the parent had them)
+        for fields, message in (
+            ({"node_id": "zz"}, "node_id 'zz' is not a sub-workflow node of lvl3@1.0.0"),
+            ({"node_id": "x" * 500_000}, "node_id 'xxxxxxxx"),
+            ({"item": -5}, "item must be 0 or more, got -5"),
+            ({"item": 2}, "item needs node_id: it numbers the items of a foreach node"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as made_up:
+                await stub.ExecuteSubWorkflow(
+                    pb.ExecuteSubWorkflowRequest(
+                        parent_execution_id=parent_id, workflow_id="ext-kid", **fields
+                    ),
+                    metadata=auth,
+                )
+            assert made_up.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (made_up.value.details() or "").startswith(message)
+            assert len(made_up.value.details() or "") < 200
+        got = await stub.GetExecution(pb.GetExecutionRequest(execution_id=parent_id))
+        assert list(got.children) == [started.execution_id]  # none of them started a child
         with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
             await stub.ExecuteSubWorkflow(
                 pb.ExecuteSubWorkflowRequest(parent_execution_id=parent_id, workflow_id="ext-kid")

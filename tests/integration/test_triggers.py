@@ -23,7 +23,7 @@ import pytest
 
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
-from tests.integration.api import TOKEN, get, register
+from tests.integration.api import TOKEN, get, raw_request, register
 from tests.integration.conftest import Cluster, StartCluster, running_cluster
 
 pytestmark = pytest.mark.slow
@@ -191,6 +191,44 @@ async def test_hmac_hook_good_bad_and_missing(hooks_cluster: Cluster) -> None:
         status, answer = await post(http, f"{url}/hooks/signed", body)
         assert (status, answer["error"]["code"]) == (401, "unauthorized")
         assert "X-Signature-256" in answer["error"]["message"]
+        # the query carries a raw hook's options: each once, a wait of a finite time
+        for query, message in (
+            ("wait=true&wait=false", "give wait once: one value per request"),
+            ("wait=true&timeout=inf", "timeout must be a positive number of seconds"),
+        ):
+            status, answer = await post(
+                http, f"{url}/hooks/signed?{query}", body, **{"X-Signature-256": good}
+            )
+            assert (status, answer["error"]["message"]) == (400, message)
+
+
+async def test_hook_credentials_that_are_not_utf8_are_refused_not_a_server_error(
+    hooks_cluster: Cluster,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        await register(http, hooks_cluster.url, HOOKED)
+    port = hooks_cluster.orchestrator.http_port
+    body = b'{"inputs": {"action": "push"}}'
+
+    def head(path: str, header: bytes) -> bytes:
+        return (
+            f"POST {path} HTTP/1.1\nHost: x\nConnection: close\n"
+            f"Content-Length: {len(body)}\n".encode()
+            + header
+        )
+
+    for path, header in (
+        ("/hooks/bearer", b"Authorization: Bearer t0k3n\xf6\n"),
+        ("/hooks/signed", b"X-Signature-256: sha256=ab\xe9cd\n"),
+    ):
+        answer = await raw_request(port, head(path, header), body)
+        assert answer.startswith(b"HTTP/1.1 403"), answer
+    # a hook whose secret is not set answers 503 on every request: one line each, no traceback
+    answer = await raw_request(port, head("/hooks/unset", b"Authorization: Bearer x\n"), body)
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    log = hooks_cluster.orchestrator.log()
+    assert "Traceback" not in log and '"level": "error"' not in log, log[-3000:]
+    assert "POST /hooks/unset refused: the trigger on /hooks/unset reads its secret" in log
 
 
 async def test_bearer_hook_idempotency_and_refusals(hooks_cluster: Cluster) -> None:

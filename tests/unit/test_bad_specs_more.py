@@ -54,6 +54,14 @@ def test_an_http_path_of_the_root_or_too_long_to_call_is_refused() -> None:
     assert len(spec.triggers) == 1
 
 
+def test_an_http_path_with_a_character_a_route_cannot_have_says_which_it_may() -> None:
+    # it starts with '/': the message used to say that is what was wrong
+    assert problems(base(triggers=[{"http": {"path": "/hooks/a%20b"}}])) == [
+        "triggers[0].http.path: must be a URL path: '/' then letters, digits and . _ ~ / - "
+        "(no spaces, '%' escapes or query), got '/hooks/a%20b'"
+    ]
+
+
 # -- time zones ------------------------------------------------------------------------------
 
 
