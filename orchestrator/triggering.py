@@ -173,6 +173,11 @@ class Trigger(ABC):
     @abstractmethod
     async def stop(self) -> None: ...
 
+    async def settled(self) -> None:
+        """Returns once nothing this trigger began is still being recorded (after ``stop``:
+        what it recorded can then be deleted with the rest of it)."""
+        return None  # an HTTP trigger records nothing of its own: its runs are the callers'
+
     def is_active(self) -> bool:
         return self._started and not self.paused
 
@@ -221,6 +226,10 @@ class CronTrigger(Trigger):
     async def stop(self) -> None:
         self._started = False
         self.next_slot = None  # its heap entry is dropped when reached
+
+    async def settled(self) -> None:
+        async with self.lock:  # a slot being decided is recorded first
+            pass
 
     def describe(self, now: float) -> JSONObject:
         doc = super().describe(now)
@@ -614,16 +623,26 @@ class Triggers:
         (same id) keeps its history and paused state and does not catch up."""
         async with self._lock:
             now = self.clock()
-            rows = await self.store.sync_spec_triggers(spec.id, spec_trigger_rows(spec, now))
-            kept = {r.id for r in rows}
-            for trigger in list(self._triggers.values()):
-                if (
-                    trigger.workflow_id == spec.id
-                    and trigger.source == "spec"
-                    and trigger.id not in kept
-                ):
-                    await trigger.stop()
-                    del self._triggers[trigger.id]
+            wanted = spec_trigger_rows(spec, now)
+            ids = {r.id for r in wanted}
+            leaving = [
+                t
+                for t in self._triggers.values()
+                if t.workflow_id == spec.id and t.source == "spec" and t.id not in ids
+            ]
+            for trigger in leaving:
+                # stopped before their rows go, and their last slot recorded, so none of its
+                # history outlives them (a later trigger of the same id would inherit it)
+                await trigger.stop()
+                await trigger.settled()
+            try:
+                rows = await self.store.sync_spec_triggers(spec.id, wanted)
+            except BaseException:
+                for trigger in leaving:
+                    await trigger.start()
+                raise
+            for trigger in leaving:
+                del self._triggers[trigger.id]
             for row in rows:
                 old = self._triggers.pop(row.id, None)
                 if old is not None:
@@ -769,7 +788,12 @@ class Triggers:
                     {"trigger": trigger_id, "workflow": trigger.workflow_id},
                 )
             await trigger.stop()
-            await self.store.delete_trigger(trigger_id)
+            await trigger.settled()  # a slot being decided now is deleted with the rest
+            try:
+                await self.store.delete_trigger(trigger_id)
+            except BaseException:
+                await trigger.start()  # not deleted: it goes on as it was
+                raise
             del self._triggers[trigger_id]
             log.info("trigger %s deleted", trigger_id)
             return {"id": trigger_id, "deleted": True}

@@ -494,3 +494,35 @@ async def test_asking_again_for_a_finished_keyed_run_leaves_no_waiters(world: Wo
         assert (again["id"], again["status"], created) == (eid, "succeeded", False)
     # before: an empty list of waiters kept for the run, for good
     assert world.orch._waiters == {}
+
+
+async def test_deleting_a_trigger_while_its_slot_is_being_decided_deletes_that_slot_too(
+    world: World,
+) -> None:
+    triggers = await world.triggers()
+    await world.orch.register(spec(cron="0 0 1 1 *"), yaml=False, force=False)
+    made = await triggers.create({"id": "every-minute", "workflow_id": "wf", "cron": "* * * * *"})
+    assert made["id"] == "every-minute"
+    execute = world.orch.execute
+    storing = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def slow_execute(*args: Any, **kwargs: Any) -> Any:
+        storing.set()
+        await go_on.wait()  # the slot's run is on its way to the store
+        return await execute(*args, **kwargs)
+
+    world.orch.execute = slow_execute  # type: ignore[method-assign]
+    world.clock.now = T0 + 60
+    tick = asyncio.ensure_future(triggers.tick())
+    await asyncio.wait_for(storing.wait(), 5)
+    delete = asyncio.ensure_future(triggers.delete("every-minute"))
+    await asyncio.sleep(0.05)
+    assert not delete.done()  # it waits for the slot being decided
+    go_on.set()
+    await asyncio.wait_for(asyncio.gather(tick, delete), 5)
+    # before: the slot's row was written after the delete, and a trigger made again with the
+    # same id showed a fire from before it existed (and resumed after it)
+    again = await triggers.create({"id": "every-minute", "workflow_id": "wf", "cron": "* * * * *"})
+    assert again["id"] == "every-minute"
+    assert await triggers.history("every-minute") == []
