@@ -10,7 +10,9 @@ the same tree::
         ├── ShuttingDown              the engine is draining and takes no new work
         ├── ExecutionExists           that execution id is already running here
         ├── UnknownExecution          no execution with that id is running here
-        └── NothingWaiting            no sub-workflow node waits for that answer
+        ├── NothingWaiting            no sub-workflow node waits for that answer
+        └── MessageTooLarge           a run's event is past the gRPC message limit: its
+                                      stream ends as gRPC would end it (RESOURCE_EXHAUSTED)
 
 ``engine.wire.grpc_status`` is the one place these become gRPC status codes.
 """
@@ -73,3 +75,16 @@ class NothingWaiting(ServiceError):
             f"execution {execution_id}: no sub-workflow of {where} attempt {attempt} is waiting "
             "for a result (it finished, was cancelled or timed out, or never started)"
         )
+
+
+class MessageTooLarge(ServiceError):
+    """An event of a run that no gRPC message can carry: the engine ends the run's stream with
+    it before gRPC would, since gRPC says so only with an ERROR line in the engine's log.
+
+    The message holds gRPC's own words for it, ``message larger than max``, which the
+    orchestrator looks for to fail the run instead of running it again elsewhere."""
+
+    def __init__(self, size: int, limit: int, what: str) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"message larger than max ({size} vs. {limit} bytes): {what}")

@@ -39,6 +39,7 @@ from engine.core.values import JSONObject
 from engine.errors import (
     AtCapacity,
     ExecutionExists,
+    MessageTooLarge,
     NothingWaiting,
     ShuttingDown,
     UnknownExecution,
@@ -85,6 +86,19 @@ async def _refuse(context: grpc.aio.ServicerContext[Any, Any], error: BaseExcept
     if status.code is grpc.StatusCode.INTERNAL:
         log.error("internal error answering a call: %s", error, exc_info=error)
     await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _too_large(message: pb.ExecuteResponse) -> MessageTooLarge | None:
+    """Why gRPC would refuse to send ``message``, if it would. Checked here, since gRPC refuses
+    it with an ERROR line and a traceback in the log, for what is the run's doing, not ours."""
+    size = message.ByteSize()
+    if size <= wire.MAX_MESSAGE_BYTES:
+        return None
+    largest = max(message.events, key=lambda e: e.ByteSize())
+    what = f"the {largest.type} event" + (
+        f" of node {largest.node_id!r}" if largest.HasField("node_id") else ""
+    )
+    return MessageTooLarge(size, wire.MAX_MESSAGE_BYTES, f"{what} is too large to send")
 
 
 def _seen(future: asyncio.Future[Any]) -> None:
@@ -270,16 +284,33 @@ class EngineService(pb_grpc.EngineServicer):
         runner.add_done_callback(_seen)
         streamed = self._metrics.events_streamed
         self._streams[execution.id] = stream
+        too_large: MessageTooLarge | None = None
         try:
             async for batch in stream.batches():
                 for message in wire.event_batches(batch):
+                    too_large = _too_large(message)
+                    if too_large is not None:
+                        break
                     yield message
-                streamed.inc(len(batch))
+                    streamed.inc(len(message.events))
+                if too_large is not None:
+                    break
         finally:
             if not execution.finished:
-                execution.cancel("the caller's stream closed")
+                execution.cancel(
+                    "the caller's stream closed" if too_large is None else str(too_large)
+                )
             self._streams.pop(execution.id, None)
             self._release(execution)
+        if too_large is not None:
+            # the run's own doing (its outputs), not the engine's: the caller fails the run
+            log.warning(
+                "execution %s ends: %s",
+                execution.id,
+                too_large,
+                extra=self._context(execution),
+            )
+            await _refuse(context, too_large)
         if stream.handed_back:
             # UNAVAILABLE, as if this engine had died: the orchestrator resumes it elsewhere
             await _refuse(context, ShuttingDown(self._settings.engine_id))
@@ -416,16 +447,20 @@ class EngineService(pb_grpc.EngineServicer):
         request: pb.ListExecutionsRequest,
         context: grpc.aio.ServicerContext[pb.ListExecutionsRequest, pb.ListExecutionsResponse],
     ) -> pb.ListExecutionsResponse:
+        try:
+            wanted = wire.listing(request)
+        except Exception as error:
+            await _refuse(context, error)
         response = pb.ListExecutionsResponse()
         for execution in self._runs.values():
-            if request.workflow_id and execution.spec.id != request.workflow_id:
+            if wanted.workflow_id is not None and execution.spec.id != wanted.workflow_id:
                 continue
-            if request.status and execution.run.status != request.status:
+            if wanted.status is not None and execution.run.status != wanted.status:
                 continue
             response.executions.append(
                 wire.execution_message(execution.document(), with_nodes=False)
             )
-            if request.limit and len(response.executions) >= request.limit:
+            if wanted.limit and len(response.executions) >= wanted.limit:
                 break
         return response
 

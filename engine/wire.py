@@ -29,14 +29,15 @@ from grpc_status import rpc_status
 from engine.api import dagengine_pb2 as pb
 from engine.core.errors import EngineError, InputsError, SpecError
 from engine.core.events import Event, isoformat
-from engine.core.spec import WorkflowSpec
-from engine.core.states import RESUMED_ENDS
+from engine.core.spec import MAX_VERSION_LENGTH, SEMVER, WorkflowSpec
+from engine.core.states import EXECUTION_STATUSES, RESUMED_ENDS
 from engine.core.values import JSON, JSONObject
 from engine.errors import (
     AtCapacity,
     BadRequest,
     ExecutionExists,
     FieldProblem,
+    MessageTooLarge,
     NothingWaiting,
     ShuttingDown,
     UnknownExecution,
@@ -69,18 +70,48 @@ def _finite(text: str) -> float:
     return value
 
 
+_DOUBLE_DIGITS: Final = 309
+"""Digits of the largest double (1.8e308): an integer with fewer always fits one."""
+
+
+def _integer(text: str) -> int:
+    # only integers come here, and almost all are short: the length check is the whole cost
+    if len(text) < _DOUBLE_DIGITS:
+        return int(text)
+    digits = text.lstrip("-")
+    if len(digits) <= _DOUBLE_DIGITS:
+        value = int(text)
+        try:
+            float(value)
+        except OverflowError:
+            pass
+        else:
+            return value
+    # Lua, and every client that reads JSON numbers as doubles, could not hold it
+    sign = text[: len(text) - len(digits)]
+    raise ValueError(
+        f"{sign}{digits[:20]}... ({len(digits)} digits) is too large for a JSON number"
+    )
+
+
 _decode = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite).decode
+_decode_checking_integers = json.JSONDecoder(
+    parse_constant=_no_constants, parse_float=_finite, parse_int=_integer
+).decode
+"""For text long enough to hold an integer a double cannot: ``_integer`` is a Python call per
+integer, where ``int`` is the C scanner's own, so shorter text, most events, goes without."""
 
 
 def loads(text: str | bytes) -> JSON:
     """Strict JSON: NaN and Infinity, which Python's json accepts, are refused, and so is a
-    number too large for a double (1e999, which it reads as infinity). ValueError names the
-    problem (json.JSONDecodeError, with its place, for broken syntax)."""
+    number too large for a double (1e999, which it reads as infinity, and an integer of 400
+    digits, which Lua could not hold even as a float). ValueError names the problem
+    (json.JSONDecodeError, with its place, for broken syntax)."""
     if text == "{}":
         return {}  # the data of most events
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    value: JSON = _decode(text)
+    value: JSON = (_decode if len(text) < _DOUBLE_DIGITS else _decode_checking_integers)(text)
     return value
 
 
@@ -108,6 +139,12 @@ def _json_field(text: str, field: str, problems: list[FieldProblem], empty: JSON
 MAX_SEQ: Final = 2**53
 """The highest event seq: exact in every client's JSON (a JavaScript number), and far beyond
 what any run reaches."""
+MAX_FIRST_SEQ: Final = 2**52
+"""The highest ``first_seq`` an engine takes: the run's events count on from it, and must stay
+within ``MAX_SEQ`` however many there are."""
+MAX_FAILED: Final = 2**31 - 2
+"""The most failed attempts a resumed node may bring (``RetriedNode.failed``): its next attempt
+must fit ``Event.attempt``, an int32."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,15 +180,21 @@ def run_order(
     problems: list[FieldProblem] = []
     execution_id = request.execution_id or uuid.uuid4().hex
     if not _EXECUTION_ID.fullmatch(execution_id):
-        problems.append(
-            FieldProblem(
-                "execution_id",
-                f"{execution_id[:80]!r} is not an id: use up to 128 letters, digits and . _ : -",
-            )
-        )
+        problems.append(FieldProblem("execution_id", _not_an_id(execution_id)))
     inputs = _json_field(request.inputs_json, "inputs_json", problems, empty={})
     if not 0 <= request.first_seq <= MAX_SEQ:
         problems.append(FieldProblem("first_seq", f"must be 0 to 2^53, got {request.first_seq}"))
+    elif request.first_seq > MAX_FIRST_SEQ:
+        problems.append(
+            FieldProblem(
+                "first_seq",
+                f"must be at most 2^52, so the run's events stay within 2^53; "
+                f"got {request.first_seq}",
+            )
+        )
+    parent_execution_id = request.parent_execution_id or None
+    if parent_execution_id is not None and not _EXECUTION_ID.fullmatch(parent_execution_id):
+        problems.append(FieldProblem("parent_execution_id", _not_an_id(parent_execution_id)))
     completed: dict[str, JSON] = {}
     ended: dict[str, tuple[str, str | None]] = {}
     attempts: dict[str, int] = {}
@@ -216,8 +259,17 @@ def run_order(
         elif again.node_id in attempts:
             problems.append(FieldProblem(where, "the node is listed as completed too"))
         elif again.failed < 1 or (item is not None and item < 0):
+            got = f"failed {again.failed}" + ("" if item is None else f", item {item}")
             problems.append(
-                FieldProblem(where, f"failed must be 1 or more and item 0 or more, got {again}")
+                FieldProblem(where, f"failed must be 1 or more and item 0 or more, got {got}")
+            )
+        elif again.failed > MAX_FAILED:
+            problems.append(
+                FieldProblem(
+                    where + ".failed",
+                    f"must be at most 2^31 - 2, so the next attempt fits an event's attempt "
+                    f"number; got {again.failed}",
+                )
             )
         else:
             retried[again.node_id, item] = again.failed
@@ -234,6 +286,19 @@ def run_order(
     for node_id in sorted({node_id for node_id, _ in retried}):
         if node_id not in spec.by_id:
             problems.append(FieldProblem(f"retried[{node_id}]", f"no such node in {spec.ref}"))
+    for (node_id, item), failed in retried.items():
+        found = spec.by_id.get(node_id)
+        if found is not None and failed >= found.retry.max_attempts:
+            # its last attempt failed, so the node ended: a run that resumes after that brings
+            # it as completed, status failed (orchestrator.timeline.resume_point)
+            problems.append(
+                FieldProblem(
+                    f"retried[{node_id}{'' if item is None else f'/{item}'}].failed",
+                    f"must be below the node's retry.max_attempts ({found.retry.max_attempts}): "
+                    f"a node with no attempt left has ended, and is sent as completed with "
+                    f"status failed; got {failed}",
+                )
+            )
     for node_id in sleeping:
         found = spec.by_id.get(node_id)
         if found is None:
@@ -253,12 +318,20 @@ def run_order(
         completed_attempts=attempts,
         ended=ended,
         retried=retried,
-        parent_execution_id=(
-            request.parent_execution_id if request.HasField("parent_execution_id") else None
-        ),
+        parent_execution_id=parent_execution_id,
         first_seq=request.first_seq or 1,
         sleeping=sleeping,
         started_at=request.started_at or None,
+    )
+
+
+def _not_an_id(text: str) -> str:
+    return f"{text[:80]!r} is not an id: use up to 128 letters, digits and . _ : -"
+
+
+def _not_a_status(text: str) -> str:
+    return f"{bounded(text, 80)!r} is not an execution status: use one of " + ", ".join(
+        EXECUTION_STATUSES
     )
 
 
@@ -292,6 +365,20 @@ def sub_workflow_answer(request: pb.ResolveSubWorkflowRequest) -> SubWorkflowAns
         problems.append(FieldProblem("node_id", "required"))
     if request.attempt < 1:
         problems.append(FieldProblem("attempt", f"must be 1 or more, got {request.attempt}"))
+    # these three go into the run's events as they are
+    if request.child_execution_id and not _EXECUTION_ID.fullmatch(request.child_execution_id):
+        problems.append(FieldProblem("child_execution_id", _not_an_id(request.child_execution_id)))
+    if request.child_status and request.child_status not in EXECUTION_STATUSES:
+        problems.append(FieldProblem("child_status", _not_a_status(request.child_status)))
+    if request.child_version and not (
+        len(request.child_version) <= MAX_VERSION_LENGTH and SEMVER.fullmatch(request.child_version)
+    ):
+        problems.append(
+            FieldProblem(
+                "child_version",
+                f"{bounded(request.child_version, 80)!r} is not a SemVer version",
+            )
+        )
     output: JSON = None
     error: str | None = None
     final = True
@@ -321,6 +408,29 @@ def sub_workflow_answer(request: pb.ResolveSubWorkflowRequest) -> SubWorkflowAns
         final,
         len(request.output_json),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A ``ListExecutionsRequest`` made sense of: which runs in flight to list."""
+
+    workflow_id: str | None
+    status: str | None
+    limit: int
+    """0: every one."""
+
+
+def listing(request: pb.ListExecutionsRequest) -> Listing:
+    """The filter of an engine's listing, or BadRequest naming each bad field, as the
+    orchestrator refuses them (an unknown status would list nothing, and say nothing)."""
+    problems: list[FieldProblem] = []
+    if request.status and request.status not in EXECUTION_STATUSES:
+        problems.append(FieldProblem("status", _not_a_status(request.status)))
+    if request.limit < 0:
+        problems.append(FieldProblem("limit", f"must be 0 (all) or more, got {request.limit}"))
+    if problems:
+        raise BadRequest(problems)
+    return Listing(request.workflow_id or None, request.status or None, request.limit)
 
 
 # -- events and executions ----------------------------------------------------------------------
@@ -466,6 +576,7 @@ _CODES: Final[list[tuple[type[EngineError], grpc.StatusCode]]] = [
     (InputsError, grpc.StatusCode.INVALID_ARGUMENT),
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (AtCapacity, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (MessageTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (ExecutionExists, grpc.StatusCode.ALREADY_EXISTS),
     (UnknownExecution, grpc.StatusCode.NOT_FOUND),

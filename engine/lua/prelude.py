@@ -660,8 +660,13 @@ local function dec_number(s, i)
     if not f then dec_fail(s, e + 1, "digits expected in exponent") end
     e = f
   end
-  -- tonumber makes text with '.' or an exponent a float, and keeps -0.0 negative
-  return tonumber(sub(s, i, e)), e + 1
+  -- tonumber makes text with '.' or an exponent a float, and keeps -0.0 negative; an
+  -- integer past 64 bits becomes a float too, and past a double's range infinity
+  local v = tonumber(sub(s, i, e))
+  if v == huge or v == -huge then
+    dec_fail(s, i, "number too large for a double (JSON has no infinity)")
+  end
+  return v, e + 1
 end
 
 function dec_value(s, i, depth)

@@ -38,8 +38,26 @@ SPEC = json.dumps(
 )
 
 
-def order(**fields: object) -> wire.RunOrder:
-    request = pb.ExecuteRequest(spec=SPEC, **fields)  # type: ignore[arg-type]
+RETRYING = json.dumps(
+    {
+        "id": "w",
+        "version": "1.0.0",
+        "nodes": [
+            {"id": "a", "lua": "return 1", "retry": {"max_attempts": 3}},
+            {
+                "id": "b",
+                "depends_on": ["a"],
+                "foreach": "{{ inputs.items }}",
+                "lua": "return 2",
+                "retry": {"max_attempts": 2},
+            },
+        ],
+    }
+)
+
+
+def order(spec: str = SPEC, **fields: object) -> wire.RunOrder:
+    request = pb.ExecuteRequest(spec=spec, **fields)  # type: ignore[arg-type]
     return wire.run_order(request, spec_from_request, check_inputs)
 
 
@@ -92,10 +110,11 @@ def test_nodes_that_ended_otherwise_are_read_with_their_errors() -> None:
 
 def test_retried_attempts_are_read_per_node_and_item() -> None:
     got = order(
+        RETRYING,
         retried=[
             pb.RetriedNode(node_id="a", failed=2),
             pb.RetriedNode(node_id="b", item=3, failed=1),
-        ]
+        ],
     )
     assert got.retried == {("a", None): 2, ("b", 3): 1}
     with pytest.raises(BadRequest) as caught:
