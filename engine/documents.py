@@ -295,7 +295,7 @@ def non_json_values(value: object, *, keys: bool = False) -> Iterator[tuple[Key,
             stack.extend(reversed([((*key, i), v) for i, v in enumerate(each)]))
 
 
-_LONG_INT: Final = "a whole number too long to carry (more than 4,000 digits)"
+_LONG_INT: Final = "a whole number too long to carry (more than about 4,200 digits)"
 
 
 def _not_json(value: object) -> str | None:

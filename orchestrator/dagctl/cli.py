@@ -801,6 +801,15 @@ def cmd_events(args: argparse.Namespace, client: Client, out: TextIO, err: TextI
         if not args.execution:
             raise BadArguments("events needs --execution ID (or -f to follow the live stream)")
         doc = _execution(client, args.execution)
+        if args.workflow and doc.get("workflow_id") != args.workflow:
+            # as the live stream answers the same question (its 404), not the run's events anyway
+            raise ApiError(
+                404,
+                "not_found",
+                f"execution {doc.get('id')} is a run of {doc.get('workflow_id')}, "
+                f"not of {args.workflow}",
+                {},
+            )
         body = client.get(f"/api/v1/executions/{_quote(str(doc.get('id')))}/events")
         found = body.get("events")
         for event in found if isinstance(found, list) else []:

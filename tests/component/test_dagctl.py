@@ -854,6 +854,12 @@ async def test_events_print_the_stored_timeline(fake: FakeOrchestrator, dagctl: 
     assert (positional.code, positional.out) == (0, result.out)
     both = await dagctl(fake, "events", eid, "--execution", "other")
     assert both.code == 2 and "not both" in both.err
+    # a workflow filter the run is not of: refused, as the live stream refuses it
+    other = await dagctl(fake, "events", eid, "--workflow", "diamond")
+    assert other.code == 1 and other.out == ""
+    assert f"execution {eid} is a run of hello, not of diamond" in other.err
+    same = await dagctl(fake, "events", eid, "--workflow", "hello")
+    assert (same.code, same.out) == (0, result.out)
 
 
 async def test_events_follow_a_run_until_it_ends(fake: FakeOrchestrator, dagctl: Dagctl) -> None:

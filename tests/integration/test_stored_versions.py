@@ -1,0 +1,69 @@
+"""A state database written under older, looser spec checks: the orchestrator starts on it,
+shows what it holds, refuses runs of what today's checks refuse, and takes a new version."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from orchestrator.store import Store
+from tests.integration.api import TOKEN, register, wait_end
+from tests.integration.conftest import StartEngine, spawn_orchestrator, stop_process
+
+pytestmark = pytest.mark.slow
+
+LOOSE = {
+    "id": "old",
+    "version": "1.0.0",
+    "triggers": [{"cron": "0 0 1 1 *"}],
+    "nodes": [
+        {"id": "a", "lua": "return 1"},
+        {"id": "b", "lua": "return 2", "depends_on": "a"},  # a string: taken once, not now
+    ],
+}
+
+
+async def test_a_stored_latest_version_todays_checks_refuse_does_not_stop_the_start(
+    tmp_path: Path, start_engine: StartEngine
+) -> None:
+    state = tmp_path / "state.db"
+    store = await Store.open(str(state))
+    await store.close()
+    with sqlite3.connect(state) as conn:
+        conn.execute(
+            "INSERT INTO versions (workflow_id, version, spec_json, digest, created_at)"
+            " VALUES ('old', '1.0.0', ?, 'x', 0)",
+            (json.dumps(LOOSE),),
+        )
+    engine = start_engine()
+    orchestrator = await asyncio.to_thread(
+        spawn_orchestrator, tmp_path / "orchestrator.log", state, [engine], API_TOKEN="s3cret"
+    )
+    try:
+        url = orchestrator.url
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/api/v1/workflows") as resp:
+                [listed] = (await resp.json())["workflows"]
+            assert (listed["id"], listed["nodes"], listed["triggers"]) == ("old", 2, 1)
+            async with http.post(f"{url}/trigger/old", json={}, headers=TOKEN) as resp:
+                assert resp.status == 400
+                refused = (await resp.json())["error"]
+            assert "nodes[b].depends_on: must be a list of node ids" in str(refused)
+            fixed = json.loads(json.dumps(LOOSE))
+            fixed["version"] = "1.0.1"
+            fixed["nodes"][1]["depends_on"] = ["a"]
+            await register(http, url, json.dumps(fixed))
+            async with http.post(f"{url}/trigger/old", json={}, headers=TOKEN) as resp:
+                assert resp.status == 202
+                eid = (await resp.json())["execution_id"]
+            assert (await wait_end(http, url, eid))["status"] == "succeeded"
+        log = orchestrator.log()
+        assert "stored workflow old@1.0.0: nodes[b].depends_on: must be a list" in log
+        assert "Traceback" not in log
+    finally:
+        await asyncio.to_thread(stop_process, orchestrator.proc)
