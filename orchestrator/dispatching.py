@@ -70,6 +70,38 @@ class RunTicket:
     """(node, foreach item or None) -> attempts that failed, of nodes not ended."""
 
 
+def execute_request(ticket: RunTicket) -> pb.ExecuteRequest:
+    """The engine's request for a run: started, or resumed from what its ticket carries."""
+    request = pb.ExecuteRequest(
+        execution_id=ticket.execution_id,
+        spec=ticket.spec_json,
+        inputs_json=wire.dumps(ticket.inputs),
+        completed=[
+            pb.CompletedNode(
+                node_id=c.node_id,
+                output_json=wire.dumps(c.output) if c.status == "succeeded" else "",
+                attempts=c.attempts,
+                status=c.status,
+                error=c.error or "",
+            )
+            for c in ticket.checkpoints
+        ],
+        first_seq=ticket.next_seq,
+        sleeping=[
+            pb.StartedSleep(node_id=node_id, started_at=since)
+            for node_id, since in ticket.sleeping.items()
+        ],
+        started_at=ticket.started_at or 0.0,
+        retried=[
+            pb.RetriedNode(node_id=node_id, item=item, failed=failed)
+            for (node_id, item), failed in ticket.retried.items()
+        ],
+    )
+    if ticket.parent_execution_id:
+        request.parent_execution_id = ticket.parent_execution_id
+    return request
+
+
 class DispatchStore(Protocol):
     async def load_ticket(self, execution_id: str) -> RunTicket | None: ...
     async def next_seq(self, execution_id: str) -> int: ...
@@ -276,33 +308,7 @@ class Dispatcher:
     async def _stream(self, run: _Running) -> Outcome:
         """Run the stream to its end and say how it ended."""
         ticket = run.ticket
-        request = pb.ExecuteRequest(
-            execution_id=ticket.execution_id,
-            spec=ticket.spec_json,
-            inputs_json=wire.dumps(ticket.inputs),
-            completed=[
-                pb.CompletedNode(
-                    node_id=c.node_id,
-                    output_json=wire.dumps(c.output) if c.status == "succeeded" else "",
-                    attempts=c.attempts,
-                    status=c.status,
-                    error=c.error or "",
-                )
-                for c in ticket.checkpoints
-            ],
-            first_seq=ticket.next_seq,
-            sleeping=[
-                pb.StartedSleep(node_id=node_id, started_at=since)
-                for node_id, since in ticket.sleeping.items()
-            ],
-            started_at=ticket.started_at or 0.0,
-            retried=[
-                pb.RetriedNode(node_id=node_id, item=item, failed=failed)
-                for (node_id, item), failed in ticket.retried.items()
-            ],
-        )
-        if ticket.parent_execution_id:
-            request.parent_execution_id = ticket.parent_execution_id
+        request = execute_request(ticket)
         log.debug(
             "dispatching %s to %s (resume from %d checkpoints, %d sleeps under way)",
             ticket.execution_id,

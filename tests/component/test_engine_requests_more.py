@@ -26,7 +26,7 @@ from engine.lua import MISSING, LuaPool, LuaSandbox, LuaTask
 from engine.running import Execution
 from engine.serving import EngineServer, spec_from_request
 from engine.settings import Settings
-from orchestrator.dispatching import _TOO_LARGE
+from orchestrator.dispatching import _TOO_LARGE, RunTicket, execute_request
 from orchestrator.timeline import resume_point
 
 RETRIES = json.dumps(
@@ -141,24 +141,18 @@ async def test_every_resume_the_orchestrator_could_send_after_retries_is_taken()
     for end in range(len(stored)):
         resume = resume_point(stored[: end + 1])
         seen |= set(resume.retried)
-        request = pb.ExecuteRequest(
-            spec=json.dumps(FLAKY),
-            completed=[
-                pb.CompletedNode(
-                    node_id=c.node_id,
-                    output_json=wire.dumps(c.output) if c.status == "succeeded" else "",
-                    attempts=c.attempts,
-                    status=c.status,
-                    error=c.error or "",
-                )
-                for c in resume.checkpoints
-            ],
-            first_seq=end + 2,
-            retried=[
-                pb.RetriedNode(node_id=node_id, item=item, failed=failed)
-                for (node_id, item), failed in resume.retried.items()
-            ],
+        ticket = RunTicket(
+            "e",
+            "flaky",
+            "1.0.0",
+            json.dumps(FLAKY),
+            {},
+            "running",
+            checkpoints=resume.checkpoints,
+            next_seq=end + 2,
+            retried=resume.retried,
         )
+        request = execute_request(ticket)  # as the dispatcher sends it
         wire.run_order(request, spec_from_request, check_inputs)
     assert {("a", None), ("each", 1), ("never", None)} <= seen  # resumes with retries were tried
 
