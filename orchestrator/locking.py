@@ -32,10 +32,9 @@ def lock_state(path: str) -> int | None:
     except BlockingIOError:
         holder = _pid_in(fd)
         os.close(fd)
-        by = f"process {holder}" if holder else "another process"
         raise StateInUse(
-            f"it is in use by {by} (another orchestrator): stop that one first, or give this "
-            "one a STATE_DB of its own"
+            f"it is in use by {holder_named(holder)} (another orchestrator): stop that one "
+            "first, or give this one a STATE_DB of its own"
         ) from None
     except BaseException:
         os.close(fd)
@@ -59,6 +58,11 @@ def state_holder(path: str) -> int | None:
     finally:
         os.close(fd)  # also lets go of the shared lock, if it was had
     return None
+
+
+def holder_named(pid: int) -> str:
+    """The holder of a lock in words: its pid, when the lock file had one."""
+    return f"process {pid}" if pid else "another process"
 
 
 def _pid_in(fd: int) -> int:

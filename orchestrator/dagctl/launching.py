@@ -27,7 +27,7 @@ from typing import IO, Final, TextIO
 
 from engine.core.values import JSON, JSONObject
 from orchestrator.dagctl.calling import ApiError, Client, Unreachable
-from orchestrator.locking import state_holder
+from orchestrator.locking import holder_named, state_holder
 
 STOP_GRACE = 35.0
 START_TIMEOUT = 60.0
@@ -609,10 +609,10 @@ def run_up(
     holder = state_holder(str(cwd / layout.state_db))
     if holder is not None:
         # before anything is started or a log is rotated: they are the running system's
-        by = f"process {holder}" if holder else "another process"
         err.write(
-            f"dagctl: {layout.state_db} is in use by {by}: is another dagctl up running "
-            "here? Stop it first, or set STATE_DB to use another state database\n"
+            f"dagctl: {layout.state_db} is in use by {holder_named(holder)}: is another "
+            "dagctl up running here? Stop it first, or set STATE_DB to use another state "
+            "database\n"
         )
         return 1
     for name, port in (("HTTP_PORT", layout.http_port), ("GRPC_PORT", layout.grpc_port)):
