@@ -68,7 +68,12 @@ class StreamUnavailable(DagctlError):
         self.refusal = refusal
 
 
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# C0 but newline and tab, DEL, C1, line and paragraph separators, the bidirectional embeddings,
+# overrides and isolates (which reorder what a terminal shows), and lone surrogates
+_CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_LINE_BREAKS = re.compile("[\n\t]")
 
 
 def _escape(found: re.Match[str]) -> str:
@@ -85,6 +90,12 @@ def printable(text: str) -> str:
     nothing more.
     """
     return _CONTROL.sub(_escape, text)
+
+
+def one_line(text: str) -> str:
+    """``printable``, with newline and tab escaped too: for what must stay on its line (one
+    event a line), where a newline in a script's message would print a line of its own."""
+    return _LINE_BREAKS.sub(_escape, printable(text))
 
 
 NOT_HTTP = "it did not answer HTTP; is that the gRPC port?"

@@ -30,7 +30,7 @@ from rich.tree import Tree
 
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
-from orchestrator.dagctl.calling import printable
+from orchestrator.dagctl.calling import one_line, printable
 
 STATE_STYLES = {
     "queued": "dim",
@@ -411,8 +411,9 @@ def _subworkflow_message(kind: str, data: JSONObject) -> str:
 
 
 def event_message(event: JSONObject) -> str:
-    """The few words that say what an event means, its control characters escaped."""
-    return printable(_event_message(event))
+    """The few words that say what an event means, on one line: its control characters,
+    newlines and tabs escaped."""
+    return one_line(_event_message(event))
 
 
 def _event_message(event: JSONObject) -> str:

@@ -898,6 +898,15 @@ def test_tables_and_details_show_server_text_escaped_and_markup_as_written() -> 
     assert "[/]x" in render(workflows_table([{"id": "w", "name": f"[/]{RED}"}]))
 
 
+def test_an_event_stays_on_its_line_whatever_its_message_holds() -> None:
+    # a newline in a script's log line printed a line of its own, which could pass for another
+    # event; a right-to-left override reordered what the terminal showed after it
+    message = "line1\n00:00:01.000Z node.succeeded\tw@1 \u202eabc"
+    line = event_line({"type": "node.log", "data": {"level": "info", "message": message}})
+    assert "\n" not in line and "\t" not in line and "\u202e" not in line
+    assert line.endswith("info: line1\\x0a00:00:01.000Z node.succeeded\\x09w@1 \\u202eabc")
+
+
 def test_event_and_progress_lines_show_server_text_escaped() -> None:
     ev: dict[str, Any] = {
         "time": f"2027-01-15T08:00:01.000Z{RED}",
