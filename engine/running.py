@@ -34,10 +34,11 @@ FOREACH_OUTPUT_BYTES = 32 * 1024 * 1024
 for an engine): half what one message between engine and orchestrator carries
 (``wire.MAX_MESSAGE_BYTES``), which its node.succeeded is."""
 
-STOP_GRACE = 1.0
+STOP_GRACE = 2.0
 """Seconds scripts asked to stop by a cancel or a timeout get to come back with their log lines
 before the run goes on without them. The sandbox looks at its cancel flag about once a second at
-worst (a loop of slow C calls, ``prelude.py``), far more often in a plain loop."""
+worst (a loop of slow C calls, ``prelude.py``), far more often in a plain loop; a busy machine
+stretches that. Scripts still queued for a worker are not waited for: they have logged nothing."""
 
 EventSink = Callable[[Event], None]
 
@@ -318,8 +319,12 @@ class Execution:
         if whole is not None:
             whole.after.append(stimulus)  # the stop already on its way decides the run's end
             return
-        running: dict[StopKey, Flag] = {(n, i, False): f for (n, i), f in self._cancels.items()}
-        running.update({(n, None, True): f for n, f in self._conditions.items()})
+        # only what a worker has begun: a script still queued has logged nothing, and behind
+        # slow ones it could keep the stop waiting for its whole grace
+        running: dict[StopKey, Flag] = {
+            (n, i, False): f for (n, i), f in self._cancels.items() if f.taken
+        }
+        running.update({(n, None, True): f for n, f in self._conditions.items() if f.taken})
         if only is not None:
             running = {only: running[only]} if only in running else {}
         if not running or self.run.finished:

@@ -68,6 +68,8 @@ class RunTicket:
     """When the run first started (unix seconds); None when it never has."""
     retried: dict[tuple[str, int | None], int] = field(default_factory=dict)
     """(node, foreach item or None) -> attempts that failed, of nodes not ended."""
+    cancel_reason: str | None = None
+    """A cancel asked of the run and stored: it ends instead of going on."""
 
 
 def execute_request(ticket: RunTicket) -> pb.ExecuteRequest:
@@ -100,6 +102,11 @@ def execute_request(ticket: RunTicket) -> pb.ExecuteRequest:
     if ticket.parent_execution_id:
         request.parent_execution_id = ticket.parent_execution_id
     return request
+
+
+CANCEL_RETRY = 0.5
+CANCEL_RETRY_MAX = 5.0
+"""Seconds between Cancel calls to an engine that did not answer one: doubling to this."""
 
 
 class DispatchStore(Protocol):
@@ -277,9 +284,10 @@ class Dispatcher:
                 outcome = "finished"
                 return
             run.ticket = ticket
-            reason = self._cancel_requests.get(execution_id)
+            reason = self._cancel_requests.get(execution_id) or ticket.cancel_reason
             if reason is not None:
-                # cancelled between the queue and the engine: end it here, nothing ran
+                # cancelled between the queue and the engine (or before a restart, or while
+                # its engine was lost): end it here, with nothing more run
                 await self._end(ticket, "execution.cancelled", "warning", reason)
                 outcome = "finished"
                 return
@@ -438,6 +446,13 @@ class Dispatcher:
         return "lost"
 
     async def _send_cancel(self, run: _Running, reason: str) -> None:
+        if not await self._try_cancel(run, reason):
+            # the engine did not hear it (stopped, busy, cut off): ask again while the run is
+            # on it; should the run move to another engine, its stored cancel ends it there
+            self._spawn(self._keep_cancelling(run, reason))
+
+    async def _try_cancel(self, run: _Running, reason: str) -> bool:
+        """One Cancel call; False when the engine may not have heard it."""
         try:
             await run.link.stub.Cancel(
                 pb.CancelRequest(execution_id=run.ticket.execution_id, reason=reason), timeout=5
@@ -445,14 +460,26 @@ class Dispatcher:
         except grpc.aio.AioRpcError as exc:
             # NOT_FOUND: it ended there meanwhile (a cancel before this one, its own end),
             # and its stream brings that end: nothing failed
-            level = logging.DEBUG if exc.code() == grpc.StatusCode.NOT_FOUND else logging.WARNING
+            missing = exc.code() == grpc.StatusCode.NOT_FOUND
             log.log(
-                level,
+                logging.DEBUG if missing else logging.WARNING,
                 "cancel of %s on %s failed: %s",
                 run.ticket.execution_id,
                 run.link.key,
                 exc.details(),
             )
+            return missing
+        return True
+
+    async def _keep_cancelling(self, run: _Running, reason: str) -> None:
+        delay = CANCEL_RETRY
+        while not self._closing:
+            await asyncio.sleep(delay)
+            if self._running.get(run.ticket.execution_id) is not run:
+                return  # its stream ended (its end is stored), or it moved on
+            if await self._try_cancel(run, reason):
+                return
+            delay = min(delay * 2, CANCEL_RETRY_MAX)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -148,6 +148,10 @@ class Orchestrator:
             pending.remove(waiter)
             if not pending:
                 del self._waiters[execution_id]
+        if waiter.done() and not waiter.cancelled():
+            # answered by ``release_waiters`` before its caller came to await it: seen here,
+            # or asyncio would log the stopping's TimeoutError as an error never retrieved
+            waiter.exception()
 
     def release_waiters(self) -> None:
         """Stopping: whoever waits for a run to end (``wait``, a cancel) is answered now with
@@ -546,6 +550,9 @@ class Orchestrator:
         doc = await self.get_execution(execution_id)
         if doc["status"] in EXECUTION_TERMINAL:
             return doc
+        # on disk before anyone is asked: an engine that does not hear the cancel, or a
+        # restart of this process, cannot let the run go on to another end (``dispatching``)
+        await self.store.request_cancel(execution_id, reason)
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(execution_id, []).append(waiter)
         if self.dispatcher.dequeue(execution_id):

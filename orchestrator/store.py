@@ -180,6 +180,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     CREATE INDEX idempotency_by_time ON idempotency (created_at);
     """,
+    # a cancel asked of a running run, stored before it is answered: an engine that does not
+    # hear it, or an orchestrator that restarts, must not let the run go on to another end
+    """
+    ALTER TABLE executions ADD COLUMN cancel_reason TEXT;
+    """,
 )
 
 
@@ -1096,19 +1101,32 @@ class Store:
 
         return await self._reader.run(read)
 
+    async def request_cancel(self, execution_id: str, reason: str) -> None:
+        """Store that the run is to be cancelled, on disk before the caller hears of it; a
+        dispatch of it ends it instead (``dispatching``)."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE executions SET cancel_reason = ? WHERE id = ? AND cancel_reason IS NULL",
+                (reason, execution_id),
+            )
+
+        await self._writer.run(write, durable=True)
+
     async def load_ticket(self, execution_id: str) -> RunTicket | None:
         """What an engine needs to start or resume the run: spec, inputs, checkpoints."""
 
         def read(conn: sqlite3.Connection) -> RunTicket | None:
             row = conn.execute(
                 "SELECT e.workflow_id, e.version, v.spec_json, e.inputs, e.status,"
-                " e.parent_execution_id, e.last_seq FROM executions e JOIN versions v"
+                " e.parent_execution_id, e.last_seq, e.cancel_reason"
+                " FROM executions e JOIN versions v"
                 " ON v.workflow_id = e.workflow_id AND v.version = e.version WHERE e.id = ?",
                 (execution_id,),
             ).fetchone()
             if row is None:
                 return None
-            workflow_id, version, spec_json, inputs, status, parent, last_seq = row
+            workflow_id, version, spec_json, inputs, status, parent, last_seq, cancel = row
             resume = resume_point(_timeline(conn, execution_id))
             return RunTicket(
                 execution_id=execution_id,
@@ -1123,6 +1141,7 @@ class Store:
                 sleeping=resume.sleeping,
                 started_at=resume.started_at,
                 retried=resume.retried,
+                cancel_reason=cancel,
             )
 
         # through the writer, so the ticket reflects every event already accepted for storage

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Final
 
-from engine.lua.sandbox import LuaLimits, LuaOutcome, LuaSandbox, LuaTask
+from engine.lua.sandbox import Flag, LuaLimits, LuaOutcome, LuaSandbox, LuaTask
 
 __all__ = ["LuaPool"]
 
@@ -223,6 +223,8 @@ class LuaPool:
                 continue
             if job.dropped():  # a benign race: at worst the task runs for nothing
                 continue
+            if isinstance(job.task.cancel, Flag):
+                job.task.cancel.taken = True
             try:
                 outcome = sandbox.run(job.task)
             except Exception as error:  # run() handles the script's failures; this is a bug

@@ -159,10 +159,13 @@ class Flag:
     create than a trivial script costs to run.
     """
 
-    __slots__ = ("_set",)
+    __slots__ = ("_set", "taken")
 
     def __init__(self) -> None:
         self._set = False
+        self.taken = False
+        """Set by the pool's worker as it begins the task: until then it has logged nothing,
+        and stopping it needs no wait (``engine.running``)."""
 
     def set(self) -> None:
         self._set = True

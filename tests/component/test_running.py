@@ -367,6 +367,32 @@ async def test_a_script_slow_to_stop_does_not_hold_up_its_run_s_end(
     assert [t for t, _, _ in trail(events, "s")][-1] == "node.log"
 
 
+async def test_a_stop_does_not_wait_for_scripts_still_queued_for_a_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a grace no test sits out: a script still queued has logged nothing to wait for
+    monkeypatch.setattr("engine.running.STOP_GRACE", 600.0)
+    busy = spec_from_document(
+        {"id": "busy", "version": "1.0.0", "nodes": [{"id": "spin", "lua": "while true do end"}]}
+    )
+    queued = spec_from_document(
+        {"id": "queued", "version": "1.0.0", "nodes": [{"id": "q", "lua": "return 1"}]}
+    )
+    limits = LuaLimits(instructions=10**15, wall_time=60.0)
+    async with LuaPool(workers=1, limits=limits, inline=False) as pool:
+        spinning = Execution(busy, {}, pool=pool)
+        first = asyncio.ensure_future(spinning.run_to_end())
+        await asyncio.sleep(0.2)  # the one worker is taken
+        waiting = Execution(queued, {}, pool=pool)
+        second = asyncio.ensure_future(waiting.run_to_end())
+        await asyncio.sleep(0.1)
+        waiting.cancel("not needed")
+        doc = await asyncio.wait_for(second, 10)  # before: held until the worker came free
+        assert doc["status"] == "cancelled"
+        spinning.cancel("done")
+        assert (await asyncio.wait_for(first, 10))["status"] == "cancelled"
+
+
 async def test_sleep_holds_no_worker(pool: LuaPool) -> None:
     doc, events = await run(
         {
