@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.integration.api import TOKEN, register, wait_end, wait_node
-from tests.integration.conftest import StartCluster, spawn_engine, wait_until_serving
+from tests.integration.conftest import Cluster, StartCluster, spawn_engine, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -30,18 +30,24 @@ nodes:
 """
 
 
+async def napping(start_cluster: StartCluster) -> tuple[Cluster, str]:
+    """One engine, health checks far apart (a stopped engine is not taken for lost, so only
+    the cancel itself can end the run), and a run of NAP in its sleep."""
+    cluster = start_cluster(engines=1, API_TOKEN="s3cret", ENGINE_HEALTH_CHECK_INTERVAL="60")
+    async with aiohttp.ClientSession() as http:
+        await register(http, cluster.url, NAP)
+        async with http.post(f"{cluster.url}/trigger/nap", json={}, headers=TOKEN) as resp:
+            eid = str((await resp.json())["execution_id"])
+        await wait_node(http, cluster.url, eid, "pause")
+    return cluster, eid
+
+
 async def test_an_engine_that_missed_the_cancel_is_asked_again(
     start_cluster: StartCluster,
 ) -> None:
-    # health checks far apart: the stopped engine is not taken for lost, so only asking it
-    # again can cancel the run
-    cluster = start_cluster(engines=1, API_TOKEN="s3cret", ENGINE_HEALTH_CHECK_INTERVAL="60")
+    cluster, eid = await napping(start_cluster)
     url = cluster.url
     async with aiohttp.ClientSession() as http:
-        await register(http, url, NAP)
-        async with http.post(f"{url}/trigger/nap", json={}, headers=TOKEN) as resp:
-            eid = (await resp.json())["execution_id"]
-        await wait_node(http, url, eid, "pause")
         engine = cluster.engines[0].proc
         engine.send_signal(signal.SIGSTOP)
         try:
@@ -63,13 +69,9 @@ async def test_an_engine_that_missed_the_cancel_is_asked_again(
 
 
 async def test_a_cancel_no_engine_heard_survives_a_restart(start_cluster: StartCluster) -> None:
-    cluster = start_cluster(engines=1, API_TOKEN="s3cret", ENGINE_HEALTH_CHECK_INTERVAL="60")
+    cluster, eid = await napping(start_cluster)
     url = cluster.url
     async with aiohttp.ClientSession() as http:
-        await register(http, url, NAP)
-        async with http.post(f"{url}/trigger/nap", json={}, headers=TOKEN) as resp:
-            eid = (await resp.json())["execution_id"]
-        await wait_node(http, url, eid, "pause")
         cluster.engines[0].proc.send_signal(signal.SIGSTOP)  # it hears nothing now
         cancel = asyncio.ensure_future(
             http.post(f"{url}/api/v1/executions/{eid}/cancel", json={}, headers=TOKEN)
