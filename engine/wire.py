@@ -386,7 +386,8 @@ def sub_workflow_answer(request: pb.ResolveSubWorkflowRequest) -> SubWorkflowAns
         case "output_json":
             output = _json_field(request.output_json, "output_json", problems, empty=None)
         case "error":
-            error = request.error or "the sub-workflow failed"
+            # it becomes the node's error, held to what a script's error may be
+            error = bounded(request.error, ERROR_CHARACTERS) or "the sub-workflow failed"
         case _ if request.child_execution_id:
             final = False
         case _:
@@ -420,6 +421,10 @@ class Listing:
     """0: every one."""
 
 
+ERROR_CHARACTERS: Final = 16 * 1024
+"""A sub-workflow's error as its parent node keeps it: as much as a script's (``LuaLimits``)."""
+
+
 def listing(request: pb.ListExecutionsRequest) -> Listing:
     """The filter of an engine's listing, or BadRequest naming each bad field, as the
     orchestrator refuses them (an unknown status would list nothing, and say nothing)."""
@@ -428,6 +433,10 @@ def listing(request: pb.ListExecutionsRequest) -> Listing:
         problems.append(FieldProblem("status", _not_a_status(request.status)))
     if request.limit < 0:
         problems.append(FieldProblem("limit", f"must be 0 (all) or more, got {request.limit}"))
+    if request.before:
+        # an engine lists only the runs it holds now: there is nothing to page through, and
+        # ignoring it would answer a second page with the first
+        problems.append(FieldProblem("before", "an engine's listing has no pages: leave it empty"))
     if problems:
         raise BadRequest(problems)
     return Listing(request.workflow_id or None, request.status or None, request.limit)

@@ -241,7 +241,7 @@ def test_a_well_formed_child_answer_is_taken() -> None:
 
 def test_a_listing_with_an_unknown_status_or_a_negative_limit_is_refused() -> None:
     with pytest.raises(BadRequest) as caught:
-        wire.listing(pb.ListExecutionsRequest(status="bogus", limit=-5))
+        wire.listing(pb.ListExecutionsRequest(status="bogus", limit=-5, before="e1"))
     assert [(p.field, p.message) for p in caught.value.problems] == [
         (
             "status",
@@ -249,6 +249,8 @@ def test_a_listing_with_an_unknown_status_or_a_negative_limit_is_refused() -> No
             "partial, failed, cancelled, timed_out",
         ),
         ("limit", "must be 0 (all) or more, got -5"),
+        # before: ignored, so a second page came back as the first
+        ("before", "an engine's listing has no pages: leave it empty"),
     ]
     assert wire.listing(pb.ListExecutionsRequest()) == wire.Listing(None, None, 0)
     assert wire.listing(
@@ -426,3 +428,13 @@ async def test_the_engine_refuses_a_listing_it_cannot_make_sense_of(
         assert [field for field, _ in fields] == ["status", "limit"]
         listed = await stub.ListExecutions(pb.ListExecutionsRequest(status="running"))
         assert list(listed.executions) == []
+
+
+def test_a_sub_workflow_error_is_held_to_what_a_script_error_may_be() -> None:
+    # before: kept whole (up to the 64 MiB message), as the node's error and in its events
+    answer = wire.sub_workflow_answer(
+        pb.ResolveSubWorkflowRequest(execution_id="e", node_id="n", attempt=1, error="x" * 10**6)
+    )
+    assert answer.error is not None
+    assert answer.error.startswith("x" * wire.ERROR_CHARACTERS)
+    assert answer.error.endswith(f"... ({10**6 - wire.ERROR_CHARACTERS} more characters)")
