@@ -99,6 +99,9 @@ def one_line(text: str) -> str:
 
 
 NOT_HTTP = "it did not answer HTTP; is that the gRPC port?"
+NOT_TLS = "it answered without TLS: is its address http://, not https://?"
+_PLAIN_ANSWERS = frozenset(("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"))
+"""OpenSSL's reasons for a TLS handshake a plain-HTTP server answered (by version)."""
 
 
 def server_problem(url: str) -> str | None:
@@ -150,6 +153,8 @@ def _why_not(exc: BaseException) -> str:
     if isinstance(exc, http.client.BadStatusLine | http.client.LineTooLong):
         # its bytes are not worth showing: an HTTP/2 SETTINGS frame from a gRPC port, say
         return NOT_HTTP
+    if isinstance(exc, ssl.SSLError) and exc.reason in _PLAIN_ANSWERS:
+        return NOT_TLS
     if isinstance(exc, urllib.error.URLError):
         return str(exc.reason)
     if isinstance(exc, OSError) and exc.strerror:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -966,6 +967,10 @@ def test_an_answer_that_is_not_http_is_said_in_words() -> None:
 
     frame = "\x00\x00\x18\x04\x00\x00\x00\x00\x00\x00\x04\x00@\x00\x00\x00\x05\x00@"
     assert _reason(http.client.BadStatusLine(frame)) == NOT_HTTP
+    # https:// to a plain-HTTP server: OpenSSL's own words said nothing of what to change
+    wrong = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)")
+    wrong.reason = "WRONG_VERSION_NUMBER"
+    assert _reason(wrong) == "it answered without TLS: is its address http://, not https://?"
     assert _reason(OSError(5, "Bad \x1b[31m thing")) == "bad \\x1b[31m thing"
     err = io.StringIO()
     cli.print_error(Unreachable("http://127.0.0.1:50051", NOT_HTTP), err)
