@@ -142,6 +142,12 @@ class ParentEnded(OrchestratorError):
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class NodeNotStarted(OrchestratorError):
+    http_status = 409
+    code = "node_not_started"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ParentMismatch(OrchestratorError):
     http_status = 400
     code = "parent_mismatch"

@@ -22,11 +22,13 @@ from engine.core.states import EXECUTION_STATUSES, EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from engine.documents import parse_text
 from engine.inputs import TRIGGER_KEY, check_inputs
+from orchestrator import timeline
 from orchestrator.checking import registration_checks
 from orchestrator.dispatching import Dispatcher, RunTicket
 from orchestrator.errors import (
     DepthLimit,
     InvalidArgument,
+    NodeNotStarted,
     NotFound,
     OrchestratorError,
     ParentEnded,
@@ -476,6 +478,22 @@ class Orchestrator:
                 else f"node {node.id!r} of {where} has no foreach: give no item",
                 {"field": "item"},
             )
+        if item is not None:
+            # the items exist once the node has started: a child for any other number would
+            # be shown under the parent, and never waited for
+            size = timeline.foreach_size(await self.store.events(parent.execution_id), node.id)
+            if size is None:
+                raise NodeNotStarted(
+                    f"node {node.id!r} of execution {parent.execution_id} has not started: "
+                    "its items are not known yet",
+                    {"field": "item"},
+                )
+            if item >= size:
+                raise InvalidArgument(
+                    f"node {node.id!r} of execution {parent.execution_id} has {size} item(s): "
+                    f"item must be below {size}, got {item}",
+                    {"field": "item"},
+                )
 
     @staticmethod
     def _ended_document(

@@ -102,6 +102,18 @@ def fold_nodes(order: Sequence[str], events: Iterable[JSONObject]) -> dict[str, 
     return nodes
 
 
+def foreach_size(events: Iterable[JSONObject], node_id: str) -> int | None:
+    """How many items a foreach node's last start counted; None before it started."""
+    size: int | None = None
+    for event in events:
+        if event.get("type") == "node.started" and event.get("node_id") == node_id:
+            data = event.get("data")
+            items = data.get("items") if isinstance(data, dict) else None
+            if isinstance(items, int) and not isinstance(items, bool):
+                size = items
+    return size
+
+
 def nodes_done(nodes: Mapping[str, JSONObject]) -> int:
     return sum(1 for node in nodes.values() if node["status"] in NODE_TERMINAL)
 

@@ -416,6 +416,72 @@ async def test_execute_sub_workflow_and_status_over_grpc(subs: Cluster) -> None:
         )
 
 
+NAPPING_FAN = """
+id: napping-fan
+version: 1.0.0
+nodes:
+  - id: items
+    lua: return { list = { "a", "b" } }
+  - id: pause
+    depends_on: [items]
+    sleep: 1500ms
+  - id: each
+    depends_on: [pause]
+    foreach: "{{ results.items.list }}"
+    workflow: {id: lvl3, version: "^1"}
+"""
+
+
+async def test_execute_sub_workflow_item_must_be_one_the_foreach_has(subs: Cluster) -> None:
+    url = subs.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, LONG)
+        await register(http, url, NAPPING_FAN)
+        parent_id = await start(http, url, "napping-fan")
+    auth = (("authorization", "Bearer s3cret"),)
+
+    def asking(item: int) -> pb.ExecuteSubWorkflowRequest:
+        return pb.ExecuteSubWorkflowRequest(
+            parent_execution_id=parent_id, node_id="each", item=item, attempt=1, workflow_id="lvl3"
+        )
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{subs.orchestrator.grpc_port}") as channel:
+        stub = pb_grpc.OrchestratorStub(channel)
+        # before the node starts, its items are not known
+        with pytest.raises(grpc.aio.AioRpcError) as early:
+            await stub.ExecuteSubWorkflow(asking(0), metadata=auth)
+        assert early.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"node 'each' of execution {parent_id} has not started" in (
+            early.value.details() or ""
+        )
+        async with aiohttp.ClientSession() as http:
+            doc = await wait_for(
+                "both children",
+                lambda: _with_children(http, url, parent_id, 2),
+            )
+        for item in (2, 7):
+            with pytest.raises(grpc.aio.AioRpcError) as past:
+                await stub.ExecuteSubWorkflow(asking(item), metadata=auth)
+            assert past.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (past.value.details() or "") == (
+                f"node 'each' of execution {parent_id} has 2 item(s): "
+                f"item must be below 2, got {item}"
+            )
+        # an item it has finds the child the engine asked for
+        again = await stub.ExecuteSubWorkflow(asking(1), metadata=auth)
+        assert again.execution_id in doc["children"]
+        got = await stub.GetExecution(pb.GetExecutionRequest(execution_id=parent_id))
+        assert sorted(got.children) == sorted(doc["children"])
+        await stub.CancelExecution(
+            pb.CancelExecutionRequest(execution_id=parent_id, reason="done"), metadata=auth
+        )
+
+
+async def _with_children(http: aiohttp.ClientSession, url: str, eid: str, n: int) -> Any:
+    doc = await execution(http, url, eid)
+    return doc if len(doc["children"]) == n else None
+
+
 SLOW_CHILD = """
 id: slow-kid
 version: 1.0.0
