@@ -1192,17 +1192,31 @@ class Store:
         def write(conn: sqlite3.Connection) -> list[StoredTrigger]:
             keep = [t.id for t in triggers]
             marks = ",".join("?" * len(keep))
+            leaving = f" AND id NOT IN ({marks})" if keep else ""
+            # a trigger that goes takes its history along: a later one of the same id starts
+            # afresh, as one made through the API after a delete does
             conn.execute(
-                "DELETE FROM triggers WHERE workflow_id = ? AND source = 'spec'"
-                + (f" AND id NOT IN ({marks})" if keep else ""),
+                "DELETE FROM trigger_fires WHERE trigger_id IN (SELECT id FROM triggers"
+                " WHERE workflow_id = ? AND source = 'spec'" + leaving + ")",
+                (workflow_id, *keep),
+            )
+            conn.execute(
+                "DELETE FROM triggers WHERE workflow_id = ? AND source = 'spec'" + leaving,
                 (workflow_id, *keep),
             )
             for t in triggers:
+                # a changed schedule (or zone) starts from now: slots of the new one that came
+                # before it was registered are not this trigger's to catch up after a restart
                 conn.execute(
                     "INSERT INTO triggers (id, workflow_id, kind, source, version, config,"
                     " paused, since, created_at) VALUES (?, ?, ?, 'spec', ?, ?, 0, ?, ?)"
                     " ON CONFLICT (id) DO UPDATE SET version = excluded.version,"
-                    " config = excluded.config, kind = excluded.kind",
+                    " config = excluded.config, kind = excluded.kind,"
+                    " since = CASE WHEN json_extract(config, '$.cron')"
+                    " IS json_extract(excluded.config, '$.cron')"
+                    " AND json_extract(config, '$.timezone')"
+                    " IS json_extract(excluded.config, '$.timezone')"
+                    " THEN since ELSE MAX(since, excluded.since) END",
                     (
                         t.id,
                         workflow_id,

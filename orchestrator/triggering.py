@@ -26,6 +26,7 @@ import re
 import secrets
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, Final, Protocol, cast
 
@@ -454,13 +455,18 @@ def _short_hash(*parts: str) -> str:
 def spec_trigger_rows(spec: WorkflowSpec, now: float) -> list[StoredTrigger]:
     """The triggers a spec declares, as rows. Ids are stable across versions: a named cron
     trigger is ``<workflow>:<name>``, others are keyed by their schedule and zone (cron) or
-    path (http), so a new version that keeps a schedule keeps its history and paused state."""
+    path (http), so a new version that keeps a schedule keeps its history and paused state.
+    Unnamed cron triggers sharing a schedule and zone are told apart by the rest of their
+    settings, never by their place: removing one must not hand its id, history and paused
+    state to another."""
+    schedules = Counter(
+        (t.cron, t.timezone) for t in spec.triggers if isinstance(t, CronSpec) and not t.id
+    )
     rows: list[StoredTrigger] = []
     taken: set[str] = set()
     for t in spec.triggers:
         config: JSONObject
         if isinstance(t, CronSpec):
-            key = t.id or f"cron-{_short_hash(t.cron, t.timezone)}"
             kind = "cron"
             config = {
                 "cron": t.cron,
@@ -469,6 +475,9 @@ def spec_trigger_rows(spec: WorkflowSpec, now: float) -> list[StoredTrigger]:
                 "catchup": t.catchup,
                 "inputs": t.inputs,
             }
+            key = t.id or f"cron-{_short_hash(t.cron, t.timezone)}"
+            if not t.id and schedules[t.cron, t.timezone] > 1:
+                key += f"-{_short_hash(_canon(config))}"
         else:
             assert isinstance(t, HttpSpec)
             key, kind = f"http-{_short_hash(t.path)}", "http"
@@ -480,7 +489,7 @@ def spec_trigger_rows(spec: WorkflowSpec, now: float) -> list[StoredTrigger]:
             }
         tid = f"{spec.id}:{key}"
         n = 2
-        while tid in taken:
+        while tid in taken:  # the very same trigger twice: either may have either id
             tid, n = f"{spec.id}:{key}-{n}", n + 1
         taken.add(tid)
         rows.append(

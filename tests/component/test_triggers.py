@@ -409,6 +409,74 @@ async def test_a_new_version_replaces_the_spec_triggers(world: World) -> None:
     assert new["id"] != old and new["cron"] == "0 * * * *" and new["paused"] is False
 
 
+async def test_a_changed_schedule_does_not_catch_up_its_slots_from_before_the_change(
+    world: World,
+) -> None:
+    triggers = await world.triggers()
+    daily = spec(cron="0 0 * * *", id="nightly", overlap="allow", catchup="all")
+    await world.orch.register(daily, yaml=False, force=False)
+    midnight = T0 + 12 * 3600
+    world.clock.now = midnight + 0.01
+    assert await triggers.tick() == 1
+    world.clock.now = midnight + 10 * 3600 + 30  # 10:00:30: hourly from now on
+    hourly = spec("1.1.0", cron="0 * * * *", id="nightly", overlap="allow", catchup="all")
+    await world.orch.register(hourly, yaml=False, force=False)
+    await triggers.stop()
+    await world.restart()
+    world.clock.now = midnight + 10 * 3600 + 300  # back at 10:05: no hourly slot passed
+    world.events.clear()
+    triggers = await world.triggers()
+    fired = [r["inputs"]["_trigger"]["scheduled_time"] for r in await world.executions()]
+    assert fired == [iso(midnight)]  # not 01:00 to 10:00 of a schedule that did not exist
+    assert "trigger.missed" not in world.types()
+    assert triggers.listing()[0]["next_fire_times"][0] == iso(midnight + 11 * 3600)
+
+
+async def test_a_spec_trigger_that_goes_takes_its_history_along(world: World) -> None:
+    triggers = await world.triggers()
+    await world.orch.register(spec(cron="*/5 * * * *"), yaml=False, force=False)
+    tid = triggers.listing()[0]["id"]
+    world.clock.now = T0 + 300
+    assert await triggers.tick() == 1
+    await world.orch.register(spec("1.1.0", cron="0 * * * *"), yaml=False, force=False)
+    await world.orch.register(spec("1.2.0", cron="*/5 * * * *"), yaml=False, force=False)
+    assert triggers.listing()[0]["id"] == tid
+    assert await triggers.history(tid) == []  # the 12:05 fire went with the trigger
+    world.clock.now = T0 + 600
+    assert await triggers.tick() == 1
+    [fired] = await triggers.history(tid)
+    # the 12:05 run is still queued, but it is not this trigger's: its slot fires
+    assert fired["outcome"] == "fired" and fired["scheduled_time"] == iso(T0 + 600)
+
+
+def two_same_schedule(version: str, *sources: str) -> str:
+    triggers = [{"cron": "*/5 * * * *", "inputs": {"source": s}} for s in sources]
+    return json.dumps(
+        {
+            "id": "wf",
+            "version": version,
+            "triggers": triggers,
+            "nodes": [{"id": "a", "sleep": "0s"}],
+        }
+    )
+
+
+async def test_triggers_sharing_a_schedule_keep_their_own_ids(world: World) -> None:
+    triggers = await world.triggers()
+    await world.orch.register(two_same_schedule("1.0.0", "A", "B"), yaml=False, force=False)
+    ids = {t["inputs"]["source"]: t["id"] for t in triggers.listing()}
+    assert len(set(ids.values())) == 2
+    await triggers.pause(ids["A"])
+    # A goes: B keeps its own id and state, and does not take A's pause
+    await world.orch.register(two_same_schedule("1.1.0", "C", "B"), yaml=False, force=False)
+    listed = {t["inputs"]["source"]: (t["id"], t["paused"]) for t in triggers.listing()}
+    assert listed["B"] == (ids["B"], False)
+    assert listed["C"][0] not in ids.values() and listed["C"][1] is False
+    world.clock.now = T0 + 300
+    assert await triggers.tick() == 2
+    assert sorted(r["inputs"]["source"] for r in await world.executions()) == ["B", "C"]
+
+
 async def test_http_paths_belong_to_one_workflow(world: World) -> None:
     triggers = await world.triggers()
     hook = {"id": "a", "version": "1.0.0", "nodes": [{"id": "n", "sleep": "0s"}]}
