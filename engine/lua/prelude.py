@@ -1102,17 +1102,20 @@ local function run(fn, source, expression, instructions, output_limit, inputs, .
   metered = true
   local ok, mark, status, payload = co_resume(co)
   metered = false
-  if not ok or mark ~= DONE then runner_co = nil end
+  -- mark may be anything a script yields from its top level: compared raw, as its __eq
+  -- would run here, outside the hook, and could pass for DONE (its coroutine then parked in
+  -- this runtime, to answer for the next run whoever's it is)
+  if not ok or not rawequal(mark, DONE) then runner_co = nil end
   if tripped then
     status, payload = "limit", tripped
   elseif not ok then
-    if mark == MEMORY_ERROR then
+    if rawequal(mark, MEMORY_ERROR) then
       status, payload = "limit", "memory"
     else  -- the script's errors are handled inside; this is the sandbox failing
       status, payload = "error", type(mark) == "string" and valid_utf8(mark)
         or "the script's coroutine failed"
     end
-  elseif mark ~= DONE then
+  elseif not rawequal(mark, DONE) then
     status, payload = "error", "attempt to yield from outside a coroutine"
   end
   local log_json = nil

@@ -451,6 +451,36 @@ def test_yield_at_the_top_level_is_an_error(sandbox: LuaSandbox) -> None:
     assert value(run(sandbox, "return 'next run'")) == "next run"
 
 
+def test_a_yield_that_claims_equality_is_still_an_error_and_takes_nothing_along() -> None:
+    sandbox = LuaSandbox(LIMITS)  # its own: the attacker's runtime is the one reused next
+    claims = "setmetatable({}, {__eq = function() return true end})"
+    attack = f"""
+        local fake = {claims}
+        coroutine.yield(fake, "ok", '{{"who": "attacker"}}')
+        while true do coroutine.yield(fake, "ok", '{{"forged": true}}') end
+    """
+    assert failure(run(sandbox, attack)) == ("attempt to yield from outside a coroutine", None)
+    # the next run, whoever's, is its own: not the attacker's parked coroutine
+    secret = run(sandbox, "return { n = #results.vault.pw }", results={"vault": {"pw": "abc"}})
+    assert value(secret) == {"n": 3}
+    assert value(run(sandbox, "return { total = 42 }")) == {"total": 42}
+
+
+def test_a_yield_whose_eq_never_returns_ends_at_once() -> None:
+    sandbox = LuaSandbox(LIMITS)
+    looping = "setmetatable({}, {__eq = function() while true do end end})"
+    got: list[LuaOutcome] = []
+    # on a thread of its own: its __eq, run outside the hook, would never give the thread back
+    worker = threading.Thread(
+        target=lambda: got.append(run(sandbox, f"coroutine.yield({looping})")), daemon=True
+    )
+    worker.start()
+    worker.join(20)
+    assert got, "the run did not come back"
+    assert failure(got[0]) == ("attempt to yield from outside a coroutine", None)
+    assert value(run(sandbox, "return 1")) == 1
+
+
 # -- syntax check ----------------------------------------------------------------------------
 
 
