@@ -940,11 +940,21 @@ local BASE = {
 local ENV_MT = {__index = BASE, __metatable = false}
 
 local missing = nil  -- names the results lookup said are not ancestors, this run
+-- results read this run, by name, where the script cannot clear them: each is converted, and
+-- its size added to the run's memory limit, once (a script that cleared its results table
+-- and read again raised that limit without end)
+local fetched = nil
 
 local RESULTS_MT = {
   __metatable = false,
   __index = function(t, name)
     if type(name) ~= "string" or (missing and missing[name]) then return nil end
+    local seen = fetched and fetched[name]
+    if seen ~= nil then
+      rawset(t, name, seen)
+      return seen
+    end
+    if not utf8len(name) then return nil end  -- no node is named so
     local was = metered
     metered = false
     -- Python converts with the memory limit lifted (a failed allocation outside a protected
@@ -963,6 +973,8 @@ local RESULTS_MT = {
       missing[name] = true
       return nil
     end
+    fetched = fetched or {}
+    fetched[name] = value
     rawset(t, name, value)
     return value
   end,
@@ -1078,7 +1090,7 @@ end
 -- building those tables from Python.
 local function run(fn, source, expression, instructions, output_limit, inputs, ...)
   tripped, metered, ticks, missing, error_line = nil, false, 0, nil, nil
-  pattern_refusal = nil
+  pattern_refusal, fetched = nil, nil
   chunk_source = source
   budget = instructions
   step = instructions < HOOK_COUNT and instructions or HOOK_COUNT
@@ -1125,7 +1137,7 @@ end
 
 -- After Lua raised into Python (out of memory outside the script's coroutine).
 local function reset()
-  tripped, metered, missing = nil, false, nil
+  tripped, metered, missing, fetched = nil, false, nil, nil
   logs, nlogs, dropped, log_bytes = {}, 0, 0, 0
 end
 

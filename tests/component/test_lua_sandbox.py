@@ -287,6 +287,27 @@ def test_results_are_not_charged_to_the_script() -> None:
     assert value(outcome) == 20_000
 
 
+def test_reading_a_result_again_does_not_raise_the_memory_limit() -> None:
+    sandbox = LuaSandbox(LuaLimits(memory=1024 * 1024))
+    big: JSON = {"rows": list(range(20_000))}
+    # each fresh read of a result used to lift the limit by its size: clear, read, repeat
+    code = """
+        for i = 1, 200 do local _ = results.big; rawset(results, "big", nil) end
+        local hold = {}
+        for i = 1, 40 do hold[i] = string.rep(string.char(64 + i), 100000) end
+        return #hold
+    """
+    assert sandbox.run(task(code, results={"big": big})).error == (
+        "memory limit of 1048576 bytes exceeded"
+    )
+    cleared = "local a = results.big.rows; rawset(results, 'big', nil); return #results.big.rows"
+    assert value(sandbox.run(task(cleared, results={"big": big}))) == 20_000
+
+
+def test_a_result_name_no_node_can_have_reads_as_nil(sandbox: LuaSandbox) -> None:
+    assert value(run(sandbox, "return results['\\255'] == nil")) is True
+
+
 def test_limits_need_room_to_run() -> None:
     with pytest.raises(ValueError, match="at least 65536 bytes"):
         LuaLimits(memory=1000)
