@@ -226,12 +226,20 @@ class Orchestrator:
         fire: TriggerFire | None = None,
         brief: bool = False,
         default_version: str | None = None,
+        by_trigger: bool = False,
     ) -> tuple[JSONObject, bool]:
         """``fire``: the cron slot this run is for, stored with it (``SlotTaken`` if decided).
         ``brief``: a run that ends while waited for is answered from its final event (id,
         status, outputs, error, times; no nodes) instead of being read back whole.
         ``default_version``: the range to run when the caller named none (a trigger's); an
-        idempotency key stands for what the caller sent, so it is not part of that."""
+        idempotency key stands for what the caller sent, so it is not part of that.
+        ``by_trigger``: the inputs' ``_trigger`` is a trigger's own; from anyone else it is
+        refused (the inputs schema does not look at it, so it would carry anything)."""
+        if not by_trigger and isinstance(inputs, dict) and TRIGGER_KEY in inputs:
+            raise InvalidArgument(
+                f"inputs.{TRIGGER_KEY} is set by triggers: a caller may not send it",
+                {"field": f"inputs.{TRIGGER_KEY}"},
+            )
         if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
             # every API's limit (HTTP checks its header the same way first)
             raise InvalidArgument(

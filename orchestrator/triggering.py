@@ -38,8 +38,13 @@ from engine.core.spec import CronTrigger as CronSpec
 from engine.core.spec import HttpTrigger as HttpSpec
 from engine.core.spec import WorkflowSpec
 from engine.core.values import JSON, JSONObject
-from engine.inputs import check_inputs
-from orchestrator.errors import NotFound, OrchestratorError, StoreUnavailable
+from engine.inputs import TRIGGER_KEY, check_inputs
+from orchestrator.errors import (
+    InvalidArgument,
+    NotFound,
+    OrchestratorError,
+    StoreUnavailable,
+)
 from orchestrator.schedule import (
     Catchup,
     Overlap,
@@ -142,6 +147,7 @@ class Host(Protocol):
         fire: TriggerFire | None = None,
         brief: bool = False,
         default_version: str | None = None,
+        by_trigger: bool = False,
     ) -> tuple[JSONObject, bool]: ...
     async def cancel(self, execution_id: str, reason: str) -> JSONObject: ...
     def publish(self, events: list[JSONObject]) -> None: ...
@@ -748,6 +754,11 @@ class Triggers:
         inputs = body.get("inputs", {})
         if not isinstance(inputs, dict):
             raise InvalidTrigger("inputs must be a JSON object", {"field": "inputs"})
+        if TRIGGER_KEY in inputs:
+            raise InvalidTrigger(
+                f"inputs.{TRIGGER_KEY} is set by the trigger as it fires: leave it out",
+                {"field": f"inputs.{TRIGGER_KEY}"},
+            )
         # what every slot would be refused for is refused once, now (422 like a trigger's)
         check_inputs(spec, inputs)
         paused = body.get("paused", False)
@@ -839,6 +850,12 @@ class Triggers:
         if trigger.paused:
             raise TriggerPaused(f"the trigger on {trigger.path} is paused", {"trigger": trigger.id})
         now = self.clock()
+        if isinstance(inputs, dict) and TRIGGER_KEY in inputs:
+            # the same word whether the hook adds its own or passes the body on as it came
+            raise InvalidArgument(
+                f"inputs.{TRIGGER_KEY} is set by triggers: a caller may not send it",
+                {"field": f"inputs.{TRIGGER_KEY}"},
+            )
         if isinstance(inputs, dict) and not trigger.raw_body:
             inputs = {
                 **inputs,
@@ -857,6 +874,7 @@ class Triggers:
             idempotency_key=idempotency_key,
             wait=wait,
             brief=True,
+            by_trigger=True,
         )
         if created:
             self._publish(
@@ -1009,6 +1027,7 @@ class Triggers:
                 idempotency_key=None,
                 wait=None,
                 fire=fire,
+                by_trigger=True,
             )
         except SlotTaken:
             trigger.last_slot = slot  # decided before (by a previous process): never again

@@ -282,6 +282,47 @@ async def test_bearer_hook_idempotency_and_refusals(hooks_cluster: Cluster) -> N
             assert (await resp.json())["error"]["code"] == "not_found"
 
 
+async def test_only_a_trigger_sets_trigger_inputs(hooks_cluster: Cluster) -> None:
+    """``_trigger`` says what started a run, and the inputs schema does not look at it: a
+    caller that sent one would pass for cron, with anything at all in it."""
+    url = hooks_cluster.url
+    forged = {"action": "push", "_trigger": {"type": "cron", "scheduled_time": "1999-01-01"}}
+    message = "inputs._trigger is set by triggers: a caller may not send it"
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, HOOKED)
+        before = len((await get(http, f"{url}/api/v1/executions?workflow=hooked"))["executions"])
+        body = json.dumps({"inputs": forged}).encode()
+        raw = json.dumps(forged).encode()
+        signed = "sha256=" + hmac.new(HOOK_SECRET.encode(), raw, hashlib.sha256).hexdigest()
+        for path, sent, headers in (
+            ("/trigger/hooked", body, TOKEN),
+            ("/hooks/bearer", body, {"Authorization": f"Bearer {HOOK_TOKEN}"}),
+            ("/hooks/signed", raw, {"X-Signature-256": signed}),
+        ):
+            status, answer = await post(http, f"{url}{path}", sent, **headers)
+            assert (status, answer["error"]["message"]) == (400, message), (path, answer)
+            assert answer["error"]["details"] == {"field": "inputs._trigger"}
+        status, answer = await post(
+            http,
+            f"{url}/api/v1/triggers",
+            json.dumps({"workflow_id": "hooked", "cron": "@daily", "inputs": forged}).encode(),
+            **TOKEN,
+        )
+        assert status == 400 and "inputs._trigger is set by the trigger" in str(answer), answer
+        after = len((await get(http, f"{url}/api/v1/executions?workflow=hooked"))["executions"])
+        assert after == before
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{hooks_cluster.orchestrator.grpc_port}"
+    ) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await pb_grpc.OrchestratorStub(channel).ExecuteWorkflow(
+                pb.ExecuteWorkflowRequest(workflow_id="hooked", inputs_json=json.dumps(forged)),
+                metadata=(("authorization", "Bearer s3cret"),),
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == message
+
+
 async def test_sigkill_and_restart_fire_no_slot_twice_and_catch_up(
     start_cluster: StartCluster, tmp_path: Path
 ) -> None:
