@@ -827,13 +827,46 @@ end
 -- itself loses dump and gets the guarded pattern functions, and the metatable is locked.
 ---------------------------------------------------------------------------------------------
 
--- C loops the hook never interrupts, and which allocate nothing a memory limit would catch:
--- an empty string repeated 10^18 times, or a million-fold element shift.
+-- C loops the hook never interrupts. A plain table's run over elements that are not there
+-- allocates nothing a memory limit would catch (an empty string repeated 10^18 times, a
+-- trillion-element move), and a table with metamethods makes every element a walk of up to
+-- 2,000 __index tables in C, or answers #t once small and then huge. So counts are taken as C
+-- would take them (numeric strings too), a __len is asked once, spans of millions are refused,
+-- and a table with __index, __newindex or __len is walked here, in Lua, where the hook counts.
 local MAX_SPAN = 1 << 24
+local tointeger, maxinteger = math.tointeger, math.maxinteger
+local t_move, t_insert, t_remove = table.move, table.insert, table.remove
+
+-- an integer argument as luaL_checkinteger reads it, or nil (then C refuses it, before looping)
+local function as_integer(x)
+  local tx = type(x)
+  if tx == "number" then return tointeger(x) end
+  if tx == "string" then return tointeger(tonumber(x)) end
+  return nil
+end
+
+-- no metamethod C's loops would call, so they run on what the table really holds
+local function plain(t)
+  local mt = rawgetmetatable(t)
+  return mt == nil or (rawget(mt, "__index") == nil and rawget(mt, "__newindex") == nil
+    and rawget(mt, "__len") == nil)
+end
+
+local function length_of(t)
+  local n = as_integer(#t)
+  if n == nil then error("object length is not an integer", 3) end
+  return n
+end
+
+local function span_refused(what, count)
+  -- count is an integer, one past math.maxinteger when it wrapped
+  local shown = count < 0 and format("%d", maxinteger) .. "+" or format("%d", count)
+  error(format("%s over %s elements: at most %d at once", what, shown, MAX_SPAN), 3)
+end
 
 local function sandbox_rep(s, n, sep)
   local ts, tsep = type(s), type(sep)
-  if type(n) == "number" and (ts == "string" or ts == "number")
+  if as_integer(n) ~= nil and (ts == "string" or ts == "number")
       and (sep == nil or tsep == "string" or tsep == "number")
       and #tostring(s) == 0 and (sep == nil or #tostring(sep) == 0) then
     return ""  -- nothing repeated any number of times
@@ -841,40 +874,114 @@ local function sandbox_rep(s, n, sep)
   return rep(s, n, sep)
 end
 
-local function span_refused(what, count)
-  error(format("%s over %.0f elements: at most %d at once", what, count, MAX_SPAN), 3)
-end
-
-local t_move, t_insert, t_remove = table.move, table.insert, table.remove
-
 local function sandbox_move(a1, f, e, t, a2)
-  if type(f) == "number" and type(e) == "number" and e - f >= MAX_SPAN then
-    span_refused("table.move", e - f + 1)
+  local fi, ei, ti = as_integer(f), as_integer(e), as_integer(t)
+  local dest = a2
+  if dest == nil then dest = a1 end
+  if fi == nil or ei == nil or ti == nil or type(dest) ~= "table"
+      or (type(a1) ~= "table" and type(a1) ~= "string") then
+    return t_move(a1, f, e, t, a2)  -- refused by C before any element moves
   end
-  return t_move(a1, f, e, t, a2)
+  if ei < fi then return dest end
+  if fi <= 0 and ei >= maxinteger + fi then
+    error("bad argument #3 to 'move' (too many elements to move)", 2)
+  end
+  local n = ei - fi
+  if n >= MAX_SPAN then span_refused("table.move", n + 1) end
+  if ti > maxinteger - n then error("bad argument #4 to 'move' (destination wrap around)", 2) end
+  if (type(a1) ~= "table" or plain(a1)) and plain(dest) then
+    return t_move(a1, fi, ei, ti, a2)
+  end
+  if ti > ei or ti <= fi or (a2 ~= nil and a1 ~= dest) then
+    for i = 0, n do dest[ti + i] = a1[fi + i] end
+  else
+    for i = n, 0, -1 do dest[ti + i] = a1[fi + i] end
+  end
+  return dest
 end
 
--- insert and remove at a position shift everything after it (#t may be a __len's answer)
+-- insert and remove at a position shift everything after it
 local function sandbox_insert(t, ...)
-  if select("#", ...) >= 2 and type(t) == "table" then
-    local pos = ...
-    local n = #t
-    if type(pos) == "number" and type(n) == "number" and n - pos >= MAX_SPAN then
-      span_refused("table.insert", n - pos + 1)
-    end
-  end
-  return t_insert(t, ...)
+  local nargs = select("#", ...)
+  if nargs ~= 2 or type(t) ~= "table" then return t_insert(t, ...) end  -- no shift, or refused
+  local pos, v = ...
+  local p = as_integer(pos)
+  if p == nil then return t_insert(t, pos, v) end
+  local n = length_of(t)
+  if n - p >= MAX_SPAN then span_refused("table.insert", n - p + 1) end
+  if plain(t) then return t_insert(t, p, v) end
+  if p < 1 or p > n + 1 then error("bad argument #2 to 'insert' (position out of bounds)", 2) end
+  for i = n + 1, p + 1, -1 do t[i] = t[i - 1] end
+  t[p] = v
 end
 
 local function sandbox_remove(t, pos)
-  if pos ~= nil and type(t) == "table" then
-    local n = #t
-    if type(pos) == "number" and type(n) == "number" and n - pos >= MAX_SPAN then
-      span_refused("table.remove", n - pos)
-    end
+  if type(t) ~= "table" then return t_remove(t, pos) end
+  local n = length_of(t)
+  local p = n
+  if pos ~= nil then
+    p = as_integer(pos)
+    if p == nil then return t_remove(t, pos) end
   end
-  if pos == nil then return t_remove(t) end
-  return t_remove(t, pos)
+  if n - p >= MAX_SPAN then span_refused("table.remove", n - p) end
+  if plain(t) then return t_remove(t, p) end
+  if p ~= n and (p < 1 or p > n + 1) then
+    error("bad argument #2 to 'remove' (position out of bounds)", 2)
+  end
+  local v = t[p]
+  while p < n do
+    t[p] = t[p + 1]
+    p = p + 1
+  end
+  t[p] = nil
+  return v
+end
+
+local function sandbox_concat(t, sep, i, j)
+  if type(t) ~= "table" or plain(t) then return concat(t, sep, i, j) end
+  local n = length_of(t)
+  local first, last = 1, n
+  if i ~= nil then first = as_integer(i) end
+  if j ~= nil then last = as_integer(j) end
+  if first == nil or last == nil then return concat({}, sep, i, j) end  -- C's refusal
+  local parts = {}
+  for k = first, last do
+    local v = t[k]
+    local tv = type(v)
+    if tv ~= "string" and tv ~= "number" then
+      error(format("invalid value (at index %d) in table for 'concat'", k), 2)
+    end
+    parts[#parts + 1] = v
+  end
+  return concat(parts, sep)
+end
+
+local function sandbox_unpack(t, i, j)
+  if type(t) ~= "table" or plain(t) then return unpack(t, i, j) end
+  local first = 1
+  if i ~= nil then first = as_integer(i) end
+  if first == nil then return unpack({}, i, j) end  -- C's refusal
+  local last
+  if j == nil then last = length_of(t) else last = as_integer(j) end
+  if last == nil then return unpack({}, i, j) end
+  if first > last then return end
+  local count = last - first
+  if count < 0 or count >= 1000000 then return unpack({}, first, last) end  -- too many results
+  local items = {}
+  for k = 0, count do items[k + 1] = t[first + k] end
+  return unpack(items, 1, count + 1)
+end
+
+local function sandbox_sort(t, comp)
+  if type(t) ~= "table" or plain(t) then return sort(t, comp) end
+  local n = length_of(t)
+  if n <= 1 then return end
+  if n >= 0x7fffffff then error("bad argument #1 to 'sort' (array too big)", 2) end
+  if comp ~= nil and type(comp) ~= "function" then return sort({1, 2}, comp) end  -- C's refusal
+  local items = {}
+  for k = 1, n do items[k] = t[k] end
+  sort(items, comp)
+  for k = 1, n do t[k] = items[k] end
 end
 
 string.dump = nil
@@ -901,6 +1008,7 @@ end
 
 local table_lib = copy(table)
 table_lib.move, table_lib.insert, table_lib.remove = sandbox_move, sandbox_insert, sandbox_remove
+table_lib.concat, table_lib.unpack, table_lib.sort = sandbox_concat, sandbox_unpack, sandbox_sort
 
 local coroutine_lib = copy(coroutine)
 coroutine_lib.create = sandbox_create
@@ -935,7 +1043,7 @@ local BASE = {
   rawset = sandbox_rawset,
   setmetatable = sandbox_setmetatable,
   getmetatable = getmetatable,
-  unpack = unpack,
+  unpack = sandbox_unpack,
 }
 local ENV_MT = {__index = BASE, __metatable = false}
 

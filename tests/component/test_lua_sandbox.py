@@ -930,7 +930,7 @@ def test_repeats_and_shifts_that_cost_nothing_are_fine(
         ),
         (
             "local t = setmetatable({}, {__len = function() return 2^62 end}) table.remove(t, 1)",
-            "table.remove over 4611686018427387904 elements",
+            "table.remove over 4611686018427387903 elements",
         ),
     ],
 )
@@ -941,6 +941,116 @@ def test_a_shift_of_millions_of_elements_is_refused_not_run(
     error, line = failure(run(sandbox, code))
     assert time.perf_counter() - started < 0.5
     assert error == f"{refusal}: at most 16777216 at once" and line == 1
+
+
+def in_time(sandbox: LuaSandbox, code: str, seconds: float = 20) -> LuaOutcome:
+    """The outcome of a run on a thread of its own: a C loop the hook never sees would keep
+    it for good, and this test would fail instead of hanging."""
+    got: list[LuaOutcome] = []
+    worker = threading.Thread(target=lambda: got.append(sandbox.run(task(code))), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert got, f"the run did not come back within {seconds} s: {code}"
+    return got[0]
+
+
+@pytest.mark.parametrize(
+    ("code", "refusal"),
+    [
+        # counts given as numeric strings, which C takes as numbers
+        ('table.move({}, "1", "1000000000000", 1)', "table.move over 1000000000000 elements"),
+        (
+            "local t = setmetatable({}, {__len = function() return math.maxinteger end})"
+            ' table.remove(t, "1")',
+            "table.remove over 9223372036854775806 elements",
+        ),
+    ],
+)
+def test_counts_as_numeric_strings_are_held_to_the_span(code: str, refusal: str) -> None:
+    error, line = failure(in_time(LuaSandbox(LIMITS), code))
+    assert error == f"{refusal}: at most 16777216 at once" and line == 1
+
+
+def test_an_empty_string_repeated_a_numeric_string_of_times_is_empty(sandbox: LuaSandbox) -> None:
+    assert value(in_time(sandbox, 'return #string.rep("", "1e18") + #(""):rep("1e18", "")')) == 0
+
+
+def test_a_length_that_changes_between_reads_is_read_once() -> None:
+    code = """
+        local calls = 0
+        local t = setmetatable({}, {__len = function()
+          calls = calls + 1
+          return calls == 1 and 1 or 1 << 40
+        end})
+        rawset(t, 1, "a")
+        table.insert(t, 1, "b")
+        return { calls = calls, first = rawget(t, 1), second = rawget(t, 2) }
+    """
+    assert value(in_time(LuaSandbox(LIMITS), code)) == {"calls": 1, "first": "b", "second": "a"}
+
+
+CHAIN = """
+    local chained = {}
+    for i = 1, 200000 do chained[i] = "x" end
+    for i = 1, 1500 do chained = setmetatable({}, {__index = chained}) end
+"""
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "table.move(chained, 1, 10000000, 1, {})",
+        "table.move({}, 1, 10000000, 1, chained)",
+        "table.concat(setmetatable({}, {__index = chained, __len = function() return 200000"
+        " end}))",
+        "table.unpack(chained, 1, 200000)",
+        "local p = setmetatable({}, {__index = chained, __len = function() return 200000"
+        " end}) table.sort(p)",
+    ],
+)
+def test_table_calls_walking_metamethods_are_held_to_the_time(call: str) -> None:
+    # in C each element walks 1,500 __index tables (or calls a function) unseen by the hook:
+    # minutes; walked in Lua, the hook stops it on time
+    sandbox = LuaSandbox(LuaLimits(wall_time=0.3))
+    started = time.monotonic()
+    outcome = in_time(sandbox, CHAIN + call)
+    assert outcome.limit in ("wall_time", "instructions"), outcome
+    assert time.monotonic() - started < 5
+    assert value(sandbox.run(task("return 1"))) == 1
+
+
+def test_table_calls_on_tables_with_metamethods_do_what_c_does(sandbox: LuaSandbox) -> None:
+    code = """
+        local function proxy(items)
+          return setmetatable({}, {__index = items, __len = function() return #items end})
+        end
+        local sorted = proxy({3, 1, 2})
+        table.sort(sorted, function(a, b) return a > b end)
+        local moved = table.move(proxy({"a", "b", "c"}), 2, 3, 1, {})
+        local shifted = proxy({"x", "y"})
+        table.insert(shifted, 1, "w")
+        local removed = table.remove(shifted, 1)
+        return {
+          concat = table.concat(proxy({"a", 1, "c"}), "-", 2),
+          unpacked = {table.unpack(proxy({"p", "q", "r"}), 2)},
+          sorted = {rawget(sorted, 1), rawget(sorted, 2), rawget(sorted, 3)},
+          moved = moved,
+          removed = removed,
+          shifted = {shifted[1], shifted[2]},
+          bad = select(2, pcall(table.concat, proxy({"a", {}}))),
+          plain = table.concat({"a", "b", "c"}, "", "2", "3"),
+        }
+    """
+    assert value(run(sandbox, code)) == {
+        "concat": "1-c",
+        "unpacked": ["q", "r"],
+        "sorted": [3, 2, 1],
+        "moved": ["b", "c"],
+        "removed": "w",
+        "shifted": ["x", "y"],
+        "bad": "invalid value (at index 2) in table for 'concat'",
+        "plain": "bc",
+    }
 
 
 def test_a_tree_of_short_coroutines_is_metered() -> None:
