@@ -38,13 +38,27 @@ empty queue the outcomes go back at once."""
 INLINE_LIMITS: Final = {
     "instructions": 20_000,
     "wall_time": 0.005,
-    "memory": 4 * 1024 * 1024,
+    "memory": 256 * 1024,
     "pattern_budget": 10**5,
 }
 """What a script may spend when it runs on the caller's thread (``run_inline``): a tenth of a
 millisecond of Lua or so, where a trivial node takes a few hundred instructions. The C calls a
 script can make are bounded by these too (allocation by ``memory``, matching by
-``pattern_budget``), so the event loop is held for a moment at most."""
+``pattern_budget``), and the inline sandbox looks at the clock at every firing of the hook
+(every 1,000 instructions, which a trivial node never reaches). The worst instruction grows
+with the strings it works on (comparing two of zeros costs about 7 ms per MiB), hence a small
+``memory``: a thousand of the worst hold the event loop under two seconds, once per chunk."""
+
+_STUCK_GRACE: Final = 2.0
+"""Seconds past its time, or past its cancel, after which a worker still in one run is given
+up. One C call the hook never sees (comparing huge strings, sorting them) can hold a thread
+for minutes: its run fails, a new worker takes its place, and the old thread ends when the call
+comes back, its outcome dropped. The same grace as a node's stop (``running.STOP_GRACE``)."""
+_WATCH_EVERY: Final = 0.25
+_MAX_STUCK_FACTOR: Final = 1
+"""Given-up threads still running, per worker, past which none is replaced: each may burn a
+core and hold its heap until its call returns, so a flood of such scripts costs capacity
+rather than the machine."""
 
 _INLINE_MISSES: Final = 4096
 """Chunks remembered as too big to run inline, so they are not tried there again soon."""
@@ -76,6 +90,19 @@ _Delivery = tuple[_Job, LuaOutcome | None]
 """An outcome for a job, or None to cancel it."""
 
 
+@dataclass(slots=True, eq=False)
+class _Worker:
+    """A worker thread's sandbox and the run it is in, as the watchdog sees it."""
+
+    sandbox: LuaSandbox
+    name: str
+    job: _Job | None = None
+    due: float = 0.0
+    """``time.monotonic()`` instant past which the run counts as stuck."""
+    cancel_seen: float | None = None
+    given_up: bool = False
+
+
 class LuaPool:
     """Worker threads with one Lua sandbox each. ``submit`` and ``run`` are for the loop thread.
 
@@ -90,37 +117,54 @@ class LuaPool:
         limits: LuaLimits = LuaLimits(),  # noqa: B008 -- frozen, so one shared default is safe
         *,
         inline: bool = True,
+        stuck_grace: float = _STUCK_GRACE,
     ) -> None:
         count = workers if workers is not None else (os.cpu_count() or 1)
         if count < 1:
             raise ValueError(f"a LuaPool needs at least one worker, not {count}")
         self.limits = limits
+        self._stuck_grace = stuck_grace
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._closed = False
         self._lock = threading.Lock()
         self._pending: dict[asyncio.AbstractEventLoop, list[_Delivery]] = {}
-        self._threads = []
-        for index in range(count):
-            sandbox = LuaSandbox(limits, stop=self._stop)
-            thread = threading.Thread(
-                target=self._work, args=(sandbox,), name=f"lua-worker-{index}", daemon=True
-            )
-            self._threads.append(thread)
-        for thread in self._threads:
-            thread.start()
+        self._workers: list[_Worker] = []
+        self._threads: list[threading.Thread] = []
+        self._stuck: list[threading.Thread] = []  # given up, still in their call
+        self._spawned = 0
+        for _ in range(count):
+            self._start_worker()
+        self._watchdog = threading.Thread(target=self._watch, name="lua-watchdog", daemon=True)
+        self._watchdog.start()
         self._inline: LuaSandbox | None = None
         if inline:
             # never more than the pool's own limits: a stricter pool stays as strict inline
             small = {k: min(v, getattr(limits, k)) for k, v in INLINE_LIMITS.items()}
-            self._inline = LuaSandbox(replace(limits, **small), stop=self._stop)
+            self._inline = LuaSandbox(replace(limits, **small), stop=self._stop, check_every=1)
         self._too_big: dict[str, float] = {}  # chunk key -> when to try it inline again
         self.inline_runs = 0
         self.inline_misses = 0
 
     @property
     def workers(self) -> int:
-        return len(self._threads)
+        return len(self._workers)
+
+    @property
+    def given_up(self) -> int:
+        """Workers given up over a stuck run whose call has not come back yet."""
+        with self._lock:
+            self._stuck = [t for t in self._stuck if t.is_alive()]
+            return len(self._stuck)
+
+    def _start_worker(self) -> _Worker:
+        worker = _Worker(LuaSandbox(self.limits, stop=self._stop), f"lua-worker-{self._spawned}")
+        self._spawned += 1
+        thread = threading.Thread(target=self._work, args=(worker,), name=worker.name, daemon=True)
+        self._workers.append(worker)
+        self._threads.append(thread)
+        thread.start()
+        return worker
 
     def run_inline(self, task: LuaTask) -> LuaOutcome | None:
         """Run ``task`` on the calling thread if it fits ``INLINE_LIMITS``; None when it does
@@ -173,9 +217,10 @@ class LuaPool:
 
     def close(self) -> None:
         """Stops the workers: running scripts end as cancelled, queued tasks are cancelled."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self._stop.set()
         while True:
             try:
@@ -189,6 +234,7 @@ class LuaPool:
         until = time.monotonic() + _CLOSE_WAIT
         for thread in self._threads:
             thread.join(max(0.0, until - time.monotonic()))
+        self._watchdog.join(max(0.0, until - time.monotonic()))
 
     async def __aenter__(self) -> LuaPool:
         return self
@@ -203,7 +249,8 @@ class LuaPool:
 
     # -- worker side -----------------------------------------------------------------------
 
-    def _work(self, sandbox: LuaSandbox) -> None:
+    def _work(self, worker: _Worker) -> None:
+        sandbox = worker.sandbox
         held: list[_Delivery] = []
         held_since = 0.0
         while True:
@@ -225,6 +272,11 @@ class LuaPool:
                 continue
             if isinstance(job.task.cancel, Flag):
                 job.task.cancel.taken = True
+            due = time.monotonic() + self.limits.wall_time
+            if job.task.deadline is not None:
+                due = min(due, job.task.deadline)
+            worker.due, worker.cancel_seen = due + self._stuck_grace, None
+            worker.job = job  # last: the watchdog reads the rest once it sees the job
             try:
                 outcome = sandbox.run(job.task)
             except Exception as error:  # run() handles the script's failures; this is a bug
@@ -232,9 +284,65 @@ class LuaPool:
                 outcome = LuaOutcome(
                     False, None, f"internal error in the Lua pool: {error}", None, [], 0.0
                 )
+            with self._lock:
+                gone = worker.given_up
+                worker.job = None
+            if gone:  # answered for and replaced meanwhile: this thread ends
+                self._deliver_all(held)
+                return
             if not held:
                 held_since = time.monotonic()
             held.append((job, outcome))
+
+    def _watch(self) -> None:
+        """Gives up on workers whose run went past its time, or its cancel, by the grace."""
+        while not self._stop.wait(_WATCH_EVERY):
+            now = time.monotonic()
+            for worker in list(self._workers):
+                job = worker.job
+                if job is None:
+                    continue
+                due = worker.due
+                cancel = job.task.cancel
+                if cancel is not None and cancel.is_set():
+                    if worker.cancel_seen is None:
+                        worker.cancel_seen = now
+                    due = min(due, worker.cancel_seen + self._stuck_grace)
+                if now >= due:
+                    self._give_up(worker, job, now)
+
+    def _give_up(self, worker: _Worker, job: _Job, now: float) -> None:
+        with self._lock:
+            if worker.job is not job or worker.given_up:
+                return  # it came back meanwhile
+            self._stuck = [t for t in self._stuck if t.is_alive()]
+            if len(self._stuck) >= _MAX_STUCK_FACTOR * len(self._workers):
+                return  # asked again at the next look, once one of them has come back
+            worker.given_up = True
+            index = self._workers.index(worker)
+            self._stuck.append(self._threads[index])
+            del self._workers[index], self._threads[index]
+        task = job.task
+        if task.cancel is not None and task.cancel.is_set():
+            message, limit = "cancelled", "cancelled"
+        elif task.deadline is not None and task.deadline <= worker.due - self._stuck_grace:
+            message, limit = "deadline exceeded", "deadline"
+        else:
+            message = f"wall-time limit of {self.limits.wall_time:g} seconds exceeded"
+            limit = "wall_time"
+        late = now - (worker.due - self._stuck_grace)
+        logger.warning(
+            "Lua worker %s gave up on %s: still in one call %.1f s past its time (a call the "
+            "sandbox cannot interrupt); a new worker takes its place",
+            worker.name,
+            task.key,
+            late,
+        )
+        with self._lock:  # close() decides under the lock too: no worker starts after it
+            if not self._closed:
+                self._start_worker()
+        note = " (stuck in one call the sandbox cannot interrupt)"
+        self._deliver(job, LuaOutcome(False, None, message + note, None, [], late, limit=limit))
 
     def _deliver_all(self, held: list[_Delivery]) -> None:
         for job, outcome in held:

@@ -304,8 +304,10 @@ class LuaSandbox:
         *,
         stop: threading.Event | None = None,
         cache_size: int = 1024,
+        check_every: int = _CHECK_EVERY,
     ) -> None:
-        """``stop``, once set, stops every run of this sandbox like a task's cancel event."""
+        """``stop``, once set, stops every run of this sandbox like a task's cancel event.
+        ``check_every``: hook firings between two looks at the clock and the cancel event."""
         self.limits = limits
         self._stop = stop
         self._cache_size = cache_size
@@ -351,7 +353,7 @@ class LuaSandbox:
                 "lookup": lookup,
                 "memory": memory,
                 "hook_count": _HOOK_COUNT,
-                "check_every": _CHECK_EVERY,
+                "check_every": check_every,
                 "pattern_budget": limits.pattern_budget,
                 "log_lines": limits.log_lines,
                 "log_line_bytes": limits.log_line_bytes,

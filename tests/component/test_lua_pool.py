@@ -202,3 +202,41 @@ async def test_a_pool_without_inline_runs_everything_on_workers() -> None:
     async with LuaPool(workers=1, inline=False) as pool:
         assert pool.run_inline(task("return 1")) is None
         assert (await pool.run(task("return 1"))).value == 1
+
+
+# one call the hook never sees: comparing strings of zeros goes a byte at a time (about 7 ms
+# per MiB here), and a thousand instructions of it come between two firings of the hook
+STUCK = "local s = string.rep('\\0', 2 << 20) while true do local _ = s < s end"
+
+
+async def test_a_worker_stuck_in_one_call_is_given_up_and_replaced() -> None:
+    limits = LuaLimits(wall_time=0.2)
+    async with LuaPool(workers=1, limits=limits, inline=False, stuck_grace=0.2) as pool:
+        stuck = await pool.run(task(STUCK))
+        # answered for while the call still runs, and the pool has a worker again
+        assert pool.given_up == 1 and pool.workers == 1
+        assert (stuck.ok, stuck.limit) == (False, "wall_time")
+        assert stuck.error == (
+            "wall-time limit of 0.2 seconds exceeded"
+            " (stuck in one call the sandbox cannot interrupt)"
+        )
+        after = await pool.run(task("return 'next'"))
+        assert after.value == "next"
+
+
+async def test_a_cancelled_run_stuck_in_one_call_is_given_up() -> None:
+    cancel = threading.Event()
+    async with LuaPool(workers=1, inline=False, stuck_grace=0.2) as pool:
+        running = pool.submit(task(STUCK, cancel=cancel))
+        await asyncio.sleep(0.1)
+        cancel.set()
+        stuck = await running
+        assert (stuck.limit, pool.given_up) == ("cancelled", 1)
+        assert (await pool.run(task("return 1"))).value == 1
+
+
+async def test_an_inline_run_works_on_small_data_only(pool: LuaPool) -> None:
+    # the worst single instruction grows with the strings it works on: inline keeps them small
+    big = task("local s = string.rep('x', 1 << 20) return #s")
+    assert pool.run_inline(big) is None
+    assert (await pool.run(big)).value == 1 << 20
