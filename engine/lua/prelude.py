@@ -116,6 +116,12 @@ local function sandbox_resume(co, ...)
   return pass(co_resume(co, ...))
 end
 
+-- closing runs the coroutine's pending __close handlers, which a limit can stop: as resume
+local co_close = coroutine.close
+local function sandbox_close(co)
+  return pass(co_close(co))
+end
+
 local function wrapped(ok, ...)
   if tripped then error(LIMIT, 0) end
   if not ok then
@@ -1014,6 +1020,7 @@ local coroutine_lib = copy(coroutine)
 coroutine_lib.create = sandbox_create
 coroutine_lib.resume = sandbox_resume
 coroutine_lib.wrap = sandbox_wrap
+coroutine_lib.close = sandbox_close
 
 local BASE = {
   string = readonly("string", string),

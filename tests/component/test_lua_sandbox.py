@@ -1001,8 +1001,7 @@ CHAIN = """
     [
         "table.move(chained, 1, 10000000, 1, {})",
         "table.move({}, 1, 10000000, 1, chained)",
-        "table.concat(setmetatable({}, {__index = chained, __len = function() return 200000"
-        " end}))",
+        "table.concat(setmetatable({}, {__index = chained, __len = function() return 200000 end}))",
         "table.unpack(chained, 1, 200000)",
         "local p = setmetatable({}, {__index = chained, __len = function() return 200000"
         " end}) table.sort(p)",
@@ -1051,6 +1050,28 @@ def test_table_calls_on_tables_with_metamethods_do_what_c_does(sandbox: LuaSandb
         "bad": "invalid value (at index 2) in table for 'concat'",
         "plain": "bc",
     }
+
+
+def test_a_limit_tripped_while_closing_a_coroutine_is_not_handed_back_as_a_value() -> None:
+    code = """
+        local parked = {}
+        for i = 1, 50 do
+          local co = coroutine.create(function()
+            local x <close> = setmetatable({}, {__close = function() while true do end end})
+            coroutine.yield()
+          end)
+          coroutine.resume(co)
+          parked[i] = co
+        end
+        for i = 1, 50 do
+          local ok, e = coroutine.close(parked[i])
+          log("info", "close " .. i .. " came back: " .. tostring(e))
+        end
+        return "went on"
+    """
+    outcome = LuaSandbox(LuaLimits(instructions=200_000)).run(task(code))
+    assert outcome.limit == "instructions", outcome
+    assert outcome.logs == []  # the script never saw the limit as a value
 
 
 def test_a_tree_of_short_coroutines_is_metered() -> None:
