@@ -400,8 +400,18 @@ end
 -- JSON text of short strings seen before (keys, mostly); cleared when it grows too big.
 local enc_cache, enc_cache_size = {}, 0
 
+-- bytes of string text an output may still add (nil: no bound). Checked as strings go in, so
+-- an output far over its limit (one big string referred to a thousand times) is refused before
+-- its text is built, not when building it runs out of memory.
+local enc_room = nil
+local ENC_TOO_BIG = {}
+
 local function enc_string(s, depth)
   local text = enc_cache[s]
+  if enc_room then
+    enc_room = enc_room - #(text or s)
+    if enc_room < 0 then error(ENC_TOO_BIG, 0) end
+  end
   if text then return text end
   if not find(s, '[%c"\\\128-\255]') then
     text = '"' .. s .. '"'
@@ -1161,10 +1171,13 @@ local function body(fn, env, expression, output_limit)
   end
   if expression then return "ok", value ~= nil and value ~= false end
   if value == nil then return "ok", "{}" end
+  enc_room = 2 * output_limit  -- past the limit by a little, the exact size is worth telling
   local eok, text = pcall(encode, value, "output", OUTPUT_SUFFIX)
+  enc_room = nil
   if tripped then return "limit", tripped end
   if not eok then
     if text == MEMORY_ERROR then return "limit", "memory" end
+    if rawequal(text, ENC_TOO_BIG) then return "too_big", -1 end
     return "error", text
   end
   if #text > output_limit then return "too_big", #text end

@@ -519,7 +519,11 @@ class LuaSandbox:
             return self._failed(_withheld(message, line, task.code), line, logs, started)
         if status == "too_big":
             limit = self.limits.output_bytes
-            message = f"output is {payload} bytes of JSON, over the limit of {limit} bytes"
+            message = (
+                f"output is {payload} bytes of JSON, over the limit of {limit} bytes"
+                if payload >= 0  # else refused halfway, its strings alone over the limit
+                else f"output is over the limit of {limit} bytes of JSON"
+            )
             return self._failed(message, None, logs, started)
         if payload == "memory":
             self._runtime.gccollect()

@@ -398,6 +398,20 @@ def test_oversized_output_is_refused(sandbox: LuaSandbox) -> None:
     )
 
 
+def test_an_output_far_over_its_limit_is_refused_before_its_text_is_built() -> None:
+    # small in memory (one string referred to 300 times), 150 MB as text: building that text
+    # ran out of memory and said so, instead of naming the output's limit
+    sandbox = LuaSandbox(LuaLimits(memory=32 * 1024 * 1024))
+    code = "local s = string.rep('y', 500000) local t = {} for i = 1, 300 do t[i] = s end return t"
+    assert failure(sandbox.run(task(code))) == (
+        "output is over the limit of 1048576 bytes of JSON",
+        None,
+    )
+    assert value(sandbox.run(task("return json.encode({string.rep('z', 3000000)}):len()"))) == (
+        3000004
+    )
+
+
 def test_expression_result_is_truthiness(sandbox: LuaSandbox) -> None:
     results = {"t": {"sum": 3, "nothing": None}}
     for code, expected in [
