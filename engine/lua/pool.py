@@ -323,20 +323,24 @@ class LuaPool:
             self._stuck.append(self._threads[index])
             del self._workers[index], self._threads[index]
         task = job.task
+        since, what = worker.due - self._stuck_grace, "time"
         if task.cancel is not None and task.cancel.is_set():
             message, limit = "cancelled", "cancelled"
-        elif task.deadline is not None and task.deadline <= worker.due - self._stuck_grace:
+            if worker.cancel_seen is not None and worker.cancel_seen < since:
+                since, what = worker.cancel_seen, "cancel"
+        elif task.deadline is not None and task.deadline <= since:
             message, limit = "deadline exceeded", "deadline"
         else:
             message = f"wall-time limit of {self.limits.wall_time:g} seconds exceeded"
             limit = "wall_time"
-        late = now - (worker.due - self._stuck_grace)
+        late = now - since
         logger.warning(
-            "Lua worker %s gave up on %s: still in one call %.1f s past its time (a call the "
+            "Lua worker %s gave up on %s: still in one call %.1f s past its %s (a call the "
             "sandbox cannot interrupt); a new worker takes its place",
             worker.name,
             task.key,
             late,
+            what,
         )
         with self._lock:  # close() decides under the lock too: no worker starts after it
             if not self._closed:
