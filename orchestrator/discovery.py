@@ -39,6 +39,9 @@ class Discovery(Protocol):
     async def run(self, report: AddressSink) -> None:
         """Report address sets until cancelled."""
 
+    def trouble(self) -> str | None:
+        """What keeps the source from knowing the engines now (``/readyz`` shows it), or None."""
+
 
 class StaticDiscovery:
     """``ENGINE_ADDRESSES``: the list is the fleet."""
@@ -50,6 +53,9 @@ class StaticDiscovery:
         report(set(self.addresses))
         await asyncio.Event().wait()
 
+    def trouble(self) -> str | None:
+        return None
+
 
 class DnsDiscovery:
     """A headless Service name resolves to one A/AAAA record per ready engine pod."""
@@ -58,7 +64,10 @@ class DnsDiscovery:
         self.name = name
         self.port = port
         self.interval = max(interval, 1.0)
-        self._failing = False
+        self._failing: str | None = None
+
+    def trouble(self) -> str | None:
+        return self._failing
 
     async def resolve(self) -> set[str]:
         loop = asyncio.get_running_loop()
@@ -77,10 +86,10 @@ class DnsDiscovery:
                 # report once per outage; the last known engines stay in service meanwhile
                 if not self._failing:
                     log.warning("cannot resolve engines at %s: %s", self.name, exc)
-                self._failing = True
+                self._failing = f"cannot resolve engines at {self.name}: {exc}"
             else:
                 if self._failing:
                     log.info("resolving engines at %s again", self.name)
-                self._failing = False
+                self._failing = None
                 report(addresses)
             await asyncio.sleep(self.interval)

@@ -5,12 +5,20 @@ EndpointSlices of the engines' Service, or the engines' Pods). The I/O loop does
 that cache current the way Kubernetes controllers do: list, then watch from the list's
 resourceVersion with bookmarks; relist when the API answers 410 Gone and every
 ``ENGINE_DISCOVERY_INTERVAL`` anyway; rewatch after a dropped connection. Each change is reported
-to the fleet as soon as its watch event arrives.
+to the fleet as soon as its watch event arrives. As client-go's reflector does, the first relist
+after a 410 is immediate and further ones in a row back off: an API server whose watch cache
+lags its lists answers every watch with 410, and relisting at once would be a busy loop.
 
-When the API refuses (credentials or RBAC) or cannot be reached, that is logged once, clearly,
-and nothing is reported: the fleet keeps the last engines it was told about, and their own health
-checks decide whether they still get work. The outage ends when a watch is answered, not a list:
-RBAC may allow list and not watch, and the lists alone would otherwise call every retry a recovery.
+When the API refuses (credentials or RBAC) or cannot be reached, or anything else goes wrong,
+that is logged once per episode, clearly, and nothing is reported: the fleet keeps the last
+engines it was told about, and their own health checks decide whether they still get work. A
+401 rebuilds the client from its configuration, so that a rotated or re-issued token (an exec
+plugin's, a projected service-account token's) is picked up. The loop never ends on its own:
+whatever fails, it retries with backoff until cancelled. The episode ends when a watch delivers
+an event or stays open for a moment, not when a list succeeds or a watch is merely accepted:
+RBAC may allow list and not watch, and an API server may accept a watch and fail it at once
+with an ERROR event; either would otherwise call every retry a recovery. ``trouble()`` says what
+is wrong meanwhile (``/readyz`` shows it), including a list that matches nothing at all.
 
 This is the only module that imports the ``kubernetes`` client (DESIGN section 2). Its asyncio
 API is used for connection set-up, authentication and the list/watch requests; watch lines are
@@ -21,10 +29,12 @@ Errors::
 
     KubernetesApiError          anything that stopped a list or watch
     ├── ApiUnreachable          no connection, or it broke before an answer
-    ├── ApiUnauthorized         401: the credentials (token, certificate) are not accepted
+    ├── ApiUnauthorized         401: the credentials (token, certificate) are not accepted,
+    │                           or the client cannot load them (a token file empty at refresh)
     ├── ApiRefused              403: RBAC does not allow it
     ├── ApiGone                 410: the resourceVersion is too old; relist
-    └── ApiStatusError          any other status from the API server
+    ├── ApiStatusError          any other status from the API server
+    └── MalformedEvent          a watch line that is not an event; relist (the cache may be wrong)
     WatchBroken                 an established watch stream broke; rewatch (not an outage)
 """
 
@@ -34,6 +44,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +54,7 @@ import aiohttp
 from kubernetes.aio import client as k8s_client
 from kubernetes.aio import config as k8s_config
 
+from engine.core.events import isoformat
 from orchestrator.discovery import AddressSink, EngineHint
 from orchestrator.settings import Settings, SettingsError
 
@@ -60,6 +72,8 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 _LIST_TIMEOUT = 15.0
 """Seconds a list may take; a hung API server is then an outage, not a hang."""
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 10.0
+_SETTLED = 1.0
+"""Seconds an accepted watch must stay open, without an event, to end an outage."""
 
 
 # -- the pure part: objects in, engines out ----------------------------------------------------
@@ -212,6 +226,10 @@ class ApiStatusError(KubernetesApiError):
     outage = "status"
 
 
+class MalformedEvent(KubernetesApiError):
+    outage = "malformed"
+
+
 class WatchBroken(Exception):
     """An established watch stream ended without its closing; rewatching is routine."""
 
@@ -281,6 +299,8 @@ class KubeObjects:
                 resp.release()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ApiUnreachable(f"listing {self.what}: {_describe(exc)}") from exc
+        except k8s_config.ConfigException as exc:
+            raise ApiUnauthorized(f"listing {self.what}: {_no_credentials(exc)}") from exc
         if resp.status != 200:
             raise _status_error(resp.status, body, f"listing {self.what}")
         try:
@@ -300,7 +320,8 @@ class KubeObjects:
         """Events after ``resource_version`` for up to ``timeout`` seconds, bookmarks included.
 
         ``answered`` is called once the API server has accepted the watch (HTTP 200), before
-        any event: an idle watch may send none for minutes."""
+        any event: an idle watch may send none for minutes. Accepted is not yet working: an
+        ERROR event may follow at once."""
         try:
             resp = await self._call(
                 self.namespace,
@@ -315,6 +336,8 @@ class KubeObjects:
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ApiUnreachable(f"watching {self.what}: {_describe(exc)}") from exc
+        except k8s_config.ConfigException as exc:
+            raise ApiUnauthorized(f"watching {self.what}: {_no_credentials(exc)}") from exc
         try:
             if resp.status != 200:
                 raise _status_error(resp.status, await resp.text(), f"watching {self.what}")
@@ -337,16 +360,29 @@ class KubeObjects:
             doc = json.loads(line)
             kind, obj = str(doc["type"]), doc["object"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise WatchBroken(f"watch of {self.what} sent {line[:200]!r}") from exc
+            raise MalformedEvent(f"watching {self.what}: not an event: {line[:200]!r}") from exc
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
         if kind == "ERROR":
-            code = int(obj.get("code") or 500)
+            code = obj.get("code") if isinstance(obj, dict) else None
+            if not isinstance(code, int):
+                raise MalformedEvent(
+                    f"watching {self.what}: ERROR without a Status: {line[:200]!r}"
+                )
             raise _status_error(code, json.dumps(obj), f"watching {self.what}")
-        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        if not isinstance(obj, dict) or not isinstance(meta, dict | None):
+            raise MalformedEvent(f"watching {self.what}: {kind} without an object: {line[:200]!r}")
+        version = str((meta or {}).get("resourceVersion") or "")
         return WatchEvent(kind, obj, version)
 
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+def _no_credentials(exc: BaseException) -> str:
+    # raised before any request, by the client's token refresh (in-cluster, the service-account
+    # token file is re-read every minute, and may be caught empty while the kubelet rewrites it)
+    return f"cannot load the credentials: {_describe(exc)}"
 
 
 async def connect(settings: Settings) -> Any:
@@ -421,7 +457,15 @@ class KubernetesDiscovery:
         """The last resourceVersion seen, from a list, an event or a bookmark."""
         self.cache = ObjectCache()
         self.lists = 0
+        self.clients = 0
+        """ApiClients built so far: one, plus one per rebuild after a 401 or a surprise."""
         self._outage: str | None = None
+        self._outage_text = ""
+        self._outage_since = 0.0
+        self._gone_in_a_row = 0
+        """410s since the last watch event: the second one in a row means backing off."""
+        self._delay = _BACKOFF_FIRST
+        self._empty_logged = False
         self._problems_seen: set[str] = set()
         self._report: AddressSink | None = None
         self._known = 0
@@ -432,60 +476,104 @@ class KubernetesDiscovery:
             return self.settings.k8s_label_selector
         return f"{SERVICE_NAME_LABEL}={self.settings.k8s_service_name}"
 
+    @property
+    def what(self) -> str:
+        if self.source == "pods":
+            return f"pods matching {self.label_selector} in namespace {self.settings.k8s_namespace}"
+        return (
+            f"endpointslices with {self.label_selector} in namespace {self.settings.k8s_namespace}"
+        )
+
+    def trouble(self) -> str | None:
+        """What keeps discovery from knowing the engines right now, or None."""
+        if self._outage is not None:
+            return f"{self._outage_text} (since {isoformat(self._outage_since)})"
+        if self.lists and not self.cache.objects:
+            return f"Kubernetes discovery finds no {self.what}"
+        return None
+
     async def run(self, report: AddressSink) -> None:
         self._report = report
-        delay = _BACKOFF_FIRST
-        while True:
-            try:
-                api_client = await connect(self.settings)
-                break
-            except SettingsError as exc:
-                # checked at start-up, so a token or file that went away since: wait for it
-                self._trouble(ApiUnreachable(str(exc)))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
-        objects = KubeObjects(
-            api_client, self.source, self.settings.k8s_namespace, self.label_selector
-        )
+        api_client: Any = None
         try:
             while True:
                 try:
-                    await self._list_and_watch(objects)
-                    delay = _BACKOFF_FIRST
+                    if api_client is None:
+                        api_client = await connect(self.settings)
+                        self.clients += 1
+                    await self._list_and_watch(
+                        KubeObjects(
+                            api_client,
+                            self.source,
+                            self.settings.k8s_namespace,
+                            self.label_selector,
+                        )
+                    )
+                    continue  # the resync is due: list again at once
+                except ApiGone as exc:
+                    self._gone_in_a_row += 1
+                    if self._gone_in_a_row == 1:
+                        # routine after a compaction or a long disconnection
+                        log.debug("relisting: %s", exc)
+                        continue
+                    self._trouble(exc)
+                except SettingsError as exc:
+                    # checked at start-up, so a token or file that went away since: wait for it
+                    self._trouble(ApiUnreachable(str(exc)))
+                except ApiUnauthorized as exc:
+                    self._trouble(exc)
+                    # the token may have been re-issued since (an exec plugin, a rotated file):
+                    # only a fresh configuration reads it again
+                    await _closed(api_client)
+                    api_client = None
                 except KubernetesApiError as exc:
                     self._trouble(exc)
-                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                    delay = min(delay * 2, self.backoff_max)
+                except Exception as exc:
+                    # a bug or a library surprise (say, a token file empty at refresh) must not
+                    # end discovery for good: the fleet would never learn of an engine again
+                    self._unexpected(exc)
+                    await _closed(api_client)
+                    api_client = None
+                await asyncio.sleep(self._delay * random.uniform(0.8, 1.2))
+                self._delay = min(self._delay * 2, self.backoff_max)
         finally:
-            await api_client.close()
+            await _closed(api_client)
 
     async def _list_and_watch(self, objects: KubeObjects) -> None:
-        """One list and the watches after it, until the resync is due or the API says 410."""
+        """One list and the watches after it, until the resync is due; raises ``ApiGone``."""
         items, self.resource_version = await objects.list()
         self.lists += 1
         self.cache.replace(items)
+        if not items and not self._empty_logged:
+            self._empty_logged = True
+            log.warning(
+                "Kubernetes discovery finds no %s: check K8S_NAMESPACE and %s",
+                objects.what,
+                "K8S_LABEL_SELECTOR" if self.source == "pods" else "K8S_SERVICE_NAME",
+                extra={"event": "discovery.empty"},
+            )
         self._publish()
         loop = asyncio.get_running_loop()
         resync_at = loop.time() + self.interval
         delay = _BACKOFF_FIRST
         while (remaining := resync_at - loop.time()) > 0:
             started = loop.time()
+            settled: asyncio.TimerHandle | None = None
+
+            def answered() -> None:
+                nonlocal settled
+                settled = loop.call_later(_SETTLED, self._working, objects.what)
+
             try:
                 async with asyncio.timeout(remaining + 5):
-                    async for event in objects.watch(
-                        self.resource_version,
-                        remaining,
-                        answered=lambda: self._recovered(objects.what),
-                    ):
+                    async for event in objects.watch(self.resource_version, remaining, answered):
                         delay = _BACKOFF_FIRST
+                        self._working(objects.what)
                         if event.resource_version:
                             self.resource_version = event.resource_version
                         if event.type != "BOOKMARK":
                             self.cache.apply(event.type, event.object)
                             self._publish()
-            except ApiGone as exc:
-                log.info("relisting: %s", exc)
-                return
             except (WatchBroken, TimeoutError) as exc:
                 # routine (API server restarts, idle connections cut by a proxy): rewatch from
                 # where we were; a rewatch that cannot connect is an outage, raised from there
@@ -493,9 +581,13 @@ class KubernetesDiscovery:
             else:
                 if loop.time() - started > 1.0:
                     continue  # the server closed a watch that had run its course
+            finally:
+                if settled is not None:
+                    settled.cancel()
             # a watch that ends as soon as it starts must not become a busy loop
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
+        self._working(objects.what)  # a whole resync interval without an error
 
     def engines(self) -> dict[str, EngineHint]:
         """The engines the cache holds now."""
@@ -512,13 +604,33 @@ class KubernetesDiscovery:
     def _publish(self) -> None:
         engines = self.engines()
         self._known = len(engines)
+        if self.cache.objects:
+            self._empty_logged = False
         assert self._report is not None
         self._report(set(engines), engines)
 
+    def _begin(self, outage: str, text: str) -> bool:
+        """Enter an outage of this kind; False when it is the one already under way."""
+        if self._outage == outage:
+            return False
+        if self._outage is None:
+            self._outage_since = time.time()
+        self._outage, self._outage_text = outage, text
+        return True
+
     def _trouble(self, exc: KubernetesApiError) -> None:
-        if self._outage == exc.outage:
+        if isinstance(exc, ApiUnauthorized):
+            headline = "Kubernetes API rejected the orchestrator's credentials"
+        elif isinstance(exc, ApiRefused):
+            headline = "Kubernetes API refused discovery"
+        elif isinstance(exc, ApiUnreachable):
+            headline = "Kubernetes API unreachable"
+        elif isinstance(exc, ApiGone):
+            headline = "Kubernetes API answers every watch with 410 Gone, even after a new list"
+        else:
+            headline = "Kubernetes discovery failed"
+        if not self._begin(exc.outage, f"{headline}: {exc}"):
             return
-        self._outage = exc.outage
         if isinstance(exc, ApiUnauthorized):
             if self.settings.in_cluster_config:
                 whose = "the pod's service-account token (IN_CLUSTER_CONFIG=true)"
@@ -529,9 +641,9 @@ class KubernetesDiscovery:
                 )
             # not RBAC: the API server does not know who is asking, so roles cannot help
             log.error(
-                "Kubernetes API rejected the orchestrator's credentials: %s. Check %s: the token"
-                " or certificate is expired, invalid or revoked; keeping the %d engines known"
-                " and retrying",
+                "%s: %s. Check %s: the token or certificate is expired, invalid or revoked;"
+                " keeping the %d engines known and retrying with the configuration loaded afresh",
+                headline,
                 exc,
                 whose,
                 self._known,
@@ -539,9 +651,10 @@ class KubernetesDiscovery:
             )
         elif isinstance(exc, ApiRefused):
             log.error(
-                "Kubernetes API refused discovery: %s. The orchestrator's ServiceAccount needs"
-                " get, list and watch on %s in namespace %s (deployments/rbac.yaml); keeping the"
-                " %d engines known until it is allowed",
+                "%s: %s. The orchestrator's ServiceAccount needs list and watch on %s in"
+                " namespace %s (deployments/rbac.yaml); keeping the %d engines known until it is"
+                " allowed",
+                headline,
                 exc,
                 "pods" if self.source == "pods" else "endpointslices.discovery.k8s.io",
                 self.settings.k8s_namespace,
@@ -550,20 +663,56 @@ class KubernetesDiscovery:
             )
         elif isinstance(exc, ApiUnreachable):
             log.error(
-                "Kubernetes API unreachable: %s; keeping the %d engines known and retrying",
+                "%s: %s; keeping the %d engines known and retrying",
+                headline,
                 exc,
                 self._known,
                 extra={"event": "discovery.unreachable"},
             )
+        elif isinstance(exc, ApiGone):
+            # its watch cache lags behind etcd (an API server just restarted, say)
+            log.warning(
+                "%s: %s; relisting with backoff, keeping the %d engines known",
+                headline,
+                exc,
+                self._known,
+                extra={"event": "discovery.gone"},
+            )
         else:
             log.error(
-                "Kubernetes discovery failed: %s; keeping the %d engines known and retrying",
+                "%s: %s; keeping the %d engines known and retrying",
+                headline,
                 exc,
                 self._known,
                 extra={"event": "discovery.failed"},
             )
 
-    def _recovered(self, what: str) -> None:
+    def _unexpected(self, exc: Exception) -> None:
+        headline = "Kubernetes discovery failed unexpectedly"
+        if self._begin(f"unexpected {type(exc).__name__}", f"{headline}: {_describe(exc)}"):
+            log.error(
+                "%s: %s; keeping the %d engines known and retrying with a new client",
+                headline,
+                _describe(exc),
+                self._known,
+                exc_info=exc,
+                extra={"event": "discovery.failed"},
+            )
+
+    def _working(self, what: str) -> None:
+        """A watch delivers (or has stayed open a while): whatever went wrong is over."""
+        self._gone_in_a_row = 0
+        self._delay = _BACKOFF_FIRST
         if self._outage is not None:
-            log.info("Kubernetes API answering again: watching %s", what)
+            log.info(
+                "Kubernetes API answering again: watching %s",
+                what,
+                extra={"event": "discovery.recovered"},
+            )
         self._outage = None
+
+
+async def _closed(api_client: Any) -> None:
+    """Close the client, if there is one."""
+    if api_client is not None:
+        await api_client.close()

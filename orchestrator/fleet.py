@@ -96,6 +96,10 @@ class EngineLink:
         }
 
 
+def _load_share(link: EngineLink) -> float:
+    return link.in_flight / max(link.capacity, 1)
+
+
 def health_check(
     channel: grpc.aio.Channel,
 ) -> grpc.aio.UnaryUnaryMultiCallable[
@@ -120,6 +124,7 @@ class Fleet:
         on_capacity: Callable[[], None],
         on_lost: Callable[[EngineLink], None],
         check_timeout: float = 3.0,
+        discovery_trouble: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._balancer = balancer
         self._default_capacity = default_capacity
@@ -128,6 +133,8 @@ class Fleet:
         self._on_capacity = on_capacity
         self._on_lost = on_lost
         self._check_timeout = check_timeout
+        self.discovery_trouble = discovery_trouble
+        """What keeps discovery from knowing the engines now, or None (for ``/readyz``)."""
         self.links: dict[str, EngineLink] = {}  # by address
         self._checking: set[asyncio.Task[None]] = set()
         self._seq = 0
@@ -194,7 +201,7 @@ class Fleet:
         if link.state == "ready":
             # only a ready link is in the balancer; another link may hold the same key by now
             # (a pod back under its name at a new address)
-            self._balancer.remove(link.key)
+            self._leave_balancer(link)
             self._event("engine.left", "warning", link, {"reason": reason})
         task = asyncio.get_running_loop().create_task(link.channel.close())
         self._checking.add(task)
@@ -231,11 +238,15 @@ class Fleet:
         ``overflow``: when every engine is full, the least loaded for its capacity anyway (a
         sub-workflow run, which engines admit past their capacity)."""
         now = time.monotonic()
-        ready = {
-            link.key: link
-            for link in self.links.values()
-            if link.state == "ready" and link.full_until <= now
-        }
+        ready: dict[str, EngineLink] = {}
+        for link in self.links.values():
+            if link.state != "ready" or link.full_until > now:
+                continue
+            other = ready.get(link.key)
+            # engines sharing an id (a misconfiguration, warned of) share its place: the less
+            # loaded of them takes the run
+            if other is None or _load_share(link) < _load_share(other):
+                ready[link.key] = link
         if not ready:
             return None
         loads = {k: v.in_flight for k, v in ready.items()}
@@ -311,7 +322,7 @@ class Fleet:
     def _learn(self, link: EngineLink, info: pb.EngineInfo) -> None:
         if info.engine_id and info.engine_id != link.engine_id:
             if link.state == "ready":
-                self._balancer.remove(link.key)
+                self._leave_balancer(link)
                 link.state = "joining"
             link.engine_id = info.engine_id
         if info.capacity > 0:
@@ -343,7 +354,7 @@ class Fleet:
         previous = link.state
         link.state = "unhealthy"
         if previous == "ready":
-            self._balancer.remove(link.key)
+            self._leave_balancer(link)
         if previous != "joining":
             self._event("engine.unhealthy", "error", link, {"error": error})
             self._on_lost(link)
@@ -359,14 +370,44 @@ class Fleet:
         previous = link.state
         link.state = state
         if state == "ready":
+            self._warn_if_shared(link)
             self._balancer.add(link.key)
             self._event("engine.joined", "info", link, {"previous": previous})
             self._on_capacity()
         elif state == "draining":
             # a draining engine finishes what it has; it just gets nothing new
             if previous == "ready":
-                self._balancer.remove(link.key)
+                self._leave_balancer(link)
             self._event("engine.left", "warning", link, {"reason": reason})
+
+    def _leave_balancer(self, link: EngineLink) -> None:
+        """Take the link's key out of the balancer, unless another ready link holds it too.
+
+        The balancer knows engines by id and the fleet knows links by address: two engines
+        started with the same ENGINE_ID share a key, and the one that stays must keep its work.
+        """
+        if not any(
+            other is not link and other.state == "ready" and other.key == link.key
+            for other in self.links.values()
+        ):
+            self._balancer.remove(link.key)
+
+    def _warn_if_shared(self, link: EngineLink) -> None:
+        others = sorted(
+            other.address
+            for other in self.links.values()
+            if other is not link and other.key == link.key and other.state != "unhealthy"
+        )
+        if others:
+            log.warning(
+                "engine id %s is used by the engine at %s and by the one at %s: give each engine"
+                " its own ENGINE_ID; they share one place in the routing and are told apart only"
+                " by address",
+                link.key,
+                link.address,
+                ", ".join(others),
+                extra={"engine_id": link.key, "event": "engine.duplicate_id"},
+            )
 
     def _event(self, kind: str, severity: str, link: EngineLink, data: JSONObject) -> None:
         self._seq += 1

@@ -662,7 +662,11 @@ class Orchestrator:
                 f"their events: {self.store.trouble or 'it refused their last write'}"
             )
         ready = len(self.fleet.ready())
-        return True, f"{ready} engine(s) ready, {self.dispatcher.queue_depth} queued"
+        reason = f"{ready} engine(s) ready, {self.dispatcher.queue_depth} queued"
+        # still ready: runs are accepted and queued, and the engines last known keep working;
+        # taking the orchestrator out of its Service would not bring the API server back
+        trouble = self.fleet.discovery_trouble()
+        return True, f"{reason}; {trouble}" if trouble else reason
 
     def metrics_payload(self) -> tuple[bytes, str]:
         return self.metrics.render()

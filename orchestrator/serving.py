@@ -15,7 +15,7 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 ORCHESTRATOR_SERVICE = "dagengine.v1.Orchestrator"
 _STOP_GRACE = 5.0
+_RESTART_FIRST, _RESTART_MAX = 1.0, 30.0
 
 
 def make_discovery(settings: Settings) -> Discovery:
@@ -90,6 +91,7 @@ async def running_orchestrator(
         publish=lambda event: orch.publish([event]),
         on_capacity=lambda: dispatcher.pump(),
         on_lost=lambda link: dispatcher.engine_lost(link),
+        discovery_trouble=discovery.trouble,
     )
     orch = Orchestrator(
         store=store,
@@ -131,8 +133,10 @@ async def running_orchestrator(
         )
         orch.triggers = triggers
         await triggers.start()
-        background.append(loop.create_task(discovery.run(fleet.update)))
-        background.append(loop.create_task(fleet.run()))
+        background.append(
+            loop.create_task(kept_running("engine discovery", lambda: discovery.run(fleet.update)))
+        )
+        background.append(loop.create_task(kept_running("engine health checks", fleet.run)))
         yield orch
     finally:
         for task in background:
@@ -145,6 +149,28 @@ async def running_orchestrator(
         await fleet.close()
         await store.close()
         checker.close()
+
+
+async def kept_running(
+    what: str,
+    loop_forever: Callable[[], Coroutine[object, object, None]],
+    *,
+    first_delay: float = _RESTART_FIRST,
+) -> None:
+    """Run a loop that should never end, and start it again, with a backoff, whenever it does.
+
+    Discovery and health checks run unobserved in the background: one uncaught exception
+    would otherwise stop the fleet from ever learning of an engine again, without a word.
+    """
+    delay = first_delay
+    while True:
+        try:
+            await loop_forever()
+            log.error("%s stopped on its own; starting it again in %.1fs", what, delay)
+        except Exception:
+            log.exception("%s failed; starting it again in %.1fs", what, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _RESTART_MAX)
 
 
 async def serve(settings: Settings) -> int:

@@ -124,7 +124,7 @@ def test_the_orchestrator_may_read_endpointslices_and_pods_and_nothing_else(
     assert granted == {
         (group, resource, verb)
         for group, resource in (("discovery.k8s.io", "endpointslices"), ("", "pods"))
-        for verb in ("get", "list", "watch")
+        for verb in ("list", "watch")
     }
     binding = find(rendered, "RoleBinding", "dag-orchestrator-discovery")
     assert binding["subjects"] == [

@@ -250,3 +250,46 @@ async def test_one_late_health_answer_is_not_a_lost_engine_but_two_in_a_row_are(
     assert link.state == "ready" and watched.lost == []
     await watched.fleet.check(link)
     assert link.state == "unhealthy" and watched.lost == [link]
+
+
+async def test_two_engines_sharing_an_id_are_warned_of_and_the_one_left_keeps_working(
+    watched: Watched, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    servers = [
+        EngineServer(EngineSettings(engine_id="dup", host="127.0.0.1", port=0, lua_workers=1))
+        for _ in range(2)
+    ]
+    fake = FakeKubeApi()
+    await fake.start()
+    settings = Settings(
+        discovery_mode="kubernetes",
+        in_cluster_config=False,
+        kubeconfig=str(fake.write_kubeconfig(tmp_path / "kubeconfig")),
+        discovery_interval=30.0,
+    )
+    fleet = watched.fleet
+    discovery: asyncio.Task[None] | None = None
+    try:
+        for server in servers:
+            await server.start()
+            fake.put(SLICES, endpoint_slice(f"e-{server.port}", [("127.0.0.1", True)], server.port))
+        first, second = (server.address for server in servers)
+        with caplog.at_level(logging.WARNING, logger="orchestrator.fleet"):
+            discovery = asyncio.create_task(KubernetesDiscovery(settings).run(fleet.update))
+            await until(lambda: len(fleet.ready()) == 2, "both engines ready")
+        shared = [r.getMessage() for r in caplog.records if "ENGINE_ID" in r.getMessage()]
+        assert len(shared) == 1, shared
+        assert "engine id dup" in shared[0]
+        assert first in shared[0] and second in shared[0]
+
+        # one of them goes: its id must stay routable while the other still serves under it
+        fake.delete(SLICES, f"e-{servers[0].port}")
+        await until(lambda: first not in fleet.links, "the first engine gone")
+        assert fleet.pick("any-workflow") is fleet.links[second]
+    finally:
+        if discovery is not None:
+            discovery.cancel()
+            await asyncio.gather(discovery, return_exceptions=True)
+        await fake.stop()
+        for server in servers:
+            await server.stop()

@@ -7,19 +7,23 @@ The fake (tests/fakes/kube_api.py) speaks list and watch with resourceVersions, 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+from kubernetes.aio import config as k8s_config
 
 from engine.api import dagengine_pb2 as pb
+from orchestrator import discovery_kubernetes
 from orchestrator.discovery import EngineHint
 from orchestrator.discovery_kubernetes import KubernetesDiscovery, check_settings
 from orchestrator.fleet import Fleet
 from orchestrator.ring import make_balancer
 from orchestrator.settings import Settings, SettingsError
-from tests.fakes.kube_api import PODS, SLICES, FakeKubeApi, endpoint_slice, engine_pod
+from tests.fakes.kube_api import PODS, SLICES, FakeKubeApi, _status, endpoint_slice, engine_pod
 
 DEADLINE = 5.0  # generous for a loaded machine; changes normally arrive in milliseconds
 
@@ -279,13 +283,13 @@ async def test_403_is_reported_once_and_the_last_engines_stay(
             message = refused[0].getMessage()
             assert "Kubernetes API refused discovery" in message
             assert "HTTP 403" in message
-            assert "get, list and watch on endpointslices.discovery.k8s.io" in message
+            assert "needs list and watch on endpointslices.discovery.k8s.io" in message
             assert "keeping the 1 engines known" in message
 
             fake.forbidden = False
             fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
             await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "allowed again")
-            # the outage ends when a watch is answered, which follows the list
+            # the outage ends when a watch delivers, which follows the list
             await sink.until(
                 lambda: any("answering again" in r.getMessage() for r in caplog.records),
                 "the recovery logged",
@@ -303,14 +307,11 @@ async def test_a_watch_refused_while_the_list_is_allowed_is_reported_once(
     sink = Sink()
     discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
 
-    def watches() -> int:
-        return sum(1 for _, query in fake.requests if query.get("watch") == "true")
-
     with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
         task = await running(discovery, sink)
         try:
             assert sink.addresses == {"10.0.0.1:50051"}  # the list alone still finds engines
-            await sink.until(lambda: watches() >= 4 and discovery.lists >= 4, "several retries")
+            await sink.until(lambda: watches(fake) >= 4 and discovery.lists >= 4, "several retries")
             assert not task.done()
             errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
             assert len(errors) == 1, errors
@@ -419,3 +420,255 @@ async def test_the_fleet_caps_an_engines_capacity_at_its_annotation() -> None:
         assert fleet.links == {}
     finally:
         await fleet.close()
+
+
+def watches(fake: FakeKubeApi) -> int:
+    return sum(1 for _, query in fake.requests if query.get("watch") == "true")
+
+
+@pytest.mark.parametrize("as_http", [False, True], ids=["error-event", "http-410"])
+async def test_a_lasting_410_relists_with_backoff_and_is_logged_once(
+    fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture, as_http: bool
+) -> None:
+    fake.gone_as_http = as_http
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    sink = Sink()
+    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
+    with caplog.at_level(logging.DEBUG, logger="orchestrator.discovery_kubernetes"):
+        task = await running(discovery, sink)
+        try:
+            await sink.until(lambda: fake.watch_count() == 1, "a watch")
+            logged = len(caplog.records)
+            fake.lag_watch_cache()  # every watch is a 410, even right after a fresh list
+            fake.drop_watches()
+            requests = len(fake.requests)
+            await asyncio.sleep(1.0)
+            # a busy loop made thousands; backing off at 0.2 s makes about ten
+            assert len(fake.requests) - requests < 40, len(fake.requests) - requests
+            assert discovery.lists >= 3  # it keeps trying all the same
+            episode = [r.getMessage() for r in caplog.records[logged:] if r.levelno >= logging.INFO]
+            loud = [m for m in episode if not m.startswith("rewatching")]  # the drop itself
+            assert len(loud) == 1, loud
+            assert "410" in loud[0] and "relisting with backoff" in loud[0]
+            assert "410" in (discovery.trouble() or "")
+
+            fake.compacted = 0
+            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "watching again")
+            await sink.until(lambda: discovery.trouble() is None, "the episode over")
+        finally:
+            await stop(task)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b'{"type":"ERROR","object":"oops"}\n', b'{"type":"ADDED","object":[1]}\n', b"<html>\n"],
+    ids=["error-not-a-status", "object-not-an-object", "not-json"],
+)
+async def test_a_malformed_watch_event_is_logged_once_and_discovery_goes_on(
+    fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture, line: bytes
+) -> None:
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    sink = Sink()
+    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
+    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
+        task = await running(discovery, sink)
+        try:
+            await sink.until(lambda: fake.watch_count() == 1, "a watch")
+            fake.watch_lines = [line]
+            fake.drop_watches()
+            before = watches(fake)
+            await sink.until(lambda: watches(fake) >= before + 3, "several watches")
+            assert not task.done()
+            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(errors) == 1, errors
+            assert repr(line[:20])[2:-1] in errors[0]  # names what came
+
+            fake.watch_lines = None
+            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "watching again")
+        finally:
+            await stop(task)
+
+
+async def test_an_unexpected_failure_is_logged_once_with_its_traceback_and_retried(
+    fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    sink = Sink()
+    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
+    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
+        task = await running(discovery, sink)
+        try:
+            await sink.until(lambda: fake.watch_count() == 1, "a watch")
+            # valid JSON the pure part does not expect: a bug to survive, not a protocol error
+            odd = endpoint_slice("odd", [("10.0.0.9", True)], 50051)
+            odd["endpoints"] = "everywhere"
+            fake.put(SLICES, odd)
+            await sink.until(lambda: discovery.lists >= 3, "several relists")
+            assert not task.done()
+            errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(errors) == 1, [r.getMessage() for r in errors]
+            assert "failed unexpectedly" in errors[0].getMessage()
+            assert errors[0].exc_info is not None  # the traceback, to find the bug by
+            assert discovery.clients >= 2  # a fresh client, in case the old one is the trouble
+
+            fake.delete(SLICES, "odd")
+            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "going on")
+        finally:
+            await stop(task)
+
+
+async def test_credentials_that_cannot_be_loaded_at_refresh_are_retried_afresh(
+    fake: FakeKubeApi,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_connect = discovery_kubernetes.connect
+    connected: list[Any] = []
+
+    async def connect(settings: Settings) -> Any:
+        client = await real_connect(settings)
+        if not connected:
+            # what the in-cluster refresh hook raises on a token file caught empty
+            def empty_token(configuration: Any) -> None:
+                raise k8s_config.ConfigException("Token file exists but empty.")
+
+            client.configuration.refresh_api_key_hook = empty_token
+        connected.append(client)
+        return client
+
+    monkeypatch.setattr(discovery_kubernetes, "connect", connect)
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    sink = Sink()
+    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
+    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
+        task = await running(discovery, sink)
+        try:
+            assert sink.addresses == {"10.0.0.1:50051"}
+            assert len(connected) == 2
+            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(errors) == 1 and "cannot load the credentials" in errors[0], errors
+        finally:
+            await stop(task)
+
+
+async def test_a_401_loads_the_credentials_afresh(
+    fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.tokens = {"first"}
+    settings = settings_for(fake, tmp_path)
+    assert settings.kubeconfig is not None
+    fake.write_kubeconfig(Path(settings.kubeconfig), token="first")
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    sink = Sink()
+    discovery = KubernetesDiscovery(settings, backoff_max=0.2)
+    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
+        task = await running(discovery, sink)
+        try:
+            await sink.until(lambda: fake.watch_count() == 1, "a watch")
+            # the token expires and a new one is issued (an exec plugin, a rotated file)
+            fake.tokens = {"second"}
+            fake.write_kubeconfig(Path(settings.kubeconfig), token="second")
+            fake.drop_watches()
+            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "the new token used")
+            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(errors) == 1 and "HTTP 401" in errors[0], errors
+        finally:
+            await stop(task)
+
+
+async def test_a_watch_accepted_then_failed_is_no_recovery(
+    fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    sink = Sink()
+    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
+    error = {"type": "ERROR", "object": _status(500, "InternalError", "watch chan error")}
+    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
+        task = await running(discovery, sink)
+        try:
+            await sink.until(lambda: fake.watch_count() == 1, "a watch")
+            fake.watch_lines = [json.dumps(error).encode() + b"\n"]  # 200, then the ERROR
+            fake.drop_watches()
+            before = watches(fake)
+            await sink.until(lambda: watches(fake) >= before + 4, "several watches")
+            logged = [r.getMessage() for r in caplog.records if "rewatching" not in r.getMessage()]
+            assert len(logged) == 1, logged
+            assert "HTTP 500: watch chan error" in logged[0]
+
+            fake.watch_lines = None
+            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "watching again")
+            await sink.until(lambda: discovery.trouble() is None, "the recovery")
+            recovered = [r for r in caplog.records if "answering again" in r.getMessage()]
+            assert len(recovered) == 1
+        finally:
+            await stop(task)
+
+
+async def test_an_unreachable_api_at_start_is_trouble_to_show(
+    fake: FakeKubeApi, tmp_path: Path
+) -> None:
+    settings = settings_for(fake, tmp_path)
+    await fake.stop()
+    sink = Sink()
+    discovery = KubernetesDiscovery(settings, backoff_max=0.2)
+    task = asyncio.create_task(discovery.run(sink))
+    try:
+        await sink.until(lambda: discovery.trouble() is not None, "trouble")
+        trouble = discovery.trouble() or ""
+        assert trouble.startswith("Kubernetes API unreachable: listing endpointslices"), trouble
+        assert " (since 20" in trouble
+        assert sink.addresses is None
+        fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+        await fake.start()
+        await sink.until(lambda: sink.addresses == {"10.0.0.1:50051"}, "reachable")
+        await sink.until(lambda: discovery.trouble() is None, "no more trouble")
+    finally:
+        await stop(task)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "what"),
+    [
+        (
+            {"k8s_service_name": "workflow-engine"},
+            "endpointslices with kubernetes.io/service-name=workflow-engine in namespace default",
+        ),
+        ({"k8s_namespace": "dag-engine"}, "in namespace dag-engine"),
+        (
+            {"k8s_discovery_source": "pods", "k8s_label_selector": "app=nothing"},
+            "pods matching app=nothing in namespace default",
+        ),
+    ],
+    ids=["service", "namespace", "selector"],
+)
+async def test_a_list_that_matches_nothing_is_warned_of_once_and_shown(
+    fake: FakeKubeApi,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    overrides: dict[str, str],
+    what: str,
+) -> None:
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    fake.put(PODS, engine_pod("engine-0", "10.0.0.1"))
+    sink = Sink()
+    discovery = KubernetesDiscovery(
+        settings_for(fake, tmp_path, discovery_interval=1.0, **overrides)
+    )
+    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
+        task = await running(discovery, sink)
+        try:
+            assert sink.addresses == set()
+            await sink.until(lambda: discovery.lists >= 2, "a resync")
+            warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(warnings) == 1, warnings  # once, not at every resync
+            assert warnings[0].startswith("Kubernetes discovery finds no ")
+            assert what in warnings[0]
+            assert what in (discovery.trouble() or "")
+        finally:
+            await stop(task)

@@ -12,7 +12,12 @@ speaks the protocol the way the API server does:
   carrying a 410 Status (or, with ``gone_as_http``, an HTTP 410), as etcd compaction does;
 - ``forbidden`` makes every request a 403 Status, as an RBAC refusal; ``forbidden_watch`` only
   the watches (a Role granting list but not watch); ``unauthorized`` makes every request a 401,
-  as the API server answers an expired or unknown token;
+  as the API server answers an expired or unknown token, and ``tokens`` the bearer tokens it
+  accepts (any when None), as it does for a token that expired and was issued anew;
+- ``watch_lines`` makes every watch answer 200 and then send those raw lines and end, for an
+  ERROR event straight after the acceptance or a line that is no event at all; a ``compacted``
+  past every version (``lag_watch_cache()``) makes every watch a 410, even right after a list,
+  as an API server whose watch cache lags behind etcd;
 - ``drop_watches()`` cuts every open watch connection mid-stream, and ``stop()``/``start()``
   take the whole server away and back on the same port.
 """
@@ -84,6 +89,8 @@ class FakeKubeApi:
         self.forbidden_watch = False
         self.unauthorized = False
         self.gone_as_http = False
+        self.tokens: set[str] | None = None
+        self.watch_lines: list[bytes] | None = None
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._watchers: set[_Watcher] = set()
         self._runner: web.AppRunner | None = None
@@ -113,12 +120,14 @@ class FakeKubeApi:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+    def write_kubeconfig(
+        self, path: Path, namespace: str = "default", token: str = "fake-token"
+    ) -> Path:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "tester", "user": {"token": "fake-token"}}],
+            "users": [{"name": "tester", "user": {"token": token}}],
             "contexts": [
                 {
                     "name": "fake",
@@ -165,6 +174,10 @@ class FakeKubeApi:
         self.compacted = self.version
         self.history.clear()
 
+    def lag_watch_cache(self) -> None:
+        """Every watch gets 410 Gone from now on, even from the version a list just gave."""
+        self.compacted = 2**62
+
     def drop_watches(self) -> None:
         """Cut every watch connection mid-stream, as a restarting API server or a proxy does."""
         for watcher in list(self._watchers):
@@ -208,7 +221,8 @@ class FakeKubeApi:
         self.requests.append((kind, query))
         namespace = request.match_info["ns"]
         watching = query.get("watch") in ("true", "1")
-        if self.unauthorized:
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if self.unauthorized or (self.tokens is not None and bearer not in self.tokens):
             # what the API server says when no authenticator accepts the request: no user, so
             # nothing about RBAC
             return web.json_response(_status(401, "Unauthorized", "Unauthorized"), status=401)
@@ -246,6 +260,13 @@ class FakeKubeApi:
     ) -> web.StreamResponse:
         since = int(query.get("resourceVersion") or self.version)
         timeout = float(query.get("timeoutSeconds") or 1800)
+        if self.watch_lines is not None:
+            accepted = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await accepted.prepare(request)
+            for line in self.watch_lines:
+                await accepted.write(line)
+            await accepted.write_eof()
+            return accepted
         if since < self.compacted and self.gone_as_http:
             gone = _status(410, "Expired", f"too old resource version: {since} ({self.compacted})")
             return web.json_response(gone, status=410)
