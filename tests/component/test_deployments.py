@@ -151,6 +151,8 @@ def test_engines_as_discovery_and_the_drain_expect(rendered: list[dict[str, Any]
         assert pod["metadata"]["labels"][key] == value
     key, _, value = settings["K8S_LABEL_SELECTOR"].partition("=")
     assert pod["metadata"]["labels"][key] == value
+    # and so does the selector's default, for an orchestrator set up without the ConfigMap
+    assert pod["metadata"]["labels"]["app"] == "workflow-engine"
     (container,) = pod["spec"]["containers"]
     assert container["readinessProbe"]["grpc"] == {"port": 50051, "service": "dagengine.v1.Engine"}
     assert container["livenessProbe"]["grpc"]["port"] == 50051
