@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import zoneinfo
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final
@@ -417,7 +418,147 @@ def cron_iterator(expression: str) -> croniter:
         return croniter(text, datetime(2000, 1, 1), second_at_beginning=seconds_first)
     except (CroniterError, ValueError, KeyError, IndexError, TypeError) as exc:
         # the last four are croniter's own slips on some malformed fields
+        problem = None if text.startswith("@") else _cron_fields_problem(text.split(" "))
+        if problem is not None:
+            raise CronError(f"cron {expression!r}: {problem}") from exc
         raise CronError(f"cron {expression!r} is not valid: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _CronField:
+    name: str
+    low: int
+    high: int
+    names: tuple[str, ...] = ()  # names[i] stands for the number low + i
+
+    @property
+    def accepts(self) -> str:
+        number = f"a number {self.low}-{self.high}"
+        return f"{number} or a name {self.names[0]}-{self.names[-1]}" if self.names else number
+
+
+_SECOND: Final = _CronField("second", 0, 59)
+_MINUTE: Final = _CronField("minute", 0, 59)
+_HOUR: Final = _CronField("hour", 0, 23)
+_DAY: Final = _CronField("day", 1, 31)
+_MONTH: Final = _CronField(
+    "month",
+    1,
+    12,
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+)
+# 0 and 7 are both Sunday
+_WEEKDAY: Final = _CronField("weekday", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat"))
+_CRON_FIELDS: Final[dict[int, tuple[_CronField, ...]]] = {
+    5: (_MINUTE, _HOUR, _DAY, _MONTH, _WEEKDAY),
+    6: (_SECOND, _MINUTE, _HOUR, _DAY, _MONTH, _WEEKDAY),
+}
+_CRON_NUMBER: Final = re.compile(r"[0-9]+")
+# croniter's hashed (H) and random (R) values, left to croniter to judge, and its day and
+# weekday extensions: 15W or W15 (the weekday nearest the 15th), L5 (the month's last Friday)
+_CRON_HASHED: Final = re.compile(r"[hr](\([0-9]+-[0-9]+\))?(/[0-9]+)?")
+_CRON_NEAREST_WEEKDAY: Final = re.compile(r"([0-9]+)w|w([0-9]+)")
+_CRON_LAST_WEEKDAY: Final = re.compile(r"l([0-9]+)")
+
+
+def _cron_fields_problem(fields: list[str]) -> str | None:
+    """What is wrong with the first bad field of a cron expression croniter refused, naming the
+    field and what it accepts, or None when this finds nothing (croniter's text is used then).
+
+    Only for the message: croniter does the parsing, and its errors name neither the field nor
+    its range. So this must never find fault with what croniter accepts.
+    """
+    for kind, text in zip(_CRON_FIELDS.get(len(fields), ()), fields, strict=False):
+        fault = _cron_field_fault(kind, text)
+        if fault is not None:
+            part, why = fault
+            where = f"{kind.name} field {text!r}"
+            return f"{where} {why}" if part == text else f"{where}: {part!r} {why}"
+    return None
+
+
+def _cron_field_fault(kind: _CronField, text: str) -> tuple[str, str] | None:
+    """The first bad part of one field and what is wrong with it, or None."""
+    if "?" in text:
+        if text == "?" and kind in (_DAY, _WEEKDAY):
+            return None
+        return "?", "is allowed only as the whole day or weekday field"
+    for item in text.split(","):
+        if not item:
+            return text, "has an empty list item"
+        fault = _cron_item_fault(kind, item)
+        if fault is not None:
+            return fault
+    return None
+
+
+def _cron_item_fault(kind: _CronField, item: str) -> tuple[str, str] | None:
+    """What is wrong with one list item, ``base[/step]`` with base ``*``, ``a`` or ``a-b``."""
+    lowered = item.lower()
+    if _CRON_HASHED.fullmatch(lowered):
+        return None
+    if kind is _DAY:
+        if lowered == "l":
+            return None
+        nearest = _CRON_NEAREST_WEEKDAY.fullmatch(lowered)
+        if nearest is not None:
+            return _cron_value_fault(kind, nearest[1] or nearest[2])
+    if kind is _WEEKDAY:
+        if _CRON_LAST_WEEKDAY.fullmatch(lowered):
+            return _cron_value_fault(kind, item[1:])
+        base, hash_, nth = item.partition("#")
+        if hash_:
+            digits = nth.lstrip("0")
+            if not (_CRON_NUMBER.fullmatch(nth) and len(digits) == 1 and "1" <= digits <= "5"):
+                return item, f"asks for weekday #{nth} of the month: use #1 to #5"
+            item = base
+    malformed = (item, "is not a value, a range like 1-5 or a step like */5")
+    base, slash, step = item.partition("/")
+    if slash:
+        if not base or "/" in step:
+            return malformed
+        if not _CRON_NUMBER.fullmatch(step) or not step.strip("0"):
+            return item, f"has step {step!r}: use a whole number of 1 or more"
+    if base == "*":
+        return None
+    low, dash, high = base.partition("-")
+    if not dash:
+        return _cron_value_fault(kind, low)
+    if not low or not high or "-" in high:
+        return malformed
+    if kind is _DAY and high.lower() == "l":
+        return _cron_value_fault(kind, low)  # 5-L: to the month's last day
+    fault = _cron_value_fault(kind, low, floor=False) or _cron_value_fault(kind, high, floor=False)
+    if fault is not None:
+        return fault
+    # croniter reads an equal range (0-0) as the whole field and a falling one (5-0) as
+    # wrapping round from its top, so only a rising range can reach below the field's low end
+    first, last = _cron_value(kind, low), _cron_value(kind, high)
+    if first < last and first < kind.low:
+        return low, f"is out of range {kind.low}-{kind.high}"
+    return None
+
+
+def _cron_value_fault(kind: _CronField, part: str, *, floor: bool = True) -> tuple[str, str] | None:
+    """What is wrong with ``part`` as one value of the field (a number or a name), or None;
+    without ``floor``, a number below the field's low end is let by."""
+    if _CRON_NUMBER.fullmatch(part):
+        digits = part.lstrip("0") or "0"
+        # a number of thousands of digits is too long for int(), and out of range anyway
+        if len(digits) > 4 or int(digits) > kind.high or (floor and int(digits) < kind.low):
+            return part, f"is out of range {kind.low}-{kind.high}"
+        return None
+    if part.lower() in kind.names:
+        return None
+    if kind is _WEEKDAY and _CRON_NUMBER.fullmatch(part[:-1]) and part[-1] in "lL":
+        return part, f"is not {kind.accepts} (the last one in the month is L{part[:-1]})"
+    return part, f"is not {kind.accepts}"
+
+
+def _cron_value(kind: _CronField, part: str) -> int:
+    """The number a valid value stands for, Sunday as 0 (croniter reads 7 as 0)."""
+    value = int(part) if _CRON_NUMBER.fullmatch(part) else kind.low + kind.names.index(part.lower())
+    return 0 if kind is _WEEKDAY and value == 7 else value
 
 
 @lru_cache(maxsize=512)

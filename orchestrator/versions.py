@@ -12,7 +12,11 @@ versions a run would really reach by resolving ranges, since an older version a 
 selects can lead back where the latest ones do not; a run of such a loop would never end.
 
 Precedence is SemVer 2.0.0's (build metadata ignored). Ranges are npm's, plus ``latest`` (or
-empty) for the highest registered version; a bare version such as ``1.2.3`` matches only itself.
+empty) for the highest registered version. A bare version is ``=version``, as in npm: ``1.2.3``
+matches 1.2.3 whatever its build metadata (``1.2.3+b1``), while one that names a build
+(``1.2.3+b1``) matches only that build. Registration refuses a second version of equal
+precedence (it would not be above the latest), so ``1.2.3`` finds at most one; only rows stored
+before that rule can hold two, and then the very text asked for wins, else the last in order.
 """
 
 from __future__ import annotations
@@ -116,7 +120,9 @@ class _Range:
 
     def matches(self, version: str) -> bool:
         if self.exact is not None:
-            return version == self.exact
+            if "+" in self.exact:
+                return version == self.exact
+            return _precedence(version) == _precedence(self.exact)
         if self.npm is None:
             return True
         return bool(self.npm.match(_parse_version(version)))
@@ -557,8 +563,10 @@ class Registry:
     def _highest(wf: _Workflow, wanted: _Range) -> str | None:
         if wanted.is_latest:
             return wf.latest
-        if wanted.exact is not None:
-            return wanted.exact if wanted.exact in wf.rows else None
+        if wanted.exact in wf.rows:
+            # the very version, not another build of it: stored executions and pins name
+            # exact versions, and must get the one they name
+            return wanted.exact
         if wanted.text in wf.resolved:
             return wf.resolved[wanted.text]
         found = next((v for v in reversed(wf.order) if wanted.matches(v)), None)

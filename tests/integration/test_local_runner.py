@@ -146,7 +146,7 @@ def test_bad_inputs_are_refused_before_anything_runs(args: list[str], message: s
     [
         (
             "61 * * * *",
-            "cron '61 * * * *' is not valid: [61 * * * *] is not acceptable, out of range",
+            "cron '61 * * * *': minute field '61' is out of range 0-59",
         ),
         ("0 0 30 2 *", "cron '0 0 30 2 *' never fires"),
     ],

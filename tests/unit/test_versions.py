@@ -250,6 +250,90 @@ def test_an_exact_version_matches_only_itself(ranged: Registry) -> None:
     )
 
 
+@pytest.fixture
+def built() -> Registry:
+    return registry(
+        *(wf("lib", v) for v in ("1.0.0", "1.2.0+b1", "1.3.0-rc.1+x.7", "1.3.0", "2.0.0+2026"))
+    )
+
+
+@pytest.mark.parametrize(
+    ("wanted", "resolved"),
+    [
+        ("1.2.0", "1.2.0+b1"),  # npm and SemVer ignore build metadata when matching
+        (" 1.2.0 ", "1.2.0+b1"),
+        ("=1.2.0", "1.2.0+b1"),
+        ("1.2.0+b1", "1.2.0+b1"),
+        ("=1.2.0+b1", "1.2.0+b1"),
+        ("1.3.0-rc.1", "1.3.0-rc.1+x.7"),
+        ("1.3.0", "1.3.0"),
+        ("2.0.0", "2.0.0+2026"),
+    ],
+)
+def test_a_bare_version_matches_whatever_the_build_metadata(
+    built: Registry, wanted: str, resolved: str
+) -> None:
+    assert built.resolve("lib", wanted) == resolved
+    assert built.resolve_spec("lib", wanted).version == resolved
+    assert built.describe("lib", wanted)["version"] == resolved
+
+
+@pytest.mark.parametrize("wanted", ["1.2.0+b2", "1.2.0+B1", "1.3.0+x.7", "1.3.0-rc.1+x.8"])
+def test_a_version_that_names_a_build_matches_only_that_build(built: Registry, wanted: str) -> None:
+    with pytest.raises(NoMatchingVersion, match=re.escape(f"no version of lib matches {wanted!r}")):
+        built.resolve("lib", wanted)
+
+
+def test_a_sub_workflow_reference_to_a_bare_version_meets_its_build(built: Registry) -> None:
+    register(built, wf("app", "1.0.0", ("lib", "1.2.0")))
+    assert built.pin_versions("app", "1.0.0") == {"lib@1.2.0": "1.2.0+b1"}
+    assert built.describe("app")["references"] == [
+        {"node": "use_0", "workflow": "lib", "range": "1.2.0", "resolves_to": "1.2.0+b1"}
+    ]
+    # the range holds only that version: a newer lib leaves app behind
+    with pytest.raises(DependentsOutOfRange, match=re.escape("app@1.0.0 (needs 1.2.0)")):
+        built.plan_register(wf("lib", "2.0.1"), force=False, now=0.0)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("1.2.0+b1", "1.2.0+b2"),
+        ("1.2.0+b2", "1.2.0+b1"),
+        ("1.2.0+b1", "1.2.0"),
+        ("1.2.0", "1.2.0+b1"),
+    ],
+)
+def test_a_second_build_of_a_version_is_not_newer(first: str, second: str) -> None:
+    # so a bare version can find at most one registered build
+    reg = registry(wf("lib", first))
+    with pytest.raises(VersionNotNewer, match=re.escape(f"latest registered version {first}")):
+        reg.plan_register(wf("lib", second), force=True, now=0.0)
+
+
+def _rows(*versions: str) -> list[StoredVersion]:
+    return [Registry().plan_register(wf("lib", v), force=False, now=0.0).stored for v in versions]
+
+
+@pytest.mark.parametrize(
+    ("stored", "wanted", "resolved"),
+    [
+        (("1.2.0+b2", "1.2.0", "1.2.0+b1"), "1.2.0", "1.2.0"),  # the very text first
+        (("1.2.0+b2", "1.2.0", "1.2.0+b1"), "1.2.0+b1", "1.2.0+b1"),
+        (("1.2.0+b2", "1.2.0", "1.2.0+b1"), "=1.2.0", "1.2.0+b2"),
+        (("1.2.0+b2", "1.2.0+b1"), "1.2.0", "1.2.0+b2"),  # else the last in order, as =1.2.0
+        (("1.2.0+b2", "1.2.0+b1"), "1.2.0+b1", "1.2.0+b1"),
+    ],
+)
+def test_builds_stored_before_the_precedence_rule_resolve_the_text_asked_for_first(
+    stored: tuple[str, ...], wanted: str, resolved: str
+) -> None:
+    reg = Registry()
+    reg.load(_rows(*stored))
+    assert reg.resolve("lib", wanted) == resolved
+    assert reg.resolve_spec("lib", wanted).version == resolved
+
+
 def test_a_range_nothing_meets_names_the_workflow_range_and_versions(ranged: Registry) -> None:
     with pytest.raises(NoMatchingVersion) as err:
         ranged.resolve("lib", "^3")
