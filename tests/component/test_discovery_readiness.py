@@ -14,8 +14,8 @@ import pytest
 from orchestrator.discovery_kubernetes import KubernetesDiscovery
 from orchestrator.orchestrating import Orchestrator
 from orchestrator.serving import running_orchestrator
-from orchestrator.settings import Settings
-from tests.fakes.kube_api import SLICES, FakeKubeApi, endpoint_slice
+from tests.component.discovery_helpers import fake_kube_api
+from tests.fakes.kube_api import SLICES, endpoint_slice
 
 DEADLINE = 5.0
 
@@ -37,20 +37,14 @@ async def reason_until(orch: Orchestrator, text: str) -> str:
 async def test_readiness_names_an_unreachable_api_then_a_service_with_no_slices(
     tmp_path: Path,
 ) -> None:
-    fake = FakeKubeApi()
-    await fake.start()
-    settings = Settings(
-        discovery_mode="kubernetes",
-        in_cluster_config=False,
-        kubeconfig=str(fake.write_kubeconfig(tmp_path / "kubeconfig")),
+    async with fake_kube_api(
+        tmp_path,
         k8s_service_name="workflow-engine",  # a typo: the engines' Service is -engines
-        discovery_interval=30.0,
         state_db=str(tmp_path / "state.db"),
-    )
-    await fake.stop()  # the API server is not there when the orchestrator starts
-    fake.put(SLICES, endpoint_slice("workflow-engines-a", [("10.0.0.1", True)], 50051))
-    discovery = KubernetesDiscovery(settings, backoff_max=0.2)
-    try:
+    ) as (fake, settings):
+        await fake.stop()  # the API server is not there when the orchestrator starts
+        fake.put(SLICES, endpoint_slice("workflow-engines-a", [("10.0.0.1", True)], 50051))
+        discovery = KubernetesDiscovery(settings, backoff_max=0.2)
         async with running_orchestrator(settings, discovery) as orch:
             why = await reason_until(orch, "Kubernetes API unreachable")
             assert why.startswith("0 engine(s) ready, 0 queued; Kubernetes API unreachable: ")
@@ -61,5 +55,3 @@ async def test_readiness_names_an_unreachable_api_then_a_service_with_no_slices(
                 "0 engine(s) ready, 0 queued; Kubernetes discovery finds no endpointslices with"
                 " kubernetes.io/service-name=workflow-engine in namespace default"
             )
-    finally:
-        await fake.stop()

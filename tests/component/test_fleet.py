@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -21,7 +22,8 @@ from orchestrator.discovery_kubernetes import KubernetesDiscovery
 from orchestrator.fleet import EngineLink, Fleet
 from orchestrator.ring import make_balancer
 from orchestrator.settings import Settings
-from tests.fakes.kube_api import SLICES, FakeKubeApi, endpoint_slice
+from tests.component.discovery_helpers import fake_kube_api
+from tests.fakes.kube_api import SLICES, endpoint_slice
 
 DEADLINE = 10.0  # generous for a loaded machine; changes normally land in milliseconds
 
@@ -77,6 +79,17 @@ async def watched() -> AsyncIterator[Watched]:
     await out.fleet.close()
 
 
+@asynccontextmanager
+async def discovery_feeding(fleet: Fleet, settings: Settings) -> AsyncIterator[None]:
+    """Kubernetes discovery feeding ``fleet`` for the block: it runs from the block's first await."""
+    discovery = asyncio.create_task(KubernetesDiscovery(settings).run(fleet.update))
+    try:
+        yield
+    finally:
+        discovery.cancel()
+        await asyncio.gather(discovery, return_exceptions=True)
+
+
 async def ready_link(watched: Watched, address: str) -> EngineLink:
     watched.fleet.update({address})
     link = watched.fleet.links[address]
@@ -87,59 +100,46 @@ async def ready_link(watched: Watched, address: str) -> EngineLink:
 async def test_an_engine_whose_endpoint_turns_terminating_keeps_its_runs_until_done(
     engine: EngineServer, watched: Watched, tmp_path: Path
 ) -> None:
-    fake = FakeKubeApi()
-    await fake.start()
-    settings = Settings(
-        discovery_mode="kubernetes",
-        in_cluster_config=False,
-        kubeconfig=str(fake.write_kubeconfig(tmp_path / "kubeconfig")),
-        discovery_interval=30.0,
-    )
-
     def engine_slice(*, terminating: bool = False) -> JSONObject:
         eps = endpoint_slice("workflow-engines-a", [("127.0.0.1", not terminating)], engine.port)
         eps["endpoints"][0]["conditions"]["terminating"] = terminating
         return eps
 
-    fake.put(SLICES, engine_slice())
     fleet = watched.fleet
-    discovery = asyncio.create_task(KubernetesDiscovery(settings).run(fleet.update))
-    try:
-        await until(lambda: engine.address in fleet.links, "the engine discovered")
-        link = fleet.links[engine.address]
-        await until(lambda: link.state == "ready", "the engine ready")
-        link.in_flight = 1  # a run streams from it
+    async with fake_kube_api(tmp_path) as (fake, settings):
+        fake.put(SLICES, engine_slice())
+        async with discovery_feeding(fleet, settings):
+            await until(lambda: engine.address in fleet.links, "the engine discovered")
+            link = fleet.links[engine.address]
+            await until(lambda: link.state == "ready", "the engine ready")
+            link.in_flight = 1  # a run streams from it
 
-        # the pod is deleted: its endpoint turns terminating before the kubelet's SIGTERM
-        fake.put(SLICES, engine_slice(terminating=True))
-        await until(
-            lambda: link.state != "ready" or engine.address not in fleet.links,
-            "the engine out of the ring",
-        )
-        assert watched.lost == []  # its run goes on there: it is not cut off
-        assert fleet.links.get(engine.address) is link
-        assert link.state == "draining"
-        assert fleet.pick("any-workflow") is None  # nothing new goes to it
-        assert watched.kinds()[-1] == (
-            "engine.left",
-            "no longer discovered: finishing its 1 runs in flight",
-        )
+            # the pod is deleted: its endpoint turns terminating before the kubelet's SIGTERM
+            fake.put(SLICES, engine_slice(terminating=True))
+            await until(
+                lambda: link.state != "ready" or engine.address not in fleet.links,
+                "the engine out of the ring",
+            )
+            assert watched.lost == []  # its run goes on there: it is not cut off
+            assert fleet.links.get(engine.address) is link
+            assert link.state == "draining"
+            assert fleet.pick("any-workflow") is None  # nothing new goes to it
+            assert watched.kinds()[-1] == (
+                "engine.left",
+                "no longer discovered: finishing its 1 runs in flight",
+            )
 
-        # it still answers SERVING (its SIGTERM has not come): that does not make it ready
-        await fleet.check(link)
-        assert link.state == "draining"
-        assert fleet.pick("any-workflow") is None
+            # it still answers SERVING (its SIGTERM has not come): that does not make it ready
+            await fleet.check(link)
+            assert link.state == "draining"
+            assert fleet.pick("any-workflow") is None
 
-        # its last run ends: the next check lets it go, and nothing was lost on the way
-        link.in_flight = 0
-        await fleet.check(link)
-        assert engine.address not in fleet.links
-        assert watched.lost == []
-        assert [kind for kind, _ in watched.kinds()] == ["engine.joined", "engine.left"]
-    finally:
-        discovery.cancel()
-        await asyncio.gather(discovery, return_exceptions=True)
-        await fake.stop()
+            # its last run ends: the next check lets it go, and nothing was lost on the way
+            link.in_flight = 0
+            await fleet.check(link)
+            assert engine.address not in fleet.links
+            assert watched.lost == []
+            assert [kind for kind, _ in watched.kinds()] == ["engine.joined", "engine.left"]
 
 
 async def undiscovered_link(watched: Watched, address: str, runs: int) -> EngineLink:
@@ -259,37 +259,27 @@ async def test_two_engines_sharing_an_id_are_warned_of_and_the_one_left_keeps_wo
         EngineServer(EngineSettings(engine_id="dup", host="127.0.0.1", port=0, lua_workers=1))
         for _ in range(2)
     ]
-    fake = FakeKubeApi()
-    await fake.start()
-    settings = Settings(
-        discovery_mode="kubernetes",
-        in_cluster_config=False,
-        kubeconfig=str(fake.write_kubeconfig(tmp_path / "kubeconfig")),
-        discovery_interval=30.0,
-    )
     fleet = watched.fleet
-    discovery: asyncio.Task[None] | None = None
     try:
-        for server in servers:
-            await server.start()
-            fake.put(SLICES, endpoint_slice(f"e-{server.port}", [("127.0.0.1", True)], server.port))
-        first, second = (server.address for server in servers)
-        with caplog.at_level(logging.WARNING, logger="orchestrator.fleet"):
-            discovery = asyncio.create_task(KubernetesDiscovery(settings).run(fleet.update))
-            await until(lambda: len(fleet.ready()) == 2, "both engines ready")
-        shared = [r.getMessage() for r in caplog.records if "ENGINE_ID" in r.getMessage()]
-        assert len(shared) == 1, shared
-        assert "engine id dup" in shared[0]
-        assert first in shared[0] and second in shared[0]
+        async with fake_kube_api(tmp_path) as (fake, settings):
+            for server in servers:
+                await server.start()
+                fake.put(
+                    SLICES, endpoint_slice(f"e-{server.port}", [("127.0.0.1", True)], server.port)
+                )
+            first, second = (server.address for server in servers)
+            async with discovery_feeding(fleet, settings):
+                with caplog.at_level(logging.WARNING, logger="orchestrator.fleet"):
+                    await until(lambda: len(fleet.ready()) == 2, "both engines ready")
+                shared = [r.getMessage() for r in caplog.records if "ENGINE_ID" in r.getMessage()]
+                assert len(shared) == 1, shared
+                assert "engine id dup" in shared[0]
+                assert first in shared[0] and second in shared[0]
 
-        # one of them goes: its id must stay routable while the other still serves under it
-        fake.delete(SLICES, f"e-{servers[0].port}")
-        await until(lambda: first not in fleet.links, "the first engine gone")
-        assert fleet.pick("any-workflow") is fleet.links[second]
+                # one of them goes: its id must stay routable while the other still serves under it
+                fake.delete(SLICES, f"e-{servers[0].port}")
+                await until(lambda: first not in fleet.links, "the first engine gone")
+                assert fleet.pick("any-workflow") is fleet.links[second]
     finally:
-        if discovery is not None:
-            discovery.cancel()
-            await asyncio.gather(discovery, return_exceptions=True)
-        await fake.stop()
         for server in servers:
             await server.stop()

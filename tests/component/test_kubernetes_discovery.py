@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from orchestrator.discovery_kubernetes import KubernetesDiscovery, check_setting
 from orchestrator.fleet import Fleet
 from orchestrator.ring import make_balancer
 from orchestrator.settings import Settings, SettingsError
+from tests.component.discovery_helpers import settings_for
 from tests.fakes.kube_api import PODS, SLICES, FakeKubeApi, _status, endpoint_slice, engine_pod
 
 DEADLINE = 5.0  # generous for a loaded machine; changes normally arrive in milliseconds
@@ -71,27 +73,42 @@ async def fake() -> AsyncIterator[FakeKubeApi]:
     await api.stop()
 
 
-def settings_for(fake: FakeKubeApi, tmp_path: Path, **overrides: object) -> Settings:
-    kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
-    base: dict[str, object] = {
-        "discovery_mode": "kubernetes",
-        "in_cluster_config": False,
-        "kubeconfig": str(kubeconfig),
-        "discovery_interval": 30.0,
-    }
-    return Settings(**{**base, **overrides})  # type: ignore[arg-type]
-
-
-async def running(discovery: KubernetesDiscovery, sink: Sink) -> asyncio.Task[None]:
-    task = asyncio.create_task(discovery.run(sink))
-    await sink.until(lambda: sink.addresses is not None, "a first report")
-    return task
-
-
 async def stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+@asynccontextmanager
+async def discovering(
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture | None = None,
+    *,
+    level: int = logging.INFO,
+    backoff_max: float | None = None,
+) -> AsyncIterator[tuple[KubernetesDiscovery, Sink, asyncio.Task[None]]]:
+    """Discovery running into a Sink, past its first report, until the block ends.
+
+    With ``caplog``, discovery's records at ``level`` and up are captured all the while.
+    """
+    sink = Sink()
+    discovery = (
+        KubernetesDiscovery(settings)
+        if backoff_max is None
+        else KubernetesDiscovery(settings, backoff_max=backoff_max)
+    )
+    capturing = (
+        caplog.at_level(level, logger="orchestrator.discovery_kubernetes")
+        if caplog is not None
+        else nullcontext()
+    )
+    with capturing:
+        task = asyncio.create_task(discovery.run(sink))
+        await sink.until(lambda: sink.addresses is not None, "a first report")
+        try:
+            yield discovery, sink, task
+        finally:
+            await stop(task)
 
 
 async def test_endpoint_slices_list_then_watch_follow_scaling(
@@ -101,10 +118,7 @@ async def test_endpoint_slices_list_then_watch_follow_scaling(
     # another Service's slice and another namespace's are not ours
     fake.put(SLICES, endpoint_slice("other", [("10.9.9.9", True)], 50051, service="other"))
     fake.put(SLICES, endpoint_slice("elsewhere", [("10.8.8.8", True)], 50051, namespace="x"))
-    sink = Sink()
-    discovery = KubernetesDiscovery(settings_for(fake, tmp_path))
-    task = await running(discovery, sink)
-    try:
+    async with discovering(settings_for(fake, tmp_path)) as (discovery, sink, _):
         assert sink.addresses == {"10.0.0.1:50051"}  # the not-ready endpoint is left out
         list_query = fake.requests[0][1]
         assert list_query["labelSelector"] == "kubernetes.io/service-name=workflow-engines"
@@ -129,18 +143,13 @@ async def test_endpoint_slices_list_then_watch_follow_scaling(
         await sink.until(lambda: sink.addresses == {"10.0.1.1:50051"}, "down")
         assert sink.hints["10.0.1.1:50051"].pod == "engine-0"
         assert discovery.lists == 1
-    finally:
-        await stop(task)
 
 
 async def test_a_bookmark_advances_the_resource_version_watched_from(
     fake: FakeKubeApi, tmp_path: Path
 ) -> None:
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    sink = Sink()
-    discovery = KubernetesDiscovery(settings_for(fake, tmp_path))
-    task = await running(discovery, sink)
-    try:
+    async with discovering(settings_for(fake, tmp_path)) as (discovery, sink, _):
         await sink.until(lambda: fake.watch_count() == 1, "a watch")
         listed_at = discovery.resource_version
         fake.bookmark()
@@ -153,8 +162,6 @@ async def test_a_bookmark_advances_the_resource_version_watched_from(
         assert fake.requests[-1][1]["resourceVersion"] == str(fake.version)
         assert len(sink.reports) == reports
         assert discovery.lists == 1
-    finally:
-        await stop(task)
 
 
 @pytest.mark.parametrize("as_http", [False, True], ids=["error-event", "http-410"])
@@ -163,10 +170,7 @@ async def test_410_gone_leads_to_a_fresh_list(
 ) -> None:
     fake.gone_as_http = as_http
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    sink = Sink()
-    discovery = KubernetesDiscovery(settings_for(fake, tmp_path))
-    task = await running(discovery, sink)
-    try:
+    async with discovering(settings_for(fake, tmp_path)) as (discovery, sink, _):
         await sink.until(lambda: fake.watch_count() == 1, "a watch")
         # the connection breaks, and while it is down history is compacted past our version
         fake.drop_watches()
@@ -177,18 +181,13 @@ async def test_410_gone_leads_to_a_fresh_list(
         await sink.until(lambda: fake.watch_count() == 1, "a watch after the relist")
         fake.put(SLICES, endpoint_slice("engines", [("10.0.0.3", True)], 50051))
         await sink.until(lambda: sink.addresses == {"10.0.0.3:50051"}, "watching again")
-    finally:
-        await stop(task)
 
 
 async def test_a_dropped_watch_reconnects_from_where_it_was_without_relisting(
     fake: FakeKubeApi, tmp_path: Path
 ) -> None:
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    sink = Sink()
-    discovery = KubernetesDiscovery(settings_for(fake, tmp_path))
-    task = await running(discovery, sink)
-    try:
+    async with discovering(settings_for(fake, tmp_path)) as (discovery, sink, _):
         for n in (2, 3):
             await sink.until(lambda: fake.watch_count() == 1, "a watch")
             fake.drop_watches()
@@ -196,20 +195,14 @@ async def test_a_dropped_watch_reconnects_from_where_it_was_without_relisting(
             fake.put(SLICES, endpoint_slice("engines", [(f"10.0.0.{n}", True)], 50051))
             await sink.until(lambda n=n: sink.addresses == {f"10.0.0.{n}:50051"}, "rewatched")  # type: ignore[misc]
         assert discovery.lists == 1
-    finally:
-        await stop(task)
 
 
 async def test_a_full_resync_every_interval(fake: FakeKubeApi, tmp_path: Path) -> None:
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    sink = Sink()
-    discovery = KubernetesDiscovery(settings_for(fake, tmp_path, discovery_interval=1.0))
-    task = await running(discovery, sink)
-    try:
+    settings = settings_for(fake, tmp_path, discovery_interval=1.0)
+    async with discovering(settings) as (discovery, sink, _):
         await sink.until(lambda: discovery.lists >= 2, "a second list after the interval")
         assert sink.addresses == {"10.0.0.1:50051"}
-    finally:
-        await stop(task)
 
 
 async def test_pod_mode_honours_annotations_and_leaves_out_pods_not_ready(
@@ -231,29 +224,22 @@ async def test_pod_mode_honours_annotations_and_leaves_out_pods_not_ready(
     not_engine = engine_pod("web", "10.1.0.9")
     not_engine["metadata"]["labels"] = {"app": "web"}
     fake.put(PODS, not_engine)
-    sink = Sink()
-    discovery = KubernetesDiscovery(
-        settings_for(fake, tmp_path, k8s_discovery_source="pods", engine_port=50051)
-    )
-    with caplog.at_level(logging.WARNING, logger="orchestrator.discovery_kubernetes"):
-        task = await running(discovery, sink)
-        try:
-            assert fake.requests[0] == (PODS, {"labelSelector": "app=workflow-engine"})
-            assert sink.addresses == {"10.1.0.1:7000", "10.1.0.2:50051", "10.1.0.5:50051"}
-            assert sink.hints["10.1.0.1:7000"] == EngineHint(
-                pod="engine-0", capacity=4, engine_id="alpha"
-            )
-            assert sink.hints["10.1.0.2:50051"].capacity is None
-            # the pod turns ready: it joins through the watch
-            fake.put(PODS, engine_pod("engine-2", "10.1.0.3"))
-            await sink.until(lambda: "10.1.0.3:50051" in (sink.addresses or ()), "ready pod")
-            # a terminating pod leaves at once, before its readiness probe fails
-            gone = engine_pod("engine-1", "10.1.0.2")
-            gone["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-            fake.put(PODS, gone)
-            await sink.until(lambda: "10.1.0.2:50051" not in (sink.addresses or ()), "leaving")
-        finally:
-            await stop(task)
+    settings = settings_for(fake, tmp_path, k8s_discovery_source="pods", engine_port=50051)
+    async with discovering(settings, caplog, level=logging.WARNING) as (_, sink, _):
+        assert fake.requests[0] == (PODS, {"labelSelector": "app=workflow-engine"})
+        assert sink.addresses == {"10.1.0.1:7000", "10.1.0.2:50051", "10.1.0.5:50051"}
+        assert sink.hints["10.1.0.1:7000"] == EngineHint(
+            pod="engine-0", capacity=4, engine_id="alpha"
+        )
+        assert sink.hints["10.1.0.2:50051"].capacity is None
+        # the pod turns ready: it joins through the watch
+        fake.put(PODS, engine_pod("engine-2", "10.1.0.3"))
+        await sink.until(lambda: "10.1.0.3:50051" in (sink.addresses or ()), "ready pod")
+        # a terminating pod leaves at once, before its readiness probe fails
+        gone = engine_pod("engine-1", "10.1.0.2")
+        gone["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        fake.put(PODS, gone)
+        await sink.until(lambda: "10.1.0.2:50051" not in (sink.addresses or ()), "leaving")
     warnings = [r.getMessage() for r in caplog.records if "workflow-engine/port" in r.getMessage()]
     assert warnings == [
         "pod engine-4: annotation workflow-engine/port must be an integer from 1 to 65535,"
@@ -265,37 +251,32 @@ async def test_403_is_reported_once_and_the_last_engines_stay(
     fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    sink = Sink()
-    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
-    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
-        task = await running(discovery, sink)
-        try:
-            await sink.until(lambda: fake.watch_count() == 1, "a watch")
-            reports = len(sink.reports)
-            fake.forbidden = True
-            fake.drop_watches()
-            requests = len(fake.requests)
-            await sink.until(lambda: len(fake.requests) >= requests + 4, "several refusals")
-            assert not task.done()  # no library error got out
-            assert len(sink.reports) == reports  # nothing reported: the fleet keeps what it has
-            refused = [r for r in caplog.records if r.levelno == logging.ERROR]
-            assert len(refused) == 1
-            message = refused[0].getMessage()
-            assert "Kubernetes API refused discovery" in message
-            assert "HTTP 403" in message
-            assert "needs list and watch on endpointslices.discovery.k8s.io" in message
-            assert "keeping the 1 engines known" in message
+    settings = settings_for(fake, tmp_path)
+    async with discovering(settings, caplog, backoff_max=0.2) as (_, sink, task):
+        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+        reports = len(sink.reports)
+        fake.forbidden = True
+        fake.drop_watches()
+        requests = len(fake.requests)
+        await sink.until(lambda: len(fake.requests) >= requests + 4, "several refusals")
+        assert not task.done()  # no library error got out
+        assert len(sink.reports) == reports  # nothing reported: the fleet keeps what it has
+        refused = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(refused) == 1
+        message = refused[0].getMessage()
+        assert "Kubernetes API refused discovery" in message
+        assert "HTTP 403" in message
+        assert "needs list and watch on endpointslices.discovery.k8s.io" in message
+        assert "keeping the 1 engines known" in message
 
-            fake.forbidden = False
-            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
-            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "allowed again")
-            # the outage ends when a watch delivers, which follows the list
-            await sink.until(
-                lambda: any("answering again" in r.getMessage() for r in caplog.records),
-                "the recovery logged",
-            )
-        finally:
-            await stop(task)
+        fake.forbidden = False
+        fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+        await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "allowed again")
+        # the outage ends when a watch delivers, which follows the list
+        await sink.until(
+            lambda: any("answering again" in r.getMessage() for r in caplog.records),
+            "the recovery logged",
+        )
 
 
 async def test_a_watch_refused_while_the_list_is_allowed_is_reported_once(
@@ -304,88 +285,70 @@ async def test_a_watch_refused_while_the_list_is_allowed_is_reported_once(
     # a Role with list but not watch: every list succeeds, every watch is a 403
     fake.forbidden_watch = True
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    sink = Sink()
-    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
+    settings = settings_for(fake, tmp_path)
+    async with discovering(settings, caplog, backoff_max=0.2) as (discovery, sink, task):
+        assert sink.addresses == {"10.0.0.1:50051"}  # the list alone still finds engines
+        await sink.until(lambda: watches(fake) >= 4 and discovery.lists >= 4, "several retries")
+        assert not task.done()
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(errors) == 1, errors
+        assert "HTTP 403" in errors[0] and "watching endpointslices" in errors[0]
+        # a successful list is no recovery while the watch is still refused
+        assert not [r for r in caplog.records if "answering again" in r.getMessage()]
 
-    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
-        task = await running(discovery, sink)
-        try:
-            assert sink.addresses == {"10.0.0.1:50051"}  # the list alone still finds engines
-            await sink.until(lambda: watches(fake) >= 4 and discovery.lists >= 4, "several retries")
-            assert not task.done()
-            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-            assert len(errors) == 1, errors
-            assert "HTTP 403" in errors[0] and "watching endpointslices" in errors[0]
-            # a successful list is no recovery while the watch is still refused
-            assert not [r for r in caplog.records if "answering again" in r.getMessage()]
-
-            fake.forbidden_watch = False
-            await sink.until(lambda: fake.watch_count() == 1, "a watch once allowed")
-            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
-            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "by the watch")
-            recovered = [r for r in caplog.records if "answering again" in r.getMessage()]
-            assert len(recovered) == 1
-        finally:
-            await stop(task)
+        fake.forbidden_watch = False
+        await sink.until(lambda: fake.watch_count() == 1, "a watch once allowed")
+        fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+        await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "by the watch")
+        recovered = [r for r in caplog.records if "answering again" in r.getMessage()]
+        assert len(recovered) == 1
 
 
 async def test_a_401_names_the_credentials_not_rbac(
     fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    sink = Sink()
     settings = settings_for(fake, tmp_path)
-    discovery = KubernetesDiscovery(settings, backoff_max=0.2)
-    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
-        task = await running(discovery, sink)
-        try:
-            await sink.until(lambda: fake.watch_count() == 1, "a watch")
-            reports = len(sink.reports)
-            fake.unauthorized = True  # the token expired, say
-            fake.drop_watches()
-            requests = len(fake.requests)
-            await sink.until(lambda: len(fake.requests) >= requests + 4, "several rejections")
-            assert len(sink.reports) == reports  # the fleet keeps what it has
-            errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-            assert len(errors) == 1, [r.getMessage() for r in errors]
-            message = errors[0].getMessage()
-            assert "rejected the orchestrator's credentials" in message
-            assert "HTTP 401" in message
-            assert f"kubeconfig {settings.kubeconfig}" in message
-            assert "expired" in message
-            assert "ServiceAccount needs" not in message  # RBAC advice would mislead here
-            assert errors[0].__dict__["event"] == "discovery.unauthorized"
-            assert "keeping the 1 engines known" in message
+    async with discovering(settings, caplog, backoff_max=0.2) as (_, sink, _):
+        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+        reports = len(sink.reports)
+        fake.unauthorized = True  # the token expired, say
+        fake.drop_watches()
+        requests = len(fake.requests)
+        await sink.until(lambda: len(fake.requests) >= requests + 4, "several rejections")
+        assert len(sink.reports) == reports  # the fleet keeps what it has
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1, [r.getMessage() for r in errors]
+        message = errors[0].getMessage()
+        assert "rejected the orchestrator's credentials" in message
+        assert "HTTP 401" in message
+        assert f"kubeconfig {settings.kubeconfig}" in message
+        assert "expired" in message
+        assert "ServiceAccount needs" not in message  # RBAC advice would mislead here
+        assert errors[0].__dict__["event"] == "discovery.unauthorized"
+        assert "keeping the 1 engines known" in message
 
-            fake.unauthorized = False
-            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
-            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "accepted again")
-        finally:
-            await stop(task)
+        fake.unauthorized = False
+        fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+        await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "accepted again")
 
 
 async def test_an_unreachable_api_server_is_reported_once_and_reconnected(
     fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    sink = Sink()
-    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
-    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
-        task = await running(discovery, sink)
-        try:
-            await sink.until(lambda: fake.watch_count() == 1, "a watch")
-            reports = len(sink.reports)
-            await fake.stop()
-            await asyncio.sleep(1.0)  # several reconnection attempts
-            errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-            assert len(errors) == 1, [r.getMessage() for r in errors]
-            assert "Kubernetes API unreachable" in errors[0].getMessage()
-            assert len(sink.reports) == reports
-            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
-            await fake.start()  # same port
-            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "back")
-        finally:
-            await stop(task)
+    async with discovering(settings_for(fake, tmp_path), caplog, backoff_max=0.2) as (_, sink, _):
+        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+        reports = len(sink.reports)
+        await fake.stop()
+        await asyncio.sleep(1.0)  # several reconnection attempts
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1, [r.getMessage() for r in errors]
+        assert "Kubernetes API unreachable" in errors[0].getMessage()
+        assert len(sink.reports) == reports
+        fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+        await fake.start()  # same port
+        await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "back")
 
 
 def test_settings_that_can_never_connect_are_refused_in_one_line(tmp_path: Path) -> None:
@@ -432,32 +395,28 @@ async def test_a_lasting_410_relists_with_backoff_and_is_logged_once(
 ) -> None:
     fake.gone_as_http = as_http
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    sink = Sink()
-    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
-    with caplog.at_level(logging.DEBUG, logger="orchestrator.discovery_kubernetes"):
-        task = await running(discovery, sink)
-        try:
-            await sink.until(lambda: fake.watch_count() == 1, "a watch")
-            logged = len(caplog.records)
-            fake.lag_watch_cache()  # every watch is a 410, even right after a fresh list
-            fake.drop_watches()
-            requests = len(fake.requests)
-            await asyncio.sleep(1.0)
-            # a busy loop made thousands; backing off at 0.2 s makes about ten
-            assert len(fake.requests) - requests < 40, len(fake.requests) - requests
-            assert discovery.lists >= 3  # it keeps trying all the same
-            episode = [r.getMessage() for r in caplog.records[logged:] if r.levelno >= logging.INFO]
-            loud = [m for m in episode if not m.startswith("rewatching")]  # the drop itself
-            assert len(loud) == 1, loud
-            assert "410" in loud[0] and "relisting with backoff" in loud[0]
-            assert "410" in (discovery.trouble() or "")
+    async with discovering(
+        settings_for(fake, tmp_path), caplog, level=logging.DEBUG, backoff_max=0.2
+    ) as (discovery, sink, _):
+        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+        logged = len(caplog.records)
+        fake.lag_watch_cache()  # every watch is a 410, even right after a fresh list
+        fake.drop_watches()
+        requests = len(fake.requests)
+        await asyncio.sleep(1.0)
+        # a busy loop made thousands; backing off at 0.2 s makes about ten
+        assert len(fake.requests) - requests < 40, len(fake.requests) - requests
+        assert discovery.lists >= 3  # it keeps trying all the same
+        episode = [r.getMessage() for r in caplog.records[logged:] if r.levelno >= logging.INFO]
+        loud = [m for m in episode if not m.startswith("rewatching")]  # the drop itself
+        assert len(loud) == 1, loud
+        assert "410" in loud[0] and "relisting with backoff" in loud[0]
+        assert "410" in (discovery.trouble() or "")
 
-            fake.compacted = 0
-            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
-            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "watching again")
-            await sink.until(lambda: discovery.trouble() is None, "the episode over")
-        finally:
-            await stop(task)
+        fake.compacted = 0
+        fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+        await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "watching again")
+        await sink.until(lambda: discovery.trouble() is None, "the episode over")
 
 
 @pytest.mark.parametrize(
@@ -469,55 +428,45 @@ async def test_a_malformed_watch_event_is_logged_once_and_discovery_goes_on(
     fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture, line: bytes
 ) -> None:
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    sink = Sink()
-    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
-    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
-        task = await running(discovery, sink)
-        try:
-            await sink.until(lambda: fake.watch_count() == 1, "a watch")
-            fake.watch_lines = [line]
-            fake.drop_watches()
-            before = watches(fake)
-            await sink.until(lambda: watches(fake) >= before + 3, "several watches")
-            assert not task.done()
-            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-            assert len(errors) == 1, errors
-            assert repr(line[:20])[2:-1] in errors[0]  # names what came
+    settings = settings_for(fake, tmp_path)
+    async with discovering(settings, caplog, backoff_max=0.2) as (_, sink, task):
+        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+        fake.watch_lines = [line]
+        fake.drop_watches()
+        before = watches(fake)
+        await sink.until(lambda: watches(fake) >= before + 3, "several watches")
+        assert not task.done()
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(errors) == 1, errors
+        assert repr(line[:20])[2:-1] in errors[0]  # names what came
 
-            fake.watch_lines = None
-            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
-            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "watching again")
-        finally:
-            await stop(task)
+        fake.watch_lines = None
+        fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+        await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "watching again")
 
 
 async def test_an_unexpected_failure_is_logged_once_with_its_traceback_and_retried(
     fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    sink = Sink()
-    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
-    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
-        task = await running(discovery, sink)
-        try:
-            await sink.until(lambda: fake.watch_count() == 1, "a watch")
-            # valid JSON the pure part does not expect: a bug to survive, not a protocol error
-            odd = endpoint_slice("odd", [("10.0.0.9", True)], 50051)
-            odd["endpoints"] = "everywhere"
-            fake.put(SLICES, odd)
-            await sink.until(lambda: discovery.lists >= 3, "several relists")
-            assert not task.done()
-            errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
-            assert len(errors) == 1, [r.getMessage() for r in errors]
-            assert "failed unexpectedly" in errors[0].getMessage()
-            assert errors[0].exc_info is not None  # the traceback, to find the bug by
-            assert discovery.clients >= 2  # a fresh client, in case the old one is the trouble
+    settings = settings_for(fake, tmp_path)
+    async with discovering(settings, caplog, backoff_max=0.2) as (discovery, sink, task):
+        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+        # valid JSON the pure part does not expect: a bug to survive, not a protocol error
+        odd = endpoint_slice("odd", [("10.0.0.9", True)], 50051)
+        odd["endpoints"] = "everywhere"
+        fake.put(SLICES, odd)
+        await sink.until(lambda: discovery.lists >= 3, "several relists")
+        assert not task.done()
+        errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(errors) == 1, [r.getMessage() for r in errors]
+        assert "failed unexpectedly" in errors[0].getMessage()
+        assert errors[0].exc_info is not None  # the traceback, to find the bug by
+        assert discovery.clients >= 2  # a fresh client, in case the old one is the trouble
 
-            fake.delete(SLICES, "odd")
-            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
-            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "going on")
-        finally:
-            await stop(task)
+        fake.delete(SLICES, "odd")
+        fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+        await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "going on")
 
 
 async def test_credentials_that_cannot_be_loaded_at_refresh_are_retried_afresh(
@@ -542,17 +491,11 @@ async def test_credentials_that_cannot_be_loaded_at_refresh_are_retried_afresh(
 
     monkeypatch.setattr(discovery_kubernetes, "connect", connect)
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    sink = Sink()
-    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
-    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
-        task = await running(discovery, sink)
-        try:
-            assert sink.addresses == {"10.0.0.1:50051"}
-            assert len(connected) == 2
-            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-            assert len(errors) == 1 and "cannot load the credentials" in errors[0], errors
-        finally:
-            await stop(task)
+    async with discovering(settings_for(fake, tmp_path), caplog, backoff_max=0.2) as (_, sink, _):
+        assert sink.addresses == {"10.0.0.1:50051"}
+        assert len(connected) == 2
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(errors) == 1 and "cannot load the credentials" in errors[0], errors
 
 
 async def test_a_401_loads_the_credentials_afresh(
@@ -563,51 +506,40 @@ async def test_a_401_loads_the_credentials_afresh(
     assert settings.kubeconfig is not None
     fake.write_kubeconfig(Path(settings.kubeconfig), token="first")
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    sink = Sink()
-    discovery = KubernetesDiscovery(settings, backoff_max=0.2)
-    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
-        task = await running(discovery, sink)
-        try:
-            await sink.until(lambda: fake.watch_count() == 1, "a watch")
-            # the token expires and a new one is issued (an exec plugin, a rotated file)
-            fake.tokens = {"second"}
-            fake.write_kubeconfig(Path(settings.kubeconfig), token="second")
-            fake.drop_watches()
-            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
-            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "the new token used")
-            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-            assert len(errors) == 1 and "HTTP 401" in errors[0], errors
-        finally:
-            await stop(task)
+    async with discovering(settings, caplog, backoff_max=0.2) as (_, sink, _):
+        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+        # the token expires and a new one is issued (an exec plugin, a rotated file)
+        fake.tokens = {"second"}
+        fake.write_kubeconfig(Path(settings.kubeconfig), token="second")
+        fake.drop_watches()
+        fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+        await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "the new token used")
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(errors) == 1 and "HTTP 401" in errors[0], errors
 
 
 async def test_a_watch_accepted_then_failed_is_no_recovery(
     fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    sink = Sink()
-    discovery = KubernetesDiscovery(settings_for(fake, tmp_path), backoff_max=0.2)
     error = {"type": "ERROR", "object": _status(500, "InternalError", "watch chan error")}
-    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
-        task = await running(discovery, sink)
-        try:
-            await sink.until(lambda: fake.watch_count() == 1, "a watch")
-            fake.watch_lines = [json.dumps(error).encode() + b"\n"]  # 200, then the ERROR
-            fake.drop_watches()
-            before = watches(fake)
-            await sink.until(lambda: watches(fake) >= before + 4, "several watches")
-            logged = [r.getMessage() for r in caplog.records if "rewatching" not in r.getMessage()]
-            assert len(logged) == 1, logged
-            assert "HTTP 500: watch chan error" in logged[0]
+    settings = settings_for(fake, tmp_path)
+    async with discovering(settings, caplog, backoff_max=0.2) as (discovery, sink, _):
+        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+        fake.watch_lines = [json.dumps(error).encode() + b"\n"]  # 200, then the ERROR
+        fake.drop_watches()
+        before = watches(fake)
+        await sink.until(lambda: watches(fake) >= before + 4, "several watches")
+        logged = [r.getMessage() for r in caplog.records if "rewatching" not in r.getMessage()]
+        assert len(logged) == 1, logged
+        assert "HTTP 500: watch chan error" in logged[0]
 
-            fake.watch_lines = None
-            fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
-            await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "watching again")
-            await sink.until(lambda: discovery.trouble() is None, "the recovery")
-            recovered = [r for r in caplog.records if "answering again" in r.getMessage()]
-            assert len(recovered) == 1
-        finally:
-            await stop(task)
+        fake.watch_lines = None
+        fake.put(SLICES, endpoint_slice("engines", [("10.0.0.2", True)], 50051))
+        await sink.until(lambda: sink.addresses == {"10.0.0.2:50051"}, "watching again")
+        await sink.until(lambda: discovery.trouble() is None, "the recovery")
+        recovered = [r for r in caplog.records if "answering again" in r.getMessage()]
+        assert len(recovered) == 1
 
 
 async def test_an_unreachable_api_at_start_is_trouble_to_show(
@@ -656,19 +588,12 @@ async def test_a_list_that_matches_nothing_is_warned_of_once_and_shown(
 ) -> None:
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
     fake.put(PODS, engine_pod("engine-0", "10.0.0.1"))
-    sink = Sink()
-    discovery = KubernetesDiscovery(
-        settings_for(fake, tmp_path, discovery_interval=1.0, **overrides)
-    )
-    with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
-        task = await running(discovery, sink)
-        try:
-            assert sink.addresses == set()
-            await sink.until(lambda: discovery.lists >= 2, "a resync")
-            warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-            assert len(warnings) == 1, warnings  # once, not at every resync
-            assert warnings[0].startswith("Kubernetes discovery finds no ")
-            assert what in warnings[0]
-            assert what in (discovery.trouble() or "")
-        finally:
-            await stop(task)
+    settings = settings_for(fake, tmp_path, discovery_interval=1.0, **overrides)
+    async with discovering(settings, caplog) as (discovery, sink, _):
+        assert sink.addresses == set()
+        await sink.until(lambda: discovery.lists >= 2, "a resync")
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1, warnings  # once, not at every resync
+        assert warnings[0].startswith("Kubernetes discovery finds no ")
+        assert what in warnings[0]
+        assert what in (discovery.trouble() or "")
