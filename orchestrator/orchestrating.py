@@ -40,7 +40,13 @@ from orchestrator.fleet import Fleet
 from orchestrator.lua_checking import LuaSyntaxChecker
 from orchestrator.metrics import Metrics
 from orchestrator.monitoring import Hub
-from orchestrator.store import LIST_LIMIT, MAX_IDEMPOTENCY_KEY, Store, TriggerFire
+from orchestrator.store import (
+    LIST_LIMIT,
+    MAX_IDEMPOTENCY_KEY,
+    EventPage,
+    Store,
+    TriggerFire,
+)
 from orchestrator.subworkflows import ChildRequest, ChildStarted, SubWorkflows
 from orchestrator.versions import Registry
 
@@ -639,6 +645,16 @@ class Orchestrator:
     async def execution_events(self, execution_id: str, after_seq: int = 0) -> list[JSONObject]:
         await self.get_execution(execution_id)
         return await self.store.events(execution_id, after_seq=after_seq)
+
+    async def execution_event_page(
+        self, execution_id: str, *, after_seq: int, limit: int
+    ) -> EventPage:
+        """A page of the stored timeline (a run of thousands of nodes has too many events
+        to read, hold and encode whole per request)."""
+        page = await self.store.event_page(execution_id, after_seq=after_seq, limit=limit)
+        if page is None:
+            raise NotFound(f"no execution {execution_id!r}")
+        return page
 
     # -- operations -------------------------------------------------------------------------
 

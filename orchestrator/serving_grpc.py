@@ -39,6 +39,7 @@ from orchestrator.serving_http import (
     follow_all,
     follow_execution,
 )
+from orchestrator.store import page_continues
 from orchestrator.subworkflows import ChildRequest
 from orchestrator.triggering import TriggerConflict, Triggers
 
@@ -358,7 +359,8 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             await _refuse(context, exc)
         return pb.ListExecutionsResponse(
             executions=[_execution_message(e, with_nodes=False) for e in found],
-            next_before=str(found[-1]["id"]) if len(found) == limit else "",
+            # a full page, or one cut by size, may have more behind it
+            next_before=str(found[-1]["id"]) if page_continues(found, limit) else "",
         )
 
     async def CancelExecution(

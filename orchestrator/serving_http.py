@@ -27,7 +27,14 @@ from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.errors import OrchestratorError
 from orchestrator.monitoring import EventFilter, Hub, Subscription
-from orchestrator.store import LIST_LIMIT, MAX_IDEMPOTENCY_KEY
+from orchestrator.store import (
+    EVENTS_PAGE,
+    EVENTS_PAGE_MAX,
+    LIST_LIMIT,
+    MAX_IDEMPOTENCY_KEY,
+    EventPage,
+    page_continues,
+)
 from orchestrator.subworkflows import ChildRequest, ChildStarted
 from orchestrator.triggering import HttpTrigger, Triggers, as_sent
 
@@ -43,6 +50,10 @@ class Api(Protocol):
     """What the HTTP and gRPC adapters need from the orchestrator."""
 
     hub: Hub
+
+    async def execution_event_page(
+        self, execution_id: str, *, after_seq: int, limit: int
+    ) -> EventPage: ...
 
     async def register(self, text: str, *, yaml: bool, force: bool) -> tuple[JSONObject, bool]: ...
     async def list_workflows(self) -> list[JSONObject]: ...
@@ -514,8 +525,8 @@ class HttpApi:
             limit=limit,
             before=q.get("before") or None,
         )
-        # a full page may have more behind it: where the next one starts
-        after = found[-1]["id"] if len(found) == limit else None
+        # a full page, or one cut by size, may have more behind it: where the next one starts
+        after = found[-1]["id"] if page_continues(found, limit) else None
         return _json({"executions": found, "next_before": after})
 
     async def get_execution(self, request: web.Request) -> web.Response:
@@ -543,9 +554,14 @@ class HttpApi:
         )
 
     async def execution_events(self, request: web.Request) -> web.Response:
-        return _json(
-            {"events": await self.api.execution_events(request.match_info["execution_id"])}
-        )
+        """One page of the stored timeline: a run of thousands of nodes has tens of thousands
+        of events, too many to read, hold and encode per request. ``next_after_seq`` is where
+        the next page starts, null once the page reaches the end of what is stored."""
+        execution_id = request.match_info["execution_id"]
+        after = _after_seq(request)
+        limit = _limit(request, EVENTS_PAGE, EVENTS_PAGE_MAX)
+        page = await self.api.execution_event_page(execution_id, after_seq=after, limit=limit)
+        return _json({"events": page.events, "next_after_seq": page.next_after_seq})
 
     async def live_events(self, request: web.Request) -> web.StreamResponse:
         """Server-Sent Events. With ?execution= the stored timeline is replayed first (after
@@ -647,6 +663,19 @@ def _once(request: web.Request, names: tuple[str, ...]) -> None:
     for name in names:
         if len(request.query.getall(name, [])) > 1:
             raise HttpError(400, "bad_request", f"give {name} once: one value per request")
+
+
+def _after_seq(request: web.Request) -> int:
+    """The ``after_seq`` query parameter: a seq, 0 (the start) when absent."""
+    _once(request, ("after_seq",))
+    raw = request.query.get("after_seq", "0")
+    # ASCII digits only, as for limit; a seq is a SQLite integer, and 18 digits always fit
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        shown = wire.bounded(raw, 40)
+        raise HttpError(
+            400, "bad_request", f"after_seq must be an event seq (0 or more), got {shown!r}"
+        )
+    return int(raw)
 
 
 def _last_event_id(request: web.Request) -> int:
@@ -972,9 +1001,19 @@ def openapi_document() -> JSONObject:
             },
             "/api/v1/executions/{execution_id}/events": {
                 "get": _op(
-                    "The stored timeline",
-                    params=[_path_param("execution_id")],
-                    responses={"200": "OK", "404": "not found"},
+                    "The stored timeline, a page at a time: {events, next_after_seq}; the "
+                    f"next page is after_seq=<next_after_seq>. limit: {EVENTS_PAGE} events "
+                    f"unless given, at most {EVENTS_PAGE_MAX}",
+                    params=[
+                        _path_param("execution_id"),
+                        _query("after_seq", "integer"),
+                        _query("limit", "integer"),
+                    ],
+                    responses={
+                        "200": "OK",
+                        "400": "after_seq or limit with a bad value",
+                        "404": "not found",
+                    },
                 )
             },
             "/api/v1/events": {

@@ -57,6 +57,17 @@ MAX_IDEMPOTENCY_KEY: Final = 200
 """Characters an idempotency key may have: it is stored and indexed with each run."""
 LIST_LIMIT: Final = 1000
 """Most executions one listing returns."""
+LIST_PAGE_BYTES: Final = 2 << 20
+"""A listing stops taking rows once their inputs, outputs and errors pass this many bytes (it
+always takes one): rows carry whole inputs and outputs, so a count alone does not bound a page.
+Under gRPC's default 4 MiB message, so a page also fits a ListExecutions answer."""
+EVENTS_PAGE: Final = 1000
+"""Events one page of a stored timeline holds unless asked otherwise."""
+EVENTS_PAGE_MAX: Final = 10_000
+"""Most events one page holds: some 3 MB of JSON, decoded and encoded per request."""
+EVENTS_PAGE_BYTES: Final = 4 << 20
+"""A page stops taking stored batches once they pass this many bytes (it always takes one):
+an event may carry a node's whole output."""
 _MAX_GROUP: Final = 512
 """Writes committed together at most: bounds one transaction's latency under a flood."""
 
@@ -209,14 +220,43 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _newer(current: int) -> RuntimeError:
+    return RuntimeError(
+        f"the state database is at schema {current}, newer than this orchestrator "
+        f"({len(MIGRATIONS)}): upgrade the orchestrator"
+    )
+
+
+def check_ours(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse a file this orchestrator must not write to, before anything is written to it:
+    one at a newer schema, or one that holds tables but no schema number (another program's
+    database, which the first migration would otherwise fill with ours, or fail half-way in)."""
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if current > len(MIGRATIONS):
+        raise _newer(current)
+    if current == 0:
+        tables = [
+            str(name)
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"
+                " AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        if tables:
+            shown = ", ".join(repr(t) for t in tables[:5])
+            more = f" and {len(tables) - 5} more" if len(tables) > 5 else ""
+            raise RuntimeError(
+                f"{path} is not a DAG Engine state database: it holds {len(tables)} "
+                f"table(s) ({shown}{more}) but no schema number (user_version 0); "
+                "left as it was: point STATE_DB at a new or empty file"
+            )
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema up to date; returns the version the file is at."""
     current = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if current > len(MIGRATIONS):
-        raise RuntimeError(
-            f"the state database is at schema {current}, newer than this orchestrator "
-            f"({len(MIGRATIONS)}): upgrade the orchestrator"
-        )
+        raise _newer(current)
     for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -554,10 +594,79 @@ def _timeline(conn: sqlite3.Connection, execution_id: str, after_seq: int = 0) -
     return events
 
 
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """Part of a stored timeline, in seq order."""
+
+    events: list[JSONObject]
+    next_after_seq: int | None
+    """Where the next page starts (the seq of this page's last event) when more events are
+    stored past this page; None when this page reached the end of what is stored."""
+
+
+def _event_page(
+    conn: sqlite3.Connection, execution_id: str, after_seq: int, limit: int, max_bytes: int
+) -> EventPage:
+    """At most ``limit`` events past ``after_seq``, from as many stored batches as hold them
+    (and no more than ``max_bytes`` of batches past the first): a page of a long timeline
+    decodes only its own batches."""
+    events: list[JSONObject] = []
+    size = 0
+    cursor = conn.execute(
+        "SELECT body FROM event_batches WHERE execution_id = ? AND last_seq > ? ORDER BY first_seq",
+        (execution_id, after_seq),
+    )
+    try:
+        for (body,) in cursor:
+            if len(events) >= limit or size >= max_bytes:
+                # full, and another batch is stored past it (each batch read holds an event
+                # past after_seq, so the page is not empty here)
+                return EventPage(events, _event_seq(events[-1]))
+            size += len(body)
+            fresh = [e for e in _decode(body) if _event_seq(e) > after_seq]
+            room = limit - len(events)
+            events.extend(fresh[:room])
+            if len(fresh) > room:
+                return EventPage(events, _event_seq(events[-1]))
+    finally:
+        cursor.close()
+    return EventPage(events, None)
+
+
+def _event_seq(event: JSONObject) -> int:
+    seq = event["seq"]
+    assert isinstance(seq, int)
+    return seq
+
+
+class ExecutionPage(list[JSONObject]):
+    """A page of a listing; ``cut``: it was ended by ``LIST_PAGE_BYTES`` before ``limit``, so
+    more rows may follow it. A list, so callers that only read rows need not know."""
+
+    __slots__ = ("cut",)
+
+    def __init__(self, rows: list[JSONObject], cut: bool) -> None:
+        super().__init__(rows)
+        self.cut = cut
+
+
+def page_continues(found: Sequence[JSONObject], limit: int) -> bool:
+    """Whether rows may follow a listing page asked with ``limit``: it is full, or it was cut
+    by size. Where it ends, the next page starts (``before`` its last id)."""
+    return bool(found) and (len(found) >= limit or getattr(found, "cut", False) is True)
+
+
 _EXECUTION_COLUMNS: Final = (
     "id, workflow_id, version, status, inputs, outputs, error, created_at, started_at,"
     " finished_at, parent_execution_id, node_total, nodes_done, parent_node_id, parent_item"
 )
+
+
+_HEAVY_COLUMNS: Final = (4, 5, 6)
+"""inputs, outputs and error in ``_EXECUTION_COLUMNS``: what makes one row weigh more than
+another."""
+_ROW_BYTES: Final = 400
+"""What the rest of a row weighs in JSON, about."""
 
 
 def _document(row: sqlite3.Row | tuple[Any, ...], done: int | None = None) -> JSONObject:
@@ -762,6 +871,11 @@ class Store:
 
         def connect() -> tuple[sqlite3.Connection, sqlite3.Connection]:
             writer = _connect(path)
+            try:
+                check_ours(writer, path)  # reads only: a refused file is left byte for byte
+            except BaseException:
+                writer.close()
+                raise
             mode = writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal" and path != ":memory:":
                 raise RuntimeError(f"cannot use write-ahead logging on {path} (got {mode})")
@@ -987,10 +1101,17 @@ class Store:
         return await self._reader.run(read)
 
     async def list_executions(
-        self, *, workflow_id: str | None, status: str | None, limit: int, before: str | None = None
-    ) -> list[JSONObject] | None:
+        self,
+        *,
+        workflow_id: str | None,
+        status: str | None,
+        limit: int,
+        before: str | None = None,
+        max_bytes: int = LIST_PAGE_BYTES,
+    ) -> ExecutionPage | None:
         """Newest first; with ``before``, those created before that execution (None when there
-        is no such execution)."""
+        is no such execution). At most ``limit`` rows, and no more once they pass
+        ``max_bytes`` (``page_continues`` tells whether rows may follow)."""
         clauses: list[str] = []
         args: list[object] = []
         if before is not None:
@@ -1011,17 +1132,49 @@ class Store:
             " ORDER BY created_at DESC, rowid DESC LIMIT ?"
         )
 
-        def read(conn: sqlite3.Connection) -> list[JSONObject] | None:
+        def read(conn: sqlite3.Connection) -> ExecutionPage | None:
             if before is not None:
                 known = conn.execute("SELECT 1 FROM executions WHERE id = ?", (before,))
                 if known.fetchone() is None:
                     return None
-            return [_document(r) for r in conn.execute(sql, (*args, limit))]
+            rows: list[JSONObject] = []
+            size = 0
+            cursor = conn.execute(sql, (*args, limit))
+            try:
+                for row in cursor:
+                    if size >= max_bytes:
+                        # the rows so far are a page's worth: the next page starts after them
+                        return ExecutionPage(rows, cut=True)
+                    # weighed as stored text: its inputs and outputs are what vary
+                    size += _ROW_BYTES + sum(len(row[i] or "") for i in _HEAVY_COLUMNS)
+                    rows.append(_document(row))
+            finally:
+                cursor.close()
+            return ExecutionPage(rows, cut=False)
 
         return await self._reader.run(read)
 
     async def events(self, execution_id: str, *, after_seq: int = 0) -> list[JSONObject]:
         return await self._reader.run(lambda conn: _timeline(conn, execution_id, after_seq))
+
+    async def event_page(
+        self,
+        execution_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int = EVENTS_PAGE,
+        max_bytes: int = EVENTS_PAGE_BYTES,
+    ) -> EventPage | None:
+        """One page of a run's stored timeline past ``after_seq``; None when there is no such
+        execution."""
+
+        def read(conn: sqlite3.Connection) -> EventPage | None:
+            known = conn.execute("SELECT 1 FROM executions WHERE id = ?", (execution_id,))
+            if known.fetchone() is None:
+                return None
+            return _event_page(conn, execution_id, after_seq, limit, max_bytes)
+
+        return await self._reader.run(read)
 
     async def next_seq(self, execution_id: str) -> int:
         def read(conn: sqlite3.Connection) -> int:

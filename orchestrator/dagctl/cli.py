@@ -230,6 +230,8 @@ def _history_limit(text: str) -> int:
 
 
 DEFAULT_LIMIT: Final = 50
+EVENTS_PAGE: Final = 5000
+"""Events asked for per page of a stored timeline (the server gives at most 10,000)."""
 
 GET_FLAGS: Final = {
     "workflow": ("executions", "triggers"),
@@ -647,10 +649,8 @@ def _track(
 ) -> JSONObject:
     path = f"/api/v1/executions/{_quote(execution_id)}"
     if doc.get("status") in EXECUTION_TERMINAL:  # over already: its stored timeline
-        found = client.get(f"{path}/events").get("events")
-        for event in found if isinstance(found, list) else []:
-            if isinstance(event, dict):
-                on_event(event)
+        for event in _stored_events(client, execution_id):
+            on_event(event)
         return doc
     last_seq = 0
     broken = 0
@@ -810,11 +810,8 @@ def cmd_events(args: argparse.Namespace, client: Client, out: TextIO, err: TextI
                 f"not of {args.workflow}",
                 {},
             )
-        body = client.get(f"/api/v1/executions/{_quote(str(doc.get('id')))}/events")
-        found = body.get("events")
-        for event in found if isinstance(found, list) else []:
-            if isinstance(event, dict):
-                show(event)
+        for event in _stored_events(client, str(doc.get("id"))):
+            show(event)
         return EXIT_OK
     execution_id = args.execution
     if execution_id:
@@ -832,6 +829,23 @@ def cmd_events(args: argparse.Namespace, client: Client, out: TextIO, err: TextI
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+def _stored_events(client: Client, execution_id: str) -> Generator[JSONObject, None, None]:
+    """A run's stored timeline, page after page (the server answers a page at a time)."""
+    path = f"/api/v1/executions/{_quote(execution_id)}/events"
+    after = 0
+    while True:
+        body = client.get(path, after_seq=after, limit=EVENTS_PAGE)
+        found = body.get("events")
+        for event in found if isinstance(found, list) else []:
+            if isinstance(event, dict):
+                yield event
+        following = body.get("next_after_seq")
+        # a server from before pages sends no next_after_seq: its one answer was all of it
+        if not isinstance(following, int) or isinstance(following, bool) or following <= after:
+            return
+        after = following
 
 
 def _live(
