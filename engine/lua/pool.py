@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Final
 
@@ -101,6 +101,9 @@ class _Worker:
     """``time.monotonic()`` instant past which the run counts as stuck."""
     cancel_seen: float | None = None
     given_up: bool = False
+    held: list[_Delivery] = field(default_factory=list)
+    """Outcomes finished and not yet handed back (see ``_HOLD_SECONDS``): the watchdog hands
+    them back itself when it gives up on the worker, since the thread is not coming back."""
 
 
 class LuaPool:
@@ -251,16 +254,17 @@ class LuaPool:
 
     def _work(self, worker: _Worker) -> None:
         sandbox = worker.sandbox
-        held: list[_Delivery] = []
         held_since = 0.0
         while True:
+            held = worker.held
             if held and (
                 self._queue.empty()
                 or len(held) >= _HOLD_MAX
                 or time.monotonic() - held_since >= _HOLD_SECONDS
             ):
+                worker.held = []
                 self._deliver_all(held)
-                held = []
+                held = worker.held
             job = self._queue.get()
             if job is None:
                 self._deliver_all(held)
@@ -287,8 +291,7 @@ class LuaPool:
             with self._lock:
                 gone = worker.given_up
                 worker.job = None
-            if gone:  # answered for and replaced meanwhile: this thread ends
-                self._deliver_all(held)
+            if gone:  # answered for, with what it held, and replaced meanwhile: it ends here
                 return
             if not held:
                 held_since = time.monotonic()
@@ -319,6 +322,8 @@ class LuaPool:
             if len(self._stuck) >= _MAX_STUCK_FACTOR * len(self._workers):
                 return  # asked again at the next look, once one of them has come back
             worker.given_up = True
+            # the thread touches its held outcomes only outside a run: these are ours now
+            held, worker.held = worker.held, []
             index = self._workers.index(worker)
             self._stuck.append(self._threads[index])
             del self._workers[index], self._threads[index]
@@ -346,6 +351,7 @@ class LuaPool:
             if not self._closed:
                 self._start_worker()
         note = " (stuck in one call the sandbox cannot interrupt)"
+        self._deliver_all(held)
         self._deliver(job, LuaOutcome(False, None, message + note, None, [], late, limit=limit))
 
     def _deliver_all(self, held: list[_Delivery]) -> None:

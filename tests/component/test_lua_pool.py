@@ -240,3 +240,15 @@ async def test_an_inline_run_works_on_small_data_only(pool: LuaPool) -> None:
     big = task("local s = string.rep('x', 1 << 20) return #s")
     assert pool.run_inline(big) is None
     assert (await pool.run(big)).value == 1 << 20
+
+
+async def test_outcomes_a_stuck_worker_held_are_handed_back_when_it_is_given_up() -> None:
+    limits = LuaLimits(wall_time=0.2)
+    async with LuaPool(workers=1, limits=limits, inline=False, stuck_grace=0.2) as pool:
+        # queued together: the quick one's outcome is held for a moment while the worker goes
+        # on to the next task, which gets stuck
+        quick = pool.submit(task("return 'quick'"))
+        stuck = pool.submit(task(STUCK))
+        assert (await quick).value == "quick"
+        assert (await stuck).limit == "wall_time"
+        assert pool.given_up == 1  # both came while the stuck call still ran
