@@ -80,6 +80,22 @@ local function hook()
   end
 end
 
+-- Work a C call does for the script, charged as instructions (one per four elements it
+-- walks, about what they cost in time), with a look at the clock when it is a lot: C loops
+-- the hook never sees count against the budget and the time all the same.
+local function charge(units)
+  if not metered or units < step then return end
+  budget = budget - units
+  if budget < 0 then trip("instructions") end
+  ticks = ticks + units // step
+  if ticks >= CHECK_EVERY or os_time() ~= last_second then
+    ticks = 0
+    last_second = os_time()
+    local code = py_check()
+    if code then trip(CHECK_REASONS[code]) end
+  end
+end
+
 local function trip_memory()
   tripped = "memory"
   error(LIMIT, 0)
@@ -455,9 +471,29 @@ local encode_table
 local KIND_TEXT = {["function"] = "a function", userdata = "a userdata", thread = "a thread"}
 
 -- JSON text of a value other than a table, or nil for a table that is not json.null.
+local function enc_other(v, depth, tv)
+  local text
+  if tv == "number" then
+    text = mtype(v) == "integer" and (INT_TEXT[v] or format("%d", v)) or enc_float(v, depth)
+  elseif tv == "boolean" then
+    text = v and "true" or "false"
+  elseif tv == "table" then
+    if not rawequal(v, NULL) then return nil end
+    text = "null"
+  elseif v == nil then
+    text = "null"
+  else
+    enc_fail(depth, "is " .. KIND_TEXT[tv])
+  end
+  enc_room = enc_room - #text - 1  -- and its comma
+  if enc_room < 0 then error(ENC_TOO_BIG, 0) end
+  return text
+end
+
 local function enc_scalar(v, depth)
   local tv = type(v)
   if tv == "string" then return enc_string(v, depth) end
+  if enc_room then return enc_other(v, depth, tv) end  -- an output: its size is counted
   if tv == "number" then
     if mtype(v) == "integer" then return INT_TEXT[v] or format("%d", v) end
     return enc_float(v, depth)
@@ -906,6 +942,7 @@ local function sandbox_move(a1, f, e, t, a2)
   if n >= MAX_SPAN then span_refused("table.move", n + 1) end
   if ti > maxinteger - n then error("bad argument #4 to 'move' (destination wrap around)", 2) end
   if (type(a1) ~= "table" or plain(a1)) and plain(dest) then
+    charge(n // 4)
     return t_move(a1, fi, ei, ti, a2)
   end
   if ti > ei or ti <= fi or (a2 ~= nil and a1 ~= dest) then
@@ -925,7 +962,10 @@ local function sandbox_insert(t, ...)
   if p == nil then return t_insert(t, pos, v) end
   local n = length_of(t)
   if n - p >= MAX_SPAN then span_refused("table.insert", n - p + 1) end
-  if plain(t) then return t_insert(t, p, v) end
+  if plain(t) then
+    if n > p then charge((n - p) // 4) end
+    return t_insert(t, p, v)
+  end
   if p < 1 or p > n + 1 then error("bad argument #2 to 'insert' (position out of bounds)", 2) end
   for i = n + 1, p + 1, -1 do t[i] = t[i - 1] end
   t[p] = v
@@ -940,7 +980,10 @@ local function sandbox_remove(t, pos)
     if p == nil then return t_remove(t, pos) end
   end
   if n - p >= MAX_SPAN then span_refused("table.remove", n - p) end
-  if plain(t) then return t_remove(t, p) end
+  if plain(t) then
+    if n > p then charge((n - p) // 4) end
+    return t_remove(t, p)
+  end
   if p ~= n and (p < 1 or p > n + 1) then
     error("bad argument #2 to 'remove' (position out of bounds)", 2)
   end
@@ -954,12 +997,16 @@ local function sandbox_remove(t, pos)
 end
 
 local function sandbox_concat(t, sep, i, j)
-  if type(t) ~= "table" or plain(t) then return concat(t, sep, i, j) end
+  if type(t) ~= "table" then return concat(t, sep, i, j) end
   local n = length_of(t)
   local first, last = 1, n
   if i ~= nil then first = as_integer(i) end
   if j ~= nil then last = as_integer(j) end
   if first == nil or last == nil then return concat({}, sep, i, j) end  -- C's refusal
+  if plain(t) then
+    if last > first then charge((last - first) // 4) end
+    return concat(t, sep, first, last)
+  end
   local parts = {}
   for k = first, last do
     local v = t[k]
@@ -973,7 +1020,12 @@ local function sandbox_concat(t, sep, i, j)
 end
 
 local function sandbox_unpack(t, i, j)
-  if type(t) ~= "table" or plain(t) then return unpack(t, i, j) end
+  if type(t) ~= "table" then return unpack(t, i, j) end
+  if plain(t) then
+    local first, last = as_integer(i == nil and 1 or i), as_integer(j == nil and #t or j)
+    if first and last and last > first then charge((last - first) // 4) end
+    return unpack(t, i, j)
+  end
   local first = 1
   if i ~= nil then first = as_integer(i) end
   if first == nil then return unpack({}, i, j) end  -- C's refusal
@@ -988,8 +1040,70 @@ local function sandbox_unpack(t, i, j)
   return unpack(items, 1, count + 1)
 end
 
+-- Comparing two strings walks them in C (between zero bytes a piece at a time, about 7 ms per
+-- MiB of zeros), and C's sort makes n log n comparisons in one call the hook never sees: with
+-- long strings the sort is done here, each comparison an instruction the hook counts.
+local LONG_STRING = 256
+
+local function merge_sort(t, n)
+  local a, b = {}, {}
+  for k = 1, n do a[k] = t[k] end
+  local width = 1
+  while width < n do
+    local lo = 1
+    while lo <= n do
+      local mid, hi = lo + width, lo + 2 * width
+      if mid > n + 1 then mid = n + 1 end
+      if hi > n + 1 then hi = n + 1 end
+      local l, r, k = lo, mid, lo
+      while l < mid and r < hi do
+        if a[r] < a[l] then
+          b[k], r = a[r], r + 1
+        else
+          b[k], l = a[l], l + 1
+        end
+        k = k + 1
+      end
+      while l < mid do b[k], l, k = a[l], l + 1, k + 1 end
+      while r < hi do b[k], r, k = a[r], r + 1, k + 1 end
+      lo = hi
+    end
+    a, b = b, a
+    width = width * 2
+  end
+  for k = 1, n do t[k] = a[k] end
+end
+
+-- as C's sort raises them: a comparison's error without this file's position
+local function sort_here(t, n)
+  local ok, e = pcall(merge_sort, t, n)
+  if tripped then error(LIMIT, 0) end
+  if not ok then
+    if e == MEMORY_ERROR then trip_memory() end
+    if type(e) == "string" then e = (gsub(e, "^sandbox:%d+: ", "")) end
+    error(e, 0)
+  end
+end
+
+local function log2_ceil(n)
+  local bits = 0
+  while (1 << bits) < n do bits = bits + 1 end
+  return bits
+end
+
 local function sandbox_sort(t, comp)
-  if type(t) ~= "table" or plain(t) then return sort(t, comp) end
+  if type(t) ~= "table" then return sort(t, comp) end
+  if plain(t) then
+    local n = #t
+    if n > 1 and comp == nil and n < 0x7fffffff then
+      for k = 1, n do
+        local v = rawget(t, k)
+        if type(v) == "string" and #v > LONG_STRING then return sort_here(t, n) end
+      end
+    end
+    if n > 1 then charge(n * log2_ceil(n) // 4) end
+    return sort(t, comp)
+  end
   local n = length_of(t)
   if n <= 1 then return end
   if n >= 0x7fffffff then error("bad argument #1 to 'sort' (array too big)", 2) end

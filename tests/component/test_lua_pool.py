@@ -252,3 +252,11 @@ async def test_outcomes_a_stuck_worker_held_are_handed_back_when_it_is_given_up(
         assert (await quick).value == "quick"
         assert (await stuck).limit == "wall_time"
         assert pool.given_up == 1  # both came while the stuck call still ran
+
+
+async def test_c_work_counts_against_the_inline_budget(pool: LuaPool) -> None:
+    # a move of 100,000 elements is one C call: inline, it is charged as the instructions it is
+    # worth, so it goes to a worker instead of holding the event loop
+    code = "local t = {} table.move({}, 1, 100000, 1, t) return 'moved'"
+    assert pool.run_inline(task(code)) is None
+    assert (await pool.run(task(code))).value == "moved"

@@ -410,6 +410,15 @@ def test_an_output_far_over_its_limit_is_refused_before_its_text_is_built() -> N
     assert value(sandbox.run(task("return json.encode({string.rep('z', 3000000)}):len()"))) == (
         3000004
     )
+    # numbers and booleans count too: 6 MB of JSON out of one table of a million falses,
+    # or one small table referred to 20,000 times
+    many = "local t = {} for i = 1, 1000000 do t[i] = false end return t"
+    shared = "local r = {} for i = 1, 200 do r[i] = i end local t = {} for i = 1, 20000 do t[i] = r end return t"
+    for code in (many, shared):
+        assert failure(sandbox.run(task(code))) == (
+            "output is over the limit of 1048576 bytes of JSON",
+            None,
+        )
 
 
 def test_expression_result_is_truthiness(sandbox: LuaSandbox) -> None:
@@ -1090,6 +1099,35 @@ def test_a_limit_tripped_while_closing_a_coroutine_is_not_handed_back_as_a_value
     outcome = LuaSandbox(LuaLimits(instructions=200_000)).run(task(code))
     assert outcome.limit == "instructions", outcome
     assert outcome.logs == []  # the script never saw the limit as a value
+
+
+def test_sorting_long_strings_is_held_to_the_time() -> None:
+    # 4,096 references to 100 KB of zeros: about 50k comparisons of 0.7 ms each, in one C
+    # call the hook never saw (95 s on the event loop, inline)
+    code = """
+        local t = {string.rep("\\0", 100000)}
+        for i = 1, 12 do table.move(t, 1, #t, #t + 1) end
+        table.sort(t)
+        return #t
+    """
+    outcome = in_time(LuaSandbox(LuaLimits(wall_time=0.3)), code)
+    assert outcome.limit == "wall_time", outcome
+
+
+def test_long_strings_sort_as_c_sorts_them(sandbox: LuaSandbox) -> None:
+    code = """
+        local long = string.rep("m", 300)
+        local t = {long .. "c", "b", long .. "a", "z", long, "a"}
+        table.sort(t)
+        local shown = {}
+        for i, v in ipairs(t) do shown[i] = #v > 10 and ("long+" .. v:sub(301)) or v end
+        local ok, e = pcall(table.sort, {long, 1, 2})
+        return { sorted = shown, mixed = e }
+    """
+    assert value(run(sandbox, code)) == {
+        "sorted": ["a", "b", "long+", "long+a", "long+c", "z"],
+        "mixed": "attempt to compare number with string",
+    }
 
 
 def test_a_tree_of_short_coroutines_is_metered() -> None:
