@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Final
 
-PRELUDE_NAME: Final = "=sandbox"
+PRELUDE_NAME: Final = "=(sandbox)"
+"""No node id can be this, so an error position in this file is told from a script's."""
 
 PRELUDE: Final = r"""
 local config = ...
@@ -102,9 +103,21 @@ local function trip_memory()
 end
 
 -- What a protected call returned, unless a limit tripped meanwhile.
+-- An error a C function raised from one of this file's wrappers carries this file's position
+-- ("(sandbox):971: bad argument..."): the script is shown the message as C would give it.
+local OWN_POSITION = "^%(sandbox%):%d+: "
+local function unplaced(e)
+  if type(e) == "string" and find(e, OWN_POSITION) then return (gsub(e, OWN_POSITION, "")) end
+  return e
+end
+
 local function pass(ok, ...)
   if tripped then error(LIMIT, 0) end
-  if not ok and (...) == MEMORY_ERROR then trip_memory() end
+  if not ok then
+    local e = ...
+    if e == MEMORY_ERROR then trip_memory() end
+    return ok, unplaced(e), select(2, ...)
+  end
   return ok, ...
 end
 
@@ -115,7 +128,7 @@ end
 local function sandbox_xpcall(f, handler, ...)
   return pass(xpcall(f, function(e)
     if tripped then return e end
-    return handler(e)
+    return handler(unplaced(e))
   end, ...))
 end
 
@@ -879,239 +892,244 @@ end
 -- itself loses dump and gets the guarded pattern functions, and the metatable is locked.
 ---------------------------------------------------------------------------------------------
 
--- C loops the hook never interrupts. A plain table's run over elements that are not there
--- allocates nothing a memory limit would catch (an empty string repeated 10^18 times, a
--- trillion-element move), and a table with metamethods makes every element a walk of up to
--- 2,000 __index tables in C, or answers #t once small and then huge. So counts are taken as C
--- would take them (numeric strings too), a __len is asked once, spans of millions are refused,
--- and a table with __index, __newindex or __len is walked here, in Lua, where the hook counts.
-local MAX_SPAN = 1 << 24
-local tointeger, maxinteger = math.tointeger, math.maxinteger
-local t_move, t_insert, t_remove = table.move, table.insert, table.remove
+local sandbox_rep, sandbox_move, sandbox_insert, sandbox_remove
+local sandbox_concat, sandbox_unpack, sandbox_sort
+do  -- a block of its own: the main chunk may hold at most 200 locals
+  -- C loops the hook never interrupts. A plain table's run over elements that are not there
+  -- allocates nothing a memory limit would catch (an empty string repeated 10^18 times, a
+  -- trillion-element move), and a table with metamethods makes every element a walk of up to
+  -- 2,000 __index tables in C, or answers #t once small and then huge. So counts are taken as C
+  -- would take them (numeric strings too), a __len is asked once, spans of millions are refused,
+  -- and a table with __index, __newindex or __len is walked here, in Lua, where the hook counts.
+  local MAX_SPAN = 1 << 24
+  local tointeger, maxinteger = math.tointeger, math.maxinteger
+  -- named as in the library: C's argument errors name the function by its local's name
+  local move, insert, remove = table.move, table.insert, table.remove
 
--- an integer argument as luaL_checkinteger reads it, or nil (then C refuses it, before looping)
-local function as_integer(x)
-  local tx = type(x)
-  if tx == "number" then return tointeger(x) end
-  if tx == "string" then return tointeger(tonumber(x)) end
-  return nil
-end
+  -- an integer argument as luaL_checkinteger reads it, or nil (then C refuses it, before looping)
+  local function as_integer(x)
+    local tx = type(x)
+    if tx == "number" then return tointeger(x) end
+    if tx == "string" then return tointeger(tonumber(x)) end
+    return nil
+  end
 
--- no metamethod C's loops would call, so they run on what the table really holds
-local function plain(t)
-  local mt = rawgetmetatable(t)
-  return mt == nil or (rawget(mt, "__index") == nil and rawget(mt, "__newindex") == nil
-    and rawget(mt, "__len") == nil)
-end
+  -- no metamethod C's loops would call, so they run on what the table really holds
+  local function plain(t)
+    local mt = rawgetmetatable(t)
+    return mt == nil or (rawget(mt, "__index") == nil and rawget(mt, "__newindex") == nil
+      and rawget(mt, "__len") == nil)
+  end
 
-local function length_of(t)
-  local n = as_integer(#t)
-  if n == nil then error("object length is not an integer", 3) end
-  return n
-end
+  local function length_of(t)
+    local n = as_integer(#t)
+    if n == nil then error("object length is not an integer", 3) end
+    return n
+  end
 
-local function span_refused(what, count)
-  -- count is an integer, one past math.maxinteger when it wrapped
-  local shown = count < 0 and format("%d", maxinteger) .. "+" or format("%d", count)
-  error(format("%s over %s elements: at most %d at once", what, shown, MAX_SPAN), 3)
-end
+  local function span_refused(what, count)
+    -- count is an integer, one past math.maxinteger when it wrapped
+    local shown = count < 0 and format("%d", maxinteger) .. "+" or format("%d", count)
+    error(format("%s over %s elements: at most %d at once", what, shown, MAX_SPAN), 3)
+  end
 
-local function sandbox_rep(s, n, sep)
-  local ts, tsep = type(s), type(sep)
-  if as_integer(n) ~= nil and (ts == "string" or ts == "number")
-      and (sep == nil or tsep == "string" or tsep == "number")
-      and #tostring(s) == 0 and (sep == nil or #tostring(sep) == 0) then
-    return ""  -- nothing repeated any number of times
-  end
-  return rep(s, n, sep)
-end
-
-local function sandbox_move(a1, f, e, t, a2)
-  local fi, ei, ti = as_integer(f), as_integer(e), as_integer(t)
-  local dest = a2
-  if dest == nil then dest = a1 end
-  if fi == nil or ei == nil or ti == nil or type(dest) ~= "table"
-      or (type(a1) ~= "table" and type(a1) ~= "string") then
-    return t_move(a1, f, e, t, a2)  -- refused by C before any element moves
-  end
-  if ei < fi then return dest end
-  if fi <= 0 and ei >= maxinteger + fi then
-    error("bad argument #3 to 'move' (too many elements to move)", 2)
-  end
-  local n = ei - fi
-  if n >= MAX_SPAN then span_refused("table.move", n + 1) end
-  if ti > maxinteger - n then error("bad argument #4 to 'move' (destination wrap around)", 2) end
-  if (type(a1) ~= "table" or plain(a1)) and plain(dest) then
-    charge(n // 4)
-    return t_move(a1, fi, ei, ti, a2)
-  end
-  if ti > ei or ti <= fi or (a2 ~= nil and a1 ~= dest) then
-    for i = 0, n do dest[ti + i] = a1[fi + i] end
-  else
-    for i = n, 0, -1 do dest[ti + i] = a1[fi + i] end
-  end
-  return dest
-end
-
--- insert and remove at a position shift everything after it
-local function sandbox_insert(t, ...)
-  local nargs = select("#", ...)
-  if nargs ~= 2 or type(t) ~= "table" then return t_insert(t, ...) end  -- no shift, or refused
-  local pos, v = ...
-  local p = as_integer(pos)
-  if p == nil then return t_insert(t, pos, v) end
-  local n = length_of(t)
-  if n - p >= MAX_SPAN then span_refused("table.insert", n - p + 1) end
-  if plain(t) then
-    if n > p then charge((n - p) // 4) end
-    return t_insert(t, p, v)
-  end
-  if p < 1 or p > n + 1 then error("bad argument #2 to 'insert' (position out of bounds)", 2) end
-  for i = n + 1, p + 1, -1 do t[i] = t[i - 1] end
-  t[p] = v
-end
-
-local function sandbox_remove(t, pos)
-  if type(t) ~= "table" then return t_remove(t, pos) end
-  local n = length_of(t)
-  local p = n
-  if pos ~= nil then
-    p = as_integer(pos)
-    if p == nil then return t_remove(t, pos) end
-  end
-  if n - p >= MAX_SPAN then span_refused("table.remove", n - p) end
-  if plain(t) then
-    if n > p then charge((n - p) // 4) end
-    return t_remove(t, p)
-  end
-  if p ~= n and (p < 1 or p > n + 1) then
-    error("bad argument #2 to 'remove' (position out of bounds)", 2)
-  end
-  local v = t[p]
-  while p < n do
-    t[p] = t[p + 1]
-    p = p + 1
-  end
-  t[p] = nil
-  return v
-end
-
-local function sandbox_concat(t, sep, i, j)
-  if type(t) ~= "table" then return concat(t, sep, i, j) end
-  local n = length_of(t)
-  local first, last = 1, n
-  if i ~= nil then first = as_integer(i) end
-  if j ~= nil then last = as_integer(j) end
-  if first == nil or last == nil then return concat({}, sep, i, j) end  -- C's refusal
-  if plain(t) then
-    if last > first then charge((last - first) // 4) end
-    return concat(t, sep, first, last)
-  end
-  local parts = {}
-  for k = first, last do
-    local v = t[k]
-    local tv = type(v)
-    if tv ~= "string" and tv ~= "number" then
-      error(format("invalid value (at index %d) in table for 'concat'", k), 2)
+  function sandbox_rep(s, n, sep)
+    local ts, tsep = type(s), type(sep)
+    if as_integer(n) ~= nil and (ts == "string" or ts == "number")
+        and (sep == nil or tsep == "string" or tsep == "number")
+        and #tostring(s) == 0 and (sep == nil or #tostring(sep) == 0) then
+      return ""  -- nothing repeated any number of times
     end
-    parts[#parts + 1] = v
+    return rep(s, n, sep)
   end
-  return concat(parts, sep)
-end
 
-local function sandbox_unpack(t, i, j)
-  if type(t) ~= "table" then return unpack(t, i, j) end
-  if plain(t) then
-    local first, last = as_integer(i == nil and 1 or i), as_integer(j == nil and #t or j)
-    if first and last and last > first then charge((last - first) // 4) end
-    return unpack(t, i, j)
+  function sandbox_move(a1, f, e, t, a2)
+    local fi, ei, ti = as_integer(f), as_integer(e), as_integer(t)
+    local dest = a2
+    if dest == nil then dest = a1 end
+    if fi == nil or ei == nil or ti == nil or type(dest) ~= "table"
+        or (type(a1) ~= "table" and type(a1) ~= "string") then
+      return move(a1, f, e, t, a2)  -- refused by C before any element moves
+    end
+    if ei < fi then return dest end
+    if fi <= 0 and ei >= maxinteger + fi then
+      error("bad argument #3 to 'move' (too many elements to move)", 2)
+    end
+    local n = ei - fi
+    if n >= MAX_SPAN then span_refused("table.move", n + 1) end
+    if ti > maxinteger - n then error("bad argument #4 to 'move' (destination wrap around)", 2) end
+    if (type(a1) ~= "table" or plain(a1)) and plain(dest) then
+      charge(n // 4)
+      return move(a1, fi, ei, ti, a2)
+    end
+    if ti > ei or ti <= fi or (a2 ~= nil and a1 ~= dest) then
+      for i = 0, n do dest[ti + i] = a1[fi + i] end
+    else
+      for i = n, 0, -1 do dest[ti + i] = a1[fi + i] end
+    end
+    return dest
   end
-  local first = 1
-  if i ~= nil then first = as_integer(i) end
-  if first == nil then return unpack({}, i, j) end  -- C's refusal
-  local last
-  if j == nil then last = length_of(t) else last = as_integer(j) end
-  if last == nil then return unpack({}, i, j) end
-  if first > last then return end
-  local count = last - first
-  if count < 0 or count >= 1000000 then return unpack({}, first, last) end  -- too many results
-  local items = {}
-  for k = 0, count do items[k + 1] = t[first + k] end
-  return unpack(items, 1, count + 1)
-end
 
--- Comparing two strings walks them in C (between zero bytes a piece at a time, about 7 ms per
--- MiB of zeros), and C's sort makes n log n comparisons in one call the hook never sees: with
--- long strings the sort is done here, each comparison an instruction the hook counts.
-local LONG_STRING = 256
+  -- insert and remove at a position shift everything after it
+  function sandbox_insert(t, ...)
+    local nargs = select("#", ...)
+    if nargs ~= 2 or type(t) ~= "table" then return insert(t, ...) end  -- no shift, or refused
+    local pos, v = ...
+    local p = as_integer(pos)
+    if p == nil then return insert(t, pos, v) end
+    local n = length_of(t)
+    if n - p >= MAX_SPAN then span_refused("table.insert", n - p + 1) end
+    if plain(t) then
+      if n > p then charge((n - p) // 4) end
+      return insert(t, p, v)
+    end
+    if p < 1 or p > n + 1 then error("bad argument #2 to 'insert' (position out of bounds)", 2) end
+    for i = n + 1, p + 1, -1 do t[i] = t[i - 1] end
+    t[p] = v
+  end
 
-local function merge_sort(t, n)
-  local a, b = {}, {}
-  for k = 1, n do a[k] = t[k] end
-  local width = 1
-  while width < n do
-    local lo = 1
-    while lo <= n do
-      local mid, hi = lo + width, lo + 2 * width
-      if mid > n + 1 then mid = n + 1 end
-      if hi > n + 1 then hi = n + 1 end
-      local l, r, k = lo, mid, lo
-      while l < mid and r < hi do
-        if a[r] < a[l] then
-          b[k], r = a[r], r + 1
-        else
-          b[k], l = a[l], l + 1
+  function sandbox_remove(t, pos)
+    if type(t) ~= "table" then return remove(t, pos) end
+    local n = length_of(t)
+    local p = n
+    if pos ~= nil then
+      p = as_integer(pos)
+      if p == nil then return remove(t, pos) end
+    end
+    if n - p >= MAX_SPAN then span_refused("table.remove", n - p) end
+    if plain(t) then
+      if n > p then charge((n - p) // 4) end
+      return remove(t, p)
+    end
+    if p ~= n and (p < 1 or p > n + 1) then
+      error("bad argument #2 to 'remove' (position out of bounds)", 2)
+    end
+    local v = t[p]
+    while p < n do
+      t[p] = t[p + 1]
+      p = p + 1
+    end
+    t[p] = nil
+    return v
+  end
+
+  function sandbox_concat(t, sep, i, j)
+    if type(t) ~= "table" then return concat(t, sep, i, j) end
+    local n = length_of(t)
+    local first, last = 1, n
+    if i ~= nil then first = as_integer(i) end
+    if j ~= nil then last = as_integer(j) end
+    if first == nil or last == nil then return concat({}, sep, i, j) end  -- C's refusal
+    if plain(t) then
+      if last > first then charge((last - first) // 4) end
+      return concat(t, sep, first, last)
+    end
+    local parts = {}
+    for k = first, last do
+      local v = t[k]
+      local tv = type(v)
+      if tv ~= "string" and tv ~= "number" then
+        error(format("invalid value (at index %d) in table for 'concat'", k), 2)
+      end
+      parts[#parts + 1] = v
+    end
+    return concat(parts, sep)
+  end
+
+  function sandbox_unpack(t, i, j)
+    if type(t) ~= "table" then return unpack(t, i, j) end
+    if plain(t) then
+      local first, last = as_integer(i == nil and 1 or i), as_integer(j == nil and #t or j)
+      if first and last and last > first then charge((last - first) // 4) end
+      return unpack(t, i, j)
+    end
+    local first = 1
+    if i ~= nil then first = as_integer(i) end
+    if first == nil then return unpack({}, i, j) end  -- C's refusal
+    local last
+    if j == nil then last = length_of(t) else last = as_integer(j) end
+    if last == nil then return unpack({}, i, j) end
+    if first > last then return end
+    local count = last - first
+    if count < 0 or count >= 1000000 then return unpack({}, first, last) end  -- too many results
+    local items = {}
+    for k = 0, count do items[k + 1] = t[first + k] end
+    return unpack(items, 1, count + 1)
+  end
+
+  -- Comparing two strings walks them in C (between zero bytes a piece at a time, about 7 ms per
+  -- MiB of zeros), and C's sort makes n log n comparisons in one call the hook never sees: with
+  -- long strings the sort is done here, each comparison an instruction the hook counts.
+  local LONG_STRING = 256
+
+  local function merge_sort(t, n)
+    local a, b = {}, {}
+    for k = 1, n do a[k] = t[k] end
+    local width = 1
+    while width < n do
+      local lo = 1
+      while lo <= n do
+        local mid, hi = lo + width, lo + 2 * width
+        if mid > n + 1 then mid = n + 1 end
+        if hi > n + 1 then hi = n + 1 end
+        local l, r, k = lo, mid, lo
+        while l < mid and r < hi do
+          if a[r] < a[l] then
+            b[k], r = a[r], r + 1
+          else
+            b[k], l = a[l], l + 1
+          end
+          k = k + 1
         end
-        k = k + 1
+        while l < mid do b[k], l, k = a[l], l + 1, k + 1 end
+        while r < hi do b[k], r, k = a[r], r + 1, k + 1 end
+        lo = hi
       end
-      while l < mid do b[k], l, k = a[l], l + 1, k + 1 end
-      while r < hi do b[k], r, k = a[r], r + 1, k + 1 end
-      lo = hi
+      a, b = b, a
+      width = width * 2
     end
-    a, b = b, a
-    width = width * 2
+    for k = 1, n do t[k] = a[k] end
   end
-  for k = 1, n do t[k] = a[k] end
-end
 
--- as C's sort raises them: a comparison's error without this file's position
-local function sort_here(t, n)
-  local ok, e = pcall(merge_sort, t, n)
-  if tripped then error(LIMIT, 0) end
-  if not ok then
-    if e == MEMORY_ERROR then trip_memory() end
-    if type(e) == "string" then e = (gsub(e, "^sandbox:%d+: ", "")) end
-    error(e, 0)
+  -- as C's sort raises them: a comparison's error without this file's position
+  local function sort_here(t, n)
+    local ok, e = pcall(merge_sort, t, n)
+    if tripped then error(LIMIT, 0) end
+    if not ok then
+      if e == MEMORY_ERROR then trip_memory() end
+      if type(e) == "string" then e = (gsub(e, "^sandbox:%d+: ", "")) end
+      error(e, 0)
+    end
   end
-end
 
-local function log2_ceil(n)
-  local bits = 0
-  while (1 << bits) < n do bits = bits + 1 end
-  return bits
-end
+  local function log2_ceil(n)
+    local bits = 0
+    while (1 << bits) < n do bits = bits + 1 end
+    return bits
+  end
 
-local function sandbox_sort(t, comp)
-  if type(t) ~= "table" then return sort(t, comp) end
-  if plain(t) then
-    local n = #t
-    if n > 1 and comp == nil and n < 0x7fffffff then
-      for k = 1, n do
-        local v = rawget(t, k)
-        if type(v) == "string" and #v > LONG_STRING then return sort_here(t, n) end
+  function sandbox_sort(t, comp)
+    if type(t) ~= "table" then return sort(t, comp) end
+    if plain(t) then
+      local n = #t
+      if n > 1 and comp == nil and n < 0x7fffffff then
+        for k = 1, n do
+          local v = rawget(t, k)
+          if type(v) == "string" and #v > LONG_STRING then return sort_here(t, n) end
+        end
       end
+      if n > 1 then charge(n * log2_ceil(n) // 4) end
+      return sort(t, comp)
     end
-    if n > 1 then charge(n * log2_ceil(n) // 4) end
-    return sort(t, comp)
+    local n = length_of(t)
+    if n <= 1 then return end
+    if n >= 0x7fffffff then error("bad argument #1 to 'sort' (array too big)", 2) end
+    if comp ~= nil and type(comp) ~= "function" then return sort({1, 2}, comp) end  -- C's refusal
+    local items = {}
+    for k = 1, n do items[k] = t[k] end
+    sort(items, comp)
+    for k = 1, n do t[k] = items[k] end
   end
-  local n = length_of(t)
-  if n <= 1 then return end
-  if n >= 0x7fffffff then error("bad argument #1 to 'sort' (array too big)", 2) end
-  if comp ~= nil and type(comp) ~= "function" then return sort({1, 2}, comp) end  -- C's refusal
-  local items = {}
-  for k = 1, n do items[k] = t[k] end
-  sort(items, comp)
-  for k = 1, n do t[k] = items[k] end
 end
 
 string.dump = nil
@@ -1183,6 +1201,7 @@ local missing = nil  -- names the results lookup said are not ancestors, this ru
 -- its size added to the run's memory limit, once (a script that cleared its results table
 -- and read again raised that limit without end)
 local fetched = nil
+local unreadable = nil  -- and those that could not be read, with why: not converted again
 
 local RESULTS_MT = {
   __metatable = false,
@@ -1193,6 +1212,8 @@ local RESULTS_MT = {
       rawset(t, name, seen)
       return seen
     end
+    local why = unreadable and unreadable[name]
+    if why then error(why, 2) end
     if not utf8len(name) then return nil end  -- no node is named so
     local was = metered
     metered = false
@@ -1206,7 +1227,11 @@ local RESULTS_MT = {
       if value == MEMORY_ERROR then trip_memory() end
       problem = "results." .. name .. " could not be read"
     end
-    if problem then error(problem, 2) end
+    if problem then
+      unreadable = unreadable or {}
+      unreadable[name] = problem
+      error(problem, 2)
+    end
     if value == nil then
       missing = missing or {}
       missing[name] = true
@@ -1260,7 +1285,7 @@ end
 
 local function error_text(e)
   local te = type(e)
-  if te == "string" then return valid_utf8(capped(e)) end
+  if te == "string" then return valid_utf8(capped(unplaced(e))) end
   if te == "number" then return tostring(e) end
   if te == "table" then
     local ok, text = pcall(encode, e, "error", "")
@@ -1332,7 +1357,7 @@ end
 -- building those tables from Python.
 local function run(fn, source, expression, instructions, output_limit, inputs, ...)
   tripped, metered, ticks, missing, error_line = nil, false, 0, nil, nil
-  pattern_refusal, fetched = nil, nil
+  pattern_refusal, fetched, unreadable = nil, nil, nil
   chunk_source = source
   budget = instructions
   step = instructions < HOOK_COUNT and instructions or HOOK_COUNT
@@ -1379,7 +1404,7 @@ end
 
 -- After Lua raised into Python (out of memory outside the script's coroutine).
 local function reset()
-  tripped, metered, missing, fetched = nil, false, nil, nil
+  tripped, metered, missing, fetched, unreadable = nil, false, nil, nil, nil
   logs, nlogs, dropped, log_bytes = {}, 0, 0, 0
 end
 

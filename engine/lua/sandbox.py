@@ -604,7 +604,9 @@ class LuaSandbox:
             return None, None
         before = runtime.get_memory_used()
         try:
-            table = self._to_lua(value)  # type: ignore[arg-type]
+            # two levels more than an output may have: a foreach node's result is the list of
+            # its items' outputs, and a sub-workflow's the map of its nodes' outputs
+            table = self._to_lua(value, depth=-2)  # type: ignore[arg-type]
         except _Refused as refused:
             refused.root = f"results.{name}"
             return None, refused.message()
@@ -614,8 +616,9 @@ class LuaSandbox:
 
     # -- Python to Lua ---------------------------------------------------------------------
 
-    def _to_lua(self, value: JSON) -> object:
-        """Builds the Lua value for ``value``; see the JSON rule."""
+    def _to_lua(self, value: JSON, depth: int = 0) -> object:
+        """Builds the Lua value for ``value``; see the JSON rule. ``depth``: where its top
+        level counts from (below 0 allows that many levels more)."""
         if type(value) is str:
             _check_unicode(value)
             return value
@@ -625,7 +628,7 @@ class LuaSandbox:
             except OverflowError:
                 raise _Refused(_TOO_BIG) from None
         arrays: list[object] = []
-        converted = self._convert(value, arrays, 0)
+        converted = self._convert(value, arrays, depth)
         if arrays:
             self._mark_arrays(self._table_from(arrays))
         return converted

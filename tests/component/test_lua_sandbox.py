@@ -620,6 +620,31 @@ def test_inputs_that_lua_cannot_hold(sandbox: LuaSandbox) -> None:
     assert value(run(sandbox, "return math.type(inputs.big)", inputs={"big": 2**70})) == "float"
 
 
+def test_a_result_may_wrap_outputs_of_the_deepest_kind(sandbox: LuaSandbox) -> None:
+    # a foreach of sub-workflows: a list of maps of outputs that are 100 levels deep each
+    deepest: JSON = 1
+    for _ in range(100):
+        deepest = {"a": deepest}
+    read = run(sandbox, "return #results.fe", results={"fe": [{"leaf": deepest}]})
+    assert value(read) == 1
+    deeper: JSON = {"one": [{"leaf": deepest}]}
+    error, _ = failure(run(sandbox, "return #results.fe", results={"fe": deeper}))
+    assert error is not None and error.startswith("results.fe is nested deeper than 100 levels")
+
+
+def test_a_result_that_cannot_be_read_is_converted_once_per_run(sandbox: LuaSandbox) -> None:
+    asked: list[str] = []
+    bad: JSON = {"s": "\ud800"}
+
+    def lookup(name: str) -> object:
+        asked.append(name)
+        return bad if name == "bad" else MISSING
+
+    code = "for i = 1, 50 do pcall(function() return results.bad end) end return 1"
+    assert value(run(sandbox, code, results=lookup)) == 1
+    assert asked == ["bad"]
+
+
 # -- JSON ------------------------------------------------------------------------------------
 
 
@@ -1128,6 +1153,26 @@ def test_long_strings_sort_as_c_sorts_them(sandbox: LuaSandbox) -> None:
         "sorted": ["a", "b", "long+", "long+a", "long+c", "z"],
         "mixed": "attempt to compare number with string",
     }
+
+
+def test_errors_of_the_table_calls_read_as_c_words_them(sandbox: LuaSandbox) -> None:
+    code = """
+        local function why(f, ...) return select(2, pcall(f, ...)) end
+        return {
+          why(table.remove, {1, 2}, math.mininteger),
+          why(table.move, {}, 1, 2, 1, 5),
+          why(table.insert, {1}, 5, 1),
+        }
+    """
+    assert value(run(sandbox, code)) == [
+        "bad argument #2 to 'remove' (position out of bounds)",
+        "bad argument #5 to 'move' (table expected, got number)",
+        "bad argument #2 to 'insert' (position out of bounds)",
+    ]
+    assert failure(run(sandbox, "local x = 1\ntable.remove({1, 2}, math.mininteger)")) == (
+        "bad argument #2 to 'remove' (position out of bounds)",
+        2,
+    )
 
 
 def test_a_tree_of_short_coroutines_is_metered() -> None:
