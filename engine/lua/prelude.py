@@ -66,6 +66,14 @@ local ticks = 0
 local last_second = 0    -- os.time() at the last look
 local trip  -- defined with the runner, which knows the script's chunk
 
+-- Asks Python about the deadline and the cancel event.
+local function look()
+  ticks = 0
+  last_second = os_time()
+  local code = py_check()
+  if code then trip(CHECK_REASONS[code]) end
+end
+
 local function hook()
   if tripped then error(LIMIT, 0) end
   if metered then
@@ -73,12 +81,7 @@ local function hook()
     if budget < 0 then trip("instructions") end
   end
   ticks = ticks + 1
-  if ticks >= CHECK_EVERY or os_time() ~= last_second then
-    ticks = 0
-    last_second = os_time()
-    local code = py_check()
-    if code then trip(CHECK_REASONS[code]) end
-  end
+  if ticks >= CHECK_EVERY or os_time() ~= last_second then look() end
 end
 
 -- Work a C call does for the script, charged as instructions (one per four elements it
@@ -89,12 +92,7 @@ local function charge(units)
   budget = budget - units
   if budget < 0 then trip("instructions") end
   ticks = ticks + units // step
-  if ticks >= CHECK_EVERY or os_time() ~= last_second then
-    ticks = 0
-    last_second = os_time()
-    local code = py_check()
-    if code then trip(CHECK_REASONS[code]) end
-  end
+  if ticks >= CHECK_EVERY or os_time() ~= last_second then look() end
 end
 
 local function trip_memory()

@@ -274,13 +274,19 @@ async def test_an_execution_cancelled_in_the_queue_ends_every_node(store: Store)
     assert nodes["a"]["finished_at"] == "2026-01-01T00:00:02.000Z"
 
 
-async def test_a_file_at_schema_1_keeps_its_executions_and_events(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
+def at_schema_1(path: Path) -> sqlite3.Connection:
+    """A state file as the first release left it: schema 1, still open for more rows."""
     conn = sqlite3.connect(path, isolation_level=None)
     for statement in MIGRATIONS[0].split(";"):
         if statement.strip():
             conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
+    return conn
+
+
+async def test_a_file_at_schema_1_keeps_its_executions_and_events(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = at_schema_1(path)
     plan = Registry().plan_register(parse_spec(SPEC), force=False, now=1.0)
     v = plan.stored
     conn.execute(

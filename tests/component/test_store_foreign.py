@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.store import MIGRATIONS, Store
+from tests.component.test_store import at_schema_1
 
 
 def made(path: Path, *statements: str) -> bytes:
@@ -84,12 +85,7 @@ async def test_an_empty_file_or_one_with_no_tables_becomes_a_state_database(
 
 async def test_a_database_of_ours_at_an_older_schema_is_still_migrated(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for statement in MIGRATIONS[0].split(";"):
-        if statement.strip():
-            conn.execute(statement)
-    conn.execute("PRAGMA user_version = 1")
-    conn.close()
+    at_schema_1(path).close()
     store = await Store.open(str(path))
     await store.close()
     conn = sqlite3.connect(path)
