@@ -39,7 +39,7 @@ from orchestrator.serving_http import (
     follow_all,
     follow_execution,
 )
-from orchestrator.store import page_continues
+from orchestrator.store import EVENTS_PAGE, page_continues
 from orchestrator.subworkflows import ChildRequest
 from orchestrator.triggering import TriggerConflict, Triggers
 
@@ -389,10 +389,12 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
                 try:
                     run = await self.api.get_execution(flt.execution_id)
                     check_run_of(run, flt)
-                    replay = await self.api.execution_events(flt.execution_id, request.after_seq)
+                    replay = await self.api.execution_event_page(
+                        flt.execution_id, after_seq=request.after_seq, limit=EVENTS_PAGE
+                    )
                 except Exception as exc:
                     await _refuse(context, exc)
-                if not replay and run["status"] in EXECUTION_TERMINAL:
+                if not replay.events and run["status"] in EXECUTION_TERMINAL:
                     return  # ended, and its end was seen already: as HTTP's 204
                 events = follow_execution(
                     self.api, sub, flt.execution_id, replay, request.after_seq

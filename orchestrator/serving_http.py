@@ -74,7 +74,6 @@ class Api(Protocol):
     ) -> list[JSONObject]: ...
     async def cancel(self, execution_id: str, reason: str) -> JSONObject: ...
     async def execute_sub_workflow(self, request: ChildRequest) -> ChildStarted: ...
-    async def execution_events(self, execution_id: str, after_seq: int = 0) -> list[JSONObject]: ...
     def engines(self) -> list[JSONObject]: ...
     async def readiness(self) -> tuple[bool, str]: ...
     def metrics_payload(self) -> tuple[bytes, str]: ...
@@ -579,8 +578,10 @@ class HttpApi:
                 run = await self.api.get_execution(flt.execution_id)  # 404 before it opens
                 check_run_of(run, flt)
                 after = _last_event_id(request)  # 400 before it opens, too
-                replay = await self.api.execution_events(flt.execution_id, after)
-                if not replay and run["status"] in EXECUTION_TERMINAL:
+                replay = await self.api.execution_event_page(
+                    flt.execution_id, after_seq=after, limit=EVENTS_PAGE
+                )
+                if not replay.events and run["status"] in EXECUTION_TERMINAL:
                     return web.Response(status=204)  # ended, and its end was seen already
                 events = follow_execution(
                     self.api, sub, flt.execution_id, replay, after, heartbeat=SSE_HEARTBEAT
@@ -741,22 +742,25 @@ async def follow_execution(
     api: Api,
     sub: Subscription,
     execution_id: str,
-    replay: list[JSONObject],
+    replay: EventPage,
     after: int,
     *,
     heartbeat: float | None = None,
 ) -> AsyncGenerator[JSONObject | None]:
     """One run's events past seq ``after``, each once and in seq order, ending with its final
-    event: ``replay`` (its stored events, read after ``sub`` was opened), then live ones.
+    event: ``replay`` (the first page of its stored events, read after ``sub`` was opened) and
+    the pages after it, then live ones.
 
     Every event is stored before it is published, so when ``sub`` lags, the events it dropped
     are read back from the store instead of leaving a gap: a slow reader still gets the final
-    event, and no lag marker. Yields None for each ``heartbeat`` seconds of quiet. Ends
+    event, and no lag marker. The store is read a page at a time, so a run of many thousand
+    events is never held whole. Yields None for each ``heartbeat`` seconds of quiet. Ends
     without sending a final event when the client is past it already (``after`` at or beyond
     it), or when the hub closes (the server is stopping; ``sub.closed`` tells): the caller
     says which to its client. The one loop behind HTTP's SSE and gRPC's WatchEvents."""
     last = after
-    pending = replay
+    pending = replay.events
+    more = replay.next_after_seq is not None  # stored events past this page
     while True:
         for event in pending:
             seq = _seq(event)
@@ -766,6 +770,10 @@ async def follow_execution(
             yield event
             if final_event(event):
                 return
+        if more:
+            page = await api.execution_event_page(execution_id, after_seq=last, limit=EVENTS_PAGE)
+            pending, more = page.events, page.next_after_seq is not None
+            continue
         try:
             live = await _next(sub, heartbeat)
         except StopAsyncIteration:
@@ -774,7 +782,7 @@ async def follow_execution(
             pending = []
             yield None
         elif live.get("type") == "subscriber.lagged":
-            pending = await api.execution_events(execution_id, last)
+            pending, more = [], True
         elif final_event(live) and _seq(live) <= last:
             return  # the end, which the client says it has seen (after_seq past it)
         else:

@@ -24,9 +24,11 @@ from engine.core.values import JSONObject
 from orchestrator.monitoring import Hub
 from orchestrator.serving_grpc import OrchestratorService
 from orchestrator.serving_http import HttpApi
+from orchestrator.store import EventPage
 
 RUN = "run-1"
 BURST = 1500
+PAGE = 100
 """Events the run makes while the stream replays its first ones: more than a subscriber's
 buffer (``Hub.subscribe``'s limit of 1000), so the hub drops the tail, final event included."""
 
@@ -62,7 +64,9 @@ class RacingRun:
         ended = self.stored[-1]["type"] == "execution.succeeded"
         return {"id": RUN, "status": "succeeded" if ended else "running"}
 
-    async def execution_events(self, execution_id: str, after_seq: int = 0) -> list[JSONObject]:
+    async def execution_event_page(
+        self, execution_id: str, *, after_seq: int, limit: int
+    ) -> EventPage:
         assert execution_id == RUN
         self.reads.append(after_seq)
         found = [e for e in self.stored if int(e["seq"]) > after_seq]  # type: ignore[call-overload]
@@ -72,7 +76,10 @@ class RacingRun:
             for e in burst:
                 self.stored.append(e)  # stored first, then published, as the dispatcher does
                 self.hub.publish(e)
-        return found
+        # pages smaller than the server's, so that reading back the gap takes several
+        page = found[:PAGE]
+        more = len(found) > PAGE
+        return EventPage(page, int(page[-1]["seq"]) if more else None)  # type: ignore[call-overload]
 
 
 @pytest.fixture
@@ -124,7 +131,7 @@ async def test_a_lagging_grpc_watch_of_one_run_fills_the_gap_and_ends_with_the_f
     assert got[-1].type == "execution.succeeded"
     assert "subscriber.lagged" not in {e.type for e in got}  # nothing was missed after all
     _whole_run([e.seq for e in got])
-    assert run.reads[1:] != []  # the gap was read back from the store
+    assert len(run.reads) > BURST // PAGE  # the gap was read back from the store, page by page
 
 
 async def test_a_lagging_sse_stream_of_one_run_fills_the_gap_and_ends_with_the_final_event(
@@ -150,6 +157,25 @@ async def test_a_lagging_sse_stream_of_one_run_fills_the_gap_and_ends_with_the_f
     assert kinds[-1] == "execution.succeeded"
     assert "subscriber.lagged" not in kinds
     _whole_run(seqs)
+    assert len(run.reads) > BURST // PAGE
+
+
+async def test_a_stored_timeline_longer_than_a_page_is_replayed_page_by_page(
+    run: RacingRun, grpc_stub: pb_grpc.OrchestratorStub, http_url: str
+) -> None:
+    # an ended run of 351 events: replayed whole, in order, never read whole at once
+    run.stored = [event(seq, "node.succeeded") for seq in range(1, 351)]
+    run.stored.append(event(351, "execution.succeeded"))
+    run.reads = [0]  # no burst: the run has ended
+    watched = [e.seq async for e in grpc_stub.WatchEvents(pb.WatchEventsRequest(execution_id=RUN))]
+    assert watched == list(range(1, 352))
+    assert len(run.reads) - 1 == 4  # pages of 100
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{http_url}/api/v1/events", params={"execution": RUN}) as resp,
+    ):
+        ids = [int(line[4:]) async for line in resp.content if line.startswith(b"id: ")]
+    assert ids == list(range(1, 352))
 
 
 def test_a_client_gone_mid_stream_is_one_warning_line_without_a_traceback(
