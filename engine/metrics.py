@@ -57,6 +57,13 @@ class Metrics:
             "Events sent on Execute streams",
             registry=self.registry,
         )
+        self.lua_given_up = Gauge(
+            "dagengine_engine_lua_workers_given_up",
+            "Lua worker threads given up while stuck in one call the sandbox cannot interrupt,"
+            " not come back yet (each may burn a core; at as many as there are workers, no more"
+            " are replaced)",
+            registry=self.registry,
+        )
         self._durations = {
             kind: self.node_duration.labels(status) for kind, status in _NODE_ENDS.items()
         }

@@ -559,6 +559,7 @@ class EngineServer:
         pool = LuaPool(workers=self.settings.lua_workers, inline=self.settings.lua_inline)
         await pool.__aenter__()
         self._pool = pool
+        self.metrics.lua_given_up.set_function(lambda: pool.given_up)
         service = EngineService(self.settings, pool, self.metrics)
         # without so_reuseport a second engine on a taken port fails instead of sharing it
         server = grpc.aio.server(

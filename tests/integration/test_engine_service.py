@@ -583,6 +583,7 @@ async def test_metrics_count_runs_and_events(start_engine: StartEngine) -> None:
     assert 'dagengine_engine_node_duration_seconds_count{status="succeeded"} 4.0' in text
     assert f"dagengine_engine_events_streamed_total {float(len(events))}" in text
     assert "dagengine_engine_executions_in_flight 0.0" in text
+    assert "dagengine_engine_lua_workers_given_up 0.0" in text
 
 
 def test_serve_subcommand_serves_too(tmp_path: Path) -> None:
