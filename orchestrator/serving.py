@@ -33,6 +33,7 @@ from orchestrator.lua_checking import LuaSyntaxChecker
 from orchestrator.metrics import Metrics
 from orchestrator.monitoring import Hub
 from orchestrator.orchestrating import Orchestrator
+from orchestrator.retention import Retention
 from orchestrator.ring import make_balancer
 from orchestrator.serving_grpc import OrchestratorService, unparsed_request_status
 from orchestrator.serving_http import PARSER_LINE_BYTES, HttpApi, MalformedRequests
@@ -137,6 +138,9 @@ async def running_orchestrator(
             loop.create_task(kept_running("engine discovery", lambda: discovery.run(fleet.update)))
         )
         background.append(loop.create_task(kept_running("engine health checks", fleet.run)))
+        if settings.execution_retention > 0:
+            retention = Retention(store, settings.execution_retention)
+            background.append(loop.create_task(kept_running("retention sweeps", retention.run)))
         yield orch
     finally:
         for task in background:

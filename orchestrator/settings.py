@@ -7,6 +7,7 @@ variable, which the entry point prints as one line before exiting 2.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -21,6 +22,29 @@ DiscoveryMode = Literal["kubernetes", "static", "dns"]
 Transport = Literal["grpc", "local"]
 Balancer = Literal["consistent-hash", "round-robin", "least-loaded"]
 KubernetesSource = Literal["endpointslices", "pods"]
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(env: Mapping[str, str], name: str) -> float:
+    """Seconds from ``30d``, ``12h``, ``90m``, ``45s``; ``0`` or unset is 0.
+
+    A bare number other than 0 is refused rather than read as seconds: ``30`` meant as days
+    would otherwise delete every run half a minute after it ends."""
+    raw = (ep.text(env, name) or "0").lower()
+    if raw == "0":
+        return 0.0
+    number, unit = raw[:-1], _DURATION_UNITS.get(raw[-1:])
+    try:
+        value = float(number) * unit if unit is not None else -1.0
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and math.isfinite(value)):
+        raise SettingsError(
+            f"{name} must be a duration such as 30d, 12h, 90m or 45s, or 0 for none, "
+            f"got {env[name]!r}"
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +85,8 @@ class Settings:
     queue_limit: int = 10000
     """Queued executions past which new ones are refused (429 / RESOURCE_EXHAUSTED)."""
     max_subworkflow_depth: int = 16
+    execution_retention: float = 0.0
+    """Seconds a finished root execution (with its sub-workflow runs) is kept; 0: for good."""
     # triggers
     trigger_catchup_limit: int = 100
     """With ``catchup: all``: missed cron slots fired at most, per trigger, after downtime."""
@@ -133,6 +159,7 @@ class Settings:
             ),
             queue_limit=ep.positive_int(env, "QUEUE_LIMIT", 10000),
             max_subworkflow_depth=ep.positive_int(env, "MAX_SUBWORKFLOW_DEPTH", 16),
+            execution_retention=_duration(env, "EXECUTION_RETENTION"),
             trigger_catchup_limit=ep.positive_int(env, "TRIGGER_CATCHUP_LIMIT", 100),
             environ=MappingProxyType(dict(env)),
             log_format=ep.log_format(env),

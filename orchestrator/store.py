@@ -1459,3 +1459,64 @@ class Store:
             return str(row[0]) if row is not None else None
 
         return await self._reader.run(read)
+
+    # -- retention --------------------------------------------------------------------------
+
+    async def delete_finished(self, before: float, limit: int) -> int:
+        """Delete root executions that ended before ``before`` (epoch seconds), each with
+        every run below it, their event batches and idempotency keys, in one transaction of
+        about ``limit`` executions (whole trees: one may take it past). A tree any of whose
+        runs has not ended is left whole. Returns the executions deleted: fewer than
+        ``limit`` once nothing more is old. Trigger history keeps its rows, which may then
+        name a run that is gone."""
+        finished_before = isoformat(before)
+
+        def write(conn: sqlite3.Connection) -> int:
+            doomed: list[str] = []
+            # created_at bounds the scan through executions_by_time: a run ends after it is
+            # created, so only rows older than the cutoff are looked at, and with retention on
+            # those are the ones about to go (and the few trees still running)
+            roots = conn.execute(
+                "SELECT id FROM executions WHERE created_at < ?"
+                f" AND parent_execution_id IS NULL AND status IN {_TERMINAL_SQL}"
+                " AND finished_at IS NOT NULL AND finished_at < ? ORDER BY created_at",
+                (before, finished_before),
+            )
+            try:
+                for (root,) in roots:
+                    tree = conn.execute(_TREE, (root,)).fetchall()
+                    if all(status in EXECUTION_TERMINAL for _, status in tree):
+                        doomed.extend(str(execution_id) for execution_id, _ in tree)
+                        if len(doomed) >= limit:
+                            break
+            finally:
+                roots.close()
+            if not doomed:
+                return 0
+            ids = _dumps(list(doomed))
+            conn.execute(
+                "DELETE FROM event_batches WHERE execution_id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            )
+            # one scan of idempotency per batch: keys live a day, so the table stays small
+            conn.execute(
+                "DELETE FROM idempotency WHERE execution_id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            )
+            conn.execute(
+                "DELETE FROM executions WHERE id IN (SELECT value FROM json_each(?))", (ids,)
+            )
+            return len(doomed)
+
+        return await self._writer.run(write)
+
+
+# an execution and every run below it (children, their children, ...), with their statuses;
+# UNION, not UNION ALL: a row seen twice ends the walk instead of looping
+_TREE: Final = (
+    "WITH RECURSIVE tree(id, status) AS ("
+    " SELECT id, status FROM executions WHERE id = ?"
+    " UNION SELECT e.id, e.status FROM executions e JOIN tree t"
+    " ON e.parent_execution_id = t.id)"
+    " SELECT id, status FROM tree"
+)
