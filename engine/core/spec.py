@@ -836,6 +836,12 @@ class _Checker:
     ) -> None:
         """A cron trigger's inputs are every fire's: the schema must take them, or every slot
         would be refused when it comes."""
+        if "_trigger" in trigger.inputs:  # engine.inputs.TRIGGER_KEY, which runs are given
+            self.report(
+                (*key, "inputs", "_trigger"),
+                f"{path}.inputs._trigger",
+                "is set by the trigger as it fires: leave it out",
+            )
         if schema is None or self.checks.inputs is None:
             return
         for problem in self.checks.inputs(schema, trigger.inputs):

@@ -200,6 +200,13 @@ def test_trigger_inputs_are_not_checked_against_a_schema_reported_invalid() -> N
     assert applied == [good]
 
 
+def test_a_spec_trigger_may_not_set_what_the_trigger_sets() -> None:
+    doc = base(triggers=[{"cron": "0 6 * * *", "inputs": {"_trigger": 1, "topic": "x"}}])
+    assert problems(doc, ExternalChecks()) == [
+        "triggers[0].inputs._trigger: is set by the trigger as it fires: leave it out"
+    ]
+
+
 # -- Lua names -------------------------------------------------------------------------------
 
 
