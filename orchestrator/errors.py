@@ -28,6 +28,7 @@ from typing import ClassVar, Final
 import grpc
 
 from engine.core.values import JSONObject
+from engine.inputs import TRIGGER_KEY
 
 
 class OrchestratorError(Exception):
@@ -63,6 +64,16 @@ class InvalidArgument(OrchestratorError):
     http_status = 400
     code = "bad_request"
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def refuse_trigger_inputs(inputs: object) -> None:
+    """A caller's inputs may not carry ``_trigger``: only a trigger sets it as it fires (the
+    inputs schema does not look at it, so it would carry anything, and pass for a fire)."""
+    if isinstance(inputs, dict) and TRIGGER_KEY in inputs:
+        raise InvalidArgument(
+            f"inputs.{TRIGGER_KEY} is set by triggers: a caller may not send it",
+            {"field": f"inputs.{TRIGGER_KEY}"},
+        )
 
 
 class VersionConflict(OrchestratorError):

@@ -35,6 +35,7 @@ from orchestrator.errors import (
     ParentMismatch,
     QueueFull,
     Unavailable,
+    refuse_trigger_inputs,
 )
 from orchestrator.fleet import Fleet
 from orchestrator.lua_checking import LuaSyntaxChecker
@@ -241,11 +242,8 @@ class Orchestrator:
         idempotency key stands for what the caller sent, so it is not part of that.
         ``by_trigger``: the inputs' ``_trigger`` is a trigger's own; from anyone else it is
         refused (the inputs schema does not look at it, so it would carry anything)."""
-        if not by_trigger and isinstance(inputs, dict) and TRIGGER_KEY in inputs:
-            raise InvalidArgument(
-                f"inputs.{TRIGGER_KEY} is set by triggers: a caller may not send it",
-                {"field": f"inputs.{TRIGGER_KEY}"},
-            )
+        if not by_trigger:
+            refuse_trigger_inputs(inputs)
         if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
             # every API's limit (HTTP checks its header the same way first)
             raise InvalidArgument(

@@ -40,10 +40,10 @@ from engine.core.spec import WorkflowSpec
 from engine.core.values import JSON, JSONObject
 from engine.inputs import TRIGGER_KEY, check_inputs
 from orchestrator.errors import (
-    InvalidArgument,
     NotFound,
     OrchestratorError,
     StoreUnavailable,
+    refuse_trigger_inputs,
 )
 from orchestrator.schedule import (
     Catchup,
@@ -850,12 +850,8 @@ class Triggers:
         if trigger.paused:
             raise TriggerPaused(f"the trigger on {trigger.path} is paused", {"trigger": trigger.id})
         now = self.clock()
-        if isinstance(inputs, dict) and TRIGGER_KEY in inputs:
-            # the same word whether the hook adds its own or passes the body on as it came
-            raise InvalidArgument(
-                f"inputs.{TRIGGER_KEY} is set by triggers: a caller may not send it",
-                {"field": f"inputs.{TRIGGER_KEY}"},
-            )
+        # the same word whether the hook adds its own or passes the body on as it came
+        refuse_trigger_inputs(inputs)
         if isinstance(inputs, dict) and not trigger.raw_body:
             inputs = {
                 **inputs,

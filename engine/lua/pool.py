@@ -137,7 +137,7 @@ class LuaPool:
         self._stuck: list[threading.Thread] = []  # given up, still in their call
         self._spawned = 0
         for _ in range(count):
-            self._start_worker()
+            self._start_worker(LuaSandbox(limits, stop=self._stop))
         self._watchdog = threading.Thread(target=self._watch, name="lua-watchdog", daemon=True)
         self._watchdog.start()
         self._inline: LuaSandbox | None = None
@@ -160,8 +160,8 @@ class LuaPool:
             self._stuck = [t for t in self._stuck if t.is_alive()]
             return len(self._stuck)
 
-    def _start_worker(self) -> _Worker:
-        worker = _Worker(LuaSandbox(self.limits, stop=self._stop), f"lua-worker-{self._spawned}")
+    def _start_worker(self, sandbox: LuaSandbox) -> _Worker:
+        worker = _Worker(sandbox, f"lua-worker-{self._spawned}")
         self._spawned += 1
         thread = threading.Thread(target=self._work, args=(worker,), name=worker.name, daemon=True)
         self._workers.append(worker)
@@ -347,9 +347,10 @@ class LuaPool:
             late,
             what,
         )
+        fresh = LuaSandbox(self.limits, stop=self._stop)  # a few ms: not under the lock
         with self._lock:  # close() decides under the lock too: no worker starts after it
             if not self._closed:
-                self._start_worker()
+                self._start_worker(fresh)
         note = " (stuck in one call the sandbox cannot interrupt)"
         self._deliver_all(held)
         self._deliver(job, LuaOutcome(False, None, message + note, None, [], late, limit=limit))
