@@ -15,7 +15,6 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from aiohttp import web
 from google.rpc import status_pb2
 
 from engine import cli
@@ -29,14 +28,10 @@ from engine.loading import spec_from_document, spec_from_text
 from engine.spec_checks import json_schema_problem, timezone_problem
 from engine.wire import field_violations
 from orchestrator.lua_checking import LuaSyntaxChecker
-from orchestrator.metrics import Metrics
-from orchestrator.monitoring import Hub
 from orchestrator.orchestrating import Orchestrator
-from orchestrator.serving_grpc import OrchestratorService
-from orchestrator.serving_http import HttpApi
 from orchestrator.store import Store
 from orchestrator.triggering import Triggers
-from orchestrator.versions import Registry
+from tests.component.serving_helpers import facade, serving
 
 HEAD = "id: w\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: return 1\n"
 """Five lines: what a test adds starts on line 6."""
@@ -531,33 +526,17 @@ class Served:
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
     store = await Store.open(str(tmp_path / "state.db"))
     checker = LuaSyntaxChecker()
-    orch = Orchestrator(
-        store=store,
-        registry=Registry(),
-        fleet=None,  # type: ignore[arg-type]
-        hub=Hub(),
-        metrics=Metrics(list, lambda: 0),
-        lua_checker=checker,
-        queue_limit=1000,
-    )
+    orch = facade(store, checker)
     triggers = Triggers(orch)
     orch.triggers = triggers
     await triggers.start(run_loop=False)
-    runner = web.AppRunner(HttpApi(orch, token=None, max_body=1 << 20, triggers=triggers).app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    server = grpc.aio.server()
-    pb_grpc.add_OrchestratorServicer_to_server(OrchestratorService(orch), server)
-    grpc_port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            yield Served(f"http://127.0.0.1:{port}", pb_grpc.OrchestratorStub(channel), orch)
+        async with (
+            serving(orch, triggers) as (url, target),
+            grpc.aio.insecure_channel(target) as channel,
+        ):
+            yield Served(url, pb_grpc.OrchestratorStub(channel), orch)
     finally:
-        await server.stop(0)
-        await runner.cleanup()
         await triggers.stop()
         await store.close()
         checker.close()

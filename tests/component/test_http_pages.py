@@ -17,7 +17,6 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from aiohttp import web
 
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
@@ -25,13 +24,9 @@ from engine.core.spec import parse_spec
 from orchestrator import store as store_module
 from orchestrator.dagctl import main
 from orchestrator.lua_checking import LuaSyntaxChecker
-from orchestrator.metrics import Metrics
-from orchestrator.monitoring import Hub
-from orchestrator.orchestrating import Orchestrator
-from orchestrator.serving_grpc import OrchestratorService
-from orchestrator.serving_http import HttpApi
 from orchestrator.store import LIST_PAGE_BYTES, Store
 from orchestrator.versions import Registry
+from tests.component.serving_helpers import facade, serving
 
 SPEC = {"id": "wf", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}
 
@@ -92,29 +87,12 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     registry = Registry()
     plan = registry.plan_register(parse_spec(SPEC), force=False, now=1.0)
     await store.register_version(plan)
-    orch = Orchestrator(
-        store=store,
-        registry=registry,
-        fleet=None,  # type: ignore[arg-type]
-        hub=Hub(),
-        metrics=Metrics(list, lambda: 0),
-        lua_checker=LuaSyntaxChecker(),
-        queue_limit=1000,
-    )
-    runner = web.AppRunner(HttpApi(orch, token=None, max_body=1 << 20).app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    server = grpc.aio.server()
-    pb_grpc.add_OrchestratorServicer_to_server(OrchestratorService(orch), server)
-    grpc_port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    checker = LuaSyntaxChecker()
     try:
-        yield Served(f"http://127.0.0.1:{port}", store, f"127.0.0.1:{grpc_port}")
+        async with serving(facade(store, checker, registry)) as (url, target):
+            yield Served(url, store, target)
     finally:
-        await server.stop(0)
-        await runner.cleanup()
+        checker.close()
         await store.close()
 
 

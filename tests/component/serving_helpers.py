@@ -1,0 +1,57 @@
+"""The orchestrator's facade over a real store, served on loopback over HTTP and gRPC, without
+engines: for tests of the APIs themselves."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+from aiohttp import web
+
+from engine.api import dagengine_pb2_grpc as pb_grpc
+from orchestrator.lua_checking import LuaSyntaxChecker
+from orchestrator.metrics import Metrics
+from orchestrator.monitoring import Hub
+from orchestrator.orchestrating import Orchestrator
+from orchestrator.serving_grpc import OrchestratorService
+from orchestrator.serving_http import HttpApi
+from orchestrator.store import Store
+from orchestrator.triggering import Triggers
+from orchestrator.versions import Registry
+
+
+def facade(
+    store: Store, checker: LuaSyntaxChecker, registry: Registry | None = None
+) -> Orchestrator:
+    """An orchestrator over ``store`` with no fleet: runs stay queued."""
+    return Orchestrator(
+        store=store,
+        registry=registry or Registry(),
+        fleet=None,  # type: ignore[arg-type]
+        hub=Hub(),
+        metrics=Metrics(list, lambda: 0),
+        lua_checker=checker,
+        queue_limit=1000,
+    )
+
+
+@asynccontextmanager
+async def serving(
+    orch: Orchestrator, triggers: Triggers | None = None
+) -> AsyncIterator[tuple[str, str]]:
+    """``orch`` on free loopback ports: yields the HTTP base URL and the gRPC target."""
+    runner = web.AppRunner(HttpApi(orch, token=None, max_body=1 << 20, triggers=triggers).app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    server = grpc.aio.server()
+    pb_grpc.add_OrchestratorServicer_to_server(OrchestratorService(orch), server)
+    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
+    finally:
+        await server.stop(0)
+        await runner.cleanup()
