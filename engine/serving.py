@@ -27,6 +27,7 @@ from importlib import metadata
 from typing import Any, Final, NoReturn
 
 import grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 from prometheus_client import start_http_server
 
@@ -58,6 +59,8 @@ ENGINE_SERVICE: Final = pb.DESCRIPTOR.services_by_name["Engine"].full_name
 _FLUSH_WAIT: Final = 10.0
 """Seconds the cancel events of a drained run get to reach its caller before the server stops."""
 _STOP_GRACE: Final = 2.0
+_WEDGED_EVERY: Final = 1.0
+"""Seconds between looks at whether every Lua worker is stuck (see ``LuaPool.wedged``)."""
 """Seconds calls still open get when the server finally stops."""
 
 
@@ -466,6 +469,10 @@ class EngineService(pb_grpc.EngineServicer):
 
     # -- drain ----------------------------------------------------------------------------------
 
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
     def refuse_new_runs(self) -> None:
         self._draining = True
 
@@ -548,6 +555,7 @@ class EngineServer:
         self._server: grpc.aio.Server | None = None
         self._health: health_aio.HealthServicer | None = None
         self.service: EngineService | None = None
+        self._watching: asyncio.Future[None] | None = None
 
     @property
     def address(self) -> str:
@@ -581,9 +589,41 @@ class EngineServer:
             raise OSError(f"cannot listen on {address}: {error}") from error
         await server.start()
         self.service, self._server, self._health = service, server, health
+        self._watching = asyncio.ensure_future(self._watch_pool(pool, service, health))
+
+    async def _watch_pool(
+        self, pool: LuaPool, service: EngineService, health: health_aio.HealthServicer
+    ) -> None:
+        """NOT_SERVING while every Lua worker is stuck in a call the sandbox cannot interrupt,
+        so the orchestrator sends new runs elsewhere (it keeps those it sent here); SERVING
+        again once one of the calls has come back."""
+        wedged = False
+        while True:
+            await asyncio.sleep(_WEDGED_EVERY)
+            now = pool.wedged
+            if now == wedged or service.draining:
+                continue
+            wedged = now
+            if wedged:
+                log.warning(
+                    "engine %s is not serving: all %d Lua workers are stuck in calls the sandbox"
+                    " cannot interrupt, and as many are given up already",
+                    self.settings.engine_id,
+                    pool.workers,
+                    extra={"engine_id": self.settings.engine_id},
+                )
+            else:
+                log.info(
+                    "engine %s is serving again: a stuck Lua call came back",
+                    self.settings.engine_id,
+                    extra={"engine_id": self.settings.engine_id},
+                )
+            status = health_pb2.HealthCheckResponse
+            await health.set(ENGINE_SERVICE, status.NOT_SERVING if wedged else status.SERVING)
 
     async def stop(self, hurry: asyncio.Event | None = None) -> None:
         """Drain (runs in flight get DRAIN_GRACE seconds), then stop serving."""
+        self._stop_watching()
         if self.service is not None and self._server is not None and self._health is not None:
             self.service.refuse_new_runs()
             await self._health.enter_graceful_shutdown()
@@ -595,7 +635,13 @@ class EngineServer:
     def workers(self) -> int:
         return self._pool.workers if self._pool is not None else 0
 
+    def _stop_watching(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
+            self._watching = None
+
     async def close_pool(self) -> None:
+        self._stop_watching()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.__aexit__(None, None, None)

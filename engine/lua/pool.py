@@ -160,6 +160,30 @@ class LuaPool:
             self._stuck = [t for t in self._stuck if t.is_alive()]
             return len(self._stuck)
 
+    @property
+    def wedged(self) -> bool:
+        """Every worker is stuck past its time and none can be given up (``_MAX_STUCK_FACTOR``):
+        nothing queued runs until one of the stuck calls comes back."""
+        now = time.monotonic()
+        with self._lock:
+            self._stuck = [t for t in self._stuck if t.is_alive()]
+            if len(self._stuck) < _MAX_STUCK_FACTOR * len(self._workers):
+                return False
+            return all(self._overdue(worker, now) for worker in self._workers)
+
+    def _overdue(self, worker: _Worker, now: float) -> bool:
+        """Is ``worker`` in a run past its time, or past its cancel, by the grace?"""
+        job = worker.job
+        if job is None:
+            return False
+        due = worker.due
+        cancel = job.task.cancel
+        if cancel is not None and cancel.is_set():
+            if worker.cancel_seen is None:
+                worker.cancel_seen = now
+            due = min(due, worker.cancel_seen + self._stuck_grace)
+        return now >= due
+
     def _start_worker(self, sandbox: LuaSandbox) -> _Worker:
         worker = _Worker(sandbox, f"lua-worker-{self._spawned}")
         self._spawned += 1
@@ -303,15 +327,7 @@ class LuaPool:
             now = time.monotonic()
             for worker in list(self._workers):
                 job = worker.job
-                if job is None:
-                    continue
-                due = worker.due
-                cancel = job.task.cancel
-                if cancel is not None and cancel.is_set():
-                    if worker.cancel_seen is None:
-                        worker.cancel_seen = now
-                    due = min(due, worker.cancel_seen + self._stuck_grace)
-                if now >= due:
+                if job is not None and self._overdue(worker, now):
                     self._give_up(worker, job, now)
 
     def _give_up(self, worker: _Worker, job: _Job, now: float) -> None:
