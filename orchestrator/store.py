@@ -196,6 +196,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE executions ADD COLUMN cancel_reason TEXT;
     """,
+    # a listing by a status few runs have (failed, cancelled) walked the whole table by time:
+    # a quarter of a second at a million runs, on the one reader thread
+    """
+    CREATE INDEX executions_by_status ON executions (status, created_at);
+    """,
 )
 
 

@@ -226,6 +226,30 @@ async def test_list_filters_and_orders_newest_first(store: Store) -> None:
     assert await store.list_executions(workflow_id=None, status=None, limit=2, before="zz") is None
 
 
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [
+        ("status = 'failed'", "executions_by_status"),
+        ("workflow_id = 'wf'", "executions_by_workflow"),
+        ("", "executions_by_time"),
+    ],
+)
+def test_a_listing_searches_an_index_instead_of_walking_every_run(
+    tmp_path: Path, where: str, index: str
+) -> None:
+    # a status few runs have would otherwise be looked for in every run, newest first
+    conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
+    migrate(conn)
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM executions"
+        f" {'WHERE ' + where if where else ''} ORDER BY created_at DESC, rowid DESC LIMIT 50"
+    ).fetchall()
+    assert [row[-1] for row in plan] == [
+        f"{'SEARCH' if where else 'SCAN'} executions USING INDEX {index}"
+        + (f" ({where.split()[0]}=?)" if where else "")
+    ], plan
+
+
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
     assert migrate(conn) == len(MIGRATIONS)
