@@ -2,8 +2,9 @@
 
 Each subscriber has a bounded buffer. Publishing appends to the buffers of matching subscribers
 and returns at once; when a buffer is full the event is dropped for that subscriber alone and
-counted, and the subscriber's next read yields a ``subscriber.lagged`` marker carrying how many
-it missed. A slow SSE client or gRPC watcher therefore never slows the pipeline.
+counted, and the subscriber reads a ``subscriber.lagged`` marker carrying how many it missed
+where they are missing: after the events buffered before the gap, before those after it. A slow
+SSE client or gRPC watcher therefore never slows the pipeline.
 """
 
 from __future__ import annotations
@@ -45,15 +46,28 @@ class Subscription:
         self._limit = limit
         self._buffer: deque[JSONObject] = deque()
         self._waiter: asyncio.Future[None] | None = None
-        self.missed = 0
+        self._offered = 0  # events ever buffered
+        self._taken = 0  # of those, read
+        # runs of dropped events, oldest first: [events buffered before the run, its length]
+        self._gaps: deque[list[int]] = deque()
         self.closed = False
+
+    @property
+    def missed(self) -> int:
+        """Dropped events not yet reported by a marker."""
+        return sum(count for _, count in self._gaps)
 
     def offer(self, event: JSONObject) -> bool:
         """Buffer an event; False (and counted) when full. Never blocks."""
         if len(self._buffer) >= self._limit:
-            self.missed += 1
+            gaps = self._gaps
+            if gaps and gaps[-1][0] == self._offered:
+                gaps[-1][1] += 1
+            else:
+                gaps.append([self._offered, 1])
             return False
         self._buffer.append(event)
+        self._offered += 1
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -61,8 +75,9 @@ class Subscription:
 
     async def next_event(self) -> JSONObject:
         while True:
-            if self.missed:
-                missed, self.missed = self.missed, 0
+            gaps = self._gaps
+            if gaps and gaps[0][0] == self._taken:
+                missed = gaps.popleft()[1]
                 return {
                     "seq": 0,
                     "time": isoformat(time.time()),
@@ -77,6 +92,7 @@ class Subscription:
                     "data": {"missed": missed},
                 }
             if self._buffer:
+                self._taken += 1
                 return self._buffer.popleft()
             if self.closed:
                 raise StopAsyncIteration

@@ -19,10 +19,32 @@ async def test_a_slow_subscriber_gets_a_lagged_marker_and_never_blocks_publishin
     for seq in range(1, 11):
         hub.publish(event(seq))  # returns at once however full the slow buffer is
     assert sum(dropped) == 7
-    first = await slow.next_event()
-    assert first["type"] == "subscriber.lagged" and first["data"] == {"missed": 7}
+    assert slow.missed == 7
     assert [(await slow.next_event())["seq"] for _ in range(3)] == [1, 2, 3]
+    marker = await slow.next_event()
+    assert marker["type"] == "subscriber.lagged" and marker["data"] == {"missed": 7}
     assert [(await fast.next_event())["seq"] for _ in range(10)] == list(range(1, 11))
+
+
+async def test_the_lagged_marker_sits_where_the_events_are_missing() -> None:
+    # a reader that resumes from the last seq it saw must see the marker right after it
+    hub = Hub()
+    slow = hub.subscribe(limit=2)
+    for seq in (1, 2, 3):  # 3 dropped
+        hub.publish(event(seq))
+    assert (await slow.next_event())["seq"] == 1
+    for seq in (4, 5, 6):  # 4 buffered behind 2; 5 and 6 dropped
+        hub.publish(event(seq))
+    read = [await slow.next_event() for _ in range(4)]
+    assert [
+        (e["type"], e["seq"] if e["type"] != "subscriber.lagged" else e["data"]) for e in read
+    ] == [
+        ("node.started", 2),
+        ("subscriber.lagged", {"missed": 1}),
+        ("node.started", 4),
+        ("subscriber.lagged", {"missed": 2}),
+    ]
+    assert slow.missed == 0
 
 
 async def test_filters_by_workflow_and_execution() -> None:
