@@ -22,12 +22,11 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata
 from typing import Any, Final, NoReturn
 
 import grpc
-from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 from prometheus_client import start_http_server
 
@@ -469,10 +468,6 @@ class EngineService(pb_grpc.EngineServicer):
 
     # -- drain ----------------------------------------------------------------------------------
 
-    @property
-    def draining(self) -> bool:
-        return self._draining
-
     def refuse_new_runs(self) -> None:
         self._draining = True
 
@@ -589,37 +584,31 @@ class EngineServer:
             raise OSError(f"cannot listen on {address}: {error}") from error
         await server.start()
         self.service, self._server, self._health = service, server, health
-        self._watching = asyncio.ensure_future(self._watch_pool(pool, service, health))
+        self._watching = asyncio.ensure_future(
+            wire.follow_health(
+                health,
+                ENGINE_SERVICE,
+                self._wedged(pool),
+                _WEDGED_EVERY,
+                log,
+                {"engine_id": self.settings.engine_id},
+            )
+        )
 
-    async def _watch_pool(
-        self, pool: LuaPool, service: EngineService, health: health_aio.HealthServicer
-    ) -> None:
-        """NOT_SERVING while every Lua worker is stuck in a call the sandbox cannot interrupt,
-        so the orchestrator sends new runs elsewhere (it keeps those it sent here); SERVING
-        again once one of the calls has come back."""
-        wedged = False
-        while True:
-            await asyncio.sleep(_WEDGED_EVERY)
-            now = pool.wedged
-            if now == wedged or service.draining:
-                continue
-            wedged = now
-            if wedged:
-                log.warning(
-                    "engine %s is not serving: all %d Lua workers are stuck in calls the sandbox"
-                    " cannot interrupt, and as many are given up already",
-                    self.settings.engine_id,
-                    pool.workers,
-                    extra={"engine_id": self.settings.engine_id},
-                )
-            else:
-                log.info(
-                    "engine %s is serving again: a stuck Lua call came back",
-                    self.settings.engine_id,
-                    extra={"engine_id": self.settings.engine_id},
-                )
-            status = health_pb2.HealthCheckResponse
-            await health.set(ENGINE_SERVICE, status.NOT_SERVING if wedged else status.SERVING)
+    def _wedged(self, pool: LuaPool) -> Callable[[], Awaitable[str | None]]:
+        """Why new runs should go elsewhere, if they should: every Lua worker is stuck in a
+        call the sandbox cannot interrupt, so nothing queued here runs until one comes back
+        (the orchestrator keeps the runs it sent here, and sends new ones elsewhere)."""
+
+        async def trouble() -> str | None:
+            if not pool.wedged:
+                return None
+            return (
+                f"engine {self.settings.engine_id}: all {pool.workers} Lua workers are stuck in"
+                " calls the sandbox cannot interrupt, and as many are given up already"
+            )
+
+        return trouble
 
     async def stop(self, hurry: asyncio.Event | None = None) -> None:
         """Drain (runs in flight get DRAIN_GRACE seconds), then stop serving."""

@@ -9,7 +9,9 @@ from engine errors to gRPC statuses; refused specs, inputs and fields travel as
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
 import re
 import uuid
@@ -761,6 +763,33 @@ async def _decoded(
 def bad_request_status(message: str) -> grpc.Status:
     """The engine's refusal of a request that does not parse (``DecodeRequests``)."""
     return grpc_status(BadRequest([FieldProblem("request", message)]))
+
+
+async def follow_health(
+    health: health_aio.HealthServicer,
+    service_name: str,
+    trouble: Callable[[], Awaitable[str | None]],
+    every: float,
+    log: logging.Logger,
+    extra: dict[str, object] | None = None,
+) -> None:
+    """Keep ``service_name`` SERVING while ``trouble()`` answers None, NOT_SERVING (the reason
+    logged once) while it names a trouble; asked every ``every`` seconds until cancelled.
+    The server's overall health ("", what a liveness probe asks) is left as it is: a service
+    that is not ready is still alive."""
+    status = health_pb2.HealthCheckResponse
+    shown: str | None = None
+    while True:
+        await asyncio.sleep(every)
+        now = await trouble()
+        if (now is None) == (shown is None):
+            continue
+        if now is not None:
+            log.warning("%s is NOT_SERVING: %s", service_name, now, extra=extra)
+        else:
+            log.info("%s is SERVING again: %s", service_name, shown, extra=extra)
+        shown = now
+        await health.set(service_name, status.SERVING if now is None else status.NOT_SERVING)
 
 
 async def add_health_and_reflection(

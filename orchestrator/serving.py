@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 ORCHESTRATOR_SERVICE = "dagengine.v1.Orchestrator"
 _STOP_GRACE = 5.0
+_HEALTH_EVERY = 2.0
+"""Seconds between the gRPC health's looks at readiness (what ``/readyz`` answers)."""
 _RESTART_FIRST, _RESTART_MAX = 1.0, 30.0
 
 
@@ -246,6 +248,7 @@ async def _serve_apis(
             ("grpc.max_receive_message_length", settings.max_body_bytes + 64 * 1024),
         ],
     )
+    following: asyncio.Future[None] | None = None
     try:
         site = web.TCPSite(
             runner, settings.host, settings.http_port, ssl_context=tls.http if tls else None
@@ -272,6 +275,9 @@ async def _serve_apis(
             log.error("cannot listen on %s:%s: %s", settings.host, settings.grpc_port, exc)
             return 1
         await server.start()
+        following = asyncio.ensure_future(
+            wire.follow_health(health, ORCHESTRATOR_SERVICE, _trouble(orch), _HEALTH_EVERY, log)
+        )
         security = "plain" if tls is None else ("mutual TLS" if tls.mutual else "TLS")
         log.info(
             "orchestrator serving HTTP on port %s and gRPC on port %s, %s (state %s)",
@@ -293,8 +299,20 @@ async def _serve_apis(
         orch.release_waiters()  # callers waiting on runs get them as they stand (202)
         return 0
     finally:
+        if following is not None:
+            following.cancel()
         await runner.cleanup()
         await server.stop(_STOP_GRACE)
+
+
+def _trouble(orch: Orchestrator) -> Callable[[], Coroutine[None, None, str | None]]:
+    """What keeps the orchestrator from being ready, as ``/readyz`` says it, or None."""
+
+    async def trouble() -> str | None:
+        ready, reason = await orch.readiness()
+        return None if ready else reason
+
+    return trouble
 
 
 def _triggers_of(orch: Orchestrator) -> Triggers | None:

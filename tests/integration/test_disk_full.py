@@ -16,8 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 
+from orchestrator.fleet import health_check
+from orchestrator.serving import ORCHESTRATOR_SERVICE
 from tests.integration.api import TOKEN, get, register, start, wait_end
 from tests.integration.conftest import Cluster, StartCluster
 
@@ -68,6 +72,21 @@ async def readiness(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
         return resp.status, await resp.json()
 
 
+async def grpc_health_becomes(cluster: Cluster, wanted: int) -> None:
+    """Until the orchestrator's gRPC health says ``wanted``, as gRPC clients and probes see it:
+    it follows what ``/readyz`` says, a couple of seconds behind."""
+    async with grpc.aio.insecure_channel(cluster.orchestrator.grpc_address) as channel:
+        check = health_check(channel)
+        request = health_pb2.HealthCheckRequest(service=ORCHESTRATOR_SERVICE)
+        deadline = time.monotonic() + 30
+        while (status := (await check(request, timeout=5)).status) != wanted:
+            assert time.monotonic() < deadline, status
+            await asyncio.sleep(0.2)
+        # the server's own health, what a liveness probe asks, stays: it is not dead
+        overall = await check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert overall.status == health_pb2.HealthCheckResponse.SERVING
+
+
 async def test_a_full_disk_holds_runs_back_and_refuses_new_ones_until_it_has_room(
     start_cluster: StartCluster,
 ) -> None:
@@ -103,6 +122,7 @@ async def test_a_full_disk_holds_runs_back_and_refuses_new_ones_until_it_has_roo
                 assert time.monotonic() < deadline, found
                 await asyncio.sleep(0.1)
             assert "state database" in found[1]["reason"], found
+            await grpc_health_becomes(cluster, health_pb2.HealthCheckResponse.NOT_SERVING)
             # time for the run to stall more than once: before, each stall counted as a lost
             # engine, and 20 of them in a few seconds failed the run
             await asyncio.sleep(4)
@@ -121,6 +141,7 @@ async def test_a_full_disk_holds_runs_back_and_refuses_new_ones_until_it_has_roo
         assert ends[0] == "execution.queued" and ends[-1] == "execution.succeeded", ends
         assert set(ends[1:-1]) == {"execution.started"} and len(ends) > 3, ends
         assert (await readiness(http, url))[0] == 200
+        await grpc_health_becomes(cluster, health_pb2.HealthCheckResponse.SERVING)
         # the engine was never taken for lost
         engines = await get(http, f"{url}/api/v1/engines")
         assert [(e["state"], e["last_error"]) for e in engines["engines"]] == [("ready", None)]
