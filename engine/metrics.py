@@ -24,7 +24,9 @@ class Metrics:
         )
         self.executions_finished = Counter(
             "dagengine_engine_executions_finished",
-            "Executions that ended on this engine, by final status",
+            "Executions that ended on this engine, by final status (handed_back: cancelled"
+            " because its caller's stream ended or the engine drained, for the orchestrator to"
+            " resume or end)",
             ["status"],
             registry=self.registry,
         )
@@ -68,12 +70,16 @@ class Metrics:
             kind: self.node_duration.labels(status) for kind, status in _NODE_ENDS.items()
         }
 
-    def observe(self, event: Event) -> None:
-        """Account for one event of a run."""
+    def observe(self, event: Event, *, let_go: bool = False) -> None:
+        """Account for one event of a run; ``let_go`` when the engine has let go of the run
+        (see ``_EventStream.let_go``)."""
         histogram = self._durations.get(event.type)
         if histogram is not None:
             duration_ms = event.data.get("duration_ms")
             if isinstance(duration_ms, int | float):
                 histogram.observe(duration_ms / 1000.0)
         elif event.type.startswith("execution.") and event.type != "execution.started":
-            self.executions_finished.labels(event.type.removeprefix("execution.")).inc()
+            status = event.type.removeprefix("execution.")
+            if let_go and status == "cancelled":
+                status = "handed_back"
+            self.executions_finished.labels(status).inc()

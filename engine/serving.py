@@ -117,7 +117,7 @@ class _EventStream:
     costs one wake-up and one message, not one each.
     """
 
-    __slots__ = ("_buffer", "_closed", "_wakeup", "handed_back")
+    __slots__ = ("_buffer", "_closed", "_wakeup", "handed_back", "let_go")
 
     def __init__(self) -> None:
         self._buffer: list[Event] = []
@@ -125,6 +125,9 @@ class _EventStream:
         self._closed = False
         self.handed_back = False
         """The run goes back to its caller unfinished: nothing more is sent."""
+        self.let_go = False
+        """Handed back, or its caller's stream ended: a cancel that follows is the engine
+        letting go of the run, which the orchestrator resumes or ends, not a cancel asked for."""
 
     def push(self, event: Event) -> None:
         if self.handed_back:
@@ -139,7 +142,7 @@ class _EventStream:
     def hand_back(self) -> None:
         """End the stream here, with what was sent so far: the caller resumes the run elsewhere
         from it. What is buffered is dropped, as it would be if the engine died now."""
-        self.handed_back = True
+        self.handed_back = self.let_go = True
         self._buffer = []
         self.close()
 
@@ -299,6 +302,7 @@ class EngineService(pb_grpc.EngineServicer):
                     break
         finally:
             if not execution.finished:
+                stream.let_go = True
                 execution.cancel(
                     "the caller's stream closed" if too_large is None else str(too_large)
                 )
@@ -337,7 +341,7 @@ class EngineService(pb_grpc.EngineServicer):
 
         def on_event(event: Event) -> None:
             stream.push(event)
-            observe(event)
+            observe(event, let_go=stream.let_go)
 
         execution = Execution(
             order.spec,

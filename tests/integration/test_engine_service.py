@@ -570,6 +570,20 @@ async def test_metrics_count_runs_and_events(start_engine: StartEngine) -> None:
     channel, client = await connect(engine)
     async with channel:
         events = await client.run(DIAMOND, {"n": 3})
+        # one run cancelled when asked, one let go when its caller's stream ends (as when the
+        # orchestrator restarts: it resumes the run, so that is not a cancel)
+        asked = client.execute(SLEEPER, execution_id="asked")
+        left = client.execute(SLEEPER, execution_id="left")
+        await asked.until_type("node.started")
+        await left.until_type("node.started")
+        await client.engine.Cancel(pb.CancelRequest(execution_id="asked"), timeout=TIMEOUT)
+        await asked.rest()
+        left.call.cancel()
+        for _ in range(int(TIMEOUT / 0.05)):
+            listed = await client.engine.ListExecutions(pb.ListExecutionsRequest(), timeout=TIMEOUT)
+            if not listed.executions:
+                break
+            await asyncio.sleep(0.05)
 
     def scrape() -> str:
         with urllib.request.urlopen(
@@ -578,10 +592,17 @@ async def test_metrics_count_runs_and_events(start_engine: StartEngine) -> None:
             return str(r.read().decode())
 
     text = await asyncio.to_thread(scrape)
-    assert "dagengine_engine_executions_started_total 1.0" in text
+    assert "dagengine_engine_executions_started_total 3.0" in text
     assert 'dagengine_engine_executions_finished_total{status="succeeded"} 1.0' in text
+    assert 'dagengine_engine_executions_finished_total{status="cancelled"} 1.0' in text
+    assert 'dagengine_engine_executions_finished_total{status="handed_back"} 1.0' in text
     assert 'dagengine_engine_node_duration_seconds_count{status="succeeded"} 4.0' in text
-    assert f"dagengine_engine_events_streamed_total {float(len(events))}" in text
+    [streamed] = [
+        float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("dagengine_engine_events_streamed_total ")
+    ]
+    assert streamed >= len(events) + 5  # and those of the two sleepers, as far as they went
     assert "dagengine_engine_executions_in_flight 0.0" in text
     assert "dagengine_engine_lua_workers_given_up 0.0" in text
 
