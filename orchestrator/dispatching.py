@@ -72,6 +72,15 @@ class RunTicket:
     """A cancel asked of the run and stored: it ends instead of going on."""
 
 
+def ended_data(error: str, unreached: int) -> JSONObject:
+    """The data of an end the orchestrator gives a run: as the engine's own end has it, with
+    ``unreached`` nodes (not ended, so ending with the run) counted when there are any."""
+    data: JSONObject = {"error": error, "outputs": {}}
+    if unreached:
+        data["unreached"] = unreached
+    return data
+
+
 def execute_request(ticket: RunTicket) -> pb.ExecuteRequest:
     """The engine's request for a run: started, or resumed from what its ticket carries."""
     request = pb.ExecuteRequest(
@@ -111,7 +120,7 @@ CANCEL_RETRY_MAX = 5.0
 
 class DispatchStore(Protocol):
     async def load_ticket(self, execution_id: str) -> RunTicket | None: ...
-    async def next_seq(self, execution_id: str) -> int: ...
+    async def end_point(self, execution_id: str) -> tuple[int, int]: ...
     async def record_events(
         self, execution_id: str, events: list[JSONObject], message: bytes | None = None
     ) -> None: ...
@@ -539,8 +548,9 @@ class Dispatcher:
 
     async def _end(self, ticket: RunTicket, kind: str, severity: str, error: str) -> None:
         """End a run the engines cannot: store the final event, tell everyone."""
+        seq, unreached = await self._store.end_point(ticket.execution_id)
         event: JSONObject = {
-            "seq": await self._store.next_seq(ticket.execution_id),
+            "seq": seq,
             "time": isoformat(time.time()),
             "type": kind,
             "severity": severity,
@@ -550,7 +560,7 @@ class Dispatcher:
             "node_id": None,
             "engine_id": None,
             "attempt": None,
-            "data": {"error": error, "outputs": {}},
+            "data": ended_data(error, unreached),
         }
         await self._store.record_events(ticket.execution_id, [event])
         self._publish([event])

@@ -97,6 +97,10 @@ class Metrics:
                 self.executions.labels(workflow, what).inc()
                 if isinstance(ms, int | float):
                     self.execution_seconds.labels(workflow).observe(ms / 1000)
+                # nodes the run never reached end cancelled with it, without an event each
+                unreached = data.get("unreached") if isinstance(data, dict) else None
+                if isinstance(unreached, int) and unreached > 0:
+                    self.nodes.labels("cancelled").inc(unreached)
             elif family == "node" and what in _NODE_ENDS:
                 self.nodes.labels(what).inc()
                 if isinstance(ms, int | float):

@@ -24,7 +24,7 @@ from engine.documents import parse_text
 from engine.inputs import TRIGGER_KEY, check_inputs
 from orchestrator import timeline
 from orchestrator.checking import registration_checks
-from orchestrator.dispatching import Dispatcher, RunTicket
+from orchestrator.dispatching import Dispatcher, RunTicket, ended_data
 from orchestrator.errors import (
     DepthLimit,
     InvalidArgument,
@@ -623,8 +623,9 @@ class Orchestrator:
 
     async def _cancel_queued(self, doc: JSONObject, reason: str) -> None:
         execution_id = str(doc["id"])
+        seq, unreached = await self.store.end_point(execution_id)
         event: JSONObject = {
-            "seq": await self.store.next_seq(execution_id),
+            "seq": seq,
             "time": isoformat(time.time()),
             "type": "execution.cancelled",
             "severity": "warning",
@@ -634,7 +635,7 @@ class Orchestrator:
             "node_id": None,
             "engine_id": None,
             "attempt": None,
-            "data": {"error": reason, "outputs": {}},
+            "data": ended_data(reason, unreached),
         }
         await self.store.record_events(execution_id, [event])
         self.publish([event])

@@ -741,13 +741,17 @@ class Run:
             self._out.append(CancelTask(node_id, item, reason))
         self._inflight.clear()
         self._ready.clear()
+        unreached = 0
         for node_id in self.spec.order:
             n = self.nodes[node_id]
             if n.status == "running":
                 self._settle(n, "cancelled", error=reason)
             elif n.status == "pending":
+                # no event each (a run of thousands would end in thousands of them): the
+                # run's end counts them, and the timeline's fold ends them with it
                 self._settle(n, "cancelled", error=reason, quiet=True)
-        self._finish(status, reason)
+                unreached += 1
+        self._finish(status, reason, unreached)
 
     def _maybe_finish(self) -> None:
         if self.finished or self._terminal < len(self.nodes) or self.status != "running":
@@ -763,7 +767,7 @@ class Run:
             summary += f" (and {len(failed) - 1} more)"
         self._finish("partial" if sink_ok else "failed", summary)
 
-    def _finish(self, status: ExecutionStatus, error: str | None) -> None:
+    def _finish(self, status: ExecutionStatus, error: str | None, unreached: int = 0) -> None:
         self.status = status
         self.error = error
         self.finished_at = self._now
@@ -771,6 +775,8 @@ class Run:
         data: JSONObject = {"outputs": self.outputs}
         if error is not None:
             data["error"] = error
+        if unreached:
+            data["unreached"] = unreached
         if self.started_at is not None:
             data["duration_ms"] = round((self._now - self.started_at) * 1000, 3)
         severity: Severity = (

@@ -887,6 +887,17 @@ async def test_cancel_a_running_execution(start_cluster: StartCluster) -> None:
         assert doc["status"] == "cancelled", doc
         assert doc["nodes"]["last"]["status"] == "cancelled"
         assert doc["nodes"]["first"]["status"] == "succeeded"
+        # every node the document ends cancelled is counted so, evented or not
+        cancelled = [n for n, v in doc["nodes"].items() if v["status"] == "cancelled"]
+        assert len(cancelled) == 2, doc["nodes"]
+        assert await nodes_counted(http, cluster.url, "cancelled") == len(cancelled)
+
+
+async def nodes_counted(http: aiohttp.ClientSession, url: str, status: str) -> float:
+    async with http.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    prefix = f'dagengine_nodes_total{{status="{status}"}} '
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
 
 
 async def test_two_cancels_of_a_queued_run_at_once_end_it_once(
@@ -913,6 +924,10 @@ async def test_two_cancels_of_a_queued_run_at_once_end_it_once(
             assert first["status"] == second["status"] == "cancelled"
             events = (await get(http, f"{cluster.url}/api/v1/executions/{eid}/events"))["events"]
             assert [e["type"] for e in events] == ["execution.queued", "execution.cancelled"]
+            nodes = len((await get(http, f"{cluster.url}/api/v1/executions/{eid}"))["nodes"])
+            assert events[-1]["data"]["unreached"] == nodes
+        # none of their nodes had an event, and each is counted as cancelled once
+        assert await nodes_counted(http, cluster.url, "cancelled") == 20 * nodes
 
 
 async def test_an_engine_that_dies_leaves_and_rejoins_when_healthy_again(

@@ -35,3 +35,16 @@ def test_trigger_slots_by_outcome_tell_refused_runs_from_downtime() -> None:
         'dagengine_trigger_slots_total{outcome="missed",type="cron"}': 5.0,
         'dagengine_trigger_slots_total{outcome="failed",type="cron"}': 1.0,
     }
+
+
+def test_nodes_a_run_never_reached_count_as_cancelled_with_it() -> None:
+    metrics = Metrics(list, lambda: 0)
+    metrics.observe(
+        [
+            {"type": "node.cancelled", "workflow_id": "wf", "data": {}},
+            {"type": "execution.cancelled", "workflow_id": "wf", "data": {"unreached": 2}},
+            {"type": "execution.succeeded", "workflow_id": "wf", "data": {}},
+        ]
+    )
+    text = metrics.render()[0].decode()
+    assert 'dagengine_nodes_total{status="cancelled"} 3.0' in text

@@ -238,6 +238,22 @@ def test_cancel_stops_running_tasks_and_ignores_later_news() -> None:
     assert d.types().count("execution.cancelled") == 1
 
 
+def test_nodes_a_run_never_reached_are_counted_in_its_end() -> None:
+    # they end cancelled without an event each: the end says how many, for metrics
+    d = Driver(spec([lua("a"), lua("b", "a"), lua("c", "b"), lua("d")])).start()
+    d.succeed("d")
+    d.feed(sch.CancelRequested(d.now, "user asked"))
+    assert [(e.type, e.node_id) for e in d.events if e.type.endswith("cancelled")] == [
+        ("node.cancelled", "a"),
+        ("execution.cancelled", None),
+    ]
+    assert d.events[-1].data["unreached"] == 2  # b and c
+    assert (d.status("b"), d.status("c")) == ("cancelled", "cancelled")
+    plain = Driver(spec([lua("a")])).start()
+    plain.succeed("a")
+    assert "unreached" not in plain.events[-1].data
+
+
 def test_sleep_node_is_a_timer_that_holds_no_slot() -> None:
     wf = spec([{"id": "wait", "sleep": "30s"}, lua("work")], concurrency=1)
     d = Driver(wf).start()
