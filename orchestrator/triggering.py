@@ -573,9 +573,10 @@ class Triggers:
         if run_loop:
             self._runner = asyncio.get_running_loop().create_task(self.loop.run())
         log.info(
-            "%d triggers (%d cron armed, %d HTTP paths)",
+            "%d triggers (%d cron armed, %d paused, %d HTTP paths)",
             len(self._triggers),
-            sum(1 for t in self._triggers.values() if isinstance(t, CronTrigger)),
+            sum(1 for t in self._triggers.values() if isinstance(t, CronTrigger) and not t.paused),
+            sum(1 for t in self._triggers.values() if t.paused),
             len(self._routes),
         )
 

@@ -852,6 +852,10 @@ class Run:
 
 
 def _log_severity(level: str) -> Severity:
-    return {"debug": "debug", "warn": "warning", "warning": "warning", "error": "error"}.get(
-        level, "info"
-    )  # type: ignore[return-value]
+    return {
+        "debug": "debug",
+        "warn": "warning",
+        "warning": "warning",
+        "error": "error",
+        "critical": "critical",
+    }.get(level, "info")  # type: ignore[return-value]

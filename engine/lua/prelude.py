@@ -831,7 +831,10 @@ end
 -- Logs.
 ---------------------------------------------------------------------------------------------
 
-local LEVELS = {debug = "debug", info = "info", warn = "warn", warning = "warn", error = "error"}
+local LEVELS = {
+  debug = "debug", info = "info", warn = "warn", warning = "warn", error = "error",
+  critical = "critical",
+}
 local logs, nlogs, dropped, log_bytes = {}, 0, 0, 0
 
 local function add_log(level, msg)
@@ -865,7 +868,7 @@ end
 local function sandbox_log(level, msg, ...)
   local name = LEVELS[level]
   if not name then
-    error(format("log level %s is not one of debug, info, warn, warning, error",
+    error(format("log level %s is not one of debug, info, warn, warning, error, critical",
       type(level) == "string" and format("%q", shorten(level, 40)) or tostring(level)), 2)
   end
   if select("#", ...) > 0 then

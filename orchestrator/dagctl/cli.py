@@ -567,8 +567,11 @@ def cmd_run(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
         if args.output == "json":
             _dump(out, {**accepted, "status_url": status_url})
         else:
-            said = f"execution {execution_id} accepted ({accepted.get('status', 'queued')})"
-            out.write(f"{printable(said)}\nstatus: {printable(status_url)}\n")
+            # the id alone on stdout, so that RUN=$(dagctl run wf) is the id; the rest is for
+            # the person at the terminal
+            out.write(f"{printable(execution_id)}\n")
+            said = f"accepted ({accepted.get('status', 'queued')}); status: {status_url}"
+            err.write(f"{printable(said)}\n")
         return EXIT_OK
     # with -o json the document is the output, so progress goes to stderr
     stream = err if args.output == "json" else out

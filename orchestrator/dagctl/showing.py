@@ -81,6 +81,8 @@ def duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
     seconds = max(seconds, 0.0)
+    if seconds < 0.0005:
+        return "<1ms"  # not "0ms": it took some time
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 60:

@@ -625,9 +625,8 @@ async def test_run_without_wait_prints_the_id_and_status_url(
     )
     assert result.code == 0, result.err
     (eid,) = fake.executions
-    assert result.out == (
-        f"execution {eid} accepted (queued)\nstatus: {fake.url}/api/v1/executions/{eid}\n"
-    )
+    assert result.out == f"{eid}\n"  # RUN=$(dagctl run hello) is the id
+    assert result.err == f"accepted (queued); status: {fake.url}/api/v1/executions/{eid}\n"
     ((path, headers, body),) = fake.requested("POST", "/trigger/")
     assert path == "/trigger/hello"
     assert json.loads(body) == {"inputs": {"n": 5, "tags": ["x"], "name": "Ada"}, "version": "^1"}

@@ -826,6 +826,7 @@ log('warn', 'w')
 log('warning', 'w2')
 log('error', {a = 1})
 log('info', 'several', 2, 'parts')
+log('critical', 'c')
 return {}
 """
     assert run(sandbox, code).logs == [
@@ -836,6 +837,7 @@ return {}
         ("warn", "w2"),
         ("error", '{"a":1}'),
         ("info", "several 2 parts"),
+        ("critical", "c"),  # DESIGN's highest severity
     ]
 
 
@@ -847,11 +849,11 @@ def test_logs_survive_a_failure(sandbox: LuaSandbox) -> None:
 
 def test_unknown_log_level_is_an_error(sandbox: LuaSandbox) -> None:
     assert failure(run(sandbox, "\nlog('verbose', 'x')")) == (
-        'log level "verbose" is not one of debug, info, warn, warning, error',
+        'log level "verbose" is not one of debug, info, warn, warning, error, critical',
         2,
     )
     assert failure(run(sandbox, "log(nil, 'x')")) == (
-        "log level nil is not one of debug, info, warn, warning, error",
+        "log level nil is not one of debug, info, warn, warning, error, critical",
         1,
     )
 

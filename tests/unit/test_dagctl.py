@@ -603,12 +603,14 @@ def test_event_messages() -> None:
 
 
 def test_durations() -> None:
-    assert [duration(s) for s in (0.0123, 1.25, 61, 3725, -1)] == [
+    assert [duration(s) for s in (0.0123, 1.25, 61, 3725, 0.0007, 0.0002, -1)] == [
         "12ms",
         "1.2s",
         "1m01s",
         "1h02m",
-        "0ms",
+        "1ms",
+        "<1ms",  # not "0ms": a run that took 0.2 ms took some time
+        "<1ms",
     ]
     assert span(None, None, NOW) == ""
     assert span(iso(NOW - 3), None, NOW) == "3.0s"

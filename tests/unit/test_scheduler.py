@@ -483,6 +483,8 @@ def test_logs_become_node_log_events_with_severity() -> None:
     d.feed(sch.TaskLogged("a", 1, "warn", "careful", d.now))
     log = next(e for e in d.events if e.type == "node.log")
     assert log.severity == "warning" and log.data == {"level": "warn", "message": "careful"}
+    d.feed(sch.TaskLogged("a", 1, "critical", "on fire", d.now))
+    assert [e.severity for e in d.events if e.type == "node.log"] == ["warning", "critical"]
 
 
 # -- resuming time already spent: sleeps and the whole-run timeout ----------------------------
