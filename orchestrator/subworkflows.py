@@ -302,7 +302,20 @@ class SubWorkflows:
                     return started
             if request.node_id:
                 # the parent's timeline records subworkflow.started with the child's id
-                await self._answer(link, child_version=started.version, announce=True)
+                refused = await self._answer(link, child_version=started.version, announce=True)
+                if refused == grpc.StatusCode.FAILED_PRECONDITION:
+                    # its node attempt ended (timed out, failed, retried) while the child was
+                    # being stored, too late for _node_ended to see it: nobody waits for it
+                    where = f"{request.node_id!r}" + (
+                        f" item {request.item}" if request.item is not None else ""
+                    )
+                    self._spawn(
+                        self._cancel_child(
+                            started.execution_id,
+                            f"its parent node {where} attempt {request.attempt} no longer"
+                            " waits for it",
+                        )
+                    )
         return started
 
     async def _resolve(
@@ -352,12 +365,13 @@ class SubWorkflows:
         output: JSON = None,
         error: str | None = None,
         announce: bool = False,
-    ) -> None:
+    ) -> grpc.StatusCode | None:
         """Tell the parent's engine; a parent not on any stream now asks again when it resumes,
-        and an answer its node no longer waits for is refused by the engine, harmlessly."""
+        and an answer its node no longer waits for is refused by the engine (the code it
+        refused with is returned)."""
         engine = self._links.link_of(link.parent_execution_id)
         if engine is None:
-            return
+            return None
         request = pb.ResolveSubWorkflowRequest(
             execution_id=link.parent_execution_id,
             node_id=link.node_id or "",
@@ -383,6 +397,8 @@ class SubWorkflows:
                 engine.key,
                 exc.details(),
             )
+            return exc.code()
+        return None
 
 
 def _failure(child_id: str, status: str, error: str | None) -> str:

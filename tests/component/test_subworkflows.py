@@ -8,6 +8,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import pytest
 
 from engine.api import dagengine_pb2 as pb
@@ -21,12 +22,22 @@ from orchestrator.subworkflows import ChildRequest, ChildStarted, SubWorkflows
 class FakeStub:
     calls: list[pb.ResolveSubWorkflowRequest] = field(default_factory=list)
     delay: float = 0.0
+    waiting: set[tuple[str, int]] | None = None
+    """(node, attempt) the engine waits on; None: whatever it is asked."""
 
     async def ResolveSubWorkflow(
         self, request: pb.ResolveSubWorkflowRequest, timeout: float
     ) -> pb.ResolveSubWorkflowResponse:
         await asyncio.sleep(self.delay)
         self.calls.append(request)
+        if self.waiting is not None and (request.node_id, request.attempt) not in self.waiting:
+            # as the engine's NothingWaiting is sent
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                details=f"no sub-workflow of node {request.node_id!r} is waiting",
+            )
         return pb.ResolveSubWorkflowResponse()
 
 
@@ -142,6 +153,26 @@ async def test_the_announcement_reaches_the_engine_before_the_result() -> None:
     assert kinds == [None, "output_json"]
     assert all(c.child_execution_id == "child-1" for c in h.link.stub.calls)
     assert h.link.stub.calls[1].child_status == "succeeded"
+
+
+async def test_a_child_stored_after_its_node_attempt_ended_is_cancelled() -> None:
+    h = Harness()
+    h.release.clear()  # the store is slow to take the child
+    h.coordinator.on_events(TICKET, h.link, [requested("sub", attempt=1)])  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    # the node times out and retries before its first child is stored: nothing to cancel yet
+    retrying = {"type": "node.retrying", "node_id": "sub", "attempt": 1, "data": {}}
+    h.coordinator.on_events(TICKET, h.link, [retrying])  # type: ignore[arg-type]
+    h.link.stub.waiting = {("sub", 2)}
+    h.release.set()
+    await settle(h)
+    assert h.cancelled == [
+        ("child-1", "its parent node 'sub' attempt 1 no longer waits for it"),
+    ]
+    # the next attempt's child is waited for, and kept
+    h.coordinator.on_events(TICKET, h.link, [requested("sub", attempt=2)])  # type: ignore[arg-type]
+    await settle(h)
+    assert h.children == 2 and [c for c, _ in h.cancelled] == ["child-1"]
 
 
 async def test_a_retrying_item_cancels_only_its_own_child() -> None:
