@@ -14,6 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Final, Protocol
 
 from engine.core.events import isoformat
@@ -22,7 +23,6 @@ from engine.core.states import EXECUTION_STATUSES, EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from engine.documents import parse_text
 from engine.inputs import TRIGGER_KEY, check_inputs
-from orchestrator import timeline
 from orchestrator.checking import registration_checks
 from orchestrator.dispatching import Dispatcher, RunTicket, ended_data
 from orchestrator.errors import (
@@ -48,7 +48,7 @@ from orchestrator.store import (
     Store,
     TriggerFire,
 )
-from orchestrator.subworkflows import ChildRequest, ChildStarted, SubWorkflows
+from orchestrator.subworkflows import ChildRequest, ChildStarted, SubWorkflows, node_attempts
 from orchestrator.versions import Registry
 
 log = logging.getLogger(__name__)
@@ -447,14 +447,16 @@ class Orchestrator:
         """``ExecuteSubWorkflow``: a child for a parent execution, from outside any engine."""
         if self.subworkflows is None:
             raise Unavailable("sub-workflows are not coordinated by this orchestrator")
-        await self._check_outside_child(request)
-        return await self.subworkflows.execute(request)
+        refuse_trigger_inputs(request.inputs)
+        return await self.subworkflows.execute(await self._check_outside_child(request))
 
-    async def _check_outside_child(self, request: ChildRequest) -> None:
+    async def _check_outside_child(self, request: ChildRequest) -> ChildRequest:
         """An outside caller's child request names what the parent's spec has: a node that
         runs that very workflow, and an item only on a ``foreach`` one. Engines ask from the
         spec itself; a child under a made-up node would be shown, and waited for, as if the
-        parent had one."""
+        parent had one. A child of a node stands in for the one the node asks for itself: of
+        the version the run pinned for it, for the item and attempt it waits on now. Returns
+        the request with the node's own range, so the child gets the pinned version."""
         item = request.item
         if item is not None and item < 0:
             raise InvalidArgument(f"item must be 0 or more, got {item}", {"field": "item"})
@@ -464,7 +466,7 @@ class Orchestrator:
                     "item needs node_id: it numbers the items of a foreach node",
                     {"field": "item"},
                 )
-            return
+            return request
         parent = await self.store.lineage(request.parent_execution_id)
         if parent is None:
             raise NotFound(f"no execution {request.parent_execution_id!r}")
@@ -490,22 +492,46 @@ class Orchestrator:
                 else f"node {node.id!r} of {where} has no foreach: give no item",
                 {"field": "item"},
             )
-        if item is not None:
-            # the items exist once the node has started: a child for any other number would
-            # be shown under the parent, and never waited for
-            size = timeline.foreach_size(await self.store.events(parent.execution_id), node.id)
-            if size is None:
-                raise NodeNotStarted(
-                    f"node {node.id!r} of execution {parent.execution_id} has not started: "
-                    "its items are not known yet",
-                    {"field": "item"},
-                )
-            if item >= size:
-                raise InvalidArgument(
-                    f"node {node.id!r} of execution {parent.execution_id} has {size} item(s): "
-                    f"item must be below {size}, got {item}",
-                    {"field": "item"},
-                )
+        own = node.workflow.version
+        version = parent.pinned.get(f"{node.workflow.id}@{own}") or self.registry.resolve(
+            node.workflow.id, own
+        )
+        if request.version not in ("", own) and not self.registry.in_range(
+            version, request.version, f"for {node.workflow.id}"
+        ):
+            raise InvalidArgument(
+                f"node {node.id!r} of execution {parent.execution_id} runs "
+                f"{node.workflow.id} {own!r}, pinned to {version} for this execution: "
+                f"version {request.version!r} does not include it",
+                {"field": "version"},
+            )
+        run = f"node {node.id!r} of execution {parent.execution_id}"
+        state = node_attempts(await self.store.events(parent.execution_id), node.id)
+        if not state.started:
+            raise NodeNotStarted(
+                f"{run} has not started"
+                + (": its items are not known yet" if item is not None else ""),
+                {"field": "node_id" if item is None else "item"},
+            )
+        if state.ended is not None:
+            raise NodeNotStarted(
+                f"{run} has ended ({state.ended}): it waits for no child",
+                {"field": "node_id"},
+            )
+        if item is not None and state.items is not None and item >= state.items:
+            raise InvalidArgument(
+                f"{run} has {state.items} item(s): item must be below {state.items}, got {item}",
+                {"field": "item"},
+            )
+        waited = state.attempt(item)
+        if request.attempt != waited:
+            of = f" item {item}" if item is not None else ""
+            raise NodeNotStarted(
+                f"{run}{of} waits on attempt {waited}: attempt must be {waited}, "
+                f"got {request.attempt}",
+                {"field": "attempt"},
+            )
+        return replace(request, version=own)
 
     @staticmethod
     def _ended_document(

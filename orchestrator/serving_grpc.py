@@ -447,7 +447,8 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
                     item=request.item if request.HasField("item") else None,
                     attempt=request.attempt or 1,
                     workflow_id=request.workflow_id,
-                    version=request.version or "latest",
+                    # none given: the node's own range (of a node), else the latest
+                    version=request.version,
                     inputs=_json_arg(request.inputs_json, "inputs_json"),
                     parent_workflow_id=request.parent_workflow_id,
                 )

@@ -19,8 +19,8 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
@@ -28,7 +28,7 @@ import grpc
 from engine import wire
 from engine.api import dagengine_pb2 as pb
 from engine.core.errors import InputsError
-from engine.core.states import EXECUTION_TERMINAL
+from engine.core.states import EXECUTION_TERMINAL, NODE_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.dispatching import RunTicket
 from orchestrator.errors import OrchestratorError, StoreUnavailable, store_backoff
@@ -399,6 +399,54 @@ class SubWorkflows:
             )
             return exc.code()
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAttempts:
+    """A parent's sub-workflow node as its stored events tell it: what an outside request
+    for one of its children is held to (the node's own requests come from its engine)."""
+
+    started: bool = False
+    ended: str | None = None
+    """How it ended (succeeded, failed, ...), once it has."""
+    items: int | None = None
+    """A foreach node's item count, from its last start."""
+    failed: dict[int | None, int] = field(default_factory=dict)
+    """Attempts that failed and were retried, per item (None: the node's own)."""
+
+    def attempt(self, item: int | None) -> int:
+        """The attempt the node (or the item) is on: the one it waits for a child of."""
+        return self.failed.get(item, 0) + 1
+
+
+def node_attempts(events: Iterable[JSONObject], node_id: str) -> NodeAttempts:
+    """One pass over a run's events (in seq order) for one node's starts, retries and end."""
+    started = False
+    ended: str | None = None
+    items: int | None = None
+    failed: dict[int | None, int] = {}
+    for event in events:
+        if event.get("node_id") != node_id:
+            continue
+        family, _, what = str(event.get("type", "")).partition(".")
+        if family != "node":
+            continue
+        data = event.get("data")
+        data = data if isinstance(data, dict) else {}
+        if what == "started":
+            started = True
+            count = data.get("items")
+            if isinstance(count, int) and not isinstance(count, bool):
+                items = count
+        elif what == "retrying":
+            attempt = event.get("attempt")
+            item = data.get("item")
+            key = item if isinstance(item, int) and not isinstance(item, bool) else None
+            if isinstance(attempt, int):
+                failed[key] = max(failed.get(key, 0), attempt)
+        elif what in NODE_TERMINAL:
+            ended = what
+    return NodeAttempts(started, ended, items, failed)
 
 
 def _failure(child_id: str, status: str, error: str | None) -> str:

@@ -326,6 +326,11 @@ class Registry:
             )
         return found
 
+    def in_range(self, version: str, version_range: str, where: str) -> bool:
+        """Whether ``version`` is one ``version_range`` takes; InvalidRange, saying ``where``
+        the range was given, when it does not parse."""
+        return self._range(version_range, where).matches(version)
+
     def resolve_spec(self, workflow_id: str, version_range: str | None) -> WorkflowSpec:
         version = self.resolve(workflow_id, version_range)
         return self._spec(self._workflows[workflow_id], version)

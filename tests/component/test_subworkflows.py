@@ -15,7 +15,7 @@ from engine.api import dagengine_pb2 as pb
 from orchestrator.dispatching import RunTicket
 from orchestrator.errors import OrchestratorError, StoreUnavailable
 from orchestrator.store import ChildLink, Lineage
-from orchestrator.subworkflows import ChildRequest, ChildStarted, SubWorkflows
+from orchestrator.subworkflows import ChildRequest, ChildStarted, SubWorkflows, node_attempts
 
 
 @dataclass
@@ -243,3 +243,20 @@ async def test_nothing_is_kept_for_children_that_could_not_start_or_have_no_node
     await h.coordinator.execute(ChildRequest("parent-1", "sub", None, 1, "child", "^1", {}))
     await settle(h)
     assert h.coordinator._locks == {}
+
+
+def test_a_nodes_attempts_are_read_from_its_events_item_by_item() -> None:
+    def ev(kind: str, attempt: int = 1, **data: Any) -> dict[str, Any]:
+        return {"type": f"node.{kind}", "node_id": "each", "attempt": attempt, "data": data}
+
+    events = [
+        ev("started", items=3),
+        ev("retrying", 1, item=2, next_attempt=2),
+        {"type": "node.started", "node_id": "other", "attempt": 1, "data": {"items": 9}},
+        ev("retrying", 2, item=2, next_attempt=3),
+    ]
+    state = node_attempts(events, "each")
+    assert (state.started, state.ended, state.items) == (True, None, 3)
+    assert [state.attempt(i) for i in (0, 1, 2)] == [1, 1, 3]
+    assert node_attempts([*events, ev("failed", 3)], "each").ended == "failed"
+    assert not node_attempts(events, "missing").started

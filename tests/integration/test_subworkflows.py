@@ -477,6 +477,92 @@ async def test_execute_sub_workflow_item_must_be_one_the_foreach_has(subs: Clust
         )
 
 
+NAP_KID = """
+id: nap-kid
+version: {version}
+nodes:
+  - id: nap
+    sleep: 1500ms
+  - id: done
+    depends_on: [nap]
+    lua: return {{ v = "{version}", got = inputs.from }}
+"""
+
+ADOPTING = """
+id: adopting
+version: 1.0.0
+nodes:
+  - id: pause
+    sleep: 1s
+  - id: call
+    depends_on: [pause]
+    workflow: {id: nap-kid, version: "~1.0.0"}
+    inputs: {from: engine}
+"""
+
+
+async def test_execute_sub_workflow_of_a_node_stands_in_for_the_nodes_own_request(
+    subs: Cluster,
+) -> None:
+    # a child under a node is the one the node waits for: its pinned version, its attempt,
+    # while it waits; anything else would be shown under the parent and taken, or never
+    # waited for
+    url = subs.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, NAP_KID.format(version="1.0.0"))
+        await register(http, url, NAP_KID.format(version="2.0.0"))
+        await register(http, url, ADOPTING)
+        parent_id = await start(http, url, "adopting")
+    auth = (("authorization", "Bearer s3cret"),)
+
+    def asking(**fields: Any) -> pb.ExecuteSubWorkflowRequest:
+        wanted = {"attempt": 1, "inputs_json": '{"from": "outsider"}', **fields}
+        return pb.ExecuteSubWorkflowRequest(
+            parent_execution_id=parent_id, node_id="call", workflow_id="nap-kid", **wanted
+        )
+
+    async def refused(request: pb.ExecuteSubWorkflowRequest) -> tuple[Any, str]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ExecuteSubWorkflow(request, metadata=auth)
+        return caught.value.code(), caught.value.details() or ""
+
+    run = f"node 'call' of execution {parent_id}"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{subs.orchestrator.grpc_port}") as channel:
+        stub = pb_grpc.OrchestratorStub(channel)
+        assert await refused(asking()) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{run} has not started",
+        )
+        async with aiohttp.ClientSession() as http:
+            doc = await wait_for("the child", lambda: _with_children(http, url, parent_id, 1))
+        (child_id,) = doc["children"]
+        assert await refused(asking(version="2.x")) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{run} runs nap-kid '~1.0.0', pinned to 1.0.0 for this execution: "
+            "version '2.x' does not include it",
+        )
+        assert await refused(asking(attempt=7)) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{run} waits on attempt 1: attempt must be 1, got 7",
+        )
+        code, message = await refused(asking(inputs_json='{"_trigger": {"type": "http"}}'))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert message == "inputs._trigger is set by triggers: a caller may not send it"
+        # what the node asked for itself, found again: in its range, or with none given
+        for fields in ({}, {"version": "^1"}):
+            again = await stub.ExecuteSubWorkflow(asking(**fields), metadata=auth)
+            assert (again.execution_id, again.version) == (child_id, "1.0.0")
+        async with aiohttp.ClientSession() as http:
+            done = await wait_end(http, url, parent_id)
+            assert done["status"] == "succeeded", done
+            assert done["nodes"]["call"]["output"]["done"] == {"v": "1.0.0", "got": "engine"}
+            assert done["children"] == [child_id]
+        assert await refused(asking()) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{run} has ended (succeeded): it waits for no child",
+        )
+
+
 async def _with_children(http: aiohttp.ClientSession, url: str, eid: str, n: int) -> Any:
     doc = await execution(http, url, eid)
     return doc if len(doc["children"]) == n else None
