@@ -191,15 +191,25 @@ class SubWorkflows:
         children of that attempt are no longer waited for."""
         node_id = event.get("node_id")
         data = event.get("data")
-        item = data.get("item") if isinstance(data, dict) else None
+        data = data if isinstance(data, dict) else {}
+        item = data.get("item")
         retrying = event["type"] == "node.retrying"
+        # the child says why, as its parent's node was told (a cancel's reason, a timeout)
+        why = data.get("error")
+        reason = f"its parent node {node_id!r} " + {
+            "node.retrying": "is retrying",
+            "node.failed": "failed",
+            "node.cancelled": "was cancelled",
+        }.get(str(event["type"]), "ended")
+        if isinstance(why, str) and why:
+            reason += f": {why}"
         for child in list(self._by_parent.get(parent_id, ())):
             link = self._live.get(child)
             if link is None or link.node_id != node_id:
                 continue
             if retrying and (link.item != item or link.attempt != event.get("attempt")):
                 continue
-            self._spawn(self._cancel_child(child, f"its parent node {node_id!r} ended"))
+            self._spawn(self._cancel_child(child, reason))
 
     async def _cancel_child(self, child_id: str, reason: str) -> None:
         # once is enough: its node ending and then its parent would each ask again

@@ -192,14 +192,18 @@ async def test_a_retrying_item_cancels_only_its_own_child() -> None:
     }
     h.coordinator.on_events(TICKET, h.link, [retrying])  # type: ignore[arg-type]
     await settle(h)
-    assert [c for c, _ in h.cancelled] == ["child-2"]
+    # the child says why, as the node was told
+    assert h.cancelled == [("child-2", "its parent node 'each' is retrying: timed out after 1s")]
     # the whole node failing gives up on the rest of its items, not on other nodes
     failed = {"type": "node.failed", "node_id": "each", "attempt": 1, "data": {}}
     h.coordinator.on_events(TICKET, h.link, [failed])  # type: ignore[arg-type]
     await settle(h)
     # each once: child-2 was asked already (the fake's cancel does not end it), and a second
     # cancel of it would only be refused by its engine as a run it no longer has
-    assert sorted(c for c, _ in h.cancelled) == ["child-1", "child-2"]
+    assert sorted(h.cancelled) == [
+        ("child-1", "its parent node 'each' failed"),
+        ("child-2", "its parent node 'each' is retrying: timed out after 1s"),
+    ]
 
 
 @pytest.mark.parametrize(
