@@ -93,7 +93,7 @@ class Execution:
         completed_attempts: Mapping[str, int] | None = None,
         ended: Mapping[str, tuple[str, str | None]] | None = None,
         retried: Mapping[tuple[str, int | None], int] | None = None,
-        sleeping: Mapping[str, float] | None = None,
+        sleeping: Mapping[sch.WaitKey, float] | None = None,
         started_at: float | None = None,
         subworkflows: SubWorkflowHandler | None = None,
         clock: Callable[[], float] = time.time,

@@ -31,6 +31,7 @@ from grpc_status import rpc_status
 from engine.api import dagengine_pb2 as pb
 from engine.core.errors import EngineError, InputsError, SpecError
 from engine.core.events import Event, isoformat
+from engine.core.scheduler import WaitKey
 from engine.core.spec import MAX_VERSION_LENGTH, SEMVER, WorkflowSpec
 from engine.core.states import EXECUTION_STATUSES, RESUMED_ENDS
 from engine.core.values import JSON, JSONObject
@@ -165,8 +166,10 @@ class RunOrder:
     """(node id, foreach item or None) -> attempts that failed before the run came here."""
     parent_execution_id: str | None
     first_seq: int
-    sleeping: dict[str, float]
-    """Sleep nodes that started before the run came here: node id -> unix seconds."""
+    sleeping: dict[WaitKey, float]
+    """Waits under way before the run came here -> their first start, unix seconds: sleep nodes
+    (``sleeping``) by node id, and sub-workflow attempts waiting on their child (``waiting``)
+    by (node id, foreach item or None, attempt). One map, as ``Run(sleeping=...)`` takes it."""
     started_at: float | None
     """When the run first started (unix seconds), if it did before it came here."""
 
@@ -275,6 +278,37 @@ def run_order(
             )
         else:
             retried[again.node_id, item] = again.failed
+    waiting: dict[tuple[str, int | None], tuple[int, float]] = {}
+    for i, wait in enumerate(request.waiting):
+        item = wait.item if wait.HasField("item") else None
+        where = f"waiting[{wait.node_id or i}{'' if item is None else f'/{item}'}]"
+        attempt = wait.attempt or 1
+        failed = retried.get((wait.node_id, item), 0)
+        if not wait.node_id:
+            problems.append(FieldProblem(where + ".node_id", "required"))
+        elif (wait.node_id, item) in waiting:
+            problems.append(FieldProblem(where, "listed twice"))
+        elif wait.node_id in attempts:
+            problems.append(FieldProblem(where, "the node is listed as completed too"))
+        elif item is not None and item < 0:
+            problems.append(FieldProblem(where + ".item", f"must be 0 or more, got {item}"))
+        elif attempt != failed + 1:
+            # the attempt that waited is the one after those that failed: any other has ended
+            problems.append(
+                FieldProblem(
+                    where + ".attempt",
+                    f"must be {failed + 1}, the attempt after the {failed} failed (retried); "
+                    f"got {wait.attempt}",
+                )
+            )
+        elif not _a_time(wait.started_at):
+            problems.append(
+                FieldProblem(
+                    where + ".started_at", f"must be unix seconds, got {wait.started_at!r}"
+                )
+            )
+        else:
+            waiting[wait.node_id, item] = (attempt, wait.started_at)
     if request.started_at and not _a_time(request.started_at):
         problems.append(
             FieldProblem("started_at", f"must be unix seconds or 0, got {request.started_at!r}")
@@ -309,9 +343,28 @@ def run_order(
             problems.append(
                 FieldProblem(f"sleeping[{node_id}]", f"a {found.kind} node, not a sleep node")
             )
+    for node_id, item in waiting:
+        where = f"waiting[{node_id}{'' if item is None else f'/{item}'}]"
+        found = spec.by_id.get(node_id)
+        if found is None:
+            problems.append(FieldProblem(where, f"no such node in {spec.ref}"))
+        elif found.kind != "workflow":
+            problems.append(FieldProblem(where, f"a {found.kind} node, not a sub-workflow node"))
+        elif (item is None) != (found.foreach is None):
+            problems.append(
+                FieldProblem(
+                    where + ".item",
+                    "required: the node runs per foreach item"
+                    if item is None
+                    else "the node has no foreach",
+                )
+            )
     if problems:
         raise BadRequest(problems)
     check_inputs(spec, inputs)
+    waits: dict[WaitKey, float] = {node_id: since for node_id, since in sleeping.items()}
+    for (node_id, item), (attempt, since) in waiting.items():
+        waits[node_id, item, attempt] = since
     return RunOrder(
         execution_id=execution_id,
         spec=spec,
@@ -322,7 +375,7 @@ def run_order(
         retried=retried,
         parent_execution_id=parent_execution_id,
         first_seq=request.first_seq or 1,
-        sleeping=sleeping,
+        sleeping=waits,
         started_at=request.started_at or None,
     )
 

@@ -68,6 +68,9 @@ class RunTicket:
     """When the run first started (unix seconds); None when it never has."""
     retried: dict[tuple[str, int | None], int] = field(default_factory=dict)
     """(node, foreach item or None) -> attempts that failed, of nodes not ended."""
+    waiting: dict[tuple[str, int | None, int], float] = field(default_factory=dict)
+    """(node, foreach item or None, attempt) -> first start, unix seconds: sub-workflow
+    attempts that were waiting on their child, whose timeout counts from then."""
     cancel_reason: str | None = None
     """A cancel asked of the run and stored: it ends instead of going on."""
 
@@ -106,6 +109,10 @@ def execute_request(ticket: RunTicket) -> pb.ExecuteRequest:
         retried=[
             pb.RetriedNode(node_id=node_id, item=item, failed=failed)
             for (node_id, item), failed in ticket.retried.items()
+        ],
+        waiting=[
+            pb.WaitingNode(node_id=node_id, item=item, attempt=attempt, started_at=since)
+            for (node_id, item, attempt), since in ticket.waiting.items()
         ],
     )
     if ticket.parent_execution_id:

@@ -1303,6 +1303,7 @@ class Store:
                 sleeping=resume.sleeping,
                 started_at=resume.started_at,
                 retried=resume.retried,
+                waiting=resume.waiting,
                 cancel_reason=cancel,
             )
 

@@ -2,7 +2,8 @@
 
 The store keeps events as they arrive and nothing per node; whatever is shown about the nodes of
 a run (the ``nodes`` map of the execution JSON) and whatever a run resumes from (checkpoints,
-sleeps under way, when it first started) is folded here from those events when someone asks.
+sleeps and sub-workflow waits under way, when it first started) is folded here from those events
+when someone asks.
 The one rule of the fold: the first end a node reaches is its end, and an execution that ends
 other than succeeded ends every node it never reached with it. Pure functions, no I/O.
 """
@@ -102,18 +103,6 @@ def fold_nodes(order: Sequence[str], events: Iterable[JSONObject]) -> dict[str, 
     return nodes
 
 
-def foreach_size(events: Iterable[JSONObject], node_id: str) -> int | None:
-    """How many items a foreach node's last start counted; None before it started."""
-    size: int | None = None
-    for event in events:
-        if event.get("type") == "node.started" and event.get("node_id") == node_id:
-            data = event.get("data")
-            items = data.get("items") if isinstance(data, dict) else None
-            if isinstance(items, int) and not isinstance(items, bool):
-                size = items
-    return size
-
-
 def nodes_done(nodes: Mapping[str, JSONObject]) -> int:
     return sum(1 for node in nodes.values() if node["status"] in NODE_TERMINAL)
 
@@ -152,6 +141,10 @@ class ResumePoint:
     retried: dict[tuple[str, int | None], int] = field(default_factory=dict)
     """(node, foreach item or None) -> attempts that failed, of nodes that have not ended:
     their next attempt counts on from there."""
+    waiting: dict[tuple[str, int | None, int], float] = field(default_factory=dict)
+    """(node, foreach item or None, attempt) -> first start (unix seconds) of sub-workflow
+    attempts that asked for their child and had no answer yet, of nodes that have not ended:
+    the attempt takes up the same child, and its timeout counts from then."""
 
 
 def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
@@ -161,12 +154,16 @@ def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
     out: list[Checkpoint] = []
     sleeping: dict[str, float] = {}
     retried: dict[tuple[str, int | None], int] = {}
+    waiting: dict[tuple[str, int | None], tuple[int, float]] = {}  # -> (attempt, first ask)
     started_at: float | None = None
     for event in events:
         family, _, what = str(event.get("type", "")).partition(".")
         node_id = event.get("node_id")
         if family == "execution" and what == "started" and started_at is None:
             started_at = _unix(event.get("time"))
+        if family == "subworkflow" and isinstance(node_id, str) and node_id not in ended:
+            _fold_wait(waiting, node_id, what, event)
+            continue
         if family != "node" or not isinstance(node_id, str) or node_id in ended:
             continue
         if what not in _NODE_MOVES and what not in NODE_TERMINAL:
@@ -180,6 +177,9 @@ def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
             item = data.get("item")
             key = (node_id, item if isinstance(item, int) else None)
             retried[key] = max(retried.get(key, 0), attempt)
+            held = waiting.get(key)
+            if held is not None and held[0] <= attempt:
+                del waiting[key]  # that attempt failed: the next one waits afresh
         if what == "started" and "sleep_s" in data and node_id not in sleeping:
             # only a sleep's node.started carries sleep_s; the first one is when it began, the
             # later ones are its resumptions
@@ -202,7 +202,38 @@ def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
                 )
     if retried:
         retried = {key: n for key, n in retried.items() if key[0] not in ended}
-    return ResumePoint(out, sleeping, started_at, retried)
+    waits = {
+        (node_id, item, attempt): since
+        for (node_id, item), (attempt, since) in waiting.items()
+        if node_id not in ended
+    }
+    return ResumePoint(out, sleeping, started_at, retried, waits)
+
+
+def _fold_wait(
+    waiting: dict[tuple[str, int | None], tuple[int, float]],
+    node_id: str,
+    what: str,
+    event: JSONObject,
+) -> None:
+    """Keep ``waiting`` up to date with a subworkflow.* event: a node's attempt (of one item, for
+    foreach) that asks for its child waits from its first ask (an engine it resumes on asks
+    again) until an answer ends it (subworkflow.finished) or the attempt fails."""
+    attempt = event.get("attempt")
+    data = event.get("data")
+    item = data.get("item") if isinstance(data, dict) else None
+    if not isinstance(attempt, int) or isinstance(attempt, bool):
+        return
+    key = (node_id, item if isinstance(item, int) and not isinstance(item, bool) else None)
+    held = waiting.get(key)
+    if what == "requested" and (held is None or held[0] < attempt):
+        since = _unix(event.get("time"))
+        if since is not None:
+            waiting[key] = (attempt, since)
+    elif what == "finished" and held is not None and held[0] == attempt:
+        # answered: a foreach item's child ended (its node goes on), or the node ends next;
+        # asked again after a move, the same child answers at once, within any timeout
+        del waiting[key]
 
 
 def checkpoints(events: Iterable[JSONObject]) -> list[Checkpoint]:

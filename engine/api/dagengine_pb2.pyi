@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("execution_id", "spec", "inputs_json", "completed", "parent_execution_id", "first_seq", "sleeping", "started_at", "retried")
+    __slots__ = ("execution_id", "spec", "inputs_json", "completed", "parent_execution_id", "first_seq", "sleeping", "started_at", "retried", "waiting")
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class ExecuteRequest(_message.Message):
     SLEEPING_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     RETRIED_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     execution_id: str
     spec: str
     inputs_json: str
@@ -26,7 +27,8 @@ class ExecuteRequest(_message.Message):
     sleeping: _containers.RepeatedCompositeFieldContainer[StartedSleep]
     started_at: float
     retried: _containers.RepeatedCompositeFieldContainer[RetriedNode]
-    def __init__(self, execution_id: _Optional[str] = ..., spec: _Optional[str] = ..., inputs_json: _Optional[str] = ..., completed: _Optional[_Iterable[_Union[CompletedNode, _Mapping]]] = ..., parent_execution_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., sleeping: _Optional[_Iterable[_Union[StartedSleep, _Mapping]]] = ..., started_at: _Optional[float] = ..., retried: _Optional[_Iterable[_Union[RetriedNode, _Mapping]]] = ...) -> None: ...
+    waiting: _containers.RepeatedCompositeFieldContainer[WaitingNode]
+    def __init__(self, execution_id: _Optional[str] = ..., spec: _Optional[str] = ..., inputs_json: _Optional[str] = ..., completed: _Optional[_Iterable[_Union[CompletedNode, _Mapping]]] = ..., parent_execution_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., sleeping: _Optional[_Iterable[_Union[StartedSleep, _Mapping]]] = ..., started_at: _Optional[float] = ..., retried: _Optional[_Iterable[_Union[RetriedNode, _Mapping]]] = ..., waiting: _Optional[_Iterable[_Union[WaitingNode, _Mapping]]] = ...) -> None: ...
 
 class RetriedNode(_message.Message):
     __slots__ = ("node_id", "item", "failed")
@@ -37,6 +39,18 @@ class RetriedNode(_message.Message):
     item: int
     failed: int
     def __init__(self, node_id: _Optional[str] = ..., item: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
+
+class WaitingNode(_message.Message):
+    __slots__ = ("node_id", "item", "attempt", "started_at")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    item: int
+    attempt: int
+    started_at: float
+    def __init__(self, node_id: _Optional[str] = ..., item: _Optional[int] = ..., attempt: _Optional[int] = ..., started_at: _Optional[float] = ...) -> None: ...
 
 class StartedSleep(_message.Message):
     __slots__ = ("node_id", "started_at")

@@ -6,8 +6,10 @@ and returns what to do next as instruction objects (``RunTask``, ``StartTimer``,
 adapter carries the instructions out and feeds the results back.
 
 A run may resume one that began on another engine: nodes that succeeded there are ``completed``
-and never run again; sleeps that started there are ``sleeping`` since their first start and
-wait only what is left; and the whole run's timeout counts from its first ``started_at``.
+and never run again; waits under way there (``sleeping``) keep their first start: a sleep waits
+only what is left, and a sub-workflow node's attempt, which takes up the same child, times out
+at its first start plus its timeout; and the whole run's timeout counts from its first
+``started_at``. A Lua node's attempt runs again from the start, and so does its timeout.
 
 Each node keeps a count of its unfinished dependencies. When a node settles, its dependents'
 counts drop; a dependent whose count reaches zero has its trigger rule evaluated once, over its
@@ -85,6 +87,10 @@ class ConditionEvaluated:
     now: float
 
 
+WaitKey: TypeAlias = str | tuple[str, int | None, int]
+"""A wait under way when a run resumes (``Run(sleeping=...)``): a sleep node by its id, or one
+attempt of a sub-workflow node waiting on its child as ``(node, foreach item or None, attempt)``."""
+
 TimerKey: TypeAlias = tuple[str | int | None, ...]
 """``(retry, node, item)``, ``(sleep, node)``, ``(node_timeout, node, item, attempt)``,
 ``(run_timeout,)``."""
@@ -136,7 +142,7 @@ class RunTask:
     attempt: int
     ctx: JSONObject
     inputs: JSON = None  # resolved inputs, for sub-workflow nodes
-    timeout: float | None = None
+    timeout: float | None = None  # seconds left of the node's timeout: less, once resumed
 
 
 @dataclass(slots=True)
@@ -229,15 +235,16 @@ class Run:
         completed_attempts: Mapping[str, int] | None = None,
         ended: Mapping[str, tuple[str, str | None]] | None = None,
         retried: Mapping[tuple[str, int | None], int] | None = None,
-        sleeping: Mapping[str, float] | None = None,
+        sleeping: Mapping[WaitKey, float] | None = None,
         started_at: float | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
         """``completed``: outputs of nodes that succeeded before (a resumed run); ``ended``:
         nodes that failed, were blocked or were skipped before, with their errors; ``retried``:
         attempts of a node (or a foreach item) that failed before, which its next attempt and
-        its retry policy count on from; ``sleeping``:
-        sleep nodes that had started before and not ended, with when they first started;
+        its retry policy count on from; ``sleeping``: waits that had started before and not
+        ended, with when they first started: sleep nodes, and the attempts of sub-workflow
+        nodes (the next ones, after those ``retried``) that waited on their child;
         ``started_at``: when the run first started, if before. Times are the stimuli's clock."""
         self.spec = spec
         self.inputs = inputs
@@ -248,12 +255,30 @@ class Run:
         self._completed_attempts = dict(completed_attempts or {})
         self._ended = dict(ended or {})
         self._retried = dict(retried or {})
-        self._sleeping = dict(sleeping or {})
+        self._sleeping: dict[str, float] = {}
+        # (node, item) -> (attempt, first start) of sub-workflow attempts that were waiting
+        self._waits: dict[tuple[str, int | None], tuple[int, float]] = {}
+        for key, since in (sleeping or {}).items():
+            if isinstance(key, str):
+                self._sleeping[key] = since
+            else:
+                node_id, item, attempt = key
+                if (node_id, item) in self._waits:
+                    raise ValueError(
+                        f"resume names two waiting attempts of {node_id}"
+                        + ("" if item is None else f" item {item}")
+                    )
+                self._waits[node_id, item] = (attempt, since)
+        # a resumed sub-workflow node started when its first waiting attempt did
+        self._waited_since: dict[str, float] = {}
+        for (node_id, _), (_, since) in self._waits.items():
+            self._waited_since[node_id] = min(since, self._waited_since.get(node_id, since))
         self._first_started_at = started_at
         unknown = (
             set(self._completed)
             | set(self._ended)
             | set(self._sleeping)
+            | set(self._waited_since)
             | {node_id for node_id, _ in self._retried}
         ) - set(self.nodes)
         if unknown:
@@ -276,6 +301,22 @@ class Run:
             raise ValueError(
                 f"resume names as sleeping nodes of {spec.ref} that are not unfinished sleeps: "
                 + ", ".join(sorted(not_sleeps))
+            )
+        not_waits = sorted(
+            f"{node_id}{'' if item is None else f'/{item}'} (attempt {attempt})"
+            for (node_id, item), (attempt, _) in self._waits.items()
+            if self.nodes[node_id].spec.kind != "workflow"
+            or node_id in self._completed
+            or node_id in self._ended
+            or (item is None) != (self.nodes[node_id].spec.foreach is None)
+            or (item is not None and item < 0)
+            or attempt != self._retried.get((node_id, item), 0) + 1
+        )
+        if not_waits:
+            raise ValueError(
+                f"resume names as waiting what are not the next attempts of unfinished "
+                f"sub-workflow nodes of {spec.ref} (or their foreach items): "
+                + ", ".join(not_waits)
             )
         self._ready: deque[tuple[str, int | None]] = deque()
         self._inflight: dict[tuple[str, int | None], int] = {}
@@ -546,7 +587,7 @@ class Run:
         if not items:
             self._emit("node.started", "info", spec.id, 1, {"items": 0})
             self._transition(n, "running")
-            n.status, n.started_at, n.attempts = "running", self._now, 1
+            n.status, n.started_at, n.attempts = "running", self._first_start(n), 1
             self._settle(n, "succeeded", output=[])
             return
         first = len(items) if spec.concurrency is None else min(spec.concurrency, len(items))
@@ -586,7 +627,7 @@ class Run:
         """Start queued tasks while the run has free slots."""
         # the hottest loop of a run: attribute lookups are hoisted into locals
         ready, inflight, nodes, out = self._ready, self._inflight, self.nodes, self._out
-        limit, now, base_ctx = self.spec.concurrency, self._now, self.ctx
+        limit, now, base_ctx, waits = self.spec.concurrency, self._now, self.ctx, self._waits
         while ready and len(inflight) < limit:
             node_id, item = ready.popleft()
             n = nodes[node_id]
@@ -606,7 +647,7 @@ class Run:
                 ctx = self._ctx(n, item, attempt)
             if status == "pending":
                 n.status = "running"  # pending -> running is always allowed: no table lookup
-                n.started_at = now
+                n.started_at = self._first_start(n) if waits else now
                 data: JSONObject = {"items": len(n.items)} if n.items is not None else {}
                 out.append(Emit("node.started", "info", now, node_id, attempt, data))
             elif item is None:
@@ -627,9 +668,29 @@ class Run:
                         self._fail_node(n, f"inputs: {exc}")
                         continue
             inflight[(node_id, item)] = attempt
-            out.append(RunTask(node_id, item, attempt, ctx, inputs, spec.timeout))
-            if spec.timeout is not None:
-                out.append(StartTimer(("node_timeout", node_id, item, attempt), spec.timeout))
+            timeout = spec.timeout
+            if timeout is not None and waits:
+                waited = waits.get((node_id, item))
+                if waited is not None and waited[0] == attempt:
+                    # the attempt takes up the child it waited on before the run resumed: its
+                    # timeout counts from its first start (never from later than now: clocks of
+                    # two machines may disagree a little), as if the run had stayed put
+                    left = timeout - (now - min(waited[1], now))
+                    if left <= 0:
+                        # past its end already: it fails as its timer would have failed it
+                        error = f"timed out after {format_duration(timeout)}"
+                        self._task_failed(TaskFailed(node_id, item, attempt, error, now))
+                        continue
+                    timeout = left
+            out.append(RunTask(node_id, item, attempt, ctx, inputs, timeout))
+            if timeout is not None:
+                out.append(StartTimer(("node_timeout", node_id, item, attempt), timeout))
+
+    def _first_start(self, n: _Node) -> float:
+        """When a node starting now started: now, or for a sub-workflow node that waited on its
+        child before the run resumed, when it first did (never later than now)."""
+        since = self._waited_since.get(n.spec.id)
+        return self._now if since is None else min(since, self._now)
 
     def _ctx(self, n: _Node, item: int | None, attempt: int) -> JSONObject:
         ctx: JSONObject = {**self.ctx, "node_id": n.spec.id, "attempt": attempt}
@@ -832,6 +893,11 @@ class Run:
             since = self._sleeping.get(node_id)
             if since is not None and n.started_at is not None and n.started_at > since:
                 problems.append(f"{node_id}: a resumed sleep started again at {n.started_at}")
+            since = self._waited_since.get(node_id)
+            if since is not None and n.started_at is not None and n.started_at > since:
+                problems.append(
+                    f"{node_id}: a resumed sub-workflow node started again at {n.started_at}"
+                )
         for node_id, _item in self._inflight:
             if self.nodes[node_id].status != "running":
                 problems.append(

@@ -24,6 +24,7 @@ from engine.errors import (
 from engine.inputs import check_inputs
 from engine.serving import spec_from_request
 from engine.settings import Settings, SettingsError
+from orchestrator.dispatching import RunTicket, execute_request
 
 SPEC = json.dumps(
     {
@@ -127,6 +128,80 @@ def test_retried_attempts_are_read_per_node_and_item() -> None:
             ],
         )
     assert [p.field for p in caught.value.problems] == ["retried[a]", "retried[b]", "retried[zz]"]
+
+
+WAITS = json.dumps(
+    {
+        "id": "w",
+        "version": "1.0.0",
+        "nodes": [
+            {"id": "a", "lua": "return 1"},
+            {"id": "nap", "sleep": "1m"},
+            {"id": "sub", "workflow": {"id": "kid", "version": "^1"}, "retry": {"max_attempts": 3}},
+            {"id": "each", "workflow": {"id": "kid", "version": "^1"}, "foreach": [1, 2, 3]},
+        ],
+    }
+)
+
+
+def test_waiting_sub_workflow_attempts_are_read_beside_the_sleeps() -> None:
+    got = order(
+        WAITS,
+        sleeping=[pb.StartedSleep(node_id="nap", started_at=5.0)],
+        retried=[pb.RetriedNode(node_id="sub", failed=1)],
+        waiting=[
+            pb.WaitingNode(node_id="sub", attempt=2, started_at=7.5),
+            pb.WaitingNode(node_id="each", item=2, started_at=6.0),  # attempt 0: the first
+        ],
+    )
+    assert got.sleeping == {"nap": 5.0, ("sub", None, 2): 7.5, ("each", 2, 1): 6.0}
+    with pytest.raises(BadRequest) as caught:
+        order(
+            WAITS,
+            completed=[pb.CompletedNode(node_id="nap", output_json="{}")],
+            waiting=[
+                pb.WaitingNode(node_id="", started_at=1.0),
+                pb.WaitingNode(node_id="nap", started_at=1.0),
+                pb.WaitingNode(node_id="sub", attempt=2, started_at=1.0),
+                pb.WaitingNode(node_id="each", item=-1, started_at=1.0),
+                pb.WaitingNode(node_id="each", item=0, started_at=float("nan")),
+                pb.WaitingNode(node_id="each", item=1, started_at=1.0),
+                pb.WaitingNode(node_id="each", item=1, started_at=2.0),
+                pb.WaitingNode(node_id="each", started_at=1.0),
+                pb.WaitingNode(node_id="a", started_at=1.0),
+                pb.WaitingNode(node_id="zz", started_at=1.0),
+                pb.WaitingNode(node_id="sub", item=0, started_at=1.0),
+            ],
+        )
+    assert [(p.field, p.message) for p in caught.value.problems] == [
+        ("waiting[0].node_id", "required"),
+        ("waiting[nap]", "the node is listed as completed too"),
+        ("waiting[sub].attempt", "must be 1, the attempt after the 0 failed (retried); got 2"),
+        ("waiting[each/-1].item", "must be 0 or more, got -1"),
+        ("waiting[each/0].started_at", "must be unix seconds, got nan"),
+        ("waiting[each/1]", "listed twice"),
+        ("waiting[each].item", "required: the node runs per foreach item"),
+        ("waiting[a]", "a lua node, not a sub-workflow node"),
+        ("waiting[zz]", "no such node in w@1.0.0"),
+        ("waiting[sub/0].item", "the node has no foreach"),
+    ]
+
+
+def test_a_resumed_runs_waits_reach_the_engine_as_the_orchestrator_read_them() -> None:
+    ticket = RunTicket(
+        "run-1",
+        "w",
+        "1.0.0",
+        WAITS,
+        {},
+        "running",
+        sleeping={"nap": 5.0},
+        retried={("sub", None): 2},
+        waiting={("sub", None, 3): 7.5, ("each", 0, 1): 6.25},
+    )
+    got = wire.run_order(execute_request(ticket), spec_from_request, check_inputs)
+    assert got.sleeping == {"nap": 5.0, ("sub", None, 3): 7.5, ("each", 0, 1): 6.25}
+    assert got.retried == {("sub", None): 2}
 
 
 def test_json_nested_too_deeply_and_seqs_past_2_53_are_field_problems() -> None:

@@ -554,6 +554,143 @@ def test_resume_refuses_sleeping_nodes_that_are_not_unfinished_sleeps() -> None:
         sch.Run(wf, {}, sleeping={"ghost": 1.0})
 
 
+# -- resuming a sub-workflow node's wait: its timeout counts from its first start ---------------
+
+
+def sub(node_id: str = "sub", *deps: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": node_id,
+        "depends_on": list(deps),
+        "workflow": {"id": "kid", "version": "^1"},
+        "timeout": "10s",
+        **extra,
+    }
+
+
+def test_a_resumed_sub_workflow_node_times_out_at_its_first_start_plus_its_timeout() -> None:
+    d = Driver(spec([sub(), lua("after", "sub")]), sleeping={("sub", None, 1): 93.0})
+    d.now = 100.0  # it began waiting on its child 7 s ago, on an engine that died
+    d.start()
+    task = d.tasks[("sub", None)]
+    assert task.attempt == 1, "the same attempt, which takes up the same child"
+    assert task.timeout == 3.0
+    assert d.timers == {("node_timeout", "sub", None, 1): 103.0}
+    assert d.run.record("sub").started_at == 93.0
+    d.advance(2.9)
+    assert d.status("sub") == "running"
+    d.advance(0.1)
+    assert d.cancelled == [("sub", None)]
+    record = d.run.record("sub")
+    assert (record.status, record.error) == ("failed", "timed out after 10s")
+    failed = next(e for e in d.events if e.type == "node.failed")
+    assert failed.time == 103.0 and failed.data["duration_ms"] == 10000.0
+    assert d.status("after") == "blocked"
+
+
+def test_a_resumed_sub_workflow_node_past_its_timeout_fails_at_once() -> None:
+    d = Driver(spec([sub(), lua("after", "sub")]), sleeping={("sub", None, 1): 80.0})
+    d.now = 100.0  # the orchestrator was down longer than the node's timeout
+    d.start()
+    assert d.tasks == {} and not any(k[0] == "node_timeout" for k in d.timers)
+    assert d.types("sub") == ["node.started", "node.failed"]
+    record = d.run.record("sub")
+    assert (record.status, record.error, record.attempts) == ("failed", "timed out after 10s", 1)
+    assert (record.started_at, record.finished_at) == (80.0, 100.0)
+    assert d.finish is not None and d.finish.status == "failed"
+
+
+def test_a_resumed_attempt_past_its_timeout_is_retried_and_the_next_gets_all_of_it() -> None:
+    wf = spec([sub(retry={"max_attempts": 3, "delay": "1s", "backoff": "fixed"})])
+    d = Driver(wf, retried={("sub", None): 1}, sleeping={("sub", None, 2): 85.0})
+    d.now = 100.0
+    d.start()
+    retrying = next(e for e in d.events if e.type == "node.retrying")
+    assert (retrying.attempt, retrying.data["error"]) == (2, "timed out after 10s")
+    d.advance(1)
+    assert d.tasks[("sub", None)].attempt == 3
+    assert d.timers == {("node_timeout", "sub", None, 3): 111.0}
+
+
+def test_each_resumed_foreach_item_of_a_sub_workflow_keeps_its_own_first_start() -> None:
+    # item timeouts are per item (and attempt): each counts from when its own child was asked for
+    each = spec([sub(foreach="{{ inputs.items }}")])
+    d = Driver(
+        each,
+        {"items": ["a", "b", "c", "d"]},
+        sleeping={("sub", 0, 1): 95.0, ("sub", 3, 1): 89.0},
+    )
+    d.now = 100.0
+    d.start()
+    # item 3 waited past its timeout: it fails at once, which fails the node and its items
+    assert d.status("sub") == "failed"
+    assert d.run.record("sub").error == "item 3: timed out after 10s"
+    assert set(d.cancelled) == {("sub", 0), ("sub", 1), ("sub", 2)}
+
+    wf = spec([sub(foreach="{{ inputs.items }}", retry={"max_attempts": 2})])
+    d = Driver(
+        wf,
+        {"items": ["a", "b", "c"]},
+        retried={("sub", 1): 1},
+        sleeping={("sub", 0, 1): 95.0, ("sub", 1, 2): 98.0},
+    )
+    d.now = 100.0
+    d.start()
+    assert {k: t for k, t in d.timers.items() if k[0] == "node_timeout"} == {
+        ("node_timeout", "sub", 0, 1): 105.0,
+        ("node_timeout", "sub", 1, 2): 108.0,
+        ("node_timeout", "sub", 2, 1): 110.0,  # not waiting before: all of its timeout
+    }
+    assert [d.tasks[("sub", i)].attempt for i in range(3)] == [1, 2, 1]
+    assert d.run.record("sub").started_at == 95.0
+    d.succeed("sub", {"ok": 0}, item=0)
+    d.advance(8)
+    assert d.run.record("sub").error == "item 1: timed out after 10s"
+
+
+def test_lua_nodes_of_a_resumed_run_start_their_timeout_over() -> None:
+    # a Lua attempt runs again from the start, and its timeout with it
+    wf = spec([sub(), lua("script", timeout="10s")])
+    d = Driver(wf, sleeping={("sub", None, 1): 95.0}, started_at=95.0)
+    d.now = 100.0
+    d.start()
+    assert d.tasks[("script", None)].timeout == 10.0
+    assert d.timers[("node_timeout", "script", None, 1)] == 110.0
+    assert d.timers[("node_timeout", "sub", None, 1)] == 105.0
+    assert d.run.record("script").started_at == 100.0
+    with pytest.raises(ValueError, match=r"not the next attempts .*: script \(attempt 1\)"):
+        sch.Run(wf, {}, sleeping={("script", None, 1): 95.0})
+
+
+def test_a_sub_workflow_node_without_timeout_keeps_its_first_start_and_waits() -> None:
+    d = Driver(spec([sub(timeout=None)]), sleeping={("sub", None, 1): 10.0})
+    d.now = 100.0
+    d.start()
+    assert d.tasks[("sub", None)].timeout is None and d.timers == {}
+    assert d.run.record("sub").started_at == 10.0
+    d.succeed("sub", {"fine": True})
+    assert d.finish is not None and d.finish.status == "succeeded"
+
+
+def test_resume_refuses_waits_that_are_not_next_attempts_of_unfinished_sub_workflows() -> None:
+    wf = spec([sub(), sub("each", foreach=[1, 2]), {"id": "nap", "sleep": "1s"}])
+    with pytest.raises(
+        ValueError, match=r"each \(attempt 1\), nap \(attempt 1\), sub \(attempt 2\)"
+    ):
+        sch.Run(
+            wf,
+            {},
+            sleeping={("sub", None, 2): 1.0, ("each", None, 1): 1.0, ("nap", None, 1): 1.0},
+        )
+    with pytest.raises(ValueError, match=r"sub \(attempt 1\)"):
+        sch.Run(wf, {}, completed={"sub": {}}, sleeping={("sub", None, 1): 1.0})
+    with pytest.raises(ValueError, match=r"each/-1"):
+        sch.Run(wf, {}, sleeping={("each", -1, 1): 1.0})
+    with pytest.raises(ValueError, match="two waiting attempts of each item 0"):
+        sch.Run(wf, {}, sleeping={("each", 0, 1): 1.0, ("each", 0, 2): 1.0})
+    with pytest.raises(ValueError, match=r"not in t@1\.0\.0: ghost"):
+        sch.Run(wf, {}, sleeping={("ghost", None, 1): 1.0})
+
+
 def test_a_resumed_run_times_out_counting_from_its_first_start() -> None:
     d = Driver(spec([lua("a"), lua("b", "a")], timeout="10s"), started_at=94.0)
     d.now = 100.0

@@ -192,6 +192,55 @@ def test_a_resume_point_counts_failed_attempts_of_nodes_not_ended() -> None:
     assert [c.node_id for c in point.checkpoints] == ["done"]
 
 
+def test_a_resume_point_has_sub_workflow_attempts_waiting_since_they_first_asked() -> None:
+    first = 1714557600.0  # 2024-05-01T10:00:00Z
+
+    def at(seconds: float, e: Any) -> Any:
+        return {**e, "time": f"2024-05-01T10:00:{seconds:06.3f}Z"}
+
+    def asked(seq: int, node: str, attempt: int = 1, **item: int) -> Any:
+        return event(seq, "subworkflow.requested", node, attempt, workflow_id="kid", **item)
+
+    point = resume_point(
+        [
+            at(0, event(1, "execution.started")),
+            at(1, event(2, "node.started", "sub")),
+            at(1.25, asked(3, "sub")),
+            at(1.5, event(4, "subworkflow.started", "sub", child_execution_id="c1")),
+            # a foreach node: item 0 waits, item 1 was answered, item 2 failed and retries
+            at(2, event(5, "node.started", "each", items=3)),
+            at(2.1, asked(6, "each", item=0)),
+            at(2.2, asked(7, "each", item=1)),
+            at(2.3, asked(8, "each", item=2)),
+            at(3, event(9, "subworkflow.finished", "each", item=1, status="succeeded")),
+            at(4, event(10, "node.retrying", "each", item=2, error="timed out after 2s")),
+            # attempt 2 of item 2 has not asked yet: it waits afresh when it does
+            # a node whose first attempt failed, and whose second waits
+            at(5, asked(11, "again")),
+            at(6, event(12, "node.retrying", "again", error="child failed")),
+            at(7, event(13, "node.started", "again", attempt=2, retry=True)),
+            at(7.5, asked(14, "again", attempt=2)),
+            # one that ended waits no more
+            at(8, asked(15, "done")),
+            at(9, event(16, "node.succeeded", "done", output={})),
+            # the engine died; the one the run resumed on asked again, and died too
+            at(10, event(17, "execution.started")),
+            at(10.5, asked(18, "sub")),
+            at(10.6, asked(19, "each", item=0)),
+            at(10.7, asked(20, "again", attempt=2)),
+            event(21, "subworkflow.requested", "odd"),  # a time that is not one: not counted
+        ]
+    )
+    assert point.waiting == {
+        ("sub", None, 1): first + 1.25,
+        ("each", 0, 1): first + 2.1,
+        ("again", None, 2): first + 7.5,
+    }
+    assert point.retried == {("each", 2): 1, ("again", None): 1}
+    assert point.sleeping == {}
+    assert resume_point([]).waiting == {}
+
+
 def test_a_batch_summary_has_its_seq_range_start_end_and_node_ends() -> None:
     summary = summarize(
         [
