@@ -230,6 +230,9 @@ def _execution_message(doc: JSONObject, *, with_nodes: bool = True) -> pb.Execut
     item = doc.get("parent_item")
     if isinstance(item, int) and not isinstance(item, bool):
         message.parent_item = item
+    attempt = doc.get("parent_attempt")
+    if isinstance(attempt, int) and not isinstance(attempt, bool):
+        message.parent_attempt = attempt
     return message
 
 

@@ -663,7 +663,8 @@ def page_continues(found: Sequence[JSONObject], limit: int) -> bool:
 
 _EXECUTION_COLUMNS: Final = (
     "id, workflow_id, version, status, inputs, outputs, error, created_at, started_at,"
-    " finished_at, parent_execution_id, node_total, nodes_done, parent_node_id, parent_item"
+    " finished_at, parent_execution_id, node_total, nodes_done, parent_node_id, parent_item,"
+    " parent_attempt"
 )
 
 
@@ -692,6 +693,7 @@ def _document(row: sqlite3.Row | tuple[Any, ...], done: int | None = None) -> JS
         counted,
         parent_node,
         parent_item,
+        parent_attempt,
     ) = row
     doc: JSONObject = {
         "id": eid,
@@ -709,6 +711,9 @@ def _document(row: sqlite3.Row | tuple[Any, ...], done: int | None = None) -> JS
         "parent_node_id": parent_node,
         # which item of a foreach node the run is for (a child of one): null otherwise
         "parent_item": parent_item,
+        # which attempt of that node (a node retried runs a new child per attempt): null
+        # otherwise
+        "parent_attempt": parent_attempt if parent_node else None,
     }
     return doc
 

@@ -338,6 +338,9 @@ def _grow(tree: Tree, children: list[JSON]) -> None:
         item = child.get("parent_item")
         if node and isinstance(item, int):
             node += f"[{item}]"  # one child per item of a foreach node
+        attempt = child.get("parent_attempt")
+        if node and isinstance(attempt, int) and attempt > 1:
+            node += f" attempt {attempt}"  # one child per attempt of a node retried
         label = Text.assemble(
             f"{node}  " if node else "",
             (ref(child), "cyan"),

@@ -310,10 +310,11 @@ async def test_a_child_run_names_its_foreach_item_and_a_workflow_its_references(
         )
         assert done.execution.status == "succeeded"
         assert not done.execution.HasField("parent_item")  # not a child
+        assert not done.execution.HasField("parent_attempt")
         items = {}
         for child_id in done.execution.children:
             child = await stub.GetExecution(pb.GetExecutionRequest(execution_id=child_id))
-            assert child.HasField("parent_item")
+            assert child.HasField("parent_item") and child.parent_attempt == 1
             items[child.parent_item] = json.loads(child.inputs_json)["n"]
         assert items == {0: 3, 1: 4, 2: 5}
         listed = await stub.ListExecutions(pb.ListExecutionsRequest(workflow_id="g-square"))

@@ -185,10 +185,15 @@ async def test_failed_child_fails_the_parent_node(subs: Cluster) -> None:
         failed = await wait_end(http, url, await start(http, url, "fragile"))
         assert failed["status"] == "failed", failed
         assert failed["nodes"]["sub"]["attempts"] == 2
-        # each attempt of the node ran its own child
+        # each attempt of the node ran its own child, which says which attempt it is for
         assert len(failed["children"]) == 2
-        for child_id in failed["children"]:
-            assert (await execution(http, url, child_id))["status"] == "failed"
+        children = [await execution(http, url, child_id) for child_id in failed["children"]]
+        assert all(child["status"] == "failed" for child in children)
+        assert sorted(child["parent_attempt"] for child in children) == [1, 2]
+        assert partial["parent_attempt"] is None  # not a child
+    shown = describe(url, failed["id"])
+    assert re.search(r"sub  broken@1\.0\.0  failed", shown), shown
+    assert re.search(r"sub attempt 2  broken@1\.0\.0  failed", shown), shown
 
 
 LONG = """
