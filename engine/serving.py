@@ -58,9 +58,9 @@ ENGINE_SERVICE: Final = pb.DESCRIPTOR.services_by_name["Engine"].full_name
 _FLUSH_WAIT: Final = 10.0
 """Seconds the cancel events of a drained run get to reach its caller before the server stops."""
 _STOP_GRACE: Final = 2.0
+"""Seconds calls still open get when the server finally stops."""
 _WEDGED_EVERY: Final = 1.0
 """Seconds between looks at whether every Lua worker is stuck (see ``LuaPool.wedged``)."""
-"""Seconds calls still open get when the server finally stops."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -302,7 +302,8 @@ class EngineService(pb_grpc.EngineServicer):
                     break
         finally:
             if not execution.finished:
-                stream.let_go = True
+                # a run too large to send is the caller's to fail, and is counted cancelled
+                stream.let_go = too_large is None
                 execution.cancel(
                     "the caller's stream closed" if too_large is None else str(too_large)
                 )

@@ -314,19 +314,29 @@ class SubWorkflows:
                 # the parent's timeline records subworkflow.started with the child's id
                 refused = await self._answer(link, child_version=started.version, announce=True)
                 if refused == grpc.StatusCode.FAILED_PRECONDITION:
-                    # its node attempt ended (timed out, failed, retried) while the child was
-                    # being stored, too late for _node_ended to see it: nobody waits for it
-                    where = f"{request.node_id!r}" + (
-                        f" item {request.item}" if request.item is not None else ""
-                    )
-                    self._spawn(
-                        self._cancel_child(
-                            started.execution_id,
-                            f"its parent node {where} attempt {request.attempt} no longer"
-                            " waits for it",
-                        )
-                    )
+                    self._spawn(self._unless_waited(request, started.execution_id))
         return started
+
+    async def _unless_waited(self, request: ChildRequest, child_id: str) -> None:
+        """The parent's engine took no announcement of this child: cancel it if its node
+        attempt is over (timed out, failed or retried while the child was being stored, too
+        late for ``_node_ended`` to see it), as the parent's stored events tell. The engine
+        says the same of an attempt that has not asked yet (a foreach item queued behind
+        others, a retry's delay, a run that moved): that one will ask, and find this child."""
+        try:
+            events = await self._store.events(request.parent_execution_id)
+        except OrchestratorError as exc:
+            log.warning("cannot tell whether child %s is still waited for: %s", child_id, exc)
+            return
+        state = node_attempts(events, request.node_id)
+        if state.ended is None and state.attempt(request.item) <= request.attempt:
+            return
+        where = f"{request.node_id!r}" + (
+            f" item {request.item}" if request.item is not None else ""
+        )
+        await self._cancel_child(
+            child_id, f"its parent node {where} attempt {request.attempt} no longer waits for it"
+        )
 
     async def _resolve(
         self,

@@ -8,9 +8,10 @@ into the next run. The Lua half lives in ``engine.lua.prelude``.
 Environment
     ``inputs``; ``results``, the outputs of the node's ancestors by node id, fetched on first use
     and cached for the run (any other name reads as nil); ``ctx``; ``log(level, ...)`` with the
-    levels debug, info, warn (``warning`` is recorded as warn) and error; ``print(...)``, an info
-    line; ``json.encode/decode/null/array``; ``string`` without ``dump``; ``table``; ``math``;
-    ``utf8``; ``os.time/date/clock``; ``coroutine``; and the base functions assert, error,
+    levels debug, info, warn (``warning`` is recorded as warn), error and critical;
+    ``print(...)``, an info line; ``json.encode/decode/null/array``; ``string`` without
+    ``dump``; ``table``; ``math``; ``utf8``; ``os.time/date/clock``; ``coroutine``; and the
+    base functions assert, error,
     ipairs, pairs, next, pcall, xpcall, select, tonumber, tostring, type, rawequal, rawlen,
     rawget, rawset, setmetatable (which refuses ``__gc``), getmetatable and unpack. Nothing
     else: no io, require, load, dofile, debug, collectgarbage or python, and chunks are compiled

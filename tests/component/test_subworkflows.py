@@ -50,6 +50,10 @@ class FakeLink:
 class FakeStore:
     def __init__(self) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
+        self.timeline: list[dict[str, Any]] = []  # the parent's stored events
+
+    async def events(self, execution_id: str) -> list[dict[str, Any]]:
+        return self.timeline
 
     async def get_execution(self, execution_id: str) -> dict[str, Any] | None:
         return self.docs.get(execution_id)
@@ -162,6 +166,7 @@ async def test_a_child_stored_after_its_node_attempt_ended_is_cancelled() -> Non
     await asyncio.sleep(0.01)
     # the node times out and retries before its first child is stored: nothing to cancel yet
     retrying = {"type": "node.retrying", "node_id": "sub", "attempt": 1, "data": {}}
+    h.store.timeline.append(retrying)  # stored, then reported
     h.coordinator.on_events(TICKET, h.link, [retrying])  # type: ignore[arg-type]
     h.link.stub.waiting = {("sub", 2)}
     h.release.set()
@@ -173,6 +178,19 @@ async def test_a_child_stored_after_its_node_attempt_ended_is_cancelled() -> Non
     h.coordinator.on_events(TICKET, h.link, [requested("sub", attempt=2)])  # type: ignore[arg-type]
     await settle(h)
     assert h.children == 2 and [c for c, _ in h.cancelled] == ["child-1"]
+
+
+async def test_a_child_for_an_attempt_that_has_not_asked_yet_is_kept() -> None:
+    # the engine takes no announcement for an item queued behind others either (or an attempt
+    # in its retry delay): that item asks later, and must find this child running
+    h = Harness()
+    h.link.stub.waiting = set()
+    h.store.timeline.append(
+        {"type": "node.started", "node_id": "each", "attempt": 1, "data": {"items": 2}}
+    )
+    started = await h.coordinator.execute(ChildRequest("parent-1", "each", 1, 1, "child", "^1", {}))
+    await settle(h)
+    assert started.execution_id == "child-1" and h.cancelled == []
 
 
 async def test_a_retrying_item_cancels_only_its_own_child() -> None:

@@ -568,6 +568,53 @@ async def test_execute_sub_workflow_of_a_node_stands_in_for_the_nodes_own_reques
         )
 
 
+QUEUED_FAN = """
+id: queued-fan
+version: 1.0.0
+nodes:
+  - id: each
+    foreach: "{{ inputs.items }}"
+    concurrency: 1
+    workflow: {id: nap-kid, version: "~1.0.0"}
+    inputs: {from: engine}
+"""
+
+
+async def test_execute_sub_workflow_for_an_item_still_queued_is_the_one_it_takes(
+    subs: Cluster,
+) -> None:
+    # item 1 waits behind item 0 (concurrency 1): its engine takes no announcement yet, and the
+    # child started for it from outside must still be there, running, when it asks
+    url = subs.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, NAP_KID.format(version="1.0.0"))
+        await register(http, url, QUEUED_FAN)
+        parent_id = await start(http, url, "queued-fan", {"items": ["a", "b"]})
+        await wait_for("item 0's child", lambda: _with_children(http, url, parent_id, 1))
+    auth = (("authorization", "Bearer s3cret"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{subs.orchestrator.grpc_port}") as channel:
+        stub = pb_grpc.OrchestratorStub(channel)
+        outside = await stub.ExecuteSubWorkflow(
+            pb.ExecuteSubWorkflowRequest(
+                parent_execution_id=parent_id,
+                node_id="each",
+                item=1,
+                attempt=1,
+                workflow_id="nap-kid",
+                inputs_json='{"from": "outsider"}',
+            ),
+            metadata=auth,
+        )
+    async with aiohttp.ClientSession() as http:
+        done = await wait_end(http, url, parent_id)
+        assert done["status"] == "succeeded", done
+        assert [o["done"]["got"] for o in done["nodes"]["each"]["output"]] == [
+            "engine",
+            "outsider",
+        ]
+        assert outside.execution_id in done["children"] and len(done["children"]) == 2
+
+
 async def _with_children(http: aiohttp.ClientSession, url: str, eid: str, n: int) -> Any:
     doc = await execution(http, url, eid)
     return doc if len(doc["children"]) == n else None
