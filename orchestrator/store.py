@@ -655,6 +655,28 @@ class ExecutionPage(list[JSONObject]):
         self.cut = cut
 
 
+def listing_sql(*, workflow: bool, status: bool, before: bool) -> str:
+    """The listing query, newest first, with a ``?`` for each filter given (``before``, then
+    ``workflow``, then ``status``) and the limit. A workflow filter searches its own index
+    (``+status`` keeps SQLite, which has no statistics here, from taking the status index
+    instead: a rare workflow would then be looked for among every run of a common status)."""
+    clauses: list[str] = []
+    if before:
+        # keyset paging: the order's own key, so pages neither skip nor repeat a run
+        clauses.append(
+            "(created_at, rowid) < (SELECT created_at, rowid FROM executions WHERE id = ?)"
+        )
+    if workflow:
+        clauses.append("workflow_id = ?")
+    if status:
+        clauses.append("+status = ?" if workflow else "status = ?")
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    return (
+        f"SELECT {_EXECUTION_COLUMNS} FROM executions{where}"
+        " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+    )
+
+
 def page_continues(found: Sequence[JSONObject], limit: int) -> bool:
     """Whether rows may follow a listing page asked with ``limit``: it is full, or it was cut
     by size. Where it ends, the next page starts (``before`` its last id)."""
@@ -1122,25 +1144,10 @@ class Store:
         """Newest first; with ``before``, those created before that execution (None when there
         is no such execution). At most ``limit`` rows, and no more once they pass
         ``max_bytes`` (``page_continues`` tells whether rows may follow)."""
-        clauses: list[str] = []
-        args: list[object] = []
-        if before is not None:
-            # keyset paging: the order's own key, so pages neither skip nor repeat a run
-            clauses.append(
-                "(created_at, rowid) < (SELECT created_at, rowid FROM executions WHERE id = ?)"
-            )
-            args.append(before)
-        if workflow_id is not None:
-            clauses.append("workflow_id = ?")
-            args.append(workflow_id)
-        if status is not None:
-            clauses.append("status = ?")
-            args.append(status)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = (
-            f"SELECT {_EXECUTION_COLUMNS} FROM executions {where}"
-            " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        sql = listing_sql(
+            workflow=workflow_id is not None, status=status is not None, before=before is not None
         )
+        args = [a for a in (before, workflow_id, status) if a is not None]
 
         def read(conn: sqlite3.Connection) -> ExecutionPage | None:
             if before is not None:

@@ -23,6 +23,7 @@ from orchestrator.store import (
     TRIGGER_HISTORY_KEEP,
     Store,
     TriggerFire,
+    listing_sql,
     migrate,
 )
 from orchestrator.versions import Registry
@@ -227,27 +228,31 @@ async def test_list_filters_and_orders_newest_first(store: Store) -> None:
 
 
 @pytest.mark.parametrize(
-    ("where", "index"),
+    ("filters", "plan"),
     [
-        ("status = 'failed'", "executions_by_status"),
-        ("workflow_id = 'wf'", "executions_by_workflow"),
-        ("", "executions_by_time"),
+        ({"status": True}, "SEARCH executions USING INDEX executions_by_status (status=?)"),
+        (
+            {"workflow": True},
+            "SEARCH executions USING INDEX executions_by_workflow (workflow_id=?)",
+        ),
+        (
+            {"workflow": True, "status": True},
+            "SEARCH executions USING INDEX executions_by_workflow (workflow_id=?)",
+        ),
+        ({}, "SCAN executions USING INDEX executions_by_time"),
     ],
 )
 def test_a_listing_searches_an_index_instead_of_walking_every_run(
-    tmp_path: Path, where: str, index: str
+    tmp_path: Path, filters: dict[str, bool], plan: str
 ) -> None:
-    # a status few runs have would otherwise be looked for in every run, newest first
+    # a status few runs have would otherwise be looked for in every run, newest first; and a
+    # rare workflow among every run of a common status
     conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
     migrate(conn)
-    plan = conn.execute(
-        "EXPLAIN QUERY PLAN SELECT id FROM executions"
-        f" {'WHERE ' + where if where else ''} ORDER BY created_at DESC, rowid DESC LIMIT 50"
-    ).fetchall()
-    assert [row[-1] for row in plan] == [
-        f"{'SEARCH' if where else 'SCAN'} executions USING INDEX {index}"
-        + (f" ({where.split()[0]}=?)" if where else "")
-    ], plan
+    sql = listing_sql(**{"workflow": False, "status": False, "before": False, **filters})
+    args = [None] * (sql.count("?"))
+    found = conn.execute(f"EXPLAIN QUERY PLAN {sql}", args).fetchall()
+    assert [row[-1] for row in found] == [plan], found
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
