@@ -26,6 +26,12 @@ from engine import wire
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.logformat import configure_logging
 from engine.settings import refusal_line
+from orchestrator.connections import (
+    AcceptFailures,
+    CappedSite,
+    connection_cap,
+    raise_fd_limit,
+)
 from orchestrator.discovery import Discovery, DnsDiscovery, StaticDiscovery
 from orchestrator.dispatching import Dispatcher
 from orchestrator.fleet import Fleet
@@ -51,6 +57,11 @@ log = logging.getLogger(__name__)
 
 ORCHESTRATOR_SERVICE = "dagengine.v1.Orchestrator"
 _STOP_GRACE = 5.0
+_KEEPALIVE = 75.0
+HEADER_FIELD_BYTES = 16 * 1024
+"""Longest header value the parser takes: past the API's own 8190 (which it refuses naming the
+header and the limit), the parser answers with its plain 400."""
+MAX_HEADERS = 32
 _HEALTH_EVERY = 2.0
 """Seconds between the gRPC health's looks at readiness (what ``/readyz`` answers)."""
 _RESTART_FIRST, _RESTART_MAX = 1.0, 30.0
@@ -225,6 +236,8 @@ async def serve(settings: Settings) -> int:
 async def _serve_apis(
     settings: Settings, orch: Orchestrator, stop: asyncio.Event, tls: ServerTls | None
 ) -> int:
+    # the file descriptors there are, and the HTTP connections that leaves room for
+    cap = connection_cap(settings.max_connections, raise_fd_limit())
     runner = web.AppRunner(
         HttpApi(
             orch,
@@ -234,7 +247,13 @@ async def _serve_apis(
         ).app(),
         access_log=None,
         max_line_size=PARSER_LINE_BYTES,
-        max_field_size=PARSER_LINE_BYTES,
+        # a request part-way through its headers holds up to max_headers x max_field_size
+        # bytes: 512 KiB, with MAX_CONNECTIONS of them at most (aiohttp's 128 x 64 KiB let 60
+        # connections that never finish their headers take a gigabyte)
+        max_field_size=HEADER_FIELD_BYTES,
+        max_headers=MAX_HEADERS,
+        # an idle keep-alive connection is closed after this (aiohttp keeps one an hour)
+        keepalive_timeout=_KEEPALIVE,
         # requests still open when stopping get this long (aiohttp's default is a minute,
         # past the pod's termination grace)
         shutdown_timeout=_STOP_GRACE,
@@ -250,8 +269,12 @@ async def _serve_apis(
     )
     following: asyncio.Future[None] | None = None
     try:
-        site = web.TCPSite(
-            runner, settings.host, settings.http_port, ssl_context=tls.http if tls else None
+        site = CappedSite(
+            runner,
+            settings.host,
+            settings.http_port,
+            ssl_context=tls.http if tls else None,
+            limit=cap,
         )
         try:
             await site.start()
@@ -333,4 +356,5 @@ def main() -> int:
         return 2
     configure_logging(settings.log_format, settings.log_level)
     logging.getLogger("aiohttp.server").addFilter(MalformedRequests())
+    logging.getLogger("asyncio").addFilter(AcceptFailures())
     return asyncio.run(serve(settings))

@@ -55,6 +55,9 @@ class Settings:
     grpc_port: int = 50051
     api_token: str | None = None
     max_body_bytes: int = 1024 * 1024
+    max_connections: int = 1024
+    """HTTP connections served at once (within the process's file descriptors): past it, a
+    new connection gets 503 and is closed."""
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_ca_file: str | None = None
@@ -122,6 +125,7 @@ class Settings:
             grpc_port=ep.port(env, "GRPC_PORT", 50051, zero="any free port"),
             api_token=ep.text(env, "API_TOKEN"),
             max_body_bytes=ep.positive_int(env, "MAX_BODY_BYTES", 1024 * 1024),
+            max_connections=ep.positive_int(env, "MAX_CONNECTIONS", 1024),
             tls_cert_file=cert,
             tls_key_file=key,
             tls_ca_file=ep.text(env, "TLS_CA_FILE"),
