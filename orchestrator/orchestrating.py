@@ -118,6 +118,7 @@ class Orchestrator:
         self.hub = hub
         self.metrics = metrics
         self.queue_limit = queue_limit
+        self._admitting = 0  # runs past the queue limit check, not yet stored and queued
         self.max_subworkflow_depth = max_subworkflow_depth
         self.subworkflows: SubWorkflows | None = None
         self.triggers: RegistrationHooks | None = None  # cron and HTTP triggers, when serving
@@ -256,19 +257,26 @@ class Orchestrator:
             )
         spec = self.registry.resolve_spec(workflow_id, version or default_version or "latest")
         check_inputs(spec, inputs)
-        if self.dispatcher.queue_depth >= self.queue_limit:
+        # runs being stored count too: requests that all passed the check while the first
+        # was being written went past the limit together
+        waiting = self.dispatcher.queue_depth + self._admitting
+        if waiting >= self.queue_limit:
             raise QueueFull(
-                f"{self.dispatcher.queue_depth} executions are waiting for an engine "
+                f"{waiting} executions are waiting for an engine "
                 f"(QUEUE_LIMIT {self.queue_limit}): try again later"
             )
-        stored_id, created, now = await self._store_execution(
-            spec,
-            inputs,
-            self.registry.pin_versions(spec.id, spec.version),
-            idempotency_key,
-            request_digest=None if idempotency_key is None else _digest(inputs, version),
-            fire=fire,
-        )
+        self._admitting += 1
+        try:
+            stored_id, created, now = await self._store_execution(
+                spec,
+                inputs,
+                self.registry.pin_versions(spec.id, spec.version),
+                idempotency_key,
+                request_digest=None if idempotency_key is None else _digest(inputs, version),
+                fire=fire,
+            )
+        finally:
+            self._admitting -= 1
         waiter: asyncio.Future[JSONObject] | None = None
         if wait is not None:
             waiter = asyncio.get_running_loop().create_future()

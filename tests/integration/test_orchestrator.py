@@ -869,6 +869,23 @@ async def test_no_engine_free_runs_wait_in_the_queue_and_past_the_limit_429(
             assert doc["status"] == "succeeded"
 
 
+async def test_requests_at_once_never_queue_past_the_limit(start_cluster: StartCluster) -> None:
+    # each checked the queue before the others were stored: all passed, and the queue went
+    # past its limit by as many as came together
+    cluster = start_cluster(engines=1, QUEUE_LIMIT="5")
+    async with aiohttp.ClientSession() as http:
+        await wait_engines(http, cluster.url, 1)
+        cluster.engines[0].proc.send_signal(signal.SIGKILL)
+        cluster.engines[0].proc.wait(10)
+        await wait_engines(http, cluster.url, 0)
+        await register(http, cluster.url, DIAMOND)
+        answers = await asyncio.gather(*(trigger(http, cluster.url, "diamond") for _ in range(40)))
+        statuses = sorted(status for status, _ in answers)
+        assert statuses == [202] * 5 + [429] * 35, statuses
+        metrics = await (await http.get(f"{cluster.url}/metrics")).text()
+        assert "dagengine_queue_depth 5.0" in metrics
+
+
 async def test_cancel_a_running_execution(start_cluster: StartCluster) -> None:
     cluster = start_cluster(engines=1)
     async with aiohttp.ClientSession() as http:
