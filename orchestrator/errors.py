@@ -13,6 +13,8 @@
     ├── WorkflowCycle             409  FAILED_PRECONDITION  A uses B uses A
     ├── IdempotencyKeyReused      422  FAILED_PRECONDITION  a key sent again with another request
     ├── QueueFull                 429  RESOURCE_EXHAUSTED   too many runs waiting for an engine
+    ├── TooManySubscribers        503  RESOURCE_EXHAUSTED   too many live event streams
+                                                            (in orchestrator.monitoring)
     └── Unavailable               503  UNAVAILABLE          starting or stopping
         └── StoreUnavailable      503  UNAVAILABLE          the state database takes no writes now
 

@@ -1,10 +1,15 @@
 """The monitor hub: every event fans out to live subscribers without ever waiting on one.
 
-Each subscriber has a bounded buffer. Publishing appends to the buffers of matching subscribers
-and returns at once; when a buffer is full the event is dropped for that subscriber alone and
-counted, and the subscriber reads a ``subscriber.lagged`` marker carrying how many it missed
-where they are missing: after the events buffered before the gap, before those after it. A slow
-SSE client or gRPC watcher therefore never slows the pipeline.
+Each subscriber has a buffer bounded in events and in bytes. Publishing appends to the buffers of
+matching subscribers and returns at once; when a buffer is full the event is dropped for that
+subscriber alone and counted, and the subscriber reads a ``subscriber.lagged`` marker carrying
+how many it missed where they are missing: after the events buffered before the gap, before
+those after it. A slow SSE client or gRPC watcher therefore never slows the pipeline.
+
+An event is published as one ``Published``: its encodings (JSON text, SSE frames, the gRPC
+message) are made once, on first use, and shared by every subscriber, so a subscriber costs a
+reference per event, not an encode. An event too large for a default gRPC client (4 MiB) streams
+with its ``data`` replaced by a note saying so and where to read it whole.
 """
 
 from __future__ import annotations
@@ -14,9 +19,120 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Final, TypeVar, cast
 
+import grpc
+
+from engine import wire
 from engine.core.events import isoformat
 from engine.core.values import JSONObject
+from orchestrator.errors import OrchestratorError
+
+SUBSCRIBER_EVENTS: Final = 1000
+"""Events one subscriber's buffer holds; past it (or ``SUBSCRIBER_BYTES``) events drop for it."""
+SUBSCRIBER_BYTES: Final = 16 * 1024 * 1024
+"""Bytes of encoded events one subscriber's buffer holds (it always takes one when empty)."""
+MAX_SUBSCRIBERS: Final = 1000
+"""Live subscribers at once (SSE streams and WatchEvents streams together)."""
+STREAM_EVENT_MAX: Final = 4 * 1024 * 1024
+"""Largest event, as JSON bytes, a live stream carries whole: a gRPC client with default options
+refuses a message over 4 MiB, and the event's JSON is never smaller than its message. A larger
+one streams with its ``data`` replaced by ``too_large_data``'s note."""
+BATCH_BYTES: Final = 64 * 1024
+"""About how much of its buffer a reader takes at once: one write's worth."""
+
+T = TypeVar("T")
+
+
+class TooManySubscribers(OrchestratorError):
+    """``MAX_SUBSCRIBERS`` streams are open: a new one is refused until one ends."""
+
+    http_status = 503
+    code = "too_many_subscribers"
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retry_after = 5
+
+
+def too_large_data(event: JSONObject, size: int) -> JSONObject:
+    """What a live stream carries as ``data`` of an event of ``size`` JSON bytes, over
+    ``STREAM_EVENT_MAX``: the sizes, and (for a run's event) where to read it whole."""
+    note: JSONObject = {"too_large": True, "bytes": size, "limit": STREAM_EVENT_MAX}
+    execution_id, seq = event.get("execution_id"), event.get("seq")
+    if isinstance(execution_id, str) and isinstance(seq, int) and seq > 0:
+        note["read_whole"] = f"/api/v1/executions/{execution_id}/events?after_seq={seq - 1}&limit=1"
+    return note
+
+
+class Published:
+    """One event as streams send it. Its encodings are made on first use and kept, so every
+    subscriber writes the same bytes object and every watcher sends the same message."""
+
+    __slots__ = ("_data_text", "_frames", "_json", "_memo", "_size", "event")
+
+    def __init__(self, event: JSONObject) -> None:
+        self.event = event
+        self._data_text: str | None = None
+        self._json: str | None = None
+        self._size = -1  # len(self.json) once encoded
+        self._frames: dict[bool, bytes] = {}
+        self._memo: dict[object, object] = {}
+
+    def _encode(self) -> None:
+        event = self.event
+        envelope = {key: value for key, value in event.items() if key != "data"}
+        text = wire.dumps(envelope)
+        if "data" not in event:
+            self._data_text, self._json, self._size = "{}", text, len(text)
+            return
+        data = wire.dumps(event["data"])
+        # data last, as Event.to_dict orders it: the same text json.dumps(event) makes
+        head = f'{text[:-1]}{"," if len(text) > 2 else ""}"data":'
+        size = len(head) + len(data) + 1
+        if size > STREAM_EVENT_MAX:
+            data = wire.dumps(too_large_data(event, size))
+        self._data_text, self._json = data, f"{head}{data}}}"
+        self._size = len(self._json)
+
+    @property
+    def data_text(self) -> str:
+        """``data`` as JSON text, as streamed (the note when the event is too large)."""
+        if self._data_text is None:
+            self._encode()
+        assert self._data_text is not None
+        return self._data_text
+
+    @property
+    def json(self) -> str:
+        """The whole event as JSON text, as streamed."""
+        if self._json is None:
+            self._encode()
+        assert self._json is not None
+        return self._json
+
+    @property
+    def size(self) -> int:
+        """Bytes the event takes on a stream, about: its JSON's length (ASCII, escaped)."""
+        if self._size < 0:
+            self._encode()
+        return self._size
+
+    def frame(self, with_id: bool) -> bytes:
+        """The Server-Sent Events frame; with ``id: <seq>`` for a one-run stream."""
+        frame = self._frames.get(with_id)
+        if frame is None:
+            event = self.event
+            head = f"id: {event.get('seq')}\n" if with_id else ""
+            frame = f"{head}event: {event.get('type')}\ndata: {self.json}\n\n".encode()
+            self._frames[with_id] = frame
+        return frame
+
+    def encoded(self, make: Callable[[Published], T]) -> T:
+        """``make(self)``, made once per event (the gRPC message: serving_grpc knows it)."""
+        try:
+            return cast(T, self._memo[make])
+        except KeyError:
+            made = self._memo[make] = make(self)
+            return made
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +154,16 @@ class EventFilter:
 
 
 class Subscription:
-    """One subscriber's buffer; iterate it, or ``await next_event()``."""
+    """One subscriber's buffer; iterate it, or ``await next_event()``, or (streams) take
+    what is buffered at once with ``await next_batch()``."""
 
-    def __init__(self, hub: Hub, flt: EventFilter, limit: int) -> None:
+    def __init__(self, hub: Hub, flt: EventFilter, limit: int, max_bytes: int) -> None:
         self._hub = hub
         self.filter = flt
         self._limit = limit
-        self._buffer: deque[JSONObject] = deque()
+        self._max_bytes = max_bytes
+        self._buffer: deque[Published] = deque()
+        self.buffered_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
         self._offered = 0  # events ever buffered
         self._taken = 0  # of those, read
@@ -57,50 +176,106 @@ class Subscription:
         """Dropped events not yet reported by a marker."""
         return sum(count for _, count in self._gaps)
 
-    def offer(self, event: JSONObject) -> bool:
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def offer(self, item: Published) -> bool:
         """Buffer an event; False (and counted) when full. Never blocks."""
-        if len(self._buffer) >= self._limit:
+        buffer = self._buffer
+        size = item._size if item._size >= 0 else item.size  # the hot path: no call when known
+        if len(buffer) >= self._limit or (buffer and self.buffered_bytes + size > self._max_bytes):
             gaps = self._gaps
             if gaps and gaps[-1][0] == self._offered:
                 gaps[-1][1] += 1
             else:
                 gaps.append([self._offered, 1])
             return False
-        self._buffer.append(event)
+        buffer.append(item)
+        self.buffered_bytes += size
         self._offered += 1
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         return True
 
-    async def next_event(self) -> JSONObject:
+    def _take(self) -> Published | None:
+        """The next marker or event, None when there is none."""
+        gaps = self._gaps
+        if gaps and gaps[0][0] == self._taken:
+            return Published(self._marker(gaps.popleft()[1]))
+        if self._buffer:
+            self._taken += 1
+            item = self._buffer.popleft()
+            self.buffered_bytes -= item.size
+            return item
+        return None
+
+    def _marker(self, missed: int) -> JSONObject:
+        return {
+            "seq": 0,
+            "time": isoformat(time.time()),
+            "type": "subscriber.lagged",
+            "severity": "warning",
+            "workflow_id": self.filter.workflow_id,
+            "version": None,
+            "execution_id": self.filter.execution_id,
+            "node_id": None,
+            "engine_id": None,
+            "attempt": None,
+            "data": {"missed": missed},
+        }
+
+    async def _wait(self, timeout: float | None) -> bool:
+        """Wait for something to read; False when ``timeout`` seconds pass first."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._waiter
+        except TimeoutError:
+            return False
+        finally:
+            self._waiter = None
+        return True
+
+    async def next_batch(self, timeout: float | None = None) -> list[Published]:
+        """What is buffered, markers in place, up to about ``BATCH_BYTES`` (one item at
+        least); waits for some first, and returns [] after ``timeout`` seconds of quiet.
+        Raises StopAsyncIteration when closed and read to the end."""
         while True:
-            gaps = self._gaps
-            if gaps and gaps[0][0] == self._taken:
-                missed = gaps.popleft()[1]
-                return {
-                    "seq": 0,
-                    "time": isoformat(time.time()),
-                    "type": "subscriber.lagged",
-                    "severity": "warning",
-                    "workflow_id": self.filter.workflow_id,
-                    "version": None,
-                    "execution_id": self.filter.execution_id,
-                    "node_id": None,
-                    "engine_id": None,
-                    "attempt": None,
-                    "data": {"missed": missed},
-                }
-            if self._buffer:
-                self._taken += 1
-                return self._buffer.popleft()
+            item = self._take()
+            if item is not None:
+                break
             if self.closed:
                 raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            if not await self._wait(timeout):
+                return []
+        batch = [item]
+        held = item.size
+        gaps, buffer = self._gaps, self._buffer
+        while gaps or buffer:
+            if gaps and gaps[0][0] == self._taken:  # a marker next is always taken
+                batch.append(Published(self._marker(gaps.popleft()[1])))
+                continue
+            upcoming = buffer[0]
+            size = upcoming._size  # known: offer measured it
+            if held + size > BATCH_BYTES:
+                break
+            buffer.popleft()
+            self._taken += 1
+            self.buffered_bytes -= size
+            held += size
+            batch.append(upcoming)
+        return batch
+
+    async def next_event(self) -> JSONObject:
+        while True:
+            item = self._take()
+            if item is not None:
+                return item.event
+            if self.closed:
+                raise StopAsyncIteration
+            await self._wait(None)
 
     def __aiter__(self) -> AsyncIterator[JSONObject]:
         return self
@@ -122,12 +297,30 @@ class Subscription:
 
 
 class Hub:
-    def __init__(self, on_drop: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_drop: Callable[[int], None] | None = None,
+        *,
+        max_subscribers: int | None = None,
+    ) -> None:
         self._subscribers: set[Subscription] = set()
         self._on_drop = on_drop
+        self.max_subscribers = MAX_SUBSCRIBERS if max_subscribers is None else max_subscribers
 
-    def subscribe(self, flt: EventFilter | None = None, limit: int = 1000) -> Subscription:
-        sub = Subscription(self, flt or EventFilter(), limit)
+    def subscribe(
+        self,
+        flt: EventFilter | None = None,
+        limit: int = SUBSCRIBER_EVENTS,
+        max_bytes: int = SUBSCRIBER_BYTES,
+    ) -> Subscription:
+        """A new subscription; TooManySubscribers when ``max_subscribers`` are open."""
+        if len(self._subscribers) >= self.max_subscribers:
+            raise TooManySubscribers(
+                f"too many live event streams: at most {self.max_subscribers} "
+                "(SSE and WatchEvents together) are open at once; try again later",
+                {"limit": self.max_subscribers},
+            )
+        sub = Subscription(self, flt or EventFilter(), limit, max_bytes)
         self._subscribers.add(sub)
         return sub
 
@@ -144,9 +337,10 @@ class Hub:
         return len(self._subscribers)
 
     def publish(self, event: JSONObject) -> None:
+        item = Published(event)  # one per event: its encodings are shared by every subscriber
         dropped = 0
         for sub in self._subscribers:
-            if sub.filter.matches(event) and not sub.offer(event):
+            if sub.filter.matches(event) and not sub.offer(item):
                 dropped += 1
         if dropped and self._on_drop is not None:
             self._on_drop(dropped)

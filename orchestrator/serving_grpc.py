@@ -26,7 +26,7 @@ from engine.core.errors import EngineError
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.errors import IdempotencyKeyReused, OrchestratorError, Unavailable
-from orchestrator.monitoring import EventFilter
+from orchestrator.monitoring import EventFilter, Published
 from orchestrator.serving_http import (
     MAX_JSON_DEPTH,
     Api,
@@ -236,6 +236,17 @@ def _execution_message(doc: JSONObject, *, with_nodes: bool = True) -> pb.Execut
     return message
 
 
+def _event_message(item: Published) -> pb.Event:
+    """The event's message, made once and sent by every watcher: ``data_json`` is the text
+    every stream carries (a note instead of data over ``STREAM_EVENT_MAX``, which a client
+    with default options could not receive)."""
+    event = item.event
+    message = wire.event_message_from_dict({**event, "data": None})
+    if event.get("data"):
+        message.data_json = item.data_text
+    return message
+
+
 _BATCH_ERROR: Final = re.compile(r"ExecuteBatchError raised in core by servicer method \[(.*)\]")
 
 
@@ -386,8 +397,12 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             flt = _watch_filter(request)
         except Exception as exc:
             await _refuse(context, exc)
-        with self.api.hub.subscribe(flt) as sub:  # before the replay, so nothing falls between
-            events: AsyncGenerator[JSONObject | None]
+        try:
+            sub = self.api.hub.subscribe(flt)  # before the replay, so nothing falls between
+        except Exception as exc:
+            await _refuse(context, exc)
+        with sub:
+            events: AsyncGenerator[list[Published] | None]
             if flt.execution_id is not None:
                 try:
                     run = await self.api.get_execution(flt.execution_id)
@@ -407,10 +422,10 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             last: JSONObject | None = None
             try:
                 async with aclosing(events):
-                    async for event in events:
-                        if event is not None:
-                            last = event
-                            yield wire.event_message_from_dict(event)
+                    async for batch in events:
+                        for item in batch or ():
+                            last = item.event
+                            yield item.encoded(_event_message)
             except Exception as exc:  # the store, reading back what a slow reader missed
                 await _refuse(context, exc)
             ended = last is not None and final_event(last)

@@ -26,7 +26,7 @@ from engine.core.errors import InputsError, SpecError
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.errors import OrchestratorError
-from orchestrator.monitoring import EventFilter, Hub, Subscription
+from orchestrator.monitoring import EventFilter, Hub, Published, Subscription
 from orchestrator.store import (
     EVENTS_PAGE,
     EVENTS_PAGE_MAX,
@@ -573,7 +573,7 @@ class HttpApi:
             execution_id=request.query.get("execution") or None,
         )
         with self.api.hub.subscribe(flt) as sub:  # before the replay, so nothing falls between
-            events: AsyncGenerator[JSONObject | None]
+            events: AsyncGenerator[list[Published] | None]
             if flt.execution_id is not None:
                 run = await self.api.get_execution(flt.execution_id)  # 404 before it opens
                 check_run_of(run, flt)
@@ -596,12 +596,12 @@ class HttpApi:
             with_ids = flt.execution_id is not None
             try:
                 async with aclosing(events):
-                    async for event in events:
-                        if event is None:
+                    async for batch in events:
+                        if batch is None:
                             await response.write(b": keep-alive\n\n")
                         else:
-                            await _sse(response, event, with_ids)
-            except ConnectionResetError:
+                            await _sse(response, batch, with_ids)
+            except ConnectionError:  # reset, or lost while a write waited to drain
                 pass  # the client went away: nothing to answer
             return response
 
@@ -702,28 +702,17 @@ def final_event(event: JSONObject) -> bool:
     return event.get("type") in _FINAL_TYPES
 
 
-async def _next(sub: Subscription, heartbeat: float | None) -> JSONObject | None:
-    """The subscription's next event; None after ``heartbeat`` seconds of quiet. Raises
-    StopAsyncIteration when the hub has closed (the server is stopping)."""
-    if heartbeat is None:
-        return await sub.next_event()
-    try:
-        return await asyncio.wait_for(sub.next_event(), heartbeat)
-    except TimeoutError:
-        return None
-
-
 async def follow_all(
     sub: Subscription, heartbeat: float | None
-) -> AsyncGenerator[JSONObject | None]:
-    """Every event ``sub`` matches, lag markers included, until the hub closes; None for each
-    ``heartbeat`` of quiet."""
+) -> AsyncGenerator[list[Published] | None]:
+    """Every event ``sub`` matches, lag markers included, until the hub closes, a batch of
+    what is buffered at a time; None for each ``heartbeat`` of quiet."""
     while True:
         try:
-            event = await _next(sub, heartbeat)
+            batch = await sub.next_batch(heartbeat)
         except StopAsyncIteration:
             return
-        yield event
+        yield batch or None
 
 
 def check_run_of(run: JSONObject, flt: EventFilter) -> None:
@@ -746,10 +735,11 @@ async def follow_execution(
     after: int,
     *,
     heartbeat: float | None = None,
-) -> AsyncGenerator[JSONObject | None]:
+) -> AsyncGenerator[list[Published] | None]:
     """One run's events past seq ``after``, each once and in seq order, ending with its final
     event: ``replay`` (the first page of its stored events, read after ``sub`` was opened) and
-    the pages after it, then live ones.
+    the pages after it, then live ones. Yields them in batches: a page, or what ``sub`` had
+    buffered.
 
     Every event is stored before it is published, so when ``sub`` lags, the events it dropped
     are read back from the store instead of leaving a gap: a slow reader still gets the final
@@ -759,41 +749,71 @@ async def follow_execution(
     it), or when the hub closes (the server is stopping; ``sub.closed`` tells): the caller
     says which to its client. The one loop behind HTTP's SSE and gRPC's WatchEvents."""
     last = after
-    pending = replay.events
+    pending = [Published(event) for event in replay.events]
     more = replay.next_after_seq is not None  # stored events past this page
     while True:
-        for event in pending:
-            seq = _seq(event)
+        batch: list[Published] = []
+        for item in pending:
+            seq = _seq(item.event)
             if seq <= last:
                 continue  # sent already: from the stored timeline, or before a reconnect
             last = seq
-            yield event
-            if final_event(event):
+            batch.append(item)
+            if final_event(item.event):
+                yield batch
                 return
+        if batch:
+            yield batch
+        pending = []
         if more:
             page = await api.execution_event_page(execution_id, after_seq=last, limit=EVENTS_PAGE)
-            pending, more = page.events, page.next_after_seq is not None
+            pending = [Published(event) for event in page.events]
+            more = page.next_after_seq is not None
             continue
         try:
-            live = await _next(sub, heartbeat)
+            live = await sub.next_batch(heartbeat)
         except StopAsyncIteration:
             return
-        if live is None:
-            pending = []
+        if not live:
             yield None
-        elif live.get("type") == "subscriber.lagged":
-            pending, more = [], True
-        elif final_event(live) and _seq(live) <= last:
-            return  # the end, which the client says it has seen (after_seq past it)
-        else:
-            pending = [live]
+        for item in live:
+            event = item.event
+            if event.get("type") == "subscriber.lagged":
+                more = True  # what follows it is stored too: read from where the client is
+                break
+            if final_event(event) and _seq(event) <= last:
+                return  # the end, which the client says it has seen (after_seq past it)
+            pending.append(item)
 
 
-async def _sse(response: web.StreamResponse, event: JSONObject, with_id: bool) -> None:
-    data = json.dumps(event, separators=(",", ":"))
-    head = f"id: {event.get('seq')}\n" if with_id else ""
-    frame = f"{head}event: {event.get('type')}\ndata: {data}\n\n"
-    await response.write(frame.encode())
+SSE_WRITE: Final = 64 * 1024
+"""Bytes of frames one write carries at most: a larger frame goes in pieces this size, each
+after the last has drained, so a client that does not read pins a piece, not the frame."""
+
+
+async def _sse(response: web.StreamResponse, batch: list[Published], with_id: bool) -> None:
+    """Write ``batch``'s frames, the frames shared by every subscriber: together, up to
+    ``SSE_WRITE`` bytes a write. ``response.write`` waits for its transport to drain once it
+    holds more than 64 KiB."""
+    frames = [item.frame(with_id) for item in batch]
+    if sum(map(len, frames)) <= SSE_WRITE:  # the common case: a batch is about one write
+        await response.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        return
+    parts: list[bytes] = []
+    held = 0
+    for frame in frames:
+        if parts and held + len(frame) > SSE_WRITE:
+            await response.write(parts[0] if len(parts) == 1 else b"".join(parts))
+            parts, held = [], 0
+        if len(frame) <= SSE_WRITE:
+            parts.append(frame)
+            held += len(frame)
+            continue
+        view = memoryview(frame)
+        for start in range(0, len(frame), SSE_WRITE):
+            await response.write(view[start : start + SSE_WRITE])
+    if parts:
+        await response.write(parts[0] if len(parts) == 1 else b"".join(parts))
 
 
 def _op(

@@ -74,3 +74,27 @@ async def test_a_waiting_reader_wakes_on_publish_and_ends_on_close() -> None:
 
 async def _drain(sub: object) -> list[object]:
     return [e async for e in sub]  # type: ignore[attr-defined]
+
+
+async def test_a_batch_is_what_is_buffered_with_the_markers_where_the_gaps_are() -> None:
+    hub = Hub()
+    sub = hub.subscribe(limit=2)
+    for seq in (1, 2, 3):  # 3 dropped
+        hub.publish(event(seq))
+    batch = await sub.next_batch()
+    assert [(i.event["type"], i.event["seq"]) for i in batch] == [
+        ("node.started", 1),
+        ("node.started", 2),
+        ("subscriber.lagged", 0),
+    ]
+    assert batch[2].event["data"] == {"missed": 1}
+    assert await sub.next_batch(timeout=0.01) == []  # quiet: the caller's heartbeat
+
+
+async def test_a_batch_stops_at_about_one_write_of_bytes() -> None:
+    hub = Hub()
+    sub = hub.subscribe()
+    for seq in range(1, 11):  # 10 KB each: 6 fit in 64 KiB
+        hub.publish({**event(seq), "data": {"text": "x" * 10_000}})
+    assert [len(await sub.next_batch()) for _ in range(2)] == [6, 4]
+    assert sub.buffered_bytes == 0
