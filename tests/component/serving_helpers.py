@@ -3,11 +3,12 @@ engines: for tests of the APIs themselves."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from orchestrator.lua_checking import LuaSyntaxChecker
@@ -38,10 +39,15 @@ def facade(
 
 @asynccontextmanager
 async def serving(
-    orch: Orchestrator, triggers: Triggers | None = None
+    orch: Orchestrator,
+    triggers: Triggers | None = None,
+    middlewares: Sequence[Middleware] = (),
 ) -> AsyncIterator[tuple[str, str]]:
-    """``orch`` on free loopback ports: yields the HTTP base URL and the gRPC target."""
-    runner = web.AppRunner(HttpApi(orch, token=None, max_body=1 << 20, triggers=triggers).app())
+    """``orch`` on free loopback ports: yields the HTTP base URL and the gRPC target. Hub
+    subscriptions end first as it stops, as the orchestrator ends them."""
+    app = HttpApi(orch, token=None, max_body=1 << 20, triggers=triggers).app()
+    app.middlewares.extend(middlewares)
+    runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -53,5 +59,6 @@ async def serving(
     try:
         yield f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
     finally:
+        orch.hub.close_all()  # live streams end now, as when the orchestrator stops
         await server.stop(0)
         await runner.cleanup()

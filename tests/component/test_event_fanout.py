@@ -24,27 +24,15 @@ from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.core.values import JSONObject
 from orchestrator.monitoring import Hub
-from orchestrator.serving_grpc import OrchestratorService
-from orchestrator.serving_http import HttpApi
 from orchestrator.store import EventPage
-
-RUN = "run-1"
+from tests.component.serving_helpers import serving
+from tests.component.test_event_streams import RUN
+from tests.component.test_event_streams import event as run_event
 
 
 def event(seq: int, kind: str = "node.succeeded", data: JSONObject | None = None) -> JSONObject:
-    return {
-        "seq": seq,
-        "time": "2026-01-01T00:00:00.000Z",
-        "type": kind,
-        "severity": "info",
-        "workflow_id": "wf",
-        "version": "1.0.0",
-        "execution_id": RUN,
-        "node_id": "n",
-        "engine_id": None,
-        "attempt": 1,
-        "data": data if data is not None else {},
-    }
+    """One of node n's events in run ``RUN``."""
+    return {**run_event(seq, kind), "node_id": "n", "attempt": 1, "data": data or {}}
 
 
 class StoredRun:
@@ -82,7 +70,6 @@ def run() -> StoredRun:
 
 @pytest.fixture
 async def served(run: StoredRun) -> AsyncIterator[Served]:
-    app = HttpApi(run, token=None, max_body=1 << 20).app()  # type: ignore[arg-type]
     transports: list[asyncio.Transport] = []
 
     @web.middleware
@@ -93,24 +80,10 @@ async def served(run: StoredRun) -> AsyncIterator[Served]:
         transports.append(request.transport)  # type: ignore[arg-type]
         return await handler(request)
 
-    app.middlewares.append(remember)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    server = grpc.aio.server()
-    pb_grpc.add_OrchestratorServicer_to_server(OrchestratorService(run), server)  # type: ignore[arg-type]
-    grpc_port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    s = Served(run, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
-    s.transports = transports
-    try:
+    async with serving(run, middlewares=[remember]) as (url, target):  # type: ignore[arg-type]
+        s = Served(run, url, target)
+        s.transports = transports
         yield s
-    finally:
-        run.hub.close_all()  # as the server does as it stops: streams end now
-        await server.stop(0)
-        await runner.cleanup()
 
 
 @pytest.fixture
@@ -300,50 +273,36 @@ async def test_an_sse_stream_carries_a_note_for_an_event_over_4_mib(served: Serv
 
 async def test_live_streams_past_the_limit_are_refused_and_the_others_go_on() -> None:
     run = StoredRun(Hub(max_subscribers=2))
-    app = HttpApi(run, token=None, max_body=1 << 20).app()  # type: ignore[arg-type]
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    server = grpc.aio.server()
-    pb_grpc.add_OrchestratorServicer_to_server(OrchestratorService(run), server)  # type: ignore[arg-type]
-    grpc_port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    url = f"http://127.0.0.1:{port}/api/v1/events"
     message = (
         "too many live event streams: at most 2 (SSE and WatchEvents together) are open at "
         "once; try again later"
     )
-    try:
-        async with (
-            aiohttp.ClientSession() as http,
-            grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
-        ):
-            stub = pb_grpc.OrchestratorStub(channel)
-            sse = asyncio.create_task(read_sse(http, url, 1))
-            watch = stub.WatchEvents(pb.WatchEventsRequest())
-            await until(lambda: run.hub.subscribers == 2)
-            async with http.get(url) as refused:
-                assert refused.status == 503
-                assert refused.headers["Retry-After"] == "5"
-                assert await refused.json() == {
-                    "error": {
-                        "code": "too_many_subscribers",
-                        "message": message,
-                        "details": {"limit": 2},
-                    }
+    async with (
+        serving(run) as (base, target),  # type: ignore[arg-type]
+        aiohttp.ClientSession() as http,
+        grpc.aio.insecure_channel(target) as channel,
+    ):
+        url = f"{base}/api/v1/events"
+        stub = pb_grpc.OrchestratorStub(channel)
+        sse = asyncio.create_task(read_sse(http, url, 1))
+        watch = stub.WatchEvents(pb.WatchEventsRequest())
+        await until(lambda: run.hub.subscribers == 2)
+        async with http.get(url) as refused:
+            assert refused.status == 503
+            assert refused.headers["Retry-After"] == "5"
+            assert await refused.json() == {
+                "error": {
+                    "code": "too_many_subscribers",
+                    "message": message,
+                    "details": {"limit": 2},
                 }
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                async for _ in stub.WatchEvents(pb.WatchEventsRequest()):
-                    pass
-            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert caught.value.details() == message
-            run.hub.publish(event(1))
-            assert (await asyncio.wait_for(sse, 10))[0][1]["seq"] == 1
-            assert (await asyncio.wait_for(watch.read(), 10)).seq == 1
-            watch.cancel()
-    finally:
-        run.hub.close_all()
-        await server.stop(0)
-        await runner.cleanup()
+            }
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in stub.WatchEvents(pb.WatchEventsRequest()):
+                pass
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert caught.value.details() == message
+        run.hub.publish(event(1))
+        assert (await asyncio.wait_for(sse, 10))[0][1]["seq"] == 1
+        assert (await asyncio.wait_for(watch.read(), 10)).seq == 1
+        watch.cancel()

@@ -58,6 +58,17 @@ async def start(http: aiohttp.ClientSession, url: str, workflow: str, inputs: An
         return str(body["execution_id"])
 
 
+async def wait_for(what: str, probe: Any, timeout: float = 30) -> Any:
+    """Until ``await probe()`` gives something true; that thing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await probe()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
 async def wait_end(http: aiohttp.ClientSession, url: str, eid: str, timeout: float = 60) -> Any:
     """The execution document once the run has ended; fails the test past ``timeout``."""
     deadline = time.monotonic() + timeout

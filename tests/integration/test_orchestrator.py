@@ -869,15 +869,20 @@ async def test_no_engine_free_runs_wait_in_the_queue_and_past_the_limit_429(
             assert doc["status"] == "succeeded"
 
 
+async def without_engines(http: aiohttp.ClientSession, cluster: Cluster) -> None:
+    """Its one engine killed and gone from the fleet: runs stay queued."""
+    await wait_engines(http, cluster.url, 1)
+    cluster.engines[0].proc.send_signal(signal.SIGKILL)
+    cluster.engines[0].proc.wait(10)
+    await wait_engines(http, cluster.url, 0)
+
+
 async def test_requests_at_once_never_queue_past_the_limit(start_cluster: StartCluster) -> None:
     # each checked the queue before the others were stored: all passed, and the queue went
     # past its limit by as many as came together
     cluster = start_cluster(engines=1, QUEUE_LIMIT="5")
     async with aiohttp.ClientSession() as http:
-        await wait_engines(http, cluster.url, 1)
-        cluster.engines[0].proc.send_signal(signal.SIGKILL)
-        cluster.engines[0].proc.wait(10)
-        await wait_engines(http, cluster.url, 0)
+        await without_engines(http, cluster)
         await register(http, cluster.url, DIAMOND)
         answers = await asyncio.gather(*(trigger(http, cluster.url, "diamond") for _ in range(40)))
         statuses = sorted(status for status, _ in answers)
@@ -922,10 +927,7 @@ async def test_two_cancels_of_a_queued_run_at_once_end_it_once(
 ) -> None:
     cluster = start_cluster(engines=1)
     async with aiohttp.ClientSession() as http:
-        await wait_engines(http, cluster.url, 1)
-        cluster.engines[0].proc.send_signal(signal.SIGKILL)
-        cluster.engines[0].proc.wait(10)
-        await wait_engines(http, cluster.url, 0)
+        await without_engines(http, cluster)
         await register(http, cluster.url, DIAMOND)
         for _ in range(20):
             status, body = await trigger(http, cluster.url, "diamond")

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.api import get, register, start, wait_end
+from tests.integration.api import get, register, start, wait_end, wait_for
 from tests.integration.conftest import StartCluster
 
 pytestmark = pytest.mark.slow
@@ -60,16 +60,6 @@ nodes:
 
 def unix(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
-
-
-async def wait_for(what: str, probe: Any, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await probe()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_sub_workflow_node_resumed_after_its_engine_died_times_out_at_its_first_start(

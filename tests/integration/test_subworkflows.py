@@ -27,7 +27,7 @@ import pytest
 
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
-from tests.integration.api import TOKEN, get, register, start, wait_end
+from tests.integration.api import TOKEN, get, register, start, wait_end, wait_for
 from tests.integration.conftest import Cluster, StartCluster, running_cluster
 
 pytestmark = pytest.mark.slow
@@ -54,16 +54,6 @@ async def execution(http: aiohttp.ClientSession, url: str, eid: str) -> Any:
 async def events(http: aiohttp.ClientSession, url: str, eid: str) -> list[Any]:
     got: list[Any] = (await get(http, f"{url}/api/v1/executions/{eid}/events"))["events"]
     return got
-
-
-async def wait_for(what: str, probe: Any, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await probe()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 CHILD = """
