@@ -265,6 +265,12 @@ async def _serve_apis(
             ("grpc.so_reuseport", 0),
             # HTTP's body limit, with room for the other fields of a request
             ("grpc.max_receive_message_length", settings.max_body_bytes + 64 * 1024),
+            # a watcher whose machine vanished (no FIN, no RST) would keep its stream, and its
+            # place among the live streams, until TCP gave up hours later: a ping unanswered
+            # for 20 s ends it, also on a stream quiet for long
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.http2.max_pings_without_data", 0),
         ],
     )
     following: asyncio.Future[None] | None = None
