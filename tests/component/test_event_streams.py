@@ -25,6 +25,7 @@ from orchestrator.monitoring import Hub
 from orchestrator.serving_grpc import OrchestratorService
 from orchestrator.serving_http import HttpApi
 from orchestrator.store import EventPage
+from tests.component.monitor_events import monitor_event
 
 RUN = "run-1"
 BURST = 1500
@@ -34,19 +35,7 @@ buffer (``Hub.subscribe``'s limit of 1000), so the hub drops the tail, final eve
 
 
 def event(seq: int, kind: str) -> JSONObject:
-    return {
-        "seq": seq,
-        "time": "2026-01-01T00:00:00.000Z",
-        "type": kind,
-        "severity": "info",
-        "workflow_id": "wf",
-        "version": "1.0.0",
-        "execution_id": RUN,
-        "node_id": None,
-        "engine_id": None,
-        "attempt": None,
-        "data": {},
-    }
+    return monitor_event(RUN, seq, kind)
 
 
 class RacingRun:

@@ -26,25 +26,15 @@ from orchestrator.dagctl import main
 from orchestrator.lua_checking import LuaSyntaxChecker
 from orchestrator.store import LIST_PAGE_BYTES, Store
 from orchestrator.versions import Registry
+from tests.component.monitor_events import monitor_event
 from tests.component.serving_helpers import facade, serving
 
 SPEC = {"id": "wf", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}
 
 
 def event(execution_id: str, seq: int, kind: str, node: str | None = None) -> dict[str, Any]:
-    return {
-        "seq": seq,
-        "time": "2026-01-01T00:00:00.000Z",
-        "type": kind,
-        "severity": "info",
-        "workflow_id": "wf",
-        "version": "1.0.0",
-        "execution_id": execution_id,
-        "node_id": node,
-        "engine_id": "engine-0" if node else None,
-        "attempt": 1 if node else None,
-        "data": {"output": {"n": seq}} if kind == "node.succeeded" else {},
-    }
+    data = {"output": {"n": seq}} if kind == "node.succeeded" else {}
+    return monitor_event(execution_id, seq, kind, node_id=node, data=data)
 
 
 async def create(store: Store, execution_id: str, inputs: Any, created_at: float) -> None:

@@ -16,6 +16,7 @@ from orchestrator.retention import Retention, cutoff
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.store import Store, TriggerFire
 from orchestrator.versions import Registry
+from tests.component.monitor_events import monitor_event
 
 DAY = 86400.0
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -25,19 +26,9 @@ SPEC = {"id": "wf", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}
 
 
 def event(execution_id: str, seq: int, kind: str, at: float, **data: Any) -> dict[str, Any]:
-    return {
-        "seq": seq,
-        "time": isoformat(at),
-        "type": kind,
-        "severity": "info",
-        "workflow_id": "wf",
-        "version": "1.0.0",
-        "execution_id": execution_id,
-        "node_id": None,
-        "engine_id": None,
-        "attempt": None,
-        "data": data,
-    }
+    time = isoformat(at)
+    assert time is not None
+    return monitor_event(execution_id, seq, kind, time=time, data=data)
 
 
 @pytest.fixture

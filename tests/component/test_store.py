@@ -27,6 +27,7 @@ from orchestrator.store import (
     migrate,
 )
 from orchestrator.versions import Registry
+from tests.component.monitor_events import monitor_event
 
 SPEC = {
     "id": "wf",
@@ -40,19 +41,9 @@ SPEC = {
 
 
 def event(seq: int, kind: str, node: str | None = None, **data: Any) -> dict[str, Any]:
-    return {
-        "seq": seq,
-        "time": f"2026-01-01T00:00:{seq:02d}.000Z",
-        "type": kind,
-        "severity": "info",
-        "workflow_id": "wf",
-        "version": "1.0.0",
-        "execution_id": "e1",
-        "node_id": node,
-        "engine_id": "engine-0" if node else None,
-        "attempt": 1 if node else None,
-        "data": data,
-    }
+    return monitor_event(
+        "e1", seq, kind, node_id=node, time=f"2026-01-01T00:00:{seq:02d}.000Z", data=data
+    )
 
 
 async def registered(store: Store) -> None:

@@ -1,0 +1,31 @@
+"""A monitor event (DESIGN section 7) as the store and the streams hold it, for tests that
+write events straight into a store or a hub."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def monitor_event(
+    execution_id: str,
+    seq: int,
+    kind: str,
+    *,
+    node_id: str | None = None,
+    time: str = "2026-01-01T00:00:00.000Z",
+    data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A node's events (``node_id`` given) come from engine-0, attempt 1."""
+    return {
+        "seq": seq,
+        "time": time,
+        "type": kind,
+        "severity": "info",
+        "workflow_id": "wf",
+        "version": "1.0.0",
+        "execution_id": execution_id,
+        "node_id": node_id,
+        "engine_id": "engine-0" if node_id else None,
+        "attempt": 1 if node_id else None,
+        "data": data if data is not None else {},
+    }
