@@ -119,6 +119,13 @@ class Settings:
         cert, key = ep.text(env, "TLS_CERT_FILE"), ep.text(env, "TLS_KEY_FILE")
         if (cert is None) != (key is None):
             raise SettingsError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        ca = ep.text(env, "TLS_CA_FILE")
+        if ca is not None and cert is None:
+            # Asked for client certificates without a server certificate: serving plain
+            # would silently drop the mutual TLS the operator asked for.
+            raise SettingsError(
+                "TLS_CA_FILE (client certificates) needs TLS_CERT_FILE and TLS_KEY_FILE too"
+            )
         return cls(
             host=ep.text(env, "HOST") or "0.0.0.0",
             http_port=ep.port(env, "HTTP_PORT", 8080, zero="any free port"),
@@ -128,7 +135,7 @@ class Settings:
             max_connections=ep.positive_int(env, "MAX_CONNECTIONS", 1024),
             tls_cert_file=cert,
             tls_key_file=key,
-            tls_ca_file=ep.text(env, "TLS_CA_FILE"),
+            tls_ca_file=ca,
             state_db=ep.text(env, "STATE_DB") or "/var/lib/dagengine/state.db",
             transport=transport,
             discovery_mode=discovery,

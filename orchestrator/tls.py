@@ -34,7 +34,11 @@ def server_tls(settings: Settings) -> ServerTls | None:
     ca = _read("TLS_CA_FILE", settings.tls_ca_file) if settings.tls_ca_file else None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+        # A callback rather than OpenSSL's default, which would stop start-up on a tty
+        # prompt for the passphrase.
+        context.load_cert_chain(
+            settings.tls_cert_file, settings.tls_key_file, password=_no_passphrase
+        )
     except ssl.SSLError as exc:
         raise SettingsError(
             f"TLS_CERT_FILE and TLS_KEY_FILE are not a PEM certificate and its key: {exc}"
@@ -49,6 +53,13 @@ def server_tls(settings: Settings) -> ServerTls | None:
         [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
     )
     return ServerTls(context, credentials, mutual=ca is not None)
+
+
+def _no_passphrase() -> bytes:
+    raise SettingsError(
+        "TLS_KEY_FILE is an encrypted key: give the key without a passphrase"
+        " (a Kubernetes Secret keeps it safe at rest)"
+    )
 
 
 def _read(variable: str, path: str) -> bytes:

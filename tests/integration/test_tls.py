@@ -16,6 +16,7 @@ import aiohttp
 import grpc
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
@@ -147,13 +148,46 @@ async def test_with_a_ca_file_clients_must_show_a_certificate_it_signed(
             "TLS_CERT_FILE /no/such/cert.pem: No such file or directory",
         ),
         ({"TLS_CERT_FILE": "/etc/hostname"}, "TLS_CERT_FILE and TLS_KEY_FILE must be set together"),
+        (
+            {"TLS_CA_FILE": "/etc/hostname"},
+            "TLS_CA_FILE (client certificates) needs TLS_CERT_FILE and TLS_KEY_FILE too",
+        ),
     ],
 )
 def test_unusable_tls_files_stop_start_up_naming_the_variable(
     tmp_path: Path, env: dict[str, str], message: str
 ) -> None:
+    proc = start_orchestrator(tmp_path, env)
+    assert proc.returncode == 2
+    assert message in proc.stderr + proc.stdout
+    assert not (tmp_path / "state.db").exists()  # nothing was touched
+
+
+def test_an_encrypted_key_stops_start_up_without_asking_for_its_passphrase(
+    tmp_path: Path,
+) -> None:
+    certs = Certificates(tmp_path)
+    key = serialization.load_pem_private_key(certs.key_file.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    proc = start_orchestrator(
+        tmp_path, {"TLS_CERT_FILE": str(certs.cert_file), "TLS_KEY_FILE": str(encrypted)}
+    )
+    assert proc.returncode == 2
+    assert "TLS_KEY_FILE is an encrypted key" in proc.stderr + proc.stdout
+    assert "pass phrase" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "state.db").exists()
+
+
+def start_orchestrator(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("TLS_")}
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "orchestrator"],
         env={
             **base,
@@ -167,10 +201,8 @@ def test_unusable_tls_files_stop_start_up_naming_the_variable(
             **env,
         },
         cwd=ROOT,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 2
-    assert message in proc.stderr + proc.stdout
-    assert not (tmp_path / "state.db").exists()  # nothing was touched
