@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -321,6 +322,14 @@ async def _serve_apis(
                 "security": security,
             },
         )
+        if open_to_others(settings):
+            log.warning(
+                "API_TOKEN is not set: anyone who can reach port %s or %s can register, run"
+                " and cancel workflows and read their inputs and outputs",
+                http_port,
+                grpc_port,
+                extra={"event": "api_open"},
+            )
         await stop.wait()
         log.info("stopping: no new requests; unfinished runs resume at the next start")
         await health.enter_graceful_shutdown()
@@ -346,6 +355,18 @@ def _trouble(orch: Orchestrator) -> Callable[[], Coroutine[None, None, str | Non
 
 def _triggers_of(orch: Orchestrator) -> Triggers | None:
     return orch.triggers if isinstance(orch.triggers, Triggers) else None
+
+
+def open_to_others(settings: Settings) -> bool:
+    """The API has no token and listens beyond this machine. Open by choice on a laptop; said
+    out loud elsewhere, since a spec's hook auth guards only its hook, not the API that
+    registers and runs workflows."""
+    if settings.api_token is not None or settings.host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(settings.host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may well be reachable
+        return True
 
 
 def _bound_port(site: web.TCPSite) -> int:

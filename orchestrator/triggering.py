@@ -337,7 +337,9 @@ class HttpTrigger(Trigger):
             raise TriggerForbidden(f"the bearer token is not valid for {self.path}")
 
     def _secret(self, name: str, environ: Mapping[str, str]) -> str:
-        value = environ.get(name)
+        # Stripped, as API_TOKEN is: a secret made from a file (kubectl create secret
+        # --from-file) ends in a newline no client sends, and would never match.
+        value = (environ.get(name) or "").strip()
         if not value:
             raise TriggerSecretMissing(
                 f"the trigger on {self.path} reads its secret from the environment variable "

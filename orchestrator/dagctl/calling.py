@@ -263,11 +263,14 @@ class Client:
         headers: Mapping[str, str] | None = None,
     ) -> urllib.request.Request:
         all_headers = {"Accept": "application/json", "User-Agent": "dagctl", **(headers or {})}
-        if self.token:
-            all_headers["Authorization"] = f"Bearer {self.token}"
-        return urllib.request.Request(
+        request = urllib.request.Request(
             self.url(path, query), data=data, headers=all_headers, method=method
         )
+        if self.token:
+            # Unredirected: urllib copies ordinary headers onto a redirect, which would hand
+            # the token to whatever host (or plain-http URL) the answer points at.
+            request.add_unredirected_header("Authorization", f"Bearer {self.token}")
+        return request
 
     def call(
         self,

@@ -113,13 +113,27 @@ class Settings:
             raise BadArguments(f"DAGCTL_CA_FILE {self.ca_file}: {_why(exc)}") from None
         if self.cert_file is not None and self.key_file is not None:
             try:
-                context.load_cert_chain(self.cert_file, self.key_file)
+                # no passphrase prompt on the terminal: an encrypted key is refused below
+                context.load_cert_chain(self.cert_file, self.key_file, password=_no_passphrase)
+            except EncryptedKey:
+                raise BadArguments(
+                    f"DAGCTL_KEY_FILE {self.key_file} is encrypted: give the key without"
+                    " its passphrase"
+                ) from None
             except (OSError, ssl.SSLError) as exc:
                 raise BadArguments(
                     f"DAGCTL_CERT_FILE {self.cert_file} / DAGCTL_KEY_FILE {self.key_file}: "
                     f"{_why(exc)}"
                 ) from None
         return context
+
+
+class EncryptedKey(Exception):
+    """A client key that needs a passphrase."""
+
+
+def _no_passphrase() -> bytes:
+    raise EncryptedKey
 
 
 def _why(exc: OSError | ssl.SSLError) -> str:
@@ -449,8 +463,9 @@ def _execution(client: Client, execution_id: str) -> JSONObject:
         return client.get(f"/api/v1/executions/{_quote(str(matches[0]['id']))}")
 
 
-def print_error(exc: DagctlError, err: TextIO) -> None:
-    """The error as one line (and an ApiError's details below), the server's words escaped."""
+def print_error(exc: DagctlError, err: TextIO, settings: Settings | None = None) -> None:
+    """The error as one line (and an ApiError's details below), the server's words escaped;
+    ``settings`` tell which variable a hint about the token names."""
     if isinstance(exc, Unreachable):
         if "certificate" in str(exc).lower():
             # it answered, over TLS, with a certificate (or a demand for one) we cannot meet
@@ -458,14 +473,36 @@ def print_error(exc: DagctlError, err: TextIO) -> None:
             hint += " and DAGCTL_KEY_FILE when it asks for a client certificate"
         elif exc.reason == NOT_HTTP:
             hint = "set DAGCTL_SERVER to its HTTP API address, which dagctl up prints"
+        elif exc.reason in _CUT_OFF and exc.server.startswith("https:"):
+            # a TLS 1.3 server that wants a client certificate says so only by hanging up
+            hint = "set DAGCTL_CERT_FILE and DAGCTL_KEY_FILE when it asks for a client certificate"
+        elif exc.reason in _CUT_OFF:
+            hint = "start it with dagctl up, or set DAGCTL_SERVER (https:// if it serves TLS)"
         else:
             hint = "start it with dagctl up, or set DAGCTL_SERVER"
         err.write(f"dagctl: {printable(str(exc))} ({hint})\n")
         return
-    err.write(f"dagctl: {printable(str(exc))}\n")
+    line = f"dagctl: {printable(str(exc))}"
+    if isinstance(exc, ApiError) and exc.status in (401, 403):
+        line += f" ({_token_hint(exc.status, settings or Settings())})"
+    err.write(line + "\n")
     if isinstance(exc, ApiError):
         for line in detail_lines(exc.details):
             err.write(line + "\n")
+
+
+_CUT_OFF: Final = frozenset({"connection reset", "the connection closed without an answer"})
+
+
+def _token_hint(status: int, settings: Settings) -> str:
+    if status == 403:
+        return f"{settings.token_variable} is not the orchestrator's API_TOKEN"
+    if settings.token is None:
+        return "set DAGCTL_TOKEN (or API_TOKEN) to the orchestrator's API_TOKEN"
+    # sent, yet not received: only a redirect drops it (see Client._request)
+    return (
+        f"{settings.token_variable} was not sent on: is DAGCTL_SERVER the address it redirects to?"
+    )
 
 
 def detail_lines(details: JSONObject, rename: Callable[[str], str] = str) -> list[str]:
@@ -985,7 +1022,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         err.write(f"dagctl: {exc}\n")
         return EXIT_USAGE
     except DagctlError as exc:
-        print_error(exc, err)
+        print_error(exc, err, settings)
         return EXIT_FAILED
     except KeyboardInterrupt:
         err.write("\n")

@@ -591,7 +591,14 @@ async def test_a_missing_token_is_reported_with_the_servers_words(dagctl: Dagctl
         result = await dagctl(fake, "run", "hello")
         assert result.code == 1
         assert result.err == (
-            "dagctl: unauthorized: this route needs Authorization: Bearer <token>\n"
+            "dagctl: unauthorized: this route needs Authorization: Bearer <token>"
+            " (set DAGCTL_TOKEN (or API_TOKEN) to the orchestrator's API_TOKEN)\n"
+        )
+        result = await dagctl(fake, "run", "hello", DAGCTL_TOKEN="wrong")
+        assert result.code == 1
+        assert result.err == (
+            "dagctl: forbidden: the bearer token is not valid"
+            " (DAGCTL_TOKEN is not the orchestrator's API_TOKEN)\n"
         )
         result = await dagctl(fake, "cancel", "x" * 32, API_TOKEN="wrong")
         assert result.code == 1
@@ -600,6 +607,40 @@ async def test_a_missing_token_is_reported_with_the_servers_words(dagctl: Dagctl
         assert ok.code == 0
     finally:
         await shut(fake, runner)
+
+
+async def test_the_token_does_not_follow_a_redirect_to_another_server(dagctl: Dagctl) -> None:
+    seen: list[str | None] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({"engines": []})
+
+    other = web.Application()
+    other.router.add_get("/api/v1/engines", elsewhere)
+    other_runner = web.AppRunner(other)
+    await other_runner.setup()
+    await web.TCPSite(other_runner, "127.0.0.1", 0).start()
+    target = f"http://127.0.0.1:{other_runner.addresses[0][1]}/api/v1/engines"
+
+    async def moved(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        raise web.HTTPFound(target)
+
+    first = web.Application()
+    first.router.add_get("/api/v1/engines", moved)
+    first_runner = web.AppRunner(first)
+    await first_runner.setup()
+    await web.TCPSite(first_runner, "127.0.0.1", 0).start()
+    fake = FakeOrchestrator()
+    fake.url = f"http://127.0.0.1:{first_runner.addresses[0][1]}"
+    try:
+        result = await dagctl(fake, "get", "engines", DAGCTL_TOKEN="s3cret")
+        assert result.code == 0, result.err
+        assert seen == ["Bearer s3cret", None]  # the first server had it; the one it named not
+    finally:
+        await first_runner.cleanup()
+        await other_runner.cleanup()
 
 
 # -- run ------------------------------------------------------------------------------------

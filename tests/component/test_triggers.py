@@ -533,6 +533,16 @@ def test_bearer_auth_and_the_api_token_fallback() -> None:
     open_hook.authenticate({"Authorization": "Bearer api"}, b"", {}, "api")
 
 
+def test_a_secret_made_from_a_file_matches_without_its_newline() -> None:
+    env = {"TOKEN": "t0k\n", "SECRET": "k3y\n", "BLANK": " \n"}
+    _hook(bearer_env="TOKEN").authenticate({"Authorization": "Bearer t0k"}, b"", env, None)
+    body = b"{}"
+    signed = "sha256=" + hmac.new(b"k3y", body, hashlib.sha256).hexdigest()
+    _hook(hmac_env="SECRET").authenticate({"X-Signature-256": signed}, body, env, None)
+    with pytest.raises(TriggerSecretMissing, match="BLANK, which is not set"):
+        _hook(bearer_env="BLANK").authenticate({"Authorization": "Bearer x"}, b"", env, None)
+
+
 async def test_asking_again_for_a_finished_keyed_run_leaves_no_waiters(world: World) -> None:
     await world.orch.register(spec(), yaml=False, force=False)
     first, created = await world.orch.execute(

@@ -94,6 +94,8 @@ async def test_with_a_certificate_both_servers_speak_tls_only(
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await pb_grpc.OrchestratorStub(plain).ListEngines(pb.ListEnginesRequest(), timeout=5)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    # gRPC's core would log that refused handshake as a plain-text line among the JSON ones
+    assert [line for line in cluster.orchestrator.log().splitlines() if line[:1] != "{"] == []
     # dagctl trusts the server through DAGCTL_CA_FILE
     trusted = dagctl(https, DAGCTL_CA_FILE=str(certs.ca_file))
     assert trusted.returncode == 0, trusted.stderr

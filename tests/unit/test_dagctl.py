@@ -182,6 +182,64 @@ def test_settings_from_the_environment() -> None:
 # -- errors ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("server", "reason", "hint"),
+    [
+        (
+            "http://127.0.0.1:1",
+            "connection reset",
+            "start it with dagctl up, or set DAGCTL_SERVER (https:// if it serves TLS)",
+        ),
+        (
+            "https://127.0.0.1:1",
+            "the connection closed without an answer",
+            "set DAGCTL_CERT_FILE and DAGCTL_KEY_FILE when it asks for a client certificate",
+        ),
+    ],
+)
+def test_a_connection_cut_off_says_what_may_be_missing(server: str, reason: str, hint: str) -> None:
+    err = io.StringIO()
+    cli.print_error(Unreachable(server, reason), err)
+    assert err.getvalue() == (
+        f"dagctl: cannot reach the orchestrator at {server}: {reason} ({hint})\n"
+    )
+
+
+def test_a_refused_token_names_the_variable_it_came_from() -> None:
+    err = io.StringIO()
+    settings = cli.Settings.from_env({"API_TOKEN": "t"})
+    cli.print_error(ApiError(403, "forbidden", "the bearer token is not valid", {}), err, settings)
+    assert err.getvalue() == (
+        "dagctl: forbidden: the bearer token is not valid"
+        " (API_TOKEN is not the orchestrator's API_TOKEN)\n"
+    )
+    err = io.StringIO()
+    cli.print_error(ApiError(401, "unauthorized", "needs a token", {}), err, settings)
+    assert "API_TOKEN was not sent on: is DAGCTL_SERVER the address it redirects to?" in (
+        err.getvalue()
+    )
+
+
+def test_an_encrypted_client_key_is_refused_without_a_prompt(tmp_path: Path) -> None:
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+
+    issued = trustme.CA().issue_cert("dagctl@example.com")
+    cert, key = tmp_path / "c.pem", tmp_path / "c.key"
+    cert.write_bytes(b"".join(b.bytes() for b in issued.cert_chain_pems))
+    plain = serialization.load_pem_private_key(issued.private_key_pem.bytes(), password=None)
+    key.write_bytes(
+        plain.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pw"),
+        )
+    )
+    settings = cli.Settings.from_env({"DAGCTL_CERT_FILE": str(cert), "DAGCTL_KEY_FILE": str(key)})
+    with pytest.raises(BadArguments, match=r"DAGCTL_KEY_FILE .* is encrypted"):
+        settings.tls()
+
+
 def test_error_lines() -> None:
     err = io.StringIO()
     cli.print_error(Unreachable("http://127.0.0.1:1", "connection refused"), err)
