@@ -123,11 +123,17 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         states: dict[str, int] = {"ready": 0, "joining": 0, "draining": 0, "unhealthy": 0}
         self.in_flight.clear()
+        # Summed per id: two pods can report one ENGINE_ID (a copied manifest), and a gauge
+        # set per engine would show only the last of them.
+        loads: dict[str, int] = {}
         for engine in self._engines():
             state = str(engine.get("state"))
             states[state] = states.get(state, 0) + 1
             load = engine.get("in_flight")
-            self.in_flight.labels(str(engine.get("id"))).set(load if isinstance(load, int) else 0)
+            key = str(engine.get("id"))
+            loads[key] = loads.get(key, 0) + (load if isinstance(load, int) else 0)
+        for key, load in loads.items():
+            self.in_flight.labels(key).set(load)
         for state, count in states.items():
             self.engines_by_state.labels(state).set(count)
         self.queue.set(self._queue_depth())

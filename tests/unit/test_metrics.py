@@ -48,3 +48,15 @@ def test_nodes_a_run_never_reached_count_as_cancelled_with_it() -> None:
     )
     text = metrics.render()[0].decode()
     assert 'dagengine_nodes_total{status="cancelled"} 3.0' in text
+
+
+def test_in_flight_adds_up_engines_that_share_an_id() -> None:
+    engines = [
+        {"id": "k1", "state": "ready", "in_flight": 2},
+        {"id": "k1", "state": "ready", "in_flight": 4},  # a second pod with the same ENGINE_ID
+        {"id": "k2", "state": "draining", "in_flight": 1},
+    ]
+    text = Metrics(lambda: engines, lambda: 0).render()[0].decode()
+    assert 'dagengine_engine_in_flight{engine="k1"} 6.0' in text
+    assert 'dagengine_engine_in_flight{engine="k2"} 1.0' in text
+    assert 'dagengine_engines{state="ready"} 2.0' in text
