@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+"""Largest first: a duration names each unit once, in this order (``1h30m``, not ``30m1h``
+or ``1s1s``)."""
+_ORDER = {unit: place for place, unit in enumerate(_UNITS)}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 
@@ -16,13 +19,23 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"bad duration {value!r}: {DURATION_HINT}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past any float: as infinite as it gets
+            seconds = float("inf")
     elif isinstance(value, str):
         text = value.strip().replace(" ", "")
         if re.fullmatch(r"\d+(?:\.\d+)?", text):
             seconds = float(text)
         elif _WHOLE.fullmatch(text):
-            seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
+            parts = _PART.findall(text)
+            places = [_ORDER[u] for _, u in parts]
+            if places != sorted(set(places)):
+                raise ValueError(
+                    f"bad duration {value!r}: give each unit once, largest first (1h30m)"
+                )
+            # milliseconds divided, not multiplied by 0.001: 700ms is 0.7, not 0.70000000001
+            seconds = sum(float(n) / 1000 if u == "ms" else float(n) * _UNITS[u] for n, u in parts)
         else:
             raise ValueError(f"bad duration {value!r}: {DURATION_HINT}")
     else:
@@ -33,11 +46,13 @@ def parse_duration(value: object) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest readable form, used in messages (``1.5s``, ``250ms``, ``10m``)."""
+    """The shortest readable form, used in messages (``1.5s``, ``250ms``, ``10m``, ``3d``)."""
     if seconds < 1:
-        return f"{seconds * 1000:g}ms"
+        return f"{round(seconds * 1000, 3):g}ms"  # no 1e-297ms for a value next to nothing
     if seconds < 60 or seconds % 60:
         return f"{seconds:g}s"
     if seconds < 3600 or seconds % 3600:
         return f"{seconds / 60:g}m"
-    return f"{seconds / 3600:g}h"
+    if seconds < 86400 or seconds % 86400:
+        return f"{seconds / 3600:g}h"
+    return f"{seconds / 86400:.10g}d"

@@ -65,7 +65,10 @@ class RetryPolicy:
 
     def delay_before(self, attempt: int, rand: float) -> float:
         """Seconds to wait before ``attempt`` (2 is the first retry); ``rand`` is in [0, 1)."""
-        base = self.delay if self.backoff == "fixed" else self.delay * 2.0 ** (attempt - 2)
+        # the exponent is capped where a float still holds 2**n: past max_delay it changes
+        # nothing, and 2.0**1024 raises (attempt 1026 of a long retry) instead of growing
+        doubling = 2.0 ** min(max(attempt - 2, 0), 1023)
+        base = self.delay if self.backoff == "fixed" else self.delay * doubling
         base = min(base, self.max_delay)
         spread = base * self.jitter * (2.0 * rand - 1.0)
         return max(0.0, min(self.max_delay, base + spread))
