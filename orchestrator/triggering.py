@@ -370,8 +370,14 @@ class CronLoop:
         on_due: Callable[[CronTrigger, float, float], None],
         next_slot: Callable[[CronTrigger, float, float], float | None],
         clock: Callable[[], float] = time.time,
+        recheck: float = 30.0,
     ) -> None:
         self.clock = clock
+        self.recheck = recheck
+        """The longest wait between looks at the clock. Slots are wall-clock times, but the
+        wait runs on the monotonic clock, which does not see the wall clock set forward and
+        stops while the machine is suspended: without this, a slot passed that way would
+        fire (or be caught up) only when the old wait ran out, up to a day late."""
         self._on_due = on_due
         self._next_slot = next_slot
         self._heap: list[tuple[float, int, CronTrigger]] = []
@@ -446,7 +452,7 @@ class CronLoop:
                         await asyncio.sleep(0)
             self._changed.clear()
             wake = self.next_wake()
-            delay = None if wake is None else max(0.0, wake - self.clock())
+            delay = None if wake is None else min(self.recheck, max(0.0, wake - self.clock()))
             try:
                 await asyncio.wait_for(self._changed.wait(), delay)
             except TimeoutError:

@@ -604,3 +604,31 @@ async def test_deleting_a_trigger_while_its_slot_is_being_decided_deletes_that_s
     again = await triggers.create({"id": "every-minute", "workflow_id": "wf", "cron": "* * * * *"})
     assert again["id"] == "every-minute"
     assert await triggers.history("every-minute") == []
+
+
+async def test_a_wall_clock_set_forward_past_a_slot_fires_it_without_waiting_for_the_slot() -> None:
+    from orchestrator.store import StoredTrigger
+    from orchestrator.triggering import CronLoop, CronTrigger
+
+    wall = [T0]  # 12:00:00; the next hourly slot is 13:00
+    fired: list[float] = []
+    reached = asyncio.Event()
+
+    def on_due(trigger: CronTrigger, slot: float, now: float) -> None:
+        fired.append(slot)
+        reached.set()
+
+    loop = CronLoop(on_due, lambda trigger, slot, now: None, clock=lambda: wall[0], recheck=0.05)
+    row = StoredTrigger("wf:c", "wf", "cron", "spec", "1.0.0", {"cron": "0 * * * *"}, False, 0, 0)
+    trigger = CronTrigger(row, loop)
+    await trigger.start()
+    running = asyncio.ensure_future(loop.run())
+    try:
+        await asyncio.sleep(0.1)  # the loop now waits for 13:00 on the monotonic clock
+        assert fired == []
+        wall[0] = T0 + 3601  # set forward (or a machine suspended for an hour) past 13:00
+        await asyncio.wait_for(reached.wait(), 10)  # not an hour
+        assert fired == [T0 + 3600]
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
