@@ -217,6 +217,8 @@ class CronTrigger(Trigger):
         self.last_slot = row.last_slot
         self.last_execution_id = row.last_execution_id
         self.next_slot: float | None = None
+        self.undecided: float | None = None
+        """The first slot given up on while the store refused writes, not yet decided."""
         self.lock = asyncio.Lock()  # one slot at a time, in order
         self._loop = loop
 
@@ -963,6 +965,14 @@ class Triggers:
         if not trigger.is_active() or (trigger.last_slot is not None and slot <= trigger.last_slot):
             return
         now = self.clock()
+        if not catchup and trigger.undecided is not None:
+            # A slot before this one was given up while the store refused writes. Firing
+            # this one would store a later slot and hide it from every catch-up: it goes
+            # through the catch-up policy with this one instead, as after downtime.
+            since = min(trigger.undecided, slot) - 0.5
+            trigger.undecided = None
+            await self._catch_up_locked(trigger, since=since, now=now)
+            return
         if not catchup and now - slot > LATE_GRACE:
             # its turn came too late (slots queued behind one the store would not take, or a
             # stalled loop): the catch-up policy decides, as after downtime, not a burst of
@@ -976,12 +986,14 @@ class Triggers:
             except StoreUnavailable as exc:
                 if delay is None or not trigger.is_active():
                     log.error(
-                        "trigger %s could not fire its slot at %s: %s (the next start's "
-                        "catch-up sees it)",
+                        "trigger %s could not fire its slot at %s: %s (its next slot, or the "
+                        "next start, decides it by the catch-up policy)",
                         trigger.id,
                         isoformat(slot),
                         exc.message,
                     )
+                    if trigger.undecided is None or slot < trigger.undecided:
+                        trigger.undecided = slot
                     return
                 log.warning(
                     "trigger %s waits %s s to fire its slot at %s: %s",
