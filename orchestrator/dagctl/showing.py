@@ -83,11 +83,12 @@ def duration(seconds: float | None) -> str:
     seconds = max(seconds, 0.0)
     if seconds < 0.0005:
         return "<1ms"  # not "0ms": it took some time
-    if seconds < 1:
+    # each unit is chosen for the value as it will be shown: 0.9996 s is "1.0s", not "1000ms"
+    if seconds < 0.9995:
         return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
+    if seconds < 59.95:
         return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)

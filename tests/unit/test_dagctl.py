@@ -670,6 +670,8 @@ def test_durations() -> None:
         "<1ms",  # not "0ms": a run that took 0.2 ms took some time
         "<1ms",
     ]
+    # rounding never pushes a value past its unit
+    assert [duration(s) for s in (0.9996, 59.96, 3599.7)] == ["1.0s", "1m00s", "1h00m"]
     assert span(None, None, NOW) == ""
     assert span(iso(NOW - 3), None, NOW) == "3.0s"
     assert span(NOW - 3, NOW - 1) == "2.0s"
