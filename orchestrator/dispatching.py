@@ -427,6 +427,10 @@ class Dispatcher:
                 # or hands back what it did not finish. It gets no more, and keeps the runs it
                 # has for its grace; its health checks tell when it is gone.
                 self._fleet.drain(run.link, "shutting down")
+                if answered:
+                    # handed back, not lost: a run outliving twenty rollouts is no reason
+                    # to give it up (MAX_DISPATCHES counts engines that failed it)
+                    self._dispatches[ticket.execution_id] -= 1
                 log.info(
                     "%s %s by draining engine %s: %s",
                     ticket.execution_id,

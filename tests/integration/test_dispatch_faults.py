@@ -17,6 +17,7 @@ import pytest
 from engine import wire
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
+from engine.errors import ShuttingDown
 from orchestrator.dispatching import MAX_DISPATCHES
 from orchestrator.fleet import ENGINE_SERVICE
 from tests.integration.api import TOKEN, register, wait_end
@@ -95,6 +96,76 @@ async def test_a_fault_of_its_own_is_named_and_never_runs_a_run_twice(tmp_path: 
         while engine.open and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert engine.most_open == 1 and engine.open == 0  # each try's call was ended
+    finally:
+        await asyncio.to_thread(stop_process, orchestrator.proc)
+        await server.stop(0)
+
+
+class HandingBackEngine(pb_grpc.EngineServicer):
+    """Hands every run back as a draining engine does (SHUTTING_DOWN) after its first event,
+    ``rollouts`` times, then finishes it."""
+
+    def __init__(self, rollouts: int) -> None:
+        self.rollouts = rollouts
+        self.calls = 0
+
+    async def Execute(self, request: pb.ExecuteRequest, context: Any) -> AsyncIterator[Any]:
+        self.calls += 1
+        seq = request.first_seq or 1
+        types = ["execution.started"]
+        if self.calls > self.rollouts:
+            types.append("execution.succeeded")
+        yield pb.ExecuteResponse(
+            events=[
+                pb.Event(
+                    seq=seq + i,
+                    time="2026-01-01T00:00:00Z",
+                    type=kind,
+                    severity="info",
+                    workflow_id="one",
+                    version="1.0.0",
+                    execution_id=request.execution_id,
+                    data_json="{}",
+                )
+                for i, kind in enumerate(types)
+            ]
+        )
+        if self.calls <= self.rollouts:
+            await context.abort_with_status(wire.grpc_status(ShuttingDown("rolling")))
+
+    async def GetInfo(self, request: pb.GetInfoRequest, context: Any) -> pb.EngineInfo:
+        return pb.EngineInfo(engine_id="rolling", state="serving", capacity=5)
+
+
+async def test_runs_handed_back_by_draining_engines_are_never_given_up(tmp_path: Path) -> None:
+    engine = HandingBackEngine(rollouts=MAX_DISPATCHES + 3)
+    server = grpc.aio.server()
+    pb_grpc.add_EngineServicer_to_server(engine, server)
+    await wire.add_health_and_reflection(server, ENGINE_SERVICE)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    orchestrator = await asyncio.to_thread(
+        spawn_orchestrator,
+        tmp_path / "orchestrator.log",
+        tmp_path / "state.db",
+        [],
+        ENGINE_ADDRESSES=f"127.0.0.1:{port}",
+        ENGINE_HEALTH_CHECK_INTERVAL="0.1",  # a drained engine is back at its next check
+        API_TOKEN="s3cret",
+    )
+    try:
+        url = orchestrator.url
+        async with aiohttp.ClientSession() as http:
+            await register(
+                http, url, "id: one\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: return 1\n"
+            )
+            async with http.post(f"{url}/trigger/one", json={}, headers=TOKEN) as resp:
+                assert resp.status == 202
+                eid = (await resp.json())["execution_id"]
+            doc = await wait_end(http, url, eid, timeout=120)
+        # before: failed, "gave up after 20 engines lost this run", at the 20th hand-back
+        assert doc["status"] == "succeeded", doc.get("error")
+        assert engine.calls == MAX_DISPATCHES + 4
     finally:
         await asyncio.to_thread(stop_process, orchestrator.proc)
         await server.stop(0)
