@@ -25,6 +25,7 @@ import grpc
 
 from engine import wire
 from engine.api import dagengine_pb2 as pb
+from engine.core.durations import format_duration, parse_duration
 from engine.core.events import isoformat
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
@@ -172,6 +173,10 @@ class Dispatcher:
         self._faults: dict[str, str] = {}
         self._stalled: set[str] = set()  # runs whose last events the store could not take
         self._fresh: dict[str, RunTicket] = {}
+        # runs that started, left their engine unfinished and wait for another: the engine
+        # would time them out, but none has them, so their whole-run deadline is kept here
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._timeouts: dict[tuple[str, str], float | None] = {}  # (workflow, version) ->
         self._closing = False
 
     # -- what the facade calls --------------------------------------------------------------
@@ -233,6 +238,9 @@ class Dispatcher:
 
     def _start(self, execution_id: str, key: str, link: EngineLink) -> None:
         self._queued.discard(execution_id)
+        deadline = self._deadlines.pop(execution_id, None)
+        if deadline is not None:
+            deadline.cancel()  # the engine keeps it from here
         link.in_flight += 1
         fresh = self._fresh.pop(execution_id, None)
         run = _Running(fresh or RunTicket(execution_id, key, "", "", None, "queued"), link)
@@ -349,6 +357,8 @@ class Dispatcher:
             async for response in call:
                 if not answered:
                     answered = True
+                    if ticket.started_at is None:
+                        ticket.started_at = time.time()  # its deadline counts from here
                     self._dispatches[ticket.execution_id] = (
                         self._dispatches.get(ticket.execution_id, 0) + 1
                     )
@@ -508,6 +518,7 @@ class Dispatcher:
 
     def _requeue(self, run: _Running, outcome: Outcome) -> None:
         execution_id = run.ticket.execution_id
+        self._keep_deadline(run.ticket)
         if outcome == "lost" and self._dispatches.get(execution_id, 0) >= MAX_DISPATCHES:
             self._spawn(self._give_up_or_wait(run))
             return
@@ -523,8 +534,54 @@ class Dispatcher:
         else:
             self.submit(execution_id, key, front=True)
 
+    def _keep_deadline(self, ticket: RunTicket) -> None:
+        """Time out a started run that waits for an engine past its whole-run ``timeout``."""
+        if ticket.started_at is None or not ticket.spec_json:
+            return
+        timeout = self._run_timeout(ticket)
+        if timeout is None or ticket.execution_id in self._deadlines:
+            return
+        delay = max(0.0, ticket.started_at + timeout - time.time())
+        self._deadlines[ticket.execution_id] = asyncio.get_running_loop().call_later(
+            delay, self._deadline_passed, ticket, timeout
+        )
+
+    def _run_timeout(self, ticket: RunTicket) -> float | None:
+        key = (ticket.workflow_id, ticket.version)
+        if key not in self._timeouts:
+            timeout: float | None = None
+            try:
+                document = wire.loads(ticket.spec_json)
+                value = document.get("timeout") if isinstance(document, dict) else None
+                timeout = None if value is None else parse_duration(value)
+            except ValueError:  # checked at registration; never here
+                pass
+            self._timeouts[key] = timeout
+        return self._timeouts[key]
+
+    def _deadline_passed(self, ticket: RunTicket, timeout: float) -> None:
+        self._deadlines.pop(ticket.execution_id, None)
+        if self._closing or not self.dequeue(ticket.execution_id):
+            return  # on an engine again (which times it out), or ended
+        self._spawn(self._time_out(ticket, timeout))
+
+    async def _time_out(self, ticket: RunTicket, timeout: float) -> None:
+        try:
+            await self._end(
+                ticket,
+                "execution.timed_out",
+                "error",
+                f"execution timed out after {format_duration(timeout)} (while no engine had it)",
+            )
+        except StoreUnavailable:
+            # not stored: back in the queue, where the next engine times it out at once
+            self.submit(ticket.execution_id, ticket.workflow_id or ticket.execution_id)
+
     def _forget(self, execution_id: str) -> None:
         """Drop what is kept per run, once it has ended or left the queue."""
+        deadline = self._deadlines.pop(execution_id, None)
+        if deadline is not None:
+            deadline.cancel()
         self._children.discard(execution_id)
         self._dispatches.pop(execution_id, None)
         self._stalls.pop(execution_id, None)

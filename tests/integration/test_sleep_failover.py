@@ -130,3 +130,51 @@ async def test_a_sleep_resumed_after_its_engine_died_waits_only_what_was_left(
         unix(end["time"]) - unix(runs[0]["time"]), abs=SLACK
     )
     assert sum(1 for e in events if e["type"] == "node.started" and e["node_id"] == "first") == 1
+
+
+async def test_a_run_left_without_an_engine_times_out_at_its_deadline(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = start_cluster(engines=1, API_TOKEN="s3cret")
+    url = cluster.url
+    spec = "id: doomed\nversion: 1.0.0\ntimeout: 3s\nnodes:\n  - id: nap\n    sleep: 10m\n"
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            engines = (await call(http, "GET", f"{url}/api/v1/engines"))["engines"]
+            if any(e["state"] == "ready" for e in engines):
+                break
+            await asyncio.sleep(0.1)
+        await call(
+            http,
+            "POST",
+            f"{url}/api/v1/workflows",
+            data=spec,
+            headers={"Content-Type": "application/yaml"},
+        )
+        eid = (await call(http, "POST", f"{url}/trigger/doomed", json={}))["execution_id"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            doc = await call(http, "GET", f"{url}/api/v1/executions/{eid}")
+            if doc["nodes"]["nap"]["status"] == "running":
+                break
+            await asyncio.sleep(0.05)
+        assert doc["nodes"]["nap"]["status"] == "running", doc
+        (engine,) = cluster.engines
+        engine.proc.send_signal(signal.SIGKILL)  # the only engine: nobody can take the run
+        engine.proc.wait(10)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            doc = await call(http, "GET", f"{url}/api/v1/executions/{eid}")
+            if doc["finished_at"] is not None:
+                break
+            await asyncio.sleep(0.1)
+        events = (await call(http, "GET", f"{url}/api/v1/executions/{eid}/events"))["events"]
+    # before: "running" until an engine came back, however long after its deadline
+    assert doc["status"] == "timed_out", doc
+    assert doc["error"] == "execution timed out after 3s (while no engine had it)"
+    end = events[-1]
+    assert end["type"] == "execution.timed_out"
+    assert end["data"]["unreached"] == 1  # the sleep ends with its run
+    started = unix(next(e["time"] for e in events if e["type"] == "execution.started"))
+    assert 3.0 - SLACK <= unix(end["time"]) - started < 60  # not before its deadline
