@@ -17,8 +17,22 @@ from engine.spec_checks import (
 
 
 def _lua_syntax(code: str, expression: bool) -> tuple[str, int | None] | None:
-    problem = check_syntax(code, expression=expression)
+    try:
+        problem = check_syntax(code, expression=expression)
+    except UnicodeEncodeError:
+        return unencodable(code), None
     return None if problem is None else (problem.message, problem.line)
+
+
+def unencodable(code: str) -> str:
+    """What is wrong with Lua source that Lua cannot be given: a lone UTF-16 surrogate (the
+    spec check refuses those first; this keeps any other caller's answer a spec problem)."""
+    at = next((i for i, c in enumerate(code) if "\ud800" <= c <= "\udfff"), 0)
+    line = code.count("\n", 0, at) + 1
+    return (
+        f"holds U+{ord(code[at]):04X} on line {line}, half of a UTF-16 surrogate pair alone, "
+        "which is not text UTF-8 can carry: write the character itself"
+    )
 
 
 def external_checks() -> ExternalChecks:

@@ -18,9 +18,9 @@ from typing import Final, TextIO
 
 from engine.core.errors import InputsError, SpecError
 from engine.core.events import Event
-from engine.core.values import JSON, JSONObject
-from engine.documents import YamlRefused, load_yaml, non_json_values
-from engine.inputs import check_inputs
+from engine.core.values import JSON, JSONObject, json_kind
+from engine.documents import non_json_values, read_document
+from engine.inputs import caller_inputs_problem, check_inputs
 from engine.loading import load_spec_file
 from engine.lua import LuaPool
 
@@ -65,29 +65,46 @@ class ProgressPrinter:
 def _read_inputs(args: argparse.Namespace) -> JSON:
     if args.inputs is not None:
         try:
-            value: JSON = json.loads(args.inputs)
+            value: JSON = json.loads(args.inputs, object_pairs_hook=_once_each)
         except json.JSONDecodeError as exc:
             raise ValueError(
                 f"--inputs is not valid JSON: {exc.msg} at column {exc.colno}"
             ) from None
+        except _KeyTwice as exc:
+            raise ValueError(f"--inputs: {exc}") from None
         except (ValueError, RecursionError) as exc:
             raise ValueError(f"--inputs is not valid JSON: {_unreadable(exc)}") from None
         return _plain_json(value, "--inputs")
     if args.inputs_file is not None:
         path = Path(args.inputs_file)
+        origin = f"--inputs-file {path}"
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise ValueError(f"--inputs-file {path}: {reason}") from None
+            raise ValueError(f"{origin}: {reason}") from None
         try:
-            loaded: JSON = json.loads(text) if path.suffix == ".json" else load_yaml(text)
-        except (json.JSONDecodeError, YamlRefused) as exc:
-            raise ValueError(f"--inputs-file {path}: not valid JSON/YAML: {exc}") from None
-        except (ValueError, RecursionError) as exc:
-            raise ValueError(f"--inputs-file {path}: not valid JSON: {_unreadable(exc)}") from None
-        return _plain_json(loaded, f"--inputs-file {path}") if loaded is not None else {}
+            # the specs' reader: a key written twice is named with its line, not dropped
+            loaded, _, problems = read_document(text, None, json_only=path.suffix == ".json")
+        except SpecError as exc:
+            problems = exc.problems
+        if problems:
+            raise ValueError(f"{origin}: " + "; ".join(p.render() for p in problems)) from None
+        return _plain_json(loaded, origin) if loaded is not None else {}
     return {}
+
+
+class _KeyTwice(ValueError):
+    pass
+
+
+def _once_each(pairs: list[tuple[str, JSON]]) -> JSONObject:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _KeyTwice(f"duplicate key {twice!r}")
+    return out
 
 
 def _unreadable(exc: ValueError | RecursionError) -> str:
@@ -121,6 +138,12 @@ async def _run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     try:
         inputs = _read_inputs(args)
+        # refused as the server refuses them: an object, and no _trigger of the caller's
+        if not isinstance(inputs, dict):
+            raise ValueError(f"inputs must be a JSON object, not {json_kind(inputs)}")
+        problem = caller_inputs_problem(inputs)
+        if problem is not None:
+            raise ValueError(problem)
         check_inputs(spec, inputs)
     except (ValueError, InputsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -169,17 +192,23 @@ def _check_lua() -> int:
     each script it registers. A request is ``{"code": "...", "expression": false}``; the answer
     is ``{"ok": true}`` or ``{"ok": false, "message": "...", "line": 3}``.
     """
+    from engine.checking import unencodable
     from engine.lua import check_syntax
 
     for raw in sys.stdin:
         try:
             request = json.loads(raw)
-            problem = check_syntax(str(request["code"]), expression=bool(request.get("expression")))
-            answer: JSONObject = (
-                {"ok": True}
-                if problem is None
-                else {"ok": False, "message": problem.message, "line": problem.line}
-            )
+            code = str(request["code"])
+            try:
+                problem = check_syntax(code, expression=bool(request.get("expression")))
+            except UnicodeEncodeError:  # "\udc80": the script's problem, not the request's
+                answer: JSONObject = {"ok": False, "message": unencodable(code), "line": None}
+            else:
+                answer = (
+                    {"ok": True}
+                    if problem is None
+                    else {"ok": False, "message": problem.message, "line": problem.line}
+                )
         except (ValueError, KeyError, TypeError) as exc:
             answer = {"ok": False, "message": f"bad request: {exc}", "line": None}
         sys.stdout.write(json.dumps(answer) + "\n")

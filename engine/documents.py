@@ -11,30 +11,107 @@ walks the expanded tree. So every YAML text this project reads goes through ``lo
 which measures what the aliases expand to before anything walks it, and refuses self-reference.
 
 A spec is JSON whichever way it is written, so what only YAML or Python's lenient ``json`` make
-(NaN and infinities, timestamps, binary, sets, integers too long to print) is refused here with
-its line: stored, it would fail every run, or the store itself, later.
+(NaN and infinities, timestamps, binary, sets, integers too long to print, text UTF-8 cannot
+encode) is refused with its line (``engine.core.spec.non_json_values``): stored, it would fail
+every run, or the store itself, later.
+
+Plain scalars are read as YAML 1.2's core schema reads them: ``yes``, ``on`` and ``off`` are text,
+``010`` is ten and ``12:30`` is text, where YAML 1.1 (PyYAML's default) would make them a boolean,
+eight and 750 without a word. Only timestamps are still recognised, to be refused: a date left
+unquoted is a mistake worth naming.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
-from collections.abc import Callable, Iterator
-from typing import Any, Final, cast
+import re
+from collections.abc import Callable
+from typing import Any, Final
 
 import yaml
 
 from engine.core.errors import SpecError, SpecProblem
-from engine.core.spec import ExternalChecks, Key, WorkflowSpec, parse_spec
+from engine.core.spec import (
+    MAX_INT_BITS,
+    TEXT,
+    ExternalChecks,
+    Key,
+    WorkflowSpec,
+    dotted,
+    non_json_values,
+    parse_spec,
+)
 
-MAX_INT_BITS: Final = 14_000
-"""Whole numbers past about 4,200 digits are refused: Python will not print them (its
-``int_max_str_digits``), so neither the store nor the wire could carry one."""
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_INT_BITS",
+    "MAX_YAML_VALUES",
+    "YamlRefused",
+    "load_yaml",
+    "non_json_values",
+    "parse_text",
+    "read_document",
+]
 
 MAX_YAML_VALUES: Final = 1_000_000
 """Values (scalars, lists, maps) one YAML document may stand for with its aliases expanded;
 a 10,000-node workflow written out in full is about a tenth of that."""
+
+MAX_EXPANSION: Final = 10
+FREE_EXPANSION: Final = 1 << 20
+"""Aliases may make a document at most ``MAX_EXPANSION`` times as long as its own text, or
+``FREE_EXPANSION`` characters (1 MiB) whichever is more. What is stored is the expanded
+document, so without this 549 bytes of anchors could ask the store to keep 3 MB, and a long
+string aliased a million times a terabyte, all under the value count. Sharing a retry policy or
+a Lua snippet among nodes stays far below either bound; a tenfold blow-up is a bomb's."""
+
+MAX_DEPTH: Final = 64
+"""Levels a YAML document may nest, as HTTP's JSON bodies (a value in a list in a mapping is
+three levels). Workflows need a handful; deeper is a bomb or a mistake."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 core schema scalars (and timestamps, to refuse)."""
+
+    yaml_implicit_resolvers: dict[Any, Any] = {}  # noqa: RUF012 - PyYAML's class registry
+
+
+for _tag, _pattern, _first in (
+    ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    ("int", r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+    (
+        "float",
+        r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+        "-+0123456789.",
+    ),
+    ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+    ("merge", r"<<", "<"),
+    (
+        "timestamp",
+        r"[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?"
+        r"(?:(?:[Tt]|[ \t]+)[0-9][0-9]?:[0-9][0-9]:[0-9][0-9](?:\.[0-9]*)?"
+        r"(?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)?",
+        "0123456789",
+    ),
+):
+    _Loader.add_implicit_resolver(
+        f"tag:yaml.org,2002:{_tag}", re.compile(f"^(?:{_pattern})$"), list(_first)
+    )
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    # YAML 1.2: 010 is ten and 0o10 eight; no 0b, no 1_000, no 1:30 (1.1's sexagesimal)
+    text = str(loader.construct_scalar(node))  # type: ignore[arg-type]
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    if text.startswith("0x"):
+        return int(text[2:], 16)
+    return int(text)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 class YamlRefused(ValueError):
@@ -53,7 +130,7 @@ def load_yaml(text: str, inspect: Callable[[yaml.Node], None] | None = None) -> 
     try:
         # the loader reads the whole text on creation: a character YAML refuses (a NUL)
         # is found here already
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         char = exc.character if isinstance(exc.character, int) else ord(exc.character)
@@ -62,7 +139,7 @@ def load_yaml(text: str, inspect: Callable[[yaml.Node], None] | None = None) -> 
         root = loader.get_single_node()
         if root is None:
             return None
-        _check_expansion(root)
+        _check_expansion(root, len(text))
         if inspect is not None:
             inspect(root)
         try:
@@ -92,7 +169,7 @@ def _scalar_refusal(root: yaml.Node, exc: Exception, what: str = "YAML") -> Yaml
         seen.add(id(node))
         if isinstance(node, yaml.ScalarNode) and node.tag != _STR_TAG:
             try:
-                yaml.SafeLoader("").construct_object(node)
+                _Loader("").construct_object(node)
             except (ValueError, OverflowError) as found:
                 line = node.start_mark.line + 1
                 if _too_many_digits(found):
@@ -129,12 +206,16 @@ def _short(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _check_expansion(root: yaml.Node) -> None:
+def _check_expansion(root: yaml.Node, length: int) -> None:
     """YamlRefused when the aliases under ``root`` expand past ``MAX_YAML_VALUES`` values or
-    refer to a node that contains them. Each distinct node is sized once, so this costs the
-    text's own size, never the expansion's."""
-    sizes: dict[int, int] = {}
+    past ``MAX_EXPANSION`` times ``length`` characters (see ``FREE_EXPANSION``), refer to a
+    node that contains them, or it nests past ``MAX_DEPTH``. Each distinct node is sized once,
+    so this costs the text's own size, never the expansion's."""
+    max_chars = max(FREE_EXPANSION, MAX_EXPANSION * length)
+    # node -> (values, characters, levels) it stands for, aliases expanded
+    sizes: dict[int, tuple[int, int, int]] = {}
     open_: set[int] = set()
+    too_long: int | None = None
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, children_sized = stack.pop()
@@ -144,13 +225,19 @@ def _check_expansion(root: yaml.Node) -> None:
         children = _children(node)
         if children_sized:
             open_.discard(key)
-            size = 1 + sum(sizes[id(c)] for c in children)
-            if size > MAX_YAML_VALUES:
+            values, chars, levels = 1, len(node.value) + 2 if not children else 2, 0
+            for c in children:
+                v, n, d = sizes[id(c)]
+                values, chars, levels = values + v, chars + n + 2, max(levels, d)
+            levels += 1
+            line = node.start_mark.line + 1
+            if values > MAX_YAML_VALUES:
                 raise YamlRefused(
-                    f"the document's aliases expand it past {MAX_YAML_VALUES:,} values",
-                    node.start_mark.line + 1,
+                    f"the document's aliases expand it past {MAX_YAML_VALUES:,} values", line
                 )
-            sizes[key] = size
+            if chars > max_chars and too_long is None:
+                too_long = line  # told once the values are counted: theirs is the first word
+            sizes[key] = values, chars, levels
             continue
         if key in open_:
             raise YamlRefused(
@@ -165,6 +252,24 @@ def _check_expansion(root: yaml.Node) -> None:
                 )
             if id(child) not in sizes:
                 stack.append((child, False))
+    if sizes[id(root)][2] > MAX_DEPTH:
+        # told where the 65th level is, down the deepest branch
+        node = root
+        for _ in range(MAX_DEPTH):
+            node = max(_children(node), key=lambda c: sizes[id(c)][2])
+        raise YamlRefused(
+            f"invalid YAML: nested deeper than {MAX_DEPTH} levels", node.start_mark.line + 1
+        )
+    if too_long is not None:
+        raise YamlRefused(
+            f"the document's aliases expand it past {_size(max_chars)}, "
+            f"{MAX_EXPANSION} times its own size",
+            too_long,
+        )
+
+
+def _size(chars: int) -> str:
+    return f"{chars / (1 << 20):.1f} MiB".replace(".0 MiB", " MiB")
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -185,7 +290,7 @@ def _key_of(node: yaml.ScalarNode) -> Any:
     if node.tag == _STR_TAG:
         return node.value
     try:
-        value = yaml.SafeLoader("").construct_object(node)
+        value = _Loader("").construct_object(node)
     except (yaml.YAMLError, ValueError, OverflowError):
         return node.value  # construction refuses it, with its line
     if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
@@ -202,15 +307,19 @@ def _lines(node: yaml.Node, key: Key, out: dict[Key, int], problems: list[SpecPr
             name = _key_of(k)
             line = k.start_mark.line + 1
             child = (*key, name)
-            path = ".".join(str(p) for p in child)
             if name in seen:
                 problems.append(
-                    SpecProblem(path, f"duplicate key {name!r} (first on line {seen[name]})", line)
+                    SpecProblem(
+                        ".".join(str(p) for p in child),
+                        f"duplicate key {name!r} (first on line {seen[name]})",
+                        line,
+                    )
                 )
             seen[name] = line
-            # a block scalar's text starts on the line after its '|' or '>'
-            block = isinstance(v, yaml.ScalarNode) and v.style in ("|", ">")
-            out[child] = v.start_mark.line + 2 if block else line
+            out[child] = line
+            if isinstance(v, yaml.ScalarNode):
+                for i, start in enumerate(_text_lines(v), 1):
+                    out[(*child, TEXT, i)] = start
             _lines(v, child, out, problems)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
@@ -218,16 +327,85 @@ def _lines(node: yaml.Node, key: Key, out: dict[Key, int], problems: list[SpecPr
             _lines(v, (*key, i), out, problems)
 
 
+def _text_lines(node: yaml.ScalarNode) -> list[int]:
+    """The file line each line of a scalar's text starts on, when it spans several file lines
+    and that is knowable: a literal block keeps its lines; a folded block and a plain scalar
+    join lines and turn each run of n blank lines into n line breaks. Anything else (a quoted
+    scalar, escapes, more-indented folded lines) gives none: the key's line serves."""
+    first, last = node.start_mark.line, node.end_mark.line
+    count = node.value.rstrip("\n").count("\n") + 1
+    if node.style == "|":
+        return list(range(first + 2, first + 2 + count))
+    if node.style not in (">", None) or last == first:
+        return []
+    buffer = node.start_mark.buffer
+    if not isinstance(buffer, str):
+        return []
+    region = buffer[node.start_mark.index : node.end_mark.index].split("\n")
+    body = list(enumerate(region, first + 1))
+    if node.style == ">":
+        body = body[1:]  # the '>' header
+    starts: list[int] = []
+    blanks = 0
+    for line, text in body:
+        if not text.strip():
+            blanks += 1 if starts else 0
+        elif not starts:
+            starts.append(line)
+        elif blanks:
+            # n blank lines are n line breaks: n - 1 empty lines of text, then this one
+            starts.extend(range(line - blanks + 1, line + 1))
+            blanks = 0
+    return starts if len(starts) == count else []
+
+
+class _Twice(dict[str, Any]):
+    """A JSON object that had a key twice (the last one kept), marked for ``_twice_keys``."""
+
+    twice: list[str]
+
+
+def _noting_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) == len(pairs):
+        return out
+    marked = _Twice(out)
+    seen: set[str] = set()
+    marked.twice = [k for k, _ in pairs if k in seen or seen.add(k)]  # type: ignore[func-returns-value]
+    return marked
+
+
+def _twice_keys(doc: object) -> list[SpecProblem]:
+    """Keys written twice in JSON that YAML could not read for lines (a tab, a long key):
+    found by the JSON decoder, without lines."""
+    problems: list[SpecProblem] = []
+    stack: list[tuple[Key, object]] = [((), doc)]
+    while stack:
+        key, each = stack.pop()
+        if isinstance(each, dict):
+            if isinstance(each, _Twice):
+                problems.extend(
+                    SpecProblem(dotted((*key, name)), f"duplicate key {name!r}")
+                    for name in each.twice
+                )
+            stack.extend(reversed([((*key, k), v) for k, v in each.items()]))
+        elif isinstance(each, list):
+            stack.extend(reversed([((*key, i), v) for i, v in enumerate(each)]))
+    return problems
+
+
 def read_document(
     text: str, source: str | None, *, json_only: bool = False
-) -> tuple[Any, dict[Key, int]]:
-    """The parsed document and its line map; SpecError for text that is not YAML/JSON."""
+) -> tuple[Any, dict[Key, int], list[SpecProblem]]:
+    """The parsed document, its line map and the problems of its text (a key twice), which
+    leave it readable; SpecError for text that is not YAML/JSON at all."""
     lines: dict[Key, int] = {}
     problems: list[SpecProblem] = []
     if json_only:
         number: ValueError | None = None
         try:
-            doc = json.loads(text)  # NaN and Infinity too: refused below, with their lines
+            # NaN and Infinity too: refused by the spec check, with their lines
+            doc = json.loads(text, object_pairs_hook=_noting_twice)
         except json.JSONDecodeError as exc:
             raise SpecError(
                 [SpecProblem("", f"invalid JSON: {exc.msg}", exc.lineno)], source
@@ -237,7 +415,9 @@ def read_document(
         except RecursionError:
             raise SpecError([SpecProblem("", "invalid JSON: nested too deeply")], source) from None
         try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            # a tab is only ever whitespace in JSON (json refuses one inside a string), and
+            # YAML refuses it as indentation: spaces read the same and keep every line
+            root = yaml.compose(text.replace("\t", " "), Loader=_Loader)
         except (yaml.YAMLError, RecursionError):
             root = None  # valid JSON that YAML 1.1 cannot compose: data without line numbers
         if number is not None:
@@ -249,77 +429,14 @@ def read_document(
             raise SpecError([SpecProblem("", refusal.problem, refusal.line)], source) from None
         if root is not None:
             _lines(root, (), lines, problems)
+        else:
+            problems = _twice_keys(doc)
     else:
         try:
             doc = load_yaml(text, lambda root: _lines(root, (), lines, problems))
         except YamlRefused as exc:
             raise SpecError([SpecProblem("", exc.problem, exc.line)], source) from exc
-    for key, message in non_json_values(doc):
-        problems.append(SpecProblem(_dotted(key), message, _line_of(lines, key)))
-    if problems:
-        raise SpecError(sorted(problems, key=lambda p: (p.line is None, p.line or 0)), source)
-    return doc, lines
-
-
-def _dotted(key: Key) -> str:
-    # as the spec check writes places: triggers[0].inputs.n
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in key).lstrip(".")
-
-
-def _line_of(lines: dict[Key, int], key: Key) -> int | None:
-    while key not in lines and key:
-        key = key[:-1]
-    return lines.get(key)
-
-
-def non_json_values(value: object, *, keys: bool = False) -> Iterator[tuple[Key, str]]:
-    """Where ``value`` holds what JSON cannot (NaN and infinities, YAML timestamps, binary or
-    sets, whole numbers too long to print), with why, in document order. Keys that are not
-    strings too when ``keys``; in a spec they are the spec check's to judge (``1:`` is an
-    unknown field there), but for numbers too long to print, which nothing could even name."""
-    stack: list[tuple[Key, object]] = [((), value)]
-    while stack:
-        key, each = stack.pop()
-        problem = _not_json(each)
-        if problem is not None:
-            yield key, problem
-        elif isinstance(each, dict):
-            for name in each:
-                if isinstance(name, int) and name.bit_length() > MAX_INT_BITS:
-                    yield key, f"a key is {_LONG_INT}"
-                elif keys and not isinstance(name, str):
-                    yield key, f"key {name!r} is not a string: JSON keys are strings"
-            # a key of another type (YAML's None, True, a date) stands in the path as it is
-            stack.extend(reversed([((*key, cast(Any, k)), v) for k, v in each.items()]))
-        elif isinstance(each, list):
-            stack.extend(reversed([((*key, i), v) for i, v in enumerate(each)]))
-
-
-_LONG_INT: Final = "a whole number too long to carry (more than about 4,200 digits)"
-
-
-def _not_json(value: object) -> str | None:
-    if value is None or isinstance(value, str | bool | dict | list):
-        return None
-    if isinstance(value, int):
-        return _LONG_INT if value.bit_length() > MAX_INT_BITS else None
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return None
-        name = "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
-        return f"{name} is not a number JSON can carry: write a finite number, or a string"
-    if isinstance(value, datetime.date):  # datetimes too
-        return (
-            f"{value.isoformat()!r} is a YAML timestamp, not a JSON value: quote it to make "
-            "it a string"
-        )
-    if isinstance(value, bytes):
-        return "is YAML binary (!!binary), not a JSON value: write it as a string"
-    if isinstance(value, set):
-        return "is a YAML set (!!set), not a JSON value: write a list"
-    if isinstance(value, tuple):
-        return "is a YAML pair (!!omap, !!pairs), not a JSON value: write a mapping"
-    return f"is a {type(value).__name__}, not a JSON value"
+    return doc, lines, problems
 
 
 def parse_text(
@@ -331,6 +448,8 @@ def parse_text(
     document takes seconds), and only refusals need it: a spec is parsed without it first,
     and again with it only when something is wrong.
     """
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a byte order mark: YAML skips one, JSON refuses it; no part of the text
     if json_only:
         try:
             doc = _strict_decode(text)
@@ -343,8 +462,8 @@ def parse_text(
                 return parse_spec(doc, source=source, checks=checks)
             except SpecError:
                 pass
-    doc, lines = read_document(text, source, json_only=json_only)
-    return parse_spec(doc, lines=lines, source=source, checks=checks)
+    doc, lines, problems = read_document(text, source, json_only=json_only)
+    return parse_spec(doc, lines=lines, source=source, checks=checks, problems=problems)
 
 
 class _DuplicateKey(ValueError):

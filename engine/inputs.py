@@ -31,6 +31,15 @@ from engine.spec_checks import PatternError, pattern_matches, sealed_registry, s
 
 TRIGGER_KEY: Final = "_trigger"
 
+
+def caller_inputs_problem(inputs: JSON) -> str | None:
+    """Why a caller's inputs are refused before any schema is asked: ``_trigger`` is set by
+    a trigger as it fires, and a caller that sent it could pass for one."""
+    if isinstance(inputs, dict) and TRIGGER_KEY in inputs:
+        return f"inputs.{TRIGGER_KEY} is set by triggers: a caller may not send it"
+    return None
+
+
 _CACHE_SIZE: Final = 1024
 _validators: dict[int, tuple[weakref.ref[WorkflowSpec], Any]] = {}
 

@@ -24,6 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
+from engine.core.errors import SpecError, SpecProblem
+from engine.core.spec import dotted, non_json_values
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from engine.serving import EngineServer
@@ -47,6 +49,8 @@ class LocalEngines:
                     capacity=settings.engine_capacity,
                     drain_grace=5.0,
                     lua_workers=1,
+                    # they listen on loopback ports: with a token, as guarded as any engine
+                    engine_token=settings.engine_token,
                 )
             )
             for i in range(settings.local_engines)
@@ -120,11 +124,21 @@ class LocalCluster:
             self._tmp.cleanup()
 
     async def register(self, spec: str | Mapping[str, JSON], *, force: bool = False) -> JSONObject:
-        """Register a spec (YAML or JSON text, or a mapping); returns the workflow as stored."""
+        """Register a spec (YAML or JSON text, or a mapping); returns the workflow as stored.
+
+        A mapping is sent as JSON, and what JSON cannot hold in it (NaN, a set, text UTF-8
+        cannot encode) is refused first, naming where: written as YAML it would come back
+        as something else (NaN as the string 'NaN')."""
         import json
 
-        text = spec if isinstance(spec, str) else json.dumps(dict(spec))
-        workflow, _ = await self.orchestrator.register(text, yaml=True, force=force)
+        if isinstance(spec, str):
+            workflow, _ = await self.orchestrator.register(spec, yaml=True, force=force)
+            return workflow
+        problems = [SpecProblem(dotted(at), why) for at, why in non_json_values(spec, keys=True)]
+        if problems:
+            raise SpecError(problems)
+        text = json.dumps(dict(spec), allow_nan=False)
+        workflow, _ = await self.orchestrator.register(text, yaml=False, force=force)
         return workflow
 
     async def execute(

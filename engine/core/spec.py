@@ -8,9 +8,11 @@ JSON Schema, time zones) are passed in as ``ExternalChecks`` so this module stay
 
 from __future__ import annotations
 
+import datetime
 import difflib
+import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias, cast
 
@@ -187,6 +189,15 @@ class ExternalChecks:
 Key: TypeAlias = tuple[str | int, ...]
 """A location in the document as keys and list indexes; ``lines`` maps these to file lines."""
 
+TEXT: Final = "\x00text"
+"""``lines[(*key, TEXT, n)]`` is the file line where line ``n`` of the string at ``key`` starts,
+when the reader knows it (a YAML block or multi-line scalar); ``lines[key]`` is its key's line.
+A JSON string is on one file line whatever it holds, so its Lua lines are told apart."""
+
+MAX_INT_BITS: Final = 14_000
+"""Whole numbers past about 4,200 digits are refused: Python will not print them (its
+``int_max_str_digits``), so neither the store nor the wire could carry one."""
+
 _WORKFLOW_FIELDS: Final = (
     "id",
     "version",
@@ -222,6 +233,9 @@ _CRON_FIELDS: Final = ("cron", "timezone", "overlap", "catchup", "inputs", "id")
 _HTTP_FIELDS: Final = ("path", "auth", "raw_body")
 
 
+_HINT_BUDGET: Final = 200_000
+"""Node ids all "did you mean" lookups of one spec may compare, together."""
+
 _MOVED: Final = {"bearer_env": "auth", "hmac_env": "auth"}
 """Fields users write one level off, and the field they belong under."""
 
@@ -241,6 +255,8 @@ class _Checker:
         self.lines = lines
         self.checks = checks
         self.problems: list[SpecProblem] = []
+        self.hints: dict[str, str] = {}
+        self.hint_budget = _HINT_BUDGET
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -251,6 +267,15 @@ class _Checker:
             if not key:
                 return None
             key = key[:-1]
+
+    def hint(self, word: str, names: Collection[str]) -> str:
+        """``_hint`` among node ids: the same typo is looked up once, and lookups stop once
+        they have compared ``_HINT_BUDGET`` names in all (10,000 nodes that each read a
+        missing node would otherwise compare 100 million pairs)."""
+        if word not in self.hints:
+            self.hint_budget -= len(names)
+            self.hints[word] = _hint(word, list(names)) if self.hint_budget >= 0 else ""
+        return self.hints[word]
 
     def report(self, key: Key, path: str, message: str, line: int | None = None) -> None:
         self.problems.append(SpecProblem(path, message, line or self.line_of(key)))
@@ -496,15 +521,14 @@ class _Checker:
                     self.report(
                         (*key, "depends_on", i),
                         f"{path}.depends_on",
-                        f"unknown dependency {d!r}{_hint(d, list(raw))}",
+                        f"unknown dependency {d!r}{self.hint(d, raw)}",
                     )
         known = {n: [d for d in ds if d in raw and d != n] for n, ds in deps.items()}
         for cycle in dag.find_cycles(known):
             _, key, path = raw[cycle[0]]
             self.report((*key, "depends_on"), path, "dependency cycle: " + " -> ".join(cycle))
         # ancestry is reachability, defined around a cycle too: every problem is told at once
-        for nid, (item, key, path) in raw.items():
-            self.references(nid, item, key, path, known)
+        self.references(raw, known)
         return built
 
     @staticmethod
@@ -641,9 +665,9 @@ class _Checker:
     def lua_problem(
         self, key: Key, field_name: str, path: str, message: str, line: int | None
     ) -> None:
-        """A problem in Lua source: its file line is the block's first line plus the Lua line."""
-        start = self.lines.get((*key, field_name))
-        file_line = start + line - 1 if start is not None and line is not None else None
+        """A problem in Lua source: the file line of that Lua line where the document says
+        where it is (YAML text over several lines); else the key's line, and the Lua line."""
+        file_line = None if line is None else self.lines.get((*key, field_name, TEXT, line))
         where = f" (Lua line {line})" if line is not None else ""
         self.report((*key, field_name), f"{path}.{field_name}", message + where, file_line)
 
@@ -722,52 +746,66 @@ class _Checker:
 
     def references(
         self,
-        node_id: str,
-        item: Mapping[str, Any],
-        key: Key,
-        path: str,
+        raw: Mapping[str, tuple[Mapping[str, Any], Key, str]],
         deps: Mapping[str, Sequence[str]],
     ) -> None:
-        """Templates and Lua may only read results of the node's ancestors."""
-        ancestors: set[str] | None = None
+        """Templates and Lua may only read results of the node's ancestors.
 
-        def check(ref_node: str, where: str, line: int | None, field_key: Key) -> None:
-            nonlocal ancestors
-            if ancestors is None:
-                ancestors = dag.ancestors(node_id, deps)
-            if ref_node in ancestors:
-                return
-            if ref_node not in deps:
-                hint = _hint(ref_node, list(deps))
-                msg = f"results.{ref_node}: there is no node {ref_node!r}{hint}"
-            elif ref_node == node_id:
-                msg = f"results.{ref_node}: a node cannot read its own result"
+        Every reference is gathered first and ancestry computed once for the whole graph
+        (``dag.ancestor_bits``), only for the nodes read beyond a direct dependency: a walk per
+        node would make a 10,000-node chain cost 50 million steps.
+        """
+        # in document order: a template's own problem, or a reference to check
+        found: list[tuple[str, str | ValueError, Key, str, str, int | None, Key]] = []
+        for node_id, (item, key, path) in raw.items():
+            for where in ("inputs", "foreach"):
+                value = item.get(where)
+                if value is None:
+                    continue
+                for entry, prefix, sub_value in _entries(value):
+                    fkey: Key = (*key, where, *entry)  # the entry's line, not the field's
+                    for sub, ref in templates.references(sub_value, prefix):
+                        if isinstance(ref, ValueError):
+                            at = f"{where}{'.' + sub if sub else ''}"
+                            found.append((node_id, ref, key, path, at, None, fkey))
+                        elif ref.node_id is not None:
+                            found.append((node_id, ref.node_id, key, path, where, None, fkey))
+            for where in ("lua", "when"):
+                code = item.get(where)
+                # a templated `when` is already refused for its shape; one message is enough
+                if isinstance(code, str) and not (where == "when" and "{{" in code):
+                    for lref in luarefs.result_references(code):
+                        line = lref.line if where == "lua" else None
+                        found.append((node_id, lref.node_id, key, path, where, line, (*key, where)))
+        direct = {n: set(ds) for n, ds in deps.items()}
+        targets = list(
+            dict.fromkeys(
+                read
+                for node_id, read, *_ in found
+                if isinstance(read, str) and read in deps and read not in direct[node_id]
+            )
+        )
+        bit = {t: 1 << i for i, t in enumerate(targets)}
+        bits = dag.ancestor_bits(deps, targets) if targets else {}
+        for node_id, read, key, path, where, line, fkey in found:
+            if isinstance(read, ValueError):
+                self.report(fkey, f"{path}.{where}", str(read))
+                continue
+            if read in direct[node_id] or bits.get(node_id, 0) & bit.get(read, 0):
+                continue
+            if read not in deps:
+                msg = f"results.{read}: there is no node {read!r}{self.hint(read, deps)}"
+            elif read == node_id:
+                msg = f"results.{read}: a node cannot read its own result"
             else:
                 msg = (
-                    f"results.{ref_node}: node {ref_node!r} is not an ancestor of {node_id!r}; "
+                    f"results.{read}: node {read!r} is not an ancestor of {node_id!r}; "
                     "add it to depends_on"
                 )
             if line is not None:
                 self.lua_problem(key, where, path, msg, line)
             else:
-                self.report(field_key, f"{path}.{where}", msg)
-
-        for where in ("inputs", "foreach"):
-            value = item.get(where)
-            if value is None:
-                continue
-            for sub, ref in templates.references(value):
-                fkey: Key = (*key, where)
-                if isinstance(ref, ValueError):
-                    self.report(fkey, f"{path}.{where}{'.' + sub if sub else ''}", str(ref))
-                elif ref.node_id is not None:
-                    check(ref.node_id, where, None, fkey)
-        for where in ("lua", "when"):
-            code = item.get(where)
-            # a templated `when` is already refused for its shape; one message is enough
-            if isinstance(code, str) and not (where == "when" and "{{" in code):
-                for lref in luarefs.result_references(code):
-                    check(lref.node_id, where, lref.line if where == "lua" else None, (*key, where))
+                self.report(fkey, f"{path}.{where}", msg)
 
     def outputs(self, value: object, nodes: Mapping[str, NodeSpec] | None) -> JSONObject | None:
         if value is None:
@@ -777,19 +815,21 @@ class _Checker:
             return None
         if not self.string_keys(value, ("outputs",), "outputs"):
             return None
-        for sub, ref in templates.references(value):
-            where = f"outputs.{sub}"
-            if isinstance(ref, ValueError):
-                self.report(("outputs",), where, str(ref))
-            elif ref.root == "ctx":
-                self.report(("outputs",), where, "outputs can read inputs and results, not ctx")
-            elif ref.node_id is not None and nodes is not None and ref.node_id not in nodes:
-                self.report(
-                    ("outputs",),
-                    where,
-                    f"results.{ref.node_id}: there is no node {ref.node_id!r}"
-                    + _hint(ref.node_id, list(nodes)),
-                )
+        for name, entry in value.items():
+            key: Key = ("outputs", name)  # the entry's line, not the field's
+            for sub, ref in templates.references(entry, name):
+                where = f"outputs.{sub}"
+                if isinstance(ref, ValueError):
+                    self.report(key, where, str(ref))
+                elif ref.root == "ctx":
+                    self.report(key, where, "outputs can read inputs and results, not ctx")
+                elif ref.node_id is not None and nodes is not None and ref.node_id not in nodes:
+                    self.report(
+                        key,
+                        where,
+                        f"results.{ref.node_id}: there is no node {ref.node_id!r}"
+                        + self.hint(ref.node_id, nodes),
+                    )
         return value
 
     def triggers(self, value: object, inputs_schema: JSONObject | None) -> list[Trigger]:
@@ -964,6 +1004,15 @@ class _Checker:
         return HttpTrigger(cast(str, route), bearer, hmac, bool(raw_body))
 
 
+def _entries(value: JSON) -> list[tuple[Key, str, JSON]]:
+    """The top-level entries of a free JSON field, each with its key and its path's start."""
+    if isinstance(value, dict):
+        return [((name,), name, each) for name, each in value.items()]
+    if isinstance(value, list):
+        return [((i,), f"[{i}]", each) for i, each in enumerate(value)]
+    return [((), "", value)]
+
+
 def _cron_shape(expr: str) -> str | None:
     text = expr.strip()
     if text.startswith("@"):
@@ -982,21 +1031,125 @@ def _cron_shape(expr: str) -> str | None:
     return None
 
 
+def non_json_values(value: object, *, keys: bool = False) -> Iterator[tuple[Key, str]]:
+    """Where ``value`` holds what JSON cannot (NaN and infinities, YAML timestamps, binary or
+    sets, whole numbers too long to print, text UTF-8 cannot encode), with why, in document
+    order. Keys that are not strings too when ``keys``; in a spec they are the spec check's
+    to judge (``1:`` is an unknown field there), but for numbers too long to print, which
+    nothing could even name, and text UTF-8 cannot carry."""
+    stack: list[tuple[Key, object]] = [((), value)]
+    while stack:
+        key, each = stack.pop()
+        problem = _not_json(each)
+        if problem is not None:
+            yield key, problem
+        elif isinstance(each, dict):
+            for name in each:
+                if isinstance(name, int) and name.bit_length() > MAX_INT_BITS:
+                    yield key, f"a key is {_LONG_INT}"
+                elif isinstance(name, str) and _surrogate(name) is not None:
+                    yield key, f"key {name!r} {_surrogate(name)}"
+                elif keys and not isinstance(name, str):
+                    yield key, f"key {name!r} is not a string: JSON keys are strings"
+            # a key of another type (YAML's None, True, a date) stands in the path as it is
+            stack.extend(reversed([((*key, cast(Any, k)), v) for k, v in each.items()]))
+        elif isinstance(each, list):
+            stack.extend(reversed([((*key, i), v) for i, v in enumerate(each)]))
+
+
+_LONG_INT: Final = "a whole number too long to carry (more than about 4,200 digits)"
+
+
+def _surrogate(text: str) -> str | None:
+    """Why ``text`` cannot be stored or sent, if it holds a lone UTF-16 surrogate (YAML's and
+    JSON's ``"\\udc80"``): UTF-8 has no bytes for one, so the store, gRPC and every printer
+    would fail on it later, far from the spec."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        return (
+            f"holds U+{code:04X}, half of a UTF-16 surrogate pair alone, which is not text "
+            "UTF-8 can carry: write the character itself"
+        )
+    return None
+
+
+def _not_json(value: object) -> str | None:
+    if value is None or isinstance(value, bool | dict | list):
+        return None
+    if isinstance(value, str):
+        problem = _surrogate(value)
+        return None if problem is None else f"{_short(value)} {problem}"
+    if isinstance(value, int):
+        return _LONG_INT if value.bit_length() > MAX_INT_BITS else None
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        name = "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+        return f"{name} is not a number JSON can carry: write a finite number, or a string"
+    if isinstance(value, datetime.date):  # datetimes too
+        return (
+            f"{value.isoformat()!r} is a YAML timestamp, not a JSON value: quote it to make "
+            "it a string"
+        )
+    if isinstance(value, bytes):
+        return "is YAML binary (!!binary), not a JSON value: write it as a string"
+    if isinstance(value, set | frozenset):
+        return "is a YAML set (!!set), not a JSON value: write a list"
+    if isinstance(value, tuple):
+        return "is a YAML pair (!!omap, !!pairs), not a JSON value: write a mapping"
+    return f"is a {type(value).__name__}, not a JSON value"
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def dotted(key: Key) -> str:
+    """``key`` as the spec check writes places: triggers[0].inputs.n"""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in key).lstrip(".")
+
+
+def _printable(text: str) -> str:
+    # a message may quote the text it refuses: never one no terminal or wire can carry
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def parse_spec(
     doc: object,
     *,
     lines: Mapping[Key, int] | None = None,
     source: str | None = None,
     checks: ExternalChecks | None = None,
+    problems: Sequence[SpecProblem] = (),
 ) -> WorkflowSpec:
-    """The validated model of ``doc``, or a SpecError naming every problem and its place."""
+    """The validated model of ``doc``, or a SpecError naming every problem and its place.
+
+    ``problems`` are those the reader found in the text (a key written twice), told with the
+    rest. A document holding values JSON cannot (NaN, a set, text UTF-8 cannot encode) is
+    refused for those alone: it is not a spec's document, and each would be told twice.
+    """
     checker = _Checker(lines or {}, checks or ExternalChecks())
-    spec = checker.workflow(doc)
-    if checker.problems or spec is None:
-        problems = (
-            sorted(checker.problems, key=lambda p: (p.line is None, p.line or 0))
-            if lines
-            else checker.problems
+    found = [
+        SpecProblem(dotted(key), message, checker.line_of(key))
+        for key, message in non_json_values(doc)
+    ]
+    spec = None
+    if not found:
+        spec = checker.workflow(doc)
+        # a line the reader found wrong is told once, by the reader
+        taken = {p.line for p in problems if p.line is not None}
+        found = [p for p in checker.problems if p.line is None or p.line not in taken]
+    found = [*problems, *found]
+    if found or spec is None:
+        if lines:
+            found.sort(key=lambda p: (p.line is None, p.line or 0))
+        raise SpecError(
+            [SpecProblem(_printable(p.path), _printable(p.message), p.line) for p in found]
+            or [SpecProblem("", "invalid workflow spec")],
+            None if source is None else _printable(source),
         )
-        raise SpecError(problems or [SpecProblem("", "invalid workflow spec")], source)
     return spec

@@ -86,9 +86,10 @@ def iter_strings(value: JSON, path: str = "") -> Iterator[tuple[str, str]]:
             yield from iter_strings(item, f"{path}.{key}" if path else key)
 
 
-def references(value: JSON) -> Iterator[tuple[str, Reference | ValueError]]:
-    """Each reference found in a value (or the syntax error instead), with its path."""
-    for path, text in iter_strings(value):
+def references(value: JSON, under: str = "") -> Iterator[tuple[str, Reference | ValueError]]:
+    """Each reference found in a value (or the syntax error instead), with its path (below
+    ``under``, written as ``iter_strings`` writes it)."""
+    for path, text in iter_strings(value, under):
         if "{{" not in text:
             continue
         try:

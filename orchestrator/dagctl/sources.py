@@ -16,6 +16,11 @@ SPEC_SUFFIXES: Final = (".yaml", ".yml", ".json")
 STDIN_NAME: Final = "<stdin>"
 
 
+BOM: Final = b"\xef\xbb\xbf"
+"""A UTF-8 byte order mark, which some Windows editors put first: no part of the text, so
+every source drops it (YAML ignores one, but JSON refuses it), files and stdin alike."""
+
+
 @dataclass(frozen=True, slots=True)
 class SpecSource:
     name: str
@@ -23,6 +28,10 @@ class SpecSource:
     data: bytes = b""
     error: OSError | None = None
     """Why it could not be read (then ``data`` is empty)."""
+
+    def __post_init__(self) -> None:
+        if self.data.startswith(BOM):
+            object.__setattr__(self, "data", self.data[len(BOM) :])
 
     @property
     def is_json(self) -> bool:

@@ -61,7 +61,10 @@ def test_when_syntax_errors_name_what_the_user_wrote(when: str, message: str) ->
 
 def test_duplicate_yaml_keys_are_refused() -> None:
     got = messages("id: w\nversion: 1.0.0\nid: v\nnodes: []\n")
-    assert got == ["wf.yaml:3: id: duplicate key 'id' (first on line 1)"]
+    assert got == [  # with the rest of what is wrong, not alone
+        "wf.yaml:3: id: duplicate key 'id' (first on line 1)",
+        "wf.yaml:4: nodes: must be a non-empty list of nodes",
+    ]
 
 
 def test_yaml_syntax_error_names_the_line() -> None:

@@ -185,3 +185,52 @@ def test_missing_file_is_a_clear_error() -> None:
     proc = engine("validate", "nowhere.yaml")
     assert proc.returncode == 2
     assert "nowhere.yaml: no such file" in proc.stderr
+
+
+def test_the_runner_refuses_what_the_server_refuses_of_a_callers_inputs(tmp_path: Path) -> None:
+    hello = str(EXAMPLES / "hello.yaml")
+    proc = engine("run", hello, "--inputs", '{"name": "Ada", "_trigger": 1}')
+    assert proc.returncode == 2
+    assert proc.stderr == "error: inputs._trigger is set by triggers: a caller may not send it\n"
+    twice = tmp_path / "in.json"
+    twice.write_text('{"name": "Ada",\n "name": "Bob"}\n', encoding="utf-8")
+    proc = engine("run", hello, "--inputs-file", str(twice))
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"error: --inputs-file {twice}: line 2: name: duplicate key 'name' (first on line 1)\n"
+    )
+    proc = engine("run", hello, "--inputs", '{"name": "Ada", "name": "Bob"}')
+    assert proc.stderr == "error: --inputs: duplicate key 'name'\n"
+
+
+def test_a_non_object_input_to_a_spec_without_a_schema_is_not_called_a_schema_mismatch(
+    tmp_path: Path,
+) -> None:
+    spec = tmp_path / "wf.yaml"
+    spec.write_text("id: wf\nversion: 1.0.0\nnodes:\n  - {id: a, lua: return 1}\n")
+    proc = engine("run", str(spec), "--inputs", "[1]")
+    assert proc.returncode == 2
+    assert proc.stderr == "error: inputs must be a JSON object, not a list\n"
+
+
+def test_a_lone_surrogate_in_lua_is_a_spec_problem_not_a_traceback(tmp_path: Path) -> None:
+    spec = tmp_path / "wf.yaml"
+    spec.write_text('id: wf\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: "return \\udc80"\n')
+    proc = engine("run", str(spec))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"{spec}:5: nodes[0].lua: 'return \\udc80' holds U+DC80" in proc.stderr
+    answer = subprocess.run(
+        [sys.executable, "-m", "engine", "check-lua"],
+        input=json.dumps({"code": "a = 1\nreturn '\udc80'"}) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(answer.stdout) == {
+        "ok": False,
+        "message": "holds U+DC80 on line 2, half of a UTF-16 surrogate pair alone, which is "
+        "not text UTF-8 can carry: write the character itself",
+        "line": None,
+    }
