@@ -7,10 +7,12 @@ engine does.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, Final, NoReturn
 
@@ -269,8 +271,9 @@ _CLIENT_GONE: Final = ClientGone()
 
 
 class OrchestratorService(pb_grpc.OrchestratorServicer):
-    """Calls that change something need ``authorization: Bearer <API_TOKEN>`` metadata when a
-    token is set, as the HTTP API's mutating routes do."""
+    """Every call needs ``authorization: Bearer <API_TOKEN>`` metadata when a token is set, as
+    the HTTP API's routes do, reads and ``WatchEvents`` too: it is checked by ``_behind_token``
+    before the method runs. Health and reflection are other services, and stay open."""
 
     def __init__(
         self, api: Api, *, token: str | None = None, triggers: Triggers | None = None
@@ -282,6 +285,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         logging.getLogger("grpc._cython.cygrpc").addFilter(_CLIENT_GONE)
 
     def _authorize(self, context: Context) -> None:
+        """The call's ``authorization`` metadata against the token: HttpError 401 or 403."""
         metadata = context.invocation_metadata() or ()
         header = next((str(v) for k, v in metadata if k == "authorization"), "")
         check_bearer(header, self.token)
@@ -290,7 +294,6 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         self, request: pb.RegisterWorkflowRequest, context: Context
     ) -> pb.RegisterWorkflowResponse:
         try:
-            self._authorize(context)
             text = request.spec
             workflow, created = await self.api.register(
                 text, yaml=_spec_is_yaml(text), force=request.force
@@ -320,7 +323,6 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         self, request: pb.ExecuteWorkflowRequest, context: Context
     ) -> pb.ExecuteWorkflowResponse:
         try:
-            self._authorize(context)
             _required("workflow_id", request.workflow_id)
             inputs = _json_arg(request.inputs_json, "inputs_json")
             execution, _ = await self.api.execute(
@@ -381,7 +383,6 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         self, request: pb.CancelExecutionRequest, context: Context
     ) -> pb.CancelExecutionResponse:
         try:
-            self._authorize(context)
             _required("execution_id", request.execution_id)
             doc = await self.api.cancel(
                 request.execution_id, request.reason or "cancelled on request"
@@ -445,7 +446,6 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         self, request: pb.ExecuteSubWorkflowRequest, context: Context
     ) -> pb.ExecuteSubWorkflowResponse:
         try:
-            self._authorize(context)
             problems = [
                 f"{name} is required"
                 for name, value in (
@@ -539,7 +539,6 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         self, request: pb.CreateTriggerRequest, context: Context
     ) -> pb.TriggerInfo:
         try:
-            self._authorize(context)
             body: JSONObject = {
                 "workflow_id": request.workflow_id,
                 "cron": request.cron,
@@ -562,7 +561,6 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
 
     async def PauseTrigger(self, request: pb.TriggerRequest, context: Context) -> pb.TriggerInfo:
         try:
-            self._authorize(context)
             _required("trigger_id", request.trigger_id)
             doc = await self._trigger_set().pause(request.trigger_id)
         except Exception as exc:
@@ -571,7 +569,6 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
 
     async def ResumeTrigger(self, request: pb.TriggerRequest, context: Context) -> pb.TriggerInfo:
         try:
-            self._authorize(context)
             _required("trigger_id", request.trigger_id)
             doc = await self._trigger_set().resume(request.trigger_id)
         except Exception as exc:
@@ -582,12 +579,54 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         self, request: pb.TriggerRequest, context: Context
     ) -> pb.DeleteTriggerResponse:
         try:
-            self._authorize(context)
             _required("trigger_id", request.trigger_id)
             await self._trigger_set().delete(request.trigger_id)
         except Exception as exc:
             await _refuse(context, exc)
         return pb.DeleteTriggerResponse(trigger_id=request.trigger_id)
+
+
+def _behind_token(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` of the service, called only once ``_authorize`` lets the call through: before
+    it reads anything, and before a watch takes one of the hub's places among live streams.
+    grpc.aio tells a streaming method by its being an async generator function, so the
+    wrapper of one is one too."""
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def streaming(
+            self: OrchestratorService, request: object, context: Context
+        ) -> AsyncIterator[object]:
+            try:
+                self._authorize(context)
+            except Exception as exc:
+                await _refuse(context, exc)
+            async with aclosing(method(self, request, context)) as answers:
+                async for answer in answers:
+                    yield answer
+
+        return streaming
+
+    @functools.wraps(method)
+    async def unary(self: OrchestratorService, request: object, context: Context) -> object:
+        try:
+            self._authorize(context)
+        except Exception as exc:
+            await _refuse(context, exc)
+        return await method(self, request, context)
+
+    return unary
+
+
+# The one place the token is checked: every method the service declares, so a method added to
+# the proto is guarded without a word here.
+for _method in pb.DESCRIPTOR.services_by_name["Orchestrator"].methods:
+    setattr(
+        OrchestratorService,
+        _method.name,
+        _behind_token(getattr(OrchestratorService, _method.name)),
+    )
+del _method
 
 
 def _trigger_message(doc: JSONObject) -> pb.TriggerInfo:

@@ -2,8 +2,9 @@
 
 Handlers are thin: they parse and check the request, call the ``Api`` facade, and shape JSON.
 Every error leaves as ``{"error": {"code", "message", "details"}}`` with a fitting status, from
-one mapping function, including aiohttp's own (unknown route, oversized body). Mutating routes
-require ``Authorization: Bearer <API_TOKEN>`` when a token is configured.
+one mapping function, including aiohttp's own (unknown route, oversized body). When a token is
+configured every route needs ``Authorization: Bearer <API_TOKEN>`` but ``OPEN_PATHS`` (probes,
+metrics, the OpenAPI document); a spec's own ``http.path`` keeps its trigger's auth.
 """
 
 from __future__ import annotations
@@ -85,6 +86,14 @@ PARSER_LINE_BYTES: Final = 64 * 1024
 """What the server's parser lets through to the API (``max_line_size``/``max_field_size``), so
 that a request past ``MAX_URL_BYTES`` gets the API's JSON refusal, naming the limit, instead of
 the parser's plain text; past this, the parser still answers its own 400."""
+
+
+OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"})
+"""The routes anyone may call when ``API_TOKEN`` is set: what probes and scrapers read, and this
+API's description. Every other route of the table needs the bearer token, reads too: a run's
+inputs, outputs and events often carry secrets. The OpenAPI document is marked from this set."""
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class HttpError(Exception):
@@ -361,34 +370,47 @@ class HttpApi:
 
     # -- plumbing ---------------------------------------------------------------------------
 
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        """The route table: method, path and handler. ``app`` guards all but ``OPEN_PATHS``."""
+        return [
+            ("POST", "/trigger/{workflow_id}", self.trigger),
+            ("GET", "/api/v1/workflows", self.list_workflows),
+            ("POST", "/api/v1/workflows", self.register),
+            ("GET", "/api/v1/workflows/{workflow_id}", self.get_workflow),
+            ("GET", "/api/v1/workflows/{workflow_id}/versions/{version}", self.get_version),
+            ("POST", "/api/v1/workflows/{workflow_id}/executions", self.trigger),
+            ("GET", "/api/v1/executions", self.list_executions),
+            ("GET", "/api/v1/executions/{execution_id}", self.get_execution),
+            ("POST", "/api/v1/executions/{execution_id}/cancel", self.cancel),
+            ("GET", "/api/v1/executions/{execution_id}/events", self.execution_events),
+            ("GET", "/api/v1/events", self.live_events),
+            ("GET", "/api/v1/engines", self.engines),
+            ("GET", "/api/v1/triggers", self.list_triggers),
+            ("POST", "/api/v1/triggers", self.create_trigger),
+            ("GET", "/api/v1/triggers/{trigger_id}", self.get_trigger),
+            ("DELETE", "/api/v1/triggers/{trigger_id}", self.delete_trigger),
+            ("POST", "/api/v1/triggers/{trigger_id}/pause", self.pause_trigger),
+            ("POST", "/api/v1/triggers/{trigger_id}/resume", self.resume_trigger),
+            ("GET", "/api/v1/triggers/{trigger_id}/history", self.trigger_history),
+            ("GET", "/api/v1/openapi.json", self.openapi),
+            ("GET", "/metrics", self.metrics),
+            ("GET", "/healthz", self.healthz),
+            ("GET", "/readyz", self.readyz),
+        ]
+
     def app(self) -> web.Application:
         app = web.Application(
             client_max_size=self.max_body, middlewares=[self._errors, self._hooks]
         )
         r = app.router
-        r.add_post("/trigger/{workflow_id}", self._guard(self.trigger))
-        r.add_get("/api/v1/workflows", self.list_workflows)
-        r.add_post("/api/v1/workflows", self._guard(self.register))
-        r.add_get("/api/v1/workflows/{workflow_id}", self.get_workflow)
-        r.add_get("/api/v1/workflows/{workflow_id}/versions/{version}", self.get_version)
-        r.add_post("/api/v1/workflows/{workflow_id}/executions", self._guard(self.trigger))
-        r.add_get("/api/v1/executions", self.list_executions)
-        r.add_get("/api/v1/executions/{execution_id}", self.get_execution)
-        r.add_post("/api/v1/executions/{execution_id}/cancel", self._guard(self.cancel))
-        r.add_get("/api/v1/executions/{execution_id}/events", self.execution_events)
-        r.add_get("/api/v1/events", self.live_events)
-        r.add_get("/api/v1/engines", self.engines)
-        r.add_get("/api/v1/triggers", self.list_triggers)
-        r.add_post("/api/v1/triggers", self._guard(self.create_trigger))
-        r.add_get("/api/v1/triggers/{trigger_id}", self.get_trigger)
-        r.add_delete("/api/v1/triggers/{trigger_id}", self._guard(self.delete_trigger))
-        r.add_post("/api/v1/triggers/{trigger_id}/pause", self._guard(self.pause_trigger))
-        r.add_post("/api/v1/triggers/{trigger_id}/resume", self._guard(self.resume_trigger))
-        r.add_get("/api/v1/triggers/{trigger_id}/history", self.trigger_history)
-        r.add_get("/api/v1/openapi.json", self.openapi)
-        r.add_get("/metrics", self.metrics)
-        r.add_get("/healthz", self.healthz)
-        r.add_get("/readyz", self.readyz)
+        for method, path, handler in self.routes():
+            # the token is checked before the handler does anything: before a body is read,
+            # the store is asked, or a live stream takes one of the hub's places
+            guarded = handler if path in OPEN_PATHS else self._guard(handler)
+            if method == "GET":
+                r.add_get(path, guarded)  # and HEAD, through the same guard
+            else:
+                r.add_route(method, path, guarded)
         return app
 
     @web.middleware
@@ -436,9 +458,9 @@ class HttpApi:
                 return await self.hook(request, hook)
         return await handler(request)
 
-    def _guard(
-        self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def _guard(self, handler: Handler) -> Handler:
+        """``handler`` behind the bearer check: the one way a route of the table is guarded."""
+
         async def guarded(request: web.Request) -> web.StreamResponse:
             check_bearer(request.headers.get("Authorization", ""), self.token)
             return await handler(request)
@@ -822,7 +844,6 @@ def _op(
     body: str | None = None,
     responses: dict[str, str] | None = None,
     params: list[dict[str, Any]] | None = None,
-    auth: bool = False,
 ) -> JSONObject:
     op: dict[str, Any] = {
         "summary": summary,
@@ -847,8 +868,6 @@ def _op(
         op["requestBody"] = {
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}
         }
-    if auth:
-        op["security"] = [{"bearer": []}]
     return op
 
 
@@ -880,7 +899,6 @@ def openapi_document() -> JSONObject:
     trigger = _op(
         "Start an execution",
         body="TriggerRequest",
-        auth=True,
         params=[
             _path_param("workflow_id"),
             {
@@ -904,7 +922,9 @@ def openapi_document() -> JSONObject:
         "info": {
             "title": "DAG Engine orchestrator",
             "version": "1",
-            "description": "Besides these routes, each workflow spec's http trigger path "
+            "description": "With API_TOKEN set, every route but /healthz, /readyz, /metrics "
+            "and this document needs Authorization: Bearer <token>: 401 without it, 403 when "
+            "it is wrong. Besides these routes, each workflow spec's http trigger path "
             "(triggers[].http.path) takes POST like /trigger/{workflow_id}, with that "
             "trigger's auth; see GET /api/v1/triggers. Any route answers a URL over "
             f"{MAX_URL_BYTES} bytes with 414 url_too_long, and a header value over that with "
@@ -970,7 +990,6 @@ def openapi_document() -> JSONObject:
                 "post": _op(
                     "Register a workflow version",
                     body="Spec",
-                    auth=True,
                     params=[_query("force", "boolean")],
                     responses={
                         "201": "created",
@@ -1022,7 +1041,6 @@ def openapi_document() -> JSONObject:
                 "post": _op(
                     "Cancel an execution and its children",
                     body="CancelRequest",
-                    auth=True,
                     params=[_path_param("execution_id")],
                     responses={"200": "OK", **errors},
                 )
@@ -1081,7 +1099,6 @@ def openapi_document() -> JSONObject:
                 "post": _op(
                     "Create a cron trigger",
                     body="TriggerCreate",
-                    auth=True,
                     responses={"201": "created", "409": "id taken", **errors},
                 ),
             },
@@ -1093,7 +1110,6 @@ def openapi_document() -> JSONObject:
                 ),
                 "delete": _op(
                     "Delete a trigger made through the API",
-                    auth=True,
                     params=[_path_param("trigger_id")],
                     responses={"200": "OK", "409": "a spec trigger", **errors},
                 ),
@@ -1101,7 +1117,6 @@ def openapi_document() -> JSONObject:
             "/api/v1/triggers/{trigger_id}/pause": {
                 "post": _op(
                     "Pause: no slot fires until resumed",
-                    auth=True,
                     params=[_path_param("trigger_id")],
                     responses={"200": "OK", **errors},
                 )
@@ -1109,7 +1124,6 @@ def openapi_document() -> JSONObject:
             "/api/v1/triggers/{trigger_id}/resume": {
                 "post": _op(
                     "Resume from now (slots passed while paused are not fired)",
-                    auth=True,
                     params=[_path_param("trigger_id")],
                     responses={"200": "OK", **errors},
                 )
@@ -1140,4 +1154,19 @@ def openapi_document() -> JSONObject:
     # a spec registers as JSON or as YAML
     register = doc["paths"]["/api/v1/workflows"]["post"]
     register["requestBody"]["content"]["application/yaml"] = {"schema": {"type": "string"}}
+    _mark_security(doc["paths"])
     return doc
+
+
+def _mark_security(paths: dict[str, Any]) -> None:
+    """The bearer token on every operation but those of ``OPEN_PATHS``, from the same set the
+    route table is guarded by, with the two refusals a guarded route can give."""
+    refusals = _error_responses({"401": "no token", "403": "wrong token"})
+    for path, operations in paths.items():
+        for op in operations.values():
+            if path in OPEN_PATHS:
+                op["security"] = []  # open even with API_TOKEN set
+                continue
+            op["security"] = [{"bearer": []}]
+            for code, response in refusals.items():
+                op["responses"].setdefault(code, response)

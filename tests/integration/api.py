@@ -10,6 +10,8 @@ import aiohttp
 
 TOKEN = {"Authorization": "Bearer s3cret"}
 """The ``API_TOKEN`` the module-scoped clusters of these tests are started with."""
+AUTH = (("authorization", "Bearer s3cret"),)
+"""``TOKEN`` as gRPC metadata."""
 
 
 def first_pause_last(workflow_id: str, pause: str) -> str:
@@ -43,7 +45,8 @@ async def register(http: aiohttp.ClientSession, url: str, text: str) -> Any:
 
 
 async def get(http: aiohttp.ClientSession, url: str) -> Any:
-    async with http.get(url) as resp:
+    """A read, with ``TOKEN``: every route but probes and metrics needs it when one is set."""
+    async with http.get(url, headers=TOKEN) as resp:
         assert resp.status == 200, await resp.text()
         return await resp.json()
 

@@ -16,13 +16,11 @@ from google.rpc import error_details_pb2, status_pb2
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.core.states import EXECUTION_TERMINAL
-from tests.integration.api import first_pause_last, register
+from tests.integration.api import AUTH, TOKEN, first_pause_last, register
 from tests.integration.conftest import Cluster, StartCluster
 from tests.integration.test_orchestrator import DIAMOND as ORCHESTRATOR_DIAMOND
 
 pytestmark = pytest.mark.slow
-
-AUTH = (("authorization", "Bearer s3cret"),)
 
 DIAMOND = ORCHESTRATOR_DIAMOND.replace("id: diamond", "id: g-diamond")
 
@@ -69,7 +67,7 @@ async def test_a_watch_resumed_at_or_past_a_finished_runs_end_ends_at_once(
         whole = [
             e
             async for e in stub.WatchEvents(
-                pb.WatchEventsRequest(execution_id=done.execution_id), timeout=30
+                pb.WatchEventsRequest(execution_id=done.execution_id), timeout=30, metadata=AUTH
             )
         ]
         final = whole[-1]
@@ -80,13 +78,16 @@ async def test_a_watch_resumed_at_or_past_a_finished_runs_end_ends_at_once(
             async for e in stub.WatchEvents(
                 pb.WatchEventsRequest(execution_id=done.execution_id, after_seq=final.seq - 2),
                 timeout=30,
+                metadata=AUTH,
             )
         ]
         assert rest == [final.seq - 1, final.seq]
         for after in (final.seq, final.seq + 10):
             # before: nothing came and the stream stayed open until the deadline
             call = stub.WatchEvents(
-                pb.WatchEventsRequest(execution_id=done.execution_id, after_seq=after), timeout=5
+                pb.WatchEventsRequest(execution_id=done.execution_id, after_seq=after),
+                timeout=5,
+                metadata=AUTH,
             )
             assert [e async for e in call] == []
             assert await call.code() == grpc.StatusCode.OK
@@ -103,7 +104,9 @@ async def test_stopping_the_orchestrator_mid_run_tells_watchers_to_come_back(
         started = await stub.ExecuteWorkflow(
             pb.ExecuteWorkflowRequest(workflow_id="g-sleepy"), metadata=AUTH
         )
-        call = stub.WatchEvents(pb.WatchEventsRequest(execution_id=started.execution_id))
+        call = stub.WatchEvents(
+            pb.WatchEventsRequest(execution_id=started.execution_id), metadata=AUTH
+        )
         seen = []
         async for e in call:
             seen.append(e)
@@ -112,7 +115,9 @@ async def test_stopping_the_orchestrator_mid_run_tells_watchers_to_come_back(
         sse_types: list[str] = []
         async with aiohttp.ClientSession() as http:
             async with http.get(
-                f"{c.url}/api/v1/events", params={"execution": started.execution_id}
+                f"{c.url}/api/v1/events",
+                params={"execution": started.execution_id},
+                headers=TOKEN,
             ) as resp:
                 assert resp.status == 200
                 first = await resp.content.readline()  # the stream is open and replaying
@@ -182,12 +187,15 @@ async def test_an_empty_id_is_invalid_argument_naming_the_field(cluster: Cluster
         stub = stub_for(channel)
         for call, field in (
             (stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(), metadata=AUTH), "workflow_id"),
-            (stub.GetWorkflow(pb.GetWorkflowRequest()), "workflow_id"),
-            (stub.GetExecution(pb.GetExecutionRequest()), "execution_id"),
+            (stub.GetWorkflow(pb.GetWorkflowRequest(), metadata=AUTH), "workflow_id"),
+            (stub.GetExecution(pb.GetExecutionRequest(), metadata=AUTH), "execution_id"),
             (stub.CancelExecution(pb.CancelExecutionRequest(), metadata=AUTH), "execution_id"),
-            (stub.GetTrigger(pb.TriggerRequest()), "trigger_id"),
+            (stub.GetTrigger(pb.TriggerRequest(), metadata=AUTH), "trigger_id"),
             (stub.PauseTrigger(pb.TriggerRequest(), metadata=AUTH), "trigger_id"),
-            (stub.GetSubWorkflowStatus(pb.GetSubWorkflowStatusRequest()), "execution_id"),
+            (
+                stub.GetSubWorkflowStatus(pb.GetSubWorkflowStatusRequest(), metadata=AUTH),
+                "execution_id",
+            ),
         ):
             err = await refused(call)
             # before: NOT_FOUND "workflow '' is not registered" and the like
@@ -198,14 +206,17 @@ async def test_an_empty_id_is_invalid_argument_naming_the_field(cluster: Cluster
             assert dict(error_info(err).metadata) == {"field": field}
         # a seq counts within one run: asking for one across runs is a mistake, not ignored
         err = await refused(
-            stub.WatchEvents(pb.WatchEventsRequest(workflow_id="g-diamond", after_seq=5)).read()
+            stub.WatchEvents(
+                pb.WatchEventsRequest(workflow_id="g-diamond", after_seq=5), metadata=AUTH
+            ).read()
         )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "after_seq needs execution_id" in (err.details() or "")
         done = await finished_diamond(stub)
         err = await refused(
             stub.WatchEvents(
-                pb.WatchEventsRequest(workflow_id="other", execution_id=done.execution.id)
+                pb.WatchEventsRequest(workflow_id="other", execution_id=done.execution.id),
+                metadata=AUTH,
             ).read()
         )
         assert err.code() == grpc.StatusCode.NOT_FOUND
@@ -217,8 +228,12 @@ async def test_bytes_that_are_not_the_request_message_are_invalid_argument(
 ) -> None:
     async with grpc.aio.insecure_channel(cluster.orchestrator.grpc_address) as channel:
         for call in (
-            channel.unary_unary("/dagengine.v1.Orchestrator/GetExecution")(b"\x0a\xff"),
-            channel.unary_stream("/dagengine.v1.Orchestrator/WatchEvents")(b"\x0a\xff").read(),
+            channel.unary_unary("/dagengine.v1.Orchestrator/GetExecution")(
+                b"\x0a\xff", metadata=AUTH
+            ),
+            channel.unary_stream("/dagengine.v1.Orchestrator/WatchEvents")(
+                b"\x0a\xff", metadata=AUTH
+            ).read(),
         ):
             err = await refused(call)
             # before: UNKNOWN, and a traceback in the orchestrator's log for each one
@@ -226,7 +241,9 @@ async def test_bytes_that_are_not_the_request_message_are_invalid_argument(
             assert (err.details() or "").startswith("the request is not a valid message")
             assert error_info(err).reason == "bad_request"
         # the service goes on
-        assert (await stub_for(channel).ListWorkflows(pb.ListWorkflowsRequest())) is not None
+        assert (
+            await stub_for(channel).ListWorkflows(pb.ListWorkflowsRequest(), metadata=AUTH)
+        ) is not None
     assert "DecodeError" not in cluster.orchestrator.log()
 
 
@@ -298,7 +315,7 @@ async def test_a_child_run_names_its_foreach_item_and_a_workflow_its_references(
         stub = stub_for(channel)
         for spec in (SQUARE, FAN):
             await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=spec), metadata=AUTH)
-        fan = await stub.GetWorkflow(pb.GetWorkflowRequest(workflow_id="g-fan"))
+        fan = await stub.GetWorkflow(pb.GetWorkflowRequest(workflow_id="g-fan"), metadata=AUTH)
         assert [(r.node, r.workflow, r.range, r.resolves_to) for r in fan.references] == [
             ("each", "g-square", "^1", "1.0.0")
         ]
@@ -313,15 +330,19 @@ async def test_a_child_run_names_its_foreach_item_and_a_workflow_its_references(
         assert not done.execution.HasField("parent_attempt")
         items = {}
         for child_id in done.execution.children:
-            child = await stub.GetExecution(pb.GetExecutionRequest(execution_id=child_id))
+            child = await stub.GetExecution(
+                pb.GetExecutionRequest(execution_id=child_id), metadata=AUTH
+            )
             assert child.HasField("parent_item") and child.parent_attempt == 1
             items[child.parent_item] = json.loads(child.inputs_json)["n"]
         assert items == {0: 3, 1: 4, 2: 5}
-        listed = await stub.ListExecutions(pb.ListExecutionsRequest(workflow_id="g-square"))
+        listed = await stub.ListExecutions(
+            pb.ListExecutionsRequest(workflow_id="g-square"), metadata=AUTH
+        )
         assert sorted(e.parent_item for e in listed.executions) == [0, 1, 2]
     # the same as HTTP shows
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{cluster.url}/api/v1/workflows/g-fan") as resp:
+        async with http.get(f"{cluster.url}/api/v1/workflows/g-fan", headers=TOKEN) as resp:
             shown = (await resp.json())["references"]
         assert shown == [
             {"node": "each", "workflow": "g-square", "range": "^1", "resolves_to": "1.0.0"}

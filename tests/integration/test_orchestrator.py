@@ -27,6 +27,8 @@ from tests.integration.conftest import Cluster, StartCluster, stop_process
 pytestmark = pytest.mark.slow
 
 TOKEN = {"Authorization": "Bearer s3cret"}
+AUTH = (("authorization", "Bearer s3cret"),)
+"""TOKEN as gRPC metadata."""
 
 DIAMOND = """
 id: diamond
@@ -67,7 +69,7 @@ async def trigger(
 
 
 async def get(http: aiohttp.ClientSession, url: str) -> Any:
-    async with http.get(url) as resp:
+    async with http.get(url, headers=TOKEN) as resp:
         assert resp.status == 200, await resp.text()
         return await resp.json()
 
@@ -180,7 +182,7 @@ async def test_sse_streams_a_runs_events_in_order(cluster: Cluster) -> None:
         assert status == 202
         eid = body["execution_id"]
         events: list[dict[str, Any]] = []
-        async with http.get(f"{cluster.url}/api/v1/events?execution={eid}") as resp:
+        async with http.get(f"{cluster.url}/api/v1/events?execution={eid}", headers=TOKEN) as resp:
             assert resp.headers["Content-Type"].startswith("text/event-stream")
             async for raw in resp.content:
                 line = raw.decode().strip()
@@ -201,27 +203,29 @@ async def test_sse_streams_a_runs_events_in_order(cluster: Cluster) -> None:
         assert [e["seq"] for e in stored["events"]] == seqs
         # a finished run's stream replays and ends by itself; resuming past its end is 204,
         # which tells an EventSource to stop reconnecting
-        async with http.get(f"{cluster.url}/api/v1/events?execution={eid}") as resp:
+        async with http.get(f"{cluster.url}/api/v1/events?execution={eid}", headers=TOKEN) as resp:
             text = await asyncio.wait_for(resp.text(), 30)
         ids = [int(line[3:]) for line in text.splitlines() if line.startswith("id:")]
         assert ids == seqs
         async with http.get(
             f"{cluster.url}/api/v1/events?execution={eid}",
-            headers={"Last-Event-ID": str(seqs[-1])},
+            headers={"Last-Event-ID": str(seqs[-1]), **TOKEN},
         ) as resp:
             assert resp.status == 204
         async with http.get(
             f"{cluster.url}/api/v1/events?execution={eid}",
-            headers={"Last-Event-ID": str(seqs[-2])},
+            headers={"Last-Event-ID": str(seqs[-2]), **TOKEN},
         ) as resp:
             text = await asyncio.wait_for(resp.text(), 30)
         assert [line for line in text.splitlines() if line.startswith("id:")] == [f"id: {seqs[-1]}"]
         # both filters: the run must be of that workflow (its events streamed regardless before)
         async with http.get(
-            f"{cluster.url}/api/v1/events?execution={eid}&workflow=diamond"
+            f"{cluster.url}/api/v1/events?execution={eid}&workflow=diamond", headers=TOKEN
         ) as resp:
             assert "execution.succeeded" in await asyncio.wait_for(resp.text(), 30)
-        async with http.get(f"{cluster.url}/api/v1/events?execution={eid}&workflow=etl") as resp:
+        async with http.get(
+            f"{cluster.url}/api/v1/events?execution={eid}&workflow=etl", headers=TOKEN
+        ) as resp:
             assert resp.status == 404
             assert (await resp.json())["error"]["message"] == (
                 f"execution {eid} is a run of diamond, not of etl"
@@ -344,7 +348,7 @@ async def test_idempotency_key_returns_the_first_execution(cluster: Cluster) -> 
             400,
             "bad_request",
         ),
-        ("get", "/api/v1/executions/does-not-exist", {}, 404, "not_found"),
+        ("get", "/api/v1/executions/does-not-exist", {"headers": TOKEN}, 404, "not_found"),
         (
             "post",
             "/api/v1/executions/any/cancel",
@@ -359,10 +363,16 @@ async def test_idempotency_key_returns_the_first_execution(cluster: Cluster) -> 
             400,
             "bad_request",
         ),
-        ("get", "/api/v1/executions?limit=zero", {}, 400, "bad_request"),
-        ("get", "/api/v1/executions?limit=1001", {}, 400, "bad_request"),
-        ("get", "/api/v1/executions?status=bogus", {}, 400, "bad_request"),
-        ("get", "/api/v1/executions?status=succeeded&status=failed", {}, 400, "bad_request"),
+        ("get", "/api/v1/executions?limit=zero", {"headers": TOKEN}, 400, "bad_request"),
+        ("get", "/api/v1/executions?limit=1001", {"headers": TOKEN}, 400, "bad_request"),
+        ("get", "/api/v1/executions?status=bogus", {"headers": TOKEN}, 400, "bad_request"),
+        (
+            "get",
+            "/api/v1/executions?status=succeeded&status=failed",
+            {"headers": TOKEN},
+            400,
+            "bad_request",
+        ),
         ("get", "/no/such/route", {}, 404, "not_found"),
     ],
 )
@@ -400,14 +410,17 @@ async def test_listing_pages_past_the_limit_without_skipping_or_repeating(
                 break
             query = f"workflow=paged&limit=2&before={page['next_before']}"
         assert seen == made[::-1]
-        async with http.get(f"{cluster.url}/api/v1/executions?before=nope") as resp:
+        async with http.get(f"{cluster.url}/api/v1/executions?before=nope", headers=TOKEN) as resp:
             assert resp.status == 404
             assert "nope" in (await resp.json())["error"]["message"]
     async with grpc.aio.insecure_channel(cluster.orchestrator.grpc_address) as channel:
         stub = pb_grpc.OrchestratorStub(channel)
-        first = await stub.ListExecutions(pb.ListExecutionsRequest(workflow_id="paged", limit=3))
+        first = await stub.ListExecutions(
+            pb.ListExecutionsRequest(workflow_id="paged", limit=3), metadata=AUTH
+        )
         rest = await stub.ListExecutions(
-            pb.ListExecutionsRequest(workflow_id="paged", limit=3, before=first.next_before)
+            pb.ListExecutionsRequest(workflow_id="paged", limit=3, before=first.next_before),
+            metadata=AUTH,
         )
         assert [e.id for e in (*first.executions, *rest.executions)] == made[::-1]
         assert rest.next_before == ""
@@ -423,12 +436,12 @@ async def test_a_long_url_or_header_gets_the_api_s_refusal_naming_the_limit(
             assert error["code"] == "url_too_long"
             assert "over the limit of 8190" in error["message"]
         async with http.get(
-            f"{cluster.url}/api/v1/workflows", headers={"X-Trace": "t" * 9_000}
+            f"{cluster.url}/api/v1/workflows", headers={"X-Trace": "t" * 9_000, **TOKEN}
         ) as resp:
             assert resp.status == 431
             error = (await resp.json())["error"]
             assert error["message"] == "header X-Trace is 9000 bytes, over the limit of 8190"
-        async with http.get(f"{cluster.url}/api/v1/workflows") as resp:
+        async with http.get(f"{cluster.url}/api/v1/workflows", headers=TOKEN) as resp:
             assert resp.status == 200
 
 
@@ -460,7 +473,7 @@ async def test_malformed_bodies_and_headers_are_refused_naming_them(cluster: Clu
         assert status == 200
         eid = done["execution_id"]
         async with http.get(
-            f"{url}/api/v1/events?execution={eid}", headers={"Last-Event-ID": "9" * 5000}
+            f"{url}/api/v1/events?execution={eid}", headers={"Last-Event-ID": "9" * 5000, **TOKEN}
         ) as resp:
             assert resp.status == 400
             assert "Last-Event-ID must be an event seq" in (await resp.json())["error"]["message"]
@@ -473,9 +486,11 @@ async def test_malformed_bodies_and_headers_are_refused_naming_them(cluster: Clu
                 "the reason is longer than 1000 characters (1001)"
             )
         for query in ("limit=1&limit=2", "limit=1_0", "limit=\u0665"):
-            async with http.get(f"{url}/api/v1/executions?{query}") as resp:
+            async with http.get(f"{url}/api/v1/executions?{query}", headers=TOKEN) as resp:
                 assert resp.status == 400, query
-        async with http.get(f"{url}/api/v1/events?execution={eid}&execution=other") as resp:
+        async with http.get(
+            f"{url}/api/v1/events?execution={eid}&execution=other", headers=TOKEN
+        ) as resp:
             assert resp.status == 400
             assert (await resp.json())["error"]["message"] == (
                 "give execution once: one value per request"
@@ -537,7 +552,7 @@ async def test_bad_spec_names_every_problem_with_its_line(cluster: Cluster) -> N
         problems = body["error"]["details"]["problems"]
         assert any("nodes[a].lua" in p and "Lua syntax error" in p for p in problems), problems
         assert "line 7: nodes[b].depends_on: unknown dependency 'zz'" in problems, problems
-        async with http.get(f"{cluster.url}/api/v1/workflows/broken") as resp:
+        async with http.get(f"{cluster.url}/api/v1/workflows/broken", headers=TOKEN) as resp:
             assert resp.status == 404
 
 
@@ -586,7 +601,9 @@ async def test_an_idempotency_key_past_200_characters_is_refused_on_both_apis(
             )
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert refused.value.details() == "the idempotency key is longer than 200 characters (201)"
-        after = await stub.ListExecutions(pb.ListExecutionsRequest(workflow_id="diamond"))
+        after = await stub.ListExecutions(
+            pb.ListExecutionsRequest(workflow_id="diamond"), metadata=AUTH
+        )
     assert len(after.executions) == before  # nothing was stored
 
 
@@ -597,7 +614,7 @@ async def test_grpc_register_execute_watch_and_reflection(cluster: Cluster) -> N
     async with grpc.aio.insecure_channel(cluster.orchestrator.grpc_address) as channel:
         stub = pb_grpc.OrchestratorStub(channel)
         spec = DIAMOND.replace("id: diamond", "id: grpc-diamond")
-        # API_TOKEN guards gRPC calls that change something, as it guards HTTP
+        # API_TOKEN guards every gRPC call, as it guards HTTP
         for metadata, code in (
             ((), grpc.StatusCode.UNAUTHENTICATED),
             ((("authorization", "Bearer nope"),), grpc.StatusCode.PERMISSION_DENIED),
@@ -623,7 +640,7 @@ async def test_grpc_register_execute_watch_and_reflection(cluster: Cluster) -> N
         watched = [
             event.type
             async for event in stub.WatchEvents(
-                pb.WatchEventsRequest(execution_id=done.execution_id), timeout=30
+                pb.WatchEventsRequest(execution_id=done.execution_id), timeout=30, metadata=auth
             )
         ]
         assert watched[0] == "execution.queued" and watched[-1] == "execution.succeeded"
@@ -649,19 +666,23 @@ async def test_grpc_register_execute_watch_and_reflection(cluster: Cluster) -> N
             assert "deeper" in (too_deep.value.details() or "")
         # an answer that names a huge id stays small enough to travel
         with pytest.raises(grpc.aio.AioRpcError) as long_id:
-            await stub.GetExecution(pb.GetExecutionRequest(execution_id="x" * 10_000))
+            await stub.GetExecution(
+                pb.GetExecutionRequest(execution_id="x" * 10_000), metadata=auth
+            )
         assert long_id.value.code() == grpc.StatusCode.NOT_FOUND
         assert "more characters" in (long_id.value.details() or "")
         for limit, status in ((-5, ""), (5000, ""), (5, "bogus")):
             with pytest.raises(grpc.aio.AioRpcError) as listing:
-                await stub.ListExecutions(pb.ListExecutionsRequest(limit=limit, status=status))
+                await stub.ListExecutions(
+                    pb.ListExecutionsRequest(limit=limit, status=status), metadata=auth
+                )
             assert listing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.aio.AioRpcError) as conflict:
             await stub.RegisterWorkflow(
                 pb.RegisterWorkflowRequest(spec=spec.replace("* 2", "* 4")), metadata=auth
             )
         assert conflict.value.code() == grpc.StatusCode.ALREADY_EXISTS
-        engines = await stub.ListEngines(pb.ListEnginesRequest())
+        engines = await stub.ListEngines(pb.ListEnginesRequest(), metadata=auth)
         assert sorted(e.engine_id for e in engines.engines) == ["engine-0", "engine-1"]
         refl = reflection_pb2_grpc.ServerReflectionStub(channel)
 
@@ -961,7 +982,7 @@ async def test_an_engine_that_dies_leaves_and_rejoins_when_healthy_again(
         ids: list[str] = []
 
         async def follow() -> None:
-            async with http.get(f"{cluster.url}/api/v1/events") as resp:
+            async with http.get(f"{cluster.url}/api/v1/events", headers=TOKEN) as resp:
                 async for raw in resp.content:
                     line = raw.decode().strip()
                     if line.startswith("data:"):

@@ -47,7 +47,7 @@ async def test_a_stored_latest_version_todays_checks_refuse_does_not_stop_the_st
     try:
         url = orchestrator.url
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"{url}/api/v1/workflows") as resp:
+            async with http.get(f"{url}/api/v1/workflows", headers=TOKEN) as resp:
                 [listed] = (await resp.json())["workflows"]
             assert (listed["id"], listed["nodes"], listed["triggers"]) == ("old", 2, 1)
             async with http.post(f"{url}/trigger/old", json={}, headers=TOKEN) as resp:

@@ -236,7 +236,7 @@ def describe(url: str, execution_id: str) -> str:
     """What ``dagctl describe execution`` prints, on a wide terminal."""
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.dagctl", "describe", "execution", execution_id],
-        env={**os.environ, "DAGCTL_SERVER": url, "COLUMNS": "200"},
+        env={**os.environ, "DAGCTL_SERVER": url, "DAGCTL_TOKEN": "s3cret", "COLUMNS": "200"},
         capture_output=True,
         text=True,
         timeout=60,
@@ -341,14 +341,14 @@ async def test_execute_sub_workflow_and_status_over_grpc(subs: Cluster) -> None:
         deadline = time.monotonic() + 30
         while True:
             status = await stub.GetSubWorkflowStatus(
-                pb.GetSubWorkflowStatusRequest(execution_id=started.execution_id)
+                pb.GetSubWorkflowStatusRequest(execution_id=started.execution_id), metadata=auth
             )
             if status.status not in ("queued", "running") or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
         assert status.status == "succeeded"
         assert json.loads(status.outputs_json) == {"double": {"y": 10, "v": "1.0.0"}}
-        got = await stub.GetExecution(pb.GetExecutionRequest(execution_id=parent_id))
+        got = await stub.GetExecution(pb.GetExecutionRequest(execution_id=parent_id), metadata=auth)
         assert list(got.children) == [started.execution_id]
         # bad requests name the problem
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -392,7 +392,7 @@ async def test_execute_sub_workflow_and_status_over_grpc(subs: Cluster) -> None:
             assert made_up.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert (made_up.value.details() or "").startswith(message)
             assert len(made_up.value.details() or "") < 200
-        got = await stub.GetExecution(pb.GetExecutionRequest(execution_id=parent_id))
+        got = await stub.GetExecution(pb.GetExecutionRequest(execution_id=parent_id), metadata=auth)
         assert list(got.children) == [started.execution_id]  # none of them started a child
         with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
             await stub.ExecuteSubWorkflow(
@@ -465,7 +465,7 @@ async def test_execute_sub_workflow_item_must_be_one_the_foreach_has(subs: Clust
         # an item it has finds the child the engine asked for
         again = await stub.ExecuteSubWorkflow(asking(1), metadata=auth)
         assert again.execution_id in doc["children"]
-        got = await stub.GetExecution(pb.GetExecutionRequest(execution_id=parent_id))
+        got = await stub.GetExecution(pb.GetExecutionRequest(execution_id=parent_id), metadata=auth)
         assert sorted(got.children) == sorted(doc["children"])
         await stub.CancelExecution(
             pb.CancelExecutionRequest(execution_id=parent_id, reason="done"), metadata=auth

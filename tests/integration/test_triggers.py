@@ -23,7 +23,7 @@ import pytest
 
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
-from tests.integration.api import TOKEN, get, raw_request, register
+from tests.integration.api import AUTH, TOKEN, get, raw_request, register
 from tests.integration.conftest import Cluster, StartCluster, running_cluster
 
 pytestmark = pytest.mark.slow
@@ -144,7 +144,9 @@ async def test_six_field_cron_fires_every_slot_once_then_pause_stops_it(
         # the same list over gRPC and from dagctl
         async with grpc.aio.insecure_channel(hooks_cluster.orchestrator.grpc_address) as channel:
             stub = pb_grpc.OrchestratorStub(channel)
-            listed = await stub.ListTriggers(pb.ListTriggersRequest(workflow_id="ticker"))
+            listed = await stub.ListTriggers(
+                pb.ListTriggersRequest(workflow_id="ticker"), metadata=AUTH
+            )
             assert [t.id for t in listed.triggers] == [trigger["id"]]
             assert len(listed.triggers[0].next_fire_times) == 3
             with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -152,7 +154,7 @@ async def test_six_field_cron_fires_every_slot_once_then_pause_stops_it(
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         from orchestrator.dagctl.cli import main as dagctl
 
-        env = {"DAGCTL_SERVER": url}
+        env = {"DAGCTL_SERVER": url, "DAGCTL_TOKEN": "s3cret"}
         assert await asyncio.to_thread(dagctl, ["get", "triggers", "-o", "json"], env) == 0
         shown = json.loads(capsys.readouterr().out)
         assert trigger["id"] in {t["id"] for t in shown["triggers"]}
