@@ -470,8 +470,8 @@ class OrchestratorServicer:
 
     def ListTriggers(self, request, context):
         """Triggers: cron schedules and HTTP paths, from workflow specs and made here (cron only).
-        Each cron trigger shows its next fire times. Create, pause, resume and delete need the
-        token, as the other changing calls do; deleting a spec trigger is FAILED_PRECONDITION.
+        Each cron trigger shows its next fire times. With API_TOKEN set, every call of this
+        service needs the token; deleting a spec trigger is FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -179,8 +179,8 @@ class OrchestratorStub:
     ListEngines: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.ListEnginesRequest, _dagengine_pb2.ListEnginesResponse]
     ListTriggers: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.ListTriggersRequest, _dagengine_pb2.ListTriggersResponse]
     """Triggers: cron schedules and HTTP paths, from workflow specs and made here (cron only).
-    Each cron trigger shows its next fire times. Create, pause, resume and delete need the
-    token, as the other changing calls do; deleting a spec trigger is FAILED_PRECONDITION.
+    Each cron trigger shows its next fire times. With API_TOKEN set, every call of this
+    service needs the token; deleting a spec trigger is FAILED_PRECONDITION.
     """
     GetTrigger: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.TriggerRequest, _dagengine_pb2.TriggerInfo]
     CreateTrigger: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.CreateTriggerRequest, _dagengine_pb2.TriggerInfo]
@@ -221,8 +221,8 @@ class OrchestratorAsyncStub(OrchestratorStub):
     ListEngines: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.ListEnginesRequest, _dagengine_pb2.ListEnginesResponse]  # type: ignore[assignment]
     ListTriggers: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.ListTriggersRequest, _dagengine_pb2.ListTriggersResponse]  # type: ignore[assignment]
     """Triggers: cron schedules and HTTP paths, from workflow specs and made here (cron only).
-    Each cron trigger shows its next fire times. Create, pause, resume and delete need the
-    token, as the other changing calls do; deleting a spec trigger is FAILED_PRECONDITION.
+    Each cron trigger shows its next fire times. With API_TOKEN set, every call of this
+    service needs the token; deleting a spec trigger is FAILED_PRECONDITION.
     """
     GetTrigger: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.TriggerRequest, _dagengine_pb2.TriggerInfo]  # type: ignore[assignment]
     CreateTrigger: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.CreateTriggerRequest, _dagengine_pb2.TriggerInfo]  # type: ignore[assignment]
@@ -332,8 +332,8 @@ class OrchestratorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dagengine_pb2.ListTriggersResponse, _abc.Awaitable[_dagengine_pb2.ListTriggersResponse]]:
         """Triggers: cron schedules and HTTP paths, from workflow specs and made here (cron only).
-        Each cron trigger shows its next fire times. Create, pause, resume and delete need the
-        token, as the other changing calls do; deleting a spec trigger is FAILED_PRECONDITION.
+        Each cron trigger shows its next fire times. With API_TOKEN set, every call of this
+        service needs the token; deleting a spec trigger is FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod
