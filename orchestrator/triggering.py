@@ -969,9 +969,21 @@ class Triggers:
             # A slot before this one was given up while the store refused writes. Firing
             # this one would store a later slot and hide it from every catch-up: it goes
             # through the catch-up policy with this one instead, as after downtime.
-            since = min(trigger.undecided, slot) - 0.5
-            trigger.undecided = None
-            await self._catch_up_locked(trigger, since=since, now=now)
+            first = min(trigger.undecided, slot)
+            trigger.undecided = None  # a fire given up on in the catch-up sets it again
+            try:
+                await self._catch_up_locked(trigger, since=first - 0.5, now=now)
+            except StoreUnavailable as exc:
+                # still refused: this slot joins the undecided ones, for the next to decide
+                trigger.undecided = min(first, trigger.undecided or first)
+                log.error(
+                    "trigger %s could not decide its slots since %s: %s (its next slot, or the "
+                    "next start, decides them by the catch-up policy)",
+                    trigger.id,
+                    isoformat(first),
+                    exc.message,
+                )
+                return
             return
         if not catchup and now - slot > LATE_GRACE:
             # its turn came too late (slots queued behind one the store would not take, or a

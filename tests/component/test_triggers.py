@@ -309,6 +309,31 @@ async def test_a_slot_given_up_on_is_decided_with_the_next_one_not_hidden_by_it(
     assert run["inputs"]["_trigger"]["scheduled_time"] == iso(T0 + 120)
 
 
+async def test_slots_given_up_on_across_a_long_outage_are_all_decided_once_it_ends(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("orchestrator.triggering.STORE_RETRIES", (0.01, 0.01))
+    triggers = await world.triggers()
+    await world.orch.register(spec(), yaml=False, force=False)
+    tid = triggers.listing()[0]["id"]
+    writes_refused(world.store, True)
+    for minute in (1, 2):  # two slots while the store refuses writes
+        world.clock.now = T0 + 60 * minute
+        await triggers.tick()
+        await triggers.settle()
+    writes_refused(world.store, False)
+    world.clock.now = T0 + 180
+    await triggers.tick()
+    await triggers.settle()
+    history = await triggers.history(tid)
+    assert sorted((r["outcome"], r["scheduled_time"]) for r in history) == [
+        ("fired", iso(T0 + 180)),
+        ("missed", iso(T0 + 120)),  # the last of the missed range, with its count
+    ]
+    (missed,) = [r for r in history if r["outcome"] == "missed"]
+    assert missed["detail"]["count"] == 2 and missed["detail"]["first_missed"] == iso(T0 + 60)
+
+
 async def test_slots_held_up_past_the_grace_by_the_store_follow_the_catchup_policy(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
