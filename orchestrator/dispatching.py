@@ -177,6 +177,9 @@ class Dispatcher:
         # would time them out, but none has them, so their whole-run deadline is kept here
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self._timeouts: dict[tuple[str, str], float | None] = {}  # (workflow, version) ->
+        # runs this dispatcher is ending itself (given up, timed out) while neither queued nor
+        # on an engine: a cancel then must not store a second end
+        self._ending: set[str] = set()
         self._closing = False
 
     # -- what the facade calls --------------------------------------------------------------
@@ -559,13 +562,19 @@ class Dispatcher:
             self._timeouts[key] = timeout
         return self._timeouts[key]
 
+    def ending(self, execution_id: str) -> bool:
+        """Whether the dispatcher is storing this run's end itself (see ``_ending``)."""
+        return execution_id in self._ending
+
     def _deadline_passed(self, ticket: RunTicket, timeout: float) -> None:
         self._deadlines.pop(ticket.execution_id, None)
+        child = ticket.execution_id in self._children
         if self._closing or not self.dequeue(ticket.execution_id):
             return  # on an engine again (which times it out), or ended
-        self._spawn(self._time_out(ticket, timeout))
+        self._ending.add(ticket.execution_id)
+        self._spawn(self._time_out(ticket, timeout, child))
 
-    async def _time_out(self, ticket: RunTicket, timeout: float) -> None:
+    async def _time_out(self, ticket: RunTicket, timeout: float, child: bool) -> None:
         try:
             await self._end(
                 ticket,
@@ -574,8 +583,11 @@ class Dispatcher:
                 f"execution timed out after {format_duration(timeout)} (while no engine had it)",
             )
         except StoreUnavailable:
-            # not stored: back in the queue, where the next engine times it out at once
-            self.submit(ticket.execution_id, ticket.workflow_id or ticket.execution_id)
+            # not stored: back where it was, and the next engine times it out at once
+            key = ticket.workflow_id or ticket.execution_id
+            self.submit(ticket.execution_id, key, front=True, child=child)
+        finally:
+            self._ending.discard(ticket.execution_id)
 
     def _forget(self, execution_id: str) -> None:
         """Drop what is kept per run, once it has ended or left the queue."""
@@ -602,11 +614,14 @@ class Dispatcher:
         )
 
     async def _give_up_or_wait(self, run: _Running) -> None:
+        self._ending.add(run.ticket.execution_id)
         try:
             await self._give_up(run.ticket)
         except StoreUnavailable:
             self._stalled.add(run.ticket.execution_id)
             self._requeue(run, "stalled")  # its next dispatch gives up, once the store can
+        finally:
+            self._ending.discard(run.ticket.execution_id)
 
     def _retry(self, execution_id: str, key: str) -> None:
         if execution_id in self._waiting_retry:

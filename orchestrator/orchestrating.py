@@ -635,8 +635,10 @@ class Orchestrator:
                 raise
             finally:
                 self._cancelling.discard(execution_id)
-        elif execution_id in self._cancelling:
-            pass  # a request just before this one is storing the cancellation: one end only
+        elif execution_id in self._cancelling or self.dispatcher.ending(execution_id):
+            # a request just before this one is storing the cancellation, or the dispatcher
+            # its end (timed out, given up): one end only
+            pass
         elif not await self.dispatcher.cancel_running(execution_id, reason):
             # between queue and engine: the next dispatch sees the request and stops it; unless
             # a request before this one has just ended it (ours read it while still queued)
