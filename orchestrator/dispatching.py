@@ -521,7 +521,7 @@ class Dispatcher:
 
     def _requeue(self, run: _Running, outcome: Outcome) -> None:
         execution_id = run.ticket.execution_id
-        self._keep_deadline(run.ticket)
+        self.keep_deadline(run.ticket)
         if outcome == "lost" and self._dispatches.get(execution_id, 0) >= MAX_DISPATCHES:
             self._spawn(self._give_up_or_wait(run))
             return
@@ -537,7 +537,7 @@ class Dispatcher:
         else:
             self.submit(execution_id, key, front=True)
 
-    def _keep_deadline(self, ticket: RunTicket) -> None:
+    def keep_deadline(self, ticket: RunTicket) -> None:
         """Time out a started run that waits for an engine past its whole-run ``timeout``."""
         if ticket.started_at is None or not ticket.spec_json:
             return

@@ -185,6 +185,23 @@ class Orchestrator:
         recovered = await self.store.unfinished_executions()
         for execution_id, workflow_id, child in recovered:
             self.dispatcher.submit(execution_id, workflow_id, child=child)
+        # a run that had started keeps its whole-run deadline while it waits for an engine
+        for execution_id, workflow_id, version, started_at in await self.store.started_unfinished():
+            try:
+                spec_json = self.registry.spec_json(workflow_id, version)
+            except OrchestratorError:
+                continue  # its version did not load (warned above): no deadline to read
+            self.dispatcher.keep_deadline(
+                RunTicket(
+                    execution_id,
+                    workflow_id,
+                    version,
+                    spec_json,
+                    None,
+                    "running",
+                    started_at=started_at,
+                )
+            )
         if recovered:
             log.info("taking up %d unfinished executions from the store", len(recovered))
         self.started = True

@@ -27,6 +27,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -1217,6 +1218,26 @@ class Store:
                 " WHERE status IN ('queued', 'running') ORDER BY created_at"
             ).fetchall()
             return [(str(a), str(b), bool(c)) for a, b, c in rows]
+
+        return await self._reader.run(read)
+
+    async def started_unfinished(self) -> list[tuple[str, str, str, float]]:
+        """(id, workflow_id, version, first start in unix seconds) of executions that started
+        and have not ended: what a restart keeps the whole-run deadline of."""
+
+        def read(conn: sqlite3.Connection) -> list[tuple[str, str, str, float]]:
+            rows = conn.execute(
+                "SELECT id, workflow_id, version, started_at FROM executions"
+                " WHERE status = 'running' AND started_at IS NOT NULL"
+            ).fetchall()
+            found = []
+            for execution_id, workflow_id, version, started in rows:
+                try:
+                    at = datetime.fromisoformat(str(started)).timestamp()
+                except ValueError:
+                    continue  # not a time this store writes: no deadline rather than a wrong one
+                found.append((str(execution_id), str(workflow_id), str(version), at))
+            return found
 
         return await self._reader.run(read)
 

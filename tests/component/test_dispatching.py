@@ -77,7 +77,7 @@ async def test_a_cancel_while_the_dispatcher_times_a_run_out_stores_one_end(
             return await real_end_point(execution_id)
 
         monkeypatch.setattr(store, "end_point", slow_end_point)
-        dispatcher._keep_deadline(ticket)
+        dispatcher.keep_deadline(ticket)
         await asyncio.sleep(0.05)
         assert dispatcher.ending(eid)
         ended = await orch.cancel(eid, "stop it")

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.conftest import StartCluster
+from tests.integration.conftest import StartCluster, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -132,12 +132,14 @@ async def test_a_sleep_resumed_after_its_engine_died_waits_only_what_was_left(
     assert sum(1 for e in events if e["type"] == "node.started" and e["node_id"] == "first") == 1
 
 
+@pytest.mark.parametrize("restart", [False, True])
 async def test_a_run_left_without_an_engine_times_out_at_its_deadline(
-    start_cluster: StartCluster,
+    start_cluster: StartCluster, restart: bool
 ) -> None:
     cluster = start_cluster(engines=1, API_TOKEN="s3cret")
     url = cluster.url
-    spec = "id: doomed\nversion: 1.0.0\ntimeout: 3s\nnodes:\n  - id: nap\n    sleep: 10m\n"
+    timeout = 8 if restart else 3
+    spec = f"id: doomed\nversion: 1.0.0\ntimeout: {timeout}s\nnodes:\n  - id: nap\n    sleep: 10m\n"
     async with aiohttp.ClientSession() as http:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -163,6 +165,12 @@ async def test_a_run_left_without_an_engine_times_out_at_its_deadline(
         (engine,) = cluster.engines
         engine.proc.send_signal(signal.SIGKILL)  # the only engine: nobody can take the run
         engine.proc.wait(10)
+        restarted = 0.0
+        if restart:  # the deadline is kept across a restart of the orchestrator, too
+            await asyncio.to_thread(stop_process, cluster.orchestrator.proc)
+            await asyncio.to_thread(cluster.restart_orchestrator)
+            url = cluster.url
+            restarted = time.time()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             doc = await call(http, "GET", f"{url}/api/v1/executions/{eid}")
@@ -172,9 +180,10 @@ async def test_a_run_left_without_an_engine_times_out_at_its_deadline(
         events = (await call(http, "GET", f"{url}/api/v1/executions/{eid}/events"))["events"]
     # before: "running" until an engine came back, however long after its deadline
     assert doc["status"] == "timed_out", doc
-    assert doc["error"] == "execution timed out after 3s (while no engine had it)"
+    assert doc["error"] == f"execution timed out after {timeout}s (while no engine had it)"
     end = events[-1]
     assert end["type"] == "execution.timed_out"
     assert end["data"]["unreached"] == 1  # the sleep ends with its run
     started = unix(next(e["time"] for e in events if e["type"] == "execution.started"))
-    assert 3.0 - SLACK <= unix(end["time"]) - started < 60  # not before its deadline
+    assert timeout - SLACK <= unix(end["time"]) - started < 60  # not before its deadline
+    assert unix(end["time"]) >= restarted - SLACK  # ended by the orchestrator that restarted
