@@ -499,9 +499,10 @@ def _token_hint(status: int, settings: Settings) -> str:
         return f"{settings.token_variable} is not the orchestrator's API_TOKEN"
     if settings.token is None:
         return "set DAGCTL_TOKEN (or API_TOKEN) to the orchestrator's API_TOKEN"
-    # sent, yet not received: only a redirect drops it (see Client._request)
+    # sent, yet not received: a redirect drops it (see Client._request), as a proxy may
     return (
-        f"{settings.token_variable} was not sent on: is DAGCTL_SERVER the address it redirects to?"
+        f"{settings.token_variable} did not reach it: a redirect or a proxy on the way may drop"
+        " it, so set DAGCTL_SERVER to the orchestrator's own address"
     )
 
 

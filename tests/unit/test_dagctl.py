@@ -215,7 +215,7 @@ def test_a_refused_token_names_the_variable_it_came_from() -> None:
     )
     err = io.StringIO()
     cli.print_error(ApiError(401, "unauthorized", "needs a token", {}), err, settings)
-    assert "API_TOKEN was not sent on: is DAGCTL_SERVER the address it redirects to?" in (
+    assert "API_TOKEN did not reach it: a redirect or a proxy on the way may drop it" in (
         err.getvalue()
     )
 
