@@ -33,6 +33,7 @@ from prometheus_client import start_http_server
 from engine import wire
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
+from engine.authenticating import RequireToken
 from engine.core.events import Event
 from engine.core.spec import WorkflowSpec
 from engine.core.values import JSONObject
@@ -569,9 +570,15 @@ class EngineServer:
         self._pool = pool
         self.metrics.lua_given_up.set_function(lambda: pool.given_up)
         service = EngineService(self.settings, pool, self.metrics)
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            wire.DecodeRequests(wire.bad_request_status)
+        ]
+        if self.settings.engine_token is not None:
+            # first: a call without the token is refused before its request is even parsed
+            interceptors.insert(0, RequireToken(self.settings.engine_token, ENGINE_SERVICE))
         # without so_reuseport a second engine on a taken port fails instead of sharing it
         server = grpc.aio.server(
-            interceptors=[wire.DecodeRequests(wire.bad_request_status)],
+            interceptors=interceptors,
             options=[
                 ("grpc.so_reuseport", 0),
                 # a resumed run's request carries its completed nodes' outputs
@@ -668,11 +675,14 @@ async def serve(settings: Settings) -> int:
         gc.freeze()
         gc.set_threshold(10_000, 10, 10)
         log.info(
-            "engine %s serving on port %s (capacity %s, %s Lua workers)",
+            "engine %s serving on port %s (capacity %s, %s Lua workers; %s)",
             settings.engine_id,
             engine.port,
             settings.capacity,
             engine.workers,
+            "calls need ENGINE_TOKEN"
+            if settings.engine_token is not None
+            else "ENGINE_TOKEN unset: calls from anyone who reaches the port are served",
             extra={"engine_id": settings.engine_id, "port": engine.port, "event": "serving"},
         )
         await signals.first.wait()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.core.envparse import (
     LogFormat,
@@ -25,7 +25,25 @@ from engine.core.envparse import (
     text,
 )
 
-__all__ = ["LogFormat", "Settings", "SettingsError", "refusal_line"]
+__all__ = ["LogFormat", "Settings", "SettingsError", "engine_token", "refusal_line"]
+
+
+def engine_token(env: Mapping[str, str]) -> str | None:
+    """``ENGINE_TOKEN``, the bearer token on the link between the orchestrator and its engines,
+    surrounding whitespace stripped; None when unset or blank. Both services read it with this,
+    so they agree on what the token is. It travels as gRPC metadata, which holds printable ASCII
+    only: a token with any other character is refused here rather than failing every call."""
+    token = text(env, "ENGINE_TOKEN")
+    if token is None:
+        return None
+    for index, char in enumerate(token, 1):
+        if not " " <= char <= "~":
+            # the token is a secret: shown is the one character that cannot go, not the token
+            raise SettingsError(
+                f"ENGINE_TOKEN: character {index} ({char!r}) cannot go in gRPC metadata, "
+                "which holds printable ASCII only (secrets.token_urlsafe makes a fitting one)"
+            )
+    return token
 
 
 def refusal_line(error: SettingsError, env: Mapping[str, str], logger: str) -> str:
@@ -60,6 +78,9 @@ class Settings:
     script runs on a worker."""
     foreach_output_bytes: int = 32 * 1024 * 1024
     """Bytes a foreach node's item outputs may add up to (``engine.running``)."""
+    engine_token: str | None = field(default=None, repr=False)
+    """ENGINE_TOKEN: every ``dagengine.v1.Engine`` call must carry it as a bearer token
+    (``engine.authenticating``); None: calls are taken from anyone who reaches the port."""
     log_format: LogFormat = "plain"
     log_level: str = "INFO"
 
@@ -75,6 +96,7 @@ class Settings:
             lua_workers=optional_positive_int(env, "LUA_WORKERS"),
             lua_inline=boolean(env, "LUA_INLINE", True),
             foreach_output_bytes=positive_int(env, "FOREACH_OUTPUT_BYTES", 32 * 1024 * 1024),
+            engine_token=engine_token(env),
             log_format=log_format(env),
             log_level=log_level(env),
         )

@@ -13,6 +13,10 @@ is kept, *undiscovered*: out of the balancer, ``draining``, still health-checked
 its runs (or hands them back with UNAVAILABLE at the end of its grace) instead of having them
 cut off and run again elsewhere. It goes once it holds none, or as lost when it stops answering;
 listed again, it is an ordinary engine again.
+
+With ENGINE_TOKEN set, every call on an engine's channel carries it. An engine that refuses it
+(UNAUTHENTICATED, PERMISSION_DENIED) answers, but not to us: it is unhealthy, never ready, with a
+last error that names ENGINE_TOKEN, and runs wait in the queue rather than go there to fail.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from grpc_health.v1 import health_pb2
 from engine import wire
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
+from engine.authenticating import send_token
 from engine.core.events import isoformat
 from engine.core.values import JSONObject
 from orchestrator.discovery import EngineHint
@@ -38,6 +43,8 @@ from orchestrator.ring import Balancer
 log = logging.getLogger(__name__)
 
 ENGINE_SERVICE = "dagengine.v1.Engine"
+_REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+"""How an engine refuses a call without its ENGINE_TOKEN (``engine.authenticating``)."""
 EngineStateName = Literal["joining", "ready", "draining", "unhealthy"]
 
 # Large outputs travel inside events and resume requests: see wire.MAX_MESSAGE_BYTES.
@@ -125,6 +132,7 @@ class Fleet:
         on_lost: Callable[[EngineLink], None],
         check_timeout: float = 3.0,
         discovery_trouble: Callable[[], str | None] = lambda: None,
+        engine_token: str | None = None,
     ) -> None:
         self._balancer = balancer
         self._default_capacity = default_capacity
@@ -135,6 +143,10 @@ class Fleet:
         self._check_timeout = check_timeout
         self.discovery_trouble = discovery_trouble
         """What keeps discovery from knowing the engines now, or None (for ``/readyz``)."""
+        self._engine_token = engine_token
+        # every call on an engine's channel carries ENGINE_TOKEN: runs, cancels, sub-workflow
+        # answers and GetInfo alike, whichever module makes the call
+        self._interceptors = send_token(engine_token) if engine_token is not None else None
         self.links: dict[str, EngineLink] = {}  # by address
         self._checking: set[asyncio.Task[None]] = set()
         self._seq = 0
@@ -159,7 +171,9 @@ class Fleet:
                 )
                 self._spawn_check(link)  # serving: back in the balancer at once
         for address in addresses - set(self.links):
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = grpc.aio.insecure_channel(
+                address, options=CHANNEL_OPTIONS, interceptors=self._interceptors
+            )
             link = EngineLink(
                 address=address,
                 channel=channel,
@@ -286,6 +300,11 @@ class Fleet:
                 self._learn(link, info)
         except grpc.aio.AioRpcError as exc:
             error = f"{exc.code().name}: {exc.details()}"
+            if exc.code() in _REFUSED:
+                # it answers, but not us: not ready, and said so where `dagctl get engines`
+                # shows it, rather than a place runs go to fail
+                self._failed(link, self._refused(exc), refused=True)
+                return
             if (
                 exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                 and link.failures == 0
@@ -319,6 +338,16 @@ class Fleet:
         else:
             self._become(link, "draining", "draining")
 
+    def _refused(self, exc: grpc.aio.AioRpcError) -> str:
+        """The last error of an engine that refused our ENGINE_TOKEN, with what to do."""
+        if self._engine_token is None:
+            fix = "set ENGINE_TOKEN on the orchestrator to the engines' token"
+        elif exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+            fix = "the orchestrator's ENGINE_TOKEN differs from the engine's"
+        else:
+            fix = "the orchestrator sent its ENGINE_TOKEN, but the engine did not receive it"
+        return f"{exc.code().name}: {exc.details()} ({fix})"
+
     def _learn(self, link: EngineLink, info: pb.EngineInfo) -> None:
         if info.engine_id and info.engine_id != link.engine_id:
             if link.state == "ready":
@@ -344,7 +373,7 @@ class Fleet:
         """
         self._failed(link, error)
 
-    def _failed(self, link: EngineLink, error: str) -> None:
+    def _failed(self, link: EngineLink, error: str, *, refused: bool = False) -> None:
         link.failures += 1
         link.last_error = error
         if self.links.get(link.address) is not link or link.state == "unhealthy":
@@ -358,6 +387,8 @@ class Fleet:
         if previous != "joining":
             self._event("engine.unhealthy", "error", link, {"error": error})
             self._on_lost(link)
+        elif refused:
+            log.error("engine at %s refuses this orchestrator: %s", link.address, error)
         else:
             log.warning("engine at %s is not answering yet: %s", link.address, error)
         if not link.discovered:

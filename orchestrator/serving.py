@@ -107,6 +107,7 @@ async def running_orchestrator(
         on_capacity=lambda: dispatcher.pump(),
         on_lost=lambda link: dispatcher.engine_lost(link),
         discovery_trouble=discovery.trouble,
+        engine_token=settings.engine_token,
     )
     orch = Orchestrator(
         store=store,

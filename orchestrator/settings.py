@@ -15,6 +15,7 @@ from typing import Literal, cast
 
 from engine.core import envparse as ep
 from engine.core.envparse import LogFormat, SettingsError
+from engine.settings import engine_token
 
 __all__ = ["Settings", "SettingsError"]
 
@@ -84,6 +85,9 @@ class Settings:
     discovery_interval: float = 30.0
     health_check_interval: float = 10.0
     load_balancer: Balancer = "consistent-hash"
+    engine_token: str | None = field(default=None, repr=False)
+    """ENGINE_TOKEN: sent as a bearer token on every call to an engine, which refuses calls
+    without it when it has one too (``engine.authenticating``); None: sent nothing."""
     # work
     queue_limit: int = 10000
     """Queued executions past which new ones are refused (429 / RESOURCE_EXHAUSTED)."""
@@ -168,6 +172,7 @@ class Settings:
                     "consistent-hash",
                 ),
             ),
+            engine_token=engine_token(env),
             queue_limit=ep.positive_int(env, "QUEUE_LIMIT", 10000),
             max_subworkflow_depth=ep.positive_int(env, "MAX_SUBWORKFLOW_DEPTH", 16),
             execution_retention=_duration(env, "EXECUTION_RETENTION"),

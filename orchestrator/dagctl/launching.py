@@ -10,13 +10,20 @@ SIGKILL.
 
 Children run in their own session so a Ctrl-C at the terminal reaches dagctl alone, and the
 shutdown is ordered from here rather than raced by every process at once.
+
+The engines listen on loopback ports any local user can reach, so each ``up`` gives them and the
+orchestrator a fresh ENGINE_TOKEN (unless one is set), and the engines get none of the secrets
+they have no use for. With TLS_CERT_FILE set, ``up`` reaches the orchestrator it started over
+https, trusting that server's own certificate and nothing else.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -27,6 +34,8 @@ from typing import IO, Final, TextIO
 
 from engine.core.values import JSON, JSONObject
 from orchestrator.dagctl.calling import ApiError, Client, Unreachable
+from orchestrator.dagctl.cli import BadArguments
+from orchestrator.dagctl.cli import Settings as ClientSettings
 from orchestrator.locking import holder_named, state_holder
 
 STOP_GRACE = 35.0
@@ -35,6 +44,21 @@ DEFAULT_HTTP_PORT = 8080
 DEFAULT_GRPC_PORT = 50051
 ENGINE_ONLY = ("ENGINE_ID", "HOST", "PORT", "METRICS_PORT")
 """Variables each engine gets its own value of: the caller's are not passed on to engines."""
+NOT_FOR_ENGINES = ("API_TOKEN",)
+NOT_FOR_ENGINES_PREFIXES = ("DAGCTL_", "TLS_")
+"""Secrets of the orchestrator and of dagctl, which the engines neither need nor get: an engine
+runs whatever Lua it is sent, and its environment is the place a leak would start."""
+
+
+def new_engine_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def for_engines(name: str) -> bool:
+    """Whether the caller's variable ``name`` is passed on to the engines ``up`` starts."""
+    return not (
+        name in ENGINE_ONLY or name in NOT_FOR_ENGINES or name.startswith(NOT_FOR_ENGINES_PREFIXES)
+    )
 
 
 class LaunchError(Exception):
@@ -91,10 +115,14 @@ class Layout:
     engine_metrics: tuple[int | None, ...]
     state_db: str
     log_dir: Path
+    tls: bool = False
+    """TLS_CERT_FILE is set: the orchestrator serves https (and gRPC over TLS) only."""
+    mutual_tls: bool = False
+    """TLS_CA_FILE is set too: it asks every client for a certificate."""
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}"
 
 
 MAX_ENGINES: Final = 64
@@ -109,14 +137,20 @@ def plan(
     python: str,
     base_dir: Path,
     pick_port: Callable[[], int] = free_port,
+    make_token: Callable[[], str] = new_engine_token,
 ) -> Layout:
-    """The processes of a local cluster: DESIGN section 6 from ``environ``, the rest passed on."""
+    """The processes of a local cluster: DESIGN section 6 from ``environ``, the rest passed on
+    (to the engines, but for the secrets they have no use for: see ``for_engines``)."""
     if not 1 <= engines <= MAX_ENGINES:
         raise LaunchError(f"--engines must be between 1 and {MAX_ENGINES}, got {engines}")
     log_dir = base_dir / ".dagengine" / "logs"
     common = {**environ}
     common.setdefault("PYTHONUNBUFFERED", "1")  # so a log's tail is current when we show it
-    engine_env = {k: v for k, v in common.items() if k not in ENGINE_ONLY}
+    if not common.get("ENGINE_TOKEN", "").strip():
+        # the engines' ports are open to every local user: only this up's orchestrator may
+        # call them (a token set by the caller is kept, for engines started by hand too)
+        common["ENGINE_TOKEN"] = make_token()
+    engine_env = {k: v for k, v in common.items() if for_engines(k)}
     capacity = environ.get("CAPACITY", "").strip() or "10"
     metrics_wanted = environ.get("METRICS_PORT", "").strip() not in ("", "0")
     children: list[Child] = []
@@ -168,7 +202,56 @@ def plan(
         engine_metrics=tuple(metrics),
         state_db=state_db,
         log_dir=log_dir,
+        tls=bool(environ.get("TLS_CERT_FILE", "").strip()),
+        mutual_tls=bool(environ.get("TLS_CA_FILE", "").strip()),
     )
+
+
+def own_server_tls(environ: Mapping[str, str]) -> ssl.SSLContext | None:
+    """How ``up`` reaches the orchestrator it started when TLS_CERT_FILE makes it serve https:
+    trusting that certificate and nothing else (VERIFY_X509_PARTIAL_CHAIN: a leaf is its own
+    anchor), without a host name check, since ``up`` connects to the address it had it bind
+    rather than to a name on the certificate; and, when TLS_CA_FILE asks every client for a
+    certificate, showing DAGCTL_CERT_FILE and DAGCTL_KEY_FILE, loaded as dagctl's own client
+    loads them (``cli.Settings.tls``: an encrypted key is refused, not prompted for).
+
+    None without TLS_CERT_FILE; LaunchError, one line, when it cannot be done."""
+
+    def variable(name: str) -> str | None:
+        return environ.get(name, "").strip() or None
+
+    cert = variable("TLS_CERT_FILE")
+    if cert is None:
+        return None
+    mutual = variable("TLS_CA_FILE") is not None
+    client_cert, client_key = variable("DAGCTL_CERT_FILE"), variable("DAGCTL_KEY_FILE")
+    if mutual and (client_cert is None or client_key is None):
+        raise LaunchError(
+            "TLS_CA_FILE makes the orchestrator ask every client for a certificate: set "
+            "DAGCTL_CERT_FILE and DAGCTL_KEY_FILE to one that CA signed, for dagctl up to reach it"
+        )
+    try:
+        # read here first, so that a bad one is named as what it is to up: TLS_CERT_FILE
+        ssl.create_default_context(cafile=cert)
+    except (OSError, ssl.SSLError) as exc:
+        raise LaunchError(f"TLS_CERT_FILE {cert}: {_why(exc)}") from None
+    client = ClientSettings(
+        ca_file=cert,
+        cert_file=client_cert if mutual else None,
+        key_file=client_key if mutual else None,
+    )
+    try:
+        context = client.tls()
+    except BadArguments as exc:
+        raise LaunchError(str(exc)) from None
+    assert context is not None  # a CA file is given
+    context.check_hostname = False
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
+def _why(exc: OSError | ssl.SSLError) -> str:
+    return str(exc.strerror or exc) if isinstance(exc, OSError) else str(exc)
 
 
 RESTART_MARK = "--- dagctl: "
@@ -428,6 +511,7 @@ def wait_ready(layout: Layout, supervisor: Supervisor, client: Client, timeout: 
     """Until /readyz answers and every engine of ours is "ready"; LaunchError otherwise."""
     wanted = len(layout.engines)
     answered = False
+    why_not = ""
     ready: set[str] = set()
     engines: list[JSON] = []
     deadline = time.monotonic() + timeout
@@ -448,14 +532,18 @@ def wait_ready(layout: Layout, supervisor: Supervisor, client: Client, timeout: 
             ready = _ready_engines(layout, engines)
             if len(ready) >= wanted:
                 return
-        except (Unreachable, ApiError):
+        except Unreachable as exc:
+            # not listening yet is what starting looks like; anything else (a TLS handshake
+            # that fails) is worth telling when the time is up
+            why_not = "" if exc.reason == "connection refused" else f" ({exc.reason})"
+        except ApiError:
             pass
         if time.monotonic() >= deadline:
             break
         time.sleep(0.25)
     if not answered:
         child = layout.orchestrator
-        what = f"the orchestrator did not answer {layout.http_url}/readyz"
+        what = f"the orchestrator did not answer {layout.http_url}/readyz{why_not}"
     else:
         child = next(c for c in layout.engines if c.name not in ready)
         state = next(
@@ -544,7 +632,10 @@ def banner(
     token_set: bool,
     pids: Mapping[str, int | None],
     out: TextIO,
+    ca_set: bool = False,
 ) -> None:
+    """What is up and where, and what to try. ``ca_set``: DAGCTL_CA_FILE is set already (with
+    TLS, the next dagctl commands and curl need the CA that signed TLS_CERT_FILE)."""
     count = len(layout.engines)
     lines = [
         f"DAG Engine is up: an orchestrator and {count} engine{'s' if count != 1 else ''}.",
@@ -568,7 +659,16 @@ def banner(
     ]
     if server.rstrip("/") != layout.http_url:
         lines.append(f"  export DAGCTL_SERVER={layout.http_url}")
+    if layout.tls and not ca_set:
+        lines += [
+            "  (dagctl and curl check the server: set DAGCTL_CA_FILE to the CA that signed",
+            "   TLS_CERT_FILE, or to TLS_CERT_FILE itself if it signed itself)",
+        ]
     auth = ' -H "Authorization: Bearer $API_TOKEN"' if token_set else ""
+    if layout.tls:
+        auth = ' --cacert "$DAGCTL_CA_FILE"' + auth
+    if layout.mutual_tls:
+        auth = ' --cert "$DAGCTL_CERT_FILE" --key "$DAGCTL_KEY_FILE"' + auth
     lines += [
         "  dagctl run hello --input name=Ada --wait",
         f"  curl -X POST {layout.http_url}/trigger/hello{auth} "
@@ -603,6 +703,7 @@ def run_up(
     """Start, wait until ready, register the examples, then supervise until stopped."""
     try:
         layout = plan(environ, engines=engines, python=python, base_dir=cwd)
+        tls = own_server_tls(environ)
     except LaunchError as exc:
         err.write(f"dagctl: {exc}\n")
         return 2
@@ -635,7 +736,7 @@ def run_up(
         )
         out.flush()
         supervisor.start()
-        client = Client(layout.http_url, token, timeout=5.0)
+        client = Client(layout.http_url, token, timeout=5.0, tls=tls)
         wait_ready(layout, supervisor, client, start_timeout)
         if examples:
             register_examples(client, find_examples(cwd), out)
@@ -645,6 +746,7 @@ def run_up(
             token_set=bool(environ.get("API_TOKEN")),
             pids={child.name: supervisor.pid(child.name) for child in layout.engines},
             out=out,
+            ca_set=bool(environ.get("DAGCTL_CA_FILE", "").strip()),
         )
         orchestrator = layout.orchestrator
         while not stop.is_set():

@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 KUBERNETES_VERSION = "1.37.0"
 DRAIN_GRACE_DEFAULT = 30
+AUTH_SECRET = "dag-engine-auth"
+AUTH_SECRET_KEYS = ("API_TOKEN", "ENGINE_TOKEN")
+"""The Secret an operator makes (README, "Deploy on Kubernetes"), and the keys it holds."""
 
 
 def tool(name: str) -> str:
@@ -270,7 +273,12 @@ def test_every_variable_the_manifests_set_is_read_and_accepted_by_the_settings(
     for owner, container in containers(rendered):
         env: dict[str, str] = {}
         for source in container.get("envFrom", ()):
-            env.update(config_maps[source["configMapRef"]["name"]])
+            if "secretRef" in source:
+                # not in the repository: the keys the README has the operator put there
+                assert source["secretRef"]["name"] == AUTH_SECRET, owner
+                env.update({key: "s3cret" for key in AUTH_SECRET_KEYS})
+            else:
+                env.update(config_maps[source["configMapRef"]["name"]])
         for var in container.get("env", ()):
             # values from the downward API exist only in a pod: stand in a plausible one
             env[var["name"]] = var.get(
@@ -280,6 +288,39 @@ def test_every_variable_the_manifests_set_is_read_and_accepted_by_the_settings(
         readers[owner].from_env(recording)  # a bad value raises SettingsError naming it
         unread = set(env) - recording.read
         assert not unread, f"{owner} sets variables its Settings never read: {sorted(unread)}"
+
+
+def secret_references(container: dict[str, Any]) -> list[tuple[str, str | None, bool]]:
+    """(Secret, key or None for all of it, optional) of each place ``container`` reads one."""
+    found: list[tuple[str, str | None, bool]] = []
+    for source in container.get("envFrom", ()):
+        if "secretRef" in source:
+            ref = source["secretRef"]
+            found.append((ref["name"], None, ref.get("optional", False)))
+    for var in container.get("env", ()):
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        if ref is not None:
+            assert var["name"] == ref["key"], var
+            found.append((ref["name"], ref["key"], ref.get("optional", False)))
+    return found
+
+
+def test_both_services_take_their_tokens_from_the_same_optional_secret(
+    rendered: list[dict[str, Any]],
+) -> None:
+    found = {owner: secret_references(container) for owner, container in containers(rendered)}
+    # the orchestrator takes all of it (API_TOKEN, ENGINE_TOKEN), the engines ENGINE_TOKEN
+    # alone: they run whatever Lua they are sent, and need no API token
+    assert found == {
+        "dag-orchestrator": [(AUTH_SECRET, None, True)],
+        "workflow-engine": [(AUTH_SECRET, "ENGINE_TOKEN", True)],
+    }
+    # optional, so the base applies before the operator makes it; and never committed, since a
+    # token in the repository is no secret
+    assert not any(doc["kind"] == "Secret" for doc in rendered)
+    assert "kind: Secret" not in "".join(
+        path.read_text(encoding="utf-8") for path in (ROOT / "deployments").glob("*.yaml")
+    )
 
 
 def test_hadolint_finds_nothing_in_either_dockerfile() -> None:

@@ -34,6 +34,7 @@ ENGINE_VARIABLES = (
     "LUA_INLINE",
     "LOG_FORMAT",
     "LOG_LEVEL",
+    "ENGINE_TOKEN",  # one exported in the shell must not make direct calls to engines fail
 )
 
 
@@ -158,6 +159,7 @@ ORCHESTRATOR_VARIABLES = (
     "HTTP_PORT",
     "GRPC_PORT",
     "API_TOKEN",
+    "ENGINE_TOKEN",
     "STATE_DB",
     "DISCOVERY_MODE",
     "ENGINE_ADDRESSES",
