@@ -148,6 +148,10 @@ class Fleet:
         # answers and GetInfo alike, whichever module makes the call
         self._interceptors = send_token(engine_token) if engine_token is not None else None
         self.links: dict[str, EngineLink] = {}  # by address
+        self._first_round: set[str] | None = None
+        """Engines of discovery's first report not checked yet: runs wait until each has
+        answered (or failed) once. Otherwise the first engine to answer after a restart takes
+        every sub-workflow run the store gave back, past its capacity, for their whole life."""
         self._checking: set[asyncio.Task[None]] = set()
         self._seq = 0
 
@@ -156,6 +160,8 @@ class Fleet:
     def update(self, addresses: set[str], hints: Mapping[str, EngineHint] | None = None) -> None:
         """Discovery's latest view: connect to new engines, drop vanished ones (or let those
         with runs drain first)."""
+        if self._first_round is None:
+            self._first_round = set(addresses)
         for address, hint in (hints or {}).items():
             if address in self.links:
                 self._take_hint(self.links[address], hint)
@@ -251,6 +257,8 @@ class Fleet:
 
         ``overflow``: when every engine is full, the least loaded for its capacity anyway (a
         sub-workflow run, which engines admit past their capacity)."""
+        if self._first_round is None or self._first_round:
+            return None  # the first health checks are not all back yet
         now = time.monotonic()
         ready: dict[str, EngineLink] = {}
         for link in self.links.values():
@@ -287,6 +295,16 @@ class Fleet:
         task.add_done_callback(self._checking.discard)
 
     async def check(self, link: EngineLink) -> None:
+        try:
+            await self._check(link)
+        finally:
+            first = self._first_round
+            if first and link.address in first:
+                first.discard(link.address)
+                if not first:
+                    self._on_capacity()  # what waited for the first round goes now
+
+    async def _check(self, link: EngineLink) -> None:
         if self.links.get(link.address) is not link or self._drained(link):
             return  # gone since this check was planned, or now
         link.checked_at = time.time()
@@ -295,7 +313,9 @@ class Fleet:
                 health_pb2.HealthCheckRequest(service=ENGINE_SERVICE), timeout=self._check_timeout
             )
             serving = reply.status == health_pb2.HealthCheckResponse.SERVING
-            if serving and link.discovered and (link.state != "ready" or not link.engine_id):
+            if serving and link.discovered:
+                # every time, not only while joining: an engine restarted at the same address
+                # between two checks may have another id, capacity or version
                 info = await link.stub.GetInfo(pb.GetInfoRequest(), timeout=self._check_timeout)
                 self._learn(link, info)
         except grpc.aio.AioRpcError as exc:
@@ -352,11 +372,15 @@ class Fleet:
         if info.engine_id and info.engine_id != link.engine_id:
             if link.state == "ready":
                 self._leave_balancer(link)
-                link.state = "joining"
+                self._event("engine.left", "info", link, {"reason": f"now engine {info.engine_id}"})
+                link.state = "joining"  # joins again under its new id at once
             link.engine_id = info.engine_id
         if info.capacity > 0:
+            before = link.capacity
             link.reported_capacity = info.capacity
             link.settle_capacity(self._default_capacity)
+            if link.capacity > before and link.state == "ready":
+                self._on_capacity()  # room for what waits
         link.version = info.version
 
     def drain(self, link: EngineLink, reason: str) -> None:

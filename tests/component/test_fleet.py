@@ -283,3 +283,68 @@ async def test_two_engines_sharing_an_id_are_warned_of_and_the_one_left_keeps_wo
     finally:
         for server in servers:
             await server.stop()
+
+
+async def test_no_run_is_routed_before_every_engine_first_reported_has_answered_once(
+    engine: EngineServer,
+) -> None:
+    # a port that takes connections and never answers: its health check runs to its timeout
+    held: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(lambda r, w: held.append(w), "127.0.0.1", 0)
+    silent_address = f"127.0.0.1:{silent.sockets[0].getsockname()[1]}"
+    pumped: list[bool] = []
+    fleet = Fleet(
+        make_balancer("consistent-hash"),
+        default_capacity=10,
+        health_interval=60.0,
+        publish=lambda event: None,
+        on_capacity=lambda: pumped.append(True),
+        on_lost=lambda link: None,
+        check_timeout=1.0,
+    )
+    try:
+        assert fleet.pick("wf") is None  # nothing reported yet
+        fleet.update({engine.address, silent_address})
+        await until(lambda: fleet.links[engine.address].state == "ready", "the engine ready")
+        # before: the first engine to answer took every run the store gave back
+        assert fleet.pick("wf", overflow=True) is None
+        await until(lambda: fleet.links[silent_address].state == "unhealthy", "the silent one")
+        assert fleet.pick("wf", overflow=True) is fleet.links[engine.address]
+        assert pumped  # the queue was told when the first round ended
+    finally:
+        await fleet.close()
+        for writer in held:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
+
+
+async def test_an_engine_restarted_at_its_address_as_another_is_learned_again(
+    watched: Watched,
+) -> None:
+    first = EngineServer(
+        EngineSettings(engine_id="old", host="127.0.0.1", port=0, lua_workers=1, capacity=2)
+    )
+    await first.start()
+    port = first.port
+    link = await ready_link(watched, first.address)
+    assert (link.engine_id, link.capacity) == ("old", 2)
+    await first.stop()
+    second = EngineServer(
+        EngineSettings(engine_id="new", host="127.0.0.1", port=port, lua_workers=1, capacity=5)
+    )
+    await second.start()
+    try:
+        await until(lambda: _answers(link), "the new engine answering")
+        await watched.fleet.check(link)
+        await watched.fleet.check(link)
+        # before: still "old" with capacity 2, while the engine there was "new" with 5
+        assert (link.engine_id, link.capacity, link.state) == ("new", 5, "ready")
+        assert ("engine.left", "now engine new") in watched.kinds()
+        assert watched.fleet.pick("wf") is link
+    finally:
+        await second.stop()
+
+
+def _answers(link: EngineLink) -> bool:
+    return link.channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY
