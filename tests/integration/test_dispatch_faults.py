@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,11 @@ class GarbledEngine(pb_grpc.EngineServicer):
         return pb.EngineInfo(engine_id="garbled", state="serving", capacity=5)
 
 
-async def test_a_fault_of_its_own_is_named_and_never_runs_a_run_twice(tmp_path: Path) -> None:
-    engine = GarbledEngine()
+@asynccontextmanager
+async def orchestrator_for(
+    engine: pb_grpc.EngineServicer, tmp_path: Path, **env: str
+) -> AsyncIterator[str]:
+    """A real orchestrator whose only engine is ``engine``, served in this process; its URL."""
     server = grpc.aio.server()
     pb_grpc.add_EngineServicer_to_server(engine, server)
     await wire.add_health_and_reflection(server, ENGINE_SERVICE)
@@ -75,17 +79,30 @@ async def test_a_fault_of_its_own_is_named_and_never_runs_a_run_twice(tmp_path: 
         [],
         ENGINE_ADDRESSES=f"127.0.0.1:{port}",
         API_TOKEN="s3cret",
+        **env,
     )
     try:
-        url = orchestrator.url
-        async with aiohttp.ClientSession() as http:
-            await register(
-                http, url, "id: one\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: return 1\n"
-            )
-            async with http.post(f"{url}/trigger/one", json={}, headers=TOKEN) as resp:
-                assert resp.status == 202
-                eid = (await resp.json())["execution_id"]
-            doc = await wait_end(http, url, eid, timeout=120)
+        yield orchestrator.url
+    finally:
+        await asyncio.to_thread(stop_process, orchestrator.proc)
+        await server.stop(0)
+
+
+async def run_one(url: str) -> dict[str, Any]:
+    """Register a one-node workflow, run it, and return the run as it ends."""
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, "id: one\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: return 1\n")
+        async with http.post(f"{url}/trigger/one", json={}, headers=TOKEN) as resp:
+            assert resp.status == 202
+            eid = (await resp.json())["execution_id"]
+        doc: dict[str, Any] = await wait_end(http, url, eid, timeout=120)
+        return doc
+
+
+async def test_a_fault_of_its_own_is_named_and_never_runs_a_run_twice(tmp_path: Path) -> None:
+    engine = GarbledEngine()
+    async with orchestrator_for(engine, tmp_path) as url:
+        doc = await run_one(url)
         assert doc["status"] == "failed"
         assert doc["error"] == (
             f"gave up after {MAX_DISPATCHES} tries: the orchestrator could not carry this run "
@@ -96,9 +113,6 @@ async def test_a_fault_of_its_own_is_named_and_never_runs_a_run_twice(tmp_path: 
         while engine.open and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert engine.most_open == 1 and engine.open == 0  # each try's call was ended
-    finally:
-        await asyncio.to_thread(stop_process, orchestrator.proc)
-        await server.stop(0)
 
 
 class HandingBackEngine(pb_grpc.EngineServicer):
@@ -139,33 +153,9 @@ class HandingBackEngine(pb_grpc.EngineServicer):
 
 async def test_runs_handed_back_by_draining_engines_are_never_given_up(tmp_path: Path) -> None:
     engine = HandingBackEngine(rollouts=MAX_DISPATCHES + 3)
-    server = grpc.aio.server()
-    pb_grpc.add_EngineServicer_to_server(engine, server)
-    await wire.add_health_and_reflection(server, ENGINE_SERVICE)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    orchestrator = await asyncio.to_thread(
-        spawn_orchestrator,
-        tmp_path / "orchestrator.log",
-        tmp_path / "state.db",
-        [],
-        ENGINE_ADDRESSES=f"127.0.0.1:{port}",
-        ENGINE_HEALTH_CHECK_INTERVAL="0.1",  # a drained engine is back at its next check
-        API_TOKEN="s3cret",
-    )
-    try:
-        url = orchestrator.url
-        async with aiohttp.ClientSession() as http:
-            await register(
-                http, url, "id: one\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: return 1\n"
-            )
-            async with http.post(f"{url}/trigger/one", json={}, headers=TOKEN) as resp:
-                assert resp.status == 202
-                eid = (await resp.json())["execution_id"]
-            doc = await wait_end(http, url, eid, timeout=120)
-        # before: failed, "gave up after 20 engines lost this run", at the 20th hand-back
-        assert doc["status"] == "succeeded", doc.get("error")
-        assert engine.calls == MAX_DISPATCHES + 4
-    finally:
-        await asyncio.to_thread(stop_process, orchestrator.proc)
-        await server.stop(0)
+    # a drained engine is back at its next check
+    async with orchestrator_for(engine, tmp_path, ENGINE_HEALTH_CHECK_INTERVAL="0.1") as url:
+        doc = await run_one(url)
+    # before: failed, "gave up after 20 engines lost this run", at the 20th hand-back
+    assert doc["status"] == "succeeded", doc.get("error")
+    assert engine.calls == MAX_DISPATCHES + 4
