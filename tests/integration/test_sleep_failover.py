@@ -53,35 +53,43 @@ def unix(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
+async def sleeping_run(
+    http: aiohttp.ClientSession, url: str, engines: int, spec: str, workflow_id: str
+) -> dict[str, Any]:
+    """With ``engines`` ready, register ``spec`` and run it until its node ``nap`` (a sleep) is
+    stored as started: from there on that is a fact the run resumes from. The run as it is."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        listed = (await call(http, "GET", f"{url}/api/v1/engines"))["engines"]
+        if sum(1 for e in listed if e["state"] == "ready") == engines:
+            break
+        await asyncio.sleep(0.1)
+    await call(
+        http,
+        "POST",
+        f"{url}/api/v1/workflows",
+        data=spec,
+        headers={"Content-Type": "application/yaml"},
+    )
+    eid = (await call(http, "POST", f"{url}/trigger/{workflow_id}", json={}))["execution_id"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        doc: dict[str, Any] = await call(http, "GET", f"{url}/api/v1/executions/{eid}")
+        if doc["nodes"]["nap"]["status"] == "running":
+            break
+        await asyncio.sleep(0.05)
+    assert doc["nodes"]["nap"]["status"] == "running", doc
+    return doc
+
+
 async def test_a_sleep_resumed_after_its_engine_died_waits_only_what_was_left(
     start_cluster: StartCluster,
 ) -> None:
     cluster = start_cluster(engines=2, API_TOKEN="s3cret")
     url = cluster.url
     async with aiohttp.ClientSession() as http:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            engines = (await call(http, "GET", f"{url}/api/v1/engines"))["engines"]
-            if sum(1 for e in engines if e["state"] == "ready") == 2:
-                break
-            await asyncio.sleep(0.1)
-        await call(
-            http,
-            "POST",
-            f"{url}/api/v1/workflows",
-            data=NAPPER,
-            headers={"Content-Type": "application/yaml"},
-        )
-        eid = (await call(http, "POST", f"{url}/trigger/napper", json={}))["execution_id"]
-
-        # the sleep's node.started is stored: from here on it is a fact the run resumes from
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            doc = await call(http, "GET", f"{url}/api/v1/executions/{eid}")
-            if doc["nodes"]["nap"]["status"] == "running":
-                break
-            await asyncio.sleep(0.05)
-        assert doc["nodes"]["nap"]["status"] == "running", doc
+        doc = await sleeping_run(http, url, 2, NAPPER, "napper")
+        eid = doc["id"]
         first_start = doc["nodes"]["nap"]["started_at"]
         victim_id = doc["nodes"]["nap"]["engine_id"]
         # well into the sleep, so that starting it over would show
@@ -141,27 +149,7 @@ async def test_a_run_left_without_an_engine_times_out_at_its_deadline(
     timeout = 8 if restart else 3
     spec = f"id: doomed\nversion: 1.0.0\ntimeout: {timeout}s\nnodes:\n  - id: nap\n    sleep: 10m\n"
     async with aiohttp.ClientSession() as http:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            engines = (await call(http, "GET", f"{url}/api/v1/engines"))["engines"]
-            if any(e["state"] == "ready" for e in engines):
-                break
-            await asyncio.sleep(0.1)
-        await call(
-            http,
-            "POST",
-            f"{url}/api/v1/workflows",
-            data=spec,
-            headers={"Content-Type": "application/yaml"},
-        )
-        eid = (await call(http, "POST", f"{url}/trigger/doomed", json={}))["execution_id"]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            doc = await call(http, "GET", f"{url}/api/v1/executions/{eid}")
-            if doc["nodes"]["nap"]["status"] == "running":
-                break
-            await asyncio.sleep(0.05)
-        assert doc["nodes"]["nap"]["status"] == "running", doc
+        eid = (await sleeping_run(http, url, 1, spec, "doomed"))["id"]
         (engine,) = cluster.engines
         engine.proc.send_signal(signal.SIGKILL)  # the only engine: nobody can take the run
         engine.proc.wait(10)
