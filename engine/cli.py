@@ -83,6 +83,8 @@ def _read_inputs(args: argparse.Namespace) -> JSON:
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise ValueError(f"{origin}: {reason}") from None
+        # a byte order mark, dropped as from a spec file: YAML skips one, JSON refuses it
+        text = text.removeprefix("\ufeff")
         try:
             # the specs' reader: a key written twice is named with its line, not dropped
             loaded, _, problems = read_document(text, None, json_only=path.suffix == ".json")

@@ -15,10 +15,14 @@ A spec is JSON whichever way it is written, so what only YAML or Python's lenien
 encode) is refused with its line (``engine.core.spec.non_json_values``): stored, it would fail
 every run, or the store itself, later.
 
-Plain scalars are read as YAML 1.2's core schema reads them: ``yes``, ``on`` and ``off`` are text,
-``010`` is ten and ``12:30`` is text, where YAML 1.1 (PyYAML's default) would make them a boolean,
-eight and 750 without a word. Only timestamps are still recognised, to be refused: a date left
-unquoted is a mistake worth naming.
+Plain scalars both YAML versions read alike are read so (``true``, ``null``, ``10``, ``1.5``). One
+YAML 1.1 (PyYAML's default, and what this project read until it moved to YAML 1.2) and YAML 1.2
+read differently is refused, with its line and what to write instead, key or value: ``yes`` and
+``off`` (booleans in 1.1, text in 1.2), ``010`` (eight, or ten), ``12:30`` (750, or text),
+``1_000``, ``0b101`` and ``-0x1F`` (numbers, or text), ``1e3``, ``0o10``, ``09`` and ``+.5``
+(text, or numbers). The same file never means something else without a word, whichever version
+its writer had in mind. Quoted scalars are text as ever. Timestamps are recognised, to be
+refused: a date left unquoted is a mistake worth naming.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import yaml
@@ -37,6 +42,7 @@ from engine.core.spec import (
     TEXT,
     ExternalChecks,
     Key,
+    TextProblem,
     WorkflowSpec,
     dotted,
     non_json_values,
@@ -72,9 +78,23 @@ three levels). Workflows need a handful; deeper is a bomb or a mistake."""
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 core schema scalars (and timestamps, to refuse)."""
+    """PyYAML's safe loader with YAML 1.2 core schema scalars (and timestamps, to refuse); the
+    plain scalars YAML 1.1 reads otherwise are noted in ``ambiguous``, with why."""
 
     yaml_implicit_resolvers: dict[Any, Any] = {}  # noqa: RUF012 - PyYAML's class registry
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.ambiguous: dict[int, tuple[yaml.ScalarNode, Ambiguity]] = {}
+
+    def compose_scalar_node(self, anchor: Any) -> yaml.ScalarNode:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        node: yaml.ScalarNode = super().compose_scalar_node(anchor)
+        if event.tag is None and event.style is None:  # plain: its tag is the schema's guess
+            why = _ambiguity(node.value, node.tag)
+            if why is not None:
+                self.ambiguous[id(node)] = node, why
+        return node
 
 
 for _tag, _pattern, _first in (
@@ -102,16 +122,136 @@ for _tag, _pattern, _first in (
 
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
-    # YAML 1.2: 010 is ten and 0o10 eight; no 0b, no 1_000, no 1:30 (1.1's sexagesimal)
+    # YAML 1.2: 010 is ten and 0o10 eight. An explicit !!int YAML 1.2 cannot read is read as
+    # YAML 1.1 read it, as before (!!int 0b101 is 5, !!int 1_000 a thousand, !!int 1:30 ninety)
     text = str(loader.construct_scalar(node))  # type: ignore[arg-type]
-    if text.startswith("0o"):
-        return int(text[2:], 8)
-    if text.startswith("0x"):
-        return int(text[2:], 16)
-    return int(text)
+    try:
+        if text.startswith("0o"):
+            return int(text[2:], 8)
+        if text.startswith("0x"):
+            return int(text[2:], 16)
+        return int(text)
+    except ValueError as exc:
+        if _too_many_digits(exc):
+            raise
+        try:
+            return int(yaml.SafeLoader.construct_yaml_int(_OLD, node))  # type: ignore[arg-type]
+        except (ValueError, IndexError):
+            raise exc from None
 
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+_OLD: Final = yaml.SafeLoader("")
+"""PyYAML's YAML 1.1 reading, the one this project had before YAML 1.2: resolvers and scalar
+constructors only, which keep no state."""
+_NEW: Final = _Loader("")
+_TIMESTAMP: Final = "tag:yaml.org,2002:timestamp"
+_SCALAR_TAGS: Final = frozenset(
+    f"tag:yaml.org,2002:{t}" for t in ("str", "bool", "int", "float", "null")
+)
+
+
+def _reading(loader: yaml.SafeLoader, tag: str, text: str) -> object:
+    node = yaml.ScalarNode(tag, text)
+    return loader.yaml_constructors[tag](loader, node)
+
+
+@dataclass(frozen=True, slots=True)
+class Ambiguity:
+    """A plain scalar YAML 1.1 and YAML 1.2 read differently: how each reads it, and what to
+    write instead (as a value; a key can only be quoted)."""
+
+    said: str
+    fixes: tuple[str, ...]
+
+    def told(self, *, key: bool = False) -> str:
+        fixes = [f for f in self.fixes if f.startswith("quote")] if key else self.fixes
+        return f"{self.said}: {', or '.join(fixes)}"
+
+
+def _ambiguity(text: str, tag: str) -> Ambiguity | None:
+    """Why the plain scalar ``text``, which YAML 1.2 tags ``tag``, must not be read: YAML 1.1
+    reads it as something else. None when both read it alike, when either reading fails (the
+    loader refuses it, or PyYAML refused it before, so no file meant anything by it) and for
+    timestamps (refused as such)."""
+    old_tag = _OLD.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+    if old_tag == tag == _STR_TAG:
+        return None  # the common case, cheaply: a word both read as text
+    if tag == _TIMESTAMP or old_tag not in _SCALAR_TAGS or tag not in _SCALAR_TAGS:
+        return None
+    try:
+        old = _reading(_OLD, old_tag, text)
+        new = _reading(_NEW, tag, text)
+    except (ValueError, OverflowError, IndexError, yaml.YAMLError):
+        return None
+    if _same(old, new):
+        return None
+    said = f"{_shown(text)} is {_described(old)} in YAML 1.1 and {_described(new)} in YAML 1.2"
+    return Ambiguity(said, tuple(_fixes(text, old, new)))
+
+
+def _same(a: object, b: object) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float) and isinstance(b, float):
+        return (a == b and math.copysign(1, a) == math.copysign(1, b)) or (a != a and b != b)
+    return a == b
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    return f"`{text if len(text) <= limit else text[:limit] + '...'}`"
+
+
+def _described(value: object) -> str:
+    if isinstance(value, str):
+        return "text"
+    written = _written(value)
+    if written is not None:
+        return written
+    if isinstance(value, float):
+        return "NaN" if value != value else "infinity" if value > 0 else "minus infinity"
+    return "a whole number too long to carry"
+
+
+def _written(value: object) -> str | None:
+    """``value`` as plain YAML both versions read alike, if it has such a form."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value) if value.bit_length() <= MAX_INT_BITS else None
+    if isinstance(value, float) and math.isfinite(value):
+        mantissa, e, exponent = repr(value).partition("e")
+        # 1e+16 is text to YAML 1.1: a number there has a dot
+        return mantissa + ("" if "." in mantissa else ".0") + e + exponent
+    return None
+
+
+def _fixes(text: str, old: object, new: object) -> list[str]:
+    """What to write instead of ``text``, in the likelier order. The quoted text is text to
+    both; a number suggested is written in a form both read alike."""
+    quote = f"quote it ('{text}')" if len(text) <= 40 else "quote it"
+    old_written, new_written = _written(old), _written(new)
+    if isinstance(old, str):  # a number only to YAML 1.2
+        return [quote, f"write {new_written}"] if new_written is not None else [quote]
+    if isinstance(new, str):  # a boolean or number only to YAML 1.1
+        if old_written is None:
+            return [quote]
+        if ":" in text:  # sexagesimal: more likely a time of day than a count of seconds
+            duration = _as_duration(old)
+            also = f" (as a duration, {duration})" if duration is not None else ""
+            return [quote, f"write {old_written}{also}"]
+        return [f"write {old_written}", quote]
+    choices = [w for w in (old_written, new_written) if w is not None]
+    return [f"write {' or '.join(choices)}", quote] if choices else [quote]
+
+
+def _as_duration(value: object) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return None
+    hours, rest = divmod(value, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return "".join(f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (seconds, "s")) if n)
 
 
 class YamlRefused(ValueError):
@@ -124,9 +264,13 @@ class YamlRefused(ValueError):
         self.line = line
 
 
-def load_yaml(text: str, inspect: Callable[[yaml.Node], None] | None = None) -> Any:
+def load_yaml(
+    text: str, inspect: Callable[[yaml.Node, Mapping[int, Ambiguity]], None] | None = None
+) -> Any:
     """The data in ``text`` (None for an empty document), or YamlRefused. ``inspect`` is shown
-    the node tree first: building the data flattens merge keys (``<<``) into it."""
+    the node tree first (building the data flattens merge keys, ``<<``, into it), with the
+    plain scalars YAML 1.1 and 1.2 read differently (``id(node)`` -> why): it tells them. With
+    no ``inspect`` the first of them is refused here, with its line."""
     try:
         # the loader reads the whole text on creation: a character YAML refuses (a NUL)
         # is found here already
@@ -141,7 +285,11 @@ def load_yaml(text: str, inspect: Callable[[yaml.Node], None] | None = None) -> 
             return None
         _check_expansion(root, len(text))
         if inspect is not None:
-            inspect(root)
+            inspect(root, {key: why for key, (_, why) in loader.ambiguous.items()})
+        elif loader.ambiguous:
+            # in document order: the first is the scalar composed first
+            node, why = next(iter(loader.ambiguous.values()))
+            raise YamlRefused(why.told(), node.start_mark.line + 1)
         try:
             return loader.construct_document(root)
         except (ValueError, OverflowError) as exc:
@@ -298,7 +446,35 @@ def _key_of(node: yaml.ScalarNode) -> Any:
     return value
 
 
-def _lines(node: yaml.Node, key: Key, out: dict[Key, int], problems: list[SpecProblem]) -> None:
+def _lines(
+    root: yaml.Node,
+    out: dict[Key, int],
+    problems: list[SpecProblem],
+    ambiguous: Mapping[int, Ambiguity] | None = None,
+) -> None:
+    """The line of every field under ``root`` into ``out``; keys written twice, and the plain
+    scalars ``ambiguous`` names (each where it is first met: an alias repeats no problem),
+    into ``problems``."""
+    untold = dict(ambiguous or {})
+
+    def tell(node: yaml.Node, key: Key, path: str, line: int, key_written: bool = False) -> None:
+        why = untold.pop(id(node), None) if untold else None
+        if why is not None:
+            # a key is text: any other fix makes it a key JSON cannot have
+            problems.append(TextProblem(path, why.told(key=key_written), line, key))
+
+    tell(root, (), "", root.start_mark.line + 1)
+    _walk_lines(root, (), "", out, problems, tell)
+
+
+def _walk_lines(
+    node: yaml.Node,
+    key: Key,
+    path: str,
+    out: dict[Key, int],
+    problems: list[SpecProblem],
+    tell: Callable[..., None],
+) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: dict[object, int] = {}
         for k, v in node.value:
@@ -307,24 +483,27 @@ def _lines(node: yaml.Node, key: Key, out: dict[Key, int], problems: list[SpecPr
             name = _key_of(k)
             line = k.start_mark.line + 1
             child = (*key, name)
+            where = f"{path}.{name}" if path else str(name)
             if name in seen:
                 problems.append(
-                    SpecProblem(
-                        ".".join(str(p) for p in child),
-                        f"duplicate key {name!r} (first on line {seen[name]})",
-                        line,
+                    TextProblem(
+                        where, f"duplicate key {name!r} (first on line {seen[name]})", line, child
                     )
                 )
             seen[name] = line
             out[child] = line
+            tell(k, child, where, line, True)
+            tell(v, child, where, line)
             if isinstance(v, yaml.ScalarNode):
                 for i, start in enumerate(_text_lines(v), 1):
                     out[(*child, TEXT, i)] = start
-            _lines(v, child, out, problems)
+            _walk_lines(v, child, where, out, problems, tell)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            out[(*key, i)] = v.start_mark.line + 1
-            _lines(v, (*key, i), out, problems)
+            line = v.start_mark.line + 1
+            out[(*key, i)] = line
+            tell(v, (*key, i), f"{path}[{i}]", line)
+            _walk_lines(v, (*key, i), f"{path}[{i}]", out, problems, tell)
 
 
 def _text_lines(node: yaml.ScalarNode) -> list[int]:
@@ -385,7 +564,7 @@ def _twice_keys(doc: object) -> list[SpecProblem]:
         if isinstance(each, dict):
             if isinstance(each, _Twice):
                 problems.extend(
-                    SpecProblem(dotted((*key, name)), f"duplicate key {name!r}")
+                    TextProblem(dotted((*key, name)), f"duplicate key {name!r}", None, (*key, name))
                     for name in each.twice
                 )
             stack.extend(reversed([((*key, k), v) for k, v in each.items()]))
@@ -428,12 +607,12 @@ def read_document(
             )
             raise SpecError([SpecProblem("", refusal.problem, refusal.line)], source) from None
         if root is not None:
-            _lines(root, (), lines, problems)
+            _lines(root, lines, problems)  # JSON's numbers are JSON's: none is ambiguous
         else:
             problems = _twice_keys(doc)
     else:
         try:
-            doc = load_yaml(text, lambda root: _lines(root, (), lines, problems))
+            doc = load_yaml(text, lambda root, ambiguous: _lines(root, lines, problems, ambiguous))
         except YamlRefused as exc:
             raise SpecError([SpecProblem("", exc.problem, exc.line)], source) from exc
     return doc, lines, problems

@@ -46,11 +46,19 @@ def parse_duration(value: object) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest readable form, used in messages (``1.5s``, ``250ms``, ``10m``, ``3d``)."""
+    """The shortest readable form, used in messages (``1.5s``, ``250ms``, ``10m``, ``3d``).
+
+    The unit is chosen for the value as it will be shown: 0.9999996 s shows as 1000 ms, so it
+    is ``1s``, and 59.9999999 s shows as 60 s, so it is ``1m``."""
     if seconds < 1:
-        return f"{round(seconds * 1000, 3):g}ms"  # no 1e-297ms for a value next to nothing
-    if seconds < 60 or seconds % 60:
-        return f"{seconds:g}s"
+        milliseconds = round(seconds * 1000, 3)  # no 1e-297ms for a value next to nothing
+        if milliseconds < 1000:
+            return f"{milliseconds:g}ms"
+        seconds = milliseconds / 1000
+    if seconds % 60:
+        seconds = float(f"{seconds:g}")  # what the seconds would show
+        if seconds % 60:
+            return f"{seconds:g}s"
     if seconds < 3600 or seconds % 3600:
         return f"{seconds / 60:g}m"
     if seconds < 86400 or seconds % 86400:

@@ -194,6 +194,16 @@ TEXT: Final = "\x00text"
 when the reader knows it (a YAML block or multi-line scalar); ``lines[key]`` is its key's line.
 A JSON string is on one file line whatever it holds, so its Lua lines are told apart."""
 
+
+@dataclass(frozen=True, slots=True)
+class TextProblem(SpecProblem):
+    """A problem the reader found in a document's text (a key written twice, a scalar YAML
+    versions read differently), with ``key``, the field it is about: ``parse_spec`` tells it
+    once, not again as whatever the spec check makes of that field."""
+
+    key: Key = ()
+
+
 MAX_INT_BITS: Final = 14_000
 """Whole numbers past about 4,200 digits are refused: Python will not print them (its
 ``int_max_str_digits``), so neither the store nor the wire could carry one."""
@@ -255,6 +265,7 @@ class _Checker:
         self.lines = lines
         self.checks = checks
         self.problems: list[SpecProblem] = []
+        self.keys: list[Key] = []  # the field each of ``problems`` is about
         self.hints: dict[str, str] = {}
         self.hint_budget = _HINT_BUDGET
 
@@ -279,6 +290,7 @@ class _Checker:
 
     def report(self, key: Key, path: str, message: str, line: int | None = None) -> None:
         self.problems.append(SpecProblem(path, message, line or self.line_of(key)))
+        self.keys.append(key)
 
     def unknown_fields(
         self, obj: Mapping[str, Any], allowed: Sequence[str], key: Key, path: str
@@ -1113,6 +1125,22 @@ def dotted(key: Key) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in key).lstrip(".")
 
 
+def _field_path(key: Key, doc: object, path: str) -> str:
+    """``key`` as the spec check names the field, a node by its id (``nodes[a].retry``), when
+    the document leads there; ``path`` (the reader's name for it) otherwise."""
+    if len(key) < 2 or key[0] != "nodes" or not isinstance(key[1], int):
+        return path
+    items = doc.get("nodes") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or not 0 <= key[1] < len(items):
+        return path
+    item = items[key[1]]
+    node_id = item.get("id") if isinstance(item, dict) else None
+    if not isinstance(node_id, str) or not NODE_ID.fullmatch(node_id):
+        return path
+    head = f"nodes[{key[1]}]"
+    return f"nodes[{node_id}]" + path[len(head) :] if path.startswith(head) else path
+
+
 def _printable(text: str) -> str:
     # a message may quote the text it refuses: never one no terminal or wire can carry
     return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -1128,22 +1156,45 @@ def parse_spec(
 ) -> WorkflowSpec:
     """The validated model of ``doc``, or a SpecError naming every problem and its place.
 
-    ``problems`` are those the reader found in the text (a key written twice), told with the
-    rest. A document holding values JSON cannot (NaN, a set, text UTF-8 cannot encode) is
-    refused for those alone: it is not a spec's document, and each would be told twice.
+    ``problems`` are those the reader found in the text (a key written twice, a scalar YAML 1.1
+    and 1.2 read differently), told with the rest; the spec check's problem about the same
+    field on the same line is left out (a ``TextProblem`` names its field's key). A document
+    holding values JSON cannot (NaN, a set, text UTF-8 cannot encode) is refused for those
+    alone: it is not a spec's document, and each would be told twice.
     """
     checker = _Checker(lines or {}, checks or ExternalChecks())
+    # a field the reader found wrong is told once, by the reader: the spec check's word on
+    # the same field and line goes (fail_fast: yes is not also "must be true or false"), any
+    # other problem on that line stays (a one-line JSON spec has all of them on line 1)
+    taken = {
+        (p.key, p.line) if isinstance(p, TextProblem) else (p.path, p.line)
+        for p in problems
+        if p.line is not None
+    }
+
+    def told(key: Key, p: SpecProblem) -> bool:
+        return p.line is not None and ((key, p.line) in taken or (p.path, p.line) in taken)
+
     found = [
-        SpecProblem(dotted(key), message, checker.line_of(key))
+        problem
         for key, message in non_json_values(doc)
+        if not told(key, problem := SpecProblem(dotted(key), message, checker.line_of(key)))
     ]
     spec = None
     if not found:
         spec = checker.workflow(doc)
-        # a line the reader found wrong is told once, by the reader
-        taken = {p.line for p in problems if p.line is not None}
-        found = [p for p in checker.problems if p.line is None or p.line not in taken]
-    found = [*problems, *found]
+        found = [
+            p for key, p in zip(checker.keys, checker.problems, strict=True) if not told(key, p)
+        ]
+    found = [
+        *(
+            SpecProblem(_field_path(p.key, doc, p.path), p.message, p.line)
+            if isinstance(p, TextProblem)
+            else p
+            for p in problems
+        ),
+        *found,
+    ]
     if found or spec is None:
         if lines:
             found.sort(key=lambda p: (p.line is None, p.line or 0))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from engine.cli import _read_inputs
 from engine.core.errors import InputsError, SpecError
 from engine.inputs import check_inputs
 from engine.loading import load_spec_file, spec_from_text
@@ -226,3 +230,52 @@ def test_the_readme_workflow_is_valid() -> None:
     spec = spec_from_text(block, "README.md")
     assert spec.id == "diamond" and len(spec.nodes) == 6
     assert spec.outputs == {"total": "{{ results.sum.value }}"}
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_validates_with_no_scalar_yaml_versions_read_differently(
+    example: Path,
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "validate", str(example)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "is valid" in proc.stdout
+
+
+def test_a_yaml_1_1_boolean_in_a_spec_file_is_told_with_its_line(tmp_path: Path) -> None:
+    spec = tmp_path / "wf.yaml"
+    spec.write_text("id: w\nversion: 1.0.0\nfail_fast: off\nnodes:\n  - {id: a, lua: return 1}\n")
+    with pytest.raises(SpecError) as info:
+        load_spec_file(spec)
+    assert info.value.messages() == [
+        f"{spec}:3: fail_fast: `off` is false in YAML 1.1 and text in YAML 1.2: "
+        "write false, or quote it ('off')"
+    ]
+
+
+@pytest.mark.parametrize("name", ["in.json", "in.yaml"])
+def test_a_byte_order_mark_is_dropped_from_an_inputs_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"name": "Ada"}\n')
+    args = argparse.Namespace(inputs=None, inputs_file=str(path))
+    assert _read_inputs(args) == {"name": "Ada"}
+
+
+def test_an_inputs_file_value_yaml_versions_read_differently_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "in.yaml"
+    path.write_text("name: Ada\nready: yes\n", encoding="utf-8")
+    args = argparse.Namespace(inputs=None, inputs_file=str(path))
+    with pytest.raises(ValueError) as info:
+        _read_inputs(args)
+    assert str(info.value) == (
+        f"--inputs-file {path}: line 2: ready: `yes` is true in YAML 1.1 and text in YAML 1.2: "
+        "write true, or quote it ('yes')"
+    )

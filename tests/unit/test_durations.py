@@ -32,6 +32,21 @@ def test_formatting_keeps_to_plain_numbers(seconds: float, shown: str) -> None:
     assert format_duration(seconds) == shown
 
 
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0.9999996, "1s"),  # shows as 1000 ms: a second
+        (0.9994, "999.4ms"),
+        (59.9999999, "1m"),  # shows as 60 s: a minute
+        (3599.9999999, "1h"),
+        (59.5, "59.5s"),
+        (12345660, "205761m"),  # exact: never rounded into another unit
+    ],
+)
+def test_the_unit_is_chosen_for_the_value_as_shown(seconds: float, shown: str) -> None:
+    assert format_duration(seconds) == shown
+
+
 def test_an_exponential_retry_keeps_its_cap_past_a_thousand_attempts() -> None:
     policy = RetryPolicy(max_attempts=10_000, backoff="exponential", delay=0.5, max_delay=1.0)
     assert [policy.delay_before(n, 0.5) for n in (2, 3, 1026, 5000)] == [0.5, 1.0, 1.0, 1.0]

@@ -1,12 +1,15 @@
 """Spec validation, second hunt: cost on deep graphs, strings UTF-8 cannot carry, JSON that
-YAML cannot compose, document problems told with the rest, YAML 1.2 scalars, the builder."""
+YAML cannot compose, document problems told with the rest, plain scalars YAML 1.1 and 1.2 read
+differently, the builder."""
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,7 +17,7 @@ from engine.core import dag
 from engine.core.builder import Workflow
 from engine.core.errors import SpecError
 from engine.core.spec import ExternalChecks, parse_spec
-from engine.documents import parse_text
+from engine.documents import YamlRefused, load_yaml, parse_text
 from orchestrator.dagctl.sources import SpecSource
 
 
@@ -198,36 +201,204 @@ def test_a_key_twice_is_told_with_every_other_problem() -> None:
     ]
 
 
-# -- 5. YAML 1.2 scalars ----------------------------------------------------------------------
+# -- 5. plain scalars YAML 1.1 and YAML 1.2 read differently are refused ----------------------
 
 
-def test_yaml_1_1_scalars_are_read_as_yaml_1_2_reads_them() -> None:
-    text = "id: wf\nversion: 1.0.0\ntimeout: 12:30\nfail_fast: yes\non: x\n" + NODES
+def test_scalars_yaml_1_1_and_1_2_read_differently_are_refused_with_line_field_and_fix() -> None:
+    text = (
+        HEAD + "timeout: 12:30\nfail_fast: yes\non: x\n"
+        "nodes:\n  - id: a\n    lua: return 1\n"
+        "    retry: {max_attempts: 010, delay: 1_000}\n    foreach: [1e3, Off]\n"
+    )
     assert text_problems(text) == [
-        "wf.yaml:3: timeout: bad duration '12:30': use a number of seconds or units like "
-        "500ms, 30s, 10m, 1h30m, 2d",
-        "wf.yaml:4: fail_fast: must be true or false, got 'yes'",
-        "wf.yaml:5: on: unknown field 'on'",
+        "wf.yaml:3: timeout: `12:30` is 750 in YAML 1.1 and text in YAML 1.2: "
+        "quote it ('12:30'), or write 750 (as a duration, 12m30s)",
+        # told once: not also "must be true or false, got 'yes'"
+        "wf.yaml:4: fail_fast: `yes` is true in YAML 1.1 and text in YAML 1.2: "
+        "write true, or quote it ('yes')",
+        # a key can only be quoted; not also "unknown field 'on'"
+        "wf.yaml:5: on: `on` is true in YAML 1.1 and text in YAML 1.2: quote it ('on')",
+        "wf.yaml:9: nodes[a].retry.max_attempts: `010` is 8 in YAML 1.1 and 10 in YAML 1.2: "
+        "write 8 or 10, or quote it ('010')",
+        "wf.yaml:9: nodes[a].retry.delay: `1_000` is 1000 in YAML 1.1 and text in YAML 1.2: "
+        "write 1000, or quote it ('1_000')",
+        "wf.yaml:10: nodes[a].foreach[0]: `1e3` is text in YAML 1.1 and 1000.0 in YAML 1.2: "
+        "quote it ('1e3'), or write 1000.0",
+        "wf.yaml:10: nodes[a].foreach[1]: `Off` is false in YAML 1.1 and text in YAML 1.2: "
+        "write false, or quote it ('Off')",
     ]
 
 
-def test_yaml_1_2_numbers_booleans_and_null_still_read() -> None:
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        ("NO", "`NO` is false in YAML 1.1 and text in YAML 1.2: write false, or quote it ('NO')"),
+        (
+            "1:30:00",
+            "`1:30:00` is 5400 in YAML 1.1 and text in YAML 1.2: quote it ('1:30:00'), "
+            "or write 5400 (as a duration, 1h30m)",
+        ),
+        ("0b101", "`0b101` is 5 in YAML 1.1 and text in YAML 1.2: write 5, or quote it ('0b101')"),
+        (
+            "-0x1F",
+            "`-0x1F` is -31 in YAML 1.1 and text in YAML 1.2: write -31, or quote it ('-0x1F')",
+        ),
+        ("0o10", "`0o10` is text in YAML 1.1 and 8 in YAML 1.2: quote it ('0o10'), or write 8"),
+        ("09", "`09` is text in YAML 1.1 and 9 in YAML 1.2: quote it ('09'), or write 9"),
+        ("+.5", "`+.5` is text in YAML 1.1 and 0.5 in YAML 1.2: quote it ('+.5'), or write 0.5"),
+        (
+            "1.5e1",
+            "`1.5e1` is text in YAML 1.1 and 15.0 in YAML 1.2: quote it ('1.5e1'), or write 15.0",
+        ),
+        (
+            "1e+20",
+            "`1e+20` is text in YAML 1.1 and 1.0e+20 in YAML 1.2: quote it ('1e+20'), "
+            "or write 1.0e+20",
+        ),
+        (
+            "1_0.5",
+            "`1_0.5` is 10.5 in YAML 1.1 and text in YAML 1.2: write 10.5, or quote it ('1_0.5')",
+        ),
+    ],
+)
+def test_each_form_yaml_versions_read_differently_says_what_to_write(
+    written: str, message: str
+) -> None:
+    assert text_problems(HEAD + f"labels:\n  x: {written}\n" + NODES) == [
+        f"wf.yaml:4: labels.x: {message}"
+    ]
+
+
+def test_a_key_yaml_versions_read_differently_is_refused_with_its_line() -> None:
+    text = HEAD + "labels:\n  a: b\n  Yes: 1\n  010: 2\n" + NODES
+    assert text_problems(text) == [
+        "wf.yaml:5: labels.Yes: `Yes` is true in YAML 1.1 and text in YAML 1.2: quote it ('Yes')",
+        "wf.yaml:6: labels.10: `010` is 8 in YAML 1.1 and 10 in YAML 1.2: quote it ('010')",
+    ]
+
+
+def test_an_ambiguous_scalar_is_told_with_every_other_problem() -> None:
+    text = HEAD + "fail_fast: on\nnodes:\n  - id: a\n    lua: return 1\n    timout: 3s\n"
+    assert text_problems(text) == [
+        "wf.yaml:3: fail_fast: `on` is true in YAML 1.1 and text in YAML 1.2: "
+        "write true, or quote it ('on')",
+        "wf.yaml:7: nodes[a].timout: unknown field 'timout' (did you mean 'timeout'?)",
+    ]
+
+
+def test_an_aliased_ambiguous_scalar_is_told_once_where_it_is_written() -> None:
+    text = HEAD + "labels:\n  a: &v no\n  b: *v\n" + NODES
+    assert text_problems(text) == [
+        "wf.yaml:4: labels.a: `no` is false in YAML 1.1 and text in YAML 1.2: "
+        "write false, or quote it ('no')"
+    ]
+
+
+def test_quoted_and_explicitly_tagged_scalars_are_never_ambiguous() -> None:
     spec = parse_text(
-        "id: wf\nversion: 1.0.0\nconcurrency: 010\nfail_fast: True\ndescription: ~\n"
-        "nodes:\n  - {id: a, lua: return 1, retry: {max_attempts: 0x3, delay: 0o10}}\n"
-        "  - {id: b, lua: return 1, foreach: [1.5e1, off], concurrency: 2}\n",
+        HEAD + "outputs: {a: 'yes', b: \"010\", c: '12:30', d: !!str on, e: '1e3'}\n"
+        "fail_fast: !!bool yes\n" + NODES,
         "wf.yaml",
     )
-    assert spec.concurrency == 10  # not 8: 010 is decimal in YAML 1.2
-    assert spec.fail_fast is True and spec.description is None
-    assert spec.nodes[0].retry.max_attempts == 3 and spec.nodes[0].retry.delay == 8
-    assert spec.nodes[1].foreach == [15.0, "off"]
+    assert dict(spec.outputs) == {"a": "yes", "b": "010", "c": "12:30", "d": "on", "e": "1e3"}
+    assert spec.fail_fast is True
+
+
+def test_an_explicit_int_yaml_1_2_cannot_read_loads_as_before() -> None:
+    assert load_yaml("a: !!int 0b101\nb: !!int 1_000\nc: !!int 1:30\nd: !!int -0x1F\n") == {
+        "a": 5,
+        "b": 1000,
+        "c": 90,
+        "d": -31,
+    }
+    with pytest.raises(YamlRefused, match=r"'0b2' is not a valid int"):
+        load_yaml("a: !!int 0b2\n")
+
+
+def test_load_yaml_alone_refuses_the_first_ambiguous_scalar_with_its_line() -> None:
+    # dagctl's --inputs-file: no spec check to tell it with
+    with pytest.raises(YamlRefused) as info:
+        load_yaml("name: Ada\ncount: 010\nok: yes\n")
+    assert str(info.value) == (
+        "`010` is 8 in YAML 1.1 and 10 in YAML 1.2: write 8 or 10, or quote it ('010') (line 2)"
+    )
+
+
+UNAMBIGUOUS = [
+    "true", "True", "FALSE", "null", "Null", "~", "0", "-0", "7", "+12", "-3",
+    "1234567890123", "00", "007", "0x1F", "0xff", "1.5", "-1.5", "+2.25", "1.", "0.0",
+    "-0.0", ".5", "1.0e+3", "2.5E-2", ".inf", "-.inf", "+.inf", ".NaN", "y", "n", "Y", "N",
+    "x", "yes please", "on_call", "12:30 pm", "1.2.3", "1e", "0x", "0b", "v010", "a_1",
+    "'010'", '"yes"', "<<x",
+]  # fmt: skip
+
+
+def same_reading(a: object, b: object) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float) and isinstance(b, float):
+        return repr(a) == repr(b)
+    return a == b
+
+
+@pytest.mark.parametrize("written", UNAMBIGUOUS)
+def test_forms_both_yaml_versions_read_alike_load_as_pyyaml_safe_loader_reads_them(
+    written: str,
+) -> None:
+    text = f"v: {written}\nl: [{written}]\n"
+    assert same_reading(load_yaml(text)["v"], yaml.safe_load(text)["v"])
+    assert same_reading(load_yaml(text)["l"][0], yaml.safe_load(text)["l"][0])
+
+
+@given(
+    st.text(alphabet="0123456789_:.+-eEoxXbB", min_size=1, max_size=8)
+    | st.sampled_from(["yes", "No", "ON", "off", "Off", "y", "n", "true", "null"])
+)
+def test_a_plain_scalar_is_refused_or_read_as_pyyaml_safe_loader_reads_it(written: str) -> None:
+    text = f"v: {written}\n"
+    try:
+        old = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return  # not YAML to PyYAML either: nothing that loaded before changes
+    except ValueError:
+        return  # a scalar PyYAML's constructor could not make (0b_): PyYAML refused it too
+    if not isinstance(old, dict) or "v" not in old:
+        return  # a leading '-' or ':' made it some other document
+    try:
+        new = load_yaml(text)
+    except YamlRefused as exc:
+        # told, never silently different
+        assert "in YAML 1.1 and" in exc.problem or "is not a valid" in exc.problem, exc.problem
+        return
+    if isinstance(old["v"], datetime.date):
+        return  # a timestamp: refused by the spec check, with its line
+    assert same_reading(new["v"], old["v"]), (written, new, old)
 
 
 def test_a_timestamp_is_still_refused_with_its_line() -> None:
     assert text_problems(HEAD + "description: 2024-01-01\n" + NODES) == [
         "wf.yaml:3: description: '2024-01-01' is a YAML timestamp, not a JSON value: "
         "quote it to make it a string"
+    ]
+
+
+def test_a_one_line_json_spec_tells_a_key_twice_with_the_other_problems_on_its_line() -> None:
+    text = (
+        '{"id": "wf", "version": "1.0.0", "id": "wf", "bogus": 1, '
+        '"nodes": [{"id": "a", "lua": "return results.zz"}]}'
+    )
+    assert text_problems(text, "wf.json") == [
+        "wf.json:1: id: duplicate key 'id' (first on line 1)",
+        "wf.json:1: bogus: unknown field 'bogus'",
+        "wf.json:1: nodes[a].lua: results.zz: there is no node 'zz' (Lua line 1)",
+    ]
+
+
+def test_a_key_twice_in_a_node_is_named_by_the_nodes_id() -> None:
+    text = HEAD + "nodes:\n  - id: a\n    lua: return 1\n    lua: return 2\n    luaa: 1\n"
+    assert text_problems(text) == [
+        "wf.yaml:6: nodes[a].lua: duplicate key 'lua' (first on line 5)",
+        "wf.yaml:7: nodes[a].luaa: unknown field 'luaa' (did you mean 'lua'?)",
     ]
 
 
