@@ -128,6 +128,8 @@ class Execution:
         self._foreach_output_bytes = foreach_output_bytes
         self._backlog: list[sch.Stimulus] = []
         self._feeding = False
+        self._broken: Exception | None = None
+        """The fault that stopped the run (see ``feed``); nothing is fed to it after that."""
         self._completions: list[sch.Stimulus] = []
         self._stopping: dict[StopKey, Flag] = {}
         self._held: list[_Held] = []
@@ -214,7 +216,7 @@ class Execution:
         else:
             for s in stimuli:
                 (self._backlog if isinstance(s, sch.TaskLogged) else deferred).append(s)
-        if self._feeding:
+        if self._feeding or self._broken is not None:
             return
         self._feeding = True
         try:
@@ -222,8 +224,27 @@ class Execution:
                 batch, self._backlog = self._backlog, []
                 for instruction in self.run.handle(*batch):
                     self._carry_out(instruction)
+        except Exception as exc:
+            # A fault of this code, not of the run's: its state can no longer be trusted, and
+            # without this the run would wait forever on the engine, holding its place. It
+            # ends as the caller sees a broken stream: resumed from its checkpoints elsewhere,
+            # and given up (with this fault named) if it keeps failing.
+            self._break(exc)
         finally:
             self._feeding = False
+
+    def _break(self, exc: Exception) -> None:
+        log.exception("execution %s stopped by a fault of the engine's own", self.id)
+        self._broken = exc
+        self._backlog = []
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for flag in self._cancels.values():
+            flag.set()  # its scripts stop; what they return is dropped (feed is closed)
+        self._cancels.clear()
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(exc)
 
     def _carry_out(self, ins: sch.Instruction) -> None:
         match ins:

@@ -481,3 +481,36 @@ async def test_builder_spec_runs(pool: LuaPool) -> None:
     )
     doc = await Execution(spec, {}, pool=pool).run_to_end()
     assert doc["outputs"] == {"y": {"v": 2}}
+
+
+async def test_a_fault_in_the_scheduler_ends_the_run_instead_of_leaving_it_waiting(
+    pool: LuaPool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from engine.core import scheduler as sch
+
+    real = sch.Run.handle
+
+    def faulty(self: sch.Run, *stimuli: sch.Stimulus) -> Any:
+        if any(isinstance(s, sch.TaskSucceeded) and s.node_id == "a" for s in stimuli):
+            raise OverflowError("a fault of the engine's own")  # as 2.0 ** 1024 once was
+        return real(self, *stimuli)
+
+    monkeypatch.setattr(sch.Run, "handle", faulty)
+    spec = spec_from_document(
+        {
+            "id": "t",
+            "version": "1.0.0",
+            "nodes": [
+                {"id": "a", "lua": "return 1"},
+                {"id": "slow", "lua": "local t = os.clock() while os.clock() - t < 30 do end"},
+            ],
+        }
+    )
+    ex = Execution(spec, {}, pool=pool)
+    # before: the run waited for ever (here: until wait_for gave up)
+    with pytest.raises(OverflowError, match="a fault of the engine's own"):
+        await asyncio.wait_for(ex.run_to_end(), 20)
+    assert "stopped by a fault of the engine's own" in caplog.text
+    # its other script was told to stop, and nothing more reaches the broken scheduler
+    ex.cancel("later")
+    assert not ex.finished
