@@ -82,6 +82,20 @@ async def sleeping_run(
     return doc
 
 
+async def ended_run(
+    http: aiohttp.ClientSession, url: str, eid: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The run once it has ended (or as it is after a minute), and its stored events."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        doc: dict[str, Any] = await call(http, "GET", f"{url}/api/v1/executions/{eid}")
+        if doc["finished_at"] is not None:
+            break
+        await asyncio.sleep(0.1)
+    events = (await call(http, "GET", f"{url}/api/v1/executions/{eid}/events"))["events"]
+    return doc, events
+
+
 async def test_a_sleep_resumed_after_its_engine_died_waits_only_what_was_left(
     start_cluster: StartCluster,
 ) -> None:
@@ -98,13 +112,7 @@ async def test_a_sleep_resumed_after_its_engine_died_waits_only_what_was_left(
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait(10)
 
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            doc = await call(http, "GET", f"{url}/api/v1/executions/{eid}")
-            if doc["finished_at"] is not None:
-                break
-            await asyncio.sleep(0.1)
-        events = (await call(http, "GET", f"{url}/api/v1/executions/{eid}/events"))["events"]
+        doc, events = await ended_run(http, url, eid)
 
     assert doc["status"] == "succeeded", doc
     assert doc["outputs"] == {"last": {"done": 2}}
@@ -159,13 +167,7 @@ async def test_a_run_left_without_an_engine_times_out_at_its_deadline(
             await asyncio.to_thread(cluster.restart_orchestrator)
             url = cluster.url
             restarted = time.time()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            doc = await call(http, "GET", f"{url}/api/v1/executions/{eid}")
-            if doc["finished_at"] is not None:
-                break
-            await asyncio.sleep(0.1)
-        events = (await call(http, "GET", f"{url}/api/v1/executions/{eid}/events"))["events"]
+        doc, events = await ended_run(http, url, eid)
     # before: "running" until an engine came back, however long after its deadline
     assert doc["status"] == "timed_out", doc
     assert doc["error"] == f"execution timed out after {timeout}s (while no engine had it)"
