@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import logging
 import os
 import signal
@@ -25,6 +24,7 @@ from aiohttp import web
 
 from engine import wire
 from engine.api import dagengine_pb2_grpc as pb_grpc
+from engine.core.envparse import loopback_host
 from engine.logformat import configure_logging
 from engine.settings import refusal_line
 from orchestrator.connections import (
@@ -362,12 +362,7 @@ def open_to_others(settings: Settings) -> bool:
     """The API has no token and listens beyond this machine. Open by choice on a laptop; said
     out loud elsewhere, since a spec's hook auth guards only its hook, not the API that
     registers and runs workflows."""
-    if settings.api_token is not None or settings.host == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(settings.host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may well be reachable
-        return True
+    return settings.api_token is None and not loopback_host(settings.host)
 
 
 def _bound_port(site: web.TCPSite) -> int:

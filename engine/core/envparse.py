@@ -6,6 +6,7 @@ Both services build their ``Settings`` with these, so a bad value reads the same
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Mapping
 from typing import Literal
@@ -19,6 +20,18 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 class SettingsError(EngineError):
     """An environment variable holds a value a service cannot start with."""
+
+
+def loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name, or an address, IPv6 with or without brackets) is this
+    machine's loopback; any other name counts as reachable from elsewhere."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def text(env: Mapping[str, str], name: str) -> str | None:

@@ -14,7 +14,6 @@ Server-Sent Events are parsed by ``parse_sse`` (pure, over lines) and read by ``
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import re
 import socket
@@ -26,6 +25,7 @@ from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from engine.core.envparse import loopback_host
 from engine.core.values import JSON, JSONObject
 
 DEFAULT_TIMEOUT = 30.0
@@ -167,12 +167,7 @@ def _is_loopback(url: str) -> bool:
         host = urllib.parse.urlsplit(url).hostname or ""
     except ValueError:
         return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return loopback_host(host)
 
 
 def _api_error(status: int, raw: bytes) -> ApiError:
