@@ -283,55 +283,37 @@ async def test_a_slot_the_store_never_takes_is_left_for_the_next_start(
     assert run["inputs"]["_trigger"]["scheduled_time"] == iso(T0 + 60)
 
 
-async def test_a_slot_given_up_on_is_decided_with_the_next_one_not_hidden_by_it(
-    world: World, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("outage", [1, 2])  # slots that came while the store refused writes
+async def test_slots_given_up_on_are_decided_with_the_next_one_not_hidden_by_it(
+    world: World, monkeypatch: pytest.MonkeyPatch, outage: int
 ) -> None:
     monkeypatch.setattr("orchestrator.triggering.STORE_RETRIES", (0.01, 0.01))
     triggers = await world.triggers()
     await world.orch.register(spec(), yaml=False, force=False)
     tid = triggers.listing()[0]["id"]
     writes_refused(world.store, True)
-    world.clock.now = T0 + 60
-    await triggers.tick()
-    await triggers.settle()
-    writes_refused(world.store, False)
-    world.clock.now = T0 + 120  # the next slot, with the store back
-    await triggers.tick()
-    await triggers.settle()
-    history = await triggers.history(tid)
-    # before: only T0+120 fired, and no catch-up ever looked before it again
-    assert sorted((r["outcome"], r["scheduled_time"]) for r in history) == [
-        ("fired", iso(T0 + 120)),
-        ("missed", iso(T0 + 60)),
-    ]
-    assert "trigger.missed" in world.types()
-    [run] = await world.executions()
-    assert run["inputs"]["_trigger"]["scheduled_time"] == iso(T0 + 120)
-
-
-async def test_slots_given_up_on_across_a_long_outage_are_all_decided_once_it_ends(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("orchestrator.triggering.STORE_RETRIES", (0.01, 0.01))
-    triggers = await world.triggers()
-    await world.orch.register(spec(), yaml=False, force=False)
-    tid = triggers.listing()[0]["id"]
-    writes_refused(world.store, True)
-    for minute in (1, 2):  # two slots while the store refuses writes
+    for minute in range(1, outage + 1):
         world.clock.now = T0 + 60 * minute
         await triggers.tick()
         await triggers.settle()
     writes_refused(world.store, False)
-    world.clock.now = T0 + 180
+    after = T0 + 60 * (outage + 1)  # the next slot, with the store back
+    world.clock.now = after
     await triggers.tick()
     await triggers.settle()
     history = await triggers.history(tid)
+    # before: only the last slot fired, and no catch-up ever looked before it again (with two
+    # slots in the outage, the first fix still lost both)
     assert sorted((r["outcome"], r["scheduled_time"]) for r in history) == [
-        ("fired", iso(T0 + 180)),
-        ("missed", iso(T0 + 120)),  # the last of the missed range, with its count
+        ("fired", iso(after)),
+        ("missed", iso(after - 60)),  # the last of the missed range, with its count
     ]
     (missed,) = [r for r in history if r["outcome"] == "missed"]
-    assert missed["detail"]["count"] == 2 and missed["detail"]["first_missed"] == iso(T0 + 60)
+    assert missed["detail"]["count"] == outage
+    assert missed["detail"]["first_missed"] == iso(T0 + 60)
+    assert "trigger.missed" in world.types()
+    [run] = await world.executions()
+    assert run["inputs"]["_trigger"]["scheduled_time"] == iso(after)
 
 
 async def test_slots_held_up_past_the_grace_by_the_store_follow_the_catchup_policy(
