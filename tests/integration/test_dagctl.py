@@ -153,7 +153,7 @@ def start_up(cwd: Path, python: str, environ: dict[str, str], **kwargs: object) 
             run_up(
                 environ,
                 server="http://127.0.0.1:8080",
-                token=None,
+                token=kwargs.get("token"),  # type: ignore[arg-type]
                 engines=int(kwargs.get("engines", 2)),  # type: ignore[call-overload]
                 examples=bool(kwargs.get("examples", True)),
                 python=python,

@@ -6,7 +6,6 @@ missing. How ``up`` is run here is tests/integration/test_dagctl.py's way.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import socket
@@ -24,9 +23,10 @@ from cryptography.hazmat.primitives import serialization
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from orchestrator.dagctl import main as dagctl
-from orchestrator.dagctl.launching import LaunchError, own_server_tls, run_up
+from orchestrator.dagctl.launching import LaunchError, own_server_tls
 from tests.integration.conftest import ROOT
-from tests.integration.test_dagctl import WAIT, Up, real_up_environ
+from tests.integration.test_dagctl import Up, real_up_environ
+from tests.integration.test_dagctl import start_up as start_dagctl_up
 
 pytestmark = pytest.mark.slow
 
@@ -35,33 +35,10 @@ HELLO = (ROOT / "examples" / "hello.yaml").read_text()
 
 
 def start_up(cwd: Path, environ: dict[str, str], *, token: str | None = None) -> Up:
-    """``up`` with the real services, in a thread, until its ``stop`` is set."""
+    """``up`` with the real services and this file's example, in a thread."""
     (cwd / "examples").mkdir(exist_ok=True)
     (cwd / "examples" / "hello.yaml").write_text(HELLO)
-    stop = threading.Event()
-    out, err = io.StringIO(), io.StringIO()
-    code: list[int] = []
-
-    def target() -> None:
-        code.append(
-            run_up(
-                environ,
-                server="http://127.0.0.1:8080",
-                token=token,
-                engines=2,
-                examples=True,
-                python=sys.executable,
-                cwd=cwd,
-                out=out,
-                err=err,
-                stop=stop,
-                start_timeout=WAIT,
-            )
-        )
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return Up(thread, stop, out, err, code)
+    return start_dagctl_up(cwd, sys.executable, environ, token=token)
 
 
 def environment_of(pid: int) -> dict[str, str]:
