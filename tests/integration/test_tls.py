@@ -16,11 +16,11 @@ import aiohttp
 import grpc
 import pytest
 import trustme
-from cryptography.hazmat.primitives import serialization
 
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from tests.integration.conftest import ROOT, StartCluster
+from tests.keys import encrypted_copy
 
 
 class Certificates:
@@ -169,15 +169,7 @@ def test_an_encrypted_key_stops_start_up_without_asking_for_its_passphrase(
     tmp_path: Path,
 ) -> None:
     certs = Certificates(tmp_path)
-    key = serialization.load_pem_private_key(certs.key_file.read_bytes(), password=None)
-    encrypted = tmp_path / "encrypted.key"
-    encrypted.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"secret"),
-        )
-    )
+    encrypted = encrypted_copy(certs.key_file.read_bytes(), tmp_path / "encrypted.key")
     proc = start_orchestrator(
         tmp_path, {"TLS_CERT_FILE": str(certs.cert_file), "TLS_KEY_FILE": str(encrypted)}
     )

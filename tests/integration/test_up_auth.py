@@ -18,7 +18,6 @@ from pathlib import Path
 import grpc
 import pytest
 import trustme
-from cryptography.hazmat.primitives import serialization
 
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
@@ -27,6 +26,7 @@ from orchestrator.dagctl.launching import LaunchError, own_server_tls
 from tests.integration.conftest import ROOT
 from tests.integration.test_dagctl import Up, real_up_environ
 from tests.integration.test_dagctl import start_up as start_dagctl_up
+from tests.keys import encrypted_copy
 
 pytestmark = pytest.mark.slow
 
@@ -254,15 +254,7 @@ def test_up_names_the_file_it_cannot_use(tmp_path: Path) -> None:
             }
         )
     # as dagctl itself: an encrypted key is refused, not prompted for on the terminal
-    key = serialization.load_pem_private_key(certs.client_key.read_bytes(), password=None)
-    locked = tmp_path / "locked.key"
-    locked.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"passphrase"),
-        )
-    )
+    locked = encrypted_copy(certs.client_key.read_bytes(), tmp_path / "locked.key")
     with pytest.raises(LaunchError, match=r"^DAGCTL_KEY_FILE .*locked\.key is encrypted"):
         own_server_tls(
             {**mutual, "DAGCTL_CERT_FILE": str(certs.client_cert), "DAGCTL_KEY_FILE": str(locked)}

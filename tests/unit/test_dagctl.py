@@ -222,19 +222,13 @@ def test_a_refused_token_names_the_variable_it_came_from() -> None:
 
 def test_an_encrypted_client_key_is_refused_without_a_prompt(tmp_path: Path) -> None:
     import trustme
-    from cryptography.hazmat.primitives import serialization
+
+    from tests.keys import encrypted_copy
 
     issued = trustme.CA().issue_cert("dagctl@example.com")
     cert, key = tmp_path / "c.pem", tmp_path / "c.key"
     cert.write_bytes(b"".join(b.bytes() for b in issued.cert_chain_pems))
-    plain = serialization.load_pem_private_key(issued.private_key_pem.bytes(), password=None)
-    key.write_bytes(
-        plain.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"pw"),
-        )
-    )
+    encrypted_copy(issued.private_key_pem.bytes(), key)
     settings = cli.Settings.from_env({"DAGCTL_CERT_FILE": str(cert), "DAGCTL_KEY_FILE": str(key)})
     with pytest.raises(BadArguments, match=r"DAGCTL_KEY_FILE .* is encrypted"):
         settings.tls()
