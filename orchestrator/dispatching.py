@@ -171,6 +171,8 @@ class Dispatcher:
         self._stalls: dict[str, int] = {}  # run -> times the store failed it, for backoff
         # run -> the last error of this process's own in carrying it: not an engine's fault
         self._faults: dict[str, str] = {}
+        # run -> how its engine last lost it, so that giving it up names the likely cause
+        self._losses: dict[str, str] = {}
         self._stalled: set[str] = set()  # runs whose last events the store could not take
         self._fresh: dict[str, RunTicket] = {}
         # runs that started, left their engine unfinished and wait for another: the engine
@@ -287,6 +289,9 @@ class Dispatcher:
         for run in list(self._running.values()):
             if run.link is link and run.call is not None:
                 run.lost = True
+                self._losses[run.ticket.execution_id] = (
+                    f"{link.key}: {link.last_error or 'the engine left'}"
+                )
                 run.call.cancel()
 
     async def close(self) -> None:
@@ -460,6 +465,7 @@ class Dispatcher:
                 exc.details(),
             )
             self._fleet.suspect(run.link, f"{code.name}: {exc.details()}")
+            self._losses[ticket.execution_id] = f"{run.link.key}: {code.name}: {exc.details()}"
             return "lost" if answered else "unreachable"
         except asyncio.CancelledError:
             if run.lost:
@@ -598,19 +604,22 @@ class Dispatcher:
         self._dispatches.pop(execution_id, None)
         self._stalls.pop(execution_id, None)
         self._faults.pop(execution_id, None)
+        self._losses.pop(execution_id, None)
         self._stalled.discard(execution_id)
         self._cancel_requests.pop(execution_id, None)
 
     async def _give_up(self, ticket: RunTicket) -> None:
         fault = self._faults.get(ticket.execution_id)
+        loss = self._losses.get(ticket.execution_id)
         await self._end(
             ticket,
             "execution.failed",
             "error",
-            f"gave up after {MAX_DISPATCHES} engines lost this run"
-            if fault is None
-            else f"gave up after {MAX_DISPATCHES} tries: the orchestrator could not carry this "
-            f"run ({fault})",
+            f"gave up after {MAX_DISPATCHES} tries: the orchestrator could not carry this "
+            f"run ({fault})"
+            if fault is not None
+            else f"gave up after {MAX_DISPATCHES} engines lost this run"
+            + ("" if loss is None else f" (the last: {loss})"),
         )
 
     async def _give_up_or_wait(self, run: _Running) -> None:

@@ -37,6 +37,12 @@ class GarbledEngine(pb_grpc.EngineServicer):
 
     async def Execute(self, request: pb.ExecuteRequest, context: Any) -> AsyncIterator[Any]:
         self.calls += 1
+        # The orchestrator cancels a try's call before it makes the next, but this server
+        # hears of that cancel a moment later on a busy machine: a call it ended shows so
+        # within seconds, one it kept open never does.
+        deadline = time.monotonic() + 5
+        while self.open and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         self.open += 1
         self.most_open = max(self.most_open, self.open)
         try:
@@ -159,3 +165,47 @@ async def test_runs_handed_back_by_draining_engines_are_never_given_up(tmp_path:
     # before: failed, "gave up after 20 engines lost this run", at the 20th hand-back
     assert doc["status"] == "succeeded", doc.get("error")
     assert engine.calls == MAX_DISPATCHES + 4
+
+
+class BreakingEngine(pb_grpc.EngineServicer):
+    """Starts every run, then ends its stream with INTERNAL, as an engine whose own code faults
+    while it drives the run does."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def Execute(self, request: pb.ExecuteRequest, context: Any) -> AsyncIterator[Any]:
+        self.calls += 1
+        yield pb.ExecuteResponse(
+            events=[
+                pb.Event(
+                    seq=request.first_seq or 1,
+                    time="2026-01-01T00:00:00Z",
+                    type="execution.started",
+                    severity="info",
+                    workflow_id="one",
+                    version="1.0.0",
+                    execution_id=request.execution_id,
+                    data_json="{}",
+                )
+            ]
+        )
+        await context.abort(grpc.StatusCode.INTERNAL, "run broke: OverflowError: too large")
+
+    async def GetInfo(self, request: pb.GetInfoRequest, context: Any) -> pb.EngineInfo:
+        return pb.EngineInfo(engine_id="breaking", state="serving", capacity=5)
+
+
+async def test_a_run_every_engine_loses_is_given_up_naming_how_it_was_lost(
+    tmp_path: Path,
+) -> None:
+    engine = BreakingEngine()
+    async with orchestrator_for(engine, tmp_path, ENGINE_HEALTH_CHECK_INTERVAL="0.1") as url:
+        doc = await run_one(url)
+    assert doc["status"] == "failed"
+    # before: "gave up after 20 engines lost this run", with the cause only in the log
+    assert doc["error"].startswith(
+        f"gave up after {MAX_DISPATCHES} engines lost this run (the last: "
+    )
+    assert "INTERNAL: run broke: OverflowError: too large" in doc["error"], doc["error"]
+    assert engine.calls == MAX_DISPATCHES
