@@ -140,6 +140,14 @@ def _parse_range(text: str) -> _Range:
     return _Range(text, npm=NpmSpec(stripped))
 
 
+def range_matches(text: str, version: str) -> bool:
+    """Whether ``version`` is in the range ``text``; False for either one malformed."""
+    try:
+        return _parse_range(text).matches(version)
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class _Reference:
     """A sub-workflow node of some version: which workflow it runs and in what range."""

@@ -524,9 +524,12 @@ def detail_lines(details: JSONObject, rename: Callable[[str], str] = str) -> lis
 # -- commands -------------------------------------------------------------------------------
 
 
-_WAITS_FOR_ANOTHER: Final = frozenset({"not_found", "no_matching_version"})
-"""Refusals of a spec that references a workflow not registered yet: one of the files given
-with it may be that workflow, so it is tried again once they are in."""
+_WAITS_FOR_ANOTHER: Final = frozenset(
+    {"not_found", "no_matching_version", "dependents_out_of_range"}
+)
+"""Refusals of a spec that references a workflow not registered yet, or that its dependents'
+ranges leave out: one of the files given with it may be that workflow, or a dependent's new
+version, so it is tried again once they are in."""
 
 
 def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
@@ -563,6 +566,8 @@ def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO
             ref = f"{wf.get('id', '?')}@{wf.get('version', '?')}"
             out.write(f"workflow {printable(ref)} {verdict}\n")
         progress = len(refused) < len(pending)
+        if not progress and not args.force:
+            progress = _force_upgrades(client, refused, out)
         pending = []
         for index, source, refusal in refused:
             if progress and refusal.code in _WAITS_FOR_ANOTHER:
@@ -575,6 +580,92 @@ def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO
     if unreadable:  # as validate: a file that is not there is the command line's fault
         return EXIT_USAGE
     return EXIT_FAILED if errors else EXIT_OK
+
+
+def _force_upgrades(
+    client: Client, refused: list[tuple[int, SpecSource, ApiError]], out: TextIO
+) -> bool:
+    """Register with force each refused version whose dependents left out of its range all
+    have a new version given with it that waits for it: a child's new major version applied
+    with its parents' new versions, which need it. Those parents then register in the next
+    pass. True when one was registered (it is dropped from ``refused``)."""
+    from orchestrator.versions import range_matches
+
+    # workflow -> the ranges its refused new version waits for, per workflow it needs
+    waits: dict[str, dict[str, list[str]]] = {}
+    for _, source, refusal in refused:
+        needs_another = refusal.code in ("not_found", "no_matching_version")
+        source_id = _spec_id(source) if needs_another else None
+        if source_id is None:
+            continue
+        problems = refusal.details.get("problems")
+        for problem in problems if isinstance(problems, list) else [refusal.details]:
+            if isinstance(problem, dict):
+                needed, rng = problem.get("workflow"), problem.get("range")
+                if isinstance(needed, str) and isinstance(rng, str):
+                    waits.setdefault(source_id, {}).setdefault(needed, []).append(rng)
+    forced = False
+    for entry in list(refused):
+        _, source, refusal = entry
+        workflow, version = refusal.details.get("workflow"), refusal.details.get("version")
+        dependents = refusal.details.get("dependents")
+        if (
+            refusal.code != "dependents_out_of_range"
+            or not isinstance(workflow, str)
+            or not isinstance(version, str)
+            or not isinstance(dependents, list)
+            or not dependents
+        ):
+            continue
+        users = {
+            str(d.get("workflow", "")).split("@")[0] for d in dependents if isinstance(d, dict)
+        }
+        if not all(
+            waits.get(user, {}).get(workflow)
+            and all(range_matches(rng, version) for rng in waits[user][workflow])
+            for user in users
+        ):
+            continue
+        try:
+            client.call(
+                "POST",
+                "/api/v1/workflows",
+                query={"force": "true"},
+                data=source.data,
+                headers={
+                    "Content-Type": "application/json" if source.is_json else "application/yaml"
+                },
+            )
+        except ApiError:
+            continue  # told with the rest, as refused
+        refused.remove(entry)
+        behind = ", ".join(
+            f"{d.get('workflow')} (needs {d.get('range')})"
+            for d in dependents
+            if isinstance(d, dict)
+        )
+        out.write(
+            printable(
+                f"workflow {workflow}@{version} registered, forced past {behind}: "
+                "new versions given with it need it"
+            )
+            + "\n"
+        )
+        forced = True
+    return forced
+
+
+def _spec_id(source: SpecSource) -> str | None:
+    """The ``id`` of the spec in ``source`` (the server read it whole already)."""
+    from engine.documents import load_yaml
+
+    try:
+        text = source.data.decode("utf-8-sig")
+        doc = json.loads(text) if source.is_json else load_yaml(text)
+    except ValueError:  # UnicodeDecodeError, JSONDecodeError and YamlRefused all
+        return None
+    found = doc.get("id") if isinstance(doc, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def _refusal_lines(name: str, refusal: ApiError) -> list[str]:

@@ -1,0 +1,110 @@
+"""``dagctl apply`` against a real orchestrator: a child's new major version given with its
+parents' new versions, which need it, registers without ``--force``; nothing else is forced."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.dagctl import main
+from tests.integration.conftest import OrchestratorProcess, spawn_orchestrator, stop_process
+
+pytestmark = pytest.mark.slow
+
+
+def parent(version: str, child_range: str, wf: str = "parent") -> str:
+    return (
+        f"id: {wf}\nversion: {version}\nnodes:\n"
+        f"  - id: c\n    workflow: {{id: child, version: '{child_range}'}}\n"
+    )
+
+
+def child(version: str) -> str:
+    return f"id: child\nversion: {version}\nnodes:\n  - id: a\n    lua: return {{}}\n"
+
+
+@pytest.fixture
+def orchestrator(tmp_path: Path) -> Iterator[OrchestratorProcess]:
+    # registering needs no engine: the one named is never there
+    proc = spawn_orchestrator(
+        tmp_path / "orchestrator.log", tmp_path / "state.db", [], ENGINE_ADDRESSES="127.0.0.1:9"
+    )
+    try:
+        yield proc
+    finally:
+        stop_process(proc.proc)
+
+
+def apply(
+    url: str, capsys: pytest.CaptureFixture[str], *files: Path
+) -> tuple[int, list[str], list[str]]:
+    capsys.readouterr()
+    code = main(["apply", *(a for f in files for a in ("-f", str(f)))], {"DAGCTL_SERVER": url})
+    seen = capsys.readouterr()
+    return code, seen.out.splitlines(), seen.err.splitlines()
+
+
+def test_a_major_upgrade_of_a_child_with_its_parents_registers_without_force(
+    orchestrator: OrchestratorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "a-parent.yaml").write_text(parent("1.0.0", "^1"))
+    (v1 / "b-other.yaml").write_text(parent("1.0.0", "1.x", wf="other"))
+    (v1 / "c-child.yaml").write_text(child("1.0.0"))
+    assert apply(orchestrator.url, capsys, v1)[0] == 0
+
+    # parent 2 needs child 2, and child 2 is outside both parents' 1.x ranges; other's new
+    # version widens its range, parent's moves it to ^2
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "a-parent.yaml").write_text(parent("2.0.0", "^2"))
+    (v2 / "b-other.yaml").write_text(parent("1.1.0", ">=1 <3", wf="other"))
+    (v2 / "c-child.yaml").write_text(child("2.0.0"))
+    code, out, err = apply(orchestrator.url, capsys, v2)
+    # before: 1, child refused (dependents_out_of_range), the parents refused (no match)
+    assert (code, err) == (0, [])
+    assert out == [
+        # other's new version takes child 2 in its range: no force is needed past it
+        "workflow other@1.1.0 registered",
+        "workflow child@2.0.0 registered, forced past parent@1.0.0 (needs ^1):"
+        " new versions given with it need it",
+        "workflow parent@2.0.0 registered",
+    ]
+
+
+def test_a_child_is_not_forced_past_a_parent_that_is_not_upgraded_with_it(
+    orchestrator: OrchestratorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "parent.yaml").write_text(parent("1.0.0", "^1"))
+    (v1 / "other.yaml").write_text(parent("1.0.0", "^1", wf="other"))
+    (v1 / "child.yaml").write_text(child("1.0.0"))
+    assert apply(orchestrator.url, capsys, v1)[0] == 0
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "parent.yaml").write_text(parent("2.0.0", "^2"))
+    (v2 / "child.yaml").write_text(child("2.0.0"))
+    # other@1.0.0 (^1) is given no new version: the child stays refused, and so the parent
+    code, out, err = apply(orchestrator.url, capsys, v2)
+    assert (code, out) == (1, [])
+    heads = [line for line in err if line.startswith("dagctl: ")]
+    assert heads[0].startswith(f"dagctl: {v2 / 'child.yaml'}: dependents_out_of_range: ")
+    assert "other@1.0.0 (needs ^1)" in heads[0]
+    assert heads[1].startswith(f"dagctl: {v2 / 'parent.yaml'}: no_matching_version: ")
+    assert len(heads) == 2
+
+    # a parent's new version whose range the child's does not meet forces nothing either
+    (v2 / "parent.yaml").write_text(parent("2.0.0", "^3"))
+    (v2 / "other.yaml").write_text(parent("2.0.0", "^3", wf="other"))
+    code, out, err = apply(orchestrator.url, capsys, v2)
+    assert (code, out) == (1, [])
+    assert [line.split(": ")[2] for line in err if line.startswith("dagctl: ")] == [
+        "dependents_out_of_range",
+        "no_matching_version",
+        "no_matching_version",
+    ]
