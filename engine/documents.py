@@ -48,6 +48,7 @@ from engine.core.spec import (
     non_json_values,
     parse_spec,
 )
+from engine.core.values import nests_deeper
 
 __all__ = [
     "MAX_DEPTH",
@@ -599,6 +600,18 @@ def read_document(
             root = yaml.compose(text.replace("\t", " "), Loader=_Loader)
         except (yaml.YAMLError, RecursionError):
             root = None  # valid JSON that YAML 1.1 cannot compose: data without line numbers
+        if nests_deeper(doc, MAX_DEPTH):
+            # as YAML files and JSON bodies are: the orchestrator refuses such a spec
+            raise SpecError(
+                [
+                    SpecProblem(
+                        "",
+                        f"invalid JSON: nested deeper than {MAX_DEPTH} levels",
+                        _deepest_line(root),
+                    )
+                ],
+                source,
+            )
         if number is not None:
             refusal = (
                 _scalar_refusal(root, number, "JSON")
@@ -616,6 +629,17 @@ def read_document(
         except YamlRefused as exc:
             raise SpecError([SpecProblem("", exc.problem, exc.line)], source) from exc
     return doc, lines, problems
+
+
+def _deepest_line(root: yaml.Node | None) -> int | None:
+    """The line of the first node past ``MAX_DEPTH`` levels under ``root``."""
+    stack = [(root, 1)] if root is not None else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return int(node.start_mark.line) + 1
+        stack.extend((child, depth + 1) for child in reversed(_children(node)))
+    return None
 
 
 def parse_text(
@@ -637,10 +661,11 @@ def parse_text(
             # below reports it
             pass
         else:
-            try:
-                return parse_spec(doc, source=source, checks=checks)
-            except SpecError:
-                pass
+            if not nests_deeper(doc, MAX_DEPTH):  # too deep: the located path tells where
+                try:
+                    return parse_spec(doc, source=source, checks=checks)
+                except SpecError:
+                    pass
     doc, lines, problems = read_document(text, source, json_only=json_only)
     return parse_spec(doc, lines=lines, source=source, checks=checks, problems=problems)
 

@@ -25,7 +25,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from engine import wire
 from engine.core.errors import InputsError, SpecError
 from engine.core.states import EXECUTION_TERMINAL
-from engine.core.values import JSON, JSONObject
+from engine.core.values import JSON, JSONObject, nests_deeper
 from orchestrator.errors import OrchestratorError
 from orchestrator.monitoring import EventFilter, Hub, Published, Subscription
 from orchestrator.store import (
@@ -172,19 +172,6 @@ def check_bearer(header: str, token: str | None) -> None:
         raise HttpError(403, "forbidden", "the bearer token is not valid")
 
 
-def _depth_ok(value: JSON, limit: int) -> bool:
-    stack: list[tuple[JSON, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return False
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return True
-
-
 async def _read_json(request: web.Request, *, required: bool = True) -> JSON:
     raw = await request.read()
     if not raw.strip():
@@ -219,7 +206,7 @@ def check_json(raw: str | bytes, value: JSON, what: str) -> None:
     (``"\\udc80"``): Python decodes that to a code point no UTF-8 text can hold, so the store
     and the engines could not keep it. Only text with such an escape in it is looked at twice.
     The one check for HTTP bodies and gRPC JSON fields alike."""
-    if not _depth_ok(value, MAX_JSON_DEPTH):
+    if nests_deeper(value, MAX_JSON_DEPTH):
         raise HttpError(400, "too_deep", f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     found = _SURROGATE_BYTES.search(raw) if isinstance(raw, bytes) else _SURROGATE_TEXT.search(raw)
     if found is None:

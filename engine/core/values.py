@@ -27,3 +27,18 @@ def json_kind(value: object) -> str:
     if isinstance(value, dict):
         return "an object"
     return f"a {type(value).__name__}"
+
+
+def nests_deeper(value: object, limit: int) -> bool:
+    """Whether ``value`` nests past ``limit`` levels, a scalar counting as one (``{"a": 1}`` has
+    two): the one measure for JSON bodies, fields and spec files."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False

@@ -5,6 +5,7 @@ differently, the builder."""
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -429,6 +430,27 @@ def test_yaml_nested_past_64_levels_is_refused_like_a_json_body() -> None:
         "wf.yaml:3: invalid YAML: nested deeper than 64 levels"
     ]
     parse_text(nested(64) + NODES, "wf.yaml")
+
+
+def test_a_json_file_nested_past_64_levels_is_refused_with_its_line() -> None:
+    def nested(levels: int, indent: int | None) -> str:
+        labels: Any = 1
+        for _ in range(levels - 3):  # the document (1), labels (2) and a value (levels)
+            labels = [labels]
+        doc = {"id": "wf", "version": "1.0.0", "labels": {"a": labels}}
+        doc["nodes"] = [{"id": "a", "lua": "return 1"}]
+        return json.dumps(doc, indent=indent)
+
+    # before: valid here, and refused by the orchestrator as a body too deep
+    assert text_problems(nested(65, None), "wf.json") == [
+        "wf.json:1: invalid JSON: nested deeper than 64 levels"
+    ]
+    lines = nested(65, 1).splitlines()
+    [problem] = text_problems(nested(65, 1), "wf.json")
+    line = int(problem.split(":")[1])
+    assert problem.endswith(": invalid JSON: nested deeper than 64 levels")
+    assert lines[line - 1].strip() == "1"  # the 65th level, in the file's lines
+    parse_text(nested(64, 1), "wf.json", json_only=True)
 
 
 # -- 7. the builder validates as a file is validated ------------------------------------------
