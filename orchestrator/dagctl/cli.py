@@ -543,6 +543,7 @@ def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO
         else:
             pending.append((index, source))
     # in passes, as long as one registers something: a parent named before its child waits
+    last_refused: list[tuple[int, SpecSource, ApiError]] = []
     while pending:
         refused: list[tuple[int, SpecSource, ApiError]] = []
         for index, source in pending:
@@ -568,6 +569,7 @@ def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO
         progress = len(refused) < len(pending)
         if not progress and not args.force:
             progress = _force_upgrades(client, refused, out)
+        last_refused = refused
         pending = []
         for index, source, refusal in refused:
             if progress and refusal.code in _WAITS_FOR_ANOTHER:
@@ -577,6 +579,17 @@ def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO
     for index in sorted(errors):
         for line in errors[index]:
             err.write(line + "\n")
+    if last_refused:
+        cycle = _waiting_cycle(_waits(last_refused))
+        if cycle is not None:
+            # each was told "not registered": the reason neither ever will be is the loop
+            err.write(
+                printable(
+                    f"dagctl: {' -> '.join(cycle)}: these workflows given together use each "
+                    "other, and sub-workflows may not form a cycle: none can be registered first"
+                )
+                + "\n"
+            )
     if unreadable:  # as validate: a file that is not there is the command line's fault
         return EXIT_USAGE
     return EXIT_FAILED if errors else EXIT_OK
@@ -591,19 +604,7 @@ def _force_upgrades(
     pass. True when one was registered (it is dropped from ``refused``)."""
     from orchestrator.versions import range_matches
 
-    # workflow -> the ranges its refused new version waits for, per workflow it needs
-    waits: dict[str, dict[str, list[str]]] = {}
-    for _, source, refusal in refused:
-        needs_another = refusal.code in ("not_found", "no_matching_version")
-        source_id = _spec_id(source) if needs_another else None
-        if source_id is None:
-            continue
-        problems = refusal.details.get("problems")
-        for problem in problems if isinstance(problems, list) else [refusal.details]:
-            if isinstance(problem, dict):
-                needed, rng = problem.get("workflow"), problem.get("range")
-                if isinstance(needed, str) and isinstance(rng, str):
-                    waits.setdefault(source_id, {}).setdefault(needed, []).append(rng)
+    waits = _waits(refused)
     forced = False
     for entry in list(refused):
         _, source, refusal = entry
@@ -653,6 +654,40 @@ def _force_upgrades(
         )
         forced = True
     return forced
+
+
+def _waits(refused: list[tuple[int, SpecSource, ApiError]]) -> dict[str, dict[str, list[str]]]:
+    """Workflow -> the ranges its refused new version waits for, per workflow it needs."""
+    waits: dict[str, dict[str, list[str]]] = {}
+    for _, source, refusal in refused:
+        needs_another = refusal.code in ("not_found", "no_matching_version")
+        source_id = _spec_id(source) if needs_another else None
+        if source_id is None:
+            continue
+        problems = refusal.details.get("problems")
+        for problem in problems if isinstance(problems, list) else [refusal.details]:
+            if isinstance(problem, dict):
+                needed, rng = problem.get("workflow"), problem.get("range")
+                if isinstance(needed, str) and isinstance(rng, str):
+                    waits.setdefault(source_id, {}).setdefault(needed, []).append(rng)
+    return waits
+
+
+def _waiting_cycle(waits: dict[str, dict[str, list[str]]]) -> list[str] | None:
+    """A path a -> b -> a among workflows given together that each wait for the next."""
+    for start in sorted(waits):
+        path = [start]
+        seen = {start}
+        while True:
+            following = sorted(n for n in waits.get(path[-1], {}) if n in waits)
+            if not following:
+                break
+            nxt = following[0]
+            if nxt in seen:
+                return [*path[path.index(nxt) :], nxt]
+            path.append(nxt)
+            seen.add(nxt)
+    return None
 
 
 def _spec_id(source: SpecSource) -> str | None:

@@ -108,3 +108,23 @@ def test_a_child_is_not_forced_past_a_parent_that_is_not_upgraded_with_it(
         "no_matching_version",
         "no_matching_version",
     ]
+
+
+def test_workflows_given_together_that_use_each_other_are_told_as_a_cycle(
+    orchestrator: OrchestratorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.yaml").write_text(
+        "id: a\nversion: 1.0.0\nnodes:\n  - id: x\n    workflow: {id: b, version: ^1}\n"
+    )
+    (tmp_path / "b.yaml").write_text(
+        "id: b\nversion: 1.0.0\nnodes:\n  - id: y\n    workflow: {id: a, version: ^1}\n"
+    )
+    (tmp_path / "c.yaml").write_text(parent("1.0.0", "^1", wf="c"))  # waits for a child alone
+    code, out, err = apply(orchestrator.url, capsys, tmp_path)
+    assert (code, out) == (1, [])
+    # before: each "not registered", and nothing said of why neither ever would be
+    assert err[-1] == (
+        "dagctl: a -> b -> a: these workflows given together use each other, and "
+        "sub-workflows may not form a cycle: none can be registered first"
+    )
+    assert sum(line.startswith("dagctl: ") for line in err) == 4
