@@ -600,7 +600,7 @@ def read_document(
             root = yaml.compose(text.replace("\t", " "), Loader=_Loader)
         except (yaml.YAMLError, RecursionError):
             root = None  # valid JSON that YAML 1.1 cannot compose: data without line numbers
-        if nests_deeper(doc, MAX_DEPTH):
+        if number is None and nests_deeper(doc, MAX_DEPTH):
             # as YAML files and JSON bodies are: the orchestrator refuses such a spec
             raise SpecError(
                 [

@@ -1057,7 +1057,7 @@ def non_json_values(value: object, *, keys: bool = False) -> Iterator[tuple[Key,
             yield key, problem
         elif isinstance(each, dict):
             for name in each:
-                if isinstance(name, int) and name.bit_length() > MAX_INT_BITS:
+                if isinstance(name, int) and _too_large(name):
                     yield key, f"a key is {_LONG_INT}"
                 elif isinstance(name, str) and _surrogate(name) is not None:
                     yield key, f"key {name!r} {_surrogate(name)}"
@@ -1069,7 +1069,20 @@ def non_json_values(value: object, *, keys: bool = False) -> Iterator[tuple[Key,
             stack.extend(reversed([((*key, i), v) for i, v in enumerate(each)]))
 
 
-_LONG_INT: Final = "a whole number too long to carry (more than about 4,200 digits)"
+_LONG_INT: Final = (
+    "a whole number too large to carry: past about 1.8e308, more than a double holds (Lua "
+    "and JSON clients read numbers as doubles); write it as a string"
+)
+
+
+def _too_large(value: int) -> bool:
+    if value.bit_length() <= 1023:  # nearly every number: no conversion
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return True
+    return False
 
 
 def _surrogate(text: str) -> str | None:
@@ -1096,7 +1109,7 @@ def _not_json(value: object) -> str | None:
         problem = _surrogate(value)
         return None if problem is None else f"{_short(value)} {problem}"
     if isinstance(value, int):
-        return _LONG_INT if value.bit_length() > MAX_INT_BITS else None
+        return _LONG_INT if _too_large(value) else None
     if isinstance(value, float):
         if math.isfinite(value):
             return None

@@ -8,6 +8,7 @@ traceback from ``python -m engine``.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ def test_a_yaml_scalar_its_tag_cannot_make_is_refused_with_its_line() -> None:
 
 def test_a_hex_number_too_long_to_print_is_refused() -> None:
     assert messages(HEAD + "concurrency: 0x" + "f" * 5000 + "\n") == [
-        "wf.yaml:6: concurrency: a whole number too long to carry (more than about 4,200 digits)"
+        f"wf.yaml:6: concurrency: {TOO_LARGE}"
     ]
 
 
@@ -135,9 +136,28 @@ def test_a_json_number_python_reads_but_will_not_print_is_refused_as_in_yaml() -
     # before, the same number refused in YAML
     text = json_spec(outputs={"x": 1}).replace('"x": 1', '"x": ' + "9" * 4250)
     assert messages(text, json_only=True) == [
-        f"wf.yaml:{line_of(text, '999')}: outputs.x: a whole number too long to carry "
-        "(more than about 4,200 digits)"
+        f"wf.yaml:{line_of(text, '999')}: outputs.x: {TOO_LARGE}"
     ]
+
+
+TOO_LARGE = (
+    "a whole number too large to carry: past about 1.8e308, more than a double holds (Lua and "
+    "JSON clients read numbers as doubles); write it as a string"
+)
+
+
+@pytest.mark.parametrize("digits", [309, 400, 4000])
+def test_a_whole_number_no_double_holds_is_refused_in_a_spec(digits: int) -> None:
+    # before: 309 to about 4,200 digits were registered, and every run of the spec was then
+    # tried on 20 engines, its nodes run again each time, and failed with an internal error
+    text = HEAD + "outputs:\n  huge: " + "9" * digits + "\n"
+    assert messages(text) == [f"wf.yaml:7: outputs.huge: {TOO_LARGE}"]
+    assert messages(json_spec(outputs={"huge": 10**digits}), json_only=True)[0].endswith(
+        f"outputs.huge: {TOO_LARGE}"
+    )
+    largest = int(sys.float_info.max)  # the largest double, as a whole number: it fits
+    spec = spec_from_text(HEAD + f"outputs:\n  max: {largest}\n", "wf.yaml")
+    assert spec.outputs == {"max": largest}
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -359,9 +379,15 @@ def test_a_schema_nested_deeper_than_jsonschema_can_check_is_refused() -> None:
         inner["items"] = inner = {}
     # before: RecursionError out of the meta-schema check, a 500
     assert json_schema_problem(schema) == "nested too deeply to check"
-    text = json.dumps({**json.loads(json_spec()), "inputs_schema": schema})
-    assert messages(text, json_only=True) == [
-        "wf.yaml:1: inputs_schema: not a valid JSON Schema: nested too deeply to check"
+    doc = {**json.loads(json_spec()), "inputs_schema": schema}
+    with pytest.raises(SpecError) as info:
+        spec_from_document(doc, "wf.yaml")
+    assert info.value.messages() == [
+        "wf.yaml: inputs_schema: not a valid JSON Schema: nested too deeply to check"
+    ]
+    # a file holding it is refused first for its nesting, as a JSON body is
+    assert messages(json.dumps(doc), json_only=True) == [
+        "wf.yaml:1: invalid JSON: nested deeper than 64 levels"
     ]
 
 

@@ -470,7 +470,9 @@ def test_a_json_file_nested_past_64_levels_is_refused_with_its_line() -> None:
         ),
         (
             lambda: Workflow("wf", "1.0.0").node("a", lua="return 1", foreach=[10**5000]),
-            "nodes[0].foreach[0]: a whole number too long to carry (more than about 4,200 digits)",
+            "nodes[0].foreach[0]: a whole number too large to carry: past about 1.8e308, more "
+            "than a double holds (Lua and JSON clients read numbers as doubles); write it as a "
+            "string",
         ),
         (
             lambda: (
