@@ -75,6 +75,10 @@ class TemplateError(EngineError):
     """A template referenced something that is not there when the node was about to run."""
 
 
+class NoOutput(TemplateError):
+    """A template read ``results.<node>`` of a node that did not succeed (skipped, failed)."""
+
+
 class InvalidTransition(EngineError):
     """A node state change that the state machine does not allow; names node, from and to."""
 

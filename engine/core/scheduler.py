@@ -26,7 +26,7 @@ from typing import Final, TypeAlias, cast
 
 from engine.core import templates
 from engine.core.durations import format_duration
-from engine.core.errors import InvalidTransition, TemplateError
+from engine.core.errors import InvalidTransition, NoOutput, TemplateError
 from engine.core.spec import NodeSpec, WorkflowSpec
 from engine.core.states import (
     NODE_TERMINAL,
@@ -829,10 +829,14 @@ class Run:
         self._finish("partial" if sink_ok else "failed", summary)
 
     def _finish(self, status: ExecutionStatus, error: str | None, unreached: int = 0) -> None:
+        self.outputs, broken = self._outputs()
+        if broken is not None and status == "succeeded":
+            # every node did its part, but the output the spec promises is not there: a
+            # typo in the template, or a node that returned another shape than expected
+            status, error = "failed", broken
         self.status = status
         self.error = error
         self.finished_at = self._now
-        self.outputs = self._outputs()
         data: JSONObject = {"outputs": self.outputs}
         if error is not None:
             data["error"] = error
@@ -848,22 +852,27 @@ class Run:
         self._emit(f"execution.{status}", severity, data=data)
         self._out.append(Finish(status, self.outputs, error))
 
-    def _outputs(self) -> JSONObject:
+    def _outputs(self) -> tuple[JSONObject, str | None]:
+        """The run's outputs, and why the first of them that could not be made was not."""
         if self.spec.outputs is None:
             return {
                 node_id: self.nodes[node_id].output
                 for node_id in self.spec.order
                 if node_id in self.spec.sink_ids and self.nodes[node_id].status == "succeeded"
-            }
+            }, None
         out: JSONObject = {}
+        broken: str | None = None
         for name, template in self.spec.outputs.items():
             try:
                 out[name] = templates.resolve(
                     template, inputs=self.inputs, results=self._lookup, ctx=self.ctx
                 )
-            except TemplateError:
+            except NoOutput:
                 out[name] = None  # a node the output names did not succeed: the run says why
-        return out
+            except TemplateError as exc:
+                out[name] = None
+                broken = broken or f"outputs.{name}: {exc}"
+        return out, broken
 
     # -- invariants -------------------------------------------------------------------------
 

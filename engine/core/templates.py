@@ -14,13 +14,12 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from engine.core.errors import TemplateError
+from engine.core.errors import NoOutput, TemplateError
 from engine.core.values import JSON, json_kind
 
 ROOTS = ("inputs", "results", "ctx")
 _TOKEN = re.compile(r"\{\{(.*?)\}\}", re.S)
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
-_WHOLE = re.compile(r"\s*\{\{(.*?)\}\}\s*", re.S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +70,19 @@ def template_parts(value: str) -> list[str | Reference]:
 
 
 def is_whole_template(value: str) -> bool:
-    return _WHOLE.fullmatch(value) is not None and value.count("{{") == 1
+    """Whether ``value`` is one template and nothing else (spaces around it aside)."""
+    try:
+        return _whole(template_parts(value)) is not None
+    except ValueError:
+        return False
+
+
+def _whole(parts: list[str | Reference]) -> Reference | None:
+    # text after the closing braces (even more braces: "{{ a }} }}") makes it inline
+    refs = [p for p in parts if isinstance(p, Reference)]
+    if len(refs) != 1 or any(isinstance(p, str) and p.strip() for p in parts):
+        return None
+    return refs[0]
 
 
 def iter_strings(value: JSON, path: str = "") -> Iterator[tuple[str, str]]:
@@ -116,7 +127,7 @@ def _walk(ref: Reference, inputs: JSON, results: Lookup, ctx: JSON) -> JSON:
         try:
             current = results(node)
         except KeyError:
-            raise TemplateError(
+            raise NoOutput(
                 f"template '{{{{ {ref.text} }}}}': node {node!r} has no output"
             ) from None
         where = f"results.{node}"
@@ -143,9 +154,9 @@ def resolve(value: JSON, *, inputs: JSON, results: Lookup, ctx: JSON) -> JSON:
             parts = template_parts(value)
         except ValueError as exc:
             raise TemplateError(str(exc)) from None
-        if is_whole_template(value):
-            ref = next(p for p in parts if isinstance(p, Reference))
-            return _walk(ref, inputs, results, ctx)
+        whole = _whole(parts)
+        if whole is not None:
+            return _walk(whole, inputs, results, ctx)
         out: list[str] = []
         for part in parts:
             if isinstance(part, str):

@@ -29,6 +29,13 @@ def test_whole_template_keeps_type() -> None:
     assert r("{{ ctx.index }}") == 2
 
 
+def test_text_after_a_template_keeps_it_inline_even_more_braces() -> None:
+    # before: both were taken as one whole template, and the text after it was dropped
+    assert r("{{ inputs.limit }} and }}") == "10 and }}"
+    assert r("{{ inputs.limit }}}}") == "10}}"
+    assert r("{{ inputs.limit }} }} ") == "10 }} "
+
+
 def test_inline_template_becomes_text() -> None:
     assert r("from {{ inputs.source }}: {{ results.extract.rows }}") == "from cron: [1,2,3]"
     assert r("{{ inputs.limit }}{{ inputs.limit }}") == "1010"
