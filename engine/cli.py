@@ -18,8 +18,9 @@ from typing import Final, TextIO
 
 from engine.core.errors import InputsError, SpecError
 from engine.core.events import Event
-from engine.core.values import JSON, JSONObject, json_kind
-from engine.documents import non_json_values, read_document
+from engine.core.printing import one_line
+from engine.core.values import JSON, JSONObject, json_kind, nests_deeper
+from engine.documents import MAX_DEPTH, non_json_values, read_document
 from engine.inputs import caller_inputs_problem, check_inputs
 from engine.loading import load_spec_file
 from engine.lua import LuaPool
@@ -58,7 +59,9 @@ class ProgressPrinter:
         if event.type == "node.started" and (event.attempt or 1) > 1:
             detail = f"attempt {event.attempt}"
         stamp = f"{event.time - self.t0:8.3f}s"
-        self.out.write(f"{stamp}  {label:<{self.width}}  {what:<10} {detail}".rstrip() + "\n")
+        # a script's text reaches the terminal: escaped, and kept on its line
+        line = one_line(f"{stamp}  {label:<{self.width}}  {what:<10} {detail}".rstrip())
+        self.out.write(line + "\n")
         self.out.flush()
 
 
@@ -146,6 +149,8 @@ async def _run(args: argparse.Namespace) -> int:
         problem = caller_inputs_problem(inputs)
         if problem is not None:
             raise ValueError(problem)
+        if nests_deeper(inputs, MAX_DEPTH):
+            raise ValueError(f"inputs nest deeper than {MAX_DEPTH} levels, as no server takes")
         check_inputs(spec, inputs)
     except (ValueError, InputsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -85,7 +85,9 @@ def check_inputs(spec: WorkflowSpec, inputs: JSON) -> None:
     stored before registration refused them) refuses them too, saying why."""
     if not isinstance(inputs, dict):
         # every node reads inputs.<name>, with or without a schema to say so
-        raise InputsError(spec.id, [f"inputs must be a JSON object, not {json_kind(inputs)}"])
+        raise InputsError(
+            spec.id, [f"inputs must be a JSON object, not {json_kind(inputs)}"], schema=False
+        )
     if spec.inputs_schema is None:
         return
     if TRIGGER_KEY in inputs:

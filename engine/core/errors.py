@@ -62,13 +62,12 @@ class SpecError(EngineError):
 class InputsError(EngineError):
     """Execution inputs were refused before anything ran."""
 
-    def __init__(self, workflow_id: str, problems: list[str]) -> None:
+    def __init__(self, workflow_id: str, problems: list[str], *, schema: bool = True) -> None:
         self.workflow_id = workflow_id
         self.problems = problems
-        super().__init__(
-            f"inputs for workflow {workflow_id!r} do not match its inputs_schema: "
-            + "; ".join(problems)
-        )
+        # "do not match its inputs_schema" only where there is one to blame
+        why = "do not match its inputs_schema" if schema else "are refused"
+        super().__init__(f"inputs for workflow {workflow_id!r} {why}: " + "; ".join(problems))
 
 
 class TemplateError(EngineError):

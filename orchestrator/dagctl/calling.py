@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import socket
 import ssl
 import urllib.error
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.core.envparse import loopback_host
+from engine.core.printing import one_line as one_line  # shared with engine run
+from engine.core.printing import printable as printable
 from engine.core.values import JSON, JSONObject
 
 DEFAULT_TIMEOUT = 30.0
@@ -66,36 +67,6 @@ class StreamUnavailable(DagctlError):
     def __init__(self, message: str, refusal: ApiError | None = None) -> None:
         super().__init__(message)
         self.refusal = refusal
-
-
-# C0 but newline and tab, DEL, C1, line and paragraph separators, the bidirectional embeddings,
-# overrides and isolates (which reorder what a terminal shows), and lone surrogates
-_CONTROL = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
-)
-_LINE_BREAKS = re.compile("[\n\t]")
-
-
-def _escape(found: re.Match[str]) -> str:
-    code = ord(found[0])
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def printable(text: str) -> str:
-    """``text`` with its control characters written as escapes (ESC as ``\\x1b``): C0 but
-    newline and tab, DEL, C1, the line and paragraph separators, and lone surrogates.
-
-    Text from the server (a Lua error, a workflow name) goes to a terminal through this, so it
-    cannot move the cursor, recolour the screen or break a line; escaping twice changes
-    nothing more.
-    """
-    return _CONTROL.sub(_escape, text)
-
-
-def one_line(text: str) -> str:
-    """``printable``, with newline and tab escaped too: for what must stay on its line (one
-    event a line), where a newline in a script's message would print a line of its own."""
-    return _LINE_BREAKS.sub(_escape, printable(text))
 
 
 NOT_HTTP = "it did not answer HTTP; is that the gRPC port?"

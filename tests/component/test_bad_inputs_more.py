@@ -197,6 +197,38 @@ def test_engine_run_refuses_an_inputs_file_json_cannot_hold(
     )
 
 
+def test_engine_run_refuses_inputs_no_server_takes_naming_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    deep: Any = 1
+    for _ in range(64):  # the object (1) and 64 lists past it: 66 levels
+        deep = [deep]
+    # before: both ran; the deep ones went through, the long number failed a node, exit 1
+    code, out, err = run_cli(capsys, "run", DIAMOND, "-q", "--inputs", json.dumps({"n": deep}))
+    assert (code, out, err) == (
+        2,
+        "",
+        "error: inputs nest deeper than 64 levels, as no server takes\n",
+    )
+    code, out, err = run_cli(capsys, "run", DIAMOND, "-q", "--inputs", '{"n": [' + "9" * 400 + "]}")
+    assert (code, out, err) == (2, "", f"error: --inputs: inputs.n[0]: {TOO_LARGE}\n")
+
+
+def test_engine_run_progress_escapes_what_a_script_logs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        "id: w\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: |\n"
+        '      log("info", "\\27[2Jclear\\0 \\u{202E}rtl\\nline")\n      return 1\n'
+    )
+    code, _, err = run_cli(capsys, "run", str(path))
+    assert code == 0
+    [logged] = [line for line in err.splitlines() if "log:info" in line]
+    # before: the escape cleared the terminal, the NUL and the override went out raw
+    assert logged.endswith("log:info   \\x1b[2Jclear\\x00 \\u202ertl\\x0aline")
+
+
 # -- 2. inputs_schema loops --------------------------------------------------------------------
 
 LOOP = "without going into a part of the value: checking inputs would never end"
@@ -258,6 +290,16 @@ def test_a_recursive_schema_that_goes_into_the_value_is_still_accepted() -> None
     check_inputs(spec, {"kids": [{"kids": []}]})
     with pytest.raises(InputsError, match="is not of type 'array'"):
         check_inputs(spec, {"kids": [{"kids": 3}]})
+
+
+def test_inputs_that_are_not_an_object_are_not_blamed_on_a_schema_there_is_not() -> None:
+    with pytest.raises(InputsError) as info:
+        check_inputs(spec_from_text(HEAD, "wf.yaml"), [1])
+    # before: "... do not match its inputs_schema: ...", of a workflow that has none
+    assert (
+        str(info.value)
+        == "inputs for workflow 'w' are refused: inputs must be a JSON object, not a list"
+    )
 
 
 def stored(schema: JSONObject) -> WorkflowSpec:
