@@ -37,6 +37,13 @@ def orchestrator(tmp_path: Path) -> Iterator[OrchestratorProcess]:
         stop_process(proc.proc)
 
 
+def folder(path: Path, files: dict[str, str]) -> Path:
+    path.mkdir()
+    for name, text in files.items():
+        (path / name).write_text(text)
+    return path
+
+
 def apply(
     url: str, capsys: pytest.CaptureFixture[str], *files: Path
 ) -> tuple[int, list[str], list[str]]:
@@ -49,20 +56,26 @@ def apply(
 def test_a_major_upgrade_of_a_child_with_its_parents_registers_without_force(
     orchestrator: OrchestratorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    v1 = tmp_path / "v1"
-    v1.mkdir()
-    (v1 / "a-parent.yaml").write_text(parent("1.0.0", "^1"))
-    (v1 / "b-other.yaml").write_text(parent("1.0.0", "1.x", wf="other"))
-    (v1 / "c-child.yaml").write_text(child("1.0.0"))
+    v1 = folder(
+        tmp_path / "v1",
+        {
+            "a-parent.yaml": parent("1.0.0", "^1"),
+            "b-other.yaml": parent("1.0.0", "1.x", wf="other"),
+            "c-child.yaml": child("1.0.0"),
+        },
+    )
     assert apply(orchestrator.url, capsys, v1)[0] == 0
 
     # parent 2 needs child 2, and child 2 is outside both parents' 1.x ranges; other's new
     # version widens its range, parent's moves it to ^2
-    v2 = tmp_path / "v2"
-    v2.mkdir()
-    (v2 / "a-parent.yaml").write_text(parent("2.0.0", "^2"))
-    (v2 / "b-other.yaml").write_text(parent("1.1.0", ">=1 <3", wf="other"))
-    (v2 / "c-child.yaml").write_text(child("2.0.0"))
+    v2 = folder(
+        tmp_path / "v2",
+        {
+            "a-parent.yaml": parent("2.0.0", "^2"),
+            "b-other.yaml": parent("1.1.0", ">=1 <3", wf="other"),
+            "c-child.yaml": child("2.0.0"),
+        },
+    )
     code, out, err = apply(orchestrator.url, capsys, v2)
     # before: 1, child refused (dependents_out_of_range), the parents refused (no match)
     assert (code, err) == (0, [])
@@ -78,17 +91,20 @@ def test_a_major_upgrade_of_a_child_with_its_parents_registers_without_force(
 def test_a_child_is_not_forced_past_a_parent_that_is_not_upgraded_with_it(
     orchestrator: OrchestratorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    v1 = tmp_path / "v1"
-    v1.mkdir()
-    (v1 / "parent.yaml").write_text(parent("1.0.0", "^1"))
-    (v1 / "other.yaml").write_text(parent("1.0.0", "^1", wf="other"))
-    (v1 / "child.yaml").write_text(child("1.0.0"))
+    v1 = folder(
+        tmp_path / "v1",
+        {
+            "parent.yaml": parent("1.0.0", "^1"),
+            "other.yaml": parent("1.0.0", "^1", wf="other"),
+            "child.yaml": child("1.0.0"),
+        },
+    )
     assert apply(orchestrator.url, capsys, v1)[0] == 0
 
-    v2 = tmp_path / "v2"
-    v2.mkdir()
-    (v2 / "parent.yaml").write_text(parent("2.0.0", "^2"))
-    (v2 / "child.yaml").write_text(child("2.0.0"))
+    v2 = folder(
+        tmp_path / "v2",
+        {"parent.yaml": parent("2.0.0", "^2"), "child.yaml": child("2.0.0")},
+    )
     # other@1.0.0 (^1) is given no new version: the child stays refused, and so the parent
     code, out, err = apply(orchestrator.url, capsys, v2)
     assert (code, out) == (1, [])

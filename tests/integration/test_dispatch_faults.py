@@ -27,6 +27,20 @@ from tests.integration.conftest import spawn_orchestrator, stop_process
 pytestmark = pytest.mark.slow
 
 
+def event(request: pb.ExecuteRequest, kind: str, offset: int = 0, data: str = "{}") -> pb.Event:
+    """An event of run ``one`` as an engine streams it, ``offset`` after the request's seq."""
+    return pb.Event(
+        seq=(request.first_seq or 1) + offset,
+        time="2026-01-01T00:00:00Z",
+        type=kind,
+        severity="info",
+        workflow_id="one",
+        version="1.0.0",
+        execution_id=request.execution_id,
+        data_json=data,
+    )
+
+
 class GarbledEngine(pb_grpc.EngineServicer):
     """Answers every run with a first event whose data is not JSON, then keeps the run."""
 
@@ -46,20 +60,7 @@ class GarbledEngine(pb_grpc.EngineServicer):
         self.open += 1
         self.most_open = max(self.most_open, self.open)
         try:
-            yield pb.ExecuteResponse(
-                events=[
-                    pb.Event(
-                        seq=request.first_seq or 1,
-                        time="2026-01-01T00:00:00Z",
-                        type="execution.started",
-                        severity="info",
-                        workflow_id="one",
-                        version="1.0.0",
-                        execution_id=request.execution_id,
-                        data_json="NaN",
-                    )
-                ]
-            )
+            yield pb.ExecuteResponse(events=[event(request, "execution.started", data="NaN")])
             await asyncio.sleep(3600)
         finally:
             self.open -= 1
@@ -131,25 +132,10 @@ class HandingBackEngine(pb_grpc.EngineServicer):
 
     async def Execute(self, request: pb.ExecuteRequest, context: Any) -> AsyncIterator[Any]:
         self.calls += 1
-        seq = request.first_seq or 1
         types = ["execution.started"]
         if self.calls > self.rollouts:
             types.append("execution.succeeded")
-        yield pb.ExecuteResponse(
-            events=[
-                pb.Event(
-                    seq=seq + i,
-                    time="2026-01-01T00:00:00Z",
-                    type=kind,
-                    severity="info",
-                    workflow_id="one",
-                    version="1.0.0",
-                    execution_id=request.execution_id,
-                    data_json="{}",
-                )
-                for i, kind in enumerate(types)
-            ]
-        )
+        yield pb.ExecuteResponse(events=[event(request, kind, i) for i, kind in enumerate(types)])
         if self.calls <= self.rollouts:
             await context.abort_with_status(wire.grpc_status(ShuttingDown("rolling")))
 
@@ -176,20 +162,7 @@ class BreakingEngine(pb_grpc.EngineServicer):
 
     async def Execute(self, request: pb.ExecuteRequest, context: Any) -> AsyncIterator[Any]:
         self.calls += 1
-        yield pb.ExecuteResponse(
-            events=[
-                pb.Event(
-                    seq=request.first_seq or 1,
-                    time="2026-01-01T00:00:00Z",
-                    type="execution.started",
-                    severity="info",
-                    workflow_id="one",
-                    version="1.0.0",
-                    execution_id=request.execution_id,
-                    data_json="{}",
-                )
-            ]
-        )
+        yield pb.ExecuteResponse(events=[event(request, "execution.started")])
         await context.abort(grpc.StatusCode.INTERNAL, "run broke: OverflowError: too large")
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: Any) -> pb.EngineInfo:
