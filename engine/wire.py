@@ -66,10 +66,25 @@ def _no_constants(name: str) -> JSON:
     raise ValueError(f"{name} is not JSON")
 
 
+class RefusedJson(ValueError):
+    """Well-formed JSON text refused all the same: a number no double holds, or (``loads_sent``)
+    a key written twice. Not JSON at all (``NaN``, broken syntax) is any other ValueError."""
+
+
+class DuplicateKey(RefusedJson):
+    """An object of JSON a user sent writes ``key`` twice (``loads_sent``); ``shown`` is the
+    key as a message may quote it: a key may be a megabyte long."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.shown = bounded(key, 200)
+        super().__init__(f"duplicate key {self.shown!r}")
+
+
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"{text} is too large for a JSON number")
+        raise RefusedJson(f"{text} is too large for a JSON number")
     return value
 
 
@@ -92,7 +107,7 @@ def _integer(text: str) -> int:
             return value
     # Lua, and every client that reads JSON numbers as doubles, could not hold it
     sign = text[: len(text) - len(digits)]
-    raise ValueError(
+    raise RefusedJson(
         f"{sign}{digits[:20]}... ({len(digits)} digits) is too large for a JSON number"
     )
 
@@ -109,12 +124,49 @@ def loads(text: str | bytes) -> JSON:
     """Strict JSON: NaN and Infinity, which Python's json accepts, are refused, and so is a
     number too large for a double (1e999, which it reads as infinity, and an integer of 400
     digits, which Lua could not hold even as a float). ValueError names the problem
-    (json.JSONDecodeError, with its place, for broken syntax)."""
+    (json.JSONDecodeError, with its place, for broken syntax; RefusedJson for a number)."""
     if text == "{}":
         return {}  # the data of most events
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     value: JSON = (_decode if len(text) < _DOUBLE_DIGITS else _decode_checking_integers)(text)
+    return value
+
+
+def _once_each(pairs: list[tuple[str, JSON]]) -> JSONObject:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        raise DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
+    return found
+
+
+MAX_JSON_DEPTH: Final = 64
+"""Levels JSON a user sends may nest, as spec files may: the orchestrator holds request bodies
+and JSON fields to it once parsed, and dagctl its inputs, so deeper is told as such by both."""
+
+_decode_sent = json.JSONDecoder(
+    parse_constant=_no_constants, parse_float=_finite, object_pairs_hook=_once_each
+).decode
+_decode_sent_checking_integers = json.JSONDecoder(
+    parse_constant=_no_constants,
+    parse_float=_finite,
+    parse_int=_integer,
+    object_pairs_hook=_once_each,
+).decode
+
+
+def loads_sent(text: str | bytes) -> JSON:
+    """``loads`` for JSON a user sent (a request's body or JSON field, a dagctl flag): a key
+    written twice in one object is refused (DuplicateKey, naming it), as spec files and
+    ``python -m engine run`` refuse it, where ``loads`` lets the last one win unseen. The
+    check is a Python call per object (a few percent more on a body of a megabyte, under a
+    microsecond on a small one): events and documents the system wrote itself, which hold no
+    key twice and are most of what is read, go through ``loads``."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    decode = _decode_sent if len(text) < _DOUBLE_DIGITS else _decode_sent_checking_integers
+    value: JSON = decode(text)
     return value
 
 

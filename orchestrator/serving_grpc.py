@@ -12,12 +12,13 @@ import inspect
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import aclosing
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -138,10 +139,16 @@ def _required(field: str, value: str) -> None:
 
 
 def _json_arg(text: str, field: str) -> JSON:
+    """A request's JSON field; empty (proto3's unset) is ``{}``, as an absent ``inputs`` is
+    over HTTP, while ``null`` is null, refused where an object is needed."""
     if not text:
         return {}
     try:
-        value = wire.loads(text)
+        value = wire.loads_sent(text)
+    except wire.DuplicateKey as exc:
+        raise HttpError(
+            400, "bad_json", f"{field} holds a {exc}", {"field": field, "key": exc.shown}
+        ) from None
     except ValueError as exc:
         raise HttpError(400, "bad_json", f"{field} is not valid JSON: {exc}") from None
     except RecursionError:
@@ -236,6 +243,58 @@ def _execution_message(doc: JSONObject, *, with_nodes: bool = True) -> pb.Execut
     if isinstance(attempt, int) and not isinstance(attempt, bool):
         message.parent_attempt = attempt
     return message
+
+
+REPLY_BYTES: Final = 4 * 1024 * 1024
+"""Largest reply a gRPC client with default options receives (its receive limit). Inputs and
+outputs travel whole as JSON text, the run's outputs besides each node's, and a foreach may
+return 32 MiB: a reply that would pass this carries notes in place of some (``_fitted``), as
+``WatchEvents`` does for an event, so such a client can always read the run and page past it."""
+
+_Reply = TypeVar("_Reply", bound=Message)
+_JsonField = tuple[Message, str, str]
+"""A message, the name of one of its JSON text fields, and the id of the run it is of."""
+
+
+def _json_fields(execution: pb.Execution) -> Iterator[_JsonField]:
+    yield execution, "inputs_json", execution.id
+    yield execution, "outputs_json", execution.id
+    for node in execution.nodes:
+        yield node, "output_json", execution.id
+
+
+def _fitted(reply: _Reply, fields: Iterable[_JsonField]) -> _Reply:
+    """``reply``, within ``REPLY_BYTES``: past it, its JSON ``fields`` are replaced, largest
+    first, by a note of their size and where to read the run whole, until it fits. Largest
+    first: a run's outputs repeat those of its sink nodes, so they go before the node outputs
+    they hold, which then travel once, whole where they fit."""
+    excess = reply.ByteSize() - REPLY_BYTES
+    if excess <= 0:
+        return reply
+    # stable: of fields alike in size, the first given goes first
+    ranked = sorted(
+        (
+            (len(getattr(holder, name)), holder, name, execution_id)
+            for holder, name, execution_id in fields
+        ),
+        key=lambda field: field[0],
+        reverse=True,
+    )
+    for size, holder, name, execution_id in ranked:
+        note = wire.dumps(
+            {
+                "too_large": True,
+                "bytes": size,
+                "limit": REPLY_BYTES,
+                "read_whole": f"/api/v1/executions/{execution_id}",
+            }
+        )
+        if excess <= 0 or size <= len(note):
+            break
+        # JSON text is ASCII (wire.dumps escapes the rest): characters are bytes
+        setattr(holder, name, note)
+        excess -= size - len(note)
+    return reply
 
 
 def _event_message(item: Published) -> pb.Event:
@@ -347,10 +406,11 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             )
         except Exception as exc:
             await _refuse(context, exc)
-        return pb.ExecuteWorkflowResponse(
-            execution_id=str(execution["id"]),
-            execution=_execution_message(execution),
+        reply = pb.ExecuteWorkflowResponse(
+            execution_id=str(execution["id"]), execution=_execution_message(execution)
         )
+        # the id above all: a caller that cannot read it cannot find the run it started
+        return _fitted(reply, _json_fields(reply.execution))
 
     async def GetExecution(self, request: pb.GetExecutionRequest, context: Context) -> pb.Execution:
         try:
@@ -358,7 +418,8 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             doc = await self.api.get_execution(request.execution_id)
         except Exception as exc:
             await _refuse(context, exc)
-        return _execution_message(doc)
+        message = _execution_message(doc)
+        return _fitted(message, _json_fields(message))
 
     async def ListExecutions(
         self, request: pb.ListExecutionsRequest, context: Context
@@ -373,11 +434,14 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             )
         except Exception as exc:
             await _refuse(context, exc)
-        return pb.ListExecutionsResponse(
+        reply = pb.ListExecutionsResponse(
             executions=[_execution_message(e, with_nodes=False) for e in found],
             # a full page, or one cut by size, may have more behind it
             next_before=str(found[-1]["id"]) if page_continues(found, limit) else "",
         )
+        # a page is a few MiB at most (LIST_PAGE_BYTES), but its first row is taken whatever
+        # its size: without this a run too large for a client would stop its paging there
+        return _fitted(reply, (f for e in reply.executions for f in _json_fields(e)))
 
     async def CancelExecution(
         self, request: pb.CancelExecutionRequest, context: Context
@@ -389,7 +453,8 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             )
         except Exception as exc:
             await _refuse(context, exc)
-        return pb.CancelExecutionResponse(execution=_execution_message(doc))
+        reply = pb.CancelExecutionResponse(execution=_execution_message(doc))
+        return _fitted(reply, _json_fields(reply.execution))
 
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, context: Context
@@ -486,12 +551,13 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         except Exception as exc:
             await _refuse(context, exc)
         error = doc.get("error")
-        return pb.SubWorkflowStatus(
+        reply = pb.SubWorkflowStatus(
             execution_id=str(doc["id"]),
             status=str(doc["status"]),
             outputs_json=wire.dumps(doc.get("outputs")),
             error=error if isinstance(error, str) else None,
         )
+        return _fitted(reply, [(reply, "outputs_json", reply.execution_id)])
 
     async def ListEngines(
         self, request: pb.ListEnginesRequest, context: Context

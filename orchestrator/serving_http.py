@@ -41,7 +41,7 @@ from orchestrator.triggering import HttpTrigger, Triggers, as_sent
 
 log = logging.getLogger(__name__)
 
-MAX_JSON_DEPTH = 64
+MAX_JSON_DEPTH = wire.MAX_JSON_DEPTH
 SSE_HEARTBEAT = 15.0
 WAIT_TIMEOUT_DEFAULT = 30.0
 WAIT_TIMEOUT_MAX = 300.0
@@ -172,14 +172,23 @@ def check_bearer(header: str, token: str | None) -> None:
         raise HttpError(403, "forbidden", "the bearer token is not valid")
 
 
-async def _read_json(request: web.Request, *, required: bool = True) -> JSON:
+async def _read_json(
+    request: web.Request, *, required: bool = True, keys_once: bool = True
+) -> JSON:
+    """The body as JSON, refused with 400 naming the problem. ``keys_once``: a key written
+    twice in an object is refused, not left to the last one written; a spec's reader reports
+    one itself, with its line and every other problem of the spec."""
     raw = await request.read()
     if not raw.strip():
         if required:
             raise HttpError(400, "bad_request", "the request body is empty: send a JSON object")
         return {}
     try:
-        value: JSON = wire.loads(raw)
+        value: JSON = (wire.loads_sent if keys_once else wire.loads)(raw)
+    except wire.DuplicateKey as exc:
+        raise HttpError(
+            400, "bad_json", f"the request body holds a {exc}", {"key": exc.shown}
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         where = (
             f" at line {exc.lineno} column {exc.colno}"
@@ -240,9 +249,9 @@ def _trigger_fields(body: JSON) -> tuple[JSON, str | None, float | None]:
             f"unknown field(s) {', '.join(sorted(unknown))}",
             {"allowed": ["inputs", "version", "wait", "timeout"]},
         )
+    # only an absent "inputs" means none: null is refused as any other inputs that are not an
+    # object (422), as gRPC's inputs_json "null" and an API trigger's inputs are
     inputs = body.get("inputs", {})
-    if inputs is None:
-        inputs = {}
     version = body.get("version")
     if version is not None and not isinstance(version, str):
         raise HttpError(400, "bad_request", 'version must be a string such as "^1.2"')
@@ -468,7 +477,8 @@ class HttpApi:
         if not text.strip():
             raise HttpError(400, "bad_request", "the request body is empty: send a workflow spec")
         if not is_yaml:
-            await _read_json(request)  # JSON errors and depth limits, before the registry sees it
+            # JSON errors and depth limits, before the registry sees it
+            await _read_json(request, keys_once=False)
         workflow, created = await self.api.register(text, yaml=is_yaml, force=force)
         return _json({"workflow": workflow, "created": created}, 201 if created else 200)
 
@@ -940,7 +950,7 @@ def openapi_document() -> JSONObject:
                     "type": "object",
                     "additionalProperties": False,
                     "properties": {
-                        "inputs": {},
+                        "inputs": {"type": "object"},
                         "version": {"type": "string"},
                         "wait": {"type": "boolean"},
                         "timeout": {"type": "number", "exclusiveMinimum": 0},

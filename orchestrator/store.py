@@ -59,9 +59,12 @@ MAX_IDEMPOTENCY_KEY: Final = 200
 LIST_LIMIT: Final = 1000
 """Most executions one listing returns."""
 LIST_PAGE_BYTES: Final = 2 << 20
-"""A listing stops taking rows once their inputs, outputs and errors pass this many bytes (it
-always takes one): rows carry whole inputs and outputs, so a count alone does not bound a page.
-Under gRPC's default 4 MiB message, so a page also fits a ListExecutions answer."""
+"""A listing takes no row that would bring their inputs, outputs and errors past this many
+bytes, but its first: rows carry whole inputs and outputs, so a count alone does not bound a
+page. Half of gRPC's default 4 MiB message: a page of more than one row fits a ListExecutions
+answer unless escapes swell it (text past ASCII goes escaped, six bytes a character); what
+does not fit, a row larger than this alone on its page included, the gRPC service sends as
+notes saying where to read it (``serving_grpc.REPLY_BYTES``)."""
 EVENTS_PAGE: Final = 1000
 """Events one page of a stored timeline holds unless asked otherwise."""
 EVENTS_PAGE_MAX: Final = 10_000
@@ -1143,8 +1146,8 @@ class Store:
         max_bytes: int = LIST_PAGE_BYTES,
     ) -> ExecutionPage | None:
         """Newest first; with ``before``, those created before that execution (None when there
-        is no such execution). At most ``limit`` rows, and no more once they pass
-        ``max_bytes`` (``page_continues`` tells whether rows may follow)."""
+        is no such execution). At most ``limit`` rows, and none past the first that would take
+        them past ``max_bytes`` (``page_continues`` tells whether rows may follow)."""
         sql = listing_sql(
             workflow=workflow_id is not None, status=status is not None, before=before is not None
         )
@@ -1160,11 +1163,13 @@ class Store:
             cursor = conn.execute(sql, (*args, limit))
             try:
                 for row in cursor:
-                    if size >= max_bytes:
-                        # the rows so far are a page's worth: the next page starts after them
-                        return ExecutionPage(rows, cut=True)
                     # weighed as stored text: its inputs and outputs are what vary
-                    size += _ROW_BYTES + sum(len(row[i] or "") for i in _HEAVY_COLUMNS)
+                    weight = _ROW_BYTES + sum(len(row[i] or "") for i in _HEAVY_COLUMNS)
+                    if rows and size + weight > max_bytes:
+                        # the rows so far are a page's worth: the next page starts with this
+                        # one, alone if it is that large, rather than making this one larger
+                        return ExecutionPage(rows, cut=True)
+                    size += weight
                     rows.append(_document(row))
             finally:
                 cursor.close()

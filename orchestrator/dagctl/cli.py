@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from engine.core.states import EXECUTION_TERMINAL
-from engine.core.values import JSON, JSONObject
+from engine.core.values import JSON, JSONObject, nests_deeper
 from orchestrator.dagctl.calling import (
     NOT_HTTP,
     ApiError,
@@ -186,29 +186,25 @@ def parse_input(pair: str) -> tuple[str, JSON]:
 def read_inputs(
     *, pairs: Sequence[str] = (), inputs_json: str | None = None, inputs_file: str | None = None
 ) -> JSON:
-    """Inputs from ``--inputs`` or ``--inputs-file``, with ``--input k=v`` pairs on top."""
+    """Inputs from ``--inputs`` or ``--inputs-file``, with ``--input k=v`` pairs on top. JSON is
+    read by the server's rules (``wire.loads_sent``), so what it would refuse is refused here,
+    exit 2, naming the flag: the server can only say "the request body", which the user never
+    wrote, and Python's json would read ``1e999`` as infinity and a key written twice as the
+    last one."""
     base: JSON = {}
     if inputs_json is not None:
-        try:
-            base = json.loads(inputs_json)
-        except ValueError as exc:
-            raise BadArguments(f"--inputs is not valid JSON: {exc}") from None
+        base = _given_json(inputs_json, "--inputs")
     elif inputs_file is not None:
         path = Path(inputs_file)
+        origin = f"--inputs-file {path}"
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise BadArguments(f"--inputs-file {path}: {exc.strerror or exc}") from None
-        try:
-            if path.suffix.lower() == ".json":
-                base = json.loads(text)
-            else:
-                from engine.documents import load_yaml  # YAML only when a YAML file is given
-
-                base = load_yaml(text)
-        except ValueError as exc:  # JSONDecodeError and YamlRefused both
-            kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-            raise BadArguments(f"--inputs-file {path}: not valid {kind}: {exc}") from None
+            raise BadArguments(f"{origin}: {exc.strerror or exc}") from None
+        if path.suffix.lower() == ".json":
+            base = _given_json(text, origin)
+        else:
+            base = _given_yaml(text, origin)
         if base is None:
             base = {}
     if pairs:
@@ -216,10 +212,78 @@ def read_inputs(
             raise BadArguments("--input k=v needs the other inputs to be a JSON object")
         merged = dict(base)
         for pair in pairs:
-            key, value = parse_input(pair)
+            key, value = _given_pair(pair)
             merged[key] = value
         base = merged
     return base
+
+
+def _given_json(text: str, origin: str) -> JSON:
+    """``text`` as the server reads JSON, or BadArguments naming ``origin``
+    (``_NotJsonArgument`` for text that is not JSON at all)."""
+    from engine import wire  # here: it brings gRPC, which no other part of dagctl needs
+
+    try:
+        value = wire.loads_sent(text)
+    except wire.DuplicateKey as exc:
+        raise BadArguments(f"{origin} holds a {exc}") from None
+    except wire.RefusedJson as exc:  # JSON, but a number no double holds
+        raise BadArguments(f"{origin}: {exc}") from None
+    except ValueError as exc:  # broken syntax, NaN, Infinity
+        raise _NotJsonArgument(f"{origin} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadArguments(f"{origin} nests deeper than {wire.MAX_JSON_DEPTH} levels") from None
+    # as the server checks a body's JSON once parsed
+    if nests_deeper(value, wire.MAX_JSON_DEPTH):
+        raise BadArguments(f"{origin} nests deeper than {wire.MAX_JSON_DEPTH} levels")
+    if _SURROGATE.search(json.dumps(value, ensure_ascii=False)):
+        # an escape such as "\\udc80" reads as half a character, which no UTF-8 text holds
+        raise BadArguments(
+            f"{origin} holds a lone UTF-16 surrogate escape such as \\udc80: text must be "
+            "valid Unicode"
+        )
+    return value
+
+
+class _NotJsonArgument(BadArguments):
+    """Text given as JSON that is not JSON at all (broken syntax, NaN): ``--input`` takes it
+    as text, where ``--inputs`` refuses it."""
+
+
+def _given_yaml(text: str, origin: str) -> JSON:
+    """A YAML inputs file read as a spec file is (a key written twice is told with its line),
+    its values held to what JSON carries: YAML reads ``.inf``, ``.nan`` and dates."""
+    from engine.core.errors import SpecError
+    from engine.documents import non_json_values, read_document
+
+    try:
+        loaded, _, problems = read_document(text, None)
+    except SpecError as exc:
+        problems = exc.problems
+    if problems:
+        told = "; ".join(problem.render() for problem in problems)
+        raise BadArguments(f"{origin}: not valid YAML: {told}")
+    # the reader refuses nesting past 64 levels already, and this, text UTF-8 cannot hold
+    for at, why in non_json_values(loaded, keys=True):
+        where = "inputs" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in at)
+        raise BadArguments(f"{origin}: {where}: {why}")
+    value: JSON = loaded
+    return value
+
+
+def _given_pair(pair: str) -> tuple[str, JSON]:
+    """``k=v`` from ``--input``, read as ``parse_input`` reads it (JSON when it parses, else
+    text), but held to the server's rules where Python's json is not: a value that is JSON yet
+    one the server refuses (``1e999``, 5,000 digits, a key twice) is refused, naming the key,
+    not turned into infinity or into text."""
+    key, sep, raw = pair.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise BadArguments(f"--input {pair!r}: expected key=value")
+    try:
+        return key, _given_json(raw, f"--input {key}")
+    except _NotJsonArgument:
+        return key, raw  # not JSON at all (name=Ada, v=NaN): text, as the flag says
 
 
 def _positive(text: str) -> int:
