@@ -37,6 +37,7 @@ from typing import Any, Final
 import yaml
 
 from engine.core.errors import SpecError, SpecProblem
+from engine.core.jsontext import MAX_JSON_DEPTH
 from engine.core.spec import (
     MAX_INT_BITS,
     TEXT,
@@ -73,7 +74,7 @@ document, so without this 549 bytes of anchors could ask the store to keep 3 MB,
 string aliased a million times a terabyte, all under the value count. Sharing a retry policy or
 a Lua snippet among nodes stays far below either bound; a tenfold blow-up is a bomb's."""
 
-MAX_DEPTH: Final = 64
+MAX_DEPTH: Final = MAX_JSON_DEPTH
 """Levels a YAML document may nest, as HTTP's JSON bodies (a value in a list in a mapping is
 three levels). Workflows need a handful; deeper is a bomb or a mistake."""
 

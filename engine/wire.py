@@ -31,6 +31,12 @@ from grpc_status import rpc_status
 from engine.api import dagengine_pb2 as pb
 from engine.core.errors import EngineError, InputsError, SpecError
 from engine.core.events import Event, isoformat
+from engine.core.jsontext import MAX_JSON_DEPTH as MAX_JSON_DEPTH
+from engine.core.jsontext import DuplicateKey as DuplicateKey
+from engine.core.jsontext import RefusedJson as RefusedJson
+from engine.core.jsontext import dumps as dumps
+from engine.core.jsontext import loads as loads
+from engine.core.jsontext import loads_sent as loads_sent
 from engine.core.scheduler import WaitKey
 from engine.core.spec import MAX_VERSION_LENGTH, SEMVER, WorkflowSpec
 from engine.core.states import EXECUTION_STATUSES, RESUMED_ENDS
@@ -49,125 +55,7 @@ from engine.errors import (
 _EXECUTION_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
-# -- JSON text ----------------------------------------------------------------------------------
-
-
-# One encoder and one decoder for every call: json.dumps/loads with options build a new one
-# each time, which costs more than the work on a small event's data.
-_encode = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def dumps(value: JSON) -> str:
-    # escaped to ASCII: a stray lone surrogate must not make protobuf refuse a whole event
-    return _encode(value)
-
-
-def _no_constants(name: str) -> JSON:
-    raise ValueError(f"{name} is not JSON")
-
-
-class RefusedJson(ValueError):
-    """Well-formed JSON text refused all the same: a number no double holds, or (``loads_sent``)
-    a key written twice. Not JSON at all (``NaN``, broken syntax) is any other ValueError."""
-
-
-class DuplicateKey(RefusedJson):
-    """An object of JSON a user sent writes ``key`` twice (``loads_sent``); ``shown`` is the
-    key as a message may quote it: a key may be a megabyte long."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.shown = bounded(key, 200)
-        super().__init__(f"duplicate key {self.shown!r}")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise RefusedJson(f"{text} is too large for a JSON number")
-    return value
-
-
-_DOUBLE_DIGITS: Final = 309
-"""Digits of the largest double (1.8e308): an integer with fewer always fits one."""
-
-
-def _integer(text: str) -> int:
-    # only integers come here, and almost all are short: the length check is the whole cost
-    if len(text) < _DOUBLE_DIGITS:
-        return int(text)
-    digits = text.lstrip("-")
-    if len(digits) <= _DOUBLE_DIGITS:
-        value = int(text)
-        try:
-            float(value)
-        except OverflowError:
-            pass
-        else:
-            return value
-    # Lua, and every client that reads JSON numbers as doubles, could not hold it
-    sign = text[: len(text) - len(digits)]
-    raise RefusedJson(
-        f"{sign}{digits[:20]}... ({len(digits)} digits) is too large for a JSON number"
-    )
-
-
-_decode = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite).decode
-_decode_checking_integers = json.JSONDecoder(
-    parse_constant=_no_constants, parse_float=_finite, parse_int=_integer
-).decode
-"""For text long enough to hold an integer a double cannot: ``_integer`` is a Python call per
-integer, where ``int`` is the C scanner's own, so shorter text, most events, goes without."""
-
-
-def loads(text: str | bytes) -> JSON:
-    """Strict JSON: NaN and Infinity, which Python's json accepts, are refused, and so is a
-    number too large for a double (1e999, which it reads as infinity, and an integer of 400
-    digits, which Lua could not hold even as a float). ValueError names the problem
-    (json.JSONDecodeError, with its place, for broken syntax; RefusedJson for a number)."""
-    if text == "{}":
-        return {}  # the data of most events
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    value: JSON = (_decode if len(text) < _DOUBLE_DIGITS else _decode_checking_integers)(text)
-    return value
-
-
-def _once_each(pairs: list[tuple[str, JSON]]) -> JSONObject:
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        seen: set[str] = set()
-        raise DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
-    return found
-
-
-MAX_JSON_DEPTH: Final = 64
-"""Levels JSON a user sends may nest, as spec files may: the orchestrator holds request bodies
-and JSON fields to it once parsed, and dagctl its inputs, so deeper is told as such by both."""
-
-_decode_sent = json.JSONDecoder(
-    parse_constant=_no_constants, parse_float=_finite, object_pairs_hook=_once_each
-).decode
-_decode_sent_checking_integers = json.JSONDecoder(
-    parse_constant=_no_constants,
-    parse_float=_finite,
-    parse_int=_integer,
-    object_pairs_hook=_once_each,
-).decode
-
-
-def loads_sent(text: str | bytes) -> JSON:
-    """``loads`` for JSON a user sent (a request's body or JSON field, a dagctl flag): a key
-    written twice in one object is refused (DuplicateKey, naming it), as spec files and
-    ``python -m engine run`` refuse it, where ``loads`` lets the last one win unseen. The
-    check is a Python call per object (a few percent more on a body of a megabyte, under a
-    microsecond on a small one): events and documents the system wrote itself, which hold no
-    key twice and are most of what is read, go through ``loads``."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    decode = _decode_sent if len(text) < _DOUBLE_DIGITS else _decode_sent_checking_integers
-    value: JSON = decode(text)
-    return value
+# -- JSON text (engine.core.jsontext: one set of rules for every path) ---------------------------
 
 
 def _json_field(text: str, field: str, problems: list[FieldProblem], empty: JSON) -> JSON:

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
+from engine.core import jsontext
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject, nests_deeper
 from orchestrator.dagctl.calling import (
@@ -187,7 +188,7 @@ def read_inputs(
     *, pairs: Sequence[str] = (), inputs_json: str | None = None, inputs_file: str | None = None
 ) -> JSON:
     """Inputs from ``--inputs`` or ``--inputs-file``, with ``--input k=v`` pairs on top. JSON is
-    read by the server's rules (``wire.loads_sent``), so what it would refuse is refused here,
+    read by the server's rules (``jsontext.loads_sent``), so what it would refuse is refused here,
     exit 2, naming the flag: the server can only say "the request body", which the user never
     wrote, and Python's json would read ``1e999`` as infinity and a key written twice as the
     last one."""
@@ -221,21 +222,19 @@ def read_inputs(
 def _given_json(text: str, origin: str) -> JSON:
     """``text`` as the server reads JSON, or BadArguments naming ``origin``
     (``_NotJsonArgument`` for text that is not JSON at all)."""
-    from engine import wire  # here: it brings gRPC, which no other part of dagctl needs
-
     try:
-        value = wire.loads_sent(text)
-    except wire.DuplicateKey as exc:
+        value = jsontext.loads_sent(text)
+    except jsontext.DuplicateKey as exc:
         raise BadArguments(f"{origin} holds a {exc}") from None
-    except wire.RefusedJson as exc:  # JSON, but a number no double holds
+    except jsontext.RefusedJson as exc:  # JSON, but a number no double holds
         raise BadArguments(f"{origin}: {exc}") from None
     except ValueError as exc:  # broken syntax, NaN, Infinity
         raise _NotJsonArgument(f"{origin} is not valid JSON: {exc}") from None
     except RecursionError:
-        raise BadArguments(f"{origin} nests deeper than {wire.MAX_JSON_DEPTH} levels") from None
+        raise BadArguments(f"{origin} nests deeper than {jsontext.MAX_JSON_DEPTH} levels") from None
     # as the server checks a body's JSON once parsed
-    if nests_deeper(value, wire.MAX_JSON_DEPTH):
-        raise BadArguments(f"{origin} nests deeper than {wire.MAX_JSON_DEPTH} levels")
+    if nests_deeper(value, jsontext.MAX_JSON_DEPTH):
+        raise BadArguments(f"{origin} nests deeper than {jsontext.MAX_JSON_DEPTH} levels")
     if _SURROGATE.search(json.dumps(value, ensure_ascii=False)):
         # an escape such as "\\udc80" reads as half a character, which no UTF-8 text holds
         raise BadArguments(
