@@ -157,10 +157,6 @@ def header_value(where: str, value: str, *, secret: bool = False) -> str:
 # -- arguments ------------------------------------------------------------------------------
 
 
-def _refuse_constant(name: str) -> float:
-    raise ValueError(name)
-
-
 FILE_HELP = (
     "a spec file, a directory (its .yaml, .yml and .json files), or - for standard input; "
     "repeatable"
@@ -169,19 +165,6 @@ INPUT_HELP = (
     "one input; V is read as JSON when it parses (n=5 is the number 5, on=true a boolean, "
     """'id="7"' the text 7), else as text (name=Ada); repeatable"""
 )
-
-
-def parse_input(pair: str) -> tuple[str, JSON]:
-    """``k=v`` from ``--input``: the value as JSON when it parses (``n=5`` is 5), else text."""
-    key, sep, raw = pair.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise BadArguments(f"--input {pair!r}: expected key=value")
-    try:
-        value: JSON = json.loads(raw, parse_constant=_refuse_constant)
-    except ValueError:
-        value = raw
-    return key, value
 
 
 def read_inputs(
@@ -213,7 +196,7 @@ def read_inputs(
             raise BadArguments("--input k=v needs the other inputs to be a JSON object")
         merged = dict(base)
         for pair in pairs:
-            key, value = _given_pair(pair)
+            key, value = parse_input(pair)
             merged[key] = value
         base = merged
     return base
@@ -270,11 +253,10 @@ def _given_yaml(text: str, origin: str) -> JSON:
     return value
 
 
-def _given_pair(pair: str) -> tuple[str, JSON]:
-    """``k=v`` from ``--input``, read as ``parse_input`` reads it (JSON when it parses, else
-    text), but held to the server's rules where Python's json is not: a value that is JSON yet
-    one the server refuses (``1e999``, 5,000 digits, a key twice) is refused, naming the key,
-    not turned into infinity or into text."""
+def parse_input(pair: str) -> tuple[str, JSON]:
+    """``k=v`` from ``--input``: the value as JSON when it parses (``n=5`` is 5), else text
+    (``name=Ada``, ``v=NaN``); JSON the server would refuse (``1e999``, 5,000 digits, a key
+    twice) is refused, naming the key, not turned into infinity or into text."""
     key, sep, raw = pair.partition("=")
     key = key.strip()
     if not sep or not key:

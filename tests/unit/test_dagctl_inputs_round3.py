@@ -94,3 +94,14 @@ def test_dagctl_run_exits_2_before_sending_anything(capsys: pytest.CaptureFixtur
         assert main(["run", "wf", *args], env) == EXIT_USAGE
         err = capsys.readouterr().err
         assert "too large for a JSON number" in err and "request body" not in err, err
+
+
+def test_dagctl_trigger_create_reads_inputs_by_the_same_rules(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    env = {"DAGCTL_SERVER": "http://127.0.0.1:1"}
+    argv = ["trigger", "create", "wf", "--cron", "* * * * *", "--input", "v=1e999"]
+    # before: sent as Infinity, and refused by the server as "the request body"
+    assert main(argv, env) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--input v" in err and "too large for a JSON number" in err, err
