@@ -7,6 +7,7 @@ engine does.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import json
@@ -652,6 +653,17 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         return pb.DeleteTriggerResponse(trigger_id=request.trigger_id)
 
 
+_LEFT_BEHIND: set[asyncio.Future[object]] = set()
+"""Calls whose caller went away, kept referenced until they end (the loop holds tasks weakly)."""
+
+
+def _finished_behind(call: asyncio.Future[object]) -> None:
+    _LEFT_BEHIND.discard(call)
+    if not call.cancelled() and call.exception() is not None:
+        # its refusal had no one to go to (aborting a call that is over raises too)
+        log.debug("a call whose caller left ended with %r", call.exception())
+
+
 def _behind_token(method: Callable[..., Any]) -> Callable[..., Any]:
     """``method`` of the service, called only once ``_authorize`` lets the call through: before
     it reads anything, and before a watch takes one of the hub's places among live streams.
@@ -679,7 +691,17 @@ def _behind_token(method: Callable[..., Any]) -> Callable[..., Any]:
             self._authorize(context)
         except Exception as exc:
             await _refuse(context, exc)
-        return await method(self, request, context)
+        # grpc.aio cancels a handler whose caller's deadline passes or who hangs up, at any
+        # await: between a store write and the step after it, that left a run stored but never
+        # queued, a version stored but unknown. What a call has begun ends here whatever the
+        # caller does; only its answer is dropped.
+        call = asyncio.ensure_future(method(self, request, context))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            _LEFT_BEHIND.add(call)
+            call.add_done_callback(_finished_behind)
+            raise
 
     return unary
 

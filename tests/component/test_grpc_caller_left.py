@@ -1,0 +1,118 @@
+"""A gRPC caller that leaves mid-call (its deadline passes, it hangs up) while the store
+writes: what the call began still ends. grpc.aio cancels the handler at its next await, and
+one between a store write and the step after it left a version stored but unknown to the
+registry, or a run stored but never queued."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from engine.api import dagengine_pb2 as pb
+from engine.api import dagengine_pb2_grpc as pb_grpc
+from orchestrator.lua_checking import LuaSyntaxChecker
+from orchestrator.store import Store
+from tests.component.serving_helpers import facade, serving
+
+SPEC = {"id": "w", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}
+
+
+class Dispatcher:
+    """Takes runs and keeps them queued, saying which it was given."""
+
+    queue_depth = 0
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def submit(self, execution_id: str, workflow_id: str, **_: object) -> None:
+        self.submitted.append(execution_id)
+
+    def dequeue(self, execution_id: str) -> bool:
+        return True
+
+
+class Served:
+    def __init__(self, stub: Any, store: Store, dispatcher: Dispatcher) -> None:
+        self.stub = stub  # grpc.aio's stubs are typed as sync ones
+        self.store = store
+        self.dispatcher = dispatcher
+        self.gate = asyncio.Event()
+
+    def hold_after(self, name: str) -> None:
+        """The store's ``name`` writes, then waits for the gate: the call is cancelled there."""
+        real: Callable[..., Awaitable[Any]] = getattr(self.store, name)
+
+        async def written_then_held(*args: Any, **kwargs: Any) -> Any:
+            result = await real(*args, **kwargs)
+            await self.gate.wait()
+            return result
+
+        setattr(self.store, name, written_then_held)
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    store = await Store.open(str(tmp_path / "state.db"))
+    checker = LuaSyntaxChecker()
+    orch = facade(store, checker)
+    dispatcher = Dispatcher()
+    orch.attach(dispatcher)  # type: ignore[arg-type]
+    try:
+        async with (
+            serving(orch) as (_, target),
+            grpc.aio.insecure_channel(target) as channel,
+        ):
+            yield Served(pb_grpc.OrchestratorStub(channel), store, dispatcher)
+    finally:
+        await store.close()
+        checker.close()
+
+
+async def deadline_passes(call: Any) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_a_version_stored_as_the_caller_left_is_registered(served: Served) -> None:
+    served.hold_after("register_version")
+    await deadline_passes(
+        served.stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=json.dumps(SPEC)), timeout=0.3)
+    )
+    served.gate.set()
+    # before: NOT_FOUND until a restart, and registering it again an INTERNAL error
+    for _ in range(100):
+        try:
+            found = await served.stub.GetWorkflow(pb.GetWorkflowRequest(workflow_id="w"))
+            break
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the stored version never became known")
+    assert list(found.versions) == ["1.0.0"]
+    again = await served.stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=json.dumps(SPEC)))
+    assert again.created is False
+
+
+async def test_a_run_stored_as_the_caller_left_is_queued(served: Served) -> None:
+    await served.stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=json.dumps(SPEC)))
+    served.hold_after("create_execution")
+    await deadline_passes(
+        served.stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="w"), timeout=0.3)
+    )
+    [stored] = (await served.stub.ListExecutions(pb.ListExecutionsRequest())).executions
+    served.gate.set()
+    # before: stored, and never given to the dispatcher, so queued until a restart
+    for _ in range(100):
+        if served.dispatcher.submitted:
+            break
+        await asyncio.sleep(0.02)
+    assert served.dispatcher.submitted == [stored.id]
