@@ -19,6 +19,7 @@ local config = ...
 
 local py_check = config.check
 local py_lookup = config.lookup
+local py_inputs = config.inputs
 local py_memory = config.memory
 local HOOK_COUNT = config.hook_count
 local CHECK_EVERY = config.check_every
@@ -192,8 +193,13 @@ local function readonly(name, backing, extra)
   return setmetatable(proxy, mt)
 end
 
+-- The running script's environment, and whether its `inputs` global is still to be fetched
+-- (see INPUTS_MT): a raw write of that global settles it as an assignment does.
+local run_env, inputs_pending = nil, false
+
 local function sandbox_rawset(t, k, v)
   if PROTECTED[t] then error("cannot modify a read-only table", 2) end
+  if k == "inputs" and rawequal(t, run_env) then inputs_pending = false end
   return rawset(t, k, v)
 end
 
@@ -649,6 +655,15 @@ local function dec_fail(s, pos, what)
   error(format("%s at line %d column %d (byte %d)", what, line, col, pos), 0)
 end
 
+-- A key as an error quotes it, cut short at the start of a character: a key is UTF-8 text, and
+-- the message a script may catch and return stays so.
+local function quoted_key(k)
+  if #k <= 60 then return "'" .. k .. "'" end
+  local cut = 60
+  while cut > 0 and ((byte(k, cut + 1) or 0) & 0xC0) == 0x80 do cut = cut - 1 end
+  return "'" .. sub(k, 1, cut) .. "...'"
+end
+
 local function dec_skip(s, i)
   local _, e = find(s, "^[ \t\r\n]*", i)
   return e + 1
@@ -742,8 +757,10 @@ function dec_value(s, i, depth)
     if byte(s, i) == 125 then return t, i + 1 end
     while true do
       if byte(s, i) ~= 34 then dec_fail(s, i, "object key (a string) expected") end
-      local k
+      local k, at = nil, i
       k, i = dec_string(s, i)
+      -- strict: a second value for a key would take the first one's place unseen
+      if t[k] ~= nil then dec_fail(s, at, "duplicate key " .. quoted_key(k)) end
       i = dec_skip(s, i)
       if byte(s, i) ~= 58 then dec_fail(s, i, "':' expected") end
       local v
@@ -1195,7 +1212,52 @@ local BASE = {
   getmetatable = getmetatable,
   unpack = sandbox_unpack,
 }
-local ENV_MT = {__index = BASE, __metatable = false}
+
+-- `inputs` is converted on the script's first read of the global, as a result is: converted
+-- for every run, a foreach item's that never reads it too, it made a foreach over the inputs
+-- cost the square of their size. Once read, the global is a table of the run's own, as if it
+-- had been there from the start; assigned before (nil too), it is what was assigned. Only
+-- rawget and next on _ENV can tell. A global in neither the environment nor BASE comes here.
+local inputs_problem = nil  -- why the inputs could not be read: not converted again
+
+local INPUTS_MT = {
+  __index = function(_, name)
+    if name ~= "inputs" or not inputs_pending then return nil end
+    if inputs_problem then error(inputs_problem, 2) end
+    local was = metered
+    metered = false
+    -- converted and charged as a result is (see RESULTS_MT)
+    local ok, value, problem = pcall(py_inputs)
+    py_memory(true)
+    metered = was
+    if tripped then error(LIMIT, 0) end
+    if not ok then
+      if value == MEMORY_ERROR then trip_memory() end
+      problem = "inputs could not be read"
+    end
+    if problem then
+      inputs_problem = problem
+      error(problem, 2)
+    end
+    inputs_pending = false
+    rawset(run_env, "inputs", value)
+    return value
+  end,
+}
+setmetatable(BASE, INPUTS_MT)
+
+local ENV_MT = {
+  __index = BASE,
+  __newindex = function(env, name, value)
+    if name == "inputs" then inputs_pending = false end
+    rawset(env, name, value)
+  end,
+  __pairs = function(env)
+    if inputs_pending then local _ = env.inputs end  -- pairs(_ENV) lists it, as it always did
+    return next, env, nil
+  end,
+  __metatable = false,
+}
 
 local missing = nil  -- names the results lookup said are not ancestors, this run
 -- results read this run, by name, where the script cannot clear them: each is converted, and
@@ -1354,9 +1416,9 @@ local function collect_logs()
   return text
 end
 
--- ctx arrives as name, value, name, value... and inputs as nil when they are {}: cheaper than
--- building those tables from Python.
-local function run(fn, source, expression, instructions, output_limit, inputs, ...)
+-- ctx arrives as name, value, name, value..., cheaper than building that table from Python;
+-- lazy_inputs is false when the inputs are {}, which need no fetching.
+local function run(fn, source, expression, instructions, output_limit, lazy_inputs, ...)
   tripped, metered, ticks, missing, error_line = nil, false, 0, nil, nil
   pattern_refusal, fetched, unreadable = nil, nil, nil
   chunk_source = source
@@ -1369,9 +1431,11 @@ local function run(fn, source, expression, instructions, output_limit, inputs, .
   end
   local ctx, pairs_ = {}, {...}
   for i = 1, select("#", ...), 2 do ctx[pairs_[i]] = pairs_[i + 1] end
-  if inputs == nil then inputs = {} end
+  local inputs = nil
+  if not lazy_inputs then inputs = {} end
   local env = setmetatable({inputs = inputs, ctx = ctx,
                             results = setmetatable({}, RESULTS_MT)}, ENV_MT)
+  run_env, inputs_pending, inputs_problem = env, lazy_inputs, nil
   local co = runner_co
   if co == nil or runner_step ~= step then
     co = co_create(runner)
@@ -1382,6 +1446,7 @@ local function run(fn, source, expression, instructions, output_limit, inputs, .
   metered = true
   local ok, mark, status, payload = co_resume(co)
   metered = false
+  run_env, inputs_pending = nil, false
   -- mark may be anything a script yields from its top level: compared raw, as its __eq
   -- would run here, outside the hook, and could pass for DONE (its coroutine then parked in
   -- this runtime, to answer for the next run whoever's it is)
@@ -1406,6 +1471,7 @@ end
 -- After Lua raised into Python (out of memory outside the script's coroutine).
 local function reset()
   tripped, metered, missing, fetched, unreadable = nil, false, nil, nil, nil
+  run_env, inputs_pending, inputs_problem = nil, false, nil
   logs, nlogs, dropped, log_bytes = {}, 0, 0, 0
 end
 

@@ -6,12 +6,13 @@ run gets a fresh globals table over read-only shared libraries, so nothing a scr
 into the next run. The Lua half lives in ``engine.lua.prelude``.
 
 Environment
-    ``inputs``; ``results``, the outputs of the node's ancestors by node id, fetched on first use
-    and cached for the run (any other name reads as nil); ``ctx``; ``log(level, ...)`` with the
-    levels debug, info, warn (``warning`` is recorded as warn), error and critical;
-    ``print(...)``, an info line; ``json.encode/decode/null/array``; ``string`` without
-    ``dump``; ``table``; ``math``; ``utf8``; ``os.time/date/clock``; ``coroutine``; and the
-    base functions assert, error,
+    ``inputs``, converted on the script's first read of the global (a foreach item's script
+    that never reads them does not pay for them all); ``results``, the outputs of the node's
+    ancestors by node id, fetched on first use and cached for the run (any other name reads as
+    nil); ``ctx``; ``log(level, ...)`` with the levels debug, info, warn (``warning`` is
+    recorded as warn), error and critical; ``print(...)``, an info line;
+    ``json.encode/decode/null/array``; ``string`` without ``dump``; ``table``; ``math``;
+    ``utf8``; ``os.time/date/clock``; ``coroutine``; and the base functions assert, error,
     ipairs, pairs, next, pcall, xpcall, select, tonumber, tostring, type, rawequal, rawlen,
     rawget, rawset, setmetatable (which refuses ``__gc``), getmetatable and unpack. Nothing
     else: no io, require, load, dofile, debug, collectgarbage or python, and chunks are compiled
@@ -30,8 +31,10 @@ JSON rule
     read-only value, so ``{"a": null}`` keeps its key; note that ``json.null`` is truthy in Lua,
     so test it with ``== json.null``. Integers become Lua integers and floats Lua floats, so 3
     and 3.0 stay apart; integers beyond 64 bits become floats, and those beyond float range are
-    refused. The null fields of ``ctx`` are left out, so that ``if ctx.item then`` works.
-    Nesting deeper than 100 levels is refused.
+    refused, with the path to the value. The null fields of ``ctx`` are left out, so that
+    ``if ctx.item then`` works, except a foreach item that is null, which is ``json.null``.
+    Nesting deeper than 100 levels is refused. Inputs and results are refused when the script
+    reads them, with an error it may catch; ctx before the script runs.
 
     Lua to Python (a node's output, ``json.encode``): nil as the whole output means ``{}``.
     ``json.null`` is null. Booleans and strings stay what they are; strings must be valid UTF-8.
@@ -44,8 +47,8 @@ JSON rule
     functions, userdata, coroutines, nesting deeper than 100 levels and cycles are refused with
     a message naming the path, e.g. ``output.rows[2] is a function: outputs must be JSON
     values``. Tables are read raw: metatables play no part except the ``json.array`` marker.
-    ``json.decode`` reads strict JSON (RFC 8259) by the Python-to-Lua rule, and its errors give
-    line, column and byte.
+    ``json.decode`` reads strict JSON (RFC 8259) by the Python-to-Lua rule, refusing a key
+    written twice in one object, and its errors give line, column and byte.
 
 Pattern rule
     ``string.find``, ``match``, ``gmatch`` and ``gsub`` run in C, where the instruction hook
@@ -80,7 +83,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -246,16 +249,24 @@ class _Refused(Exception):
         if self.anywhere:
             return f"{self.root} {self.what}"
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in self.path)
-        return f"{self.root}{path} {self.what}"
+        text = f"{self.root}{path} {self.what}"
+        # a key on the way may hold what it reports (a lone surrogate): no text could carry that
+        return text if _unicode(text) else text.encode(errors="backslashreplace").decode()
 
 
-def _check_unicode(text: str) -> None:
+def _unicode(text: str) -> bool:
     """lupa cannot encode lone surrogates, which JSON text may carry in escapes."""
     if not text.isascii():
         try:
             text.encode()
         except UnicodeEncodeError:
-            raise _Refused(_NOT_UNICODE) from None
+            return False
+    return True
+
+
+def _check_unicode(text: str) -> None:
+    if not _unicode(text):
+        raise _Refused(_NOT_UNICODE)
 
 
 def _deny_attribute(obj: object, name: object, is_setting: bool) -> str:
@@ -267,10 +278,29 @@ def _int_overflow(value: int) -> float:
     return float(value)
 
 
-def _refusal(error: Exception) -> _Refused:
-    if isinstance(error, UnicodeEncodeError):
-        return _Refused(_NOT_UNICODE)
-    return _Refused(_TOO_BIG)
+def _beyond_float(value: int) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return True
+    return False
+
+
+def _refusal(error: Exception, entries: Iterable[tuple[str | int, object]]) -> _Refused:
+    """lupa refuses a table's scalars all at once: this finds the one, to name its path. It is
+    looked for only then, so that the common case checks nothing twice."""
+    for key, item in entries:
+        if type(key) is str and not _unicode(key):
+            return _Refused(_NOT_UNICODE)  # a key: its table is named, the key cannot be
+        if type(item) is str and not _unicode(item):
+            refused = _Refused(_NOT_UNICODE)
+        elif type(item) is int and not _INT_MIN <= item <= _INT_MAX and _beyond_float(item):
+            refused = _Refused(_TOO_BIG)
+        else:
+            continue
+        refused.path.append(key)
+        return refused
+    return _Refused(_NOT_UNICODE if isinstance(error, UnicodeEncodeError) else _TOO_BIG)
 
 
 @dataclass
@@ -343,6 +373,10 @@ class LuaSandbox:
             sandbox = this()
             return sandbox._lookup(name) if sandbox is not None else (None, None)
 
+        def inputs() -> tuple[object, str | None]:
+            sandbox = this()
+            return sandbox._inputs() if sandbox is not None else (None, None)
+
         def memory(on: bool) -> None:
             sandbox = this()
             if sandbox is not None:
@@ -352,6 +386,7 @@ class LuaSandbox:
             {
                 "check": check,
                 "lookup": lookup,
+                "inputs": inputs,
                 "memory": memory,
                 "hook_count": _HOOK_COUNT,
                 "check_every": check_every,
@@ -463,24 +498,27 @@ class LuaSandbox:
             return self._failed(f"internal error in the Lua sandbox: {error}", None, [], started)
 
     def _arguments(self, task: LuaTask, function: Any) -> list[object]:
-        """What the prelude's ``run`` takes: ctx comes flat (name, value, ...), and inputs as
-        None when they are ``{}``; Lua builds those tables faster than lupa does."""
+        """What the prelude's ``run`` takes: ctx comes flat (name, value, ...), which Lua builds
+        faster than lupa does, and whether the inputs are to be fetched: converting them all
+        for every task, a foreach item's that never reads them too, made a foreach over them
+        cost the square of their size. ``{}`` needs no fetching."""
         limits = self.limits
         inputs = task.inputs
+        ctx = task.ctx
         arguments: list[object] = [
             function,
             "=" + task.chunk_name,
             task.expression,
             limits.instructions,
             limits.output_bytes,
+            type(inputs) is not dict or bool(inputs),
         ]
-        try:
-            arguments.append(None if type(inputs) is dict and not inputs else self._to_lua(inputs))
-        except _Refused as refused:
-            refused.root = "inputs"
-            raise
-        for name, value in task.ctx.items():
+        for name, value in ctx.items():
             if value is None:
+                # a foreach item (it has an index) may be null, which is json.null like any null
+                # in a value; the other null fields are left out (see the JSON rule)
+                if name == "item" and ctx.get("index") is not None:
+                    arguments += (name, self._null)
                 continue
             try:
                 if (
@@ -589,6 +627,24 @@ class LuaSandbox:
             self._memory_cap = runtime.get_memory_used() + self.limits.memory
         runtime.set_max_memory(self._memory_cap)
 
+    def _inputs(self) -> tuple[object, str | None]:
+        """``inputs`` for Lua, converted on the script's first read; the memory limit stays lifted
+        on return."""
+        runtime = self._runtime
+        runtime.set_max_memory(0)
+        task = self._task
+        if task is None:
+            return None, None
+        before = runtime.get_memory_used()
+        try:
+            table = self._to_lua(task.inputs)
+        except _Refused as refused:
+            refused.root = "inputs"
+            return None, refused.message()
+        if self._memory_cap is not None:
+            self._memory_cap += max(0, runtime.get_memory_used() - before)
+        return table, None
+
     def _lookup(self, name: object) -> tuple[object, str | None]:
         """``results[name]`` for Lua, converted; the memory limit stays lifted on return."""
         runtime = self._runtime
@@ -654,7 +710,7 @@ class LuaSandbox:
             try:
                 return self._table_from(items)
             except (UnicodeEncodeError, OverflowError) as error:
-                raise _refusal(error) from None
+                raise _refusal(error, items.items()) from None
         if kind is list:
             if depth >= MAX_DEPTH:
                 raise _Refused(f"is nested deeper than {MAX_DEPTH} levels", anywhere=True)
@@ -673,7 +729,7 @@ class LuaSandbox:
             try:
                 table = self._table_from(elements)
             except (UnicodeEncodeError, OverflowError) as error:
-                raise _refusal(error) from None
+                raise _refusal(error, enumerate(elements, 1)) from None
             arrays.append(table)
             return table
         if value is None:
