@@ -88,6 +88,14 @@ def _read_inputs(args: argparse.Namespace) -> JSON:
             raise ValueError(f"{origin}: {reason}") from None
         # a byte order mark, dropped as from a spec file: YAML skips one, JSON refuses it
         text = text.removeprefix("\ufeff")
+        if path.suffix == ".json":
+            try:
+                # the line map below costs seconds on large inputs; only a refusal needs it
+                fast: JSON = json.loads(text, object_pairs_hook=_once_each)
+            except (ValueError, RecursionError):
+                pass
+            else:
+                return _plain_json(fast, origin) if fast is not None else {}
         try:
             # the specs' reader: a key written twice is named with its line, not dropped
             loaded, _, problems = read_document(text, None, json_only=path.suffix == ".json")

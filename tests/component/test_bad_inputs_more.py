@@ -214,6 +214,21 @@ def test_engine_run_refuses_inputs_no_server_takes_naming_them(
     assert (code, out, err) == (2, "", f"error: --inputs: inputs.n[0]: {TOO_LARGE}\n")
 
 
+def test_engine_run_reads_a_valid_json_inputs_file_without_the_line_map(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "inputs.json"
+    path.write_text(json.dumps({"n": 3, "pad": list(range(1000))}))
+
+    def line_map(*_: object, **__: object) -> None:
+        # before: every inputs file went through it, seconds for a few hundred kilobytes
+        raise AssertionError("a valid inputs file was read for its lines")
+
+    monkeypatch.setattr(cli, "read_document", line_map)
+    code, out, _ = run_cli(capsys, "run", DIAMOND, "-q", "--inputs-file", str(path))
+    assert code == 0 and json.loads(out)["inputs"]["n"] == 3
+
+
 def test_engine_run_progress_escapes_what_a_script_logs(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
