@@ -254,19 +254,20 @@ return 32 MiB: a reply that would pass this carries notes in place of some (``_f
 
 _Reply = TypeVar("_Reply", bound=Message)
 _JsonField = tuple[Message, str, str]
-"""A message, the name of one of its JSON text fields, and the id of the run it is of."""
+"""A message, the name of one of its JSON text fields, and the HTTP path that reads it whole."""
 
 
 def _json_fields(execution: pb.Execution) -> Iterator[_JsonField]:
-    yield execution, "inputs_json", execution.id
-    yield execution, "outputs_json", execution.id
+    whole = f"/api/v1/executions/{execution.id}"
+    yield execution, "inputs_json", whole
+    yield execution, "outputs_json", whole
     for node in execution.nodes:
-        yield node, "output_json", execution.id
+        yield node, "output_json", whole
 
 
 def _fitted(reply: _Reply, fields: Iterable[_JsonField]) -> _Reply:
     """``reply``, within ``REPLY_BYTES``: past it, its JSON ``fields`` are replaced, largest
-    first, by a note of their size and where to read the run whole, until it fits. Largest
+    first, by a note of their size and where to read it whole, until it fits. Largest
     first: a run's outputs repeat those of its sink nodes, so they go before the node outputs
     they hold, which then travel once, whole where they fit."""
     excess = reply.ByteSize() - REPLY_BYTES
@@ -275,19 +276,19 @@ def _fitted(reply: _Reply, fields: Iterable[_JsonField]) -> _Reply:
     # stable: of fields alike in size, the first given goes first
     ranked = sorted(
         (
-            (len(getattr(holder, name)), holder, name, execution_id)
-            for holder, name, execution_id in fields
+            (len(getattr(holder, name)), holder, name, whole)
+            for holder, name, whole in fields
         ),
         key=lambda field: field[0],
         reverse=True,
     )
-    for size, holder, name, execution_id in ranked:
+    for size, holder, name, whole in ranked:
         note = wire.dumps(
             {
                 "too_large": True,
                 "bytes": size,
                 "limit": REPLY_BYTES,
-                "read_whole": f"/api/v1/executions/{execution_id}",
+                "read_whole": whole,
             }
         )
         if excess <= 0 or size <= len(note):
@@ -558,7 +559,8 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             outputs_json=wire.dumps(doc.get("outputs")),
             error=error if isinstance(error, str) else None,
         )
-        return _fitted(reply, [(reply, "outputs_json", reply.execution_id)])
+        whole = f"/api/v1/executions/{reply.execution_id}"
+        return _fitted(reply, [(reply, "outputs_json", whole)])
 
     async def ListEngines(
         self, request: pb.ListEnginesRequest, context: Context
@@ -592,7 +594,11 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             found = self._trigger_set().listing(request.workflow_id or None, 10_000)
         except Exception as exc:
             await _refuse(context, exc)
-        return pb.ListTriggersResponse(triggers=[_trigger_message(t) for t in found])
+        reply = pb.ListTriggersResponse(triggers=[_trigger_message(t) for t in found])
+        # a trigger's inputs may be a mebibyte: a few of them would pass what a client takes
+        return _fitted(
+            reply, [(t, "inputs_json", f"/api/v1/triggers/{t.id}") for t in reply.triggers]
+        )
 
     async def GetTrigger(self, request: pb.TriggerRequest, context: Context) -> pb.TriggerInfo:
         try:

@@ -204,6 +204,10 @@ class TextProblem(SpecProblem):
     key: Key = ()
 
 
+MAX_NAME: Final = 200
+"""Characters a workflow's ``name`` may have: a title shown in every listing (the
+``description`` holds the rest, and is shown with one version only)."""
+
 MAX_INT_BITS: Final = 14_000
 """Whole numbers past about 4,200 digits are refused: Python will not print them (its
 ``int_max_str_digits``), so neither the store nor the wire could carry one."""
@@ -404,6 +408,11 @@ class _Checker:
                 f"bad version {version!r}: must be SemVer 2.0.0 like 1.2.0 (quote it in YAML)",
             )
         name = self.text(doc, "name", (), "")
+        if name is not None and len(name) > MAX_NAME:
+            # every listing carries it: a long one would crowd out the rest of an answer
+            self.report(
+                ("name",), "name", f"is {len(name):,} characters: at most {MAX_NAME} (a title)"
+            )
         description = self.text(doc, "description", (), "")
         concurrency = self.integer(doc, "concurrency", (), "", 1)
         timeout = self.duration(doc, "timeout", (), "")

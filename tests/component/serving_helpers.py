@@ -53,7 +53,7 @@ async def serving(
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     server = grpc.aio.server()
-    pb_grpc.add_OrchestratorServicer_to_server(OrchestratorService(orch), server)
+    pb_grpc.add_OrchestratorServicer_to_server(OrchestratorService(orch, triggers=triggers), server)
     grpc_port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

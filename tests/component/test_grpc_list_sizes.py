@@ -1,0 +1,77 @@
+"""Listings a gRPC client with default options (4 MiB to receive) can always read: triggers
+whose inputs together pass that come with notes saying where to read each whole, and a
+workflow's name, which every listing carries, is a title, not a document."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from engine.api import dagengine_pb2 as pb
+from engine.api import dagengine_pb2_grpc as pb_grpc
+from engine.core.errors import SpecError
+from engine.loading import spec_from_text
+from orchestrator.lua_checking import LuaSyntaxChecker
+from orchestrator.store import Store
+from orchestrator.triggering import Triggers
+from tests.component.serving_helpers import facade, serving
+
+SPEC = {"id": "w", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}
+
+
+@pytest.fixture
+async def stub(tmp_path: Path) -> AsyncIterator[Any]:
+    store = await Store.open(str(tmp_path / "state.db"))
+    checker = LuaSyntaxChecker()
+    orch = facade(store, checker)
+    triggers = Triggers(orch)
+    orch.triggers = triggers
+    await triggers.start(run_loop=False)
+    try:
+        await orch.register(json.dumps(SPEC), yaml=False, force=False)
+        async with (
+            serving(orch, triggers) as (_, target),
+            grpc.aio.insecure_channel(target) as channel,
+        ):
+            yield pb_grpc.OrchestratorStub(channel)
+    finally:
+        await triggers.stop()
+        await store.close()
+        checker.close()
+
+
+async def test_triggers_whose_inputs_pass_4_mib_together_are_listed_with_notes(
+    stub: Any,
+) -> None:
+    inputs = json.dumps({"blob": "x" * 900_000})
+    for i in range(5):
+        await stub.CreateTrigger(
+            pb.CreateTriggerRequest(
+                workflow_id="w", cron="@yearly", id=f"t{i}", inputs_json=inputs, paused=True
+            )
+        )
+    # before: RESOURCE_EXHAUSTED, about 4.5 MB against 4 MiB
+    listed = (await stub.ListTriggers(pb.ListTriggersRequest())).triggers
+    assert [t.id for t in listed] == [f"t{i}" for i in range(5)]
+    read = [json.loads(t.inputs_json) for t in listed]
+    notes = [n for n in read if "too_large" in n]
+    assert 0 < len(notes) < 5 and all(n == json.loads(inputs) for n in read if n not in notes)
+    assert [n["read_whole"] for n in notes] == [f"/api/v1/triggers/t{i}" for i in range(len(notes))]
+    whole = await stub.GetTrigger(pb.TriggerRequest(trigger_id="t0"))
+    assert json.loads(whole.inputs_json) == json.loads(inputs)
+
+
+def test_a_workflow_name_is_a_title() -> None:
+    head = "id: w\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: return 1\n"
+    spec_from_text(head + "name: " + "n" * 200 + "\n", "wf.yaml")
+    with pytest.raises(SpecError) as info:
+        spec_from_text(head + "name: " + "n" * 1_000_000 + "\n", "wf.yaml")
+    # before: taken, and five such made ListWorkflows too large for a default client
+    assert info.value.messages() == [
+        "wf.yaml:6: name: is 1,000,000 characters: at most 200 (a title)"
+    ]
