@@ -785,12 +785,29 @@ async def follow_health(
         await health.set(service_name, status.SERVING if now is None else status.NOT_SERVING)
 
 
+class _Health(health_aio.HealthServicer):
+    """grpc.health.v1 with ``List``, which the library's servicer leaves out: reflection lists
+    the method, and each call of it was an UNIMPLEMENTED answer and an error traceback in the
+    log, open to anyone who reaches the port."""
+
+    async def List(self, request: object, context: object) -> object:
+        # the library's type stubs predate List and do not show the status map
+        answer: Any = health_pb2.HealthListResponse  # type: ignore[attr-defined]
+        statuses: dict[str, Any] = self._server_status  # type: ignore[attr-defined]
+        return answer(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in statuses.items()
+            }
+        )
+
+
 async def add_health_and_reflection(
     server: grpc.aio.Server, service_name: str
 ) -> health_aio.HealthServicer:
     """grpc.health.v1 (``service_name`` SERVING) and server reflection on ``server``; both
     services offer them, so clients and probes find every server the same way."""
-    health = health_aio.HealthServicer()
+    health = _Health()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     await health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(

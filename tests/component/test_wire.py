@@ -419,3 +419,24 @@ def test_a_bad_value_names_its_variable(env: dict[str, str], message: str) -> No
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(env)
     assert str(caught.value) == message
+
+
+async def test_health_list_answers_every_service_with_its_status() -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = grpc.aio.server()
+    health = await wire.add_health_and_reflection(server, "dagengine.v1.Engine")
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        await health.set("dagengine.v1.Engine", health_pb2.HealthCheckResponse.NOT_SERVING)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            # before: UNIMPLEMENTED, and an error traceback in the log for every call
+            listed = await stub.List(health_pb2.HealthListRequest())  # type: ignore[attr-defined]
+        assert {name: s.status for name, s in listed.statuses.items()} == {
+            "": health_pb2.HealthCheckResponse.SERVING,
+            "dagengine.v1.Engine": health_pb2.HealthCheckResponse.NOT_SERVING,
+        }
+    finally:
+        await server.stop(0)
