@@ -160,16 +160,22 @@ def _json_arg(text: str, field: str) -> JSON:
     return value
 
 
+_JSON_START: Final = re.compile(r'\{\s*"')
+
+
 def _spec_is_yaml(text: str) -> bool:
     """Whether ``RegisterWorkflow.spec`` is to be read as YAML. JSON gets HTTP's JSON checks
     first (depth, lone surrogates), as an ``application/json`` body does. Text that starts like
-    JSON but does not parse as JSON is YAML in flow style (``{id: x, nodes: [...]}``)."""
-    if not text.lstrip().startswith(("{", "[")):
+    JSON but does not parse as JSON is YAML in flow style (``{id: x, nodes: [...]}``), unless
+    its first key is quoted as JSON's are: then it is broken JSON, told as such with its place,
+    not as "invalid YAML"."""
+    start = text.lstrip()
+    if not start.startswith(("{", "[")):
         return True
     try:
         value: JSON = json.loads(text)
     except ValueError:
-        return True
+        return not _JSON_START.match(start)
     except RecursionError:
         raise HttpError(
             400, "too_deep", f"spec nests deeper than {MAX_JSON_DEPTH} levels", {"field": "spec"}

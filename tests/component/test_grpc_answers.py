@@ -1,6 +1,7 @@
-"""Listings a gRPC client with default options (4 MiB to receive) can always read: triggers
-whose inputs together pass that come with notes saying where to read each whole, and a
-workflow's name, which every listing carries, is a title, not a document."""
+"""gRPC answers. Listings a client with default options (4 MiB to receive) can always read:
+triggers whose inputs together pass that come with notes saying where to read each whole, and
+a workflow's name, which every listing carries, is a title, not a document. Broken JSON is
+told as JSON."""
 
 from __future__ import annotations
 
@@ -75,3 +76,16 @@ def test_a_workflow_name_is_a_title() -> None:
     assert info.value.messages() == [
         "wf.yaml:6: name: is 1,000,000 characters: at most 200 (a title)"
     ]
+
+
+async def test_broken_json_registered_is_told_as_json_with_its_place(stub: Any) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.RegisterWorkflow(
+            pb.RegisterWorkflowRequest(spec='{"id": "x",\n "version": "1.0.0" "nodes": []}')
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # before: "invalid YAML: ...", of a text that is JSON with a comma left out
+    assert "line 2: invalid JSON: Expecting ',' delimiter" in str(caught.value.details())
+    # flow-style YAML, whose keys are not quoted, is still YAML
+    flow = "{id: y, version: 1.0.0, nodes: [{id: a, lua: return 1}]}"
+    assert (await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=flow))).created
