@@ -356,6 +356,8 @@ def sub_workflow_answer(request: pb.ResolveSubWorkflowRequest) -> SubWorkflowAns
     problems: list[FieldProblem] = []
     if not request.execution_id:
         problems.append(FieldProblem("execution_id", "required"))
+    elif request.child_execution_id == request.execution_id:
+        problems.append(FieldProblem("child_execution_id", "is the run itself"))
     if not request.node_id:
         problems.append(FieldProblem("node_id", "required"))
     if request.attempt < 1:
@@ -380,6 +382,15 @@ def sub_workflow_answer(request: pb.ResolveSubWorkflowRequest) -> SubWorkflowAns
     match request.WhichOneof("result"):
         case "output_json":
             output = _json_field(request.output_json, "output_json", problems, empty=None)
+            if request.child_status in EXECUTION_STATUSES and request.child_status != "succeeded":
+                # an output is a succeeded child's: the node would succeed on a failed one
+                problems.append(
+                    FieldProblem(
+                        "child_status",
+                        f"{request.child_status!r} with output_json: an output comes with "
+                        "'succeeded'; a child that did not succeed is answered with error",
+                    )
+                )
         case "error":
             # it becomes the node's error, held to what a script's error may be
             error = bounded(request.error, ERROR_CHARACTERS) or "the sub-workflow failed"

@@ -217,6 +217,20 @@ def test_a_child_status_or_version_that_is_none_is_refused() -> None:
     assert got[1][1] == "'v1' is not a SemVer version"
 
 
+def test_a_child_answer_that_contradicts_itself_is_refused() -> None:
+    # before: taken; the node succeeded on the output while its event said the child failed
+    assert answer_problems(child_status="failed", output_json="{}") == [
+        (
+            "child_status",
+            "'failed' with output_json: an output comes with 'succeeded'; a child that did not "
+            "succeed is answered with error",
+        )
+    ]
+    assert answer_problems(child_execution_id="e", error="x") == [
+        ("child_execution_id", "is the run itself")
+    ]
+
+
 def test_a_well_formed_child_answer_is_taken() -> None:
     request = pb.ResolveSubWorkflowRequest(
         execution_id="e",
