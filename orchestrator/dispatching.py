@@ -151,8 +151,12 @@ class Dispatcher:
         publish: Callable[[list[JSONObject]], None],
         on_finished: Callable[[str, JSONObject], None] | None = None,
         on_events: Callable[[RunTicket, EngineLink, list[JSONObject]], None] | None = None,
+        refusal: Callable[[str, str], str | None] | None = None,
     ) -> None:
+        """``refusal``: why a run of ``(workflow, version)`` cannot run at all (a version stored
+        under older checks that today's refuse), or None: such a run ends here, saying so."""
         self._store = store
+        self._refusal = refusal
         self._fleet = fleet
         self._publish = publish
         self._on_finished = on_finished
@@ -325,6 +329,13 @@ class Dispatcher:
                 return
             if self._dispatches.get(execution_id, 0) >= MAX_DISPATCHES:
                 await self._give_up(ticket)  # when the store could not take that before
+                outcome = "finished"
+                return
+            refused = self._refusal(ticket.workflow_id, ticket.version) if self._refusal else None
+            if refused is not None:
+                # accepted before an upgrade whose checks refuse its version: every engine
+                # would refuse it too, in words about the engine rather than the version
+                await self._end(ticket, "execution.failed", "error", refused)
                 outcome = "finished"
                 return
             outcome = await self._stream(run)

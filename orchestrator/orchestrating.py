@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Final, Protocol
 
+from engine.core.errors import SpecError
 from engine.core.events import isoformat
 from engine.core.spec import WorkflowSpec
 from engine.core.states import EXECUTION_STATUSES, EXECUTION_TERMINAL
@@ -231,6 +232,23 @@ class Orchestrator:
                 await self.triggers.version_registered(spec)  # its triggers replace the old
         log.info("registered %s", spec.ref)
         return self.registry.describe(spec.id, spec.version), True
+
+    def stored_refusal(self, workflow_id: str, version: str) -> str | None:
+        """Why runs of ``workflow_id@version`` cannot run, when it was stored under older checks
+        that today's refuse (an upgrade made them stricter), else None."""
+        try:
+            self.registry.resolve_spec(workflow_id, version)
+        except SpecError as exc:
+            more = len(exc.problems) - 1
+            return (
+                f"{workflow_id}@{version} was stored under older checks, and this version of the "
+                f"orchestrator refuses it: {exc.messages()[0]}"
+                + (f" (and {more} more)" if more else "")
+                + "; register a fixed version and run that"
+            )
+        except OrchestratorError:
+            return None  # not in the registry: the engine says what it makes of the run
+        return None
 
     async def list_workflows(self) -> list[JSONObject]:
         return self.registry.summaries()

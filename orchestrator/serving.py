@@ -126,6 +126,7 @@ async def running_orchestrator(
         publish=orch.publish,
         on_finished=orch.finished,
         on_events=lambda ticket, link, events: subworkflows.on_events(ticket, link, events),
+        refusal=orch.stored_refusal,
     )
     subworkflows = SubWorkflows(
         store,

@@ -27,7 +27,7 @@ import grpc
 
 from engine import wire
 from engine.api import dagengine_pb2 as pb
-from engine.core.errors import InputsError
+from engine.core.errors import InputsError, SpecError
 from engine.core.states import EXECUTION_TERMINAL, NODE_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.dispatching import RunTicket
@@ -256,8 +256,9 @@ class SubWorkflows:
                     exc.message,
                 )
                 await asyncio.sleep(delay)
-            except (OrchestratorError, InputsError) as exc:
-                # the child cannot run (no such workflow, bad inputs, depth limit): the node
+            except (OrchestratorError, InputsError, SpecError) as exc:
+                # the child cannot run (no such workflow, bad inputs, depth limit, a stored
+                # version today's checks refuse): the node
                 # fails with why, without retries (its engine takes an answer without a child
                 # as final: each retry would be refused the same way)
                 await self._answer(

@@ -67,3 +67,52 @@ async def test_a_stored_latest_version_todays_checks_refuse_does_not_stop_the_st
         assert "Traceback" not in log
     finally:
         await asyncio.to_thread(stop_process, orchestrator.proc)
+
+
+async def test_a_run_accepted_before_an_upgrade_refused_its_version_ends_saying_why(
+    tmp_path: Path, start_engine: StartEngine
+) -> None:
+    state = tmp_path / "state.db"
+    store = await Store.open(str(state))
+    await store.create_execution(
+        execution_id="0" * 32,
+        workflow_id="old",
+        version="1.0.0",
+        inputs={},
+        pinned={},
+        created_at=0.0,
+        node_ids=["a", "b"],
+        first_event={
+            "seq": 1,
+            "time": "1970-01-01T00:00:00Z",
+            "type": "execution.queued",
+            "severity": "info",
+            "workflow_id": "old",
+            "version": "1.0.0",
+            "execution_id": "0" * 32,
+            "data": {"inputs": {}, "pinned": {}},
+        },
+    )
+    await store.close()
+    with sqlite3.connect(state) as conn:
+        conn.execute(
+            "INSERT INTO versions (workflow_id, version, spec_json, digest, created_at)"
+            " VALUES ('old', '1.0.0', ?, 'x', 0)",
+            (json.dumps(LOOSE),),
+        )
+    engine = start_engine()
+    orchestrator = await asyncio.to_thread(
+        spawn_orchestrator, tmp_path / "orchestrator.log", state, [engine], API_TOKEN="s3cret"
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            doc = await wait_end(http, orchestrator.url, "0" * 32)
+        assert doc["status"] == "failed"
+        # before: "the engine refused the run: 1 problem in workflow spec spec: - spec:1: ..."
+        assert doc["error"] == (
+            "old@1.0.0 was stored under older checks, and this version of the orchestrator "
+            "refuses it: nodes[b].depends_on: must be a list of node ids; "
+            "register a fixed version and run that"
+        )
+    finally:
+        await asyncio.to_thread(stop_process, orchestrator.proc)
