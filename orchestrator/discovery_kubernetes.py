@@ -10,15 +10,19 @@ after a 410 is immediate and further ones in a row back off: an API server whose
 lags its lists answers every watch with 410, and relisting at once would be a busy loop.
 
 When the API refuses (credentials or RBAC) or cannot be reached, or anything else goes wrong,
-that is logged once per episode, clearly, and nothing is reported: the fleet keeps the last
-engines it was told about, and their own health checks decide whether they still get work. A
-401 rebuilds the client from its configuration, so that a rotated or re-issued token (an exec
-plugin's, a projected service-account token's) is picked up. The loop never ends on its own:
-whatever fails, it retries with backoff until cancelled. The episode ends when a watch delivers
-an event or stays open for a moment, not when a list succeeds or a watch is merely accepted:
-RBAC may allow list and not watch, and an API server may accept a watch and fail it at once
-with an ERROR event; either would otherwise call every retry a recovery. ``trouble()`` says what
-is wrong meanwhile (``/readyz`` shows it), including a list that matches nothing at all.
+each distinct cause is logged once per episode, clearly, and nothing is reported: the fleet keeps
+the last engines it was told about, and their own health checks decide whether they still get
+work. A 401 rebuilds the client from its configuration, so that a rotated or re-issued token (an
+exec plugin's, a projected service-account token's) is picked up; so does a server certificate
+the client does not trust, so that a new cluster CA (the ``ca.crt`` the kubelet updates, or the
+kubeconfig's) is read again: a client reads its CA once, when it is built. The loop never ends
+on its own: whatever fails, it retries with backoff until cancelled. The episode ends when a
+watch delivers an event or stays open for a moment, not when a list succeeds or a watch is merely
+accepted: RBAC may allow list and not watch, and an API server may accept a watch and fail it at
+once with an ERROR event; either would otherwise call every retry a recovery. ``trouble()`` says
+what is wrong now (``/readyz`` shows it), the latest cause rather than the episode's first (an
+API server that was down may be back with a certificate not trusted), including a list that
+matches nothing at all.
 
 This is the only module that imports the ``kubernetes`` client (DESIGN section 2). Its asyncio
 API is used for connection set-up, authentication and the list/watch requests; watch lines are
@@ -29,6 +33,8 @@ Errors::
 
     KubernetesApiError          anything that stopped a list or watch
     ├── ApiUnreachable          no connection, or it broke before an answer
+    ├── ApiUntrusted            TLS: the server's certificate is not trusted by the CA the
+    │                           client has (the cluster's CA changed, say)
     ├── ApiUnauthorized         401: the credentials (token, certificate) are not accepted,
     │                           or the client cannot load them (a token file empty at refresh)
     ├── ApiRefused              403: RBAC does not allow it
@@ -44,6 +50,8 @@ import asyncio
 import json
 import logging
 import random
+import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -74,6 +82,8 @@ _LIST_TIMEOUT = 15.0
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 10.0
 _SETTLED = 1.0
 """Seconds an accepted watch must stay open, without an event, to end an outage."""
+_CAUSES_LOGGED = 5
+"""Distinct causes of one kind logged per outage episode; ``trouble()`` shows any further ones."""
 
 
 # -- the pure part: objects in, engines out ----------------------------------------------------
@@ -203,11 +213,24 @@ class KubernetesApiError(Exception):
     """A list or watch that did not get what it asked for."""
 
     outage = "error"
-    """What kind of outage this is: a new kind is logged, a repeat is not."""
+    """What kind of outage this is."""
+
+    def cause(self) -> str:
+        """What tells this trouble from another of its kind: a new cause is logged, a repeat not."""
+        return _cause(str(self))
 
 
 class ApiUnreachable(KubernetesApiError):
     outage = "unreachable"
+
+
+class ApiUntrusted(KubernetesApiError):
+    outage = "untrusted"
+
+    def __init__(self, message: str, ca_file: str | None) -> None:
+        super().__init__(message)
+        self.ca_file = ca_file
+        """The CA bundle the client verified against; None for the system's."""
 
 
 class ApiUnauthorized(KubernetesApiError):
@@ -216,6 +239,11 @@ class ApiUnauthorized(KubernetesApiError):
 
 class ApiRefused(KubernetesApiError):
     outage = "refused"
+
+    def cause(self) -> str:
+        # RBAC's messages differ only in the verb refused (list, watch), and the advice logged
+        # names both
+        return self.outage
 
 
 class ApiGone(KubernetesApiError):
@@ -297,6 +325,8 @@ class KubeObjects:
                 body = await resp.text()
             finally:
                 resp.release()
+        except _CERTIFICATE_ERRORS as exc:
+            raise self._untrusted(f"listing {self.what}", exc) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ApiUnreachable(f"listing {self.what}: {_describe(exc)}") from exc
         except k8s_config.ConfigException as exc:
@@ -334,6 +364,8 @@ class KubeObjects:
                 # connection that went silent without closing
                 _request_timeout=float(timeout + 30),
             )
+        except _CERTIFICATE_ERRORS as exc:
+            raise self._untrusted(f"watching {self.what}", exc) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ApiUnreachable(f"watching {self.what}: {_describe(exc)}") from exc
         except k8s_config.ConfigException as exc:
@@ -355,6 +387,10 @@ class KubeObjects:
         finally:
             resp.release()
 
+    def _untrusted(self, doing: str, exc: BaseException) -> ApiUntrusted:
+        ca_file = self.api_client.configuration.ssl_ca_cert
+        return ApiUntrusted(f"{doing}: {_describe(exc)}", str(ca_file) if ca_file else None)
+
     def _event(self, line: bytes) -> WatchEvent:
         try:
             doc = json.loads(line)
@@ -373,6 +409,19 @@ class KubeObjects:
             raise MalformedEvent(f"watching {self.what}: {kind} without an object: {line[:200]!r}")
         version = str((meta or {}).get("resourceVersion") or "")
         return WatchEvent(kind, obj, version)
+
+
+def _cause(text: str) -> str:
+    """``text`` without what changes from one retry to the next of the same trouble.
+
+    Whether a list or a watch met it is no new cause, nor are the numbers (resourceVersions,
+    ports) in it.
+    """
+    return re.sub(r"\d+", "#", re.sub(r"^(listing|watching) ", "", text))
+
+
+_CERTIFICATE_ERRORS = (aiohttp.ClientConnectorCertificateError, ssl.SSLCertVerificationError)
+"""The server's certificate failed verification: retrying with the same CA cannot help."""
 
 
 def _describe(exc: BaseException) -> str:
@@ -458,10 +507,13 @@ class KubernetesDiscovery:
         self.cache = ObjectCache()
         self.lists = 0
         self.clients = 0
-        """ApiClients built so far: one, plus one per rebuild after a 401 or a surprise."""
+        """ApiClients built so far: one, plus one per rebuild after a 401, an untrusted
+        certificate or a surprise."""
         self._outage: str | None = None
         self._outage_text = ""
         self._outage_since = 0.0
+        self._causes_logged: dict[str, set[str]] = {}
+        """The causes of this outage episode logged so far, by kind."""
         self._gone_in_a_row = 0
         """410s since the last watch event: the second one in a row means backing off."""
         self._delay = _BACKOFF_FIRST
@@ -520,10 +572,11 @@ class KubernetesDiscovery:
                 except SettingsError as exc:
                     # checked at start-up, so a token or file that went away since: wait for it
                     self._trouble(ApiUnreachable(str(exc)))
-                except ApiUnauthorized as exc:
+                except (ApiUnauthorized, ApiUntrusted) as exc:
                     self._trouble(exc)
-                    # the token may have been re-issued since (an exec plugin, a rotated file):
-                    # only a fresh configuration reads it again
+                    # the token may have been re-issued since (an exec plugin, a rotated file),
+                    # or the cluster's CA changed (the kubelet updates ca.crt): only a fresh
+                    # configuration reads them again, and only a new client its CA
                     await _closed(api_client)
                     api_client = None
                 except KubernetesApiError as exc:
@@ -609,13 +662,22 @@ class KubernetesDiscovery:
         assert self._report is not None
         self._report(set(engines), engines)
 
-    def _begin(self, outage: str, text: str) -> bool:
-        """Enter an outage of this kind; False when it is the one already under way."""
-        if self._outage == outage:
-            return False
+    def _begin(self, outage: str, text: str, cause: str) -> bool:
+        """Enter or go on with an outage; True when this cause is new to the episode, to log.
+
+        The text shown is always the latest: the episode's first cause may be long gone (an
+        API server that was down is back, and answers with a certificate not trusted).
+        """
         if self._outage is None:
             self._outage_since = time.time()
+            self._causes_logged.clear()
         self._outage, self._outage_text = outage, text
+        logged = self._causes_logged.setdefault(outage, set())
+        if cause in logged or len(logged) >= _CAUSES_LOGGED:
+            # a cause flapping with another is logged once each; endless new ones of a kind
+            # (say, server text that names each request) stop being logged, a new kind is not
+            return False
+        logged.add(cause)
         return True
 
     def _trouble(self, exc: KubernetesApiError) -> None:
@@ -625,11 +687,15 @@ class KubernetesDiscovery:
             headline = "Kubernetes API refused discovery"
         elif isinstance(exc, ApiUnreachable):
             headline = "Kubernetes API unreachable"
+        elif isinstance(exc, ApiUntrusted):
+            headline = (
+                f"Kubernetes API server's certificate is not trusted by {self._trusted_by(exc)}"
+            )
         elif isinstance(exc, ApiGone):
             headline = "Kubernetes API answers every watch with 410 Gone, even after a new list"
         else:
             headline = "Kubernetes discovery failed"
-        if not self._begin(exc.outage, f"{headline}: {exc}"):
+        if not self._begin(exc.outage, f"{headline}: {exc}", exc.cause()):
             return
         if isinstance(exc, ApiUnauthorized):
             if self.settings.in_cluster_config:
@@ -669,6 +735,20 @@ class KubernetesDiscovery:
                 self._known,
                 extra={"event": "discovery.unreachable"},
             )
+        elif isinstance(exc, ApiUntrusted):
+            again = (
+                "ca.crt read afresh (the kubelet updates it when the cluster's CA changes)"
+                if self.settings.in_cluster_config
+                else "the kubeconfig read afresh"
+            )
+            log.error(
+                "%s: %s; keeping the %d engines known and retrying with %s",
+                headline,
+                exc,
+                self._known,
+                again,
+                extra={"event": "discovery.untrusted"},
+            )
         elif isinstance(exc, ApiGone):
             # its watch cache lags behind etcd (an API server just restarted, say)
             log.warning(
@@ -687,13 +767,25 @@ class KubernetesDiscovery:
                 extra={"event": "discovery.failed"},
             )
 
+    def _trusted_by(self, exc: ApiUntrusted) -> str:
+        """The CA the client checked the server's certificate against, as the operator set it."""
+        if exc.ca_file is None:
+            return "the system's CA certificates"
+        if self.settings.in_cluster_config:
+            return exc.ca_file
+        # its certificate-authority, or the data inlined, which the client keeps in a temp file
+        kubeconfig = self.settings.kubeconfig or "~/.kube/config"
+        return f"the certificate authority of the kubeconfig {kubeconfig}"
+
     def _unexpected(self, exc: Exception) -> None:
         headline = "Kubernetes discovery failed unexpectedly"
-        if self._begin(f"unexpected {type(exc).__name__}", f"{headline}: {_describe(exc)}"):
+        described = _describe(exc)
+        kind = f"unexpected {type(exc).__name__}"
+        if self._begin(kind, f"{headline}: {described}", _cause(described)):
             log.error(
                 "%s: %s; keeping the %d engines known and retrying with a new client",
                 headline,
-                _describe(exc),
+                described,
                 self._known,
                 exc_info=exc,
                 extra={"event": "discovery.failed"},

@@ -19,7 +19,10 @@ speaks the protocol the way the API server does:
   past every version (``lag_watch_cache()``) makes every watch a 410, even right after a list,
   as an API server whose watch cache lags behind etcd;
 - ``drop_watches()`` cuts every open watch connection mid-stream, and ``stop()``/``start()``
-  take the whole server away and back on the same port.
+  take the whole server away and back on the same port;
+- with ``ssl_context`` set it serves https, as the API server always does in a cluster (the
+  in-cluster configuration reaches it over TLS with the pod's ``ca.crt``); a new context between
+  ``stop()`` and ``start()`` is an API server back with a new certificate.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +95,7 @@ class FakeKubeApi:
         self.gone_as_http = False
         self.tokens: set[str] | None = None
         self.watch_lines: list[bytes] | None = None
+        self.ssl_context: ssl.SSLContext | None = None
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._watchers: set[_Watcher] = set()
         self._runner: web.AppRunner | None = None
@@ -104,7 +109,13 @@ class FakeKubeApi:
         app.router.add_get("/api/v1/namespaces/{ns}/pods", self._pods)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner,
+            "127.0.0.1",
+            self.port,
+            reuse_address=True,
+            ssl_context=self.ssl_context,
+        )
         await site.start()
         if not self.port:
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
@@ -118,15 +129,24 @@ class FakeKubeApi:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def write_kubeconfig(
-        self, path: Path, namespace: str = "default", token: str = "fake-token"
+        self,
+        path: Path,
+        namespace: str = "default",
+        token: str = "fake-token",
+        ca_file: Path | None = None,
     ) -> Path:
+        """A kubeconfig for this server; ``ca_file`` is its ``certificate-authority``."""
+        cluster: JSON = {"server": self.url}
+        if ca_file is not None:
+            cluster["certificate-authority"] = str(ca_file)
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "fake", "cluster": cluster}],
             "users": [{"name": "tester", "user": {"token": token}}],
             "contexts": [
                 {
@@ -221,7 +241,10 @@ class FakeKubeApi:
         self.requests.append((kind, query))
         namespace = request.match_info["ns"]
         watching = query.get("watch") in ("true", "1")
-        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        # the scheme is case-insensitive (RFC 9110), and the API server reads it so: the client's
+        # in-cluster configuration sends "bearer <token>", a kubeconfig "Bearer <token>"
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        bearer = credentials.strip() if scheme.lower() == "bearer" else ""
         if self.unauthorized or (self.tokens is not None and bearer not in self.tokens):
             # what the API server says when no authenticator accepts the request: no user, so
             # nothing about RBAC
