@@ -281,10 +281,7 @@ def _fitted(reply: _Reply, fields: Iterable[_JsonField]) -> _Reply:
         return reply
     # stable: of fields alike in size, the first given goes first
     ranked = sorted(
-        (
-            (len(getattr(holder, name)), holder, name, whole)
-            for holder, name, whole in fields
-        ),
+        ((len(getattr(holder, name)), holder, name, whole) for holder, name, whole in fields),
         key=lambda field: field[0],
         reverse=True,
     )
