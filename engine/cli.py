@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Final, TextIO
@@ -210,6 +211,10 @@ def _check_lua() -> int:
     from engine.checking import unencodable
     from engine.lua import check_syntax
 
+    # a Ctrl-C at a terminal reaches the orchestrator's whole process group: stopping is the
+    # orchestrator's to do, and it ends this process by closing its stdin (a traceback here
+    # was all the interrupt made)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for raw in sys.stdin:
         try:
             request = json.loads(raw)

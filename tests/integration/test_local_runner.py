@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -234,3 +235,25 @@ def test_a_lone_surrogate_in_lua_is_a_spec_problem_not_a_traceback(tmp_path: Pat
         "not text UTF-8 can carry: write the character itself",
         "line": None,
     }
+
+
+def test_the_lua_checker_leaves_a_ctrl_c_to_the_orchestrator(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "check-lua"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps({"code": "return 1"}) + "\n")
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline()) == {"ok": True}  # its handler is in place now
+    # a terminal's Ctrl-C reaches the orchestrator's process group, this child too
+    proc.send_signal(signal.SIGINT)
+    proc.stdin.write(json.dumps({"code": "return ("}) + "\n")
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline())["ok"] is False  # still answering
+    _, err = proc.communicate(timeout=60)  # the orchestrator closes its stdin to stop it
+    # before: a KeyboardInterrupt traceback in the orchestrator's log, the checker gone
+    assert (proc.returncode, err) == (0, "")
