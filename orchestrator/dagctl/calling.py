@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from engine.core.envparse import loopback_host
 from engine.core.printing import one_line as one_line  # shared with engine run
@@ -141,6 +141,11 @@ def _is_loopback(url: str) -> bool:
     return loopback_host(host)
 
 
+_NO_ROUTE: Final = ("Not Found", "404: Not Found")
+"""The message of a server's 404 for a path it has no route for (aiohttp's reason, in JSON
+from the orchestrator's error handler, or as aiohttp's own text)."""
+
+
 def _api_error(status: int, raw: bytes) -> ApiError:
     try:
         body = json.loads(raw)
@@ -254,7 +259,17 @@ class Client:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             with exc:
-                raise _api_error(exc.code, exc.read()) from None
+                error = _api_error(exc.code, exc.read())
+            if error.status == 404 and error.message in _NO_ROUTE:
+                # the server's own answer for a path it has no route for, unlike a 404 about
+                # a workflow or a run: most likely a server older than this dagctl
+                error = ApiError(
+                    404,
+                    error.code,
+                    f"the server has no {method} {path} (is it older than this dagctl?)",
+                    error.details,
+                )
+            raise error from None
         except (OSError, http.client.HTTPException) as exc:
             raise Unreachable(self.server, _reason(exc)) from exc
         try:

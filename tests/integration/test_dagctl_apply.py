@@ -144,3 +144,20 @@ def test_workflows_given_together_that_use_each_other_are_told_as_a_cycle(
         "sub-workflows may not form a cycle: none can be registered first"
     )
     assert sum(line.startswith("dagctl: ") for line in err) == 4
+
+
+def test_a_path_the_server_has_no_route_for_is_told_as_an_older_server(
+    orchestrator: OrchestratorProcess,
+) -> None:
+    from orchestrator.dagctl.calling import ApiError, Client
+
+    with pytest.raises(ApiError) as caught:
+        Client(orchestrator.url).call("GET", "/api/v1/nothing-here")
+    # before: "not_found: Not Found", which says nothing of what was not found
+    assert (caught.value.code, caught.value.message) == (
+        "not_found",
+        "the server has no GET /api/v1/nothing-here (is it older than this dagctl?)",
+    )
+    with pytest.raises(ApiError) as caught:
+        Client(orchestrator.url).call("GET", "/api/v1/executions/nope")
+    assert "older" not in caught.value.message  # a run not found is not a route not found
