@@ -25,7 +25,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -1350,10 +1350,17 @@ class Store:
 
     # -- triggers ---------------------------------------------------------------------------
 
-    async def load_triggers(self, trigger_id: str | None = None) -> list[StoredTrigger]:
-        """Every trigger (or one) with its latest decided slot and latest fired run."""
-        sql = _TRIGGER_SELECT + (" WHERE t.id = ?" if trigger_id is not None else "")
-        args = (trigger_id,) if trigger_id is not None else ()
+    async def load_triggers(
+        self, trigger_id: str | None = None, *, spec_of: str | None = None
+    ) -> list[StoredTrigger]:
+        """Every trigger (or one, or the spec triggers of workflow ``spec_of``) with its latest
+        decided slot and latest fired run."""
+        sql = _TRIGGER_SELECT
+        args: tuple[str, ...] = ()
+        if trigger_id is not None:
+            sql, args = sql + " WHERE t.id = ?", (trigger_id,)
+        elif spec_of is not None:
+            sql, args = sql + " WHERE t.workflow_id = ? AND t.source = 'spec'", (spec_of,)
 
         def read(conn: sqlite3.Connection) -> list[StoredTrigger]:
             return [_stored_trigger(r) for r in conn.execute(sql, args)]
@@ -1384,13 +1391,34 @@ class Store:
         return await self._writer.run(write, durable=True)
 
     async def sync_spec_triggers(
-        self, workflow_id: str, triggers: Sequence[StoredTrigger]
+        self,
+        workflow_id: str,
+        triggers: Sequence[StoredTrigger],
+        renames: Mapping[str, str] | None = None,
     ) -> list[StoredTrigger]:
         """Make ``triggers`` the spec triggers of ``workflow_id``: others of the spec go,
         new ones come in as given, and those already there keep their paused state and
-        history. Returns the rows as stored."""
+        history. A spec trigger stored under an old id in ``renames`` moves to its new id
+        first, with its paused state, ``since`` and history. Returns the rows as stored."""
 
         def write(conn: sqlite3.Connection) -> list[StoredTrigger]:
+            for old, new in (renames or {}).items():
+                # the same trigger under another id (the id scheme changed): moved in place,
+                # never onto an id that is taken, and in this transaction, so it is either
+                # wholly under the old id or wholly under the new one
+                moved = conn.execute(
+                    "UPDATE triggers SET id = ? WHERE id = ? AND workflow_id = ?"
+                    " AND source = 'spec' AND NOT EXISTS (SELECT 1 FROM triggers WHERE id = ?)",
+                    (new, old, workflow_id, new),
+                ).rowcount
+                if moved:
+                    # slots already under the new id were left by a trigger of that id that
+                    # went before c12de23 (which kept a leaving trigger's history): not this
+                    # trigger's, and one at the same instant as its own would not move
+                    conn.execute("DELETE FROM trigger_fires WHERE trigger_id = ?", (new,))
+                    conn.execute(
+                        "UPDATE trigger_fires SET trigger_id = ? WHERE trigger_id = ?", (new, old)
+                    )
             keep = [t.id for t in triggers]
             marks = ",".join("?" * len(keep))
             leaving = f" AND id NOT IN ({marks})" if keep else ""

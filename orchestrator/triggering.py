@@ -27,7 +27,7 @@ import secrets
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Final, Protocol, cast
 
 import grpc
@@ -514,6 +514,60 @@ def spec_trigger_rows(spec: WorkflowSpec, now: float) -> list[StoredTrigger]:
     return rows
 
 
+_PLACE: Final = re.compile(r"-([2-9]|[1-9][0-9]+)")
+
+
+def _twin_place(row: StoredTrigger) -> int | None:
+    """Where an unnamed spec cron trigger stands among those of its spec that share its id
+    stem (1, 2, 3 ... in the spec's order), read from its id; None for any other trigger.
+    Ids of both schemes are read: ``cron-<schedule>[-N]`` from before c12de23, where N counted
+    every unnamed trigger of the schedule, and ``cron-<schedule>[-<settings>][-N]`` since."""
+    cron, zone = row.config.get("cron"), row.config.get("timezone")
+    if row.source != "spec" or row.kind != "cron":
+        return None
+    if not isinstance(cron, str) or not isinstance(zone, str):
+        return None
+    rest = row.id.removeprefix(f"{row.workflow_id}:cron-{_short_hash(cron, zone)}")
+    if rest == row.id:
+        return None  # a named one: its name is its identity
+    rest = rest.removeprefix(f"-{_short_hash(_canon(row.config))}")
+    if not rest:
+        return 1
+    place = _PLACE.fullmatch(rest)
+    return int(place.group(1)) if place else None
+
+
+def spec_trigger_renames(
+    stored: Iterable[StoredTrigger], wanted: Sequence[StoredTrigger]
+) -> dict[str, str]:
+    """Stored ids of one workflow's spec triggers that are to move to a wanted id, old to new.
+
+    An unnamed cron trigger's id says whether its schedule is shared and, before c12de23, its
+    place among those sharing it, so the same trigger gets another id when the scheme changed
+    (an upgrade) or when a trigger joins or leaves its schedule. One whose id is not wanted
+    but whose settings are those of a wanted unnamed one that is not stored yet is that
+    trigger: it keeps its paused state, its ``since`` (catch-up) and its history under the new
+    id. Triggers with the very same settings pair up in order, the old numbering's to the
+    spec's, which is the order either scheme numbered them in. Named, HTTP and API triggers
+    are never moved."""
+    wanted_ids = {row.id for row in wanted}
+    leaving: dict[str, list[tuple[int, str]]] = {}
+    stored_ids: set[str] = set()
+    for row in stored:
+        stored_ids.add(row.id)
+        place = _twin_place(row)
+        if row.id not in wanted_ids and place is not None:
+            leaving.setdefault(_canon(row.config), []).append((place, row.id))
+    for places in leaving.values():
+        places.sort(reverse=True)  # popped from the end: the lowest place first
+    renames: dict[str, str] = {}
+    for row in wanted:
+        olds = leaving.get(_canon(row.config))
+        if olds and row.id not in stored_ids and _twin_place(row) is not None:
+            renames[olds.pop()[1]] = row.id
+    return renames
+
+
 class Triggers:
     """Every trigger of the orchestrator, the cron loop, and the trigger API behind HTTP/gRPC."""
 
@@ -562,9 +616,11 @@ class Triggers:
                 by_workflow.pop(workflow_id, None)
                 continue
             wanted = spec_trigger_rows(spec, now)
-            have = {(r.id, r.version, _canon(r.config)) for r in by_workflow.pop(workflow_id, [])}
+            mine = by_workflow.pop(workflow_id, [])
+            have = {(r.id, r.version, _canon(r.config)) for r in mine}
             if have != {(r.id, r.version, _canon(r.config)) for r in wanted}:
-                syncs.append(self.store.sync_spec_triggers(workflow_id, wanted))
+                renames = spec_trigger_renames(mine, wanted)
+                syncs.append(self.store.sync_spec_triggers(workflow_id, wanted, renames))
         for workflow_id in by_workflow:  # spec rows of a workflow the registry lacks
             syncs.append(self.store.sync_spec_triggers(workflow_id, []))
         if syncs:
@@ -652,10 +708,16 @@ class Triggers:
 
     async def version_registered(self, spec: WorkflowSpec) -> None:
         """A new latest version: its triggers replace the workflow's spec triggers. One kept
-        (same id) keeps its history and paused state and does not catch up."""
+        (same id, or an unnamed one with the same settings whose id changed as a trigger
+        joined or left its schedule) keeps its history and paused state and does not catch
+        up."""
         async with self._lock:
             now = self.clock()
             wanted = spec_trigger_rows(spec, now)
+            # the rows as stored, not the triggers held here: their settings as stored are
+            # what tells a trigger that only changed its id
+            stored = await self.store.load_triggers(spec_of=spec.id)
+            renames = spec_trigger_renames(stored, wanted)
             ids = {r.id for r in wanted}
             leaving = [
                 t
@@ -668,7 +730,7 @@ class Triggers:
                 await trigger.stop()
                 await trigger.settled()
             try:
-                rows = await self.store.sync_spec_triggers(spec.id, wanted)
+                rows = await self.store.sync_spec_triggers(spec.id, wanted, renames)
             except BaseException:
                 for trigger in leaving:
                     await trigger.start()
