@@ -10,11 +10,13 @@ from engine.core.spec import WorkflowSpec, parse_spec
 from engine.documents import parse_text
 
 
-def spec_from_text(text: str, source: str = "<spec>", *, json_only: bool = False) -> WorkflowSpec:
+def spec_from_text(
+    text: str, source: str | None = "<spec>", *, json_only: bool = False
+) -> WorkflowSpec:
     return parse_text(text, source, json_only=json_only, checks=external_checks())
 
 
-def spec_from_document(doc: object, source: str = "<spec>") -> WorkflowSpec:
+def spec_from_document(doc: object, source: str | None = "<spec>") -> WorkflowSpec:
     return parse_spec(doc, source=source, checks=external_checks())
 
 

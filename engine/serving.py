@@ -34,23 +34,26 @@ from engine import wire
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.authenticating import RequireToken
+from engine.core.envparse import any_address, bare_host, host_port
 from engine.core.events import Event
 from engine.core.spec import WorkflowSpec
 from engine.core.values import JSONObject
 from engine.errors import (
     AtCapacity,
+    BadRequest,
     ExecutionExists,
+    FieldProblem,
     MessageTooLarge,
     NothingWaiting,
     ShuttingDown,
     UnknownExecution,
 )
 from engine.inputs import check_inputs
-from engine.loading import spec_from_text
+from engine.loading import spec_from_document, spec_from_text
 from engine.lua import LuaPool
 from engine.metrics import Metrics
 from engine.running import Execution, SubWorkflowRequest
-from engine.settings import Settings
+from engine.settings import STOP_SIGNALS, Settings, listen_problem, take_held_stop_signal
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,9 @@ _STOP_GRACE: Final = 2.0
 """Seconds calls still open get when the server finally stops."""
 _WEDGED_EVERY: Final = 1.0
 """Seconds between looks at whether every Lua worker is stuck (see ``LuaPool.wedged``)."""
+_SETTLE: Final = 1.0
+"""Seconds the calls gRPC ended at the server's stop get to finish their tasks, before the
+process's event loop closes."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,7 +79,17 @@ def spec_from_request(text: str) -> WorkflowSpec:
     three nodes, more than the run. A spec is immutable once parsed, so runs share it; refusals
     are exceptions and are not cached.
     """
-    return spec_from_text(text, "spec", json_only=text.lstrip().startswith("{"))
+    is_json = text.lstrip().startswith("{")
+    if is_json and "\n" not in text.strip():
+        # one line of JSON, as the orchestrator sends every stored spec: a problem's "line 1"
+        # and a source name would only be noise in the error a run fails with
+        try:
+            doc = wire.loads(text)
+        except (ValueError, RecursionError):
+            pass  # told with its place below
+        else:
+            return spec_from_document(doc, None)
+    return spec_from_text(text, None, json_only=is_json)
 
 
 def engine_version() -> str:
@@ -309,7 +325,7 @@ class EngineService(pb_grpc.EngineServicer):
                     "the caller's stream closed" if too_large is None else str(too_large)
                 )
             self._streams.pop(execution.id, None)
-            self._release(execution)
+            self._release(execution, let_go=stream.let_go)
         if too_large is not None:
             # the run's own doing (its outputs), not the engine's: the caller fails the run
             log.warning(
@@ -380,18 +396,23 @@ class EngineService(pb_grpc.EngineServicer):
         )
         return execution
 
-    def _release(self, execution: Execution) -> None:
+    def _release(self, execution: Execution, *, let_go: bool) -> None:
         self._runs.pop(execution.id, None)
         self._subworkflows.forget(execution.id)
         self._metrics.in_flight.set(len(self._runs))
         if not self._runs:
             self._idle.set()
+        status: str = execution.run.status
+        if let_go and status == "cancelled":
+            # as the metrics count it: the orchestrator resumes or ends the run, nobody cancelled
+            # it (a rollout's drain read as a cancel of every run in flight)
+            status = "handed_back"
         # a run that succeeded is in the events; one that did not is worth a line here too
         log.log(
-            logging.DEBUG if execution.run.status == "succeeded" else logging.INFO,
+            logging.DEBUG if status == "succeeded" else logging.INFO,
             "execution %s ended %s",
             execution.id,
-            execution.run.status,
+            status,
             extra=self._context(execution),
         )
 
@@ -417,6 +438,10 @@ class EngineService(pb_grpc.EngineServicer):
         context: grpc.aio.ServicerContext[pb.CancelRequest, pb.CancelResponse],
     ) -> pb.CancelResponse:
         try:
+            if not request.execution_id:
+                # as ResolveSubWorkflow and the orchestrator answer it, not "no execution  is
+                # running" (NOT_FOUND, and an empty name)
+                raise BadRequest([FieldProblem("execution_id", "required")])
             execution = self._run(request.execution_id)
         except Exception as error:
             await _refuse(context, error)
@@ -522,14 +547,19 @@ class EngineService(pb_grpc.EngineServicer):
 
 
 class _Signals:
-    """SIGTERM and SIGINT: the first starts the drain, a second cuts its grace short."""
+    """SIGTERM and SIGINT: the first starts the drain, a second cuts its grace short. One that
+    came during start-up (held back by ``__main__``) is the first, and ``early`` says so."""
 
     def __init__(self) -> None:
         self.first = asyncio.Event()
         self.second = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             self._loop.add_signal_handler(sig, self._received, sig)
+        self.early = take_held_stop_signal()
+        if self.early is not None:
+            log.info("%s received while starting: stopping without serving", self.early.name)
+            self.first.set()
 
     def _received(self, sig: signal.Signals) -> None:
         if self.first.is_set():
@@ -540,7 +570,7 @@ class _Signals:
             self.first.set()
 
     def remove(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             self._loop.remove_signal_handler(sig)
 
 
@@ -561,7 +591,7 @@ class EngineServer:
     @property
     def address(self) -> str:
         host = self.settings.host
-        return f"{'127.0.0.1' if host in ('[::]', '0.0.0.0') else host}:{self.port}"
+        return host_port("127.0.0.1" if any_address(host) else host, self.port)
 
     async def start(self) -> None:
         """Listen and serve; OSError when the address cannot be had."""
@@ -588,12 +618,16 @@ class EngineServer:
         )
         pb_grpc.add_EngineServicer_to_server(service, server)
         health = await wire.add_health_and_reflection(server, ENGINE_SERVICE)
-        address = f"{self.settings.host}:{self.settings.port}"
+        host, port = self.settings.host, self.settings.port
+        address = host_port(host, port)  # an IPv6 address in brackets, however HOST wrote it
         try:
             self.port = server.add_insecure_port(address)
         except RuntimeError as error:
             await self.close_pool()
-            raise OSError(f"cannot listen on {address}: {error}") from error
+            # gRPC's own words name no reason, and point to a plain-text line outside the log
+            raise OSError(
+                f"cannot listen on {address} (HOST, PORT): {listen_problem(host, port)}"
+            ) from error
         await server.start()
         self.service, self._server, self._health = service, server, health
         self._watching = asyncio.ensure_future(
@@ -648,21 +682,40 @@ class EngineServer:
             await pool.__aexit__(None, None, None)
 
 
+async def _calls_ended() -> None:
+    """Let the tasks of the calls the server's stop ended finish, before ``asyncio.run`` closes
+    the loop. A grpc.health.v1 Watch never ends on its own (the library's servicer waits for
+    the next change for ever), so the stop cancels every one still open, and grpcio finishes
+    each in a task of its own a loop turn or two later: cancelled instead as the loop closed,
+    each logged an ERROR ("Exception not handled by _handle_exceptions") and printed a plain
+    traceback on stderr. The process's other tasks are done by now, so this waits on gRPC's."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        await asyncio.wait(others, timeout=_SETTLE)
+
+
 async def serve(settings: Settings) -> int:
     """Serve until a signal, drain, and return the process exit status."""
+    signals = _Signals()
+    if signals.early is not None:
+        signals.remove()
+        return 0
     metrics = Metrics(settings.capacity)
     metrics_server = None
-    if settings.metrics_port is not None:
-        try:
-            metrics_server, _ = start_http_server(
-                settings.metrics_port, addr=settings.host.strip("[]"), registry=metrics.registry
-            )
-        except OSError as error:
-            log.error("cannot serve metrics on port %s: %s", settings.metrics_port, error)
-            return 1
-    signals = _Signals()
     engine = EngineServer(settings, metrics)
     try:
+        if settings.metrics_port is not None:
+            try:
+                metrics_server, _ = start_http_server(
+                    settings.metrics_port, addr=bare_host(settings.host), registry=metrics.registry
+                )
+            except OSError as error:
+                log.error(
+                    "cannot serve metrics on %s (HOST, METRICS_PORT): %s",
+                    host_port(settings.host, settings.metrics_port),
+                    listen_problem(settings.host, settings.metrics_port, error),
+                )
+                return 1
         try:
             await engine.start()
         except OSError as error:
@@ -688,6 +741,7 @@ async def serve(settings: Settings) -> int:
         await signals.first.wait()
         started = time.monotonic()
         await engine.stop(signals.second)
+        await _calls_ended()
         log.info(
             "engine %s stopped after a %.1fs drain",
             settings.engine_id,

@@ -3,18 +3,26 @@
 ``Settings.from_env`` is the only place the engine reads environment variables (DESIGN section
 6); the entry point builds it and passes it down. A bad value raises ``SettingsError`` with one
 line that names the variable, which the entry point prints before exiting 2.
+
+Both services' start-ups share the rest: ``ENGINE_TOKEN``, the line a refused setting is told
+in, the stop signals each ``__main__`` holds back until its service takes them up, and why an
+address from the settings cannot be listened on.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import signal
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from engine.core.envparse import (
     LogFormat,
     SettingsError,
+    bare_host,
     boolean,
     log_format,
     log_level,
@@ -24,8 +32,22 @@ from engine.core.envparse import (
     seconds,
     text,
 )
+from engine.core.envparse import host as read_host
 
-__all__ = ["LogFormat", "Settings", "SettingsError", "engine_token", "refusal_line"]
+__all__ = [
+    "STOP_SIGNALS",
+    "LogFormat",
+    "Settings",
+    "SettingsError",
+    "engine_token",
+    "listen_problem",
+    "refusal_line",
+    "take_held_stop_signal",
+]
+
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+"""What stops either service. Each ``__main__`` holds them back (blocks them) from its first
+line, and the service takes them up once its handlers are in place."""
 
 
 def engine_token(env: Mapping[str, str]) -> str | None:
@@ -58,6 +80,62 @@ def refusal_line(error: SettingsError, env: Mapping[str, str], logger: str) -> s
     return JsonLines().format(record)
 
 
+def take_held_stop_signal() -> signal.Signals | None:
+    """The stop signal that came while ``__main__`` held them back, taken, or None; and from
+    now on they reach the event loop's handlers, which must be in place.
+
+    A container's PID 1 ignores a signal it has no handler for: a SIGTERM in the second or
+    two of imports before asyncio's handlers are in place was lost, and the pod served on
+    until the kubelet's SIGKILL. Held back, it stays pending in the kernel, and is taken here
+    (rather than let through to the handler, where it would count as a second signal)."""
+    held = signal.sigpending() & set(STOP_SIGNALS)
+    for sig in held:
+        signal.sigwait({sig})  # pending: returns at once, and the signal is taken
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if signal.SIGTERM in held:
+        return signal.SIGTERM
+    return next(iter(held), None)
+
+
+_BIND_ERRORS: Final = {
+    errno.EADDRINUSE: "the port is in use (another process listens on it)",
+    errno.EADDRNOTAVAIL: "{host} is not an address of this machine",
+    errno.EACCES: "permission denied (a port below 1024 needs privileges)",
+}
+
+
+def listen_problem(bind_host: str, bind_port: int, error: OSError | None = None) -> str:
+    """Why ``bind_host:bind_port`` cannot be listened on, as ``error`` (a failed bind) says, or
+    without one as a bind of our own finds: gRPC says only that it failed (its reason goes to
+    a plain-text line on stderr, outside the log and its JSON, which is turned off)."""
+    if error is None:
+        error = _bind_error(bare_host(bind_host), bind_port)
+    if isinstance(error, socket.gaierror):
+        return f"{bind_host} does not resolve to an address ({error.strerror})"
+    if error is None:
+        return "the address is refused (in use, or not this machine's)"
+    known = _BIND_ERRORS.get(error.errno or 0)
+    return known.format(host=bind_host) if known else (error.strerror or str(error)).lower()
+
+
+def _bind_error(bind_host: str, bind_port: int) -> OSError | None:
+    try:
+        found = socket.getaddrinfo(
+            bind_host, bind_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as error:
+        return error
+    for family, kind, proto, _, address in found:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                # as the servers bind: a port whose last connections linger is not in use
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        except OSError as error:
+            return error
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     engine_id: str
@@ -88,7 +166,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         return cls(
             engine_id=text(env, "ENGINE_ID") or socket.gethostname(),
-            host=text(env, "HOST") or "[::]",
+            host=read_host(env, "HOST", "[::]"),
             port=port(env, "PORT", 50051, zero="any free port"),
             capacity=positive_int(env, "CAPACITY", 10),
             metrics_port=port(env, "METRICS_PORT", 0, zero="off") or None,

@@ -1,12 +1,22 @@
 """Entry point for ``python -m orchestrator``."""
 
-import os
+import signal
 
-# gRPC's core logs each refused handshake (a plain client at a TLS port, a port scan) as a
-# plain-text INFO line on stderr, past our logging and its JSON format; ERROR keeps the lines
-# that matter. Set before grpc is first imported, which is when gRPC reads it.
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+# A container's PID 1 ignores a signal it has no handler for, and the service's handlers come
+# a second or two later (imports, the store): a SIGTERM then was lost, and the pod served on
+# until the kubelet's SIGKILL. Held back from here, it stays pending until the service takes
+# it up and stops at once (engine.settings.take_held_stop_signal).
+signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
 
-from orchestrator.serving import main
+import os  # noqa: E402 (after the signals are held back: these imports take the time)
+
+# gRPC's core writes its own plain-text lines on stderr, past our logging and its JSON format:
+# one for each refused handshake (a plain client at a TLS port, a port scan), and one with the
+# reason a port cannot be bound, which the service finds and logs itself. NONE keeps them all
+# out, unless the user asks for them (GRPC_VERBOSITY=debug). Set before grpc is first imported,
+# which is when gRPC reads it.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+from orchestrator.serving import main  # noqa: E402
 
 raise SystemExit(main())

@@ -9,10 +9,10 @@ stay ``running`` in the store and resume, from their checkpoints, when an orches
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
-import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -24,9 +24,9 @@ from aiohttp import web
 
 from engine import wire
 from engine.api import dagengine_pb2_grpc as pb_grpc
-from engine.core.envparse import loopback_host
+from engine.core.envparse import any_address, bare_host, host_port, loopback_host
 from engine.logformat import configure_logging
-from engine.settings import refusal_line
+from engine.settings import STOP_SIGNALS, listen_problem, refusal_line, take_held_stop_signal
 from orchestrator.connections import (
     AcceptFailures,
     CappedSite,
@@ -66,6 +66,9 @@ MAX_HEADERS = 32
 _HEALTH_EVERY = 2.0
 """Seconds between the gRPC health's looks at readiness (what ``/readyz`` answers)."""
 _RESTART_FIRST, _RESTART_MAX = 1.0, 30.0
+_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
+"""What binding ``::`` fails with on a machine without IPv6 (a kernel without it, or with it
+turned off): HTTP is then served over IPv4 alone, as gRPC does."""
 
 
 def make_discovery(settings: Settings) -> Discovery:
@@ -195,6 +198,25 @@ async def kept_running(
 
 async def serve(settings: Settings) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit status."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # first: a signal in the rest of the start-up (Kubernetes discovery's client, the store)
+    # stops the orchestrator as soon as it can, and one held back since __main__ at once
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        early = take_held_stop_signal()
+        if early is not None:
+            log.info("%s received while starting: stopping without serving", early.name)
+            return 0
+        return await _start(settings, stop)
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+async def _start(settings: Settings, stop: asyncio.Event) -> int:
+    """Start the parts, serve until ``stop`` is set, and return the exit status."""
     local: LocalEngines | None = None
     try:
         tls = server_tls(settings)
@@ -212,10 +234,6 @@ async def serve(settings: Settings) -> int:
     except OSError as exc:
         log.error("cannot start the local engines: %s", exc)
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         async with running_orchestrator(settings, discovery) as orch:
             # This process is the orchestrator's alone (not so for LocalCluster): what is alive
@@ -229,8 +247,6 @@ async def serve(settings: Settings) -> int:
         log.error("cannot open the state database %s: %s", settings.state_db, exc)
         return 1
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         if local is not None:
             await local.stop()
         log.info("orchestrator stopped", extra={"event": "stopped"})
@@ -239,6 +255,10 @@ async def serve(settings: Settings) -> int:
 async def _serve_apis(
     settings: Settings, orch: Orchestrator, stop: asyncio.Event, tls: ServerTls | None
 ) -> int:
+    if stop.is_set():
+        # a signal came while the store opened: the runs taken up stay for the next start
+        log.info("stopping before serving: a signal came during start-up")
+        return 0
     # the file descriptors there are, and the HTTP connections that leaves room for
     cap = connection_cap(settings.max_connections, raise_fd_limit())
     runner = web.AppRunner(
@@ -278,33 +298,35 @@ async def _serve_apis(
     )
     following: asyncio.Future[None] | None = None
     try:
-        site = CappedSite(
-            runner,
-            settings.host,
-            settings.http_port,
-            ssl_context=tls.http if tls else None,
-            limit=cap,
-        )
         try:
-            await site.start()
+            http_port = await _listen_http(runner, settings, tls, cap)
         except OSError as exc:
-            log.error("cannot listen on %s:%s: %s", settings.host, settings.http_port, exc)
+            log.error(
+                "cannot listen on %s (HOST, HTTP_PORT): %s",
+                host_port(settings.host, settings.http_port),
+                listen_problem(settings.host, settings.http_port, exc),
+            )
             return 1
-        http_port = _bound_port(site)
         pb_grpc.add_OrchestratorServicer_to_server(
             OrchestratorService(orch, token=settings.api_token, triggers=_triggers_of(orch)),
             server,
         )
         health = await wire.add_health_and_reflection(server, ORCHESTRATOR_SERVICE)
+        # gRPC takes an IPv6 address in brackets, and [::] as every interface over both families
+        address = host_port(settings.host, settings.grpc_port)
         try:
-            address = f"{settings.host}:{settings.grpc_port}"
             grpc_port = (
                 server.add_secure_port(address, tls.grpc)
                 if tls is not None
                 else server.add_insecure_port(address)
             )
-        except RuntimeError as exc:
-            log.error("cannot listen on %s:%s: %s", settings.host, settings.grpc_port, exc)
+        except RuntimeError:
+            # gRPC's own words name no reason, and point to a plain-text line outside the log
+            log.error(
+                "cannot listen on %s (HOST, GRPC_PORT): %s",
+                address,
+                listen_problem(settings.host, settings.grpc_port),
+            )
             return 1
         await server.start()
         following = asyncio.ensure_future(
@@ -343,6 +365,31 @@ async def _serve_apis(
             following.cancel()
         await runner.cleanup()
         await server.stop(_STOP_GRACE)
+
+
+async def _listen_http(
+    runner: web.AppRunner, settings: Settings, tls: ServerTls | None, cap: int
+) -> int:
+    """Listen for HTTP where HOST says, and return the port (the one picked, for port 0).
+
+    aiohttp takes an IPv6 address without brackets, and binds ``::`` for IPv6 alone (asyncio
+    turns dual-stack off): every interface is then two listeners, IPv4 and IPv6 on one port,
+    as gRPC serves [::]. Without them an IPv6-only cluster's kubelet could not probe
+    ``/healthz``. The connection cap counts both together (they share the runner's server)."""
+    hosts = ("0.0.0.0", "::") if any_address(settings.host) else (bare_host(settings.host),)
+    port = settings.http_port
+    for index, host in enumerate(hosts):
+        site = CappedSite(runner, host, port, ssl_context=tls.http if tls else None, limit=cap)
+        try:
+            await site.start()
+        except OSError as exc:
+            if index > 0 and exc.errno in _NO_IPV6:
+                log.info("no IPv6 on this machine: HTTP is served over IPv4 only")
+                break
+            raise
+        if index == 0:
+            port = _bound_port(site)  # the IPv6 listener takes the port the first one got
+    return port
 
 
 def _trouble(orch: Orchestrator) -> Callable[[], Coroutine[None, None, str | None]]:

@@ -8,6 +8,7 @@ variable, which the entry point prints as one line before exiting 2.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -25,6 +26,129 @@ Balancer = Literal["consistent-hash", "round-robin", "least-loaded"]
 KubernetesSource = Literal["endpointslices", "pods"]
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+# Kubernetes' own rules (apimachinery validation), checked at start: the API server refuses a
+# name or a selector that breaks them, and discovery retried that refusal for ever while
+# /readyz stayed 200
+_DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_1123_SUBDOMAIN = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+)
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_SELECTOR_TOKEN = re.compile(r"==|!=|[=!(),<>]|[^\s=!(),<>]+")
+_PUNCTUATION = frozenset(("==", "!=", "=", "!", "(", ")", ",", "<", ">"))
+_SELECTOR_FORMS = "key=value, key!=value, key in (a,b), key notin (a), key or !key, comma-separated"
+
+
+def _dns_name(env: Mapping[str, str], name: str, default: str, rule: re.Pattern[str]) -> str:
+    value = ep.text(env, name) or default
+    if rule.fullmatch(value) is None:
+        ends = (
+            "starting with a letter and ending with a letter or digit"
+            if rule is _DNS_1035_LABEL
+            else "starting and ending with a letter or digit"
+        )
+        raise SettingsError(
+            f"{name} must be a Kubernetes name of at most 63 lowercase letters, digits and '-', "
+            f"{ends}, got {env[name]!r}"
+        )
+    return value
+
+
+def _label_key_problem(key: str) -> str | None:
+    prefix, slash, name = key.rpartition("/")
+    if slash and _DNS_1123_SUBDOMAIN.fullmatch(prefix) is None:
+        return f"the prefix of label key {key!r} is not a DNS subdomain"
+    if _LABEL_NAME.fullmatch(name) is None:
+        return (
+            f"label key {key!r} is not a label name (at most 63 letters, digits, '-', '_' and"
+            " '.', starting and ending with a letter or digit)"
+        )
+    return None
+
+
+def _label_value_problem(value: str) -> str | None:
+    if value and _LABEL_NAME.fullmatch(value) is None:
+        return (
+            f"{value!r} is not a label value (at most 63 letters, digits, '-', '_' and '.',"
+            " starting and ending with a letter or digit)"
+        )
+    return None
+
+
+def _selector_problem(selector: str) -> str | None:
+    """What makes ``selector`` a label selector the API server refuses, or None: its grammar
+    and its names, as apimachinery's ``labels.Parse`` checks them (``kubectl -l`` takes the
+    same)."""
+    tokens = [*_SELECTOR_TOKEN.findall(selector), ""]  # "": the end
+    at = 0
+    while True:
+        negated = tokens[at] == "!"
+        at += negated
+        key = tokens[at]
+        if not _word(key):
+            return f"expected a label key, found {_shown(key)}"
+        problem = _label_key_problem(key)
+        at += 1
+        operator = tokens[at]
+        if problem is not None:
+            return problem
+        if negated or operator in (",", ""):
+            pass  # the key is there, or is not
+        elif operator in ("=", "==", "!=", "in", "notin"):
+            at += 1
+            if operator in ("in", "notin"):
+                if tokens[at] != "(":
+                    return f"expected '(' after {key} {operator}, found {_shown(tokens[at])}"
+                at += 1
+            while True:  # one value after =, a list in (...); a value may be empty
+                value = tokens[at] if _word(tokens[at]) else ""
+                at += bool(value)
+                problem = _label_value_problem(value)
+                if problem is not None:
+                    return problem
+                if operator not in ("in", "notin"):
+                    break
+                if tokens[at] == ")":
+                    at += 1
+                    break
+                if tokens[at] != ",":
+                    return (
+                        f"expected ',' or ')' in the values of {key} {operator} (...), found "
+                        f"{_shown(tokens[at])}"
+                    )
+                at += 1
+        elif operator in ("<", ">"):
+            at += 1
+            if not tokens[at].isdigit():
+                return f"{key} {operator} takes a whole number, found {_shown(tokens[at])}"
+            at += 1
+        else:
+            return f"expected an operator or ',' after {key}, found {_shown(operator)}"
+        if tokens[at] == "":
+            return None
+        if tokens[at] != ",":
+            return f"expected ',' between requirements, found {_shown(tokens[at])}"
+        at += 1
+
+
+def _word(token: str) -> bool:
+    return token not in _PUNCTUATION and token != ""
+
+
+def _shown(token: str) -> str:
+    return repr(token) if token else "the end"
+
+
+def _label_selector(env: Mapping[str, str], name: str, default: str) -> str:
+    value = ep.text(env, name) or default
+    problem = _selector_problem(value)
+    if problem is not None:
+        raise SettingsError(
+            f"{name} must be a label selector ({_SELECTOR_FORMS}), got {env[name]!r}: {problem}"
+        )
+    return value
 
 
 def _duration(env: Mapping[str, str], name: str) -> float:
@@ -51,7 +175,9 @@ def _duration(env: Mapping[str, str], name: str) -> float:
 @dataclass(frozen=True, slots=True)
 class Settings:
     # where we serve
-    host: str = "0.0.0.0"
+    host: str = "[::]"
+    """Address HTTP and gRPC listen on; ``[::]`` (or ``::``, ``0.0.0.0``) is every interface,
+    IPv4 and IPv6 both, as the engine's."""
     http_port: int = 8080
     grpc_port: int = 50051
     api_token: str | None = None
@@ -118,8 +244,8 @@ class Settings:
             raise SettingsError(
                 "ENGINE_ADDRESSES must list host:port engines when DISCOVERY_MODE=static"
             )
-        namespace = ep.text(env, "K8S_NAMESPACE") or "default"
-        service = ep.text(env, "K8S_SERVICE_NAME") or "workflow-engines"
+        namespace = _dns_name(env, "K8S_NAMESPACE", "default", _DNS_1123_LABEL)
+        service = _dns_name(env, "K8S_SERVICE_NAME", "workflow-engines", _DNS_1035_LABEL)
         cert, key = ep.text(env, "TLS_CERT_FILE"), ep.text(env, "TLS_KEY_FILE")
         if (cert is None) != (key is None):
             raise SettingsError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
@@ -131,7 +257,7 @@ class Settings:
                 "TLS_CA_FILE (client certificates) needs TLS_CERT_FILE and TLS_KEY_FILE too"
             )
         return cls(
-            host=ep.text(env, "HOST") or "0.0.0.0",
+            host=ep.host(env, "HOST", "[::]"),
             http_port=ep.port(env, "HTTP_PORT", 8080, zero="any free port"),
             grpc_port=ep.port(env, "GRPC_PORT", 50051, zero="any free port"),
             api_token=ep.text(env, "API_TOKEN"),
@@ -151,7 +277,7 @@ class Settings:
             local_engines=ep.positive_int(env, "LOCAL_ENGINES", 2),
             k8s_namespace=namespace,
             k8s_service_name=service,
-            k8s_label_selector=ep.text(env, "K8S_LABEL_SELECTOR") or "app=workflow-engine",
+            k8s_label_selector=_label_selector(env, "K8S_LABEL_SELECTOR", "app=workflow-engine"),
             in_cluster_config=ep.boolean(env, "IN_CLUSTER_CONFIG", True),
             # a kubeconfig list (a:b) is kubectl's merge feature; the first file is the one read
             kubeconfig=(ep.text(env, "KUBECONFIG") or "").split(":")[0] or None,

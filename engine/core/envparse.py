@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from collections.abc import Mapping
 from typing import Literal
 
@@ -32,6 +33,59 @@ def loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+
+
+def bare_host(host: str) -> str:
+    """``host`` without the brackets an IPv6 address may be written in: ``[::]`` is ``::``."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def any_address(host: str) -> bool:
+    """Whether ``host`` is the address of every interface (``0.0.0.0``, ``::``, ``[::]``),
+    which the services take as every interface over both IPv4 and IPv6, as gRPC does."""
+    try:
+        return ipaddress.ip_address(bare_host(host)).is_unspecified
+    except ValueError:
+        return False
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` with an IPv6 address in brackets, as gRPC and URLs take it."""
+    bare = bare_host(host)
+    return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+
+
+def _is_host(raw: str) -> bool:
+    bare = bare_host(raw)
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        # a name: RFC 1123 labels, and a last one not all digits (300.1.1.1 is no address)
+        return (
+            bare == raw
+            and _HOST_NAME.fullmatch(raw) is not None
+            and not raw.rstrip(".").rpartition(".")[2].isdigit()
+        )
+    return bare == raw or address.version == 6  # brackets go around IPv6 only
+
+
+def host(env: Mapping[str, str], name: str, default: str) -> str:
+    """An address to listen on: an IP address (IPv6 with or without brackets) or a host name,
+    as written; ``bare_host`` and ``host_port`` give each server the form it takes. Checked
+    here, since each server refuses a bad one its own way, and one only once the other runs."""
+    raw = text(env, name)
+    if raw is None:
+        return default
+    if not _is_host(raw):
+        raise SettingsError(
+            f"{name} must be an IP address (IPv6 with or without brackets: :: or [::] is every "
+            f"interface) or a host name, without a port, got {env[name]!r}"
+        )
+    return raw
 
 
 def text(env: Mapping[str, str], name: str) -> str | None:

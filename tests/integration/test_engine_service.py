@@ -307,7 +307,7 @@ async def test_closing_the_stream_cancels_the_run(
     else:
         pytest.fail("the run outlived its stream")
     ended = [r for r in shared_engine.log_records() if r.get("execution_id") == "walked-away-1"]
-    assert "ended cancelled" in str(ended[-1]["message"])
+    assert "ended handed_back" in str(ended[-1]["message"])
 
 
 # -- sub-workflows ------------------------------------------------------------------------------
@@ -376,7 +376,7 @@ async def test_invalid_spec_is_refused_with_every_problem(client: Client) -> Non
     fields = [f for f, _ in found]
     assert fields == ["spec.id", "spec.version", "spec.nodes[a].lua", "spec.nodes[b].depends_on"]
     descriptions = "\n".join(d for _, d in found)
-    assert "spec:1: id:" in descriptions
+    assert "line 1: id:" in descriptions
     assert "Lua syntax error" in descriptions
     assert "unknown dependency 'c'" in descriptions
     assert error.details().startswith("4 problems in workflow spec")

@@ -13,7 +13,7 @@ BASE = {"DISCOVERY_MODE": "static", "ENGINE_ADDRESSES": "127.0.0.1:1"}
 @pytest.mark.parametrize(
     ("env", "open_"),
     [
-        ({}, True),  # HOST defaults to 0.0.0.0, as in a pod
+        ({}, True),  # HOST defaults to [::], as in a pod
         ({"HOST": "10.1.2.3"}, True),
         ({"HOST": "orchestrator.example"}, True),
         ({"HOST": "[::]"}, True),
