@@ -114,6 +114,16 @@ def grpc_status_for(exc: BaseException, code: grpc.StatusCode | None = None) -> 
             message=wire.bounded(str(error["message"])),
             details=[_error_info(reason, details)],
         )
+        field = details.get("field")
+        if isinstance(field, str) and code == grpc.StatusCode.INVALID_ARGUMENT:
+            # the field a client's library shows a refusal against, as the engine's refusals
+            # and spec problems come
+            violation = error_details_pb2.BadRequest.FieldViolation(
+                field=field, description=wire.bounded(str(error["message"]))
+            )
+            bad_request = any_pb2.Any()
+            bad_request.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+            status.details.append(bad_request)
     converted: grpc.Status = rpc_status.to_status(status)
     return converted
 
@@ -151,10 +161,12 @@ def _json_arg(text: str, field: str) -> JSON:
             400, "bad_json", f"{field} holds a {exc}", {"field": field, "key": exc.shown}
         ) from None
     except ValueError as exc:
-        raise HttpError(400, "bad_json", f"{field} is not valid JSON: {exc}") from None
+        raise HttpError(
+            400, "bad_json", f"{field} is not valid JSON: {exc}", {"field": field}
+        ) from None
     except RecursionError:
         raise HttpError(
-            400, "too_deep", f"{field} nests deeper than {MAX_JSON_DEPTH} levels"
+            400, "too_deep", f"{field} nests deeper than {MAX_JSON_DEPTH} levels", {"field": field}
         ) from None
     check_json(text, value, field)
     return value

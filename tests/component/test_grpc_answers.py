@@ -89,3 +89,19 @@ async def test_broken_json_registered_is_told_as_json_with_its_place(stub: Any) 
     # flow-style YAML, whose keys are not quoted, is still YAML
     flow = "{id: y, version: 1.0.0, nodes: [{id: a, lua: return 1}]}"
     assert (await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=flow))).created
+
+
+async def test_a_refused_field_comes_as_a_field_violation(stub: Any) -> None:
+    from google.rpc import status_pb2
+
+    from engine.wire import field_violations
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="w", inputs_json="{bad"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    packed = dict(caught.value.trailing_metadata() or ())["grpc-status-details-bin"]
+    assert isinstance(packed, bytes)
+    # before: an ErrorInfo alone, where the proto promises BadRequest field violations
+    [(field, description)] = field_violations(status_pb2.Status.FromString(packed))
+    assert field == "inputs_json"
+    assert description.startswith("inputs_json is not valid JSON: ")
