@@ -31,4 +31,5 @@ def registration_checks(
         cron=cron_problem,
         version_range=version_range_problem,
         inputs=trigger_inputs_problems,
+        registering=True,
     )

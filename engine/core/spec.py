@@ -184,6 +184,10 @@ class ExternalChecks:
     inputs: Callable[[JSONObject, JSONObject], list[str]] | None = None
     """``(inputs_schema, inputs)``: what the schema says of a cron trigger's fixed inputs,
     one message per problem (empty when they pass)."""
+    registering: bool = False
+    """The spec is a new version being registered (or validated for that): limits that keep
+    listings readable (``MAX_NAME``) apply. A spec already stored, or sent to an engine to run,
+    is not held to them: a version registered before a limit came must go on running."""
 
 
 Key: TypeAlias = tuple[str | int, ...]
@@ -408,7 +412,7 @@ class _Checker:
                 f"bad version {version!r}: must be SemVer 2.0.0 like 1.2.0 (quote it in YAML)",
             )
         name = self.text(doc, "name", (), "")
-        if name is not None and len(name) > MAX_NAME:
+        if name is not None and len(name) > MAX_NAME and self.checks.registering:
             # every listing carries it: a long one would crowd out the rest of an answer
             self.report(
                 ("name",), "name", f"is {len(name):,} characters: at most {MAX_NAME} (a title)"
