@@ -643,35 +643,53 @@ def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO
 def _force_upgrades(
     client: Client, refused: list[tuple[int, SpecSource, ApiError]], out: TextIO
 ) -> bool:
-    """Register with force each refused version whose dependents left out of its range all
-    have a new version given with it that waits for it: a child's new major version applied
-    with its parents' new versions, which need it. Those parents then register in the next
-    pass. True when one was registered (it is dropped from ``refused``)."""
+    """Register with force the refused versions whose dependents left out of their range all
+    have a new version given with them that waits for nothing else: children's new major
+    versions applied with their parents' new versions, which need them. Those parents then
+    register in the next pass. True when one was registered (it is dropped from ``refused``).
+    """
     from orchestrator.versions import range_matches
 
     waits = _waits(refused)
-    forced = False
-    for entry in list(refused):
-        _, source, refusal = entry
-        workflow, version = refusal.details.get("workflow"), refusal.details.get("version")
-        dependents = refusal.details.get("dependents")
+    # workflow -> (entry, version, dependents) of each refusal only its dependents stand in
+    candidates: dict[str, tuple[tuple[int, SpecSource, ApiError], str, list[JSONObject]]] = {}
+    for entry in refused:
+        details = entry[2].details
+        workflow, version = details.get("workflow"), details.get("version")
+        named = details.get("dependents")
         if (
-            refusal.code != "dependents_out_of_range"
-            or not isinstance(workflow, str)
-            or not isinstance(version, str)
-            or not isinstance(dependents, list)
-            or not dependents
+            entry[2].code == "dependents_out_of_range"
+            and isinstance(workflow, str)
+            and isinstance(version, str)
+            and isinstance(named, list)
+            and named
         ):
-            continue
-        users = {
-            str(d.get("workflow", "")).split("@")[0] for d in dependents if isinstance(d, dict)
-        }
-        if not all(
-            waits.get(user, {}).get(workflow)
-            and all(range_matches(rng, version) for rng in waits[user][workflow])
-            for user in users
-        ):
-            continue
+            candidates[workflow] = (entry, version, [d for d in named if isinstance(d, dict)])
+
+    def met(user: str) -> bool:
+        # every need of the user's new version is a candidate whose version it takes: forced,
+        # they leave the user nothing to wait for (its other refusals would keep it out)
+        needs = waits.get(user) or {}
+        return bool(needs) and all(
+            need in candidates and all(range_matches(rng, candidates[need][1]) for rng in ranges)
+            for need, ranges in needs.items()
+        )
+
+    # a candidate one of whose dependents cannot follow it is no candidate, and without it
+    # another's dependent may not follow either: dropped until none is
+    while True:
+        failing = [
+            workflow
+            for workflow, (_, _, dependents) in candidates.items()
+            if not all(met(str(d.get("workflow", "")).split("@")[0]) for d in dependents)
+        ]
+        if not failing:
+            break
+        for workflow in failing:
+            del candidates[workflow]
+    forced = False
+    for workflow, (entry, version, dependents) in candidates.items():
+        source = entry[1]
         try:
             client.call(
                 "POST",
@@ -685,11 +703,7 @@ def _force_upgrades(
         except ApiError:
             continue  # told with the rest, as refused
         refused.remove(entry)
-        behind = ", ".join(
-            f"{d.get('workflow')} (needs {d.get('range')})"
-            for d in dependents
-            if isinstance(d, dict)
-        )
+        behind = ", ".join(f"{d.get('workflow')} (needs {d.get('range')})" for d in dependents)
         out.write(
             printable(
                 f"workflow {workflow}@{version} registered, forced past {behind}: "

@@ -161,3 +161,44 @@ def test_a_path_the_server_has_no_route_for_is_told_as_an_older_server(
     with pytest.raises(ApiError) as caught:
         Client(orchestrator.url).call("GET", "/api/v1/executions/nope")
     assert "older" not in caught.value.message  # a run not found is not a route not found
+
+
+def test_a_child_is_not_forced_for_a_parent_that_waits_for_more_than_it(
+    orchestrator: OrchestratorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v1 = folder(
+        tmp_path / "v1", {"parent.yaml": parent("1.0.0", "^1"), "child.yaml": child("1.0.0")}
+    )
+    assert apply(orchestrator.url, capsys, v1)[0] == 0
+    needs_more = parent("2.0.0", "^2") + "  - id: d\n    workflow: {id: missing, version: '^1'}\n"
+    v2 = folder(tmp_path / "v2", {"parent.yaml": needs_more, "child.yaml": child("2.0.0")})
+    code, out, err = apply(orchestrator.url, capsys, v2)
+    # before: child@2.0.0 forced past parent@1.0.0, and parent@2.0.0 refused all the same
+    assert (code, out) == (1, [])
+    assert [line.split(": ")[2] for line in err if line.startswith("dagctl: ")] == [
+        "dependents_out_of_range",
+        "no_matching_version",
+    ]
+
+
+def test_two_children_upgraded_with_the_parent_that_needs_both_register(
+    orchestrator: OrchestratorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def two(version: str, rng: str) -> str:
+        return parent(version, rng) + f"  - id: e\n    workflow: {{id: kid, version: '{rng}'}}\n"
+
+    kid = child("1.0.0").replace("id: child", "id: kid")
+    v1 = folder(
+        tmp_path / "v1",
+        {"parent.yaml": two("1.0.0", "^1"), "child.yaml": child("1.0.0"), "kid.yaml": kid},
+    )
+    assert apply(orchestrator.url, capsys, v1)[0] == 0
+    kid2 = child("2.0.0").replace("id: child", "id: kid")
+    v2 = folder(
+        tmp_path / "v2",
+        {"parent.yaml": two("2.0.0", "^2"), "child.yaml": child("2.0.0"), "kid.yaml": kid2},
+    )
+    code, out, err = apply(orchestrator.url, capsys, v2)
+    assert (code, err) == (0, [])
+    assert out[-1] == "workflow parent@2.0.0 registered"
+    assert len(out) == 3 and all("forced past parent@1.0.0 (needs ^1)" in line for line in out[:2])
