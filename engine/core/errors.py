@@ -74,8 +74,13 @@ class TemplateError(EngineError):
     """A template referenced something that is not there when the node was about to run."""
 
 
-class NoOutput(TemplateError):
-    """A template read ``results.<node>`` of a node that did not succeed (skipped, failed)."""
+class MissingPath(TemplateError):
+    """A template's path goes where its value has nothing; ``root`` is where it starts
+    (``inputs``, ``results`` or ``ctx``)."""
+
+    def __init__(self, message: str, root: str) -> None:
+        super().__init__(message)
+        self.root = root
 
 
 class InvalidTransition(EngineError):

@@ -26,7 +26,7 @@ from typing import Final, TypeAlias, cast
 
 from engine.core import templates
 from engine.core.durations import format_duration
-from engine.core.errors import InvalidTransition, NoOutput, TemplateError
+from engine.core.errors import InvalidTransition, MissingPath, TemplateError
 from engine.core.spec import NodeSpec, WorkflowSpec
 from engine.core.states import (
     NODE_TERMINAL,
@@ -867,11 +867,14 @@ class Run:
                 out[name] = templates.resolve(
                     template, inputs=self.inputs, results=self._lookup, ctx=self.ctx
                 )
-            except NoOutput:
-                out[name] = None  # a node the output names did not succeed: the run says why
-            except TemplateError as exc:
+            except MissingPath as exc:
                 out[name] = None
-                broken = broken or f"outputs.{name}: {exc}"
+                if exc.root == "results":
+                    # a succeeded node's output without it: a typo or another shape; an input
+                    # left out is an optional one, null as it always was
+                    broken = broken or f"outputs.{name}: {exc}"
+            except TemplateError:
+                out[name] = None  # a node the output names did not succeed: the run says why
         return out, broken
 
     # -- invariants -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from engine.core.errors import NoOutput, TemplateError
+from engine.core.errors import MissingPath, TemplateError
 from engine.core.values import JSON, json_kind
 
 ROOTS = ("inputs", "results", "ctx")
@@ -127,7 +127,7 @@ def _walk(ref: Reference, inputs: JSON, results: Lookup, ctx: JSON) -> JSON:
         try:
             current = results(node)
         except KeyError:
-            raise NoOutput(
+            raise TemplateError(
                 f"template '{{{{ {ref.text} }}}}': node {node!r} has no output"
             ) from None
         where = f"results.{node}"
@@ -138,8 +138,8 @@ def _walk(ref: Reference, inputs: JSON, results: Lookup, ctx: JSON) -> JSON:
             current = current[int(segment)]
         else:
             kind = json_kind(current)
-            raise TemplateError(
-                f"template '{{{{ {ref.text} }}}}': {where} ({kind}) has no {segment!r}"
+            raise MissingPath(
+                f"template '{{{{ {ref.text} }}}}': {where} ({kind}) has no {segment!r}", ref.root
             )
         where = f"{where}.{segment}"
     return current

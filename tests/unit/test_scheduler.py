@@ -455,6 +455,7 @@ def test_declared_outputs_resolve_templates_and_null_for_failed_nodes() -> None:
             "outputs.x: template '{{ results.a.cnt }}': results.a (an object) has no 'cnt'",
         ),
         ("{{ results.opt.v }}", "succeeded", None),  # a node skipped: its outputs are null
+        ("{{ inputs.note }}", "succeeded", None),  # an input left out: an optional one
     ],
 )
 def test_an_output_a_succeeded_node_does_not_hold_fails_the_run_naming_it(
