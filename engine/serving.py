@@ -17,6 +17,7 @@ scale-down loses nothing), and the process exits 0. A second signal cuts the gra
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import gc
 import logging
@@ -37,7 +38,7 @@ from engine.authenticating import RequireToken
 from engine.core.envparse import any_address, bare_host, host_port
 from engine.core.events import Event
 from engine.core.spec import WorkflowSpec
-from engine.core.values import JSONObject
+from engine.core.values import JSONObject, nests_deeper
 from engine.errors import (
     AtCapacity,
     BadRequest,
@@ -84,12 +85,29 @@ def spec_from_request(text: str) -> WorkflowSpec:
         # one line of JSON, as the orchestrator sends every stored spec: a problem's "line 1"
         # and a source name would only be noise in the error a run fails with
         try:
-            doc = wire.loads(text)
+            doc = wire.loads_sent(text)
         except (ValueError, RecursionError):
             pass  # told with its place below
         else:
-            return spec_from_document(doc, None)
+            if not nests_deeper(doc, wire.MAX_JSON_DEPTH):  # else told below, as for any text
+                return spec_from_document(doc, None)
     return spec_from_text(text, None, json_only=is_json)
+
+
+def _serve_metrics(port: int, host: str, metrics: Metrics) -> Any:
+    """Prometheus' server on ``port``: every interface means IPv6 and IPv4 (a ``::`` socket,
+    which Linux makes dual-stack), as gRPC serves them, so a scraper on either family reaches
+    it; IPv4 alone on a machine without IPv6."""
+    if not any_address(host):
+        server, _ = start_http_server(port, addr=bare_host(host), registry=metrics.registry)
+        return server
+    try:
+        server, _ = start_http_server(port, addr="::", registry=metrics.registry)
+    except OSError as error:
+        if error.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            raise
+        server, _ = start_http_server(port, addr="0.0.0.0", registry=metrics.registry)
+    return server
 
 
 def engine_version() -> str:
@@ -706,9 +724,7 @@ async def serve(settings: Settings) -> int:
     try:
         if settings.metrics_port is not None:
             try:
-                metrics_server, _ = start_http_server(
-                    settings.metrics_port, addr=bare_host(settings.host), registry=metrics.registry
-                )
+                metrics_server = _serve_metrics(settings.metrics_port, settings.host, metrics)
             except OSError as error:
                 log.error(
                     "cannot serve metrics on %s (HOST, METRICS_PORT): %s",

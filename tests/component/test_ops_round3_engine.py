@@ -161,3 +161,48 @@ def test_a_stored_spec_an_engine_refuses_is_told_without_noise() -> None:
         "1 problem in workflow spec:\n  - nodes[a].sleep: bad duration '1s1s': give each unit "
         "once, largest first (1h30m)"
     )
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="this machine has no IPv6 loopback")
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]"])
+def test_metrics_on_every_interface_answer_over_both_families(host: str) -> None:
+    import urllib.request
+
+    from engine.metrics import Metrics
+    from engine.serving import _serve_metrics
+
+    server = _serve_metrics(0, host, Metrics(1))
+    try:
+        port = server.server_port
+        # before: HOST=0.0.0.0 served metrics on IPv4 alone, where gRPC serves both
+        for address in ("127.0.0.1", "[::1]"):
+            with urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=10) as resp:
+                assert b"dagengine_" in resp.read()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_one_line_spec_is_held_to_the_same_rules_as_any_text() -> None:
+    import json
+
+    from engine.core.errors import SpecError
+    from engine.serving import spec_from_request
+
+    twice = '{"id": "x", "id": "y", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}'
+    deep: object = 1
+    for _ in range(70):
+        deep = [deep]
+    nested = json.dumps(
+        {
+            "id": "x",
+            "version": "1.0.0",
+            "labels": {"k": deep},
+            "nodes": [{"id": "a", "lua": "return 1"}],
+        }
+    )
+    # before: both were taken on one line, and refused when the same spec spanned several
+    for text, problem in ((twice, "duplicate key 'id'"), (nested, "nested deeper than 64")):
+        with pytest.raises(SpecError) as caught:
+            spec_from_request(text)
+        assert problem in str(caught.value), str(caught.value)
