@@ -120,6 +120,8 @@ class Orchestrator:
         self.metrics = metrics
         self.queue_limit = queue_limit
         self._admitting = 0  # runs past the queue limit check, not yet stored and queued
+        # stores of runs whose caller went away meanwhile, kept referenced until they end
+        self._storing: set[asyncio.Future[tuple[str, bool, float]]] = set()
         self.max_subworkflow_depth = max_subworkflow_depth
         self.subworkflows: SubWorkflows | None = None
         self.triggers: RegistrationHooks | None = None  # cron and HTTP triggers, when serving
@@ -353,7 +355,44 @@ class Orchestrator:
         fire: TriggerFire | None = None,
     ) -> tuple[str, bool, float]:
         """Store a new execution (or find the one the key or parent node already has) and
-        queue it; returns (id, created, created_at)."""
+        queue it; returns (id, created, created_at). A caller cancelled meanwhile (a gRPC
+        deadline) does not stop it half-way: a run stored and never queued would wait until
+        the next start."""
+        storing = asyncio.ensure_future(
+            self._store_and_queue(
+                spec,
+                inputs,
+                pinned,
+                idempotency_key,
+                request_digest=request_digest,
+                child=child,
+                depth=depth,
+                track=track,
+                fire=fire,
+            )
+        )
+        self._storing.add(storing)
+        storing.add_done_callback(self._storing.discard)
+        return await asyncio.shield(storing)
+
+    async def stores_settled(self, timeout: float) -> None:
+        """Let runs being stored for callers that left end (up to ``timeout``)."""
+        if self._storing:
+            await asyncio.wait(list(self._storing), timeout=timeout)
+
+    async def _store_and_queue(
+        self,
+        spec: WorkflowSpec,
+        inputs: JSON,
+        pinned: dict[str, str],
+        idempotency_key: str | None,
+        *,
+        request_digest: str | None,
+        child: ChildRequest | None,
+        depth: int,
+        track: Callable[[str], None] | None,
+        fire: TriggerFire | None,
+    ) -> tuple[str, bool, float]:
         execution_id = new_execution_id(time.time())
         now = time.time()
         data: JSONObject = {"inputs": inputs, "pinned": dict(pinned)}

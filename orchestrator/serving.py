@@ -42,7 +42,11 @@ from orchestrator.monitoring import Hub
 from orchestrator.orchestrating import Orchestrator
 from orchestrator.retention import Retention
 from orchestrator.ring import make_balancer
-from orchestrator.serving_grpc import OrchestratorService, unparsed_request_status
+from orchestrator.serving_grpc import (
+    OrchestratorService,
+    calls_left_behind,
+    unparsed_request_status,
+)
 from orchestrator.serving_http import PARSER_LINE_BYTES, HttpApi, MalformedRequests
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.store import Store
@@ -365,6 +369,9 @@ async def _serve_apis(
             following.cancel()
         await runner.cleanup()
         await server.stop(_STOP_GRACE)
+        # what callers that left had begun ends before the store closes under it
+        await calls_left_behind(_STOP_GRACE)
+        await orch.stores_settled(_STOP_GRACE)
 
 
 async def _listen_http(

@@ -150,8 +150,7 @@ def _required(field: str, value: str) -> None:
 
 
 def _json_arg(text: str, field: str) -> JSON:
-    """A request's JSON field; empty (proto3's unset) is ``{}``, as an absent ``inputs`` is
-    over HTTP, while ``null`` is null, refused where an object is needed."""
+    """A request's JSON field; empty (proto3's unset) is ``{}``."""
     if not text:
         return {}
     try:
@@ -170,6 +169,13 @@ def _json_arg(text: str, field: str) -> JSON:
         ) from None
     check_json(text, value, field)
     return value
+
+
+def _inputs_arg(text: str) -> JSON:
+    """``inputs_json``: unset and ``null`` are none, as an absent or null ``inputs`` is over
+    HTTP (clients write an unset map as null)."""
+    value = _json_arg(text, "inputs_json")
+    return {} if value is None else value
 
 
 _JSON_START: Final = re.compile(r'\{\s*"')
@@ -400,7 +406,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
     ) -> pb.ExecuteWorkflowResponse:
         try:
             _required("workflow_id", request.workflow_id)
-            inputs = _json_arg(request.inputs_json, "inputs_json")
+            inputs = _inputs_arg(request.inputs_json)
             execution, _ = await self.api.execute(
                 request.workflow_id,
                 inputs=inputs,
@@ -549,7 +555,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
                     workflow_id=request.workflow_id,
                     # none given: the node's own range (of a node), else the latest
                     version=request.version,
-                    inputs=_json_arg(request.inputs_json, "inputs_json"),
+                    inputs=_inputs_arg(request.inputs_json),
                     parent_workflow_id=request.parent_workflow_id,
                 )
             )
@@ -630,7 +636,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             body: JSONObject = {
                 "workflow_id": request.workflow_id,
                 "cron": request.cron,
-                "inputs": _json_arg(request.inputs_json, "inputs_json"),
+                "inputs": _inputs_arg(request.inputs_json),
                 "paused": request.paused,
             }
             for name in ("id", "version", "timezone", "overlap", "catchup"):
@@ -674,6 +680,21 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         return pb.DeleteTriggerResponse(trigger_id=request.trigger_id)
 
 
+_CHANGES_STATE: Final = frozenset(
+    {
+        "RegisterWorkflow",
+        "CancelExecution",
+        "ExecuteSubWorkflow",
+        "CreateTrigger",
+        "PauseTrigger",
+        "ResumeTrigger",
+        "DeleteTrigger",
+    }
+)
+"""Methods that write and then act on what they wrote, run to their end whatever the caller
+does. ``ExecuteWorkflow`` stores and queues its run uncancelled inside the orchestrator (for
+HTTP too), so that its wait, up to 300 s, ends with the caller; reads end with theirs."""
+
 _LEFT_BEHIND: set[asyncio.Future[object]] = set()
 """Calls whose caller went away, kept referenced until they end (the loop holds tasks weakly)."""
 
@@ -683,6 +704,12 @@ def _finished_behind(call: asyncio.Future[object]) -> None:
     if not call.cancelled() and call.exception() is not None:
         # its refusal had no one to go to (aborting a call that is over raises too)
         log.debug("a call whose caller left ended with %r", call.exception())
+
+
+async def calls_left_behind(timeout: float) -> None:
+    """Let the calls whose callers left end (up to ``timeout``), before the store closes."""
+    if _LEFT_BEHIND:
+        await asyncio.wait(list(_LEFT_BEHIND), timeout=timeout)
 
 
 def _behind_token(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -706,6 +733,18 @@ def _behind_token(method: Callable[..., Any]) -> Callable[..., Any]:
 
         return streaming
 
+    if method.__name__ not in _CHANGES_STATE:
+
+        @functools.wraps(method)
+        async def reading(self: OrchestratorService, request: object, context: Context) -> object:
+            try:
+                self._authorize(context)
+            except Exception as exc:
+                await _refuse(context, exc)
+            return await method(self, request, context)
+
+        return reading
+
     @functools.wraps(method)
     async def unary(self: OrchestratorService, request: object, context: Context) -> object:
         try:
@@ -713,9 +752,9 @@ def _behind_token(method: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             await _refuse(context, exc)
         # grpc.aio cancels a handler whose caller's deadline passes or who hangs up, at any
-        # await: between a store write and the step after it, that left a run stored but never
-        # queued, a version stored but unknown. What a call has begun ends here whatever the
-        # caller does; only its answer is dropped.
+        # await: between a store write and the step after it, that left a version stored but
+        # unknown, a trigger half made. What a call has begun ends here whatever the caller
+        # does; only its answer is dropped.
         call = asyncio.ensure_future(method(self, request, context))
         try:
             return await asyncio.shield(call)

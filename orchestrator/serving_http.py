@@ -249,9 +249,11 @@ def _trigger_fields(body: JSON) -> tuple[JSON, str | None, float | None]:
             f"unknown field(s) {', '.join(sorted(unknown))}",
             {"allowed": ["inputs", "version", "wait", "timeout"]},
         )
-    # only an absent "inputs" means none: null is refused as any other inputs that are not an
-    # object (422), as gRPC's inputs_json "null" and an API trigger's inputs are
-    inputs = body.get("inputs", {})
+    # null is none, as an absent "inputs" is: clients write an unset map so (Go's nil, Java's
+    # defaults), and gRPC's inputs_json "null" means the same
+    inputs = body.get("inputs")
+    if inputs is None:
+        inputs = {}
     version = body.get("version")
     if version is not None and not isinstance(version, str):
         raise HttpError(400, "bad_request", 'version must be a string such as "^1.2"')
@@ -520,7 +522,9 @@ class HttpApi:
         raw = await request.read()  # the size limit applies here
         hook.authenticate(request.headers, raw, triggers.environ, self.token)
         if hook.raw_body:
-            inputs: JSON = await _read_json(request)
+            # a third party's payload, as it sends it: a key twice there is its sender's to
+            # fix, and no one who could is asked, so the last one wins as in most readers
+            inputs: JSON = await _read_json(request, keys_once=False)
             version, wait = _query_options(request)
         else:
             inputs, version, wait = _trigger_fields(await _read_json(request, required=False))
@@ -950,7 +954,7 @@ def openapi_document() -> JSONObject:
                     "type": "object",
                     "additionalProperties": False,
                     "properties": {
-                        "inputs": {"type": "object"},
+                        "inputs": {"type": ["object", "null"]},
                         "version": {"type": "string"},
                         "wait": {"type": "boolean"},
                         "timeout": {"type": "number", "exclusiveMinimum": 0},

@@ -824,7 +824,9 @@ class Triggers:
                 f"catchup must be one of {', '.join(_CATCHUPS)}, got {catchup!r}",
                 {"field": "catchup"},
             )
-        inputs = body.get("inputs", {})
+        inputs = body.get("inputs")
+        if inputs is None:
+            inputs = {}  # null is none, as for a run's inputs
         if not isinstance(inputs, dict):
             raise InvalidTrigger("inputs must be a JSON object", {"field": "inputs"})
         if TRIGGER_KEY in inputs:

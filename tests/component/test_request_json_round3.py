@@ -1,8 +1,8 @@
 """JSON that users send, over the real HTTP and gRPC services on a real store: a key written
 twice is refused naming the key and where it was sent (request bodies, hook bodies, JSON
 fields), as spec files and ``python -m engine run`` refuse it, instead of the last one
-winning unseen; and ``inputs`` of null is refused alike on both APIs, while inputs not given
-at all are none.
+winning unseen (but for a raw_body hook's third-party payload); and ``inputs`` of null are
+none on both APIs, as inputs not given at all are.
 
 No engines: accepted runs stay queued (a stub dispatcher takes them).
 """
@@ -113,7 +113,6 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
         ("/trigger/w", b'{"inputs": {"a": 1}, "inputs": 5}', "inputs"),
         ("/trigger/w", b'{"inputs": {"v": 1, "v": 2}, "wait": false}', "v"),
         ("/api/v1/workflows/w/executions", b'{"inputs": {"deep": [{"x": 1, "x": 1}]}}', "x"),
-        ("/hooks/raw", b'{"action": "opened", "action": "closed"}', "action"),
         (
             "/api/v1/triggers",
             b'{"workflow_id": "w", "cron": "@hourly", "inputs": {"n": 1, "n": 2}}',
@@ -197,18 +196,36 @@ def test_only_what_users_send_is_read_strictly() -> None:
 # -- inputs of null ---------------------------------------------------------------------------
 
 
-async def test_inputs_of_null_are_refused_over_http_and_grpc_alike(served: Served) -> None:
+async def test_a_raw_body_hook_takes_its_sender_s_payload_as_sent(served: Served) -> None:
+    # a third party's webhook cannot be asked to change: the last of a key written twice wins
+    status, answer = await served.post("/hooks/raw", b'{"action": "opened", "action": "closed"}')
+    assert status == 202, answer
+    found = await served.orch.store.list_executions(workflow_id=None, status=None, limit=10)
+    assert found is not None and [e["inputs"] for e in found] == [{"action": "closed"}]
+
+
+async def test_inputs_of_null_are_none_over_http_and_grpc_alike(served: Served) -> None:
+    # clients write an unset map as null (Go's nil, Java's defaults): it means none on both,
+    # where gRPC's inputs_json "null" was refused and HTTP's took it
     status, answer = await served.post("/trigger/w", b'{"inputs": null}')
-    assert status == 422, answer
-    assert answer["error"]["code"] == "invalid_inputs"
-    assert "inputs must be a JSON object, not null" in answer["error"]["message"]
-    err = await refused(
-        served.stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="w", inputs_json="null"))
+    assert status == 202, answer
+    started = await served.stub.ExecuteWorkflow(
+        pb.ExecuteWorkflowRequest(workflow_id="w", inputs_json="null")
     )
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error_info(err).reason == "invalid_inputs"
-    assert "inputs must be a JSON object, not null" in str(err.details())
-    assert await served.orch.store.list_executions(workflow_id=None, status=None, limit=10) == []
+    found = await served.orch.store.list_executions(workflow_id=None, status=None, limit=10)
+    assert found is not None
+    assert {e["id"] for e in found} == {answer["execution_id"], started.execution_id}
+    assert [e["inputs"] for e in found] == [{}, {}]
+    # other inputs that are not an object are refused alike
+    status, answer = await served.post("/trigger/w", b'{"inputs": [1]}')
+    assert (status, answer["error"]["code"]) == (422, "invalid_inputs")
+    err = await refused(
+        served.stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="w", inputs_json="[1]"))
+    )
+    assert (err.code(), error_info(err).reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "invalid_inputs",
+    )
 
 
 async def test_inputs_not_given_are_none_over_http_and_grpc_alike(served: Served) -> None:
