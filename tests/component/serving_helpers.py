@@ -3,14 +3,19 @@ engines: for tests of the APIs themselves."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from engine.api import dagengine_pb2_grpc as pb_grpc
+from engine.core.values import JSONObject
 from orchestrator.lua_checking import LuaSyntaxChecker
 from orchestrator.metrics import Metrics
 from orchestrator.monitoring import Hub
@@ -62,3 +67,49 @@ async def serving(
         orch.hub.close_all()  # live streams end now, as when the orchestrator stops
         await server.stop(0)
         await runner.cleanup()
+
+
+@dataclass(frozen=True, slots=True)
+class Facade:
+    """An orchestrator facade served: its HTTP base URL, a gRPC stub on it, and its parts."""
+
+    url: str
+    stub: Any  # grpc.aio's stubs are typed as sync ones
+    orch: Orchestrator
+    store: Store
+
+
+@asynccontextmanager
+async def served_facade(
+    folder: Path,
+    *,
+    specs: Sequence[JSONObject] = (),
+    dispatcher: object | None = None,
+    with_triggers: bool = True,
+) -> AsyncIterator[Facade]:
+    """A facade over a store in ``folder`` with ``specs`` registered (and ``dispatcher`` to take
+    its runs, and its triggers started, not their loop), served until the block ends."""
+    store = await Store.open(str(folder / "state.db"))
+    checker = LuaSyntaxChecker()
+    orch = facade(store, checker)
+    if dispatcher is not None:
+        orch.attach(dispatcher)  # type: ignore[arg-type]
+    triggers = Triggers(orch) if with_triggers else None
+    orch.triggers = triggers
+    try:
+        if triggers is not None:
+            await triggers.start(run_loop=False)
+        for spec in specs:
+            await orch.register(json.dumps(spec), yaml=False, force=False)
+        if triggers is not None:
+            await triggers.settle()
+        async with (
+            serving(orch, triggers) as (url, target),
+            grpc.aio.insecure_channel(target) as channel,
+        ):
+            yield Facade(url, pb_grpc.OrchestratorStub(channel), orch, store)
+    finally:
+        if triggers is not None:
+            await triggers.stop()
+        await store.close()
+        checker.close()

@@ -28,11 +28,8 @@ from engine.inputs import check_inputs, inputs_problems
 from engine.loading import spec_from_document, spec_from_text
 from engine.spec_checks import json_schema_problem, timezone_problem
 from engine.wire import field_violations
-from orchestrator.lua_checking import LuaSyntaxChecker
 from orchestrator.orchestrating import Orchestrator
-from orchestrator.store import Store
-from orchestrator.triggering import Triggers
-from tests.component.serving_helpers import facade, serving
+from tests.component.serving_helpers import served_facade
 
 HEAD = "id: w\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: return 1\n"
 """Five lines: what a test adds starts on line 6."""
@@ -607,22 +604,8 @@ class Served:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    store = await Store.open(str(tmp_path / "state.db"))
-    checker = LuaSyntaxChecker()
-    orch = facade(store, checker)
-    triggers = Triggers(orch)
-    orch.triggers = triggers
-    await triggers.start(run_loop=False)
-    try:
-        async with (
-            serving(orch, triggers) as (url, target),
-            grpc.aio.insecure_channel(target) as channel,
-        ):
-            yield Served(url, pb_grpc.OrchestratorStub(channel), orch)
-    finally:
-        await triggers.stop()
-        await store.close()
-        checker.close()
+    async with served_facade(tmp_path) as f:
+        yield Served(f.url, f.stub, f.orch)
 
 
 async def test_registration_over_http_refuses_nan_and_schema_loops_with_lines(

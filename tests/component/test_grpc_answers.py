@@ -14,38 +14,19 @@ import grpc
 import pytest
 
 from engine.api import dagengine_pb2 as pb
-from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.core.errors import SpecError
 from engine.documents import parse_text
 from engine.loading import spec_from_text
 from orchestrator.checking import registration_checks
-from orchestrator.lua_checking import LuaSyntaxChecker
-from orchestrator.store import Store
-from orchestrator.triggering import Triggers
-from tests.component.serving_helpers import facade, serving
+from tests.component.serving_helpers import served_facade
 
 SPEC = {"id": "w", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}
 
 
 @pytest.fixture
 async def stub(tmp_path: Path) -> AsyncIterator[Any]:
-    store = await Store.open(str(tmp_path / "state.db"))
-    checker = LuaSyntaxChecker()
-    orch = facade(store, checker)
-    triggers = Triggers(orch)
-    orch.triggers = triggers
-    await triggers.start(run_loop=False)
-    try:
-        await orch.register(json.dumps(SPEC), yaml=False, force=False)
-        async with (
-            serving(orch, triggers) as (_, target),
-            grpc.aio.insecure_channel(target) as channel,
-        ):
-            yield pb_grpc.OrchestratorStub(channel)
-    finally:
-        await triggers.stop()
-        await store.close()
-        checker.close()
+    async with served_facade(tmp_path, specs=[SPEC]) as served:
+        yield served.stub
 
 
 async def test_triggers_whose_inputs_pass_4_mib_together_are_listed_with_notes(

@@ -15,10 +15,8 @@ import grpc
 import pytest
 
 from engine.api import dagengine_pb2 as pb
-from engine.api import dagengine_pb2_grpc as pb_grpc
-from orchestrator.lua_checking import LuaSyntaxChecker
 from orchestrator.store import Store
-from tests.component.serving_helpers import facade, serving
+from tests.component.serving_helpers import served_facade
 
 SPEC = {"id": "w", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}
 
@@ -59,20 +57,9 @@ class Served:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    store = await Store.open(str(tmp_path / "state.db"))
-    checker = LuaSyntaxChecker()
-    orch = facade(store, checker)
     dispatcher = Dispatcher()
-    orch.attach(dispatcher)  # type: ignore[arg-type]
-    try:
-        async with (
-            serving(orch) as (_, target),
-            grpc.aio.insecure_channel(target) as channel,
-        ):
-            yield Served(pb_grpc.OrchestratorStub(channel), store, dispatcher)
-    finally:
-        await store.close()
-        checker.close()
+    async with served_facade(tmp_path, dispatcher=dispatcher, with_triggers=False) as f:
+        yield Served(f.stub, f.store, dispatcher)
 
 
 async def deadline_passes(call: Any) -> None:

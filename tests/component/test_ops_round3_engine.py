@@ -17,6 +17,7 @@ from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.serving import EngineServer
 from engine.settings import Settings, listen_problem
+from tests.net import has_ipv6
 
 WAIT = 30.0
 """Seconds a test waits for what must come, before it fails rather than hang."""
@@ -96,15 +97,6 @@ async def test_a_cancel_without_an_execution_id_is_invalid_argument(
         grpc.StatusCode.INVALID_ARGUMENT,
         "execution_id: required",
     )
-
-
-def has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.skipif(not has_ipv6(), reason="this machine has no IPv6 loopback")

@@ -17,16 +17,13 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 
 from engine import wire
 from engine.api import dagengine_pb2 as pb
-from engine.api import dagengine_pb2_grpc as pb_grpc
-from orchestrator.lua_checking import LuaSyntaxChecker
 from orchestrator.orchestrating import Orchestrator
-from orchestrator.store import Store
 from orchestrator.triggering import Triggers
-from tests.component.serving_helpers import facade, serving
+from tests.component.serving_helpers import served_facade
+from tests.net import error_info
 
 SPEC = {
     "id": "w",
@@ -66,41 +63,14 @@ class Served:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    store = await Store.open(str(tmp_path / "state.db"))
-    checker = LuaSyntaxChecker()
-    orch = facade(store, checker)
-    orch.attach(StubDispatcher())  # type: ignore[arg-type]
-    triggers = Triggers(orch)
-    orch.triggers = triggers
-    await triggers.start(run_loop=False)
-    try:
-        await orch.register(json.dumps(SPEC), yaml=False, force=False)
-        await triggers.settle()
-        async with (
-            serving(orch, triggers) as (url, target),
-            grpc.aio.insecure_channel(target) as channel,
-        ):
-            yield Served(url, pb_grpc.OrchestratorStub(channel), orch)
-    finally:
-        await triggers.stop()
-        await store.close()
-        checker.close()
+    async with served_facade(tmp_path, specs=[SPEC], dispatcher=StubDispatcher()) as f:
+        yield Served(f.url, f.stub, f.orch)
 
 
 async def refused(call: Any) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
     return caught.value
-
-
-def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    packed = dict(err.trailing_metadata() or ())["grpc-status-details-bin"]
-    assert isinstance(packed, bytes)
-    for detail in status_pb2.Status.FromString(packed).details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info
-    raise AssertionError(f"no ErrorInfo in {err}")
 
 
 # -- a key written twice ----------------------------------------------------------------------

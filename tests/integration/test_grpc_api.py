@@ -11,7 +11,6 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
@@ -19,6 +18,7 @@ from engine.core.states import EXECUTION_TERMINAL
 from tests.integration.api import AUTH, TOKEN, first_pause_last, register
 from tests.integration.conftest import Cluster, StartCluster
 from tests.integration.test_orchestrator import DIAMOND as ORCHESTRATOR_DIAMOND
+from tests.net import error_info
 
 pytestmark = pytest.mark.slow
 
@@ -27,17 +27,6 @@ DIAMOND = ORCHESTRATOR_DIAMOND.replace("id: diamond", "id: g-diamond")
 
 def stub_for(channel: grpc.aio.Channel) -> pb_grpc.OrchestratorStub:
     return pb_grpc.OrchestratorStub(channel)
-
-
-def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    """The google.rpc.ErrorInfo in a refusal's status details."""
-    packed = dict(err.trailing_metadata() or ())["grpc-status-details-bin"]
-    assert isinstance(packed, bytes)
-    for detail in status_pb2.Status.FromString(packed).details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info
-    raise AssertionError(f"no ErrorInfo in {err}")
 
 
 async def refused(call: Any) -> grpc.aio.AioRpcError:

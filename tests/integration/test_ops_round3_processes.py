@@ -25,23 +25,12 @@ from tests.integration.conftest import (
     spawn_orchestrator,
     stop_process,
 )
+from tests.net import ipv6
 
 pytestmark = pytest.mark.slow
 
 WAIT = 60.0
 """Seconds a process gets to do what it must, before the test fails rather than hang."""
-
-
-def has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-ipv6 = pytest.mark.skipif(not has_ipv6(), reason="this machine has no IPv6 loopback")
 
 
 def clean_env(**env: str) -> dict[str, str]:

@@ -14,7 +14,12 @@ import pytest
 
 from orchestrator.store import Store
 from tests.integration.api import TOKEN, register, wait_end
-from tests.integration.conftest import StartEngine, spawn_orchestrator, stop_process
+from tests.integration.conftest import (
+    OrchestratorProcess,
+    StartEngine,
+    spawn_orchestrator,
+    stop_process,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,22 +34,30 @@ LOOSE = {
 }
 
 
+async def start_on(
+    state: Path, stored: dict[str, Any], start_engine: StartEngine
+) -> OrchestratorProcess:
+    """An orchestrator and an engine on ``state``, with ``stored`` written into it as
+    old@1.0.0 was by a version of the orchestrator whose checks were looser."""
+    with sqlite3.connect(state) as conn:
+        conn.execute(
+            "INSERT INTO versions (workflow_id, version, spec_json, digest, created_at)"
+            " VALUES ('old', '1.0.0', ?, 'x', 0)",
+            (json.dumps(stored),),
+        )
+    engine = start_engine()
+    return await asyncio.to_thread(
+        spawn_orchestrator, state.parent / "orchestrator.log", state, [engine], API_TOKEN="s3cret"
+    )
+
+
 async def test_a_stored_latest_version_todays_checks_refuse_does_not_stop_the_start(
     tmp_path: Path, start_engine: StartEngine
 ) -> None:
     state = tmp_path / "state.db"
     store = await Store.open(str(state))
     await store.close()
-    with sqlite3.connect(state) as conn:
-        conn.execute(
-            "INSERT INTO versions (workflow_id, version, spec_json, digest, created_at)"
-            " VALUES ('old', '1.0.0', ?, 'x', 0)",
-            (json.dumps(LOOSE),),
-        )
-    engine = start_engine()
-    orchestrator = await asyncio.to_thread(
-        spawn_orchestrator, tmp_path / "orchestrator.log", state, [engine], API_TOKEN="s3cret"
-    )
+    orchestrator = await start_on(state, LOOSE, start_engine)
     try:
         url = orchestrator.url
         async with aiohttp.ClientSession() as http:
@@ -117,16 +130,7 @@ async def test_a_run_accepted_before_an_upgrade_runs_or_ends_saying_why(
         },
     )
     await store.close()
-    with sqlite3.connect(state) as conn:
-        conn.execute(
-            "INSERT INTO versions (workflow_id, version, spec_json, digest, created_at)"
-            " VALUES ('old', '1.0.0', ?, 'x', 0)",
-            (json.dumps(stored),),
-        )
-    engine = start_engine()
-    orchestrator = await asyncio.to_thread(
-        spawn_orchestrator, tmp_path / "orchestrator.log", state, [engine], API_TOKEN="s3cret"
-    )
+    orchestrator = await start_on(state, stored, start_engine)
     try:
         async with aiohttp.ClientSession() as http:
             doc = await wait_end(http, orchestrator.url, "0" * 32)
