@@ -733,17 +733,7 @@ def _behind_token(method: Callable[..., Any]) -> Callable[..., Any]:
 
         return streaming
 
-    if method.__name__ not in _CHANGES_STATE:
-
-        @functools.wraps(method)
-        async def reading(self: OrchestratorService, request: object, context: Context) -> object:
-            try:
-                self._authorize(context)
-            except Exception as exc:
-                await _refuse(context, exc)
-            return await method(self, request, context)
-
-        return reading
+    changes_state = method.__name__ in _CHANGES_STATE
 
     @functools.wraps(method)
     async def unary(self: OrchestratorService, request: object, context: Context) -> object:
@@ -751,6 +741,8 @@ def _behind_token(method: Callable[..., Any]) -> Callable[..., Any]:
             self._authorize(context)
         except Exception as exc:
             await _refuse(context, exc)
+        if not changes_state:
+            return await method(self, request, context)
         # grpc.aio cancels a handler whose caller's deadline passes or who hangs up, at any
         # await: between a store write and the step after it, that left a version stored but
         # unknown, a trigger half made. What a call has begun ends here whatever the caller
