@@ -612,10 +612,18 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         self, request: pb.ListTriggersRequest, context: Context
     ) -> pb.ListTriggersResponse:
         try:
-            found = self._trigger_set().listing(request.workflow_id or None, 10_000)
+            if not 0 <= request.limit <= 10_000:
+                raise HttpError(
+                    400, "bad_request", "limit must be between 1 and 10000", {"field": "limit"}
+                )
+            found, next_after = self._trigger_set().page(
+                request.workflow_id or None, request.limit or 10_000, request.after or None
+            )
         except Exception as exc:
             await _refuse(context, exc)
-        reply = pb.ListTriggersResponse(triggers=[_trigger_message(t) for t in found])
+        reply = pb.ListTriggersResponse(
+            triggers=[_trigger_message(t) for t in found], next_after=next_after or ""
+        )
         # a trigger's inputs may be a mebibyte: a few of them would pass what a client takes
         return _fitted(
             reply, [(t, "inputs_json", f"/api/v1/triggers/{t.id}") for t in reply.triggers]

@@ -639,10 +639,15 @@ class HttpApi:
         return self.triggers
 
     async def list_triggers(self, request: web.Request) -> web.Response:
-        found = self._trigger_set().listing(
-            request.query.get("workflow") or None, _limit(request, 500, 10_000)
+        _once(request, ("workflow", "after"))
+        found, next_after = self._trigger_set().page(
+            request.query.get("workflow") or None,
+            _limit(request, 500, 10_000),
+            request.query.get("after") or None,
         )
-        return _json({"triggers": found})
+        # a page that was cut says where the next starts: a list that stops at 500 unsaid
+        # looks like all of them
+        return _json({"triggers": found, "next_after": next_after})
 
     async def create_trigger(self, request: web.Request) -> web.Response:
         return _json(await self._trigger_set().create(await _read_json(request)), 201)
@@ -1093,8 +1098,9 @@ def openapi_document() -> JSONObject:
             "/api/v1/engines": {"get": _op("Engines and their load")},
             "/api/v1/triggers": {
                 "get": _op(
-                    "Triggers (cron and HTTP) with their next fire times",
-                    params=[_query("workflow"), _query("limit", "integer")],
+                    "Triggers (cron and HTTP) with their next fire times, by workflow and id; "
+                    "next_after, when set, is the after of the next page",
+                    params=[_query("workflow"), _query("limit", "integer"), _query("after")],
                     responses=listing,
                 ),
                 "post": _op(

@@ -749,13 +749,40 @@ class Triggers:
     # -- the API ----------------------------------------------------------------------------
 
     def listing(self, workflow_id: str | None = None, limit: int = 500) -> list[JSONObject]:
-        """By workflow and id; computing next fire times costs, so the list is bounded."""
+        """By workflow and id, at most ``limit``."""
+        return self.page(workflow_id, limit)[0]
+
+    def page(
+        self, workflow_id: str | None, limit: int, after: str | None = None
+    ) -> tuple[list[JSONObject], str | None]:
+        """By workflow and id, at most ``limit`` past the cursor ``after`` (computing next fire
+        times costs, so a page is bounded), and the cursor of the next page when more follow.
+        A cursor is ``<workflow>/<trigger id>``; InvalidTrigger when ``after`` is not one."""
         now = self.clock()
+        start: tuple[str, str] | None = None
+        if after is not None:
+            found_workflow, slash, found_id = after.partition("/")
+            if not slash or not found_workflow or not found_id:
+                raise InvalidTrigger(
+                    f"after must be a cursor such as next_after gives, got {after[:80]!r}",
+                    {"field": "after"},
+                )
+            start = (found_workflow, found_id)
         chosen = sorted(
-            (t for t in self._triggers.values() if workflow_id in (None, t.workflow_id)),
+            (
+                t
+                for t in self._triggers.values()
+                if workflow_id in (None, t.workflow_id)
+                and (start is None or (t.workflow_id, t.id) > start)
+            ),
             key=lambda t: (t.workflow_id, t.id),
         )
-        return [t.describe(now) for t in chosen[:limit]]
+        shown = chosen[:limit]
+        more = len(chosen) > limit
+        return (
+            [t.describe(now) for t in shown],
+            f"{shown[-1].workflow_id}/{shown[-1].id}" if more else None,
+        )
 
     def get(self, trigger_id: str) -> JSONObject:
         return self._find(trigger_id).describe(self.clock())

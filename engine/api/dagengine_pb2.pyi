@@ -459,16 +459,22 @@ class TriggerInfo(_message.Message):
     def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., type: _Optional[str] = ..., source: _Optional[str] = ..., version: _Optional[str] = ..., paused: _Optional[bool] = ..., active: _Optional[bool] = ..., created_at: _Optional[str] = ..., cron: _Optional[str] = ..., timezone: _Optional[str] = ..., overlap: _Optional[str] = ..., catchup: _Optional[str] = ..., inputs_json: _Optional[str] = ..., next_fire_times: _Optional[_Iterable[str]] = ..., last_scheduled_time: _Optional[str] = ..., path: _Optional[str] = ..., auth: _Optional[str] = ..., raw_body: _Optional[bool] = ...) -> None: ...
 
 class ListTriggersRequest(_message.Message):
-    __slots__ = ("workflow_id",)
+    __slots__ = ("workflow_id", "limit", "after")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
-    def __init__(self, workflow_id: _Optional[str] = ...) -> None: ...
+    limit: int
+    after: str
+    def __init__(self, workflow_id: _Optional[str] = ..., limit: _Optional[int] = ..., after: _Optional[str] = ...) -> None: ...
 
 class ListTriggersResponse(_message.Message):
-    __slots__ = ("triggers",)
+    __slots__ = ("triggers", "next_after")
     TRIGGERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_FIELD_NUMBER: _ClassVar[int]
     triggers: _containers.RepeatedCompositeFieldContainer[TriggerInfo]
-    def __init__(self, triggers: _Optional[_Iterable[_Union[TriggerInfo, _Mapping]]] = ...) -> None: ...
+    next_after: str
+    def __init__(self, triggers: _Optional[_Iterable[_Union[TriggerInfo, _Mapping]]] = ..., next_after: _Optional[str] = ...) -> None: ...
 
 class TriggerRequest(_message.Message):
     __slots__ = ("trigger_id",)

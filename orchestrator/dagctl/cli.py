@@ -267,6 +267,24 @@ def parse_input(pair: str) -> tuple[str, JSON]:
         return key, raw  # not JSON at all (name=Ada, v=NaN): text, as the flag says
 
 
+TRIGGER_PAGE: Final = 1000
+"""Triggers ``dagctl get triggers`` asks for at a time (each comes with its next fire times)."""
+
+
+def _every_trigger(client: Client, workflow: str | None) -> JSONObject:
+    """Every trigger, page by page."""
+    triggers: list[JSON] = []
+    after: str | None = None
+    while True:
+        page = client.get("/api/v1/triggers", workflow=workflow, after=after, limit=TRIGGER_PAGE)
+        found = page.get("triggers")
+        triggers.extend(found if isinstance(found, list) else [])
+        following = page.get("next_after")
+        if not isinstance(following, str) or not following or following == after:
+            return {"triggers": triggers}
+        after = following
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -929,7 +947,7 @@ def cmd_get(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
             before=args.before,
         )
     elif resource == "triggers":
-        body = client.get("/api/v1/triggers", workflow=args.workflow)
+        body = _every_trigger(client, args.workflow)
     else:
         body = client.get(f"/api/v1/{resource}")
     if args.output == "json":

@@ -92,3 +92,49 @@ async def test_a_refused_field_comes_as_a_field_violation(stub: Any) -> None:
     [(field, description)] = field_violations(status_pb2.Status.FromString(packed))
     assert field == "inputs_json"
     assert description.startswith("inputs_json is not valid JSON: ")
+
+
+async def test_triggers_are_listed_page_by_page_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    import aiohttp
+
+    from orchestrator.dagctl import cli
+    from orchestrator.dagctl import main as dagctl
+
+    async with served_facade(tmp_path, specs=[SPEC]) as served:
+        for i in range(7):
+            await served.stub.CreateTrigger(
+                pb.CreateTriggerRequest(workflow_id="w", cron="@yearly", id=f"t{i}", paused=True)
+            )
+        every = [f"t{i}" for i in range(7)]
+        # before: a page of 500 with nothing to say there were more
+        seen, after = [], None
+        async with aiohttp.ClientSession() as http:
+            while True:
+                query = {"limit": "3", **({"after": after} if after else {})}
+                async with http.get(f"{served.url}/api/v1/triggers", params=query) as resp:
+                    page = await resp.json()
+                seen += [t["id"] for t in page["triggers"]]
+                after = page["next_after"]
+                if after is None:
+                    break
+            async with http.get(f"{served.url}/api/v1/triggers", params={"after": "x"}) as resp:
+                assert resp.status == 400
+        assert seen == every
+        seen, after = [], ""
+        while True:
+            answer = await served.stub.ListTriggers(pb.ListTriggersRequest(limit=3, after=after))
+            seen += [t.id for t in answer.triggers]
+            after = answer.next_after
+            if not after:
+                break
+        assert seen == every
+        monkeypatch.setattr(cli, "TRIGGER_PAGE", 2)
+        capsys.readouterr()
+        argv = ["get", "triggers", "-o", "json"]
+        code = await asyncio.to_thread(dagctl, argv, {"DAGCTL_SERVER": served.url})
+        assert code == 0
+        assert [t["id"] for t in json.loads(capsys.readouterr().out)["triggers"]] == every
