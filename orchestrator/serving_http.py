@@ -24,7 +24,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from engine import wire
 from engine.core.errors import InputsError, SpecError
-from engine.core.states import EXECUTION_TERMINAL
+from engine.core.states import EXECUTION_STATUSES, EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject, nests_deeper
 from orchestrator.errors import OrchestratorError
 from orchestrator.monitoring import EventFilter, Hub, Published, Subscription
@@ -591,6 +591,10 @@ class HttpApi:
         gets 204, which tells an EventSource to stop reconnecting. When the server stops first,
         the stream just closes: the EventSource reconnects with Last-Event-ID."""
         _once(request, ("workflow", "execution"))
+        if request.method == "HEAD":
+            # the headers of a stream, without one: a HEAD took one of the live places and
+            # held it until the first heartbeat found no one there
+            return web.Response(headers={"Content-Type": "text/event-stream"})
         flt = EventFilter(
             workflow_id=request.query.get("workflow") or None,
             execution_id=request.query.get("execution") or None,
@@ -877,6 +881,19 @@ def _op(
     return op
 
 
+def _status_op(summary: str, texts: dict[str, str]) -> JSONObject:
+    """A probe's operation: its answers, a 503 too, are ``{status, reason}``, not errors."""
+    op = _op(summary, responses=texts)
+    responses = op["responses"]
+    assert isinstance(responses, dict)
+    for response in responses.values():
+        assert isinstance(response, dict)
+        response["content"] = {
+            "application/json": {"schema": {"$ref": "#/components/schemas/Status"}}
+        }
+    return op
+
+
 def _error_responses(texts: dict[str, str]) -> dict[str, Any]:
     """Responses with the Error body, for operations written out by hand."""
     responses = _op("", responses=texts)["responses"]
@@ -888,8 +905,9 @@ def _path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def _query(name: str, kind: str = "string") -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+def _query(name: str, kind: str = "string", **schema: Any) -> dict[str, Any]:
+    """A query parameter; ``schema``: the bounds the server holds it to (minimum, enum...)."""
+    return {"name": name, "in": "query", "required": False, "schema": {"type": kind, **schema}}
 
 
 def openapi_document() -> JSONObject:
@@ -934,7 +952,8 @@ def openapi_document() -> JSONObject:
             "(triggers[].http.path) takes POST like /trigger/{workflow_id}, with that "
             "trigger's auth; see GET /api/v1/triggers. Any route answers a URL over "
             f"{MAX_URL_BYTES} bytes with 414 url_too_long, and a header value over that with "
-            "431 header_too_large.",
+            "431 header_too_large (past 64 KiB for a URL and 16 KiB for a header value, the "
+            "HTTP parser's own plain-text 400).",
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -967,10 +986,20 @@ def openapi_document() -> JSONObject:
                 },
                 "Spec": {
                     "type": "object",
+                    "required": ["id", "version", "nodes"],
                     "description": "a workflow spec (DESIGN section 3); YAML with "
                     "Content-Type application/yaml",
                 },
-                "CancelRequest": {"type": "object", "properties": {"reason": {"type": "string"}}},
+                "CancelRequest": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"reason": {"type": "string", "maxLength": 1000}},
+                },
+                "Status": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "string"}, "reason": {"type": "string"}},
+                },
                 "TriggerCreate": {
                     "type": "object",
                     "additionalProperties": False,
@@ -1018,9 +1047,10 @@ def openapi_document() -> JSONObject:
             },
             "/api/v1/workflows/{workflow_id}/versions/{version}": {
                 "get": _op(
-                    "One version",
+                    "One version: the highest that the version range given matches (an exact "
+                    "version, ^1, latest...)",
                     params=[_path_param("workflow_id"), _path_param("version")],
-                    responses={"200": "OK", "400": "not a version", "404": "not found"},
+                    responses={"200": "OK", "400": "not a version range", "404": "not found"},
                 )
             },
             "/api/v1/workflows/{workflow_id}/executions": {"post": trigger},
@@ -1029,8 +1059,8 @@ def openapi_document() -> JSONObject:
                     "Executions, newest first; page with before=<next_before>",
                     params=[
                         _query("workflow"),
-                        _query("status"),
-                        _query("limit", "integer"),
+                        _query("status", enum=sorted(EXECUTION_STATUSES)),
+                        _query("limit", "integer", minimum=1, maximum=LIST_LIMIT),
                         _query("before"),
                     ],
                     responses={**listing, "404": "no execution with the id in before"},
@@ -1100,7 +1130,11 @@ def openapi_document() -> JSONObject:
                 "get": _op(
                     "Triggers (cron and HTTP) with their next fire times, by workflow and id; "
                     "next_after, when set, is the after of the next page",
-                    params=[_query("workflow"), _query("limit", "integer"), _query("after")],
+                    params=[
+                        _query("workflow"),
+                        _query("limit", "integer", minimum=1, maximum=10_000),
+                        _query("after"),
+                    ],
                     responses=listing,
                 ),
                 "post": _op(
@@ -1154,8 +1188,10 @@ def openapi_document() -> JSONObject:
                     },
                 }
             },
-            "/healthz": {"get": _op("Liveness")},
-            "/readyz": {"get": _op("Readiness", responses={"200": "ready", "503": "not ready"})},
+            "/healthz": {"get": _status_op("Liveness", {"200": "alive"})},
+            "/readyz": {
+                "get": _status_op("Readiness, and why not", {"200": "ready", "503": "not ready"})
+            },
         },
     }
     # a spec registers as JSON or as YAML

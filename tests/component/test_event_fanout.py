@@ -306,3 +306,18 @@ async def test_live_streams_past_the_limit_are_refused_and_the_others_go_on() ->
         assert (await asyncio.wait_for(sse, 10))[0][1]["seq"] == 1
         assert (await asyncio.wait_for(watch.read(), 10)).seq == 1
         watch.cancel()
+
+
+async def test_a_head_of_the_live_stream_takes_no_place() -> None:
+    run = StoredRun(Hub(max_subscribers=2))
+    async with (
+        serving(run) as (base, _),  # type: ignore[arg-type]
+        aiohttp.ClientSession() as http,
+    ):
+        url = f"{base}/api/v1/events"
+        for _ in range(5):
+            async with http.head(url) as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Type"].startswith("text/event-stream")
+        # before: each HEAD held a place until a heartbeat found no one; the third was a 503
+        assert run.hub.subscribers == 0
