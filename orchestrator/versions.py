@@ -269,6 +269,18 @@ class Registry:
                 "a new version must be greater by SemVer precedence",
                 {"workflow": spec.id, "version": spec.version, "latest": wf.latest},
             )
+        # before what it needs: a version its dependents leave behind is refused for that
+        # whatever else it waits for, so a client applying several at once (dagctl apply) sees
+        # the refusal no other version given with it can lift
+        left_behind = self._dependents_out_of_range(spec.id, spec.version)
+        if left_behind and not force:
+            named = ", ".join(f"{ref} (needs {rng})" for ref, rng in left_behind)
+            dependents: list[JSON] = [{"workflow": ref, "range": rng} for ref, rng in left_behind]
+            raise DependentsOutOfRange(
+                f"{spec.ref} is outside the range of its dependents: {named}; "
+                "register with force to override",
+                {"workflow": spec.id, "version": spec.version, "dependents": dependents},
+            )
         refs = _references(spec)
         unmet = [e for e in (self._check_reference(spec, ref) for ref in refs) if e is not None]
         if len(unmet) == 1:
@@ -286,15 +298,6 @@ class Registry:
             raise WorkflowCycle(
                 f"{spec.ref} would close a cycle of sub-workflows: {path}",
                 {"workflow": spec.id, "version": spec.version, "cycle": list(cycle)},
-            )
-        left_behind = self._dependents_out_of_range(spec.id, spec.version)
-        if left_behind and not force:
-            named = ", ".join(f"{ref} (needs {rng})" for ref, rng in left_behind)
-            dependents: list[JSON] = [{"workflow": ref, "range": rng} for ref, rng in left_behind]
-            raise DependentsOutOfRange(
-                f"{spec.ref} is outside the range of its dependents: {named}; "
-                "register with force to override",
-                {"workflow": spec.id, "version": spec.version, "dependents": dependents},
             )
         stored = StoredVersion(
             workflow_id=spec.id,

@@ -202,3 +202,28 @@ def test_two_children_upgraded_with_the_parent_that_needs_both_register(
     assert (code, err) == (0, [])
     assert out[-1] == "workflow parent@2.0.0 registered"
     assert len(out) == 3 and all("forced past parent@1.0.0 (needs ^1)" in line for line in out[:2])
+
+
+def test_a_child_is_not_forced_for_a_parent_its_own_dependents_hold_back(
+    orchestrator: OrchestratorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grand = (
+        "id: grand\nversion: 1.0.0\nnodes:\n  - id: p\n    workflow: {id: parent, version: ^1}\n"
+    )
+    v1 = folder(
+        tmp_path / "v1",
+        {"grand.yaml": grand, "parent.yaml": parent("1.0.0", "^1"), "child.yaml": child("1.0.0")},
+    )
+    assert apply(orchestrator.url, capsys, v1)[0] == 0
+    v2 = folder(
+        tmp_path / "v2", {"parent.yaml": parent("2.0.0", "^2"), "child.yaml": child("2.0.0")}
+    )
+    code, out, err = apply(orchestrator.url, capsys, v2)
+    # before: child@2.0.0 forced past parent@1.0.0, then parent@2.0.0 refused for grand@1.0.0;
+    # the server told the parent's missing child first and hid that refusal
+    assert (code, out) == (1, [])
+    assert [line.split(": ")[2] for line in err if line.startswith("dagctl: ")] == [
+        "dependents_out_of_range",
+        "dependents_out_of_range",
+    ]
+    assert any("grand@1.0.0 (needs ^1)" in line for line in err)
