@@ -119,7 +119,7 @@ class Orchestrator:
         self.hub = hub
         self.metrics = metrics
         self.queue_limit = queue_limit
-        self._admitting = 0  # runs past the queue limit check, not yet stored and queued
+        self._admitting = 0  # runs being stored and queued: they count toward QUEUE_LIMIT
         # stores of runs whose caller went away meanwhile, kept referenced until they end
         self._storing: set[asyncio.Future[tuple[str, bool, float]]] = set()
         self.max_subworkflow_depth = max_subworkflow_depth
@@ -302,18 +302,17 @@ class Orchestrator:
                 f"{waiting} executions are waiting for an engine "
                 f"(QUEUE_LIMIT {self.queue_limit}): try again later"
             )
-        self._admitting += 1
-        try:
-            stored_id, created, now = await self._store_execution(
-                spec,
-                inputs,
-                self.registry.pin_versions(spec.id, spec.version),
-                idempotency_key,
-                request_digest=None if idempotency_key is None else _digest(inputs, version),
-                fire=fire,
-            )
-        finally:
-            self._admitting -= 1
+        # counted from here until stored and queued (``_store_execution``), with no await
+        # between the check above and the count: a caller that leaves meanwhile still has its
+        # run queued, so its place is held as long as the store takes
+        stored_id, created, now = await self._store_execution(
+            spec,
+            inputs,
+            self.registry.pin_versions(spec.id, spec.version),
+            idempotency_key,
+            request_digest=None if idempotency_key is None else _digest(inputs, version),
+            fire=fire,
+        )
         waiter: asyncio.Future[JSONObject] | None = None
         if wait is not None:
             waiter = asyncio.get_running_loop().create_future()
@@ -358,6 +357,7 @@ class Orchestrator:
         queue it; returns (id, created, created_at). A caller cancelled meanwhile (a gRPC
         deadline) does not stop it half-way: a run stored and never queued would wait until
         the next start."""
+        self._admitting += 1
         storing = asyncio.ensure_future(
             self._store_and_queue(
                 spec,
@@ -372,8 +372,12 @@ class Orchestrator:
             )
         )
         self._storing.add(storing)
-        storing.add_done_callback(self._storing.discard)
+        storing.add_done_callback(self._stored)
         return await asyncio.shield(storing)
+
+    def _stored(self, storing: asyncio.Future[tuple[str, bool, float]]) -> None:
+        self._storing.discard(storing)
+        self._admitting -= 1
 
     async def stores_settled(self, timeout: float) -> None:
         """Let runs being stored for callers that left end (up to ``timeout``)."""

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from engine.api import dagengine_pb2 as pb
-from orchestrator.store import Store
+from orchestrator.orchestrating import Orchestrator
 from tests.component.serving_helpers import served_facade
 
 SPEC = {"id": "w", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}
@@ -24,10 +24,12 @@ SPEC = {"id": "w", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]
 class Dispatcher:
     """Takes runs and keeps them queued, saying which it was given."""
 
-    queue_depth = 0
-
     def __init__(self) -> None:
         self.submitted: list[str] = []
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.submitted)  # nothing leaves: no engine takes them
 
     def submit(self, execution_id: str, workflow_id: str, **_: object) -> None:
         self.submitted.append(execution_id)
@@ -37,9 +39,10 @@ class Dispatcher:
 
 
 class Served:
-    def __init__(self, stub: Any, store: Store, dispatcher: Dispatcher) -> None:
+    def __init__(self, stub: Any, orch: Orchestrator, dispatcher: Dispatcher) -> None:
         self.stub = stub  # grpc.aio's stubs are typed as sync ones
-        self.store = store
+        self.orch = orch
+        self.store = orch.store
         self.dispatcher = dispatcher
         self.gate = asyncio.Event()
 
@@ -59,7 +62,7 @@ class Served:
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
     dispatcher = Dispatcher()
     async with served_facade(tmp_path, dispatcher=dispatcher, with_triggers=False) as f:
-        yield Served(f.stub, f.store, dispatcher)
+        yield Served(f.stub, f.orch, dispatcher)
 
 
 async def deadline_passes(call: Any) -> None:
@@ -103,3 +106,31 @@ async def test_a_run_stored_as_the_caller_left_is_queued(served: Served) -> None
             break
         await asyncio.sleep(0.02)
     assert served.dispatcher.submitted == [stored.id]
+
+
+async def test_a_caller_that_leaves_holds_its_queue_place_until_its_run_is_queued(
+    served: Served,
+) -> None:
+    await served.stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=json.dumps(SPEC)))
+    served.orch.queue_limit = 1
+    real = served.store.create_execution
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        await served.gate.wait()
+        return await real(*args, **kwargs)
+
+    served.store.create_execution = held  # type: ignore[method-assign]
+    await deadline_passes(
+        served.stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="w"), timeout=0.3)
+    )
+    # before: the first caller's leaving freed its place while its run was still being stored
+    for _ in range(3):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await served.stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="w"), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    served.gate.set()
+    for _ in range(100):
+        if served.dispatcher.submitted:
+            break
+        await asyncio.sleep(0.02)
+    assert len(served.dispatcher.submitted) == 1
