@@ -19,7 +19,7 @@ from typing import Final, Protocol
 
 from engine.core.errors import SpecError
 from engine.core.events import isoformat
-from engine.core.spec import WorkflowSpec
+from engine.core.spec import MAX_NAME, WorkflowSpec
 from engine.core.states import EXECUTION_STATUSES, EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from engine.documents import parse_text
@@ -127,6 +127,7 @@ class Orchestrator:
         self.triggers: RegistrationHooks | None = None  # cron and HTTP triggers, when serving
         self._calls_children: dict[tuple[str, str], bool] = {}
         self._checks = registration_checks(lua_checker)
+        self._stored_checks = replace(self._checks, registering=False)
         # runs someone waits on -> their futures, given the run's final event
         self._waiters: dict[str, list[asyncio.Future[JSONObject]]] = {}
         self._cancelling: set[str] = set()
@@ -220,12 +221,18 @@ class Orchestrator:
             text,
             None,
             json_only=not yaml,
-            checks=self._checks,
+            checks=self._stored_checks,
         )
         async with self._register_lock:
             plan = self.registry.plan_register(spec, force=force, now=time.time())
             if plan.noop:
+                # a version stored before a limit for new ones came is that version still
                 return self.registry.describe(spec.id, spec.version), False
+            if spec.name is not None and len(spec.name) > MAX_NAME:
+                # read again, to be refused as a new version is, with the problem's line
+                await asyncio.to_thread(
+                    parse_text, text, None, json_only=not yaml, checks=self._checks
+                )
             if self.triggers is not None:
                 self.triggers.check_spec(spec)  # an HTTP path another workflow has: refused
             await self.store.register_version(plan)

@@ -138,3 +138,31 @@ async def test_triggers_are_listed_page_by_page_everywhere(
         code = await asyncio.to_thread(dagctl, argv, {"DAGCTL_SERVER": served.url})
         assert code == 0
         assert [t["id"] for t in json.loads(capsys.readouterr().out)["triggers"]] == every
+
+
+async def test_a_long_named_version_stored_before_the_limit_registers_again_as_a_no_op(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from orchestrator.store import Store
+    from orchestrator.versions import canonical_json
+
+    old = {**SPEC, "name": "n" * 250}
+    store = await Store.open(str(tmp_path / "state.db"))
+    await store.close()
+    with sqlite3.connect(tmp_path / "state.db") as conn:  # as an orchestrator before the limit
+        conn.execute(
+            "INSERT INTO versions (workflow_id, version, spec_json, digest, created_at)"
+            " VALUES ('w', '1.0.0', ?, 'x', 0)",
+            (canonical_json(old),),
+        )
+    async with served_facade(tmp_path) as served:
+        served.orch.registry.load(await served.store.load_versions())  # as a start does
+        # before: refused for its name, where the same content is a no-op (DESIGN section 4)
+        again = await served.stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=json.dumps(old)))
+        assert again.created is False
+        newer = json.dumps({**old, "version": "1.0.1"}, indent=1)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await served.stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=newer))
+        assert "line 10: name: is 250 characters: at most 200" in str(caught.value.details())
