@@ -617,7 +617,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
                     400, "bad_request", "limit must be between 1 and 10000", {"field": "limit"}
                 )
             found, next_after = self._trigger_set().page(
-                request.workflow_id or None, request.limit or 10_000, request.after or None
+                request.workflow_id or None, request.limit or 1000, request.after or None
             )
         except Exception as exc:
             await _refuse(context, exc)
