@@ -147,14 +147,9 @@ async def test_a_new_cluster_ca_is_named_while_untrusted_and_read_once_updated(
 
 
 async def test_the_outage_text_follows_a_new_cause_and_each_cause_is_logged_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake = FakeKubeApi()
-    await fake.start()
-    try:
-        await new_causes(fake, tmp_path, caplog)
-    finally:
-        await fake.stop()
+    await new_causes(fake, tmp_path, caplog)
 
 
 async def new_causes(fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -217,55 +212,43 @@ async def new_causes(fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptur
 
 
 async def test_a_refusal_that_spreads_from_watch_to_list_is_shown_and_logged_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake = FakeKubeApi()
-    await fake.start()
-    try:
-        fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-        settings = settings_for(fake, tmp_path)
-        async with discovering(settings, caplog, backoff_max=0.2) as (discovery, sink, _):
-            await sink.until(lambda: fake.watch_count() == 1, "a watch")
-            fake.forbidden_watch = True  # the Role loses watch, then list too
-            fake.drop_watches()
-            await sink.until(lambda: "cannot watch" in (discovery.trouble() or ""), "watch")
-            fake.forbidden = True
-            await sink.until(lambda: "cannot list" in (discovery.trouble() or ""), "list")
-            # one RBAC refusal, whichever verb: the advice logged names both
-            logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-            assert len(logged) == 1, logged
-            assert "needs list and watch" in logged[0]
-    finally:
-        await fake.stop()
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    settings = settings_for(fake, tmp_path)
+    async with discovering(settings, caplog, backoff_max=0.2) as (discovery, sink, _):
+        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+        fake.forbidden_watch = True  # the Role loses watch, then list too
+        fake.drop_watches()
+        await sink.until(lambda: "cannot watch" in (discovery.trouble() or ""), "watch")
+        fake.forbidden = True
+        await sink.until(lambda: "cannot list" in (discovery.trouble() or ""), "list")
+        # one RBAC refusal, whichever verb: the advice logged names both
+        logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(logged) == 1, logged
+        assert "needs list and watch" in logged[0]
 
 
 async def test_a_lasting_410_whose_versions_move_on_is_logged_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake = FakeKubeApi()
-    await fake.start()
-    try:
-        fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-        settings = settings_for(fake, tmp_path)
-        async with discovering(settings, caplog, backoff_max=0.2) as (discovery, sink, _):
-            await sink.until(lambda: fake.watch_count() == 1, "a watch")
-            fake.lag_watch_cache()
-            fake.drop_watches()
-            # each relist gets a newer resourceVersion, so each 410 names other numbers
-            for n in range(2, 6):
-                fake.put(SLICES, endpoint_slice("engines", [(f"10.0.0.{n}", True)], 50051))
-                await sink.until(
-                    lambda n=n: sink.addresses == {f"10.0.0.{n}:50051"},  # type: ignore[misc]
-                    "a relist",
-                )
-                await sink.until(
-                    lambda: (
-                        f"too old resource version: {fake.version} " in (discovery.trouble() or "")
-                    ),
-                    "its 410 shown",
-                )
-        logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-        assert len(logged) == 1, logged
-        assert "410" in logged[0]
-    finally:
-        await fake.stop()
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    settings = settings_for(fake, tmp_path)
+    async with discovering(settings, caplog, backoff_max=0.2) as (discovery, sink, _):
+        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+        fake.lag_watch_cache()
+        fake.drop_watches()
+        # each relist gets a newer resourceVersion, so each 410 names other numbers
+        for n in range(2, 6):
+            fake.put(SLICES, endpoint_slice("engines", [(f"10.0.0.{n}", True)], 50051))
+            await sink.until(
+                lambda n=n: sink.addresses == {f"10.0.0.{n}:50051"},  # type: ignore[misc]
+                "a relist",
+            )
+            await sink.until(
+                lambda: f"too old resource version: {fake.version} " in (discovery.trouble() or ""),
+                "its 410 shown",
+            )
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(logged) == 1, logged
+    assert "410" in logged[0]

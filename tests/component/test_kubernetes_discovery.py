@@ -65,14 +65,6 @@ class Sink:
                 pass
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeKubeApi]:
-    api = FakeKubeApi()
-    await api.start()
-    yield api
-    await api.stop()
-
-
 async def stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
