@@ -120,7 +120,7 @@ class Orchestrator:
         self.metrics = metrics
         self.queue_limit = queue_limit
         self._admitting = 0  # runs being stored and queued: they count toward QUEUE_LIMIT
-        # stores of runs whose caller went away meanwhile, kept referenced until they end
+        # runs being stored and queued, referenced until they end (their caller may be gone)
         self._storing: set[asyncio.Future[tuple[str, bool, float]]] = set()
         self.max_subworkflow_depth = max_subworkflow_depth
         self.subworkflows: SubWorkflows | None = None
@@ -387,7 +387,7 @@ class Orchestrator:
         self._admitting -= 1
 
     async def stores_settled(self, timeout: float) -> None:
-        """Let runs being stored for callers that left end (up to ``timeout``)."""
+        """Let runs being stored and queued end (up to ``timeout``): a caller may be gone."""
         if self._storing:
             await asyncio.wait(list(self._storing), timeout=timeout)
 
