@@ -11,16 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trustme
 from kubernetes.aio.config import incluster_config
 
-from orchestrator.discovery_kubernetes import check_settings
+from orchestrator.discovery_kubernetes import KubernetesDiscovery, check_settings
 from orchestrator.settings import Settings
 from tests.component.discovery_helpers import settings_for
-from tests.component.test_kubernetes_discovery import discovering, watches
+from tests.component.test_kubernetes_discovery import Sink, discovering, watches
 from tests.fakes.kube_api import SLICES, FakeKubeApi, _status, endpoint_slice
 
 TOKEN = "service-account-token"
@@ -146,23 +148,27 @@ async def test_a_new_cluster_ca_is_named_while_untrusted_and_read_once_updated(
         await fake.stop()
 
 
+@asynccontextmanager
+async def watching_one_engine(
+    fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[tuple[KubernetesDiscovery, Sink]]:
+    """Discovery of one ready engine, retrying quickly, once its first watch is open."""
+    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
+    settings = settings_for(fake, tmp_path)
+    async with discovering(settings, caplog, backoff_max=0.2) as (discovery, sink, _):
+        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+        yield discovery, sink
+
+
 async def test_the_outage_text_follows_a_new_cause_and_each_cause_is_logged_once(
     fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await new_causes(fake, tmp_path, caplog)
-
-
-async def new_causes(fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    settings = settings_for(fake, tmp_path)
-
     def failing_with(message: str) -> None:
         # every watch is accepted and fails at once: the same kind of outage, another cause
         error = {"type": "ERROR", "object": _status(500, "InternalError", message)}
         fake.watch_lines = [json.dumps(error).encode() + b"\n"]
 
-    async with discovering(settings, caplog, backoff_max=0.2) as (discovery, sink, _):
-        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+    async with watching_one_engine(fake, tmp_path, caplog) as (discovery, sink):
         failing_with("etcd cluster is unavailable")
         fake.drop_watches()
         await sink.until(
@@ -214,10 +220,7 @@ async def new_causes(fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptur
 async def test_a_refusal_that_spreads_from_watch_to_list_is_shown_and_logged_once(
     fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    settings = settings_for(fake, tmp_path)
-    async with discovering(settings, caplog, backoff_max=0.2) as (discovery, sink, _):
-        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+    async with watching_one_engine(fake, tmp_path, caplog) as (discovery, sink):
         fake.forbidden_watch = True  # the Role loses watch, then list too
         fake.drop_watches()
         await sink.until(lambda: "cannot watch" in (discovery.trouble() or ""), "watch")
@@ -232,10 +235,7 @@ async def test_a_refusal_that_spreads_from_watch_to_list_is_shown_and_logged_onc
 async def test_a_lasting_410_whose_versions_move_on_is_logged_once(
     fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    settings = settings_for(fake, tmp_path)
-    async with discovering(settings, caplog, backoff_max=0.2) as (discovery, sink, _):
-        await sink.until(lambda: fake.watch_count() == 1, "a watch")
+    async with watching_one_engine(fake, tmp_path, caplog) as (discovery, sink):
         fake.lag_watch_cache()
         fake.drop_watches()
         # each relist gets a newer resourceVersion, so each 410 names other numbers
