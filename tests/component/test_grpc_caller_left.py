@@ -16,6 +16,7 @@ import pytest
 
 from engine.api import dagengine_pb2 as pb
 from orchestrator.orchestrating import Orchestrator
+from orchestrator.serving_grpc import calls_left_behind
 from tests.component.serving_helpers import served_facade
 
 SPEC = {"id": "w", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}
@@ -134,3 +135,39 @@ async def test_a_caller_that_leaves_holds_its_queue_place_until_its_run_is_queue
             break
         await asyncio.sleep(0.02)
     assert len(served.dispatcher.submitted) == 1
+
+
+def known(served: Served) -> list[str]:
+    return [str(w["id"]) for w in served.orch.registry.summaries()]
+
+
+async def _gate_opens_soon(served: Served) -> None:
+    await asyncio.sleep(0.2)
+    served.gate.set()
+
+
+async def test_the_stop_waits_for_a_call_whose_caller_left(served: Served) -> None:
+    served.hold_after("register_version")
+    await deadline_passes(
+        served.stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=json.dumps(SPEC)), timeout=0.3)
+    )
+    assert "w" not in known(served)
+    opening = asyncio.ensure_future(_gate_opens_soon(served))
+    # what the orchestrator's stop awaits before its store closes: without the wait, the
+    # registration's steps after its write would meet a closed store
+    await calls_left_behind(5)
+    assert "w" in known(served)
+    await opening
+
+
+async def test_the_stop_waits_for_a_run_being_stored_whose_caller_left(served: Served) -> None:
+    await served.stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=json.dumps(SPEC)))
+    served.hold_after("create_execution")
+    await deadline_passes(
+        served.stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="w"), timeout=0.3)
+    )
+    assert served.dispatcher.submitted == []
+    opening = asyncio.ensure_future(_gate_opens_soon(served))
+    await served.orch.stores_settled(5)
+    assert len(served.dispatcher.submitted) == 1
+    await opening
