@@ -45,7 +45,7 @@ from orchestrator.serving_http import (
 )
 from orchestrator.store import EVENTS_PAGE, page_continues
 from orchestrator.subworkflows import ChildRequest
-from orchestrator.triggering import TriggerConflict, Triggers
+from orchestrator.triggering import InvalidTrigger, TriggerConflict, Triggers
 
 log = logging.getLogger(__name__)
 
@@ -657,6 +657,8 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             # 409 for a taken name maps everywhere else (a spec trigger's refusals keep
             # FAILED_PRECONDITION)
             await _refuse(context, exc, grpc.StatusCode.ALREADY_EXISTS)
+        except InvalidTrigger as exc:
+            await _refuse(context, _named_as_sent(exc))
         except Exception as exc:
             await _refuse(context, exc)
         return _trigger_message(doc)
@@ -686,6 +688,17 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         except Exception as exc:
             await _refuse(context, exc)
         return pb.DeleteTriggerResponse(trigger_id=request.trigger_id)
+
+
+def _named_as_sent(exc: InvalidTrigger) -> InvalidTrigger:
+    """A refusal of a trigger's ``inputs`` (HTTP's word) as one of ``inputs_json``, the field
+    a gRPC caller sent and its library shows the violation against."""
+    field = exc.details.get("field")
+    if not isinstance(field, str) or not (field == "inputs" or field.startswith("inputs.")):
+        return exc
+    named = "inputs_json" + field.removeprefix("inputs")
+    message = exc.message.replace(field, named, 1)
+    return InvalidTrigger(message, {**exc.details, "field": named})
 
 
 _CHANGES_STATE: Final = frozenset(

@@ -94,6 +94,29 @@ async def test_a_refused_field_comes_as_a_field_violation(stub: Any) -> None:
     assert description.startswith("inputs_json is not valid JSON: ")
 
 
+async def test_a_triggers_refused_inputs_are_named_as_the_field_sent(stub: Any) -> None:
+    from google.rpc import status_pb2
+
+    from engine.wire import field_violations
+
+    for sent, field, message in [
+        ("[1]", "inputs_json", "inputs_json must be a JSON object"),
+        ('{"_trigger": 1}', "inputs_json._trigger", "inputs_json._trigger is set by the trigger"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CreateTrigger(
+                pb.CreateTriggerRequest(workflow_id="w", cron="@yearly", inputs_json=sent)
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        packed = dict(caught.value.trailing_metadata() or ())["grpc-status-details-bin"]
+        assert isinstance(packed, bytes)
+        # before: ``inputs``, HTTP's word, a field this request does not have
+        [(named, description)] = field_violations(status_pb2.Status.FromString(packed))
+        assert named == field
+        assert description.startswith(message)
+    assert not (await stub.ListTriggers(pb.ListTriggersRequest())).triggers
+
+
 async def test_triggers_are_listed_page_by_page_everywhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
