@@ -27,7 +27,13 @@ from engine.core.errors import InputsError, SpecError
 from engine.core.states import EXECUTION_STATUSES, EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject, nests_deeper
 from orchestrator.errors import OrchestratorError
-from orchestrator.monitoring import EventFilter, Hub, Published, Subscription
+from orchestrator.monitoring import (
+    MAX_SUBSCRIBERS,
+    EventFilter,
+    Hub,
+    Published,
+    Subscription,
+)
 from orchestrator.store import (
     EVENTS_PAGE,
     EVENTS_PAGE_MAX,
@@ -37,7 +43,7 @@ from orchestrator.store import (
     page_continues,
 )
 from orchestrator.subworkflows import ChildRequest, ChildStarted
-from orchestrator.triggering import HttpTrigger, Triggers, as_sent
+from orchestrator.triggering import TRIGGER_ID, HttpTrigger, Triggers, as_sent
 
 log = logging.getLogger(__name__)
 
@@ -688,7 +694,7 @@ class HttpApi:
         return _json({"status": "ready" if ok else "not ready", "reason": why}, 200 if ok else 503)
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return _json(openapi_document())
+        return _json(openapi_document(guarded=self.token is not None))
 
 
 def _once(request: web.Request, names: tuple[str, ...]) -> None:
@@ -910,12 +916,12 @@ def _query(name: str, kind: str = "string", **schema: Any) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": {"type": kind, **schema}}
 
 
-def openapi_document() -> JSONObject:
-    """The OpenAPI 3.1 description of every route above; a test holds the two together."""
+def openapi_document(*, guarded: bool = True) -> JSONObject:
+    """The OpenAPI 3.1 description of every route above; a test holds the two together.
+    ``guarded``: the server has an API_TOKEN. Without one, no route asks for it, and a
+    client generated from the document sends none."""
     errors = {
         "400": "bad request",
-        "401": "no token",
-        "403": "wrong token",
         "404": "not found",
         "413": "body too large",
     }
@@ -929,7 +935,7 @@ def openapi_document() -> JSONObject:
                 "name": "Idempotency-Key",
                 "in": "header",
                 "required": False,
-                "schema": {"type": "string"},
+                "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY},
             },
         ],
         responses={
@@ -1005,7 +1011,7 @@ def openapi_document() -> JSONObject:
                     "additionalProperties": False,
                     "required": ["workflow_id", "cron"],
                     "properties": {
-                        "id": {"type": "string"},
+                        "id": {"type": "string", "pattern": f"^{TRIGGER_ID.pattern}$"},
                         "workflow_id": {"type": "string"},
                         "version": {"type": "string"},
                         "cron": {"type": "string"},
@@ -1088,8 +1094,8 @@ def openapi_document() -> JSONObject:
                     f"unless given, at most {EVENTS_PAGE_MAX}",
                     params=[
                         _path_param("execution_id"),
-                        _query("after_seq", "integer"),
-                        _query("limit", "integer"),
+                        _query("after_seq", "integer", minimum=0),
+                        _query("limit", "integer", minimum=1, maximum=EVENTS_PAGE_MAX),
                     ],
                     responses={
                         "200": "OK",
@@ -1120,7 +1126,11 @@ def openapi_document() -> JSONObject:
                         },
                         "204": {"description": "the execution ended and its end was seen"},
                         **_error_responses(
-                            {"400": "bad Last-Event-ID", "404": "no such execution"}
+                            {
+                                "400": "bad Last-Event-ID",
+                                "404": "no such execution",
+                                "503": f"{MAX_SUBSCRIBERS} live streams are open (Retry-After)",
+                            }
                         ),
                     },
                 }
@@ -1172,7 +1182,10 @@ def openapi_document() -> JSONObject:
             "/api/v1/triggers/{trigger_id}/history": {
                 "get": _op(
                     "Decided slots, newest first: fired, skipped, missed, failed",
-                    params=[_path_param("trigger_id"), _query("limit", "integer")],
+                    params=[
+                        _path_param("trigger_id"),
+                        _query("limit", "integer", minimum=1, maximum=1000),
+                    ],
                     responses={**listing, "404": "not found"},
                 )
             },
@@ -1197,17 +1210,18 @@ def openapi_document() -> JSONObject:
     # a spec registers as JSON or as YAML
     register = doc["paths"]["/api/v1/workflows"]["post"]
     register["requestBody"]["content"]["application/yaml"] = {"schema": {"type": "string"}}
-    _mark_security(doc["paths"])
+    _mark_security(doc["paths"], guarded)
     return doc
 
 
-def _mark_security(paths: dict[str, Any]) -> None:
+def _mark_security(paths: dict[str, Any], guarded: bool) -> None:
     """The bearer token on every operation but those of ``OPEN_PATHS``, from the same set the
-    route table is guarded by, with the two refusals a guarded route can give."""
+    route table is guarded by, with the two refusals a guarded route can give; with no token
+    to guard them, none."""
     refusals = _error_responses({"401": "no token", "403": "wrong token"})
     for path, operations in paths.items():
         for op in operations.values():
-            if path in OPEN_PATHS:
+            if path in OPEN_PATHS or not guarded:
                 op["security"] = []  # open even with API_TOKEN set
                 continue
             op["security"] = [{"bearer": []}]
