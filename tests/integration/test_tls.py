@@ -6,6 +6,7 @@ Certificates are made up per test by a throwaway CA (trustme): one for the serve
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import subprocess
@@ -24,7 +25,9 @@ from tests.keys import encrypted_copy
 
 
 class Certificates:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, mkdir: bool = False) -> None:
+        if mkdir:
+            directory.mkdir()
         self.ca = trustme.CA()
         self.ca_file = directory / "ca.pem"
         self.ca.cert_pem.write_to_path(str(self.ca_file))
@@ -200,3 +203,84 @@ def start_orchestrator(tmp_path: Path, env: dict[str, str]) -> subprocess.Comple
         text=True,
         timeout=60,
     )
+
+
+class SecretVolume:
+    """Files laid out as a Kubernetes Secret volume: ``tls.crt`` -> ``..data/tls.crt``, and an
+    update swaps the ``..data`` symlink at once, as the kubelet (and cert-manager behind it)
+    renews a certificate in a running pod."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir()
+        self.directory = directory
+        self.versions = 0
+        for name in ("tls.crt", "tls.key", "ca.crt"):
+            (directory / name).symlink_to(f"..data/{name}")
+
+    def path(self, name: str) -> str:
+        return str(self.directory / name)
+
+    def write(self, certs: Certificates, *, key: Path | None = None) -> None:
+        self.versions += 1
+        version = self.directory / f"..v{self.versions}"
+        version.mkdir()
+        (version / "tls.crt").write_bytes(certs.cert_file.read_bytes())
+        (version / "tls.key").write_bytes((key or certs.key_file).read_bytes())
+        (version / "ca.crt").write_bytes(certs.ca_file.read_bytes())
+        swap = self.directory / "..data_tmp"
+        swap.symlink_to(version.name)
+        swap.rename(self.directory / "..data")
+
+
+async def answers(https: str, grpc_address: str, certs: Certificates) -> bool:
+    """Whether both servers take a client that trusts only ``certs``' CA and shows its cert."""
+    try:
+        await healthz(https, certs.client_context(with_cert=True))
+    except aiohttp.ClientError:
+        http_ok = False
+    else:
+        http_ok = True
+    channel = grpc.aio.secure_channel(grpc_address, certs.channel_credentials(with_cert=True))
+    async with channel:
+        try:
+            await pb_grpc.OrchestratorStub(channel).ListEngines(pb.ListEnginesRequest(), timeout=5)
+        except grpc.aio.AioRpcError:
+            grpc_ok = False
+        else:
+            grpc_ok = True
+    assert http_ok is grpc_ok, (http_ok, grpc_ok)
+    return http_ok
+
+
+async def test_certificates_renewed_in_place_are_served_without_a_restart(
+    start_cluster: StartCluster, tmp_path: Path
+) -> None:
+    first = Certificates(tmp_path / "first", mkdir=True)
+    renewed = Certificates(tmp_path / "renewed", mkdir=True)  # a new CA, as a rotation of it
+    volume = SecretVolume(tmp_path / "secret")
+    volume.write(first)
+    cluster = start_cluster(
+        engines=1,
+        TLS_CERT_FILE=volume.path("tls.crt"),
+        TLS_KEY_FILE=volume.path("tls.key"),
+        TLS_CA_FILE=volume.path("ca.crt"),
+    )
+    https = f"https://127.0.0.1:{cluster.orchestrator.http_port}"
+    address = cluster.orchestrator.grpc_address
+    assert await answers(https, address, first)
+    assert not await answers(https, address, renewed)
+    volume.write(renewed)
+    # before: the first certificate until a restart, past its expiry
+    assert await answers(https, address, renewed)
+    assert not await answers(https, address, first)
+    assert '"event": "tls_reloaded"' in cluster.orchestrator.log()
+    # a key that is not the certificate's: what was served goes on being served, told once
+    volume.write(first, key=renewed.key_file)
+    for _ in range(3):
+        assert await answers(https, address, renewed)
+    records = [json.loads(line) for line in cluster.orchestrator.log().splitlines()]
+    refusals = [r["message"] for r in records if r.get("event") == "tls_reload_failed"]
+    assert len(refusals) == 1, refusals
+    assert "TLS_CERT_FILE and TLS_KEY_FILE are not a PEM certificate and its key" in refusals[0]
+    volume.write(first)
+    assert await answers(https, address, first)
