@@ -26,7 +26,7 @@ from engine import wire
 from engine.core.errors import InputsError, SpecError
 from engine.core.states import EXECUTION_STATUSES, EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject, nests_deeper
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import IdempotencyKeyReused, OrchestratorError
 from orchestrator.monitoring import (
     MAX_SUBSCRIBERS,
     EventFilter,
@@ -526,7 +526,14 @@ class HttpApi:
             raise web.HTTPMethodNotAllowed(request.method, ["POST"])
         triggers = self._trigger_set()
         raw = await request.read()  # the size limit applies here
-        hook.authenticate(request.headers, raw, triggers.environ, self.token)
+        signature = hook.authenticate(request.headers, raw, triggers.environ, self.token)
+        key = _idempotency_key(request)
+        if key is None and signature is not None and hook.raw_body:
+            # A third party's signed delivery sent again is the same body, so the same
+            # signature: a GitHub redelivery, or a request caught and replayed (the signature
+            # covers neither headers nor the query). It gets the first run, for as long as
+            # keys are kept, and a replay with other query options is refused as a key reused.
+            key = f"sha256={signature}"
         if hook.raw_body:
             # a third party's payload, as it sends it: a key twice there is its sender's to
             # fix, and no one who could is asked, so the last one wins as in most readers
@@ -534,13 +541,19 @@ class HttpApi:
             version, wait = _query_options(request)
         else:
             inputs, version, wait = _trigger_fields(await _read_json(request, required=False))
-        execution, _created = await triggers.call(
-            hook,
-            inputs=inputs,
-            version=version,
-            idempotency_key=_idempotency_key(request),
-            wait=wait,
-        )
+        try:
+            execution, _created = await triggers.call(
+                hook, inputs=inputs, version=version, idempotency_key=key, wait=wait
+            )
+        except IdempotencyKeyReused as exc:
+            if signature is None or key != f"sha256={signature}":
+                raise
+            raise IdempotencyKeyReused(
+                f"this signed delivery to {hook.path} was taken for execution "
+                f"{exc.details.get('execution_id')} with another version in the query: a "
+                "delivery sent again gets its first run for 24 hours, whatever its query says",
+                exc.details,
+            ) from None
         return _trigger_answer(execution, wait is not None)
 
     async def list_executions(self, request: web.Request) -> web.Response:

@@ -311,9 +311,10 @@ class HttpTrigger(Trigger):
         body: bytes,
         environ: Mapping[str, str],
         api_token: str | None,
-    ) -> None:
+    ) -> str | None:
         """Refuse the request unless it carries what this trigger asks for: 401 when nothing
-        was sent, 403 when it does not match; compared in constant time."""
+        was sent, 403 when it does not match; compared in constant time. Returns the body's
+        signature when the trigger signs (``hmac_env``), else None."""
         if self.hmac_env is not None:
             key = self._secret(self.hmac_env, environ)
             given = next((headers[h] for h in SIGNATURE_HEADERS if headers.get(h)), "")
@@ -328,15 +329,16 @@ class HttpTrigger(Trigger):
                 as_sent(digest.strip().lower()), expected.encode()
             ):
                 raise TriggerForbidden(f"the signature does not match the body sent to {self.path}")
-            return
+            return expected
         token = self._secret(self.bearer_env, environ) if self.bearer_env is not None else api_token
         if token is None:
-            return
+            return None
         scheme, _, given = headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             raise TriggerUnauthorized(f"{self.path} needs Authorization: Bearer <token>")
         if not hmac.compare_digest(as_sent(given.strip()), as_sent(token)):
             raise TriggerForbidden(f"the bearer token is not valid for {self.path}")
+        return None
 
     def _secret(self, name: str, environ: Mapping[str, str]) -> str:
         # Stripped, as API_TOKEN is: a secret made from a file (kubectl create secret

@@ -204,6 +204,45 @@ async def test_hmac_hook_good_bad_and_missing(hooks_cluster: Cluster) -> None:
             assert (status, answer["error"]["message"]) == (400, message)
 
 
+async def test_a_signed_delivery_sent_again_gets_its_first_run(hooks_cluster: Cluster) -> None:
+    url = hooks_cluster.url
+
+    def signed(body: bytes) -> dict[str, str]:
+        digest = hmac.new(HOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        return {"X-Hub-Signature-256": f"sha256={digest}", "X-GitHub-Delivery": "d-1"}
+
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, HOOKED)
+        body = json.dumps({"action": "redelivered", "n": 41}).encode()
+        status, first = await post(http, f"{url}/hooks/signed", body, **signed(body))
+        assert status == 202, first
+        # a redelivery, or the same request caught and sent again: before, a second run
+        status, again = await post(http, f"{url}/hooks/signed?wait=true", body, **signed(body))
+        assert status in (200, 202), again
+        assert again["execution_id"] == first["execution_id"]
+        # what the signature does not cover cannot make it another request
+        status, refused = await post(http, f"{url}/hooks/signed?version=%5E1", body, **signed(body))
+        assert (status, refused["error"]["code"]) == (422, "idempotency_key_reused")
+        assert "this signed delivery to /hooks/signed was taken for execution" in str(
+            refused["error"]["message"]
+        )
+        other = json.dumps({"action": "redelivered", "n": 42}).encode()
+        status, new = await post(http, f"{url}/hooks/signed", other, **signed(other))
+        assert status == 202 and new["execution_id"] != first["execution_id"]
+        # the sender's own key still decides when it sends one
+        status, keyed = await post(
+            http, f"{url}/hooks/signed", body, **signed(body), **{"Idempotency-Key": "k-41"}
+        )
+        assert status == 202 and keyed["execution_id"] not in (
+            first["execution_id"],
+            new["execution_id"],
+        )
+        runs = await get(http, f"{url}/api/v1/executions?workflow=hooked&limit=1000")
+        inputs = [r["inputs"] for r in runs["executions"]]
+        assert inputs.count({"action": "redelivered", "n": 41}) == 2
+        assert inputs.count({"action": "redelivered", "n": 42}) == 1
+
+
 async def test_hook_credentials_that_are_not_utf8_are_refused_not_a_server_error(
     hooks_cluster: Cluster,
 ) -> None:
