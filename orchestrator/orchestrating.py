@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Final, Protocol
+from typing import Protocol
 
 from engine.core.errors import SpecError
 from engine.core.events import isoformat
@@ -44,6 +44,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.monitoring import Hub
 from orchestrator.store import (
     LIST_LIMIT,
+    MAX_CANCEL_REASON,
     MAX_IDEMPOTENCY_KEY,
     EventPage,
     Store,
@@ -67,10 +68,6 @@ def new_execution_id(now: float) -> str:
     tail = _entropy[-10:]
     del _entropy[-10:]
     return f"{int(now * 1000):012x}{tail.hex()}"
-
-
-MAX_CANCEL_REASON: Final = 1000
-"""Characters a cancel's reason may have, on both APIs."""
 
 
 def _printable_text(text: str) -> bool:

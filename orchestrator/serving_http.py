@@ -38,6 +38,7 @@ from orchestrator.store import (
     EVENTS_PAGE,
     EVENTS_PAGE_MAX,
     LIST_LIMIT,
+    MAX_CANCEL_REASON,
     MAX_IDEMPOTENCY_KEY,
     EventPage,
     page_continues,
@@ -1012,7 +1013,7 @@ def openapi_document(*, guarded: bool = True) -> JSONObject:
                 "CancelRequest": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {"reason": {"type": "string", "maxLength": 1000}},
+                    "properties": {"reason": {"type": "string", "maxLength": MAX_CANCEL_REASON}},
                 },
                 "Status": {
                     "type": "object",

@@ -58,6 +58,19 @@ MAX_IDEMPOTENCY_KEY: Final = 200
 """Characters an idempotency key may have: it is stored and indexed with each run."""
 LIST_LIMIT: Final = 1000
 """Most executions one listing returns."""
+MAX_CANCEL_REASON: Final = 1000
+"""Characters a cancel's reason may have, on both APIs: it is written on the run, on each node
+it stops, and on each of their events."""
+
+
+def cancel_reason(text: str) -> str:
+    """A reason the orchestrator words itself (a parent node's error in it), cut to fit."""
+    if len(text) <= MAX_CANCEL_REASON:
+        return text
+    tail = f"... ({len(text) - MAX_CANCEL_REASON} more characters)"
+    return text[: MAX_CANCEL_REASON - len(tail)] + tail
+
+
 LIST_PAGE_BYTES: Final = 2 << 20
 """A listing takes no row that would bring their inputs, outputs and errors past this many
 bytes, but its first: rows carry whole inputs and outputs, so a count alone does not bound a

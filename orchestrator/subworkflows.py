@@ -33,7 +33,7 @@ from engine.core.values import JSON, JSONObject
 from orchestrator.dispatching import RunTicket
 from orchestrator.errors import OrchestratorError, StoreUnavailable, store_backoff
 from orchestrator.fleet import EngineLink
-from orchestrator.store import ChildLink, Store
+from orchestrator.store import ChildLink, Store, cancel_reason
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,9 @@ class SubWorkflows:
                 continue
             if retrying and (link.item != item or link.attempt != event.get("attempt")):
                 continue
-            self._spawn(self._cancel_child(child, reason))
+            # a parent node's error may be as long as a node's error is, past what a cancel
+            # takes: refused, the child ran on until its parent's run ended
+            self._spawn(self._cancel_child(child, cancel_reason(reason)))
 
     async def _cancel_child(self, child_id: str, reason: str) -> None:
         # once is enough: its node ending and then its parent would each ask again

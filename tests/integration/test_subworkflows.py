@@ -716,6 +716,66 @@ async def test_parent_node_timeout_cancels_its_child(subs: Cluster) -> None:
         assert child["status"] == "cancelled", child
 
 
+LOUD_CHILD = """
+id: loud
+version: 1.0.0
+nodes:
+  - id: check
+    lua: |
+      if inputs.i == 0 then error(string.rep("E", 2000)) end
+      return 1
+  - id: nap
+    depends_on: [check]
+    sleep: 60s
+"""
+
+LOUD_FAN = """
+id: loudfan
+version: 1.0.0
+nodes:
+  - id: items
+    lua: return {0, 1}
+  - id: each
+    depends_on: [items]
+    foreach: "{{ results.items }}"
+    concurrency: 2
+    workflow: {id: loud, version: "^1"}
+    inputs: {i: "{{ ctx.item }}"}
+  - id: other
+    sleep: 60s
+"""
+
+
+async def test_a_node_failing_with_a_long_error_cancels_its_other_children(
+    subs: Cluster,
+) -> None:
+    url = subs.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, LOUD_CHILD)
+        await register(http, url, LOUD_FAN)
+        parent_id = await start(http, url, "loudfan")
+
+        async def each_failed() -> Any:
+            doc = await execution(http, url, parent_id)
+            return doc if doc["nodes"]["each"]["status"] == "failed" else None
+
+        doc = await wait_for("node each to fail", each_failed, timeout=30)
+        assert len(doc["children"]) == 2
+        # before: the reason, the child's 2,000-character error in it, was refused as too long
+        # for a cancel, and the other child slept on until its parent's run ended
+        ended = [await wait_end(http, url, child, timeout=20) for child in doc["children"]]
+        assert sorted(c["status"] for c in ended) == ["cancelled", "failed"]
+        [sibling] = [c for c in ended if c["status"] == "cancelled"]
+        assert sibling["error"].startswith("its parent node 'each' failed: item 0: "), sibling
+        assert "more characters)" in sibling["error"]
+        assert (await execution(http, url, parent_id))["status"] == "running"
+        async with http.post(
+            f"{url}/api/v1/executions/{parent_id}/cancel", json={}, headers=TOKEN
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        assert "cancel of sub-workflow execution" not in subs.orchestrator.log()
+
+
 async def test_cancelling_a_child_fails_its_parent_node(subs: Cluster) -> None:
     url = subs.url
     async with aiohttp.ClientSession() as http:
