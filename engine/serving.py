@@ -12,6 +12,9 @@ runs are refused with UNAVAILABLE, runs in flight get DRAIN_GRACE seconds to fin
 remains is handed back: its streams end with UNAVAILABLE, unfinished, as if the engine had died,
 so the orchestrator resumes those runs elsewhere from their checkpoints (a rollout or a
 scale-down loses nothing), and the process exits 0. A second signal cuts the grace short.
+
+With TLS_CERT_FILE and TLS_KEY_FILE the port speaks TLS only (and with TLS_CA_FILE asks every
+caller for a certificate that CA signed), the files read again when they change (``engine.tls``).
 """
 
 from __future__ import annotations
@@ -54,7 +57,14 @@ from engine.loading import spec_from_document, spec_from_text
 from engine.lua import LuaPool
 from engine.metrics import Metrics
 from engine.running import Execution, SubWorkflowRequest
-from engine.settings import STOP_SIGNALS, Settings, listen_problem, take_held_stop_signal
+from engine.settings import (
+    STOP_SIGNALS,
+    Settings,
+    SettingsError,
+    listen_problem,
+    take_held_stop_signal,
+)
+from engine.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -597,7 +607,13 @@ class EngineServer:
     orchestrator (TRANSPORT_TYPE=local) runs several in its own process."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        """SettingsError, naming the variable, when the TLS files cannot be served."""
         self.settings = settings
+        self.tls = (
+            ServerTls(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+            if settings.tls_cert_file is not None and settings.tls_key_file is not None
+            else None
+        )
         self.metrics = metrics or Metrics(settings.capacity)
         self.port = 0
         self._pool: LuaPool | None = None
@@ -639,7 +655,11 @@ class EngineServer:
         host, port = self.settings.host, self.settings.port
         address = host_port(host, port)  # an IPv6 address in brackets, however HOST wrote it
         try:
-            self.port = server.add_insecure_port(address)
+            self.port = (
+                server.add_secure_port(address, self.tls.grpc)
+                if self.tls is not None
+                else server.add_insecure_port(address)
+            )
         except RuntimeError as error:
             await self.close_pool()
             # gRPC's own words name no reason, and point to a plain-text line outside the log
@@ -720,7 +740,12 @@ async def serve(settings: Settings) -> int:
         return 0
     metrics = Metrics(settings.capacity)
     metrics_server = None
-    engine = EngineServer(settings, metrics)
+    try:
+        engine = EngineServer(settings, metrics)
+    except SettingsError as error:
+        log.error("%s", error)
+        signals.remove()
+        return 2
     try:
         if settings.metrics_port is not None:
             try:
@@ -743,16 +768,23 @@ async def serve(settings: Settings) -> int:
         # often, since every node of every run makes short-lived events and dicts.
         gc.freeze()
         gc.set_threshold(10_000, 10, 10)
+        security = engine.tls.security if engine.tls is not None else "plain"
         log.info(
-            "engine %s serving on port %s (capacity %s, %s Lua workers; %s)",
+            "engine %s serving on port %s, %s (capacity %s, %s Lua workers; %s)",
             settings.engine_id,
             engine.port,
+            security,
             settings.capacity,
             engine.workers,
             "calls need ENGINE_TOKEN"
             if settings.engine_token is not None
             else "ENGINE_TOKEN unset: calls from anyone who reaches the port are served",
-            extra={"engine_id": settings.engine_id, "port": engine.port, "event": "serving"},
+            extra={
+                "engine_id": settings.engine_id,
+                "port": engine.port,
+                "event": "serving",
+                "security": security,
+            },
         )
         await signals.first.wait()
         started = time.monotonic()

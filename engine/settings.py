@@ -4,9 +4,9 @@
 6); the entry point builds it and passes it down. A bad value raises ``SettingsError`` with one
 line that names the variable, which the entry point prints before exiting 2.
 
-Both services' start-ups share the rest: ``ENGINE_TOKEN``, the line a refused setting is told
-in, the stop signals each ``__main__`` holds back until its service takes them up, and why an
-address from the settings cannot be listened on.
+Both services' start-ups share the rest: ``ENGINE_TOKEN``, the TLS files they serve with, the
+line a refused setting is told in, the stop signals each ``__main__`` holds back until its
+service takes them up, and why an address from the settings cannot be listened on.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ __all__ = [
     "engine_token",
     "listen_problem",
     "refusal_line",
+    "server_tls_files",
     "take_held_stop_signal",
 ]
 
@@ -66,6 +67,23 @@ def engine_token(env: Mapping[str, str]) -> str | None:
                 "which holds printable ASCII only (secrets.token_urlsafe makes a fitting one)"
             )
     return token
+
+
+def server_tls_files(env: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:
+    """``TLS_CERT_FILE``, ``TLS_KEY_FILE`` and ``TLS_CA_FILE``, the files a service serves TLS
+    with (``engine.tls``, which reads them at start): the first two together or neither, and
+    the third only with them. Both services read them with this, so they refuse alike."""
+    cert, key = text(env, "TLS_CERT_FILE"), text(env, "TLS_KEY_FILE")
+    if (cert is None) != (key is None):
+        raise SettingsError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+    ca = text(env, "TLS_CA_FILE")
+    if ca is not None and cert is None:
+        # Asked for client certificates without a server certificate: serving plain
+        # would silently drop the mutual TLS the operator asked for.
+        raise SettingsError(
+            "TLS_CA_FILE (client certificates) needs TLS_CERT_FILE and TLS_KEY_FILE too"
+        )
+    return cert, key, ca
 
 
 def refusal_line(error: SettingsError, env: Mapping[str, str], logger: str) -> str:
@@ -159,11 +177,25 @@ class Settings:
     engine_token: str | None = field(default=None, repr=False)
     """ENGINE_TOKEN: every ``dagengine.v1.Engine`` call must carry it as a bearer token
     (``engine.authenticating``); None: calls are taken from anyone who reaches the port."""
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    """TLS_CERT_FILE and TLS_KEY_FILE: the engine serves gRPC over TLS only, with this
+    certificate (chain) and key, read again when they change (``engine.tls``); None: plain."""
+    tls_ca_file: str | None = None
+    """TLS_CA_FILE, with the two above: callers must show a certificate this CA signed."""
     log_format: LogFormat = "plain"
     log_level: str = "INFO"
 
+    @property
+    def security(self) -> str:
+        """What a caller of the engine gets: plain, TLS or mutual TLS."""
+        if self.tls_cert_file is None:
+            return "plain"
+        return "mutual TLS" if self.tls_ca_file is not None else "TLS"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
+        cert, key, ca = server_tls_files(env)
         return cls(
             engine_id=text(env, "ENGINE_ID") or socket.gethostname(),
             host=read_host(env, "HOST", "[::]"),
@@ -175,6 +207,9 @@ class Settings:
             lua_inline=boolean(env, "LUA_INLINE", True),
             foreach_output_bytes=positive_int(env, "FOREACH_OUTPUT_BYTES", 32 * 1024 * 1024),
             engine_token=engine_token(env),
+            tls_cert_file=cert,
+            tls_key_file=key,
+            tls_ca_file=ca,
             log_format=log_format(env),
             log_level=log_level(env),
         )

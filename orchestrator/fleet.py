@@ -17,6 +17,12 @@ listed again, it is an ordinary engine again.
 With ENGINE_TOKEN set, every call on an engine's channel carries it. An engine that refuses it
 (UNAUTHENTICATED, PERMISSION_DENIED) answers, but not to us: it is unhealthy, never ready, with a
 last error that names ENGINE_TOKEN, and runs wait in the queue rather than go there to fail.
+
+With ENGINE_TLS_CA_FILE set, the channels speak TLS (``engine.tls.ClientTls``). A link whose TLS
+fails (a plain engine, a certificate another CA signed or for another name, a client certificate
+missing or refused) fails like an engine that does not answer, but its last error starts with
+"TLS:" and says what to fix (``orchestrator.tls.link_problem``); it is logged once per cause and
+engine, and ``/readyz`` names it while it lasts.
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.authenticating import send_token
 from engine.core.events import isoformat
 from engine.core.values import JSONObject
+from engine.tls import ClientTls
 from orchestrator.discovery import EngineHint
 from orchestrator.ring import Balancer
+from orchestrator.tls import link_problem
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +89,10 @@ class EngineLink:
     discovered: bool = True
     """False while discovery no longer lists the engine but runs are still on it (see the
     module docstring): it drains them and is never made ready again until listed again."""
+    tls_problem: str | None = None
+    """What fails in TLS on the link, while its health checks fail for it; None otherwise."""
+    tls_told: str | None = None
+    """The TLS problem last logged for this engine: each cause is logged once."""
 
     def settle_capacity(self, default: int) -> None:
         own = self.reported_capacity or default
@@ -133,6 +145,7 @@ class Fleet:
         check_timeout: float = 3.0,
         discovery_trouble: Callable[[], str | None] = lambda: None,
         engine_token: str | None = None,
+        engine_tls: ClientTls | None = None,
     ) -> None:
         self._balancer = balancer
         self._default_capacity = default_capacity
@@ -141,9 +154,14 @@ class Fleet:
         self._on_capacity = on_capacity
         self._on_lost = on_lost
         self._check_timeout = check_timeout
-        self.discovery_trouble = discovery_trouble
-        """What keeps discovery from knowing the engines now, or None (for ``/readyz``)."""
+        self._discovery_trouble = discovery_trouble
         self._engine_token = engine_token
+        self._engine_tls = engine_tls
+        # one set of credentials for every channel: gRPC parses the certificates once
+        self._credentials = engine_tls.credentials() if engine_tls is not None else None
+        self._channel_options = CHANNEL_OPTIONS + (
+            engine_tls.channel_options() if engine_tls is not None else []
+        )
         # every call on an engine's channel carries ENGINE_TOKEN: runs, cancels, sub-workflow
         # answers and GetInfo alike, whichever module makes the call
         self._interceptors = send_token(engine_token) if engine_token is not None else None
@@ -177,9 +195,7 @@ class Fleet:
                 )
                 self._spawn_check(link)  # serving: back in the balancer at once
         for address in addresses - set(self.links):
-            channel = grpc.aio.insecure_channel(
-                address, options=CHANNEL_OPTIONS, interceptors=self._interceptors
-            )
+            channel = self._channel(address)
             link = EngineLink(
                 address=address,
                 channel=channel,
@@ -201,6 +217,32 @@ class Fleet:
                 continue
             self._on_lost(link)
             self._drop(link, "no longer discovered")
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(
+                address, options=self._channel_options, interceptors=self._interceptors
+            )
+        return grpc.aio.secure_channel(
+            address,
+            self._credentials,
+            options=self._channel_options,
+            interceptors=self._interceptors,
+        )
+
+    def discovery_trouble(self) -> str | None:
+        """What keeps the engines from being known or reached now, or None (for ``/readyz``):
+        discovery's trouble, and engines whose link fails its TLS (a setting to fix, not an
+        engine that went away)."""
+        troubles = [
+            f"engine at {link.address}: {link.tls_problem}"
+            for link in sorted(self.links.values(), key=lambda lk: lk.address)
+            if link.tls_problem is not None
+        ]
+        found = self._discovery_trouble()
+        if found is not None:
+            troubles.insert(0, found)
+        return "; ".join(troubles) or None
 
     def _undiscover(self, link: EngineLink) -> None:
         """Discovery let go of an engine that still has runs: let it finish them."""
@@ -320,6 +362,11 @@ class Fleet:
                 self._learn(link, info)
         except grpc.aio.AioRpcError as exc:
             error = f"{exc.code().name}: {exc.details()}"
+            tls = await link_problem(link.address, exc, self._engine_tls, self._check_timeout)
+            if tls is not None:
+                # a setting to fix, not an engine that is slow or gone: said first
+                self._failed(link, f"{tls} ({error})", tls=tls)
+                return
             if exc.code() in _REFUSED:
                 # it answers, but not us: not ready, and said so where `dagctl get engines`
                 # shows it, rather than a place runs go to fail
@@ -350,6 +397,7 @@ class Fleet:
             return  # discovery dropped it while we asked
         link.failures = 0
         link.last_error = None
+        link.tls_problem = link.tls_told = None
         if not link.discovered:
             # its pod is leaving: serving or not, it only finishes what it has
             self._drained(link)
@@ -397,9 +445,22 @@ class Fleet:
         """
         self._failed(link, error)
 
-    def _failed(self, link: EngineLink, error: str, *, refused: bool = False) -> None:
+    def _failed(
+        self, link: EngineLink, error: str, *, refused: bool = False, tls: str | None = None
+    ) -> None:
         link.failures += 1
         link.last_error = error
+        link.tls_problem = tls
+        if tls is not None and tls != link.tls_told and self.links.get(link.address) is link:
+            link.tls_told = tls
+            if link.state in ("joining", "unhealthy"):
+                # the event below tells one that was ready or draining
+                log.error(
+                    "engine at %s cannot be reached: %s",
+                    link.address,
+                    error,
+                    extra={"engine_id": link.key, "event": "engine.tls_failed"},
+                )
         if self.links.get(link.address) is not link or link.state == "unhealthy":
             return
         if self._drained(link):
@@ -413,7 +474,7 @@ class Fleet:
             self._on_lost(link)
         elif refused:
             log.error("engine at %s refuses this orchestrator: %s", link.address, error)
-        else:
+        elif tls is None:  # a TLS failure was told above
             log.warning("engine at %s is not answering yet: %s", link.address, error)
         if not link.discovered:
             # nothing will list it again to bring it back: its runs are resuming elsewhere

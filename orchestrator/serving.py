@@ -115,6 +115,7 @@ async def running_orchestrator(
         on_lost=lambda link: dispatcher.engine_lost(link),
         discovery_trouble=discovery.trouble,
         engine_token=settings.engine_token,
+        engine_tls=settings.engine_tls,
     )
     orch = Orchestrator(
         store=store,

@@ -16,7 +16,8 @@ from typing import Literal, cast
 
 from engine.core import envparse as ep
 from engine.core.envparse import LogFormat, SettingsError
-from engine.settings import engine_token
+from engine.settings import engine_token, server_tls_files
+from engine.tls import ENGINE_LINK_NAMES, ClientTls, server_name_problem
 
 __all__ = ["Settings", "SettingsError"]
 
@@ -172,6 +173,41 @@ def _duration(env: Mapping[str, str], name: str) -> float:
     return value
 
 
+def _engine_tls(env: Mapping[str, str]) -> ClientTls | None:
+    """ENGINE_TLS_CA_FILE and the variables that go with it, their files read and checked."""
+    names = ENGINE_LINK_NAMES
+    ca = ep.text(env, names.ca)
+    cert, key = ep.text(env, names.cert), ep.text(env, names.key)
+    server_name = ep.text(env, "ENGINE_TLS_SERVER_NAME")
+    if (cert is None) != (key is None):
+        raise SettingsError(f"{names.cert} and {names.key} must be set together")
+    if ca is None:
+        # TLS without a CA to trust would be either plain or trusting anyone: neither is what
+        # the operator who set one of these asked for
+        for name, value in ((names.cert, cert), ("ENGINE_TLS_SERVER_NAME", server_name)):
+            if value is not None:
+                raise SettingsError(
+                    f"{name} needs {names.ca}, the CA that signed the engines' certificates"
+                )
+        return None
+    if server_name is not None:
+        problem = server_name_problem(server_name)
+        if problem is not None:
+            raise SettingsError(f"ENGINE_TLS_SERVER_NAME {server_name!r} {problem}")
+    return ClientTls.from_files(ca, cert, key, server_name, names=names)
+
+
+def _no_engine_tls(env: Mapping[str, str]) -> None:
+    """TRANSPORT_TYPE=local runs its engines in this process, serving plain on loopback:
+    TLS to them could only fail."""
+    for name in (*ENGINE_LINK_NAMES, "ENGINE_TLS_SERVER_NAME"):
+        if ep.text(env, name) is not None:
+            raise SettingsError(
+                f"{name} is for engines reached over the network: the local engines of"
+                " TRANSPORT_TYPE=local serve in plain text inside this process"
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     # where we serve
@@ -214,6 +250,10 @@ class Settings:
     engine_token: str | None = field(default=None, repr=False)
     """ENGINE_TOKEN: sent as a bearer token on every call to an engine, which refuses calls
     without it when it has one too (``engine.authenticating``); None: sent nothing."""
+    engine_tls: ClientTls | None = None
+    """ENGINE_TLS_*: the orchestrator connects to its engines over TLS, trusting this CA,
+    checking this name, showing this client certificate; read and checked at start. None:
+    plain."""
     # work
     queue_limit: int = 10000
     """Queued executions past which new ones are refused (429 / RESOURCE_EXHAUSTED)."""
@@ -246,16 +286,9 @@ class Settings:
             )
         namespace = _dns_name(env, "K8S_NAMESPACE", "default", _DNS_1123_LABEL)
         service = _dns_name(env, "K8S_SERVICE_NAME", "workflow-engines", _DNS_1035_LABEL)
-        cert, key = ep.text(env, "TLS_CERT_FILE"), ep.text(env, "TLS_KEY_FILE")
-        if (cert is None) != (key is None):
-            raise SettingsError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
-        ca = ep.text(env, "TLS_CA_FILE")
-        if ca is not None and cert is None:
-            # Asked for client certificates without a server certificate: serving plain
-            # would silently drop the mutual TLS the operator asked for.
-            raise SettingsError(
-                "TLS_CA_FILE (client certificates) needs TLS_CERT_FILE and TLS_KEY_FILE too"
-            )
+        cert, key, ca = server_tls_files(env)
+        if transport == "local":
+            _no_engine_tls(env)
         return cls(
             host=ep.host(env, "HOST", "[::]"),
             http_port=ep.port(env, "HTTP_PORT", 8080, zero="any free port"),
@@ -299,6 +332,7 @@ class Settings:
                 ),
             ),
             engine_token=engine_token(env),
+            engine_tls=_engine_tls(env),
             queue_limit=ep.positive_int(env, "QUEUE_LIMIT", 10000),
             max_subworkflow_depth=ep.positive_int(env, "MAX_SUBWORKFLOW_DEPTH", 16),
             execution_retention=_duration(env, "EXECUTION_RETENTION"),

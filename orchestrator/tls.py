@@ -1,50 +1,35 @@
 """TLS for the orchestrator's HTTP and gRPC servers, from ``TLS_CERT_FILE``, ``TLS_KEY_FILE``
-and ``TLS_CA_FILE``.
+and ``TLS_CA_FILE``, and what a failed TLS handshake with an engine means.
 
 With a certificate and key, both servers speak TLS only. With a CA file as well, they also
-require every client to present a certificate that CA signed (mutual TLS). At start-up a
-missing or unreadable file stops the orchestrator with a line that names the variable, like any
-other bad setting.
+require every client to present a certificate that CA signed (mutual TLS). The files are read
+again when they change, as ``engine.tls.ServerTls`` (which the engines serve with too) says;
+this module adds the HTTP side: an ``ssl.SSLContext`` whose ``sni_callback`` hands every
+handshake to the context of the files as they are now.
 
-The files are read again when they change, so a certificate renewed in place (cert-manager
-rewriting a Secret's volume, a script replacing the files) is served from the next handshake on,
-without a restart: a renewed certificate would otherwise be ignored until the old one expired
-under running clients. Each handshake compares the files' stat stamps, a few microseconds; a
-change that does not load (a key that is not the certificate's, a file caught half written) keeps
-the pair being served and is logged once, naming the problem, until the files change again.
-Whether clients must show a certificate is fixed at start: a CA file's contents may change, not
-its being set.
+``link_problem`` turns a failed call to an engine into what an operator must fix when TLS on
+the link is the cause: gRPC tells a wrong CA or name in its own words, but an engine that closes
+the connection (a plain orchestrator at a TLS engine, a client certificate missing or refused)
+reads as "Socket closed", so the engine is asked once more with a TLS handshake of our own.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import asyncio
+import re
 import ssl
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import cast
 
 import grpc
 
-from orchestrator.settings import Settings, SettingsError
+from engine import tls
+from engine.core.envparse import bare_host
+from engine.tls import ClientTls
+from orchestrator.settings import Settings
 
-log = logging.getLogger(__name__)
-
-_Stamp = tuple[tuple[int, int, int, int], ...]
-"""Per file: device, inode, modification time (ns) and size. A Secret volume's update swaps a
-symlink, which gives new inodes; a file rewritten in place gets a new time or size."""
-
-
-@dataclass(frozen=True)
-class _Loaded:
-    context: ssl.SSLContext
-    grpc_config: grpc.ServerCertificateConfiguration
+__all__ = ["ServerTls", "link_problem", "server_tls"]
 
 
-class ServerTls:
+class ServerTls(tls.ServerTls):
     """The servers' TLS, with the files read again when they change.
 
     ``http`` is the context aiohttp serves with; its ``sni_callback`` hands every handshake to
@@ -52,91 +37,13 @@ class ServerTls:
 
     def __init__(self, settings: Settings) -> None:
         assert settings.tls_cert_file is not None and settings.tls_key_file is not None
-        self._files = (settings.tls_cert_file, settings.tls_key_file) + (
-            (settings.tls_ca_file,) if settings.tls_ca_file else ()
-        )
-        self.mutual = len(self._files) == 3
-        self._lock = threading.Lock()  # gRPC asks from its own threads, HTTP from the loop
-        self._stamp = _stamp(self._files)
-        self._loaded = self._load()
-        self._refused: _Stamp | None = None
-        self._told: str | None = None
-        self._grpc_seen: _Loaded | None = self._loaded
-        self.http = self._load().context
+        super().__init__(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+        self.http = self.load().context
         self.http.sni_callback = self._hand_over
-        self.grpc = grpc.dynamic_ssl_server_credentials(
-            self._loaded.grpc_config,
-            # the stubs leave out that a fetcher returns None to keep what is served
-            cast("Callable[[], grpc.ServerCertificateConfiguration]", self._grpc_config),
-            require_client_authentication=self.mutual,
-        )
-
-    def current(self) -> ssl.SSLContext:
-        """The context of the files as they are now (or of the last pair that loaded)."""
-        with self._lock:
-            try:
-                stamp = _stamp(self._files)
-                if stamp != self._stamp and stamp != self._refused:
-                    try:
-                        loaded = self._load()
-                    except SettingsError:
-                        self._refused = stamp  # not tried again until the files change
-                        raise
-                    self._stamp, self._loaded = stamp, loaded
-                    self._refused = self._told = None
-                    log.info(
-                        "TLS certificate files changed: serving the new certificate",
-                        extra={"event": "tls_reloaded"},
-                    )
-            except SettingsError as exc:
-                if str(exc) != self._told:
-                    self._told = str(exc)
-                    log.warning(
-                        "TLS certificate files changed but cannot be used, so the certificate"
-                        " loaded before is still served: %s",
-                        exc,
-                        extra={"event": "tls_reload_failed"},
-                    )
-            return self._loaded.context
 
     def _hand_over(self, connection: ssl.SSLObject, server_name: str | None, _: object) -> None:
         # called for every handshake, with or without a server name
         connection.context = self.current()
-
-    def _grpc_config(self) -> grpc.ServerCertificateConfiguration | None:
-        """gRPC's fetcher: a new configuration when the files changed, else None (keep)."""
-        self.current()
-        with self._lock:
-            if self._grpc_seen is self._loaded:
-                return None
-            self._grpc_seen = self._loaded
-            return self._loaded.grpc_config
-
-    def _load(self) -> _Loaded:
-        cert_file, key_file = self._files[0], self._files[1]
-        ca_file = self._files[2] if self.mutual else None
-        cert = _read("TLS_CERT_FILE", cert_file)
-        key = _read("TLS_KEY_FILE", key_file)
-        ca = _read("TLS_CA_FILE", ca_file) if ca_file is not None else None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            # A callback rather than OpenSSL's default, which would stop start-up on a tty
-            # prompt for the passphrase.
-            context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
-        except ssl.SSLError as exc:
-            raise SettingsError(
-                f"TLS_CERT_FILE and TLS_KEY_FILE are not a PEM certificate and its key: {exc}"
-            ) from exc
-        except OSError as exc:  # replaced between the read above and this one
-            raise SettingsError(f"TLS_CERT_FILE {cert_file}: {exc.strerror or exc}") from exc
-        if ca is not None:
-            try:
-                context.load_verify_locations(cadata=ca.decode("ascii"))
-            except (ssl.SSLError, UnicodeDecodeError) as exc:
-                raise SettingsError(f"TLS_CA_FILE is not PEM certificates: {exc}") from exc
-            context.verify_mode = ssl.CERT_REQUIRED
-        config = grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
-        return _Loaded(context, config)
 
 
 def server_tls(settings: Settings) -> ServerTls | None:
@@ -146,28 +53,107 @@ def server_tls(settings: Settings) -> ServerTls | None:
     return ServerTls(settings)
 
 
-def _stamp(files: tuple[str, ...]) -> _Stamp:
-    stamps = []
-    for variable, path in zip(
-        ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE"), files, strict=False
-    ):
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise SettingsError(f"{variable} {path}: {exc.strerror or exc}") from exc
-        stamps.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
-    return tuple(stamps)
+# -- the link to engines ----------------------------------------------------------------------
+
+_TLS_WORDS = re.compile(r"tls|ssl|handshake|certificate|hostname verification", re.IGNORECASE)
+_CLOSED = "Socket closed"
+_PROBE_READ = 9  # an HTTP/2 frame header: a gRPC server's SETTINGS comes first
 
 
-def _no_passphrase() -> bytes:
-    raise SettingsError(
-        "TLS_KEY_FILE is an encrypted key: give the key without a passphrase"
-        " (a Kubernetes Secret keeps it safe at rest)"
+async def link_problem(
+    address: str, error: grpc.aio.AioRpcError, engine_tls: ClientTls | None, timeout: float
+) -> str | None:
+    """What is wrong with TLS on the link to the engine at ``address``, when ``error`` (a call
+    to it that failed) comes from TLS, in an operator's words; else None."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return None  # gRPC fails a connection, TLS included, as UNAVAILABLE
+    details = f"{error.details() or ''} {error.debug_error_string() or ''}"
+    if engine_tls is not None and _TLS_WORDS.search(details):
+        return _handshake_failure(details, engine_tls)
+    if _CLOSED not in details:
+        return None
+    # closed at once: a TLS engine hanging up on a plain client, or on a client certificate
+    # it does not take, looks like an engine that went away; a handshake of our own tells
+    found = await _probe(address, engine_tls, timeout)
+    if found is None:
+        return None
+    if engine_tls is None:
+        return (
+            "TLS: the engine serves TLS (its TLS_CERT_FILE is set) and this orchestrator"
+            " connects in plain text: set ENGINE_TLS_CA_FILE to the CA that signed the"
+            " engine's certificate"
+        )
+    if found == "closed":
+        if engine_tls.mutual:
+            return (
+                "TLS: the engine refuses the client certificate this orchestrator shows"
+                " (ENGINE_TLS_CERT_FILE): it takes only certificates signed by the CA in"
+                " its TLS_CA_FILE"
+            )
+        return (
+            "TLS: the engine requires a client certificate (its TLS_CA_FILE is set) and this"
+            " orchestrator shows none: set ENGINE_TLS_CERT_FILE and ENGINE_TLS_KEY_FILE"
+        )
+    return None
+
+
+def _handshake_failure(details: str, engine_tls: ClientTls) -> str:
+    name = (
+        f"ENGINE_TLS_SERVER_NAME {engine_tls.server_name}"
+        if engine_tls.server_name
+        else "the host of its address (set ENGINE_TLS_SERVER_NAME to the name it carries)"
     )
+    if "WRONG_VERSION_NUMBER" in details or "wrong version number" in details:
+        what = (
+            "the engine does not speak TLS (set its TLS_CERT_FILE and TLS_KEY_FILE), and"
+            " ENGINE_TLS_CA_FILE makes this orchestrator connect with TLS"
+        )
+    elif "Hostname Verification" in details or "Peer name" in details:
+        what = f"the engine's certificate is not for {name}"
+    elif "CERTIFICATE_VERIFY_FAILED" in details or "certificate verify failed" in details:
+        reason = details.partition("CERTIFICATE_VERIFY_FAILED")[2].strip(": ")
+        reason = reason.split(":")[0].strip() if reason else ""
+        what = "the engine's certificate is not signed by the CA in ENGINE_TLS_CA_FILE" + (
+            f" ({reason})" if reason else ""
+        )
+    else:
+        what = "the handshake with the engine failed"
+    return f"TLS: {what}"
 
 
-def _read(variable: str, path: str) -> bytes:
+def _probe_context(engine_tls: ClientTls | None) -> ssl.SSLContext:
+    """A context that asks whether an engine speaks TLS and takes this orchestrator's client
+    certificate, not whether the engine is trusted: gRPC's own handshake says that."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    if engine_tls is not None and engine_tls.cert_file and engine_tls.key_file:
+        # a key encrypted since the start fails here rather than prompting on a terminal
+        context.load_cert_chain(engine_tls.cert_file, engine_tls.key_file, password=b"")
+    return context
+
+
+async def _probe(address: str, engine_tls: ClientTls | None, timeout: float) -> str | None:
+    """Whether the engine at ``address`` speaks TLS: "answers" (it took our handshake and
+    speaks HTTP/2 after it), "closed" (it took the handshake, then hung up: our client
+    certificate, or its lack, was refused), or None (no TLS, or no answer at all)."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return None
+    writer: asyncio.StreamWriter | None = None
     try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise SettingsError(f"{variable} {path}: {exc.strerror or exc}") from exc
+        context = _probe_context(engine_tls)  # the client files may be gone since the start
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(bare_host(host), int(port), ssl=context)
+            try:
+                data = await reader.read(_PROBE_READ)
+            except (ssl.SSLError, ConnectionError):
+                return "closed"
+            return "answers" if data else "closed"
+    except (OSError, TimeoutError):
+        return None  # ssl.SSLError is an OSError: the engine did not speak TLS
+    finally:
+        if writer is not None:
+            # at once: a TLS close waits for the engine's close_notify, up to 30 s
+            writer.transport.abort()
