@@ -14,6 +14,7 @@ orchestrator restart loses nothing either.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
@@ -26,12 +27,15 @@ import grpc
 from engine import wire
 from engine.api import dagengine_pb2 as pb
 from engine.core.durations import format_duration, parse_duration
+from engine.core.errors import SpecError
 from engine.core.events import isoformat
+from engine.core.scheduler import run_outputs
+from engine.core.spec import WorkflowSpec, parse_spec
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.errors import StoreUnavailable, store_backoff
 from orchestrator.fleet import EngineLink, Fleet
-from orchestrator.timeline import Checkpoint
+from orchestrator.timeline import Checkpoint, fold_nodes
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +80,81 @@ class RunTicket:
     """A cancel asked of the run and stored: it ends instead of going on."""
 
 
-def ended_data(error: str, unreached: int) -> JSONObject:
-    """The data of an end the orchestrator gives a run: as the engine's own end has it, with
-    ``unreached`` nodes (not ended, so ending with the run) counted when there are any."""
-    data: JSONObject = {"error": error, "outputs": {}}
+def end_events(
+    run: RunTicket,
+    stored: list[JSONObject],
+    seq: int,
+    kind: str,
+    severity: str,
+    error: str,
+) -> list[JSONObject]:
+    """The events of an end the orchestrator gives a run no engine has (cancelled, timed out,
+    given up), as an engine's end of it would have them: each node that started and had not
+    ended is cancelled with an event of its own, so a stream that saw it start sees it end;
+    the nodes never reached are counted in the end's ``unreached``; the outputs are those the
+    nodes that succeeded make. ``stored``: the run's events so far; the new ones take seqs
+    from ``seq`` on."""
+    execution_id, workflow_id, version = run.execution_id, run.workflow_id, run.version
+    inputs, spec_text = run.inputs, run.spec_json
+    spec = _spec_of(spec_text)
+    order = spec.order if spec is not None else tuple(_node_ids(stored))
+    nodes = fold_nodes(order, stored)
+    now = isoformat(time.time())
+    head: JSONObject = {"workflow_id": workflow_id, "version": version}
+    events: list[JSONObject] = []
+    for node_id, node in nodes.items():
+        if node["status"] == "running":
+            events.append(
+                {
+                    "seq": seq + len(events),
+                    "time": now,
+                    "type": "node.cancelled",
+                    "severity": "warning",
+                    **head,
+                    "execution_id": execution_id,
+                    "node_id": node_id,
+                    "engine_id": node["engine_id"],
+                    "attempt": node["attempts"] or None,
+                    "data": {"error": error},
+                }
+            )
+    outputs: JSONObject = {}
+    if spec is not None:
+        succeeded = {k: n["output"] for k, n in nodes.items() if n["status"] == "succeeded"}
+        ctx: JSONObject = {**head, "execution_id": execution_id}
+        outputs, _ = run_outputs(spec, inputs, ctx, succeeded)
+    data: JSONObject = {"error": error, "outputs": outputs}
+    unreached = sum(1 for n in nodes.values() if n["status"] == "pending")
     if unreached:
         data["unreached"] = unreached
-    return data
+    events.append(
+        {
+            "seq": seq + len(events),
+            "time": now,
+            "type": kind,
+            "severity": severity,
+            **head,
+            "execution_id": execution_id,
+            "node_id": None,
+            "engine_id": None,
+            "attempt": None,
+            "data": data,
+        }
+    )
+    return events
+
+
+def _spec_of(text: str) -> WorkflowSpec | None:
+    """The run's spec, or None when it no longer parses (a version stored before checks that
+    now refuse it): its end then names no outputs."""
+    try:
+        return parse_spec(json.loads(text))  # stored as canonical JSON
+    except (SpecError, ValueError):
+        return None
+
+
+def _node_ids(events: list[JSONObject]) -> dict[str, None]:
+    return {str(e["node_id"]): None for e in events if e.get("node_id") is not None}
 
 
 def execute_request(ticket: RunTicket) -> pb.ExecuteRequest:
@@ -128,7 +200,7 @@ CANCEL_RETRY_MAX = 5.0
 
 class DispatchStore(Protocol):
     async def load_ticket(self, execution_id: str) -> RunTicket | None: ...
-    async def end_point(self, execution_id: str) -> tuple[int, int]: ...
+    async def end_point(self, execution_id: str) -> tuple[int, list[JSONObject]]: ...
     async def record_events(
         self, execution_id: str, events: list[JSONObject], message: bytes | None = None
     ) -> None: ...
@@ -650,24 +722,12 @@ class Dispatcher:
                 self.submit(execution_id, key, front=True)
 
     async def _end(self, ticket: RunTicket, kind: str, severity: str, error: str) -> None:
-        """End a run the engines cannot: store the final event, tell everyone."""
-        seq, unreached = await self._store.end_point(ticket.execution_id)
-        event: JSONObject = {
-            "seq": seq,
-            "time": isoformat(time.time()),
-            "type": kind,
-            "severity": severity,
-            "workflow_id": ticket.workflow_id,
-            "version": ticket.version,
-            "execution_id": ticket.execution_id,
-            "node_id": None,
-            "engine_id": None,
-            "attempt": None,
-            "data": ended_data(error, unreached),
-        }
-        await self._store.record_events(ticket.execution_id, [event])
-        self._publish([event])
-        self._finished(ticket.execution_id, event)
+        """End a run the engines cannot: store the final events, tell everyone."""
+        seq, stored = await self._store.end_point(ticket.execution_id)
+        events = end_events(ticket, stored, seq, kind, severity, error)
+        await self._store.record_events(ticket.execution_id, events)
+        self._publish(events)
+        self._finished(ticket.execution_id, events[-1])
 
     def _finished(self, execution_id: str, event: JSONObject) -> None:
         self._forget(execution_id)

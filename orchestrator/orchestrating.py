@@ -25,7 +25,7 @@ from engine.core.values import JSON, JSONObject
 from engine.documents import parse_text
 from engine.inputs import TRIGGER_KEY, check_inputs
 from orchestrator.checking import registration_checks
-from orchestrator.dispatching import Dispatcher, RunTicket, ended_data
+from orchestrator.dispatching import Dispatcher, RunTicket, end_events
 from orchestrator.errors import (
     DepthLimit,
     InvalidArgument,
@@ -739,25 +739,28 @@ class Orchestrator:
             self._forget_waiter(execution_id, waiter)
         return await self.get_execution(execution_id)
 
+    def _spec_text(self, workflow_id: str, version: str) -> str:
+        try:
+            return self.registry.spec_json(workflow_id, version)
+        except NotFound:
+            return ""  # a version the registry refused at start: its end names no outputs
+
     async def _cancel_queued(self, doc: JSONObject, reason: str) -> None:
         execution_id = str(doc["id"])
-        seq, unreached = await self.store.end_point(execution_id)
-        event: JSONObject = {
-            "seq": seq,
-            "time": isoformat(time.time()),
-            "type": "execution.cancelled",
-            "severity": "warning",
-            "workflow_id": doc["workflow_id"],
-            "version": doc["version"],
-            "execution_id": execution_id,
-            "node_id": None,
-            "engine_id": None,
-            "attempt": None,
-            "data": ended_data(reason, unreached),
-        }
-        await self.store.record_events(execution_id, [event])
-        self.publish([event])
-        self.finished(execution_id, event)
+        workflow_id, version = str(doc["workflow_id"]), str(doc["version"])
+        seq, stored = await self.store.end_point(execution_id)
+        run = RunTicket(
+            execution_id=execution_id,
+            workflow_id=workflow_id,
+            version=version,
+            spec_json=self._spec_text(workflow_id, version),
+            inputs=doc["inputs"],
+            status=str(doc["status"]),
+        )
+        events = end_events(run, stored, seq, "execution.cancelled", "warning", reason)
+        await self.store.record_events(execution_id, events)
+        self.publish(events)
+        self.finished(execution_id, events[-1])
 
     async def execution_events(self, execution_id: str, after_seq: int = 0) -> list[JSONObject]:
         await self.get_execution(execution_id)

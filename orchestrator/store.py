@@ -1212,16 +1212,17 @@ class Store:
 
         return await self._reader.run(read)
 
-    async def end_point(self, execution_id: str) -> tuple[int, int]:
-        """For an end the orchestrator gives a run itself: the seq it takes, and how many of
-        the run's nodes have not ended (they end with it, with no event each)."""
+    async def end_point(self, execution_id: str) -> tuple[int, list[JSONObject]]:
+        """For an end the orchestrator gives a run itself: the seq it takes, and the run's
+        stored events (which of its nodes started, ended, and with what)."""
 
-        def read(conn: sqlite3.Connection) -> tuple[int, int]:
+        def read(conn: sqlite3.Connection) -> tuple[int, list[JSONObject]]:
             row = conn.execute(
-                "SELECT last_seq, node_total - nodes_done FROM executions WHERE id = ?",
-                (execution_id,),
+                "SELECT last_seq FROM executions WHERE id = ?", (execution_id,)
             ).fetchone()
-            return (int(row[0]) + 1, max(0, int(row[1]))) if row is not None else (1, 0)
+            if row is None:
+                return 1, []
+            return int(row[0]) + 1, _timeline(conn, execution_id)
 
         # through the writer: it sees every write queued before this call
         return await self._writer.run(read)

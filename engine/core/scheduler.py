@@ -222,6 +222,38 @@ class NodeRecord:
     finished_at: float | None
 
 
+def run_outputs(
+    spec: WorkflowSpec, inputs: JSON, ctx: JSONObject, succeeded: Mapping[str, JSON]
+) -> tuple[JSONObject, str | None]:
+    """A run's outputs from the outputs of its nodes that ``succeeded``, and why the first of
+    them that could not be made was not: the engine's end of a run and the orchestrator's (a
+    run no engine had when it was cancelled or timed out) make the same ones."""
+    if spec.outputs is None:
+        return {
+            node_id: succeeded[node_id]
+            for node_id in spec.order
+            if node_id in spec.sink_ids and node_id in succeeded
+        }, None
+
+    def lookup(node_id: str) -> JSON:
+        return succeeded[node_id]  # KeyError: the node did not succeed
+
+    out: JSONObject = {}
+    broken: str | None = None
+    for name, template in spec.outputs.items():
+        try:
+            out[name] = templates.resolve(template, inputs=inputs, results=lookup, ctx=ctx)
+        except MissingPath as exc:
+            out[name] = None
+            if exc.root == "results":
+                # a succeeded node's output without it: a typo or another shape; an input
+                # left out is an optional one, null as it always was
+                broken = broken or f"outputs.{name}: {exc}"
+        except TemplateError:
+            out[name] = None  # a node the output names did not succeed: the run says why
+    return out, broken
+
+
 class Run:
     """One execution's scheduling state. Not thread-safe: one owner feeds it."""
 
@@ -854,28 +886,10 @@ class Run:
 
     def _outputs(self) -> tuple[JSONObject, str | None]:
         """The run's outputs, and why the first of them that could not be made was not."""
-        if self.spec.outputs is None:
-            return {
-                node_id: self.nodes[node_id].output
-                for node_id in self.spec.order
-                if node_id in self.spec.sink_ids and self.nodes[node_id].status == "succeeded"
-            }, None
-        out: JSONObject = {}
-        broken: str | None = None
-        for name, template in self.spec.outputs.items():
-            try:
-                out[name] = templates.resolve(
-                    template, inputs=self.inputs, results=self._lookup, ctx=self.ctx
-                )
-            except MissingPath as exc:
-                out[name] = None
-                if exc.root == "results":
-                    # a succeeded node's output without it: a typo or another shape; an input
-                    # left out is an optional one, null as it always was
-                    broken = broken or f"outputs.{name}: {exc}"
-            except TemplateError:
-                out[name] = None  # a node the output names did not succeed: the run says why
-        return out, broken
+        succeeded = {
+            node_id: n.output for node_id, n in self.nodes.items() if n.status == "succeeded"
+        }
+        return run_outputs(self.spec, self.inputs, self.ctx, succeeded)
 
     # -- invariants -------------------------------------------------------------------------
 

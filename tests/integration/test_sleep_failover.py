@@ -155,9 +155,19 @@ async def test_a_run_left_without_an_engine_times_out_at_its_deadline(
     cluster = start_cluster(engines=1, API_TOKEN="s3cret")
     url = cluster.url
     timeout = 8 if restart else 3
-    spec = f"id: doomed\nversion: 1.0.0\ntimeout: {timeout}s\nnodes:\n  - id: nap\n    sleep: 10m\n"
+    spec = (
+        f"id: doomed\nversion: 1.0.0\ntimeout: {timeout}s\nnodes:\n  - id: nap\n    sleep: 10m\n"
+        "  - id: done\n    lua: return 7\n"
+        "  - id: after\n    depends_on: [nap]\n    lua: return 8\n"
+    )
     async with aiohttp.ClientSession() as http:
         eid = (await sleeping_run(http, url, 1, spec, "doomed"))["id"]
+        for _ in range(200):  # its other branch ends at once: stored, it is what the run has
+            run = await call(http, "GET", f"{url}/api/v1/executions/{eid}")
+            if run["nodes"]["done"]["status"] == "succeeded":
+                break
+            await asyncio.sleep(0.05)
+        assert run["nodes"]["done"]["status"] == "succeeded", run
         (engine,) = cluster.engines
         engine.proc.send_signal(signal.SIGKILL)  # the only engine: nobody can take the run
         engine.proc.wait(10)
@@ -173,7 +183,16 @@ async def test_a_run_left_without_an_engine_times_out_at_its_deadline(
     assert doc["error"] == f"execution timed out after {timeout}s (while no engine had it)"
     end = events[-1]
     assert end["type"] == "execution.timed_out"
-    assert end["data"]["unreached"] == 1  # the sleep ends with its run
+    # before: outputs {}, and the sleep that started had no end of its own, counted among
+    # the nodes never reached: a stream saw it start and never end
+    assert end["data"]["outputs"] == {"done": 7}
+    assert end["data"]["unreached"] == 1  # after, which the sleep held back
+    cancelled = events[-2]
+    assert (cancelled["type"], cancelled["node_id"]) == ("node.cancelled", "nap"), events[-3:]
+    assert cancelled["data"]["error"] == doc["error"]
+    assert cancelled["seq"] + 1 == end["seq"]
+    assert doc["outputs"] == {"done": 7}
+    assert doc["nodes"]["nap"]["status"] == "cancelled"
     started = unix(next(e["time"] for e in events if e["type"] == "execution.started"))
     assert timeout - SLACK <= unix(end["time"]) - started < 60  # not before its deadline
     assert unix(end["time"]) >= restarted - SLACK  # ended by the orchestrator that restarted
