@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -233,7 +233,12 @@ class Dispatcher:
         self._publish = publish
         self._on_finished = on_finished
         self._on_events = on_events
-        self._queue: deque[tuple[str, str]] = deque()  # (execution_id, routing key)
+        # root runs wait per workflow, and workflows take turns: a flood of one workflow's
+        # runs (a backfill, a busy trigger) holds back another's by one run at most
+        self._turns: OrderedDict[str, deque[str]] = OrderedDict()  # routing key -> runs
+        self._in_turns = 0
+        # runs back from an engine (lost, handed back, a store stall) go before all others
+        self._front: deque[tuple[str, str]] = deque()  # (execution_id, routing key)
         # sub-workflow runs wait apart and go first, past engines' capacity: their parents
         # hold slots while they wait, so a fleet full of waiting parents would never free one
         self._child_queue: deque[tuple[str, str]] = deque()
@@ -264,7 +269,7 @@ class Dispatcher:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue) + len(self._child_queue)
+        return self._in_turns + len(self._front) + len(self._child_queue)
 
     @property
     def running(self) -> int:
@@ -296,26 +301,43 @@ class Dispatcher:
             child = child or ticket.parent_execution_id is not None
         if child:
             self._children.add(execution_id)
-        queue = self._child_queue if execution_id in self._children else self._queue
         self._queued.add(execution_id)
-        if front:
-            queue.appendleft((execution_id, workflow_id))
+        if execution_id in self._children:
+            if front:
+                self._child_queue.appendleft((execution_id, workflow_id))
+            else:
+                self._child_queue.append((execution_id, workflow_id))
+        elif front:
+            self._front.appendleft((execution_id, workflow_id))
         else:
-            queue.append((execution_id, workflow_id))
+            self._turns.setdefault(workflow_id, deque()).append(execution_id)
+            self._in_turns += 1
         self.pump()
 
     def pump(self) -> None:
         """Start queued runs while engines have room."""
         # children first, and to any ready engine even when it is full: each belongs to a
         # tree whose root was admitted within capacity, and its parent is waiting on it
-        for queue, overflow in ((self._child_queue, True), (self._queue, False)):
+        for queue, overflow in ((self._child_queue, True), (self._front, False)):
             while queue and not self._closing:
                 execution_id, key = queue[0]
                 link = self._fleet.pick(key, overflow=overflow)
                 if link is None:
-                    break
+                    return
                 queue.popleft()
                 self._start(execution_id, key, link)
+        while self._turns and not self._closing:
+            key, runs = next(iter(self._turns.items()))
+            link = self._fleet.pick(key, overflow=False)
+            if link is None:
+                return  # every engine is full
+            execution_id = runs.popleft()
+            self._in_turns -= 1
+            if runs:
+                self._turns.move_to_end(key)  # its next run waits for the others' turns
+            else:
+                del self._turns[key]
+            self._start(execution_id, key, link)
 
     def _start(self, execution_id: str, key: str, link: EngineLink) -> None:
         self._queued.discard(execution_id)
@@ -346,8 +368,15 @@ class Dispatcher:
             return False
         self._queued.discard(execution_id)
         self._fresh.pop(execution_id, None)
-        self._queue = deque(item for item in self._queue if item[0] != execution_id)
+        self._front = deque(item for item in self._front if item[0] != execution_id)
         self._child_queue = deque(item for item in self._child_queue if item[0] != execution_id)
+        for key, runs in list(self._turns.items()):
+            if execution_id in runs:
+                runs.remove(execution_id)
+                self._in_turns -= 1
+                if not runs:
+                    del self._turns[key]
+                break
         self._forget(execution_id)  # the caller ends it (a cancel), or submits it again
         return True
 

@@ -89,3 +89,49 @@ async def test_a_cancel_while_the_dispatcher_times_a_run_out_stores_one_end(
     finally:
         await dispatcher.close()
         await store.close()
+
+
+class Slots:
+    """Engines with ``room`` free places in all: a run takes one as it starts."""
+
+    def __init__(self) -> None:
+        self.room = 0
+
+    def pick(self, key: str, *, overflow: bool = False) -> object | None:
+        return self if self.room > 0 or overflow else None
+
+
+def started_in_order(dispatcher: Dispatcher, slots: Slots) -> list[str]:
+    started: list[str] = []
+
+    def start(execution_id: str, key: str, link: object) -> None:
+        dispatcher._queued.discard(execution_id)
+        slots.room -= 1
+        started.append(execution_id)
+
+    dispatcher._start = start  # type: ignore[method-assign]
+    return started
+
+
+async def test_workflows_take_turns_for_free_engines() -> None:
+    slots = Slots()
+    dispatcher = Dispatcher(None, slots, publish=list)  # type: ignore[arg-type]
+    started = started_in_order(dispatcher, slots)
+    for i in range(1, 6):
+        dispatcher.submit(f"a{i}", "flood")
+    dispatcher.submit("b1", "nightly")
+    dispatcher.submit("a6", "flood")
+    dispatcher.submit("c1", "report")
+    assert dispatcher.queue_depth == 8 and started == []
+    slots.room = 4
+    dispatcher.pump()
+    # before: a1 to a4, first come first served, and nightly and report behind all of flood
+    assert started == ["a1", "b1", "c1", "a2"]
+    assert dispatcher.queue_depth == 4
+    # a run back from an engine goes before every turn; a run taken off keeps the count true
+    dispatcher.submit("r1", "report", front=True)
+    assert dispatcher.dequeue("a4")
+    slots.room = 10
+    dispatcher.pump()
+    assert started[4:] == ["r1", "a3", "a5", "a6"]
+    assert dispatcher.queue_depth == 0 and dispatcher._turns == {}
