@@ -19,6 +19,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from orchestrator.settings import MIN_CONNECTIONS
+
 log = logging.getLogger(__name__)
 
 RESERVED_FDS: Final = 256
@@ -43,19 +45,35 @@ def raise_fd_limit() -> int:
 
 
 def connection_cap(wanted: int, fd_limit: int) -> int:
-    """The connections the server takes at once: ``wanted``, within the file descriptors there
-    are once ``RESERVED_FDS`` are kept aside (never fewer than 16)."""
-    return max(16, min(wanted, fd_limit - RESERVED_FDS))
+    """The connections the server takes at once: ``wanted`` (MAX_CONNECTIONS), within the file
+    descriptors there are once ``RESERVED_FDS`` are kept aside (never fewer than
+    ``MIN_CONNECTIONS``, below which the setting itself is refused). Called once at start;
+    lowering the setting is logged, since the 503 then names a number the variable does not
+    hold."""
+    cap = max(MIN_CONNECTIONS, min(wanted, fd_limit - RESERVED_FDS))
+    if cap < wanted:
+        log.warning(
+            "MAX_CONNECTIONS=%d lowered to %d: the process may open %d files, and %d are kept "
+            "for the state database, engines and logs",
+            wanted,
+            cap,
+            fd_limit,
+            RESERVED_FDS,
+        )
+    return cap
 
 
 def refusal(limit: int) -> bytes:
-    """The whole answer a connection past the cap gets, before it is closed."""
+    """The whole answer a connection past the cap gets, before it is closed. ``limit`` is
+    MAX_CONNECTIONS, or less when the file descriptors did not leave room for it (logged at
+    start), so the message says both."""
     body = json.dumps(
         {
             "error": {
                 "code": "too_many_connections",
-                "message": f"the server has {limit} connections open, its limit "
-                "(MAX_CONNECTIONS): try again shortly",
+                "message": f"the server has {limit} connections open, as many as it takes at "
+                "once (MAX_CONNECTIONS, or fewer when its open-file limit leaves room for "
+                "fewer): try again shortly",
                 "details": {"limit": limit},
             }
         }
@@ -123,8 +141,8 @@ class CappedSite(web.TCPSite):
         if now - self._warned >= _WARN_EVERY:
             self._warned = now
             log.warning(
-                "refusing new HTTP connections: %d are open, the limit (MAX_CONNECTIONS); "
-                "%d refused so far",
+                "refusing new HTTP connections: %d are open, the limit (MAX_CONNECTIONS, or "
+                "what the open-file limit left room for at start); %d refused so far",
                 open_now,
                 self.refused,
             )

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, cast
+from typing import Final, Literal, cast
 
 from engine.core import envparse as ep
 from engine.core.envparse import LogFormat, SettingsError
@@ -25,6 +25,11 @@ DiscoveryMode = Literal["kubernetes", "static", "dns"]
 Transport = Literal["grpc", "local"]
 Balancer = Literal["consistent-hash", "round-robin", "least-loaded"]
 KubernetesSource = Literal["endpointslices", "pods"]
+
+MIN_CONNECTIONS: Final = 16
+"""The fewest HTTP connections the server takes at once: lowering MAX_CONNECTIONS to fit the
+file descriptors stops here (``connections.connection_cap``), so a value below it is refused
+at start rather than raised to it, and what runs is what the variable says."""
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -295,7 +300,7 @@ class Settings:
             grpc_port=ep.port(env, "GRPC_PORT", 50051, zero="any free port"),
             api_token=ep.text(env, "API_TOKEN"),
             max_body_bytes=ep.positive_int(env, "MAX_BODY_BYTES", 1024 * 1024),
-            max_connections=ep.positive_int(env, "MAX_CONNECTIONS", 1024),
+            max_connections=ep.int_at_least(env, "MAX_CONNECTIONS", 1024, MIN_CONNECTIONS),
             tls_cert_file=cert,
             tls_key_file=key,
             tls_ca_file=ca,
@@ -303,7 +308,7 @@ class Settings:
             transport=transport,
             discovery_mode=discovery,
             engine_addresses=addresses,
-            engine_dns_name=ep.text(env, "ENGINE_DNS_NAME")
+            engine_dns_name=ep.host_name(env, "ENGINE_DNS_NAME")
             or f"{service}.{namespace}.svc.cluster.local",
             engine_port=ep.port(env, "ENGINE_PORT", 50051, zero="unused"),
             engine_capacity=ep.positive_int(env, "ENGINE_CAPACITY", 10),

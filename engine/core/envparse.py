@@ -98,6 +98,23 @@ def positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return default if got is None else got
 
 
+def int_at_least(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    """A whole number of at least ``minimum``: one below is refused rather than raised to it,
+    so what runs is what the variable says."""
+    raw = text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise SettingsError(
+            f"{name} must be a whole number of at least {minimum}, got {env[name]!r}"
+        )
+    return value
+
+
 def optional_positive_int(env: Mapping[str, str], name: str) -> int | None:
     raw = text(env, name)
     if raw is None:
@@ -179,7 +196,8 @@ def choice(env: Mapping[str, str], name: str, options: tuple[str, ...], default:
 
 
 def address_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    """``host:port`` entries separated by commas or spaces."""
+    """``host:port`` entries separated by commas or spaces, each host checked as ``host``
+    checks one, and an IPv6 address in brackets (``[fd00::2]:50051``)."""
     raw = text(env, name)
     if raw is None:
         return ()
@@ -188,5 +206,25 @@ def address_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
         host, sep, port_text = item.rpartition(":")
         if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise SettingsError(f"{name} must list host:port addresses, got {item!r}")
+        if not _is_host(host) or (bare_host(host) == host and ":" in host):
+            # IPv6 without brackets too: its last group could be the port
+            raise SettingsError(
+                f"{name} must list host:port addresses, each host an IP address (IPv6 in "
+                f"brackets, as in [fd00::2]:50051) or a host name, got {item!r}"
+            )
         out.append(item)
     return tuple(out)
+
+
+def host_name(env: Mapping[str, str], name: str) -> str | None:
+    """A name to resolve (or an IP address, which resolves to itself), without brackets or a
+    port: what ``getaddrinfo`` takes. None when unset."""
+    raw = text(env, name)
+    if raw is None:
+        return None
+    if bare_host(raw) != raw or not _is_host(raw):
+        raise SettingsError(
+            f"{name} must be a DNS name (letters, digits and '-' in labels joined by '.', such "
+            f"as workflow-engines.default.svc.cluster.local), without a port, got {env[name]!r}"
+        )
+    return raw

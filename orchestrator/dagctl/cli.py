@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from engine.core import jsontext
 from engine.core.states import EXECUTION_TERMINAL
-from engine.core.values import JSON, JSONObject, nests_deeper
+from engine.core.values import JSON, JSONObject, json_kind, nests_deeper
 from orchestrator.dagctl.calling import (
     NOT_HTTP,
     ApiError,
@@ -169,15 +169,17 @@ INPUT_HELP = (
 
 def read_inputs(
     *, pairs: Sequence[str] = (), inputs_json: str | None = None, inputs_file: str | None = None
-) -> JSON:
+) -> JSONObject:
     """Inputs from ``--inputs`` or ``--inputs-file``, with ``--input k=v`` pairs on top. JSON is
-    read by the server's rules (``jsontext.loads_sent``), so what it would refuse is refused here,
+    read by the server's rules (``jsontext.loads_sent``), and the inputs held to its rules for
+    a caller's (an object, without ``_trigger``), so what it would refuse is refused here,
     exit 2, naming the flag: the server can only say "the request body", which the user never
     wrote, and Python's json would read ``1e999`` as infinity and a key written twice as the
     last one."""
     base: JSON = {}
+    origin = "--inputs"
     if inputs_json is not None:
-        base = _given_json(inputs_json, "--inputs")
+        base = _given_json(inputs_json, origin)
     elif inputs_file is not None:
         path = Path(inputs_file)
         origin = f"--inputs-file {path}"
@@ -189,17 +191,29 @@ def read_inputs(
             base = _given_json(text, origin)
         else:
             base = _given_yaml(text, origin)
-        if base is None:
-            base = {}
-    if pairs:
-        if not isinstance(base, dict):
-            raise BadArguments("--input k=v needs the other inputs to be a JSON object")
-        merged = dict(base)
-        for pair in pairs:
-            key, value = parse_input(pair)
-            merged[key] = value
-        base = merged
-    return base
+    # null is none, as the server reads it
+    inputs = dict(_caller_inputs({} if base is None else base, origin))
+    for pair in pairs:
+        key, value = parse_input(pair)
+        _caller_inputs({key: value}, f"--input {key}")
+        inputs[key] = value
+    return inputs
+
+
+def _caller_inputs(inputs: JSON, origin: str) -> JSONObject:
+    """``inputs`` when the server takes them from a caller, else BadArguments naming
+    ``origin``: a JSON object, without the key only a trigger sets (``engine.inputs``'s rule,
+    which the server applies)."""
+    if not isinstance(inputs, dict):
+        raise BadArguments(f"{origin}: inputs must be a JSON object, not {json_kind(inputs)}")
+    if inputs:
+        # imported when there is something to check: it brings jsonschema (about 0.15 s)
+        from engine.inputs import caller_inputs_problem
+
+        problem = caller_inputs_problem(inputs)
+        if problem is not None:
+            raise BadArguments(f"{origin}: {problem}")
+    return inputs
 
 
 def _given_json(text: str, origin: str) -> JSON:
@@ -393,17 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     describe = sub.add_parser("describe", help="one execution (or workflow) in detail")
     describe.add_argument("resource", choices=("execution", "workflow"))
-    describe.add_argument("id", metavar="ID")
+    describe.add_argument("id", metavar="ID", help=f"a workflow's id; {ID_HELP}")
     describe.add_argument("--version", help="with describe workflow: this version")
     output(describe)
 
     events = sub.add_parser("events", help="an execution's timeline, or the live stream with -f")
-    events.add_argument(
-        "id", nargs="?", metavar="EXECUTION", help="an execution id (or its tail); --execution too"
-    )
+    events.add_argument("id", nargs="?", metavar="EXECUTION", help=f"{ID_HELP}; --execution too")
     events.add_argument("-f", "--follow", action="store_true", help="follow the live stream")
     events.add_argument("--workflow", metavar="ID")
-    events.add_argument("--execution", metavar="ID")
+    events.add_argument("--execution", metavar="ID", help=ID_HELP)
     output(events)
 
     trigger = sub.add_parser("trigger", help="create, pause, resume or delete a cron trigger")
@@ -440,7 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
         output(action)
 
     cancel = sub.add_parser("cancel", help="cancel an execution and its children")
-    cancel.add_argument("id", metavar="ID")
+    cancel.add_argument(
+        "id",
+        metavar="ID",
+        help=f"the execution's id, or its first {SHORTEST_ABBREVIATION} characters or more (of "
+        f"one of the newest {RECENT} runs, when no other fits them)",
+    )
     cancel.add_argument("--reason", help="recorded with the cancellation")
     output(cancel)
     return parser
@@ -503,27 +520,89 @@ def _quote(segment: str) -> str:
     return urllib.parse.quote(segment, safe="")
 
 
-def _execution(client: Client, execution_id: str) -> JSONObject:
-    """One execution by id, or by an unambiguous prefix or tail (what tables show) of a
-    recent one's id."""
+FULL_ID: Final = 32
+"""The length of an execution id (``orchestrating.new_execution_id``)."""
+SHORTEST_ABBREVIATION: Final = 8
+"""Fewest characters of an id that stand for it: as many as an event line shows."""
+RECENT: Final = 1000
+"""The newest executions an abbreviated id is looked for among."""
+ID_HELP: Final = (
+    f"an execution's id, or its first or last {SHORTEST_ABBREVIATION} characters or more (of "
+    f"one of the newest {RECENT} runs, when no other fits them)"
+)
+
+
+def check_ids(args: argparse.Namespace) -> None:
+    """BadArguments for an id given empty (``dagctl cancel "$ID"`` with ``ID`` unset): asked
+    for as it is, it would name no execution, or a listing."""
+    creating = getattr(args, "action", None) == "create"
+    for name, shown in (
+        ("id", "--id" if creating else "ID"),
+        ("execution", "--execution"),
+        ("before", "--before"),
+    ):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not value.strip():
+            raise BadArguments(f"{args.command}: {shown} is empty (an unset shell variable?)")
+    workflow = getattr(args, "workflow", None)
+    if (args.command == "run" or creating) and not (workflow or "").strip():
+        raise BadArguments(f"{args.command}: the workflow id is empty (an unset shell variable?)")
+
+
+def _execution(client: Client, execution_id: str, *, to_cancel: bool = False) -> JSONObject:
+    """One execution by id, or by an abbreviation of a recent one's id (among the newest
+    ``RECENT``) that fits it alone: its first ``SHORTEST_ABBREVIATION`` characters or more, or
+    as many of its last, which event lines show. ``to_cancel`` takes the first only, so that
+    a stray word cannot stop a run whose id happens to end with it."""
     try:
         return client.get(f"/api/v1/executions/{_quote(execution_id)}")
     except ApiError as exc:
-        if exc.status != 404 or len(execution_id) >= 32:
+        if exc.status != 404 or len(execution_id) >= FULL_ID:
             raise
-        found = client.get("/api/v1/executions", limit=1000).get("executions")
-        matches = [
-            e
-            for e in (found if isinstance(found, list) else [])
-            if isinstance(e, dict)
-            and (
-                str(e.get("id", "")).startswith(execution_id)
-                or str(e.get("id", "")).endswith(execution_id)
-            )
+        unknown = exc
+    if len(execution_id) < SHORTEST_ABBREVIATION:
+        raise ApiError(
+            404,
+            unknown.code,
+            f"{unknown.message} (an abbreviated id needs at least {SHORTEST_ABBREVIATION} "
+            "characters)",
+            unknown.details,
+        )
+    given = printable(execution_id)
+    found = client.get("/api/v1/executions", limit=RECENT).get("executions")
+    recent = [
+        e for e in (found if isinstance(found, list) else []) if isinstance(e, dict) and e.get("id")
+    ]
+    starting = [e for e in recent if str(e["id"]).startswith(execution_id)]
+    ending = [e for e in recent if str(e["id"]).endswith(execution_id)]
+    if to_cancel and not starting and ending:
+        raise BadArguments(
+            f"cancel takes an execution's whole id or its first {SHORTEST_ABBREVIATION} "
+            f"characters or more, not its last: {given} ends "
+            + ", ".join(printable(str(e["id"])) for e in ending)
+        )
+    matches = starting if to_cancel else starting + [e for e in ending if e not in starting]
+    if not matches:
+        raise ApiError(
+            404,
+            unknown.code,
+            f"{unknown.message}; nor does any of the newest {RECENT} executions' ids "
+            f"{'begin' if to_cancel else 'begin or end'} with it",
+            unknown.details,
+        )
+    if len(matches) > 1:
+        shown = [
+            f"  {printable(str(e['id']))}  {printable(str(e.get('workflow_id')))}  "
+            f"{printable(str(e.get('status')))}"
+            for e in matches[:20]
         ]
-        if len(matches) != 1:
-            raise
-        return client.get(f"/api/v1/executions/{_quote(str(matches[0]['id']))}")
+        more = [f"  ... and {len(matches) - 20} more"] if len(matches) > 20 else []
+        raise BadArguments(
+            "\n".join(
+                [f"{given} fits {len(matches)} executions: give more of the id", *shown, *more]
+            )
+        )
+    return client.get(f"/api/v1/executions/{_quote(str(matches[0]['id']))}")
 
 
 def print_error(exc: DagctlError, err: TextIO, settings: Settings | None = None) -> None:
@@ -1113,7 +1192,7 @@ def _live(
 
 
 def cmd_cancel(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
-    target = _execution(client, args.id)
+    target = _execution(client, args.id, to_cancel=True)
     execution_id = str(target.get("id"))
     before = target.get("status")
     body: JSONObject = {"reason": args.reason} if args.reason else {}
@@ -1141,7 +1220,7 @@ def cmd_trigger(args: argparse.Namespace, client: Client, out: TextIO, err: Text
             if getattr(args, name):
                 body[name] = getattr(args, name)
         if args.pairs:
-            body["inputs"] = dict(parse_input(pair) for pair in args.pairs)
+            body["inputs"] = read_inputs(pairs=args.pairs)
         if args.paused:
             body["paused"] = True
         doc = client.post("/api/v1/triggers", body).body
@@ -1218,6 +1297,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
             return validate_files(spec_sources(args.files, sys.stdin.buffer), out, err)
         check_text(args)
+        check_ids(args)
         settings.check_server()
         settings.check_token()
         client = Client(settings.server, settings.token, tls=settings.tls())

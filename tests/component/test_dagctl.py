@@ -860,7 +860,10 @@ async def test_describe_an_execution(fake: FakeOrchestrator, dagctl: Dagctl) -> 
     by_tail = await dagctl(fake, "describe", "execution", eid[-8:], "-o", "json")
     assert json.loads(by_tail.out) == fake.executions[eid]
     missing = await dagctl(fake, "describe", "execution", "nope")
-    assert (missing.code, missing.err) == (1, "dagctl: not_found: no execution 'nope'\n")
+    assert (missing.code, missing.err) == (
+        1,
+        "dagctl: not_found: no execution 'nope' (an abbreviated id needs at least 8 characters)\n",
+    )
 
 
 async def test_describe_a_workflow(fake: FakeOrchestrator, dagctl: Dagctl) -> None:
@@ -911,7 +914,10 @@ async def test_events_follow_a_run_until_it_ends(fake: FakeOrchestrator, dagctl:
     assert kinds[0] == "execution.queued" and kinds[-1] == "execution.succeeded"
     assert kinds.count("node.succeeded") == 4
     unknown = await dagctl(fake, "events", "-f", "--execution", "zz")
-    assert (unknown.code, unknown.err) == (1, "dagctl: not_found: no execution 'zz'\n")
+    assert (unknown.code, unknown.err) == (
+        1,
+        "dagctl: not_found: no execution 'zz' (an abbreviated id needs at least 8 characters)\n",
+    )
 
 
 async def test_trigger_history_says_why_a_slot_did_not_fire(
@@ -935,7 +941,7 @@ async def test_cancel(fake: FakeOrchestrator, dagctl: Dagctl) -> None:
     assert (result.code, result.out) == (0, f"execution {eid} cancelled\n")
     (_, _, body) = fake.requested("POST", f"/api/v1/executions/{eid}/cancel")[0]
     assert json.loads(body) == {"reason": "enough"}
-    again = await dagctl(fake, "cancel", eid[:6])
+    again = await dagctl(fake, "cancel", eid[:8])  # a prefix of 8 or more will do
     assert again.out == f"execution {eid} had already finished: cancelled\n"
 
 

@@ -17,7 +17,7 @@ from tests.integration.conftest import Cluster, StartCluster
 
 pytestmark = pytest.mark.slow
 
-LIMIT = 16  # the smallest MAX_CONNECTIONS takes
+LIMIT = 16  # the smallest MAX_CONNECTIONS takes (one below is refused at start)
 
 
 @contextmanager
@@ -63,7 +63,8 @@ async def test_connections_past_the_limit_get_503_and_those_open_carry_on(
             error = json.loads(body)["error"]
             assert error["code"] == "too_many_connections"
             assert error["message"] == (
-                f"the server has {LIMIT} connections open, its limit (MAX_CONNECTIONS): "
+                f"the server has {LIMIT} connections open, as many as it takes at once "
+                "(MAX_CONNECTIONS, or fewer when its open-file limit leaves room for fewer): "
                 "try again shortly"
             )
             # the connection it already had is served as before
