@@ -4,6 +4,9 @@ Two orchestrators on one file would both take up its unfinished runs and run the
 their events' numbers would clash. SQLite's own locks only keep each write whole, so the store
 takes this lock before it opens the file, and ``dagctl up`` looks at it before it starts
 anything or rotates a log. The kernel lets go of it when its process dies, even by kill -9.
+
+The lock sits beside the database's real path, symbolic links resolved: a database reached
+through a link and by its own name is one database, and must have one lock.
 """
 
 from __future__ import annotations
@@ -16,26 +19,29 @@ class StateInUse(RuntimeError):
     """Another process holds the state database."""
 
 
+class Held(RuntimeError):
+    """Another process holds a lock file; ``pid`` is the one it wrote there (0 if none)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(holder_named(pid))
+        self.pid = pid
+
+
 def _lock_path(path: str) -> str:
-    return f"{path}.lock"
+    return f"{os.path.realpath(path)}.lock"
 
 
-def lock_state(path: str) -> int | None:
-    """Take ``<path>.lock`` (an flock, released when the descriptor closes, also by the kernel
-    when the process dies) and write this process's pid in it. None for ``:memory:``;
-    StateInUse while another process holds it."""
-    if path == ":memory:":
-        return None
-    fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def hold(lock_path: str) -> int:
+    """Take the flock of ``lock_path`` (released when the descriptor closes, also by the kernel
+    when the process dies) and write this process's pid in it; Held while another process has
+    it. The descriptor is not inherited by children."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = _pid_in(fd)
         os.close(fd)
-        raise StateInUse(
-            f"it is in use by {holder_named(holder)} (another orchestrator): stop that one "
-            "first, or give this one a STATE_DB of its own"
-        ) from None
+        raise Held(holder) from None
     except BaseException:
         os.close(fd)
         raise
@@ -44,12 +50,26 @@ def lock_state(path: str) -> int | None:
     return fd
 
 
+def lock_state(path: str) -> int | None:
+    """Take ``<path>.lock`` (``path`` resolved) for this process. None for ``:memory:``;
+    StateInUse while another process holds it."""
+    if path == ":memory:":
+        return None
+    try:
+        return hold(_lock_path(path))
+    except Held as exc:
+        raise StateInUse(
+            f"it is in use by {holder_named(exc.pid)} (another orchestrator): stop that one "
+            "first, or give this one a STATE_DB of its own"
+        ) from None
+
+
 def state_holder(path: str) -> int | None:
     """The pid of the process that holds ``path`` (0 if it is not known), or None when no
     process does; for ``dagctl up``, before it touches anything of a running system."""
     try:
         fd = os.open(_lock_path(path), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

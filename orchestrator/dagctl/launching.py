@@ -9,7 +9,13 @@ them all: SIGTERM, a grace period for runs in flight (engines drain for up to 30
 SIGKILL.
 
 Children run in their own session so a Ctrl-C at the terminal reaches dagctl alone, and the
-shutdown is ordered from here rather than raced by every process at once.
+shutdown is ordered from here rather than raced by every process at once. Since a session of
+their own also hides them from the terminal's hang-up, ``up`` stops them on SIGHUP and SIGQUIT
+as on SIGINT and SIGTERM, and on Linux the kernel sends each child SIGTERM when ``up`` dies by
+any means, SIGKILL included (PR_SET_PDEATHSIG): no child outlives it holding the ports and the
+state database. The stop runs in a ``finally`` and every write on its way ignores a closed pipe
+or a hung-up terminal, so ``dagctl up | tee up.log`` stopped by Ctrl-C (tee dies first) stops
+everything too.
 
 The engines listen on loopback ports any local user can reach, so each ``up`` gives them and the
 orchestrator a fresh ENGINE_TOKEN (unless one is set), and the engines get none of the secrets
@@ -19,24 +25,30 @@ https, trusting that server's own certificate and nothing else.
 
 from __future__ import annotations
 
+import ctypes
+import ipaddress
+import itertools
 import os
 import secrets
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final, TextIO
+from types import FrameType
+from typing import IO, Final, Protocol, TextIO
 
 from engine.core.values import JSON, JSONObject
 from orchestrator.dagctl.calling import ApiError, Client, Unreachable
-from orchestrator.dagctl.cli import BadArguments
+from orchestrator.dagctl.cli import BadArguments, detail_lines
 from orchestrator.dagctl.cli import Settings as ClientSettings
-from orchestrator.locking import holder_named, state_holder
+from orchestrator.locking import Held, hold, holder_named, state_holder
 
 STOP_GRACE = 35.0
 START_TIMEOUT = 60.0
@@ -48,6 +60,11 @@ NOT_FOR_ENGINES = ("API_TOKEN",)
 NOT_FOR_ENGINES_PREFIXES = ("DAGCTL_", "TLS_")
 """Secrets of the orchestrator and of dagctl, which the engines neither need nor get: an engine
 runs whatever Lua it is sent, and its environment is the place a leak would start."""
+NOT_FOR_THE_ORCHESTRATOR_PREFIXES = ("ENGINE_TLS_",)
+"""How an orchestrator reaches engines over TLS: ``up``'s engines serve plain gRPC on loopback,
+so a CA or client certificate exported for another system would make them unreachable."""
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+"""Each stops ``up`` and everything it started: Ctrl-C, kill, a closed terminal, Ctrl-\\."""
 
 
 def new_engine_token() -> str:
@@ -61,12 +78,19 @@ def for_engines(name: str) -> bool:
     )
 
 
-class LaunchError(Exception):
-    """A local cluster that cannot start; the message is one line, ``log`` the tail to show."""
+BAD_SETTINGS_EXIT: Final = 2
+"""``python -m engine`` and ``python -m orchestrator`` exit 2 when a setting is bad (every start
+would be refused the same), and so does ``up`` for its own settings and for theirs."""
 
-    def __init__(self, message: str, log: str | None = None) -> None:
+
+class LaunchError(Exception):
+    """A local cluster that cannot start; the message is one line, ``log`` the tail to show,
+    ``exit_code`` what ``up`` exits with: 2 for a bad setting, 1 for the rest."""
+
+    def __init__(self, message: str, log: str | None = None, exit_code: int = 1) -> None:
         super().__init__(message)
         self.log = log
+        self.exit_code = exit_code
 
 
 def free_port() -> int:
@@ -76,10 +100,81 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+LOOPBACK: Final = "127.0.0.1"
+WILDCARDS: Final = frozenset({"", "*", "0.0.0.0", "::"})
+
+
+def reachable_host(host: str) -> str:
+    """Where ``up`` reaches a server that listens on ``host``: that address when it is a specific
+    one (``::1``, ``127.0.0.2``, a name), loopback when it is every interface. No brackets."""
+    bare = host.strip()
+    if bare.startswith("[") and bare.endswith("]"):
+        bare = bare[1:-1]
+    return LOOPBACK if bare in WILDCARDS else bare
+
+
+def in_url(host: str) -> str:
+    """``host`` as a URL or ``host:port`` takes it: an IPv6 address in brackets."""
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
+
+
+def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    """Whether something answers a TCP connect on ``host``:``port``."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    family, kind, proto, _, address = found[0]
+    with socket.socket(family, kind, proto) as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex(address) == 0
+
+
+PROC_NET: Final = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+TCP_LISTEN: Final = "0A"
+
+
+def listening_sockets(port: int) -> set[int]:
+    """The inodes of the sockets that listen on TCP ``port``, any address (Linux' /proc)."""
+    found: set[int] = set()
+    for table in PROC_NET:
+        try:
+            lines = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == TCP_LISTEN:
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    found.add(int(fields[9]))
+    return found
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself listens on TCP ``port``: a socket of its own, not merely
+    something that answers there (another program holding the port is not the engine up). On
+    a system without /proc a connect to loopback stands in."""
+    if not PROC_NET[0].exists():
+        return port_in_use(port)
+    sockets = listening_sockets(port)
+    if not sockets:
+        return False
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        names = os.listdir(fds)
+    except OSError:  # it is gone
+        return False
+    for name in names:
+        try:
+            link = os.readlink(fds / name)
+        except OSError:
+            continue
+        if link.startswith("socket:[") and int(link[8:-1]) in sockets:
+            return True
+    return False
 
 
 def _port(env: Mapping[str, str], name: str, default: int, pick: Callable[[], int]) -> int:
@@ -119,10 +214,33 @@ class Layout:
     """TLS_CERT_FILE is set: the orchestrator serves https (and gRPC over TLS) only."""
     mutual_tls: bool = False
     """TLS_CA_FILE is set too: it asks every client for a certificate."""
+    host: str = LOOPBACK
+    """Where ``up`` reaches the orchestrator: its HOST when that is a specific address."""
 
     @property
     def http_url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://{in_url(self.host)}:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{in_url(self.host)}:{self.grpc_port}"
+
+
+DEFAULT_STATE_DB: Final = str(Path(".dagengine") / "state.db")
+
+
+def log_dir_of(state_db: str, base_dir: Path) -> Path:
+    """Where the logs of an ``up`` on ``state_db`` go: ``.dagengine/logs`` for the default one
+    (and ``:memory:``), else ``<STATE_DB>.logs`` beside the database. One directory per state
+    database, since another ``up`` here with a STATE_DB of its own must not rotate this one's
+    logs, nor a later crash of this one show that one's lines."""
+    default = base_dir / ".dagengine" / "logs"
+    if state_db == ":memory:":
+        return default
+    path = base_dir / state_db  # an absolute STATE_DB stays as it is
+    if os.path.realpath(path) == os.path.realpath(base_dir / DEFAULT_STATE_DB):
+        return default
+    return path.with_name(path.name + ".logs")
 
 
 MAX_ENGINES: Final = 64
@@ -143,7 +261,8 @@ def plan(
     (to the engines, but for the secrets they have no use for: see ``for_engines``)."""
     if not 1 <= engines <= MAX_ENGINES:
         raise LaunchError(f"--engines must be between 1 and {MAX_ENGINES}, got {engines}")
-    log_dir = base_dir / ".dagengine" / "logs"
+    state_db = environ.get("STATE_DB", "").strip() or DEFAULT_STATE_DB
+    log_dir = log_dir_of(state_db, base_dir)
     common = {**environ}
     common.setdefault("PYTHONUNBUFFERED", "1")  # so a log's tail is current when we show it
     if not common.get("ENGINE_TOKEN", "").strip():
@@ -174,9 +293,14 @@ def plan(
         metrics.append(metrics_port)
     http_port = _port(environ, "HTTP_PORT", DEFAULT_HTTP_PORT, pick_port)
     grpc_port = _port(environ, "GRPC_PORT", DEFAULT_GRPC_PORT, pick_port)
-    state_db = environ.get("STATE_DB", "").strip() or str(Path(".dagengine") / "state.db")
+    if http_port == grpc_port:
+        raise LaunchError(
+            f"HTTP_PORT and GRPC_PORT are both {http_port}: the orchestrator needs two ports, "
+            "set one of them to another",
+            exit_code=BAD_SETTINGS_EXIT,
+        )
     orchestrator_env = {
-        **common,
+        **{k: v for k, v in common.items() if not k.startswith(NOT_FOR_THE_ORCHESTRATOR_PREFIXES)},
         "DISCOVERY_MODE": "static",
         "ENGINE_ADDRESSES": ",".join(addresses),
         "STATE_DB": state_db,
@@ -204,6 +328,7 @@ def plan(
         log_dir=log_dir,
         tls=bool(environ.get("TLS_CERT_FILE", "").strip()),
         mutual_tls=bool(environ.get("TLS_CA_FILE", "").strip()),
+        host=reachable_host(orchestrator_env["HOST"]),
     )
 
 
@@ -282,7 +407,7 @@ def how_it_ended(code: int) -> str:
 
 
 KILLED_FROM_OUTSIDE = frozenset(
-    {0, -signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP}
+    {0, -signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP, -signal.SIGQUIT}
 )
 """Exits whose cause is not in the log: a kill, or a clean stop asked for by someone."""
 
@@ -299,10 +424,6 @@ class RestartPolicy:
     """An engine that was up this long before it exited is paused ``first_delay`` again."""
     give_up_after: int = 5
     """Exits in a row without the engine ever listening on its port: ``up`` stops."""
-
-
-BAD_SETTINGS_EXIT: Final = 2
-"""``python -m engine`` exits 2 when a setting is bad: every start would be refused the same."""
 
 
 @dataclass(slots=True)
@@ -341,26 +462,122 @@ class Restarts:
         return self.delay
 
 
+class Output(Protocol):
+    """Where ``up`` writes: a text stream, or one that may have gone away (see ``Sturdy``)."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class Sturdy:
+    """A stream whose writes never fail: once the reader is gone (``| tee`` ended by the same
+    Ctrl-C, a terminal hung up: EPIPE, EIO) what ``up`` says is dropped, and it goes on with
+    what matters, which is stopping its children. Its file descriptor, if it has one, is pointed
+    at /dev/null, so that the interpreter's last flush at exit does not fail either."""
+
+    def __init__(self, stream: Output) -> None:
+        self.stream = stream
+        self.lost = False
+
+    def write(self, text: str, /) -> int:
+        if not self.lost:
+            try:
+                self.stream.write(text)
+            except (OSError, ValueError):
+                self._lose()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.lost:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self._lose()
+
+    def _lose(self) -> None:
+        self.lost = True
+        try:
+            fd = self.stream.fileno()  # type: ignore[attr-defined]
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+        except (AttributeError, OSError, ValueError):  # not a file (io.StringIO), or closed
+            pass
+
+
+PR_SET_PDEATHSIG: Final = 1
+
+
+def _load_prctl() -> Callable[[int, int], int] | None:
+    """libc's ``prctl``, on Linux; loaded before any fork, since the child between fork and exec
+    must not load a library."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # this process's own libc
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+_PRCTL: Final = _load_prctl()
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """What a child does between fork and exec: take back the stop signals ``up`` blocks while it
+    spawns (the mask is inherited: an engine that ignores SIGTERM would not drain), and ask the
+    kernel for SIGTERM when ``up`` dies, even by SIGKILL, which no handler of ours sees.
+
+    Chosen over a lifeline pipe, which every child would have to watch: the engines and the
+    orchestrator already stop gracefully on SIGTERM, and the kernel keeps this promise for any
+    program. If ``up`` died before the request was made, the child is the orphan that the request
+    is there to prevent, so it does not go on to exec (getppid is no longer ``parent``). The
+    signal follows the death of the spawning *thread*; ``up`` spawns from the one thread it runs
+    in, which lives as long as its children do."""
+
+    def setup() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    return setup
+
+
 @dataclass
 class Supervisor:
     """The children of one ``up``: start them, start an engine again when it exits, stop all.
 
     The orchestrator is not restarted: it holds the store, so its death is a thing to look at
     rather than to paper over, and ``up`` ends saying why. An engine is ready once it listens on
-    its port; it is started again with the same name, port and environment, so the
-    orchestrator's static list (``ENGINE_ADDRESSES``) finds it where it was.
+    its port itself (``listens``: another program on that port is not the engine back); it is
+    started again with the same name, port and environment, so the orchestrator's static list
+    (``ENGINE_ADDRESSES``) finds it where it was.
     """
 
     orchestrator: Child
     engines: tuple[Child, ...]
     cwd: Path
-    out: TextIO
-    err: TextIO
+    out: Output
+    err: Output
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: dict[str, Restarts] = field(default_factory=dict)
     due: dict[str, float] = field(default_factory=dict)
     """Engines waiting to be started again, with the monotonic time they are due."""
+    stopping: bool = False
+    """Set once a stop began: another stop signal then hurries it instead of starting one."""
+    hurried: bool = False
+    """A second Ctrl-C (or SIGTERM, ...): every child was sent SIGKILL, no grace is waited out."""
+    _stop_deadline: float | None = None
+    _not_restarted: list[str] = field(default_factory=list)
+    _reported: set[str] = field(default_factory=set)
 
     def start(self) -> None:
         now = time.monotonic()
@@ -373,11 +590,18 @@ class Supervisor:
     def _spawn(self, child: Child, note: str = "") -> None:
         """Start ``child`` with its output in its log: a fresh log, or after ``note`` when it is
         started again, so what it wrote before it died stays readable. A fresh log keeps the
-        one of the ``up`` before as ``<name>.log.1``: a crash is often looked at after a restart."""
-        child.log_path.parent.mkdir(parents=True, exist_ok=True)
-        if not note and child.log_path.exists():
-            child.log_path.replace(child.log_path.with_name(child.log_path.name + ".1"))
-        log: IO[bytes] = child.log_path.open("ab") if note else child.log_path.open("wb")
+        one of the ``up`` before as ``<name>.log.1``: a crash is often looked at after a restart.
+
+        The stop signals are blocked meanwhile (in this thread), so that a Ctrl-C cannot land
+        between the fork and the moment the child is known here, and go unstopped."""
+        try:
+            child.log_path.parent.mkdir(parents=True, exist_ok=True)
+            if not note and child.log_path.exists():
+                child.log_path.replace(child.log_path.with_name(child.log_path.name + ".1"))
+            log: IO[bytes] = child.log_path.open("ab") if note else child.log_path.open("wb")
+        except OSError as exc:
+            raise LaunchError(f"cannot write {child.log_path}: {_why(exc)}") from None
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             if note:
                 log.write(note.encode())
@@ -390,11 +614,13 @@ class Supervisor:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_dies_with(os.getpid()),  # see _dies_with
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             raise LaunchError(f"cannot start {child.name}: {exc}") from exc
         finally:
             log.close()
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def pid(self, name: str) -> int | None:
         proc = self.procs.get(name)
@@ -410,7 +636,8 @@ class Supervisor:
     def tend(self, now: float) -> None:
         """Notice engines that exited or came up, start those whose pause is over.
 
-        LaunchError when an engine exited ``give_up_after`` times in a row before it was ready.
+        LaunchError when an engine exited ``give_up_after`` times in a row before it was ready,
+        or refused its settings (``exit_code`` 2 then, as for ``up``'s own settings).
         """
         for child in self.engines:
             life = self.restarts[child.name]
@@ -428,7 +655,7 @@ class Supervisor:
             code = proc.poll()
             if code is not None:
                 self._exited(child, proc.pid, code, now)
-            elif not life.ready and port_in_use(int(child.env["PORT"])):
+            elif not life.ready and listens(proc.pid, int(child.env["PORT"])):
                 life.became_ready()
                 if life.starts > 1:
                     self.out.write(
@@ -446,6 +673,7 @@ class Supervisor:
                 f"{child.name} {how_it_ended(code)} while starting{times}; "
                 f"last lines of {child.log_path}:",
                 tail(child.log_path),
+                exit_code=BAD_SETTINGS_EXIT if code == BAD_SETTINGS_EXIT else 1,
             )
         line = f"dagctl: {child.name} (pid {pid}) {how_it_ended(code)}"
         if not life.ready:
@@ -465,36 +693,71 @@ class Supervisor:
         soonest = min(self.due.values(), default=now + longest)
         return max(min(soonest - now, longest), 0.0)
 
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """The handler of the stop signals: the first one stops (KeyboardInterrupt, caught by
+        ``run_up``), any later one hurries the stop on. It never raises once a stop began, so a
+        double Ctrl-C a few ms apart cannot escape the stop and leave children behind."""
+        if self.stopping:
+            self.hurry()
+            return
+        self.stopping = True
+        raise KeyboardInterrupt
+
+    def hurry(self) -> None:
+        """SIGKILL to every child still running: no more waiting for a grace period."""
+        self.hurried = True
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                _signal(proc, signal.SIGKILL)
+
     def stop(self, grace: float = STOP_GRACE) -> None:
         """SIGTERM to every child still running, up to ``grace`` seconds, then SIGKILL; an
-        engine waiting to be restarted is not started again."""
-        waiting = [name for name in self.procs if name in self.due]
-        self.due.clear()
-        alive = {
-            name: p for name, p in self.procs.items() if name not in waiting and p.poll() is None
-        }
-        for proc in alive.values():
-            _signal(proc, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        try:
-            for name, proc in alive.items():
-                try:
-                    code = proc.wait(max(deadline - time.monotonic(), 0.0))
-                    self.out.write(f"  {name} stopped (exit {code})\n")
-                except subprocess.TimeoutExpired:
-                    _signal(proc, signal.SIGKILL)
-                    proc.wait()
-                    self.out.write(f"  {name} did not stop within {grace:.0f} s: killed\n")
-                self.out.flush()
-        except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
-            for proc in alive.values():
+        engine waiting to be restarted is not started again. Called again after it was cut short
+        (a KeyboardInterrupt that got through), it goes on where it was until every child is
+        reaped; called once more after that, it does nothing."""
+        self.stopping = True
+        if self._stop_deadline is None:
+            self._not_restarted += [name for name in self.procs if name in self.due]
+            self.due.clear()
+            self._stop_deadline = time.monotonic() + grace
+            for name, proc in self.procs.items():
+                if name in self._not_restarted:
+                    continue
                 if proc.poll() is None:
-                    _signal(proc, signal.SIGKILL)
-                    proc.wait()
-            self.out.write("  killed\n")
-        for name in waiting:
-            self.out.write(f"  {name} not restarted (it was waiting to be)\n")
+                    _signal(proc, signal.SIGTERM)
+                else:  # it ended before: what it did was said when it did
+                    self._reported.add(name)
+        if self.hurried:
+            self.hurry()
+        for name, proc in self.procs.items():
+            if name in self._reported or name in self._not_restarted:
+                continue
+            try:
+                code = proc.wait(max(self._stop_deadline - time.monotonic(), 0.0))
+            except subprocess.TimeoutExpired:
+                _signal(proc, signal.SIGKILL)
+                proc.wait()
+                said = f"  {name} did not stop within {grace:.0f} s: killed\n"
+            else:
+                hurried = self.hurried and code == -signal.SIGKILL
+                said = f"  {name} killed\n" if hurried else f"  {name} stopped (exit {code})\n"
+            self._reported.add(name)
+            self.out.write(said)
+            self.out.flush()
+        for name in self._not_restarted:
+            if name not in self._reported:
+                self._reported.add(name)
+                self.out.write(f"  {name} not restarted (it was waiting to be)\n")
         self.out.flush()
+
+    def stop_all(self) -> None:
+        """``stop`` until it has run to its end, whatever KeyboardInterrupt gets through."""
+        while True:
+            try:
+                self.stop()
+                return
+            except KeyboardInterrupt:
+                self.hurried = True
 
 
 def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
@@ -519,9 +782,10 @@ def wait_ready(layout: Layout, supervisor: Supervisor, client: Client, timeout: 
         code = supervisor.exit_code(layout.orchestrator.name)
         if code is not None:
             raise LaunchError(
-                f"{layout.orchestrator.name} exited with code {code} while starting; "
+                f"{layout.orchestrator.name} {how_it_ended(code)} while starting; "
                 f"last lines of {layout.orchestrator.log_path}:",
                 tail(layout.orchestrator.log_path),
+                exit_code=BAD_SETTINGS_EXIT if code == BAD_SETTINGS_EXIT else 1,
             )
         supervisor.tend(time.monotonic())
         try:
@@ -591,8 +855,9 @@ def find_examples(cwd: Path) -> list[Path]:
     return []
 
 
-def register_examples(client: Client, files: list[Path], out: TextIO) -> list[str]:
-    """Register each file; a second pass for those that need another registered first."""
+def register_examples(client: Client, files: list[Path], out: Output) -> list[str]:
+    """Register each file; a second pass for those that need another registered first. A file
+    refused is shown with its problems, as ``dagctl apply`` shows them."""
     registered: list[str] = []
     failures: dict[Path, str] = {}
     pending = list(files)
@@ -607,7 +872,8 @@ def register_examples(client: Client, files: list[Path], out: TextIO) -> list[st
                     headers={"Content-Type": "application/yaml"},
                 )
             except ApiError as exc:
-                failures[path] = f"{exc.code}: {exc.message}"
+                details = "".join(f"\n  {line}" for line in detail_lines(exc.details))
+                failures[path] = f"{exc.code}: {exc.message}{details}"
                 continue
             except OSError as exc:
                 failures[path] = str(exc)
@@ -625,25 +891,46 @@ def register_examples(client: Client, files: list[Path], out: TextIO) -> list[st
     return registered
 
 
+def dagctl_command(python: str, cwd: Path, path: str | None) -> str:
+    """How to call the dagctl beside ``python`` (the one running now) from ``cwd``: ``dagctl``
+    when that is the one PATH finds, else its path (``.venv/bin/dagctl`` after ``.ci/up``)."""
+    beside = Path(python).parent / "dagctl"
+    if not beside.is_file():
+        return "dagctl"
+    found = shutil.which("dagctl", path=path)
+    if found is not None and os.path.realpath(found) == os.path.realpath(beside):
+        return "dagctl"
+    absolute = beside if beside.is_absolute() else cwd / beside
+    try:
+        return str(absolute.relative_to(cwd))
+    except ValueError:
+        return str(absolute)
+
+
 def banner(
     layout: Layout,
     *,
     server: str,
     token_set: bool,
     pids: Mapping[str, int | None],
-    out: TextIO,
+    out: Output,
     ca_set: bool = False,
+    dagctl: str = "dagctl",
 ) -> None:
     """What is up and where, and what to try. ``ca_set``: DAGCTL_CA_FILE is set already (with
-    TLS, the next dagctl commands and curl need the CA that signed TLS_CERT_FILE)."""
+    TLS, the next dagctl commands and curl need the CA that signed TLS_CERT_FILE); ``dagctl``:
+    how to call dagctl from here (see ``dagctl_command``)."""
     count = len(layout.engines)
+    orchestrator = pids.get(layout.orchestrator.name)
     lines = [
         f"DAG Engine is up: an orchestrator and {count} engine{'s' if count != 1 else ''}.",
         "",
         f"  HTTP API   {layout.http_url}   (OpenAPI: {layout.http_url}/api/v1/openapi.json)",
-        f"  gRPC       127.0.0.1:{layout.grpc_port}",
+        f"  gRPC       {layout.grpc_address}",
         f"  metrics    {layout.http_url}/metrics",
     ]
+    if orchestrator is not None:
+        lines.append(f"  {layout.orchestrator.name:<10} pid {orchestrator}")
     for child, address, metrics in zip(
         layout.engines, layout.engine_addresses, layout.engine_metrics, strict=True
     ):
@@ -670,10 +957,10 @@ def banner(
     if layout.mutual_tls:
         auth = ' --cert "$DAGCTL_CERT_FILE" --key "$DAGCTL_KEY_FILE"' + auth
     lines += [
-        "  dagctl run hello --input name=Ada --wait",
+        f"  {dagctl} run hello --input name=Ada --wait",
         f"  curl -X POST {layout.http_url}/trigger/hello{auth} "
         '-H \'Content-Type: application/json\' -d \'{"inputs": {"name": "Ada"}}\'',
-        "  dagctl get executions",
+        f"  {dagctl} get executions",
         "",
         "Ctrl-C stops everything.",
     ]
@@ -681,8 +968,79 @@ def banner(
     out.flush()
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def left_behind(pid: int) -> bool:
+    """Whether process ``pid`` is an orchestrator that a ``dagctl up`` started and lost: it
+    leads a session of its own, as ``up`` starts its children, yet its parent is no ``dagctl
+    up`` (init, or a subreaper, took it in). False wherever /proc does not tell."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[-1].split()
+    if not _runs_module(argv, b"orchestrator") or len(fields) < 4 or int(fields[3]) != pid:
+        return False
+    try:
+        parent = Path(f"/proc/{fields[1]}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True
+    up = b"up" in parent and (
+        any(os.path.basename(arg) == b"dagctl" for arg in parent)
+        or _runs_module(parent, b"orchestrator.dagctl")
+    )
+    return not up
+
+
+def _runs_module(argv: list[bytes], module: bytes) -> bool:
+    return any(a == b"-m" and b == module for a, b in itertools.pairwise(argv))
+
+
+def in_use(state_db: str, cwd: Path) -> str | None:
+    """Why ``up`` cannot have ``state_db``, or None when no process holds it."""
+    holder = state_holder(str(cwd / state_db))
+    if holder is None:
+        return None
+    if holder and left_behind(holder):
+        return (
+            f"{state_db} is in use by process {holder}, an orchestrator left behind by a dagctl "
+            f"up that was killed: kill {holder} (it stops cleanly on SIGTERM), or set STATE_DB "
+            "to use another state database"
+        )
+    return (
+        f"{state_db} is in use by {holder_named(holder)}: is another dagctl up running here? "
+        "Stop it first, or set STATE_DB to use another state database"
+    )
+
+
+UP_LOCK: Final = "up.lock"
+
+
+def hold_logs(log_dir: Path) -> int:
+    """Take ``<log_dir>/up.lock`` for this ``up`` (an flock, let go when it exits however it
+    does) before a log is rotated: two ``up`` started at once on one state database both pass
+    the look at its lock, which its orchestrator takes only later, and would rotate each other's
+    logs. LaunchError when another ``up`` has it, or when the directory cannot be written."""
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        return hold(str(log_dir / UP_LOCK))
+    except Held as exc:
+        raise LaunchError(
+            f"{log_dir} is in use by another dagctl up ({holder_named(exc.pid)}): stop it first, "
+            "or set STATE_DB to use another state database (its logs go beside it)"
+        ) from None
+    except OSError as exc:
+        raise LaunchError(f"cannot write the logs in {log_dir}/: {_why(exc)}") from None
+
+
+def orchestrator_died(child: Child, pid: int | None, code: int) -> LaunchError:
+    """What ``up`` says when its orchestrator ended: a crash with its log's last lines, a kill
+    from outside (SIGKILL, a SIGTERM not ours) without them, since the log does not know."""
+    if code in KILLED_FROM_OUTSIDE:
+        return LaunchError(f"{child.name} (pid {pid}) {how_it_ended(code)}, not by dagctl up")
+    return LaunchError(
+        f"{child.name} exited unexpectedly with code {code}; last lines of {child.log_path}:",
+        tail(child.log_path),
+    )
 
 
 def run_up(
@@ -700,90 +1058,121 @@ def run_up(
     start_timeout: float = START_TIMEOUT,
     restart: RestartPolicy | None = None,
 ) -> int:
-    """Start, wait until ready, register the examples, then supervise until stopped."""
+    """Start, wait until ready, register the examples, then supervise until stopped. Exits 2
+    for a bad setting (``up``'s own, or one its orchestrator or an engine refused at start), 1
+    when it could not start or something died, 0 when stopped."""
+    say, complain = Sturdy(out), Sturdy(err)
     try:
         layout = plan(environ, engines=engines, python=python, base_dir=cwd)
         tls = own_server_tls(environ)
     except LaunchError as exc:
-        err.write(f"dagctl: {exc}\n")
-        return 2
-    holder = state_holder(str(cwd / layout.state_db))
-    if holder is not None:
-        # before anything is started or a log is rotated: they are the running system's
-        err.write(
-            f"dagctl: {layout.state_db} is in use by {holder_named(holder)}: is another "
-            "dagctl up running here? Stop it first, or set STATE_DB to use another state "
-            "database\n"
-        )
+        complain.write(f"dagctl: {exc}\n")
+        return BAD_SETTINGS_EXIT
+    # before anything is started or a log is rotated: they are the running system's
+    why = in_use(layout.state_db, cwd)
+    if why is not None:
+        complain.write(f"dagctl: {why}\n")
         return 1
     for name, port in (("HTTP_PORT", layout.http_port), ("GRPC_PORT", layout.grpc_port)):
-        if port_in_use(port):
-            err.write(
+        if port_in_use(port, layout.host):
+            complain.write(
                 f"dagctl: port {port} ({name}) is already in use: is another dagctl up "
                 f"running? Set {name} to use another port\n"
             )
             return 1
-    stop = stop or threading.Event()
-    supervisor = Supervisor(
-        layout.orchestrator, layout.engines, cwd, out, err, restart or RestartPolicy()
-    )
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     try:
+        held = hold_logs(layout.log_dir)
+    except LaunchError as exc:
+        complain.write(f"dagctl: {exc}\n")
+        return exc.exit_code
+    supervisor = Supervisor(
+        layout.orchestrator, layout.engines, cwd, say, complain, restart or RestartPolicy()
+    )
+    try:
+        failure = _supervise(
+            layout,
+            supervisor,
+            Client(layout.http_url, token, timeout=5.0, tls=tls),
+            stop or threading.Event(),
+            start_timeout=start_timeout,
+            examples=examples,
+            banner_of=lambda pids: banner(
+                layout,
+                server=server,
+                token_set=bool(environ.get("API_TOKEN")),
+                pids=pids,
+                out=say,
+                ca_set=bool(environ.get("DAGCTL_CA_FILE", "").strip()),
+                dagctl=dagctl_command(python, cwd, environ.get("PATH")),
+            ),
+        )
+    finally:
+        os.close(held)
+    if failure is None:
+        return 0
+    # the last thing said: after the children's stop lines, not lost above them
+    complain.write(f"dagctl: {failure}\n")
+    if failure.log is not None:
+        complain.write(_indent(failure.log) + "\n")
+    complain.flush()
+    return failure.exit_code
+
+
+def _supervise(
+    layout: Layout,
+    supervisor: Supervisor,
+    client: Client,
+    stop: threading.Event,
+    *,
+    start_timeout: float,
+    examples: bool,
+    banner_of: Callable[[Mapping[str, int | None]], None],
+) -> LaunchError | None:
+    """Start the children and tend them until ``stop``, a stop signal, or a failure (returned);
+    everything started is stopped whatever ends it, an exception included."""
+    out = supervisor.out
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = (
+        {sig: signal.signal(sig, supervisor.on_signal) for sig in STOP_SIGNALS} if in_main else {}
+    )
+    failure: LaunchError | None = None
+    try:
+        count = len(layout.engines)
         out.write(
-            f"Starting the orchestrator and {engines} engine{'s' if engines != 1 else ''} "
+            f"Starting the orchestrator and {count} engine{'s' if count != 1 else ''} "
             f"(logs in {layout.log_dir}/) ...\n"
         )
         out.flush()
         supervisor.start()
-        client = Client(layout.http_url, token, timeout=5.0, tls=tls)
         wait_ready(layout, supervisor, client, start_timeout)
         if examples:
-            register_examples(client, find_examples(cwd), out)
-        banner(
-            layout,
-            server=server,
-            token_set=bool(environ.get("API_TOKEN")),
-            pids={child.name: supervisor.pid(child.name) for child in layout.engines},
-            out=out,
-            ca_set=bool(environ.get("DAGCTL_CA_FILE", "").strip()),
-        )
+            register_examples(client, find_examples(supervisor.cwd), out)
+        names = (layout.orchestrator.name, *(child.name for child in layout.engines))
+        banner_of({name: supervisor.pid(name) for name in names})
         orchestrator = layout.orchestrator
         while not stop.is_set():
             code = supervisor.exit_code(orchestrator.name)
             if code is not None:
-                err.write(
-                    f"dagctl: {orchestrator.name} exited unexpectedly with code {code}; "
-                    f"last lines of {orchestrator.log_path}:\n"
-                    f"{_indent(tail(orchestrator.log_path))}\n"
-                )
+                failure = orchestrator_died(orchestrator, supervisor.pid(orchestrator.name), code)
                 out.write("Stopping the others ...\n")
-                supervisor.stop()
-                return 1
+                break
             now = time.monotonic()
             supervisor.tend(now)
             stop.wait(supervisor.pause(now))
-        out.write("Stopping ...\n")
-        supervisor.stop()
-        return 0
+        else:
+            out.write("Stopping ...\n")
     except KeyboardInterrupt:
         out.write("\nStopping ...\n")
-        out.flush()
-        supervisor.stop()
-        return 0
     except LaunchError as exc:
-        err.write(f"dagctl: {exc}\n")
-        if exc.log is not None:
-            err.write(_indent(exc.log) + "\n")
+        failure = exc
         out.write("Stopping everything ...\n")
-        supervisor.stop()
-        return 1
-    except BaseException:
-        supervisor.stop()
-        raise
     finally:
-        if in_main and previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        out.flush()
+        supervisor.stop_all()
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+    return failure
 
 
 def _indent(text: str) -> str:

@@ -1,0 +1,582 @@
+"""``dagctl up``'s local life cycle with real processes: however ``up`` ends (SIGHUP, SIGQUIT,
+SIGKILL, a double Ctrl-C, a Ctrl-C after the pipe it wrote to closed), no child outlives it; a
+second ``up`` leaves the first one's logs alone; a specific HOST is reached there; a restarted
+engine is ready only when it listens itself; a failure is said last, with the exit status the
+orchestrator and engines use.
+
+Most tests run ``up`` (``run_up``, in a process of its own where signals matter) over a stand-in
+for the Python interpreter, as tests/integration/test_dagctl.py does: a tiny orchestrator that
+listens on its HOST, and engines that listen on their port, or, when something else has it,
+stay alive without listening (an engine slow to come back).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.dagctl.launching import RestartPolicy, run_up
+from tests.integration.test_dagctl import ROOT, WAIT, start_up
+
+pytestmark = pytest.mark.slow
+
+FAKE_ORCHESTRATOR = """
+import json, os, re, socket
+from aiohttp import web
+
+if os.environ.get("ORCHESTRATOR_EXIT"):
+    print("error: HTTP_PORT must be a port number, got 'x'", flush=True)
+    raise SystemExit(int(os.environ["ORCHESTRATOR_EXIT"]))
+addresses = os.environ["ENGINE_ADDRESSES"].split(",")
+print("fake orchestrator starting", flush=True)
+
+async def readyz(request):
+    return web.json_response({"status": "ready"})
+
+def state(address):
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as probe:
+        return "ready" if probe.connect_ex((host, int(port))) == 0 else "unhealthy"
+
+async def engines(request):
+    return web.json_response({"engines": [
+        {"id": f"engine-{i}", "address": a, "state": state(a)} for i, a in enumerate(addresses)
+    ]})
+
+async def register(request):
+    text = await request.text()
+    wid = re.search(r"^id: *(\\S+)", text, re.M).group(1)
+    if wid == "broken":
+        problems = ["nodes: missing", "version: missing"]
+        return web.json_response({"error": {"code": "invalid_spec", "message": "2 problems",
+                                            "details": {"problems": problems}}}, status=400)
+    return web.json_response({"workflow": {"id": wid, "version": "1.0.0"}}, status=201)
+
+app = web.Application()
+app.router.add_get("/readyz", readyz)
+app.router.add_get("/api/v1/engines", engines)
+app.router.add_post("/api/v1/workflows", register)
+web.run_app(app, host=os.environ["HOST"].strip("[]"), port=int(os.environ["HTTP_PORT"]), print=None)
+"""
+
+FAKE_ENGINE = """
+import os, signal, socket, sys, time
+
+# as a real engine drains its runs on SIGTERM, this one takes a while to stop
+signal.signal(signal.SIGTERM, lambda *_: (time.sleep(0.3), sys.exit(0)))
+name = os.environ["ENGINE_ID"]
+cue = os.path.join(os.environ["DUMP_DIR"], "die-" + name)
+listener = socket.socket()
+try:
+    listener.bind(("127.0.0.1", int(os.environ["PORT"])))
+    listener.listen()
+    print(f"fake {name} listening", flush=True)
+except OSError as exc:
+    print(f"fake {name}: {exc}; waiting", flush=True)
+while not os.path.exists(cue):
+    time.sleep(0.05)
+os.remove(cue)
+sys.exit(3)
+"""
+
+FAKE_PYTHON = """#!/bin/sh
+if [ "$2" = orchestrator ]; then
+    exec {python} {orchestrator}
+fi
+if [ "$ENGINE_ID" = "$DIE_AT_START" ]; then
+    echo "error: CAPACITY must be a whole number, got 'many'"
+    exit 2
+fi
+exec {python} {engine}
+"""
+
+# run_up as `dagctl up` runs it: in the main thread of a process of its own, its handlers set
+HARNESS = """
+import os, sys
+from pathlib import Path
+from orchestrator.dagctl.launching import RestartPolicy, run_up
+sys.exit(run_up(
+    dict(os.environ), server="http://127.0.0.1:8080", token=None, engines=2, examples=False,
+    python=sys.argv[1], cwd=Path.cwd(), out=sys.stdout, err=sys.stderr, start_timeout=60,
+    restart=RestartPolicy(first_delay=0.05, max_delay=0.2),
+))
+"""
+FAST = RestartPolicy(first_delay=0.05, max_delay=0.2)
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    orchestrator = tmp_path / "fake_orchestrator.py"
+    orchestrator.write_text(FAKE_ORCHESTRATOR)
+    engine = tmp_path / "fake_engine.py"
+    engine.write_text(FAKE_ENGINE)
+    python = tmp_path / "bin" / "python"
+    python.parent.mkdir()
+    python.write_text(
+        FAKE_PYTHON.format(python=sys.executable, orchestrator=orchestrator, engine=engine)
+    )
+    python.chmod(0o755)
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    environ = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DUMP_DIR": str(dump),
+        "HTTP_PORT": "0",
+        "GRPC_PORT": "0",
+    }
+    yield str(python), environ
+
+
+def alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie waiting for whoever took it in."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def pids_in_banner(text: str) -> list[int]:
+    found = [int(p) for p in re.findall(r"^  (?:orchestrator|engine-\d) .*?pid (\d+)", text, re.M)]
+    assert len(found) == 3, text
+    return found
+
+
+def children_of(parent: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def gone_within(pids: list[int], seconds: float) -> list[int]:
+    """Those of ``pids`` still running after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+class UpProcess:
+    """``up`` in a process of its own (its own session, as from a terminal of its own)."""
+
+    def __init__(self, cwd: Path, python: str, environ: dict[str, str]) -> None:
+        self.out_path = cwd / "up.out"
+        with self.out_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", HARNESS, python],
+                cwd=cwd,
+                env={**environ, "PYTHONPATH": str(ROOT)},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def text(self) -> str:
+        return self.out_path.read_text()
+
+    def wait_for(self, text: str) -> str:
+        deadline = time.monotonic() + WAIT
+        while text not in self.text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"never saw {text!r}:\n{self.text()}")
+            time.sleep(0.05)
+        return self.text()
+
+    def end(self, pids: list[int]) -> None:
+        for pid in [self.proc.pid, *pids]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT, signal.SIGKILL])
+def test_no_child_outlives_up_however_it_is_ended(
+    sig: signal.Signals, tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    python, environ = fake_python
+    up = UpProcess(tmp_path, python, environ)
+    pids: list[int] = []
+    try:
+        up.wait_for("Ctrl-C stops everything.")
+        pids = children_of(up.proc.pid)
+        assert len(pids) == 3, pids
+        os.kill(up.proc.pid, sig)
+        assert up.proc.wait(WAIT) == (-sig if sig == signal.SIGKILL else 0), up.text()
+        assert gone_within(pids, 10) == [], up.text()
+        if sig != signal.SIGKILL:
+            stopped = up.text().split("Stopping ...\n", 1)[1]
+            assert "  orchestrator stopped (exit" in stopped, stopped
+    finally:
+        up.end(pids)
+
+
+def test_the_next_up_names_an_orchestrator_left_behind(
+    tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    python, environ = fake_python
+    # an orchestrator whose up was killed (before up had the kernel stop it): python -m
+    # orchestrator in a session of its own, its parent gone, holding the state lock
+    module = tmp_path / "left" / "orchestrator"
+    module.mkdir(parents=True)
+    state = tmp_path / ".dagengine" / "state.db"
+    state.parent.mkdir()
+    (module / "__main__.py").write_text(
+        "import fcntl, os, time\n"
+        f"fd = os.open({str(state) + '.lock'!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    starter = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys\n"
+            "p = subprocess.Popen([sys.executable, '-m', 'orchestrator'], cwd=sys.argv[1],"
+            " stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)\n"
+            "p.stdout.readline()\n"
+            "print(p.pid)\n",
+            str(module.parent),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    orphan = int(starter.stdout)
+    try:
+        out, err = io.StringIO(), io.StringIO()
+        code = run_up(
+            environ,
+            server="http://127.0.0.1:8080",
+            token=None,
+            engines=1,
+            examples=False,
+            python=python,
+            cwd=tmp_path,
+            out=out,
+            err=err,
+        )
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+    assert code == 1
+    assert err.getvalue() == (
+        f"dagctl: .dagengine/state.db is in use by process {orphan}, an orchestrator left "
+        f"behind by a dagctl up that was killed: kill {orphan} (it stops cleanly on SIGTERM), "
+        "or set STATE_DB to use another state database\n"
+    )
+
+
+def test_up_stops_everything_when_the_pipe_it_wrote_to_closed_before_the_ctrl_c(
+    tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    # `dagctl up | tee up.log`, then Ctrl-C: the terminal interrupts tee too, which dies first
+    python, environ = fake_python
+    with (tmp_path / "up.err").open("wb") as errors:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HARNESS, python],
+            cwd=tmp_path,
+            env={**environ, "PYTHONPATH": str(ROOT)},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            start_new_session=True,
+        )
+    assert proc.stdout is not None
+    text = ""
+    pids: list[int] = []
+    try:
+        while "Ctrl-C stops everything." not in text:
+            line = proc.stdout.readline().decode()
+            assert line, text
+            text += line
+        pids = children_of(proc.pid)
+        assert len(pids) == 3, pids
+        proc.stdout.close()  # tee is gone
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(WAIT) == 0, (tmp_path / "up.err").read_text()
+        assert gone_within(pids, 10) == []
+        assert (tmp_path / "up.err").read_text() == ""  # no traceback
+    finally:
+        for pid in [proc.pid, *pids]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("gap", [0.001, 0.005])
+def test_ctrl_c_again_and_again_leaves_no_child(
+    gap: float, tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    # a Ctrl-C held down, or hit twice a few ms apart: some land while the stop is set up
+    python, environ = fake_python
+    up = UpProcess(tmp_path, python, environ)
+    pids: list[int] = []
+    try:
+        up.wait_for("Ctrl-C stops everything.")
+        pids = children_of(up.proc.pid)
+        assert len(pids) == 3, pids
+        for _ in range(10):
+            os.kill(up.proc.pid, signal.SIGINT)
+            time.sleep(gap)
+        up.proc.wait(WAIT)  # how it exits after its stop does not matter: a late Ctrl-C may
+        assert gone_within(pids, 5) == [], up.text()
+    finally:
+        up.end(pids)
+
+
+def test_a_second_up_with_a_state_database_of_its_own_leaves_the_first_ones_logs(
+    tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    python, environ = fake_python
+    logs = tmp_path / ".dagengine" / "logs"
+    first = start_up(tmp_path, python, environ, examples=False, restart=FAST)
+    try:
+        first.wait_for("Ctrl-C stops everything.")
+        second = start_up(
+            tmp_path, python, {**environ, "STATE_DB": "b.db"}, examples=False, restart=FAST
+        )
+        second.wait_for("Ctrl-C stops everything.")
+        assert f"logs       {tmp_path / 'b.db.logs'}/" in second.out.getvalue()
+        second.stop.set()
+        assert second.finish() == 0
+        # one on the same state database, started while the first one's orchestrator had not
+        # yet taken its lock (this stand-in never does): refused before it rotates anything
+        third = start_up(tmp_path, python, environ, examples=False, restart=FAST)
+        assert third.finish() == 1
+        assert third.err.getvalue() == (
+            f"dagctl: {logs} is in use by another dagctl up (process {os.getpid()}): stop it "
+            "first, or set STATE_DB to use another state database (its logs go beside it)\n"
+        )
+        assert not list(logs.glob("*.log.1"))
+        assert (logs / "engine-0.log").read_text() == "fake engine-0 listening\n"
+    finally:
+        first.stop.set()
+        assert first.finish() == 0
+
+
+def test_up_reaches_its_orchestrator_on_the_address_host_names(
+    tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    python, environ = fake_python
+    up = start_up(tmp_path, python, {**environ, "HOST": "127.0.0.2"}, examples=False)
+    try:
+        up.wait_for("Ctrl-C stops everything.")
+        assert re.search(r"HTTP API   http://127\.0\.0\.2:\d+ ", up.out.getvalue())
+    finally:
+        up.stop.set()
+        assert up.finish() == 0, up.err.getvalue()
+
+
+def test_a_restarted_engine_is_not_serving_while_another_program_holds_its_port(
+    tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    python, environ = fake_python
+    second = RestartPolicy(first_delay=1.0)
+    up = start_up(tmp_path, python, environ, examples=False, restart=second)
+    try:
+        up.wait_for("Ctrl-C stops everything.")
+        found = re.search(r"  engine-0 +127\.0\.0\.1:(\d+)", up.out.getvalue())
+        assert found is not None
+        (Path(environ["DUMP_DIR"]) / "die-engine-0").touch()
+        up.wait_for("engine-0 (pid", err=True)
+        with socket.socket() as squatter:  # another program takes the port meanwhile
+            squatter.bind(("127.0.0.1", int(found.group(1))))
+            squatter.listen()
+            log = tmp_path / ".dagengine" / "logs" / "engine-0.log"
+            deadline = time.monotonic() + WAIT
+            while "restart 1 of engine-0" not in log.read_text():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(2.0)  # up looks every 0.5 s
+            assert "serving again" not in up.out.getvalue()
+    finally:
+        up.stop.set()
+        assert up.finish() == 0
+
+
+def test_up_where_it_cannot_write_says_so_in_one_line(
+    tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    python, environ = fake_python
+    (tmp_path / ".dagengine").write_text("not a directory\n")  # as root, chmod would not do
+    out, err = io.StringIO(), io.StringIO()
+    code = run_up(
+        environ,
+        server="http://127.0.0.1:8080",
+        token=None,
+        engines=1,
+        examples=False,
+        python=python,
+        cwd=tmp_path,
+        out=out,
+        err=err,
+    )
+    assert code == 1
+    assert err.getvalue() == (
+        f"dagctl: cannot write the logs in {tmp_path / '.dagengine' / 'logs'}/: Not a directory\n"
+    )
+
+
+def test_up_shows_the_problems_of_an_example_it_cannot_register(
+    tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    python, environ = fake_python
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "broken.yaml").write_text("id: broken\n")
+    up = start_up(tmp_path, python, environ, restart=FAST)
+    try:
+        up.wait_for("Ctrl-C stops everything.")
+        assert (
+            "  could not register broken.yaml: invalid_spec: 2 problems\n"
+            "    - nodes: missing\n"
+            "    - version: missing\n"
+        ) in up.out.getvalue()
+    finally:
+        up.stop.set()
+        assert up.finish() == 0
+
+
+def test_up_says_its_orchestrator_was_killed_and_says_it_last(
+    tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    python, environ = fake_python
+    said = io.StringIO()  # out and err as one terminal shows them
+    code: list[int] = []
+
+    def target() -> None:
+        code.append(
+            run_up(
+                environ,
+                server="http://127.0.0.1:8080",
+                token=None,
+                engines=2,
+                examples=False,
+                python=python,
+                cwd=tmp_path,
+                out=said,
+                err=said,
+                restart=FAST,
+            )
+        )
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + WAIT
+    while "Ctrl-C stops everything." not in said.getvalue():
+        assert thread.is_alive() and time.monotonic() < deadline, said.getvalue()
+        time.sleep(0.05)
+    orchestrator = pids_in_banner(said.getvalue())[0]
+    os.kill(orchestrator, signal.SIGKILL)
+    thread.join(WAIT)
+    assert code == [1]
+    lines = said.getvalue().split("Ctrl-C stops everything.\n", 1)[1].splitlines()
+    assert lines == [
+        "Stopping the others ...",
+        "  engine-0 stopped (exit 0)",
+        "  engine-1 stopped (exit 0)",
+        f"dagctl: orchestrator (pid {orchestrator}) was killed by SIGKILL, not by dagctl up",
+    ]
+
+
+@pytest.mark.parametrize("who", ["engine", "orchestrator"])
+def test_up_exits_2_when_a_child_refuses_its_settings(
+    who: str, tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    python, environ = fake_python
+    refusing = {"DIE_AT_START": "engine-1"} if who == "engine" else {"ORCHESTRATOR_EXIT": "2"}
+    up = start_up(tmp_path, python, {**environ, **refusing}, examples=False, restart=FAST)
+    assert up.finish() == 2, up.err.getvalue()
+    assert "exited with code 2 while starting" in up.err.getvalue()
+
+
+OLD_PYTHON = """#!/bin/sh
+# a Python 3.10: too old for DAG Engine
+[ "$1" = -V ] && echo "Python 3.10.13" && exit 0
+[ "$1" = -c ] && exit 1
+echo "old python asked: $*" >&2
+exit 1
+"""
+
+NEW_PYTHON = """#!/bin/sh
+# a Python new enough, whose venv is made of fakes
+case "$1" in
+    -V) echo "Python 3.12.1" ;;
+    -c) exit 0 ;;
+    -m)
+        if [ "$2" = venv ]; then
+            echo "venv $*" >> "$CALLS"
+            mkdir -p .venv/bin
+            cp "$0" .venv/bin/python
+            printf '#!/bin/sh\\necho "dagctl $*"\\n' > .venv/bin/dagctl
+            chmod +x .venv/bin/dagctl
+        else
+            echo "pip $*" >> "$CALLS"
+        fi ;;
+esac
+"""
+
+
+def test_ci_up_makes_a_venv_of_a_too_old_python_again(tmp_path: Path) -> None:
+    (tmp_path / ".ci").mkdir()
+    (tmp_path / ".ci" / "up").write_text((ROOT / ".ci" / "up").read_text())
+    (tmp_path / "pyproject.toml").write_text('[project]\nrequires-python = ">=3.11"\n')
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text(OLD_PYTHON)
+    venv_python.chmod(0o755)
+    new = tmp_path / "python3.12"
+    new.write_text(NEW_PYTHON)
+    new.chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHON": str(new), "CALLS": str(calls)}
+    done = subprocess.run(
+        ["bash", str(tmp_path / ".ci" / "up"), "--engines", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "dagctl up --engines 3\n"
+    assert done.stderr == (
+        ".ci/up: .venv has Python 3.10.13, DAG Engine needs Python 3.11 or later: making it "
+        f"again with {new}\n"
+    )
+    assert calls.read_text().splitlines() == [
+        "venv -m venv --clear .venv",
+        "pip -m pip install --quiet --disable-pip-version-check -e .",
+    ]
+    # and with only a Python too old at hand, it says which and stops
+    venv_python.write_text(OLD_PYTHON)
+    done = subprocess.run(
+        ["bash", str(tmp_path / ".ci" / "up")],
+        env={**env, "PYTHON": str(venv_python)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        f".ci/up: DAG Engine needs Python 3.11 or later, and {venv_python} is Python 3.10.13: "
+        "set PYTHON to a newer one\n"
+    )
