@@ -25,6 +25,7 @@ from engine.core.spec import SubWorkflowRef, WorkflowSpec
 from engine.core.states import Severity
 from engine.core.values import JSON, JSONObject
 from engine.lua import MISSING as LUA_MISSING
+from engine.lua import NEVER_STARTED as LUA_NEVER_STARTED
 from engine.lua import Flag, LuaOutcome, LuaPool, LuaTask
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ worst (a loop of slow C calls, ``prelude.py``), far more often in a plain loop; 
 stretches that. Scripts still queued for a worker are not waited for: they have logged nothing."""
 
 EventSink = Callable[[Event], None]
+
+WAITED_NOTE_SHARE = 0.1
+"""Share of its timeout a node that timed out must have waited for a Lua worker before the
+wait is named in its error."""
 
 StopKey: TypeAlias = tuple[str, int | None, bool]
 """``(node, item, is_when)``: a script asked to stop whose outcome the run waits for."""
@@ -74,6 +79,27 @@ class SubWorkflowRequest:
 class SubWorkflowHandler(Protocol):
     def start(self, execution: Execution, request: SubWorkflowRequest) -> None: ...
     def cancel(self, execution: Execution, node_id: str, item: int | None) -> None: ...
+
+
+def timed_out_waiting(timeout: float) -> str:
+    """The error of a node whose timeout passed before a Lua worker was free to start it (a
+    node's timeout counts from its start, which includes that wait)."""
+    return (
+        f"timed out after {format_duration(timeout)} waiting for a Lua worker (the engine's "
+        "LUA_WORKERS were busy with other scripts; this one never started)"
+    )
+
+
+def waited_note(timeout: float, ran: float) -> str:
+    """What to add to the error of a node that timed out after its script ran ``ran`` seconds:
+    the rest of the timeout (it counts from the task's submission) it waited for a worker."""
+    waited = timeout - ran
+    if waited < WAITED_NOTE_SHARE * timeout:
+        return ""
+    return (
+        f" (of which {format_duration(round(waited, 2))} waiting for a Lua worker: the "
+        "engine's LUA_WORKERS were busy)"
+    )
 
 
 class Execution:
@@ -313,9 +339,19 @@ class Execution:
         if key[0] == "run_timeout":
             self._stop_then(fired, None)
         elif key[0] == "node_timeout" and self._times_out(key):
-            node_id, item = key[1], key[2]
+            node_id, item, attempt = key[1], key[2], key[3]
             assert isinstance(node_id, str) and not isinstance(item, str)
-            self._stop_then(fired, (node_id, item, False))
+            assert isinstance(attempt, int)
+            stop: sch.Stimulus = fired
+            flag = self._cancels.get((node_id, item))
+            if flag is not None and not flag.taken:
+                # still queued for a Lua worker: the script never ran, and the node's error
+                # must not read as its fault (the scheduler's timer would word it so)
+                del self._cancels[(node_id, item)]
+                flag.set()  # what the scheduler's CancelTask does: a worker drops it unrun
+                error = timed_out_waiting(self.run.node_spec(node_id).timeout or 0.0)
+                stop = sch.TaskFailed(node_id, item, attempt, error, fired.now)
+            self._stop_then(stop, (node_id, item, False))
         else:
             self.feed(fired)
 
@@ -446,7 +482,8 @@ class Execution:
         if outcome is not None:
             done(outcome)  # its completion still reaches the scheduler on the next loop turn
             return
-        self._pool.submit_callback(task, done)
+        # in this run's turn: the workers take from the runs in turn, however many each has
+        self._pool.submit_callback(task, done, owner=self.id)
 
     def _task_done(
         self,
@@ -480,26 +517,45 @@ class Execution:
         ]
         if stopped and outcome.limit == "cancelled":
             self._complete(stimuli)  # its end is the held stimulus's to tell
+            self._note_wait(node_id, item, attempt, outcome.duration)
             return
         if outcome.ok and item is not None and not self._add_item_output(node_id, outcome.size):
             stimuli.append(self._too_much_output(node_id, item, attempt, now))
         elif outcome.ok:
             stimuli.append(sch.TaskSucceeded(node_id, item, attempt, outcome.value, now))
         elif outcome.limit == "deadline":
-            # the node's timeout, reached inside the script: worded as when the scheduler's
-            # own timer gets there first, whichever of the two does
+            # the node's timeout, reached inside the script or before a worker was free to
+            # start it: worded as when the scheduler's own timer gets there first (see
+            # _timer_fired), whichever of the two does
             timeout = self.run.node_spec(node_id).timeout or 0.0
-            stimuli.append(
-                sch.TaskFailed(
-                    node_id, item, attempt, f"timed out after {format_duration(timeout)}", now
-                )
-            )
+            if outcome.error == LUA_NEVER_STARTED:
+                error = timed_out_waiting(timeout)
+            else:
+                error = f"timed out after {format_duration(timeout)}"
+                error += waited_note(timeout, outcome.duration)
+            stimuli.append(sch.TaskFailed(node_id, item, attempt, error, now))
         else:
             error = outcome.error or "failed"
             if outcome.line is not None:
                 error = f"{error} (line {outcome.line})"
             stimuli.append(sch.TaskFailed(node_id, item, attempt, error, now))
         self._complete(stimuli)
+
+    def _note_wait(self, node_id: str, item: int | None, attempt: int, ran: float) -> None:
+        """A script stopped by its node's timer: the held end names the wait for a worker, when
+        it took a good share of the timeout (as ``_task_done`` does when the script itself
+        reached the deadline)."""
+        key = ("node_timeout", node_id, item, attempt)
+        for held in self._held:
+            fired = held.stimulus
+            if isinstance(fired, sch.TimerFired) and fired.key == key:
+                timeout = self.run.node_spec(node_id).timeout or 0.0
+                note = waited_note(timeout, ran)
+                if note:
+                    error = f"timed out after {format_duration(timeout)}{note}"
+                    # its CancelTask is done: the script came back
+                    held.stimulus = sch.TaskFailed(node_id, item, attempt, error, fired.now)
+                return
 
     def _add_item_output(self, node_id: str, size: int) -> bool:
         """Count an item's output toward its foreach node's; False once they add up past
@@ -542,7 +598,8 @@ class Execution:
         if outcome is not None:
             self._condition_done(ins.node_id, outcome)
             return
-        self._pool.submit(task).add_done_callback(partial(self._evaluated, ins.node_id))
+        future = self._pool.submit(task, owner=self.id)
+        future.add_done_callback(partial(self._evaluated, ins.node_id))
 
     def _complete(self, stimuli: list[sch.Stimulus]) -> None:
         """Queue task results and hand them to the scheduler together on the next loop turn.

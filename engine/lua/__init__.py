@@ -4,7 +4,7 @@
 limits; ``LuaPool`` (in ``pool``) keeps one per worker thread and hands outcomes back to asyncio.
 """
 
-from engine.lua.pool import LuaPool
+from engine.lua.pool import NEVER_STARTED, LuaPool
 from engine.lua.sandbox import (
     MISSING,
     CancelFlag,
@@ -19,6 +19,7 @@ from engine.lua.sandbox import (
 
 __all__ = [
     "MISSING",
+    "NEVER_STARTED",
     "CancelFlag",
     "Flag",
     "LuaLimits",

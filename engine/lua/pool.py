@@ -1,8 +1,11 @@
 """Runs Lua tasks on worker threads, so the event loop never waits for a script.
 
-Each worker thread owns one ``LuaSandbox`` (one Lua runtime with its cache of compiled chunks)
-and takes tasks from one shared queue; lupa releases the GIL while Lua runs, so workers run in
-parallel. Outcomes go back in batches: while tasks are queued a worker holds what it finished
+Each worker thread owns one ``LuaSandbox`` (one Lua runtime with its cache of compiled chunks);
+lupa releases the GIL while Lua runs, so workers run in parallel. Tasks queue per run, and the
+workers take from the runs in turn (see ``_Turns``): a run with a thousand ready items does not
+hold up another run's one task, which waits for at most one task of each other run.
+
+Outcomes go back in batches: while tasks are queued a worker holds what it finished
 for up to 1 ms, and it wakes a loop with ``call_soon_threadsafe`` only when no wake-up for that
 loop is already on its way, so whatever finishes in the meantime rides along. Under load one
 wake-up carries many outcomes; when idle, none waits. Unlike draining a batch of tasks up front,
@@ -17,14 +20,17 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
+from heapq import heappop, heappush, heapreplace
+from itertools import count
 from types import TracebackType
 from typing import Final
 
 from engine.lua.sandbox import Flag, LuaLimits, LuaOutcome, LuaSandbox, LuaTask
 
-__all__ = ["LuaPool"]
+__all__ = ["NEVER_STARTED", "LuaPool"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +95,97 @@ class _Job:
 _Delivery = tuple[_Job, LuaOutcome | None]
 """An outcome for a job, or None to cancel it."""
 
+NEVER_STARTED: Final = "deadline exceeded while waiting for a Lua worker (the script never started)"
+"""The error of a task whose deadline passed while it was queued: no worker was free in time,
+which says nothing of the script. Its ``cancel`` flag, if a ``Flag``, is not ``taken``."""
+
+_REMEMBERED: Final = 1024
+"""Runs with nothing queued whose turns ``_Turns`` keeps in mind for at most this many (see
+``_Turns.take``)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Lane:
+    """One run's queued jobs, and where its turns are."""
+
+    owner: Hashable
+    turn: int
+    """The turn of its first queued job; with none queued, the turn its next one would get."""
+    jobs: deque[_Job] = field(default_factory=deque)
+
+
+class _Turns:
+    """Queued jobs by run, taken from the runs in turn (start-time fair queuing, each task
+    costing one turn). Not thread-safe: the pool holds its queue lock around every call.
+
+    A job's turn is the one after its run's previous job, but never before the turn being
+    served (the turn of the job taken last), so a run that sat idle has banked no turns. Workers
+    take the job of the lowest turn, the first queued among equals: runs with jobs queued take
+    one each in turn, whatever their numbers, and a run that just took workers (its jobs
+    running, none queued) is a turn ahead of one that got none, so the next free worker goes to
+    the one that waited.
+    """
+
+    __slots__ = ("_emptied", "_heads", "_lanes", "_order", "queued", "turn")
+
+    def __init__(self) -> None:
+        self._lanes: dict[Hashable, _Lane] = {}
+        self._heads: list[tuple[int, int, _Lane]] = []
+        """A heap of the runs with jobs queued, by the turn of their first one."""
+        self._order = count()  # equal turns go to the run queued first
+        self._emptied: deque[tuple[int, _Lane]] = deque()
+        """Runs left with nothing queued, and the turn their next job would get, oldest first."""
+        self.turn = 0
+        self.queued = 0
+
+    def put(self, owner: Hashable, job: _Job) -> None:
+        lane = self._lanes.get(owner)
+        if lane is None:
+            lane = self._lanes[owner] = _Lane(owner, self.turn)
+        if not lane.jobs:
+            if lane.turn < self.turn:
+                lane.turn = self.turn
+            heappush(self._heads, (lane.turn, next(self._order), lane))
+        lane.jobs.append(job)
+        self.queued += 1
+
+    def take(self) -> _Job | None:
+        heads = self._heads
+        if not heads:
+            return None
+        turn, _, lane = heads[0]
+        job = lane.jobs.popleft()
+        self.queued -= 1
+        self.turn = turn
+        lane.turn = turn + 1
+        if lane.jobs:
+            heapreplace(heads, (turn + 1, next(self._order), lane))
+            return job
+        heappop(heads)
+        # a run with nothing queued is forgotten once the turn served reaches its next one (a
+        # new job of its own would get the turn served anyway), or, when many single-task runs
+        # keep the turn still, past the _REMEMBERED latest: a turn's lead lost, no more
+        emptied = self._emptied
+        emptied.append((turn + 1, lane))
+        while emptied and (emptied[0][0] <= turn or len(emptied) > _REMEMBERED):
+            _, old = emptied.popleft()
+            if (
+                not old.jobs
+                and (old.turn <= turn or len(emptied) >= _REMEMBERED)
+                and self._lanes.get(old.owner) is old
+            ):
+                del self._lanes[old.owner]
+        return job
+
+    def clear(self) -> list[_Job]:
+        """Empties the queue; returns what was in it."""
+        jobs = [job for lane in self._lanes.values() for job in lane.jobs]
+        self._lanes.clear()
+        self._heads.clear()
+        self._emptied.clear()
+        self.queued = 0
+        return jobs
+
 
 @dataclass(slots=True, eq=False)
 class _Worker:
@@ -99,6 +196,8 @@ class _Worker:
     job: _Job | None = None
     due: float = 0.0
     """``time.monotonic()`` instant past which the run counts as stuck."""
+    started: float = 0.0
+    """``time.monotonic()`` instant the run began."""
     cancel_seen: float | None = None
     given_up: bool = False
     held: list[_Delivery] = field(default_factory=list)
@@ -109,9 +208,11 @@ class _Worker:
 class LuaPool:
     """Worker threads with one Lua sandbox each. ``submit`` and ``run`` are for the loop thread.
 
-    A task whose awaiting coroutine is cancelled is dropped if it has not started; a started one
-    runs on until it ends (give the task a ``cancel`` event to stop it early). ``close`` stops
-    running scripts and cancels what is still queued.
+    Tasks name the run they belong to (``owner``): the workers take from the runs in turn.
+    A task whose awaiting coroutine is cancelled, or whose ``cancel`` is set, is dropped if it
+    has not started; one whose deadline passes before a worker is free ends without starting
+    (``NEVER_STARTED``); a started one runs on until it ends (give the task a ``cancel`` event to
+    stop it early). ``close`` stops running scripts and cancels what is still queued.
     """
 
     def __init__(
@@ -127,7 +228,10 @@ class LuaPool:
             raise ValueError(f"a LuaPool needs at least one worker, not {count}")
         self.limits = limits
         self._stuck_grace = stuck_grace
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._turns = _Turns()
+        self._turns_lock = threading.Lock()
+        # one True per queued job, False to end a worker: the blocking wait stays the C queue's
+        self._wake: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._closed = False
         self._lock = threading.Lock()
@@ -152,6 +256,11 @@ class LuaPool:
     @property
     def workers(self) -> int:
         return len(self._workers)
+
+    @property
+    def queued(self) -> int:
+        """Tasks waiting for a worker."""
+        return self._turns.queued
 
     @property
     def given_up(self) -> int:
@@ -211,7 +320,8 @@ class LuaPool:
                 return None
             del self._too_big[task.key]
         outcome = sandbox.run(task)
-        if outcome.limit is None or outcome.limit == "cancelled":
+        # the task's own deadline is as near on a worker: there it would only fail sooner
+        if outcome.limit is None or outcome.limit == "cancelled" or outcome.limit == "deadline":
             self.inline_runs += 1
             return outcome
         self.inline_misses += 1
@@ -220,27 +330,34 @@ class LuaPool:
         self._too_big[task.key] = time.monotonic() + _INLINE_RETRY
         return None
 
-    def submit(self, task: LuaTask) -> asyncio.Future[LuaOutcome]:
-        """Queues ``task``; the future resolves on this loop with its outcome."""
+    def submit(self, task: LuaTask, *, owner: Hashable = None) -> asyncio.Future[LuaOutcome]:
+        """Queues ``task`` in the turn of ``owner`` (the run it is for; tasks without one share
+        a turn); the future resolves on this loop with its outcome."""
         if self._closed:
             raise RuntimeError("the LuaPool is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[LuaOutcome] = loop.create_future()
-        self._queue.put(_Job(task, loop, future=future))
+        self._put(owner, _Job(task, loop, future=future))
         return future
 
-    def submit_callback(self, task: LuaTask, callback: Callback) -> None:
-        """Queues ``task``; ``callback`` gets its outcome on this loop's thread.
+    def submit_callback(self, task: LuaTask, callback: Callback, *, owner: Hashable = None) -> None:
+        """Queues ``task`` in the turn of ``owner``; ``callback`` gets its outcome on this
+        loop's thread.
 
         The runner's path: a future costs an extra turn of the event loop per outcome (its
         done-callbacks are scheduled, not called), which is most of a trivial node's cost.
         """
         if self._closed:
             raise RuntimeError("the LuaPool is closed")
-        self._queue.put(_Job(task, asyncio.get_running_loop(), callback=callback))
+        self._put(owner, _Job(task, asyncio.get_running_loop(), callback=callback))
 
-    async def run(self, task: LuaTask) -> LuaOutcome:
-        return await self.submit(task)
+    def _put(self, owner: Hashable, job: _Job) -> None:
+        with self._turns_lock:
+            self._turns.put(owner, job)
+        self._wake.put(True)
+
+    async def run(self, task: LuaTask, *, owner: Hashable = None) -> LuaOutcome:
+        return await self.submit(task, owner=owner)
 
     def close(self) -> None:
         """Stops the workers: running scripts end as cancelled, queued tasks are cancelled."""
@@ -249,15 +366,12 @@ class LuaPool:
                 return
             self._closed = True
         self._stop.set()
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                self._deliver(job, None)
+        with self._turns_lock:
+            queued = self._turns.clear()
+        for job in queued:
+            self._deliver(job, None)
         for _ in self._threads:
-            self._queue.put(None)
+            self._wake.put(False)
         until = time.monotonic() + _CLOSE_WAIT
         for thread in self._threads:
             thread.join(max(0.0, until - time.monotonic()))
@@ -282,28 +396,39 @@ class LuaPool:
         while True:
             held = worker.held
             if held and (
-                self._queue.empty()
+                self._wake.empty()
                 or len(held) >= _HOLD_MAX
                 or time.monotonic() - held_since >= _HOLD_SECONDS
             ):
                 worker.held = []
                 self._deliver_all(held)
                 held = worker.held
-            job = self._queue.get()
-            if job is None:
+            if not self._wake.get():
                 self._deliver_all(held)
                 return
+            with self._turns_lock:
+                job = self._turns.take()
+            if job is None:  # close() took it
+                continue
             if self._stop.is_set():
                 held.append((job, None))
                 continue
             if job.dropped():  # a benign race: at worst the task runs for nothing
                 continue
-            if isinstance(job.task.cancel, Flag):
-                job.task.cancel.taken = True
-            due = time.monotonic() + self.limits.wall_time
-            if job.task.deadline is not None:
-                due = min(due, job.task.deadline)
-            worker.due, worker.cancel_seen = due + self._stuck_grace, None
+            task = job.task
+            now = time.monotonic()
+            skipped = self._unstarted(task, now)
+            if skipped is not None:
+                if not held:
+                    held_since = now
+                held.append((job, skipped))
+                continue
+            if isinstance(task.cancel, Flag):
+                task.cancel.taken = True
+            due = now + self.limits.wall_time
+            if task.deadline is not None:
+                due = min(due, task.deadline)
+            worker.due, worker.cancel_seen, worker.started = due + self._stuck_grace, None, now
             worker.job = job  # last: the watchdog reads the rest once it sees the job
             try:
                 outcome = sandbox.run(job.task)
@@ -320,6 +445,18 @@ class LuaPool:
             if not held:
                 held_since = time.monotonic()
             held.append((job, outcome))
+
+    @staticmethod
+    def _unstarted(task: LuaTask, now: float) -> LuaOutcome | None:
+        """How a task ends that a worker takes too late to start: cancelled while queued, or
+        past its deadline (a run started now would stop at once, looking like the script's
+        fault). None: start it."""
+        cancel = task.cancel
+        if cancel is not None and cancel.is_set():
+            return LuaOutcome(False, None, "cancelled", None, [], 0.0, limit="cancelled")
+        if task.deadline is not None and now >= task.deadline:
+            return LuaOutcome(False, None, NEVER_STARTED, None, [], 0.0, limit="deadline")
+        return None
 
     def _watch(self) -> None:
         """Gives up on workers whose run went past its time, or its cancel, by the grace."""
@@ -369,7 +506,8 @@ class LuaPool:
                 self._start_worker(fresh)
         note = " (stuck in one call the sandbox cannot interrupt)"
         self._deliver_all(held)
-        self._deliver(job, LuaOutcome(False, None, message + note, None, [], late, limit=limit))
+        ran = now - worker.started
+        self._deliver(job, LuaOutcome(False, None, message + note, None, [], ran, limit=limit))
 
     def _deliver_all(self, held: list[_Delivery]) -> None:
         for job, outcome in held:

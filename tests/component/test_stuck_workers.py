@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -38,6 +39,9 @@ class _Blocking:
     def run(self, task: LuaTask) -> LuaOutcome:
         if task.code == BLOCK:
             self.released.wait(30)
+        if task.deadline is not None and time.monotonic() > task.deadline:
+            # as the sandbox ends a run that came back from C past its deadline
+            return LuaOutcome(False, None, "deadline exceeded", None, [], 0.0, limit="deadline")
         return LuaOutcome(True, task.code, None, None, [], 0.0)
 
 
@@ -107,7 +111,9 @@ SPEC = json.dumps(
         "version": "1.0.0",
         "nodes": [
             {"id": "a", "lua": BLOCK, "timeout": "50ms"},
-            {"id": "b", "lua": BLOCK, "timeout": "50ms"},
+            # long enough to start on a's replacement: a task whose time runs out while it is
+            # queued ends without taking a worker
+            {"id": "b", "lua": BLOCK, "timeout": "1s"},
         ],
     }
 )
