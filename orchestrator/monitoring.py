@@ -10,14 +10,19 @@ An event is published as one ``Published``: its encodings (JSON text, SSE frames
 message) are made once, on first use, and shared by every subscriber, so a subscriber costs a
 reference per event, not an encode. An event too large for a default gRPC client (4 MiB) streams
 with its ``data`` replaced by a note saying so and where to read it whole.
+
+Events a one-run stream reads back from the store (its replay, or what it missed while it
+lagged) are shared the same way: ``StoredPages`` keeps the pages read as ``Published``, so the
+streams of one run that read the same stretch decode and encode it once, not once each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar, cast
 
@@ -40,6 +45,8 @@ refuses a message over 4 MiB, and the event's JSON is never smaller than its mes
 one streams with its ``data`` replaced by ``too_large_data``'s note."""
 BATCH_BYTES: Final = 64 * 1024
 """About how much of its buffer a reader takes at once: one write's worth."""
+STORED_PAGES_BYTES: Final = 32 * 1024 * 1024
+"""About how much memory ``StoredPages`` keeps (events as decoded, JSON and SSE frames)."""
 
 T = TypeVar("T")
 
@@ -67,13 +74,14 @@ class Published:
     """One event as streams send it. Its encodings are made on first use and kept, so every
     subscriber writes the same bytes object and every watcher sends the same message."""
 
-    __slots__ = ("_data_text", "_frames", "_json", "_memo", "_size", "event")
+    __slots__ = ("_data_text", "_frames", "_json", "_memo", "_size", "_whole", "event")
 
     def __init__(self, event: JSONObject) -> None:
         self.event = event
         self._data_text: str | None = None
         self._json: str | None = None
         self._size = -1  # len(self.json) once encoded
+        self._whole = -1  # the event's own JSON length, the note's when too large
         self._frames: dict[bool, bytes] = {}
         self._memo: dict[object, object] = {}
 
@@ -83,11 +91,12 @@ class Published:
         text = wire.dumps(envelope)
         if "data" not in event:
             self._data_text, self._json, self._size = "{}", text, len(text)
+            self._whole = self._size
             return
         data = wire.dumps(event["data"])
         # data last, as Event.to_dict orders it: the same text json.dumps(event) makes
         head = f'{text[:-1]}{"," if len(text) > 2 else ""}"data":'
-        size = len(head) + len(data) + 1
+        size = self._whole = len(head) + len(data) + 1
         if size > STREAM_EVENT_MAX:
             data = wire.dumps(too_large_data(event, size))
         self._data_text, self._json = data, f"{head}{data}}}"
@@ -116,6 +125,14 @@ class Published:
             self._encode()
         return self._size
 
+    @property
+    def whole_size(self) -> int:
+        """The event's own JSON length (over ``STREAM_EVENT_MAX`` when it streams as a note):
+        about what its ``event`` holds in memory."""
+        if self._whole < 0:
+            self._encode()
+        return self._whole
+
     def frame(self, with_id: bool) -> bytes:
         """The Server-Sent Events frame; with ``id: <seq>`` for a one-run stream."""
         frame = self._frames.get(with_id)
@@ -133,6 +150,94 @@ class Published:
         except KeyError:
             made = self._memo[make] = make(self)
             return made
+
+
+@dataclass(slots=True)
+class _Page:
+    """A full page of one run's stored events: every event with seq in (after, seqs[-1]]."""
+
+    after: int
+    items: list[Published]
+    seqs: list[int]
+    weight: int
+
+
+class StoredPages:
+    """Pages of runs' stored timelines, read back for one-run streams, kept as ``Published``
+    (least recently used first out, ``max_bytes`` in all) so that the streams of one run share
+    their decoding and encoding: a hundred lagging watchers of a busy run read each stretch of
+    it from the store once, not a hundred times. Only full pages are kept (more was stored past
+    them), and stored events never change, so a page kept is never stale. Reads of one run are
+    taken in turn, so streams that ask for the same stretch at once wait for the first read."""
+
+    def __init__(self, max_bytes: int = STORED_PAGES_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.held = 0
+        self._pages: OrderedDict[tuple[str, int], _Page] = OrderedDict()
+        self._starts: dict[str, list[int]] = {}  # each run's kept pages, by their after
+        self._reading: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # lock, its users
+
+    async def read(
+        self,
+        execution_id: str,
+        after: int,
+        fetch: Callable[[int], Awaitable[tuple[list[JSONObject], bool]]],
+    ) -> tuple[list[Published], bool]:
+        """The run's stored events past ``after``, a page of them, and whether more are stored
+        past it: from a page kept, else ``fetch(after)`` (the events, and whether more follow)."""
+        found = self._find(execution_id, after)
+        if found is not None:
+            return found
+        lock, users = self._reading.setdefault(execution_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                found = self._find(execution_id, after)
+                if found is not None:
+                    return found
+                events, more = await fetch(after)
+                items = [Published(event) for event in events]
+                if more and items:
+                    self._keep(execution_id, after, items)
+                return items, more
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._reading[execution_id]
+
+    def _find(self, execution_id: str, after: int) -> tuple[list[Published], bool] | None:
+        starts = self._starts.get(execution_id)
+        if not starts:
+            return None
+        at = bisect.bisect_right(starts, after) - 1
+        if at < 0:
+            return None
+        key = (execution_id, starts[at])
+        page = self._pages[key]
+        if after >= page.seqs[-1]:
+            return None  # past this page: the next one is not kept
+        self._pages.move_to_end(key)
+        return page.items[bisect.bisect_right(page.seqs, after) :], True
+
+    def _keep(self, execution_id: str, after: int, items: list[Published]) -> None:
+        # the event as decoded, its JSON text and its frame: about three times its JSON
+        weight = 3 * sum(item.whole_size for item in items)
+        if weight > self.max_bytes // 4:
+            return  # a page of huge events would push out everything else
+        seqs = [seq if isinstance(seq := item.event.get("seq"), int) else 0 for item in items]
+        key = (execution_id, after)
+        if key in self._pages:
+            return
+        self._pages[key] = _Page(after, items, seqs, weight)
+        bisect.insort(self._starts.setdefault(execution_id, []), after)
+        self.held += weight
+        while self.held > self.max_bytes:
+            (run, start), old = self._pages.popitem(last=False)
+            self.held -= old.weight
+            starts = self._starts[run]
+            starts.remove(start)
+            if not starts:
+                del self._starts[run]
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +409,8 @@ class Hub:
         max_subscribers: int | None = None,
     ) -> None:
         self._subscribers: set[Subscription] = set()
+        self.pages = StoredPages()
+        """Stored events read back by one-run streams, shared between them."""
         self._on_drop = on_drop
         self.max_subscribers = MAX_SUBSCRIBERS if max_subscribers is None else max_subscribers
 

@@ -13,7 +13,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Protocol
 
@@ -43,10 +44,13 @@ from orchestrator.lua_checking import LuaSyntaxChecker
 from orchestrator.metrics import Metrics
 from orchestrator.monitoring import Hub
 from orchestrator.store import (
+    HEAVY_READ_BYTES,
     LIST_LIMIT,
     MAX_CANCEL_REASON,
     MAX_IDEMPOTENCY_KEY,
     EventPage,
+    ExecutionHead,
+    LargeReads,
     Store,
     TriggerFire,
 )
@@ -116,6 +120,8 @@ class Orchestrator:
         self.hub = hub
         self.metrics = metrics
         self.queue_limit = queue_limit
+        self.large_reads = LargeReads()
+        """Shared by both APIs: large documents are built and encoded a budget at a time."""
         self._admitting = 0  # runs being stored and queued: they count toward QUEUE_LIMIT
         # runs being stored and queued, referenced until they end (their caller may be gone)
         self._storing: set[asyncio.Future[tuple[str, bool, float]]] = set()
@@ -327,8 +333,8 @@ class Orchestrator:
         if waiter is not None and wait is not None:
             done = False
             if not created:  # a repeat of an idempotent request: the first run may be over
-                first = await self.store.get_execution(stored_id)
-                done = first is not None and first["status"] in EXECUTION_TERMINAL
+                first = await self.store.execution_head(stored_id)
+                done = first is not None and first.status in EXECUTION_TERMINAL
             try:
                 if not done:
                     final = await asyncio.wait_for(asyncio.shield(waiter), wait)
@@ -670,6 +676,28 @@ class Orchestrator:
             raise NotFound(f"no execution {execution_id!r}")
         return doc
 
+    async def execution_head(self, execution_id: str, *, weigh: bool = False) -> ExecutionHead:
+        """What the run is (its workflow, status, last seq) from its row alone: opening a
+        stream, or asking whether a cancel has anything to do, folds none of its events."""
+        head = await self.store.execution_head(execution_id, weigh=weigh)
+        if head is None:
+            raise NotFound(f"no execution {execution_id!r}")
+        return head
+
+    @asynccontextmanager
+    async def execution_document(self, execution_id: str) -> AsyncIterator[tuple[JSONObject, bool]]:
+        """The run's document, and whether it is large. A large one (its events past
+        ``HEAVY_READ_BYTES``) is folded on the store's heavy reader and holds its weight of
+        ``large_reads`` until the caller leaves the block, its answer encoded: so many callers
+        of large runs take memory a budget at a time, however many ask at once."""
+        head = await self.execution_head(execution_id, weigh=True)
+        large = head.weight > HEAVY_READ_BYTES
+        async with self.large_reads.hold(head.weight if large else 0):
+            doc = await self.store.get_execution(execution_id, weight=head.weight)
+            if doc is None:
+                raise NotFound(f"no execution {execution_id!r}")
+            yield doc, large
+
     async def list_executions(
         self, *, workflow_id: str | None, status: str | None, limit: int, before: str | None = None
     ) -> list[JSONObject]:
@@ -688,14 +716,22 @@ class Orchestrator:
         return found
 
     async def cancel(self, execution_id: str, reason: str) -> JSONObject:
+        """Cancel the run (``cancel_run``) and answer with its document."""
+        await self.cancel_run(execution_id, reason)
+        return await self.get_execution(execution_id)
+
+    async def cancel_run(self, execution_id: str, reason: str) -> None:
+        """Cancel the run and its children, and wait (10 s at most) for its end. What it looks
+        at is the run's row (``execution_head``): a run's events are folded only when it is
+        ended here from the queue, where its end needs its inputs."""
         if len(reason) > MAX_CANCEL_REASON:
             # it is written on the run, on each node it stops, and on each of their events
             raise InvalidArgument(
                 f"the reason is longer than {MAX_CANCEL_REASON} characters ({len(reason)})"
             )
-        doc = await self.get_execution(execution_id)
-        if doc["status"] in EXECUTION_TERMINAL:
-            return doc
+        head = await self.execution_head(execution_id)
+        if head.status in EXECUTION_TERMINAL:
+            return
         # on disk before anyone is asked: an engine that does not hear the cancel, or a
         # restart of this process, cannot let the run go on to another end (``dispatching``)
         await self.store.request_cancel(execution_id, reason)
@@ -704,15 +740,15 @@ class Orchestrator:
         if self.dispatcher.dequeue(execution_id):
             self._cancelling.add(execution_id)
             try:
-                await self._cancel_queued(doc, reason)
+                await self._cancel_queued(await self.get_execution(execution_id), reason)
             except BaseException:
                 # not stored (the store refused it): the run stays accepted, so it goes back
                 # in line, and the caller hears the cancel failed
                 self.dispatcher.submit(
                     execution_id,
-                    str(doc["workflow_id"]),
+                    head.workflow_id,
                     front=True,
-                    child=doc.get("parent_execution_id") is not None,
+                    child=head.parent_execution_id is not None,
                 )
                 raise
             finally:
@@ -724,20 +760,19 @@ class Orchestrator:
         elif not await self.dispatcher.cancel_running(execution_id, reason):
             # between queue and engine: the next dispatch sees the request and stops it; unless
             # a request before this one has just ended it (ours read it while still queued)
-            now = await self.get_execution(execution_id)
-            if now["status"] not in EXECUTION_TERMINAL:
-                await self._cancel_queued(now, reason)
+            now = await self.execution_head(execution_id)
+            if now.status not in EXECUTION_TERMINAL:
+                await self._cancel_queued(await self.get_execution(execution_id), reason)
         try:
             if not waiter.done():
-                now = await self.get_execution(execution_id)
-                if now["status"] in EXECUTION_TERMINAL:
-                    return now  # ended while we asked (perhaps by the request before this one)
+                now = await self.execution_head(execution_id)
+                if now.status in EXECUTION_TERMINAL:
+                    return  # ended while we asked (perhaps by the request before this one)
                 await asyncio.wait_for(asyncio.shield(waiter), 10)
         except TimeoutError:
             log.warning("cancel of %s not confirmed within 10 s", execution_id)
         finally:
             self._forget_waiter(execution_id, waiter)
-        return await self.get_execution(execution_id)
 
     def _spec_text(self, workflow_id: str, version: str) -> str:
         try:

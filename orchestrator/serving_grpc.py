@@ -27,7 +27,6 @@ from engine import wire
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.core.errors import EngineError
-from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.errors import IdempotencyKeyReused, OrchestratorError, Unavailable
 from orchestrator.monitoring import EventFilter, Published
@@ -42,8 +41,9 @@ from orchestrator.serving_http import (
     final_event,
     follow_all,
     follow_execution,
+    stored_page,
 )
-from orchestrator.store import EVENTS_PAGE, page_continues
+from orchestrator.store import page_continues
 from orchestrator.subworkflows import ChildRequest
 from orchestrator.triggering import InvalidTrigger, TriggerConflict, Triggers
 
@@ -320,6 +320,16 @@ def _fitted(reply: _Reply, fields: Iterable[_JsonField]) -> _Reply:
     return reply
 
 
+def _execution_reply(doc: JSONObject) -> pb.Execution:
+    message = _execution_message(doc)
+    return _fitted(message, _json_fields(message))
+
+
+def _cancel_reply(doc: JSONObject) -> pb.CancelExecutionResponse:
+    reply = pb.CancelExecutionResponse(execution=_execution_message(doc))
+    return _fitted(reply, _json_fields(reply.execution))
+
+
 def _event_message(item: Published) -> pb.Event:
     """The event's message, made once and sent by every watcher: ``data_json`` is the text
     every stream carries (a note instead of data over ``STREAM_EVENT_MAX``, which a client
@@ -438,11 +448,17 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
     async def GetExecution(self, request: pb.GetExecutionRequest, context: Context) -> pb.Execution:
         try:
             _required("execution_id", request.execution_id)
-            doc = await self.api.get_execution(request.execution_id)
+            return await self._execution_reply(request.execution_id, _execution_reply)
         except Exception as exc:
             await _refuse(context, exc)
-        message = _execution_message(doc)
-        return _fitted(message, _json_fields(message))
+
+    async def _execution_reply(
+        self, execution_id: str, make: Callable[[JSONObject], _Reply]
+    ) -> _Reply:
+        """``make(document)`` of the run: a large document is built and made into its reply
+        within the large-read budget, and made off the event loop (as HTTP encodes it)."""
+        async with self.api.execution_document(execution_id) as (doc, large):
+            return await asyncio.to_thread(make, doc) if large else make(doc)
 
     async def ListExecutions(
         self, request: pb.ListExecutionsRequest, context: Context
@@ -471,13 +487,12 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
     ) -> pb.CancelExecutionResponse:
         try:
             _required("execution_id", request.execution_id)
-            doc = await self.api.cancel(
+            await self.api.cancel_run(
                 request.execution_id, request.reason or "cancelled on request"
             )
+            return await self._execution_reply(request.execution_id, _cancel_reply)
         except Exception as exc:
             await _refuse(context, exc)
-        reply = pb.CancelExecutionResponse(execution=_execution_message(doc))
-        return _fitted(reply, _json_fields(reply.execution))
 
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, context: Context
@@ -494,14 +509,13 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             events: AsyncGenerator[list[Published] | None]
             if flt.execution_id is not None:
                 try:
-                    run = await self.api.get_execution(flt.execution_id)
+                    # the run's row, not its document: opening a stream folds none of its events
+                    run = await self.api.execution_head(flt.execution_id)
                     check_run_of(run, flt)
-                    replay = await self.api.execution_event_page(
-                        flt.execution_id, after_seq=request.after_seq, limit=EVENTS_PAGE
-                    )
+                    replay = await stored_page(self.api, flt.execution_id, request.after_seq, run)
                 except Exception as exc:
                     await _refuse(context, exc)
-                if not replay.events and run["status"] in EXECUTION_TERMINAL:
+                if replay is None:
                     return  # ended, and its end was seen already: as HTTP's 204
                 events = follow_execution(
                     self.api, sub, flt.execution_id, replay, request.after_seq

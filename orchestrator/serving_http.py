@@ -15,8 +15,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, aclosing
 from typing import Any, Final, Protocol
 
 from aiohttp import web
@@ -41,6 +41,7 @@ from orchestrator.store import (
     MAX_CANCEL_REASON,
     MAX_IDEMPOTENCY_KEY,
     EventPage,
+    ExecutionHead,
     page_continues,
 )
 from orchestrator.subworkflows import ChildRequest, ChildStarted
@@ -77,10 +78,15 @@ class Api(Protocol):
         brief: bool = False,
     ) -> tuple[JSONObject, bool]: ...
     async def get_execution(self, execution_id: str) -> JSONObject: ...
+    async def execution_head(self, execution_id: str, *, weigh: bool = False) -> ExecutionHead: ...
+    def execution_document(
+        self, execution_id: str
+    ) -> AbstractAsyncContextManager[tuple[JSONObject, bool]]: ...
     async def list_executions(
         self, *, workflow_id: str | None, status: str | None, limit: int, before: str | None = None
     ) -> list[JSONObject]: ...
     async def cancel(self, execution_id: str, reason: str) -> JSONObject: ...
+    async def cancel_run(self, execution_id: str, reason: str) -> None: ...
     async def execute_sub_workflow(self, request: ChildRequest) -> ChildStarted: ...
     def engines(self) -> list[JSONObject]: ...
     async def readiness(self) -> tuple[bool, str]: ...
@@ -242,6 +248,54 @@ def _json(data: object, status: int = 200) -> web.Response:
     return web.json_response(
         data, status=status, dumps=lambda v: json.dumps(v, separators=(",", ":"))
     )
+
+
+_dumps: Final = json.JSONEncoder(separators=(",", ":")).encode
+SPLIT_CHILDREN: Final = 64
+"""Containers with this many children or fewer, below the top two levels, are encoded child by
+child (a foreach's list of large items); larger ones, whose children are small, in one go."""
+
+
+def _pieces(value: object, depth: int = 0) -> Iterator[str]:
+    """``value`` as compact JSON (the text ``_json`` makes), in pieces: each piece is one call
+    of the C encoder, which holds the GIL until it returns, so a thread encoding a document of
+    many megabytes lets the event loop run between its pieces, a value at a time."""
+    if isinstance(value, dict) and (depth < 2 or len(value) <= SPLIT_CHILDREN) and depth < 5:
+        if not value or not all(isinstance(key, str) for key in value):
+            yield _dumps(value)
+            return
+        opening = "{"
+        for key, child in value.items():
+            yield f"{opening}{_dumps(key)}:"
+            yield from _pieces(child, depth + 1)
+            opening = ","
+        yield "}"
+    elif isinstance(value, list) and (depth < 2 or len(value) <= SPLIT_CHILDREN) and depth < 5:
+        if not value:
+            yield "[]"
+            return
+        opening = "["
+        for child in value:
+            yield opening
+            yield from _pieces(child, depth + 1)
+            opening = ","
+        yield "]"
+    else:
+        yield _dumps(value)
+
+
+def encode_large(data: object) -> bytes:
+    """``data`` as the body ``_json`` sends, encoded in pieces (``_pieces``): run in a thread."""
+    return "".join(_pieces(data)).encode()
+
+
+async def _document_answer(data: JSONObject, large: bool) -> web.Response:
+    """The answer carrying a run's document: a large one is encoded off the event loop, so
+    probes and small reads are answered meanwhile; the document is sent whole all the same."""
+    if not large:
+        return _json(data)
+    body = await asyncio.to_thread(encode_large, data)
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
 def _trigger_fields(body: JSON) -> tuple[JSON, str | None, float | None]:
@@ -572,7 +626,12 @@ class HttpApi:
         return _json({"executions": found, "next_before": after})
 
     async def get_execution(self, request: web.Request) -> web.Response:
-        return _json(await self.api.get_execution(request.match_info["execution_id"]))
+        # the whole document, a large one built and encoded within the large-read budget
+        async with self.api.execution_document(request.match_info["execution_id"]) as (
+            doc,
+            large,
+        ):
+            return await _document_answer(doc, large)
 
     async def cancel(self, request: web.Request) -> web.Response:
         body = await _read_json(request, required=False)
@@ -589,11 +648,10 @@ class HttpApi:
         reason = body.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise HttpError(400, "bad_request", "reason must be a string")
-        return _json(
-            await self.api.cancel(
-                request.match_info["execution_id"], reason or "cancelled on request"
-            )
-        )
+        execution_id = request.match_info["execution_id"]
+        await self.api.cancel_run(execution_id, reason or "cancelled on request")
+        async with self.api.execution_document(execution_id) as (doc, large):
+            return await _document_answer(doc, large)
 
     async def execution_events(self, request: web.Request) -> web.Response:
         """One page of the stored timeline: a run of thousands of nodes has tens of thousands
@@ -622,13 +680,12 @@ class HttpApi:
         with self.api.hub.subscribe(flt) as sub:  # before the replay, so nothing falls between
             events: AsyncGenerator[list[Published] | None]
             if flt.execution_id is not None:
-                run = await self.api.get_execution(flt.execution_id)  # 404 before it opens
+                # the run's row, not its document: opening a stream folds none of its events
+                run = await self.api.execution_head(flt.execution_id)  # 404 before it opens
                 check_run_of(run, flt)
                 after = _last_event_id(request)  # 400 before it opens, too
-                replay = await self.api.execution_event_page(
-                    flt.execution_id, after_seq=after, limit=EVENTS_PAGE
-                )
-                if not replay.events and run["status"] in EXECUTION_TERMINAL:
+                replay = await stored_page(self.api, flt.execution_id, after, run)
+                if replay is None:
                     return web.Response(status=204)  # ended, and its end was seen already
                 events = follow_execution(
                     self.api, sub, flt.execution_id, replay, after, heartbeat=SSE_HEARTBEAT
@@ -767,23 +824,52 @@ async def follow_all(
         yield batch or None
 
 
-def check_run_of(run: JSONObject, flt: EventFilter) -> None:
+def check_run_of(run: ExecutionHead, flt: EventFilter) -> None:
     """Both filters given: a run of another workflow is not found (its events would otherwise
     stream as if the workflow filter were not there)."""
-    if flt.workflow_id is not None and run["workflow_id"] != flt.workflow_id:
+    if flt.workflow_id is not None and run.workflow_id != flt.workflow_id:
         raise HttpError(
             404,
             "not_found",
-            f"execution {run['id']} is a run of {run['workflow_id']}, not of {flt.workflow_id}",
-            {"execution_id": run["id"], "workflow_id": run["workflow_id"]},
+            f"execution {run.id} is a run of {run.workflow_id}, not of {flt.workflow_id}",
+            {"execution_id": run.id, "workflow_id": run.workflow_id},
         )
+
+
+StoredPage = tuple[list[Published], bool]
+"""A page of a run's stored events, as streams send them, and whether more are stored past it."""
+
+
+async def _read_page(api: Api, execution_id: str, after: int) -> StoredPage:
+    """A page of the run's stored events past ``after``, shared with every other stream of the
+    run that reads the same stretch (``Hub.pages``)."""
+
+    async def fetch(after_seq: int) -> tuple[list[JSONObject], bool]:
+        page = await api.execution_event_page(execution_id, after_seq=after_seq, limit=EVENTS_PAGE)
+        return page.events, page.next_after_seq is not None
+
+    return await api.hub.pages.read(execution_id, after, fetch)
+
+
+async def stored_page(
+    api: Api, execution_id: str, after: int, run: ExecutionHead
+) -> StoredPage | None:
+    """The first page a one-run stream sends, past seq ``after``; None when the run has ended
+    and the client is at or past its end (HTTP's 204, gRPC's OK at once), which its row tells
+    without reading any event."""
+    if run.status in EXECUTION_TERMINAL and after >= run.last_seq:
+        return None
+    replay = await _read_page(api, execution_id, after)
+    if not replay[0] and run.status in EXECUTION_TERMINAL:
+        return None
+    return replay
 
 
 async def follow_execution(
     api: Api,
     sub: Subscription,
     execution_id: str,
-    replay: EventPage,
+    replay: StoredPage,
     after: int,
     *,
     heartbeat: float | None = None,
@@ -801,8 +887,7 @@ async def follow_execution(
     it), or when the hub closes (the server is stopping; ``sub.closed`` tells): the caller
     says which to its client. The one loop behind HTTP's SSE and gRPC's WatchEvents."""
     last = after
-    pending = [Published(event) for event in replay.events]
-    more = replay.next_after_seq is not None  # stored events past this page
+    pending, more = replay  # more: stored events past this page
     while True:
         batch: list[Published] = []
         for item in pending:
@@ -818,9 +903,8 @@ async def follow_execution(
             yield batch
         pending = []
         if more:
-            page = await api.execution_event_page(execution_id, after_seq=last, limit=EVENTS_PAGE)
-            pending = [Published(event) for event in page.events]
-            more = page.next_after_seq is not None
+            # shared: the other streams of this run that read this stretch decode it once
+            pending, more = await _read_page(api, execution_id, last)
             continue
         try:
             live = await sub.next_batch(heartbeat)

@@ -5,7 +5,8 @@ the writes waiting at that moment and commits them as one transaction (group com
 load, hundreds of accepted executions and event batches share one fsync, and an awaiting
 caller resumes only after its write is on disk. Each write runs in its own savepoint, so one
 refused write never undoes its neighbours. Reads use a second connection on another thread;
-WAL lets them proceed while the writer commits.
+WAL lets them proceed while the writer commits. The fold of a large run (megabytes of events to
+decode) takes a third, so that small reads never wait in line behind it.
 
 Events are the source of truth and are stored as they arrive, one row per batch an engine
 sends. The ``executions`` row is moved on in the same statement group (status, outputs, last
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import json
 import logging
@@ -25,7 +27,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -78,6 +80,9 @@ page. Half of gRPC's default 4 MiB message: a page of more than one row fits a L
 answer unless escapes swell it (text past ASCII goes escaped, six bytes a character); what
 does not fit, a row larger than this alone on its page included, the gRPC service sends as
 notes saying where to read it (``serving_grpc.REPLY_BYTES``)."""
+HEAVY_READ_BYTES: Final = 1 << 20
+"""Stored event bytes past which a run is folded on the heavy reader (``Store.get_execution``):
+its decoding takes long enough to hold up every small read queued behind it."""
 EVENTS_PAGE: Final = 1000
 """Events one page of a stored timeline holds unless asked otherwise."""
 EVENTS_PAGE_MAX: Final = 10_000
@@ -888,6 +893,95 @@ _TRIGGER_SELECT: Final = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class ExecutionHead:
+    """What a run is, without its inputs, outputs or events: one row read by its key. Enough to
+    open an event stream on it, or to tell whether a cancel has anything to do."""
+
+    id: str
+    workflow_id: str
+    version: str
+    status: str
+    last_seq: int
+    """The seq of its last stored event (0 before any)."""
+    parent_execution_id: str | None
+    weight: int = -1
+    """Bytes of its stored events, which its document is folded from (-1: not weighed)."""
+
+
+_HEAD_SQL: Final = (
+    "SELECT id, workflow_id, version, status, last_seq, parent_execution_id"
+    " FROM executions WHERE id = ?"
+)
+# length() of a BLOB reads its size from the record, not the blob: no event is read. (Rows from
+# schema 1 hold JSON text, whose characters are counted: a few old runs.)
+_WEIGHT_SQL: Final = (
+    "SELECT COALESCE(SUM(length(body)), 0) FROM event_batches WHERE execution_id = ?"
+)
+
+
+def _head(conn: sqlite3.Connection, execution_id: str, weigh: bool) -> ExecutionHead | None:
+    row = conn.execute(_HEAD_SQL, (execution_id,)).fetchone()
+    if row is None:
+        return None
+    weight = conn.execute(_WEIGHT_SQL, (execution_id,)).fetchone()[0] if weigh else -1
+    eid, workflow_id, version, status, last_seq, parent = row
+    return ExecutionHead(eid, workflow_id, version, status, int(last_seq), parent, int(weight))
+
+
+LARGE_READS_BYTES: Final = 64 << 20
+"""Stored event bytes of the large documents built and encoded at once, across both APIs: a
+document takes several times its events' bytes in memory while it is built and encoded (each
+node's output is in it twice), so concurrent reads of a large run are taken in turn."""
+
+
+class LargeReads:
+    """A semaphore counted in bytes, first come first served: what a large answer (a run's
+    whole document) takes while it is built and encoded. A weight over the whole budget takes
+    all of it, so it goes alone; a weight of 0 passes at once."""
+
+    def __init__(self, budget: int = LARGE_READS_BYTES) -> None:
+        self.budget = budget
+        self.held = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, weight: int) -> AsyncIterator[None]:
+        weight = min(max(weight, 0), self.budget)
+        if weight and (self._waiters or self.held + weight > self.budget):
+            future = asyncio.get_running_loop().create_future()
+            entry = (weight, future)
+            self._waiters.append(entry)
+            try:
+                await future  # granted: counted in ``held`` by _wake
+            except BaseException:
+                if future.done() and not future.cancelled():
+                    self._release(weight)  # granted as it was cancelled: give it back
+                else:
+                    self._waiters.remove(entry)
+                    self._wake()
+                raise
+        else:
+            self.held += weight
+        try:
+            yield
+        finally:
+            self._release(weight)
+
+    def _release(self, weight: int) -> None:
+        self.held -= weight
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            weight, future = self._waiters[0]
+            if self.held + weight > self.budget:
+                return
+            self._waiters.popleft()
+            self.held += weight
+            future.set_result(None)
+
+
 # -- the store ----------------------------------------------------------------------------------
 
 
@@ -895,28 +989,39 @@ class Store:
     """Async face of the state database; every method is safe to call from the event loop."""
 
     def __init__(
-        self, path: str, writer: _Worker, reader: _Worker, lock: int | None = None
+        self,
+        path: str,
+        writer: _Worker,
+        reader: _Worker,
+        lock: int | None = None,
+        heavy: _Worker | None = None,
     ) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
+        # large folds, each one in turn: a small read never waits behind one (the reader
+        # thread is first come, first served)
+        self._heavy = heavy if heavy is not None else reader
         self._lock = lock
         # workflow order of each version's nodes; versions are immutable, so never stale
         self._orders: dict[tuple[str, str], tuple[str, ...]] = {}
 
     @classmethod
     async def open(cls, path: str) -> Store:
-        def prepare() -> tuple[sqlite3.Connection, sqlite3.Connection, int | None]:
+        def prepare() -> tuple[
+            sqlite3.Connection, sqlite3.Connection, sqlite3.Connection, int | None
+        ]:
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             lock = lock_state(path)
             try:
                 writer, reader = connect()
+                heavy = _connect(path)
             except BaseException:
                 if lock is not None:
                     os.close(lock)
                 raise
-            return writer, reader, lock
+            return writer, reader, heavy, lock
 
         def connect() -> tuple[sqlite3.Connection, sqlite3.Connection]:
             writer = _connect(path)
@@ -937,12 +1042,13 @@ class Store:
             migrate(writer)
             return writer, _connect(path)
 
-        writer, reader, lock = await asyncio.to_thread(prepare)
+        writer, reader, heavy, lock = await asyncio.to_thread(prepare)
         return cls(
             path,
             _Worker(writer, "store-writer", group=True),
             _Worker(reader, "store-reader", group=False),
             lock,
+            _Worker(heavy, "store-heavy-reader", group=False),
         )
 
     @property
@@ -963,6 +1069,8 @@ class Store:
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)
         await asyncio.to_thread(self._reader.stop)
+        if self._heavy is not self._reader:
+            await asyncio.to_thread(self._heavy.stop)
         if self._lock is not None:
             os.close(self._lock)  # after the last write: the next orchestrator may start
             self._lock = None
@@ -1120,7 +1228,27 @@ class Store:
             self._orders[key] = order
         return order
 
-    async def get_execution(self, execution_id: str) -> JSONObject | None:
+    async def execution_head(
+        self, execution_id: str, *, weigh: bool = False
+    ) -> ExecutionHead | None:
+        """The run's row without its inputs and outputs, read by its key; ``weigh``: with the
+        bytes of its stored events (their sizes only: no event is read). None when there is no
+        such execution."""
+        return await self._reader.run(lambda conn: _head(conn, execution_id, weigh))
+
+    async def get_execution(
+        self, execution_id: str, *, weight: int | None = None
+    ) -> JSONObject | None:
+        """The execution JSON with its nodes, folded from its events. A run whose events
+        weigh more than ``HEAVY_READ_BYTES`` (``weight``, when the caller weighed it already)
+        is folded on the heavy reader, one such fold at a time, so that small reads go on."""
+        if weight is None:
+            head = await self.execution_head(execution_id, weigh=True)
+            if head is None:
+                return None
+            weight = head.weight
+        worker = self._heavy if weight > HEAVY_READ_BYTES else self._reader
+
         def read(conn: sqlite3.Connection) -> JSONObject | None:
             conn.execute("BEGIN")  # one snapshot for the run, its events and its children
             try:
@@ -1147,7 +1275,7 @@ class Store:
             doc["children"] = children
             return doc
 
-        return await self._reader.run(read)
+        return await worker.run(read)
 
     async def list_executions(
         self,

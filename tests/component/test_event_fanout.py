@@ -24,7 +24,7 @@ from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.core.values import JSONObject
 from orchestrator.monitoring import Hub
-from orchestrator.store import EventPage
+from orchestrator.store import EventPage, ExecutionHead
 from tests.component.serving_helpers import serving
 from tests.component.test_event_streams import RUN
 from tests.component.test_event_streams import event as run_event
@@ -47,6 +47,14 @@ class StoredRun:
             raise AssertionError(execution_id)
         ended = bool(self.stored) and self.stored[-1]["type"] == "execution.succeeded"
         return {"id": RUN, "workflow_id": "wf", "status": "succeeded" if ended else "running"}
+
+    async def execution_head(self, execution_id: str, *, weigh: bool = False) -> ExecutionHead:
+        if execution_id != RUN:
+            raise AssertionError(execution_id)
+        ended = bool(self.stored) and self.stored[-1]["type"] == "execution.succeeded"
+        last = int(self.stored[-1]["seq"]) if self.stored else 0  # type: ignore[call-overload]
+        status = "succeeded" if ended else "running"
+        return ExecutionHead(RUN, "wf", "1.0.0", status, last, None)
 
     async def execution_event_page(
         self, execution_id: str, *, after_seq: int, limit: int

@@ -24,7 +24,7 @@ from engine.core.values import JSONObject
 from orchestrator.monitoring import Hub
 from orchestrator.serving_grpc import OrchestratorService
 from orchestrator.serving_http import HttpApi
-from orchestrator.store import EventPage
+from orchestrator.store import EventPage, ExecutionHead
 from tests.component.monitor_events import monitor_event
 
 RUN = "run-1"
@@ -52,6 +52,13 @@ class RacingRun:
         assert execution_id == RUN
         ended = self.stored[-1]["type"] == "execution.succeeded"
         return {"id": RUN, "status": "succeeded" if ended else "running"}
+
+    async def execution_head(self, execution_id: str, *, weigh: bool = False) -> ExecutionHead:
+        assert execution_id == RUN
+        ended = self.stored[-1]["type"] == "execution.succeeded"
+        last = int(self.stored[-1]["seq"])  # type: ignore[call-overload]
+        status = "succeeded" if ended else "running"
+        return ExecutionHead(RUN, "wf", "1.0.0", status, last, None)
 
     async def execution_event_page(
         self, execution_id: str, *, after_seq: int, limit: int
