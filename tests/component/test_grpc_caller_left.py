@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from engine.api import dagengine_pb2 as pb
+from orchestrator import serving_grpc
 from orchestrator.orchestrating import Orchestrator
 from orchestrator.serving_grpc import calls_left_behind
 from tests.component.serving_helpers import served_facade
@@ -152,6 +153,12 @@ async def test_the_stop_waits_for_a_call_whose_caller_left(served: Served) -> No
         served.stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=json.dumps(SPEC)), timeout=0.3)
     )
     assert "w" not in known(served)
+    # the server hears of the caller's leaving a moment after the caller gives up
+    for _ in range(250):
+        if serving_grpc._LEFT_BEHIND:
+            break
+        await asyncio.sleep(0.02)
+    assert serving_grpc._LEFT_BEHIND, "the handler was never left behind"
     opening = asyncio.ensure_future(_gate_opens_soon(served))
     # what the orchestrator's stop awaits before its store closes: without the wait, the
     # registration's steps after its write would meet a closed store
