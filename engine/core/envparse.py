@@ -101,30 +101,24 @@ def positive_int(env: Mapping[str, str], name: str, default: int) -> int:
 def int_at_least(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     """A whole number of at least ``minimum``: one below is refused rather than raised to it,
     so what runs is what the variable says."""
-    raw = text(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise SettingsError(
-            f"{name} must be a whole number of at least {minimum}, got {env[name]!r}"
-        )
-    return value
+    got = _at_least(env, name, minimum, f"a whole number of at least {minimum}")
+    return default if got is None else got
 
 
 def optional_positive_int(env: Mapping[str, str], name: str) -> int | None:
+    return _at_least(env, name, 1, "a positive integer")
+
+
+def _at_least(env: Mapping[str, str], name: str, minimum: int, what: str) -> int | None:
     raw = text(env, name)
     if raw is None:
         return None
     try:
         value = int(raw)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise SettingsError(f"{name} must be a positive integer, got {env[name]!r}")
+        value = minimum - 1
+    if value < minimum:
+        raise SettingsError(f"{name} must be {what}, got {env[name]!r}")
     return value
 
 

@@ -3,7 +3,10 @@ write events straight into a store or a hub."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.store import Store
 
 
 def monitor_event(
@@ -29,3 +32,17 @@ def monitor_event(
         "attempt": 1 if node_id else None,
         "data": data if data is not None else {},
     }
+
+
+async def create_run(store: Store, execution_id: str) -> None:
+    """A run of ``wf`` 1.0.0, one node ``a``, stored as queued (its first event, seq 1)."""
+    await store.create_execution(
+        execution_id=execution_id,
+        workflow_id="wf",
+        version="1.0.0",
+        inputs={},
+        pinned={},
+        created_at=1.0,
+        node_ids=["a"],
+        first_event=monitor_event(execution_id, 1, "execution.queued"),
+    )

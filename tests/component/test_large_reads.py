@@ -23,7 +23,7 @@ from engine.core.values import JSONObject
 from orchestrator import serving_grpc, serving_http
 from orchestrator import store as store_module
 from orchestrator.store import HEAVY_READ_BYTES, LargeReads, Store
-from tests.component.monitor_events import monitor_event
+from tests.component.monitor_events import create_run, monitor_event
 from tests.component.serving_helpers import Facade, served_facade
 
 SPEC = {"id": "wf", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}
@@ -33,16 +33,7 @@ BIG = "x" * (HEAVY_READ_BYTES + 1000)
 
 async def stored_run(store: Store, execution_id: str, output: Any) -> None:
     """A finished run whose one node returned ``output``, which is also the run's."""
-    await store.create_execution(
-        execution_id=execution_id,
-        workflow_id="wf",
-        version="1.0.0",
-        inputs={},
-        pinned={},
-        created_at=1.0,
-        node_ids=["a"],
-        first_event=monitor_event(execution_id, 1, "execution.queued"),
-    )
+    await create_run(store, execution_id)
     await store.record_events(
         execution_id,
         [

@@ -20,7 +20,7 @@ import pytest
 
 from engine.api import dagengine_pb2 as pb
 from orchestrator.store import EVENTS_PAGE, Store
-from tests.component.monitor_events import monitor_event
+from tests.component.monitor_events import create_run, monitor_event
 from tests.component.serving_helpers import Facade, served_facade
 
 SPEC = {"id": "wf", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}
@@ -31,16 +31,7 @@ EVENTS = 2 * EVENTS_PAGE + 500
 
 async def stored_run(store: Store, execution_id: str, total: int) -> None:
     """A finished run of ``total`` events, stored 50 to a row as an engine's messages are."""
-    await store.create_execution(
-        execution_id=execution_id,
-        workflow_id="wf",
-        version="1.0.0",
-        inputs={},
-        pinned={},
-        created_at=1.0,
-        node_ids=["a"],
-        first_event=monitor_event(execution_id, 1, "execution.queued"),
-    )
+    await create_run(store, execution_id)
     kinds = ("node.started", "node.succeeded")
     events = [
         monitor_event(execution_id, seq, kinds[seq % 2], node_id="a", data={"output": seq})
