@@ -958,7 +958,10 @@ class LargeReads:
                 if future.done() and not future.cancelled():
                     self._release(weight)  # granted as it was cancelled: give it back
                 else:
-                    self._waiters.remove(entry)
+                    # cancelled while waiting; a release in the same turn of the loop may
+                    # have passed over it already (``_wake`` skips a future that is done)
+                    if entry in self._waiters:
+                        self._waiters.remove(entry)
                     self._wake()
                 raise
         else:
@@ -975,6 +978,11 @@ class LargeReads:
     def _wake(self) -> None:
         while self._waiters:
             weight, future = self._waiters[0]
+            if future.done():
+                # its waiter was cancelled and has not run its ``except`` yet: it takes
+                # nothing, and a release must not fail setting what is set
+                self._waiters.popleft()
+                continue
             if self.held + weight > self.budget:
                 return
             self._waiters.popleft()

@@ -266,3 +266,23 @@ async def test_the_large_read_budget_is_taken_in_turn() -> None:
     hold.set()
     await alone
     assert budget.held == 0 and not budget._waiters
+
+
+async def test_a_waiter_cancelled_as_the_budget_comes_free_takes_none_of_it() -> None:
+    reads = LargeReads(100)
+    first = reads.hold(100)
+    await first.__aenter__()
+
+    async def second() -> None:
+        async with reads.hold(50):
+            raise AssertionError("a cancelled waiter was let in")
+
+    waiting = asyncio.ensure_future(second())
+    await asyncio.sleep(0)
+    waiting.cancel()  # its caller leaves, and in the same turn of the loop...
+    await first.__aexit__(None, None, None)  # ...the holder is done: before, this raised
+    with pytest.raises(asyncio.CancelledError):
+        await waiting  # before: ValueError, its weight kept in ``held`` for good
+    assert (reads.held, len(reads._waiters)) == (0, 0)
+    async with asyncio.timeout(5), reads.hold(100):
+        assert reads.held == 100  # the whole budget is there to take again
