@@ -1132,8 +1132,16 @@ def _supervise(
     everything started is stopped whatever ends it, an exception included."""
     out = supervisor.out
     in_main = threading.current_thread() is threading.main_thread()
+    # a signal ``up`` was started ignoring stays ignored: under ``nohup`` a hang-up must not
+    # stop it, nor a Ctrl-C meant for the shell a background job of a script
     previous = (
-        {sig: signal.signal(sig, supervisor.on_signal) for sig in STOP_SIGNALS} if in_main else {}
+        {
+            sig: signal.signal(sig, supervisor.on_signal)
+            for sig in STOP_SIGNALS
+            if signal.getsignal(sig) is not signal.SIG_IGN
+        }
+        if in_main
+        else {}
     )
     failure: LaunchError | None = None
     try:
