@@ -37,6 +37,10 @@ def loopback_host(host: str) -> bool:
 
 _HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+# a name only looked up, never listened on, may have what resolvers answer for: Docker
+# Compose's service names (workflow_engine) and SRV-style labels have underscores
+_LOOKUP_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_LOOKUP_NAME = re.compile(rf"(?=.{{1,253}}$){_LOOKUP_LABEL}(?:\.{_LOOKUP_LABEL})*\.?")
 
 
 def bare_host(host: str) -> str:
@@ -59,7 +63,8 @@ def host_port(host: str, port: int) -> str:
     return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
 
 
-def _is_host(raw: str) -> bool:
+def _is_host(raw: str, *, lookup: bool = False) -> bool:
+    """``lookup``: a name to resolve, not one to listen on (underscores allowed)."""
     bare = bare_host(raw)
     try:
         address = ipaddress.ip_address(bare)
@@ -67,7 +72,7 @@ def _is_host(raw: str) -> bool:
         # a name: RFC 1123 labels, and a last one not all digits (300.1.1.1 is no address)
         return (
             bare == raw
-            and _HOST_NAME.fullmatch(raw) is not None
+            and (_LOOKUP_NAME if lookup else _HOST_NAME).fullmatch(raw) is not None
             and not raw.rstrip(".").rpartition(".")[2].isdigit()
         )
     return bare == raw or address.version == 6  # brackets go around IPv6 only
@@ -200,7 +205,7 @@ def address_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
         host, sep, port_text = item.rpartition(":")
         if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise SettingsError(f"{name} must list host:port addresses, got {item!r}")
-        if not _is_host(host) or (bare_host(host) == host and ":" in host):
+        if not _is_host(host, lookup=True) or (bare_host(host) == host and ":" in host):
             # IPv6 without brackets too: its last group could be the port
             raise SettingsError(
                 f"{name} must list host:port addresses, each host an IP address (IPv6 in "
@@ -216,9 +221,10 @@ def host_name(env: Mapping[str, str], name: str) -> str | None:
     raw = text(env, name)
     if raw is None:
         return None
-    if bare_host(raw) != raw or not _is_host(raw):
+    if bare_host(raw) != raw or not _is_host(raw, lookup=True):
         raise SettingsError(
-            f"{name} must be a DNS name (letters, digits and '-' in labels joined by '.', such "
-            f"as workflow-engines.default.svc.cluster.local), without a port, got {env[name]!r}"
+            f"{name} must be a DNS name (letters, digits, '-' and '_' in labels joined by '.', "
+            f"such as workflow-engines.default.svc.cluster.local), without a port, "
+            f"got {env[name]!r}"
         )
     return raw

@@ -24,6 +24,7 @@ BASE = {"DISCOVERY_MODE": "static", "ENGINE_ADDRESSES": "127.0.0.1:1"}
         "[fd00::2]:1,[::ffff:10.0.0.1]:2",
         "engine-0.workflow-engines.default.svc.cluster.local:50051",
         "localhost:5 engine:6",
+        "workflow_engine:50051",  # a Docker Compose service name: resolvers answer for it
     ],
 )
 def test_engine_addresses_with_hosts_as_host_takes_them_are_taken(addresses: str) -> None:
@@ -35,7 +36,7 @@ def test_engine_addresses_with_hosts_as_host_takes_them_are_taken(addresses: str
     "address",
     [
         "bad_host!:80",
-        "a_b:80",
+        "a%b:80",
         "-a:80",
         "a..b:80",
         "300.1.1.1:80",  # neither an address nor a name
@@ -62,7 +63,14 @@ def test_one_bad_engine_address_among_good_ones_is_the_one_named() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["workflow-engines.default.svc.cluster.local", "engines", "engines.local.", "10.0.0.1"]
+    "name",
+    [
+        "workflow-engines.default.svc.cluster.local",
+        "engines",
+        "engines.local.",
+        "10.0.0.1",
+        "workflow_engine",  # a Docker Compose service name
+    ],
 )
 def test_an_engine_dns_name_is_taken(name: str) -> None:
     settings = Settings.from_env({"DISCOVERY_MODE": "dns", "ENGINE_DNS_NAME": name})
@@ -70,7 +78,7 @@ def test_an_engine_dns_name_is_taken(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["not a name", "a_b", "engines:50051", "[::1]", "-engines", "x" * 64, "bad!"]
+    "name", ["not a name", "a%b", "engines:50051", "[::1]", "-engines", "x" * 64, "bad!"]
 )
 def test_an_engine_dns_name_that_is_no_name_stops_start_naming_it(name: str) -> None:
     # before: taken, and "cannot resolve engines at not a name" at every discovery round
