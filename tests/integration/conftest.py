@@ -242,6 +242,32 @@ def spawn_orchestrator(
     pytest.fail(f"orchestrator did not start serving within {START_TIMEOUT}s:\n{orch.log()}")
 
 
+def refused_orchestrator(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m orchestrator`` with ``env`` on top of settings that would serve (its state
+    database at tmp_path/state.db, plain-text logs, no TLS setting from this process), for one
+    that must refuse ``env`` and stop at start: run to its end."""
+    base = {k: v for k, v in os.environ.items() if "TLS_" not in k}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator"],
+        env={
+            **base,
+            "HOST": "127.0.0.1",
+            "HTTP_PORT": "0",
+            "GRPC_PORT": "0",
+            "STATE_DB": str(tmp_path / "state.db"),
+            "DISCOVERY_MODE": "static",
+            "ENGINE_ADDRESSES": "127.0.0.1:1",
+            "LOG_FORMAT": "plain",
+            **env,
+        },
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def _serving_lines(log_path: Path) -> list[dict[str, object]]:
     if not log_path.exists():
         return []

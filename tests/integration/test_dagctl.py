@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import pytest
 from orchestrator.dagctl import main
 from orchestrator.dagctl.launching import RestartPolicy, run_up
 from tests.integration.api import first_pause_last
+from tests.integration.fake_up import stand_in_python
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +109,7 @@ sys.exit(3)
 FAKE_PYTHON = """#!/bin/sh
 if [ "$2" = orchestrator ]; then
     [ -n "$ORCHESTRATOR_SILENT" ] && exec sleep 600
-    exec {python} {script}
+    exec {python} {orchestrator}
 fi
 {{ env; echo "-- end of a start --"; }} >> "$DUMP_DIR/$ENGINE_ID.env"
 if [ "$ENGINE_ID" = "$DIE_AT_START" ]; then
@@ -144,8 +145,11 @@ class Up:
 
 
 def start_up(cwd: Path, python: str, environ: dict[str, str], **kwargs: object) -> Up:
+    """``run_up`` in a thread; ``terminal=True`` writes its out and err to one stream, as a
+    terminal shows them (``Up.out``, and ``Up.err`` too)."""
     stop = threading.Event()
-    out, err = io.StringIO(), io.StringIO()
+    out = io.StringIO()
+    err = out if kwargs.get("terminal") else io.StringIO()
     code: list[int] = []
 
     def target() -> None:
@@ -172,24 +176,11 @@ def start_up(cwd: Path, python: str, environ: dict[str, str], **kwargs: object) 
 
 
 @pytest.fixture
-def fake_python(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    script = tmp_path / "fake_orchestrator.py"
-    script.write_text(FAKE_ORCHESTRATOR)
-    engine = tmp_path / "fake_engine.py"
-    engine.write_text(FAKE_ENGINE)
-    python = tmp_path / "python"
-    python.write_text(FAKE_PYTHON.format(python=sys.executable, script=script, engine=engine))
-    python.chmod(0o755)
-    dump = tmp_path / "dump"
-    dump.mkdir()
-    environ = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "DUMP_DIR": str(dump),
-        "HTTP_PORT": "0",
-        "GRPC_PORT": "0",
-        "SOMETHING_ELSE": "passed through",
-    }
-    yield str(python), environ
+def fake_python(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    python, environ = stand_in_python(
+        tmp_path, FAKE_PYTHON, orchestrator=FAKE_ORCHESTRATOR, engine=FAKE_ENGINE
+    )
+    return python, {**environ, "SOMETHING_ELSE": "passed through"}
 
 
 def env_files(path: Path) -> list[dict[str, str]]:

@@ -7,7 +7,7 @@ are found by IP, and their certificates carry the Service's name), and showing
 ENGINE_TLS_CERT_FILE. A link whose TLS fails leaves the engine not ready, with a reason that
 says TLS and what to fix, in ``/readyz``, ``/api/v1/engines`` and the log (once).
 
-Certificates are made up per test by a throwaway CA (trustme), as in test_tls.py.
+Certificates are made up per test by a throwaway CA (tests/keys.py), as in test_tls.py.
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.integration.api import get, register, start, wait_end, wait_for
-from tests.integration.conftest import ROOT, StartCluster, StartEngine
-from tests.integration.test_tls import SecretVolume
-from tests.keys import encrypted_copy
+from tests.integration.conftest import ROOT, StartCluster, StartEngine, refused_orchestrator
+from tests.integration.test_tls import a_renewal
+from tests.keys import Certificates, encrypted_copy
 
 pytestmark = pytest.mark.slow
 
@@ -43,23 +42,11 @@ nodes:
 """
 
 
-class Link:
+class Link(Certificates):
     """A CA, an engine certificate for the Service's name, and a client certificate."""
 
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(exist_ok=True)
-        self.ca = trustme.CA()
-        self.ca_file = directory / "ca.pem"
-        self.ca.cert_pem.write_to_path(str(self.ca_file))
-        self.cert_file, self.key_file = self._issue(directory, "engine", SERVICE)
-        self.client_cert, self.client_key = self._issue(directory, "orchestrator", "orchestrator")
-
-    def _issue(self, directory: Path, stem: str, name: str) -> tuple[Path, Path]:
-        issued = self.ca.issue_cert(name)
-        cert, key = directory / f"{stem}.pem", directory / f"{stem}.key"
-        cert.write_bytes(b"".join(b.bytes() for b in issued.cert_chain_pems))
-        issued.private_key_pem.write_to_path(str(key))
-        return cert, key
+        super().__init__(directory, server=SERVICE, client="orchestrator")
 
     def engine_env(self, *, mutual: bool = False) -> dict[str, str]:
         env = {"TLS_CERT_FILE": str(self.cert_file), "TLS_KEY_FILE": str(self.key_file)}
@@ -73,13 +60,6 @@ class Link:
             env["ENGINE_TLS_CERT_FILE"] = str(self.client_cert)
             env["ENGINE_TLS_KEY_FILE"] = str(self.client_key)
         return env
-
-    def credentials(self, *, with_cert: bool = False) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_file.read_bytes(),
-            private_key=self.client_key.read_bytes() if with_cert else None,
-            certificate_chain=self.client_cert.read_bytes() if with_cert else None,
-        )
 
 
 async def health(channel: grpc.aio.Channel) -> bool:
@@ -131,7 +111,7 @@ async def test_a_run_goes_over_a_tls_link_checked_by_the_service_name(
     # TLS only: a plain caller is refused, one trusting the CA is answered
     async with grpc.aio.insecure_channel(engine.address) as plain:
         assert not await health(plain)
-    assert await secure_health(engine.address, link.credentials())
+    assert await secure_health(engine.address, link.channel_credentials(with_cert=False))
     # gRPC's core would write refused handshakes as plain-text lines among the JSON ones
     assert [line for line in engine.log().splitlines() if line[:1] != "{"] == []
 
@@ -149,8 +129,8 @@ async def test_a_run_goes_over_mutual_tls_with_engine_token_on_top(
     (engine,) = cluster.engines
     assert serving_line(engine.log())["security"] == "mutual TLS"
     await run_twice(cluster.url)
-    assert await secure_health(engine.address, link.credentials(with_cert=True))
-    assert not await secure_health(engine.address, link.credentials(with_cert=False))
+    assert await secure_health(engine.address, link.channel_credentials(with_cert=True))
+    assert not await secure_health(engine.address, link.channel_credentials(with_cert=False))
     assert "engine.refused" not in engine.log()  # the token went along on the TLS channel
 
 
@@ -335,33 +315,11 @@ def test_an_orchestrator_with_unusable_engine_tls_settings_stops_at_start_naming
         ),
     ]
     for env, message in cases:
-        proc = subprocess.run(
-            [sys.executable, "-m", "orchestrator"],
-            env={
-                **{k: v for k, v in os.environ.items() if "TLS_" not in k},
-                "HOST": "127.0.0.1",
-                "HTTP_PORT": "0",
-                "GRPC_PORT": "0",
-                "STATE_DB": str(tmp_path / "state.db"),
-                "DISCOVERY_MODE": "static",
-                "ENGINE_ADDRESSES": "127.0.0.1:1",
-                **env,
-            },
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = refused_orchestrator(tmp_path, env)
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one line, no traceback
         assert not (tmp_path / "state.db").exists()
-
-
-def as_files(link: Link) -> Any:
-    """``link`` as SecretVolume.write takes test_tls's Certificates: by the same three files."""
-    return link
 
 
 # -- renewal ----------------------------------------------------------------------------------
@@ -370,18 +328,11 @@ def as_files(link: Link) -> Any:
 async def test_the_engine_serves_its_renewed_certificate_without_a_restart(
     start_engine: StartEngine, tmp_path: Path
 ) -> None:
-    first = Link(tmp_path / "first")
-    renewed = Link(tmp_path / "renewed")  # a new CA, as a rotation of it
-    volume = SecretVolume(tmp_path / "secret")
-    volume.write(as_files(first))
-    engine = start_engine(
-        TLS_CERT_FILE=volume.path("tls.crt"),
-        TLS_KEY_FILE=volume.path("tls.key"),
-        TLS_CA_FILE=volume.path("ca.crt"),
-    )
-    assert await secure_health(engine.address, first.credentials(with_cert=True))
-    assert not await secure_health(engine.address, renewed.credentials(with_cert=True))
-    volume.write(as_files(renewed))
-    assert await secure_health(engine.address, renewed.credentials(with_cert=True))
-    assert not await secure_health(engine.address, first.credentials(with_cert=True))
+    first, renewed, volume = a_renewal(tmp_path, Link)
+    engine = start_engine(**volume.served())
+    assert await secure_health(engine.address, first.channel_credentials(with_cert=True))
+    assert not await secure_health(engine.address, renewed.channel_credentials(with_cert=True))
+    volume.write(renewed)
+    assert await secure_health(engine.address, renewed.channel_credentials(with_cert=True))
+    assert not await secure_health(engine.address, first.channel_credentials(with_cert=True))
     assert '"event": "tls_reloaded"' in engine.log()

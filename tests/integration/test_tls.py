@@ -1,6 +1,6 @@
 """TLS on the orchestrator's HTTP and gRPC servers, and mutual TLS, with real processes.
 
-Certificates are made up per test by a throwaway CA (trustme): one for the server at
+Certificates are made up per test by a throwaway CA (tests/keys.py): one for the server at
 127.0.0.1, and one a client may show.
 """
 
@@ -11,47 +11,18 @@ import os
 import ssl
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import grpc
 import pytest
-import trustme
 
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
-from tests.integration.conftest import ROOT, StartCluster
-from tests.keys import encrypted_copy
-
-
-class Certificates:
-    def __init__(self, directory: Path, *, mkdir: bool = False) -> None:
-        if mkdir:
-            directory.mkdir()
-        self.ca = trustme.CA()
-        self.ca_file = directory / "ca.pem"
-        self.ca.cert_pem.write_to_path(str(self.ca_file))
-        server = self.ca.issue_cert("127.0.0.1")
-        self.cert_file, self.key_file = directory / "server.pem", directory / "server.key"
-        server.private_key_pem.write_to_path(str(self.key_file))
-        self.cert_file.write_bytes(b"".join(b.bytes() for b in server.cert_chain_pems))
-        client = self.ca.issue_cert("dagctl@example.com")
-        self.client_cert, self.client_key = directory / "client.pem", directory / "client.key"
-        client.private_key_pem.write_to_path(str(self.client_key))
-        self.client_cert.write_bytes(b"".join(b.bytes() for b in client.cert_chain_pems))
-
-    def client_context(self, *, with_cert: bool) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.ca_file))
-        if with_cert:
-            context.load_cert_chain(str(self.client_cert), str(self.client_key))
-        return context
-
-    def channel_credentials(self, *, with_cert: bool) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_file.read_bytes(),
-            private_key=self.client_key.read_bytes() if with_cert else None,
-            certificate_chain=self.client_cert.read_bytes() if with_cert else None,
-        )
+from tests.integration.conftest import ROOT, StartCluster, refused_orchestrator
+from tests.keys import Certificates, encrypted_copy
 
 
 def dagctl(server: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -162,7 +133,7 @@ async def test_with_a_ca_file_clients_must_show_a_certificate_it_signed(
 def test_unusable_tls_files_stop_start_up_naming_the_variable(
     tmp_path: Path, env: dict[str, str], message: str
 ) -> None:
-    proc = start_orchestrator(tmp_path, env)
+    proc = refused_orchestrator(tmp_path, env)
     assert proc.returncode == 2
     assert message in proc.stderr + proc.stdout
     assert not (tmp_path / "state.db").exists()  # nothing was touched
@@ -173,36 +144,13 @@ def test_an_encrypted_key_stops_start_up_without_asking_for_its_passphrase(
 ) -> None:
     certs = Certificates(tmp_path)
     encrypted = encrypted_copy(certs.key_file.read_bytes(), tmp_path / "encrypted.key")
-    proc = start_orchestrator(
+    proc = refused_orchestrator(
         tmp_path, {"TLS_CERT_FILE": str(certs.cert_file), "TLS_KEY_FILE": str(encrypted)}
     )
     assert proc.returncode == 2
     assert "TLS_KEY_FILE is an encrypted key" in proc.stderr + proc.stdout
     assert "pass phrase" not in proc.stderr + proc.stdout
     assert not (tmp_path / "state.db").exists()
-
-
-def start_orchestrator(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TLS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator"],
-        env={
-            **base,
-            "HOST": "127.0.0.1",
-            "HTTP_PORT": "0",
-            "GRPC_PORT": "0",
-            "STATE_DB": str(tmp_path / "state.db"),
-            "DISCOVERY_MODE": "static",
-            "ENGINE_ADDRESSES": "127.0.0.1:1",
-            "LOG_FORMAT": "plain",
-            **env,
-        },
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 class SecretVolume:
@@ -220,6 +168,15 @@ class SecretVolume:
     def path(self, name: str) -> str:
         return str(self.directory / name)
 
+    def served(self) -> dict[str, str]:
+        """The settings that have a server (the orchestrator or an engine) serve what is here,
+        to clients that show a certificate its CA signed."""
+        return {
+            "TLS_CERT_FILE": self.path("tls.crt"),
+            "TLS_KEY_FILE": self.path("tls.key"),
+            "TLS_CA_FILE": self.path("ca.crt"),
+        }
+
     def write(self, certs: Certificates, *, key: Path | None = None) -> None:
         self.versions += 1
         version = self.directory / f"..v{self.versions}"
@@ -230,6 +187,18 @@ class SecretVolume:
         swap = self.directory / "..data_tmp"
         swap.symlink_to(version.name)
         swap.rename(self.directory / "..data")
+
+
+Certs = TypeVar("Certs", bound=Certificates)
+
+
+def a_renewal(tmp_path: Path, make: Callable[[Path], Certs]) -> tuple[Certs, Certs, SecretVolume]:
+    """The first certificates, served from a Secret volume, and the renewed ones to write there
+    (of a new CA, as a rotation of it)."""
+    first, renewed = make(tmp_path / "first"), make(tmp_path / "renewed")
+    volume = SecretVolume(tmp_path / "secret")
+    volume.write(first)
+    return first, renewed, volume
 
 
 async def answers(https: str, grpc_address: str, certs: Certificates) -> bool:
@@ -255,16 +224,8 @@ async def answers(https: str, grpc_address: str, certs: Certificates) -> bool:
 async def test_certificates_renewed_in_place_are_served_without_a_restart(
     start_cluster: StartCluster, tmp_path: Path
 ) -> None:
-    first = Certificates(tmp_path / "first", mkdir=True)
-    renewed = Certificates(tmp_path / "renewed", mkdir=True)  # a new CA, as a rotation of it
-    volume = SecretVolume(tmp_path / "secret")
-    volume.write(first)
-    cluster = start_cluster(
-        engines=1,
-        TLS_CERT_FILE=volume.path("tls.crt"),
-        TLS_KEY_FILE=volume.path("tls.key"),
-        TLS_CA_FILE=volume.path("ca.crt"),
-    )
+    first, renewed, volume = a_renewal(tmp_path, Certificates)
+    cluster = start_cluster(engines=1, **volume.served())
     https = f"https://127.0.0.1:{cluster.orchestrator.http_port}"
     address = cluster.orchestrator.grpc_address
     assert await answers(https, address, first)

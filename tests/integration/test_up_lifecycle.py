@@ -19,15 +19,17 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator.dagctl.launching import RestartPolicy, run_up
-from tests.integration.test_dagctl import ROOT, WAIT, start_up
+from tests.integration.fake_up import stand_in_python
+from tests.integration.test_dagctl import ROOT, WAIT, Up, start_up
 
 pytestmark = pytest.mark.slow
 
@@ -113,29 +115,18 @@ sys.exit(run_up(
 ))
 """
 FAST = RestartPolicy(first_delay=0.05, max_delay=0.2)
+STARTED = "Ctrl-C stops everything."  # the banner's last line
 
 
 @pytest.fixture
-def fake_python(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    orchestrator = tmp_path / "fake_orchestrator.py"
-    orchestrator.write_text(FAKE_ORCHESTRATOR)
-    engine = tmp_path / "fake_engine.py"
-    engine.write_text(FAKE_ENGINE)
-    python = tmp_path / "bin" / "python"
-    python.parent.mkdir()
-    python.write_text(
-        FAKE_PYTHON.format(python=sys.executable, orchestrator=orchestrator, engine=engine)
+def fake_python(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    return stand_in_python(
+        tmp_path,
+        FAKE_PYTHON,
+        at=tmp_path / "bin" / "python",
+        orchestrator=FAKE_ORCHESTRATOR,
+        engine=FAKE_ENGINE,
     )
-    python.chmod(0o755)
-    dump = tmp_path / "dump"
-    dump.mkdir()
-    environ = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "DUMP_DIR": str(dump),
-        "HTTP_PORT": "0",
-        "GRPC_PORT": "0",
-    }
-    yield str(python), environ
 
 
 def alive(pid: int) -> bool:
@@ -173,21 +164,41 @@ def gone_within(pids: list[int], seconds: float) -> list[int]:
     return [p for p in pids if alive(p)]
 
 
+def spawn_up(
+    cwd: Path, python: str, environ: dict[str, str], **streams: Any
+) -> subprocess.Popen[bytes]:
+    """``up`` in a process of its own (its own session, as from a terminal of its own), writing
+    to ``streams`` (``stdout=``, ``stderr=``)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", HARNESS, python],
+        cwd=cwd,
+        env={**environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        **streams,
+    )
+
+
+def its_three_children(up: subprocess.Popen[bytes]) -> list[int]:
+    pids = children_of(up.pid)
+    assert len(pids) == 3, pids
+    return pids
+
+
+def kill_what_is_left(up: subprocess.Popen[bytes], pids: list[int]) -> None:
+    for pid in [up.pid, *pids]:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    up.wait(10)
+
+
 class UpProcess:
-    """``up`` in a process of its own (its own session, as from a terminal of its own)."""
+    """``up`` in a process of its own, its output and errors in one file."""
 
     def __init__(self, cwd: Path, python: str, environ: dict[str, str]) -> None:
         self.out_path = cwd / "up.out"
         with self.out_path.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", HARNESS, python],
-                cwd=cwd,
-                env={**environ, "PYTHONPATH": str(ROOT)},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            self.proc = spawn_up(cwd, python, environ, stdout=out, stderr=subprocess.STDOUT)
 
     def text(self) -> str:
         return self.out_path.read_text()
@@ -200,32 +211,63 @@ class UpProcess:
             time.sleep(0.05)
         return self.text()
 
-    def end(self, pids: list[int]) -> None:
-        for pid in [self.proc.pid, *pids]:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        self.proc.wait(10)
+
+@contextmanager
+def up_in_a_process(
+    cwd: Path, fake_python: tuple[str, dict[str, str]]
+) -> Iterator[tuple[UpProcess, list[int]]]:
+    """``up`` in a process of its own once it has started, with its three children; whatever
+    is left of them is killed at the end."""
+    up = UpProcess(cwd, *fake_python)
+    pids: list[int] = []
+    try:
+        up.wait_for(STARTED)
+        pids = its_three_children(up.proc)
+        yield up, pids
+    finally:
+        kill_what_is_left(up.proc, pids)
+
+
+@contextmanager
+def serving_up(cwd: Path, python: str, environ: dict[str, str], **kwargs: object) -> Iterator[Up]:
+    """``up`` in a thread once it has started; stopped at the end, which must go well."""
+    up = start_up(cwd, python, environ, **kwargs)
+    try:
+        up.wait_for(STARTED)
+        yield up
+    finally:
+        up.stop.set()
+        assert up.finish() == 0, up.err.getvalue()
+
+
+def up_once(cwd: Path, python: str, environ: dict[str, str]) -> tuple[int, str]:
+    """``up`` with one engine, run to its end: its exit status and what it said on stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    code = run_up(
+        environ,
+        server="http://127.0.0.1:8080",
+        token=None,
+        engines=1,
+        examples=False,
+        python=python,
+        cwd=cwd,
+        out=out,
+        err=err,
+    )
+    return code, err.getvalue()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT, signal.SIGKILL])
 def test_no_child_outlives_up_however_it_is_ended(
     sig: signal.Signals, tmp_path: Path, fake_python: tuple[str, dict[str, str]]
 ) -> None:
-    python, environ = fake_python
-    up = UpProcess(tmp_path, python, environ)
-    pids: list[int] = []
-    try:
-        up.wait_for("Ctrl-C stops everything.")
-        pids = children_of(up.proc.pid)
-        assert len(pids) == 3, pids
+    with up_in_a_process(tmp_path, fake_python) as (up, pids):
         os.kill(up.proc.pid, sig)
         assert up.proc.wait(WAIT) == (-sig if sig == signal.SIGKILL else 0), up.text()
         assert gone_within(pids, 10) == [], up.text()
         if sig != signal.SIGKILL:
             stopped = up.text().split("Stopping ...\n", 1)[1]
             assert "  orchestrator stopped (exit" in stopped, stopped
-    finally:
-        up.end(pids)
 
 
 def test_the_next_up_names_an_orchestrator_left_behind(
@@ -264,22 +306,11 @@ def test_the_next_up_names_an_orchestrator_left_behind(
     )
     orphan = int(starter.stdout)
     try:
-        out, err = io.StringIO(), io.StringIO()
-        code = run_up(
-            environ,
-            server="http://127.0.0.1:8080",
-            token=None,
-            engines=1,
-            examples=False,
-            python=python,
-            cwd=tmp_path,
-            out=out,
-            err=err,
-        )
+        code, err = up_once(tmp_path, python, environ)
     finally:
         os.kill(orphan, signal.SIGKILL)
     assert code == 1
-    assert err.getvalue() == (
+    assert err == (
         f"dagctl: .dagengine/state.db is in use by process {orphan}, an orchestrator left "
         f"behind by a dagctl up that was killed: kill {orphan} (it stops cleanly on SIGTERM), "
         "or set STATE_DB to use another state database\n"
@@ -292,35 +323,23 @@ def test_up_stops_everything_when_the_pipe_it_wrote_to_closed_before_the_ctrl_c(
     # `dagctl up | tee up.log`, then Ctrl-C: the terminal interrupts tee too, which dies first
     python, environ = fake_python
     with (tmp_path / "up.err").open("wb") as errors:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", HARNESS, python],
-            cwd=tmp_path,
-            env={**environ, "PYTHONPATH": str(ROOT)},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            start_new_session=True,
-        )
+        proc = spawn_up(tmp_path, python, environ, stdout=subprocess.PIPE, stderr=errors)
     assert proc.stdout is not None
     text = ""
     pids: list[int] = []
     try:
-        while "Ctrl-C stops everything." not in text:
+        while STARTED not in text:
             line = proc.stdout.readline().decode()
             assert line, text
             text += line
-        pids = children_of(proc.pid)
-        assert len(pids) == 3, pids
+        pids = its_three_children(proc)
         proc.stdout.close()  # tee is gone
         os.kill(proc.pid, signal.SIGINT)
         assert proc.wait(WAIT) == 0, (tmp_path / "up.err").read_text()
         assert gone_within(pids, 10) == []
         assert (tmp_path / "up.err").read_text() == ""  # no traceback
     finally:
-        for pid in [proc.pid, *pids]:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait(10)
+        kill_what_is_left(proc, pids)
 
 
 @pytest.mark.parametrize("gap", [0.001, 0.005])
@@ -328,20 +347,12 @@ def test_ctrl_c_again_and_again_leaves_no_child(
     gap: float, tmp_path: Path, fake_python: tuple[str, dict[str, str]]
 ) -> None:
     # a Ctrl-C held down, or hit twice a few ms apart: some land while the stop is set up
-    python, environ = fake_python
-    up = UpProcess(tmp_path, python, environ)
-    pids: list[int] = []
-    try:
-        up.wait_for("Ctrl-C stops everything.")
-        pids = children_of(up.proc.pid)
-        assert len(pids) == 3, pids
+    with up_in_a_process(tmp_path, fake_python) as (up, pids):
         for _ in range(10):
             os.kill(up.proc.pid, signal.SIGINT)
             time.sleep(gap)
         up.proc.wait(WAIT)  # how it exits after its stop does not matter: a late Ctrl-C may
         assert gone_within(pids, 5) == [], up.text()
-    finally:
-        up.end(pids)
 
 
 def test_a_second_up_with_a_state_database_of_its_own_leaves_the_first_ones_logs(
@@ -349,16 +360,11 @@ def test_a_second_up_with_a_state_database_of_its_own_leaves_the_first_ones_logs
 ) -> None:
     python, environ = fake_python
     logs = tmp_path / ".dagengine" / "logs"
-    first = start_up(tmp_path, python, environ, examples=False, restart=FAST)
-    try:
-        first.wait_for("Ctrl-C stops everything.")
-        second = start_up(
+    with serving_up(tmp_path, python, environ, examples=False, restart=FAST):
+        with serving_up(
             tmp_path, python, {**environ, "STATE_DB": "b.db"}, examples=False, restart=FAST
-        )
-        second.wait_for("Ctrl-C stops everything.")
-        assert f"logs       {tmp_path / 'b.db.logs'}/" in second.out.getvalue()
-        second.stop.set()
-        assert second.finish() == 0
+        ) as second:
+            assert f"logs       {tmp_path / 'b.db.logs'}/" in second.out.getvalue()
         # one on the same state database, started while the first one's orchestrator had not
         # yet taken its lock (this stand-in never does): refused before it rotates anything
         third = start_up(tmp_path, python, environ, examples=False, restart=FAST)
@@ -369,22 +375,14 @@ def test_a_second_up_with_a_state_database_of_its_own_leaves_the_first_ones_logs
         )
         assert not list(logs.glob("*.log.1"))
         assert (logs / "engine-0.log").read_text() == "fake engine-0 listening\n"
-    finally:
-        first.stop.set()
-        assert first.finish() == 0
 
 
 def test_up_reaches_its_orchestrator_on_the_address_host_names(
     tmp_path: Path, fake_python: tuple[str, dict[str, str]]
 ) -> None:
     python, environ = fake_python
-    up = start_up(tmp_path, python, {**environ, "HOST": "127.0.0.2"}, examples=False)
-    try:
-        up.wait_for("Ctrl-C stops everything.")
+    with serving_up(tmp_path, python, {**environ, "HOST": "127.0.0.2"}, examples=False) as up:
         assert re.search(r"HTTP API   http://127\.0\.0\.2:\d+ ", up.out.getvalue())
-    finally:
-        up.stop.set()
-        assert up.finish() == 0, up.err.getvalue()
 
 
 def test_a_restarted_engine_is_not_serving_while_another_program_holds_its_port(
@@ -392,9 +390,7 @@ def test_a_restarted_engine_is_not_serving_while_another_program_holds_its_port(
 ) -> None:
     python, environ = fake_python
     second = RestartPolicy(first_delay=1.0)
-    up = start_up(tmp_path, python, environ, examples=False, restart=second)
-    try:
-        up.wait_for("Ctrl-C stops everything.")
+    with serving_up(tmp_path, python, environ, examples=False, restart=second) as up:
         found = re.search(r"  engine-0 +127\.0\.0\.1:(\d+)", up.out.getvalue())
         assert found is not None
         (Path(environ["DUMP_DIR"]) / "die-engine-0").touch()
@@ -409,9 +405,6 @@ def test_a_restarted_engine_is_not_serving_while_another_program_holds_its_port(
                 time.sleep(0.05)
             time.sleep(2.0)  # up looks every 0.5 s
             assert "serving again" not in up.out.getvalue()
-    finally:
-        up.stop.set()
-        assert up.finish() == 0
 
 
 def test_up_where_it_cannot_write_says_so_in_one_line(
@@ -419,20 +412,9 @@ def test_up_where_it_cannot_write_says_so_in_one_line(
 ) -> None:
     python, environ = fake_python
     (tmp_path / ".dagengine").write_text("not a directory\n")  # as root, chmod would not do
-    out, err = io.StringIO(), io.StringIO()
-    code = run_up(
-        environ,
-        server="http://127.0.0.1:8080",
-        token=None,
-        engines=1,
-        examples=False,
-        python=python,
-        cwd=tmp_path,
-        out=out,
-        err=err,
-    )
+    code, err = up_once(tmp_path, python, environ)
     assert code == 1
-    assert err.getvalue() == (
+    assert err == (
         f"dagctl: cannot write the logs in {tmp_path / '.dagengine' / 'logs'}/: Not a directory\n"
     )
 
@@ -443,53 +425,25 @@ def test_up_shows_the_problems_of_an_example_it_cannot_register(
     python, environ = fake_python
     (tmp_path / "examples").mkdir()
     (tmp_path / "examples" / "broken.yaml").write_text("id: broken\n")
-    up = start_up(tmp_path, python, environ, restart=FAST)
-    try:
-        up.wait_for("Ctrl-C stops everything.")
+    with serving_up(tmp_path, python, environ, restart=FAST) as up:
         assert (
             "  could not register broken.yaml: invalid_spec: 2 problems\n"
             "    - nodes: missing\n"
             "    - version: missing\n"
         ) in up.out.getvalue()
-    finally:
-        up.stop.set()
-        assert up.finish() == 0
 
 
 def test_up_says_its_orchestrator_was_killed_and_says_it_last(
     tmp_path: Path, fake_python: tuple[str, dict[str, str]]
 ) -> None:
     python, environ = fake_python
-    said = io.StringIO()  # out and err as one terminal shows them
-    code: list[int] = []
-
-    def target() -> None:
-        code.append(
-            run_up(
-                environ,
-                server="http://127.0.0.1:8080",
-                token=None,
-                engines=2,
-                examples=False,
-                python=python,
-                cwd=tmp_path,
-                out=said,
-                err=said,
-                restart=FAST,
-            )
-        )
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT
-    while "Ctrl-C stops everything." not in said.getvalue():
-        assert thread.is_alive() and time.monotonic() < deadline, said.getvalue()
-        time.sleep(0.05)
+    up = start_up(tmp_path, python, environ, examples=False, restart=FAST, terminal=True)
+    up.wait_for(STARTED)
+    said = up.out  # out and err as one terminal shows them
     orchestrator = pids_in_banner(said.getvalue())[0]
     os.kill(orchestrator, signal.SIGKILL)
-    thread.join(WAIT)
-    assert code == [1]
-    lines = said.getvalue().split("Ctrl-C stops everything.\n", 1)[1].splitlines()
+    assert up.finish() == 1
+    lines = said.getvalue().split(f"{STARTED}\n", 1)[1].splitlines()
     assert lines == [
         "Stopping the others ...",
         "  engine-0 stopped (exit 0)",

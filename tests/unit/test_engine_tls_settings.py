@@ -8,39 +8,21 @@ from pathlib import Path
 
 import grpc
 import pytest
-import trustme
 
 from engine.settings import Settings as EngineSettings
 from engine.settings import SettingsError
 from engine.tls import ServerTls
 from orchestrator.settings import Settings
 from orchestrator.tls import link_problem
-from tests.keys import encrypted_copy
+from tests.keys import Certificates, encrypted_copy
 
 BASE = {"DISCOVERY_MODE": "static", "ENGINE_ADDRESSES": "127.0.0.1:1"}
 
 
-class Files:
-    """A CA, an engine certificate for a service name, and a client certificate, as files."""
-
-    def __init__(self, directory: Path) -> None:
-        self.ca = trustme.CA()
-        self.ca_file = directory / "ca.pem"
-        self.ca.cert_pem.write_to_path(str(self.ca_file))
-        self.cert, self.key = self._issue(directory, "engine", "workflow-engines.default.svc")
-        self.client_cert, self.client_key = self._issue(directory, "client", "orchestrator")
-
-    def _issue(self, directory: Path, stem: str, name: str) -> tuple[Path, Path]:
-        issued = self.ca.issue_cert(name)
-        cert, key = directory / f"{stem}.pem", directory / f"{stem}.key"
-        cert.write_bytes(b"".join(b.bytes() for b in issued.cert_chain_pems))
-        issued.private_key_pem.write_to_path(str(key))
-        return cert, key
-
-
 @pytest.fixture
-def files(tmp_path: Path) -> Files:
-    return Files(tmp_path)
+def files(tmp_path: Path) -> Certificates:
+    """A CA, an engine certificate for a service name, and a client certificate, as files."""
+    return Certificates(tmp_path, server="workflow-engines.default.svc", client="orchestrator")
 
 
 def engine(**env: str) -> EngineSettings:
@@ -57,14 +39,19 @@ def refusal(read: object) -> str:
 # -- the engine's TLS_* ------------------------------------------------------------------------
 
 
-def test_an_engine_serves_plain_tls_or_mutual_tls_as_its_files_say(files: Files) -> None:
+def test_an_engine_serves_plain_tls_or_mutual_tls_as_its_files_say(files: Certificates) -> None:
     assert engine().security == "plain"
-    served = engine(TLS_CERT_FILE=str(files.cert), TLS_KEY_FILE=str(files.key))
-    assert (served.tls_cert_file, served.tls_key_file) == (str(files.cert), str(files.key))
+    served = engine(TLS_CERT_FILE=str(files.cert_file), TLS_KEY_FILE=str(files.key_file))
+    assert (served.tls_cert_file, served.tls_key_file) == (
+        str(files.cert_file),
+        str(files.key_file),
+    )
     assert served.tls_ca_file is None
     assert served.security == "TLS"
     mutual = engine(
-        TLS_CERT_FILE=str(files.cert), TLS_KEY_FILE=str(files.key), TLS_CA_FILE=str(files.ca_file)
+        TLS_CERT_FILE=str(files.cert_file),
+        TLS_KEY_FILE=str(files.key_file),
+        TLS_CA_FILE=str(files.ca_file),
     )
     assert mutual.tls_ca_file == str(files.ca_file)
     assert mutual.security == "mutual TLS"
@@ -89,20 +76,23 @@ def test_both_services_refuse_the_same_tls_files_in_the_same_words(
 
 
 def test_the_engine_s_files_are_checked_when_its_server_is_made(
-    files: Files, tmp_path: Path
+    files: Certificates, tmp_path: Path
 ) -> None:
-    assert ServerTls(str(files.cert), str(files.key), str(files.ca_file)).security == "mutual TLS"
-    assert refusal(lambda: ServerTls("/no/such.pem", str(files.key))) == (
+    assert (
+        ServerTls(str(files.cert_file), str(files.key_file), str(files.ca_file)).security
+        == "mutual TLS"
+    )
+    assert refusal(lambda: ServerTls("/no/such.pem", str(files.key_file))) == (
         "TLS_CERT_FILE /no/such.pem: No such file or directory"
     )
-    assert refusal(lambda: ServerTls(str(files.cert), str(files.client_key))).startswith(
+    assert refusal(lambda: ServerTls(str(files.cert_file), str(files.client_key))).startswith(
         "TLS_CERT_FILE and TLS_KEY_FILE are not a PEM certificate and its key: "
     )
-    assert refusal(lambda: ServerTls(str(files.cert), str(files.key), str(files.key))).startswith(
-        "TLS_CA_FILE is not PEM certificates: "
-    )
-    encrypted = encrypted_copy(files.key.read_bytes(), tmp_path / "encrypted.key")
-    assert refusal(lambda: ServerTls(str(files.cert), str(encrypted))).startswith(
+    assert refusal(
+        lambda: ServerTls(str(files.cert_file), str(files.key_file), str(files.key_file))
+    ).startswith("TLS_CA_FILE is not PEM certificates: ")
+    encrypted = encrypted_copy(files.key_file.read_bytes(), tmp_path / "encrypted.key")
+    assert refusal(lambda: ServerTls(str(files.cert_file), str(encrypted))).startswith(
         "TLS_KEY_FILE is an encrypted key: give the key without a passphrase"
     )
 
@@ -114,7 +104,7 @@ def test_without_engine_tls_the_orchestrator_connects_in_plain_text() -> None:
     assert Settings.from_env(BASE).engine_tls is None
 
 
-def test_engine_tls_files_are_read_at_start(files: Files) -> None:
+def test_engine_tls_files_are_read_at_start(files: Certificates) -> None:
     tls = Settings.from_env({**BASE, "ENGINE_TLS_CA_FILE": str(files.ca_file)}).engine_tls
     assert tls is not None
     assert tls.ca == files.ca_file.read_bytes()
@@ -141,13 +131,13 @@ def test_engine_tls_files_are_read_at_start(files: Files) -> None:
 
 
 @pytest.mark.parametrize("name", ["10.0.0.7", "fd00::7", "Workflow-Engines.default.svc"])
-def test_the_name_checked_may_be_a_dns_name_or_an_address(files: Files, name: str) -> None:
+def test_the_name_checked_may_be_a_dns_name_or_an_address(files: Certificates, name: str) -> None:
     env = {**BASE, "ENGINE_TLS_CA_FILE": str(files.ca_file), "ENGINE_TLS_SERVER_NAME": name}
     tls = Settings.from_env(env).engine_tls
     assert tls is not None and tls.server_name == name
 
 
-def unusable(files: Files, tmp_path: Path) -> list[tuple[dict[str, str], str]]:
+def unusable(files: Certificates, tmp_path: Path) -> list[tuple[dict[str, str], str]]:
     ca, cert, key = str(files.ca_file), str(files.client_cert), str(files.client_key)
     encrypted = str(encrypted_copy(files.client_key.read_bytes(), tmp_path / "encrypted.key"))
     return [
@@ -183,7 +173,7 @@ def unusable(files: Files, tmp_path: Path) -> list[tuple[dict[str, str], str]]:
             {
                 "ENGINE_TLS_CA_FILE": ca,
                 "ENGINE_TLS_CERT_FILE": cert,
-                "ENGINE_TLS_KEY_FILE": str(files.key),  # the engine's key, not the client's
+                "ENGINE_TLS_KEY_FILE": str(files.key_file),  # the engine's key, not the client's
             },
             "ENGINE_TLS_CERT_FILE and ENGINE_TLS_KEY_FILE are not a PEM certificate and its key: ",
         ),
@@ -204,7 +194,7 @@ def unusable(files: Files, tmp_path: Path) -> list[tuple[dict[str, str], str]]:
 
 
 def test_unusable_engine_tls_settings_are_refused_naming_the_variable(
-    files: Files, tmp_path: Path
+    files: Certificates, tmp_path: Path
 ) -> None:
     for env, message in unusable(files, tmp_path):
         assert refusal(lambda env=env: Settings.from_env({**BASE, **env})).startswith(message), env
@@ -220,7 +210,7 @@ def failed(
     return grpc.aio.AioRpcError(code, empty, empty, details, f"{code.name}:{details}")
 
 
-async def test_grpc_s_handshake_failures_read_as_what_to_fix(files: Files) -> None:
+async def test_grpc_s_handshake_failures_read_as_what_to_fix(files: Certificates) -> None:
     env = {
         **BASE,
         "ENGINE_TLS_CA_FILE": str(files.ca_file),
