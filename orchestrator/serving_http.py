@@ -10,6 +10,7 @@ metrics, the OpenAPI document); a spec's own ``http.path`` keeps its trigger's a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -583,12 +584,15 @@ class HttpApi:
         raw = await request.read()  # the size limit applies here
         signature = hook.authenticate(request.headers, raw, triggers.environ, self.token)
         key = _idempotency_key(request)
+        delivery = None
         if key is None and signature is not None and hook.raw_body:
             # A third party's signed delivery sent again is the same body, so the same
             # signature: a GitHub redelivery, or a request caught and replayed (the signature
             # covers neither headers nor the query). It gets the first run, for as long as
             # keys are kept, and a replay with other query options is refused as a key reused.
-            key = f"sha256={signature}"
+            # Per path: two hooks of one workflow sharing a secret are two senders.
+            named = f"{hook.path}\0{signature}".encode()
+            key = delivery = f"delivery:{hashlib.sha256(named).hexdigest()}"
         if hook.raw_body:
             # a third party's payload, as it sends it: a key twice there is its sender's to
             # fix, and no one who could is asked, so the last one wins as in most readers
@@ -601,7 +605,7 @@ class HttpApi:
                 hook, inputs=inputs, version=version, idempotency_key=key, wait=wait
             )
         except IdempotencyKeyReused as exc:
-            if signature is None or key != f"sha256={signature}":
+            if delivery is None:
                 raise
             raise IdempotencyKeyReused(
                 f"this signed delivery to {hook.path} was taken for execution "

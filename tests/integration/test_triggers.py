@@ -61,6 +61,18 @@ nodes:
 """
 
 
+TWIN_HOOKS = """
+id: twins
+version: 1.0.0
+triggers:
+  - http: {path: /hooks/twin-a, auth: {hmac_env: HOOK_SECRET}, raw_body: true}
+  - http: {path: /hooks/twin-b, auth: {hmac_env: HOOK_SECRET}, raw_body: true}
+nodes:
+  - id: a
+    lua: return 1
+"""
+
+
 def seconds(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
@@ -241,6 +253,15 @@ async def test_a_signed_delivery_sent_again_gets_its_first_run(hooks_cluster: Cl
         inputs = [r["inputs"] for r in runs["executions"]]
         assert inputs.count({"action": "redelivered", "n": 41}) == 2
         assert inputs.count({"action": "redelivered", "n": 42}) == 1
+        # two paths of one workflow that share a secret are two senders: one body to each
+        # is a delivery to each
+        await register(http, url, TWIN_HOOKS)
+        ids = set()
+        for path in ("/hooks/twin-a", "/hooks/twin-b"):
+            status, answer = await post(http, f"{url}{path}", body, **signed(body))
+            assert status == 202, answer
+            ids.add(answer["execution_id"])
+        assert len(ids) == 2
 
 
 async def test_hook_credentials_that_are_not_utf8_are_refused_not_a_server_error(
