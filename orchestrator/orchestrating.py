@@ -368,26 +368,38 @@ class Orchestrator:
         deadline) does not stop it half-way: a run stored and never queued would wait until
         the next start."""
         self._admitting += 1
-        storing = asyncio.ensure_future(
-            self._store_and_queue(
-                spec,
-                inputs,
-                pinned,
-                idempotency_key,
-                request_digest=request_digest,
-                child=child,
-                depth=depth,
-                track=track,
-                fire=fire,
-            )
-        )
-        self._storing.add(storing)
-        storing.add_done_callback(self._stored)
-        return await asyncio.shield(storing)
+        admitted = [False]
 
-    def _stored(self, storing: asyncio.Future[tuple[str, bool, float]]) -> None:
-        self._storing.discard(storing)
-        self._admitting -= 1
+        async def counted() -> tuple[str, bool, float]:
+            try:
+                return await self._store_and_queue(
+                    spec,
+                    inputs,
+                    pinned,
+                    idempotency_key,
+                    request_digest=request_digest,
+                    child=child,
+                    depth=depth,
+                    track=track,
+                    fire=fire,
+                )
+            finally:
+                # in the step that queued it: a done-callback runs a turn of the loop later,
+                # and a request checked in between counted this run twice, queued and being
+                # stored, and was refused a place that was free
+                admitted[0] = True
+                self._admitting -= 1
+
+        storing = asyncio.ensure_future(counted())
+        self._storing.add(storing)
+
+        def stored(done: asyncio.Future[tuple[str, bool, float]]) -> None:
+            self._storing.discard(done)
+            if not admitted[0]:  # cancelled before it began (the loop closing)
+                self._admitting -= 1
+
+        storing.add_done_callback(stored)
+        return await asyncio.shield(storing)
 
     async def stores_settled(self, timeout: float) -> None:
         """Let runs being stored and queued end (up to ``timeout``): a caller may be gone."""

@@ -178,3 +178,23 @@ async def test_the_stop_waits_for_a_run_being_stored_whose_caller_left(served: S
     await served.orch.stores_settled(5)
     assert len(served.dispatcher.submitted) == 1
     await opening
+
+
+async def test_a_run_is_counted_once_from_the_step_that_queues_it(served: Served) -> None:
+    await served.stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=json.dumps(SPEC)))
+    seen: list[int] = []
+    real = served.dispatcher.submit
+
+    def submit(execution_id: str, workflow_id: str, **kwargs: object) -> None:
+        real(execution_id, workflow_id, **kwargs)
+        # what a request checked right after this step finds waiting: before, the run was
+        # queued and still counted as being stored until a callback a turn later, so a
+        # request in between was refused a place that was free
+        asyncio.get_running_loop().call_soon(
+            lambda: seen.append(served.dispatcher.queue_depth + served.orch._admitting)
+        )
+
+    served.dispatcher.submit = submit  # type: ignore[method-assign]
+    await served.stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="w"))
+    assert seen == [1]
+    assert served.orch._admitting == 0
