@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -126,12 +127,45 @@ def test_fall_back_from_inside_the_second_pass_skips_the_rest_of_the_repeat() ->
     assert local(s.latest_at_or_before(second_pass) or 0, BERLIN) == "2026-10-25 02:30:00 CEST"
 
 
+class CountingCursor:
+    """A cron cursor that counts the slots it is asked for."""
+
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+        self.steps = 0
+
+    def set_current(self, start: datetime, force: bool) -> None:
+        self.cursor.set_current(start, force=force)
+
+    def get_next(self, kind: type[datetime]) -> datetime:
+        self.steps += 1
+        return self.cursor.get_next(kind)  # type: ignore[no-any-return]
+
+
+def test_from_the_second_pass_the_next_slot_is_found_without_walking_the_repeat() -> None:
+    s = Schedule("* * * * * *", "Europe/Berlin")
+    cursor = CountingCursor(s._iter)
+    s._iter = cursor
+    second_pass = datetime(2026, 10, 25, 2, 0, 1, tzinfo=BERLIN, fold=1).timestamp()
+    assert local(s.next_after(second_pass), BERLIN) == "2026-10-25 03:00:00 CET"
+    assert cursor.steps == 1  # not one per second of the hour that already fired
+
+
 def test_fall_back_every_slot_of_the_day_fires_once() -> None:
     s = Schedule("*/15 * * * *", "Europe/Berlin")
     day = s.upcoming(at(2026, 10, 24, 22, 0), 200)
     walls = [datetime.fromtimestamp(t, BERLIN).replace(tzinfo=None) for t in day]
     assert len(walls) == len(set(walls)) == 200
     assert day == sorted(day)
+    # each quarter-hour of the 25-hour day once, the repeated hour on its first pass
+    assert walls[:95] == [datetime(2026, 10, 25) + timedelta(minutes=15 * i) for i in range(1, 96)]
+    assert [local(t, BERLIN) for t in day[7:12]] == [
+        "2026-10-25 02:00:00 CEST",
+        "2026-10-25 02:15:00 CEST",
+        "2026-10-25 02:30:00 CEST",
+        "2026-10-25 02:45:00 CEST",
+        "2026-10-25 03:00:00 CET",
+    ]
 
 
 def test_spring_forward_a_missing_time_fires_once_at_the_next_valid_instant() -> None:
@@ -264,3 +298,11 @@ def test_a_missed_count_just_past_the_walk_leaves_out_the_slots_that_fire() -> N
     plan = plan_catchup(every_second, "all", since=START, now=START + 2050, bound=100)
     assert plan.fire[0] == START + 1951 and len(plan.fire) == 100
     assert not plan.exact and plan.missed == 1950
+
+
+def test_a_catch_up_past_the_walk_fires_no_slot_at_or_before_since() -> None:
+    every_second = Schedule("* * * * * *")
+    # 2,500 slots: more than the walk forward takes, fewer than the bound lets fire
+    plan = plan_catchup(every_second, "all", since=START, now=START + 2500, bound=5000)
+    assert plan.fire == tuple(START + i for i in range(1, 2501))
+    assert plan.missed == 0

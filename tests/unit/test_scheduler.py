@@ -166,6 +166,8 @@ def test_retry_fixed_delay_then_success() -> None:
     d.succeed("a", {"ok": 1})
     assert d.run.record("a").attempts == 2
     assert d.types("a") == ["node.started", "node.retrying", "node.started", "node.succeeded"]
+    again = [e for e in d.events if e.type == "node.started"][1]
+    assert (again.attempt, again.data) == (2, {"retry": True})
 
 
 def test_retry_exponential_backoff_capped_by_max_delay() -> None:
@@ -387,6 +389,8 @@ def test_a_foreach_item_retry_is_announced_like_a_node_retry() -> None:
     wf = spec([lua("each", foreach="{{ inputs.items }}", retry={"max_attempts": 2})])
     d = Driver(wf, {"items": ["x", "y"]}).start()
     d.fail("each", "flaky", item=1)
+    retrying = next(e for e in d.events if e.type == "node.retrying")
+    assert retrying.data == {"error": "flaky", "next_attempt": 2, "delay_s": 1.0, "item": 1}
     d.advance(1)
     d.succeed("each", item=0)
     d.succeed("each", item=1)
@@ -739,3 +743,78 @@ def test_a_run_resumed_past_its_timeout_ends_at_once_keeping_its_checkpoints() -
     assert d.tasks == {}, "nothing may start after the deadline"
     assert d.finish == sch.Finish("timed_out", {}, "execution timed out after 10s")
     assert d.status("a") == "succeeded" and d.status("b") == "cancelled"
+
+
+# -- what a run tells of its nodes and its end ------------------------------------------------
+
+
+def test_a_node_that_fails_for_good_tells_its_last_error_and_attempt() -> None:
+    d = Driver(spec([lua("a", retry={"max_attempts": 2, "delay": "1s"})])).start()
+    d.fail("a", "flaky")
+    d.advance(1)
+    d.fail("a", "kaput")
+    (failed,) = [e for e in d.events if e.type == "node.failed"]
+    assert (failed.attempt, failed.severity) == (2, "error")
+    assert failed.data["error"] == "kaput"
+
+
+def test_a_condition_is_evaluated_as_the_first_attempt() -> None:
+    run = sch.Run(spec([lua("a", when="ctx.attempt == 1")]), {})
+    (condition,) = [i for i in run.handle(sch.Start(0.0)) if isinstance(i, sch.EvaluateCondition)]
+    assert (condition.ctx["node_id"], condition.ctx["attempt"]) == ("a", 1)
+
+
+def test_a_skip_reason_names_the_skipped_upstream_not_a_succeeded_one() -> None:
+    d = Driver(spec([lua("ok"), lua("sk", when="false"), lua("c", "ok", "sk")])).start()
+    d.succeed("ok")
+    d.condition("sk", False)
+    assert d.status("c") == "skipped"
+    assert d.run.record("c").error == "upstream node 'sk' was skipped"
+
+
+def test_an_empty_foreach_counts_one_attempt() -> None:
+    d = Driver(spec([lua("each", foreach=[])])).start()
+    assert d.run.record("each").attempts == 1
+    assert [e.attempt for e in d.events if e.node_id == "each"] == [1, 1]
+
+
+def test_log_lines_after_the_end_in_the_same_batch_are_still_told() -> None:
+    run = sch.Run(spec([lua("a")]), {})
+    run.handle(sch.Start(0.0))
+    # a task's last lines may come in the batch that also ends the run, after other late news
+    out = run.handle(
+        sch.CancelRequested(1.0),
+        sch.TaskSucceeded("a", None, 1, {}, 1.0),
+        sch.TaskLogged("a", 1, "info", "late line", 1.0),
+    )
+    logs = [i.data for i in out if isinstance(i, sch.Emit) and i.type == "node.log"]
+    assert logs == [{"level": "info", "message": "late line"}]
+
+
+def test_a_run_with_one_failure_names_it_without_a_count() -> None:
+    d = Driver(spec([lua("a")])).start()
+    d.fail("a", "boom")
+    assert d.finish is not None and d.finish.error == "node 'a' failed: boom"
+
+
+def test_an_ended_run_records_when_it_finished() -> None:
+    d = Driver(spec([lua("a")])).start()
+    d.now = 7.0
+    d.succeed("a")
+    assert d.run.finished and d.run.finished_at == 7.0
+
+
+def test_each_way_a_run_ends_is_told_with_its_severity() -> None:
+    succeeded = Driver(spec([lua("a")])).start()
+    succeeded.succeed("a")
+    partial = Driver(spec([lua("a"), lua("b")])).start()
+    partial.fail("a")
+    partial.succeed("b")
+    failed = Driver(spec([lua("a")])).start()
+    failed.fail("a")
+    ends = [d.events[-1] for d in (succeeded, partial, failed)]
+    assert [(e.type, e.severity) for e in ends] == [
+        ("execution.succeeded", "info"),
+        ("execution.partial", "warning"),
+        ("execution.failed", "error"),
+    ]

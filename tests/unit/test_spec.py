@@ -8,7 +8,7 @@ import pytest
 
 from engine.core.builder import Workflow
 from engine.core.errors import SpecError
-from engine.core.spec import parse_spec
+from engine.core.spec import RetryPolicy, parse_spec
 
 
 def problems(doc: Any) -> list[str]:
@@ -348,3 +348,138 @@ def test_a_sleep_node_takes_no_timeout_or_retry() -> None:
         "nodes[b].retry: a sleep node cannot be retried: it only waits, and waiting cannot fail",
         "nodes[b].timeout: a sleep node cannot time out: it only waits (shorten the sleep instead)",
     ]
+
+
+def test_a_missing_version_an_empty_lua_and_a_workflow_that_is_no_mapping_are_named() -> None:
+    got = problems(
+        {
+            "id": "wf",
+            "nodes": [
+                {"id": "a", "lua": "  \n "},
+                {"id": "w", "depends_on": ["a"], "workflow": ["child", "^1"]},
+            ],
+        }
+    )
+    assert got == [
+        "version: is required",
+        "nodes[a].lua: is empty",
+        "nodes[w].workflow: must be {id: ..., version: ...}",
+    ]
+
+
+def test_an_empty_template_is_named_where_it_is_written() -> None:
+    sub = {"id": "w", "workflow": {"id": "child"}, "inputs": {"x": "{{ }}", "y": "a {{}} b"}}
+    assert problems(base(nodes=[{"id": "a", "lua": "return 1"}, sub])) == [
+        "nodes[w].inputs.x: empty template '{{ }}'",
+        "nodes[w].inputs.y: empty template '{{ }}'",
+    ]
+
+
+def test_a_template_nested_deep_in_sub_workflow_inputs_is_checked() -> None:
+    inputs = {"cfg": {"plain": "text", "deep": ["{{ results.nope.x }}"]}}
+    sub = {"id": "w", "depends_on": ["a"], "workflow": {"id": "child"}, "inputs": inputs}
+    assert problems(base(nodes=[{"id": "a", "lua": "return 1"}, sub])) == [
+        "nodes[w].inputs: results.nope: there is no node 'nope'"
+    ]
+
+
+def test_the_least_allowed_whole_numbers_are_allowed() -> None:
+    node = {"id": "a", "lua": "return 1", "concurrency": 1, "foreach": [1]}
+    wf = parse_spec(base(concurrency=1, nodes=[{**node, "retry": {"max_attempts": 1}}]))
+    assert wf.concurrency == 1 and wf.nodes[0].concurrency == 1
+    assert wf.nodes[0].retry.max_attempts == 1
+
+
+def test_fail_fast_as_text_is_refused() -> None:
+    assert problems(base(fail_fast="false")) == ["fail_fast: must be true or false, got 'false'"]
+
+
+def test_inputs_schema_that_is_not_an_object_is_refused() -> None:
+    assert problems(base(inputs_schema=["string"])) == [
+        "inputs_schema: must be a JSON Schema object"
+    ]
+
+
+def test_depends_on_that_is_not_a_list_is_one_problem_whatever_it_holds() -> None:
+    got = problems(
+        base(
+            nodes=[
+                {"id": "a", "lua": "return 1"},
+                {"id": "b", "lua": "return 1", "depends_on": 5},
+                {"id": "c", "lua": "return 1", "depends_on": {"a": True}},
+            ]
+        )
+    )
+    assert got == [
+        "nodes[b].depends_on: must be a list of node ids",
+        "nodes[c].depends_on: must be a list of node ids",
+    ]
+
+
+def test_a_bad_auth_env_name_is_refused() -> None:
+    doc = base(triggers=[{"http": {"path": "/hook", "auth": {"bearer_env": "not a name"}}}])
+    assert problems(doc) == [
+        "triggers[0].http.auth.bearer_env: must name an environment variable, got 'not a name'"
+    ]
+
+
+def test_numbers_json_cannot_carry_are_named_as_such() -> None:
+    foreach = [float("inf"), float("-inf"), float("nan")]
+    got = problems(base(nodes=[{"id": "a", "lua": "return 1", "foreach": foreach}]))
+    fix = "is not a number JSON can carry: write a finite number, or a string"
+    assert got == [
+        f"nodes[0].foreach[0]: Infinity {fix}",
+        f"nodes[0].foreach[1]: -Infinity {fix}",
+        f"nodes[0].foreach[2]: NaN {fix}",
+    ]
+
+
+def test_yaml_binary_is_named_as_such() -> None:
+    got = problems(base(nodes=[{"id": "a", "lua": "return 1", "foreach": [b"x"]}]))
+    assert got == [
+        "nodes[0].foreach[0]: is YAML binary (!!binary), not a JSON value: write it as a string"
+    ]
+
+
+# -- retry policies ---------------------------------------------------------------------------
+
+
+def test_retry_defaults_to_one_second_fixed_capped_at_five_minutes_without_jitter() -> None:
+    wf = parse_spec(base(nodes=[{"id": "a", "lua": "return 1", "retry": {"max_attempts": 2}}]))
+    r = wf.nodes[0].retry
+    assert (r.max_attempts, r.backoff, r.delay, r.max_delay, r.jitter) == (
+        2,
+        "fixed",
+        1.0,
+        300.0,
+        0.0,
+    )
+
+
+def test_jitter_true_is_half_a_fraction_is_kept_and_more_than_one_is_refused() -> None:
+    def with_jitter(jitter: object) -> dict[str, Any]:
+        retry = {"max_attempts": 2, "jitter": jitter}
+        return base(nodes=[{"id": "a", "lua": "return 1", "retry": retry}])
+
+    assert parse_spec(with_jitter(True)).nodes[0].retry.jitter == 0.5
+    assert parse_spec(with_jitter(0.2)).nodes[0].retry.jitter == 0.2
+    assert problems(with_jitter(2)) == [
+        "nodes[a].retry.jitter: must be true/false or a fraction 0..1, got 2"
+    ]
+
+
+def test_jitter_still_spreads_a_delay_capped_at_max_delay() -> None:
+    p = RetryPolicy(
+        max_attempts=20, backoff="exponential", delay=100.0, max_delay=300.0, jitter=0.5
+    )
+    assert p.delay_before(10, 0.0) == 150.0
+
+
+def test_a_zero_delay_retries_at_once() -> None:
+    assert RetryPolicy(max_attempts=3, delay=0.0).delay_before(2, 0.5) == 0.0
+
+
+def test_a_very_late_exponential_attempt_waits_max_delay_without_overflow() -> None:
+    p = RetryPolicy(max_attempts=5000, backoff="exponential", delay=1.0, max_delay=300.0)
+    assert p.delay_before(1026, 0.5) == 300.0
+    assert p.delay_before(3000, 0.5) == 300.0

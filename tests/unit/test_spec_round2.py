@@ -403,6 +403,15 @@ def test_a_key_twice_in_a_node_is_named_by_the_nodes_id() -> None:
     ]
 
 
+def test_a_key_twice_in_a_node_whose_id_is_not_text_is_named_by_its_index() -> None:
+    text = HEAD + "nodes:\n  - id: 5\n    lua: return 1\n    lua: return 2\n"
+    assert text_problems(text) == [
+        "wf.yaml:4: nodes[0].id: bad node id 5: use 1-63 of letters, digits, '_' or '-', "
+        "starting with a letter or '_'",
+        "wf.yaml:6: nodes[0].lua: duplicate key 'lua' (first on line 5)",
+    ]
+
+
 # -- 6. what aliases may make of a document, and how deep it may nest -------------------------
 
 

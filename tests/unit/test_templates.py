@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.core.durations import format_duration, parse_duration
-from engine.core.errors import TemplateError
-from engine.core.templates import parse_reference, resolve
+from engine.core.errors import MissingPath, TemplateError
+from engine.core.templates import Reference, iter_strings, parse_reference, references, resolve
 from engine.core.values import JSON
 
 RESULTS: dict[str, JSON] = {"extract": {"rows": [1, 2, 3], "meta": {"name": "x"}}, "n": 5}
@@ -68,6 +68,35 @@ def test_reference_syntax() -> None:
         parse_reference("results")
     with pytest.raises(ValueError, match="bad path segment"):
         parse_reference("inputs.a b")
+    with pytest.raises(ValueError, match=r"^empty template '\{\{ \}\}'$"):
+        parse_reference("  ")
+
+
+def test_an_index_equal_to_the_length_of_a_list_is_missing() -> None:
+    with pytest.raises(MissingPath, match=r"inputs.xs \(a list\) has no '2'"):
+        resolve("{{ inputs.xs.2 }}", inputs={"xs": [1, 2]}, results=lookup, ctx={})
+
+
+def test_a_missing_path_names_the_last_value_it_reached() -> None:
+    with pytest.raises(MissingPath, match=r"inputs.a.b \(an object\) has no 'c'"):
+        resolve("{{ inputs.a.b.c }}", inputs={"a": {"b": {}}}, results=lookup, ctx={})
+
+
+def test_strings_nested_in_lists_and_objects_are_found_with_their_paths() -> None:
+    value: JSON = {"cfg": {"plain": "text", "deep": [1, ["{{ inputs.x }}"]]}, "n": 2}
+    assert list(iter_strings(value)) == [
+        ("cfg.plain", "text"),
+        ("cfg.deep[1][0]", "{{ inputs.x }}"),
+    ]
+    assert list(iter_strings(["a"], "inputs")) == [("inputs[0]", "a")]
+
+
+def test_references_after_plain_strings_are_all_found() -> None:
+    found = list(references({"a": "plain", "b": "{{ inputs.x }}", "c": "{{ ctx.y }}"}, "in"))
+    assert found == [
+        ("in.b", Reference("inputs", ("x",), "inputs.x")),
+        ("in.c", Reference("ctx", ("y",), "ctx.y")),
+    ]
 
 
 @given(

@@ -6,6 +6,7 @@ import hashlib
 import json
 import random
 import re
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -362,6 +363,16 @@ def test_a_range_that_does_not_parse_is_invalid_and_wraps_the_library_error(
     assert isinstance(err.value.__cause__, ValueError)
 
 
+def test_a_range_longer_than_a_version_may_be_is_refused_by_its_length() -> None:
+    text = " || ".join(["1.0.0"] * 60)  # it would parse, and match
+    with pytest.raises(InvalidRange) as err:
+        registry(wf("lib", "1.0.0")).resolve("lib", text)
+    assert err.value.message == (
+        f"version range {text[:60]!r}... ({len(text)} characters) for lib does not parse: "
+        "longer than 256 characters"
+    )
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=12))
 def test_any_range_text_resolves_or_raises_our_own_errors(text: str) -> None:
@@ -501,6 +512,44 @@ def test_shared_sub_workflows_are_not_cycles() -> None:
         "base@^1": "1.1.0",
         "base@1.0.0": "1.0.0",
     }
+
+
+class CountingUses(dict[str, Any]):
+    """What each workflow's latest version references, counting the look-ups."""
+
+    def __init__(self, uses: dict[str, Any]) -> None:
+        super().__init__(uses)
+        self.reads: Counter[str] = Counter()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.reads[key] += 1
+        return super().get(key, default)
+
+
+def test_cycle_searches_read_each_workflow_once_however_many_paths_reach_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a ladder of diamonds: both workflows of each level use both of the next, so 2**levels
+    # paths lead to the bottom
+    levels = 10
+    reg = registry(wf(f"l{levels}a", "1.0.0"), wf(f"l{levels}b", "1.0.0"))
+    for k in range(levels - 1, -1, -1):
+        for side in "ab":
+            register(reg, wf(f"l{k}{side}", "1.0.0", (f"l{k + 1}a", "^1"), (f"l{k + 1}b", "^1")))
+    ladder = [f"l{k}{side}" for k in range(levels + 1) for side in "ab"]
+    uses = CountingUses(reg._uses)
+    refs_read: Counter[tuple[str, str]] = Counter()
+    refs = reg._refs
+
+    def counting_refs(workflow: Any, version: str) -> Any:
+        refs_read[(workflow.id, version)] += 1
+        return refs(workflow, version)
+
+    monkeypatch.setattr(reg, "_uses", uses)
+    monkeypatch.setattr(reg, "_refs", counting_refs)
+    reg.plan_register(wf("top", "1.0.0", ("l0a", "^1"), ("l0b", "^1")), force=False, now=0.0)
+    assert uses.reads == Counter(ladder)
+    assert refs_read == Counter((name, "1.0.0") for name in ladder)
 
 
 # -- dependents -----------------------------------------------------------------------------------
