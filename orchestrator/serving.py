@@ -140,7 +140,7 @@ async def running_orchestrator(
         store,
         dispatcher,
         start_child=orch.start_child,
-        cancel=orch.cancel,
+        cancel=orch.cancel_run,  # no document wanted back: a large child's is not folded
         has_subworkflows=orch.has_subworkflows,
     )
     orch.attach(dispatcher, subworkflows)

@@ -149,7 +149,7 @@ class Host(Protocol):
         default_version: str | None = None,
         by_trigger: bool = False,
     ) -> tuple[JSONObject, bool]: ...
-    async def cancel(self, execution_id: str, reason: str) -> JSONObject: ...
+    async def cancel_run(self, execution_id: str, reason: str) -> None: ...
     def publish(self, events: list[JSONObject]) -> None: ...
 
 
@@ -1183,7 +1183,7 @@ class Triggers:
 
     async def _cancel(self, execution_id: str, reason: str) -> None:
         try:
-            await self.host.cancel(execution_id, reason)
+            await self.host.cancel_run(execution_id, reason)  # no document wanted back
         except OrchestratorError as exc:
             log.warning("could not cancel %s: %s", execution_id, exc.message)
 
