@@ -271,6 +271,12 @@ class Dispatcher:
     def queue_depth(self) -> int:
         return self._in_turns + len(self._front) + len(self._child_queue)
 
+    def queued_of(self, workflow_id: str) -> int:
+        """New runs of ``workflow_id`` waiting for an engine (those back from one, and
+        sub-workflow runs, are not held to a limit)."""
+        runs = self._turns.get(workflow_id)
+        return len(runs) if runs is not None else 0
+
     @property
     def running(self) -> int:
         return len(self._running)

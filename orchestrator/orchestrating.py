@@ -8,6 +8,7 @@ it is published, so whatever a client has seen survives a crash.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import logging
@@ -112,6 +113,7 @@ class Orchestrator:
         metrics: Metrics,
         lua_checker: LuaSyntaxChecker,
         queue_limit: int,
+        queue_limit_per_workflow: int | None = None,
         max_subworkflow_depth: int = 16,
     ) -> None:
         self.store = store
@@ -120,9 +122,11 @@ class Orchestrator:
         self.hub = hub
         self.metrics = metrics
         self.queue_limit = queue_limit
+        self.queue_limit_per_workflow = queue_limit_per_workflow
         self.large_reads = LargeReads()
         """Shared by both APIs: large documents are built and encoded a budget at a time."""
         self._admitting = 0  # runs being stored and queued: they count toward QUEUE_LIMIT
+        self._admitting_of: collections.Counter[str] = collections.Counter()  # by workflow
         # runs being stored and queued, referenced until they end (their caller may be gone)
         self._storing: set[asyncio.Future[tuple[str, bool, float]]] = set()
         self.max_subworkflow_depth = max_subworkflow_depth
@@ -312,6 +316,15 @@ class Orchestrator:
                 f"{waiting} executions are waiting for an engine "
                 f"(QUEUE_LIMIT {self.queue_limit}): try again later"
             )
+        per_workflow = self.queue_limit_per_workflow
+        if per_workflow is not None:
+            own = self.dispatcher.queued_of(spec.id) + self._admitting_of[spec.id]
+            if own >= per_workflow:
+                raise QueueFull(
+                    f"{own} executions of {spec.id!r} are waiting for an engine "
+                    f"(QUEUE_LIMIT_PER_WORKFLOW {per_workflow}): try again later",
+                    {"workflow": spec.id},
+                )
         # counted from here until stored and queued (``_store_execution``), with no await
         # between the check above and the count: a caller that leaves meanwhile still has its
         # run queued, so its place is held as long as the store takes
@@ -368,6 +381,7 @@ class Orchestrator:
         deadline) does not stop it half-way: a run stored and never queued would wait until
         the next start."""
         self._admitting += 1
+        self._admitting_of[spec.id] += 1
         admitted = [False]
 
         async def counted() -> tuple[str, bool, float]:
@@ -388,7 +402,7 @@ class Orchestrator:
                 # and a request checked in between counted this run twice, queued and being
                 # stored, and was refused a place that was free
                 admitted[0] = True
-                self._admitting -= 1
+                self._settled_admission(spec.id)
 
         storing = asyncio.ensure_future(counted())
         self._storing.add(storing)
@@ -396,10 +410,16 @@ class Orchestrator:
         def stored(done: asyncio.Future[tuple[str, bool, float]]) -> None:
             self._storing.discard(done)
             if not admitted[0]:  # cancelled before it began (the loop closing)
-                self._admitting -= 1
+                self._settled_admission(spec.id)
 
         storing.add_done_callback(stored)
         return await asyncio.shield(storing)
+
+    def _settled_admission(self, workflow_id: str) -> None:
+        self._admitting -= 1
+        self._admitting_of[workflow_id] -= 1
+        if not self._admitting_of[workflow_id]:
+            del self._admitting_of[workflow_id]
 
     async def stores_settled(self, timeout: float) -> None:
         """Let runs being stored and queued end (up to ``timeout``): a caller may be gone."""

@@ -125,6 +125,7 @@ async def running_orchestrator(
         metrics=metrics,
         lua_checker=checker,
         queue_limit=settings.queue_limit,
+        queue_limit_per_workflow=settings.queue_limit_per_workflow,
         max_subworkflow_depth=settings.max_subworkflow_depth,
     )
     subworkflows: SubWorkflows

@@ -262,6 +262,9 @@ class Settings:
     # work
     queue_limit: int = 10000
     """Queued executions past which new ones are refused (429 / RESOURCE_EXHAUSTED)."""
+    queue_limit_per_workflow: int | None = None
+    """QUEUE_LIMIT_PER_WORKFLOW: queued executions of one workflow past which its new ones are
+    refused, so that one workflow's flood leaves room for the others; None: QUEUE_LIMIT alone."""
     max_subworkflow_depth: int = 16
     execution_retention: float = 0.0
     """Seconds a finished root execution (with its sub-workflow runs) is kept; 0: for good."""
@@ -339,6 +342,7 @@ class Settings:
             engine_token=engine_token(env),
             engine_tls=_engine_tls(env),
             queue_limit=ep.positive_int(env, "QUEUE_LIMIT", 10000),
+            queue_limit_per_workflow=ep.optional_positive_int(env, "QUEUE_LIMIT_PER_WORKFLOW"),
             max_subworkflow_depth=ep.positive_int(env, "MAX_SUBWORKFLOW_DEPTH", 16),
             execution_retention=_duration(env, "EXECUTION_RETENTION"),
             trigger_catchup_limit=ep.positive_int(env, "TRIGGER_CATCHUP_LIMIT", 100),
