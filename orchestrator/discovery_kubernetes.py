@@ -421,6 +421,8 @@ def _cause(text: str) -> str:
 
 
 _CERTIFICATE_ERRORS = (aiohttp.ClientConnectorCertificateError, ssl.SSLCertVerificationError)
+_MISMATCH = re.compile(r"(Hostname|IP address) mismatch")
+"""OpenSSL's words for a certificate a trusted CA signed for another name than the server's."""
 """The server's certificate failed verification: retrying with the same CA cannot help."""
 
 
@@ -687,6 +689,12 @@ class KubernetesDiscovery:
             headline = "Kubernetes API refused discovery"
         elif isinstance(exc, ApiUnreachable):
             headline = "Kubernetes API unreachable"
+        elif isinstance(exc, ApiUntrusted) and _MISMATCH.search(str(exc)):
+            # signed by a trusted CA, for another name: the address is what to look at
+            headline = (
+                "Kubernetes API server's certificate is not for the address the orchestrator"
+                " connects to"
+            )
         elif isinstance(exc, ApiUntrusted):
             headline = (
                 f"Kubernetes API server's certificate is not trusted by {self._trusted_by(exc)}"
@@ -736,11 +744,17 @@ class KubernetesDiscovery:
                 extra={"event": "discovery.unreachable"},
             )
         elif isinstance(exc, ApiUntrusted):
-            again = (
-                "ca.crt read afresh (the kubelet updates it when the cluster's CA changes)"
-                if self.settings.in_cluster_config
-                else "the kubeconfig read afresh"
-            )
+            if _MISMATCH.search(str(exc)):
+                where = (
+                    "KUBERNETES_SERVICE_HOST"
+                    if self.settings.in_cluster_config
+                    else "the server of the kubeconfig"
+                )
+                again = f"{where} read afresh (check it is a name the certificate has)"
+            elif self.settings.in_cluster_config:
+                again = "ca.crt read afresh (the kubelet updates it when the cluster's CA changes)"
+            else:
+                again = "the kubeconfig read afresh"
             log.error(
                 "%s: %s; keeping the %d engines known and retrying with %s",
                 headline,

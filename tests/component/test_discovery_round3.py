@@ -8,6 +8,7 @@ the orchestrator gives no setting for. The real client library does the rest.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
@@ -252,3 +253,41 @@ async def test_a_lasting_410_whose_versions_move_on_is_logged_once(
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(logged) == 1, logged
     assert "410" in logged[0]
+
+
+async def test_a_certificate_for_another_name_is_told_as_such_not_as_an_untrusted_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = trustme.CA()
+    fake = FakeKubeApi()
+    fake.ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # the CA the pod trusts signed it, for the Service's name, not the address used
+    ca.issue_cert("kubernetes.default.svc").configure_cert(fake.ssl_context)
+    fake.tokens = {TOKEN}
+    await fake.start()
+    try:
+        settings = in_cluster(fake, ca, tmp_path / "serviceaccount", monkeypatch)
+        discovery = KubernetesDiscovery(settings, backoff_max=0.2)
+        sink = Sink()
+        with caplog.at_level(logging.INFO, logger="orchestrator.discovery_kubernetes"):
+            task = asyncio.create_task(discovery.run(sink))
+            try:
+                await sink.until(
+                    lambda: "certificate" in (discovery.trouble() or ""), "the certificate named"
+                )
+                trouble = discovery.trouble() or ""
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        # before: "... is not trusted by .../ca.crt", of a CA that is trusted
+        assert trouble.startswith(
+            "Kubernetes API server's certificate is not for the address the orchestrator"
+            " connects to: "
+        ), trouble
+        assert "mismatch" in trouble
+        [told] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert (
+            "KUBERNETES_SERVICE_HOST read afresh (check it is a name the certificate has)" in told
+        )
+    finally:
+        await fake.stop()
