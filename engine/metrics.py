@@ -66,6 +66,11 @@ class Metrics:
             " are replaced)",
             registry=self.registry,
         )
+        self.lua_queued = Gauge(
+            "dagengine_engine_lua_tasks_queued",
+            "Lua scripts waiting for a worker (LUA_WORKERS busy); the runs take them in turn",
+            registry=self.registry,
+        )
         self._durations = {
             kind: self.node_duration.labels(status) for kind, status in _NODE_ENDS.items()
         }

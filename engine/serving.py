@@ -633,6 +633,7 @@ class EngineServer:
         await pool.__aenter__()
         self._pool = pool
         self.metrics.lua_given_up.set_function(lambda: pool.given_up)
+        self.metrics.lua_queued.set_function(lambda: pool.queued)
         service = EngineService(self.settings, pool, self.metrics)
         interceptors: list[grpc.aio.ServerInterceptor] = [
             wire.DecodeRequests(wire.bad_request_status)

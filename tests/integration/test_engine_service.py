@@ -605,6 +605,7 @@ async def test_metrics_count_runs_and_events(start_engine: StartEngine) -> None:
     assert streamed >= len(events) + 5  # and those of the two sleepers, as far as they went
     assert "dagengine_engine_executions_in_flight 0.0" in text
     assert "dagengine_engine_lua_workers_given_up 0.0" in text
+    assert "dagengine_engine_lua_tasks_queued 0.0" in text  # nothing waits for a worker now
 
 
 def test_serve_subcommand_serves_too(tmp_path: Path) -> None:
