@@ -421,9 +421,9 @@ def _cause(text: str) -> str:
 
 
 _CERTIFICATE_ERRORS = (aiohttp.ClientConnectorCertificateError, ssl.SSLCertVerificationError)
+"""The server's certificate failed verification: retrying with the same CA cannot help."""
 _MISMATCH = re.compile(r"(Hostname|IP address) mismatch")
 """OpenSSL's words for a certificate a trusted CA signed for another name than the server's."""
-"""The server's certificate failed verification: retrying with the same CA cannot help."""
 
 
 def _describe(exc: BaseException) -> str:

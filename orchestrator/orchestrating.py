@@ -310,21 +310,12 @@ class Orchestrator:
         check_inputs(spec, inputs)
         # runs being stored count too: requests that all passed the check while the first
         # was being written went past the limit together
-        waiting = self.dispatcher.queue_depth + self._admitting
-        if waiting >= self.queue_limit:
-            raise QueueFull(
-                f"{waiting} executions are waiting for an engine "
-                f"(QUEUE_LIMIT {self.queue_limit}): try again later"
-            )
-        per_workflow = self.queue_limit_per_workflow
-        if per_workflow is not None:
-            own = self.dispatcher.queued_of(spec.id) + self._admitting_of[spec.id]
-            if own >= per_workflow:
-                raise QueueFull(
-                    f"{own} executions of {spec.id!r} are waiting for an engine "
-                    f"(QUEUE_LIMIT_PER_WORKFLOW {per_workflow}): try again later",
-                    {"workflow": spec.id},
-                )
+        full = self._queue_full(spec.id)
+        if full is not None and (
+            # a repeat of a request whose run is stored creates nothing: it gets its run
+            idempotency_key is None or await self.store.keyed_run(spec.id, idempotency_key) is None
+        ):
+            raise full
         # counted from here until stored and queued (``_store_execution``), with no await
         # between the check above and the count: a caller that leaves meanwhile still has its
         # run queued, so its place is held as long as the store takes
@@ -381,7 +372,10 @@ class Orchestrator:
         deadline) does not stop it half-way: a run stored and never queued would wait until
         the next start."""
         self._admitting += 1
-        self._admitting_of[spec.id] += 1
+        # a sub-workflow run is held to no share of the queue, so counts in none
+        root = spec.id if child is None else None
+        if root is not None:
+            self._admitting_of[root] += 1
         admitted = [False]
 
         async def counted() -> tuple[str, bool, float]:
@@ -402,7 +396,7 @@ class Orchestrator:
                 # and a request checked in between counted this run twice, queued and being
                 # stored, and was refused a place that was free
                 admitted[0] = True
-                self._settled_admission(spec.id)
+                self._settled_admission(root)
 
         storing = asyncio.ensure_future(counted())
         self._storing.add(storing)
@@ -410,16 +404,36 @@ class Orchestrator:
         def stored(done: asyncio.Future[tuple[str, bool, float]]) -> None:
             self._storing.discard(done)
             if not admitted[0]:  # cancelled before it began (the loop closing)
-                self._settled_admission(spec.id)
+                self._settled_admission(root)
 
         storing.add_done_callback(stored)
         return await asyncio.shield(storing)
 
-    def _settled_admission(self, workflow_id: str) -> None:
+    def _queue_full(self, workflow_id: str) -> QueueFull | None:
+        """Why a new root run of ``workflow_id`` finds no place in the queue, or None."""
+        waiting = self.dispatcher.queue_depth + self._admitting
+        if waiting >= self.queue_limit:
+            return QueueFull(
+                f"{waiting} executions are waiting for an engine "
+                f"(QUEUE_LIMIT {self.queue_limit}): try again later"
+            )
+        per_workflow = self.queue_limit_per_workflow
+        if per_workflow is not None:
+            own = self.dispatcher.queued_of(workflow_id) + self._admitting_of[workflow_id]
+            if own >= per_workflow:
+                return QueueFull(
+                    f"{own} executions of {workflow_id!r} are waiting for an engine "
+                    f"(QUEUE_LIMIT_PER_WORKFLOW {per_workflow}): try again later",
+                    {"workflow": workflow_id},
+                )
+        return None
+
+    def _settled_admission(self, workflow_id: str | None) -> None:
         self._admitting -= 1
-        self._admitting_of[workflow_id] -= 1
-        if not self._admitting_of[workflow_id]:
-            del self._admitting_of[workflow_id]
+        if workflow_id is not None:
+            self._admitting_of[workflow_id] -= 1
+            if not self._admitting_of[workflow_id]:
+                del self._admitting_of[workflow_id]
 
     async def stores_settled(self, timeout: float) -> None:
         """Let runs being stored and queued end (up to ``timeout``): a caller may be gone."""

@@ -27,6 +27,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -1676,6 +1677,22 @@ class Store:
             ]
 
         return await self._reader.run(read)
+
+    async def keyed_run(self, workflow_id: str, idempotency_key: str) -> str | None:
+        """The run ``idempotency_key`` stands for (within its 24 hours), or None: a repeat
+        creates nothing, so a full queue is no reason to refuse it."""
+
+        def read(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT execution_id, created_at FROM idempotency WHERE key = ?",
+                (f"{workflow_id}\x00{idempotency_key}",),
+            ).fetchone()
+            if row is None or row[1] <= time.time() - IDEMPOTENCY_WINDOW:
+                return None
+            return str(row[0])
+
+        # through the writer: it sees the keys of runs stored a moment ago
+        return await self._writer.run(read)
 
     async def execution_status(self, execution_id: str) -> str | None:
         def read(conn: sqlite3.Connection) -> str | None:

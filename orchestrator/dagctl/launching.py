@@ -541,6 +541,10 @@ def _dies_with(parent: int) -> Callable[[], None]:
     in, which lives as long as its children do."""
 
     def setup() -> None:
+        # SIGTERM is how a child is stopped, by ``up`` and by the kernel when ``up`` dies: an
+        # ``up`` started ignoring it (its disposition is inherited across exec) must not pass
+        # that on, or a child still starting when ``up`` is killed would outlive it
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         if _PRCTL is not None:
             _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)

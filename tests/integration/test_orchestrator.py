@@ -912,6 +912,20 @@ async def test_requests_at_once_never_queue_past_the_limit(start_cluster: StartC
         assert "dagengine_queue_depth 5.0" in metrics
 
 
+async def test_a_workflow_s_share_of_the_queue_is_set_by_its_variable(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = start_cluster(engines=1, QUEUE_LIMIT_PER_WORKFLOW="2")
+    async with aiohttp.ClientSession() as http:
+        await without_engines(http, cluster)
+        await register(http, cluster.url, DIAMOND)
+        await register(http, cluster.url, first_pause_last("other", "1s"))
+        statuses = [(await trigger(http, cluster.url, "diamond"))[0] for _ in range(3)]
+        assert statuses == [202, 202, 429]
+        status, body = await trigger(http, cluster.url, "other")
+        assert status == 202, body
+
+
 async def test_cancel_a_running_execution(start_cluster: StartCluster) -> None:
     cluster = start_cluster(engines=1)
     async with aiohttp.ClientSession() as http:

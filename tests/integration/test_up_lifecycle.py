@@ -534,3 +534,31 @@ def test_ci_up_makes_a_venv_of_a_too_old_python_again(tmp_path: Path) -> None:
         f".ci/up: DAG Engine needs Python 3.11 or later, and {venv_python} is Python 3.10.13: "
         "set PYTHON to a newer one\n"
     )
+
+
+def test_a_child_of_an_up_started_ignoring_sigterm_still_dies_with_it() -> None:
+    from orchestrator.dagctl.launching import STOP_SIGNALS, _dies_with
+
+    read, write = os.pipe()
+    stand_in = os.fork()
+    if stand_in == 0:  # ``up``, started (by a script, say) with SIGTERM ignored
+        try:
+            os.close(read)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            child = subprocess.Popen(
+                ["sleep", "60"], preexec_fn=_dies_with(os.getpid()), start_new_session=True
+            )
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            os.write(write, f"{child.pid}\n".encode())
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = int(os.read(read, 100).decode())
+    os.close(read)
+    os.kill(stand_in, signal.SIGKILL)
+    os.waitpid(stand_in, 0)
+    # before: the child inherited the ignored SIGTERM the kernel sends it when up dies, and
+    # one still starting (its own handlers not yet in) outlived a killed up
+    assert gone_within([child], 5) == []

@@ -52,7 +52,7 @@ def test_up_under_nohup_is_not_stopped_by_a_hang_up(tmp_path: Path) -> None:
         # before: up stopped its orchestrator and engines on the hang-up nohup was to keep off
         assert up.poll() is None, log.read_text()
         assert "Stopping" not in log.read_text()
-        up.send_signal(signal.SIGINT)
+        up.send_signal(signal.SIGTERM)  # not SIGINT, which a test run in the background ignores
         assert up.wait(60) == 0, log.read_text()
     finally:
         if up.poll() is None:
