@@ -699,10 +699,13 @@ class Supervisor:
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """The handler of the stop signals: the first one stops (KeyboardInterrupt, caught by
-        ``run_up``), any later one hurries the stop on. It never raises once a stop began, so a
-        double Ctrl-C a few ms apart cannot escape the stop and leave children behind."""
+        ``run_up``), a later Ctrl-C or SIGTERM hurries the stop on. It never raises once a stop
+        began, so a double Ctrl-C a few ms apart cannot escape the stop and leave children
+        behind. A hang-up comes twice when a terminal closes (the shell passes one on, the
+        kernel sends its own) and means no hurry: the children drain as after one Ctrl-C."""
         if self.stopping:
-            self.hurry()
+            if signum != signal.SIGHUP:
+                self.hurry()
             return
         self.stopping = True
         raise KeyboardInterrupt
@@ -920,10 +923,12 @@ def banner(
     out: Output,
     ca_set: bool = False,
     dagctl: str = "dagctl",
+    examples: bool = True,
 ) -> None:
     """What is up and where, and what to try. ``ca_set``: DAGCTL_CA_FILE is set already (with
     TLS, the next dagctl commands and curl need the CA that signed TLS_CERT_FILE); ``dagctl``:
-    how to call dagctl from here (see ``dagctl_command``)."""
+    how to call dagctl from here (see ``dagctl_command``); ``examples``: they were registered,
+    so the ``hello`` to try is there."""
     count = len(layout.engines)
     orchestrator = pids.get(layout.orchestrator.name)
     lines = [
@@ -960,14 +965,18 @@ def banner(
         auth = ' --cacert "$DAGCTL_CA_FILE"' + auth
     if layout.mutual_tls:
         auth = ' --cert "$DAGCTL_CERT_FILE" --key "$DAGCTL_KEY_FILE"' + auth
-    lines += [
-        f"  {dagctl} run hello --input name=Ada --wait",
-        f"  curl -X POST {layout.http_url}/trigger/hello{auth} "
-        '-H \'Content-Type: application/json\' -d \'{"inputs": {"name": "Ada"}}\'',
-        f"  {dagctl} get executions",
-        "",
-        "Ctrl-C stops everything.",
-    ]
+    if examples:
+        lines += [
+            f"  {dagctl} run hello --input name=Ada --wait",
+            f"  curl -X POST {layout.http_url}/trigger/hello{auth} "
+            '-H \'Content-Type: application/json\' -d \'{"inputs": {"name": "Ada"}}\'',
+        ]
+    else:  # nothing is registered yet, unless this state had it from before
+        lines += [
+            f"  {dagctl} apply -f my-workflow.yaml",
+            f"  {dagctl} get workflows",
+        ]
+    lines += [f"  {dagctl} get executions", "", "Ctrl-C stops everything."]
     out.write("\n".join(lines) + "\n")
     out.flush()
 
@@ -1108,6 +1117,7 @@ def run_up(
                 out=say,
                 ca_set=bool(environ.get("DAGCTL_CA_FILE", "").strip()),
                 dagctl=dagctl_command(python, cwd, environ.get("PATH")),
+                examples=examples,
             ),
         )
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -202,3 +203,36 @@ def test_a_port_is_the_engines_only_when_its_own_socket_listens_there() -> None:
         assert listens(os.getpid(), port)
         assert not listens(os.getppid(), port)  # it answers there, but not by a socket of its
     assert not listens(os.getpid(), port)
+
+
+def test_a_terminal_s_second_hang_up_lets_the_children_drain(tmp_path: Path) -> None:
+    layout = plan({}, engines=1, python="py", base_dir=tmp_path, pick_port=ports())
+    supervisor = Supervisor(
+        layout.orchestrator, layout.engines, tmp_path, io.StringIO(), io.StringIO()
+    )
+    with pytest.raises(KeyboardInterrupt):
+        supervisor.on_signal(signal.SIGHUP, None)  # the shell passes the hang-up on...
+    # ...and the kernel sends its own a moment later: before, that SIGKILLed every child
+    supervisor.on_signal(signal.SIGHUP, None)
+    assert supervisor.stopping and not supervisor.hurried
+    supervisor.on_signal(signal.SIGINT, None)  # a Ctrl-C still hurries it
+    assert supervisor.hurried
+
+
+def test_the_banner_without_examples_suggests_no_workflow_that_is_not_there(
+    tmp_path: Path,
+) -> None:
+    layout = plan({}, engines=1, python="py", base_dir=tmp_path, pick_port=ports())
+    out = io.StringIO()
+    banner(
+        layout,
+        server="http://127.0.0.1:8080",
+        token_set=False,
+        pids={},
+        out=out,
+        examples=False,
+    )
+    text = out.getvalue()
+    # before: "dagctl run hello", which --no-examples left unregistered
+    assert "hello" not in text
+    assert "  dagctl apply -f my-workflow.yaml\n" in text
