@@ -165,3 +165,8 @@ class ParentMismatch(OrchestratorError):
     http_status = 400
     code = "parent_mismatch"
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class CallerLeft(Exception):
+    """The caller of a large read went away while it waited for the large-read budget: not an
+    error anyone hears of."""

@@ -29,6 +29,7 @@ from engine.inputs import TRIGGER_KEY, check_inputs
 from orchestrator.checking import registration_checks
 from orchestrator.dispatching import Dispatcher, RunTicket, end_events
 from orchestrator.errors import (
+    CallerLeft,
     DepthLimit,
     InvalidArgument,
     NodeNotStarted,
@@ -731,14 +732,20 @@ class Orchestrator:
         return head
 
     @asynccontextmanager
-    async def execution_document(self, execution_id: str) -> AsyncIterator[tuple[JSONObject, bool]]:
+    async def execution_document(
+        self, execution_id: str, *, wanted: Callable[[], bool] | None = None
+    ) -> AsyncIterator[tuple[JSONObject, bool]]:
         """The run's document, and whether it is large. A large one (its events past
         ``HEAVY_READ_BYTES``) is folded on the store's heavy reader and holds its weight of
         ``large_reads`` until the caller leaves the block, its answer encoded: so many callers
-        of large runs take memory a budget at a time, however many ask at once."""
+        of large runs take memory a budget at a time, however many ask at once. ``wanted``:
+        whether the caller is still there once its turn comes (``CallerLeft`` if not): a large
+        document nobody will read is not built, so those behind it do not wait for it."""
         head = await self.execution_head(execution_id, weigh=True)
         large = head.weight > HEAVY_READ_BYTES
         async with self.large_reads.hold(head.weight if large else 0):
+            if large and wanted is not None and not wanted():
+                raise CallerLeft(f"the caller for execution {execution_id} left")
             doc = await self.store.get_execution(execution_id, weight=head.weight)
             if doc is None:
                 raise NotFound(f"no execution {execution_id!r}")

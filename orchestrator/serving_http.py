@@ -27,7 +27,7 @@ from engine import wire
 from engine.core.errors import InputsError, SpecError
 from engine.core.states import EXECUTION_STATUSES, EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject, nests_deeper
-from orchestrator.errors import IdempotencyKeyReused, OrchestratorError
+from orchestrator.errors import CallerLeft, IdempotencyKeyReused, OrchestratorError
 from orchestrator.monitoring import (
     MAX_SUBSCRIBERS,
     EventFilter,
@@ -81,7 +81,7 @@ class Api(Protocol):
     async def get_execution(self, execution_id: str) -> JSONObject: ...
     async def execution_head(self, execution_id: str, *, weigh: bool = False) -> ExecutionHead: ...
     def execution_document(
-        self, execution_id: str
+        self, execution_id: str, *, wanted: Callable[[], bool] | None = None
     ) -> AbstractAsyncContextManager[tuple[JSONObject, bool]]: ...
     async def list_executions(
         self, *, workflow_id: str | None, status: str | None, limit: int, before: str | None = None
@@ -352,6 +352,11 @@ def _flag(request: web.Request, name: str) -> bool:
     if text not in ("", "true", "false", "1", "0", "yes", "no"):
         raise HttpError(400, "bad_request", f"{name} must be true or false, got {text!r}")
     return text in ("", "true", "1", "yes")
+
+
+def _connected(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -631,11 +636,18 @@ class HttpApi:
 
     async def get_execution(self, request: web.Request) -> web.Response:
         # the whole document, a large one built and encoded within the large-read budget
-        async with self.api.execution_document(request.match_info["execution_id"]) as (
-            doc,
-            large,
-        ):
-            return await _document_answer(doc, large)
+        return await self._document(request, request.match_info["execution_id"])
+
+    async def _document(self, request: web.Request, execution_id: str) -> web.Response:
+        """The run's document; a large one only while its caller is still there when its turn
+        comes (aiohttp does not cancel a handler whose client hung up)."""
+        try:
+            async with self.api.execution_document(
+                execution_id, wanted=lambda: _connected(request)
+            ) as (doc, large):
+                return await _document_answer(doc, large)
+        except CallerLeft:
+            return web.Response(status=204)  # nobody reads it: what is answered does not matter
 
     async def cancel(self, request: web.Request) -> web.Response:
         body = await _read_json(request, required=False)
@@ -654,8 +666,7 @@ class HttpApi:
             raise HttpError(400, "bad_request", "reason must be a string")
         execution_id = request.match_info["execution_id"]
         await self.api.cancel_run(execution_id, reason or "cancelled on request")
-        async with self.api.execution_document(execution_id) as (doc, large):
-            return await _document_answer(doc, large)
+        return await self._document(request, execution_id)
 
     async def execution_events(self, request: web.Request) -> web.Response:
         """One page of the stored timeline: a run of thousands of nodes has tens of thousands

@@ -286,3 +286,31 @@ async def test_a_waiter_cancelled_as_the_budget_comes_free_takes_none_of_it() ->
     assert (reads.held, len(reads._waiters)) == (0, 0)
     async with asyncio.timeout(5), reads.hold(100):
         assert reads.held == 100  # the whole budget is there to take again
+
+
+async def test_a_large_document_whose_caller_left_while_it_waited_is_not_built(
+    served: Facade, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = await served.orch.execution_head("large", weigh=True)
+    served.orch.large_reads = LargeReads(head.weight)
+    held = HeldFolds(monkeypatch)
+    first = asyncio.create_task(get(f"{served.url}/api/v1/executions/large"))
+    await held.wait_started()  # the budget is taken by the first caller's document
+    # a caller that gives up (a short timeout) while it waits its turn
+    with pytest.raises(TimeoutError):
+        await get(f"{served.url}/api/v1/executions/large", timeout=0.5)
+    for _ in range(100):  # its handler is waiting in line, its connection closed
+        if served.orch.large_reads._waiters:
+            break
+        await asyncio.sleep(0.02)
+    assert served.orch.large_reads._waiters
+    held.release.set()
+    status, body = await first
+    assert status == 200 and json.loads(body)["outputs"] == {"a": [BIG, {"n": 1}]}
+    for _ in range(100):
+        if not served.orch.large_reads._waiters and served.orch.large_reads.held == 0:
+            break
+        await asyncio.sleep(0.02)
+    # before: built anyway, a whole budget's turn that everyone behind it waited out
+    assert held.folds == 1
+    assert served.orch.large_reads.held == 0
