@@ -83,6 +83,15 @@ class ParentLinks(Protocol):
         """The engine whose stream carries this execution now, if any."""
 
 
+def _parent_ended(event: JSONObject) -> str:
+    """Why a child is cancelled as its parent's run ends (``event``, its end)."""
+    kind = str(event.get("type", ""))
+    why = f"its parent execution ended {kind.partition('.')[2] or ''}".rstrip()
+    data = event.get("data")
+    error = data.get("error") if isinstance(data, dict) else None
+    return cancel_reason(f"{why}: {error}" if isinstance(error, str) and error else why)
+
+
 class SubWorkflows:
     """Starts, re-attaches, resolves and cancels child executions."""
 
@@ -102,7 +111,8 @@ class SubWorkflows:
         self._has_subworkflows = has_subworkflows
         self._live: dict[str, ChildLink] = {}  # child execution id -> its parent node
         self._by_parent: dict[str, set[str]] = {}  # parent execution id -> live children
-        self._ended: OrderedDict[str, None] = OrderedDict()  # executions that ended lately
+        # executions that ended lately, with why their children are cancelled
+        self._ended: OrderedDict[str, str] = OrderedDict()
         self._cancelled: set[str] = set()  # live children a cancel was sent for already
         self._tasks: set[asyncio.Task[None]] = set()
         # one parent node attempt's answers in order: the announcement before the result;
@@ -156,10 +166,13 @@ class SubWorkflows:
                     error if isinstance(error, str) else None,
                 )
             )
+        # the parent's own end says why (a cancel's reason, a timeout): a run the orchestrator
+        # ended itself tells its nodes' ends to no one else
+        why = _parent_ended(event)
         for child in list(self._by_parent.get(execution_id, ())):
-            self._spawn(self._cancel_child(child, "its parent execution ended"))
+            self._spawn(self._cancel_child(child, why))
         # a child being stored for this run right now is cancelled as soon as it is tracked
-        self._ended[execution_id] = None
+        self._ended[execution_id] = why
         if len(self._ended) > _ENDED_REMEMBERED:
             self._ended.popitem(last=False)
 
@@ -168,8 +181,9 @@ class SubWorkflows:
     def _track(self, link: ChildLink) -> None:
         self._live[link.execution_id] = link
         self._by_parent.setdefault(link.parent_execution_id, set()).add(link.execution_id)
-        if link.parent_execution_id in self._ended:
-            self._spawn(self._cancel_child(link.execution_id, "its parent execution ended"))
+        why = self._ended.get(link.parent_execution_id)
+        if why is not None:
+            self._spawn(self._cancel_child(link.execution_id, why))
 
     def _untrack(self, execution_id: str) -> ChildLink | None:
         link = self._live.pop(execution_id, None)

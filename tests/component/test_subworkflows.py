@@ -126,7 +126,19 @@ async def test_a_child_stored_after_its_parent_ended_is_cancelled() -> None:
     h.coordinator.finished("parent-1", {"type": "execution.cancelled", "data": {}})
     h.release.set()
     await settle(h)
-    assert h.cancelled == [("child-1", "its parent execution ended")]
+    assert h.cancelled == [("child-1", "its parent execution ended cancelled")]
+
+
+async def test_a_child_is_told_why_its_parent_ended() -> None:
+    h = Harness()
+    h.coordinator.on_events(TICKET, h.link, [requested("sub")])  # type: ignore[arg-type]
+    await settle(h)
+    # a run the orchestrator ends itself (its engines gone) tells its nodes' ends to no one:
+    # before, its children heard only "its parent execution ended", not the user's reason
+    end = {"type": "execution.cancelled", "data": {"error": "cut tree", "outputs": {}}}
+    h.coordinator.finished("parent-1", end)
+    await settle(h)
+    assert h.cancelled == [("child-1", "its parent execution ended cancelled: cut tree")]
 
 
 async def test_a_child_the_store_cannot_take_yet_is_asked_for_again_not_failed(
