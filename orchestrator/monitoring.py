@@ -45,6 +45,9 @@ refuses a message over 4 MiB, and the event's JSON is never smaller than its mes
 one streams with its ``data`` replaced by ``too_large_data``'s note."""
 BATCH_BYTES: Final = 64 * 1024
 """About how much of its buffer a reader takes at once: one write's worth."""
+_EVENT_OVERHEAD: Final = 3072
+"""Bytes a kept event costs beyond three times its JSON: its decoded dicts, the objects that
+hold its encodings, its gRPC message once a watcher asks for it (measured: about 2.5 KiB)."""
 STORED_PAGES_BYTES: Final = 32 * 1024 * 1024
 """About how much memory ``StoredPages`` keeps (events as decoded, JSON and SSE frames)."""
 
@@ -220,8 +223,10 @@ class StoredPages:
         return page.items[bisect.bisect_right(page.seqs, after) :], True
 
     def _keep(self, execution_id: str, after: int, items: list[Published]) -> None:
-        # the event as decoded, its JSON text and its frame: about three times its JSON
-        weight = 3 * sum(item.whole_size for item in items)
+        # the event as decoded, its JSON text, its SSE frame and its gRPC message: about three
+        # times its JSON, and a fixed cost per event that dominates small ones (a node.log's
+        # dicts and objects weigh more than its 800 bytes of JSON)
+        weight = sum(3 * item.whole_size + _EVENT_OVERHEAD for item in items)
         if weight > self.max_bytes // 4:
             return  # a page of huge events would push out everything else
         seqs = [seq if isinstance(seq := item.event.get("seq"), int) else 0 for item in items]
