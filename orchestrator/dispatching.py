@@ -575,13 +575,24 @@ class Dispatcher:
                     "resuming elsewhere" if answered else "dispatching elsewhere",
                 )
                 return "lost" if answered else "unreachable"
-            log.warning(
-                "lost %s on %s (%s: %s): resuming elsewhere",
-                ticket.execution_id,
-                run.link.key,
-                code.name,
-                exc.details(),
-            )
+            if answered:
+                log.warning(
+                    "lost %s on %s (%s: %s): resuming elsewhere",
+                    ticket.execution_id,
+                    run.link.key,
+                    code.name,
+                    exc.details(),
+                )
+            else:
+                # it never reached the engine (gone a moment ago, say, before a health check
+                # saw it leave): nothing of the run is lost
+                log.info(
+                    "could not reach %s with %s (%s: %s): dispatching elsewhere",
+                    run.link.key,
+                    ticket.execution_id,
+                    code.name,
+                    exc.details(),
+                )
             self._fleet.suspect(run.link, f"{code.name}: {exc.details()}")
             self._losses[ticket.execution_id] = f"{run.link.key}: {code.name}: {exc.details()}"
             return "lost" if answered else "unreachable"

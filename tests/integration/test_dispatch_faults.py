@@ -182,3 +182,38 @@ async def test_a_run_every_engine_loses_is_given_up_naming_how_it_was_lost(
     )
     assert "INTERNAL: run broke: OverflowError: too large" in doc["error"], doc["error"]
     assert engine.calls == MAX_DISPATCHES
+
+
+class FirstCallUnreachableEngine(pb_grpc.EngineServicer):
+    """Refuses its first run with UNAVAILABLE before answering anything, as a channel to an
+    engine gone a moment ago does, then runs the next one to its end."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def Execute(self, request: pb.ExecuteRequest, context: Any) -> AsyncIterator[Any]:
+        self.calls += 1
+        if self.calls == 1:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "failed to connect: refused")
+        yield pb.ExecuteResponse(
+            events=[
+                event(request, "execution.started"),
+                event(request, "execution.succeeded", 1, '{"outputs": {}}'),
+            ]
+        )
+
+    async def GetInfo(self, request: pb.GetInfoRequest, context: Any) -> pb.EngineInfo:
+        return pb.EngineInfo(engine_id="blinking", state="serving", capacity=5)
+
+
+async def test_a_run_that_never_reached_its_engine_is_not_told_as_lost(tmp_path: Path) -> None:
+    engine = FirstCallUnreachableEngine()
+    async with orchestrator_for(engine, tmp_path, ENGINE_HEALTH_CHECK_INTERVAL="0.1") as url:
+        doc = await run_one(url)
+    assert doc["status"] == "succeeded", doc.get("error")
+    assert engine.calls == 2
+    log = (tmp_path / "orchestrator.log").read_text()
+    # before: "lost <run> on blinking (UNAVAILABLE: ...): resuming elsewhere", a warning of a
+    # run that never left the orchestrator
+    assert "could not reach blinking with" in log and "dispatching elsewhere" in log, log
+    assert "resuming elsewhere" not in log
