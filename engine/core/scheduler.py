@@ -857,7 +857,9 @@ class Run:
         first = next((n for n in failed if n.status == "failed"), failed[0])
         summary = f"node {first.spec.id!r} {first.status}: {first.error}"
         if len(failed) > 1:
-            summary += f" (and {len(failed) - 1} more)"
+            summary += (
+                f" (and {_others(first.status, [n.status for n in failed if n is not first])})"
+            )
         self._finish("partial" if sink_ok else "failed", summary)
 
     def _finish(self, status: ExecutionStatus, error: str | None, unreached: int = 0) -> None:
@@ -951,3 +953,14 @@ def _log_severity(level: str) -> Severity:
         "error": "error",
         "critical": "critical",
     }.get(level, "info")  # type: ignore[return-value]
+
+
+def _others(first: str, statuses: list[NodeStatus]) -> str:
+    """The other nodes that did not succeed, by how they ended ("1 more failed, 2 blocked"):
+    a bare count read as that many more failures when most were only blocked by the first."""
+    counts = [(status, statuses.count(status)) for status in ("failed", "blocked", "cancelled")]
+    return ", ".join(
+        f"{count} more {status}" if status == first else f"{count} {status}"
+        for status, count in counts
+        if count
+    )

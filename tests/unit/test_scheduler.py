@@ -352,7 +352,7 @@ def test_resume_keeps_failed_blocked_and_skipped_ends_and_runs_none_of_them_agai
     d.succeed("alert")
     assert sorted(d.started_order) == ["after_skip", "alert"]
     assert d.finish is not None and d.finish.status == "partial"
-    assert d.finish.error == "node 'f' failed: boom (and 1 more)"
+    assert d.finish.error == "node 'f' failed: boom (and 1 blocked)"
 
 
 def test_a_resumed_run_with_fail_fast_and_a_failed_node_ends_failed_at_once() -> None:
@@ -795,6 +795,17 @@ def test_a_run_with_one_failure_names_it_without_a_count() -> None:
     d = Driver(spec([lua("a")])).start()
     d.fail("a", "boom")
     assert d.finish is not None and d.finish.error == "node 'a' failed: boom"
+
+
+def test_a_run_summary_counts_the_other_nodes_by_how_they_ended() -> None:
+    # two failures, each blocking a dependent of its own, and a third branch that succeeds
+    wf = spec([lua("a"), lua("b"), lua("a1", "a"), lua("b1", "b"), lua("c")])
+    d = Driver(wf).start()
+    d.fail("a", "boom")
+    d.fail("b", "bang")
+    d.succeed("c")
+    assert d.finish is not None and d.finish.status == "partial"
+    assert d.finish.error == "node 'a' failed: boom (and 1 more failed, 2 blocked)"
 
 
 def test_an_ended_run_records_when_it_finished() -> None:
