@@ -350,10 +350,9 @@ class Orchestrator:
                 pass
             finally:
                 self._forget_waiter(stored_id, waiter)
-        doc = await self.store.get_execution(stored_id)
-        if doc is None:
-            raise NotFound(f"execution {stored_id!r} vanished from the store")
-        return doc, created
+        # folded as a GET is, within the large-read budget; its encoding, the caller's, is not
+        async with self.execution_document(stored_id) as (doc, _large):
+            return doc, created
 
     async def _store_execution(
         self,

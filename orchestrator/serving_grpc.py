@@ -289,6 +289,18 @@ def _json_fields(execution: pb.Execution) -> Iterator[_JsonField]:
         yield node, "output_json", whole
 
 
+def _sub_workflow_status(doc: JSONObject) -> pb.SubWorkflowStatus:
+    error = doc.get("error")
+    reply = pb.SubWorkflowStatus(
+        execution_id=str(doc["id"]),
+        status=str(doc["status"]),
+        outputs_json=wire.dumps(doc.get("outputs")),
+        error=error if isinstance(error, str) else None,
+    )
+    whole = f"/api/v1/executions/{reply.execution_id}"
+    return _fitted(reply, [(reply, "outputs_json", whole)])
+
+
 def _fitted(reply: _Reply, fields: Iterable[_JsonField]) -> _Reply:
     """``reply``, within ``REPLY_BYTES``: past it, its JSON ``fields`` are replaced, largest
     first, by a note of their size and where to read it whole, until it fits. Largest
@@ -584,18 +596,9 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
     ) -> pb.SubWorkflowStatus:
         try:
             _required("execution_id", request.execution_id)
-            doc = await self.api.get_execution(request.execution_id)
+            return await self._execution_reply(request.execution_id, _sub_workflow_status)
         except Exception as exc:
             await _refuse(context, exc)
-        error = doc.get("error")
-        reply = pb.SubWorkflowStatus(
-            execution_id=str(doc["id"]),
-            status=str(doc["status"]),
-            outputs_json=wire.dumps(doc.get("outputs")),
-            error=error if isinstance(error, str) else None,
-        )
-        whole = f"/api/v1/executions/{reply.execution_id}"
-        return _fitted(reply, [(reply, "outputs_json", whole)])
 
     async def ListEngines(
         self, request: pb.ListEnginesRequest, context: Context

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ import pytest
 
 from engine.api import dagengine_pb2 as pb
 from engine.core.values import JSONObject
-from orchestrator import serving_grpc, serving_http
+from orchestrator import orchestrating, serving_grpc, serving_http
 from orchestrator import store as store_module
 from orchestrator.store import HEAVY_READ_BYTES, LargeReads, Store
 from tests.component.monitor_events import create_run, monitor_event
 from tests.component.serving_helpers import Facade, served_facade
+from tests.component.test_request_json_round3 import StubDispatcher
 
 SPEC = {"id": "wf", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}
 BIG = "x" * (HEAVY_READ_BYTES + 1000)
@@ -170,6 +172,67 @@ async def test_large_documents_are_built_a_budget_at_a_time(
     for status, body in (http_one, http_two):
         assert status == 200 and json.loads(body)["outputs"] == {"a": [BIG, {"n": 1}]}
     assert json.loads(reply.nodes[0].output_json) == [BIG, {"n": 1}]  # fits in 4 MiB
+    assert served.orch.large_reads.held == 0
+
+
+async def test_a_waited_repeat_and_a_sub_workflow_status_take_their_turn_too(
+    served: Facade, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ExecuteWorkflow`` with ``wait`` repeating a finished run's key, and an engine's
+    ``GetSubWorkflowStatus``, fold the large run within the budget, as a GET does."""
+    served.orch.attach(StubDispatcher())  # type: ignore[arg-type]
+    await served.store.create_execution(
+        execution_id="keyed-large",
+        workflow_id="wf",
+        version="1.0.0",
+        inputs={},
+        pinned={},
+        created_at=time.time(),  # a key is kept for 24 hours from its run's creation
+        node_ids=["a"],
+        first_event=monitor_event("keyed-large", 1, "execution.queued"),
+        idempotency_key="k",
+        request_digest=orchestrating._digest({}, None),
+    )
+    await served.store.record_events(
+        "keyed-large",
+        [
+            monitor_event("keyed-large", 2, "execution.started"),
+            monitor_event("keyed-large", 3, "node.started", node_id="a"),
+            monitor_event("keyed-large", 4, "node.succeeded", node_id="a", data={"output": BIG}),
+            monitor_event("keyed-large", 5, "execution.succeeded", data={"outputs": {"a": BIG}}),
+        ],
+    )
+    folds: list[str] = []
+    real = served.store.get_execution
+
+    async def counted(execution_id: str, **kwargs: Any) -> Any:
+        folds.append(execution_id)
+        return await real(execution_id, **kwargs)
+
+    monkeypatch.setattr(served.store, "get_execution", counted)
+    budget = served.orch.large_reads.budget
+    async with served.orch.large_reads.hold(budget):  # another large read, being built
+        calls = [
+            asyncio.ensure_future(
+                served.stub.ExecuteWorkflow(
+                    pb.ExecuteWorkflowRequest(workflow_id="wf", idempotency_key="k", wait=True),
+                    timeout=30,
+                )
+            ),
+            asyncio.ensure_future(
+                served.stub.GetSubWorkflowStatus(
+                    pb.GetSubWorkflowStatusRequest(execution_id="large"), timeout=30
+                )
+            ),
+        ]
+        await asyncio.sleep(0.5)  # time for them to fold, were they let
+        assert folds == []
+        assert not any(call.done() for call in calls)
+    executed, sub = await asyncio.gather(*calls)
+    assert sorted(folds) == ["keyed-large", "large"]
+    assert executed.execution_id == "keyed-large"
+    assert json.loads(executed.execution.outputs_json) == {"a": BIG}
+    assert sub.status == "succeeded" and json.loads(sub.outputs_json) == {"a": [BIG, {"n": 1}]}
     assert served.orch.large_reads.held == 0
 
 
