@@ -553,6 +553,8 @@ class LuaSandbox:
         if status == "error" or status == "pattern":
             message, position = _split_position(payload, task.chunk_name)
             line = _clamp(position if position is not None else line, task.code, task.expression)
+            if line is None:
+                line = _tail_call_line(message, task.code)
             if status == "pattern":  # the guard's refusal (see prelude.py), not a look-alike
                 return self._tripped(message, line, logs, started, "pattern")
             return self._failed(_withheld(message, line, task.code), line, logs, started)
@@ -790,6 +792,7 @@ _WITHHELD_FIELDS: Final = {
     for name in names
 }
 _NIL_NAME: Final = re.compile(r"attempt to (?:call|index) a nil value \((global|field) '(\w+)'\)$")
+_LIBRARY_ERROR: Final = re.compile(r"((?:json|string|table|math|utf8|os)\.\w+): ")
 _OFFERED: Final = "string, table, math, utf8, coroutine, json, log, print and os.time/date/clock"
 
 
@@ -809,6 +812,17 @@ def _withheld(message: str, line: int | None, code: str) -> str:
         if 0 < line <= len(lines) and f"{library}.{name}" in lines[line - 1]:
             return f"{message}: the sandbox has no {library}.{name}; it offers {_OFFERED}"
     return message
+
+
+def _tail_call_line(message: str, code: str) -> int | None:
+    """The line of a library call that failed as a tail call (``return json.decode(body)``):
+    Lua reuses the script's frame for it, so no frame is left to say where. The one line of
+    the script that calls that function, when only one does."""
+    found = _LIBRARY_ERROR.match(message)
+    if found is None:
+        return None
+    lines = [n for n, text in enumerate(code.splitlines(), 1) if found[1] in text]
+    return lines[0] if len(lines) == 1 else None
 
 
 def _clamp(line: int | None, code: str, expression: bool) -> int | None:

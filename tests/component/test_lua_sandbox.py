@@ -810,6 +810,23 @@ def test_json_functions_report_where(sandbox: LuaSandbox, code: str, error: str)
     assert failure(run(sandbox, "\n" + code)) == (error, 2)
 
 
+@pytest.mark.parametrize(
+    ("code", "line"),
+    [
+        # Lua reuses the script's frame for a tail call: the one line calling it says where
+        ("local s = '{'\nreturn json.decode(s)", 2),
+        ("return json.encode({f = print})", 1),
+        ("local s = '['\nlocal ok = json.decode('[]')\nreturn json.decode(s)", None),
+    ],
+)
+def test_a_json_call_failing_as_a_tail_call_names_its_line_when_one_line_calls_it(
+    sandbox: LuaSandbox, code: str, line: int | None
+) -> None:
+    outcome = run(sandbox, code)
+    assert outcome.error is not None and outcome.error.startswith("json.")
+    assert outcome.line == line
+
+
 def test_json_decode_reads_numbers_like_python(sandbox: LuaSandbox) -> None:
     code = "local v = json.decode('[1, -0, 1.0, 1e2, -2.5E-3, 9223372036854775807]') return v"
     assert same(value(run(sandbox, code)), [1, 0, 1.0, 100.0, -0.0025, 2**63 - 1])
