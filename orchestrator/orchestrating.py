@@ -472,6 +472,24 @@ class Orchestrator:
             "attempt": None,
             "data": data,
         }
+        more: list[JSONObject] = []
+        if child is not None:
+            # the child's own timeline says whose node started it: written with the child's
+            # row, as a write of its own refused (a disk error) left a child stored but never
+            # queued, and the parent, asking again, found it and queued it neither
+            more.append(
+                {
+                    **queued,
+                    "seq": 2,
+                    "type": "subworkflow.started",
+                    "data": {
+                        "parent_execution_id": child.parent_execution_id,
+                        "node_id": child.node_id,
+                        "item": child.item,
+                        "attempt": child.attempt,
+                    },
+                }
+            )
         stored_id, created = await self.store.create_execution(
             execution_id=execution_id,
             workflow_id=spec.id,
@@ -489,25 +507,9 @@ class Orchestrator:
             parent_attempt=None if child is None else child.attempt,
             depth=depth,
             fire=fire,
+            more_events=more,
         )
-        next_seq = 2
-        published = [queued]
-        if created and child is not None:
-            # the child's own timeline says whose node started it
-            started: JSONObject = {
-                **queued,
-                "seq": 2,
-                "type": "subworkflow.started",
-                "data": {
-                    "parent_execution_id": child.parent_execution_id,
-                    "node_id": child.node_id,
-                    "item": child.item,
-                    "attempt": child.attempt,
-                },
-            }
-            await self.store.record_events(stored_id, [started])
-            published.append(started)
-            next_seq = 3
+        published = [queued, *more]
         if track is not None:
             track(stored_id)  # before it can be dispatched, so its end is never missed
         if created:
@@ -524,7 +526,7 @@ class Orchestrator:
                     inputs=inputs,
                     status="queued",
                     parent_execution_id=None if child is None else child.parent_execution_id,
-                    next_seq=next_seq,
+                    next_seq=len(published) + 1,
                 ),
             )
         return stored_id, created, now

@@ -1128,8 +1128,10 @@ class Store:
         parent_attempt: int | None = None,
         depth: int = 0,
         fire: TriggerFire | None = None,
+        more_events: Sequence[JSONObject] = (),
     ) -> tuple[str, bool]:
-        """Store a new execution with its first event; with a key seen in the last 24 h,
+        """Store a new execution with its first event (and ``more_events``, the ones after it,
+        in the same transaction); with a key seen in the last 24 h,
         or a child for a parent node's item and attempt that already has one, the earlier
         execution's id and False instead. ``request_digest`` stands for what the key came
         with: ``IdempotencyKeyReused`` when the earlier use had another. ``fire``: the cron
@@ -1211,6 +1213,7 @@ class Store:
                 " VALUES (?, ?, ?, ?)",
                 (execution_id, first_seq, first_seq, first_body),
             )
+            _record(conn, execution_id, more_events)
             return execution_id, True
 
         return await self._writer.run(write, durable=True)

@@ -8,7 +8,9 @@ node with the child's outputs or its status and error.
 
 Nothing here needs to survive a crash in memory: the parent/child links are in the store. A
 parent resumed on another engine asks again for the same item and attempt and finds the child
-it already has, running or finished, instead of starting a second one. Cancelling runs down
+it already has, running or finished, instead of starting a second one. A final answer its
+engine did not take (frozen, overloaded) is sent again while the parent is on a stream and has
+not ended: the parent asks again only when it resumes, so nothing else would. Cancelling runs down
 the tree: a parent that ends, or whose waiting node fails, times out or retries, cancels the
 children it no longer waits for, and they cancel theirs.
 """
@@ -21,7 +23,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import grpc
 
@@ -46,6 +48,31 @@ they were being stored (a race of milliseconds)."""
 
 RESOLVE_TIMEOUT = 10.0
 """Seconds an engine gets to take a sub-workflow answer."""
+
+ANSWER_BACKOFF = (0.5, 10.0)
+"""Seconds before sending again a final answer its engine did not take: the first wait,
+doubling up to the second (short: the parent waits on it, holding an engine slot)."""
+
+_SEND_AGAIN: Final = frozenset(
+    {
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+"""Codes of an answer that did not get through (an engine frozen, overloaded, restarting), as
+opposed to one it refused: FAILED_PRECONDITION (its node no longer waits, or was answered
+already) and NOT_FOUND (the run is not there) say the answer can change nothing there."""
+
+
+def answer_backoff(tries: int) -> float:
+    """Seconds to wait after ``tries`` final answers in a row not taken (1 or more)."""
+    first, most = ANSWER_BACKOFF
+    return float(min(most, first * 2 ** min(tries - 1, 32)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +142,7 @@ class SubWorkflows:
         self._ended: OrderedDict[str, str] = OrderedDict()
         self._cancelled: set[str] = set()  # live children a cancel was sent for already
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
         # one parent node attempt's answers in order: the announcement before the result;
         # each with how many calls hold or wait for it, so the last one out removes it
         self._locks: dict[_AnswerKey, tuple[asyncio.Lock, int]] = {}
@@ -129,6 +157,9 @@ class SubWorkflows:
                 self._spawn(self._cancel_child(link.execution_id, "its parent execution ended"))
 
     async def close(self) -> None:
+        # answers being sent again end here: the parent asks again when the next start
+        # resumes it, and a task spawned past this point would be left pending
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -196,6 +227,9 @@ class SubWorkflows:
         return link
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        if self._closed:
+            coro.close()
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -277,14 +311,14 @@ class SubWorkflows:
                 # version today's checks refuse): the node
                 # fails with why, without retries (its engine takes an answer without a child
                 # as final: each retry would be refused the same way)
-                await self._answer(
+                await self._deliver(
                     ChildLink("", parent_id, request.node_id, request.item, request.attempt),
                     error=f"sub-workflow {request.workflow_id}: {exc}",
                 )
                 return
             except Exception as exc:  # from inside the store or the registry: keep serving
                 log.exception("starting a sub-workflow for %s node %s failed", parent_id, request)
-                await self._answer(
+                await self._deliver(
                     ChildLink("", parent_id, request.node_id, request.item, request.attempt),
                     error=f"sub-workflow {request.workflow_id}: {exc}",
                 )
@@ -317,14 +351,17 @@ class SubWorkflows:
             if not started.created:
                 doc = await self._store.get_execution(started.execution_id)
                 if doc is not None and doc["status"] in EXECUTION_TERMINAL:
-                    # found again after a failover and already over: answer at once
+                    # found again after a failover and already over: answer at once, from a
+                    # task of its own, as it may have to be sent again (it takes this lock)
                     self._untrack(started.execution_id)
-                    await self._answer(
-                        link,
-                        child_version=started.version,
-                        child_status=str(doc["status"]),
-                        output=doc["outputs"],
-                        error=None if doc["error"] is None else str(doc["error"]),
+                    self._spawn(
+                        self._deliver(
+                            link,
+                            child_version=started.version,
+                            child_status=str(doc["status"]),
+                            output=doc["outputs"],
+                            error=None if doc["error"] is None else str(doc["error"]),
+                        )
                     )
                     return started
             if request.node_id:
@@ -364,17 +401,54 @@ class SubWorkflows:
         outputs: JSON,
         error: str | None,
     ) -> None:
+        await self._deliver(
+            ChildLink(child_id, link.parent_execution_id, link.node_id, link.item, link.attempt),
+            child_version=version,
+            child_status=status,
+            output=outputs,
+            error=error,
+        )
+
+    async def _deliver(
+        self,
+        link: ChildLink,
+        *,
+        child_version: str = "",
+        child_status: str = "",
+        output: JSON = None,
+        error: str | None = None,
+    ) -> None:
+        """Send a final answer until the parent's engine takes it or refuses it (its node
+        no longer waits), or the parent ends or leaves every stream (resumed, it asks again
+        and finds its child over). Sent once only, an answer its engine missed (frozen past
+        ``RESOLVE_TIMEOUT``, too busy) left the node waiting for good while the stream lived.
+        Each try goes to the engine that has the parent then: one it moved to gets it there."""
         key = (link.parent_execution_id, link.node_id or "", link.item, link.attempt)
-        async with self._in_order(key):  # after the announcement, if that is still on its way
-            await self._answer(
-                ChildLink(
-                    child_id, link.parent_execution_id, link.node_id, link.item, link.attempt
-                ),
-                child_version=version,
-                child_status=status,
-                output=outputs,
-                error=error,
+        tries = 0
+        while link.parent_execution_id not in self._ended:
+            # the lock is held for one try at a time: after the announcement, if that is still
+            # on its way, and not over the waits, so a resumed parent's request for this
+            # attempt is not held up behind an engine that does not answer
+            async with self._in_order(key):
+                code = await self._answer(
+                    link,
+                    child_version=child_version,
+                    child_status=child_status,
+                    output=output,
+                    error=error,
+                )
+            if code not in _SEND_AGAIN:
+                return
+            tries += 1
+            delay = answer_backoff(tries)
+            log.warning(
+                "sub-workflow answer for %s node %s sent again in %s s (try %d not taken)",
+                link.parent_execution_id,
+                link.node_id,
+                delay,
+                tries,
             )
+            await asyncio.sleep(delay)
 
     @contextlib.asynccontextmanager
     async def _in_order(self, key: _AnswerKey) -> AsyncIterator[None]:
