@@ -80,6 +80,35 @@ _SETTLE: Final = 1.0
 """Seconds the calls gRPC ended at the server's stop get to finish their tasks, before the
 process's event loop closes."""
 
+# A caller whose host vanishes (no FIN, no RST) leaves its Execute streams open, and their runs
+# held here: every dispatch of them again is refused ALREADY_EXISTS until the connection is seen
+# dead, two hours later by gRPC's default. Pinging the caller sees it within half a minute.
+KEEPALIVE_TIME_MS = 20_000
+"""Milliseconds between the server's pings on a connection."""
+KEEPALIVE_TIMEOUT_MS = 10_000
+"""Milliseconds a ping waits for its answer before the connection, and its calls, are closed."""
+MIN_CLIENT_PING_MS = 5_000
+"""The shortest gap between a caller's pings that is taken without a strike (the orchestrator
+pings every 10 s): below gRPC's default of 5 min, so a stream that sends nothing for minutes (a
+run in a long sleep) is not cut with GOAWAY too_many_pings."""
+
+
+def keepalive_options() -> list[tuple[str, int]]:
+    """The server's keepalive and its policy for the callers' pings, read when it starts."""
+    return [
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # gRPC waits this long for any ping's answer, the keepalive's included (a minute
+        # unless set): keepalive_timeout alone does not shorten that wait
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # ping a connection without calls too, and let callers do the same
+        ("grpc.keepalive_permit_without_calls", 1),
+        # keep pinging a stream that sends nothing: by default gRPC stops after two pings
+        # until data goes out, which leaves an idle run's dead caller unnoticed
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_MS),
+    ]
+
 
 @functools.lru_cache(maxsize=64)
 def spec_from_request(text: str) -> WorkflowSpec:
@@ -208,13 +237,18 @@ class StreamedSubWorkflows:
     A node asks with a ``subworkflow.requested`` event on its run's stream; the orchestrator runs
     the child and answers with ``ResolveSubWorkflow``. An answer for an attempt that is no longer
     waiting (cancelled, timed out, answered already) is refused, so it can change nothing.
+
+    Waits are kept by ``Execution``, not by execution id: a run dispatched again to this engine
+    (its stream broke, the orchestrator sent it back) is admitted under the same id while its
+    previous copy may still be stopping a script, and that copy's stop cancels its own waits
+    when it lands, which must not be the new copy's.
     """
 
     def __init__(self) -> None:
-        self._waiting: dict[str, dict[tuple[str, int | None], int]] = {}
+        self._waiting: dict[Execution, dict[tuple[str, int | None], int]] = {}
 
     def start(self, execution: Execution, request: SubWorkflowRequest) -> None:
-        waiting = self._waiting.setdefault(execution.id, {})
+        waiting = self._waiting.setdefault(execution, {})
         waiting[(request.node_id, request.item)] = request.attempt
         data: JSONObject = {
             "workflow_id": request.ref.id,
@@ -232,12 +266,15 @@ class StreamedSubWorkflows:
         )
 
     def cancel(self, execution: Execution, node_id: str, item: int | None) -> None:
-        waiting = self._waiting.get(execution.id)
+        waiting = self._waiting.get(execution)
         if waiting is not None:
             waiting.pop((node_id, item), None)
+            if not waiting:
+                # a copy already forgotten may still start and cancel a wait as it stops
+                del self._waiting[execution]
 
     def resolve(self, execution: Execution, answer: wire.SubWorkflowAnswer) -> None:
-        waiting = self._waiting.get(execution.id, {})
+        waiting = self._waiting.get(execution, {})
         key = (answer.node_id, answer.item)
         if waiting.get(key) != answer.attempt:
             raise NothingWaiting(execution.id, answer.node_id, answer.item, answer.attempt)
@@ -284,8 +321,8 @@ class StreamedSubWorkflows:
             retryable=bool(answer.child_execution_id),
         )
 
-    def forget(self, execution_id: str) -> None:
-        self._waiting.pop(execution_id, None)
+    def forget(self, execution: Execution) -> None:
+        self._waiting.pop(execution, None)
 
 
 class EngineService(pb_grpc.EngineServicer):
@@ -426,7 +463,7 @@ class EngineService(pb_grpc.EngineServicer):
 
     def _release(self, execution: Execution, *, let_go: bool) -> None:
         self._runs.pop(execution.id, None)
-        self._subworkflows.forget(execution.id)
+        self._subworkflows.forget(execution)
         self._metrics.in_flight.set(len(self._runs))
         if not self._runs:
             self._idle.set()
@@ -649,6 +686,7 @@ class EngineServer:
                 # a resumed run's request carries its completed nodes' outputs
                 ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
+                *keepalive_options(),
             ],
         )
         pb_grpc.add_EngineServicer_to_server(service, server)

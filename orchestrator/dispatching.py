@@ -547,7 +547,15 @@ class Dispatcher:
                 return "busy"
             if code == grpc.StatusCode.ALREADY_EXISTS:
                 # the engine still holds this run from a stream that broke (an orchestrator
-                # restart): it cancels that run shortly, then the id is free again
+                # restart, its host gone without closing it): it lets go once it sees that
+                # stream gone, within half a minute by its keepalive, then the id is free.
+                # No Cancel is sent for it: a Cancel names no copy of the run, and one that
+                # reached the engine late would end the copy sent next, run and all.
+                log.debug(
+                    "%s is still held by %s from an earlier stream: trying again shortly",
+                    ticket.execution_id,
+                    run.link.key,
+                )
                 return "busy"
             if run.lost:
                 # the fleet said the engine is gone and we cancelled the call ourselves (gRPC

@@ -56,11 +56,17 @@ _REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSIO
 EngineStateName = Literal["joining", "ready", "draining", "unhealthy"]
 
 # Large outputs travel inside events and resume requests: see wire.MAX_MESSAGE_BYTES.
+# The pings see an engine whose host vanished (its streams silent, no FIN) within 15 s, as the
+# engine's own pings see this process gone (engine.serving.KEEPALIVE_TIME_MS). gRPC's default
+# of two pings between two calls is kept: the health checks are calls, and an engine of an
+# earlier version (gRPC's default ping policy) cuts a caller that pings more with GOAWAY.
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    # the wait gRPC applies to a ping's answer, the keepalive's included (a minute unless set)
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 

@@ -299,6 +299,9 @@ async def _serve_apis(
             # for 20 s ends it, also on a stream quiet for long
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.keepalive_timeout_ms", 20_000),
+            # the wait gRPC applies to a ping's answer, the keepalive's included (a minute
+            # unless set: keepalive_timeout_ms alone does not shorten it)
+            ("grpc.http2.ping_timeout_ms", 20_000),
             ("grpc.http2.max_pings_without_data", 0),
         ],
     )
