@@ -35,6 +35,12 @@ FOREACH_OUTPUT_BYTES = 32 * 1024 * 1024
 for an engine): half what one message between engine and orchestrator carries
 (``wire.MAX_MESSAGE_BYTES``), which its node.succeeded is."""
 
+RUN_OUTPUT_BYTES = 48 * 1024 * 1024
+"""Bytes of JSON a run's node outputs may add up to, by default (``RUN_OUTPUT_BYTES`` for an
+engine). A run resumed on another engine carries them all in one message
+(``wire.MAX_MESSAGE_BYTES``, with room left for its spec, inputs and errors): past this a run
+would fail only if it failed over, so it fails where it crosses the limit, failover or not."""
+
 STOP_GRACE = 2.0
 """Seconds scripts asked to stop by a cancel or a timeout get to come back with their log lines
 before the run goes on without them. The sandbox looks at its cancel flag about once a second at
@@ -125,7 +131,11 @@ class Execution:
         clock: Callable[[], float] = time.time,
         first_seq: int = 1,
         foreach_output_bytes: int = FOREACH_OUTPUT_BYTES,
+        run_output_bytes: int = RUN_OUTPUT_BYTES,
+        completed_bytes: int = 0,
     ) -> None:
+        """``completed_bytes``: the JSON bytes of ``completed``'s outputs, counted toward
+        ``run_output_bytes`` as outputs made here are."""
         self.spec = spec
         self.id = execution_id or uuid.uuid4().hex
         self.engine_id = engine_id
@@ -152,6 +162,8 @@ class Execution:
         self._conditions: dict[str, Flag] = {}  # when expressions being evaluated, by node
         self._item_bytes: dict[str, int] = {}  # foreach node -> bytes of its items' outputs
         self._foreach_output_bytes = foreach_output_bytes
+        self._run_output_bytes = run_output_bytes
+        self._output_bytes = completed_bytes  # of every output made, items' included
         self._backlog: list[sch.Stimulus] = []
         self._feeding = False
         self._broken: Exception | None = None
@@ -197,6 +209,8 @@ class Execution:
         now = self._clock()
         if error is None and item is not None and not self._add_item_output(node_id, size):
             self.feed(self._too_much_output(node_id, item, attempt, now))
+        elif error is None and not self._add_run_output(size):
+            self.feed(self._too_much_run_output(node_id, item, attempt, now))
         elif error is None:
             self.feed(sch.TaskSucceeded(node_id, item, attempt, output, now))
         else:
@@ -521,6 +535,8 @@ class Execution:
             return
         if outcome.ok and item is not None and not self._add_item_output(node_id, outcome.size):
             stimuli.append(self._too_much_output(node_id, item, attempt, now))
+        elif outcome.ok and not self._add_run_output(outcome.size):
+            stimuli.append(self._too_much_run_output(node_id, item, attempt, now))
         elif outcome.ok:
             stimuli.append(sch.TaskSucceeded(node_id, item, attempt, outcome.value, now))
         elif outcome.limit == "deadline":
@@ -573,6 +589,25 @@ class Execution:
             item,
             attempt,
             f"the outputs of this foreach node add up to over {limit} bytes",
+            now,
+            retryable=False,
+        )
+
+    def _add_run_output(self, size: int) -> bool:
+        """Count an output toward the run's; False once they add up past ``run_output_bytes``."""
+        self._output_bytes += size
+        return self._output_bytes <= self._run_output_bytes
+
+    def _too_much_run_output(
+        self, node_id: str, item: int | None, attempt: int, now: float
+    ) -> sch.TaskFailed:
+        limit = self._run_output_bytes
+        return sch.TaskFailed(
+            node_id,
+            item,
+            attempt,
+            f"the outputs of this run add up to over {limit} bytes, the most one run carries "
+            "(RUN_OUTPUT_BYTES): a run resumed on another engine takes them all in one message",
             now,
             retryable=False,
         )

@@ -443,6 +443,8 @@ class EngineService(pb_grpc.EngineServicer):
             subworkflows=self._subworkflows,
             first_seq=order.first_seq,
             foreach_output_bytes=settings.foreach_output_bytes,
+            run_output_bytes=settings.run_output_bytes,
+            completed_bytes=order.completed_bytes,
         )
         self._runs[execution.id] = execution
         self._idle.clear()

@@ -51,6 +51,22 @@ STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 line, and the service takes them up once its handlers are in place."""
 
 
+RUN_OUTPUT_BYTES_MAX: Final = 56 * 1024 * 1024
+"""The most ``RUN_OUTPUT_BYTES`` may be: a resume message (``wire.MAX_MESSAGE_BYTES``, 64 MiB)
+carries the outputs with the run's spec, inputs and errors, for which 8 MiB are left."""
+
+
+def run_output_bytes(env: Mapping[str, str]) -> int:
+    """``RUN_OUTPUT_BYTES``: what a run's node outputs may add up to (48 MiB by default)."""
+    got = positive_int(env, "RUN_OUTPUT_BYTES", 48 * 1024 * 1024)
+    if got > RUN_OUTPUT_BYTES_MAX:
+        raise SettingsError(
+            f"RUN_OUTPUT_BYTES must be at most {RUN_OUTPUT_BYTES_MAX} (56 MiB): a run resumed "
+            f"on another engine carries its outputs in one message of at most 64 MiB, got {got}"
+        )
+    return got
+
+
 def engine_token(env: Mapping[str, str]) -> str | None:
     """``ENGINE_TOKEN``, the bearer token on the link between the orchestrator and its engines,
     surrounding whitespace stripped; None when unset or blank. Both services read it with this,
@@ -174,6 +190,9 @@ class Settings:
     script runs on a worker."""
     foreach_output_bytes: int = 32 * 1024 * 1024
     """Bytes a foreach node's item outputs may add up to (``engine.running``)."""
+    run_output_bytes: int = 48 * 1024 * 1024
+    """Bytes a run's node outputs may add up to (``engine.running``): at most what a resume
+    message carries besides the run's spec and inputs (``RUN_OUTPUT_BYTES_MAX``)."""
     engine_token: str | None = field(default=None, repr=False)
     """ENGINE_TOKEN: every ``dagengine.v1.Engine`` call must carry it as a bearer token
     (``engine.authenticating``); None: calls are taken from anyone who reaches the port."""
@@ -206,6 +225,7 @@ class Settings:
             lua_workers=optional_positive_int(env, "LUA_WORKERS"),
             lua_inline=boolean(env, "LUA_INLINE", True),
             foreach_output_bytes=positive_int(env, "FOREACH_OUTPUT_BYTES", 32 * 1024 * 1024),
+            run_output_bytes=run_output_bytes(env),
             engine_token=engine_token(env),
             tls_cert_file=cert,
             tls_key_file=key,

@@ -188,6 +188,69 @@ async def test_a_foreach_whose_outputs_add_up_past_the_limit_fails(pool: LuaPool
     assert doc["nodes"]["after"]["status"] == "blocked"
 
 
+RUN_CAP_ERROR = (
+    "the outputs of this run add up to over 2500 bytes, the most one run carries "
+    "(RUN_OUTPUT_BYTES): a run resumed on another engine takes them all in one message"
+)
+
+
+async def test_a_run_whose_outputs_add_up_past_the_limit_fails_where_they_cross_it(
+    pool: LuaPool,
+) -> None:
+    """Each node's output within its own limit, but together past what a resume carries: the
+    node that crosses the run's limit fails, at once and for good, failover or not."""
+    big = "return string.rep('x', 1000)"  # 1,002 bytes of JSON
+    doc, _ = await run(
+        {
+            "concurrency": 1,
+            "nodes": [
+                {"id": "a", "lua": big},
+                {"id": "b", "depends_on": ["a"], "lua": big},
+                {"id": "c", "depends_on": ["b"], "retry": {"max_attempts": 3}, "lua": big},
+                {"id": "after", "depends_on": ["c"], "lua": "return 1"},
+            ],
+        },
+        pool,
+        run_output_bytes=2500,
+    )
+    assert doc["status"] == "failed"
+    assert [doc["nodes"][n]["status"] for n in ("a", "b")] == ["succeeded", "succeeded"]
+    c = doc["nodes"]["c"]
+    assert c["status"] == "failed" and c["attempts"] == 1  # not retried: it would again
+    assert c["error"] == RUN_CAP_ERROR
+    assert doc["nodes"]["after"]["status"] == "blocked"
+
+
+async def test_a_resumed_run_counts_the_outputs_it_was_resumed_with(pool: LuaPool) -> None:
+    doc, _ = await run(
+        {
+            "nodes": [
+                {"id": "a", "lua": "return 1"},
+                {"id": "b", "depends_on": ["a"], "lua": "return string.rep('x', 1000)"},
+            ]
+        },
+        pool,
+        run_output_bytes=2500,
+        completed={"a": "y" * 1998},
+        completed_bytes=2000,
+    )
+    assert doc["nodes"]["a"]["status"] == "succeeded"
+    assert doc["nodes"]["b"]["error"] == RUN_CAP_ERROR
+    within, _ = await run(
+        {
+            "nodes": [
+                {"id": "a", "lua": "return 1"},
+                {"id": "b", "depends_on": ["a"], "lua": "return string.rep('x', 1000)"},
+            ]
+        },
+        pool,
+        run_output_bytes=2500,
+        completed={"a": "y" * 998},
+        completed_bytes=1000,
+    )
+    assert within["status"] == "succeeded"
+
+
 async def test_a_foreach_over_children_counts_their_outputs_toward_the_bound(
     pool: LuaPool,
 ) -> None:

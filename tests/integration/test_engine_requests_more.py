@@ -130,19 +130,20 @@ async def test_a_listing_with_a_bogus_status_or_a_negative_limit_is_refused(
     clean_log(shared_engine)
 
 
-# three foreach nodes of 30 items of 1 MB: execution.succeeded carries 90 MB of outputs
+# a foreach node of 30 items of 1 MB, within the foreach and run bounds, named three times in
+# the run's outputs: execution.succeeded carries 90 MB of them
 FAT = spec(
     "fat",
-    [{"id": "items", "lua": "local out = {} for i = 1, 30 do out[i] = i end return out"}]
-    + [
+    [
+        {"id": "items", "lua": "local out = {} for i = 1, 30 do out[i] = i end return out"},
         {
-            "id": f"each{k}",
+            "id": "each",
             "depends_on": ["items"],
             "foreach": "{{ results.items }}",
             "lua": "return string.rep('y', 1000000)",
-        }
-        for k in range(3)
+        },
     ],
+    outputs={k: "{{ results.each }}" for k in ("a", "b", "c")},
 )
 
 

@@ -209,3 +209,15 @@ def test_the_defaults_and_the_manifests_names_are_taken() -> None:
         "app=workflow-engine",
     )
     assert Settings.from_env({**BASE, "K8S_NAMESPACE": "1st"}).k8s_namespace == "1st"
+
+
+def test_an_engine_takes_run_output_bytes_up_to_what_a_resume_message_carries() -> None:
+    assert EngineSettings.from_env({}).run_output_bytes == 48 * 1024 * 1024
+    most = {"RUN_OUTPUT_BYTES": str(56 * 1024 * 1024)}
+    assert EngineSettings.from_env(most).run_output_bytes == 56 * 1024 * 1024
+    with pytest.raises(SettingsError) as refused:
+        EngineSettings.from_env({"RUN_OUTPUT_BYTES": str(56 * 1024 * 1024 + 1)})
+    assert str(refused.value) == (
+        "RUN_OUTPUT_BYTES must be at most 58720256 (56 MiB): a run resumed on another engine "
+        "carries its outputs in one message of at most 64 MiB, got 58720257"
+    )
