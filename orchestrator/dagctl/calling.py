@@ -20,7 +20,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -49,12 +49,27 @@ class Unreachable(DagctlError):
 class ApiError(DagctlError):
     """An error status from the orchestrator; ``code`` is its stable error code."""
 
-    def __init__(self, status: int, code: str, message: str, details: JSONObject) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: JSONObject,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.retry_after = retry_after
+        """The seconds its Retry-After header asked a caller to wait, when it sent one."""
+
+    @property
+    def passing(self) -> bool:
+        """An answer from a server (or a proxy before it) that cannot serve now but may
+        shortly: one restarting, or one with no room for another live stream."""
+        return self.status in PASSING_STATUSES
 
 
 class StreamUnavailable(DagctlError):
@@ -67,6 +82,11 @@ class StreamUnavailable(DagctlError):
     def __init__(self, message: str, refusal: ApiError | None = None) -> None:
         super().__init__(message)
         self.refusal = refusal
+
+
+PASSING_STATUSES: Final = frozenset({502, 503, 504})
+"""Statuses of an orchestrator that is away for a moment (a proxy's 502 and 504 while it
+restarts behind it, its own 503 when it has no room), not of a refusal."""
 
 
 NOT_HTTP = "it did not answer HTTP; is that the gRPC port?"
@@ -100,6 +120,12 @@ def server_problem(url: str) -> str | None:
         return f"the port must be a number from 1 to 65535, not {port}"
     if not parts.hostname:
         return "no host"
+    path = parts.path.rstrip("/")
+    if path.endswith(("/api", "/api/v1")) or "/api/v1/" in path:
+        # dagctl adds /api/v1/... itself; a prefix a proxy serves the orchestrator under is
+        # kept, but the API's own path given again would be asked for twice (/api/api/v1)
+        base = f"{parts.scheme}://{parts.netloc}{path.partition('/api')[0]}"
+        return f"give the orchestrator's address without the API's path ({path}): {base}"
     return None
 
 
@@ -144,6 +170,20 @@ def _is_loopback(url: str) -> bool:
 _NO_ROUTE: Final = ("Not Found", "404: Not Found")
 """The message of a server's 404 for a path it has no route for (aiohttp's reason, in JSON
 from the orchestrator's error handler, or as aiohttp's own text)."""
+
+
+def _retry_after(value: str | None) -> float | None:
+    """A Retry-After header's seconds; None for none, or for an HTTP date (not sent by the
+    orchestrator, and a clock apart from ours)."""
+    text = (value or "").strip()
+    return float(text) if text.isascii() and text.isdigit() and len(text) <= 6 else None
+
+
+def _http_error(exc: urllib.error.HTTPError) -> ApiError:
+    with exc:
+        error = _api_error(exc.code, exc.read())
+    error.retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+    return error
 
 
 def _api_error(status: int, raw: bytes) -> ApiError:
@@ -258,8 +298,7 @@ class Client:
             with self._opener.open(request, timeout=timeout or self.timeout) as resp:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as exc:
-            with exc:
-                error = _api_error(exc.code, exc.read())
+            error = _http_error(exc)
             if error.status == 404 and error.message in _NO_ROUTE:
                 # the server's own answer for a path it has no route for, unlike a 404 about
                 # a workflow or a run: most likely a server older than this dagctl
@@ -308,8 +347,10 @@ class Client:
         *,
         last_event_id: int = 0,
         timeout: float = STREAM_TIMEOUT,
+        opened: Callable[[], object] | None = None,
     ) -> Generator[JSONObject, None, None]:
-        """Live events from ``GET /api/v1/events`` until the server closes the stream.
+        """Live events from ``GET /api/v1/events`` until the server closes the stream;
+        ``opened`` is called once it answered (a stream may stay quiet a long while).
 
         ``StreamUnavailable`` when there is no stream to open (404/405) or it breaks off;
         ``ApiError`` for other refusals, ``Unreachable`` when no answer came.
@@ -321,14 +362,15 @@ class Client:
         try:
             resp = self._opener.open(request, timeout=timeout)
         except urllib.error.HTTPError as exc:
-            with exc:
-                error = _api_error(exc.code, exc.read())
+            error = _http_error(exc)
             if exc.code in (404, 405):
                 raise StreamUnavailable(f"no event stream: {error.message}", error) from None
             raise error from None
         except (OSError, http.client.HTTPException) as exc:
             raise Unreachable(self.server, _reason(exc)) from exc
         with resp:
+            if opened is not None:
+                opened()
             if resp.status == 204:
                 return  # the run ended and its end was seen already: nothing more will come
             kind = resp.headers.get("Content-Type", "")

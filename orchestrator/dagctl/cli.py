@@ -2,8 +2,9 @@
 
 ``main`` reads the environment once into ``Settings`` and hands it down; commands talk to the
 orchestrator through ``calling.Client`` and draw with ``showing``. Exit codes: 0 done, 1 the
-server refused or a run did not succeed, 2 bad arguments or an invalid workflow file, 130 when a
-followed run is left with Ctrl-C (the run goes on).
+server refused or a run did not succeed, 2 bad arguments or an invalid workflow file, 3 when a
+followed run (``run --wait``, ``events -f``) is left because the orchestrator stayed out of reach
+for ``GIVE_UP_AFTER`` (the run goes on), 130 when it is left with Ctrl-C (the run goes on too).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO, cast
 
 from engine.core import jsontext
-from engine.core.states import EXECUTION_TERMINAL
+from engine.core.states import EXECUTION_STATUSES, EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject, json_kind, nests_deeper
 from orchestrator.dagctl.calling import (
     NOT_HTTP,
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
     from orchestrator.dagctl.showing import RunProgress
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOST, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 POLL_INTERVAL = 0.5
 STREAM_RETRIES = 3
@@ -56,7 +57,13 @@ escape in the server's JSON; no output encoding takes one."""
 
 
 class BadArguments(DagctlError):
-    """Arguments that parse but do not make sense; exit 2."""
+    """Arguments that parse but do not make sense: the command's usage and a line naming the
+    argument, exit 2."""
+
+
+class Unusable(BadArguments):
+    """Exit 2 told in its own lines, without the usage, which could not help: a variable or a
+    file that cannot be used, or an id several runs fit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,34 +102,34 @@ class Settings:
         """BadArguments when DAGCTL_SERVER cannot be an orchestrator's URL."""
         problem = server_problem(self.server)
         if problem is not None:
-            raise BadArguments(f"DAGCTL_SERVER {self.server!r}: {problem}")
+            raise Unusable(f"DAGCTL_SERVER {self.server!r}: {problem}")
 
     def check_token(self) -> None:
         """BadArguments when the token cannot go in an Authorization header."""
         if self.token is not None:
-            header_value(self.token_variable, self.token, secret=True)
+            header_value(self.token_variable, self.token, secret=True, error=Unusable)
 
     def tls(self) -> ssl.SSLContext | None:
         """The TLS client context the variables ask for; None: the system's defaults."""
         if self.ca_file is None and self.cert_file is None:
             return None
         if (self.cert_file is None) != (self.key_file is None):
-            raise BadArguments("DAGCTL_CERT_FILE and DAGCTL_KEY_FILE go together")
+            raise Unusable("DAGCTL_CERT_FILE and DAGCTL_KEY_FILE go together")
         try:
             context = ssl.create_default_context(cafile=self.ca_file)
         except (OSError, ssl.SSLError) as exc:
-            raise BadArguments(f"DAGCTL_CA_FILE {self.ca_file}: {_why(exc)}") from None
+            raise Unusable(f"DAGCTL_CA_FILE {self.ca_file}: {_why(exc)}") from None
         if self.cert_file is not None and self.key_file is not None:
             try:
                 # no passphrase prompt on the terminal: an encrypted key is refused below
                 context.load_cert_chain(self.cert_file, self.key_file, password=_no_passphrase)
             except EncryptedKey:
-                raise BadArguments(
+                raise Unusable(
                     f"DAGCTL_KEY_FILE {self.key_file} is encrypted: give the key without"
                     " its passphrase"
                 ) from None
             except (OSError, ssl.SSLError) as exc:
-                raise BadArguments(
+                raise Unusable(
                     f"DAGCTL_CERT_FILE {self.cert_file} / DAGCTL_KEY_FILE {self.key_file}: "
                     f"{_why(exc)}"
                 ) from None
@@ -141,13 +148,19 @@ def _why(exc: OSError | ssl.SSLError) -> str:
     return str(exc.strerror or exc) if isinstance(exc, OSError) else str(exc)
 
 
-def header_value(where: str, value: str, *, secret: bool = False) -> str:
-    """``value`` when an HTTP header can carry it as it is, else BadArguments naming ``where``
+def header_value(
+    where: str,
+    value: str,
+    *,
+    secret: bool = False,
+    error: type[BadArguments] = BadArguments,
+) -> str:
+    """``value`` when an HTTP header can carry it as it is, else ``error`` naming ``where``
     (an option or a variable) and the first character that cannot go; a secret is not shown."""
     for index, char in enumerate(value, 1):
         if not " " <= char <= "~":
             shown = "" if secret else f" {value!r}"
-            raise BadArguments(
+            raise error(
                 f"{where}{shown}: character {index} ({char!r}) cannot go in an HTTP header, "
                 "which holds printable ASCII only (letters, digits, punctuation, spaces)"
             )
@@ -186,7 +199,7 @@ def read_inputs(
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise BadArguments(f"{origin}: {exc.strerror or exc}") from None
+            raise Unusable(f"{origin}: {exc.strerror or exc}") from None
         if path.suffix.lower() == ".json":
             base = _given_json(text, origin)
         else:
@@ -309,6 +322,17 @@ def _positive(text: str) -> int:
     return value
 
 
+LIST_LIMIT: Final = 1000
+"""The most executions ``get executions`` asks for: what the server gives at most."""
+
+
+def _list_limit(text: str) -> int:
+    value = _positive(text)
+    if value > LIST_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be at most {LIST_LIMIT}, got {value}")
+    return value
+
+
 HISTORY_LIMIT: Final = 1000
 """The most slots ``trigger history`` asks for: what the server gives at most."""
 
@@ -396,9 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
         "resource", choices=sorted(RESOURCES), metavar="workflows|executions|engines|triggers"
     )
     get.add_argument("--workflow", metavar="ID", help="executions (or triggers) of this workflow")
-    get.add_argument("--status", metavar="STATUS", help="executions in this state")
     get.add_argument(
-        "--limit", type=_positive, metavar="N", help=f"executions shown, default: {DEFAULT_LIMIT}"
+        "--status",
+        choices=EXECUTION_STATUSES,
+        metavar="STATUS",
+        help=f"executions in this state: {', '.join(EXECUTION_STATUSES)}",
+    )
+    get.add_argument(
+        "--limit",
+        type=_list_limit,
+        metavar="N",
+        help=f"executions shown, 1 to {LIST_LIMIT}, default: {DEFAULT_LIMIT}",
     )
     get.add_argument(
         "--before", metavar="ID", help="executions created before this one (the next page)"
@@ -460,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cancel.add_argument("--reason", help="recorded with the cancellation")
     output(cancel)
+    # each command's own usage, shown with a refusal of its arguments as argparse shows it
+    for command in (*sub.choices.values(), *actions.choices.values()):
+        command.set_defaults(usage=command.format_usage)
     return parser
 
 
@@ -516,6 +551,12 @@ def _dump(out: TextIO, value: Any) -> None:
     out.write(_json(value, indent=2) + "\n")
 
 
+def _dump_shown(out: TextIO, value: Any) -> None:
+    """JSON for a person to read (outputs after a run), not ``-o json``: what JSON leaves raw
+    (DEL, C1 controls, bidirectional overrides) escaped as all server text is shown."""
+    out.write(printable(_json(value, indent=2)) + "\n")
+
+
 def _quote(segment: str) -> str:
     return urllib.parse.quote(segment, safe="")
 
@@ -547,6 +588,18 @@ def check_ids(args: argparse.Namespace) -> None:
     workflow = getattr(args, "workflow", None)
     if (args.command == "run" or creating) and not (workflow or "").strip():
         raise BadArguments(f"{args.command}: the workflow id is empty (an unset shell variable?)")
+    for name in _NOT_EMPTY:
+        value = getattr(args, name, None)
+        if name == "workflow" and (args.command == "run" or creating):
+            continue  # the positional one, above
+        if isinstance(value, str) and not value.strip():
+            flag = "--" + name.replace("_", "-")
+            # given empty is not "not given": --workflow "" would list every workflow's runs
+            raise BadArguments(f"{args.command}: {flag} is empty (an unset shell variable?)")
+
+
+_NOT_EMPTY: Final = ("idempotency_key", "workflow", "version", "timezone", "cron", "reason")
+"""Options whose empty value is refused rather than taken as the option not given."""
 
 
 def _execution(client: Client, execution_id: str, *, to_cancel: bool = False) -> JSONObject:
@@ -597,7 +650,7 @@ def _execution(client: Client, execution_id: str, *, to_cancel: bool = False) ->
             for e in matches[:20]
         ]
         more = [f"  ... and {len(matches) - 20} more"] if len(matches) > 20 else []
-        raise BadArguments(
+        raise Unusable(
             "\n".join(
                 [f"{given} fits {len(matches)} executions: give more of the id", *shown, *more]
             )
@@ -680,7 +733,8 @@ def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO
     unreadable = False
     for index, source in enumerate(spec_sources(args.files, sys.stdin.buffer)):
         if source.error is not None:
-            errors[index] = [f"dagctl: {source.name}: {source.error.strerror or source.error}"]
+            said = f"{source.name}: {source.error.strerror or source.error}"
+            errors[index] = [f"dagctl: {printable(said)}"]
             unreadable = True
         else:
             pending.append((index, source))
@@ -865,7 +919,7 @@ def _refusal_lines(name: str, refusal: ApiError) -> list[str]:
         found = _LINE.match(problem)
         return f"{name}:{found[1]}: {problem[found.end() :]}" if found else problem
 
-    head = f"dagctl: {name}: {printable(refusal.code)}: {printable(refusal.message)}"
+    head = f"dagctl: {printable(name)}: {printable(refusal.code)}: {printable(refusal.message)}"
     return [head, *detail_lines(refusal.details, rename)]
 
 
@@ -874,10 +928,12 @@ def cmd_run(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
         pairs=args.pairs, inputs_json=args.inputs_json, inputs_file=args.inputs_file
     )
     body: JSONObject = {"inputs": inputs}
-    if args.version:
+    if args.version is not None:
         body["version"] = args.version
     key = args.idempotency_key
-    headers = {"Idempotency-Key": header_value("--idempotency-key", key)} if key else None
+    headers = (
+        {"Idempotency-Key": header_value("--idempotency-key", key)} if key is not None else None
+    )
     accepted = client.post(f"/trigger/{_quote(args.workflow)}", body, headers=headers).body
     execution_id = str(accepted.get("execution_id"))
     status_url = str(accepted.get("status_url", ""))
@@ -895,12 +951,15 @@ def cmd_run(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
         return EXIT_OK
     # with -o json the document is the output, so progress goes to stderr
     stream = err if args.output == "json" else out
+    shown = printable(execution_id)
     try:
-        doc = follow(client, execution_id, stream)
+        doc = follow(client, execution_id, stream, err)
     except KeyboardInterrupt:
-        shown = printable(execution_id)
         err.write(f"\nstopped following {shown}; it goes on (dagctl describe execution {shown})\n")
         return EXIT_INTERRUPTED
+    except FollowLost as exc:
+        err.write(f"dagctl: {exc}; it goes on (dagctl describe execution {shown})\n")
+        return EXIT_LOST
     status = str(doc.get("status"))
     if args.output == "json":
         _dump(out, doc)
@@ -913,30 +972,143 @@ def cmd_run(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
         if doc.get("error"):
             out.write(f"error: {printable(str(doc.get('error')))}\n")
         out.write("outputs:\n")
-        _dump(out, doc.get("outputs"))
+        _dump_shown(out, doc.get("outputs"))
     return EXIT_OK if status == "succeeded" else EXIT_FAILED
 
 
-def follow(client: Client, execution_id: str, stream: TextIO) -> JSONObject:
+RETRY_FIRST: Final = 0.5
+RETRY_MOST: Final = 4.0
+"""Seconds between tries of an orchestrator lost while following: 0.5 doubling to 4."""
+RETRY_AFTER_MOST: Final = 30.0
+"""The longest a Retry-After header is waited for at once."""
+GIVE_UP_AFTER: Final = 120.0
+"""Seconds without reaching the orchestrator before a follower gives up (the run goes on)."""
+
+
+@dataclass(slots=True)
+class Outage:
+    """When to try a lost orchestrator again, and when to stop trying: pure over ``now``.
+
+    A restart (``dagctl up`` again, a rollout) takes seconds, so the first tries come quickly,
+    then less often, and only minutes of silence end the wait.
+    """
+
+    since: float | None = None
+    delay: float = 0.0
+
+    def next_try(self, now: float, retry_after: float | None = None) -> float | None:
+        """Seconds to wait after a failed try at ``now``; None: give up."""
+        if self.since is None:
+            self.since, self.delay = now, RETRY_FIRST
+        else:
+            self.delay = min(self.delay * 2, RETRY_MOST)
+        left = self.since + GIVE_UP_AFTER - now
+        if left <= 0:
+            return None
+        wait = self.delay
+        if retry_after is not None:
+            wait = min(max(retry_after, RETRY_FIRST), RETRY_AFTER_MOST)
+        return min(wait, left)
+
+    def over(self) -> bool:
+        """The orchestrator answered: True when it had been lost."""
+        lost = self.since is not None
+        self.since, self.delay = None, 0.0
+        return lost
+
+
+class FollowLost(DagctlError):
+    """The orchestrator stayed out of reach for ``GIVE_UP_AFTER`` while a run (or the live
+    stream) was followed: what was followed goes on without us; exit ``EXIT_LOST``."""
+
+
+class Reconnecting:
+    """A follower's patience with its orchestrator: says once that it was lost and once that
+    it is back, and how long to wait before the next try."""
+
+    def __init__(
+        self,
+        server: str,
+        say: Callable[[str], object],
+        *,
+        reached: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``reached``: the orchestrator answered already; one never reached is no outage but
+        the wrong address, or one not started, told at once."""
+        self.server = printable(server)
+        self.say = say
+        self.reached = reached
+        self.clock = clock
+        self.outage = Outage()
+
+    def failed(self, exc: Unreachable | ApiError) -> float:
+        """Seconds to wait before trying again after ``exc``; ``exc`` itself when it is no
+        outage (a refusal), FollowLost once the orchestrator was away too long."""
+        if not self.reached or (isinstance(exc, ApiError) and not exc.passing):
+            raise exc
+        retry_after = exc.retry_after if isinstance(exc, ApiError) else None
+        why = exc.reason if isinstance(exc, Unreachable) else f"{exc.status} {exc.code}"
+        first = self.outage.since is None
+        wait = self.outage.next_try(self.clock(), retry_after)
+        if wait is None:
+            from orchestrator.dagctl.showing import duration
+
+            raise FollowLost(
+                f"gave up on the orchestrator at {self.server} after "
+                f"{duration(GIVE_UP_AFTER)} without reaching it ({printable(why)})"
+            ) from exc
+        if first:
+            self.say(
+                f"dagctl: lost the orchestrator at {self.server} ({printable(why)}); trying "
+                "again, following on from the last event seen"
+            )
+        return wait
+
+    def answered(self) -> None:
+        self.reached = True
+        if self.outage.over():
+            self.say(f"dagctl: reached the orchestrator at {self.server} again")
+
+
+def _say_on(err: TextIO) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        err.write(line + "\n")
+        err.flush()
+
+    return say
+
+
+def follow(
+    client: Client, execution_id: str, stream: TextIO, err: TextIO | None = None
+) -> JSONObject:
     """Show a run's progress on ``stream`` until it ends; returns its final document.
 
     Live on a terminal (a table redrawn in place), else plain lines. Events come from the SSE
-    stream; when there is none, or it keeps breaking, the document is polled instead.
+    stream; when there is none, or it keeps breaking, the document is polled instead. An
+    orchestrator that stops answering (a restart) is tried again, said once on ``err``, and
+    FollowLost once it stayed away ``GIVE_UP_AFTER``.
     """
     from orchestrator.dagctl.showing import ProgressLines, RunProgress, ref
 
+    err = sys.stderr if err is None else err
     progress = RunProgress(execution_id)
     doc = client.get(f"/api/v1/executions/{_quote(execution_id)}")
-    if stream.isatty():
+    if stream.isatty() and not _dumb(stream):
         from rich.live import Live
+        from rich.text import Text
 
         progress.sync(doc)
+        console = _console(stream)
         with Live(
-            console=_console(stream),
-            get_renderable=lambda: _drawn(progress),
+            console=console,
+            get_renderable=lambda: _drawn(progress, console.height),
             refresh_per_second=8,
         ) as live:
-            final = _track(client, execution_id, doc, progress.apply, progress.sync)
+            # on the display's own terminal a note goes above the display, not through it
+            say = (lambda line: live.console.print(Text(line))) if err.isatty() else _say_on(err)
+            reconnecting = Reconnecting(client.server, say)
+            final = _track(client, execution_id, doc, progress.apply, progress.sync, reconnecting)
             progress.sync(final)
             live.refresh()
         return final
@@ -951,7 +1123,14 @@ def follow(client: Client, execution_id: str, stream: TextIO) -> JSONObject:
         doc,
         lines.event,
         lambda d: lines.changes(progress.sync(d), time.time()),
+        Reconnecting(client.server, _say_on(err)),
     )
+
+
+def _dumb(stream: TextIO) -> bool:
+    """A terminal that cannot move its cursor (TERM=dumb: an editor's shell, some CI logs),
+    where a live display would show nothing until the end: plain lines there."""
+    return _console(stream).is_dumb_terminal
 
 
 def _node_ids(doc: JSONObject) -> list[str]:
@@ -959,8 +1138,13 @@ def _node_ids(doc: JSONObject) -> list[str]:
     return list(nodes) if isinstance(nodes, dict) else []
 
 
-def _drawn(progress: RunProgress) -> RenderableType:
-    return progress.render(time.time())
+def _drawn(progress: RunProgress, height: int) -> RenderableType:
+    return progress.render(time.time(), height)
+
+
+def _seq(event: JSONObject) -> int | None:
+    seq = event.get("seq")
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 else None
 
 
 def _track(
@@ -969,6 +1153,7 @@ def _track(
     doc: JSONObject,
     on_event: Callable[[JSONObject], object],
     on_doc: Callable[[JSONObject], object],
+    reconnecting: Reconnecting,
 ) -> JSONObject:
     path = f"/api/v1/executions/{_quote(execution_id)}"
     if doc.get("status") in EXECUTION_TERMINAL:  # over already: its stored timeline
@@ -977,30 +1162,57 @@ def _track(
         return doc
     last_seq = 0
     broken = 0
-    while broken < STREAM_RETRIES:
+    ended = False  # its final event was seen: only its document is left to read
+    while broken < STREAM_RETRIES and not ended:
+        wait = POLL_INTERVAL
         try:
-            with closing(client.events({"execution": execution_id}, last_event_id=last_seq)) as ev:
+            with closing(
+                client.events(
+                    {"execution": execution_id},
+                    last_event_id=last_seq,
+                    opened=reconnecting.answered,
+                )
+            ) as ev:
                 for event in ev:
                     broken = 0
                     if event.get("type") == "subscriber.lagged":
                         on_event(event)
                         on_doc(client.get(path))  # catch up on what the stream dropped
                         continue
-                    seq = event.get("seq")
-                    if isinstance(seq, int) and not isinstance(seq, bool):
-                        last_seq = max(last_seq, seq)
-                    on_event(event)
                     ours = event.get("execution_id") == execution_id
+                    seq = _seq(event)
+                    if ours and seq is not None:
+                        if seq <= last_seq:
+                            continue  # told already, before a reconnect
+                        last_seq = seq
+                    on_event(event)
                     if ours and event.get("type") in TERMINAL_EVENTS:
+                        ended = True
                         return client.get(path)
             broken += 1  # the server closed the stream before the run ended
         except StreamUnavailable as exc:
             if exc.refusal is not None:
                 break
             broken += 1
-        time.sleep(POLL_INTERVAL)
+        except ApiError as exc:
+            if exc.code == "too_many_subscribers":
+                # no live stream to be had now: the document tells how the run goes
+                reconnecting.say(
+                    f"dagctl: {printable(exc.message)} (too_many_subscribers): following "
+                    "by polling, without log lines"
+                )
+                break
+            wait = reconnecting.failed(exc)
+        except Unreachable as exc:
+            wait = reconnecting.failed(exc)
+        time.sleep(wait)
     while True:
-        doc = client.get(path)
+        try:
+            doc = client.get(path)
+        except (Unreachable, ApiError) as exc:
+            time.sleep(reconnecting.failed(exc))
+            continue
+        reconnecting.answered()
         on_doc(doc)
         if doc.get("status") in EXECUTION_TERMINAL:
             return doc
@@ -1063,9 +1275,11 @@ def cmd_get(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
 def cmd_describe(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
     from orchestrator.dagctl import showing
 
+    if args.resource == "execution" and args.version is not None:
+        raise BadArguments("describe execution takes no --version (only describe workflow does)")
     if args.resource == "workflow":
         path = f"/api/v1/workflows/{_quote(args.id)}"
-        if args.version:
+        if args.version is not None:
             path += f"/versions/{_quote(args.version)}"
         workflow = client.get(path)
         if args.output == "json":
@@ -1139,8 +1353,9 @@ def cmd_events(args: argparse.Namespace, client: Client, out: TextIO, err: TextI
     execution_id = args.execution
     if execution_id:
         execution_id = str(_execution(client, execution_id).get("id"))
+    reconnecting = Reconnecting(client.server, _say_on(err), reached=bool(execution_id))
     try:
-        with closing(_live(client, args.workflow, execution_id)) as live:
+        with closing(_live(client, args.workflow, execution_id, reconnecting)) as live:
             for event in live:
                 show(event)
                 if (
@@ -1150,7 +1365,16 @@ def cmd_events(args: argparse.Namespace, client: Client, out: TextIO, err: TextI
                 ):
                     break  # the run is over: nothing more will come
     except KeyboardInterrupt:
-        pass
+        err.write("\n")
+        return EXIT_INTERRUPTED  # as run --wait left with Ctrl-C
+    except FollowLost as exc:
+        goes_on = (
+            f"the run goes on (dagctl describe execution {printable(execution_id)})"
+            if execution_id
+            else "runs go on (dagctl events -f again once it is back)"
+        )
+        err.write(f"dagctl: {exc}; {goes_on}\n")
+        return EXIT_LOST
     return EXIT_OK
 
 
@@ -1172,23 +1396,34 @@ def _stored_events(client: Client, execution_id: str) -> Generator[JSONObject, N
 
 
 def _live(
-    client: Client, workflow: str | None, execution_id: str | None
+    client: Client,
+    workflow: str | None,
+    execution_id: str | None,
+    reconnecting: Reconnecting,
 ) -> Generator[JSONObject, None, None]:
-    """The live stream, reopened when it breaks (from the last event seen, for one run)."""
+    """The live stream, reopened when it breaks or the orchestrator is away for a while
+    (from the last event seen, for one run: events of all runs carry no seq to resume from)."""
     last_seq = 0
     while True:
+        wait = 1.0
         try:
             query = {"workflow": workflow, "execution": execution_id}
-            with closing(client.events(query, last_event_id=last_seq)) as stream:
+            with closing(
+                client.events(query, last_event_id=last_seq, opened=reconnecting.answered)
+            ) as stream:
                 for event in stream:
-                    seq = event.get("seq")
-                    if execution_id and isinstance(seq, int) and not isinstance(seq, bool):
-                        last_seq = max(last_seq, seq)
+                    seq = _seq(event)
+                    if execution_id and seq is not None:
+                        if seq <= last_seq:
+                            continue  # told already, before a reconnect
+                        last_seq = seq
                     yield event
         except StreamUnavailable as exc:
             if exc.refusal is not None:
                 raise exc.refusal from None
-        time.sleep(1.0)
+        except (Unreachable, ApiError) as exc:
+            wait = reconnecting.failed(exc)
+        time.sleep(wait)
 
 
 def cmd_cancel(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
@@ -1281,13 +1516,25 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Client, TextIO, TextIO], int]]
 }
 
 
+LISTINGS: Final = frozenset({"get", "describe", "events"})
+"""Commands whose outcome is their output alone: when its reader leaves (``| head``), they
+stop, and that is no failure."""
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        _tolerant(stream)
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     settings = Settings.from_env(os.environ if env is None else env)
     out, err = sys.stdout, sys.stderr
+    listing = args.command in LISTINGS or getattr(args, "action", None) == "history"
+    if not listing and args.command != "up":
+        # what it does (and its exit code) does not depend on anyone reading what it says
+        out = ReaderMayLeave.around(out)
     try:
         if args.command == "up":
             settings.check_token()  # it registers the examples with it
@@ -1303,6 +1550,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         client = Client(settings.server, settings.token, tls=settings.tls())
         return COMMANDS[args.command](args, client, out, err)
     except BadArguments as exc:
+        if not isinstance(exc, Unusable):
+            usage = getattr(args, "usage", parser.format_usage)
+            err.write(usage())
         err.write(f"dagctl: {exc}\n")
         return EXIT_USAGE
     except DagctlError as exc:
@@ -1311,5 +1561,70 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except KeyboardInterrupt:
         err.write("\n")
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # `dagctl events -f | head`
+    except BrokenPipeError:  # `dagctl get executions | head`: the reader had what it wanted
+        _leave_stdout()
         return EXIT_OK
+
+
+def _tolerant(stream: TextIO) -> None:
+    """Characters the stream's encoding lacks (PYTHONIOENCODING=ascii, LC_ALL=C) written as
+    escapes, where Python would stop with a traceback at a workflow's non-ASCII name."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(errors="backslashreplace")
+        except (ValueError, OSError):
+            pass
+
+
+def _leave_stdout() -> None:
+    """Point standard output at /dev/null: its reader is gone, and the interpreter's own
+    flush of what is left at exit would fail too ("Exception ignored ... BrokenPipeError")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError):
+        pass  # no file descriptor under it (a test's capture): nothing to flush at exit
+
+
+class ReaderMayLeave:
+    """Standard output for a command whose outcome is more than its output (``run --wait``,
+    ``apply``): when its reader leaves (``dagctl run X --wait | head -1``) it goes on to the
+    end, its writes dropped, and exits with its own code, not a closed pipe's 0."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self.gone = False
+
+    @classmethod
+    def around(cls, out: TextIO) -> TextIO:
+        # it quacks as the TextIO it wraps: write, flush, and the rest passed through
+        return cast("TextIO", cls(out))
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self._out.write(text)
+            except BrokenPipeError:
+                self._left()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._out.flush()
+            except BrokenPipeError:
+                self._left()
+
+    def isatty(self) -> bool:
+        return self._out.isatty()
+
+    def _left(self) -> None:
+        self.gone = True
+        _leave_stdout()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._out, name)

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TextIO
+from typing import Final, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rich.cells import cell_len
@@ -416,6 +416,22 @@ def _subworkflow_message(kind: str, data: JSONObject) -> str:
     return f"{ended}: {data['error']}" if data.get("error") else ended
 
 
+def _trigger_message(kind: str, data: JSONObject) -> str:
+    """Which trigger, which slot (or hook path), and what came of it: the run it started, or
+    why none (a run still going, a refusal, slots missed while down)."""
+    slot = data.get("scheduled_time")
+    which = f"{text_of(data.get('trigger_id'))} " + (
+        f"slot {text_of(slot)}" if slot else f"POST {text_of(data.get('path'))}"
+    )
+    run = short_id(data.get("execution_id"))
+    if kind == "trigger.fired":
+        return f"{which}: run {run}" if run else which
+    why = slot_reason(data) or ""
+    if kind == "trigger.skipped" and run:
+        why += f" ({run})"
+    return f"{which}: {why}" if why else which
+
+
 def event_message(event: JSONObject) -> str:
     """The few words that say what an event means, on one line: its control characters,
     newlines and tabs escaped."""
@@ -438,6 +454,14 @@ def _event_message(event: JSONObject) -> str:
         return f"missed {data.get('missed')} events (the stream fell behind)"
     if kind.startswith("subworkflow."):
         return _subworkflow_message(kind, data)
+    if kind.startswith("trigger."):
+        return _trigger_message(kind, data)
+    resumed = data.get("resumed")
+    if kind == "execution.started" and isinstance(resumed, list) and resumed:
+        return f"resumed, {len(resumed)} node{'s' if len(resumed) != 1 else ''} done already"
+    if kind == "node.started" and resumed is True:
+        left = data.get("remaining_s")
+        return "resumed" + (f", {duration(left)} left" if isinstance(left, int | float) else "")
     if data.get("error"):
         return text_of(data.get("error"))
     if kind == "node.skipped":
@@ -581,21 +605,34 @@ class RunProgress:
             elif what == "succeeded":
                 node.detail = ""
 
-    def render(self, now: float) -> RenderableType:
+    def render(self, now: float, height: int | None = None) -> RenderableType:
+        """The header, a bar and a row per node, in ``height`` lines when given: a run with
+        more nodes than that shows its failed and running ones, then how many more are in
+        each state (a row per node of 10,000, 8 times a second, is seconds of CPU a second,
+        and a table no terminal shows)."""
         with self.lock:
             total = len(self.nodes)
-            done = self.done_count()
+            counts: dict[str, int] = {}
+            for node in self.nodes.values():
+                counts[node.status] = counts.get(node.status, 0) + 1
+            done = sum(counts.get(state, 0) for state in NODE_DONE)
             head = Text.assemble(
                 (self.workflow or "execution", "bold"),
                 "  ",
-                (short_id(self.execution_id, 12), "dim"),
+                # the whole id: what cancel and describe take (its tail alone is ambiguous)
+                (printable(self.execution_id), "dim"),
                 "  ",
                 styled(self.status),
                 f"  {done}/{total} nodes",
                 f"  {span(self.started_at, self.finished_at, now)}",
             )
+            rows = None if height is None else max(height - ROWS_AROUND, MIN_ROWS)
+            shown: Iterable[tuple[str, NodeProgress]] = self.nodes.items()
+            rest = ""
+            if rows is not None and total > rows:
+                shown, rest = self._foremost(rows - 1, counts)
             table = _table("", "NODE", "STATE", "ATTEMPT", "TIME", "DETAIL")
-            for node_id, node in self.nodes.items():
+            for node_id, node in shown:
                 table.add_row(
                     STATE_MARKS.get(node.status, " "),
                     printable(node_id),
@@ -608,7 +645,41 @@ class RunProgress:
             top = _Table.grid(padding=(0, 2))
             top.add_row(head)
             top.add_row(ProgressBar(total=max(total, 1), completed=done, width=40))
+            if rest:
+                return Group(top, table, Text(rest, style="dim"))
             return Group(top, table)
+
+    def _foremost(
+        self, rows: int, counts: dict[str, int]
+    ) -> tuple[list[tuple[str, NodeProgress]], str]:
+        """Up to ``rows`` nodes worth a row (failed first, then running, in the run's order)
+        and a line counting the others by state."""
+        picked: list[tuple[str, NodeProgress]] = []
+        for wanted in FOREMOST:
+            if counts.get(wanted, 0) and len(picked) < rows:
+                for item in self.nodes.items():
+                    if item[1].status == wanted:
+                        picked.append(item)
+                        if len(picked) >= rows:
+                            break
+        left = dict(counts)
+        for _, node in picked:
+            left[node.status] -= 1
+        hidden = sum(left.values())
+        states = sorted(((n, s) for s, n in left.items() if n), key=lambda ns: (-ns[0], ns[1]))
+        if not states:
+            return picked, ""
+        if len(states) == 1:
+            return picked, f"... {hidden:,} more {states[0][1]}"
+        return picked, f"... {hidden:,} more: " + ", ".join(f"{n:,} {s}" for n, s in states)
+
+
+ROWS_AROUND: Final = 5
+"""Lines of a terminal the live display leaves to its header, bar, table heading, the line
+counting the nodes not shown, and the cursor's line."""
+MIN_ROWS: Final = 3
+FOREMOST: Final = ("failed", "running")
+"""Node states shown first when not every node fits."""
 
 
 class ProgressLines:

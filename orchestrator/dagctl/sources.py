@@ -8,7 +8,8 @@ it in its own words and goes on with the rest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -28,16 +29,27 @@ class SpecSource:
     data: bytes = b""
     error: OSError | None = None
     """Why it could not be read (then ``data`` is empty)."""
+    is_json: bool = field(init=False, default=False)
+    """Read as JSON: a ``.json`` file, or standard input that parses as JSON (a leading
+    ``{`` is no sign: flow-style YAML, ``{id: x, nodes: [...]}``, begins with one too)."""
 
     def __post_init__(self) -> None:
         if self.data.startswith(BOM):
             object.__setattr__(self, "data", self.data[len(BOM) :])
-
-    @property
-    def is_json(self) -> bool:
         if self.name == STDIN_NAME:
-            return self.data.lstrip().startswith(b"{")
-        return self.name.lower().endswith(".json")
+            object.__setattr__(self, "is_json", _parses_as_json(self.data))
+        else:
+            object.__setattr__(self, "is_json", self.name.lower().endswith(".json"))
+
+
+def _parses_as_json(data: bytes) -> bool:
+    if not data.lstrip().startswith((b"{", b"[")):
+        return False  # not worth parsing: no spec in JSON begins otherwise
+    try:
+        json.loads(data)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both
+        return False
+    return True
 
 
 def spec_sources(names: list[str], stdin: BinaryIO) -> list[SpecSource]:

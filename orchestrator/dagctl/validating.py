@@ -13,6 +13,7 @@ from engine.core.errors import SpecError, SpecProblem
 from engine.core.spec import ExternalChecks, WorkflowSpec
 from engine.documents import parse_text
 from orchestrator.checking import registration_checks
+from orchestrator.dagctl.calling import printable
 from orchestrator.dagctl.sources import SpecSource
 from orchestrator.lua_checking import LuaSyntaxChecker
 
@@ -40,13 +41,13 @@ def validate_files(sources: list[SpecSource], out: TextIO, err: TextIO) -> int:
             try:
                 spec = check_source(source, checks)
             except SpecError as exc:
-                err.write(f"{exc}\n")
+                # a file's name may hold any byte but /: shown escaped, as server text is
+                err.write(f"{printable(str(exc))}\n")
                 invalid += 1
                 continue
             count = len(spec.nodes)
-            out.write(
-                f"{source.name}: {spec.ref} is valid ({count} node{'s' if count != 1 else ''})\n"
-            )
+            nodes = f"{count} node{'s' if count != 1 else ''}"
+            out.write(f"{printable(source.name)}: {printable(spec.ref)} is valid ({nodes})\n")
     finally:
         checker.close()
     return 2 if invalid else 0

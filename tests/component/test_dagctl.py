@@ -762,7 +762,8 @@ async def test_run_refusals_are_printed_with_their_details(
         "  - inputs.bad: Additional properties are not allowed",
     ]
     usage = await dagctl(fake, "run", "hello", "--input", "oops")
-    assert (usage.code, usage.err) == (2, "dagctl: --input 'oops': expected key=value\n")
+    assert usage.code == 2 and usage.err.startswith("usage: dagctl run ")
+    assert usage.err.endswith("\ndagctl: --input 'oops': expected key=value\n")
 
 
 class Terminal(io.StringIO):
@@ -1094,7 +1095,10 @@ async def test_refused_arguments_never_reach_the_server(
     ):
         result = await dagctl(fake, *argv, **env)
         assert result.code == 2, argv
-        assert len(result.err.strip().splitlines()) in (1, 2), result.err  # argparse: usage too
+        said = result.err.strip().splitlines()
+        # the usage (but where the variable is at fault), then one line naming what is wrong
+        assert said[0].startswith("usage: dagctl ") or len(said) == 1, result.err
+        assert said[-1].startswith("dagctl"), result.err
         assert "Traceback" not in result.err
     assert fake.requests == []
     listed = await dagctl(fake, "get", "executions", "--limit", "5")
