@@ -232,7 +232,18 @@ class SubWorkflows:
             return
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        """A spawned call is over: one that raised what it does not expect (a channel closed
+        under it as its engine was dropped) is logged here, not left for the garbage collector
+        to report as never retrieved, long after and without its context."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("a sub-workflow call failed: %s", exc, exc_info=exc)
 
     def _node_ended(self, parent_id: str, event: JSONObject) -> None:
         """A waiting node gave up on an attempt (failed, timed out, retrying, cancelled): the

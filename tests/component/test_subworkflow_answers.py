@@ -260,3 +260,28 @@ async def test_closing_ends_the_tries_and_leaves_nothing_pending() -> None:
     tried = len(engine.finals)
     await asyncio.sleep(0.05)
     assert len(engine.finals) == tried
+
+
+async def test_a_call_that_raises_what_it_does_not_expect_is_logged_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Closed(Engine):
+        async def ResolveSubWorkflow(
+            self, request: pb.ResolveSubWorkflowRequest, timeout: float
+        ) -> pb.ResolveSubWorkflowResponse:
+            if request.WhichOneof("result") is not None:
+                # a channel closed under the call as its engine was dropped
+                raise RuntimeError("Cannot invoke RPC on closed channel!")
+            return await super().ResolveSubWorkflow(request, timeout)
+
+    engine = Closed()
+    h = Harness(engine)
+    h.request("call")
+    await until("the announcement", lambda: len(engine.taken) == 1)
+    h.child_ends("child-1")
+    await until("the answer's call to end", lambda: not h.coordinator._tasks)
+    failed = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in failed] == [
+        "a sub-workflow call failed: Cannot invoke RPC on closed channel!"
+    ]
+    assert failed[0].exc_info is not None
