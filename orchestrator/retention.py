@@ -3,7 +3,8 @@
 What is old is decided here, purely (``cutoff``); the store does the SQL. A sweep deletes
 root executions that ended before the cutoff, each with the sub-workflow runs below it, a
 batch of about ``BATCH`` executions per transaction, so the writers waiting meanwhile are held
-up for one small transaction at a time. A tree with a run still going is left whole.
+up for one small transaction at a time. A tree with a run still going is left whole, and so
+is one younger than its idempotency key's 24 hours (``Store.delete_finished``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Final
 
 from engine.core.events import isoformat
 from orchestrator.errors import StoreUnavailable
-from orchestrator.store import Store
+from orchestrator.store import Store, SweepMark
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ BATCH: Final = 500
 SWEEP_EVERY: Final = 600.0
 FIRST_SWEEP_AFTER: Final = 60.0
 """Seconds after start: once the runs that were going are taken up again."""
+PROGRESS_EVERY: Final = 10.0
+"""Seconds between the lines a long sweep logs while it goes on."""
 
 
 def cutoff(now: float, retention: float) -> float | None:
@@ -44,25 +47,45 @@ class Retention:
         *,
         clock: Callable[[], float] = time.time,
         batch: int = BATCH,
+        progress_every: float = PROGRESS_EVERY,
     ) -> None:
         self._store = store
         self._retention = retention
         self._clock = clock
         self._batch = batch
+        self._progress_every = progress_every
 
     async def sweep(self) -> int:
         """Delete everything old at this moment, batch by batch; returns how many runs."""
-        before = cutoff(self._clock(), self._retention)
+        now = self._clock()
+        before = cutoff(now, self._retention)
         if before is None:
             return 0
         deleted = 0
+        began = told = time.monotonic()
+        mark: SweepMark | None = None
         while True:
-            count = await self._store.delete_finished(before, self._batch)
-            deleted += count
-            if count < self._batch:
+            swept = await self._store.delete_finished(before, self._batch, now=now, after=mark)
+            deleted += swept.deleted
+            if swept.resume is None:
                 break
+            mark = swept.resume
+            if time.monotonic() - told >= self._progress_every:
+                # a backlog (retention turned on, or shortened) takes minutes: show it moving
+                told = time.monotonic()
+                log.info(
+                    "deleting executions finished before %s: %d so far, up to those created at %s",
+                    isoformat(before),
+                    deleted,
+                    isoformat(mark.created_at),
+                )
         if deleted:
-            log.info("deleted %d executions finished before %s", deleted, isoformat(before))
+            log.info(
+                "deleted %d executions finished before %s in %.1f s",
+                deleted,
+                isoformat(before),
+                time.monotonic() - began,
+            )
         return deleted
 
     async def run(self) -> None:

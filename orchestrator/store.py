@@ -224,6 +224,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     CREATE INDEX executions_by_status ON executions (status, created_at);
     """,
+    # a listing by workflow and status walked every run of the workflow for the few of that
+    # status (seconds at a few hundred thousand runs, on the one reader thread); retention
+    # deleted each batch's idempotency keys by scanning them all
+    """
+    CREATE INDEX executions_by_workflow_status ON executions (workflow_id, status, created_at);
+    CREATE INDEX idempotency_by_execution ON idempotency (execution_id);
+    """,
 )
 
 
@@ -285,7 +292,17 @@ def migrate(conn: sqlite3.Connection) -> int:
     current = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if current > len(MIGRATIONS):
         raise _newer(current)
+    if 0 < current < len(MIGRATIONS):
+        # an index built over a large table takes a while (about a second per million runs),
+        # and the orchestrator answers nothing meanwhile: say why it is slow to start
+        log.info(
+            "migrating the state database from schema %d to %d: new indexes over a large "
+            "file take a few seconds",
+            current,
+            len(MIGRATIONS),
+        )
     for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        began = time.monotonic()
         conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in script.split(";"):
@@ -296,7 +313,7 @@ def migrate(conn: sqlite3.Connection) -> int:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        log.info("state database migrated to schema %d", number)
+        log.info("state database migrated to schema %d in %.1f s", number, time.monotonic() - began)
     return len(MIGRATIONS)
 
 
@@ -309,6 +326,8 @@ class _Job:
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     durable: bool
+    writes: bool
+    """It writes even if it changes no row (``Store.probe``)."""
 
 
 # SQLite's primary result codes for "the database cannot be used just now", as opposed to a
@@ -362,17 +381,21 @@ class _Worker:
         self._group = group
         self.trouble: str | None = None
         """Why the last job failed, when the database could not be used for it; None once a
-        job succeeds again. Set on the worker's thread, read on the loop's."""
+        job succeeds again (on the writer: one that wrote, as a read passes on a full disk).
+        Set on the worker's thread, read on the loop's."""
         self._synced = False
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
-        """Run ``fn`` on the worker's connection; ``durable``: its commit is fsynced."""
+    async def run(
+        self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = False, writes: bool = False
+    ) -> T:
+        """Run ``fn`` on the worker's connection; ``durable``: its commit is fsynced;
+        ``writes``: it writes though it changes no row (else rows changed tell)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(fn, future, loop, durable))
+        self._jobs.put(_Job(fn, future, loop, durable, writes))
         return await future
 
     def stop(self) -> None:
@@ -399,18 +422,26 @@ class _Worker:
             # a caller that stopped waiting before its job began does not get it run
             batch = [job for job in batch if not job.future.cancelled()]
             if batch:
-                results = self._commit(batch) if self._group else self._each(batch)
-                self._note_trouble(results)
+                if self._group:
+                    results, wrote = self._commit(batch)
+                else:
+                    results = self._each(batch)
+                    wrote = any(ok for _, ok, _ in results)
+                self._note_trouble(results, wrote)
                 self._send(results)
             if stopping:
                 return
 
-    def _note_trouble(self, results: list[tuple[_Job, bool, Any]]) -> None:
+    def _note_trouble(self, results: list[tuple[_Job, bool, Any]], wrote: bool) -> None:
+        """``wrote``: something of the batch is stored. Only that clears a trouble: reads
+        (and writes that changed nothing) commit on a full disk as well, and would have the
+        log say it takes writes again, dozens of times a second, while it takes none."""
         trouble = next(
             (str(v) for _, ok, v in results if not ok and isinstance(v, StoreUnavailable)), None
         )
-        if trouble is None and not any(ok for _, ok, _ in results):
-            return  # only refused statements: they say nothing of the database's health
+        if trouble is None and not wrote:
+            # only refused statements or reads: they say nothing of the database's health
+            return
         if trouble is not None and self.trouble is None:
             log.error("%s", trouble)
         elif trouble is None and self.trouble is not None:
@@ -437,9 +468,11 @@ class _Worker:
                 results.append((job, False, _classify(exc)))
         return results
 
-    def _commit(self, batch: list[_Job]) -> list[tuple[_Job, bool, Any]]:
+    def _commit(self, batch: list[_Job]) -> tuple[list[tuple[_Job, bool, Any]], bool]:
+        """Each job's result, and whether the commit stored anything."""
         conn = self._conn
         results: list[tuple[_Job, bool, Any]] = []
+        wrote = False
         durable = any(job.durable for job in batch)
         try:
             if durable != self._synced:
@@ -448,6 +481,7 @@ class _Worker:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
                 conn.execute("SAVEPOINT job")
+                changes = conn.total_changes
                 try:
                     value = job.fn(conn)
                 except Exception as exc:
@@ -462,6 +496,7 @@ class _Worker:
                 else:
                     conn.execute("RELEASE job")
                     results.append((job, True, value))
+                    wrote = wrote or job.writes or conn.total_changes != changes
             conn.execute("COMMIT")
         except Exception as exc:
             # the commit itself failed (disk full, I/O error): nothing of this batch is stored
@@ -471,9 +506,9 @@ class _Worker:
                 except sqlite3.Error:
                     pass  # SQLite rolled back already (it does on a full disk or I/O error)
             failure = _classify(exc)
-            return [(job, False, failure) for job in batch]
+            return [(job, False, failure) for job in batch], False
         # only now, with the batch on disk, do callers learn their write happened
-        return results
+        return results, wrote
 
 
 # -- events in, rows out ------------------------------------------------------------------------
@@ -678,13 +713,18 @@ class ExecutionPage(list[JSONObject]):
         self.cut = cut
 
 
-def listing_sql(*, workflow: bool, status: bool, before: bool) -> str:
+def listing_sql(*, workflow: bool, status: bool, before: bool, before_gone: bool = False) -> str:
     """The listing query, newest first, with a ``?`` for each filter given (``before``, then
-    ``workflow``, then ``status``) and the limit. A workflow filter searches its own index
-    (``+status`` keeps SQLite, which has no statistics here, from taking the status index
-    instead: a rare workflow would then be looked for among every run of a common status)."""
+    ``workflow``, then ``status``) and the limit. Each combination of filters searches an index
+    of its own (``test_store``'s plans), so no listing walks runs it does not show.
+    ``before_gone``: ``before`` names a run that is no longer stored, and takes three ``?``
+    (``gone_bounds``) in place of one."""
     clauses: list[str] = []
-    if before:
+    if before_gone:
+        # the order's key as the id tells it (its creation to the millisecond, then the id):
+        # within that millisecond, runs fall on either side by id rather than by their row
+        clauses.append("created_at < ? AND (created_at < ? OR id < ?)")
+    elif before:
         # keyset paging: the order's own key, so pages neither skip nor repeat a run
         clauses.append(
             "(created_at, rowid) < (SELECT created_at, rowid FROM executions WHERE id = ?)"
@@ -692,12 +732,32 @@ def listing_sql(*, workflow: bool, status: bool, before: bool) -> str:
     if workflow:
         clauses.append("workflow_id = ?")
     if status:
-        clauses.append("+status = ?" if workflow else "status = ?")
+        clauses.append("status = ?")
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     return (
         f"SELECT {_EXECUTION_COLUMNS} FROM executions{where}"
         " ORDER BY created_at DESC, rowid DESC LIMIT ?"
     )
+
+
+_EARLIEST_ID_MS: Final = 1_577_836_800_000
+"""2020-01-01 in milliseconds: ids that read as earlier were not made with their time first."""
+
+
+def gone_bounds(execution_id: str, now: float) -> tuple[float, float, str] | None:
+    """Where a listing ``before`` a run no longer stored (deleted by retention) goes on: the
+    arguments of ``listing_sql(before_gone=True)``, from the creation time its id starts with
+    (``orchestrating.new_execution_id``: 12 hex digits of milliseconds, then 20 random). None
+    for an id not made so, or whose time is not one a stored run can have (ids of the first
+    releases were random): nothing tells where such a run stood."""
+    if len(execution_id) != 32 or execution_id.strip("0123456789abcdef"):
+        return None
+    millis = int(execution_id[:12], 16)
+    if not _EARLIEST_ID_MS <= millis <= (now + 86_400) * 1000:  # a day of clock skew at most
+        return None
+    # created_at is read just after the id is made: within the same millisecond but for a
+    # stall of the thread between the two
+    return ((millis + 1) / 1000, millis / 1000, execution_id)
 
 
 def page_continues(found: Sequence[JSONObject], limit: int) -> bool:
@@ -1073,7 +1133,8 @@ class Store:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             conn.execute(f"PRAGMA user_version = {int(version)}")
 
-        await self._writer.run(write, durable=True)
+        # the pragma changes no row, yet its commit writes page 1: proof that writes pass
+        await self._writer.run(write, durable=True, writes=True)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)
@@ -1299,18 +1360,31 @@ class Store:
         max_bytes: int = LIST_PAGE_BYTES,
     ) -> ExecutionPage | None:
         """Newest first; with ``before``, those created before that execution (None when there
-        is no such execution). At most ``limit`` rows, and none past the first that would take
-        them past ``max_bytes`` (``page_continues`` tells whether rows may follow)."""
-        sql = listing_sql(
-            workflow=workflow_id is not None, status=status is not None, before=before is not None
-        )
-        args = [a for a in (before, workflow_id, status) if a is not None]
+        is no such execution, unless its id tells when it was made: ``gone_bounds``). At most
+        ``limit`` rows, and none past the first that would take them past ``max_bytes``
+        (``page_continues`` tells whether rows may follow)."""
+        filters = [a for a in (workflow_id, status) if a is not None]
 
         def read(conn: sqlite3.Connection) -> ExecutionPage | None:
+            gone = False
+            args: list[Any] = filters
             if before is not None:
                 known = conn.execute("SELECT 1 FROM executions WHERE id = ?", (before,))
                 if known.fetchone() is None:
-                    return None
+                    # deleted by retention while its caller paged: the next page goes on from
+                    # where it stood, as the runs around it are being deleted too
+                    bounds = gone_bounds(before, time.time())
+                    if bounds is None:
+                        return None
+                    gone, args = True, [*bounds, *filters]
+                else:
+                    args = [before, *filters]
+            sql = listing_sql(
+                workflow=workflow_id is not None,
+                status=status is not None,
+                before=before is not None,
+                before_gone=gone,
+            )
             rows: list[JSONObject] = []
             size = 0
             cursor = conn.execute(sql, (*args, limit))
@@ -1708,61 +1782,123 @@ class Store:
 
     # -- retention --------------------------------------------------------------------------
 
-    async def delete_finished(self, before: float, limit: int) -> int:
+    async def delete_finished(
+        self, before: float, limit: int, *, now: float, after: SweepMark | None = None
+    ) -> Swept:
         """Delete root executions that ended before ``before`` (epoch seconds), each with
         every run below it, their event batches and idempotency keys, in one transaction of
         about ``limit`` executions (whole trees: one may take it past). A tree any of whose
-        runs has not ended is left whole. Returns the executions deleted: fewer than
-        ``limit`` once nothing more is old. Trigger history keeps its rows, which may then
-        name a run that is gone."""
+        runs has not ended is left whole, and so is one whose idempotency key is younger than
+        ``IDEMPOTENCY_WINDOW`` at ``now``: a repeat of its request gets it for the 24 hours
+        promised, however short the retention. Looks at runs created past ``after`` (where
+        the sweep's last transaction stopped), and at a few times ``limit`` of them at most,
+        so runs kept are looked at once a sweep and no transaction holds the writer long.
+        Trigger history keeps its rows, which may then name a run that is gone."""
         finished_before = isoformat(before)
+        keyed_since = now - IDEMPOTENCY_WINDOW
+        start = after if after is not None else SweepMark(float("-inf"), -1)
+        scan = limit * _SCAN_PER_DELETE
 
-        def write(conn: sqlite3.Connection) -> int:
+        def write(conn: sqlite3.Connection) -> Swept:
             doomed: list[str] = []
-            # created_at bounds the scan through executions_by_time: a run ends after it is
-            # created, so only rows older than the cutoff are looked at, and with retention on
-            # those are the ones about to go (and the few trees still running)
-            roots = conn.execute(
-                "SELECT id FROM executions WHERE created_at < ?"
-                f" AND parent_execution_id IS NULL AND status IN {_TERMINAL_SQL}"
-                " AND finished_at IS NOT NULL AND finished_at < ? ORDER BY created_at",
-                (before, finished_before),
-            )
-            try:
-                for (root,) in roots:
-                    tree = conn.execute(_TREE, (root,)).fetchall()
-                    if all(status in EXECUTION_TERMINAL for _, status in tree):
-                        doomed.extend(str(execution_id) for execution_id, _ in tree)
-                        if len(doomed) >= limit:
-                            break
-            finally:
-                roots.close()
-            if not doomed:
-                return 0
-            ids = _dumps(list(doomed))
-            conn.execute(
-                "DELETE FROM event_batches WHERE execution_id IN (SELECT value FROM json_each(?))",
-                (ids,),
-            )
-            # one scan of idempotency per batch: keys live a day, so the table stays small
-            conn.execute(
-                "DELETE FROM idempotency WHERE execution_id IN (SELECT value FROM json_each(?))",
-                (ids,),
-            )
-            conn.execute(
-                "DELETE FROM executions WHERE id IN (SELECT value FROM json_each(?))", (ids,)
-            )
-            return len(doomed)
+            mark = start
+            # created_at bounds the walk along executions_by_time, oldest first: a run ends
+            # after it is created, so only rows older than the cutoff are looked at. Every
+            # filter is read off the row (``retention_sql``), none searched by: an index on
+            # status would take over the plan and sort what it found (a second a batch at a
+            # million runs)
+            rows = conn.execute(
+                retention_sql(),
+                (
+                    finished_before,
+                    keyed_since,
+                    keyed_since,
+                    before,
+                    start.created_at,
+                    start.row,
+                    scan,
+                ),
+            ).fetchall()
+            for execution_id, row, created_at, eligible in rows:
+                mark = SweepMark(float(created_at), int(row))
+                if not eligible:
+                    continue
+                tree = conn.execute(_TREE, (execution_id,)).fetchall()
+                if not all(status in EXECUTION_TERMINAL for _, status, _ in tree):
+                    continue
+                ids = [str(member) for member, _, _ in tree]
+                if len(ids) > 1 and max(at for _, _, at in tree) >= keyed_since:
+                    keyed = conn.execute(
+                        "SELECT 1 FROM idempotency WHERE created_at >= ? AND execution_id IN"
+                        " (SELECT value FROM json_each(?)) LIMIT 1",
+                        (keyed_since, _dumps(list(ids))),
+                    ).fetchone()
+                    if keyed is not None:
+                        continue
+                doomed.extend(ids)
+                if len(doomed) >= limit:
+                    break
+            # a walk that stopped short of its scan reached the cutoff: nothing old is left
+            resume = mark if len(doomed) >= limit or len(rows) >= scan else None
+            if doomed:
+                ids_json = _dumps(list(doomed))
+                for table, column in (
+                    ("event_batches", "execution_id"),
+                    ("idempotency", "execution_id"),
+                    ("executions", "id"),
+                ):
+                    conn.execute(
+                        f"DELETE FROM {table} WHERE {column} IN (SELECT value FROM json_each(?))",
+                        (ids_json,),
+                    )
+            return Swept(len(doomed), resume)
 
         return await self._writer.run(write)
+
+
+_SCAN_PER_DELETE: Final = 4
+"""Runs one retention transaction looks at, per run it may delete: bounds the time it holds
+the writer when most old runs are kept (a backlog of runs younger than their key's 24 h)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SweepMark:
+    """The last run a retention transaction looked at, by the order it walks in."""
+
+    created_at: float
+    row: int
+
+
+@dataclass(frozen=True, slots=True)
+class Swept:
+    """What one retention transaction did."""
+
+    deleted: int
+    resume: SweepMark | None
+    """Where the sweep's next transaction goes on; None: no run old enough is left past it."""
+
+
+def retention_sql() -> str:
+    """The runs a retention transaction looks at, oldest first, with whether each may go (a
+    root that ended before the cutoff, without a live idempotency key): ``?`` for the cutoff
+    as ISO text, the start of the key window twice, the cutoff, the mark's created_at and
+    rowid, and the most rows to look at."""
+    return (
+        "SELECT id, rowid, created_at, parent_execution_id IS NULL"
+        f" AND status IN {_TERMINAL_SQL} AND finished_at IS NOT NULL AND finished_at < ?"
+        " AND (created_at < ? OR NOT EXISTS (SELECT 1 FROM idempotency k"
+        " WHERE k.execution_id = executions.id AND k.created_at >= ?))"
+        " FROM executions WHERE created_at < ? AND (created_at, rowid) > (?, ?)"
+        " ORDER BY created_at, rowid LIMIT ?"
+    )
 
 
 # an execution and every run below it (children, their children, ...), with their statuses;
 # UNION, not UNION ALL: a row seen twice ends the walk instead of looping
 _TREE: Final = (
-    "WITH RECURSIVE tree(id, status) AS ("
-    " SELECT id, status FROM executions WHERE id = ?"
-    " UNION SELECT e.id, e.status FROM executions e JOIN tree t"
+    "WITH RECURSIVE tree(id, status, created_at) AS ("
+    " SELECT id, status, created_at FROM executions WHERE id = ?"
+    " UNION SELECT e.id, e.status, e.created_at FROM executions e JOIN tree t"
     " ON e.parent_execution_id = t.id)"
-    " SELECT id, status FROM tree"
+    " SELECT id, status, created_at FROM tree"
 )

@@ -107,9 +107,8 @@ async def test_an_old_finished_tree_goes_whole_with_its_events_and_a_recent_one_
     assert rows(store, "executions", "id") == ["recent", "recent-child"]
     assert set(rows(store, "event_batches")) == {"recent", "recent-child"}
     assert len(rows(store, "event_batches")) == 6  # queued, started, succeeded of each
-    assert [r.getMessage() for r in caplog.records] == [
-        f"deleted 3 executions finished before {isoformat(NOW - RETENTION)}"
-    ]
+    [said] = [r.getMessage() for r in caplog.records]
+    assert said.startswith(f"deleted 3 executions finished before {isoformat(NOW - RETENTION)} in ")
     # nothing more is old: a second sweep deletes nothing and says nothing
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="orchestrator.retention"):
@@ -148,7 +147,13 @@ async def test_more_than_a_batch_goes_over_several_transactions(store: Store) ->
         await run(store, f"old-{i}", T0 + i)
     before = cutoff(NOW, RETENTION)
     assert before is not None
-    assert [await store.delete_finished(before, 3) for _ in range(4)] == [3, 3, 1, 0]
+    mark = None
+    counts = []
+    for _ in range(3):
+        swept = await store.delete_finished(before, 3, now=NOW, after=mark)
+        counts.append(swept.deleted)
+        mark = swept.resume
+    assert counts == [3, 3, 1] and mark is None  # the last one found the end
     assert rows(store, "executions", "id") == []
     # a sweep goes on batch by batch until nothing old is left
     for i in range(7):
@@ -196,3 +201,71 @@ def test_a_bad_execution_retention_is_refused_naming_it(value: str) -> None:
         "EXECUTION_RETENTION must be a duration such as 30d, 12h, 90m or 45s, or 0 for none, "
         f"got {value!r}"
     )
+
+
+async def test_a_run_with_an_idempotency_key_stays_its_24_hours_whatever_the_retention(
+    store: Store,
+) -> None:
+    """A repeat of a keyed request (an ``Idempotency-Key``, a signed hook delivery) within
+    24 hours gets the run it made, as promised, even when retention is shorter."""
+    hour = 3600.0
+    await run(store, "keyed", NOW - 2 * hour, key="k")
+    await run(store, "keyed-long-ago", NOW - 25 * hour, key="k-old")
+    await run(store, "unkeyed", NOW - 2 * hour)
+    await run(store, "keyed-tree", NOW - 1.5 * hour, key="k-tree")
+    await run(store, "keyed-tree-child", NOW - 1.5 * hour + 1, parent="keyed-tree")
+    assert await retention(store, keep=hour).sweep() == 2
+    assert rows(store, "executions", "id") == ["keyed", "keyed-tree", "keyed-tree-child"]
+    again, created = await store.create_execution(
+        execution_id="repeat",
+        workflow_id="wf",
+        version="1.0.0",
+        inputs={},
+        pinned={},
+        created_at=NOW,
+        node_ids=["a"],
+        first_event=event("repeat", 1, "execution.queued", NOW),
+        idempotency_key="k",
+    )
+    assert (again, created) == ("keyed", False)
+    # once its 24 hours are over, it goes as any other
+    later = Retention(store, hour, clock=lambda: NOW - 2 * hour + DAY + 1)
+    assert await later.sweep() == 1
+    assert rows(store, "executions", "id") == ["keyed-tree", "keyed-tree-child"]
+
+
+async def test_a_sweep_looks_at_runs_it_keeps_once_and_in_bounded_transactions(
+    store: Store,
+) -> None:
+    hour = 3600.0
+    for i in range(20):  # a backlog of runs kept for their keys, older than the cutoff
+        await run(store, f"keyed-{i:02}", NOW - 20 * hour + i, key=f"k{i}")
+    await run(store, "after-them", NOW - 2 * hour)
+    before = cutoff(NOW, hour)
+    assert before is not None
+    # one transaction looks at a few times its batch, not at the whole backlog
+    first = await store.delete_finished(before, 2, now=NOW)
+    assert first.deleted == 0 and first.resume is not None
+    assert first.resume.created_at < NOW - 10 * hour
+    # the sweep goes on from where each transaction stopped, to the run past them all
+    assert await retention(store, keep=hour, batch=2).sweep() == 1
+    assert "after-them" not in rows(store, "executions", "id")
+
+
+async def test_a_long_sweep_says_how_far_it_got_as_it_goes(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i in range(5):
+        await run(store, f"old-{i}", T0 + i)
+    every_batch = Retention(store, RETENTION, clock=lambda: NOW, batch=2, progress_every=0)
+    with caplog.at_level(logging.INFO, logger="orchestrator.retention"):
+        assert await every_batch.sweep() == 5
+    said = [r.getMessage() for r in caplog.records]
+    old = isoformat(NOW - RETENTION)
+    assert said[:2] == [
+        f"deleting executions finished before {old}: 2 so far, up to those created at "
+        f"{isoformat(T0 + 1)}",
+        f"deleting executions finished before {old}: 4 so far, up to those created at "
+        f"{isoformat(T0 + 3)}",
+    ]
+    assert said[2].startswith(f"deleted 5 executions finished before {old} in ")
