@@ -594,9 +594,13 @@ class Execution:
         )
 
     def _add_run_output(self, size: int) -> bool:
-        """Count an output toward the run's; False once they add up past ``run_output_bytes``."""
+        """Count an output toward the run's; False, and not counted, when it would take them
+        past ``run_output_bytes``: a refused output is not kept, so the nodes after it (a
+        failure handler's small one) are held to what the run does carry."""
+        if self._output_bytes + size > self._run_output_bytes:
+            return False
         self._output_bytes += size
-        return self._output_bytes <= self._run_output_bytes
+        return True
 
     def _too_much_run_output(
         self, node_id: str, item: int | None, attempt: int, now: float

@@ -89,6 +89,7 @@ from typing import Any, Final, Protocol
 
 import lupa.lua54 as lupa
 
+from engine.core.jsontext import escaped_length
 from engine.core.values import JSON, JSONObject
 from engine.lua.prelude import PRELUDE, PRELUDE_NAME
 
@@ -223,7 +224,8 @@ class LuaOutcome:
     """Which limit stopped the run, when one did: instructions, wall_time, deadline,
     cancelled, memory or pattern (a match refused as too costly)."""
     size: int = 0
-    """Bytes of the output's JSON text (0 for expressions and failures)."""
+    """Bytes of the output's JSON text as the wire carries it, escaped to ASCII (0 for
+    expressions and failures)."""
 
 
 @dataclass(frozen=True)
@@ -547,7 +549,9 @@ class LuaSandbox:
         logs = _pairs(_read_json(log_json, 0)[0]) if log_json is not None else []
         if status == "ok":
             output: JSON = payload if task.expression else _read_json(payload, 0)[0]
-            size = 0 if task.expression else len(payload)
+            # measured as the wire carries it (escaped to ASCII), the measure of the bounds
+            # on a foreach node's and a run's outputs
+            size = 0 if task.expression else escaped_length(payload)
             elapsed = time.perf_counter() - started
             return LuaOutcome(True, output, None, None, logs, elapsed, size=size)
         if status == "error" or status == "pattern":
@@ -817,12 +821,22 @@ def _withheld(message: str, line: int | None, code: str) -> str:
 def _tail_call_line(message: str, code: str) -> int | None:
     """The line of a library call that failed as a tail call (``return json.decode(body)``):
     Lua reuses the script's frame for it, so no frame is left to say where. The one line of
-    the script that calls that function, when only one does."""
+    the script that calls that function by its name, outside a comment, when only one does
+    and nothing names it otherwise (``local decode = json.decode`` may call it anywhere)."""
     found = _LIBRARY_ERROR.match(message)
     if found is None:
         return None
-    lines = [n for n, text in enumerate(code.splitlines(), 1) if found[1] in text]
-    return lines[0] if len(lines) == 1 else None
+    name = found[1]
+    # a call: name(...), name"...", name'...' or name{...}
+    call = re.compile(re.escape(name) + r"""\s*[("'{]""")
+    calls, named = [], False
+    for number, text in enumerate(code.splitlines(), 1):
+        text = text.split("--", 1)[0]
+        if call.search(text):
+            calls.append(number)
+        elif name in text:
+            named = True
+    return calls[0] if len(calls) == 1 and not named else None
 
 
 def _clamp(line: int | None, code: str, expression: bool) -> int | None:

@@ -817,6 +817,10 @@ def test_json_functions_report_where(sandbox: LuaSandbox, code: str, error: str)
         ("local s = '{'\nreturn json.decode(s)", 2),
         ("return json.encode({f = print})", 1),
         ("local s = '['\nlocal ok = json.decode('[]')\nreturn json.decode(s)", None),
+        # named otherwise than in a call: the call that failed may be anywhere
+        ("local decode = json.decode\nlocal s = '{'\nreturn decode(s)", None),
+        ("local s = '{' -- json.decode(s) below\nreturn json['decode'](s)", None),
+        ("-- parse it\nlocal s = '{'\nreturn json.decode (s)", 3),
     ],
 )
 def test_a_json_call_failing_as_a_tail_call_names_its_line_when_one_line_calls_it(

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from engine import wire
 from engine.core.builder import Workflow
 from engine.core.events import Event, isoformat
 from engine.core.values import JSONObject
@@ -249,6 +250,54 @@ async def test_a_resumed_run_counts_the_outputs_it_was_resumed_with(pool: LuaPoo
         completed_bytes=1000,
     )
     assert within["status"] == "succeeded"
+
+
+async def test_outputs_count_as_the_wire_carries_them_escaped_to_ascii(pool: LuaPool) -> None:
+    """1,000 Cyrillic letters are 6,002 bytes in a resume message (each one \\uXXXX): the same
+    measure in place as after a failover, where the message's own text is counted."""
+    spec = {
+        "nodes": [
+            {"id": "a", "lua": "return string.rep('\u0436', 1000)"},
+            {"id": "b", "depends_on": ["a"], "lua": "return string.rep('x', 400)"},
+        ]
+    }
+    in_place, _ = await run(spec, pool, None, run_output_bytes=6300)
+    assert in_place["nodes"]["b"]["error"] == RUN_CAP_ERROR.replace("2500", "6300")
+    output = "\u0436" * 1000
+    resumed, _ = await run(
+        spec,
+        pool,
+        None,
+        run_output_bytes=6300,
+        completed={"a": output},
+        completed_bytes=len(wire.dumps(output)),
+    )
+    assert resumed["nodes"]["b"]["error"] == in_place["nodes"]["b"]["error"]
+    fits, _ = await run(spec, pool, None, run_output_bytes=6500)  # 6,002 and 402
+    assert fits["status"] == "succeeded"
+
+
+async def test_an_output_refused_for_the_run_bound_is_not_counted_against_later_ones(
+    pool: LuaPool,
+) -> None:
+    doc, _ = await run(
+        {
+            "nodes": [
+                {"id": "big", "lua": "return string.rep('x', 1000)"},
+                {"id": "big2", "depends_on": ["big"], "lua": "return string.rep('y', 1500)"},
+                {
+                    "id": "notify",
+                    "depends_on": ["big2"],
+                    "trigger_rule": "one_failed",
+                    "lua": "return {sent = true}",
+                },
+            ]
+        },
+        pool,
+        run_output_bytes=2500,
+    )
+    assert doc["nodes"]["big2"]["error"] == RUN_CAP_ERROR
+    assert doc["nodes"]["notify"]["status"] == "succeeded", doc["nodes"]["notify"]
 
 
 async def test_a_foreach_over_children_counts_their_outputs_toward_the_bound(

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.core.jsontext import DuplicateKey, RefusedJson, dumps, loads, loads_sent
+from engine.core.jsontext import (
+    DuplicateKey,
+    RefusedJson,
+    dumps,
+    escaped_length,
+    loads,
+    loads_sent,
+)
 from engine.core.values import JSON
 
 
@@ -95,3 +102,16 @@ json_values = st.recursive(
 def test_every_json_value_round_trips(value: JSON) -> None:
     assert loads(dumps(value)) == value
     assert loads_sent(dumps(value)) == value
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+        max_leaves=20,
+    )
+)
+def test_escaped_length_is_the_length_dumps_writes(value: JSON) -> None:
+    # what the Lua encoder writes (UTF-8, unescaped) measured as the wire carries it
+    unescaped = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    assert escaped_length(unescaped) == len(dumps(value))
