@@ -493,6 +493,7 @@ class LuaSandbox:
         finally:
             self._runtime.set_max_memory(0)
             self._task = None
+            self._collect_garbage()
         try:
             return self._outcome(task, status, payload, line, log_json, started)
         except Exception as error:
@@ -622,6 +623,18 @@ class LuaSandbox:
         if time.monotonic() > self._deadline:
             return self._deadline_code
         return None
+
+    def _collect_garbage(self) -> None:
+        """After a run that left its heap well above where it started (a script stopped or
+        failed after building tens of megabytes, or one that built them and returned little),
+        collect now: Lua's incremental collector runs as scripts allocate, so an idle worker
+        would keep a run's worth of garbage, up to the memory limit, for good."""
+        cap = self._memory_cap
+        if cap is None:
+            return
+        started_with = cap - self.limits.memory
+        if self._runtime.get_memory_used() > started_with + GARBAGE_KEPT:
+            self._runtime.gccollect()
 
     def _memory(self, on: bool) -> None:
         """Arms (with the cap this run started with) or lifts the memory limit."""
@@ -796,6 +809,8 @@ _WITHHELD_FIELDS: Final = {
     for name in names
 }
 _NIL_NAME: Final = re.compile(r"attempt to (?:call|index) a nil value \((global|field) '(\w+)'\)$")
+GARBAGE_KEPT: Final = 8 * 1024 * 1024
+"""Bytes of a run's garbage a runtime may keep past the run without a full collection."""
 _LIBRARY_ERROR: Final = re.compile(r"((?:json|string|table|math|utf8|os)\.\w+): ")
 _OFFERED: Final = "string, table, math, utf8, coroutine, json, log, print and os.time/date/clock"
 

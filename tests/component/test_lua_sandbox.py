@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from engine.core.values import JSON, JSONObject
 from engine.lua import MISSING, LuaLimits, LuaOutcome, LuaSandbox, LuaSyntaxProblem, LuaTask
 from engine.lua import check_syntax as module_check_syntax
+from engine.lua.sandbox import GARBAGE_KEPT
 
 LIMITS = LuaLimits(instructions=2_000_000, memory=8 * 1024 * 1024)
 
@@ -1247,3 +1248,21 @@ def test_compiled_chunks_are_kept_within_a_size_not_only_a_count() -> None:
     kept = sandbox._compiled  # what the cache holds stays under its byte bound
     assert sum(len(entry.code) for entry in kept.values()) <= 8 * 1024 * 1024
     assert len(kept) < 20 and "big-19" in kept
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        "error('gave up')",  # failed
+        "while true do end",  # stopped by its instruction budget
+        "return 1",  # built a lot, returned little
+    ],
+)
+def test_a_run_that_leaves_tens_of_megabytes_of_garbage_does_not_keep_them(end: str) -> None:
+    # an idle worker would otherwise hold a run's worth of garbage, up to the memory limit
+    roomy = LuaSandbox(LuaLimits(instructions=20_000_000, memory=64 * 1024 * 1024))
+    run(roomy, "return 1")
+    baseline = roomy._runtime.get_memory_used()
+    code = f"local t = {{}} for i = 1, 30 do t[i] = string.rep('x', 1000000 + i) end {end}"
+    run(roomy, code)
+    assert roomy._runtime.get_memory_used() < baseline + GARBAGE_KEPT
