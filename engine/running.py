@@ -132,10 +132,11 @@ class Execution:
         first_seq: int = 1,
         foreach_output_bytes: int = FOREACH_OUTPUT_BYTES,
         run_output_bytes: int = RUN_OUTPUT_BYTES,
-        completed_bytes: int = 0,
+        carried_bytes: int = 0,
     ) -> None:
-        """``completed_bytes``: the JSON bytes of ``completed``'s outputs, counted toward
-        ``run_output_bytes`` as outputs made here are."""
+        """``carried_bytes``: what the run's request carries already (its spec, inputs and
+        ``completed``'s outputs, ``wire.RunOrder``), counted toward ``run_output_bytes`` as
+        outputs made here are."""
         self.spec = spec
         self.id = execution_id or uuid.uuid4().hex
         self.engine_id = engine_id
@@ -163,7 +164,7 @@ class Execution:
         self._item_bytes: dict[str, int] = {}  # foreach node -> bytes of its items' outputs
         self._foreach_output_bytes = foreach_output_bytes
         self._run_output_bytes = run_output_bytes
-        self._output_bytes = completed_bytes  # of every output made, items' included
+        self._output_bytes = carried_bytes  # of every output made, items' included
         self._backlog: list[sch.Stimulus] = []
         self._feeding = False
         self._broken: Exception | None = None
@@ -610,7 +611,8 @@ class Execution:
             node_id,
             item,
             attempt,
-            f"the outputs of this run add up to over {limit} bytes, the most one run carries "
+            f"the outputs of this run, with its inputs and spec, add up to over {limit} bytes, "
+            "the most one run carries "
             "(RUN_OUTPUT_BYTES): a run resumed on another engine takes them all in one message",
             now,
             retryable=False,

@@ -444,7 +444,7 @@ class EngineService(pb_grpc.EngineServicer):
             first_seq=order.first_seq,
             foreach_output_bytes=settings.foreach_output_bytes,
             run_output_bytes=settings.run_output_bytes,
-            completed_bytes=order.completed_bytes,
+            carried_bytes=order.carried_bytes,
         )
         self._runs[execution.id] = execution
         self._idle.clear()

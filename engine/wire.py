@@ -112,8 +112,9 @@ class RunOrder:
     by (node id, foreach item or None, attempt). One map, as ``Run(sleeping=...)`` takes it."""
     started_at: float | None
     """When the run first started (unix seconds), if it did before it came here."""
-    completed_bytes: int = 0
-    """The JSON bytes of ``completed``'s outputs, as they came."""
+    carried_bytes: int = 0
+    """What the request carries besides what the run makes from here: its spec, its inputs
+    and ``completed``'s outputs, as they came (the run's share of a resume message)."""
 
 
 def run_order(
@@ -143,7 +144,9 @@ def run_order(
     if parent_execution_id is not None and not _EXECUTION_ID.fullmatch(parent_execution_id):
         problems.append(FieldProblem("parent_execution_id", _not_an_id(parent_execution_id)))
     completed: dict[str, JSON] = {}
-    completed_bytes = 0
+    # a resume message carries these as well: counted from the start, a fresh run and a
+    # resumed one are held to the same bound (a large inputs_json leaves less for outputs)
+    carried_bytes = len(request.spec) + len(request.inputs_json)
     ended: dict[str, tuple[str, str | None]] = {}
     attempts: dict[str, int] = {}
     for i, node in enumerate(request.completed):
@@ -162,7 +165,7 @@ def run_order(
         # a success took one attempt at least; a blocked or skipped node took none
         attempts[node.node_id] = max(node.attempts, 1 if status == "succeeded" else 0)
         if status == "succeeded":
-            completed_bytes += len(node.output_json)
+            carried_bytes += len(node.output_json)
             completed[node.node_id] = _json_field(
                 node.output_json, where + ".output_json", problems, empty=None
             )
@@ -321,7 +324,7 @@ def run_order(
         first_seq=request.first_seq or 1,
         sleeping=waits,
         started_at=request.started_at or None,
-        completed_bytes=completed_bytes,
+        carried_bytes=carried_bytes,
     )
 
 

@@ -18,9 +18,9 @@ import json
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import grpc
 
@@ -157,8 +157,26 @@ def _node_ids(events: list[JSONObject]) -> dict[str, None]:
     return {str(e["node_id"]): None for e in events if e.get("node_id") is not None}
 
 
+RESUME_ERROR_BYTES: Final = 4 * 1024 * 1024
+"""Most characters of ended nodes' errors a resume request carries: the engine bounds outputs,
+spec and inputs (``RUN_OUTPUT_BYTES``) within the message's 64 MiB, leaving 8 MiB for the rest;
+each error is at most 16 KiB, but thousands of failed nodes would take the message past it.
+Past this each is cut to an equal share (the stored events keep them whole)."""
+_CUT_MARK: Final = " [cut to fit the resume message]"
+
+
+def _resume_errors(checkpoints: Sequence[Checkpoint]) -> list[str]:
+    errors = [c.error or "" for c in checkpoints]
+    total = sum(len(e) for e in errors)
+    if total <= RESUME_ERROR_BYTES:
+        return errors
+    share = max(256, RESUME_ERROR_BYTES // sum(1 for e in errors if e)) - len(_CUT_MARK)
+    return [e if len(e) <= share else e[:share] + _CUT_MARK for e in errors]
+
+
 def execute_request(ticket: RunTicket) -> pb.ExecuteRequest:
     """The engine's request for a run: started, or resumed from what its ticket carries."""
+    errors = _resume_errors(ticket.checkpoints)
     request = pb.ExecuteRequest(
         execution_id=ticket.execution_id,
         spec=ticket.spec_json,
@@ -169,9 +187,9 @@ def execute_request(ticket: RunTicket) -> pb.ExecuteRequest:
                 output_json=wire.dumps(c.output) if c.status == "succeeded" else "",
                 attempts=c.attempts,
                 status=c.status,
-                error=c.error or "",
+                error=error,
             )
-            for c in ticket.checkpoints
+            for c, error in zip(ticket.checkpoints, errors, strict=True)
         ],
         first_seq=ticket.next_seq,
         sleeping=[
@@ -538,7 +556,7 @@ class Dispatcher:
                     "error",
                     "a message of this run is larger than engines and orchestrator exchange "
                     f"({wire.MAX_MESSAGE_BYTES // (1024 * 1024)} MiB: {exc.details()}): "
-                    "its node outputs, taken together, are too big",
+                    "its spec, inputs and node outputs, taken together, are too big",
                 )
                 return "finished"
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.dispatching import Dispatcher
+from orchestrator.dispatching import RESUME_ERROR_BYTES, Dispatcher, RunTicket, execute_request
+from orchestrator.timeline import Checkpoint
 
 
 class NoEngines:
@@ -135,3 +136,20 @@ async def test_workflows_take_turns_for_free_engines() -> None:
     dispatcher.pump()
     assert started[4:] == ["r1", "a3", "a5", "a6"]
     assert dispatcher.queue_depth == 0 and dispatcher._turns == {}
+
+
+def test_a_resume_carries_thousands_of_errors_cut_to_fit_its_message() -> None:
+    """4,500 failed nodes of 16 KiB errors would take a resume past 64 MiB with outputs near
+    their bound: each error is cut to a share of RESUME_ERROR_BYTES (stored events keep them
+    whole); a few long ones, or many short ones, go as they are."""
+    failed = [Checkpoint(f"n{i}", None, 1, "failed", "e" * 16_384) for i in range(4500)] + [
+        Checkpoint("ok", {"v": 1}, 1)
+    ]
+    ticket = RunTicket("0" * 32, "wf", "1.0.0", "{}", {}, "running", checkpoints=failed)
+    errors = [c.error for c in execute_request(ticket).completed]
+    assert sum(map(len, errors)) <= RESUME_ERROR_BYTES
+    assert all(e.endswith(" [cut to fit the resume message]") for e in errors[:-1])
+    assert all(e.startswith("e" * 800) for e in errors[:-1]) and errors[-1] == ""
+    few = [Checkpoint(f"n{i}", None, 1, "failed", "e" * 16_384) for i in range(10)]
+    ticket = RunTicket("0" * 32, "wf", "1.0.0", "{}", {}, "running", checkpoints=few)
+    assert [c.error for c in execute_request(ticket).completed] == ["e" * 16_384] * 10

@@ -190,7 +190,8 @@ async def test_a_foreach_whose_outputs_add_up_past_the_limit_fails(pool: LuaPool
 
 
 RUN_CAP_ERROR = (
-    "the outputs of this run add up to over 2500 bytes, the most one run carries "
+    "the outputs of this run, with its inputs and spec, add up to over 2500 bytes, "
+    "the most one run carries "
     "(RUN_OUTPUT_BYTES): a run resumed on another engine takes them all in one message"
 )
 
@@ -233,7 +234,7 @@ async def test_a_resumed_run_counts_the_outputs_it_was_resumed_with(pool: LuaPoo
         pool,
         run_output_bytes=2500,
         completed={"a": "y" * 1998},
-        completed_bytes=2000,
+        carried_bytes=2000,
     )
     assert doc["nodes"]["a"]["status"] == "succeeded"
     assert doc["nodes"]["b"]["error"] == RUN_CAP_ERROR
@@ -247,7 +248,7 @@ async def test_a_resumed_run_counts_the_outputs_it_was_resumed_with(pool: LuaPoo
         pool,
         run_output_bytes=2500,
         completed={"a": "y" * 998},
-        completed_bytes=1000,
+        carried_bytes=1000,
     )
     assert within["status"] == "succeeded"
 
@@ -270,7 +271,7 @@ async def test_outputs_count_as_the_wire_carries_them_escaped_to_ascii(pool: Lua
         None,
         run_output_bytes=6300,
         completed={"a": output},
-        completed_bytes=len(wire.dumps(output)),
+        carried_bytes=len(wire.dumps(output)),
     )
     assert resumed["nodes"]["b"]["error"] == in_place["nodes"]["b"]["error"]
     fits, _ = await run(spec, pool, None, run_output_bytes=6500)  # 6,002 and 402

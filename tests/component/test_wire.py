@@ -440,3 +440,15 @@ async def test_health_list_answers_every_service_with_its_status() -> None:
         }
     finally:
         await server.stop(0)
+
+
+def test_what_a_request_carries_counts_toward_the_run_output_bound() -> None:
+    """A resume message carries the spec, the inputs and the completed outputs: all count from
+    the start, so a run is held to the same bound fresh or resumed (a large inputs_json leaves
+    less room for outputs)."""
+    inputs = '{"blob":"' + "x" * 5000 + '"}'
+    fresh = order(inputs_json=inputs)
+    assert fresh.carried_bytes == len(SPEC) + len(inputs)
+    done = pb.CompletedNode(node_id="a", output_json='{"v":"' + "y" * 300 + '"}', attempts=1)
+    resumed = order(inputs_json=inputs, completed=[done])
+    assert resumed.carried_bytes == len(SPEC) + len(inputs) + len(done.output_json)

@@ -124,7 +124,8 @@ async def test_a_run_whose_outputs_add_up_past_what_a_resume_carries_fails_at_th
         again = doc["nodes"]["again"]
         assert again["status"] == "failed"
         assert re.fullmatch(
-            rf"item \d+: the outputs of this run add up to over {48 * 1024 * 1024} bytes, the "
+            rf"item \d+: the outputs of this run, with its inputs and spec, add up to over "
+            rf"{48 * 1024 * 1024} bytes, the "
             r"most one run carries \(RUN_OUTPUT_BYTES\): a run resumed on another engine takes "
             r"them all in one message",
             again["error"],
