@@ -1051,17 +1051,25 @@ class Reconnecting:
         why = exc.reason if isinstance(exc, Unreachable) else f"{exc.status} {exc.code}"
         first = self.outage.since is None
         wait = self.outage.next_try(self.clock(), retry_after)
+        # a full server answers: it is there, with no live stream free
+        full = isinstance(exc, ApiError) and exc.code == "too_many_subscribers"
         if wait is None:
             from orchestrator.dagctl.showing import duration
 
+            without = "a live stream from it" if full else "reaching it"
             raise FollowLost(
                 f"gave up on the orchestrator at {self.server} after "
-                f"{duration(GIVE_UP_AFTER)} without reaching it ({printable(why)})"
+                f"{duration(GIVE_UP_AFTER)} without {without} ({printable(why)})"
             ) from exc
         if first:
+            lost = (
+                f"no live stream free at the orchestrator at {self.server}"
+                if full
+                else f"lost the orchestrator at {self.server}"
+            )
             self.say(
-                f"dagctl: lost the orchestrator at {self.server} ({printable(why)}); trying "
-                "again, following on from the last event seen"
+                f"dagctl: {lost} ({printable(why)}); trying again, following on from the "
+                "last event seen"
             )
         return wait
 

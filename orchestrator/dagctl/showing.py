@@ -539,8 +539,10 @@ class RunProgress:
             if doc.get("workflow_id"):
                 self.workflow = ref(doc)
             status = text_of(doc.get("status")) or self.status
-            if status != self.status:
-                changes.append(("execution", status))
+            moved = status != self.status
+            if moved and status not in EXECUTION_TERMINAL:
+                changes.append(("execution", status))  # a start comes before its nodes'
+            if moved:
                 self.status = status
             self.started_at = doc.get("started_at") or self.started_at
             self.finished_at = doc.get("finished_at") or self.finished_at
@@ -560,6 +562,8 @@ class RunProgress:
                 node.finished_at = node_doc.get("finished_at") or node.finished_at
                 if node_doc.get("error"):
                     node.detail = text_of(node_doc.get("error"))
+            if moved and status in EXECUTION_TERMINAL:
+                changes.append(("execution", status))  # an end after its nodes' ends
         return changes
 
     def apply(self, event: JSONObject) -> None:

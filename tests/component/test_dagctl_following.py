@@ -193,8 +193,8 @@ async def test_events_follow_waits_out_busy_streams_as_asked(
     assert kinds[0] == "execution.queued" and kinds[-1] == "execution.succeeded"
     assert kinds.count("node.succeeded") == 4
     assert result.err.splitlines() == [
-        f"dagctl: lost the orchestrator at {restartable.url} (503 too_many_subscribers); "
-        "trying again, following on from the last event seen",
+        f"dagctl: no live stream free at the orchestrator at {restartable.url} "
+        "(503 too_many_subscribers); trying again, following on from the last event seen",
         f"dagctl: reached the orchestrator at {restartable.url} again",
     ]
     opened = restartable.requested("GET", "/api/v1/events")

@@ -677,6 +677,15 @@ def test_durations() -> None:
 # -- a run's progress -----------------------------------------------------------------------
 
 
+def test_a_polled_document_tells_the_nodes_ends_before_the_runs() -> None:
+    progress = RunProgress("3f2a9c1e0b7d4e5f8a6b")
+    progress.sync({"status": "queued", "nodes": {"a": {"status": "pending"}}})
+    started = progress.sync({"status": "running", "nodes": {"a": {"status": "running"}}})
+    assert started == [("execution", "running"), ("a", "running")]
+    ended = progress.sync({"status": "failed", "nodes": {"a": {"status": "failed"}}})
+    assert ended == [("a", "failed"), ("execution", "failed")]
+
+
 def test_progress_folds_documents_and_events_in_any_order() -> None:
     eid = "3f2a9c1e0b7d4e5f8a6b"
     progress = RunProgress(eid)
