@@ -77,6 +77,19 @@ class HeldFolds:
         assert await asyncio.to_thread(self.started.acquire, True, 30)
 
 
+def counted_folds(served: Facade, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the runs whose document the store folds from here on, in order."""
+    folds: list[str] = []
+    real = served.store.get_execution
+
+    async def counted(execution_id: str, **kwargs: Any) -> Any:
+        folds.append(execution_id)
+        return await real(execution_id, **kwargs)
+
+    monkeypatch.setattr(served.store, "get_execution", counted)
+    return folds
+
+
 async def get(url: str, timeout: float = 30) -> tuple[int, bytes]:
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
@@ -202,14 +215,7 @@ async def test_a_waited_repeat_and_a_sub_workflow_status_take_their_turn_too(
             monitor_event("keyed-large", 5, "execution.succeeded", data={"outputs": {"a": BIG}}),
         ],
     )
-    folds: list[str] = []
-    real = served.store.get_execution
-
-    async def counted(execution_id: str, **kwargs: Any) -> Any:
-        folds.append(execution_id)
-        return await real(execution_id, **kwargs)
-
-    monkeypatch.setattr(served.store, "get_execution", counted)
+    folds = counted_folds(served, monkeypatch)
     budget = served.orch.large_reads.budget
     async with served.orch.large_reads.hold(budget):  # another large read, being built
         calls = [
@@ -257,14 +263,7 @@ async def test_grpc_makes_a_large_reply_off_the_event_loop(
 async def test_a_cancel_of_a_large_finished_run_answers_whole_and_folds_it_once(
     served: Facade, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folds: list[str] = []
-    real = served.store.get_execution
-
-    async def counted(execution_id: str, **kwargs: Any) -> Any:
-        folds.append(execution_id)
-        return await real(execution_id, **kwargs)
-
-    monkeypatch.setattr(served.store, "get_execution", counted)
+    folds = counted_folds(served, monkeypatch)
     async with (
         aiohttp.ClientSession() as http,
         http.post(f"{served.url}/api/v1/executions/large/cancel", json={}) as resp,

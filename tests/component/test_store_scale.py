@@ -8,28 +8,16 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from engine.core.events import isoformat
 from engine.core.spec import parse_spec
 from orchestrator import store as store_module
 from orchestrator.orchestrating import new_execution_id
 from orchestrator.retention import Retention
 from orchestrator.store import MIGRATIONS, Store
 from orchestrator.versions import Registry
-from tests.component.monitor_events import monitor_event
-
-DAY = 86400.0
-NOW = 1_767_225_600.0 + 40 * DAY  # 2026-02-10
-SPEC = {"id": "wf", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}
-
-
-def event(execution_id: str, seq: int, kind: str, at: float, **data: Any) -> dict[str, Any]:
-    time = isoformat(at)
-    assert time is not None
-    return monitor_event(execution_id, seq, kind, time=time, data=data)
+from tests.component.test_retention import DAY, NOW, SPEC, event  # their clock and events
 
 
 @pytest.fixture
