@@ -322,26 +322,25 @@ def _positive(text: str) -> int:
     return value
 
 
+def _at_most(limit: int) -> Callable[[str], int]:
+    """An argument type: a whole number from 1 to ``limit`` (what the server gives at most)."""
+
+    def parse(text: str) -> int:
+        value = _positive(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit}, got {value}")
+        return value
+
+    return parse
+
+
 LIST_LIMIT: Final = 1000
 """The most executions ``get executions`` asks for: what the server gives at most."""
-
-
-def _list_limit(text: str) -> int:
-    value = _positive(text)
-    if value > LIST_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be at most {LIST_LIMIT}, got {value}")
-    return value
-
+_list_limit = _at_most(LIST_LIMIT)
 
 HISTORY_LIMIT: Final = 1000
 """The most slots ``trigger history`` asks for: what the server gives at most."""
-
-
-def _history_limit(text: str) -> int:
-    value = _positive(text)
-    if value > HISTORY_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be at most {HISTORY_LIMIT}, got {value}")
-    return value
+_history_limit = _at_most(HISTORY_LIMIT)
 
 
 DEFAULT_LIMIT: Final = 50
