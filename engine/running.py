@@ -208,9 +208,10 @@ class Execution:
         the node's retry policy may try again after this failure; ``size``: the output's bytes
         of JSON, counted toward a foreach node's as a script's are."""
         now = self._clock()
+        carried = self._in_list(node_id, item, size, self._item_bytes)
         if error is None and item is not None and not self._add_item_output(node_id, size):
             self.feed(self._too_much_output(node_id, item, attempt, now))
-        elif error is None and not self._add_run_output(size):
+        elif error is None and not self._add_run_output(carried):
             self.feed(self._too_much_run_output(node_id, item, attempt, now))
         elif error is None:
             self.feed(sch.TaskSucceeded(node_id, item, attempt, output, now))
@@ -534,9 +535,10 @@ class Execution:
             self._complete(stimuli)  # its end is the held stimulus's to tell
             self._note_wait(node_id, item, attempt, outcome.duration)
             return
+        carried = self._in_list(node_id, item, outcome.size, self._item_bytes)
         if outcome.ok and item is not None and not self._add_item_output(node_id, outcome.size):
             stimuli.append(self._too_much_output(node_id, item, attempt, now))
-        elif outcome.ok and not self._add_run_output(outcome.size):
+        elif outcome.ok and not self._add_run_output(carried):
             stimuli.append(self._too_much_run_output(node_id, item, attempt, now))
         elif outcome.ok:
             stimuli.append(sch.TaskSucceeded(node_id, item, attempt, outcome.value, now))
@@ -582,6 +584,14 @@ class Execution:
         total = self._item_bytes.get(node_id, 0) + size
         self._item_bytes[node_id] = total
         return total <= self._foreach_output_bytes
+
+    @staticmethod
+    def _in_list(node_id: str, item: int | None, size: int, counted: Mapping[str, int]) -> int:
+        """What an output adds to the run's as the wire carries it: an item's takes a comma in
+        its node's list, and the node's first item the list's brackets."""
+        if item is None:
+            return size
+        return size + 1 + (1 if node_id not in counted else 0)
 
     def _too_much_output(self, node_id: str, item: int, attempt: int, now: float) -> sch.TaskFailed:
         limit = self._foreach_output_bytes

@@ -166,12 +166,22 @@ _CUT_MARK: Final = " [cut to fit the resume message]"
 
 
 def _resume_errors(checkpoints: Sequence[Checkpoint]) -> list[str]:
+    """The ended nodes' errors as a resume carries them: whole while their UTF-8 (what the
+    message holds) comes to at most ``RESUME_ERROR_BYTES``, else each cut to an equal share."""
     errors = [c.error or "" for c in checkpoints]
-    total = sum(len(e) for e in errors)
-    if total <= RESUME_ERROR_BYTES:
+    sizes = [len(e.encode("utf-8", "surrogatepass")) for e in errors]
+    if sum(sizes) <= RESUME_ERROR_BYTES:
         return errors
-    share = max(256, RESUME_ERROR_BYTES // sum(1 for e in errors if e)) - len(_CUT_MARK)
-    return [e if len(e) <= share else e[:share] + _CUT_MARK for e in errors]
+    share = RESUME_ERROR_BYTES // sum(1 for size in sizes if size) - len(_CUT_MARK)
+    return [
+        e if size <= share else _cut_utf8(e, max(share, 0)) + _CUT_MARK
+        for e, size in zip(errors, sizes, strict=True)
+    ]
+
+
+def _cut_utf8(text: str, most: int) -> str:
+    """The longest start of ``text`` whose UTF-8 takes at most ``most`` bytes."""
+    return text.encode("utf-8", "surrogatepass")[:most].decode("utf-8", "ignore")
 
 
 def execute_request(ticket: RunTicket) -> pb.ExecuteRequest:

@@ -89,7 +89,7 @@ from typing import Any, Final, Protocol
 
 import lupa.lua54 as lupa
 
-from engine.core.jsontext import escaped_length
+from engine.core.jsontext import dumps, escaped_length
 from engine.core.values import JSON, JSONObject
 from engine.lua.prelude import PRELUDE, PRELUDE_NAME
 
@@ -550,9 +550,7 @@ class LuaSandbox:
         logs = _pairs(_read_json(log_json, 0)[0]) if log_json is not None else []
         if status == "ok":
             output: JSON = payload if task.expression else _read_json(payload, 0)[0]
-            # measured as the wire carries it (escaped to ASCII), the measure of the bounds
-            # on a foreach node's and a run's outputs
-            size = 0 if task.expression else escaped_length(payload)
+            size = 0 if task.expression else wire_length(payload, output)
             elapsed = time.perf_counter() - started
             return LuaOutcome(True, output, None, None, logs, elapsed, size=size)
         if status == "error" or status == "pattern":
@@ -833,6 +831,20 @@ def _withheld(message: str, line: int | None, code: str) -> str:
     return message
 
 
+_FLOAT_LIKE: Final = re.compile(r"[0-9][.eE]")
+
+
+def wire_length(payload: str, value: JSON) -> int:
+    """The length of an output's JSON as the wire carries it (``wire.dumps``), the measure of
+    the bounds on a foreach node's and a run's outputs, so a run is held to the same whether it
+    runs here or is resumed elsewhere. Lua's text differs from it in escaping non-ASCII (counted
+    exactly) and in writing floats (``1e+15`` against ``1000000000000000.0``): text that may
+    hold a float is encoded again and measured."""
+    if _FLOAT_LIKE.search(payload) is None:
+        return escaped_length(payload)
+    return len(dumps(value))
+
+
 def _tail_call_line(message: str, code: str) -> int | None:
     """The line of a library call that failed as a tail call (``return json.decode(body)``):
     Lua reuses the script's frame for it, so no frame is left to say where. The one line of
@@ -841,6 +853,8 @@ def _tail_call_line(message: str, code: str) -> int | None:
     found = _LIBRARY_ERROR.match(message)
     if found is None:
         return None
+    if "[[" in code or "[=" in code:
+        return None  # a long comment or string may name it: no line rather than a wrong one
     name = found[1]
     # a call: name(...), name"...", name'...' or name{...}
     call = re.compile(re.escape(name) + r"""\s*[("'{]""")

@@ -153,3 +153,14 @@ def test_a_resume_carries_thousands_of_errors_cut_to_fit_its_message() -> None:
     few = [Checkpoint(f"n{i}", None, 1, "failed", "e" * 16_384) for i in range(10)]
     ticket = RunTicket("0" * 32, "wf", "1.0.0", "{}", {}, "running", checkpoints=few)
     assert [c.error for c in execute_request(ticket).completed] == ["e" * 16_384] * 10
+
+
+def test_resume_errors_are_measured_in_the_bytes_the_message_holds() -> None:
+    """1,024 errors of 4,096 emoji: 4 Mi characters, but 16 MiB of UTF-8 in the message."""
+    emoji = "\U0001f600" * 4096
+    failed = [Checkpoint(f"n{i}", None, 1, "failed", emoji) for i in range(1024)]
+    ticket = RunTicket("0" * 32, "wf", "1.0.0", "{}", {}, "running", checkpoints=failed)
+    errors = [c.error for c in execute_request(ticket).completed]
+    assert sum(len(e.encode()) for e in errors) <= RESUME_ERROR_BYTES
+    assert all(e.startswith("\U0001f600" * 900) for e in errors)
+    assert all(e.endswith("\U0001f600 [cut to fit the resume message]") for e in errors)

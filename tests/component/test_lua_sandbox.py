@@ -822,6 +822,8 @@ def test_json_functions_report_where(sandbox: LuaSandbox, code: str, error: str)
         ("local decode = json.decode\nlocal s = '{'\nreturn decode(s)", None),
         ("local s = '{' -- json.decode(s) below\nreturn json['decode'](s)", None),
         ("-- parse it\nlocal s = '{'\nreturn json.decode (s)", 3),
+        # a long comment or string may name it too
+        ("--[[ usage:\n  json.decode(s)\n]]\nlocal s = '{'\nreturn json['decode'](s)", None),
     ],
 )
 def test_a_json_call_failing_as_a_tail_call_names_its_line_when_one_line_calls_it(

@@ -278,6 +278,34 @@ async def test_outputs_count_as_the_wire_carries_them_escaped_to_ascii(pool: Lua
     assert fits["status"] == "succeeded"
 
 
+@pytest.mark.parametrize(
+    ("lua", "value"),
+    [
+        # Lua writes 1e+15 where the wire writes 1000000000000000.0
+        ("local t = {} for i = 1, 1000 do t[i] = 1e15 end return t", [1e15] * 1000),
+        ("local t = {} for i = 1, 1000 do t[i] = 1/3 end return t", [1 / 3] * 1000),
+    ],
+)
+async def test_floats_count_as_the_wire_writes_them(pool: LuaPool, lua: str, value: Any) -> None:
+    carried = len(wire.dumps(value))
+    spec = {"nodes": [{"id": "a", "lua": lua}]}
+    tight, _ = await run(spec, pool, None, run_output_bytes=carried - 1)
+    assert tight["nodes"]["a"]["error"] == RUN_CAP_ERROR.replace("2500", str(carried - 1))
+    fits, _ = await run(spec, pool, None, run_output_bytes=carried)
+    assert fits["status"] == "succeeded"
+
+
+async def test_a_foreach_counts_toward_the_run_as_its_list_is_carried(pool: LuaPool) -> None:
+    """2,000 items of ``1`` are the list ``[1,1,...]`` on the wire: 4,001 bytes, commas and
+    brackets included, as a resume carrying the node counts it."""
+    carried = len(wire.dumps([1] * 2000))
+    spec = {"nodes": [{"id": "each", "foreach": list(range(2000)), "lua": "return 1"}]}
+    fits, _ = await run(spec, pool, None, run_output_bytes=carried)
+    assert fits["status"] == "succeeded"
+    tight, _ = await run(spec, pool, None, run_output_bytes=carried - 1)
+    assert tight["status"] == "failed"
+
+
 async def test_an_output_refused_for_the_run_bound_is_not_counted_against_later_ones(
     pool: LuaPool,
 ) -> None:
