@@ -103,11 +103,15 @@ fi
 exec {python} {engine}
 """
 
-# run_up as `dagctl up` runs it: in the main thread of a process of its own, its handlers set
+# run_up as `dagctl up` runs it: in the main thread of a process of its own, its handlers set,
+# started as from a terminal. A test runner started in the background by a shell without job
+# control has SIGINT and SIGQUIT ignored, which up (as nohup asks) would keep ignoring
 HARNESS = """
-import os, sys
+import os, signal, sys
 from pathlib import Path
 from orchestrator.dagctl.launching import RestartPolicy, run_up
+for stop in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM):
+    signal.signal(stop, signal.SIG_DFL)
 sys.exit(run_up(
     dict(os.environ), server="http://127.0.0.1:8080", token=None, engines=2, examples=False,
     python=sys.argv[1], cwd=Path.cwd(), out=sys.stdout, err=sys.stderr, start_timeout=60,
