@@ -64,6 +64,9 @@ sys.path.insert(0, str(ROOT))
 from engine.api import dagengine_pb2 as pb  # noqa: E402
 from engine.api import dagengine_pb2_grpc as pbg  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from whole_system import _serving  # noqa: E402  (a service's "serving" log line, once written)
+
 ITEM_BYTES = 900 * 1024
 TERMINAL = frozenset({"succeeded", "partial", "failed", "cancelled", "timed_out"})
 MAX_IN_FLIGHT = 40
@@ -286,17 +289,6 @@ WORKFLOWS: list[dict[str, Any]] = [
 ]
 
 # -- processes (as bench/whole_system.py starts them) --------------------------------------------
-
-
-def _serving(log: Path) -> dict[str, Any] | None:
-    if not log.exists():
-        return None
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("{") and '"serving"' in line:
-            record: dict[str, Any] = json.loads(line)
-            if record.get("event") == "serving":
-                return record
-    return None
 
 
 def start(
