@@ -265,13 +265,20 @@ async def main_async(args: argparse.Namespace) -> None:
                 "SELECT status, count(*) FROM executions"
                 " WHERE workflow_id = 'bench3' GROUP BY status"
             ).fetchall()
+            (every,) = conn.execute("SELECT count(*) FROM executions").fetchone()
             conn.close()
+            # what the runs take on disk, the WAL's pages not yet in the file included
+            size = sum(p.stat().st_size for p in tmp.glob("state.db*") if p.suffix != ".lock")
             rate = statistics.median(rates)
             print(
                 f"2. {args.burst} concurrent executions  {rate:8.0f} executions/s"
                 f"   target >= 500/s: {'met' if rate >= 500 else 'MISSED'}"
             )
             print(f"   in the store: {dict(stored)}")
+            print(
+                f"   state database: {size / every / 1024:.1f} KB a run"
+                f" ({every} runs, {size / 2**20:.0f} MB with its WAL)"
+            )
             runs = args.burst * args.repeat
             print(
                 "   CPU per execution: "
