@@ -16,7 +16,7 @@ Store API commits each run on its own and would take minutes for 200,000.
 Then the store is opened again and the real ``orchestrator.retention.Retention`` sweeps once
 with a retention of ``--days`` (batches of ``BATCH`` runs, each a transaction on the store's
 writer), while a probe makes a small durable write through the same store every 20 ms
-(``create_execution`` of a new run, as ``POST /executions`` does). The probe runs alone for a
+(``create_execution`` of a new run, as a trigger stores one). The probe runs alone for a
 few seconds first, for its latency without a sweep.
 
 Prints the runs deleted, the sweep's seconds and runs per second, the probe's p50/p99/max
