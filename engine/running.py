@@ -208,13 +208,9 @@ class Execution:
         the node's retry policy may try again after this failure; ``size``: the output's bytes
         of JSON, counted toward a foreach node's as a script's are."""
         now = self._clock()
-        carried = self._in_list(node_id, item, size, self._item_bytes)
-        if error is None and item is not None and not self._add_item_output(node_id, size):
-            self.feed(self._too_much_output(node_id, item, attempt, now))
-        elif error is None and not self._add_run_output(carried):
-            self.feed(self._too_much_run_output(node_id, item, attempt, now))
-        elif error is None:
-            self.feed(sch.TaskSucceeded(node_id, item, attempt, output, now))
+        if error is None:
+            refused = self._refused_output(node_id, item, attempt, size, now)
+            self.feed(refused or sch.TaskSucceeded(node_id, item, attempt, output, now))
         else:
             self.feed(sch.TaskFailed(node_id, item, attempt, error, now, retryable=retryable))
 
@@ -535,13 +531,9 @@ class Execution:
             self._complete(stimuli)  # its end is the held stimulus's to tell
             self._note_wait(node_id, item, attempt, outcome.duration)
             return
-        carried = self._in_list(node_id, item, outcome.size, self._item_bytes)
-        if outcome.ok and item is not None and not self._add_item_output(node_id, outcome.size):
-            stimuli.append(self._too_much_output(node_id, item, attempt, now))
-        elif outcome.ok and not self._add_run_output(carried):
-            stimuli.append(self._too_much_run_output(node_id, item, attempt, now))
-        elif outcome.ok:
-            stimuli.append(sch.TaskSucceeded(node_id, item, attempt, outcome.value, now))
+        if outcome.ok:
+            refused = self._refused_output(node_id, item, attempt, outcome.size, now)
+            stimuli.append(refused or sch.TaskSucceeded(node_id, item, attempt, outcome.value, now))
         elif outcome.limit == "deadline":
             # the node's timeout, reached inside the script or before a worker was free to
             # start it: worded as when the scheduler's own timer gets there first (see
@@ -585,13 +577,21 @@ class Execution:
         self._item_bytes[node_id] = total
         return total <= self._foreach_output_bytes
 
-    @staticmethod
-    def _in_list(node_id: str, item: int | None, size: int, counted: Mapping[str, int]) -> int:
-        """What an output adds to the run's as the wire carries it: an item's takes a comma in
-        its node's list, and the node's first item the list's brackets."""
-        if item is None:
-            return size
-        return size + 1 + (1 if node_id not in counted else 0)
+    def _refused_output(
+        self, node_id: str, item: int | None, attempt: int, size: int, now: float
+    ) -> sch.TaskFailed | None:
+        """The failure of an output of ``size`` bytes past its foreach node's bound or the
+        run's, else None (and it is counted toward both). Toward the run's it counts as the
+        wire carries it: an item's takes a comma in its node's list, and the node's first
+        item the list's brackets."""
+        carried = size
+        if item is not None:
+            carried += 1 if node_id in self._item_bytes else 2
+            if not self._add_item_output(node_id, size):
+                return self._too_much_output(node_id, item, attempt, now)
+        if not self._add_run_output(carried):
+            return self._too_much_run_output(node_id, item, attempt, now)
+        return None
 
     def _too_much_output(self, node_id: str, item: int, attempt: int, now: float) -> sch.TaskFailed:
         limit = self._foreach_output_bytes
