@@ -18,6 +18,7 @@ from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.serving import EngineServer
 from engine.settings import Settings
+from tests.component.test_engine_link_keepalive import until
 
 WAIT = 30.0
 """Seconds a test waits for what must come, before it fails rather than hang."""
@@ -48,15 +49,6 @@ async def engine() -> AsyncIterator[EngineServer]:
         yield server
     finally:
         await server.stop()
-
-
-async def until(
-    call: grpc.aio.UnaryStreamCall[pb.ExecuteRequest, pb.ExecuteResponse], event_type: str
-) -> None:
-    async for message in call:
-        if any(event.type == event_type for event in message.events):
-            return
-    pytest.fail(f"the run's stream ended before {event_type}")
 
 
 async def test_a_run_sent_again_keeps_its_wait_when_its_old_copy_stops(
