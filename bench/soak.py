@@ -65,7 +65,7 @@ from engine.api import dagengine_pb2 as pb  # noqa: E402
 from engine.api import dagengine_pb2_grpc as pbg  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from whole_system import _serving  # noqa: E402  (a service's "serving" log line, once written)
+from services import start_system, stop  # noqa: E402
 
 ITEM_BYTES = 900 * 1024
 TERMINAL = frozenset({"succeeded", "partial", "failed", "cancelled", "timed_out"})
@@ -287,51 +287,6 @@ WORKFLOWS: list[dict[str, Any]] = [
     SLOWCHILD,
     SLOWPARENT,
 ]
-
-# -- processes (as bench/whole_system.py starts them) --------------------------------------------
-
-
-def start(
-    args: list[str], env: dict[str, str], log: Path, procs: list[subprocess.Popen[bytes]]
-) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """Start a service and wait for its ``serving`` line; it joins ``procs`` at once, so an
-    interrupt meanwhile stops it too."""
-    with log.open("wb") as out:
-        # a session of its own: Ctrl-C reaches this script alone, which then stops the services
-        # in order rather than racing their own signal handling
-        proc = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
-    procs.append(proc)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        record = _serving(log)
-        if record is not None:
-            return proc, record
-        if proc.poll() is not None:
-            raise RuntimeError(f"{args} exited at start-up:\n{log.read_text()}")
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"{args} did not start:\n{log.read_text()}")
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM starts each service's drain, a second one cuts it short, then SIGKILL."""
-    for signum, wait in ((signal.SIGTERM, 10.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-        alive = [p for p in procs if p.poll() is None]
-        for proc in alive:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signum)
-        deadline = time.monotonic() + wait
-        for proc in alive:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.1, deadline - time.monotonic()))
-
 
 # -- sampling -----------------------------------------------------------------------------------
 
@@ -738,42 +693,11 @@ def final_table(samples: list[Sample], names: list[str], minutes: float) -> str:
 
 
 async def soak(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[bytes]]) -> int:
-    engines = []
-    named: dict[str, subprocess.Popen[bytes]] = {}
-    for i in range(2):
-        proc, rec = start(
-            ["-m", "engine"],
-            {
-                "ENGINE_ID": f"engine-{i}",
-                "HOST": "127.0.0.1",
-                "PORT": "0",
-                "LOG_FORMAT": "json",
-                "LOG_LEVEL": "INFO",
-            },
-            tmp / f"engine-{i}.log",
-            procs,
-        )
-        named[f"engine-{i}"] = proc
-        engines.append(f"127.0.0.1:{rec['port']}")
-    proc, rec = start(
-        ["-m", "orchestrator"],
-        {
-            "HOST": "127.0.0.1",
-            "HTTP_PORT": "0",
-            "GRPC_PORT": "0",
-            "STATE_DB": str(tmp / "state.db"),
-            "DISCOVERY_MODE": "static",
-            "ENGINE_ADDRESSES": ",".join(engines),
-            "EXECUTION_RETENTION": args.retention,
-            "LOG_FORMAT": "json",
-        },
-        tmp / "orchestrator.log",
-        procs,
-    )
-    named = {"orchestrator": proc, **named}
+    running = start_system(tmp, procs, orchestrator_env={"EXECUTION_RETENTION": args.retention})
+    named = running.named
     names = list(named)
-    url = f"http://127.0.0.1:{rec['http_port']}"
-    grpc_target = f"127.0.0.1:{rec['grpc_port']}"
+    url = running.url
+    grpc_target = running.grpc_target
 
     samples: list[Sample] = []
     t0 = time.monotonic()  # reset when the load starts

@@ -36,8 +36,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_runner import dag
-
-ROOT = Path(__file__).resolve().parents[1]
+from services import start, start_system, stop
 
 THREE = {
     "id": "bench3",
@@ -56,36 +55,6 @@ def big_spec(nodes: int) -> dict[str, Any]:
 
 
 # -- processes ----------------------------------------------------------------------------------
-
-
-def _serving(log: Path) -> dict[str, Any] | None:
-    if not log.exists():
-        return None
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("{") and '"serving"' in line:
-            record: dict[str, Any] = json.loads(line)
-            if record.get("event") == "serving":
-                return record
-    return None
-
-
-def start(
-    args: list[str], env: dict[str, str], log: Path
-) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=out
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        record = _serving(log)
-        if record is not None:
-            return proc, record
-        if proc.poll() is not None:
-            sys.exit(f"{args} exited at start-up:\n{log.read_text()}")
-        time.sleep(0.05)
-    proc.kill()
-    sys.exit(f"{args} did not start:\n{log.read_text()}")
 
 
 async def echo_server() -> None:
@@ -180,41 +149,18 @@ async def main_async(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="dagengine-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        engines = []
-        for i in range(2):
-            proc, rec = start(
-                ["-m", "engine"],
-                {
-                    "ENGINE_ID": f"engine-{i}",
-                    "HOST": "127.0.0.1",
-                    "PORT": "0",
-                    "CAPACITY": "1000",
-                    "LOG_FORMAT": "json",
-                    "LOG_LEVEL": "INFO",
-                },
-                tmp / f"engine-{i}.log",
-            )
-            procs.append(proc)
-            engines.append(f"127.0.0.1:{rec['port']}")
-        proc, rec = start(
-            ["-m", "orchestrator"],
-            {
-                "HOST": "127.0.0.1",
-                "HTTP_PORT": "0",
-                "GRPC_PORT": "0",
-                "STATE_DB": str(tmp / "state.db"),
-                "DISCOVERY_MODE": "static",
-                "ENGINE_ADDRESSES": ",".join(engines),
+        running = start_system(
+            tmp,
+            procs,
+            engine_env={"CAPACITY": "1000"},
+            orchestrator_env={
                 "ENGINE_HEALTH_CHECK_INTERVAL": "1",
-                "LOG_FORMAT": "json",
                 "MAX_BODY_BYTES": str(16 * 1024 * 1024),
             },
-            tmp / "orchestrator.log",
         )
-        procs.append(proc)
-        url = f"http://127.0.0.1:{rec['http_port']}"
-        proc, rec = start([__file__, "--echo-server"], {}, tmp / "echo.log")
-        procs.append(proc)
+        url = running.url
+        named = running.named
+        _, rec = start([__file__, "--echo-server"], {}, tmp / "echo.log", procs)
         echo = f"http://127.0.0.1:{rec['port']}/echo"
 
         connector = aiohttp.TCPConnector(limit=300)
@@ -252,7 +198,6 @@ async def main_async(args: argparse.Namespace) -> None:
                 f" ratio {ratio:5.1f}x, target <= 15x: {'met' if ratio <= 15 else 'MISSED'}"
             )
             rates = []
-            named = {"orchestrator": procs[2], "engine-0": procs[0], "engine-1": procs[1]}
             before = {name: cpu_seconds(p.pid) for name, p in named.items()}
             before["client"] = cpu_seconds(os.getpid())
             for _ in range(args.repeat):
@@ -291,13 +236,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"   target <= 2 s: {'met' if wall <= 2 else 'MISSED'}"
             )
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs)
 
 
 def main() -> None:
