@@ -9,7 +9,8 @@
 2. Throughput: ``--burst`` executions of that workflow fired at once (the client keeps 256
    requests in flight), timed from the first request to the last execution stored as
    succeeded; executions per second (target >= 500/s). Every one of them is then counted in
-   the SQLite file itself.
+   the SQLite file itself, with the file's size a run and what the orchestrator wrote to disk
+   a run meanwhile (the kernel's ``write_bytes``: WAL frames, checkpoints and logs).
 3. One ``--big-nodes``-node workflow (layers of 100, each node depending on two of the layer
    above) through the whole system with ``wait: true`` (target <= 2 s).
 
@@ -79,6 +80,15 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process, from /proc (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def written_bytes(pid: int) -> int:
+    """Bytes a process has caused to be written to storage, from /proc (Linux): its SQLite
+    file, WAL and logs, as the kernel counts pages it dirtied."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no write_bytes in /proc/{pid}/io")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -200,11 +210,13 @@ async def main_async(args: argparse.Namespace) -> None:
             rates = []
             before = {name: cpu_seconds(p.pid) for name, p in named.items()}
             before["client"] = cpu_seconds(os.getpid())
+            written = written_bytes(named["orchestrator"].pid)
             for _ in range(args.repeat):
                 elapsed, _ids = await burst(http, url, args.burst)
                 rates.append(args.burst / elapsed)
             spent = {name: cpu_seconds(p.pid) - before[name] for name, p in named.items()}
             spent["client"] = cpu_seconds(os.getpid()) - before["client"]
+            written = written_bytes(named["orchestrator"].pid) - written
             conn = sqlite3.connect(tmp / "state.db")
             stored = conn.execute(
                 "SELECT status, count(*) FROM executions"
@@ -222,7 +234,9 @@ async def main_async(args: argparse.Namespace) -> None:
             print(f"   in the store: {dict(stored)}")
             print(
                 f"   state database: {size / every / 1024:.1f} KB a run"
-                f" ({every} runs, {size / 2**20:.0f} MB with its WAL)"
+                f" ({every} runs, {size / 2**20:.0f} MB with its WAL);"
+                f" the orchestrator wrote {written / (args.burst * args.repeat) / 1024:.1f} KB"
+                " a run to disk"
             )
             runs = args.burst * args.repeat
             print(
