@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -251,6 +252,7 @@ async def main_async(args: argparse.Namespace) -> None:
             )
     finally:
         stop(procs)
+        shutil.rmtree(tmp, ignore_errors=True)  # the services' logs and a state file of 5,000+ runs
 
 
 def main() -> None:
