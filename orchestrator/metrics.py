@@ -7,6 +7,7 @@ nobody scrapes; gauges of engines and queue depth are read from the live objects
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -83,6 +84,19 @@ class Metrics:
         )
         self._engines = engines
         self._queue_depth = queue_depth
+        # label children by their labels: ``labels()`` builds and checks a key and takes a
+        # lock each call, which cost more than the increments of a run's events together
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def accept(self, workflow: str) -> None:
+        self._child(self.accepted, workflow).inc()
 
     def observe(self, events: list[JSONObject]) -> None:
         for event in events:
@@ -94,17 +108,17 @@ class Metrics:
             ms = data.get("duration_ms") if isinstance(data, dict) else None
             workflow = str(event.get("workflow_id") or "")
             if family == "execution" and what in _TERMINAL:
-                self.executions.labels(workflow, what).inc()
+                self._child(self.executions, workflow, what).inc()
                 if isinstance(ms, int | float):
-                    self.execution_seconds.labels(workflow).observe(ms / 1000)
+                    self._child(self.execution_seconds, workflow).observe(ms / 1000)
                 # nodes the run never reached end cancelled with it, without an event each
                 unreached = data.get("unreached") if isinstance(data, dict) else None
                 if isinstance(unreached, int) and unreached > 0:
-                    self.nodes.labels("cancelled").inc(unreached)
+                    self._child(self.nodes, "cancelled").inc(unreached)
             elif family == "node" and what in _NODE_ENDS:
-                self.nodes.labels(what).inc()
+                self._child(self.nodes, what).inc()
                 if isinstance(ms, int | float):
-                    self.node_seconds.labels(workflow).observe(ms / 1000)
+                    self._child(self.node_seconds, workflow).observe(ms / 1000)
             elif family == "trigger" and isinstance(data, dict):
                 # a missed event stands for every slot it reports; one whose run was refused
                 # (no such version any more, its inputs) failed, which downtime did not cause

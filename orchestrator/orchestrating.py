@@ -513,7 +513,7 @@ class Orchestrator:
         if track is not None:
             track(stored_id)  # before it can be dispatched, so its end is never missed
         if created:
-            self.metrics.accepted.labels(spec.id).inc()
+            self.metrics.accept(spec.id)
             self.publish(published)
             self.dispatcher.submit(
                 stored_id,

@@ -20,7 +20,6 @@ ones), and returns None only when each of those has ``load >= capacity``.
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Final, Literal, Protocol
@@ -50,7 +49,8 @@ def _has_room(key: str, loads: Mapping[str, int], capacities: Mapping[str, int])
 
 def load_bound(total_load: int, engines: int, factor: Fraction = LOAD_FACTOR) -> int:
     """The load an engine must stay below to take one more run: ceil(factor*(total+1)/n)."""
-    return math.ceil(factor * (total_load + 1) / engines)
+    # in integers: Fraction arithmetic took more than the rest of a pick
+    return -(-(factor.numerator * (total_load + 1)) // (factor.denominator * engines))
 
 
 class ConsistentHash:

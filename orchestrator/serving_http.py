@@ -245,13 +245,14 @@ def check_json(raw: str | bytes, value: JSON, what: str) -> None:
         ) from None
 
 
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.json_response(
-        data, status=status, dumps=lambda v: json.dumps(v, separators=(",", ":"))
-    )
-
-
 _dumps: Final = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    # the one encoder: json.dumps with options builds a new one per call
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
 SPLIT_CHILDREN: Final = 64
 """Containers with this many children or fewer, below the top two levels, are encoded child by
 child (a foreach's list of large items); larger ones, whose children are small, in one go."""
