@@ -2,8 +2,9 @@
 
 YAML is read twice: once for the data, once as a node tree for line numbers, so every
 validation problem can point at ``file:line``. Duplicate keys, which YAML parsers silently
-collapse, are reported here too. No Lua and no I/O beyond the text given: the orchestrator
-reads registrations with this as well.
+collapse, are reported here too, and so is a node's Lua that YAML changed without a word: a
+' #' in an unquoted value starts a comment, a folded block joins lines (``_script_cut``). No
+Lua and no I/O beyond the text given: the orchestrator reads registrations with this as well.
 
 Aliases are the one YAML feature that can make a small text stand for a huge document (ten
 nested anchors of nine aliases each name billions of values), and everything after parsing
@@ -112,9 +113,11 @@ for _tag, _pattern, _first in (
     ("merge", r"<<", "<"),
     (
         "timestamp",
-        r"[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?"
-        r"(?:(?:[Tt]|[ \t]+)[0-9][0-9]?:[0-9][0-9]:[0-9][0-9](?:\.[0-9]*)?"
-        r"(?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)?",
+        # PyYAML's: a one-digit month or day only with a time (2001-1-1 is text to both)
+        r"[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
+        r"|[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?"
+        r"(?:[Tt]|[ \t]+)[0-9][0-9]?:[0-9][0-9]:[0-9][0-9](?:\.[0-9]*)?"
+        r"(?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?",
         "0123456789",
     ),
 ):
@@ -453,10 +456,12 @@ def _lines(
     out: dict[Key, int],
     problems: list[SpecProblem],
     ambiguous: Mapping[int, Ambiguity] | None = None,
+    *,
+    spec: bool = False,
 ) -> None:
     """The line of every field under ``root`` into ``out``; keys written twice, and the plain
     scalars ``ambiguous`` names (each where it is first met: an alias repeats no problem),
-    into ``problems``."""
+    into ``problems``; with ``spec``, the nodes' Lua fields YAML cut short (``_script_cut``)."""
     untold = dict(ambiguous or {})
 
     def tell(node: yaml.Node, key: Key, path: str, line: int, key_written: bool = False) -> None:
@@ -466,7 +471,7 @@ def _lines(
             problems.append(TextProblem(path, why.told(key=key_written), line, key))
 
     tell(root, (), "", root.start_mark.line + 1)
-    _walk_lines(root, (), "", out, problems, tell)
+    _walk_lines(root, (), "", out, problems, tell, spec)
 
 
 def _walk_lines(
@@ -476,6 +481,7 @@ def _walk_lines(
     out: dict[Key, int],
     problems: list[SpecProblem],
     tell: Callable[..., None],
+    spec: bool = False,
 ) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: dict[object, int] = {}
@@ -499,13 +505,58 @@ def _walk_lines(
             if isinstance(v, yaml.ScalarNode):
                 for i, start in enumerate(_text_lines(v), 1):
                     out[(*child, TEXT, i)] = start
-            _walk_lines(v, child, where, out, problems, tell)
+                if spec and len(key) == 2 and key[0] == "nodes" and isinstance(key[1], int):
+                    cut = _script_cut(str(name), v)
+                    if cut is not None:
+                        problems.append(TextProblem(where, cut[0], cut[1], child))
+            _walk_lines(v, child, where, out, problems, tell, spec)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
             line = v.start_mark.line + 1
             out[(*key, i)] = line
             tell(v, (*key, i), f"{path}[{i}]", line)
-            _walk_lines(v, (*key, i), f"{path}[{i}]", out, problems, tell)
+            _walk_lines(v, (*key, i), f"{path}[{i}]", out, problems, tell, spec)
+
+
+_SCRIPT_FIELDS: Final = {"lua": "script", "when": "expression", "foreach": "template"}
+"""A node's fields whose text is code, and what to call it."""
+
+
+def _script_cut(name: str, node: yaml.ScalarNode) -> tuple[str, int] | None:
+    """Why the text of the node field ``name`` is not what its writer wrote, and the line to
+    tell it on; None when it is.
+
+    A ' #' in a plain (unquoted) value starts a YAML comment, so ``lua: return #rows`` is
+    the script ``return``, which runs and returns nothing, and ``when: #rows > 0`` no
+    condition at all; ``x#y`` is text, and quoted and block scalars hold a '#' as written.
+    A folded block (``>``) joins adjacent lines with a space, so a ``--`` comment on one
+    swallows the rest of the script and every runtime error names line 1; lines it keeps
+    apart (a blank line between them) stay as written."""
+    what = _SCRIPT_FIELDS.get(name)
+    buffer = node.end_mark.buffer
+    if what is None or not isinstance(buffer, str):
+        return None
+    if node.style is None and (node.tag == _STR_TAG or not node.value):
+        end = node.end_mark.index
+        stop = buffer.find("\n", end)
+        rest = buffer[end : stop if stop >= 0 else len(buffer)]
+        if rest[:1] in (" ", "\t") and rest.lstrip(" \t").startswith("#"):
+            return (
+                f"a ' #' in an unquoted YAML value starts a comment, so the {what} ends before "
+                f"it: write the {what} as a block ({name}: |) or quote it",
+                node.end_mark.line + 1,
+            )
+    if node.style == ">" and name == "lua":
+        body = buffer[node.start_mark.index : node.end_mark.index].split("\n")[1:]  # past '>'
+        written = sum(1 for text in body if text.strip())
+        if written > sum(1 for text in node.value.split("\n") if text.strip()):
+            return (
+                "a folded block (>) joins its lines with spaces, so a -- comment runs to the "
+                "end of the script and errors all name line 1: write it as a literal block "
+                "(lua: |)",
+                node.start_mark.line + 1,
+            )
+    return None
 
 
 def _text_lines(node: yaml.ScalarNode) -> list[int]:
@@ -576,10 +627,12 @@ def _twice_keys(doc: object) -> list[SpecProblem]:
 
 
 def read_document(
-    text: str, source: str | None, *, json_only: bool = False
+    text: str, source: str | None, *, json_only: bool = False, spec: bool = False
 ) -> tuple[Any, dict[Key, int], list[SpecProblem]]:
     """The parsed document, its line map and the problems of its text (a key twice), which
-    leave it readable; SpecError for text that is not YAML/JSON at all."""
+    leave it readable; SpecError for text that is not YAML/JSON at all. With ``spec`` (the
+    text is a workflow spec, not inputs) a node's Lua that YAML cuts short is a problem too:
+    a comment or a fold in YAML (JSON has neither) changed the script without a word."""
     lines: dict[Key, int] = {}
     problems: list[SpecProblem] = []
     if json_only:
@@ -626,7 +679,9 @@ def read_document(
             problems = _twice_keys(doc)
     else:
         try:
-            doc = load_yaml(text, lambda root, ambiguous: _lines(root, lines, problems, ambiguous))
+            doc = load_yaml(
+                text, lambda root, ambiguous: _lines(root, lines, problems, ambiguous, spec=spec)
+            )
         except YamlRefused as exc:
             raise SpecError([SpecProblem("", exc.problem, exc.line)], source) from exc
     return doc, lines, problems
@@ -667,7 +722,7 @@ def parse_text(
                     return parse_spec(doc, source=source, checks=checks)
                 except SpecError:
                     pass
-    doc, lines, problems = read_document(text, source, json_only=json_only)
+    doc, lines, problems = read_document(text, source, json_only=json_only, spec=True)
     return parse_spec(doc, lines=lines, source=source, checks=checks, problems=problems)
 
 

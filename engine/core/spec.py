@@ -637,11 +637,22 @@ class _Checker:
                     f"{path}.when",
                     "is a Lua expression, not a template: write results.x.y > 0, without {{ }}",
                 )
-            elif self.checks.lua_syntax is not None:
-                found_err = self.checks.lua_syntax(when, True)
+            else:
+                lua_syntax = self.checks.lua_syntax
+                found_err = lua_syntax(when, True) if lua_syntax is not None else None
+                per_item = None if found_err else _per_item_read(when)
                 if found_err:
                     self.report(
                         (*key, "when"), f"{path}.when", f"bad Lua expression: {found_err[0]}"
+                    )
+                elif per_item is not None:
+                    # a foreach node's condition runs once, before its items: ctx.item is
+                    # nil there, and a comparison with it fails the node at run time
+                    self.report(
+                        (*key, "when"),
+                        f"{path}.when",
+                        f"ctx.{per_item} is only set in a foreach node's script, once per item; "
+                        "when is decided once for the whole node",
                     )
         foreach = item.get("foreach")
         if foreach is not None:
@@ -1140,6 +1151,30 @@ def _not_json(value: object) -> str | None:
     if isinstance(value, tuple):
         return "is a YAML pair (!!omap, !!pairs), not a JSON value: write a mapping"
     return f"is a {type(value).__name__}, not a JSON value"
+
+
+_FIELD_OF: Final = (("sym", "."), ("sym", ":"))
+
+
+def _per_item_read(code: str) -> str | None:
+    """``item`` or ``index`` when Lua ``code`` reads ``ctx.item`` or ``ctx.index`` (also as
+    ``ctx["item"]``), the fields a foreach node's script gets once per item; else None."""
+    # luarefs' lexer: what is in a comment or a string is not read
+    toks = luarefs._tokens(code)
+    for k, (kind, text, _) in enumerate(toks):
+        # ``a.ctx`` or ``a:ctx`` is some other table's field
+        if kind != "name" or text != "ctx" or (k > 0 and toks[k - 1][:2] in _FIELD_OF):
+            continue
+        nxt = toks[k + 1 : k + 4]
+        if len(nxt) >= 2 and nxt[0][:2] == ("sym", ".") and nxt[1][0] == "name":
+            field_name = nxt[1][1]
+        elif len(nxt) == 3 and nxt[0][1] == "[" and nxt[1][0] == "string" and nxt[2][1] == "]":
+            field_name = nxt[1][1]
+        else:
+            continue
+        if field_name in ("item", "index"):
+            return field_name
+    return None
 
 
 def _short(text: str, limit: int = 40) -> str:
