@@ -44,12 +44,17 @@ class ProgressPrinter:
         what = event.type.split(".", 1)[1]
         detail = ""
         data = event.data
+        # a foreach item's log line, retry and restart say which item, as dagctl's do
+        item = data.get("item")
+        of_item = f" of item {item}" if isinstance(item, int) else ""
         if event.type == "node.log":
             what = f"log:{data.get('level')}"
-            detail = str(data.get("message"))
+            detail = f"item {item}: " if isinstance(item, int) else ""
+            detail += str(data.get("message"))
         elif event.type == "node.retrying":
             detail = (
-                f"attempt {data.get('next_attempt')} in {data.get('delay_s')}s: {data.get('error')}"
+                f"attempt {data.get('next_attempt')}{of_item} in {data.get('delay_s')}s: "
+                f"{data.get('error')}"
             )
         elif "error" in data:
             detail = str(data["error"])
@@ -58,7 +63,7 @@ class ProgressPrinter:
         elif "duration_ms" in data:
             detail = f"{data['duration_ms']:.1f} ms"
         if event.type == "node.started" and (event.attempt or 1) > 1:
-            detail = f"attempt {event.attempt}"
+            detail = f"attempt {event.attempt}{of_item}"
         stamp = f"{event.time - self.t0:8.3f}s"
         # a script's text reaches the terminal: escaped, and kept on its line
         line = one_line(f"{stamp}  {label:<{self.width}}  {what:<10} {detail}".rstrip())

@@ -11,10 +11,17 @@ specs stored before registration refused outside references), and every keyword 
 regular expression (``pattern``, ``patternProperties``, and ``additionalProperties`` and
 ``unevaluatedProperties``, which consult ``patternProperties``) runs it on RE2, in time
 linear in the input, instead of jsonschema's backtracking ``re``.
+
+A refusal names the field and says what is wrong in JSON's words: jsonschema's messages show
+values as Python writes them (``None is not one of ['fast', 'slow']``), which no API client
+sent; here they read ``null is not one of ["fast", "slow"]``, each value cut to a bounded
+length.
 """
 
 from __future__ import annotations
 
+import ast
+import json
 import weakref
 from collections.abc import Iterator
 from functools import cache
@@ -127,9 +134,178 @@ def _problems(validator: Any, inputs: JSON) -> list[str]:
     return [
         "inputs"
         + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
-        + f": {err.message}"
+        + f": {_described(err)}"
         for err in errors
     ]
+
+
+_SHOWN_MAX: Final = 200
+"""Characters of one value a message shows; the rest is counted, not shown."""
+
+
+def _shown(value: Any) -> str:
+    """``value`` as JSON text for a message (``null``, ``"fast"``), cut to ``_SHOWN_MAX``."""
+    return _cut(_json_text(value))
+
+
+def _shown_list(values: Any) -> str:
+    """``"a", "b"``: each value as JSON, the whole cut as one value is (once: a long value
+    in it counts all its characters)."""
+    return _cut(", ".join(_json_text(each) for each in values))
+
+
+def _json_text(value: Any) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (ValueError, TypeError, RecursionError):
+        return f"({json_kind(value)})"  # nested past what the encoder follows
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # a lone surrogate, from a \ud800 escape: keep it escaped
+            text = json.dumps(value, default=str)
+    return text
+
+
+def _cut(text: str) -> str:
+    if len(text) <= _SHOWN_MAX:
+        return text
+    return f"{text[:_SHOWN_MAX]}... ({len(text) - _SHOWN_MAX} more characters)"
+
+
+_REQUIRED: Final = " is a required property"
+
+# keywords whose jsonschema message is a value, then these words
+_SAID_OF_INSTANCE: Final = {
+    "uniqueItems": "has non-unique elements",
+    "contains": "does not contain items matching the given schema",
+    "anyOf": "is not valid under any of the given schemas",
+}
+
+
+def _described(err: ValidationError) -> str:
+    """What ``err`` says, rebuilt from its keyword, the keyword's value and the instance, with
+    values as JSON. A keyword not named here gets a generic sentence that shows the keyword."""
+    keyword, value, instance = err.validator, err.validator_value, err.instance
+    if keyword in ("additionalProperties", "unevaluatedProperties"):
+        return err.message  # this module's own keywords (below) write JSON already
+    if keyword in ("minContains", "maxContains"):
+        return err.message  # counts only, no values
+    if keyword is None:
+        return f"{_shown(instance)} is not allowed here (its schema is false)"
+    shown = _shown(instance)
+    if keyword == "type":
+        types = value if isinstance(value, list) else [value]
+        return f"{shown} is not of type {_shown_list(types)}"
+    if keyword == "enum":
+        return f"{shown} is not one of {_shown(value)}"
+    if keyword == "const":
+        return f"{_shown(value)} was expected, not {shown}"
+    if keyword == "required" and err.message.endswith(_REQUIRED):
+        name = _literal(err.message[: -len(_REQUIRED)])
+        if name is not _UNREAD:
+            return f"{_shown(name)}{_REQUIRED}"
+    if keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"{shown} {_bound_words(keyword, err)} {_shown(value)}"
+    if keyword in ("multipleOf", "divisibleBy"):
+        return f"{shown} is not a multiple of {_shown(value)}"
+    if keyword in _SIZES:
+        return f"{shown} {_size_words(keyword, value)}"
+    if keyword == "pattern":
+        return f"{shown} does not match {_shown(value)}"
+    if keyword == "format":
+        return f"{shown} is not a {_shown(value)}"
+    if keyword in _SAID_OF_INSTANCE:
+        return f"{shown} {_SAID_OF_INSTANCE[keyword]}"
+    if keyword == "oneOf":
+        if err.message.endswith("is not valid under any of the given schemas"):
+            return f"{shown} is not valid under any of the given schemas"
+        return f"{shown} is valid under more than one of the given schemas"
+    if keyword == "not":
+        return f"{shown} should not be valid under {_shown(value)}"
+    if keyword in ("items", "additionalItems") and value is False:
+        extra = _extra_items(err)
+        if extra is not None:
+            return extra
+    if keyword in ("dependentRequired", "dependencies"):
+        pair = _dependency(err)
+        if pair is not None:
+            return f"{_shown(pair[0])} is a dependency of {_shown(pair[1])}"
+    return f"{shown} is not valid under {{{_shown(keyword)}: {_shown(value)}}}"
+
+
+_UNREAD: Final = object()
+
+
+def _literal(text: str) -> Any:
+    """A value jsonschema wrote with ``repr``, read back; ``_UNREAD`` when it cannot be."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return _UNREAD
+
+
+def _bound_words(keyword: str, err: ValidationError) -> str:
+    # drafts 3 and 4 make minimum exclusive with a boolean beside it
+    exclusive = keyword.startswith("exclusive") or (
+        isinstance(err.schema, dict) and err.schema.get("exclusive" + keyword.title()) is True
+    )
+    side = "less than" if keyword.endswith("inimum") else "greater than"
+    end = "minimum" if keyword.endswith("inimum") else "maximum"
+    return f"is {side}{' or equal to' if exclusive else ''} the {end} of"
+
+
+# keyword -> what a value past the bound is, and the bound's unit (singular, plural)
+_SIZES: Final = {
+    "minLength": ("is too short (at least {}", "character", "characters"),
+    "maxLength": ("is too long (at most {}", "character", "characters"),
+    "minItems": ("is too short (at least {}", "item", "items"),
+    "maxItems": ("is too long (at most {}", "item", "items"),
+    "minProperties": ("has too few properties (at least {}", "", ""),
+    "maxProperties": ("has too many properties (at most {}", "", ""),
+}
+
+
+def _size_words(keyword: str, bound: Any) -> str:
+    if keyword.startswith("min") and bound == 1:
+        return "should be non-empty"
+    if keyword.startswith("max") and bound == 0:
+        return "is expected to be empty"
+    words, one, many = _SIZES[keyword]
+    unit = one if bound == 1 else many
+    return words.format(_shown(bound)) + (f" {unit})" if unit else ")")
+
+
+def _extra_items(err: ValidationError) -> str | None:
+    """``items: false`` after ``prefixItems`` (``additionalItems: false`` after an ``items``
+    list, before draft 2020-12): how many items the array has past those."""
+    instance, schema = err.instance, err.schema
+    if not isinstance(instance, list) or not isinstance(schema, dict):
+        return None
+    allowed = schema.get("prefixItems" if err.validator == "items" else "items", [])
+    if not isinstance(allowed, list) or len(instance) <= len(allowed):
+        return None
+    extras = instance[len(allowed) :]
+    return (
+        f"expected at most {len(allowed)} {'item' if len(allowed) == 1 else 'items'}, found "
+        f"{len(extras)} more: {_shown(extras)}"
+    )
+
+
+def _dependency(err: ValidationError) -> tuple[Any, Any] | None:
+    """The (missing, present) property pair a dependency error is about: jsonschema's message
+    holds both as ``repr``, which cannot be split apart reliably, so the pair is found among
+    those the schema names."""
+    if not isinstance(err.validator_value, dict) or not isinstance(err.instance, dict):
+        return None
+    for present, needed in err.validator_value.items():
+        names = [needed] if isinstance(needed, str) else needed
+        if present not in err.instance or not isinstance(names, list):
+            continue
+        for missing in names:
+            if err.message == f"{missing!r} is a dependency of {present!r}":
+                return missing, present
+    return None
 
 
 def _unresolvable(exc: Unresolvable) -> str:
@@ -165,12 +341,13 @@ def _linear_time(stock: Any) -> Any:
 
 
 # The keywords below are jsonschema's own (jsonschema/_keywords.py, _legacy_keywords.py and
-# _utils.py, 4.26), messages included, with ``re.search`` replaced by ``pattern_matches``.
+# _utils.py, 4.26), with ``re.search`` replaced by ``pattern_matches`` and values in messages
+# written as JSON.
 
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
     if validator.is_type(instance, "string") and not pattern_matches(pattern, instance):
-        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+        yield ValidationError(f"{_shown(instance)} does not match {_shown(pattern)}")
 
 
 def _pattern_properties(
@@ -202,8 +379,8 @@ def _additional_properties(
     elif not additional and extras:
         if "patternProperties" in schema:
             verb = "does" if len(extras) == 1 else "do"
-            joined = ", ".join(repr(each) for each in sorted(extras))
-            listed = ", ".join(repr(each) for each in sorted(patterns))
+            joined = _shown_list(sorted(extras))
+            listed = _shown_list(sorted(patterns))
             yield ValidationError(f"{joined} {verb} not match any of the regexes: {listed}")
         else:
             yield ValidationError(
@@ -321,4 +498,4 @@ def _is_valid(errors: Iterator[ValidationError]) -> bool:
 
 def _extras_message(extras: list[Any]) -> str:
     verb = "was" if len(extras) == 1 else "were"
-    return ", ".join(repr(extra) for extra in extras) + f" {verb}"
+    return _shown_list(extras) + f" {verb}"

@@ -22,7 +22,7 @@ from engine.core.durations import format_duration
 from engine.core.events import Event
 from engine.core.execution import execution_document
 from engine.core.spec import SubWorkflowRef, WorkflowSpec
-from engine.core.states import Severity
+from engine.core.states import EXECUTION_TERMINAL, NODE_TERMINAL, Severity
 from engine.core.values import JSON, JSONObject
 from engine.lua import MISSING as LUA_MISSING
 from engine.lua import NEVER_STARTED as LUA_NEVER_STARTED
@@ -55,6 +55,21 @@ wait is named in its error."""
 
 StopKey: TypeAlias = tuple[str, int | None, bool]
 """``(node, item, is_when)``: a script asked to stop whose outcome the run waits for."""
+
+
+_NODE_ENDS = frozenset(f"node.{status}" for status in NODE_TERMINAL)
+_RUN_ENDS = frozenset(f"execution.{status}" for status in EXECUTION_TERMINAL)
+
+
+@dataclass(slots=True)
+class _NodeLogs:
+    """A node's log budget: the lines and bytes it kept over all its items, attempts and its
+    ``when``, and those dropped that no note has told yet."""
+
+    lines: int = 0
+    bytes: int = 0
+    dropped: int = 0
+    told: bool = False  # a note was published at the node's end
 
 
 @dataclass(slots=True)
@@ -162,6 +177,13 @@ class Execution:
         self._cancels: dict[tuple[str, int | None], Flag] = {}
         self._conditions: dict[str, Flag] = {}  # when expressions being evaluated, by node
         self._item_bytes: dict[str, int] = {}  # foreach node -> bytes of its items' outputs
+        # a node keeps as many log lines as one script run does, over all its items and
+        # attempts: the sandbox's caps are per run, so a foreach of 10,000 items would keep
+        # ten million. A run resumed on another engine starts its unfinished nodes afresh.
+        self._log_lines = pool.limits.log_lines
+        self._log_bytes = pool.limits.log_bytes
+        self._logs: dict[str, _NodeLogs] = {}
+        self._untold: set[str] = set()  # nodes with dropped log lines no note has told yet
         self._foreach_output_bytes = foreach_output_bytes
         self._run_output_bytes = run_output_bytes
         self._output_bytes = carried_bytes  # of every output made, items' included
@@ -287,6 +309,8 @@ class Execution:
     def _carry_out(self, ins: sch.Instruction) -> None:
         match ins:
             case sch.Emit():
+                if self._untold:
+                    self._tell_dropped(ins)
                 self._publish(ins)
             case sch.RunTask():
                 self._run_task(ins)
@@ -524,9 +548,9 @@ class Execution:
                 ]
             )
             return
-        stimuli: list[sch.Stimulus] = [
-            sch.TaskLogged(node_id, attempt, level, message, now) for level, message in outcome.logs
-        ]
+        stimuli: list[sch.Stimulus] = []
+        if outcome.logs or outcome.logs_dropped:
+            stimuli.extend(self._logged(node_id, item, attempt, outcome, now))
         if stopped and outcome.limit == "cancelled":
             self._complete(stimuli)  # its end is the held stimulus's to tell
             self._note_wait(node_id, item, attempt, outcome.duration)
@@ -548,9 +572,80 @@ class Execution:
         else:
             error = outcome.error or "failed"
             if outcome.line is not None:
-                error = f"{error} (line {outcome.line})"
+                # the line within the script, told from a file line as validation tells it
+                error = f"{error} (Lua line {outcome.line})"
             stimuli.append(sch.TaskFailed(node_id, item, attempt, error, now))
         self._complete(stimuli)
+
+    def _logged(
+        self,
+        node_id: str,
+        item: int | None,
+        attempt: int,
+        outcome: LuaOutcome,
+        now: float,
+    ) -> list[sch.TaskLogged]:
+        """The lines of one script run that its node's log budget keeps; the others are
+        counted, and told in one line at the node's end (``_tell_dropped``). A line is kept
+        while the node has kept fewer lines and bytes than the budget, as the sandbox keeps
+        a run's: the line that crosses the bytes stays."""
+        budget = self._logs.get(node_id)
+        if budget is None:
+            budget = self._logs[node_id] = _NodeLogs()
+        most_lines, most_bytes = self._log_lines, self._log_bytes
+        logs, dropped = outcome.logs, outcome.logs_dropped
+        kept: list[sch.TaskLogged] = []
+        for index, (level, message) in enumerate(logs):
+            if budget.lines >= most_lines or budget.bytes >= most_bytes:
+                dropped += len(logs) - index
+                break
+            budget.lines += 1
+            budget.bytes += _utf8_bytes(message)
+            kept.append(sch.TaskLogged(node_id, attempt, level, message, now, item))
+        if dropped:
+            budget.dropped += dropped
+            self._untold.add(node_id)
+        return kept
+
+    def _tell_dropped(self, ins: sch.Emit) -> None:
+        """Before a node's end event, one line saying how many of its log lines its budget
+        dropped; before the run's end, one more for each node that dropped lines after its
+        own end (those of items stopped by its failure). Lines after the run's end are
+        nobody's: its stream ends with it."""
+        if ins.type in _NODE_ENDS:
+            if ins.node_id not in self._untold:
+                return
+            ending = [ins.node_id]
+        elif ins.type in _RUN_ENDS:
+            ending = [node_id for node_id in self.spec.order if node_id in self._untold]
+        else:
+            return
+        for node_id in ending:
+            self._untold.discard(node_id)
+            budget = self._logs[node_id]
+            note = self._log_limit_note(node_id, budget)
+            budget.dropped, budget.told = 0, True
+            attempt = self.run.record(node_id).attempts or None
+            data: JSONObject = {"level": "warn", "message": note}
+            self._publish(sch.Emit("node.log", "warning", ins.time, node_id, attempt, data))
+
+    def _log_limit_note(self, node_id: str, budget: _NodeLogs) -> str:
+        spec = self.run.node_spec(node_id)
+        if spec.foreach is not None:
+            over = " over all its items and attempts"
+        elif spec.retry.max_attempts > 1:
+            over = " over all its attempts"
+        else:
+            over = ""
+        if budget.bytes >= self._log_bytes and budget.lines < self._log_lines:
+            keeps = f"{self._log_bytes} bytes of log lines"
+        else:
+            keeps = f"{self._log_lines} log lines"
+        after = " after its end" if budget.told else ""
+        return (
+            f"[log limit: node {node_id!r} keeps {keeps}{over}; "
+            f"{budget.dropped} more dropped{after}]"
+        )
 
     def _note_wait(self, node_id: str, item: int | None, attempt: int, ran: float) -> None:
         """A script stopped by its node's timer: the held end names the wait for a worker, when
@@ -683,7 +778,11 @@ class Execution:
         self._conditions.pop(node_id, None)
         now = self._clock()
         # a when expression may log too (a function it calls): its lines are the node's
-        logged = [sch.TaskLogged(node_id, 1, level, text, now) for level, text in outcome.logs]
+        logged = (
+            self._logged(node_id, None, 1, outcome, now)
+            if outcome.logs or outcome.logs_dropped
+            else []
+        )
         if self._stopped((node_id, None, True), None) and outcome.limit == "cancelled":
             self.feed(*logged)
         elif outcome.ok:
@@ -691,3 +790,8 @@ class Execution:
         else:
             error = outcome.error or "failed"
             self.feed(*logged, sch.ConditionEvaluated(node_id, None, error, now))
+
+
+def _utf8_bytes(text: str) -> int:
+    # as the sandbox counts a line: its bytes of UTF-8
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))

@@ -77,6 +77,7 @@ class TaskLogged:
     level: str
     message: str
     now: float
+    item: int | None = None  # the foreach item that logged it, as node.retrying names it
 
 
 @dataclass(slots=True)
@@ -222,12 +223,20 @@ class NodeRecord:
     finished_at: float | None
 
 
+BROKEN_OUTPUTS_NAMED: Final = 5
+"""Outputs a run's error names with why each could not be made; the rest it counts."""
+BROKEN_OUTPUT_CHARS: Final = 300
+"""Characters of why one output could not be made, in a run's error (a template is the
+author's text, of any length)."""
+
+
 def run_outputs(
     spec: WorkflowSpec, inputs: JSON, ctx: JSONObject, succeeded: Mapping[str, JSON]
 ) -> tuple[JSONObject, str | None]:
-    """A run's outputs from the outputs of its nodes that ``succeeded``, and why the first of
-    them that could not be made was not: the engine's end of a run and the orchestrator's (a
-    run no engine had when it was cancelled or timed out) make the same ones."""
+    """A run's outputs from the outputs of its nodes that ``succeeded``, and why those that
+    could not be made were not, in the spec's order: the engine's end of a run and the
+    orchestrator's (a run no engine had when it was cancelled or timed out) make the same
+    ones."""
     if spec.outputs is None:
         return {
             node_id: succeeded[node_id]
@@ -239,19 +248,34 @@ def run_outputs(
         return succeeded[node_id]  # KeyError: the node did not succeed
 
     out: JSONObject = {}
-    broken: str | None = None
+    broken: list[str] = []
     for name, template in spec.outputs.items():
         try:
-            out[name] = templates.resolve(template, inputs=inputs, results=lookup, ctx=ctx)
+            out[name] = templates.resolve(
+                template, inputs=inputs, results=lookup, ctx=ctx, at=f"outputs.{name}"
+            )
         except MissingPath as exc:
             out[name] = None
             if exc.root == "results":
                 # a succeeded node's output without it: a typo or another shape; an input
                 # left out is an optional one, null as it always was
-                broken = broken or f"outputs.{name}: {exc}"
+                broken.append(str(exc))
         except TemplateError:
             out[name] = None  # a node the output names did not succeed: the run says why
-    return out, broken
+    return out, _broken_outputs(broken)
+
+
+def _broken_outputs(broken: list[str]) -> str | None:
+    """Every output that could not be made, in one error of bounded length: an author who
+    fixes the first should not find the next only on the next run."""
+    if not broken:
+        return None
+    named = [
+        why if len(why) <= BROKEN_OUTPUT_CHARS else why[: BROKEN_OUTPUT_CHARS - 3] + "..."
+        for why in broken[:BROKEN_OUTPUTS_NAMED]
+    ]
+    more = len(broken) - len(named)
+    return "; ".join(named) + (f"; and {more} more outputs could not be made" if more else "")
 
 
 class Run:
@@ -385,13 +409,10 @@ class Run:
                 case TaskFailed():
                     self._task_failed(s)
                 case TaskLogged():
-                    self._emit(
-                        "node.log",
-                        _log_severity(s.level),
-                        s.node_id,
-                        s.attempt,
-                        {"level": s.level, "message": s.message},
-                    )
+                    logged: JSONObject = {"level": s.level, "message": s.message}
+                    if s.item is not None:
+                        logged["item"] = s.item
+                    self._emit("node.log", _log_severity(s.level), s.node_id, s.attempt, logged)
                 case ConditionEvaluated():
                     self._condition(s)
                 case TimerFired():
@@ -694,10 +715,16 @@ class Run:
                 if spec.inputs is not None:
                     try:
                         inputs = templates.resolve(
-                            spec.inputs, inputs=self.inputs, results=self._lookup, ctx=ctx
+                            spec.inputs,
+                            inputs=self.inputs,
+                            results=self._lookup,
+                            ctx=ctx,
+                            at="inputs",  # its error names the key: inputs.v: template ...
                         )
                     except TemplateError as exc:
-                        self._fail_node(n, f"inputs: {exc}")
+                        # a foreach item's inputs read its ctx.item: which item, as a failed
+                        # item's error says
+                        self._fail_node(n, ("" if item is None else f"item {item}: ") + str(exc))
                         continue
             inflight[(node_id, item)] = attempt
             timeout = spec.timeout
@@ -887,7 +914,7 @@ class Run:
         self._out.append(Finish(status, self.outputs, error))
 
     def _outputs(self) -> tuple[JSONObject, str | None]:
-        """The run's outputs, and why the first of them that could not be made was not."""
+        """The run's outputs, and why those that could not be made were not."""
         succeeded = {
             node_id: n.output for node_id, n in self.nodes.items() if n.status == "succeeded"
         }

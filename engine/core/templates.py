@@ -145,31 +145,58 @@ def _walk(ref: Reference, inputs: JSON, results: Lookup, ctx: JSON) -> JSON:
     return current
 
 
-def resolve(value: JSON, *, inputs: JSON, results: Lookup, ctx: JSON) -> JSON:
-    """Resolve every template inside ``value``; raises TemplateError naming the template."""
+def resolve(
+    value: JSON, *, inputs: JSON, results: Lookup, ctx: JSON, at: str | None = None
+) -> JSON:
+    """Resolve every template inside ``value``; raises TemplateError naming the template.
+
+    ``at``: where ``value`` is in the spec (``inputs``, ``outputs.total``); the error then
+    starts with the path of the string that failed (``inputs.rows[2]: template ...``), written
+    as ``iter_strings`` and validation write it."""
     if isinstance(value, str):
         if "{{" not in value:
             return value
+        if at is None:
+            return _resolve_text(value, inputs, results, ctx)
         try:
-            parts = template_parts(value)
-        except ValueError as exc:
-            raise TemplateError(str(exc)) from None
-        whole = _whole(parts)
-        if whole is not None:
-            return _walk(whole, inputs, results, ctx)
-        out: list[str] = []
-        for part in parts:
-            if isinstance(part, str):
-                out.append(part)
-            else:
-                got = _walk(part, inputs, results, ctx)
-                if not isinstance(got, str):
-                    # compact JSON, text as it is (as Lua's json.encode writes it)
-                    got = json.dumps(got, separators=(",", ":"), ensure_ascii=False)
-                out.append(got)
-        return "".join(out)
+            return _resolve_text(value, inputs, results, ctx)
+        except MissingPath as exc:
+            raise MissingPath(f"{at}: {exc}", exc.root) from None
+        except TemplateError as exc:
+            raise TemplateError(f"{at}: {exc}") from None
     if isinstance(value, list):
-        return [resolve(v, inputs=inputs, results=results, ctx=ctx) for v in value]
+        return [
+            resolve(v, inputs=inputs, results=results, ctx=ctx, at=_below(at, f"[{i}]"))
+            for i, v in enumerate(value)
+        ]
     if isinstance(value, dict):
-        return {k: resolve(v, inputs=inputs, results=results, ctx=ctx) for k, v in value.items()}
+        return {
+            k: resolve(v, inputs=inputs, results=results, ctx=ctx, at=_below(at, f".{k}"))
+            for k, v in value.items()
+        }
     return value
+
+
+def _below(at: str | None, step: str) -> str | None:
+    return None if at is None else at + step
+
+
+def _resolve_text(value: str, inputs: JSON, results: Lookup, ctx: JSON) -> JSON:
+    try:
+        parts = template_parts(value)
+    except ValueError as exc:
+        raise TemplateError(str(exc)) from None
+    whole = _whole(parts)
+    if whole is not None:
+        return _walk(whole, inputs, results, ctx)
+    out: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+        else:
+            got = _walk(part, inputs, results, ctx)
+            if not isinstance(got, str):
+                # compact JSON, text as it is (as Lua's json.encode writes it)
+                got = json.dumps(got, separators=(",", ":"), ensure_ascii=False)
+            out.append(got)
+    return "".join(out)

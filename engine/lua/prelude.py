@@ -120,50 +120,62 @@ local function pass(ok, ...)
   return ok, ...
 end
 
-local function sandbox_pcall(f, ...)
-  return pass(pcall(f, ...))
+-- The wrappers call the library's functions through names the library gives them: C's argument
+-- errors name a function by what it was called through ("bad argument #1 to 'create'"), and
+-- the script knows it as coroutine.create, not by this file's names. pcall and xpcall take
+-- their arguments whole, so that C refuses a missing function or handler as it always does.
+local function sandbox_pcall(...)
+  return pass(pcall(...))
 end
 
-local function sandbox_xpcall(f, handler, ...)
+local function sandbox_xpcall(...)
+  local f, handler = ...
+  if type(handler) ~= "function" then return xpcall(...) end  -- C's refusal
   return pass(xpcall(f, function(e)
     if tripped then return e end
     return handler(unplaced(e))
-  end, ...))
+  end, select(3, ...)))
 end
 
-local function sandbox_create(f)
-  local co = co_create(f)
-  sethook(co, hook, "", step)
-  -- a coroutine's count starts afresh: one that runs fewer than `step` instructions never
-  -- fires its hook, so a tree of them would run unmetered. Creating one costs that much.
-  hook()
-  return co
-end
+local sandbox_create, sandbox_resume, sandbox_close, sandbox_wrap
+do
+  local create, resume, close, wrap = co_create, co_resume, coroutine.close, coroutine.wrap
 
-local function sandbox_resume(co, ...)
-  return pass(co_resume(co, ...))
-end
-
--- closing runs the coroutine's pending __close handlers, which a limit can stop: as resume
-local co_close = coroutine.close
-local function sandbox_close(co)
-  return pass(co_close(co))
-end
-
-local function wrapped(ok, ...)
-  if tripped then error(LIMIT, 0) end
-  if not ok then
-    local e = ...
-    if e == MEMORY_ERROR then trip_memory() end
-    error(e, 0)
+  function sandbox_create(f)
+    local co = create(f)
+    sethook(co, hook, "", step)
+    -- a coroutine's count starts afresh: one that runs fewer than `step` instructions never
+    -- fires its hook, so a tree of them would run unmetered. Creating one costs that much.
+    hook()
+    return co
   end
-  return ...
-end
 
-local function sandbox_wrap(f)
-  local co = sandbox_create(f)
-  return function(...)
-    return wrapped(co_resume(co, ...))
+  function sandbox_resume(co, ...)
+    return pass(resume(co, ...))
+  end
+
+  -- closing runs the coroutine's pending __close handlers, which a limit can stop: as resume
+  function sandbox_close(co)
+    return pass(close(co))
+  end
+
+  local function wrapped(ok, ...)
+    if tripped then error(LIMIT, 0) end
+    if not ok then
+      local e = ...
+      if e == MEMORY_ERROR then trip_memory() end
+      error(e, 0)
+    end
+    return ...
+  end
+
+  function sandbox_wrap(f)
+    -- C's refusal, naming 'wrap': anything but a function is refused before a coroutine exists
+    if type(f) ~= "function" then return wrap(f) end
+    local co = sandbox_create(f)
+    return function(...)
+      return wrapped(resume(co, ...))
+    end
   end
 end
 
@@ -367,8 +379,8 @@ local function guard(s, p, init, gmatch)
   if cost > PATTERN_BUDGET then too_costly("pattern", p, n, cost, 4) end
 end
 
-local raw_find, raw_match, raw_gmatch, raw_gsub = find, match, gmatch, gsub
-
+-- find, match, gmatch and gsub are the library's own (see the top of this file), called by those
+-- names so that C's argument errors name them as the script does
 local function guarded_find(s, p, init, plain)
   if plain then
     -- a plain search compares the text at every position: n * #p at worst
@@ -380,19 +392,19 @@ local function guarded_find(s, p, init, plain)
   else
     guard(s, p, init, false)
   end
-  return raw_find(s, p, init, plain)
+  return find(s, p, init, plain)
 end
 local function guarded_match(s, p, init)
   guard(s, p, init, false)
-  return raw_match(s, p, init)
+  return match(s, p, init)
 end
 local function guarded_gmatch(s, p, init)
   guard(s, p, init, true)
-  return raw_gmatch(s, p, init)
+  return gmatch(s, p, init)
 end
 local function guarded_gsub(s, p, repl, n)
   guard(s, p, nil, false)
-  return raw_gsub(s, p, repl, n)
+  return gsub(s, p, repl, n)
 end
 
 ---------------------------------------------------------------------------------------------
@@ -853,6 +865,7 @@ local LEVELS = {
   critical = "critical",
 }
 local logs, nlogs, dropped, log_bytes = {}, 0, 0, 0
+local DROPPED_LEVEL = "dropped"  -- sandbox.DROPPED_LEVEL
 
 local function add_log(level, msg)
   if nlogs >= LOG_LINES or log_bytes >= LOG_TOTAL_BYTES then
@@ -871,22 +884,50 @@ local function add_log(level, msg)
   log_bytes = log_bytes + #text
 end
 
+-- A table's own text, from its __tostring: nil when it has none, or false and why it failed.
+-- It is the script's code, run where the script runs (under the hook, inside its memory
+-- limit): a limit it trips stays tripped, and whatever else it raises is only reported.
+local function own_text(t)
+  local mt = rawgetmetatable(t)
+  if mt == nil or rawget(mt, "__tostring") == nil then return nil end
+  local ok, text = pcall(tostring, t)
+  if tripped then error(LIMIT, 0) end
+  if ok then return text end
+  if text == MEMORY_ERROR then trip_memory() end
+  return false, type(text) == "string" and unplaced(text) or "an error object that is a "
+    .. type(text) .. " value"
+end
+
+-- What a value other than a string or table is shown as: never a memory address, which
+-- tells the reader nothing and changes from run to run.
+local KIND_SHOWN = {["function"] = "<function>", thread = "<coroutine>", userdata = "<userdata>",
+                    table = "<table>"}
+
+local function scalar_text(v)
+  return KIND_SHOWN[type(v)] or tostring(v)
+end
+
+-- A value as log and print show it: strings as they are; a table by its __tostring, else as
+-- JSON, else as <table: not JSON: why>; anything else by scalar_text.
 local function log_text(v)
   local tv = type(v)
   if tv == "string" then return v end
-  if tv == "table" then
-    local ok, text = pcall(encode, v, "value", "")
-    if tripped then error(LIMIT, 0) end
-    if ok then return text end
-  end
-  return tostring(v)
+  if tv ~= "table" then return scalar_text(v) end
+  local own, failure = own_text(v)
+  if own then return own end
+  if failure then return "<table: __tostring failed: " .. failure .. ">" end
+  local ok, text = pcall(encode, v, "value", "")
+  if tripped then error(LIMIT, 0) end
+  if ok then return text end
+  if text == MEMORY_ERROR then trip_memory() end
+  return "<table: not JSON: " .. text .. ">"
 end
 
 local function sandbox_log(level, msg, ...)
   local name = LEVELS[level]
   if not name then
     error(format("log level %s is not one of debug, info, warn, warning, error, critical",
-      type(level) == "string" and format("%q", shorten(level, 40)) or tostring(level)), 2)
+      type(level) == "string" and format("%q", shorten(level, 40)) or scalar_text(level)), 2)
   end
   if select("#", ...) > 0 then
     local parts = {log_text(msg)}
@@ -900,7 +941,7 @@ end
 local function sandbox_print(...)
   local n = select("#", ...)
   local parts = {}
-  for i = 1, n do parts[i] = tostring((select(i, ...))) end
+  for i = 1, n do parts[i] = log_text((select(i, ...))) end
   add_log("info", concat(parts, "\t", 1, n))
 end
 
@@ -1164,12 +1205,13 @@ local function copy(t)
 end
 
 -- The random generator is shared by all runs: a run that seeds it gets it reseeded afterwards.
-local raw_randomseed = math.randomseed
+-- (Named as in the library, for C's argument errors.)
+local randomseed = math.randomseed
 local reseeded = false
 local math_lib = copy(math)
 math_lib.randomseed = function(...)
   reseeded = true
-  return raw_randomseed(...)
+  return randomseed(...)
 end
 
 local table_lib = copy(table)
@@ -1351,6 +1393,11 @@ local function error_text(e)
   if te == "string" then return valid_utf8(capped(unplaced(e))) end
   if te == "number" then return tostring(e) end
   if te == "table" then
+    local own, failure = own_text(e)
+    if own then return valid_utf8(capped(own)) end
+    if failure then
+      return valid_utf8(capped("error object is a table whose __tostring failed: " .. failure))
+    end
     local ok, text = pcall(encode, e, "error", "")
     if tripped then error(LIMIT, 0) end
     if ok then return capped(text) end
@@ -1405,11 +1452,10 @@ local runner_co, runner_step = nil, nil
 
 local function collect_logs()
   if dropped > 0 then
-    logs[2 * nlogs + 1] = "warn"
-    local limit = nlogs >= LOG_LINES and format("%d lines", LOG_LINES)
-      or format("%d bytes", LOG_TOTAL_BYTES)
-    logs[2 * nlogs + 2] = format("log limit of %s reached: %d further lines dropped",
-      limit, dropped)
+    -- a pair no script can log (its level is none of LEVELS): the count, which the run
+    -- adds to its node's and tells in its own words
+    logs[2 * nlogs + 1] = DROPPED_LEVEL
+    logs[2 * nlogs + 2] = format("%d", dropped)
   end
   local text = encode(setmetatable(logs, ARRAY_MT), "logs", "")
   logs, nlogs, dropped, log_bytes = {}, 0, 0, 0
@@ -1426,7 +1472,7 @@ local function run(fn, source, expression, instructions, output_limit, lazy_inpu
   step = instructions < HOOK_COUNT and instructions or HOOK_COUNT
   if step < 1 then step = 1 end
   if reseeded then
-    raw_randomseed()
+    randomseed()
     reseeded = false
   end
   local ctx, pairs_ = {}, {...}

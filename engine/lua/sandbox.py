@@ -18,6 +18,19 @@ Environment
     else: no io, require, load, dofile, debug, collectgarbage or python, and chunks are compiled
     from text only. A chunk's value is its first return value.
 
+Messages
+    ``log`` and ``print`` show a string as it is; a table by its ``__tostring`` when it has one
+    (the script's code, run inside the limits; one that fails is shown as ``<table: __tostring
+    failed: why>``), else as JSON, else as ``<table: not JSON: why>``; a function, coroutine or
+    userdata as ``<function>``, ``<coroutine>``, ``<userdata>``: never by a memory address.
+    ``error`` with a table shows it the same way (``error object is a table that is not JSON:
+    why`` for the last). An error's text loses its chunk-name prefix, and an error caught and
+    raised again with its position (``error(err)`` after a pcall) names the line it was first
+    raised on. Library errors name the function as the script knows it (``bad argument #1 to
+    'find'``), whatever the sandbox wraps it in. A name the sandbox does not have, and that a
+    script written for another Lua may use (``_G``, ``setfenv``, ``bit32``, ``math.pow``...),
+    gets a hint of what to use instead.
+
 Limits (``LuaLimits``)
     Instructions and wall time are enforced by a count hook in every coroutine. Once a limit
     trips it stays tripped, so pcall cannot swallow it. The memory limit counts what a run adds
@@ -84,7 +97,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
 import lupa.lua54 as lupa
@@ -226,6 +239,9 @@ class LuaOutcome:
     size: int = 0
     """Bytes of the output's JSON text as the wire carries it, escaped to ASCII (0 for
     expressions and failures)."""
+    logs_dropped: int = 0
+    """Lines past ``log_lines`` or ``log_total_bytes`` the run did not keep: its node's log
+    budget counts them and tells them (``running``), in one line for all its runs."""
 
 
 @dataclass(frozen=True)
@@ -548,6 +564,21 @@ class LuaSandbox:
         started: float,
     ) -> LuaOutcome:
         logs = _pairs(_read_json(log_json, 0)[0]) if log_json is not None else []
+        if logs and logs[-1][0] == DROPPED_LEVEL:
+            dropped = int(logs.pop()[1])
+            ended = self._ended(task, status, payload, line, logs, started)
+            return replace(ended, logs_dropped=dropped)
+        return self._ended(task, status, payload, line, logs, started)
+
+    def _ended(
+        self,
+        task: LuaTask,
+        status: str,
+        payload: Any,
+        line: int | None,
+        logs: list[tuple[str, str]],
+        started: float,
+    ) -> LuaOutcome:
         if status == "ok":
             output: JSON = payload if task.expression else _read_json(payload, 0)[0]
             size = 0 if task.expression else wire_length(payload, output)
@@ -798,13 +829,32 @@ _WITHHELD_GLOBALS: Final = frozenset(
         "loadstring",
     )
 )
-_WITHHELD_FIELDS: Final = {
-    name: library
-    for library, names in (
-        ("os", ("execute", "exit", "getenv", "remove", "rename", "tmpname", "setlocale")),
-        ("string", ("dump",)),
-    )
-    for name in names
+_NOT_IN_54: Final = "is not in Lua 5.4, which the sandbox runs"
+# globals a script from another Lua (5.1, 5.2, LuaJIT) may reach for, with what to do instead
+_GLOBAL_HINTS: Final = {
+    "_G": "the sandbox has no _G; the script's globals table is _ENV",
+    "getfenv": f"getfenv {_NOT_IN_54}: _ENV takes its place",
+    "setfenv": f"setfenv {_NOT_IN_54}: _ENV takes its place",
+    "module": f"module {_NOT_IN_54}, and the sandbox loads no modules",
+    "newproxy": f"newproxy {_NOT_IN_54}: use setmetatable({{}}, mt)",
+    "gcinfo": f"gcinfo {_NOT_IN_54}, and the sandbox offers no collectgarbage",
+    "bit32": f"bit32 {_NOT_IN_54}: use its operators a & b, a | b, a ~ b (xor), ~a, a << n, a >> n",
+    "jit": "jit is LuaJIT's; the sandbox runs Lua 5.4",
+}
+# field -> (library, what to do instead, or None for what the sandbox offers)
+_WITHHELD_FIELDS: Final[dict[str, tuple[str, str | None]]] = {
+    **{
+        name: ("os", None)
+        for name in ("execute", "exit", "getenv", "remove", "rename", "tmpname", "setlocale")
+    },
+    "dump": ("string", None),
+    "difftime": ("os", "the sandbox has no os.difftime: subtract one os.time() from the other"),
+    "pow": ("math", f"math.pow {_NOT_IN_54}: use x ^ y"),
+    "atan2": ("math", f"math.atan2 {_NOT_IN_54}: use math.atan(y, x)"),
+    "log10": ("math", f"math.log10 {_NOT_IN_54}: use math.log(x, 10)"),
+    "mod": ("math", f"math.mod {_NOT_IN_54}: use math.fmod(x, y) or x % y"),
+    "getn": ("table", f"table.getn {_NOT_IN_54}: use #t"),
+    "gfind": ("string", f"string.gfind {_NOT_IN_54}: use string.gmatch"),
 }
 _NIL_NAME: Final = re.compile(r"attempt to (?:call|index) a nil value \((global|field) '(\w+)'\)$")
 GARBAGE_KEPT: Final = 8 * 1024 * 1024
@@ -815,19 +865,28 @@ _OFFERED: Final = "string, table, math, utf8, coroutine, json, log, print and os
 
 def _withheld(message: str, line: int | None, code: str) -> str:
     """Lua's own words for reaching a library the sandbox leaves out ("attempt to index a nil
-    value (global 'io')"), with what the sandbox is: a field only when its line says
-    ``os.<name>``, since a table of the script's own may lack a field of that name."""
+    value (global 'io')"), with what the sandbox offers or what to use instead: a field only
+    when its line says ``<library>.<name>`` (``os.exit``), since a table of the script's own may
+    lack a field of that name."""
     found = _NIL_NAME.search(message)
     if found is None:
         return message
     kind, name = found.groups()
-    if kind == "global" and name in _WITHHELD_GLOBALS:
-        return f"{message}: the sandbox has no {name}; it offers {_OFFERED}"
-    library = _WITHHELD_FIELDS.get(name)
-    if kind == "field" and library is not None and line is not None:
+    if kind == "global":
+        hint = _GLOBAL_HINTS.get(name)
+        if hint is not None:
+            return f"{message}: {hint}"
+        if name in _WITHHELD_GLOBALS:
+            return f"{message}: the sandbox has no {name}; it offers {_OFFERED}"
+        return message
+    field = _WITHHELD_FIELDS.get(name)
+    if field is not None and line is not None:
+        library, hint = field
         lines = code.splitlines()
         if 0 < line <= len(lines) and f"{library}.{name}" in lines[line - 1]:
-            return f"{message}: the sandbox has no {library}.{name}; it offers {_OFFERED}"
+            if hint is None:
+                hint = f"the sandbox has no {library}.{name}; it offers {_OFFERED}"
+            return f"{message}: {hint}"
     return message
 
 
@@ -876,15 +935,34 @@ def _clamp(line: int | None, code: str, expression: bool) -> int | None:
 
 
 def _split_position(message: str, chunk_name: str) -> tuple[str, int | None]:
-    """``"extract:3: boom"`` -> ``("boom", 3)``; other messages come back as they are."""
-    for prefix in (chunk_name[:59] + ":", "sandbox:"):
-        if message.startswith(prefix):
-            rest = message[len(prefix) :]
-            digits, colon, text = rest.partition(": ")
-            if colon and digits.isdigit():
-                line = int(digits) if prefix != "sandbox:" else None
-                return text, line
+    """``"extract:3: boom"`` -> ``("boom", 3)``; other messages come back as they are.
+
+    A message caught and raised again with its position (``error(err)`` after a ``pcall`` or a
+    ``coroutine.resume``) carries this chunk's position once per raise, ``"extract:5:
+    extract:3: boom"``: the innermost one is where it was first raised, and is kept."""
+    prefix = chunk_name[:59] + ":"
+    text, line = _position(message, prefix)
+    if line is None:
+        return _position(message, "sandbox:")[0], None
+    while True:
+        inner, inner_line = _position(text, prefix)
+        if inner_line is None:
+            return text, line
+        text, line = inner, inner_line
+
+
+def _position(message: str, prefix: str) -> tuple[str, int | None]:
+    """``message`` without a leading ``<prefix><line>: `` and that line, if it has one."""
+    if message.startswith(prefix):
+        digits, colon, text = message[len(prefix) :].partition(": ")
+        if colon and digits.isdigit():
+            return text, int(digits)
     return message, None
+
+
+DROPPED_LEVEL: Final = "dropped"
+"""The level of the last pair of a run's logs when it dropped lines: its message is how many.
+No script logs at it (``log`` takes only its levels)."""
 
 
 def _pairs(flat: list[str]) -> list[tuple[str, str]]:

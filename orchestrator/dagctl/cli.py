@@ -34,6 +34,7 @@ from orchestrator.dagctl.calling import (
     DagctlError,
     StreamUnavailable,
     Unreachable,
+    one_line,
     printable,
     server_problem,
 )
@@ -963,16 +964,25 @@ def cmd_run(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
     if args.output == "json":
         _dump(out, doc)
     else:
-        from orchestrator.dagctl.showing import span
-
-        took = span(doc.get("started_at"), doc.get("finished_at"))
-        said = f"execution {execution_id} {status}" + (f" in {took}" if took else "")
-        out.write(printable(said) + "\n")
-        if doc.get("error"):
-            out.write(f"error: {printable(str(doc.get('error')))}\n")
-        out.write("outputs:\n")
+        for line in run_end_lines(execution_id, doc):
+            out.write(line + "\n")
         _dump_shown(out, doc.get("outputs"))
     return EXIT_OK if status == "succeeded" else EXIT_FAILED
+
+
+def run_end_lines(execution_id: str, doc: JSONObject) -> list[str]:
+    """What ``run --wait`` says of a run's end before its outputs' JSON: each a line of its
+    own, whatever the error holds (a newline in it would draw an ``outputs:`` line of its
+    own, with a fake block after it)."""
+    from orchestrator.dagctl.showing import span
+
+    took = span(doc.get("started_at"), doc.get("finished_at"))
+    said = f"execution {execution_id} {doc.get('status')}" + (f" in {took}" if took else "")
+    lines = [one_line(said)]
+    if doc.get("error"):
+        lines.append(f"error: {one_line(str(doc.get('error')))}")
+    lines.append("outputs:")
+    return lines
 
 
 RETRY_FIRST: Final = 0.5

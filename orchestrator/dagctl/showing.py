@@ -6,8 +6,9 @@ run's nodes folded from its execution document and its events, drawn live or as 
 
 Text from the server reaches the screen only through ``text_of``, ``brief``, ``compact`` and
 ``ref`` (or ``printable`` itself), which write control characters as escapes: a Lua error with
-an ANSI sequence in it shows as ``\\x1b[31m``, it does not recolour the terminal. ``-o json``
-prints the documents as they came.
+an ANSI sequence in it shows as ``\\x1b[31m``, it does not recolour the terminal. What is one
+line a record (``event_line``, ``ProgressLines``) goes through ``one_line``, which escapes
+newlines and tabs too. ``-o json`` prints the documents as they came.
 """
 
 from __future__ import annotations
@@ -442,7 +443,7 @@ def _event_message(event: JSONObject) -> str:
     kind = text_of(event.get("type"))
     data = _obj(event.get("data"))
     if kind == "node.log":
-        return f"{data.get('level')}: {data.get('message')}"
+        return f"{data.get('level')}: {_logged_text(data)}"
     # a foreach item's retry says which item
     of_item = f" of item {data['item']}" if isinstance(data.get("item"), int) else ""
     if kind == "node.retrying":
@@ -481,6 +482,13 @@ def _event_message(event: JSONObject) -> str:
     elif kind == "execution.queued" and data.get("inputs"):
         parts.append("inputs " + compact(data.get("inputs"), 60))
     return "  ".join(parts)
+
+
+def _logged_text(data: JSONObject) -> str:
+    """A log line's message, after the foreach item that logged it (``item 3: ...``, as a
+    failed item's error says it)."""
+    item = data.get("item")
+    return (f"item {item}: " if isinstance(item, int) else "") + str(data.get("message"))
 
 
 def event_line(event: JSONObject) -> str:
@@ -697,22 +705,24 @@ class ProgressLines:
 
     def fit(self, labels: Iterable[str]) -> None:
         """Make the label column as wide as the widest of ``labels`` (node ids)."""
-        self.width = max([cell_len(printable(label)) for label in labels] + [self.width])
+        self.width = max([cell_len(one_line(label)) for label in labels] + [self.width])
 
     def _write(self, when: float | None, label: str, what: str, detail: str = "") -> None:
         if when is not None and self.t0 is None:
             self.t0 = when
         stamp = f"{when - self.t0:8.3f}s" if when is not None and self.t0 is not None else " " * 9
-        label, what = printable(label), printable(what)
+        # one line a record, newlines and tabs escaped as ``events`` escapes them: a script's
+        # message or error read by a script (| grep) cannot draw a line of its own
+        label, what = one_line(label), one_line(what)
         self.width = max(self.width, cell_len(label))
-        line = f"{stamp}  {pad(label, self.width)}  {pad(what, 10)} {printable(detail)}".rstrip()
+        line = f"{stamp}  {pad(label, self.width)}  {pad(what, 10)} {one_line(detail)}".rstrip()
         self.out.write(line + "\n")
         self.out.flush()
 
     def header(self) -> None:
         p = self.progress
         said = f"execution {p.execution_id} ({p.workflow or 'workflow'})"
-        self.out.write(printable(said) + "\n")
+        self.out.write(one_line(said) + "\n")
         self.out.flush()
 
     def event(self, event: JSONObject) -> None:
@@ -724,8 +734,9 @@ class ProgressLines:
         if kind.startswith("subworkflow."):
             what = f"sub-workflow {what}"
         if kind == "node.log":
-            what = f"log:{_obj(event.get('data')).get('level')}"
-            detail = text_of(_obj(event.get("data")).get("message"))
+            data = _obj(event.get("data"))
+            what = f"log:{data.get('level')}"
+            detail = _logged_text(data)
         else:
             detail = event_message(event)
         label = text_of(event.get("node_id")) or "execution"

@@ -300,7 +300,7 @@ def test_a_recursive_schema_that_goes_into_the_value_is_still_accepted() -> None
     assert json_schema_problem(schema) is None
     spec = spec_from_document({**json.loads(json_spec()), "inputs_schema": schema})
     check_inputs(spec, {"kids": [{"kids": []}]})
-    with pytest.raises(InputsError, match="is not of type 'array'"):
+    with pytest.raises(InputsError, match='is not of type "array"'):
         check_inputs(spec, {"kids": [{"kids": 3}]})
 
 

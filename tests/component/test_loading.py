@@ -133,8 +133,8 @@ def test_inputs_checked_against_schema_with_every_problem() -> None:
     with pytest.raises(InputsError) as info:
         check_inputs(spec, {"tags": ["x", 3]})
     assert info.value.problems == [
-        "inputs: 'n' is a required property",
-        "inputs.tags[1]: 3 is not of type 'string'",
+        'inputs: "n" is a required property',
+        'inputs.tags[1]: 3 is not of type "string"',
     ]
 
 
@@ -157,7 +157,7 @@ def test_what_a_trigger_adds_is_not_held_against_a_closed_schema() -> None:
     with pytest.raises(InputsError) as info:
         check_inputs(spec, {"name": "Ada", "other": 1, "_trigger": fired})
     assert info.value.problems == [
-        "inputs: Additional properties are not allowed ('other' was unexpected)"
+        'inputs: Additional properties are not allowed ("other" was unexpected)'
     ]
 
 
@@ -173,7 +173,7 @@ def test_a_cron_triggers_inputs_must_pass_the_specs_inputs_schema() -> None:
         "nodes:\n  - {id: a, lua: return 1}\n"
     )
     # every fire of it would be refused: said now, with the line, not at each slot
-    assert got == ["wf.yaml:8: triggers[1].inputs: inputs: 'x' is a required property"]
+    assert got == ['wf.yaml:8: triggers[1].inputs: inputs: "x" is a required property']
 
 
 def laughs(levels: int) -> str:

@@ -89,9 +89,9 @@ async def test_lua_error_fails_node_with_message_and_line(pool: LuaPool) -> None
         pool,
     )
     assert doc["status"] == "failed"
-    assert doc["nodes"]["a"]["error"] == "bad row 1 (line 2)"
+    assert doc["nodes"]["a"]["error"] == "bad row 1 (Lua line 2)"
     failed = next(e for e in events if e.type == "node.failed")
-    assert failed.data["error"] == "bad row 1 (line 2)"
+    assert failed.data["error"] == "bad row 1 (Lua line 2)"
 
 
 async def test_when_and_foreach_run_in_lua(pool: LuaPool) -> None:

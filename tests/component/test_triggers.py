@@ -418,7 +418,7 @@ async def test_api_triggers_are_checked_before_anything_is_stored(world: World) 
         "nodes": [{"id": "a", "lua": "return {}"}],
     }
     await world.orch.register(json.dumps(closed), yaml=False, force=False)
-    with pytest.raises(InputsError, match="'bad' was unexpected"):
+    with pytest.raises(InputsError, match='"bad" was unexpected'):
         await triggers.create({"workflow_id": "closed", "cron": "@hourly", "inputs": {"bad": 1}})
     await triggers.create({"workflow_id": "wf", "cron": "@hourly", "id": "h"})
     with pytest.raises(TriggerConflict):

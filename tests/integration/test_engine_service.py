@@ -403,8 +403,8 @@ async def test_bad_inputs_are_refused_before_anything_runs(client: Client) -> No
     error = await refusal(client.execute(schema_spec, {"s": 5}))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert sorted(violations(error)) == [
-        ("inputs_json", "inputs.s: 5 is not of type 'string'"),
-        ("inputs_json", "inputs: 'n' is a required property"),
+        ("inputs_json", 'inputs.s: 5 is not of type "string"'),
+        ("inputs_json", 'inputs: "n" is a required property'),
     ]
 
     error = await refusal(

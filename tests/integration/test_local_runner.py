@@ -82,7 +82,7 @@ def test_failure_isolation_ends_partial_with_exit_1() -> None:
     assert doc["status"] == "partial"
     nodes = doc["nodes"]
     assert nodes["charge_cards"]["status"] == "failed"
-    assert nodes["charge_cards"]["error"] == "payment gateway rejected the batch (line 1)"
+    assert nodes["charge_cards"]["error"] == "payment gateway rejected the batch (Lua line 1)"
     assert nodes["send_receipts"]["status"] == "blocked"
     assert nodes["report"]["status"] == "succeeded"
     assert nodes["alert"]["output"] == {"paged": True}
@@ -126,10 +126,10 @@ def test_validate_accepts_every_example() -> None:
     ("args", "message"),
     [
         (["--inputs", "{nope"], "--inputs is not valid JSON"),
-        (["--inputs", '{"name": ""}'], "inputs.name: '' should be non-empty"),
+        (["--inputs", '{"name": ""}'], 'inputs.name: "" should be non-empty'),
         (
             ["--inputs", '{"nam": "x"}'],
-            "Additional properties are not allowed ('nam' was unexpected)",
+            'Additional properties are not allowed ("nam" was unexpected)',
         ),
         (["--inputs-file", "/no/such/file.json"], "--inputs-file /no/such/file.json: No such file"),
         (["--inputs", '"Ada"'], "inputs must be a JSON object, not a string"),

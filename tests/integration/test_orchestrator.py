@@ -749,7 +749,7 @@ async def test_engine_killed_mid_run_the_run_completes_elsewhere_without_rerunni
         assert doc["status"] == "partial", doc  # a sink blocked, another skipped
         assert (
             doc["error"]
-            == "node 'broken' failed: broken on purpose (line 1) (and 1 more failed, 1 blocked)"
+            == "node 'broken' failed: broken on purpose (Lua line 1) (and 1 more failed, 1 blocked)"
         )
         assert doc["nodes"]["flaky"]["attempts"] == 2
         assert doc["outputs"] == {"last": {"done": 2}}
