@@ -15,8 +15,9 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Final, TextIO
+from typing import TextIO
 
+from engine.core.envparse import whole_number
 from engine.core.errors import InputsError, SpecError
 from engine.core.events import Event
 from engine.core.printing import one_line
@@ -25,6 +26,7 @@ from engine.documents import MAX_DEPTH, non_json_values, read_document
 from engine.inputs import caller_inputs_problem, check_inputs
 from engine.loading import load_spec_file
 from engine.lua import LuaPool
+from engine.settings import MAX_LUA_WORKERS
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -241,19 +243,13 @@ def _check_lua() -> int:
     return EXIT_OK
 
 
-MAX_WORKERS: Final = 256
-"""Lua worker threads ``run`` starts at most: each is a thread with its own Lua state, and far
-more than the machine's cores only adds start-up time (100,000 would seem to hang)."""
-
-
 def _workers(text: str) -> int:
     # an ArgumentTypeError is argparse's "argument --workers: <message>" and exit 2
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if not 1 <= count <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_WORKERS}, got {count}")
+    count = whole_number(text)
+    if count is None:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}")
+    if not 1 <= count <= MAX_LUA_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_LUA_WORKERS}, got {count}")
     return count
 
 
@@ -274,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_workers,
         default=None,
-        help=f"Lua worker threads, 1 to {MAX_WORKERS} (default: cores)",
+        help=f"Lua worker threads, 1 to {MAX_LUA_WORKERS} (default: cores)",
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     sub.add_parser(

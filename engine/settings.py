@@ -35,11 +35,16 @@ from engine.core.envparse import (
 from engine.core.envparse import host as read_host
 
 __all__ = [
+    "MAX_CAPACITY",
+    "MAX_LUA_WORKERS",
     "STOP_SIGNALS",
     "LogFormat",
     "Settings",
     "SettingsError",
+    "bearer_token",
+    "capacity",
     "engine_token",
+    "in_process",
     "listen_problem",
     "refusal_line",
     "server_tls_files",
@@ -67,22 +72,51 @@ def run_output_bytes(env: Mapping[str, str]) -> int:
     return got
 
 
-def engine_token(env: Mapping[str, str]) -> str | None:
-    """``ENGINE_TOKEN``, the bearer token on the link between the orchestrator and its engines,
-    surrounding whitespace stripped; None when unset or blank. Both services read it with this,
-    so they agree on what the token is. It travels as gRPC metadata, which holds printable ASCII
-    only: a token with any other character is refused here rather than failing every call."""
-    token = text(env, "ENGINE_TOKEN")
+MAX_CAPACITY: Final = 1_000_000
+"""The most ``CAPACITY`` (and the orchestrator's ``ENGINE_CAPACITY``) may be, as the
+``workflow-engine/capacity`` pod annotation: ``GetInfo`` and ``ListEngines`` carry capacities
+as int32, and a larger one failed every call that reported it."""
+
+MAX_LUA_WORKERS: Final = 256
+"""The most ``LUA_WORKERS`` (and ``python -m engine run --workers``) may be: each is a thread
+with a Lua runtime of its own, and 100,000 of them took minutes and gigabytes to start, deaf
+to SIGTERM meanwhile."""
+
+
+def capacity(env: Mapping[str, str], default: int) -> int:
+    """``CAPACITY``: executions an engine runs at once."""
+    return positive_int(env, "CAPACITY", default, most=MAX_CAPACITY)
+
+
+def _lua_workers(env: Mapping[str, str]) -> int | None:
+    return optional_positive_int(env, "LUA_WORKERS", most=MAX_LUA_WORKERS)
+
+
+def _foreach_output_bytes(env: Mapping[str, str]) -> int:
+    return positive_int(env, "FOREACH_OUTPUT_BYTES", 32 * 1024 * 1024)
+
+
+def bearer_token(env: Mapping[str, str], name: str) -> str | None:
+    """A bearer token from variable ``name``, surrounding whitespace stripped; None when unset
+    or blank. It travels as gRPC metadata, which holds printable ASCII only: a token with any
+    other character is refused here rather than failing every call."""
+    token = text(env, name)
     if token is None:
         return None
     for index, char in enumerate(token, 1):
         if not " " <= char <= "~":
             # the token is a secret: shown is the one character that cannot go, not the token
             raise SettingsError(
-                f"ENGINE_TOKEN: character {index} ({char!r}) cannot go in gRPC metadata, "
+                f"{name}: character {index} ({char!r}) cannot go in gRPC metadata, "
                 "which holds printable ASCII only (secrets.token_urlsafe makes a fitting one)"
             )
     return token
+
+
+def engine_token(env: Mapping[str, str]) -> str | None:
+    """``ENGINE_TOKEN``, the bearer token on the link between the orchestrator and its engines.
+    Both services read it with this, so they agree on what the token is."""
+    return bearer_token(env, "ENGINE_TOKEN")
 
 
 def server_tls_files(env: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:
@@ -215,16 +249,25 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         cert, key, ca = server_tls_files(env)
+        serve_port = port(env, "PORT", 50051, zero="any free port")
+        metrics_port = port(env, "METRICS_PORT", 0, zero="off")
+        if metrics_port and metrics_port == serve_port:
+            # refused here, as dagctl up refuses it: else the second bind failed as though
+            # another process held the port
+            raise SettingsError(
+                f"METRICS_PORT and PORT are both {serve_port}: the engine needs two ports, "
+                "set one of them to another"
+            )
         return cls(
             engine_id=text(env, "ENGINE_ID") or socket.gethostname(),
             host=read_host(env, "HOST", "[::]"),
-            port=port(env, "PORT", 50051, zero="any free port"),
-            capacity=positive_int(env, "CAPACITY", 10),
-            metrics_port=port(env, "METRICS_PORT", 0, zero="off") or None,
+            port=serve_port,
+            capacity=capacity(env, 10),
+            metrics_port=metrics_port or None,
             drain_grace=seconds(env, "DRAIN_GRACE", 30.0),
-            lua_workers=optional_positive_int(env, "LUA_WORKERS"),
+            lua_workers=_lua_workers(env),
             lua_inline=boolean(env, "LUA_INLINE", True),
-            foreach_output_bytes=positive_int(env, "FOREACH_OUTPUT_BYTES", 32 * 1024 * 1024),
+            foreach_output_bytes=_foreach_output_bytes(env),
             run_output_bytes=run_output_bytes(env),
             engine_token=engine_token(env),
             tls_cert_file=cert,
@@ -233,3 +276,28 @@ class Settings:
             log_format=log_format(env),
             log_level=log_level(env),
         )
+
+
+def in_process(
+    env: Mapping[str, str], *, capacity_default: int, drain_grace: float, lua_workers: int
+) -> Settings:
+    """An engine served inside another process (the orchestrator's ``TRANSPORT_TYPE=local``),
+    on a free loopback port: the variables that shape how it runs (``CAPACITY``,
+    ``DRAIN_GRACE``, ``LUA_WORKERS``, ``LUA_INLINE``, ``FOREACH_OUTPUT_BYTES``,
+    ``RUN_OUTPUT_BYTES``) read as the engine reads them, with that process's defaults; where and
+    how it serves (``ENGINE_ID``, ``HOST``, ``PORT``, ``METRICS_PORT``, ``TLS_*``) are the
+    host process's own variables, not the engine's."""
+    return Settings(
+        engine_id="local",
+        host="127.0.0.1",
+        port=0,
+        capacity=capacity(env, capacity_default),
+        drain_grace=seconds(env, "DRAIN_GRACE", drain_grace),
+        lua_workers=_lua_workers(env) or lua_workers,
+        lua_inline=boolean(env, "LUA_INLINE", True),
+        foreach_output_bytes=_foreach_output_bytes(env),
+        run_output_bytes=run_output_bytes(env),
+        engine_token=engine_token(env),
+        log_format=log_format(env),
+        log_level=log_level(env),
+    )

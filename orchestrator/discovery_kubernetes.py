@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
+import yaml
 from kubernetes.aio import client as k8s_client
 from kubernetes.aio import config as k8s_config
 
@@ -474,17 +475,37 @@ def check_settings(settings: Settings) -> None:
             ) from exc
         return
     path = settings.kubeconfig or str(Path("~/.kube/config").expanduser())
-    if not Path(path).is_file():
-        # checked here: the client only logs a warning of its own and then fails on a key
-        raise SettingsError(
-            f"IN_CLUSTER_CONFIG=false: cannot read the kubeconfig {path} (KUBECONFIG): no such file"
-        )
+    cannot = f"IN_CLUSTER_CONFIG=false: cannot read the kubeconfig {path} (KUBECONFIG)"
+    # checked here: the client only logs a warning of its own and then fails on a key, or
+    # fails in Python's words ('str' object does not support item assignment)
+    if Path(path).is_dir():
+        raise SettingsError(f"{cannot}: it is a directory")
+    if not Path(path).exists():
+        raise SettingsError(f"{cannot}: no such file")
+    if not Path(path).is_file():  # a device or a pipe, which a read could wait on for ever
+        raise SettingsError(f"{cannot}: it is not a regular file")
+    not_one = f"{cannot}: it is not a kubeconfig (a YAML mapping)"
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"{cannot}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"{not_one}: it is not UTF-8 text") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{not_one}: {_yaml_problem(exc)}") from exc
+    if not isinstance(loaded, dict):
+        raise SettingsError(not_one)
     try:
         k8s_config.list_kube_config_contexts(path)
     except (k8s_config.ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
-        raise SettingsError(
-            f"IN_CLUSTER_CONFIG=false: cannot read the kubeconfig {path} (KUBECONFIG): {exc}"
-        ) from exc
+        raise SettingsError(f"{cannot}: {exc}") from exc
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What the YAML parser found, and where, in a few words on one line."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        return f"{error.problem} at line {error.problem_mark.line + 1}"
+    return " ".join(str(error).split())
 
 
 # -- the loop ------------------------------------------------------------------------------------

@@ -40,15 +40,20 @@ class LocalEngines:
     """``settings.local_engines`` engine servers on 127.0.0.1, each on a free port."""
 
     def __init__(self, settings: Settings) -> None:
+        shared = settings.local_engine or EngineSettings(
+            engine_id="local",
+            capacity=settings.engine_capacity,
+            drain_grace=5.0,
+            lua_workers=1,
+        )
         self._servers = [
             EngineServer(
-                EngineSettings(
+                replace(
+                    shared,
                     engine_id=f"local-{i}",
                     host="127.0.0.1",
                     port=0,
-                    capacity=settings.engine_capacity,
-                    drain_grace=5.0,
-                    lua_workers=1,
+                    metrics_port=None,
                     # they listen on loopback ports: with a token, as guarded as any engine
                     engine_token=settings.engine_token,
                 )

@@ -8,15 +8,25 @@ variable, which the entry point prints as one line before exiting 2.
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Final, Literal, cast
 
 from engine.core import envparse as ep
 from engine.core.envparse import LogFormat, SettingsError
-from engine.settings import engine_token, server_tls_files
+from engine.settings import (
+    MAX_CAPACITY,
+    bearer_token,
+    engine_token,
+    in_process,
+    server_tls_files,
+)
+from engine.settings import Settings as EngineSettings
 from engine.tls import ENGINE_LINK_NAMES, ClientTls, server_name_problem
 
 __all__ = ["Settings", "SettingsError"]
@@ -30,6 +40,28 @@ MIN_CONNECTIONS: Final = 16
 """The fewest HTTP connections the server takes at once: lowering MAX_CONNECTIONS to fit the
 file descriptors stops here (``connections.connection_cap``), so a value below it is refused
 at start rather than raised to it, and what runs is what the variable says."""
+
+MAX_BODY_BYTES: Final = 1024 * 1024 * 1024
+"""The most ``MAX_BODY_BYTES`` may be (1 GiB): gRPC takes the request size (this plus 64 KiB)
+as a C int, and refused 2 GiB less 64 KiB or more with a traceback at start."""
+
+MAX_LOCAL_ENGINES: Final = 64
+"""The most ``LOCAL_ENGINES`` may be, as ``dagctl up --engines``."""
+
+MIN_HEALTH_CHECK_INTERVAL: Final = 0.1
+MIN_DISCOVERY_INTERVAL: Final = 1.0
+"""The shortest ``ENGINE_HEALTH_CHECK_INTERVAL`` and ``ENGINE_DISCOVERY_INTERVAL``: the fleet
+and discovery wait at least this between looks, so a shorter value is refused rather than
+raised to it, and what runs is what the variable says."""
+
+MAX_DURATION_DAYS: Final = 36500
+"""The longest duration (``EXECUTION_RETENTION``): 100 years. The retention sweep takes it
+from now, and a cutoff before year 1 failed every sweep with a traceback."""
+
+DEFAULT_STATE_DB: Final = "/var/lib/dagengine/state.db"
+SQLITE_HEADER: Final = b"SQLite format 3\x00"
+"""The first 16 bytes of every SQLite database file (an empty file is one too, not yet
+written)."""
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -165,17 +197,90 @@ def _duration(env: Mapping[str, str], name: str) -> float:
     raw = (ep.text(env, name) or "0").lower()
     if raw == "0":
         return 0.0
-    number, unit = raw[:-1], _DURATION_UNITS.get(raw[-1:])
-    try:
-        value = float(number) * unit if unit is not None else -1.0
-    except ValueError:
-        value = -1.0
+    number, unit = ep.decimal(raw[:-1]), _DURATION_UNITS.get(raw[-1:])
+    value = number * unit if number is not None and unit is not None else -1.0
     if not (value >= 0 and math.isfinite(value)):
         raise SettingsError(
             f"{name} must be a duration such as 30d, 12h, 90m or 45s, or 0 for none, "
             f"got {env[name]!r}"
         )
+    if value > MAX_DURATION_DAYS * _DURATION_UNITS["d"]:
+        raise SettingsError(
+            f"{name} must be at most {MAX_DURATION_DAYS}d (100 years), got {env[name]!r}"
+        )
     return value
+
+
+def state_db(env: Mapping[str, str], cwd: Path | None = None, *, parent: bool = True) -> str:
+    """``STATE_DB``, checked before anything is opened: a SQLite file there or one to make, in a
+    directory there or one to make. What else it could name failed only once the store opened
+    it, with a ``.lock`` file made beside it (``/dev/null.lock``), in words not naming it.
+    ``cwd``: where a relative path is taken from, when not this process's working directory;
+    ``parent=False``: the file alone (``dagctl up``, whose orchestrator runs where ``up`` was
+    started, makes the directory first for the logs it keeps beside the file, and says so when
+    it cannot)."""
+    path = ep.text(env, "STATE_DB") or DEFAULT_STATE_DB
+    where = str(cwd / path) if cwd is not None and path != ":memory:" else path
+    problem = state_db_problem(where, parent=parent)
+    if problem is not None:
+        raise SettingsError(f"STATE_DB must be a SQLite database file, got {path!r}: {problem}")
+    return path
+
+
+def state_db_problem(path: str, *, parent: bool = True) -> str | None:
+    """Why the store cannot keep its state in ``path``, or None (the file may not exist yet);
+    ``parent``: also when the directory it would be made in cannot be."""
+    if path == ":memory:":
+        return (
+            "an in-memory database is not shared by the store's connections, and would lose "
+            "every run when the orchestrator stops"
+        )
+    try:
+        found = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return _parent_problem(path) if parent else None
+    except OSError as exc:
+        return f"cannot look at it ({exc.strerror})"
+    if stat.S_ISDIR(found.st_mode):
+        return "it is a directory"
+    if not stat.S_ISREG(found.st_mode):
+        return f"it is {_file_kind(found.st_mode)}, not a file"
+    if found.st_size == 0:
+        return None  # SQLite writes its header with the first write
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror})"
+    if head != SQLITE_HEADER:
+        return "it is another kind of file (it lacks SQLite's header), left as it was"
+    return None
+
+
+def _parent_problem(path: str) -> str | None:
+    """The store makes the directories a new ``path`` lacks: the nearest that exists must be
+    a directory."""
+    for parent in Path(path).absolute().parents:
+        try:
+            found = os.stat(parent)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            return f"cannot look at {parent} ({exc.strerror})"
+        return None if stat.S_ISDIR(found.st_mode) else f"{parent} is not a directory"
+    return None
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
 
 
 def _engine_tls(env: Mapping[str, str]) -> ClientTls | None:
@@ -213,6 +318,17 @@ def _no_engine_tls(env: Mapping[str, str]) -> None:
             )
 
 
+def _no_discovery(env: Mapping[str, str]) -> None:
+    """TRANSPORT_TYPE=local reaches the engines it runs, and none other: where to find
+    engines, ignored before, is refused rather than let the operator think it is used."""
+    for name in ("DISCOVERY_MODE", "ENGINE_ADDRESSES", "ENGINE_DNS_NAME"):
+        if ep.text(env, name) is not None:
+            raise SettingsError(
+                f"{name} is for engines found over the network: TRANSPORT_TYPE=local runs"
+                " its own (LOCAL_ENGINES) inside this process; unset one or the other"
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     # where we serve
@@ -230,7 +346,7 @@ class Settings:
     tls_key_file: str | None = None
     tls_ca_file: str | None = None
     # state
-    state_db: str = "/var/lib/dagengine/state.db"
+    state_db: str = DEFAULT_STATE_DB
     # engines
     transport: Transport = "grpc"
     discovery_mode: DiscoveryMode = "kubernetes"
@@ -241,6 +357,11 @@ class Settings:
     """Assumed capacity of an engine until its GetInfo answers."""
     local_engines: int = 2
     """With TRANSPORT_TYPE=local: engines run in this process."""
+    local_engine: EngineSettings | None = None
+    """With TRANSPORT_TYPE=local: the settings the local engines share (the engine's own
+    variables, ``engine.settings.in_process``), each with an id and port of its own; None
+    (``LocalCluster``): the engine's defaults, ENGINE_CAPACITY runs at once, one Lua worker
+    and 5 s to drain each."""
     k8s_namespace: str = "default"
     k8s_service_name: str = "workflow-engines"
     k8s_label_selector: str = "app=workflow-engine"
@@ -282,12 +403,15 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
+        transport = cast(Transport, ep.choice(env, "TRANSPORT_TYPE", ("grpc", "local"), "grpc"))
+        if transport == "local":
+            _no_engine_tls(env)
+            _no_discovery(env)
         discovery = cast(
             DiscoveryMode,
             ep.choice(env, "DISCOVERY_MODE", ("kubernetes", "static", "dns"), "kubernetes"),
         )
         addresses = ep.address_list(env, "ENGINE_ADDRESSES")
-        transport = cast(Transport, ep.choice(env, "TRANSPORT_TYPE", ("grpc", "local"), "grpc"))
         if transport == "grpc" and discovery == "static" and not addresses:
             raise SettingsError(
                 "ENGINE_ADDRESSES must list host:port engines when DISCOVERY_MODE=static"
@@ -295,27 +419,45 @@ class Settings:
         namespace = _dns_name(env, "K8S_NAMESPACE", "default", _DNS_1123_LABEL)
         service = _dns_name(env, "K8S_SERVICE_NAME", "workflow-engines", _DNS_1035_LABEL)
         cert, key, ca = server_tls_files(env)
-        if transport == "local":
-            _no_engine_tls(env)
+        http_port = ep.port(env, "HTTP_PORT", 8080, zero="any free port")
+        grpc_port = ep.port(env, "GRPC_PORT", 50051, zero="any free port")
+        if http_port and http_port == grpc_port:
+            # refused here, as dagctl up refuses it: else the second server failed to listen
+            # as though another process held the port
+            raise SettingsError(
+                f"HTTP_PORT and GRPC_PORT are both {http_port}: the orchestrator needs two "
+                "ports, set one of them to another"
+            )
+        engine_capacity = ep.positive_int(env, "ENGINE_CAPACITY", 10, most=MAX_CAPACITY)
         return cls(
             host=ep.host(env, "HOST", "[::]"),
-            http_port=ep.port(env, "HTTP_PORT", 8080, zero="any free port"),
-            grpc_port=ep.port(env, "GRPC_PORT", 50051, zero="any free port"),
-            api_token=ep.text(env, "API_TOKEN"),
-            max_body_bytes=ep.positive_int(env, "MAX_BODY_BYTES", 1024 * 1024),
+            http_port=http_port,
+            grpc_port=grpc_port,
+            api_token=bearer_token(env, "API_TOKEN"),
+            max_body_bytes=ep.positive_int(
+                env, "MAX_BODY_BYTES", 1024 * 1024, most=MAX_BODY_BYTES, why=" (1 GiB)"
+            ),
             max_connections=ep.int_at_least(env, "MAX_CONNECTIONS", 1024, MIN_CONNECTIONS),
             tls_cert_file=cert,
             tls_key_file=key,
             tls_ca_file=ca,
-            state_db=ep.text(env, "STATE_DB") or "/var/lib/dagengine/state.db",
+            state_db=state_db(env),
             transport=transport,
             discovery_mode=discovery,
             engine_addresses=addresses,
             engine_dns_name=ep.host_name(env, "ENGINE_DNS_NAME")
             or f"{service}.{namespace}.svc.cluster.local",
-            engine_port=ep.port(env, "ENGINE_PORT", 50051, zero="unused"),
-            engine_capacity=ep.positive_int(env, "ENGINE_CAPACITY", 10),
-            local_engines=ep.positive_int(env, "LOCAL_ENGINES", 2),
+            # where engines are reached (dns, and pods without a port annotation): 0 is none
+            engine_port=ep.port(env, "ENGINE_PORT", 50051, zero=None),
+            engine_capacity=engine_capacity,
+            local_engines=ep.positive_int(env, "LOCAL_ENGINES", 2, most=MAX_LOCAL_ENGINES),
+            # the defaults local engines had: one Lua worker each (they share the machine
+            # with the orchestrator and each other), and a short drain
+            local_engine=in_process(
+                env, capacity_default=engine_capacity, drain_grace=5.0, lua_workers=1
+            )
+            if transport == "local"
+            else None,
             k8s_namespace=namespace,
             k8s_service_name=service,
             k8s_label_selector=_label_selector(env, "K8S_LABEL_SELECTOR", "app=workflow-engine"),
@@ -328,8 +470,12 @@ class Settings:
                     env, "K8S_DISCOVERY_SOURCE", ("endpointslices", "pods"), "endpointslices"
                 ),
             ),
-            discovery_interval=ep.seconds(env, "ENGINE_DISCOVERY_INTERVAL", 30.0),
-            health_check_interval=ep.seconds(env, "ENGINE_HEALTH_CHECK_INTERVAL", 10.0),
+            discovery_interval=ep.seconds(
+                env, "ENGINE_DISCOVERY_INTERVAL", 30.0, least=MIN_DISCOVERY_INTERVAL
+            ),
+            health_check_interval=ep.seconds(
+                env, "ENGINE_HEALTH_CHECK_INTERVAL", 10.0, least=MIN_HEALTH_CHECK_INTERVAL
+            ),
             load_balancer=cast(
                 Balancer,
                 ep.choice(

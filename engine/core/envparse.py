@@ -98,8 +98,32 @@ def text(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    got = optional_positive_int(env, name)
+_DIGITS = re.compile(r"[0-9]+")
+# what float() takes, in ASCII: it also takes '1_0', 'infinity' and the digits of every script
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def whole_number(raw: str) -> int | None:
+    """``raw`` as a whole number when it is ASCII digits alone, else None. ``int()`` also takes
+    ``1_000``, ``+5`` and the digits of every script (Arabic-Indic ones, which no resolver
+    takes in a port), and ``str.isdigit`` takes a superscript 2, which ``int()`` refuses."""
+    if _DIGITS.fullmatch(raw) is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:  # past the digits int() converts
+        return None
+
+
+def decimal(raw: str) -> float | None:
+    """``raw`` as a number when it is one written in ASCII (``2``, ``0.5``, ``1e3``), else None."""
+    return float(raw) if _DECIMAL.fullmatch(raw) is not None else None
+
+
+def positive_int(
+    env: Mapping[str, str], name: str, default: int, *, most: int | None = None, why: str = ""
+) -> int:
+    got = optional_positive_int(env, name, most=most, why=why)
     return default if got is None else got
 
 
@@ -110,48 +134,53 @@ def int_at_least(env: Mapping[str, str], name: str, default: int, minimum: int) 
     return default if got is None else got
 
 
-def optional_positive_int(env: Mapping[str, str], name: str) -> int | None:
-    return _at_least(env, name, 1, "a positive integer")
+def optional_positive_int(
+    env: Mapping[str, str], name: str, *, most: int | None = None, why: str = ""
+) -> int | None:
+    """A positive integer, None when unset; above ``most`` it is refused, the line saying
+    ``why`` (`` (1 GiB)``, ``: ...``) after the bound."""
+    got = _at_least(env, name, 1, "a positive integer")
+    if got is not None and most is not None and got > most:
+        raise SettingsError(f"{name} must be at most {most}{why}, got {env[name]!r}")
+    return got
 
 
 def _at_least(env: Mapping[str, str], name: str, minimum: int, what: str) -> int | None:
     raw = text(env, name)
     if raw is None:
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
+    value = whole_number(raw)
+    if value is None or value < minimum:
         raise SettingsError(f"{name} must be {what}, got {env[name]!r}")
     return value
 
 
-def port(env: Mapping[str, str], name: str, default: int, *, zero: str) -> int:
+def port(env: Mapping[str, str], name: str, default: int, *, zero: str | None) -> int:
+    """A port number; 0 is taken only when ``zero`` says what it means (``any free port``,
+    ``off``), and refused where the port is one to reach something at."""
     raw = text(env, name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
+    value = whole_number(raw)
+    lowest = 0 if zero is not None else 1
+    if value is None or not lowest <= value <= 65535:
+        first = f"0 ({zero})" if zero is not None else "1"
         raise SettingsError(
-            f"{name} must be a port number from 0 ({zero}) to 65535, got {env[name]!r}"
+            f"{name} must be a port number from {first} to 65535, got {env[name]!r}"
         )
     return value
 
 
-def seconds(env: Mapping[str, str], name: str, default: float) -> float:
+def seconds(env: Mapping[str, str], name: str, default: float, *, least: float = 0.0) -> float:
+    """A number of seconds, at least ``least``: one below is refused rather than raised to it,
+    so what runs is what the variable says."""
     raw = text(env, name)
     if raw is None:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not (value >= 0 and math.isfinite(value)):
-        raise SettingsError(f"{name} must be a number of seconds (0 or more), got {env[name]!r}")
+    value = decimal(raw)
+    if value is None or not (value >= least and math.isfinite(value)):
+        what = "0 or more" if least == 0 else f"at least {least:g}"
+        raise SettingsError(f"{name} must be a number of seconds ({what}), got {env[name]!r}")
     return value
 
 
@@ -203,7 +232,8 @@ def address_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     out = []
     for item in raw.replace(",", " ").split():
         host, sep, port_text = item.rpartition(":")
-        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        number = whole_number(port_text)
+        if not sep or not host or number is None or not 0 < number < 65536:
             raise SettingsError(f"{name} must list host:port addresses, got {item!r}")
         if not _is_host(host, lookup=True) or (bare_host(host) == host and ":" in host):
             # IPv6 without brackets too: its last group could be the port

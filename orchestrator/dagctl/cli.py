@@ -88,11 +88,13 @@ class Settings:
         server = (env.get("DAGCTL_SERVER") or "").strip() or DEFAULT_SERVER
         if "://" not in server:
             server = "http://" + server
-        token = (env.get("DAGCTL_TOKEN") or env.get("API_TOKEN") or "").strip() or None
+        # a blank DAGCTL_TOKEN is unset, not a token that hides API_TOKEN
+        own = (env.get("DAGCTL_TOKEN") or "").strip()
+        token = own or (env.get("API_TOKEN") or "").strip() or None
         return cls(
             server=server.rstrip("/"),
             token=token,
-            token_variable="DAGCTL_TOKEN" if env.get("DAGCTL_TOKEN") else "API_TOKEN",
+            token_variable="DAGCTL_TOKEN" if own else "API_TOKEN",
             ca_file=(env.get("DAGCTL_CA_FILE") or "").strip() or None,
             cert_file=(env.get("DAGCTL_CERT_FILE") or "").strip() or None,
             key_file=(env.get("DAGCTL_KEY_FILE") or "").strip() or None,

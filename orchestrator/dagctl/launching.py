@@ -42,13 +42,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Final, Protocol, TextIO
+from typing import IO, Final, Protocol, TextIO, TypeVar
 
+from engine.core import envparse as ep
+from engine.core.envparse import SettingsError
 from engine.core.values import JSON, JSONObject
 from orchestrator.dagctl.calling import ApiError, Client, Unreachable
 from orchestrator.dagctl.cli import BadArguments, detail_lines
 from orchestrator.dagctl.cli import Settings as ClientSettings
 from orchestrator.locking import Held, hold, holder_named, state_holder
+from orchestrator.settings import state_db as state_db_setting
+
+_T = TypeVar("_T")
 
 STOP_GRACE = 35.0
 START_TIMEOUT = 60.0
@@ -178,16 +183,17 @@ def listens(pid: int, port: int) -> bool:
 
 
 def _port(env: Mapping[str, str], name: str, default: int, pick: Callable[[], int]) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise LaunchError(f"{name} must be a port number, got {raw!r}") from None
-    if not 0 <= value <= 65535:
-        raise LaunchError(f"{name} must be a port number between 0 and 65535, got {value}")
+    # read as the services read it (ASCII digits alone: int() took 1_000 as 1000)
+    value = _setting(lambda: ep.port(env, name, default, zero="any free port"))
     return value or pick()  # 0: any free port, chosen here so we know which
+
+
+def _setting(read: Callable[[], _T]) -> _T:
+    """What ``read`` reads with the services' own readers, their refusal as up's (exit 2)."""
+    try:
+        return read()
+    except SettingsError as exc:
+        raise LaunchError(str(exc), exit_code=BAD_SETTINGS_EXIT) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +237,8 @@ DEFAULT_STATE_DB: Final = str(Path(".dagengine") / "state.db")
 
 def log_dir_of(state_db: str, base_dir: Path) -> Path:
     """Where the logs of an ``up`` on ``state_db`` go: ``.dagengine/logs`` for the default one
-    (and ``:memory:``), else ``<STATE_DB>.logs`` beside the database. One directory per state
+    (and ``:memory:``, which ``run_up`` refuses before making anything, as the orchestrator
+    refuses it), else ``<STATE_DB>.logs`` beside the database. One directory per state
     database, since another ``up`` here with a STATE_DB of its own must not rotate this one's
     logs, nor a later crash of this one show that one's lines."""
     default = base_dir / ".dagengine" / "logs"
@@ -261,6 +268,14 @@ def plan(
     (to the engines, but for the secrets they have no use for: see ``for_engines``)."""
     if not 1 <= engines <= MAX_ENGINES:
         raise LaunchError(f"--engines must be between 1 and {MAX_ENGINES}, got {engines}")
+    if (environ.get("TRANSPORT_TYPE") or "").strip().lower() == "local":
+        # its orchestrator would run engines of its own, and up would wait for its engines
+        # to join a minute in vain
+        raise LaunchError(
+            "TRANSPORT_TYPE=local: dagctl up starts its own engines: unset TRANSPORT_TYPE, or "
+            "run `python -m orchestrator` for in-process engines",
+            exit_code=BAD_SETTINGS_EXIT,
+        )
     state_db = environ.get("STATE_DB", "").strip() or DEFAULT_STATE_DB
     log_dir = log_dir_of(state_db, base_dir)
     common = {**environ}
@@ -271,7 +286,9 @@ def plan(
         common["ENGINE_TOKEN"] = make_token()
     engine_env = {k: v for k, v in common.items() if for_engines(k)}
     capacity = environ.get("CAPACITY", "").strip() or "10"
-    metrics_wanted = environ.get("METRICS_PORT", "").strip() not in ("", "0")
+    # each engine gets a port of its own: the value is read for whether it is on, as the
+    # engine reads it (abc, 70000 or off were taken as on)
+    metrics_wanted = _setting(lambda: ep.port(environ, "METRICS_PORT", 0, zero="off")) != 0
     children: list[Child] = []
     addresses: list[str] = []
     metrics: list[int | None] = []
@@ -1078,6 +1095,9 @@ def run_up(
     try:
         layout = plan(environ, engines=engines, python=python, base_dir=cwd)
         tls = own_server_tls(environ)
+        # as its orchestrator would refuse it, before anything is made or started; the
+        # directory it goes in is the logs' too, which hold_logs makes, or says it cannot
+        _setting(lambda: state_db_setting({"STATE_DB": layout.state_db}, cwd=cwd, parent=False))
     except LaunchError as exc:
         complain.write(f"dagctl: {exc}\n")
         return BAD_SETTINGS_EXIT

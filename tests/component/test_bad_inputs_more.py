@@ -533,7 +533,9 @@ def test_an_empty_zone_is_refused_with_its_line() -> None:
     ("workers", "why"),
     [
         ("0", "must be 1 to 256, got 0"),
-        ("-1", "must be 1 to 256, got -1"),
+        ("-1", "must be a whole number, got '-1'"),
+        ("1_0", "must be a whole number, got '1_0'"),  # int() takes it
+        ("\u0661", "must be a whole number, got '\u0661'"),  # an Arabic-Indic 1: int() too
         ("100000", "must be 1 to 256, got 100000"),
         ("many", "must be a whole number, got 'many'"),
     ],

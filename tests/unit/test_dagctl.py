@@ -179,6 +179,9 @@ def test_settings_from_the_environment() -> None:
     assert s.server == "http://orch.local:9000" and s.token == "a"
     s = Settings.from_env({"DAGCTL_SERVER": "https://x", "API_TOKEN": "a", "DAGCTL_TOKEN": "b"})
     assert s.server == "https://x" and s.token == "b"
+    # a blank DAGCTL_TOKEN is unset: API_TOKEN is sent, and named as what was sent
+    s = Settings.from_env({"API_TOKEN": "a", "DAGCTL_TOKEN": "  "})
+    assert (s.token, s.token_variable) == ("a", "API_TOKEN")
     assert Settings.from_env({"HOME": "/h"}).environ["HOME"] == "/h"
 
 
