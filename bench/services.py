@@ -74,6 +74,19 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
                 proc.wait(max(0.1, deadline - time.monotonic()))
 
 
+def read_proc(pid: int) -> tuple[float, float, int, int]:
+    """VmRSS and VmHWM in MB, open file descriptors and threads of a process, from /proc
+    (Linux)."""
+    status = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        status[key] = value.strip()
+    rss_kb = int(status["VmRSS"].split()[0])
+    hwm_kb = int(status["VmHWM"].split()[0])
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    return rss_kb / 1024, hwm_kb / 1024, fds, int(status["Threads"])
+
+
 @dataclass(frozen=True)
 class System:
     url: str

@@ -65,7 +65,7 @@ from engine.api import dagengine_pb2 as pb  # noqa: E402
 from engine.api import dagengine_pb2_grpc as pbg  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from services import start_system, stop  # noqa: E402
+from services import read_proc, start_system, stop  # noqa: E402
 
 ITEM_BYTES = 900 * 1024
 TERMINAL = frozenset({"succeeded", "partial", "failed", "cancelled", "timed_out"})
@@ -299,19 +299,6 @@ class Sample:
     hwm_mb: float  # VmHWM: the kernel's own peak RSS, which samples may miss
     fds: int
     threads: int
-
-
-def read_proc(pid: int) -> tuple[float, float, int, int]:
-    """VmRSS and VmHWM in MB, open file descriptors and threads of a process, from /proc
-    (Linux)."""
-    status = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        status[key] = value.strip()
-    rss_kb = int(status["VmRSS"].split()[0])
-    hwm_kb = int(status["VmHWM"].split()[0])
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    return rss_kb / 1024, hwm_kb / 1024, fds, int(status["Threads"])
 
 
 def slope(points: list[tuple[float, float]]) -> float:

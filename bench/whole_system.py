@@ -38,7 +38,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_runner import dag
-from services import start, start_system, stop
+from services import read_proc, start, start_system, stop
 
 THREE = {
     "id": "bench3",
@@ -249,6 +249,11 @@ async def main_async(args: argparse.Namespace) -> None:
             print(
                 f"3. one {args.big_nodes}-node workflow  {wall:6.2f} s"
                 f"   target <= 2 s: {'met' if wall <= 2 else 'MISSED'}"
+            )
+            peaks = {name: read_proc(p.pid)[1] for name, p in named.items()}
+            print(
+                "   peak memory (VmHWM) of the whole run: "
+                + ", ".join(f"{name} {mb:.0f} MB" for name, mb in peaks.items())
             )
     finally:
         stop(procs)
