@@ -529,9 +529,12 @@ def _script_cut(name: str, node: yaml.ScalarNode) -> tuple[str, int] | None:
     A ' #' in a plain (unquoted) value starts a YAML comment, so ``lua: return #rows`` is
     the script ``return``, which runs and returns nothing, and ``when: #rows > 0`` no
     condition at all; ``x#y`` is text, and quoted and block scalars hold a '#' as written.
-    A folded block (``>``) joins adjacent lines with a space, so a ``--`` comment on one
-    swallows the rest of the script and every runtime error names line 1; lines it keeps
-    apart (a blank line between them) stay as written."""
+    Every style but a literal block (``|``) joins adjacent lines with a space: a folded block
+    (``>``), and a plain or quoted value that goes on over lines. In a script, a ``--``
+    comment on one line then swallows the rest and every runtime error names line 1, so a
+    ``lua`` written so is refused; a ``when`` only when one of its joined lines has a ``--``
+    (an expression over two lines is joined harmlessly). Lines a block keeps apart (a blank
+    line between them) stay as written."""
     what = _SCRIPT_FIELDS.get(name)
     buffer = node.end_mark.buffer
     if what is None or not isinstance(buffer, str):
@@ -546,17 +549,26 @@ def _script_cut(name: str, node: yaml.ScalarNode) -> tuple[str, int] | None:
                 f"it: write the {what} as a block ({name}: |) or quote it",
                 node.end_mark.line + 1,
             )
-    if node.style == ">" and name == "lua":
-        body = buffer[node.start_mark.index : node.end_mark.index].split("\n")[1:]  # past '>'
-        written = sum(1 for text in body if text.strip())
-        if written > sum(1 for text in node.value.split("\n") if text.strip()):
-            return (
-                "a folded block (>) joins its lines with spaces, so a -- comment runs to the "
-                "end of the script and errors all name line 1: write it as a literal block "
-                "(lua: |)",
-                node.start_mark.line + 1,
-            )
-    return None
+    if name not in ("lua", "when") or node.style == "|" or not isinstance(node.value, str):
+        return None
+    written = buffer[node.start_mark.index : node.end_mark.index].split("\n")
+    if node.style == ">":
+        written = written[1:]  # past the header ('>', '>-', ...)
+    # the last line may hold the comment: nothing follows it to be swallowed
+    joined = [text for text in written if text.strip()]
+    if len(joined) <= sum(1 for text in node.value.split("\n") if text.strip()):
+        return None
+    if name == "when" and not any("--" in text for text in joined[:-1]):
+        return None
+    how = "a folded block (>)" if node.style == ">" else "a value over several lines"
+    if name == "lua":
+        why = "a -- comment runs to the end of the script and errors all name line 1"
+    else:
+        why = "a -- comment runs to the end of the expression"
+    return (
+        f"{how} joins its lines with spaces, so {why}: write it as a literal block ({name}: |)",
+        node.start_mark.line + 1,
+    )
 
 
 def _text_lines(node: yaml.ScalarNode) -> list[int]:

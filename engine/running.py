@@ -55,6 +55,9 @@ wait is named in its error."""
 
 StopKey: TypeAlias = tuple[str, int | None, bool]
 """``(node, item, is_when)``: a script asked to stop whose outcome the run waits for."""
+LogKey: TypeAlias = tuple[str, int]
+"""``(node, attempt)``: a log budget; attempt 0 for a foreach node's, which all its items and
+their attempts share."""
 
 
 _NODE_ENDS = frozenset(f"node.{status}" for status in NODE_TERMINAL)
@@ -177,13 +180,15 @@ class Execution:
         self._cancels: dict[tuple[str, int | None], Flag] = {}
         self._conditions: dict[str, Flag] = {}  # when expressions being evaluated, by node
         self._item_bytes: dict[str, int] = {}  # foreach node -> bytes of its items' outputs
-        # a node keeps as many log lines as one script run does, over all its items and
-        # attempts: the sandbox's caps are per run, so a foreach of 10,000 items would keep
-        # ten million. A run resumed on another engine starts its unfinished nodes afresh.
+        # a foreach node keeps as many log lines as one script run does, over all its items
+        # and their attempts: the sandbox's caps are per run, so 10,000 items would keep ten
+        # million. Any other node's attempts keep theirs each, so the lines that tell why its
+        # last attempt failed are not the first attempts' to spend. A run resumed on another
+        # engine starts its unfinished nodes afresh.
         self._log_lines = pool.limits.log_lines
         self._log_bytes = pool.limits.log_bytes
-        self._logs: dict[str, _NodeLogs] = {}
-        self._untold: set[str] = set()  # nodes with dropped log lines no note has told yet
+        self._logs: dict[LogKey, _NodeLogs] = {}
+        self._untold: set[LogKey] = set()  # budgets with dropped lines no note has told yet
         self._foreach_output_bytes = foreach_output_bytes
         self._run_output_bytes = run_output_bytes
         self._output_bytes = carried_bytes  # of every output made, items' included
@@ -585,13 +590,14 @@ class Execution:
         outcome: LuaOutcome,
         now: float,
     ) -> list[sch.TaskLogged]:
-        """The lines of one script run that its node's log budget keeps; the others are
-        counted, and told in one line at the node's end (``_tell_dropped``). A line is kept
-        while the node has kept fewer lines and bytes than the budget, as the sandbox keeps
-        a run's: the line that crosses the bytes stays."""
-        budget = self._logs.get(node_id)
+        """The lines of one script run that its budget (``LogKey``) keeps; the others are
+        counted, and told in one line at the end of the node or its attempt
+        (``_tell_dropped``). A line is kept while the budget has kept fewer lines and bytes
+        than its limits, as the sandbox keeps a run's: the line that crosses the bytes stays."""
+        key = (node_id, 0 if self.run.node_spec(node_id).foreach is not None else attempt)
+        budget = self._logs.get(key)
         if budget is None:
-            budget = self._logs[node_id] = _NodeLogs()
+            budget = self._logs[key] = _NodeLogs()
         most_lines, most_bytes = self._log_lines, self._log_bytes
         logs, dropped = outcome.logs, outcome.logs_dropped
         kept: list[sch.TaskLogged] = []
@@ -604,37 +610,40 @@ class Execution:
             kept.append(sch.TaskLogged(node_id, attempt, level, message, now, item))
         if dropped:
             budget.dropped += dropped
-            self._untold.add(node_id)
+            self._untold.add(key)
         return kept
 
     def _tell_dropped(self, ins: sch.Emit) -> None:
-        """Before a node's end event, one line saying how many of its log lines its budget
-        dropped; before the run's end, one more for each node that dropped lines after its
-        own end (those of items stopped by its failure). Lines after the run's end are
-        nobody's: its stream ends with it."""
+        """Before the end of a node, or of an attempt of one that is not a foreach, one line
+        saying how many of its log lines its budget dropped; before the run's end, one more for
+        each budget that dropped lines after its node's end (those of items stopped by its
+        failure). Lines after the run's end are nobody's: its stream ends with it."""
         if ins.type in _NODE_ENDS:
-            if ins.node_id not in self._untold:
-                return
-            ending = [ins.node_id]
+            ending = sorted(key for key in self._untold if key[0] == ins.node_id)
+        elif ins.type == "node.retrying":
+            # an attempt's end; a foreach item's retry is not its node's (budget attempt 0)
+            ending = [key for key in self._untold if key == (ins.node_id, ins.attempt)]
         elif ins.type in _RUN_ENDS:
-            ending = [node_id for node_id in self.spec.order if node_id in self._untold]
+            order = {node_id: i for i, node_id in enumerate(self.spec.order)}
+            ending = sorted(self._untold, key=lambda key: (order.get(key[0], 0), key[1]))
         else:
             return
-        for node_id in ending:
-            self._untold.discard(node_id)
-            budget = self._logs[node_id]
-            note = self._log_limit_note(node_id, budget)
+        for key in ending:
+            self._untold.discard(key)
+            budget = self._logs[key]
+            note = self._log_limit_note(key, budget)
             budget.dropped, budget.told = 0, True
-            attempt = self.run.record(node_id).attempts or None
+            node_id, attempt = key
             data: JSONObject = {"level": "warn", "message": note}
-            self._publish(sch.Emit("node.log", "warning", ins.time, node_id, attempt, data))
+            self._publish(sch.Emit("node.log", "warning", ins.time, node_id, attempt or None, data))
 
-    def _log_limit_note(self, node_id: str, budget: _NodeLogs) -> str:
+    def _log_limit_note(self, key: LogKey, budget: _NodeLogs) -> str:
+        node_id, attempt = key
         spec = self.run.node_spec(node_id)
         if spec.foreach is not None:
             over = " over all its items and attempts"
         elif spec.retry.max_attempts > 1:
-            over = " over all its attempts"
+            over = f" an attempt (attempt {attempt})"
         else:
             over = ""
         if budget.bytes >= self._log_bytes and budget.lines < self._log_lines:

@@ -585,7 +585,9 @@ class LuaSandbox:
             elapsed = time.perf_counter() - started
             return LuaOutcome(True, output, None, None, logs, elapsed, size=size)
         if status == "error" or status == "pattern":
-            message, position = _split_position(payload, task.chunk_name)
+            # an expression's chunk has a line _wrap adds after it
+            lines = task.code.count("\n") + (2 if task.expression else 1)
+            message, position = _split_position(payload, task.chunk_name, lines)
             line = _clamp(position if position is not None else line, task.code, task.expression)
             if line is None:
                 line = _tail_call_line(message, task.code)
@@ -934,21 +936,26 @@ def _clamp(line: int | None, code: str, expression: bool) -> int | None:
     return min(line, code.count("\n") + 1)
 
 
-def _split_position(message: str, chunk_name: str) -> tuple[str, int | None]:
+def _split_position(
+    message: str, chunk_name: str, lines: int | None = None
+) -> tuple[str, int | None]:
     """``"extract:3: boom"`` -> ``("boom", 3)``; other messages come back as they are.
 
     A message caught and raised again with its position (``error(err)`` after a ``pcall`` or a
     ``coroutine.resume``) carries this chunk's position once per raise, ``"extract:5:
-    extract:3: boom"``: the innermost one is where it was first raised, and is kept."""
+    extract:3: boom"``: the innermost one is where it was first raised, and is kept. Only a
+    position within the chunk's ``lines`` (None: none is looked for) reads as one: a message of
+    the script's own that starts so (``error("db:5432: refused")`` in node ``db``) is text."""
     prefix = chunk_name[:59] + ":"
     text, line = _position(message, prefix)
     if line is None:
         return _position(message, "sandbox:")[0], None
-    while True:
+    while lines is not None:
         inner, inner_line = _position(text, prefix)
-        if inner_line is None:
-            return text, line
+        if inner_line is None or not 1 <= inner_line <= lines:
+            break
         text, line = inner, inner_line
+    return text, line
 
 
 def _position(message: str, prefix: str) -> tuple[str, int | None]:

@@ -129,6 +129,9 @@ def test_a_caught_message_keeps_its_position_for_the_script(sandbox: LuaSandbox)
     assert outcome.ok and outcome.value == "b:2: x"
     # text that only looks like a position stays
     assert failure(run(sandbox, 'error("b:x: not a position")')) == ("b:x: not a position", 1)
+    # and so does one past the script's lines: a host and port in node b's message
+    refused = 'error("b:5432: connection refused")'
+    assert failure(run(sandbox, refused)) == ("b:5432: connection refused", 1)
 
 
 # -- log, print and error show values without memory addresses -------------------------------

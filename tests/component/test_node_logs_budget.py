@@ -1,5 +1,6 @@
-"""A node's log budget, with the real Lua pool: its lines over all its items and attempts are
-held to what one script run keeps, and one line before its end says how many were dropped."""
+"""Log budgets, with the real Lua pool: a foreach node's lines over all its items and their
+attempts are held to what one script run keeps, any other node's to that an attempt, and one
+line before the end of each says how many were dropped."""
 
 from __future__ import annotations
 
@@ -86,28 +87,46 @@ async def test_one_script_over_its_cap_is_told_once_not_twice(pool: LuaPool) -> 
     ]
 
 
-async def test_retries_share_the_budget_and_the_bytes_count(pool: LuaPool) -> None:
+async def test_each_attempt_keeps_its_own_lines_and_the_bytes_count(pool: LuaPool) -> None:
     doc, events = await run(
         {
             "nodes": [
                 {
                     "id": "a",
                     "retry": {"max_attempts": 3, "delay": "1ms"},
-                    # 300 bytes a line: the fourth crosses 1000 and stays, as the sandbox keeps
-                    "lua": "for i = 1, 2 do log('info', string.rep('x', 300)) end error('no')",
+                    # 300 bytes a line: the fourth crosses 1000 and stays, as the sandbox keeps;
+                    # the fifth is dropped, in each attempt
+                    "lua": "for i = 1, 5 do log('info', ctx.attempt .. string.rep('x', 299)) end"
+                    " error('no')",
                 }
             ]
         },
         pool,
     )
     assert doc["status"] == "failed"
-    said = logs(events, "a")
-    assert len(said) == 5
-    assert said[-1] == (
-        "[log limit: node 'a' keeps 1000 bytes of log lines over all its attempts; 2 more dropped]"
-    )
-    types = [e.type for e in events if e.node_id == "a"]
-    assert types[-2:] == ["node.log", "node.failed"]
+    said = [(e.type, e.attempt, str(e.data.get("message", ""))[:1]) for e in events]
+    said = [s for s in said if s[0] in ("node.log", "node.retrying", "node.failed")]
+    for attempt in (1, 2, 3):
+        # an earlier attempt's lines leave the last one's all its own: what says why it failed
+        assert [s for s in said if s[0] == "node.log" and s[1] == attempt][:4] == [
+            ("node.log", attempt, str(attempt))
+        ] * 4
+    notes = [
+        (e.attempt, e.data["message"]) for e in events if "log limit" in str(e.data.get("message"))
+    ]
+    assert notes == [
+        (
+            n,
+            f"[log limit: node 'a' keeps 1000 bytes of log lines an attempt (attempt {n}); "
+            "1 more dropped]",
+        )
+        for n in (1, 2, 3)
+    ]
+    # each attempt's note comes just before its end: the retry, then the node's failure
+    ends = [s[0] for s in said]
+    assert ends == ["node.log"] * 5 + ["node.retrying"] + ["node.log"] * 5 + ["node.retrying"] + [
+        "node.log"
+    ] * 5 + ["node.failed"]
 
 
 async def test_a_node_under_its_budget_says_nothing_more(pool: LuaPool) -> None:

@@ -147,6 +147,47 @@ def test_a_folded_block_that_joins_no_lua_lines_is_valid(field: str) -> None:
     assert parse_text(node(field), "wf.yaml").by_id["b"].lua is not None
 
 
+JOINED = (
+    "{how} joins its lines with spaces, so a -- comment runs to the end "
+    "of the {what}{lines}: write it as a literal block ({name}: |)"
+)
+
+
+@pytest.mark.parametrize(
+    ("field", "line", "name"),
+    [
+        # YAML joins a plain or quoted value's lines as a folded block's
+        ("    lua:\n      local rows = {1, 2} -- two rows\n      return rows\n", 9, "lua"),
+        ("    lua: local a = 1\n      return a\n", 8, "lua"),
+        ('    lua: "local a = 1\n      return a"\n', 8, "lua"),
+        ("    lua: 'local a = 1 -- one\n      return a'\n", 8, "lua"),
+        ("    lua: return 1\n    when: results.a.ok -- one\n      and false\n", 9, "when"),
+        ("    lua: return 1\n    when: >\n      results.a.ok -- one\n      and false\n", 9, "when"),
+    ],
+)
+def test_a_lua_or_when_whose_lines_yaml_joins_is_refused(field: str, line: int, name: str) -> None:
+    what, lines = ("script", " and errors all name line 1") if name == "lua" else ("expression", "")
+    how = "a folded block (>)" if ": >" in field else "a value over several lines"
+    said = JOINED.format(how=how, what=what, lines=lines, name=name)
+    assert problems(node(field)) == [f"wf.yaml:{line}: nodes[b].{name}: {said}"]
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        # one line, its line break written as an escape: the script is as written
+        '    lua: "local a = 1\\nreturn a"\n',
+        # an expression over two lines without a comment joins harmlessly
+        "    lua: return 1\n    when: results.a.ok\n      and results.a.ok\n",
+        "    lua: return 1\n    when: 'results.a.ok\n      and true'\n",
+        # a comment on the last line swallows nothing
+        "    lua: return 1\n    when: >\n      results.a.ok\n      and true -- last\n",
+    ],
+)
+def test_values_yaml_joins_harmlessly_are_valid(field: str) -> None:
+    assert parse_text(node(field), "wf.yaml").by_id["b"] is not None
+
+
 # -- ctx.item in when -------------------------------------------------------------------------
 
 
