@@ -21,6 +21,7 @@ from engine.core import envparse as ep
 from engine.core.envparse import LogFormat, SettingsError
 from engine.settings import (
     MAX_CAPACITY,
+    MAX_LUA_WORKERS,
     bearer_token,
     engine_token,
     in_process,
@@ -429,6 +430,22 @@ class Settings:
                 "ports, set one of them to another"
             )
         engine_capacity = ep.positive_int(env, "ENGINE_CAPACITY", 10, most=MAX_CAPACITY)
+        local_engines = ep.positive_int(env, "LOCAL_ENGINES", 2, most=MAX_LOCAL_ENGINES)
+        local_engine = None
+        if transport == "local":
+            # the defaults local engines had: one Lua worker each (they share the machine
+            # with the orchestrator and each other), and a short drain
+            local_engine = in_process(
+                env, capacity_default=engine_capacity, drain_grace=5.0, lua_workers=1
+            )
+            workers = local_engine.lua_workers or 1
+            if local_engines * workers > MAX_LUA_WORKERS:
+                # one process holds them all: LUA_WORKERS' own bound is for one engine's
+                raise SettingsError(
+                    f"LOCAL_ENGINES ({local_engines}) times LUA_WORKERS "
+                    f"({workers}) must be at most {MAX_LUA_WORKERS}: the"
+                    " local engines' Lua workers all run in this process"
+                )
         return cls(
             host=ep.host(env, "HOST", "[::]"),
             http_port=http_port,
@@ -450,14 +467,8 @@ class Settings:
             # where engines are reached (dns, and pods without a port annotation): 0 is none
             engine_port=ep.port(env, "ENGINE_PORT", 50051, zero=None),
             engine_capacity=engine_capacity,
-            local_engines=ep.positive_int(env, "LOCAL_ENGINES", 2, most=MAX_LOCAL_ENGINES),
-            # the defaults local engines had: one Lua worker each (they share the machine
-            # with the orchestrator and each other), and a short drain
-            local_engine=in_process(
-                env, capacity_default=engine_capacity, drain_grace=5.0, lua_workers=1
-            )
-            if transport == "local"
-            else None,
+            local_engines=local_engines,
+            local_engine=local_engine,
             k8s_namespace=namespace,
             k8s_service_name=service,
             k8s_label_selector=_label_selector(env, "K8S_LABEL_SELECTOR", "app=workflow-engine"),

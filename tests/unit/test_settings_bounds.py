@@ -96,6 +96,18 @@ def test_local_engines_stop_at_64_as_dagctl_up_engines() -> None:
     )
 
 
+def test_local_engines_share_one_process_s_bound_on_lua_workers() -> None:
+    def local(**env: str) -> Settings:
+        return Settings.from_env({"TRANSPORT_TYPE": "local", **env})
+
+    assert local(LOCAL_ENGINES="64", LUA_WORKERS="4").local_engines == 64
+    # before: 64 engines of 256 workers each, 16,384 Lua runtimes in one process
+    assert refusal(lambda: local(LOCAL_ENGINES="64", LUA_WORKERS="256")) == (
+        "LOCAL_ENGINES (64) times LUA_WORKERS (256) must be at most 256: the local engines'"
+        " Lua workers all run in this process"
+    )
+
+
 @pytest.mark.parametrize("value", ["36501d", "1000000d", "1e20d", "876001h"])
 def test_a_retention_past_100_years_is_refused(value: str) -> None:
     # before: taken, and every retention sweep failed with a traceback (year out of range)
