@@ -9,6 +9,7 @@ is kept, and checked."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -86,8 +87,8 @@ def quick_keepalive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(serving, "MIN_CLIENT_PING_MS", 500)
 
 
-@pytest.fixture
-async def engine(quick_keepalive: None) -> AsyncIterator[EngineServer]:
+@contextlib.asynccontextmanager
+async def serving_engine() -> AsyncIterator[EngineServer]:
     server = EngineServer(
         Settings(engine_id="e0", host="127.0.0.1", port=0, lua_workers=1, drain_grace=0)
     )
@@ -96,6 +97,25 @@ async def engine(quick_keepalive: None) -> AsyncIterator[EngineServer]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def engine(quick_keepalive: None) -> AsyncIterator[EngineServer]:
+    async with serving_engine() as server:
+        yield server
+
+
+@pytest.fixture
+async def quiet_engine(
+    quick_keepalive: None, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[EngineServer]:
+    """An engine that sends no pings of its own within a test, so that a caller's pings are
+    all that crosses an idle stream. A caller that hears from the engine puts its own ping
+    off: the engine's pings 0.2 s apart left the caller none to send, and the ping policy
+    untested (in production the engine pings half as often as the orchestrator)."""
+    monkeypatch.setattr(serving, "KEEPALIVE_TIME_MS", 60_000)
+    async with serving_engine() as server:
+        yield server
 
 
 @pytest.fixture
@@ -146,14 +166,17 @@ async def test_the_engine_lets_go_of_a_run_whose_caller_went_silent(
         again.cancel()
 
 
-async def test_a_stream_idle_through_many_caller_pings_is_not_cut(engine: EngineServer) -> None:
+async def test_a_stream_idle_through_many_caller_pings_is_not_cut(
+    quiet_engine: EngineServer,
+) -> None:
     # the caller pings at twice the engine's shortest allowed gap, as the orchestrator does,
-    # six times with nothing sent either way (gRPC's default allows two); before: the
-    # stream ended UNAVAILABLE, the engine's GOAWAY too_many_pings
-    nap = json.dumps({"id": "napper", "version": "1.0.0", "nodes": [{"id": "nap", "sleep": "6s"}]})
+    # four times with nothing sent either way (gRPC's default policy cuts at the third, a
+    # second apart: 3 s of sleep are not enough to tell); before: the stream ended
+    # UNAVAILABLE, the engine's GOAWAY too_many_pings
+    nap = json.dumps({"id": "napper", "version": "1.0.0", "nodes": [{"id": "nap", "sleep": "5s"}]})
     # a caller that pings on through a silent stream, not only twice between two calls
     options = caller_options(2 * serving.MIN_CLIENT_PING_MS, max_pings_without_data=0)
-    async with grpc.aio.insecure_channel(engine.address, options=options) as channel:
+    async with grpc.aio.insecure_channel(quiet_engine.address, options=options) as channel:
         call = pb_grpc.EngineStub(channel).Execute(
             pb.ExecuteRequest(execution_id="nap-1", spec=nap)
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
@@ -20,7 +21,12 @@ from kubernetes.aio import config as k8s_config
 from engine.api import dagengine_pb2 as pb
 from orchestrator import discovery_kubernetes
 from orchestrator.discovery import EngineHint
-from orchestrator.discovery_kubernetes import KubernetesDiscovery, check_settings
+from orchestrator.discovery_kubernetes import (
+    ApiUnreachable,
+    KubernetesApiError,
+    KubernetesDiscovery,
+    check_settings,
+)
 from orchestrator.fleet import Fleet
 from orchestrator.ring import make_balancer
 from orchestrator.settings import Settings, SettingsError
@@ -326,14 +332,31 @@ async def test_a_401_names_the_credentials_not_rbac(
 
 
 async def test_an_unreachable_api_server_is_reported_once_and_reconnected(
-    fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fake: FakeKubeApi,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake.put(SLICES, endpoint_slice("engines", [("10.0.0.1", True)], 50051))
-    async with discovering(settings_for(fake, tmp_path), caplog, backoff_max=0.2) as (_, sink, _):
+    async with discovering(settings_for(fake, tmp_path), caplog, backoff_max=0.2) as (
+        discovery,
+        sink,
+        _,
+    ):
         await sink.until(lambda: fake.watch_count() == 1, "a watch")
         reports = len(sink.reports)
+        # a stopped fake counts no requests: the failures discovery meets are counted instead
+        failures: list[KubernetesApiError] = []
+        meet = discovery._trouble
+
+        def met(exc: KubernetesApiError) -> None:
+            failures.append(exc)
+            meet(exc)
+
+        monkeypatch.setattr(discovery, "_trouble", met)
         await fake.stop()
-        await asyncio.sleep(1.0)  # several reconnection attempts
+        await sink.until(lambda: len(failures) >= 3, "several reconnection attempts")
+        assert all(isinstance(exc, ApiUnreachable) for exc in failures), failures
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == 1, [r.getMessage() for r in errors]
         assert "Kubernetes API unreachable" in errors[0].getMessage()
@@ -395,9 +418,12 @@ async def test_a_lasting_410_relists_with_backoff_and_is_logged_once(
         fake.lag_watch_cache()  # every watch is a 410, even right after a fresh list
         fake.drop_watches()
         requests = len(fake.requests)
-        await asyncio.sleep(1.0)
-        # a busy loop made thousands; backing off at 0.2 s makes about ten
-        assert len(fake.requests) - requests < 40, len(fake.requests) - requests
+        started = time.monotonic()
+        await sink.until(lambda: len(fake.requests) - requests >= 8, "eight requests")
+        # a busy loop made thousands a second; backing off, the requests come a list and its
+        # watch at a time, 0.2 s apart (0.16 s at the least, with jitter): eight take three
+        # of those waits at the least
+        assert time.monotonic() - started >= 3 * 0.16
         assert discovery.lists >= 3  # it keeps trying all the same
         episode = [r.getMessage() for r in caplog.records[logged:] if r.levelno >= logging.INFO]
         loud = [m for m in episode if not m.startswith("rewatching")]  # the drop itself

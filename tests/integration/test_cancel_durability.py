@@ -1,16 +1,26 @@
-"""A cancel answered is a cancel kept: an engine that did not hear it (stopped for a while) is
-asked again, and an orchestrator that restarts before any engine heard it ends the run
-cancelled instead of resuming it."""
+"""A cancel answered is a cancel kept: a run whose engine did not hear it (stopped for a while)
+ends cancelled, and an orchestrator that restarts before any engine heard it ends the run
+cancelled instead of resuming it.
+
+The stopped engine is woken as soon as the Cancel call is seen to fail (its 5 s deadline).
+Two ways then end the run, and either passes here: the call sent again, heard by the engine
+while the run is still on it; or, when the link's pings (their 5 s timeout in
+``fleet.CHANNEL_OPTIONS``) took the stopped engine for lost first, the stored cancel its
+resumed run finds. That the call is sent again is proved by
+tests/component/test_cancel_asked_again.py."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import signal
+import sqlite3
 
 import aiohttp
 import pytest
 
-from tests.integration.api import TOKEN, register, wait_end, wait_node
+from tests.integration.api import TOKEN, register, wait_end, wait_for, wait_node
 from tests.integration.conftest import Cluster, StartCluster, spawn_engine, wait_until_serving
 
 pytestmark = pytest.mark.slow
@@ -23,7 +33,7 @@ nodes:
     lua: return 1
   - id: pause
     depends_on: [first]
-    sleep: 8s
+    sleep: 20s
   - id: last
     depends_on: [pause]
     lua: return 2
@@ -31,9 +41,9 @@ nodes:
 
 
 async def napping(start_cluster: StartCluster) -> tuple[Cluster, str]:
-    """One engine, health checks far apart (a stopped engine is not taken for lost, so only
-    the cancel itself can end the run), and a run of NAP in its sleep."""
-    cluster = start_cluster(engines=1, API_TOKEN="s3cret", ENGINE_HEALTH_CHECK_INTERVAL="60")
+    """One engine and a run of NAP in its sleep. The cancel ends it some 6 s in: a sleep
+    that ended first would make the run succeed, and its length costs nothing otherwise."""
+    cluster = start_cluster(engines=1, API_TOKEN="s3cret")
     async with aiohttp.ClientSession() as http:
         await register(http, cluster.url, NAP)
         async with http.post(f"{cluster.url}/trigger/nap", json={}, headers=TOKEN) as resp:
@@ -42,7 +52,15 @@ async def napping(start_cluster: StartCluster) -> tuple[Cluster, str]:
     return cluster, eid
 
 
-async def test_an_engine_that_missed_the_cancel_is_asked_again(
+def cancel_missed(cluster: Cluster, eid: str) -> bool:
+    """Whether the orchestrator logged a Cancel call of ``eid`` that its engine did not answer."""
+    records = (
+        json.loads(line) for line in cluster.orchestrator.log().splitlines() if line[:1] == "{"
+    )
+    return any(str(r.get("message", "")).startswith(f"cancel of {eid} on ") for r in records)
+
+
+async def test_a_run_whose_engine_missed_the_cancel_ends_cancelled(
     start_cluster: StartCluster,
 ) -> None:
     cluster, eid = await napping(start_cluster)
@@ -58,7 +76,13 @@ async def test_an_engine_that_missed_the_cancel_is_asked_again(
                     headers=TOKEN,
                 )
             )
-            await asyncio.sleep(6)  # past the first Cancel call's 5 s
+
+            async def missed() -> bool:
+                return cancel_missed(cluster, eid)
+
+            # the Cancel call failed (its 5 s deadline, or the link's pings cut the stream):
+            # only then is the engine woken, so it never heard that call
+            await wait_for("the Cancel call missed", missed)
         finally:
             engine.send_signal(signal.SIGCONT)
         (await cancel).release()
@@ -66,6 +90,15 @@ async def test_an_engine_that_missed_the_cancel_is_asked_again(
     # before: the run went on to succeed once the engine woke, the cancel never asked again
     assert doc["status"] == "cancelled", doc
     assert doc["nodes"]["last"]["status"] == "cancelled"
+
+
+def cancel_stored(cluster: Cluster, eid: str) -> bool:
+    """Whether the orchestrator's store holds the cancel of ``eid`` (it is written before any
+    engine is asked)."""
+    uri = f"file:{cluster.orchestrator.env['STATE_DB']}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        row = db.execute("SELECT cancel_reason FROM executions WHERE id = ?", (eid,)).fetchone()
+    return row is not None and row[0] is not None
 
 
 async def test_a_cancel_no_engine_heard_survives_a_restart(start_cluster: StartCluster) -> None:
@@ -76,7 +109,11 @@ async def test_a_cancel_no_engine_heard_survives_a_restart(start_cluster: StartC
         cancel = asyncio.ensure_future(
             http.post(f"{url}/api/v1/executions/{eid}/cancel", json={}, headers=TOKEN)
         )
-        await asyncio.sleep(1)  # stored, and the engine is being asked
+
+        async def stored() -> bool:
+            return cancel_stored(cluster, eid)
+
+        await wait_for("the cancel stored", stored)  # and the engine is being asked
     cluster.orchestrator.proc.kill()
     cluster.orchestrator.proc.wait(10)
     cancel.cancel()

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import combinations
 from pathlib import Path
 
@@ -31,17 +32,34 @@ ROOT = Path(__file__).resolve().parents[2]
 SPEC = "id: ids\nversion: 1.0.0\nnodes:\n  - id: a\n    lua: return {}\n"
 
 
-@pytest.fixture
-def orchestrator(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[str]:
+@contextmanager
+def serving(tmp: Path) -> Iterator[str]:
+    """An orchestrator with the workflow ``ids`` and no engine: its URL."""
     proc: OrchestratorProcess = spawn_orchestrator(
-        tmp_path / "orchestrator.log", tmp_path / "state.db", [], ENGINE_ADDRESSES="127.0.0.1:9"
+        tmp / "orchestrator.log", tmp / "state.db", [], ENGINE_ADDRESSES="127.0.0.1:9"
     )
     try:
-        (tmp_path / "ids.yaml").write_text(SPEC)
-        assert dagctl(proc.url, capsys, "apply", "-f", str(tmp_path / "ids.yaml"))[0] == 0
+        (tmp / "ids.yaml").write_text(SPEC)
+        assert main(["apply", "-f", str(tmp / "ids.yaml")], {"DAGCTL_SERVER": proc.url}) == 0
         yield proc.url
     finally:
         stop_process(proc.proc)
+
+
+@pytest.fixture
+def orchestrator(tmp_path: Path) -> Iterator[str]:
+    """A store of the test's own: for the tests that count every run in it, or abbreviate
+    ids of runs made close in time (another test's runs could fit the same abbreviation)."""
+    with serving(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One for the module's tests that look only at their own runs, or at how many runs a
+    command added."""
+    with serving(tmp_path_factory.mktemp("shared")) as url:
+        yield url
 
 
 def dagctl(url: str, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -110,13 +128,13 @@ def test_an_empty_id_is_a_usage_error_and_nothing_is_cancelled(
 
 @pytest.mark.parametrize("argv", [["events", "-f", ""], ["events", "-f", "--execution", ""]])
 def test_following_an_empty_id_is_refused_rather_than_following_every_run(
-    orchestrator: str, argv: list[str]
+    shared: str, argv: list[str]
 ) -> None:
     # before: followed the whole live stream, for ever; a process, so that would time out
     done = subprocess.run(
         [sys.executable, "-m", "orchestrator.dagctl", *argv],
         cwd=ROOT,
-        env={**os.environ, "DAGCTL_SERVER": orchestrator},
+        env={**os.environ, "DAGCTL_SERVER": shared},
         capture_output=True,
         text=True,
         timeout=30,
@@ -187,17 +205,17 @@ def test_an_abbreviation_several_runs_fit_lists_them_and_cancels_none(
 
 
 def test_an_abbreviation_no_recent_run_fits_is_not_found(
-    orchestrator: str, capsys: pytest.CaptureFixture[str]
+    shared: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (run,) = start_runs(orchestrator, capsys, 1)
-    other = "f" * 16
-    code, _, err = dagctl(orchestrator, capsys, "cancel", other)
+    (run,) = start_runs(shared, capsys, 1)
+    other = "f" * 16  # no id begins so: they begin with their creation time
+    code, _, err = dagctl(shared, capsys, "cancel", other)
     assert code == 1
     assert err == (
         f"dagctl: not_found: no execution {other!r}; nor does any of the newest 1000 "
         "executions' ids begin with it\n"
     )
-    assert status(orchestrator, run) == "queued"
+    assert status(shared, run) == "queued"
 
 
 @pytest.mark.parametrize(
@@ -223,31 +241,34 @@ def test_an_abbreviation_no_recent_run_fits_is_not_found(
     ],
 )
 def test_inputs_the_server_would_refuse_are_refused_before_sending_naming_the_flag(
-    orchestrator: str, capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+    shared: str, capsys: pytest.CaptureFixture[str], argv: list[str], says: str
 ) -> None:
+    runs = count_runs(shared)
     # before: sent, and the server's 422 or 400 made it exit 1
-    code, out, err = dagctl(orchestrator, capsys, *argv)
+    code, out, err = dagctl(shared, capsys, *argv)
     assert (code, out) == (2, "")
     assert said(err) == f"dagctl: {says}\n"
-    assert count_runs(orchestrator) == 0
+    assert count_runs(shared) == runs
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
 def test_an_inputs_file_the_server_would_refuse_is_named_with_its_path(
-    orchestrator: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, suffix: str
+    shared: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, suffix: str
 ) -> None:
+    runs = count_runs(shared)
     for text, says in (
         ("[1, 2]", "inputs must be a JSON object, not a list"),
         ('{"_trigger": {"id": "x"}}', "inputs._trigger is set by triggers"),
     ):
         path = tmp_path / f"inputs{suffix}"
         path.write_text(text)
-        code, _, err = dagctl(orchestrator, capsys, "run", "ids", "--inputs-file", str(path))
+        code, _, err = dagctl(shared, capsys, "run", "ids", "--inputs-file", str(path))
         assert code == 2
         assert said(err).startswith(f"dagctl: --inputs-file {path}: {says}"), err
-    assert count_runs(orchestrator) == 0
+    assert count_runs(shared) == runs
     # null, or an empty file, is no inputs, as the server reads it
     path = tmp_path / f"empty{suffix}"
     path.write_text("null")
-    code, _, err = dagctl(orchestrator, capsys, "run", "ids", "--inputs-file", str(path))
+    code, _, err = dagctl(shared, capsys, "run", "ids", "--inputs-file", str(path))
     assert code == 0, err
+    assert count_runs(shared) == runs + 1

@@ -10,6 +10,7 @@ reports not ready; and once the disk has room the run ends as if nothing had hap
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import time
 from pathlib import Path
@@ -22,8 +23,8 @@ from grpc_health.v1 import health_pb2
 
 from orchestrator.fleet import health_check
 from orchestrator.serving import ORCHESTRATOR_SERVICE
-from tests.integration.api import TOKEN, get, register, start, wait_end
-from tests.integration.conftest import Cluster, StartCluster
+from tests.integration.api import TOKEN, get, register, start, wait_end, wait_for
+from tests.integration.conftest import ROOT, Cluster, StartCluster
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +43,22 @@ nodes:
     foreach: "{{ inputs.parts }}"
     lua: return string.rep("x", PART)
 """.replace("PART", str(PART))
+
+
+FEW_DISPATCHES = """
+import orchestrator.dispatching
+
+orchestrator.dispatching.MAX_DISPATCHES = 2
+"""
+
+
+def few_dispatches(tmp_path: Path) -> str:
+    """The PYTHONPATH of an orchestrator that gives a run up after 2 engines lost it, not 20:
+    were a stall counted as one, the third would not come."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FEW_DISPATCHES)
+    return os.pathsep.join([str(site), str(ROOT)])
 
 
 def largest_file(cluster: Cluster) -> int:
@@ -88,9 +105,14 @@ async def grpc_health_becomes(cluster: Cluster, wanted: int) -> None:
 
 
 async def test_a_full_disk_holds_runs_back_and_refuses_new_ones_until_it_has_room(
-    start_cluster: StartCluster,
+    start_cluster: StartCluster, tmp_path: Path
 ) -> None:
-    cluster = start_cluster(engines=1, API_TOKEN="s3cret", MAX_BODY_BYTES=str(64 * 1024 * 1024))
+    cluster = start_cluster(
+        engines=1,
+        API_TOKEN="s3cret",
+        MAX_BODY_BYTES=str(64 * 1024 * 1024),
+        PYTHONPATH=few_dispatches(tmp_path),
+    )
     url = cluster.url
     async with aiohttp.ClientSession() as http:
         await register(http, url, HOARD)
@@ -123,9 +145,15 @@ async def test_a_full_disk_holds_runs_back_and_refuses_new_ones_until_it_has_roo
                 await asyncio.sleep(0.1)
             assert "state database" in found[1]["reason"], found
             await grpc_health_becomes(cluster, health_pb2.HealthCheckResponse.NOT_SERVING)
-            # time for the run to stall more than once: before, each stall counted as a lost
-            # engine, and 20 of them in a few seconds failed the run
-            await asyncio.sleep(4)
+            # the run stalls, and is resumed (execution.started, a small write) after a backoff
+            # of 0.5 s, then 1 s: before, each stall counted as a lost engine, and
+            # MAX_DISPATCHES of them gave the run up: with 2, it was never started a third time
+
+            async def resumed_twice() -> bool:
+                events = (await get(http, f"{url}/api/v1/executions/{eid}/events"))["events"]
+                return sum(e["type"] == "execution.started" for e in events) >= 3
+
+            await wait_for("the run resumed after two stalls", resumed_twice)
             doc = await get(http, f"{url}/api/v1/executions/{eid}")
             assert doc["status"] == "running", doc
             assert doc["nodes"]["parts"]["status"] != "succeeded", doc

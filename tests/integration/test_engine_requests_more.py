@@ -123,10 +123,20 @@ async def test_a_listing_with_a_bogus_status_or_a_negative_limit_is_refused(
     # before: OK, an empty list
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [field for field, _ in violations(caught.value)] == ["status", "limit"]
+    # a run in its sleep, and one ended: the filter has a run to list and one to leave out
+    napper = client.execute(spec("napper", [{"id": "nap", "sleep": "1h"}]), execution_id="napping")
+    await napper.until_type("node.started", "nap")
+    await client.run(RETRIES, execution_id="ended")
     listed = await client.engine.ListExecutions(
         pb.ListExecutionsRequest(status="running", limit=5), timeout=TIMEOUT
     )
-    assert all(e.status == "running" for e in listed.executions)
+    assert [(e.id, e.status) for e in listed.executions] == [("napping", "running")]
+    listed = await client.engine.ListExecutions(
+        pb.ListExecutionsRequest(status="succeeded", limit=5), timeout=TIMEOUT
+    )
+    assert list(listed.executions) == []  # an engine holds no ended run; the napper is not one
+    await client.engine.Cancel(pb.CancelRequest(execution_id="napping"), timeout=TIMEOUT)
+    assert (await napper.rest())[-1]["type"] == "execution.cancelled"
     clean_log(shared_engine)
 
 

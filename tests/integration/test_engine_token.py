@@ -9,7 +9,6 @@ names ENGINE_TOKEN, and the runs it is given wait in the queue until it has the 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -282,7 +281,11 @@ async def test_without_the_right_token_engines_are_not_ready_and_runs_wait_for_o
         async with http.post(f"{url}/trigger/child", json={"inputs": {"n": 4}}) as resp:
             assert resp.status == 202, await resp.text()
             eid = (await resp.json())["execution_id"]
-        await asyncio.sleep(2.0)  # four health checks
+        # two health checks begin after it, the first over by the second (a refusal is
+        # answered at once): an engine a check found ready would have had the run by then
+        checked = (await get(http, f"{url}/api/v1/engines"))["engines"][0]["checked_at"]
+        for _ in range(2):
+            checked = await _checked_after(http, url, checked)
         doc = await get(http, f"{url}/api/v1/executions/{eid}")
         assert doc["status"] == "queued", doc
         # the right token: the engine joins, and the run that waited runs
@@ -319,6 +322,17 @@ async def _engines(http: aiohttp.ClientSession, url: str, code: str) -> list[Any
     if engines and all(code in (e.get("last_error") or "") for e in engines):
         return engines
     return None
+
+
+async def _checked_after(http: aiohttp.ClientSession, url: str, checked: str) -> str:
+    """When the one engine's next health check began, once it has."""
+
+    async def newer() -> str | None:
+        (engine,) = (await get(http, f"{url}/api/v1/engines"))["engines"]
+        return None if engine["checked_at"] == checked else str(engine["checked_at"])
+
+    found: str = await wait_for("the next health check", newer)
+    return found
 
 
 async def _states(

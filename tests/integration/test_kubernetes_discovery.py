@@ -121,7 +121,12 @@ async def scale_and_refuse(fake: FakeKubeApi, tmp_path: Path, start_engine: Star
             deadline = time.monotonic() + DEADLINE
             while "refused discovery" not in orch.log() and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-            await asyncio.sleep(1.5)  # several more refused retries
+            # refused again twice more (0.2 s, then 0.4 s on): the first of them, at least, is
+            # answered and handled by the time the second is asked
+            refused = len(fake.requests)
+            while len(fake.requests) < refused + 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert len(fake.requests) >= refused + 2, "no more refused retries"
             refusals = [ln for ln in orch.log().splitlines() if "refused discovery" in ln]
             assert len(refusals) == 1, refusals
             assert "HTTP 403" in refusals[0]

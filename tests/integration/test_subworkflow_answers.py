@@ -57,11 +57,14 @@ def short_answer_deadline(tmp_path: Path) -> str:
     return os.pathsep.join([str(site), str(ROOT)])
 
 
+def records(log: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+
 def answers_not_taken(log: str, engine_id: str) -> list[dict[str, Any]]:
-    records = (json.loads(line) for line in log.splitlines() if line.startswith("{"))
     return [
         r
-        for r in records
+        for r in records(log)
         if "not taken by" in str(r.get("message", "")) and engine_id in str(r.get("message"))
     ]
 
@@ -72,7 +75,10 @@ async def test_an_answer_its_frozen_engine_missed_is_sent_again(
     cluster = start_cluster(
         API_TOKEN="s3cret",
         LOAD_BALANCER_TYPE="round-robin",
-        # a frozen engine is not taken for lost: the parent's stream stays open
+        # no health check takes the frozen engine for lost. The link's pings would, 5 s into
+        # a ping it does not answer (fleet.CHANNEL_OPTIONS), and the parent would then resume
+        # elsewhere and ask for its answer afresh: the freeze is kept shorter (the child's 3 s
+        # nap and one missed 1 s answer), and the log is read below to see it stayed short
         ENGINE_HEALTH_CHECK_INTERVAL="60",
         PYTHONPATH=short_answer_deadline(tmp_path),
     )
@@ -114,3 +120,10 @@ async def test_an_answer_its_frozen_engine_missed_is_sent_again(
         finished = [e for e in events if e["type"] == "subworkflow.finished"]
         assert [e["data"]["child_execution_id"] for e in finished] == [child_id]
     assert all(e.proc.poll() is None for e in cluster.engines)
+    messages = [str(r.get("message", "")) for r in records(cluster.orchestrator.log())]
+    # the parent stayed on its stream and engine: the answer got there by being sent again,
+    # not by a resumed parent asking for it
+    assert any(
+        m.startswith(f"sub-workflow answer for {parent_id} node call sent again") for m in messages
+    ), messages
+    assert not [m for m in messages if "resuming elsewhere" in m], messages

@@ -407,7 +407,7 @@ def test_a_restarted_engine_is_not_serving_while_another_program_holds_its_port(
             while "restart 1 of engine-0" not in log.read_text():
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-            time.sleep(2.0)  # up looks every 0.5 s
+            time.sleep(1.0)  # two of the looks up takes every 0.5 s
             assert "serving again" not in up.out.getvalue()
 
 
