@@ -50,8 +50,66 @@ Only streams that had started count: a run never fails because engines were down
 """
 BUSY_BACKOFF = 0.5
 """Seconds before a run an engine turned away (full, or still holding it) is offered again."""
+FAULT_BACKOFF = 0.5
+FAULT_BACKOFF_MAX = 10.0
+"""Seconds before a run whose dispatch failed by a fault of this process's own (a store that
+fails in a way it does not report as unavailable, say a damaged page) is tried again: doubling
+per such fault in a row up to the most, as nothing bounds their number (only engines that
+answered count towards ``MAX_DISPATCHES``). A fault after an engine answered is one of those
+tries, bounded already: it waits ``FAULT_BACKOFF`` only, so the run is given up in seconds."""
+FAULT_LOG_BURST = 5
+FAULT_LOG_EVERY = 1.0
+"""Faults told as errors: at most ``FAULT_LOG_BURST`` at once, then one per this many
+seconds; the others go to debug and are counted in the next one told."""
 
-Outcome = Literal["finished", "lost", "unreachable", "busy", "stalled"]
+Outcome = Literal["finished", "lost", "unreachable", "busy", "stalled", "faulted"]
+
+
+def fault_backoff(faults: int) -> float:
+    """Seconds before the next try of a run after ``faults`` (1 or more) faults in a row that
+    no engine answered before."""
+    return float(min(FAULT_BACKOFF_MAX, FAULT_BACKOFF * 2 ** (faults - 1)))
+
+
+@dataclass(slots=True)
+class FaultLog:
+    """Which dispatch faults are told as errors. A run's fault is told when it differs from
+    the last one of that run, within a budget of ``FAULT_LOG_BURST`` refilled at one per
+    ``FAULT_LOG_EVERY`` seconds: a damaged store fails every run the same way at each try,
+    and would otherwise fill the log (and the disk) at the pace of the retries. A traceback
+    goes with the first warning of each error text only."""
+
+    budget: float = FAULT_LOG_BURST
+    at: float | None = None
+    held: int = 0
+    last: dict[str, str] = field(default_factory=dict)  # run -> its last fault
+    traced: OrderedDict[str, None] = field(default_factory=OrderedDict)  # error texts, bounded
+
+    def tell(self, execution_id: str, error: str, now: float) -> tuple[int, bool] | None:
+        """None: log this fault at debug; else (faults held back before it, whether to add
+        the traceback) for an error."""
+        if self.at is not None:
+            self.budget = min(
+                float(FAULT_LOG_BURST), self.budget + (now - self.at) / FAULT_LOG_EVERY
+            )
+        self.at = now
+        if self.last.get(execution_id) == error:
+            return None
+        self.last[execution_id] = error
+        if self.budget < 1:
+            self.held += 1
+            return None
+        self.budget -= 1
+        held, self.held = self.held, 0
+        trace = error not in self.traced
+        if trace:
+            self.traced[error] = None
+            if len(self.traced) > 64:
+                self.traced.popitem(last=False)
+        return held, trace
+
+    def forget(self, execution_id: str) -> None:
+        self.last.pop(execution_id, None)
 
 
 @dataclass(slots=True)
@@ -240,6 +298,7 @@ class _Running:
     link: EngineLink
     call: grpc.aio.UnaryStreamCall[pb.ExecuteRequest, pb.ExecuteResponse] | None = None
     lost: bool = False
+    answered: bool = False
 
 
 class Dispatcher:
@@ -280,6 +339,8 @@ class Dispatcher:
         self._stalls: dict[str, int] = {}  # run -> times the store failed it, for backoff
         # run -> the last error of this process's own in carrying it: not an engine's fault
         self._faults: dict[str, str] = {}
+        self._fault_tries: dict[str, int] = {}  # run -> faults in a row, for backoff
+        self._fault_log = FaultLog()
         # run -> how its engine last lost it, so that giving it up names the likely cause
         self._losses: dict[str, str] = {}
         self._stalled: set[str] = set()  # runs whose last events the store could not take
@@ -482,7 +543,8 @@ class Dispatcher:
             if self._closing:
                 raise
         except Exception as exc:
-            log.exception("dispatch of %s failed", execution_id)
+            outcome = "faulted"
+            self._fault(execution_id, exc, "dispatch of")
             self._faults[execution_id] = f"{type(exc).__name__}: {exc}"
         finally:
             run.link.in_flight = max(0, run.link.in_flight - 1)
@@ -510,7 +572,7 @@ class Dispatcher:
         try:
             async for response in call:
                 if not answered:
-                    answered = True
+                    answered = run.answered = True
                     if ticket.started_at is None:
                         ticket.started_at = time.time()  # its deadline counts from here
                     self._dispatches[ticket.execution_id] = (
@@ -540,6 +602,7 @@ class Dispatcher:
                 if not stored:
                     stored = True
                     self._stalled.discard(ticket.execution_id)
+                    self._fault_tries.pop(ticket.execution_id, None)
                 self._publish(events)
                 if self._on_events is not None:
                     self._on_events(ticket, run.link, events)
@@ -697,12 +760,21 @@ class Dispatcher:
             self._spawn(self._give_up_or_wait(run))
             return
         key = run.ticket.workflow_id or execution_id
-        if outcome == "busy" or outcome == "stalled":
+        if outcome == "busy" or outcome == "stalled" or outcome == "faulted":
             delay = BUSY_BACKOFF
             if outcome == "stalled":
                 # its engine is not to blame: no lost engine is counted, it waits for the store
                 stalls = self._stalls[execution_id] = self._stalls.get(execution_id, 0) + 1
                 delay = store_backoff(stalls)
+            elif outcome == "faulted":
+                # Tried again at once, a fault that is there for good (a damaged store) would
+                # spin the process; after the twentieth answered try, the next dispatch
+                # gives the run up.
+                delay = FAULT_BACKOFF
+                if not run.answered:
+                    faults = self._fault_tries.get(execution_id, 0) + 1
+                    self._fault_tries[execution_id] = faults
+                    delay = fault_backoff(faults)
             self._waiting_retry.add(execution_id)
             asyncio.get_running_loop().call_later(delay, self._retry, execution_id, key)
         else:
@@ -769,6 +841,8 @@ class Dispatcher:
         self._dispatches.pop(execution_id, None)
         self._stalls.pop(execution_id, None)
         self._faults.pop(execution_id, None)
+        self._fault_tries.pop(execution_id, None)
+        self._fault_log.forget(execution_id)
         self._losses.pop(execution_id, None)
         self._stalled.discard(execution_id)
         self._cancel_requests.pop(execution_id, None)
@@ -794,8 +868,35 @@ class Dispatcher:
         except StoreUnavailable:
             self._stalled.add(run.ticket.execution_id)
             self._requeue(run, "stalled")  # its next dispatch gives up, once the store can
+        except Exception as exc:
+            # Its end is not stored, so the run is still accepted and not ended: it waits as
+            # any fault does, and its next dispatch gives it up once the store can take that.
+            # Dropped here, it would wait for the next start; tried at once, it would spin.
+            self._fault(run.ticket.execution_id, exc, "giving up")
+            run.answered = False  # nothing answered this: the wait doubles
+            if not self._closing:
+                self._requeue(run, "faulted")
         finally:
             self._ending.discard(run.ticket.execution_id)
+
+    def _fault(self, execution_id: str, exc: Exception, doing: str) -> None:
+        """Log a fault of this process's own in carrying a run, within the ``FaultLog``'s
+        bounds."""
+        error = f"{type(exc).__name__}: {exc}"
+        told = self._fault_log.tell(execution_id, error, time.monotonic())
+        if told is None:
+            log.debug("%s %s failed: %s", doing, execution_id, error)
+            return
+        held, trace = told
+        log.error(
+            "%s %s failed: %s (tried again shortly%s)",
+            doing,
+            execution_id,
+            error,
+            f"; {held} other faults since logged at debug only" if held else "",
+            exc_info=exc if trace else None,
+            extra={"execution_id": execution_id},
+        )
 
     def _retry(self, execution_id: str, key: str) -> None:
         if execution_id in self._waiting_retry:

@@ -873,6 +873,9 @@ class Orchestrator:
     async def readiness(self) -> tuple[bool, str]:
         if not self.started:
             return False, "starting: loading the store"
+        fault = self.store.fault()
+        if fault is not None:
+            return False, fault
         if self.store.trouble is not None:
             # the last write failed: try a small one, so that a probe alone can find the
             # database usable again when nothing else writes

@@ -35,6 +35,7 @@ from orchestrator.connections import (
 )
 from orchestrator.discovery import Discovery, DnsDiscovery, StaticDiscovery
 from orchestrator.dispatching import Dispatcher
+from orchestrator.errors import StoreUnavailable
 from orchestrator.fleet import Fleet
 from orchestrator.lua_checking import LuaSyntaxChecker
 from orchestrator.metrics import Metrics
@@ -49,7 +50,7 @@ from orchestrator.serving_grpc import (
 )
 from orchestrator.serving_http import PARSER_LINE_BYTES, HttpApi, MalformedRequests
 from orchestrator.settings import Settings, SettingsError
-from orchestrator.store import Store
+from orchestrator.store import StateDamaged, StateReadOnly, Store
 from orchestrator.subworkflows import SubWorkflows
 from orchestrator.tls import ServerTls, server_tls
 from orchestrator.triggering import Triggers
@@ -253,7 +254,25 @@ async def _start(settings: Settings, stop: asyncio.Event) -> int:
             gc.freeze()
             gc.set_threshold(100_000, 10, 10)
             return await _serve_apis(settings, orch, stop, tls)
-    except (sqlite3.Error, RuntimeError, OSError) as exc:
+    except (StateDamaged, StateReadOnly) as exc:
+        # as a setting refused: starting again changes nothing until someone acts on the file
+        log.error("%s", exc)
+        return 2
+    except (sqlite3.Error, StoreUnavailable) as exc:
+        # a write at start (the open's write test, taking up the runs left) waited out the
+        # busy timeout: another program holds the file's write lock
+        cause = exc.__cause__ if isinstance(exc, StoreUnavailable) else exc
+        code = getattr(cause, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            log.error(
+                "STATE_DB %s is locked by another process (a sqlite3 shell, a VACUUM?): %s",
+                settings.state_db,
+                cause,
+            )
+        else:
+            log.error("cannot open the state database %s: %s", settings.state_db, exc)
+        return 1
+    except (RuntimeError, OSError) as exc:
         log.error("cannot open the state database %s: %s", settings.state_db, exc)
         return 1
     finally:

@@ -262,6 +262,104 @@ def _newer(current: int) -> RuntimeError:
     )
 
 
+class StateDamaged(RuntimeError):
+    """STATE_DB fails SQLite's quick check at start: refused, and left as it was."""
+
+
+class StateReadOnly(RuntimeError):
+    """STATE_DB cannot be written by this process: refused at start."""
+
+
+def _code(exc: BaseException) -> int | None:
+    """SQLite's primary result code of ``exc``, if it carries one."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+# a page that does not read back as SQLite wrote it: no retry mends it
+_DAMAGE_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def _restore_hint(path: str) -> str:
+    return f'restore a backup, or try sqlite3 {path} ".recover"'
+
+
+def inspect_state(path: str) -> None:
+    """Check an existing file read-only before anything opens it to write: ``check_ours`` and
+    SQLite's quick check. A connection that may write replays a ``-wal`` beside the file into
+    it and checkpoints it on close, so a ``-wal`` left from another database (or from a later
+    copy of this one) would overwrite the file before any check could refuse it; opened with
+    ``mode=ro``, SQLite reads the ``-wal`` but never writes it back (only a ``-shm`` is made)."""
+    if path == ":memory:" or not os.path.exists(path):
+        return  # created as new by the writer
+    uri = Path(path).absolute().as_uri() + "?mode=ro"
+    began = time.monotonic()
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+    try:
+        conn.execute("PRAGMA busy_timeout = 30000")
+        # SQLite reads a -wal beside the file as part of it, whichever file it came from
+        beside = (
+            f" (read with the {Path(path).name}-wal beside it: one left from another file, or "
+            "from another copy of this one, reads so too)"
+            if os.path.exists(f"{path}-wal")
+            else ""
+        )
+        try:
+            check_ours(conn, path)
+            rows = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+        except sqlite3.DatabaseError as exc:
+            if _code(exc) not in _DAMAGE_CODES:
+                raise
+            rows = [str(exc)]
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}{beside}") from None
+    finally:
+        conn.close()
+    took = time.monotonic() - began
+    if took > 1:
+        log.info("the state database's quick check took %.1f s", took)
+    if rows != ["ok"]:
+        # one row may hold several lines, under a "*** in database main ***" heading
+        problems = [
+            line
+            for row in rows
+            for line in row.splitlines()
+            if line.strip() and not line.startswith("***")
+        ] or ["quick check failed"]
+        more = ", and more" if len(problems) > 1 else ""
+        raise StateDamaged(
+            f"STATE_DB {path} is damaged ({problems[0]}{more}){beside}; it is left as it was: "
+            f"{_restore_hint(path)}"
+        )
+
+
+def check_writable(conn: sqlite3.Connection, path: str) -> None:
+    """A write that changes nothing (the schema number rewritten as it is): a file this process
+    may read but not write would otherwise give an orchestrator that is never ready."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        if _code(exc) != sqlite3.SQLITE_READONLY:
+            raise
+        try:
+            st = os.stat(path)
+            owner = f"owned by uid {st.st_uid}, mode {st.st_mode & 0o7777:o}"
+        except OSError as problem:
+            owner = f"cannot stat it: {problem.strerror}"
+        raise StateReadOnly(
+            f"STATE_DB {path} cannot be written by this process (uid {os.getuid()}): {exc} "
+            f"({owner}); give it (and its directory) write access, or point STATE_DB elsewhere"
+        ) from exc
+
+
 def check_ours(conn: sqlite3.Connection, path: str) -> None:
     """Refuse a file this orchestrator must not write to, before anything is written to it:
     one at a newer schema, or one that holds tables but no schema number (another program's
@@ -342,15 +440,17 @@ _UNAVAILABLE_CODES: Final = frozenset(
         sqlite3.SQLITE_READONLY,
         sqlite3.SQLITE_CANTOPEN,
         sqlite3.SQLITE_NOMEM,
+        # a damaged page: refused like the rest instead of failing as a bug would, and
+        # remembered (``_Health``), for it does not mend by waiting
+        *_DAMAGE_CODES,
     }
 )
 
 
 def _classify(exc: Exception) -> Exception:
     """``StoreUnavailable`` for a database that cannot be used now; others as they are."""
-    code = getattr(exc, "sqlite_errorcode", None)
     if isinstance(exc, OSError) or (
-        isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _UNAVAILABLE_CODES
+        isinstance(exc, sqlite3.Error) and _code(exc) in _UNAVAILABLE_CODES
     ):
         unavailable = StoreUnavailable(f"the state database cannot be used now: {exc}")
         unavailable.__cause__ = exc
@@ -369,6 +469,55 @@ def _deliver(results: list[tuple[_Job, bool, Any]]) -> None:
             job.future.set_exception(value)
 
 
+class _Health:
+    """What makes the file unfit for new writes until a restart, shared by the store's threads:
+    a damaged page found while running, or the file removed or replaced under the
+    orchestrator (its writes would go on into a file no restart opens again)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.identity: tuple[int, int] | None = None
+        if path != ":memory:":
+            st = os.stat(path)
+            self.identity = (st.st_dev, st.st_ino)
+        self.damaged: str | None = None
+        """Set once, on the thread that met the damage; read on any."""
+
+    def fault(self) -> str | None:
+        """Why nothing more should be accepted, else None; one ``stat`` of the file."""
+        if self.damaged is not None:
+            return self.damaged
+        if self.identity is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError:
+            return None  # cannot tell (a permission on the way): the open file still works
+        else:
+            if (st.st_dev, st.st_ino) == self.identity:
+                return None
+        return (
+            f"STATE_DB {self.path} was removed or replaced while the orchestrator ran: runs "
+            "since are only in the file it has open; restart it"
+        )
+
+    def note(self, results: list[tuple[_Job, bool, Any]]) -> None:
+        """On a worker's thread: remember the first damaged page met, and say so once."""
+        if self.damaged is not None:
+            return
+        for _, ok, value in results:
+            cause = value.__cause__ if isinstance(value, StoreUnavailable) else None
+            if not ok and cause is not None and _code(cause) in _DAMAGE_CODES:
+                self.damaged = (
+                    f"STATE_DB {self.path} is damaged ({cause}): new runs are refused; stop "
+                    f"the orchestrator, then {_restore_hint(self.path)}"
+                )
+                log.error("%s", self.damaged)
+                return
+
+
 class _Worker:
     """One connection on one thread; ``group`` commits every waiting job in one transaction.
 
@@ -376,9 +525,12 @@ class _Worker:
     loop settles every caller of a transaction.
     """
 
-    def __init__(self, conn: sqlite3.Connection, name: str, *, group: bool) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, name: str, *, group: bool, health: _Health
+    ) -> None:
         self._conn = conn
         self._group = group
+        self._health = health
         self.trouble: str | None = None
         """Why the last job failed, when the database could not be used for it; None once a
         job succeeds again (on the writer: one that wrote, as a read passes on a full disk).
@@ -427,6 +579,7 @@ class _Worker:
                 else:
                     results = self._each(batch)
                     wrote = any(ok for _, ok, _ in results)
+                self._health.note(results)
                 self._note_trouble(results, wrote)
                 self._send(results)
             if stopping:
@@ -442,7 +595,9 @@ class _Worker:
         if trouble is None and not wrote:
             # only refused statements or reads: they say nothing of the database's health
             return
-        if trouble is not None and self.trouble is None:
+        if self._health.damaged is not None:
+            pass  # said once (``_Health.note``); writes that miss the page would flap it
+        elif trouble is not None and self.trouble is None:
             log.error("%s", trouble)
         elif trouble is None and self.trouble is not None:
             log.warning("the state database takes writes again")
@@ -474,6 +629,11 @@ class _Worker:
         results: list[tuple[_Job, bool, Any]] = []
         wrote = False
         durable = any(job.durable for job in batch)
+        fault = self._health.fault() if durable else None
+        if fault is not None:
+            # nothing is accepted that a restart would not find, or that a damaged file holds
+            refused = StoreUnavailable(f"the state database cannot be used now: {fault}")
+            return [(job, False, refused) for job in batch], False
         try:
             if durable != self._synced:
                 conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
@@ -1064,8 +1224,10 @@ class Store:
         reader: _Worker,
         lock: int | None = None,
         heavy: _Worker | None = None,
+        health: _Health | None = None,
     ) -> None:
         self.path = path
+        self._health = health if health is not None else _Health(":memory:")
         self._writer = writer
         self._reader = reader
         # large folds, each one in turn: a small read never waits behind one (the reader
@@ -1093,6 +1255,7 @@ class Store:
             return writer, reader, heavy, lock
 
         def connect() -> tuple[sqlite3.Connection, sqlite3.Connection]:
+            inspect_state(path)  # before any connection that may write the file
             writer = _connect(path)
             try:
                 check_ours(writer, path)  # reads only: a refused file is left byte for byte
@@ -1109,21 +1272,44 @@ class Store:
             # run then resumes from an earlier checkpoint. The writer switches per batch.
             writer.execute("PRAGMA synchronous = NORMAL")
             migrate(writer)
+            if path != ":memory:":
+                check_writable(writer, path)
             return writer, _connect(path)
 
-        writer, reader, heavy, lock = await asyncio.to_thread(prepare)
+        def opened() -> tuple[
+            sqlite3.Connection, sqlite3.Connection, sqlite3.Connection, int | None, _Health
+        ]:
+            writer, reader, heavy, lock = prepare()
+            try:
+                # the file the connections hold, to notice it removed or replaced later
+                health = _Health(path)
+            except BaseException:
+                for conn in (writer, reader, heavy):
+                    conn.close()
+                if lock is not None:
+                    os.close(lock)
+                raise
+            return writer, reader, heavy, lock, health
+
+        writer, reader, heavy, lock, health = await asyncio.to_thread(opened)
         return cls(
             path,
-            _Worker(writer, "store-writer", group=True),
-            _Worker(reader, "store-reader", group=False),
+            _Worker(writer, "store-writer", group=True, health=health),
+            _Worker(reader, "store-reader", group=False, health=health),
             lock,
-            _Worker(heavy, "store-heavy-reader", group=False),
+            _Worker(heavy, "store-heavy-reader", group=False, health=health),
+            health,
         )
 
     @property
     def trouble(self) -> str | None:
         """Why the last write failed, while the database cannot take writes; else None."""
         return self._writer.trouble
+
+    def fault(self) -> str | None:
+        """Why the store takes no durable write until a restart (a damaged page met, the file
+        removed or replaced), else None. One ``stat`` of the file."""
+        return self._health.fault()
 
     async def probe(self) -> None:
         """A small durable write (the schema number rewritten as it is): raises

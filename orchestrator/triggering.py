@@ -1016,7 +1016,36 @@ class Triggers:
 
     async def _catch_up_slots(self, trigger: CronTrigger, *, since: float, now: float) -> None:
         async with trigger.lock:
+            await self._catch_up_or_leave(trigger, since=since, now=now)
+
+    async def _catch_up_or_leave(self, trigger: CronTrigger, *, since: float, now: float) -> None:
+        """``_catch_up_locked``; when the store fails it, the slots are left undecided."""
+        try:
             await self._catch_up_locked(trigger, since=since, now=now)
+        except StoreUnavailable as exc:
+            # its missed row not stored, its slots are not decided: the trigger's next
+            # slot decides them with it by the catch-up policy (as ``_fire`` does)
+            self._undecided(trigger, since)
+            log.error(
+                "trigger %s could not catch up its slots since %s: %s (its next slot, or the "
+                "next start, decides them by the catch-up policy)",
+                trigger.id,
+                isoformat(since),
+                exc.message,
+            )
+        except Exception:
+            # as in ``_fire``: the slots stay undecided in the store, for a restart's catch-up
+            log.exception(
+                "trigger %s could not catch up its slots since %s", trigger.id, isoformat(since)
+            )
+
+    @staticmethod
+    def _undecided(trigger: CronTrigger, since: float) -> None:
+        """Slots after ``since`` were given up on: ``_fire`` looks again from ``undecided``
+        less half a second, so a slot at ``since`` itself (decided) is not taken again."""
+        first = since + 0.5
+        if trigger.undecided is None or first < trigger.undecided:
+            trigger.undecided = first
 
     async def _catch_up_locked(self, trigger: CronTrigger, *, since: float, now: float) -> None:
         """The trigger's catch-up policy over the slots after ``since`` up to ``now``; the
@@ -1082,7 +1111,7 @@ class Triggers:
             # its turn came too late (slots queued behind one the store would not take, or a
             # stalled loop): the catch-up policy decides, as after downtime, not a burst of
             # stale runs
-            await self._catch_up_locked(trigger, since=slot - 0.5, now=now)
+            await self._catch_up_or_leave(trigger, since=slot - 0.5, now=now)
             return
         for delay in (*STORE_RETRIES, None):
             try:
