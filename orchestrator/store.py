@@ -281,7 +281,8 @@ _DAMAGE_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 
 def _restore_hint(path: str) -> str:
-    return f'restore a backup, or try sqlite3 {path} ".recover"'
+    # .recover needs a CLI built with the dbpage table, which some distributions' lack
+    return f'restore a backup, or try sqlite3 {path} ".recover" (or ".dump") into a new file'
 
 
 def inspect_state(path: str) -> None:
@@ -301,8 +302,8 @@ def inspect_state(path: str) -> None:
         beside = (
             f" (read with the {Path(path).name}-wal beside it: one left from another file, or "
             "from another copy of this one, reads so too)"
-            if os.path.exists(f"{path}-wal")
-            else ""
+            if os.path.exists(f"{path}-wal") and os.path.getsize(f"{path}-wal") > 0
+            else ""  # an empty one (as a refused start leaves) holds nothing to read
         )
         try:
             check_ours(conn, path)
@@ -349,14 +350,23 @@ def check_writable(conn: sqlite3.Connection, path: str) -> None:
     except sqlite3.Error as exc:
         if _code(exc) != sqlite3.SQLITE_READONLY:
             raise
-        try:
-            st = os.stat(path)
-            owner = f"owned by uid {st.st_uid}, mode {st.st_mode & 0o7777:o}"
-        except OSError as problem:
-            owner = f"cannot stat it: {problem.strerror}"
+        # the -wal and -shm must be writable too: an earlier refused start may have made them
+        # with the file's mode, so the file alone made writable is not enough
+        named = []
+        for each in (path, f"{path}-wal", f"{path}-shm"):
+            if each != path and (not os.path.exists(each) or os.access(each, os.W_OK)):
+                continue
+            try:
+                st = os.stat(each)
+                named.append(
+                    f"{Path(each).name} owned by uid {st.st_uid}, mode {st.st_mode & 0o7777:o}"
+                )
+            except OSError as problem:
+                named.append(f"{Path(each).name}: cannot stat it: {problem.strerror}")
         raise StateReadOnly(
             f"STATE_DB {path} cannot be written by this process (uid {os.getuid()}): {exc} "
-            f"({owner}); give it (and its directory) write access, or point STATE_DB elsewhere"
+            f"({'; '.join(named)}); give it, its -wal and -shm and its directory write "
+            "access, or point STATE_DB elsewhere"
         ) from exc
 
 
@@ -500,7 +510,9 @@ class _Health:
                 return None
         return (
             f"STATE_DB {self.path} was removed or replaced while the orchestrator ran: runs "
-            "since are only in the file it has open; restart it"
+            "since are only in the file it has open; stop it, remove the -wal and -shm beside "
+            "the file now there (they are the replaced file's, and would be read into it), "
+            "then start it"
         )
 
     def note(self, results: list[tuple[_Job, bool, Any]]) -> None:

@@ -98,8 +98,12 @@ async def test_a_damaged_file_is_refused_at_start_in_one_line_and_left_as_it_was
             await Store.open(str(path))
         message = str(caught.value)
         assert message.startswith(f"STATE_DB {path} is damaged ("), message
-        assert message.endswith(f'restore a backup, or try sqlite3 {path} ".recover"')
+        assert message.endswith(
+            f'restore a backup, or try sqlite3 {path} ".recover" (or ".dump") into a new file'
+        )
         assert "\n" not in message
+        # the empty -wal the first refusal's reader may leave is not blamed on the second
+        assert "-wal beside it" not in message
     assert digest(path) == before
     wal = tmp_path / "state.db-wal"
     assert not wal.exists() or wal.stat().st_size == 0  # a reader may make it, empty
@@ -163,7 +167,9 @@ async def test_the_file_removed_or_replaced_under_the_store_stops_durable_writes
             await store.probe()
         expected = (
             f"STATE_DB {path} was removed or replaced while the orchestrator ran: runs since "
-            "are only in the file it has open; restart it"
+            "are only in the file it has open; stop it, remove the -wal and -shm beside the "
+            "file now there (they are the replaced file's, and would be read into it), then "
+            "start it"
         )
         assert store.fault() == expected
         assert await readiness_of(store) == (False, expected)

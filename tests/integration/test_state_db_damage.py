@@ -24,7 +24,8 @@ async def test_a_damaged_state_database_is_refused_at_start_and_left_as_it_was(
     assert len(errors) == 1, proc.stderr
     assert f"STATE_DB {path} is damaged (" in errors[0]
     assert errors[0].endswith(
-        f'it is left as it was: restore a backup, or try sqlite3 {path} ".recover"'
+        f'it is left as it was: restore a backup, or try sqlite3 {path} ".recover" (or ".dump")'
+        " into a new file"
     )
     assert "Traceback" not in proc.stderr
     assert hashlib.md5(path.read_bytes()).hexdigest() == before
