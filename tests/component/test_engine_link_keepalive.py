@@ -9,7 +9,6 @@ is kept, and checked."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,8 +20,8 @@ from engine import serving
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.serving import EngineServer
-from engine.settings import Settings
 from orchestrator.fleet import CHANNEL_OPTIONS
+from tests.component.engine_helpers import serving_engine
 
 WAIT = 30.0
 """Seconds a test waits for what must come, before it fails rather than hang."""
@@ -85,18 +84,6 @@ def quick_keepalive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(serving, "KEEPALIVE_TIME_MS", 200)
     monkeypatch.setattr(serving, "KEEPALIVE_TIMEOUT_MS", 100)
     monkeypatch.setattr(serving, "MIN_CLIENT_PING_MS", 500)
-
-
-@contextlib.asynccontextmanager
-async def serving_engine() -> AsyncIterator[EngineServer]:
-    server = EngineServer(
-        Settings(engine_id="e0", host="127.0.0.1", port=0, lua_workers=1, drain_grace=0)
-    )
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

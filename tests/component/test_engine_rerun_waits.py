@@ -17,7 +17,7 @@ import pytest
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.serving import EngineServer
-from engine.settings import Settings
+from tests.component.engine_helpers import serving_engine
 from tests.component.test_engine_link_keepalive import until
 
 WAIT = 30.0
@@ -41,14 +41,8 @@ PARENT = json.dumps(
 
 @pytest.fixture
 async def engine() -> AsyncIterator[EngineServer]:
-    server = EngineServer(
-        Settings(engine_id="e0", host="127.0.0.1", port=0, lua_workers=2, drain_grace=0)
-    )
-    await server.start()
-    try:
+    async with serving_engine(lua_workers=2) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 async def test_a_run_sent_again_keeps_its_wait_when_its_old_copy_stops(

@@ -17,6 +17,7 @@ from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.serving import EngineServer
 from engine.settings import Settings, listen_problem
+from tests.component.engine_helpers import serving_engine
 from tests.net import has_ipv6
 
 WAIT = 30.0
@@ -26,14 +27,8 @@ SLEEPER = json.dumps({"id": "sleeper", "version": "1.0.0", "nodes": [{"id": "nap
 
 @pytest.fixture
 async def engine() -> AsyncIterator[EngineServer]:
-    server = EngineServer(
-        Settings(engine_id="e0", host="127.0.0.1", port=0, lua_workers=1, drain_grace=0)
-    )
-    await server.start()
-    try:
+    async with serving_engine() as server:
         yield server
-    finally:
-        await server.stop()
 
 
 async def started(call: grpc.aio.UnaryStreamCall[pb.ExecuteRequest, pb.ExecuteResponse]) -> None:
