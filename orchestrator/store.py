@@ -1267,13 +1267,11 @@ class Store:
             return writer, reader, heavy, lock
 
         def connect() -> tuple[sqlite3.Connection, sqlite3.Connection]:
-            inspect_state(path)  # before any connection that may write the file
+            # whose the file is, and whether it is whole, read where nothing can be written
+            # into it: a refused file is left byte for byte (the lock keeps other
+            # orchestrators out meanwhile, and a new file is made by the writer below)
+            inspect_state(path)
             writer = _connect(path)
-            try:
-                check_ours(writer, path)  # reads only: a refused file is left byte for byte
-            except BaseException:
-                writer.close()
-                raise
             mode = writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal" and path != ":memory:":
                 raise RuntimeError(f"cannot use write-ahead logging on {path} (got {mode})")
