@@ -21,7 +21,7 @@ class LuaReference:
     line: int
 
 
-def _tokens(source: str) -> list[tuple[str, str, int]]:
+def tokens(source: str) -> list[tuple[str, str, int]]:
     """(kind, text, line) tokens: kinds are name, string, sym. Comments are dropped."""
     out: list[tuple[str, str, int]] = []
     i, line, n = 0, 1, len(source)
@@ -79,7 +79,7 @@ def _tokens(source: str) -> list[tuple[str, str, int]]:
 
 def result_references(source: str) -> list[LuaReference]:
     """Node ids read as ``results.x``, ``results["x"]`` or ``results['x']``, with their lines."""
-    toks = _tokens(source)
+    toks = tokens(source)
     refs: list[LuaReference] = []
     for k, (kind, text, line) in enumerate(toks):
         if kind != "name" or text != "results":

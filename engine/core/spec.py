@@ -1160,7 +1160,7 @@ def _per_item_read(code: str) -> str | None:
     """``item`` or ``index`` when Lua ``code`` reads ``ctx.item`` or ``ctx.index`` (also as
     ``ctx["item"]``), the fields a foreach node's script gets once per item; else None."""
     # luarefs' lexer: what is in a comment or a string is not read
-    toks = luarefs._tokens(code)
+    toks = luarefs.tokens(code)
     for k, (kind, text, _) in enumerate(toks):
         # ``a.ctx`` or ``a:ctx`` is some other table's field
         if kind != "name" or text != "ctx" or (k > 0 and toks[k - 1][:2] in _FIELD_OF):
