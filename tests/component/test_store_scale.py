@@ -17,7 +17,13 @@ from orchestrator.orchestrating import new_execution_id
 from orchestrator.retention import Retention
 from orchestrator.store import MIGRATIONS, Store
 from orchestrator.versions import Registry
-from tests.component.test_retention import DAY, NOW, SPEC, event  # their clock and events
+from tests.component.test_retention import (  # their clock, events and runs
+    DAY,
+    NOW,
+    SPEC,
+    event,
+    start,
+)
 
 
 @pytest.fixture
@@ -38,26 +44,9 @@ async def run(
     status: str = "succeeded",
 ) -> None:
     """A run created at ``at`` that ends (with ``status``) a minute later."""
-    await store.create_execution(
-        execution_id=execution_id,
-        workflow_id="wf",
-        version="1.0.0",
-        inputs={},
-        pinned={},
-        created_at=at,
-        node_ids=["a"],
-        first_event=event(execution_id, 1, "execution.queued", at),
-        idempotency_key=key,
-        parent_execution_id=parent,
-        parent_node_id="a" if parent else None,
-        parent_attempt=1 if parent else None,
-    )
+    await start(store, execution_id, at, parent=parent, key=key)
     await store.record_events(
-        execution_id,
-        [
-            event(execution_id, 2, "execution.started", at),
-            event(execution_id, 3, f"execution.{status}", at + 60, outputs={}),
-        ],
+        execution_id, [event(execution_id, 3, f"execution.{status}", at + 60, outputs={})]
     )
 
 
