@@ -245,8 +245,12 @@ class Orchestrator:
                 self.triggers.check_spec(spec)  # an HTTP path another workflow has: refused
             await self.store.register_version(plan)
             self.registry.apply(plan)
-            if self.triggers is not None:
-                await self.triggers.version_registered(spec)  # its triggers replace the old
+            if self.triggers is not None and self.registry.resolve(spec.id, "latest") == (
+                spec.version
+            ):
+                # its triggers replace the old; a pre-release above a release leaves the
+                # release's triggers on, as it leaves runs without a version on the release
+                await self.triggers.version_registered(spec)
         log.info("registered %s", spec.ref)
         return self.registry.describe(spec.id, spec.version), True
 

@@ -1141,7 +1141,7 @@ def openapi_document(*, guarded: bool = True) -> JSONObject:
         "paths": {
             "/trigger/{workflow_id}": {"post": trigger},
             "/api/v1/workflows": {
-                "get": _op("List workflows (latest version of each)"),
+                "get": _op("List workflows (the version `latest` runs, of each)"),
                 "post": _op(
                     "Register a workflow version",
                     body="Spec",

@@ -12,9 +12,9 @@ versions a run would really reach by resolving ranges, since an older version a 
 selects can lead back where the latest ones do not; a run of such a loop would never end.
 
 Precedence is SemVer 2.0.0's (build metadata ignored). Ranges are npm's, plus ``latest`` (or
-empty) for the highest registered version. A bare version is ``=version``, as in npm: ``1.2.3``
-matches 1.2.3 whatever its build metadata (``1.2.3+b1``), while one that names a build
-(``1.2.3+b1``) matches only that build. Registration refuses a second version of equal
+empty) for the highest release (see ``_Workflow.current``). A bare version is ``=version``,
+as in npm: ``1.2.3`` matches 1.2.3 whatever its build metadata (``1.2.3+b1``), while one that
+names a build (``1.2.3+b1``) matches only that build. Registration refuses a second version of equal
 precedence (it would not be above the latest), so ``1.2.3`` finds at most one; only rows stored
 before that rule can hold two, and then the very text asked for wins, else the last in order.
 """
@@ -179,6 +179,19 @@ class _Workflow:
 
     @property
     def latest(self) -> str:
+        """The highest registered version: a new one must be above it."""
+        return self.order[-1]
+
+    @property
+    def current(self) -> str:
+        """What ``latest`` (and no version at all) runs: the highest release, or the highest
+        pre-release while there is no release. A pre-release registered to be tried is thus
+        run only when asked for, by name or by a range that takes it (npm's ranges already
+        leave pre-releases out), as Helm picks a chart without ``--devel``; triggers, cron
+        and references to ``latest`` stay on the release."""
+        for version in reversed(self.order):
+            if not _parse_version(version).prerelease:
+                return version
         return self.order[-1]
 
     def insert(self, row: StoredVersion) -> None:
@@ -260,14 +273,14 @@ class Registry:
                     "workflow": spec.id,
                     "version": spec.version,
                     "digest": row.digest,
-                    "latest": wf.latest,
+                    "highest": wf.latest,
                 },
             )
         if wf is not None and _precedence(spec.version) <= _precedence(wf.latest):
             raise VersionNotNewer(
-                f"{spec.ref} is not newer than the latest registered version {wf.latest}: "
+                f"{spec.ref} is not newer than the highest registered version {wf.latest}: "
                 "a new version must be greater by SemVer precedence",
-                {"workflow": spec.id, "version": spec.version, "latest": wf.latest},
+                {"workflow": spec.id, "version": spec.version, "highest": wf.latest},
             )
         # before what it needs: a version its dependents leave behind is refused for that
         # whatever else it waits for, so a client applying several at once (dagctl apply) sees
@@ -398,28 +411,29 @@ class Registry:
             "spec": json.loads(wf.rows[chosen].spec_json),
             "created_at": isoformat(wf.rows[chosen].created_at),
             "versions": versions,
-            "latest": wf.latest,
+            "latest": wf.current,
             "dependents": dependents,
             "references": references,
         }
 
     def summaries(self) -> list[JSONObject]:
-        """One entry per workflow, for its latest version, sorted by id."""
+        """One entry per workflow, for the version ``latest`` runs, sorted by id."""
         out: list[JSONObject] = []
         for workflow_id in sorted(self._workflows):
             wf = self._workflows[workflow_id]
             versions: list[JSON] = list(wf.order)
             dependents: list[JSON] = list(self.dependents(workflow_id))
-            name, nodes, triggers = self._outline(wf, wf.latest)
+            current = wf.current
+            name, nodes, triggers = self._outline(wf, current)
             out.append(
                 {
                     "id": workflow_id,
-                    "version": wf.latest,
+                    "version": current,
                     "name": name,
                     "versions": versions,
                     "nodes": nodes,
                     "triggers": triggers,
-                    "created_at": isoformat(wf.rows[wf.latest].created_at),
+                    "created_at": isoformat(wf.rows[current].created_at),
                     "dependents": dependents,
                 }
             )
@@ -578,7 +592,7 @@ class Registry:
     @staticmethod
     def _highest(wf: _Workflow, wanted: _Range) -> str | None:
         if wanted.is_latest:
-            return wf.latest
+            return wf.current
         if wanted.exact in wf.rows:
             # the very version, not another build of it: stored executions and pins name
             # exact versions, and must get the one they name

@@ -442,6 +442,23 @@ async def test_a_new_version_replaces_the_spec_triggers(world: World) -> None:
     assert new["id"] != old and new["cron"] == "0 * * * *" and new["paused"] is False
 
 
+async def test_a_pre_release_above_a_release_leaves_the_release_triggers_on(world: World) -> None:
+    triggers = await world.triggers()
+    await world.orch.register(spec("1.0.0", cron="*/5 * * * *"), yaml=False, force=False)
+    [release] = triggers.listing()
+    await world.orch.register(spec("2.0.0-rc.1", cron="0 * * * *"), yaml=False, force=False)
+    assert triggers.listing() == [release]
+    # and so after a restart, which brings spec triggers in line with what ``latest`` runs
+    await triggers.stop()
+    await world.restart()
+    triggers = await world.triggers()
+    [after] = triggers.listing()
+    assert (after["id"], after["version"], after["cron"]) == (release["id"], "1.0.0", "*/5 * * * *")
+    await world.orch.register(spec("2.0.0", cron="0 * * * *"), yaml=False, force=False)
+    [new] = triggers.listing()
+    assert (new["version"], new["cron"]) == ("2.0.0", "0 * * * *")
+
+
 async def test_a_changed_schedule_does_not_catch_up_its_slots_from_before_the_change(
     world: World,
 ) -> None:

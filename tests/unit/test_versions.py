@@ -116,21 +116,21 @@ def test_other_content_under_a_registered_version_is_a_conflict() -> None:
         ("2.0.0", "10.0.0", True),
     ],
 )
-def test_a_new_version_must_be_above_the_latest_by_semver_precedence(
+def test_a_new_version_must_be_above_the_highest_by_semver_precedence(
     existing: str, new: str, accepted: bool
 ) -> None:
     reg = registry(wf("etl", existing))
     if accepted:
         register(reg, wf("etl", new))
-        assert reg.resolve("etl", "latest") == new
+        assert reg.describe("etl")["versions"] == [existing, new]
         return
     with pytest.raises(VersionNotNewer) as err:
         reg.plan_register(wf("etl", new), force=True, now=0.0)
     assert err.value.message == (
-        f"etl@{new} is not newer than the latest registered version {existing}: "
+        f"etl@{new} is not newer than the highest registered version {existing}: "
         "a new version must be greater by SemVer precedence"
     )
-    assert err.value.details == {"workflow": "etl", "version": new, "latest": existing}
+    assert err.value.details == {"workflow": "etl", "version": new, "highest": existing}
 
 
 def _oracle_key(version: str) -> tuple[Any, ...]:
@@ -173,12 +173,13 @@ def test_registering_in_any_order_accepts_exactly_the_increasing_versions(
             accepted.append(version)
         else:
             with pytest.raises(
-                VersionNotNewer, match=re.escape(f"latest registered version {accepted[-1]}")
+                VersionNotNewer, match=re.escape(f"highest registered version {accepted[-1]}")
             ):
                 reg.plan_register(spec, force=True, now=0.0)
     described = reg.describe("etl")
     assert described["versions"] == accepted
-    assert described["latest"] == described["version"] == accepted[-1]
+    releases = [v for v in accepted if "-" not in v]
+    assert described["latest"] == described["version"] == (releases or accepted)[-1]
 
 
 @settings(max_examples=100, deadline=None)
@@ -192,7 +193,35 @@ def test_loading_rows_in_any_order_sorts_versions_by_precedence(
     reg.load(rows)
     expected = sorted(versions, key=_oracle_key)
     assert reg.describe("etl")["versions"] == expected
-    assert reg.resolve("etl", None) == expected[-1]
+    releases = [v for v in expected if "-" not in v]
+    assert reg.resolve("etl", None) == (releases or expected)[-1]
+
+
+def test_latest_is_the_highest_release_and_a_pre_release_only_while_there_is_none() -> None:
+    reg = registry(wf("etl", "1.0.0-rc.1"), wf("etl", "1.0.0-rc.2"))
+    assert reg.resolve("etl", "latest") == "1.0.0-rc.2"  # no release yet: the highest
+    register(reg, wf("etl", "1.0.0"))
+    register(reg, wf("etl", "1.1.0"))
+    register(reg, wf("etl", "2.0.0-rc.1"))  # registered to be tried
+    for wanted in ("latest", "", None):
+        assert reg.resolve("etl", wanted) == "1.1.0"
+    assert reg.resolve("etl", "2.0.0-rc.1") == "2.0.0-rc.1"
+    described = reg.describe("etl")
+    assert (described["version"], described["latest"]) == ("1.1.0", "1.1.0")
+    assert described["versions"][-1] == "2.0.0-rc.1"
+    assert [(s["version"], s["versions"][-1]) for s in reg.summaries()] == [("1.1.0", "2.0.0-rc.1")]
+    # above the pre-release, as before: the rule is by the highest registered version
+    with pytest.raises(VersionNotNewer, match=re.escape("highest registered version 2.0.0-rc.1")):
+        reg.plan_register(wf("etl", "1.2.0"), force=False, now=0.0)
+    register(reg, wf("etl", "2.0.0"))
+    assert reg.resolve("etl", "latest") == "2.0.0"
+
+
+def test_a_reference_to_latest_takes_the_release_over_a_pre_release_above_it() -> None:
+    reg = registry(
+        wf("lib", "1.0.0"), wf("lib", "2.0.0-beta.1"), wf("app", "1.0.0", ("lib", "latest"))
+    )
+    assert reg.pin_versions("app", "1.0.0") == {"lib@latest": "1.0.0"}
 
 
 def test_plan_register_changes_nothing_when_refused() -> None:
@@ -226,9 +255,12 @@ def ranged() -> Registry:
         ("1.x", "1.3.0"),
         ("^1.4.0-rc.1", "1.4.0-rc.1"),
         ("^2", "2.0.0"),
-        ("latest", "2.1.0-beta"),
-        ("", "2.1.0-beta"),
-        (None, "2.1.0-beta"),
+        # the highest release: 2.1.0-beta is run only when asked for
+        ("latest", "2.0.0"),
+        ("", "2.0.0"),
+        (None, "2.0.0"),
+        ("2.1.0-beta", "2.1.0-beta"),
+        (">=2.1.0-beta", "2.1.0-beta"),
         ("1.2.0", "1.2.0"),
         ("=1.2.0", "1.2.0"),
         ("<1.2", "1.0.0"),
@@ -308,7 +340,7 @@ def test_a_sub_workflow_reference_to_a_bare_version_meets_its_build(built: Regis
 def test_a_second_build_of_a_version_is_not_newer(first: str, second: str) -> None:
     # so a bare version can find at most one registered build
     reg = registry(wf("lib", first))
-    with pytest.raises(VersionNotNewer, match=re.escape(f"latest registered version {first}")):
+    with pytest.raises(VersionNotNewer, match=re.escape(f"highest registered version {first}")):
         reg.plan_register(wf("lib", second), force=True, now=0.0)
 
 
