@@ -248,9 +248,16 @@ def _loads(text: str | None) -> JSON:
     return value
 
 
+# how long a statement waits for a lock another program holds (a sqlite3 shell, a backup):
+# long enough for a backup step or a checkpoint, short enough that start-up says so
+BUSY_TIMEOUT_S = 30.0
+
+
 def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA busy_timeout = 30000")
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
@@ -295,9 +302,9 @@ def inspect_state(path: str) -> None:
         return  # created as new by the writer
     uri = Path(path).absolute().as_uri() + "?mode=ro"
     began = time.monotonic()
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S)
     try:
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         # SQLite reads a -wal beside the file as part of it, whichever file it came from
         beside = (
             f" (read with the {Path(path).name}-wal beside it: one left from another file, or "
