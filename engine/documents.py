@@ -654,7 +654,9 @@ def read_document(
             doc = json.loads(text, object_pairs_hook=_noting_twice)
         except json.JSONDecodeError as exc:
             raise SpecError(
-                [SpecProblem("", f"invalid JSON: {exc.msg}", exc.lineno)], source
+                # the column too: JSON sent by a program is often one long line
+                [SpecProblem("", f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno)],
+                source,
             ) from exc
         except ValueError as exc:
             number = exc  # a whole number too long to read: found below, with its line

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final
 
+import yaml
+
 SPEC_SUFFIXES: Final = (".yaml", ".yml", ".json")
 STDIN_NAME: Final = "<stdin>"
 
@@ -31,7 +33,8 @@ class SpecSource:
     """Why it could not be read (then ``data`` is empty)."""
     is_json: bool = field(init=False, default=False)
     """Read as JSON: a ``.json`` file, or standard input that parses as JSON (a leading
-    ``{`` is no sign: flow-style YAML, ``{id: x, nodes: [...]}``, begins with one too)."""
+    ``{`` is no sign: flow-style YAML, ``{id: x, nodes: [...]}``, begins with one too), or
+    that begins ``{"`` and is neither JSON nor YAML: its problem is then JSON's to name."""
 
     def __post_init__(self) -> None:
         if self.data.startswith(BOM):
@@ -43,13 +46,24 @@ class SpecSource:
 
 
 def _parses_as_json(data: bytes) -> bool:
-    if not data.lstrip().startswith((b"{", b"[")):
+    start = data.lstrip()
+    if not start.startswith((b"{", b"[")):
         return False  # not worth parsing: no spec in JSON begins otherwise
     try:
         json.loads(data)
     except ValueError:  # UnicodeDecodeError and JSONDecodeError both
-        return False
-    return True
+        pass
+    else:
+        return True
+    if not start[1:].lstrip().startswith(b'"'):
+        return False  # flow-style YAML, whose keys are seldom quoted
+    try:
+        yaml.safe_load(data)
+    except yaml.YAMLError:
+        # JSON broken (a missing comma): YAML's words for it ("expected ',' or '}', but got
+        # '<scalar>'") would send the author looking for YAML in a JSON document
+        return True
+    return False
 
 
 def spec_sources(names: list[str], stdin: BinaryIO) -> list[SpecSource]:

@@ -115,6 +115,20 @@ def test_standard_input_is_json_only_when_it_parses_as_json() -> None:
     assert SpecSource(STDIN_NAME, b' {"id": "x", "nodes": []}').is_json is True
     assert SpecSource(STDIN_NAME, b"id: x\n").is_json is False
     assert SpecSource("spec.JSON", flow).is_json is True  # a file goes by its name
+    # neither JSON nor YAML: JSON names the problem when the text began as JSON does
+    assert SpecSource(STDIN_NAME, b'{"id": "x" "nodes": []}').is_json is True
+    assert SpecSource(STDIN_NAME, b'{"id": "x", "nodes": [],}').is_json is False  # YAML takes it
+    assert SpecSource(STDIN_NAME, b"{id: x, nodes: [}").is_json is False
+
+
+def test_broken_json_on_standard_input_is_named_as_json_with_its_column(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = b'{"id": "x", "version": "1.0.0" "nodes": []}\n'
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(broken)))
+    assert cli.main(["validate", "-f", "-"], {}) == 2
+    said = capsys.readouterr()
+    assert "<stdin>:1: invalid JSON: Expecting ',' delimiter (column 32)" in said.out + said.err
 
 
 def test_flow_style_yaml_on_standard_input_validates(
