@@ -26,7 +26,8 @@ class LuaSyntaxChecker:
     def _process(self) -> subprocess.Popen[str]:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(
-                [self._python, "-m", "engine", "check-lua"],
+                # -P: this package's engine, never one of that name in the current directory
+                [self._python, "-P", "-m", "engine", "check-lua"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,

@@ -280,6 +280,10 @@ def plan(
     log_dir = log_dir_of(state_db, base_dir)
     common = {**environ}
     common.setdefault("PYTHONUNBUFFERED", "1")  # so a log's tail is current when we show it
+    # ``-m engine`` and ``-m orchestrator`` are ours, not a package of the same name in the
+    # directory up is run from (a project's own engine/): the current directory stays off
+    # sys.path, as -P keeps it (the orchestrator's Lua checker inherits it)
+    common["PYTHONSAFEPATH"] = "1"
     if not common.get("ENGINE_TOKEN", "").strip():
         # the engines' ports are open to every local user: only this up's orchestrator may
         # call them (a token set by the caller is kept, for engines started by hand too)
@@ -1129,7 +1133,7 @@ def run_up(
             stop or threading.Event(),
             start_timeout=start_timeout,
             examples=examples,
-            banner_of=lambda pids: banner(
+            banner_of=lambda pids, hello: banner(
                 layout,
                 server=server,
                 token_set=bool(environ.get("API_TOKEN")),
@@ -1137,7 +1141,7 @@ def run_up(
                 out=say,
                 ca_set=bool(environ.get("DAGCTL_CA_FILE", "").strip()),
                 dagctl=dagctl_command(python, cwd, environ.get("PATH")),
-                examples=examples,
+                examples=hello,
             ),
         )
     finally:
@@ -1160,7 +1164,7 @@ def _supervise(
     *,
     start_timeout: float,
     examples: bool,
-    banner_of: Callable[[Mapping[str, int | None]], None],
+    banner_of: Callable[[Mapping[str, int | None], bool], None],
 ) -> LaunchError | None:
     """Start the children and tend them until ``stop``, a stop signal, or a failure (returned);
     everything started is stopped whatever ends it, an exception included."""
@@ -1187,10 +1191,19 @@ def _supervise(
         out.flush()
         supervisor.start()
         wait_ready(layout, supervisor, client, start_timeout)
+        hello = False  # what the banner's first suggestion runs
         if examples:
-            register_examples(client, find_examples(supervisor.cwd), out)
+            files = find_examples(supervisor.cwd)
+            if not files:
+                # an installed copy: the examples come with a source checkout only
+                out.write(
+                    "No examples/ here or beside the package: none registered "
+                    "(they come with a clone of the repository)\n"
+                )
+            registered = register_examples(client, files, out)
+            hello = any(ref.startswith("hello@") for ref in registered)
         names = (layout.orchestrator.name, *(child.name for child in layout.engines))
-        banner_of({name: supervisor.pid(name) for name in names})
+        banner_of({name: supervisor.pid(name) for name in names}, hello)
         orchestrator = layout.orchestrator
         while not stop.is_set():
             code = supervisor.exit_code(orchestrator.name)

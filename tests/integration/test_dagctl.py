@@ -200,12 +200,12 @@ def test_up_starts_registers_examples_reports_and_stops(
     python, environ = fake_python
     work = tmp_path / "work"
     (work / "examples").mkdir(parents=True)
-    (work / "examples" / "one.yaml").write_text("id: one\nversion: 1.0.0\nnodes: []\n")
+    (work / "examples" / "one.yaml").write_text("id: hello\nversion: 1.0.0\nnodes: []\n")
     (work / "examples" / "broken.yaml").write_text("id: broken\nversion: 1.0.0\n")
     up = start_up(work, python, {**environ, "CAPACITY": "4"}, engines=3)
     up.wait_for("Ctrl-C stops everything.")
     text = up.out.getvalue()
-    assert "Examples registered: one@1.0.0" in text
+    assert "Examples registered: hello@1.0.0" in text
     assert "could not register broken.yaml: invalid_spec: 1 problem" in text
     http = re.search(r"HTTP API   (http://127\.0\.0\.1:\d+)", text)
     assert http is not None
@@ -221,6 +221,7 @@ def test_up_starts_registers_examples_reports_and_stops(
     assert orch["STATE_DB"] == ".dagengine/state.db"
     assert orch["ENGINE_HEALTH_CHECK_INTERVAL"] == "2"
     assert orch["SOMETHING_ELSE"] == "passed through"
+    assert orch["PYTHONSAFEPATH"] == "1"  # ``-m orchestrator`` is ours, not one in cwd
     assert http.group(1).endswith(":" + orch["HTTP_PORT"])
     ports = []
     for i in range(3):
@@ -444,6 +445,11 @@ def test_up_runs_the_real_services_and_dagctl_drives_them(
         "digest.yaml",
     ):
         (tmp_path / "examples" / name).write_text((ROOT / "examples" / name).read_text())
+    # a project of the user's own with packages of the same names: up's children, and the
+    # orchestrator's Lua checker the examples go through, must run ours
+    for package in ("engine", "orchestrator"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("raise SystemExit('not ours')\n")
     up = start_up(tmp_path, sys.executable, environ)
     try:
         up.wait_for("Ctrl-C stops everything.")

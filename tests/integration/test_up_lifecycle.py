@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.dagctl import launching
 from orchestrator.dagctl.launching import RestartPolicy, run_up
 from tests.integration.fake_up import stand_in_python
 from tests.integration.test_dagctl import ROOT, WAIT, Up, start_up
@@ -435,6 +436,29 @@ def test_up_shows_the_problems_of_an_example_it_cannot_register(
             "    - nodes: missing\n"
             "    - version: missing\n"
         ) in up.out.getvalue()
+
+
+def test_up_offers_hello_only_when_hello_was_registered(
+    tmp_path: Path, fake_python: tuple[str, dict[str, str]]
+) -> None:
+    python, environ = fake_python
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "broken.yaml").write_text("id: broken\n")
+    with serving_up(tmp_path, python, environ, restart=FAST) as up:
+        said = up.out.getvalue()
+    assert "run hello" not in said and "/trigger/hello" not in said
+    assert "apply -f my-workflow.yaml" in said
+
+
+def test_up_with_no_examples_to_find_says_so(
+    tmp_path: Path, fake_python: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    python, environ = fake_python
+    monkeypatch.setattr(launching, "find_examples", lambda cwd: [])  # an installed copy
+    with serving_up(tmp_path, python, environ, restart=FAST) as up:
+        said = up.out.getvalue()
+    assert "No examples/ here or beside the package: none registered" in said
+    assert "run hello" not in said and "apply -f my-workflow.yaml" in said
 
 
 def test_up_says_its_orchestrator_was_killed_and_says_it_last(
