@@ -251,8 +251,19 @@ class Orchestrator:
                 # its triggers replace the old; a pre-release above a release leaves the
                 # release's triggers on, as it leaves runs without a version on the release
                 await self.triggers.version_registered(spec)
-        log.info("registered %s", spec.ref)
-        return self.registry.describe(spec.id, spec.version), True
+        described = self.registry.describe(spec.id, spec.version)
+        if plan.forced_past:
+            # what force overrode is said where it can be found later, and to the caller
+            log.warning(
+                "registered %s with force, outside the range of %d dependent(s): %s",
+                spec.ref,
+                len(plan.forced_past),
+                ", ".join(plan.forced_past),
+            )
+            described["forced_past"] = list(plan.forced_past)
+        else:
+            log.info("registered %s", spec.ref)
+        return described, True
 
     def stored_refusal(self, workflow_id: str, version: str) -> str | None:
         """Why runs of ``workflow_id@version`` cannot run, when it was stored under older checks

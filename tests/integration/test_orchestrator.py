@@ -155,7 +155,14 @@ async def test_version_rules_over_http(cluster: Cluster) -> None:
         assert "app@1.0.0" in body["error"]["message"]
         wf = await get(http, f"{url}/api/v1/workflows/lib")
         assert wf["version"] == "1.10.0"
-        assert (await register(http, url, base.format(v="2.0.0", k=1), force=True))[0] == 201
+        status, body = await register(http, url, base.format(v="2.0.0", k=1), force=True)
+        assert status == 201
+        # what force overrode is told, and only then
+        assert body["workflow"]["forced_past"] == ["app@1.0.0 (needs ^1.9)"]
+        assert (
+            "forced_past"
+            not in (await register(http, url, user.format(v="1.1.0", r="^2")))[1]["workflow"]
+        )
         wf = await get(http, f"{url}/api/v1/workflows/lib")
         assert wf["version"] == "2.0.0"
         assert wf["versions"] == ["1.9.0", "1.10.0", "2.0.0"]
