@@ -532,9 +532,12 @@ def _script_cut(name: str, node: yaml.ScalarNode) -> tuple[str, int] | None:
     Every style but a literal block (``|``) joins adjacent lines with a space: a folded block
     (``>``), and a plain or quoted value that goes on over lines. In a script, a ``--``
     comment on one line then swallows the rest and every runtime error names line 1, so a
-    ``lua`` written so is refused; a ``when`` only when one of its joined lines has a ``--``
-    (an expression over two lines is joined harmlessly). Lines a block keeps apart (a blank
-    line between them) stay as written."""
+    ``lua`` written so is refused; a ``when`` only when a ``--`` comment (as Lua reads it, not
+    one in a string) runs over a joined line break (an expression over two lines is joined
+    harmlessly). Judged by where YAML joined lines (``_folds``), not by counting them: lines a
+    block keeps apart (a blank line between them), a line break escaped in double quotes and
+    the line a closing quote stands on alone join no text, and a long line a dumper such as
+    PyYAML wrapped at a space (``_wrapped``) is read back as the one line it was."""
     what = _SCRIPT_FIELDS.get(name)
     buffer = node.end_mark.buffer
     if what is None or not isinstance(buffer, str):
@@ -551,14 +554,19 @@ def _script_cut(name: str, node: yaml.ScalarNode) -> tuple[str, int] | None:
             )
     if name not in ("lua", "when") or node.style == "|" or not isinstance(node.value, str):
         return None
-    written = buffer[node.start_mark.index : node.end_mark.index].split("\n")
-    if node.style == ">":
-        written = written[1:]  # past the header ('>', '>-', ...)
-    # the last line may hold the comment: nothing follows it to be swallowed
-    joined = [text for text in written if text.strip()]
-    if len(joined) <= sum(1 for text in node.value.split("\n") if text.strip()):
-        return None
-    if name == "when" and not any("--" in text for text in joined[:-1]):
+    if node.start_mark.line == node.end_mark.line:
+        return None  # one line in the file: nothing to join
+    folds = _folds(node, buffer)
+    if folds is None:
+        harmful = _joined_by_count(name, node, buffer)
+    else:
+        # a dumper's wrap of one long line joins what was one line: the value is as written
+        joins = [fold.at for fold in folds if not fold.wrap]
+        if name == "when" and joins:
+            comments = _line_comments(node.value)
+            joins = [at for at in joins if any(start < at < end for start, end in comments)]
+        harmful = bool(joins)
+    if not harmful:
         return None
     how = "a folded block (>)" if node.style == ">" else "a value over several lines"
     if name == "lua":
@@ -569,6 +577,229 @@ def _script_cut(name: str, node: yaml.ScalarNode) -> tuple[str, int] | None:
         f"{how} joins its lines with spaces, so {why}: write it as a literal block ({name}: |)",
         node.start_mark.line + 1,
     )
+
+
+def _joined_by_count(name: str, node: yaml.ScalarNode, buffer: str) -> bool:
+    """The judgement for a value ``_folds`` cannot follow (an escape it does not know, a line
+    break other than LF): lines of text in the file beyond those in the value were joined."""
+    written = buffer[node.start_mark.index : node.end_mark.index].split("\n")
+    if node.style == ">":
+        written = written[1:]  # past the header ('>', '>-', ...)
+    # the last line may hold the comment: nothing follows it to be swallowed
+    joined = [text for text in written if text.strip()]
+    if len(joined) <= sum(1 for text in node.value.split("\n") if text.strip()):
+        return False
+    return name != "when" or any("--" in text for text in joined[:-1])
+
+
+WRAP_WIDTH: Final = 80
+"""The line width PyYAML (and ruamel.yaml) dump to unless told otherwise. Past it a dumper
+breaks a plain or single-quoted value at the first single space, which YAML reads back as
+that space: a wrap, not two lines joined."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Fold:
+    """A line break in a scalar's text that YAML read as a space between two pieces of text:
+    ``at`` is that space's offset in the value; ``wrap`` when a dumper made it (``_wrapped``)."""
+
+    at: int
+    wrap: bool
+
+
+_BREAKS: Final = re.compile("\r(?!\n)|[\x85\u2028\u2029]")
+"""Line breaks YAML 1.1 knows besides LF and CRLF: left to counting."""
+
+
+def _folds(node: yaml.ScalarNode, buffer: str) -> list[_Fold] | None:
+    """Where YAML joined two lines of ``node``'s text with a space, found by reading the text
+    again as YAML does; None when this reading does not give the value YAML gave (a line
+    break other than LF, an unusual escape or header): the caller falls back to counting."""
+    start, end = node.start_mark.index, node.end_mark.index
+    if _BREAKS.search(buffer, start, end):
+        return None
+    if node.style == ">":
+        return _block_folds(buffer[start:end], node.value)
+    quoted = node.style in ("'", '"')
+    if quoted:
+        start, end = start + 1, end - 1
+    if node.style not in (None, "'", '"') or start > end:
+        return None
+    rows = [row.removesuffix("\r") for row in buffer[start:end].split("\n")]
+    line_start = buffer.rfind("\n", 0, start) + 1
+    value: list[str] = []
+    folds: list[_Fold] = []
+    size = 0
+    escaped = False  # the last row with text ended in an escaped line break (double quotes)
+    blanks = 0
+    last = len(rows) - 1
+    for r, row in enumerate(rows):
+        text = row if r == 0 else row.lstrip(" \t")
+        was_escaped = escaped
+        escaped = False
+        if node.style == '"' and r < last and _escapes_break(text):
+            text, escaped = text[:-1], True
+        elif r < last:
+            text = text.rstrip(" \t")
+        if 0 < r < last and not text and not escaped:
+            blanks += 1  # a blank line: a line break kept
+            continue
+        if node.style == '"':
+            decoded = _unescape(text)
+            if decoded is None:
+                return None
+            text = decoded
+        elif node.style == "'":
+            text = text.replace("''", "'")
+        if r > 0:
+            if blanks or was_escaped:
+                joint = "\n" * blanks
+            else:
+                joint = " "
+                if size and text:  # a space between two pieces of text
+                    wrap = node.style != '"' and _wrapped(buffer, line_start, start, r, rows)
+                    folds.append(_Fold(size, wrap))
+            value.append(joint)
+            size += len(joint)
+            blanks = 0
+        value.append(text)
+        size += len(text)
+    return folds if "".join(value) == node.value else None
+
+
+def _wrapped(buffer: str, line_start: int, start: int, r: int, rows: list[str]) -> bool:
+    """Whether the break after ``rows[r - 1]`` is where a dumper wrapping at ``WRAP_WIDTH``
+    breaks: the file line ends past the width, at no space, and no single space on it before
+    is past the width (PyYAML breaks at the first such space). A person who breaks a line
+    of Lua exactly there looks the same and is not told, which is the price of reading dumped
+    files back; a dump to another width is judged as a person's text."""
+    previous = rows[r - 1]
+    if previous != previous.rstrip(" \t"):
+        return False
+    if r == 1:
+        line, first = buffer[line_start:start] + previous, start - line_start
+    else:
+        line = previous
+        first = len(previous) - len(previous.lstrip(" \t"))
+    if len(line) <= WRAP_WIDTH:
+        return False
+    return not any(
+        line[j] == " " and line[j - 1] != " " and line[j + 1] != " "
+        for j in range(max(first + 1, WRAP_WIDTH + 1), len(line) - 1)
+    )
+
+
+def _escapes_break(text: str) -> bool:
+    """Whether a double-quoted line ending ``text`` escapes its line break (an odd run of
+    backslashes)."""
+    return (len(text) - len(text.rstrip("\\"))) % 2 == 1
+
+
+def _unescape(text: str) -> str | None:
+    """A double-quoted YAML line's text, escapes read; None for an escape YAML refuses."""
+    if "\\" not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c != "\\":
+            out.append(c)
+            i += 1
+            continue
+        code = text[i + 1 : i + 2]
+        if code in yaml.scanner.Scanner.ESCAPE_REPLACEMENTS:
+            out.append(yaml.scanner.Scanner.ESCAPE_REPLACEMENTS[code])
+            i += 2
+        elif code in yaml.scanner.Scanner.ESCAPE_CODES:
+            digits = text[i + 2 : i + 2 + yaml.scanner.Scanner.ESCAPE_CODES[code]]
+            try:
+                out.append(chr(int(digits, 16)))
+            except ValueError:
+                return None
+            i += 2 + len(digits)
+        else:
+            return None
+    return "".join(out)
+
+
+_BLOCK_HEADER: Final = re.compile(r">([-+]?)[ \t]*(?:#.*)?")
+
+
+def _block_folds(region: str, value: str) -> list[_Fold] | None:
+    """``_folds`` for a folded block (``>``, ``>-``, ``>+``; one with an indentation
+    indicator is left to counting): two lines of text at the block's indentation, with no
+    blank line between them, are joined with a space."""
+    rows = [row.removesuffix("\r") for row in region.split("\n")]
+    header = _BLOCK_HEADER.fullmatch(rows[0])
+    if header is None:
+        return None
+    body = rows[1:]
+    texts = [row for row in body if row.strip(" ")]
+    if not texts:
+        return None
+    indent = len(texts[0]) - len(texts[0].lstrip(" "))
+    out: list[str] = []
+    folds: list[_Fold] = []
+    size = blanks = 0
+    previous: str | None = None
+    for row in body:
+        if not row.strip(" "):
+            blanks += 1
+            continue
+        if row[:indent].strip(" "):
+            return None  # less indented: not the block's
+        text = row[indent:]
+        if previous is None:
+            joint = "\n" * blanks
+        elif previous[:1] not in (" ", "\t") and text[:1] not in (" ", "\t"):
+            joint = "\n" * blanks if blanks else " "
+            if not blanks:
+                folds.append(_Fold(size, False))
+        else:
+            joint = "\n" * (blanks + 1)  # a more indented line keeps its line breaks
+        out += (joint, text)
+        size += len(joint) + len(text)
+        previous, blanks = text, 0
+    # the rows after the last text: its line break (none at the end of the text) and the
+    # blank lines after it (the region ends after a line break, so its last row is empty)
+    breaks = blanks if region.endswith("\n") else 0
+    chomp = header.group(1)
+    out.append("" if chomp == "-" else "\n" * breaks if chomp == "+" else "\n" * min(breaks, 1))
+    return folds if "".join(out) == value else None
+
+
+_LONG_BRACKET: Final = re.compile(r"\[(=*)\[")
+
+
+def _line_comments(code: str) -> list[tuple[int, int]]:
+    """Where each ``--`` line comment of Lua ``code`` starts and ends (the end of its line),
+    strings and long brackets skipped as Lua reads them (``engine.core.luarefs.tokens``)."""
+    spans: list[tuple[int, int]] = []
+    i, n = 0, len(code)
+    while i < n:
+        c = code[i]
+        if code.startswith("--", i):
+            long = _LONG_BRACKET.match(code, i + 2)
+            if long:
+                close = code.find("]" + long.group(1) + "]", long.end())
+                i = n if close < 0 else close + len(long.group(1)) + 2
+                continue
+            end = code.find("\n", i)
+            end = n if end < 0 else end
+            spans.append((i, end))
+            i = end
+        elif c in "\"'":
+            j = i + 1
+            while j < n and code[j] not in (c, "\n"):
+                j += 2 if code[j] == "\\" else 1
+            i = j + 1
+        elif (long := _LONG_BRACKET.match(code, i)) is not None:
+            close = code.find("]" + long.group(1) + "]", long.end())
+            i = n if close < 0 else close + len(long.group(1)) + 2
+        else:
+            i += 1
+    return spans
 
 
 def _text_lines(node: yaml.ScalarNode) -> list[int]:

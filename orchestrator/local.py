@@ -2,14 +2,16 @@
 
 The engines are the real engine servers, listening on loopback ports of their own, and the
 orchestrator reaches them over gRPC exactly as it reaches engines in a cluster: one code path,
-whether the engines are pods or threads of the same process. This module is the one place the
+whether the engines are pods or threads of the same process. They take a token as any engine
+does: ENGINE_TOKEN, or one made at random for them when none is set (as ``dagctl up`` does),
+since any local user can reach a loopback port. This module is the one place the
 orchestrator package loads the engine runtime (an import-linter exception names it), and only
 when local engines are asked for.
 
 ::
 
     async with LocalCluster(engines=2) as cluster:
-        await cluster.register(open("examples/diamond.yaml").read())
+        await cluster.register(open("examples/diamond.yaml").read())  # or Workflow(...).build()
         run = await cluster.execute("diamond", inputs={"n": 4}, wait=30)
         async for event in cluster.watch(execution_id=run["id"]): ...
 """
@@ -17,6 +19,8 @@ when local engines are asked for.
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
@@ -25,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 
 from engine.core.errors import SpecError, SpecProblem
-from engine.core.spec import dotted, non_json_values
+from engine.core.spec import WorkflowSpec, dotted, non_json_values
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from engine.serving import EngineServer
@@ -37,9 +41,17 @@ from orchestrator.settings import Settings
 
 
 class LocalEngines:
-    """``settings.local_engines`` engine servers on 127.0.0.1, each on a free port."""
+    """``settings.local_engines`` engine servers on 127.0.0.1, each on a free port.
+
+    They listen on loopback ports any local user can reach, so they always take a token:
+    ENGINE_TOKEN when one is set, else a random one made here, as ``dagctl up`` makes one.
+    ``settings`` is the orchestrator's settings with that token: the orchestrator that talks
+    to these engines must be given them (``running_orchestrator(engines.settings, ...)``).
+    """
 
     def __init__(self, settings: Settings) -> None:
+        settings = guarded(settings)
+        self.settings = settings
         shared = settings.local_engine or EngineSettings(
             engine_id="local",
             capacity=settings.engine_capacity,
@@ -54,7 +66,6 @@ class LocalEngines:
                     host="127.0.0.1",
                     port=0,
                     metrics_port=None,
-                    # they listen on loopback ports: with a token, as guarded as any engine
                     engine_token=settings.engine_token,
                 )
             )
@@ -95,6 +106,9 @@ class LocalCluster:
             state_db=str(state_db),
             health_check_interval=min(base.health_check_interval, 1.0),
         )
+        # a token of this cluster's own unless the caller gave one: its engines and its
+        # orchestrator's client share it, and nothing else on this machine has it
+        self.settings = guarded(self.settings)
         self._stack = AsyncExitStack()
         self._orchestrator: Orchestrator | None = None
 
@@ -111,7 +125,7 @@ class LocalCluster:
         await engines.start()
         self._stack.push_async_callback(engines.stop)
         self._orchestrator = await self._stack.enter_async_context(
-            running_orchestrator(self.settings, StaticDiscovery(engines.addresses))
+            running_orchestrator(engines.settings, StaticDiscovery(engines.addresses))
         )
         while len(self._orchestrator.fleet.ready()) < self.settings.local_engines:
             await asyncio.sleep(0.01)
@@ -128,14 +142,18 @@ class LocalCluster:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    async def register(self, spec: str | Mapping[str, JSON], *, force: bool = False) -> JSONObject:
-        """Register a spec (YAML or JSON text, or a mapping); returns the workflow as stored.
+    async def register(
+        self, spec: str | Mapping[str, JSON] | WorkflowSpec, *, force: bool = False
+    ) -> JSONObject:
+        """Register a spec (YAML or JSON text, a mapping, or a ``WorkflowSpec`` such as
+        ``Workflow(...).build()`` makes); returns the workflow as stored.
 
         A mapping is sent as JSON, and what JSON cannot hold in it (NaN, a set, text UTF-8
         cannot encode) is refused first, naming where: written as YAML it would come back
-        as something else (NaN as the string 'NaN')."""
-        import json
-
+        as something else (NaN as the string 'NaN'). A ``WorkflowSpec`` is sent as its
+        ``document``, and checked again as any registration is."""
+        if isinstance(spec, WorkflowSpec):
+            spec = spec.document
         if isinstance(spec, str):
             workflow, _ = await self.orchestrator.register(spec, yaml=True, force=force)
             return workflow
@@ -191,6 +209,16 @@ class LocalCluster:
                 yield event
                 if execution_id is not None and _ends(event):
                     return
+
+
+def guarded(settings: Settings) -> Settings:
+    """``settings`` with an ENGINE_TOKEN: its own, or a new random one when none is set.
+
+    Engines in this process listen on loopback ports, where any local user could call their
+    gRPC API (and read a run's inputs) if they took calls without a token."""
+    if settings.engine_token is not None:
+        return settings
+    return replace(settings, engine_token=secrets.token_urlsafe(32))
 
 
 def _ends(event: JSONObject) -> bool:

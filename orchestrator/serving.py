@@ -231,6 +231,8 @@ async def _start(settings: Settings, stop: asyncio.Event) -> int:
             from orchestrator.local import LocalEngines
 
             local = LocalEngines(settings)
+            # the engines' token (ENGINE_TOKEN, or one made for them): the client's too
+            settings = local.settings
             await local.start()
             discovery: Discovery = StaticDiscovery(local.addresses)
         else:

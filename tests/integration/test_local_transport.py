@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 
 import aiohttp
+import grpc
 import pytest
 
+from engine.api import dagengine_pb2 as pb
+from engine.api import dagengine_pb2_grpc as pb_grpc
 from orchestrator.local import LocalCluster
 from tests.integration.conftest import ORCHESTRATOR_VARIABLES, ROOT, START_TIMEOUT
 
@@ -84,6 +87,11 @@ async def test_transport_local_runs_engines_inside_the_orchestrator(tmp_path: Pa
                     break
                 await asyncio.sleep(0.1)
             assert [e["id"] for e in engines] == ["local-0"]
+            # on a loopback port any local user reaches: a client without the token is refused
+            async with grpc.aio.insecure_channel(engines[0]["address"]) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await pb_grpc.EngineStub(channel).ListExecutions(pb.ListExecutionsRequest())
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
             async with http.post(
                 f"{url}/trigger/diamond", json={"inputs": {"n": 3}, "wait": True}
             ) as resp:
