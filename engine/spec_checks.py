@@ -3,8 +3,8 @@ version ranges.
 
 Used by the engine (``engine.checking``, with Lua syntax) and by the orchestrator and dagctl
 (``orchestrator.checking``), so a spec is judged the same everywhere. Light to import:
-``jsonschema``, ``re2``, ``croniter`` and ``semantic_version`` load only when a spec needs
-them, and no Lua here.
+``jsonschema``, ``re2`` and ``croniter`` load only when a spec needs them (version ranges
+are read by ``engine.core.ranges``, as the orchestrator resolves them), and no Lua here.
 
 An ``inputs_schema`` is checked on the orchestrator's event loop for every trigger, so it must
 not reach the network or take unbounded time: its references must resolve inside it (nothing
@@ -23,6 +23,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final
 
+from engine.core.ranges import npm_range
 from engine.core.spec import CRON_MACROS, MAX_VERSION_LENGTH, SEMVER
 from engine.core.values import JSON, JSONObject
 
@@ -579,18 +580,15 @@ def cron_problem(expression: str) -> str | None:
 @lru_cache(maxsize=512)
 def version_range_problem(text: str) -> str | None:
     """Why ``text`` is not a sub-workflow version range (npm style), or None."""
-    from semantic_version import NpmSpec
-
     stripped = text.strip()
     if len(stripped) > MAX_VERSION_LENGTH:
-        # semantic_version's int() would refuse a long number in words about Python
         return (
             f"{text[:40]!r}... is not a version range: longer than {MAX_VERSION_LENGTH} characters"
         )
     if stripped in ("", "latest") or SEMVER.fullmatch(stripped):
         return None
     try:
-        NpmSpec(stripped)
+        npm_range(text)
     except ValueError as exc:
         return (
             f"{text!r} is not a version range ({exc}): use an npm-style range such as "

@@ -9,10 +9,14 @@ references answers "who depends on Y" and "would this close a cycle" without a f
 
 Cycles are refused twice over: through the latest versions (section 4's rule), and through the
 versions a run would really reach by resolving ranges, since an older version a range still
-selects can lead back where the latest ones do not; a run of such a loop would never end.
+selects can lead back where the latest ones do not; a run of such a loop would never end. A
+version whose runs would nest sub-workflows deeper than MAX_SUBWORKFLOW_DEPTH, through the
+versions runs would reach, is refused too: every such run would fail at that depth.
 
-Precedence is SemVer 2.0.0's (build metadata ignored). Ranges are npm's, plus ``latest`` (or
-empty) for the highest release (see ``_Workflow.current``). A bare version is ``=version``,
+Precedence is SemVer 2.0.0's (build metadata ignored). Ranges are npm's, read as npm's own
+``semver`` reads them (strict, pre-releases only where a comparator of the same set names one
+on the same [major, minor, patch]; see ``engine.core.ranges``), plus ``latest`` (or empty) for
+the highest release (see ``_Workflow.current``). A bare version is ``=version``,
 as in npm: ``1.2.3`` matches 1.2.3 whatever its build metadata (``1.2.3+b1``), while one that
 names a build (``1.2.3+b1``) matches only that build. Registration refuses a second version of equal
 precedence (it would not be above the latest), so ``1.2.3`` finds at most one; only rows stored
@@ -25,15 +29,15 @@ import bisect
 import hashlib
 import json
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Final, TypeAlias
-
-from semantic_version import NpmSpec, Version
+from typing import Final, TypeAlias
 
 from engine.core.errors import SpecError
 from engine.core.events import isoformat
+from engine.core.ranges import Precedence, RangeSet, is_prerelease, npm_range
+from engine.core.ranges import precedence as _precedence
 from engine.core.spec import MAX_VERSION_LENGTH, SEMVER, WorkflowSpec, parse_spec
 from engine.core.values import JSON, JSONObject
 from orchestrator.errors import (
@@ -47,9 +51,9 @@ from orchestrator.errors import (
 )
 
 LATEST: Final = "latest"
-_SHOWN_VERSIONS: Final = 10  # how many registered versions an error message lists
-
-Precedence: TypeAlias = tuple[Any, ...]
+_SHOWN_VERSIONS: Final = 10  # how many registered versions (or dependents) a message names
+_LISTED: Final = 50  # how many an error's details list (with the total beside them)
+MAX_SUBWORKFLOW_DEPTH: Final = 16  # the setting's default (orchestrator.settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +83,6 @@ def canonical_json(document: JSONObject) -> str:
     return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
-@lru_cache(maxsize=4096)
-def _parse_version(version: str) -> Any:
-    # semantic_version reads each number with int(), which refuses past 4,300 digits in
-    # words about the interpreter; registration refuses such versions, stored rows may not
-    _bounded(version)
-    return Version(version)
-
-
 def _bounded(text: str) -> None:
     if len(text) > MAX_VERSION_LENGTH:
         raise ValueError(f"longer than {MAX_VERSION_LENGTH} characters")
@@ -100,44 +96,68 @@ def _shown(text: str | None) -> str:
     return f"{text[:60]!r}... ({len(text)} characters)"
 
 
-@lru_cache(maxsize=4096)
-def _precedence(version: str) -> Precedence:
-    # semantic_version sorts by build metadata last; SemVer says it carries no precedence
-    return tuple(_parse_version(version).precedence_key[:4])
-
-
 @dataclass(frozen=True, slots=True)
 class _Range:
     """A parsed version range: ``latest``, one exact version, or an npm range."""
 
     text: str
-    exact: str | None = None
-    npm: Any = None  # NpmSpec; None with exact None means latest
+    exact: str | None = None  # a bare version
+    # npm's comparator sets (a bare version's too, unless it names a build: then that build
+    # only); None with exact None: latest
+    sets: tuple[RangeSet, ...] | None = None
 
     @property
     def is_latest(self) -> bool:
-        return self.exact is None and self.npm is None
+        return self.exact is None and self.sets is None
 
     def matches(self, version: str) -> bool:
-        if self.exact is not None:
-            if "+" in self.exact:
-                return version == self.exact
-            return _precedence(version) == _precedence(self.exact)
-        if self.npm is None:
-            return True
-        return bool(self.npm.match(_parse_version(version)))
+        if self.sets is None:
+            return self.exact is None or version == self.exact
+        key = _precedence(version)
+        return any(s.contains(key) for s in self.sets)
+
+    def highest(self, keys: list[tuple[Precedence, str]]) -> int | None:
+        """The index in ``keys`` (sorted, lowest first) of the highest version in range."""
+        if self.sets is None:
+            if self.exact is None:
+                return len(keys) - 1 if keys else None
+            return next((i for i in reversed(range(len(keys))) if keys[i][1] == self.exact), None)
+        best: int | None = None
+        for s in self.sets:
+            if s.high is None:
+                at = len(keys)
+            elif s.high_open:
+                at = bisect.bisect_left(keys, s.high, key=_first)
+            else:
+                at = bisect.bisect_right(keys, s.high, key=_first)
+            # pre-releases the set does not take are stepped over; a release stops the search
+            for i in range(at - 1, -1 if best is None else best, -1):
+                if s.contains(keys[i][0]):
+                    best = i
+                    break
+                if s.low is not None and keys[i][0] <= s.low:
+                    break
+        return best
+
+
+def _first(entry: tuple[Precedence, str]) -> Precedence:
+    return entry[0]
 
 
 @lru_cache(maxsize=1024)
 def _parse_range(text: str) -> _Range:
-    """Raises ValueError (from semantic_version) when ``text`` is not a range."""
+    """Raises ValueError, saying why, when ``text`` is not a range npm reads."""
     stripped = text.strip()
     _bounded(stripped)
     if stripped in ("", LATEST):
         return _Range(text)
     if SEMVER.fullmatch(stripped):
-        return _Range(text, exact=stripped)
-    return _Range(text, npm=NpmSpec(stripped))
+        if "+" in stripped:
+            return _Range(text, exact=stripped)
+        key = _precedence(stripped)
+        pre = frozenset([key[:3]]) if is_prerelease(key) else frozenset()
+        return _Range(text, exact=stripped, sets=(RangeSet(key, False, key, False, pre, False),))
+    return _Range(text, sets=npm_range(text))
 
 
 def range_matches(text: str, version: str) -> bool:
@@ -165,6 +185,68 @@ def _references(spec: WorkflowSpec) -> tuple[_Reference, ...]:
     )
 
 
+def _stored_references(spec_json: str) -> list[tuple[str, str]]:
+    """(workflow, range) of each sub-workflow node of a stored spec, read as ``parse_spec``
+    reads them (``workflow: id`` is ``{id: id, version: latest}``) but without its checks,
+    which take a hundred times longer: the depth check reads every stored version once."""
+    if '"workflow"' not in spec_json:
+        return []
+    nodes = json.loads(spec_json).get("nodes")
+    out: list[tuple[str, str]] = []
+    for node in nodes if isinstance(nodes, list) else []:
+        target = node.get("workflow") if isinstance(node, dict) else None
+        if isinstance(target, str):
+            target = {"id": target}
+        if isinstance(target, dict) and isinstance(target.get("id"), str):
+            text = target.get("version", LATEST)
+            if isinstance(text, str):
+                out.append((target["id"], text.strip()))
+    return out
+
+
+_Step: TypeAlias = tuple[str, str]
+
+
+def _longest_path(start: _Step, edges: Callable[[_Step], list[_Step]]) -> list[_Step]:
+    """The longest path from ``start`` along ``edges``, ``start`` first. Each step is walked
+    once (an edge back onto the path, which only a store older than the cycle rules holds, is
+    not followed): linear in what is reachable, where listing every path is exponential."""
+    best: dict[_Step, tuple[int, _Step | None]] = {}
+    on_path = {start}
+    stack: list[tuple[_Step, list[_Step], int]] = [(start, edges(start), 0)]
+    while stack:
+        step, nexts, at = stack[-1]
+        if at < len(nexts):
+            stack[-1] = (step, nexts, at + 1)
+            nxt = nexts[at]
+            if nxt not in best and nxt not in on_path:
+                on_path.add(nxt)
+                stack.append((nxt, edges(nxt), 0))
+            continue
+        stack.pop()
+        on_path.discard(step)
+        done = [(best[n][0] + 1, n) for n in nexts if n in best]
+        best[step] = max(done) if done else (0, None)
+    path = [start]
+    following = best[start][1]
+    while following is not None:
+        path.append(following)
+        following = best[following][1]
+    return path
+
+
+def _chain_shown(chain: list[str]) -> str:
+    """A chain of ``id@version`` steps as a message names it: a long one by its ends."""
+    if len(chain) <= 2 * _SHOWN_VERSIONS:
+        return " -> ".join(chain)
+    middle = len(chain) - 2 * _SHOWN_VERSIONS
+    return (
+        " -> ".join(chain[:_SHOWN_VERSIONS])
+        + f" -> ... ({middle} more) -> "
+        + " -> ".join(chain[-_SHOWN_VERSIONS:])
+    )
+
+
 @dataclass(slots=True)
 class _Workflow:
     id: str
@@ -173,8 +255,8 @@ class _Workflow:
     keys: list[tuple[Precedence, str]] = field(default_factory=list)  # parallel sort keys
     specs: dict[str, WorkflowSpec] = field(default_factory=dict)  # parsed on demand
     refs: dict[str, tuple[_Reference, ...]] = field(default_factory=dict)  # per version
-    # range text -> highest matching version; a new version clears it. npm matching is slow
-    # enough that the cycle search, which resolves every reference it walks, needs this.
+    # range text -> highest matching version; a new version clears it. The cycle and depth
+    # searches resolve every reference they walk, many the same.
     resolved: dict[str, str | None] = field(default_factory=dict)
 
     @property
@@ -189,8 +271,8 @@ class _Workflow:
         run only when asked for, by name or by a range that takes it (npm's ranges already
         leave pre-releases out), as Helm picks a chart without ``--devel``; triggers, cron
         and references to ``latest`` stay on the release."""
-        for version in reversed(self.order):
-            if not _parse_version(version).prerelease:
+        for key, version in reversed(self.keys):
+            if not is_prerelease(key):
                 return version
         return self.order[-1]
 
@@ -216,11 +298,16 @@ class _Workflow:
 class Registry:
     """Every registered workflow version, in memory, with the rules that guard new ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_subworkflow_depth: int = MAX_SUBWORKFLOW_DEPTH) -> None:
+        # a new version whose runs would nest sub-workflows deeper is refused
+        self.max_subworkflow_depth = max_subworkflow_depth
         self._workflows: dict[str, _Workflow] = {}
         # what the latest version of each workflow references, and the reverse
         self._uses: dict[str, tuple[_Reference, ...]] = {}
         self._used_by: dict[str, set[str]] = {}
+        # workflow -> (user, user's version, range) for every version of every workflow that
+        # references it, for the depth check; read from the stored rows when first needed
+        self._referrers: dict[str, list[tuple[str, str, str]]] | None = None
 
     # -- loading and registering ----------------------------------------------------------
 
@@ -232,6 +319,7 @@ class Registry:
         self._workflows = {}
         self._uses = {}
         self._used_by = {}
+        self._referrers = None
         for row in versions:
             try:
                 _precedence(row.version)
@@ -287,12 +375,21 @@ class Registry:
         # the refusal no other version given with it can lift
         left_behind = self._dependents_out_of_range(spec.id, spec.version)
         if left_behind and not force:
-            named = ", ".join(f"{ref} (needs {rng})" for ref, rng in left_behind)
-            dependents: list[JSON] = [{"workflow": ref, "range": rng} for ref, rng in left_behind]
+            named = ", ".join(f"{ref} (needs {rng})" for ref, rng in left_behind[:_SHOWN_VERSIONS])
+            more = len(left_behind) - _SHOWN_VERSIONS
+            dependents: list[JSON] = [
+                {"workflow": ref, "range": rng} for ref, rng in left_behind[:_LISTED]
+            ]
             raise DependentsOutOfRange(
-                f"{spec.ref} is outside the range of its dependents: {named}; "
-                "register with force to override",
-                {"workflow": spec.id, "version": spec.version, "dependents": dependents},
+                f"{spec.ref} is outside the range of its dependents: {named}"
+                + (f" and {more} more" if more > 0 else "")
+                + "; register with force to override",
+                {
+                    "workflow": spec.id,
+                    "version": spec.version,
+                    "dependents": dependents,
+                    "dependents_total": len(left_behind),
+                },
             )
         refs = _references(spec)
         unmet = [e for e in (self._check_reference(spec, ref) for ref in refs) if e is not None]
@@ -305,12 +402,31 @@ class Registry:
                 + "; ".join(e.message for e in unmet),
                 {"problems": [{**e.details, "message": e.message} for e in unmet]},
             )
-        cycle = self._find_cycle(spec.id, refs) or self._find_run_cycle(spec, refs)
+        down, up = self._run_steps(spec, refs)
+        new = (spec.id, spec.version)
+        cycle = self._find_cycle(spec.id, refs) or self._find_run_cycle(new, down)
         if cycle is not None:
             path = " -> ".join(cycle)
             raise WorkflowCycle(
                 f"{spec.ref} would close a cycle of sub-workflows: {path}",
                 {"workflow": spec.id, "version": spec.version, "cycle": list(cycle)},
+            )
+        chain = self._deepest_chain(new, down, up)
+        if len(chain) - 1 > self.max_subworkflow_depth:
+            # a cousin of the cycle (one that ends): 409 as a cycle is, under its code
+            raise WorkflowCycle(
+                f"{spec.ref} would nest sub-workflows {len(chain) - 1} deep, past "
+                f"MAX_SUBWORKFLOW_DEPTH {self.max_subworkflow_depth}: a run of "
+                f"{chain[0]} would fail at depth {self.max_subworkflow_depth + 1}: "
+                + _chain_shown(chain),
+                {
+                    "workflow": spec.id,
+                    "version": spec.version,
+                    "depth": len(chain) - 1,
+                    "limit": self.max_subworkflow_depth,
+                    "chain": list(chain[:_LISTED]),
+                    "chain_total": len(chain),
+                },
             )
         stored = StoredVersion(
             workflow_id=spec.id,
@@ -333,6 +449,11 @@ class Registry:
         wf.insert(row)
         wf.specs[row.version] = plan.spec
         wf.refs[row.version] = _references(plan.spec)
+        if self._referrers is not None:
+            for ref in wf.refs[row.version]:
+                self._referrers.setdefault(ref.workflow, []).append(
+                    (row.workflow_id, row.version, ref.range)
+                )
         if wf.latest == row.version:
             self._index(wf.id, wf.refs[row.version])
 
@@ -344,9 +465,16 @@ class Registry:
         wf = self._workflow(workflow_id)
         found = self._highest(wf, wanted)
         if found is None:
+            # the highest ones: thousands of versions made bodies of tens of kilobytes
+            versions: list[JSON] = list(wf.order[-_LISTED:])
             raise NoMatchingVersion(
                 f"no version of {workflow_id} matches {wanted.text!r} (registered: {wf.listing()})",
-                {"workflow": workflow_id, "range": wanted.text, "versions": list(wf.order)},
+                {
+                    "workflow": workflow_id,
+                    "range": wanted.text,
+                    "versions": versions,
+                    "versions_total": len(wf.order),
+                },
             )
         return found
 
@@ -492,47 +620,101 @@ class Registry:
                 stack.append((nxt, iter([r.workflow for r in self._uses.get(nxt, ())])))
         return None
 
-    def _find_run_cycle(self, spec: WorkflowSpec, refs: tuple[_Reference, ...]) -> list[str] | None:
-        """A loop a run would actually take once ``spec`` is registered, as ``id@version`` steps.
+    def _run_steps(
+        self, spec: WorkflowSpec, refs: tuple[_Reference, ...]
+    ) -> tuple[Callable[[_Step], list[_Step]], Callable[[_Step], list[_Step]]]:
+        """Where runs go once ``spec`` is registered, as two functions of an ``(id, version)``
+        step: the steps it starts (down) and those that start it (up). Ranges that take the new
+        version lead there; each step's references are read once for both searches."""
+        new = (spec.id, spec.version)
+        target = self._workflows.get(spec.id)
+        below: dict[_Step, list[_Step]] = {}
+
+        def resolved(workflow: str, text: str) -> _Step | None:
+            try:
+                wanted = _parse_range(text)
+            except ValueError:
+                return None  # checked when that version was registered
+            if workflow == spec.id and self._takes_new(target, wanted, spec.version):
+                return new
+            wf = self._workflows.get(workflow)
+            version = self._highest(wf, wanted) if wf is not None else None
+            return None if version is None else (workflow, version)
+
+        def down(step: _Step) -> list[_Step]:
+            if step not in below:
+                found = refs if step == new else self._refs(self._workflows[step[0]], step[1])
+                below[step] = [
+                    t for t in (resolved(r.workflow, r.range) for r in found) if t is not None
+                ]
+            return below[step]
+
+        def up(step: _Step) -> list[_Step]:
+            return [
+                (user, version)
+                for user, version, text in self._referrers_of(step[0])
+                if (user, version) != new and resolved(step[0], text) == step
+            ]
+
+        return down, up
+
+    @staticmethod
+    def _find_run_cycle(start: _Step, down: Callable[[_Step], list[_Step]]) -> list[str] | None:
+        """A loop a run would actually take once ``start`` is registered, as ``id@version``
+        steps.
 
         The latest versions may be free of cycles while an older version, reached through a
         range, leads back: a@1 uses b, a@2 does not, and b@2 uses a with ^1. Only paths through
         the new version can be new, so the search starts there.
         """
-        start = (spec.id, spec.version)
-        new_range_target = spec.version
-
-        def targets(found: tuple[_Reference, ...]) -> list[tuple[str, str]]:
-            out: list[tuple[str, str]] = []
-            for ref in found:
-                try:
-                    wanted = _parse_range(ref.range)
-                except ValueError:
-                    continue  # checked when that version was registered
-                if ref.workflow == spec.id and wanted.matches(new_range_target):
-                    out.append(start)
-                    continue
-                wf = self._workflows.get(ref.workflow)
-                version = self._highest(wf, wanted) if wf is not None else None
-                if version is not None:
-                    out.append((ref.workflow, version))
-            return out
-
         visited = {start}
-        stack: list[tuple[tuple[str, str], Iterator[tuple[str, str]]]] = [
-            (start, iter(targets(refs)))
-        ]
+        stack: list[tuple[_Step, Iterator[_Step]]] = [(start, iter(down(start)))]
         while stack:
             nxt = next(stack[-1][1], None)
             if nxt is None:
                 stack.pop()
             elif nxt == start:
-                return [f"{wid}@{ver}" for (wid, ver), _ in stack] + [spec.ref]
+                return [f"{wid}@{ver}" for (wid, ver), _ in stack] + ["@".join(start)]
             elif nxt not in visited:
                 visited.add(nxt)
-                found = self._refs(self._workflows[nxt[0]], nxt[1])
-                stack.append((nxt, iter(targets(found))))
+                stack.append((nxt, iter(down(nxt))))
         return None
+
+    @staticmethod
+    def _deepest_chain(
+        start: _Step, down: Callable[[_Step], list[_Step]], up: Callable[[_Step], list[_Step]]
+    ) -> list[str]:
+        """The longest chain of runs through the new version ``start`` once it is registered,
+        as ``id@version`` steps from a version some run could start to one that starts none.
+
+        The new version changes only where ranges that take it lead, so every chain it
+        lengthens passes through it: up through whatever could run it (any version of any
+        workflow, by a range or by name) and down through what it runs.
+        """
+        above = _longest_path(start, up)
+        below = _longest_path(start, down)
+        return [f"{wid}@{version}" for wid, version in [*reversed(above), *below[1:]]]
+
+    @staticmethod
+    def _takes_new(wf: _Workflow | None, wanted: _Range, version: str) -> bool:
+        """Whether ``wanted`` resolves to ``version`` once it is registered above ``wf``'s."""
+        if not wanted.is_latest:
+            return wanted.matches(version)
+        # latest: the highest release, a pre-release only while there is none
+        return (
+            wf is None
+            or not is_prerelease(_precedence(version))
+            or is_prerelease(_precedence(wf.current))
+        )
+
+    def _referrers_of(self, workflow_id: str) -> list[tuple[str, str, str]]:
+        if self._referrers is None:
+            self._referrers = {}
+            for wf in self._workflows.values():
+                for version, row in wf.rows.items():
+                    for target, text in _stored_references(row.spec_json):
+                        self._referrers.setdefault(target, []).append((wf.id, version, text))
+        return self._referrers.get(workflow_id, [])
 
     def _dependents_out_of_range(self, workflow_id: str, version: str) -> list[tuple[str, str]]:
         """(dependent ``id@version``, range) for each dependent range ``version`` misses."""
@@ -599,7 +781,8 @@ class Registry:
             return wanted.exact
         if wanted.text in wf.resolved:
             return wf.resolved[wanted.text]
-        found = next((v for v in reversed(wf.order) if wanted.matches(v)), None)
+        at = wanted.highest(wf.keys)
+        found = None if at is None else wf.keys[at][1]
         wf.resolved[wanted.text] = found
         return found
 

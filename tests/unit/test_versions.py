@@ -850,3 +850,209 @@ def test_a_stored_latest_version_todays_checks_refuse_loads_and_its_runs_are_ref
         reg.resolve_spec("old", "latest")
     register(reg, wf("lib", "1.1.0"))  # the rest of the registry works as before
     assert reg.resolve("lib", None) == "1.1.0"
+
+
+# -- npm's ranges, exactly (the hunt against npm's semver 7.8.6; tests/unit/test_npm_ranges.py
+# checks thousands more) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("registered", "text", "picked"),
+    [
+        # before, semantic_version's NpmSpec took the pre-release in each of these
+        (["1.0.0", "2.0.0-beta.1"], "<2.0.0", "1.0.0"),
+        (["1.2.0", "1.3.0-rc.1"], "<=1.2", "1.2.0"),
+        (["1.0.0-beta.2", "1.0.0"], "=1.0.0-beta.2", "1.0.0-beta.2"),
+        (["1.0.0-beta", "1.0.0"], "<=1.0.0-beta", "1.0.0-beta"),
+        (["1.0.0-alpha", "1.0.0-beta", "1.0.0-rc.1"], "1.0.0-alpha - 1.0.0-rc.1", "1.0.0-rc.1"),
+        (["1.0.0-beta", "1.0.0-rc", "1.0.0"], ">=1.0.0-beta <1.0.0-rc", "1.0.0-beta"),
+        (["1.0.0-beta.2", "1.0.0"], ">=1.0.0-beta.1 >=1.1.0", None),
+        (["1.2.0-beta.2", "1.2.1"], "~1.2.0-beta.2", "1.2.1"),
+        (["1.0.0-alpha", "1.0.0-rc.1"], ">=1.2.3 || <1.0.0", None),
+    ],
+)
+def test_ranges_pick_what_npm_picks(registered: list[str], text: str, picked: str | None) -> None:
+    reg = registry(*[wf("lib", v) for v in registered])
+    if picked is None:
+        with pytest.raises(NoMatchingVersion):
+            reg.resolve("lib", text)
+    else:
+        assert reg.resolve("lib", text) == picked
+
+
+def test_a_pre_release_above_a_dependents_upper_bound_is_outside_its_range() -> None:
+    # before: <2.0.0 took 2.0.0-beta.1, so the dependent silently moved onto the pre-release
+    reg = registry(wf("lib", "1.0.0"), wf("app", "1.0.0", ("lib", "<2.0.0")))
+    with pytest.raises(DependentsOutOfRange, match=r"app@1\.0\.0 \(needs <2\.0\.0\)"):
+        reg.plan_register(wf("lib", "2.0.0-beta.1"), force=False, now=0.0)
+    # and a later patch a pre-release range takes is inside it (before: refused)
+    reg = registry(wf("lib", "1.2.0-beta.2"), wf("app", "1.0.0", ("lib", "~1.2.0-beta.2")))
+    assert not register(reg, wf("lib", "1.2.1")).forced_past
+    assert reg.resolve("lib", "~1.2.0-beta.2") == "1.2.1"
+
+
+@pytest.mark.parametrize(
+    ("text", "picked"),
+    [
+        (">= 1.2.0", "1.3.0"),
+        ("< 1.3.0", "1.2.0"),
+        ("^ 1.2.0", "1.3.0"),
+        ("~>1.2", "1.2.0"),
+        ("~> 1.2", "1.2.0"),
+        ("=v1.2.0", "1.2.0"),
+        ("^*", "1.3.0"),
+        ("~*", "1.3.0"),
+        (">=*", "1.3.0"),
+    ],
+)
+def test_ranges_npm_reads_are_read(text: str, picked: str) -> None:
+    # before: each was refused as no range
+    reg = registry(wf("lib", "1.2.0"), wf("lib", "1.3.0"))
+    assert reg.resolve("lib", text) == picked
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        # before: the first two were *, the next two =1.0.0, the last "too many values to
+        # unpack (expected 2)"
+        ("x.1.2", "'x.1.2' is not a version, a partial one (1.2, 1.x) or a comparator"),
+        ("1.x.3", "'1.x.3' is not a version"),
+        ("1.0.0-", "'1.0.0-' is not a version"),
+        ("1.0.0+", "'1.0.0+' is not a version"),
+        ("1.0.0 - 1.0.0 - 2", "'-' is not a version"),
+        ("^9007199254740992", "9007199254740992 in '>=9007199254740992.0.0' is above"),
+    ],
+)
+def test_ranges_npm_refuses_are_refused_naming_the_range(text: str, why: str) -> None:
+    reg = registry(wf("lib", "1.0.0"))
+    with pytest.raises(InvalidRange) as err:
+        reg.resolve("lib", text)
+    assert err.value.message.startswith(f"version range {text!r} for lib does not parse: {why}")
+    assert err.value.details == {"workflow": "lib", "range": text}
+
+
+# -- bounded refusals -------------------------------------------------------------------------
+
+
+def test_no_matching_version_names_ten_and_lists_fifty_of_thousands() -> None:
+    rows = [
+        Registry().plan_register(wf("lib", f"1.{k // 100}.{k % 100}"), force=False, now=0.0).stored
+        for k in range(2000)
+    ]
+    reg = Registry()
+    reg.load(rows)
+    with pytest.raises(NoMatchingVersion) as err:
+        reg.resolve("lib", "^2")
+    details = err.value.details
+    # before: every one of the 2,000, a body of 21 KB
+    assert details["versions"] == [f"1.19.{k}" for k in range(50, 100)]
+    assert details["versions_total"] == 2000
+    assert details["workflow"] == "lib" and details["range"] == "^2"
+    assert err.value.message.endswith("1.19.98, 1.19.99 and 1990 older)")
+    assert len(json.dumps(details)) < 1000
+
+
+def test_dependents_out_of_range_names_ten_and_lists_fifty_of_many() -> None:
+    reg = registry(wf("lib", "1.0.0"))
+    for k in range(160):
+        register(reg, wf(f"app{k:03}", "1.0.0", ("lib", "^1")))
+    with pytest.raises(DependentsOutOfRange) as err:
+        reg.plan_register(wf("lib", "2.0.0"), force=False, now=0.0)
+    message = err.value.message
+    # before: all 160 in the message (4,341 characters) and in the details
+    assert message == (
+        "lib@2.0.0 is outside the range of its dependents: "
+        + ", ".join(f"app{k:03}@1.0.0 (needs ^1)" for k in range(10))
+        + " and 150 more; register with force to override"
+    )
+    details = err.value.details
+    assert details["dependents"] == [
+        {"workflow": f"app{k:03}@1.0.0", "range": "^1"} for k in range(50)
+    ]
+    assert details["dependents_total"] == 160
+    # force still names every one it leaves behind
+    assert len(register(reg, wf("lib", "2.0.0"), force=True).forced_past) == 160
+
+
+# -- depth ----------------------------------------------------------------------------------------
+
+
+def chain(reg: Registry, length: int, prefix: str = "c") -> None:
+    """``prefix0`` -> ``prefix1`` -> ... -> ``prefix<length>``: ``length`` levels of nesting."""
+    register(reg, wf(f"{prefix}{length}", "1.0.0"))
+    for k in range(length - 1, -1, -1):
+        register(reg, wf(f"{prefix}{k}", "1.0.0", (f"{prefix}{k + 1}", "^1")))
+
+
+def test_a_version_whose_runs_would_nest_past_the_limit_is_refused_naming_the_chain() -> None:
+    reg = Registry()
+    chain(reg, 16)  # c0's runs nest 16 deep: allowed
+    # before: registered, and every run of it failed at depth 17
+    with pytest.raises(WorkflowCycle) as err:
+        reg.plan_register(wf("top", "1.0.0", ("c0", "^1")), force=False, now=0.0)
+    steps = ["top@1.0.0", *[f"c{k}@1.0.0" for k in range(17)]]
+    assert err.value.message == (
+        "top@1.0.0 would nest sub-workflows 17 deep, past MAX_SUBWORKFLOW_DEPTH 16: a run of "
+        "top@1.0.0 would fail at depth 17: " + " -> ".join(steps)
+    )
+    assert err.value.details == {
+        "workflow": "top",
+        "version": "1.0.0",
+        "depth": 17,
+        "limit": 16,
+        "chain": steps,
+        "chain_total": 18,
+    }
+    assert WorkflowCycle.http_status == 409
+
+
+def test_a_new_version_at_the_bottom_of_a_chain_is_refused_when_it_nests_one_more() -> None:
+    reg = Registry()
+    chain(reg, 16)
+    register(reg, wf("leaf", "1.0.0"))
+    # c16's new version would run one more level under c0's 16
+    with pytest.raises(WorkflowCycle, match=r"would nest sub-workflows 17 deep") as err:
+        reg.plan_register(wf("c16", "1.1.0", ("leaf", "^1")), force=False, now=0.0)
+    assert err.value.details["chain"][0] == "c0@1.0.0"
+    assert err.value.details["chain"][-2:] == ["c16@1.1.0", "leaf@1.0.0"]
+    # outside the ranges that lead to it, it nests nothing: 2.0.0 is not ^1
+    register(reg, wf("c16", "2.0.0", ("leaf", "^1")), force=True)
+
+
+def test_the_depth_counts_older_versions_a_run_can_still_name() -> None:
+    reg = Registry()
+    chain(reg, 15)
+    register(reg, wf("c0", "2.0.0"))  # the latest c0 runs nothing
+    register(reg, wf("root", "1.0.0", ("c0", "1.0.0")))  # but root runs c0@1.0.0 by name
+    register(reg, wf("leaf", "1.0.0"))
+    with pytest.raises(WorkflowCycle, match=r"17 deep") as err:
+        reg.plan_register(wf("c15", "1.1.0", ("leaf", "^1")), force=False, now=0.0)
+    assert err.value.details["chain"][:2] == ["root@1.0.0", "c0@1.0.0"]
+
+
+def test_the_depth_limit_is_the_registrys_and_a_long_chain_is_named_by_its_ends() -> None:
+    deep = Registry(max_subworkflow_depth=100)
+    chain(deep, 30)
+    shallow = Registry(max_subworkflow_depth=3)
+    shallow.load(
+        StoredVersion(wid, version, row.spec_json, row.digest, 0.0)
+        for wid, wfl in deep._workflows.items()
+        for version, row in wfl.rows.items()
+    )
+    with pytest.raises(WorkflowCycle) as err:
+        shallow.plan_register(wf("top", "1.0.0", ("c0", "^1")), force=False, now=0.0)
+    message = err.value.message
+    assert message.startswith(
+        "top@1.0.0 would nest sub-workflows 31 deep, past MAX_SUBWORKFLOW_DEPTH 3: a run of "
+        "top@1.0.0 would fail at depth 4: top@1.0.0 -> c0@1.0.0 -> "
+    )
+    assert " -> c8@1.0.0 -> ... (12 more) -> c21@1.0.0 -> " in message
+    assert message.endswith(" -> c30@1.0.0")
+    assert len(err.value.details["chain"]) == 32
+    # within the limit, as many levels as it allows
+    register(Registry(max_subworkflow_depth=3), wf("x", "1.0.0"))
+    small = Registry(max_subworkflow_depth=3)
+    chain(small, 3, "s")
+    with pytest.raises(WorkflowCycle, match="4 deep"):
+        small.plan_register(wf("s", "1.0.0", ("s0", "^1")), force=False, now=0.0)
