@@ -13,6 +13,8 @@
     ├── WorkflowCycle             409  FAILED_PRECONDITION  A uses B uses A
     ├── IdempotencyKeyReused      422  FAILED_PRECONDITION  a key sent again with another request
     ├── QueueFull                 429  RESOURCE_EXHAUSTED   too many runs waiting for an engine
+    ├── InsufficientStorage       507  RESOURCE_EXHAUSTED   no room beside STATE_DB for a backup
+    ├── BackupFailed              500  INTERNAL             a backup's copy failed its own check
     ├── TooManySubscribers        503  RESOURCE_EXHAUSTED   too many live event streams
                                                             (in orchestrator.monitoring)
     └── Unavailable               503  UNAVAILABLE          starting or stopping
@@ -115,6 +117,22 @@ class QueueFull(OrchestratorError):
     code = "queue_full"
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     retry_after = 1
+
+
+class InsufficientStorage(OrchestratorError):
+    """No room in STATE_DB's directory for a backup's copy (with a margin, so that the copy
+    does not leave the orchestrator's own writes without room): nothing was copied."""
+
+    http_status = 507
+    code = "insufficient_storage"
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class BackupFailed(OrchestratorError):
+    """A backup's copy did not pass its check (SQLite's quick check, or what a state file
+    holds): it was dropped rather than sent."""
+
+    code = "backup_failed"
 
 
 class Unavailable(OrchestratorError):

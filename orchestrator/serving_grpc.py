@@ -392,7 +392,7 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         """The call's ``authorization`` metadata against the token: HttpError 401 or 403."""
         metadata = context.invocation_metadata() or ()
         header = next((str(v) for k, v in metadata if k == "authorization"), "")
-        check_bearer(header, self.token)
+        check_bearer(header, self.token, grpc=True)
 
     async def RegisterWorkflow(
         self, request: pb.RegisterWorkflowRequest, context: Context

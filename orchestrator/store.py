@@ -20,19 +20,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import itertools
 import json
 import logging
 import os
 import queue
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, BinaryIO, Final, TypeVar
 
 from engine import wire
 from engine.api import dagengine_pb2 as pb
@@ -40,7 +42,12 @@ from engine.core.events import isoformat
 from engine.core.states import EXECUTION_TERMINAL, NODE_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.dispatching import RunTicket
-from orchestrator.errors import IdempotencyKeyReused, StoreUnavailable
+from orchestrator.errors import (
+    BackupFailed,
+    IdempotencyKeyReused,
+    InsufficientStorage,
+    StoreUnavailable,
+)
 from orchestrator.locking import lock_state
 from orchestrator.timeline import (
     fold_nodes,
@@ -400,6 +407,155 @@ def check_ours(conn: sqlite3.Connection, path: str) -> None:
                 f"table(s) ({shown}{more}) but no schema number (user_version 0); "
                 "left as it was: point STATE_DB at a new or empty file"
             )
+
+
+@dataclass(frozen=True, slots=True)
+class StateSummary:
+    """What a state file holds, as a backup's maker and its receiver both tell it."""
+
+    schema: int
+    executions: int
+    workflows: int
+
+
+def summarize_state(conn: sqlite3.Connection, path: str) -> StateSummary:
+    """Its schema and counts, refusing a file that is not a DAG Engine state database (no
+    schema number, as ``check_ours`` refuses it, or no table of runs). A newer schema is no
+    refusal here: a backup of a newer orchestrator is still a backup."""
+    schema = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    tables = {
+        str(name) for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    if schema == 0 or not {"executions", "versions"} <= tables:
+        raise RuntimeError(
+            f"{path} is not a DAG Engine state database (schema number {schema}, "
+            f"{len(tables)} table(s){'' if 'executions' in tables else ', no executions'})"
+        )
+    executions = int(conn.execute("SELECT count(*) FROM executions").fetchone()[0])
+    workflows = int(conn.execute("SELECT count(DISTINCT workflow_id) FROM versions").fetchone()[0])
+    return StateSummary(schema, executions, workflows)
+
+
+BACKUP_MARGIN: Final = 16 << 20
+"""Bytes a backup leaves free beside STATE_DB on top of a tenth of the file's size: the copy
+must not take the room the orchestrator's own writes (and the WAL, which grows while the copy
+reads) need."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backup:
+    """A verified copy of the state database, open and already unlinked: it lives as long as
+    ``file`` is open, and a crash leaves nothing on disk."""
+
+    file: BinaryIO
+    size: int
+    summary: StateSummary
+    taken_at: float
+    took: float
+
+
+def _backup_prefix(path: str) -> str:
+    return f".{Path(path).name}.backup-"
+
+
+def backup_state(path: str) -> Backup:
+    """Copy STATE_DB with SQLite's online backup API into a file beside it, check the copy and
+    hand it over open and unlinked. Blocking: run it on a thread of its own.
+
+    ``InsufficientStorage`` without room for it, ``BackupFailed`` when the copy fails its
+    check, ``StoreUnavailable`` when the database cannot be read now.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        return _copy_state(path, folder)
+    except sqlite3.Error as exc:
+        if _code(exc) == sqlite3.SQLITE_FULL:
+            raise InsufficientStorage(
+                f"the disk of {folder} filled up while the backup was copied: {exc}",
+                {"directory": folder},
+            ) from exc
+        raise _classify(exc) from exc
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise InsufficientStorage(
+                f"no room for a backup in {folder}: {exc.strerror}", {"directory": folder}
+            ) from exc
+        raise _classify(exc) from exc
+
+
+def _copy_state(path: str, folder: str) -> Backup:
+    began = time.monotonic()
+    prefix = _backup_prefix(path)
+    for name in os.listdir(folder):
+        # a copy left by a crash between its making and its unlinking: one backup runs at a
+        # time, and one orchestrator per file (the lock), so no other one is being made
+        if name.startswith(prefix):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+    # The copy is one step on a fresh read-only connection: one read transaction, which in
+    # WAL mode holds no lock a writer waits for, and a snapshot, so writes committed meanwhile
+    # are not in it and do not restart it (a backup in several steps starts over after each
+    # write of another connection, and under steady writes might never end).
+    uri = Path(path).absolute().as_uri() + "?mode=ro"
+    source = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+    try:
+        source.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        pages = int(source.execute("PRAGMA page_count").fetchone()[0])
+        size = pages * int(source.execute("PRAGMA page_size").fetchone()[0])
+        needed = size + size // 10 + BACKUP_MARGIN
+        st = os.statvfs(folder)
+        free = st.f_bavail * st.f_frsize
+        if free < needed:
+            raise InsufficientStorage(
+                f"no room for a backup in {folder}: it needs {needed} bytes (the state "
+                f"database's {size} and a margin for the orchestrator's own writes), "
+                f"{free} are free",
+                {"directory": folder, "needed": needed, "free": free},
+            )
+        fd, temp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            taken_at = time.time()
+            copy = sqlite3.connect(temp, isolation_level=None)
+            try:
+                # nothing to roll back into: a copy that fails half-way is thrown away
+                copy.execute("PRAGMA journal_mode = OFF")
+                copy.execute("PRAGMA synchronous = OFF")
+                source.backup(copy)
+                # the copy's header says WAL, as the source's does: in rollback mode it opens
+                # read-only by itself, with no -wal and -shm to be made beside it
+                copy.execute("PRAGMA journal_mode = DELETE")
+            finally:
+                copy.close()
+            summary = _check_backup(temp, path)
+            file = open(temp, "rb")  # handed over open: the caller closes it
+        finally:
+            os.unlink(temp)
+    finally:
+        source.close()
+    size = os.fstat(file.fileno()).st_size
+    return Backup(file, size, summary, taken_at, time.monotonic() - began)
+
+
+def _check_backup(temp: str, path: str) -> StateSummary:
+    """BackupFailed unless the copy passes SQLite's quick check and holds a state database."""
+    conn = sqlite3.connect(Path(temp).absolute().as_uri() + "?mode=ro", uri=True)
+    try:
+        rows = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+        if rows != ["ok"]:
+            raise BackupFailed(
+                f"the backup's copy of {path} fails SQLite's quick check ({rows[0]}): it was "
+                "dropped, not sent; try again, and if it fails again check the state "
+                "database itself (/readyz, the log)"
+            )
+        try:
+            return summarize_state(conn, path)
+        except RuntimeError as exc:
+            raise BackupFailed(f"the backup's copy is not whole: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise BackupFailed(f"the backup's copy of {path} cannot be read back: {exc}") from exc
+    finally:
+        conn.close()
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -1255,6 +1411,8 @@ class Store:
         self._lock = lock
         # workflow order of each version's nodes; versions are immutable, so never stale
         self._orders: dict[tuple[str, str], tuple[str, ...]] = {}
+        # one backup's copy at a time: each reads the whole file and writes as much beside it
+        self._backing_up = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str) -> Store:
@@ -1338,6 +1496,26 @@ class Store:
 
         # the pragma changes no row, yet its commit writes page 1: proof that writes pass
         await self._writer.run(write, durable=True, writes=True)
+
+    async def backup(self) -> Backup:
+        """A verified copy of the database as it is now (``backup_state``), made on a thread of
+        its own with a connection of its own: the store's readers and writer go on meanwhile.
+        A second caller waits for the first's copy; the caller closes the copy's file."""
+        fault = self._health.fault()
+        if fault is not None:
+            raise StoreUnavailable(f"the state database cannot be used now: {fault}")
+        if self.path == ":memory:":
+            raise BackupFailed("STATE_DB is :memory:, which has no file to back up")
+        async with self._backing_up:
+            copying = asyncio.ensure_future(asyncio.to_thread(backup_state, self.path))
+            try:
+                return await asyncio.shield(copying)
+            except asyncio.CancelledError:
+                # a copy cannot be stopped half-way: the next waits for its end, and what it
+                # made is closed (its file is unlinked already)
+                with contextlib.suppress(Exception):
+                    (await copying).file.close()
+                raise
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)

@@ -5,8 +5,9 @@ failure leaves as one of two errors, so commands print them one way::
 
     DagctlError
     ├── Unreachable   no HTTP answer at all (refused, unknown host, timed out)
-    └── ApiError      an HTTP answer with an error status, with the server's
-                      {"error": {"code", "message", "details"}} when it sent one
+    ├── ApiError      an HTTP answer with an error status, with the server's
+    │                 {"error": {"code", "message", "details"}} when it sent one
+    └── CutShort      a download whose body ended before its Content-Length
 
 Server-Sent Events are parsed by ``parse_sse`` (pure, over lines) and read by ``Client.events``.
 """
@@ -21,6 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -70,6 +72,17 @@ class ApiError(DagctlError):
         """An answer from a server (or a proxy before it) that cannot serve now but may
         shortly: one restarting, or one with no room for another live stream."""
         return self.status in PASSING_STATUSES
+
+
+class CutShort(DagctlError):
+    """A download's body ended (or broke off) before all the bytes it announced came."""
+
+    def __init__(self, server: str, got: int, expected: int, reason: str) -> None:
+        super().__init__(
+            f"the answer of {server} broke off after {got} of {expected} bytes ({reason})"
+        )
+        self.got = got
+        self.expected = expected
 
 
 class StreamUnavailable(DagctlError):
@@ -211,6 +224,33 @@ class Reply:
     body: JSONObject
 
 
+DOWNLOAD_CHUNK: Final = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A 200 answer whose body is read as it comes: ``chunks`` until all ``length`` bytes
+    came, ``CutShort`` when the body ends or breaks off before that."""
+
+    server: str
+    length: int
+    content_type: str
+    headers: Mapping[str, str]
+    _response: http.client.HTTPResponse
+
+    def chunks(self) -> Iterator[bytes]:
+        got = 0
+        while got < self.length:
+            try:
+                chunk = self._response.read(min(DOWNLOAD_CHUNK, self.length - got))
+            except (OSError, http.client.HTTPException) as exc:
+                raise CutShort(self.server, got, self.length, _reason(exc)) from exc
+            if not chunk:
+                raise CutShort(self.server, got, self.length, "the connection closed")
+            got += len(chunk)
+            yield chunk
+
+
 def parse_sse(lines: Iterable[bytes]) -> Iterator[tuple[str | None, str]]:
     """(id, data) for each Server-Sent Event in ``lines``; comments and empty events skipped."""
     data: list[str] = []
@@ -318,6 +358,32 @@ class Client:
         if not isinstance(body, dict):
             raise ApiError(status, "bad_answer", "the answer is not a JSON object", {})
         return Reply(status, body)
+
+    @contextmanager
+    def download(self, path: str, *, accept: str, timeout: float) -> Iterator[Download]:
+        """``GET path`` for a body that is not JSON, read in chunks as it comes; ``timeout``:
+        seconds without a byte (the server may take long to make it before it answers).
+        ``ApiError`` for a refusal or an answer without a Content-Length, ``Unreachable``
+        when no answer came."""
+        request = self._request("GET", path, headers={"Accept": f"{accept}, application/json"})
+        try:
+            resp = self._opener.open(request, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            raise _http_error(exc) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(self.server, _reason(exc)) from exc
+        with resp:
+            length = (resp.headers.get("Content-Length") or "").strip()
+            if not length.isdecimal():
+                # without it, a body cut short could not be told from a whole one
+                raise ApiError(resp.status, "bad_answer", "the answer has no Content-Length", {})
+            yield Download(
+                self.server,
+                int(length),
+                resp.headers.get_content_type(),
+                dict(resp.headers.items()),
+                resp,
+            )
 
     def get(self, path: str, **query: Any) -> JSONObject:
         return self.call("GET", path, query=query).body

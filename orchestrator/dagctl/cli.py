@@ -17,7 +17,7 @@ import ssl
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
     from orchestrator.dagctl.showing import RunProgress
+    from orchestrator.store import StateSummary
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOST, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -494,13 +495,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cancel.add_argument("--reason", help="recorded with the cancellation")
     output(cancel)
+
+    backup = sub.add_parser(
+        "backup", help="save a consistent copy of the orchestrator's state database"
+    )
+    backup.add_argument(
+        "file", metavar="FILE", help="where to write it (a new file; written as FILE.part first)"
+    )
+    backup.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     # each command's own usage, shown with a refusal of its arguments as argparse shows it
     for command in (*sub.choices.values(), *actions.choices.values()):
         command.set_defaults(usage=command.format_usage)
     return parser
 
 
-_FILE_ARGUMENTS: Final = frozenset({"files", "inputs_file"})
+_FILE_ARGUMENTS: Final = frozenset({"files", "inputs_file", "file"})
 """Arguments that name files, which may be any bytes the file system takes."""
 
 
@@ -1508,6 +1517,125 @@ def cmd_trigger(args: argparse.Namespace, client: Client, out: TextIO, err: Text
     return EXIT_OK
 
 
+BACKUP_TYPE: Final = "application/vnd.sqlite3"
+BACKUP_TIMEOUT: Final = 900.0
+"""Seconds without a byte before a backup counts as lost: the server copies and checks the
+whole database before its first byte (a few seconds a GB), after any backup already going."""
+
+
+def cmd_backup(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
+    given: str = args.file
+    if not given.strip():
+        raise BadArguments("backup: FILE is empty (an unset shell variable?)")
+    if given == "-":
+        raise BadArguments(
+            "backup: FILE - (standard output) is refused: the backup is a binary SQLite file; "
+            "give a file name (dagctl backup state-backup.db)"
+        )
+    target = Path(given)
+    if target.is_dir():
+        raise Unusable(f"backup: {given} is a directory: give a file name")
+    if target.exists() and not args.force:
+        raise Unusable(f"backup: {given} exists: give a new name, or --force to overwrite it")
+    # written beside FILE and renamed onto it once whole and checked: a failure never leaves
+    # a half copy under FILE, and the rename stays on one file system
+    part = target.with_name(target.name + ".part")
+    with client.download("/api/v1/backup", accept=BACKUP_TYPE, timeout=BACKUP_TIMEOUT) as answer:
+        if answer.content_type != BACKUP_TYPE:
+            raise ApiError(
+                200, "bad_answer", f"the answer is {answer.content_type}, not a SQLite file", {}
+            )
+        try:
+            summary = _save(answer.chunks(), part, target, force=args.force)
+        except BaseException:
+            _remove(part)
+            raise
+    out.write(
+        printable(
+            f"wrote {given} ({answer.length} bytes, schema {summary.schema}, "
+            f"{_count(summary.executions, 'execution')}, "
+            f"{_count(summary.workflows, 'workflow')})"
+        )
+        + "\n"
+    )
+    return EXIT_OK
+
+
+def _save(chunks: Iterator[bytes], part: Path, target: Path, *, force: bool) -> StateSummary:
+    """``chunks`` into ``part``, on disk, checked, then renamed to ``target`` for good: what
+    the copy holds."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    if force:
+        _remove(part)
+    try:
+        # readable by its owner alone: a run's inputs and outputs often carry secrets
+        fd = os.open(part, flags, 0o600)
+    except FileExistsError:
+        raise Unusable(
+            f"backup: {part} exists (another dagctl backup writing it, or one that was "
+            "stopped): remove it, or --force"
+        ) from None
+    except OSError as exc:
+        raise DagctlError(f"cannot create {part}: {_strerror(exc)}") from None
+    try:
+        with os.fdopen(fd, "wb") as into:
+            for chunk in chunks:
+                into.write(chunk)
+            into.flush()
+            os.fsync(into.fileno())
+    except OSError as exc:
+        raise DagctlError(f"cannot write {part}: {_strerror(exc)}; {target} not written") from None
+    summary = _checked_backup(part, target)
+    try:
+        os.replace(part, target)
+        # the rename itself is on disk only once the directory is
+        directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise DagctlError(f"cannot rename {part} to {target}: {_strerror(exc)}") from None
+    return summary
+
+
+def _strerror(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _checked_backup(part: Path, target: Path) -> StateSummary:
+    """What the copy holds; ``DagctlError`` unless SQLite opens it read-only, its quick check
+    passes and it is a DAG Engine state database (the checks the server made before sending,
+    made again on what came: a proxy on the way may have sent something else)."""
+    import sqlite3
+
+    from orchestrator.store import summarize_state
+
+    left = f"{target} not written"
+    try:
+        conn = sqlite3.connect(part.absolute().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise DagctlError(f"the copy received cannot be opened ({exc}): {left}") from None
+    try:
+        rows = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+        if rows != ["ok"]:
+            raise DagctlError(f"the copy received fails SQLite's quick check ({rows[0]}): {left}")
+        return summarize_state(conn, str(part))
+    except sqlite3.Error as exc:
+        raise DagctlError(f"the copy received is not a whole SQLite file ({exc}): {left}") from None
+    except RuntimeError as exc:
+        raise DagctlError(f"the copy received is refused: {exc}; {left}") from None
+    finally:
+        conn.close()
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) -> int:
     from orchestrator.dagctl.launching import run_up
 
@@ -1532,6 +1660,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Client, TextIO, TextIO], int]]
     "events": cmd_events,
     "cancel": cmd_cancel,
     "trigger": cmd_trigger,
+    "backup": cmd_backup,
 }
 
 
@@ -1647,3 +1776,7 @@ class ReaderMayLeave:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._out, name)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

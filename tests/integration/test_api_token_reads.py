@@ -45,6 +45,8 @@ API_TOKEN = "s3cret"
 HOOK_TOKEN = "h00k-t0ken"
 RIGHT = {"Authorization": f"Bearer {API_TOKEN}"}
 NO_TOKEN = "this call needs Authorization: Bearer <token>"
+# metadata keys are lower case in gRPC: the refusal names the key as a client must send it
+NO_GRPC_TOKEN = "this call needs 'authorization: Bearer <token>' metadata"
 BAD_TOKEN = "the bearer token is not valid"
 REFUSALS = [
     pytest.param({}, 401, "unauthorized", NO_TOKEN, id="none"),
@@ -52,7 +54,7 @@ REFUSALS = [
     pytest.param({"Authorization": "Bearer nope"}, 403, "forbidden", BAD_TOKEN, id="wrong"),
 ]
 GRPC_REFUSALS = [
-    pytest.param((), grpc.StatusCode.UNAUTHENTICATED, NO_TOKEN, id="none"),
+    pytest.param((), grpc.StatusCode.UNAUTHENTICATED, NO_GRPC_TOKEN, id="none"),
     pytest.param(
         (("authorization", "Bearer nope"),),
         grpc.StatusCode.PERMISSION_DENIED,
@@ -128,6 +130,7 @@ READS = [
     "/api/v1/executions/{execution_id}/events",
     "/api/v1/events",
     "/api/v1/engines",
+    "/api/v1/backup",
     "/api/v1/triggers",
     "/api/v1/triggers/{trigger_id}",
     "/api/v1/triggers/{trigger_id}/history",
@@ -223,7 +226,7 @@ async def test_the_openapi_document_marks_every_route_but_the_open_ones(known: K
             for code in ("401", "403"):
                 schema = op["responses"][code]["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/Error"}, where
-    assert seen == 19  # 11 reads, 8 changes
+    assert seen == 20  # 12 reads, 8 changes
     for read in READS:
         assert doc["paths"][read]["get"]["security"] == [{"bearer": []}], read
 
