@@ -11,6 +11,7 @@
     ├── VersionNotNewer           409  FAILED_PRECONDITION  a version not above the latest
     ├── DependentsOutOfRange      409  FAILED_PRECONDITION  a dependent's range would be left behind
     ├── WorkflowCycle             409  FAILED_PRECONDITION  A uses B uses A
+    ├── SubWorkflowsTooDeep       409  FAILED_PRECONDITION  runs would nest past the depth limit
     ├── IdempotencyKeyReused      422  FAILED_PRECONDITION  a key sent again with another request
     ├── QueueFull                 429  RESOURCE_EXHAUSTED   too many runs waiting for an engine
     ├── InsufficientStorage       507  RESOURCE_EXHAUSTED   no room beside STATE_DB for a backup
@@ -101,6 +102,14 @@ class DependentsOutOfRange(OrchestratorError):
 class WorkflowCycle(OrchestratorError):
     http_status = 409
     code = "workflow_cycle"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class SubWorkflowsTooDeep(OrchestratorError):
+    """A cycle's cousin that ends: every run would fail at MAX_SUBWORKFLOW_DEPTH + 1."""
+
+    http_status = 409
+    code = "subworkflows_too_deep"
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 

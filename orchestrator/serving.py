@@ -120,7 +120,7 @@ async def running_orchestrator(
     )
     orch = Orchestrator(
         store=store,
-        registry=Registry(),
+        registry=Registry(max_subworkflow_depth=settings.max_subworkflow_depth),
         fleet=fleet,
         hub=hub,
         metrics=metrics,

@@ -45,6 +45,7 @@ from orchestrator.errors import (
     InvalidRange,
     NoMatchingVersion,
     NotFound,
+    SubWorkflowsTooDeep,
     VersionConflict,
     VersionNotNewer,
     WorkflowCycle,
@@ -413,8 +414,7 @@ class Registry:
             )
         chain = self._deepest_chain(new, down, up)
         if len(chain) - 1 > self.max_subworkflow_depth:
-            # a cousin of the cycle (one that ends): 409 as a cycle is, under its code
-            raise WorkflowCycle(
+            raise SubWorkflowsTooDeep(
                 f"{spec.ref} would nest sub-workflows {len(chain) - 1} deep, past "
                 f"MAX_SUBWORKFLOW_DEPTH {self.max_subworkflow_depth}: a run of "
                 f"{chain[0]} would fail at depth {self.max_subworkflow_depth + 1}: "

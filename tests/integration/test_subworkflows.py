@@ -244,30 +244,62 @@ def describe(url: str, execution_id: str) -> str:
     ).stdout
 
 
-async def test_depth_limit_fails_the_node_that_would_nest_too_deep(subs: Cluster) -> None:
+async def test_depth_limit_refuses_a_version_that_would_nest_too_deep_and_a_child_past_it(
+    subs: Cluster,
+) -> None:
     url = subs.url
     async with aiohttp.ClientSession() as http:
-        await register(http, url, CHILD.format(id="d4", version="1.0.0"))
-        # d3's node retries, but a child refused is refused again: it is not retried
-        retrying = LEVEL.format(id="d3", child="d4") + "    retry: {max_attempts: 3}\n"
-        await register(http, url, retrying)
-        for level, child in (("d2", "d3"), ("d1", "d2")):
+        await register(http, url, LONG.replace("id: lvl3", "id: d4"))
+        for level, child in (("d3", "d4"), ("d2", "d3")):
             await register(http, url, LEVEL.format(id=level, child=child))
-        doc = await wait_end(http, url, await start(http, url, "d1"))
-        assert doc["status"] == "failed"
-        # d1 (depth 0) -> d2 (1) -> d3 (2); d3's child would be depth 3
-        d2 = await execution(http, url, doc["children"][0])
-        d3 = await execution(http, url, d2["children"][0])
-        assert d3["children"] == []
-        assert f"MAX_SUBWORKFLOW_DEPTH {MAX_DEPTH}" in d3["nodes"]["sub"]["error"], d3
-        assert d3["nodes"]["sub"]["attempts"] == 1, d3
-        assert d3["status"] == "failed" and d2["status"] == "failed"
-    # dagctl shows the tree: d2 below d1, d3 below d2, each with its state
-    shown = describe(url, doc["id"]).splitlines()
-    at = next(i for i, line in enumerate(shown) if "d2@1.0.0" in line)
-    assert shown[at].split()[-4:] == ["sub", "d2@1.0.0", "failed", d2["id"]]
-    assert shown[at + 1].split()[-4:] == ["sub", "d3@1.0.0", "failed", d3["id"]]
-    assert shown[at + 1].index("d3@") > shown[at].index("d2@")
+        # d1 (depth 0) -> d2 (1) -> d3 (2) -> d4 (3): every run of it would fail, so it is
+        # refused when registered (before: registered, and each run failed at d3's node)
+        async with http.post(
+            f"{url}/api/v1/workflows",
+            data=LEVEL.format(id="d1", child="d2"),
+            headers={"Content-Type": "application/yaml", **TOKEN},
+        ) as resp:
+            body = await resp.json()
+        assert resp.status == 409 and body["error"]["code"] == "subworkflows_too_deep", body
+        assert body["error"]["message"].endswith("d1@1.0.0 -> d2@1.0.0 -> d3@1.0.0 -> d4@1.0.0"), (
+            body
+        )
+        top = await start(http, url, "d2")
+
+        async def deepest() -> str | None:
+            current = top
+            for _ in range(2):
+                children = (await execution(http, url, current))["children"]
+                if not children:
+                    return None
+                current = children[0]
+            doc = await execution(http, url, current)
+            return current if doc["nodes"]["nap"]["status"] == "running" else None
+
+        d4 = await wait_for("d4 running at depth 2", deepest)
+    # the limit still holds when the run is there: a child started from outside under d4
+    auth = (("authorization", "Bearer s3cret"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{subs.orchestrator.grpc_port}") as channel:
+        stub = pb_grpc.OrchestratorStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ExecuteSubWorkflow(
+                pb.ExecuteSubWorkflowRequest(parent_execution_id=d4, workflow_id="d3"),
+                metadata=auth,
+            )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"past MAX_SUBWORKFLOW_DEPTH {MAX_DEPTH}" in (refused.value.details() or "")
+    # dagctl shows the tree: d3 below d2, d4 below d3, each with its state
+    shown = describe(url, top).splitlines()
+    at = next(i for i, line in enumerate(shown) if "d3@1.0.0" in line)
+    assert shown[at].split()[-3:-1] == ["d3@1.0.0", "running"], shown
+    assert shown[at + 1].split()[-3:] == ["d4@1.0.0", "running", d4], shown
+    assert shown[at + 1].index("d4@") > shown[at].index("d3@")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{url}/api/v1/executions/{top}/cancel", json={"reason": "done"}, headers=TOKEN
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        assert (await wait_end(http, url, top, timeout=30))["status"] == "cancelled"
 
 
 SQUARE = """

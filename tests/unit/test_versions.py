@@ -21,6 +21,7 @@ from orchestrator.errors import (
     InvalidRange,
     NoMatchingVersion,
     NotFound,
+    SubWorkflowsTooDeep,
     VersionConflict,
     VersionNotNewer,
     WorkflowCycle,
@@ -989,7 +990,7 @@ def test_a_version_whose_runs_would_nest_past_the_limit_is_refused_naming_the_ch
     reg = Registry()
     chain(reg, 16)  # c0's runs nest 16 deep: allowed
     # before: registered, and every run of it failed at depth 17
-    with pytest.raises(WorkflowCycle) as err:
+    with pytest.raises(SubWorkflowsTooDeep) as err:
         reg.plan_register(wf("top", "1.0.0", ("c0", "^1")), force=False, now=0.0)
     steps = ["top@1.0.0", *[f"c{k}@1.0.0" for k in range(17)]]
     assert err.value.message == (
@@ -1004,7 +1005,10 @@ def test_a_version_whose_runs_would_nest_past_the_limit_is_refused_naming_the_ch
         "chain": steps,
         "chain_total": 18,
     }
-    assert WorkflowCycle.http_status == 409
+    assert (SubWorkflowsTooDeep.http_status, SubWorkflowsTooDeep.code) == (
+        409,
+        "subworkflows_too_deep",
+    )
 
 
 def test_a_new_version_at_the_bottom_of_a_chain_is_refused_when_it_nests_one_more() -> None:
@@ -1012,7 +1016,7 @@ def test_a_new_version_at_the_bottom_of_a_chain_is_refused_when_it_nests_one_mor
     chain(reg, 16)
     register(reg, wf("leaf", "1.0.0"))
     # c16's new version would run one more level under c0's 16
-    with pytest.raises(WorkflowCycle, match=r"would nest sub-workflows 17 deep") as err:
+    with pytest.raises(SubWorkflowsTooDeep, match=r"would nest sub-workflows 17 deep") as err:
         reg.plan_register(wf("c16", "1.1.0", ("leaf", "^1")), force=False, now=0.0)
     assert err.value.details["chain"][0] == "c0@1.0.0"
     assert err.value.details["chain"][-2:] == ["c16@1.1.0", "leaf@1.0.0"]
@@ -1026,7 +1030,7 @@ def test_the_depth_counts_older_versions_a_run_can_still_name() -> None:
     register(reg, wf("c0", "2.0.0"))  # the latest c0 runs nothing
     register(reg, wf("root", "1.0.0", ("c0", "1.0.0")))  # but root runs c0@1.0.0 by name
     register(reg, wf("leaf", "1.0.0"))
-    with pytest.raises(WorkflowCycle, match=r"17 deep") as err:
+    with pytest.raises(SubWorkflowsTooDeep, match=r"17 deep") as err:
         reg.plan_register(wf("c15", "1.1.0", ("leaf", "^1")), force=False, now=0.0)
     assert err.value.details["chain"][:2] == ["root@1.0.0", "c0@1.0.0"]
 
@@ -1040,7 +1044,7 @@ def test_the_depth_limit_is_the_registrys_and_a_long_chain_is_named_by_its_ends(
         for wid, wfl in deep._workflows.items()
         for version, row in wfl.rows.items()
     )
-    with pytest.raises(WorkflowCycle) as err:
+    with pytest.raises(SubWorkflowsTooDeep) as err:
         shallow.plan_register(wf("top", "1.0.0", ("c0", "^1")), force=False, now=0.0)
     message = err.value.message
     assert message.startswith(
@@ -1054,5 +1058,5 @@ def test_the_depth_limit_is_the_registrys_and_a_long_chain_is_named_by_its_ends(
     register(Registry(max_subworkflow_depth=3), wf("x", "1.0.0"))
     small = Registry(max_subworkflow_depth=3)
     chain(small, 3, "s")
-    with pytest.raises(WorkflowCycle, match="4 deep"):
+    with pytest.raises(SubWorkflowsTooDeep, match="4 deep"):
         small.plan_register(wf("s", "1.0.0", ("s0", "^1")), force=False, now=0.0)
