@@ -38,7 +38,7 @@ from orchestrator.dagctl.calling import (
     printable,
     server_problem,
 )
-from orchestrator.dagctl.sources import SpecSource, spec_sources
+from orchestrator.dagctl.sources import SpecSource, in_reference_order, spec_sources
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -749,7 +749,10 @@ def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO
             unreadable = True
         else:
             pending.append((index, source))
-    # in passes, as long as one registers something: a parent named before its child waits
+    # children first where the files say which they are; then in passes, as long as one
+    # registers something: a parent refused before its child (one the server resolves
+    # otherwise, or given without an id) waits for the next
+    pending = in_reference_order(pending)
     last_refused: list[tuple[int, SpecSource, ApiError]] = []
     while pending:
         refused: list[tuple[int, SpecSource, ApiError]] = []
@@ -819,12 +822,15 @@ def _force_upgrades(
         details = entry[2].details
         workflow, version = details.get("workflow"), details.get("version")
         named = details.get("dependents")
+        total = details.get("dependents_total")
         if (
             entry[2].code == "dependents_out_of_range"
             and isinstance(workflow, str)
             and isinstance(version, str)
             and isinstance(named, list)
             and named
+            # the details list the first 50: one not listed cannot be known to follow
+            and (not isinstance(total, int) or total <= len(named))
         ):
             candidates[workflow] = (entry, version, [d for d in named if isinstance(d, dict)])
 

@@ -8,15 +8,17 @@ it in its own words and goes on with the rest.
 
 from __future__ import annotations
 
+import heapq
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, TypeVar
 
 import yaml
 
 SPEC_SUFFIXES: Final = (".yaml", ".yml", ".json")
 STDIN_NAME: Final = "<stdin>"
+T = TypeVar("T", bound=tuple[int, "SpecSource"])
 
 
 BOM: Final = b"\xef\xbb\xbf"
@@ -98,3 +100,61 @@ def _read(name: str, path: Path) -> SpecSource:
         return SpecSource(name, path.read_bytes())
     except OSError as exc:
         return SpecSource(name, error=exc)
+
+
+def _id_and_uses(source: SpecSource) -> tuple[str | None, set[str]]:
+    """The workflow id a source registers and the ids its sub-workflow nodes run, read
+    leniently: a source that does not read so is left where it is (the server names its
+    problems)."""
+    try:
+        doc = yaml.load(source.data, Loader=_LOADER)
+    except (yaml.YAMLError, ValueError, RecursionError):
+        return None, set()
+    if not isinstance(doc, dict):
+        return None, set()
+    uses: set[str] = set()
+    nodes = doc.get("nodes")
+    for node in nodes if isinstance(nodes, list) else ():
+        ref = node.get("workflow") if isinstance(node, dict) else None
+        ref = ref.get("id") if isinstance(ref, dict) else ref
+        if isinstance(ref, str):
+            uses.add(ref)
+    wid = doc.get("id")
+    return (wid if isinstance(wid, str) else None), uses
+
+
+_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def in_reference_order(sources: list[T]) -> list[T]:
+    """``sources`` (``(index, SpecSource)`` pairs) with each after the sources of the workflows
+    it runs as sub-workflows, else in the order given: ``apply -f DIR`` registers in one pass
+    what would otherwise take a pass per level (a chain of 200 named parent first took
+    20,100 requests). Sources in a cycle keep their order; the server refuses the cycle."""
+    read = [_id_and_uses(source) for _, source in sources]
+    given: dict[str, list[int]] = {}
+    for at, (wid, _) in enumerate(read):
+        if wid is not None:
+            given.setdefault(wid, []).append(at)
+    needs = [
+        {dep for wid in uses if wid != own for dep in given.get(wid, ())} for own, uses in read
+    ]
+    users: list[list[int]] = [[] for _ in sources]
+    waiting = [len(need) for need in needs]
+    for at, need in enumerate(needs):
+        for dep in need:
+            users[dep].append(at)
+    ready = [at for at, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    placed: list[int] = []
+    while ready:
+        at = heapq.heappop(ready)  # the first given of those whose needs are in
+        placed.append(at)
+        for user in users[at]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                heapq.heappush(ready, user)
+    # what a cycle holds back keeps the order given
+    seen = set(placed)
+    placed += [at for at in range(len(sources)) if at not in seen]
+    return [sources[at] for at in placed]

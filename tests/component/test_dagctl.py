@@ -502,6 +502,21 @@ async def test_apply_sends_json_files_as_json_and_force(
     assert headers["Content-Type"] == "application/json"
 
 
+async def test_apply_sends_children_before_the_parents_that_run_them(
+    fake: FakeOrchestrator, dagctl: Dagctl, tmp_path: Any
+) -> None:
+    # named parent first, as a directory of them often is: each waited a pass of its own
+    for name, uses in (("a-top", "b-mid"), ("b-mid", "c-leaf"), ("c-leaf", None)):
+        node = f"workflow: {{id: {uses}}}" if uses else "lua: return {}"
+        (tmp_path / f"{name}.yaml").write_text(
+            f"id: {name}\nversion: 1.0.0\nnodes:\n  - id: n\n    {node}\n"
+        )
+    result = await dagctl(fake, "apply", "-f", str(tmp_path))
+    assert result.code == 0, result.err
+    sent = [body.split(b"\n")[0] for _, _, body in fake.requested("POST", "/api/v1/workflows")]
+    assert sent == [b"id: c-leaf", b"id: b-mid", b"id: a-top"]
+
+
 async def test_apply_prints_every_problem_with_the_file_name_and_exits_1(
     fake: FakeOrchestrator, dagctl: Dagctl, tmp_path: Any
 ) -> None:

@@ -88,6 +88,27 @@ def test_a_major_upgrade_of_a_child_with_its_parents_registers_without_force(
     ]
 
 
+def test_a_child_is_not_forced_past_more_dependents_than_the_refusal_lists(
+    orchestrator: OrchestratorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parents = [f"p{k:02d}" for k in range(51)]  # the refusal lists 50
+    v1 = {f"{p}.yaml": parent("1.0.0", "^1", wf=p) for p in parents}
+    assert (
+        apply(orchestrator.url, capsys, folder(tmp_path / "v1", {**v1, "c.yaml": child("1.0.0")}))[
+            0
+        ]
+        == 0
+    )
+    v2 = {f"{p}.yaml": parent("2.0.0", "^2", wf=p) for p in parents}
+    # every parent moves to ^2 with it, yet dagctl sees 50 of 51 in the refusal: the one
+    # it cannot see might not follow, so it forces nothing (before: forced past all 51)
+    code, out, err = apply(
+        orchestrator.url, capsys, folder(tmp_path / "v2", {**v2, "c.yaml": child("2.0.0")})
+    )
+    assert code == 1 and out == []
+    assert any("dependents_out_of_range" in line and "and 41 more" in line for line in err), err
+
+
 def test_a_child_is_not_forced_past_a_parent_that_is_not_upgraded_with_it(
     orchestrator: OrchestratorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -15,7 +15,7 @@ from rich.console import Console
 from orchestrator.dagctl import cli
 from orchestrator.dagctl.calling import server_problem
 from orchestrator.dagctl.showing import NodeProgress, RunProgress, event_message
-from orchestrator.dagctl.sources import STDIN_NAME, SpecSource
+from orchestrator.dagctl.sources import STDIN_NAME, SpecSource, in_reference_order
 
 NOWHERE = {"DAGCTL_SERVER": "http://127.0.0.1:9"}
 """A server never reached: a command that got as far as asking it exits 1, not 2."""
@@ -245,3 +245,30 @@ def test_a_resumed_run_and_a_resumed_sleep_say_so() -> None:
         "data": {"sleep_s": 10, "resumed": True, "remaining_s": 3.25},
     }
     assert event_message(sleep) == "resumed, 3.2s left"
+
+
+def _spec(wid: str, *uses: str) -> SpecSource:
+    nodes = "".join(f"  - id: n{k}\n    workflow: {{id: {u}}}\n" for k, u in enumerate(uses))
+    return SpecSource(f"{wid}.yaml", f"id: {wid}\nversion: 1.0.0\nnodes:\n{nodes}".encode())
+
+
+def test_apply_order_puts_children_first_and_leaves_cycles_and_the_unreadable_in_place() -> None:
+    given = [
+        _spec("top", "mid", "elsewhere"),  # elsewhere: registered already, or not at all
+        SpecSource("broken.yaml", b"id: [\n"),
+        _spec("mid", "leaf"),
+        _spec("a", "b"),
+        _spec("b", "a"),
+        _spec("leaf"),
+        _spec("self", "self"),
+    ]
+    ordered = in_reference_order(list(enumerate(given)))
+    assert [source.name for _, source in ordered] == [
+        "broken.yaml",
+        "leaf.yaml",
+        "mid.yaml",
+        "top.yaml",
+        "self.yaml",
+        "a.yaml",  # a cycle keeps the order given: the server names it
+        "b.yaml",
+    ]
