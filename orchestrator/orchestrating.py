@@ -282,8 +282,11 @@ class Orchestrator:
             return None  # not in the registry: the engine says what it makes of the run
         return None
 
-    async def list_workflows(self) -> list[JSONObject]:
-        return self.registry.summaries()
+    async def list_workflows(
+        self, after: str | None = None, limit: int | None = None
+    ) -> tuple[list[JSONObject], str | None]:
+        """A page of workflows by id, and the id the next starts past (None: the last)."""
+        return self.registry.summaries(after, limit)
 
     async def get_workflow(self, workflow_id: str, version: str | None = None) -> JSONObject:
         return self.registry.describe(workflow_id, version)

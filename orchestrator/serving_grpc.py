@@ -32,6 +32,7 @@ from orchestrator.errors import IdempotencyKeyReused, OrchestratorError, Unavail
 from orchestrator.monitoring import EventFilter, Published
 from orchestrator.serving_http import (
     MAX_JSON_DEPTH,
+    WORKFLOW_PAGE,
     Api,
     HttpError,
     check_bearer,
@@ -418,10 +419,18 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
         self, request: pb.ListWorkflowsRequest, context: Context
     ) -> pb.ListWorkflowsResponse:
         try:
-            found = await self.api.list_workflows()
+            if not 0 <= request.limit <= 10_000:
+                raise HttpError(
+                    400, "bad_request", "limit must be between 1 and 10000", {"field": "limit"}
+                )
+            found, next_after = await self.api.list_workflows(
+                request.after or None, request.limit or WORKFLOW_PAGE
+            )
         except Exception as exc:
             await _refuse(context, exc)
-        return pb.ListWorkflowsResponse(workflows=[_workflow_message(w) for w in found])
+        return pb.ListWorkflowsResponse(
+            workflows=[_workflow_message(w) for w in found], next_after=next_after or ""
+        )
 
     async def ExecuteWorkflow(
         self, request: pb.ExecuteWorkflowRequest, context: Context

@@ -70,7 +70,9 @@ class Api(Protocol):
     ) -> EventPage: ...
 
     async def register(self, text: str, *, yaml: bool, force: bool) -> tuple[JSONObject, bool]: ...
-    async def list_workflows(self) -> list[JSONObject]: ...
+    async def list_workflows(
+        self, after: str | None = None, limit: int | None = None
+    ) -> tuple[list[JSONObject], str | None]: ...
     async def get_workflow(self, workflow_id: str, version: str | None = None) -> JSONObject: ...
     async def execute(
         self,
@@ -103,6 +105,8 @@ BACKUP_CHUNK: Final = 1 << 20
 """Bytes of a backup read (on a thread) and written at a time."""
 
 MAX_URL_BYTES: Final = 8190
+WORKFLOW_PAGE: Final = 500
+"""Workflows a listing gives when no limit is asked for (at most 10,000)."""
 """Longest request line target, and header value, the API takes: aiohttp's own default."""
 PARSER_LINE_BYTES: Final = 64 * 1024
 """What the server's parser lets through to the API (``max_line_size``/``max_field_size``), so
@@ -569,7 +573,13 @@ class HttpApi:
         return _json({"workflow": workflow, "created": created}, 201 if created else 200)
 
     async def list_workflows(self, request: web.Request) -> web.Response:
-        return _json({"workflows": await self.api.list_workflows()})
+        _once(request, ("after",))
+        # paged as triggers are: a registry of thousands of workflows, each with its list of
+        # versions, made answers of megabytes that held the event loop while built
+        found, next_after = await self.api.list_workflows(
+            request.query.get("after") or None, _limit(request, WORKFLOW_PAGE, 10_000)
+        )
+        return _json({"workflows": found, "next_after": next_after})
 
     async def get_workflow(self, request: web.Request) -> web.Response:
         version = request.query.get("version") or None
@@ -1199,7 +1209,15 @@ def openapi_document(*, guarded: bool = True) -> JSONObject:
         "paths": {
             "/trigger/{workflow_id}": {"post": trigger},
             "/api/v1/workflows": {
-                "get": _op("List workflows (the version `latest` runs, of each)"),
+                "get": _op(
+                    "Workflows by id, each as the version `latest` runs, 500 unless limit "
+                    "says; next_after, when set, is the after of the next page",
+                    params=[
+                        _query("limit", "integer", minimum=1, maximum=10_000),
+                        _query("after"),
+                    ],
+                    responses=listing,
+                ),
                 "post": _op(
                     "Register a workflow version",
                     body="Spec",

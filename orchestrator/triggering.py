@@ -608,8 +608,7 @@ class Triggers:
             if row.source == "spec":
                 by_workflow.setdefault(row.workflow_id, []).append(row)
         syncs = []
-        for summary in self.host.registry.summaries():
-            workflow_id = str(summary["id"])
+        for workflow_id in self.host.registry.workflow_ids():
             try:
                 spec = self.host.registry.resolve_spec(workflow_id, "latest")
             except SpecError:

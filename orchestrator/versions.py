@@ -544,10 +544,19 @@ class Registry:
             "references": references,
         }
 
-    def summaries(self) -> list[JSONObject]:
-        """One entry per workflow, for the version ``latest`` runs, sorted by id."""
+    def workflow_ids(self) -> list[str]:
+        return sorted(self._workflows)
+
+    def summaries(
+        self, after: str | None = None, limit: int | None = None
+    ) -> tuple[list[JSONObject], str | None]:
+        """One entry per workflow, for the version ``latest`` runs, sorted by id: at most
+        ``limit`` past the id ``after``, and the id to page on from (None after the last)."""
+        ids = sorted(self._workflows)
+        start = 0 if after is None else bisect.bisect_right(ids, after)
+        end = len(ids) if limit is None else min(len(ids), start + limit)
         out: list[JSONObject] = []
-        for workflow_id in sorted(self._workflows):
+        for workflow_id in ids[start:end]:
             wf = self._workflows[workflow_id]
             versions: list[JSON] = list(wf.order)
             dependents: list[JSON] = list(self.dependents(workflow_id))
@@ -565,7 +574,7 @@ class Registry:
                     "dependents": dependents,
                 }
             )
-        return out
+        return out, (ids[end - 1] if end < len(ids) else None)
 
     def dependents(self, workflow_id: str) -> list[str]:
         """``id@version`` of each workflow whose latest version references ``workflow_id``."""

@@ -298,21 +298,26 @@ def parse_input(pair: str) -> tuple[str, JSON]:
         return key, raw  # not JSON at all (name=Ada, v=NaN): text, as the flag says
 
 
-TRIGGER_PAGE: Final = 1000
-"""Triggers ``dagctl get triggers`` asks for at a time (each comes with its next fire times)."""
+PAGE: Final = 1000
+"""Triggers or workflows ``dagctl get`` asks for at a time (pages it follows to the end)."""
 
 
 def _every_trigger(client: Client, workflow: str | None) -> JSONObject:
     """Every trigger, page by page."""
-    triggers: list[JSON] = []
+    return _every("triggers", client, workflow=workflow)
+
+
+def _every(resource: str, client: Client, **query: Any) -> JSONObject:
+    """Every one of ``resource`` (triggers, workflows), following ``next_after`` page by page."""
+    items: list[JSON] = []
     after: str | None = None
     while True:
-        page = client.get("/api/v1/triggers", workflow=workflow, after=after, limit=TRIGGER_PAGE)
-        found = page.get("triggers")
-        triggers.extend(found if isinstance(found, list) else [])
+        page = client.get(f"/api/v1/{resource}", after=after, limit=PAGE, **query)
+        found = page.get(resource)
+        items.extend(found if isinstance(found, list) else [])
         following = page.get("next_after")
         if not isinstance(following, str) or not following or following == after:
-            return {"triggers": triggers}
+            return {resource: items}
         after = following
 
 
@@ -1273,6 +1278,8 @@ def cmd_get(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
         )
     elif resource == "triggers":
         body = _every_trigger(client, args.workflow)
+    elif resource == "workflows":
+        body = _every("workflows", client)
     else:
         body = client.get(f"/api/v1/{resource}")
     if args.output == "json":

@@ -155,12 +155,57 @@ async def test_triggers_are_listed_page_by_page_everywhere(
             if not after:
                 break
         assert seen == every
-        monkeypatch.setattr(cli, "TRIGGER_PAGE", 2)
+        monkeypatch.setattr(cli, "PAGE", 2)
         capsys.readouterr()
         argv = ["get", "triggers", "-o", "json"]
         code = await asyncio.to_thread(dagctl, argv, {"DAGCTL_SERVER": served.url})
         assert code == 0
         assert [t["id"] for t in json.loads(capsys.readouterr().out)["triggers"]] == every
+
+
+async def test_workflows_are_listed_page_by_page_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    import aiohttp
+
+    from orchestrator.dagctl import cli
+    from orchestrator.dagctl import main as dagctl
+
+    every = [f"w{i}" for i in range(7)]
+    async with served_facade(tmp_path, specs=[{**SPEC, "id": w} for w in every]) as served:
+        # before: every workflow with every version in one answer (5 MB for 1,000 x 500)
+        seen: list[str] = []
+        after: str | None = None
+        async with aiohttp.ClientSession() as http:
+            while True:
+                query = {"limit": "3", **({"after": after} if after else {})}
+                async with http.get(f"{served.url}/api/v1/workflows", params=query) as resp:
+                    page = await resp.json()
+                assert len(page["workflows"]) <= 3
+                seen += [w["id"] for w in page["workflows"]]
+                after = page["next_after"]
+                if after is None:
+                    break
+            async with http.get(f"{served.url}/api/v1/workflows") as resp:
+                whole = await resp.json()
+            assert [w["id"] for w in whole["workflows"]] == every and whole["next_after"] is None
+        assert seen == every
+        seen, after = [], ""
+        while True:
+            answer = await served.stub.ListWorkflows(pb.ListWorkflowsRequest(limit=3, after=after))
+            seen += [w.id for w in answer.workflows]
+            after = answer.next_after
+            if not after:
+                break
+        assert seen == every
+        monkeypatch.setattr(cli, "PAGE", 2)
+        capsys.readouterr()
+        argv = ["get", "workflows", "-o", "json"]
+        code = await asyncio.to_thread(dagctl, argv, {"DAGCTL_SERVER": served.url})
+        assert code == 0
+        assert [w["id"] for w in json.loads(capsys.readouterr().out)["workflows"]] == every
 
 
 async def test_a_long_named_version_stored_before_the_limit_registers_again_as_a_no_op(

@@ -210,7 +210,9 @@ def test_latest_is_the_highest_release_and_a_pre_release_only_while_there_is_non
     described = reg.describe("etl")
     assert (described["version"], described["latest"]) == ("1.1.0", "1.1.0")
     assert described["versions"][-1] == "2.0.0-rc.1"
-    assert [(s["version"], s["versions"][-1]) for s in reg.summaries()] == [("1.1.0", "2.0.0-rc.1")]
+    assert [(s["version"], s["versions"][-1]) for s in reg.summaries()[0]] == [
+        ("1.1.0", "2.0.0-rc.1")
+    ]
     # above the pre-release, as before: the rule is by the highest registered version
     with pytest.raises(VersionNotNewer, match=re.escape("highest registered version 2.0.0-rc.1")):
         reg.plan_register(wf("etl", "1.2.0"), force=False, now=0.0)
@@ -738,7 +740,7 @@ def test_describe_shows_a_reference_that_no_longer_resolves_as_none() -> None:
 
 def test_summaries_list_each_workflow_latest_version_sorted_by_id(used: Registry) -> None:
     register(used, wf("enrich", "1.0.1", name="Enrich"), now=86_400.0)
-    assert used.summaries() == [
+    assert used.summaries()[0] == [
         {
             "id": "enrich",
             "version": "1.0.1",
@@ -780,7 +782,7 @@ def test_summaries_list_each_workflow_latest_version_sorted_by_id(used: Registry
             "dependents": [],
         },
     ]
-    assert Registry().summaries() == []
+    assert Registry().summaries()[0] == []
 
 
 def test_loading_stored_rows_rebuilds_the_same_registry(used: Registry) -> None:
@@ -793,7 +795,7 @@ def test_loading_stored_rows_rebuilds_the_same_registry(used: Registry) -> None:
     random.Random(7).shuffle(rows)
     again = Registry()
     again.load(rows)
-    assert again.summaries() == used.summaries()
+    assert again.summaries()[0] == used.summaries()[0]
     assert again.describe("report") == used.describe("report")
     # the rules hold after a load as before it
     with pytest.raises(DependentsOutOfRange):
@@ -802,7 +804,7 @@ def test_loading_stored_rows_rebuilds_the_same_registry(used: Registry) -> None:
         again.plan_register(wf("enrich", "3.0.0", ("pipeline", "^1")), force=True, now=0.0)
     # load replaces what was there
     again.load([])
-    assert again.summaries() == []
+    assert again.summaries()[0] == []
 
 
 def test_a_stored_version_that_is_not_semver_is_reported() -> None:
