@@ -1239,7 +1239,13 @@ def parse_spec(
     found = [
         problem
         for key, message in non_json_values(doc)
-        if not told(key, problem := SpecProblem(dotted(key), message, checker.line_of(key)))
+        # a node by its id, as every other problem names it
+        if not told(
+            key,
+            problem := SpecProblem(
+                _field_path(key, doc, dotted(key)), message, checker.line_of(key)
+            ),
+        )
     ]
     spec = None
     if not found:

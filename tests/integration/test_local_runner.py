@@ -220,7 +220,7 @@ def test_a_lone_surrogate_in_lua_is_a_spec_problem_not_a_traceback(tmp_path: Pat
     proc = engine("run", str(spec))
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert f"{spec}:5: nodes[0].lua: 'return \\udc80' holds U+DC80" in proc.stderr
+    assert f"{spec}:5: nodes[a].lua: 'return \\udc80' holds U+DC80" in proc.stderr
     answer = subprocess.run(
         [sys.executable, "-m", "engine", "check-lua"],
         input=json.dumps({"code": "a = 1\nreturn '\udc80'"}) + "\n",

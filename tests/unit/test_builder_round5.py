@@ -189,7 +189,7 @@ def test_a_tuple_of_node_ids_is_a_list_in_the_document() -> None:
     [
         (
             lambda: Workflow("wf", "1.0.0").node("a", lua="return 1", foreach={1, 2}),
-            "nodes[0].foreach",
+            "nodes[a].foreach",
         ),
         (
             lambda: Workflow("wf", "1.0.0", inputs_schema={"required": {"a", "b"}}).node(
@@ -215,7 +215,7 @@ def test_a_tuple_of_node_ids_is_a_list_in_the_document() -> None:
                 .node("a", lua="return 1")
                 .node("b", workflow="child", inputs={"ids": frozenset({"a"})}, depends_on=["a"])
             ),
-            "nodes[1].inputs.ids",
+            "nodes[b].inputs.ids",
         ),
     ],
 )

@@ -428,16 +428,16 @@ def test_numbers_json_cannot_carry_are_named_as_such() -> None:
     got = problems(base(nodes=[{"id": "a", "lua": "return 1", "foreach": foreach}]))
     fix = "is not a number JSON can carry: write a finite number, or a string"
     assert got == [
-        f"nodes[0].foreach[0]: Infinity {fix}",
-        f"nodes[0].foreach[1]: -Infinity {fix}",
-        f"nodes[0].foreach[2]: NaN {fix}",
+        f"nodes[a].foreach[0]: Infinity {fix}",
+        f"nodes[a].foreach[1]: -Infinity {fix}",
+        f"nodes[a].foreach[2]: NaN {fix}",
     ]
 
 
 def test_yaml_binary_is_named_as_such() -> None:
     got = problems(base(nodes=[{"id": "a", "lua": "return 1", "foreach": [b"x"]}]))
     assert got == [
-        "nodes[0].foreach[0]: is YAML binary (!!binary), not a JSON value: write it as a string"
+        "nodes[a].foreach[0]: is YAML binary (!!binary), not a JSON value: write it as a string"
     ]
 
 

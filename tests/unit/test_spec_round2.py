@@ -152,7 +152,7 @@ def test_a_lone_surrogate_in_json_is_refused_on_the_fast_path_too() -> None:
     )
     got = text_problems(text, "wf.json")
     assert got == [
-        f"wf.json:2: nodes[0].lua: 'return \"\\udc80\"' {LONE}: write the character itself"
+        f"wf.json:2: nodes[a].lua: 'return \"\\udc80\"' {LONE}: write the character itself"
     ]
 
 
@@ -470,7 +470,7 @@ def test_a_json_file_nested_past_64_levels_is_refused_with_its_line() -> None:
     [
         (
             lambda: Workflow("wf", "1.0.0").node("a", lua="return 1", foreach=[float("nan")]),
-            "nodes[0].foreach[0]: NaN is not a number JSON can carry: write a finite number, "
+            "nodes[a].foreach[0]: NaN is not a number JSON can carry: write a finite number, "
             "or a string",
         ),
         (
@@ -479,7 +479,7 @@ def test_a_json_file_nested_past_64_levels_is_refused_with_its_line() -> None:
         ),
         (
             lambda: Workflow("wf", "1.0.0").node("a", lua="return 1", foreach=[10**5000]),
-            "nodes[0].foreach[0]: a whole number too large to carry: past about 1.8e308, more "
+            "nodes[a].foreach[0]: a whole number too large to carry: past about 1.8e308, more "
             "than a double holds (Lua and JSON clients read numbers as doubles); write it as a "
             "string",
         ),
