@@ -3,7 +3,8 @@
 With no subcommand (or ``serve``) the engine service runs, configured by the environment (PORT,
 CAPACITY, METRICS_PORT, DRAIN_GRACE, ...); a bad value exits 2 with one line naming it. ``run``
 prints progress lines on stderr and the execution document on stdout, and exits 0 when the run
-succeeded, 1 when it did not, 2 when the spec or inputs were refused.
+succeeded, 1 when it did not, 2 when the spec or inputs were refused (or ``LUA_INLINE``, which it
+reads as the service does).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from engine.core.envparse import whole_number
+from engine.core.envparse import SettingsError, boolean, whole_number
 from engine.core.errors import InputsError, SpecError
 from engine.core.events import Event
 from engine.core.printing import one_line
@@ -153,6 +154,12 @@ async def _run(args: argparse.Namespace) -> int:
     from engine.running import Execution  # imported here so `validate` stays light
 
     try:
+        # read as the engine service reads it (Settings.lua_inline), refused the same way
+        inline = boolean(os.environ, "LUA_INLINE", True)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
         spec = load_spec_file(args.file)
     except SpecError as exc:
         print(exc, file=sys.stderr)
@@ -174,7 +181,7 @@ async def _run(args: argparse.Namespace) -> int:
     printer = (
         None if args.quiet else ProgressPrinter(sys.stderr, max(len(n.id) for n in spec.nodes))
     )
-    async with LuaPool(workers=args.workers) as pool:
+    async with LuaPool(workers=args.workers, inline=inline) as pool:
         execution = Execution(spec, inputs, pool=pool, engine_id="local", on_event=printer)
         doc: JSONObject = await execution.run_to_end()
     json.dump(doc, sys.stdout, indent=2)

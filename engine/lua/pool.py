@@ -248,7 +248,9 @@ class LuaPool:
         if inline:
             # never more than the pool's own limits: a stricter pool stays as strict inline
             small = {k: min(v, getattr(limits, k)) for k, v in INLINE_LIMITS.items()}
-            self._inline = LuaSandbox(replace(limits, **small), stop=self._stop, check_every=1)
+            self._inline = LuaSandbox(
+                replace(limits, **small), stop=self._stop, check_every=1, trial=True
+            )
         self._too_big: dict[str, float] = {}  # chunk key -> when to try it inline again
         self.inline_runs = 0
         self.inline_misses = 0
@@ -309,7 +311,9 @@ class LuaPool:
         Most nodes are a few hundred instructions: run here, they skip two thread hand-offs and
         a loop wake-up, several times what the script itself costs. Scripts have no effects
         outside their run, so a run cut short here and repeated on a worker is unobservable
-        (its log lines are dropped with it).
+        (its log lines are dropped with it). Every limit met here ends the run, one the script
+        could catch too (a pattern refused as too costly: the inline sandbox is a ``trial``),
+        so a script never sees a limit lower than a worker's.
         """
         sandbox = self._inline
         if sandbox is None or self._closed:

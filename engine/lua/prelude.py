@@ -29,12 +29,14 @@ local LOG_LINE_BYTES = config.log_line_bytes
 local LOG_TOTAL_BYTES = config.log_total_bytes
 local ERROR_BYTES = config.error_bytes
 local MAX_DEPTH = config.max_depth
+local TRIAL = config.trial
 
 local error, pcall, xpcall, select, type, next = error, pcall, xpcall, select, type, next
 local tostring, tonumber, ipairs, pairs, assert = tostring, tonumber, ipairs, pairs, assert
 local rawget, rawset, rawequal, rawlen = rawget, rawset, rawequal, rawlen
 local setmetatable, getmetatable = setmetatable, getmetatable
 local sethook, getinfo, rawgetmetatable = debug.sethook, debug.getinfo, debug.getmetatable
+local setupvalue = debug.setupvalue
 local find, match, gmatch, gsub = string.find, string.match, string.gmatch, string.gsub
 local format, sub, byte, rep = string.format, string.sub, string.byte, string.rep
 local mtype, huge = math.type, math.huge
@@ -101,15 +103,81 @@ local function trip_memory()
   error(LIMIT, 0)
 end
 
--- What a protected call returned, unless a limit tripped meanwhile.
 -- An error a C function raised from one of this file's wrappers carries this file's position
--- ("(sandbox):971: bad argument..."): the script is shown the message as C would give it.
+-- ("(sandbox):971: bad argument..."), where C called straight from the script would give the
+-- script's ("b:3: bad argument..."): placed() puts the position of the wrappers' caller in its
+-- place, as the C function would have, or none when that caller is C (pcall(string.rep)) or
+-- is gone (the wrapper was tail-called, so its caller's line is not known). It reads the
+-- stack, so it runs where the error was raised (a message handler) or on the stack a failed
+-- coroutine keeps; unplaced() only drops the prefix, where the stack is gone.
 local OWN_POSITION = "^%(sandbox%):%d+: "
+local placed
+do  -- a block of its own: the main chunk may hold at most 200 locals
+  local PRELUDE_SOURCE = "=(sandbox)"
+  local PLACED_DEPTH = 12
+
+  -- A frame of the coroutine's stack, or of the running one counted from placed() (level 1)
+  local function frame(co, level, what)
+    if co then return getinfo(co, level, what) end
+    return getinfo(level + 1, what)
+  end
+
+  function placed(e, co, level)
+    if type(e) ~= "string" or byte(e, 1) ~= 40 then return e end  -- '('
+    local line = match(e, "^%(sandbox%):(%d+): ")
+    if not line then return e end
+    local rest = sub(e, #line + 13)  -- past "(sandbox):" .. line .. ": "
+    line = tonumber(line)
+    -- the sandbox's frame at that line (error(msg, 2) may name one a few frames out) ...
+    -- A few frames at most: getinfo walks the stack from its top, in C, so looking deep into a
+    -- deep stack at every error would cost the square of its depth where the hook sees little.
+    local last = level + PLACED_DEPTH
+    local info
+    repeat
+      info = frame(co, level, "Slt")
+      level = level + 1
+    until not info or level > last or (info.source == PRELUDE_SOURCE and info.currentline == line)
+    if not info or info.source ~= PRELUDE_SOURCE or info.currentline ~= line then return rest end
+    local tail, outer
+    repeat  -- ... and the sandbox's frames around it, out to their caller
+      tail, outer = info.istailcall, level - 1
+      info = frame(co, level, "Slt")
+      level = level + 1
+    until not info or info.source ~= PRELUDE_SOURCE or level > last + PLACED_DEPTH
+    if info and info.source == PRELUDE_SOURCE then return rest end
+    if tail then tail = frame(co, outer, "f").func end  -- the wrapper the script tail-called
+    -- C numbers a method's arguments from its self, when the script's call is a method call
+    -- (s:rep()); the wrapper called it as a plain function
+    local arg, said = match(rest, "^bad argument #(%d+) to (.*)$")
+    if arg then
+      local called = frame(co, outer, "n")
+      if called and called.namewhat == "method" then
+        arg = tonumber(arg) - 1
+        local name, why = match(said, "^'([^']*)' %((.*)%)$")
+        if arg == 0 and name then
+          rest = format("calling '%s' on bad self (%s)", name, why)
+        elseif arg > 0 then
+          rest = format("bad argument #%d to %s", arg, said)
+        end
+      end
+    end
+    if tail or not info or info.currentline <= 0 then return rest, tail end
+    return format("%s:%d: %s", info.short_src, info.currentline, rest)
+  end
+end
+
 local function unplaced(e)
   if type(e) == "string" and find(e, OWN_POSITION) then return (gsub(e, OWN_POSITION, "")) end
   return e
 end
 
+-- A message handler: a string error with its position as the script would see it.
+local function placing(e)
+  local message = placed(e, nil, 3)  -- 1 is placed, 2 this handler, 3 what raised it
+  return message
+end
+
+-- What a protected call returned, unless a limit tripped meanwhile.
 local function pass(ok, ...)
   if tripped then error(LIMIT, 0) end
   if not ok then
@@ -124,8 +192,12 @@ end
 -- errors name a function by what it was called through ("bad argument #1 to 'create'"), and
 -- the script knows it as coroutine.create, not by this file's names. pcall and xpcall take
 -- their arguments whole, so that C refuses a missing function or handler as it always does.
+-- pcall is xpcall with placing() as handler: the stack is gone by the time pcall returns, and
+-- a __close handler the error passes on its way out sees it as the handler left it.
 local function sandbox_pcall(...)
-  return pass(pcall(...))
+  local f = ...
+  if f == nil and select("#", ...) == 0 then return pcall() end  -- C's refusal
+  return pass(xpcall(f, placing, select(2, ...)))
 end
 
 local function sandbox_xpcall(...)
@@ -133,13 +205,19 @@ local function sandbox_xpcall(...)
   if type(handler) ~= "function" then return xpcall(...) end  -- C's refusal
   return pass(xpcall(f, function(e)
     if tripped then return e end
-    return handler(unplaced(e))
+    return handler((placed(e, nil, 3)))
   end, select(3, ...)))
 end
 
+-- The coroutine a run's script runs in (see the runner below): the script is shown it as the
+-- main thread it stands for, where stock Lua would run the chunk.
+local runner_co = nil
+
 local sandbox_create, sandbox_resume, sandbox_close, sandbox_wrap
+local coroutine_seen = {}  -- running, isyieldable and yield, as the script sees them
 do
   local create, resume, close, wrap = co_create, co_resume, coroutine.close, coroutine.wrap
+  local co_status = coroutine.status
 
   function sandbox_create(f)
     local co = create(f)
@@ -150,8 +228,18 @@ do
     return co
   end
 
+  local function resumed(co, ok, ...)
+    if tripped then error(LIMIT, 0) end
+    if not ok then
+      local e = ...
+      if e == MEMORY_ERROR then trip_memory() end
+      return ok, (placed(e, co, 0))
+    end
+    return ok, ...
+  end
+
   function sandbox_resume(co, ...)
-    return pass(resume(co, ...))
+    return resumed(co, resume(co, ...))
   end
 
   -- closing runs the coroutine's pending __close handlers, which a limit can stop: as resume
@@ -159,14 +247,51 @@ do
     return pass(close(co))
   end
 
-  local function wrapped(ok, ...)
+  -- As C's wrap: a coroutine that failed is closed, running its pending __close handlers
+  -- (whose own error takes the place of its), and a string error gets the position of the
+  -- call (level 2: wrapped is tail-called in place of the wrap function, so that is its caller).
+  local function wrapped(co, ok, ...)
     if tripped then error(LIMIT, 0) end
     if not ok then
       local e = ...
       if e == MEMORY_ERROR then trip_memory() end
+      e = placed(e, co, 0)
+      if co_status(co) == "dead" then
+        local closed, ce = close(co)  -- true: it had ended before this resume, no error of its
+        if tripped then error(LIMIT, 0) end
+        if not closed then
+          if ce == MEMORY_ERROR then trip_memory() end
+          e = ce
+        end
+      end
+      if type(e) == "string" then error(e, 2) end
       error(e, 0)
     end
     return ...
+  end
+
+  local running, isyieldable = coroutine.running, coroutine.isyieldable
+
+  function coroutine_seen.running()
+    local co = running()
+    return co, co == runner_co
+  end
+
+  function coroutine_seen.isyieldable(...)
+    if select("#", ...) == 0 then
+      if running() == runner_co then return false end
+      return isyieldable()
+    end
+    local co = ...
+    if co ~= nil and co == runner_co then return false end
+    return isyieldable(...)
+  end
+
+  -- named as in the library: a yield the script makes is the library's, with its messages
+  local yield = co_yield
+  function coroutine_seen.yield(...)
+    if running() == runner_co then error("attempt to yield from outside a coroutine", 0) end
+    return yield(...)
   end
 
   function sandbox_wrap(f)
@@ -174,7 +299,7 @@ do
     if type(f) ~= "function" then return wrap(f) end
     local co = sandbox_create(f)
     return function(...)
-      return wrapped(resume(co, ...))
+      return wrapped(co, resume(co, ...))
     end
   end
 end
@@ -209,17 +334,21 @@ end
 -- (see INPUTS_MT): a raw write of that global settles it as an assignment does.
 local run_env, inputs_pending = nil, false
 
-local function sandbox_rawset(t, k, v)
+-- Both pass on their arguments as given: C tells a missing one from nil (rawset(t, "k") and
+-- setmetatable(t) are refused, not taken for a delete and a removal).
+local function sandbox_rawset(...)
+  local t, k = ...
   if PROTECTED[t] then error("cannot modify a read-only table", 2) end
   if k == "inputs" and rawequal(t, run_env) then inputs_pending = false end
-  return rawset(t, k, v)
+  return rawset(...)
 end
 
-local function sandbox_setmetatable(t, mt)
+local function sandbox_setmetatable(...)
+  local _, mt = ...
   if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
     error("__gc metamethods are not allowed", 2)
   end
-  return setmetatable(t, mt)
+  return setmetatable(...)
 end
 
 ---------------------------------------------------------------------------------------------
@@ -366,6 +495,9 @@ local function too_costly(what, p, n, cost, level)
     .. "(about %.3g steps, budget %.3g); anchor it with '^', use fewer '*', '+', '-' "
     .. "quantifiers, or cut the subject into smaller pieces",
     what, shorten(valid_utf8(p), 80), n, cost, PATTERN_BUDGET + 0.0)
+  -- a trial run's budget is below a worker's: the script must not see (and catch) a refusal
+  -- the worker would not make, so the run ends here and is run again there
+  if TRIAL then trip("pattern") end
   error(pattern_refusal, level)
 end
 
@@ -961,7 +1093,7 @@ do  -- a block of its own: the main chunk may hold at most 200 locals
   -- would take them (numeric strings too), a __len is asked once, spans of millions are refused,
   -- and a table with __index, __newindex or __len is walked here, in Lua, where the hook counts.
   local MAX_SPAN = 1 << 24
-  local tointeger, maxinteger = math.tointeger, math.maxinteger
+  local tointeger, maxinteger, ult = math.tointeger, math.maxinteger, math.ult
   -- named as in the library: C's argument errors name the function by its local's name
   local move, insert, remove = table.move, table.insert, table.remove
 
@@ -1037,12 +1169,15 @@ do  -- a block of its own: the main chunk may hold at most 200 locals
     local p = as_integer(pos)
     if p == nil then return insert(t, pos, v) end
     local n = length_of(t)
+    if not ult(p - 1, n + 1) then  -- C's bounds first, as C checks them (unsigned)
+      if plain(t) then return insert(t, pos, v) end
+      error("bad argument #2 to 'insert' (position out of bounds)", 2)
+    end
     if n - p >= MAX_SPAN then span_refused("table.insert", n - p + 1) end
     if plain(t) then
       if n > p then charge((n - p) // 4) end
       return insert(t, p, v)
     end
-    if p < 1 or p > n + 1 then error("bad argument #2 to 'insert' (position out of bounds)", 2) end
     for i = n + 1, p + 1, -1 do t[i] = t[i - 1] end
     t[p] = v
   end
@@ -1055,13 +1190,14 @@ do  -- a block of its own: the main chunk may hold at most 200 locals
       p = as_integer(pos)
       if p == nil then return remove(t, pos) end
     end
+    if p ~= n and ult(n, p - 1) then  -- C's bounds first, as C checks them (unsigned)
+      if plain(t) then return remove(t, pos) end
+      error("bad argument #2 to 'remove' (position out of bounds)", 2)
+    end
     if n - p >= MAX_SPAN then span_refused("table.remove", n - p) end
     if plain(t) then
       if n > p then charge((n - p) // 4) end
       return remove(t, p)
-    end
-    if p ~= n and (p < 1 or p > n + 1) then
-      error("bad argument #2 to 'remove' (position out of bounds)", 2)
     end
     local v = t[p]
     while p < n do
@@ -1079,8 +1215,12 @@ do  -- a block of its own: the main chunk may hold at most 200 locals
     if i ~= nil then first = as_integer(i) end
     if j ~= nil then last = as_integer(j) end
     if first == nil or last == nil then return concat({}, sep, i, j) end  -- C's refusal
-    if plain(t) then
-      if last > first then charge((last - first) // 4) end
+    -- C walks up to the first value that is no string or number, at n + 1 at the latest (n is
+    -- a border: t[n + 1] is nil), and is charged for that; past n + 1 it is walked here
+    if plain(t) and (first <= n + 1 or last < first) then
+      local stop = last
+      if stop > n + 1 then stop = n + 1 end
+      if stop > first then charge((stop - first) // 4) end
       return concat(t, sep, first, last)
     end
     local parts = {}
@@ -1088,18 +1228,24 @@ do  -- a block of its own: the main chunk may hold at most 200 locals
       local v = t[k]
       local tv = type(v)
       if tv ~= "string" and tv ~= "number" then
-        error(format("invalid value (at index %d) in table for 'concat'", k), 2)
+        error(format("invalid value (%s) at index %d in table for 'concat'", tv, k), 2)
       end
       parts[#parts + 1] = v
     end
     return concat(parts, sep)
   end
 
+  local UNPACK_MOST = 1000000  -- LUAI_MAXSTACK: C's unpack returns fewer values than this
+
   function sandbox_unpack(t, i, j)
     if type(t) ~= "table" then return unpack(t, i, j) end
     if plain(t) then
       local first, last = as_integer(i == nil and 1 or i), as_integer(j == nil and #t or j)
-      if first and last and last > first then charge((last - first) // 4) end
+      if first and last and last > first then
+        -- C refuses a million results or more before it walks any (n < 0: it wrapped around)
+        local n = last - first
+        if n > 0 and n < UNPACK_MOST then charge(n // 4) end
+      end
       return unpack(t, i, j)
     end
     local first = 1
@@ -1110,7 +1256,7 @@ do  -- a block of its own: the main chunk may hold at most 200 locals
     if last == nil then return unpack({}, i, j) end
     if first > last then return end
     local count = last - first
-    if count < 0 or count >= 1000000 then return unpack({}, first, last) end  -- too many results
+    if count < 0 or count >= UNPACK_MOST then return unpack({}, first, last) end  -- too many
     local items = {}
     for k = 0, count do items[k + 1] = t[first + k] end
     return unpack(items, 1, count + 1)
@@ -1156,7 +1302,7 @@ do  -- a block of its own: the main chunk may hold at most 200 locals
     if tripped then error(LIMIT, 0) end
     if not ok then
       if e == MEMORY_ERROR then trip_memory() end
-      if type(e) == "string" then e = (gsub(e, "^sandbox:%d+: ", "")) end
+      e = unplaced(e)  -- C's sort raises a comparison's error without a position
       error(e, 0)
     end
   end
@@ -1223,6 +1369,7 @@ coroutine_lib.create = sandbox_create
 coroutine_lib.resume = sandbox_resume
 coroutine_lib.wrap = sandbox_wrap
 coroutine_lib.close = sandbox_close
+for name, f in next, coroutine_seen do coroutine_lib[name] = f end
 
 local BASE = {
   string = readonly("string", string),
@@ -1253,6 +1400,7 @@ local BASE = {
   setmetatable = sandbox_setmetatable,
   getmetatable = getmetatable,
   unpack = sandbox_unpack,
+  _VERSION = _VERSION,
 }
 
 -- `inputs` is converted on the script's first read of the global, as a result is: converted
@@ -1356,6 +1504,16 @@ local RESULTS_MT = {
 
 local chunk_source = nil
 local error_line = nil
+-- the library function a failure came from, as the script names it, when the script called it
+-- as a tail call (return s:find(p)): its frame is gone, and Python looks for the line
+local error_call = nil
+local CALL_NAMES = {
+  [guarded_find] = "find", [guarded_match] = "match", [guarded_gmatch] = "gmatch",
+  [guarded_gsub] = "gsub", [sandbox_rep] = "rep", [sandbox_move] = "move",
+  [sandbox_insert] = "insert", [sandbox_remove] = "remove", [sandbox_concat] = "concat",
+  [sandbox_unpack] = "unpack", [sandbox_sort] = "sort", [sandbox_rawset] = "rawset",
+  [sandbox_setmetatable] = "setmetatable",
+}
 local OUTPUT_SUFFIX = ": outputs must be JSON values"
 
 -- The line of the innermost frame of the script's chunk, walking out from `level`.
@@ -1378,7 +1536,9 @@ end
 local function on_error(e)
   if tripped then return e end
   error_line = script_line(2)
-  return e
+  local message, tail = placed(e, nil, 3)
+  if tail and not error_line then error_call = CALL_NAMES[tail] end
+  return message
 end
 
 -- An error's text is kept with the run's events and document, after every retry: cut to
@@ -1407,8 +1567,8 @@ local function error_text(e)
   return "error object is a " .. te .. " value"
 end
 
-local function body(fn, env, expression, output_limit)
-  local ok, value = xpcall(fn, on_error, env)
+local function body(fn, expression, output_limit)
+  local ok, value = xpcall(fn, on_error)
   if tripped then return "limit", tripped end
   if not ok then
     if value == MEMORY_ERROR then return "limit", "memory" end
@@ -1436,19 +1596,19 @@ end
 -- The coroutine runs one job after another (creating one per run would cost more than the
 -- rest of a trivial run); it is replaced when a run leaves it dead or suspended in the script.
 local DONE = {}
-local job_fn, job_env, job_expression, job_limit = nil, nil, false, 0
+local job_fn, job_expression, job_limit = nil, false, 0
 
 local function next_job()
-  local fn, env = job_fn, job_env
-  job_fn, job_env = nil, nil  -- nothing of a finished run stays reachable from the coroutine
-  return body(fn, env, job_expression, job_limit)
+  local fn = job_fn
+  job_fn = nil  -- nothing of a finished run stays reachable from the coroutine
+  return body(fn, job_expression, job_limit)
 end
 
 local function runner()
   while true do co_yield(DONE, next_job()) end
 end
 
-local runner_co, runner_step = nil, nil
+local runner_step = nil
 
 local function collect_logs()
   if dropped > 0 then
@@ -1465,7 +1625,7 @@ end
 -- ctx arrives as name, value, name, value..., cheaper than building that table from Python;
 -- lazy_inputs is false when the inputs are {}, which need no fetching.
 local function run(fn, source, expression, instructions, output_limit, lazy_inputs, ...)
-  tripped, metered, ticks, missing, error_line = nil, false, 0, nil, nil
+  tripped, metered, ticks, missing, error_line, error_call = nil, false, 0, nil, nil, nil
   pattern_refusal, fetched, unreadable = nil, nil, nil
   chunk_source = source
   budget = instructions
@@ -1488,16 +1648,22 @@ local function run(fn, source, expression, instructions, output_limit, lazy_inpu
     sethook(co, hook, "", step)
     runner_co, runner_step = co, step
   end
-  job_fn, job_env, job_expression, job_limit = fn, env, expression, output_limit
+  -- the environment is the chunk's _ENV upvalue (a main chunk has that one upvalue), set for
+  -- this run and cleared after it: passed as an argument, the script's `...` held it
+  if setupvalue(fn, 1, env) ~= "_ENV" then error("a chunk's first upvalue is not _ENV", 0) end
+  job_fn, job_expression, job_limit = fn, expression, output_limit
   metered = true
   local ok, mark, status, payload = co_resume(co)
   metered = false
+  setupvalue(fn, 1, nil)
   run_env, inputs_pending = nil, false
   -- mark may be anything a script yields from its top level: compared raw, as its __eq
   -- would run here, outside the hook, and could pass for DONE (its coroutine then parked in
   -- this runtime, to answer for the next run whoever's it is)
   if not ok or not rawequal(mark, DONE) then runner_co = nil end
-  if tripped then
+  if tripped == "pattern" then
+    status, payload = "pattern", pattern_refusal
+  elseif tripped then
     status, payload = "limit", tripped
   elseif not ok then
     if rawequal(mark, MEMORY_ERROR) then
@@ -1511,7 +1677,7 @@ local function run(fn, source, expression, instructions, output_limit, lazy_inpu
   end
   local log_json = nil
   if nlogs > 0 or dropped > 0 then log_json = collect_logs() end
-  return status, payload, error_line, log_json
+  return status, payload, error_line, log_json, error_call
 end
 
 -- After Lua raised into Python (out of memory outside the script's coroutine).

@@ -14,9 +14,12 @@ Environment
     ``json.encode/decode/null/array``; ``string`` without ``dump``; ``table``; ``math``;
     ``utf8``; ``os.time/date/clock``; ``coroutine``; and the base functions assert, error,
     ipairs, pairs, next, pcall, xpcall, select, tonumber, tostring, type, rawequal, rawlen,
-    rawget, rawset, setmetatable (which refuses ``__gc``), getmetatable and unpack. Nothing
-    else: no io, require, load, dofile, debug, collectgarbage or python, and chunks are compiled
-    from text only. A chunk's value is its first return value.
+    rawget, rawset, setmetatable (which refuses ``__gc``), getmetatable, unpack and
+    ``_VERSION``. Nothing else: no io, require, load, dofile, debug, collectgarbage or python,
+    and chunks are compiled from text only. A chunk's value is its first return value. The
+    script runs in a coroutine of the sandbox's, which it cannot tell from the main thread:
+    ``coroutine.running()`` says it is the main one, ``isyieldable()`` is false, a yield there
+    is the error stock Lua raises (one pcall catches), and the chunk's ``...`` is empty.
 
 Messages
     ``log`` and ``print`` show a string as it is; a table by its ``__tostring`` when it has one
@@ -27,13 +30,20 @@ Messages
     why`` for the last). An error's text loses its chunk-name prefix, and an error caught and
     raised again with its position (``error(err)`` after a pcall) names the line it was first
     raised on. Library errors name the function as the script knows it (``bad argument #1 to
-    'find'``), whatever the sandbox wraps it in. A name the sandbox does not have, and that a
+    'find'``, numbered from a method call's self as C numbers them), whatever the sandbox wraps
+    it in, and carry the position of the script's call as C's do (``b:3: malformed
+    pattern``): none when the caller is C (``pcall(string.find, ...)``) or the call was a tail
+    call (``return s:find(p)``), whose caller's frame Lua has not kept; a run failing so takes
+    the line of the one line that calls the function, if only one does. A name the sandbox
+    does not have, and that a
     script written for another Lua may use (``_G``, ``setfenv``, ``bit32``, ``math.pow``...),
     gets a hint of what to use instead.
 
 Limits (``LuaLimits``)
     Instructions and wall time are enforced by a count hook in every coroutine. Once a limit
-    trips it stays tripped, so pcall cannot swallow it. The memory limit counts what a run adds
+    trips it stays tripped, so pcall cannot swallow it. A ``trial`` sandbox (``LuaPool``'s
+    inline one, whose limits are below a worker's) ends the run on a pattern refusal too, which
+    another sandbox raises as an error the script may catch. The memory limit counts what a run adds
     to the Lua heap; what the engine hands in (inputs, ctx, results) is not charged. The output
     limit applies to the JSON text.
 
@@ -354,9 +364,13 @@ class LuaSandbox:
         stop: threading.Event | None = None,
         cache_size: int = 1024,
         check_every: int = _CHECK_EVERY,
+        trial: bool = False,
     ) -> None:
         """``stop``, once set, stops every run of this sandbox like a task's cancel event.
-        ``check_every``: hook firings between two looks at the clock and the cancel event."""
+        ``check_every``: hook firings between two looks at the clock and the cancel event.
+        ``trial``: the limits are smaller than where the task may run again (``LuaPool``'s
+        inline runs), so a limit the script could catch (a pattern refused as too costly) ends
+        the run with that limit instead, for the caller to run it again with the full ones."""
         self.limits = limits
         self._stop = stop
         self._cache_size = cache_size
@@ -409,6 +423,7 @@ class LuaSandbox:
                 "hook_count": _HOOK_COUNT,
                 "check_every": check_every,
                 "pattern_budget": limits.pattern_budget,
+                "trial": trial,
                 "log_lines": limits.log_lines,
                 "log_line_bytes": limits.log_line_bytes,
                 "log_total_bytes": limits.log_bytes,
@@ -429,9 +444,7 @@ class LuaSandbox:
         try:
             self._runtime.compile(_wrap(code, expression), name="=chunk", mode="t")
         except lupa.LuaSyntaxError as error:
-            message, line = _split_position(str(error), "chunk")
-            message = _unwrapped(message, line, code, expression)
-            return LuaSyntaxProblem(message, _clamp(line, code, expression))
+            return LuaSyntaxProblem(*_syntax_problem(str(error), "chunk", code, expression))
         return None
 
     def _function(self, task: LuaTask) -> Any:
@@ -483,9 +496,9 @@ class LuaSandbox:
             try:
                 function = self._function(task)
             except lupa.LuaSyntaxError as error:
-                message, line = _split_position(str(error), task.chunk_name)
-                message = _unwrapped(message, line, task.code, task.expression)
-                line = _clamp(line, task.code, task.expression)
+                message, line = _syntax_problem(
+                    str(error), task.chunk_name, task.code, task.expression
+                )
                 return self._failed(f"syntax error: {message}", line, [], started)
             try:
                 arguments = self._arguments(task, function)
@@ -494,7 +507,7 @@ class LuaSandbox:
             # the limit is on from here, while lupa pushes the arguments outside any protected
             # call: a few bytes against at least 64 KiB of headroom
             self._memory(True)
-            status, payload, line, log_json = self._run_lua(*arguments)
+            status, payload, line, log_json, call = self._run_lua(*arguments)
             if status == "ok" and time.monotonic() > self._deadline:
                 # a C function can run long between two firings of the hook: a run that went
                 # past its time that way has not succeeded
@@ -511,7 +524,7 @@ class LuaSandbox:
             self._task = None
             self._collect_garbage()
         try:
-            return self._outcome(task, status, payload, line, log_json, started)
+            return self._outcome(task, status, payload, line, log_json, started, call)
         except Exception as error:
             logger.exception("Lua sandbox could not read the outcome of %s", task.key)
             return self._failed(f"internal error in the Lua sandbox: {error}", None, [], started)
@@ -562,13 +575,15 @@ class LuaSandbox:
         line: int | None,
         log_json: str | None,
         started: float,
+        call: str | None = None,
     ) -> LuaOutcome:
+        """``call``: the library function the script tail-called that failed, if one did."""
         logs = _pairs(_read_json(log_json, 0)[0]) if log_json is not None else []
         if logs and logs[-1][0] == DROPPED_LEVEL:
             dropped = int(logs.pop()[1])
-            ended = self._ended(task, status, payload, line, logs, started)
+            ended = self._ended(task, status, payload, line, logs, started, call)
             return replace(ended, logs_dropped=dropped)
-        return self._ended(task, status, payload, line, logs, started)
+        return self._ended(task, status, payload, line, logs, started, call)
 
     def _ended(
         self,
@@ -578,6 +593,7 @@ class LuaSandbox:
         line: int | None,
         logs: list[tuple[str, str]],
         started: float,
+        call: str | None = None,
     ) -> LuaOutcome:
         if status == "ok":
             output: JSON = payload if task.expression else _read_json(payload, 0)[0]
@@ -590,7 +606,7 @@ class LuaSandbox:
             message, position = _split_position(payload, task.chunk_name, lines)
             line = _clamp(position if position is not None else line, task.code, task.expression)
             if line is None:
-                line = _tail_call_line(message, task.code)
+                line = _tail_call_line(message, task.code, call)
             if status == "pattern":  # the guard's refusal (see prelude.py), not a look-alike
                 return self._tripped(message, line, logs, started, "pattern")
             return self._failed(_withheld(message, line, task.code), line, logs, started)
@@ -799,11 +815,22 @@ _CODE_NAMES: Final = {code: name for name, code in _REASON_CODES.items()}
 
 
 def _wrap(code: str, expression: bool) -> str:
-    """The chunk as compiled: it takes its environment as argument, on the user's first line."""
+    """The chunk as compiled. Its environment is its ``_ENV`` upvalue, which the prelude sets
+    for each run (compiled, it is the full globals table, which no run ever sees)."""
     if expression:
         # the newline keeps a trailing comment from swallowing the parenthesis
-        return f"local _ENV = ...; return ({code}\n)"
-    return f"local _ENV = ...; {code}"
+        return f"return ({code}\n)"
+    return code
+
+
+def _syntax_problem(
+    error: str, chunk_name: str, code: str, expression: bool
+) -> tuple[str, int | None]:
+    """A syntax error's message without its position, and its line. Only the refusal of a
+    binary chunk has no position: it is the first line's."""
+    message, line = _split_position(error, chunk_name)
+    message = _unwrapped(message, line, code, expression)
+    return message, _clamp(line, code, expression) if line is not None else 1
 
 
 def _unwrapped(message: str, line: int | None, code: str, expression: bool) -> str:
@@ -842,6 +869,7 @@ _GLOBAL_HINTS: Final = {
     "gcinfo": f"gcinfo {_NOT_IN_54}, and the sandbox offers no collectgarbage",
     "bit32": f"bit32 {_NOT_IN_54}: use its operators a & b, a | b, a ~ b (xor), ~a, a << n, a >> n",
     "jit": "jit is LuaJIT's; the sandbox runs Lua 5.4",
+    "warn": 'the sandbox has no warn: use log("warn", ...)',
 }
 # field -> (library, what to do instead, or None for what the sandbox offers)
 _WITHHELD_FIELDS: Final[dict[str, tuple[str, str | None]]] = {
@@ -906,19 +934,25 @@ def wire_length(payload: str, value: JSON) -> int:
     return len(dumps(value))
 
 
-def _tail_call_line(message: str, code: str) -> int | None:
-    """The line of a library call that failed as a tail call (``return json.decode(body)``):
-    Lua reuses the script's frame for it, so no frame is left to say where. The one line of
-    the script that calls that function by its name, outside a comment, when only one does
-    and nothing names it otherwise (``local decode = json.decode`` may call it anywhere)."""
-    found = _LIBRARY_ERROR.match(message)
-    if found is None:
-        return None
+def _tail_call_line(message: str, code: str, function: str | None = None) -> int | None:
+    """The line of a library call that failed as a tail call (``return json.decode(body)``,
+    ``return s:find(p)``): Lua reuses the script's frame for it, so no frame is left to say
+    where. ``function``: the name of the library function that failed, when the sandbox knows
+    it (else a ``json.*`` message names it). The one line of the script that calls that
+    function by its name, outside a comment, when only one does and nothing names it otherwise
+    (``local decode = json.decode`` may call it anywhere)."""
+    if function is not None:
+        name = function
+        prefix = r"(?<![\w])"  # s:find(, string.find(, find(: not refind(
+    else:
+        found = _LIBRARY_ERROR.match(message)
+        if found is None:
+            return None
+        name, prefix = found[1], ""
     if "[[" in code or "[=" in code:
         return None  # a long comment or string may name it: no line rather than a wrong one
-    name = found[1]
     # a call: name(...), name"...", name'...' or name{...}
-    call = re.compile(re.escape(name) + r"""\s*[("'{]""")
+    call = re.compile(prefix + re.escape(name) + r"""\s*[("'{]""")
     calls, named = [], False
     for number, text in enumerate(code.splitlines(), 1):
         text = text.split("--", 1)[0]

@@ -491,7 +491,7 @@ def test_syntax_error_at_run_time(sandbox: LuaSandbox) -> None:
 def test_yield_at_the_top_level_is_an_error(sandbox: LuaSandbox) -> None:
     assert failure(run(sandbox, "coroutine.yield(1)")) == (
         "attempt to yield from outside a coroutine",
-        None,
+        1,
     )
     assert value(run(sandbox, "return 'next run'")) == "next run"
 
@@ -504,7 +504,7 @@ def test_a_yield_that_claims_equality_is_still_an_error_and_takes_nothing_along(
         coroutine.yield(fake, "ok", '{{"who": "attacker"}}')
         while true do coroutine.yield(fake, "ok", '{{"forged": true}}') end
     """
-    assert failure(run(sandbox, attack)) == ("attempt to yield from outside a coroutine", None)
+    assert failure(run(sandbox, attack)) == ("attempt to yield from outside a coroutine", 3)
     # the next run, whoever's, is its own: not the attacker's parked coroutine
     secret = run(sandbox, "return { n = #results.vault.pw }", results={"vault": {"pw": "abc"}})
     assert value(secret) == {"n": 3}
@@ -522,7 +522,7 @@ def test_a_yield_whose_eq_never_returns_ends_at_once() -> None:
     worker.start()
     worker.join(20)
     assert got, "the run did not come back"
-    assert failure(got[0]) == ("attempt to yield from outside a coroutine", None)
+    assert failure(got[0]) == ("attempt to yield from outside a coroutine", 1)
     assert value(run(sandbox, "return 1")) == 1
 
 
@@ -1127,7 +1127,7 @@ def test_table_calls_on_tables_with_metamethods_do_what_c_does(sandbox: LuaSandb
         "moved": ["b", "c"],
         "removed": "w",
         "shifted": ["x", "y"],
-        "bad": "invalid value (at index 2) in table for 'concat'",
+        "bad": "invalid value (table) at index 2 in table for 'concat'",  # Lua 5.4.7's words
         "plain": "bc",
     }
 
