@@ -6,7 +6,7 @@ told as JSON."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,95 +117,88 @@ async def test_a_triggers_refused_inputs_are_named_as_the_field_sent(stub: Any) 
     assert not (await stub.ListTriggers(pb.ListTriggersRequest())).triggers
 
 
-async def test_triggers_are_listed_page_by_page_everywhere(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def listed_in_pages(
+    served: Any,
+    resource: str,
+    grpc_page: Callable[[str], Awaitable[tuple[list[str], str]]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> list[list[str]]:
+    """The ids of ``resource`` as HTTP (3 a page), gRPC (3 a page) and ``dagctl get`` (2 a
+    page) list them, each followed page by page to the end."""
     import asyncio
 
     import aiohttp
 
     from orchestrator.dagctl import cli
     from orchestrator.dagctl import main as dagctl
+
+    over_http: list[str] = []
+    after: str | None = None
+    async with aiohttp.ClientSession() as http:
+        while True:
+            query = {"limit": "3", **({"after": after} if after else {})}
+            async with http.get(f"{served.url}/api/v1/{resource}", params=query) as resp:
+                page = await resp.json()
+            assert len(page[resource]) <= 3
+            over_http += [item["id"] for item in page[resource]]
+            after = page["next_after"]
+            if after is None:
+                break
+    over_grpc: list[str] = []
+    after = ""
+    while True:
+        ids, after = await grpc_page(after)
+        over_grpc += ids
+        if not after:
+            break
+    monkeypatch.setattr(cli, "PAGE", 2)
+    capsys.readouterr()
+    code = await asyncio.to_thread(
+        dagctl, ["get", resource, "-o", "json"], {"DAGCTL_SERVER": served.url}
+    )
+    assert code == 0
+    by_dagctl = [item["id"] for item in json.loads(capsys.readouterr().out)[resource]]
+    return [over_http, over_grpc, by_dagctl]
+
+
+async def test_triggers_are_listed_page_by_page_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import aiohttp
 
     async with served_facade(tmp_path, specs=[SPEC]) as served:
         for i in range(7):
             await served.stub.CreateTrigger(
                 pb.CreateTriggerRequest(workflow_id="w", cron="@yearly", id=f"t{i}", paused=True)
             )
-        every = [f"t{i}" for i in range(7)]
+
+        async def grpc_page(after: str) -> tuple[list[str], str]:
+            answer = await served.stub.ListTriggers(pb.ListTriggersRequest(limit=3, after=after))
+            return [t.id for t in answer.triggers], answer.next_after
+
         # before: a page of 500 with nothing to say there were more
-        seen, after = [], None
+        every = [f"t{i}" for i in range(7)]
+        listed = await listed_in_pages(served, "triggers", grpc_page, monkeypatch, capsys)
+        assert listed == [every, every, every]
         async with aiohttp.ClientSession() as http:
-            while True:
-                query = {"limit": "3", **({"after": after} if after else {})}
-                async with http.get(f"{served.url}/api/v1/triggers", params=query) as resp:
-                    page = await resp.json()
-                seen += [t["id"] for t in page["triggers"]]
-                after = page["next_after"]
-                if after is None:
-                    break
             async with http.get(f"{served.url}/api/v1/triggers", params={"after": "x"}) as resp:
                 assert resp.status == 400
-        assert seen == every
-        seen, after = [], ""
-        while True:
-            answer = await served.stub.ListTriggers(pb.ListTriggersRequest(limit=3, after=after))
-            seen += [t.id for t in answer.triggers]
-            after = answer.next_after
-            if not after:
-                break
-        assert seen == every
-        monkeypatch.setattr(cli, "PAGE", 2)
-        capsys.readouterr()
-        argv = ["get", "triggers", "-o", "json"]
-        code = await asyncio.to_thread(dagctl, argv, {"DAGCTL_SERVER": served.url})
-        assert code == 0
-        assert [t["id"] for t in json.loads(capsys.readouterr().out)["triggers"]] == every
 
 
 async def test_workflows_are_listed_page_by_page_everywhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import asyncio
-
-    import aiohttp
-
-    from orchestrator.dagctl import cli
-    from orchestrator.dagctl import main as dagctl
-
     every = [f"w{i}" for i in range(7)]
     async with served_facade(tmp_path, specs=[{**SPEC, "id": w} for w in every]) as served:
-        # before: every workflow with every version in one answer (5 MB for 1,000 x 500)
-        seen: list[str] = []
-        after: str | None = None
-        async with aiohttp.ClientSession() as http:
-            while True:
-                query = {"limit": "3", **({"after": after} if after else {})}
-                async with http.get(f"{served.url}/api/v1/workflows", params=query) as resp:
-                    page = await resp.json()
-                assert len(page["workflows"]) <= 3
-                seen += [w["id"] for w in page["workflows"]]
-                after = page["next_after"]
-                if after is None:
-                    break
-            async with http.get(f"{served.url}/api/v1/workflows") as resp:
-                whole = await resp.json()
-            assert [w["id"] for w in whole["workflows"]] == every and whole["next_after"] is None
-        assert seen == every
-        seen, after = [], ""
-        while True:
+
+        async def grpc_page(after: str) -> tuple[list[str], str]:
             answer = await served.stub.ListWorkflows(pb.ListWorkflowsRequest(limit=3, after=after))
-            seen += [w.id for w in answer.workflows]
-            after = answer.next_after
-            if not after:
-                break
-        assert seen == every
-        monkeypatch.setattr(cli, "PAGE", 2)
-        capsys.readouterr()
-        argv = ["get", "workflows", "-o", "json"]
-        code = await asyncio.to_thread(dagctl, argv, {"DAGCTL_SERVER": served.url})
-        assert code == 0
-        assert [w["id"] for w in json.loads(capsys.readouterr().out)["workflows"]] == every
+            return [w.id for w in answer.workflows], answer.next_after
+
+        # before: every workflow with every version in one answer (5 MB for 1,000 x 500)
+        listed = await listed_in_pages(served, "workflows", grpc_page, monkeypatch, capsys)
+        assert listed == [every, every, every]
 
 
 async def test_a_long_named_version_stored_before_the_limit_registers_again_as_a_no_op(

@@ -15,9 +15,10 @@ import pytest
 from engine import cli
 from engine.core.values import JSON, JSONObject
 from engine.loading import spec_from_document
-from engine.lua import MISSING, LuaLimits, LuaOutcome, LuaPool, LuaSandbox, LuaTask
+from engine.lua import MISSING, LuaLimits, LuaPool, LuaSandbox, LuaTask
 from engine.lua.pool import INLINE_LIMITS
 from engine.running import Execution
+from tests.component.test_lua_round3 import failure, value
 
 CTX: JSONObject = {"node_id": "b", "attempt": 1}
 _counter = iter(range(10**9))
@@ -37,16 +38,6 @@ def task(code: str, inputs: JSON | None = None) -> LuaTask:
 @pytest.fixture(scope="module")
 def sandbox() -> LuaSandbox:
     return LuaSandbox()
-
-
-def value(outcome: LuaOutcome) -> JSON:
-    assert outcome.ok, outcome
-    return outcome.value
-
-
-def failure(outcome: LuaOutcome) -> tuple[str | None, int | None]:
-    assert not outcome.ok, outcome
-    return outcome.error, outcome.line
 
 
 # -- 1. the inline path answers as a worker does -------------------------------------------
