@@ -471,7 +471,8 @@ def event_message(event: Event) -> pb.Event:
         node_id=event.node_id,
         engine_id=event.engine_id,
         attempt=event.attempt,
-        data_json=dumps(event.data),
+        # most nodes' node.started carries {}
+        data_json="{}" if event.data == {} else dumps(event.data),
     )
 
 

@@ -73,6 +73,12 @@ _INLINE_RETRY: Final = 60.0
 be the machine's (5 ms of wall time on a loaded one) or its inputs', not the script's, and a
 trivial node that lost its place for good would cost several times more from then on."""
 
+_SUSPECT: Final = -1.0
+"""In place of the time to try a chunk inline again: its last run there went past the wall
+time, which a wait for the GIL or a core may have made: the next run is tried inline, its CPU
+time measured, and the chunk goes to the workers for ``_INLINE_RETRY`` only if that run spent
+the time itself."""
+
 _CLOSE_WAIT: Final = 1.0
 """Seconds close() waits for the workers; a script stops within about 10k instructions."""
 
@@ -251,7 +257,8 @@ class LuaPool:
             self._inline = LuaSandbox(
                 replace(limits, **small), stop=self._stop, check_every=1, trial=True
             )
-        self._too_big: dict[str, float] = {}  # chunk key -> when to try it inline again
+        # chunk key -> when to try it inline again, or _SUSPECT
+        self._too_big: dict[str, float] = {}
         self.inline_runs = 0
         self.inline_misses = 0
 
@@ -319,16 +326,36 @@ class LuaPool:
         if sandbox is None or self._closed:
             return None
         again = self._too_big.get(task.key)
+        measured = False
         if again is not None:
-            if time.monotonic() < again:
+            if again == _SUSPECT:
+                measured = True
+            elif time.monotonic() < again:
                 return None
-            del self._too_big[task.key]
+            else:
+                del self._too_big[task.key]
+        cpu = time.thread_time_ns() if measured else 0
         outcome = sandbox.run(task)
         # the task's own deadline is as near on a worker: there it would only fail sooner
         if outcome.limit is None or outcome.limit == "cancelled" or outcome.limit == "deadline":
             self.inline_runs += 1
+            if measured:
+                self._too_big.pop(task.key, None)
             return outcome
         self.inline_misses += 1
+        if outcome.limit == "wall_time" and (
+            not measured or time.thread_time_ns() - cpu < sandbox.limits.wall_time * 1e9
+        ):
+            # past the time, which may have been the machine's rather than the script's: this
+            # thread waited for the GIL (a worker or gRPC's poller held it) or for a core. It
+            # runs on a worker this once, and its next run is tried here again, its thread's
+            # CPU time measured (a system call, spared the runs of chunks never suspected):
+            # a trivial node sent to the workers for a minute over one such wait cost the
+            # engine a quarter more CPU per run meanwhile (bench/engine_grpc.py)
+            if len(self._too_big) >= _INLINE_MISSES:
+                self._too_big.clear()
+            self._too_big[task.key] = _SUSPECT
+            return None
         if len(self._too_big) >= _INLINE_MISSES:
             self._too_big.clear()
         self._too_big[task.key] = time.monotonic() + _INLINE_RETRY

@@ -198,6 +198,37 @@ async def test_a_chunk_past_the_inline_limits_is_tried_inline_again_later(
     assert (pool.inline_misses, pool.inline_runs) == (1, 1)
 
 
+async def test_a_chunk_held_up_by_the_machine_is_tried_inline_again_at_once(
+    pool: LuaPool,
+) -> None:
+    # past the 5 ms by waiting (for the GIL, for a core), not by working: this run goes to a
+    # worker, and the chunk keeps its place inline
+    def slow(name: str) -> object:
+        time.sleep(0.02)
+        return {"v": 1}
+
+    code = "return { v = results.a.v }"
+    assert pool.run_inline(task(code, results=slow)) is None
+    assert pool.inline_misses == 1
+    outcome = pool.run_inline(task(code, results=lambda name: {"v": 2}))
+    assert outcome is not None and outcome.value == {"v": 2}
+    assert (pool.inline_misses, pool.inline_runs) == (1, 1)
+
+
+async def test_a_chunk_that_spends_the_time_itself_is_sent_to_the_workers(pool: LuaPool) -> None:
+    # converting a large result is this thread's own work: the second run past the time,
+    # measured, shows it, and the chunk is not tried inline again for a while
+    big = list(range(300_000))
+    code = "return { n = #results.a }"
+    assert pool.run_inline(task(code, results=lambda name: big)) is None
+    assert pool.run_inline(task(code, results=lambda name: big)) is None
+    assert pool.inline_misses == 2
+    assert pool.run_inline(task(code, results=lambda name: [1])) is None  # not tried
+    assert (pool.inline_misses, pool.inline_runs) == (2, 0)
+    outcome = await pool.run(task(code, results=lambda name: big))
+    assert outcome.ok and outcome.value == {"n": 300_000}
+
+
 async def test_a_pool_without_inline_runs_everything_on_workers() -> None:
     async with LuaPool(workers=1, inline=False) as pool:
         assert pool.run_inline(task("return 1")) is None

@@ -115,3 +115,17 @@ def test_escaped_length_is_the_length_dumps_writes(value: JSON) -> None:
     # what the Lua encoder writes (UTF-8, unescaped) measured as the wire carries it
     unescaped = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     assert escaped_length(unescaped) == len(dumps(value))
+
+
+def test_the_c_encoder_is_used_only_when_it_answers_as_json_encoder_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from engine.core import jsontext
+
+    assert jsontext._fast_encoder() is not None  # CPython 3.11's takes these arguments
+    monkeypatch.setattr(json.encoder, "c_make_encoder", lambda *args: None)  # another's
+    assert jsontext._fast_encoder() is None
+    monkeypatch.delattr(json.encoder, "c_make_encoder")
+    assert jsontext._fast_encoder() is None
