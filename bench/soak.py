@@ -789,10 +789,16 @@ async def soak(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen
         f" gRPC watchers {c['grpc watchers opened']} ({c['grpc events']} events)"
     )
     ended = {eid: st for eid, st in final.items() if st in TERMINAL}
+    # a run seen to end and deleted by the retention sweep since is ended, not lost: runs of a
+    # soak longer than --retention are gone from the store by the end
+    swept = {eid: st for eid, st in load.ended.items() if eid not in final}
+    ended.update(swept)
     by_status = collections.Counter(ended.values())
     by_workflow = collections.Counter(wf for wf, _ in load.accepted.values())
     print(
-        f"   runs accepted {len(load.accepted)}, ended {len(ended)}: "
+        f"   runs accepted {len(load.accepted)}, ended {len(ended)}"
+        + (f" ({len(swept)} seen to end, then deleted by retention)" if swept else "")
+        + ": "
         + ", ".join(f"{k} {v}" for k, v in sorted(by_status.items()))
     )
     print(

@@ -258,6 +258,8 @@ def _loads(text: str | None) -> JSON:
 # how long a statement waits for a lock another program holds (a sqlite3 shell, a backup):
 # long enough for a backup step or a checkpoint, short enough that start-up says so
 BUSY_TIMEOUT_S = 30.0
+WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
+"""Bytes a WAL is truncated to when a checkpoint has emptied it."""
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -1446,6 +1448,9 @@ class Store:
             # survive a crash of this process; a power cut may lose the last few, and the
             # run then resumes from an earlier checkpoint. The writer switches per batch.
             writer.execute("PRAGMA synchronous = NORMAL")
+            # a retention sweep's deletes swell the WAL (161 MB in a soak) and SQLite keeps a
+            # WAL at its largest: past a checkpoint it is cut back to this
+            writer.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             migrate(writer)
             if path != ":memory:":
                 check_writable(writer, path)

@@ -486,3 +486,33 @@ async def test_idempotency_keys_past_their_window_are_deleted_as_new_ones_come(
         keys = [row[0] for row in conn.execute("SELECT key FROM idempotency")]
     # before: every key ever sent stayed, one row per keyed request
     assert keys == [f"wf\x00k{_IDEMPOTENCY_PRUNE_EVERY}"]
+
+
+async def test_a_wal_swollen_by_a_burst_of_writes_is_cut_back_after_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from orchestrator import store as store_module
+
+    limit = 256 * 1024
+    monkeypatch.setattr(store_module, "WAL_SIZE_LIMIT", limit)
+    path = tmp_path / "state.db"
+    wal = path.with_name("state.db-wal")
+    s = await Store.open(str(path))
+    try:
+        await registered(s)
+        # a retention sweep's worth of change: the WAL swells past SQLite's automatic
+        # checkpoint (1,000 pages), which empties it but leaves the file at its largest
+        for i in range(400):
+            await create(s, f"e{i:04d}-" + "x" * 2000)
+        swollen = wal.stat().st_size
+        side = sqlite3.connect(path)
+        side.execute("PRAGMA wal_checkpoint(PASSIVE)")  # as SQLite's own: no truncation
+        side.close()
+        await create(s, "after")  # the next write starts the WAL over
+        after = wal.stat().st_size
+    finally:
+        await s.close()
+    assert swollen > limit, swollen
+    assert after <= limit, (swollen, after)  # before: as large as it had grown
