@@ -560,12 +560,17 @@ def _script_cut(name: str, node: yaml.ScalarNode) -> tuple[str, int] | None:
     if folds is None:
         harmful = _joined_by_count(name, node, buffer)
     else:
-        # a dumper's wrap of one long line joins what was one line: the value is as written
-        joins = [fold.at for fold in folds if not fold.wrap]
-        if name == "when" and joins:
-            comments = _line_comments(node.value)
-            joins = [at for at in joins if any(start < at < end for start, end in comments)]
-        harmful = bool(joins)
+        comments = _line_comments(node.value) if folds else []
+
+        def in_comment(at: int) -> bool:
+            return any(start < at < end for start, end in comments)
+
+        # A dumper's wrap of one long line joins what was one line: the value is as written.
+        # Inside a -- comment a wrap looks the same as a person's line ending in a long
+        # comment (a URL past column 80), where the next line's code would join the comment:
+        # refused either way, since only the second is code lost. A `when` over two lines is
+        # joined harmlessly otherwise.
+        harmful = any(in_comment(fold.at) or (name == "lua" and not fold.wrap) for fold in folds)
     if not harmful:
         return None
     how = "a folded block (>)" if node.style == ">" else "a value over several lines"

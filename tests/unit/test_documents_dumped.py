@@ -1,7 +1,10 @@
 """Specs a program wrote with PyYAML are read as they were dumped: a script's closing line
 break written as a blank line, a long line wrapped at a space, a double-quoted value broken
 with escapes. None of these joins two lines of the script, so none is refused as one; a value a
-person folded over several lines still is (tests/unit/test_spec_pitfalls.py)."""
+person folded over several lines still is (tests/unit/test_spec_pitfalls.py). One wrap looks
+the same as a person's fold: one inside a -- comment (a person's line ending in a long comment,
+the next line's code then joining it). It is refused, saying so, and a dump without wrapping
+(width=float("inf")) reads back; nothing is ever read as other than it was dumped."""
 
 from __future__ import annotations
 
@@ -52,6 +55,19 @@ def read_back(document: dict[str, Any], **dump: Any) -> None:
     assert parse_text(text, "wf.yaml").document == document
 
 
+def read_back_or_told(document: dict[str, Any], **dump: Any) -> None:
+    """Read back as dumped, or refused for a wrap inside a comment, and then read back when
+    dumped without wrapping: never read as something else."""
+    text = yaml.safe_dump(document, **dump)
+    try:
+        got = parse_text(text, "wf.yaml").document
+    except SpecError as error:
+        assert all(FOLDED_LUA in m or FOLDED_WHEN in m for m in error.messages()), error
+        read_back(document, **{**dump, "width": float("inf")})
+        return
+    assert got == document
+
+
 def problems(text: str) -> list[str]:
     with pytest.raises(SpecError) as info:
         parse_text(text, "wf.yaml")
@@ -72,16 +88,11 @@ SCRIPTS = [
     ("return " + "1 + " * 40)[:78] + "1",
     "return " + " + ".join(["1"] * 60) + " + 2",
     "return " + " + ".join(["1"] * 330),
-    "local n = 1 -- " + WORDS[:185],
     "local s = 'a -- b # c' " + "x = s .. '-- #' " * 60,
-    "return 1 -- " + WORDS,
-    "local t = {" + ", ".join(f'"k{i} -- #"' for i in range(60)) + "}\nreturn #t -- " + WORDS[:300],
-    "x = 1  -- two spaces  " + "a  b " * 30,
     "return '" + "it''s " * 30 + "'",
-    "return [[long\nstring -- not a comment\n]] -- " + WORDS[:150],
+    "return [[long\nstring -- not a comment\n]] -- short",
     # (d) unicode and tabs: PyYAML double-quotes them unless allow_unicode
-    'return "é ü\tx" -- ünicode ' + "wörd " * 30 + "\n",
-    "\tlocal a = 1\n\treturn a -- 中文 " + "字 " * 60 + "\n",
+    'return "é ü\tx" -- ünicode\n' + "local w = 'wörd' " * 10 + "\n",
     "return '😀 " + "ü " * 50 + "'",
     # spaces YAML would strip, kept by PyYAML's quoting
     "  return 1  ",
@@ -95,10 +106,45 @@ def test_a_script_pyyaml_dumped_is_read_back_as_it_was(lua: str, dump: dict[str,
     read_back(doc(lua), **dump)
 
 
+LONG_COMMENTS = [
+    "local n = 1 -- " + WORDS[:185],
+    "return 1 -- " + WORDS,
+    "local t = {" + ", ".join(f'"k{i} -- #"' for i in range(60)) + "}\nreturn #t -- " + WORDS[:300],
+    "x = 1  -- two spaces  " + "a  b " * 30,
+    "return [[long\nstring -- not a comment\n]] -- " + WORDS[:150],
+    'return "é ü\tx" -- ünicode ' + "wörd " * 30 + "\n",
+    "\tlocal a = 1\n\treturn a -- 中文 " + "字 " * 60 + "\n",
+]
+"""Lines ending in a comment past column 80, which PyYAML may wrap inside the comment."""
+
+
+@pytest.mark.parametrize("dump", DUMPS, ids=repr)
+@pytest.mark.parametrize("lua", LONG_COMMENTS, ids=lambda s: repr(s[:30]))
+def test_a_long_comment_pyyaml_wrapped_is_refused_or_read_back_never_changed(
+    lua: str, dump: dict[str, Any]
+) -> None:
+    read_back_or_told(doc(lua), **dump)
+
+
+def test_a_wrap_inside_a_comment_is_refused_as_a_persons_fold_would_be() -> None:
+    # the reviewer's: a person's line ending in a long URL comment, the next line's code then
+    # joining it; it reads as a PyYAML wrap, and is refused as one (before: run without it)
+    field = (
+        "    lua: local x = 41 + 1 -- see https://example.com/docs/some/long/path/explaining/why"
+        "\n      return {x = x}\n"
+    )
+    assert problems(HEAD + field) == [f"wf.yaml:8: nodes[b].lua: {FOLDED_LUA}"]
+    when = (
+        "    lua: return 1\n    when: results.a.ok -- https://example.com/docs/some/long/path/why"
+        "/is\n      and false\n"
+    )
+    assert problems(HEAD + when) == [f"wf.yaml:9: nodes[b].when: {FOLDED_WHEN}"]
+
+
 WHENS = [
     "results.a.ok",
     "results.a.ok and " + " and ".join(["results.a.n > 0"] * 12),
-    "results.a.n > 0 -- " + WORDS[:200],
+    "results.a.n > 0 -- short",
     'results.a.ok and "x -- y" ~= "#" and ' + " and ".join(["true"] * 20),
     "results.a.ok\n",
     "results.a.ok -- one\nand results.a.n > 0\n",
@@ -118,7 +164,7 @@ def test_the_shapes_pyyaml_writes_are_the_ones_read() -> None:
     long = "return " + " + ".join(["1"] * 60)
     text = yaml.safe_dump(doc(long))
     assert "\n    1 + " in text  # wrapped: plain, on two lines
-    unicode = "return 'é' -- " + WORDS[:150]
+    unicode = "return 'é' .. '" + WORDS[:150] + "'"
     text = yaml.safe_dump(doc(unicode))
     assert "\\\n    \\ " in text  # double-quoted, broken with escapes
     for lua in ("return 1\n", long, unicode):
@@ -127,7 +173,9 @@ def test_the_shapes_pyyaml_writes_are_the_ones_read() -> None:
 
 
 def test_a_dump_written_with_windows_line_breaks_is_read_as_well() -> None:
-    document = doc("local a = 1 -- one\nreturn a\n", "results.a.n > 0 -- " + WORDS[:200])
+    document = doc(
+        "local a = 1 -- one\nreturn a\n", "results.a.n > 0 and " + " and ".join(["true"] * 40)
+    )
     text = yaml.safe_dump(document).replace("\n", "\r\n")
     assert parse_text(text, "wf.yaml").document == document
 
@@ -149,10 +197,10 @@ SCRIPT = st.tuples(st.lists(STATEMENT, min_size=1, max_size=6), st.booleans()).m
 
 @settings(max_examples=300, deadline=None)
 @given(lua=SCRIPT, when=SCRIPT, dump=st.sampled_from(DUMPS))
-def test_any_script_pyyaml_dumps_is_accepted_and_read_back(
+def test_any_script_pyyaml_dumps_is_read_back_or_refused_never_changed(
     lua: str, when: str, dump: dict[str, Any]
 ) -> None:
-    read_back(doc(lua, when), **dump)
+    read_back_or_told(doc(lua, when), **dump)
 
 
 # -- what a person folds over several lines is refused as ever ---------------------------------
