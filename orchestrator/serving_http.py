@@ -42,6 +42,7 @@ from orchestrator.store import (
     LIST_LIMIT,
     MAX_CANCEL_REASON,
     MAX_IDEMPOTENCY_KEY,
+    Backup,
     EventPage,
     ExecutionHead,
     Store,
@@ -102,6 +103,10 @@ class Api(Protocol):
 
 BACKUP_TYPE: Final = "application/vnd.sqlite3"
 BACKUP_CHUNK: Final = 1 << 20
+BACKUPS_AT_ONCE: Final = 2
+"""Backups being made or sent at once; another is refused (429) until one is done."""
+BACKUP_STALL_S: Final = 60.0
+"""Seconds a backup's client may go without taking a chunk before the copy is given up."""
 """Bytes of a backup read (on a thread) and written at a time."""
 
 MAX_URL_BYTES: Final = 8190
@@ -452,6 +457,7 @@ class HttpApi:
         self.token = token
         self.max_body = max_body
         self.triggers = triggers
+        self._backups_sending = 0
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -758,7 +764,27 @@ class HttpApi:
 
     async def backup(self, request: web.Request) -> web.StreamResponse:
         """A consistent copy of the state database, checked, as one SQLite file."""
-        made = await self.api.store.backup()
+        if request.method == "HEAD":
+            # its length is known only once a copy is made: a full copy for a HEAD is waste
+            raise HttpError(405, "method_not_allowed", "HEAD makes no backup: GET it")
+        if self._backups_sending >= BACKUPS_AT_ONCE:
+            # each copy being sent holds its size on the disk STATE_DB is on until sent
+            raise HttpError(
+                429,
+                "too_many_backups",
+                f"{self._backups_sending} backups are being sent: try again when one is done",
+                {"sending": self._backups_sending},
+            )
+        self._backups_sending += 1
+        try:
+            if request.transport is None or request.transport.is_closing():
+                raise ConnectionResetError  # gone while it waited: no copy for no one
+            made = await self.api.store.backup()
+            return await self._send_backup(request, made)
+        finally:
+            self._backups_sending -= 1
+
+    async def _send_backup(self, request: web.Request, made: Backup) -> web.StreamResponse:
         began, sent = time.monotonic(), 0
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(made.taken_at))
         try:
@@ -771,18 +797,22 @@ class HttpApi:
             )
             response.content_length = made.size
             await response.prepare(request)
-            if request.method != "HEAD":
-                while chunk := await asyncio.to_thread(made.file.read, BACKUP_CHUNK):
+            while chunk := await asyncio.to_thread(made.file.read, BACKUP_CHUNK):
+                # a client that stops reading holds the copy's blocks on the disk: given up
+                # after a while without progress
+                async with asyncio.timeout(BACKUP_STALL_S):
                     await response.write(chunk)
-                    sent += len(chunk)
-                await response.write_eof()
-        except ConnectionResetError:
-            # the client left mid-stream: the copy was unlinked when made, and goes with its file
+                sent += len(chunk)
+            await response.write_eof()
+        except (ConnectionError, TimeoutError) as exc:
+            # the client left, or stopped reading: the copy was unlinked when made, and goes
+            # with its file
+            why = "stopped reading" if isinstance(exc, TimeoutError) else "left"
             log.info(
-                "state database backup: the client left after %s of %s bytes",
-                sent,
-                made.size,
+                "state database backup: the client %s after %s of %s bytes", why, sent, made.size
             )
+            if request.transport is not None:
+                request.transport.close()
             return response
         finally:
             # the last close of an unlinked file frees its blocks: for a large one, long

@@ -1558,11 +1558,7 @@ def cmd_backup(args: argparse.Namespace, client: Client, out: TextIO, err: TextI
             raise ApiError(
                 200, "bad_answer", f"the answer is {answer.content_type}, not a SQLite file", {}
             )
-        try:
-            summary = _save(answer.chunks(), part, target, force=args.force)
-        except BaseException:
-            _remove(part)
-            raise
+        summary = _save(answer.chunks(), part, target, force=args.force)
     out.write(
         printable(
             f"wrote {given} ({answer.length} bytes, schema {summary.schema}, "
@@ -1590,15 +1586,22 @@ def _save(chunks: Iterator[bytes], part: Path, target: Path, *, force: bool) -> 
         ) from None
     except OSError as exc:
         raise DagctlError(f"cannot create {part}: {_strerror(exc)}") from None
+    # ours from here: removed on any failure (before it, another's, or one left: kept)
     try:
-        with os.fdopen(fd, "wb") as into:
-            for chunk in chunks:
-                into.write(chunk)
-            into.flush()
-            os.fsync(into.fileno())
-    except OSError as exc:
-        raise DagctlError(f"cannot write {part}: {_strerror(exc)}; {target} not written") from None
-    summary = _checked_backup(part, target)
+        try:
+            with os.fdopen(fd, "wb") as into:
+                for chunk in chunks:
+                    into.write(chunk)
+                into.flush()
+                os.fsync(into.fileno())
+        except OSError as exc:
+            raise DagctlError(
+                f"cannot write {part}: {_strerror(exc)}; {target} not written"
+            ) from None
+        summary = _checked_backup(part, target)
+    except BaseException:
+        _remove(part)
+        raise
     try:
         os.replace(part, target)
         # the rename itself is on disk only once the directory is
@@ -1608,6 +1611,7 @@ def _save(chunks: Iterator[bytes], part: Path, target: Path, *, force: bool) -> 
         finally:
             os.close(directory)
     except OSError as exc:
+        _remove(part)
         raise DagctlError(f"cannot rename {part} to {target}: {_strerror(exc)}") from None
     return summary
 

@@ -383,3 +383,76 @@ async def test_dagctl_backup_refuses_standard_output_and_an_empty_name(tmp_path:
         code, out, err = await dagctl("http://127.0.0.1:9", "backup", given)
         assert (code, out) == (2, ""), err
         assert said in err.splitlines()[-1], err
+
+
+async def test_a_client_that_stops_reading_is_given_up_and_its_copy_freed(
+    served: Facade,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from orchestrator import serving_http
+
+    monkeypatch.setattr(serving_http, "BACKUP_STALL_S", 0.5)
+    caplog.set_level("INFO", logger="orchestrator")
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(served.url.rsplit(":", 1)[1]))
+    writer.write(b"GET /api/v1/backup HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    # connected, and reading nothing more: before, its copy's blocks were held for as long
+    deadline = time.monotonic() + 20
+    while open_copies() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert open_copies() == []
+    assert "the client stopped reading after" in caplog.text
+    writer.transport.abort()
+
+
+async def test_head_makes_no_copy_and_a_third_backup_at_once_is_refused(
+    served: Facade, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator import serving_http
+
+    copies = 0
+    real = store_module.backup_state
+
+    def counted(path: str) -> Any:
+        nonlocal copies
+        copies += 1
+        return real(path)
+
+    monkeypatch.setattr(store_module, "backup_state", counted)
+    async with aiohttp.ClientSession() as http:
+        async with http.head(f"{served.url}/api/v1/backup") as resp:
+            assert resp.status == 405
+        assert copies == 0  # before: a whole copy made for the headers
+        monkeypatch.setattr(serving_http, "BACKUPS_AT_ONCE", 1)
+        port = int(served.url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /api/v1/backup HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # one being sent, its client slow
+        async with http.get(f"{served.url}/api/v1/backup") as resp:
+            body = await resp.json()
+            assert resp.status == 429, body
+        assert body["error"]["code"] == "too_many_backups"
+        writer.transport.abort()
+
+
+async def test_dagctl_backup_leaves_a_part_file_it_did_not_make(tmp_path: Path) -> None:
+    async def never(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/vnd.sqlite3"})
+        response.content_length = 4
+        await response.prepare(request)
+        await response.write(b"abcd")
+        return response
+
+    (tmp_path / "out.db.part").write_text("another dagctl backup's\n")
+    runner, url = await stand_in(never)
+    try:
+        code, _, err = await dagctl(url, "backup", str(tmp_path / "out.db"))
+    finally:
+        await runner.cleanup()
+    assert code == 2 and "out.db.part exists" in err
+    # before: removed, under a concurrent backup writing it
+    assert (tmp_path / "out.db.part").read_text() == "another dagctl backup's\n"
