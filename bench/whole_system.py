@@ -227,6 +227,7 @@ async def main_async(args: argparse.Namespace) -> None:
             conn.close()
             # what the runs take on disk, the WAL's pages not yet in the file included
             size = sum(p.stat().st_size for p in tmp.glob("state.db*") if p.suffix != ".lock")
+            wal = sum(p.stat().st_size for p in tmp.glob("state.db-wal"))
             rate = statistics.median(rates)
             print(
                 f"2. {args.burst} concurrent executions  {rate:8.0f} executions/s"
@@ -235,7 +236,7 @@ async def main_async(args: argparse.Namespace) -> None:
             print(f"   in the store: {dict(stored)}")
             print(
                 f"   state database: {size / every / 1024:.1f} KB a run"
-                f" ({every} runs, {size / 2**20:.0f} MB with its WAL);"
+                f" ({every} runs, {size / 2**20:.0f} MB with its WAL of {wal / 2**20:.0f} MB);"
                 f" the orchestrator wrote {written / (args.burst * args.repeat) / 1024:.1f} KB"
                 " a run to disk"
             )
