@@ -613,7 +613,8 @@ class Dispatcher:
                 kind = str(last.get("type", ""))
                 if kind.startswith("execution.") and kind.split(".", 1)[1] in EXECUTION_TERMINAL:
                     self._finished(ticket.execution_id, last)
-                    await _drained(responses)
+                    # apart: the engine's slot is free now, whatever comes after the end
+                    self._spawn(_drained(responses))
                     return "finished"
         except grpc.aio.AioRpcError as exc:
             code = exc.code()

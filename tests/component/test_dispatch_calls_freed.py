@@ -4,6 +4,7 @@ at the final event held each call in a cycle (a soak grew ~480 MB an hour of the
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from pathlib import Path
 
@@ -31,6 +32,10 @@ async def test_finished_runs_leave_no_execute_call_behind(tmp_path: Path) -> Non
             for _ in range(20):
                 run = await cluster.execute("quick", inputs={}, wait=30)
                 assert run["status"] == "succeeded"
+            # each stream is read to its end apart from the run's: a moment after the last
+            deadline = asyncio.get_running_loop().time() + 5
+            while calls_alive() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
             # before: 20, one per run, until a collection
             assert calls_alive() == 0
         finally:
