@@ -112,16 +112,25 @@ def _hyphen(found: re.Match[str]) -> str:
     return f"{low} {high}".strip()
 
 
+def _wide(major: str, minor: str) -> str | None:
+    """What ``~`` and ``^`` agree on: an x major is any version (``""``), an x minor the whole
+    major; None for the rest, which is each one's own."""
+    if _is_x(major):
+        return ""
+    if _is_x(minor):
+        return f">={major}.0.0 <{_plus1(major)}.0.0-0"
+    return None
+
+
 def _tilde(comp: str) -> str:
     """``~1.2.3`` -> ``>=1.2.3 <1.3.0-0``, ``~1`` -> ``>=1.0.0 <2.0.0-0``, ``~`` -> any."""
     found = _TILDE.fullmatch(comp)
     if found is None:
         return comp
     major, minor, patch, pre = found.group(1, 2, 3, 4)
-    if _is_x(major):
-        return ""
-    if _is_x(minor):
-        return f">={major}.0.0 <{_plus1(major)}.0.0-0"
+    wide = _wide(major, minor)
+    if wide is not None:
+        return wide
     if _is_x(patch):
         return f">={major}.{minor}.0 <{major}.{_plus1(minor)}.0-0"
     low = f"{major}.{minor}.{patch}" + (f"-{pre}" if pre else "")
@@ -135,10 +144,9 @@ def _caret(comp: str) -> str:
     if found is None:
         return comp
     major, minor, patch, pre = found.group(1, 2, 3, 4)
-    if _is_x(major):
-        return ""
-    if _is_x(minor):
-        return f">={major}.0.0 <{_plus1(major)}.0.0-0"
+    wide = _wide(major, minor)
+    if wide is not None:
+        return wide
     if _is_x(patch):
         if major == "0":
             return f">={major}.{minor}.0 <{major}.{_plus1(minor)}.0-0"
