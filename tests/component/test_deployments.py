@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -345,6 +346,10 @@ def test_the_dockerfiles_copy_what_exists_and_run_the_service(service: str) -> N
     for src in sources:
         assert (ROOT / src).exists(), src
         assert f"!{src}" in ignored or f"!{src}/" in ignored, f"{src} is left out of the context"
+    # what the package build reads besides the packages goes into the image's context too
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    for needed in ["pyproject.toml", project["readme"], *project.get("license-files", [])]:
+        assert needed in sources, f"{needed} is not copied into the build stage"
     assert "--no-cache-dir ." in text and "[dev]" not in text  # runtime dependencies only
     assert re.search(r"^USER 10001", text, flags=re.MULTILINE)
     assert f'ENTRYPOINT ["python", "-m", "{service}"]' in text
