@@ -4,10 +4,9 @@ took up its runs and failed them on the damaged page, again and again)."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from tests.component.test_store_damage import filled, flip_page
+from tests.component.test_store_damage import digest, filled, flip_page
 from tests.integration.conftest import refused_orchestrator
 
 
@@ -17,7 +16,7 @@ async def test_a_damaged_state_database_is_refused_at_start_and_left_as_it_was(
     path = tmp_path / "state.db"
     await filled(path)
     flip_page(path)
-    before = hashlib.md5(path.read_bytes()).hexdigest()
+    before = digest(path)
     proc = refused_orchestrator(tmp_path, {})
     errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
     assert proc.returncode == 2, proc.stderr
@@ -28,4 +27,4 @@ async def test_a_damaged_state_database_is_refused_at_start_and_left_as_it_was(
         " into a new file"
     )
     assert "Traceback" not in proc.stderr
-    assert hashlib.md5(path.read_bytes()).hexdigest() == before
+    assert digest(path) == before
