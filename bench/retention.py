@@ -9,7 +9,7 @@ sent with an idempotency key. Each run has the events a real 3-node run makes (q
 node started/succeeded x3, execution.succeeded), stored in 5 batches as an engine streams them.
 
 The fill writes rows directly with sqlite3, the way the store's own code does (the
-``executions``, ``event_batches`` and ``idempotency`` rows of ``orchestrator/store.py``, event
+``executions``, ``event_messages`` and ``idempotency`` rows of ``orchestrator/store.py``, event
 bodies encoded as the stored ``ExecuteResponse`` message), in transactions of 20,000 runs: the
 Store API commits each run on its own and would take minutes for 200,000.
 
@@ -97,7 +97,7 @@ def encode(events: list[dict[str, Any]]) -> bytes:
 def run_rows(
     execution_id: str, created: float
 ) -> tuple[tuple[Any, ...], list[tuple[str, int, int, bytes]]]:
-    """One finished 3-node run: its ``executions`` row and its 5 ``event_batches`` rows."""
+    """One finished 3-node run: its ``executions`` row and its 5 ``event_messages`` rows."""
     t = created
     events = [event(execution_id, 1, t, "execution.queued")]
     events.append(event(execution_id, 2, t + 0.01, "execution.started"))
@@ -161,7 +161,7 @@ def fill(path: Path, created_ats: list[float], rnd: random.Random) -> None:
             executions,
         )
         conn.executemany(
-            "INSERT INTO event_batches (execution_id, first_seq, last_seq, body)"
+            "INSERT INTO event_messages (execution_id, first_seq, last_seq, body)"
             " VALUES (?, ?, ?, ?)",
             batches,
         )

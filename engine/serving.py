@@ -183,6 +183,10 @@ def _seen(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+_GATHER_TURNS: Final = 3
+"""Loop turns a stream waits at most, past its first event, for more to send with it."""
+
+
 class _EventStream:
     """The events of one run on their way to its gRPC stream.
 
@@ -223,6 +227,14 @@ class _EventStream:
     async def batches(self) -> AsyncIterator[list[Event]]:
         while True:
             await self._wakeup.wait()
+            # a few loop turns more while each brings events: the run's next ones are often
+            # queued already (a script run inline hands its outcome on with call_soon), and one
+            # message carries them all for about the cost of one
+            for _ in range(_GATHER_TURNS):
+                self._wakeup.clear()
+                await asyncio.sleep(0)
+                if not self._wakeup.is_set():
+                    break
             self._wakeup.clear()
             batch, self._buffer = self._buffer, []
             if batch:

@@ -21,6 +21,7 @@ import asyncio
 import collections
 import contextlib
 import errno
+import heapq
 import itertools
 import json
 import logging
@@ -30,7 +31,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -238,7 +239,25 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX executions_by_workflow_status ON executions (workflow_id, status, created_at);
     CREATE INDEX idempotency_by_execution ON idempotency (execution_id);
     """,
+    # event_batches is WITHOUT ROWID, and such a table keeps about 1,000 bytes of a row in its
+    # b-tree page (4 KiB pages): each longer message took an overflow page of its own, 4 KiB
+    # for a 1.5 KB message. A rowid table keeps rows up to about 4 KB in place. Rows already
+    # stored stay where they are and are read from both tables (_BATCH_TABLES): copying them
+    # here would hold start-up for minutes on a large file, and need as much free disk again
+    # as the events take, in the file and in its WAL.
+    """
+    CREATE TABLE event_messages (
+        execution_id TEXT NOT NULL,
+        first_seq    INTEGER NOT NULL,
+        last_seq     INTEGER NOT NULL,
+        body         BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX event_messages_by_run ON event_messages (execution_id, first_seq);
+    """,
 )
+_BATCH_TABLES: Final = ("event_messages", "event_batches")
+"""Where a run's stored stream messages are: the rowid table every write goes to, and the
+table of those written before schema 10, which only reads and deletes still look at."""
 
 
 _encoder: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -933,7 +952,7 @@ def _record(
             events, body = fresh, None
         _advance(conn, execution_id, events, guard=False)
     conn.execute(
-        "INSERT INTO event_batches (execution_id, first_seq, last_seq, body) VALUES (?, ?, ?, ?)",
+        "INSERT INTO event_messages (execution_id, first_seq, last_seq, body) VALUES (?, ?, ?, ?)",
         (
             execution_id,
             events[0]["seq"],
@@ -941,6 +960,32 @@ def _record(
             body if body is not None else _encode(events),
         ),
     )
+
+
+def _bodies(
+    conn: sqlite3.Connection, execution_id: str, after_seq: int = 0
+) -> Generator[bytes | str, None, None]:
+    """The stored messages of one execution holding events past ``after_seq``, in seq order:
+    merged from both tables, as a run in flight across the upgrade to schema 10 has rows in
+    each. Read as they are needed, so a page of a long timeline reads only its own rows."""
+    cursors = [
+        conn.execute(
+            f"SELECT first_seq, body FROM {table}"
+            " WHERE execution_id = ? AND last_seq > ? ORDER BY first_seq",
+            (execution_id, after_seq),
+        )
+        for table in _BATCH_TABLES
+    ]
+    try:
+        for _, body in heapq.merge(*cursors, key=_first_seq):
+            yield body
+    finally:
+        for cursor in cursors:
+            cursor.close()
+
+
+def _first_seq(row: tuple[int, bytes | str]) -> int:
+    return row[0]
 
 
 # events whose data the node fold reads; the data of every other event is left unparsed
@@ -957,10 +1002,7 @@ def _fold_input(conn: sqlite3.Connection, execution_id: str) -> list[JSONObject]
     """The events of one execution with just what ``fold_nodes`` reads: for a run of
     thousands of nodes, several times quicker than decoding every event whole."""
     events: list[JSONObject] = []
-    for (body,) in conn.execute(
-        "SELECT body FROM event_batches WHERE execution_id = ? ORDER BY first_seq",
-        (execution_id,),
-    ):
+    for body in _bodies(conn, execution_id):
         if isinstance(body, str):
             events.extend(json.loads(body))
             continue
@@ -984,10 +1026,7 @@ def _fold_input(conn: sqlite3.Connection, execution_id: str) -> list[JSONObject]
 def _timeline(conn: sqlite3.Connection, execution_id: str, after_seq: int = 0) -> list[JSONObject]:
     """The stored events of one execution past ``after_seq``, in seq order."""
     events: list[JSONObject] = []
-    for (body,) in conn.execute(
-        "SELECT body FROM event_batches WHERE execution_id = ? AND last_seq > ? ORDER BY first_seq",
-        (execution_id, after_seq),
-    ):
+    for body in _bodies(conn, execution_id, after_seq):
         events.extend(_decode(body))
     if events and events[0]["seq"] <= after_seq:  # type: ignore[operator]
         events = [e for e in events if e["seq"] > after_seq]  # type: ignore[operator]
@@ -1012,12 +1051,9 @@ def _event_page(
     decodes only its own batches."""
     events: list[JSONObject] = []
     size = 0
-    cursor = conn.execute(
-        "SELECT body FROM event_batches WHERE execution_id = ? AND last_seq > ? ORDER BY first_seq",
-        (execution_id, after_seq),
-    )
+    bodies = _bodies(conn, execution_id, after_seq)
     try:
-        for (body,) in cursor:
+        for body in bodies:
             if len(events) >= limit or size >= max_bytes:
                 # full, and another batch is stored past it (each batch read holds an event
                 # past after_seq, so the page is not empty here)
@@ -1029,7 +1065,7 @@ def _event_page(
             if len(fresh) > room:
                 return EventPage(events, _event_seq(events[-1]))
     finally:
-        cursor.close()
+        bodies.close()
     return EventPage(events, None)
 
 
@@ -1313,8 +1349,9 @@ _HEAD_SQL: Final = (
 )
 # length() of a BLOB reads its size from the record, not the blob: no event is read. (Rows from
 # schema 1 hold JSON text, whose characters are counted: a few old runs.)
-_WEIGHT_SQL: Final = (
-    "SELECT COALESCE(SUM(length(body)), 0) FROM event_batches WHERE execution_id = ?"
+_WEIGHT_SQL: Final = "SELECT " + " + ".join(
+    f"(SELECT COALESCE(SUM(length(body)), 0) FROM {table} WHERE execution_id = ?1)"
+    for table in _BATCH_TABLES
 )
 
 
@@ -1656,7 +1693,7 @@ class Store:
                 ),
             )
             conn.execute(
-                "INSERT INTO event_batches (execution_id, first_seq, last_seq, body)"
+                "INSERT INTO event_messages (execution_id, first_seq, last_seq, body)"
                 " VALUES (?, ?, ?, ?)",
                 (execution_id, first_seq, first_seq, first_body),
             )
@@ -2229,7 +2266,7 @@ class Store:
             if doomed:
                 ids_json = _dumps(list(doomed))
                 for table, column in (
-                    ("event_batches", "execution_id"),
+                    *((batches, "execution_id") for batches in _BATCH_TABLES),
                     ("idempotency", "execution_id"),
                     ("executions", "id"),
                 ):

@@ -101,12 +101,17 @@ async def test_an_old_finished_tree_goes_whole_with_its_events_and_a_recent_one_
     await run(store, "old-grandchild", T0 + 2, parent="old-child")
     await run(store, "recent", NOW - DAY)
     await run(store, "recent-child", NOW - DAY + 1, parent="recent")
+    # rows stored before schema 10 stay in the old table, and go with their run too
+    with sqlite3.connect(store.path) as conn:
+        for execution_id in ("old", "recent"):
+            conn.execute("INSERT INTO event_batches VALUES (?, 9, 9, x'')", (execution_id,))
     with caplog.at_level(logging.INFO, logger="orchestrator.retention"):
         assert await retention(store).sweep() == 3
+    assert rows(store, "event_batches") == ["recent"]
     assert await kept(store, "old", "old-child", "old-grandchild") == []
     assert rows(store, "executions", "id") == ["recent", "recent-child"]
-    assert set(rows(store, "event_batches")) == {"recent", "recent-child"}
-    assert len(rows(store, "event_batches")) == 6  # queued, started, succeeded of each
+    assert set(rows(store, "event_messages")) == {"recent", "recent-child"}
+    assert len(rows(store, "event_messages")) == 6  # queued, started, succeeded of each
     [said] = [r.getMessage() for r in caplog.records]
     assert said.startswith(f"deleted 3 executions finished before {isoformat(NOW - RETENTION)} in ")
     # nothing more is old: a second sweep deletes nothing and says nothing

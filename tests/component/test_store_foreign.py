@@ -60,11 +60,13 @@ async def test_a_newer_schema_is_refused_before_the_file_is_switched_to_wal(
 ) -> None:
     path = tmp_path / "future.db"
     before = made(path, "CREATE TABLE whatever (x)", "PRAGMA user_version = 99")
-    with pytest.raises(RuntimeError, match=r"at schema 99, newer than this orchestrator \(9\)"):
+    with pytest.raises(
+        RuntimeError, match=rf"at schema 99, newer than this orchestrator \({len(MIGRATIONS)}\)"
+    ):
         await Store.open(str(path))
     assert path.read_bytes() == before
     assert journal_mode(path) == "delete"
-    assert len(MIGRATIONS) == 9
+    assert len(MIGRATIONS) < 99
 
 
 async def test_an_empty_file_or_one_with_no_tables_becomes_a_state_database(

@@ -134,12 +134,13 @@ async def test_a_file_at_schema_8_gets_the_indexes_of_schema_9_and_says_so(
         await store.close()
     said = [r.getMessage() for r in caplog.records]
     assert said[0] == (
-        "migrating the state database from schema 8 to 9: new indexes over a large file take "
-        "a few seconds"
+        f"migrating the state database from schema 8 to {len(MIGRATIONS)}: new indexes over a "
+        "large file take a few seconds"
     )
     assert said[1].startswith("state database migrated to schema 9 in ")
+    assert said[2].startswith("state database migrated to schema 10 in ")
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 9
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"executions_by_workflow_status", "idempotency_by_execution"} <= indexes
 
@@ -155,7 +156,8 @@ async def test_the_release_before_refuses_the_upgraded_file_without_touching_it(
     await store.close()
     before = path.read_bytes()
     monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:8])
-    with pytest.raises(RuntimeError, match=r"at schema 9, newer than this orchestrator \(8\)"):
+    newer = rf"at schema {len(MIGRATIONS)}, newer than this orchestrator \(8\)"
+    with pytest.raises(RuntimeError, match=newer):
         await Store.open(str(path))
     assert path.read_bytes() == before
 

@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 
 from orchestrator.dagctl import main
+from orchestrator.store import MIGRATIONS
 from tests.integration.api import TOKEN, get, register, start, wait_end
 from tests.integration.conftest import (
     Cluster,
@@ -83,7 +84,9 @@ async def test_a_backup_restores_into_a_second_orchestrator_with_every_run(
     code, said, err = dagctl(cluster.url, capsys, "backup", str(out))
     assert code == 0, err
     size = out.stat().st_size
-    assert said == f"wrote {out} ({size} bytes, schema 9, {RUNS} executions, 1 workflow)\n"
+    assert said == (
+        f"wrote {out} ({size} bytes, schema {len(MIGRATIONS)}, {RUNS} executions, 1 workflow)\n"
+    )
     assert out.stat().st_mode & 0o777 == 0o600  # runs' inputs and outputs are in it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.db"]
     # a run accepted after the backup is not in it
