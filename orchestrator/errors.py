@@ -188,6 +188,14 @@ class NodeNotStarted(OrchestratorError):
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class NotRetryable(OrchestratorError):
+    """A retry asked of a run that has not ended, that succeeded, or that is a child."""
+
+    http_status = 409
+    code = "not_retryable"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ParentMismatch(OrchestratorError):
     http_status = 400
     code = "parent_mismatch"

@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from engine.core.errors import SpecError
@@ -34,6 +34,7 @@ from orchestrator.errors import (
     InvalidArgument,
     NodeNotStarted,
     NotFound,
+    NotRetryable,
     OrchestratorError,
     ParentEnded,
     ParentMismatch,
@@ -57,6 +58,7 @@ from orchestrator.store import (
     TriggerFire,
 )
 from orchestrator.subworkflows import ChildRequest, ChildStarted, SubWorkflows, node_attempts
+from orchestrator.timeline import Checkpoint
 from orchestrator.versions import Registry
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,27 @@ def _printable_text(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return text.isprintable()
+
+
+def _check_key(idempotency_key: str | None) -> None:
+    """Every API's limits on an idempotency key (HTTP checks its header's length first)."""
+    if idempotency_key is None:
+        return
+    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidArgument(
+            f"the idempotency key is longer than {MAX_IDEMPOTENCY_KEY} characters "
+            f"({len(idempotency_key)})"
+        )
+    if not _printable_text(idempotency_key):
+        raise InvalidArgument("the idempotency key must be UTF-8 text without control characters")
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The run a new execution retries, and the nodes of it that succeeded."""
+
+    execution_id: str
+    succeeded: tuple[Checkpoint, ...]
 
 
 def _digest(inputs: JSON, version: str | None) -> str:
@@ -315,26 +338,10 @@ class Orchestrator:
         refused (the inputs schema does not look at it, so it would carry anything)."""
         if not by_trigger:
             refuse_trigger_inputs(inputs)
-        if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-            # every API's limit (HTTP checks its header the same way first)
-            raise InvalidArgument(
-                f"the idempotency key is longer than {MAX_IDEMPOTENCY_KEY} characters "
-                f"({len(idempotency_key)})"
-            )
-        if idempotency_key is not None and not _printable_text(idempotency_key):
-            raise InvalidArgument(
-                "the idempotency key must be UTF-8 text without control characters"
-            )
+        _check_key(idempotency_key)
         spec = self.registry.resolve_spec(workflow_id, version or default_version or "latest")
         check_inputs(spec, inputs)
-        # runs being stored count too: requests that all passed the check while the first
-        # was being written went past the limit together
-        full = self._queue_full(spec.id)
-        if full is not None and (
-            # a repeat of a request whose run is stored creates nothing: it gets its run
-            idempotency_key is None or await self.store.keyed_run(spec.id, idempotency_key) is None
-        ):
-            raise full
+        await self._check_room(spec.id, idempotency_key)
         # counted from here until stored and queued (``_store_execution``), with no await
         # between the check above and the count: a caller that leaves meanwhile still has its
         # run queued, so its place is held as long as the store takes
@@ -346,6 +353,92 @@ class Orchestrator:
             request_digest=None if idempotency_key is None else _digest(inputs, version),
             fire=fire,
         )
+        return await self._answer(stored_id, created, now, spec, inputs, wait=wait, brief=brief)
+
+    async def retry(
+        self,
+        execution_id: str,
+        *,
+        idempotency_key: str | None,
+        wait: float | None,
+        brief: bool = False,
+    ) -> tuple[JSONObject, bool]:
+        """A new run of an execution that ended without succeeding: the same version, pinned
+        sub-workflow versions and inputs. The nodes that succeeded keep their outputs (stored
+        as the new run's first node events, so they are its checkpoints, and never run again);
+        the others run again. Answered as ``execute`` answers."""
+        _check_key(idempotency_key)
+        source = await self.store.retry_source(execution_id)
+        if source is None:
+            raise NotFound(f"no execution {execution_id!r}")
+        if source.parent_execution_id is not None:
+            raise NotRetryable(
+                f"execution {execution_id} is a sub-workflow run of execution "
+                f"{source.parent_execution_id}: retry that one, which starts its failed "
+                "sub-workflow nodes again",
+                {"parent_execution_id": source.parent_execution_id},
+            )
+        if source.status not in EXECUTION_TERMINAL:
+            raise NotRetryable(
+                f"execution {execution_id} has not ended (it is {source.status}): wait for "
+                "its end, or cancel it first",
+                {"status": source.status},
+            )
+        if source.status == "succeeded":
+            raise NotRetryable(
+                f"execution {execution_id} succeeded: it has nothing to run again",
+                {"status": source.status},
+            )
+        spec = self.registry.resolve_spec(source.workflow_id, source.version)
+        await self._check_room(spec.id, idempotency_key)
+        stored_id, created, now = await self._store_execution(
+            spec,
+            source.inputs,
+            source.pinned,
+            idempotency_key,
+            request_digest=(
+                None if idempotency_key is None else _digest(source.inputs, f"retry {execution_id}")
+            ),
+            retry=Retry(execution_id, tuple(source.succeeded)),
+        )
+        if created:
+            log.info(
+                "execution %s retries %s (%s@%s), keeping %d succeeded node(s)",
+                stored_id,
+                execution_id,
+                spec.id,
+                spec.version,
+                len(source.succeeded),
+            )
+        return await self._answer(
+            stored_id, created, now, spec, source.inputs, wait=wait, brief=brief
+        )
+
+    async def _check_room(self, workflow_id: str, idempotency_key: str | None) -> None:
+        """Refuse a new root run of ``workflow_id`` when its queue is full (``QueueFull``)."""
+        # runs being stored count too: requests that all passed the check while the first
+        # was being written went past the limit together
+        full = self._queue_full(workflow_id)
+        # a repeat of a request whose run is stored creates nothing: it gets its run
+        if full is not None and (
+            idempotency_key is None
+            or await self.store.keyed_run(workflow_id, idempotency_key) is None
+        ):
+            raise full
+
+    async def _answer(
+        self,
+        stored_id: str,
+        created: bool,
+        now: float,
+        spec: WorkflowSpec,
+        inputs: JSON,
+        *,
+        wait: float | None,
+        brief: bool,
+    ) -> tuple[JSONObject, bool]:
+        """What a request that stored (or found, by its key) a run gets: the queued document at
+        once, or with ``wait`` the run as it stands when it ends or the wait runs out."""
         waiter: asyncio.Future[JSONObject] | None = None
         if wait is not None:
             waiter = asyncio.get_running_loop().create_future()
@@ -384,6 +477,7 @@ class Orchestrator:
         depth: int = 0,
         track: Callable[[str], None] | None = None,
         fire: TriggerFire | None = None,
+        retry: Retry | None = None,
     ) -> tuple[str, bool, float]:
         """Store a new execution (or find the one the key or parent node already has) and
         queue it; returns (id, created, created_at). A caller cancelled meanwhile (a gRPC
@@ -408,6 +502,7 @@ class Orchestrator:
                     depth=depth,
                     track=track,
                     fire=fire,
+                    retry=retry,
                 )
             finally:
                 # in the step that queued it: a done-callback runs a turn of the loop later,
@@ -470,6 +565,7 @@ class Orchestrator:
         depth: int,
         track: Callable[[str], None] | None,
         fire: TriggerFire | None,
+        retry: Retry | None,
     ) -> tuple[str, bool, float]:
         execution_id = new_execution_id(time.time())
         now = time.time()
@@ -477,6 +573,8 @@ class Orchestrator:
         if child is not None:
             data["parent_execution_id"] = child.parent_execution_id
             data["parent_node_id"] = child.node_id
+        if retry is not None:
+            data["retry_of"] = retry.execution_id
         queued: JSONObject = {
             "seq": 1,
             "time": isoformat(now),
@@ -507,6 +605,20 @@ class Orchestrator:
                         "attempt": child.attempt,
                     },
                 }
+            )
+        if retry is not None:
+            # the nodes kept from the run retried end first, as they did there: the run's
+            # timeline and document show them, and they are the checkpoints it starts from
+            more.extend(
+                {
+                    **queued,
+                    "seq": len(more) + 2,
+                    "type": "node.succeeded",
+                    "node_id": kept.node_id,
+                    "attempt": kept.attempts,
+                    "data": {"output": kept.output, "reused_from": retry.execution_id},
+                }
+                for kept in retry.succeeded
             )
         stored_id, created = await self.store.create_execution(
             execution_id=execution_id,
@@ -544,6 +656,7 @@ class Orchestrator:
                     inputs=inputs,
                     status="queued",
                     parent_execution_id=None if child is None else child.parent_execution_id,
+                    checkpoints=[] if retry is None else list(retry.succeeded),
                     next_seq=len(published) + 1,
                 ),
             )

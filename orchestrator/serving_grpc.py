@@ -259,6 +259,28 @@ def _reference_message(ref: JSONObject) -> pb.WorkflowReference:
     )
 
 
+def _key_reused(
+    key: str, sent: str, exc: IdempotencyKeyReused, of: str = ""
+) -> IdempotencyKeyReused:
+    """The store's refusal, which words it for HTTP's Idempotency-Key header, for a key that
+    is a field here; ``sent``: what the key came with before, for the execution it started
+    (``of``: whose)."""
+    first = exc.details.get("execution_id")
+    return IdempotencyKeyReused(
+        f"idempotency_key {key!r} was sent with {sent} for execution {first}{of}: a key "
+        "stands for one request for 24 hours, so send new ones with a new key",
+        exc.details,
+    )
+
+
+def _started_reply(execution: JSONObject) -> pb.ExecuteWorkflowResponse:
+    reply = pb.ExecuteWorkflowResponse(
+        execution_id=str(execution["id"]), execution=_execution_message(execution)
+    )
+    # the id above all: a caller that cannot read it cannot find the run it started
+    return _fitted(reply, _json_fields(reply.execution))
+
+
 def _execution_message(doc: JSONObject, *, with_nodes: bool = True) -> pb.Execution:
     """``wire.execution_message`` plus what only the orchestrator knows of a run."""
     message = wire.execution_message(doc, with_nodes=with_nodes)
@@ -446,25 +468,12 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
                 wait=300.0 if request.wait else None,
             )
         except IdempotencyKeyReused as exc:
-            # the store words it for HTTP's Idempotency-Key header; here the key is a field
-            first = exc.details.get("execution_id")
-            await _refuse(
-                context,
-                IdempotencyKeyReused(
-                    f"idempotency_key {request.idempotency_key!r} was sent with other "
-                    f"inputs_json or version for execution {first} of "
-                    f"{request.workflow_id!r}: a key stands for one request for 24 hours, so "
-                    "send new ones with a new key",
-                    exc.details,
-                ),
-            )
+            sent = "other inputs_json or version"
+            of = f" of {request.workflow_id!r}"
+            await _refuse(context, _key_reused(request.idempotency_key, sent, exc, of))
         except Exception as exc:
             await _refuse(context, exc)
-        reply = pb.ExecuteWorkflowResponse(
-            execution_id=str(execution["id"]), execution=_execution_message(execution)
-        )
-        # the id above all: a caller that cannot read it cannot find the run it started
-        return _fitted(reply, _json_fields(reply.execution))
+        return _started_reply(execution)
 
     async def GetExecution(self, request: pb.GetExecutionRequest, context: Context) -> pb.Execution:
         try:
@@ -514,6 +523,22 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             return await self._execution_reply(request.execution_id, _cancel_reply)
         except Exception as exc:
             await _refuse(context, exc)
+
+    async def RetryExecution(
+        self, request: pb.RetryExecutionRequest, context: Context
+    ) -> pb.ExecuteWorkflowResponse:
+        try:
+            _required("execution_id", request.execution_id)
+            execution, _ = await self.api.retry(
+                request.execution_id,
+                idempotency_key=request.idempotency_key or None,
+                wait=300.0 if request.wait else None,
+            )
+        except IdempotencyKeyReused as exc:
+            await _refuse(context, _key_reused(request.idempotency_key, "another request", exc))
+        except Exception as exc:
+            await _refuse(context, exc)
+        return _started_reply(execution)
 
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, context: Context

@@ -85,6 +85,14 @@ class Api(Protocol):
         wait: float | None,
         brief: bool = False,
     ) -> tuple[JSONObject, bool]: ...
+    async def retry(
+        self,
+        execution_id: str,
+        *,
+        idempotency_key: str | None,
+        wait: float | None,
+        brief: bool = False,
+    ) -> tuple[JSONObject, bool]: ...
     async def get_execution(self, execution_id: str) -> JSONObject: ...
     async def execution_head(self, execution_id: str, *, weigh: bool = False) -> ExecutionHead: ...
     def execution_document(
@@ -328,14 +336,7 @@ def _trigger_fields(body: JSON) -> tuple[JSON, str | None, float | None]:
     """inputs, version and the wait timeout (None: answer at once) of a trigger request."""
     if not isinstance(body, dict):
         raise HttpError(400, "bad_request", 'the body must be a JSON object: {"inputs": {...}}')
-    unknown = set(body) - {"inputs", "version", "wait", "timeout"}
-    if unknown:
-        raise HttpError(
-            400,
-            "bad_request",
-            f"unknown field(s) {', '.join(sorted(unknown))}",
-            {"allowed": ["inputs", "version", "wait", "timeout"]},
-        )
+    _known_fields(body, ("inputs", "version", "wait", "timeout"))
     # null is none, as an absent "inputs" is: clients write an unset map so (Go's nil, Java's
     # defaults), and gRPC's inputs_json "null" means the same
     inputs = body.get("inputs")
@@ -344,13 +345,29 @@ def _trigger_fields(body: JSON) -> tuple[JSON, str | None, float | None]:
     version = body.get("version")
     if version is not None and not isinstance(version, str):
         raise HttpError(400, "bad_request", 'version must be a string such as "^1.2"')
+    return inputs, version, _wait_fields(body)
+
+
+def _known_fields(body: dict[str, JSON], allowed: tuple[str, ...]) -> None:
+    unknown = set(body) - set(allowed)
+    if unknown:
+        raise HttpError(
+            400,
+            "bad_request",
+            f"unknown field(s) {', '.join(sorted(unknown))}",
+            {"allowed": list(allowed)},
+        )
+
+
+def _wait_fields(body: dict[str, JSON]) -> float | None:
+    """The wait timeout a body's ``wait`` and ``timeout`` ask for (None: answer at once)."""
     wait_flag = body.get("wait", False)
     if not isinstance(wait_flag, bool):
         raise HttpError(400, "bad_request", "wait must be true or false")
     timeout = body.get("timeout", WAIT_TIMEOUT_DEFAULT)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise HttpError(400, "bad_request", "timeout must be a positive number of seconds")
-    return inputs, version, min(float(timeout), WAIT_TIMEOUT_MAX) if wait_flag else None
+    return min(float(timeout), WAIT_TIMEOUT_MAX) if wait_flag else None
 
 
 def _query_options(request: web.Request) -> tuple[str | None, float | None]:
@@ -393,7 +410,9 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
-def _trigger_answer(execution: JSONObject, waited: bool) -> web.Response:
+def _trigger_answer(
+    execution: JSONObject, waited: bool, extra: JSONObject | None = None
+) -> web.Response:
     status_url = f"/api/v1/executions/{execution['id']}"
     if waited and execution.get("finished_at"):
         return _json(
@@ -403,6 +422,7 @@ def _trigger_answer(execution: JSONObject, waited: bool) -> web.Response:
                 "outputs": execution.get("outputs"),
                 "error": execution.get("error"),
                 "status_url": status_url,
+                **(extra or {}),
             }
         )
     return _json(
@@ -410,6 +430,7 @@ def _trigger_answer(execution: JSONObject, waited: bool) -> web.Response:
             "execution_id": execution["id"],
             "status": execution["status"],
             "status_url": status_url,
+            **(extra or {}),
         },
         202,
     )
@@ -473,6 +494,7 @@ class HttpApi:
             ("GET", "/api/v1/executions", self.list_executions),
             ("GET", "/api/v1/executions/{execution_id}", self.get_execution),
             ("POST", "/api/v1/executions/{execution_id}/cancel", self.cancel),
+            ("POST", "/api/v1/executions/{execution_id}/retry", self.retry),
             ("GET", "/api/v1/executions/{execution_id}/events", self.execution_events),
             ("GET", "/api/v1/events", self.live_events),
             ("GET", "/api/v1/engines", self.engines),
@@ -700,6 +722,18 @@ class HttpApi:
         execution_id = request.match_info["execution_id"]
         await self.api.cancel_run(execution_id, reason or "cancelled on request")
         return await self._document(request, execution_id)
+
+    async def retry(self, request: web.Request) -> web.Response:
+        body = await _read_json(request, required=False)
+        if not isinstance(body, dict):
+            raise HttpError(400, "bad_request", 'the body must be a JSON object: {"wait": true}')
+        _known_fields(body, ("wait", "timeout"))
+        wait = _wait_fields(body)
+        execution_id = request.match_info["execution_id"]
+        execution, _created = await self.api.retry(
+            execution_id, idempotency_key=_idempotency_key(request), wait=wait, brief=True
+        )
+        return _trigger_answer(execution, wait is not None, {"retry_of": execution_id})
 
     async def execution_events(self, request: web.Request) -> web.Response:
         """One page of the stored timeline: a run of thousands of nodes has tens of thousands
@@ -1138,17 +1172,18 @@ def openapi_document(*, guarded: bool = True) -> JSONObject:
         "413": "body too large",
     }
     listing = {"200": "OK", "400": "a filter or limit with a bad value"}
+    key_header = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY},
+    }
     trigger = _op(
         "Start an execution",
         body="TriggerRequest",
         params=[
             _path_param("workflow_id"),
-            {
-                "name": "Idempotency-Key",
-                "in": "header",
-                "required": False,
-                "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY},
-            },
+            key_header,
         ],
         responses={
             "202": "accepted and stored",
@@ -1207,6 +1242,14 @@ def openapi_document(*, guarded: bool = True) -> JSONObject:
                     "required": ["id", "version", "nodes"],
                     "description": "a workflow spec (DESIGN section 3); YAML with "
                     "Content-Type application/yaml",
+                },
+                "RetryRequest": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "wait": {"type": "boolean"},
+                        "timeout": {"type": "number", "exclusiveMinimum": 0},
+                    },
                 },
                 "CancelRequest": {
                     "type": "object",
@@ -1305,6 +1348,30 @@ def openapi_document(*, guarded: bool = True) -> JSONObject:
                     body="CancelRequest",
                     params=[_path_param("execution_id")],
                     responses={"200": "OK", **errors},
+                )
+            },
+            "/api/v1/executions/{execution_id}/retry": {
+                "post": _op(
+                    "A new run of an execution that ended without succeeding (failed, partial, "
+                    "cancelled, timed_out): its version, pinned sub-workflow versions and "
+                    "inputs, keeping the outputs of its nodes that succeeded; answered as a "
+                    "trigger is, with retry_of",
+                    body="RetryRequest",
+                    params=[
+                        _path_param("execution_id"),
+                        key_header,
+                    ],
+                    responses={
+                        "202": "accepted and stored",
+                        "200": "finished while waiting",
+                        "404": "not found",
+                        "409": "not_retryable: the run has not ended, succeeded, or is a "
+                        "sub-workflow run (retry its parent)",
+                        "429": "queue full (Retry-After)",
+                        "503": "the state database cannot take the run now (Retry-After); "
+                        "nothing stored",
+                        **errors,
+                    },
                 )
             },
             "/api/v1/executions/{execution_id}/events": {

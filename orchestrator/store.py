@@ -31,7 +31,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +51,7 @@ from orchestrator.errors import (
 )
 from orchestrator.locking import lock_state
 from orchestrator.timeline import (
+    Checkpoint,
     fold_nodes,
     node_order,
     nodes_done,
@@ -927,6 +928,27 @@ def _decode(body: bytes | str) -> list[JSONObject]:
     return [wire.event_dict(m) for m in pb.ExecuteResponse.FromString(body).events]
 
 
+_GROUP_BYTES: Final = 1 << 20
+"""Bytes of events a row holds at most when the store groups them itself, as an engine's
+stream messages are (``wire.event_batches``): a page of a timeline decodes whole rows."""
+
+
+def _grouped(events: Sequence[JSONObject]) -> Iterator[list[JSONObject]]:
+    """``events`` in runs of up to ``_GROUP_BYTES`` encoded (an event larger goes alone): a
+    retry's kept nodes carry their outputs, megabytes each at most, of hundreds of nodes."""
+    group: list[JSONObject] = []
+    size = 0
+    for event in events:
+        n = wire.event_message_from_dict(event).ByteSize() if len(events) > 1 else 0
+        if group and size + n > _GROUP_BYTES:
+            yield group
+            group, size = [], 0
+        group.append(event)
+        size += n
+    if group:
+        yield group
+
+
 def _record(
     conn: sqlite3.Connection,
     execution_id: str,
@@ -1204,6 +1226,21 @@ class Lineage:
     status: str
     depth: int
     pinned: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySource:
+    """What a retry of an execution takes from it: the same run, with the nodes that
+    succeeded kept."""
+
+    workflow_id: str
+    version: str
+    status: str
+    inputs: JSON
+    pinned: dict[str, str]
+    parent_execution_id: str | None
+    succeeded: list[Checkpoint]
+    """The nodes that succeeded, with their outputs, in the order they ended."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1697,7 +1734,8 @@ class Store:
                 " VALUES (?, ?, ?, ?)",
                 (execution_id, first_seq, first_seq, first_body),
             )
-            _record(conn, execution_id, more_events)
+            for group in _grouped(more_events):
+                _record(conn, execution_id, group)
             return execution_id, True
 
         return await self._writer.run(write, durable=True)
@@ -1935,6 +1973,42 @@ class Store:
             )
 
         return await self._writer.run(read)
+
+    async def retry_source(self, execution_id: str) -> RetrySource | None:
+        """The execution as a retry starts from it; None when there is no such execution. Its
+        events are read whole, on the heavy reader when they weigh as a large document's."""
+        head = await self.execution_head(execution_id, weigh=True)
+        if head is None:
+            return None
+        worker = self._heavy if head.weight > HEAVY_READ_BYTES else self._reader
+
+        def read(conn: sqlite3.Connection) -> RetrySource | None:
+            conn.execute("BEGIN")  # the row and its events as of one moment
+            try:
+                row = conn.execute(
+                    "SELECT workflow_id, version, status, inputs, pinned, parent_execution_id"
+                    " FROM executions WHERE id = ?",
+                    (execution_id,),
+                ).fetchone()
+                if row is None:
+                    return None
+                ends = resume_point(_timeline(conn, execution_id)).checkpoints
+            finally:
+                conn.execute("COMMIT")
+            pinned = _loads(row[4])
+            return RetrySource(
+                workflow_id=str(row[0]),
+                version=str(row[1]),
+                status=str(row[2]),
+                inputs=_loads(row[3]),
+                pinned={str(k): str(v) for k, v in pinned.items()}
+                if isinstance(pinned, dict)
+                else {},
+                parent_execution_id=row[5],
+                succeeded=[c for c in ends if c.status == "succeeded"],
+            )
+
+        return await worker.run(read)
 
     async def live_children(self) -> list[ChildLink]:
         """Unfinished executions started by a parent node, oldest first."""

@@ -358,6 +358,16 @@ class CancelExecutionResponse(_message.Message):
     execution: Execution
     def __init__(self, execution: _Optional[_Union[Execution, _Mapping]] = ...) -> None: ...
 
+class RetryExecutionRequest(_message.Message):
+    __slots__ = ("execution_id", "wait", "idempotency_key")
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    wait: bool
+    idempotency_key: str
+    def __init__(self, execution_id: _Optional[str] = ..., wait: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
 class WatchEventsRequest(_message.Message):
     __slots__ = ("workflow_id", "execution_id", "after_seq")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]

@@ -334,6 +334,11 @@ class OrchestratorStub:
                 request_serializer=engine_dot_api_dot_dagengine__pb2.CancelExecutionRequest.SerializeToString,
                 response_deserializer=engine_dot_api_dot_dagengine__pb2.CancelExecutionResponse.FromString,
                 _registered_method=True)
+        self.RetryExecution = channel.unary_unary(
+                '/dagengine.v1.Orchestrator/RetryExecution',
+                request_serializer=engine_dot_api_dot_dagengine__pb2.RetryExecutionRequest.SerializeToString,
+                response_deserializer=engine_dot_api_dot_dagengine__pb2.ExecuteWorkflowResponse.FromString,
+                _registered_method=True)
         self.WatchEvents = channel.unary_stream(
                 '/dagengine.v1.Orchestrator/WatchEvents',
                 request_serializer=engine_dot_api_dot_dagengine__pb2.WatchEventsRequest.SerializeToString,
@@ -433,6 +438,17 @@ class OrchestratorServicer:
 
     def CancelExecution(self, request, context):
         """Cancels a run and its children.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryExecution(self, request, context):
+        """A new run of an execution that ended without succeeding (failed, partial, cancelled,
+        timed_out): its version, pinned sub-workflow versions and inputs. The nodes that
+        succeeded keep their outputs and do not run again; the others do. FAILED_PRECONDITION
+        (not_retryable) for a run that has not ended, that succeeded, or that is a sub-workflow
+        run (retry its parent).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -544,6 +560,11 @@ def add_OrchestratorServicer_to_server(servicer, server):
                     servicer.CancelExecution,
                     request_deserializer=engine_dot_api_dot_dagengine__pb2.CancelExecutionRequest.FromString,
                     response_serializer=engine_dot_api_dot_dagengine__pb2.CancelExecutionResponse.SerializeToString,
+            ),
+            'RetryExecution': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryExecution,
+                    request_deserializer=engine_dot_api_dot_dagengine__pb2.RetryExecutionRequest.FromString,
+                    response_serializer=engine_dot_api_dot_dagengine__pb2.ExecuteWorkflowResponse.SerializeToString,
             ),
             'WatchEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchEvents,
@@ -789,6 +810,33 @@ class Orchestrator:
             '/dagengine.v1.Orchestrator/CancelExecution',
             engine_dot_api_dot_dagengine__pb2.CancelExecutionRequest.SerializeToString,
             engine_dot_api_dot_dagengine__pb2.CancelExecutionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryExecution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagengine.v1.Orchestrator/RetryExecution',
+            engine_dot_api_dot_dagengine__pb2.RetryExecutionRequest.SerializeToString,
+            engine_dot_api_dot_dagengine__pb2.ExecuteWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

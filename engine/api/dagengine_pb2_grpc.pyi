@@ -166,6 +166,13 @@ class OrchestratorStub:
     ListExecutions: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.ListExecutionsRequest, _dagengine_pb2.ListExecutionsResponse]
     CancelExecution: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.CancelExecutionRequest, _dagengine_pb2.CancelExecutionResponse]
     """Cancels a run and its children."""
+    RetryExecution: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.RetryExecutionRequest, _dagengine_pb2.ExecuteWorkflowResponse]
+    """A new run of an execution that ended without succeeding (failed, partial, cancelled,
+    timed_out): its version, pinned sub-workflow versions and inputs. The nodes that
+    succeeded keep their outputs and do not run again; the others do. FAILED_PRECONDITION
+    (not_retryable) for a run that has not ended, that succeeded, or that is a sub-workflow
+    run (retry its parent).
+    """
     WatchEvents: _grpc.UnaryStreamMultiCallable[_dagengine_pb2.WatchEventsRequest, _dagengine_pb2.Event]
     """Live events, filterable; a slow watcher gets subscriber.lagged with the count it missed.
     With execution_id: the run's stored events first, then live ones, each once; a slow
@@ -208,6 +215,13 @@ class OrchestratorAsyncStub(OrchestratorStub):
     ListExecutions: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.ListExecutionsRequest, _dagengine_pb2.ListExecutionsResponse]  # type: ignore[assignment]
     CancelExecution: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.CancelExecutionRequest, _dagengine_pb2.CancelExecutionResponse]  # type: ignore[assignment]
     """Cancels a run and its children."""
+    RetryExecution: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.RetryExecutionRequest, _dagengine_pb2.ExecuteWorkflowResponse]  # type: ignore[assignment]
+    """A new run of an execution that ended without succeeding (failed, partial, cancelled,
+    timed_out): its version, pinned sub-workflow versions and inputs. The nodes that
+    succeeded keep their outputs and do not run again; the others do. FAILED_PRECONDITION
+    (not_retryable) for a run that has not ended, that succeeded, or that is a sub-workflow
+    run (retry its parent).
+    """
     WatchEvents: _aio.UnaryStreamMultiCallable[_dagengine_pb2.WatchEventsRequest, _dagengine_pb2.Event]  # type: ignore[assignment]
     """Live events, filterable; a slow watcher gets subscriber.lagged with the count it missed.
     With execution_id: the run's stored events first, then live ones, each once; a slow
@@ -289,6 +303,19 @@ class OrchestratorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dagengine_pb2.CancelExecutionResponse, _abc.Awaitable[_dagengine_pb2.CancelExecutionResponse]]:
         """Cancels a run and its children."""
+
+    @_abc_1.abstractmethod
+    def RetryExecution(
+        self,
+        request: _dagengine_pb2.RetryExecutionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dagengine_pb2.ExecuteWorkflowResponse, _abc.Awaitable[_dagengine_pb2.ExecuteWorkflowResponse]]:
+        """A new run of an execution that ended without succeeding (failed, partial, cancelled,
+        timed_out): its version, pinned sub-workflow versions and inputs. The nodes that
+        succeeded keep their outputs and do not run again; the others do. FAILED_PRECONDITION
+        (not_retryable) for a run that has not ended, that succeeded, or that is a sub-workflow
+        run (retry its parent).
+        """
 
     @_abc_1.abstractmethod
     def WatchEvents(

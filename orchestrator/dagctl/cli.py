@@ -501,6 +501,20 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason", help="recorded with the cancellation")
     output(cancel)
 
+    retry = sub.add_parser(
+        "retry",
+        help="run a failed, partial, cancelled or timed-out execution again, keeping the "
+        "outputs of its nodes that succeeded",
+    )
+    retry.add_argument(
+        "id",
+        metavar="ID",
+        help=f"the execution's id, or its first {SHORTEST_ABBREVIATION} characters or more",
+    )
+    retry.add_argument("--wait", action="store_true", help="follow the new run live until it ends")
+    retry.add_argument("--idempotency-key", metavar="KEY")
+    output(retry)
+
     backup = sub.add_parser(
         "backup", help="save a consistent copy of the orchestrator's state database"
     )
@@ -618,11 +632,12 @@ _NOT_EMPTY: Final = ("idempotency_key", "workflow", "version", "timezone", "cron
 """Options whose empty value is refused rather than taken as the option not given."""
 
 
-def _execution(client: Client, execution_id: str, *, to_cancel: bool = False) -> JSONObject:
+def _execution(client: Client, execution_id: str, *, acting: str | None = None) -> JSONObject:
     """One execution by id, or by an abbreviation of a recent one's id (among the newest
     ``RECENT``) that fits it alone: its first ``SHORTEST_ABBREVIATION`` characters or more, or
-    as many of its last, which event lines show. ``to_cancel`` takes the first only, so that
-    a stray word cannot stop a run whose id happens to end with it."""
+    as many of its last, which event lines show. ``acting``: the command that acts on the run
+    (cancel, retry) takes the first only, so that a stray word cannot act on a run whose id
+    happens to end with it."""
     try:
         return client.get(f"/api/v1/executions/{_quote(execution_id)}")
     except ApiError as exc:
@@ -644,19 +659,19 @@ def _execution(client: Client, execution_id: str, *, to_cancel: bool = False) ->
     ]
     starting = [e for e in recent if str(e["id"]).startswith(execution_id)]
     ending = [e for e in recent if str(e["id"]).endswith(execution_id)]
-    if to_cancel and not starting and ending:
+    if acting and not starting and ending:
         raise BadArguments(
-            f"cancel takes an execution's whole id or its first {SHORTEST_ABBREVIATION} "
+            f"{acting} takes an execution's whole id or its first {SHORTEST_ABBREVIATION} "
             f"characters or more, not its last: {given} ends "
             + ", ".join(printable(str(e["id"])) for e in ending)
         )
-    matches = starting if to_cancel else starting + [e for e in ending if e not in starting]
+    matches = starting if acting else starting + [e for e in ending if e not in starting]
     if not matches:
         raise ApiError(
             404,
             unknown.code,
             f"{unknown.message}; nor does any of the newest {RECENT} executions' ids "
-            f"{'begin' if to_cancel else 'begin or end'} with it",
+            f"{'begin' if acting else 'begin or end'} with it",
             unknown.details,
         )
     if len(matches) > 1:
@@ -957,6 +972,24 @@ def cmd_run(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
         {"Idempotency-Key": header_value("--idempotency-key", key)} if key is not None else None
     )
     accepted = client.post(f"/trigger/{_quote(args.workflow)}", body, headers=headers).body
+    return _started(args, client, accepted, out, err)
+
+
+def cmd_retry(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
+    target = _execution(client, args.id, acting="retry")
+    key = args.idempotency_key
+    headers = (
+        {"Idempotency-Key": header_value("--idempotency-key", key)} if key is not None else None
+    )
+    path = f"/api/v1/executions/{_quote(str(target.get('id')))}/retry"
+    accepted = client.post(path, {}, headers=headers).body
+    return _started(args, client, accepted, out, err)
+
+
+def _started(
+    args: argparse.Namespace, client: Client, accepted: JSONObject, out: TextIO, err: TextIO
+) -> int:
+    """What ``run`` and ``retry`` say of the run they started, following it with ``--wait``."""
     execution_id = str(accepted.get("execution_id"))
     status_url = str(accepted.get("status_url", ""))
     if status_url.startswith("/"):
@@ -968,7 +1001,11 @@ def cmd_run(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
             # the id alone on stdout, so that RUN=$(dagctl run wf) is the id; the rest is for
             # the person at the terminal
             out.write(f"{printable(execution_id)}\n")
-            said = f"accepted ({accepted.get('status', 'queued')}); status: {status_url}"
+            retrying = accepted.get("retry_of")
+            said = f"accepted ({accepted.get('status', 'queued')})" + (
+                f", a retry of {retrying}" if retrying else ""
+            )
+            said += f"; status: {status_url}"
             err.write(f"{printable(said)}\n")
         return EXIT_OK
     # with -o json the document is the output, so progress goes to stderr
@@ -1468,7 +1505,7 @@ def _live(
 
 
 def cmd_cancel(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
-    target = _execution(client, args.id, to_cancel=True)
+    target = _execution(client, args.id, acting="cancel")
     execution_id = str(target.get("id"))
     before = target.get("status")
     body: JSONObject = {"reason": args.reason} if args.reason else {}
@@ -1676,6 +1713,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Client, TextIO, TextIO], int]]
     "describe": cmd_describe,
     "events": cmd_events,
     "cancel": cmd_cancel,
+    "retry": cmd_retry,
     "trigger": cmd_trigger,
     "backup": cmd_backup,
 }

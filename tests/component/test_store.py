@@ -475,6 +475,44 @@ async def test_messages_of_a_few_kilobytes_take_no_overflow_page(store: Store) -
     assert pages["leaf"] <= 60, pages
 
 
+async def test_events_stored_with_a_new_run_are_grouped_into_rows_of_a_megabyte(
+    store: Store,
+) -> None:
+    """A retry's kept nodes come with the run, outputs and all: hundreds of kilobytes each
+    would otherwise make one row a page of the timeline decodes whole."""
+    kept = [event(seq, "node.succeeded", f"n{seq}", output="x" * 300_000) for seq in range(2, 12)]
+    _, created = await store.create_execution(
+        execution_id="e1",
+        workflow_id="wf",
+        version="1.0.0",
+        inputs={},
+        pinned={},
+        created_at=100.0,
+        node_ids=["a", "b", "c"],
+        first_event=event(1, "execution.queued"),
+        more_events=kept,
+    )
+    assert created
+    with sqlite3.connect(store.path) as conn:
+        sizes = [
+            (first, last, size)
+            for first, last, size in conn.execute(
+                "SELECT first_seq, last_seq, length(body) FROM event_messages"
+                " WHERE execution_id = 'e1' ORDER BY first_seq"
+            )
+        ]
+    # the queued event alone, then three outputs (900 KB) a row
+    assert [(first, last) for first, last, _ in sizes] == [
+        (1, 1),
+        (2, 4),
+        (5, 7),
+        (8, 10),
+        (11, 11),
+    ]
+    assert all(size <= 1 << 20 for _, _, size in sizes)
+    assert [e["seq"] for e in await store.events("e1")] == list(range(1, 12))
+
+
 async def test_trigger_history_keeps_the_newest_slots_of_each_trigger(store: Store) -> None:
     total = TRIGGER_HISTORY_KEEP + 300
     for i in range(total):
