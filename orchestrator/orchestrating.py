@@ -411,7 +411,14 @@ class Orchestrator:
                 len(source.succeeded),
             )
         return await self._answer(
-            stored_id, created, now, spec, source.inputs, wait=wait, brief=brief
+            stored_id,
+            created,
+            now,
+            spec,
+            source.inputs,
+            wait=wait,
+            brief=brief,
+            retry_of=execution_id,
         )
 
     async def _check_room(self, workflow_id: str, idempotency_key: str | None) -> None:
@@ -436,6 +443,7 @@ class Orchestrator:
         *,
         wait: float | None,
         brief: bool,
+        retry_of: str | None = None,
     ) -> tuple[JSONObject, bool]:
         """What a request that stored (or found, by its key) a run gets: the queued document at
         once, or with ``wait`` the run as it stands when it ends or the wait runs out."""
@@ -445,7 +453,7 @@ class Orchestrator:
             self._waiters.setdefault(stored_id, []).append(waiter)
         if created and waiter is None:
             # the answer to a fresh 202 is known without reading it back
-            return self._queued_document(stored_id, spec, inputs, now), True
+            return self._queued_document(stored_id, spec, inputs, now, retry_of), True
         if waiter is not None and wait is not None:
             done = False
             if not created:  # a repeat of an idempotent request: the first run may be over
@@ -456,7 +464,8 @@ class Orchestrator:
                     final = await asyncio.wait_for(asyncio.shield(waiter), wait)
                     if brief:
                         # the final event is stored already and says all the answer needs
-                        return self._ended_document(stored_id, spec, inputs, now, final), created
+                        ended = self._ended_document(stored_id, spec, inputs, now, final)
+                        return {**ended, "retry_of": retry_of}, created
             except TimeoutError:
                 pass
             finally:
@@ -638,6 +647,7 @@ class Orchestrator:
             depth=depth,
             fire=fire,
             more_events=more,
+            retry_of=None if retry is None else retry.execution_id,
         )
         published = [queued, *more]
         if track is not None:
@@ -831,7 +841,11 @@ class Orchestrator:
 
     @staticmethod
     def _queued_document(
-        execution_id: str, spec: WorkflowSpec, inputs: JSON, created_at: float
+        execution_id: str,
+        spec: WorkflowSpec,
+        inputs: JSON,
+        created_at: float,
+        retry_of: str | None = None,
     ) -> JSONObject:
         return {
             "id": execution_id,
@@ -846,6 +860,7 @@ class Orchestrator:
             "started_at": None,
             "finished_at": None,
             "parent_execution_id": None,
+            "retry_of": retry_of,
             "nodes": {},
         }
 

@@ -290,6 +290,9 @@ def _execution_message(doc: JSONObject, *, with_nodes: bool = True) -> pb.Execut
     attempt = doc.get("parent_attempt")
     if isinstance(attempt, int) and not isinstance(attempt, bool):
         message.parent_attempt = attempt
+    retry_of = doc.get("retry_of")
+    if isinstance(retry_of, str):
+        message.retry_of = retry_of
     return message
 
 

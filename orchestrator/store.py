@@ -255,6 +255,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE UNIQUE INDEX event_messages_by_run ON event_messages (execution_id, first_seq);
     """,
+    # the run a retry was made from (POST /api/v1/executions/{id}/retry), shown on its document
+    """
+    ALTER TABLE executions ADD COLUMN retry_of TEXT;
+    """,
 )
 _BATCH_TABLES: Final = ("event_messages", "event_batches")
 """Where a run's stored stream messages are: the rowid table every write goes to, and the
@@ -1164,7 +1168,7 @@ def page_continues(found: Sequence[JSONObject], limit: int) -> bool:
 _EXECUTION_COLUMNS: Final = (
     "id, workflow_id, version, status, inputs, outputs, error, created_at, started_at,"
     " finished_at, parent_execution_id, node_total, nodes_done, parent_node_id, parent_item,"
-    " parent_attempt"
+    " parent_attempt, retry_of"
 )
 
 
@@ -1194,6 +1198,7 @@ def _document(row: sqlite3.Row | tuple[Any, ...], done: int | None = None) -> JS
         parent_node,
         parent_item,
         parent_attempt,
+        retry_of,
     ) = row
     doc: JSONObject = {
         "id": eid,
@@ -1214,6 +1219,7 @@ def _document(row: sqlite3.Row | tuple[Any, ...], done: int | None = None) -> JS
         # which attempt of that node (a node retried runs a new child per attempt): null
         # otherwise
         "parent_attempt": parent_attempt if parent_node else None,
+        "retry_of": retry_of,
     }
     return doc
 
@@ -1650,6 +1656,7 @@ class Store:
         depth: int = 0,
         fire: TriggerFire | None = None,
         more_events: Sequence[JSONObject] = (),
+        retry_of: str | None = None,
     ) -> tuple[str, bool]:
         """Store a new execution with its first event (and ``more_events``, the ones after it,
         in the same transaction); with a key seen in the last 24 h,
@@ -1711,8 +1718,8 @@ class Store:
             conn.execute(
                 "INSERT INTO executions (id, workflow_id, version, status, inputs, created_at,"
                 " parent_execution_id, parent_node_id, pinned, node_total, last_seq,"
-                " parent_item, parent_attempt, depth)"
-                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " parent_item, parent_attempt, depth, retry_of)"
+                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     execution_id,
                     workflow_id,
@@ -1727,6 +1734,7 @@ class Store:
                     parent_item,
                     parent_attempt,
                     depth,
+                    retry_of,
                 ),
             )
             conn.execute(

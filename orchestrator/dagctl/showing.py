@@ -303,6 +303,8 @@ def execution_details(doc: JSONObject, now: float, width: int = 60) -> Renderabl
         if doc.get("parent_node_id"):
             parent += f" (node {text_of(doc.get('parent_node_id'))})"
         head.add_row("Parent", parent)
+    if doc.get("retry_of"):
+        head.add_row("Retry of", text_of(doc.get("retry_of")))
     if doc.get("error"):
         head.add_row("Error", Text(text_of(doc.get("error")), style="red"))
     head.add_row("Inputs", compact(doc.get("inputs"), width * 2))
@@ -475,8 +477,12 @@ def _event_message(event: JSONObject) -> str:
     took = data.get("duration_ms")
     if isinstance(took, int | float) and not isinstance(took, bool):
         parts.append(duration(took / 1000))
+    if kind == "node.succeeded" and data.get("reused_from"):
+        parts.append(f"kept from {short_id(data.get('reused_from'))}")
     if kind == "node.succeeded" and "output" in data:
         parts.append(compact(data.get("output"), 60))
+    elif kind == "execution.queued" and data.get("retry_of"):
+        parts.append(f"retry of {short_id(data.get('retry_of'))}")
     elif kind in {f"execution.{s}" for s in EXECUTION_TERMINAL} and data.get("outputs"):
         parts.append("outputs " + compact(data.get("outputs"), 60))
     elif kind == "execution.queued" and data.get("inputs"):

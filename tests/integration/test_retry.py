@@ -131,6 +131,7 @@ async def test_a_retry_keeps_what_succeeded_and_runs_the_rest(cluster: Cluster) 
 
         doc = await get(http, f"{url}/api/v1/executions/{again}")
         assert doc["workflow_id"] == "gated" and doc["version"] == "1.0.0"
+        assert doc["retry_of"] == first_id and before["retry_of"] is None
         assert doc["inputs"] == {"n": 4, "open_at": until}
         assert {k: n["status"] for k, n in doc["nodes"].items()} == dict.fromkeys(
             ("first", "side", "gate", "last"), "succeeded"
@@ -298,7 +299,7 @@ async def test_retry_over_grpc(cluster: Cluster) -> None:
             pb.RetryExecutionRequest(execution_id=failed, wait=True, idempotency_key="g1"),
             metadata=AUTH,
         )
-        assert done.execution.status == "succeeded"
+        assert done.execution.status == "succeeded" and done.execution.retry_of == failed
         assert json.loads(done.execution.outputs_json) == {"last": {"n": 21, "side": "side"}}
         assert {n.node_id: n.status for n in done.execution.nodes}["first"] == "succeeded"
         again = await stub.RetryExecution(
@@ -357,6 +358,12 @@ async def test_dagctl_retry(cluster: Cluster, capsys: pytest.CaptureFixture[str]
         code, out, err = dagctl(url, capsys, "retry", queued, "--wait")
         assert code == 0, err
         assert "succeeded" in out and '"n": 31' in out, out
+        last = out.split("execution ", 1)[1].split(" ", 1)[0]
+        code, out, err = dagctl(url, capsys, "describe", "execution", last)
+        assert code == 0 and ["Retry", "of", queued] in [line.split() for line in out.splitlines()]
+        code, out, err = dagctl(url, capsys, "events", last)
+        assert code == 0, err
+        assert f"retry of {queued[-8:]}" in out and f"kept from {queued[-8:]}" in out, out
         code, out, err = dagctl(url, capsys, "retry", failed, "-o", "json")
         assert code == 0 and json.loads(out)["retry_of"] == failed, out
         third = json.loads(out)["execution_id"]
