@@ -6,6 +6,7 @@ nobody scrapes; gauges of engines and queue depth are read from the live objects
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,19 @@ from engine.core.values import JSONObject
 _BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 _TERMINAL = {"succeeded", "partial", "failed", "cancelled", "timed_out"}
 _NODE_ENDS = {"succeeded", "failed", "skipped", "blocked", "cancelled"}
+
+
+def _seconds(ms: object) -> float | None:
+    """An event's milliseconds as a histogram's seconds, or None for what no histogram should
+    take: not a number, not finite, or negative (a duration an engine measured across a clock
+    stepped back, or one from before it clamped them), which would drag the sum below zero."""
+    if isinstance(ms, bool) or not isinstance(ms, int | float):
+        return None
+    try:
+        seconds = ms / 1000
+    except OverflowError:  # an integer past a float's range
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 class Metrics:
@@ -105,20 +119,20 @@ class Metrics:
                 continue
             family, _, what = kind.partition(".")
             data = event.get("data")
-            ms = data.get("duration_ms") if isinstance(data, dict) else None
+            seconds = _seconds(data.get("duration_ms")) if isinstance(data, dict) else None
             workflow = str(event.get("workflow_id") or "")
             if family == "execution" and what in _TERMINAL:
                 self._child(self.executions, workflow, what).inc()
-                if isinstance(ms, int | float):
-                    self._child(self.execution_seconds, workflow).observe(ms / 1000)
+                if seconds is not None:
+                    self._child(self.execution_seconds, workflow).observe(seconds)
                 # nodes the run never reached end cancelled with it, without an event each
                 unreached = data.get("unreached") if isinstance(data, dict) else None
                 if isinstance(unreached, int) and unreached > 0:
                     self._child(self.nodes, "cancelled").inc(unreached)
             elif family == "node" and what in _NODE_ENDS:
                 self._child(self.nodes, what).inc()
-                if isinstance(ms, int | float):
-                    self._child(self.node_seconds, workflow).observe(ms / 1000)
+                if seconds is not None:
+                    self._child(self.node_seconds, workflow).observe(seconds)
             elif family == "trigger" and isinstance(data, dict):
                 # a missed event stands for every slot it reports; one whose run was refused
                 # (no such version any more, its inputs) failed, which downtime did not cause
@@ -127,9 +141,9 @@ class Metrics:
                 self.trigger_slots.labels(str(data.get("trigger_type") or ""), outcome).inc(
                     count if isinstance(count, int) and count > 0 else 1
                 )
-                lag = data.get("lag_ms")
-                if what == "fired" and isinstance(lag, int | float):
-                    self.trigger_lag.observe(lag / 1000)
+                lag = _seconds(data.get("lag_ms")) if what == "fired" else None
+                if lag is not None:
+                    self.trigger_lag.observe(lag)
 
     def dropped(self, count: int) -> None:
         self.events_dropped.inc(count)

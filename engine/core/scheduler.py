@@ -40,6 +40,14 @@ from engine.core.values import JSON, JSONObject, json_kind
 
 MISSING: Final = object()
 
+
+def _duration_ms(since: float, now: float) -> float:
+    """Milliseconds from ``since`` to ``now``, never negative: times are the wall clock's (a
+    run's stamps must read as times, and a resumed run's began on another engine's clock), and
+    a clock stepped back while a node ran would otherwise report it as taking negative time."""
+    return round(max(0.0, now - since) * 1000, 3)
+
+
 # Stimuli and instructions are made several times per node, so they are plain slotted
 # dataclasses (frozen ones construct three times slower); nothing mutates them once made.
 
@@ -536,7 +544,7 @@ class Run:
             if error is not None:
                 payload["error"] = error
             if n.started_at is not None and status in ("succeeded", "failed", "cancelled"):
-                payload["duration_ms"] = round((self._now - n.started_at) * 1000, 3)
+                payload["duration_ms"] = _duration_ms(n.started_at, self._now)
             severity: Severity = (
                 "error"
                 if status == "failed"
@@ -904,7 +912,7 @@ class Run:
         if unreached:
             data["unreached"] = unreached
         if self.started_at is not None:
-            data["duration_ms"] = round((self._now - self.started_at) * 1000, 3)
+            data["duration_ms"] = _duration_ms(self.started_at, self._now)
         severity: Severity = (
             "info"
             if status == "succeeded"

@@ -1364,6 +1364,52 @@ local table_lib = copy(table)
 table_lib.move, table_lib.insert, table_lib.remove = sandbox_move, sandbox_insert, sandbox_remove
 table_lib.concat, table_lib.unpack, table_lib.sort = sandbox_concat, sandbox_unpack, sandbox_sort
 
+-- os.date. C's os.date here calls gmtime and localtime (lupa builds Lua without LUA_USE_POSIX,
+-- so not their _r forms), whose result is one static struct that every runtime in the process
+-- shares: a script formatting a date while another thread does read the other's. So each call
+-- runs under one process-wide lock: py_date takes it and calls locked_date back, here, on the
+-- main thread, which has no hook (no limit trips in there; a failed allocation is the pcall's)
+-- and runs no script code (os.date calls no metamethods), and Python lets go of the lock
+-- whatever happens. The arguments and the answer pass through upvalues, never through Python,
+-- so a string is whatever bytes it was. What the script sees is C's os.date's answer or error,
+-- with the name and position C would give it (but see the tail calls in engine.lua.sandbox).
+local dates  -- sandbox: os.date as scripts see it; locked: what py_date calls back
+do  -- a block of its own: the main chunk may hold at most 200 locals
+  local py_date = config.date
+  local date = os.date  -- the name C's argument errors give it
+  local date_format, date_time, date_ok, date_value = nil, nil, false, nil
+
+  local function call_date()
+    local value = date(date_format, date_time)  -- not a tail call: that would lose the name
+    return value
+  end
+
+  local function locked_date()
+    date_ok, date_value = pcall(call_date)
+  end
+
+  local function sandbox_date(fmt, t)
+    date_format, date_time, date_ok, date_value = fmt, t, false, nil
+    py_date()
+    local ok, value = date_ok, date_value
+    date_format, date_time, date_value = nil, nil, nil  -- nothing of the run stays reachable
+    if ok then return value end
+    if value == MEMORY_ERROR then trip_memory() end
+    value = unplaced(value)
+    -- named as C names the function it was called through: as the script called it, or
+    -- os.date where C called it (pcall(os.date, ...)) and the name is not known
+    local n, rest = match(value, "^bad argument #(%d+) to 'date' (.*)$")
+    if n then
+      local info = getinfo(1, "nt")
+      local name = info.name or (info.istailcall and "date" or "os.date")
+      value = format("bad argument #%s to '%s' %s", n, name, rest)
+    end
+    error(value, 1)
+  end
+
+  dates = {sandbox = sandbox_date, locked = locked_date}
+end
+
 local coroutine_lib = copy(coroutine)
 coroutine_lib.create = sandbox_create
 coroutine_lib.resume = sandbox_resume
@@ -1376,7 +1422,7 @@ local BASE = {
   table = readonly("table", table_lib),
   math = readonly("math", math_lib),
   utf8 = readonly("utf8", copy(utf8)),
-  os = readonly("os", {time = os.time, date = os.date, clock = os.clock}),
+  os = readonly("os", {time = os_time, date = dates.sandbox, clock = os.clock}),
   coroutine = readonly("coroutine", coroutine_lib),
   json = readonly("json", {encode = json_encode, decode = json_decode, null = NULL,
                            array = json_array}),
@@ -1512,7 +1558,7 @@ local CALL_NAMES = {
   [guarded_gsub] = "gsub", [sandbox_rep] = "rep", [sandbox_move] = "move",
   [sandbox_insert] = "insert", [sandbox_remove] = "remove", [sandbox_concat] = "concat",
   [sandbox_unpack] = "unpack", [sandbox_sort] = "sort", [sandbox_rawset] = "rawset",
-  [sandbox_setmetatable] = "setmetatable",
+  [sandbox_setmetatable] = "setmetatable", [dates.sandbox] = "date",
 }
 local OUTPUT_SUFFIX = ": outputs must be JSON values"
 
@@ -1697,5 +1743,6 @@ for _, name in ipairs({"io", "os", "debug", "package", "require", "load", "loadf
   _G[name] = nil
 end
 
-return {run = run, reset = reset, mark_arrays = mark_arrays, null = NULL}
+return {run = run, reset = reset, mark_arrays = mark_arrays, null = NULL,
+        locked_date = dates.locked}
 """

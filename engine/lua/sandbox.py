@@ -144,6 +144,11 @@ _MIN_MEMORY: Final = 64 * 1024
 
 _CHECK_CANCELLED, _CHECK_DEADLINE, _CHECK_WALL_TIME = 1, 2, 3
 
+_DATE_LOCK: Final = threading.Lock()
+"""Held around every ``os.date`` of every sandbox in the process: C's os.date reads the one
+static result of ``gmtime``/``localtime``, which another thread's call overwrites (see the
+prelude)."""
+
 
 @dataclass(frozen=True)
 class LuaLimits:
@@ -414,12 +419,19 @@ class LuaSandbox:
             if sandbox is not None:
                 sandbox._memory(on)
 
+        def date() -> None:
+            sandbox = this()
+            if sandbox is not None:
+                with _DATE_LOCK:
+                    sandbox._locked_date()
+
         config = self._table_from(
             {
                 "check": check,
                 "lookup": lookup,
                 "inputs": inputs,
                 "memory": memory,
+                "date": date,
                 "hook_count": _HOOK_COUNT,
                 "check_every": check_every,
                 "pattern_budget": limits.pattern_budget,
@@ -436,6 +448,7 @@ class LuaSandbox:
         self._reset_lua = api["reset"]
         self._mark_arrays = api["mark_arrays"]
         self._null = api["null"]
+        self._locked_date = api["locked_date"]
 
     # -- compiling -------------------------------------------------------------------------
 
