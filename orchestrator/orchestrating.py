@@ -58,7 +58,7 @@ from orchestrator.store import (
     TriggerFire,
 )
 from orchestrator.subworkflows import ChildRequest, ChildStarted, SubWorkflows, node_attempts
-from orchestrator.timeline import Checkpoint
+from orchestrator.timeline import Checkpoint, retry_keeps
 from orchestrator.versions import Registry
 
 log = logging.getLogger(__name__)
@@ -364,9 +364,10 @@ class Orchestrator:
         brief: bool = False,
     ) -> tuple[JSONObject, bool]:
         """A new run of an execution that ended without succeeding: the same version, pinned
-        sub-workflow versions and inputs. The nodes that succeeded keep their outputs (stored
-        as the new run's first node events, so they are its checkpoints, and never run again);
-        the others run again. Answered as ``execute`` answers."""
+        sub-workflow versions and inputs. The nodes that succeeded on what will hold again
+        (``retry_keeps``) keep their outputs (stored as the new run's first node events, so
+        they are its checkpoints, and never run again); the others run again. Answered as
+        ``execute`` answers."""
         _check_key(idempotency_key)
         source = await self.store.retry_source(execution_id)
         if source is None:
@@ -390,6 +391,7 @@ class Orchestrator:
                 {"status": source.status},
             )
         spec = self.registry.resolve_spec(source.workflow_id, source.version)
+        kept = retry_keeps(spec.order, spec.deps, source.ended)
         await self._check_room(spec.id, idempotency_key)
         stored_id, created, now = await self._store_execution(
             spec,
@@ -399,7 +401,7 @@ class Orchestrator:
             request_digest=(
                 None if idempotency_key is None else _digest(source.inputs, f"retry {execution_id}")
             ),
-            retry=Retry(execution_id, tuple(source.succeeded)),
+            retry=Retry(execution_id, tuple(kept)),
         )
         if created:
             log.info(
@@ -408,7 +410,7 @@ class Orchestrator:
                 execution_id,
                 spec.id,
                 spec.version,
-                len(source.succeeded),
+                len(kept),
             )
         return await self._answer(
             stored_id,

@@ -1245,8 +1245,8 @@ class RetrySource:
     inputs: JSON
     pinned: dict[str, str]
     parent_execution_id: str | None
-    succeeded: list[Checkpoint]
-    """The nodes that succeeded, with their outputs, in the order they ended."""
+    ended: list[Checkpoint]
+    """The nodes that ended (those that succeeded with their outputs), in the order they did."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -2013,7 +2013,7 @@ class Store:
                 if isinstance(pinned, dict)
                 else {},
                 parent_execution_id=row[5],
-                succeeded=[c for c in ends if c.status == "succeeded"],
+                ended=ends,
             )
 
         return await worker.run(read)

@@ -210,6 +210,29 @@ def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
     return ResumePoint(out, sleeping, started_at, retried, waits)
 
 
+def retry_keeps(
+    order: Sequence[str], deps: Mapping[str, Sequence[str]], ended: Iterable[Checkpoint]
+) -> list[Checkpoint]:
+    """The nodes a retry keeps, of those a run ``ended`` (in ``order``, topological): each
+    that succeeded where every dependency is kept too, or skipped on the same grounds (its
+    ``when`` sees the same inputs and results, so it skips again). A node that ran because
+    another failed or was cut short (``all_done``, ``one_failed``, ``none_failed`` after a
+    skip that will not come) ran on an outcome the retry changes, so it runs again, and so
+    does everything after it."""
+    status = {c.node_id: c for c in ended}
+    settled: set[str] = set()
+    kept: list[Checkpoint] = []
+    for node_id in order:
+        end = status.get(node_id)
+        if end is None or end.status not in ("succeeded", "skipped"):
+            continue
+        if all(d in settled for d in deps.get(node_id, ())):
+            settled.add(node_id)
+            if end.status == "succeeded":
+                kept.append(end)
+    return kept
+
+
 def _fold_wait(
     waiting: dict[tuple[str, int | None], tuple[int, float]],
     node_id: str,

@@ -37,6 +37,10 @@ nodes:
   - id: last
     depends_on: [gate, side]
     lua: return { n = results.gate.n, side = results.side }
+  - id: alert
+    depends_on: [gate]
+    trigger_rule: one_failed
+    lua: return "alerted"
 """
 
 NAP = """
@@ -111,7 +115,7 @@ async def test_a_retry_keeps_what_succeeded_and_runs_the_rest(cluster: Cluster) 
             f"{url}/trigger/gated",
             {"inputs": {"n": 4, "open_at": until}, "wait": True, "timeout": 30},
         )
-        assert status == 200 and body["status"] == "failed", body
+        assert status == 200 and body["status"] == "partial", body
         first_id = body["execution_id"]
         before = await get(http, f"{url}/api/v1/executions/{first_id}")
         assert {k: n["status"] for k, n in before["nodes"].items()} == {
@@ -119,6 +123,7 @@ async def test_a_retry_keeps_what_succeeded_and_runs_the_rest(cluster: Cluster) 
             "side": "succeeded",
             "gate": "failed",
             "last": "blocked",
+            "alert": "succeeded",
         }
         await wait_for("the gate to open", _after(until))
 
@@ -133,9 +138,11 @@ async def test_a_retry_keeps_what_succeeded_and_runs_the_rest(cluster: Cluster) 
         assert doc["workflow_id"] == "gated" and doc["version"] == "1.0.0"
         assert doc["retry_of"] == first_id and before["retry_of"] is None
         assert doc["inputs"] == {"n": 4, "open_at": until}
-        assert {k: n["status"] for k, n in doc["nodes"].items()} == dict.fromkeys(
-            ("first", "side", "gate", "last"), "succeeded"
-        )
+        # alert ran because gate failed: with gate through, it is decided again, and skips
+        assert {k: n["status"] for k, n in doc["nodes"].items()} == {
+            **dict.fromkeys(("first", "side", "gate", "last"), "succeeded"),
+            "alert": "skipped",
+        }
         assert doc["nodes"]["first"]["output"] == {"n": 40}
         assert doc["progress"] == 100
         events = await timeline(http, url, again)
@@ -245,7 +252,7 @@ async def test_retries_refused_and_sent_twice(cluster: Cluster) -> None:
         status, body = await post(
             http, f"{url}/trigger/gated", {"inputs": {"n": 1, "open_at": far}, "wait": True}
         )
-        assert status == 200 and body["status"] == "failed", body
+        assert status == 200 and body["status"] == "partial", body
         failed = body["execution_id"]
 
         status, body = await retry(http, url, "no-such-run")
@@ -272,7 +279,7 @@ async def test_retries_refused_and_sent_twice(cluster: Cluster) -> None:
         assert status == 422 and body["error"]["code"] == "idempotency_key_reused", body
 
         done = await wait_end(http, url, one["execution_id"])
-        assert done["status"] == "failed"  # the gate is still shut
+        assert done["status"] == "partial"  # the gate is still shut
         status, body = await post(
             http, f"{url}/trigger/gated", {"inputs": {"n": 1, "open_at": 0}, "wait": True}
         )
@@ -290,7 +297,7 @@ async def test_retry_over_grpc(cluster: Cluster) -> None:
         status, body = await post(
             http, f"{url}/trigger/gated", {"inputs": {"n": 2, "open_at": until}, "wait": True}
         )
-        assert status == 200 and body["status"] == "failed", body
+        assert status == 200 and body["status"] == "partial", body
         failed = body["execution_id"]
     await wait_for("the gate to open", _after(until))
     async with grpc.aio.insecure_channel(cluster.orchestrator.grpc_address) as channel:
@@ -343,7 +350,7 @@ async def test_dagctl_retry(cluster: Cluster, capsys: pytest.CaptureFixture[str]
         status, body = await post(
             http, f"{url}/trigger/gated", {"inputs": {"n": 3, "open_at": until}, "wait": True}
         )
-        assert status == 200 and body["status"] == "failed", body
+        assert status == 200 and body["status"] == "partial", body
         failed = body["execution_id"]
         # by the start of its id, as cancel takes it; not by its end
         code, out, err = dagctl(url, capsys, "retry", failed[-10:])
@@ -353,7 +360,7 @@ async def test_dagctl_retry(cluster: Cluster, capsys: pytest.CaptureFixture[str]
         queued = out.strip()
         assert f", a retry of {failed}; status: " in err
         done = await wait_end(http, url, queued)
-        assert done["status"] == "failed"  # too soon: the gate is still shut
+        assert done["status"] == "partial"  # too soon: the gate is still shut
         await wait_for("the gate to open", _after(until))
         code, out, err = dagctl(url, capsys, "retry", queued, "--wait")
         assert code == 0, err

@@ -8,12 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.timeline import (
+    Checkpoint,
     checkpoints,
     fold_nodes,
     node_order,
     nodes_done,
     progress,
     resume_point,
+    retry_keeps,
     summarize,
 )
 
@@ -332,3 +334,49 @@ def test_a_node_that_never_started_ran_on_no_engine() -> None:
     nodes = fold_nodes(["a", "b"], events)
     assert nodes["a"]["engine_id"] == "e-1"
     assert nodes["b"]["status"] == "blocked" and nodes["b"]["engine_id"] is None
+
+
+def _ends(**statuses: str) -> list[Checkpoint]:
+    return [
+        Checkpoint(node, f"out-{node}" if status == "succeeded" else None, 1, status)
+        for node, status in statuses.items()
+    ]
+
+
+def test_a_retry_keeps_what_succeeded_on_grounds_that_hold_again() -> None:
+    # a -> gate -> last; gate -> alert (one_failed); a -> maybe (when: false) -> join
+    # (none_failed); side alone
+    deps = {
+        "a": (),
+        "side": (),
+        "gate": ("a",),
+        "alert": ("gate",),
+        "last": ("gate", "side"),
+        "maybe": ("a",),
+        "join": ("maybe",),
+        "after_join": ("join",),
+    }
+    order = ["a", "side", "gate", "alert", "last", "maybe", "join", "after_join"]
+    ended = _ends(
+        a="succeeded",
+        side="succeeded",
+        gate="failed",
+        alert="succeeded",  # ran because gate failed: not once gate runs again
+        last="blocked",
+        maybe="skipped",  # skips again: its when sees the same results
+        join="succeeded",
+        after_join="succeeded",
+    )
+    kept = retry_keeps(order, deps, ended)
+    assert [(c.node_id, c.output) for c in kept] == [
+        ("a", "out-a"),
+        ("side", "out-side"),
+        ("join", "out-join"),
+        ("after_join", "out-after_join"),
+    ]
+    # a node whose dependency was cut short (cancelled, never reached) runs again, and so
+    # does what follows it
+    ended = _ends(a="succeeded", gate="succeeded", alert="skipped", side="failed")
+    kept = retry_keeps(order, deps, ended)
+    assert [c.node_id for c in kept] == ["a", "gate"]
+    assert retry_keeps(order, deps, []) == []
