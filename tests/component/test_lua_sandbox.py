@@ -360,7 +360,9 @@ def test_every_pattern_function_is_guarded(sandbox: LuaSandbox, code: str) -> No
 def test_what_the_pattern_rule_once_missed_is_guarded(sandbox: LuaSandbox, code: str) -> None:
     started = time.perf_counter()
     outcome = run(sandbox, code)
-    assert time.perf_counter() - started < 0.5
+    # refused before it runs: unguarded, each takes minutes (past the run's wall time, which
+    # would end it as "wall_time"); the bound is loose, as a loaded machine is slow
+    assert time.perf_counter() - started < 5
     error, _ = failure(outcome)
     assert error is not None and "could run for too long" in error
     assert outcome.limit == "pattern"
