@@ -130,6 +130,8 @@ class Metrics:
                 if isinstance(unreached, int) and unreached > 0:
                     self._child(self.nodes, "cancelled").inc(unreached)
             elif family == "node" and what in _NODE_ENDS:
+                if isinstance(data, dict) and "reused_from" in data:
+                    continue  # a retry's kept node: it ran in the run retried, not again
                 self._child(self.nodes, what).inc()
                 if seconds is not None:
                     self._child(self.node_seconds, workflow).observe(seconds)

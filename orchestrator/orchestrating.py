@@ -369,40 +369,49 @@ class Orchestrator:
         they are its checkpoints, and never run again); the others run again. Answered as
         ``execute`` answers."""
         _check_key(idempotency_key)
-        source = await self.store.retry_source(execution_id)
-        if source is None:
-            raise NotFound(f"no execution {execution_id!r}")
-        if source.parent_execution_id is not None:
+        head = await self.execution_head(execution_id, weigh=True)
+        if head.parent_execution_id is not None:
             raise NotRetryable(
                 f"execution {execution_id} is a sub-workflow run of execution "
-                f"{source.parent_execution_id}: retry that one, which starts its failed "
+                f"{head.parent_execution_id}: retry that one, which starts its failed "
                 "sub-workflow nodes again",
-                {"parent_execution_id": source.parent_execution_id},
+                {"parent_execution_id": head.parent_execution_id},
             )
-        if source.status not in EXECUTION_TERMINAL:
+        if head.status not in EXECUTION_TERMINAL:
             raise NotRetryable(
-                f"execution {execution_id} has not ended (it is {source.status}): wait for "
+                f"execution {execution_id} has not ended (it is {head.status}): wait for "
                 "its end, or cancel it first",
-                {"status": source.status},
+                {"status": head.status},
             )
-        if source.status == "succeeded":
+        if head.status == "succeeded":
             raise NotRetryable(
                 f"execution {execution_id} succeeded: it has nothing to run again",
-                {"status": source.status},
+                {"status": head.status},
             )
-        spec = self.registry.resolve_spec(source.workflow_id, source.version)
-        kept = retry_keeps(spec.order, spec.deps, source.ended)
+        spec = self.registry.resolve_spec(head.workflow_id, head.version)
         await self._check_room(spec.id, idempotency_key)
-        stored_id, created, now = await self._store_execution(
-            spec,
-            source.inputs,
-            source.pinned,
-            idempotency_key,
-            request_digest=(
-                None if idempotency_key is None else _digest(source.inputs, f"retry {execution_id}")
-            ),
-            retry=Retry(execution_id, tuple(kept)),
-        )
+        # the run's events are read whole, and the outputs it keeps held until the new run is
+        # stored: a large one holds its weight of the large-read budget meanwhile, as a large
+        # document does, so that retries of it sent together do not multiply the memory
+        large = head.weight > HEAVY_READ_BYTES
+        async with self.large_reads.hold(head.weight if large else 0):
+            source = await self.store.retry_source(execution_id)
+            if source is None:  # deleted by retention since
+                raise NotFound(f"no execution {execution_id!r}")
+            kept = retry_keeps(spec.order, spec.deps, source.ended)
+            stored_id, created, now = await self._store_execution(
+                spec,
+                source.inputs,
+                source.pinned,
+                idempotency_key,
+                # what the run is retried from stands for the request: its inputs go with it
+                request_digest=(
+                    None if idempotency_key is None else _digest({}, f"retry {execution_id}")
+                ),
+                retry=Retry(execution_id, tuple(kept)),
+            )
+            inputs, kept_count = source.inputs, len(kept)
+            del source, kept  # not held through a wait below, outside the budget
         if created:
             log.info(
                 "execution %s retries %s (%s@%s), keeping %d succeeded node(s)",
@@ -410,14 +419,14 @@ class Orchestrator:
                 execution_id,
                 spec.id,
                 spec.version,
-                len(kept),
+                kept_count,
             )
         return await self._answer(
             stored_id,
             created,
             now,
             spec,
-            source.inputs,
+            inputs,
             wait=wait,
             brief=brief,
             retry_of=execution_id,

@@ -47,6 +47,7 @@ from orchestrator.errors import (
     BackupFailed,
     IdempotencyKeyReused,
     InsufficientStorage,
+    NotRetryable,
     StoreUnavailable,
 )
 from orchestrator.locking import lock_state
@@ -258,6 +259,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     # the run a retry was made from (POST /api/v1/executions/{id}/retry), shown on its document
     """
     ALTER TABLE executions ADD COLUMN retry_of TEXT;
+    """,
+    # a retry looks for one of the same run still going (``create_execution``)
+    """
+    CREATE INDEX executions_by_retry ON executions (retry_of) WHERE retry_of IS NOT NULL;
     """,
 )
 _BATCH_TABLES: Final = ("event_messages", "event_batches")
@@ -1712,6 +1717,20 @@ class Store:
                     conn.execute(
                         "DELETE FROM idempotency WHERE created_at < ?",
                         (created_at - IDEMPOTENCY_WINDOW,),
+                    )
+            if retry_of is not None:
+                # one retry of a run at a time: a second click, or a second operator, would
+                # run its failed nodes (a payment, a deploy) twice over
+                going = conn.execute(
+                    "SELECT id, status FROM executions WHERE retry_of = ?"
+                    " AND status IN ('queued', 'running') LIMIT 1",
+                    (retry_of,),
+                ).fetchone()
+                if going is not None:
+                    raise NotRetryable(
+                        f"execution {retry_of} is being retried already, by execution "
+                        f"{going[0]} ({going[1]}): wait for its end, or cancel it first",
+                        {"retry": str(going[0]), "status": str(going[1])},
                     )
             if fire is not None:
                 _record_slot(conn, fire, "fired", execution_id, {})

@@ -1376,6 +1376,7 @@ table_lib.concat, table_lib.unpack, table_lib.sort = sandbox_concat, sandbox_unp
 local dates  -- sandbox: os.date as scripts see it; locked: what py_date calls back
 do  -- a block of its own: the main chunk may hold at most 200 locals
   local py_date = config.date
+  local DATE_FORMAT_MAX = 4096
   local date = os.date  -- the name C's argument errors give it
   local date_format, date_time, date_ok, date_value = nil, nil, false, nil
 
@@ -1389,10 +1390,18 @@ do  -- a block of its own: the main chunk may hold at most 200 locals
   end
 
   local function sandbox_date(fmt, t)
-    date_format, date_time, date_ok, date_value = fmt, t, false, nil
-    py_date()
-    local ok, value = date_ok, date_value
-    date_format, date_time, date_value = nil, nil, nil  -- nothing of the run stays reachable
+    local ok, value
+    if type(fmt) == "string" and #fmt > DATE_FORMAT_MAX then
+      -- the lock is held for as long as C formats: a format of megabytes would hold every
+      -- other script's date (and an engine's event loop, running one inline) for a second
+      ok, value = false, format("bad argument #1 to 'date' (format longer than %d bytes)",
+                                DATE_FORMAT_MAX)
+    else
+      date_format, date_time, date_ok, date_value = fmt, t, false, nil
+      py_date()
+      ok, value = date_ok, date_value
+      date_format, date_time, date_value = nil, nil, nil  -- nothing of the run stays reachable
+    end
     if ok then return value end
     if value == MEMORY_ERROR then trip_memory() end
     value = unplaced(value)

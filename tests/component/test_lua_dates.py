@@ -150,8 +150,22 @@ def test_os_has_only_time_date_clock_and_is_read_only() -> None:
 
 
 def test_a_run_out_of_memory_in_os_date_leaves_it_to_the_others() -> None:
-    sandbox = LuaSandbox(LuaLimits(memory=256 * 1024))
-    code = 'local f = string.rep("%c", 20000) local v = os.date(f, 0) return #v'
+    # a 4096-byte format (the longest taken) makes an answer of some 50 KB, past 64 KiB of
+    # memory with the buffer it grows in; the format itself fits, as a run without the call
+    # shows
+    sandbox = LuaSandbox(LuaLimits(memory=64 * 1024))
+    code = 'local f = string.rep("%c", 2048) local v = os.date(f, 0) return #v'
+    formatted = sandbox.run(
+        LuaTask(
+            key="format",
+            code='local f = string.rep("%c", 2048) return #f',
+            chunk_name="b",
+            inputs={},
+            results=lambda name: MISSING,
+            ctx={"node_id": "b"},
+        )
+    )
+    assert (formatted.limit, formatted.value) == (None, 4096)
     outcome = sandbox.run(
         LuaTask(
             key="big",
@@ -162,7 +176,7 @@ def test_a_run_out_of_memory_in_os_date_leaves_it_to_the_others() -> None:
             ctx={"node_id": "b"},
         )
     )
-    assert (outcome.limit, outcome.error) == ("memory", "memory limit of 262144 bytes exceeded")
+    assert (outcome.limit, outcome.error) == ("memory", "memory limit of 65536 bytes exceeded")
     done: list[tuple[object, str | None, int | None]] = []
     other = threading.Thread(target=lambda: done.append(_run('return os.date("!%Y", 0)')))
     other.start()
@@ -181,3 +195,13 @@ def test_a_run_out_of_memory_in_os_date_leaves_it_to_the_others() -> None:
         ).value
         == "1970"
     )
+
+
+def test_a_format_past_4096_bytes_is_refused_before_it_takes_the_lock() -> None:
+    """Every script's os.date waits while one formats: a format of megabytes held them (and
+    an engine's event loop) for a second each."""
+    assert _run('return #os.date("!" .. string.rep("%Y", 2047), 0)')[0] == 4 * 2047
+    value, error, line = _run('local s = string.rep("%%", 8 << 20)\nreturn os.date(s, 0)')
+    assert value is None and line == 2
+    assert error is not None
+    assert "bad argument #1 to 'date' (format longer than 4096 bytes)" in error

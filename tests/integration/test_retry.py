@@ -101,6 +101,17 @@ async def timeline(http: aiohttp.ClientSession, url: str, eid: str) -> list[Any]
     return events
 
 
+async def succeeded_nodes(http: aiohttp.ClientSession, url: str) -> float:
+    async with http.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    [line] = [
+        line
+        for line in text.splitlines()
+        if line.startswith('dagengine_nodes_total{status="succeeded"}')
+    ]
+    return float(line.split()[-1])
+
+
 def started(events: list[Any]) -> list[str]:
     return [e["node_id"] for e in events if e["type"] == "node.started"]
 
@@ -127,6 +138,7 @@ async def test_a_retry_keeps_what_succeeded_and_runs_the_rest(cluster: Cluster) 
         }
         await wait_for("the gate to open", _after(until))
 
+        counted = await succeeded_nodes(http, url)
         status, body = await retry(http, url, first_id, {"wait": True, "timeout": 30})
         assert status == 200, body
         assert body["status"] == "succeeded" and body["retry_of"] == first_id
@@ -158,6 +170,8 @@ async def test_a_retry_keeps_what_succeeded_and_runs_the_rest(cluster: Cluster) 
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
         # the first run is left as it was
         assert await get(http, f"{url}/api/v1/executions/{first_id}") == before
+        # the kept nodes did not run again, and the metrics count only gate and last
+        assert await succeeded_nodes(http, url) == counted + 2
 
 
 def _after(moment: int) -> Any:
@@ -187,6 +201,11 @@ async def test_a_cancelled_run_is_retried_from_where_it_was(cluster: Cluster) ->
         assert doc["nodes"]["first"]["status"] == "succeeded"
         assert doc["progress"] == 33  # the kept node counts as done
         assert started(await timeline(http, url, again)) == ["pause"]
+        # one retry of a run at a time: a second click would run its failed nodes twice
+        status, body = await retry(http, url, first_id)
+        assert status == 409 and body["error"]["code"] == "not_retryable", body
+        assert body["error"]["details"] == {"retry": again, "status": "running"}
+        assert f"being retried already, by execution {again}" in body["error"]["message"]
         # a run still going is not retried; a cancel ends this one too
         status, body = await retry(http, url, again)
         assert status == 409 and body["error"]["code"] == "not_retryable", body
