@@ -278,7 +278,7 @@ def _started_reply(execution: JSONObject) -> pb.ExecuteWorkflowResponse:
         execution_id=str(execution["id"]), execution=_execution_message(execution)
     )
     # the id above all: a caller that cannot read it cannot find the run it started
-    return _fitted(reply, _json_fields(reply.execution))
+    return _fitted(reply, _json_fields(reply.execution), reply.execution)
 
 
 def _execution_message(doc: JSONObject, *, with_nodes: bool = True) -> pb.Execution:
@@ -327,14 +327,37 @@ def _sub_workflow_status(doc: JSONObject) -> pb.SubWorkflowStatus:
     return _fitted(reply, [(reply, "outputs_json", whole)])
 
 
-def _fitted(reply: _Reply, fields: Iterable[_JsonField]) -> _Reply:
+def _fitted(
+    reply: _Reply, fields: Iterable[_JsonField], execution: pb.Execution | None = None
+) -> _Reply:
     """``reply``, within ``REPLY_BYTES``: past it, its JSON ``fields`` are replaced, largest
     first, by a note of their size and where to read it whole, until it fits. Largest
     first: a run's outputs repeat those of its sink nodes, so they go before the node outputs
-    they hold, which then travel once, whole where they fit."""
+    they hold, which then travel once, whole where they fit. Still past it (tens of thousands
+    of node records), the ``execution``'s last node records are left off, and counted."""
     excess = reply.ByteSize() - REPLY_BYTES
     if excess <= 0:
         return reply
+    _noted(fields, excess)
+    excess = reply.ByteSize() - REPLY_BYTES
+    if excess > 0 and execution is not None:
+        _fewer_nodes(execution, excess)
+    return reply
+
+
+def _fewer_nodes(execution: pb.Execution, excess: int) -> None:
+    # each record costs its size, its length prefix and its tag; the count's own field
+    # takes a few bytes more, which the margin covers
+    cut, freed = len(execution.nodes), 0
+    while cut > 0 and freed < excess + 16:
+        cut -= 1
+        size = execution.nodes[cut].ByteSize()
+        freed += size + 1 + (size.bit_length() + 6) // 7
+    execution.nodes_omitted = len(execution.nodes) - cut
+    del execution.nodes[cut:]
+
+
+def _noted(fields: Iterable[_JsonField], excess: int) -> None:
     # stable: of fields alike in size, the first given goes first
     ranked = sorted(
         ((len(getattr(holder, name)), holder, name, whole) for holder, name, whole in fields),
@@ -355,17 +378,16 @@ def _fitted(reply: _Reply, fields: Iterable[_JsonField]) -> _Reply:
         # JSON text is ASCII (wire.dumps escapes the rest): characters are bytes
         setattr(holder, name, note)
         excess -= size - len(note)
-    return reply
 
 
 def _execution_reply(doc: JSONObject) -> pb.Execution:
     message = _execution_message(doc)
-    return _fitted(message, _json_fields(message))
+    return _fitted(message, _json_fields(message), message)
 
 
 def _cancel_reply(doc: JSONObject) -> pb.CancelExecutionResponse:
     reply = pb.CancelExecutionResponse(execution=_execution_message(doc))
-    return _fitted(reply, _json_fields(reply.execution))
+    return _fitted(reply, _json_fields(reply.execution), reply.execution)
 
 
 def _event_message(item: Published) -> pb.Event:

@@ -541,6 +541,15 @@ class HttpApi:
             log.debug("%s %s: the client went away mid-request", request.method, request.path)
             return web.Response(status=400)
         except Exception as exc:  # every refusal leaves as the same JSON shape
+            if isinstance(exc, web.HTTPRequestEntityTooLarge):
+                # aiohttp's own says neither the limit nor what sets it
+                exc = HttpError(
+                    413,
+                    "body_too_large",
+                    f"the request body is larger than the {self.max_body} bytes this server "
+                    "takes (MAX_BODY_BYTES)",
+                    {"limit": self.max_body},
+                )
             status, body = error_body(exc)
             if isinstance(exc, OrchestratorError) and status >= 500:
                 # a refusal this service decided (a full disk, a hook whose secret is not set):

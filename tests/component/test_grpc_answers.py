@@ -17,6 +17,7 @@ from engine.api import dagengine_pb2 as pb
 from engine.core.errors import SpecError
 from engine.documents import parse_text
 from engine.loading import spec_from_text
+from orchestrator import serving_grpc
 from orchestrator.checking import registration_checks
 from tests.component.serving_helpers import served_facade
 
@@ -227,3 +228,51 @@ async def test_a_long_named_version_stored_before_the_limit_registers_again_as_a
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await served.stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=newer))
         assert "line 10: name: is 250 characters: at most 200" in str(caught.value.details())
+
+
+def test_a_run_of_too_many_nodes_for_a_reply_leaves_the_last_records_off_and_counts_them() -> None:
+    """60,000 node records are some 5.5 MB with every JSON field a note: the client with
+    default options refused the reply, so a cancel that took place was told as failed and a
+    waited-for run never told its id."""
+    at = "2026-01-01T00:00:00.000Z"
+    nodes = {
+        f"node-{i:05d}": {
+            "status": "succeeded",
+            "output": {"i": i},
+            "error": None,
+            "attempts": 1,
+            "started_at": at,
+            "finished_at": at,
+            "engine_id": "engine-0",
+        }
+        for i in range(60_000)
+    }
+    doc: dict[str, Any] = {
+        "id": "e1",
+        "workflow_id": "wide",
+        "version": "1.0.0",
+        "status": "succeeded",
+        "inputs": {},
+        "outputs": {"x": "y" * 100},
+        "error": None,
+        "progress": 100,
+        "created_at": at,
+        "started_at": at,
+        "finished_at": at,
+        "parent_execution_id": None,
+        "nodes": nodes,
+    }
+    for reply, execution in (
+        (r := serving_grpc._execution_reply(doc), r),
+        (c := serving_grpc._cancel_reply(doc), c.execution),
+        (s := serving_grpc._started_reply(doc), s.execution),
+    ):
+        assert reply.ByteSize() <= serving_grpc.REPLY_BYTES
+        kept = len(execution.nodes)
+        assert 0 < kept < 60_000 and execution.nodes_omitted == 60_000 - kept
+        assert [n.node_id for n in execution.nodes] == list(nodes)[:kept]
+        assert execution.id == "e1" and execution.status == "succeeded"
+    # a run that fits keeps them all, and says none were left off
+    small = {**doc, "nodes": dict(list(nodes.items())[:10])}
+    assert len(serving_grpc._execution_reply(small).nodes) == 10
+    assert serving_grpc._execution_reply(small).nodes_omitted == 0

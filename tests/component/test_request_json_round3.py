@@ -9,6 +9,7 @@ No engines: accepted runs stay queued (a stub dispatcher takes them).
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -206,3 +207,22 @@ async def test_inputs_not_given_are_none_over_http_and_grpc_alike(served: Served
     assert found is not None
     assert {e["id"] for e in found} == {answer["execution_id"], started.execution_id}
     assert [e["inputs"] for e in found] == [{}, {}]
+
+
+@pytest.mark.parametrize("path", ["/trigger/w", "/api/v1/workflows", "/hooks/raw"])
+async def test_a_body_past_the_limit_names_the_limit_and_its_setting(
+    served: Served, path: str
+) -> None:
+    body = io.BytesIO(b'{"inputs": "' + b"x" * (2 << 20) + b'"}')
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(served.url + path, data=body) as resp,
+    ):
+        status, answer = resp.status, await resp.json()
+    assert status == 413
+    assert answer["error"] == {
+        "code": "body_too_large",
+        "message": f"the request body is larger than the {1 << 20} bytes this server takes "
+        "(MAX_BODY_BYTES)",
+        "details": {"limit": 1 << 20},
+    }
