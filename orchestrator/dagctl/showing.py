@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -311,8 +312,10 @@ def execution_details(doc: JSONObject, now: float, width: int = 60) -> Renderabl
     head.add_row("Outputs", compact(doc.get("outputs"), width * 2))
 
     nodes = _table("NODE", "STATUS", "ATTEMPTS", "DURATION", "ENGINE", "ERROR", "OUTPUT")
-    for node_id, value in _obj(doc.get("nodes")).items():
-        node = _obj(value)
+    every = _obj(doc.get("nodes"))
+    shown = _shown_nodes(every)
+    for node_id in shown:
+        node = _obj(every[node_id])
         nodes.add_row(
             printable(node_id),
             styled(node.get("status")),
@@ -323,13 +326,49 @@ def execution_details(doc: JSONObject, now: float, width: int = 60) -> Renderabl
             compact(node.get("output"), width) if node.get("output") is not None else "",
         )
     parts: list[RenderableType] = [head, Text(""), nodes]
+    if len(shown) < len(every):
+        drawn = set(shown)
+        left = Counter(
+            text_of(_obj(value).get("status")) for key, value in every.items() if key not in drawn
+        )
+        said = ", ".join(f"{n} {status}" for status, n in sorted(left.items()))
+        parts.append(
+            Text(
+                f"... and {len(every) - len(shown)} more nodes ({said}): "
+                f"dagctl describe execution {text_of(doc.get('id'))} -o json shows every one",
+                style="dim",
+            )
+        )
     children = doc.get("children")
     if isinstance(children, list) and children:
         tree = Tree(Text("Sub-workflows", style="bold"), guide_style="dim")
-        _grow(tree, children)
+        _grow(tree, children[:NODES_SHOWN])
+        if len(children) > NODES_SHOWN:
+            tree.add(Text(f"... and {len(children) - NODES_SHOWN} more", style="dim"))
         parts.append(Text(""))
         parts.append(tree)
     return Group(*parts)
+
+
+NODES_SHOWN: Final = 500
+"""Node rows (and sub-workflow runs) ``describe`` draws at most: a table of 20,000 took rich
+16 s to lay out."""
+
+
+def _shown_nodes(nodes: JSONObject) -> list[str]:
+    """The nodes ``describe`` shows, in the run's order: all when they are few, else those
+    that did not succeed or skip first (what someone looking at a run looks for), then the
+    first of the rest, to ``NODES_SHOWN``."""
+    if len(nodes) <= NODES_SHOWN:
+        return list(nodes)
+    settled = ("succeeded", "skipped")
+    first = [k for k, v in nodes.items() if _obj(v).get("status") not in settled]
+    chosen = set(first[:NODES_SHOWN])
+    for key in nodes:
+        if len(chosen) >= NODES_SHOWN:
+            break
+        chosen.add(key)
+    return [k for k in nodes if k in chosen]
 
 
 def _grow(tree: Tree, children: list[JSON]) -> None:
