@@ -276,6 +276,7 @@ class _Checker:
         self.keys: list[Key] = []  # the field each of ``problems`` is about
         self.hints: dict[str, str] = {}
         self.hint_budget = _HINT_BUDGET
+        self.node_ids: frozenset[str] = frozenset()  # every node given a good id, once read
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -424,7 +425,9 @@ class _Checker:
         self.string_keys(doc.get("labels"), ("labels",), "labels")
         inputs_schema = self.inputs_schema(doc.get("inputs_schema"))
         nodes = self.nodes(doc.get("nodes"))
-        outputs = self.outputs(doc.get("outputs"), nodes)
+        # every node given an id counts as there, one with a problem of its own too: that
+        # problem is told, not a second one that it is missing
+        outputs = self.outputs(doc.get("outputs"), None if nodes is None else self.node_ids)
         triggers = self.triggers(doc.get("triggers"), inputs_schema)
         if self.problems or nodes is None:
             return None
@@ -548,6 +551,7 @@ class _Checker:
                         f"{path}.depends_on",
                         f"unknown dependency {d!r}{self.hint(d, raw)}",
                     )
+        self.node_ids = frozenset(raw)
         known = {n: [d for d in ds if d in raw and d != n] for n, ds in deps.items()}
         for cycle in dag.find_cycles(known):
             _, key, path = raw[cycle[0]]
@@ -843,7 +847,7 @@ class _Checker:
             else:
                 self.report(fkey, f"{path}.{where}", msg)
 
-    def outputs(self, value: object, nodes: Mapping[str, NodeSpec] | None) -> JSONObject | None:
+    def outputs(self, value: object, nodes: Collection[str] | None) -> JSONObject | None:
         if value is None:
             return None
         if not isinstance(value, dict):

@@ -483,3 +483,19 @@ def test_a_very_late_exponential_attempt_waits_max_delay_without_overflow() -> N
     p = RetryPolicy(max_attempts=5000, backoff="exponential", delay=1.0, max_delay=300.0)
     assert p.delay_before(1026, 0.5) == 300.0
     assert p.delay_before(3000, 0.5) == 300.0
+
+
+def test_a_node_with_a_problem_of_its_own_is_still_there_for_the_outputs() -> None:
+    doc = {
+        "id": "val",
+        "version": "1.0.0",
+        "outputs": {"x": "{{ results.a.v }}", "y": "{{ results.gone.v }}"},
+        "nodes": [
+            {"id": "a", "retry": {"max_attempts": 2, "delay": "50ms", "max_delay": "20ms"},
+             "lua": "return { v = 1 }"},
+        ],
+    }  # fmt: skip
+    assert problems(doc) == [
+        "nodes[a].retry: max_delay is shorter than delay",
+        "outputs.y: results.gone: there is no node 'gone'",
+    ]
