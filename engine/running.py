@@ -174,6 +174,7 @@ class Execution:
             retried=retried,
             sleeping=sleeping,
             started_at=started_at,
+            stop_first=True,
         )
         self._seq = first_seq
         self._timers: dict[sch.TimerKey, asyncio.TimerHandle] = {}
@@ -327,6 +328,20 @@ class Execution:
                 if old is not None:
                     old.cancel()
                 self._timers[ins.key] = loop.call_later(ins.delay, self._timer_fired, ins.key)
+            case sch.StopTasks():
+                # an end the run came to itself (fail_fast, a foreach item's failure) waits
+                # for the scripts it stops, as a cancel's does
+                stopped = sch.TasksStopped(ins.node_id, self._clock())
+                if ins.node_id is None:
+                    self._stop_then(stopped, None)
+                else:
+                    items = {(n, i, False) for n, i in self._cancels if n == ins.node_id}
+                    self._stop_then(stopped, items)
+                    for (node_id, _), item_flag in self._cancels.items():
+                        if node_id == ins.node_id:
+                            # one still queued is dropped unrun: it would log after the
+                            # node's end (what comes back of it changes nothing now)
+                            item_flag.set()
             case sch.CancelTask():
                 flag = self._cancels.pop((ins.node_id, ins.item), None)
                 if flag is not None:
@@ -392,7 +407,7 @@ class Execution:
                 flag.set()  # what the scheduler's CancelTask does: a worker drops it unrun
                 error = timed_out_waiting(self.run.node_spec(node_id).timeout or 0.0)
                 stop = sch.TaskFailed(node_id, item, attempt, error, fired.now)
-            self._stop_then(stop, (node_id, item, False))
+            self._stop_then(stop, {(node_id, item, False)})
         else:
             self.feed(fired)
 
@@ -404,9 +419,9 @@ class Execution:
         assert isinstance(node_id, str) and not isinstance(item, str)
         return self.run.attempt_running(node_id, item) == attempt
 
-    def _stop_then(self, stimulus: sch.Stimulus, only: StopKey | None) -> None:
-        """Feed a stimulus that stops scripts (all of the run's, or ``only`` one) once they have
-        come back: their log lines are kept, in order, and nothing else starts meanwhile."""
+    def _stop_then(self, stimulus: sch.Stimulus, only: set[StopKey] | None) -> None:
+        """Feed a stimulus that stops scripts (all of the run's, or ``only`` those) once they
+        have come back: their log lines are kept, in order, and nothing else starts meanwhile."""
         if self.run.finished:
             self.feed(stimulus)
             return
@@ -424,7 +439,7 @@ class Execution:
         }
         running.update({(n, None, True): f for n, f in self._conditions.items() if f.taken})
         if only is not None:
-            running = {only: running[only]} if only in running else {}
+            running = {key: flag for key, flag in running.items() if key in only}
         if not running or self.run.finished:
             self.feed(stimulus)
             return

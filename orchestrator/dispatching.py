@@ -202,6 +202,20 @@ def end_events(
     return events
 
 
+def run_end(events: list[JSONObject]) -> JSONObject | None:
+    """A run's final event among a message's events, wherever it is. An engine of an earlier
+    release ended a run stopped by ``fail_fast`` or by a failing foreach item with the lines
+    of the scripts it stopped after the end, in the same message: the whole message is stored
+    (its seqs follow on), and the run has ended all the same, which its waiters and a parent
+    waiting on it as a sub-workflow are told. Read as the end of the last event only, such a
+    run looked like a stream broken early: it was dispatched again and nobody was told."""
+    for event in events:
+        kind = str(event.get("type", ""))
+        if kind.startswith("execution.") and kind.split(".", 1)[1] in EXECUTION_TERMINAL:
+            return event
+    return None
+
+
 def _spec_of(text: str) -> WorkflowSpec | None:
     """The run's spec, or None when it no longer parses (a version stored before checks that
     now refuse it): its end then names no outputs."""
@@ -609,10 +623,9 @@ class Dispatcher:
                 self._publish(events)
                 if self._on_events is not None:
                     self._on_events(ticket, run.link, events)
-                last = events[-1]
-                kind = str(last.get("type", ""))
-                if kind.startswith("execution.") and kind.split(".", 1)[1] in EXECUTION_TERMINAL:
-                    self._finished(ticket.execution_id, last)
+                end = run_end(events)
+                if end is not None:
+                    self._finished(ticket.execution_id, end)
                     # apart: the engine's slot is free now, whatever comes after the end
                     self._spawn(_drained(responses))
                     return "finished"

@@ -117,6 +117,15 @@ class CancelRequested:
     reason: str = "cancelled on request"
 
 
+@dataclass(slots=True)
+class TasksStopped:
+    """What ``StopTasks`` asked for is done: the tasks it stopped came back (or were given up
+    on), and what they logged was fed before this."""
+
+    node_id: str | None
+    now: float
+
+
 Stimulus: TypeAlias = (
     Start
     | TaskSucceeded
@@ -125,6 +134,7 @@ Stimulus: TypeAlias = (
     | ConditionEvaluated
     | TimerFired
     | CancelRequested
+    | TasksStopped
 )
 
 # -- instructions: what to do -------------------------------------------------------------
@@ -174,13 +184,26 @@ class StartTimer:
 
 
 @dataclass(slots=True)
+class StopTasks:
+    """Stop the running tasks of a node (``node_id``) or of the whole run (None), when and
+    expressions included, and feed ``TasksStopped`` with the same ``node_id`` once they have
+    come back, their lines first: the end they lead to (a foreach node failed by one of its
+    items, a run ended by ``fail_fast``) waits for it, so that a stopped script's lines come
+    before it. Only a run made with ``stop_first`` asks this."""
+
+    node_id: str | None
+
+
+@dataclass(slots=True)
 class Finish:
     status: ExecutionStatus
     outputs: JSONObject
     error: str | None
 
 
-Instruction: TypeAlias = Emit | RunTask | CancelTask | EvaluateCondition | StartTimer | Finish
+Instruction: TypeAlias = (
+    Emit | RunTask | CancelTask | EvaluateCondition | StartTimer | StopTasks | Finish
+)
 
 
 # -- state ------------------------------------------------------------------------------
@@ -302,6 +325,7 @@ class Run:
         sleeping: Mapping[WaitKey, float] | None = None,
         started_at: float | None = None,
         rand: Callable[[], float] = random.random,
+        stop_first: bool = False,
     ) -> None:
         """``completed``: outputs of nodes that succeeded before (a resumed run); ``ended``:
         nodes that failed, were blocked or were skipped before, with their errors; ``retried``:
@@ -309,11 +333,21 @@ class Run:
         its retry policy count on from; ``sleeping``: waits that had started before and not
         ended, with when they first started: sleep nodes, and the attempts of sub-workflow
         nodes (the next ones, after those ``retried``) that waited on their child;
-        ``started_at``: when the run first started, if before. Times are the stimuli's clock."""
+        ``started_at``: when the run first started, if before. Times are the stimuli's clock.
+
+        ``stop_first``: an end the run comes to itself while tasks of it are out (a foreach
+        node's, failed by one item while others run; the run's, by ``fail_fast``) waits for
+        them to stop (``StopTasks``, answered by ``TasksStopped``), for an adapter whose
+        stopped scripts come back with log lines; without it that end is at once."""
         self.spec = spec
         self.inputs = inputs
         self.ctx: JSONObject = {"workflow_id": spec.id, "version": spec.version, **(ctx or {})}
         self._rand = rand
+        self._stop_first = stop_first
+        # ends waiting for ``TasksStopped``: foreach nodes failed, with their errors, and the
+        # run's own, with its status and reason
+        self._failing: dict[str, str] = {}
+        self._aborting: tuple[ExecutionStatus, str] | None = None
         self.nodes: dict[str, _Node] = {n.id: _Node(n) for n in spec.nodes}
         self._completed = dict(completed or {})
         self._completed_attempts = dict(completed_attempts or {})
@@ -427,6 +461,8 @@ class Run:
                     self._timer(s)
                 case CancelRequested():
                     self._abort("cancelled", s.reason)
+                case TasksStopped():
+                    self._tasks_stopped(s)
         self._drain()
         out, self._out = self._out, []
         return out
@@ -579,6 +615,8 @@ class Run:
 
     def _settled_ready(self, n: _Node) -> None:
         """All dependencies are terminal: apply the trigger rule, then the condition."""
+        if self._aborting is not None:
+            return  # the run is ending: the node is cancelled with it, unreached
         verdict, reason = self._trigger_rule(n)
         if verdict == "skip":
             self._settle(n, "skipped", data={"reason": reason})
@@ -687,13 +725,16 @@ class Run:
     def _pump(self) -> None:
         """Start queued tasks while the run has free slots."""
         # the hottest loop of a run: attribute lookups are hoisted into locals
+        if self._aborting is not None:
+            return  # the run is ending: nothing starts
         ready, inflight, nodes, out = self._ready, self._inflight, self.nodes, self._out
         limit, now, base_ctx, waits = self.spec.concurrency, self._now, self.ctx, self._waits
+        failing = self._failing
         while ready and len(inflight) < limit:
             node_id, item = ready.popleft()
             n = nodes[node_id]
             status = n.status
-            if status in NODE_TERMINAL:
+            if status in NODE_TERMINAL or (failing and node_id in failing):
                 continue
             spec = n.spec
             if item is None:
@@ -777,6 +818,8 @@ class Run:
         if self._inflight.get(key) != s.attempt:
             return  # a stale answer: the attempt was timed out or cancelled already
         del self._inflight[key]
+        if self._failing and s.node_id in self._failing:
+            return  # an item of a node failed already: its end is on its way
         n = self.nodes[s.node_id]
         if s.item is None:
             self._settle(n, "succeeded", output=s.output)
@@ -795,6 +838,8 @@ class Run:
         if self._inflight.get(key) != s.attempt:
             return
         del self._inflight[key]
+        if self._failing and s.node_id in self._failing:
+            return
         n = self.nodes[s.node_id]
         policy = n.spec.retry
         if s.retryable and s.attempt < policy.max_attempts:
@@ -813,17 +858,55 @@ class Run:
         self._fail_node(n, where + s.error)
 
     def _fail_node(self, n: _Node, error: str) -> None:
+        node_id = n.spec.id
+        if self._stop_first and any(k[0] == node_id for k in self._inflight):
+            # other items of it still run: its end waits for them to stop, and with fail_fast
+            # the run's end (which tells it) waits for every task of the run
+            self._failing[node_id] = error
+            if self.spec.fail_fast:
+                self._abort_when_stopped(
+                    "failed", f"node {node_id!r} failed and fail_fast is set: {error}"
+                )
+            else:
+                self._out.append(StopTasks(node_id))
+            return
+        self._fail_now(n, error)
+
+    def _fail_now(self, n: _Node, error: str) -> None:
         for key in [k for k in self._inflight if k[0] == n.spec.id]:
             del self._inflight[key]
             self._out.append(CancelTask(key[0], key[1], "another item of this node failed"))
         self._settle(n, "failed", error=error)
         if self.spec.fail_fast:
-            self._abort("failed", f"node {n.spec.id!r} failed and fail_fast is set: {error}")
+            self._abort_when_stopped(
+                "failed", f"node {n.spec.id!r} failed and fail_fast is set: {error}"
+            )
+
+    def _abort_when_stopped(self, status: ExecutionStatus, reason: str) -> None:
+        """End the run as ``_abort`` does, once its running tasks have stopped (``stop_first``):
+        until then nothing starts, and the run does not end by itself."""
+        if self.finished or self._aborting is not None:
+            return
+        if not self._stop_first:
+            self._abort(status, reason)
+            return
+        self._aborting = (status, reason)
+        self._ready.clear()
+        self._out.append(StopTasks(None))
+
+    def _tasks_stopped(self, s: TasksStopped) -> None:
+        if s.node_id is None:
+            if self._aborting is not None:
+                self._abort(*self._aborting)
+            return
+        error = self._failing.pop(s.node_id, None)
+        if error is not None:
+            self._fail_now(self.nodes[s.node_id], error)
 
     def _condition(self, s: ConditionEvaluated) -> None:
         n = self.nodes[s.node_id]
-        if n.status != "pending" or n.waiting != 0:
-            return
+        if n.status != "pending" or n.waiting != 0 or self._aborting is not None:
+            return  # ending with the run, if it is ending: it never starts
         if s.error is not None:
             self._fail_node(n, f"when: {s.error}")
         elif not s.value:
@@ -865,15 +948,21 @@ class Run:
         """End the run now: running tasks are cancelled, nothing pending starts."""
         if self.finished:
             return
+        self._aborting = None
         for node_id, item in list(self._inflight):
             self._out.append(CancelTask(node_id, item, reason))
         self._inflight.clear()
         self._ready.clear()
+        failing, self._failing = self._failing, {}
         unreached = 0
         for node_id in self.spec.order:
             n = self.nodes[node_id]
             if n.status == "running":
-                self._settle(n, "cancelled", error=reason)
+                error = failing.get(node_id)
+                if error is not None:
+                    self._settle(n, "failed", error=error)  # it failed before the run ended
+                else:
+                    self._settle(n, "cancelled", error=reason)
             elif n.status == "pending":
                 # no event each (a run of thousands would end in thousands of them): the
                 # run's end counts them, and the timeline's fold ends them with it
@@ -882,7 +971,12 @@ class Run:
         self._finish(status, reason, unreached)
 
     def _maybe_finish(self) -> None:
-        if self.finished or self._terminal < len(self.nodes) or self.status != "running":
+        if (
+            self.finished
+            or self._terminal < len(self.nodes)
+            or self.status != "running"
+            or self._aborting is not None
+        ):
             return
         failed = [n for n in self.nodes.values() if n.status in ("failed", "blocked", "cancelled")]
         if not failed:
@@ -961,6 +1055,11 @@ class Run:
                 problems.append(
                     f"{node_id}: a resumed sub-workflow node started again at {n.started_at}"
                 )
+        for node_id in self._failing:
+            if self.nodes[node_id].status != "running":
+                problems.append(f"{node_id}: failing but {self.nodes[node_id].status}")
+        if self.finished and (self._failing or self._aborting is not None):
+            problems.append("finished with an end still waiting for tasks to stop")
         for node_id, _item in self._inflight:
             if self.nodes[node_id].status != "running":
                 problems.append(
