@@ -67,17 +67,24 @@ core and hold its heap until its call returns, so a flood of such scripts costs 
 rather than the machine."""
 
 _INLINE_MISSES: Final = 4096
-"""Chunks remembered as too big to run inline, so they are not tried there again soon."""
+"""Scripts remembered as too big to run inline, so they are not tried there again soon. By their
+text, not their node: the 2,000 nodes of a fan-out that run one script pay one miss, not 2,000
+(each a try of up to several milliseconds on the loop)."""
+_INLINE_SLOW: Final = 0.0005
+"""Seconds past which a run that fit the inline limits still counts as a miss: a script of a
+millisecond or more (C calls, which the instruction count charges little, or data converted for
+it) within the limits kept the loop busy for all 20,000 nodes of a run, where the workers would
+have run them in parallel with it. Measured as ``wall_time`` misses are (``_SUSPECT``)."""
 _INLINE_RETRY: Final = 60.0
 """Seconds before a chunk that went past the inline limits is tried inline again: one miss may
 be the machine's (5 ms of wall time on a loaded one) or its inputs', not the script's, and a
 trivial node that lost its place for good would cost several times more from then on."""
 
 _SUSPECT: Final = -1.0
-"""In place of the time to try a chunk inline again: its last run there went past the wall
-time, which a wait for the GIL or a core may have made: the next run is tried inline, its CPU
-time measured, and the chunk goes to the workers for ``_INLINE_RETRY`` only if that run spent
-the time itself."""
+"""In place of the time to try a script inline again: its last run there went past the wall
+time, or took longer than ``_INLINE_SLOW``, which a wait for the GIL or a core may have made:
+the next run is tried inline, its CPU time measured, and the script goes to the workers for
+``_INLINE_RETRY`` only if that run spent the time itself."""
 
 _CLOSE_WAIT: Final = 1.0
 """Seconds close() waits for the workers; a script stops within about 10k instructions."""
@@ -257,7 +264,7 @@ class LuaPool:
             self._inline = LuaSandbox(
                 replace(limits, **small), stop=self._stop, check_every=1, trial=True
             )
-        # chunk key -> when to try it inline again, or _SUSPECT
+        # script text -> when to try it inline again, or _SUSPECT
         self._too_big: dict[str, float] = {}
         self.inline_runs = 0
         self.inline_misses = 0
@@ -320,12 +327,15 @@ class LuaPool:
         outside their run, so a run cut short here and repeated on a worker is unobservable
         (its log lines are dropped with it). Every limit met here ends the run, one the script
         could catch too (a pattern refused as too costly: the inline sandbox is a ``trial``),
-        so a script never sees a limit lower than a worker's.
+        so a script never sees a limit lower than a worker's; so does data it reads that would
+        take long to convert (``TRIAL_DATA``), before converting it. A script that missed, or
+        whose run here took longer than ``_INLINE_SLOW``, goes to the workers for a while.
         """
         sandbox = self._inline
         if sandbox is None or self._closed:
             return None
-        again = self._too_big.get(task.key)
+        script = task.code
+        again = self._too_big.get(script)
         measured = False
         if again is not None:
             if again == _SUSPECT:
@@ -333,17 +343,26 @@ class LuaPool:
             elif time.monotonic() < again:
                 return None
             else:
-                del self._too_big[task.key]
+                del self._too_big[script]
         cpu = time.thread_time_ns() if measured else 0
         outcome = sandbox.run(task)
+        limit = outcome.limit
         # the task's own deadline is as near on a worker: there it would only fail sooner
-        if outcome.limit is None or outcome.limit == "cancelled" or outcome.limit == "deadline":
+        if limit is None or limit == "cancelled" or limit == "deadline":
             self.inline_runs += 1
-            if measured:
-                self._too_big.pop(task.key, None)
+            if limit is None and outcome.duration > _INLINE_SLOW:
+                # it fit, but slowly: this once it stands, and the next run is measured
+                if not measured:
+                    self._remember(script, _SUSPECT)
+                elif time.thread_time_ns() - cpu > _INLINE_SLOW * 1e9:
+                    self._remember(script, time.monotonic() + _INLINE_RETRY)
+                else:
+                    self._too_big.pop(script, None)
+            elif measured:
+                self._too_big.pop(script, None)
             return outcome
         self.inline_misses += 1
-        if outcome.limit == "wall_time" and (
+        if limit == "wall_time" and (
             not measured or time.thread_time_ns() - cpu < sandbox.limits.wall_time * 1e9
         ):
             # past the time, which may have been the machine's rather than the script's: this
@@ -352,14 +371,16 @@ class LuaPool:
             # CPU time measured (a system call, spared the runs of chunks never suspected):
             # a trivial node sent to the workers for a minute over one such wait cost the
             # engine a quarter more CPU per run meanwhile (bench/engine_grpc.py)
-            if len(self._too_big) >= _INLINE_MISSES:
-                self._too_big.clear()
-            self._too_big[task.key] = _SUSPECT
+            self._remember(script, _SUSPECT)
             return None
-        if len(self._too_big) >= _INLINE_MISSES:
-            self._too_big.clear()
-        self._too_big[task.key] = time.monotonic() + _INLINE_RETRY
+        self._remember(script, time.monotonic() + _INLINE_RETRY)
         return None
+
+    def _remember(self, script: str, again: float) -> None:
+        too_big = self._too_big
+        if script not in too_big and len(too_big) >= _INLINE_MISSES:
+            too_big.clear()
+        too_big[script] = again
 
     def submit(self, task: LuaTask, *, owner: Hashable = None) -> asyncio.Future[LuaOutcome]:
         """Queues ``task`` in the turn of ``owner`` (the run it is for; tasks without one share

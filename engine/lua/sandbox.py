@@ -43,9 +43,10 @@ Limits (``LuaLimits``)
     Instructions and wall time are enforced by a count hook in every coroutine. Once a limit
     trips it stays tripped, so pcall cannot swallow it. A ``trial`` sandbox (``LuaPool``'s
     inline one, whose limits are below a worker's) ends the run on a pattern refusal too, which
-    another sandbox raises as an error the script may catch. The memory limit counts what a run adds
-    to the Lua heap; what the engine hands in (inputs, ctx, results) is not charged. The output
-    limit applies to the JSON text.
+    another sandbox raises as an error the script may catch, and on data to convert past
+    ``TRIAL_DATA`` (limit ``memory``). The memory limit counts what a run adds to the Lua heap;
+    what the engine hands in (inputs, ctx, results) is not charged. The output limit applies to
+    the JSON text.
 
 JSON rule
     Python to Lua (inputs, results, ctx): an object becomes a table with string keys. An array
@@ -344,6 +345,39 @@ class _Compiled:
     function: Any = field(repr=False)
 
 
+TRIAL_DATA: Final = 1_500
+"""What a ``trial`` run may convert of the data the engine hands in (inputs, results, a
+foreach item), in units of one table entry or 512 bytes of string, about a third of a
+microsecond each: half a millisecond. Converting is Python's work, outside the script's limits
+(a result of a megabyte took 40 ms on the caller's thread, the event loop's), so past this the
+trial ends before converting, its limit ``memory``, and the task runs on a worker."""
+
+
+def _data_units(value: object, left: int) -> int:
+    """Roughly what converting ``value`` to Lua costs (see ``TRIAL_DATA``); counting stops once
+    past ``left``, so a huge value costs no more to refuse than a small one to take."""
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        return len(value) >> 9 if kind is str else 0  # type: ignore[arg-type]
+    spent = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        children: Any = item.values() if type(item) is dict else item
+        spent += len(children) + 1
+        if spent > left:
+            return spent
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append(child)
+            elif kind is str and len(child) >= 512:
+                spent += len(child) >> 9
+        if spent > left:
+            return spent
+    return spent
+
+
 _CACHE_BYTES: Final = 8 * 1024 * 1024
 """Source bytes of compiled chunks one sandbox keeps (their compiled form takes a few times as
 much); the oldest go first past this, as past the count."""
@@ -385,6 +419,10 @@ class LuaSandbox:
         self._deadline = 0.0
         self._deadline_code = _CHECK_WALL_TIME
         self._memory_cap: int | None = None
+        self._trial = trial
+        self._data_left = 0  # what this trial run may still convert (TRIAL_DATA)
+        self._declined: str | None = None
+        """What this trial run refused to convert, as too large for it: it ends so."""
 
         self._runtime = lupa.LuaRuntime(
             register_eval=False,
@@ -500,6 +538,8 @@ class LuaSandbox:
         self._deadline = deadline
         self._task = task
         self._memory_cap = None
+        self._declined = None
+        self._data_left = TRIAL_DATA
         try:
             code = self._check()
             if code is not None:
@@ -517,10 +557,15 @@ class LuaSandbox:
                 arguments = self._arguments(task, function)
             except _Refused as refused:
                 return self._failed(refused.message(), None, [], started)
+            if self._declined is not None:
+                return self._too_much_data(started)
             # the limit is on from here, while lupa pushes the arguments outside any protected
             # call: a few bytes against at least 64 KiB of headroom
             self._memory(True)
             status, payload, line, log_json, call = self._run_lua(*arguments)
+            if self._declined is not None:
+                # the script may have caught the refusal: whatever it did after, the run ends
+                return self._too_much_data(started)
             if status == "ok" and time.monotonic() > self._deadline:
                 # a C function can run long between two firings of the hook: a run that went
                 # past its time that way has not succeeded
@@ -573,7 +618,7 @@ class LuaSandbox:
                     or type(value) is bool
                 ):
                     arguments += (name, value)
-                else:
+                elif not (self._trial and self._declines(value, "ctx.", name)):
                     arguments += (name, self._to_lua(value))
             except _Refused as refused:
                 refused.root = f"ctx.{name}"
@@ -639,6 +684,20 @@ class LuaSandbox:
             self._limit_message(_REASON_CODES[reason]), line, logs, started, reason
         )
 
+    def _too_much_data(self, started: float) -> LuaOutcome:
+        message = f"{self._declined} is too large to convert in a trial run"
+        return self._tripped(message, None, [], started, "memory")
+
+    def _declines(self, value: object, what: str, name: str = "") -> bool:
+        """Does this trial run refuse to convert ``value`` (``what`` + ``name``, joined only
+        then), as past what is left of its ``TRIAL_DATA``? Then the run is to end."""
+        left = self._data_left
+        self._data_left = left - _data_units(value, left)
+        if self._data_left >= 0:
+            return False
+        self._declined = what + name
+        return True
+
     def _tripped(
         self, error: str, line: int | None, logs: list[tuple[str, str]], started: float, limit: str
     ) -> LuaOutcome:
@@ -678,6 +737,8 @@ class LuaSandbox:
         task = self._task
         if task is not None and task.cancel is not None and task.cancel.is_set():
             return _CHECK_CANCELLED
+        if self._declined is not None:  # the run ends: its outcome says why (_too_much_data)
+            return _CHECK_CANCELLED
         if self._stop is not None and self._stop.is_set():
             return _CHECK_CANCELLED
         if time.monotonic() > self._deadline:
@@ -714,6 +775,8 @@ class LuaSandbox:
         task = self._task
         if task is None:
             return None, None
+        if self._trial and self._declines(task.inputs, "inputs"):
+            return None, "inputs are too large to convert in a trial run"
         before = runtime.get_memory_used()
         try:
             table = self._to_lua(task.inputs)
@@ -738,6 +801,8 @@ class LuaSandbox:
             return None, f"results.{name} could not be read: {error}"
         if value is MISSING:
             return None, None
+        if self._trial and self._declines(value, "results.", name):
+            return None, f"results.{name} is too large to convert in a trial run"
         before = runtime.get_memory_used()
         try:
             # two levels more than an output may have: a foreach node's result is the list of
