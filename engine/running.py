@@ -490,6 +490,9 @@ class Execution:
 
         return lookup
 
+    def _names_for(self, node_id: str) -> Callable[[], list[str]]:
+        return partial(self.run.readable_results, node_id)
+
     def _run_task(self, ins: sch.RunTask) -> None:
         spec = self.run.node_spec(ins.node_id)
         if spec.kind == "workflow":
@@ -529,6 +532,7 @@ class Execution:
             chunk_name=ins.node_id,
             inputs=self.run.inputs,
             results=self._results_for(ins.node_id),
+            result_names=self._names_for(ins.node_id),
             ctx=ins.ctx,
             deadline=None if ins.timeout is None else time.monotonic() + ins.timeout,
             cancel=flag,
@@ -759,6 +763,7 @@ class Execution:
             chunk_name=f"{ins.node_id}.when",
             inputs=self.run.inputs,
             results=self._results_for(ins.node_id),
+            result_names=self._names_for(ins.node_id),
             ctx=ins.ctx,
             expression=True,
             deadline=None if spec.timeout is None else time.monotonic() + spec.timeout,

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias, cast
 
-from engine.core import templates
+from engine.core import dag, templates
 from engine.core.durations import format_duration
 from engine.core.errors import InvalidTransition, MissingPath, TemplateError
 from engine.core.spec import NodeSpec, WorkflowSpec
@@ -475,6 +475,13 @@ class Run:
         if not self.spec.is_ancestor(node_id, requester):
             return MISSING
         return node.output
+
+    def readable_results(self, requester: str) -> list[str]:
+        """The ids ``requester`` may read as results (its ancestors that succeeded), in the
+        run's order: what a script's ``pairs(results)`` goes through."""
+        ancestors = dag.ancestors(requester, self.spec.deps)
+        nodes = self.nodes
+        return [n for n in self.spec.order if n in ancestors and nodes[n].status == "succeeded"]
 
     def record(self, node_id: str) -> NodeRecord:
         n = self.nodes[node_id]

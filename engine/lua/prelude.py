@@ -1513,6 +1513,30 @@ local unreadable = nil  -- and those that could not be read, with why: not conve
 
 local RESULTS_MT = {
   __metatable = false,
+  -- the ancestors that succeeded, in the run's order, each read as results[name] is: the
+  -- table itself holds only what was read already
+  __pairs = function(t)
+    local was = metered
+    metered = false
+    local ok, names = pcall(config.names)  -- not a local: the main chunk has 200 at most
+    py_memory(true)
+    metered = was
+    if tripped then error(LIMIT, 0) end
+    if not ok then
+      if names == MEMORY_ERROR then trip_memory() end
+      error("results could not be listed", 2)
+    end
+    local i = 0
+    return function()
+      while true do
+        i = i + 1
+        local name = names[i]
+        if name == nil then return nil end
+        local value = t[name]
+        if value ~= nil then return name, value end
+      end
+    end, t, nil
+  end,
   __index = function(t, name)
     if type(name) ~= "string" or (missing and missing[name]) then return nil end
     local seen = fetched and fetched[name]

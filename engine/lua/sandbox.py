@@ -107,7 +107,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
@@ -232,6 +232,9 @@ class LuaTask:
     """A ``time.monotonic()`` instant past which the run fails."""
     cancel: CancelFlag | None = None
     """Once set, the run stops with the error ``cancelled``."""
+    result_names: Callable[[], Sequence[str]] | None = None
+    """The ids ``pairs(results)`` goes through (the ancestors that succeeded, in the run's
+    order), asked for only when a script iterates; None: it goes through none."""
 
 
 @dataclass(slots=True)
@@ -457,6 +460,10 @@ class LuaSandbox:
             if sandbox is not None:
                 sandbox._memory(on)
 
+        def names() -> object:
+            sandbox = this()
+            return sandbox._names() if sandbox is not None else None
+
         def date() -> None:
             sandbox = this()
             if sandbox is not None:
@@ -467,6 +474,7 @@ class LuaSandbox:
             {
                 "check": check,
                 "lookup": lookup,
+                "names": names,
                 "inputs": inputs,
                 "memory": memory,
                 "date": date,
@@ -786,6 +794,14 @@ class LuaSandbox:
         if self._memory_cap is not None:
             self._memory_cap += max(0, runtime.get_memory_used() - before)
         return table, None
+
+    def _names(self) -> object:
+        """The ids ``pairs(results)`` goes through, as a Lua list; the memory limit stays
+        lifted on return, as ``_lookup`` leaves it."""
+        self._runtime.set_max_memory(0)
+        task = self._task
+        listed = task.result_names if task is not None else None
+        return self._table_from(list(listed()) if listed is not None else [])
 
     def _lookup(self, name: object) -> tuple[object, str | None]:
         """``results[name]`` for Lua, converted; the memory limit stays lifted on return."""

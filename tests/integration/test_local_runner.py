@@ -257,3 +257,36 @@ def test_the_lua_checker_leaves_a_ctrl_c_to_the_orchestrator(tmp_path: Path) -> 
     _, err = proc.communicate(timeout=60)  # the orchestrator closes its stdin to stop it
     # before: a KeyboardInterrupt traceback in the orchestrator's log, the checker gone
     assert (proc.returncode, err) == (0, "")
+
+
+def test_pairs_over_results_goes_through_the_ancestors_that_succeeded(tmp_path: Path) -> None:
+    """``results`` holds the ancestors' outputs by node id (DESIGN): a fan-in that iterated it
+    got nothing, as the table holds only what was read by name."""
+    spec = tmp_path / "pairs.yaml"
+    spec.write_text(
+        """
+id: pairs
+version: 1.0.0
+nodes:
+  - {id: a, lua: "return { v = 1 }"}
+  - {id: b, lua: "return 2"}
+  - {id: skipped, when: "false", lua: "return 3"}
+  - {id: c, depends_on: [a], lua: "return 'c'"}
+  - {id: unrelated, lua: "return 4"}
+  - id: sink
+    depends_on: [c, b, skipped]
+    trigger_rule: none_failed
+    lua: |
+      local seen = {}
+      for name, value in pairs(results) do seen[#seen + 1] = { name, value } end
+      local again = 0
+      for _ in pairs(results) do again = again + 1 end
+      return { seen = seen, again = again }
+"""
+    )
+    code, doc, err = run_json(str(spec))
+    assert code == 0, err
+    assert doc["nodes"]["sink"]["output"] == {
+        "seen": [["a", {"v": 1}], ["b", 2], ["c", "c"]],
+        "again": 3,
+    }
