@@ -27,6 +27,7 @@ from orchestrator.dispatching import (
     RunTicket,
     fault_backoff,
 )
+from tests.component.dispatch_helpers import FakeLink, OneEngine
 
 SPEC = json.dumps({"id": "wf", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]})
 
@@ -106,30 +107,6 @@ class FakeStub:
         call = FakeCall(request, self.kinds)
         self.calls.append(call)
         return call
-
-
-@dataclass
-class FakeLink:
-    stub: FakeStub
-    key: str = "engine-0"
-    in_flight: int = 0
-    state: str = "serving"
-    full_until: float = 0.0
-    last_error: str | None = None
-
-
-class OneEngine:
-    def __init__(self, link: FakeLink) -> None:
-        self.link = link
-
-    def pick(self, key: str, *, overflow: bool) -> FakeLink:
-        return self.link
-
-    def suspect(self, link: FakeLink, why: str) -> None:
-        pass
-
-    def drain(self, link: FakeLink, why: str) -> None:
-        pass
 
 
 def harness(

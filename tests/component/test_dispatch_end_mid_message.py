@@ -21,6 +21,7 @@ from orchestrator.monitoring import Hub
 from orchestrator.orchestrating import Orchestrator
 from orchestrator.store import Store
 from orchestrator.versions import Registry
+from tests.component.dispatch_helpers import FakeLink, OneEngine
 
 SPEC = {
     "id": "ffl",
@@ -91,30 +92,6 @@ class FakeStub:
         return call
 
 
-@dataclass
-class FakeLink:
-    stub: FakeStub = field(default_factory=FakeStub)
-    key: str = "engine-0"
-    in_flight: int = 0
-    state: str = "serving"
-    full_until: float = 0.0
-    last_error: str | None = None
-
-
-class OneEngine:
-    def __init__(self, link: FakeLink) -> None:
-        self.link = link
-
-    def pick(self, key: str, *, overflow: bool) -> FakeLink:
-        return self.link
-
-    def suspect(self, link: FakeLink, why: str) -> None:
-        pass
-
-    def drain(self, link: FakeLink, why: str) -> None:
-        pass
-
-
 class Parents:
     """What ``SubWorkflows`` is told of a run's end: a parent waiting on it is resolved so."""
 
@@ -145,7 +122,7 @@ async def test_a_run_ended_mid_message_is_finished_and_its_waiters_told(
         lua_checker=checker,
         queue_limit=100,
     )
-    link = FakeLink()
+    link = FakeLink(FakeStub())
     dispatcher = Dispatcher(
         store,
         OneEngine(link),  # type: ignore[arg-type]

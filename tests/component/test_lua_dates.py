@@ -12,6 +12,7 @@ import threading
 import time
 
 from engine.lua import MISSING, LuaLimits, LuaPool, LuaSandbox, LuaTask
+from tests.component.test_lua_messages import run
 
 _SCRIPT = """
 local t, utc, here = inputs.t, inputs.utc, inputs.here
@@ -59,16 +60,7 @@ async def test_concurrent_scripts_each_format_their_own_instant() -> None:
 
 
 def _run(code: str) -> tuple[object, str | None, int | None]:
-    outcome = LuaSandbox(LuaLimits()).run(
-        LuaTask(
-            key=code,
-            code=code,
-            chunk_name="b",
-            inputs={},
-            results=lambda name: MISSING,
-            ctx={"node_id": "b"},
-        )
-    )
+    outcome = run(LuaSandbox(LuaLimits()), code)
     return outcome.value, outcome.error, outcome.line
 
 
@@ -155,46 +147,16 @@ def test_a_run_out_of_memory_in_os_date_leaves_it_to_the_others() -> None:
     # shows
     sandbox = LuaSandbox(LuaLimits(memory=64 * 1024))
     code = 'local f = string.rep("%c", 2048) local v = os.date(f, 0) return #v'
-    formatted = sandbox.run(
-        LuaTask(
-            key="format",
-            code='local f = string.rep("%c", 2048) return #f',
-            chunk_name="b",
-            inputs={},
-            results=lambda name: MISSING,
-            ctx={"node_id": "b"},
-        )
-    )
+    formatted = run(sandbox, 'local f = string.rep("%c", 2048) return #f')
     assert (formatted.limit, formatted.value) == (None, 4096)
-    outcome = sandbox.run(
-        LuaTask(
-            key="big",
-            code=code,
-            chunk_name="b",
-            inputs={},
-            results=lambda name: MISSING,
-            ctx={"node_id": "b"},
-        )
-    )
+    outcome = run(sandbox, code)
     assert (outcome.limit, outcome.error) == ("memory", "memory limit of 65536 bytes exceeded")
     done: list[tuple[object, str | None, int | None]] = []
     other = threading.Thread(target=lambda: done.append(_run('return os.date("!%Y", 0)')))
     other.start()
     other.join(10)
     assert done == [("1970", None, None)]
-    assert (
-        sandbox.run(
-            LuaTask(
-                key="small",
-                code='return os.date("!%Y", 0)',
-                chunk_name="b",
-                inputs={},
-                results=lambda name: MISSING,
-                ctx={"node_id": "b"},
-            )
-        ).value
-        == "1970"
-    )
+    assert run(sandbox, 'return os.date("!%Y", 0)').value == "1970"
 
 
 def test_a_format_past_4096_bytes_is_refused_before_it_takes_the_lock() -> None:

@@ -330,11 +330,9 @@ def at_schema_1(path: Path) -> sqlite3.Connection:
     return conn
 
 
-async def test_a_file_at_schema_1_keeps_its_executions_and_events(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    conn = at_schema_1(path)
-    plan = Registry().plan_register(parse_spec(SPEC), force=False, now=1.0)
-    v = plan.stored
+def running_e1(conn: sqlite3.Connection) -> None:
+    """In an older file: SPEC registered, and run e1 of it running, 3 events stored."""
+    v = Registry().plan_register(parse_spec(SPEC), force=False, now=1.0).stored
     conn.execute(
         "INSERT INTO versions VALUES (?, ?, ?, ?, ?)",
         (v.workflow_id, v.version, v.spec_json, v.digest, v.created_at),
@@ -344,6 +342,12 @@ async def test_a_file_at_schema_1_keeps_its_executions_and_events(tmp_path: Path
         " node_total, nodes_done, last_seq) VALUES ('e1', 'wf', '1.0.0', 'running', '{}',"
         " 100.0, 3, 1, 3)"
     )
+
+
+async def test_a_file_at_schema_1_keeps_its_executions_and_events(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = at_schema_1(path)
+    running_e1(conn)
     for i, node in enumerate("abc"):
         conn.execute(
             "INSERT INTO nodes (execution_id, node_id, ordinal) VALUES ('e1', ?, ?)", (node, i)
@@ -393,17 +397,7 @@ def stored_message(*events: dict[str, Any]) -> bytes:
 async def test_a_run_in_flight_across_schema_10_reads_from_both_tables(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = at_schema_9(path)
-    plan = Registry().plan_register(parse_spec(SPEC), force=False, now=1.0)
-    v = plan.stored
-    conn.execute(
-        "INSERT INTO versions VALUES (?, ?, ?, ?, ?)",
-        (v.workflow_id, v.version, v.spec_json, v.digest, v.created_at),
-    )
-    conn.execute(
-        "INSERT INTO executions (id, workflow_id, version, status, inputs, created_at,"
-        " node_total, nodes_done, last_seq) VALUES ('e1', 'wf', '1.0.0', 'running', '{}',"
-        " 100.0, 3, 1, 3)"
-    )
+    running_e1(conn)
     before = [
         (1, 1, stored_message(event(1, "execution.queued"))),
         (

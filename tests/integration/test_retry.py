@@ -15,7 +15,16 @@ import pytest
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from orchestrator.dagctl import main
-from tests.integration.api import AUTH, TOKEN, get, register, wait_end, wait_for, wait_node
+from tests.integration.api import (
+    AUTH,
+    TOKEN,
+    first_pause_last,
+    get,
+    register,
+    wait_end,
+    wait_for,
+    wait_node,
+)
 from tests.integration.conftest import Cluster
 from tests.net import error_info
 
@@ -43,19 +52,7 @@ nodes:
     lua: return "alerted"
 """
 
-NAP = """
-id: napper
-version: 1.0.0
-nodes:
-  - id: first
-    lua: return { at = 1 }
-  - id: pause
-    depends_on: [first]
-    sleep: 30s
-  - id: last
-    depends_on: [pause]
-    lua: return { done = results.first.at + 1 }
-"""
+NAP = first_pause_last("napper", "30s")
 
 CHILD = """
 id: leaf
@@ -94,6 +91,17 @@ async def retry(
     http: aiohttp.ClientSession, url: str, eid: str, body: Any = None, **headers: str
 ) -> tuple[int, Any]:
     return await post(http, f"{url}/api/v1/executions/{eid}/retry", body, **headers)
+
+
+async def gated_run(http: aiohttp.ClientSession, url: str, n: int, open_at: int) -> str:
+    """A run of ``gated`` whose gate is shut until ``open_at``: it ends partial (its alert
+    ran); the id."""
+    await register(http, url, GATED)
+    status, body = await post(
+        http, f"{url}/trigger/gated", {"inputs": {"n": n, "open_at": open_at}, "wait": True}
+    )
+    assert status == 200 and body["status"] == "partial", body
+    return str(body["execution_id"])
 
 
 async def timeline(http: aiohttp.ClientSession, url: str, eid: str) -> list[Any]:
@@ -266,13 +274,8 @@ def _children(http: aiohttp.ClientSession, url: str, eid: str) -> Any:
 async def test_retries_refused_and_sent_twice(cluster: Cluster) -> None:
     url = cluster.url
     async with aiohttp.ClientSession() as http:
-        await register(http, url, GATED)
         far = int(time.time()) + 3600
-        status, body = await post(
-            http, f"{url}/trigger/gated", {"inputs": {"n": 1, "open_at": far}, "wait": True}
-        )
-        assert status == 200 and body["status"] == "partial", body
-        failed = body["execution_id"]
+        failed = await gated_run(http, url, 1, far)
 
         status, body = await retry(http, url, "no-such-run")
         assert status == 404 and body["error"]["code"] == "not_found", body
@@ -311,13 +314,8 @@ async def test_retries_refused_and_sent_twice(cluster: Cluster) -> None:
 async def test_retry_over_grpc(cluster: Cluster) -> None:
     url = cluster.url
     async with aiohttp.ClientSession() as http:
-        await register(http, url, GATED)
         until = int(time.time()) + 3
-        status, body = await post(
-            http, f"{url}/trigger/gated", {"inputs": {"n": 2, "open_at": until}, "wait": True}
-        )
-        assert status == 200 and body["status"] == "partial", body
-        failed = body["execution_id"]
+        failed = await gated_run(http, url, 2, until)
     await wait_for("the gate to open", _after(until))
     async with grpc.aio.insecure_channel(cluster.orchestrator.grpc_address) as channel:
         stub = pb_grpc.OrchestratorStub(channel)
@@ -364,13 +362,8 @@ def dagctl(url: str, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[in
 async def test_dagctl_retry(cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
     url = cluster.url
     async with aiohttp.ClientSession() as http:
-        await register(http, url, GATED)
         until = int(time.time()) + 3
-        status, body = await post(
-            http, f"{url}/trigger/gated", {"inputs": {"n": 3, "open_at": until}, "wait": True}
-        )
-        assert status == 200 and body["status"] == "partial", body
-        failed = body["execution_id"]
+        failed = await gated_run(http, url, 3, until)
         # by the start of its id, as cancel takes it; not by its end
         code, out, err = dagctl(url, capsys, "retry", failed[-10:])
         assert code == 2 and "retry takes an execution's whole id" in err, err
