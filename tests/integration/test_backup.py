@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import resource
 import shutil
 import sqlite3
 import subprocess
@@ -155,14 +154,23 @@ async def test_without_the_token_it_is_refused_and_nothing_is_written(
 def test_a_local_file_that_cannot_be_written_leaves_nothing(
     cluster: Cluster, finished: dict[str, Any], tmp_path: Path
 ) -> None:
-    def small_files() -> None:
-        # a limit on file sizes stands in for a full disk: writes past it fail (EFBIG), and
-        # Python ignores the SIGXFSZ that comes with them
-        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
-
     out = tmp_path / "out.db"
+    # a limit on file sizes (16 KiB, in the shell's 1,024-byte blocks) stands in for a full
+    # disk: writes past it fail (EFBIG), and Python ignores the SIGXFSZ that comes with them.
+    # Set by a shell the child becomes, not by a preexec_fn: that runs in a fork of this
+    # process, whose gRPC threads it does not have, and grpc's fork handlers once aborted it
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.dagctl", "backup", str(out)],
+        [
+            "/bin/sh",
+            "-c",
+            'ulimit -f 16 && exec "$@"',
+            "sh",
+            sys.executable,
+            "-m",
+            "orchestrator.dagctl",
+            "backup",
+            str(out),
+        ],
         cwd=ROOT,
         # no .pyc written under the limit: a write cut short there leaves a truncated one,
         # which the interpreter would install as it is for every later import
@@ -175,7 +183,6 @@ def test_a_local_file_that_cannot_be_written_leaves_nothing(
         capture_output=True,
         text=True,
         timeout=60,
-        preexec_fn=small_files,
     )
     assert done.returncode == 1, done.stderr
     assert done.stdout == ""
