@@ -334,6 +334,9 @@ class Execution:
                 stopped = sch.TasksStopped(ins.node_id, self._clock())
                 if ins.node_id is None:
                     self._stop_then(stopped, None)
+                    for queued in self._cancels.values():
+                        # one still queued is dropped unrun: the run ends without it
+                        queued.set()
                 else:
                     items = {(n, i, False) for n, i in self._cancels if n == ins.node_id}
                     self._stop_then(stopped, items)

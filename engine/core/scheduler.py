@@ -446,10 +446,15 @@ class Run:
             match s:
                 case Start():
                     self._start()
+                # while the run waits for its stopped scripts to end it (fail_fast), what
+                # tasks bring back changes nothing: they end cancelled with the run, as the
+                # first failure cancels the rest; only their lines are kept
                 case TaskSucceeded():
-                    self._task_succeeded(s)
+                    if self._aborting is None:
+                        self._task_succeeded(s)
                 case TaskFailed():
-                    self._task_failed(s)
+                    if self._aborting is None:
+                        self._task_failed(s)
                 case TaskLogged():
                     logged: JSONObject = {"level": s.level, "message": s.message}
                     if s.item is not None:
@@ -931,8 +936,8 @@ class Run:
             return
         node_id = str(s.key[1])
         n = self.nodes.get(node_id)
-        if n is None or n.status != "running":
-            return
+        if n is None or n.status != "running" or self._aborting is not None:
+            return  # a sleep ending while the run waits to end is cancelled with it
         if kind == "sleep":
             self._settle(n, "succeeded", output={"slept_s": n.spec.sleep})
         elif kind == "retry":

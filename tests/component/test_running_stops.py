@@ -141,3 +141,22 @@ async def test_a_script_slow_to_stop_holds_a_fail_fast_end_no_longer_than_the_gr
         ex = Execution(spec, {}, pool=pool, on_event=events.append)
         doc: dict[str, Any] = dict(await asyncio.wait_for(ex.run_to_end(), 30))
     assert doc["status"] == "failed" and doc["nodes"]["slow"]["status"] == "cancelled"
+
+
+async def test_what_is_queued_sleeping_or_ending_while_a_fail_fast_end_waits_is_cancelled() -> None:
+    """fail_fast cancels the rest: before, scripts still queued were taken by a free worker
+    while the run waited for the stopped ones, ran to the end and succeeded, and a sleep that
+    ended meanwhile succeeded too, their outputs in the failed run's."""
+    busy = 'local t = os.clock() while os.clock() - t < 0.5 do end return "{}"'
+    nodes: list[dict[str, Any]] = [
+        {"id": "spin", "lua": SPIN_AND_LOG},
+        {"id": "bad", "lua": 'local t = os.clock() while os.clock() - t < 0.1 do end error("x")'},
+        {"id": "nap", "sleep": "1s"},
+    ]
+    nodes += [{"id": f"q{i}", "lua": busy.format(i)} for i in range(6)]
+    doc, events = await run({"fail_fast": True, "concurrency": 10, "nodes": nodes})
+    assert doc["status"] == "failed" and doc["outputs"] == {}
+    statuses = {k: v["status"] for k, v in doc["nodes"].items()}
+    assert statuses.pop("bad") == "failed"
+    assert set(statuses.values()) == {"cancelled"}, statuses
+    assert not any(e.type == "node.succeeded" for e in events)
