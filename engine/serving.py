@@ -152,6 +152,9 @@ class SpecCache:
         self._size = size
         self._specs: OrderedDict[str, WorkflowSpec] = OrderedDict()
         self._lock = threading.Lock()
+        # texts being parsed on a thread: runs of one new large spec sent together wait for
+        # the one parse, where each parsed it again, all of them holding the GIL
+        self._parsing: dict[str, asyncio.Future[WorkflowSpec]] = {}
 
     def get(self, text: str) -> WorkflowSpec | None:
         with self._lock:
@@ -175,8 +178,18 @@ class SpecCache:
     async def parse_off_loop(self, text: str) -> None:
         """Parses a large ``text`` not cached yet on a thread, so that the caller's next
         ``self(text)`` finds it; raises what parsing it raises."""
-        if len(text) >= PARSE_OFF_LOOP and self.get(text) is None:
-            await asyncio.to_thread(self, text)
+        if len(text) < PARSE_OFF_LOOP or self.get(text) is not None:
+            return
+        parsing = self._parsing.get(text)
+        if parsing is None:
+            parsing = self._parsing[text] = asyncio.ensure_future(asyncio.to_thread(self, text))
+            parsing.add_done_callback(functools.partial(self._parsed, text))
+        await asyncio.shield(parsing)
+
+    def _parsed(self, text: str, parsing: asyncio.Future[WorkflowSpec]) -> None:
+        self._parsing.pop(text, None)
+        if not parsing.cancelled():
+            parsing.exception()  # told to whoever waits; retrieved even if none is left
 
 
 def _serve_metrics(port: int, host: str, metrics: Metrics) -> Any:

@@ -348,6 +348,7 @@ class Run:
         # run's own, with its status and reason
         self._failing: dict[str, str] = {}
         self._aborting: tuple[ExecutionStatus, str] | None = None
+        self._last_ancestors: tuple[str, frozenset[str]] | None = None
         self.nodes: dict[str, _Node] = {n.id: _Node(n) for n in spec.nodes}
         self._completed = dict(completed or {})
         self._completed_attempts = dict(completed_attempts or {})
@@ -477,16 +478,30 @@ class Run:
         node = self.nodes.get(node_id)
         if node is None or node.status != "succeeded":
             return MISSING
-        if not self.spec.is_ancestor(node_id, requester):
+        if node_id not in self.spec.deps.get(requester, ()) and node_id not in self._ancestors(
+            requester
+        ):
             return MISSING
         return node.output
 
     def readable_results(self, requester: str) -> list[str]:
         """The ids ``requester`` may read as results (its ancestors that succeeded), in the
         run's order: what a script's ``pairs(results)`` goes through."""
-        ancestors = dag.ancestors(requester, self.spec.deps)
+        ancestors = self._ancestors(requester)
         nodes = self.nodes
         return [n for n in self.spec.order if n in ancestors and nodes[n].status == "succeeded"]
+
+    def _ancestors(self, requester: str) -> frozenset[str]:
+        """``requester``'s ancestors, the last asked for kept: ``pairs(results)`` reads every
+        one of them in turn, and each read asked again (a chain of n nodes that each iterate
+        cost n³)."""
+        last = self._last_ancestors
+        if last is None or last[0] != requester:
+            last = self._last_ancestors = (
+                requester,
+                frozenset(dag.ancestors(requester, self.spec.deps)),
+            )
+        return last[1]
 
     def record(self, node_id: str) -> NodeRecord:
         n = self.nodes[node_id]

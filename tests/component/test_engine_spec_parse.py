@@ -4,6 +4,7 @@ meanwhile. Asserted by the thread each parse ran on, not by a time."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator
@@ -99,3 +100,23 @@ async def test_a_large_bad_spec_is_refused_from_its_thread(
         await run(engine, bad, "r1")
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [on_loop for _, on_loop in parses] == [False]  # refused without a parse on the loop
+
+
+async def test_runs_of_one_new_large_spec_sent_together_wait_for_one_parse(
+    parses: list[tuple[str, bool]], engine: EngineServer
+) -> None:
+    # each parsed it again on a thread of its own, all of them holding the GIL
+    ends = await asyncio.gather(*(run(engine, LARGE, f"r{i}") for i in range(4)))
+    assert [types[-1] for types in ends] == ["execution.succeeded"] * 4
+    assert parses == [("large", False)]
+    # a bad one is told to each of them, from its one parse
+    parses.clear()
+    bad = wide("bad2", 500, lua="return {")
+    refused = await asyncio.gather(
+        *(run(engine, bad, f"b{i}") for i in range(3)), return_exceptions=True
+    )
+    assert all(
+        isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for r in refused
+    ), refused
+    assert len(parses) == 1
