@@ -342,9 +342,7 @@ def execution_details(doc: JSONObject, now: float, width: int = 60) -> Renderabl
     children = doc.get("children")
     if isinstance(children, list) and children:
         tree = Tree(Text("Sub-workflows", style="bold"), guide_style="dim")
-        _grow(tree, children[:NODES_SHOWN])
-        if len(children) > NODES_SHOWN:
-            tree.add(Text(f"... and {len(children) - NODES_SHOWN} more", style="dim"))
+        _grow(tree, children)
         parts.append(Text(""))
         parts.append(tree)
     return Group(*parts)
@@ -372,7 +370,13 @@ def _shown_nodes(nodes: JSONObject) -> list[str]:
 
 
 def _grow(tree: Tree, children: list[JSON]) -> None:
-    """One branch per child execution: node, workflow, state, and its own children below."""
+    """One branch per child execution: node, workflow, state, and its own children below;
+    ``NODES_SHOWN`` of them at most on each branch."""
+    if len(children) > NODES_SHOWN:
+        more = len(children) - NODES_SHOWN
+        children = children[:NODES_SHOWN]
+    else:
+        more = 0
     for child in children:
         if not isinstance(child, dict):
             tree.add(Text(text_of(child)))
@@ -395,6 +399,8 @@ def _grow(tree: Tree, children: list[JSON]) -> None:
         branch = tree.add(label)
         if isinstance(grandchildren, list):
             _grow(branch, grandchildren)
+    if more:
+        tree.add(Text(f"... and {more} more", style="dim"))
 
 
 def workflow_details(workflow: JSONObject) -> RenderableType:

@@ -562,7 +562,10 @@ def test_execution_details_of_a_run_of_thousands_of_nodes_draw_500_failed_ones_f
     nodes = {f"n{i:05d}": node("succeeded") for i in range(20_000)}
     nodes["n19999"] = node("failed")
     nodes["n10000"] = node("blocked")
-    doc = execution(status="partial", nodes=nodes, children=[f"c{i}" for i in range(600)])
+    children: list[Any] = [f"c{i}" for i in range(600)]
+    children[0] = {"id": "c0", "workflow_id": "sub", "version": "1.0.0", "status": "running",
+                   "parent_node_id": "n00000", "children": [f"g{i}" for i in range(3000)]}  # fmt: skip
+    doc = execution(status="partial", nodes=nodes, children=children)
     text = render(execution_details(doc, NOW))
     drawn = [line.split()[0] for line in text.splitlines() if line.startswith("n")]
     assert len(drawn) == 500
@@ -573,6 +576,8 @@ def test_execution_details_of_a_run_of_thousands_of_nodes_draw_500_failed_ones_f
         "3f2a9c1e0b7d4e5f8a6b1c2d3e4f5a6b -o json shows every one"
     ) in text
     assert "c499" in text and "c500" not in text and "... and 100 more" in text
+    # each branch alike: a child's own children were drawn whole
+    assert "g499" in text and "g500" not in text and "... and 2500 more" in text
 
 
 def test_workflow_details() -> None:
