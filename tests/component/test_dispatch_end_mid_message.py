@@ -16,12 +16,9 @@ import pytest
 from engine.api import dagengine_pb2 as pb
 from orchestrator.dispatching import Dispatcher, run_end
 from orchestrator.lua_checking import LuaSyntaxChecker
-from orchestrator.metrics import Metrics
-from orchestrator.monitoring import Hub
-from orchestrator.orchestrating import Orchestrator
 from orchestrator.store import Store
-from orchestrator.versions import Registry
 from tests.component.dispatch_helpers import FakeLink, OneEngine
+from tests.component.serving_helpers import facade
 
 SPEC = {
     "id": "ffl",
@@ -113,15 +110,7 @@ async def test_a_run_ended_mid_message_is_finished_and_its_waiters_told(
 ) -> None:
     store = await Store.open(str(tmp_path / "state.db"))
     checker = LuaSyntaxChecker()
-    orch = Orchestrator(
-        store=store,
-        registry=Registry(),
-        fleet=None,  # type: ignore[arg-type]
-        hub=Hub(),
-        metrics=Metrics(list, lambda: 0),
-        lua_checker=checker,
-        queue_limit=100,
-    )
+    orch = facade(store, checker)
     link = FakeLink(FakeStub())
     dispatcher = Dispatcher(
         store,

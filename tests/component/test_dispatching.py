@@ -35,22 +35,11 @@ async def test_a_cancel_while_the_dispatcher_times_a_run_out_stores_one_end(
     import time
 
     from orchestrator.lua_checking import LuaSyntaxChecker
-    from orchestrator.metrics import Metrics
-    from orchestrator.monitoring import Hub
-    from orchestrator.orchestrating import Orchestrator
     from orchestrator.store import Store
-    from orchestrator.versions import Registry
+    from tests.component.serving_helpers import facade
 
     store = await Store.open(str(tmp_path / "state.db"))
-    orch = Orchestrator(
-        store=store,
-        registry=Registry(),
-        fleet=None,  # type: ignore[arg-type]
-        hub=Hub(),
-        metrics=Metrics(list, lambda: 0),
-        lua_checker=LuaSyntaxChecker(),
-        queue_limit=100,
-    )
+    orch = facade(store, LuaSyntaxChecker())
     dispatcher = Dispatcher(
         store,  # type: ignore[arg-type]
         NoEngines(),  # type: ignore[arg-type]
