@@ -395,7 +395,7 @@ class Orchestrator:
         # document does, so that retries of it sent together do not multiply the memory
         large = head.weight > HEAVY_READ_BYTES
         async with self.large_reads.hold(head.weight if large else 0):
-            source = await self.store.retry_source(execution_id)
+            source = await self.store.retry_source(execution_id, head.weight)
             if source is None:  # deleted by retention since
                 raise NotFound(f"no execution {execution_id!r}")
             kept = retry_keeps(spec.order, spec.deps, source.ended)

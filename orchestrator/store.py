@@ -2001,13 +2001,11 @@ class Store:
 
         return await self._writer.run(read)
 
-    async def retry_source(self, execution_id: str) -> RetrySource | None:
+    async def retry_source(self, execution_id: str, weight: int) -> RetrySource | None:
         """The execution as a retry starts from it; None when there is no such execution. Its
-        events are read whole, on the heavy reader when they weigh as a large document's."""
-        head = await self.execution_head(execution_id, weigh=True)
-        if head is None:
-            return None
-        worker = self._heavy if head.weight > HEAVY_READ_BYTES else self._reader
+        events are read whole, on the heavy reader when they weigh (``weight``, as its head
+        tells) as a large document's."""
+        worker = self._heavy if weight > HEAVY_READ_BYTES else self._reader
 
         def read(conn: sqlite3.Connection) -> RetrySource | None:
             conn.execute("BEGIN")  # the row and its events as of one moment
