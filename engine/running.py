@@ -126,6 +126,25 @@ def waited_note(timeout: float, ran: float) -> str:
     )
 
 
+class _Results:
+    """What a node's script reads as ``results``: an ancestor's output by id (``LUA_MISSING``
+    for any other name), and the ancestors ``pairs(results)`` goes through. One object a
+    task, where a closure and a partial each cost a node some 0.3 µs."""
+
+    __slots__ = ("_node_id", "_run")
+
+    def __init__(self, run: sch.Run, node_id: str) -> None:
+        self._run = run
+        self._node_id = node_id
+
+    def __call__(self, name: str) -> object:
+        got = self._run.result_of(self._node_id, name)
+        return LUA_MISSING if got is sch.MISSING else got
+
+    def names(self) -> list[str]:
+        return self._run.readable_results(self._node_id)
+
+
 class Execution:
     """One run of a workflow, driven to its end on the current event loop."""
 
@@ -484,17 +503,8 @@ class Execution:
         # the scripts ran until now: that is when their nodes, or the run, ended
         self.feed(*pending, replace(held.stimulus, now=self._clock()), *held.after)
 
-    def _results_for(self, node_id: str) -> Callable[[str], object]:
-        run = self.run
-
-        def lookup(name: str) -> object:
-            got = run.result_of(node_id, name)
-            return LUA_MISSING if got is sch.MISSING else got
-
-        return lookup
-
-    def _names_for(self, node_id: str) -> Callable[[], list[str]]:
-        return partial(self.run.readable_results, node_id)
+    def _results_for(self, node_id: str) -> _Results:
+        return _Results(self.run, node_id)
 
     def _run_task(self, ins: sch.RunTask) -> None:
         spec = self.run.node_spec(ins.node_id)
@@ -534,8 +544,8 @@ class Execution:
             code=spec.lua,
             chunk_name=ins.node_id,
             inputs=self.run.inputs,
-            results=self._results_for(ins.node_id),
-            result_names=self._names_for(ins.node_id),
+            results=(results := self._results_for(ins.node_id)),
+            result_names=results.names,
             ctx=ins.ctx,
             deadline=None if ins.timeout is None else time.monotonic() + ins.timeout,
             cancel=flag,
@@ -765,8 +775,8 @@ class Execution:
             code=spec.when,
             chunk_name=f"{ins.node_id}.when",
             inputs=self.run.inputs,
-            results=self._results_for(ins.node_id),
-            result_names=self._names_for(ins.node_id),
+            results=(results := self._results_for(ins.node_id)),
+            result_names=results.names,
             ctx=ins.ctx,
             expression=True,
             deadline=None if spec.timeout is None else time.monotonic() + spec.timeout,

@@ -41,13 +41,6 @@ from engine.core.values import JSON, JSONObject, json_kind
 MISSING: Final = object()
 
 
-def _duration_ms(since: float, now: float) -> float:
-    """Milliseconds from ``since`` to ``now``, never negative: times are the wall clock's (a
-    run's stamps must read as times, and a resumed run's began on another engine's clock), and
-    a clock stepped back while a node ran would otherwise report it as taking negative time."""
-    return round(max(0.0, now - since) * 1000, 3)
-
-
 # Stimuli and instructions are made several times per node, so they are plain slotted
 # dataclasses (frozen ones construct three times slower); nothing mutates them once made.
 
@@ -607,7 +600,11 @@ class Run:
             if error is not None:
                 payload["error"] = error
             if n.started_at is not None and status in ("succeeded", "failed", "cancelled"):
-                payload["duration_ms"] = _duration_ms(n.started_at, self._now)
+                # never negative: times are the wall clock's (a run's stamps must read as
+                # times, and a resumed run's began on another engine's clock), and one set
+                # back while the node ran would report it as taking negative time
+                took = self._now - n.started_at
+                payload["duration_ms"] = round(took * 1000, 3) if took > 0 else 0.0
             severity: Severity = (
                 "error"
                 if status == "failed"
@@ -1033,7 +1030,8 @@ class Run:
         if unreached:
             data["unreached"] = unreached
         if self.started_at is not None:
-            data["duration_ms"] = _duration_ms(self.started_at, self._now)
+            took = self._now - self.started_at
+            data["duration_ms"] = round(took * 1000, 3) if took > 0 else 0.0  # as a node's
         severity: Severity = (
             "info"
             if status == "succeeded"
