@@ -1185,7 +1185,12 @@ def openapi_document(*, guarded: bool = True) -> JSONObject:
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY},
+        # printable UTF-8 text: a control character is refused with 400
+        "schema": {
+            "type": "string",
+            "maxLength": MAX_IDEMPOTENCY_KEY,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*$",
+        },
     }
     trigger = _op(
         "Start an execution",
@@ -1263,7 +1268,10 @@ def openapi_document(*, guarded: bool = True) -> JSONObject:
                 "CancelRequest": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {"reason": {"type": "string", "maxLength": MAX_CANCEL_REASON}},
+                    # null is none, as an absent reason is
+                    "properties": {
+                        "reason": {"type": ["string", "null"], "maxLength": MAX_CANCEL_REASON}
+                    },
                 },
                 "Status": {
                     "type": "object",
@@ -1374,8 +1382,9 @@ def openapi_document(*, guarded: bool = True) -> JSONObject:
                         "202": "accepted and stored",
                         "200": "finished while waiting",
                         "404": "not found",
-                        "409": "not_retryable: the run has not ended, succeeded, or is a "
-                        "sub-workflow run (retry its parent)",
+                        "409": "not_retryable: the run has not ended, succeeded, is a "
+                        "sub-workflow run (retry its parent), or a retry of its chain (it, "
+                        "its retries, theirs) is queued or running",
                         "429": "queue full (Retry-After)",
                         "503": "the state database cannot take the run now (Retry-After); "
                         "nothing stored",
@@ -1390,7 +1399,8 @@ def openapi_document(*, guarded: bool = True) -> JSONObject:
                     f"unless given, at most {EVENTS_PAGE_MAX}",
                     params=[
                         _path_param("execution_id"),
-                        _query("after_seq", "integer", minimum=0),
+                        # 18 digits at most: a seq is a SQLite integer
+                        _query("after_seq", "integer", minimum=0, maximum=10**18 - 1),
                         _query("limit", "integer", minimum=1, maximum=EVENTS_PAGE_MAX),
                     ],
                     responses={

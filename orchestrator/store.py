@@ -264,6 +264,21 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     CREATE INDEX executions_by_retry ON executions (retry_of) WHERE retry_of IS NOT NULL;
     """,
+    # the run a chain of retries began with (a retry of a retry has its first run's): one
+    # retry of a chain at a time, whichever of its runs each was asked of
+    """
+    ALTER TABLE executions ADD COLUMN retry_root TEXT;
+    UPDATE executions SET retry_root = (
+        WITH RECURSIVE up(id, parent) AS (
+            SELECT e.id, e.retry_of FROM executions e WHERE e.id = executions.retry_of
+            UNION ALL
+            SELECT e.id, e.retry_of FROM executions e JOIN up ON e.id = up.parent
+        )
+        SELECT id FROM up WHERE parent IS NULL
+    ) WHERE retry_of IS NOT NULL;
+    CREATE INDEX executions_by_retry_root ON executions (retry_root)
+        WHERE retry_root IS NOT NULL;
+    """,
 )
 _BATCH_TABLES: Final = ("event_messages", "event_batches")
 """Where a run's stored stream messages are: the rowid table every write goes to, and the
@@ -1718,13 +1733,19 @@ class Store:
                         "DELETE FROM idempotency WHERE created_at < ?",
                         (created_at - IDEMPOTENCY_WINDOW,),
                     )
+            retry_root = None
             if retry_of is not None:
-                # one retry of a run at a time: a second click, or a second operator, would
+                # one retry of a chain at a time (a run, its retries, theirs): a second click,
+                # or a second operator retrying the first run or another retry of it, would
                 # run its failed nodes (a payment, a deploy) twice over
+                row = conn.execute(
+                    "SELECT retry_root FROM executions WHERE id = ?", (retry_of,)
+                ).fetchone()
+                retry_root = (row[0] if row is not None else None) or retry_of
                 going = conn.execute(
-                    "SELECT id, status FROM executions WHERE retry_of = ?"
+                    "SELECT id, status FROM executions WHERE retry_root = ?"
                     " AND status IN ('queued', 'running') LIMIT 1",
-                    (retry_of,),
+                    (retry_root,),
                 ).fetchone()
                 if going is not None:
                     raise NotRetryable(
@@ -1737,8 +1758,8 @@ class Store:
             conn.execute(
                 "INSERT INTO executions (id, workflow_id, version, status, inputs, created_at,"
                 " parent_execution_id, parent_node_id, pinned, node_total, last_seq,"
-                " parent_item, parent_attempt, depth, retry_of)"
-                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " parent_item, parent_attempt, depth, retry_of, retry_root)"
+                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     execution_id,
                     workflow_id,
@@ -1754,6 +1775,7 @@ class Store:
                     parent_attempt,
                     depth,
                     retry_of,
+                    retry_root,
                 ),
             )
             conn.execute(

@@ -447,8 +447,8 @@ class OrchestratorServicer:
         """A new run of an execution that ended without succeeding (failed, partial, cancelled,
         timed_out): its version, pinned sub-workflow versions and inputs. The nodes that
         succeeded keep their outputs and do not run again; the others do. FAILED_PRECONDITION
-        (not_retryable) for a run that has not ended, that succeeded, or that is a sub-workflow
-        run (retry its parent).
+        (not_retryable) for a run that has not ended, that succeeded, that is a sub-workflow run
+        (retry its parent), or whose chain (it, its retries, theirs) has a retry queued or running.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -170,8 +170,8 @@ class OrchestratorStub:
     """A new run of an execution that ended without succeeding (failed, partial, cancelled,
     timed_out): its version, pinned sub-workflow versions and inputs. The nodes that
     succeeded keep their outputs and do not run again; the others do. FAILED_PRECONDITION
-    (not_retryable) for a run that has not ended, that succeeded, or that is a sub-workflow
-    run (retry its parent).
+    (not_retryable) for a run that has not ended, that succeeded, that is a sub-workflow run
+    (retry its parent), or whose chain (it, its retries, theirs) has a retry queued or running.
     """
     WatchEvents: _grpc.UnaryStreamMultiCallable[_dagengine_pb2.WatchEventsRequest, _dagengine_pb2.Event]
     """Live events, filterable; a slow watcher gets subscriber.lagged with the count it missed.
@@ -219,8 +219,8 @@ class OrchestratorAsyncStub(OrchestratorStub):
     """A new run of an execution that ended without succeeding (failed, partial, cancelled,
     timed_out): its version, pinned sub-workflow versions and inputs. The nodes that
     succeeded keep their outputs and do not run again; the others do. FAILED_PRECONDITION
-    (not_retryable) for a run that has not ended, that succeeded, or that is a sub-workflow
-    run (retry its parent).
+    (not_retryable) for a run that has not ended, that succeeded, that is a sub-workflow run
+    (retry its parent), or whose chain (it, its retries, theirs) has a retry queued or running.
     """
     WatchEvents: _aio.UnaryStreamMultiCallable[_dagengine_pb2.WatchEventsRequest, _dagengine_pb2.Event]  # type: ignore[assignment]
     """Live events, filterable; a slow watcher gets subscriber.lagged with the count it missed.
@@ -313,8 +313,8 @@ class OrchestratorServicer(metaclass=_abc_1.ABCMeta):
         """A new run of an execution that ended without succeeding (failed, partial, cancelled,
         timed_out): its version, pinned sub-workflow versions and inputs. The nodes that
         succeeded keep their outputs and do not run again; the others do. FAILED_PRECONDITION
-        (not_retryable) for a run that has not ended, that succeeded, or that is a sub-workflow
-        run (retry its parent).
+        (not_retryable) for a run that has not ended, that succeeded, that is a sub-workflow run
+        (retry its parent), or whose chain (it, its retries, theirs) has a retry queued or running.
         """
 
     @_abc_1.abstractmethod

@@ -652,3 +652,27 @@ async def test_a_wal_swollen_by_a_burst_of_writes_is_cut_back_after_a_checkpoint
         await s.close()
     assert swollen > limit, swollen
     assert after <= limit, (swollen, after)  # before: as large as it had grown
+
+
+async def test_retries_made_before_schema_13_get_the_first_run_of_their_chain(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for script in MIGRATIONS[:12]:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute("PRAGMA user_version = 12")
+    for eid, retry_of in (("a", None), ("b", "a"), ("c", "b"), ("d", "a"), ("x", None)):
+        conn.execute(
+            "INSERT INTO executions (id, workflow_id, version, status, inputs, created_at,"
+            " node_total, retry_of) VALUES (?, 'wf', '1.0.0', 'failed', '{}', 1.0, 1, ?)",
+            (eid, retry_of),
+        )
+    conn.close()
+    store = await Store.open(str(path))
+    await store.close()
+    with sqlite3.connect(path) as check:
+        roots = dict(check.execute("SELECT id, retry_root FROM executions ORDER BY id"))
+    assert roots == {"a": None, "b": "a", "c": "a", "d": "a", "x": None}

@@ -220,6 +220,16 @@ async def test_a_cancelled_run_is_retried_from_where_it_was(cluster: Cluster) ->
         assert "has not ended (it is running)" in body["error"]["message"]
         await post(http, f"{url}/api/v1/executions/{again}/cancel", {})
         assert (await wait_end(http, url, again))["status"] == "cancelled"
+        # one retry of a chain at a time: with the retry of the retry going, the first run is
+        # refused too (two operators, one retrying each, ran the failed nodes twice at once)
+        status, body = await retry(http, url, again)
+        assert status == 202 and body["retry_of"] == again, body
+        third = body["execution_id"]
+        await wait_node(http, url, third, "pause")
+        status, body = await retry(http, url, first_id)
+        assert status == 409 and body["error"]["details"]["retry"] == third, body
+        await post(http, f"{url}/api/v1/executions/{third}/cancel", {})
+        assert (await wait_end(http, url, third))["status"] == "cancelled"
 
 
 async def test_a_retried_parent_runs_its_child_again_on_the_pinned_version(
