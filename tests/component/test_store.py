@@ -320,14 +320,20 @@ async def test_an_execution_cancelled_in_the_queue_ends_every_node(store: Store)
     assert nodes["a"]["finished_at"] == "2026-01-01T00:00:02.000Z"
 
 
-def at_schema_1(path: Path) -> sqlite3.Connection:
-    """A state file as the first release left it: schema 1, still open for more rows."""
+def at_schema(path: Path, number: int) -> sqlite3.Connection:
+    """A state file as schema ``number`` left it, still open for more rows."""
     conn = sqlite3.connect(path, isolation_level=None)
-    for statement in MIGRATIONS[0].split(";"):
-        if statement.strip():
-            conn.execute(statement)
-    conn.execute("PRAGMA user_version = 1")
+    for script in MIGRATIONS[:number]:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {number}")
     return conn
+
+
+def at_schema_1(path: Path) -> sqlite3.Connection:
+    """A state file as the first release left it."""
+    return at_schema(path, 1)
 
 
 def running_e1(conn: sqlite3.Connection) -> None:
@@ -379,13 +385,7 @@ async def test_a_file_at_schema_1_keeps_its_executions_and_events(tmp_path: Path
 
 def at_schema_9(path: Path) -> sqlite3.Connection:
     """A state file as schema 9 left it, when events went to the WITHOUT ROWID table."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    for script in MIGRATIONS[:9]:
-        for statement in script.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-    conn.execute("PRAGMA user_version = 9")
-    return conn
+    return at_schema(path, 9)
 
 
 def stored_message(*events: dict[str, Any]) -> bytes:
@@ -658,12 +658,7 @@ async def test_retries_made_before_schema_13_get_the_first_run_of_their_chain(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for script in MIGRATIONS[:12]:
-        for statement in script.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-    conn.execute("PRAGMA user_version = 12")
+    conn = at_schema(path, 12)
     for eid, retry_of in (("a", None), ("b", "a"), ("c", "b"), ("d", "a"), ("x", None)):
         conn.execute(
             "INSERT INTO executions (id, workflow_id, version, status, inputs, created_at,"
