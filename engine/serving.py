@@ -23,6 +23,7 @@ import asyncio
 import errno
 import functools
 import gc
+import hashlib
 import logging
 import signal
 import threading
@@ -41,6 +42,7 @@ from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.authenticating import RequireToken
 from engine.core.envparse import any_address, bare_host, host_port
+from engine.core.errors import SpecError
 from engine.core.events import Event
 from engine.core.spec import WorkflowSpec
 from engine.core.values import JSONObject, nests_deeper
@@ -146,11 +148,20 @@ interval (5 ms), enough to answer."""
 class SpecCache:
     """Parsed specs by their text, the latest ``size`` of them (the orchestrator sends the same
     spec with every run of a version); unlike ``functools.lru_cache`` it says whether a text is
-    parsed already, without parsing it. Thread-safe: a large spec is parsed on a thread."""
+    parsed already, without parsing it. Thread-safe: a large spec is parsed on a thread.
+
+    Refusals are kept too, the latest ``REFUSALS`` of them by the text's digest (a refused text
+    may be as large as a message; its digest is 32 bytes): parsing is pure, so a text refused
+    once is refused again with the same problems, and a client resending a bad large spec, or
+    sending it with runs together that come in after its parse ended, had it parsed each time.
+    """
+
+    REFUSALS: Final = 32
 
     def __init__(self, size: int = 256) -> None:
         self._size = size
         self._specs: OrderedDict[str, WorkflowSpec] = OrderedDict()
+        self._refused: OrderedDict[bytes, SpecError] = OrderedDict()
         self._lock = threading.Lock()
         # texts being parsed on a thread: runs of one new large spec sent together wait for
         # the one parse, where each parsed it again, all of them holding the GIL
@@ -168,7 +179,20 @@ class SpecCache:
         spec = self.get(text)
         if spec is not None:
             return spec
-        spec = spec_from_request(text)
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+        with self._lock:
+            refused = self._refused.get(digest)
+        if refused is not None:
+            # a new exception each time: raising one object again grows its traceback
+            raise SpecError(refused.problems, refused.source)
+        try:
+            spec = spec_from_request(text)
+        except SpecError as error:
+            with self._lock:
+                self._refused[digest] = error
+                while len(self._refused) > self.REFUSALS:
+                    self._refused.popitem(last=False)
+            raise
         with self._lock:
             self._specs[text] = spec
             while len(self._specs) > self._size:
@@ -179,7 +203,7 @@ class SpecCache:
         """Parses a large ``text`` not cached yet on a thread, so that the caller's next
         ``self(text)`` finds it; raises what parsing it raises."""
         if len(text) < PARSE_OFF_LOOP or self.get(text) is not None:
-            return
+            return  # parsed, or refused again quickly from its digest
         parsing = self._parsing.get(text)
         if parsing is None:
             parsing = self._parsing[text] = asyncio.ensure_future(asyncio.to_thread(self, text))

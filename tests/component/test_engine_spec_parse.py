@@ -102,6 +102,23 @@ async def test_a_large_bad_spec_is_refused_from_its_thread(
     assert [on_loop for _, on_loop in parses] == [False]  # refused without a parse on the loop
 
 
+async def test_a_bad_spec_sent_again_is_refused_from_its_one_parse(
+    parses: list[tuple[str, bool]], engine: EngineServer
+) -> None:
+    # parsing is pure: the same text is refused with the same problems, without parsing it again
+    for bad in (wide("bad", 500, lua="return {"), wide("small_bad", 2, lua="return {")):
+        parses.clear()
+        details = []
+        for execution_id in ("r1", "r2", "r3"):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await run(engine, bad, execution_id)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            details.append(caught.value.details())
+        assert len(parses) == 1, parses
+        assert details[0] == details[1] == details[2]
+        assert "nodes[n1].lua: Lua syntax error" in details[0], details[0]
+
+
 async def test_runs_of_one_new_large_spec_sent_together_wait_for_one_parse(
     parses: list[tuple[str, bool]], engine: EngineServer
 ) -> None:
@@ -109,7 +126,8 @@ async def test_runs_of_one_new_large_spec_sent_together_wait_for_one_parse(
     ends = await asyncio.gather(*(run(engine, LARGE, f"r{i}") for i in range(4)))
     assert [types[-1] for types in ends] == ["execution.succeeded"] * 4
     assert parses == [("large", False)]
-    # a bad one is told to each of them, from its one parse
+    # a bad one is told to each of them, from its one parse (a run coming in after the parse
+    # ended finds the refusal kept)
     parses.clear()
     bad = wide("bad2", 500, lua="return {")
     refused = await asyncio.gather(
