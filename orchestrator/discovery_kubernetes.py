@@ -469,9 +469,14 @@ def check_settings(settings: Settings) -> None:
         try:
             k8s_config.load_incluster_config(client_configuration=configuration)
         except k8s_config.ConfigException as exc:
+            # named from the discovery mode down: off a cluster, the setting to change is
+            # most often DISCOVERY_MODE, which defaults to kubernetes
+            default = "" if "DISCOVERY_MODE" in settings.environ else " (the default)"
             raise SettingsError(
-                f"IN_CLUSTER_CONFIG=true but this is not a Kubernetes pod ({exc}); set"
-                " IN_CLUSTER_CONFIG=false to use a kubeconfig (KUBECONFIG)"
+                f"DISCOVERY_MODE=kubernetes{default} with IN_CLUSTER_CONFIG=true, but this is"
+                f" not a Kubernetes pod ({exc}): set IN_CLUSTER_CONFIG=false to use a"
+                " kubeconfig (KUBECONFIG), or off a cluster DISCOVERY_MODE=static with"
+                " ENGINE_ADDRESSES (or `dagctl up`, which starts engines too)"
             ) from exc
         return
     path = settings.kubeconfig or str(Path("~/.kube/config").expanduser())

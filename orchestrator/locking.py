@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from pathlib import Path
 
 
 class StateInUse(RuntimeError):
@@ -29,6 +30,30 @@ class Held(RuntimeError):
 
 def _lock_path(path: str) -> str:
     return f"{os.path.realpath(path)}.lock"
+
+
+def private_dirs(path: Path) -> None:
+    """Make the folder ``path`` and any of its missing parents, those it makes readable by
+    their owner alone: the state database and the logs beside it hold every run's inputs and
+    outputs, which often carry secrets. A folder that exists keeps its mode, which is its
+    owner's choice."""
+    missing: list[Path] = []
+    while not path.exists() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+
+def private_file(path: str) -> None:
+    """Make ``path`` empty, readable by its owner alone, unless it exists. SQLite gives the
+    WAL and shared-memory files it makes beside a database the database's mode, so a new state
+    database and its WAL are 0600 whatever the umask. An error is left for SQLite to say, in
+    the words it says it when it makes the file itself."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except OSError:
+        pass
 
 
 def hold(lock_path: str) -> int:

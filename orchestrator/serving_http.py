@@ -605,7 +605,21 @@ class HttpApi:
             raise HttpError(400, "bad_request", "the request body is empty: send a workflow spec")
         if not is_yaml:
             # JSON errors and depth limits, before the registry sees it
-            await _read_json(request, keys_once=False)
+            try:
+                await _read_json(request, keys_once=False)
+            except HttpError as exc:
+                if exc.code != "bad_json" or text.lstrip().startswith(("{", "[")):
+                    raise
+                # most often YAML sent without its type (curl --data-binary sends a form's)
+                given = "Content-Type" in request.headers  # else aiohttp says octet-stream
+                sent = f"Content-Type {ctype}" if given else "no Content-Type"
+                raise HttpError(
+                    exc.status,
+                    exc.code,
+                    f"{exc.message} (sent with {sent}; a YAML spec needs Content-Type: "
+                    "application/yaml)",
+                    exc.details,
+                ) from None
         workflow, created = await self.api.register(text, yaml=is_yaml, force=force)
         return _json({"workflow": workflow, "created": created}, 201 if created else 200)
 

@@ -50,7 +50,7 @@ from orchestrator.errors import (
     NotRetryable,
     StoreUnavailable,
 )
-from orchestrator.locking import lock_state
+from orchestrator.locking import lock_state, private_dirs, private_file
 from orchestrator.timeline import (
     Checkpoint,
     fold_nodes,
@@ -1522,7 +1522,7 @@ class Store:
             sqlite3.Connection, sqlite3.Connection, sqlite3.Connection, int | None
         ]:
             if path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                private_dirs(Path(path).parent)
             lock = lock_state(path)
             try:
                 writer, reader = connect()
@@ -1536,8 +1536,10 @@ class Store:
         def connect() -> tuple[sqlite3.Connection, sqlite3.Connection]:
             # whose the file is, and whether it is whole, read where nothing can be written
             # into it: a refused file is left byte for byte (the lock keeps other
-            # orchestrators out meanwhile, and a new file is made by the writer below)
+            # orchestrators out meanwhile, and a new file is made below)
             inspect_state(path)
+            if path != ":memory:":
+                private_file(path)  # a new one: the writer would make it as the umask says
             writer = _connect(path)
             mode = writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal" and path != ":memory:":

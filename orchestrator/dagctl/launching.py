@@ -50,7 +50,7 @@ from engine.core.values import JSON, JSONObject
 from orchestrator.dagctl.calling import ApiError, Client, Unreachable
 from orchestrator.dagctl.cli import BadArguments, detail_lines
 from orchestrator.dagctl.cli import Settings as ClientSettings
-from orchestrator.locking import Held, hold, holder_named, state_holder
+from orchestrator.locking import Held, hold, holder_named, private_dirs, state_holder
 from orchestrator.settings import state_db as state_db_setting
 
 _T = TypeVar("_T")
@@ -1055,7 +1055,7 @@ def hold_logs(log_dir: Path) -> int:
     the look at its lock, which its orchestrator takes only later, and would rotate each other's
     logs. LaunchError when another ``up`` has it, or when the directory cannot be written."""
     try:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        private_dirs(log_dir)  # the logs carry what scripts log, and .dagengine the database
         return hold(str(log_dir / UP_LOCK))
     except Held as exc:
         raise LaunchError(

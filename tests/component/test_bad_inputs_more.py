@@ -633,6 +633,35 @@ async def test_registration_over_http_refuses_nan_and_schema_loops_with_lines(
     assert served.orch.registry.summaries()[0] == []
 
 
+async def test_yaml_registered_without_its_content_type_is_told_how_to_send_it(
+    served: Served,
+) -> None:
+    text = HEAD
+    async with aiohttp.ClientSession() as http:
+        # curl --data-binary sends a form's type; a client may send none
+        for headers, sent in [
+            ({"Content-Type": "application/x-www-form-urlencoded"}, "Content-Type application/"),
+            ({}, "no Content-Type"),
+        ]:
+            async with http.post(
+                f"{served.url}/api/v1/workflows",
+                data=text.encode(),
+                headers=headers,
+                skip_auto_headers=() if headers else ("Content-Type",),
+            ) as resp:
+                body = await resp.json()
+            assert resp.status == 400, body
+            message = body["error"]["message"]
+            assert message.startswith("the request body is not valid JSON at line 1"), message
+            assert f"(sent with {sent}" in message, message
+            assert message.endswith("a YAML spec needs Content-Type: application/yaml)"), message
+        # broken JSON is told as it was, without a word of YAML
+        async with http.post(f"{served.url}/api/v1/workflows", data=b'{"id": ', headers={}) as resp:
+            body = await resp.json()
+        assert resp.status == 400 and "YAML" not in body["error"]["message"], body
+    assert served.orch.registry.summaries()[0] == []
+
+
 async def test_registration_over_grpc_refuses_json_nan_with_its_line(served: Served) -> None:
     text = '{"id": "w", "version": "1.0.0",\n "outputs": {"x": NaN},\n "nodes": [{"id": "a", "lua": "return 1"}]}'
     with pytest.raises(grpc.aio.AioRpcError) as info:

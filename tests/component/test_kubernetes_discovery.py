@@ -367,8 +367,15 @@ async def test_an_unreachable_api_server_is_reported_once_and_reconnected(
 
 
 def test_settings_that_can_never_connect_are_refused_in_one_line(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match=r"^IN_CLUSTER_CONFIG=true but this is not a"):
+    with pytest.raises(SettingsError) as caught:
         check_settings(Settings(in_cluster_config=True))
+    # off a cluster with nothing set, the setting to change is named first, with the ways out
+    said = str(caught.value)
+    assert said.startswith("DISCOVERY_MODE=kubernetes (the default) with IN_CLUSTER_CONFIG=true")
+    assert "not a Kubernetes pod" in said
+    assert "IN_CLUSTER_CONFIG=false" in said and "DISCOVERY_MODE=static" in said
+    with pytest.raises(SettingsError, match=r"^DISCOVERY_MODE=kubernetes with IN_CLUSTER_CONF"):
+        check_settings(Settings(in_cluster_config=True, environ={"DISCOVERY_MODE": "kubernetes"}))
     missing = tmp_path / "nope"
     with pytest.raises(SettingsError, match=r"^IN_CLUSTER_CONFIG=false: cannot read the kube"):
         check_settings(Settings(in_cluster_config=False, kubeconfig=str(missing)))
