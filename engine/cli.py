@@ -54,6 +54,10 @@ class ProgressPrinter:
             what = f"log:{data.get('level')}"
             detail = f"item {item}: " if isinstance(item, int) else ""
             detail += str(data.get("message"))
+        elif event.type == "node.progress":
+            # a long foreach node's items done so far, at most once a second (its outputs are
+            # for a run that moves to another engine, not for a terminal)
+            detail = f"{data.get('done')}/{data.get('items')} items"
         elif event.type == "node.retrying":
             detail = (
                 f"attempt {data.get('next_attempt')}{of_item} in {data.get('delay_s')}s: "

@@ -164,6 +164,7 @@ class Execution:
         retried: Mapping[tuple[str, int | None], int] | None = None,
         sleeping: Mapping[sch.WaitKey, float] | None = None,
         started_at: float | None = None,
+        items_done: Mapping[str, sch.ItemsDone] | None = None,
         subworkflows: SubWorkflowHandler | None = None,
         clock: Callable[[], float] = time.time,
         first_seq: int = 1,
@@ -173,7 +174,8 @@ class Execution:
     ) -> None:
         """``carried_bytes``: what the run's request carries already (its spec, inputs and
         ``completed``'s outputs, ``wire.RunOrder``), counted toward ``run_output_bytes`` as
-        outputs made here are."""
+        outputs made here are. The items foreach nodes under way had done (``items_done``) count
+        toward their node's ``foreach_output_bytes`` as if made here."""
         self.spec = spec
         self.id = execution_id or uuid.uuid4().hex
         self.engine_id = engine_id
@@ -193,6 +195,7 @@ class Execution:
             retried=retried,
             sleeping=sleeping,
             started_at=started_at,
+            items_done=items_done,
             stop_first=True,
         )
         self._seq = first_seq
@@ -200,6 +203,11 @@ class Execution:
         self._cancels: dict[tuple[str, int | None], Flag] = {}
         self._conditions: dict[str, Flag] = {}  # when expressions being evaluated, by node
         self._item_bytes: dict[str, int] = {}  # foreach node -> bytes of its items' outputs
+        # items done before the run came here, counted at their node's first output made here
+        # if the node took them (a list of the length they were items of)
+        self._carried_items = {
+            node_id: done.size for node_id, done in (items_done or {}).items() if done.outputs
+        }
         # a foreach node keeps as many log lines as one script run does, over all its items
         # and their attempts: the sandbox's caps are per run, so 10,000 items would keep ten
         # million. Any other node's attempts keep theirs each, so the lines that tell why its
@@ -257,7 +265,7 @@ class Execution:
         now = self._clock()
         if error is None:
             refused = self._refused_output(node_id, item, attempt, size, now)
-            self.feed(refused or sch.TaskSucceeded(node_id, item, attempt, output, now))
+            self.feed(refused or sch.TaskSucceeded(node_id, item, attempt, output, now, size))
         else:
             self.feed(sch.TaskFailed(node_id, item, attempt, error, now, retryable=retryable))
 
@@ -593,8 +601,11 @@ class Execution:
             self._note_wait(node_id, item, attempt, outcome.duration)
             return
         if outcome.ok:
-            refused = self._refused_output(node_id, item, attempt, outcome.size, now)
-            stimuli.append(refused or sch.TaskSucceeded(node_id, item, attempt, outcome.value, now))
+            size = outcome.size
+            refused = self._refused_output(node_id, item, attempt, size, now)
+            stimuli.append(
+                refused or sch.TaskSucceeded(node_id, item, attempt, outcome.value, now, size)
+            )
         elif outcome.limit == "deadline":
             # the node's timeout, reached inside the script or before a worker was free to
             # start it: worded as when the scheduler's own timer gets there first (see
@@ -722,6 +733,10 @@ class Execution:
         item the list's brackets."""
         carried = size
         if item is not None:
+            if self._carried_items and node_id in self._carried_items:
+                before = self._carried_items.pop(node_id)
+                if self.run.resumed_items(node_id):
+                    self._item_bytes[node_id] = before
             carried += 1 if node_id in self._item_bytes else 2
             if not self._add_item_output(node_id, size):
                 return self._too_much_output(node_id, item, attempt, now)

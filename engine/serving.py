@@ -544,6 +544,7 @@ class EngineService(pb_grpc.EngineServicer):
             retried=order.retried,
             sleeping=order.sleeping,
             started_at=order.started_at,
+            items_done=order.items_done,
             subworkflows=self._subworkflows,
             first_seq=order.first_seq,
             foreach_output_bytes=settings.foreach_output_bytes,

@@ -16,7 +16,7 @@ import math
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
 
 import grpc
@@ -37,7 +37,7 @@ from engine.core.jsontext import RefusedJson as RefusedJson
 from engine.core.jsontext import dumps as dumps
 from engine.core.jsontext import loads as loads
 from engine.core.jsontext import loads_sent as loads_sent
-from engine.core.scheduler import WaitKey
+from engine.core.scheduler import ItemsDone, WaitKey
 from engine.core.spec import MAX_VERSION_LENGTH, SEMVER, WorkflowSpec
 from engine.core.states import EXECUTION_STATUSES, RESUMED_ENDS
 from engine.core.values import JSON, JSONObject
@@ -98,6 +98,7 @@ class RunOrder:
     spec: WorkflowSpec
     inputs: JSON
     completed: dict[str, JSON]
+    """Outputs of the nodes that succeeded before."""
     completed_attempts: dict[str, int]
     """Attempts of every node that ended before, whichever way."""
     ended: dict[str, tuple[str, str | None]]
@@ -112,9 +113,13 @@ class RunOrder:
     by (node id, foreach item or None, attempt). One map, as ``Run(sleeping=...)`` takes it."""
     started_at: float | None
     """When the run first started (unix seconds), if it did before it came here."""
+    items_done: dict[str, ItemsDone] = field(default_factory=dict)
+    """Foreach nodes that had not ended -> the items they had done (``completed_items``),
+    which do not run again."""
     carried_bytes: int = 0
     """What the request carries besides what the run makes from here: its spec, its inputs
-    and ``completed``'s outputs, as they came (the run's share of a resume message)."""
+    and ``completed``'s outputs (items' included, with their list's commas and brackets), as
+    they came (the run's share of a resume message)."""
 
 
 def run_order(
@@ -256,6 +261,10 @@ def run_order(
             )
         else:
             waiting[wait.node_id, item] = (attempt, wait.started_at)
+    items_done = _completed_items(request, attempts, waiting, problems)
+    for done in items_done.values():
+        # as the node's list will carry them: each output and its comma, and the brackets
+        carried_bytes += done.size + len(done.outputs) + 1
     if request.started_at and not _a_time(request.started_at):
         problems.append(
             FieldProblem("started_at", f"must be unix seconds or 0, got {request.started_at!r}")
@@ -281,6 +290,16 @@ def run_order(
                     f"a node with no attempt left has ended, and is sent as completed with "
                     f"status failed; got {failed}",
                 )
+            )
+    for node_id in items_done:
+        found = spec.by_id.get(node_id)
+        if found is None:
+            problems.append(
+                FieldProblem(f"completed_items[{node_id}]", f"no such node in {spec.ref}")
+            )
+        elif found.foreach is None:
+            problems.append(
+                FieldProblem(f"completed_items[{node_id}]", f"a {found.kind} node without foreach")
             )
     for node_id in sleeping:
         found = spec.by_id.get(node_id)
@@ -324,8 +343,64 @@ def run_order(
         first_seq=request.first_seq or 1,
         sleeping=waits,
         started_at=request.started_at or None,
+        items_done=items_done,
         carried_bytes=carried_bytes,
     )
+
+
+def _completed_items(
+    request: pb.ExecuteRequest,
+    attempts: dict[str, int],
+    waiting: dict[tuple[str, int | None], tuple[int, float]],
+    problems: list[FieldProblem],
+) -> dict[str, ItemsDone]:
+    """``completed_items`` by node, each item once, within its node's number of items; what is
+    wrong with them in ``problems``."""
+    done: dict[str, ItemsDone] = {}
+    for i, carried in enumerate(request.completed_items):
+        node_id, item = carried.node_id, carried.item
+        where = f"completed_items[{node_id or i}/{item}]"
+        if not node_id:
+            problems.append(FieldProblem(where + ".node_id", "required"))
+            continue
+        if node_id in attempts:
+            problems.append(FieldProblem(where, "the node is listed as completed too"))
+            continue
+        if carried.items < 1:
+            problems.append(
+                FieldProblem(where + ".items", f"must be 1 or more, got {carried.items}")
+            )
+            continue
+        if not 0 <= item < carried.items:
+            problems.append(
+                FieldProblem(
+                    where + ".item",
+                    f"must be 0 or more and below the node's {carried.items} items, got {item}",
+                )
+            )
+            continue
+        if (node_id, item) in waiting:
+            problems.append(FieldProblem(where, "the item is listed as waiting too"))
+            continue
+        node = done.get(node_id)
+        if node is None:
+            node = done[node_id] = ItemsDone(carried.items, {})
+        elif node.items != carried.items:
+            problems.append(
+                FieldProblem(
+                    where + ".items",
+                    f"must be the same for every item of the node: {node.items} before, "
+                    f"{carried.items} here",
+                )
+            )
+            continue
+        if item in node.outputs:
+            problems.append(FieldProblem(where, "listed twice"))
+            continue
+        text = carried.output_json
+        node.outputs[item] = _json_field(text, where + ".output_json", problems, empty=None)
+        node.size += len(text) if text.strip() else 4  # as null travels
+    return done
 
 
 def _not_an_id(text: str) -> str:

@@ -35,7 +35,7 @@ from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.errors import StoreUnavailable, store_backoff
 from orchestrator.fleet import EngineLink, Fleet
-from orchestrator.timeline import Checkpoint, fold_nodes
+from orchestrator.timeline import Checkpoint, ItemsDone, fold_nodes
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ class RunTicket:
     attempts that were waiting on their child, whose timeout counts from then."""
     cancel_reason: str | None = None
     """A cancel asked of the run and stored: it ends instead of going on."""
+    items_done: dict[str, ItemsDone] = field(default_factory=dict)
+    """Foreach nodes not ended -> the items they had done, which are not run again."""
 
 
 def end_events(
@@ -274,6 +276,15 @@ def execute_request(ticket: RunTicket) -> pb.ExecuteRequest:
                 error=error,
             )
             for c, error in zip(ticket.checkpoints, errors, strict=True)
+        ],
+        # the items foreach nodes under way had done (their node.progress events): not run
+        # again
+        completed_items=[
+            pb.CompletedItem(
+                node_id=node_id, item=item, items=done.items, output_json=wire.dumps(output)
+            )
+            for node_id, done in ticket.items_done.items()
+            for item, output in sorted(done.outputs.items())
         ],
         first_seq=ticket.next_seq,
         sleeping=[

@@ -1370,7 +1370,13 @@ def openapi_document(*, guarded: bool = True) -> JSONObject:
                 "get": _op(
                     "One execution",
                     params=[_path_param("execution_id")],
-                    responses={"200": "OK", "404": "not found"},
+                    responses={
+                        "200": "OK: the execution JSON; a foreach node's record in nodes adds "
+                        "items_done and items_total (its items that succeeded, of how many) "
+                        "from its first node.progress event on, and a running one counts for "
+                        "that share in progress",
+                        "404": "not found",
+                    },
                 )
             },
             "/api/v1/executions/{execution_id}/cancel": {

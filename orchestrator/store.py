@@ -34,6 +34,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO, Final, TypeVar
 
@@ -57,6 +58,7 @@ from orchestrator.timeline import (
     node_order,
     nodes_done,
     progress,
+    progress_counts,
     resume_point,
     summarize,
 )
@@ -1035,9 +1037,11 @@ def _first_seq(row: tuple[int, bytes | str]) -> int:
 
 
 # events whose data the node fold reads; the data of every other event is left unparsed
+# (node.progress's only as far as its counts: progress_counts)
 _FOLDED_DATA: Final = frozenset(
     {
         "node.retrying",
+        "node.progress",
         *(f"node.{what}" for what in NODE_TERMINAL),
         *(f"execution.{what}" for what in EXECUTION_TERMINAL),
     }
@@ -1061,9 +1065,13 @@ def _fold_input(conn: sqlite3.Connection, execution_id: str) -> list[JSONObject]
                     "attempt": m.attempt,
                     "engine_id": m.engine_id or None,
                     "time": m.time,
-                    "data": wire.loads(m.data_json)
-                    if kind in _FOLDED_DATA and m.data_json
-                    else None,
+                    "data": (
+                        None
+                        if kind not in _FOLDED_DATA or not m.data_json
+                        else progress_counts(m.data_json)
+                        if kind == "node.progress"
+                        else wire.loads(m.data_json)
+                    ),
                 }
             )
     return events
@@ -1199,8 +1207,9 @@ _ROW_BYTES: Final = 400
 """What the rest of a row weighs in JSON, about."""
 
 
-def _document(row: sqlite3.Row | tuple[Any, ...], done: int | None = None) -> JSONObject:
-    """The execution JSON without nodes; ``done``: nodes ended, when folded from the events."""
+def _document(row: sqlite3.Row | tuple[Any, ...], done: Fraction | None = None) -> JSONObject:
+    """The execution JSON without nodes; ``done``: nodes ended, when folded from the events
+    (``nodes_done``, which counts a running foreach node's share of items)."""
     (
         eid,
         workflow_id,
@@ -2117,6 +2126,7 @@ class Store:
                 retried=resume.retried,
                 waiting=resume.waiting,
                 cancel_reason=cancel,
+                items_done=resume.items_done,
             )
 
         # through the writer, so the ticket reflects every event already accepted for storage

@@ -2,17 +2,20 @@
 
 The store keeps events as they arrive and nothing per node; whatever is shown about the nodes of
 a run (the ``nodes`` map of the execution JSON) and whatever a run resumes from (checkpoints,
-sleeps and sub-workflow waits under way, when it first started) is folded here from those events
-when someone asks.
+sleeps and sub-workflow waits under way, the items foreach nodes under way have done, when it first
+started) is folded here from those events when someone asks.
 The one rule of the fold: the first end a node reaches is its end, and an execution that ends
 other than succeeded ends every node it never reached with it. Pure functions, no I/O.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from fractions import Fraction
 from typing import Final
 
 from engine.core import dag
@@ -51,6 +54,9 @@ def fold_nodes(order: Sequence[str], events: Iterable[JSONObject]) -> dict[str, 
     """The ``nodes`` map of the execution JSON, in ``order``, from the run's events in seq order.
 
     Events of nodes not in ``order`` are ignored, as is anything after a node's first end.
+    A foreach node's ``node.progress`` adds ``items_done`` and ``items_total`` to its record
+    (its items that succeeded, of how many), kept from then on: ``items_done`` is its
+    ``items_total`` once it has succeeded.
     """
     nodes: dict[str, JSONObject] = {node_id: _pending() for node_id in order}
     ended = False
@@ -61,6 +67,9 @@ def fold_nodes(order: Sequence[str], events: Iterable[JSONObject]) -> dict[str, 
             if node is None or node["status"] in NODE_TERMINAL:
                 continue
             moving = what in _NODE_MOVES
+            if what == "progress":
+                _fold_progress(node, event.get("data"))
+                continue
             if not moving and what not in NODE_TERMINAL:
                 continue  # node.log and the like say nothing about state
             attempt = event.get("attempt")
@@ -81,6 +90,8 @@ def fold_nodes(order: Sequence[str], events: Iterable[JSONObject]) -> dict[str, 
             else:
                 node["status"] = what
                 node["finished_at"] = event.get("time")
+                if what == "succeeded" and "items_total" in node:
+                    node["items_done"] = node["items_total"]
                 node["output"] = data.get("output") if what == "succeeded" else None
                 error = data.get("error")
                 if error is None and what == "skipped":
@@ -103,15 +114,55 @@ def fold_nodes(order: Sequence[str], events: Iterable[JSONObject]) -> dict[str, 
     return nodes
 
 
-def nodes_done(nodes: Mapping[str, JSONObject]) -> int:
-    return sum(1 for node in nodes.values() if node["status"] in NODE_TERMINAL)
+_PROGRESS_HEAD: Final = re.compile(r'\{"done": ?(\d{1,18}), ?"items": ?(\d{1,18})[,}]')
 
 
-def progress(status: str, done: int, total: int) -> int:
-    """Percent of nodes ended; an ended execution has ended every node."""
+def progress_counts(data_json: str) -> JSONObject:
+    """What ``fold_nodes`` reads of a node.progress (its counts) from the event's JSON text,
+    without decoding the outputs it carries: a long foreach node's events hold them all once
+    more, and a read of the run would decode them twice. The whole text is decoded only when
+    it does not start as the engine writes it."""
+    head = _PROGRESS_HEAD.match(data_json)
+    if head is not None:
+        return {"done": int(head[1]), "items": int(head[2])}
+    data = json.loads(data_json)
+    return data if isinstance(data, dict) else {}
+
+
+def _fold_progress(node: JSONObject, data: JSON) -> None:
+    """A node.progress on a foreach node's record: how many of its items are done."""
+    if not isinstance(data, dict):
+        return
+    done, total = data.get("done"), data.get("items")
+    if _count(done) and _count(total):
+        node["items_done"] = done
+        node["items_total"] = total
+
+
+def _count(value: JSON) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def nodes_done(nodes: Mapping[str, JSONObject]) -> Fraction:
+    """Nodes ended, a running foreach node counting for the share of its items done (450 of
+    1,000: 0.45), as its node.progress events told them."""
+    done = Fraction(0)
+    for node in nodes.values():
+        if node["status"] in NODE_TERMINAL:
+            done += 1
+        elif "items_total" in node:
+            items, total = node["items_done"], node["items_total"]
+            if isinstance(items, int) and isinstance(total, int) and total > 0:
+                done += Fraction(min(items, total), total)
+    return done
+
+
+def progress(status: str, done: Fraction | int, total: int) -> int:
+    """Percent of nodes ``done`` (``nodes_done``: one node of one at 450 of 1,000 items is
+    45%); an ended execution has ended every node."""
     if status in EXECUTION_TERMINAL:
         return 100
-    return min(100, (100 * done) // total) if total > 0 else 0
+    return min(100, int((100 * done) // total)) if total > 0 else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +175,18 @@ class Checkpoint:
     status: str = "succeeded"
     """Or failed, blocked, skipped: the dependents' trigger rules count it as it ended."""
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemsDone:
+    """The items of a foreach node under way that succeeded, as its node.progress events told
+    them: a run resumed elsewhere does not run them again."""
+
+    items: int
+    """The node's number of items, as the events said: the engine takes the outputs only for
+    a list of that length."""
+    outputs: dict[int, JSON]
+    """Item index -> output."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +208,9 @@ class ResumePoint:
     """(node, foreach item or None, attempt) -> first start (unix seconds) of sub-workflow
     attempts that asked for their child and had no answer yet, of nodes that have not ended:
     the attempt takes up the same child, and its timeout counts from then."""
+    items_done: dict[str, ItemsDone] = field(default_factory=dict)
+    """Foreach nodes that have not ended -> the items their node.progress events told as
+    succeeded: not run again."""
 
 
 def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
@@ -155,6 +221,7 @@ def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
     sleeping: dict[str, float] = {}
     retried: dict[tuple[str, int | None], int] = {}
     waiting: dict[tuple[str, int | None], tuple[int, float]] = {}  # -> (attempt, first ask)
+    items: dict[str, ItemsDone] = {}  # foreach nodes under way -> the items they told done
     started_at: float | None = None
     for event in events:
         family, _, what = str(event.get("type", "")).partition(".")
@@ -165,6 +232,9 @@ def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
             _fold_wait(waiting, node_id, what, event)
             continue
         if family != "node" or not isinstance(node_id, str) or node_id in ended:
+            continue
+        if what == "progress":
+            _fold_items(items, node_id, event.get("data"))
             continue
         if what not in _NODE_MOVES and what not in NODE_TERMINAL:
             continue
@@ -189,6 +259,7 @@ def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
         if what in NODE_TERMINAL:
             ended.add(node_id)
             sleeping.pop(node_id, None)
+            items.pop(node_id, None)
             tried = attempts.get(node_id, 0)
             if what == "succeeded":
                 out.append(Checkpoint(node_id, data.get("output"), tried or 1))
@@ -205,9 +276,29 @@ def resume_point(events: Iterable[JSONObject]) -> ResumePoint:
     waits = {
         (node_id, item, attempt): since
         for (node_id, item), (attempt, since) in waiting.items()
-        if node_id not in ended
+        if node_id not in ended and not (node_id in items and item in items[node_id].outputs)
     }
-    return ResumePoint(out, sleeping, started_at, retried, waits)
+    done = {node_id: told for node_id, told in items.items() if told.outputs}
+    return ResumePoint(out, sleeping, started_at, retried, waits, done)
+
+
+def _fold_items(items: dict[str, ItemsDone], node_id: str, data: JSON) -> None:
+    """Add the item outputs a node.progress carried (``data.outputs``, by index as text) to
+    those of its node; a number of items other than before starts them over (it was another
+    list)."""
+    if not isinstance(data, dict):
+        return
+    count, outputs = data.get("items"), data.get("outputs")
+    if not _count(count) or not isinstance(outputs, dict):
+        return
+    assert isinstance(count, int)
+    held = items.get(node_id)
+    if held is None or held.items != count:
+        held = items[node_id] = ItemsDone(count, {})
+    for key, output in outputs.items():
+        # digits only (no sign, space or other script's digit), and few of them
+        if key.isascii() and key.isdigit() and len(key) <= 10 and int(key) < count:
+            held.outputs[int(key)] = output
 
 
 def retry_keeps(

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("execution_id", "spec", "inputs_json", "completed", "parent_execution_id", "first_seq", "sleeping", "started_at", "retried", "waiting")
+    __slots__ = ("execution_id", "spec", "inputs_json", "completed", "parent_execution_id", "first_seq", "sleeping", "started_at", "retried", "waiting", "completed_items")
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class ExecuteRequest(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     RETRIED_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_ITEMS_FIELD_NUMBER: _ClassVar[int]
     execution_id: str
     spec: str
     inputs_json: str
@@ -28,7 +29,20 @@ class ExecuteRequest(_message.Message):
     started_at: float
     retried: _containers.RepeatedCompositeFieldContainer[RetriedNode]
     waiting: _containers.RepeatedCompositeFieldContainer[WaitingNode]
-    def __init__(self, execution_id: _Optional[str] = ..., spec: _Optional[str] = ..., inputs_json: _Optional[str] = ..., completed: _Optional[_Iterable[_Union[CompletedNode, _Mapping]]] = ..., parent_execution_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., sleeping: _Optional[_Iterable[_Union[StartedSleep, _Mapping]]] = ..., started_at: _Optional[float] = ..., retried: _Optional[_Iterable[_Union[RetriedNode, _Mapping]]] = ..., waiting: _Optional[_Iterable[_Union[WaitingNode, _Mapping]]] = ...) -> None: ...
+    completed_items: _containers.RepeatedCompositeFieldContainer[CompletedItem]
+    def __init__(self, execution_id: _Optional[str] = ..., spec: _Optional[str] = ..., inputs_json: _Optional[str] = ..., completed: _Optional[_Iterable[_Union[CompletedNode, _Mapping]]] = ..., parent_execution_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., sleeping: _Optional[_Iterable[_Union[StartedSleep, _Mapping]]] = ..., started_at: _Optional[float] = ..., retried: _Optional[_Iterable[_Union[RetriedNode, _Mapping]]] = ..., waiting: _Optional[_Iterable[_Union[WaitingNode, _Mapping]]] = ..., completed_items: _Optional[_Iterable[_Union[CompletedItem, _Mapping]]] = ...) -> None: ...
+
+class CompletedItem(_message.Message):
+    __slots__ = ("node_id", "item", "items", "output_json")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    item: int
+    items: int
+    output_json: str
+    def __init__(self, node_id: _Optional[str] = ..., item: _Optional[int] = ..., items: _Optional[int] = ..., output_json: _Optional[str] = ...) -> None: ...
 
 class RetriedNode(_message.Message):
     __slots__ = ("node_id", "item", "failed")

@@ -26,6 +26,7 @@ EVENT_TYPES: Final = (
     "node.blocked",
     "node.cancelled",
     "node.log",
+    "node.progress",
     "subworkflow.requested",
     "subworkflow.started",
     "subworkflow.finished",
