@@ -13,12 +13,13 @@ import argparse
 import json
 import os
 import re
+import shlex
 import ssl
 import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -180,14 +181,16 @@ FILE_HELP = (
 )
 INPUT_HELP = (
     "one input; V is read as JSON when it parses (n=5 is the number 5, on=true a boolean, "
-    """'id="7"' the text 7), else as text (name=Ada); repeatable"""
+    """'id="7"' the text 7), else as text (name=Ada); repeatable, each key once; """
+    "it wins over the same key in --inputs or --inputs-file"
 )
 
 
 def read_inputs(
     *, pairs: Sequence[str] = (), inputs_json: str | None = None, inputs_file: str | None = None
 ) -> JSONObject:
-    """Inputs from ``--inputs`` or ``--inputs-file``, with ``--input k=v`` pairs on top. JSON is
+    """Inputs from ``--inputs`` or ``--inputs-file``, with ``--input k=v`` pairs on top (a key
+    given twice by ``--input`` is refused). JSON is
     read by the server's rules (``jsontext.loads_sent``), and the inputs held to its rules for
     a caller's (an object, without ``_trigger``), so what it would refuse is refused here,
     exit 2, naming the flag: the server can only say "the request body", which the user never
@@ -210,8 +213,18 @@ def read_inputs(
             base = _given_yaml(text, origin)
     # null is none, as the server reads it
     inputs = dict(_caller_inputs({} if base is None else base, origin))
+    given: dict[str, str] = {}
     for pair in pairs:
         key, value = parse_input(pair)
+        if key in given:
+            # as a key written twice in --inputs is refused: the last one winning unsaid
+            # would run with a value the user may not have meant
+            raise BadArguments(
+                printable(
+                    f"--input {key} is given twice ({given[key]!r} and {pair!r}): give it once"
+                )
+            )
+        given[key] = pair
         _caller_inputs({key: value}, f"--input {key}")
         inputs[key] = value
     return inputs
@@ -298,6 +311,60 @@ def parse_input(pair: str) -> tuple[str, JSON]:
         return key, raw  # not JSON at all (name=Ada, v=NaN): text, as the flag says
 
 
+def input_hints(refusal: ApiError, pairs: Sequence[str]) -> list[str]:
+    """Lines to say after the server refused the inputs, for each ``--input`` whose value went
+    as JSON other than text (``name=5`` as the number 5, ``ver=1.10`` as 1.1) where the
+    refusal of that key may want text: it names the type "string", or the value as typed in
+    quotes (an enum of "5" and "6"). Nothing is said of a refusal quoting would not mend (a
+    number under its minimum), nor of values the server took."""
+    if refusal.status not in (400, 422):
+        return []
+    problems = refusal.details.get("problems")
+    texts = [p for p in problems if isinstance(p, str)] if isinstance(problems, list) else []
+    texts = texts or [refusal.message]
+    hints: list[str] = []
+    for pair in pairs:
+        key, value = parse_input(pair)  # read already, without a refusal
+        if isinstance(value, str):
+            continue
+        typed = pair.partition("=")[2]
+        quoted = json.dumps(typed.strip(), ensure_ascii=False)
+        said = _said_of(f"inputs.{key}", texts)
+        if not any('"string"' in text or quoted in text for text in said):
+            continue
+        if value is None:
+            read = "null"
+        elif isinstance(value, bool | int | float):  # as sent: 1.10 went as 1.1
+            read = f"the {json_kind(value).split()[-1]} {json.dumps(value)}"
+        else:
+            read = json_kind(value)
+        instead = shlex.quote(f"{key}={quoted}")
+        hints.append(
+            printable(
+                f"dagctl: --input {key}={typed} was read as JSON, {read}; to send text, "
+                f"quote it: --input {instead}"
+            )
+        )
+    return hints
+
+
+def _said_of(path: str, texts: Sequence[str]) -> list[str]:
+    """What ``texts`` (a refusal's problems, or its message, which joins them with "; ") say
+    of ``path`` itself (``inputs.name: ...``), not of a field under it or of one whose name
+    ends the same."""
+    prefix = f"{path}: "
+    said: list[str] = []
+    for text in texts:
+        at = text.find(prefix)
+        while at != -1:
+            if at == 0 or text[at - 2 : at] in (": ", "; "):
+                start = at + len(prefix)
+                end = text.find("; inputs", start)
+                said.append(text[start:] if end == -1 else text[start:end])
+            at = text.find(prefix, at + 1)
+    return said
+
+
 PAGE: Final = 1000
 """Triggers or workflows ``dagctl get`` asks for at a time (pages it follows to the end)."""
 
@@ -379,12 +446,33 @@ RESOURCES = {
 }
 
 
+class VersionAsked(Exception):
+    """``dagctl --version``: raised as the option is read, before argparse could refuse the
+    command missing after it."""
+
+
+class _AskVersion(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        raise VersionAsked
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dagctl",
         description="Command line for DAG Engine. The orchestrator is at $DAGCTL_SERVER "
         f"(default {DEFAULT_SERVER}); $DAGCTL_TOKEN (or $API_TOKEN) is sent as a bearer token; "
         "$DAGCTL_CA_FILE, $DAGCTL_CERT_FILE and $DAGCTL_KEY_FILE are for https servers.",
+    )
+    parser.add_argument(
+        "--version",
+        action=_AskVersion,
+        help="print dagctl's version, then the API and engine versions of the server at "
+        "$DAGCTL_SERVER when it answers",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -416,8 +504,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--input", dest="pairs", action="append", default=[], metavar="K=V", help=INPUT_HELP
     )
     group = run.add_mutually_exclusive_group()
-    group.add_argument("--inputs", dest="inputs_json", metavar="JSON", help="inputs as JSON")
-    group.add_argument("--inputs-file", metavar="FILE", help="inputs from a JSON or YAML file")
+    group.add_argument(
+        "--inputs",
+        dest="inputs_json",
+        metavar="JSON",
+        help="inputs as JSON; an --input of the same key wins",
+    )
+    group.add_argument(
+        "--inputs-file",
+        metavar="FILE",
+        help="inputs from a JSON or YAML file; an --input of the same key wins",
+    )
     run.add_argument("--version", metavar="RANGE", help='a version or range, e.g. "^1.2"')
     run.add_argument("--wait", action="store_true", help="follow the run live until it ends")
     run.add_argument("--idempotency-key", metavar="KEY")
@@ -971,8 +1068,28 @@ def cmd_run(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) 
     headers = (
         {"Idempotency-Key": header_value("--idempotency-key", key)} if key is not None else None
     )
-    accepted = client.post(f"/trigger/{_quote(args.workflow)}", body, headers=headers).body
+    with _hinted(args.pairs, err):
+        accepted = client.post(f"/trigger/{_quote(args.workflow)}", body, headers=headers).body
     return _started(args, client, accepted, out, err)
+
+
+class Hinted(DagctlError):
+    """A refusal told already, with hints after it: exit 1 with nothing more said."""
+
+
+@contextmanager
+def _hinted(pairs: Sequence[str], err: TextIO) -> Iterator[None]:
+    """A refusal of the inputs told with ``input_hints`` after it, when there are any."""
+    try:
+        yield
+    except ApiError as exc:
+        hints = input_hints(exc, pairs)
+        if not hints:
+            raise
+        print_error(exc, err)
+        for line in hints:
+            err.write(line + "\n")
+        raise Hinted(str(exc)) from exc
 
 
 def cmd_retry(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
@@ -1011,8 +1128,9 @@ def _started(
     # with -o json the document is the output, so progress goes to stderr
     stream = err if args.output == "json" else out
     shown = printable(execution_id)
+    told = RunEnd()
     try:
-        doc = follow(client, execution_id, stream, err)
+        doc = follow(client, execution_id, stream, err, told=told)
     except KeyboardInterrupt:
         err.write(f"\nstopped following {shown}; it goes on (dagctl describe execution {shown})\n")
         return EXIT_INTERRUPTED
@@ -1023,19 +1141,26 @@ def _started(
     if args.output == "json":
         _dump(out, doc)
     else:
-        for line in run_end_lines(execution_id, doc):
+        for line in run_end_lines(execution_id, doc, told.duration_ms):
             out.write(line + "\n")
         _dump_shown(out, doc.get("outputs"))
     return EXIT_OK if status == "succeeded" else EXIT_FAILED
 
 
-def run_end_lines(execution_id: str, doc: JSONObject) -> list[str]:
+def run_end_lines(
+    execution_id: str, doc: JSONObject, duration_ms: float | None = None
+) -> list[str]:
     """What ``run --wait`` says of a run's end before its outputs' JSON: each a line of its
     own, whatever the error holds (a newline in it would draw an ``outputs:`` line of its
-    own, with a fake block after it)."""
-    from orchestrator.dagctl.showing import span
+    own, with a fake block after it). ``duration_ms``: how long it took as the progress lines
+    said it (``RunEnd``), said again the same; else from the document's stamps, as the live
+    display says it."""
+    from orchestrator.dagctl.showing import duration, span
 
-    took = span(doc.get("started_at"), doc.get("finished_at"))
+    if duration_ms is not None:
+        took = duration(duration_ms / 1000)
+    else:
+        took = span(doc.get("started_at"), doc.get("finished_at"))
     said = f"execution {execution_id} {doc.get('status')}" + (f" in {took}" if took else "")
     lines = [one_line(said)]
     if doc.get("error"):
@@ -1155,10 +1280,34 @@ def _say_on(err: TextIO) -> Callable[[str], None]:
     return say
 
 
+@dataclass(slots=True)
+class RunEnd:
+    """How long a followed run took as its plain progress lines said it: its final event's
+    ``duration_ms`` (the engine's clock), which the line after them says again. The
+    document's stamps, in whole milliseconds, can make a span a millisecond off it (102ms
+    above, 101ms below), and the document holds no duration of its own."""
+
+    duration_ms: float | None = None
+
+    def take(self, event: JSONObject, execution_id: str) -> None:
+        if event.get("execution_id") != execution_id or event.get("type") not in TERMINAL_EVENTS:
+            return
+        data = event.get("data")
+        took = data.get("duration_ms") if isinstance(data, dict) else None
+        if isinstance(took, int | float) and not isinstance(took, bool):
+            self.duration_ms = float(took)
+
+
 def follow(
-    client: Client, execution_id: str, stream: TextIO, err: TextIO | None = None
+    client: Client,
+    execution_id: str,
+    stream: TextIO,
+    err: TextIO | None = None,
+    *,
+    told: RunEnd | None = None,
 ) -> JSONObject:
     """Show a run's progress on ``stream`` until it ends; returns its final document.
+    ``told``: filled with the run's duration as plain lines said it.
 
     Live on a terminal (a table redrawn in place), else plain lines. Events come from the SSE
     stream; when there is none, or it keeps breaking, the document is polled instead. An
@@ -1193,11 +1342,17 @@ def follow(
     progress.workflow = ref(doc)
     lines.fit(_node_ids(doc))
     lines.header()
+    end = RunEnd() if told is None else told
+
+    def on_event(event: JSONObject) -> None:
+        lines.event(event)
+        end.take(event, execution_id)
+
     return _track(
         client,
         execution_id,
         doc,
-        lines.event,
+        on_event,
         lambda d: lines.changes(progress.sync(d), time.time()),
         Reconnecting(client.server, _say_on(err)),
     )
@@ -1536,7 +1691,8 @@ def cmd_trigger(args: argparse.Namespace, client: Client, out: TextIO, err: Text
             body["inputs"] = read_inputs(pairs=args.pairs)
         if args.paused:
             body["paused"] = True
-        doc = client.post("/api/v1/triggers", body).body
+        with _hinted(args.pairs, err):
+            doc = client.post("/api/v1/triggers", body).body
     elif args.action == "history":
         doc = client.get(f"/api/v1/triggers/{_quote(args.id)}/history?limit={args.limit}")
     elif args.action == "delete":
@@ -1728,11 +1884,17 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     for stream in (sys.stdout, sys.stderr):
         _tolerant(stream)
     parser = build_parser()
+    settings = Settings.from_env(os.environ if env is None else env)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    settings = Settings.from_env(os.environ if env is None else env)
+    except VersionAsked:
+        try:
+            return show_version(settings, sys.stdout)
+        except BrokenPipeError:  # `dagctl --version | head -1`
+            _leave_stdout()
+            return EXIT_OK
     out, err = sys.stdout, sys.stderr
     listing = args.command in LISTINGS or getattr(args, "action", None) == "history"
     if not listing and args.command != "up":
@@ -1758,6 +1920,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             err.write(usage())
         err.write(f"dagctl: {exc}\n")
         return EXIT_USAGE
+    except Hinted:
+        return EXIT_FAILED
     except DagctlError as exc:
         print_error(exc, err, settings)
         return EXIT_FAILED
@@ -1767,6 +1931,75 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except BrokenPipeError:  # `dagctl get executions | head`: the reader had what it wanted
         _leave_stdout()
         return EXIT_OK
+
+
+VERSION_TIMEOUT: Final = 2.0
+"""Seconds ``--version`` waits for each answer of the server: it is asked in passing."""
+
+
+def client_version() -> str:
+    """The installed ``dag-engine``'s version, as ``engine.serving.engine_version`` reads it
+    (not imported: it brings gRPC)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("dag-engine")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def show_version(settings: Settings, out: TextIO) -> int:
+    """``dagctl --version``: dagctl's version at once, then what the server tells of its
+    own, or that it was not reached; exit 0 either way.
+
+    The orchestrator states no version of its own: its OpenAPI document's ``info.version``
+    is the API's, and ``GET /api/v1/engines`` has each engine's (the same distribution)."""
+    out.write(f"dagctl {client_version()}\n")
+    out.flush()
+    server = printable(settings.server)
+    try:
+        settings.check_server()
+        settings.check_token()
+        client = Client(
+            settings.server, settings.token, timeout=VERSION_TIMEOUT, tls=settings.tls()
+        )
+        # open without a token, and small beside the API's document: reached or not, quickly
+        client.get("/healthz")
+    except Unreachable as exc:
+        out.write(f"server {server}: not reached ({printable(exc.reason)})\n")
+        return EXIT_OK
+    except BadArguments as exc:  # DAGCTL_* that cannot be used: said, as asked in passing
+        out.write(f"server {server}: not asked ({printable(str(exc))})\n")
+        return EXIT_OK
+    except DagctlError as exc:  # something answered, not as an orchestrator does
+        out.write(
+            f"server {server}: reached, but not an orchestrator's answer: {printable(str(exc))}\n"
+        )
+        return EXIT_OK
+    said = [f"server {server}: reached"]
+    try:
+        info = client.get("/api/v1/openapi.json").get("info")
+        api = info.get("version") if isinstance(info, dict) else None
+        if isinstance(api, str) and api:
+            said.append(f"API {printable(api)}")
+        found = client.get("/api/v1/engines").get("engines")
+        versions = sorted(
+            {
+                str(e["version"])
+                for e in (found if isinstance(found, list) else [])
+                if isinstance(e, dict) and e.get("version")
+            }
+        )
+        if versions:
+            many = "s" if len(versions) > 1 else ""
+            said.append(f"engine version{many} {printable(', '.join(versions))}")
+    except ApiError as exc:
+        if exc.status in (401, 403):
+            said.append(f"engines not shown ({_token_hint(exc.status, settings)})")
+    except DagctlError:
+        pass  # what it said already is what there is
+    out.write("; ".join(said) + "\n")
+    return EXIT_OK
 
 
 def _tolerant(stream: TextIO) -> None:

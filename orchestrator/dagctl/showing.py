@@ -403,6 +403,34 @@ def _grow(tree: Tree, children: list[JSON]) -> None:
         tree.add(Text(f"... and {more} more", style="dim"))
 
 
+def _reference_shown(ref: JSON) -> str:
+    """A sub-workflow node's reference as it reads in a spec: ``grade ^1.0``, or ``grade``
+    for its latest version."""
+    if isinstance(ref, str):
+        return text_of(ref)
+    ref = _obj(ref)
+    if not ref:
+        return ""
+    version = ref.get("version")
+    return text_of(ref.get("id")) + (f" {text_of(version)}" if version else "")
+
+
+def _trigger_shown(trigger: JSON) -> str:
+    """A spec's trigger in a few words: ``cron '30 2 * * *' Europe/Berlin`` or ``http
+    /hooks/deploy``; anything else as its JSON."""
+    item = _obj(trigger)
+    if isinstance(item.get("cron"), str):
+        zone = item.get("timezone")
+        said = f"cron {item['cron']!r} {text_of(zone) if zone else 'UTC'}"
+        if item.get("id"):
+            said += f" (id {text_of(item.get('id'))})"
+        return printable(said)
+    http = _obj(item.get("http"))
+    if isinstance(http.get("path"), str):
+        return f"http {text_of(http['path'])}"
+    return compact(trigger, 80)
+
+
 def workflow_details(workflow: JSONObject) -> RenderableType:
     """``describe workflow``: its versions and the nodes of the version shown."""
     spec = _obj(workflow.get("spec"))
@@ -414,22 +442,29 @@ def workflow_details(workflow: JSONObject) -> RenderableType:
     name = workflow.get("name", spec.get("name"))
     if name:
         head.add_row("Name", text_of(name))
+    if spec.get("description"):
+        head.add_row("Description", text_of(spec.get("description")))
+    labels = spec.get("labels")
+    if isinstance(labels, dict) and labels:
+        head.add_row("Labels", ", ".join(f"{text_of(k)}={text_of(v)}" for k, v in labels.items()))
     versions = workflow.get("versions")
     if isinstance(versions, list):
         head.add_row("Versions", ", ".join(text_of(v) for v in versions))
     for key in ("dependents", "dependencies"):
         value = workflow.get(key)
-        if value:
+        if isinstance(value, list) and value:
+            head.add_row(key.capitalize(), ", ".join(text_of(v) for v in value))
+        elif value:
             head.add_row(key.capitalize(), compact(value, 120))
     triggers = spec.get("triggers")
     if isinstance(triggers, list) and triggers:
-        head.add_row("Triggers", "; ".join(compact(t, 80) for t in triggers))
+        head.add_row("Triggers", "; ".join(_trigger_shown(t) for t in triggers))
     nodes = _table("NODE", "KIND", "DEPENDS ON", "TRIGGER RULE")
     for item in _list(spec.get("nodes")):
         node = _obj(item)
         kind = next((k for k in ("lua", "workflow", "sleep") if k in node), "")
         if kind == "workflow":
-            kind = f"workflow {compact(node.get('workflow'), 40)}"
+            kind = f"workflow {_reference_shown(node.get('workflow'))}"
         elif kind == "sleep":
             kind = f"sleep {text_of(node.get('sleep'))}"
         if node.get("foreach") is not None:

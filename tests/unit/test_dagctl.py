@@ -589,19 +589,37 @@ def test_workflow_details() -> None:
             "id": "etl",
             "version": "1.1.0",
             "name": "ETL",
+            "description": "Loads the day's rows",
+            "labels": {"team": "data", "tier": "2"},
+            "triggers": [
+                {"cron": "30 2 * * *", "timezone": "Europe/Berlin", "id": "nightly"},
+                {"cron": "@hourly"},
+                {"http": {"path": "/hooks/etl", "auth": {"bearer_env": "T"}}},
+            ],
             "nodes": [
                 {"id": "extract", "lua": "return {}"},
                 {"id": "each", "depends_on": ["extract"], "foreach": "{{ x }}", "lua": "x"},
                 {"id": "sub", "depends_on": ["each"], "workflow": {"id": "lib"},
                  "trigger_rule": "all_done"},
+                {"id": "grade", "workflow": {"id": "grade", "version": "^1.0"}},
                 {"id": "nap", "depends_on": ["sub"], "sleep": "5s"},
             ],
         },
+        "dependents": ["report@1.0.0", "audit@2.1.0"],
     }  # fmt: skip
     text = render(workflow_details(wf))
-    assert "Versions  1.0.0, 1.1.0" in text
+    assert "Versions     1.0.0, 1.1.0" in text
+    assert "Description  Loads the day's rows" in text
+    assert "Labels       team=data, tier=2" in text
+    assert "Dependents   report@1.0.0, audit@2.1.0" in text  # as Versions, not a JSON list
+    assert (
+        "Triggers     cron '30 2 * * *' Europe/Berlin (id nightly); cron '@hourly' UTC; "
+        "http /hooks/etl"
+    ) in text
     assert "each" in text and "lua (foreach)" in text
-    assert 'workflow {"id":"lib"}' in text and "all_done" in text
+    # a reference as a spec writes it, not as JSON
+    assert "workflow lib " in text and "workflow grade ^1.0" in text and "all_done" in text
+    assert "{" not in text
     assert "sleep 5s" in text
 
 
