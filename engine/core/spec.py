@@ -258,6 +258,30 @@ _MOVED: Final = {"bearer_env": "auth", "hmac_env": "auth"}
 """Fields users write one level off, and the field they belong under."""
 
 
+_SAID_ELSEWHERE: Final = {
+    "script": "lua",
+    "code": "lua",
+    "source": "lua",
+    "run": "lua",
+    "command": "lua",
+    "needs": "depends_on",
+    "dependencies": "depends_on",
+    "depends": "depends_on",
+    "retries": "retry",
+    "with_items": "foreach",
+    "withItems": "foreach",
+    "for_each": "foreach",
+    "if": "when",
+    "condition": "when",
+    "steps": "nodes",
+    "tasks": "nodes",
+    "parameters": "inputs_schema",
+    "params": "inputs_schema",
+}
+"""Fields as other workflow systems (Argo, Airflow, GitHub Actions) or habit name them, and
+ours: spelling alone would point ``script`` at ``description``."""
+
+
 def _hint(word: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if close:
@@ -307,9 +331,11 @@ class _Checker:
         for name in obj:
             if name not in allowed:
                 where = f"{path}.{name}" if path else str(name)
-                self.report(
-                    (*key, name), where, f"unknown field {name!r}{_hint(str(name), allowed)}"
+                ours = _SAID_ELSEWHERE.get(str(name))
+                hint = (
+                    f" (did you mean {ours!r}?)" if ours in allowed else _hint(str(name), allowed)
                 )
+                self.report((*key, name), where, f"unknown field {name!r}{hint}")
 
     # -- typed getters: report and return a default on a bad value ------------------------
 
@@ -512,7 +538,10 @@ class _Checker:
                 continue
             node_id = item.get("id")
             if node_id is None:
-                self.report(key, f"nodes[{index}]", "node has no id")
+                titled = " (its name is a title: every node needs an id)" if "name" in item else ""
+                self.report(key, f"nodes[{index}]", f"node has no id{titled}")
+                # its other fields are told too: all at once, as for a node with one
+                self.unknown_fields(item, _NODE_FIELDS, key, f"nodes[{index}]")
                 continue
             if not isinstance(node_id, str) or not NODE_ID.fullmatch(node_id):
                 self.report(

@@ -122,6 +122,38 @@ def test_self_dependency() -> None:
     ]
 
 
+def test_fields_other_systems_name_otherwise_suggest_ours() -> None:
+    # spelling alone pointed script at description
+    got = problems(
+        {
+            "id": "wf",
+            "version": "1.0.0",
+            "steps": [],
+            "nodes": [
+                {"id": "a", "script": "return 1"},
+                {"id": "b", "lua": "x", "needs": ["a"], "if": "true", "with_items": [1]},
+            ],
+        }
+    )
+    assert got == [
+        "steps: unknown field 'steps' (did you mean 'nodes'?)",
+        "nodes[a].script: unknown field 'script' (did you mean 'lua'?)",
+        "nodes[a]: needs exactly one of lua, workflow, sleep (found: none)",
+        "nodes[b].needs: unknown field 'needs' (did you mean 'depends_on'?)",
+        "nodes[b].if: unknown field 'if' (did you mean 'when'?)",
+        "nodes[b].with_items: unknown field 'with_items' (did you mean 'foreach'?)",
+    ]
+
+
+def test_a_node_without_an_id_has_its_other_fields_checked_too() -> None:
+    got = problems(base(nodes=[{"name": "b", "script": "return 2"}, {"id": "a", "lua": "x"}]))
+    assert got == [
+        "nodes[0]: node has no id (its name is a title: every node needs an id)",
+        "nodes[0].script: unknown field 'script' (did you mean 'lua'?)",
+    ]
+    assert problems(base(nodes=[{"lua": "x"}])) == ["nodes[0]: node has no id"]
+
+
 def test_unknown_fields_suggest_the_right_name() -> None:
     got = problems(
         base(nodes=[{"id": "a", "lua": "x", "depend_on": ["b"], "retry": {"max_attempt": 2}}])
