@@ -123,6 +123,7 @@ class RegistrationHooks(Protocol):
     """What the triggers need to hear of registrations (``orchestrator.triggering``)."""
 
     def check_spec(self, spec: WorkflowSpec) -> None: ...
+    def missing_secrets(self, spec: WorkflowSpec) -> list[str]: ...
     async def version_registered(self, spec: WorkflowSpec) -> None: ...
 
 
@@ -258,7 +259,7 @@ class Orchestrator:
             plan = self.registry.plan_register(spec, force=force, now=time.time())
             if plan.noop:
                 # a version stored before a limit for new ones came is that version still
-                return self.registry.describe(spec.id, spec.version), False
+                return self._warned(spec, self.registry.describe(spec.id, spec.version)), False
             if spec.name is not None and len(spec.name) > MAX_NAME:
                 # read again, to be refused as a new version is, with the problem's line
                 await asyncio.to_thread(
@@ -274,7 +275,7 @@ class Orchestrator:
                 # its triggers replace the old; a pre-release above a release leaves the
                 # release's triggers on, as it leaves runs without a version on the release
                 await self.triggers.version_registered(spec)
-        described = self.registry.describe(spec.id, spec.version)
+        described = self._warned(spec, self.registry.describe(spec.id, spec.version))
         if plan.forced_past:
             # what force overrode is said where it can be found later, and to the caller
             log.warning(
@@ -287,6 +288,16 @@ class Orchestrator:
         else:
             log.info("registered %s", spec.ref)
         return described, True
+
+    def _warned(self, spec: WorkflowSpec, described: JSONObject) -> JSONObject:
+        """``described`` with ``warnings`` of what the spec will not do as it stands here (an
+        HTTP trigger's secret not set), logged too; registered all the same."""
+        warnings = self.triggers.missing_secrets(spec) if self.triggers is not None else []
+        for warning in warnings:
+            log.warning("workflow %s: %s", spec.ref, warning)
+        if warnings:
+            described["warnings"] = list(warnings)
+        return described
 
     def stored_refusal(self, workflow_id: str, version: str) -> str | None:
         """Why runs of ``workflow_id@version`` cannot run, when it was stored under older checks

@@ -452,7 +452,12 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             )
         except Exception as exc:
             await _refuse(context, exc)
-        return pb.RegisterWorkflowResponse(workflow=_workflow_message(workflow), created=created)
+        warnings = workflow.get("warnings")
+        return pb.RegisterWorkflowResponse(
+            workflow=_workflow_message(workflow),
+            created=created,
+            warnings=[str(w) for w in warnings] if isinstance(warnings, list) else [],
+        )
 
     async def GetWorkflow(self, request: pb.GetWorkflowRequest, context: Context) -> pb.Workflow:
         try:

@@ -1327,8 +1327,10 @@ def openapi_document(*, guarded: bool = True) -> JSONObject:
                     body="Spec",
                     params=[_query("force", "boolean")],
                     responses={
-                        "201": "created",
-                        "200": "identical content already registered",
+                        "201": "created: {workflow, created}; workflow.warnings, when present, "
+                        "says what the spec will not do as the orchestrator stands (an HTTP "
+                        "trigger's secret variable not set), registered all the same",
+                        "200": "identical content already registered (with warnings as for 201)",
                         "409": "version conflict or dependents out of range",
                         **errors,
                     },

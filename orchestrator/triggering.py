@@ -689,6 +689,24 @@ class Triggers:
 
     # -- registrations ----------------------------------------------------------------------
 
+    def missing_secrets(self, spec: WorkflowSpec) -> list[str]:
+        """What to warn of a spec whose HTTP triggers read a secret from a variable this
+        orchestrator was not started with: registered, such a trigger refuses every delivery
+        (503) until the variable is set, which the environment, read once at start, takes a
+        restart for. Said when the spec is registered, not first at its first delivery."""
+        warnings: list[str] = []
+        for t in spec.triggers:
+            if not isinstance(t, HttpSpec):
+                continue
+            name = t.bearer_env or t.hmac_env
+            if name is not None and not (self.environ.get(name) or "").strip():
+                warnings.append(
+                    f"the trigger on {t.path} reads its secret from {name}, which is not set on "
+                    "the orchestrator: its deliveries are refused (503) until it is set and the "
+                    "orchestrator restarted"
+                )
+        return warnings
+
     def check_spec(self, spec: WorkflowSpec) -> None:
         """Refuse a spec whose HTTP path another workflow serves (a path named twice in one
         spec is a spec problem, refused before this)."""

@@ -271,12 +271,14 @@ class RegisterWorkflowRequest(_message.Message):
     def __init__(self, spec: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class RegisterWorkflowResponse(_message.Message):
-    __slots__ = ("workflow", "created")
+    __slots__ = ("workflow", "created", "warnings")
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     workflow: Workflow
     created: bool
-    def __init__(self, workflow: _Optional[_Union[Workflow, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, workflow: _Optional[_Union[Workflow, _Mapping]] = ..., created: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Workflow(_message.Message):
     __slots__ = ("id", "version", "name", "spec_json", "created_at", "versions", "dependents", "references")

@@ -893,6 +893,9 @@ def cmd_apply(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO
             verdict = "registered" if created else "unchanged"
             ref = f"{wf.get('id', '?')}@{wf.get('version', '?')}"
             out.write(f"workflow {printable(ref)} {verdict}\n")
+            warnings = wf.get("warnings")
+            for warning in warnings if isinstance(warnings, list) else []:
+                err.write(printable(f"dagctl: warning: {ref}: {warning}") + "\n")
         progress = len(refused) < len(pending)
         if not progress and not args.force:
             progress = _force_upgrades(client, refused, out)

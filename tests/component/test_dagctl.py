@@ -252,7 +252,16 @@ class FakeOrchestrator:
             return error(409, "version_conflict", f"{key[0]}@{key[1]} is registered already")
         created = key not in self.registered
         self.registered[key] = raw
-        workflow = {"id": key[0], "version": key[1], "versions": [key[1]]}
+        workflow: dict[str, Any] = {"id": key[0], "version": key[1], "versions": [key[1]]}
+        # as the orchestrator warns of a hook whose secret it was not started with
+        for trigger in doc.get("triggers") or []:
+            hook = trigger.get("http") if isinstance(trigger, dict) else None
+            if isinstance(hook, dict) and hook.get("auth"):
+                name = next(iter(hook["auth"].values()))
+                workflow.setdefault("warnings", []).append(
+                    f"the trigger on {hook['path']} reads its secret from {name}, which is "
+                    "not set on the orchestrator"
+                )
         return web.json_response(
             {"workflow": workflow, "created": created}, status=201 if created else 200
         )
@@ -488,6 +497,19 @@ async def test_apply_registers_then_reports_unchanged(
     assert headers["Content-Type"] == "application/yaml"
     assert headers["Authorization"] == "Bearer s3cret"
     assert body == HELLO.encode()
+
+
+async def test_apply_says_the_servers_warnings_on_stderr(
+    fake: FakeOrchestrator, dagctl: Dagctl, tmp_path: Any
+) -> None:
+    path = tmp_path / "hook.yaml"
+    path.write_text(HELLO + "triggers:\n  - http: {path: /hooks/h, auth: {bearer_env: T}}\n")
+    result = await dagctl(fake, "apply", "-f", str(path))
+    assert (result.code, result.out) == (0, "workflow hello@1.0.0 registered\n")
+    assert result.err == (
+        "dagctl: warning: hello@1.0.0: the trigger on /hooks/h reads its secret from T, "
+        "which is not set on the orchestrator\n"
+    )
 
 
 async def test_apply_sends_json_files_as_json_and_force(

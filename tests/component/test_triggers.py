@@ -540,6 +540,36 @@ async def test_http_paths_belong_to_one_workflow(world: World) -> None:
         await world.orch.get_workflow("b")
 
 
+async def test_a_hook_whose_secret_is_not_set_is_registered_with_a_warning(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    await world.triggers(environ={"SET_TOKEN": "t0k", "BLANK": "  "})
+    hook = {"id": "a", "version": "1.0.0", "nodes": [{"id": "n", "sleep": "0s"}]}
+    hook["triggers"] = [
+        {"http": {"path": "/hooks/set", "auth": {"bearer_env": "SET_TOKEN"}}},
+        {"http": {"path": "/hooks/unset", "auth": {"hmac_env": "UNSET_SECRET"}}},
+        {"http": {"path": "/hooks/blank", "auth": {"bearer_env": "BLANK"}}},
+        {"http": {"path": "/hooks/open"}},
+    ]
+    said = [
+        "the trigger on /hooks/unset reads its secret from UNSET_SECRET, which is not set on the "
+        "orchestrator: its deliveries are refused (503) until it is set and the orchestrator "
+        "restarted",
+        "the trigger on /hooks/blank reads its secret from BLANK, which is not set on the "
+        "orchestrator: its deliveries are refused (503) until it is set and the orchestrator "
+        "restarted",
+    ]
+    described, created = await world.orch.register(json.dumps(hook), yaml=False, force=False)
+    assert created and described["warnings"] == said  # registered all the same
+    assert any("UNSET_SECRET" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    # said again to whoever applies it again, unchanged
+    described, created = await world.orch.register(json.dumps(hook), yaml=False, force=False)
+    assert not created and described["warnings"] == said
+    quiet = {**hook, "id": "b", "triggers": [{"http": {"path": "/hooks/b"}}]}
+    described, _ = await world.orch.register(json.dumps(quiet), yaml=False, force=False)
+    assert "warnings" not in described
+
+
 def _hook(**config: Any) -> HttpTrigger:
     from orchestrator.store import StoredTrigger
 

@@ -136,7 +136,15 @@ async def test_specs_as_json_or_yaml_with_https_limits(cluster: Cluster) -> None
         # YAML in flow style starts with "{" too (before: refused as invalid JSON)
         flow = '{id: g-flow, version: "1.0.0", nodes: [{id: a, lua: "return 1"}]}'
         reply = await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=flow), metadata=AUTH)
-        assert reply.workflow.id == "g-flow" and reply.created
+        assert reply.workflow.id == "g-flow" and reply.created and not reply.warnings
+        # a hook whose secret the orchestrator was not started with: registered, and said so
+        hook = flow.replace(
+            "nodes:", "triggers: [{http: {path: /hooks/g, auth: {bearer_env: G_UNSET}}}], nodes:"
+        )
+        hook = hook.replace("g-flow", "g-hook")
+        reply = await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(spec=hook), metadata=AUTH)
+        assert reply.created and len(reply.warnings) == 1
+        assert "/hooks/g reads its secret from G_UNSET, which is not set" in reply.warnings[0]
         # before: INTERNAL "internal error" and a RecursionError traceback in the log
         deep = '{"a":' + "[" * 200_000 + "]" * 200_000 + "}"
         err = await refused(
