@@ -21,7 +21,7 @@ from typing import TextIO
 from engine.core.envparse import SettingsError, boolean, whole_number
 from engine.core.errors import InputsError, SpecError
 from engine.core.events import Event
-from engine.core.printing import one_line
+from engine.core.printing import duration, one_line
 from engine.core.values import JSON, JSONObject, json_kind, nests_deeper
 from engine.documents import MAX_DEPTH, non_json_values, read_document
 from engine.inputs import caller_inputs_problem, check_inputs
@@ -67,8 +67,8 @@ class ProgressPrinter:
             detail = str(data["error"])
         elif event.type == "node.skipped":
             detail = str(data.get("reason", ""))
-        elif "duration_ms" in data:
-            detail = f"{data['duration_ms']:.1f} ms"
+        elif isinstance(took := data.get("duration_ms"), int | float):
+            detail = duration(took / 1000)  # as dagctl says it
         if event.type == "node.started" and (event.attempt or 1) > 1:
             detail = f"attempt {event.attempt}{of_item}"
         stamp = f"{event.time - self.t0:8.3f}s"
@@ -267,7 +267,8 @@ def _workers(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m engine",
-        description=__doc__,
+        # the docstring's ``literals`` are for a reader of the source, not of --help
+        description=(__doc__ or "").replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["one_line", "printable"]
+__all__ = ["duration", "one_line", "printable"]
 
 # C0 but newline and tab, DEL, C1, line and paragraph separators, the bidirectional embeddings,
 # overrides and isolates (which reorder what a terminal shows), and lone surrogates
@@ -38,3 +38,23 @@ def one_line(text: str) -> str:
     """``printable``, with newline and tab escaped too: for what must stay on its line (one
     event a line), where a newline in a script's message would print a line of its own."""
     return _LINE_BREAKS.sub(_escape, printable(text))
+
+
+def duration(seconds: float | None) -> str:
+    """A time span as a person reads it: ``<1ms``, ``350ms``, ``2.5s``, ``4m05s``, ``1h02m``;
+    dagctl and ``engine run`` say durations alike."""
+    if seconds is None:
+        return ""
+    seconds = max(seconds, 0.0)
+    if seconds < 0.0005:
+        return "<1ms"  # not "0ms": it took some time
+    # each unit is chosen for the value as it will be shown: 0.9996 s is "1.0s", not "1000ms"
+    if seconds < 0.9995:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 59.95:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

@@ -30,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from engine.core.printing import duration as duration  # shared with engine run
 from engine.core.states import EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from orchestrator.dagctl.calling import one_line, printable
@@ -77,24 +78,6 @@ def timestamp(value: JSON) -> float | None:
         except ValueError:
             return None
     return None
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = max(seconds, 0.0)
-    if seconds < 0.0005:
-        return "<1ms"  # not "0ms": it took some time
-    # each unit is chosen for the value as it will be shown: 0.9996 s is "1.0s", not "1000ms"
-    if seconds < 0.9995:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 59.95:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def span(start: JSON, end: JSON, now: float | None = None) -> str:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from engine.cli import ProgressPrinter
+import pytest
+
+from engine.cli import ProgressPrinter, main
 from engine.core.events import Event
 
 
@@ -44,3 +46,19 @@ def test_a_node_that_is_no_foreach_reads_as_before() -> None:
         "b retrying attempt 2 in 1.0s: bad",
         "b started attempt 2",
     ]
+
+
+def test_durations_read_as_dagctl_says_them() -> None:
+    # before: "30027.5 ms" here where dagctl said 30.0s
+    assert lines(
+        event("node.succeeded", duration_ms=30027.5),
+        event("node.succeeded", duration_ms=0.2),
+        event("node.succeeded", duration_ms=350.4),
+    ) == ["b succeeded 30.0s", "b succeeded <1ms", "b succeeded 350ms"]
+
+
+def test_help_shows_no_source_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    said = capsys.readouterr().out
+    assert "python -m engine: serve gRPC" in said and "``" not in said
