@@ -620,6 +620,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             current,
             len(MIGRATIONS),
         )
+    created = time.monotonic()
     for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
         began = time.monotonic()
         conn.execute("BEGIN IMMEDIATE")
@@ -632,7 +633,16 @@ def migrate(conn: sqlite3.Connection) -> int:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        log.info("state database migrated to schema %d in %.1f s", number, time.monotonic() - began)
+        if current > 0:  # a new file's steps are no news: it is said once, below
+            log.info(
+                "state database migrated to schema %d in %.1f s", number, time.monotonic() - began
+            )
+    if current == 0:
+        log.info(
+            "state database made, at schema %d, in %.1f s",
+            len(MIGRATIONS),
+            time.monotonic() - created,
+        )
     return len(MIGRATIONS)
 
 

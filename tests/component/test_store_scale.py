@@ -215,3 +215,17 @@ async def test_a_listing_pages_on_past_a_run_retention_deleted(store: Store) -> 
     for unknown in ("zz", "f" * 32, "0" * 32, ids[3].upper()):
         listed = await store.list_executions(workflow_id=None, status=None, limit=2, before=unknown)
         assert listed is None, unknown
+
+
+async def test_a_new_file_is_said_made_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # before: a line per migration step, 13 of them, for a file that had none to migrate
+    with caplog.at_level(logging.INFO, logger="orchestrator.store"):
+        store = await Store.open(str(tmp_path / "state.db"))
+        await store.close()
+        store = await Store.open(str(tmp_path / "state.db"))  # up to date: nothing to say
+        await store.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "orchestrator.store"]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"state database made, at schema {len(MIGRATIONS)}, in ")
