@@ -573,8 +573,19 @@ def cron_problem(expression: str) -> str | None:
     except CronError as exc:
         return str(exc)
     except CroniterError as exc:
-        return f"cron {expression!r} never fires: {exc}"
+        return never_fires(expression, exc)
     return None
+
+
+def never_fires(expression: str, exc: Exception) -> str:
+    """What is said of a cron expression croniter finds no next slot for: in its own words
+    ("failed to find next date") the user is left to guess why."""
+    why = (
+        "no date has its day of month in its months (30 February, 31 April)"
+        if "failed to find" in str(exc)
+        else str(exc)
+    )
+    return f"cron {expression!r} never fires: {why}"
 
 
 @lru_cache(maxsize=512)

@@ -26,7 +26,7 @@ from typing import Final, Literal
 
 from croniter import CroniterError
 
-from engine.spec_checks import CronError, cron_iterator
+from engine.spec_checks import CronError, cron_iterator, never_fires
 
 Overlap = Literal["skip", "allow", "cancel_previous"]
 Catchup = Literal["none", "latest", "all"]
@@ -143,7 +143,7 @@ class Schedule:
                 if slot > after:
                     return slot
         except CroniterError as exc:
-            raise ScheduleError(f"cron {self.expression!r} never fires: {exc}") from exc
+            raise ScheduleError(never_fires(self.expression, exc)) from exc
         raise ScheduleError(f"cron {self.expression!r} found no slot in {_MAX_STEPS} steps")
 
     def latest_at_or_before(self, when: float) -> float | None:
