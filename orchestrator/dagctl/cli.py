@@ -1709,16 +1709,8 @@ def cmd_trigger(args: argparse.Namespace, client: Client, out: TextIO, err: Text
         rows = history if isinstance(history, list) else []
         if not rows:
             err.write(f"no history found for trigger {args.id}\n")
-        for row in rows:
-            entry = row if isinstance(row, dict) else {}
-            detail = entry.get("detail")
-            # a slot that did not fire says why; one that did names its run
-            why = showing.slot_reason(detail if isinstance(detail, dict) else {})
-            line = (
-                f"{entry.get('scheduled_time')}  {entry.get('outcome')}  "
-                f"{entry.get('execution_id') or why or ''}"
-            )
-            out.write(printable(line) + "\n")
+        else:
+            _print(out, showing.history_table(rows))
     elif args.action == "delete":
         out.write(f"trigger {args.id} deleted\n")
     else:

@@ -255,6 +255,22 @@ def triggers_table(triggers: Iterable[JSON]) -> Table:
     return table
 
 
+def history_table(rows: Iterable[JSON]) -> Table:
+    """``trigger history``: each decided slot, newest first, with the run it started or why
+    it started none."""
+    table = _table("SCHEDULED", "OUTCOME", "RUN OR WHY NOT")
+    for item in rows:
+        entry = _obj(item)
+        # a slot that did not fire says why; one that did names its run
+        why = slot_reason(_obj(entry.get("detail")))
+        table.add_row(
+            text_of(entry.get("scheduled_time")),
+            styled(entry.get("outcome")),
+            text_of(entry.get("execution_id") or why or ""),
+        )
+    return table
+
+
 def wall_clock(instant: str, zone: str) -> str:
     """An ISO instant as the trigger's own zone reads it (its schedule is written in that
     zone); as given when it does not parse. ``-o json`` keeps the instants in UTC."""
@@ -294,7 +310,8 @@ def execution_details(doc: JSONObject, now: float, width: int = 60) -> Renderabl
     head.add_row("Inputs", compact(doc.get("inputs"), width * 2))
     head.add_row("Outputs", compact(doc.get("outputs"), width * 2))
 
-    nodes = _table("NODE", "STATUS", "ATTEMPTS", "DURATION", "ENGINE", "ERROR", "OUTPUT")
+    # a skipped node's reason shares the column, not the red of an error
+    nodes = _table("NODE", "STATUS", "ATTEMPTS", "DURATION", "ENGINE", "ERROR OR REASON", "OUTPUT")
     every = _obj(doc.get("nodes"))
     shown = _shown_nodes(every)
     for node_id in shown:
@@ -305,7 +322,10 @@ def execution_details(doc: JSONObject, now: float, width: int = 60) -> Renderabl
             text_of(node.get("attempts")),
             span(node.get("started_at"), node.get("finished_at"), now),
             text_of(node.get("engine_id")),
-            Text(text_of(node.get("error")), style="red"),
+            Text(
+                text_of(node.get("error")),
+                style="dim" if node.get("status") == "skipped" else "red",
+            ),
             compact(node.get("output"), width) if node.get("output") is not None else "",
         )
     parts: list[RenderableType] = [head, Text(""), nodes]

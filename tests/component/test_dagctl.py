@@ -964,9 +964,10 @@ async def test_trigger_history_says_why_a_slot_did_not_fire(
     result = await dagctl(fake, "trigger", "history", "nightly", "--limit", "3")
     assert result.code == 0
     assert result.out.splitlines() == [
-        "2026-03-02T12:02:00.000Z  failed  inputs.n: 'x' is not an integer",
-        "2026-03-02T12:01:00.000Z  fired  0190aa",
-        "2026-03-02T11:59:00.000Z  missed  3 slots from 2026-03-02T11:57:00.000Z to"
+        "SCHEDULED                 OUTCOME  RUN OR WHY NOT",  # a table's head, as the others
+        "2026-03-02T12:02:00.000Z  failed   inputs.n: 'x' is not an integer",
+        "2026-03-02T12:01:00.000Z  fired    0190aa",
+        "2026-03-02T11:59:00.000Z  missed   3 slots from 2026-03-02T11:57:00.000Z to"
         " 2026-03-02T11:59:00.000Z (catchup latest)",
     ]
     assert fake.requested("GET", "/api/v1/triggers/nightly/history?limit=3")
