@@ -334,7 +334,8 @@ def _fitted(
     first, by a note of their size and where to read it whole, until it fits. Largest
     first: a run's outputs repeat those of its sink nodes, so they go before the node outputs
     they hold, which then travel once, whole where they fit. Still past it (tens of thousands
-    of node records), the ``execution``'s last node records are left off, and counted."""
+    of node records), the ``execution``'s last node records are left off, and counted; then,
+    past it still (a hundred thousand children), its last children's ids."""
     excess = reply.ByteSize() - REPLY_BYTES
     if excess <= 0:
         return reply
@@ -342,6 +343,9 @@ def _fitted(
     excess = reply.ByteSize() - REPLY_BYTES
     if excess > 0 and execution is not None:
         _fewer_nodes(execution, excess)
+        excess = reply.ByteSize() - REPLY_BYTES
+        if excess > 0:  # every node record gone, and still past it: children's ids go too
+            _fewer_children(execution, excess)
     return reply
 
 
@@ -355,6 +359,17 @@ def _fewer_nodes(execution: pb.Execution, excess: int) -> None:
         freed += size + 1 + (size.bit_length() + 6) // 7
     execution.nodes_omitted = len(execution.nodes) - cut
     del execution.nodes[cut:]
+
+
+def _fewer_children(execution: pb.Execution, excess: int) -> None:
+    # as _fewer_nodes: each id costs its length, its length prefix and its tag
+    cut, freed = len(execution.children), 0
+    while cut > 0 and freed < excess + 16:
+        cut -= 1
+        size = len(execution.children[cut].encode())
+        freed += size + 1 + (size.bit_length() + 6) // 7
+    execution.children_omitted = len(execution.children) - cut
+    del execution.children[cut:]
 
 
 def _noted(fields: Iterable[_JsonField], excess: int) -> None:

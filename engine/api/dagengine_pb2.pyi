@@ -201,7 +201,7 @@ class ListExecutionsResponse(_message.Message):
     def __init__(self, executions: _Optional[_Iterable[_Union[Execution, _Mapping]]] = ..., next_before: _Optional[str] = ...) -> None: ...
 
 class Execution(_message.Message):
-    __slots__ = ("id", "workflow_id", "version", "status", "inputs_json", "outputs_json", "error", "progress", "created_at", "started_at", "finished_at", "parent_execution_id", "nodes", "children", "parent_node_id", "parent_item", "parent_attempt", "retry_of", "nodes_omitted")
+    __slots__ = ("id", "workflow_id", "version", "status", "inputs_json", "outputs_json", "error", "progress", "created_at", "started_at", "finished_at", "parent_execution_id", "nodes", "children", "parent_node_id", "parent_item", "parent_attempt", "retry_of", "nodes_omitted", "children_omitted")
     ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +221,7 @@ class Execution(_message.Message):
     PARENT_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     RETRY_OF_FIELD_NUMBER: _ClassVar[int]
     NODES_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_OMITTED_FIELD_NUMBER: _ClassVar[int]
     id: str
     workflow_id: str
     version: str
@@ -240,7 +241,8 @@ class Execution(_message.Message):
     parent_attempt: int
     retry_of: str
     nodes_omitted: int
-    def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[str] = ..., inputs_json: _Optional[str] = ..., outputs_json: _Optional[str] = ..., error: _Optional[str] = ..., progress: _Optional[int] = ..., created_at: _Optional[str] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., parent_execution_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., children: _Optional[_Iterable[str]] = ..., parent_node_id: _Optional[str] = ..., parent_item: _Optional[int] = ..., parent_attempt: _Optional[int] = ..., retry_of: _Optional[str] = ..., nodes_omitted: _Optional[int] = ...) -> None: ...
+    children_omitted: int
+    def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[str] = ..., inputs_json: _Optional[str] = ..., outputs_json: _Optional[str] = ..., error: _Optional[str] = ..., progress: _Optional[int] = ..., created_at: _Optional[str] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., parent_execution_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., children: _Optional[_Iterable[str]] = ..., parent_node_id: _Optional[str] = ..., parent_item: _Optional[int] = ..., parent_attempt: _Optional[int] = ..., retry_of: _Optional[str] = ..., nodes_omitted: _Optional[int] = ..., children_omitted: _Optional[int] = ...) -> None: ...
 
 class NodeState(_message.Message):
     __slots__ = ("node_id", "status", "output_json", "error", "attempts", "started_at", "finished_at", "engine_id")

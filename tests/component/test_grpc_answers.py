@@ -276,3 +276,48 @@ def test_a_run_of_too_many_nodes_for_a_reply_leaves_the_last_records_off_and_cou
     small = {**doc, "nodes": dict(list(nodes.items())[:10])}
     assert len(serving_grpc._execution_reply(small).nodes) == 10
     assert serving_grpc._execution_reply(small).nodes_omitted == 0
+
+
+def test_a_run_of_too_many_children_for_a_reply_leaves_the_last_ids_off_and_counts_them() -> None:
+    """A foreach over a sub-workflow of 130,000 items: their ids alone are 4.4 MB, so the
+    reply passed 4 MiB once every node record was gone, and the client refused it."""
+    at = "2026-01-01T00:00:00.000Z"
+    children = [f"{i:032x}" for i in range(130_000)]
+    doc: dict[str, Any] = {
+        "id": "e1",
+        "workflow_id": "fan",
+        "version": "1.0.0",
+        "status": "succeeded",
+        "inputs": {},
+        "outputs": None,
+        "error": None,
+        "progress": 100,
+        "created_at": at,
+        "started_at": at,
+        "finished_at": at,
+        "parent_execution_id": None,
+        "nodes": {
+            "each": {
+                "status": "succeeded",
+                "output": None,
+                "error": None,
+                "attempts": 1,
+                "started_at": at,
+                "finished_at": at,
+                "engine_id": "engine-0",
+            }
+        },
+        "children": children,
+    }
+    for reply, execution in (
+        (r := serving_grpc._execution_reply(doc), r),
+        (c := serving_grpc._cancel_reply(doc), c.execution),
+    ):
+        assert reply.ByteSize() <= serving_grpc.REPLY_BYTES
+        kept = len(execution.children)
+        assert 100_000 < kept < 130_000 and execution.children_omitted == 130_000 - kept
+        assert list(execution.children) == children[:kept]  # the first ones, in order
+        assert execution.nodes_omitted == 1  # node records go first
+    few = {**doc, "children": children[:10]}
+    assert list(serving_grpc._execution_reply(few).children) == children[:10]
+    assert serving_grpc._execution_reply(few).children_omitted == 0
