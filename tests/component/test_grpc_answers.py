@@ -230,6 +230,27 @@ async def test_a_long_named_version_stored_before_the_limit_registers_again_as_a
         assert "line 10: name: is 250 characters: at most 200" in str(caught.value.details())
 
 
+def ended_run(workflow_id: str, nodes: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """An execution document of a run that succeeded at one instant, as the store makes it."""
+    at = "2026-01-01T00:00:00.000Z"
+    return {
+        "id": "e1",
+        "workflow_id": workflow_id,
+        "version": "1.0.0",
+        "status": "succeeded",
+        "inputs": {},
+        "outputs": None,
+        "error": None,
+        "progress": 100,
+        "created_at": at,
+        "started_at": at,
+        "finished_at": at,
+        "parent_execution_id": None,
+        "nodes": nodes,
+        **more,
+    }
+
+
 def test_a_run_of_too_many_nodes_for_a_reply_leaves_the_last_records_off_and_counts_them() -> None:
     """60,000 node records are some 5.5 MB with every JSON field a note: the client with
     default options refused the reply, so a cancel that took place was told as failed and a
@@ -247,21 +268,7 @@ def test_a_run_of_too_many_nodes_for_a_reply_leaves_the_last_records_off_and_cou
         }
         for i in range(60_000)
     }
-    doc: dict[str, Any] = {
-        "id": "e1",
-        "workflow_id": "wide",
-        "version": "1.0.0",
-        "status": "succeeded",
-        "inputs": {},
-        "outputs": {"x": "y" * 100},
-        "error": None,
-        "progress": 100,
-        "created_at": at,
-        "started_at": at,
-        "finished_at": at,
-        "parent_execution_id": None,
-        "nodes": nodes,
-    }
+    doc = ended_run("wide", nodes, outputs={"x": "y" * 100})
     for reply, execution in (
         (r := serving_grpc._execution_reply(doc), r),
         (c := serving_grpc._cancel_reply(doc), c.execution),
@@ -283,32 +290,9 @@ def test_a_run_of_too_many_children_for_a_reply_leaves_the_last_ids_off_and_coun
     reply passed 4 MiB once every node record was gone, and the client refused it."""
     at = "2026-01-01T00:00:00.000Z"
     children = [f"{i:032x}" for i in range(130_000)]
-    doc: dict[str, Any] = {
-        "id": "e1",
-        "workflow_id": "fan",
-        "version": "1.0.0",
-        "status": "succeeded",
-        "inputs": {},
-        "outputs": None,
-        "error": None,
-        "progress": 100,
-        "created_at": at,
-        "started_at": at,
-        "finished_at": at,
-        "parent_execution_id": None,
-        "nodes": {
-            "each": {
-                "status": "succeeded",
-                "output": None,
-                "error": None,
-                "attempts": 1,
-                "started_at": at,
-                "finished_at": at,
-                "engine_id": "engine-0",
-            }
-        },
-        "children": children,
-    }
+    node = {"status": "succeeded", "output": None, "error": None, "attempts": 1}
+    node |= {"started_at": at, "finished_at": at, "engine_id": "engine-0"}
+    doc = ended_run("fan", {"each": node}, children=children)
     for reply, execution in (
         (r := serving_grpc._execution_reply(doc), r),
         (c := serving_grpc._cancel_reply(doc), c.execution),

@@ -109,3 +109,26 @@ async def raw_request(port: int, head: bytes, body: bytes = b"", *, whole: bool 
     answer = await asyncio.wait_for(reader.read(), 30)
     writer.close()
     return answer
+
+
+async def call(
+    http: aiohttp.ClientSession, method: str, url: str, headers: Any = None, **kw: Any
+) -> Any:
+    """Any request, with ``TOKEN``; fails the test unless it is answered 2xx. Its JSON."""
+    async with http.request(method, url, headers={**TOKEN, **(headers or {})}, **kw) as resp:
+        assert resp.status < 300, await resp.text()
+        return await resp.json()
+
+
+async def engines_ready(
+    http: aiohttp.ClientSession, url: str, engines: int, within: float = 60.0
+) -> None:
+    """Wait until the orchestrator lists ``engines`` ready engines (a run dispatched before
+    would land on the first alone); goes on after ``within`` seconds, as the test's own
+    checks then tell what is wrong."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        listed = (await call(http, "GET", f"{url}/api/v1/engines"))["engines"]
+        if sum(1 for e in listed if e["state"] == "ready") == engines:
+            return
+        await asyncio.sleep(0.1)

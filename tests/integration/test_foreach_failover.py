@@ -17,11 +17,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.integration.api import call, engines_ready
 from tests.integration.conftest import StartCluster
 
 pytestmark = pytest.mark.slow
 
-TOKEN = {"Authorization": "Bearer s3cret"}
 ITEMS = 80
 # each item holds its worker for 0.2 s of the engine's CPU time (about 0.1 s of wall clock
 # with both workers busy): the node runs for seconds, past its first node.progress
@@ -44,14 +44,6 @@ nodes:
 """
 
 
-async def call(
-    http: aiohttp.ClientSession, method: str, url: str, headers: Any = None, **kw: Any
-) -> Any:
-    async with http.request(method, url, headers={**TOKEN, **(headers or {})}, **kw) as resp:
-        assert resp.status < 300, await resp.text()
-        return await resp.json()
-
-
 async def events_of(http: aiohttp.ClientSession, url: str, eid: str) -> list[dict[str, Any]]:
     return list((await call(http, "GET", f"{url}/api/v1/executions/{eid}/events"))["events"])
 
@@ -62,12 +54,7 @@ async def test_a_foreach_node_resumed_elsewhere_runs_only_the_items_not_done(
     cluster = start_cluster(engines=2, API_TOKEN="s3cret")
     url = cluster.url
     async with aiohttp.ClientSession() as http:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            listed = (await call(http, "GET", f"{url}/api/v1/engines"))["engines"]
-            if sum(1 for e in listed if e["state"] == "ready") == 2:
-                break
-            await asyncio.sleep(0.1)
+        await engines_ready(http, url, 2)
         await call(
             http,
             "POST",

@@ -17,11 +17,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.integration.api import call, engines_ready
 from tests.integration.conftest import StartCluster, stop_process
 
 pytestmark = pytest.mark.slow
 
-TOKEN = {"Authorization": "Bearer s3cret"}
 SLEEP = 5.0
 NAPPER = f"""
 id: napper
@@ -41,14 +41,6 @@ nodes:
 SLACK = 0.01
 
 
-async def call(
-    http: aiohttp.ClientSession, method: str, url: str, headers: Any = None, **kw: Any
-) -> Any:
-    async with http.request(method, url, headers={**TOKEN, **(headers or {})}, **kw) as resp:
-        assert resp.status < 300, await resp.text()
-        return await resp.json()
-
-
 def unix(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
@@ -58,12 +50,7 @@ async def sleeping_run(
 ) -> dict[str, Any]:
     """With ``engines`` ready, register ``spec`` and run it until its node ``nap`` (a sleep) is
     stored as started: from there on that is a fact the run resumes from. The run as it is."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        listed = (await call(http, "GET", f"{url}/api/v1/engines"))["engines"]
-        if sum(1 for e in listed if e["state"] == "ready") == engines:
-            break
-        await asyncio.sleep(0.1)
+    await engines_ready(http, url, engines, within=30)
     await call(
         http,
         "POST",

@@ -21,24 +21,16 @@ from orchestrator.timeline import (
     progress_counts,
     resume_point,
 )
+from tests.component.monitor_events import monitor_event
 
 EID = "e1"
 
 
 def ev(seq: int, kind: str, node: str | None = None, **data: Any) -> JSONObject:
-    return {
-        "seq": seq,
-        "time": f"2027-01-15T08:00:{seq:02d}.000Z",
-        "type": kind,
-        "severity": "debug" if kind == "node.progress" else "info",
-        "workflow_id": "w",
-        "version": "1.0.0",
-        "execution_id": EID,
-        "node_id": node,
-        "engine_id": "engine-0" if node else None,
-        "attempt": 1 if node else None,
-        "data": data,
-    }
+    event = monitor_event(
+        EID, seq, kind, node_id=node, time=f"2027-01-15T08:00:{seq:02d}.000Z", data=data
+    )
+    return {**event, "workflow_id": "w", "severity": "debug" if kind == "node.progress" else "info"}
 
 
 def told(seq: int, done: int, items: int, outputs: dict[str, Any]) -> JSONObject:
