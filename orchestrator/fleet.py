@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -60,6 +60,9 @@ EngineStateName = Literal["joining", "ready", "draining", "unhealthy"]
 # engine's own pings see this process gone (engine.serving.KEEPALIVE_TIME_MS). gRPC's default
 # of two pings between two calls is kept: the health checks are calls, and an engine of an
 # earlier version (gRPC's default ping policy) cuts a caller that pings more with GOAWAY.
+MAX_RECONNECT_BACKOFF_MS: Final = 2_000
+"""The longest gRPC waits between two attempts to reach an engine that is down."""
+
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
@@ -68,6 +71,11 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # the wait gRPC applies to a ping's answer, the keepalive's included (a minute unless set)
     ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # after a failed connect gRPC waits 1 s, then 1.6 times longer each time, up to 2 minutes
+    # unless told, and a health check meanwhile fails at once without trying: an engine back on
+    # its address after a few minutes down went unseen for up to that long, with runs waiting
+    # in the queue. Capped, it is tried again within seconds of any check.
+    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
 ]
 
 
