@@ -1230,7 +1230,9 @@ def test_a_c_call_that_ran_past_the_time_does_not_succeed() -> None:
     code = "local s = ('ab'):rep(1e7) local r = s:gsub('a', 'c') return {n = #r}"
     outcome = sandbox.run(task(code))
     assert not outcome.ok and outcome.limit == "wall_time", outcome
-    assert sandbox.run(task("return 1")).ok  # and the next run is fine
+    # and the next run is fine: within 20 ms of wall time, which a loaded machine can take
+    # from a run of nothing, so a few of them
+    assert any(sandbox.run(task("return 1")).ok for _ in range(20))
 
 
 def test_an_error_message_is_cut_to_its_limit(sandbox: LuaSandbox) -> None:

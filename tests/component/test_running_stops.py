@@ -146,12 +146,15 @@ async def test_a_script_slow_to_stop_holds_a_fail_fast_end_no_longer_than_the_gr
 async def test_what_is_queued_sleeping_or_ending_while_a_fail_fast_end_waits_is_cancelled() -> None:
     """fail_fast cancels the rest: before, scripts still queued were taken by a free worker
     while the run waited for the stopped ones, ran to the end and succeeded, and a sleep that
-    ended meanwhile succeeded too, their outputs in the failed run's."""
+    ended meanwhile succeeded too, their outputs in the failed run's (a sleep's end during the
+    wait, on a fake clock: tests/unit/test_scheduler_stops.py)."""
     busy = 'local t = os.clock() while os.clock() - t < 0.5 do end return "{}"'
     nodes: list[dict[str, Any]] = [
         {"id": "spin", "lua": SPIN_AND_LOG},
         {"id": "bad", "lua": 'local t = os.clock() while os.clock() - t < 0.1 do end error("x")'},
-        {"id": "nap", "sleep": "1s"},
+        # a sleep no loaded machine sees end before bad fails: with "1s", bad's 0.1 s of CPU
+        # took longer than that at a load of 7, and the sleep's success was the run's own
+        {"id": "nap", "sleep": "1h"},
     ]
     nodes += [{"id": f"q{i}", "lua": busy.format(i)} for i in range(6)]
     doc, events = await run({"fail_fast": True, "concurrency": 10, "nodes": nodes})

@@ -53,6 +53,21 @@ def test_what_a_task_brings_back_while_the_run_stops_changes_nothing() -> None:
     assert d.finish.outputs == {}
 
 
+def test_a_sleep_that_ends_while_the_run_stops_is_cancelled_with_it() -> None:
+    # the sleep's timer fires while the run waits for its stopped script: before, the sleep
+    # succeeded into the failed run's outputs
+    wf = spec([lua("a"), lua("b"), {"id": "nap", "sleep": "1s"}], fail_fast=True)
+    d = Driver(wf, stop_first=True).start()
+    d.fail("a")
+    d.advance(2.0)  # past the sleep's end, b not yet stopped
+    assert d.finish is None and d.status("nap") != "succeeded"
+    d.feed(sch.TasksStopped(None, d.now))
+    assert (d.status("b"), d.status("nap")) == ("cancelled", "cancelled")
+    assert "node.succeeded" not in d.types()
+    assert d.finish is not None and d.finish.status == "failed"
+    assert d.finish.outputs == {}
+
+
 def test_a_foreach_node_failed_by_an_item_ends_once_its_other_items_stopped() -> None:
     wf = spec(
         [

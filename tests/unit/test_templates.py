@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.durations import format_duration, parse_duration
@@ -99,6 +99,7 @@ def test_references_after_plain_strings_are_all_found() -> None:
     ]
 
 
+@settings(deadline=None)  # an example a loaded machine holds up is no failure
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(alphabet="abc {}"),
