@@ -21,7 +21,7 @@ def execution_document(
     for node_id in run.spec.order:
         n = states[node_id]
         started = n.started_at
-        nodes[node_id] = {
+        record: JSONObject = {
             "status": n.status,
             "output": n.output,
             "error": n.error,
@@ -30,6 +30,10 @@ def execution_document(
             "finished_at": None if n.finished_at is None else isoformat(n.finished_at),
             "engine_id": None if started is None else engine_id,
         }
+        told = run.items_told(node_id)
+        if told is not None:  # a foreach node that told its items, as the orchestrator shows it
+            record["items_done"], record["items_total"] = told
+        nodes[node_id] = record
     return {
         "id": execution_id,
         "workflow_id": run.spec.id,

@@ -272,13 +272,14 @@ class _Progress:
     """A foreach node's items that succeeded since its last ``node.progress``, and when the
     next one may go."""
 
-    __slots__ = ("armed", "due", "pending", "size")
+    __slots__ = ("armed", "due", "pending", "size", "told")
 
     def __init__(self, due: float) -> None:
         self.due = due
         self.pending: list[int] = []
         self.size = 0
         self.armed = False  # a ("progress", node) timer is out
+        self.told: int | None = None  # items done as the last node.progress said
 
 
 @dataclass(slots=True)
@@ -573,6 +574,18 @@ class Run:
 
     def node_spec(self, node_id: str) -> NodeSpec:
         return self.nodes[node_id].spec
+
+    def items_told(self, node_id: str) -> tuple[int, int] | None:
+        """(items done, of how many) of a foreach node as its node.progress events told them,
+        and every item once it succeeded; None before its first: what the orchestrator's node
+        record shows as ``items_done`` and ``items_total``, folded from those events."""
+        progress = self._progress.get(node_id)
+        if progress is None or progress.told is None:
+            return None
+        n = self.nodes[node_id]
+        assert n.items is not None
+        total = len(n.items)
+        return (total if n.status == "succeeded" else progress.told), total
 
     def resumed_items(self, node_id: str) -> bool:
         """Whether a foreach node started with items done before the run resumed."""
@@ -998,6 +1011,7 @@ class Run:
         progress.pending = []
         progress.size = 0
         progress.due = self._now + PROGRESS_EVERY
+        progress.told = n.done_items
         # debug: a checkpoint, not a change of state, and it carries outputs in bulk; the
         # node's started and end events tell its story at info
         self._emit("node.progress", "debug", n.spec.id, n.attempts or None, data)

@@ -551,6 +551,10 @@ def _event_message(event: JSONObject) -> str:
     if kind == "node.started" and resumed is True:
         left = data.get("remaining_s")
         return "resumed" + (f", {duration(left)} left" if isinstance(left, int | float) else "")
+    kept = data.get("resumed_items")
+    if kind == "node.started" and isinstance(kept, int) and not isinstance(kept, bool):
+        # a foreach node taken up elsewhere: what the engine before it had done is not run again
+        return f"resumed, {kept} of {text_of(data.get('items'))} items done already"
     if data.get("error"):
         return text_of(data.get("error"))
     if kind == "node.skipped":

@@ -137,3 +137,10 @@ def test_engine_run_prints_the_items_done() -> None:
     data: JSONObject = {"done": 12, "items": 40, "outputs": {"3": "x" * 500}}
     printer(Event(7, 100.0, "node.progress", "debug", "w", "1.0.0", EID, "each", None, 1, data))
     assert out.getvalue().split() == ["0.000s", "each", "progress", "12/40", "items"]
+
+
+def test_dagctl_says_what_a_resumed_foreach_node_kept() -> None:
+    # before: a bare "started", the items the engine before had done unsaid
+    resumed = ev(3, "node.started", "each", items=100, resumed_items=84)
+    assert event_message(resumed) == "resumed, 84 of 100 items done already"
+    assert event_message(ev(2, "node.started", "each", items=100)) == ""

@@ -161,3 +161,28 @@ def test_items_done_that_are_not_items_of_a_foreach_node_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=f"done items .*{says}"):
         sch.Run(spec(nodes), {}, items_done=done)
+
+
+def test_the_engines_document_shows_the_items_told_as_the_orchestrators_does() -> None:
+    from engine.core.execution import execution_document
+
+    def record(d: Driver) -> dict[str, object]:
+        doc = execution_document(d.run, execution_id="e1", created_at=0.0)
+        node = doc["nodes"]["each"]  # type: ignore[index, call-overload]
+        assert isinstance(node, dict)
+        return node
+
+    d = _each(4, concurrency=1).start()
+    d.succeed("each", "o0", item=0)
+    assert "items_done" not in record(d)  # nothing told yet, as no event says it
+    d.advance(1.1)
+    assert (record(d)["items_done"], record(d)["items_total"]) == (1, 4)
+    d.succeed("each", "o1", item=1)
+    assert record(d)["items_done"] == 1  # as told, not as counted since
+    d.succeed("each", "o2", item=2)
+    d.succeed("each", "o3", item=3)
+    assert (record(d)["status"], record(d)["items_done"], record(d)["items_total"]) == (
+        "succeeded",
+        4,
+        4,
+    )
