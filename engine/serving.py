@@ -30,14 +30,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from importlib import metadata
 from typing import Any, Final, NoReturn
 
 import grpc
 from grpc_health.v1.health import aio as health_aio
 from prometheus_client import start_http_server
 
-from engine import wire
+from engine import installed_version, wire
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from engine.authenticating import RequireToken
@@ -232,13 +231,6 @@ def _serve_metrics(port: int, host: str, metrics: Metrics) -> Any:
     return server
 
 
-def engine_version() -> str:
-    try:
-        return metadata.version("dag-engine")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
 async def _refuse(context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> NoReturn:
     """End the call with the status for ``error``."""
     status = wire.grpc_status(error)
@@ -427,7 +419,7 @@ class EngineService(pb_grpc.EngineServicer):
         self._settings = settings
         self._pool = pool
         self._metrics = metrics
-        self._version = engine_version()
+        self._version = installed_version()
         self._runs: dict[str, Execution] = {}
         self._subworkflows = StreamedSubWorkflows()
         self._draining = False

@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from engine import wire
+from engine import installed_version, wire
 from engine.core.errors import InputsError, SpecError
 from engine.core.states import EXECUTION_STATUSES, EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject, nests_deeper
@@ -479,6 +479,7 @@ class HttpApi:
         self.max_body = max_body
         self.triggers = triggers
         self._backups_sending = 0
+        self._version = installed_version()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -929,7 +930,8 @@ class HttpApi:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return _json({"status": "ok"})
+        # the version: which release answers, for dagctl --version and whoever upgrades
+        return _json({"status": "ok", "version": self._version})
 
     async def readyz(self, request: web.Request) -> web.Response:
         ok, why = await self.api.readiness()
@@ -1290,7 +1292,12 @@ def openapi_document(*, guarded: bool = True) -> JSONObject:
                 "Status": {
                     "type": "object",
                     "required": ["status"],
-                    "properties": {"status": {"type": "string"}, "reason": {"type": "string"}},
+                    "properties": {
+                        "status": {"type": "string"},
+                        "reason": {"type": "string"},
+                        # /healthz: the release that answers
+                        "version": {"type": "string"},
+                    },
                 },
                 "TriggerCreate": {
                     "type": "object",

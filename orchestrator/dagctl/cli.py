@@ -25,6 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, TextIO, cast
 
+from engine import installed_version
 from engine.core import jsontext
 from engine.core.states import EXECUTION_STATUSES, EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject, json_kind, nests_deeper
@@ -1932,24 +1933,13 @@ VERSION_TIMEOUT: Final = 2.0
 """Seconds ``--version`` waits for each answer of the server: it is asked in passing."""
 
 
-def client_version() -> str:
-    """The installed ``dag-engine``'s version, as ``engine.serving.engine_version`` reads it
-    (not imported: it brings gRPC)."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("dag-engine")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
 def show_version(settings: Settings, out: TextIO) -> int:
     """``dagctl --version``: dagctl's version at once, then what the server tells of its
     own, or that it was not reached; exit 0 either way.
 
-    The orchestrator states no version of its own: its OpenAPI document's ``info.version``
-    is the API's, and ``GET /api/v1/engines`` has each engine's (the same distribution)."""
-    out.write(f"dagctl {client_version()}\n")
+    The orchestrator's is in its ``/healthz`` answer; its OpenAPI document's ``info.version``
+    is the API's, and ``GET /api/v1/engines`` has each engine's."""
+    out.write(f"dagctl {installed_version()}\n")
     out.flush()
     server = printable(settings.server)
     try:
@@ -1959,7 +1949,7 @@ def show_version(settings: Settings, out: TextIO) -> int:
             settings.server, settings.token, timeout=VERSION_TIMEOUT, tls=settings.tls()
         )
         # open without a token, and small beside the API's document: reached or not, quickly
-        client.get("/healthz")
+        health = client.get("/healthz")
     except Unreachable as exc:
         out.write(f"server {server}: not reached ({printable(exc.reason)})\n")
         return EXIT_OK
@@ -1972,6 +1962,9 @@ def show_version(settings: Settings, out: TextIO) -> int:
         )
         return EXIT_OK
     said = [f"server {server}: reached"]
+    release = health.get("version")
+    if isinstance(release, str) and release:  # an orchestrator from before says none
+        said.append(f"version {printable(release)}")
     try:
         info = client.get("/api/v1/openapi.json").get("info")
         api = info.get("version") if isinstance(info, dict) else None

@@ -18,7 +18,7 @@ import aiohttp
 import grpc
 import pytest
 
-from engine import wire
+from engine import installed_version, wire
 from engine.api import dagengine_pb2 as pb
 from engine.api import dagengine_pb2_grpc as pb_grpc
 from tests.integration.api import first_pause_last, raw_request, wait_node
@@ -394,7 +394,7 @@ async def test_bad_requests_get_a_json_error_and_the_service_goes_on(
         assert body["error"]["code"] == code
         assert body["error"]["message"]
         healthy = await get(http, f"{cluster.url}/healthz")
-        assert healthy == {"status": "ok"}
+        assert healthy == {"status": "ok", "version": installed_version()}
     assert cluster.orchestrator.proc.poll() is None
 
 
