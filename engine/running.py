@@ -26,7 +26,7 @@ from engine.core.states import EXECUTION_TERMINAL, NODE_TERMINAL, Severity
 from engine.core.values import JSON, JSONObject
 from engine.lua import MISSING as LUA_MISSING
 from engine.lua import NEVER_STARTED as LUA_NEVER_STARTED
-from engine.lua import Flag, LuaOutcome, LuaPool, LuaTask
+from engine.lua import Flag, LuaOutcome, LuaPool, LuaTask, TaskFlag
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,13 @@ def timed_out_waiting(timeout: float) -> str:
     )
 
 
-def waited_note(timeout: float, ran: float) -> str:
-    """What to add to the error of a node that timed out after its script ran ``ran`` seconds:
-    the rest of the timeout (it counts from the task's submission) it waited for a worker."""
-    waited = timeout - ran
+def waited_note(timeout: float, waited: float) -> str:
+    """What to add to the error of a node that timed out after its script waited ``waited``
+    seconds for a Lua worker while every one was busy (``TaskFlag.waited``).
+
+    Not the timeout less the script's run: on a machine short of CPU that names a wait for a
+    worker when the workers sat idle (a worker thread slow to wake, a script slow to start).
+    """
     if waited < WAITED_NOTE_SHARE * timeout:
         return ""
     return (
@@ -545,7 +548,7 @@ class Execution:
             )
             return
         assert spec.lua is not None
-        flag = Flag()
+        flag = TaskFlag()  # the pool tells it how long the task waited for a busy worker
         self._cancels[(ins.node_id, ins.item)] = flag
         task = LuaTask(
             key=f"{self.spec.ref}/{ins.node_id}",
@@ -571,7 +574,7 @@ class Execution:
         node_id: str,
         item: int | None,
         attempt: int,
-        flag: Flag,
+        flag: TaskFlag,
         outcome: LuaOutcome | None,
     ) -> None:
         if self._cancels.get((node_id, item)) is flag:
@@ -598,7 +601,7 @@ class Execution:
             stimuli.extend(self._logged(node_id, item, attempt, outcome, now))
         if stopped and outcome.limit == "cancelled":
             self._complete(stimuli)  # its end is the held stimulus's to tell
-            self._note_wait(node_id, item, attempt, outcome.duration)
+            self._note_wait(node_id, item, attempt, flag.waited)
             return
         if outcome.ok:
             size = outcome.size
@@ -615,7 +618,7 @@ class Execution:
                 error = timed_out_waiting(timeout)
             else:
                 error = f"timed out after {format_duration(timeout)}"
-                error += waited_note(timeout, outcome.duration)
+                error += waited_note(timeout, flag.waited)
             stimuli.append(sch.TaskFailed(node_id, item, attempt, error, now))
         else:
             error = outcome.error or "failed"
@@ -699,7 +702,7 @@ class Execution:
             f"{budget.dropped} more dropped{after}]"
         )
 
-    def _note_wait(self, node_id: str, item: int | None, attempt: int, ran: float) -> None:
+    def _note_wait(self, node_id: str, item: int | None, attempt: int, waited: float) -> None:
         """A script stopped by its node's timer: the held end names the wait for a worker, when
         it took a good share of the timeout (as ``_task_done`` does when the script itself
         reached the deadline)."""
@@ -708,7 +711,7 @@ class Execution:
             fired = held.stimulus
             if isinstance(fired, sch.TimerFired) and fired.key == key:
                 timeout = self.run.node_spec(node_id).timeout or 0.0
-                note = waited_note(timeout, ran)
+                note = waited_note(timeout, waited)
                 if note:
                     error = f"timed out after {format_duration(timeout)}{note}"
                     # its CancelTask is done: the script came back

@@ -4,7 +4,7 @@
 limits; ``LuaPool`` (in ``pool``) keeps one per worker thread and hands outcomes back to asyncio.
 """
 
-from engine.lua.pool import NEVER_STARTED, LuaPool
+from engine.lua.pool import NEVER_STARTED, LuaPool, TaskFlag
 from engine.lua.sandbox import (
     MISSING,
     CancelFlag,
@@ -28,5 +28,6 @@ __all__ = [
     "LuaSandbox",
     "LuaSyntaxProblem",
     "LuaTask",
+    "TaskFlag",
     "check_syntax",
 ]

@@ -10,6 +10,10 @@ for up to 1 ms, and it wakes a loop with ``call_soon_threadsafe`` only when no w
 loop is already on its way, so whatever finishes in the meantime rides along. Under load one
 wake-up carries many outcomes; when idle, none waits. Unlike draining a batch of tasks up front,
 this never holds a queued task behind a slow one while another worker is free.
+
+A worker stuck in one C call is judged by the CPU the call spends past its time or cancel, not
+by the wall clock: on a loaded machine a thread starved of a core is slow, not stuck, and a
+replacement would only compete with it for the core (see ``_STUCK_GRACE``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Final
 
 from engine.lua.sandbox import Flag, LuaLimits, LuaOutcome, LuaSandbox, LuaTask
 
-__all__ = ["NEVER_STARTED", "LuaPool"]
+__all__ = ["NEVER_STARTED", "LuaPool", "TaskFlag"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +60,21 @@ with the strings it works on (comparing two of zeros costs about 7 ms per MiB), 
 ``memory``: a thousand of the worst hold the event loop under two seconds, once per chunk."""
 
 _STUCK_GRACE: Final = 2.0
-"""Seconds past its time, or past its cancel, after which a worker still in one run is given
-up. One C call the hook never sees (comparing huge strings, sorting them) can hold a thread
-for minutes: its run fails, a new worker takes its place, and the old thread ends when the call
-comes back, its outcome dropped. The same grace as a node's stop (``running.STOP_GRACE``)."""
+"""Seconds of its thread's CPU time a worker still in one run may spend past the run's time, or
+past its cancel, before it is given up. One C call the hook never sees (comparing huge strings,
+sorting them) can hold a thread for minutes: its run fails, a new worker takes its place, and
+the old thread ends when the call comes back, its outcome dropped. The same grace as a node's
+stop (``running.STOP_GRACE``); on an idle machine a stuck call has a core to itself, so it is
+two seconds of wall time too. CPU, not wall time: on a loaded machine (load average 6 to 13 on
+two cores) an ordinary script between two looks at its cancel flag, starved of a core, was
+given up 2 s after its cancel, its late lines dropped, and its replacement competed with it for
+the core. Where the thread's CPU clock cannot be read, wall time (``_thread_cpu_time``)."""
+_STUCK_BACKSTOP: Final = 10
+"""Times ``_STUCK_GRACE`` of wall time past its time or cancel after which a worker is given up
+whatever CPU it spent: a thread blocked in a call burns none, and must not hold its worker for
+ever. Ten times, as a starved thread gets about a core over the runnable threads' number of its
+time: one slow to stop at a load of 10 per core would spend its grace in 20 s; past that the
+machine is beyond what any grace fixes, and two workers' lost time is the lesser cost."""
 _WATCH_EVERY: Final = 0.25
 _MAX_STUCK_FACTOR: Final = 1
 """Given-up threads still running, per worker, past which none is replaced: each may burn a
@@ -90,6 +105,46 @@ _CLOSE_WAIT: Final = 1.0
 """Seconds close() waits for the workers; a script stops within about 10k instructions."""
 
 
+def _cpu_clock() -> int | None:
+    """The calling thread's CPU-time clock, for ``_thread_cpu_time``; None where there is none."""
+    clock_of = getattr(time, "pthread_getcpuclockid", None)  # Unix only
+    if clock_of is None:
+        return None
+    try:
+        clock: int = clock_of(threading.get_ident())
+    except OSError:
+        return None
+    return clock
+
+
+def _thread_cpu_time(clock: int | None) -> float | None:
+    """Seconds of CPU a worker's thread has spent, read from another thread (the watchdog's),
+    or None where it cannot be: no CPU clock on this platform, or the thread has ended."""
+    if clock is None:
+        return None
+    try:
+        return time.clock_gettime(clock)
+    except OSError:
+        return None
+
+
+class TaskFlag(Flag):
+    """A task's ``cancel`` flag the pool also tells how long the task waited for a worker.
+
+    ``waited`` is the time from its submission to a worker taking it during which every worker
+    was in a run: the wait the engine's ``LUA_WORKERS`` being busy caused. A queued task whose
+    worker was free but slow to come (a thread starved of a core) waited for the machine, not
+    for a worker, and that wait is not in it.
+    """
+
+    __slots__ = ("waited",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = 0.0
+        """Seconds, set by the worker as it takes the task; 0.0 until then (or run inline)."""
+
+
 Callback = Callable[[LuaOutcome | None], None]
 """Receives a task's outcome on the loop thread; None when the task was cancelled unrun."""
 
@@ -100,6 +155,8 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[LuaOutcome] | None = None
     callback: Callback | None = None
+    busy_at: float = 0.0
+    """The pool's ``_busy_clock`` when the job was queued (see ``TaskFlag.waited``)."""
 
     def dropped(self) -> bool:
         return self.future is not None and self.future.cancelled()
@@ -208,10 +265,17 @@ class _Worker:
     name: str
     job: _Job | None = None
     due: float = 0.0
-    """``time.monotonic()`` instant past which the run counts as stuck."""
+    """``time.monotonic()`` instant past which the run is past its time: its grace begins."""
     started: float = 0.0
     """``time.monotonic()`` instant the run began."""
     cancel_seen: float | None = None
+    clock: int | None = None
+    """The thread's CPU clock (``_cpu_clock``), set by the thread as it starts."""
+    graced: bool = False
+    """The watchdog has seen the run past its time or its cancel, and read ``grace_cpu``."""
+    grace_cpu: float | None = None
+    """The thread's CPU time when the watchdog first saw its grace begin; None: no CPU clock,
+    the grace is wall time."""
     given_up: bool = False
     held: list[_Delivery] = field(default_factory=list)
     """Outcomes finished and not yet handed back (see ``_HOLD_SECONDS``): the watchdog hands
@@ -253,6 +317,11 @@ class LuaPool:
         self._threads: list[threading.Thread] = []
         self._stuck: list[threading.Thread] = []  # given up, still in their call
         self._spawned = 0
+        # how long every worker was in a run, as a clock read at a job's submission and at its
+        # taking (TaskFlag.waited); under _turns_lock
+        self._free = 0  # workers not in a run
+        self._busy_total = 0.0  # seconds every worker was in a run, up to _busy_since
+        self._busy_since = time.monotonic()  # when the last of them began one, if none is free
         for _ in range(count):
             self._start_worker(LuaSandbox(limits, stop=self._stop))
         self._watchdog = threading.Thread(target=self._watch, name="lua-watchdog", daemon=True)
@@ -297,21 +366,56 @@ class LuaPool:
             return all(self._overdue(worker, now) for worker in self._workers)
 
     def _overdue(self, worker: _Worker, now: float) -> bool:
-        """Is ``worker`` in a run past its time, or past its cancel, by the grace?"""
+        """Is ``worker`` in a run past its time, or past its cancel, by the grace: that much of
+        its thread's CPU time spent since, or ``_STUCK_BACKSTOP`` times it of wall time?"""
         job = worker.job
         if job is None:
             return False
-        due = worker.due
+        since = self._grace_began(worker, job, now)
+        if now < since:
+            return False
+        cpu = self._grace_cpu(worker)  # first: the first look past its time starts its count
+        wall, grace = now - since, self._stuck_grace
+        if cpu is None:  # no CPU clock here: wall time
+            return wall >= grace
+        return cpu >= grace or wall >= grace * _STUCK_BACKSTOP
+
+    @staticmethod
+    def _grace_began(worker: _Worker, job: _Job, now: float) -> float:
+        """The instant ``worker``'s run went past its time or, sooner, past its cancel (seen by
+        the watchdog at ``now`` if not before)."""
+        since = worker.due
         cancel = job.task.cancel
         if cancel is not None and cancel.is_set():
             if worker.cancel_seen is None:
                 worker.cancel_seen = now
-            due = min(due, worker.cancel_seen + self._stuck_grace)
-        return now >= due
+            since = min(since, worker.cancel_seen)
+        return since
+
+    @staticmethod
+    def _grace_cpu(worker: _Worker) -> float | None:
+        """Seconds of CPU ``worker``'s thread spent since its grace began, as far as the
+        watchdog saw; None where its CPU clock cannot be read.
+
+        The first look past its time or cancel reads the clock where the grace counts from: a
+        thread's CPU time cannot be read for an instant gone by, and the watchdog looks every
+        ``_WATCH_EVERY`` only, so a run past its time (not its cancel, which is seen at a look)
+        gets up to that much wall time more, never less. Cancels are the case under load.
+        """
+        if not worker.graced:
+            worker.grace_cpu = _thread_cpu_time(worker.clock)
+            worker.graced = True
+            return None if worker.grace_cpu is None else 0.0
+        if worker.grace_cpu is None:
+            return None
+        cpu = _thread_cpu_time(worker.clock)
+        return None if cpu is None else cpu - worker.grace_cpu
 
     def _start_worker(self, sandbox: LuaSandbox) -> _Worker:
         worker = _Worker(sandbox, f"lua-worker-{self._spawned}")
         self._spawned += 1
+        with self._turns_lock:
+            self._one_free(time.monotonic())
         thread = threading.Thread(target=self._work, args=(worker,), name=worker.name, daemon=True)
         self._workers.append(worker)
         self._threads.append(thread)
@@ -405,8 +509,27 @@ class LuaPool:
 
     def _put(self, owner: Hashable, job: _Job) -> None:
         with self._turns_lock:
+            job.busy_at = self._busy_clock(time.monotonic())
             self._turns.put(owner, job)
         self._wake.put(True)
+
+    # the pool's busy clock, under _turns_lock: it runs while every worker is in a run
+
+    def _busy_clock(self, now: float) -> float:
+        """Seconds every worker was in a run, over the pool's life up to ``now``."""
+        if self._free:
+            return self._busy_total
+        return self._busy_total + (now - self._busy_since)
+
+    def _one_busy(self, now: float) -> None:
+        self._free -= 1
+        if not self._free:
+            self._busy_since = now
+
+    def _one_free(self, now: float) -> None:
+        if not self._free:
+            self._busy_total += now - self._busy_since
+        self._free += 1
 
     async def run(self, task: LuaTask, *, owner: Hashable = None) -> LuaOutcome:
         return await self.submit(task, owner=owner)
@@ -443,6 +566,7 @@ class LuaPool:
     # -- worker side -----------------------------------------------------------------------
 
     def _work(self, worker: _Worker) -> None:
+        worker.clock = _cpu_clock()
         sandbox = worker.sandbox
         held_since = 0.0
         while True:
@@ -460,27 +584,33 @@ class LuaPool:
                 return
             with self._turns_lock:
                 job = self._turns.take()
-            if job is None:  # close() took it
-                continue
-            if self._stop.is_set():
-                held.append((job, None))
-                continue
-            if job.dropped():  # a benign race: at worst the task runs for nothing
-                continue
+                if job is None:  # close() took it
+                    continue
+                # the clock is read under the lock, so the busy clock's readings are in order
+                now = time.monotonic()
+                waited = self._busy_clock(now) - job.busy_at
+                self._one_busy(now)  # until it turns out not to run, rarely
             task = job.task
-            now = time.monotonic()
-            skipped = self._unstarted(task, now)
-            if skipped is not None:
-                if not held:
-                    held_since = now
-                held.append((job, skipped))
-                continue
-            if isinstance(task.cancel, Flag):
-                task.cancel.taken = True
+            closing = self._stop.is_set()
+            skipped = None if closing else self._unstarted(task, now)
+            if closing or skipped is not None or job.dropped():
+                with self._turns_lock:
+                    self._one_free(time.monotonic())
+                if closing or skipped is not None:
+                    if not held:
+                        held_since = now
+                    held.append((job, skipped))  # None while closing: cancelled unrun
+                continue  # or dropped: a benign race, at worst the task runs for nothing
+            cancel = task.cancel
+            if isinstance(cancel, Flag):
+                cancel.taken = True
+                if isinstance(cancel, TaskFlag):
+                    cancel.waited = waited
             due = now + self.limits.wall_time
             if task.deadline is not None:
                 due = min(due, task.deadline)
-            worker.due, worker.cancel_seen, worker.started = due + self._stuck_grace, None, now
+            worker.due, worker.cancel_seen, worker.started = due, None, now
+            worker.graced, worker.grace_cpu = False, None
             worker.job = job  # last: the watchdog reads the rest once it sees the job
             try:
                 outcome = sandbox.run(job.task)
@@ -494,8 +624,11 @@ class LuaPool:
                 worker.job = None
             if gone:  # answered for, with what it held, and replaced meanwhile: it ends here
                 return
+            with self._turns_lock:
+                now = time.monotonic()
+                self._one_free(now)
             if not held:
-                held_since = time.monotonic()
+                held_since = now
             held.append((job, outcome))
 
     @staticmethod
@@ -513,11 +646,13 @@ class LuaPool:
     def _watch(self) -> None:
         """Gives up on workers whose run went past its time, or its cancel, by the grace."""
         while not self._stop.wait(_WATCH_EVERY):
-            now = time.monotonic()
-            for worker in list(self._workers):
-                job = worker.job
-                if job is not None and self._overdue(worker, now):
-                    self._give_up(worker, job, now)
+            self._look(time.monotonic())
+
+    def _look(self, now: float) -> None:
+        for worker in list(self._workers):
+            job = worker.job
+            if job is not None and self._overdue(worker, now):
+                self._give_up(worker, job, now)
 
     def _give_up(self, worker: _Worker, job: _Job, now: float) -> None:
         with self._lock:
@@ -533,7 +668,7 @@ class LuaPool:
             self._stuck.append(self._threads[index])
             del self._workers[index], self._threads[index]
         task = job.task
-        since, what = worker.due - self._stuck_grace, "time"
+        since, what = worker.due, "time"
         if task.cancel is not None and task.cancel.is_set():
             message, limit = "cancelled", "cancelled"
             if worker.cancel_seen is not None and worker.cancel_seen < since:
@@ -544,13 +679,15 @@ class LuaPool:
             message = f"wall-time limit of {self.limits.wall_time:g} seconds exceeded"
             limit = "wall_time"
         late = now - since
+        cpu = self._grace_cpu(worker)
         logger.warning(
-            "Lua worker %s gave up on %s: still in one call %.1f s past its %s (a call the "
+            "Lua worker %s gave up on %s: still in one call %.1f s past its %s%s (a call the "
             "sandbox cannot interrupt); a new worker takes its place",
             worker.name,
             task.key,
             late,
             what,
+            "" if cpu is None else f", {cpu:.1f} s of CPU time in it since",
         )
         fresh = LuaSandbox(self.limits, stop=self._stop)  # a few ms: not under the lock
         with self._lock:  # close() decides under the lock too: no worker starts after it

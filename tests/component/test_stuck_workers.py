@@ -2,7 +2,9 @@
 engine turns NOT_SERVING until one of the calls comes back, so new runs go elsewhere.
 
 A real stuck call burns a core for as long as it lasts; here the pool's sandboxes are stand-ins
-whose run blocks until the test lets it go, which the pool's watchdog cannot tell apart.
+whose run blocks until the test lets it go, and the CPU time the watchdog reads for their
+threads runs with the wall clock, as a stuck call's would (``test_lua_pool_cpu_grace`` has a
+call that burns none).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def blocking(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     released = threading.Event()
     monkeypatch.setattr(_Blocking, "released", released)
     monkeypatch.setattr("engine.lua.pool.LuaSandbox", _Blocking)
+    monkeypatch.setattr("engine.lua.pool._thread_cpu_time", lambda clock: time.monotonic())
     yield released
     released.set()  # no thread outlives the test
 
