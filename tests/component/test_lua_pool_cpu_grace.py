@@ -18,22 +18,7 @@ import pytest
 
 from engine.lua import Flag, LuaLimits, LuaOutcome, LuaPool, LuaTask
 from engine.lua import pool as lua_pool
-
-BLOCK = "return 'blocked'"
-
-
-class _Blocking:
-    """Runs every task at once, except ``BLOCK``, which waits for ``released``."""
-
-    released = threading.Event()
-
-    def __init__(self, limits: LuaLimits, **_: object) -> None:
-        self.limits = limits
-
-    def run(self, task: LuaTask) -> LuaOutcome:
-        if task.code == BLOCK:
-            self.released.wait(30)
-        return LuaOutcome(True, task.code, None, None, [], 0.0)
+from tests.component.test_stuck_workers import BLOCK, _Blocking
 
 
 class CpuClock:

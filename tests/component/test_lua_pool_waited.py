@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import time
 from typing import Any
 
@@ -17,28 +16,7 @@ from engine.loading import spec_from_document
 from engine.lua import LuaLimits, LuaPool, LuaTask, TaskFlag
 from engine.lua import pool as lua_pool
 from engine.running import Execution
-
-
-class Gate:
-    """A task that holds its worker until ``open``; ``entered`` once a worker runs it."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self._open = threading.Event()
-
-    def task(self) -> LuaTask:
-        def lookup(_: str) -> object:
-            self.entered.set()
-            self._open.wait(30)
-            return "gate"
-
-        return LuaTask("return results.g", "return results.g", "gate", {}, lookup, {})
-
-    def open(self) -> None:
-        self._open.set()
-
-    async def held(self) -> None:
-        assert await asyncio.to_thread(self.entered.wait, 10), "no worker took the gate"
+from tests.component.test_lua_pool_fairness import Gate
 
 
 def task(flag: TaskFlag) -> LuaTask:
