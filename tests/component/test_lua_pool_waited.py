@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 
-from engine.core.values import JSON
 from engine.loading import spec_from_document
 from engine.lua import LuaLimits, LuaPool, LuaTask, TaskFlag
 from engine.lua import pool as lua_pool
 from engine.running import Execution
-from tests.component.test_lua_pool_fairness import Gate
+from tests.component.test_lua_pool_fairness import Gate, node_error
 
 
 def task(flag: TaskFlag) -> LuaTask:
@@ -31,17 +30,6 @@ def spin_spec(timeout: str) -> Any:
             "nodes": [{"id": "a", "timeout": timeout, "lua": "while true do end"}],
         }
     )
-
-
-def node_error(doc: JSON) -> str:
-    assert isinstance(doc, dict)
-    nodes = doc["nodes"]
-    assert isinstance(nodes, dict)
-    node = nodes["a"]
-    assert isinstance(node, dict)
-    error = node["error"]
-    assert isinstance(error, str)
-    return error
 
 
 async def test_a_task_with_a_worker_free_waited_for_none() -> None:
