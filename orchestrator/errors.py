@@ -196,6 +196,15 @@ class NotRetryable(OrchestratorError):
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class WorkflowBusy(OrchestratorError):
+    """A workflow delete refused (runs of it are going, or other workflows reference it), or a
+    workflow registered again while the runs of its deletion are still being removed."""
+
+    http_status = 409
+    code = "workflow_busy"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ParentMismatch(OrchestratorError):
     http_status = 400
     code = "parent_mismatch"

@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -26,6 +26,7 @@ from engine.core.states import EXECUTION_STATUSES, EXECUTION_TERMINAL
 from engine.core.values import JSON, JSONObject
 from engine.documents import parse_text
 from engine.inputs import TRIGGER_KEY, check_inputs
+from orchestrator import retention
 from orchestrator.checking import registration_checks
 from orchestrator.dispatching import Dispatcher, RunTicket, end_events
 from orchestrator.errors import (
@@ -40,6 +41,7 @@ from orchestrator.errors import (
     ParentMismatch,
     QueueFull,
     Unavailable,
+    WorkflowBusy,
     refuse_trigger_inputs,
 )
 from orchestrator.fleet import Fleet
@@ -56,12 +58,16 @@ from orchestrator.store import (
     LargeReads,
     Store,
     TriggerFire,
+    WorkflowDeleted,
 )
 from orchestrator.subworkflows import ChildRequest, ChildStarted, SubWorkflows, node_attempts
 from orchestrator.timeline import Checkpoint, retry_keeps
 from orchestrator.versions import Registry
 
 log = logging.getLogger(__name__)
+
+_PURGE_WAIT = 1.0
+"""Seconds between looks at a deleted workflow whose only runs left are still going."""
 
 
 _entropy = bytearray()
@@ -125,6 +131,9 @@ class RegistrationHooks(Protocol):
     def check_spec(self, spec: WorkflowSpec) -> None: ...
     def missing_secrets(self, spec: WorkflowSpec) -> list[str]: ...
     async def version_registered(self, spec: WorkflowSpec) -> None: ...
+    async def workflow_deleted(
+        self, workflow_id: str, write: Callable[[], Awaitable[WorkflowDeleted]]
+    ) -> WorkflowDeleted: ...
 
 
 class Orchestrator:
@@ -165,6 +174,9 @@ class Orchestrator:
         self._cancelling: set[str] = set()
         """Queued runs whose cancellation is being stored: a second request waits for it."""
         self._register_lock = asyncio.Lock()
+        # deleted workflows whose runs are still being removed (``purge_deleted``)
+        self._purging: set[str] = set()
+        self._purge_wake = asyncio.Event()
         self.dispatcher: Dispatcher  # set by attach(): the dispatcher calls back into us
         self.started = False
 
@@ -216,6 +228,9 @@ class Orchestrator:
                 "stored workflow %s; its runs are refused until a new version is registered",
                 problem,
             )
+        self._purging.update(await self.store.deleted_workflows())
+        if self._purging:
+            self._purge_wake.set()
         if self.subworkflows is not None:
             await self.subworkflows.start()
         recovered = await self.store.unfinished_executions()
@@ -256,6 +271,12 @@ class Orchestrator:
             checks=self._stored_checks,
         )
         async with self._register_lock:
+            if spec.id in self._purging:
+                raise WorkflowBusy(
+                    f"workflow {spec.id} was deleted and its runs are still being removed: "
+                    "register it again once they are gone",
+                    {"workflow": spec.id},
+                )
             plan = self.registry.plan_register(spec, force=force, now=time.time())
             if plan.noop:
                 # a version stored before a limit for new ones came is that version still
@@ -323,7 +344,77 @@ class Orchestrator:
         return self.registry.summaries(after, limit)
 
     async def get_workflow(self, workflow_id: str, version: str | None = None) -> JSONObject:
+        self._not_deleted(workflow_id)
         return self.registry.describe(workflow_id, version)
+
+    def _not_deleted(self, workflow_id: str) -> None:
+        if workflow_id in self._purging:
+            raise NotFound(
+                f"workflow {workflow_id!r} was deleted; its runs are being removed",
+                {"workflow": workflow_id},
+            )
+
+    async def delete_workflow(self, workflow_id: str) -> WorkflowDeleted:
+        """Delete a workflow: every version and trigger at once, its runs with their events
+        after, a batch at a time (``purge_deleted``). Refused while runs of it are going, or
+        while other workflows' latest versions reference it."""
+        async with self._register_lock:
+            self._not_deleted(workflow_id)
+            dependents = self.registry.dependents(workflow_id)
+            if dependents:
+                raise WorkflowBusy(
+                    f"workflow {workflow_id} is referenced by "
+                    + ", ".join(dependents[:10])
+                    + (f" and {len(dependents) - 10} more" if len(dependents) > 10 else "")
+                    + ": register versions of them without it, or delete them first",
+                    {"workflow": workflow_id, "dependents": list(dependents[:50])},
+                )
+            # out of the registry first: no new run of it can start while it is deleted (one
+            # already past the registry and being stored is waited for by the purge)
+            removed = self.registry.remove(workflow_id)
+
+            def write() -> Awaitable[WorkflowDeleted]:
+                return self.store.delete_workflow(workflow_id, time.time())
+
+            try:
+                if self.triggers is not None:
+                    deleted = await self.triggers.workflow_deleted(workflow_id, write)
+                else:
+                    deleted = await write()
+            except BaseException:
+                self.registry.restore(removed)
+                raise
+            self._purging.add(workflow_id)
+            self._purge_wake.set()
+            for key in [k for k in self._calls_children if k[0] == workflow_id]:
+                del self._calls_children[key]
+        log.info(
+            "workflow %s deleted: %d version(s), %d trigger(s); %d run(s) to remove",
+            workflow_id,
+            deleted.versions,
+            deleted.triggers,
+            deleted.executions,
+        )
+        return deleted
+
+    async def purge_deleted(self) -> None:
+        """Remove the runs of deleted workflows, a batch per transaction so that other
+        writes go between them; then their versions. Runs for good (``kept_running``)."""
+        while True:
+            if not self._purging:
+                await self._purge_wake.wait()
+            self._purge_wake.clear()
+            while self._purging:
+                busy = False
+                for workflow_id in sorted(self._purging):
+                    purged = await self.store.purge_workflow(workflow_id, retention.BATCH)
+                    if purged.done:
+                        self._purging.discard(workflow_id)
+                        log.info("workflow %s: removed, with all its runs", workflow_id)
+                    busy = busy or purged.deleted > 0
+                if self._purging and not busy:
+                    # only runs still going are left: they are removed once they end
+                    await asyncio.sleep(_PURGE_WAIT)
 
     # -- executions -------------------------------------------------------------------------
 

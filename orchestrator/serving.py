@@ -164,6 +164,9 @@ async def running_orchestrator(
             loop.create_task(kept_running("engine discovery", lambda: discovery.run(fleet.update)))
         )
         background.append(loop.create_task(kept_running("engine health checks", fleet.run)))
+        background.append(
+            loop.create_task(kept_running("removing deleted workflows", orch.purge_deleted))
+        )
         if settings.execution_retention > 0:
             retention = Retention(store, settings.execution_retention)
             background.append(loop.create_task(kept_running("retention sweeps", retention.run)))

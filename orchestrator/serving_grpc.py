@@ -482,6 +482,21 @@ class OrchestratorService(pb_grpc.OrchestratorServicer):
             await _refuse(context, exc)
         return _workflow_message(doc)
 
+    async def DeleteWorkflow(
+        self, request: pb.DeleteWorkflowRequest, context: Context
+    ) -> pb.DeleteWorkflowResponse:
+        try:
+            _required("workflow_id", request.workflow_id)
+            deleted = await self.api.delete_workflow(request.workflow_id)
+        except Exception as exc:
+            await _refuse(context, exc)
+        return pb.DeleteWorkflowResponse(
+            workflow_id=deleted.workflow_id,
+            versions=deleted.versions,
+            triggers=deleted.triggers,
+            executions=deleted.executions,
+        )
+
     async def ListWorkflows(
         self, request: pb.ListWorkflowsRequest, context: Context
     ) -> pb.ListWorkflowsResponse:

@@ -46,6 +46,7 @@ from orchestrator.store import (
     EventPage,
     ExecutionHead,
     Store,
+    WorkflowDeleted,
     page_continues,
 )
 from orchestrator.subworkflows import ChildRequest, ChildStarted
@@ -75,6 +76,7 @@ class Api(Protocol):
         self, after: str | None = None, limit: int | None = None
     ) -> tuple[list[JSONObject], str | None]: ...
     async def get_workflow(self, workflow_id: str, version: str | None = None) -> JSONObject: ...
+    async def delete_workflow(self, workflow_id: str) -> WorkflowDeleted: ...
     async def execute(
         self,
         workflow_id: str,
@@ -490,6 +492,7 @@ class HttpApi:
             ("GET", "/api/v1/workflows", self.list_workflows),
             ("POST", "/api/v1/workflows", self.register),
             ("GET", "/api/v1/workflows/{workflow_id}", self.get_workflow),
+            ("DELETE", "/api/v1/workflows/{workflow_id}", self.delete_workflow),
             ("GET", "/api/v1/workflows/{workflow_id}/versions/{version}", self.get_version),
             ("POST", "/api/v1/workflows/{workflow_id}/executions", self.trigger),
             ("GET", "/api/v1/executions", self.list_executions),
@@ -636,6 +639,18 @@ class HttpApi:
     async def get_workflow(self, request: web.Request) -> web.Response:
         version = request.query.get("version") or None
         return _json(await self.api.get_workflow(request.match_info["workflow_id"], version))
+
+    async def delete_workflow(self, request: web.Request) -> web.Response:
+        deleted = await self.api.delete_workflow(request.match_info["workflow_id"])
+        return _json(
+            {
+                "id": deleted.workflow_id,
+                "deleted": True,
+                "versions": deleted.versions,
+                "triggers": deleted.triggers,
+                "executions": deleted.executions,
+            }
+        )
 
     async def get_version(self, request: web.Request) -> web.Response:
         return _json(
@@ -1352,7 +1367,20 @@ def openapi_document(*, guarded: bool = True) -> JSONObject:
                         "400": "a version range that does not parse",
                         "404": "not found",
                     },
-                )
+                ),
+                "delete": _op(
+                    "Delete a workflow: its versions and triggers at once, its executions "
+                    "and their events after, in the background; the id is free again once "
+                    "they are gone",
+                    params=[_path_param("workflow_id")],
+                    responses={
+                        "200": "deleted: how many versions, triggers and executions it had",
+                        "404": "not found",
+                        "409": "executions of it are queued or running, or other workflows "
+                        "reference it",
+                        **errors,
+                    },
+                ),
             },
             "/api/v1/workflows/{workflow_id}/versions/{version}": {
                 "get": _op(

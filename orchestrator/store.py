@@ -50,6 +50,7 @@ from orchestrator.errors import (
     InsufficientStorage,
     NotRetryable,
     StoreUnavailable,
+    WorkflowBusy,
 )
 from orchestrator.locking import lock_state, private_dirs, private_file
 from orchestrator.timeline import (
@@ -280,6 +281,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ) WHERE retry_of IS NOT NULL;
     CREATE INDEX executions_by_retry_root ON executions (retry_root)
         WHERE retry_root IS NOT NULL;
+    """,
+    # a deleted workflow, until its runs are removed (``purge_workflow``): its versions stay
+    # until then, for the documents of the runs not yet removed
+    """
+    CREATE TABLE workflow_deletions (
+        workflow_id TEXT PRIMARY KEY,
+        deleted_at  REAL NOT NULL
+    ) WITHOUT ROWID;
     """,
 )
 _BATCH_TABLES: Final = ("event_messages", "event_batches")
@@ -1658,10 +1667,101 @@ class Store:
         def read(conn: sqlite3.Connection) -> list[StoredVersion]:
             rows = conn.execute(
                 "SELECT workflow_id, version, spec_json, digest, created_at FROM versions"
+                " WHERE workflow_id NOT IN (SELECT workflow_id FROM workflow_deletions)"
             ).fetchall()
             return [StoredVersion(*row) for row in rows]
 
         return await self._reader.run(read)
+
+    async def deleted_workflows(self) -> list[str]:
+        """Workflows deleted whose runs are not all removed yet (``purge_workflow``)."""
+
+        def read(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute("SELECT workflow_id FROM workflow_deletions ORDER BY deleted_at")
+            return [str(row[0]) for row in rows]
+
+        return await self._reader.run(read)
+
+    async def delete_workflow(self, workflow_id: str, now: float) -> WorkflowDeleted:
+        """Mark ``workflow_id`` deleted and delete its triggers with their history, in one
+        transaction; its runs go later, in batches (``purge_workflow``). Refused
+        (``WorkflowBusy``) while any of its runs is queued or running: checked here, under
+        the writer, so no run stored before this transaction is missed."""
+
+        def write(conn: sqlite3.Connection) -> WorkflowDeleted:
+            live = int(
+                conn.execute(
+                    "SELECT count(*) FROM executions WHERE workflow_id = ?"
+                    " AND status IN ('queued', 'running')",
+                    (workflow_id,),
+                ).fetchone()[0]
+            )
+            if live:
+                raise WorkflowBusy(
+                    f"workflow {workflow_id} has {live} run(s) queued or running: cancel them "
+                    "or let them end, then delete it",
+                    {"workflow": workflow_id, "running": live},
+                )
+            versions = int(
+                conn.execute(
+                    "SELECT count(*) FROM versions WHERE workflow_id = ?", (workflow_id,)
+                ).fetchone()[0]
+            )
+            runs = int(
+                conn.execute(
+                    "SELECT count(*) FROM executions WHERE workflow_id = ?", (workflow_id,)
+                ).fetchone()[0]
+            )
+            conn.execute(
+                "DELETE FROM trigger_fires WHERE trigger_id IN"
+                " (SELECT id FROM triggers WHERE workflow_id = ?)",
+                (workflow_id,),
+            )
+            triggers = conn.execute(
+                "DELETE FROM triggers WHERE workflow_id = ?", (workflow_id,)
+            ).rowcount
+            conn.execute(
+                "INSERT OR IGNORE INTO workflow_deletions (workflow_id, deleted_at) VALUES (?, ?)",
+                (workflow_id, now),
+            )
+            return WorkflowDeleted(workflow_id, versions, triggers, runs)
+
+        return await self._writer.run(write, durable=True)
+
+    async def purge_workflow(self, workflow_id: str, limit: int) -> Purged:
+        """Remove up to about ``limit`` ended runs of a deleted workflow, each with every run
+        below it, their event batches and idempotency keys, in one transaction; once none is
+        left, its versions and its deletion mark too. A run still going (one accepted just
+        as the workflow was deleted) is waited for: ``Purged.waiting`` counts them."""
+
+        def write(conn: sqlite3.Connection) -> Purged:
+            rows = conn.execute(
+                "SELECT id, status IN " + _TERMINAL_SQL + " FROM executions"
+                " WHERE workflow_id = ? ORDER BY created_at LIMIT ?",
+                (workflow_id, limit * _SCAN_PER_DELETE),
+            ).fetchall()
+            doomed: dict[str, None] = {}  # a child of the workflow's own run comes twice
+            waiting = 0
+            for execution_id, ended in rows:
+                if execution_id in doomed:
+                    continue
+                tree = conn.execute(_TREE, (execution_id,)).fetchall()
+                if not ended or not all(status in EXECUTION_TERMINAL for _, status, _ in tree):
+                    waiting += 1
+                    continue
+                doomed.update((str(member), None) for member, _, _ in tree)
+                if len(doomed) >= limit:
+                    break
+            if doomed:
+                _delete_runs(conn, list(doomed))
+                return Purged(len(doomed), waiting, done=False)
+            if rows:  # only runs still going are left
+                return Purged(0, waiting, done=False)
+            conn.execute("DELETE FROM versions WHERE workflow_id = ?", (workflow_id,))
+            conn.execute("DELETE FROM workflow_deletions WHERE workflow_id = ?", (workflow_id,))
+            return Purged(0, 0, done=True)
+
+        return await self._writer.run(write)
 
     async def register_version(self, plan: RegisterPlan) -> None:
         v = plan.stored
@@ -2407,24 +2507,48 @@ class Store:
             # a walk that stopped short of its scan reached the cutoff: nothing old is left
             resume = mark if len(doomed) >= limit or len(rows) >= scan else None
             if doomed:
-                ids_json = _dumps(list(doomed))
-                for table, column in (
-                    *((batches, "execution_id") for batches in _BATCH_TABLES),
-                    ("idempotency", "execution_id"),
-                    ("executions", "id"),
-                ):
-                    conn.execute(
-                        f"DELETE FROM {table} WHERE {column} IN (SELECT value FROM json_each(?))",
-                        (ids_json,),
-                    )
+                _delete_runs(conn, doomed)
             return Swept(len(doomed), resume)
 
         return await self._writer.run(write)
 
 
+def _delete_runs(conn: sqlite3.Connection, ids: list[str]) -> None:
+    """Delete runs with their stored stream messages and idempotency keys."""
+    ids_json = _dumps(list(ids))
+    for table, column in (
+        *((batches, "execution_id") for batches in _BATCH_TABLES),
+        ("idempotency", "execution_id"),
+        ("executions", "id"),
+    ):
+        conn.execute(
+            f"DELETE FROM {table} WHERE {column} IN (SELECT value FROM json_each(?))",
+            (ids_json,),
+        )
+
+
 _SCAN_PER_DELETE: Final = 4
 """Runs one retention transaction looks at, per run it may delete: bounds the time it holds
 the writer when most old runs are kept (a backlog of runs younger than their key's 24 h)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowDeleted:
+    """What deleting a workflow took at once, and how many of its runs are left to remove."""
+
+    workflow_id: str
+    versions: int
+    triggers: int
+    executions: int
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What one transaction removing a deleted workflow's runs did."""
+
+    deleted: int
+    waiting: int  # its runs still going, which are removed once they end
+    done: bool  # every run gone, and the workflow's versions with them
 
 
 @dataclass(frozen=True, slots=True)

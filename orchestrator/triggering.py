@@ -53,7 +53,7 @@ from orchestrator.schedule import (
     overlap_action,
     plan_catchup,
 )
-from orchestrator.store import SlotTaken, Store, StoredTrigger, TriggerFire
+from orchestrator.store import SlotTaken, Store, StoredTrigger, TriggerFire, WorkflowDeleted
 from orchestrator.versions import Registry
 
 log = logging.getLogger(__name__)
@@ -764,6 +764,28 @@ class Triggers:
                 if new is not None:
                     self._triggers[new.id] = new
                     await new.start()
+
+    async def workflow_deleted(
+        self, workflow_id: str, write: Callable[[], Awaitable[WorkflowDeleted]]
+    ) -> WorkflowDeleted:
+        """A workflow being deleted: its triggers (of its spec and made through the API) are
+        stopped, a slot being decided let finish, before ``write`` deletes their rows; they
+        go on as they were if it fails."""
+        async with self._lock:
+            leaving = [t for t in self._triggers.values() if t.workflow_id == workflow_id]
+            for trigger in leaving:
+                await trigger.stop()
+                await trigger.settled()
+            try:
+                deleted = await write()
+            except BaseException:
+                for trigger in leaving:
+                    await trigger.start()
+                raise
+            for trigger in leaving:
+                del self._triggers[trigger.id]
+                log.info("trigger %s deleted with workflow %s", trigger.id, workflow_id)
+            return deleted
 
     # -- the API ----------------------------------------------------------------------------
 

@@ -296,6 +296,14 @@ class _Workflow:
         return ", ".join(shown) + (f" and {older} older" if older else "")
 
 
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """A workflow ``Registry.remove`` took out, as ``Registry.restore`` puts it back."""
+
+    workflow: _Workflow
+    refs: tuple[_Reference, ...]
+
+
 class Registry:
     """Every registered workflow version, in memory, with the rules that guard new ones."""
 
@@ -456,6 +464,23 @@ class Registry:
                 )
         if wf.latest == row.version:
             self._index(wf.id, wf.refs[row.version])
+
+    def remove(self, workflow_id: str) -> Removed:
+        """Forget a workflow being deleted: every version, and what its latest references.
+        ``restore`` takes it back (its deletion refused)."""
+        wf = self._workflow(workflow_id)
+        del self._workflows[workflow_id]
+        refs = self._uses.get(workflow_id, ())
+        self._index(workflow_id, ())
+        del self._uses[workflow_id]
+        self._referrers = None  # rebuilt without its versions when next needed
+        return Removed(wf, refs)
+
+    def restore(self, removed: Removed) -> None:
+        wf = removed.workflow
+        self._workflows[wf.id] = wf
+        self._index(wf.id, removed.refs)
+        self._referrers = None
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -322,6 +322,24 @@ class GetWorkflowRequest(_message.Message):
     version: str
     def __init__(self, workflow_id: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
+class DeleteWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id",)
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    def __init__(self, workflow_id: _Optional[str] = ...) -> None: ...
+
+class DeleteWorkflowResponse(_message.Message):
+    __slots__ = ("workflow_id", "versions", "triggers", "executions")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    TRIGGERS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTIONS_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    versions: int
+    triggers: int
+    executions: int
+    def __init__(self, workflow_id: _Optional[str] = ..., versions: _Optional[int] = ..., triggers: _Optional[int] = ..., executions: _Optional[int] = ...) -> None: ...
+
 class ListWorkflowsRequest(_message.Message):
     __slots__ = ("limit", "after")
     LIMIT_FIELD_NUMBER: _ClassVar[int]

@@ -314,6 +314,11 @@ class OrchestratorStub:
                 request_serializer=engine_dot_api_dot_dagengine__pb2.ListWorkflowsRequest.SerializeToString,
                 response_deserializer=engine_dot_api_dot_dagengine__pb2.ListWorkflowsResponse.FromString,
                 _registered_method=True)
+        self.DeleteWorkflow = channel.unary_unary(
+                '/dagengine.v1.Orchestrator/DeleteWorkflow',
+                request_serializer=engine_dot_api_dot_dagengine__pb2.DeleteWorkflowRequest.SerializeToString,
+                response_deserializer=engine_dot_api_dot_dagengine__pb2.DeleteWorkflowResponse.FromString,
+                _registered_method=True)
         self.ExecuteWorkflow = channel.unary_unary(
                 '/dagengine.v1.Orchestrator/ExecuteWorkflow',
                 request_serializer=engine_dot_api_dot_dagengine__pb2.ExecuteWorkflowRequest.SerializeToString,
@@ -414,6 +419,16 @@ class OrchestratorServicer:
 
     def ListWorkflows(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWorkflow(self, request, context):
+        """Every version and trigger at once; its executions and their events after, in the
+        background (the id is free again once they are gone; registering it meanwhile is
+        refused). FAILED_PRECONDITION (workflow_busy) while executions of it are queued or
+        running, or while other workflows' latest versions reference it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -540,6 +555,11 @@ def add_OrchestratorServicer_to_server(servicer, server):
                     servicer.ListWorkflows,
                     request_deserializer=engine_dot_api_dot_dagengine__pb2.ListWorkflowsRequest.FromString,
                     response_serializer=engine_dot_api_dot_dagengine__pb2.ListWorkflowsResponse.SerializeToString,
+            ),
+            'DeleteWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWorkflow,
+                    request_deserializer=engine_dot_api_dot_dagengine__pb2.DeleteWorkflowRequest.FromString,
+                    response_serializer=engine_dot_api_dot_dagengine__pb2.DeleteWorkflowResponse.SerializeToString,
             ),
             'ExecuteWorkflow': grpc.unary_unary_rpc_method_handler(
                     servicer.ExecuteWorkflow,
@@ -702,6 +722,33 @@ class Orchestrator:
             '/dagengine.v1.Orchestrator/ListWorkflows',
             engine_dot_api_dot_dagengine__pb2.ListWorkflowsRequest.SerializeToString,
             engine_dot_api_dot_dagengine__pb2.ListWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagengine.v1.Orchestrator/DeleteWorkflow',
+            engine_dot_api_dot_dagengine__pb2.DeleteWorkflowRequest.SerializeToString,
+            engine_dot_api_dot_dagengine__pb2.DeleteWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -161,6 +161,12 @@ class OrchestratorStub:
     """
     GetWorkflow: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.GetWorkflowRequest, _dagengine_pb2.Workflow]
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.ListWorkflowsRequest, _dagengine_pb2.ListWorkflowsResponse]
+    DeleteWorkflow: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.DeleteWorkflowRequest, _dagengine_pb2.DeleteWorkflowResponse]
+    """Every version and trigger at once; its executions and their events after, in the
+    background (the id is free again once they are gone; registering it meanwhile is
+    refused). FAILED_PRECONDITION (workflow_busy) while executions of it are queued or
+    running, or while other workflows' latest versions reference it.
+    """
     ExecuteWorkflow: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.ExecuteWorkflowRequest, _dagengine_pb2.ExecuteWorkflowResponse]
     GetExecution: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.GetExecutionRequest, _dagengine_pb2.Execution]
     ListExecutions: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.ListExecutionsRequest, _dagengine_pb2.ListExecutionsResponse]
@@ -210,6 +216,12 @@ class OrchestratorAsyncStub(OrchestratorStub):
     """
     GetWorkflow: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.GetWorkflowRequest, _dagengine_pb2.Workflow]  # type: ignore[assignment]
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.ListWorkflowsRequest, _dagengine_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
+    DeleteWorkflow: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.DeleteWorkflowRequest, _dagengine_pb2.DeleteWorkflowResponse]  # type: ignore[assignment]
+    """Every version and trigger at once; its executions and their events after, in the
+    background (the id is free again once they are gone; registering it meanwhile is
+    refused). FAILED_PRECONDITION (workflow_busy) while executions of it are queued or
+    running, or while other workflows' latest versions reference it.
+    """
     ExecuteWorkflow: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.ExecuteWorkflowRequest, _dagengine_pb2.ExecuteWorkflowResponse]  # type: ignore[assignment]
     GetExecution: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.GetExecutionRequest, _dagengine_pb2.Execution]  # type: ignore[assignment]
     ListExecutions: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.ListExecutionsRequest, _dagengine_pb2.ListExecutionsResponse]  # type: ignore[assignment]
@@ -274,6 +286,18 @@ class OrchestratorServicer(metaclass=_abc_1.ABCMeta):
         request: _dagengine_pb2.ListWorkflowsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dagengine_pb2.ListWorkflowsResponse, _abc.Awaitable[_dagengine_pb2.ListWorkflowsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteWorkflow(
+        self,
+        request: _dagengine_pb2.DeleteWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dagengine_pb2.DeleteWorkflowResponse, _abc.Awaitable[_dagengine_pb2.DeleteWorkflowResponse]]:
+        """Every version and trigger at once; its executions and their events after, in the
+        background (the id is free again once they are gone; registering it meanwhile is
+        refused). FAILED_PRECONDITION (workflow_busy) while executions of it are queued or
+        running, or while other workflows' latest versions reference it.
+        """
 
     @_abc_1.abstractmethod
     def ExecuteWorkflow(

@@ -556,6 +556,20 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--execution", metavar="ID", help=ID_HELP)
     output(events)
 
+    logs = sub.add_parser(
+        "logs", help="what an execution's scripts logged, or follow it live with -f"
+    )
+    logs.add_argument("id", metavar="EXECUTION", help=ID_HELP)
+    logs.add_argument("--node", metavar="ID", help="only this node's lines (its items' too)")
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="after the stored lines, follow new ones until the run ends, then exit as "
+        "run --wait does (0 only when it succeeded)",
+    )
+    output(logs)
+
     trigger = sub.add_parser("trigger", help="create, pause, resume or delete a cron trigger")
     actions = trigger.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = actions.add_parser("create", help="a cron trigger for a workflow")
@@ -598,6 +612,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cancel.add_argument("--reason", help="recorded with the cancellation")
     output(cancel)
+
+    delete = sub.add_parser(
+        "delete",
+        help="delete a workflow: its versions and triggers, then its executions",
+        description="Delete a workflow: every version and trigger of it at once, then its "
+        "executions with their events, in the background. Refused while executions of it are "
+        "queued or running, or while other workflows' latest versions reference it.",
+    )
+    delete.add_argument("kind", choices=["workflow"], metavar="workflow")
+    delete.add_argument("id", metavar="ID", help="the workflow's id")
+    output(delete)
 
     retry = sub.add_parser(
         "retry",
@@ -1663,6 +1688,102 @@ def _live(
         time.sleep(wait)
 
 
+def cmd_logs(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
+    """What a run's scripts logged: its ``node.log`` events, read from its stored timeline a
+    page at a time, or with ``-f`` followed as ``run --wait`` follows a run (``_track``: the
+    stored events, then the live stream from the last one seen), exiting as it does."""
+    from orchestrator.dagctl.showing import LogLines, SubRuns
+
+    if args.node is not None and not args.node.strip():
+        raise BadArguments("logs: --node is empty (an unset shell variable?)")
+    doc = _execution(client, args.id)
+    execution_id = str(doc.get("id"))
+    if args.node is not None:
+        _check_node(doc, args.node)
+    lines = LogLines(out, _console(out) if out.isatty() else None, _node_ids(doc))
+    children = SubRuns()
+    last_seq = 0
+
+    def on_event(event: JSONObject) -> None:
+        nonlocal last_seq
+        if event.get("execution_id") != execution_id:
+            return  # a lagged marker: the stream of one run reads what it missed back
+        last_seq = max(last_seq, _seq(event) or 0)
+        if args.node is not None and event.get("node_id") != args.node:
+            return
+        if event.get("type") != "node.log":
+            children.take(event)
+        elif args.output == "json":
+            lines.count += 1
+            out.write(_json(event, separators=(",", ":")) + "\n")
+            out.flush()
+        else:
+            lines.write(event)
+
+    code = EXIT_OK
+    if args.follow:
+        say = _say_on(err)
+        polled = False
+
+        def on_doc(_: JSONObject) -> None:
+            nonlocal polled
+            if not polled:
+                say("dagctl: the lines it logs meanwhile come when it ends, from its timeline")
+            polled = True
+
+        try:
+            doc = _track(
+                client, execution_id, doc, on_event, on_doc, Reconnecting(client.server, say)
+            )
+            if polled:  # the lines the document could not carry, after the last one seen
+                seen = last_seq
+                for event in _stored_events(client, execution_id):
+                    if (_seq(event) or 0) > seen:
+                        on_event(event)
+        except KeyboardInterrupt:
+            err.write("\n")
+            return EXIT_INTERRUPTED
+        except FollowLost as exc:
+            shown = printable(execution_id)
+            err.write(f"dagctl: {exc}; the run goes on (dagctl describe execution {shown})\n")
+            return EXIT_LOST
+        code = EXIT_OK if doc.get("status") == "succeeded" else EXIT_FAILED
+    else:
+        for event in _stored_events(client, execution_id):
+            on_event(event)
+    if not lines.count:
+        of = f"node {args.node} of " if args.node is not None else ""
+        yet = "" if doc.get("status") in EXECUTION_TERMINAL else " (yet)"
+        err.write(printable(f"{of}execution {execution_id} has no log lines{yet}") + "\n")
+    for line in children.lines(execution_id):
+        err.write(line + "\n")
+    return code
+
+
+def _check_node(doc: JSONObject, node_id: str) -> None:
+    """Unusable for a node the run's workflow does not have, naming the one meant when one
+    is close, and the nodes it has."""
+    import difflib
+
+    nodes = _node_ids(doc)
+    if not nodes or node_id in nodes:
+        return  # a document without nodes (a server from before?) is not second-guessed
+    said = (
+        f"logs: execution {doc.get('id')} ({doc.get('workflow_id')}@{doc.get('version')}) "
+        f"has no node {node_id!r}"
+    )
+    close = difflib.get_close_matches(node_id, nodes, n=1)
+    if close:
+        said += f"; did you mean {close[0]!r}?"
+    shown = ", ".join(nodes[:NODES_NAMED])
+    more = f" and {len(nodes) - NODES_NAMED} more" if len(nodes) > NODES_NAMED else ""
+    raise Unusable(printable(f"{said}\nits nodes: {shown}{more}"))
+
+
+NODES_NAMED: Final = 20
+"""Node ids a refused ``--node`` lists."""
+
+
 def cmd_cancel(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
     target = _execution(client, args.id, acting="cancel")
     execution_id = str(target.get("id"))
@@ -1681,6 +1802,26 @@ def cmd_cancel(args: argparse.Namespace, client: Client, out: TextIO, err: TextI
         said = f"execution {execution_id}: cancel requested (still {status})"
     out.write(printable(said) + "\n")
     return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
+    doc = client.call("DELETE", f"/api/v1/workflows/{_quote(args.id)}", timeout=60.0).body
+    if args.output == "json":
+        _dump(out, doc)
+        return EXIT_OK
+    said = f"workflow {args.id} deleted ({_count(_number(doc, 'versions'), 'version')}"
+    if _number(doc, "triggers"):
+        said += f", {_count(_number(doc, 'triggers'), 'trigger')}"
+    said += ")"
+    if _number(doc, "executions"):
+        said += f"; removing its {_count(_number(doc, 'executions'), 'execution')}"
+    out.write(printable(said) + "\n")
+    return EXIT_OK
+
+
+def _number(doc: JSONObject, key: str) -> int:
+    value = doc.get(key)
+    return value if isinstance(value, int) else 0
 
 
 def cmd_trigger(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
@@ -1864,14 +2005,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Client, TextIO, TextIO], int]]
     "get": cmd_get,
     "describe": cmd_describe,
     "events": cmd_events,
+    "logs": cmd_logs,
     "cancel": cmd_cancel,
+    "delete": cmd_delete,
     "retry": cmd_retry,
     "trigger": cmd_trigger,
     "backup": cmd_backup,
 }
 
 
-LISTINGS: Final = frozenset({"get", "describe", "events"})
+LISTINGS: Final = frozenset({"get", "describe", "events", "logs"})
 """Commands whose outcome is their output alone: when its reader leaves (``| head``), they
 stop, and that is no failure."""
 

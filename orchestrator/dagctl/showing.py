@@ -23,7 +23,7 @@ from typing import Final, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rich.cells import cell_len
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.progress_bar import ProgressBar
 from rich.style import StyleType
 from rich.table import Table
@@ -611,6 +611,120 @@ def event_line(event: JSONObject) -> str:
         event_message(event),
     ]
     return " ".join(cells).rstrip()
+
+
+# -- log lines ------------------------------------------------------------------------------
+
+LEVEL_STYLES: Final = {
+    "debug": "dim",
+    "warn": "yellow",
+    "warning": "yellow",
+    "error": "red",
+    "critical": "bold red",
+}
+
+
+def log_source(event: JSONObject) -> str:
+    """Where a log line comes from: its node, ``[item]`` for a foreach item (its index), and
+    the attempt when it is not the first (``each[2] attempt 2``)."""
+    data = _obj(event.get("data"))
+    where = text_of(event.get("node_id")) or "execution"
+    item = data.get("item")
+    if isinstance(item, int) and not isinstance(item, bool):
+        where += f"[{item}]"
+    attempt = event.get("attempt")
+    if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 1:
+        where += f" attempt {attempt}"
+    return one_line(where)
+
+
+def log_line(event: JSONObject, width: int = 0) -> Text:
+    """time, where (``log_source``, padded to ``width``), level, message: a ``node.log``
+    event as one line, styled for a terminal (its ``plain`` text elsewhere). The message's
+    newlines and tabs are escaped as ``event_line`` escapes them, so a line is a record."""
+    data = _obj(event.get("data"))
+    level = one_line(text_of(data.get("level")) or "info")
+    message = data.get("message")
+    return Text.assemble(
+        (pad(clock(event.get("time")), 13), "dim"),
+        "  ",
+        pad(log_source(event), width),
+        "  ",
+        (pad(level, 5), LEVEL_STYLES.get(level, "")),
+        "  ",
+        one_line("" if message is None else str(message)),
+    )
+
+
+class LogLines:
+    """A run's log lines written as they come (``dagctl logs``): the source column as wide
+    as the run's node ids, widening when an item or attempt needs more; through ``console``
+    (styles) on a terminal, as plain text without one."""
+
+    def __init__(self, out: TextIO, console: Console | None, node_ids: Iterable[str]) -> None:
+        self.out = out
+        self.console = console
+        fitted = [cell_len(one_line(node_id)) for node_id in node_ids]
+        self.width = min(max([12, *fitted]), MAX_SOURCE_WIDTH)
+        self.count = 0
+
+    def write(self, event: JSONObject) -> None:
+        self.width = max(self.width, cell_len(log_source(event)))
+        line = log_line(event, self.width)
+        line.rstrip()
+        self.count += 1
+        if self.console is not None:
+            self.console.print(line, soft_wrap=True)
+        else:
+            self.out.write(line.plain + "\n")
+        self.out.flush()
+
+
+MAX_SOURCE_WIDTH: Final = 32
+"""The widest the source column starts (a longer node id widens it when it logs)."""
+
+
+@dataclass(slots=True)
+class SubRuns:
+    """The sub-workflow runs a run's timeline says it started (``subworkflow.started``), for
+    ``dagctl logs`` to say where their lines are: each run's lines are its own."""
+
+    count: int = 0
+    first: list[str] = field(default_factory=list)
+    """Up to ``SUB_RUNS_SHOWN`` of them as lines: id, node[item], workflow@version."""
+
+    def take(self, event: JSONObject) -> None:
+        if event.get("type") != "subworkflow.started":
+            return
+        data = _obj(event.get("data"))
+        child = data.get("child_execution_id")
+        if not isinstance(child, str):
+            return
+        self.count += 1
+        if len(self.first) < SUB_RUNS_SHOWN:
+            self.first.append(
+                f"  {printable(child)}  {log_source(event)}  "
+                f"{text_of(data.get('workflow_id'))}@{text_of(data.get('version'))}"
+            )
+
+    def lines(self, execution_id: str) -> list[str]:
+        if not self.count:
+            return []
+        runs = "a sub-workflow run" if self.count == 1 else f"{self.count} sub-workflow runs"
+        said = [
+            f"{printable(execution_id)} started {runs}, whose log lines are their own: "
+            "dagctl logs CHILD_ID",
+            *self.first,
+        ]
+        if self.count > len(self.first):
+            said.append(
+                f"  ... and {self.count - len(self.first)} more "
+                f"(dagctl describe execution {printable(execution_id)})"
+            )
+        return said
+
+
+SUB_RUNS_SHOWN: Final = 5
 
 
 # -- a run's progress -----------------------------------------------------------------------
