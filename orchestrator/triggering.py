@@ -28,7 +28,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Final, Protocol, cast
+from typing import Any, ClassVar, Final, Protocol, TypeVar, cast
 
 import grpc
 
@@ -57,6 +57,8 @@ from orchestrator.store import SlotTaken, Store, StoredTrigger, TriggerFire, Wor
 from orchestrator.versions import Registry
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 TRIGGER_ID: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _REARM_CHUNK: Final = 16
@@ -743,19 +745,9 @@ class Triggers:
                 for t in self._triggers.values()
                 if t.workflow_id == spec.id and t.source == "spec" and t.id not in ids
             ]
-            for trigger in leaving:
-                # stopped before their rows go, and their last slot recorded, so none of its
-                # history outlives them (a later trigger of the same id would inherit it)
-                await trigger.stop()
-                await trigger.settled()
-            try:
-                rows = await self.store.sync_spec_triggers(spec.id, wanted, renames)
-            except BaseException:
-                for trigger in leaving:
-                    await trigger.start()
-                raise
-            for trigger in leaving:
-                del self._triggers[trigger.id]
+            rows = await self._without(
+                leaving, lambda: self.store.sync_spec_triggers(spec.id, wanted, renames)
+            )
             for row in rows:
                 old = self._triggers.pop(row.id, None)
                 if old is not None:
@@ -773,19 +765,28 @@ class Triggers:
         go on as they were if it fails."""
         async with self._lock:
             leaving = [t for t in self._triggers.values() if t.workflow_id == workflow_id]
+            deleted = await self._without(leaving, write)
             for trigger in leaving:
-                await trigger.stop()
-                await trigger.settled()
-            try:
-                deleted = await write()
-            except BaseException:
-                for trigger in leaving:
-                    await trigger.start()
-                raise
-            for trigger in leaving:
-                del self._triggers[trigger.id]
                 log.info("trigger %s deleted with workflow %s", trigger.id, workflow_id)
             return deleted
+
+    async def _without(self, leaving: list[Trigger], write: Callable[[], Awaitable[T]]) -> T:
+        """``write`` (which deletes the rows of ``leaving``) once they are stopped and their
+        last slot recorded, so none of their history outlives them (a later trigger of the
+        same id would inherit it); they go on as they were if it fails, and are forgotten
+        if it succeeds."""
+        for trigger in leaving:
+            await trigger.stop()
+            await trigger.settled()
+        try:
+            done = await write()
+        except BaseException:
+            for trigger in leaving:
+                await trigger.start()
+            raise
+        for trigger in leaving:
+            del self._triggers[trigger.id]
+        return done
 
     # -- the API ----------------------------------------------------------------------------
 
@@ -956,14 +957,7 @@ class Triggers:
                     f"{trigger.version}: pause it, or register a version without it",
                     {"trigger": trigger_id, "workflow": trigger.workflow_id},
                 )
-            await trigger.stop()
-            await trigger.settled()  # a slot being decided now is deleted with the rest
-            try:
-                await self.store.delete_trigger(trigger_id)
-            except BaseException:
-                await trigger.start()  # not deleted: it goes on as it was
-                raise
-            del self._triggers[trigger_id]
+            await self._without([trigger], lambda: self.store.delete_trigger(trigger_id))
             log.info("trigger %s deleted", trigger_id)
             return {"id": trigger_id, "deleted": True}
 

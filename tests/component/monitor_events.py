@@ -3,6 +3,7 @@ write events straight into a store or a hub."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,8 +35,8 @@ def monitor_event(
     }
 
 
-async def create_run(store: Store, execution_id: str) -> None:
-    """A run of ``wf`` 1.0.0, one node ``a``, stored as queued (its first event, seq 1)."""
+async def create_run(store: Store, execution_id: str, node_ids: Sequence[str] = ("a",)) -> None:
+    """A run of ``wf`` 1.0.0 (nodes ``node_ids``), stored as queued (its first event, seq 1)."""
     await store.create_execution(
         execution_id=execution_id,
         workflow_id="wf",
@@ -43,6 +44,6 @@ async def create_run(store: Store, execution_id: str) -> None:
         inputs={},
         pinned={},
         created_at=1.0,
-        node_ids=["a"],
+        node_ids=list(node_ids),
         first_event=monitor_event(execution_id, 1, "execution.queued"),
     )

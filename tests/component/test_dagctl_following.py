@@ -11,6 +11,8 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import pytest
 from aiohttp import web
@@ -91,16 +93,27 @@ class Restartable(FakeOrchestrator):
         self.runner = None
 
 
+R = TypeVar("R", bound=Restartable)
+
+
+@asynccontextmanager
+async def running(fake: R) -> AsyncIterator[R]:
+    """``fake`` started, and stopped with its runs' tasks after."""
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        if fake.runner is not None:
+            await fake.stop()
+        for task in fake.tasks:
+            task.cancel()
+        await asyncio.gather(*fake.tasks, return_exceptions=True)
+
+
 @pytest.fixture
 async def restartable() -> AsyncIterator[Restartable]:
-    fake = Restartable()
-    await fake.start()
-    yield fake
-    if fake.runner is not None:
-        await fake.stop()
-    for task in fake.tasks:
-        task.cancel()
-    await asyncio.gather(*fake.tasks, return_exceptions=True)
+    async with running(Restartable()) as fake:
+        yield fake
 
 
 @pytest.fixture

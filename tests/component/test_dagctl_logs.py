@@ -24,10 +24,10 @@ from orchestrator.dagctl.cli import build_parser, cmd_logs
 from orchestrator.lua_checking import LuaSyntaxChecker
 from orchestrator.store import Store
 from orchestrator.versions import Registry
-from tests.component.monitor_events import monitor_event
+from tests.component.monitor_events import create_run, monitor_event
 from tests.component.serving_helpers import facade, serving
 from tests.component.test_dagctl import Dagctl, Plan
-from tests.component.test_dagctl_following import Restartable
+from tests.component.test_dagctl_following import Restartable, running
 
 SPEC = {
     "id": "wf",
@@ -54,16 +54,7 @@ class Served:
         """The query strings of the stored-timeline requests, in order."""
 
     async def create(self, execution_id: str) -> None:
-        await self.store.create_execution(
-            execution_id=execution_id,
-            workflow_id="wf",
-            version="1.0.0",
-            inputs={},
-            pinned={},
-            created_at=1.0,
-            node_ids=["a", "b"],
-            first_event=monitor_event(execution_id, 1, "execution.queued"),
-        )
+        await create_run(self.store, execution_id, ["a", "b"])
 
 
 @pytest.fixture
@@ -206,14 +197,8 @@ class Chatty(Restartable):
 
 @pytest.fixture
 async def chatty() -> AsyncIterator[Chatty]:
-    fake = Chatty()
-    await fake.start()
-    yield fake
-    if fake.runner is not None:
-        await fake.stop()
-    for task in fake.tasks:
-        task.cancel()
-    await asyncio.gather(*fake.tasks, return_exceptions=True)
+    async with running(Chatty()) as fake:
+        yield fake
 
 
 @pytest.fixture
