@@ -85,6 +85,10 @@ async def test_a_deleted_workflow_goes_with_its_triggers_runs_and_events(cluster
             http, "POST", f"{url}/api/v1/triggers", json={"workflow_id": "hooked", "cron": "@daily"}
         )
 
+        # the API token guards it: refused without, and nothing changed
+        async with http.delete(f"{url}/api/v1/workflows/hooked") as resp:
+            assert resp.status == 401, await resp.text()
+        assert (await get(http, f"{url}/api/v1/workflows/hooked"))["versions"] == ["1.0.0", "1.1.0"]
         status, body = await answer(http, "DELETE", f"{url}/api/v1/workflows/hooked")
         assert status == 200, body
         assert body == {
