@@ -365,6 +365,11 @@ def inspect_state(path: str) -> None:
     if path == ":memory:" or not os.path.exists(path):
         return  # created as new by the writer
     uri = Path(path).absolute().as_uri() + "?mode=ro"
+    size = os.path.getsize(path)
+    if size >= _SAID_CHECK_BYTES:
+        # it reads every page: tens of seconds for a few GB not in the page cache, during
+        # which nothing else is said and no port listens
+        log.info("checking the state database (%.1f GB) before opening it", size / 1e9)
     began = time.monotonic()
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S)
     try:
@@ -2527,6 +2532,8 @@ def _delete_runs(conn: sqlite3.Connection, ids: list[str]) -> None:
         )
 
 
+_SAID_CHECK_BYTES: Final = 256 << 20
+"""A state file at least this large is said in a log line before its quick check."""
 _SCAN_PER_DELETE: Final = 4
 """Runs one retention transaction looks at, per run it may delete: bounds the time it holds
 the writer when most old runs are kept (a backlog of runs younger than their key's 24 h)."""

@@ -203,3 +203,20 @@ async def test_a_file_this_process_cannot_write_is_refused_at_start(
     path.chmod(0o644)
     store = await Store.open(str(path))  # the refusal held nothing back
     await store.close()
+
+
+async def test_a_large_file_is_said_before_its_check_and_a_small_one_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = str(tmp_path / "state.db")
+    store = await Store.open(path)
+    await store.close()
+    caplog.set_level(logging.INFO, logger="orchestrator.store")
+    await (await Store.open(path)).close()
+    assert not [r for r in caplog.records if "checking" in r.getMessage()]
+    # a start that reads a few GB cold takes tens of seconds: the log says why it is quiet
+    size = Path(path).stat().st_size
+    monkeypatch.setattr(store_module, "_SAID_CHECK_BYTES", size)
+    await (await Store.open(path)).close()
+    said = [r.getMessage() for r in caplog.records if "checking" in r.getMessage()]
+    assert said == [f"checking the state database ({size / 1e9:.1f} GB) before opening it"]
