@@ -94,27 +94,38 @@ def _join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+@dataclass(frozen=True, slots=True)
+class PortNote:
+    """An EndpointSlice without a port named ``grpc``: its only port taken instead, or the slice
+    left out (``left_out``), in words that name the slice and the ports it has."""
+
+    slice: str
+    text: str
+    left_out: bool
+
+
 def engines_from_endpoint_slices(
     slices: Iterable[Mapping[str, Any]], port_name: str = PORT_NAME
-) -> dict[str, EngineHint]:
-    """The ready endpoints of ``slices`` on their port named ``port_name``, by address.
+) -> tuple[dict[str, EngineHint], list[PortNote]]:
+    """The ready endpoints of ``slices`` by address, and the slices whose port was not found by
+    its name.
 
-    A slice without that port contributes nothing (the Service publishes it by name, so a
-    number guessed from elsewhere would be wrong). ``conditions.ready`` absent means ready, as
-    the EndpointSlice API defines; terminating endpoints are never ready.
+    The port is the one named ``port_name``; a slice without one takes its only port, when it
+    has just one (a Service of one port need not name it, and Istio's convention names it
+    ``grpc-<suffix>``): the Service says which port is the engines' by name, and where it has
+    one port there is nothing to choose. A slice of several ports, none so named, or of none,
+    contributes nothing, with a note saying so: a number guessed from elsewhere would be wrong.
+    ``conditions.ready`` absent means ready, as the EndpointSlice API defines; terminating
+    endpoints are never ready.
     """
     out: dict[str, EngineHint] = {}
+    notes: list[PortNote] = []
     for eps in slices:
         if eps.get("addressType", "IPv4") not in ("IPv4", "IPv6"):
             continue  # FQDN slices point outside the cluster, not at engine pods
-        port = next(
-            (
-                p.get("port")
-                for p in eps.get("ports") or ()
-                if p.get("name") == port_name and isinstance(p.get("port"), int)
-            ),
-            None,
-        )
+        port, note = _slice_port(eps, port_name)
+        if note is not None:
+            notes.append(note)
         if port is None:
             continue
         for endpoint in eps.get("endpoints") or ():
@@ -123,8 +134,56 @@ def engines_from_endpoint_slices(
                 continue
             target = endpoint.get("targetRef") or {}
             for host in endpoint.get("addresses") or ():
-                out[_join(str(host), int(port))] = EngineHint(pod=target.get("name"))
-    return out
+                out[_join(str(host), port)] = EngineHint(pod=target.get("name"))
+    return out, notes
+
+
+def _slice_port(eps: Mapping[str, Any], port_name: str) -> tuple[int | None, PortNote | None]:
+    """The engines' port in ``eps``, and a note when it was not found by its name."""
+    ports = [p for p in eps.get("ports") or () if isinstance(p, Mapping)]
+    for p in ports:
+        if p.get("name") == port_name and _usable(p):
+            return int(p["port"]), None
+    meta = eps.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    what = f"EndpointSlice {meta.get('namespace', '?')}/{meta.get('name', '?')}"
+    service = labels.get(SERVICE_NAME_LABEL) or "its Service"
+    if len(ports) == 1 and _usable(ports[0]):
+        text = f"{what} has no port named {port_name}; using its only port, {_port_words(ports[0])}"
+        return int(ports[0]["port"]), PortNote(what, text, left_out=False)
+    named = f"{port_name} (the name discovery looks for; no setting changes it)"
+    if ports:
+        has = f"its ports: {', '.join(_port_words(p) for p in ports)}"
+        fix = (
+            f"name the engines' gRPC port {named} in Service {service}, or make it the"
+            " Service's only port"
+        )
+    else:
+        has = "it has no ports"
+        fix = f"give Service {service} the engines' gRPC port, named {named}"
+    text = (
+        f"{what} has no port named {port_name} ({has}), so its endpoints are not used as"
+        f" engines: {fix}"
+    )
+    return None, PortNote(what, text, left_out=True)
+
+
+def _usable(port: Mapping[str, Any]) -> bool:
+    number = port.get("port")
+    return (
+        isinstance(number, int)
+        and not isinstance(number, bool)
+        and 0 < number <= 65535
+        and port.get("protocol", "TCP") in ("TCP", None)
+    )
+
+
+def _port_words(port: Mapping[str, Any]) -> str:
+    name = port.get("name") or "unnamed"
+    number = port.get("port")
+    protocol = port.get("protocol") or "TCP"
+    where = str(number) if isinstance(number, int) else "no number"
+    return f"{name} ({where}{'' if protocol == 'TCP' else '/' + str(protocol)})"
 
 
 def engines_from_pods(
@@ -547,6 +606,9 @@ class KubernetesDiscovery:
         self._delay = _BACKOFF_FIRST
         self._empty_logged = False
         self._problems_seen: set[str] = set()
+        self._port_notes: dict[str, PortNote] = {}
+        """The slices whose port was not found by its name, by slice: each logged when it
+        appears or its words change, not at every resync."""
         self._report: AddressSink | None = None
         self._known = 0
 
@@ -570,6 +632,11 @@ class KubernetesDiscovery:
             return f"{self._outage_text} (since {isoformat(self._outage_since)})"
         if self.lists and not self.cache.objects:
             return f"Kubernetes discovery finds no {self.what}"
+        left_out = [note for note in self._port_notes.values() if note.left_out]
+        if left_out and not self._known:
+            more = len(left_out) - 1
+            alike = f" (and {more} more EndpointSlice(s) without it)" if more else ""
+            return f"Kubernetes discovery finds no engines: {left_out[0].text}{alike}"
         return None
 
     async def run(self, report: AddressSink) -> None:
@@ -680,7 +747,16 @@ class KubernetesDiscovery:
                     self._problems_seen.add(problem)
                     log.warning("%s; using the default", problem)
             return engines
-        return engines_from_endpoint_slices(objs)
+        engines, notes = engines_from_endpoint_slices(objs)
+        noted = {note.slice: note for note in notes}
+        for note in notes:
+            if self._port_notes.get(note.slice) != note:
+                if note.left_out:
+                    log.warning("%s", note.text, extra={"event": "discovery.no_port"})
+                else:
+                    log.info("%s", note.text, extra={"event": "discovery.only_port"})
+        self._port_notes = noted
+        return engines
 
     def _publish(self) -> None:
         engines = self.engines()

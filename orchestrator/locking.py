@@ -1,4 +1,5 @@
-"""One orchestrator per state database: an flock on ``<STATE_DB>.lock``, which holds the pid.
+"""One orchestrator per state database: an flock on ``<STATE_DB>.lock``, which holds the pid
+and the host name.
 
 Two orchestrators on one file would both take up its unfinished runs and run them twice, and
 their events' numbers would clash. SQLite's own locks only keep each write whole, so the store
@@ -7,13 +8,32 @@ anything or rotates a log. The kernel lets go of it when its process dies, even 
 
 The lock sits beside the database's real path, symbolic links resolved: a database reached
 through a link and by its own name is one database, and must have one lock.
+
+The holder is named by its pid and its host name (a pod's name in Kubernetes): in containers
+every orchestrator is process 1, and a refusal naming "process 1" alone reads as if it named the
+process refused. A lock file written before the host name was (the pid alone) still reads.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import socket
+from dataclasses import dataclass
 from pathlib import Path
+
+_HOLDER_BYTES = 2048
+"""Read of a lock file: a pid and a host name (at most 255 characters) with room to spare."""
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """What a lock file says of the process that wrote it."""
+
+    pid: int
+    """0 when the file holds none."""
+    host: str | None
+    """The host name it ran on; None in a lock file that names none (written before it did)."""
 
 
 class StateInUse(RuntimeError):
@@ -21,11 +41,13 @@ class StateInUse(RuntimeError):
 
 
 class Held(RuntimeError):
-    """Another process holds a lock file; ``pid`` is the one it wrote there (0 if none)."""
+    """Another process holds a lock file; ``pid`` is the one it wrote there (0 if none), ``host``
+    the host name it wrote (None if none)."""
 
-    def __init__(self, pid: int) -> None:
-        super().__init__(holder_named(pid))
+    def __init__(self, pid: int, host: str | None = None) -> None:
+        super().__init__(holder_named(pid, host))
         self.pid = pid
+        self.host = host
 
 
 def _lock_path(path: str) -> str:
@@ -58,20 +80,22 @@ def private_file(path: str) -> None:
 
 def hold(lock_path: str) -> int:
     """Take the flock of ``lock_path`` (released when the descriptor closes, also by the kernel
-    when the process dies) and write this process's pid in it; Held while another process has
-    it. The descriptor is not inherited by children."""
+    when the process dies) and write this process's pid and host name in it, a line each; Held
+    while another process has it. The descriptor is not inherited by children."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = _pid_in(fd)
+        holder = _holder_in(fd)
         os.close(fd)
-        raise Held(holder) from None
+        raise Held(holder.pid, holder.host) from None
     except BaseException:
         os.close(fd)
         raise
+    host = this_host()
+    line = f"{os.getpid()}\n{host}\n" if host else f"{os.getpid()}\n"
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.pwrite(fd, line.encode(), 0)
     return fd
 
 
@@ -83,9 +107,17 @@ def lock_state(path: str) -> int | None:
     try:
         return hold(_lock_path(path))
     except Held as exc:
+        here = this_host()
+        if exc.host is None:
+            holder = f"{holder_named(exc.pid)} (another orchestrator)"
+        elif exc.host == here:
+            holder = f"{holder_named(exc.pid)} (another orchestrator on this host, {here})"
+        else:
+            # this one may well be process 1 too: say where each runs
+            mine = f"; this one runs on {here}" if here else ""
+            holder = f"{holder_named(exc.pid, exc.host)} (another orchestrator{mine})"
         raise StateInUse(
-            f"it is in use by {holder_named(exc.pid)} (another orchestrator): stop that one "
-            "first, or give this one a STATE_DB of its own"
+            f"it is in use by {holder}: stop that one first, or give this one a STATE_DB of its own"
         ) from None
 
 
@@ -99,17 +131,34 @@ def state_holder(path: str) -> int | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return _pid_in(fd)
+        return _holder_in(fd).pid
     finally:
         os.close(fd)  # also lets go of the shared lock, if it was had
     return None
 
 
-def holder_named(pid: int) -> str:
-    """The holder of a lock in words: its pid, when the lock file had one."""
-    return f"process {pid}" if pid else "another process"
+def holder_named(pid: int, host: str | None = None) -> str:
+    """The holder of a lock in words: its pid, when the lock file had one, and its host, when
+    given."""
+    who = f"process {pid}" if pid else "another process"
+    return f"{who} on {host}" if host else who
 
 
-def _pid_in(fd: int) -> int:
-    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    return int(text) if text.isdigit() else 0
+def this_host() -> str | None:
+    """This machine's host name (a pod's name in Kubernetes), as a lock file holds it; None
+    when it has none that can be written on a line of its own."""
+    return _host_name(socket.gethostname())
+
+
+def _host_name(text: str) -> str | None:
+    name = text.strip()
+    if not name or len(name) > 255 or not name.isprintable() or any(c.isspace() for c in name):
+        return None
+    return name
+
+
+def _holder_in(fd: int) -> Holder:
+    lines = os.pread(fd, _HOLDER_BYTES, 0).decode("utf-8", "replace").split("\n")
+    pid = lines[0].strip()
+    host = _host_name(lines[1]) if len(lines) > 1 else None
+    return Holder(int(pid) if pid.isascii() and pid.isdigit() else 0, host)

@@ -4,6 +4,7 @@ start instead of running the first one's executions again."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ async def test_a_second_orchestrator_on_one_state_database_refuses_to_start(
     assert second.returncode == 1, second.stderr
     assert (
         f"cannot open the state database {first.env['STATE_DB']}: it is in use by process "
-        f"{first.proc.pid} (another orchestrator)"
+        f"{first.proc.pid} (another orchestrator on this host, {socket.gethostname()})"
     ) in second.stderr
     assert "unfinished executions" not in second.stderr  # it took up nothing
     async with aiohttp.ClientSession() as http:

@@ -7,6 +7,7 @@ from typing import Any
 from orchestrator.discovery import EngineHint
 from orchestrator.discovery_kubernetes import (
     ObjectCache,
+    PortNote,
     engines_from_endpoint_slices,
     engines_from_pods,
 )
@@ -21,21 +22,70 @@ def test_ready_endpoints_on_the_port_named_grpc() -> None:
     eps["endpoints"].append(
         {"addresses": ["10.0.0.4"], "conditions": {"ready": True, "terminating": True}}
     )
-    assert set(engines_from_endpoint_slices([eps])) == {"10.0.0.1:50051", "10.0.0.3:50051"}
+    engines, notes = engines_from_endpoint_slices([eps])
+    assert set(engines) == {"10.0.0.1:50051", "10.0.0.3:50051"}
+    assert notes == []
 
 
-def test_a_slice_without_the_named_port_or_with_fqdn_addresses_gives_nothing() -> None:
+def test_a_slice_without_the_named_port_takes_its_only_port() -> None:
+    # a Service of one port need not name it; Istio's convention names it grpc-<suffix>
     unnamed = endpoint_slice("a", [("10.0.0.1", True)], 50051, port_name="")
+    istio = endpoint_slice("b", [("10.0.0.2", True)], 7000, port_name="grpc-engine")
+    del istio["ports"][0]["protocol"]  # TCP, as the API defines an absent protocol
+    engines, notes = engines_from_endpoint_slices([unnamed, istio])
+    assert set(engines) == {"10.0.0.1:50051", "10.0.0.2:7000"}
+    assert notes == [
+        PortNote(
+            "EndpointSlice default/a",
+            "EndpointSlice default/a has no port named grpc; using its only port, unnamed (50051)",
+            left_out=False,
+        ),
+        PortNote(
+            "EndpointSlice default/b",
+            "EndpointSlice default/b has no port named grpc; using its only port,"
+            " grpc-engine (7000)",
+            left_out=False,
+        ),
+    ]
+
+
+def test_a_slice_of_several_ports_none_named_or_of_none_is_left_out_saying_why() -> None:
+    several = endpoint_slice("a", [("10.0.0.1", True)], 50051, port_name="grpc-engine")
+    several["ports"].append({"name": "http-metrics", "port": 9090, "protocol": "TCP"})
+    none = endpoint_slice("b", [("10.0.0.2", True)], 50051)
+    none["ports"] = None  # a headless Service may have no ports
+    udp = endpoint_slice("c", [("10.0.0.3", True)], 53, port_name="dns")
+    udp["ports"][0]["protocol"] = "UDP"
+    engines, notes = engines_from_endpoint_slices([several, none, udp])
+    assert engines == {}
+    assert [note.text for note in notes] == [
+        "EndpointSlice default/a has no port named grpc (its ports: grpc-engine (50051),"
+        " http-metrics (9090)), so its endpoints are not used as engines: name the engines'"
+        " gRPC port grpc (the name discovery looks for; no setting changes it) in Service"
+        " workflow-engines, or make it the Service's only port",
+        "EndpointSlice default/b has no port named grpc (it has no ports), so its endpoints are"
+        " not used as engines: give Service workflow-engines the engines' gRPC port, named grpc"
+        " (the name discovery looks for; no setting changes it)",
+        "EndpointSlice default/c has no port named grpc (its ports: dns (53/UDP)), so its"
+        " endpoints are not used as engines: name the engines' gRPC port grpc (the name"
+        " discovery looks for; no setting changes it) in Service workflow-engines, or make it"
+        " the Service's only port",
+    ]
+    assert all(note.left_out for note in notes)
+
+
+def test_fqdn_slices_and_empty_ones_give_nothing() -> None:
     fqdn = endpoint_slice("b", [("engine.example", True)], 50051)
     fqdn["addressType"] = "FQDN"
-    assert engines_from_endpoint_slices([unnamed, fqdn]) == {}
-    assert engines_from_endpoint_slices([{"metadata": {"name": "empty"}}]) == {}
+    assert engines_from_endpoint_slices([fqdn]) == ({}, [])
+    engines, _ = engines_from_endpoint_slices([{"metadata": {"name": "empty"}}])
+    assert engines == {}
 
 
 def test_ipv6_addresses_are_bracketed() -> None:
     eps = endpoint_slice("a", [("fd00::1", True)], 50051)
     eps["addressType"] = "IPv6"
-    assert set(engines_from_endpoint_slices([eps])) == {"[fd00::1]:50051"}
+    assert set(engines_from_endpoint_slices([eps])[0]) == {"[fd00::1]:50051"}
 
 
 def test_pods_running_ready_and_not_terminating_with_annotations() -> None:
