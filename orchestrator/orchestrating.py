@@ -369,8 +369,17 @@ class Orchestrator:
                     + ": register versions of them without it, or delete them first",
                     {"workflow": workflow_id, "dependents": list(dependents[:50])},
                 )
-            # out of the registry first: no new run of it can start while it is deleted (one
-            # already past the registry and being stored is waited for by the purge)
+            # a delete refused for runs going is refused before anything changes: while it is
+            # out of the registry below, its triggers and runs are refused
+            live = await self.store.live_runs(workflow_id) + self._admitting_of[workflow_id]
+            if live:
+                raise WorkflowBusy(
+                    f"workflow {workflow_id} has {live} run(s) queued or running: cancel them "
+                    "or let them end, then delete it",
+                    {"workflow": workflow_id, "running": live},
+                )
+            # out of the registry, then: no new run of it can start while it is deleted (one
+            # already past the registry and being stored is run, and waited for by the purge)
             removed = self.registry.remove(workflow_id)
 
             def write() -> Awaitable[WorkflowDeleted]:
@@ -689,6 +698,9 @@ class Orchestrator:
         fire: TriggerFire | None,
         retry: Retry | None,
     ) -> tuple[str, bool, float]:
+        # read before the run is stored: a delete of its workflow meanwhile must not leave a
+        # stored run that is never queued (the delete's removal waits for it to end)
+        spec_text = self.registry.spec_json(spec.id, spec.version)
         execution_id = new_execution_id(time.time())
         now = time.time()
         data: JSONObject = {"inputs": inputs, "pinned": dict(pinned)}
@@ -775,7 +787,7 @@ class Orchestrator:
                     execution_id=stored_id,
                     workflow_id=spec.id,
                     version=spec.version,
-                    spec_json=self.registry.spec_json(spec.id, spec.version),
+                    spec_json=spec_text,
                     inputs=inputs,
                     status="queued",
                     parent_execution_id=None if child is None else child.parent_execution_id,

@@ -1687,6 +1687,14 @@ class Store:
 
         return await self._reader.run(read)
 
+    async def live_runs(self, workflow_id: str) -> int:
+        """How many runs of ``workflow_id`` are queued or running."""
+
+        def read(conn: sqlite3.Connection) -> int:
+            return _live_runs(conn, workflow_id)
+
+        return await self._reader.run(read)
+
     async def delete_workflow(self, workflow_id: str, now: float) -> WorkflowDeleted:
         """Mark ``workflow_id`` deleted and delete its triggers with their history, in one
         transaction; its runs go later, in batches (``purge_workflow``). Refused
@@ -1694,13 +1702,7 @@ class Store:
         the writer, so no run stored before this transaction is missed."""
 
         def write(conn: sqlite3.Connection) -> WorkflowDeleted:
-            live = int(
-                conn.execute(
-                    "SELECT count(*) FROM executions WHERE workflow_id = ?"
-                    " AND status IN ('queued', 'running')",
-                    (workflow_id,),
-                ).fetchone()[0]
-            )
+            live = _live_runs(conn, workflow_id)
             if live:
                 raise WorkflowBusy(
                     f"workflow {workflow_id} has {live} run(s) queued or running: cancel them "
@@ -2516,6 +2518,14 @@ class Store:
             return Swept(len(doomed), resume)
 
         return await self._writer.run(write)
+
+
+def _live_runs(conn: sqlite3.Connection, workflow_id: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM executions WHERE workflow_id = ? AND status IN ('queued', 'running')",
+        (workflow_id,),
+    ).fetchone()
+    return int(row[0])
 
 
 def _delete_runs(conn: sqlite3.Connection, ids: list[str]) -> None:
