@@ -3,18 +3,27 @@ once, its runs a batch at a time after) and the registry's."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from engine.api import dagengine_pb2 as pb
 from engine.core.spec import parse_spec
+from engine.core.values import JSONObject
+from orchestrator.dispatching import Dispatcher
 from orchestrator.errors import NotFound, WorkflowBusy
 from orchestrator.store import Store, StoredTrigger
+from orchestrator.subworkflows import ChildRequest
 from orchestrator.versions import Registry
+from tests.component.serving_helpers import served_facade
+from tests.component.test_queue_limits import NoEngineFree
 from tests.component.test_retention import DAY, T0, event, finish, rows, run, start
 
+LEAF: JSONObject = {"id": "leaf", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 1"}]}
 OTHER = {"id": "other", "version": "1.0.0", "nodes": [{"id": "a", "lua": "return 2"}]}
 
 
@@ -132,3 +141,78 @@ def test_the_registry_forgets_a_removed_workflow_and_takes_it_back() -> None:
     assert registry.workflow_ids() == ["leaf", "trunk"]
     assert registry.dependents("leaf") == ["trunk@1.0.0"]
     assert registry.resolve("trunk", "^1") == "1.0.0"
+
+
+async def held_until(gate: asyncio.Event, held: list[str], name: str) -> None:
+    """Wait until ``name`` is held at ``gate``: a store call paused mid-flight."""
+    for _ in range(500):
+        if name in held:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{name} was never reached")
+
+
+async def test_a_refused_delete_changes_nothing_while_it_is_decided(tmp_path: Path) -> None:
+    dispatcher = Dispatcher(None, NoEngineFree(), publish=list)  # type: ignore[arg-type]
+    async with served_facade(tmp_path, specs=[LEAF], dispatcher=dispatcher) as served:
+        await served.stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="leaf"))
+        gate, held = asyncio.Event(), list[str]()
+        store = served.store
+
+        def paused(name: str, real: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                held.append(name)
+                await gate.wait()
+                return await real(*args, **kwargs)
+
+            return call
+
+        # whichever store call the delete decides in is paused
+        store.live_runs = paused("delete", store.live_runs)  # type: ignore[method-assign]
+        store.delete_workflow = paused("delete", store.delete_workflow)  # type: ignore[method-assign]
+        deleting = asyncio.ensure_future(served.orch.delete_workflow("leaf"))
+        await held_until(gate, held, "delete")
+        # before: the workflow was out of the registry while the delete was pending, and a
+        # trigger or a parent's call meanwhile got "not registered" from a delete then refused
+        racing = await served.stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="leaf"))
+        assert racing.execution.status == "queued"
+        gate.set()
+        with pytest.raises(WorkflowBusy, match=r"workflow leaf has 2 run\(s\) queued"):
+            await deleting
+        assert dispatcher.queued_of("leaf") == 2
+        assert served.orch.registry.resolve("leaf", "latest") == "1.0.0"
+
+
+async def test_a_run_stored_as_its_workflow_is_deleted_is_queued(tmp_path: Path) -> None:
+    dispatcher = Dispatcher(None, NoEngineFree(), publish=list)  # type: ignore[arg-type]
+    async with served_facade(
+        tmp_path, specs=[LEAF, {**LEAF, "id": "parent"}], dispatcher=dispatcher
+    ) as served:
+        parent = await served.stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="parent"))
+        gate, held = asyncio.Event(), list[str]()
+        real = served.store.create_execution
+
+        async def child_held(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("parent_execution_id"):
+                held.append("child")
+                await gate.wait()
+            return await real(*args, **kwargs)
+
+        served.store.create_execution = child_held  # type: ignore[method-assign]
+        # a parent's sub-workflow call past the registry, its run being written: the delete
+        # does not count it (it holds no place in the workflow's queue), so it goes through
+        request = ChildRequest(parent.execution_id, "a", None, 1, "leaf", "^1", {})
+        starting = asyncio.ensure_future(served.orch.start_child(request, lambda _: None))
+        await held_until(gate, held, "child")
+        deleted = await served.orch.delete_workflow("leaf")
+        assert deleted.executions == 0
+        gate.set()
+        # before: its spec was read after the write, from a registry without it; the call
+        # failed "not registered" and the run stayed stored, never queued, until a restart
+        started = await starting
+        assert dispatcher.queue_depth == 2  # the parent and the child
+        child = await served.store.get_execution(started.execution_id)
+        assert child is not None and child["workflow_id"] == "leaf"
+        # the delete's removal waits for it to end
+        purged = await served.store.purge_workflow("leaf", 500)
+        assert (purged.deleted, purged.waiting, purged.done) == (0, 1, False)
