@@ -109,6 +109,14 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    def forget(self, workflow: str) -> None:
+        """Drop a deleted workflow's series: each id once deleted would stay until a restart."""
+        by_workflow = (self.executions, self.accepted, self.execution_seconds, self.node_seconds)
+        for key in [k for k in self._children if k[0] in by_workflow and k[1] == workflow]:
+            metric: Any = key[0]
+            metric.remove(*key[1:])
+            del self._children[key]
+
     def accept(self, workflow: str) -> None:
         self._child(self.accepted, workflow).inc()
 

@@ -40,6 +40,7 @@ from orchestrator.errors import (
     ParentEnded,
     ParentMismatch,
     QueueFull,
+    StoreUnavailable,
     Unavailable,
     WorkflowBusy,
     refuse_trigger_inputs,
@@ -68,6 +69,17 @@ log = logging.getLogger(__name__)
 
 _PURGE_WAIT = 1.0
 """Seconds between looks at a deleted workflow whose only runs left are still going."""
+_PURGE_PUT_OFF = 10.0
+"""Seconds between tries of a removal the store refused (a full disk)."""
+
+
+@dataclass(slots=True)
+class _Purge:
+    """A deleted workflow's removal so far, for its progress lines."""
+
+    began: float
+    told: float
+    runs: int = 0
 
 
 _entropy = bytearray()
@@ -409,6 +421,8 @@ class Orchestrator:
     async def purge_deleted(self) -> None:
         """Remove the runs of deleted workflows, a batch per transaction so that other
         writes go between them; then their versions. Runs for good (``kept_running``)."""
+        progress: dict[str, _Purge] = {}
+        put_off = False
         while True:
             if not self._purging:
                 await self._purge_wake.wait()
@@ -416,12 +430,44 @@ class Orchestrator:
             while self._purging:
                 busy = False
                 for workflow_id in sorted(self._purging):
-                    purged = await self.store.purge_workflow(workflow_id, retention.BATCH)
+                    try:
+                        purged = await self.store.purge_workflow(workflow_id, retention.BATCH)
+                    except StoreUnavailable as exc:
+                        # the store logs its trouble too; once said, the next tries are not
+                        if not put_off:
+                            log.warning(
+                                "removing deleted workflow %s put off: %s", workflow_id, exc
+                            )
+                        put_off = True
+                        break
+                    put_off = False
+                    now = time.monotonic()
+                    done = progress.setdefault(workflow_id, _Purge(now, now))
+                    done.runs += purged.deleted
+                    busy = busy or purged.deleted > 0
                     if purged.done:
                         self._purging.discard(workflow_id)
-                        log.info("workflow %s: removed, with all its runs", workflow_id)
-                    busy = busy or purged.deleted > 0
-                if self._purging and not busy:
+                        del progress[workflow_id]
+                        # its series would stay until a restart, one set per deleted id
+                        self.metrics.forget(workflow_id)
+                        log.info(
+                            "workflow %s: removed, with %d run(s), in %.1f s",
+                            workflow_id,
+                            done.runs,
+                            time.monotonic() - done.began,
+                        )
+                    elif time.monotonic() - done.told >= retention.PROGRESS_EVERY:
+                        # a workflow with a long history takes minutes: show it moving
+                        done.told = time.monotonic()
+                        log.info(
+                            "removing deleted workflow %s: %d run(s) so far, %d still going",
+                            workflow_id,
+                            done.runs,
+                            purged.waiting,
+                        )
+                if put_off:
+                    await asyncio.sleep(_PURGE_PUT_OFF)
+                elif self._purging and not busy:
                     # only runs still going are left: they are removed once they end
                     await asyncio.sleep(_PURGE_WAIT)
 

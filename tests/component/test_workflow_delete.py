@@ -4,6 +4,7 @@ once, its runs a batch at a time after) and the registry's."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,9 +15,10 @@ import pytest
 from engine.api import dagengine_pb2 as pb
 from engine.core.spec import parse_spec
 from engine.core.values import JSONObject
+from orchestrator import orchestrating, retention
 from orchestrator.dispatching import Dispatcher
-from orchestrator.errors import NotFound, WorkflowBusy
-from orchestrator.store import Store, StoredTrigger
+from orchestrator.errors import NotFound, StoreUnavailable, WorkflowBusy
+from orchestrator.store import Purged, Store, StoredTrigger
 from orchestrator.subworkflows import ChildRequest
 from orchestrator.versions import Registry
 from tests.component.serving_helpers import served_facade
@@ -216,3 +218,49 @@ async def test_a_run_stored_as_its_workflow_is_deleted_is_queued(tmp_path: Path)
         # the delete's removal waits for it to end
         purged = await served.store.purge_workflow("leaf", 500)
         assert (purged.deleted, purged.waiting, purged.done) == (0, 1, False)
+
+
+async def test_the_removal_says_its_progress_outlasts_a_store_outage_and_drops_metrics(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level("INFO", logger="orchestrator.orchestrating")
+    monkeypatch.setattr(retention, "BATCH", 2)
+    monkeypatch.setattr(retention, "PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(orchestrating, "_PURGE_PUT_OFF", 0.01)
+    async with served_facade(tmp_path, specs=[{**LEAF, "id": "wf"}]) as served:
+        orch, store = served.orch, served.store
+        for n in range(5):
+            await run(store, f"r{n}", T0 + n)
+        orch.metrics.accept("wf")
+        real, refusals = store.purge_workflow, [2]
+
+        async def full_disk(workflow_id: str, limit: int) -> Purged:
+            if refusals[0]:
+                refusals[0] -= 1
+                raise StoreUnavailable("the state database cannot be used now: disk full")
+            return await real(workflow_id, limit)
+
+        store.purge_workflow = full_disk  # type: ignore[method-assign]
+        await orch.delete_workflow("wf")
+        removing = asyncio.ensure_future(orch.purge_deleted())
+        try:
+            for _ in range(500):
+                if not orch._purging:
+                    break
+                await asyncio.sleep(0.01)
+            assert not orch._purging, "the removal never ended"
+        finally:
+            removing.cancel()
+        said = [r.getMessage() for r in caplog.records if "deleted workflow wf" in r.getMessage()]
+        said += [r.getMessage() for r in caplog.records if "workflow wf: removed" in r.getMessage()]
+        # before: a full disk stopped it with a traceback, and nothing said how far it was
+        assert said == [
+            "removing deleted workflow wf put off: the state database cannot be used now: "
+            "disk full",
+            "removing deleted workflow wf: 2 run(s) so far, 0 still going",
+            "removing deleted workflow wf: 4 run(s) so far, 0 still going",
+            "removing deleted workflow wf: 5 run(s) so far, 0 still going",
+            said[-1],
+        ]
+        assert re.fullmatch(r"workflow wf: removed, with 5 run\(s\), in \d+\.\d s", said[-1])
+        assert 'workflow="wf"' not in orch.metrics.render()[0].decode()

@@ -60,3 +60,24 @@ def test_in_flight_adds_up_engines_that_share_an_id() -> None:
     assert 'dagengine_engine_in_flight{engine="k1"} 6.0' in text
     assert 'dagengine_engine_in_flight{engine="k2"} 1.0' in text
     assert 'dagengine_engines{state="ready"} 2.0' in text
+
+
+def test_a_deleted_workflow_s_series_are_forgotten_and_others_kept() -> None:
+    metrics = Metrics(list, lambda: 0)
+    for workflow in ("gone", "kept"):
+        metrics.accept(workflow)
+        metrics.observe(
+            [
+                {"type": "node.succeeded", "workflow_id": workflow, "data": {"duration_ms": 5}},
+                {"type": "execution.failed", "workflow_id": workflow, "data": {"duration_ms": 9}},
+            ]
+        )
+    metrics.forget("gone")
+    text = metrics.render()[0].decode()
+    assert 'workflow="kept"' in text
+    assert 'workflow="gone"' not in text
+    # the id registered again starts its series afresh
+    metrics.accept("gone")
+    text = metrics.render()[0].decode()
+    assert 'dagengine_executions_accepted_total{workflow="gone"} 1.0' in text
+    assert 'dagengine_executions_total{status="failed",workflow="gone"}' not in text
