@@ -1755,7 +1755,14 @@ def cmd_logs(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO)
         of = f"node {args.node} of " if args.node is not None else ""
         yet = "" if doc.get("status") in EXECUTION_TERMINAL else " (yet)"
         err.write(printable(f"{of}execution {execution_id} has no log lines{yet}") + "\n")
-    for line in children.lines(execution_id):
+    listed = doc.get("children")
+    # of a run that has ended: no child can be started after its document was read
+    kept = (
+        {str(c) for c in listed}
+        if isinstance(listed, list) and doc.get("status") in EXECUTION_TERMINAL
+        else None
+    )
+    for line in children.lines(execution_id, kept):
         err.write(line + "\n")
     return code
 

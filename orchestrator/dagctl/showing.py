@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, TextIO
@@ -690,8 +690,8 @@ class SubRuns:
     ``dagctl logs`` to say where their lines are: each run's lines are its own."""
 
     count: int = 0
-    first: list[str] = field(default_factory=list)
-    """Up to ``SUB_RUNS_SHOWN`` of them as lines: id, node[item], workflow@version."""
+    first: list[tuple[str, str]] = field(default_factory=list)
+    """Up to ``SUB_RUNS_SHOWN`` of them: id, and a line of id, node[item], workflow@version."""
 
     def take(self, event: JSONObject) -> None:
         if event.get("type") != "subworkflow.started":
@@ -702,19 +702,30 @@ class SubRuns:
             return
         self.count += 1
         if len(self.first) < SUB_RUNS_SHOWN:
-            self.first.append(
+            line = (
                 f"  {printable(child)}  {log_source(event)}  "
                 f"{text_of(data.get('workflow_id'))}@{text_of(data.get('version'))}"
             )
+            self.first.append((child, line))
 
-    def lines(self, execution_id: str) -> list[str]:
+    def lines(self, execution_id: str, kept: Collection[str] | None = None) -> list[str]:
+        """``kept``: the child ids the ended run's document still lists; one the timeline
+        names besides is of a workflow deleted since, whose runs went with it."""
         if not self.count:
             return []
         runs = "a sub-workflow run" if self.count == 1 else f"{self.count} sub-workflow runs"
         said = [
             f"{printable(execution_id)} started {runs}, whose log lines are their own: "
             "dagctl logs CHILD_ID",
-            *self.first,
+            *(
+                line
+                + (
+                    "  (deleted with its workflow)"
+                    if kept is not None and child not in kept
+                    else ""
+                )
+                for child, line in self.first
+            ),
         ]
         if self.count > len(self.first):
             said.append(

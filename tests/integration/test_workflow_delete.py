@@ -251,3 +251,30 @@ async def reregistered(http: aiohttp.ClientSession, url: str) -> bool:
     ) as resp:
         assert resp.status in (201, 409), await resp.text()
         return resp.status == 201
+
+
+async def test_a_parent_s_logs_say_which_of_its_children_went_with_their_workflow(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = cluster.url
+    async with aiohttp.ClientSession() as http:
+        await register(http, url, LEAF.format(leaf="bud"))
+        await register(http, url, TRUNK.format(trunk="stem", leaf="bud"))
+        parent = (await run_waited(http, url, "/trigger/stem"))["execution_id"]
+        (child,) = (await get(http, f"{url}/api/v1/executions/{parent}"))["children"]
+        # its latest version no longer uses bud, which can then be deleted
+        await register(http, url, LEAF.format(leaf="stem").replace("1.0.0", "2.0.0"))
+        status, body = await answer(http, "DELETE", f"{url}/api/v1/workflows/bud")
+        assert status == 200, body
+
+        async def gone() -> bool:
+            status, _ = await answer(http, "GET", f"{url}/api/v1/executions/{child}")
+            return status == 404
+
+        await wait_for("the child run to be removed", gone)
+    env = {"DAGCTL_SERVER": url, "DAGCTL_TOKEN": "s3cret"}
+    capsys.readouterr()
+    assert main(["logs", parent], env) == 0
+    said = capsys.readouterr().err.splitlines()
+    # before: it named the child as if `dagctl logs CHILD_ID` would show it, which 404s
+    assert said[-1] == f"  {child}  sub  bud@1.0.0  (deleted with its workflow)"
