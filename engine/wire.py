@@ -649,9 +649,17 @@ def execution_message(document: JSONObject, *, with_nodes: bool = True) -> pb.Ex
                     started_at=_text(node["started_at"]),
                     finished_at=_text(node["finished_at"]),
                     engine_id=_text(node["engine_id"]),
+                    reused_from=_text(node.get("reused_from")),
+                    items_done=_count(node.get("items_done")),
+                    items_total=_count(node.get("items_total")),
                 )
             )
     return message
+
+
+def _count(value: JSON) -> int | None:
+    """A count of a node record, or None (unset) for a record without one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 # -- errors -------------------------------------------------------------------------------------

@@ -93,6 +93,11 @@ def fold_nodes(order: Sequence[str], events: Iterable[JSONObject]) -> dict[str, 
                 if what == "succeeded" and "items_total" in node:
                     node["items_done"] = node["items_total"]
                 node["output"] = data.get("output") if what == "succeeded" else None
+                reused = data.get("reused_from") if what == "succeeded" else None
+                if isinstance(reused, str):
+                    # a retry's kept node ran in the run it retried, not in this one: it has
+                    # no start or engine here, and says where its output comes from
+                    node["reused_from"] = reused
                 error = data.get("error")
                 if error is None and what == "skipped":
                     error = data.get("reason")

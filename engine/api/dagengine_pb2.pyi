@@ -245,7 +245,7 @@ class Execution(_message.Message):
     def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[str] = ..., inputs_json: _Optional[str] = ..., outputs_json: _Optional[str] = ..., error: _Optional[str] = ..., progress: _Optional[int] = ..., created_at: _Optional[str] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., parent_execution_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., children: _Optional[_Iterable[str]] = ..., parent_node_id: _Optional[str] = ..., parent_item: _Optional[int] = ..., parent_attempt: _Optional[int] = ..., retry_of: _Optional[str] = ..., nodes_omitted: _Optional[int] = ..., children_omitted: _Optional[int] = ...) -> None: ...
 
 class NodeState(_message.Message):
-    __slots__ = ("node_id", "status", "output_json", "error", "attempts", "started_at", "finished_at", "engine_id")
+    __slots__ = ("node_id", "status", "output_json", "error", "attempts", "started_at", "finished_at", "engine_id", "reused_from", "items_done", "items_total")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +254,9 @@ class NodeState(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FROM_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_DONE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     status: str
     output_json: str
@@ -262,7 +265,10 @@ class NodeState(_message.Message):
     started_at: str
     finished_at: str
     engine_id: str
-    def __init__(self, node_id: _Optional[str] = ..., status: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., engine_id: _Optional[str] = ...) -> None: ...
+    reused_from: str
+    items_done: int
+    items_total: int
+    def __init__(self, node_id: _Optional[str] = ..., status: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., engine_id: _Optional[str] = ..., reused_from: _Optional[str] = ..., items_done: _Optional[int] = ..., items_total: _Optional[int] = ...) -> None: ...
 
 class RegisterWorkflowRequest(_message.Message):
     __slots__ = ("spec", "force")

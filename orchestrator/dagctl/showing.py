@@ -321,7 +321,9 @@ def execution_details(doc: JSONObject, now: float, width: int = 60) -> Renderabl
             styled(node.get("status")),
             text_of(node.get("attempts")),
             span(node.get("started_at"), node.get("finished_at"), now),
-            text_of(node.get("engine_id")),
+            text_of(node.get("engine_id"))
+            if not node.get("reused_from")
+            else Text(f"kept from {short_id(node.get('reused_from'))}", style="dim"),
             Text(
                 text_of(node.get("error")),
                 style="dim" if node.get("status") == "skipped" else "red",

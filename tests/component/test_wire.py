@@ -310,14 +310,44 @@ def test_the_execution_document_becomes_its_message() -> None:
                 "started_at": "t",
                 "finished_at": "t",
                 "engine_id": "x",
-            }
+            },
+            "each": {
+                "status": "running",
+                "output": None,
+                "error": None,
+                "attempts": 1,
+                "started_at": "t",
+                "finished_at": None,
+                "engine_id": "x",
+                "items_done": 450,
+                "items_total": 1000,
+            },
+            "kept": {
+                "status": "succeeded",
+                "output": 2,
+                "error": None,
+                "attempts": 1,
+                "started_at": None,
+                "finished_at": "t",
+                "engine_id": None,
+                "reused_from": "first",
+            },
         },
     }
     message = wire.execution_message(doc)  # type: ignore[arg-type]
+    a, each, kept = message.nodes
+    # what the HTTP document's records add, where they have it
+    assert not a.HasField("reused_from") and not a.HasField("items_done")
+    assert (each.items_done, each.items_total) == (450, 1000)
+    assert kept.reused_from == "first" and not kept.HasField("engine_id")
     assert (message.id, message.status, message.progress) == ("e", "running", 50)
     assert json.loads(message.inputs_json) == {"n": 1}
     assert not message.HasField("error") and not message.HasField("started_at")
-    assert [(n.node_id, json.loads(n.output_json)) for n in message.nodes] == [("a", {"v": 1})]
+    assert [(n.node_id, json.loads(n.output_json)) for n in message.nodes] == [
+        ("a", {"v": 1}),
+        ("each", None),
+        ("kept", 2),
+    ]
     assert not wire.execution_message(doc, with_nodes=False).nodes  # type: ignore[arg-type]
 
 

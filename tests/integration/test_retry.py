@@ -164,6 +164,11 @@ async def test_a_retry_keeps_what_succeeded_and_runs_the_rest(cluster: Cluster) 
             "alert": "skipped",
         }
         assert doc["nodes"]["first"]["output"] == {"n": 40}
+        # a kept node's record says where its output comes from, and it started nowhere here
+        assert doc["nodes"]["first"]["reused_from"] == first_id
+        assert doc["nodes"]["first"]["started_at"] is None
+        assert doc["nodes"]["first"]["engine_id"] is None
+        assert "reused_from" not in doc["nodes"]["gate"]
         assert doc["progress"] == 100
         events = await timeline(http, url, again)
         # the kept nodes end at once, from the first run, and never start here
@@ -390,6 +395,8 @@ async def test_dagctl_retry(cluster: Cluster, capsys: pytest.CaptureFixture[str]
         last = out.split("execution ", 1)[1].split(" ", 1)[0]
         code, out, err = dagctl(url, capsys, "describe", "execution", last)
         assert code == 0 and ["Retry", "of", queued] in [line.split() for line in out.splitlines()]
+        # its kept nodes say so where an engine would be named
+        assert f"kept from {queued[-8:]}" in out, out
         code, out, err = dagctl(url, capsys, "events", last)
         assert code == 0, err
         assert f"retry of {queued[-8:]}" in out and f"kept from {queued[-8:]}" in out, out
