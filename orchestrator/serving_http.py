@@ -1411,7 +1411,8 @@ def openapi_document(*, guarded: bool = True) -> JSONObject:
                         "200": "OK: the execution JSON; a foreach node's record in nodes adds "
                         "items_done and items_total (its items that succeeded, of how many) "
                         "from its first node.progress event on, and a running one counts for "
-                        "that share in progress",
+                        "that share in progress; a retry's node kept from the run it retries "
+                        "adds reused_from, that run's id",
                         "404": "not found",
                     },
                 )
