@@ -3,6 +3,7 @@ engines: for tests of the APIs themselves."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -113,3 +114,28 @@ async def served_facade(
             await triggers.stop()
         await store.close()
         checker.close()
+
+
+def hold_child_writes(store: Store, gate: asyncio.Event) -> list[str]:
+    """Hold the store's writes of sub-workflow runs at ``gate``: each names itself ("child")
+    in the list returned as it stops there."""
+    real = store.create_execution
+    held: list[str] = []
+
+    async def child_held(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("parent_execution_id"):
+            held.append("child")
+            await gate.wait()
+        return await real(*args, **kwargs)
+
+    store.create_execution = child_held  # type: ignore[method-assign]
+    return held
+
+
+async def held_until(held: list[str], name: str) -> None:
+    """Wait until ``name`` is held: a store call paused mid-flight."""
+    for _ in range(500):
+        if name in held:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{name} was never reached")

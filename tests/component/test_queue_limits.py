@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -15,7 +14,7 @@ from engine.api import dagengine_pb2 as pb
 from orchestrator.dispatching import Dispatcher
 from orchestrator.settings import Settings
 from orchestrator.subworkflows import ChildRequest
-from tests.component.serving_helpers import served_facade
+from tests.component.serving_helpers import held_until, hold_child_writes, served_facade
 
 
 def spec(workflow_id: str) -> dict[str, object]:
@@ -68,23 +67,10 @@ async def test_a_sub_workflow_run_counts_in_no_workflow_s_share(tmp_path: Path) 
         served.orch.queue_limit_per_workflow = 1
         parent = await served.stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="parent"))
         gate = asyncio.Event()
-        real = served.store.create_execution
-        held: list[str] = []
-
-        async def child_held(*args: Any, **kwargs: Any) -> Any:
-            if kwargs.get("parent_execution_id") and not held:
-                held.append("child")
-                await gate.wait()
-            return await real(*args, **kwargs)
-
-        served.store.create_execution = child_held  # type: ignore[method-assign]
+        held = hold_child_writes(served.store, gate)
         request = ChildRequest(parent.execution_id, "a", None, 1, "grade", "^1", {})
         starting = asyncio.ensure_future(served.orch.start_child(request, lambda _: None))
-        for _ in range(200):
-            if held:
-                break
-            await asyncio.sleep(0.01)
-        assert held, "the child's store write was never reached"
+        await held_until(held, "child")
         # before: the child being stored counted against grade's root runs, and this was
         # refused as "1 executions of 'grade' are waiting" with none waiting
         await served.stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="grade"))

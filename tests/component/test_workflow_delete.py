@@ -21,7 +21,7 @@ from orchestrator.errors import NotFound, StoreUnavailable, WorkflowBusy
 from orchestrator.store import Purged, Store, StoredTrigger
 from orchestrator.subworkflows import ChildRequest
 from orchestrator.versions import Registry
-from tests.component.serving_helpers import served_facade
+from tests.component.serving_helpers import held_until, hold_child_writes, served_facade
 from tests.component.test_queue_limits import NoEngineFree
 from tests.component.test_retention import DAY, T0, event, finish, rows, run, start
 
@@ -145,15 +145,6 @@ def test_the_registry_forgets_a_removed_workflow_and_takes_it_back() -> None:
     assert registry.resolve("trunk", "^1") == "1.0.0"
 
 
-async def held_until(gate: asyncio.Event, held: list[str], name: str) -> None:
-    """Wait until ``name`` is held at ``gate``: a store call paused mid-flight."""
-    for _ in range(500):
-        if name in held:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{name} was never reached")
-
-
 async def test_a_refused_delete_changes_nothing_while_it_is_decided(tmp_path: Path) -> None:
     dispatcher = Dispatcher(None, NoEngineFree(), publish=list)  # type: ignore[arg-type]
     async with served_facade(tmp_path, specs=[LEAF], dispatcher=dispatcher) as served:
@@ -173,7 +164,7 @@ async def test_a_refused_delete_changes_nothing_while_it_is_decided(tmp_path: Pa
         store.live_runs = paused("delete", store.live_runs)  # type: ignore[method-assign]
         store.delete_workflow = paused("delete", store.delete_workflow)  # type: ignore[method-assign]
         deleting = asyncio.ensure_future(served.orch.delete_workflow("leaf"))
-        await held_until(gate, held, "delete")
+        await held_until(held, "delete")
         # before: the workflow was out of the registry while the delete was pending, and a
         # trigger or a parent's call meanwhile got "not registered" from a delete then refused
         racing = await served.stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="leaf"))
@@ -191,21 +182,13 @@ async def test_a_run_stored_as_its_workflow_is_deleted_is_queued(tmp_path: Path)
         tmp_path, specs=[LEAF, {**LEAF, "id": "parent"}], dispatcher=dispatcher
     ) as served:
         parent = await served.stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id="parent"))
-        gate, held = asyncio.Event(), list[str]()
-        real = served.store.create_execution
-
-        async def child_held(*args: Any, **kwargs: Any) -> Any:
-            if kwargs.get("parent_execution_id"):
-                held.append("child")
-                await gate.wait()
-            return await real(*args, **kwargs)
-
-        served.store.create_execution = child_held  # type: ignore[method-assign]
+        gate = asyncio.Event()
+        held = hold_child_writes(served.store, gate)
         # a parent's sub-workflow call past the registry, its run being written: the delete
         # does not count it (it holds no place in the workflow's queue), so it goes through
         request = ChildRequest(parent.execution_id, "a", None, 1, "leaf", "^1", {})
         starting = asyncio.ensure_future(served.orch.start_child(request, lambda _: None))
-        await held_until(gate, held, "child")
+        await held_until(held, "child")
         deleted = await served.orch.delete_workflow("leaf")
         assert deleted.executions == 0
         gate.set()
