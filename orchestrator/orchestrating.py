@@ -383,13 +383,10 @@ class Orchestrator:
                 )
             # a delete refused for runs going is refused before anything changes: while it is
             # out of the registry below, its triggers and runs are refused
-            live = await self.store.live_runs(workflow_id) + self._admitting_of[workflow_id]
-            if live:
-                raise WorkflowBusy(
-                    f"workflow {workflow_id} has {live} run(s) queued or running: cancel them "
-                    "or let them end, then delete it",
-                    {"workflow": workflow_id, "running": live},
-                )
+            live = await self.store.live_runs(workflow_id)
+            busy = live.refusal(workflow_id, self._admitting_of[workflow_id])
+            if busy is not None:
+                raise busy
             # out of the registry, then: no new run of it can start while it is deleted (one
             # already past the registry and being stored is run, and waited for by the purge)
             removed = self.registry.remove(workflow_id)

@@ -1687,10 +1687,11 @@ class Store:
 
         return await self._reader.run(read)
 
-    async def live_runs(self, workflow_id: str) -> int:
-        """How many runs of ``workflow_id`` are queued or running."""
+    async def live_runs(self, workflow_id: str) -> LiveRuns:
+        """The runs queued or running of ``workflow_id``, and of other workflows that may call
+        it."""
 
-        def read(conn: sqlite3.Connection) -> int:
+        def read(conn: sqlite3.Connection) -> LiveRuns:
             return _live_runs(conn, workflow_id)
 
         return await self._reader.run(read)
@@ -1702,13 +1703,9 @@ class Store:
         the writer, so no run stored before this transaction is missed."""
 
         def write(conn: sqlite3.Connection) -> WorkflowDeleted:
-            live = _live_runs(conn, workflow_id)
-            if live:
-                raise WorkflowBusy(
-                    f"workflow {workflow_id} has {live} run(s) queued or running: cancel them "
-                    "or let them end, then delete it",
-                    {"workflow": workflow_id, "running": live},
-                )
+            busy = _live_runs(conn, workflow_id).refusal(workflow_id)
+            if busy is not None:
+                raise busy
             versions = int(
                 conn.execute(
                     "SELECT count(*) FROM versions WHERE workflow_id = ?", (workflow_id,)
@@ -2520,12 +2517,23 @@ class Store:
         return await self._writer.run(write)
 
 
-def _live_runs(conn: sqlite3.Connection, workflow_id: str) -> int:
+def _live_runs(conn: sqlite3.Connection, workflow_id: str) -> LiveRuns:
     row = conn.execute(
         "SELECT count(*) FROM executions WHERE workflow_id = ? AND status IN ('queued', 'running')",
         (workflow_id,),
     ).fetchone()
-    return int(row[0])
+    # a run pins every sub-workflow version it may call as it starts ("<id>@<range>" keys;
+    # an id has no "@"), and calls it later: an older version of another workflow still
+    # running may call this one although no latest version references it
+    prefix = workflow_id + "@"
+    callers = conn.execute(
+        "SELECT workflow_id, count(*) FROM executions"
+        " WHERE status IN ('queued', 'running') AND workflow_id != ? AND EXISTS"
+        " (SELECT 1 FROM json_each(pinned) WHERE substr(key, 1, ?) = ?)"
+        " GROUP BY workflow_id ORDER BY workflow_id",
+        (workflow_id, len(prefix), prefix),
+    ).fetchall()
+    return LiveRuns(int(row[0]), {str(r[0]): int(r[1]) for r in callers})
 
 
 def _delete_runs(conn: sqlite3.Connection, ids: list[str]) -> None:
@@ -2557,6 +2565,36 @@ class WorkflowDeleted:
     versions: int
     triggers: int
     executions: int
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRuns:
+    """What keeps a workflow from being deleted: its runs queued or running, and those of
+    other workflows that pinned a version of it to call (by workflow)."""
+
+    own: int
+    callers: dict[str, int]
+
+    def refusal(self, workflow_id: str, admitting: int = 0) -> WorkflowBusy | None:
+        """Why it cannot be deleted now, with ``admitting`` of its runs being stored, or None."""
+        own = self.own + admitting
+        if own:
+            return WorkflowBusy(
+                f"workflow {workflow_id} has {own} run(s) queued or running: cancel them "
+                "or let them end, then delete it",
+                {"workflow": workflow_id, "running": own},
+            )
+        if self.callers:
+            named = ", ".join(f"{n} of {wf}" for wf, n in list(self.callers.items())[:10])
+            more = len(self.callers) - 10
+            return WorkflowBusy(
+                f"workflow {workflow_id} may still be called by runs queued or running that "
+                f"pinned a version of it ({named}"
+                + (f" and {more} more workflows" if more > 0 else "")
+                + "): cancel them or let them end, then delete it",
+                {"workflow": workflow_id, "callers": dict(list(self.callers.items())[:50])},
+            )
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -427,7 +427,8 @@ class OrchestratorServicer:
         """Every version and trigger at once; its executions and their events after, in the
         background (the id is free again once they are gone; registering it meanwhile is
         refused). FAILED_PRECONDITION (workflow_busy) while executions of it are queued or
-        running, or while other workflows' latest versions reference it.
+        running, or executions of other workflows that pinned a version of it (and may still call
+        it), or while other workflows' latest versions reference it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

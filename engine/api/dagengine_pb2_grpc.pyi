@@ -165,7 +165,8 @@ class OrchestratorStub:
     """Every version and trigger at once; its executions and their events after, in the
     background (the id is free again once they are gone; registering it meanwhile is
     refused). FAILED_PRECONDITION (workflow_busy) while executions of it are queued or
-    running, or while other workflows' latest versions reference it.
+    running, or executions of other workflows that pinned a version of it (and may still call
+    it), or while other workflows' latest versions reference it.
     """
     ExecuteWorkflow: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.ExecuteWorkflowRequest, _dagengine_pb2.ExecuteWorkflowResponse]
     GetExecution: _grpc.UnaryUnaryMultiCallable[_dagengine_pb2.GetExecutionRequest, _dagengine_pb2.Execution]
@@ -220,7 +221,8 @@ class OrchestratorAsyncStub(OrchestratorStub):
     """Every version and trigger at once; its executions and their events after, in the
     background (the id is free again once they are gone; registering it meanwhile is
     refused). FAILED_PRECONDITION (workflow_busy) while executions of it are queued or
-    running, or while other workflows' latest versions reference it.
+    running, or executions of other workflows that pinned a version of it (and may still call
+    it), or while other workflows' latest versions reference it.
     """
     ExecuteWorkflow: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.ExecuteWorkflowRequest, _dagengine_pb2.ExecuteWorkflowResponse]  # type: ignore[assignment]
     GetExecution: _aio.UnaryUnaryMultiCallable[_dagengine_pb2.GetExecutionRequest, _dagengine_pb2.Execution]  # type: ignore[assignment]
@@ -296,7 +298,8 @@ class OrchestratorServicer(metaclass=_abc_1.ABCMeta):
         """Every version and trigger at once; its executions and their events after, in the
         background (the id is free again once they are gone; registering it meanwhile is
         refused). FAILED_PRECONDITION (workflow_busy) while executions of it are queued or
-        running, or while other workflows' latest versions reference it.
+        running, or executions of other workflows that pinned a version of it (and may still call
+        it), or while other workflows' latest versions reference it.
         """
 
     @_abc_1.abstractmethod

@@ -118,6 +118,38 @@ async def test_a_run_going_refuses_the_delete_and_one_stored_after_is_waited_for
     assert (await store.purge_workflow("wf", 500)).done
 
 
+async def test_a_run_of_another_workflow_that_pinned_it_refuses_the_delete(
+    store: Store,
+) -> None:
+    # an older version of "other", still running, calls wf: no latest version references
+    # wf, and the run pinned wf@1.1.0 as it started
+    await start(store, "caller", T0)
+    await start(store, "unrelated", T0)
+    with sqlite3.connect(store.path) as conn:
+        conn.execute(
+            "UPDATE executions SET workflow_id = 'other', pinned = ? WHERE id = 'caller'",
+            ('{"wf@^1":"1.1.0","wfx@^1":"1.0.0"}',),
+        )
+        conn.execute(
+            "UPDATE executions SET workflow_id = 'other', pinned = ? WHERE id = 'unrelated'",
+            ('{"wfx@^1":"1.0.0"}',),
+        )
+    # before: the delete went through; the caller failed when it reached its sub-workflow
+    # node ("not registered"), and the purge took its finished children
+    with pytest.raises(WorkflowBusy) as refused:
+        await store.delete_workflow("wf", T0 + DAY)
+    assert refused.value.message == (
+        "workflow wf may still be called by runs queued or running that pinned a version of it "
+        "(1 of other): cancel them or let them end, then delete it"
+    )
+    assert refused.value.details == {"workflow": "wf", "callers": {"other": 1}}
+    assert (await store.live_runs("wfx")).callers == {"other": 2}
+    assert await store.deleted_workflows() == []
+    await finish(store, "caller", T0 + 60)
+    await store.delete_workflow("wf", T0 + DAY)
+    assert await store.deleted_workflows() == ["wf"]
+
+
 def test_the_registry_forgets_a_removed_workflow_and_takes_it_back() -> None:
     registry = Registry()
     for doc in (
