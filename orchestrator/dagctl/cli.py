@@ -187,6 +187,26 @@ INPUT_HELP = (
 )
 
 
+def inputs_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--input K=V`` (repeatable), over one of ``--inputs JSON`` or ``--inputs-file F``:
+    ``run`` and ``trigger create`` take inputs alike (``read_inputs``)."""
+    parser.add_argument(
+        "--input", dest="pairs", action="append", default=[], metavar="K=V", help=INPUT_HELP
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--inputs",
+        dest="inputs_json",
+        metavar="JSON",
+        help="inputs as JSON; an --input of the same key wins",
+    )
+    group.add_argument(
+        "--inputs-file",
+        metavar="FILE",
+        help="inputs from a JSON or YAML file; an --input of the same key wins",
+    )
+
+
 def read_inputs(
     *, pairs: Sequence[str] = (), inputs_json: str | None = None, inputs_file: str | None = None
 ) -> JSONObject:
@@ -501,21 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="start an execution (and follow it with --wait)")
     run.add_argument("workflow")
-    run.add_argument(
-        "--input", dest="pairs", action="append", default=[], metavar="K=V", help=INPUT_HELP
-    )
-    group = run.add_mutually_exclusive_group()
-    group.add_argument(
-        "--inputs",
-        dest="inputs_json",
-        metavar="JSON",
-        help="inputs as JSON; an --input of the same key wins",
-    )
-    group.add_argument(
-        "--inputs-file",
-        metavar="FILE",
-        help="inputs from a JSON or YAML file; an --input of the same key wins",
-    )
+    inputs_arguments(run)
     run.add_argument("--version", metavar="RANGE", help='a version or range, e.g. "^1.2"')
     run.add_argument("--wait", action="store_true", help="follow the run live until it ends")
     run.add_argument("--idempotency-key", metavar="KEY")
@@ -580,9 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--version", metavar="RANGE", help="default: latest")
     create.add_argument("--overlap", choices=("skip", "allow", "cancel_previous"))
     create.add_argument("--catchup", choices=("none", "latest", "all"))
-    create.add_argument(
-        "--input", dest="pairs", action="append", default=[], metavar="K=V", help=INPUT_HELP
-    )
+    inputs_arguments(create)
     create.add_argument("--paused", action="store_true")
     output(create)
     for name, what in (
@@ -1839,8 +1843,10 @@ def cmd_trigger(args: argparse.Namespace, client: Client, out: TextIO, err: Text
         for name in ("timezone", "id", "version", "overlap", "catchup"):
             if getattr(args, name):
                 body[name] = getattr(args, name)
-        if args.pairs:
-            body["inputs"] = read_inputs(pairs=args.pairs)
+        if args.pairs or args.inputs_json is not None or args.inputs_file is not None:
+            body["inputs"] = read_inputs(
+                pairs=args.pairs, inputs_json=args.inputs_json, inputs_file=args.inputs_file
+            )
         if args.paused:
             body["paused"] = True
         with _hinted(args.pairs, err):

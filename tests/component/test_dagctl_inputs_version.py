@@ -6,10 +6,12 @@ by the server's own ``engine.inputs``.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -189,6 +191,27 @@ async def test_a_trigger_refused_for_its_inputs_gets_the_hint_too(
         "dagctl: --input name=null was read as JSON, null; to send text, quote it: "
         "--input 'name=\"null\"'"
     )
+
+
+async def test_a_trigger_takes_inputs_as_run_does(
+    typed: Typed, dagctl: Dagctl, tmp_path: Path
+) -> None:
+    # before: its help named --inputs and --inputs-file, which it refused as unknown
+    made = await dagctl(
+        typed, "trigger", "create", "typed", "--cron", "@daily", "--inputs", '{"n": 11, "x": 1}',
+        "--input", "n=12",
+    )  # fmt: skip
+    assert made.code == 0, made.err
+    inputs = tmp_path / "inputs.yaml"
+    inputs.write_text("n: 13\nname: Ada\n")
+    made = await dagctl(
+        typed, "trigger", "create", "typed", "--cron", "@daily", "--inputs-file", str(inputs)
+    )
+    assert made.code == 0, made.err
+    sent = [
+        json.loads(body)["inputs"] for _, _, body in typed.requested("POST", "/api/v1/triggers")
+    ]
+    assert sent == [{"n": 12, "x": 1}, {"n": 13, "name": "Ada"}]
 
 
 def test_the_hint_escapes_what_the_user_typed_and_reads_the_message_alone() -> None:
