@@ -887,6 +887,7 @@ def register_examples(client: Client, files: list[Path], out: Output) -> list[st
     """Register each file; a second pass for those that need another registered first. A file
     refused is shown with its problems, as ``dagctl apply`` shows them."""
     registered: list[str] = []
+    unchanged: list[str] = []
     failures: dict[Path, str] = {}
     pending = list(files)
     for _ in range(2):
@@ -908,15 +909,19 @@ def register_examples(client: Client, files: list[Path], out: Output) -> list[st
                 continue
             workflow = reply.body.get("workflow")
             wf = workflow if isinstance(workflow, dict) else {}
-            registered.append(f"{wf.get('id', path.stem)}@{wf.get('version', '?')}")
+            shown = f"{wf.get('id', path.stem)}@{wf.get('version', '?')}"
+            # an up on state from before finds them there: identical content is no new version
+            (registered if reply.body.get("created") is not False else unchanged).append(shown)
         pending = list(failures)
         if not pending or len(pending) == len(files):
             break
     if registered:
         out.write(f"Examples registered: {', '.join(registered)}\n")
+    if unchanged:
+        out.write(f"Examples there already, unchanged: {', '.join(unchanged)}\n")
     for path, why in failures.items():
         out.write(f"  could not register {path.name}: {why}\n")
-    return registered
+    return registered + unchanged
 
 
 def dagctl_command(python: str, cwd: Path, path: str | None) -> str:

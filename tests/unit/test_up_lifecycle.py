@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -162,6 +163,32 @@ def test_up_shows_the_problems_of_an_example_it_cannot_register(tmp_path: Path) 
         "  could not register broken.yaml: invalid_spec: 2 problems\n"
         "    - nodes[0].id: missing\n"
         "    - nodes[1].depends_on: unknown node 'x'\n"
+    )
+
+
+class Answering:
+    """A client whose orchestrator has ``old`` registered from an earlier ``up``."""
+
+    def __init__(self, old: set[str]) -> None:
+        self.old = old
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        name = kwargs["data"].decode().split()[1]
+        return SimpleNamespace(
+            body={"workflow": {"id": name, "version": "1.0.0"}, "created": name not in self.old}
+        )
+
+
+def test_up_tells_examples_it_registered_from_those_there_already(tmp_path: Path) -> None:
+    files = []
+    for name in ("fresh", "kept"):
+        files.append(tmp_path / f"{name}.yaml")
+        files[-1].write_text(f"id: {name}\n")
+    out = io.StringIO()
+    assert register_examples(Answering({"kept"}), files, out) == ["fresh@1.0.0", "kept@1.0.0"]  # type: ignore[arg-type]
+    # before: both were said registered, an up on old state claiming what it did not do
+    assert out.getvalue() == (
+        "Examples registered: fresh@1.0.0\nExamples there already, unchanged: kept@1.0.0\n"
     )
 
 
